@@ -1,0 +1,39 @@
+# The two commands: `make run` and `make test`. Both set up what is missing first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint bench postgres clean asyncapi
+
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
+	@rm -f $(VENV)/.synced-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/onestop run
+
+# PostgreSQL: the suite starts its own throwaway server; Debian's package provides the binaries.
+postgres:
+	@./scripts/ensure-postgres.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) postgres lint
+	$(BIN)/onestop asyncapi --check
+	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
+
+bench: $(STAMP)
+	$(BIN)/python bench/bus.py
+
+asyncapi: $(STAMP)
+	$(BIN)/onestop asyncapi
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``onestop`` command: run the platform, mint tokens, migrate, seed, check status."""

@@ -1,0 +1,222 @@
+"""``onestop``: run the platform, mint tokens, migrate, seed, check status, regenerate the AsyncAPI document."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from onestop.registry import BY_NAME, ROOT, SERVICES
+from onestop.runner import Platform, PlatformConfig, PlatformError
+from shared.auth import Role, TokenIssuer
+from shared.migrations import revision, upgrade
+
+ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="onestop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="start NATS and the four services (what `make run` does)")
+    run.add_argument("--var", type=Path, default=Path("var"), help="where data, keys and logs live (default: var)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--no-seed", action="store_true", help="do not load the seed data")
+    run.add_argument("--console-logs", action="store_true", help="services log to this console, not var/logs")
+
+    token = commands.add_parser("token", help="print a signed JWT from the embedded issuer")
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--resident", help="resident id (role resident)")
+    token.add_argument("--office", action="append", default=[], help="office code (caseworker/supervisor; repeatable)")
+    token.add_argument("--partner", help="partner id (role partner)")
+    token.add_argument("--service", help="service name (role service)")
+    token.add_argument("--subject", help="the token's subject (default: derived from the role)")
+    token.add_argument("--name", help="a display name, e.g. the caseworker's")
+    token.add_argument("--ttl", type=int, default=8 * 3600, help="lifetime in seconds (default 8 hours)")
+    token.add_argument("--var", type=Path, default=Path("var"))
+
+    migrate = commands.add_parser("migrate", help="apply each service's migrations to its database")
+    migrate.add_argument("--service", choices=list(BY_NAME))
+
+    seed = commands.add_parser("seed", help="load the seed data (safe to repeat)")
+    seed.add_argument("--service", choices=list(BY_NAME))
+
+    status = commands.add_parser("status", help="health of every service and of NATS")
+    status.add_argument("--host", default="127.0.0.1")
+    status.add_argument("--nats-monitor", default="http://127.0.0.1:8222")
+
+    asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
+    asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
+
+    rev = commands.add_parser("revision", help="(developers) autogenerate a migration for a service")
+    rev.add_argument("service", choices=list(BY_NAME))
+    rev.add_argument("-m", "--message", required=True)
+
+    args = parser.parse_args(argv)
+    handler = {
+        "run": cmd_run,
+        "token": cmd_token,
+        "migrate": cmd_migrate,
+        "seed": cmd_seed,
+        "status": cmd_status,
+        "asyncapi": cmd_asyncapi,
+        "revision": cmd_revision,
+    }[args.command]
+    return handler(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    platform = Platform(
+        PlatformConfig(var_dir=args.var, host=args.host, seed=not args.no_seed, console_logs=args.console_logs)
+    )
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    print("Starting OneStop: NATS, migrations, seed data, four services...", flush=True)
+    try:
+        platform.start()
+    except PlatformError as exc:
+        print(f"onestop run: {exc}", file=sys.stderr)
+        return 1
+    print(_banner(platform, time.monotonic() - started), flush=True)
+    code = 0
+    while not stopping:
+        died = platform.exited()
+        if died:
+            print(f"stopped unexpectedly: {died}; see {platform.var / 'logs'}", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.5)
+    print("\nStopping OneStop...", flush=True)
+    platform.stop()
+    print("Stopped.", flush=True)
+    return code
+
+
+def _banner(platform: Platform, seconds: float) -> str:
+    lines = [f"\nOneStop is running (ready in {seconds:.1f}s).\n"]
+    for entry in SERVICES:
+        url = platform.url(entry.name)
+        lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
+    monitor = f"   monitoring: http://{platform.config.host}:{platform.config.nats_http_port}"
+    lines.append(f"  {'nats':<12} {platform.nats_url:<24}{monitor if platform.config.nats_http_port else ''}")
+    lines += [
+        "",
+        "Get a token (embedded issuer; keys in var/keys):",
+        "  .venv/bin/onestop token --role admin",
+        "  .venv/bin/onestop token --role resident --resident <resident id>",
+        "  .venv/bin/onestop token --role caseworker --office <office code>",
+        "  .venv/bin/onestop token --role partner --partner <partner id>",
+        'Then: curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8001/v1/life-events',
+        "",
+        f"Data, keys and logs: {platform.var}   Health: .venv/bin/onestop status   Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    issuer = TokenIssuer.from_directory(args.var / "keys")
+    try:
+        print(
+            issuer.mint(
+                args.role,
+                subject=args.subject,
+                resident_id=args.resident,
+                offices=args.office,
+                partner_id=args.partner,
+                service=args.service,
+                name=args.name,
+                ttl_seconds=args.ttl,
+            )
+        )
+    except ValueError as exc:
+        print(f"onestop token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    for entry in SERVICES:
+        if args.service and entry.name != args.service:
+            continue
+        settings = entry.settings()
+        asyncio.run(upgrade(settings.database_url, entry.migrations))
+        print(f"{entry.name}: migrated")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    for entry in SERVICES:
+        if args.service and entry.name != args.service:
+            continue
+        seeder = entry.seeder()
+        if seeder is None:
+            continue
+        settings = entry.settings()
+        asyncio.run(upgrade(settings.database_url, entry.migrations))
+        print(f"{entry.name}: {asyncio.run(seeder(settings))}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    healthy = True
+    for entry in SERVICES:
+        url = f"http://{args.host}:{entry.port}/readyz"
+        try:
+            response = httpx.get(url, timeout=3)
+            state = "ready" if response.status_code == 200 else f"not ready: {response.json().get('checks')}"
+            healthy &= response.status_code == 200
+        except httpx.HTTPError as exc:
+            state, healthy = f"unreachable ({type(exc).__name__})", False
+        print(f"{entry.name:<12} {state}")
+    try:
+        response = httpx.get(f"{args.nats_monitor}/healthz", params={"js-enabled-only": "true"}, timeout=3)
+        state = "ok (JetStream enabled)" if response.status_code == 200 else f"unhealthy: {response.text.strip()}"
+        healthy &= response.status_code == 200
+    except httpx.HTTPError as exc:
+        state, healthy = f"unreachable ({type(exc).__name__})", False
+    print(f"{'nats':<12} {state}")
+    return 0 if healthy else 1
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    from shared.asyncapi import render
+
+    document = render()
+    if args.check:
+        if not ASYNCAPI_PATH.exists() or ASYNCAPI_PATH.read_text() != document:
+            print(f"{ASYNCAPI_PATH} is stale: run `onestop asyncapi`", file=sys.stderr)
+            return 1
+        return 0
+    ASYNCAPI_PATH.parent.mkdir(parents=True, exist_ok=True)
+    ASYNCAPI_PATH.write_text(document)
+    print(f"wrote {ASYNCAPI_PATH}")
+    return 0
+
+
+def cmd_revision(args: argparse.Namespace) -> int:
+    """Autogenerate against a scratch database at head, so the developer's own data is never touched."""
+    import tempfile
+
+    entry = BY_NAME[args.service]
+    with tempfile.TemporaryDirectory() as scratch:
+        url = f"sqlite+aiosqlite:///{scratch}/{entry.name}.db"
+        asyncio.run(upgrade(url, entry.migrations))
+        asyncio.run(revision(url, entry.migrations, args.message))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

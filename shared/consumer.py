@@ -1,0 +1,386 @@
+"""Durable JetStream pull consumers whose effects happen exactly once.
+
+Each event's id is recorded in the inbox table in the same transaction as the handler's effects; the message is
+acknowledged only after that transaction commits. A redelivery (lost ack, crash, reconnect) finds the id in the
+inbox and is acknowledged without running the handler again.
+
+Messages are taken in batches and a batch is handled in one transaction (one commit for many events is what lets a
+Python consumer apply thousands of events a second on SQLite). If anything in the batch fails, the transaction is
+rolled back and the batch is handled again one event per transaction, so one poison event fails alone: it is retried
+with backoff and, after ``max_deliver`` attempts, recorded as a dead letter and published to the dead-letter subject
+(both through the outbox, in one transaction) while the events behind it carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.bus import Bus
+from shared.db import Database
+from shared.events import CloudEvent, UnknownEventType, dead_letter_subject, subject_for
+from shared.observability import Metrics, event_id_var, start_trace
+from shared.outbox import PENDING_KEY
+from shared.tables import PlatformTables
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
+
+# Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
+
+
+class PermanentError(Exception):
+    """Raise from a handler when retrying cannot help; the event goes straight to the dead letters."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a service consumes and how. Settings give the defaults for anything left as None."""
+
+    name: str
+    event_types: tuple[str, ...]
+    handler: Handler
+    concurrency: int = 1
+    batch_size: int | None = None
+    max_deliver: int | None = None
+    ack_wait: float | None = None
+    max_ack_pending: int | None = None
+    retry_delays: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+
+
+@dataclass
+class _Item:
+    msg: Msg
+    event: CloudEvent | None
+    error: str | None = None
+    deliveries: int = field(default=1)
+
+
+class DeadLetterNotFound(LookupError):
+    pass
+
+
+class Consumer:
+    """Runs one :class:`Subscription` for one service."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        subscription: Subscription,
+        bus: Bus,
+        db: Database,
+        tables: PlatformTables,
+        metrics: Metrics,
+        outbox_source: str,
+        batch_size: int = 100,
+        max_deliver: int = 5,
+        ack_wait: float = 30.0,
+        max_ack_pending: int = 1000,
+    ) -> None:
+        self.service = service
+        self.sub = subscription
+        self.bus = bus
+        self.db = db
+        self.tables = tables
+        self.metrics = metrics
+        self.outbox_source = outbox_source
+        self.durable = f"{service}-{subscription.name}"
+        self.batch_size = subscription.batch_size or batch_size
+        self.max_deliver = subscription.max_deliver or max_deliver
+        self.ack_wait = subscription.ack_wait or ack_wait
+        self.max_ack_pending = subscription.max_ack_pending or max_ack_pending
+        self._workers: list[asyncio.Task[None]] = []
+        self._fetching: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            # Two deliveries more than our own limit: if recording the dead letter itself fails on the last
+            # attempt, the server still hands the event back instead of dropping it silently.
+            max_deliver=self.max_deliver + 2,
+            max_ack_pending=self.max_ack_pending,
+            filter_subjects=[subject_for(self.bus.prefix, t) for t in self.sub.event_types],
+            max_waiting=max(512, self.sub.concurrency * 4),
+        )
+
+    async def start(self) -> None:
+        await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+        self._stopping = False
+        for n in range(self.sub.concurrency):
+            self._workers.append(asyncio.create_task(self._work(), name=f"{self.durable}-{n}"))
+        log.info("consumer started", extra={"consumer": self.durable, "workers": self.sub.concurrency})
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking new messages; let a batch being handled finish (its acks then reach the server)."""
+        self._stopping = True
+        for task in list(self._fetching):
+            task.cancel()
+        if self._workers:
+            _done, pending = await asyncio.wait(self._workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._workers.clear()
+
+    async def _work(self) -> None:
+        psub = None
+        delay = 0.2
+        while not self._stopping:
+            try:
+                if psub is None:
+                    psub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
+                fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=5))
+                self._fetching.add(fetch)  # type: ignore[arg-type]
+                try:
+                    msgs = await fetch
+                finally:
+                    self._fetching.discard(fetch)
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return
+                raise
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError, RuntimeError) as exc:
+                # NATS restarting or unreachable: the client reconnects by itself; we wait and fetch again.
+                if self._stopping:
+                    return
+                log.warning("fetch failed; retrying", extra={"consumer": self.durable, "error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                if isinstance(exc, nats.js.errors.NotFoundError):
+                    with contextlib.suppress(Exception):
+                        await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+                continue
+            delay = 0.2
+            try:
+                await self.handle_batch(msgs)
+            except Exception:
+                # Nothing was acknowledged, so everything in the batch comes back after ack_wait.
+                log.exception("batch failed outside any handler", extra={"consumer": self.durable})
+
+    # ------------------------------------------------------------------------------------------ handling
+
+    async def handle_batch(self, msgs: Sequence[Msg]) -> None:
+        items: list[_Item] = []
+        for msg in msgs:
+            deliveries = _deliveries(msg)
+            try:
+                items.append(_Item(msg, CloudEvent.from_json(msg.data), deliveries=deliveries))
+            except (ValidationError, orjson.JSONDecodeError) as exc:
+                items.append(_Item(msg, None, f"undecodable event: {exc}", deliveries))
+        good = [i for i in items if i.event is not None]
+        for item in items:
+            if item.event is None:
+                await self._dead_letter(item, permanent=True)
+        if not good:
+            return
+        if len(good) > 1:
+            try:
+                async with self.db.session() as session:
+                    await self._apply(session, good)
+            except Exception as exc:
+                log.info("batch failed; handling one by one", extra={"consumer": self.durable, "error": repr(exc)})
+            else:
+                await self._ack_all(good)
+                return
+        for item in good:
+            await self._handle_one(item)
+
+    async def _handle_one(self, item: _Item) -> None:
+        try:
+            async with self.db.session() as session:
+                await self._apply(session, [item])
+        except Exception as exc:
+            item.error = f"{type(exc).__name__}: {exc}"
+            permanent = isinstance(exc, (PermanentError, *PERMANENT_ERRORS))
+            if permanent or item.deliveries >= self.max_deliver:
+                log.error(
+                    "handler failed for good",
+                    extra={"consumer": self.durable, "event_id": item.event.id if item.event else None},
+                    exc_info=not permanent,
+                )
+                await self._dead_letter(item, permanent=permanent)
+            else:
+                delay = self.sub.retry_delays[min(item.deliveries - 1, len(self.sub.retry_delays) - 1)]
+                log.warning(
+                    "handler failed; will retry",
+                    extra={"consumer": self.durable, "error": item.error, "attempt": item.deliveries, "in_s": delay},
+                )
+                self.metrics.events_handled.labels(consumer=self.durable, result="retried").inc()
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await item.msg.nak(delay=delay)
+        else:
+            await self._ack_all([item])
+
+    async def _apply(self, session: AsyncSession, items: Sequence[_Item]) -> None:
+        """Record the new ids in the inbox and run the handler for each, all in the caller's transaction."""
+        events = [i.event for i in items if i.event is not None]
+        fresh = await self._claim(session, events)
+        handled = 0
+        for event in events:
+            if event.id not in fresh:
+                continue
+            fresh.discard(event.id)  # the same id twice in one batch runs once
+            start_trace(event.traceparent)
+            token = event_id_var.set(event.id)
+            try:
+                await self.sub.handler(session, event)
+            finally:
+                event_id_var.reset(token)
+            handled += 1
+        self.metrics.events_handled.labels(consumer=self.durable, result="handled").inc(handled)
+        self.metrics.events_handled.labels(consumer=self.durable, result="duplicate").inc(len(events) - handled)
+
+    async def _claim(self, session: AsyncSession, events: Sequence[CloudEvent]) -> set[str]:
+        inbox = self.tables.inbox
+        ids = list(dict.fromkeys(e.id for e in events))
+        seen = set(
+            (
+                await session.execute(
+                    select(inbox.c.event_id).where(inbox.c.consumer == self.durable, inbox.c.event_id.in_(ids))
+                )
+            ).scalars()
+        )
+        fresh = [i for i in ids if i not in seen]
+        if fresh:
+            now = dt.datetime.now(dt.UTC)
+            # A concurrent handler of the same id makes this insert fail, and our transaction with it: the
+            # event is then retried, finds the id, and is acknowledged without effects.
+            await session.execute(
+                insert(inbox), [{"consumer": self.durable, "event_id": i, "handled_at": now} for i in fresh]
+            )
+        return set(fresh)
+
+    async def _ack_all(self, items: Sequence[_Item]) -> None:
+        for item in items:
+            try:
+                await item.msg.ack()
+            except (nats.errors.Error, OSError) as exc:
+                # The effects are committed; a redelivery will find the inbox row.
+                log.warning("ack failed", extra={"consumer": self.durable, "error": repr(exc)})
+
+    async def _dead_letter(self, item: _Item, *, permanent: bool) -> None:
+        event = item.event
+        payload = item.msg.data.decode("utf-8", errors="replace")
+        event_id = event.id if event else f"seq-{_stream_sequence(item.msg)}"
+        event_type = event.event_type if event else "unknown"
+        now = dt.datetime.now(dt.UTC)
+        letter = {
+            "consumer": self.durable,
+            "service": self.service,
+            "error": item.error or "unknown error",
+            "deliveries": item.deliveries,
+            "failed_at": now.isoformat(),
+            "permanent": permanent,
+            "event": orjson.loads(item.msg.data) if event else payload,
+        }
+        try:
+            async with self.db.session() as session:
+                await session.execute(
+                    insert(self.tables.dead_letters).values(
+                        consumer=self.durable,
+                        event_id=event_id,
+                        event_type=event_type,
+                        subject=item.msg.subject,
+                        payload=payload,
+                        error=item.error or "unknown error",
+                        deliveries=item.deliveries,
+                        failed_at=now,
+                    )
+                )
+                # The dead letter is published through the outbox too, so it is never lost or doubled.
+                await session.execute(
+                    insert(self.tables.outbox).values(
+                        event_id=f"dlq-{self.durable}-{event_id}-{item.deliveries}",
+                        subject=dead_letter_subject(self.bus.prefix, self.service, self.sub.name),
+                        payload=orjson.dumps(letter).decode(),
+                        created_at=now,
+                    )
+                )
+                session.info[PENDING_KEY] = True
+        except Exception:
+            log.exception("could not record a dead letter; the event will come back", extra={"consumer": self.durable})
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await item.msg.nak(delay=5)
+            return
+        self.metrics.dead_letters.labels(consumer=self.durable).inc()
+        self.metrics.events_handled.labels(consumer=self.durable, result="dead").inc()
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await item.msg.term()
+
+    # ------------------------------------------------------------------------------------------ replay
+
+    async def replay(self, dead_letter_id: int) -> bool:
+        """Run a dead letter's event through the handler again (after the cause was fixed).
+
+        Returns True when it was handled now, False when the inbox shows it had been handled already."""
+        table = self.tables.dead_letters
+        async with self.db.session() as session:
+            row = (
+                await session.execute(
+                    select(table).where(table.c.id == dead_letter_id, table.c.consumer == self.durable)
+                )
+            ).one_or_none()
+        if row is None:
+            raise DeadLetterNotFound(dead_letter_id)
+        event = CloudEvent.from_json(row.payload)
+        try:
+            async with self.db.session() as session:
+                fresh = await self._claim(session, [event])
+                if fresh:
+                    await self.sub.handler(session, event)
+                await session.execute(
+                    update(table)
+                    .where(table.c.id == dead_letter_id)
+                    .values(replayed_at=dt.datetime.now(dt.UTC), replay_error=None)
+                )
+        except Exception as exc:
+            async with self.db.session() as session:
+                await session.execute(
+                    update(table)
+                    .where(table.c.id == dead_letter_id)
+                    .values(replay_error=f"{type(exc).__name__}: {exc}")
+                )
+            raise
+        return bool(fresh)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except (AttributeError, ValueError, nats.errors.Error):
+        return 1
+
+
+def _stream_sequence(msg: Msg) -> Any:
+    try:
+        return msg.metadata.sequence.stream
+    except (AttributeError, nats.errors.Error):
+        return "unknown"

@@ -1,0 +1,574 @@
+"""The CloudEvents 1.0 envelope and the catalogue of every OneStop event type.
+
+Every event type has a pydantic model for its ``data``. Events carry pseudonymous resident ids (the random UUID
+intake assigns), never names or contact details. Event types a partner may receive also declare a *partner view*:
+the subset of fields that is safe to hand to a partner system; anything not in it never leaves the platform.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+TYPE_PREFIX = "onestop."
+SPECVERSION: Literal["1.0"] = "1.0"
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event in structured JSON mode."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = SPECVERSION
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    subject: str | None = None
+    time: dt.datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str | None = None
+    # W3C trace context, per the CloudEvents distributed-tracing extension.
+    traceparent: str | None = None
+    data: dict[str, Any]
+
+    @property
+    def event_type(self) -> str:
+        """The catalogue name (``application.submitted``) of the envelope's ``type``."""
+        return self.type.removeprefix(TYPE_PREFIX)
+
+    def data_as(self, model: builtins.type[D]) -> D:
+        return model.model_validate(self.data)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CloudEvent:
+        return cls.model_validate(orjson.loads(raw))
+
+
+class EventData(BaseModel):
+    """Base of every event's ``data``. ``event_type`` names it in the catalogue."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_type: ClassVar[str]
+
+
+D = TypeVar("D", bound=BaseModel)
+
+
+# ================================================================================================ shared vocabulary
+
+
+class Language(StrEnum):
+    KO = "ko"
+    EN = "en"
+
+
+class Department(StrEnum):
+    WELFARE = "welfare"
+    HEALTH = "health"
+    HOUSING = "housing"
+    TAX = "tax"
+    CIVIL_REGISTRY = "civil_registry"
+    LABOUR = "labour"
+
+
+class Vulnerability(StrEnum):
+    DISABILITY = "disability"
+    SINGLE_PARENT = "single_parent"
+    ELDERLY_ALONE = "elderly_alone"
+    LOW_INCOME = "low_income"
+    CHILD_HEAD_OF_HOUSEHOLD = "child_head_of_household"
+
+
+class Channel(StrEnum):
+    WEB = "web"
+    MOBILE = "mobile"
+    KIOSK = "kiosk"
+    PHONE = "phone"
+    VISIT = "visit"
+
+
+class Outcome(StrEnum):
+    ELIGIBLE = "eligible"
+    INELIGIBLE = "ineligible"
+    NEEDS_INFORMATION = "needs_information"
+    # The rule could not be evaluated (it raised); a person has to look.
+    NEEDS_REVIEW = "needs_review"
+
+
+class CriterionStatus(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class Decision(StrEnum):
+    APPROVED = "approved"
+    DENIED = "denied"
+
+
+class Localized(BaseModel):
+    """A text in Korean and English."""
+
+    ko: str
+    en: str
+
+
+class ResidentContext(BaseModel):
+    """What routing and notify need to know of the resident, without identifying them."""
+
+    district_code: str
+    preferred_language: Language = Language.KO
+    vulnerability: list[Vulnerability] = []
+
+
+class HouseholdMember(BaseModel):
+    relation: Literal["spouse", "child", "parent", "sibling", "grandparent", "grandchild", "other"]
+    birth_date: dt.date
+    # A member's own income, when known, so a household total can be derived.
+    monthly_income: int | None = None
+    disability: bool = False
+
+
+# ================================================================================================ intake
+
+
+class ApplicationSubmitted(EventData):
+    event_type: ClassVar[str] = "application.submitted"
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    life_event: str
+    answers: dict[str, Any]
+    channel: Channel
+    application_date: dt.date
+    submitted_at: dt.datetime
+    filed_by: str | None = None
+    resident: ResidentContext
+
+
+class ApplicationSubmittedPartnerView(BaseModel):
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    life_event: str
+    channel: Channel
+    submitted_at: dt.datetime
+
+
+class ApplicationInfoProvided(EventData):
+    event_type: ClassVar[str] = "application.info_provided"
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    answers: dict[str, Any]
+    # The programs (and cases) whose requests this answers; empty means "re-evaluate everything".
+    program_codes: list[str] = []
+    case_ids: list[uuid.UUID] = []
+    provided_at: dt.datetime
+
+
+class ApplicationWithdrawn(EventData):
+    event_type: ClassVar[str] = "application.withdrawn"
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    reason: str | None = None
+    withdrawn_at: dt.datetime
+
+
+class ApplicationWithdrawnPartnerView(BaseModel):
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    withdrawn_at: dt.datetime
+
+
+class ResidentUpdated(EventData):
+    """Registry facts about a resident that eligibility needs. No name, no contact details."""
+
+    event_type: ClassVar[str] = "resident.updated"
+    resident_id: uuid.UUID
+    version: int = Field(ge=1, description="Increases with every change; consumers keep the highest they saw.")
+    birth_date: dt.date
+    district_code: str
+    household: list[HouseholdMember] = []
+    vulnerability: list[Vulnerability] = []
+    preferred_language: Language = Language.KO
+    updated_at: dt.datetime
+
+
+class ConsentChanged(EventData):
+    """The resident's full current consent set after a change (so a consumer never needs the earlier ones).
+
+    Purposes: ``proactive_screening``; ``department_data:<department>`` (eligibility may use that department's
+    facts); ``partner:<partner id>`` (that partner may see more than the pseudonymous id)."""
+
+    event_type: ClassVar[str] = "consent.changed"
+    resident_id: uuid.UUID
+    version: int = Field(ge=1)
+    consents: dict[str, bool]
+    changed: list[str]
+    changed_at: dt.datetime
+
+
+# ============================================================================================ department facts
+
+
+class ReportedFact(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    value: Any
+    observed_at: dt.datetime
+    valid_until: dt.datetime | None = None
+
+
+class FactsReported(EventData):
+    """A department source (or a partner registry) reports facts it holds about a resident."""
+
+    event_type: ClassVar[str] = "facts.reported"
+    report_id: uuid.UUID
+    source: str = Field(description="The reporting department or partner, e.g. 'tax'")
+    department: Department
+    resident_id: uuid.UUID
+    facts: list[ReportedFact]
+    reported_at: dt.datetime
+
+
+# ================================================================================================ eligibility
+
+
+class CriterionResult(BaseModel):
+    id: str
+    label: Localized
+    legal_reference: str | None = None
+    status: CriterionStatus
+    # The facts the criterion read, with where each value came from (declared / registry / a department).
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+
+class MissingFact(BaseModel):
+    name: str
+    type: str
+    question: Localized
+
+
+class ProgramDetermination(BaseModel):
+    program_code: str
+    program_name: Localized
+    department: Department
+    outcome: Outcome
+    rule_version: int
+    automatic: bool = Field(description="Granted without a caseworker when eligible")
+    amount: int | None = Field(default=None, description="KRW, when the program computes one")
+    amount_period: Literal["once", "monthly", "yearly"] | None = None
+    criteria: list[CriterionResult] = []
+    missing: list[MissingFact] = []
+    sla_days: int = Field(ge=1)
+    overflow_allowed: bool = False
+    case_weight: float = Field(default=1.0, gt=0)
+    error: str | None = None
+
+
+class EligibilityDetermined(EventData):
+    event_type: ClassVar[str] = "eligibility.determined"
+    determination_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    # Increases with each evaluation of one application, so consumers can tell the newest from a late redelivery.
+    round: int = Field(ge=1)
+    trigger: Literal["submitted", "info_provided", "facts_reported", "consent_changed"]
+    application_date: dt.date
+    evaluated_at: dt.datetime
+    resident: ResidentContext
+    programs: list[ProgramDetermination]
+
+
+class ProgramOutcomePartnerView(BaseModel):
+    program_code: str
+    department: Department
+    outcome: Outcome
+    amount: int | None = None
+
+
+class EligibilityDeterminedPartnerView(BaseModel):
+    determination_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    round: int
+    evaluated_at: dt.datetime
+    programs: list[ProgramOutcomePartnerView]
+
+
+class EligibilityOpportunity(EventData):
+    """Proactive screening found a resident (who consented to it) eligible for a program they never applied to."""
+
+    event_type: ClassVar[str] = "eligibility.opportunity"
+    screening_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    amount: int | None = None
+    amount_period: Literal["once", "monthly", "yearly"] | None = None
+    found_at: dt.datetime
+
+
+# ================================================================================================ routing
+
+
+class CaseEventBase(EventData):
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    office_code: str
+
+
+class CaseRouted(CaseEventBase):
+    event_type: ClassVar[str] = "case.routed"
+    office_name: Localized
+    status: Literal["open", "closed"]
+    priority: int
+    automatic: bool
+    due_date: dt.date | None = None
+    reason: str
+    routed_at: dt.datetime
+
+
+class CaseRoutedPartnerView(BaseModel):
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    office_code: str
+    due_date: dt.date | None = None
+    routed_at: dt.datetime
+
+
+class CaseAssigned(CaseEventBase):
+    event_type: ClassVar[str] = "case.assigned"
+    assignee: str | None = Field(description="Staff subject, or null when released back to the queue")
+    assigned_by: str
+    assigned_at: dt.datetime
+
+
+class InfoQuestion(BaseModel):
+    fact: str | None = None
+    text: str = Field(min_length=1, max_length=1000)
+
+
+class CaseInfoRequested(CaseEventBase):
+    event_type: ClassVar[str] = "case.info_requested"
+    questions: list[InfoQuestion]
+    requested_at: dt.datetime
+
+
+class CaseDecided(CaseEventBase):
+    event_type: ClassVar[str] = "case.decided"
+    decision: Decision
+    reason_code: str
+    reason: Localized | None = None
+    amount: int | None = None
+    automatic: bool
+    decided_at: dt.datetime
+
+
+class CaseDecidedPartnerView(BaseModel):
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    decision: Decision
+    reason_code: str
+    decided_at: dt.datetime
+
+
+class CaseTransferred(CaseEventBase):
+    event_type: ClassVar[str] = "case.transferred"
+    from_office_code: str
+    office_name: Localized
+    reason: str
+    due_date: dt.date | None = None
+    transferred_at: dt.datetime
+
+
+class CaseEscalated(CaseEventBase):
+    event_type: ClassVar[str] = "case.escalated"
+    reason: str
+    escalated_by: str
+    escalated_at: dt.datetime
+
+
+class CaseSlaBreached(CaseEventBase):
+    event_type: ClassVar[str] = "case.sla_breached"
+    due_date: dt.date
+    breached_at: dt.datetime
+    expected_by: dt.date | None = None
+
+
+class CaseClosed(CaseEventBase):
+    """A case ends without a decision: the application was withdrawn, or a re-evaluation made it moot."""
+
+    event_type: ClassVar[str] = "case.closed"
+    reason: Literal["withdrawn", "no_longer_applicable"]
+    closed_at: dt.datetime
+
+
+class CaseClosedPartnerView(BaseModel):
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    reason: str
+    closed_at: dt.datetime
+
+
+# ================================================================================================ notify
+
+
+class NotificationSent(EventData):
+    event_type: ClassVar[str] = "notification.sent"
+    notification_id: uuid.UUID
+    resident_id: uuid.UUID
+    application_id: uuid.UUID | None = None
+    source_event_ids: list[str]
+    channel: Literal["inbox", "email", "sms"]
+    template: str
+    language: Language
+    sent_at: dt.datetime
+
+
+class NotificationFailed(EventData):
+    event_type: ClassVar[str] = "notification.failed"
+    notification_id: uuid.UUID
+    resident_id: uuid.UUID
+    application_id: uuid.UUID | None = None
+    source_event_ids: list[str]
+    channel: Literal["inbox", "email", "sms"]
+    template: str
+    attempts: int
+    error: str
+    dead: bool
+    failed_at: dt.datetime
+
+
+# ================================================================================================ the catalogue
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    event_type: str
+    data_model: type[EventData]
+    producer: str
+    description: str
+    partner_view: type[BaseModel] | None = None
+    version: int = 1
+
+    @property
+    def cloudevents_type(self) -> str:
+        return TYPE_PREFIX + self.event_type
+
+    @property
+    def dataschema(self) -> str:
+        return f"urn:onestop:schema:{self.event_type}:v{self.version}"
+
+    @property
+    def partner_visible(self) -> bool:
+        return self.partner_view is not None
+
+
+def _spec(model: type[EventData], producer: str, partner_view: type[BaseModel] | None = None) -> EventSpec:
+    doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return EventSpec(model.event_type, model, producer, doc or model.event_type, partner_view)
+
+
+CATALOGUE: dict[str, EventSpec] = {
+    spec.event_type: spec
+    for spec in (
+        _spec(ApplicationSubmitted, "intake", ApplicationSubmittedPartnerView),
+        _spec(ApplicationInfoProvided, "intake"),
+        _spec(ApplicationWithdrawn, "intake", ApplicationWithdrawnPartnerView),
+        _spec(ResidentUpdated, "intake"),
+        _spec(ConsentChanged, "intake"),
+        _spec(FactsReported, "department sources"),
+        _spec(EligibilityDetermined, "eligibility", EligibilityDeterminedPartnerView),
+        _spec(EligibilityOpportunity, "eligibility"),
+        _spec(CaseRouted, "routing", CaseRoutedPartnerView),
+        _spec(CaseAssigned, "routing"),
+        _spec(CaseInfoRequested, "routing"),
+        _spec(CaseDecided, "routing", CaseDecidedPartnerView),
+        _spec(CaseTransferred, "routing"),
+        _spec(CaseEscalated, "routing"),
+        _spec(CaseSlaBreached, "routing"),
+        _spec(CaseClosed, "routing", CaseClosedPartnerView),
+        _spec(NotificationSent, "notify"),
+        _spec(NotificationFailed, "notify"),
+    )
+}
+
+PARTNER_VISIBLE_TYPES = frozenset(t for t, spec in CATALOGUE.items() if spec.partner_visible)
+
+
+class UnknownEventType(LookupError):
+    pass
+
+
+def spec_for(event_type: str) -> EventSpec:
+    try:
+        return CATALOGUE[event_type.removeprefix(TYPE_PREFIX)]
+    except KeyError:
+        raise UnknownEventType(event_type) from None
+
+
+def new_event(
+    data: EventData, *, source: str, subject: str | None = None, traceparent: str | None = None
+) -> CloudEvent:
+    """Wrap ``data`` in a fresh envelope. ``source`` names the producing service (``/onestop/intake``)."""
+    spec = spec_for(data.event_type)
+    if not isinstance(data, spec.data_model):
+        raise TypeError(f"{type(data).__name__} is not the data model of {spec.event_type}")
+    return CloudEvent(
+        id=str(uuid.uuid4()),
+        source=source,
+        type=spec.cloudevents_type,
+        subject=subject,
+        time=dt.datetime.now(dt.UTC),
+        dataschema=spec.dataschema,
+        traceparent=traceparent,
+        data=data.model_dump(mode="json"),
+    )
+
+
+def validate_event(event: CloudEvent) -> EventData:
+    """The event's data, validated against its catalogue model (raises on unknown types and bad data)."""
+    return spec_for(event.type).data_model.model_validate(event.data)
+
+
+def partner_view(event: CloudEvent) -> dict[str, Any]:
+    """The partner-safe projection of an event's data: only the fields its partner view declares."""
+    spec = spec_for(event.type)
+    if spec.partner_view is None:
+        raise PermissionError(f"{spec.event_type} is not partner-visible")
+    return spec.partner_view.model_validate(event.data).model_dump(mode="json")
+
+
+def subject_for(prefix: str, event_type: str) -> str:
+    """The NATS subject of an event type: ``<prefix>.<event_type>`` (``onestop.application.submitted``)."""
+    return f"{prefix}.{event_type.removeprefix(TYPE_PREFIX)}"
+
+
+def partner_subject(prefix: str, event_type: str) -> str:
+    """Where notify republishes the partner view of an event; partners' NATS users may read only these."""
+    return f"{prefix}.partner.{event_type.removeprefix(TYPE_PREFIX)}"
+
+
+def dead_letter_subject(prefix: str, service: str, consumer: str) -> str:
+    return f"{prefix}.dlq.{service}.{consumer}"

@@ -1,0 +1,170 @@
+"""Structured JSON logging that carries the trace id and event id, W3C trace context, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import re
+import secrets
+import sys
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+span_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("span_id", default=None)
+event_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
+
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def parse_traceparent(value: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, or None when it is absent or malformed."""
+    if not value:
+        return None
+    match = _TRACEPARENT.match(value.strip().lower())
+    if not match or match.group(1) == "0" * 32:
+        return None
+    return match.group(1)
+
+
+def start_trace(traceparent: str | None = None) -> str:
+    """Continue the caller's trace (or start one) and open a new span in it; returns the trace id."""
+    trace_id = parse_traceparent(traceparent) or secrets.token_hex(16)
+    trace_id_var.set(trace_id)
+    span_id_var.set(secrets.token_hex(8))
+    return trace_id
+
+
+def current_traceparent() -> str | None:
+    trace_id = trace_id_var.get()
+    if trace_id is None:
+        return None
+    return f"00-{trace_id}-{span_id_var.get() or secrets.token_hex(8)}-01"
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+_RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if (trace_id := trace_id_var.get()) is not None:
+            entry["trace_id"] = trace_id
+        if (event_id := event_id_var.get()) is not None:
+            entry["event_id"] = event_id
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(service: str, level: str = "INFO", *, json: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json:
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Access logs carry query strings, which may hold personal data; our own middleware logs requests instead.
+    logging.getLogger("uvicorn.access").setLevel("WARNING")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+class Metrics:
+    """One registry per app, so several apps can live in one process (as they do in tests)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"service": service}
+        self.http_requests = Counter(
+            "onestop_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.http_latency = Histogram(
+            "onestop_http_request_duration_seconds",
+            "HTTP request duration",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.events_published = Counter(
+            "onestop_events_published", "Events published by the outbox relay", registry=self.registry
+        )
+        self.events_handled = Counter(
+            "onestop_events_handled", "Events handled by consumers", ["consumer", "result"], registry=self.registry
+        )
+        self.dead_letters = Counter(
+            "onestop_dead_letters", "Events sent to the dead-letter subject", ["consumer"], registry=self.registry
+        )
+        self.outbox_backlog = Gauge(
+            "onestop_outbox_backlog", "Unpublished outbox rows at the last relay pass", registry=self.registry
+        )
+        self.info = Gauge("onestop_service_info", "Service identity", ["service"], registry=self.registry)
+        self.info.labels(**labels).set(1)
+
+
+class RequestContextMiddleware:
+    """Per request: continue or start a trace, time it, count it, and return ``traceparent``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = logging.getLogger("onestop.http")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        start_trace(headers.get(b"traceparent", b"").decode("latin-1") or None)
+        event_id_var.set(None)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                tp = current_traceparent()
+                if tp:
+                    message.setdefault("headers", []).append((b"traceparent", tp.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
+            self.metrics.http_requests.labels(method=scope["method"], route=template, status=str(status)).inc()
+            self.metrics.http_latency.labels(method=scope["method"], route=template).observe(elapsed)
+            # The route template, never the concrete path: paths hold resident ids.
+            self.log.info(
+                "request",
+                extra={"method": scope["method"], "route": template, "status": status, "ms": round(elapsed * 1000, 2)},
+            )

@@ -1,0 +1,192 @@
+"""RFC 9457 problem details: exception classes that carry their status, and the handlers that render them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+class ProblemError(Exception):
+    """An error answered as ``application/problem+json``. Subclasses fix the status and title."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal Server Error"
+    slug: ClassVar[str] = "internal"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.errors = list(errors) if errors else None
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": f"urn:onestop:problem:{self.slug}", "title": self.title, "status": self.status}
+        if self.detail:
+            body["detail"] = self.detail
+        if instance:
+            body["instance"] = instance
+        if self.errors:
+            body["errors"] = self.errors
+        body.update(self.extensions)
+        return body
+
+
+class BadRequest(ProblemError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(ProblemError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="onestop"'})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(ProblemError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(ProblemError):
+    status, title, slug = 404, "Not Found", "not-found"
+
+
+class MethodNotAllowed(ProblemError):
+    status, title, slug = 405, "Method Not Allowed", "method-not-allowed"
+
+
+class Conflict(ProblemError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class PayloadTooLarge(ProblemError):
+    status, title, slug = 413, "Content Too Large", "payload-too-large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status, title, slug = 415, "Unsupported Media Type", "unsupported-media-type"
+
+
+class UnprocessableContent(ProblemError):
+    status, title, slug = 422, "Unprocessable Content", "validation"
+
+    @classmethod
+    def for_field(cls, field: str, message: str, *, type_: str = "invalid") -> UnprocessableContent:
+        return cls(f"{field}: {message}", errors=[{"field": field, "message": message, "type": type_}])
+
+
+class ServiceUnavailable(ProblemError):
+    status, title, slug = 503, "Service Unavailable", "unavailable"
+
+
+_BY_STATUS: dict[int, type[ProblemError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        UnprocessableContent,
+        ServiceUnavailable,
+    )
+}
+
+
+def problem_response(problem: ProblemError, request: Request | None = None) -> JSONResponse:
+    instance = request.url.path if request is not None else None
+    return JSONResponse(
+        problem.body(instance), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+    )
+
+
+def field_name(loc: Sequence[str | int]) -> str:
+    """``("body", "household", 0, "birth_date")`` -> ``household[0].birth_date``; where the value came from is kept
+    for headers, query and path parameters, since a client needs to know which of them was wrong."""
+    parts = list(loc)
+    prefix = ""
+    if parts and parts[0] in ("body",):
+        parts = parts[1:]
+    elif parts and parts[0] in ("query", "path", "header", "cookie"):
+        prefix = f"{parts[0]}."
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return prefix + (out or "body")
+
+
+def validation_problem(exc: RequestValidationError) -> UnprocessableContent:
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        # pydantic puts the union member or function name in the location; those are noise to a client.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        errors.append({"field": field_name(loc), "message": str(err.get("msg", "invalid")), "type": err.get("type")})
+    fields = ", ".join(sorted({e["field"] for e in errors}))
+    return UnprocessableContent(f"Invalid input: {fields}", errors=errors)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ProblemError)
+        return problem_response(exc, request)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return problem_response(validation_problem(exc), request)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        cls = _BY_STATUS.get(exc.status_code)
+        if cls is None:
+            problem = ProblemError(str(exc.detail))
+            problem.status = exc.status_code  # type: ignore[misc]
+        else:
+            detail = exc.detail if isinstance(exc.detail, str) and exc.detail != cls.title else None
+            problem = cls(detail, headers=exc.headers)
+        return problem_response(problem, request)
+
+    async def on_unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(ProblemError("An unexpected error occurred; it has been logged."), request)
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unhandled)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries documenting problem+json answers."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        cls = _BY_STATUS.get(status, ProblemError)
+        out[status] = {
+            "description": cls.title,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    return out

@@ -1,0 +1,397 @@
+"""The app factory every service uses: lifespan (database, NATS, relay, consumers), auth on every route,
+problem+json errors, request limits, health/readiness/metrics, and the dead-letter admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.auth import Role, TokenVerifier, current_principal, require_roles
+from shared.bus import Bus
+from shared.consumer import Consumer, DeadLetterNotFound, Subscription
+from shared.db import Database
+from shared.deps import SessionDep, get_runtime
+from shared.idempotency import Idempotency
+from shared.observability import Metrics, RequestContextMiddleware, configure_logging
+from shared.outbox import Outbox, OutboxRelay
+from shared.problems import (
+    PROBLEM_JSON,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    install_problem_handlers,
+    problem_response,
+)
+from shared.settings import ServiceSettings
+from shared.tables import PlatformTables
+
+log = logging.getLogger(__name__)
+
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+
+
+@dataclass
+class ServiceDefinition:
+    """What makes one service: its routes, what it consumes, and any background work of its own."""
+
+    name: str
+    title: str
+    description: str
+    tables: PlatformTables
+    routers: Sequence[APIRouter]
+    subscriptions: Callable[[Runtime], Sequence[Subscription]] = lambda runtime: ()
+    # Extra resources for the app's lifetime (an HTTP client, an SLA timer); entered after the database opens.
+    background: Callable[[Runtime], contextlib.AbstractAsyncContextManager[None]] | None = None
+    version: str = "0.1.0"
+
+
+@dataclass
+class Runtime:
+    """Everything a running service holds; reached through dependencies, never through globals."""
+
+    name: str
+    settings: ServiceSettings
+    tables: PlatformTables
+    db: Database
+    bus: Bus
+    outbox: Outbox
+    relay: OutboxRelay
+    metrics: Metrics
+    verifier: TokenVerifier
+    idempotency: Idempotency
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    _messaging: asyncio.Task[None] | None = None
+
+    @classmethod
+    def build(cls, definition: ServiceDefinition, settings: ServiceSettings, metrics: Metrics) -> Runtime:
+        db = Database(settings.database_url, echo=settings.database_echo)
+        bus = Bus(settings, name=definition.name)
+        relay = OutboxRelay(
+            db,
+            bus,
+            definition.tables,
+            metrics,
+            batch_size=settings.outbox_batch_size,
+            poll_interval=settings.outbox_poll_interval_seconds,
+            retention=dt.timedelta(hours=settings.outbox_retention_hours),
+        )
+        return cls(
+            name=definition.name,
+            settings=settings,
+            tables=definition.tables,
+            db=db,
+            bus=bus,
+            outbox=Outbox(definition.tables, prefix=settings.bus_prefix, source=f"/onestop/{definition.name}"),
+            relay=relay,
+            metrics=metrics,
+            verifier=TokenVerifier.from_settings(settings),
+            idempotency=Idempotency(definition.tables),
+        )
+
+    def add_consumers(self, subscriptions: Sequence[Subscription]) -> None:
+        s = self.settings
+        for sub in subscriptions:
+            self.consumers[sub.name] = Consumer(
+                service=self.name,
+                subscription=sub,
+                bus=self.bus,
+                db=self.db,
+                tables=self.tables,
+                metrics=self.metrics,
+                outbox_source=f"/onestop/{self.name}",
+                batch_size=s.consumer_batch_size,
+                max_deliver=s.consumer_max_deliver,
+                ack_wait=s.consumer_ack_wait_seconds,
+                max_ack_pending=s.consumer_max_ack_pending,
+            )
+
+    def start_messaging(self) -> None:
+        self._messaging = asyncio.create_task(self._start_messaging(), name=f"{self.name}-messaging")
+
+    async def _start_messaging(self) -> None:
+        """Connect (waiting for NATS if need be), provision, then relay and consume. HTTP serves meanwhile: writes
+        land in the outbox and go out once NATS is there."""
+        await self.bus.connect()
+        while True:
+            try:
+                await self.bus.ensure_stream()
+                break
+            except Exception as exc:  # JetStream may still be starting
+                log.warning("stream not ready; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(0.5)
+        await self.relay.start()
+        for consumer in self.consumers.values():
+            while True:
+                try:
+                    await consumer.start()
+                    break
+                except Exception as exc:
+                    log.warning(
+                        "consumer not ready; retrying", extra={"consumer": consumer.durable, "error": repr(exc)}
+                    )
+                    await asyncio.sleep(0.5)
+
+    async def shutdown(self) -> None:
+        if self._messaging is not None and not self._messaging.done():
+            self._messaging.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._messaging
+        for consumer in self.consumers.values():
+            await consumer.stop()
+        await self.relay.stop()
+        await self.bus.close()
+        await self.db.dispose()
+
+    @property
+    def messaging_ready(self) -> bool:
+        return (
+            self._messaging is not None
+            and self._messaging.done()
+            and not self._messaging.cancelled()
+            and (self._messaging.exception() is None)
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the factory
+
+
+def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
+    configure_logging(definition.name, settings.log_level, json=settings.log_json)
+    metrics = Metrics(definition.name)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(definition, settings, metrics)
+        runtime.add_consumers(definition.subscriptions(runtime))
+        app.state.runtime = runtime
+        app.state.verifier = runtime.verifier
+        runtime.start_messaging()
+        try:
+            if definition.background is not None:
+                async with definition.background(runtime):
+                    yield
+            else:
+                yield
+        finally:
+            await runtime.shutdown()
+
+    app = FastAPI(
+        title=definition.title,
+        description=definition.description,
+        version=definition.version,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    app.include_router(ops_router())
+    authenticated = [Depends(current_principal)]
+    for router in definition.routers:
+        app.include_router(router, dependencies=authenticated)
+    app.include_router(dead_letter_router(), dependencies=authenticated)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over the limit with 413 before anything reads them whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
+        for name, value in scope.get("headers") or []:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    await problem_response(too_large)(scope, receive, send)
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+# ---------------------------------------------------------------------------------------------- ops routes
+
+
+def ops_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="The database and NATS are reachable", responses={503: {"description": "Not ready"}})
+    async def readyz(request: Request) -> Response:
+        runtime = get_runtime(request)
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(runtime.db.ping(), timeout=2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks["nats"] = "ok" if await runtime.bus.ping() else "unavailable"
+        checks["consumers"] = "ok" if runtime.messaging_ready else "starting"
+        if all(v == "ok" for v in checks.values()):
+            return Response(content=f'{{"status":"ready","checks":{_json(checks)}}}', media_type="application/json")
+        return problem_response(ServiceUnavailable("Not ready.", checks=checks), request)
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(get_runtime(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class DeadLetter(BaseModel):
+    id: int
+    consumer: str
+    event_id: str
+    event_type: str
+    subject: str
+    error: str
+    deliveries: int
+    failed_at: dt.datetime
+    replayed_at: dt.datetime | None
+    replay_error: str | None
+
+
+class ReplayResult(BaseModel):
+    id: int
+    handled: bool
+
+
+def dead_letter_router() -> APIRouter:
+    router = APIRouter(prefix="/v1/admin/dead-letters", tags=["operations"])
+    admin = Depends(require_roles(Role.ADMIN))
+
+    @router.get("", dependencies=[admin], summary="Events that kept failing")
+    async def list_dead_letters(
+        request: Request,
+        session: SessionDep,
+        consumer: str | None = Query(default=None, max_length=100),
+        include_replayed: bool = False,
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> list[DeadLetter]:
+        table = get_runtime(request).tables.dead_letters
+        query = select(table).order_by(table.c.id.desc()).limit(limit)
+        if consumer:
+            query = query.where(table.c.consumer == consumer)
+        if not include_replayed:
+            query = query.where(table.c.replayed_at.is_(None))
+        rows = (await session.execute(query)).mappings().all()
+        return [DeadLetter.model_validate(dict(r)) for r in rows]
+
+    @router.post("/{dead_letter_id}/replay", dependencies=[admin], summary="Run a dead letter's event again")
+    async def replay(request: Request, dead_letter_id: int) -> ReplayResult:
+        runtime = get_runtime(request)
+        async with runtime.db.session() as session:
+            table = runtime.tables.dead_letters
+            consumer_name = await session.scalar(select(table.c.consumer).where(table.c.id == dead_letter_id))
+        consumer = next((c for c in runtime.consumers.values() if c.durable == consumer_name), None)
+        if consumer is None:
+            raise NotFound(f"No dead letter {dead_letter_id}.")
+        try:
+            handled = await consumer.replay(dead_letter_id)
+        except DeadLetterNotFound:
+            raise NotFound(f"No dead letter {dead_letter_id}.") from None
+        return ReplayResult(id=dead_letter_id, handled=handled)
+
+    return router
+
+
+# ---------------------------------------------------------------------------------------------- OpenAPI
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "type": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+_COMMON_PROBLEMS = {
+    "401": "Missing or invalid bearer token",
+    "403": "The caller's role may not do this",
+    "404": "Not found, or not visible to the caller",
+    "413": "Request body too large",
+    "422": "Invalid input",
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+    components["schemas"].pop("HTTPValidationError", None)
+    components["schemas"].pop("ValidationError", None)
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+    problem = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if path in OPS_PATHS:
+                if path == "/readyz":
+                    responses["503"] = {"description": "Not ready", **problem}
+                continue
+            operation["security"] = [{"bearer": []}]
+            for status, description in _COMMON_PROBLEMS.items():
+                existing = responses.get(status, {})
+                responses[status] = {"description": existing.get("description", description), **problem}
+            for status, response in responses.items():
+                if status.startswith(("4", "5")):
+                    response.update(problem)
+            responses.setdefault("500", {"description": "Unexpected error", **problem})
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,50 @@
+"""Settings common to every service, read from ``ONESTOP_<SERVICE>_...`` environment variables or ``.env``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """The base every service's settings extend; each subclass sets its own ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_prefix="ONESTOP_")
+
+    # Storage
+    database_url: str = "sqlite+aiosqlite:///var/service.db"
+    database_echo: bool = False
+
+    # Messaging
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    bus_prefix: str = Field(default="onestop", pattern=r"^[a-z][a-z0-9_-]*$")
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    stream_duplicate_window_seconds: float = Field(default=120.0, gt=0)
+    consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    consumer_max_deliver: int = Field(default=5, ge=1)
+    consumer_max_ack_pending: int = Field(default=1000, ge=1)
+    consumer_batch_size: int = Field(default=100, ge=1, le=1000)
+    outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
+    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    outbox_retention_hours: float = Field(default=24.0, gt=0)
+
+    # Identity: the embedded issuer's public key, or a production OIDC provider's JWKS.
+    jwt_public_key_file: Path = Path("var/keys/issuer.pub.pem")
+    jwt_issuer: str = "onestop-embedded"
+    jwt_audience: str = "onestop"
+    oidc_jwks_url: str | None = None
+    jwt_algorithms: list[str] = ["EdDSA", "RS256", "ES256"]
+
+    # Local files the service keeps (mail and SMS sinks, for example).
+    data_dir: Path = Path("var")
+    # This service's own bearer token for calls to other services (production: from the OIDC provider).
+    service_token: SecretStr | None = None
+
+    # HTTP
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    log_level: str = "INFO"
+    log_json: bool = True

@@ -1,0 +1,59 @@
+"""Fixtures shared by the whole suite: a real nats-server, a real PostgreSQL, keys and tokens, settings."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.auth import TokenIssuer, ensure_keypair
+from tests.support.nats import NatsServer
+from tests.support.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    ensure_keypair(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def issuer(keys_dir: Path) -> TokenIssuer:
+    return TokenIssuer.from_directory(keys_dir)
+
+
+@pytest.fixture
+def bus_prefix() -> str:
+    """Each test gets its own stream and subjects on the shared nats-server."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(database_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on SQLite and, in a second run of the test, on PostgreSQL."""
+    if database_backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()

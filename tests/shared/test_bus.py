@@ -1,0 +1,234 @@
+"""The delivery guarantees, against a real nats-server and real databases (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from shared.bus import MSG_ID_HEADER, Bus
+from shared.events import CloudEvent, dead_letter_subject, subject_for
+from tests.support.bus_harness import EVENT_TYPE, POISON, Harness, effects, tables, wait_until, withdrawn
+from tests.support.nats import NatsServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def harness(nats_server: NatsServer, bus_prefix: str, database_url: str) -> AsyncIterator[Harness]:
+    h = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    yield h
+    await h.stop()
+
+
+async def stream_count(bus: Bus, subject: str) -> int:
+    info = await bus.js.stream_info(bus.stream, subjects_filter=subject)
+    return int((info.state.subjects or {}).get(subject, 0))
+
+
+async def consumer_settled(h: Harness) -> bool:
+    assert h.consumer is not None
+    info = await h.bus.js.consumer_info(h.bus.stream, h.consumer.durable)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+def run_crashing(mode: str, nats_url: str, prefix: str, database_url: str, **kwargs: object) -> int:
+    args = [sys.executable, "-m", "tests.support.bus_harness", mode, "--nats-url", nats_url, "--prefix", prefix,
+            "--database-url", database_url]  # fmt: skip
+    for key, value in kwargs.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=90)
+    return done.returncode
+
+
+# ---------------------------------------------------------------------------------------------- 1. duplicates
+
+
+async def test_an_event_published_twice_with_the_same_id_is_delivered_once(harness: Harness) -> None:
+    event = harness.event(withdrawn())
+    await harness.bus.publish_event(event)
+    await harness.bus.publish_event(event)  # a producer's retry: JetStream drops it by Nats-Msg-Id
+    subject = subject_for(harness.bus.prefix, EVENT_TYPE)
+    assert await stream_count(harness.bus, subject) == 1
+
+    await harness.start_consumer()
+    await wait_until(lambda: consumer_settled(harness))
+    assert await harness.effect_counts() == {event.data["application_id"]: 1}
+
+
+async def test_a_duplicate_beyond_the_broker_dedupe_window_is_applied_once(harness: Harness) -> None:
+    """JetStream only de-duplicates within its window; the inbox catches the rest (here: another Nats-Msg-Id)."""
+    event = harness.event(withdrawn())
+    subject = subject_for(harness.bus.prefix, EVENT_TYPE)
+    await harness.bus.js.publish(subject, event.to_json(), headers={MSG_ID_HEADER: event.id})
+    await harness.bus.js.publish(subject, event.to_json(), headers={MSG_ID_HEADER: event.id + "-late-retry"})
+    assert await stream_count(harness.bus, subject) == 2
+
+    consumer = await harness.start_consumer()
+    await wait_until(lambda: consumer_settled(harness))
+    assert await harness.effect_counts() == {event.data["application_id"]: 1}
+    duplicates = harness.metrics.events_handled.labels(consumer=consumer.durable, result="duplicate")._value.get()
+    assert duplicates == 1
+
+
+# ---------------------------------------------------------------------------------------------- 2. consumer crash
+
+
+async def test_a_consumer_killed_after_commit_before_ack_does_not_apply_twice(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    h = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, ack_wait=1.0).setup()
+    try:
+        sent = [h.event(withdrawn()) for _ in range(5)]
+        for event in sent:
+            await h.bus.publish_event(event)
+
+        code = await asyncio.to_thread(
+            run_crashing, "consume-then-die-before-ack", nats_server.url, bus_prefix, database_url, ack_wait=1.0
+        )
+        assert code == 137, "the consumer process should have died at the crash point"
+        # Its effects are committed, and no message was acknowledged.
+        assert sum((await h.effect_counts()).values()) == 5
+        inbox_rows = await h.scalar(select(func.count()).select_from(tables.inbox))
+        assert inbox_rows == 5
+
+        consumer = await h.start_consumer()  # the restarted consumer gets the redeliveries
+        await wait_until(lambda: consumer_settled(h), timeout=30)
+        assert await h.effect_counts() == {e.data["application_id"]: 1 for e in sent}
+        duplicates = h.metrics.events_handled.labels(consumer=consumer.durable, result="duplicate")._value.get()
+        assert duplicates == 5
+    finally:
+        await h.stop()
+
+
+# ---------------------------------------------------------------------------------------------- 3. relay crash
+
+
+@pytest.mark.parametrize("mode", ["emit-then-die-before-publish", "emit-then-die-before-mark"])
+async def test_a_relay_killed_mid_way_publishes_each_event_exactly_once_after_restart(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, mode: str
+) -> None:
+    h = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    try:
+        code = await asyncio.to_thread(run_crashing, mode, nats_server.url, bus_prefix, database_url, count=20)
+        assert code == 137
+        subject = subject_for(h.bus.prefix, EVENT_TYPE)
+        unpublished = select(func.count()).select_from(tables.outbox).where(tables.outbox.c.published_at.is_(None))
+        assert await h.scalar(unpublished) == 20, "the committed events are still waiting in the outbox"
+        before = await stream_count(h.bus, subject)
+        assert before == (0 if mode == "emit-then-die-before-publish" else 20)
+
+        await h.start_relay()  # the restarted service's relay
+        await wait_until(lambda: _zero(h, unpublished))
+        assert await stream_count(h.bus, subject) == 20, "published once each, re-publishes de-duplicated"
+
+        await h.start_consumer()
+        await wait_until(lambda: consumer_settled(h))
+        counts = await h.effect_counts()
+        assert len(counts) == 20
+        assert set(counts.values()) == {1}
+    finally:
+        await h.stop()
+
+
+async def _zero(h: Harness, query: object) -> bool:
+    return bool(await h.scalar(query) == 0)
+
+
+# ---------------------------------------------------------------------------------------------- 4. poison
+
+
+async def test_a_poison_event_goes_to_the_dead_letters_while_the_events_behind_it_are_processed(
+    harness: Harness,
+) -> None:
+    poison = harness.event(withdrawn(reason=POISON))
+    good = [harness.event(withdrawn()) for _ in range(20)]
+    for event in [poison, *good]:
+        await harness.bus.publish_event(event)
+
+    consumer = await harness.start_consumer()
+    await harness.start_relay()  # the dead letter goes out through the outbox
+    await wait_until(lambda: _effects_total(harness, 20))
+    dlq = dead_letter_subject(harness.bus.prefix, harness.name, "effects")
+    await wait_until(lambda: _stream_has(harness, dlq))
+    await wait_until(lambda: consumer_settled(harness))
+
+    letters = await _rows(harness)
+    assert [(r.event_id, r.deliveries) for r in letters] == [(poison.id, consumer.max_deliver)]
+    assert "always fails" in letters[0].error
+    assert poison.data["application_id"] not in await harness.effect_counts()
+
+    message = await harness.bus.js.get_last_msg(harness.bus.stream, dlq)
+    assert message.data is not None
+    letter = orjson.loads(message.data)
+    assert letter["consumer"] == consumer.durable
+    assert letter["deliveries"] == consumer.max_deliver
+    assert "always fails" in letter["error"]
+    assert CloudEvent.model_validate(letter["event"]).id == poison.id
+
+
+async def _effects_total(h: Harness, n: int) -> bool:
+    return sum((await h.effect_counts()).values()) >= n
+
+
+async def _stream_has(h: Harness, subject: str) -> bool:
+    return await stream_count(h.bus, subject) > 0
+
+
+async def _rows(h: Harness) -> list:  # type: ignore[type-arg]
+    async with h.db.session() as session:
+        return list((await session.execute(select(tables.dead_letters))).all())
+
+
+async def test_an_undecodable_message_is_dead_lettered_at_once(harness: Harness) -> None:
+    subject = subject_for(harness.bus.prefix, EVENT_TYPE)
+    await harness.bus.js.publish(subject, b"{not json", headers={MSG_ID_HEADER: "garbage-1"})
+    good = harness.event(withdrawn())
+    await harness.bus.publish_event(good)
+    await harness.start_consumer()
+    await wait_until(lambda: consumer_settled(harness))
+    letters = await _rows(harness)
+    assert len(letters) == 1
+    assert letters[0].deliveries == 1, "no retries for what can never decode"
+    assert "undecodable" in letters[0].error
+    assert await harness.effect_counts() == {good.data["application_id"]: 1}
+
+
+# ---------------------------------------------------------------------------------------------- 5. NATS restart
+
+
+async def test_nats_restarted_in_the_middle_of_1000_events_applies_each_exactly_once(
+    tmp_path: Path, bus_prefix: str, database_url: str
+) -> None:
+    server = NatsServer(tmp_path / "nats").start()
+    h = await Harness(
+        nats_url=server.url, prefix=bus_prefix, database_url=database_url, ack_wait=2.0, outbox_batch_size=50
+    ).setup()
+    try:
+        await h.start_relay()
+        await h.start_consumer()
+        ids: list[str] = []
+        for round_ in range(20):  # 20 transactions of 50 events, with the restart after the 8th
+            batch = [withdrawn() for _ in range(50)]
+            ids += [str(b.application_id) for b in batch]
+            await h.emit(batch)
+            if round_ == 7:
+                await wait_until(lambda: _effects_total(h, 100), timeout=30)
+                await asyncio.to_thread(server.restart)
+            await asyncio.sleep(0.02)
+        await wait_until(lambda: _effects_total(h, 1000), timeout=90)
+        await wait_until(lambda: consumer_settled(h), timeout=30)
+        counts = await h.effect_counts()
+        assert sorted(counts) == sorted(ids)
+        assert set(counts.values()) == {1}, "no effect applied twice"
+        total = await h.scalar(select(func.count()).select_from(effects))
+        assert total == 1000
+    finally:
+        await h.stop()
+        server.stop()
