@@ -75,7 +75,8 @@ def build_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
                 "payload": envelope_for(f"#/components/schemas/{spec.partner_view.__name__}"),
             }
             channels[f"partner_{key}"] = {
-                "address": partner_subject(prefix, spec.event_type),
+                "address": partner_subject(prefix, "{partner_id}", spec.event_type),
+                "parameters": {"partner_id": {"description": "The partner's id; its NATS user may read only here"}},
                 "title": f"{spec.event_type} for partners",
                 "messages": {partner_message: {"$ref": f"#/components/messages/{partner_message}"}},
             }

@@ -255,6 +255,8 @@ class MissingFact(BaseModel):
     name: str
     type: str
     question: Localized
+    # Who can supply it: the resident (they are asked) or only staff (a caseworker must obtain it).
+    asked_of: Literal["resident", "staff"] = "resident"
 
 
 class ProgramDetermination(BaseModel):
@@ -565,9 +567,12 @@ def subject_for(prefix: str, event_type: str) -> str:
     return f"{prefix}.{event_type.removeprefix(TYPE_PREFIX)}"
 
 
-def partner_subject(prefix: str, event_type: str) -> str:
-    """Where notify republishes the partner view of an event; partners' NATS users may read only these."""
-    return f"{prefix}.partner.{event_type.removeprefix(TYPE_PREFIX)}"
+def partner_subject(prefix: str, partner_id: str, event_type: str) -> str:
+    """Where notify republishes the partner view of an event for one partner, if that partner was granted the type.
+
+    A partner's NATS user may subscribe to ``<prefix>.partner.<its id>.>`` and nothing else, so the server itself
+    keeps one partner from another's events and from the internal subjects."""
+    return f"{prefix}.partner.{partner_id}.{event_type.removeprefix(TYPE_PREFIX)}"
 
 
 def dead_letter_subject(prefix: str, service: str, consumer: str) -> str:
