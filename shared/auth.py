@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import Request
+from fastapi import Depends, Request
 
 from shared.problems import Forbidden, Unauthorized
 
@@ -267,21 +267,17 @@ def bearer_token(request: Request) -> str:
 
 
 async def current_principal(request: Request) -> Principal:
-    """The authenticated caller. Every route depends on this (directly or through :func:`require_roles`)."""
-    cached = getattr(request.state, "principal", None)
-    if isinstance(cached, Principal):
-        return cached
+    """The authenticated caller. Every route depends on this (the app factory adds it to every router); FastAPI's
+    per-request dependency cache makes the token verified once however many dependencies ask for it. Nothing is
+    kept on ``request.state``: some servers share that object between requests."""
     verifier: TokenVerifier = request.app.state.verifier
-    principal = await verifier.verify(bearer_token(request))
-    request.state.principal = principal
-    return principal
+    return await verifier.verify(bearer_token(request))
 
 
-def require_roles(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
+def require_roles(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates and then refuses (403) any role not listed."""
 
-    async def dependency(request: Request) -> Principal:
-        principal = await current_principal(request)
+    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
         principal.require(*roles)
         return principal
 

@@ -47,6 +47,7 @@ class Bus:
         self.stream = stream_name(settings.bus_prefix)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._closing = False
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------ connection
@@ -70,6 +71,7 @@ class Bus:
     async def connect(self, *, attempts: int | None = None) -> None:
         """Connect, retrying with backoff (forever unless ``attempts`` is given): a service may start before NATS."""
         delay, tried = 0.2, 0
+        self._closing = False
         while True:
             tried += 1
             try:
@@ -82,6 +84,7 @@ class Bus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
+                    drain_timeout=5,
                     ping_interval=10,
                     max_outstanding_pings=3,
                     error_cb=self._on_error,
@@ -102,13 +105,15 @@ class Bus:
         log.warning("NATS error", extra={"error": repr(exc)})
 
     async def _on_disconnected(self) -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not self._closing:
+            log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         log.info("reconnected to NATS")
 
     async def close(self) -> None:
         """Drain: let in-flight publishes and acks reach the server, then close."""
+        self._closing = True
         nc, self._nc, self._js = self._nc, None, None
         self.ready.clear()
         if nc is None or nc.is_closed:
@@ -161,9 +166,11 @@ class Bus:
         futures: list[asyncio.Future[Any]] = []
         try:
             for message in messages:
+                # No wait_stall: with a timeout, nats-py wraps every publish in a task and yields to the loop, so
+                # each message would go out in its own socket write; without it a batch leaves in a few writes.
                 futures.append(
                     await self.js.publish_async(
-                        message.subject, message.payload, headers={MSG_ID_HEADER: message.msg_id}, wait_stall=timeout
+                        message.subject, message.payload, headers={MSG_ID_HEADER: message.msg_id}
                     )
                 )
         except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:

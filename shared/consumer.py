@@ -107,7 +107,7 @@ class Consumer:
         self.ack_wait = subscription.ack_wait or ack_wait
         self.max_ack_pending = subscription.max_ack_pending or max_ack_pending
         self._workers: list[asyncio.Task[None]] = []
-        self._fetching: set[asyncio.Task[None]] = set()
+        self._fetching: set[asyncio.Future[Any]] = set()
         self._stopping = False
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -149,41 +149,48 @@ class Consumer:
         self._workers.clear()
 
     async def _work(self) -> None:
-        psub = None
+        psub: Any = None
         delay = 0.2
-        while not self._stopping:
-            try:
-                if psub is None:
-                    psub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
-                fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=5))
-                self._fetching.add(fetch)  # type: ignore[arg-type]
+        try:
+            while not self._stopping:
                 try:
-                    msgs = await fetch
-                finally:
-                    self._fetching.discard(fetch)
-            except asyncio.CancelledError:
-                if self._stopping:
-                    return
-                raise
-            except nats.errors.TimeoutError:
-                continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError, RuntimeError) as exc:
-                # NATS restarting or unreachable: the client reconnects by itself; we wait and fetch again.
-                if self._stopping:
-                    return
-                log.warning("fetch failed; retrying", extra={"consumer": self.durable, "error": repr(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                if isinstance(exc, nats.js.errors.NotFoundError):
-                    with contextlib.suppress(Exception):
-                        await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
-                continue
-            delay = 0.2
-            try:
-                await self.handle_batch(msgs)
-            except Exception:
-                # Nothing was acknowledged, so everything in the batch comes back after ack_wait.
-                log.exception("batch failed outside any handler", extra={"consumer": self.durable})
+                    if psub is None:
+                        psub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
+                    fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=5))
+                    self._fetching.add(fetch)
+                    try:
+                        msgs = await fetch
+                    finally:
+                        self._fetching.discard(fetch)
+                except asyncio.CancelledError:
+                    if self._stopping:
+                        return
+                    raise
+                except nats.errors.TimeoutError:
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error, OSError, RuntimeError) as exc:
+                    # NATS restarting or unreachable: the client reconnects by itself; we wait and fetch again.
+                    if self._stopping:
+                        return
+                    log.warning("fetch failed; retrying", extra={"consumer": self.durable, "error": repr(exc)})
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    if isinstance(exc, nats.js.errors.NotFoundError):
+                        with contextlib.suppress(Exception):
+                            await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+                    continue
+                delay = 0.2
+                try:
+                    await self.handle_batch(msgs)
+                except Exception:
+                    # Nothing was acknowledged, so everything in the batch comes back after ack_wait.
+                    log.exception("batch failed outside any handler", extra={"consumer": self.durable})
+        finally:
+            # A cancelled fetch leaves status messages in the subscription's queue that nobody will take; without
+            # this, draining the connection on shutdown would wait for them for ever.
+            if psub is not None:
+                with contextlib.suppress(Exception):
+                    await psub.unsubscribe()
 
     # ------------------------------------------------------------------------------------------ handling
 

@@ -429,7 +429,7 @@ class CaseClosedPartnerView(BaseModel):
     application_id: uuid.UUID
     resident_id: uuid.UUID
     program_code: str
-    reason: str
+    reason: Literal["withdrawn", "no_longer_applicable"]
     closed_at: dt.datetime
 
 

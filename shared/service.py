@@ -220,27 +220,40 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         too_large = PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
+        declared_length: int | None = None
         for name, value in scope.get("headers") or []:
             if name == b"content-length":
                 try:
-                    declared = int(value)
+                    declared_length = int(value)
                 except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
+                    declared_length = 0
+                if declared_length > self.max_bytes:
                     await problem_response(too_large)(scope, receive, send)
                     return
+        if declared_length is not None:
+            await self.app(scope, receive, send)
+            return
+        # No Content-Length (a chunked upload): read it here, up to the limit, and hand the app what was read.
+        chunks: list[bytes] = []
         received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise too_large
-            return message
+            if message["type"] != "http.request":
+                break
+            body = message.get("body", b"")
+            received += len(body)
+            if received > self.max_bytes:
+                await problem_response(too_large)(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        await self.app(scope, limited_receive, send)
+        async def replay_receive() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replay_receive, send)
 
 
 # ---------------------------------------------------------------------------------------------- ops routes

@@ -1,0 +1,236 @@
+"""The app factory's behaviour, on a small service made of the real shared parts: problem details for every error,
+the request body limit, the unit of work, and the dead-letter admin API with replay."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.auth import Role, TokenIssuer
+from shared.consumer import Subscription
+from shared.deps import OutboxDep, SessionDep
+from shared.events import ApplicationWithdrawn, CloudEvent
+from shared.problems import Conflict
+from shared.service import Runtime, ServiceDefinition, create_service_app
+from shared.settings import ServiceSettings
+from tests.support.bus_harness import EVENT_TYPE, effects, metadata, tables, wait_until, withdrawn
+from tests.support.nats import NatsServer
+
+
+class Thing(BaseModel):
+    name: str = Field(min_length=1, max_length=50)
+    size: int = Field(ge=0)
+    born: dt.date
+
+
+class Switch:
+    """Whether the handler works; a test flips it to show a replay after the cause is fixed."""
+
+    broken = True
+
+
+def router() -> APIRouter:
+    api = APIRouter(prefix="/v1/things")
+
+    @api.post("", status_code=201)
+    async def create(thing: Thing, session: SessionDep, outbox: OutboxDep) -> dict[str, str]:
+        await session.execute(
+            insert(effects).values(application_id=thing.name, event_id="api", applied_at=dt.datetime.now(dt.UTC))
+        )
+        if thing.name == "conflict":
+            raise Conflict("A thing by that name is in the way.")  # after a write: it must be rolled back
+        if thing.name == "crash":
+            raise RuntimeError("secret internal detail")
+        await outbox.emit(session, withdrawn())
+        return {"name": thing.name}
+
+    return api
+
+
+async def apply(session: AsyncSession, event: CloudEvent) -> None:
+    if Switch.broken:
+        raise RuntimeError("handler is broken")
+    data = event.data_as(ApplicationWithdrawn)
+    await session.execute(
+        insert(effects).values(
+            application_id=str(data.application_id), event_id=event.id, applied_at=dt.datetime.now(dt.UTC)
+        )
+    )
+
+
+def definition() -> ServiceDefinition:
+    def subscriptions(runtime: Runtime) -> list[Subscription]:
+        return [Subscription(name="things", event_types=(EVENT_TYPE,), handler=apply, retry_delays=(0.01,))]
+
+    return ServiceDefinition(
+        name="testsvc", title="Test", description="A test service", tables=tables, routers=[router()],
+        subscriptions=subscriptions,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def client(
+    nats_server: NatsServer, bus_prefix: str, keys_dir: Path, database_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    Switch.broken = True
+    settings = ServiceSettings(
+        database_url=database_url,
+        nats_url=nats_server.url,
+        bus_prefix=bus_prefix,
+        jwt_public_key_file=keys_dir / "issuer.pub.pem",
+        max_body_bytes=2048,
+        consumer_max_deliver=2,
+        outbox_poll_interval_seconds=0.05,
+        log_json=False,
+    )
+    app = create_service_app(definition(), settings)
+    async with LifespanManager(app) as manager:
+        runtime: Runtime = app.state.runtime
+        async with runtime.db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(manager.app, raise_app_exceptions=False), base_url="http://test"
+        ) as c:
+            c.app = app  # type: ignore[attr-defined]
+            await wait_until(lambda: _ready(c))
+            yield c
+
+
+async def _ready(c: httpx.AsyncClient) -> bool:
+    return (await c.get("/readyz")).status_code == 200
+
+
+async def _count(c: httpx.AsyncClient) -> int:
+    runtime: Runtime = c.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        return int(await session.scalar(select(func.count()).select_from(effects)) or 0)
+
+
+async def _outbox(c: httpx.AsyncClient) -> int:
+    runtime: Runtime = c.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        return int(await session.scalar(select(func.count()).select_from(tables.outbox)) or 0)
+
+
+def _auth(issuer: TokenIssuer, role: Role = Role.ADMIN, **claims: object) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issuer.mint(role, **claims)}"}  # type: ignore[arg-type]
+
+
+async def test_invalid_input_is_a_422_problem_naming_each_field_and_writes_nothing(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    response = await client.post(
+        "/v1/things", json={"name": "", "size": "big", "born": "2024-02-30"}, headers=_auth(issuer)
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["type"] == "urn:onestop:problem:validation"
+    assert {e["field"] for e in problem["errors"]} == {"name", "size", "born"}
+    assert "born" in problem["detail"]
+    assert await _count(client) == 0
+    assert await _outbox(client) == 0
+
+    malformed = await client.post(
+        "/v1/things", content=b"{not json", headers={**_auth(issuer), "content-type": "application/json"}
+    )
+    assert malformed.status_code == 422
+    assert malformed.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_domain_error_after_a_write_rolls_the_write_back(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    response = await client.post(
+        "/v1/things", json={"name": "conflict", "size": 1, "born": "2020-01-01"}, headers=_auth(issuer)
+    )
+    assert response.status_code == 409
+    assert response.json()["detail"] == "A thing by that name is in the way."
+    assert await _count(client) == 0
+
+
+async def test_an_unexpected_error_is_a_500_problem_that_leaks_nothing(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    response = await client.post(
+        "/v1/things", json={"name": "crash", "size": 1, "born": "2020-01-01"}, headers=_auth(issuer)
+    )
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "secret" not in response.text
+    assert await _count(client) == 0
+
+
+async def test_success_commits_the_state_and_its_event_together(client: httpx.AsyncClient, issuer: TokenIssuer) -> None:
+    response = await client.post(
+        "/v1/things", json={"name": "ok", "size": 1, "born": "2020-01-01"}, headers=_auth(issuer)
+    )
+    assert response.status_code == 201
+    assert await _count(client) == 1
+    assert await _outbox(client) == 1
+
+
+async def test_bodies_over_the_limit_are_refused_with_413(client: httpx.AsyncClient, issuer: TokenIssuer) -> None:
+    big = {"name": "x", "size": 1, "born": "2020-01-01", "padding": "y" * 5000}
+    response = await client.post("/v1/things", json=big, headers=_auth(issuer))
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams in
+        for _ in range(10):
+            yield b" " * 500
+
+    streamed = await client.post(
+        "/v1/things", content=chunks(), headers={**_auth(issuer), "content-type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    assert await _count(client) == 0
+
+
+async def test_unknown_paths_and_methods_are_problems_too(client: httpx.AsyncClient, issuer: TokenIssuer) -> None:
+    missing = await client.get("/v1/nowhere", headers=_auth(issuer))
+    assert (missing.status_code, missing.headers["content-type"]) == (404, "application/problem+json")
+    wrong = await client.delete("/healthz")
+    assert (wrong.status_code, wrong.headers["content-type"]) == (405, "application/problem+json")
+
+
+async def test_dead_letters_are_listed_for_admins_and_replayed_once_the_cause_is_fixed(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    event = withdrawn()
+    async with runtime.db.session() as session:
+        await runtime.outbox.emit(session, event)
+
+    async def listed() -> bool:
+        return len((await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).json()) == 1
+
+    await wait_until(listed)
+    [letter] = (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).json()
+    assert letter["consumer"] == "testsvc-things"
+    assert letter["deliveries"] == 2
+    assert "handler is broken" in letter["error"]
+    supervisor = _auth(issuer, Role.SUPERVISOR, offices=["JN-WEL"])
+    assert (await client.get("/v1/admin/dead-letters", headers=supervisor)).status_code == 403
+
+    Switch.broken = False
+    replayed = await client.post(f"/v1/admin/dead-letters/{letter['id']}/replay", headers=_auth(issuer))
+    assert replayed.json() == {"id": letter["id"], "handled": True}
+    assert await _count(client) == 1
+    # Replaying again finds the event in the inbox: no second effect.
+    again = await client.post(f"/v1/admin/dead-letters/{letter['id']}/replay", headers=_auth(issuer))
+    assert again.json() == {"id": letter["id"], "handled": False}
+    assert await _count(client) == 1
+    remaining = (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).json()
+    assert remaining == []
+    missing = await client.post("/v1/admin/dead-letters/999999/replay", headers=_auth(issuer))
+    assert missing.status_code == 404
