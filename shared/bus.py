@@ -76,7 +76,8 @@ class Bus:
             tried += 1
             try:
                 self._nc = await nats.connect(
-                    self.settings.nats_url,
+                    # A cluster is given as a comma-separated list; the client fails over between its nodes.
+                    [url.strip() for url in self.settings.nats_url.split(",") if url.strip()],
                     name=self.name,
                     user=self.settings.nats_user,
                     password=self.settings.nats_password.get_secret_value() if self.settings.nats_password else None,

@@ -234,3 +234,36 @@ async def test_dead_letters_are_listed_for_admins_and_replayed_once_the_cause_is
     assert remaining == []
     missing = await client.post("/v1/admin/dead-letters/999999/replay", headers=_auth(issuer))
     assert missing.status_code == 404
+
+
+async def test_the_caller_s_trace_continues_into_the_event_it_caused(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = await client.post(
+        "/v1/things",
+        json={"name": "traced", "size": 1, "born": "2020-01-01"},
+        headers={**_auth(issuer), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert response.status_code == 201
+    assert response.headers["traceparent"].split("-")[1] == trace_id
+    runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        payload = await session.scalar(select(tables.outbox.c.payload))
+    assert payload is not None
+    event = CloudEvent.from_json(payload)
+    assert event.traceparent is not None
+    assert event.traceparent.split("-")[1] == trace_id
+
+
+async def test_request_logs_name_the_route_not_the_path_with_its_ids(
+    client: httpx.AsyncClient, issuer: TokenIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="onestop.http")
+    await client.post("/v1/admin/dead-letters/424242/replay?resident=kim-minji", headers=_auth(issuer))
+    [record] = [r for r in caplog.records if r.name == "onestop.http"]
+    assert record.route == "/v1/admin/dead-letters/{dead_letter_id}/replay"  # type: ignore[attr-defined]
+    assert record.status == 404  # type: ignore[attr-defined]
+    ours = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records if not r.name.startswith("httpx"))
+    assert "424242" not in ours
+    assert "kim-minji" not in ours
