@@ -7,6 +7,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import intake as package
+from services.intake.api import ROUTERS
+from services.intake.catalogue import catalogue_client
+from services.intake.handlers import subscriptions
 from services.intake.models import platform
 from services.intake.settings import IntakeSettings
 from shared.service import ServiceDefinition, create_service_app
@@ -21,7 +24,9 @@ def definition(settings: IntakeSettings) -> ServiceDefinition:
         title="OneStop intake",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[],
+        routers=ROUTERS,
+        subscriptions=subscriptions,
+        background=lambda runtime: catalogue_client(runtime, settings),
     )
 
 

@@ -1,11 +1,32 @@
-"""The intake service's tables."""
+"""The intake service's tables: residents and their consents, applications, the status view assembled from
+downstream events (determinations, cases, notifications, the timeline), feedback, and the access log."""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+import datetime as dt
+import uuid
+from typing import Any
 
-from shared.tables import platform_tables
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.tables import BigId, platform_tables
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -16,8 +37,235 @@ NAMING = {
 }
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is always timezone-aware UTC in Python. SQLite keeps no offset, so values are converted to
+    UTC on the way in and marked UTC on the way out; comparisons in SQL then agree on both backends."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; give a timezone")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: UTCDateTime(), uuid.UUID: Uuid(), dict[str, Any]: JSON(), list[Any]: JSON()}
 
 
 platform = platform_tables(Base.metadata)
+
+
+# ---------------------------------------------------------------------------------------------- residents
+
+
+class Resident(Base):
+    """A resident's record. The id is the pseudonymous id every event carries; the rest stays in intake."""
+
+    __tablename__ = "residents"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    birth_date: Mapped[dt.date] = mapped_column(Date)
+    district_code: Mapped[str] = mapped_column(String(5))
+    address: Mapped[str] = mapped_column(String(500))
+    household: Mapped[list[Any]] = mapped_column(JSON)
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    preferred_language: Mapped[str] = mapped_column(String(2))
+    preferred_channels: Mapped[list[Any]] = mapped_column(JSON)
+    vulnerability: Mapped[list[Any]] = mapped_column(JSON)
+    # Increases with every change; resident.updated carries it so consumers keep the newest.
+    version: Mapped[int] = mapped_column(Integer)
+    consent_version: Mapped[int] = mapped_column(Integer, default=0)
+    registered_by: Mapped[str] = mapped_column(String(255))
+    assisted: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Consent(Base):
+    """The current answer for one purpose."""
+
+    __tablename__ = "consents"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(100), primary_key=True)
+    granted: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[dt.datetime]
+
+
+class ConsentChange(Base):
+    """Every change of a consent, kept for good: who changed what, when."""
+
+    __tablename__ = "consent_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    purpose: Mapped[str] = mapped_column(String(100))
+    granted: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[dt.datetime]
+    changed_by: Mapped[str] = mapped_column(String(255))
+    changed_by_role: Mapped[str] = mapped_column(String(20))
+
+
+# ---------------------------------------------------------------------------------------------- applications
+
+
+class Application(Base):
+    __tablename__ = "applications"
+    __table_args__ = (Index("ix_applications_resident_submitted", "resident_id", "submitted_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"))
+    life_event: Mapped[str] = mapped_column(String(50))
+    answers: Mapped[dict[str, Any]] = mapped_column(JSON)
+    channel: Mapped[str] = mapped_column(String(10))
+    application_date: Mapped[dt.date] = mapped_column(Date)
+    submitted_at: Mapped[dt.datetime] = mapped_column(index=True)
+    filed_by: Mapped[str | None] = mapped_column(String(255))
+    # The overall status, derived from the parts and stored so that lists can filter on it.
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    withdrawn_at: Mapped[dt.datetime | None]
+    withdrawal_reason: Mapped[str | None] = mapped_column(String(500))
+    updated_at: Mapped[dt.datetime]
+
+
+class Determination(Base):
+    """The newest eligibility round of an application (a late, lower round never replaces it)."""
+
+    __tablename__ = "determinations"
+
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), primary_key=True)
+    determination_id: Mapped[uuid.UUID]
+    round: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(30))
+    evaluated_at: Mapped[dt.datetime]
+    programs: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class Case(Base):
+    """What the resident may know of a case in a department's office, assembled from routing's events in whatever
+    order they arrive. Each field remembers the time of the event that set it, so an older event never overwrites a
+    newer one."""
+
+    __tablename__ = "cases"
+
+    case_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    department: Mapped[str] = mapped_column(String(30))
+    office_code: Mapped[str] = mapped_column(String(50))
+    office_name: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    office_at: Mapped[dt.datetime]
+    # When the office name and due date were last set (by case.routed or case.transferred).
+    routing_at: Mapped[dt.datetime | None]
+    due_date: Mapped[dt.date | None] = mapped_column(Date)
+    priority: Mapped[int | None] = mapped_column(Integer)
+    automatic: Mapped[bool | None] = mapped_column(Boolean)
+    routed_at: Mapped[dt.datetime | None]
+    # open | closed (as routed) | decided | closed; decided and closed are final.
+    state: Mapped[str] = mapped_column(String(20))
+    state_at: Mapped[dt.datetime]
+    assigned: Mapped[bool] = mapped_column(Boolean, default=False)
+    assigned_at: Mapped[dt.datetime | None]
+    info_questions: Mapped[list[Any] | None] = mapped_column(JSON)
+    info_requested_at: Mapped[dt.datetime | None]
+    info_answered_at: Mapped[dt.datetime | None]
+    decision: Mapped[str | None] = mapped_column(String(20))
+    reason_code: Mapped[str | None] = mapped_column(String(100))
+    decision_reason: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    decided_at: Mapped[dt.datetime | None]
+    closed_reason: Mapped[str | None] = mapped_column(String(50))
+    closed_at: Mapped[dt.datetime | None]
+    escalated_at: Mapped[dt.datetime | None]
+    sla_breached_at: Mapped[dt.datetime | None]
+    first_seen_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class ApplicationOffice(Base):
+    """Every office a case of the application is or was in: what lets that office's staff read it."""
+
+    __tablename__ = "application_offices"
+
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), primary_key=True)
+    office_code: Mapped[str] = mapped_column(String(50), primary_key=True, index=True)
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    notification_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    template: Mapped[str] = mapped_column(String(100))
+    # sent | failed
+    status: Mapped[str] = mapped_column(String(10))
+    status_at: Mapped[dt.datetime]
+    dead: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    source_event_ids: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class TimelineEntry(Base):
+    """One thing that happened to an application; at most one entry per event id."""
+
+    __tablename__ = "timeline_entries"
+    __table_args__ = (Index("ix_timeline_entries_application_time", "application_id", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"))
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    occurred_at: Mapped[dt.datetime]
+    program_code: Mapped[str | None] = mapped_column(String(100))
+    case_id: Mapped[uuid.UUID | None]
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("score BETWEEN 1 AND 5", name="score_range"),)
+
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    score: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+class AccessLogEntry(Base):
+    """A read of a resident's personal data by anyone but the resident: who, when, which record, for what."""
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_resident_at", "resident_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"))
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(255))
+    actor_role: Mapped[str] = mapped_column(String(20))
+    actor_name: Mapped[str | None] = mapped_column(String(200))
+    offices: Mapped[list[Any]] = mapped_column(JSON)
+    action: Mapped[str] = mapped_column(String(50))
+    record_type: Mapped[str] = mapped_column(String(50))
+    record_id: Mapped[str | None] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(200))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -11,3 +15,16 @@ class IntakeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ONESTOP_INTAKE_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite+aiosqlite:///var/intake.db"
+
+    # Eligibility owns the catalogue of life events, programs and fact types; intake reads it over HTTP.
+    eligibility_url: str = "http://127.0.0.1:8002"
+    # How long a fetched catalogue counts as fresh; a stale copy is still served while eligibility is down.
+    catalogue_ttl_seconds: float = Field(default=60.0, gt=0)
+    catalogue_timeout_seconds: float = Field(default=3.0, gt=0)
+
+    # "Today" for application dates and birth-date checks is the date in the city's time zone.
+    timezone: str = "Asia/Seoul"
+
+    def today(self) -> dt.date:
+        """Today's date in the city (an application filed at 00:30 in Seoul is dated that day, not UTC's)."""
+        return dt.datetime.now(ZoneInfo(self.timezone)).date()

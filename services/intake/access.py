@@ -1,0 +1,76 @@
+"""Who may do what beyond reading, and the access log: every read of a resident's data by someone other than the
+resident is recorded (who, when, which record, why), and the resident can see it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from services.intake.models import AccessLogEntry, Resident
+from services.intake.repository import OFFICE_ROLES, Repository
+from shared.auth import Principal, Role
+from shared.problems import Forbidden
+
+PURPOSE_CASE_REVIEW = "case review"
+PURPOSE_ASSISTED_REGISTRATION = "assisted registration"
+PURPOSE_ASSISTED_APPLICATION = "assisted application"
+PURPOSE_ADMINISTRATION = "administration"
+PURPOSE_NOTIFICATION = "notification delivery"
+
+# Who may create residents and file applications: the resident for themselves, staff at a counter for anyone.
+FILING_ROLES = (Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
+
+
+def is_self(principal: Principal, resident_id: uuid.UUID) -> bool:
+    return principal.role is Role.RESIDENT and principal.resident_id == resident_id
+
+
+def require_self(principal: Principal, resident_id: uuid.UUID, action: str) -> None:
+    """For what only the resident may do (consent, withdraw, answer, rate): staff who can see the record get 403."""
+    if not is_self(principal, resident_id):
+        raise Forbidden(f"Only the resident may {action}.")
+
+
+async def resident_read_purpose(repo: Repository, principal: Principal, resident: Resident) -> str:
+    if principal.role is Role.ADMIN:
+        return PURPOSE_ADMINISTRATION
+    if principal.role is Role.SERVICE:
+        return PURPOSE_NOTIFICATION
+    if principal.role in OFFICE_ROLES and await repo.has_case_in_offices(resident.id, principal.offices):
+        return PURPOSE_CASE_REVIEW
+    return PURPOSE_ASSISTED_REGISTRATION
+
+
+def application_read_purpose(principal: Principal) -> str:
+    return PURPOSE_ADMINISTRATION if principal.role is Role.ADMIN else PURPOSE_CASE_REVIEW
+
+
+def record_access(
+    repo: Repository,
+    principal: Principal,
+    resident_id: uuid.UUID,
+    *,
+    action: str,
+    record_type: str,
+    record_id: uuid.UUID | str | None,
+    purpose: str,
+) -> None:
+    """Write an access-log entry, unless the resident is looking at their own data."""
+    if is_self(principal, resident_id):
+        return
+    repo.add_access(
+        [
+            AccessLogEntry(
+                resident_id=resident_id,
+                at=dt.datetime.now(dt.UTC),
+                actor=principal.subject[:255],
+                actor_role=principal.role.value,
+                actor_name=principal.name[:200] if principal.name else None,
+                offices=sorted(principal.offices),
+                action=action,
+                record_type=record_type,
+                record_id=str(record_id) if record_id is not None else None,
+                purpose=purpose,
+            )
+        ]
+    )

@@ -1,0 +1,400 @@
+"""Applications: filing (by the resident or by staff on their behalf), answering requests for information,
+withdrawing and rating the service. Each state change and its event are written in one transaction (the outbox);
+nothing here commits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from services.intake.access import PURPOSE_ASSISTED_APPLICATION, record_access, require_self
+from services.intake.catalogue import CatalogueSnapshot
+from services.intake.models import Application, Feedback
+from services.intake.repository import Repository
+from services.intake.schemas import (
+    ApplicationCreate,
+    ApplicationStatus,
+    FactType,
+    FeedbackCreate,
+    InfoProvide,
+    Withdrawal,
+)
+from services.intake.status import (
+    add_timeline,
+    current_cases,
+    info_open,
+    programs_of,
+    refresh_status,
+    settled,
+)
+from shared.auth import Principal, Role
+from shared.events import (
+    ApplicationInfoProvided,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    Language,
+    Localized,
+    ResidentContext,
+    Vulnerability,
+)
+from shared.outbox import Outbox
+from shared.problems import Conflict, NotFound, UnprocessableContent
+
+MAX_TEXT_ANSWER = 1000
+MAX_LIST_ANSWER = 50
+MAX_ABS_NUMBER = 10**15
+
+
+class ApplicationClosed(Conflict):
+    slug = "application-closed"
+
+
+class FeedbackNotOpen(Conflict):
+    slug = "feedback-not-open"
+
+
+class FeedbackAlreadyGiven(Conflict):
+    slug = "feedback-already-given"
+
+
+def _error(field: str, message: str, type_: str) -> dict[str, str]:
+    return {"field": field, "message": message, "type": type_}
+
+
+def _invalid(errors: list[dict[str, str]]) -> UnprocessableContent:
+    fields = ", ".join(sorted({e["field"] for e in errors}))
+    return UnprocessableContent(f"Invalid input: {fields}", errors=errors)
+
+
+# ---------------------------------------------------------------------------------------------- answers
+
+
+def _storable_text(value: str, limit: int) -> str | None:
+    """Why a text answer cannot be kept, or None."""
+    if len(value) > limit:
+        return f"must be at most {limit} characters"
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text"
+    return None
+
+
+def _scalar(fact: FactType, value: Any) -> tuple[Any, str | None]:
+    """The normalised value of one answer, or why it does not fit the fact's type."""
+    match fact.type:
+        case "integer":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return None, "must be an integer"
+            if abs(value) > MAX_ABS_NUMBER:
+                return None, "is out of range"
+        case "number":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None, "must be a number"
+            if not math.isfinite(value) or abs(value) > MAX_ABS_NUMBER:
+                return None, "is out of range"
+        case "boolean":
+            if not isinstance(value, bool):
+                return None, "must be true or false"
+        case "string":
+            if not isinstance(value, str):
+                return None, "must be a string"
+            if (problem := _storable_text(value, MAX_TEXT_ANSWER)) is not None:
+                return None, problem
+        case "date":
+            if not isinstance(value, str) or len(value) != 10:
+                return None, "must be a date written YYYY-MM-DD"
+            try:
+                value = dt.date.fromisoformat(value).isoformat()
+            except ValueError:
+                return None, "must be a valid date written YYYY-MM-DD"
+    return value, None
+
+
+def _answer(fact: FactType, value: Any) -> tuple[Any, str | None]:
+    if fact.type == "list":
+        if not isinstance(value, list):
+            return None, "must be a list"
+        if len(value) > MAX_LIST_ANSWER:
+            return None, f"must have at most {MAX_LIST_ANSWER} items"
+        for item in value:
+            if isinstance(item, str):
+                if (problem := _storable_text(item, 200)) is not None:
+                    return None, f"items {problem}"
+            elif not isinstance(item, int | float | bool) or (isinstance(item, float) and not math.isfinite(item)):
+                return None, "items must be strings, numbers or booleans"
+        if fact.enum is not None and any(item not in fact.enum for item in value):
+            return None, f"items must be among {fact.enum}"
+        return value, None
+    normalised, problem = _scalar(fact, value)
+    if problem is None and fact.enum is not None and normalised not in fact.enum:
+        return None, f"must be one of {fact.enum}"
+    return normalised, problem
+
+
+def validate_answers(
+    answers: Mapping[str, Any], facts: Mapping[str, FactType], *, by_staff: bool, prefix: str = "answers"
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Answers checked against eligibility's fact types: known names, the right types, and facts only staff can
+    supply kept from residents. Returns the normalised answers and the errors."""
+    out: dict[str, Any] = {}
+    errors = []
+    for name, value in answers.items():
+        field = f"{prefix}.{name}"
+        fact = facts.get(name)
+        if fact is None:
+            errors.append(_error(field, "is not a known fact", "unknown_fact"))
+            continue
+        if fact.asked_of == "staff" and not by_staff:
+            errors.append(_error(field, "can only be supplied by staff", "staff_only"))
+            continue
+        normalised, problem = _answer(fact, value)
+        if problem is not None:
+            errors.append(_error(field, problem, f"{fact.type}_type"))
+        else:
+            out[name] = normalised
+    return out, errors
+
+
+# ---------------------------------------------------------------------------------------------- filing
+
+
+async def submit(
+    repo: Repository,
+    outbox: Outbox,
+    catalogue: CatalogueSnapshot,
+    principal: Principal,
+    body: ApplicationCreate,
+    today: dt.date,
+) -> Application:
+    errors: list[dict[str, str]] = []
+    # A resident files for themselves only; another resident's id is as unknown to them as a made-up one.
+    resident = None
+    if principal.role is not Role.RESIDENT or principal.resident_id == body.resident_id:
+        resident = await repo.resident(body.resident_id)
+    if resident is None:
+        errors.append(_error("resident_id", "is not a registered resident", "unknown_resident"))
+    if body.life_event not in catalogue.life_event_codes:
+        errors.append(_error("life_event", "is not a known life event (see GET /v1/life-events)", "unknown_life_event"))
+    answers, answer_errors = validate_answers(body.answers, catalogue.fact_types, by_staff=principal.is_staff)
+    errors += answer_errors
+    if errors or resident is None:
+        raise _invalid(errors)
+
+    now = dt.datetime.now(dt.UTC)
+    filed_by = principal.subject if principal.is_staff else None
+    application = Application(
+        id=uuid.uuid4(),
+        resident_id=resident.id,
+        life_event=body.life_event,
+        answers=answers,
+        channel=body.channel.value,
+        application_date=today,
+        submitted_at=now,
+        filed_by=filed_by,
+        status=ApplicationStatus.RECEIVED.value,
+        updated_at=now,
+    )
+    repo.session.add(application)
+    await repo.session.flush()
+    event = await outbox.emit(
+        repo.session,
+        ApplicationSubmitted(
+            application_id=application.id,
+            resident_id=resident.id,
+            life_event=application.life_event,
+            answers=answers,
+            channel=body.channel,
+            application_date=today,
+            submitted_at=now,
+            filed_by=filed_by,
+            resident=ResidentContext(
+                district_code=resident.district_code,
+                preferred_language=Language(resident.preferred_language),
+                vulnerability=[Vulnerability(v) for v in resident.vulnerability],
+            ),
+        ),
+        subject=str(application.id),
+    )
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=event.time,
+        summary=Localized(ko="신청이 접수되었습니다", en="Application received")
+        if filed_by is None
+        else Localized(ko="창구에서 신청이 접수되었습니다", en="Application filed for you at a counter"),
+        details={"life_event": application.life_event, "channel": application.channel},
+    )
+    if filed_by is not None:
+        record_access(
+            repo,
+            principal,
+            resident.id,
+            action="file application",
+            record_type="application",
+            record_id=application.id,
+            purpose=PURPOSE_ASSISTED_APPLICATION,
+        )
+    return application
+
+
+async def _own_open_application(
+    repo: Repository, principal: Principal, application_id: uuid.UUID, action: str
+) -> Application:
+    application = await repo.visible_application(principal, application_id, for_update=True)
+    if application is None:
+        raise NotFound(f"No application {application_id}.")
+    require_self(principal, application.resident_id, action)
+    if application.status == ApplicationStatus.WITHDRAWN:
+        raise ApplicationClosed("The application was withdrawn.")
+    if application.status == ApplicationStatus.COMPLETED:
+        raise ApplicationClosed("The application is completed; every program has been settled.")
+    return application
+
+
+async def provide_info(
+    repo: Repository,
+    outbox: Outbox,
+    catalogue: CatalogueSnapshot,
+    principal: Principal,
+    application_id: uuid.UUID,
+    body: InfoProvide,
+) -> Application:
+    """The resident answers what eligibility or a caseworker asked; eligibility re-evaluates and the cases hear."""
+    application = await _own_open_application(repo, principal, application_id, "answer requests for information")
+    answers, errors = validate_answers(body.answers, catalogue.fact_types, by_staff=False)
+    if not body.answers and body.note is None:
+        errors.append(_error("answers", "give at least one answer or a note", "missing"))
+    if errors:
+        raise _invalid(errors)
+
+    now = dt.datetime.now(dt.UTC)
+    cases = await repo.cases(application.id)
+    current = current_cases(cases)
+    asking = [
+        p.program_code
+        for p in programs_of(await repo.determination(application.id))
+        if not settled(p, current) and any(m.asked_of == "resident" and m.name in answers for m in p.missing)
+    ]
+    waiting = [c for c in cases if info_open(c)]
+    for case in waiting:
+        case.info_answered_at = now
+    application.answers = {**application.answers, **answers}
+    event = await outbox.emit(
+        repo.session,
+        ApplicationInfoProvided(
+            application_id=application.id,
+            resident_id=application.resident_id,
+            answers=answers,
+            program_codes=asking,
+            case_ids=[c.case_id for c in waiting],
+            provided_at=now,
+        ),
+        subject=str(application.id),
+    )
+    details: dict[str, Any] = {"facts": sorted(answers), "program_codes": asking}
+    if body.note is not None:
+        details["note"] = body.note
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=event.time,
+        summary=Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
+        details=details,
+    )
+    await repo.session.flush()
+    await refresh_status(repo, application, now)
+    return application
+
+
+async def withdraw(
+    repo: Repository, outbox: Outbox, principal: Principal, application_id: uuid.UUID, body: Withdrawal
+) -> Application:
+    application = await _own_open_application(repo, principal, application_id, "withdraw the application")
+    now = dt.datetime.now(dt.UTC)
+    application.withdrawn_at = now
+    application.withdrawal_reason = body.reason
+    application.status = ApplicationStatus.WITHDRAWN.value
+    application.updated_at = now
+    event = await outbox.emit(
+        repo.session,
+        ApplicationWithdrawn(
+            application_id=application.id, resident_id=application.resident_id, reason=body.reason, withdrawn_at=now
+        ),
+        subject=str(application.id),
+    )
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=event.time,
+        summary=Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
+    )
+    await repo.session.flush()
+    return application
+
+
+async def give_feedback(
+    repo: Repository, principal: Principal, application_id: uuid.UUID, body: FeedbackCreate
+) -> Feedback:
+    """A rating at the point of delivery: once per application, once it (or one of its cases) is completed."""
+    application = await repo.visible_application(principal, application_id, for_update=True)
+    if application is None:
+        raise NotFound(f"No application {application_id}.")
+    require_self(principal, application.resident_id, "rate the service")
+    if await repo.feedback(application.id) is not None:
+        raise FeedbackAlreadyGiven("You already rated this application.")
+    decided = any(c.state == "decided" for c in await repo.cases(application.id))
+    if application.status != ApplicationStatus.COMPLETED and not decided:
+        raise FeedbackNotOpen("Feedback opens once the application, or one of its cases, is completed.")
+    now = dt.datetime.now(dt.UTC)
+    feedback = Feedback(
+        application_id=application.id,
+        resident_id=application.resident_id,
+        score=body.score,
+        comment=body.comment,
+        created_at=now,
+    )
+    repo.session.add(feedback)
+    add_timeline(
+        repo,
+        application.id,
+        event_id=f"feedback-{application.id.hex}",
+        event_type="feedback.given",
+        at=now,
+        summary=Localized(ko=f"서비스 평가를 남겼습니다 ({body.score}/5)", en=f"You rated the service {body.score}/5"),
+    )
+    await repo.session.flush()
+    return feedback
+
+
+# ---------------------------------------------------------------------------------------------- paging
+
+
+def encode_cursor(application: Application) -> str:
+    raw = f"{application.submitted_at.isoformat()}|{application.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, last_id = raw.partition("|")
+        parsed = dt.datetime.fromisoformat(at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed.astimezone(dt.UTC), uuid.UUID(last_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
+        raise UnprocessableContent.for_field("query.cursor", "is not a cursor this API gave out") from None

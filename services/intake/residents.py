@@ -1,0 +1,289 @@
+"""Residents and their consents: registration (by the resident or assisted by staff), changes, and the purpose-
+specific consents. Registry facts eligibility needs go out as ``resident.updated`` (no name, no contact details);
+every consent change is kept and goes out as ``consent.changed``. Nothing here commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+
+from services.intake.access import PURPOSE_ASSISTED_REGISTRATION, record_access
+from services.intake.models import Consent, ConsentChange, Resident
+from services.intake.repository import Repository
+from services.intake.schemas import (
+    ConsentChangeView,
+    ConsentsUpdate,
+    ConsentsView,
+    HouseholdMemberIn,
+    HouseholdMemberView,
+    ResidentCreate,
+    ResidentUpdate,
+    ResidentView,
+)
+from shared.auth import Principal, Role
+from shared.events import ConsentChanged, HouseholdMember, Language, ResidentUpdated, Vulnerability
+from shared.outbox import Outbox
+from shared.problems import Conflict, Forbidden, UnprocessableContent
+
+T = TypeVar("T")
+
+# Fields that eligibility needs (and resident.updated carries); a change to any other field emits nothing.
+REGISTRY_FIELDS = frozenset({"birth_date", "district_code", "household", "vulnerability", "preferred_language"})
+NOT_NULL_FIELDS = frozenset(
+    {"name", "birth_date", "district_code", "address", "household", "preferred_language", "preferred_channels"}
+    | {"vulnerability"}
+)
+
+
+class ResidentAlreadyRegistered(Conflict):
+    slug = "resident-already-registered"
+
+
+def _unique(values: Iterable[T]) -> list[T]:
+    return list(dict.fromkeys(values))
+
+
+def _invalid(errors: Sequence[dict[str, str]]) -> UnprocessableContent:
+    fields = ", ".join(sorted({e["field"] for e in errors}))
+    return UnprocessableContent(f"Invalid input: {fields}", errors=list(errors))
+
+
+def _date_errors(
+    birth_date: dt.date | None, household: Sequence[HouseholdMemberIn] | None, today: dt.date
+) -> list[dict[str, str]]:
+    errors = []
+    if birth_date is not None and birth_date > today:
+        errors.append({"field": "birth_date", "message": "must not be in the future", "type": "future_date"})
+    for n, member in enumerate(household or ()):
+        if member.birth_date > today:
+            errors.append(
+                {"field": f"household[{n}].birth_date", "message": "must not be in the future", "type": "future_date"}
+            )
+    return errors
+
+
+def _contact_errors(channels: Sequence[str], email: str | None, phone: str | None) -> list[dict[str, str]]:
+    errors = []
+    if "email" in channels and not email:
+        errors.append({"field": "email", "message": "is needed for the email channel", "type": "missing"})
+    if "sms" in channels and not phone:
+        errors.append({"field": "phone", "message": "is needed for the sms channel", "type": "missing"})
+    return errors
+
+
+def _household(members: Sequence[HouseholdMemberIn]) -> list[dict[str, Any]]:
+    return [m.model_dump(mode="json") for m in members]
+
+
+def registry_event(resident: Resident) -> ResidentUpdated:
+    return ResidentUpdated(
+        resident_id=resident.id,
+        version=resident.version,
+        birth_date=resident.birth_date,
+        district_code=resident.district_code,
+        household=[HouseholdMember.model_validate(m) for m in resident.household],
+        vulnerability=[Vulnerability(v) for v in resident.vulnerability],
+        preferred_language=Language(resident.preferred_language),
+        updated_at=resident.updated_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- registration
+
+
+async def register(
+    repo: Repository, outbox: Outbox, principal: Principal, body: ResidentCreate, today: dt.date
+) -> Resident:
+    """A resident registers themselves (their token's resident id becomes the record's id), or staff register them
+    at a counter (a new random id, returned to them)."""
+    errors = _date_errors(body.birth_date, body.household, today)
+    errors += _contact_errors(body.preferred_channels, body.email, body.phone)
+    if errors:
+        raise _invalid(errors)
+    if principal.role is Role.RESIDENT:
+        assert principal.resident_id is not None  # guaranteed by token verification
+        resident_id = principal.resident_id
+        if await repo.resident(resident_id) is not None:
+            raise ResidentAlreadyRegistered("You are already registered; change your record with PATCH instead.")
+    elif principal.is_staff:
+        resident_id = uuid.uuid4()
+    else:
+        raise Forbidden("Only a resident or staff may register a resident.")
+    now = dt.datetime.now(dt.UTC)
+    resident = Resident(
+        id=resident_id,
+        name=body.name,
+        birth_date=body.birth_date,
+        district_code=body.district_code,
+        address=body.address,
+        household=_household(body.household),
+        email=body.email,
+        phone=body.phone,
+        preferred_language=body.preferred_language.value,
+        preferred_channels=_unique(body.preferred_channels),
+        vulnerability=[v.value for v in _unique(body.vulnerability)],
+        version=1,
+        consent_version=0,
+        registered_by=principal.subject,
+        assisted=principal.role is not Role.RESIDENT,
+        created_at=now,
+        updated_at=now,
+    )
+    repo.session.add(resident)
+    try:
+        await repo.session.flush()
+    except IntegrityError:
+        # The same resident registering twice at the same moment: the other request won.
+        raise ResidentAlreadyRegistered("You are already registered; change your record with PATCH instead.") from None
+    if resident.assisted:
+        record_access(
+            repo,
+            principal,
+            resident.id,
+            action="register",
+            record_type="resident",
+            record_id=resident.id,
+            purpose=PURPOSE_ASSISTED_REGISTRATION,
+        )
+    await outbox.emit(repo.session, registry_event(resident), subject=str(resident.id))
+    return resident
+
+
+async def update(
+    repo: Repository, outbox: Outbox, principal: Principal, resident: Resident, body: ResidentUpdate, today: dt.date
+) -> Resident:
+    given = body.model_fields_set
+    errors = [
+        {"field": name, "message": "may not be null", "type": "null"}
+        for name in sorted(given & NOT_NULL_FIELDS)
+        if getattr(body, name) is None
+    ]
+    errors += _date_errors(body.birth_date, body.household, today)
+    values: dict[str, Any] = {}
+    for name in given:
+        value = getattr(body, name)
+        if value is None:
+            values[name] = None
+        elif name == "household":
+            values[name] = _household(value)
+        elif name == "preferred_language":
+            values[name] = value.value
+        elif name == "preferred_channels":
+            values[name] = _unique(value)
+        elif name == "vulnerability":
+            values[name] = [v.value for v in _unique(value)]
+        else:
+            values[name] = value
+    channels = values.get("preferred_channels") or resident.preferred_channels
+    email = values.get("email", resident.email)
+    phone = values.get("phone", resident.phone)
+    errors += _contact_errors(channels, email, phone)
+    if errors:
+        raise _invalid(errors)
+
+    changed = {name for name, value in values.items() if getattr(resident, name) != value}
+    if not changed:
+        return resident
+    for name in changed:
+        setattr(resident, name, values[name])
+    resident.version += 1
+    resident.updated_at = dt.datetime.now(dt.UTC)
+    await repo.session.flush()
+    if changed & REGISTRY_FIELDS:
+        await outbox.emit(repo.session, registry_event(resident), subject=str(resident.id))
+    return resident
+
+
+def view(resident: Resident, consents: Sequence[Consent]) -> ResidentView:
+    return ResidentView(
+        id=resident.id,
+        name=resident.name,
+        birth_date=resident.birth_date,
+        district_code=resident.district_code,
+        address=resident.address,
+        household=[HouseholdMemberView.model_validate(m) for m in resident.household],
+        email=resident.email,
+        phone=resident.phone,
+        preferred_language=Language(resident.preferred_language),
+        preferred_channels=resident.preferred_channels,
+        vulnerability=[Vulnerability(v) for v in resident.vulnerability],
+        consents={c.purpose: c.granted for c in consents},
+        version=resident.version,
+        assisted=resident.assisted,
+        created_at=resident.created_at,
+        updated_at=resident.updated_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- consents
+
+
+async def set_consents(
+    repo: Repository, outbox: Outbox, principal: Principal, resident: Resident, body: ConsentsUpdate
+) -> ConsentsView:
+    """Replace the consent set. A purpose not given counts as not granted; only real changes are recorded."""
+    current = {c.purpose: c for c in await repo.consents(resident.id, for_update=True)}
+    wanted = dict(body.consents)
+    for purpose in current:
+        wanted.setdefault(purpose, False)
+    changed = sorted(p for p, granted in wanted.items() if (current[p].granted if p in current else False) != granted)
+    if changed:
+        now = dt.datetime.now(dt.UTC)
+        resident.consent_version += 1
+        for purpose in changed:
+            granted = wanted[purpose]
+            if purpose in current:
+                current[purpose].granted = granted
+                current[purpose].changed_at = now
+            else:
+                current[purpose] = Consent(resident_id=resident.id, purpose=purpose, granted=granted, changed_at=now)
+                repo.session.add(current[purpose])
+            repo.session.add(
+                ConsentChange(
+                    resident_id=resident.id,
+                    version=resident.consent_version,
+                    purpose=purpose,
+                    granted=granted,
+                    changed_at=now,
+                    changed_by=principal.subject[:255],
+                    changed_by_role=principal.role.value,
+                )
+            )
+        await repo.session.flush()
+        await outbox.emit(
+            repo.session,
+            ConsentChanged(
+                resident_id=resident.id,
+                version=resident.consent_version,
+                consents={p: c.granted for p, c in sorted(current.items())},
+                changed=changed,
+                changed_at=now,
+            ),
+            subject=str(resident.id),
+        )
+    return await consents_view(repo, resident, changed=changed)
+
+
+async def consents_view(repo: Repository, resident: Resident, *, changed: Sequence[str] = ()) -> ConsentsView:
+    consents = await repo.consents(resident.id)
+    history = await repo.consent_history(resident.id)
+    return ConsentsView(
+        resident_id=resident.id,
+        version=resident.consent_version,
+        consents={c.purpose: c.granted for c in consents},
+        changed=list(changed),
+        history=[
+            ConsentChangeView(
+                version=h.version,
+                purpose=h.purpose,
+                granted=h.granted,
+                changed_at=h.changed_at,
+                changed_by_role=h.changed_by_role,
+            )
+            for h in history
+        ],
+    )

@@ -1,0 +1,385 @@
+"""Request and response bodies of the intake API (pydantic v2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+)
+
+from shared.events import Channel, Department, Language, Localized, MissingFact, Outcome, Vulnerability
+
+# ---------------------------------------------------------------------------------------------- field types
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL refuses NUL in text, and a lone surrogate cannot be encoded: refuse both here, as a 422.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _iso_date(value: Any) -> Any:
+    """Only a calendar date written YYYY-MM-DD: not a number of seconds, not a timestamp."""
+    if isinstance(value, dt.datetime):
+        raise ValueError("must be a date (YYYY-MM-DD), not a timestamp")
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not a valid calendar date") from None
+
+
+def _not_ancient(value: dt.date) -> dt.date:
+    if value < dt.date(1900, 1, 1):
+        raise ValueError("must not be before 1900-01-01")
+    return value
+
+
+# Whether a date lies in the future depends on "today" in the city's time zone, so the domain checks that.
+BirthDate = Annotated[dt.date, BeforeValidator(_iso_date), AfterValidator(_not_ancient)]
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_storable)]
+Address = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), AfterValidator(_storable)
+]
+DistrictCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{5}$")]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 -]{6,19}$")]
+Email = Annotated[EmailStr, StringConstraints(max_length=254)]
+LifeEventCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,49}$")]
+FactName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,99}$")]
+Comment = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), AfterValidator(_storable)
+]
+Reason = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), AfterValidator(_storable)
+]
+
+PURPOSE_PATTERN = (
+    r"^(proactive_screening|department_data:(" + "|".join(d.value for d in Department) + r")"
+    r"|partner:[a-z0-9][a-z0-9_-]{0,63})$"
+)
+Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_PATTERN)]
+
+ContactChannel = Literal["inbox", "email", "sms"]
+Relation = Literal["spouse", "child", "parent", "sibling", "grandparent", "grandchild", "other"]
+
+MAX_ANSWERS = 100
+
+
+def _inbox_only() -> list[ContactChannel]:
+    return ["inbox"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------- residents
+
+
+class HouseholdMemberIn(Strict):
+    relation: Relation
+    birth_date: BirthDate
+    monthly_income: Annotated[StrictInt, Field(ge=0, le=10**12)] | None = Field(
+        default=None, description="KRW a month, when known"
+    )
+    disability: StrictBool = False
+
+
+class ResidentCreate(Strict):
+    name: Name
+    birth_date: BirthDate
+    district_code: DistrictCode = Field(description="Five-digit district code, e.g. 11440 (Mapo-gu)")
+    address: Address
+    household: list[HouseholdMemberIn] = Field(default_factory=list, max_length=20)
+    email: Email | None = None
+    phone: Phone | None = None
+    preferred_language: Language = Language.KO
+    preferred_channels: list[ContactChannel] = Field(default_factory=_inbox_only, min_length=1, max_length=3)
+    vulnerability: list[Vulnerability] = Field(default_factory=list, max_length=len(Vulnerability))
+
+
+class ResidentUpdate(Strict):
+    """Only the fields given change; ``email`` and ``phone`` may be set to null to remove them."""
+
+    name: Name | None = None
+    birth_date: BirthDate | None = None
+    district_code: DistrictCode | None = None
+    address: Address | None = None
+    household: list[HouseholdMemberIn] | None = Field(default=None, max_length=20)
+    email: Email | None = None
+    phone: Phone | None = None
+    preferred_language: Language | None = None
+    preferred_channels: list[ContactChannel] | None = Field(default=None, min_length=1, max_length=3)
+    vulnerability: list[Vulnerability] | None = Field(default=None, max_length=len(Vulnerability))
+
+
+class HouseholdMemberView(BaseModel):
+    relation: Relation
+    birth_date: dt.date
+    monthly_income: int | None = None
+    disability: bool = False
+
+
+class ResidentView(BaseModel):
+    id: uuid.UUID
+    name: str
+    birth_date: dt.date
+    district_code: str
+    address: str
+    household: list[HouseholdMemberView]
+    email: str | None
+    phone: str | None
+    preferred_language: Language
+    preferred_channels: list[ContactChannel]
+    vulnerability: list[Vulnerability]
+    consents: dict[str, bool]
+    version: int
+    assisted: bool = Field(description="Registered by staff at a counter rather than by the resident")
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ContactView(BaseModel):
+    resident_id: uuid.UUID
+    email: str | None
+    phone: str | None
+    preferred_language: Language
+    preferred_channels: list[ContactChannel]
+
+
+# ---------------------------------------------------------------------------------------------- consents
+
+
+class ConsentsUpdate(Strict):
+    """The resident's complete consent set: a purpose left out is a consent withdrawn."""
+
+    consents: dict[Purpose, StrictBool] = Field(
+        max_length=50,
+        description="proactive_screening, department_data:<department>, partner:<partner id> -> granted",
+        examples=[{"proactive_screening": True, "department_data:tax": True}],
+    )
+
+
+class ConsentChangeView(BaseModel):
+    version: int
+    purpose: str
+    granted: bool
+    changed_at: dt.datetime
+    changed_by_role: str
+
+
+class ConsentsView(BaseModel):
+    resident_id: uuid.UUID
+    version: int
+    consents: dict[str, bool]
+    changed: list[str] = Field(default_factory=list, description="What this request changed (PUT only)")
+    history: list[ConsentChangeView] = Field(default_factory=list, description="Every change, oldest first")
+
+
+# ---------------------------------------------------------------------------------------------- applications
+
+
+class ApplicationStatus(StrEnum):
+    RECEIVED = "received"
+    IN_PROGRESS = "in_progress"
+    ACTION_REQUIRED = "action_required"
+    COMPLETED = "completed"
+    WITHDRAWN = "withdrawn"
+
+
+Answers = Annotated[
+    dict[FactName, Any],
+    Field(max_length=MAX_ANSWERS, description="Declared facts by name; see eligibility's fact types"),
+]
+
+
+class ApplicationCreate(Strict):
+    resident_id: uuid.UUID
+    life_event: LifeEventCode = Field(description="A code from GET /v1/life-events")
+    answers: Answers = Field(default_factory=dict)
+    channel: Channel = Channel.WEB
+
+
+class InfoProvide(Strict):
+    answers: Answers = Field(default_factory=dict)
+    note: Comment | None = Field(default=None, description="A message for the caseworker who asked")
+
+
+class Withdrawal(Strict):
+    reason: Reason | None = None
+
+
+class FeedbackCreate(Strict):
+    score: Annotated[StrictInt, Field(ge=1, le=5)]
+    comment: Comment | None = None
+
+
+class FeedbackView(BaseModel):
+    application_id: uuid.UUID
+    score: int
+    comment: str | None
+    created_at: dt.datetime
+
+
+class MissingInformation(MissingFact):
+    answered: bool = Field(description="The resident has since supplied this fact")
+
+
+class CaseView(BaseModel):
+    case_id: uuid.UUID
+    status: Literal["open", "in_review", "information_requested", "decided", "closed"]
+    office_code: str
+    office_name: Localized | None
+    due_date: dt.date | None
+    automatic: bool | None
+    decision: Literal["approved", "denied"] | None
+    reason_code: str | None
+    decision_reason: Localized | None
+    amount: int | None
+    decided_at: dt.datetime | None
+    closed_reason: str | None
+    questions: list[dict[str, Any]] = Field(description="The open request for information, if any")
+    escalated: bool
+    overdue: bool
+    updated_at: dt.datetime
+
+
+class NotificationView(BaseModel):
+    notification_id: uuid.UUID
+    channel: str
+    template: str
+    status: Literal["sent", "failed"]
+    at: dt.datetime
+
+
+class ProgramView(BaseModel):
+    program_code: str
+    program_name: Localized | None
+    department: Department
+    outcome: Outcome | None = Field(description="From the newest eligibility round; null before one arrived")
+    automatic: bool | None
+    amount: int | None
+    amount_period: Literal["once", "monthly", "yearly"] | None
+    criteria: list[dict[str, Any]]
+    missing: list[MissingInformation]
+    action_required: bool
+    settled: bool
+    case: CaseView | None
+    notifications: list[NotificationView]
+
+
+class TimelineEntryView(BaseModel):
+    at: dt.datetime
+    type: str
+    summary: Localized
+    program_code: str | None
+    case_id: uuid.UUID | None
+    details: dict[str, Any]
+
+
+class DeterminationSummary(BaseModel):
+    round: int
+    trigger: str
+    evaluated_at: dt.datetime
+
+
+class ApplicationSummary(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    life_event: str
+    channel: Channel
+    status: ApplicationStatus
+    application_date: dt.date
+    submitted_at: dt.datetime
+    filed_by: str | None
+    updated_at: dt.datetime
+
+
+class ApplicationView(ApplicationSummary):
+    answers: dict[str, Any]
+    withdrawn_at: dt.datetime | None
+    withdrawal_reason: str | None
+    determination: DeterminationSummary | None
+    programs: list[ProgramView]
+    notifications: list[NotificationView]
+    feedback: FeedbackView | None
+    timeline: list[TimelineEntryView] = Field(description="Everything that happened, oldest first")
+
+
+class ApplicationPage(BaseModel):
+    items: list[ApplicationSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
+
+
+# ---------------------------------------------------------------------------------------------- access log
+
+
+class AccessLogEntryView(BaseModel):
+    at: dt.datetime
+    actor: str
+    actor_role: str
+    actor_name: str | None
+    offices: list[str]
+    action: str
+    record_type: str
+    record_id: str | None
+    purpose: str
+
+
+class AccessLogPage(BaseModel):
+    items: list[AccessLogEntryView] = Field(description="Newest first")
+    next_cursor: str | None
+
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+
+
+class ProgramRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    code: str
+    name: Localized
+    department: Department
+
+
+class LifeEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    code: str
+    name: Localized
+    programs: list[ProgramRef]
+
+
+class FactType(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    type: Literal["integer", "number", "boolean", "string", "date", "list"]
+    question: Localized
+    asked_of: Literal["resident", "staff"] = "resident"
+    enum: list[Any] | None = None

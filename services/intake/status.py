@@ -1,0 +1,551 @@
+"""The one status view: an application's determination, cases and notifications assembled from eligibility's,
+routing's and notify's events, the overall status derived from them, and the timeline.
+
+Events arrive late, out of order and more than once (the inbox removes exact duplicates). So: the highest eligibility
+round wins and a lower one changes nothing; a case entry is created from whichever of its events comes first and
+filled in by the others; each case field remembers the time of the event that set it, so an older event never
+overwrites a newer one; a final state (decided, closed) is never undone by a late non-final event. Nothing here
+commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from services.intake.models import Application, Case, Determination, Notification, TimelineEntry
+from services.intake.repository import Repository
+from services.intake.schemas import (
+    ApplicationStatus,
+    ApplicationView,
+    CaseView,
+    DeterminationSummary,
+    FeedbackView,
+    MissingInformation,
+    NotificationView,
+    ProgramView,
+    TimelineEntryView,
+)
+from shared.events import (
+    CaseAssigned,
+    CaseClosed,
+    CaseDecided,
+    CaseEscalated,
+    CaseEventBase,
+    CaseInfoRequested,
+    CaseRouted,
+    CaseSlaBreached,
+    CaseTransferred,
+    Channel,
+    CloudEvent,
+    Department,
+    EligibilityDetermined,
+    Localized,
+    NotificationFailed,
+    NotificationSent,
+    Outcome,
+    ProgramDetermination,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({"decided", "closed"})
+
+
+def event_time(event: CloudEvent) -> dt.datetime:
+    return event.time if event.time.tzinfo is not None else event.time.replace(tzinfo=dt.UTC)
+
+
+# ---------------------------------------------------------------------------------------------- derived facts
+
+
+def info_open(case: Case) -> bool:
+    """The case asked the resident for information and has not had an answer since."""
+    if case.state in FINAL_STATES or case.info_requested_at is None:
+        return False
+    return case.info_answered_at is None or case.info_answered_at < case.info_requested_at
+
+
+def case_status(case: Case) -> str:
+    if case.state in FINAL_STATES:
+        return case.state
+    if info_open(case):
+        return "information_requested"
+    return "in_review" if case.assigned else "open"
+
+
+def current_cases(cases: Sequence[Case]) -> dict[str, Case]:
+    """Per program, its newest case (a re-evaluation may close one case and open another)."""
+    out: dict[str, Case] = {}
+    for case in sorted(cases, key=lambda c: (c.routed_at or c.first_seen_at, c.first_seen_at)):
+        out[case.program_code] = case
+    return out
+
+
+def programs_of(determination: Determination | None) -> list[ProgramDetermination]:
+    if determination is None:
+        return []
+    return [ProgramDetermination.model_validate(p) for p in determination.programs]
+
+
+def settled(program: ProgramDetermination, current: Mapping[str, Case]) -> bool:
+    if program.outcome is Outcome.INELIGIBLE:
+        return True
+    case = current.get(program.program_code)
+    return case is not None and case.state in FINAL_STATES
+
+
+def resident_questions(program: ProgramDetermination, answers: Mapping[str, Any]) -> list[str]:
+    """Facts the program still needs that the resident can give and has not given."""
+    return [m.name for m in program.missing if m.asked_of == "resident" and m.name not in answers]
+
+
+def derive_status(application: Application, determination: Determination | None, cases: Sequence[Case]) -> str:
+    if application.withdrawn_at is not None:
+        return ApplicationStatus.WITHDRAWN.value
+    programs = programs_of(determination)
+    current = current_cases(cases)
+    if any(info_open(c) for c in cases):
+        return ApplicationStatus.ACTION_REQUIRED.value
+    if any(not settled(p, current) and resident_questions(p, application.answers) for p in programs):
+        return ApplicationStatus.ACTION_REQUIRED.value
+    if determination is not None and all(settled(p, current) for p in programs):
+        return ApplicationStatus.COMPLETED.value
+    if determination is not None or cases:
+        return ApplicationStatus.IN_PROGRESS.value
+    return ApplicationStatus.RECEIVED.value
+
+
+async def refresh_status(repo: Repository, application: Application, at: dt.datetime | None = None) -> None:
+    determination = await repo.determination(application.id)
+    cases = await repo.cases(application.id)
+    application.status = derive_status(application, determination, cases)
+    now = dt.datetime.now(dt.UTC)
+    application.updated_at = max(application.updated_at, at or now)
+
+
+def add_timeline(
+    repo: Repository,
+    application_id: uuid.UUID,
+    *,
+    event_id: str,
+    event_type: str,
+    at: dt.datetime,
+    summary: Localized,
+    details: dict[str, Any] | None = None,
+    program_code: str | None = None,
+    case_id: uuid.UUID | None = None,
+) -> None:
+    repo.session.add(
+        TimelineEntry(
+            application_id=application_id,
+            event_id=event_id,
+            event_type=event_type,
+            occurred_at=at,
+            program_code=program_code,
+            case_id=case_id,
+            summary=summary.model_dump(),
+            details=details or {},
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------- eligibility
+
+
+async def apply_determination(repo: Repository, event: CloudEvent, data: EligibilityDetermined) -> None:
+    application = await repo.application(data.application_id, for_update=True)
+    if application is None:
+        log.warning("determination for an unknown application", extra={"application_id": str(data.application_id)})
+        return
+    at = event_time(event)
+    counts = {outcome: sum(p.outcome is outcome for p in data.programs) for outcome in Outcome}
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=at,
+        summary=Localized(
+            ko=f"자격 심사 결과: 대상 {counts[Outcome.ELIGIBLE]}건, 비대상 {counts[Outcome.INELIGIBLE]}건, "
+            f"추가 정보 필요 {counts[Outcome.NEEDS_INFORMATION]}건, 담당자 검토 {counts[Outcome.NEEDS_REVIEW]}건",
+            en=f"Eligibility checked: {counts[Outcome.ELIGIBLE]} eligible, {counts[Outcome.INELIGIBLE]} not eligible, "
+            f"{counts[Outcome.NEEDS_INFORMATION]} need information, {counts[Outcome.NEEDS_REVIEW]} need review",
+        ),
+        details={"round": data.round, "trigger": data.trigger},
+    )
+    determination = await repo.determination(application.id)
+    if determination is None:
+        repo.session.add(
+            Determination(
+                application_id=application.id,
+                determination_id=data.determination_id,
+                round=data.round,
+                trigger=data.trigger,
+                evaluated_at=data.evaluated_at,
+                programs=[p.model_dump(mode="json") for p in data.programs],
+            )
+        )
+    elif data.round > determination.round:
+        determination.determination_id = data.determination_id
+        determination.round = data.round
+        determination.trigger = data.trigger
+        determination.evaluated_at = data.evaluated_at
+        determination.programs = [p.model_dump(mode="json") for p in data.programs]
+    await repo.session.flush()
+    await refresh_status(repo, application, at)
+
+
+# ---------------------------------------------------------------------------------------------- routing
+
+_RANK_OPEN, _RANK_ROUTED_CLOSED, _RANK_FINAL = 0, 1, 2
+
+
+def _rank(case: Case) -> int:
+    if case.state == "decided" or (case.state == "closed" and case.closed_at is not None):
+        return _RANK_FINAL
+    return _RANK_ROUTED_CLOSED if case.state == "closed" else _RANK_OPEN
+
+
+def _set_state(case: Case, state: str, rank: int, at: dt.datetime) -> None:
+    """A stronger state wins; between equals, the newer event."""
+    current = _rank(case)
+    if rank > current or (rank == current and at >= case.state_at):
+        case.state = state
+        case.state_at = at
+
+
+def _newer(at: dt.datetime, than: dt.datetime | None) -> bool:
+    return than is None or at >= than
+
+
+async def _program_name(repo: Repository, application_id: uuid.UUID, program_code: str) -> Localized:
+    for program in programs_of(await repo.determination(application_id)):
+        if program.program_code == program_code:
+            return program.program_name
+    return Localized(ko=program_code, en=program_code)
+
+
+def _case_summary(data: CaseEventBase, name: Localized) -> Localized:
+    ko, en = name.ko, name.en
+    match data:
+        case CaseRouted():
+            return Localized(ko=f"{ko}: {data.office_name.ko}에 접수", en=f"{en}: sent to {data.office_name.en}")
+        case CaseAssigned(assignee=None):
+            return Localized(ko=f"{ko}: 담당자 배정 대기", en=f"{en}: waiting for a caseworker")
+        case CaseAssigned():
+            return Localized(ko=f"{ko}: 담당자가 검토 중", en=f"{en}: a caseworker is reviewing it")
+        case CaseInfoRequested():
+            return Localized(ko=f"{ko}: 추가 정보 요청", en=f"{en}: more information requested from you")
+        case CaseDecided():
+            ko_decision = "승인" if data.decision == "approved" else "불승인"
+            return Localized(ko=f"{ko}: {ko_decision}", en=f"{en}: {data.decision.value}")
+        case CaseTransferred():
+            return Localized(
+                ko=f"{ko}: {data.office_name.ko}(으)로 이관", en=f"{en}: transferred to {data.office_name.en}"
+            )
+        case CaseEscalated():
+            return Localized(ko=f"{ko}: 관리자 검토로 상향", en=f"{en}: escalated to a supervisor")
+        case CaseSlaBreached():
+            return Localized(ko=f"{ko}: 처리 기한 경과", en=f"{en}: past its due date")
+        case CaseClosed():
+            return Localized(ko=f"{ko}: 종결", en=f"{en}: closed ({data.reason.replace('_', ' ')})")
+    return Localized(ko=ko, en=en)
+
+
+def _case_details(data: CaseEventBase) -> dict[str, Any]:
+    details: dict[str, Any] = {"office_code": data.office_code}
+    match data:
+        case CaseRouted():
+            details["due_date"] = data.due_date.isoformat() if data.due_date else None
+        case CaseDecided():
+            details.update(decision=data.decision.value, reason_code=data.reason_code, amount=data.amount)
+        case CaseTransferred():
+            details.update(from_office_code=data.from_office_code)
+        case CaseInfoRequested():
+            details["questions"] = [q.model_dump() for q in data.questions]
+        case CaseClosed():
+            details["reason"] = data.reason
+    return details
+
+
+async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventBase) -> None:
+    application = await repo.application(data.application_id, for_update=True)
+    if application is None:
+        log.warning("case event for an unknown application", extra={"application_id": str(data.application_id)})
+        return
+    at = event_time(event)
+    record = await repo.case(data.case_id)
+    if record is None:
+        # Whatever arrives first creates the entry; the others fill it in.
+        record = Case(
+            case_id=data.case_id,
+            application_id=application.id,
+            program_code=data.program_code,
+            department=data.department.value,
+            office_code=data.office_code,
+            office_at=at,
+            state="open",
+            state_at=at,
+            assigned=False,
+            first_seen_at=at,
+            updated_at=at,
+        )
+        repo.session.add(record)
+    elif record.application_id != application.id:
+        log.warning("case event names another application than before", extra={"case_id": str(data.case_id)})
+        return
+    if at >= record.office_at:
+        if data.office_code != record.office_code:
+            record.office_name = None  # known again once the routing or transfer event for this office is seen
+            record.due_date = None
+            record.routing_at = None
+        record.office_code = data.office_code
+        record.office_at = at
+    record.first_seen_at = min(record.first_seen_at, at)
+    await repo.add_office(application.id, data.office_code)
+
+    match data:
+        case CaseRouted() | CaseTransferred():
+            if isinstance(data, CaseTransferred):
+                await repo.add_office(application.id, data.from_office_code)
+            else:
+                record.routed_at = data.routed_at
+                record.priority = data.priority
+                record.automatic = data.automatic
+                if data.status == "closed":
+                    _set_state(record, "closed", _RANK_ROUTED_CLOSED, at)
+            if data.office_code == record.office_code and _newer(at, record.routing_at):
+                record.office_name = data.office_name.model_dump()
+                record.due_date = data.due_date
+                record.routing_at = at
+        case CaseAssigned():
+            if _newer(at, record.assigned_at):
+                record.assigned = data.assignee is not None
+                record.assigned_at = at
+        case CaseInfoRequested():
+            if _newer(at, record.info_requested_at):
+                record.info_questions = [q.model_dump() for q in data.questions]
+                record.info_requested_at = at
+        case CaseDecided():
+            record.decision = data.decision.value
+            record.reason_code = data.reason_code
+            record.decision_reason = data.reason.model_dump() if data.reason else None
+            record.amount = data.amount
+            record.automatic = data.automatic
+            record.decided_at = data.decided_at
+            _set_state(record, "decided", _RANK_FINAL, at)
+        case CaseClosed():
+            record.closed_reason = data.reason
+            record.closed_at = data.closed_at
+            _set_state(record, "closed", _RANK_FINAL, at)
+        case CaseEscalated():
+            record.escalated_at = max(record.escalated_at or at, at)
+        case CaseSlaBreached():
+            record.sla_breached_at = max(record.sla_breached_at or at, at)
+            if record.due_date is None:
+                record.due_date = data.due_date
+    record.updated_at = max(record.updated_at, at)
+
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=at,
+        summary=_case_summary(data, await _program_name(repo, application.id, data.program_code)),
+        details=_case_details(data),
+        program_code=data.program_code,
+        case_id=data.case_id,
+    )
+    await repo.session.flush()
+    await refresh_status(repo, application, at)
+
+
+# ---------------------------------------------------------------------------------------------- notify
+
+_CHANNEL_NAMES = {"inbox": ("앱 알림함", "in-app inbox"), "email": ("이메일", "email"), "sms": ("문자", "SMS")}
+
+
+async def apply_notification(repo: Repository, event: CloudEvent, data: NotificationSent | NotificationFailed) -> None:
+    if data.application_id is None:
+        return  # not about an application (an opportunity found by screening, for example)
+    application = await repo.application(data.application_id, for_update=True)
+    if application is None:
+        log.warning("notification for an unknown application", extra={"application_id": str(data.application_id)})
+        return
+    at = event_time(event)
+    sent = isinstance(data, NotificationSent)
+    notification = await repo.notification(data.notification_id)
+    if notification is None:
+        notification = Notification(
+            notification_id=data.notification_id,
+            application_id=application.id,
+            channel=data.channel,
+            template=data.template,
+            status="sent" if sent else "failed",
+            status_at=at,
+            dead=False,
+            source_event_ids=list(data.source_event_ids),
+        )
+        repo.session.add(notification)
+    elif at >= notification.status_at:
+        notification.status = "sent" if sent else "failed"
+        notification.status_at = at
+    if isinstance(data, NotificationFailed) and at >= notification.status_at:
+        notification.dead = data.dead
+        notification.attempts = data.attempts
+    ko_channel, en_channel = _CHANNEL_NAMES[data.channel]
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=at,
+        summary=Localized(ko=f"알림 발송 ({ko_channel})", en=f"Notification sent by {en_channel}")
+        if sent
+        else Localized(ko=f"알림 발송 실패 ({ko_channel})", en=f"Notification by {en_channel} failed"),
+        details={"channel": data.channel, "template": data.template},
+    )
+    application.updated_at = max(application.updated_at, at)
+    await repo.session.flush()
+
+
+# ---------------------------------------------------------------------------------------------- the view
+
+
+def _case_view(case: Case) -> CaseView:
+    final = case.state in FINAL_STATES
+    return CaseView(
+        case_id=case.case_id,
+        status=case_status(case),
+        office_code=case.office_code,
+        office_name=Localized.model_validate(case.office_name) if case.office_name else None,
+        due_date=case.due_date,
+        automatic=case.automatic,
+        decision=case.decision,
+        reason_code=case.reason_code,
+        decision_reason=Localized.model_validate(case.decision_reason) if case.decision_reason else None,
+        amount=case.amount,
+        decided_at=case.decided_at,
+        closed_reason=case.closed_reason,
+        questions=list(case.info_questions or []) if info_open(case) else [],
+        escalated=case.escalated_at is not None,
+        overdue=case.sla_breached_at is not None and not final,
+        updated_at=case.updated_at,
+    )
+
+
+def _notification_view(n: Notification) -> NotificationView:
+    return NotificationView(
+        notification_id=n.notification_id,
+        channel=n.channel,
+        template=n.template,
+        status=n.status,
+        at=n.status_at,
+    )
+
+
+async def build_view(repo: Repository, application: Application) -> ApplicationView:
+    determination = await repo.determination(application.id)
+    cases = await repo.cases(application.id)
+    notifications = await repo.notifications(application.id)
+    timeline = await repo.timeline(application.id)
+    feedback = await repo.feedback(application.id)
+    current = current_cases(cases)
+    answers = application.answers
+
+    # A notification belongs to the program whose event caused it.
+    program_of_event = {t.event_id: t.program_code for t in timeline if t.program_code}
+    by_program: dict[str, list[NotificationView]] = {}
+    for n in notifications:
+        for code in dict.fromkeys(program_of_event[e] for e in n.source_event_ids if e in program_of_event):
+            by_program.setdefault(code, []).append(_notification_view(n))
+
+    programs: list[ProgramView] = []
+    for p in programs_of(determination):
+        case = current.get(p.program_code)
+        is_settled = settled(p, current)
+        programs.append(
+            ProgramView(
+                program_code=p.program_code,
+                program_name=p.program_name,
+                department=p.department,
+                outcome=p.outcome,
+                automatic=p.automatic,
+                amount=p.amount,
+                amount_period=p.amount_period,
+                criteria=[c.model_dump(mode="json") for c in p.criteria],
+                missing=[MissingInformation(**m.model_dump(), answered=m.name in answers) for m in p.missing],
+                action_required=(not is_settled and bool(resident_questions(p, answers)))
+                or (case is not None and info_open(case)),
+                settled=is_settled,
+                case=_case_view(case) if case else None,
+                notifications=by_program.get(p.program_code, []),
+            )
+        )
+    known = {p.program_code for p in programs}
+    for code, case in current.items():
+        if code in known:
+            continue
+        # A case seen before (or without) a determination naming its program.
+        programs.append(
+            ProgramView(
+                program_code=code,
+                program_name=None,
+                department=Department(case.department),
+                outcome=None,
+                automatic=case.automatic,
+                amount=case.amount,
+                amount_period=None,
+                criteria=[],
+                missing=[],
+                action_required=info_open(case),
+                settled=case.state in FINAL_STATES,
+                case=_case_view(case),
+                notifications=by_program.get(code, []),
+            )
+        )
+    return ApplicationView(
+        id=application.id,
+        resident_id=application.resident_id,
+        life_event=application.life_event,
+        channel=Channel(application.channel),
+        status=ApplicationStatus(application.status),
+        application_date=application.application_date,
+        submitted_at=application.submitted_at,
+        filed_by=application.filed_by,
+        updated_at=application.updated_at,
+        answers=answers,
+        withdrawn_at=application.withdrawn_at,
+        withdrawal_reason=application.withdrawal_reason,
+        determination=DeterminationSummary(
+            round=determination.round, trigger=determination.trigger, evaluated_at=determination.evaluated_at
+        )
+        if determination
+        else None,
+        programs=programs,
+        notifications=[_notification_view(n) for n in notifications],
+        feedback=FeedbackView(
+            application_id=feedback.application_id,
+            score=feedback.score,
+            comment=feedback.comment,
+            created_at=feedback.created_at,
+        )
+        if feedback
+        else None,
+        timeline=[
+            TimelineEntryView(
+                at=t.occurred_at,
+                type=t.event_type,
+                summary=Localized.model_validate(t.summary),
+                program_code=t.program_code,
+                case_id=t.case_id,
+                details=t.details,
+            )
+            for t in timeline
+        ],
+    )

@@ -1,0 +1,189 @@
+"""Residents and consents, with the real bus and database: self and assisted registration, Idempotency-Key,
+resident.updated carrying registry facts only, and consent history with consent.changed."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+
+from shared.events import ConsentChanged, ResidentUpdated
+from tests.services.intake.helpers import MAPO_WELFARE, register_self, resident_body
+from tests.support.events import event_log
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+REGISTRY_KEYS = {
+    "resident_id",
+    "version",
+    "birth_date",
+    "district_code",
+    "household",
+    "vulnerability",
+    "preferred_language",
+    "updated_at",
+}
+
+
+async def test_registration_is_idempotent_and_publishes_registry_facts_without_personal_details(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    client = intake.client
+    resident_id = uuid.uuid4()
+    me = intake.auth("resident", resident_id=resident_id)
+    key = {"Idempotency-Key": f"register-{resident_id}"}
+    body = resident_body()
+
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        first = await client.post("/v1/residents", json=body, headers=me | key)
+        assert first.status_code == 201, first.text
+        created = first.json()
+        assert created["id"] == str(resident_id), "self-registration keeps the token's resident id"
+        assert created["assisted"] is False
+        assert created["version"] == 1
+        assert first.headers["location"] == f"/v1/residents/{resident_id}"
+
+        retry = await client.post("/v1/residents", json=body, headers=me | key)
+        assert (retry.status_code, retry.json()) == (201, created)
+        assert retry.headers.get("idempotent-replayed") == "true"
+
+        conflicting = await client.post("/v1/residents", json=resident_body(name="박서준"), headers=me | key)
+        assert conflicting.status_code == 422
+        assert conflicting.json()["type"] == "urn:onestop:problem:idempotency-key-reused"
+
+        again = await client.post("/v1/residents", json=body, headers=me)
+        assert again.status_code == 409, "one record per resident"
+
+        # Assisted registration at a Mapo-gu counter: intake assigns the id and returns it.
+        clerk = intake.auth("caseworker", offices=[MAPO_WELFARE], subject="cw-lee", name="이민호")
+        assisted = await client.post(
+            "/v1/residents",
+            json=resident_body(name="최영수", birth_date="1951-02-03", email=None, preferred_channels=["inbox"]),
+            headers=clerk,
+        )
+        assert assisted.status_code == 201, assisted.text
+        assisted_id = uuid.UUID(assisted.json()["id"])
+        assert assisted_id != resident_id
+        assert assisted.json()["assisted"] is True
+        own = await client.get(f"/v1/residents/{assisted_id}", headers=intake.auth("resident", resident_id=assisted_id))
+        assert own.status_code == 200
+        assert own.json()["name"] == "최영수"
+
+        # A change of contact details is a new version, but nothing eligibility needs: no event.
+        phone = await client.patch(f"/v1/residents/{resident_id}", json={"phone": "+82 10-9876-5432"}, headers=me)
+        assert phone.status_code == 200, phone.text
+        assert (phone.json()["phone"], phone.json()["version"]) == ("+82 10-9876-5432", 2)
+        moved = await client.patch(
+            f"/v1/residents/{resident_id}",
+            json={"district_code": "11140", "address": "서울특별시 중구 세종대로 110"},
+            headers=me,
+        )
+        assert moved.status_code == 200, moved.text
+        assert (moved.json()["district_code"], moved.json()["version"]) == ("11140", 3)
+        nothing = await client.patch(f"/v1/residents/{resident_id}", json={"district_code": "11140"}, headers=me)
+        assert nothing.json()["version"] == 3, "an unchanged value is no change"
+        refused = await client.patch(f"/v1/residents/{resident_id}", json={"name": None}, headers=me)
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["field"] == "name"
+        # Events leave in commit order: once this one is out, anything the requests above emitted would be too.
+        last = await client.patch(f"/v1/residents/{resident_id}", json={"vulnerability": ["single_parent"]}, headers=me)
+        assert last.json()["version"] == 4
+
+        events = await log.wait_for("resident.updated", count=4)
+        mine = [e for e in events if e.data["resident_id"] == str(resident_id)]
+        assert [e.data["version"] for e in mine] == [1, 3, 4]
+        assert mine[-1].data["vulnerability"] == ["single_parent"]
+        assert mine[-1].data["district_code"] == "11140"
+        assert mine[0].data["household"][0] == {
+            "relation": "spouse",
+            "birth_date": "1990-11-02",
+            "monthly_income": 3_100_000,
+            "disability": False,
+        }
+        assert [e.data["version"] for e in events if e.data["resident_id"] == str(assisted_id)] == [1]
+        personal = [body["name"], body["email"], "2345-6789", "9876-5432", "월드컵북로", "세종대로", "최영수"]
+        for event in events:
+            ResidentUpdated.model_validate(event.data)
+            assert set(event.data) == REGISTRY_KEYS
+            raw = orjson.dumps(event.data).decode()
+            assert not [p for p in personal if p in raw], f"personal data in {event.data}"
+        assert len(log.of_type("resident.updated")) == 4, "the refused and the unchanged requests emitted nothing"
+
+
+async def test_consents_keep_their_history_and_announce_the_full_set(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    client = intake.client
+    resident_id, me = await register_self(intake)
+    path = f"/v1/residents/{resident_id}/consents"
+
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        first = await client.put(
+            path, json={"consents": {"proactive_screening": True, "department_data:tax": True}}, headers=me
+        )
+        assert first.status_code == 200, first.text
+        assert first.json()["version"] == 1
+        assert first.json()["changed"] == ["department_data:tax", "proactive_screening"]
+
+        second = await client.put(
+            path,
+            json={"consents": {"proactive_screening": True, "department_data:tax": False, "partner:kb-bank": True}},
+            headers=me,
+        )
+        assert (second.json()["version"], second.json()["changed"]) == (2, ["department_data:tax", "partner:kb-bank"])
+
+        same = await client.put(
+            path,
+            json={"consents": {"proactive_screening": True, "department_data:tax": False, "partner:kb-bank": True}},
+            headers=me,
+        )
+        assert (same.json()["version"], same.json()["changed"]) == (2, []), "no change, no new version"
+
+        bad = await client.put(path, json={"consents": {"marketing": True}}, headers=me)
+        assert bad.status_code == 422
+        assert any(e["field"].startswith("consents") for e in bad.json()["errors"])
+        other = await client.put(
+            path,
+            json={"consents": {"proactive_screening": True}},
+            headers=intake.auth("resident", resident_id=uuid.uuid4()),
+        )
+        assert other.status_code == 404
+        staff = await client.put(path, json={"consents": {"proactive_screening": True}}, headers=intake.auth("admin"))
+        assert staff.status_code == 403, "only the resident gives or withdraws consent"
+
+        # The set is complete: what is left out is withdrawn.
+        third = await client.put(path, json={"consents": {"department_data:welfare": True}}, headers=me)
+        assert third.json()["version"] == 3
+        assert third.json()["changed"] == ["department_data:welfare", "partner:kb-bank", "proactive_screening"]
+        assert third.json()["consents"] == {
+            "department_data:tax": False,
+            "department_data:welfare": True,
+            "partner:kb-bank": False,
+            "proactive_screening": False,
+        }
+
+        history = (await client.get(path, headers=me)).json()["history"]
+        assert [(h["version"], h["purpose"], h["granted"]) for h in history] == [
+            (1, "department_data:tax", True),
+            (1, "proactive_screening", True),
+            (2, "department_data:tax", False),
+            (2, "partner:kb-bank", True),
+            (3, "department_data:welfare", True),
+            (3, "partner:kb-bank", False),
+            (3, "proactive_screening", False),
+        ]
+        assert all(h["changed_by_role"] == "resident" for h in history)
+        record = (await client.get(f"/v1/residents/{resident_id}", headers=me)).json()
+        assert record["consents"] == third.json()["consents"]
+
+        events = await log.wait_for("consent.changed", count=3)
+        data = [ConsentChanged.model_validate(e.data) for e in events]
+        assert [(d.version, d.changed) for d in data] == [
+            (1, ["department_data:tax", "proactive_screening"]),
+            (2, ["department_data:tax", "partner:kb-bank"]),
+            (3, ["department_data:welfare", "partner:kb-bank", "proactive_screening"]),
+        ]
+        assert data[1].consents == {"department_data:tax": False, "partner:kb-bank": True, "proactive_screening": True}
+        assert data[2].consents == third.json()["consents"]
+        assert all(d.resident_id == resident_id for d in data)
+        assert len(log.of_type("consent.changed")) == 3

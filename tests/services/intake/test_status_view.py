@@ -1,0 +1,352 @@
+"""The one status view, assembled from eligibility's, routing's and notify's events published on the real bus out of
+order and more than once; and the resident's actions on it (answering, rating, withdrawing) with their events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from shared.events import (
+    CaseAssigned,
+    CaseClosed,
+    CaseDecided,
+    CaseEscalated,
+    CaseInfoRequested,
+    CaseRouted,
+    CaseTransferred,
+    Decision,
+    Department,
+    EligibilityDetermined,
+    InfoQuestion,
+    Localized,
+    NotificationFailed,
+    NotificationSent,
+    Outcome,
+    ProgramDetermination,
+)
+from tests.services.intake.helpers import (
+    BIRTH_ORDER,
+    JONGNO_WELFARE,
+    MAPO_WELFARE,
+    REGISTRY_CHECK,
+    YONGSAN_WELFARE,
+    Downstream,
+    birth_application,
+    consumer_idle,
+    file_application,
+    program,
+    register_self,
+    view_when,
+)
+from tests.support.events import event_log
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+MAPO_CIVIL = "11440-civil"
+MAPO_NAME = Localized(ko="마포구청 복지정책과", en="Mapo-gu Office, Welfare Policy")
+JONGNO_NAME = Localized(ko="종로구청 복지정책과", en="Jongno-gu Office, Welfare Policy")
+MAPO_CIVIL_NAME = Localized(ko="마포구청 민원여권과", en="Mapo-gu Office, Civil Affairs")
+
+
+def round_one() -> list[ProgramDetermination]:
+    return [
+        program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE, automatic=True, amount=100_000,
+                period="monthly"),
+        program("parent_benefit", "부모급여", "Parent benefit", Outcome.ELIGIBLE, amount=1_000_000, period="monthly"),
+        program("first_meeting_voucher", "첫만남이용권", "First-meeting voucher", Outcome.NEEDS_INFORMATION,
+                missing=[BIRTH_ORDER]),
+        program("electricity_discount", "전기요금 할인", "Electricity discount", Outcome.INELIGIBLE),
+        program("birth_registration", "출생신고", "Birth registration", Outcome.NEEDS_INFORMATION,
+                missing=[REGISTRY_CHECK]),
+    ]  # fmt: skip
+
+
+def round_two() -> list[ProgramDetermination]:
+    programs = round_one()
+    programs[2] = program(
+        "first_meeting_voucher", "첫만남이용권", "First-meeting voucher", Outcome.ELIGIBLE, automatic=True,
+        amount=3_000_000, period="once",
+    )  # fmt: skip
+    return programs
+
+
+async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    client = intake.client
+    resident_id, me = await register_self(intake)
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        application = await file_application(intake, me, birth_application(resident_id))
+        app_id = application["id"]
+        assert application["status"] == "received"
+        assert [t["type"] for t in application["timeline"]] == ["application.submitted"]
+        submitted = (await log.wait_for("application.submitted"))[0]
+        assert submitted.data["application_id"] == app_id
+        assert submitted.data["resident"] == {
+            "district_code": "11440",
+            "preferred_language": "ko",
+            "vulnerability": ["low_income"],
+        }
+        assert submitted.data["answers"] == application["answers"]
+        assert submitted.data["filed_by"] is None
+        early = await client.post(f"/v1/applications/{app_id}/feedback", json={"score": 4}, headers=me)
+        assert early.status_code == 409, "feedback opens once something is completed"
+
+        d = Downstream(intake, application)
+        ca, pb, fmv, br = (uuid.uuid4() for _ in range(4))
+        welfare = "/onestop/routing"
+
+        def det(round_: int, programs: list[ProgramDetermination], trigger: str) -> EligibilityDetermined:
+            return EligibilityDetermined(
+                determination_id=uuid.uuid4(), application_id=d.application_id, resident_id=d.resident_id,
+                round=round_, trigger=trigger, application_date=dt.date.today(), evaluated_at=d.clock,
+                resident=d.context, programs=programs,
+            )  # fmt: skip
+
+        # ---- the first wave, in the order it happened
+        e_det1 = d.event(det(1, round_one(), "submitted"), "/onestop/eligibility")
+        e_ca_routed = d.event(
+            CaseRouted(**d.case_fields(ca, "child_allowance"), office_name=MAPO_NAME, status="open", priority=3,
+                       automatic=True, due_date=None, reason="district 11440, department welfare",
+                       routed_at=d.clock), welfare)  # fmt: skip
+        e_ca_decided = d.event(
+            CaseDecided(**d.case_fields(ca, "child_allowance"), decision=Decision.APPROVED, reason_code="eligible",
+                        amount=100_000, automatic=True, decided_at=d.clock), welfare)  # fmt: skip
+        due = dt.date.today() + dt.timedelta(days=30)
+        e_pb_routed = d.event(
+            CaseRouted(**d.case_fields(pb, "parent_benefit"), office_name=MAPO_NAME, status="open", priority=5,
+                       automatic=False, due_date=due, reason="district 11440, department welfare",
+                       routed_at=d.clock), welfare)  # fmt: skip
+        e_pb_assigned = d.event(
+            CaseAssigned(**d.case_fields(pb, "parent_benefit"), assignee="cw-park", assigned_by="cw-park",
+                         assigned_at=d.clock), welfare)  # fmt: skip
+        new_due = due + dt.timedelta(days=5)
+        e_pb_transferred = d.event(
+            CaseTransferred(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), from_office_code=MAPO_WELFARE,
+                            office_name=JONGNO_NAME, reason="overflow: Mapo over capacity", due_date=new_due,
+                            transferred_at=d.clock), welfare)  # fmt: skip
+        e_pb_info = d.event(
+            CaseInfoRequested(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE),
+                              questions=[InfoQuestion(text="출생증명서 사본을 제출해 주세요.")],
+                              requested_at=d.clock), welfare)  # fmt: skip
+        br_fields = d.case_fields(br, "birth_registration", MAPO_CIVIL) | {"department": Department.CIVIL_REGISTRY}
+        e_br_routed = d.event(
+            CaseRouted(**br_fields, office_name=MAPO_CIVIL_NAME, status="open", priority=3, automatic=False,
+                       due_date=due, reason="district 11440, department civil_registry", routed_at=d.clock),
+            welfare)  # fmt: skip
+        n1, n2 = uuid.uuid4(), uuid.uuid4()
+        e_n1 = d.event(
+            NotificationSent(notification_id=n1, resident_id=d.resident_id, application_id=d.application_id,
+                             source_event_ids=[e_ca_decided.id], channel="inbox", template="case_decided",
+                             language="ko", sent_at=d.clock), "/onestop/notify")  # fmt: skip
+        e_n2_failed = d.event(
+            NotificationFailed(notification_id=n2, resident_id=d.resident_id, application_id=d.application_id,
+                               source_event_ids=[e_pb_info.id], channel="email", template="info_requested",
+                               attempts=1, error="421 try again later", dead=False, failed_at=d.clock),
+            "/onestop/notify")  # fmt: skip
+        e_n2_sent = d.event(
+            NotificationSent(notification_id=n2, resident_id=d.resident_id, application_id=d.application_id,
+                             source_event_ids=[e_pb_info.id], channel="email", template="info_requested",
+                             language="ko", sent_at=d.clock), "/onestop/notify")  # fmt: skip
+        in_order = [e_det1, e_ca_routed, e_ca_decided, e_pb_routed, e_pb_assigned, e_pb_transferred, e_pb_info,
+                    e_br_routed, e_n1, e_n2_failed, e_n2_sent]  # fmt: skip
+
+        # ...and the order they arrive in: the decision before its routing, the transfer before the routing, the
+        # later delivery attempt before the failed one; some twice (JetStream's de-duplication, then the inbox).
+        await d.publish(e_ca_decided, e_n1, e_pb_info, e_n2_sent, e_pb_transferred)
+        await d.redeliver(e_ca_decided)
+        await d.publish(e_det1, e_pb_assigned, e_ca_routed, e_n2_failed, e_pb_routed, e_br_routed)
+        await d.publish(e_pb_assigned)
+        await d.redeliver(e_det1)
+        await d.redeliver(e_pb_info)
+
+        await view_when(intake, me, app_id, lambda v: len(v["timeline"]) >= 1 + len(in_order))
+        await consumer_idle(intake)  # the redeliveries too have been taken before "exactly once" is judged
+        view = (await client.get(f"/v1/applications/{app_id}", headers=me)).json()
+
+        timeline = view["timeline"]
+        assert [(t["type"], t["program_code"]) for t in timeline[1:]] == [
+            (e.event_type, e.data.get("program_code")) for e in in_order
+        ], "every event exactly once, in the order it happened"
+        assert [t["at"] for t in timeline] == sorted(t["at"] for t in timeline)
+        assert view["status"] == "action_required"
+        assert view["determination"]["round"] == 1
+        programs = {p["program_code"]: p for p in view["programs"]}
+        assert list(programs) == [
+            "child_allowance", "parent_benefit", "first_meeting_voucher", "electricity_discount", "birth_registration",
+        ]  # fmt: skip
+
+        allowance = programs["child_allowance"]
+        assert (allowance["outcome"], allowance["settled"], allowance["action_required"]) == ("eligible", True, False)
+        assert allowance["case"]["status"] == "decided"
+        assert allowance["case"]["decision"] == "approved"
+        assert allowance["case"]["office_name"] == MAPO_NAME.model_dump(), "filled in by the routing that came later"
+        assert [(n["channel"], n["status"]) for n in allowance["notifications"]] == [("inbox", "sent")]
+
+        parent = programs["parent_benefit"]
+        assert parent["case"]["status"] == "information_requested"
+        assert parent["case"]["office_code"] == JONGNO_WELFARE, "the transfer is newer than the routing"
+        assert parent["case"]["office_name"] == JONGNO_NAME.model_dump()
+        assert parent["case"]["due_date"] == new_due.isoformat()
+        assert parent["case"]["questions"] == [{"fact": None, "text": "출생증명서 사본을 제출해 주세요."}]
+        assert parent["action_required"] is True
+        assert [(n["channel"], n["status"]) for n in parent["notifications"]] == [("email", "sent")]
+
+        voucher = programs["first_meeting_voucher"]
+        assert (voucher["outcome"], voucher["action_required"], voucher["case"]) == ("needs_information", True, None)
+        assert [(m["name"], m["answered"]) for m in voucher["missing"]] == [("birth_order", False)]
+        assert programs["electricity_discount"]["settled"] is True
+        registration = programs["birth_registration"]
+        assert registration["action_required"] is False, "only staff can supply what it misses"
+        assert registration["case"]["status"] == "open"
+        assert len(view["notifications"]) == 2
+
+        # A case is readable by the staff of every office it is or was in, and by no other office.
+        for office, expected in ((MAPO_WELFARE, 200), (JONGNO_WELFARE, 200), (MAPO_CIVIL, 200), (YONGSAN_WELFARE, 404)):
+            staff = intake.auth("caseworker", offices=[office])
+            assert (await client.get(f"/v1/applications/{app_id}", headers=staff)).status_code == expected, office
+
+        # ---- the resident answers what was asked
+        info = await client.post(
+            f"/v1/applications/{app_id}/info",
+            json={"answers": {"birth_order": 2}, "note": "출생증명서는 내일 창구에 제출하겠습니다."},
+            headers=me | {"Idempotency-Key": "answer-1"},
+        )
+        assert info.status_code == 200, info.text
+        answered = info.json()
+        assert answered["status"] == "in_progress"
+        answered_programs = {p["program_code"]: p for p in answered["programs"]}
+        assert answered_programs["parent_benefit"]["case"]["status"] == "in_review"
+        assert answered_programs["first_meeting_voucher"]["missing"][0]["answered"] is True
+        assert answered["answers"]["birth_order"] == 2
+        provided = (await log.wait_for("application.info_provided"))[0]
+        assert provided.data["answers"] == {"birth_order": 2}
+        assert provided.data["program_codes"] == ["first_meeting_voucher"]
+        assert provided.data["case_ids"] == [str(pb)]
+        again = await client.post(
+            f"/v1/applications/{app_id}/info",
+            json={"answers": {"birth_order": 2}, "note": "출생증명서는 내일 창구에 제출하겠습니다."},
+            headers=me | {"Idempotency-Key": "answer-1"},
+        )
+        assert (again.status_code, again.json()) == (200, answered), "a retried answer is answered once"
+
+        # ---- the second wave: a new round, decisions; a stale round 1 arrives late
+        e_det2 = d.event(det(2, round_two(), "info_provided"), "/onestop/eligibility")
+        e_fmv_routed = d.event(
+            CaseRouted(**d.case_fields(fmv, "first_meeting_voucher"), office_name=MAPO_NAME, status="open",
+                       priority=3, automatic=True, reason="district 11440", routed_at=d.clock), welfare)  # fmt: skip
+        e_fmv_decided = d.event(
+            CaseDecided(**d.case_fields(fmv, "first_meeting_voucher"), decision=Decision.APPROVED,
+                        reason_code="eligible", amount=3_000_000, automatic=True, decided_at=d.clock),
+            welfare)  # fmt: skip
+        e_pb_escalated = d.event(
+            CaseEscalated(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), reason="resident is a single parent",
+                          escalated_by="sv-choi", escalated_at=d.clock), welfare)  # fmt: skip
+        e_pb_decided = d.event(
+            CaseDecided(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), decision=Decision.APPROVED,
+                        reason_code="eligible", reason=Localized(ko="요건 충족", en="Requirements met"),
+                        amount=1_000_000, automatic=False, decided_at=d.clock), welfare)  # fmt: skip
+        e_br_decided = d.event(
+            CaseDecided(**br_fields, decision=Decision.APPROVED, reason_code="registered", automatic=False,
+                        decided_at=d.clock), welfare)  # fmt: skip
+        e_stale = d.event(det(1, round_one(), "submitted"), "/onestop/eligibility")
+        await d.publish(e_br_decided, e_fmv_decided, e_stale, e_pb_decided, e_det2)
+        await d.redeliver(e_fmv_decided)
+        await d.publish(e_fmv_routed, e_pb_escalated)
+        await d.redeliver(e_det2)
+
+        await view_when(intake, me, app_id, lambda v: len(v["timeline"]) >= len(timeline) + 1 + 7)
+        await consumer_idle(intake)
+        done = (await client.get(f"/v1/applications/{app_id}", headers=me)).json()
+        assert len(done["timeline"]) == len(timeline) + 1 + 7
+        assert done["status"] == "completed"
+        assert done["determination"]["round"] == 2, "a lower round arriving late changes nothing"
+        final = {p["program_code"]: p for p in done["programs"]}
+        assert final["first_meeting_voucher"]["outcome"] == "eligible"
+        assert final["first_meeting_voucher"]["amount"] == 3_000_000
+        assert final["first_meeting_voucher"]["case"]["status"] == "decided"
+        assert final["parent_benefit"]["case"]["escalated"] is True
+        assert final["parent_benefit"]["case"]["decision_reason"] == {"ko": "요건 충족", "en": "Requirements met"}
+        assert all(p["settled"] for p in done["programs"])
+        types = [t["type"] for t in done["timeline"]]
+        assert types.count("eligibility.determined") == 3, "both rounds and the stale copy, each once"
+        assert types.count("case.decided") == 4
+        assert "application.info_provided" in types
+
+        listed = await client.get("/v1/applications", params={"status": "completed"}, headers=me)
+        assert [a["id"] for a in listed.json()["items"]] == [app_id]
+        assert (await client.get("/v1/applications", params={"status": "received"}, headers=me)).json()["items"] == []
+
+        # ---- the resident rates the service, once
+        rated = await client.post(
+            f"/v1/applications/{app_id}/feedback", json={"score": 5, "comment": "빨랐어요"}, headers=me
+        )
+        assert rated.status_code == 201, rated.text
+        twice = await client.post(f"/v1/applications/{app_id}/feedback", json={"score": 1}, headers=me)
+        assert twice.status_code == 409
+        late = await client.post(f"/v1/applications/{app_id}/withdraw", headers=me)
+        assert late.status_code == 409, "a completed application cannot be withdrawn"
+        shown = (await client.get(f"/v1/applications/{app_id}", headers=me)).json()
+        assert (shown["feedback"]["score"], shown["feedback"]["comment"]) == (5, "빨랐어요")
+        assert shown["timeline"][-1]["type"] == "feedback.given"
+
+
+async def test_withdrawal_is_announced_and_later_events_keep_it_withdrawn(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    client = intake.client
+    resident_id, me = await register_self(intake)
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        application = await file_application(intake, me, birth_application(resident_id))
+        app_id = application["id"]
+        d = Downstream(intake, application)
+        case_id = uuid.uuid4()
+        await d.publish(
+            d.event(
+                CaseRouted(**d.case_fields(case_id, "parent_benefit"), office_name=MAPO_NAME, status="open",
+                           priority=3, automatic=False, reason="district 11440", routed_at=d.clock),
+                "/onestop/routing",
+            ),
+            d.event(
+                CaseInfoRequested(**d.case_fields(case_id, "parent_benefit"),
+                                  questions=[InfoQuestion(fact="birth_order", text="몇 번째 자녀입니까?")],
+                                  requested_at=d.clock),
+                "/onestop/routing",
+            ),
+        )  # fmt: skip
+        await view_when(intake, me, app_id, lambda v: v["status"] == "action_required")
+
+        withdrawn = await client.post(
+            f"/v1/applications/{app_id}/withdraw", json={"reason": "다른 지역으로 이사합니다"}, headers=me
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        assert withdrawn.json()["status"] == "withdrawn"
+        assert withdrawn.json()["withdrawal_reason"] == "다른 지역으로 이사합니다"
+        event = (await log.wait_for("application.withdrawn"))[0]
+        assert event.data["application_id"] == app_id
+        assert event.data["resident_id"] == str(resident_id)
+        assert event.data["reason"] == "다른 지역으로 이사합니다"
+
+        assert (await client.post(f"/v1/applications/{app_id}/withdraw", headers=me)).status_code == 409
+        info = await client.post(f"/v1/applications/{app_id}/info", json={"answers": {"birth_order": 1}}, headers=me)
+        assert info.status_code == 409
+        feedback = await client.post(f"/v1/applications/{app_id}/feedback", json={"score": 3}, headers=me)
+        assert feedback.status_code == 409
+
+        # Routing closes the case because of the withdrawal; the application stays withdrawn.
+        await d.publish(
+            d.event(
+                CaseClosed(**d.case_fields(case_id, "parent_benefit"), reason="withdrawn",
+                           closed_at=d.clock), "/onestop/routing"),
+        )  # fmt: skip
+        view = await view_when(intake, me, app_id, lambda v: v["timeline"][-1]["type"] == "case.closed")
+        assert view["status"] == "withdrawn"
+        assert view["programs"][0]["case"]["status"] == "closed"
+        assert view["programs"][0]["case"]["closed_reason"] == "withdrawn"
+        assert view["programs"][0]["outcome"] is None, "a case seen without a determination still shows"
+        assert [t["type"] for t in view["timeline"]] == [
+            "application.submitted", "case.routed", "case.info_requested", "application.withdrawn", "case.closed",
+        ]  # fmt: skip
+        assert len(log.of_type("application.info_provided")) == 0
+        listed = await client.get("/v1/applications", params={"status": "withdrawn"}, headers=me)
+        assert [a["id"] for a in listed.json()["items"]] == [app_id]
