@@ -225,7 +225,7 @@ class Consumer:
             async with self.db.session() as session:
                 await self._apply(session, [item])
         except Exception as exc:
-            item.error = f"{type(exc).__name__}: {exc}"
+            item.error = error_text(exc)
             permanent = isinstance(exc, (PermanentError, *PERMANENT_ERRORS))
             if permanent or item.deliveries >= self.max_deliver:
                 log.error(
@@ -377,6 +377,18 @@ class Consumer:
                 )
             raise
         return bool(fresh)
+
+
+def error_text(exc: BaseException) -> str:
+    """What is logged and stored of a handler's failure. A validation error's own text quotes the input, which may
+    be personal data; only the locations and reasons are kept."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        return f"ValidationError: {problems}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _deliveries(msg: Msg) -> int:

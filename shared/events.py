@@ -171,6 +171,8 @@ class ApplicationInfoProvided(EventData):
     # The programs (and cases) whose requests this answers; empty means "re-evaluate everything".
     program_codes: list[str] = []
     case_ids: list[uuid.UUID] = []
+    # Free text for the caseworker, for questions that name no fact.
+    note: str | None = Field(default=None, max_length=2000)
     provided_at: dt.datetime
 
 
@@ -186,6 +188,20 @@ class ApplicationWithdrawnPartnerView(BaseModel):
     application_id: uuid.UUID
     resident_id: uuid.UUID
     withdrawn_at: dt.datetime
+
+
+class FeedbackGiven(EventData):
+    """A resident rated the service at the point of delivery. The comment stays in intake; the score and where it
+    came from feed the open satisfaction data."""
+
+    event_type: ClassVar[str] = "feedback.given"
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    life_event: str
+    channel: Channel
+    district_code: str
+    score: int = Field(ge=1, le=5)
+    given_at: dt.datetime
 
 
 class ResidentUpdated(EventData):
@@ -498,6 +514,7 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(ApplicationSubmitted, "intake", ApplicationSubmittedPartnerView),
         _spec(ApplicationInfoProvided, "intake"),
         _spec(ApplicationWithdrawn, "intake", ApplicationWithdrawnPartnerView),
+        _spec(FeedbackGiven, "intake"),
         _spec(ResidentUpdated, "intake"),
         _spec(ConsentChanged, "intake"),
         _spec(FactsReported, "department sources"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -24,6 +24,7 @@ from shared.bus import Bus
 from shared.consumer import Consumer, DeadLetterNotFound, Subscription
 from shared.db import Database
 from shared.deps import SessionDep, get_runtime
+from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
 from shared.observability import Metrics, RequestContextMiddleware, configure_logging
 from shared.outbox import Outbox, OutboxRelay
@@ -72,6 +73,7 @@ class Runtime:
     metrics: Metrics
     verifier: TokenVerifier
     idempotency: Idempotency
+    housekeeping: Housekeeping
     consumers: dict[str, Consumer] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     _messaging: asyncio.Task[None] | None = None
@@ -100,6 +102,13 @@ class Runtime:
             metrics=metrics,
             verifier=TokenVerifier.from_settings(settings),
             idempotency=Idempotency(definition.tables),
+            housekeeping=Housekeeping(
+                db,
+                definition.tables,
+                inbox_retention=dt.timedelta(hours=settings.inbox_retention_hours),
+                idempotency_retention=dt.timedelta(hours=settings.idempotency_retention_hours),
+                interval=settings.housekeeping_interval_seconds,
+            ),
         )
 
     def add_consumers(self, subscriptions: Sequence[Subscription]) -> None:
@@ -146,6 +155,7 @@ class Runtime:
                     await asyncio.sleep(0.5)
 
     async def shutdown(self) -> None:
+        await self.housekeeping.stop()
         if self._messaging is not None and not self._messaging.done():
             self._messaging.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -180,6 +190,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
         app.state.runtime = runtime
         app.state.verifier = runtime.verifier
         runtime.start_messaging()
+        runtime.housekeeping.start()
         try:
             if definition.background is not None:
                 async with definition.background(runtime):
@@ -332,7 +343,7 @@ def dead_letter_router() -> APIRouter:
         return [DeadLetter.model_validate(dict(r)) for r in rows]
 
     @router.post("/{dead_letter_id}/replay", dependencies=[admin], summary="Run a dead letter's event again")
-    async def replay(request: Request, dead_letter_id: int) -> ReplayResult:
+    async def replay(request: Request, dead_letter_id: int = Path(ge=1, le=2**63 - 1)) -> ReplayResult:
         runtime = get_runtime(request)
         async with runtime.db.session() as session:
             table = runtime.tables.dead_letters

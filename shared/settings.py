@@ -31,6 +31,11 @@ class ServiceSettings(BaseSettings):
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_retention_hours: float = Field(default=24.0, gt=0)
+    # Longer than any redelivery or replay of the stream can come back, so a late duplicate is still recognised.
+    inbox_retention_hours: float = Field(default=24.0 * 30, gt=0)
+    # Long enough for any client retry; the stored answers may hold personal data, so not longer.
+    idempotency_retention_hours: float = Field(default=24.0, gt=0)
+    housekeeping_interval_seconds: float = Field(default=600.0, gt=0)
 
     # Identity: the embedded issuer's public key, or a production OIDC provider's JWKS.
     jwt_public_key_file: Path = Path("var/keys/issuer.pub.pem")

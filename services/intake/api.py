@@ -508,11 +508,12 @@ async def give_feedback(
     principal: PrincipalDep,
     session: SessionDep,
     repo: RepositoryDep,
+    outbox: OutboxDep,
     idempotency: IdempotencyDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def create() -> FeedbackView:
-        feedback = await applications.give_feedback(repo, principal, application_id, body)
+        feedback = await applications.give_feedback(repo, outbox, principal, application_id, body)
         return FeedbackView(
             application_id=feedback.application_id,
             score=feedback.score,

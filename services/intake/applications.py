@@ -14,7 +14,7 @@ from typing import Any
 
 from services.intake.access import PURPOSE_ASSISTED_APPLICATION, record_access, require_self
 from services.intake.catalogue import CatalogueSnapshot
-from services.intake.models import Application, Feedback
+from services.intake.models import Application, Feedback, Resident
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationCreate,
@@ -37,6 +37,8 @@ from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
     ApplicationWithdrawn,
+    Channel,
+    FeedbackGiven,
     Language,
     Localized,
     ResidentContext,
@@ -297,6 +299,7 @@ async def provide_info(
             answers=answers,
             program_codes=asking,
             case_ids=[c.case_id for c in waiting],
+            note=body.note,
             provided_at=now,
         ),
         subject=str(application.id),
@@ -347,7 +350,7 @@ async def withdraw(
 
 
 async def give_feedback(
-    repo: Repository, principal: Principal, application_id: uuid.UUID, body: FeedbackCreate
+    repo: Repository, outbox: Outbox, principal: Principal, application_id: uuid.UUID, body: FeedbackCreate
 ) -> Feedback:
     """A rating at the point of delivery: once per application, once it (or one of its cases) is completed."""
     application = await repo.visible_application(principal, application_id, for_update=True)
@@ -368,11 +371,26 @@ async def give_feedback(
         created_at=now,
     )
     repo.session.add(feedback)
+    resident = await repo.session.get(Resident, application.resident_id)
+    assert resident is not None  # an application's resident is never deleted
+    event = await outbox.emit(
+        repo.session,
+        FeedbackGiven(
+            application_id=application.id,
+            resident_id=application.resident_id,
+            life_event=application.life_event,
+            channel=Channel(application.channel),
+            district_code=resident.district_code,
+            score=body.score,
+            given_at=now,
+        ),
+        subject=str(application.id),
+    )
     add_timeline(
         repo,
         application.id,
-        event_id=f"feedback-{application.id.hex}",
-        event_type="feedback.given",
+        event_id=event.id,
+        event_type=event.event_type,
         at=now,
         summary=Localized(ko=f"서비스 평가를 남겼습니다 ({body.score}/5)", en=f"You rated the service {body.score}/5"),
     )

@@ -7,8 +7,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import routing as package
+from services.routing.api import cases_router, offices_router, statistics_router
+from services.routing.handlers import subscriptions
 from services.routing.models import platform
 from services.routing.settings import RoutingSettings
+from services.routing.timer import sla_timer
 from shared.service import ServiceDefinition, create_service_app
 
 NAME = "routing"
@@ -21,7 +24,9 @@ def definition(settings: RoutingSettings) -> ServiceDefinition:
         title="OneStop routing",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[],
+        routers=[offices_router, cases_router, statistics_router],
+        subscriptions=subscriptions,
+        background=sla_timer,
     )
 
 

@@ -1,11 +1,33 @@
-"""The routing service's tables."""
+"""The routing service's tables: offices, the applications it has heard of, cases with their history, SLA breaches
+and the audit log of staff reads."""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+import datetime as dt
+import uuid
+from typing import Any
 
-from shared.tables import platform_tables
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.tables import BigId, platform_tables
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -21,3 +43,189 @@ class Base(DeclarativeBase):
 
 
 platform = platform_tables(Base.metadata)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that always comes back timezone-aware (SQLite drops the offset; values are stored in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class CaseStatus:
+    """A case is *active* while open, assigned or waiting on the resident; decided and closed are final."""
+
+    OPEN = "open"
+    ASSIGNED = "assigned"
+    WAITING_ON_RESIDENT = "waiting_on_resident"
+    DECIDED = "decided"
+    CLOSED = "closed"
+
+    ACTIVE = (OPEN, ASSIGNED, WAITING_ON_RESIDENT)
+    FINAL = (DECIDED, CLOSED)
+    ALL = (OPEN, ASSIGNED, WAITING_ON_RESIDENT, DECIDED, CLOSED)
+
+
+class Office(Base):
+    __tablename__ = "offices"
+
+    code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name_ko: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    departments: Mapped[list[str]] = mapped_column(JSON)
+    # Jurisdiction: the districts (administrative codes) whose residents this office serves for its departments.
+    districts: Mapped[list[str]] = mapped_column(JSON)
+    languages: Mapped[list[str]] = mapped_column(JSON)
+    neighbours: Mapped[list[str]] = mapped_column(JSON)
+    supervisors: Mapped[list[str]] = mapped_column(JSON)
+    caseworker_hours_week: Mapped[int] = mapped_column(Integer)
+    # The weighted load (sum of the case weights of open cases) at which the office counts as full.
+    active_case_ceiling: Mapped[float] = mapped_column(Float)
+    # City-wide office taking a department's cases for districts no local office serves for it.
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class ApplicationRecord(Base):
+    """What routing knows of an application: the newest evaluation round applied, and whether it was withdrawn."""
+
+    __tablename__ = "applications"
+
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    last_round: Mapped[int] = mapped_column(Integer, default=0)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class Case(Base):
+    __tablename__ = "cases"
+    __table_args__ = (
+        # One case per application and program, whatever the redeliveries.
+        UniqueConstraint("application_id", "program_code", name="uq_cases_application_program"),
+        # The queue: one office's cases by status, priority and due date.
+        Index("ix_cases_queue", "office_code", "status", "priority", "due_date"),
+        # The SLA timer: active cases by due date.
+        Index("ix_cases_status_due", "status", "due_date"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name_ko: Mapped[str] = mapped_column(String(300))
+    program_name_en: Mapped[str] = mapped_column(String(300))
+    department: Mapped[str] = mapped_column(String(40))
+    office_code: Mapped[str] = mapped_column(ForeignKey("offices.code"))
+    status: Mapped[str] = mapped_column(String(30))
+    priority: Mapped[int] = mapped_column(Integer)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # The newest determination applied to the case.
+    round: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(30))
+    rule_version: Mapped[int] = mapped_column(Integer)
+    missing: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    amount_period: Mapped[str | None] = mapped_column(String(10))
+    sla_days: Mapped[int] = mapped_column(Integer)
+    case_weight: Mapped[float] = mapped_column(Float)
+    overflow_allowed: Mapped[bool] = mapped_column(Boolean)
+
+    # The resident's context (pseudonymous: no name, no contact details).
+    district_code: Mapped[str] = mapped_column(String(10))
+    preferred_language: Mapped[str] = mapped_column(String(8))
+    vulnerability: Mapped[list[str]] = mapped_column(JSON)
+    interpreter_needed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # The routing decision: the rule, its explanation, every candidate with its load and ceiling.
+    routing: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    # SLA
+    application_date: Mapped[dt.date] = mapped_column(Date)
+    routed_on: Mapped[dt.date] = mapped_column(Date)
+    due_date: Mapped[dt.date] = mapped_column(Date)
+    paused_since: Mapped[dt.date | None] = mapped_column(Date)
+    paused_working_days: Mapped[int] = mapped_column(Integer, default=0)
+    breached_on: Mapped[dt.date | None] = mapped_column(Date)
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    assignee: Mapped[str | None] = mapped_column(String(255))
+    assigned_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    decision: Mapped[str | None] = mapped_column(String(20))
+    reason_code: Mapped[str | None] = mapped_column(String(60))
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    decided_on: Mapped[dt.date | None] = mapped_column(Date)
+    closed_reason: Mapped[str | None] = mapped_column(String(40))
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # Every write is "UPDATE ... WHERE version = <the version read>": a concurrent change makes it touch no row.
+    version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in CaseStatus.ACTIVE
+
+
+class CaseEntry(Base):
+    """One line of a case's history: who did what, when, with the details (notes are entries too)."""
+
+    __tablename__ = "case_history"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(40))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class SlaBreach(Base):
+    """A breach is recorded once per case and due date; the unique key makes the timer's event fire exactly once."""
+
+    __tablename__ = "sla_breaches"
+    __table_args__ = (UniqueConstraint("case_id", "due_date", name="uq_sla_breaches_case_due"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"))
+    office_code: Mapped[str] = mapped_column(String(40))
+    due_date: Mapped[dt.date] = mapped_column(Date)
+    breached_on: Mapped[dt.date] = mapped_column(Date)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class AuditEntry(Base):
+    """Who read which personal data, when, and for what purpose."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(40))
+    object_type: Mapped[str] = mapped_column(String(40))
+    object_id: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(200))

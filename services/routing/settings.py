@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class RoutingSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ONESTOP_ROUTING_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite+aiosqlite:///var/routing.db"
+
+    # The offices the seed loads (only offices missing from the database are added; admins edit the rest via PUT).
+    offices_file: Path = PACKAGE_DIR / "offices.yaml"
+
+    # The working-day calendar: a country's public holidays (the `holidays` package) plus local closure days.
+    holiday_country: str = Field(default="KR", min_length=2, max_length=3)
+    extra_closure_dates: list[dt.date] = []
+    # The offices' local time zone: "today" for due dates and breaches is a date there.
+    timezone: str = "Asia/Seoul"
+
+    # SLA timer: how often it looks for breached cases, and (for tests and drills) a fixed "today".
+    sla_check_interval_seconds: float = Field(default=60.0, gt=0)
+    today: dt.date | None = None
+    # A case whose due date is this many working days away or fewer is raised in priority.
+    due_soon_working_days: int = Field(default=2, ge=0, le=30)
+
+    # Statistics
+    capacity_window_days: int = Field(default=28, ge=1, le=366)
+    # Open data never shows a count below this (1..k-1 are suppressed; zero is shown).
+    open_data_min_count: int = Field(default=5, ge=1)

@@ -53,11 +53,14 @@ async def run_schemathesis(
     checks: str = "not_a_server_error",
     extra_args: tuple[str, ...] = (),
     report_dir: Path | None = None,
+    config_file: Path | None = None,
 ) -> SchemathesisResult:
-    """Run ``st run`` against ``<base_url>/openapi.json`` (no server error allowed, by default)."""
+    """Run ``st run`` against ``<base_url>/openapi.json`` (no server error allowed, by default). A schemathesis
+    config file (e.g. with real ids for path parameters) goes before the ``run`` command, where the CLI wants it."""
     st = str(Path(sys.executable).parent / "st")
+    config = ["--config-file", str(config_file)] if config_file is not None else []
     args = [
-        st, "run", f"{base_url}/openapi.json", "--checks", checks, "--max-examples", str(max_examples),
+        st, *config, "run", f"{base_url}/openapi.json", "--checks", checks, "--max-examples", str(max_examples),
         "--workers", "1", "--phases", "examples,coverage,fuzzing", "--no-color", "--seed", "1",
         "--request-timeout", "10", "--suppress-health-check", "all",
     ]  # fmt: skip

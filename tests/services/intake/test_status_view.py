@@ -223,6 +223,7 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         assert provided.data["answers"] == {"birth_order": 2}
         assert provided.data["program_codes"] == ["first_meeting_voucher"]
         assert provided.data["case_ids"] == [str(pb)]
+        assert provided.data["note"] == "출생증명서는 내일 창구에 제출하겠습니다."
         again = await client.post(
             f"/v1/applications/{app_id}/info",
             json={"answers": {"birth_order": 2}, "note": "출생증명서는 내일 창구에 제출하겠습니다."},
@@ -289,6 +290,9 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         shown = (await client.get(f"/v1/applications/{app_id}", headers=me)).json()
         assert (shown["feedback"]["score"], shown["feedback"]["comment"]) == (5, "빨랐어요")
         assert shown["timeline"][-1]["type"] == "feedback.given"
+        [given] = await log.wait_for("feedback.given")
+        assert (given.data["score"], given.data["life_event"], given.data["district_code"]) == (5, "birth", "11440")
+        assert "빨랐어요" not in given.to_json().decode(), "the comment stays in intake"
 
 
 async def test_withdrawal_is_announced_and_later_events_keep_it_withdrawn(

@@ -1,0 +1,449 @@
+"""The routing HTTP API: offices, queues, cases and their actions, capacity, open data. Routes stay thin: they
+authorise, call the domain, and shape the answer."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.routing import casework, statistics, views
+from services.routing import offices as office_logic
+from services.routing import repository as repo
+from services.routing.context import ContextDep, RoutingContext
+from services.routing.models import Case
+from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
+from services.routing.schemas import (
+    OFFICE_CODE_PATTERN,
+    AssignIn,
+    CapacityReport,
+    CaseOut,
+    CaseStatusName,
+    Dataset,
+    DatasetInfo,
+    DecideIn,
+    EscalateIn,
+    HistoryEntry,
+    NoteIn,
+    OfficeIn,
+    OfficeOut,
+    QueuePage,
+    ReasonCodeOut,
+    RequestInfoIn,
+    TransferIn,
+)
+from shared.auth import Principal, Role, require_roles
+from shared.deps import IdempotencyDep, SessionDep
+from shared.events import Department
+from shared.idempotency import Idempotency, StoredResponse
+from shared.problems import Conflict, Forbidden, NotFound, problem_responses
+
+STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
+Staff = Annotated[Principal, Depends(require_roles(*STAFF))]
+Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+Supervisor = Annotated[Principal, Depends(require_roles(Role.SUPERVISOR, Role.ADMIN))]
+Anyone = Annotated[Principal, Depends(require_roles(*Role))]
+
+OfficeCodePath = Annotated[str, Path(pattern=OFFICE_CODE_PATTERN, description="Office code, e.g. JONGNO-CSC")]
+CaseIdPath = Annotated[uuid.UUID, Path(description="The case id")]
+Purpose = Annotated[
+    str, Query(min_length=1, max_length=200, description="Why personal data is read (kept in the audit log)")
+]
+
+# Declared for the documentation; Idempotency.key_from reads it. A retry with the same key gets the first answer.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, description="Makes a retry safe"),
+]
+
+ACTION_PROBLEMS = problem_responses(404, 409, 422)
+
+offices_router = APIRouter(prefix="/v1/offices", tags=["offices"])
+cases_router = APIRouter(prefix="/v1", tags=["cases"])
+statistics_router = APIRouter(prefix="/v1", tags=["statistics"])
+
+
+# ---------------------------------------------------------------------------------------------- offices
+
+
+@offices_router.get("", summary="Offices, their jurisdiction, languages and capacity")
+async def list_offices(
+    session: SessionDep,
+    principal: Anyone,
+    department: Department | None = None,
+    district: Annotated[str | None, Query(pattern=r"^[0-9]{5}$")] = None,
+) -> list[OfficeOut]:
+    loads = await repo.office_loads(session) if principal.is_staff else {}
+    return [
+        office_logic.out(o, loads.get(o.code), staff=principal.is_staff)
+        for o in await repo.all_offices(session)
+        if (department is None or department.value in o.departments) and (district is None or district in o.districts)
+    ]
+
+
+@offices_router.get("/{code}", summary="One office", responses=problem_responses(404))
+async def get_office(session: SessionDep, principal: Anyone, code: OfficeCodePath) -> OfficeOut:
+    office = await repo.office(session, code)
+    if office is None:
+        raise NotFound(f"No office {code}.")
+    loads = await repo.office_loads(session) if principal.is_staff else {}
+    return office_logic.out(office, loads.get(code), staff=principal.is_staff)
+
+
+@offices_router.put(
+    "/{code}",
+    summary="Create or replace an office (admin); capacity changes apply to cases routed from now on",
+    responses={201: {"description": "Created", "model": OfficeOut}, **problem_responses(422)},
+)
+async def put_office(
+    session: SessionDep, ctx: ContextDep, principal: Admin, code: OfficeCodePath, body: OfficeIn, response: Response
+) -> OfficeOut:
+    office, created = await office_logic.put_office(session, code, body, ctx.clock.now())
+    response.status_code = 201 if created else 200
+    loads = await repo.office_loads(session)
+    return office_logic.out(office, loads.get(code), staff=True)
+
+
+# ---------------------------------------------------------------------------------------------- queues and cases
+
+
+@cases_router.get(
+    "/queues/{office}",
+    summary="An office's queue, most urgent first (priority, then due date), a page at a time",
+    responses=problem_responses(403, 404, 422),
+)
+async def queue(
+    session: SessionDep,
+    principal: Staff,
+    office: OfficeCodePath,
+    status: Annotated[list[CaseStatusName] | None, Query(description="Default: the active ones")] = None,
+    program: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]] | None, Query()] = None,
+    priority: Annotated[
+        list[Annotated[int, Field(ge=1, le=4)]] | None, Query(description="1 routine .. 4 urgent")
+    ] = None,
+    due_before: Annotated[dt.date | None, Query(description="Only cases due before this date")] = None,
+    assignee: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    unassigned: bool = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    purpose: Purpose = "casework",
+) -> QueuePage:
+    if await repo.office(session, office) is None:
+        raise NotFound(f"No office {office}.")
+    if not principal.works_in(office):
+        raise Forbidden(f"You do not work in office {office}.")
+    filters = repo.QueueFilter(
+        statuses=tuple(s.value for s in status) if status else repo.QueueFilter.statuses,
+        programs=tuple(program or ()),
+        priorities=tuple(priority or ()),
+        due_before=due_before,
+        assignee=assignee,
+        unassigned=unassigned,
+    )
+    after = views.decode_cursor(cursor) if cursor else None
+    rows = await repo.queue_page(session, office, filters, after, limit + 1)
+    page = list(rows[:limit])
+    repo.audit(session, principal, "queue.read", "office", office, purpose)
+    return QueuePage(
+        office_code=office,
+        items=[views.summary(c) for c in page],
+        next_cursor=views.encode_cursor(page[-1]) if len(rows) > limit else None,
+    )
+
+
+@cases_router.get(
+    "/cases/{case_id}",
+    summary="A case: routing decision, SLA, decision and full history",
+    responses=problem_responses(403, 404),
+)
+async def get_case(
+    session: SessionDep, ctx: ContextDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "casework"
+) -> CaseOut:
+    case = await casework.load(session, principal, case_id)
+    repo.audit(session, principal, "case.read", "case", str(case.id), purpose)
+    return await _detail(session, ctx, case)
+
+
+async def _detail(session: AsyncSession, ctx: RoutingContext, case: Case) -> CaseOut:
+    return views.detail(case, await repo.case_history(session, case.id), ctx.calendar, ctx.clock.today())
+
+
+async def _idempotent(
+    request: Request,
+    session: AsyncSession,
+    idempotency: Idempotency,
+    principal: Principal,
+    body: BaseModel | None,
+    run: Callable[[], Awaitable[BaseModel]],
+    status_code: int = 200,
+) -> JSONResponse:
+    """Run an action once per ``Idempotency-Key``: a retry with the same key and body gets the first answer."""
+    key = Idempotency.key_from(request)
+    payload = body.model_dump(mode="json") if body is not None else None
+    path = request.url.path
+    if key is not None:
+        stored = await idempotency.replay(session, principal, key, request.method, path, payload)
+        if stored is not None:
+            return JSONResponse(stored.body, status_code=stored.status_code)
+    content = (await run()).model_dump(mode="json")
+    if key is not None:
+        try:
+            await idempotency.remember(
+                session, principal, key, request.method, path, payload, StoredResponse(status_code, content)
+            )
+        except IntegrityError:
+            raise Conflict("A request with this Idempotency-Key is being processed; retry in a moment.") from None
+    return JSONResponse(content, status_code=status_code)
+
+
+def _case_action(
+    action: Callable[[AsyncSession, RoutingContext, Principal, uuid.UUID], Awaitable[Case]],
+) -> Callable[..., Awaitable[JSONResponse]]:
+    async def endpoint(
+        request: Request,
+        session: SessionDep,
+        ctx: ContextDep,
+        idempotency: IdempotencyDep,
+        principal: Staff,
+        case_id: CaseIdPath,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JSONResponse:
+        async def run() -> CaseOut:
+            return await _detail(session, ctx, await action(session, ctx, principal, case_id))
+
+        return await _idempotent(request, session, idempotency, principal, None, run)
+
+    return endpoint
+
+
+cases_router.add_api_route(
+    "/cases/{case_id}/claim",
+    _case_action(casework.claim),
+    methods=["POST"],
+    response_model=CaseOut,
+    summary="Claim an open, unassigned case (exactly one of concurrent claims wins; the others get 409)",
+    responses=ACTION_PROBLEMS,
+    name="claim",
+)
+cases_router.add_api_route(
+    "/cases/{case_id}/release",
+    _case_action(casework.release),
+    methods=["POST"],
+    response_model=CaseOut,
+    summary="Give a case back to the office's queue",
+    responses=ACTION_PROBLEMS,
+    name="release",
+)
+
+
+@cases_router.post(
+    "/cases/{case_id}/assign",
+    response_model=CaseOut,
+    summary="Assign a case to a caseworker (supervisor)",
+    responses=ACTION_PROBLEMS,
+)
+async def assign(
+    request: Request,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency: IdempotencyDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: AssignIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> CaseOut:
+        return await _detail(session, ctx, await casework.assign(session, ctx, principal, case_id, body))
+
+    return await _idempotent(request, session, idempotency, principal, body, run)
+
+
+@cases_router.post(
+    "/cases/{case_id}/request-info",
+    response_model=CaseOut,
+    summary="Ask the resident for information: the case waits on them and its SLA clock pauses",
+    responses=ACTION_PROBLEMS,
+)
+async def request_info(
+    request: Request,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency: IdempotencyDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: RequestInfoIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> CaseOut:
+        return await _detail(session, ctx, await casework.request_info(session, ctx, principal, case_id, body))
+
+    return await _idempotent(request, session, idempotency, principal, body, run)
+
+
+@cases_router.post(
+    "/cases/{case_id}/decide",
+    response_model=CaseOut,
+    summary="Approve or deny, with a reason code (GET /v1/reason-codes) and a note",
+    responses=ACTION_PROBLEMS,
+)
+async def decide(
+    request: Request,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency: IdempotencyDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: DecideIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> CaseOut:
+        return await _detail(session, ctx, await casework.decide(session, ctx, principal, case_id, body))
+
+    return await _idempotent(request, session, idempotency, principal, body, run)
+
+
+@cases_router.post(
+    "/cases/{case_id}/transfer",
+    response_model=CaseOut,
+    summary="Send a case to another office, with a reason",
+    responses=ACTION_PROBLEMS,
+)
+async def transfer(
+    request: Request,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency: IdempotencyDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: TransferIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> CaseOut:
+        return await _detail(session, ctx, await casework.transfer(session, ctx, principal, case_id, body))
+
+    return await _idempotent(request, session, idempotency, principal, body, run)
+
+
+@cases_router.post(
+    "/cases/{case_id}/escalate",
+    response_model=CaseOut,
+    summary="Escalate a case to the office's supervisors",
+    responses=ACTION_PROBLEMS,
+)
+async def escalate(
+    request: Request,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency: IdempotencyDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: EscalateIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> CaseOut:
+        return await _detail(session, ctx, await casework.escalate(session, ctx, principal, case_id, body))
+
+    return await _idempotent(request, session, idempotency, principal, body, run)
+
+
+@cases_router.post(
+    "/cases/{case_id}/notes",
+    status_code=201,
+    response_model=HistoryEntry,
+    summary="Add a note to the case's history",
+    responses={201: {"description": "The note"}, **problem_responses(404, 422)},
+)
+async def add_note(
+    request: Request,
+    session: SessionDep,
+    ctx: ContextDep,
+    idempotency: IdempotencyDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: NoteIn,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    async def run() -> HistoryEntry:
+        entry = await casework.add_note(session, ctx, principal, case_id, body)
+        return HistoryEntry(at=entry.at, actor=entry.actor, action=entry.action, details=entry.details)
+
+    return await _idempotent(request, session, idempotency, principal, body, run, 201)
+
+
+@cases_router.get("/reason-codes", summary="The reason codes a decision may give")
+async def reason_codes(principal: Staff) -> list[ReasonCodeOut]:
+    return [
+        ReasonCodeOut(code=r.code, decision=r.decision, label=r.label)
+        for r in REASON_CODES.values()
+        if r.code != AUTOMATIC_GRANT
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+@statistics_router.get(
+    "/capacity",
+    summary="Demand against capacity per office and program (supervisors: their offices; admins: all)",
+    responses=problem_responses(403),
+)
+async def capacity(
+    session: SessionDep,
+    ctx: ContextDep,
+    principal: Supervisor,
+    office: Annotated[list[Annotated[str, Field(pattern=OFFICE_CODE_PATTERN)]] | None, Query()] = None,
+) -> CapacityReport:
+    scope: list[str] | None = None if principal.role is Role.ADMIN else sorted(principal.offices)
+    if office:
+        outside = [o for o in office if scope is not None and o not in scope]
+        if outside:
+            raise Forbidden(f"You do not supervise {', '.join(sorted(outside))}.")
+        scope = sorted(set(office))
+    return await statistics.capacity_report(session, ctx, scope)
+
+
+@statistics_router.get("/open-data", summary="The open datasets")
+async def open_data_catalogue(principal: Anyone) -> list[DatasetInfo]:
+    return [spec.info for spec in statistics.DATASETS.values()]
+
+
+@statistics_router.get(
+    "/open-data/{dataset}",
+    response_model=Dataset,
+    summary="An aggregated, anonymised dataset (small counts suppressed), as JSON or CSV",
+    responses={200: {"content": {"text/csv": {}}}, **problem_responses(404)},
+)
+async def open_data(
+    session: SessionDep,
+    ctx: ContextDep,
+    principal: Anyone,
+    dataset: Annotated[str, Path(min_length=1, max_length=50)],
+    format: Literal["json", "csv"] = "json",
+) -> Dataset | Response:
+    result = await statistics.open_dataset(session, ctx, dataset)
+    if result is None:
+        raise NotFound(f"No dataset {dataset}; GET /v1/open-data lists them.")
+    if format == "csv":
+        return _csv(result)
+    return result
+
+
+def _csv(dataset: Dataset) -> Response:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=dataset.columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dataset.rows)
+    return Response(
+        buffer.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="onestop-{dataset.dataset}.csv"'},
+    )

@@ -1,0 +1,491 @@
+"""Cases from eligibility determinations, withdrawals and residents' answers: the event-driven side of a case's life.
+
+Which programs make a case (one per application and program, ever):
+- eligible and not automatic, needs_review, or needs_information where a missing fact can only be obtained by staff:
+  an open case in the responsible office's queue;
+- eligible and automatic: a case created already decided (approved, reason ``automatic_grant``), so the resident's
+  one status shows the grant with the office that made it;
+- ineligible, or needs_information that the resident is asked for: no case.
+
+A later evaluation round of the same application updates the cases it already has (and creates the ones that now
+need a person); a round lower than or equal to one already applied is ignored, as is anything that arrives after the
+application was withdrawn. Nothing here commits: the consumer's transaction does, with the inbox row and the outbox.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Literal, TypedDict
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from services.routing import offices as office_logic
+from services.routing import repository as repo
+from services.routing.context import RoutingContext
+from services.routing.models import ApplicationRecord, Case, CaseStatus, Office
+from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, priority, route
+from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
+from shared.consumer import PermanentError
+from shared.events import (
+    ApplicationInfoProvided,
+    ApplicationWithdrawn,
+    CaseClosed,
+    CaseDecided,
+    CaseRouted,
+    Decision,
+    Department,
+    EligibilityDetermined,
+    Localized,
+    Outcome,
+    ProgramDetermination,
+    ResidentContext,
+)
+from shared.problems import Conflict
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system:routing"
+ELIGIBILITY = "system:eligibility"
+RESIDENT = "resident"
+
+
+class CaseChanged(Conflict):
+    slug = "case-changed"
+
+    def __init__(self) -> None:
+        super().__init__("The case was changed by someone else at the same time; reload it and try again.")
+
+
+async def save(session: AsyncSession) -> None:
+    """Write pending changes now, so that a concurrent change (the version check) is a 409, not a failed commit."""
+    try:
+        await session.flush()
+    except StaleDataError:
+        raise CaseChanged() from None
+
+
+# ---------------------------------------------------------------------------------------------- what needs a person
+
+
+def needs_person(program: ProgramDetermination) -> bool:
+    if program.outcome is Outcome.ELIGIBLE:
+        return not program.automatic
+    if program.outcome is Outcome.NEEDS_REVIEW:
+        return True
+    if program.outcome is Outcome.NEEDS_INFORMATION:
+        return any(m.asked_of == "staff" for m in program.missing)
+    return False
+
+
+def granted_automatically(program: ProgramDetermination) -> bool:
+    return program.outcome is Outcome.ELIGIBLE and program.automatic
+
+
+# ---------------------------------------------------------------------------------------------- events of a case
+
+
+class CaseRef(TypedDict):
+    """The fields every case event starts with."""
+
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    office_code: str
+
+
+def event_base(case: Case) -> CaseRef:
+    return CaseRef(
+        case_id=case.id,
+        application_id=case.application_id,
+        resident_id=case.resident_id,
+        program_code=case.program_code,
+        department=Department(case.department),
+        office_code=case.office_code,
+    )
+
+
+def program_name(case: Case) -> Localized:
+    return Localized(ko=case.program_name_ko, en=case.program_name_en)
+
+
+def refresh_priority(ctx: RoutingContext, case: Case, today: dt.date) -> None:
+    running = case.status in (CaseStatus.OPEN, CaseStatus.ASSIGNED)
+    case.priority = priority(
+        case.vulnerability,
+        due_date=case.due_date if running else None,
+        today=today,
+        calendar=ctx.calendar,
+        due_soon_working_days=ctx.settings.due_soon_working_days,
+        escalated=case.escalated,
+    )
+
+
+def resume_clock(ctx: RoutingContext, case: Case, today: dt.date) -> int:
+    """End a pause: the due date moves by the working days the case waited. Returns those days."""
+    if case.paused_since is None:
+        return 0
+    paused = ctx.calendar.working_days_between(case.paused_since, today)
+    case.paused_working_days += paused
+    case.due_date = ctx.calendar.add_working_days(case.due_date, paused)
+    case.paused_since = None
+    return paused
+
+
+CloseReason = Literal["withdrawn", "no_longer_applicable"]
+
+
+async def close(
+    session: AsyncSession, ctx: RoutingContext, case: Case, reason: CloseReason, actor: str, now: dt.datetime
+) -> None:
+    """End an active case without a decision (withdrawn, or no longer applicable)."""
+    case.status = CaseStatus.CLOSED
+    case.closed_reason = reason
+    case.closed_at = now
+    case.paused_since = None
+    case.updated_at = now
+    repo.add_entry(session, case, actor, "closed", now, reason=reason)
+    await save(session)
+    await ctx.outbox.emit(
+        session,
+        CaseClosed(**event_base(case), reason=reason, closed_at=now),
+    )
+
+
+async def decide_automatically(
+    session: AsyncSession, ctx: RoutingContext, case: Case, amount: int | None, now: dt.datetime
+) -> None:
+    today = ctx.clock.today()
+    reason = REASON_CODES[AUTOMATIC_GRANT]
+    resume_clock(ctx, case, today)
+    case.status = CaseStatus.DECIDED
+    case.decision = Decision.APPROVED.value
+    case.reason_code = reason.code
+    case.decided_by = ELIGIBILITY
+    case.decided_at = now
+    case.decided_on = today
+    case.amount = amount
+    case.updated_at = now
+    repo.add_entry(session, case, ELIGIBILITY, "decided", now, decision="approved", reason_code=reason.code)
+    await save(session)
+    await ctx.outbox.emit(
+        session,
+        CaseDecided(
+            **event_base(case),
+            decision=Decision.APPROVED,
+            reason_code=reason.code,
+            reason=reason.label,
+            amount=amount,
+            automatic=True,
+            decided_at=now,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- routing a case
+
+
+class Router:
+    """Routes the cases of one determination; loads are read once and grow with each case placed."""
+
+    def __init__(self, session: AsyncSession, offices: Sequence[Office], loads: dict[str, float]) -> None:
+        self.session = session
+        self.offices = {o.code: o for o in offices}
+        self.views = office_logic.views(offices)
+        self.loads = loads
+
+    @classmethod
+    async def load(cls, session: AsyncSession) -> Router:
+        offices = await repo.all_offices(session)
+        loads = {code: weighted for code, (_count, weighted) in (await repo.office_loads(session)).items()}
+        return cls(session, offices, loads)
+
+    def route(self, resident: ResidentContext, program: ProgramDetermination, *, overflow: bool) -> RoutingDecision:
+        try:
+            return route(
+                self.views,
+                self.loads,
+                district_code=resident.district_code,
+                department=program.department.value,
+                language=resident.preferred_language.value,
+                overflow_allowed=overflow,
+            )
+        except NoOfficeServes as exc:
+            # No retry can help until an administrator adds an office; the dead letter can be replayed then.
+            raise PermanentError(str(exc)) from None
+
+    def place(self, decision: RoutingDecision, weight: float) -> Office:
+        self.loads[decision.office_code] = self.loads.get(decision.office_code, 0.0) + weight
+        return self.offices[decision.office_code]
+
+
+def sla_start(data: EligibilityDetermined, ctx: RoutingContext) -> dt.date:
+    """The SLA counts from the application date for what the first evaluation found; work that only a later
+    re-evaluation creates counts from that evaluation's date (its office could not have started earlier)."""
+    if data.trigger == "submitted":
+        return data.application_date
+    return max(data.application_date, data.evaluated_at.astimezone(ctx.clock.tz).date())
+
+
+async def open_case(
+    session: AsyncSession,
+    ctx: RoutingContext,
+    router: Router,
+    data: EligibilityDetermined,
+    program: ProgramDetermination,
+    now: dt.datetime,
+    *,
+    existing: Case | None = None,
+) -> Case:
+    """Route a program that needs a person to an office's queue (a new case, or a closed one re-opened)."""
+    today = ctx.clock.today()
+    decision = router.route(data.resident, program, overflow=program.overflow_allowed)
+    office = router.place(decision, program.case_weight)
+    due = ctx.calendar.add_working_days(sla_start(data, ctx), program.sla_days)
+    case = existing or Case(id=uuid.uuid4(), application_id=data.application_id, created_at=now)
+    _fill(case, data, program, now)
+    case.office_code = office.code
+    case.status = CaseStatus.OPEN
+    case.automatic = False
+    case.routing = decision.as_record()
+    case.interpreter_needed = decision.interpreter_needed
+    case.routed_on = today
+    case.due_date = due
+    case.paused_since = None
+    case.paused_working_days = 0
+    case.breached_on = None
+    case.escalated = False
+    case.escalated_at = None
+    case.assignee = None
+    case.assigned_at = None
+    case.closed_reason = None
+    case.closed_at = None
+    refresh_priority(ctx, case, today)
+    if existing is None:
+        router.session.add(case)
+    repo.add_entry(
+        session, case, SYSTEM, "reopened" if existing else "routed", now, round=data.round, routing=case.routing
+    )
+    await save(session)
+    await ctx.outbox.emit(
+        session,
+        CaseRouted(
+            **event_base(case),
+            office_name=office_logic.name_of(office),
+            status="open",
+            priority=case.priority,
+            automatic=False,
+            due_date=case.due_date,
+            reason=decision.explanation,
+            routed_at=now,
+        ),
+    )
+    log.info("case routed", extra={"case_id": str(case.id), "office": office.code, "rule": decision.rule.value})
+    return case
+
+
+async def grant_case(
+    session: AsyncSession,
+    ctx: RoutingContext,
+    router: Router,
+    data: EligibilityDetermined,
+    program: ProgramDetermination,
+    now: dt.datetime,
+) -> Case:
+    """An automatic grant: a case created decided, recorded at the responsible office, so the status shows it."""
+    today = ctx.clock.today()
+    decision = router.route(data.resident, program, overflow=False)
+    office = router.offices[decision.office_code]  # a decided case adds no load
+    case = Case(id=uuid.uuid4(), application_id=data.application_id, created_at=now)
+    _fill(case, data, program, now)
+    case.office_code = office.code
+    case.status = CaseStatus.DECIDED
+    case.automatic = True
+    case.routing = decision.as_record()
+    case.interpreter_needed = False
+    case.routed_on = today
+    case.due_date = ctx.calendar.add_working_days(sla_start(data, ctx), program.sla_days)
+    case.paused_working_days = 0
+    case.escalated = False
+    case.priority = ROUTINE
+    session.add(case)
+    repo.add_entry(session, case, SYSTEM, "routed", now, round=data.round, routing=case.routing, automatic=True)
+    await save(session)
+    await ctx.outbox.emit(
+        session,
+        CaseRouted(
+            **event_base(case),
+            office_name=office_logic.name_of(office),
+            status="closed",
+            priority=case.priority,
+            automatic=True,
+            due_date=None,
+            reason=f"Granted automatically; recorded at {office.code}, the office responsible for it.",
+            routed_at=now,
+        ),
+    )
+    await decide_automatically(session, ctx, case, program.amount, now)
+    return case
+
+
+def _fill(case: Case, data: EligibilityDetermined, program: ProgramDetermination, now: dt.datetime) -> None:
+    """Copy what a determination says about a program (and the resident's context) onto its case."""
+    case.resident_id = data.resident_id
+    case.program_code = program.program_code
+    case.program_name_ko = program.program_name.ko
+    case.program_name_en = program.program_name.en
+    case.department = program.department.value
+    case.round = data.round
+    case.outcome = program.outcome.value
+    case.rule_version = program.rule_version
+    case.missing = [m.model_dump(mode="json") for m in program.missing]
+    case.amount = program.amount
+    case.amount_period = program.amount_period
+    case.sla_days = program.sla_days
+    case.case_weight = program.case_weight
+    case.overflow_allowed = program.overflow_allowed
+    case.district_code = data.resident.district_code
+    case.preferred_language = data.resident.preferred_language.value
+    case.vulnerability = [v.value for v in data.resident.vulnerability]
+    case.application_date = data.application_date
+    case.updated_at = now
+
+
+# ---------------------------------------------------------------------------------------------- the handlers' logic
+
+
+async def _application(
+    session: AsyncSession, application_id: uuid.UUID, resident_id: uuid.UUID, now: dt.datetime
+) -> ApplicationRecord:
+    record = await repo.application(session, application_id)
+    if record is None:
+        record = ApplicationRecord(
+            application_id=application_id, resident_id=resident_id, last_round=0, withdrawn_at=None, updated_at=now
+        )
+        session.add(record)
+        # A concurrent first event of the same application fails here; the consumer retries and finds this row.
+        await session.flush()
+    return record
+
+
+async def apply_determination(session: AsyncSession, ctx: RoutingContext, data: EligibilityDetermined) -> None:
+    now = ctx.clock.now()
+    record = await _application(session, data.application_id, data.resident_id, now)
+    if record.withdrawn_at is not None:
+        log.info("determination after withdrawal ignored", extra={"application_id": str(data.application_id)})
+        return
+    if data.round <= record.last_round:
+        log.info(
+            "stale determination ignored",
+            extra={"application_id": str(data.application_id), "round": data.round, "applied": record.last_round},
+        )
+        return
+    record.last_round = data.round
+    record.updated_at = now
+    cases = {c.program_code: c for c in await repo.cases_of_application(session, data.application_id)}
+    router: Router | None = None
+    for program in data.programs:
+        case = cases.get(program.program_code)
+        wants_person, granted = needs_person(program), granted_automatically(program)
+        if (case is None or _reopenable(case)) and (wants_person or granted):
+            router = router or await Router.load(session)
+            if case is None and wants_person:
+                await open_case(session, ctx, router, data, program, now)
+            elif case is None:
+                await grant_case(session, ctx, router, data, program, now)
+            elif wants_person:
+                await open_case(session, ctx, router, data, program, now, existing=case)
+            else:
+                _fill(case, data, program, now)
+                case.closed_reason = None
+                case.closed_at = None
+                case.automatic = True
+                repo.add_entry(session, case, SYSTEM, "reopened", now, round=data.round)
+                await decide_automatically(session, ctx, case, program.amount, now)
+        elif case is not None:
+            await _reevaluate(session, ctx, case, data, program, now)
+
+
+def _reopenable(case: Case) -> bool:
+    return case.status == CaseStatus.CLOSED and case.closed_reason == "no_longer_applicable"
+
+
+async def _reevaluate(
+    session: AsyncSession,
+    ctx: RoutingContext,
+    case: Case,
+    data: EligibilityDetermined,
+    program: ProgramDetermination,
+    now: dt.datetime,
+) -> None:
+    if not case.is_active:
+        return  # a decision stands; a re-evaluation does not undo it
+    if program.outcome is Outcome.INELIGIBLE:
+        await close(session, ctx, case, "no_longer_applicable", SYSTEM, now)
+        return
+    case.round = data.round
+    case.outcome = program.outcome.value
+    case.rule_version = program.rule_version
+    case.missing = [m.model_dump(mode="json") for m in program.missing]
+    case.amount = program.amount
+    case.amount_period = program.amount_period
+    case.updated_at = now
+    repo.add_entry(session, case, SYSTEM, "reevaluated", now, round=data.round, outcome=program.outcome.value)
+    if granted_automatically(program):
+        await decide_automatically(session, ctx, case, program.amount, now)
+        return
+    await save(session)
+
+
+async def withdraw(session: AsyncSession, ctx: RoutingContext, data: ApplicationWithdrawn) -> None:
+    now = ctx.clock.now()
+    record = await _application(session, data.application_id, data.resident_id, now)
+    if record.withdrawn_at is not None:
+        return
+    record.withdrawn_at = data.withdrawn_at
+    record.updated_at = now
+    for case in await repo.cases_of_application(session, data.application_id):
+        if case.is_active:
+            await close(session, ctx, case, "withdrawn", RESIDENT, now)
+
+
+async def info_provided(session: AsyncSession, ctx: RoutingContext, data: ApplicationInfoProvided) -> None:
+    """The resident answered: the cases waiting on them resume (those named, or all of the application's)."""
+    now = ctx.clock.now()
+    # The clock restarts on the day the resident answered, not the day a backlogged consumer got to it.
+    today = min(data.provided_at.astimezone(ctx.clock.tz).date(), ctx.clock.today())
+    record = await repo.application(session, data.application_id)
+    if record is None or record.withdrawn_at is not None:
+        return
+    waiting = [
+        c
+        for c in await repo.cases_of_application(session, data.application_id)
+        if c.status == CaseStatus.WAITING_ON_RESIDENT
+    ]
+    if data.case_ids:
+        named = set(data.case_ids)
+        waiting = [c for c in waiting if c.id in named]
+    elif data.program_codes:
+        codes = set(data.program_codes)
+        waiting = [c for c in waiting if c.program_code in codes]
+    for case in waiting:
+        paused = resume_clock(ctx, case, today)
+        case.status = CaseStatus.ASSIGNED if case.assignee else CaseStatus.OPEN
+        case.updated_at = now
+        refresh_priority(ctx, case, today)
+        repo.add_entry(
+            session,
+            case,
+            RESIDENT,
+            "info_provided",
+            now,
+            answered=sorted(data.answers),
+            paused_working_days=paused,
+            due_date=case.due_date.isoformat(),
+        )
+    await save(session)

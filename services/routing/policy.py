@@ -1,0 +1,246 @@
+"""The routing policy and the priority of a case: pure functions over offices and their loads, so the decision table
+can be read (and tested) without a database.
+
+Routing, in order (the rule that chose is stored on the case with every candidate considered):
+
+1. The *responsible* offices are those serving the resident's district for the program's department. When none
+   does (a district outside the city, or a department no local office covers) the city-wide *fallback* offices for
+   that department are responsible instead (rule ``fallback``; the seed has Seoul City Hall for every department).
+2. An office *has room* while its weighted load (the sum of the case weights of its open cases) is below its
+   active-case ceiling.
+3. When the resident's preferred language is not Korean, a responsible office with room that speaks it is chosen
+   first; failing that (a responsible office has room but none speaks it), if the program allows overflow, a
+   neighbour with room that speaks it (rule ``overflow_language``).
+4. Otherwise the least-loaded responsible office with room (rule ``jurisdiction``, or ``fallback``).
+5. Otherwise, if the program allows overflow, the least-loaded neighbour with room, preferring one that speaks the
+   resident's language (rule ``overflow_capacity``).
+6. Otherwise the least-loaded responsible office even though it is full (rule ``over_capacity``): the work stays
+   where it belongs and the overload shows in ``GET /v1/capacity``.
+
+"Least loaded" compares utilisation (load / ceiling), then load, then the office code (so the choice is stable).
+A case whose office does not speak the resident's language is flagged ``interpreter_needed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+from services.routing.sla import WorkingCalendar
+from shared.events import Vulnerability
+
+KOREAN = "ko"
+
+
+class Rule(StrEnum):
+    JURISDICTION = "jurisdiction"
+    FALLBACK = "fallback"
+    OVERFLOW_LANGUAGE = "overflow_language"
+    OVERFLOW_CAPACITY = "overflow_capacity"
+    OVER_CAPACITY = "over_capacity"
+
+
+@dataclass(frozen=True)
+class OfficeView:
+    """What the policy needs to know of an office."""
+
+    code: str
+    departments: frozenset[str]
+    districts: frozenset[str]
+    languages: frozenset[str]
+    ceiling: float
+    neighbours: tuple[str, ...] = ()
+    fallback: bool = False
+
+    def serves(self, district: str, department: str) -> bool:
+        return department in self.departments and district in self.districts
+
+
+@dataclass(frozen=True)
+class Candidate:
+    office_code: str
+    role: Literal["responsible", "fallback", "neighbour"]
+    load: float
+    ceiling: float
+    has_room: bool
+    speaks_language: bool
+
+    @property
+    def utilisation(self) -> float:
+        return self.load / self.ceiling if self.ceiling > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    office_code: str
+    rule: Rule
+    explanation: str
+    district_code: str
+    department: str
+    language: str
+    language_matched: bool
+    overflow_allowed: bool
+    candidates: tuple[Candidate, ...]
+
+    @property
+    def interpreter_needed(self) -> bool:
+        return not self.language_matched
+
+    def as_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["rule"] = self.rule.value
+        record["candidates"] = [asdict(c) for c in self.candidates]
+        return record
+
+
+class NoOfficeServes(LookupError):
+    """No office (not even a fallback) handles the department: an administrator has to add one."""
+
+
+def _least_loaded_key(candidate: Candidate) -> tuple[float, float, str]:
+    return (candidate.utilisation, candidate.load, candidate.office_code)
+
+
+def route(
+    offices: Iterable[OfficeView],
+    loads: Mapping[str, float],
+    *,
+    district_code: str,
+    department: str,
+    language: str = KOREAN,
+    overflow_allowed: bool = False,
+) -> RoutingDecision:
+    """Choose the office for one case (see the module docstring for the rules)."""
+    by_code = {o.code: o for o in offices}
+    primary = sorted((o for o in by_code.values() if o.serves(district_code, department)), key=lambda o: o.code)
+    role: Literal["responsible", "fallback"] = "responsible"
+    if not primary:
+        role = "fallback"
+        primary = sorted(
+            (o for o in by_code.values() if o.fallback and department in o.departments), key=lambda o: o.code
+        )
+    if not primary:
+        raise NoOfficeServes(f"no office handles {department} for district {district_code}")
+    base_rule = Rule.JURISDICTION if role == "responsible" else Rule.FALLBACK
+
+    neighbours: list[OfficeView] = []
+    if overflow_allowed:
+        primary_codes = {o.code for o in primary}
+        seen: set[str] = set()
+        for office in primary:
+            for code in office.neighbours:
+                other = by_code.get(code)
+                if other is None or code in primary_codes or code in seen or department not in other.departments:
+                    continue
+                seen.add(code)
+                neighbours.append(other)
+
+    def candidate(office: OfficeView, kind: Literal["responsible", "fallback", "neighbour"]) -> Candidate:
+        load = float(loads.get(office.code, 0.0))
+        return Candidate(
+            office_code=office.code,
+            role=kind,
+            load=round(load, 3),
+            ceiling=office.ceiling,
+            has_room=load < office.ceiling,
+            speaks_language=language in office.languages,
+        )
+
+    primary_c = [candidate(o, role) for o in primary]
+    neighbour_c = [candidate(o, "neighbour") for o in neighbours]
+    needs_language = language != KOREAN
+
+    def decide(chosen: Candidate, rule: Rule, why: str) -> RoutingDecision:
+        return RoutingDecision(
+            office_code=chosen.office_code,
+            rule=rule,
+            explanation=why,
+            district_code=district_code,
+            department=department,
+            language=language,
+            language_matched=chosen.speaks_language,
+            overflow_allowed=overflow_allowed,
+            candidates=tuple(primary_c + neighbour_c),
+        )
+
+    serving = (
+        f"serves district {district_code} for {department}"
+        if role == "responsible"
+        else f"is the city-wide office for {department} (no office serves district {district_code} for it)"
+    )
+    with_room = [c for c in primary_c if c.has_room]
+    neighbours_with_room = [c for c in neighbour_c if c.has_room]
+
+    if needs_language:
+        speaking = [c for c in with_room if c.speaks_language]
+        if speaking:
+            chosen = min(speaking, key=_least_loaded_key)
+            return decide(chosen, base_rule, f"{chosen.office_code} {serving}, has room and speaks '{language}'.")
+        # Only language moves the case here: a full responsible office is a capacity overflow (below).
+        speaking = [c for c in neighbours_with_room if c.speaks_language] if with_room else []
+        if speaking:
+            chosen = min(speaking, key=_least_loaded_key)
+            return decide(
+                chosen,
+                Rule.OVERFLOW_LANGUAGE,
+                f"No responsible office with room speaks '{language}'; the program allows overflow, so the "
+                f"neighbouring office {chosen.office_code}, which does and has room, takes it.",
+            )
+    if with_room:
+        chosen = min(with_room, key=_least_loaded_key)
+        return decide(chosen, base_rule, f"{chosen.office_code} {serving} and has room.")
+    if neighbours_with_room:
+        chosen = min(
+            neighbours_with_room, key=lambda c: (needs_language and not c.speaks_language, *_least_loaded_key(c))
+        )
+        return decide(
+            chosen,
+            Rule.OVERFLOW_CAPACITY,
+            f"The responsible office is at or over its ceiling; the program allows overflow, so the least-loaded "
+            f"neighbour with room, {chosen.office_code}, takes it.",
+        )
+    chosen = min(primary_c, key=_least_loaded_key)
+    if not overflow_allowed:
+        why = "the program does not allow overflow"
+    elif neighbour_c:
+        why = "no neighbour has room"
+    else:
+        why = "it has no neighbour handling this department"
+    return decide(
+        chosen, Rule.OVER_CAPACITY, f"{chosen.office_code} {serving}; it is at or over its ceiling, but {why}."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- priority
+
+ROUTINE, ELEVATED, HIGH, URGENT = 1, 2, 3, 4
+PRIORITY_NAMES = {ROUTINE: "routine", ELEVATED: "elevated", HIGH: "high", URGENT: "urgent"}
+# Flags that on their own raise a case to high: a child heading a household, an elderly person living alone.
+SEVERE_FLAGS = frozenset({Vulnerability.CHILD_HEAD_OF_HOUSEHOLD.value, Vulnerability.ELDERLY_ALONE.value})
+
+
+def priority(
+    vulnerability: Sequence[str],
+    *,
+    due_date: dt.date | None,
+    today: dt.date,
+    calendar: WorkingCalendar,
+    due_soon_working_days: int,
+    escalated: bool = False,
+) -> int:
+    """1 routine .. 4 urgent. Any vulnerability flag raises it one level, two flags or a severe one another; a due
+    date at most ``due_soon_working_days`` working days away (or past) one more; an escalated case is urgent."""
+    if escalated:
+        return URGENT
+    level = ROUTINE
+    flags = set(vulnerability)
+    if flags:
+        level += 1
+    if len(flags) >= 2 or flags & SEVERE_FLAGS:
+        level += 1
+    if due_date is not None and calendar.working_days_between(today, due_date) <= due_soon_working_days:
+        level += 1
+    return min(level, URGENT)

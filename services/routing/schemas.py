@@ -1,0 +1,319 @@
+"""Request and response bodies of the routing API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared.events import Decision, Department, Localized
+
+OFFICE_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9-]{1,39}$"
+DISTRICT_PATTERN = r"^[0-9]{5}$"
+
+OfficeCode = Annotated[str, StringConstraints(pattern=OFFICE_CODE_PATTERN)]
+DistrictCode = Annotated[str, StringConstraints(pattern=DISTRICT_PATTERN)]
+LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
+StaffSubject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4000)]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _unique(values: list[Any], what: str) -> list[Any]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat")
+    return values
+
+
+# ================================================================================================ offices
+
+
+class OfficeKind(StrEnum):
+    COMMUNITY_SERVICE_CENTRE = "community_service_centre"
+    WELFARE_OFFICE = "welfare_office"
+    HEALTH_CENTRE = "health_centre"
+    TAX_OFFICE = "tax_office"
+    HOUSING_OFFICE = "housing_office"
+    EMPLOYMENT_CENTRE = "employment_centre"
+    CIVIL_REGISTRY_DESK = "civil_registry_desk"
+    CITY_HALL = "city_hall"
+
+
+class OfficeName(Input):
+    ko: Name
+    en: Name
+
+
+class OfficeCapacity(Input):
+    caseworker_hours_week: int = Field(ge=0, le=100_000, description="Caseworker hours available a week")
+    active_case_ceiling: float = Field(
+        ge=0, le=100_000, description="Weighted load (sum of case weights of open cases) at which the office is full"
+    )
+
+
+class OfficeIn(Input):
+    """An office as an administrator defines it (``PUT /v1/offices/{code}`` replaces it whole)."""
+
+    name: OfficeName
+    kind: OfficeKind
+    departments: list[Department] = Field(min_length=1, max_length=6)
+    districts: list[DistrictCode] = Field(default=[], max_length=100, description="District codes it serves")
+    languages: list[LanguageCode] = Field(min_length=1, max_length=20, description="ISO 639-1 codes")
+    capacity: OfficeCapacity
+    neighbours: list[OfficeCode] = Field(default=[], max_length=20, description="Offices that may take its overflow")
+    supervisors: list[StaffSubject] = Field(default=[], max_length=50, description="Staff subjects escalations reach")
+    fallback: bool = Field(
+        default=False, description="Takes its departments' cases for districts that no office serves for them"
+    )
+
+    @field_validator("departments", "districts", "languages", "neighbours", "supervisors")
+    @classmethod
+    def no_repeats(cls, values: list[Any]) -> list[Any]:
+        return _unique(values, "entries")
+
+
+class OfficeSeed(OfficeIn):
+    code: OfficeCode
+
+
+class OfficeLoad(BaseModel):
+    open_cases: int
+    weighted_load: float
+    utilisation: float | None = Field(description="weighted_load / active_case_ceiling")
+    has_room: bool
+
+
+class OfficeOut(BaseModel):
+    code: str
+    name: OfficeName
+    kind: OfficeKind
+    departments: list[Department]
+    districts: list[str]
+    languages: list[str]
+    capacity: OfficeCapacity
+    neighbours: list[str]
+    fallback: bool
+    supervisors: list[str] | None = Field(default=None, description="Shown to staff only")
+    load: OfficeLoad | None = Field(default=None, description="Shown to staff only")
+    updated_at: dt.datetime
+
+
+# ================================================================================================ cases
+
+
+class CaseStatusName(StrEnum):
+    OPEN = "open"
+    ASSIGNED = "assigned"
+    WAITING_ON_RESIDENT = "waiting_on_resident"
+    DECIDED = "decided"
+    CLOSED = "closed"
+
+
+class Candidate(BaseModel):
+    office_code: str
+    role: Literal["responsible", "fallback", "neighbour"]
+    load: float
+    ceiling: float
+    has_room: bool
+    speaks_language: bool
+
+
+class RoutingOut(BaseModel):
+    """Why the case is where it is."""
+
+    office_code: str
+    rule: str
+    explanation: str
+    district_code: str
+    department: str
+    language: str
+    language_matched: bool
+    overflow_allowed: bool
+    candidates: list[Candidate]
+
+
+class MissingOut(BaseModel):
+    name: str
+    type: str
+    question: Localized
+    asked_of: Literal["resident", "staff"]
+
+
+class SlaOut(BaseModel):
+    sla_days: int
+    application_date: dt.date
+    due_date: dt.date
+    paused_since: dt.date | None = Field(description="Set while the case waits on the resident")
+    paused_working_days: int = Field(description="Working days the clock has been paused in total (resumed pauses)")
+    working_days_left: int | None = Field(
+        description="Until the due date (negative when overdue); null when not running"
+    )
+    breached_on: dt.date | None
+
+
+class DecisionOut(BaseModel):
+    decision: Decision
+    reason_code: str
+    reason: Localized | None
+    note: str | None
+    amount: int | None
+    automatic: bool
+    decided_by: str
+    decided_at: dt.datetime
+
+
+class ResidentOut(BaseModel):
+    resident_id: uuid.UUID
+    district_code: str
+    preferred_language: str
+    vulnerability: list[str]
+
+
+class HistoryEntry(BaseModel):
+    at: dt.datetime
+    actor: str
+    action: str
+    details: dict[str, Any]
+
+
+class CaseSummary(BaseModel):
+    id: uuid.UUID
+    application_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    office_code: str
+    status: CaseStatusName
+    priority: int = Field(description="1 routine, 2 elevated, 3 high, 4 urgent")
+    due_date: dt.date
+    assignee: str | None
+    escalated: bool
+    breached: bool
+    interpreter_needed: bool
+    automatic: bool
+    created_at: dt.datetime
+
+
+class CaseOut(CaseSummary):
+    resident: ResidentOut
+    round: int
+    outcome: str
+    missing: list[MissingOut]
+    amount: int | None
+    amount_period: str | None
+    case_weight: float
+    sla: SlaOut
+    decision: DecisionOut | None
+    closed_reason: str | None
+    closed_at: dt.datetime | None
+    routing: RoutingOut
+    history: list[HistoryEntry]
+    version: int
+    updated_at: dt.datetime
+
+
+class QueuePage(BaseModel):
+    office_code: str
+    items: list[CaseSummary]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
+
+
+# ------------------------------------------------------------------------------------------------ actions
+
+
+class AssignIn(Input):
+    assignee: StaffSubject = Field(description="The staff subject (token 'sub') of the caseworker")
+
+
+class Question(Input):
+    fact: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] | None = None
+    text: Reason
+
+
+class RequestInfoIn(Input):
+    questions: list[Question] = Field(min_length=1, max_length=20)
+
+
+class DecideIn(Input):
+    decision: Decision
+    reason_code: Annotated[str, StringConstraints(min_length=1, max_length=60)] = Field(
+        description="One of GET /v1/reason-codes valid for the decision"
+    )
+    note: LongText
+    amount: int | None = Field(default=None, ge=0, le=10**12, description="KRW granted (approvals only)")
+
+
+class TransferIn(Input):
+    office_code: OfficeCode
+    reason: Reason
+
+
+class EscalateIn(Input):
+    reason: Reason
+
+
+class NoteIn(Input):
+    text: LongText
+
+
+class ReasonCodeOut(BaseModel):
+    code: str
+    decision: Decision
+    label: Localized
+
+
+# ================================================================================================ capacity, open data
+
+
+class ProgramDemand(BaseModel):
+    program_code: str
+    department: Department
+    open_cases: int
+    waiting_on_resident: int
+    weighted_load: float
+    arrivals: int = Field(description="Cases routed here in the window")
+    arrivals_per_day: float
+    decided: int = Field(description="Cases decided in the window")
+    median_working_days_to_decision: float | None
+    sla_compliance: float | None = Field(description="Share of the window's decisions made by the due date")
+    breached_open: int
+
+
+class OfficeDemand(BaseModel):
+    office_code: str
+    name: OfficeName
+    capacity: OfficeCapacity
+    open_cases: int
+    weighted_load: float
+    utilisation: float | None
+    over_capacity: bool
+    arrivals_per_day: float
+    weighted_load_per_caseworker_hour: float | None
+    programs: list[ProgramDemand]
+
+
+class CapacityReport(BaseModel):
+    window_days: int
+    window_start: dt.date
+    today: dt.date
+    offices: list[OfficeDemand]
+
+
+class DatasetInfo(BaseModel):
+    dataset: str
+    description: str
+    columns: list[str]
+
+
+class Dataset(DatasetInfo):
+    generated_on: dt.date
+    suppression: str
+    rows: list[dict[str, str | int | float | None]]

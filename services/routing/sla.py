@@ -1,0 +1,78 @@
+"""Working days and the clock the SLA runs on.
+
+Conventions (documented on the API too):
+- A due date is ``sla_days`` working days after the application date: the application day itself is day 0, so an
+  application on a Friday with a 3-day SLA is due on the Wednesday after (Mon, Tue, Wed), later if a holiday falls
+  in between. The due date is the last day on which deciding is on time; a case still undecided the day after is
+  breached.
+- While a case waits on the resident its clock is paused: the request day still counts as worked, the days after it
+  up to and including the day the answer arrives do not, and the due date moves by that many working days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import holidays
+
+# Korea has had no daylight saving time since 1988, so a fixed offset is exact if the zone database is missing.
+_KST = dt.timezone(dt.timedelta(hours=9), "KST")
+
+
+class WorkingCalendar:
+    """Weekends, the public holidays of one country, and extra closure days are not working days."""
+
+    def __init__(self, country: str = "KR", closures: Iterable[dt.date] = ()) -> None:
+        self.country = country
+        self.holidays = holidays.country_holidays(country)
+        self.closures = frozenset(closures)
+
+    def is_working_day(self, day: dt.date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays and day not in self.closures
+
+    def holiday_name(self, day: dt.date) -> str | None:
+        if day in self.closures:
+            return "closure"
+        name = self.holidays.get(day)
+        return str(name) if name else None
+
+    def add_working_days(self, start: dt.date, days: int) -> dt.date:
+        """The ``days``-th working day after ``start`` (``start`` itself is not counted); ``start`` for 0."""
+        if days < 0:
+            raise ValueError("days must not be negative")
+        day, left = start, days
+        while left:
+            day += dt.timedelta(days=1)
+            if self.is_working_day(day):
+                left -= 1
+        return day
+
+    def working_days_between(self, start: dt.date, end: dt.date) -> int:
+        """Working days ``d`` with ``start < d <= end`` (0 when ``end <= start``)."""
+        count, day = 0, start
+        while day < end:
+            day += dt.timedelta(days=1)
+            if self.is_working_day(day):
+                count += 1
+        return count
+
+
+class Clock:
+    """Now, and today's date in the offices' time zone; ``fixed_today`` pins the date (tests, drills)."""
+
+    def __init__(self, timezone: str = "Asia/Seoul", fixed_today: dt.date | None = None) -> None:
+        try:
+            self.tz: dt.tzinfo = ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.tz = _KST
+        self.fixed_today = fixed_today
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def today(self) -> dt.date:
+        if self.fixed_today is not None:
+            return self.fixed_today
+        return self.now().astimezone(self.tz).date()

@@ -1,0 +1,247 @@
+"""Demand against capacity (for supervisors) and anonymised open data (for anyone).
+
+Open data is aggregated by month of arrival; a count from 1 to ``open_data_min_count - 1`` is never shown (null),
+and complementary cells are suppressed too, so that a hidden count cannot be recovered by subtraction from its row
+or from a published total: within every group of cells that add up to a total someone could know (a row's approved
+and denied; a column's cells of one month and department; a column's departments of one month) either no cell or at
+least two are hidden. Zero is shown: it identifies nobody.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics as stats
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.routing import repository as repo
+from services.routing.context import RoutingContext
+from services.routing.models import Case, CaseStatus, Office
+from services.routing.schemas import (
+    CapacityReport,
+    Dataset,
+    DatasetInfo,
+    OfficeCapacity,
+    OfficeDemand,
+    OfficeName,
+    ProgramDemand,
+)
+from shared.events import Decision, Department
+
+# ---------------------------------------------------------------------------------------------- capacity
+
+
+async def capacity_report(
+    session: AsyncSession, ctx: RoutingContext, office_codes: Sequence[str] | None
+) -> CapacityReport:
+    """Per office and program: open work, arrivals, time to decision and SLA compliance over the window."""
+    today = ctx.clock.today()
+    days = ctx.settings.capacity_window_days
+    since = today - dt.timedelta(days=days - 1)
+    offices = [o for o in await repo.all_offices(session) if office_codes is None or o.code in office_codes]
+    by_office: dict[str, list[Case]] = defaultdict(list)
+    for case in await repo.cases_for_capacity(session, [o.code for o in offices], since):
+        by_office[case.office_code].append(case)
+    return CapacityReport(
+        window_days=days,
+        window_start=since,
+        today=today,
+        offices=[_office_demand(ctx, office, by_office[office.code], since, today, days) for office in offices],
+    )
+
+
+def _office_demand(
+    ctx: RoutingContext, office: Office, cases: list[Case], since: dt.date, today: dt.date, days: int
+) -> OfficeDemand:
+    by_program: dict[str, list[Case]] = defaultdict(list)
+    for case in cases:
+        by_program[case.program_code].append(case)
+    programs = [_program_demand(ctx, code, items, since, days) for code, items in sorted(by_program.items())]
+    weighted = sum(p.weighted_load for p in programs)
+    ceiling = office.active_case_ceiling
+    arrivals = sum(p.arrivals for p in programs)
+    return OfficeDemand(
+        office_code=office.code,
+        name=OfficeName(ko=office.name_ko, en=office.name_en),
+        capacity=OfficeCapacity(
+            caseworker_hours_week=office.caseworker_hours_week, active_case_ceiling=office.active_case_ceiling
+        ),
+        open_cases=sum(p.open_cases for p in programs),
+        weighted_load=round(weighted, 3),
+        utilisation=round(weighted / ceiling, 3) if ceiling > 0 else None,
+        over_capacity=weighted >= ceiling,
+        arrivals_per_day=round(arrivals / days, 3),
+        weighted_load_per_caseworker_hour=(
+            round(weighted / office.caseworker_hours_week, 3) if office.caseworker_hours_week else None
+        ),
+        programs=programs,
+    )
+
+
+def _program_demand(ctx: RoutingContext, code: str, cases: list[Case], since: dt.date, days: int) -> ProgramDemand:
+    active = [c for c in cases if c.status in CaseStatus.ACTIVE]
+    arrived = [c for c in cases if c.routed_on >= since]
+    decided = [
+        c for c in cases if c.status == CaseStatus.DECIDED and c.decided_on is not None and c.decided_on >= since
+    ]
+    durations = [ctx.calendar.working_days_between(c.routed_on, c.decided_on) for c in decided if c.decided_on]
+    on_time = [c for c in decided if c.breached_on is None and c.decided_on is not None and c.decided_on <= c.due_date]
+    return ProgramDemand(
+        program_code=code,
+        department=Department(cases[0].department),
+        open_cases=len(active),
+        waiting_on_resident=sum(1 for c in active if c.status == CaseStatus.WAITING_ON_RESIDENT),
+        weighted_load=round(sum(c.case_weight for c in active), 3),
+        arrivals=len(arrived),
+        arrivals_per_day=round(len(arrived) / days, 3),
+        decided=len(decided),
+        median_working_days_to_decision=float(stats.median(durations)) if durations else None,
+        sla_compliance=round(len(on_time) / len(decided), 3) if decided else None,
+        breached_open=sum(1 for c in active if c.breached_on is not None),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- open data
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    info: DatasetInfo
+    build: Callable[[Sequence[Any], RoutingContext], list[dict[str, Any]]]
+    # Which cells add up to totals someone could know (see the module docstring).
+    groups: Callable[[list[dict[str, Any]]], list[list[tuple[int, str]]]]
+    counts: tuple[str, ...]
+
+
+def _month(day: dt.date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+def _cases_rows(cases: Sequence[Any], ctx: RoutingContext) -> list[dict[str, Any]]:
+    table: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for case in cases:
+        key = (_month(case.routed_on), case.district_code, case.department)
+        row = table.setdefault(
+            key,
+            {"month": key[0], "district_code": key[1], "department": key[2], "cases": 0, "approved": 0, "denied": 0,
+             "closed_without_decision": 0},
+        )  # fmt: skip
+        row["cases"] += 1
+        if case.decision == Decision.APPROVED.value:
+            row["approved"] += 1
+        elif case.decision == Decision.DENIED.value:
+            row["denied"] += 1
+        elif case.status == CaseStatus.CLOSED:
+            row["closed_without_decision"] += 1
+    return [table[k] for k in sorted(table)]
+
+
+def _cases_groups(rows: list[dict[str, Any]]) -> list[list[tuple[int, str]]]:
+    groups: list[list[tuple[int, str]]] = [[(i, "approved"), (i, "denied")] for i in range(len(rows))]
+    groups += _column_groups(rows, ("cases", "approved", "denied", "closed_without_decision"), ("month", "department"))
+    groups += _column_groups(rows, ("cases",), ("month", "district_code"))
+    return groups
+
+
+def _sla_rows(cases: Sequence[Any], ctx: RoutingContext) -> list[dict[str, Any]]:
+    decided: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for case in cases:
+        if case.status == CaseStatus.DECIDED and not case.automatic and case.decided_on is not None:
+            decided[(_month(case.routed_on), case.department)].append(case)
+    rows = []
+    k = ctx.settings.open_data_min_count
+    for (month, department), items in sorted(decided.items()):
+        durations = [ctx.calendar.working_days_between(c.routed_on, c.decided_on) for c in items if c.decided_on]
+        on_time = sum(1 for c in items if c.breached_on is None and c.decided_on and c.decided_on <= c.due_date)
+        enough = len(items) >= k
+        rows.append(
+            {
+                "month": month,
+                "department": department,
+                "decided": len(items),
+                # Rates and medians of fewer than k cases are withheld with the count.
+                "within_sla_share": round(on_time / len(items), 2) if enough else None,
+                "median_working_days_to_decision": float(stats.median(durations)) if enough else None,
+            }
+        )
+    return rows
+
+
+def _sla_groups(rows: list[dict[str, Any]]) -> list[list[tuple[int, str]]]:
+    return _column_groups(rows, ("decided",), ("month",))
+
+
+def _column_groups(
+    rows: list[dict[str, Any]], columns: Iterable[str], by: tuple[str, ...]
+) -> list[list[tuple[int, str]]]:
+    groups: list[list[tuple[int, str]]] = []
+    for column in columns:
+        buckets: dict[Hashable, list[tuple[int, str]]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            buckets[tuple(row[b] for b in by)].append((i, column))
+        groups += list(buckets.values())
+    return groups
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cases": DatasetSpec(
+        DatasetInfo(
+            dataset="cases",
+            description="Cases by month of arrival, resident's district and department, with their decisions so far.",
+            columns=["month", "district_code", "department", "cases", "approved", "denied", "closed_without_decision"],
+        ),
+        _cases_rows,
+        _cases_groups,
+        ("cases", "approved", "denied", "closed_without_decision"),
+    ),
+    "sla": DatasetSpec(
+        DatasetInfo(
+            dataset="sla",
+            description="Caseworker decisions by month of arrival and department: share decided within the SLA, "
+            "median working days to decision.",
+            columns=["month", "department", "decided", "within_sla_share", "median_working_days_to_decision"],
+        ),
+        _sla_rows,
+        _sla_groups,
+        ("decided",),
+    ),
+}
+
+
+def suppress(
+    rows: list[dict[str, Any]], counts: Sequence[str], groups: list[list[tuple[int, str]]], min_count: int
+) -> list[dict[str, Any]]:
+    """Hide counts of 1..min_count-1, then hide complementary cells until no group has exactly one hidden cell."""
+    hidden: set[tuple[int, str]] = {(i, c) for i, row in enumerate(rows) for c in counts if 0 < int(row[c]) < min_count}
+    changed = True
+    while changed:
+        changed = False
+        for group in groups:
+            if sum(1 for cell in group if cell in hidden) != 1:
+                continue
+            visible = [cell for cell in group if cell not in hidden and int(rows[cell[0]][cell[1]]) > 0]
+            if visible:
+                hidden.add(min(visible, key=lambda cell: (int(rows[cell[0]][cell[1]]), cell)))
+                changed = True
+    out = [dict(row) for row in rows]
+    for i, column in hidden:
+        out[i][column] = None
+    return out
+
+
+async def open_dataset(session: AsyncSession, ctx: RoutingContext, name: str) -> Dataset | None:
+    spec = DATASETS.get(name)
+    if spec is None:
+        return None
+    k = ctx.settings.open_data_min_count
+    rows = spec.build(await repo.cases_for_open_data(session), ctx)
+    return Dataset(
+        **spec.info.model_dump(),
+        generated_on=ctx.clock.today(),
+        suppression=f"counts from 1 to {k - 1} and complementary cells are null",
+        rows=suppress(rows, spec.counts, spec.groups(rows), k),
+    )

@@ -1,0 +1,171 @@
+"""The SLA timer: a background task that marks breached cases, escalates them to the office's supervisors, and keeps
+priorities in step with approaching due dates.
+
+All its state is in the database (due dates, and a breach row per case and due date), so it carries on correctly
+after a restart, and any number of replicas may run it: the unique key on the breach row, written in the same
+transaction as the events, lets ``case.sla_breached`` go out exactly once per breach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
+
+from services.routing import repository as repo
+from services.routing.cases import CaseChanged, event_base, refresh_priority, save
+from services.routing.context import RoutingContext, routing_context
+from services.routing.models import Case, CaseStatus, SlaBreach
+from services.routing.policy import URGENT
+from shared.db import Database
+from shared.events import CaseEscalated, CaseSlaBreached
+from shared.service import Runtime
+
+log = logging.getLogger(__name__)
+
+TIMER = "system:sla-timer"
+EXTRAS_KEY = "sla_timer"
+
+
+class TimerMetrics:
+    """What an operator watches: breaches, and each office's open work against its ceiling (the funnel)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.breaches = Counter("onestop_routing_sla_breaches", "SLA breaches recorded", ["office"], registry=registry)
+        self.open_cases = Gauge("onestop_routing_open_cases", "Active cases per office", ["office"], registry=registry)
+        self.utilisation = Gauge(
+            "onestop_routing_office_utilisation",
+            "Weighted load of an office's active cases over its active-case ceiling",
+            ["office"],
+            registry=registry,
+        )
+
+
+class SlaTimer:
+    def __init__(self, db: Database, ctx: RoutingContext, metrics: TimerMetrics | None = None) -> None:
+        self.db = db
+        self.ctx = ctx
+        self.metrics = metrics
+        self.passes = 0
+        self.breaches = 0
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        interval = self.ctx.settings.sla_check_interval_seconds
+        while not self._stop.is_set():
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("SLA sweep failed; trying again at the next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def sweep(self) -> int:
+        """One pass: record every new breach, then refresh priorities. Returns the breaches recorded."""
+        today = self.ctx.clock.today()
+        async with self.db.session() as session:
+            candidates = await repo.breach_candidates(session, today)
+        recorded = 0
+        for case_id in candidates:
+            try:
+                async with self.db.session() as session:
+                    office = await self._breach(session, case_id, today)
+                if office is not None:
+                    recorded += 1
+                    if self.metrics is not None:
+                        self.metrics.breaches.labels(office=office).inc()
+            except (IntegrityError, StaleDataError, CaseChanged):
+                # Another replica recorded it, or a caseworker changed the case meanwhile: the next pass decides.
+                log.info("breach not recorded this pass", extra={"case_id": str(case_id)})
+        try:
+            async with self.db.session() as session:
+                await self._refresh_priorities(session, today)
+        except (StaleDataError, CaseChanged):
+            log.info("priority refresh collided with a change; next pass")
+        if self.metrics is not None:
+            await self._observe(self.metrics)
+        self.breaches += recorded
+        self.passes += 1
+        return recorded
+
+    async def _observe(self, metrics: TimerMetrics) -> None:
+        async with self.db.session() as session:
+            offices = await repo.all_offices(session)
+            loads = await repo.office_loads(session)
+        for office in offices:
+            count, weighted = loads.get(office.code, (0, 0.0))
+            metrics.open_cases.labels(office=office.code).set(count)
+            ceiling = office.active_case_ceiling
+            metrics.utilisation.labels(office=office.code).set(weighted / ceiling if ceiling > 0 else float("inf"))
+
+    async def _breach(self, session: AsyncSession, case_id: uuid.UUID, today: dt.date) -> str | None:
+        """Record one breach; returns the case's office when it was recorded now."""
+        query = select(Case).where(Case.id == case_id).with_for_update().execution_options(populate_existing=True)
+        case = (await session.execute(query)).scalar_one_or_none()
+        if case is None or case.status not in (CaseStatus.OPEN, CaseStatus.ASSIGNED) or case.due_date >= today:
+            return None
+        now = self.ctx.clock.now()
+        session.add(
+            SlaBreach(
+                case_id=case.id,
+                office_code=case.office_code,
+                due_date=case.due_date,
+                breached_on=today,
+                recorded_at=now,
+            )
+        )
+        await session.flush()  # the unique (case, due date) key: a breach already recorded stops here
+        office = await repo.office(session, case.office_code)
+        supervisors = list(office.supervisors) if office else []
+        case.breached_on = case.breached_on or today
+        case.escalated = True
+        case.escalated_at = now
+        case.priority = URGENT
+        case.updated_at = now
+        repo.add_entry(session, case, TIMER, "sla_breached", now, due_date=case.due_date.isoformat())
+        repo.add_entry(session, case, TIMER, "escalated", now, reason="sla_breached", to=supervisors)
+        await save(session)
+        await self.ctx.outbox.emit(
+            session, CaseSlaBreached(**event_base(case), due_date=case.due_date, breached_at=now, expected_by=None)
+        )
+        await self.ctx.outbox.emit(
+            session, CaseEscalated(**event_base(case), reason="sla_breached", escalated_by=TIMER, escalated_at=now)
+        )
+        log.warning("SLA breached", extra={"case_id": str(case.id), "office": case.office_code})
+        return case.office_code
+
+    async def _refresh_priorities(self, session: AsyncSession, today: dt.date) -> None:
+        """Cases whose due date comes near rise in priority (the rest were set when they last changed)."""
+        horizon = self.ctx.calendar.add_working_days(today, self.ctx.settings.due_soon_working_days)
+        for case in await repo.running_cases_due_by(session, horizon):
+            before = case.priority
+            refresh_priority(self.ctx, case, today)
+            if case.priority != before:
+                case.updated_at = self.ctx.clock.now()
+        await save(session)
+
+
+@contextlib.asynccontextmanager
+async def sla_timer(runtime: Runtime) -> AsyncIterator[None]:
+    """``ServiceDefinition.background``: runs the timer for the app's lifetime."""
+    timer = SlaTimer(runtime.db, routing_context(runtime), TimerMetrics(runtime.metrics.registry))
+    runtime.extras[EXTRAS_KEY] = timer
+    task = asyncio.create_task(timer.run(), name="routing-sla-timer")
+    try:
+        yield
+    finally:
+        timer.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)

@@ -1,0 +1,119 @@
+"""Cases as the API shows them, and the queue's opaque cursor."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+import orjson
+
+from services.routing.models import Case, CaseEntry, CaseStatus
+from services.routing.reasons import REASON_CODES
+from services.routing.repository import QueuePosition
+from services.routing.schemas import (
+    CaseOut,
+    CaseStatusName,
+    CaseSummary,
+    DecisionOut,
+    HistoryEntry,
+    MissingOut,
+    ResidentOut,
+    RoutingOut,
+    SlaOut,
+)
+from services.routing.sla import WorkingCalendar
+from shared.events import Decision, Department, Localized
+from shared.problems import UnprocessableContent
+
+
+def summary(case: Case) -> CaseSummary:
+    return CaseSummary(
+        id=case.id,
+        application_id=case.application_id,
+        program_code=case.program_code,
+        program_name=Localized(ko=case.program_name_ko, en=case.program_name_en),
+        department=Department(case.department),
+        office_code=case.office_code,
+        status=CaseStatusName(case.status),
+        priority=case.priority,
+        due_date=case.due_date,
+        assignee=case.assignee,
+        escalated=case.escalated,
+        breached=case.breached_on is not None,
+        interpreter_needed=case.interpreter_needed,
+        automatic=case.automatic,
+        created_at=case.created_at,
+    )
+
+
+def detail(case: Case, history: Sequence[CaseEntry], calendar: WorkingCalendar, today: dt.date) -> CaseOut:
+    running = case.status in (CaseStatus.OPEN, CaseStatus.ASSIGNED)
+    left: int | None = None
+    if running:
+        left = calendar.working_days_between(today, case.due_date)
+        if case.due_date < today:
+            left = -calendar.working_days_between(case.due_date, today)
+    decision = None
+    if case.decision is not None and case.reason_code is not None and case.decided_at is not None:
+        reason = REASON_CODES.get(case.reason_code)
+        decision = DecisionOut(
+            decision=Decision(case.decision),
+            reason_code=case.reason_code,
+            reason=reason.label if reason else None,
+            note=case.decision_note,
+            amount=case.amount,
+            automatic=case.decided_by == "system:eligibility",
+            decided_by=case.decided_by or "",
+            decided_at=case.decided_at,
+        )
+    return CaseOut(
+        **summary(case).model_dump(),
+        resident=ResidentOut(
+            resident_id=case.resident_id,
+            district_code=case.district_code,
+            preferred_language=case.preferred_language,
+            vulnerability=case.vulnerability,
+        ),
+        round=case.round,
+        outcome=case.outcome,
+        missing=[MissingOut.model_validate(m) for m in case.missing],
+        amount=case.amount,
+        amount_period=case.amount_period,
+        case_weight=case.case_weight,
+        sla=SlaOut(
+            sla_days=case.sla_days,
+            application_date=case.application_date,
+            due_date=case.due_date,
+            paused_since=case.paused_since,
+            paused_working_days=case.paused_working_days,
+            working_days_left=left,
+            breached_on=case.breached_on,
+        ),
+        decision=decision,
+        closed_reason=case.closed_reason,
+        closed_at=case.closed_at,
+        routing=RoutingOut.model_validate(case.routing),
+        history=[HistoryEntry(at=e.at, actor=e.actor, action=e.action, details=e.details) for e in history],
+        version=case.version,
+        updated_at=case.updated_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- cursor
+
+
+def encode_cursor(case: Case) -> str:
+    raw = orjson.dumps([case.priority, case.due_date.isoformat(), str(case.id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> QueuePosition:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        priority, due, case_id = orjson.loads(raw)
+        return QueuePosition(int(priority), dt.date.fromisoformat(due), uuid.UUID(case_id))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        raise UnprocessableContent.for_field("query.cursor", "not a cursor this queue returned") from None

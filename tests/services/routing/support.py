@@ -1,0 +1,201 @@
+"""Helpers for the routing tests: the real service (migrated and seeded), events to feed it, and what it wrote."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from sqlalchemy import func, select
+
+from onestop.registry import BY_NAME
+from services.routing.context import RoutingContext, routing_context
+from services.routing.models import Case, platform
+from services.routing.seed import seed
+from services.routing.timer import EXTRAS_KEY, SlaTimer
+from shared.auth import TokenIssuer
+from shared.events import (
+    CloudEvent,
+    Department,
+    EligibilityDetermined,
+    EventData,
+    Language,
+    Localized,
+    MissingFact,
+    Outcome,
+    ProgramDetermination,
+    ResidentContext,
+    Vulnerability,
+    new_event,
+)
+from shared.migrations import upgrade
+from tests.support.bus_harness import wait_until
+from tests.support.services import RunningService, running_service, service_settings
+
+JONGNO, JUNG, YONGSAN, MAPO = "11110", "11140", "11170", "11440"
+# Long enough that the timer only runs at start-up unless a test asks for it.
+QUIET_TIMER = 3600.0
+
+
+@contextlib.asynccontextmanager
+async def routing_service(
+    *, nats_url: str, prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer, **overrides: Any
+) -> AsyncIterator[RunningService]:
+    """The routing service on a migrated, seeded database, running against the real NATS."""
+    values: dict[str, Any] = {"sla_check_interval_seconds": QUIET_TIMER, **overrides}
+    settings = service_settings(
+        "routing", database_url=database_url, nats_url=nats_url, prefix=prefix, keys_dir=keys_dir, **values
+    )
+    await upgrade(settings.database_url, BY_NAME["routing"].migrations)
+    await seed(settings)
+    async with running_service(
+        "routing",
+        database_url=database_url,
+        nats_url=nats_url,
+        prefix=prefix,
+        keys_dir=keys_dir,
+        issuer=issuer,
+        migrate=False,
+        **values,
+    ) as service:
+        yield service
+
+
+def context(service: RunningService) -> RoutingContext:
+    return routing_context(service.runtime)
+
+
+def timer(service: RunningService) -> SlaTimer:
+    found = service.runtime.extras[EXTRAS_KEY]
+    assert isinstance(found, SlaTimer)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- events in
+
+
+def program(
+    code: str,
+    outcome: str = "needs_review",
+    *,
+    department: str = "welfare",
+    automatic: bool = False,
+    missing: Sequence[Literal["resident", "staff"]] = (),
+    sla_days: int = 5,
+    overflow: bool = False,
+    weight: float = 1.0,
+    amount: int | None = None,
+) -> ProgramDetermination:
+    return ProgramDetermination(
+        program_code=code,
+        program_name=Localized(ko=f"{code} (ko)", en=code.replace("_", " ").title()),
+        department=Department(department),
+        outcome=Outcome(outcome),
+        rule_version=1,
+        automatic=automatic,
+        amount=amount,
+        amount_period="monthly" if amount else None,
+        missing=[
+            MissingFact(
+                name=f"fact_{i}",
+                type="string",
+                question=Localized(ko="질문", en="A question"),
+                asked_of=who,
+            )
+            for i, who in enumerate(missing)
+        ],
+        sla_days=sla_days,
+        overflow_allowed=overflow,
+        case_weight=weight,
+    )
+
+
+def determined(
+    application_id: uuid.UUID,
+    programs: Sequence[ProgramDetermination],
+    *,
+    round: int = 1,
+    resident_id: uuid.UUID | None = None,
+    district: str = JONGNO,
+    language: str = "ko",
+    vulnerability: Sequence[str] = (),
+    application_date: dt.date = dt.date(2025, 10, 2),
+    trigger: Literal["submitted", "info_provided", "facts_reported", "consent_changed"] = "submitted",
+) -> EligibilityDetermined:
+    return EligibilityDetermined(
+        determination_id=uuid.uuid4(),
+        application_id=application_id,
+        resident_id=resident_id or uuid.uuid5(uuid.NAMESPACE_URL, str(application_id)),
+        round=round,
+        trigger=trigger if round == 1 else "info_provided",
+        application_date=application_date,
+        evaluated_at=dt.datetime.combine(application_date, dt.time(10), dt.UTC),
+        resident=ResidentContext(
+            district_code=district,
+            preferred_language=Language(language),
+            vulnerability=[Vulnerability(v) for v in vulnerability],
+        ),
+        programs=list(programs),
+    )
+
+
+async def publish(service: RunningService, data: EventData | CloudEvent) -> CloudEvent:
+    event = data if isinstance(data, CloudEvent) else new_event(data, source="/onestop/test")
+    await service.runtime.bus.publish_event(event)
+    return event
+
+
+async def settled(service: RunningService) -> bool:
+    """Every event published so far has been handled and acknowledged."""
+    bus = service.runtime.bus
+    for consumer in service.runtime.consumers.values():
+        info = await bus.js.consumer_info(bus.stream, consumer.durable)
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True
+
+
+async def feed(service: RunningService, *events: EventData | CloudEvent) -> None:
+    for event in events:
+        await publish(service, event)
+    await wait_until(lambda: settled(service))
+
+
+# ---------------------------------------------------------------------------------------------- what it wrote
+
+
+async def cases_of(service: RunningService, application_id: uuid.UUID) -> dict[str, Case]:
+    async with service.runtime.db.session() as session:
+        rows = (await session.execute(select(Case).where(Case.application_id == application_id))).scalars().all()
+    return {c.program_code: c for c in rows}
+
+
+async def emitted(service: RunningService, event_type: str | None = None) -> list[dict[str, Any]]:
+    """The data of every event the service wrote to its outbox (in order), optionally of one type."""
+    table = platform.outbox
+    async with service.runtime.db.session() as session:
+        payloads = (await session.execute(select(table.c.payload).order_by(table.c.id))).scalars().all()
+    events = [orjson.loads(p) for p in payloads]
+    return [
+        {**e["data"], "_type": e["type"].removeprefix("onestop.")}
+        for e in events
+        if event_type is None or e["type"] == f"onestop.{event_type}"
+    ]
+
+
+async def count(service: RunningService, model: Any) -> int:
+    async with service.runtime.db.session() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    """Assert an RFC 9457 answer with this status; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    return body

@@ -1,0 +1,134 @@
+"""Who may do what: every endpoint against every kind of caller.
+
+Residents, partners and other services never see queues or cases (403, whatever the case). A caseworker or a
+supervisor of another office gets 404 for a case (its existence is not revealed) and 403 for another office's queue
+or capacity (offices are public). Only admins change offices."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.auth import TokenIssuer
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+from .support import cases_of, determined, feed, program, routing_service
+
+CALLERS = ("nobody", "resident", "partner", "service", "caseworker", "other_caseworker", "supervisor",
+           "other_supervisor", "admin")  # fmt: skip
+
+
+@pytest.fixture
+async def routing(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
+) -> AsyncIterator[RunningService]:
+    async with routing_service(
+        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
+        today="2025-10-02",
+    ) as service:  # fmt: skip
+        yield service
+
+
+def headers(service: RunningService, caller: str, resident_id: uuid.UUID) -> dict[str, str]:
+    if caller == "nobody":
+        return {}
+    claims: dict[str, dict[str, Any]] = {
+        "resident": {"role": "resident", "resident_id": resident_id},  # the very resident of the case
+        "partner": {"role": "partner", "partner_id": "bank"},
+        "service": {"role": "service", "service": "notify"},
+        "caseworker": {"role": "caseworker", "subject": "caseworker:alice", "offices": ["JONGNO-CSC"]},
+        "other_caseworker": {"role": "caseworker", "subject": "caseworker:dan", "offices": ["MAPO-CSC"]},
+        "supervisor": {"role": "supervisor", "offices": ["JONGNO-CSC"]},
+        "other_supervisor": {"role": "supervisor", "offices": ["MAPO-CSC"]},
+        "admin": {"role": "admin"},
+    }
+    values = dict(claims[caller])
+    return service.auth(values.pop("role"), **values)
+
+
+def expect(default: int, **overrides: int) -> dict[str, int]:
+    expected = {caller: default for caller in CALLERS} | {"nobody": 401}
+    expected.update(overrides)
+    return expected
+
+
+OUTSIDERS = {"resident": 403, "partner": 403, "service": 403}
+STAFF_OK = {"caseworker": 200, "supervisor": 200, "admin": 200}
+
+
+async def test_the_authorization_matrix(routing: RunningService) -> None:
+    resident_id = uuid.uuid4()
+    app = uuid.uuid4()
+    await feed(
+        routing,
+        determined(app, [program("to_read"), program("to_claim"), program("to_assign")], resident_id=resident_id),
+    )
+    cases = {code: str(c.id) for code, c in (await cases_of(routing, app)).items()}
+    office = (await routing.client.get("/v1/offices/JONGNO-CSC", headers=routing.auth("admin"))).json()
+    office_body = {k: office[k] for k in ("name", "kind", "departments", "districts", "languages", "capacity",
+                                          "neighbours", "supervisors", "fallback")}  # fmt: skip
+    decide = {"decision": "denied", "reason_code": "duplicate_benefit", "note": "n"}
+
+    matrix: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
+        ("GET", "/v1/offices", None, expect(200)),
+        ("GET", "/v1/offices/JONGNO-CSC", None, expect(200)),
+        ("PUT", "/v1/offices/JONGNO-CSC", office_body, expect(403, admin=200)),
+        ("GET", "/v1/open-data/cases", None, expect(200)),
+        ("GET", "/v1/reason-codes", None, expect(200, **OUTSIDERS)),
+        ("GET", "/v1/queues/JONGNO-CSC", None, expect(403, **STAFF_OK)),
+        ("GET", "/v1/queues/MAPO-CSC", None, expect(403, other_caseworker=200, other_supervisor=200, admin=200)),
+        ("GET", f"/v1/cases/{cases['to_read']}", None, expect(404, **OUTSIDERS, **STAFF_OK)),
+        (
+            "POST",
+            f"/v1/cases/{cases['to_read']}/notes",
+            {"text": "n"},
+            expect(404, **OUTSIDERS, caseworker=201, supervisor=201, admin=201),
+        ),
+        # Actions: 403 and 404 never depend on the case's state; a caseworker may not decide an unclaimed case
+        # (409); callers marked 0 are allowed but skipped, as they would change what later rows rely on.
+        (
+            "POST",
+            f"/v1/cases/{cases['to_read']}/decide",
+            decide,
+            expect(404, **OUTSIDERS, caseworker=409, supervisor=0, admin=0),
+        ),
+        (
+            "POST",
+            f"/v1/cases/{cases['to_assign']}/assign",
+            {"assignee": "caseworker:bo"},
+            expect(404, **OUTSIDERS, caseworker=403, supervisor=200, admin=200),
+        ),
+        (
+            "POST",
+            f"/v1/cases/{cases['to_claim']}/claim",
+            None,
+            expect(404, **OUTSIDERS, caseworker=200, supervisor=0, admin=0),
+        ),
+        ("GET", "/v1/capacity", None, expect(403, supervisor=200, other_supervisor=200, admin=200)),
+        ("GET", "/v1/capacity?office=JONGNO-CSC", None, expect(403, supervisor=200, admin=200)),
+    ]
+    failures = []
+    for method, path, body, expected in matrix:
+        for caller, status in expected.items():
+            if status == 0:
+                continue  # allowed, but it would change the state the next rows rely on
+            response = await routing.client.request(
+                method, path, json=body, headers=headers(routing, caller, resident_id)
+            )
+            if response.status_code != status:
+                failures.append(f"{method} {path} as {caller}: {response.status_code}, expected {status}")
+            elif status >= 400:
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert failures == []
+
+    # What outsiders do see of an office leaves out the staff (supervisors) and the load.
+    public = (await routing.client.get("/v1/offices/JONGNO-CSC", headers=headers(routing, "partner", app))).json()
+    assert (public["supervisors"], public["load"]) == (None, None)
+    staff = (await routing.client.get("/v1/offices/JONGNO-CSC", headers=headers(routing, "caseworker", app))).json()
+    assert staff["supervisors"] == ["staff:jongno-csc-lead"]
+    assert staff["load"]["open_cases"] == 3  # open or assigned, all three count

@@ -1,0 +1,181 @@
+"""Cases from eligibility.determined, application.withdrawn and application.info_provided, over the real NATS and
+database: which programs make a case, exactly one case per program whatever the redeliveries and the order, later
+rounds updating the cases, and withdrawal closing them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.auth import TokenIssuer
+from shared.bus import MSG_ID_HEADER
+from shared.events import ApplicationWithdrawn, subject_for
+from tests.support.bus_harness import wait_until
+from tests.support.events import event_log
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+from .support import cases_of, determined, emitted, feed, program, publish, routing_service, settled
+
+
+@pytest.fixture
+async def routing(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
+) -> AsyncIterator[RunningService]:
+    async with routing_service(
+        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
+        today="2025-10-02",
+    ) as service:  # fmt: skip
+        yield service
+
+
+def by_program(events: list[dict[str, object]]) -> Counter[tuple[object, object]]:
+    return Counter((e["_type"], e["program_code"]) for e in events)
+
+
+async def test_one_case_per_program_that_needs_a_person_whatever_the_redeliveries_and_the_order(
+    routing: RunningService, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    app = uuid.uuid4()
+    round_1 = determined(
+        app,
+        [
+            program("child_allowance", "eligible", automatic=True, amount=100_000),
+            program("parent_benefit", "eligible"),  # eligible, but a caseworker confirms
+            program("emergency_welfare", "needs_review"),
+            program("basic_pension", "ineligible"),
+            program("housing_benefit", "needs_information", department="housing", missing=["resident"]),
+            program("infant_checkup", "needs_information", department="health", missing=["resident", "staff"]),
+        ],
+    )
+    async with event_log(nats_server.url, bus_prefix) as log:
+        first = await publish(routing, round_1)
+        # The same event again beyond the broker's de-duplication (another message id): the inbox catches it.
+        await routing.runtime.bus.js.publish(
+            subject_for(bus_prefix, first.event_type), first.to_json(), headers={MSG_ID_HEADER: f"{first.id}-again"}
+        )
+        # The same round re-sent as a new event: already applied, so ignored.
+        await publish(routing, round_1)
+        await wait_until(lambda: settled(routing))
+
+        cases = await cases_of(routing, app)
+        assert set(cases) == {"child_allowance", "parent_benefit", "emergency_welfare", "infant_checkup"}
+        assert cases["child_allowance"].status == "decided"
+        assert cases["child_allowance"].automatic
+        assert (cases["child_allowance"].decision, cases["child_allowance"].reason_code) == (
+            "approved",
+            "automatic_grant",
+        )
+        assert {c.status for code, c in cases.items() if code != "child_allowance"} == {"open"}
+        assert cases["infant_checkup"].office_code == "JONGNO-HC"
+        assert cases["emergency_welfare"].office_code == "JONGNO-CSC"
+        assert by_program(await emitted(routing)) == {
+            ("case.routed", "child_allowance"): 1,
+            ("case.decided", "child_allowance"): 1,
+            ("case.routed", "parent_benefit"): 1,
+            ("case.routed", "emergency_welfare"): 1,
+            ("case.routed", "infant_checkup"): 1,
+        }
+        grant = next(e for e in await emitted(routing, "case.routed") if e["program_code"] == "child_allowance")
+        assert (grant["status"], grant["automatic"], grant["due_date"]) == ("closed", True, None)
+        decided = (await emitted(routing, "case.decided"))[0]
+        assert (decided["automatic"], decided["amount"], decided["decision"]) == (True, 100_000, "approved")
+
+        # Round 2 re-evaluates; round 1 then arrives late, as a new event.
+        round_2 = determined(
+            app,
+            [
+                program("parent_benefit", "eligible"),
+                program("emergency_welfare", "ineligible"),  # no longer applicable: its open case closes
+                program("basic_pension", "needs_review"),  # now needs a person: its case is created now
+                program("infant_checkup", "eligible", department="health", automatic=True, amount=50_000),
+            ],
+            round=2,
+        )
+        await feed(routing, round_2, round_1)
+
+        cases = await cases_of(routing, app)
+        assert {code: c.status for code, c in cases.items()} == {
+            "child_allowance": "decided",
+            "parent_benefit": "open",
+            "emergency_welfare": "closed",
+            "basic_pension": "open",
+            "infant_checkup": "decided",
+        }
+        assert cases["emergency_welfare"].closed_reason == "no_longer_applicable"
+        assert cases["infant_checkup"].decided_by == "system:eligibility"
+        assert {c.round for c in cases.values()} == {1, 2}
+        assert cases["parent_benefit"].round == 2
+        events = await emitted(routing)
+        assert by_program(events) == {
+            ("case.routed", "child_allowance"): 1,
+            ("case.decided", "child_allowance"): 1,
+            ("case.routed", "parent_benefit"): 1,
+            ("case.routed", "emergency_welfare"): 1,
+            ("case.routed", "infant_checkup"): 1,
+            ("case.closed", "emergency_welfare"): 1,
+            ("case.routed", "basic_pension"): 1,
+            ("case.decided", "infant_checkup"): 1,
+        }
+        closed = (await emitted(routing, "case.closed"))[0]
+        assert closed["reason"] == "no_longer_applicable"
+        # Every one of them reached the stream.
+        for event_type, n in Counter(e["_type"] for e in events).items():
+            await log.wait_for(event_type, lambda e: e.data["application_id"] == str(app), count=n)
+
+        # Round 3: the program closed as no longer applicable needs a person again; its own case re-opens.
+        closed_id = cases["emergency_welfare"].id
+        await feed(routing, determined(app, [program("emergency_welfare", "needs_review")], round=3))
+        reopened = (await cases_of(routing, app))["emergency_welfare"]
+        assert (reopened.id, reopened.status, reopened.closed_reason, reopened.round) == (closed_id, "open", None, 3)
+        rerouted = [e for e in await emitted(routing, "case.routed") if e["program_code"] == "emergency_welfare"]
+        assert [(e["case_id"], e["status"]) for e in rerouted] == [(str(closed_id), "open")] * 2
+        assert len(await cases_of(routing, app)) == 5
+
+
+async def test_withdrawal_closes_the_open_cases_and_nothing_is_created_after_it(routing: RunningService) -> None:
+    app = uuid.uuid4()
+    await feed(
+        routing,
+        determined(
+            app,
+            [
+                program("emergency_welfare"),
+                program("job_seeker_allowance", department="labour"),
+                program("child_allowance", "eligible", automatic=True),
+            ],
+        ),
+    )
+    withdrawn = ApplicationWithdrawn(
+        application_id=app, resident_id=uuid.uuid4(), reason="moved away", withdrawn_at=dt.datetime.now(dt.UTC)
+    )
+    await feed(routing, withdrawn, withdrawn)  # a redelivery closes nothing twice
+    # A re-evaluation after the withdrawal creates nothing.
+    await feed(routing, determined(app, [program("basic_pension")], round=2))
+
+    cases = await cases_of(routing, app)
+    assert {code: (c.status, c.closed_reason) for code, c in cases.items()} == {
+        "emergency_welfare": ("closed", "withdrawn"),
+        "job_seeker_allowance": ("closed", "withdrawn"),
+        "child_allowance": ("decided", None),  # a decision already made stands
+    }
+    closed = await emitted(routing, "case.closed")
+    assert sorted((e["program_code"], e["reason"]) for e in closed) == [
+        ("emergency_welfare", "withdrawn"),
+        ("job_seeker_allowance", "withdrawn"),
+    ]
+
+    # A withdrawal that overtakes the application's first determination leaves it with no case at all.
+    early = uuid.uuid4()
+    await feed(
+        routing,
+        ApplicationWithdrawn(application_id=early, resident_id=uuid.uuid4(), withdrawn_at=dt.datetime.now(dt.UTC)),
+        determined(early, [program("emergency_welfare")]),
+    )
+    assert await cases_of(routing, early) == {}
+    assert not [e for e in await emitted(routing) if e.get("application_id") == str(early)]

@@ -1,0 +1,193 @@
+"""The routing decision table, priority and SLA arithmetic: pure functions over the seeded offices of the city."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from services.routing.offices import load_seed_file
+from services.routing.policy import OfficeView, Rule, priority, route
+from services.routing.settings import RoutingSettings
+from services.routing.sla import WorkingCalendar
+
+SEED = load_seed_file(RoutingSettings().offices_file)
+OFFICES = [
+    OfficeView(
+        code=o.code,
+        departments=frozenset(d.value for d in o.departments),
+        districts=frozenset(o.districts),
+        languages=frozenset(o.languages),
+        ceiling=o.capacity.active_case_ceiling,
+        neighbours=tuple(o.neighbours),
+        fallback=o.fallback,
+    )
+    for o in SEED
+]
+CEILING = {o.code: o.ceiling for o in OFFICES}
+JONGNO, JUNG, YONGSAN, MAPO, GWANGJIN = "11110", "11140", "11170", "11440", "11215"
+
+
+def full(*codes: str) -> dict[str, float]:
+    """Loads at which each named office is exactly at its ceiling (full: load >= ceiling)."""
+    return {code: CEILING[code] for code in codes}
+
+
+# district, department, loads, language, overflow allowed -> office, rule, language matched
+DECISION_TABLE = [
+    # Jurisdiction: each district's own office, and shared offices serving several districts.
+    (JONGNO, "welfare", {}, "ko", False, "JONGNO-CSC", Rule.JURISDICTION, True),
+    (MAPO, "civil_registry", {}, "ko", True, "MAPO-CSC", Rule.JURISDICTION, True),
+    (JUNG, "health", {}, "ko", False, "JUNG-HC", Rule.JURISDICTION, True),
+    (JONGNO, "tax", {}, "ko", False, "JUNGBU-TAX", Rule.JURISDICTION, True),
+    (JUNG, "tax", {}, "ko", False, "JUNGBU-TAX", Rule.JURISDICTION, True),
+    (YONGSAN, "labour", {}, "ko", False, "SEOUL-EMP", Rule.JURISDICTION, True),
+    (MAPO, "labour", {}, "ko", False, "SEOUL-WEST-EMP", Rule.JURISDICTION, True),
+    (YONGSAN, "housing", {}, "ko", False, "CENTRAL-HOUSING", Rule.JURISDICTION, True),
+    # No office serves the district: the city-wide fallback for the department.
+    (GWANGJIN, "welfare", {}, "ko", True, "SEOUL-CITYHALL", Rule.FALLBACK, True),
+    (GWANGJIN, "labour", {}, "en", False, "SEOUL-CITYHALL", Rule.FALLBACK, True),
+    # Capacity: a full office overflows to a neighbour only if the program allows it.
+    (JONGNO, "welfare", full("JONGNO-CSC"), "ko", True, "JUNG-CSC", Rule.OVERFLOW_CAPACITY, True),
+    (JONGNO, "welfare", full("JONGNO-CSC"), "ko", False, "JONGNO-CSC", Rule.OVER_CAPACITY, True),
+    (JONGNO, "welfare", full("JONGNO-CSC", "JUNG-CSC"), "ko", True, "JONGNO-CSC", Rule.OVER_CAPACITY, True),
+    (MAPO, "housing", full("WEST-HOUSING"), "ko", True, "CENTRAL-HOUSING", Rule.OVERFLOW_CAPACITY, True),
+    # Two neighbours with room: the least utilised (JONGNO 30/60 = 0.5 beats YONGSAN 30/45 = 0.67) ...
+    (JUNG, "welfare", {**full("JUNG-CSC"), "JONGNO-CSC": 30, "YONGSAN-CSC": 30}, "ko", True, "JONGNO-CSC",
+     Rule.OVERFLOW_CAPACITY, True),
+    # ... unless the resident needs English, which only YONGSAN speaks.
+    (JUNG, "welfare", {**full("JUNG-CSC"), "JONGNO-CSC": 30, "YONGSAN-CSC": 30}, "en", True, "YONGSAN-CSC",
+     Rule.OVERFLOW_CAPACITY, True),
+    # Language: a responsible office that speaks it; otherwise a neighbour that does when overflow is allowed ...
+    (YONGSAN, "welfare", {}, "en", False, "YONGSAN-CSC", Rule.JURISDICTION, True),
+    (JONGNO, "welfare", {}, "en", True, "JUNG-CSC", Rule.OVERFLOW_LANGUAGE, True),
+    (MAPO, "welfare", {}, "en", True, "YONGSAN-CSC", Rule.OVERFLOW_LANGUAGE, True),
+    # ... and otherwise the responsible office, flagged for an interpreter.
+    (JONGNO, "welfare", {}, "en", False, "JONGNO-CSC", Rule.JURISDICTION, False),
+    (MAPO, "welfare", full("YONGSAN-CSC"), "en", True, "MAPO-CSC", Rule.JURISDICTION, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("district", "department", "loads", "language", "overflow", "office", "rule", "matched"), DECISION_TABLE
+)
+def test_the_routing_decision_table(
+    district: str,
+    department: str,
+    loads: dict[str, float],
+    language: str,
+    overflow: bool,
+    office: str,
+    rule: Rule,
+    matched: bool,
+) -> None:
+    decision = route(
+        OFFICES, loads, district_code=district, department=department, language=language, overflow_allowed=overflow
+    )
+    assert (decision.office_code, decision.rule, decision.language_matched) == (office, rule, matched)
+    assert decision.interpreter_needed is not matched
+    # The chosen office is one of the candidates recorded, with the load the decision saw.
+    chosen = next(c for c in decision.candidates if c.office_code == office)
+    assert chosen.load == loads.get(office, 0.0)
+    assert chosen.ceiling == CEILING[office]
+
+
+def test_the_decision_records_every_candidate_with_its_load_and_room() -> None:
+    loads = {**full("JUNG-CSC"), "JONGNO-CSC": 12.5, "YONGSAN-CSC": 44.0}
+    decision = route(OFFICES, loads, district_code=JUNG, department="welfare", language="ko", overflow_allowed=True)
+    record = decision.as_record()
+    assert record["rule"] == "overflow_capacity"
+    assert record["office_code"] == "JONGNO-CSC"
+    assert [(c["office_code"], c["role"], c["load"], c["has_room"]) for c in record["candidates"]] == [
+        ("JUNG-CSC", "responsible", 45.0, False),
+        ("JONGNO-CSC", "neighbour", 12.5, True),
+        ("YONGSAN-CSC", "neighbour", 44.0, True),
+    ]
+    assert "JONGNO-CSC" in record["explanation"]
+
+
+def test_neighbours_are_only_considered_when_the_program_allows_overflow() -> None:
+    decision = route(OFFICES, full("JONGNO-CSC"), district_code=JONGNO, department="welfare", overflow_allowed=False)
+    assert [c.office_code for c in decision.candidates] == ["JONGNO-CSC"]
+    assert "does not allow overflow" in decision.explanation
+
+
+def test_a_neighbour_that_does_not_handle_the_department_is_never_a_candidate() -> None:
+    offices = [
+        OfficeView("A", frozenset({"welfare"}), frozenset({"1"}), frozenset({"ko"}), 1, ("B", "C")),
+        OfficeView("B", frozenset({"tax"}), frozenset({"2"}), frozenset({"ko"}), 10),
+        OfficeView("C", frozenset({"welfare"}), frozenset({"3"}), frozenset({"ko"}), 10),
+    ]
+    decision = route(offices, {"A": 1}, district_code="1", department="welfare", overflow_allowed=True)
+    assert decision.office_code == "C"
+    assert [c.office_code for c in decision.candidates] == ["A", "C"]
+
+
+# ---------------------------------------------------------------------------------------------- priority
+
+CALENDAR = WorkingCalendar("KR")
+MONDAY = dt.date(2025, 9, 1)
+
+
+@pytest.mark.parametrize(
+    ("vulnerability", "due", "escalated", "expected"),
+    [
+        ([], dt.date(2025, 9, 15), False, 1),  # nothing special, due in two weeks
+        (["low_income"], dt.date(2025, 9, 15), False, 2),  # one flag
+        (["low_income", "disability"], dt.date(2025, 9, 15), False, 3),  # two flags
+        (["elderly_alone"], dt.date(2025, 9, 15), False, 3),  # one severe flag
+        ([], dt.date(2025, 9, 3), False, 2),  # due in two working days
+        ([], dt.date(2025, 8, 29), False, 2),  # overdue
+        (["child_head_of_household"], dt.date(2025, 9, 2), False, 4),  # severe and due tomorrow
+        (["single_parent", "disability", "low_income"], dt.date(2025, 9, 2), False, 4),  # capped at urgent
+        ([], dt.date(2025, 9, 15), True, 4),  # escalated
+    ],
+)
+def test_priority_rises_with_vulnerability_and_the_deadline(
+    vulnerability: list[str], due: dt.date, escalated: bool, expected: int
+) -> None:
+    level = priority(
+        vulnerability, due_date=due, today=MONDAY, calendar=CALENDAR, due_soon_working_days=2, escalated=escalated
+    )
+    assert level == expected
+
+
+def test_due_soon_counts_working_days_not_calendar_days() -> None:
+    friday = dt.date(2025, 9, 5)
+    # Due the Wednesday after: Mon, Tue, Wed are three working days away, although only five calendar days.
+    assert priority([], due_date=dt.date(2025, 9, 10), today=friday, calendar=CALENDAR, due_soon_working_days=2) == 1
+    assert priority([], due_date=dt.date(2025, 9, 9), today=friday, calendar=CALENDAR, due_soon_working_days=2) == 2
+
+
+# ---------------------------------------------------------------------------------------------- SLA arithmetic
+
+
+def test_a_due_date_skips_the_weekend() -> None:
+    friday = dt.date(2025, 9, 26)
+    assert CALENDAR.add_working_days(friday, 3) == dt.date(2025, 10, 1)  # Mon 29, Tue 30, Wed 1
+    assert CALENDAR.add_working_days(friday, 0) == friday
+
+
+def test_a_due_date_skips_public_holidays() -> None:
+    # 2025: Fri 3 Oct National Foundation Day, Chuseok 5-7 Oct with the substitute holiday on Wed 8, Hangul Day Thu 9.
+    thursday = dt.date(2025, 10, 2)
+    assert not CALENDAR.is_working_day(dt.date(2025, 10, 8))
+    assert CALENDAR.add_working_days(thursday, 1) == dt.date(2025, 10, 10)
+    assert CALENDAR.add_working_days(thursday, 3) == dt.date(2025, 10, 14)
+    assert CALENDAR.working_days_between(thursday, dt.date(2025, 10, 14)) == 3
+
+
+def test_extra_closure_days_from_settings_are_not_working_days() -> None:
+    closed = WorkingCalendar("KR", [dt.date(2025, 10, 10)])
+    assert closed.add_working_days(dt.date(2025, 10, 2), 3) == dt.date(2025, 10, 15)
+    assert closed.holiday_name(dt.date(2025, 10, 10)) == "closure"
+
+
+def test_a_pause_for_the_resident_moves_the_due_date_by_the_working_days_waited() -> None:
+    due = CALENDAR.add_working_days(dt.date(2025, 10, 2), 3)  # Tue 14 Oct
+    asked, answered = dt.date(2025, 10, 10), dt.date(2025, 10, 15)  # asked on Fri 10, answered on Wed 15
+    paused = CALENDAR.working_days_between(asked, answered)  # Mon 13, Tue 14, Wed 15 (the weekend does not count)
+    assert paused == 3
+    assert CALENDAR.add_working_days(due, paused) == dt.date(2025, 10, 17)
+    # Answered on the day it was asked: the clock lost nothing.
+    assert CALENDAR.working_days_between(asked, asked) == 0

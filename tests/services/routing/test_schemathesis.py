@@ -1,0 +1,52 @@
+"""Schemathesis against the served API (real HTTP, real NATS, a real database): no input makes a server error."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+
+from onestop.registry import BY_NAME
+from services.routing.main import create_app
+from services.routing.seed import seed
+from shared.auth import TokenIssuer
+from shared.events import new_event
+from shared.migrations import upgrade
+from tests.support.bus_harness import wait_until
+from tests.support.http import run_schemathesis, serve
+from tests.support.nats import NatsServer
+from tests.support.services import service_settings
+
+from .support import QUIET_TIMER, determined, program
+
+
+async def test_no_request_makes_a_server_error(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer, tmp_path: Path
+) -> None:
+    settings = service_settings(
+        "routing", database_url=database_url, nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir,
+        sla_check_interval_seconds=QUIET_TIMER,
+    )  # fmt: skip
+    await upgrade(database_url, BY_NAME["routing"].migrations)
+    await seed(settings)
+    app = create_app(settings)  # type: ignore[arg-type]
+    admin = {"Authorization": f"Bearer {issuer.mint('admin')}"}
+    async with serve(app) as base_url, httpx.AsyncClient(base_url=base_url) as client:
+        await wait_until(lambda: _ready(client))
+        # Some cases, so that the queue, capacity and open data have something to show.
+        for n in range(3):
+            data = determined(uuid.uuid4(), [program(f"program_{n}"), program("grant", "eligible", automatic=True)])
+            await app.state.runtime.bus.publish_event(new_event(data, source="/onestop/test"))
+
+        result = await run_schemathesis(
+            base_url,
+            headers=admin,
+            max_examples=10,
+            report_dir=tmp_path / "report",
+        )
+    assert result.returncode == 0, result.output[-6000:]
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/readyz")).status_code == 200
