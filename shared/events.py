@@ -432,6 +432,16 @@ class CaseSlaBreached(CaseEventBase):
     expected_by: dt.date | None = None
 
 
+class CaseResumed(CaseEventBase):
+    """The resident answered a request for information: the SLA clock runs again, and the due date moved by the
+    working days the case waited."""
+
+    event_type: ClassVar[str] = "case.resumed"
+    due_date: dt.date
+    paused_working_days: int = Field(ge=0)
+    resumed_at: dt.datetime
+
+
 class CaseClosed(CaseEventBase):
     """A case ends without a decision: the application was withdrawn, or a re-evaluation made it moot."""
 
@@ -527,6 +537,7 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(CaseTransferred, "routing"),
         _spec(CaseEscalated, "routing"),
         _spec(CaseSlaBreached, "routing"),
+        _spec(CaseResumed, "routing"),
         _spec(CaseClosed, "routing", CaseClosedPartnerView),
         _spec(NotificationSent, "notify"),
         _spec(NotificationFailed, "notify"),

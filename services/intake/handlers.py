@@ -29,6 +29,7 @@ STATUS_EVENTS = (
     "case.transferred",
     "case.escalated",
     "case.sla_breached",
+    "case.resumed",
     "case.closed",
     "notification.sent",
     "notification.failed",

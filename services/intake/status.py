@@ -36,6 +36,7 @@ from shared.events import (
     CaseEscalated,
     CaseEventBase,
     CaseInfoRequested,
+    CaseResumed,
     CaseRouted,
     CaseSlaBreached,
     CaseTransferred,
@@ -251,6 +252,11 @@ def _case_summary(data: CaseEventBase, name: Localized) -> Localized:
             return Localized(ko=f"{ko}: 관리자 검토로 상향", en=f"{en}: escalated to a supervisor")
         case CaseSlaBreached():
             return Localized(ko=f"{ko}: 처리 기한 경과", en=f"{en}: past its due date")
+        case CaseResumed():
+            return Localized(
+                ko=f"{ko}: 답변을 받아 다시 처리 중 (기한 {data.due_date.isoformat()})",
+                en=f"{en}: your answer arrived; work resumed (due {data.due_date.isoformat()})",
+            )
         case CaseClosed():
             return Localized(ko=f"{ko}: 종결", en=f"{en}: closed ({data.reason.replace('_', ' ')})")
     return Localized(ko=ko, en=en)
@@ -269,6 +275,8 @@ def _case_details(data: CaseEventBase) -> dict[str, Any]:
             details["questions"] = [q.model_dump() for q in data.questions]
         case CaseClosed():
             details["reason"] = data.reason
+        case CaseResumed():
+            details.update(due_date=data.due_date.isoformat(), paused_working_days=data.paused_working_days)
     return details
 
 
@@ -344,6 +352,11 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
             _set_state(record, "closed", _RANK_FINAL, at)
         case CaseEscalated():
             record.escalated_at = max(record.escalated_at or at, at)
+        case CaseResumed():
+            # The due date moved by the days the case waited on the resident; newer than the routing's date.
+            if data.office_code == record.office_code and _newer(at, record.routing_at):
+                record.due_date = data.due_date
+                record.routing_at = at
         case CaseSlaBreached():
             record.sla_breached_at = max(record.sla_breached_at or at, at)
             if record.due_date is None:

@@ -35,6 +35,7 @@ from shared.events import (
     ApplicationWithdrawn,
     CaseClosed,
     CaseDecided,
+    CaseResumed,
     CaseRouted,
     Decision,
     Department,
@@ -487,5 +488,9 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
             answered=sorted(data.answers),
             paused_working_days=paused,
             due_date=case.due_date.isoformat(),
+        )
+        await ctx.outbox.emit(
+            session,
+            CaseResumed(**event_base(case), due_date=case.due_date, paused_working_days=paused, resumed_at=now),
         )
     await save(session)

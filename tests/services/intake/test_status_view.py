@@ -12,6 +12,7 @@ from shared.events import (
     CaseDecided,
     CaseEscalated,
     CaseInfoRequested,
+    CaseResumed,
     CaseRouted,
     CaseTransferred,
     Decision,
@@ -240,6 +241,10 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
             CaseDecided(**d.case_fields(fmv, "first_meeting_voucher"), decision=Decision.APPROVED,
                         reason_code="eligible", amount=3_000_000, automatic=True, decided_at=d.clock),
             welfare)  # fmt: skip
+        resumed_due = new_due + dt.timedelta(days=3)
+        e_pb_resumed = d.event(
+            CaseResumed(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), due_date=resumed_due,
+                        paused_working_days=3, resumed_at=d.clock), welfare)  # fmt: skip
         e_pb_escalated = d.event(
             CaseEscalated(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), reason="resident is a single parent",
                           escalated_by="sv-choi", escalated_at=d.clock), welfare)  # fmt: skip
@@ -253,13 +258,13 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         e_stale = d.event(det(1, round_one(), "submitted"), "/onestop/eligibility")
         await d.publish(e_br_decided, e_fmv_decided, e_stale, e_pb_decided, e_det2)
         await d.redeliver(e_fmv_decided)
-        await d.publish(e_fmv_routed, e_pb_escalated)
+        await d.publish(e_fmv_routed, e_pb_escalated, e_pb_resumed)
         await d.redeliver(e_det2)
 
-        await view_when(intake, me, app_id, lambda v: len(v["timeline"]) >= len(timeline) + 1 + 7)
+        await view_when(intake, me, app_id, lambda v: len(v["timeline"]) >= len(timeline) + 1 + 8)
         await consumer_idle(intake)
         done = (await client.get(f"/v1/applications/{app_id}", headers=me)).json()
-        assert len(done["timeline"]) == len(timeline) + 1 + 7
+        assert len(done["timeline"]) == len(timeline) + 1 + 8
         assert done["status"] == "completed"
         assert done["determination"]["round"] == 2, "a lower round arriving late changes nothing"
         final = {p["program_code"]: p for p in done["programs"]}
@@ -267,6 +272,7 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         assert final["first_meeting_voucher"]["amount"] == 3_000_000
         assert final["first_meeting_voucher"]["case"]["status"] == "decided"
         assert final["parent_benefit"]["case"]["escalated"] is True
+        assert final["parent_benefit"]["case"]["due_date"] == resumed_due.isoformat(), "the pause moved the due date"
         assert final["parent_benefit"]["case"]["decision_reason"] == {"ko": "요건 충족", "en": "Requirements met"}
         assert all(p["settled"] for p in done["programs"])
         types = [t["type"] for t in done["timeline"]]

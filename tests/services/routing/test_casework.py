@@ -143,6 +143,8 @@ async def test_a_case_from_claim_through_a_pause_for_the_resident_to_a_decision(
     assert case["sla"]["paused_working_days"] == 3
     assert case["sla"]["due_date"] == "2025-10-17"
     assert case["sla"]["working_days_left"] == 2
+    resumed = (await emitted(routing, "case.resumed"))[0]
+    assert (resumed["case_id"], resumed["due_date"], resumed["paused_working_days"]) == (str(case_id), "2025-10-17", 3)
 
     response = await client.post(
         f"/v1/cases/{case_id}/decide",
@@ -174,6 +176,7 @@ async def test_a_case_from_claim_through_a_pause_for_the_resident_to_a_decision(
         "case.routed",
         "case.assigned",
         "case.info_requested",
+        "case.resumed",
         "case.decided",
     ]
 
