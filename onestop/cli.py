@@ -112,6 +112,12 @@ def _banner(platform: Platform, seconds: float) -> str:
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
     monitor = f"   monitoring: http://{platform.config.host}:{platform.config.nats_http_port}"
     lines.append(f"  {'nats':<12} {platform.nats_url:<24}{monitor if platform.config.nats_http_port else ''}")
+    access = platform.partner_access()
+    if access:
+        lines += ["", "Partners connect to NATS with their own user and may subscribe to their own subjects only:"]
+        for partner_id, user, password_file, subjects in access:
+            lines.append(f"  {partner_id:<14} user {user}  password in {password_file}  subscribe {subjects}")
+        lines.append(f"  {'operator':<14} user ops  password in {platform.nats_passwords.path('ops')}  (everything)")
     lines += [
         "",
         "Get a token (embedded issuer; keys in var/keys):",

@@ -19,8 +19,16 @@ from typing import IO, Any
 
 import httpx
 
+from onestop.natsauth import (
+    OPERATOR_USER,
+    PasswordStore,
+    load_partners,
+    partner_user_name,
+    platform_users,
+    render_authorization,
+)
 from onestop.natsconf import nats_server_binary, single_node_config
-from onestop.registry import SERVICES, ServiceEntry
+from onestop.registry import ROOT, SERVICES, ServiceEntry
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import upgrade
 
@@ -44,6 +52,9 @@ class PlatformConfig:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     nats_config_extra: str = ""
     ready_timeout: float = 60.0
+    # Per-service and per-partner NATS users with subject permissions (passwords under <var>/nats/passwords).
+    nats_auth: bool = True
+    partners_file: Path | None = ROOT / "services" / "notify" / "partners.yaml"
 
 
 class Platform:
@@ -68,6 +79,41 @@ class Platform:
     def keys_dir(self) -> Path:
         return self.var / "keys"
 
+    # ------------------------------------------------------------------------------------------ NATS users
+
+    @property
+    def nats_passwords(self) -> PasswordStore:
+        return PasswordStore(self.var / "nats" / "passwords")
+
+    def nats_authorization(self) -> str:
+        """The nats-server ``authorization`` block: a user per service and per partner, and the operator."""
+        partners = load_partners(self.config.partners_file) if self.config.partners_file else []
+        users = platform_users(
+            prefix=self.config.bus_prefix,
+            services=[s.name for s in SERVICES],
+            partners=partners,
+            passwords=self.nats_passwords,
+        )
+        return render_authorization(users)
+
+    def nats_credentials(self, user: str = OPERATOR_USER) -> dict[str, str]:
+        """``nats.connect`` keyword arguments for a NATS user (none when authorization is off)."""
+        if not self.config.nats_auth:
+            return {}
+        return {"user": user, "password": self.nats_passwords.get(user)}
+
+    def partner_access(self) -> list[tuple[str, str, Path, str]]:
+        """(partner id, NATS user, password file, subjects it may subscribe to) for each partner."""
+        if not self.config.nats_auth or not self.config.partners_file:
+            return []
+        out = []
+        for partner in load_partners(self.config.partners_file):
+            user = partner_user_name(partner.id)
+            self.nats_passwords.get(user)
+            subjects = f"{self.config.bus_prefix}.partner.{partner.id}.>"
+            out.append((partner.id, user, self.nats_passwords.path(user), subjects))
+        return out
+
     def settings_values(self, entry: ServiceEntry) -> dict[str, Any]:
         """The settings a service gets from the runner; the same values feed its process and our migrate/seed."""
         fields = entry.settings_class().model_fields
@@ -80,6 +126,9 @@ class Platform:
         }
         for other in SERVICES:
             values[f"{other.name}_url"] = self.url(other.name)
+        if self.config.nats_auth:
+            values["nats_user"] = entry.name
+            values["nats_password"] = self.nats_passwords.get(entry.name)
         if self.issuer is not None:
             values["service_token"] = self.issuer.mint(Role.SERVICE, service=entry.name, ttl_seconds=365 * 24 * 3600)
         values.update(self.config.overrides.get(entry.name, {}))
@@ -133,9 +182,10 @@ class Platform:
                 host=self.config.host,
                 port=self.config.nats_port,
                 http_port=self.config.nats_http_port,
-                extra=self.config.nats_config_extra,
+                extra=self.config.nats_config_extra + (self.nats_authorization() if self.config.nats_auth else ""),
             )
         )
+        conf.chmod(0o600)  # it holds the NATS passwords
         self.nats = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=self._log("nats"),

@@ -38,10 +38,14 @@ class Outbox:
         await self.emit_event(session, event)
         return event
 
-    async def emit_event(self, session: AsyncSession, event: CloudEvent, *, subject: str | None = None) -> None:
+    async def emit_event(
+        self, session: AsyncSession, event: CloudEvent, *, subject: str | None = None, msg_id: str | None = None
+    ) -> None:
+        """Record an envelope as it is. ``msg_id`` (the ``Nats-Msg-Id``, default the event id) differs from the event
+        id when one event goes out several times on purpose, e.g. a copy per partner."""
         await session.execute(
             insert(self.table).values(
-                event_id=event.id,
+                event_id=msg_id or event.id,
                 subject=subject or subject_for(self.prefix, event.event_type),
                 payload=event.to_json().decode(),
                 created_at=dt.datetime.now(dt.UTC),

@@ -7,8 +7,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import notify as package
+from services.notify.api import ROUTERS
+from services.notify.handlers import subscriptions
 from services.notify.models import platform
 from services.notify.settings import NotifySettings
+from services.notify.worker import background
 from shared.service import ServiceDefinition, create_service_app
 
 NAME = "notify"
@@ -21,7 +24,9 @@ def definition(settings: NotifySettings) -> ServiceDefinition:
         title="OneStop notify",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[],
+        routers=list(ROUTERS),
+        subscriptions=subscriptions,
+        background=background,
     )
 
 

@@ -1,0 +1,182 @@
+"""The push channels: email over SMTP and SMS through an HTTP gateway, each with a local sink as embedded default.
+
+SMS gateway contract (what ``sms_gateway_url`` must accept)::
+
+    POST <sms_gateway_url>
+    Authorization: Bearer <sms_api_key>
+    Idempotency-Key: <delivery id>            (the same on every retry of one message: the gateway de-duplicates)
+    Content-Type: application/json
+
+    {"id": "<delivery id>", "to": "<phone number as intake holds it>", "text": "<message>",
+     "sender": "<sms_sender>", "language": "ko" | "en"}
+
+    2xx                        accepted (the body is ignored)
+    408, 425, 429, 5xx, no answer  temporary: retried with backoff
+    any other 4xx              permanent (for example an invalid number): not retried
+
+Embedded default (no SMTP host, no gateway URL): emails are written as ``<data_dir>/mail/new/<delivery id>.eml``
+(maildir style: written to ``tmp/`` then renamed, so a reader never sees half a file) and text messages are appended
+to ``<data_dir>/sms.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email.utils
+import os
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+import httpx
+import orjson
+
+from services.notify.rendering import RenderedMessage
+from services.notify.settings import NotifySettings
+
+
+class ChannelError(Exception):
+    """A send that did not happen. ``permanent``: retrying the same message cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class EmailSender(Protocol):
+    async def send(self, message: EmailMessage) -> None: ...
+
+
+class SmsSender(Protocol):
+    async def send(self, *, delivery_id: uuid.UUID, to: str, text: str, language: str) -> None: ...
+
+
+def build_email(
+    settings: NotifySettings, *, to: str, rendered: RenderedMessage, delivery_id: uuid.UUID, language: str
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = settings.smtp_from
+    message["To"] = to
+    message["Subject"] = rendered.subject
+    message["Date"] = email.utils.format_datetime(dt.datetime.now(dt.UTC))
+    # The same Message-ID on every retry lets a receiving system drop a copy it already has.
+    domain = email.utils.parseaddr(settings.smtp_from)[1].rpartition("@")[2] or "onestop.local"
+    message["Message-ID"] = f"<{delivery_id}@{domain}>"
+    message["Content-Language"] = language
+    message["Auto-Submitted"] = "auto-generated"  # RFC 3834: auto-responders should not answer
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    return message
+
+
+class SmtpEmail:
+    def __init__(self, settings: NotifySettings) -> None:
+        self.settings = settings
+
+    async def send(self, message: EmailMessage) -> None:
+        s = self.settings
+        try:
+            await aiosmtplib.send(
+                message,
+                hostname=s.smtp_host,
+                port=s.smtp_port,
+                username=s.smtp_username,
+                password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                use_tls=s.smtp_implicit_tls,
+                start_tls=s.smtp_starttls if not s.smtp_implicit_tls else False,
+                validate_certs=s.smtp_validate_certs,
+                timeout=s.smtp_timeout_seconds,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            raise ChannelError(f"recipient refused ({codes})", permanent=all(500 <= c < 600 for c in codes)) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            # 5xx is a permanent refusal of this message (RFC 5321); 4xx asks us to try later. An authentication
+            # failure is the operator's to fix, so it is retried rather than killing every message meanwhile.
+            permanent = 500 <= exc.code < 600 and exc.code not in (530, 535)
+            raise ChannelError(f"SMTP {exc.code}: {exc.message[:200]}", permanent=permanent) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise ChannelError(f"SMTP unavailable: {type(exc).__name__}") from None
+
+
+class MaildirEmail:
+    """Writes each message as a .eml file a person can open."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def send(self, message: EmailMessage) -> None:
+        await asyncio.to_thread(self._write, message)
+
+    def _write(self, message: EmailMessage) -> None:
+        tmp, new = self.directory / "tmp", self.directory / "new"
+        tmp.mkdir(parents=True, exist_ok=True)
+        new.mkdir(parents=True, exist_ok=True)
+        name = str(message["Message-ID"]).strip("<>").partition("@")[0] or uuid.uuid4().hex
+        path = tmp / f"{name}.eml"
+        path.write_bytes(message.as_bytes())
+        os.replace(path, new / f"{name}.eml")
+
+
+class HttpSms:
+    def __init__(self, client: httpx.AsyncClient, settings: NotifySettings) -> None:
+        assert settings.sms_gateway_url
+        self.client = client
+        self.url = settings.sms_gateway_url
+        self.api_key = settings.sms_api_key.get_secret_value() if settings.sms_api_key else None
+        self.sender = settings.sms_sender
+        self.timeout = settings.sms_timeout_seconds
+
+    async def send(self, *, delivery_id: uuid.UUID, to: str, text: str, language: str) -> None:
+        headers = {"Idempotency-Key": str(delivery_id), "Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        body = {"id": str(delivery_id), "to": to, "text": text, "sender": self.sender, "language": language}
+        try:
+            response = await self.client.post(
+                self.url, content=orjson.dumps(body), headers=headers, timeout=self.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise ChannelError(f"SMS gateway unreachable: {type(exc).__name__}") from None
+        if response.is_success:
+            return
+        status = response.status_code
+        temporary = status in (408, 425, 429) or status >= 500
+        raise ChannelError(f"SMS gateway answered {status}", permanent=not temporary)
+
+
+class JsonlSms:
+    """Appends each text message as one JSON line a person can read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    async def send(self, *, delivery_id: uuid.UUID, to: str, text: str, language: str) -> None:
+        line = orjson.dumps(
+            {
+                "id": str(delivery_id),
+                "to": to,
+                "text": text,
+                "language": language,
+                "sent_at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+        )
+        async with self._lock:
+            await asyncio.to_thread(self._append, line)
+
+    def _append(self, line: bytes) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as handle:
+            handle.write(line + b"\n")
+
+
+def email_sender(settings: NotifySettings) -> EmailSender:
+    return SmtpEmail(settings) if settings.smtp_host else MaildirEmail(settings.data_dir / "mail")
+
+
+def sms_sender(settings: NotifySettings, client: httpx.AsyncClient) -> SmsSender:
+    return HttpSms(client, settings) if settings.sms_gateway_url else JsonlSms(settings.data_dir / "sms.jsonl")

@@ -1,0 +1,85 @@
+"""Where to send: the resident's contact details, asked of intake when a message goes out and never stored.
+
+intake serves ``GET /v1/residents/{id}/contact`` to the notify service only. A short in-memory cache spares intake
+a call per channel of the same message; nothing of it is written to disk or to logs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+
+class ContactUnavailable(Exception):
+    """intake could not be asked (down, timing out, answering 5xx): try again later."""
+
+
+class ContactPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    resident_id: uuid.UUID
+    email: str | None = None
+    phone: str | None = None
+    preferred_language: str | None = None
+    preferred_channels: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Contact:
+    resident_id: uuid.UUID
+    # Kept out of repr so that a stray log line or traceback never carries them.
+    email: str | None = field(repr=False)
+    phone: str | None = field(repr=False)
+    preferred_language: str | None
+    preferred_channels: tuple[str, ...]
+
+
+class ContactDirectory:
+    def __init__(
+        self, client: httpx.AsyncClient, base_url: str, token: str | None, *, cache_seconds: float = 60.0
+    ) -> None:
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.cache_seconds = cache_seconds
+        self._cache: dict[uuid.UUID, tuple[float, Contact | None]] = {}
+
+    async def lookup(self, resident_id: uuid.UUID) -> Contact | None:
+        """The resident's contact, or None when intake does not know the resident."""
+        now = time.monotonic()
+        cached = self._cache.get(resident_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            response = await self.client.get(f"{self.base_url}/v1/residents/{resident_id}/contact", headers=headers)
+        except httpx.HTTPError as exc:
+            raise ContactUnavailable(f"intake unreachable: {type(exc).__name__}") from None
+        if response.status_code == 404:
+            contact = None
+        elif response.status_code == 200:
+            try:
+                payload = ContactPayload.model_validate_json(response.content)
+            except ValueError:
+                raise ContactUnavailable("intake answered with an unreadable contact") from None
+            contact = Contact(
+                resident_id=resident_id,
+                email=payload.email or None,
+                phone=payload.phone or None,
+                preferred_language=payload.preferred_language,
+                preferred_channels=tuple(payload.preferred_channels or ()),
+            )
+        else:
+            raise ContactUnavailable(f"intake answered {response.status_code}")
+        if self.cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[resident_id] = (now + self.cache_seconds, contact)
+        return contact
+
+    def forget(self, resident_id: uuid.UUID) -> None:
+        self._cache.pop(resident_id, None)

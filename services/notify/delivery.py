@@ -1,0 +1,437 @@
+"""Delivering resident notifications, in the background (never in the consumer: intake or SMTP being slow must not
+hold up the event stream).
+
+Two steps, each on rows claimed with a lease so that two workers (two replicas) never work on the same row:
+
+1. *dispatch* a notification whose bundling window closed: it appears in the in-app inbox (a delivery on channel
+   ``inbox``, sent at once), then intake is asked for the resident's contact and channel defaults, the resident's own
+   preferences in notify override them, and one delivery per push channel (email, SMS) is created. When intake
+   cannot be reached the notification waits and is tried again with backoff; it is never dropped.
+2. *send* each due email/SMS delivery; on failure retry with exponential backoff and jitter; after
+   ``delivery_max_attempts`` it is ``dead`` (listed for administrators, who can retry it). SMS due in the resident's
+   quiet hours wait until they end. Nothing goes out for a withdrawn application.
+
+``notification.sent`` / ``notification.failed`` are emitted through the outbox in the transaction that records the
+outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from prometheus_client import Counter
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.notify import repository
+from services.notify.channels import ChannelError, EmailSender, SmsSender, build_email
+from services.notify.contacts import Contact, ContactDirectory, ContactUnavailable
+from services.notify.models import (
+    Delivery,
+    DeliveryStatus,
+    Notification,
+    NotificationStatus,
+    Preference,
+    ResidentChannel,
+    utcnow,
+)
+from services.notify.notifications import withdrawn
+from services.notify.rendering import MessageInput, RenderedMessage, Renderer
+from services.notify.schedule import backoff, quiet_until, zone
+from services.notify.settings import NotifySettings
+from shared.db import Database
+from shared.events import Language, NotificationFailed, NotificationSent
+from shared.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+Held = TypeVar("Held", Notification, Delivery)
+
+PUSH_CHANNELS = (ResidentChannel.EMAIL.value, ResidentChannel.SMS.value)
+
+
+@dataclass
+class Senders:
+    email: EmailSender
+    sms: SmsSender
+
+
+def message_input(notification: Notification, language: str) -> MessageInput:
+    return MessageInput(
+        kind=notification.kind,
+        language=language,
+        application_id=str(notification.application_id) if notification.application_id else None,
+        items=[item.data for item in notification.items],
+    )
+
+
+def effective_language(preference: Preference | None, contact: Contact | None, fallback: str) -> str:
+    if preference is not None and preference.language:
+        return preference.language
+    if contact is not None and contact.preferred_language in ("ko", "en"):
+        return contact.preferred_language
+    return fallback
+
+
+def effective_channels(preference: Preference | None, contact: Contact | None) -> list[str]:
+    """The resident's own choice in notify wins; otherwise intake's defaults. The inbox always keeps a copy."""
+    if preference is not None and preference.channels is not None:
+        chosen = list(preference.channels)
+    elif contact is not None:
+        chosen = list(contact.preferred_channels)
+    else:
+        chosen = []
+    return [c for c in PUSH_CHANNELS if c in chosen]
+
+
+def sms_quiet_until(preference: Preference | None, now: dt.datetime, default_timezone: str) -> dt.datetime | None:
+    if preference is None:
+        return None
+    return quiet_until(
+        now,
+        preference.quiet_hours_start,
+        preference.quiet_hours_end,
+        zone(preference.timezone, default_timezone),
+    )
+
+
+class ResidentDelivery:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: Outbox,
+        settings: NotifySettings,
+        contacts: ContactDirectory,
+        renderer: Renderer,
+        senders: Senders,
+        attempts: Counter | None = None,
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.settings = settings
+        self.contacts = contacts
+        self.renderer = renderer
+        self.senders = senders
+        self.lease = dt.timedelta(seconds=settings.claim_lease_seconds)
+        self.attempts = attempts
+
+    async def run_once(self) -> int:
+        """One pass over what is due; returns how many rows were worked on."""
+        done = await self._each(self._claim(repository.claim_notifications), self.dispatch)
+        done += await self._each(self._claim(repository.claim_deliveries), self.send)
+        return done
+
+    def _claim(
+        self, claim: Callable[..., Awaitable[Sequence[object]]]
+    ) -> Callable[[], Awaitable[tuple[str, Sequence[object]]]]:
+        async def run() -> tuple[str, Sequence[object]]:
+            token = repository.new_claim_token()
+            async with self.db.session() as session:
+                ids = await claim(session, token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size)
+            return token, ids
+
+        return run
+
+    async def _each(
+        self,
+        claim: Callable[[], Awaitable[tuple[str, Sequence[object]]]],
+        work: Callable[[object, str], Awaitable[None]],
+    ) -> int:
+        token, ids = await claim()
+        if not ids:
+            return 0
+        limit = asyncio.Semaphore(self.settings.worker_concurrency)
+
+        async def one(row_id: object) -> None:
+            async with limit:
+                try:
+                    await work(row_id, token)
+                except Exception:
+                    # The claim runs out and the row is tried again; the error is logged without personal data.
+                    log.exception("delivery step failed", extra={"row": str(row_id)})
+
+        await asyncio.gather(*(one(i) for i in ids))
+        return len(ids)
+
+    # ------------------------------------------------------------------------------------------ 1. dispatch
+
+    async def dispatch(self, notification_id: object, token: str) -> None:
+        assert isinstance(notification_id, uuid.UUID)
+        async with self.db.session() as session:
+            notification = await session.get(Notification, notification_id)
+            if notification is None or notification.claim_token != token:
+                return
+            resident_id = notification.resident_id
+        contact: Contact | None = None
+        error: str | None = None
+        try:
+            contact = await self.contacts.lookup(resident_id)
+        except ContactUnavailable as exc:
+            error = str(exc)
+        async with self.db.session() as session:
+            notification = await self._held(session, Notification, notification_id, token)
+            if notification is None:
+                return
+            application = await repository.find_application(session, notification.application_id)
+            now = utcnow()
+            if notification.status == NotificationStatus.COLLECTING.value:
+                if withdrawn(application, notification.kind):
+                    notification.status = NotificationStatus.SUPPRESSED.value
+                    notification.last_error = "application withdrawn"
+                    _release(notification)
+                    return
+                await self._release_to_inbox(session, notification, now)
+            if withdrawn(application, notification.kind):
+                notification.status = NotificationStatus.DISPATCHED.value
+                _release(notification)
+                return
+            if error is not None:
+                notification.step_attempts += 1
+                notification.last_error = error
+                notification.next_step_at = now + dt.timedelta(
+                    seconds=backoff(
+                        notification.step_attempts,
+                        base=self.settings.retry_base_seconds,
+                        cap=self.settings.retry_max_seconds,
+                    )
+                )
+                _release(notification)
+                log.warning("contact lookup failed; will retry", extra={"notification_id": str(notification.id)})
+                return
+            preference = await repository.preference(session, notification.resident_id)
+            notification.language = effective_language(preference, contact, notification.language)
+            for channel in effective_channels(preference, contact):
+                if not _address(contact, channel):
+                    continue  # no address on file for it: the inbox copy is what the resident gets
+                due = now
+                if channel == ResidentChannel.SMS.value:
+                    due = sms_quiet_until(preference, now, self.settings.default_timezone) or now
+                session.add(
+                    Delivery(
+                        id=uuid.uuid4(),
+                        notification_id=notification.id,
+                        resident_id=notification.resident_id,
+                        channel=channel,
+                        status=DeliveryStatus.PENDING.value,
+                        attempts=0,
+                        next_attempt_at=due,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            notification.status = NotificationStatus.DISPATCHED.value
+            notification.last_error = None
+            _release(notification)
+
+    async def _release_to_inbox(self, session: AsyncSession, notification: Notification, now: dt.datetime) -> None:
+        notification.status = NotificationStatus.READY.value
+        notification.released_at = now
+        session.add(
+            Delivery(
+                id=uuid.uuid4(),
+                notification_id=notification.id,
+                resident_id=notification.resident_id,
+                channel=ResidentChannel.INBOX.value,
+                status=DeliveryStatus.SENT.value,
+                attempts=1,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+                sent_at=now,
+            )
+        )
+        await self.outbox.emit(session, self._sent(notification, ResidentChannel.INBOX.value, notification.language))
+
+    # ------------------------------------------------------------------------------------------ 2. send
+
+    async def send(self, delivery_id: object, token: str) -> None:
+        assert isinstance(delivery_id, uuid.UUID)
+        now = utcnow()
+        async with self.db.session() as session:
+            delivery = await self._held(session, Delivery, delivery_id, token)
+            if delivery is None:
+                return
+            notification = delivery.notification
+            application = await repository.find_application(session, notification.application_id)
+            if withdrawn(application, notification.kind):
+                delivery.status = DeliveryStatus.SUPPRESSED.value
+                delivery.last_error = "application withdrawn"
+                delivery.updated_at = now
+                _release(delivery)
+                return
+            preference = await repository.preference(session, delivery.resident_id)
+            if delivery.channel == ResidentChannel.SMS.value:
+                quiet = sms_quiet_until(preference, now, self.settings.default_timezone)
+                if quiet is not None:
+                    delivery.next_attempt_at = quiet  # not an attempt: it simply waits for the morning
+                    delivery.updated_at = now
+                    _release(delivery)
+                    return
+            fallback_language = notification.language
+            message = message_input(notification, fallback_language)
+            resident_id, channel = delivery.resident_id, delivery.channel
+
+        try:
+            contact = await self.contacts.lookup(resident_id)
+            address = _address(contact, channel)
+            if address is None:
+                raise ChannelError(f"no {channel} address on file", permanent=True)
+            language = effective_language(preference, contact, fallback_language)
+            rendered = self.renderer.render(MessageInput(message.kind, language, message.application_id, message.items))
+            await self._deliver(delivery_id, channel, address, rendered, language)
+        except (ChannelError, ContactUnavailable) as exc:
+            permanent = isinstance(exc, ChannelError) and exc.permanent
+            await self._record_failure(delivery_id, token, redact(str(exc)), permanent=permanent)
+            return
+        await self._record_sent(delivery_id, token, language)
+
+    async def _deliver(
+        self, delivery_id: uuid.UUID, channel: str, address: str, rendered: RenderedMessage, language: str
+    ) -> None:
+        if channel == ResidentChannel.EMAIL.value:
+            email = build_email(
+                self.settings, to=address, rendered=rendered, delivery_id=delivery_id, language=language
+            )
+            await self.senders.email.send(email)
+        else:
+            await self.senders.sms.send(delivery_id=delivery_id, to=address, text=rendered.sms, language=language)
+
+    async def _record_sent(self, delivery_id: uuid.UUID, token: str, language: str) -> None:
+        async with self.db.session() as session:
+            delivery = await self._held(session, Delivery, delivery_id, token)
+            if delivery is None:
+                log.error("a sent delivery lost its claim", extra={"delivery_id": str(delivery_id)})
+                return
+            now = utcnow()
+            delivery.status = DeliveryStatus.SENT.value
+            delivery.attempts += 1
+            delivery.sent_at = now
+            delivery.updated_at = now
+            delivery.last_error = None
+            _release(delivery)
+            await self.outbox.emit(session, self._sent(delivery.notification, delivery.channel, language))
+            self._count(delivery.channel, "sent")
+
+    async def _record_failure(self, delivery_id: uuid.UUID, token: str, error: str, *, permanent: bool) -> None:
+        async with self.db.session() as session:
+            delivery = await self._held(session, Delivery, delivery_id, token)
+            if delivery is None:
+                return
+            now = utcnow()
+            delivery.attempts += 1
+            delivery.last_error = error[:1000]
+            delivery.updated_at = now
+            dead = permanent or delivery.attempts >= self.settings.delivery_max_attempts
+            if dead:
+                delivery.status = DeliveryStatus.DEAD.value
+            else:
+                delivery.status = DeliveryStatus.FAILED.value
+                delivery.next_attempt_at = now + dt.timedelta(
+                    seconds=backoff(
+                        delivery.attempts, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
+                    )
+                )
+            _release(delivery)
+            self._count(delivery.channel, "dead" if dead else "failed")
+            log.warning(
+                "delivery failed",
+                extra={"delivery_id": str(delivery.id), "channel": delivery.channel, "attempt": delivery.attempts,
+                       "dead": dead, "error": error[:200]},
+            )  # fmt: skip
+            # Tell intake's status on the first failure and when giving up, not on every retry in between.
+            if dead or delivery.attempts == 1:
+                notification = delivery.notification
+                await self.outbox.emit(
+                    session,
+                    NotificationFailed(
+                        notification_id=notification.id,
+                        resident_id=notification.resident_id,
+                        application_id=notification.application_id,
+                        source_event_ids=notification.source_event_ids,
+                        channel=delivery.channel,
+                        template=notification.kind,
+                        attempts=delivery.attempts,
+                        error=error[:500],
+                        dead=dead,
+                        failed_at=now,
+                    ),
+                )
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    @staticmethod
+    async def _held(session: AsyncSession, model: type[Held], row_id: uuid.UUID, token: str) -> Held | None:
+        """The row, locked, if our claim on it still stands."""
+        row = await session.scalar(
+            select(model).where(model.id == row_id, model.claim_token == token).with_for_update(of=model)
+        )
+        return row
+
+    def _count(self, channel: str, result: str) -> None:
+        if self.attempts is not None:
+            self.attempts.labels(transport="resident", channel=channel, result=result).inc()
+
+    def _sent(self, notification: Notification, channel: str, language: str) -> NotificationSent:
+        return NotificationSent(
+            notification_id=notification.id,
+            resident_id=notification.resident_id,
+            application_id=notification.application_id,
+            source_event_ids=notification.source_event_ids,
+            channel=channel,
+            template=notification.kind,
+            language=Language(language if language in ("ko", "en") else "ko"),
+            sent_at=utcnow(),
+        )
+
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+_PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+
+
+def redact(text: str) -> str:
+    """An error as we keep and publish it: without the email addresses or phone numbers a server may have quoted."""
+
+    def phone(match: re.Match[str]) -> str:
+        return "<phone>" if sum(c.isdigit() for c in match.group()) >= 9 else match.group()
+
+    return _PHONE.sub(phone, _EMAIL.sub("<email>", text))
+
+
+def _release(row: Notification | Delivery) -> None:
+    row.claim_token = None
+    row.claimed_until = None
+
+
+def _address(contact: Contact | None, channel: str) -> str | None:
+    if contact is None:
+        return None
+    if channel == ResidentChannel.EMAIL.value:
+        return contact.email
+    if channel == ResidentChannel.SMS.value:
+        return contact.phone
+    return None
+
+
+async def retry_dead(session: AsyncSession, delivery: Delivery) -> None:
+    """An administrator's retry: a fresh round of attempts, due now."""
+    now = utcnow()
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery.id)
+        .values(
+            status=DeliveryStatus.PENDING.value,
+            attempts=0,
+            next_attempt_at=now,
+            claim_token=None,
+            claimed_until=None,
+            updated_at=now,
+        )
+    )

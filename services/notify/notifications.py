@@ -1,0 +1,362 @@
+"""Composing resident notifications from events (runs inside the consumer's transaction; never commits).
+
+Rules:
+- a message is about one application (or, for proactive opportunities, about none) and of one kind; events of the
+  same kind for the same application that arrive within ``bundle_window_seconds`` become one message (three
+  automatic approvals after one evaluation are one "decided" message, not three);
+- eligibility results only mention programs whose outcome (or open questions, or amount) changed since the resident
+  was last told, and a late round never overrides a newer one;
+- after ``application.withdrawn`` nothing more goes out for that application, whatever order events arrive in;
+- ``eligibility.opportunity`` is only told to a resident whose current consents include ``proactive_screening``;
+- each source event yields at most one item per resident (a unique key), so a redelivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.notify import repository
+from services.notify.models import (
+    ApplicationProgram,
+    Notification,
+    NotificationItem,
+    NotificationStatus,
+    TrackedApplication,
+    utcnow,
+)
+from services.notify.settings import NotifySettings
+from shared.events import (
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CaseDecided,
+    CaseInfoRequested,
+    CaseResumed,
+    CaseRouted,
+    CaseSlaBreached,
+    CaseTransferred,
+    CloudEvent,
+    ConsentChanged,
+    CriterionStatus,
+    EligibilityDetermined,
+    EligibilityOpportunity,
+    Outcome,
+    ProgramDetermination,
+    ResidentContext,
+    ResidentUpdated,
+)
+
+log = logging.getLogger(__name__)
+
+WORK_PENDING = "notify_work_pending"
+WITHDRAWN_KIND = "application.withdrawn"
+PROACTIVE_CONSENT = "proactive_screening"
+# Kinds where events arriving close together are told together.
+BUNDLED_KINDS = frozenset(
+    {
+        "eligibility.determined",
+        "case.routed",
+        "case.info_requested",
+        "case.resumed",
+        "case.transferred",
+        "case.decided",
+        "case.sla_breached",
+        "eligibility.opportunity",
+    }
+)
+
+
+def mark_work(session: AsyncSession) -> None:
+    """Wake the delivery workers once this transaction commits."""
+    session.info[WORK_PENDING] = True
+
+
+class ResidentMessages:
+    def __init__(self, settings: NotifySettings) -> None:
+        self.settings = settings
+
+    # ------------------------------------------------------------------------------------------ state events
+
+    async def consent_changed(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(ConsentChanged)
+        state = await repository.resident_state(session, data.resident_id)
+        if data.version > state.consent_version:  # a late, older consent set never overrides a newer one
+            state.consents = dict(data.consents)
+            state.consent_version = data.version
+            state.updated_at = utcnow()
+
+    async def resident_updated(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(ResidentUpdated)
+        state = await repository.resident_state(session, data.resident_id)
+        if data.version > state.profile_version:
+            state.language = data.preferred_language.value
+            state.profile_version = data.version
+            state.updated_at = utcnow()
+
+    async def _note_context(self, session: AsyncSession, resident_id: uuid.UUID, context: ResidentContext) -> None:
+        """An application's resident context tells the language too, until a resident.updated says otherwise."""
+        state = await repository.resident_state(session, resident_id)
+        if state.profile_version == 0 and state.language != context.preferred_language.value:
+            state.language = context.preferred_language.value
+            state.updated_at = utcnow()
+
+    # ------------------------------------------------------------------------------------------ application events
+
+    async def application_submitted(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(ApplicationSubmitted)
+        await self._note_context(session, data.resident_id, data.resident)
+        application = await repository.tracked_application(session, data.application_id, data.resident_id)
+        application.life_event = data.life_event
+        if application.withdrawn_at is not None or application.last_round > 0:
+            # Withdrawn already, or results went out before this (late) event: "received" would only confuse.
+            return
+        item = {
+            "life_event": data.life_event,
+            "application_date": data.application_date.isoformat(),
+            "channel": data.channel.value,
+        }
+        await self._add(session, event, data.resident_id, data.application_id, "application.submitted", item)
+
+    async def application_withdrawn(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(ApplicationWithdrawn)
+        application = await repository.tracked_application(session, data.application_id, data.resident_id)
+        await repository.suppress_for_application(session, data.application_id, keep_kind=WITHDRAWN_KIND)
+        if application.withdrawn_at is not None:
+            return  # confirmed once already (intake announced it twice)
+        application.withdrawn_at = data.withdrawn_at
+        application.updated_at = utcnow()
+        item = {"withdrawn_at": data.withdrawn_at.isoformat()}
+        await self._add(session, event, data.resident_id, data.application_id, WITHDRAWN_KIND, item)
+
+    async def eligibility_determined(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(EligibilityDetermined)
+        await self._note_context(session, data.resident_id, data.resident)
+        application = await repository.tracked_application(session, data.application_id, data.resident_id)
+        if data.round <= application.last_round:
+            log.info("older eligibility round ignored", extra={"round": data.round, "seen": application.last_round})
+            return
+        application.last_round = data.round
+        application.updated_at = utcnow()
+        known = await repository.application_programs(session, data.application_id)
+        changed = []
+        for program in data.programs:
+            signature = _signature(program)
+            row = known.get(program.program_code)
+            if row is None:
+                row = ApplicationProgram(application_id=data.application_id, program_code=program.program_code,
+                                         round=0, updated_at=utcnow())  # fmt: skip
+                session.add(row)
+            if row.outcome != program.outcome.value or row.signature != signature:
+                changed.append(_program_entry(program))
+            row.program_name = program.program_name.model_dump()
+            row.outcome = program.outcome.value
+            row.signature = signature
+            row.round = data.round
+            row.updated_at = utcnow()
+        if not changed or application.withdrawn_at is not None:
+            return
+        item = {"round": data.round, "programs": changed}
+        await self._add(session, event, data.resident_id, data.application_id, "eligibility.determined", item)
+
+    async def eligibility_opportunity(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(EligibilityOpportunity)
+        state = await repository.find_resident_state(session, data.resident_id)
+        if state is None or not state.consented(PROACTIVE_CONSENT):
+            # Without a known, current consent we stay silent (the consent may have been withdrawn meanwhile).
+            log.info("opportunity not told: no proactive-screening consent")
+            return
+        item = {
+            "program_code": data.program_code,
+            "program_name": data.program_name.model_dump(),
+            "department": data.department.value,
+            "amount": data.amount,
+            "amount_period": data.amount_period,
+        }
+        await self._add(session, event, data.resident_id, None, "eligibility.opportunity", item)
+
+    # ------------------------------------------------------------------------------------------ case events
+
+    async def case_routed(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(CaseRouted)
+        program = await self._program(session, data.application_id, data.program_code)
+        program.office_code = data.office_code
+        program.office_name = data.office_name.model_dump()
+        if data.status == "closed":
+            return  # closed at once (an automatic grant): its decision message tells the resident
+        item = {
+            **_case_basics(data.case_id, data.program_code, program),
+            "due_date": data.due_date.isoformat() if data.due_date else None,
+        }
+        await self._case_message(session, event, data.resident_id, data.application_id, "case.routed", item)
+
+    async def case_info_requested(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(CaseInfoRequested)
+        program = await self._program(session, data.application_id, data.program_code)
+        item = {
+            **_case_basics(data.case_id, data.program_code, program),
+            "questions": [q.text for q in data.questions],
+        }
+        await self._case_message(session, event, data.resident_id, data.application_id, "case.info_requested", item)
+
+    async def case_resumed(self, session: AsyncSession, event: CloudEvent) -> None:
+        """The resident's answer arrived: confirm it, with the due date moved by the time the case waited."""
+        data = event.data_as(CaseResumed)
+        program = await self._program(session, data.application_id, data.program_code)
+        item = {**_case_basics(data.case_id, data.program_code, program), "due_date": data.due_date.isoformat()}
+        await self._case_message(session, event, data.resident_id, data.application_id, "case.resumed", item)
+
+    async def case_transferred(self, session: AsyncSession, event: CloudEvent) -> None:
+        """Another office handles the case now: the resident should know whom to turn to."""
+        data = event.data_as(CaseTransferred)
+        program = await self._program(session, data.application_id, data.program_code)
+        program.office_code = data.office_code
+        program.office_name = data.office_name.model_dump()
+        item = {
+            **_case_basics(data.case_id, data.program_code, program),
+            "due_date": data.due_date.isoformat() if data.due_date else None,
+        }
+        await self._case_message(session, event, data.resident_id, data.application_id, "case.transferred", item)
+
+    async def case_decided(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(CaseDecided)
+        program = await self._program(session, data.application_id, data.program_code)
+        item = {
+            **_case_basics(data.case_id, data.program_code, program),
+            "decision": data.decision.value,
+            "reason_code": data.reason_code,
+            "reason": data.reason.model_dump() if data.reason else None,
+            "amount": data.amount,
+            "amount_period": None,
+        }
+        await self._case_message(session, event, data.resident_id, data.application_id, "case.decided", item)
+
+    async def case_sla_breached(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = event.data_as(CaseSlaBreached)
+        program = await self._program(session, data.application_id, data.program_code)
+        item = {
+            **_case_basics(data.case_id, data.program_code, program),
+            "due_date": data.due_date.isoformat(),
+            "expected_by": data.expected_by.isoformat() if data.expected_by else None,
+        }
+        await self._case_message(session, event, data.resident_id, data.application_id, "case.sla_breached", item)
+
+    async def _program(self, session: AsyncSession, application_id: uuid.UUID, code: str) -> ApplicationProgram:
+        program = await repository.application_program(session, application_id, code)
+        if program is None:  # a case event before the eligibility result: name the program by its code for now
+            program = ApplicationProgram(application_id=application_id, program_code=code, round=0,
+                                         updated_at=utcnow())  # fmt: skip
+            session.add(program)
+        return program
+
+    async def _case_message(
+        self,
+        session: AsyncSession,
+        event: CloudEvent,
+        resident_id: uuid.UUID,
+        application_id: uuid.UUID,
+        kind: str,
+        item: dict[str, Any],
+    ) -> None:
+        application = await repository.tracked_application(session, application_id, resident_id)
+        if application.withdrawn_at is not None:
+            return
+        await self._add(session, event, resident_id, application_id, kind, item)
+
+    # ------------------------------------------------------------------------------------------ composing
+
+    async def _add(
+        self,
+        session: AsyncSession,
+        event: CloudEvent,
+        resident_id: uuid.UUID,
+        application_id: uuid.UUID | None,
+        kind: str,
+        data: dict[str, Any],
+    ) -> None:
+        if await repository.item_exists(session, event.id, resident_id):
+            return  # this event was told already (a replayed dead letter, say)
+        now = utcnow()
+        notification = None
+        if kind in BUNDLED_KINDS and self.settings.bundle_window_seconds > 0:
+            notification = await repository.open_bundle(session, resident_id, application_id, kind, now)
+        if notification is None:
+            window = self.settings.bundle_window_seconds if kind in BUNDLED_KINDS else 0.0
+            notification = Notification(
+                id=uuid.uuid4(),
+                resident_id=resident_id,
+                application_id=application_id,
+                kind=kind,
+                status=NotificationStatus.COLLECTING.value,
+                language=await self._language(session, resident_id),
+                created_at=now,
+                next_step_at=now + dt.timedelta(seconds=window),
+                step_attempts=0,
+            )
+            session.add(notification)
+            await session.flush()
+        session.add(
+            NotificationItem(
+                notification_id=notification.id,
+                resident_id=resident_id,
+                source_event_id=event.id,
+                event_type=event.event_type,
+                occurred_at=event.time,
+                data=data,
+            )
+        )
+        await session.flush()
+        mark_work(session)
+
+    async def _language(self, session: AsyncSession, resident_id: uuid.UUID) -> str:
+        preference = await repository.preference(session, resident_id)
+        if preference is not None and preference.language:
+            return preference.language
+        state = await repository.find_resident_state(session, resident_id)
+        return state.language if state is not None and state.language else "ko"
+
+
+def withdrawn(application: TrackedApplication | None, kind: str) -> bool:
+    """Whether a message of ``kind`` about ``application`` must no longer go out."""
+    return application is not None and application.withdrawn_at is not None and kind != WITHDRAWN_KIND
+
+
+def _signature(program: ProgramDetermination) -> str:
+    """What the resident was told about a program: outcome, the questions put to them, the amount."""
+    asked = sorted(m.name for m in program.missing if m.asked_of == "resident")
+    staff = any(m.asked_of == "staff" for m in program.missing)
+    raw = orjson.dumps([program.outcome.value, asked, staff, program.amount, program.amount_period])
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _program_entry(program: ProgramDetermination) -> dict[str, Any]:
+    reasons = []
+    if program.outcome is Outcome.INELIGIBLE:
+        reasons = [c.label.model_dump() for c in program.criteria if c.status is CriterionStatus.FAILED]
+    return {
+        "code": program.program_code,
+        "name": program.program_name.model_dump(),
+        "department": program.department.value,
+        "outcome": program.outcome.value,
+        "automatic": program.automatic,
+        "amount": program.amount,
+        "amount_period": program.amount_period,
+        "questions": [m.question.model_dump() for m in program.missing if m.asked_of == "resident"],
+        "staff_pending": any(m.asked_of == "staff" for m in program.missing),
+        "reasons": reasons,
+    }
+
+
+def _case_basics(case_id: uuid.UUID, program_code: str, program: ApplicationProgram) -> dict[str, Any]:
+    return {
+        "case_id": str(case_id),
+        "program_code": program_code,
+        "program_name": program.program_name,
+        "office_code": program.office_code,
+        "office_name": program.office_name,
+    }

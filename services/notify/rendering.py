@@ -1,0 +1,199 @@
+"""Turning a notification into words: Jinja2 templates per kind and language (services/notify/templates/<lang>/).
+
+Each template defines four blocks: ``subject``, ``text`` (plain-text email and the in-app inbox), ``sms`` (short)
+and ``html`` (the email's HTML part). The same file is compiled twice: with autoescaping for the HTML block, without
+it for the others, so a program name with ``<`` or ``&`` is escaped in HTML and left alone in plain text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
+from markupsafe import Markup
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+LANGUAGES = ("ko", "en")
+
+# The kinds of message, named after the event that causes them.
+KINDS = (
+    "application.submitted",
+    "eligibility.determined",
+    "case.routed",
+    "case.info_requested",
+    "case.resumed",
+    "case.transferred",
+    "case.decided",
+    "case.sla_breached",
+    "eligibility.opportunity",
+    "application.withdrawn",
+)
+
+LIFE_EVENTS: dict[str, dict[str, str]] = {
+    "birth": {"ko": "출생", "en": "the birth of a child"},
+    "moving_in": {"ko": "전입", "en": "moving in"},
+    "job_loss": {"ko": "실직", "en": "losing a job"},
+    "death_in_family": {"ko": "가족의 사망", "en": "a death in the family"},
+    "turning_65": {"ko": "만 65세 도래", "en": "turning 65"},
+    "starting_business": {"ko": "창업", "en": "starting a business"},
+}
+
+DEPARTMENTS: dict[str, dict[str, str]] = {
+    "welfare": {"ko": "복지", "en": "welfare"},
+    "health": {"ko": "보건", "en": "health"},
+    "housing": {"ko": "주거", "en": "housing"},
+    "tax": {"ko": "세무", "en": "tax"},
+    "civil_registry": {"ko": "가족관계·민원", "en": "civil registry"},
+    "labour": {"ko": "고용노동", "en": "labour"},
+}
+
+_PERIODS = {
+    "ko": {"once": "", "monthly": "매월 ", "yearly": "매년 "},
+    "en": {"once": " (one payment)", "monthly": " a month", "yearly": " a year"},
+}
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    text: str
+    sms: str
+    html: str
+    link: str
+
+
+@dataclass(frozen=True)
+class MessageInput:
+    """What a notification holds, independent of the database."""
+
+    kind: str
+    language: str
+    application_id: str | None
+    items: Sequence[Mapping[str, Any]]
+
+
+class Renderer:
+    def __init__(self, app_base_url: str, template_dir: Path = TEMPLATE_DIR) -> None:
+        self.app_base_url = app_base_url.rstrip("/")
+        self._text = self._environment(template_dir, autoescape=False)
+        self._html = self._environment(template_dir, autoescape=True)
+
+    def _environment(self, template_dir: Path, *, autoescape: bool) -> Environment:
+        env = Environment(
+            loader=FileSystemLoader(template_dir),
+            # On for the HTML environment; off on purpose for subjects, plain text and SMS, which are not HTML.
+            autoescape=autoescape,  # noqa: S701
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        env.filters["loc"] = _localized
+        env.filters["money"] = _money
+        env.filters["day"] = _day
+        env.filters["department"] = lambda code, lang: DEPARTMENTS.get(str(code), {}).get(lang, str(code))
+        return env
+
+    def link(self, message: MessageInput) -> str:
+        if message.application_id:
+            return f"{self.app_base_url}/applications/{message.application_id}"
+        return f"{self.app_base_url}/applications"
+
+    def render(self, message: MessageInput) -> RenderedMessage:
+        language = message.language if message.language in LANGUAGES else "ko"
+        if message.kind not in KINDS:
+            raise ValueError(f"no template for {message.kind}")
+        link = self.link(message)
+        context = {"lang": language, "link": link, **_context(message.kind, message.items)}
+        name = f"{language}/{message.kind}.j2"
+        text_template = self._text.get_template(name)
+        html_template = self._html.get_template(name)
+        body_html = _block(html_template, "html", context)
+        layout = self._html.get_template("layout.html.j2")
+        subject = " ".join(_block(text_template, "subject", context).split())
+        html = layout.render(lang=language, subject=subject, body=Markup(body_html), link=link)  # noqa: S704
+        return RenderedMessage(
+            subject=subject,
+            text=_tidy(_block(text_template, "text", context)),
+            sms=" ".join(_block(text_template, "sms", context).split()),
+            html=html,
+            link=link,
+        )
+
+
+def _block(template: Template, name: str, context: dict[str, Any]) -> str:
+    return "".join(template.blocks[name](template.new_context(context)))
+
+
+def _tidy(text: str) -> str:
+    """Trim trailing spaces and collapse runs of blank lines left by template logic."""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if not line and out and not out[-1]:
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- template context
+
+
+def _context(kind: str, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    context: dict[str, Any] = {"items": list(items)}
+    if kind == "eligibility.determined":
+        # Bundled rounds: the latest word on each program wins.
+        programs: dict[str, Mapping[str, Any]] = {}
+        for item in sorted(items, key=lambda i: int(i.get("round", 0))):
+            for program in item.get("programs", []):
+                programs[program["code"]] = program
+        merged = list(programs.values())
+        for outcome in ("eligible", "ineligible", "needs_information", "needs_review"):
+            context[outcome] = [p for p in merged if p["outcome"] == outcome]
+    elif kind == "application.submitted":
+        first = items[0] if items else {}
+        context["life_event"] = LIFE_EVENTS.get(str(first.get("life_event")))
+        context["life_event_code"] = first.get("life_event")
+        context["application_date"] = first.get("application_date")
+    elif kind in ("case.decided",):
+        context["approved"] = [i for i in items if i.get("decision") == "approved"]
+        context["denied"] = [i for i in items if i.get("decision") == "denied"]
+    return context
+
+
+# ---------------------------------------------------------------------------------------------- filters
+
+
+def _localized(value: Any, lang: str, fallback: Any = "") -> str:
+    """A ``{"ko": .., "en": ..}`` text in ``lang`` (or the other language, or the fallback)."""
+    if isinstance(value, Mapping):
+        text = value.get(lang) or value.get("ko") or value.get("en")
+        if text:
+            return str(text)
+    elif isinstance(value, str) and value:
+        return value
+    return str(fallback)
+
+
+def _money(amount: Any, lang: str, period: str | None = None) -> str:
+    if amount is None:
+        return ""
+    value = f"{int(amount):,}"
+    if lang == "ko":
+        return f"{_PERIODS['ko'].get(period or 'once', '')}{value}원"
+    return f"KRW {value}{_PERIODS['en'].get(period or 'once', '')}"
+
+
+def _day(value: Any, lang: str) -> str:
+    if value is None or value == "":
+        return ""
+    day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value)[:10])
+    if lang == "ko":
+        return f"{day.year}년 {day.month}월 {day.day}일"
+    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"

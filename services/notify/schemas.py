@@ -1,0 +1,185 @@
+"""Request and response bodies of the notify API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.notify.schedule import is_known_zone
+
+EventTypeName = Annotated[str, Field(min_length=3, max_length=80, pattern=r"^[a-z][a-z0-9_.]*$")]
+ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", examples=["22:00"])]
+ChannelName = Literal["inbox", "email", "sms"]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ================================================================================================ residents
+
+
+class QuietHours(Input):
+    """Local times (HH:MM) between which no SMS is sent; may cross midnight. An SMS due then waits until the end."""
+
+    start: ClockTime
+    end: ClockTime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+    def times(self) -> tuple[dt.time, dt.time]:
+        return dt.time.fromisoformat(self.start), dt.time.fromisoformat(self.end)
+
+
+class PreferencesIn(Input):
+    """A resident's own choices; a field left null falls back to what the resident told intake."""
+
+    channels: list[ChannelName] | None = Field(
+        default=None,
+        max_length=3,
+        description="Where messages are pushed besides the in-app inbox, which always keeps a copy.",
+    )
+    language: Literal["ko", "en"] | None = None
+    quiet_hours: QuietHours | None = None
+    timezone: str | None = Field(default=None, min_length=1, max_length=64, examples=["Asia/Seoul"])
+
+    @field_validator("channels")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("channels must not repeat")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None and not is_known_zone(value):
+            raise ValueError("unknown time zone (use an IANA name such as Asia/Seoul)")
+        return value
+
+
+class PreferencesOut(BaseModel):
+    resident_id: uuid.UUID
+    channels: list[str] | None
+    language: str | None
+    quiet_hours: QuietHours | None
+    timezone: str | None
+    updated_at: dt.datetime | None
+
+
+class InboxMessage(BaseModel):
+    id: uuid.UUID
+    kind: str = Field(description="The event the message is about, e.g. eligibility.determined")
+    application_id: uuid.UUID | None
+    language: str
+    title: str
+    body: str
+    link: str
+    created_at: dt.datetime
+    read_at: dt.datetime | None
+
+
+class InboxPage(BaseModel):
+    items: list[InboxMessage]
+    unread: int
+    next_before: dt.datetime | None = Field(description="Pass as ?before= for the next (older) page")
+
+
+class NotificationDeliveryOut(BaseModel):
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    resident_id: uuid.UUID
+    application_id: uuid.UUID | None
+    kind: str
+    channel: str
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    sent_at: dt.datetime | None
+
+
+# ================================================================================================ partners
+
+
+class GrantsIn(Input):
+    event_types: list[EventTypeName] = Field(
+        max_length=50, description="Partner-visible event types, e.g. case.decided"
+    )
+
+
+class PartnerOut(BaseModel):
+    id: str
+    name: str
+    grants: list[str]
+    nats_user: str
+    nats_subjects: str = Field(description="What the partner's NATS user may subscribe to")
+    updated_at: dt.datetime
+    updated_by: str
+
+
+class SubscriptionIn(Input):
+    transport: Literal["webhook", "nats"]
+    event_types: list[EventTypeName] = Field(min_length=1, max_length=20)
+    url: str | None = Field(default=None, min_length=1, max_length=2000, description="Webhook endpoint (http/https)")
+    description: str | None = Field(default=None, max_length=200)
+
+
+class SubscriptionOut(BaseModel):
+    id: uuid.UUID
+    partner_id: str
+    transport: str
+    event_types: list[str]
+    url: str | None
+    description: str | None
+    status: str
+    consecutive_failures: int
+    paused_reason: str | None
+    paused_at: dt.datetime | None
+    nats_subjects: list[str] = Field(description="For NATS subscriptions: where the events are published")
+    previous_secret_expires_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class SubscriptionCreated(SubscriptionOut):
+    secret: str | None = Field(
+        description="Webhooks: the signing secret (whsec_...). Shown only now; rotate to get a new one."
+    )
+
+
+class RotateSecretIn(Input):
+    grace_seconds: int | None = Field(
+        default=None, ge=0, le=7 * 24 * 3600, description="How long the old secret keeps signing (default: settings)"
+    )
+
+
+class RotatedSecret(BaseModel):
+    subscription_id: uuid.UUID
+    secret: str
+    previous_secret_expires_at: dt.datetime | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: uuid.UUID
+    sequence: int
+    subscription_id: uuid.UUID
+    partner_id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: dt.datetime
+    created_at: dt.datetime
+    delivered_at: dt.datetime | None

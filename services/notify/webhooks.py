@@ -1,0 +1,168 @@
+"""Partner webhooks per the Standard Webhooks specification (https://www.standardwebhooks.com).
+
+Every request carries ``webhook-id`` (the delivery's id: the same on every retry, so a partner can drop a copy it
+already processed), ``webhook-timestamp`` (Unix seconds) and ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of
+"{id}.{timestamp}.{body}">`` keyed with the subscription's secret ``whsec_<base64 key>``. Right after a rotation the
+previous secret signs too, so the header then holds two space-separated signatures until the grace period ends.
+
+Webhook URLs must be http(s) and may not point at forbidden address ranges (loopback, private, link-local, cloud
+metadata... per settings). The check runs when a subscription is created and again before every delivery, because
+what a name resolves to can change after it was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the format prefix, not a secret
+SECRET_BYTES = 32
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# ---------------------------------------------------------------------------------------------- signing
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_header(signing_secrets: Iterable[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    return " ".join(sign(secret, msg_id, timestamp, body) for secret in signing_secrets)
+
+
+def webhook_headers(
+    signing_secrets: Sequence[str], msg_id: str, body: bytes, now: float | None = None
+) -> dict[str, str]:
+    timestamp = int(now if now is not None else time.time())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(signing_secrets, msg_id, timestamp, body),
+        "content-type": "application/json",
+        "user-agent": "OneStop-Webhooks/1.0",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- where it may go
+
+
+class UnsafeUrl(ValueError):
+    """The webhook URL may not be used; the message says why (for the partner)."""
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    forbidden: tuple[IPNetwork, ...]
+    allowed: tuple[IPNetwork, ...]
+
+    @classmethod
+    def from_settings(cls, forbidden: Iterable[str], allowed: Iterable[str]) -> AddressPolicy:
+        return cls(
+            tuple(ipaddress.ip_network(n, strict=False) for n in forbidden),
+            tuple(ipaddress.ip_network(n, strict=False) for n in allowed),
+        )
+
+    def permits(self, address: IPAddress) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in network for network in self.allowed):
+            return True
+        return not any(address in network for network in self.forbidden)
+
+
+async def check_url(url: str, policy: AddressPolicy) -> None:
+    """Raise :class:`UnsafeUrl` unless ``url`` is http(s) and every address its host resolves to is permitted."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UnsafeUrl("is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeUrl("must be an http or https URL")
+    if not parts.hostname:
+        raise UnsafeUrl("has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeUrl("must not carry credentials; the signature authenticates us")
+    if parts.fragment:
+        raise UnsafeUrl("must not have a fragment")
+    host = parts.hostname
+    port = port or (443 if parts.scheme == "https" else 80)
+    for address in await _resolve(host, port):
+        if not policy.permits(address):
+            raise UnsafeUrl("points at a forbidden address range")
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host.split("%")[0])]
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise UnsafeUrl("does not resolve") from None
+    addresses = []
+    for info in infos:
+        raw = str(info[4][0]).split("%")[0]
+        try:
+            addresses.append(ipaddress.ip_address(raw))
+        except ValueError:
+            continue
+    if not addresses:
+        raise UnsafeUrl("does not resolve")
+    return addresses
+
+
+# ---------------------------------------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Attempt:
+    ok: bool
+    status_code: int | None
+    error: str | None
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    msg_id: str,
+    body: bytes,
+    signing_secrets: Sequence[str],
+    policy: AddressPolicy,
+    timeout: float,
+) -> Attempt:
+    try:
+        await check_url(url, policy)
+    except UnsafeUrl as exc:
+        return Attempt(False, None, f"URL refused: {exc}")
+    headers = webhook_headers(signing_secrets, msg_id, body)
+    try:
+        # Redirects are not followed: a redirect could lead to an address the check above would refuse.
+        response = await client.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return Attempt(False, None, f"{type(exc).__name__}: could not deliver")
+    if response.is_success:
+        return Attempt(True, response.status_code, None)
+    return Attempt(False, response.status_code, f"endpoint answered {response.status_code}")

@@ -1,0 +1,111 @@
+"""The notify service's long-lived resources: HTTP clients, the senders and the two delivery loops.
+
+The loops wake as soon as a transaction that created work commits (a hook on the database), and otherwise every
+``worker_interval_seconds`` to pick up retries that came due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import cast
+
+import httpx
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.notify.channels import email_sender, sms_sender
+from services.notify.contacts import ContactDirectory
+from services.notify.delivery import ResidentDelivery, Senders
+from services.notify.notifications import WORK_PENDING
+from services.notify.partner_delivery import PartnerDelivery
+from services.notify.rendering import Renderer
+from services.notify.settings import NotifySettings
+from shared.service import Runtime
+
+log = logging.getLogger(__name__)
+
+EXTRAS_KEY = "notify"
+
+
+@dataclass
+class NotifyComponents:
+    contacts: ContactDirectory
+    renderer: Renderer
+    residents: ResidentDelivery
+    partners: PartnerDelivery
+    wake: Callable[[], None]
+
+
+@contextlib.asynccontextmanager
+async def background(runtime: Runtime) -> AsyncIterator[None]:
+    settings = cast(NotifySettings, runtime.settings)
+    token = settings.service_token.get_secret_value() if settings.service_token else None
+    intake_client = httpx.AsyncClient(timeout=settings.intake_timeout_seconds, follow_redirects=False)
+    # Outbound calls to the SMS gateway and partner endpoints: no cookies, no redirects, no environment proxies.
+    outbound = httpx.AsyncClient(follow_redirects=False, trust_env=False, headers={"user-agent": "OneStop-Notify/1.0"})
+    contacts = ContactDirectory(intake_client, settings.intake_url, token, cache_seconds=settings.contact_cache_seconds)
+    renderer = Renderer(settings.app_base_url)
+    attempts = Counter(
+        "onestop_notify_delivery_attempts",
+        "Delivery attempts by transport (resident/webhook), channel and result (sent/failed/dead)",
+        ["transport", "channel", "result"],
+        registry=runtime.metrics.registry,
+    )
+    residents = ResidentDelivery(
+        db=runtime.db,
+        outbox=runtime.outbox,
+        settings=settings,
+        contacts=contacts,
+        renderer=renderer,
+        senders=Senders(email=email_sender(settings), sms=sms_sender(settings, outbound)),
+        attempts=attempts,
+    )
+    partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
+    wakes = [asyncio.Event(), asyncio.Event()]
+
+    def wake() -> None:
+        for event in wakes:
+            event.set()
+
+    def on_commit(session: AsyncSession) -> None:
+        if session.info.pop(WORK_PENDING, False):
+            wake()
+
+    runtime.db.on_commit(on_commit)
+    runtime.extras[EXTRAS_KEY] = NotifyComponents(contacts, renderer, residents, partners, wake)
+    tasks = [
+        asyncio.create_task(
+            _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-residents"
+        ),
+        asyncio.create_task(_loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partners"),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await intake_client.aclose()
+        await outbound.aclose()
+
+
+async def _loop(
+    name: str, run_once: Callable[[], Awaitable[int]], wake: asyncio.Event, settings: NotifySettings
+) -> None:
+    while True:
+        wake.clear()
+        try:
+            worked = await run_once()
+        except Exception:
+            log.exception("worker pass failed", extra={"worker": name})
+            worked = 0
+        if worked:
+            continue  # more may be due right behind (the next webhook of a subscription, say)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=settings.worker_interval_seconds)

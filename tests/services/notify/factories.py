@@ -1,0 +1,220 @@
+"""Event data as the other services emit it (shared.events models), for the notify tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Literal
+
+from shared.events import (
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CaseDecided,
+    CaseInfoRequested,
+    CaseResumed,
+    CaseRouted,
+    CaseSlaBreached,
+    CaseTransferred,
+    Channel,
+    ConsentChanged,
+    CriterionResult,
+    CriterionStatus,
+    Decision,
+    Department,
+    EligibilityDetermined,
+    EligibilityOpportunity,
+    InfoQuestion,
+    Language,
+    Localized,
+    MissingFact,
+    Outcome,
+    ProgramDetermination,
+    ResidentContext,
+)
+
+NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
+
+
+def context(language: str = "ko") -> ResidentContext:
+    return ResidentContext(district_code="11110", preferred_language=Language(language))
+
+
+def submitted(resident: uuid.UUID, application: uuid.UUID, *, language: str = "ko") -> ApplicationSubmitted:
+    return ApplicationSubmitted(
+        application_id=application,
+        resident_id=resident,
+        life_event="birth",
+        answers={"child_birth_date": "2025-02-20", "monthly_income": 2_100_000},
+        channel=Channel.WEB,
+        application_date=NOW.date(),
+        submitted_at=NOW,
+        resident=context(language),
+    )
+
+
+def program(
+    code: str,
+    ko: str,
+    en: str,
+    outcome: Outcome,
+    *,
+    automatic: bool = True,
+    amount: int | None = None,
+    period: Literal["once", "monthly", "yearly"] | None = None,
+    ask: list[tuple[str, str, str]] | None = None,
+    staff: list[str] | None = None,
+    failed: list[tuple[str, str]] | None = None,
+) -> ProgramDetermination:
+    missing = [
+        MissingFact(name=name, type="integer", question=Localized(ko=qko, en=qen), asked_of="resident")
+        for name, qko, qen in ask or []
+    ]
+    missing += [
+        MissingFact(name=name, type="string", question=Localized(ko=name, en=name), asked_of="staff")
+        for name in staff or []
+    ]
+    criteria = [
+        CriterionResult(id=f"c{i}", label=Localized(ko=lko, en=len_), status=CriterionStatus.FAILED)
+        for i, (lko, len_) in enumerate(failed or [])
+    ]
+    return ProgramDetermination(
+        program_code=code,
+        program_name=Localized(ko=ko, en=en),
+        department=Department.WELFARE,
+        outcome=outcome,
+        rule_version=1,
+        automatic=automatic,
+        amount=amount,
+        amount_period=period,
+        criteria=criteria,
+        missing=missing,
+        sla_days=14,
+    )
+
+
+def determined(
+    resident: uuid.UUID, application: uuid.UUID, round_: int, programs: list[ProgramDetermination], language: str = "ko"
+) -> EligibilityDetermined:
+    return EligibilityDetermined(
+        determination_id=uuid.uuid4(),
+        application_id=application,
+        resident_id=resident,
+        round=round_,
+        trigger="submitted" if round_ == 1 else "info_provided",
+        application_date=NOW.date(),
+        evaluated_at=NOW,
+        resident=context(language),
+        programs=programs,
+    )
+
+
+def _case(resident: uuid.UUID, application: uuid.UUID, code: str) -> dict[str, object]:
+    return {
+        "case_id": uuid.uuid5(application, code),
+        "application_id": application,
+        "resident_id": resident,
+        "program_code": code,
+        "department": Department.WELFARE,
+        "office_code": "JN-WEL",
+    }
+
+
+def routed(
+    resident: uuid.UUID, application: uuid.UUID, code: str, *, status: Literal["open", "closed"] = "open"
+) -> CaseRouted:
+    return CaseRouted(
+        **_case(resident, application, code),
+        office_name=Localized(ko="종로구청 복지정책과", en="Jongno-gu Office, Welfare Policy Division"),
+        status=status,
+        priority=1,
+        automatic=status == "closed",
+        due_date=dt.date(2025, 3, 18),
+        reason="district 11110",
+        routed_at=NOW,
+    )
+
+
+def info_requested(resident: uuid.UUID, application: uuid.UUID, code: str, question: str) -> CaseInfoRequested:
+    return CaseInfoRequested(
+        **_case(resident, application, code),
+        questions=[InfoQuestion(text=question)],
+        requested_at=NOW,
+    )
+
+
+def decided(
+    resident: uuid.UUID,
+    application: uuid.UUID,
+    code: str,
+    decision: Decision = Decision.APPROVED,
+    *,
+    amount: int | None = None,
+    reason: tuple[str, str] | None = None,
+) -> CaseDecided:
+    return CaseDecided(
+        **_case(resident, application, code),
+        decision=decision,
+        reason_code="income_over_threshold" if decision is Decision.DENIED else "granted",
+        reason=Localized(ko=reason[0], en=reason[1]) if reason else None,
+        amount=amount,
+        automatic=decision is Decision.APPROVED,
+        decided_at=NOW,
+    )
+
+
+def sla_breached(resident: uuid.UUID, application: uuid.UUID, code: str) -> CaseSlaBreached:
+    return CaseSlaBreached(
+        **_case(resident, application, code),
+        due_date=dt.date(2025, 3, 18),
+        breached_at=NOW,
+        expected_by=dt.date(2025, 3, 25),
+    )
+
+
+def withdrawn(resident: uuid.UUID, application: uuid.UUID) -> ApplicationWithdrawn:
+    return ApplicationWithdrawn(
+        application_id=application, resident_id=resident, reason="moved abroad", withdrawn_at=NOW
+    )
+
+
+def consent(resident: uuid.UUID, version: int, consents: dict[str, bool]) -> ConsentChanged:
+    return ConsentChanged(
+        resident_id=resident,
+        version=version,
+        consents=consents,
+        changed=list(consents),
+        changed_at=NOW,
+    )
+
+
+def opportunity(resident: uuid.UUID, code: str = "basic_pension") -> EligibilityOpportunity:
+    return EligibilityOpportunity(
+        screening_id=uuid.uuid4(),
+        resident_id=resident,
+        program_code=code,
+        program_name=Localized(ko="기초연금", en="Basic pension"),
+        department=Department.WELFARE,
+        amount=342_510,
+        amount_period="monthly",
+        found_at=NOW,
+    )
+
+
+def resumed(resident: uuid.UUID, application: uuid.UUID, code: str) -> CaseResumed:
+    return CaseResumed(
+        **_case(resident, application, code),
+        due_date=dt.date(2025, 3, 21),
+        paused_working_days=3,
+        resumed_at=NOW,
+    )
+
+
+def transferred(resident: uuid.UUID, application: uuid.UUID, code: str) -> CaseTransferred:
+    return CaseTransferred(
+        **{**_case(resident, application, code), "office_code": "MP-WEL"},
+        from_office_code="JN-WEL",
+        office_name=Localized(ko="마포구청 복지정책과", en="Mapo-gu Office, Welfare Policy Division"),
+        reason="overflow: JN-WEL over capacity",
+        due_date=dt.date(2025, 3, 20),
+        transferred_at=NOW,
+    )

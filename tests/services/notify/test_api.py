@@ -1,0 +1,162 @@
+"""The notify API as a whole: who may do what (object-level authorization), and a schemathesis run over real HTTP
+that finds no server error."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+from onestop.registry import BY_NAME
+from services.notify.main import create_app
+from shared.auth import TokenIssuer
+from shared.migrations import upgrade
+from tests.services.notify import factories as f
+from tests.services.notify.conftest import Endpoint, IntakeStandIn, Producer, eventually
+from tests.support.http import run_schemathesis, serve
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService, service_settings
+
+PARTNER_A, PARTNER_B = "partner-a", "partner-b"
+ROLES = (
+    "owner",
+    "other_resident",
+    "caseworker",
+    "supervisor",
+    "admin",
+    "partner_a",
+    "partner_b",
+    "service",
+    "anonymous",
+)
+
+
+async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_see(
+    notify: RunningService, producer: Producer, intake: IntakeStandIn, partner_endpoint: Endpoint
+) -> None:
+    owner = intake.add(channels=("inbox",))
+    tokens: dict[str, dict[str, str]] = {
+        "owner": notify.auth("resident", resident_id=owner),
+        "other_resident": notify.auth("resident", resident_id=uuid.uuid4()),
+        "caseworker": notify.auth("caseworker", offices=["JN-WEL"]),
+        "supervisor": notify.auth("supervisor", offices=["JN-WEL"]),
+        "admin": notify.auth("admin"),
+        "partner_a": notify.auth("partner", partner_id=PARTNER_A),
+        "partner_b": notify.auth("partner", partner_id=PARTNER_B),
+        "service": notify.auth("service", service="intake"),
+        "anonymous": {},
+    }
+    # What there is to see: a message in the owner's inbox, partner A's webhook subscription and a delivery of it.
+    admin = tokens["admin"]
+    for partner in (PARTNER_A, PARTNER_B):
+        granted = await notify.client.put(
+            f"/v1/partners/{PARTNER_A if partner == PARTNER_A else PARTNER_B}/grants",
+            json={"event_types": ["case.decided"] if partner == PARTNER_A else ["case.routed"]},
+            headers=admin,
+        )
+        assert granted.status_code == 200
+    created = await notify.client.post(
+        "/v1/subscriptions",
+        json={"transport": "webhook", "url": partner_endpoint.url, "event_types": ["case.decided"]},
+        headers=tokens["partner_a"],
+    )
+    assert created.status_code == 201
+    subscription = created.json()["id"]
+    application = uuid.uuid4()
+    await producer.publish(f.submitted(owner, application))
+    await producer.publish(f.decided(owner, application, "child_allowance"))
+    await eventually(lambda: len(partner_endpoint.accepted) == 1)
+
+    async def inbox_filled() -> bool:
+        response = await notify.client.get("/v1/inbox", headers=tokens["owner"])
+        return len(response.json()["items"]) == 2
+
+    await eventually(inbox_filled)
+    message = (await notify.client.get("/v1/inbox", headers=tokens["owner"])).json()["items"][0]["id"]
+    delivery = (await notify.client.get("/v1/deliveries", headers=tokens["partner_a"])).json()[0]["id"]
+    inbox_delivery = (
+        await notify.client.get("/v1/notification-deliveries", params={"channel": "inbox"}, headers=admin)
+    ).json()[0]["id"]
+
+    residents = {"owner": 200, "other_resident": 200}
+    admin_only = {"admin": 200}
+    # (method, path, body, expected status per role: roles not listed get 403, "anonymous" always 401)
+    matrix: list[tuple[str, str, Any, dict[str, int]]] = [
+        ("GET", "/v1/inbox", None, residents),
+        ("GET", f"/v1/inbox/{message}", None, {"owner": 200, "other_resident": 404}),
+        ("POST", f"/v1/inbox/{message}/read", None, {"owner": 200, "other_resident": 404}),
+        ("GET", "/v1/preferences", None, residents),
+        ("PUT", "/v1/preferences", {"language": "en"}, residents),
+        ("GET", "/v1/notification-deliveries", None, admin_only),
+        ("POST", f"/v1/notification-deliveries/{inbox_delivery}/retry", None, {"admin": 409}),
+        ("GET", "/v1/partners", None, admin_only),
+        ("GET", f"/v1/partners/{PARTNER_A}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
+        ("PUT", f"/v1/partners/{PARTNER_A}/grants", {"event_types": ["case.decided"]}, admin_only),
+        ("POST", "/v1/subscriptions", {"transport": "nats", "event_types": ["case.decided"]},
+         {"partner_a": 201, "partner_b": 403}),
+        ("GET", "/v1/subscriptions", None, {"admin": 200, "partner_a": 200, "partner_b": 200}),
+        ("GET", f"/v1/subscriptions/{subscription}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
+        ("POST", f"/v1/subscriptions/{subscription}/pause", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
+        ("POST", f"/v1/subscriptions/{subscription}/rotate-secret", None, {"partner_a": 200, "partner_b": 404}),
+        ("GET", "/v1/deliveries", None, {"admin": 200, "partner_a": 200, "partner_b": 200}),
+        ("GET", f"/v1/deliveries/{delivery}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
+        ("POST", f"/v1/deliveries/{delivery}/redeliver", None, {"admin": 202, "partner_a": 202, "partner_b": 404}),
+        ("GET", "/v1/admin/dead-letters", None, admin_only),
+        ("DELETE", f"/v1/subscriptions/{subscription}", None, {"partner_b": 404, "partner_a": 204, "admin": 404}),
+    ]  # fmt: skip
+    failures = []
+    for method, path, body, allowed in matrix:
+        # The roles allowed go last, so that a refused call always meets the object as it was.
+        order = sorted(ROLES, key=lambda r: (r in allowed, list(allowed).index(r) if r in allowed else 0))
+        for role in order:
+            expected = 401 if role == "anonymous" else allowed.get(role, 403)
+            response = await notify.client.request(method, path, json=body, headers=tokens[role])
+            if response.status_code != expected:
+                failures.append(f"{method} {path} as {role}: {response.status_code}, expected {expected}")
+            elif expected >= 400:
+                assert response.headers["content-type"] == "application/problem+json"
+    assert failures == []
+
+    # Lists are scoped: partner B sees none of partner A's subscriptions or deliveries.
+    assert (await notify.client.get("/v1/deliveries", headers=tokens["partner_b"])).json() == []
+    assert (await notify.client.get("/v1/subscriptions", headers=tokens["partner_b"])).json() == []
+    assert (await notify.client.get("/v1/inbox", headers=tokens["other_resident"])).json()["items"] == []
+
+
+async def test_schemathesis_finds_no_server_error(
+    database_url: str,
+    nats_server: NatsServer,
+    bus_prefix: str,
+    keys_dir: Path,
+    issuer: TokenIssuer,
+    notify_settings: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    settings = service_settings(
+        "notify", database_url=database_url, nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir,
+        **notify_settings,
+    )  # fmt: skip
+    await upgrade(settings.database_url, BY_NAME["notify"].migrations)
+    async with serve(create_app(settings)) as url:  # type: ignore[arg-type]
+        # Each role over the operations meant for it (elsewhere it only meets 403s, which the matrix covers); the
+        # three runs are separate processes, so they run side by side.
+        runs = [
+            ("admin", {}, "^/v1/(partners|notification-deliveries|admin)"),
+            ("partner", {"partner_id": "schema-partner"}, "^/v1/(subscriptions|deliveries)"),
+            ("resident", {"resident_id": uuid.uuid4()}, "^/v1/(inbox|preferences)"),
+        ]
+        results = await asyncio.gather(
+            *(
+                run_schemathesis(
+                    url,
+                    headers={"Authorization": f"Bearer {issuer.mint(role, **claims)}"},  # type: ignore[arg-type]
+                    max_examples=5,
+                    report_dir=tmp_path / role,
+                    extra_args=("--include-path-regex", paths),
+                )
+                for role, claims, paths in runs
+            )
+        )
+    for (role, _, _), result in zip(runs, results, strict=True):
+        assert result.returncode == 0, f"{role}:\n{result.output[-6000:]}"

@@ -1,0 +1,286 @@
+"""The parts without I/O: templates in both languages, quiet hours, backoff, where webhooks may point, signatures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import random
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.notify.rendering import KINDS, MessageInput, Renderer
+from services.notify.schedule import backoff, quiet_until
+from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS
+from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, sign, webhook_headers
+from tests.services.notify.test_partners import standard_webhook_signature_valid
+
+SEOUL = ZoneInfo("Asia/Seoul")
+APP = "11111111-2222-3333-4444-555555555555"
+
+ITEMS: dict[str, list[dict[str, object]]] = {
+    "application.submitted": [{"life_event": "birth", "application_date": "2025-03-04", "channel": "web"}],
+    "eligibility.determined": [
+        {
+            "round": 1,
+            "programs": [
+                {
+                    "code": "child_allowance",
+                    "name": {"ko": "아동수당", "en": "Child allowance"},
+                    "department": "welfare",
+                    "outcome": "eligible",
+                    "automatic": True,
+                    "amount": 100000,
+                    "amount_period": "monthly",
+                    "questions": [],
+                    "staff_pending": False,
+                    "reasons": [],
+                },
+                {
+                    "code": "parent_benefit",
+                    "name": {"ko": "부모급여 <특별>", "en": "Parent benefit <special> & co"},
+                    "department": "welfare",
+                    "outcome": "needs_information",
+                    "automatic": False,
+                    "amount": None,
+                    "amount_period": None,
+                    "questions": [{"ko": "아이가 어린이집에 다니나요?", "en": "Does the child attend daycare?"}],
+                    "staff_pending": False,
+                    "reasons": [],
+                },
+                {
+                    "code": "housing",
+                    "name": {"ko": "주거급여", "en": "Housing benefit"},
+                    "department": "housing",
+                    "outcome": "ineligible",
+                    "automatic": False,
+                    "amount": None,
+                    "amount_period": None,
+                    "questions": [],
+                    "staff_pending": False,
+                    "reasons": [
+                        {"ko": "소득인정액이 기준 중위소득의 48% 이하", "en": "Income at most 48% of the median"}
+                    ],
+                },
+            ],
+        }
+    ],
+    "case.routed": [
+        {
+            "case_id": "c1",
+            "program_code": "parent_benefit",
+            "program_name": None,
+            "office_code": "JN",
+            "office_name": {"ko": "종로구청", "en": "Jongno-gu Office"},
+            "due_date": "2025-03-18",
+        }
+    ],
+    "case.info_requested": [
+        {
+            "case_id": "c1",
+            "program_code": "p",
+            "program_name": {"ko": "부모급여", "en": "Parent benefit"},
+            "office_code": None,
+            "office_name": None,
+            "questions": ["통장 사본 / bank book copy"],
+        }
+    ],
+    "case.resumed": [
+        {
+            "case_id": "c1",
+            "program_code": "p",
+            "program_name": {"ko": "부모급여", "en": "Parent benefit"},
+            "office_code": None,
+            "office_name": None,
+            "due_date": "2025-03-21",
+        },
+    ],
+    "case.transferred": [
+        {
+            "case_id": "c1",
+            "program_code": "p",
+            "program_name": {"ko": "부모급여", "en": "Parent benefit"},
+            "office_code": "MP-WEL",
+            "office_name": {"ko": "마포구청", "en": "Mapo-gu Office"},
+            "due_date": "2025-03-20",
+        },
+    ],
+    "case.decided": [
+        {
+            "case_id": "c1",
+            "program_code": "a",
+            "program_name": {"ko": "아동수당", "en": "Child allowance"},
+            "decision": "approved",
+            "reason_code": "granted",
+            "reason": None,
+            "amount": 100000,
+            "amount_period": None,
+        },
+        {
+            "case_id": "c2",
+            "program_code": "b",
+            "program_name": {"ko": "주거급여", "en": "Housing benefit"},
+            "decision": "denied",
+            "reason_code": "income",
+            "reason": {"ko": "소득 기준 초과", "en": "Income too high"},
+            "amount": None,
+            "amount_period": None,
+        },
+    ],
+    "case.sla_breached": [
+        {
+            "case_id": "c1",
+            "program_code": "p",
+            "program_name": {"ko": "부모급여", "en": "Parent benefit"},
+            "due_date": "2025-03-18",
+            "expected_by": "2025-03-25",
+        }
+    ],
+    "eligibility.opportunity": [
+        {
+            "program_code": "basic_pension",
+            "program_name": {"ko": "기초연금", "en": "Basic pension"},
+            "department": "welfare",
+            "amount": 342510,
+            "amount_period": "monthly",
+        }
+    ],
+    "application.withdrawn": [{"withdrawn_at": "2025-03-04T10:00:00+00:00"}],
+}
+
+# Words each message must carry, per language: what happened, in plain language.
+EXPECTED: dict[str, dict[str, list[str]]] = {
+    "application.submitted": {"ko": ["접수", "출생", "2025년 3월 4일"], "en": ["received", "birth", "4 March 2025"]},
+    "eligibility.determined": {
+        "ko": ["아동수당: 매월 100,000원", "아이가 어린이집에 다니나요?", "주거급여", "소득인정액"],
+        "en": ["Child allowance: KRW 100,000 a month", "Does the child attend daycare?", "Income at most 48%"],
+    },
+    "case.routed": {"ko": ["종로구청", "2025년 3월 18일"], "en": ["Jongno-gu Office", "18 March 2025"]},
+    "case.info_requested": {"ko": ["통장 사본"], "en": ["bank book copy", "Parent benefit"]},
+    "case.resumed": {"ko": ["정보를 받아", "2025년 3월 21일"], "en": ["we have the information", "21 March 2025"]},
+    "case.transferred": {"ko": ["마포구청", "2025년 3월 20일"], "en": ["Mapo-gu Office", "20 March 2025"]},
+    "case.decided": {"ko": ["아동수당: 100,000원", "소득 기준 초과"], "en": ["Approved", "Income too high"]},
+    "case.sla_breached": {"ko": ["죄송", "2025년 3월 25일"], "en": ["sorry", "25 March 2025"]},
+    "eligibility.opportunity": {"ko": ["기초연금", "매월 342,510원"], "en": ["Basic pension", "KRW 342,510 a month"]},
+    "application.withdrawn": {"ko": ["철회"], "en": ["withdrawn"]},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_of_message_reads_well_in_korean_and_english(kind: str) -> None:
+    renderer = Renderer("https://onestop.example.kr/")
+    application = None if kind == "eligibility.opportunity" else APP
+    for language in ("ko", "en"):
+        message = renderer.render(MessageInput(kind, language, application, ITEMS[kind]))
+        link = f"https://onestop.example.kr/applications{'/' + APP if application else ''}"
+        assert message.link == link
+        for part in (message.text, message.sms, message.html):
+            assert link in part
+        for words in EXPECTED[kind][language]:
+            assert words in message.text, (language, words)
+        assert message.subject.startswith("[원스톱]" if language == "ko" else "[OneStop]")
+        assert f'<html lang="{language}">' in message.html
+        assert len(message.sms) <= 200, "a text message stays short"
+        hangul = any("\uac00" <= ch <= "\ud7a3" for ch in message.text)
+        if language == "en":
+            # English messages carry no Korean, except what a caseworker typed in Korean.
+            assert not hangul or kind == "case.info_requested"
+        else:
+            assert hangul
+
+
+def test_html_is_escaped_and_plain_text_is_not() -> None:
+    renderer = Renderer("https://onestop.example.kr")
+    message = renderer.render(MessageInput("eligibility.determined", "en", APP, ITEMS["eligibility.determined"]))
+    assert "Parent benefit &lt;special&gt; &amp; co" in message.html
+    assert "<special>" not in message.html
+    assert "Parent benefit <special> & co" in message.text
+
+
+def test_bundled_rounds_tell_the_latest_outcome_of_each_program() -> None:
+    renderer = Renderer("https://x")
+    first = ITEMS["eligibility.determined"][0]
+    later = {"round": 2, "programs": [{**first["programs"][1], "outcome": "eligible", "questions": []}]}  # type: ignore[index]
+    message = renderer.render(MessageInput("eligibility.determined", "en", APP, [later, first]))
+    assert "Does the child attend daycare?" not in message.text
+    assert message.text.count("Parent benefit") == 1
+
+
+# ================================================================================================ timing
+
+
+def local(hour: int, minute: int = 0, day: int = 4) -> dt.datetime:
+    return dt.datetime(2025, 3, day, hour, minute, tzinfo=SEOUL).astimezone(dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("now", "start", "end", "until"),
+    [
+        (local(23, 30), "22:00", "07:00", local(7, 0, day=5)),  # after the start, before midnight
+        (local(3, 0), "22:00", "07:00", local(7, 0)),  # after midnight
+        (local(7, 0), "22:00", "07:00", None),  # the end is exclusive
+        (local(12, 0), "22:00", "07:00", None),
+        (local(13, 30), "13:00", "14:00", local(14, 0)),  # a window within one day
+        (local(14, 0), "13:00", "14:00", None),
+        (local(12, 59), "13:00", "14:00", None),
+    ],
+)
+def test_quiet_hours(now: dt.datetime, start: str, end: str, until: dt.datetime | None) -> None:
+    assert quiet_until(now, dt.time.fromisoformat(start), dt.time.fromisoformat(end), SEOUL) == until
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    rng = random.Random(7)
+    delays = [[backoff(attempt, base=1.0, cap=60.0, rng=rng) for _ in range(200)] for attempt in range(1, 10)]
+    for attempt, samples in enumerate(delays, start=1):
+        ceiling = min(60.0, 2.0 ** (attempt - 1))
+        assert all(ceiling / 2 <= s <= ceiling for s in samples)
+        assert len({round(s, 6) for s in samples}) > 100, "jittered, not in lockstep"
+    assert max(delays[-1]) <= 60.0
+
+
+# ================================================================================================ webhooks
+
+
+async def test_webhook_urls_must_be_http_and_point_at_permitted_addresses() -> None:
+    policy = AddressPolicy.from_settings(DEFAULT_FORBIDDEN_NETWORKS, [])
+    for url in (
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "https://10.0.0.8/hook",
+        "http://172.20.1.1/",
+        "http://192.168.1.10/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/",
+        "http://[fd00:ec2::254]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://0.0.0.0/",
+        "ftp://93.184.216.34/",
+        "javascript:alert(1)",
+        "http:///no-host",
+        "http://user:secret@93.184.216.34/",
+        "http://no-such-host.invalid/",
+    ):
+        with pytest.raises(UnsafeUrl):
+            await check_url(url, policy)
+    await check_url("https://93.184.216.34/hooks", policy)  # a public address
+    await check_url("http://[2606:4700::1111]/hooks", policy)
+    allowed = AddressPolicy.from_settings(DEFAULT_FORBIDDEN_NETWORKS, ["127.0.0.1/32"])
+    await check_url("http://127.0.0.1:9/hook", allowed)
+    assert not allowed.permits(ipaddress.ip_address("127.0.0.2"))
+
+
+def test_signatures_match_the_standard_webhooks_test_vector() -> None:
+    secret, msg_id, timestamp, body = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        b'{"test": 2432232314}',
+    )
+    # The vector published with the specification's reference libraries.
+    assert sign(secret, msg_id, timestamp, body) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    headers = webhook_headers([secret, "whsec_" + "QUJD" * 8], msg_id, body)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert standard_webhook_signature_valid(secret, headers, body)
+    assert standard_webhook_signature_valid("whsec_" + "QUJD" * 8, headers, body)
+    assert not standard_webhook_signature_valid("whsec_" + "WFla" * 8, headers, body)

@@ -1,0 +1,411 @@
+"""Residents hear every step, in their language, on their channels: the notify service against the real NATS, real
+databases, a real SMTP server (STARTTLS + AUTH), a real HTTP SMS gateway and an intake stand-in over real HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select
+
+from services.notify.models import Delivery, Notification
+from shared.auth import TokenIssuer
+from shared.events import Decision, Outcome
+from tests.services.notify import factories as f
+from tests.services.notify.conftest import (
+    SMS_API_KEY,
+    Endpoint,
+    IntakeStandIn,
+    MailServer,
+    Producer,
+    eventually,
+    start_notify,
+)
+from tests.support.events import event_log
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+
+def sms_to(gateway: Endpoint, phone: str) -> list[dict[str, Any]]:
+    out = []
+    for request in gateway.accepted:
+        body = orjson.loads(request.body)
+        if body["to"] == phone:
+            out.append(body)
+    return out
+
+
+def body_of(message: Any) -> str:
+    return str(message.get_body(preferencelist=("plain",)).get_content())
+
+
+def html_of(message: Any) -> str:
+    return str(message.get_body(preferencelist=("html",)).get_content())
+
+
+async def inbox(notify: RunningService, resident: uuid.UUID, **params: Any) -> dict[str, Any]:
+    response = await notify.client.get(
+        "/v1/inbox", params=params, headers=notify.auth("resident", resident_id=resident)
+    )
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def count(notify: RunningService, model: Any, *where: Any) -> int:
+    async with notify.runtime.db.session() as session:
+        return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+async def settled(notify: RunningService) -> bool:
+    """Nothing is left to dispatch or send (what is waiting for a retry or quiet hours excepted)."""
+    unreleased = await count(notify, Notification, Notification.status.in_(["collecting", "ready"]))
+    unsent = await count(
+        notify,
+        Delivery,
+        Delivery.status.in_(["pending", "failed"]),
+        Delivery.next_attempt_at <= dt.datetime.now(dt.UTC),
+    )
+    return unreleased == 0 and unsent == 0
+
+
+# ================================================================================================ the journey
+
+
+async def test_a_resident_hears_every_step_once_in_their_language_on_their_channels(
+    notify: RunningService,
+    producer: Producer,
+    intake: IntakeStandIn,
+    smtp: MailServer,
+    sms_gateway: Endpoint,
+    nats_server: NatsServer,
+    bus_prefix: str,
+) -> None:
+    mail, phone = "minji.kim@example.kr", "+821012345678"
+    resident = intake.add(email=mail, phone=phone, language="en", channels=("inbox", "email", "sms"))
+    application = uuid.uuid4()
+
+    async with event_log(nats_server.url, bus_prefix) as log:
+        # 1. Received: inbox, email (through STARTTLS and AUTH) and SMS, in English as the resident chose at intake.
+        received = await producer.publish(f.submitted(resident, application, language="en"))
+        await eventually(lambda: len(smtp.to(mail)) == 1 and len(sms_to(sms_gateway, phone)) == 1)
+        email = smtp.to(mail)[0]
+        assert email["Subject"] == "[OneStop] We received your application"
+        assert f"https://onestop.example.kr/applications/{application}" in body_of(email)
+        assert "the birth of a child" in body_of(email)
+        assert email["Message-ID"].endswith("@onestop.example.kr>")
+        assert smtp.logins, "notify authenticated to the SMTP server"
+        sms_request = next(r for r in sms_gateway.accepted if orjson.loads(r.body)["to"] == phone)
+        assert sms_request.headers["authorization"] == f"Bearer {SMS_API_KEY}"
+        assert sms_request.headers["idempotency-key"] == orjson.loads(sms_request.body)["id"]
+        assert sms_to(sms_gateway, phone)[0]["language"] == "en"
+
+        # 2. One eligibility round with three programs: one message bundling them, with the question to answer.
+        round_1 = f.determined(
+            resident,
+            application,
+            1,
+            [
+                f.program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE,
+                          amount=100_000, period="monthly"),
+                f.program("first_meeting_voucher", "첫만남이용권", "First-meeting voucher", Outcome.ELIGIBLE,
+                          amount=2_000_000, period="once"),
+                f.program("parent_benefit", "부모급여", "Parent benefit", Outcome.NEEDS_INFORMATION, automatic=False,
+                          ask=[("child_in_daycare", "어린이집에 다니나요?", "Does the child attend daycare?")]),
+            ],
+            language="en",
+        )  # fmt: skip
+        determination = await producer.publish(round_1)
+        await eventually(lambda: len(smtp.to(mail)) == 2)
+        results = body_of(smtp.to(mail)[1])
+        assert "Child allowance: KRW 100,000 a month" in results
+        assert "First-meeting voucher: KRW 2,000,000 (one payment)" in results
+        assert "Does the child attend daycare?" in results
+        assert "Does the child attend daycare?" in html_of(smtp.to(mail)[1])
+
+        # 3. The same events again (redelivered beyond JetStream's de-duplication), then a later round that only
+        #    answers the question, then an old round arriving late: only the change is told, once.
+        await producer.republish(determination)
+        await producer.republish(received)
+        round_2 = f.determined(
+            resident,
+            application,
+            2,
+            [
+                round_1.programs[0],
+                round_1.programs[1],
+                f.program("parent_benefit", "부모급여", "Parent benefit", Outcome.ELIGIBLE, automatic=False,
+                          amount=1_000_000, period="monthly"),
+            ],
+            language="en",
+        )  # fmt: skip
+        await producer.publish(round_2)
+        await producer.publish(f.determined(resident, application, 1, round_1.programs, language="en"))
+        await eventually(lambda: len(smtp.to(mail)) == 3)
+        update = body_of(smtp.to(mail)[2])
+        assert "Parent benefit: KRW 1,000,000 a month" in update
+        assert "Child allowance" not in update, "unchanged outcomes are not repeated"
+
+        # 4. Three automatic approvals in a row: one "decided" message; an automatically closed routing: nothing;
+        #    a case routed to an office: which office and by when.
+        for code in ("child_allowance", "first_meeting_voucher", "parent_benefit"):
+            await producer.publish(f.decided(resident, application, code, amount=100_000))
+            await producer.publish(f.routed(resident, application, code, status="closed"))
+        await eventually(lambda: len(smtp.to(mail)) == 4)
+        decision = body_of(smtp.to(mail)[3])
+        assert smtp.to(mail)[3]["Subject"] == "[OneStop] A decision on your application"
+        for name in ("Child allowance", "First-meeting voucher", "Parent benefit"):
+            assert name in decision
+        await producer.publish(f.info_requested(resident, application, "parent_benefit", "Please send a bank book."))
+        await eventually(lambda: len(smtp.to(mail)) == 5)
+        assert "Please send a bank book." in body_of(smtp.to(mail)[4])
+        assert "Jongno-gu Office, Welfare Policy Division" in body_of(smtp.to(mail)[4])
+        await producer.publish(f.resumed(resident, application, "parent_benefit"))
+        await eventually(lambda: len(smtp.to(mail)) == 6)
+        assert "Parent benefit: expected by 21 March 2025" in body_of(smtp.to(mail)[5])
+        await producer.publish(f.transferred(resident, application, "parent_benefit"))
+        await eventually(lambda: len(smtp.to(mail)) == 7)
+        assert "Mapo-gu Office, Welfare Policy Division" in body_of(smtp.to(mail)[6])
+        await producer.publish(f.sla_breached(resident, application, "parent_benefit"))
+        await eventually(lambda: len(smtp.to(mail)) == 8)
+        assert "by 25 March 2025 at the latest" in body_of(smtp.to(mail)[7])
+
+        # Each message once per channel, and intake heard of each through notification.sent.
+        await eventually(lambda: len(sms_to(sms_gateway, phone)) == 8)
+        sent = await log.wait_for("notification.sent", lambda e: e.data["resident_id"] == str(resident), count=24)
+        by_channel: dict[str, int] = {}
+        for event in sent:
+            by_channel[event.data["channel"]] = by_channel.get(event.data["channel"], 0) + 1
+        assert by_channel == {"inbox": 8, "email": 8, "sms": 8}
+        assert any(received.id in e.data["source_event_ids"] for e in sent)
+
+    assert len(smtp.to(mail)) == 8
+    assert await count(notify, Delivery, Delivery.resident_id == resident) == 24
+
+    # The inbox: newest first, in English, with the link; reading one lowers the unread count.
+    page = await inbox(notify, resident)
+    assert [m["kind"] for m in page["items"]][-2:] == ["eligibility.determined", "application.submitted"]
+    assert len(page["items"]) == 8
+    assert page["unread"] == 8
+    assert page["items"][-1]["title"] == "[OneStop] We received your application"
+    assert page["items"][-1]["link"] == f"https://onestop.example.kr/applications/{application}"
+    first = page["items"][-1]["id"]
+    auth = notify.auth("resident", resident_id=resident)
+    read = await notify.client.post(f"/v1/inbox/{first}/read", headers=auth)
+    assert read.status_code == 200
+    assert read.json()["read_at"] is not None
+    assert (await inbox(notify, resident))["unread"] == 7
+    assert len((await inbox(notify, resident, unread="true"))["items"]) == 7
+
+    # Choosing Korean in notify (over intake's English) changes how the inbox reads.
+    put = await notify.client.put("/v1/preferences", json={"language": "ko"}, headers=auth)
+    assert put.status_code == 200, put.text
+    assert (await inbox(notify, resident))["items"][-1]["title"] == "[원스톱] 신청이 접수되었습니다"
+
+
+# ================================================================================================ withdrawal, consent
+
+
+async def test_after_a_withdrawal_nothing_more_is_sent_for_that_application(
+    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer
+) -> None:
+    mail = "jiho.park@example.kr"
+    resident = intake.add(email=mail, language="ko", channels=("email",))
+    application, other = uuid.uuid4(), uuid.uuid4()
+
+    await producer.publish(f.submitted(resident, application))
+    await eventually(lambda: len(smtp.to(mail)) == 1)
+    await producer.publish(f.withdrawn(resident, application))
+    await eventually(lambda: len(smtp.to(mail)) == 2)
+    assert smtp.to(mail)[1]["Subject"] == "[원스톱] 신청이 철회되었습니다"
+    await producer.publish(f.withdrawn(resident, application))  # announced again: confirmed once only
+
+    # Whatever routing and eligibility still had in flight for it is not told...
+    await producer.publish(f.determined(resident, application, 1, [
+        f.program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE)]))  # fmt: skip
+    await producer.publish(f.routed(resident, application, "child_allowance"))
+    await producer.publish(f.decided(resident, application, "child_allowance", Decision.DENIED))
+    # ...and a withdrawal that overtakes the submission (events out of order) silences that one from the start.
+    await producer.publish(f.withdrawn(resident, other))
+    await producer.publish(f.submitted(resident, other))
+    # A message about something else still goes out: everything before it was handled by then.
+    await producer.publish(f.opportunity(resident))  # no consent: not told either
+    await producer.publish(f.submitted(resident, uuid.uuid4()))
+    await eventually(lambda: len(smtp.to(mail)) == 4)
+    await eventually(lambda: settled(notify))
+    subjects = sorted(m["Subject"] for m in smtp.to(mail))
+    assert subjects == 2 * ["[원스톱] 신청이 접수되었습니다"] + 2 * ["[원스톱] 신청이 철회되었습니다"]
+    assert await count(notify, Notification, Notification.application_id == application) == 2
+
+
+async def test_opportunities_are_told_only_with_a_current_proactive_screening_consent(
+    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer
+) -> None:
+    consenting = intake.add(email="a@example.kr", channels=("email",))
+    refusing = intake.add(email="b@example.kr", channels=("email",))
+    withdrew = intake.add(email="c@example.kr", channels=("email",))
+    await producer.publish(f.consent(consenting, 1, {"proactive_screening": True}))
+    await producer.publish(f.consent(refusing, 1, {"proactive_screening": False}))
+    # Consent withdrawn (version 2), then the older grant arrives late: the newer one stands.
+    await producer.publish(f.consent(withdrew, 2, {"proactive_screening": False}))
+    await producer.publish(f.consent(withdrew, 1, {"proactive_screening": True}))
+    for resident in (refusing, withdrew, consenting):
+        await producer.publish(f.opportunity(resident))
+    await eventually(lambda: len(smtp.to("a@example.kr")) == 1)
+    await eventually(lambda: settled(notify))
+    assert "기초연금: 매월 342,510원" in body_of(smtp.to("a@example.kr")[0])
+    assert smtp.to("b@example.kr") == []
+    assert smtp.to("c@example.kr") == []
+
+
+# ================================================================================================ delivery
+
+
+async def test_failing_channels_are_retried_then_dead_and_an_admin_can_retry(
+    notify: RunningService,
+    producer: Producer,
+    intake: IntakeStandIn,
+    smtp: MailServer,
+    sms_gateway: Endpoint,
+    nats_server: NatsServer,
+    bus_prefix: str,
+) -> None:
+    mail, phone = "bounce@example.kr", "+821099998888"
+    resident = intake.add(email=mail, phone=phone, channels=("email", "sms"))
+    smtp.refuse.add(mail)  # a permanent refusal (550): dead at once, no retries
+    sms_gateway.fail_next = 2  # the gateway fails twice (503), then accepts
+
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await producer.publish(f.submitted(resident, uuid.uuid4()))
+        await eventually(lambda: len(sms_to(sms_gateway, phone)) == 1)
+        assert len([r for r in sms_gateway.requests if orjson.loads(r.body)["to"] == phone]) == 3
+        ids = {orjson.loads(r.body)["id"] for r in sms_gateway.requests}
+        assert len(ids) == 1, "every retry carries the same id, for the gateway to de-duplicate"
+
+        admin = notify.auth("admin")
+
+        async def dead() -> list[dict[str, Any]]:
+            response = await notify.client.get("/v1/notification-deliveries", params={"status": "dead"}, headers=admin)
+            assert response.status_code == 200
+            return [d for d in response.json() if d["resident_id"] == str(resident)]
+
+        await eventually(lambda: _nonempty(dead()))
+        [email_delivery] = await dead()
+        assert email_delivery["channel"] == "email"
+        assert email_delivery["attempts"] == 1
+        assert "550" in email_delivery["last_error"]
+        assert mail not in email_delivery["last_error"], "no contact details in delivery records"
+        failed = await log.wait_for("notification.failed", lambda e: e.data["channel"] == "email")
+        assert failed[0].data["dead"] is True
+        sms_failed = await log.wait_for("notification.failed", lambda e: e.data["channel"] == "sms")
+        assert [e.data["dead"] for e in sms_failed] == [False], "told on the first failure, not on every retry"
+
+        # The mailbox is fixed; an administrator retries the dead delivery and it goes out.
+        smtp.refuse.clear()
+        retried = await notify.client.post(f"/v1/notification-deliveries/{email_delivery['id']}/retry", headers=admin)
+        assert retried.status_code == 200, retried.text
+        await eventually(lambda: len(smtp.to(mail)) == 1)
+        await log.wait_for("notification.sent", lambda e: e.data["channel"] == "email")
+        again = await notify.client.post(f"/v1/notification-deliveries/{email_delivery['id']}/retry", headers=admin)
+        assert again.status_code == 409, "a sent delivery is not sent again"
+        assert again.headers["content-type"] == "application/problem+json"
+
+    metrics = (await notify.client.get("/metrics")).text
+    assert 'onestop_notify_delivery_attempts_total{channel="sms",result="failed",transport="resident"} 2.0' in metrics
+    assert 'onestop_notify_delivery_attempts_total{channel="email",result="dead",transport="resident"} 1.0' in metrics
+
+
+async def _nonempty(awaitable: Any) -> bool:
+    return bool(await awaitable)
+
+
+async def test_when_intake_is_down_the_message_waits_in_the_inbox_and_goes_out_later(
+    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer
+) -> None:
+    mail = "down@example.kr"
+    resident = intake.add(email=mail, channels=("email",))
+    intake.down = True
+    calls_before = intake.calls
+    await producer.publish(f.submitted(resident, uuid.uuid4()))
+    # The inbox has it at once; the email waits while intake cannot say where to send it.
+    await eventually(lambda: _inbox_size(notify, resident, 1))
+    await eventually(lambda: intake.calls >= calls_before + 3)
+    assert smtp.to(mail) == []
+    intake.down = False
+    await eventually(lambda: len(smtp.to(mail)) == 1)
+
+
+async def _inbox_size(notify: RunningService, resident: uuid.UUID, size: int) -> bool:
+    return len((await inbox(notify, resident))["items"]) == size
+
+
+async def test_sms_waits_for_the_end_of_quiet_hours(
+    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer, sms_gateway: Endpoint
+) -> None:
+    mail, phone = "night@example.kr", "+821055556666"
+    resident = intake.add(email=mail, phone=phone, channels=("email", "sms"))
+    auth = notify.auth("resident", resident_id=resident)
+    seoul = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=9)))
+    start, end = (seoul - dt.timedelta(hours=1)).strftime("%H:%M"), (seoul + dt.timedelta(hours=2)).strftime("%H:%M")
+    put = await notify.client.put(
+        "/v1/preferences", json={"quiet_hours": {"start": start, "end": end}, "timezone": "Asia/Seoul"}, headers=auth
+    )
+    assert put.status_code == 200, put.text
+    assert put.json()["quiet_hours"] == {"start": start, "end": end}
+
+    await producer.publish(f.submitted(resident, uuid.uuid4()))
+    await eventually(lambda: len(smtp.to(mail)) == 1)  # email is not held back
+
+    async def sms_waiting() -> bool:
+        async with notify.runtime.db.session() as session:
+            delivery = await session.scalar(
+                select(Delivery).where(Delivery.resident_id == resident, Delivery.channel == "sms")
+            )
+        return delivery is not None and delivery.next_attempt_at > dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+
+    await eventually(sms_waiting)
+    assert sms_to(sms_gateway, phone) == []
+
+    # No more quiet hours: the waiting message goes out now.
+    put = await notify.client.put("/v1/preferences", json={"quiet_hours": None}, headers=auth)
+    assert put.status_code == 200
+    await eventually(lambda: len(sms_to(sms_gateway, phone)) == 1)
+
+
+async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_sinks(
+    database_url: str,
+    nats_server: NatsServer,
+    bus_prefix: str,
+    keys_dir: Path,
+    issuer: TokenIssuer,
+    notify_settings: dict[str, Any],
+    producer: Producer,
+    intake: IntakeStandIn,
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "embedded"
+    settings = {**notify_settings, "smtp_host": None, "sms_gateway_url": None, "data_dir": data_dir}
+    async with start_notify(
+        database_url=database_url, nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir, issuer=issuer,
+        settings=settings,
+    ):  # fmt: skip
+        resident = intake.add(email="local@example.kr", phone="+821011112222", channels=("email", "sms"))
+        application = uuid.uuid4()
+        await producer.publish(f.submitted(resident, application))
+        maildir, sms_log = data_dir / "mail" / "new", data_dir / "sms.jsonl"
+        await eventually(lambda: sms_log.exists() and maildir.exists() and any(maildir.iterdir()))
+        [eml] = list(maildir.iterdir())
+        message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+        assert message["To"] == "local@example.kr"
+        assert message["Subject"] == "[원스톱] 신청이 접수되었습니다"
+        assert f"/applications/{application}" in body_of(message)
+        assert not any((data_dir / "mail" / "tmp").iterdir()), "only whole messages are in new/"
+        [line] = sms_log.read_text().splitlines()
+        text = orjson.loads(line)
+        assert text["to"] == "+821011112222"
+        assert text["text"].startswith("[원스톱] 출생 관련 신청이 접수되었습니다.")
