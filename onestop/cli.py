@@ -14,7 +14,7 @@ import httpx
 
 from onestop.registry import BY_NAME, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, PlatformError
-from shared.auth import Role, TokenIssuer
+from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import revision, upgrade
 
 ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.yaml"
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     seed = commands.add_parser("seed", help="load the seed data (safe to repeat)")
     seed.add_argument("--service", choices=list(BY_NAME))
 
+    init = commands.add_parser("init", help="issuer keys, migrations and seed data (a deployment's one-shot setup)")
+    init.add_argument("--var", type=Path, default=Path("var"), help="where the issuer keys go (keys/ below it)")
+
     status = commands.add_parser("status", help="health of every service and of NATS")
     status.add_argument("--host", default="127.0.0.1")
     status.add_argument("--nats-monitor", default="http://127.0.0.1:8222")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "token": cmd_token,
         "migrate": cmd_migrate,
         "seed": cmd_seed,
+        "init": cmd_init,
         "status": cmd_status,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
@@ -174,6 +178,21 @@ def cmd_seed(args: argparse.Namespace) -> int:
         asyncio.run(upgrade(settings.database_url, entry.migrations))
         print(f"{entry.name}: {asyncio.run(seeder(settings))}")
     return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """What a deployment runs once before the services start (docker-compose's `setup`): safe to repeat."""
+    private, public = ensure_keypair(args.var / "keys")
+    print(f"issuer keys: {public} (private key {private})")
+    issuer = TokenIssuer(private.read_bytes())
+    for entry in SERVICES:
+        token_file = args.var / "keys" / f"service-{entry.name}.token"
+        if not token_file.exists():
+            token_file.write_text(issuer.mint(Role.SERVICE, service=entry.name, ttl_seconds=365 * 24 * 3600))
+            token_file.chmod(0o644)  # read by the service's own (non-root) user in its container
+        print(f"{entry.name}: service token in {token_file}")
+    cmd_migrate(argparse.Namespace(service=None))
+    return cmd_seed(argparse.Namespace(service=None))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

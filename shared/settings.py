@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,10 +46,21 @@ class ServiceSettings(BaseSettings):
 
     # Local files the service keeps (mail and SMS sinks, for example).
     data_dir: Path = Path("var")
-    # This service's own bearer token for calls to other services (production: from the OIDC provider).
+    # This service's own bearer token for calls to other services (production: from the OIDC provider), given
+    # directly or as a file (a mounted secret; `onestop init` writes one per service beside the issuer keys).
     service_token: SecretStr | None = None
+    service_token_file: Path | None = None
 
     # HTTP
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> ServiceSettings:
+        if self.service_token is None and self.service_token_file is not None:
+            try:
+                self.service_token = SecretStr(self.service_token_file.read_text().strip())
+            except OSError as exc:
+                raise ValueError(f"service_token_file: cannot read {self.service_token_file}: {exc}") from exc
+        return self
