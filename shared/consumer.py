@@ -45,6 +45,10 @@ Handler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
 
 
+# How long a busy consumer waits for a batch to fill before handling what it has.
+BUSY_WAIT = 0.05
+
+
 class PermanentError(Exception):
     """Raise from a handler when retrying cannot help; the event goes straight to the dead letters."""
 
@@ -151,12 +155,19 @@ class Consumer:
     async def _work(self) -> None:
         psub: Any = None
         delay = 0.2
+        busy = False
         try:
             while not self._stopping:
                 try:
                     if psub is None:
                         psub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
-                    fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=5))
+                    # nats-py's batch fetch waits until the batch is full or the request expires. Idle, we wait for
+                    # one message (handled at once); busy, we take whole batches but wait at most BUSY_WAIT for one
+                    # to fill, so a quiet stream is never held back and a loaded one is handled in bulk.
+                    if busy:
+                        fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=BUSY_WAIT))
+                    else:
+                        fetch = asyncio.ensure_future(psub.fetch(1, timeout=5))
                     self._fetching.add(fetch)
                     try:
                         msgs = await fetch
@@ -167,6 +178,7 @@ class Consumer:
                         return
                     raise
                 except nats.errors.TimeoutError:
+                    busy = False
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError, RuntimeError) as exc:
                     # NATS restarting or unreachable: the client reconnects by itself; we wait and fetch again.
@@ -180,6 +192,7 @@ class Consumer:
                             await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
                     continue
                 delay = 0.2
+                busy = True
                 try:
                     await self.handle_batch(msgs)
                 except Exception:

@@ -93,16 +93,17 @@ async def test_a_consumer_killed_after_commit_before_ack_does_not_apply_twice(
             run_crashing, "consume-then-die-before-ack", nats_server.url, bus_prefix, database_url, ack_wait=1.0
         )
         assert code == 137, "the consumer process should have died at the crash point"
-        # Its effects are committed, and no message was acknowledged.
-        assert sum((await h.effect_counts()).values()) == 5
-        inbox_rows = await h.scalar(select(func.count()).select_from(tables.inbox))
-        assert inbox_rows == 5
+        # The effects of its first batch are committed (with their inbox rows), and nothing was acknowledged.
+        committed = sum((await h.effect_counts()).values())
+        assert committed >= 1
+        assert await h.scalar(select(func.count()).select_from(tables.inbox)) == committed
 
         consumer = await h.start_consumer()  # the restarted consumer gets the redeliveries
         await wait_until(lambda: consumer_settled(h), timeout=30)
         assert await h.effect_counts() == {e.data["application_id"]: 1 for e in sent}
+        # What had been committed came back, was recognised by the inbox, and was only acknowledged.
         duplicates = h.metrics.events_handled.labels(consumer=consumer.durable, result="duplicate")._value.get()
-        assert duplicates == 5
+        assert duplicates == committed
     finally:
         await h.stop()
 

@@ -39,7 +39,7 @@ async def test_expired_inbox_ids_and_idempotency_keys_are_purged(database_url: s
                     "status_code": 201,
                     "response": "{}",
                     "created_at": now - age,
-                }  # fmt: skip
+                }
                 for k, age in (("old", dt.timedelta(hours=25)), ("recent", dt.timedelta(hours=23)))
             ],
         )
