@@ -7,6 +7,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import eligibility as package
+from services.eligibility.api import router
+from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
 from services.eligibility.settings import EligibilitySettings
 from shared.service import ServiceDefinition, create_service_app
@@ -21,7 +23,8 @@ def definition(settings: EligibilitySettings) -> ServiceDefinition:
         title="OneStop eligibility",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[],
+        routers=[router],
+        subscriptions=subscriptions,
     )
 
 

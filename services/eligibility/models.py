@@ -1,11 +1,32 @@
-"""The eligibility service's tables."""
+"""The eligibility service's tables: the catalogue (programs, rule versions, reference tables), what is known of
+residents (the registry projection, consents, department facts), applications and their determinations, screenings,
+and the audit log of staff reading personal data."""
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
-from sqlalchemy.orm import DeclarativeBase
+import datetime as dt
+import uuid
+from typing import Any
 
-from shared.tables import platform_tables
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.tables import BigId, platform_tables
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -21,3 +42,219 @@ class Base(DeclarativeBase):
 
 
 platform = platform_tables(Base.metadata)
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+
+
+class ProgramRow(Base):
+    __tablename__ = "programs"
+
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    department: Mapped[str] = mapped_column(String(32), index=True)
+    # The program's attributes (names, life events, automatic, SLA, overflow, weight ...): specs.ProgramAttributes.
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    origin: Mapped[str] = mapped_column(String(16))  # seed | api
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RuleVersionRow(Base):
+    """A version of a program's rule. Never edited once in force; a newer version replaces it from its own date."""
+
+    __tablename__ = "rule_versions"
+    __table_args__ = (UniqueConstraint("program_code", "version", name="uq_rule_versions_program_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    program_code: Mapped[str] = mapped_column(ForeignKey("programs.code"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    effective_from: Mapped[dt.date] = mapped_column(Date)
+    effective_to: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    # The whole version (specs.VersionSpec as JSON) and its hash.
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    # The hash of the YAML version it was seeded from (so a re-seed recognises it even if its date had to move).
+    seed_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    origin: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # A version not yet in force may be replaced by a newer PUT; it is kept, marked, for the record.
+    superseded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class MedianIncomeRow(Base):
+    """기준 중위소득 by year and household size (versioned reference data)."""
+
+    __tablename__ = "median_incomes"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    household_size: Mapped[int] = mapped_column(Integer, primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    effective_from: Mapped[dt.date] = mapped_column(Date)
+    source: Mapped[str] = mapped_column(Text)
+
+
+class CatalogueStateRow(Base):
+    """One row whose revision grows with every change of the catalogue, so each process knows to reload."""
+
+    __tablename__ = "catalogue_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------------------------------------- residents and facts
+
+
+class ResidentRow(Base):
+    """The latest registry facts (``resident.updated``) and consents (``consent.changed``) of a resident."""
+
+    __tablename__ = "residents"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    registry_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    birth_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    district_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    household: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    vulnerability: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    preferred_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    registry_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    consent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    consents: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    consent_changed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    proactive_screening: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class DepartmentFactRow(Base):
+    """A fact a department reported about a resident, with its source, observation time and validity."""
+
+    __tablename__ = "department_facts"
+    __table_args__ = (
+        UniqueConstraint("report_id", "name", name="uq_department_facts_report_name"),
+        Index("ix_department_facts_resident_name", "resident_id", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    report_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[Any] = mapped_column(JSON)
+    department: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(100))
+    observed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    valid_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------------------------------------- applications
+
+
+class ApplicationRow(Base):
+    """What eligibility knows of an application: its life event, date, declared answers and evaluation rounds.
+
+    ``pending`` rows hold answers or a withdrawal that arrived before the submission itself (events may be
+    reordered); the submission completes them."""
+
+    __tablename__ = "applications"
+
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending | open | withdrawn
+    life_event: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    application_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    declared: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # When each declared answer was given (ISO times), so a late redelivery never overwrites a newer answer.
+    answered_at: Mapped[dict[str, Any]] = mapped_column(JSON)
+    resident_context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EvaluationRoundRow(Base):
+    """One evaluation of an application: one ``eligibility.determined`` (its id is the determination id)."""
+
+    __tablename__ = "evaluation_rounds"
+    __table_args__ = (UniqueConstraint("application_id", "round", name="uq_evaluation_rounds_application_round"),)
+
+    determination_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.application_id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(32))
+    evaluated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeterminationRow(Base):
+    """One program's determination in one round, with the rule version it was judged by and its explanation."""
+
+    __tablename__ = "determinations"
+    __table_args__ = (
+        UniqueConstraint("application_id", "round", "program_code", name="uq_determinations_round_program"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.application_id"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    program_code: Mapped[str] = mapped_column(String(64))
+    rule_version: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The whole ProgramDetermination (criteria, missing facts, error ...).
+    determination: Mapped[dict[str, Any]] = mapped_column(JSON)
+    evaluated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------------------------------------- screenings
+
+
+class ScreeningRow(Base):
+    __tablename__ = "screenings"
+
+    screening_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    as_of: Mapped[dt.date] = mapped_column(Date)
+    programs: Mapped[list[Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    residents_screened: Mapped[int] = mapped_column(Integer, default=0)
+    judgements: Mapped[int] = mapped_column(Integer, default=0)  # residents x programs
+    evaluations: Mapped[int] = mapped_column(Integer, default=0)
+    eligible_found: Mapped[int] = mapped_column(Integer, default=0)
+    already_applied: Mapped[int] = mapped_column(Integer, default=0)
+    already_notified: Mapped[int] = mapped_column(Integer, default=0)
+    opportunities: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class OpportunityRow(Base):
+    """A program proactive screening found a resident eligible for; told once per resident and program."""
+
+    __tablename__ = "opportunities"
+    __table_args__ = (UniqueConstraint("resident_id", "program_code", name="uq_opportunities_resident_program"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    screening_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("screenings.screening_id"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    program_code: Mapped[str] = mapped_column(String(64))
+    rule_version: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    found_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """Every read of personal data by staff: who, what, when, why."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(String(255))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)

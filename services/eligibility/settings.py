@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.events import Department
 from shared.settings import ServiceSettings
+
+CATALOGUE_DIR = Path(__file__).parent / "catalogue"
 
 
 class EligibilitySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ONESTOP_ELIGIBILITY_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite+aiosqlite:///var/eligibility.db"
+
+    # The YAML catalogue seed.py loads (programs, fact types, reference tables, life events).
+    catalogue_dir: Path = CATALOGUE_DIR
+    # Which department each partner reports facts for (POST /v1/facts), e.g. {"nts": "tax", "nhis": "health"}.
+    partner_departments: dict[str, Department] = Field(default_factory=dict)
+    # "Today" for rule versions (which are in force) and default application dates.
+    timezone: str = "Asia/Seoul"
+    # Proactive screening: residents handled per database round trip, and the most one screening may cover.
+    screening_batch_size: int = Field(default=500, ge=1, le=10_000)
+    screening_max_residents: int = Field(default=1_000_000, ge=1)

@@ -1,0 +1,435 @@
+"""Determinations: evaluating an application's programs, storing each round, and emitting ``eligibility.determined``;
+keeping what is known of residents (registry, consents, department facts) and re-evaluating when it changes.
+
+Everything here runs inside the caller's transaction (an event handler's or a request's) and never commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.eligibility import repository
+from services.eligibility.catalogue import Catalogue
+from services.eligibility.facts import FactValueError
+from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
+from services.eligibility.settings import EligibilitySettings
+from services.eligibility.store import CatalogueStore
+from shared.consumer import PermanentError
+from shared.events import (
+    ApplicationInfoProvided,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CloudEvent,
+    ConsentChanged,
+    EligibilityDetermined,
+    FactsReported,
+    ProgramDetermination,
+    ReportedFact,
+    ResidentContext,
+    ResidentUpdated,
+    validate_event,
+)
+from shared.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+Trigger = Literal["submitted", "info_provided", "facts_reported", "consent_changed"]
+
+OPEN, PENDING, WITHDRAWN = "open", "pending", "withdrawn"
+# Reports dated further ahead than this are refused: a clock that wrong is a source's error, not a fact.
+CLOCK_SKEW = dt.timedelta(hours=1)
+
+
+@dataclass
+class FactProblem:
+    index: int
+    field: str
+    message: str
+
+
+@dataclass
+class ReportResult:
+    report_id: uuid.UUID
+    accepted: int
+    problems: list[FactProblem] = field(default_factory=list)
+    reevaluated: int = 0
+    new_rounds: int = 0
+
+
+class Eligibility:
+    """The eligibility service's domain: one per process (see :func:`eligibility`)."""
+
+    def __init__(self, settings: EligibilitySettings, outbox: Outbox) -> None:
+        self.settings = settings
+        self.store = CatalogueStore(settings)
+        self.outbox = outbox
+
+    # ------------------------------------------------------------------------------------------ events in
+
+    async def handle(self, session: AsyncSession, event: CloudEvent) -> None:
+        data = validate_event(event)
+        now = dt.datetime.now(dt.UTC)
+        if isinstance(data, ApplicationSubmitted):
+            await self.on_submitted(session, data, now)
+        elif isinstance(data, ApplicationInfoProvided):
+            await self.on_info_provided(session, data, now)
+        elif isinstance(data, ApplicationWithdrawn):
+            await self.on_withdrawn(session, data, now)
+        elif isinstance(data, ResidentUpdated):
+            await self.on_resident_updated(session, data, now)
+        elif isinstance(data, ConsentChanged):
+            await self.on_consent_changed(session, data, now)
+        elif isinstance(data, FactsReported):
+            await self.on_facts_reported(session, data, now)
+        else:  # pragma: no cover - the subscription filters the types
+            raise PermanentError(f"eligibility does not handle {event.event_type}")
+
+    async def on_submitted(self, session: AsyncSession, data: ApplicationSubmitted, now: dt.datetime) -> None:
+        app = await repository.application(session, data.application_id, for_update=True)
+        if app is not None and app.status != PENDING:
+            log.info("submission already known", extra={"application_id": str(data.application_id)})
+            return
+        if app is None:
+            app = ApplicationRow(
+                application_id=data.application_id,
+                resident_id=data.resident_id,
+                status=OPEN,
+                declared={},
+                answered_at={},
+                round=0,
+                updated_at=now,
+            )
+            session.add(app)
+        # Answers that arrived before the submission (a reordered info_provided) are newer and stay.
+        merge_answers(app, data.answers, data.submitted_at)
+        app.status = WITHDRAWN if app.withdrawn_at is not None else OPEN
+        app.life_event = data.life_event
+        app.application_date = data.application_date
+        app.channel = data.channel.value
+        app.resident_context = data.resident.model_dump(mode="json")
+        app.submitted_at = data.submitted_at
+        app.updated_at = now
+        await session.flush()
+        if app.status == OPEN:
+            await self.evaluate(session, app, "submitted", now, always=True)
+
+    async def on_info_provided(self, session: AsyncSession, data: ApplicationInfoProvided, now: dt.datetime) -> None:
+        app = await repository.application(session, data.application_id, for_update=True)
+        if app is None:
+            app = ApplicationRow(
+                application_id=data.application_id,
+                resident_id=data.resident_id,
+                status=PENDING,
+                declared={},
+                answered_at={},
+                round=0,
+                updated_at=now,
+            )
+            session.add(app)
+            merge_answers(app, data.answers, data.provided_at)
+            return
+        merge_answers(app, data.answers, data.provided_at)
+        app.updated_at = now
+        if app.status == OPEN:
+            await self.evaluate(session, app, "info_provided", now, always=True)
+
+    async def on_withdrawn(self, session: AsyncSession, data: ApplicationWithdrawn, now: dt.datetime) -> None:
+        app = await repository.application(session, data.application_id, for_update=True)
+        if app is None:
+            session.add(
+                ApplicationRow(
+                    application_id=data.application_id,
+                    resident_id=data.resident_id,
+                    status=PENDING,
+                    declared={},
+                    answered_at={},
+                    round=0,
+                    withdrawn_at=data.withdrawn_at,
+                    updated_at=now,
+                )
+            )
+            return
+        app.withdrawn_at = app.withdrawn_at or data.withdrawn_at
+        if app.status == OPEN:
+            app.status = WITHDRAWN
+        app.updated_at = now
+
+    async def on_resident_updated(self, session: AsyncSession, data: ResidentUpdated, now: dt.datetime) -> None:
+        row = await repository.resident_or_new(session, data.resident_id)
+        if row.registry_version is not None and data.version <= row.registry_version:
+            return  # an older (or the same) version arriving late
+        row.registry_version = data.version
+        row.birth_date = data.birth_date
+        row.district_code = data.district_code
+        row.household = [m.model_dump(mode="json") for m in data.household]
+        row.vulnerability = [v.value for v in data.vulnerability]
+        row.preferred_language = data.preferred_language.value
+        row.registry_updated_at = data.updated_at
+        await session.flush()
+        for app in await repository.open_applications(session, data.resident_id):
+            context = dict(app.resident_context or {})
+            context.update(
+                district_code=data.district_code,
+                preferred_language=data.preferred_language.value,
+                vulnerability=[v.value for v in data.vulnerability],
+            )
+            app.resident_context = context
+            # The registry is a fact source like any other: a new round only if an outcome changed.
+            await self.evaluate(session, app, "facts_reported", now, always=False)
+
+    async def on_consent_changed(self, session: AsyncSession, data: ConsentChanged, now: dt.datetime) -> None:
+        row = await repository.resident_or_new(session, data.resident_id)
+        if row.consent_version is not None and data.version <= row.consent_version:
+            return
+        row.consent_version = data.version
+        row.consents = dict(data.consents)
+        row.consent_changed_at = data.changed_at
+        row.proactive_screening = bool(data.consents.get("proactive_screening", False))
+        await session.flush()
+        await self.reevaluate_resident(session, data.resident_id, "consent_changed", now)
+
+    async def on_facts_reported(self, session: AsyncSession, data: FactsReported, now: dt.datetime) -> None:
+        result = await self.record_report(
+            session,
+            report_id=data.report_id,
+            resident_id=data.resident_id,
+            department=data.department.value,
+            source=data.source,
+            facts=data.facts,
+            reported_at=data.reported_at,
+            now=now,
+            strict=False,
+        )
+        for problem in result.problems:
+            # The fact's name is not personal data; its value may be, and is never logged.
+            log.warning(
+                "reported fact ignored",
+                extra={"report_id": str(data.report_id), "field": problem.field, "reason": problem.message},
+            )
+
+    # ------------------------------------------------------------------------------------------ facts
+
+    async def record_report(
+        self,
+        session: AsyncSession,
+        *,
+        report_id: uuid.UUID,
+        resident_id: uuid.UUID,
+        department: str,
+        source: str,
+        facts: Sequence[ReportedFact],
+        reported_at: dt.datetime,
+        now: dt.datetime,
+        strict: bool,
+    ) -> ReportResult:
+        """Store a department's report and re-evaluate the resident's open applications. With ``strict`` (the HTTP
+        path) any unfit fact refuses the whole report; from the bus, unfit facts are skipped and the rest kept."""
+        catalogue = await self.store.get(session)
+        if await repository.report_seen(session, report_id):
+            return ReportResult(report_id, 0)
+        problems = check_report(catalogue, department, facts, now)
+        if problems and strict:
+            return ReportResult(report_id, 0, problems)
+        bad = {p.index for p in problems}
+        accepted = 0
+        for index, fact in enumerate(facts):
+            if index in bad:
+                continue
+            session.add(
+                DepartmentFactRow(
+                    report_id=report_id,
+                    resident_id=resident_id,
+                    name=fact.name,
+                    value=catalogue.facts.coerce_json(fact.name, fact.value),
+                    department=department,
+                    source=source,
+                    observed_at=_aware(fact.observed_at),
+                    valid_until=_aware(fact.valid_until) if fact.valid_until is not None else None,
+                    reported_at=reported_at,
+                )
+            )
+            accepted += 1
+        if not accepted:
+            return ReportResult(report_id, 0, problems)
+        await session.flush()
+        reevaluated, new_rounds = await self.reevaluate_resident(session, resident_id, "facts_reported", now)
+        return ReportResult(report_id, accepted, problems, reevaluated, new_rounds)
+
+    async def reevaluate_resident(
+        self, session: AsyncSession, resident_id: uuid.UUID, trigger: Trigger, now: dt.datetime
+    ) -> tuple[int, int]:
+        """Re-evaluate the resident's open applications; a new round only where an outcome changed."""
+        apps = await repository.open_applications(session, resident_id)
+        new_rounds = 0
+        for app in apps:
+            if await self.evaluate(session, app, trigger, now, always=False):
+                new_rounds += 1
+        return len(apps), new_rounds
+
+    # ------------------------------------------------------------------------------------------ evaluating
+
+    async def evaluate(
+        self, session: AsyncSession, app: ApplicationRow, trigger: Trigger, now: dt.datetime, *, always: bool
+    ) -> bool:
+        """Evaluate an open application and, when ``always`` or when an outcome changed, store a new round and emit
+        ``eligibility.determined``. Returns whether a round was emitted."""
+        catalogue = await self.store.get(session)
+        assert app.application_date is not None
+        layers = await repository.layers_for(session, app.resident_id, app.declared)
+        env = catalogue.environment(app.application_date, layers, now)
+        if env.rejected:
+            log.info(
+                "declared answers ignored",
+                extra={"application_id": str(app.application_id), "facts": sorted(env.rejected)},
+            )
+        results = catalogue.evaluate(env, catalogue.programs_for(app.life_event, env))
+        determinations = [r.determination(catalogue.facts) for r in results]
+        if not always and app.round > 0:
+            previous = await repository.round_determinations(session, app.application_id, app.round)
+            if outcome_signature(d.determination for d in previous) == outcome_signature(determinations):
+                return False
+        app.round += 1
+        app.updated_at = now
+        determination_id = uuid.uuid4()
+        session.add(
+            EvaluationRoundRow(
+                determination_id=determination_id,
+                application_id=app.application_id,
+                round=app.round,
+                trigger=trigger,
+                evaluated_at=now,
+            )
+        )
+        session.add_all(
+            DeterminationRow(
+                application_id=app.application_id,
+                resident_id=app.resident_id,
+                round=app.round,
+                program_code=d["program_code"],
+                rule_version=d["rule_version"],
+                outcome=d["outcome"],
+                amount=d["amount"],
+                determination=d,
+                evaluated_at=now,
+            )
+            for d in determinations
+        )
+        await self.outbox.emit(
+            session,
+            EligibilityDetermined(
+                determination_id=determination_id,
+                application_id=app.application_id,
+                resident_id=app.resident_id,
+                round=app.round,
+                trigger=trigger,
+                application_date=app.application_date,
+                evaluated_at=now,
+                resident=resident_context(app),
+                programs=[ProgramDetermination.model_validate(d) for d in determinations],
+            ),
+            subject=str(app.application_id),
+        )
+        log.info(
+            "application evaluated",
+            extra={
+                "application_id": str(app.application_id),
+                "round": app.round,
+                "trigger": trigger,
+                "programs": len(determinations),
+                "catalogue_revision": catalogue.revision,
+            },
+        )
+        return True
+
+
+def eligibility(runtime: Any) -> Eligibility:
+    """The process's one Eligibility (created on first use, kept on the runtime)."""
+    service = runtime.extras.get("eligibility")
+    if service is None:
+        service = Eligibility(cast(EligibilitySettings, runtime.settings), runtime.outbox)
+        runtime.extras["eligibility"] = service
+    return cast(Eligibility, service)
+
+
+def merge_answers(app: ApplicationRow, answers: Mapping[str, Any], at: dt.datetime) -> None:
+    declared = dict(app.declared or {})
+    times = dict(app.answered_at or {})
+    for name, value in answers.items():
+        previous = times.get(name)
+        if previous is None or dt.datetime.fromisoformat(previous) <= at:
+            declared[name] = value
+            times[name] = at.isoformat()
+    app.declared = declared
+    app.answered_at = times
+
+
+def resident_context(app: ApplicationRow) -> ResidentContext:
+    return ResidentContext.model_validate(app.resident_context or {"district_code": "unknown"})
+
+
+def outcome_signature(determinations: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
+    """What a resident (and routing) sees change: per program, the outcome, amount, rule version and missing facts."""
+    return {
+        d["program_code"]: (
+            d["outcome"],
+            d["amount"],
+            d["rule_version"],
+            tuple(sorted(m["name"] for m in d.get("missing") or ())),
+        )
+        for d in determinations
+    }
+
+
+def check_report(
+    catalogue: Catalogue, department: str, facts: Sequence[ReportedFact], now: dt.datetime
+) -> list[FactProblem]:
+    """Which reported facts cannot be accepted: unknown or derived names, a department that is no authority for the
+    fact, values of the wrong type, impossible validity."""
+    problems: list[FactProblem] = []
+    seen: set[str] = set()
+    for index, fact in enumerate(facts):
+        fact_type = catalogue.facts.types.get(fact.name)
+        where = f"facts[{index}]"
+        if fact_type is None:
+            problems.append(FactProblem(index, f"{where}.name", f"'{fact.name}' is not a known fact"))
+            continue
+        if fact_type.derived:
+            inputs = ", ".join(fact_type.inputs)
+            problems.append(
+                FactProblem(index, f"{where}.name", f"'{fact.name}' is derived from {inputs}; report those")
+            )
+            continue
+        if department not in fact_type.authorities:
+            allowed = ", ".join(sorted(fact_type.authorities)) or "no department"
+            problems.append(
+                FactProblem(
+                    index, f"{where}.name", f"{department} is not an authority for '{fact.name}' ({allowed} is)"
+                )
+            )
+            continue
+        if fact.name in seen:
+            problems.append(FactProblem(index, f"{where}.name", f"'{fact.name}' is reported twice"))
+            continue
+        seen.add(fact.name)
+        try:
+            catalogue.facts.coerce(fact.name, fact.value)
+        except FactValueError as exc:
+            problems.append(FactProblem(index, f"{where}.value", exc.message))
+            continue
+        observed = _aware(fact.observed_at)
+        if observed > now + CLOCK_SKEW:
+            problems.append(FactProblem(index, f"{where}.observed_at", "must not be in the future"))
+        elif fact.valid_until is not None and _aware(fact.valid_until) <= observed:
+            problems.append(FactProblem(index, f"{where}.valid_until", "must be after observed_at"))
+    return problems
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)

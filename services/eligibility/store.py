@@ -1,0 +1,55 @@
+"""The catalogue each process serves from: loaded from the database, reloaded when its revision changes (another
+process or request changed it), with every rule version compiled once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.eligibility import repository
+from services.eligibility.catalogue import Catalogue, CompileCache, load_departments, load_life_events
+from services.eligibility.facts import FactCatalogue, MedianIncomeTable
+from services.eligibility.settings import EligibilitySettings
+
+
+class CatalogueStore:
+    def __init__(self, settings: EligibilitySettings) -> None:
+        directory = settings.catalogue_dir
+        self.facts = FactCatalogue.load(directory / "facts.yaml")
+        self.life_events = load_life_events(directory)
+        self.departments = load_departments(directory)
+        self.zone = ZoneInfo(settings.timezone)
+        self._cache = CompileCache()
+        self._current: Catalogue | None = None
+        self._lock = asyncio.Lock()
+
+    def today(self) -> dt.date:
+        return dt.datetime.now(self.zone).date()
+
+    async def get(self, session: AsyncSession) -> Catalogue:
+        """The catalogue as of the session's view of the database (one small query to check the revision). Call it
+        before changing the catalogue in the same transaction, never after: an uncommitted revision must not be
+        cached."""
+        revision = await repository.catalogue_revision(session)
+        current = self._current
+        if current is not None and current.revision == revision:
+            return current
+        async with self._lock:
+            current = self._current
+            if current is not None and current.revision == revision:
+                return current
+            catalogue = Catalogue.build(
+                facts=self.facts,
+                medians=MedianIncomeTable(await repository.median_years(session)),
+                programs=await repository.load_program_data(session),
+                life_events=self.life_events,
+                departments=self.departments,
+                cache=self._cache,
+                revision=revision,
+                strict=False,
+            )
+            self._current = catalogue
+            return catalogue

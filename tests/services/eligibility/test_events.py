@@ -1,0 +1,291 @@
+"""Events in, ``eligibility.determined`` out, over the real bus (NATS JetStream) and a real database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from services.eligibility.models import AuditRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
+from shared.bus import MSG_ID_HEADER
+from shared.events import (
+    ApplicationInfoProvided,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CloudEvent,
+    ConsentChanged,
+    FactsReported,
+    HouseholdMember,
+    ReportedFact,
+    ResidentContext,
+    ResidentUpdated,
+    subject_for,
+)
+from tests.services.eligibility.conftest import consumer_idle, count, publish, today
+from tests.support.bus_harness import wait_until
+from tests.support.events import EventLog, event_log
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+CONTEXT = ResidentContext(district_code="11440", preferred_language="ko", vulnerability=[])
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def registry(resident_id: uuid.UUID, version: int = 1) -> ResidentUpdated:
+    return ResidentUpdated(
+        resident_id=resident_id,
+        version=version,
+        birth_date=dt.date(1990, 3, 2),
+        district_code="11440",
+        household=[
+            HouseholdMember(relation="spouse", birth_date=dt.date(1991, 1, 1)),
+            HouseholdMember(relation="child", birth_date=dt.date(2021, 4, 10)),
+        ],
+        updated_at=now(),
+    )
+
+
+def consents(resident_id: uuid.UUID, version: int, **purposes: bool) -> ConsentChanged:
+    given = {k.replace("__", ":"): v for k, v in purposes.items()}
+    return ConsentChanged(
+        resident_id=resident_id, version=version, consents=given, changed=list(given), changed_at=now()
+    )
+
+
+def birth(resident_id: uuid.UUID, *, day: dt.date | None = None, **answers: Any) -> ApplicationSubmitted:
+    day = day or today()
+    return ApplicationSubmitted(
+        application_id=uuid.uuid4(),
+        resident_id=resident_id,
+        life_event="birth",
+        answers={
+            "child_birth_date": (day - dt.timedelta(days=10)).isoformat(),
+            "birth_order": 2,
+            "birth_registered": True,
+            "korean_national": True,
+            **answers,
+        },
+        channel="web",
+        application_date=day,
+        submitted_at=now(),
+        resident=CONTEXT,
+    )
+
+
+def report(resident_id: uuid.UUID, department: str, **facts: Any) -> FactsReported:
+    return FactsReported(
+        report_id=uuid.uuid4(),
+        source=department,
+        department=department,
+        resident_id=resident_id,
+        facts=[ReportedFact(name=k, value=v, observed_at=now() - dt.timedelta(minutes=5)) for k, v in facts.items()],
+        reported_at=now(),
+    )
+
+
+def for_app(application_id: uuid.UUID) -> Any:
+    return lambda e: e.data["application_id"] == str(application_id)
+
+
+def programs(event: CloudEvent) -> dict[str, dict[str, Any]]:
+    return {p["program_code"]: p for p in event.data["programs"]}
+
+
+async def determined(log: EventLog, application_id: uuid.UUID, round_: int) -> CloudEvent:
+    events = await log.wait_for(
+        "eligibility.determined", lambda e: for_app(application_id)(e) and e.data["round"] == round_
+    )
+    return events[0]
+
+
+async def settle(service: RunningService) -> None:
+    await wait_until(lambda: consumer_idle(service), timeout=20)
+
+
+async def test_an_application_reaches_every_department_and_follows_facts_and_consent(
+    eligibility: RunningService, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    resident = uuid.uuid4()
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await publish(eligibility, registry(resident))
+        await publish(eligibility, consents(resident, 1, department_data__welfare=True))
+        submitted = birth(resident)
+        app = submitted.application_id
+        submitted_event = await publish(eligibility, submitted)
+
+        first = await determined(log, app, 1)
+        data = first.data
+        assert data["trigger"] == "submitted"
+        assert data["resident"] == CONTEXT.model_dump(mode="json")
+        assert data["application_date"] == today().isoformat()
+        by_code = programs(first)
+        assert {p["department"] for p in by_code.values()} == {"welfare", "health", "housing", "tax",
+                                                               "civil_registry", "labour"}  # fmt: skip
+        voucher = by_code["first_meeting_voucher"]
+        assert (voucher["outcome"], voucher["amount"], voucher["amount_period"]) == ("eligible", 3_000_000, "once")
+        assert voucher["automatic"] is True
+        assert voucher["sla_days"] == 14
+        assert voucher["overflow_allowed"] is True
+        # The registry's older child and the declared newborn are both counted, and the explanation says so.
+        allowance = by_code["child_allowance"]
+        assert allowance["outcome"] == "eligible"
+        assert allowance["amount"] == 200_000
+        counted = next(c for c in allowance["criteria"] if c["id"].startswith("child_under"))
+        assert set(counted["sources"].values()) == {"derived:declared+registry"}
+        care = by_code["maternal_newborn_care"]
+        assert care["outcome"] == "needs_information"
+        assert [m["name"] for m in care["missing"]] == ["household_monthly_income"]
+        assert care["case_weight"] == 0.8
+        assert care["automatic"] is False
+
+        # A department reports the income (the resident consented to welfare data): a new round.
+        await publish(eligibility, report(resident, "welfare", household_monthly_income=3_000_000),
+                      source="/partners/ssis")  # fmt: skip
+        second = await determined(log, app, 2)
+        assert second.data["trigger"] == "facts_reported"
+        care = programs(second)["maternal_newborn_care"]
+        assert care["outcome"] == "eligible"
+        income = next(c for c in care["criteria"] if c["id"] == "income_within_150_percent")
+        assert income["values"]["household_monthly_income"] == 3_000_000
+        assert income["sources"]["household_monthly_income"] == "department:welfare"
+
+        # Consent withdrawn: the department's fact is no longer used.
+        await publish(eligibility, consents(resident, 2, department_data__welfare=False))
+        third = await determined(log, app, 3)
+        assert third.data["trigger"] == "consent_changed"
+        assert programs(third)["maternal_newborn_care"]["outcome"] == "needs_information"
+
+        # A fact from a department the resident did not consent to changes nothing: no new round.
+        await publish(eligibility, report(resident, "tax", annual_household_income=40_000_000))
+        await wait_until(lambda: _facts_stored(eligibility, 2))
+        await settle(eligibility)
+        assert await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 3
+
+        # The resident answers: a new round, whatever changed.
+        await publish(
+            eligibility,
+            ApplicationInfoProvided(
+                application_id=app, resident_id=resident, answers={"household_monthly_income": 9_000_000},
+                provided_at=now(),
+            ),
+        )  # fmt: skip
+        fourth = await determined(log, app, 4)
+        assert fourth.data["trigger"] == "info_provided"
+        care = programs(fourth)["maternal_newborn_care"]
+        assert care["outcome"] == "ineligible"
+        assert care["criteria"][1]["sources"]["household_monthly_income"] == "declared"
+
+        # Redelivery: the same event again (JetStream's de-duplication bypassed), and the same application
+        # submitted again under a new event id. Neither makes a round.
+        await eligibility.runtime.bus.js.publish(
+            subject_for(bus_prefix, "application.submitted"),
+            submitted_event.to_json(),
+            headers={MSG_ID_HEADER: f"{submitted_event.id}-again"},
+        )
+        await publish(eligibility, submitted)
+        # Withdrawn: later facts no longer re-evaluate it.
+        await publish(eligibility, ApplicationWithdrawn(application_id=app, resident_id=resident, withdrawn_at=now()))
+        await publish(eligibility, consents(resident, 3, department_data__welfare=True))
+        await settle(eligibility)
+        mine = [e for e in log.of_type("eligibility.determined") if for_app(app)(e)]
+        assert sorted(e.data["round"] for e in mine) == [1, 2, 3, 4]
+        assert len({e.id for e in mine}) == 4
+        assert await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 4
+        programs_per_round = len(data["programs"])
+        assert (
+            await count(eligibility, DeterminationRow, DeterminationRow.application_id == app) == 4 * programs_per_round
+        )
+
+    # What was decided can be read back: by the resident, by staff (audited), not by another resident.
+    path = f"/v1/applications/{app}/determinations"
+    own = await eligibility.client.get(path, headers=eligibility.auth("resident", resident_id=resident))
+    assert own.status_code == 200
+    body = own.json()
+    assert (body["status"], body["round"], body["trigger"]) == ("withdrawn", 4, "info_provided")
+    assert [r["round"] for r in body["rounds"]] == [1, 2, 3, 4]
+    assert str(body["determination_id"]) == fourth.data["determination_id"]
+    earlier = await eligibility.client.get(
+        path, params={"round": 2}, headers=eligibility.auth("resident", resident_id=resident)
+    )
+    assert {p["program_code"]: p["outcome"] for p in earlier.json()["programs"]}["maternal_newborn_care"] == "eligible"
+    other = await eligibility.client.get(path, headers=eligibility.auth("resident", resident_id=uuid.uuid4()))
+    assert other.status_code == 404
+    staff = await eligibility.client.get(path, headers=eligibility.auth("caseworker", offices=["mapo"]))
+    assert staff.status_code == 200
+    assert await count(eligibility, AuditRow, AuditRow.object_id == str(app)) == 1
+
+
+async def _facts_stored(service: RunningService, n: int) -> bool:
+    return await count(service, DepartmentFactRow) >= n
+
+
+async def test_rule_versions_by_application_date_failing_rules_and_reordered_events(
+    eligibility: RunningService, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    admin = eligibility.auth("admin")
+    start = today() + dt.timedelta(days=20)
+    parent = (await eligibility.client.get("/v1/programs/parent_benefit", headers=admin)).json()
+    current = parent["versions"][-1]
+    raised = {**current, "effective_from": start.isoformat(), "amount": {**current["amount"], "expr":
+              "child_age_months < 12 ? 1200000 : 600000"}}  # fmt: skip
+    for key in ("version", "status", "origin", "created_at", "effective_to"):
+        raised.pop(key, None)
+    body = {k: parent[k] for k in ("name", "department", "life_events", "automatic", "sla_days", "overflow_allowed",
+                                    "case_weight", "proactive")}  # fmt: skip
+    assert (await eligibility.client.put("/v1/programs/parent_benefit", json={**body, "version": raised},
+                                         headers=admin)).status_code == 200  # fmt: skip
+    voucher = (await eligibility.client.get("/v1/programs/first_meeting_voucher", headers=admin)).json()
+    broken_rule = {"id": "divides", "label": {"ko": "x", "en": "x"}, "expr": "100 / (birth_order - birth_order) > 0"}
+    broken = {"effective_from": start.isoformat(), "source": "a mistaken rule", "rule": broken_rule}
+    body = {k: voucher[k] for k in ("name", "department", "life_events", "automatic", "sla_days", "overflow_allowed",
+                                     "case_weight", "proactive")}  # fmt: skip
+    put = await eligibility.client.put("/v1/programs/first_meeting_voucher", json={**body, "version": broken},
+                                       headers=admin)  # fmt: skip
+    assert put.status_code == 200, put.text
+
+    resident = uuid.uuid4()
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await publish(eligibility, registry(resident))
+        before, after = birth(resident), birth(resident, day=start)
+        await publish(eligibility, before)
+        await publish(eligibility, after)
+        old = programs(await determined(log, before.application_id, 1))
+        new = programs(await determined(log, after.application_id, 1))
+        assert (old["parent_benefit"]["rule_version"], old["parent_benefit"]["amount"]) == (parent["current_version"],
+                                                                                           1_000_000)  # fmt: skip
+        assert (new["parent_benefit"]["rule_version"], new["parent_benefit"]["amount"]) == (
+            parent["versions"][-1]["version"] + 1, 1_200_000,
+        )  # fmt: skip
+        assert old["first_meeting_voucher"]["outcome"] == "eligible"
+        failed = new["first_meeting_voucher"]
+        assert failed["outcome"] == "needs_review"
+        assert "division by zero" in failed["error"]
+        assert new["child_allowance"]["outcome"] == "eligible", "the other programs are still judged"
+
+        # Reordered: the resident's answer arrives before the submission it belongs to; a withdrawal before its.
+        early = birth(resident, birth_order=1)
+        await publish(
+            eligibility,
+            ApplicationInfoProvided(application_id=early.application_id, resident_id=resident,
+                                    answers={"birth_order": 3}, provided_at=now() + dt.timedelta(seconds=1)),
+        )  # fmt: skip
+        gone = birth(resident)
+        await publish(
+            eligibility,
+            ApplicationWithdrawn(application_id=gone.application_id, resident_id=resident, withdrawn_at=now()),
+        )
+        await publish(eligibility, early)
+        await publish(eligibility, gone)
+        merged = await determined(log, early.application_id, 1)
+        assert merged.data["trigger"] == "submitted"
+        assert programs(merged)["first_meeting_voucher"]["amount"] == 3_000_000, "the later answer (3rd child) won"
+        await settle(eligibility)
+        assert not [e for e in log.of_type("eligibility.determined") if for_app(gone.application_id)(e)]
+        assert (
+            await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == gone.application_id) == 0
+        )
+    dead = await eligibility.client.get("/v1/admin/dead-letters", headers=admin)
+    assert dead.json() == [], "nothing failed for good"

@@ -1,0 +1,106 @@
+"""Proactive screening: only residents who consented, only programs they never applied to, each told once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from services.eligibility.models import OpportunityRow, ResidentRow
+from shared.events import ApplicationSubmitted, ConsentChanged, ResidentContext, ResidentUpdated
+from tests.services.eligibility.conftest import consumer_idle, count, publish, today
+from tests.support.bus_harness import wait_until
+from tests.support.events import event_log
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def resident(service: RunningService, born: dt.date, **purposes: bool) -> uuid.UUID:
+    resident_id = uuid.uuid4()
+    await publish(
+        service,
+        ResidentUpdated(resident_id=resident_id, version=1, birth_date=born, district_code="11440", updated_at=now()),
+    )
+    given = {k.replace("__", ":"): v for k, v in purposes.items()}
+    await publish(
+        service,
+        ConsentChanged(resident_id=resident_id, version=1, consents=given, changed=list(given), changed_at=now()),
+    )
+    return resident_id
+
+
+async def test_screening_finds_what_consenting_residents_never_applied_for(
+    eligibility: RunningService, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    client = eligibility.client
+    senior = await resident(eligibility, dt.date(1950, 5, 1), proactive_screening=True, department_data__welfare=True,
+                            department_data__civil_registry=True)  # fmt: skip
+    applied = await resident(eligibility, dt.date(1955, 5, 1), proactive_screening=True)
+    refused = await resident(eligibility, dt.date(1950, 5, 1), proactive_screening=False)
+    young = await resident(eligibility, dt.date(2000, 5, 1), proactive_screening=True)
+    observed = (now() - dt.timedelta(hours=1)).isoformat()
+    for partner, name, value in (("ssis", "household_monthly_income", 1_000_000), ("moi", "korean_national", True)):
+        for who in (senior, refused):
+            fact = {"name": name, "value": value, "observed_at": observed}
+            response = await client.post("/v1/facts", json={"resident_id": str(who), "facts": [fact]},
+                                         headers=eligibility.auth("partner", partner_id=partner))  # fmt: skip
+            assert response.status_code == 201, response.text
+    await publish(
+        eligibility,
+        ApplicationSubmitted(
+            application_id=uuid.uuid4(), resident_id=applied, life_event="turning_65", answers={}, channel="visit",
+            application_date=today(), submitted_at=now(), resident=ResidentContext(district_code="11440"),
+        ),
+    )  # fmt: skip
+    await wait_until(lambda: consumer_idle(eligibility))
+    assert await count(eligibility, ResidentRow, ResidentRow.proactive_screening.is_(True)) == 3
+
+    supervisor = {**eligibility.auth("supervisor", offices=["mapo"]), "Idempotency-Key": "screen-1"}
+    async with event_log(nats_server.url, bus_prefix) as log:
+        response = await client.post("/v1/screenings", json={}, headers=supervisor)
+        assert response.status_code == 201, response.text
+        first = response.json()
+        assert first["status"] == "completed"
+        assert first["residents_screened"] == 3, "only residents who consented"
+        assert first["opportunities"] > 0
+        assert first["eligible_found"] == first["opportunities"] + first["already_applied"] + first["already_notified"]
+        assert first["already_applied"] >= 4, "the turning-65 programs the second resident applied for"
+        assert first["judgements"] == 3 * len(first["programs"])
+        assert first["evaluations"] <= first["judgements"]
+        assert "death_registration" not in first["programs"], "procedures are not suggested proactively"
+
+        found = await log.wait_for("eligibility.opportunity", count=first["opportunities"])
+        assert {e.data["resident_id"] for e in found} == {str(senior)}
+        codes = {e.data["program_code"] for e in found}
+        assert {"basic_pension", "senior_transport_card", "senior_job_program", "medical_aid"} <= codes
+        assert "livelihood_benefit" not in codes, "1,000,000 is above 32 % of the median"
+        pension = next(e for e in found if e.data["program_code"] == "basic_pension")
+        assert pension.data["department"] == "welfare"
+        assert pension.data["program_name"]["en"] == "Basic pension"
+        assert {e.data["screening_id"] for e in found} == {first["screening_id"]}
+
+        again = await client.post("/v1/screenings", json={}, headers=supervisor)
+        assert again.status_code == 201
+        assert again.json() == first, "the same Idempotency-Key: the original answer"
+        second = (await client.post("/v1/screenings", json={}, headers=eligibility.auth("admin"))).json()
+        assert second["screening_id"] != first["screening_id"]
+        assert second["opportunities"] == 0
+        assert second["already_notified"] == first["opportunities"]
+        await wait_until(lambda: _outbox_sent(eligibility))
+        assert len(log.of_type("eligibility.opportunity")) == first["opportunities"], "each finding told once"
+    assert await count(eligibility, OpportunityRow) == first["opportunities"]
+    assert await count(eligibility, OpportunityRow, OpportunityRow.resident_id.in_([refused, young, applied])) == 0
+
+    read = await client.get(f"/v1/screenings/{first['screening_id']}", headers=eligibility.auth("admin"))
+    assert read.status_code == 200
+    assert read.json() == first
+    bad = await client.post("/v1/screenings", json={"programs": ["nope"]}, headers=eligibility.auth("admin"))
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "programs[0]"
+
+
+async def _outbox_sent(service: RunningService) -> bool:
+    return await service.runtime.relay.backlog() == 0
