@@ -31,6 +31,7 @@ test: $(STAMP) postgres lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/bus.py
+	$(BIN)/python bench/eligibility.py
 
 asyncapi: $(STAMP)
 	$(BIN)/onestop asyncapi

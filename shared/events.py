@@ -299,7 +299,7 @@ class EligibilityDetermined(EventData):
     resident_id: uuid.UUID
     # Increases with each evaluation of one application, so consumers can tell the newest from a late redelivery.
     round: int = Field(ge=1)
-    trigger: Literal["submitted", "info_provided", "facts_reported", "consent_changed"]
+    trigger: Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
     application_date: dt.date
     evaluated_at: dt.datetime
     resident: ResidentContext

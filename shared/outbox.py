@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import logging
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, update
@@ -37,6 +38,34 @@ class Outbox:
         event = new_event(data, source=self.source, subject=subject, traceparent=current_traceparent())
         await self.emit_event(session, event)
         return event
+
+    async def emit_many(
+        self, session: AsyncSession, items: Sequence[EventData], *, subjects: Sequence[str | None] | None = None
+    ) -> list[CloudEvent]:
+        """Record many events in one statement (bulk work such as screening a population): the same guarantee as
+        :meth:`emit`, without a database round trip per event. ``subjects`` are the envelopes' CloudEvents subjects."""
+        if not items:
+            return []
+        traceparent = current_traceparent()
+        events = [
+            new_event(data, source=self.source, subject=(subjects[i] if subjects else None), traceparent=traceparent)
+            for i, data in enumerate(items)
+        ]
+        now = dt.datetime.now(dt.UTC)
+        await session.execute(
+            insert(self.table),
+            [
+                {
+                    "event_id": e.id,
+                    "subject": subject_for(self.prefix, e.event_type),
+                    "payload": e.to_json().decode(),
+                    "created_at": now,
+                }
+                for e in events
+            ],
+        )
+        session.info[PENDING_KEY] = True
+        return events
 
     async def emit_event(
         self, session: AsyncSession, event: CloudEvent, *, subject: str | None = None, msg_id: str | None = None

@@ -40,7 +40,7 @@ from shared.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
-Trigger = Literal["submitted", "info_provided", "facts_reported", "consent_changed"]
+Trigger = Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
 
 OPEN, PENDING, WITHDRAWN = "open", "pending", "withdrawn"
 # Reports dated further ahead than this are refused: a clock that wrong is a source's error, not a fact.
@@ -182,7 +182,7 @@ class Eligibility:
             )
             app.resident_context = context
             # The registry is a fact source like any other: a new round only if an outcome changed.
-            await self.evaluate(session, app, "facts_reported", now, always=False)
+            await self.evaluate(session, app, "registry_updated", now, always=False)
 
     async def on_consent_changed(self, session: AsyncSession, data: ConsentChanged, now: dt.datetime) -> None:
         row = await repository.resident_or_new(session, data.resident_id)

@@ -26,9 +26,7 @@ from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningRow
 from services.eligibility.rules import ELIGIBLE
-from shared.events import CloudEvent, EligibilityOpportunity, Localized, new_event, subject_for
-from shared.observability import current_traceparent
-from shared.outbox import PENDING_KEY
+from shared.events import EligibilityOpportunity, Localized
 
 _ERROR = object()
 # Core inserts: a page of findings in one statement, without the ORM's per-object work.
@@ -163,7 +161,7 @@ async def run_screening(
         applied = await repository.applied_programs(session, ids)
         told = await repository.notified(session, ids)
         opportunities: list[dict[str, Any]] = []
-        events: list[tuple[CloudEvent, str]] = []
+        events: list[tuple[EligibilityOpportunity, str]] = []
         for resident in page:
             rid = resident.resident_id
             for finding in screener.findings(layers_of(resident, reported.get(rid, []))):
@@ -195,20 +193,12 @@ async def run_screening(
                     amount_period=finding.period,
                     found_at=now,
                 )
-                event = new_event(data, source=outbox.source, subject=str(rid), traceparent=current_traceparent())
-                events.append((event, subject_for(outbox.prefix, event.event_type)))
+                events.append((data, str(rid)))
         if opportunities:
             # Written a page at a time (one statement each), in this transaction: the same guarantee as
             # Outbox.emit, without a round trip per event.
             await session.execute(insert(OPPORTUNITIES), opportunities)
-            await session.execute(
-                insert(outbox.table),
-                [
-                    {"event_id": e.id, "subject": subject, "payload": e.to_json().decode(), "created_at": now}
-                    for e, subject in events
-                ],
-            )
-            session.info[PENDING_KEY] = True
+            await outbox.emit_many(session, [d for d, _ in events], subjects=[s for _, s in events])
             row.opportunities += len(opportunities)
         row.residents_screened += len(page)
         after = ids[-1]

@@ -34,16 +34,16 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def registry(resident_id: uuid.UUID, version: int = 1) -> ResidentUpdated:
+def registry(resident_id: uuid.UUID, version: int = 1, *, older_child: bool = True) -> ResidentUpdated:
+    household = [HouseholdMember(relation="spouse", birth_date=dt.date(1991, 1, 1))]
+    if older_child:
+        household.append(HouseholdMember(relation="child", birth_date=dt.date(2021, 4, 10)))
     return ResidentUpdated(
         resident_id=resident_id,
         version=version,
         birth_date=dt.date(1990, 3, 2),
         district_code="11440",
-        household=[
-            HouseholdMember(relation="spouse", birth_date=dt.date(1991, 1, 1)),
-            HouseholdMember(relation="child", birth_date=dt.date(2021, 4, 10)),
-        ],
+        household=household,
         updated_at=now(),
     )
 
@@ -178,6 +178,14 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         assert care["outcome"] == "ineligible"
         assert care["criteria"][1]["sources"]["household_monthly_income"] == "declared"
 
+        # The registry changes (the older child no longer lives with the resident): an outcome changes, a round.
+        await publish(eligibility, registry(resident, 2, older_child=False))
+        fifth = await determined(log, app, 5)
+        assert fifth.data["trigger"] == "registry_updated"
+        assert programs(fifth)["child_allowance"]["amount"] == 100_000, "only the newborn is counted now"
+        # An older registry version arriving late changes nothing.
+        await publish(eligibility, registry(resident, 1))
+
         # Redelivery: the same event again (JetStream's de-duplication bypassed), and the same application
         # submitted again under a new event id. Neither makes a round.
         await eligibility.runtime.bus.js.publish(
@@ -191,12 +199,12 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         await publish(eligibility, consents(resident, 3, department_data__welfare=True))
         await settle(eligibility)
         mine = [e for e in log.of_type("eligibility.determined") if for_app(app)(e)]
-        assert sorted(e.data["round"] for e in mine) == [1, 2, 3, 4]
-        assert len({e.id for e in mine}) == 4
-        assert await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 4
+        assert sorted(e.data["round"] for e in mine) == [1, 2, 3, 4, 5]
+        assert len({e.id for e in mine}) == 5
+        assert await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 5
         programs_per_round = len(data["programs"])
         assert (
-            await count(eligibility, DeterminationRow, DeterminationRow.application_id == app) == 4 * programs_per_round
+            await count(eligibility, DeterminationRow, DeterminationRow.application_id == app) == 5 * programs_per_round
         )
 
     # What was decided can be read back: by the resident, by staff (audited), not by another resident.
@@ -204,9 +212,9 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
     own = await eligibility.client.get(path, headers=eligibility.auth("resident", resident_id=resident))
     assert own.status_code == 200
     body = own.json()
-    assert (body["status"], body["round"], body["trigger"]) == ("withdrawn", 4, "info_provided")
-    assert [r["round"] for r in body["rounds"]] == [1, 2, 3, 4]
-    assert str(body["determination_id"]) == fourth.data["determination_id"]
+    assert (body["status"], body["round"], body["trigger"]) == ("withdrawn", 5, "registry_updated")
+    assert [r["round"] for r in body["rounds"]] == [1, 2, 3, 4, 5]
+    assert str(body["determination_id"]) == fifth.data["determination_id"]
     earlier = await eligibility.client.get(
         path, params={"round": 2}, headers=eligibility.auth("resident", resident_id=resident)
     )
