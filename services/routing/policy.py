@@ -199,8 +199,8 @@ def route(
         return decide(
             chosen,
             Rule.OVERFLOW_CAPACITY,
-            f"The responsible office is at or over its ceiling; the program allows overflow, so the least-loaded "
-            f"neighbour with room, {chosen.office_code}, takes it.",
+            f"{_full(primary_c)}; the program allows overflow, so the least-loaded neighbour with room, "
+            f"{chosen.office_code} ({_load(chosen)}), takes it.",
         )
     chosen = min(primary_c, key=_least_loaded_key)
     if not overflow_allowed:
@@ -210,7 +210,23 @@ def route(
     else:
         why = "it has no neighbour handling this department"
     return decide(
-        chosen, Rule.OVER_CAPACITY, f"{chosen.office_code} {serving}; it is at or over its ceiling, but {why}."
+        chosen,
+        Rule.OVER_CAPACITY,
+        f"{chosen.office_code} {serving}; it is at or over its ceiling ({_load(chosen)}), but {why}.",
+    )
+
+
+def _load(candidate: Candidate) -> str:
+    return f"load {candidate.load:g} of {candidate.ceiling:g}"
+
+
+def _full(responsible: Sequence[Candidate]) -> str:
+    """Names the responsible office(s) that were full, with their load, so the explanation says who and why."""
+    named = ", ".join(f"{c.office_code} ({_load(c)})" for c in responsible)
+    return (
+        f"The responsible office {named} is at or over its ceiling"
+        if len(responsible) == 1
+        else (f"The responsible offices {named} are at or over their ceilings")
     )
 
 
