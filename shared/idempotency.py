@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal
-from shared.problems import UnprocessableContent
+from shared.problems import Conflict, UnprocessableContent
 from shared.tables import PlatformTables
 
 HEADER = "Idempotency-Key"
@@ -25,6 +29,14 @@ MAX_KEY_LENGTH = 255
 class StoredResponse:
     status_code: int
     body: Any
+    # True when this is the answer stored for an earlier request with the same key.
+    replayed: bool = False
+
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        extra = dict(headers or {})
+        if self.replayed:
+            extra["Idempotent-Replayed"] = "true"
+        return JSONResponse(self.body, status_code=self.status_code, headers=extra)
 
 
 class IdempotencyKeyReused(UnprocessableContent):
@@ -94,3 +106,32 @@ class Idempotency:
                 created_at=dt.datetime.now(dt.UTC),
             )
         )
+
+    async def run(
+        self,
+        request: Request,
+        session: AsyncSession,
+        principal: Principal,
+        body: BaseModel | None,
+        create: Callable[[], Awaitable[BaseModel]],
+        *,
+        status_code: int = 201,
+    ) -> StoredResponse:
+        """Do ``create`` once per ``Idempotency-Key`` (when the request has one): a retry gets the first answer,
+        the same key with another body is refused, and the key is stored in the transaction that did the work."""
+        key = self.key_from(request)
+        method, path = request.method, request.url.path
+        fingerprint_body = body.model_dump(mode="json") if body is not None else None
+        if key is not None:
+            stored = await self.replay(session, principal, key, method, path, fingerprint_body)
+            if stored is not None:
+                return StoredResponse(stored.status_code, stored.body, replayed=True)
+        payload = (await create()).model_dump(mode="json")
+        answer = StoredResponse(status_code, payload)
+        if key is not None:
+            try:
+                await self.remember(session, principal, key, method, path, fingerprint_body, answer)
+            except IntegrityError:
+                # The same key in a concurrent request that got there first; its answer is there once it commits.
+                raise Conflict("A request with this Idempotency-Key is still being handled; retry shortly.") from None
+        return answer

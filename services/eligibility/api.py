@@ -7,7 +7,6 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from services.eligibility import repository
 from services.eligibility.catalogue import Catalogue, Program
@@ -38,7 +37,6 @@ from services.eligibility.specs import CODE_PATTERN, LifeEvent, ProgramAttribute
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotencyDep, PrincipalDep, SessionDep, get_runtime
 from shared.events import Department
-from shared.idempotency import Idempotency, StoredResponse
 from shared.problems import Conflict, Forbidden, NotFound, UnprocessableContent, problem_responses
 
 router = APIRouter(prefix="/v1", tags=["eligibility"])
@@ -216,44 +214,44 @@ async def report_facts(
     idempotency: IdempotencyDep,
 ) -> Any:
     department = _reporting_department(principal, body, settings)
-    replayed = await _replay(request, session, idempotency, principal, body)
-    if replayed is not None:
-        return replayed
-    report_id = body.report_id or uuid.uuid4()
-    if body.report_id is not None and await repository.report_seen(session, report_id):
-        raise Conflict(
-            f"Report {report_id} was already received.",
-            errors=[{"field": "report_id", "message": "already received", "type": "duplicate"}],
+
+    async def create() -> FactReportOut:
+        report_id = body.report_id or uuid.uuid4()
+        if body.report_id is not None and await repository.report_seen(session, report_id):
+            raise Conflict(
+                f"Report {report_id} was already received.",
+                errors=[{"field": "report_id", "message": "already received", "type": "duplicate"}],
+            )
+        now = dt.datetime.now(dt.UTC)
+        source = body.source or (principal.partner_id or principal.subject)
+        result = await service.record_report(
+            session,
+            report_id=report_id,
+            resident_id=body.resident_id,
+            department=department.value,
+            source=source,
+            facts=body.facts,
+            reported_at=now,
+            now=now,
+            strict=True,
         )
-    now = dt.datetime.now(dt.UTC)
-    source = body.source or (principal.partner_id or principal.subject)
-    result = await service.record_report(
-        session,
-        report_id=report_id,
-        resident_id=body.resident_id,
-        department=department.value,
-        source=source,
-        facts=body.facts,
-        reported_at=now,
-        now=now,
-        strict=True,
-    )
-    if result.problems:
-        raise UnprocessableContent(
-            f"Facts that cannot be accepted: {', '.join(p.field for p in result.problems)}",
-            errors=[{"field": p.field, "message": p.message, "type": "invalid"} for p in result.problems],
+        if result.problems:
+            raise UnprocessableContent(
+                f"Facts that cannot be accepted: {', '.join(p.field for p in result.problems)}",
+                errors=[{"field": p.field, "message": p.message, "type": "invalid"} for p in result.problems],
+            )
+        out = FactReportOut(
+            report_id=report_id,
+            resident_id=body.resident_id,
+            department=department,
+            source=source,
+            accepted=result.accepted,
+            reevaluated_applications=result.reevaluated,
+            new_rounds=result.new_rounds,
         )
-    out = FactReportOut(
-        report_id=report_id,
-        resident_id=body.resident_id,
-        department=department,
-        source=source,
-        accepted=result.accepted,
-        reevaluated_applications=result.reevaluated,
-        new_rounds=result.new_rounds,
-    )
-    await _remember(request, session, idempotency, principal, body, 201, out.model_dump(mode="json"))
-    return JSONResponse(out.model_dump(mode="json"), status_code=201)
+        return out
+
+    return (await idempotency.run(request, session, principal, body, create)).response()
 
 
 def _reporting_department(principal: Principal, body: FactReportIn, settings: EligibilitySettings) -> Department:
@@ -294,28 +292,26 @@ async def start_screening(
     principal: ScreeningStaff,
     idempotency: IdempotencyDep,
 ) -> Any:
-    replayed = await _replay(request, session, idempotency, principal, body)
-    if replayed is not None:
-        return replayed
-    catalogue = await service.store.get(session)
-    as_of = body.as_of or service.store.today()
-    if body.programs is not None:
-        codes = _known_codes(catalogue, body.programs, as_of, "programs")
-    else:
-        codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
-    row = await run_screening(
-        session,
-        service,
-        codes=codes,
-        as_of=as_of,
-        actor=principal.subject,
-        now=dt.datetime.now(dt.UTC),
-        batch_size=settings.screening_batch_size,
-        max_residents=settings.screening_max_residents,
-    )
-    out = _screening_out(row).model_dump(mode="json")
-    await _remember(request, session, idempotency, principal, body, 201, out)
-    return JSONResponse(out, status_code=201)
+    async def create() -> ScreeningOut:
+        catalogue = await service.store.get(session)
+        as_of = body.as_of or service.store.today()
+        if body.programs is not None:
+            codes = _known_codes(catalogue, body.programs, as_of, "programs")
+        else:
+            codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
+        row = await run_screening(
+            session,
+            service,
+            codes=codes,
+            as_of=as_of,
+            actor=principal.subject,
+            now=dt.datetime.now(dt.UTC),
+            batch_size=settings.screening_batch_size,
+            max_residents=settings.screening_max_residents,
+        )
+        return _screening_out(row)
+
+    return (await idempotency.run(request, session, principal, body, create)).response()
 
 
 @router.get("/screenings/{screening_id}", summary="A screening's counts", responses=problem_responses(403, 404))
@@ -496,28 +492,3 @@ def _version_out(number: int, spec: VersionSpec, status: VersionStatus, row: Rul
             "created_at": repository.aware(row.created_at),
         }
     )
-
-
-async def _replay(
-    request: Request, session: Any, idempotency: Idempotency, principal: Principal, body: Any
-) -> JSONResponse | None:
-    key = Idempotency.key_from(request)
-    if key is None:
-        return None
-    stored = await idempotency.replay(
-        session, principal, key, request.method, request.url.path, body.model_dump(mode="json")
-    )
-    if stored is None:
-        return None
-    return JSONResponse(stored.body, status_code=stored.status_code)
-
-
-async def _remember(
-    request: Request, session: Any, idempotency: Idempotency, principal: Principal, body: Any, status: int, out: Any
-) -> None:
-    key = Idempotency.key_from(request)
-    if key is not None:
-        await idempotency.remember(
-            session, principal, key, request.method, request.url.path, body.model_dump(mode="json"),
-            StoredResponse(status, out),
-        )  # fmt: skip

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake import applications, residents
@@ -49,8 +48,8 @@ from services.intake.status import build_view
 from shared.auth import Principal, Role
 from shared.deps import IdempotencyDep, OutboxDep, PrincipalDep, SessionDep, get_runtime
 from shared.events import Channel, Language
-from shared.idempotency import Idempotency, StoredResponse
-from shared.problems import Conflict, NotFound, problem_responses
+from shared.idempotency import Idempotency
+from shared.problems import NotFound, problem_responses
 
 
 def get_settings(request: Request) -> IntakeSettings:
@@ -87,30 +86,9 @@ async def idempotent(
 ) -> JSONResponse:
     """Run ``create`` once per ``Idempotency-Key``: a retry gets the stored answer (same status, same body), the same
     key with another body is refused (422). The key is stored in the transaction that did the work."""
-    key = Idempotency.key_from(request)
-    path = request.url.path
-    fingerprint = body.model_dump(mode="json") if body is not None else None
-
-    def respond(status: int, payload: Any, replayed: bool) -> JSONResponse:
-        headers = {"Idempotent-Replayed": "true"} if replayed else {}
-        if location is not None and isinstance(payload, dict):
-            headers["Location"] = location(payload)
-        return JSONResponse(payload, status_code=status, headers=headers)
-
-    if key is not None:
-        stored = await idempotency.replay(session, principal, key, "POST", path, fingerprint)
-        if stored is not None:
-            return respond(stored.status_code, stored.body, True)
-    payload = (await create()).model_dump(mode="json")
-    if key is not None:
-        try:
-            await idempotency.remember(
-                session, principal, key, "POST", path, fingerprint, StoredResponse(status_code, payload)
-            )
-        except IntegrityError:
-            # The same key in a concurrent request that got there first; its answer is there once it commits.
-            raise Conflict("A request with this Idempotency-Key is still being handled; retry shortly.") from None
-    return respond(status_code, payload, False)
+    answer = await idempotency.run(request, session, principal, body, create, status_code=status_code)
+    headers = {"Location": location(answer.body)} if location is not None and isinstance(answer.body, dict) else {}
+    return answer.response(headers)
 
 
 async def catalogue_or_error(catalogue: Catalogue) -> CatalogueSnapshot | CatalogueUnavailable:

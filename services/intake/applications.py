@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -47,7 +49,8 @@ from shared.events import (
 from shared.outbox import Outbox
 from shared.problems import Conflict, NotFound, UnprocessableContent
 
-MAX_TEXT_ANSWER = 1000
+# As eligibility reads declared answers (services/eligibility/facts.py): what it would ignore is refused here.
+MAX_TEXT_ANSWER = 200
 MAX_LIST_ANSWER = 50
 MAX_ABS_NUMBER = 10**15
 
@@ -78,6 +81,8 @@ def _invalid(errors: list[dict[str, str]]) -> UnprocessableContent:
 
 def _storable_text(value: str, limit: int) -> str | None:
     """Why a text answer cannot be kept, or None."""
+    if not value:
+        return "must not be empty"
     if len(value) > limit:
         return f"must be at most {limit} characters"
     if "\x00" in value:
@@ -89,9 +94,17 @@ def _storable_text(value: str, limit: int) -> str | None:
     return None
 
 
-def _scalar(fact: FactType, value: Any) -> tuple[Any, str | None]:
-    """The normalised value of one answer, or why it does not fit the fact's type."""
-    match fact.type:
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:  # eligibility validates its catalogue; a pattern it cannot compile checks nothing here
+        return None
+
+
+def _scalar(kind: str, value: Any, pattern: str | None) -> tuple[Any, str | None]:
+    """The normalised value of one answer (or list item) of type ``kind``, or why it does not fit."""
+    match kind:
         case "integer":
             if isinstance(value, bool) or not isinstance(value, int):
                 return None, "must be an integer"
@@ -110,6 +123,8 @@ def _scalar(fact: FactType, value: Any) -> tuple[Any, str | None]:
                 return None, "must be a string"
             if (problem := _storable_text(value, MAX_TEXT_ANSWER)) is not None:
                 return None, problem
+            if pattern is not None and (compiled := _compiled(pattern)) is not None and not compiled.fullmatch(value):
+                return None, f"must match {pattern}"
         case "date":
             if not isinstance(value, str) or len(value) != 10:
                 return None, "must be a date written YYYY-MM-DD"
@@ -126,26 +141,33 @@ def _answer(fact: FactType, value: Any) -> tuple[Any, str | None]:
             return None, "must be a list"
         if len(value) > MAX_LIST_ANSWER:
             return None, f"must have at most {MAX_LIST_ANSWER} items"
-        for item in value:
-            if isinstance(item, str):
-                if (problem := _storable_text(item, 200)) is not None:
-                    return None, f"items {problem}"
-            elif not isinstance(item, int | float | bool) or (isinstance(item, float) and not math.isfinite(item)):
-                return None, "items must be strings, numbers or booleans"
-        if fact.enum is not None and any(item not in fact.enum for item in value):
+        items = []
+        for index, item in enumerate(value):
+            normalised, problem = _scalar(fact.items or "string", item, fact.pattern)
+            if problem is not None:
+                return None, f"item {index} {problem}"
+            items.append(normalised)
+        if fact.enum is not None and any(item not in fact.enum for item in items):
             return None, f"items must be among {fact.enum}"
-        return value, None
-    normalised, problem = _scalar(fact, value)
+        return items, None
+    normalised, problem = _scalar(fact.type, value, fact.pattern)
     if problem is None and fact.enum is not None and normalised not in fact.enum:
         return None, f"must be one of {fact.enum}"
     return normalised, problem
 
 
+def _derived(fact: FactType) -> str:
+    if fact.inputs:
+        return f"is derived from other facts; answer {', '.join(fact.inputs)} instead"
+    return "is derived by eligibility itself and cannot be answered"
+
+
 def validate_answers(
     answers: Mapping[str, Any], facts: Mapping[str, FactType], *, by_staff: bool, prefix: str = "answers"
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """Answers checked against eligibility's fact types: known names, the right types, and facts only staff can
-    supply kept from residents. Returns the normalised answers and the errors."""
+    """Answers checked against eligibility's fact types: known names, not derived (eligibility computes those and
+    ignores a declared value), the right types, and facts only staff can supply kept from residents. Returns the
+    normalised answers and the errors."""
     out: dict[str, Any] = {}
     errors = []
     for name, value in answers.items():
@@ -153,6 +175,9 @@ def validate_answers(
         fact = facts.get(name)
         if fact is None:
             errors.append(_error(field, "is not a known fact", "unknown_fact"))
+            continue
+        if fact.derived:
+            errors.append(_error(field, _derived(fact), "derived_fact"))
             continue
         if fact.asked_of == "staff" and not by_staff:
             errors.append(_error(field, "can only be supplied by staff", "staff_only"))

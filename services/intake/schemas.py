@@ -383,3 +383,10 @@ class FactType(BaseModel):
     question: Localized
     asked_of: Literal["resident", "staff"] = "resident"
     enum: list[Any] | None = None
+    # The type of a list's items (eligibility reads them as strings when it names none).
+    items: str | None = None
+    # A regular expression a text value (or a list's text items) must match whole.
+    pattern: str | None = None
+    # Computed by eligibility from ``inputs``; a declared value is ignored there, so it is refused here.
+    derived: bool = False
+    inputs: list[str] = []

@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing import casework, statistics, views
@@ -44,8 +43,8 @@ from services.routing.schemas import (
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotencyDep, SessionDep
 from shared.events import Department
-from shared.idempotency import Idempotency, StoredResponse
-from shared.problems import Conflict, Forbidden, NotFound, problem_responses
+from shared.idempotency import Idempotency
+from shared.problems import Forbidden, NotFound, problem_responses
 
 STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
 Staff = Annotated[Principal, Depends(require_roles(*STAFF))]
@@ -187,22 +186,8 @@ async def _idempotent(
     status_code: int = 200,
 ) -> JSONResponse:
     """Run an action once per ``Idempotency-Key``: a retry with the same key and body gets the first answer."""
-    key = Idempotency.key_from(request)
-    payload = body.model_dump(mode="json") if body is not None else None
-    path = request.url.path
-    if key is not None:
-        stored = await idempotency.replay(session, principal, key, request.method, path, payload)
-        if stored is not None:
-            return JSONResponse(stored.body, status_code=stored.status_code)
-    content = (await run()).model_dump(mode="json")
-    if key is not None:
-        try:
-            await idempotency.remember(
-                session, principal, key, request.method, path, payload, StoredResponse(status_code, content)
-            )
-        except IntegrityError:
-            raise Conflict("A request with this Idempotency-Key is being processed; retry in a moment.") from None
-    return JSONResponse(content, status_code=status_code)
+    answer = await idempotency.run(request, session, principal, body, run, status_code=status_code)
+    return answer.response()
 
 
 def _case_action(

@@ -12,7 +12,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -20,48 +19,19 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     Uuid,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import BigId, platform_tables
-
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from shared.tables import NAMING_CONVENTION, BigId, UTCDateTime, platform_tables
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 platform = platform_tables(Base.metadata)
-
-
-class UtcDateTime(TypeDecorator[dt.datetime]):
-    """A timestamp that always comes back timezone-aware (SQLite drops the offset; values are stored in UTC)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-            if dialect.name == "sqlite":
-                value = value.replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return value
 
 
 class CaseStatus:
@@ -96,8 +66,8 @@ class Office(Base):
     active_case_ceiling: Mapped[float] = mapped_column(Float)
     # City-wide office taking a department's cases for districts no local office serves for it.
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class ApplicationRecord(Base):
@@ -108,8 +78,8 @@ class ApplicationRecord(Base):
     application_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     last_round: Mapped[int] = mapped_column(Integer, default=0)
-    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Case(Base):
@@ -163,22 +133,22 @@ class Case(Base):
     paused_working_days: Mapped[int] = mapped_column(Integer, default=0)
     breached_on: Mapped[dt.date | None] = mapped_column(Date)
     escalated: Mapped[bool] = mapped_column(Boolean, default=False)
-    escalated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     assignee: Mapped[str | None] = mapped_column(String(255))
-    assigned_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    assigned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     decision: Mapped[str | None] = mapped_column(String(20))
     reason_code: Mapped[str | None] = mapped_column(String(60))
     decision_note: Mapped[str | None] = mapped_column(Text)
     decided_by: Mapped[str | None] = mapped_column(String(255))
-    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     decided_on: Mapped[dt.date | None] = mapped_column(Date)
     closed_reason: Mapped[str | None] = mapped_column(String(40))
-    closed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime)
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
-    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     # Every write is "UPDATE ... WHERE version = <the version read>": a concurrent change makes it touch no row.
     version: Mapped[int] = mapped_column(Integer)
 
@@ -196,7 +166,7 @@ class CaseEntry(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), index=True)
-    at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     actor: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(40))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -213,7 +183,7 @@ class SlaBreach(Base):
     office_code: Mapped[str] = mapped_column(String(40))
     due_date: Mapped[dt.date] = mapped_column(Date)
     breached_on: Mapped[dt.date] = mapped_column(Date)
-    recorded_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class AuditEntry(Base):
@@ -222,7 +192,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     actor: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(20))
     action: Mapped[str] = mapped_column(String(40))

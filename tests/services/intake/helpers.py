@@ -1,4 +1,5 @@
-"""Helpers of the intake tests: realistic residents and applications, and the downstream events (eligibility,
+"""Helpers of the intake tests: realistic residents and applications (in the terms of eligibility's real catalogue:
+its life events, fact names and program codes; routing's real offices), and the downstream events (eligibility,
 routing, notify) published on the real bus."""
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from shared.events import (
 from tests.support.bus_harness import wait_until
 from tests.support.services import RunningService
 
-MAPO_WELFARE = "11440-welfare"  # the Mapo-gu office that handles welfare programs
-YONGSAN_WELFARE = "11170-welfare"
-JONGNO_WELFARE = "11110-welfare"
+# Offices of routing's catalogue (services/routing/offices.yaml).
+MAPO_CSC = "MAPO-CSC"  # Mapo-gu's community service centre: welfare and civil registry for district 11440
+YONGSAN_CSC = "YONGSAN-CSC"  # Yongsan-gu's, the neighbour that takes Mapo's overflow
+JONGNO_CSC = "JONGNO-CSC"
+SEOUL_WEST_EMP = "SEOUL-WEST-EMP"  # the employment centre (labour) for district 11440
 
 JSON = dict[str, Any]
 
@@ -61,8 +64,9 @@ def birth_application(resident_id: uuid.UUID | str, **overrides: Any) -> JSON:
         "life_event": "birth",
         "answers": {
             "child_birth_date": (dt.date.today() - dt.timedelta(days=12)).isoformat(),
-            "monthly_household_income": 4_200_000,
+            "household_monthly_income": 4_200_000,
             "household_size": 4,
+            "employment_status": "employed",
         },
         "channel": "mobile",
     }
@@ -154,13 +158,19 @@ class Downstream:
     def context(self) -> ResidentContext:
         return ResidentContext(district_code="11440", vulnerability=["low_income"])
 
-    def case_fields(self, case_id: uuid.UUID, program_code: str, office: str = MAPO_WELFARE) -> JSON:
+    def case_fields(
+        self,
+        case_id: uuid.UUID,
+        program_code: str,
+        office: str = MAPO_CSC,
+        department: Department = Department.WELFARE,
+    ) -> JSON:
         return {
             "case_id": case_id,
             "application_id": self.application_id,
             "resident_id": self.resident_id,
             "program_code": program_code,
-            "department": Department.WELFARE,
+            "department": department,
             "office_code": office,
         }
 
@@ -171,6 +181,7 @@ def program(
     en: str,
     outcome: Outcome,
     *,
+    department: Department = Department.WELFARE,
     automatic: bool = False,
     amount: int | None = None,
     period: str | None = None,
@@ -186,7 +197,7 @@ def program(
     return ProgramDetermination(
         program_code=code,
         program_name=Localized(ko=ko, en=en),
-        department=Department.WELFARE,
+        department=department,
         outcome=outcome,
         rule_version=1,
         automatic=automatic,
@@ -197,8 +208,8 @@ def program(
                 id=f"{code}.main",
                 label=Localized(ko="자격 요건", en="Main requirement"),
                 status=status,
-                values={"monthly_household_income": 4_200_000},
-                sources={"monthly_household_income": "declared"},
+                values={"household_monthly_income": 4_200_000},
+                sources={"household_monthly_income": "declared"},
             )
         ],
         missing=missing or [],
@@ -209,13 +220,18 @@ def program(
 BIRTH_ORDER = MissingFact(
     name="birth_order",
     type="integer",
-    question=Localized(ko="몇 번째 자녀입니까?", en="Which child is this?"),
+    question=Localized(
+        ko="이번에 태어난 아이는 몇째 자녀입니까?", en="Is the newborn your first, second, third ... child (a number)?"
+    ),
     asked_of="resident",
 )
-REGISTRY_CHECK = MissingFact(
-    name="registry_birth_verified",
-    type="boolean",
-    question=Localized(ko="출생이 확인되었습니까?", en="Is the birth confirmed?"),
+INSURED_DAYS = MissingFact(  # only the employment centre's records tell
+    name="insured_days_total",
+    type="integer",
+    question=Localized(
+        ko="휴가·휴직 시작 전까지의 고용보험 피보험단위기간 합계(일)",
+        en="Total days insured under employment insurance before the leave began",
+    ),
     asked_of="staff",
 )
 

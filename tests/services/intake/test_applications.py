@@ -1,9 +1,9 @@
-"""Filing applications, with the real bus, database and HTTP to eligibility's catalogue: Idempotency-Key, bad input
-refused with the field named and nothing written or emitted, and the catalogue's cache when eligibility is down."""
+"""Filing applications, with the real bus, database and the real eligibility service's catalogue over HTTP:
+Idempotency-Key, bad input refused with the field named and nothing written or emitted, derived facts refused in
+favour of their inputs, and the catalogue's cache when eligibility is down."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 import uuid
@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.auth import TokenIssuer
-from tests.services.intake.conftest import standin_verifier
-from tests.services.intake.eligibility_standin import LIFE_EVENTS, create_standin
+from tests.services.intake.eligibility_service import Eligibility, catalogue_get
 from tests.services.intake.helpers import (
-    MAPO_WELFARE,
+    SEOUL_WEST_EMP,
     birth_application,
     file_application,
     problem_fields,
@@ -23,7 +22,6 @@ from tests.services.intake.helpers import (
 )
 from tests.support.bus_harness import wait_until
 from tests.support.events import event_log
-from tests.support.http import serve
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService, running_service
 
@@ -56,30 +54,37 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
             (
                 with_answers(
                     birth_order="two",
-                    has_crisis_event="yes",
+                    birth_registered="yes",
                     child_birth_date="2024/01/05",
-                    monthly_household_income=1.5,
-                    savings_krw=True,
-                    housing_tenure="castle",
-                    disability_types=["physical", "telepathic"],
-                    business_name="가" * 5000,
+                    household_monthly_income=1.5,
+                    household_assets=True,
+                    tenure="castle",
+                    children_birth_dates=["2019-03-02", "last spring"],
+                    district_code="1144",
+                    crisis_type="가" * 5000,
+                    employment_status="",
                     favourite_colour="blue",
-                    registry_birth_verified=True,
+                    insured_days_18m=240,  # only staff can supply it
+                    age_years=33,  # derived: eligibility computes it from birth_date
                 ),
                 {
                     "answers.birth_order",
-                    "answers.has_crisis_event",
+                    "answers.birth_registered",
                     "answers.child_birth_date",
-                    "answers.monthly_household_income",
-                    "answers.savings_krw",
-                    "answers.housing_tenure",
-                    "answers.disability_types",
-                    "answers.business_name",
+                    "answers.household_monthly_income",
+                    "answers.household_assets",
+                    "answers.tenure",
+                    "answers.children_birth_dates",
+                    "answers.district_code",
+                    "answers.crisis_type",
+                    "answers.employment_status",
                     "answers.favourite_colour",
-                    "answers.registry_birth_verified",  # only staff can supply it
+                    "answers.insured_days_18m",
+                    "answers.age_years",
                 },
             ),
             (with_answers(child_birth_date="2024-02-30"), {"answers.child_birth_date"}),
+            (with_answers(children_birth_dates="2019-03-02"), {"answers.children_birth_dates"}),
         ]
         for body, fields in bad_applications:
             response = await client.post("/v1/applications", json=body, headers=a)
@@ -89,7 +94,7 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
             "/v1/applications", content=b"{not json", headers=a | {"content-type": "application/json"}
         )
         assert garbage.status_code == 422
-        huge = await client.post("/v1/applications", json=with_answers(business_name="x" * 1_100_000), headers=a)
+        huge = await client.post("/v1/applications", json=with_answers(crisis_type="x" * 1_100_000), headers=a)
         assert huge.status_code == 413
         assert huge.headers["content-type"].startswith("application/problem+json")
 
@@ -132,15 +137,14 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
         )
         assert same_key_other_caller.status_code == 201, "keys belong to their caller"
 
-        # Staff file at a counter, with a fact only staff may supply.
-        clerk = intake.auth("caseworker", offices=[MAPO_WELFARE], subject="cw-lee")
+        # Staff file at a counter, with a fact only staff may supply (from the employment insurance records).
+        clerk = intake.auth("caseworker", offices=[SEOUL_WEST_EMP], subject="cw-lee")
+        job_loss = {"employment_status": "unemployed", "job_loss_reason": "contract_end", "insured_days_18m": 240}
         assisted = await file_application(
-            intake,
-            clerk,
-            birth_application(a_id, channel="visit", answers={"registry_birth_verified": True, "birth_order": 2}),
+            intake, clerk, birth_application(a_id, life_event="job_loss", channel="visit", answers=job_loss)
         )
         assert assisted["filed_by"] == "cw-lee"
-        assert assisted["answers"] == {"registry_birth_verified": True, "birth_order": 2}
+        assert assisted["answers"] == job_loss
 
         submitted = await log.wait_for("application.submitted", count=3)
         # The relay publishes in commit order: had any refused request emitted, it would be among these.
@@ -174,6 +178,66 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
         }, "the refused registrations emitted nothing"
 
 
+async def test_a_derived_fact_is_refused_and_its_inputs_are_named(
+    intake: RunningService, eligibility_url: str, intake_token: str, nats_server: NatsServer
+) -> None:
+    """Eligibility computes derived facts (age_years from birth_date ...) and ignores a declared value for one: intake
+    refuses such an answer, from residents and staff alike, on filing and on answering, and says what to give."""
+    client = intake.client
+    fact_types = await catalogue_get(eligibility_url, "/v1/fact-types", intake_token)
+    derived = {f["name"]: f["inputs"] for f in fact_types if f["derived"]}
+    assert derived["age_years"] == ["birth_date"], "the real catalogue, as the messages below rely on"
+    assert derived["child_age_months"] == ["child_birth_date"]
+    assert derived["median_income"] == ["household_size"]
+    assert derived["application_date"] == []
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        a_id, a = await register_self(intake)
+        clerk = intake.auth("caseworker", offices=[SEOUL_WEST_EMP], subject="cw-lee")
+        for headers in (a, clerk):
+            every_derived = birth_application(a_id, answers=dict.fromkeys(derived, 1))
+            refused = await client.post("/v1/applications", json=every_derived, headers=headers)
+            assert refused.status_code == 422, refused.text
+            errors = {e["field"]: e for e in refused.json()["errors"]}
+            assert set(errors) == {f"answers.{name}" for name in derived}
+            assert {e["type"] for e in errors.values()} == {"derived_fact"}
+            for name, inputs in derived.items():
+                if inputs:
+                    expected = f"is derived from other facts; answer {', '.join(inputs)} instead"
+                    assert errors[f"answers.{name}"]["message"] == expected
+            assert errors["answers.age_years"]["message"] == ("is derived from other facts; answer birth_date instead")
+            assert errors["answers.application_date"]["message"] == (
+                "is derived by eligibility itself and cannot be answered"
+            )
+
+        # Giving the inputs instead is what works.
+        body = birth_application(a_id)
+        body["answers"] |= {"birth_date": "1992-04-17"}
+        filed = await file_application(intake, a, body)
+        assert filed["answers"]["birth_date"] == "1992-04-17"
+        answered = await client.post(
+            f"/v1/applications/{filed['id']}/info", json={"answers": {"child_age_months": 0}}, headers=a
+        )
+        assert answered.status_code == 422
+        assert problem_fields(answered) == {"answers.child_age_months"}
+        assert answered.json()["errors"][0]["message"] == (
+            "is derived from other facts; answer child_birth_date instead"
+        )
+        sentinel = await client.post(
+            f"/v1/applications/{filed['id']}/info", json={"answers": {"birth_order": 1}}, headers=a
+        )
+        assert sentinel.status_code == 200, sentinel.text
+        await log.wait_for("application.info_provided")
+        assert [e.data["application_id"] for e in log.of_type("application.submitted")] == [filed["id"]]
+        assert [e.data["answers"] for e in log.of_type("application.info_provided")] == [{"birth_order": 1}]
+        shown = (await client.get(f"/v1/applications/{filed['id']}", headers=a)).json()
+        assert "child_age_months" not in shown["answers"]
+
+
+def _relayed(life_events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Eligibility's life events as intake lists them (intake keeps the code, the name and the programs)."""
+    return [{"code": e["code"], "name": e["name"], "programs": e["programs"]} for e in life_events]
+
+
 async def test_the_catalogue_is_cached_and_served_stale_and_without_it_nothing_is_written(
     nats_server: NatsServer,
     bus_prefix: str,
@@ -181,8 +245,8 @@ async def test_the_catalogue_is_cached_and_served_stale_and_without_it_nothing_i
     keys_dir: Path,
     issuer: TokenIssuer,
     intake_token: str,
+    eligibility: Eligibility,
 ) -> None:
-    standin = create_standin(standin_verifier(keys_dir))
     common: dict[str, Any] = {
         "database_url": database_url,
         "nats_url": nats_server.url,
@@ -191,30 +255,47 @@ async def test_the_catalogue_is_cached_and_served_stale_and_without_it_nothing_i
         "issuer": issuer,
         "service_token": intake_token,
     }
-    ttl = 0.2
-    async with contextlib.AsyncExitStack() as eligibility:
-        url = await eligibility.enter_async_context(serve(standin))
-        async with running_service("intake", eligibility_url=url, catalogue_ttl_seconds=ttl, **common) as intake:
-            resident_id, me = await register_self(intake)
-            listed = await intake.client.get("/v1/life-events", headers=me)
-            assert listed.status_code == 200
-            assert listed.json() == LIFE_EVENTS
-            await intake.client.get("/v1/life-events", headers=intake.auth("partner", partner_id="kb-bank"))
-            assert standin.state.calls["/v1/life-events"] == 1, "served from the cache within the TTL"
-            key = {"Idempotency-Key": "first-try"}
-            first = await intake.client.post("/v1/applications", json=birth_application(resident_id), headers=me | key)
-            assert first.status_code == 201
+    catalogue = _relayed(await eligibility.get("/v1/life-events", intake_token))
+    birth = next(e for e in catalogue if e["code"] == "birth")
+    assert {"child_allowance", "parent_benefit", "first_meeting_voucher"} <= {p["code"] for p in birth["programs"]}
+    life_events, fact_types = "/v1/life-events", "/v1/fact-types"
+    calls = {life_events: await eligibility.requests_to(life_events), fact_types: 0}
 
-            await eligibility.aclose()  # eligibility goes down
-            stale_from = time.monotonic() + ttl
-            await wait_until(lambda: _after(stale_from))
-            stale = await intake.client.get("/v1/life-events", headers=me)
-            assert (stale.status_code, stale.json()) == (200, LIFE_EVENTS), "a stale copy beats no answer"
-            second = await intake.client.post("/v1/applications", json=birth_application(resident_id), headers=me)
-            assert second.status_code == 201, second.text
+    async def calls_since() -> dict[str, int]:
+        return {route: await eligibility.requests_to(route) - calls[route] for route in calls}
+
+    ttl = 0.75
+    async with running_service(
+        "intake", eligibility_url=eligibility.url, catalogue_ttl_seconds=ttl, **common
+    ) as intake:
+        resident_id, me = await register_self(intake)
+        listed = await intake.client.get("/v1/life-events", headers=me)
+        fetched_at = time.monotonic()
+        assert listed.status_code == 200
+        assert listed.json() == catalogue
+        partner = await intake.client.get("/v1/life-events", headers=intake.auth("partner", partner_id="kb-bank"))
+        assert partner.json() == catalogue
+        key = {"Idempotency-Key": "first-try"}
+        first = await intake.client.post("/v1/applications", json=birth_application(resident_id), headers=me | key)
+        assert first.status_code == 201, first.text
+        assert time.monotonic() - fetched_at < ttl, "the test was too slow to show the cache; raise the TTL"
+        assert await calls_since() == {life_events: 1, fact_types: 1}, "served from the cache within the TTL"
+
+        await wait_until(lambda: _after(fetched_at + ttl))
+        refreshed = await intake.client.get("/v1/life-events", headers=me)
+        assert refreshed.json() == catalogue
+        assert await calls_since() == {life_events: 2, fact_types: 1}, "refreshed once the TTL is over"
+
+        stale_from = time.monotonic() + ttl
+        await eligibility.stop()  # eligibility goes down
+        await wait_until(lambda: _after(stale_from))
+        stale = await intake.client.get("/v1/life-events", headers=me)
+        assert (stale.status_code, stale.json()) == (200, catalogue), "a stale copy beats no answer"
+        second = await intake.client.post("/v1/applications", json=birth_application(resident_id), headers=me)
+        assert second.status_code == 201, second.text
 
     # A fresh intake that never reached eligibility has no copy at all.
-    async with running_service("intake", eligibility_url="http://127.0.0.1:9", **common, migrate=False) as intake:
+    async with running_service("intake", eligibility_url=eligibility.url, **common, migrate=False) as intake:
         me = intake.auth("resident", resident_id=resident_id)
         down = await intake.client.get("/v1/life-events", headers=me)
         assert down.status_code == 503

@@ -7,8 +7,8 @@ from typing import Any
 
 from shared.events import CaseRouted, Localized
 from tests.services.intake.helpers import (
-    MAPO_WELFARE,
-    YONGSAN_WELFARE,
+    MAPO_CSC,
+    YONGSAN_CSC,
     Downstream,
     birth_application,
     file_application,
@@ -34,7 +34,7 @@ async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who
     d = Downstream(intake, app_a)
     routed = CaseRouted(
         **d.case_fields(uuid.uuid4(), "parent_benefit"),
-        office_name=Localized(ko="마포구청 복지정책과", en="Mapo-gu Office, Welfare Policy"),
+        office_name=Localized(ko="서교동 주민센터", en="Seogyo-dong Community Service Centre"),
         status="open",
         priority=3,
         automatic=False,
@@ -47,10 +47,10 @@ async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who
     callers: dict[str, dict[str, str]] = {
         "resident A": a,
         "resident B": b,
-        "caseworker of the office": intake.auth("caseworker", offices=[MAPO_WELFARE], subject="cw-park", name="박상우"),
-        "caseworker of another office": intake.auth("caseworker", offices=[YONGSAN_WELFARE], subject="cw-han"),
-        "supervisor of the office": intake.auth("supervisor", offices=[MAPO_WELFARE], subject="sv-choi"),
-        "supervisor of another office": intake.auth("supervisor", offices=[YONGSAN_WELFARE], subject="sv-yoon"),
+        "caseworker of the office": intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-park", name="박상우"),
+        "caseworker of another office": intake.auth("caseworker", offices=[YONGSAN_CSC], subject="cw-han"),
+        "supervisor of the office": intake.auth("supervisor", offices=[MAPO_CSC], subject="sv-choi"),
+        "supervisor of another office": intake.auth("supervisor", offices=[YONGSAN_CSC], subject="sv-yoon"),
         "admin": intake.auth("admin", subject="admin-kang"),
         "partner": intake.auth("partner", partner_id="kb-bank"),
         "notify": intake.auth("service", service="notify"),
@@ -150,7 +150,7 @@ async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who
     park = next(e for e in log if e["actor"] == "cw-park" and e["record_type"] == "application")
     assert park["actor_name"] == "박상우"
     assert park["actor_role"] == "caseworker"
-    assert park["offices"] == [MAPO_WELFARE]
+    assert park["offices"] == [MAPO_CSC]
     assert park["record_id"] == app_a["id"]
     actors = {e["actor"] for e in log}
     assert f"resident:{a_id}" not in actors, "a resident's own reads are not logged"

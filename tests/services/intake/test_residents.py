@@ -8,7 +8,7 @@ import uuid
 import orjson
 
 from shared.events import ConsentChanged, ResidentUpdated
-from tests.services.intake.helpers import MAPO_WELFARE, register_self, resident_body
+from tests.services.intake.helpers import MAPO_CSC, register_self, resident_body
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -55,7 +55,7 @@ async def test_registration_is_idempotent_and_publishes_registry_facts_without_p
         assert again.status_code == 409, "one record per resident"
 
         # Assisted registration at a Mapo-gu counter: intake assigns the id and returns it.
-        clerk = intake.auth("caseworker", offices=[MAPO_WELFARE], subject="cw-lee", name="이민호")
+        clerk = intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-lee", name="이민호")
         assisted = await client.post(
             "/v1/residents",
             json=resident_body(name="최영수", birth_date="1951-02-03", email=None, preferred_channels=["inbox"]),

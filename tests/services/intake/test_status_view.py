@@ -27,10 +27,11 @@ from shared.events import (
 )
 from tests.services.intake.helpers import (
     BIRTH_ORDER,
-    JONGNO_WELFARE,
-    MAPO_WELFARE,
-    REGISTRY_CHECK,
-    YONGSAN_WELFARE,
+    INSURED_DAYS,
+    JONGNO_CSC,
+    MAPO_CSC,
+    SEOUL_WEST_EMP,
+    YONGSAN_CSC,
     Downstream,
     birth_application,
     consumer_idle,
@@ -43,10 +44,9 @@ from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 
-MAPO_CIVIL = "11440-civil"
-MAPO_NAME = Localized(ko="마포구청 복지정책과", en="Mapo-gu Office, Welfare Policy")
-JONGNO_NAME = Localized(ko="종로구청 복지정책과", en="Jongno-gu Office, Welfare Policy")
-MAPO_CIVIL_NAME = Localized(ko="마포구청 민원여권과", en="Mapo-gu Office, Civil Affairs")
+MAPO_NAME = Localized(ko="서교동 주민센터", en="Seogyo-dong Community Service Centre")
+YONGSAN_NAME = Localized(ko="이태원1동 주민센터", en="Itaewon 1-dong Community Service Centre")
+SEOUL_WEST_EMP_NAME = Localized(ko="서울서부고용센터", en="Seoul West Employment Centre")
 
 
 def round_one() -> list[ProgramDetermination]:
@@ -56,9 +56,10 @@ def round_one() -> list[ProgramDetermination]:
         program("parent_benefit", "부모급여", "Parent benefit", Outcome.ELIGIBLE, amount=1_000_000, period="monthly"),
         program("first_meeting_voucher", "첫만남이용권", "First-meeting voucher", Outcome.NEEDS_INFORMATION,
                 missing=[BIRTH_ORDER]),
-        program("electricity_discount", "전기요금 할인", "Electricity discount", Outcome.INELIGIBLE),
-        program("birth_registration", "출생신고", "Birth registration", Outcome.NEEDS_INFORMATION,
-                missing=[REGISTRY_CHECK]),
+        program("diaper_formula_support", "저소득층 기저귀·조제분유 지원",
+                "Diapers and formula for low-income families", Outcome.INELIGIBLE, department=Department.HEALTH),
+        program("parental_leave_benefit", "육아휴직 급여", "Parental leave benefit", Outcome.NEEDS_INFORMATION,
+                department=Department.LABOUR, missing=[INSURED_DAYS], sla_days=14),
     ]  # fmt: skip
 
 
@@ -94,7 +95,7 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         assert early.status_code == 409, "feedback opens once something is completed"
 
         d = Downstream(intake, application)
-        ca, pb, fmv, br = (uuid.uuid4() for _ in range(4))
+        ca, pb, fmv, pl = (uuid.uuid4() for _ in range(4))
         welfare = "/onestop/routing"
 
         def det(round_: int, programs: list[ProgramDetermination], trigger: str) -> EligibilityDetermined:
@@ -123,17 +124,17 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
                          assigned_at=d.clock), welfare)  # fmt: skip
         new_due = due + dt.timedelta(days=5)
         e_pb_transferred = d.event(
-            CaseTransferred(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), from_office_code=MAPO_WELFARE,
-                            office_name=JONGNO_NAME, reason="overflow: Mapo over capacity", due_date=new_due,
+            CaseTransferred(**d.case_fields(pb, "parent_benefit", YONGSAN_CSC), from_office_code=MAPO_CSC,
+                            office_name=YONGSAN_NAME, reason="overflow: MAPO-CSC over capacity", due_date=new_due,
                             transferred_at=d.clock), welfare)  # fmt: skip
         e_pb_info = d.event(
-            CaseInfoRequested(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE),
+            CaseInfoRequested(**d.case_fields(pb, "parent_benefit", YONGSAN_CSC),
                               questions=[InfoQuestion(text="출생증명서 사본을 제출해 주세요.")],
                               requested_at=d.clock), welfare)  # fmt: skip
-        br_fields = d.case_fields(br, "birth_registration", MAPO_CIVIL) | {"department": Department.CIVIL_REGISTRY}
-        e_br_routed = d.event(
-            CaseRouted(**br_fields, office_name=MAPO_CIVIL_NAME, status="open", priority=3, automatic=False,
-                       due_date=due, reason="district 11440, department civil_registry", routed_at=d.clock),
+        pl_fields = d.case_fields(pl, "parental_leave_benefit", SEOUL_WEST_EMP, Department.LABOUR)
+        e_pl_routed = d.event(
+            CaseRouted(**pl_fields, office_name=SEOUL_WEST_EMP_NAME, status="open", priority=3, automatic=False,
+                       due_date=due, reason="district 11440, department labour", routed_at=d.clock),
             welfare)  # fmt: skip
         n1, n2 = uuid.uuid4(), uuid.uuid4()
         e_n1 = d.event(
@@ -150,13 +151,13 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
                              source_event_ids=[e_pb_info.id], channel="email", template="info_requested",
                              language="ko", sent_at=d.clock), "/onestop/notify")  # fmt: skip
         in_order = [e_det1, e_ca_routed, e_ca_decided, e_pb_routed, e_pb_assigned, e_pb_transferred, e_pb_info,
-                    e_br_routed, e_n1, e_n2_failed, e_n2_sent]  # fmt: skip
+                    e_pl_routed, e_n1, e_n2_failed, e_n2_sent]  # fmt: skip
 
         # ...and the order they arrive in: the decision before its routing, the transfer before the routing, the
         # later delivery attempt before the failed one; some twice (JetStream's de-duplication, then the inbox).
         await d.publish(e_ca_decided, e_n1, e_pb_info, e_n2_sent, e_pb_transferred)
         await d.redeliver(e_ca_decided)
-        await d.publish(e_det1, e_pb_assigned, e_ca_routed, e_n2_failed, e_pb_routed, e_br_routed)
+        await d.publish(e_det1, e_pb_assigned, e_ca_routed, e_n2_failed, e_pb_routed, e_pl_routed)
         await d.publish(e_pb_assigned)
         await d.redeliver(e_det1)
         await d.redeliver(e_pb_info)
@@ -174,7 +175,8 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         assert view["determination"]["round"] == 1
         programs = {p["program_code"]: p for p in view["programs"]}
         assert list(programs) == [
-            "child_allowance", "parent_benefit", "first_meeting_voucher", "electricity_discount", "birth_registration",
+            "child_allowance", "parent_benefit", "first_meeting_voucher", "diaper_formula_support",
+            "parental_leave_benefit",
         ]  # fmt: skip
 
         allowance = programs["child_allowance"]
@@ -186,8 +188,8 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
 
         parent = programs["parent_benefit"]
         assert parent["case"]["status"] == "information_requested"
-        assert parent["case"]["office_code"] == JONGNO_WELFARE, "the transfer is newer than the routing"
-        assert parent["case"]["office_name"] == JONGNO_NAME.model_dump()
+        assert parent["case"]["office_code"] == YONGSAN_CSC, "the transfer is newer than the routing"
+        assert parent["case"]["office_name"] == YONGSAN_NAME.model_dump()
         assert parent["case"]["due_date"] == new_due.isoformat()
         assert parent["case"]["questions"] == [{"fact": None, "text": "출생증명서 사본을 제출해 주세요."}]
         assert parent["action_required"] is True
@@ -196,14 +198,15 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
         voucher = programs["first_meeting_voucher"]
         assert (voucher["outcome"], voucher["action_required"], voucher["case"]) == ("needs_information", True, None)
         assert [(m["name"], m["answered"]) for m in voucher["missing"]] == [("birth_order", False)]
-        assert programs["electricity_discount"]["settled"] is True
-        registration = programs["birth_registration"]
-        assert registration["action_required"] is False, "only staff can supply what it misses"
-        assert registration["case"]["status"] == "open"
+        assert programs["diaper_formula_support"]["settled"] is True
+        leave = programs["parental_leave_benefit"]
+        assert leave["action_required"] is False, "only staff can supply what it misses"
+        assert leave["case"]["status"] == "open"
+        assert leave["case"]["office_code"] == SEOUL_WEST_EMP
         assert len(view["notifications"]) == 2
 
         # A case is readable by the staff of every office it is or was in, and by no other office.
-        for office, expected in ((MAPO_WELFARE, 200), (JONGNO_WELFARE, 200), (MAPO_CIVIL, 200), (YONGSAN_WELFARE, 404)):
+        for office, expected in ((MAPO_CSC, 200), (YONGSAN_CSC, 200), (SEOUL_WEST_EMP, 200), (JONGNO_CSC, 404)):
             staff = intake.auth("caseworker", offices=[office])
             assert (await client.get(f"/v1/applications/{app_id}", headers=staff)).status_code == expected, office
 
@@ -243,20 +246,20 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
             welfare)  # fmt: skip
         resumed_due = new_due + dt.timedelta(days=3)
         e_pb_resumed = d.event(
-            CaseResumed(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), due_date=resumed_due,
+            CaseResumed(**d.case_fields(pb, "parent_benefit", YONGSAN_CSC), due_date=resumed_due,
                         paused_working_days=3, resumed_at=d.clock), welfare)  # fmt: skip
         e_pb_escalated = d.event(
-            CaseEscalated(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), reason="resident is a single parent",
+            CaseEscalated(**d.case_fields(pb, "parent_benefit", YONGSAN_CSC), reason="resident is a single parent",
                           escalated_by="sv-choi", escalated_at=d.clock), welfare)  # fmt: skip
         e_pb_decided = d.event(
-            CaseDecided(**d.case_fields(pb, "parent_benefit", JONGNO_WELFARE), decision=Decision.APPROVED,
+            CaseDecided(**d.case_fields(pb, "parent_benefit", YONGSAN_CSC), decision=Decision.APPROVED,
                         reason_code="eligible", reason=Localized(ko="요건 충족", en="Requirements met"),
                         amount=1_000_000, automatic=False, decided_at=d.clock), welfare)  # fmt: skip
-        e_br_decided = d.event(
-            CaseDecided(**br_fields, decision=Decision.APPROVED, reason_code="registered", automatic=False,
+        e_pl_decided = d.event(
+            CaseDecided(**pl_fields, decision=Decision.APPROVED, reason_code="eligible", automatic=False,
                         decided_at=d.clock), welfare)  # fmt: skip
         e_stale = d.event(det(1, round_one(), "submitted"), "/onestop/eligibility")
-        await d.publish(e_br_decided, e_fmv_decided, e_stale, e_pb_decided, e_det2)
+        await d.publish(e_pl_decided, e_fmv_decided, e_stale, e_pb_decided, e_det2)
         await d.redeliver(e_fmv_decided)
         await d.publish(e_fmv_routed, e_pb_escalated, e_pb_resumed)
         await d.redeliver(e_det2)
