@@ -142,6 +142,28 @@ async def _zero(h: Harness, query: object) -> bool:
     return bool(await h.scalar(query) == 0)
 
 
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+async def test_several_workers_on_one_consumer_apply_each_event_once(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    h = await Harness(
+        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, concurrency=4, batch_size=10
+    ).setup()
+    try:
+        consumer = await h.start_consumer()
+        assert len(consumer._workers) == 4
+        sent = [h.event(withdrawn()) for _ in range(300)]
+        for event in sent:
+            await h.bus.publish_event(event)
+        await wait_until(lambda: consumer_settled(h), timeout=60)
+        counts = await h.effect_counts()
+        assert counts == {e.data["application_id"]: 1 for e in sent}
+    finally:
+        await h.stop()
+
+
 # ---------------------------------------------------------------------------------------------- 4. poison
 
 
