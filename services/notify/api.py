@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
 
 from services.notify import repository
 from services.notify.delivery import retry_dead
@@ -61,7 +60,6 @@ from services.notify.worker import EXTRAS_KEY, NotifyComponents
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotencyDep, SessionDep, get_runtime
 from shared.events import partner_subject
-from shared.idempotency import Idempotency, StoredResponse
 from shared.problems import Conflict, NotFound, UnprocessableContent, problem_responses
 
 
@@ -369,48 +367,39 @@ async def create_subscription(
     idempotency: IdempotencyDep,
     settings: SettingsDep,
 ) -> JSONResponse:
-    assert principal.partner_id is not None  # a partner token always names the partner (shared.auth)
-    key = Idempotency.key_from(request)
-    fingerprint = body.model_dump(mode="json")
-    if key is not None:
-        stored = await idempotency.replay(session, principal, key, "POST", request.url.path, fingerprint)
-        if stored is not None:
-            return JSONResponse(stored.body, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
-    event_types = check_event_types(body.event_types)
-    transport = Transport(body.transport)
-    if transport is Transport.WEBHOOK:
-        if body.url is None:
-            raise UnprocessableContent.for_field("url", "a webhook subscription needs a url", type_="missing")
-        try:
-            await check_url(body.url, AddressPolicy.from_settings(
-                settings.webhook_forbidden_networks, settings.webhook_allowed_networks))  # fmt: skip
-        except UnsafeUrl as exc:
-            raise UnprocessableContent.for_field("url", str(exc), type_="forbidden_url") from None
-    elif body.url is not None:
-        raise UnprocessableContent.for_field("url", "a NATS subscription has no url", type_="unexpected")
-    await require_granted(session, principal.partner_id, event_types)
-    secret = new_secret() if transport is Transport.WEBHOOK else None
-    subscription = new_subscription(
-        partner_id=principal.partner_id,
-        transport=transport,
-        event_types=event_types,
-        url=body.url,
-        description=body.description,
-        secret=secret,
-        by=principal.subject,
-    )
-    session.add(subscription)
-    await session.flush()
-    out = SubscriptionCreated(**_subscription_out(subscription, settings.bus_prefix).model_dump(), secret=secret)
-    payload: dict[str, Any] = out.model_dump(mode="json")
-    if key is not None:
-        try:
-            await idempotency.remember(
-                session, principal, key, "POST", request.url.path, fingerprint, StoredResponse(201, payload)
-            )
-        except IntegrityError:
-            raise Conflict("A request with this Idempotency-Key is still being handled; retry shortly.") from None
-    return JSONResponse(payload, status_code=201, headers={"Location": f"/v1/subscriptions/{subscription.id}"})
+    partner_id = principal.partner_id
+    assert partner_id is not None  # a partner token always names the partner (shared.auth)
+
+    async def create() -> SubscriptionCreated:
+        event_types = check_event_types(body.event_types)
+        transport = Transport(body.transport)
+        if transport is Transport.WEBHOOK:
+            if body.url is None:
+                raise UnprocessableContent.for_field("url", "a webhook subscription needs a url", type_="missing")
+            try:
+                await check_url(body.url, AddressPolicy.from_settings(
+                    settings.webhook_forbidden_networks, settings.webhook_allowed_networks))  # fmt: skip
+            except UnsafeUrl as exc:
+                raise UnprocessableContent.for_field("url", str(exc), type_="forbidden_url") from None
+        elif body.url is not None:
+            raise UnprocessableContent.for_field("url", "a NATS subscription has no url", type_="unexpected")
+        await require_granted(session, partner_id, event_types)
+        secret = new_secret() if transport is Transport.WEBHOOK else None
+        subscription = new_subscription(
+            partner_id=partner_id,
+            transport=transport,
+            event_types=event_types,
+            url=body.url,
+            description=body.description,
+            secret=secret,
+            by=principal.subject,
+        )
+        session.add(subscription)
+        await session.flush()
+        return SubscriptionCreated(**_subscription_out(subscription, settings.bus_prefix).model_dump(), secret=secret)
+
+    answer = await idempotency.run(request, session, principal, body, create)
+    return answer.response(headers={"Location": f"/v1/subscriptions/{answer.body['id']}"})
 
 
 @subscriptions_router.get("", summary="My subscriptions (administrators: all)", responses=problem_responses(403))

@@ -107,5 +107,8 @@ async def _loop(
             worked = 0
         if worked:
             continue  # more may be due right behind (the next webhook of a subscription, say)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as the wake
+        # fires (a commit at shutdown), the loop then never ends and the service's shutdown hangs.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=settings.worker_interval_seconds)
+            async with asyncio.timeout(settings.worker_interval_seconds):
+                await wake.wait()

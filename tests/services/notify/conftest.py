@@ -1,23 +1,28 @@
-"""Fixtures of the notify tests: a stand-in for intake's contact endpoint, a real SMTP server (aiosmtpd, STARTTLS and
-AUTH), real HTTP servers as the SMS gateway and the partner's webhook endpoint, and the notify service itself."""
+"""Fixtures of the notify tests: the real intake service (where notify asks for residents' contact details), a real
+SMTP server (aiosmtpd, STARTTLS and AUTH), real HTTP servers as the SMS gateway and the partner's webhook endpoint, and
+the notify service itself."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import email
 import email.policy
+import functools
 import ipaddress
 import logging
+import shutil
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -25,96 +30,252 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Request, Response
 
+from onestop.registry import BY_NAME
 from onestop.runner import free_port
-from shared.auth import Role, TokenIssuer, TokenVerifier
+from services.intake.main import create_app as create_intake_app
+from services.intake.settings import IntakeSettings
+from shared.auth import Role, TokenIssuer
 from shared.bus import MSG_ID_HEADER, Bus
 from shared.events import CloudEvent, EventData, new_event, subject_for
-from shared.problems import Unauthorized
+from shared.migrations import upgrade
 from shared.settings import ServiceSettings
 from tests.support.http import serve
 from tests.support.nats import NatsServer
-from tests.support.services import RunningService, running_service
+from tests.support.postgres import PostgresServer
+from tests.support.services import RunningService, running_service, service_settings
 
 SMTP_USER = "notify"
 SMTP_PASSWORD = "smtp-test-password"
 SMS_API_KEY = "sms-test-key"
 
-# ================================================================================================ intake stand-in
+# ================================================================================================ intake (the real one)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx loads the CA bundle for every client, even one that only speaks plain HTTP: load it once."""
+    return ssl.create_default_context()
 
 
 @dataclass
-class IntakeStandIn:
-    """What intake's ``GET /v1/residents/{id}/contact`` knows; ``down`` makes it answer 503."""
+class IntakeServer:
+    """The real intake service, its migrations applied, served over real HTTP on a fixed port: ``stop()`` takes it
+    down (notify then meets a refused connection) and ``start()`` brings it back on the same address. ``client``
+    talks to it over that HTTP."""
 
-    contacts: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
-    down: bool = False
-    calls: int = 0
+    issuer: TokenIssuer
+    port: int = field(default_factory=free_port)
+    settings: IntakeSettings | None = field(default=None, init=False)
+    client: httpx.AsyncClient = field(init=False, repr=False)
+    _stack: contextlib.AsyncExitStack | None = field(default=None, init=False, repr=False)
+    _starting: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
-    def add(
+    def __post_init__(self) -> None:
+        self.client = httpx.AsyncClient(base_url=self.url, verify=_tls_context())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_soon(self, database: Callable[[], str], configure: Callable[[str], IntakeSettings]) -> None:
+        """Make intake's database and start it, in the background: alongside the notify service, which needs
+        intake's address, not intake. The first call through ``call`` waits for it, and so do ``stop`` and
+        ``close``."""
+
+        async def first_start() -> None:
+            self.settings = configure(await asyncio.to_thread(database))
+            await self.start()
+
+        self._starting = asyncio.create_task(first_start(), name="intake-start")
+
+    async def started(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            await starting
+
+    async def start(self) -> None:
+        assert self.settings is not None, "intake has no database yet"
+        assert self._stack is None, "intake is running already"
+        stack = contextlib.AsyncExitStack()
+        # A new app each time, as a restarted process would be; its durable consumers pick up where they were.
+        await stack.enter_async_context(serve(create_intake_app(self.settings), port=self.port))
+        self._stack = stack
+        try:
+            await self._wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self.started()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def close(self) -> None:
+        try:
+            await self.stop()
+        finally:
+            await self.client.aclose()
+
+    async def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            response = await self.client.get("/readyz")
+            if response.status_code == 200:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"intake not ready: {response.text}")
+            await asyncio.sleep(0.05)
+
+    def resident_auth(self, resident_id: uuid.UUID) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issuer.mint(Role.RESIDENT, resident_id=resident_id)}"}
+
+    async def call(self, method: str, path: str, *, resident_id: uuid.UUID, body: Any) -> dict[str, Any]:
+        """One request to intake over HTTP as the resident; the answer's JSON (a 2xx is required)."""
+        await self.started()
+        response = await self.client.request(method, path, json=body, headers=self.resident_auth(resident_id))
+        assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def register(
         self,
         *,
         email: str | None = None,
         phone: str | None = None,
         language: str = "ko",
-        channels: tuple[str, ...] = ("inbox", "email", "sms"),
+        channels: tuple[str, ...] | None = None,
     ) -> uuid.UUID:
+        """A resident registers themselves at intake with these contact details; returns the resident's id. The
+        channels default to the inbox plus each channel an address was given for."""
+        if channels is None:
+            channels = ("inbox", *(("email",) if email else ()), *(("sms",) if phone else ()))
         resident_id = uuid.uuid4()
-        self.contacts[resident_id] = {
-            "resident_id": str(resident_id),
+        body = {
+            "name": "김민지",
+            "birth_date": "1991-03-08",
+            "district_code": "11110",
+            "address": "서울특별시 종로구 삼봉로 43",
             "email": email,
             "phone": phone,
             "preferred_language": language,
             "preferred_channels": list(channels),
         }
+        created = await self.call("POST", "/v1/residents", resident_id=resident_id, body=body)
+        assert created["id"] == str(resident_id), "a resident's token registers that resident"
         return resident_id
 
+    async def update(self, resident_id: uuid.UUID, **changes: Any) -> dict[str, Any]:
+        """The resident changes their record at intake (``PATCH``: only the fields given)."""
+        return await self.call("PATCH", f"/v1/residents/{resident_id}", resident_id=resident_id, body=changes)
 
-def intake_stand_in_app(state: IntakeStandIn, verifier: TokenVerifier) -> FastAPI:
-    """Exactly the contract notify uses: the contact endpoint, for the notify service's token only."""
-    app = FastAPI()
+    async def set_consents(self, resident_id: uuid.UUID, consents: dict[str, bool]) -> dict[str, Any]:
+        """The resident's complete consent set (a purpose left out is withdrawn)."""
+        body = {"consents": consents}
+        return await self.call("PUT", f"/v1/residents/{resident_id}/consents", resident_id=resident_id, body=body)
 
-    @app.get("/v1/residents/{resident_id}/contact")
-    async def contact(resident_id: uuid.UUID, authorization: str = Header(default="")) -> Response:
-        state.calls += 1
-        scheme, _, token = authorization.partition(" ")
-        try:
-            principal = await verifier.verify(token) if scheme.lower() == "bearer" else None
-        except Unauthorized:
-            principal = None
-        if principal is None:
-            return Response(status_code=401)
-        if principal.role is not Role.SERVICE or principal.service != "notify":
-            return Response(status_code=403)
-        if state.down:
-            return Response(status_code=503)
-        found = state.contacts.get(resident_id)
-        if found is None:
-            return Response(status_code=404)
-        import orjson
 
-        return Response(orjson.dumps(found), media_type="application/json")
+def _migrate_in_a_thread(url: str) -> None:
+    """Apply intake's migrations from a session fixture: in a thread of its own, so that its event loop never
+    touches the one pytest-asyncio keeps for the tests."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, upgrade(url, BY_NAME["intake"].migrations)).result()
 
-    return app
+
+@pytest.fixture(scope="session")
+def intake_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file with intake's migrations applied, copied for each test."""
+    path = tmp_path_factory.mktemp("intake-template") / "intake.db"
+    _migrate_in_a_thread(f"sqlite+aiosqlite:///{path}")
+    leftovers = [p.name for p in path.parent.iterdir() if p != path]
+    assert leftovers == [], f"the template must be one self-contained file, found {leftovers}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def intake_postgres_template(postgres_server: PostgresServer) -> str:
+    """One PostgreSQL database with intake's migrations applied, the template of each test's intake database."""
+    url = postgres_server.create_database()
+    _migrate_in_a_thread(url)  # the engine is disposed afterwards: a template must have no open connection
+    return url.rsplit("/", 1)[1]
 
 
 @pytest.fixture
-def intake() -> IntakeStandIn:
-    return IntakeStandIn()
+def new_intake_database(database_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[], str]:
+    """Makes intake's own database on the test's backend (never notify's: no service reads another's tables),
+    migrated, and returns its URL: a copy of the session's template, which costs far less than running the
+    migrations for every test. A function, so that the ``intake`` fixture can make the database in the background."""
+    if database_backend == "sqlite":
+        template: Path = request.getfixturevalue("intake_sqlite_template")
+        path = tmp_path / "intake.db"
+
+        def copy() -> str:
+            shutil.copyfile(template, path)
+            return f"sqlite+aiosqlite:///{path}"
+
+        return copy
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return functools.partial(server.create_database, template=request.getfixturevalue("intake_postgres_template"))
 
 
 @pytest.fixture
-async def intake_url(intake: IntakeStandIn, keys_dir: Path) -> AsyncIterator[str]:
-    """Where notify finds intake. A stand-in serving only the contact endpoint, over real HTTP."""
-    verifier = TokenVerifier(
-        issuer="onestop-embedded",
-        audience="onestop",
-        algorithms=["EdDSA"],
-        public_key_pem=(keys_dir / "issuer.pub.pem").read_bytes(),
-    )
-    async with serve(intake_stand_in_app(intake, verifier)) as url:
-        yield url
+def intake_shares_stream() -> bool:
+    """Whether intake publishes and consumes on the notify test's own stream. By default it does not: the test then
+    publishes exactly the events it means notify to handle, and intake's own (``resident.updated`` on every
+    registration) stay on intake's stream. A test about what intake tells notify over the bus turns it on with
+    ``@pytest.mark.parametrize("intake_shares_stream", [True], ids=[SHARED_STREAM])``."""
+    return False
+
+
+SHARED_STREAM = "intake-on-notify-stream"
+
+
+@pytest.fixture
+async def intake(
+    intake_shares_stream: bool,
+    new_intake_database: Callable[[], str],
+    nats_server: NatsServer,
+    bus_prefix: str,
+    keys_dir: Path,
+    issuer: TokenIssuer,
+    tmp_path: Path,
+) -> AsyncIterator[IntakeServer]:
+    """The real intake service, on the same nats-server as notify. Residents register through its API; notify asks
+    it for their contact details with its service token, as in production. Registering residents needs no
+    eligibility (only applications do), so eligibility's address points where nothing listens: a call to it would
+    fail the test rather than pass unnoticed."""
+
+    def configure(database_url: str) -> IntakeSettings:
+        settings = service_settings(
+            "intake",
+            database_url=database_url,
+            nats_url=nats_server.url,
+            prefix=bus_prefix if intake_shares_stream else f"{bus_prefix}-intake",
+            keys_dir=keys_dir,
+            data_dir=tmp_path / "intake-data",
+            eligibility_url=f"http://127.0.0.1:{free_port()}",
+            # The relay is woken by intake's own commits; the poll is only its fallback, and at the tests' usual
+            # 0.05 s an idle intake would take CPU from the notify service under test.
+            outbox_poll_interval_seconds=0.5,
+        )
+        assert isinstance(settings, IntakeSettings)
+        return settings
+
+    server = IntakeServer(issuer)
+    try:
+        server.start_soon(new_intake_database, configure)
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def intake_url(intake: IntakeServer) -> str:
+    """Where notify finds intake."""
+    return intake.url
 
 
 # ================================================================================================ SMTP

@@ -13,7 +13,7 @@ from services.notify.main import create_app
 from shared.auth import TokenIssuer
 from shared.migrations import upgrade
 from tests.services.notify import factories as f
-from tests.services.notify.conftest import Endpoint, IntakeStandIn, Producer, eventually
+from tests.services.notify.conftest import Endpoint, IntakeServer, Producer, eventually
 from tests.support.http import run_schemathesis, serve
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService, service_settings
@@ -33,9 +33,9 @@ ROLES = (
 
 
 async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_see(
-    notify: RunningService, producer: Producer, intake: IntakeStandIn, partner_endpoint: Endpoint
+    notify: RunningService, producer: Producer, intake: IntakeServer, partner_endpoint: Endpoint
 ) -> None:
-    owner = intake.add(channels=("inbox",))
+    owner = await intake.register(channels=("inbox",))
     tokens: dict[str, dict[str, str]] = {
         "owner": notify.auth("resident", resident_id=owner),
         "other_resident": notify.auth("resident", resident_id=uuid.uuid4()),

@@ -1,7 +1,9 @@
-"""The parts without I/O: templates in both languages, quiet hours, backoff, where webhooks may point, signatures."""
+"""The parts without I/O: templates in both languages, quiet hours, backoff, the delivery loop's stop, where webhooks
+may point, signatures."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import random
@@ -11,8 +13,9 @@ import pytest
 
 from services.notify.rendering import KINDS, MessageInput, Renderer
 from services.notify.schedule import backoff, quiet_until
-from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS
+from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS, NotifySettings
 from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, sign, webhook_headers
+from services.notify.worker import _loop
 from tests.services.notify.test_partners import standard_webhook_signature_valid
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -237,6 +240,27 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         assert all(ceiling / 2 <= s <= ceiling for s in samples)
         assert len({round(s, 6) for s in samples}) > 100, "jittered, not in lockstep"
     assert max(delays[-1]) <= 60.0
+
+
+async def test_a_delivery_loop_stops_when_cancelled_even_as_work_wakes_it() -> None:
+    """At shutdown a commit may wake the loop in the very step its task is cancelled: it must stop all the same
+    (asyncio.wait_for on Python 3.11 lost that cancellation, and the service's shutdown hung)."""
+    passes = 0
+
+    async def run_once() -> int:
+        nonlocal passes
+        passes += 1
+        return 0
+
+    wake = asyncio.Event()
+    task = asyncio.create_task(_loop("test", run_once, wake, NotifySettings(worker_interval_seconds=0.05)))
+    await asyncio.sleep(0.01)  # the loop is waiting for work
+    assert passes == 1
+    wake.set()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done, "the loop kept running after it was cancelled"
+    assert task.cancelled()
 
 
 # ================================================================================================ webhooks

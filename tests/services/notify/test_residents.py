@@ -1,5 +1,5 @@
 """Residents hear every step, in their language, on their channels: the notify service against the real NATS, real
-databases, a real SMTP server (STARTTLS + AUTH), a real HTTP SMS gateway and an intake stand-in over real HTTP."""
+databases, a real SMTP server (STARTTLS + AUTH), a real HTTP SMS gateway and the real intake service over real HTTP."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import func, select
 
-from services.notify.models import Delivery, Notification
+from services.notify.models import Delivery, Notification, ResidentState
 from shared.auth import TokenIssuer
 from shared.events import Decision, Outcome
 from tests.services.notify import factories as f
 from tests.services.notify.conftest import (
+    SHARED_STREAM,
     SMS_API_KEY,
     Endpoint,
-    IntakeStandIn,
+    IntakeServer,
     MailServer,
     Producer,
     eventually,
@@ -80,14 +82,14 @@ async def settled(notify: RunningService) -> bool:
 async def test_a_resident_hears_every_step_once_in_their_language_on_their_channels(
     notify: RunningService,
     producer: Producer,
-    intake: IntakeStandIn,
+    intake: IntakeServer,
     smtp: MailServer,
     sms_gateway: Endpoint,
     nats_server: NatsServer,
     bus_prefix: str,
 ) -> None:
     mail, phone = "minji.kim@example.kr", "+821012345678"
-    resident = intake.add(email=mail, phone=phone, language="en", channels=("inbox", "email", "sms"))
+    resident = await intake.register(email=mail, phone=phone, language="en", channels=("inbox", "email", "sms"))
     application = uuid.uuid4()
 
     async with event_log(nats_server.url, bus_prefix) as log:
@@ -212,10 +214,10 @@ async def test_a_resident_hears_every_step_once_in_their_language_on_their_chann
 
 
 async def test_after_a_withdrawal_nothing_more_is_sent_for_that_application(
-    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer
 ) -> None:
     mail = "jiho.park@example.kr"
-    resident = intake.add(email=mail, language="ko", channels=("email",))
+    resident = await intake.register(email=mail, language="ko", channels=("email",))
     application, other = uuid.uuid4(), uuid.uuid4()
 
     await producer.publish(f.submitted(resident, application))
@@ -243,24 +245,69 @@ async def test_after_a_withdrawal_nothing_more_is_sent_for_that_application(
     assert await count(notify, Notification, Notification.application_id == application) == 2
 
 
+# intake on the notify test's stream: the consents residents give and withdraw at intake reach notify as intake's
+# own consent.changed events.
+@pytest.mark.parametrize("intake_shares_stream", [True], ids=[SHARED_STREAM])
 async def test_opportunities_are_told_only_with_a_current_proactive_screening_consent(
-    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer
+    notify: RunningService,
+    producer: Producer,
+    intake: IntakeServer,
+    smtp: MailServer,
+    nats_server: NatsServer,
+    bus_prefix: str,
 ) -> None:
-    consenting = intake.add(email="a@example.kr", channels=("email",))
-    refusing = intake.add(email="b@example.kr", channels=("email",))
-    withdrew = intake.add(email="c@example.kr", channels=("email",))
-    await producer.publish(f.consent(consenting, 1, {"proactive_screening": True}))
-    await producer.publish(f.consent(refusing, 1, {"proactive_screening": False}))
-    # Consent withdrawn (version 2), then the older grant arrives late: the newer one stands.
+    consenting = await intake.register(email="a@example.kr", channels=("email",))
+    refusing = await intake.register(email="b@example.kr", channels=("email",))
+    withdrew = await intake.register(email="c@example.kr", channels=("email",))
+    never_asked = await intake.register(email="d@example.kr", channels=("email",))
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await intake.set_consents(consenting, {"proactive_screening": True})
+        await intake.set_consents(refusing, {"proactive_screening": True})
+        await intake.set_consents(refusing, {"proactive_screening": False})  # changed their mind: version 2
+        # Published by intake's outbox relay: on the stream before the opportunities below, so handled before them.
+        told = await log.wait_for("consent.changed", count=3)
+        assert {(e.data["resident_id"], e.data["version"]) for e in told} == {
+            (str(consenting), 1), (str(refusing), 1), (str(refusing), 2)
+        }  # fmt: skip
+    # Consent withdrawn (version 2), then the older grant arrives late: the newer one stands. intake never publishes
+    # out of order, so the late delivery is played by the producer.
     await producer.publish(f.consent(withdrew, 2, {"proactive_screening": False}))
     await producer.publish(f.consent(withdrew, 1, {"proactive_screening": True}))
-    for resident in (refusing, withdrew, consenting):
+    for resident in (refusing, withdrew, never_asked, consenting):
         await producer.publish(f.opportunity(resident))
     await eventually(lambda: len(smtp.to("a@example.kr")) == 1)
     await eventually(lambda: settled(notify))
     assert "기초연금: 매월 342,510원" in body_of(smtp.to("a@example.kr")[0])
     assert smtp.to("b@example.kr") == []
     assert smtp.to("c@example.kr") == []
+    assert smtp.to("d@example.kr") == []
+
+
+# intake on the notify test's stream: a change of language at intake reaches notify as resident.updated as well.
+@pytest.mark.parametrize("intake_shares_stream", [True], ids=[SHARED_STREAM])
+async def test_a_contact_changed_at_intake_is_where_the_next_message_goes(
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer
+) -> None:
+    old, new = "old.address@example.kr", "new.address@example.kr"
+    resident = await intake.register(email=old, language="ko", channels=("email",))
+    await producer.publish(f.submitted(resident, uuid.uuid4()))
+    await eventually(lambda: len(smtp.to(old)) == 1)
+    assert smtp.to(old)[0]["Subject"] == "[원스톱] 신청이 접수되었습니다"
+
+    changed = await intake.update(resident, email=new, preferred_language="en")
+    assert changed["email"] == new
+    await eventually(lambda: _profile(notify, resident, ("en", 2)))  # resident.updated v2 (no contact details in it)
+    await producer.publish(f.submitted(resident, uuid.uuid4()))
+    await eventually(lambda: len(smtp.to(new)) == 1)
+    assert smtp.to(new)[0]["Subject"] == "[OneStop] We received your application"
+    await eventually(lambda: settled(notify))
+    assert len(smtp.to(old)) == 1, "nothing more to the address the resident gave up"
+
+
+async def _profile(notify: RunningService, resident: uuid.UUID, expected: tuple[str, int]) -> bool:
+    async with notify.runtime.db.session() as session:
+        state = await session.get(ResidentState, resident)
+    return state is not None and (state.language, state.profile_version) == expected
 
 
 # ================================================================================================ delivery
@@ -269,14 +316,14 @@ async def test_opportunities_are_told_only_with_a_current_proactive_screening_co
 async def test_failing_channels_are_retried_then_dead_and_an_admin_can_retry(
     notify: RunningService,
     producer: Producer,
-    intake: IntakeStandIn,
+    intake: IntakeServer,
     smtp: MailServer,
     sms_gateway: Endpoint,
     nats_server: NatsServer,
     bus_prefix: str,
 ) -> None:
     mail, phone = "bounce@example.kr", "+821099998888"
-    resident = intake.add(email=mail, phone=phone, channels=("email", "sms"))
+    resident = await intake.register(email=mail, phone=phone, channels=("email", "sms"))
     smtp.refuse.add(mail)  # a permanent refusal (550): dead at once, no retries
     sms_gateway.fail_next = 2  # the gateway fails twice (503), then accepts
 
@@ -325,19 +372,33 @@ async def _nonempty(awaitable: Any) -> bool:
 
 
 async def test_when_intake_is_down_the_message_waits_in_the_inbox_and_goes_out_later(
-    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer
 ) -> None:
     mail = "down@example.kr"
-    resident = intake.add(email=mail, channels=("email",))
-    intake.down = True
-    calls_before = intake.calls
+    resident = await intake.register(email=mail, channels=("email",))
+    await intake.stop()
     await producer.publish(f.submitted(resident, uuid.uuid4()))
-    # The inbox has it at once; the email waits while intake cannot say where to send it.
+    # The inbox has it at once; the email waits while intake cannot say where to send it, and notify keeps asking.
     await eventually(lambda: _inbox_size(notify, resident, 1))
-    await eventually(lambda: intake.calls >= calls_before + 3)
+    await eventually(lambda: _contact_lookups_failed(notify, resident, 3))
     assert smtp.to(mail) == []
-    intake.down = False
+    await intake.start()
     await eventually(lambda: len(smtp.to(mail)) == 1)
+    async with notify.runtime.db.session() as session:
+        notification = await session.scalar(select(Notification).where(Notification.resident_id == resident))
+    assert notification is not None
+    assert (notification.status, notification.last_error) == ("dispatched", None)
+
+
+async def _contact_lookups_failed(notify: RunningService, resident: uuid.UUID, times: int) -> bool:
+    """The resident's notification was retried ``times`` times because intake refused the connection."""
+    async with notify.runtime.db.session() as session:
+        notification = await session.scalar(select(Notification).where(Notification.resident_id == resident))
+    return (
+        notification is not None
+        and notification.step_attempts >= times
+        and (notification.last_error or "").startswith("intake unreachable")
+    )
 
 
 async def _inbox_size(notify: RunningService, resident: uuid.UUID, size: int) -> bool:
@@ -345,10 +406,10 @@ async def _inbox_size(notify: RunningService, resident: uuid.UUID, size: int) ->
 
 
 async def test_sms_waits_for_the_end_of_quiet_hours(
-    notify: RunningService, producer: Producer, intake: IntakeStandIn, smtp: MailServer, sms_gateway: Endpoint
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer, sms_gateway: Endpoint
 ) -> None:
     mail, phone = "night@example.kr", "+821055556666"
-    resident = intake.add(email=mail, phone=phone, channels=("email", "sms"))
+    resident = await intake.register(email=mail, phone=phone, channels=("email", "sms"))
     auth = notify.auth("resident", resident_id=resident)
     seoul = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=9)))
     start, end = (seoul - dt.timedelta(hours=1)).strftime("%H:%M"), (seoul + dt.timedelta(hours=2)).strftime("%H:%M")
@@ -385,7 +446,7 @@ async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_si
     issuer: TokenIssuer,
     notify_settings: dict[str, Any],
     producer: Producer,
-    intake: IntakeStandIn,
+    intake: IntakeServer,
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "embedded"
@@ -394,11 +455,12 @@ async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_si
         database_url=database_url, nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir, issuer=issuer,
         settings=settings,
     ):  # fmt: skip
-        resident = intake.add(email="local@example.kr", phone="+821011112222", channels=("email", "sms"))
+        resident = await intake.register(email="local@example.kr", phone="+821011112222", channels=("email", "sms"))
         application = uuid.uuid4()
         await producer.publish(f.submitted(resident, application))
         maildir, sms_log = data_dir / "mail" / "new", data_dir / "sms.jsonl"
-        await eventually(lambda: sms_log.exists() and maildir.exists() and any(maildir.iterdir()))
+        # The text file exists from the moment it is opened for appending: wait for the whole line.
+        await eventually(lambda: maildir.exists() and any(maildir.iterdir()) and _ends_a_line(sms_log))
         [eml] = list(maildir.iterdir())
         message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
         assert message["To"] == "local@example.kr"
@@ -409,3 +471,7 @@ async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_si
         text = orjson.loads(line)
         assert text["to"] == "+821011112222"
         assert text["text"].startswith("[원스톱] 출생 관련 신청이 접수되었습니다.")
+
+
+def _ends_a_line(path: Path) -> bool:
+    return path.exists() and path.read_bytes()[-1:] == b"\n"
