@@ -120,7 +120,7 @@ class Bus:
         if nc is None or nc.is_closed:
             return
         try:
-            await asyncio.wait_for(nc.drain(), timeout=5)
+            await nc.drain()  # bounded by the connection's drain_timeout
         except (TimeoutError, nats.errors.Error, OSError):
             await nc.close()
 
