@@ -1,0 +1,114 @@
+"""The one-hop SQLite cursor behaves as a DB-API cursor must for SQLAlchemy, and costs one thread hop a statement."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from shared.db import Database
+
+metadata = MetaData()
+items = Table(
+    "items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(20), nullable=False, unique=True),
+    Column("size", Integer, nullable=False),
+)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'hop.db'}")
+    async with database.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+async def test_rows_row_counts_and_generated_ids(db: Database) -> None:
+    async with db.session() as session:
+        first: Any = await session.execute(insert(items).values(name="a", size=1))
+        assert first.inserted_primary_key == (1,)
+        await session.execute(insert(items), [{"name": f"n{i}", "size": i} for i in range(2, 302)])
+        returned = (await session.execute(insert(items).values(name="r", size=7).returning(items.c.id))).scalar_one()
+        assert returned == 302
+        changed: Any = await session.execute(update(items).where(items.c.size >= 100).values(size=0))
+        assert changed.rowcount == 202  # sizes 100..301; the optimistic updates of routing's claims rely on this
+        gone: Any = await session.execute(delete(items).where(items.c.name == "absent"))
+        assert gone.rowcount == 0
+
+    async with db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(items)) == 302
+        names = (await session.execute(select(items.c.name).order_by(items.c.id).limit(3))).scalars().all()
+        assert names == ["a", "n2", "n3"]
+        partial = await session.stream(select(items.c.id).order_by(items.c.id))
+        assert len([row async for row in partial]) == 302
+        result = await session.execute(select(items.c.id).order_by(items.c.id))
+        assert [r.id for r in result.fetchmany(2)] == [1, 2]
+        assert len(result.fetchall()) == 300
+
+
+async def test_errors_are_sqlalchemy_errors_and_leave_nothing_written(db: Database) -> None:
+    async with db.session() as session:
+        await session.execute(insert(items).values(name="taken", size=1))
+
+    async def duplicate_after_a_good_row() -> None:
+        async with db.session() as session:
+            await session.execute(insert(items).values(name="other", size=2))
+            await session.execute(insert(items).values(name="taken", size=3))
+
+    async def unknown_table() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT * FROM no_such_table"))
+
+    with pytest.raises(IntegrityError):
+        await duplicate_after_a_good_row()
+    with pytest.raises(OperationalError):
+        await unknown_table()
+
+    async with db.session() as session:  # the pooled connection is still usable, and the rollback took "other"
+        assert (await session.execute(select(items.c.name))).scalars().all() == ["taken"]
+
+
+async def test_each_statement_is_one_call_into_the_driver_thread(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    original: Any = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await original(self, fn, *args, **kwargs)
+
+    async with db.session() as session:
+        await session.execute(select(1))  # the transaction's BEGIN and a first statement
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+        await session.execute(insert(items).values(name="x", size=1))
+        assert len(calls) == 1
+        rows = (await session.execute(select(items.c.name, items.c.size))).all()
+        assert rows == [("x", 1)]
+        assert len(calls) == 2
+
+
+async def test_sqlite_runs_in_the_driver_thread_not_the_event_loop(db: Database) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    async with db.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection
+
+        def where_am_i() -> int:
+            seen.append(threading.get_ident())
+            return 1
+
+        await driver.create_function("where_am_i", 0, where_am_i)
+        assert (await conn.execute(text("SELECT where_am_i()"))).scalar_one() == 1
+    assert seen
+    assert seen[0] != loop_thread
