@@ -32,6 +32,8 @@ class RoutingSettings(ServiceSettings):
     today: dt.date | None = None
     # A case whose due date is this many working days away or fewer is raised in priority.
     due_soon_working_days: int = Field(default=2, ge=0, le=30)
+    # A breached case is escalated with a new promise to the resident: a result within this many working days.
+    sla_breach_grace_working_days: int = Field(default=5, ge=1, le=60)
 
     # Statistics
     capacity_window_days: int = Field(default=28, ge=1, le=366)

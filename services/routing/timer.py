@@ -134,11 +134,22 @@ class SlaTimer:
         case.escalated_at = now
         case.priority = URGENT
         case.updated_at = now
-        repo.add_entry(session, case, TIMER, "sla_breached", now, due_date=case.due_date.isoformat())
+        # The apology the resident receives carries a new, firm expectation counted from the day of the breach.
+        expected_by = self.ctx.calendar.add_working_days(today, self.ctx.settings.sla_breach_grace_working_days)
+        repo.add_entry(
+            session,
+            case,
+            TIMER,
+            "sla_breached",
+            now,
+            due_date=case.due_date.isoformat(),
+            expected_by=expected_by.isoformat(),
+        )
         repo.add_entry(session, case, TIMER, "escalated", now, reason="sla_breached", to=supervisors)
         await save(session)
         await self.ctx.outbox.emit(
-            session, CaseSlaBreached(**event_base(case), due_date=case.due_date, breached_at=now, expected_by=None)
+            session,
+            CaseSlaBreached(**event_base(case), due_date=case.due_date, breached_at=now, expected_by=expected_by),
         )
         await self.ctx.outbox.emit(
             session, CaseEscalated(**event_base(case), reason="sla_breached", escalated_by=TIMER, escalated_at=now)

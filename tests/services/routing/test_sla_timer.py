@@ -80,7 +80,11 @@ async def test_a_breach_fires_once_across_restarts_and_a_paused_case_never_breac
             await log.wait_for("case.sla_breached")
             await passes(routing, 3)
             breached = await emitted(routing, "case.sla_breached")
-            assert [(e["program_code"], e["due_date"]) for e in breached] == [("late", "2025-10-01")]
+            # The new promise: five working days (the default) from the breach, skipping the Foundation Day,
+            # Chuseok and Hangul Day holidays of 3 and 6-9 October: Friday 10 to Thursday 16 October.
+            assert [(e["program_code"], e["due_date"], e["expected_by"]) for e in breached] == [
+                ("late", "2025-10-01", "2025-10-16")
+            ]
             escalated = await emitted(routing, "case.escalated")
             assert [(e["program_code"], e["escalated_by"], e["reason"]) for e in escalated] == [
                 ("late", "system:sla-timer", "sla_breached")
@@ -89,6 +93,7 @@ async def test_a_breach_fires_once_across_restarts_and_a_paused_case_never_breac
             assert (late.breached_on, late.escalated, late.priority) == (thursday, True, 4)
             detail = (await routing.client.get(f"/v1/cases/{late.id}", headers=routing.auth("admin"))).json()
             assert [h["action"] for h in detail["history"]][-2:] == ["sla_breached", "escalated"]
+            assert detail["history"][-2]["details"]["expected_by"] == "2025-10-16"
             assert detail["history"][-1]["details"]["to"] == ["staff:jongno-csc-lead"]
             assert detail["sla"]["working_days_left"] == -1
             metrics = (await routing.client.get("/metrics")).text
