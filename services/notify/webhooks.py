@@ -7,7 +7,9 @@ previous secret signs too, so the header then holds two space-separated signatur
 
 Webhook URLs must be http(s) and may not point at forbidden address ranges (loopback, private, link-local, cloud
 metadata... per settings). The check runs when a subscription is created and again before every delivery, because
-what a name resolves to can change after it was accepted.
+what a name resolves to can change after it was accepted; and the delivery connects to the very address the check
+approved (the Host header and TLS server name stay the partner's name), so a name re-pointed between the check and
+the connection (DNS rebinding) cannot steer a request into the internal network.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -90,8 +93,9 @@ class AddressPolicy:
         return not any(address in network for network in self.forbidden)
 
 
-async def check_url(url: str, policy: AddressPolicy) -> None:
-    """Raise :class:`UnsafeUrl` unless ``url`` is http(s) and every address its host resolves to is permitted."""
+async def check_url(url: str, policy: AddressPolicy) -> list[IPAddress]:
+    """Raise :class:`UnsafeUrl` unless ``url`` is http(s) and every address its host resolves to is permitted;
+    return those addresses."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -107,9 +111,11 @@ async def check_url(url: str, policy: AddressPolicy) -> None:
         raise UnsafeUrl("must not have a fragment")
     host = parts.hostname
     port = port or (443 if parts.scheme == "https" else 80)
-    for address in await _resolve(host, port):
+    addresses = await _resolve(host, port)
+    for address in addresses:
         if not policy.permits(address):
             raise UnsafeUrl("points at a forbidden address range")
+    return addresses
 
 
 async def _resolve(host: str, port: int) -> list[IPAddress]:
@@ -136,6 +142,25 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
 # ---------------------------------------------------------------------------------------------- sending
 
 
+def pinned(url: str, address: IPAddress) -> tuple[httpx.URL, str, dict[str, Any]]:
+    """The URL rewritten to connect to ``address``, the Host header naming the original host, and for https the
+    TLS server name (SNI, and the name the certificate is verified against) of the original host."""
+    original = httpx.URL(url)
+    host_header = original.netloc.decode("ascii")
+    extensions: dict[str, Any] = {}
+    if original.scheme == "https" and not _is_address(original.host):
+        extensions["sni_hostname"] = original.raw_host.decode("ascii")
+    return original.copy_with(host=str(address)), host_header, extensions
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Attempt:
     ok: bool
@@ -154,13 +179,16 @@ async def post(
     timeout: float,
 ) -> Attempt:
     try:
-        await check_url(url, policy)
+        addresses = await check_url(url, policy)
     except UnsafeUrl as exc:
         return Attempt(False, None, f"URL refused: {exc}")
-    headers = webhook_headers(signing_secrets, msg_id, body)
+    target, host_header, extensions = pinned(url, addresses[0])
+    headers = {**webhook_headers(signing_secrets, msg_id, body), "host": host_header}
     try:
         # Redirects are not followed: a redirect could lead to an address the check above would refuse.
-        response = await client.post(url, content=body, headers=headers, timeout=timeout, follow_redirects=False)
+        response = await client.post(
+            target, content=body, headers=headers, timeout=timeout, follow_redirects=False, extensions=extensions
+        )
     except httpx.HTTPError as exc:
         return Attempt(False, None, f"{type(exc).__name__}: could not deliver")
     if response.is_success:
