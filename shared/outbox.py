@@ -208,8 +208,18 @@ class OutboxRelay:
         relays, so that rows go out in order. SQLite has one process per database and needs no lock."""
         if self.db.dialect != "postgresql":
             return True
-        if self._leader is not None and not self._leader.closed:
-            return True
+        if self._leader is not None:
+            try:
+                # The lock lives as long as its session: if the connection was lost (network, server restart,
+                # an operator's pg_terminate_backend) the lock went with it and another replica may hold it now.
+                await self._leader.exec_driver_sql("SELECT 1")
+                await self._leader.rollback()
+                return True
+            except Exception as exc:
+                log.warning("the outbox relay's lock connection was lost; competing again", extra={"error": repr(exc)})
+                with contextlib.suppress(Exception):
+                    await self._leader.invalidate()
+                self._leader = None
         conn = await self.db.engine.connect()
         try:
             key = zlib.crc32(f"outbox:{self.bus.name}".encode())
@@ -223,6 +233,11 @@ class OutboxRelay:
             return True
         await conn.close()
         return False
+
+    @property
+    def is_leader(self) -> bool:
+        """On PostgreSQL, whether this relay holds the lock that makes it the one relaying (SQLite needs none)."""
+        return self._leader is not None
 
     async def _release_leadership(self) -> None:
         if self._leader is not None:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from shared.bus import MSG_ID_HEADER, Bus
 from shared.events import CloudEvent, dead_letter_subject, subject_for
 from tests.support.bus_harness import EVENT_TYPE, POISON, Harness, effects, tables, wait_until, withdrawn
 from tests.support.nats import NatsServer
+from tests.support.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -255,3 +256,52 @@ async def test_nats_restarted_in_the_middle_of_1000_events_applies_each_exactly_
     finally:
         await h.stop()
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- one relay at a time
+
+
+async def test_a_relay_that_lost_its_lock_connection_stops_relaying_and_one_leader_remains(
+    nats_server: NatsServer, bus_prefix: str, postgres_server: PostgresServer
+) -> None:
+    """Two replicas share one outbox on PostgreSQL; the leader's lock session is killed by the server. The relay
+    notices (a lost connection is also a lost lock), so only one relay believes it leads, and every event still goes
+    out exactly once."""
+    database_url = postgres_server.create_database()
+    first = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    second = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    try:
+        await first.start_relay()
+        await first.emit([withdrawn() for _ in range(20)])
+        await wait_until(lambda: _published(first, 20))
+        await second.start_relay()
+        await asyncio.sleep(0.3)  # a few of the second relay's polls: it finds the lock taken
+        assert (first.relay.is_leader, second.relay.is_leader) == (True, False)
+
+        async with first.db.session() as session:
+            killed = await session.scalar(
+                text("SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            )
+        assert killed == 1
+
+        await first.emit([withdrawn() for _ in range(30)])
+        await second.emit([withdrawn() for _ in range(30)])
+        await wait_until(lambda: _published(first, 80))
+        await wait_until(lambda: _one_leader(first, second))
+        subject = subject_for(first.bus.prefix, EVENT_TYPE)
+        assert await stream_count(first.bus, subject) == 80
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+async def _published(h: Harness, n: int) -> bool:
+    sent = await h.scalar(
+        select(func.count()).select_from(tables.outbox).where(tables.outbox.c.published_at.is_not(None))
+    )
+    return bool(sent == n)
+
+
+async def _one_leader(*harnesses: Harness) -> bool:
+    await asyncio.sleep(0.3)  # let each relay make a pass or two with what it now knows
+    return [h.relay.is_leader for h in harnesses].count(True) == 1
