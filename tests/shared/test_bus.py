@@ -280,7 +280,10 @@ async def test_a_relay_that_lost_its_lock_connection_stops_relaying_and_one_lead
 
         async with first.db.session() as session:
             killed = await session.scalar(
-                text("SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
             )
         assert killed == 1
 
