@@ -118,11 +118,18 @@ async def check_url(url: str, policy: AddressPolicy) -> list[IPAddress]:
     return addresses
 
 
-async def _resolve(host: str, port: int) -> list[IPAddress]:
+def _literal(host: str) -> IPAddress | None:
+    """The address a host written as an IP literal names (an IPv6 zone id dropped), else None."""
     try:
-        return [ipaddress.ip_address(host.split("%")[0])]
+        return ipaddress.ip_address(host.split("%")[0])
     except ValueError:
-        pass
+        return None
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
@@ -148,17 +155,9 @@ def pinned(url: str, address: IPAddress) -> tuple[httpx.URL, str, dict[str, Any]
     original = httpx.URL(url)
     host_header = original.netloc.decode("ascii")
     extensions: dict[str, Any] = {}
-    if original.scheme == "https" and not _is_address(original.host):
+    if original.scheme == "https" and _literal(original.host) is None:
         extensions["sni_hostname"] = original.raw_host.decode("ascii")
     return original.copy_with(host=str(address)), host_header, extensions
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
