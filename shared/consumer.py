@@ -4,6 +4,10 @@ Each event's id is recorded in the inbox table in the same transaction as the ha
 acknowledged only after that transaction commits. A redelivery (lost ack, crash, reconnect) finds the id in the
 inbox and is acknowledged without running the handler again.
 
+Each subscription declares the handler of every event type it takes (:func:`on`); the :class:`Dispatch` built from
+them derives the filter subjects, validates each event once against its catalogue model and hands the handler the
+typed data. An event no handler is declared for is dead-lettered with the reason, in every service alike.
+
 Messages are taken in batches and a batch is handled in one transaction (one commit for many events is what lets a
 Python consumer apply thousands of events a second on SQLite). If anything in the batch fails, the transaction is
 rolled back and the batch is handled again one event per transaction, so one poison event fails alone: it is retried
@@ -19,7 +23,7 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -32,14 +36,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.bus import Bus
 from shared.db import Database
-from shared.events import CloudEvent, UnknownEventType, dead_letter_subject, subject_for
+from shared.events import CloudEvent, EventData, UnknownEventType, dead_letter_subject, spec_for, subject_for
 from shared.observability import Metrics, event_id_var, start_trace
 from shared.outbox import PENDING_KEY
 from shared.tables import PlatformTables
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[AsyncSession, CloudEvent], Awaitable[None]]
+E = TypeVar("E", bound=EventData)
+
+# An event handler: the consumer's transaction, the envelope, and the event's data validated against its model.
+Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
 
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
@@ -53,19 +60,69 @@ class PermanentError(Exception):
     """Raise from a handler when retrying cannot help; the event goes straight to the dead letters."""
 
 
+class UnhandledEventType(PermanentError):
+    """An event of a type the consumer declares no handler for (it matched a subject but carries another type)."""
+
+
+@dataclass(frozen=True)
+class EventHandler(Generic[E]):
+    """One entry of a consumer's mapping: the event model and what applies it."""
+
+    model: type[E]
+    apply: Apply[E]
+
+
+def on(model: type[E], apply: Apply[E]) -> EventHandler[E]:
+    """``on(CaseRouted, record_case)``: the handler for one event type (type-checked against the model)."""
+    event_type = getattr(model, "event_type", None)
+    if event_type is None or spec_for(event_type).data_model is not model:
+        raise TypeError(f"{model.__name__} is not the catalogue model of an event type")
+    return EventHandler(model, apply)
+
+
+class Dispatch:
+    """A consumer's handlers by event type. It validates each event once, against its catalogue model, and refuses
+    a type it has no handler for (dead-lettered with the reason): one policy, the same in every service."""
+
+    def __init__(self, consumer: str, handlers: Sequence[EventHandler[Any]]) -> None:
+        self.consumer = consumer
+        self.handlers: dict[str, EventHandler[Any]] = {}
+        for handler in handlers:
+            if handler.model.event_type in self.handlers:
+                raise ValueError(f"{consumer}: two handlers for {handler.model.event_type}")
+            self.handlers[handler.model.event_type] = handler
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+    async def __call__(self, session: AsyncSession, event: CloudEvent) -> None:
+        handler = self.handlers.get(event.event_type)
+        if handler is None:
+            raise UnhandledEventType(f"{self.consumer} has no handler for {event.type}")
+        await handler.apply(session, event, handler.model.model_validate(event.data))
+
+
 @dataclass(frozen=True)
 class Subscription:
-    """What a service consumes and how. Settings give the defaults for anything left as None."""
+    """What a service consumes and how: the handler of each event type it takes. The filter subjects follow from the
+    handlers. Settings give the defaults for anything left as None."""
 
     name: str
-    event_types: tuple[str, ...]
-    handler: Handler
+    handlers: Sequence[EventHandler[Any]]
     concurrency: int = 1
     batch_size: int | None = None
     max_deliver: int | None = None
     ack_wait: float | None = None
     max_ack_pending: int | None = None
     retry_delays: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+
+    def __post_init__(self) -> None:
+        Dispatch(self.name, self.handlers)  # refuses two handlers for one type when the service is defined
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        return tuple(h.model.event_type for h in self.handlers)
 
 
 @dataclass
@@ -106,6 +163,7 @@ class Consumer:
         self.metrics = metrics
         self.outbox_source = outbox_source
         self.durable = f"{service}-{subscription.name}"
+        self.dispatch = Dispatch(self.durable, subscription.handlers)
         self.batch_size = subscription.batch_size or batch_size
         self.max_deliver = subscription.max_deliver or max_deliver
         self.ack_wait = subscription.ack_wait or ack_wait
@@ -127,7 +185,7 @@ class Consumer:
             # attempt, the server still hands the event back instead of dropping it silently.
             max_deliver=self.max_deliver + 2,
             max_ack_pending=self.max_ack_pending,
-            filter_subjects=[subject_for(self.bus.prefix, t) for t in self.sub.event_types],
+            filter_subjects=[subject_for(self.bus.prefix, t) for t in self.dispatch.event_types],
             max_waiting=max(512, self.sub.concurrency * 4),
         )
 
@@ -271,7 +329,7 @@ class Consumer:
             start_trace(event.traceparent)
             token = event_id_var.set(event.id)
             try:
-                await self.sub.handler(session, event)
+                await self.dispatch(session, event)
             finally:
                 event_id_var.reset(token)
             handled += 1
@@ -375,7 +433,7 @@ class Consumer:
             async with self.db.session() as session:
                 fresh = await self._claim(session, [event])
                 if fresh:
-                    await self.sub.handler(session, event)
+                    await self.dispatch(session, event)
                 await session.execute(
                     update(table)
                     .where(table.c.id == dead_letter_id)

@@ -1,19 +1,20 @@
-"""FastAPI dependencies every service uses: the runtime, the unit of work, the outbox and the caller."""
+"""FastAPI dependencies every service uses: the runtime, the unit of work, the outbox, the caller, idempotency and
+the service's typed context."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal, current_principal
-from shared.idempotency import Idempotency
+from shared.idempotency import Idempotency, IdempotentRequest, idempotency_key
 from shared.outbox import Outbox
+from shared.runtime import Runtime
 
-if TYPE_CHECKING:
-    from shared.service import Runtime
+C = TypeVar("C")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -36,7 +37,33 @@ def get_idempotency(request: Request) -> Idempotency:
     return get_runtime(request).idempotency
 
 
+def context_dependency(kind: type[C]) -> Callable[[Request], C]:
+    """The dependency that hands routes the service's context (``ServiceDefinition.context``), typed."""
+
+    def get_context(request: Request) -> C:
+        context = get_runtime(request).context
+        if not isinstance(context, kind):
+            raise TypeError(f"the running service's context is not a {kind.__name__}")
+        return context
+
+    return get_context
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def get_idempotent(
+    request: Request,
+    session: SessionDep,
+    idempotency: IdempotencyDep,
+    principal: PrincipalDep,
+    key: Annotated[str | None, Depends(idempotency_key)],
+) -> IdempotentRequest:
+    return IdempotentRequest(idempotency, session, principal, key, request)
+
+
+# For every POST that honours ``Idempotency-Key``: declares the header, and runs the route's domain call once per key.
+IdempotentDep = Annotated[IdempotentRequest, Depends(get_idempotent)]

@@ -1,5 +1,8 @@
 """``Idempotency-Key`` for POSTs that create something: a retry gets the original answer, the same key with another
-body is refused. The key is stored in the same transaction as what the request created."""
+body is refused. The key is stored in the same transaction as what the request created.
+
+A route that honours the header takes :data:`shared.deps.IdempotentDep` (an :class:`IdempotentRequest`), which
+declares the header for OpenAPI, and runs its one domain call through :meth:`IdempotentRequest.create`."""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import insert, select
@@ -53,16 +56,6 @@ class Idempotency:
 
     def __init__(self, tables: PlatformTables) -> None:
         self.table = tables.idempotency_keys
-
-    @staticmethod
-    def key_from(request: Request) -> str | None:
-        key = request.headers.get(HEADER)
-        if key is None:
-            return None
-        key = key.strip()
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise UnprocessableContent.for_field(f"header.{HEADER}", f"must be 1 to {MAX_KEY_LENGTH} characters")
-        return key
 
     async def replay(
         self, session: AsyncSession, principal: Principal, key: str, method: str, path: str, body: Any
@@ -117,10 +110,26 @@ class Idempotency:
         *,
         status_code: int = 201,
     ) -> StoredResponse:
+        """LEGACY until every route takes IdempotentDep."""
+        key = idempotency_key(request.headers.get(HEADER))
+        return await self.once(
+            session, principal, key, request.method, request.url.path, body, create, status_code=status_code
+        )
+
+    async def once(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        key: str | None,
+        method: str,
+        path: str,
+        body: BaseModel | None,
+        create: Callable[[], Awaitable[BaseModel]],
+        *,
+        status_code: int = 201,
+    ) -> StoredResponse:
         """Do ``create`` once per ``Idempotency-Key`` (when the request has one): a retry gets the first answer,
         the same key with another body is refused, and the key is stored in the transaction that did the work."""
-        key = self.key_from(request)
-        method, path = request.method, request.url.path
         fingerprint_body = body.model_dump(mode="json") if body is not None else None
         if key is not None:
             stored = await self.replay(session, principal, key, method, path, fingerprint_body)
@@ -135,3 +144,59 @@ class Idempotency:
                 # The same key in a concurrent request that got there first; its answer is there once it commits.
                 raise Conflict("A request with this Idempotency-Key is still being handled; retry shortly.") from None
         return answer
+
+
+def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias=HEADER,
+            max_length=MAX_KEY_LENGTH,
+            description=(
+                "Makes a retry safe: the same key and body return the first answer (with `Idempotent-Replayed: "
+                "true`); the same key with another body is refused (422)."
+            ),
+        ),
+    ] = None,
+) -> str | None:
+    """The request's ``Idempotency-Key`` (a dependency, so that every route that honours it documents it)."""
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise UnprocessableContent.for_field(f"header.{HEADER}", f"must be 1 to {MAX_KEY_LENGTH} characters")
+    return key
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """The request's key with what it takes to honour it; routes get one through ``shared.deps.IdempotentDep``."""
+
+    idempotency: Idempotency
+    session: AsyncSession
+    principal: Principal
+    key: str | None
+    request: Request
+
+    async def create(
+        self,
+        body: BaseModel | None,
+        create: Callable[[], Awaitable[BaseModel]],
+        *,
+        status_code: int = 201,
+        location: Callable[[Any], str] | None = None,
+    ) -> JSONResponse:
+        """Run ``create`` once per key and answer with its result: the stored one (same status, same body) for a
+        retry. ``location`` makes a ``Location`` header from the answer's body."""
+        answer = await self.idempotency.once(
+            self.session,
+            self.principal,
+            self.key,
+            self.request.method,
+            self.request.url.path,
+            body,
+            create,
+            status_code=status_code,
+        )
+        headers = {"Location": location(answer.body)} if location is not None else None
+        return answer.response(headers)

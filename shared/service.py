@@ -1,5 +1,7 @@
-"""The app factory every service uses: lifespan (database, NATS, relay, consumers), auth on every route,
-problem+json errors, request limits, health/readiness/metrics, and the dead-letter admin API."""
+"""The app factory every service uses: lifespan (database, NATS, relay, the service's context, consumers), auth on
+every route, problem+json errors, request limits, health/readiness/metrics, and the dead-letter admin API.
+
+What a service is and what it holds while it runs are in :mod:`shared.runtime`."""
 
 from __future__ import annotations
 
@@ -7,8 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -19,15 +20,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import Role, TokenVerifier, current_principal, require_roles
-from shared.bus import Bus
-from shared.consumer import Consumer, DeadLetterNotFound, Subscription
-from shared.db import Database
+from shared.auth import Role, current_principal, require_roles
+from shared.consumer import DeadLetterNotFound
 from shared.deps import SessionDep, get_runtime
-from shared.housekeeping import Housekeeping
-from shared.idempotency import Idempotency
 from shared.observability import Metrics, RequestContextMiddleware, configure_logging
-from shared.outbox import Outbox, OutboxRelay
 from shared.problems import (
     PROBLEM_JSON,
     NotFound,
@@ -36,169 +32,28 @@ from shared.problems import (
     install_problem_handlers,
     problem_response,
 )
+from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import ServiceSettings
-from shared.tables import PlatformTables
 
 log = logging.getLogger(__name__)
 
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 
 
-@dataclass
-class ServiceDefinition:
-    """What makes one service: its routes, what it consumes, and any background work of its own."""
-
-    name: str
-    title: str
-    description: str
-    tables: PlatformTables
-    routers: Sequence[APIRouter]
-    subscriptions: Callable[[Runtime], Sequence[Subscription]] = lambda runtime: ()
-    # Extra resources for the app's lifetime (an HTTP client, an SLA timer); entered after the database opens.
-    background: Callable[[Runtime], contextlib.AbstractAsyncContextManager[None]] | None = None
-    version: str = "0.1.0"
-
-
-@dataclass
-class Runtime:
-    """Everything a running service holds; reached through dependencies, never through globals."""
-
-    name: str
-    settings: ServiceSettings
-    tables: PlatformTables
-    db: Database
-    bus: Bus
-    outbox: Outbox
-    relay: OutboxRelay
-    metrics: Metrics
-    verifier: TokenVerifier
-    idempotency: Idempotency
-    housekeeping: Housekeeping
-    consumers: dict[str, Consumer] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-    _messaging: asyncio.Task[None] | None = None
-
-    @classmethod
-    def build(cls, definition: ServiceDefinition, settings: ServiceSettings, metrics: Metrics) -> Runtime:
-        db = Database(settings.database_url, echo=settings.database_echo)
-        bus = Bus(settings, name=definition.name)
-        relay = OutboxRelay(
-            db,
-            bus,
-            definition.tables,
-            metrics,
-            batch_size=settings.outbox_batch_size,
-            poll_interval=settings.outbox_poll_interval_seconds,
-            retention=dt.timedelta(hours=settings.outbox_retention_hours),
-        )
-        return cls(
-            name=definition.name,
-            settings=settings,
-            tables=definition.tables,
-            db=db,
-            bus=bus,
-            outbox=Outbox(definition.tables, prefix=settings.bus_prefix, source=f"/onestop/{definition.name}"),
-            relay=relay,
-            metrics=metrics,
-            verifier=TokenVerifier.from_settings(settings),
-            idempotency=Idempotency(definition.tables),
-            housekeeping=Housekeeping(
-                db,
-                definition.tables,
-                inbox_retention=dt.timedelta(hours=settings.inbox_retention_hours),
-                idempotency_retention=dt.timedelta(hours=settings.idempotency_retention_hours),
-                interval=settings.housekeeping_interval_seconds,
-            ),
-        )
-
-    def add_consumers(self, subscriptions: Sequence[Subscription]) -> None:
-        s = self.settings
-        for sub in subscriptions:
-            self.consumers[sub.name] = Consumer(
-                service=self.name,
-                subscription=sub,
-                bus=self.bus,
-                db=self.db,
-                tables=self.tables,
-                metrics=self.metrics,
-                outbox_source=f"/onestop/{self.name}",
-                batch_size=s.consumer_batch_size,
-                max_deliver=s.consumer_max_deliver,
-                ack_wait=s.consumer_ack_wait_seconds,
-                max_ack_pending=s.consumer_max_ack_pending,
-            )
-
-    def start_messaging(self) -> None:
-        self._messaging = asyncio.create_task(self._start_messaging(), name=f"{self.name}-messaging")
-
-    async def _start_messaging(self) -> None:
-        """Connect (waiting for NATS if need be), provision, then relay and consume. HTTP serves meanwhile: writes
-        land in the outbox and go out once NATS is there."""
-        await self.bus.connect()
-        while True:
-            try:
-                await self.bus.ensure_stream()
-                break
-            except Exception as exc:  # JetStream may still be starting
-                log.warning("stream not ready; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-        await self.relay.start()
-        for consumer in self.consumers.values():
-            while True:
-                try:
-                    await consumer.start()
-                    break
-                except Exception as exc:
-                    log.warning(
-                        "consumer not ready; retrying", extra={"consumer": consumer.durable, "error": repr(exc)}
-                    )
-                    await asyncio.sleep(0.5)
-
-    async def shutdown(self) -> None:
-        await self.housekeeping.stop()
-        if self._messaging is not None and not self._messaging.done():
-            self._messaging.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._messaging
-        for consumer in self.consumers.values():
-            await consumer.stop()
-        await self.relay.stop()
-        await self.bus.close()
-        await self.db.dispose()
-
-    @property
-    def messaging_ready(self) -> bool:
-        return (
-            self._messaging is not None
-            and self._messaging.done()
-            and not self._messaging.cancelled()
-            and (self._messaging.exception() is None)
-        )
-
-
 # ---------------------------------------------------------------------------------------------- the factory
 
 
-def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
+def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSettings) -> FastAPI:
     configure_logging(definition.name, settings.log_level, json=settings.log_json)
     metrics = Metrics(definition.name)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(definition, settings, metrics)
-        runtime.add_consumers(definition.subscriptions(runtime))
         app.state.runtime = runtime
         app.state.verifier = runtime.verifier
-        runtime.start_messaging()
-        runtime.housekeeping.start()
-        try:
-            if definition.background is not None:
-                async with definition.background(runtime):
-                    yield
-            else:
-                yield
-        finally:
-            await runtime.shutdown()
+        async with runtime.running(definition):
+            yield
 
     app = FastAPI(
         title=definition.title,

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from services.eligibility import repository
 from services.eligibility.catalogue import Catalogue, Program
 from services.eligibility.catalogue_admin import put_program_version
-from services.eligibility.determinations import Eligibility, eligibility
+from services.eligibility.context import ContextDep
+from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers
 from services.eligibility.models import ProgramRow, RuleVersionRow, ScreeningRow
 from services.eligibility.schemas import (
@@ -35,7 +36,7 @@ from services.eligibility.screening import run_screening
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.specs import CODE_PATTERN, LifeEvent, ProgramAttributes, ProgramVersionPut, VersionSpec
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep, PrincipalDep, SessionDep, get_runtime
+from shared.deps import IdempotencyDep, PrincipalDep, SessionDep
 from shared.events import Department
 from shared.problems import Conflict, Forbidden, NotFound, UnprocessableContent, problem_responses
 
@@ -44,13 +45,12 @@ router = APIRouter(prefix="/v1", tags=["eligibility"])
 CodePath = Annotated[str, Path(pattern=CODE_PATTERN, max_length=64, description="The program's code")]
 
 
-def get_eligibility(request: Request) -> Eligibility:
-    return eligibility(get_runtime(request))
+def get_eligibility(ctx: ContextDep) -> Eligibility:
+    return ctx.eligibility
 
 
-def get_settings(request: Request) -> EligibilitySettings:
-    settings: EligibilitySettings = get_runtime(request).settings  # type: ignore[assignment]
-    return settings
+def get_settings(ctx: ContextDep) -> EligibilitySettings:
+    return ctx.settings
 
 
 ServiceDep = Annotated[Eligibility, Depends(get_eligibility)]

@@ -11,7 +11,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,12 +21,10 @@ from services.eligibility.facts import FactValueError
 from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
-from shared.consumer import PermanentError
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
     ApplicationWithdrawn,
-    CloudEvent,
     ConsentChanged,
     EligibilityDetermined,
     FactsReported,
@@ -34,7 +32,6 @@ from shared.events import (
     ReportedFact,
     ResidentContext,
     ResidentUpdated,
-    validate_event,
 )
 from shared.outbox import Outbox
 
@@ -64,7 +61,7 @@ class ReportResult:
 
 
 class Eligibility:
-    """The eligibility service's domain: one per process (see :func:`eligibility`)."""
+    """The eligibility service's domain: one per process (kept in the service's context)."""
 
     def __init__(self, settings: EligibilitySettings, outbox: Outbox) -> None:
         self.settings = settings
@@ -72,24 +69,6 @@ class Eligibility:
         self.outbox = outbox
 
     # ------------------------------------------------------------------------------------------ events in
-
-    async def handle(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = validate_event(event)
-        now = dt.datetime.now(dt.UTC)
-        if isinstance(data, ApplicationSubmitted):
-            await self.on_submitted(session, data, now)
-        elif isinstance(data, ApplicationInfoProvided):
-            await self.on_info_provided(session, data, now)
-        elif isinstance(data, ApplicationWithdrawn):
-            await self.on_withdrawn(session, data, now)
-        elif isinstance(data, ResidentUpdated):
-            await self.on_resident_updated(session, data, now)
-        elif isinstance(data, ConsentChanged):
-            await self.on_consent_changed(session, data, now)
-        elif isinstance(data, FactsReported):
-            await self.on_facts_reported(session, data, now)
-        else:  # pragma: no cover - the subscription filters the types
-            raise PermanentError(f"eligibility does not handle {event.event_type}")
 
     async def on_submitted(self, session: AsyncSession, data: ApplicationSubmitted, now: dt.datetime) -> None:
         app = await repository.application(session, data.application_id, for_update=True)
@@ -347,15 +326,6 @@ class Eligibility:
             },
         )
         return True
-
-
-def eligibility(runtime: Any) -> Eligibility:
-    """The process's one Eligibility (created on first use, kept on the runtime)."""
-    service = runtime.extras.get("eligibility")
-    if service is None:
-        service = Eligibility(cast(EligibilitySettings, runtime.settings), runtime.outbox)
-        runtime.extras["eligibility"] = service
-    return cast(Eligibility, service)
 
 
 def merge_answers(app: ApplicationRow, answers: Mapping[str, Any], at: dt.datetime) -> None:

@@ -3,21 +3,49 @@ facts. One ordered subscription, so an application's events are handled in the o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
-from services.eligibility.determinations import eligibility
-from shared.consumer import Subscription
-from shared.service import Runtime
+from sqlalchemy.ext.asyncio import AsyncSession
 
-EVENT_TYPES = (
-    "application.submitted",
-    "application.info_provided",
-    "application.withdrawn",
-    "resident.updated",
-    "consent.changed",
-    "facts.reported",
+from services.eligibility.context import EligibilityContext
+from shared.consumer import Apply, Subscription, on
+from shared.events import (
+    ApplicationInfoProvided,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CloudEvent,
+    ConsentChanged,
+    EventData,
+    FactsReported,
+    ResidentUpdated,
 )
 
+E = TypeVar("E", bound=EventData)
 
-def subscriptions(runtime: Runtime) -> Sequence[Subscription]:
-    return [Subscription(name="events", event_types=EVENT_TYPES, handler=eligibility(runtime).handle)]
+
+def _now(apply: Callable[[AsyncSession, E, dt.datetime], Awaitable[None]]) -> Apply[E]:
+    """A handler of the domain's shape (session, data, the time it is applied)."""
+
+    async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
+        await apply(session, data, dt.datetime.now(dt.UTC))
+
+    return handler
+
+
+def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
+    service = ctx.eligibility
+    return [
+        Subscription(
+            name="events",
+            handlers=[
+                on(ApplicationSubmitted, _now(service.on_submitted)),
+                on(ApplicationInfoProvided, _now(service.on_info_provided)),
+                on(ApplicationWithdrawn, _now(service.on_withdrawn)),
+                on(ResidentUpdated, _now(service.on_resident_updated)),
+                on(ConsentChanged, _now(service.on_consent_changed)),
+                on(FactsReported, _now(service.on_facts_reported)),
+            ],
+        )
+    ]

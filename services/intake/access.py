@@ -8,8 +8,9 @@ import uuid
 
 from services.intake.models import AccessLogEntry, Resident
 from services.intake.repository import OFFICE_ROLES, Repository
+from services.intake.schemas import AccessLogEntryView, AccessLogPage
 from shared.auth import Principal, Role
-from shared.problems import Forbidden
+from shared.problems import Forbidden, NotFound
 
 PURPOSE_CASE_REVIEW = "case review"
 PURPOSE_ASSISTED_REGISTRATION = "assisted registration"
@@ -73,4 +74,32 @@ def record_access(
                 purpose=purpose,
             )
         ]
+    )
+
+
+async def read_log(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, *, cursor: str | None, limit: int
+) -> AccessLogPage:
+    """Who looked at the resident's data, newest first: for the resident only."""
+    if not is_self(principal, resident_id) or await repo.resident(resident_id) is None:
+        raise NotFound(f"No resident {resident_id}.")
+    before = int(cursor) if cursor else None
+    entries = await repo.access_log(resident_id, before_id=before, limit=limit + 1)
+    page = entries[:limit]
+    return AccessLogPage(
+        items=[
+            AccessLogEntryView(
+                at=e.at,
+                actor=e.actor,
+                actor_role=e.actor_role,
+                actor_name=e.actor_name,
+                offices=e.offices,
+                action=e.action,
+                record_type=e.record_type,
+                record_id=e.record_id,
+                purpose=e.purpose,
+            )
+            for e in page
+        ],
+        next_cursor=str(page[-1].id) if len(entries) > limit else None,
     )

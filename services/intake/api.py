@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.intake import applications, residents
-from services.intake.access import (
-    FILING_ROLES,
-    PURPOSE_NOTIFICATION,
-    application_read_purpose,
-    is_self,
-    record_access,
-    require_self,
-    resident_read_purpose,
-)
-from services.intake.catalogue import Catalogue, CatalogueSnapshot, CatalogueUnavailable, get_catalogue
+from services.intake import access, applications, residents
+from services.intake.access import FILING_ROLES
+from services.intake.catalogue import Catalogue, CatalogueSnapshot, CatalogueUnavailable, available, fetch
+from services.intake.context import ContextDep
 from services.intake.repository import RepositoryDep
 from services.intake.schemas import (
-    AccessLogEntryView,
     AccessLogPage,
     ApplicationCreate,
     ApplicationPage,
     ApplicationStatus,
-    ApplicationSummary,
     ApplicationView,
     ConsentsUpdate,
     ConsentsView,
@@ -43,67 +31,34 @@ from services.intake.schemas import (
     ResidentView,
     Withdrawal,
 )
-from services.intake.settings import IntakeSettings
-from services.intake.status import build_view
-from shared.auth import Principal, Role
-from shared.deps import IdempotencyDep, OutboxDep, PrincipalDep, SessionDep, get_runtime
-from shared.events import Channel, Language
-from shared.idempotency import Idempotency
-from shared.problems import NotFound, problem_responses
+from shared.auth import Principal, Role, require_roles
+from shared.deps import IdempotentDep, PrincipalDep
+from shared.outbox import Outbox
+from shared.problems import problem_responses
 
 
-def get_settings(request: Request) -> IntakeSettings:
-    settings = get_runtime(request).settings
-    assert isinstance(settings, IntakeSettings)
-    return settings
+def get_catalogue(ctx: ContextDep) -> Catalogue:
+    return ctx.catalogue
 
 
-SettingsDep = Annotated[IntakeSettings, Depends(get_settings)]
+async def get_fetched_catalogue(ctx: ContextDep) -> CatalogueSnapshot | CatalogueUnavailable:
+    return await fetch(ctx.catalogue)
+
+
+def get_outbox(ctx: ContextDep) -> Outbox:
+    return ctx.outbox
+
+
 CatalogueDep = Annotated[Catalogue, Depends(get_catalogue)]
+FetchedCatalogueDep = Annotated[CatalogueSnapshot | CatalogueUnavailable, Depends(get_fetched_catalogue)]
+OutboxDep = Annotated[Outbox, Depends(get_outbox)]
+# Who may register residents and file applications: the resident for themselves, staff at a counter for anyone.
+Filer = Annotated[Principal, Depends(require_roles(*FILING_ROLES))]
+ApplicationReader = Annotated[
+    Principal, Depends(require_roles(Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN))
+]
 ResidentId = Annotated[uuid.UUID, Path(description="The resident's pseudonymous id")]
 ApplicationId = Annotated[uuid.UUID, Path(description="The application's id")]
-# Documents the header; shared.idempotency reads and checks it.
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Makes a retry safe: the same key and body return the first answer; another body is refused",
-    ),
-]
-
-
-async def idempotent(
-    request: Request,
-    session: AsyncSession,
-    idempotency: Idempotency,
-    principal: Principal,
-    body: BaseModel | None,
-    *,
-    status_code: int,
-    create: Callable[[], Awaitable[BaseModel]],
-    location: Callable[[dict[str, Any]], str] | None = None,
-) -> JSONResponse:
-    """Run ``create`` once per ``Idempotency-Key``: a retry gets the stored answer (same status, same body), the same
-    key with another body is refused (422). The key is stored in the transaction that did the work."""
-    answer = await idempotency.run(request, session, principal, body, create, status_code=status_code)
-    headers = {"Location": location(answer.body)} if location is not None and isinstance(answer.body, dict) else {}
-    return answer.response(headers)
-
-
-async def catalogue_or_error(catalogue: Catalogue) -> CatalogueSnapshot | CatalogueUnavailable:
-    """The catalogue, read before the transaction starts (no database lock is held while eligibility answers). If
-    it is unavailable, a retry of a request that already succeeded is still answered from the idempotency store."""
-    try:
-        return await catalogue.snapshot()
-    except CatalogueUnavailable as exc:
-        return exc
-
-
-def _snapshot(result: CatalogueSnapshot | CatalogueUnavailable) -> CatalogueSnapshot:
-    if isinstance(result, CatalogueUnavailable):
-        raise result
-    return result
 
 
 # ================================================================================================ residents
@@ -120,33 +75,18 @@ residents_router = APIRouter(prefix="/v1/residents", tags=["residents"])
     summary="Register a resident (themselves, or assisted by staff at a counter)",
 )
 async def register_resident(
-    request: Request,
     body: ResidentCreate,
-    principal: PrincipalDep,
-    session: SessionDep,
+    principal: Filer,
     repo: RepositoryDep,
-    outbox: OutboxDep,
-    idempotency: IdempotencyDep,
-    settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
     """A resident's token registers that resident (its resident id becomes the record's id). Staff registering
     someone at a counter get a new id back, for which a resident token can then be issued."""
-    principal.require(*FILING_ROLES)
-
-    async def create() -> ResidentView:
-        resident = await residents.register(repo, outbox, principal, body, settings.today())
-        return residents.view(resident, [])
-
-    return await idempotent(
-        request,
-        session,
-        idempotency,
-        principal,
+    return await idempotent.create(
         body,
-        status_code=201,
-        create=create,
-        location=lambda b: f"/v1/residents/{b['id']}",
+        lambda: residents.register(repo, ctx.outbox, principal, body, ctx.settings.today()),
+        location=lambda view: f"/v1/residents/{view['id']}",
     )
 
 
@@ -154,19 +94,7 @@ async def register_resident(
     "/{resident_id}", operation_id="readResident", responses=problem_responses(404), summary="A resident's record"
 )
 async def read_resident(resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep) -> ResidentView:
-    resident = await repo.visible_resident(principal, resident_id)
-    if resident is None:
-        raise NotFound(f"No resident {resident_id}.")
-    record_access(
-        repo,
-        principal,
-        resident.id,
-        action="read",
-        record_type="resident",
-        record_id=resident.id,
-        purpose=await resident_read_purpose(repo, principal, resident),
-    )
-    return residents.view(resident, await repo.consents(resident.id))
+    return await residents.read(repo, principal, resident_id)
 
 
 @residents_router.patch(
@@ -176,22 +104,9 @@ async def read_resident(resident_id: ResidentId, principal: PrincipalDep, repo: 
     summary="Change a resident's record (only the fields given)",
 )
 async def update_resident(
-    resident_id: ResidentId,
-    body: ResidentUpdate,
-    principal: PrincipalDep,
-    repo: RepositoryDep,
-    outbox: OutboxDep,
-    settings: SettingsDep,
+    resident_id: ResidentId, body: ResidentUpdate, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
 ) -> ResidentView:
-    resident = await repo.visible_resident(principal, resident_id, for_update=True)
-    if resident is None:
-        raise NotFound(f"No resident {resident_id}.")
-    purpose = await resident_read_purpose(repo, principal, resident)
-    resident = await residents.update(repo, outbox, principal, resident, body, settings.today())
-    record_access(
-        repo, principal, resident.id, action="update", record_type="resident", record_id=resident.id, purpose=purpose
-    )
-    return residents.view(resident, await repo.consents(resident.id))
+    return await residents.update(repo, ctx.outbox, principal, resident_id, body, ctx.settings.today())
 
 
 @residents_router.get(
@@ -201,19 +116,7 @@ async def update_resident(
     summary="Current consents and their full history",
 )
 async def read_consents(resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep) -> ConsentsView:
-    resident = await repo.visible_resident(principal, resident_id)
-    if resident is None:
-        raise NotFound(f"No resident {resident_id}.")
-    record_access(
-        repo,
-        principal,
-        resident.id,
-        action="read",
-        record_type="consents",
-        record_id=resident.id,
-        purpose=await resident_read_purpose(repo, principal, resident),
-    )
-    return await residents.consents_view(repo, resident)
+    return await residents.read_consents(repo, principal, resident_id)
 
 
 @residents_router.put(
@@ -225,11 +128,7 @@ async def read_consents(resident_id: ResidentId, principal: PrincipalDep, repo: 
 async def put_consents(
     resident_id: ResidentId, body: ConsentsUpdate, principal: PrincipalDep, repo: RepositoryDep, outbox: OutboxDep
 ) -> ConsentsView:
-    resident = await repo.visible_resident(principal, resident_id, for_update=True)
-    if resident is None:
-        raise NotFound(f"No resident {resident_id}.")
-    require_self(principal, resident.id, "give or withdraw their consent")
-    return await residents.set_consents(repo, outbox, principal, resident, body)
+    return await residents.set_consents(repo, outbox, principal, resident_id, body)
 
 
 @residents_router.get(
@@ -245,28 +144,7 @@ async def read_access_log(
     limit: int = Query(default=50, ge=1, le=200),
     cursor: str | None = Query(default=None, max_length=20, pattern=r"^[0-9]{1,18}$"),
 ) -> AccessLogPage:
-    if not is_self(principal, resident_id) or await repo.resident(resident_id) is None:
-        raise NotFound(f"No resident {resident_id}.")
-    before = int(cursor) if cursor else None
-    entries = await repo.access_log(resident_id, before_id=before, limit=limit + 1)
-    page = entries[:limit]
-    return AccessLogPage(
-        items=[
-            AccessLogEntryView(
-                at=e.at,
-                actor=e.actor,
-                actor_role=e.actor_role,
-                actor_name=e.actor_name,
-                offices=e.offices,
-                action=e.action,
-                record_type=e.record_type,
-                record_id=e.record_id,
-                purpose=e.purpose,
-            )
-            for e in page
-        ],
-        next_cursor=str(page[-1].id) if len(entries) > limit else None,
-    )
+    return await access.read_log(repo, principal, resident_id, cursor=cursor, limit=limit)
 
 
 @residents_router.get(
@@ -276,27 +154,7 @@ async def read_access_log(
     summary="Where to reach the resident (the notify service only)",
 )
 async def read_contact(resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep) -> ContactView:
-    if principal.role is not Role.SERVICE or principal.service != "notify":
-        raise NotFound(f"No resident {resident_id}.")
-    resident = await repo.resident(resident_id)
-    if resident is None:
-        raise NotFound(f"No resident {resident_id}.")
-    record_access(
-        repo,
-        principal,
-        resident.id,
-        action="read",
-        record_type="contact",
-        record_id=resident.id,
-        purpose=PURPOSE_NOTIFICATION,
-    )
-    return ContactView(
-        resident_id=resident.id,
-        email=resident.email,
-        phone=resident.phone,
-        preferred_language=Language(resident.preferred_language),
-        preferred_channels=resident.preferred_channels,
-    )
+    return await residents.contact(repo, principal, resident_id)
 
 
 # ================================================================================================ applications
@@ -313,33 +171,17 @@ applications_router = APIRouter(prefix="/v1/applications", tags=["applications"]
     summary="File one application for a life event (by the resident, or by staff on their behalf)",
 )
 async def submit_application(
-    request: Request,
     body: ApplicationCreate,
-    principal: PrincipalDep,
-    session: SessionDep,
+    principal: Filer,
     repo: RepositoryDep,
-    outbox: OutboxDep,
-    idempotency: IdempotencyDep,
-    catalogue: CatalogueDep,
-    settings: SettingsDep,
-    idempotency_key: IdempotencyKey = None,
+    ctx: ContextDep,
+    catalogue: FetchedCatalogueDep,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    principal.require(*FILING_ROLES)
-    fetched = await catalogue_or_error(catalogue)
-
-    async def create() -> ApplicationView:
-        application = await applications.submit(repo, outbox, _snapshot(fetched), principal, body, settings.today())
-        return await build_view(repo, application)
-
-    return await idempotent(
-        request,
-        session,
-        idempotency,
-        principal,
+    return await idempotent.create(
         body,
-        status_code=201,
-        create=create,
-        location=lambda b: f"/v1/applications/{b['id']}",
+        lambda: applications.submit(repo, ctx.outbox, available(catalogue), principal, body, ctx.settings.today()),
+        location=lambda view: f"/v1/applications/{view['id']}",
     )
 
 
@@ -350,45 +192,15 @@ async def submit_application(
     summary="Applications the caller may see, newest first",
 )
 async def list_applications(
-    principal: PrincipalDep,
+    principal: ApplicationReader,
     repo: RepositoryDep,
     resident_id: uuid.UUID | None = None,
     status: ApplicationStatus | None = None,
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, max_length=200),
 ) -> ApplicationPage:
-    principal.require(Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
-    after = applications.decode_cursor(cursor) if cursor else None
-    found = await repo.list_applications(
-        principal, resident_id=resident_id, status=status.value if status else None, after=after, limit=limit + 1
-    )
-    page = found[:limit]
-    for application in page:
-        record_access(
-            repo,
-            principal,
-            application.resident_id,
-            action="list",
-            record_type="application",
-            record_id=application.id,
-            purpose=application_read_purpose(principal),
-        )
-    return ApplicationPage(
-        items=[
-            ApplicationSummary(
-                id=a.id,
-                resident_id=a.resident_id,
-                life_event=a.life_event,
-                channel=Channel(a.channel),
-                status=ApplicationStatus(a.status),
-                application_date=a.application_date,
-                submitted_at=a.submitted_at,
-                filed_by=a.filed_by,
-                updated_at=a.updated_at,
-            )
-            for a in page
-        ],
-        next_cursor=applications.encode_cursor(page[-1]) if len(found) > limit else None,
+    return await applications.list_visible(
+        repo, principal, resident_id=resident_id, status=status, cursor=cursor, limit=limit
     )
 
 
@@ -401,19 +213,7 @@ async def list_applications(
 async def read_application(
     application_id: ApplicationId, principal: PrincipalDep, repo: RepositoryDep
 ) -> ApplicationView:
-    application = await repo.visible_application(principal, application_id)
-    if application is None:
-        raise NotFound(f"No application {application_id}.")
-    record_access(
-        repo,
-        principal,
-        application.resident_id,
-        action="read",
-        record_type="application",
-        record_id=application.id,
-        purpose=application_read_purpose(principal),
-    )
-    return await build_view(repo, application)
+    return await applications.read(repo, principal, application_id)
 
 
 @applications_router.post(
@@ -424,24 +224,19 @@ async def read_application(
     summary="Answer the questions eligibility or a caseworker asked",
 )
 async def provide_info(
-    request: Request,
     application_id: ApplicationId,
     body: InfoProvide,
     principal: PrincipalDep,
-    session: SessionDep,
     repo: RepositoryDep,
     outbox: OutboxDep,
-    idempotency: IdempotencyDep,
-    catalogue: CatalogueDep,
-    idempotency_key: IdempotencyKey = None,
+    catalogue: FetchedCatalogueDep,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    fetched = await catalogue_or_error(catalogue)
-
-    async def create() -> ApplicationView:
-        application = await applications.provide_info(repo, outbox, _snapshot(fetched), principal, application_id, body)
-        return await build_view(repo, application)
-
-    return await idempotent(request, session, idempotency, principal, body, status_code=200, create=create)
+    return await idempotent.create(
+        body,
+        lambda: applications.provide_info(repo, outbox, available(catalogue), principal, application_id, body),
+        status_code=200,
+    )
 
 
 @applications_router.post(
@@ -452,23 +247,19 @@ async def provide_info(
     summary="Withdraw the application (its open cases are closed)",
 )
 async def withdraw_application(
-    request: Request,
     application_id: ApplicationId,
     principal: PrincipalDep,
-    session: SessionDep,
     repo: RepositoryDep,
     outbox: OutboxDep,
-    idempotency: IdempotencyDep,
+    idempotent: IdempotentDep,
     body: Annotated[Withdrawal | None, Body()] = None,
-    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     withdrawal = body or Withdrawal()
-
-    async def create() -> ApplicationView:
-        application = await applications.withdraw(repo, outbox, principal, application_id, withdrawal)
-        return await build_view(repo, application)
-
-    return await idempotent(request, session, idempotency, principal, withdrawal, status_code=200, create=create)
+    return await idempotent.create(
+        withdrawal,
+        lambda: applications.withdraw(repo, outbox, principal, application_id, withdrawal),
+        status_code=200,
+    )
 
 
 @applications_router.post(
@@ -480,26 +271,16 @@ async def withdraw_application(
     summary="Rate the service (1-5), once, when the application or one of its cases is completed",
 )
 async def give_feedback(
-    request: Request,
     application_id: ApplicationId,
     body: FeedbackCreate,
     principal: PrincipalDep,
-    session: SessionDep,
     repo: RepositoryDep,
     outbox: OutboxDep,
-    idempotency: IdempotencyDep,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def create() -> FeedbackView:
-        feedback = await applications.give_feedback(repo, outbox, principal, application_id, body)
-        return FeedbackView(
-            application_id=feedback.application_id,
-            score=feedback.score,
-            comment=feedback.comment,
-            created_at=feedback.created_at,
-        )
-
-    return await idempotent(request, session, idempotency, principal, body, status_code=201, create=create)
+    return await idempotent.create(
+        body, lambda: applications.give_feedback(repo, outbox, principal, application_id, body)
+    )
 
 
 # ================================================================================================ the catalogue

@@ -14,20 +14,30 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from services.intake.access import PURPOSE_ASSISTED_APPLICATION, record_access, require_self
+from services.intake.access import (
+    PURPOSE_ASSISTED_APPLICATION,
+    application_read_purpose,
+    record_access,
+    require_self,
+)
 from services.intake.catalogue import CatalogueSnapshot
 from services.intake.models import Application, Feedback, Resident
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationCreate,
+    ApplicationPage,
     ApplicationStatus,
+    ApplicationSummary,
+    ApplicationView,
     FactType,
     FeedbackCreate,
+    FeedbackView,
     InfoProvide,
     Withdrawal,
 )
 from services.intake.status import (
     add_timeline,
+    build_view,
     current_cases,
     info_open,
     programs_of,
@@ -200,7 +210,7 @@ async def submit(
     principal: Principal,
     body: ApplicationCreate,
     today: dt.date,
-) -> Application:
+) -> ApplicationView:
     errors: list[dict[str, str]] = []
     # A resident files for themselves only; another resident's id is as unknown to them as a made-up one.
     resident = None
@@ -271,7 +281,7 @@ async def submit(
             record_id=application.id,
             purpose=PURPOSE_ASSISTED_APPLICATION,
         )
-    return application
+    return await build_view(repo, application)
 
 
 async def _own_open_application(
@@ -295,7 +305,7 @@ async def provide_info(
     principal: Principal,
     application_id: uuid.UUID,
     body: InfoProvide,
-) -> Application:
+) -> ApplicationView:
     """The resident answers what eligibility or a caseworker asked; eligibility re-evaluates and the cases hear."""
     application = await _own_open_application(repo, principal, application_id, "answer requests for information")
     answers, errors = validate_answers(body.answers, catalogue.fact_types, by_staff=False)
@@ -343,12 +353,12 @@ async def provide_info(
     )
     await repo.session.flush()
     await refresh_status(repo, application, now)
-    return application
+    return await build_view(repo, application)
 
 
 async def withdraw(
     repo: Repository, outbox: Outbox, principal: Principal, application_id: uuid.UUID, body: Withdrawal
-) -> Application:
+) -> ApplicationView:
     application = await _own_open_application(repo, principal, application_id, "withdraw the application")
     now = dt.datetime.now(dt.UTC)
     application.withdrawn_at = now
@@ -371,12 +381,12 @@ async def withdraw(
         summary=Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
     )
     await repo.session.flush()
-    return application
+    return await build_view(repo, application)
 
 
 async def give_feedback(
     repo: Repository, outbox: Outbox, principal: Principal, application_id: uuid.UUID, body: FeedbackCreate
-) -> Feedback:
+) -> FeedbackView:
     """A rating at the point of delivery: once per application, once it (or one of its cases) is completed."""
     application = await repo.visible_application(principal, application_id, for_update=True)
     if application is None:
@@ -420,7 +430,76 @@ async def give_feedback(
         summary=Localized(ko=f"서비스 평가를 남겼습니다 ({body.score}/5)", en=f"You rated the service {body.score}/5"),
     )
     await repo.session.flush()
-    return feedback
+    return FeedbackView(
+        application_id=feedback.application_id,
+        score=feedback.score,
+        comment=feedback.comment,
+        created_at=feedback.created_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+async def read(repo: Repository, principal: Principal, application_id: uuid.UUID) -> ApplicationView:
+    """One status across every department, for whoever may see the application (staff reads are logged)."""
+    application = await repo.visible_application(principal, application_id)
+    if application is None:
+        raise NotFound(f"No application {application_id}.")
+    record_access(
+        repo,
+        principal,
+        application.resident_id,
+        action="read",
+        record_type="application",
+        record_id=application.id,
+        purpose=application_read_purpose(principal),
+    )
+    return await build_view(repo, application)
+
+
+async def list_visible(
+    repo: Repository,
+    principal: Principal,
+    *,
+    resident_id: uuid.UUID | None,
+    status: ApplicationStatus | None,
+    cursor: str | None,
+    limit: int,
+) -> ApplicationPage:
+    """The applications the caller may see, newest first, a page at a time (each staff read is logged)."""
+    after = decode_cursor(cursor) if cursor else None
+    found = await repo.list_applications(
+        principal, resident_id=resident_id, status=status.value if status else None, after=after, limit=limit + 1
+    )
+    page = found[:limit]
+    for application in page:
+        record_access(
+            repo,
+            principal,
+            application.resident_id,
+            action="list",
+            record_type="application",
+            record_id=application.id,
+            purpose=application_read_purpose(principal),
+        )
+    return ApplicationPage(
+        items=[
+            ApplicationSummary(
+                id=a.id,
+                resident_id=a.resident_id,
+                life_event=a.life_event,
+                channel=Channel(a.channel),
+                status=ApplicationStatus(a.status),
+                application_date=a.application_date,
+                submitted_at=a.submitted_at,
+                filed_by=a.filed_by,
+                updated_at=a.updated_at,
+            )
+            for a in page
+        ],
+        next_cursor=encode_cursor(page[-1]) if len(found) > limit else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- paging

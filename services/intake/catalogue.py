@@ -16,18 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import httpx
-from fastapi import Request
 from pydantic import TypeAdapter, ValidationError
 
 from services.intake.schemas import FactType, LifeEvent
 from services.intake.settings import IntakeSettings
-from shared.deps import get_runtime
 from shared.problems import ServiceUnavailable
-from shared.service import Runtime
 
 log = logging.getLogger(__name__)
 
-EXTRAS_KEY = "catalogue"
 T = TypeVar("T")
 
 
@@ -120,21 +116,29 @@ class Catalogue:
 
 
 @contextlib.asynccontextmanager
-async def catalogue_client(runtime: Runtime, settings: IntakeSettings) -> AsyncIterator[None]:
-    """The long-lived HTTP client to eligibility, for the app's lifetime (``ServiceDefinition.background``)."""
+async def catalogue_client(settings: IntakeSettings) -> AsyncIterator[Catalogue]:
+    """The catalogue over a long-lived HTTP client to eligibility, for the service's lifetime (part of intake's
+    context)."""
     headers = {"Accept": "application/json"}
     if settings.service_token is not None:
         headers["Authorization"] = f"Bearer {settings.service_token.get_secret_value()}"
     async with httpx.AsyncClient(
         base_url=settings.eligibility_url, headers=headers, timeout=settings.catalogue_timeout_seconds
     ) as client:
-        runtime.extras[EXTRAS_KEY] = Catalogue(client, ttl=settings.catalogue_ttl_seconds)
-        try:
-            yield
-        finally:
-            runtime.extras.pop(EXTRAS_KEY, None)
+        yield Catalogue(client, ttl=settings.catalogue_ttl_seconds)
 
 
-def get_catalogue(request: Request) -> Catalogue:
-    catalogue: Catalogue = get_runtime(request).extras[EXTRAS_KEY]
-    return catalogue
+async def fetch(catalogue: Catalogue) -> CatalogueSnapshot | CatalogueUnavailable:
+    """The catalogue for a request that writes, read before its transaction starts (no database lock is held while
+    eligibility answers). Unavailable is returned, not raised: a retry of a request that already succeeded is still
+    answered from the idempotency store; :func:`available` raises it when the catalogue is really needed."""
+    try:
+        return await catalogue.snapshot()
+    except CatalogueUnavailable as exc:
+        return exc
+
+
+def available(fetched: CatalogueSnapshot | CatalogueUnavailable) -> CatalogueSnapshot:
+    if isinstance(fetched, CatalogueUnavailable):
+        raise fetched
+    return fetched

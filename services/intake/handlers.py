@@ -3,52 +3,63 @@ the consumer's transaction, beside the inbox row that makes it effectively-once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.intake.context import IntakeContext
 from services.intake.repository import Repository
 from services.intake.status import apply_case_event, apply_determination, apply_notification
-from shared.consumer import PermanentError, Subscription
+from shared.consumer import Apply, Subscription, on
 from shared.events import (
-    CaseEventBase,
+    CaseAssigned,
+    CaseClosed,
+    CaseDecided,
+    CaseEscalated,
+    CaseInfoRequested,
+    CaseResumed,
+    CaseRouted,
+    CaseSlaBreached,
+    CaseTransferred,
     CloudEvent,
     EligibilityDetermined,
+    EventData,
     NotificationFailed,
     NotificationSent,
-    validate_event,
 )
-from shared.service import Runtime
 
-STATUS_EVENTS = (
-    "eligibility.determined",
-    "case.routed",
-    "case.assigned",
-    "case.info_requested",
-    "case.decided",
-    "case.transferred",
-    "case.escalated",
-    "case.sla_breached",
-    "case.resumed",
-    "case.closed",
-    "notification.sent",
-    "notification.failed",
+E = TypeVar("E", bound=EventData)
+
+CASE_EVENTS = (
+    CaseRouted,
+    CaseAssigned,
+    CaseInfoRequested,
+    CaseDecided,
+    CaseTransferred,
+    CaseEscalated,
+    CaseSlaBreached,
+    CaseResumed,
+    CaseClosed,
 )
 
 
-async def on_status_event(session: AsyncSession, event: CloudEvent) -> None:
-    data = validate_event(event)  # a malformed event fails permanently (dead letter), it never half-applies
-    repo = Repository(session)
-    match data:
-        case EligibilityDetermined():
-            await apply_determination(repo, event, data)
-        case CaseEventBase():
-            await apply_case_event(repo, event, data)
-        case NotificationSent() | NotificationFailed():
-            await apply_notification(repo, event, data)
-        case _:
-            raise PermanentError(f"intake does not handle {event.event_type}")
+def _with_repository(apply: Callable[[Repository, CloudEvent, E], Awaitable[None]]) -> Apply[E]:
+    async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
+        await apply(Repository(session), event, data)
+
+    return handler
 
 
-def subscriptions(runtime: Runtime) -> Sequence[Subscription]:
-    return [Subscription(name="status-view", event_types=STATUS_EVENTS, handler=on_status_event)]
+def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
+    return [
+        Subscription(
+            name="status-view",
+            handlers=[
+                on(EligibilityDetermined, _with_repository(apply_determination)),
+                *(on(model, _with_repository(apply_case_event)) for model in CASE_EVENTS),
+                on(NotificationSent, _with_repository(apply_notification)),
+                on(NotificationFailed, _with_repository(apply_notification)),
+            ],
+        )
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -9,24 +11,31 @@ from fastapi import FastAPI
 from services import intake as package
 from services.intake.api import ROUTERS
 from services.intake.catalogue import catalogue_client
+from services.intake.context import IntakeContext
 from services.intake.handlers import subscriptions
 from services.intake.models import platform
 from services.intake.settings import IntakeSettings
-from shared.service import ServiceDefinition, create_service_app
+from shared.runtime import Runtime, ServiceDefinition
+from shared.service import create_service_app
 
 NAME = "intake"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def definition(settings: IntakeSettings) -> ServiceDefinition:
+def definition(settings: IntakeSettings) -> ServiceDefinition[IntakeContext]:
+    @contextlib.asynccontextmanager
+    async def context(runtime: Runtime) -> AsyncIterator[IntakeContext]:
+        async with catalogue_client(settings) as catalogue:
+            yield IntakeContext(settings, runtime.outbox, catalogue)
+
     return ServiceDefinition(
         name=NAME,
         title="OneStop intake",
         description=package.__doc__ or "",
         tables=platform,
         routers=ROUTERS,
+        context=context,
         subscriptions=subscriptions,
-        background=lambda runtime: catalogue_client(runtime, settings),
     )
 
 

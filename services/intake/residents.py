@@ -11,13 +11,20 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
-from services.intake.access import PURPOSE_ASSISTED_REGISTRATION, record_access
+from services.intake.access import (
+    PURPOSE_ASSISTED_REGISTRATION,
+    PURPOSE_NOTIFICATION,
+    record_access,
+    require_self,
+    resident_read_purpose,
+)
 from services.intake.models import Consent, ConsentChange, Resident
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ConsentChangeView,
     ConsentsUpdate,
     ConsentsView,
+    ContactView,
     HouseholdMemberIn,
     HouseholdMemberView,
     ResidentCreate,
@@ -27,7 +34,7 @@ from services.intake.schemas import (
 from shared.auth import Principal, Role
 from shared.events import ConsentChanged, HouseholdMember, Language, ResidentUpdated, Vulnerability
 from shared.outbox import Outbox
-from shared.problems import Conflict, Forbidden, UnprocessableContent
+from shared.problems import Conflict, Forbidden, NotFound, UnprocessableContent
 
 T = TypeVar("T")
 
@@ -97,7 +104,7 @@ def registry_event(resident: Resident) -> ResidentUpdated:
 
 async def register(
     repo: Repository, outbox: Outbox, principal: Principal, body: ResidentCreate, today: dt.date
-) -> Resident:
+) -> ResidentView:
     """A resident registers themselves (their token's resident id becomes the record's id), or staff register them
     at a counter (a new random id, returned to them)."""
     errors = _date_errors(body.birth_date, body.household, today)
@@ -150,12 +157,49 @@ async def register(
             purpose=PURPOSE_ASSISTED_REGISTRATION,
         )
     await outbox.emit(repo.session, registry_event(resident), subject=str(resident.id))
+    return view(resident, [])
+
+
+async def _visible(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, *, for_update: bool = False
+) -> Resident:
+    resident = await repo.visible_resident(principal, resident_id, for_update=for_update)
+    if resident is None:
+        raise NotFound(f"No resident {resident_id}.")
     return resident
 
 
+async def read(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ResidentView:
+    """A resident's record, for the resident or staff who may see it (the read is in the access log)."""
+    resident = await _visible(repo, principal, resident_id)
+    purpose = await resident_read_purpose(repo, principal, resident)
+    record_access(
+        repo, principal, resident.id, action="read", record_type="resident", record_id=resident.id, purpose=purpose
+    )
+    return view(resident, await repo.consents(resident.id))
+
+
 async def update(
-    repo: Repository, outbox: Outbox, principal: Principal, resident: Resident, body: ResidentUpdate, today: dt.date
-) -> Resident:
+    repo: Repository,
+    outbox: Outbox,
+    principal: Principal,
+    resident_id: uuid.UUID,
+    body: ResidentUpdate,
+    today: dt.date,
+) -> ResidentView:
+    """Change the fields given; a change the registry keeps is announced (``resident.updated``)."""
+    resident = await _visible(repo, principal, resident_id, for_update=True)
+    purpose = await resident_read_purpose(repo, principal, resident)
+    await _apply_update(repo, outbox, resident, body, today)
+    record_access(
+        repo, principal, resident.id, action="update", record_type="resident", record_id=resident.id, purpose=purpose
+    )
+    return view(resident, await repo.consents(resident.id))
+
+
+async def _apply_update(
+    repo: Repository, outbox: Outbox, resident: Resident, body: ResidentUpdate, today: dt.date
+) -> None:
     given = body.model_fields_set
     errors = [
         {"field": name, "message": "may not be null", "type": "null"}
@@ -187,7 +231,7 @@ async def update(
 
     changed = {name for name, value in values.items() if getattr(resident, name) != value}
     if not changed:
-        return resident
+        return
     for name in changed:
         setattr(resident, name, values[name])
     resident.version += 1
@@ -195,7 +239,6 @@ async def update(
     await repo.session.flush()
     if changed & REGISTRY_FIELDS:
         await outbox.emit(repo.session, registry_event(resident), subject=str(resident.id))
-    return resident
 
 
 def view(resident: Resident, consents: Sequence[Consent]) -> ResidentView:
@@ -222,10 +265,22 @@ def view(resident: Resident, consents: Sequence[Consent]) -> ResidentView:
 # ---------------------------------------------------------------------------------------------- consents
 
 
+async def read_consents(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ConsentsView:
+    resident = await _visible(repo, principal, resident_id)
+    purpose = await resident_read_purpose(repo, principal, resident)
+    record_access(
+        repo, principal, resident.id, action="read", record_type="consents", record_id=resident.id, purpose=purpose
+    )
+    return await consents_view(repo, resident)
+
+
 async def set_consents(
-    repo: Repository, outbox: Outbox, principal: Principal, resident: Resident, body: ConsentsUpdate
+    repo: Repository, outbox: Outbox, principal: Principal, resident_id: uuid.UUID, body: ConsentsUpdate
 ) -> ConsentsView:
-    """Replace the consent set. A purpose not given counts as not granted; only real changes are recorded."""
+    """Replace the consent set (the resident only). A purpose not given counts as not granted; only real changes are
+    recorded."""
+    resident = await _visible(repo, principal, resident_id, for_update=True)
+    require_self(principal, resident.id, "give or withdraw their consent")
     current = {c.purpose: c for c in await repo.consents(resident.id, for_update=True)}
     wanted = dict(body.consents)
     for purpose in current:
@@ -286,4 +341,32 @@ async def consents_view(repo: Repository, resident: Resident, *, changed: Sequen
             )
             for h in history
         ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- contact
+
+
+async def contact(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ContactView:
+    """Where to reach the resident: for the notify service only (anyone else is told there is no such resident)."""
+    if principal.role is not Role.SERVICE or principal.service != "notify":
+        raise NotFound(f"No resident {resident_id}.")
+    resident = await repo.resident(resident_id)
+    if resident is None:
+        raise NotFound(f"No resident {resident_id}.")
+    record_access(
+        repo,
+        principal,
+        resident.id,
+        action="read",
+        record_type="contact",
+        record_id=resident.id,
+        purpose=PURPOSE_NOTIFICATION,
+    )
+    return ContactView(
+        resident_id=resident.id,
+        email=resident.email,
+        phone=resident.phone,
+        preferred_language=Language(resident.preferred_language),
+        preferred_channels=resident.preferred_channels,
     )

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import repository
+from services.notify.context import ContextDep
 from services.notify.delivery import retry_dead
 from services.notify.models import (
     RETRYABLE,
@@ -56,22 +57,18 @@ from services.notify.schemas import (
 )
 from services.notify.settings import NotifySettings
 from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, new_secret
-from services.notify.worker import EXTRAS_KEY, NotifyComponents
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep, SessionDep, get_runtime
+from shared.deps import IdempotencyDep, SessionDep
 from shared.events import partner_subject
 from shared.problems import Conflict, NotFound, UnprocessableContent, problem_responses
 
 
-def get_settings(request: Request) -> NotifySettings:
-    return cast(NotifySettings, get_runtime(request).settings)
+def get_settings(ctx: ContextDep) -> NotifySettings:
+    return ctx.settings
 
 
-def get_renderer(request: Request) -> Renderer:
-    components = get_runtime(request).extras.get(EXTRAS_KEY)
-    if isinstance(components, NotifyComponents):
-        return components.renderer
-    return Renderer(get_settings(request).app_base_url)
+def get_renderer(ctx: ContextDep) -> Renderer:
+    return ctx.renderer
 
 
 SettingsDep = Annotated[NotifySettings, Depends(get_settings)]

@@ -2,47 +2,54 @@
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from services.notify.context import NotifyContext
 from services.notify.notifications import ResidentMessages
 from services.notify.partners import PartnerFanOut
-from services.notify.settings import NotifySettings
-from shared.consumer import Handler, Subscription
-from shared.events import PARTNER_VISIBLE_TYPES, CloudEvent
-from shared.service import Runtime
+from shared.consumer import Subscription, on
+from shared.events import (
+    CATALOGUE,
+    PARTNER_VISIBLE_TYPES,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CaseDecided,
+    CaseInfoRequested,
+    CaseResumed,
+    CaseRouted,
+    CaseSlaBreached,
+    CaseTransferred,
+    ConsentChanged,
+    EligibilityDetermined,
+    EligibilityOpportunity,
+    ResidentUpdated,
+)
 
 
-def subscriptions(runtime: Runtime) -> list[Subscription]:
-    settings = cast(NotifySettings, runtime.settings)
-    messages = ResidentMessages(settings)
-    routes: dict[str, Handler] = {
-        "consent.changed": messages.consent_changed,
-        "resident.updated": messages.resident_updated,
-        "application.submitted": messages.application_submitted,
-        "application.withdrawn": messages.application_withdrawn,
-        "eligibility.determined": messages.eligibility_determined,
-        "eligibility.opportunity": messages.eligibility_opportunity,
-        "case.routed": messages.case_routed,
-        "case.info_requested": messages.case_info_requested,
-        "case.resumed": messages.case_resumed,
-        "case.transferred": messages.case_transferred,
-        "case.decided": messages.case_decided,
-        "case.sla_breached": messages.case_sla_breached,
-    }
-
-    async def residents(session: AsyncSession, event: CloudEvent) -> None:
-        handler = routes.get(event.event_type)
-        if handler is not None:
-            await handler(session, event)
-
+def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
+    messages = ResidentMessages(ctx.settings)
+    fan_out = PartnerFanOut(ctx.outbox, ctx.settings.bus_prefix)
     return [
-        Subscription(name="residents", event_types=tuple(routes), handler=residents),
+        Subscription(
+            name="residents",
+            handlers=[
+                on(ConsentChanged, messages.consent_changed),
+                on(ResidentUpdated, messages.resident_updated),
+                on(ApplicationSubmitted, messages.application_submitted),
+                on(ApplicationWithdrawn, messages.application_withdrawn),
+                on(EligibilityDetermined, messages.eligibility_determined),
+                on(EligibilityOpportunity, messages.eligibility_opportunity),
+                on(CaseRouted, messages.case_routed),
+                on(CaseInfoRequested, messages.case_info_requested),
+                on(CaseResumed, messages.case_resumed),
+                on(CaseTransferred, messages.case_transferred),
+                on(CaseDecided, messages.case_decided),
+                on(CaseSlaBreached, messages.case_sla_breached),
+            ],
+        ),
         # Separate from the residents' consumer so that neither can hold the other up.
         Subscription(
             name="partners",
-            event_types=tuple(sorted(PARTNER_VISIBLE_TYPES)),
-            handler=PartnerFanOut(runtime.outbox, settings.bus_prefix),
+            handlers=[on(CATALOGUE[t].data_model, fan_out) for t in sorted(PARTNER_VISIBLE_TYPES)],
         ),
     ]

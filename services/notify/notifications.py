@@ -83,16 +83,14 @@ class ResidentMessages:
 
     # ------------------------------------------------------------------------------------------ state events
 
-    async def consent_changed(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(ConsentChanged)
+    async def consent_changed(self, session: AsyncSession, event: CloudEvent, data: ConsentChanged) -> None:
         state = await repository.resident_state(session, data.resident_id)
         if data.version > state.consent_version:  # a late, older consent set never overrides a newer one
             state.consents = dict(data.consents)
             state.consent_version = data.version
             state.updated_at = utcnow()
 
-    async def resident_updated(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(ResidentUpdated)
+    async def resident_updated(self, session: AsyncSession, event: CloudEvent, data: ResidentUpdated) -> None:
         state = await repository.resident_state(session, data.resident_id)
         if data.version > state.profile_version:
             state.language = data.preferred_language.value
@@ -108,8 +106,7 @@ class ResidentMessages:
 
     # ------------------------------------------------------------------------------------------ application events
 
-    async def application_submitted(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(ApplicationSubmitted)
+    async def application_submitted(self, session: AsyncSession, event: CloudEvent, data: ApplicationSubmitted) -> None:
         await self._note_context(session, data.resident_id, data.resident)
         application = await repository.tracked_application(session, data.application_id, data.resident_id)
         application.life_event = data.life_event
@@ -123,8 +120,7 @@ class ResidentMessages:
         }
         await self._add(session, event, data.resident_id, data.application_id, "application.submitted", item)
 
-    async def application_withdrawn(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(ApplicationWithdrawn)
+    async def application_withdrawn(self, session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
         application = await repository.tracked_application(session, data.application_id, data.resident_id)
         await repository.suppress_for_application(session, data.application_id, keep_kind=WITHDRAWN_KIND)
         if application.withdrawn_at is not None:
@@ -134,8 +130,9 @@ class ResidentMessages:
         item = {"withdrawn_at": data.withdrawn_at.isoformat()}
         await self._add(session, event, data.resident_id, data.application_id, WITHDRAWN_KIND, item)
 
-    async def eligibility_determined(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(EligibilityDetermined)
+    async def eligibility_determined(
+        self, session: AsyncSession, event: CloudEvent, data: EligibilityDetermined
+    ) -> None:
         await self._note_context(session, data.resident_id, data.resident)
         application = await repository.tracked_application(session, data.application_id, data.resident_id)
         if data.round <= application.last_round:
@@ -164,8 +161,9 @@ class ResidentMessages:
         item = {"round": data.round, "programs": changed}
         await self._add(session, event, data.resident_id, data.application_id, "eligibility.determined", item)
 
-    async def eligibility_opportunity(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(EligibilityOpportunity)
+    async def eligibility_opportunity(
+        self, session: AsyncSession, event: CloudEvent, data: EligibilityOpportunity
+    ) -> None:
         state = await repository.find_resident_state(session, data.resident_id)
         if state is None or not state.consented(PROACTIVE_CONSENT):
             # Without a known, current consent we stay silent (the consent may have been withdrawn meanwhile).
@@ -182,8 +180,7 @@ class ResidentMessages:
 
     # ------------------------------------------------------------------------------------------ case events
 
-    async def case_routed(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(CaseRouted)
+    async def case_routed(self, session: AsyncSession, event: CloudEvent, data: CaseRouted) -> None:
         program = await self._program(session, data.application_id, data.program_code)
         program.office_code = data.office_code
         program.office_name = data.office_name.model_dump()
@@ -195,8 +192,7 @@ class ResidentMessages:
         }
         await self._case_message(session, event, data.resident_id, data.application_id, "case.routed", item)
 
-    async def case_info_requested(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(CaseInfoRequested)
+    async def case_info_requested(self, session: AsyncSession, event: CloudEvent, data: CaseInfoRequested) -> None:
         program = await self._program(session, data.application_id, data.program_code)
         item = {
             **_case_basics(data.case_id, data.program_code, program),
@@ -204,16 +200,14 @@ class ResidentMessages:
         }
         await self._case_message(session, event, data.resident_id, data.application_id, "case.info_requested", item)
 
-    async def case_resumed(self, session: AsyncSession, event: CloudEvent) -> None:
+    async def case_resumed(self, session: AsyncSession, event: CloudEvent, data: CaseResumed) -> None:
         """The resident's answer arrived: confirm it, with the due date moved by the time the case waited."""
-        data = event.data_as(CaseResumed)
         program = await self._program(session, data.application_id, data.program_code)
         item = {**_case_basics(data.case_id, data.program_code, program), "due_date": data.due_date.isoformat()}
         await self._case_message(session, event, data.resident_id, data.application_id, "case.resumed", item)
 
-    async def case_transferred(self, session: AsyncSession, event: CloudEvent) -> None:
+    async def case_transferred(self, session: AsyncSession, event: CloudEvent, data: CaseTransferred) -> None:
         """Another office handles the case now: the resident should know whom to turn to."""
-        data = event.data_as(CaseTransferred)
         program = await self._program(session, data.application_id, data.program_code)
         program.office_code = data.office_code
         program.office_name = data.office_name.model_dump()
@@ -223,8 +217,7 @@ class ResidentMessages:
         }
         await self._case_message(session, event, data.resident_id, data.application_id, "case.transferred", item)
 
-    async def case_decided(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(CaseDecided)
+    async def case_decided(self, session: AsyncSession, event: CloudEvent, data: CaseDecided) -> None:
         program = await self._program(session, data.application_id, data.program_code)
         item = {
             **_case_basics(data.case_id, data.program_code, program),
@@ -236,8 +229,7 @@ class ResidentMessages:
         }
         await self._case_message(session, event, data.resident_id, data.application_id, "case.decided", item)
 
-    async def case_sla_breached(self, session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(CaseSlaBreached)
+    async def case_sla_breached(self, session: AsyncSession, event: CloudEvent, data: CaseSlaBreached) -> None:
         program = await self._program(session, data.application_id, data.program_code)
         item = {
             **_case_basics(data.case_id, data.program_code, program),

@@ -46,6 +46,7 @@ from shared.events import (
     CaseDecided,
     CloudEvent,
     EligibilityDetermined,
+    EventData,
     partner_subject,
     partner_view,
 )
@@ -123,7 +124,7 @@ class PartnerFanOut:
         self.outbox = outbox
         self.prefix = prefix
 
-    async def __call__(self, session: AsyncSession, event: CloudEvent) -> None:
+    async def __call__(self, session: AsyncSession, event: CloudEvent, data: EventData) -> None:
         event_type = event.event_type
         if event_type not in PARTNER_VISIBLE_TYPES:
             return

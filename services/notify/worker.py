@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import cast
 
 import httpx
 from prometheus_client import Counter
@@ -19,30 +17,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notify.channels import email_sender, sms_sender
 from services.notify.contacts import ContactDirectory
+from services.notify.context import NotifyContext
 from services.notify.delivery import ResidentDelivery, Senders
 from services.notify.notifications import WORK_PENDING
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
-from shared.service import Runtime
+from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-EXTRAS_KEY = "notify"
-
-
-@dataclass
-class NotifyComponents:
-    contacts: ContactDirectory
-    renderer: Renderer
-    residents: ResidentDelivery
-    partners: PartnerDelivery
-    wake: Callable[[], None]
-
 
 @contextlib.asynccontextmanager
-async def background(runtime: Runtime) -> AsyncIterator[None]:
-    settings = cast(NotifySettings, runtime.settings)
+async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[NotifyContext]:
+    """Notify's context for the service's lifetime: the clients, the senders and the two delivery loops."""
     token = settings.service_token.get_secret_value() if settings.service_token else None
     intake_client = httpx.AsyncClient(timeout=settings.intake_timeout_seconds, follow_redirects=False)
     # Outbound calls to the SMS gateway and partner endpoints: no cookies, no redirects, no environment proxies.
@@ -76,7 +64,6 @@ async def background(runtime: Runtime) -> AsyncIterator[None]:
             wake()
 
     runtime.db.on_commit(on_commit)
-    runtime.extras[EXTRAS_KEY] = NotifyComponents(contacts, renderer, residents, partners, wake)
     tasks = [
         asyncio.create_task(
             _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-residents"
@@ -84,7 +71,7 @@ async def background(runtime: Runtime) -> AsyncIterator[None]:
         asyncio.create_task(_loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partners"),
     ]
     try:
-        yield
+        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, wake)
     finally:
         for task in tasks:
             task.cancel()

@@ -11,33 +11,28 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing import cases
-from services.routing.context import routing_context
-from shared.consumer import Subscription
-from shared.events import (
-    ApplicationInfoProvided,
-    ApplicationWithdrawn,
-    CloudEvent,
-    EligibilityDetermined,
-)
-from shared.service import Runtime
-
-CASE_EVENTS = (
-    EligibilityDetermined.event_type,
-    ApplicationWithdrawn.event_type,
-    ApplicationInfoProvided.event_type,
-)
+from services.routing.context import RoutingContext
+from shared.consumer import Subscription, on
+from shared.events import ApplicationInfoProvided, ApplicationWithdrawn, CloudEvent, EligibilityDetermined
 
 
-def subscriptions(runtime: Runtime) -> Sequence[Subscription]:
-    ctx = routing_context(runtime)
+def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
+    async def determined(session: AsyncSession, event: CloudEvent, data: EligibilityDetermined) -> None:
+        await cases.apply_determination(session, ctx, data)
 
-    async def handle(session: AsyncSession, event: CloudEvent) -> None:
-        kind = event.event_type
-        if kind == EligibilityDetermined.event_type:
-            await cases.apply_determination(session, ctx, event.data_as(EligibilityDetermined))
-        elif kind == ApplicationWithdrawn.event_type:
-            await cases.withdraw(session, ctx, event.data_as(ApplicationWithdrawn))
-        elif kind == ApplicationInfoProvided.event_type:
-            await cases.info_provided(session, ctx, event.data_as(ApplicationInfoProvided))
+    async def withdrawn(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
+        await cases.withdraw(session, ctx, data)
 
-    return [Subscription(name="cases", event_types=CASE_EVENTS, handler=handle)]
+    async def info_provided(session: AsyncSession, event: CloudEvent, data: ApplicationInfoProvided) -> None:
+        await cases.info_provided(session, ctx, data)
+
+    return [
+        Subscription(
+            name="cases",
+            handlers=[
+                on(EligibilityDetermined, determined),
+                on(ApplicationWithdrawn, withdrawn),
+                on(ApplicationInfoProvided, info_provided),
+            ],
+        )
+    ]

@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
 
 from services import routing as package
 from services.routing.api import cases_router, offices_router, statistics_router
+from services.routing.context import RoutingContext
 from services.routing.handlers import subscriptions
 from services.routing.models import platform
 from services.routing.settings import RoutingSettings
 from services.routing.timer import sla_timer
-from shared.service import ServiceDefinition, create_service_app
+from shared.runtime import Runtime, ServiceDefinition
+from shared.service import create_service_app
 
 NAME = "routing"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def definition(settings: RoutingSettings) -> ServiceDefinition:
+def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
+    @contextlib.asynccontextmanager
+    async def context(runtime: Runtime) -> AsyncIterator[RoutingContext]:
+        ctx = RoutingContext.build(settings, runtime.outbox)
+        async with sla_timer(runtime, ctx):
+            yield ctx
+
     return ServiceDefinition(
         name=NAME,
         title="OneStop routing",
         description=package.__doc__ or "",
         tables=platform,
         routers=[offices_router, cases_router, statistics_router],
+        context=context,
         subscriptions=subscriptions,
-        background=sla_timer,
     )
 
 

@@ -23,17 +23,16 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from services.routing import repository as repo
 from services.routing.cases import CaseChanged, event_base, refresh_priority, save
-from services.routing.context import RoutingContext, routing_context
+from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseStatus, SlaBreach
 from services.routing.policy import URGENT
 from shared.db import Database
 from shared.events import CaseEscalated, CaseSlaBreached
-from shared.service import Runtime
+from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 TIMER = "system:sla-timer"
-EXTRAS_KEY = "sla_timer"
 
 
 class TimerMetrics:
@@ -42,6 +41,7 @@ class TimerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.breaches = Counter("onestop_routing_sla_breaches", "SLA breaches recorded", ["office"], registry=registry)
         self.open_cases = Gauge("onestop_routing_open_cases", "Active cases per office", ["office"], registry=registry)
+        self.sweeps = Counter("onestop_routing_sla_sweeps", "Passes of the SLA timer", registry=registry)
         self.utilisation = Gauge(
             "onestop_routing_office_utilisation",
             "Weighted load of an office's active cases over its active-case ceiling",
@@ -98,6 +98,8 @@ class SlaTimer:
             await self._observe(self.metrics)
         self.breaches += recorded
         self.passes += 1
+        if self.metrics is not None:
+            self.metrics.sweeps.inc()
         return recorded
 
     async def _observe(self, metrics: TimerMetrics) -> None:
@@ -169,13 +171,12 @@ class SlaTimer:
 
 
 @contextlib.asynccontextmanager
-async def sla_timer(runtime: Runtime) -> AsyncIterator[None]:
-    """``ServiceDefinition.background``: runs the timer for the app's lifetime."""
-    timer = SlaTimer(runtime.db, routing_context(runtime), TimerMetrics(runtime.metrics.registry))
-    runtime.extras[EXTRAS_KEY] = timer
+async def sla_timer(runtime: Runtime, ctx: RoutingContext) -> AsyncIterator[SlaTimer]:
+    """Runs the timer for the service's lifetime (part of routing's context)."""
+    timer = SlaTimer(runtime.db, ctx, TimerMetrics(runtime.metrics.registry))
     task = asyncio.create_task(timer.run(), name="routing-sla-timer")
     try:
-        yield
+        yield timer
     finally:
         timer.stop()
         with contextlib.suppress(asyncio.CancelledError):

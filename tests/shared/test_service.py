@@ -16,13 +16,14 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Role, TokenIssuer
-from shared.consumer import Subscription
+from shared.consumer import Subscription, on
 from shared.deps import OutboxDep, SessionDep
 from shared.events import ApplicationWithdrawn, CloudEvent
 from shared.problems import Conflict
-from shared.service import Runtime, ServiceDefinition, create_service_app
+from shared.runtime import Runtime, ServiceDefinition, no_context
+from shared.service import create_service_app
 from shared.settings import ServiceSettings
-from tests.support.bus_harness import EVENT_TYPE, effects, metadata, tables, wait_until, withdrawn
+from tests.support.bus_harness import effects, metadata, tables, wait_until, withdrawn
 from tests.support.nats import NatsServer
 
 
@@ -56,10 +57,9 @@ def router() -> APIRouter:
     return api
 
 
-async def apply(session: AsyncSession, event: CloudEvent) -> None:
+async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
     if Switch.broken:
         raise RuntimeError("handler is broken")
-    data = event.data_as(ApplicationWithdrawn)
     await session.execute(
         insert(effects).values(
             application_id=str(data.application_id), event_id=event.id, applied_at=dt.datetime.now(dt.UTC)
@@ -67,13 +67,13 @@ async def apply(session: AsyncSession, event: CloudEvent) -> None:
     )
 
 
-def definition() -> ServiceDefinition:
-    def subscriptions(runtime: Runtime) -> list[Subscription]:
-        return [Subscription(name="things", event_types=(EVENT_TYPE,), handler=apply, retry_delays=(0.01,))]
+def definition() -> ServiceDefinition[None]:
+    def subscriptions(context: None) -> list[Subscription]:
+        return [Subscription(name="things", handlers=[on(ApplicationWithdrawn, apply)], retry_delays=(0.01,))]
 
     return ServiceDefinition(
         name="testsvc", title="Test", description="A test service", tables=tables, routers=[router()],
-        subscriptions=subscriptions,
+        context=no_context, subscriptions=subscriptions,
     )  # fmt: skip
 
 

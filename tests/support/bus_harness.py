@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus
-from shared.consumer import Consumer, Subscription
+from shared.consumer import Consumer, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
@@ -99,8 +99,7 @@ class Harness:
             service=self.name,
             subscription=Subscription(
                 name="effects",
-                event_types=(EVENT_TYPE,),
-                handler=self.apply,
+                handlers=[on(ApplicationWithdrawn, self.apply)],
                 concurrency=self.concurrency,
                 retry_delays=(0.05, 0.1),
             ),
@@ -118,8 +117,7 @@ class Harness:
         return self.consumer
 
     @staticmethod
-    async def apply(session: AsyncSession, event: CloudEvent) -> None:
-        data = event.data_as(ApplicationWithdrawn)
+    async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
         if data.reason == POISON:
             raise RuntimeError("this event always fails")
         await session.execute(

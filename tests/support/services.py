@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -16,8 +16,10 @@ from fastapi import FastAPI
 from onestop.registry import BY_NAME
 from shared.auth import TokenIssuer
 from shared.migrations import upgrade
-from shared.service import Runtime
+from shared.runtime import Runtime
 from shared.settings import ServiceSettings
+
+C = TypeVar("C")
 
 
 @dataclass
@@ -32,6 +34,16 @@ class RunningService:
     def runtime(self) -> Runtime:
         runtime: Runtime = self.app.state.runtime
         return runtime
+
+    def context(self, kind: type[C]) -> C:
+        """The service's typed context (``ServiceDefinition.context``)."""
+        context = self.runtime.context
+        assert isinstance(context, kind), f"{self.name}'s context is a {type(context).__name__}"
+        return context
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the service's own Prometheus registry (0 when not recorded yet)."""
+        return self.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def auth(self, role: str, **claims: Any) -> dict[str, str]:
         """Headers carrying a token for ``role`` (``resident_id=``, ``offices=``, ``partner_id=`` ...)."""

@@ -13,10 +13,9 @@ import orjson
 from sqlalchemy import func, select
 
 from onestop.registry import BY_NAME
-from services.routing.context import RoutingContext, routing_context
+from services.routing.context import RoutingContext
 from services.routing.models import Case, platform
 from services.routing.seed import seed
-from services.routing.timer import EXTRAS_KEY, SlaTimer
 from shared.auth import TokenIssuer
 from shared.events import (
     CloudEvent,
@@ -66,13 +65,12 @@ async def routing_service(
 
 
 def context(service: RunningService) -> RoutingContext:
-    return routing_context(service.runtime)
+    return service.context(RoutingContext)
 
 
-def timer(service: RunningService) -> SlaTimer:
-    found = service.runtime.extras[EXTRAS_KEY]
-    assert isinstance(found, SlaTimer)
-    return found
+def timer_passes(service: RunningService) -> float:
+    """Complete passes of the SLA timer, as the service's metrics count them."""
+    return service.metric("onestop_routing_sla_sweeps_total")
 
 
 # ---------------------------------------------------------------------------------------------- events in

@@ -18,19 +18,19 @@ from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 
-from .support import cases_of, count, determined, emitted, feed, program, routing_service, timer
+from .support import cases_of, count, determined, emitted, feed, program, routing_service, timer_passes
 
 MONDAY = dt.date(2025, 9, 29)
 
 
 async def passes(service: RunningService, n: int) -> None:
     """Wait for ``n`` more complete passes of the timer."""
-    target = timer(service).passes + n
+    target = timer_passes(service) + n
     await wait_until(lambda: _reached(service, target), timeout=20)
 
 
-async def _reached(service: RunningService, target: int) -> bool:
-    return timer(service).passes >= target
+async def _reached(service: RunningService, target: float) -> bool:
+    return timer_passes(service) >= target
 
 
 async def test_a_breach_fires_once_across_restarts_and_a_paused_case_never_breaches(

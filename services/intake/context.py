@@ -1,0 +1,24 @@
+"""Intake's service context: its settings, its outbox and eligibility's catalogue (cached over HTTP). Made once per
+running service (``main.definition``) and handed to routes through :data:`ContextDep`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+
+from services.intake.catalogue import Catalogue
+from services.intake.settings import IntakeSettings
+from shared.deps import context_dependency
+from shared.outbox import Outbox
+
+
+@dataclass
+class IntakeContext:
+    settings: IntakeSettings
+    outbox: Outbox
+    catalogue: Catalogue
+
+
+ContextDep = Annotated[IntakeContext, Depends(context_dependency(IntakeContext))]

@@ -1,0 +1,33 @@
+"""Notify's service context: its settings, its outbox, the contact directory (intake over HTTP), the renderer, the
+two delivery workers and the hook that wakes them. Made once per running service (:func:`services.notify.worker
+.running`), handed to routes through :data:`ContextDep` and to the event handlers when they are made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+
+from services.notify.contacts import ContactDirectory
+from services.notify.delivery import ResidentDelivery
+from services.notify.partner_delivery import PartnerDelivery
+from services.notify.rendering import Renderer
+from services.notify.settings import NotifySettings
+from shared.deps import context_dependency
+from shared.outbox import Outbox
+
+
+@dataclass
+class NotifyContext:
+    settings: NotifySettings
+    outbox: Outbox
+    contacts: ContactDirectory
+    renderer: Renderer
+    residents: ResidentDelivery
+    partners: PartnerDelivery
+    wake: Callable[[], None]
+
+
+ContextDep = Annotated[NotifyContext, Depends(context_dependency(NotifyContext))]

@@ -1,0 +1,146 @@
+"""The typed event dispatch every consumer uses: handlers declared per event model, filter subjects derived from them,
+each event validated against its model before its handler runs, and one policy for what no handler is declared for
+(a dead letter with the reason). Against a real nats-server and real databases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Mapping
+
+import orjson
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.bus import MSG_ID_HEADER
+from shared.consumer import Dispatch, Subscription, UnhandledEventType, on
+from shared.events import (
+    TYPE_PREFIX,
+    ApplicationSubmitted,
+    ApplicationWithdrawn,
+    CaseEventBase,
+    CaseRouted,
+    CloudEvent,
+    subject_for,
+)
+from tests.support.bus_harness import EVENT_TYPE, Harness, tables, wait_until, withdrawn
+from tests.support.nats import NatsServer
+
+
+@pytest.fixture
+async def harness(nats_server: NatsServer, bus_prefix: str, database_url: str) -> AsyncIterator[Harness]:
+    h = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    yield h
+    await h.stop()
+
+
+async def _letters(h: Harness) -> list:  # type: ignore[type-arg]
+    async with h.db.session() as session:
+        return list((await session.execute(select(tables.dead_letters).order_by(tables.dead_letters.c.id))).all())
+
+
+async def _settled(h: Harness) -> bool:
+    assert h.consumer is not None
+    info = await h.bus.js.consumer_info(h.bus.stream, h.consumer.durable)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def _publish_raw(h: Harness, event_id: str, envelope: dict[str, object]) -> None:
+    """What a misbehaving producer could put on a subject the consumer takes."""
+    subject = subject_for(h.bus.prefix, EVENT_TYPE)
+    await h.bus.js.publish(subject, orjson.dumps(envelope), headers={MSG_ID_HEADER: event_id})
+
+
+def _envelope(event_id: str, event_type: str, data: Mapping[str, object]) -> dict[str, object]:
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "/test/rogue",
+        "type": event_type,
+        "time": dt.datetime.now(dt.UTC).isoformat(),
+        "data": data,
+    }
+
+
+async def test_an_event_no_handler_is_declared_for_is_dead_lettered_at_once_with_the_reason(harness: Harness) -> None:
+    """On a subject the consumer takes, an envelope of another catalogue type and one of no known type: neither
+    reaches a handler, both are dead letters after one delivery naming why, and the good event behind them is
+    applied once."""
+    other = withdrawn().model_dump(mode="json")
+    await _publish_raw(harness, "other-type", _envelope("other-type", TYPE_PREFIX + "application.submitted", other))
+    await _publish_raw(harness, "no-type", _envelope("no-type", TYPE_PREFIX + "nothing.here", other))
+    good = harness.event(withdrawn())
+    await harness.bus.publish_event(good)
+
+    await harness.start_consumer()
+    await wait_until(lambda: _settled(harness))
+
+    letters = {row.event_id: row for row in await _letters(harness)}
+    assert sorted(letters) == ["no-type", "other-type"]
+    assert all(row.deliveries == 1 for row in letters.values()), "no retries for what no handler takes"
+    assert "UnhandledEventType" in letters["other-type"].error
+    assert "has no handler for onestop.application.submitted" in letters["other-type"].error
+    assert "has no handler for onestop.nothing.here" in letters["no-type"].error
+    assert await harness.effect_counts() == {good.data["application_id"]: 1}
+
+
+async def test_data_that_does_not_fit_its_model_never_reaches_the_handler_and_its_values_are_not_kept(
+    harness: Harness,
+) -> None:
+    secret = "Kim Minji, 010-1234-5678"
+    bad = {"application_id": "not-a-uuid", "resident_id": str(uuid.uuid4()), "reason": secret}
+    await _publish_raw(harness, "bad-data", _envelope("bad-data", TYPE_PREFIX + EVENT_TYPE, bad))
+    good = harness.event(withdrawn())
+    await harness.bus.publish_event(good)
+
+    await harness.start_consumer()
+    await wait_until(lambda: _settled(harness))
+
+    [letter] = await _letters(harness)
+    assert (letter.event_id, letter.deliveries) == ("bad-data", 1)
+    assert "application_id" in letter.error
+    assert "withdrawn_at" in letter.error, "every field that does not fit is named"
+    assert secret not in letter.error, "the input may be personal data; only locations and reasons are kept"
+    assert await harness.effect_counts() == {good.data["application_id"]: 1}
+
+
+async def _ignore(session: AsyncSession, event: CloudEvent, data: object) -> None:
+    return None
+
+
+def test_the_filter_subjects_are_the_declared_event_types() -> None:
+    subscription = Subscription(
+        name="things", handlers=[on(ApplicationWithdrawn, _ignore), on(ApplicationSubmitted, _ignore)]
+    )
+    assert subscription.event_types == ("application.withdrawn", "application.submitted")
+
+
+def test_a_handler_is_declared_for_a_catalogue_model_only() -> None:
+    with pytest.raises(TypeError, match="CaseEventBase is not the catalogue model"):
+        on(CaseEventBase, _ignore)  # a base of several events names no event type
+    on(CaseRouted, _ignore)
+
+
+def test_two_handlers_for_one_event_type_are_refused_when_the_service_is_defined() -> None:
+    with pytest.raises(ValueError, match=r"two handlers for application\.withdrawn"):
+        Subscription(name="things", handlers=[on(ApplicationWithdrawn, _ignore), on(ApplicationWithdrawn, _ignore)])
+
+
+async def test_the_dispatch_hands_each_handler_its_validated_model() -> None:
+    seen: list[object] = []
+
+    async def record(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
+        seen.append(data)
+
+    dispatch = Dispatch("things", [on(ApplicationWithdrawn, record)])
+    data = withdrawn()
+    event = CloudEvent(
+        id="e1", source="/test", type=TYPE_PREFIX + EVENT_TYPE, time=dt.datetime.now(dt.UTC),
+        data=data.model_dump(mode="json"),
+    )  # fmt: skip
+    await dispatch(None, event)  # type: ignore[arg-type]
+    assert seen == [data]
+    assert isinstance(seen[0], ApplicationWithdrawn)
+    with pytest.raises(UnhandledEventType):
+        await dispatch(None, event.model_copy(update={"type": TYPE_PREFIX + "application.submitted"}))  # type: ignore[arg-type]
