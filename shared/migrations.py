@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from alembic import command, context
+import sqlalchemy as sa
+from alembic import command, context, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData
@@ -98,3 +100,66 @@ def _configure_and_run(connection: Connection, metadata: MetaData) -> None:
     configure_context(connection, metadata)
     with context.begin_transaction():
         context.run_migrations()
+
+
+# ---------------------------------------------------------------------------------------------- platform tables
+# Steps every service's history takes alike (each service has its own database and its own history).
+
+
+def create_audit_log() -> None:
+    """The platform audit log (``shared.tables``), as a service's migration creates it."""
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("actor", sa.String(length=255), nullable=False),
+        sa.Column("actor_role", sa.String(length=32), nullable=False),
+        sa.Column("actor_name", sa.String(length=200), nullable=True),
+        sa.Column("offices", sa.JSON(), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("record_type", sa.String(length=64), nullable=False),
+        sa.Column("record_id", sa.String(length=64), nullable=True),
+        sa.Column("resident_id", sa.Uuid(), nullable=True),
+        sa.Column("purpose", sa.String(length=255), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_audit_log"),
+    )
+    op.create_index("ix_audit_log_at", "audit_log", ["at"], unique=False)
+    op.create_index("ix_audit_log_resident_at", "audit_log", ["resident_id", "at"], unique=False)
+
+
+def drop_audit_log() -> None:
+    op.drop_index("ix_audit_log_resident_at", table_name="audit_log")
+    op.drop_index("ix_audit_log_at", table_name="audit_log")
+    op.drop_table("audit_log")
+
+
+def audit_log_rows() -> sa.TableClause:
+    """The audit log's columns, for copying entries in a migration (``op.bulk_insert``)."""
+    return sa.table(
+        "audit_log",
+        sa.column("at", sa.DateTime(timezone=True)),
+        sa.column("actor", sa.String()),
+        sa.column("actor_role", sa.String()),
+        sa.column("actor_name", sa.String()),
+        sa.column("offices", sa.JSON()),
+        sa.column("action", sa.String()),
+        sa.column("record_type", sa.String()),
+        sa.column("record_id", sa.String()),
+        sa.column("resident_id", sa.Uuid()),
+        sa.column("purpose", sa.String()),
+    )
+
+
+def move_into_audit_log(
+    source: sa.TableClause, indexes: Sequence[str], entry: Callable[[sa.RowMapping], dict[str, Any]]
+) -> None:
+    """Replace a service's own audit table by the platform audit log, keeping every entry in its order: the old
+    rows are read, the old table dropped, the new one created and each row written through ``entry``."""
+    bind = op.get_bind()
+    rows = bind.execute(sa.select(source).order_by(source.c.id)).mappings().all()
+    for index in indexes:
+        op.drop_index(index, table_name=source.name)
+    op.drop_table(source.name)
+    create_audit_log()
+    if rows:
+        op.bulk_insert(audit_log_rows(), [entry(row) for row in rows])

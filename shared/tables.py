@@ -1,4 +1,4 @@
-"""The tables every service has beside its own: outbox, inbox, dead letters and idempotency keys.
+"""The tables every service has beside its own: outbox, inbox, dead letters, idempotency keys and the audit log.
 
 They are defined on each service's own ``MetaData`` (each service has its own database and Alembic history).
 """
@@ -6,9 +6,12 @@ They are defined on each service's own ``MetaData`` (each service has its own da
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
@@ -20,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    Uuid,
 )
 from sqlalchemy.engine import Dialect
 
@@ -55,6 +59,20 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+class ServiceModels:
+    """Mix into each service's declarative base (``class Base(ServiceModels, DeclarativeBase)``): a ``Mapped[...]``
+    column of these Python types gets the same SQL type in every service — timestamps are timezone-aware UTC
+    (:class:`UTCDateTime`) on SQLite and PostgreSQL alike, ids are UUIDs, structures are JSON."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UTCDateTime,
+        uuid.UUID: Uuid,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        list[str]: JSON,
+    }
+
+
 # SQLite only auto-increments an "INTEGER PRIMARY KEY"; PostgreSQL wants a BIGINT identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -65,6 +83,7 @@ class PlatformTables:
     inbox: Table
     dead_letters: Table
     idempotency_keys: Table
+    audit_log: Table
 
 
 def platform_tables(metadata: MetaData) -> PlatformTables:
@@ -75,8 +94,8 @@ def platform_tables(metadata: MetaData) -> PlatformTables:
         Column("event_id", String(64), nullable=False, unique=True),
         Column("subject", String(255), nullable=False),
         Column("payload", Text, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("published_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("published_at", UTCDateTime, nullable=True),
     )
     # The relay asks for the unpublished rows, oldest first.
     Index("ix_outbox_unpublished", outbox.c.published_at, outbox.c.id)
@@ -86,7 +105,7 @@ def platform_tables(metadata: MetaData) -> PlatformTables:
         metadata,
         Column("consumer", String(100), nullable=False),
         Column("event_id", String(64), nullable=False),
-        Column("handled_at", DateTime(timezone=True), nullable=False, index=True),
+        Column("handled_at", UTCDateTime, nullable=False, index=True),
         PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
     )
 
@@ -101,8 +120,8 @@ def platform_tables(metadata: MetaData) -> PlatformTables:
         Column("payload", Text, nullable=False),
         Column("error", Text, nullable=False),
         Column("deliveries", Integer, nullable=False),
-        Column("failed_at", DateTime(timezone=True), nullable=False),
-        Column("replayed_at", DateTime(timezone=True), nullable=True),
+        Column("failed_at", UTCDateTime, nullable=False),
+        Column("replayed_at", UTCDateTime, nullable=True),
         Column("replay_error", Text, nullable=True),
     )
 
@@ -116,7 +135,24 @@ def platform_tables(metadata: MetaData) -> PlatformTables:
         Column("fingerprint", String(64), nullable=False),
         Column("status_code", Integer, nullable=False),
         Column("response", Text, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+        Column("created_at", UTCDateTime, nullable=False, index=True),
         PrimaryKeyConstraint("principal", "key", name="pk_idempotency_keys"),
     )
-    return PlatformTables(outbox, inbox, dead_letters, idempotency_keys)
+    # Who read or changed a resident's personal data (shared.audit): written in the transaction of the access.
+    audit_log = Table(
+        "audit_log",
+        metadata,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("at", UTCDateTime, nullable=False, index=True),
+        Column("actor", String(255), nullable=False),
+        Column("actor_role", String(32), nullable=False),
+        Column("actor_name", String(200), nullable=True),
+        Column("offices", JSON, nullable=False),
+        Column("action", String(64), nullable=False),
+        Column("record_type", String(64), nullable=False),
+        Column("record_id", String(64), nullable=True),
+        Column("resident_id", Uuid, nullable=True),
+        Column("purpose", String(255), nullable=False),
+    )
+    Index("ix_audit_log_resident_at", audit_log.c.resident_id, audit_log.c.at)
+    return PlatformTables(outbox, inbox, dead_letters, idempotency_keys, audit_log)

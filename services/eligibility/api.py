@@ -375,8 +375,8 @@ async def application_determinations(
     if principal.is_staff:
         await repository.audit(
             session,
-            actor=principal.subject,
-            role=principal.role.value,
+            principal,
+            resident_id=app.resident_id,
             action="read_determinations",
             object_type="application",
             object_id=str(application_id),

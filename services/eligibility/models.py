@@ -26,10 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import NAMING_CONVENTION, BigId, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
-class Base(DeclarativeBase):
+class Base(ServiceModels, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
@@ -235,18 +235,3 @@ class OpportunityRow(Base):
     rule_version: Mapped[int] = mapped_column(Integer)
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     found_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-
-
-class AuditRow(Base):
-    """Every read of personal data by staff: who, what, when, why."""
-
-    __tablename__ = "audit_log"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    actor: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(32))
-    action: Mapped[str] = mapped_column(String(64))
-    object_type: Mapped[str] = mapped_column(String(64))
-    object_id: Mapped[str] = mapped_column(String(64), index=True)
-    purpose: Mapped[str] = mapped_column(String(255))
-    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -15,7 +15,6 @@ from services.eligibility.catalogue import ProgramData
 from services.eligibility.facts import FactLayers, MedianIncomeYear, ReportedValue, registry_facts
 from services.eligibility.models import (
     ApplicationRow,
-    AuditRow,
     CatalogueStateRow,
     DepartmentFactRow,
     DeterminationRow,
@@ -26,8 +25,13 @@ from services.eligibility.models import (
     ResidentRow,
     RuleVersionRow,
     ScreeningRow,
+    platform,
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
+from shared.audit import AuditLog
+from shared.auth import Principal
+
+audit_log = AuditLog(platform)
 
 # ---------------------------------------------------------------------------------------------- the catalogue
 
@@ -252,18 +256,23 @@ async def screening(session: AsyncSession, screening_id: uuid.UUID) -> Screening
 
 
 async def audit(
-    session: AsyncSession, *, actor: str, role: str, action: str, object_type: str, object_id: str, purpose: str
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    action: str,
+    object_type: str,
+    object_id: str,
+    purpose: str,
+    resident_id: uuid.UUID | None = None,
 ) -> None:
-    session.add(
-        AuditRow(
-            actor=actor,
-            role=role,
-            action=action,
-            object_type=object_type,
-            object_id=object_id,
-            purpose=purpose,
-            at=dt.datetime.now(dt.UTC),
-        )
+    await audit_log.record(
+        session,
+        principal,
+        action=action,
+        record_type=object_type,
+        record_id=object_id,
+        purpose=purpose,
+        resident_id=resident_id,
     )
 
 

@@ -3,12 +3,12 @@ resident is recorded (who, when, which record, why), and the resident can see it
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
-from services.intake.models import AccessLogEntry, Resident
+from services.intake.models import Resident, platform
 from services.intake.repository import OFFICE_ROLES, Repository
 from services.intake.schemas import AccessLogEntryView, AccessLogPage
+from shared.audit import AuditLog
 from shared.auth import Principal, Role
 from shared.problems import Forbidden, NotFound
 
@@ -17,6 +17,8 @@ PURPOSE_ASSISTED_REGISTRATION = "assisted registration"
 PURPOSE_ASSISTED_APPLICATION = "assisted application"
 PURPOSE_ADMINISTRATION = "administration"
 PURPOSE_NOTIFICATION = "notification delivery"
+
+audit_log = AuditLog(platform)
 
 # Who may create residents and file applications: the resident for themselves, staff at a counter for anyone.
 FILING_ROLES = (Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
@@ -46,7 +48,7 @@ def application_read_purpose(principal: Principal) -> str:
     return PURPOSE_ADMINISTRATION if principal.role is Role.ADMIN else PURPOSE_CASE_REVIEW
 
 
-def record_access(
+async def record_access(
     repo: Repository,
     principal: Principal,
     resident_id: uuid.UUID,
@@ -56,24 +58,15 @@ def record_access(
     record_id: uuid.UUID | str | None,
     purpose: str,
 ) -> None:
-    """Write an access-log entry, unless the resident is looking at their own data."""
-    if is_self(principal, resident_id):
-        return
-    repo.add_access(
-        [
-            AccessLogEntry(
-                resident_id=resident_id,
-                at=dt.datetime.now(dt.UTC),
-                actor=principal.subject[:255],
-                actor_role=principal.role.value,
-                actor_name=principal.name[:200] if principal.name else None,
-                offices=sorted(principal.offices),
-                action=action,
-                record_type=record_type,
-                record_id=str(record_id) if record_id is not None else None,
-                purpose=purpose,
-            )
-        ]
+    """Write an audit-log entry, unless the resident is looking at their own data."""
+    await audit_log.record(
+        repo.session,
+        principal,
+        action=action,
+        record_type=record_type,
+        record_id=record_id,
+        purpose=purpose,
+        resident_id=resident_id,
     )
 
 
@@ -84,7 +77,7 @@ async def read_log(
     if not is_self(principal, resident_id) or await repo.resident(resident_id) is None:
         raise NotFound(f"No resident {resident_id}.")
     before = int(cursor) if cursor else None
-    entries = await repo.access_log(resident_id, before_id=before, limit=limit + 1)
+    entries = await audit_log.of_resident(repo.session, resident_id, before_id=before, limit=limit + 1)
     page = entries[:limit]
     return AccessLogPage(
         items=[

@@ -272,7 +272,7 @@ async def submit(
         details={"life_event": application.life_event, "channel": application.channel},
     )
     if filed_by is not None:
-        record_access(
+        await record_access(
             repo,
             principal,
             resident.id,
@@ -446,7 +446,7 @@ async def read(repo: Repository, principal: Principal, application_id: uuid.UUID
     application = await repo.visible_application(principal, application_id)
     if application is None:
         raise NotFound(f"No application {application_id}.")
-    record_access(
+    await record_access(
         repo,
         principal,
         application.resident_id,
@@ -474,7 +474,7 @@ async def list_visible(
     )
     page = found[:limit]
     for application in page:
-        record_access(
+        await record_access(
             repo,
             principal,
             application.resident_id,

@@ -19,16 +19,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import NAMING_CONVENTION, BigId, UTCDateTime, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
-class Base(DeclarativeBase):
+class Base(ServiceModels, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: UTCDateTime(), uuid.UUID: Uuid(), dict[str, Any]: JSON(), list[Any]: JSON()}
 
 
 platform = platform_tables(Base.metadata)
@@ -214,25 +212,3 @@ class Feedback(Base):
     score: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
-
-
-# ---------------------------------------------------------------------------------------------- audit
-
-
-class AccessLogEntry(Base):
-    """A read of a resident's personal data by anyone but the resident: who, when, which record, for what."""
-
-    __tablename__ = "access_log"
-    __table_args__ = (Index("ix_access_log_resident_at", "resident_id", "at"),)
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"))
-    at: Mapped[dt.datetime]
-    actor: Mapped[str] = mapped_column(String(255))
-    actor_role: Mapped[str] = mapped_column(String(20))
-    actor_name: Mapped[str | None] = mapped_column(String(200))
-    offices: Mapped[list[Any]] = mapped_column(JSON)
-    action: Mapped[str] = mapped_column(String(50))
-    record_type: Mapped[str] = mapped_column(String(50))
-    record_id: Mapped[str | None] = mapped_column(String(64))
-    purpose: Mapped[str] = mapped_column(String(200))

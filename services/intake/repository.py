@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends
@@ -14,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from services.intake.models import (
-    AccessLogEntry,
     Application,
     ApplicationOffice,
     Case,
@@ -182,18 +180,6 @@ class Repository:
 
     async def feedback(self, application_id: uuid.UUID) -> Feedback | None:
         return await self.session.get(Feedback, application_id)
-
-    # ------------------------------------------------------------------------------------------ access log
-
-    def add_access(self, entries: Sequence[AccessLogEntry]) -> None:
-        self.session.add_all(entries)
-
-    async def access_log(self, resident_id: uuid.UUID, *, before_id: int | None, limit: int) -> list[AccessLogEntry]:
-        query = select(AccessLogEntry).where(AccessLogEntry.resident_id == resident_id)
-        if before_id is not None:
-            query = query.where(AccessLogEntry.id < before_id)
-        query = query.order_by(AccessLogEntry.id.desc()).limit(limit)
-        return list((await self.session.scalars(query)).all())
 
 
 def get_repository(session: SessionDep) -> Repository:

@@ -147,7 +147,7 @@ async def register(
         # The same resident registering twice at the same moment: the other request won.
         raise ResidentAlreadyRegistered("You are already registered; change your record with PATCH instead.") from None
     if resident.assisted:
-        record_access(
+        await record_access(
             repo,
             principal,
             resident.id,
@@ -173,7 +173,7 @@ async def read(repo: Repository, principal: Principal, resident_id: uuid.UUID) -
     """A resident's record, for the resident or staff who may see it (the read is in the access log)."""
     resident = await _visible(repo, principal, resident_id)
     purpose = await resident_read_purpose(repo, principal, resident)
-    record_access(
+    await record_access(
         repo, principal, resident.id, action="read", record_type="resident", record_id=resident.id, purpose=purpose
     )
     return view(resident, await repo.consents(resident.id))
@@ -191,7 +191,7 @@ async def update(
     resident = await _visible(repo, principal, resident_id, for_update=True)
     purpose = await resident_read_purpose(repo, principal, resident)
     await _apply_update(repo, outbox, resident, body, today)
-    record_access(
+    await record_access(
         repo, principal, resident.id, action="update", record_type="resident", record_id=resident.id, purpose=purpose
     )
     return view(resident, await repo.consents(resident.id))
@@ -268,7 +268,7 @@ def view(resident: Resident, consents: Sequence[Consent]) -> ResidentView:
 async def read_consents(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ConsentsView:
     resident = await _visible(repo, principal, resident_id)
     purpose = await resident_read_purpose(repo, principal, resident)
-    record_access(
+    await record_access(
         repo, principal, resident.id, action="read", record_type="consents", record_id=resident.id, purpose=purpose
     )
     return await consents_view(repo, resident)
@@ -354,7 +354,7 @@ async def contact(repo: Repository, principal: Principal, resident_id: uuid.UUID
     resident = await repo.resident(resident_id)
     if resident is None:
         raise NotFound(f"No resident {resident_id}.")
-    record_access(
+    await record_access(
         repo,
         principal,
         resident.id,

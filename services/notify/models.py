@@ -13,7 +13,6 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     ForeignKey,
     Index,
     Integer,
@@ -22,16 +21,14 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
-    Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from shared.tables import NAMING_CONVENTION, BigId, UTCDateTime, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
-class Base(DeclarativeBase):
+class Base(ServiceModels, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: UTCDateTime, uuid.UUID: Uuid, dict[str, Any]: JSON, list[str]: JSON}
 
 
 platform = platform_tables(Base.metadata)

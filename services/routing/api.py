@@ -151,7 +151,7 @@ async def queue(
     after = views.decode_cursor(cursor) if cursor else None
     rows = await repo.queue_page(session, office, filters, after, limit + 1)
     page = list(rows[:limit])
-    repo.audit(session, principal, "queue.read", "office", office, purpose)
+    await repo.audit(session, principal, "queue.read", "office", office, purpose)
     return QueuePage(
         office_code=office,
         items=[views.summary(c) for c in page],
@@ -168,7 +168,7 @@ async def get_case(
     session: SessionDep, ctx: ContextDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "casework"
 ) -> CaseOut:
     case = await casework.load(session, principal, case_id)
-    repo.audit(session, principal, "case.read", "case", str(case.id), purpose)
+    await repo.audit(session, principal, "case.read", "case", str(case.id), purpose, case.resident_id)
     return await _detail(session, ctx, case)
 
 

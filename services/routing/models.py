@@ -24,10 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import NAMING_CONVENTION, BigId, UTCDateTime, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, UTCDateTime, platform_tables
 
 
-class Base(DeclarativeBase):
+class Base(ServiceModels, DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
@@ -184,18 +184,3 @@ class SlaBreach(Base):
     due_date: Mapped[dt.date] = mapped_column(Date)
     breached_on: Mapped[dt.date] = mapped_column(Date)
     recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-
-
-class AuditEntry(Base):
-    """Who read which personal data, when, and for what purpose."""
-
-    __tablename__ = "audit_log"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
-    actor: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(20))
-    action: Mapped[str] = mapped_column(String(40))
-    object_type: Mapped[str] = mapped_column(String(40))
-    object_id: Mapped[str] = mapped_column(String(64))
-    purpose: Mapped[str] = mapped_column(String(200))

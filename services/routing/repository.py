@@ -12,10 +12,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing.models import ApplicationRecord, AuditEntry, Case, CaseEntry, CaseStatus, Office, SlaBreach
+from services.routing.models import ApplicationRecord, Case, CaseEntry, CaseStatus, Office, SlaBreach, platform
+from shared.audit import AuditLog
 from shared.auth import Principal, Role
 
 # ---------------------------------------------------------------------------------------------- scope
+
+audit_log = AuditLog(platform)
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -213,17 +216,21 @@ async def cases_for_open_data(session: AsyncSession) -> Sequence[Any]:
 # ---------------------------------------------------------------------------------------------- audit
 
 
-def audit(
-    session: AsyncSession, principal: Principal, action: str, object_type: str, object_id: str, purpose: str
+async def audit(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    object_type: str,
+    object_id: str,
+    purpose: str,
+    resident_id: uuid.UUID | None = None,
 ) -> None:
-    session.add(
-        AuditEntry(
-            at=dt.datetime.now(dt.UTC),
-            actor=principal.subject,
-            role=principal.role.value,
-            action=action,
-            object_type=object_type,
-            object_id=object_id,
-            purpose=purpose,
-        )
+    await audit_log.record(
+        session,
+        principal,
+        action=action,
+        record_type=object_type,
+        record_id=object_id,
+        purpose=purpose,
+        resident_id=resident_id,
     )

@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from services.eligibility.models import (
-    AuditRow,
     CatalogueStateRow,
     DepartmentFactRow,
     DeterminationRow,
@@ -335,4 +334,4 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
             assert response.status_code == expected, (method, path, role, response.text)
             if response.status_code >= 400:
                 assert response.headers["content-type"] == PROBLEM
-    assert await count(eligibility, AuditRow) == 0, "nothing personal was read"
+    assert await count(eligibility, tables.audit_log) == 0, "nothing personal was read"

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from services.eligibility.models import AuditRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
+from services.eligibility.models import DepartmentFactRow, DeterminationRow, EvaluationRoundRow, platform
 from shared.bus import MSG_ID_HEADER
 from shared.events import (
     ApplicationInfoProvided,
@@ -223,7 +223,7 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
     assert other.status_code == 404
     staff = await eligibility.client.get(path, headers=eligibility.auth("caseworker", offices=["mapo"]))
     assert staff.status_code == 200
-    assert await count(eligibility, AuditRow, AuditRow.object_id == str(app)) == 1
+    assert await count(eligibility, platform.audit_log, platform.audit_log.c.record_id == str(app)) == 1
 
 
 async def _facts_stored(service: RunningService, n: int) -> bool:

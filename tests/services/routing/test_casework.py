@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from services.routing.models import AuditEntry, Case, CaseEntry
+from services.routing.models import Case, CaseEntry, platform
 from shared.auth import TokenIssuer
 from shared.events import ApplicationInfoProvided
 from tests.support.nats import NatsServer
@@ -78,7 +78,7 @@ async def test_a_case_from_claim_through_a_pause_for_the_resident_to_a_decision(
     assert case["routing"]["rule"] == "jurisdiction"
     assert case["routing"]["candidates"][0]["office_code"] == "JONGNO-CSC"
     assert [h["action"] for h in case["history"]] == ["routed"]
-    reads = select(func.count()).select_from(AuditEntry).where(AuditEntry.object_id == str(case_id))
+    reads = select(func.count()).select_from(platform.audit_log).where(platform.audit_log.c.record_id == str(case_id))
     async with routing.runtime.db.session() as session:
         assert await session.scalar(reads) == 1  # the read of personal data is audited
 

@@ -1,0 +1,78 @@
+"""The audit log: every read or change of a resident's personal data by anyone but the resident — who, in which role
+and offices, when, which record, for what purpose. One platform table in each service's database
+(:attr:`shared.tables.PlatformTables.audit_log`), written in the transaction of the access it records, through this
+one helper.
+
+Entries name the resident where the record is theirs, so that a service can show a resident who looked at their data
+(intake's access log)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.auth import Principal, Role
+from shared.tables import PlatformTables
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: dt.datetime
+    actor: str
+    actor_role: str
+    actor_name: str | None
+    offices: list[str]
+    action: str
+    record_type: str
+    record_id: str | None
+    resident_id: uuid.UUID | None
+    purpose: str
+
+
+class AuditLog:
+    def __init__(self, tables: PlatformTables) -> None:
+        self.table = tables.audit_log
+
+    async def record(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        *,
+        action: str,
+        record_type: str,
+        record_id: uuid.UUID | str | None,
+        purpose: str,
+        resident_id: uuid.UUID | None = None,
+    ) -> None:
+        """Write an entry in the caller's transaction, unless the resident is looking at their own data."""
+        if resident_id is not None and principal.role is Role.RESIDENT and principal.resident_id == resident_id:
+            return
+        await session.execute(
+            insert(self.table).values(
+                at=dt.datetime.now(dt.UTC),
+                actor=principal.subject[:255],
+                actor_role=principal.role.value,
+                actor_name=principal.name[:200] if principal.name else None,
+                offices=sorted(principal.offices),
+                action=action[:64],
+                record_type=record_type[:64],
+                record_id=str(record_id)[:64] if record_id is not None else None,
+                resident_id=resident_id,
+                purpose=purpose[:255],
+            )
+        )
+
+    async def of_resident(
+        self, session: AsyncSession, resident_id: uuid.UUID, *, before_id: int | None, limit: int
+    ) -> list[AuditEntry]:
+        """The entries about one resident, newest first, ``limit`` at a time below ``before_id``."""
+        query = select(self.table).where(self.table.c.resident_id == resident_id)
+        if before_id is not None:
+            query = query.where(self.table.c.id < before_id)
+        rows = (await session.execute(query.order_by(self.table.c.id.desc()).limit(limit))).mappings().all()
+        return [AuditEntry(**dict(row)) for row in rows]

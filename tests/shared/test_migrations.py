@@ -1,0 +1,168 @@
+"""Each service's Alembic history builds exactly its models, on SQLite and PostgreSQL, runs twice harmlessly and walks
+back to nothing and up again; the move to the platform audit log keeps every entry."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, inspect, text
+from sqlalchemy.engine import Connection
+
+from onestop.registry import BY_NAME, SERVICES
+from shared.db import create_engine
+from shared.migrations import alembic_config, current, upgrade
+
+NAMES = [s.name for s in SERVICES]
+
+
+def _metadata(service: str) -> MetaData:
+    module = __import__(f"services.{service}.models", fromlist=["Base"])
+    metadata: MetaData = module.Base.metadata
+    return metadata
+
+
+def _head(service: str) -> str:
+    head = ScriptDirectory.from_config(alembic_config(BY_NAME[service].migrations, "sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+async def _run(url: str, work: Any) -> Any:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(work)
+    finally:
+        await engine.dispose()
+
+
+async def _diff(url: str, service: str) -> list[object]:
+    return list(
+        await _run(
+            url,
+            lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), _metadata(service)),
+        )
+    )
+
+
+async def _downgrade(url: str, service: str, revision: str) -> None:
+    def run(connection: Connection) -> None:
+        config = alembic_config(BY_NAME[service].migrations, url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    await _run(url, run)
+
+
+async def _tables(url: str) -> set[str]:
+    return set(await _run(url, lambda c: inspect(c).get_table_names()))
+
+
+@pytest.mark.parametrize("service", NAMES)
+async def test_the_migrations_build_exactly_the_models_and_walk_back(service: str, database_url: str) -> None:
+    migrations = BY_NAME[service].migrations
+    await upgrade(database_url, migrations)
+    await upgrade(database_url, migrations)  # a second run is a no-op, not an error
+    assert await current(database_url) == _head(service)
+    assert await _diff(database_url, service) == [], f"{service}: models and migrations differ"
+
+    await _downgrade(database_url, service, "base")
+    assert await _tables(database_url) <= {"alembic_version"}
+
+    await upgrade(database_url, migrations)
+    assert await _diff(database_url, service) == []
+
+
+# ---------------------------------------------------------------------------------------------- the audit log
+
+AT = dt.datetime(2026, 11, 20, 9, 30, tzinfo=dt.UTC)
+RESIDENT = uuid.uuid4()
+
+
+async def _audit_entries(url: str) -> list[dict[str, Any]]:
+    def read(c: Connection) -> list[dict[str, Any]]:
+        rows = c.execute(
+            text(
+                "SELECT actor, actor_role, action, record_type, record_id, resident_id, purpose FROM audit_log "
+                "ORDER BY id"
+            )
+        ).mappings()
+        return [dict(r) for r in rows]
+
+    return list(await _run(url, read))
+
+
+async def test_intakes_access_log_moves_into_the_audit_log_with_every_entry_in_order(database_url: str) -> None:
+    migrations = BY_NAME["intake"].migrations
+    await upgrade(database_url, migrations, "0002")
+    resident = RESIDENT.hex if database_url.startswith("sqlite") else str(RESIDENT)
+
+    def fill(c: Connection) -> None:
+        c.execute(
+            text(
+                "INSERT INTO residents (id, name, birth_date, district_code, address, household, preferred_language, "
+                "preferred_channels, vulnerability, version, consent_version, registered_by, assisted, created_at, "
+                "updated_at) VALUES (:id, 'R', '1990-01-01', '11110', 'a', '[]', 'ko', '[]', '[]', 1, 0, 'x', true, "
+                ":at, :at)"
+            ),
+            {"id": resident, "at": AT},
+        )
+        for n in range(3):
+            c.execute(
+                text(
+                    "INSERT INTO access_log (resident_id, at, actor, actor_role, actor_name, offices, action, "
+                    "record_type, record_id, purpose) VALUES (:r, :at, :actor, 'caseworker', 'Lee', '[\"JONGNO\"]', "
+                    "'read', 'resident', :record, 'case review')"
+                ),
+                {"r": resident, "at": AT + dt.timedelta(minutes=n), "actor": f"cw-{n}", "record": f"rec-{n}"},
+            )
+
+    await _run(database_url, fill)
+    await upgrade(database_url, migrations)
+    entries = await _audit_entries(database_url)
+    assert [e["actor"] for e in entries] == ["cw-0", "cw-1", "cw-2"]
+    assert {(e["actor_role"], e["action"], e["record_type"], e["purpose"]) for e in entries} == {
+        ("caseworker", "read", "resident", "case review")
+    }
+    assert [uuid.UUID(str(e["resident_id"])) for e in entries] == [RESIDENT] * 3
+    assert "access_log" not in await _tables(database_url)
+
+
+@pytest.mark.parametrize("service", ["routing", "eligibility"])
+async def test_a_services_own_audit_table_moves_into_the_platform_audit_log(service: str, database_url: str) -> None:
+    migrations = BY_NAME[service].migrations
+    await upgrade(database_url, migrations, "0002")
+
+    def fill(c: Connection) -> None:
+        for n in range(2):
+            c.execute(
+                text(
+                    "INSERT INTO audit_log (at, actor, role, action, object_type, object_id, purpose) "
+                    "VALUES (:at, :actor, 'supervisor', 'case.read', 'case', :object, 'casework')"
+                ),
+                {"at": AT + dt.timedelta(minutes=n), "actor": f"sv-{n}", "object": f"obj-{n}"},
+            )
+
+    await _run(database_url, fill)
+    await upgrade(database_url, migrations)
+    assert await _audit_entries(database_url) == [
+        {
+            "actor": f"sv-{n}",
+            "actor_role": "supervisor",
+            "action": "case.read",
+            "record_type": "case",
+            "record_id": f"obj-{n}",
+            "resident_id": None,
+            "purpose": "casework",
+        }
+        for n in range(2)
+    ]
+    await _downgrade(database_url, service, "0002")
+    assert "audit_log" in await _tables(database_url), "walking back restores the service's own table"
