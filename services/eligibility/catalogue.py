@@ -28,18 +28,12 @@ from services.eligibility.facts import (
     build_environment,
     median_income_years,
 )
-from services.eligibility.rules import (
-    NEEDS_REVIEW,
-    CompiledRule,
-    ProgramOutcome,
-    RuleInvalid,
-    broken_rule,
-    compile_version,
-    evaluate_rule,
-    find_cycle,
-    is_relevant,
-)
+from services.eligibility.rules.compile import RuleInvalid, broken_rule, compile_version
+from services.eligibility.rules.evaluate import ProgramOutcome, evaluate_rule, is_relevant
+from services.eligibility.rules.lint import find_cycle
+from services.eligibility.rules.nodes import CompiledRule
 from services.eligibility.specs import ProgramAttributes, ProgramEntry, VersionSpec, version_document
+from shared.events import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +199,9 @@ class Evaluation:
         if not version.rule.refs:
             outcome = evaluate_rule(version.rule, self.env, self._outcome_of, explain=self.explain)
         elif code in self._active:  # refused when versions are added; kept as a last guard
-            outcome = ProgramOutcome(NEEDS_REVIEW, error=f"program {code} requires itself through other programs")
+            outcome = ProgramOutcome(
+                Outcome.NEEDS_REVIEW, error=f"program {code} requires itself through other programs"
+            )
             return ProgramResult(program, version, outcome)
         else:
             self._active.add(code)
@@ -220,7 +216,7 @@ class Evaluation:
     def _outcome_of(self, code: str) -> ProgramOutcome:
         result = self.result(code)
         if result is None:
-            return ProgramOutcome(NEEDS_REVIEW, error=f"program {code} has no rule in force on this date")
+            return ProgramOutcome(Outcome.NEEDS_REVIEW, error=f"program {code} has no rule in force on this date")
         return result.outcome
 
 

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.eligibility import repository
 from services.eligibility.catalogue import CatalogueFiles, content_hash, requires
 from services.eligibility.models import MedianIncomeRow, ProgramRow, RuleVersionRow
-from services.eligibility.rules import RuleInvalid, compile_version, find_cycle
+from services.eligibility.rules.compile import RuleInvalid, compile_version
+from services.eligibility.rules.lint import find_cycle
 from services.eligibility.specs import ProgramAttributes, ProgramVersionPut, VersionSpec, version_document
 from services.eligibility.store import CatalogueStore
 from shared.problems import UnprocessableContent

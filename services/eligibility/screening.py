@@ -25,8 +25,7 @@ from services.eligibility.catalogue import Catalogue, Evaluation, Program
 from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningRow
-from services.eligibility.rules import ELIGIBLE
-from shared.events import EligibilityOpportunity, Localized
+from shared.events import EligibilityOpportunity, Localized, Outcome
 
 _ERROR = object()
 # Core inserts: a page of findings in one statement, without the ORM's per-object work.
@@ -99,7 +98,7 @@ class Screener:
                 result = evaluation.result(code)
                 self.evaluations += 1
                 finding = None
-                if result is not None and result.outcome.outcome == ELIGIBLE:
+                if result is not None and result.outcome.outcome == Outcome.ELIGIBLE:
                     amount = result.outcome.amount
                     spec = result.version.spec
                     period = spec.amount.period if spec.amount is not None and amount is not None else None
