@@ -338,8 +338,8 @@ def _screening_out(row: ScreeningRow) -> ScreeningOut:
         already_applied=row.already_applied,
         already_notified=row.already_notified,
         opportunities=row.opportunities,
-        started_at=repository.aware(row.started_at),
-        finished_at=repository.aware(row.finished_at),
+        started_at=row.started_at,
+        finished_at=row.finished_at,
         duration_ms=row.duration_ms,
         residents_per_second=rate,
     )
@@ -391,7 +391,7 @@ async def application_determinations(
             "application_date": app.application_date,
             "round": chosen.round if chosen else 0,
             "trigger": chosen.trigger if chosen else None,
-            "evaluated_at": repository.aware(chosen.evaluated_at) if chosen else None,
+            "evaluated_at": chosen.evaluated_at if chosen else None,
             "determination_id": chosen.determination_id if chosen else None,
             "programs": [r.determination for r in rows],
             "rounds": [
@@ -489,6 +489,6 @@ def _version_out(number: int, spec: VersionSpec, status: VersionStatus, row: Rul
             "version": number,
             "status": status,
             "origin": row.origin,
-            "created_at": repository.aware(row.created_at),
+            "created_at": row.created_at,
         }
     )

@@ -125,16 +125,7 @@ def registry_of(row: ResidentRow | None) -> dict[str, Any]:
 
 
 def reported_of(rows: Iterable[DepartmentFactRow]) -> list[ReportedValue]:
-    return [
-        ReportedValue(r.name, r.value, r.department, r.source, aware(r.observed_at), aware(r.valid_until)) for r in rows
-    ]
-
-
-def aware(value: dt.datetime | None) -> Any:
-    """SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
+    return [ReportedValue(r.name, r.value, r.department, r.source, r.observed_at, r.valid_until) for r in rows]
 
 
 async def department_facts(session: AsyncSession, resident_id: uuid.UUID) -> list[DepartmentFactRow]:
