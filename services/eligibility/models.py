@@ -71,6 +71,10 @@ class RuleVersionRow(Base):
     # A version not yet in force may be replaced by a newer PUT; it is kept, marked, for the record.
     superseded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
+    @property
+    def superseded(self) -> bool:
+        return self.superseded_at is not None
+
 
 class MedianIncomeRow(Base):
     """기준 중위소득 by year and household size (versioned reference data)."""
