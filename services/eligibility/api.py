@@ -186,6 +186,12 @@ async def get_screening(screening_id: uuid.UUID, session: SessionDep, principal:
 @router.get(
     "/applications/{application_id}/determinations",
     summary="An application's determinations: the latest round (or ?round=N) with explanations",
+    description=(
+        "Readable by the application's resident; by a caseworker or supervisor while a case of the application is "
+        "in one of their offices (a transfer away ends it); and by administrators. Staff reads are audited. To "
+        "anyone else the application does not exist (404); partners get 403 (they follow determinations through "
+        "their event subscriptions)."
+    ),
     responses=problem_responses(403, 404),
 )
 async def application_determinations(

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import repository
+from services.eligibility import case_offices, repository
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactValueError
 from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
@@ -353,16 +353,24 @@ class Eligibility:
         return True
 
 
+async def may_read(session: AsyncSession, principal: Principal, app: ApplicationRow) -> bool:
+    """Who reads an application's determinations: its resident; a caseworker or supervisor while a case of it is in
+    one of their offices; an administrator. Anyone else is told it does not exist."""
+    if principal.role is Role.ADMIN:
+        return True
+    if principal.role is Role.RESIDENT:
+        return app.resident_id == principal.resident_id
+    return await case_offices.in_their_offices(session, principal, app.application_id)
+
+
 async def application_determinations(
     session: AsyncSession, principal: Principal, application_id: uuid.UUID, round_: int | None
 ) -> ApplicationDeterminations:
-    """An application's latest round (or round ``round_``) with its explanations, and the list of its rounds. Staff
-    reads are audited."""
+    """An application's latest round (or round ``round_``) with its explanations, and the list of its rounds, for
+    whoever :func:`may_read` it (to anyone else it does not exist). Staff reads are audited."""
     app = await repository.application(session, application_id)
     not_found = NotFound(f"No application {application_id}.")
-    if app is None or app.status == PENDING:
-        raise not_found
-    if principal.role is Role.RESIDENT and app.resident_id != principal.resident_id:
+    if app is None or app.status == PENDING or not await may_read(session, principal, app):
         raise not_found
     history = await repository.rounds(session, application_id)
     chosen = history[-1] if history and round_ is None else next((r for r in history if r.round == round_), None)

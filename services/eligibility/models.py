@@ -1,6 +1,6 @@
 """The eligibility service's tables: the catalogue (programs, rule versions, reference tables), what is known of
-residents (the registry projection, consents, department facts), applications and their determinations, screenings,
-and the audit log of staff reading personal data."""
+residents (the registry projection, consents, department facts), applications and their determinations, the offices
+their cases are in, screenings, and the audit log of staff reading personal data."""
 
 from __future__ import annotations
 
@@ -200,6 +200,19 @@ class DeterminationRow(Base):
     # The whole ProgramDetermination (criteria, missing facts, error ...).
     determination: Mapped[dict[str, Any]] = mapped_column(JSON)
     evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class CaseOfficeRow(Base):
+    """Where each case of an application is now (``case.routed``, ``case.transferred``): what lets that office's
+    caseworkers and supervisors read the application's determinations. A projection of routing's cases."""
+
+    __tablename__ = "case_offices"
+
+    case_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    office_code: Mapped[str] = mapped_column(String(50))
+    # When the case came to this office (routed_at or transferred_at): an older event arriving late moves nothing.
+    office_since: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 # ---------------------------------------------------------------------------------------------- screenings

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import ProgramData
@@ -16,6 +16,7 @@ from services.eligibility.facts import FactLayers, MedianIncomeYear, ReportedVal
 from services.eligibility.models import (
     ApplicationRow,
     AuditRow,
+    CaseOfficeRow,
     CatalogueStateRow,
     DepartmentFactRow,
     DeterminationRow,
@@ -201,6 +202,22 @@ async def applied_programs(session: AsyncSession, resident_ids: Sequence[uuid.UU
     for resident_id, code in (await session.execute(query)).all():
         out[resident_id].add(code)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- case offices
+
+
+async def case_office(session: AsyncSession, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
+    return await session.get(CaseOfficeRow, case_id, with_for_update=for_update)
+
+
+async def has_case_in_offices(session: AsyncSession, application_id: uuid.UUID, offices: Iterable[str]) -> bool:
+    """Whether a case of the application is now in one of ``offices``."""
+    codes = sorted(offices)
+    if not codes:
+        return False
+    query = select(exists().where(CaseOfficeRow.application_id == application_id, CaseOfficeRow.office_code.in_(codes)))
+    return bool(await session.scalar(query))
 
 
 # ---------------------------------------------------------------------------------------------- screenings
