@@ -43,6 +43,7 @@ async def _move(session: AsyncSession, data: CaseEventBase, since: dt.datetime) 
                 office_since=since,
             )
         )
+        await session.flush()  # the next event of this case in the same batch finds it
         return
     if since < row.office_since:
         log.info("an older case event changes no office", extra={"case_id": str(data.case_id)})
