@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import yaml
@@ -28,18 +28,13 @@ from services.eligibility.facts import (
     build_environment,
     median_income_years,
 )
-from services.eligibility.rules import (
-    NEEDS_REVIEW,
-    CompiledRule,
-    ProgramOutcome,
-    RuleInvalid,
-    broken_rule,
-    compile_version,
-    evaluate_rule,
-    find_cycle,
-    is_relevant,
-)
-from services.eligibility.specs import ProgramAttributes, ProgramEntry, VersionSpec, version_document
+from services.eligibility.rules.compile import RuleInvalid, broken_rule, compile_version
+from services.eligibility.rules.evaluate import ProgramOutcome, evaluate_rule, is_relevant
+from services.eligibility.rules.lint import find_cycle
+from services.eligibility.rules.nodes import CompiledRule
+from services.eligibility.specs import ProgramAttributes, ProgramEntry, VersionSpec, VersionStatus, version_document
+from shared.events import Outcome
+from shared.problems import UnprocessableContent
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +44,59 @@ def content_hash(document: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- programs
+
+
+class Versioned(Protocol):
+    """A rule version as compiled (:class:`RuleVersion`) or as stored (``RuleVersionRow``)."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def effective_from(self) -> dt.date: ...
+
+    @property
+    def effective_to(self) -> dt.date | None: ...
+
+    @property
+    def superseded(self) -> bool: ...
+
+
+V = TypeVar("V", bound=Versioned)
+
+
+def in_force_on(version: Versioned, day: dt.date) -> bool:
+    """Whether ``version`` applies on ``day``: not superseded, in effect by then and not ended."""
+    return (
+        not version.superseded
+        and version.effective_from <= day
+        and (version.effective_to is None or day <= version.effective_to)
+    )
+
+
+def version_in_force(versions: Iterable[V], day: dt.date) -> V | None:
+    """The version in force on ``day``: of those that apply then, the latest to take effect (then the highest
+    number). The one rule for every reader of the catalogue, compiled or stored."""
+    found: V | None = None
+    for version in versions:
+        if in_force_on(version, day) and (
+            found is None or (version.effective_from, version.version) > (found.effective_from, found.version)
+        ):
+            found = version
+    return found
+
+
+def version_status(version: Versioned, current: Versioned | None, day: dt.date) -> VersionStatus:
+    """Where ``version`` stands on ``day``, given the version in force then (``current``)."""
+    if version.superseded:
+        return "superseded"
+    if version is current:
+        return "in_force"
+    if version.effective_from > day:
+        return "scheduled"
+    if version.effective_to is not None and version.effective_to < day:
+        return "ended"
+    return "replaced"
 
 
 @dataclass(eq=False)
@@ -67,13 +115,6 @@ class RuleVersion:
     @property
     def effective_to(self) -> dt.date | None:
         return self.spec.effective_to
-
-    def in_force_on(self, day: dt.date) -> bool:
-        return (
-            not self.superseded
-            and self.spec.effective_from <= day
-            and (self.spec.effective_to is None or day <= self.spec.effective_to)
-        )
 
 
 @dataclass(eq=False)
@@ -104,17 +145,12 @@ class Program:
             version.amount_period = version.spec.amount.period if version.spec.amount is not None else None
 
     def version_on(self, day: dt.date) -> RuleVersion | None:
-        """The version in force on ``day``: the latest to take effect by then (and not ended or superseded)."""
+        """The version in force on ``day`` (see :func:`version_in_force`), remembered for the days asked."""
         try:
             return self._by_day[day]
         except KeyError:
             pass
-        found: RuleVersion | None = None
-        for version in self.versions:
-            if version.in_force_on(day) and (
-                found is None or (version.effective_from, version.version) > (found.effective_from, found.version)
-            ):
-                found = version
+        found = version_in_force(self.versions, day)
         if len(self._by_day) > 512:
             self._by_day.clear()
         self._by_day[day] = found
@@ -205,7 +241,9 @@ class Evaluation:
         if not version.rule.refs:
             outcome = evaluate_rule(version.rule, self.env, self._outcome_of, explain=self.explain)
         elif code in self._active:  # refused when versions are added; kept as a last guard
-            outcome = ProgramOutcome(NEEDS_REVIEW, error=f"program {code} requires itself through other programs")
+            outcome = ProgramOutcome(
+                Outcome.NEEDS_REVIEW, error=f"program {code} requires itself through other programs"
+            )
             return ProgramResult(program, version, outcome)
         else:
             self._active.add(code)
@@ -220,7 +258,7 @@ class Evaluation:
     def _outcome_of(self, code: str) -> ProgramOutcome:
         result = self.result(code)
         if result is None:
-            return ProgramOutcome(NEEDS_REVIEW, error=f"program {code} has no rule in force on this date")
+            return ProgramOutcome(Outcome.NEEDS_REVIEW, error=f"program {code} has no rule in force on this date")
         return result.outcome
 
 
@@ -341,6 +379,22 @@ class Catalogue:
                 self._by_day.clear()
             self._by_day[day] = found
         return found
+
+
+def named_programs(catalogue: Catalogue, codes: list[str], day: dt.date, *, field: str) -> list[str]:
+    """The programs a request names (once each, in its order), each known and with a version in force on ``day``;
+    refuses the request naming every one that is not."""
+    errors = []
+    for i, code in enumerate(codes):
+        program = catalogue.programs.get(code)
+        if program is None:
+            errors.append({"field": f"{field}[{i}]", "message": f"there is no program '{code}'", "type": "unknown"})
+        elif program.version_on(day) is None:
+            message = f"'{code}' has no rule version in force on {day.isoformat()}"
+            errors.append({"field": f"{field}[{i}]", "message": message, "type": "not_in_force"})
+    if errors:
+        raise UnprocessableContent(f"Unknown programs: {', '.join(e['field'] for e in errors)}", errors=errors)
+    return list(dict.fromkeys(codes))
 
 
 def requires(program: Program) -> set[str]:

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import repository
+from services.eligibility import catalogue_views, repository
 from services.eligibility.catalogue import CatalogueFiles, content_hash, requires
 from services.eligibility.models import MedianIncomeRow, ProgramRow, RuleVersionRow
-from services.eligibility.rules import RuleInvalid, compile_version, find_cycle
+from services.eligibility.rules.compile import RuleInvalid, compile_version
+from services.eligibility.rules.lint import find_cycle
+from services.eligibility.schemas import ProgramDetail
 from services.eligibility.specs import ProgramAttributes, ProgramVersionPut, VersionSpec, version_document
 from services.eligibility.store import CatalogueStore
 from shared.problems import UnprocessableContent
@@ -32,6 +34,7 @@ class RuleRejected(UnprocessableContent):
 class PutResult:
     created: bool
     version: int
+    program: ProgramDetail  # as it stands now, with the new version
     superseded: list[int] = field(default_factory=list)
 
 
@@ -104,7 +107,9 @@ async def put_program_version(
     )
     await repository.bump_catalogue_revision(session, now)
     log.info("rule version added", extra={"program": code, "version": number, "superseded": len(overtaken)})
-    return PutResult(created, number, [v.version for v in overtaken])
+    return PutResult(
+        created, number, await catalogue_views.program(session, store, code), [v.version for v in overtaken]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- seeding

@@ -1,5 +1,6 @@
 """Determinations: evaluating an application's programs, storing each round, and emitting ``eligibility.determined``;
-keeping what is known of residents (registry, consents, department facts) and re-evaluating when it changes.
+keeping what is known of residents (registry, consents, department facts) and re-evaluating when it changes; and
+reading an application's rounds back.
 
 Everything here runs inside the caller's transaction (an event handler's or a request's) and never commits.
 """
@@ -15,12 +16,14 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import repository
+from services.eligibility import case_offices, repository
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactValueError
 from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
+from services.eligibility.schemas import ApplicationDeterminations, RoundOut
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
+from shared.auth import Principal, Role
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -34,6 +37,7 @@ from shared.events import (
     ResidentUpdated,
 )
 from shared.outbox import Outbox
+from shared.problems import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +330,62 @@ class Eligibility:
             },
         )
         return True
+
+
+async def may_read(session: AsyncSession, principal: Principal, app: ApplicationRow) -> bool:
+    """Who reads an application's determinations: its resident; a caseworker or supervisor while a case of it is in
+    one of their offices; an administrator. Anyone else is told it does not exist."""
+    if principal.role is Role.ADMIN:
+        return True
+    if principal.role is Role.RESIDENT:
+        return app.resident_id == principal.resident_id
+    return await case_offices.in_their_offices(session, principal, app.application_id)
+
+
+async def application_determinations(
+    session: AsyncSession, principal: Principal, application_id: uuid.UUID, round_: int | None
+) -> ApplicationDeterminations:
+    """An application's latest round (or round ``round_``) with its explanations, and the list of its rounds, for
+    whoever :func:`may_read` it (to anyone else it does not exist). Staff reads are audited."""
+    app = await repository.application(session, application_id)
+    not_found = NotFound(f"No application {application_id}.")
+    if app is None or app.status == PENDING or not await may_read(session, principal, app):
+        raise not_found
+    history = await repository.rounds(session, application_id)
+    chosen = history[-1] if history and round_ is None else next((r for r in history if r.round == round_), None)
+    if round_ is not None and chosen is None:
+        raise NotFound(f"Application {application_id} has no round {round_}.")
+    rows = await repository.round_determinations(session, application_id, chosen.round) if chosen else []
+    if principal.is_staff:
+        await repository.audit(
+            session,
+            principal,
+            resident_id=app.resident_id,
+            action="read_determinations",
+            object_type="application",
+            object_id=str(application_id),
+            purpose="case review",
+        )
+    return ApplicationDeterminations.model_validate(
+        {
+            "application_id": app.application_id,
+            "resident_id": app.resident_id,
+            "status": app.status,
+            "life_event": app.life_event,
+            "application_date": app.application_date,
+            "round": chosen.round if chosen else 0,
+            "trigger": chosen.trigger if chosen else None,
+            "evaluated_at": chosen.evaluated_at if chosen else None,
+            "determination_id": chosen.determination_id if chosen else None,
+            "programs": [r.determination for r in rows],
+            "rounds": [
+                RoundOut(
+                    round=r.round, trigger=r.trigger, evaluated_at=r.evaluated_at, determination_id=r.determination_id
+                )
+                for r in history
+            ],
+        }
+    )
 
 
 def merge_answers(app: ApplicationRow, answers: Mapping[str, Any], at: dt.datetime) -> None:

@@ -1,5 +1,6 @@
 """What eligibility consumes: applications (submitted, answers, withdrawals), the registry, consents and department
-facts. One ordered subscription, so an application's events are handled in the order intake published them."""
+facts — one ordered subscription, so an application's events are handled in the order intake published them; and,
+apart, where routing put each case (for scoping staff reads)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.eligibility import case_offices
 from services.eligibility.context import EligibilityContext
 from shared.consumer import Apply, Subscription, on
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
     ApplicationWithdrawn,
+    CaseRouted,
+    CaseTransferred,
     CloudEvent,
     ConsentChanged,
     EventData,
@@ -47,5 +51,13 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
                 on(ConsentChanged, _now(service.on_consent_changed)),
                 on(FactsReported, _now(service.on_facts_reported)),
             ],
-        )
+        ),
+        # Apart from the applications' events, so that routing's traffic never holds up a determination.
+        Subscription(
+            name="case-offices",
+            handlers=[
+                on(CaseRouted, case_offices.on_case_routed),
+                on(CaseTransferred, case_offices.on_case_transferred),
+            ],
+        ),
     ]

@@ -1,6 +1,6 @@
 """The eligibility service's tables: the catalogue (programs, rule versions, reference tables), what is known of
-residents (the registry projection, consents, department facts), applications and their determinations, screenings,
-and the audit log of staff reading personal data."""
+residents (the registry projection, consents, department facts), applications and their determinations, the offices
+their cases are in, screenings, and the audit log of staff reading personal data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
-    DateTime,
     Float,
     ForeignKey,
     Index,
@@ -26,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, UTCDateTime, platform_tables
 
 
 class Base(ServiceModels, DeclarativeBase):
@@ -46,8 +45,8 @@ class ProgramRow(Base):
     # The program's attributes (names, life events, automatic, SLA, overflow, weight ...): specs.ProgramAttributes.
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
     origin: Mapped[str] = mapped_column(String(16))  # seed | api
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class RuleVersionRow(Base):
@@ -68,9 +67,13 @@ class RuleVersionRow(Base):
     seed_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     origin: Mapped[str] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     # A version not yet in force may be replaced by a newer PUT; it is kept, marked, for the record.
-    superseded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    superseded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def superseded(self) -> bool:
+        return self.superseded_at is not None
 
 
 class MedianIncomeRow(Base):
@@ -92,7 +95,7 @@ class CatalogueStateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 # ---------------------------------------------------------------------------------------------- residents and facts
@@ -110,10 +113,10 @@ class ResidentRow(Base):
     household: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     vulnerability: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     preferred_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    registry_updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    registry_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     consent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     consents: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    consent_changed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    consent_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     proactive_screening: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
@@ -133,9 +136,9 @@ class DepartmentFactRow(Base):
     value: Mapped[Any] = mapped_column(JSON)
     department: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(100))
-    observed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    valid_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    reported_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    observed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 # ---------------------------------------------------------------------------------------------- applications
@@ -160,9 +163,9 @@ class ApplicationRow(Base):
     answered_at: Mapped[dict[str, Any]] = mapped_column(JSON)
     resident_context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     round: Mapped[int] = mapped_column(Integer, default=0)
-    submitted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class EvaluationRoundRow(Base):
@@ -175,7 +178,7 @@ class EvaluationRoundRow(Base):
     application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.application_id"), index=True)
     round: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(32))
-    evaluated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class DeterminationRow(Base):
@@ -196,7 +199,20 @@ class DeterminationRow(Base):
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The whole ProgramDetermination (criteria, missing facts, error ...).
     determination: Mapped[dict[str, Any]] = mapped_column(JSON)
-    evaluated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class CaseOfficeRow(Base):
+    """Where each case of an application is now (``case.routed``, ``case.transferred``): what lets that office's
+    caseworkers and supervisors read the application's determinations. A projection of routing's cases."""
+
+    __tablename__ = "case_offices"
+
+    case_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    office_code: Mapped[str] = mapped_column(String(50))
+    # When the case came to this office (routed_at or transferred_at): an older event arriving late moves nothing.
+    office_since: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 # ---------------------------------------------------------------------------------------------- screenings
@@ -217,8 +233,8 @@ class ScreeningRow(Base):
     already_applied: Mapped[int] = mapped_column(Integer, default=0)
     already_notified: Mapped[int] = mapped_column(Integer, default=0)
     opportunities: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -234,4 +250,4 @@ class OpportunityRow(Base):
     program_code: Mapped[str] = mapped_column(String(64))
     rule_version: Mapped[int] = mapped_column(Integer)
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    found_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    found_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

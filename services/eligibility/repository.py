@@ -8,13 +8,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import ProgramData
 from services.eligibility.facts import FactLayers, MedianIncomeYear, ReportedValue, registry_facts
 from services.eligibility.models import (
     ApplicationRow,
+    CaseOfficeRow,
     CatalogueStateRow,
     DepartmentFactRow,
     DeterminationRow,
@@ -129,16 +130,7 @@ def registry_of(row: ResidentRow | None) -> dict[str, Any]:
 
 
 def reported_of(rows: Iterable[DepartmentFactRow]) -> list[ReportedValue]:
-    return [
-        ReportedValue(r.name, r.value, r.department, r.source, aware(r.observed_at), aware(r.valid_until)) for r in rows
-    ]
-
-
-def aware(value: dt.datetime | None) -> Any:
-    """SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
+    return [ReportedValue(r.name, r.value, r.department, r.source, r.observed_at, r.valid_until) for r in rows]
 
 
 async def department_facts(session: AsyncSession, resident_id: uuid.UUID) -> list[DepartmentFactRow]:
@@ -214,6 +206,22 @@ async def applied_programs(session: AsyncSession, resident_ids: Sequence[uuid.UU
     for resident_id, code in (await session.execute(query)).all():
         out[resident_id].add(code)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- case offices
+
+
+async def case_office(session: AsyncSession, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
+    return await session.get(CaseOfficeRow, case_id, with_for_update=for_update)
+
+
+async def has_case_in_offices(session: AsyncSession, application_id: uuid.UUID, offices: Iterable[str]) -> bool:
+    """Whether a case of the application is now in one of ``offices``."""
+    codes = sorted(offices)
+    if not codes:
+        return False
+    query = select(exists().where(CaseOfficeRow.application_id == application_id, CaseOfficeRow.office_code.in_(codes)))
+    return bool(await session.scalar(query))
 
 
 # ---------------------------------------------------------------------------------------------- screenings

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.eligibility.specs import CODE_PATTERN, LifeEvent, VersionSpec
+from services.eligibility.specs import CODE_PATTERN, LifeEvent, VersionSpec, VersionStatus
 from shared.events import Department, Localized, MissingFact, Outcome, ProgramDetermination, ReportedFact
 
 ProgramCode = Field(pattern=CODE_PATTERN, max_length=64)
@@ -39,9 +39,6 @@ class FactTypeOut(BaseModel):
     inputs: list[str] = []
     authorities: list[Department] = Field(description="Departments whose reports of this fact are authoritative")
     registry: bool = Field(description="Established by the resident registry")
-
-
-VersionStatus = Literal["in_force", "scheduled", "replaced", "ended", "superseded"]
 
 
 class VersionOut(VersionSpec):

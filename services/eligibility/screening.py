@@ -21,12 +21,13 @@ from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility import repository
-from services.eligibility.catalogue import Catalogue, Evaluation, Program
+from services.eligibility.catalogue import Catalogue, Evaluation, Program, named_programs
 from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningRow
-from services.eligibility.rules import ELIGIBLE
-from shared.events import EligibilityOpportunity, Localized
+from services.eligibility.schemas import ScreeningIn, ScreeningOut
+from shared.events import EligibilityOpportunity, Localized, Outcome
+from shared.problems import NotFound
 
 _ERROR = object()
 # Core inserts: a page of findings in one statement, without the ORM's per-object work.
@@ -99,7 +100,7 @@ class Screener:
                 result = evaluation.result(code)
                 self.evaluations += 1
                 finding = None
-                if result is not None and result.outcome.outcome == ELIGIBLE:
+                if result is not None and result.outcome.outcome == Outcome.ELIGIBLE:
                     amount = result.outcome.amount
                     spec = result.version.spec
                     period = spec.amount.period if spec.amount is not None and amount is not None else None
@@ -209,3 +210,56 @@ async def run_screening(
     row.finished_at = dt.datetime.now(dt.UTC)
     row.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     return row
+
+
+async def start_screening(
+    session: AsyncSession, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
+) -> ScreeningOut:
+    """Screen by the programs a request names, or every proactive program in force on its date (default: today)."""
+    catalogue = await service.store.get(session)
+    as_of = request.as_of or service.store.today()
+    if request.programs is not None:
+        codes = named_programs(catalogue, request.programs, as_of, field="programs")
+    else:
+        codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
+    row = await run_screening(
+        session,
+        service,
+        codes=codes,
+        as_of=as_of,
+        actor=actor,
+        now=now,
+        batch_size=service.settings.screening_batch_size,
+        max_residents=service.settings.screening_max_residents,
+    )
+    return screening_out(row)
+
+
+async def screening_report(session: AsyncSession, screening_id: uuid.UUID) -> ScreeningOut:
+    row = await repository.screening(session, screening_id)
+    if row is None:
+        raise NotFound(f"No screening {screening_id}.")
+    return screening_out(row)
+
+
+def screening_out(row: ScreeningRow) -> ScreeningOut:
+    rate = None
+    if row.duration_ms:
+        rate = round(row.residents_screened / (row.duration_ms / 1000), 1)
+    return ScreeningOut(
+        screening_id=row.screening_id,
+        status=row.status,
+        as_of=row.as_of,
+        programs=list(row.programs),
+        residents_screened=row.residents_screened,
+        judgements=row.judgements,
+        evaluations=row.evaluations,
+        eligible_found=row.eligible_found,
+        already_applied=row.already_applied,
+        already_notified=row.already_notified,
+        opportunities=row.opportunities,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_ms=row.duration_ms,
+        residents_per_second=rate,
+    )

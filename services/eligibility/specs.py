@@ -25,6 +25,8 @@ class LifeEvent(StrEnum):
 
 
 AmountPeriod = Literal["once", "monthly", "yearly"]
+# Where a rule version stands on a day (see catalogue.version_status).
+VersionStatus = Literal["in_force", "scheduled", "replaced", "ended", "superseded"]
 
 
 class Text(BaseModel):

@@ -6,6 +6,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from sqlalchemy import select
+
 from services.eligibility.models import (
     CatalogueStateRow,
     DepartmentFactRow,
@@ -14,7 +16,9 @@ from services.eligibility.models import (
     RuleVersionRow,
 )
 from services.eligibility.models import platform as tables
-from tests.services.eligibility.conftest import count, today
+from shared.events import ApplicationSubmitted, EventData, ResidentContext
+from tests.services.eligibility.conftest import case_routed, case_transferred, consumer_idle, count, publish, today
+from tests.support.bus_harness import wait_until
 from tests.support.services import RunningService
 
 PROBLEM = "application/problem+json"
@@ -288,21 +292,56 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
     assert await count(eligibility, DepartmentFactRow) == 2
 
 
+async def _application(service: RunningService, resident_id: uuid.UUID, *routing: EventData) -> uuid.UUID:
+    """A submitted application (evaluated: round 1), and what routing then did with its case, all over the bus."""
+    app = uuid.uuid4()
+    await publish(
+        service,
+        ApplicationSubmitted(
+            application_id=app, resident_id=resident_id, life_event="birth", answers={}, channel="web",
+            application_date=today(), submitted_at=dt.datetime.now(dt.UTC),
+            resident=ResidentContext(district_code="11440"),
+        ),
+    )  # fmt: skip
+    for data in routing:
+        await publish(service, data.model_copy(update={"application_id": app}), source="/onestop/routing")
+    return app
+
+
 async def test_who_may_do_what(eligibility: RunningService) -> None:
-    """The authorization matrix: each endpoint against each role (and no token at all)."""
+    """The authorization matrix: each endpoint against each role (and no token at all). An application's
+    determinations: its resident, an administrator, and office staff only while a case of it is in their office."""
     client = eligibility.client
     resident_id = uuid.uuid4()
     roles = {
         "anonymous": {},
         "resident": eligibility.auth("resident", resident_id=resident_id),
-        "caseworker": eligibility.auth("caseworker", offices=["mapo"]),
-        "supervisor": eligibility.auth("supervisor", offices=["mapo"]),
+        "caseworker": eligibility.auth("caseworker", offices=["MAPO-CSC"]),
+        "supervisor": eligibility.auth("supervisor", offices=["MAPO-CSC", "MAPO-HC"]),
         "admin": eligibility.auth("admin"),
         "partner": eligibility.auth("partner", partner_id="ssis"),
         "service": eligibility.auth("service", service="intake"),
     }
+    nobody = uuid.uuid4()  # a placeholder: _application sets each event's application
+    earlier = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    # The resident's own application, with a case in MAPO-CSC.
+    own = await _application(eligibility, resident_id, case_routed(nobody, resident_id, "MAPO-CSC"))
+    # Another resident's, with a case elsewhere (and one in MAPO-HC, the supervisor's only).
+    other = uuid.uuid4()
+    elsewhere = await _application(eligibility, other, case_routed(nobody, other, "JONGNO-CSC"),
+                                   case_routed(nobody, other, "MAPO-HC"))  # fmt: skip
+    # Routed to MAPO-CSC, then transferred away; the routing redelivered late (a new event, the older time) moves
+    # nothing back.
+    routed = case_routed(nobody, other, "MAPO-CSC", at=earlier)
+    moved = await _application(eligibility, other, routed, case_transferred(routed, "JONGNO-CSC"), routed)
+    # Not routed (yet).
+    unrouted = await _application(eligibility, other)
+    await wait_until(lambda: consumer_idle(eligibility))
+    await wait_until(lambda: consumer_idle(eligibility, "case-offices"))
+
     fact = {"name": "household_monthly_income", "value": 1, "observed_at": dt.datetime.now(dt.UTC).isoformat()}
     screening = {"programs": ["senior_transport_card"]}
+    staff_only = {"partner": 403, "resident": 404, "service": 404}
     endpoints: list[tuple[str, str, Any, dict[str, int]]] = [
         ("GET", "/v1/programs", None, {}),
         ("GET", "/v1/programs/basic_pension", None, {}),
@@ -317,9 +356,15 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
         ("GET", f"/v1/screenings/{uuid.uuid4()}", None,
          {"resident": 403, "caseworker": 403, "partner": 403, "service": 403, "supervisor": 404, "admin": 404}),
         ("GET", f"/v1/applications/{uuid.uuid4()}/determinations", None, {"partner": 403, "_": 404}),
+        ("GET", f"/v1/applications/{own}/determinations", None, {"partner": 403, "service": 404}),
+        ("GET", f"/v1/applications/{elsewhere}/determinations", None, {**staff_only, "caseworker": 404}),
+        ("GET", f"/v1/applications/{moved}/determinations", None, {**staff_only, "caseworker": 404, "supervisor": 404}),
+        ("GET", f"/v1/applications/{unrouted}/determinations", None,
+         {**staff_only, "caseworker": 404, "supervisor": 404}),
         ("GET", "/v1/admin/dead-letters", None,
          {"resident": 403, "caseworker": 403, "supervisor": 403, "partner": 403, "service": 403}),
     ]  # fmt: skip
+    read: list[tuple[str, str]] = []
     for method, path, body, exceptions in endpoints:
         for role, headers in roles.items():
             response = await client.request(method, path, json=body, headers=headers)
@@ -334,4 +379,14 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
             assert response.status_code == expected, (method, path, role, response.text)
             if response.status_code >= 400:
                 assert response.headers["content-type"] == PROBLEM
-    assert await count(eligibility, tables.audit_log) == 0, "nothing personal was read"
+            if path.endswith("/determinations") and response.status_code == 200:
+                assert response.json()["round"] == 1
+                if role != "resident":
+                    read.append((role, path.split("/")[3]))
+    assert sorted(read) == sorted(
+        [("admin", str(own)), ("caseworker", str(own)), ("supervisor", str(own)), ("supervisor", str(elsewhere)),
+         ("admin", str(elsewhere)), ("admin", str(moved)), ("admin", str(unrouted))]
+    )  # fmt: skip
+    async with eligibility.runtime.db.session() as session:
+        audited = (await session.execute(select(tables.audit_log.c.actor_role, tables.audit_log.c.record_id))).all()
+    assert sorted(audited) == sorted(read), "each staff read of determinations is audited, and nothing else"

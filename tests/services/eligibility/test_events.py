@@ -21,7 +21,7 @@ from shared.events import (
     ResidentUpdated,
     subject_for,
 )
-from tests.services.eligibility.conftest import consumer_idle, count, publish, today
+from tests.services.eligibility.conftest import case_routed, consumer_idle, count, publish, today
 from tests.support.bus_harness import wait_until
 from tests.support.events import EventLog, event_log
 from tests.support.nats import NatsServer
@@ -221,7 +221,13 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
     assert {p["program_code"]: p["outcome"] for p in earlier.json()["programs"]}["maternal_newborn_care"] == "eligible"
     other = await eligibility.client.get(path, headers=eligibility.auth("resident", resident_id=uuid.uuid4()))
     assert other.status_code == 404
-    staff = await eligibility.client.get(path, headers=eligibility.auth("caseworker", offices=["mapo"]))
+    # Staff of the office a case of it is in (routing says where, over the bus): audited.
+    caseworker = eligibility.auth("caseworker", offices=["MAPO-CSC"])
+    assert (await eligibility.client.get(path, headers=caseworker)).status_code == 404
+    assert await count(eligibility, platform.audit_log, platform.audit_log.c.record_id == str(app)) == 0
+    await publish(eligibility, case_routed(app, resident, "MAPO-CSC"), source="/onestop/routing")
+    await wait_until(lambda: consumer_idle(eligibility, "case-offices"))
+    staff = await eligibility.client.get(path, headers=caseworker)
     assert staff.status_code == 200
     assert await count(eligibility, platform.audit_log, platform.audit_log.c.record_id == str(app)) == 1
 
