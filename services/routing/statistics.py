@@ -30,9 +30,25 @@ from services.routing.schemas import (
     OfficeName,
     ProgramDemand,
 )
+from shared.auth import Principal, Role
 from shared.events import Decision, Department
+from shared.problems import Forbidden, NotFound
 
 # ---------------------------------------------------------------------------------------------- capacity
+
+
+async def capacity(
+    session: AsyncSession, ctx: RoutingContext, principal: Principal, office_codes: Sequence[str] | None
+) -> CapacityReport:
+    """The capacity report of the offices asked for (default: every office the principal may see). Admins see every
+    office, supervisors the offices they supervise; asking for another office is a 403 naming it."""
+    scope: list[str] | None = None if principal.role is Role.ADMIN else sorted(principal.offices)
+    if office_codes:
+        outside = [o for o in office_codes if scope is not None and o not in scope]
+        if outside:
+            raise Forbidden(f"You do not supervise {', '.join(sorted(outside))}.")
+        scope = sorted(set(office_codes))
+    return await capacity_report(session, ctx, scope)
 
 
 async def capacity_report(
@@ -233,10 +249,19 @@ def suppress(
     return out
 
 
-async def open_dataset(session: AsyncSession, ctx: RoutingContext, name: str) -> Dataset | None:
+class DatasetNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No dataset {name}; GET /v1/open-data lists them.")
+
+
+def catalogue() -> list[DatasetInfo]:
+    return [spec.info for spec in DATASETS.values()]
+
+
+async def open_dataset(session: AsyncSession, ctx: RoutingContext, name: str) -> Dataset:
     spec = DATASETS.get(name)
     if spec is None:
-        return None
+        raise DatasetNotFound(name)
     k = ctx.settings.open_data_min_count
     rows = spec.build(await repo.cases_for_open_data(session), ctx)
     return Dataset(
