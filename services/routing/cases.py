@@ -127,11 +127,12 @@ def refresh_priority(ctx: RoutingContext, case: Case, today: dt.date) -> None:
     )
 
 
-def resume_clock(ctx: RoutingContext, case: Case, today: dt.date) -> int:
-    """End a pause: the due date moves by the working days the case waited. Returns those days."""
+def resume_clock(ctx: RoutingContext, case: Case, resumed_on: dt.date) -> int:
+    """End a pause on ``resumed_on``: the due date moves by the working days the case waited (see ``sla``). Returns
+    those days."""
     if case.paused_since is None:
         return 0
-    paused = ctx.calendar.working_days_between(case.paused_since, today)
+    paused = ctx.calendar.working_days_between(case.paused_since, resumed_on)
     case.paused_working_days += paused
     case.due_date = ctx.calendar.add_working_days(case.due_date, paused)
     case.paused_since = None
@@ -456,10 +457,14 @@ async def withdraw(session: AsyncSession, ctx: RoutingContext, data: Application
 
 
 async def info_provided(session: AsyncSession, ctx: RoutingContext, data: ApplicationInfoProvided) -> None:
-    """The resident answered: the cases waiting on them resume (those named, or all of the application's)."""
-    now = ctx.clock.now()
-    # The clock restarts on the day the resident answered, not the day a backlogged consumer got to it.
-    today = min(data.provided_at.astimezone(ctx.clock.tz).date(), ctx.clock.today())
+    """The resident answered: the cases waiting on them resume (those named, or all of the application's).
+
+    The pause ends on the day the resident answered (``provided_at``, as a date in the offices' time zone), not on the
+    day routing handles the event: a backlog in routing must not cost the resident working days. An answer dated
+    after routing's today (clock skew) ends the pause today. What depends on *today* — the priority, the days left —
+    is reckoned from the day routing handles it."""
+    now, today = ctx.clock.now(), ctx.clock.today()
+    answered_on = min(data.provided_at.astimezone(ctx.clock.tz).date(), today)
     record = await repo.application(session, data.application_id)
     if record is None or record.withdrawn_at is not None:
         return
@@ -475,7 +480,7 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
         codes = set(data.program_codes)
         waiting = [c for c in waiting if c.program_code in codes]
     for case in waiting:
-        paused = resume_clock(ctx, case, today)
+        paused = resume_clock(ctx, case, answered_on)
         case.status = CaseStatus.ASSIGNED if case.assignee else CaseStatus.OPEN
         case.updated_at = now
         refresh_priority(ctx, case, today)
@@ -486,6 +491,7 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
             "info_provided",
             now,
             answered=sorted(data.answers),
+            answered_on=answered_on.isoformat(),
             paused_working_days=paused,
             due_date=case.due_date.isoformat(),
         )

@@ -1,0 +1,131 @@
+"""The SLA's edges in time, over the real NATS and database, with routing's "today" moved by hand:
+
+- a paused case resumes from the day the resident answered (in the offices' time zone), however late routing hears of
+  it, while its priority and days left are as of the day routing handles the answer.
+
+November 2025 has no public holiday in Korea, so only weekends are skipped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shared.auth import TokenIssuer
+from shared.events import ApplicationInfoProvided
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
+
+from .support import cases_of, context, determined, emitted, feed, program, routing_service
+
+SEOUL = ZoneInfo("Asia/Seoul")
+MON, TUE, WED, THU, FRI, SAT, SUN = (dt.date(2025, 11, 3) + dt.timedelta(days=n) for n in range(7))
+NEXT_MON, NEXT_TUE, NEXT_WED, NEXT_THU, NEXT_FRI = (dt.date(2025, 11, 10) + dt.timedelta(days=n) for n in range(5))
+
+
+def seoul(day: dt.date, hour: int = 10, minute: int = 0, second: int = 0) -> dt.datetime:
+    """A moment of ``day`` on the offices' clock (UTC+9): 00:00 in Seoul is 15:00 UTC the day before."""
+    return dt.datetime.combine(day, dt.time(hour, minute, second), SEOUL)
+
+
+@pytest.fixture
+async def routing(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
+) -> AsyncIterator[RunningService]:
+    async with routing_service(
+        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
+        today=MON.isoformat(),
+    ) as service:  # fmt: skip
+        yield service
+
+
+def on(service: RunningService, day: dt.date) -> None:
+    """Routing's clock reads ``day`` from now on (its handlers, its API and its SLA timer)."""
+    context(service).clock.fixed_today = day
+
+
+async def detail(service: RunningService, case_id: uuid.UUID) -> dict[str, Any]:
+    response = await service.client.get(f"/v1/cases/{case_id}", headers=service.auth("admin"))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# ---------------------------------------------------------------------------------------------- a: the answer's day
+
+
+async def test_a_paused_case_resumes_from_the_day_the_resident_answered_however_late_routing_handles_it(
+    routing: RunningService,
+) -> None:
+    app = uuid.uuid4()
+    codes = ("answered_same_day", "answered_before_midnight", "answered_after_midnight")
+    await feed(routing, determined(app, [program(code, sla_days=5) for code in codes], application_date=MON))
+    cases = await cases_of(routing, app)
+    assert {c.due_date for c in cases.values()} == {NEXT_MON}  # five working days after Monday 3 Nov
+
+    # Tuesday: the caseworker asks the resident about each; every clock stops (Tuesday itself counts as worked).
+    on(routing, TUE)
+    alice = routing.auth("caseworker", subject="caseworker:alice", offices=["JONGNO-CSC"])
+    for case in cases.values():
+        assert (await routing.client.post(f"/v1/cases/{case.id}/claim", headers=alice)).status_code == 200
+        response = await routing.client.post(
+            f"/v1/cases/{case.id}/request-info", headers=alice, json={"questions": [{"text": "Your lease?"}]}
+        )
+        assert response.json()["sla"]["paused_since"] == TUE.isoformat(), response.text
+
+    # The resident answers on Tuesday, on Thursday one second before midnight and on Friday at midnight (Seoul);
+    # routing is backlogged and handles all three answers only on Wednesday 12 Nov.
+    answered = {
+        "answered_same_day": seoul(TUE, 16),
+        "answered_before_midnight": seoul(THU, 23, 59, 59),
+        "answered_after_midnight": seoul(FRI, 0),
+    }
+    on(routing, NEXT_WED)
+    await feed(
+        routing,
+        *(
+            ApplicationInfoProvided(
+                application_id=app,
+                resident_id=cases[code].resident_id,
+                answers={"lease": "yes"},
+                case_ids=[cases[code].id],
+                provided_at=at.astimezone(dt.UTC),
+            )
+            for code, at in answered.items()
+        ),
+    )
+
+    # The pause ends on the answer's day: 0, 2 (Wed, Thu) and 3 (Wed, Thu, Fri) working days, not the 6 up to the
+    # day routing handled them.
+    expected = {
+        "answered_same_day": (0, NEXT_MON),
+        "answered_before_midnight": (2, NEXT_WED),
+        "answered_after_midnight": (3, NEXT_THU),
+    }
+    resumed = await cases_of(routing, app)
+    assert {code: (c.paused_working_days, c.due_date) for code, c in resumed.items()} == expected
+    assert {c.status for c in resumed.values()} == {"assigned"}
+    events = await emitted(routing, "case.resumed")
+    assert {e["program_code"]: (e["paused_working_days"], e["due_date"]) for e in events} == {
+        code: (days, due.isoformat()) for code, (days, due) in expected.items()
+    }
+
+    # What the caseworker sees is as of the day routing handled the answers (Wednesday 12 Nov): the first is two
+    # working days overdue, the others are due today and tomorrow, so all rise in priority (due soon).
+    views = {code: await detail(routing, case.id) for code, case in resumed.items()}
+    assert {code: v["sla"]["working_days_left"] for code, v in views.items()} == {
+        "answered_same_day": -2,
+        "answered_before_midnight": 0,
+        "answered_after_midnight": 1,
+    }
+    assert {code: v["priority"] for code, v in views.items()} == dict.fromkeys(codes, 2)
+    for code, view in views.items():
+        entry = view["history"][-1]
+        assert entry["action"] == "info_provided"
+        assert entry["details"]["answered_on"] == answered[code].date().isoformat()
+        assert entry["details"]["paused_working_days"] == expected[code][0]
