@@ -19,8 +19,9 @@ working days away or less; escalated cases are urgent. Queues list the most urge
 
 **SLA**: the due date is the program's SLA in working days (weekends, Korean public holidays and configured closure
 days excluded) after the application date. While a case waits on the resident its clock is paused, and the due date
-moves by the working days waited. A case still undecided the day after its due date is breached: `case.sla_breached`
-is published once and the case escalates to the office's supervisors.
+moves by the working days waited. The due date is the last day allowed, the whole of it; a case still undecided
+when the next working day begins (the Monday after a Friday due date) is breached: `case.sla_breached` is published
+once and the case escalates to the office's supervisors.
 
 **Who sees what**: caseworkers and supervisors see the cases of their offices (another office's case is a 404) and
 supervisors their capacity; admins everything; residents, partners and services never see queues or cases (403).

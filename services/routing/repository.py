@@ -157,12 +157,12 @@ def add_entry(
 # ---------------------------------------------------------------------------------------------- SLA timer
 
 
-async def breach_candidates(session: AsyncSession, today: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
-    """Running cases (not paused) past their due date whose breach for that due date is not recorded yet."""
+async def breach_candidates(session: AsyncSession, due_before: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
+    """Running cases (not paused) due before ``due_before`` whose breach for that due date is not recorded yet."""
     recorded = exists().where(SlaBreach.case_id == Case.id, SlaBreach.due_date == Case.due_date)
     query = (
         select(Case.id)
-        .where(Case.status.in_((CaseStatus.OPEN, CaseStatus.ASSIGNED)), Case.due_date < today, ~recorded)
+        .where(Case.status.in_((CaseStatus.OPEN, CaseStatus.ASSIGNED)), Case.due_date < due_before, ~recorded)
         .order_by(Case.due_date, Case.id)
         .limit(limit)
     )

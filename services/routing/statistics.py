@@ -98,6 +98,15 @@ def _office_demand(
     )
 
 
+def _on_time(ctx: RoutingContext, case: Any) -> bool:
+    """Decided without a breach, and before a working day after the due date had begun (the timer's rule)."""
+    return (
+        case.breached_on is None
+        and case.decided_on is not None
+        and not ctx.calendar.is_late(case.due_date, case.decided_on)
+    )
+
+
 def _program_demand(ctx: RoutingContext, code: str, cases: list[Case], since: dt.date, days: int) -> ProgramDemand:
     active = [c for c in cases if c.status in CaseStatus.ACTIVE]
     arrived = [c for c in cases if c.routed_on >= since]
@@ -105,7 +114,7 @@ def _program_demand(ctx: RoutingContext, code: str, cases: list[Case], since: dt
         c for c in cases if c.status == CaseStatus.DECIDED and c.decided_on is not None and c.decided_on >= since
     ]
     durations = [ctx.calendar.working_days_between(c.routed_on, c.decided_on) for c in decided if c.decided_on]
-    on_time = [c for c in decided if c.breached_on is None and c.decided_on is not None and c.decided_on <= c.due_date]
+    on_time = [c for c in decided if _on_time(ctx, c)]
     return ProgramDemand(
         program_code=code,
         department=Department(cases[0].department),
@@ -172,7 +181,7 @@ def _sla_rows(cases: Sequence[Any], ctx: RoutingContext) -> list[dict[str, Any]]
     k = ctx.settings.open_data_min_count
     for (month, department), items in sorted(decided.items()):
         durations = [ctx.calendar.working_days_between(c.routed_on, c.decided_on) for c in items if c.decided_on]
-        on_time = sum(1 for c in items if c.breached_on is None and c.decided_on and c.decided_on <= c.due_date)
+        on_time = sum(1 for c in items if _on_time(ctx, c))
         enough = len(items) >= k
         rows.append(
             {

@@ -73,10 +73,13 @@ class SlaTimer:
         self._stop.set()
 
     async def sweep(self) -> int:
-        """One pass: record every new breach, then refresh priorities. Returns the breaches recorded."""
+        """One pass: record every new breach, then refresh priorities. Returns the breaches recorded.
+
+        A running case is breached once a working day after its due date has begun (``sla``): a case due on Friday
+        is on time all Friday and over the weekend, and breached on Monday."""
         today = self.ctx.clock.today()
         async with self.db.session() as session:
-            candidates = await repo.breach_candidates(session, today)
+            candidates = await repo.breach_candidates(session, self.ctx.calendar.late_if_due_before(today))
         recorded = 0
         for case_id in candidates:
             try:
@@ -114,7 +117,8 @@ class SlaTimer:
         """Record one breach; returns the case's office when it was recorded now."""
         query = select(Case).where(Case.id == case_id).with_for_update().execution_options(populate_existing=True)
         case = (await session.execute(query)).scalar_one_or_none()
-        if case is None or case.status not in (CaseStatus.OPEN, CaseStatus.ASSIGNED) or case.due_date >= today:
+        running = case is not None and case.status in (CaseStatus.OPEN, CaseStatus.ASSIGNED)
+        if case is None or not running or not self.ctx.calendar.is_late(case.due_date, today):
             return None
         now = self.ctx.clock.now()
         session.add(

@@ -1,7 +1,9 @@
 """The SLA's edges in time, over the real NATS and database, with routing's "today" moved by hand:
 
 - a paused case resumes from the day the resident answered (in the offices' time zone), however late routing hears of
-  it, while its priority and days left are as of the day routing handles the answer.
+  it, while its priority and days left are as of the day routing handles the answer;
+- a case is on time through its whole due date and breached from the next working day (a weekend after a Friday due
+  date is not yet a breach), and a decision counts as late by the same rule.
 
 November 2025 has no public holiday in Korea, so only weekends are skipped."""
 
@@ -21,7 +23,7 @@ from shared.events import ApplicationInfoProvided
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 
-from .support import cases_of, context, determined, emitted, feed, program, routing_service
+from .support import cases_of, context, determined, emitted, feed, program, routing_service, timer
 
 SEOUL = ZoneInfo("Asia/Seoul")
 MON, TUE, WED, THU, FRI, SAT, SUN = (dt.date(2025, 11, 3) + dt.timedelta(days=n) for n in range(7))
@@ -129,3 +131,72 @@ async def test_a_paused_case_resumes_from_the_day_the_resident_answered_however_
         assert entry["action"] == "info_provided"
         assert entry["details"]["answered_on"] == answered[code].date().isoformat()
         assert entry["details"]["paused_working_days"] == expected[code][0]
+
+
+# ---------------------------------------------------------------------------------------------- b: the due date
+
+
+async def test_a_case_is_on_time_through_its_due_date_and_breached_from_the_next_working_day(
+    routing: RunningService,
+) -> None:
+    app = uuid.uuid4()
+    programs = [program("due_wednesday", sla_days=2), program("due_friday", sla_days=4)]
+    await feed(routing, determined(app, programs, application_date=MON))
+    cases = await cases_of(routing, app)
+    assert {code: c.due_date for code, c in cases.items()} == {"due_wednesday": WED, "due_friday": FRI}
+
+    # One sweep of the SLA timer each day: the day before each due date, the day itself, the days after.
+    breached_on: dict[dt.date, list[str]] = {}
+    for day in (TUE, WED, THU, FRI, SAT, SUN, NEXT_MON, NEXT_TUE):
+        on(routing, day)
+        await timer(routing).sweep()
+        breached_on[day] = sorted(e["program_code"] for e in await emitted(routing, "case.sla_breached"))
+        friday = (await detail(routing, cases["due_friday"].id))["sla"]
+        if day in (FRI, SAT, SUN):
+            # Friday is the last day allowed; the weekend after it costs the office no working day.
+            assert (friday["working_days_left"], friday["breached_on"]) == (0, None), day
+        if day == NEXT_MON:
+            assert (friday["working_days_left"], friday["breached_on"]) == (-1, NEXT_MON.isoformat())
+    assert breached_on == {
+        TUE: [],
+        WED: [],  # due today: still on time
+        THU: ["due_wednesday"],  # the next working day
+        FRI: ["due_wednesday"],  # due today: still on time
+        SAT: ["due_wednesday"],
+        SUN: ["due_wednesday"],
+        NEXT_MON: ["due_friday", "due_wednesday"],  # the next working day after Friday
+        NEXT_TUE: ["due_friday", "due_wednesday"],  # once per due date
+    }
+    breached = {c.program_code: c for c in (await cases_of(routing, app)).values()}
+    assert {code: c.breached_on for code, c in breached.items()} == {"due_wednesday": THU, "due_friday": NEXT_MON}
+    events = {e["program_code"]: e for e in await emitted(routing, "case.sla_breached")}
+    # The new promise: five working days from the breach.
+    assert {code: (e["due_date"], e["expected_by"]) for code, e in events.items()} == {
+        "due_wednesday": (WED.isoformat(), NEXT_THU.isoformat()),
+        "due_friday": (FRI.isoformat(), dt.date(2025, 11, 17).isoformat()),
+    }
+
+
+async def test_a_decision_is_on_time_through_the_due_date_and_late_from_the_next_working_day(
+    routing: RunningService,
+) -> None:
+    """The capacity report's SLA compliance uses the rule the timer breaches by (no timer pass runs here)."""
+    alice = routing.auth("caseworker", subject="caseworker:alice", offices=["JONGNO-CSC"])
+    decide = {"decision": "approved", "reason_code": "criteria_met", "note": "checked"}
+    for day in (THU, FRI, SAT, NEXT_MON):
+        on(routing, MON)
+        app = uuid.uuid4()
+        await feed(routing, determined(app, [program("review", sla_days=4)], application_date=MON))
+        case = (await cases_of(routing, app))["review"]
+        assert case.due_date == FRI
+        on(routing, day)
+        assert (await routing.client.post(f"/v1/cases/{case.id}/claim", headers=alice)).status_code == 200
+        response = await routing.client.post(f"/v1/cases/{case.id}/decide", headers=alice, json=decide)
+        assert response.status_code == 200, response.text
+
+    supervisor = routing.auth("supervisor", offices=["JONGNO-CSC"])
+    report = (await routing.client.get("/v1/capacity", headers=supervisor)).json()
+    (jongno,) = report["offices"]
+    (review,) = jongno["programs"]
+    # Thursday, Friday (the due date) and Saturday are on time; Monday, the next working day, is late.
+    assert (review["decided"], review["sla_compliance"]) == (4, 0.75)
