@@ -227,11 +227,20 @@ class Router:
 
 
 def sla_start(data: EligibilityDetermined, ctx: RoutingContext) -> dt.date:
-    """The SLA counts from the application date for what the first evaluation found; work that only a later
-    re-evaluation creates counts from that evaluation's date (its office could not have started earlier)."""
+    """The day a new case's SLA counts from (its due date is ``sla_days`` working days after it).
+
+    - What the first evaluation of an application (trigger ``submitted``) finds counts from the application date:
+      the resident asked then, and a slow evaluation must not cost them time.
+    - Work that only a later round creates (a program that now needs a person after the resident's answer, a fact a
+      department reported, a registry or consent change; or a case closed as no longer applicable and needed again)
+      counts from that round's evaluation date: no office could have started on it earlier. When the round follows
+      the resident's answer, this is the pause rule again: the days before the answer were the resident's.
+    - The evaluation's own date counts (in the offices' time zone), not the day routing handles it, so a backlog in
+      routing costs the resident nothing; a date after routing's today (a clock running ahead) counts as today."""
     if data.trigger == "submitted":
         return data.application_date
-    return max(data.application_date, data.evaluated_at.astimezone(ctx.clock.tz).date())
+    evaluated_on = min(data.evaluated_at.astimezone(ctx.clock.tz).date(), ctx.clock.today())
+    return max(data.application_date, evaluated_on)
 
 
 async def open_case(

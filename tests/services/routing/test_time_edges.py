@@ -3,7 +3,9 @@
 - a paused case resumes from the day the resident answered (in the offices' time zone), however late routing hears of
   it, while its priority and days left are as of the day routing handles the answer;
 - a case is on time through its whole due date and breached from the next working day (a weekend after a Friday due
-  date is not yet a breach), and a decision counts as late by the same rule.
+  date is not yet a breach), and a decision counts as late by the same rule;
+- a case that only a later evaluation round creates counts its SLA from that round's evaluation, in the offices' time
+  zone, not from the application nor from the day routing handles the round.
 
 November 2025 has no public holiday in Korea, so only weekends are skipped."""
 
@@ -200,3 +202,49 @@ async def test_a_decision_is_on_time_through_the_due_date_and_late_from_the_next
     (review,) = jongno["programs"]
     # Thursday, Friday (the due date) and Saturday are on time; Monday, the next working day, is late.
     assert (review["decided"], review["sla_compliance"]) == (4, 0.75)
+
+
+# ---------------------------------------------------------------------------------------------- c: a later round
+
+
+@pytest.mark.parametrize(
+    ("evaluated", "due"),
+    [
+        (seoul(THU, 23, 59, 59), NEXT_THU),  # Thursday in Seoul: five working days from Thursday
+        (seoul(FRI, 0), NEXT_FRI),  # Friday in Seoul (still Thursday in UTC): from Friday
+        # Dated after routing's today (Monday 10 Nov; eligibility's clock runs ahead): from routing's today.
+        (seoul(NEXT_TUE), dt.date(2025, 11, 17)),
+    ],
+)
+async def test_a_case_first_needed_in_a_later_round_counts_its_sla_from_that_round(
+    routing: RunningService, evaluated: dt.datetime, due: dt.date
+) -> None:
+    app = uuid.uuid4()
+    # Round 1 (the application of Monday, evaluated on Wednesday): one program needs a caseworker, another needs the
+    # resident's answer first, which makes no case.
+    first = determined(
+        app,
+        [program("from_the_start", sla_days=5), program("after_the_answer", "needs_information", missing=["resident"])],
+        application_date=MON,
+    ).model_copy(update={"evaluated_at": seoul(WED).astimezone(dt.UTC)})
+    await feed(routing, first)
+    assert set(await cases_of(routing, app)) == {"from_the_start"}
+
+    # Round 2 follows the answer; routing handles it only the Monday after.
+    second = determined(
+        app,
+        [program("from_the_start", sla_days=5), program("after_the_answer", sla_days=5)],
+        round=2,
+        application_date=MON,
+    ).model_copy(update={"evaluated_at": evaluated.astimezone(dt.UTC)})
+    on(routing, NEXT_MON)
+    await feed(routing, second)
+
+    cases = await cases_of(routing, app)
+    # What round 1 found counts from the application date, however late it was evaluated.
+    assert cases["from_the_start"].due_date == NEXT_MON
+    # What only round 2 found counts from round 2's evaluation (its day in Seoul, at the latest routing's today), not
+    # from the application (due 10 Nov) nor from the day routing handled it (due 17 Nov) when that came later.
+    assert (cases["after_the_answer"].due_date, cases["after_the_answer"].round) == (due, 2)
+    routed = {e["program_code"]: e["due_date"] for e in await emitted(routing, "case.routed")}
+    assert routed == {"from_the_start": NEXT_MON.isoformat(), "after_the_answer": due.isoformat()}
