@@ -12,6 +12,8 @@ them.
 the program's department (Seoul City Hall when none does); when it is full (weighted load at or above its ceiling)
 and the program allows overflow, the least-loaded neighbour with room; a resident who prefers another language than
 Korean goes to an office that speaks it when one can take the case, and is otherwise flagged `interpreter_needed`.
+A program whose department no office handles at all is held at the city-wide desk (rule `unserved`, counted by the
+`onestop_routing_unserved_cases` metric) until an office takes the department and the case is transferred there.
 
 **Priority** 1 routine, 2 elevated, 3 high, 4 urgent: one level for any vulnerability flag, another for two flags
 or a severe one (a child heading the household, an elderly person living alone), another when the due date is two

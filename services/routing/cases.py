@@ -7,6 +7,10 @@ Which programs make a case (one per application and program, ever):
   one status shows the grant with the office that made it;
 - ineligible, or needs_information that the resident is asked for: no case.
 
+A program whose department no office handles is not lost: a city-wide desk holds its case (rule ``unserved``, see
+``policy``) until an office takes the department. Only when there is no city-wide desk at all is the determination a
+dead letter, whose error names the program, department and district, to replay once an office exists.
+
 A later evaluation round of the same application updates the cases it already has (and creates the ones that now
 need a person); a round lower than or equal to one already applied is ignored, as is anything that arrives after the
 application was withdrawn. Nothing here commits: the consumer's transaction does, with the inbox row and the outbox.
@@ -27,7 +31,7 @@ from services.routing import offices as office_logic
 from services.routing import repository as repo
 from services.routing.context import RoutingContext
 from services.routing.models import ApplicationRecord, Case, CaseStatus, Office
-from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, priority, route
+from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, Rule, priority, route
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
 from shared.consumer import PermanentError
 from shared.events import (
@@ -43,7 +47,6 @@ from shared.events import (
     Localized,
     Outcome,
     ProgramDetermination,
-    ResidentContext,
 )
 from shared.problems import Conflict
 
@@ -207,9 +210,10 @@ class Router:
         loads = {code: weighted for code, (_count, weighted) in (await repo.office_loads(session)).items()}
         return cls(session, offices, loads)
 
-    def route(self, resident: ResidentContext, program: ProgramDetermination, *, overflow: bool) -> RoutingDecision:
+    def route(self, data: EligibilityDetermined, program: ProgramDetermination, *, overflow: bool) -> RoutingDecision:
+        resident = data.resident
         try:
-            return route(
+            decision = route(
                 self.views,
                 self.loads,
                 district_code=resident.district_code,
@@ -218,8 +222,25 @@ class Router:
                 overflow_allowed=overflow,
             )
         except NoOfficeServes as exc:
-            # No retry can help until an administrator adds an office; the dead letter can be replayed then.
-            raise PermanentError(str(exc)) from None
+            # Not even a city-wide desk exists to hold the case. No retry can help until an administrator adds an
+            # office; the whole determination waits as a dead letter (nothing of it is applied) and is replayed then.
+            raise PermanentError(
+                f"program {program.program_code} of application {data.application_id}: {exc}. Add an office for "
+                f"{program.department.value} (PUT /v1/offices/{{code}}; a fallback office takes any district), then "
+                "replay this dead letter: the whole determination is applied then."
+            ) from None
+        if decision.rule is Rule.UNSERVED:
+            log.warning(
+                "no office handles the department; a city-wide desk holds the case",
+                extra={
+                    "application_id": str(data.application_id),
+                    "program": program.program_code,
+                    "department": program.department.value,
+                    "district": resident.district_code,
+                    "office": decision.office_code,
+                },
+            )
+        return decision
 
     def place(self, decision: RoutingDecision, weight: float) -> Office:
         self.loads[decision.office_code] = self.loads.get(decision.office_code, 0.0) + weight
@@ -255,7 +276,7 @@ async def open_case(
 ) -> Case:
     """Route a program that needs a person to an office's queue (a new case, or a closed one re-opened)."""
     today = ctx.clock.today()
-    decision = router.route(data.resident, program, overflow=program.overflow_allowed)
+    decision = router.route(data, program, overflow=program.overflow_allowed)
     office = router.place(decision, program.case_weight)
     due = ctx.calendar.add_working_days(sla_start(data, ctx), program.sla_days)
     case = existing or Case(id=uuid.uuid4(), application_id=data.application_id, created_at=now)
@@ -310,8 +331,13 @@ async def grant_case(
 ) -> Case:
     """An automatic grant: a case created decided, recorded at the responsible office, so the status shows it."""
     today = ctx.clock.today()
-    decision = router.route(data.resident, program, overflow=False)
+    decision = router.route(data, program, overflow=False)
     office = router.offices[decision.office_code]  # a decided case adds no load
+    responsible = (
+        "the office responsible for it"
+        if decision.rule is not Rule.UNSERVED
+        else f"a city-wide desk, as no office handles {decision.department} for district {decision.district_code}"
+    )
     case = Case(id=uuid.uuid4(), application_id=data.application_id, created_at=now)
     _fill(case, data, program, now)
     case.office_code = office.code
@@ -336,7 +362,7 @@ async def grant_case(
             priority=case.priority,
             automatic=True,
             due_date=None,
-            reason=f"Granted automatically; recorded at {office.code}, the office responsible for it.",
+            reason=f"Granted automatically; recorded at {office.code}, {responsible}.",
             routed_at=now,
         ),
     )

@@ -174,6 +174,15 @@ async def running_cases_due_by(session: AsyncSession, horizon: dt.date) -> Seque
     return (await session.execute(query)).scalars().all()
 
 
+async def active_cases_by_office_and_department(session: AsyncSession) -> dict[tuple[str, str], int]:
+    query = (
+        select(Case.office_code, Case.department, func.count())
+        .where(Case.status.in_(CaseStatus.ACTIVE))
+        .group_by(Case.office_code, Case.department)
+    )
+    return {(row[0], row[1]): int(row[2]) for row in await session.execute(query)}
+
+
 async def breach_count(session: AsyncSession, case_id: uuid.UUID) -> int:
     return int(await session.scalar(select(func.count()).where(SlaBreach.case_id == case_id)) or 0)
 

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -27,7 +28,7 @@ from services.routing.context import RoutingContext, routing_context
 from services.routing.models import Case, CaseStatus, SlaBreach
 from services.routing.policy import URGENT
 from shared.db import Database
-from shared.events import CaseEscalated, CaseSlaBreached
+from shared.events import CaseEscalated, CaseSlaBreached, Department
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ class TimerMetrics:
             "onestop_routing_office_utilisation",
             "Weighted load of an office's active cases over its active-case ceiling",
             ["office"],
+            registry=registry,
+        )
+        self.unserved = Gauge(
+            "onestop_routing_unserved_cases",
+            "Active cases held at an office that does not handle their department (no office does; see rule "
+            "'unserved'): an administrator has to give an office the department",
+            ["department"],
             registry=registry,
         )
 
@@ -107,11 +115,19 @@ class SlaTimer:
         async with self.db.session() as session:
             offices = await repo.all_offices(session)
             loads = await repo.office_loads(session)
+            active = await repo.active_cases_by_office_and_department(session)
         for office in offices:
             count, weighted = loads.get(office.code, (0, 0.0))
             metrics.open_cases.labels(office=office.code).set(count)
             ceiling = office.active_case_ceiling
             metrics.utilisation.labels(office=office.code).set(weighted / ceiling if ceiling > 0 else float("inf"))
+        departments = {o.code: set(o.departments) for o in offices}
+        held: defaultdict[str, int] = defaultdict(int)
+        for (office_code, department), n in active.items():
+            if department not in departments.get(office_code, set()):
+                held[department] += n
+        for department in Department:
+            metrics.unserved.labels(department=department.value).set(held[department.value])
 
     async def _breach(self, session: AsyncSession, case_id: uuid.UUID, today: dt.date) -> str | None:
         """Record one breach; returns the case's office when it was recorded now."""
