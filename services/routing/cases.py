@@ -496,8 +496,9 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
 
     The pause ends on the day the resident answered (``provided_at``, as a date in the offices' time zone), not on the
     day routing handles the event: a backlog in routing must not cost the resident working days. An answer dated
-    after routing's today (clock skew) ends the pause today. What depends on *today* — the priority, the days left —
-    is reckoned from the day routing handles it."""
+    after routing's today (clock skew) ends the pause today; a case asked on a later day than the answer was given
+    is not answered by it and keeps waiting. What depends on *today* — the priority, the days left — is reckoned from
+    the day routing handles it."""
     now, today = ctx.clock.now(), ctx.clock.today()
     answered_on = min(data.provided_at.astimezone(ctx.clock.tz).date(), today)
     record = await repo.application(session, data.application_id)
@@ -515,6 +516,10 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
         codes = set(data.program_codes)
         waiting = [c for c in waiting if c.program_code in codes]
     for case in waiting:
+        if case.paused_since is not None and case.paused_since > answered_on:
+            # Asked after this answer was given (routing heard of the answer late): it waits for its own answer.
+            log.info("answer predates the question; the case keeps waiting", extra={"case_id": str(case.id)})
+            continue
         paused = resume_clock(ctx, case, answered_on)
         case.status = CaseStatus.ASSIGNED if case.assignee else CaseStatus.OPEN
         case.updated_at = now

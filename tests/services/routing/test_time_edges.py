@@ -1,7 +1,8 @@
 """The SLA's edges in time, over the real NATS and database, with routing's "today" moved by hand:
 
 - a paused case resumes from the day the resident answered (in the offices' time zone), however late routing hears of
-  it, while its priority and days left are as of the day routing handles the answer;
+  it, while its priority and days left are as of the day routing handles the answer; an answer given before a question
+  was asked does not answer it;
 - a case is on time through its whole due date and breached from the next working day (a weekend after a Friday due
   date is not yet a breach), and a decision counts as late by the same rule;
 - a case that only a later evaluation round creates counts its SLA from that round's evaluation, in the offices' time
@@ -133,6 +134,56 @@ async def test_a_paused_case_resumes_from_the_day_the_resident_answered_however_
         assert entry["action"] == "info_provided"
         assert entry["details"]["answered_on"] == answered[code].date().isoformat()
         assert entry["details"]["paused_working_days"] == expected[code][0]
+
+
+async def test_an_answer_given_before_a_question_was_asked_does_not_answer_it(routing: RunningService) -> None:
+    app = uuid.uuid4()
+    await feed(routing, determined(app, [program("asked_before"), program("asked_after")], application_date=MON))
+    cases = await cases_of(routing, app)
+    alice = routing.auth("caseworker", subject="caseworker:alice", offices=["JONGNO-CSC"])
+    for code, asked_on in (("asked_before", WED), ("asked_after", FRI)):
+        on(routing, asked_on)
+        assert (await routing.client.post(f"/v1/cases/{cases[code].id}/claim", headers=alice)).status_code == 200
+        response = await routing.client.post(
+            f"/v1/cases/{cases[code].id}/request-info", headers=alice, json={"questions": [{"text": "Your lease?"}]}
+        )
+        assert response.status_code == 200, response.text
+
+    # The resident answered on Wednesday and on Thursday (for the whole application); routing hears of it on
+    # Monday. Friday's question was asked after both answers: it still waits for its own.
+    on(routing, NEXT_MON)
+    await feed(
+        routing,
+        *(
+            ApplicationInfoProvided(
+                application_id=app,
+                resident_id=cases["asked_before"].resident_id,
+                answers={"lease": "yes"},
+                provided_at=seoul(day, 18).astimezone(dt.UTC),
+            )
+            for day in (WED, THU)
+        ),
+    )
+    after = await cases_of(routing, app)
+    assert {code: (c.status, c.paused_since, c.paused_working_days) for code, c in after.items()} == {
+        "asked_before": ("assigned", None, 0),  # answered the day it was asked: no working day lost
+        "asked_after": ("waiting_on_resident", FRI, 0),
+    }
+    assert [e["program_code"] for e in await emitted(routing, "case.resumed")] == ["asked_before"]
+
+    # Its own answer, on the Monday routing handles it, resumes it.
+    await feed(
+        routing,
+        ApplicationInfoProvided(
+            application_id=app,
+            resident_id=cases["asked_after"].resident_id,
+            answers={"lease": "yes"},
+            case_ids=[cases["asked_after"].id],
+            provided_at=seoul(NEXT_MON, 9).astimezone(dt.UTC),
+        ),
+    )
+    resumed = (await cases_of(routing, app))["asked_after"]
+    assert (resumed.status, resumed.paused_working_days, resumed.due_date) == ("assigned", 1, NEXT_TUE)
 
 
 # ---------------------------------------------------------------------------------------------- b: the due date
