@@ -12,6 +12,8 @@ them.
 the program's department (Seoul City Hall when none does); when it is full (weighted load at or above its ceiling)
 and the program allows overflow, the least-loaded neighbour with room; a resident who prefers another language than
 Korean goes to an office that speaks it when one can take the case, and is otherwise flagged `interpreter_needed`.
+A program whose department no office handles at all is held at the city-wide desk (rule `unserved`, counted by the
+`onestop_routing_unserved_cases` metric) until an office takes the department and the case is transferred there.
 
 **Priority** 1 routine, 2 elevated, 3 high, 4 urgent: one level for any vulnerability flag, another for two flags
 or a severe one (a child heading the household, an elderly person living alone), another when the due date is two
@@ -19,8 +21,9 @@ working days away or less; escalated cases are urgent. Queues list the most urge
 
 **SLA**: the due date is the program's SLA in working days (weekends, Korean public holidays and configured closure
 days excluded) after the application date. While a case waits on the resident its clock is paused, and the due date
-moves by the working days waited. A case still undecided the day after its due date is breached: `case.sla_breached`
-is published once and the case escalates to the office's supervisors.
+moves by the working days waited. The due date is the last day allowed, the whole of it; a case still undecided
+when the next working day begins (the Monday after a Friday due date) is breached: `case.sla_breached` is published
+once and the case escalates to the office's supervisors.
 
 **Who sees what**: caseworkers and supervisors see the cases of their offices (another office's case is a 404) and
 supervisors their capacity; admins everything; residents, partners and services never see queues or cases (403).

@@ -15,12 +15,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing import casework, statistics, views
+from services.routing import casework, queues, reasons, statistics
 from services.routing import offices as office_logic
-from services.routing import repository as repo
 from services.routing.context import ContextDep, RoutingContext
 from services.routing.models import Case
-from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
+from services.routing.repository import QueueFilter
 from services.routing.schemas import (
     OFFICE_CODE_PATTERN,
     AssignIn,
@@ -44,7 +43,7 @@ from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotencyDep, SessionDep
 from shared.events import Department
 from shared.idempotency import Idempotency
-from shared.problems import Forbidden, NotFound, problem_responses
+from shared.problems import problem_responses
 
 STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
 Staff = Annotated[Principal, Depends(require_roles(*STAFF))]
@@ -81,21 +80,12 @@ async def list_offices(
     department: Department | None = None,
     district: Annotated[str | None, Query(pattern=r"^[0-9]{5}$")] = None,
 ) -> list[OfficeOut]:
-    loads = await repo.office_loads(session) if principal.is_staff else {}
-    return [
-        office_logic.out(o, loads.get(o.code), staff=principal.is_staff)
-        for o in await repo.all_offices(session)
-        if (department is None or department.value in o.departments) and (district is None or district in o.districts)
-    ]
+    return await office_logic.list_offices(session, principal, department, district)
 
 
 @offices_router.get("/{code}", summary="One office", responses=problem_responses(404))
 async def get_office(session: SessionDep, principal: Anyone, code: OfficeCodePath) -> OfficeOut:
-    office = await repo.office(session, code)
-    if office is None:
-        raise NotFound(f"No office {code}.")
-    loads = await repo.office_loads(session) if principal.is_staff else {}
-    return office_logic.out(office, loads.get(code), staff=principal.is_staff)
+    return await office_logic.get_office(session, principal, code)
 
 
 @offices_router.put(
@@ -108,11 +98,31 @@ async def put_office(
 ) -> OfficeOut:
     office, created = await office_logic.put_office(session, code, body, ctx.clock.now())
     response.status_code = 201 if created else 200
-    loads = await repo.office_loads(session)
-    return office_logic.out(office, loads.get(code), staff=True)
+    return office
 
 
 # ---------------------------------------------------------------------------------------------- queues and cases
+
+
+def queue_filter(
+    status: Annotated[list[CaseStatusName] | None, Query(description="Default: the active ones")] = None,
+    program: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]] | None, Query()] = None,
+    priority: Annotated[
+        list[Annotated[int, Field(ge=1, le=4)]] | None, Query(description="1 routine .. 4 urgent")
+    ] = None,
+    due_before: Annotated[dt.date | None, Query(description="Only cases due before this date")] = None,
+    assignee: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    unassigned: bool = False,
+) -> QueueFilter:
+    """The queue's filters, from the query string."""
+    return QueueFilter(
+        statuses=tuple(s.value for s in status) if status else QueueFilter.statuses,
+        programs=tuple(program or ()),
+        priorities=tuple(priority or ()),
+        due_before=due_before,
+        assignee=assignee,
+        unassigned=unassigned,
+    )
 
 
 @cases_router.get(
@@ -124,39 +134,12 @@ async def queue(
     session: SessionDep,
     principal: Staff,
     office: OfficeCodePath,
-    status: Annotated[list[CaseStatusName] | None, Query(description="Default: the active ones")] = None,
-    program: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]] | None, Query()] = None,
-    priority: Annotated[
-        list[Annotated[int, Field(ge=1, le=4)]] | None, Query(description="1 routine .. 4 urgent")
-    ] = None,
-    due_before: Annotated[dt.date | None, Query(description="Only cases due before this date")] = None,
-    assignee: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
-    unassigned: bool = False,
+    filters: Annotated[QueueFilter, Depends(queue_filter)],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     purpose: Purpose = "casework",
 ) -> QueuePage:
-    if await repo.office(session, office) is None:
-        raise NotFound(f"No office {office}.")
-    if not principal.works_in(office):
-        raise Forbidden(f"You do not work in office {office}.")
-    filters = repo.QueueFilter(
-        statuses=tuple(s.value for s in status) if status else repo.QueueFilter.statuses,
-        programs=tuple(program or ()),
-        priorities=tuple(priority or ()),
-        due_before=due_before,
-        assignee=assignee,
-        unassigned=unassigned,
-    )
-    after = views.decode_cursor(cursor) if cursor else None
-    rows = await repo.queue_page(session, office, filters, after, limit + 1)
-    page = list(rows[:limit])
-    await repo.audit(session, principal, "queue.read", "office", office, purpose)
-    return QueuePage(
-        office_code=office,
-        items=[views.summary(c) for c in page],
-        next_cursor=views.encode_cursor(page[-1]) if len(rows) > limit else None,
-    )
+    return await queues.page(session, principal, office, filters, cursor=cursor, limit=limit, purpose=purpose)
 
 
 @cases_router.get(
@@ -167,13 +150,7 @@ async def queue(
 async def get_case(
     session: SessionDep, ctx: ContextDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "casework"
 ) -> CaseOut:
-    case = await casework.load(session, principal, case_id)
-    await repo.audit(session, principal, "case.read", "case", str(case.id), purpose, case.resident_id)
-    return await _detail(session, ctx, case)
-
-
-async def _detail(session: AsyncSession, ctx: RoutingContext, case: Case) -> CaseOut:
-    return views.detail(case, await repo.case_history(session, case.id), ctx.calendar, ctx.clock.today())
+    return await casework.read(session, ctx, principal, case_id, purpose)
 
 
 async def _idempotent(
@@ -203,7 +180,7 @@ def _case_action(
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         async def run() -> CaseOut:
-            return await _detail(session, ctx, await action(session, ctx, principal, case_id))
+            return await casework.detail(session, ctx, await action(session, ctx, principal, case_id))
 
         return await _idempotent(request, session, idempotency, principal, None, run)
 
@@ -247,7 +224,7 @@ async def assign(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await _detail(session, ctx, await casework.assign(session, ctx, principal, case_id, body))
+        return await casework.detail(session, ctx, await casework.assign(session, ctx, principal, case_id, body))
 
     return await _idempotent(request, session, idempotency, principal, body, run)
 
@@ -269,7 +246,7 @@ async def request_info(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await _detail(session, ctx, await casework.request_info(session, ctx, principal, case_id, body))
+        return await casework.detail(session, ctx, await casework.request_info(session, ctx, principal, case_id, body))
 
     return await _idempotent(request, session, idempotency, principal, body, run)
 
@@ -291,7 +268,7 @@ async def decide(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await _detail(session, ctx, await casework.decide(session, ctx, principal, case_id, body))
+        return await casework.detail(session, ctx, await casework.decide(session, ctx, principal, case_id, body))
 
     return await _idempotent(request, session, idempotency, principal, body, run)
 
@@ -313,7 +290,7 @@ async def transfer(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await _detail(session, ctx, await casework.transfer(session, ctx, principal, case_id, body))
+        return await casework.detail(session, ctx, await casework.transfer(session, ctx, principal, case_id, body))
 
     return await _idempotent(request, session, idempotency, principal, body, run)
 
@@ -335,7 +312,7 @@ async def escalate(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await _detail(session, ctx, await casework.escalate(session, ctx, principal, case_id, body))
+        return await casework.detail(session, ctx, await casework.escalate(session, ctx, principal, case_id, body))
 
     return await _idempotent(request, session, idempotency, principal, body, run)
 
@@ -366,11 +343,7 @@ async def add_note(
 
 @cases_router.get("/reason-codes", summary="The reason codes a decision may give")
 async def reason_codes(principal: Staff) -> list[ReasonCodeOut]:
-    return [
-        ReasonCodeOut(code=r.code, decision=r.decision, label=r.label)
-        for r in REASON_CODES.values()
-        if r.code != AUTOMATIC_GRANT
-    ]
+    return [ReasonCodeOut(code=r.code, decision=r.decision, label=r.label) for r in reasons.staff_reason_codes()]
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -387,18 +360,12 @@ async def capacity(
     principal: Supervisor,
     office: Annotated[list[Annotated[str, Field(pattern=OFFICE_CODE_PATTERN)]] | None, Query()] = None,
 ) -> CapacityReport:
-    scope: list[str] | None = None if principal.role is Role.ADMIN else sorted(principal.offices)
-    if office:
-        outside = [o for o in office if scope is not None and o not in scope]
-        if outside:
-            raise Forbidden(f"You do not supervise {', '.join(sorted(outside))}.")
-        scope = sorted(set(office))
-    return await statistics.capacity_report(session, ctx, scope)
+    return await statistics.capacity(session, ctx, principal, office)
 
 
 @statistics_router.get("/open-data", summary="The open datasets")
 async def open_data_catalogue(principal: Anyone) -> list[DatasetInfo]:
-    return [spec.info for spec in statistics.DATASETS.values()]
+    return statistics.catalogue()
 
 
 @statistics_router.get(
@@ -415,8 +382,6 @@ async def open_data(
     format: Literal["json", "csv"] = "json",
 ) -> Dataset | Response:
     result = await statistics.open_dataset(session, ctx, dataset)
-    if result is None:
-        raise NotFound(f"No dataset {dataset}; GET /v1/open-data lists them.")
     if format == "csv":
         return _csv(result)
     return result

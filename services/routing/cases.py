@@ -7,6 +7,10 @@ Which programs make a case (one per application and program, ever):
   one status shows the grant with the office that made it;
 - ineligible, or needs_information that the resident is asked for: no case.
 
+A program whose department no office handles is not lost: a city-wide desk holds its case (rule ``unserved``, see
+``policy``) until an office takes the department. Only when there is no city-wide desk at all is the determination a
+dead letter, whose error names the program, department and district, to replay once an office exists.
+
 A later evaluation round of the same application updates the cases it already has (and creates the ones that now
 need a person); a round lower than or equal to one already applied is ignored, as is anything that arrives after the
 application was withdrawn. Nothing here commits: the consumer's transaction does, with the inbox row and the outbox.
@@ -27,7 +31,7 @@ from services.routing import offices as office_logic
 from services.routing import repository as repo
 from services.routing.context import RoutingContext
 from services.routing.models import ApplicationRecord, Case, CaseStatus, Office
-from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, priority, route
+from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, Rule, priority, route
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
 from shared.consumer import PermanentError
 from shared.events import (
@@ -43,7 +47,6 @@ from shared.events import (
     Localized,
     Outcome,
     ProgramDetermination,
-    ResidentContext,
 )
 from shared.problems import Conflict
 
@@ -127,11 +130,12 @@ def refresh_priority(ctx: RoutingContext, case: Case, today: dt.date) -> None:
     )
 
 
-def resume_clock(ctx: RoutingContext, case: Case, today: dt.date) -> int:
-    """End a pause: the due date moves by the working days the case waited. Returns those days."""
+def resume_clock(ctx: RoutingContext, case: Case, resumed_on: dt.date) -> int:
+    """End a pause on ``resumed_on``: the due date moves by the working days the case waited (see ``sla``). Returns
+    those days."""
     if case.paused_since is None:
         return 0
-    paused = ctx.calendar.working_days_between(case.paused_since, today)
+    paused = ctx.calendar.working_days_between(case.paused_since, resumed_on)
     case.paused_working_days += paused
     case.due_date = ctx.calendar.add_working_days(case.due_date, paused)
     case.paused_since = None
@@ -206,9 +210,10 @@ class Router:
         loads = {code: weighted for code, (_count, weighted) in (await repo.office_loads(session)).items()}
         return cls(session, offices, loads)
 
-    def route(self, resident: ResidentContext, program: ProgramDetermination, *, overflow: bool) -> RoutingDecision:
+    def route(self, data: EligibilityDetermined, program: ProgramDetermination, *, overflow: bool) -> RoutingDecision:
+        resident = data.resident
         try:
-            return route(
+            decision = route(
                 self.views,
                 self.loads,
                 district_code=resident.district_code,
@@ -217,8 +222,25 @@ class Router:
                 overflow_allowed=overflow,
             )
         except NoOfficeServes as exc:
-            # No retry can help until an administrator adds an office; the dead letter can be replayed then.
-            raise PermanentError(str(exc)) from None
+            # Not even a city-wide desk exists to hold the case. No retry can help until an administrator adds an
+            # office; the whole determination waits as a dead letter (nothing of it is applied) and is replayed then.
+            raise PermanentError(
+                f"program {program.program_code} of application {data.application_id}: {exc}. Add an office for "
+                f"{program.department.value} (PUT /v1/offices/{{code}}; a fallback office takes any district), then "
+                "replay this dead letter: the whole determination is applied then."
+            ) from None
+        if decision.rule is Rule.UNSERVED:
+            log.warning(
+                "no office handles the department; a city-wide desk holds the case",
+                extra={
+                    "application_id": str(data.application_id),
+                    "program": program.program_code,
+                    "department": program.department.value,
+                    "district": resident.district_code,
+                    "office": decision.office_code,
+                },
+            )
+        return decision
 
     def place(self, decision: RoutingDecision, weight: float) -> Office:
         self.loads[decision.office_code] = self.loads.get(decision.office_code, 0.0) + weight
@@ -226,11 +248,20 @@ class Router:
 
 
 def sla_start(data: EligibilityDetermined, ctx: RoutingContext) -> dt.date:
-    """The SLA counts from the application date for what the first evaluation found; work that only a later
-    re-evaluation creates counts from that evaluation's date (its office could not have started earlier)."""
+    """The day a new case's SLA counts from (its due date is ``sla_days`` working days after it).
+
+    - What the first evaluation of an application (trigger ``submitted``) finds counts from the application date:
+      the resident asked then, and a slow evaluation must not cost them time.
+    - Work that only a later round creates (a program that now needs a person after the resident's answer, a fact a
+      department reported, a registry or consent change; or a case closed as no longer applicable and needed again)
+      counts from that round's evaluation date: no office could have started on it earlier. When the round follows
+      the resident's answer, this is the pause rule again: the days before the answer were the resident's.
+    - The evaluation's own date counts (in the offices' time zone), not the day routing handles it, so a backlog in
+      routing costs the resident nothing; a date after routing's today (a clock running ahead) counts as today."""
     if data.trigger == "submitted":
         return data.application_date
-    return max(data.application_date, data.evaluated_at.astimezone(ctx.clock.tz).date())
+    evaluated_on = min(data.evaluated_at.astimezone(ctx.clock.tz).date(), ctx.clock.today())
+    return max(data.application_date, evaluated_on)
 
 
 async def open_case(
@@ -245,7 +276,7 @@ async def open_case(
 ) -> Case:
     """Route a program that needs a person to an office's queue (a new case, or a closed one re-opened)."""
     today = ctx.clock.today()
-    decision = router.route(data.resident, program, overflow=program.overflow_allowed)
+    decision = router.route(data, program, overflow=program.overflow_allowed)
     office = router.place(decision, program.case_weight)
     due = ctx.calendar.add_working_days(sla_start(data, ctx), program.sla_days)
     case = existing or Case(id=uuid.uuid4(), application_id=data.application_id, created_at=now)
@@ -300,8 +331,13 @@ async def grant_case(
 ) -> Case:
     """An automatic grant: a case created decided, recorded at the responsible office, so the status shows it."""
     today = ctx.clock.today()
-    decision = router.route(data.resident, program, overflow=False)
+    decision = router.route(data, program, overflow=False)
     office = router.offices[decision.office_code]  # a decided case adds no load
+    responsible = (
+        "the office responsible for it"
+        if decision.rule is not Rule.UNSERVED
+        else f"a city-wide desk, as no office handles {decision.department} for district {decision.district_code}"
+    )
     case = Case(id=uuid.uuid4(), application_id=data.application_id, created_at=now)
     _fill(case, data, program, now)
     case.office_code = office.code
@@ -326,7 +362,7 @@ async def grant_case(
             priority=case.priority,
             automatic=True,
             due_date=None,
-            reason=f"Granted automatically; recorded at {office.code}, the office responsible for it.",
+            reason=f"Granted automatically; recorded at {office.code}, {responsible}.",
             routed_at=now,
         ),
     )
@@ -456,10 +492,15 @@ async def withdraw(session: AsyncSession, ctx: RoutingContext, data: Application
 
 
 async def info_provided(session: AsyncSession, ctx: RoutingContext, data: ApplicationInfoProvided) -> None:
-    """The resident answered: the cases waiting on them resume (those named, or all of the application's)."""
-    now = ctx.clock.now()
-    # The clock restarts on the day the resident answered, not the day a backlogged consumer got to it.
-    today = min(data.provided_at.astimezone(ctx.clock.tz).date(), ctx.clock.today())
+    """The resident answered: the cases waiting on them resume (those named, or all of the application's).
+
+    The pause ends on the day the resident answered (``provided_at``, as a date in the offices' time zone), not on the
+    day routing handles the event: a backlog in routing must not cost the resident working days. An answer dated
+    after routing's today (clock skew) ends the pause today; a case asked on a later day than the answer was given
+    is not answered by it and keeps waiting. What depends on *today* — the priority, the days left — is reckoned from
+    the day routing handles it."""
+    now, today = ctx.clock.now(), ctx.clock.today()
+    answered_on = min(data.provided_at.astimezone(ctx.clock.tz).date(), today)
     record = await repo.application(session, data.application_id)
     if record is None or record.withdrawn_at is not None:
         return
@@ -475,7 +516,11 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
         codes = set(data.program_codes)
         waiting = [c for c in waiting if c.program_code in codes]
     for case in waiting:
-        paused = resume_clock(ctx, case, today)
+        if case.paused_since is not None and case.paused_since > answered_on:
+            # Asked after this answer was given (routing heard of the answer late): it waits for its own answer.
+            log.info("answer predates the question; the case keeps waiting", extra={"case_id": str(case.id)})
+            continue
+        paused = resume_clock(ctx, case, answered_on)
         case.status = CaseStatus.ASSIGNED if case.assignee else CaseStatus.OPEN
         case.updated_at = now
         refresh_priority(ctx, case, today)
@@ -486,6 +531,7 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
             "info_provided",
             now,
             answered=sorted(data.answers),
+            answered_on=answered_on.isoformat(),
             paused_working_days=paused,
             due_date=case.due_date.isoformat(),
         )

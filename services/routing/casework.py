@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing import offices as office_logic
 from services.routing import repository as repo
+from services.routing import views
 from services.routing.cases import event_base, resume_clock, save
 from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseEntry, CaseStatus
 from services.routing.policy import URGENT
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
-from services.routing.schemas import AssignIn, DecideIn, EscalateIn, NoteIn, RequestInfoIn, TransferIn
+from services.routing.schemas import AssignIn, CaseOut, DecideIn, EscalateIn, NoteIn, RequestInfoIn, TransferIn
 from shared.auth import Principal, Role
 from shared.events import (
     CaseAssigned,
@@ -54,6 +55,20 @@ async def load(session: AsyncSession, principal: Principal, case_id: uuid.UUID) 
     if case is None:
         raise CaseNotFound(case_id)
     return case
+
+
+async def detail(session: AsyncSession, ctx: RoutingContext, case: Case) -> CaseOut:
+    """The case as staff see it: routing decision, SLA as of today, decision and full history."""
+    return views.detail(case, await repo.case_history(session, case.id), ctx.calendar, ctx.clock.today())
+
+
+async def read(
+    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, purpose: str
+) -> CaseOut:
+    """A case, for someone who may see it; the read of personal data is written to the audit log with its purpose."""
+    case = await load(session, principal, case_id)
+    await repo.audit(session, principal, "case.read", "case", str(case.id), purpose, case.resident_id)
+    return await detail(session, ctx, case)
 
 
 def _is_caseworker(principal: Principal) -> bool:

@@ -6,7 +6,7 @@ through :data:`ContextDep` and to the event handlers and the SLA timer when they
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends
 
@@ -16,12 +16,20 @@ from shared.deps import context_dependency
 from shared.outbox import Outbox
 
 
+class Sweeps(Protocol):
+    """The SLA timer, as the context knows it (services.routing.timer.SlaTimer): a pass can be run on demand."""
+
+    async def sweep(self) -> int: ...
+
+
 @dataclass
 class RoutingContext:
     settings: RoutingSettings
     calendar: WorkingCalendar
     clock: Clock
     outbox: Outbox
+    # The SLA timer running for the service's lifetime (set when it starts; an operator's or a test's pass runs it).
+    timer: Sweeps | None = None
 
     @classmethod
     def build(cls, settings: RoutingSettings, outbox: Outbox) -> RoutingContext:

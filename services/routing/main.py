@@ -26,7 +26,8 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[RoutingContext]:
         ctx = RoutingContext.build(settings, runtime.outbox)
-        async with sla_timer(runtime, ctx):
+        async with sla_timer(runtime, ctx) as timer:
+            ctx.timer = timer
             yield ctx
 
     return ServiceDefinition(

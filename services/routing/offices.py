@@ -22,8 +22,14 @@ from services.routing.schemas import (
     OfficeOut,
     OfficeSeed,
 )
+from shared.auth import Principal
 from shared.events import Department, Localized
-from shared.problems import UnprocessableContent
+from shared.problems import NotFound, UnprocessableContent
+
+
+class OfficeNotFound(NotFound):
+    def __init__(self, code: str) -> None:
+        super().__init__(f"No office {code}.")
 
 
 def load_seed_file(path: Path) -> list[OfficeSeed]:
@@ -61,24 +67,45 @@ def new_office(code: str, spec: OfficeIn, now: dt.datetime) -> Office:
     return office
 
 
-async def put_office(session: AsyncSession, code: str, spec: OfficeIn, now: dt.datetime) -> tuple[Office, bool]:
-    """Create or replace an office; returns it and whether it was created. Cases already routed stay where they are:
-    a new capacity or jurisdiction applies to the cases routed from now on."""
+async def put_office(session: AsyncSession, code: str, spec: OfficeIn, now: dt.datetime) -> tuple[OfficeOut, bool]:
+    """Create or replace an office; returns it (as staff see it) and whether it was created. Cases already routed stay
+    where they are: a new capacity or jurisdiction applies to the cases routed from now on."""
     known = {o.code for o in await repo.all_offices(session)}
     for index, neighbour in enumerate(spec.neighbours):
         if neighbour == code:
             raise UnprocessableContent.for_field(f"neighbours[{index}]", "an office cannot be its own neighbour")
         if neighbour not in known:
             raise UnprocessableContent.for_field(f"neighbours[{index}]", f"no office '{neighbour}'")
-    existing = await repo.office(session, code)
-    if existing is None:
+    office = await repo.office(session, code)
+    created = office is None
+    if office is None:
         office = new_office(code, spec, now)
         session.add(office)
-        await session.flush()
-        return office, True
-    apply(existing, spec, now)
+    else:
+        apply(office, spec, now)
     await session.flush()
-    return existing, False
+    loads = await repo.office_loads(session)
+    return out(office, loads.get(code), staff=True), created
+
+
+async def list_offices(
+    session: AsyncSession, principal: Principal, department: Department | None, district: str | None
+) -> list[OfficeOut]:
+    """The offices handling ``department`` and serving ``district`` (either may be omitted); staff see their load."""
+    loads = await repo.office_loads(session) if principal.is_staff else {}
+    return [
+        out(o, loads.get(o.code), staff=principal.is_staff)
+        for o in await repo.all_offices(session)
+        if (department is None or department.value in o.departments) and (district is None or district in o.districts)
+    ]
+
+
+async def get_office(session: AsyncSession, principal: Principal, code: str) -> OfficeOut:
+    office = await repo.office(session, code)
+    if office is None:
+        raise OfficeNotFound(code)
+    loads = await repo.office_loads(session) if principal.is_staff else {}
+    return out(office, loads.get(code), staff=principal.is_staff)
 
 
 def name_of(office: Office) -> Localized:

@@ -17,6 +17,12 @@ Routing, in order (the rule that chose is stored on the case with every candidat
 6. Otherwise the least-loaded responsible office even though it is full (rule ``over_capacity``): the work stays
    where it belongs and the overload shows in ``GET /v1/capacity``.
 
+When not even a fallback office handles the department (an administrator took it away, or a department is new), the
+case is not lost: the least-loaded city-wide office (any office marked ``fallback``, preferring one that speaks the
+resident's language) holds it (rule ``unserved``), whatever its load, so it shows in a queue and in the resident's
+status, until an office is given the department and the case is transferred there. Only when there is no fallback
+office at all is there nowhere to hold it (``NoOfficeServes``).
+
 "Least loaded" compares utilisation (load / ceiling), then load, then the office code (so the choice is stable).
 A case whose office does not speak the resident's language is flagged ``interpreter_needed``.
 """
@@ -41,6 +47,7 @@ class Rule(StrEnum):
     OVERFLOW_LANGUAGE = "overflow_language"
     OVERFLOW_CAPACITY = "overflow_capacity"
     OVER_CAPACITY = "over_capacity"
+    UNSERVED = "unserved"
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ class RoutingDecision:
 
 
 class NoOfficeServes(LookupError):
-    """No office (not even a fallback) handles the department: an administrator has to add one."""
+    """No office handles the department and there is no city-wide fallback office to hold the case: an administrator
+    has to add one."""
 
 
 def _least_loaded_key(candidate: Candidate) -> tuple[float, float, str]:
@@ -122,12 +130,19 @@ def route(
         primary = sorted(
             (o for o in by_code.values() if o.fallback and department in o.departments), key=lambda o: o.code
         )
+    # Nobody handles the department: a city-wide desk holds the case rather than lose it (see the module docstring).
+    unserved = not primary
+    if unserved:
+        primary = sorted((o for o in by_code.values() if o.fallback), key=lambda o: o.code)
     if not primary:
-        raise NoOfficeServes(f"no office handles {department} for district {district_code}")
+        raise NoOfficeServes(
+            f"no office handles {department} for district {district_code}, and there is no city-wide fallback "
+            "office to hold the case"
+        )
     base_rule = Rule.JURISDICTION if role == "responsible" else Rule.FALLBACK
 
     neighbours: list[OfficeView] = []
-    if overflow_allowed:
+    if overflow_allowed and not unserved:
         primary_codes = {o.code for o in primary}
         seen: set[str] = set()
         for office in primary:
@@ -171,6 +186,15 @@ def route(
         if role == "responsible"
         else f"is the city-wide office for {department} (no office serves district {district_code} for it)"
     )
+    if unserved:
+        chosen = min(primary_c, key=lambda c: (needs_language and not c.speaks_language, *_least_loaded_key(c)))
+        return decide(
+            chosen,
+            Rule.UNSERVED,
+            f"No office handles {department} for district {district_code}, not even a city-wide fallback office; "
+            f"{chosen.office_code}, a city-wide desk, holds the case until an administrator gives an office "
+            f"{department} and the case is transferred there.",
+        )
     with_room = [c for c in primary_c if c.has_room]
     neighbours_with_room = [c for c in neighbour_c if c.has_room]
 

@@ -76,3 +76,8 @@ REASON_CODES: dict[str, ReasonCode] = {
         ),
     )
 }
+
+
+def staff_reason_codes() -> list[ReasonCode]:
+    """The reasons a caseworker may give (an automatic grant is the eligibility service's alone)."""
+    return [r for r in REASON_CODES.values() if r.code != AUTOMATIC_GRANT]

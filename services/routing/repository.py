@@ -160,12 +160,12 @@ def add_entry(
 # ---------------------------------------------------------------------------------------------- SLA timer
 
 
-async def breach_candidates(session: AsyncSession, today: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
-    """Running cases (not paused) past their due date whose breach for that due date is not recorded yet."""
+async def breach_candidates(session: AsyncSession, due_before: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
+    """Running cases (not paused) due before ``due_before`` whose breach for that due date is not recorded yet."""
     recorded = exists().where(SlaBreach.case_id == Case.id, SlaBreach.due_date == Case.due_date)
     query = (
         select(Case.id)
-        .where(Case.status.in_((CaseStatus.OPEN, CaseStatus.ASSIGNED)), Case.due_date < today, ~recorded)
+        .where(Case.status.in_((CaseStatus.OPEN, CaseStatus.ASSIGNED)), Case.due_date < due_before, ~recorded)
         .order_by(Case.due_date, Case.id)
         .limit(limit)
     )
@@ -175,6 +175,15 @@ async def breach_candidates(session: AsyncSession, today: dt.date, limit: int = 
 async def running_cases_due_by(session: AsyncSession, horizon: dt.date) -> Sequence[Case]:
     query = select(Case).where(Case.status.in_((CaseStatus.OPEN, CaseStatus.ASSIGNED)), Case.due_date <= horizon)
     return (await session.execute(query)).scalars().all()
+
+
+async def active_cases_by_office_and_department(session: AsyncSession) -> dict[tuple[str, str], int]:
+    query = (
+        select(Case.office_code, Case.department, func.count())
+        .where(Case.status.in_(CaseStatus.ACTIVE))
+        .group_by(Case.office_code, Case.department)
+    )
+    return {(row[0], row[1]): int(row[2]) for row in await session.execute(query)}
 
 
 async def breach_count(session: AsyncSession, case_id: uuid.UUID) -> int:

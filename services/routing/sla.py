@@ -1,12 +1,16 @@
 """Working days and the clock the SLA runs on.
 
-Conventions (documented on the API too):
+Conventions (documented on the API too); every date is a date in the offices' time zone:
 - A due date is ``sla_days`` working days after the application date: the application day itself is day 0, so an
   application on a Friday with a 3-day SLA is due on the Wednesday after (Mon, Tue, Wed), later if a holiday falls
-  in between. The due date is the last day on which deciding is on time; a case still undecided the day after is
-  breached.
+  in between. As ``sla_days`` is at least 1, a due date is always a working day.
+- The due date is the last day on which deciding is on time, the whole of it. Lateness is counted in working days,
+  like the SLA itself: a case is *late* on a day when a working day after its due date has begun by then
+  (``is_late``). So a case due on Wednesday is breached on Thursday; one due on a Friday is not breached over the
+  weekend (no working day of the office has been lost yet) but on Monday, or on the first working day after a
+  holiday. The SLA timer records a breach by this rule, and statistics count a decision as on time by the same rule.
 - While a case waits on the resident its clock is paused: the request day still counts as worked, the days after it
-  up to and including the day the answer arrives do not, and the due date moves by that many working days.
+  up to and including the day the resident answered do not, and the due date moves by that many working days.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ class WorkingCalendar:
             if self.is_working_day(day):
                 count += 1
         return count
+
+    def last_working_day(self, day: dt.date) -> dt.date:
+        """``day`` if it is a working day, else the working day before it."""
+        while not self.is_working_day(day):
+            day -= dt.timedelta(days=1)
+        return day
+
+    def is_late(self, due_date: dt.date, day: dt.date) -> bool:
+        """Whether ``day`` is past the SLA of ``due_date``: a working day after the due date has begun by then."""
+        return self.working_days_between(due_date, day) > 0
+
+    def late_if_due_before(self, today: dt.date) -> dt.date:
+        """The cases late ``today`` are those due before this date (``is_late`` as a bound a query can use)."""
+        return self.last_working_day(today)
 
 
 class Clock:

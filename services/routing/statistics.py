@@ -30,9 +30,25 @@ from services.routing.schemas import (
     OfficeName,
     ProgramDemand,
 )
+from shared.auth import Principal, Role
 from shared.events import Decision, Department
+from shared.problems import Forbidden, NotFound
 
 # ---------------------------------------------------------------------------------------------- capacity
+
+
+async def capacity(
+    session: AsyncSession, ctx: RoutingContext, principal: Principal, office_codes: Sequence[str] | None
+) -> CapacityReport:
+    """The capacity report of the offices asked for (default: every office the principal may see). Admins see every
+    office, supervisors the offices they supervise; asking for another office is a 403 naming it."""
+    scope: list[str] | None = None if principal.role is Role.ADMIN else sorted(principal.offices)
+    if office_codes:
+        outside = [o for o in office_codes if scope is not None and o not in scope]
+        if outside:
+            raise Forbidden(f"You do not supervise {', '.join(sorted(outside))}.")
+        scope = sorted(set(office_codes))
+    return await capacity_report(session, ctx, scope)
 
 
 async def capacity_report(
@@ -82,6 +98,15 @@ def _office_demand(
     )
 
 
+def _on_time(ctx: RoutingContext, case: Any) -> bool:
+    """Decided without a breach, and before a working day after the due date had begun (the timer's rule)."""
+    return (
+        case.breached_on is None
+        and case.decided_on is not None
+        and not ctx.calendar.is_late(case.due_date, case.decided_on)
+    )
+
+
 def _program_demand(ctx: RoutingContext, code: str, cases: list[Case], since: dt.date, days: int) -> ProgramDemand:
     active = [c for c in cases if c.status in CaseStatus.ACTIVE]
     arrived = [c for c in cases if c.routed_on >= since]
@@ -89,7 +114,7 @@ def _program_demand(ctx: RoutingContext, code: str, cases: list[Case], since: dt
         c for c in cases if c.status == CaseStatus.DECIDED and c.decided_on is not None and c.decided_on >= since
     ]
     durations = [ctx.calendar.working_days_between(c.routed_on, c.decided_on) for c in decided if c.decided_on]
-    on_time = [c for c in decided if c.breached_on is None and c.decided_on is not None and c.decided_on <= c.due_date]
+    on_time = [c for c in decided if _on_time(ctx, c)]
     return ProgramDemand(
         program_code=code,
         department=Department(cases[0].department),
@@ -156,7 +181,7 @@ def _sla_rows(cases: Sequence[Any], ctx: RoutingContext) -> list[dict[str, Any]]
     k = ctx.settings.open_data_min_count
     for (month, department), items in sorted(decided.items()):
         durations = [ctx.calendar.working_days_between(c.routed_on, c.decided_on) for c in items if c.decided_on]
-        on_time = sum(1 for c in items if c.breached_on is None and c.decided_on and c.decided_on <= c.due_date)
+        on_time = sum(1 for c in items if _on_time(ctx, c))
         enough = len(items) >= k
         rows.append(
             {
@@ -233,10 +258,19 @@ def suppress(
     return out
 
 
-async def open_dataset(session: AsyncSession, ctx: RoutingContext, name: str) -> Dataset | None:
+class DatasetNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No dataset {name}; GET /v1/open-data lists them.")
+
+
+def catalogue() -> list[DatasetInfo]:
+    return [spec.info for spec in DATASETS.values()]
+
+
+async def open_dataset(session: AsyncSession, ctx: RoutingContext, name: str) -> Dataset:
     spec = DATASETS.get(name)
     if spec is None:
-        return None
+        raise DatasetNotFound(name)
     k = ctx.settings.open_data_min_count
     rows = spec.build(await repo.cases_for_open_data(session), ctx)
     return Dataset(

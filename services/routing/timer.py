@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -27,7 +28,7 @@ from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseStatus, SlaBreach
 from services.routing.policy import URGENT
 from shared.db import Database
-from shared.events import CaseEscalated, CaseSlaBreached
+from shared.events import CaseEscalated, CaseSlaBreached, Department
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ class TimerMetrics:
             "onestop_routing_office_utilisation",
             "Weighted load of an office's active cases over its active-case ceiling",
             ["office"],
+            registry=registry,
+        )
+        self.unserved = Gauge(
+            "onestop_routing_unserved_cases",
+            "Active cases held at an office that does not handle their department (no office does; see rule "
+            "'unserved'): an administrator has to give an office the department",
+            ["department"],
             registry=registry,
         )
 
@@ -73,10 +81,13 @@ class SlaTimer:
         self._stop.set()
 
     async def sweep(self) -> int:
-        """One pass: record every new breach, then refresh priorities. Returns the breaches recorded."""
+        """One pass: record every new breach, then refresh priorities. Returns the breaches recorded.
+
+        A running case is breached once a working day after its due date has begun (``sla``): a case due on Friday
+        is on time all Friday and over the weekend, and breached on Monday."""
         today = self.ctx.clock.today()
         async with self.db.session() as session:
-            candidates = await repo.breach_candidates(session, today)
+            candidates = await repo.breach_candidates(session, self.ctx.calendar.late_if_due_before(today))
         recorded = 0
         for case_id in candidates:
             try:
@@ -106,17 +117,26 @@ class SlaTimer:
         async with self.db.session() as session:
             offices = await repo.all_offices(session)
             loads = await repo.office_loads(session)
+            active = await repo.active_cases_by_office_and_department(session)
         for office in offices:
             count, weighted = loads.get(office.code, (0, 0.0))
             metrics.open_cases.labels(office=office.code).set(count)
             ceiling = office.active_case_ceiling
             metrics.utilisation.labels(office=office.code).set(weighted / ceiling if ceiling > 0 else float("inf"))
+        departments = {o.code: set(o.departments) for o in offices}
+        held: defaultdict[str, int] = defaultdict(int)
+        for (office_code, department), n in active.items():
+            if department not in departments.get(office_code, set()):
+                held[department] += n
+        for department in Department:
+            metrics.unserved.labels(department=department.value).set(held[department.value])
 
     async def _breach(self, session: AsyncSession, case_id: uuid.UUID, today: dt.date) -> str | None:
         """Record one breach; returns the case's office when it was recorded now."""
         query = select(Case).where(Case.id == case_id).with_for_update().execution_options(populate_existing=True)
         case = (await session.execute(query)).scalar_one_or_none()
-        if case is None or case.status not in (CaseStatus.OPEN, CaseStatus.ASSIGNED) or case.due_date >= today:
+        running = case is not None and case.status in (CaseStatus.OPEN, CaseStatus.ASSIGNED)
+        if case is None or not running or not self.ctx.calendar.is_late(case.due_date, today):
             return None
         now = self.ctx.clock.now()
         session.add(

@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import func, select
 
 from onestop.registry import BY_NAME
-from services.routing.context import RoutingContext
+from services.routing.context import RoutingContext, Sweeps
 from services.routing.models import Case, platform
 from services.routing.seed import seed
 from shared.auth import TokenIssuer
@@ -66,6 +66,12 @@ async def routing_service(
 
 def context(service: RunningService) -> RoutingContext:
     return service.context(RoutingContext)
+
+
+def timer(service: RunningService) -> Sweeps:
+    found = context(service).timer
+    assert found is not None, "routing's SLA timer is running"
+    return found
 
 
 def timer_passes(service: RunningService) -> float:
@@ -173,11 +179,12 @@ async def cases_of(service: RunningService, application_id: uuid.UUID) -> dict[s
 
 
 async def emitted(service: RunningService, event_type: str | None = None) -> list[dict[str, Any]]:
-    """The data of every event the service wrote to its outbox (in order), optionally of one type."""
+    """The data of every event the service wrote to its outbox (in order), optionally of one type. Dead letters, which
+    go out through the outbox too, are not events and are left out."""
     table = platform.outbox
     async with service.runtime.db.session() as session:
         payloads = (await session.execute(select(table.c.payload).order_by(table.c.id))).scalars().all()
-    events = [orjson.loads(p) for p in payloads]
+    events = [e for e in (orjson.loads(p) for p in payloads) if "type" in e]
     return [
         {**e["data"], "_type": e["type"].removeprefix("onestop.")}
         for e in events
@@ -188,6 +195,15 @@ async def emitted(service: RunningService, event_type: str | None = None) -> lis
 async def count(service: RunningService, model: Any) -> int:
     async with service.runtime.db.session() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def office_body(service: RunningService, code: str) -> dict[str, Any]:
+    """An office as ``PUT /v1/offices/{code}`` takes it, read back from the API."""
+    response = await service.client.get(f"/v1/offices/{code}", headers=service.auth("admin"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return {k: body[k] for k in ("name", "kind", "departments", "districts", "languages", "capacity", "neighbours",
+                                 "supervisors", "fallback")}  # fmt: skip
 
 
 def problem(response: Any, status: int) -> dict[str, Any]:

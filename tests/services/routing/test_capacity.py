@@ -9,7 +9,6 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +26,7 @@ from .support import (
     determined,
     emitted,
     feed,
+    office_body,
     problem,
     program,
     routing_service,
@@ -44,14 +44,6 @@ async def routing(
         today=TODAY.isoformat(),
     ) as service:  # fmt: skip
         yield service
-
-
-async def office_body(service: RunningService, code: str) -> dict[str, Any]:
-    response = await service.client.get(f"/v1/offices/{code}", headers=service.auth("admin"))
-    assert response.status_code == 200, response.text
-    body = response.json()
-    return {k: body[k] for k in ("name", "kind", "departments", "districts", "languages", "capacity", "neighbours",
-                                 "supervisors", "fallback")}  # fmt: skip
 
 
 async def test_a_full_office_overflows_to_its_neighbour_and_the_funnel_shows(routing: RunningService) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 
 from services.routing.offices import load_seed_file
-from services.routing.policy import OfficeView, Rule, priority, route
+from services.routing.policy import NoOfficeServes, OfficeView, Rule, priority, route
 from services.routing.settings import RoutingSettings
 from services.routing.sla import WorkingCalendar
 
@@ -123,6 +124,28 @@ def test_a_neighbour_that_does_not_handle_the_department_is_never_a_candidate() 
     assert [c.office_code for c in decision.candidates] == ["A", "C"]
 
 
+def test_a_department_no_office_handles_is_held_at_a_city_wide_desk_and_only_without_one_is_nowhere() -> None:
+    # City Hall no longer takes tax: nobody handles tax for a district outside the four.
+    offices = [replace(o, departments=o.departments - {"tax"}) if o.code == "SEOUL-CITYHALL" else o for o in OFFICES]
+    for loads, overflow in (({}, False), (full("SEOUL-CITYHALL"), True)):  # held there even when full
+        decision = route(offices, loads, district_code=GWANGJIN, department="tax", overflow_allowed=overflow)
+        assert (decision.office_code, decision.rule) == ("SEOUL-CITYHALL", Rule.UNSERVED)
+        assert [(c.office_code, c.role) for c in decision.candidates] == [("SEOUL-CITYHALL", "fallback")]
+        assert f"No office handles tax for district {GWANGJIN}" in decision.explanation
+    # Inside the city the tax offices still serve: the other side of the rule.
+    assert route(offices, {}, district_code=JONGNO, department="tax").rule is Rule.JURISDICTION
+
+    # Of two city-wide desks, the one that speaks the resident's language, else the least loaded.
+    desk = OfficeView("BUSAN-DESK", frozenset({"welfare"}), frozenset(), frozenset({"ko", "vi"}), 10, fallback=True)
+    two = [*offices, desk]
+    assert route(two, {}, district_code=GWANGJIN, department="tax", language="vi").office_code == "BUSAN-DESK"
+    assert route(two, {"BUSAN-DESK": 5}, district_code=GWANGJIN, department="tax").office_code == "SEOUL-CITYHALL"
+
+    no_desk = [replace(o, fallback=False) for o in offices]
+    with pytest.raises(NoOfficeServes, match="no office handles tax for district 11215, and there is no city-wide"):
+        route(no_desk, {}, district_code=GWANGJIN, department="tax")
+
+
 # ---------------------------------------------------------------------------------------------- priority
 
 CALENDAR = WorkingCalendar("KR")
@@ -191,3 +214,17 @@ def test_a_pause_for_the_resident_moves_the_due_date_by_the_working_days_waited(
     assert CALENDAR.add_working_days(due, paused) == dt.date(2025, 10, 17)
     # Answered on the day it was asked: the clock lost nothing.
     assert CALENDAR.working_days_between(asked, asked) == 0
+
+
+def test_a_case_is_late_once_a_working_day_after_its_due_date_begins() -> None:
+    # Due on Thursday 2 Oct 2025, before Foundation Day (Fri 3), the weekend, Chuseok and Hangul Day (6-9 Oct).
+    due = dt.date(2025, 10, 2)
+    on_time = [due + dt.timedelta(days=n) for n in range(8)]  # Thu 2 .. Thu 9: no working day after the due date
+    assert [CALENDAR.is_late(due, day) for day in on_time] == [False] * 8
+    assert CALENDAR.is_late(due, dt.date(2025, 10, 10))  # Friday 10: the next working day
+    # The same rule as a bound a query can use: late today means due before the last working day up to today.
+    assert [CALENDAR.late_if_due_before(day) for day in (due, dt.date(2025, 10, 9), dt.date(2025, 10, 10))] == [
+        due,
+        due,
+        dt.date(2025, 10, 10),
+    ]
