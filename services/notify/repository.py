@@ -7,7 +7,7 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,9 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
+
+# The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
+Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
 
 # ================================================================================================ residents
 
@@ -262,13 +265,7 @@ async def visible_subscriptions(
 async def visible_subscription(
     session: AsyncSession, principal: Principal, subscription_id: uuid.UUID, *, for_update: bool = False
 ) -> Subscription | None:
-    scope = _subscription_scope(principal)
-    if scope is None:
-        return None
-    query = select(Subscription).where(scope, Subscription.id == subscription_id)
-    if for_update:
-        query = query.with_for_update()
-    return await session.scalar(query)
+    return await _one_in_scope(session, Subscription, _subscription_scope(principal), subscription_id, for_update)
 
 
 async def subscriptions_for(session: AsyncSession, event_type: str) -> list[Subscription]:
@@ -331,10 +328,16 @@ async def visible_webhook_deliveries(
 async def visible_webhook_delivery(
     session: AsyncSession, principal: Principal, delivery_id: uuid.UUID, *, for_update: bool = False
 ) -> WebhookDelivery | None:
-    scope = _delivery_scope(principal)
+    return await _one_in_scope(session, WebhookDelivery, _delivery_scope(principal), delivery_id, for_update)
+
+
+async def _one_in_scope(
+    session: AsyncSession, model: type[Scoped], scope: ColumnElement[bool] | None, row_id: uuid.UUID, for_update: bool
+) -> Scoped | None:
+    """The row with this id if it lies in the caller's scope (None: the caller sees no such rows at all)."""
     if scope is None:
         return None
-    query = select(WebhookDelivery).where(scope, WebhookDelivery.id == delivery_id)
+    query = select(model).where(scope, model.id == row_id)
     if for_update:
         query = query.with_for_update()
     return await session.scalar(query)
