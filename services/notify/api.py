@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import repository
-from services.notify.delivery import retry_dead
+from services.notify.delivery import message_input, retry_dead
 from services.notify.models import (
     RETRYABLE,
     Delivery,
@@ -37,7 +37,7 @@ from services.notify.partners import (
     require_granted,
     set_grants,
 )
-from services.notify.rendering import MessageInput, Renderer
+from services.notify.rendering import Renderer
 from services.notify.schemas import (
     GrantsIn,
     InboxMessage,
@@ -96,25 +96,14 @@ inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
 def _inbox_message(notification: Notification, renderer: Renderer, preference: Preference | None) -> InboxMessage:
     language = preference.language if preference is not None and preference.language else notification.language
-    rendered = renderer.render(
-        MessageInput(
-            kind=notification.kind,
-            language=language,
-            application_id=str(notification.application_id) if notification.application_id else None,
-            items=[item.data for item in notification.items],
-        )
-    )
-    assert notification.released_at is not None
-    return InboxMessage(
-        id=notification.id,
-        kind=notification.kind,
-        application_id=notification.application_id,
+    rendered = renderer.render(message_input(notification, language))
+    return InboxMessage.from_row(
+        notification,
         language=language,
         title=rendered.subject,
         body=rendered.text,
         link=rendered.link,
         created_at=notification.released_at,
-        read_at=notification.read_at,
     )
 
 
@@ -181,14 +170,7 @@ def _preferences_out(resident_id: uuid.UUID, preference: Preference | None) -> P
         quiet = QuietHours(
             start=preference.quiet_hours_start.strftime("%H:%M"), end=preference.quiet_hours_end.strftime("%H:%M")
         )
-    return PreferencesOut(
-        resident_id=resident_id,
-        channels=preference.channels,
-        language=preference.language,
-        quiet_hours=quiet,
-        timezone=preference.timezone,
-        updated_at=preference.updated_at,
-    )
+    return PreferencesOut.from_row(preference, quiet_hours=quiet)
 
 
 @preferences_router.get("", summary="My notification preferences", responses=problem_responses(403))
@@ -228,20 +210,8 @@ admin_router = APIRouter(prefix="/v1/notification-deliveries", tags=["administra
 
 def _delivery_out(delivery: Delivery) -> NotificationDeliveryOut:
     notification = delivery.notification
-    return NotificationDeliveryOut(
-        id=delivery.id,
-        notification_id=delivery.notification_id,
-        resident_id=delivery.resident_id,
-        application_id=notification.application_id,
-        kind=notification.kind,
-        channel=delivery.channel,
-        status=delivery.status,
-        attempts=delivery.attempts,
-        last_error=delivery.last_error,
-        next_attempt_at=delivery.next_attempt_at,
-        created_at=delivery.created_at,
-        updated_at=delivery.updated_at,
-        sent_at=delivery.sent_at,
+    return NotificationDeliveryOut.from_row(
+        delivery, application_id=notification.application_id, kind=notification.kind
     )
 
 
@@ -287,14 +257,11 @@ partners_router = APIRouter(prefix="/v1/partners", tags=["partners"])
 
 
 def _partner_out(partner: Partner, prefix: str) -> PartnerOut:
-    return PartnerOut(
-        id=partner.id,
-        name=partner.name,
+    return PartnerOut.from_row(
+        partner,
         grants=partner.granted_types,
         nats_user=f"partner-{partner.id}",
         nats_subjects=partner_subject(prefix, partner.id, ">"),
-        updated_at=partner.updated_at,
-        updated_by=partner.updated_by,
     )
 
 
@@ -334,22 +301,12 @@ subscriptions_router = APIRouter(prefix="/v1/subscriptions", tags=["subscription
 
 
 def _subscription_out(subscription: Subscription, prefix: str) -> SubscriptionOut:
-    return SubscriptionOut(
-        id=subscription.id,
-        partner_id=subscription.partner_id,
-        transport=subscription.transport,
-        event_types=subscription.event_types,
-        url=subscription.url,
-        description=subscription.description,
-        status=subscription.status,
-        consecutive_failures=subscription.consecutive_failures,
-        paused_reason=subscription.paused_reason,
-        paused_at=subscription.paused_at,
-        nats_subjects=nats_subjects(prefix, subscription),
-        previous_secret_expires_at=subscription.previous_secret_expires_at,
-        created_at=subscription.created_at,
-        updated_at=subscription.updated_at,
-    )
+    return SubscriptionOut.from_row(subscription, nats_subjects=nats_subjects(prefix, subscription))
+
+
+def _subscription_created(subscription: Subscription, prefix: str) -> SubscriptionCreated:
+    """With the signing secret: shown only now."""
+    return SubscriptionCreated.from_row(subscription, nats_subjects=nats_subjects(prefix, subscription))
 
 
 @subscriptions_router.post(
@@ -396,7 +353,7 @@ async def create_subscription(
         )
         session.add(subscription)
         await session.flush()
-        return SubscriptionCreated(**_subscription_out(subscription, settings.bus_prefix).model_dump(), secret=secret)
+        return _subscription_created(subscription, settings.bus_prefix)
 
     answer = await idempotency.run(request, session, principal, body, create)
     return answer.response(headers={"Location": f"/v1/subscriptions/{answer.body['id']}"})
@@ -467,11 +424,7 @@ async def rotate_secret(
     subscription.previous_secret_expires_at = now + dt.timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
     subscription.secret = new_secret()
     subscription.updated_at = now
-    return RotatedSecret(
-        subscription_id=subscription.id,
-        secret=subscription.secret,
-        previous_secret_expires_at=subscription.previous_secret_expires_at,
-    )
+    return RotatedSecret.from_row(subscription, subscription_id=subscription.id)
 
 
 @subscriptions_router.post(
@@ -512,21 +465,7 @@ deliveries_router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
 
 def _webhook_delivery_out(delivery: WebhookDelivery) -> WebhookDeliveryOut:
-    return WebhookDeliveryOut(
-        id=delivery.id,
-        sequence=delivery.seq,
-        subscription_id=delivery.subscription_id,
-        partner_id=delivery.partner_id,
-        event_id=delivery.event_id,
-        event_type=delivery.event_type,
-        status=delivery.status,
-        attempts=delivery.attempts,
-        last_status_code=delivery.last_status_code,
-        last_error=delivery.last_error,
-        next_attempt_at=delivery.next_attempt_at,
-        created_at=delivery.created_at,
-        delivered_at=delivery.delivered_at,
-    )
+    return WebhookDeliveryOut.from_row(delivery, sequence=delivery.seq)
 
 
 @deliveries_router.get(
