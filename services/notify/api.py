@@ -13,13 +13,12 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.notify import repository
+from services.notify import inbox, preferences, repository
 from services.notify.delivery import message_input, retry_dead
 from services.notify.models import (
     RETRYABLE,
     Delivery,
     DeliveryStatus,
-    Notification,
     Partner,
     Preference,
     Subscription,
@@ -84,9 +83,12 @@ PartnerId = Annotated[str, Path(pattern=PARTNER_ID_PATTERN, description="The par
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-def _resident_id(principal: Principal) -> uuid.UUID:
+def _resident_id(principal: Resident) -> uuid.UUID:
     assert principal.resident_id is not None  # a resident token always names the resident (shared.auth)
     return principal.resident_id
+
+
+ResidentId = Annotated[uuid.UUID, Depends(_resident_id)]  # the calling resident's own id
 
 
 # ================================================================================================ inbox
@@ -94,12 +96,12 @@ def _resident_id(principal: Principal) -> uuid.UUID:
 inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
 
-def _inbox_message(notification: Notification, renderer: Renderer, preference: Preference | None) -> InboxMessage:
-    language = preference.language if preference is not None and preference.language else notification.language
-    rendered = renderer.render(message_input(notification, language))
+def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
+    notification = message.notification
+    rendered = renderer.render(message_input(notification, message.language))
     return InboxMessage.from_row(
         notification,
-        language=language,
+        language=message.language,
         title=rendered.subject,
         body=rendered.text,
         link=rendered.link,
@@ -109,50 +111,36 @@ def _inbox_message(notification: Notification, renderer: Renderer, preference: P
 
 @inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403))
 async def list_inbox(
-    principal: Resident,
+    resident_id: ResidentId,
     session: SessionDep,
     renderer: RendererDep,
     unread: bool = Query(default=False, description="Only messages not read yet"),
     before: dt.datetime | None = Query(default=None, description="Only messages older than this (paging)"),
     limit: Limit = 50,
 ) -> InboxPage:
-    resident_id = _resident_id(principal)
     if before is not None and before.tzinfo is None:
         before = before.replace(tzinfo=dt.UTC)
-    rows = await repository.inbox(session, resident_id, unread_only=unread, limit=limit, before=before)
-    preference = await repository.preference(session, resident_id)
-    items = [_inbox_message(n, renderer, preference) for n in rows]
+    found = await inbox.messages(session, resident_id, unread_only=unread, before=before, limit=limit)
+    items = [_inbox_message(m, renderer) for m in found.page]
     return InboxPage(
-        items=items,
-        unread=await repository.unread_count(session, resident_id),
-        next_before=items[-1].created_at if len(items) == limit else None,
+        items=items, unread=found.unread, next_before=items[-1].created_at if len(items) == limit else None
     )
 
 
 @inbox_router.get("/{notification_id}", summary="One of my messages", responses=problem_responses(403, 404))
 async def get_inbox_message(
-    notification_id: uuid.UUID, principal: Resident, session: SessionDep, renderer: RendererDep
+    notification_id: uuid.UUID, resident_id: ResidentId, session: SessionDep, renderer: RendererDep
 ) -> InboxMessage:
-    notification = await repository.inbox_item(session, principal, notification_id)
-    if notification is None:
-        raise NotFound("No such message in your inbox.")
-    preference = await repository.preference(session, _resident_id(principal))
-    return _inbox_message(notification, renderer, preference)
+    return _inbox_message(await inbox.message(session, resident_id, notification_id), renderer)
 
 
 @inbox_router.post(
     "/{notification_id}/read", summary="Mark one of my messages read", responses=problem_responses(403, 404)
 )
 async def mark_read(
-    notification_id: uuid.UUID, principal: Resident, session: SessionDep, renderer: RendererDep
+    notification_id: uuid.UUID, resident_id: ResidentId, session: SessionDep, renderer: RendererDep
 ) -> InboxMessage:
-    notification = await repository.inbox_item(session, principal, notification_id)
-    if notification is None:
-        raise NotFound("No such message in your inbox.")
-    if notification.read_at is None:
-        notification.read_at = utcnow()
-    preference = await repository.preference(session, _resident_id(principal))
-    return _inbox_message(notification, renderer, preference)
+    return _inbox_message(await inbox.mark_read(session, resident_id, notification_id), renderer)
 
 
 # ================================================================================================ preferences
@@ -174,8 +162,7 @@ def _preferences_out(resident_id: uuid.UUID, preference: Preference | None) -> P
 
 
 @preferences_router.get("", summary="My notification preferences", responses=problem_responses(403))
-async def get_preferences(principal: Resident, session: SessionDep) -> PreferencesOut:
-    resident_id = _resident_id(principal)
+async def get_preferences(resident_id: ResidentId, session: SessionDep) -> PreferencesOut:
     return _preferences_out(resident_id, await repository.preference(session, resident_id))
 
 
@@ -184,23 +171,8 @@ async def get_preferences(principal: Resident, session: SessionDep) -> Preferenc
     summary="Set my notification preferences (each overrides what I told intake; null falls back to it)",
     responses=problem_responses(403),
 )
-async def put_preferences(body: PreferencesIn, principal: Resident, session: SessionDep) -> PreferencesOut:
-    resident_id = _resident_id(principal)
-    preference = await repository.preference(session, resident_id)
-    if preference is None:
-        preference = Preference(resident_id=resident_id, updated_at=utcnow())
-        session.add(preference)
-    start, end = body.quiet_hours.times() if body.quiet_hours else (None, None)
-    preference.channels = list(body.channels) if body.channels is not None else None
-    preference.language = body.language
-    preference.quiet_hours_start, preference.quiet_hours_end = start, end
-    preference.timezone = body.timezone
-    preference.updated_at = utcnow()
-    await session.flush()
-    # Text messages held back by the old quiet hours are looked at again now, under the new ones.
-    await repository.recheck_waiting_sms(session, resident_id)
-    mark_work(session)
-    return _preferences_out(resident_id, preference)
+async def put_preferences(body: PreferencesIn, resident_id: ResidentId, session: SessionDep) -> PreferencesOut:
+    return _preferences_out(resident_id, await preferences.replace(session, resident_id, body))
 
 
 # ================================================================================================ admin: deliveries

@@ -177,13 +177,11 @@ async def unread_count(session: AsyncSession, resident_id: uuid.UUID) -> int:
     return int(count or 0)
 
 
-async def inbox_item(session: AsyncSession, principal: Principal, notification_id: uuid.UUID) -> Notification | None:
-    if principal.role is not Role.RESIDENT or principal.resident_id is None:
-        return None
+async def inbox_item(session: AsyncSession, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Notification | None:
     return await session.scalar(
         select(Notification).where(
             Notification.id == notification_id,
-            Notification.resident_id == principal.resident_id,
+            Notification.resident_id == resident_id,
             Notification.released_at.is_not(None),
         )
     )
