@@ -13,8 +13,8 @@ from typing import Annotated, cast
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.notify import delivery as resident_delivery
 from services.notify import inbox, preferences, repository
-from services.notify.delivery import message_input, retry_dead
 from services.notify.models import (
     RETRYABLE,
     Delivery,
@@ -98,7 +98,7 @@ inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
 def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
     notification = message.notification
-    rendered = renderer.render(message_input(notification, message.language))
+    rendered = renderer.render(resident_delivery.message_input(notification, message.language))
     return InboxMessage.from_row(
         notification,
         language=message.language,
@@ -210,17 +210,7 @@ async def list_notification_deliveries(
 async def retry_notification_delivery(
     delivery_id: uuid.UUID, principal: Admin, session: SessionDep
 ) -> NotificationDeliveryOut:
-    delivery = await repository.notification_delivery(session, delivery_id)
-    if delivery is None:
-        raise NotFound(f"No delivery {delivery_id}.")
-    if delivery.status not in (DeliveryStatus.DEAD.value, DeliveryStatus.FAILED.value):
-        raise Conflict(f"The delivery is {delivery.status}; only dead or failed deliveries can be retried.")
-    if delivery.claimed_until is not None and delivery.claimed_until > utcnow():
-        raise Conflict("The delivery is being attempted right now.")
-    await retry_dead(session, delivery)
-    await session.refresh(delivery)
-    mark_work(session)
-    return _delivery_out(delivery)
+    return _delivery_out(await resident_delivery.retry(session, delivery_id))
 
 
 # ================================================================================================ partners
