@@ -14,28 +14,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import delivery as resident_delivery
-from services.notify import inbox, preferences, repository
-from services.notify.models import (
-    RETRYABLE,
-    Delivery,
-    DeliveryStatus,
-    Partner,
-    Preference,
-    Subscription,
-    SubscriptionStatus,
-    Transport,
-    WebhookDelivery,
-    utcnow,
-)
-from services.notify.notifications import mark_work
-from services.notify.partners import (
-    PARTNER_ID_PATTERN,
-    check_event_types,
-    nats_subjects,
-    new_subscription,
-    require_granted,
-    set_grants,
-)
+from services.notify import inbox, partners, preferences, repository, subscriptions
+from services.notify.models import Delivery, DeliveryStatus, Partner, Preference, Subscription, WebhookDelivery
+from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
 from services.notify.schemas import (
     GrantsIn,
@@ -54,12 +35,11 @@ from services.notify.schemas import (
     WebhookDeliveryOut,
 )
 from services.notify.settings import NotifySettings
-from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, new_secret
 from services.notify.worker import EXTRAS_KEY, NotifyComponents
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotencyDep, SessionDep, get_runtime
 from shared.events import partner_subject
-from shared.problems import Conflict, NotFound, UnprocessableContent, problem_responses
+from shared.problems import NotFound, problem_responses
 
 
 def get_settings(request: Request) -> NotifySettings:
@@ -252,8 +232,7 @@ async def get_partner(
 async def put_grants(
     partner_id: PartnerId, body: GrantsIn, principal: Admin, session: SessionDep, settings: SettingsDep
 ) -> PartnerOut:
-    event_types = check_event_types(body.event_types)
-    partner = await set_grants(session, partner_id, event_types, by=principal.subject)
+    partner = await partners.set_grants(session, principal, partner_id, body.event_types)
     return _partner_out(partner, settings.bus_prefix)
 
 
@@ -263,12 +242,12 @@ subscriptions_router = APIRouter(prefix="/v1/subscriptions", tags=["subscription
 
 
 def _subscription_out(subscription: Subscription, prefix: str) -> SubscriptionOut:
-    return SubscriptionOut.from_row(subscription, nats_subjects=nats_subjects(prefix, subscription))
+    return SubscriptionOut.from_row(subscription, nats_subjects=subscriptions.nats_subjects(prefix, subscription))
 
 
 def _subscription_created(subscription: Subscription, prefix: str) -> SubscriptionCreated:
     """With the signing secret: shown only now."""
-    return SubscriptionCreated.from_row(subscription, nats_subjects=nats_subjects(prefix, subscription))
+    return SubscriptionCreated.from_row(subscription, nats_subjects=subscriptions.nats_subjects(prefix, subscription))
 
 
 @subscriptions_router.post(
@@ -286,35 +265,8 @@ async def create_subscription(
     idempotency: IdempotencyDep,
     settings: SettingsDep,
 ) -> JSONResponse:
-    partner_id = principal.partner_id
-    assert partner_id is not None  # a partner token always names the partner (shared.auth)
-
     async def create() -> SubscriptionCreated:
-        event_types = check_event_types(body.event_types)
-        transport = Transport(body.transport)
-        if transport is Transport.WEBHOOK:
-            if body.url is None:
-                raise UnprocessableContent.for_field("url", "a webhook subscription needs a url", type_="missing")
-            try:
-                await check_url(body.url, AddressPolicy.from_settings(
-                    settings.webhook_forbidden_networks, settings.webhook_allowed_networks))  # fmt: skip
-            except UnsafeUrl as exc:
-                raise UnprocessableContent.for_field("url", str(exc), type_="forbidden_url") from None
-        elif body.url is not None:
-            raise UnprocessableContent.for_field("url", "a NATS subscription has no url", type_="unexpected")
-        await require_granted(session, partner_id, event_types)
-        secret = new_secret() if transport is Transport.WEBHOOK else None
-        subscription = new_subscription(
-            partner_id=partner_id,
-            transport=transport,
-            event_types=event_types,
-            url=body.url,
-            description=body.description,
-            secret=secret,
-            by=principal.subject,
-        )
-        session.add(subscription)
-        await session.flush()
+        subscription = await subscriptions.create(session, settings, principal, body)
         return _subscription_created(subscription, settings.bus_prefix)
 
     answer = await idempotency.run(request, session, principal, body, create)
@@ -333,19 +285,11 @@ async def list_subscriptions(
     return [_subscription_out(s, settings.bus_prefix) for s in rows]
 
 
-async def _subscription(session: SessionDep, principal: PartnerOrAdmin, subscription_id: uuid.UUID) -> Subscription:
-    subscription = await repository.visible_subscription(session, principal, subscription_id, for_update=True)
-    if subscription is None:
-        raise NotFound(f"No subscription {subscription_id}.")
-    return subscription
-
-
-VisibleSubscription = Annotated[Subscription, Depends(_subscription)]
-
-
 @subscriptions_router.get("/{subscription_id}", summary="One subscription", responses=problem_responses(404))
-async def get_subscription(subscription: VisibleSubscription, settings: SettingsDep) -> SubscriptionOut:
-    return _subscription_out(subscription, settings.bus_prefix)
+async def get_subscription(
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+) -> SubscriptionOut:
+    return _subscription_out(await subscriptions.visible(session, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.delete(
@@ -354,13 +298,8 @@ async def get_subscription(subscription: VisibleSubscription, settings: Settings
     summary="Unsubscribe: nothing more is sent, queued deliveries are cancelled",
     responses=problem_responses(404),
 )
-async def delete_subscription(subscription: VisibleSubscription, session: SessionDep) -> Response:
-    now = utcnow()
-    subscription.status = SubscriptionStatus.DELETED.value
-    subscription.deleted_at = now
-    subscription.updated_at = now
-    subscription.secret = subscription.previous_secret = None
-    await repository.cancel_queued_webhooks(session, subscription.id, "subscription deleted")
+async def delete_subscription(subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> Response:
+    await subscriptions.delete(session, principal, subscription_id)
     return Response(status_code=204)
 
 
@@ -376,30 +315,17 @@ async def rotate_secret(
     settings: SettingsDep,
     body: RotateSecretIn | None = None,
 ) -> RotatedSecret:
-    subscription = await _subscription(session, principal, subscription_id)
-    if subscription.transport != Transport.WEBHOOK.value:
-        raise Conflict("Only webhook subscriptions have a signing secret.")
-    now = utcnow()
-    grace = body.grace_seconds if body is not None and body.grace_seconds is not None else None
-    grace_seconds = settings.webhook_secret_grace_seconds if grace is None else float(grace)
-    subscription.previous_secret = subscription.secret if grace_seconds > 0 else None
-    subscription.previous_secret_expires_at = now + dt.timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
-    subscription.secret = new_secret()
-    subscription.updated_at = now
+    subscription = await subscriptions.rotate_secret(session, settings, principal, subscription_id, body)
     return RotatedSecret.from_row(subscription, subscription_id=subscription.id)
 
 
 @subscriptions_router.post(
     "/{subscription_id}/pause", summary="Stop sending; deliveries queue up", responses=problem_responses(404)
 )
-async def pause_subscription(subscription: VisibleSubscription, settings: SettingsDep) -> SubscriptionOut:
-    if subscription.status == SubscriptionStatus.ACTIVE.value:
-        now = utcnow()
-        subscription.status = SubscriptionStatus.PAUSED.value
-        subscription.paused_at = now
-        subscription.paused_reason = "paused on request"
-        subscription.updated_at = now
-    return _subscription_out(subscription, settings.bus_prefix)
+async def pause_subscription(
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+) -> SubscriptionOut:
+    return _subscription_out(await subscriptions.pause(session, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.post(
@@ -408,17 +334,9 @@ async def pause_subscription(subscription: VisibleSubscription, settings: Settin
     responses=problem_responses(404),
 )
 async def resume_subscription(
-    subscription: VisibleSubscription, session: SessionDep, settings: SettingsDep
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    if subscription.status == SubscriptionStatus.PAUSED.value:
-        subscription.status = SubscriptionStatus.ACTIVE.value
-        subscription.paused_at = None
-        subscription.paused_reason = None
-        subscription.consecutive_failures = 0
-        subscription.updated_at = utcnow()
-        await repository.wake_queue_head(session, subscription.id)
-        mark_work(session)
-    return _subscription_out(subscription, settings.bus_prefix)
+    return _subscription_out(await subscriptions.resume(session, principal, subscription_id), settings.bus_prefix)
 
 
 # ================================================================================================ deliveries
@@ -470,22 +388,7 @@ async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, sessio
     responses=problem_responses(404, 409),
 )
 async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> WebhookDeliveryOut:
-    delivery = await repository.visible_webhook_delivery(session, principal, delivery_id, for_update=True)
-    if delivery is None:
-        raise NotFound(f"No delivery {delivery_id}.")
-    subscription = await session.get(Subscription, delivery.subscription_id)
-    if subscription is None or subscription.status == SubscriptionStatus.DELETED.value:
-        raise Conflict("The subscription was deleted.")
-    now = utcnow()
-    if delivery.status in RETRYABLE and delivery.claimed_until is not None and delivery.claimed_until > now:
-        raise Conflict("The delivery is being attempted right now.")
-    delivery.status = DeliveryStatus.PENDING.value
-    delivery.attempts = 0
-    delivery.next_attempt_at = now
-    delivery.last_error = None
-    delivery.updated_at = now
-    mark_work(session)
-    return _webhook_delivery_out(delivery)
+    return _webhook_delivery_out(await subscriptions.redeliver(session, principal, delivery_id))
 
 
 ROUTERS = (
