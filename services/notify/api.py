@@ -13,32 +13,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.notify import repository
+from services.notify import delivery as resident_delivery
+from services.notify import inbox, partners, preferences, repository, subscriptions
 from services.notify.context import ContextDep
-from services.notify.delivery import retry_dead
-from services.notify.models import (
-    RETRYABLE,
-    Delivery,
-    DeliveryStatus,
-    Notification,
-    Partner,
-    Preference,
-    Subscription,
-    SubscriptionStatus,
-    Transport,
-    WebhookDelivery,
-    utcnow,
-)
-from services.notify.notifications import mark_work
-from services.notify.partners import (
-    PARTNER_ID_PATTERN,
-    check_event_types,
-    nats_subjects,
-    new_subscription,
-    require_granted,
-    set_grants,
-)
-from services.notify.rendering import MessageInput, Renderer
+from services.notify.models import Delivery, DeliveryStatus, Partner, Preference, Subscription, WebhookDelivery
+from services.notify.partners import PARTNER_ID_PATTERN
+from services.notify.rendering import Renderer
 from services.notify.schemas import (
     GrantsIn,
     InboxMessage,
@@ -56,11 +36,10 @@ from services.notify.schemas import (
     WebhookDeliveryOut,
 )
 from services.notify.settings import NotifySettings
-from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, new_secret
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotencyDep, SessionDep
 from shared.events import partner_subject
-from shared.problems import Conflict, NotFound, UnprocessableContent, problem_responses
+from shared.problems import NotFound, problem_responses
 
 
 def get_settings(ctx: ContextDep) -> NotifySettings:
@@ -81,9 +60,12 @@ PartnerId = Annotated[str, Path(pattern=PARTNER_ID_PATTERN, description="The par
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-def _resident_id(principal: Principal) -> uuid.UUID:
+def _resident_id(principal: Resident) -> uuid.UUID:
     assert principal.resident_id is not None  # a resident token always names the resident (shared.auth)
     return principal.resident_id
+
+
+ResidentId = Annotated[uuid.UUID, Depends(_resident_id)]  # the calling resident's own id
 
 
 # ================================================================================================ inbox
@@ -91,76 +73,51 @@ def _resident_id(principal: Principal) -> uuid.UUID:
 inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
 
-def _inbox_message(notification: Notification, renderer: Renderer, preference: Preference | None) -> InboxMessage:
-    language = preference.language if preference is not None and preference.language else notification.language
-    rendered = renderer.render(
-        MessageInput(
-            kind=notification.kind,
-            language=language,
-            application_id=str(notification.application_id) if notification.application_id else None,
-            items=[item.data for item in notification.items],
-        )
-    )
-    assert notification.released_at is not None
-    return InboxMessage(
-        id=notification.id,
-        kind=notification.kind,
-        application_id=notification.application_id,
-        language=language,
+def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
+    notification = message.notification
+    rendered = renderer.render(resident_delivery.message_input(notification, message.language))
+    return InboxMessage.from_row(
+        notification,
+        language=message.language,
         title=rendered.subject,
         body=rendered.text,
         link=rendered.link,
         created_at=notification.released_at,
-        read_at=notification.read_at,
     )
 
 
 @inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403))
 async def list_inbox(
-    principal: Resident,
+    resident_id: ResidentId,
     session: SessionDep,
     renderer: RendererDep,
     unread: bool = Query(default=False, description="Only messages not read yet"),
     before: dt.datetime | None = Query(default=None, description="Only messages older than this (paging)"),
     limit: Limit = 50,
 ) -> InboxPage:
-    resident_id = _resident_id(principal)
     if before is not None and before.tzinfo is None:
         before = before.replace(tzinfo=dt.UTC)
-    rows = await repository.inbox(session, resident_id, unread_only=unread, limit=limit, before=before)
-    preference = await repository.preference(session, resident_id)
-    items = [_inbox_message(n, renderer, preference) for n in rows]
+    found = await inbox.messages(session, resident_id, unread_only=unread, before=before, limit=limit)
+    items = [_inbox_message(m, renderer) for m in found.page]
     return InboxPage(
-        items=items,
-        unread=await repository.unread_count(session, resident_id),
-        next_before=items[-1].created_at if len(items) == limit else None,
+        items=items, unread=found.unread, next_before=items[-1].created_at if len(items) == limit else None
     )
 
 
 @inbox_router.get("/{notification_id}", summary="One of my messages", responses=problem_responses(403, 404))
 async def get_inbox_message(
-    notification_id: uuid.UUID, principal: Resident, session: SessionDep, renderer: RendererDep
+    notification_id: uuid.UUID, resident_id: ResidentId, session: SessionDep, renderer: RendererDep
 ) -> InboxMessage:
-    notification = await repository.inbox_item(session, principal, notification_id)
-    if notification is None:
-        raise NotFound("No such message in your inbox.")
-    preference = await repository.preference(session, _resident_id(principal))
-    return _inbox_message(notification, renderer, preference)
+    return _inbox_message(await inbox.message(session, resident_id, notification_id), renderer)
 
 
 @inbox_router.post(
     "/{notification_id}/read", summary="Mark one of my messages read", responses=problem_responses(403, 404)
 )
 async def mark_read(
-    notification_id: uuid.UUID, principal: Resident, session: SessionDep, renderer: RendererDep
+    notification_id: uuid.UUID, resident_id: ResidentId, session: SessionDep, renderer: RendererDep
 ) -> InboxMessage:
-    notification = await repository.inbox_item(session, principal, notification_id)
-    if notification is None:
-        raise NotFound("No such message in your inbox.")
-    if notification.read_at is None:
-        notification.read_at = utcnow()
-    preference = await repository.preference(session, _resident_id(principal))
-    return _inbox_message(notification, renderer, preference)
+    return _inbox_message(await inbox.mark_read(session, resident_id, notification_id), renderer)
 
 
 # ================================================================================================ preferences
@@ -178,19 +135,11 @@ def _preferences_out(resident_id: uuid.UUID, preference: Preference | None) -> P
         quiet = QuietHours(
             start=preference.quiet_hours_start.strftime("%H:%M"), end=preference.quiet_hours_end.strftime("%H:%M")
         )
-    return PreferencesOut(
-        resident_id=resident_id,
-        channels=preference.channels,
-        language=preference.language,
-        quiet_hours=quiet,
-        timezone=preference.timezone,
-        updated_at=preference.updated_at,
-    )
+    return PreferencesOut.from_row(preference, quiet_hours=quiet)
 
 
 @preferences_router.get("", summary="My notification preferences", responses=problem_responses(403))
-async def get_preferences(principal: Resident, session: SessionDep) -> PreferencesOut:
-    resident_id = _resident_id(principal)
+async def get_preferences(resident_id: ResidentId, session: SessionDep) -> PreferencesOut:
     return _preferences_out(resident_id, await repository.preference(session, resident_id))
 
 
@@ -199,23 +148,8 @@ async def get_preferences(principal: Resident, session: SessionDep) -> Preferenc
     summary="Set my notification preferences (each overrides what I told intake; null falls back to it)",
     responses=problem_responses(403),
 )
-async def put_preferences(body: PreferencesIn, principal: Resident, session: SessionDep) -> PreferencesOut:
-    resident_id = _resident_id(principal)
-    preference = await repository.preference(session, resident_id)
-    if preference is None:
-        preference = Preference(resident_id=resident_id, updated_at=utcnow())
-        session.add(preference)
-    start, end = body.quiet_hours.times() if body.quiet_hours else (None, None)
-    preference.channels = list(body.channels) if body.channels is not None else None
-    preference.language = body.language
-    preference.quiet_hours_start, preference.quiet_hours_end = start, end
-    preference.timezone = body.timezone
-    preference.updated_at = utcnow()
-    await session.flush()
-    # Text messages held back by the old quiet hours are looked at again now, under the new ones.
-    await repository.recheck_waiting_sms(session, resident_id)
-    mark_work(session)
-    return _preferences_out(resident_id, preference)
+async def put_preferences(body: PreferencesIn, resident_id: ResidentId, session: SessionDep) -> PreferencesOut:
+    return _preferences_out(resident_id, await preferences.replace(session, resident_id, body))
 
 
 # ================================================================================================ admin: deliveries
@@ -225,20 +159,8 @@ admin_router = APIRouter(prefix="/v1/notification-deliveries", tags=["administra
 
 def _delivery_out(delivery: Delivery) -> NotificationDeliveryOut:
     notification = delivery.notification
-    return NotificationDeliveryOut(
-        id=delivery.id,
-        notification_id=delivery.notification_id,
-        resident_id=delivery.resident_id,
-        application_id=notification.application_id,
-        kind=notification.kind,
-        channel=delivery.channel,
-        status=delivery.status,
-        attempts=delivery.attempts,
-        last_error=delivery.last_error,
-        next_attempt_at=delivery.next_attempt_at,
-        created_at=delivery.created_at,
-        updated_at=delivery.updated_at,
-        sent_at=delivery.sent_at,
+    return NotificationDeliveryOut.from_row(
+        delivery, application_id=notification.application_id, kind=notification.kind
     )
 
 
@@ -265,17 +187,7 @@ async def list_notification_deliveries(
 async def retry_notification_delivery(
     delivery_id: uuid.UUID, principal: Admin, session: SessionDep
 ) -> NotificationDeliveryOut:
-    delivery = await repository.notification_delivery(session, delivery_id)
-    if delivery is None:
-        raise NotFound(f"No delivery {delivery_id}.")
-    if delivery.status not in (DeliveryStatus.DEAD.value, DeliveryStatus.FAILED.value):
-        raise Conflict(f"The delivery is {delivery.status}; only dead or failed deliveries can be retried.")
-    if delivery.claimed_until is not None and delivery.claimed_until > utcnow():
-        raise Conflict("The delivery is being attempted right now.")
-    await retry_dead(session, delivery)
-    await session.refresh(delivery)
-    mark_work(session)
-    return _delivery_out(delivery)
+    return _delivery_out(await resident_delivery.retry(session, delivery_id))
 
 
 # ================================================================================================ partners
@@ -284,14 +196,11 @@ partners_router = APIRouter(prefix="/v1/partners", tags=["partners"])
 
 
 def _partner_out(partner: Partner, prefix: str) -> PartnerOut:
-    return PartnerOut(
-        id=partner.id,
-        name=partner.name,
+    return PartnerOut.from_row(
+        partner,
         grants=partner.granted_types,
         nats_user=f"partner-{partner.id}",
         nats_subjects=partner_subject(prefix, partner.id, ">"),
-        updated_at=partner.updated_at,
-        updated_by=partner.updated_by,
     )
 
 
@@ -320,8 +229,7 @@ async def get_partner(
 async def put_grants(
     partner_id: PartnerId, body: GrantsIn, principal: Admin, session: SessionDep, settings: SettingsDep
 ) -> PartnerOut:
-    event_types = check_event_types(body.event_types)
-    partner = await set_grants(session, partner_id, event_types, by=principal.subject)
+    partner = await partners.set_grants(session, principal, partner_id, body.event_types)
     return _partner_out(partner, settings.bus_prefix)
 
 
@@ -331,22 +239,12 @@ subscriptions_router = APIRouter(prefix="/v1/subscriptions", tags=["subscription
 
 
 def _subscription_out(subscription: Subscription, prefix: str) -> SubscriptionOut:
-    return SubscriptionOut(
-        id=subscription.id,
-        partner_id=subscription.partner_id,
-        transport=subscription.transport,
-        event_types=subscription.event_types,
-        url=subscription.url,
-        description=subscription.description,
-        status=subscription.status,
-        consecutive_failures=subscription.consecutive_failures,
-        paused_reason=subscription.paused_reason,
-        paused_at=subscription.paused_at,
-        nats_subjects=nats_subjects(prefix, subscription),
-        previous_secret_expires_at=subscription.previous_secret_expires_at,
-        created_at=subscription.created_at,
-        updated_at=subscription.updated_at,
-    )
+    return SubscriptionOut.from_row(subscription, nats_subjects=subscriptions.nats_subjects(prefix, subscription))
+
+
+def _subscription_created(subscription: Subscription, prefix: str) -> SubscriptionCreated:
+    """With the signing secret: shown only now."""
+    return SubscriptionCreated.from_row(subscription, nats_subjects=subscriptions.nats_subjects(prefix, subscription))
 
 
 @subscriptions_router.post(
@@ -364,36 +262,9 @@ async def create_subscription(
     idempotency: IdempotencyDep,
     settings: SettingsDep,
 ) -> JSONResponse:
-    partner_id = principal.partner_id
-    assert partner_id is not None  # a partner token always names the partner (shared.auth)
-
     async def create() -> SubscriptionCreated:
-        event_types = check_event_types(body.event_types)
-        transport = Transport(body.transport)
-        if transport is Transport.WEBHOOK:
-            if body.url is None:
-                raise UnprocessableContent.for_field("url", "a webhook subscription needs a url", type_="missing")
-            try:
-                await check_url(body.url, AddressPolicy.from_settings(
-                    settings.webhook_forbidden_networks, settings.webhook_allowed_networks))  # fmt: skip
-            except UnsafeUrl as exc:
-                raise UnprocessableContent.for_field("url", str(exc), type_="forbidden_url") from None
-        elif body.url is not None:
-            raise UnprocessableContent.for_field("url", "a NATS subscription has no url", type_="unexpected")
-        await require_granted(session, partner_id, event_types)
-        secret = new_secret() if transport is Transport.WEBHOOK else None
-        subscription = new_subscription(
-            partner_id=partner_id,
-            transport=transport,
-            event_types=event_types,
-            url=body.url,
-            description=body.description,
-            secret=secret,
-            by=principal.subject,
-        )
-        session.add(subscription)
-        await session.flush()
-        return SubscriptionCreated(**_subscription_out(subscription, settings.bus_prefix).model_dump(), secret=secret)
+        subscription = await subscriptions.create(session, settings, principal, body)
+        return _subscription_created(subscription, settings.bus_prefix)
 
     answer = await idempotency.run(request, session, principal, body, create)
     return answer.response(headers={"Location": f"/v1/subscriptions/{answer.body['id']}"})
@@ -411,19 +282,11 @@ async def list_subscriptions(
     return [_subscription_out(s, settings.bus_prefix) for s in rows]
 
 
-async def _subscription(session: SessionDep, principal: PartnerOrAdmin, subscription_id: uuid.UUID) -> Subscription:
-    subscription = await repository.visible_subscription(session, principal, subscription_id, for_update=True)
-    if subscription is None:
-        raise NotFound(f"No subscription {subscription_id}.")
-    return subscription
-
-
-VisibleSubscription = Annotated[Subscription, Depends(_subscription)]
-
-
 @subscriptions_router.get("/{subscription_id}", summary="One subscription", responses=problem_responses(404))
-async def get_subscription(subscription: VisibleSubscription, settings: SettingsDep) -> SubscriptionOut:
-    return _subscription_out(subscription, settings.bus_prefix)
+async def get_subscription(
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+) -> SubscriptionOut:
+    return _subscription_out(await subscriptions.visible(session, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.delete(
@@ -432,13 +295,8 @@ async def get_subscription(subscription: VisibleSubscription, settings: Settings
     summary="Unsubscribe: nothing more is sent, queued deliveries are cancelled",
     responses=problem_responses(404),
 )
-async def delete_subscription(subscription: VisibleSubscription, session: SessionDep) -> Response:
-    now = utcnow()
-    subscription.status = SubscriptionStatus.DELETED.value
-    subscription.deleted_at = now
-    subscription.updated_at = now
-    subscription.secret = subscription.previous_secret = None
-    await repository.cancel_queued_webhooks(session, subscription.id, "subscription deleted")
+async def delete_subscription(subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> Response:
+    await subscriptions.delete(session, principal, subscription_id)
     return Response(status_code=204)
 
 
@@ -454,34 +312,17 @@ async def rotate_secret(
     settings: SettingsDep,
     body: RotateSecretIn | None = None,
 ) -> RotatedSecret:
-    subscription = await _subscription(session, principal, subscription_id)
-    if subscription.transport != Transport.WEBHOOK.value:
-        raise Conflict("Only webhook subscriptions have a signing secret.")
-    now = utcnow()
-    grace = body.grace_seconds if body is not None and body.grace_seconds is not None else None
-    grace_seconds = settings.webhook_secret_grace_seconds if grace is None else float(grace)
-    subscription.previous_secret = subscription.secret if grace_seconds > 0 else None
-    subscription.previous_secret_expires_at = now + dt.timedelta(seconds=grace_seconds) if grace_seconds > 0 else None
-    subscription.secret = new_secret()
-    subscription.updated_at = now
-    return RotatedSecret(
-        subscription_id=subscription.id,
-        secret=subscription.secret,
-        previous_secret_expires_at=subscription.previous_secret_expires_at,
-    )
+    subscription = await subscriptions.rotate_secret(session, settings, principal, subscription_id, body)
+    return RotatedSecret.from_row(subscription, subscription_id=subscription.id)
 
 
 @subscriptions_router.post(
     "/{subscription_id}/pause", summary="Stop sending; deliveries queue up", responses=problem_responses(404)
 )
-async def pause_subscription(subscription: VisibleSubscription, settings: SettingsDep) -> SubscriptionOut:
-    if subscription.status == SubscriptionStatus.ACTIVE.value:
-        now = utcnow()
-        subscription.status = SubscriptionStatus.PAUSED.value
-        subscription.paused_at = now
-        subscription.paused_reason = "paused on request"
-        subscription.updated_at = now
-    return _subscription_out(subscription, settings.bus_prefix)
+async def pause_subscription(
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+) -> SubscriptionOut:
+    return _subscription_out(await subscriptions.pause(session, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.post(
@@ -490,17 +331,9 @@ async def pause_subscription(subscription: VisibleSubscription, settings: Settin
     responses=problem_responses(404),
 )
 async def resume_subscription(
-    subscription: VisibleSubscription, session: SessionDep, settings: SettingsDep
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    if subscription.status == SubscriptionStatus.PAUSED.value:
-        subscription.status = SubscriptionStatus.ACTIVE.value
-        subscription.paused_at = None
-        subscription.paused_reason = None
-        subscription.consecutive_failures = 0
-        subscription.updated_at = utcnow()
-        await repository.wake_queue_head(session, subscription.id)
-        mark_work(session)
-    return _subscription_out(subscription, settings.bus_prefix)
+    return _subscription_out(await subscriptions.resume(session, principal, subscription_id), settings.bus_prefix)
 
 
 # ================================================================================================ deliveries
@@ -509,21 +342,7 @@ deliveries_router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
 
 def _webhook_delivery_out(delivery: WebhookDelivery) -> WebhookDeliveryOut:
-    return WebhookDeliveryOut(
-        id=delivery.id,
-        sequence=delivery.seq,
-        subscription_id=delivery.subscription_id,
-        partner_id=delivery.partner_id,
-        event_id=delivery.event_id,
-        event_type=delivery.event_type,
-        status=delivery.status,
-        attempts=delivery.attempts,
-        last_status_code=delivery.last_status_code,
-        last_error=delivery.last_error,
-        next_attempt_at=delivery.next_attempt_at,
-        created_at=delivery.created_at,
-        delivered_at=delivery.delivered_at,
-    )
+    return WebhookDeliveryOut.from_row(delivery, sequence=delivery.seq)
 
 
 @deliveries_router.get(
@@ -566,22 +385,7 @@ async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, sessio
     responses=problem_responses(404, 409),
 )
 async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> WebhookDeliveryOut:
-    delivery = await repository.visible_webhook_delivery(session, principal, delivery_id, for_update=True)
-    if delivery is None:
-        raise NotFound(f"No delivery {delivery_id}.")
-    subscription = await session.get(Subscription, delivery.subscription_id)
-    if subscription is None or subscription.status == SubscriptionStatus.DELETED.value:
-        raise Conflict("The subscription was deleted.")
-    now = utcnow()
-    if delivery.status in RETRYABLE and delivery.claimed_until is not None and delivery.claimed_until > now:
-        raise Conflict("The delivery is being attempted right now.")
-    delivery.status = DeliveryStatus.PENDING.value
-    delivery.attempts = 0
-    delivery.next_attempt_at = now
-    delivery.last_error = None
-    delivery.updated_at = now
-    mark_work(session)
-    return _webhook_delivery_out(delivery)
+    return _webhook_delivery_out(await subscriptions.redeliver(session, principal, delivery_id))
 
 
 ROUTERS = (

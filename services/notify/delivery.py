@@ -42,13 +42,14 @@ from services.notify.models import (
     ResidentChannel,
     utcnow,
 )
-from services.notify.notifications import withdrawn
+from services.notify.notifications import mark_work, withdrawn
 from services.notify.rendering import MessageInput, RenderedMessage, Renderer
 from services.notify.schedule import backoff, quiet_until, zone
 from services.notify.settings import NotifySettings
 from shared.db import Database
 from shared.events import Language, NotificationFailed, NotificationSent
 from shared.outbox import Outbox
+from shared.problems import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -420,9 +421,17 @@ def _address(contact: Contact | None, channel: str) -> str | None:
     return None
 
 
-async def retry_dead(session: AsyncSession, delivery: Delivery) -> None:
-    """An administrator's retry: a fresh round of attempts, due now."""
+async def retry(session: AsyncSession, delivery_id: uuid.UUID) -> Delivery:
+    """An administrator's retry of a dead or failed delivery: a fresh round of attempts, due now. Not while a worker
+    is attempting it (409)."""
+    delivery = await repository.notification_delivery(session, delivery_id)
+    if delivery is None:
+        raise NotFound(f"No delivery {delivery_id}.")
+    if delivery.status not in (DeliveryStatus.DEAD.value, DeliveryStatus.FAILED.value):
+        raise Conflict(f"The delivery is {delivery.status}; only dead or failed deliveries can be retried.")
     now = utcnow()
+    if delivery.claimed_until is not None and delivery.claimed_until > now:
+        raise Conflict("The delivery is being attempted right now.")
     await session.execute(
         update(Delivery)
         .where(Delivery.id == delivery.id)
@@ -435,3 +444,6 @@ async def retry_dead(session: AsyncSession, delivery: Delivery) -> None:
             updated_at=now,
         )
     )
+    await session.refresh(delivery)
+    mark_work(session)
+    return delivery

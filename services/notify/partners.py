@@ -1,4 +1,8 @@
-"""Partners: what an administrator granted them, what they subscribed to, and the events they receive.
+"""Partners: what an administrator granted them and the events they receive.
+
+This module keeps the grants (with the event-type rules that subscriptions check against them too) and the fan-out of
+each event to the subscriptions covering it, in the consumer. The subscriptions' own lifecycle, which a partner drives
+over the API, is in services/notify/subscriptions.py.
 
 What a partner receives is the event's *partner view* (``shared.events.partner_view``: the fields the catalogue marks
 safe, with only the pseudonymous resident id) in a CloudEvents envelope with the original ``id``, ``type``,
@@ -31,13 +35,13 @@ from services.notify.models import (
     DeliveryStatus,
     Partner,
     PartnerGrant,
-    Subscription,
     SubscriptionStatus,
     Transport,
     WebhookDelivery,
     utcnow,
 )
 from services.notify.notifications import mark_work
+from shared.auth import Principal
 from shared.events import (
     CATALOGUE,
     PARTNER_VISIBLE_TYPES,
@@ -83,9 +87,12 @@ def check_event_types(event_types: list[str], field: str = "event_types") -> lis
 # ---------------------------------------------------------------------------------------------- grants
 
 
-async def set_grants(session: AsyncSession, partner_id: str, event_types: list[str], *, by: str) -> Partner:
-    """Replace the partner's grants (creating the partner on first use). Revoked types stop at once: queued webhook
-    deliveries of them are cancelled when their turn comes."""
+async def set_grants(session: AsyncSession, principal: Principal, partner_id: str, event_types: list[str]) -> Partner:
+    """Replace the partner's grants with ``event_types`` (422 naming the first that is unknown or not
+    partner-visible), creating the partner on first use. Revoked types stop at once: queued webhook deliveries of
+    them are cancelled when their turn comes."""
+    event_types = check_event_types(event_types)
+    by = principal.subject
     now = utcnow()
     partner = await repository.partner(session, partner_id, for_update=True)
     if partner is None:
@@ -206,39 +213,3 @@ def consented_extras(event: CloudEvent) -> dict[str, Any]:
     else:
         return {}
     return {"district_code": context.district_code, "preferred_language": context.preferred_language.value}
-
-
-# ---------------------------------------------------------------------------------------------- subscriptions
-
-
-def new_subscription(
-    *,
-    partner_id: str,
-    transport: Transport,
-    event_types: list[str],
-    url: str | None,
-    description: str | None,
-    secret: str | None,
-    by: str,
-) -> Subscription:
-    now = utcnow()
-    return Subscription(
-        id=uuid.uuid4(),
-        partner_id=partner_id,
-        transport=transport.value,
-        event_types=event_types,
-        url=url,
-        description=description,
-        secret=secret,
-        status=SubscriptionStatus.ACTIVE.value,
-        consecutive_failures=0,
-        created_by=by,
-        created_at=now,
-        updated_at=now,
-    )
-
-
-def nats_subjects(prefix: str, subscription: Subscription) -> list[str]:
-    if subscription.transport != Transport.NATS.value:
-        return []
-    return [partner_subject(prefix, subscription.partner_id, t) for t in subscription.event_types]

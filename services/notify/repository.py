@@ -7,10 +7,11 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from services.notify.models import (
     RETRYABLE,
@@ -32,6 +33,10 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
+
+# The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
+Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
+Key = TypeVar("Key", uuid.UUID, int)
 
 # ================================================================================================ residents
 
@@ -172,13 +177,11 @@ async def unread_count(session: AsyncSession, resident_id: uuid.UUID) -> int:
     return int(count or 0)
 
 
-async def inbox_item(session: AsyncSession, principal: Principal, notification_id: uuid.UUID) -> Notification | None:
-    if principal.role is not Role.RESIDENT or principal.resident_id is None:
-        return None
+async def inbox_item(session: AsyncSession, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Notification | None:
     return await session.scalar(
         select(Notification).where(
             Notification.id == notification_id,
-            Notification.resident_id == principal.resident_id,
+            Notification.resident_id == resident_id,
             Notification.released_at.is_not(None),
         )
     )
@@ -262,13 +265,7 @@ async def visible_subscriptions(
 async def visible_subscription(
     session: AsyncSession, principal: Principal, subscription_id: uuid.UUID, *, for_update: bool = False
 ) -> Subscription | None:
-    scope = _subscription_scope(principal)
-    if scope is None:
-        return None
-    query = select(Subscription).where(scope, Subscription.id == subscription_id)
-    if for_update:
-        query = query.with_for_update()
-    return await session.scalar(query)
+    return await _one_in_scope(session, Subscription, _subscription_scope(principal), subscription_id, for_update)
 
 
 async def subscriptions_for(session: AsyncSession, event_type: str) -> list[Subscription]:
@@ -331,10 +328,16 @@ async def visible_webhook_deliveries(
 async def visible_webhook_delivery(
     session: AsyncSession, principal: Principal, delivery_id: uuid.UUID, *, for_update: bool = False
 ) -> WebhookDelivery | None:
-    scope = _delivery_scope(principal)
+    return await _one_in_scope(session, WebhookDelivery, _delivery_scope(principal), delivery_id, for_update)
+
+
+async def _one_in_scope(
+    session: AsyncSession, model: type[Scoped], scope: ColumnElement[bool] | None, row_id: uuid.UUID, for_update: bool
+) -> Scoped | None:
+    """The row with this id if it lies in the caller's scope (None: the caller sees no such rows at all)."""
     if scope is None:
         return None
-    query = select(WebhookDelivery).where(scope, WebhookDelivery.id == delivery_id)
+    query = select(model).where(scope, model.id == row_id)
     if for_update:
         query = query.with_for_update()
     return await session.scalar(query)
@@ -384,34 +387,14 @@ async def claim_notifications(
         Notification.next_step_at <= now,
         _unclaimed(Notification, now),
     )
-    ids = list(
-        await session.scalars(select(Notification.id).where(*due).order_by(Notification.next_step_at).limit(limit))
-    )
-    if not ids:
-        return []
-    await session.execute(
-        update(Notification)
-        .where(Notification.id.in_(ids), *due)
-        .values(claim_token=token, claimed_until=now + lease)
-        .execution_options(synchronize_session=False)
-    )
-    return list(await session.scalars(select(Notification.id).where(Notification.claim_token == token)))
+    return await _claim(session, Notification.id, due, Notification.next_step_at, token, now + lease, limit)
 
 
 async def claim_deliveries(
     session: AsyncSession, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
 ) -> list[uuid.UUID]:
     due = (Delivery.status.in_(RETRYABLE), Delivery.next_attempt_at <= now, _unclaimed(Delivery, now))
-    ids = list(await session.scalars(select(Delivery.id).where(*due).order_by(Delivery.next_attempt_at).limit(limit)))
-    if not ids:
-        return []
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids), *due)
-        .values(claim_token=token, claimed_until=now + lease)
-        .execution_options(synchronize_session=False)
-    )
-    return list(await session.scalars(select(Delivery.id).where(Delivery.claim_token == token)))
+    return await _claim(session, Delivery.id, due, Delivery.next_attempt_at, token, now + lease, limit)
 
 
 async def claim_webhook_heads(
@@ -431,23 +414,39 @@ async def claim_webhook_heads(
         WebhookDelivery.next_attempt_at <= now,
         _unclaimed(WebhookDelivery, now),
     )
-    seqs = list(
-        await session.scalars(
-            select(WebhookDelivery.seq)
-            .where(WebhookDelivery.seq.in_(select(heads.c.seq)), *due)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
-        )
+    among_heads = WebhookDelivery.seq.in_(select(heads.c.seq))
+    return await _claim(
+        session, WebhookDelivery.seq, due, WebhookDelivery.next_attempt_at, token, now + lease, limit, among=among_heads
     )
-    if not seqs:
+
+
+async def _claim(
+    session: AsyncSession,
+    key: InstrumentedAttribute[Key],
+    due: tuple[ColumnElement[bool], ...],
+    soonest: InstrumentedAttribute[dt.datetime],
+    token: str,
+    until: dt.datetime,
+    limit: int,
+    *,
+    among: ColumnElement[bool] | None = None,
+) -> list[Key]:
+    """Claim up to ``limit`` due rows (``among`` narrows which may be picked), soonest first; the keys of those this
+    worker got. The UPDATE repeats ``due``, so a row another worker claimed in between is not taken."""
+    table = key.class_
+    picked = select(key).where(*due).order_by(soonest).limit(limit)
+    if among is not None:
+        picked = picked.where(among)
+    keys = list(await session.scalars(picked))
+    if not keys:
         return []
     await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.seq.in_(seqs), *due)
-        .values(claim_token=token, claimed_until=now + lease)
+        update(table)
+        .where(key.in_(keys), *due)
+        .values(claim_token=token, claimed_until=until)
         .execution_options(synchronize_session=False)
     )
-    return list(await session.scalars(select(WebhookDelivery.seq).where(WebhookDelivery.claim_token == token)))
+    return list(await session.scalars(select(key).where(table.claim_token == token)))
 
 
 async def recheck_waiting_sms(session: AsyncSession, resident_id: uuid.UUID) -> None:

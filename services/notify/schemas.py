@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,6 +17,16 @@ ChannelName = Literal["inbox", "email", "sms"]
 
 class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Output(BaseModel):
+    @classmethod
+    def from_row(cls, row: object, **computed: Any) -> Self:
+        """This body for a row: each field from the row's attribute of the same name, unless ``computed`` gives it
+        (what the row holds under another name, or does not hold at all)."""
+        return cls.model_validate(
+            {name: computed[name] if name in computed else getattr(row, name) for name in cls.model_fields}
+        )
 
 
 # ================================================================================================ residents
@@ -65,7 +75,7 @@ class PreferencesIn(Input):
         return value
 
 
-class PreferencesOut(BaseModel):
+class PreferencesOut(Output):
     resident_id: uuid.UUID
     channels: list[str] | None
     language: str | None
@@ -74,7 +84,7 @@ class PreferencesOut(BaseModel):
     updated_at: dt.datetime | None
 
 
-class InboxMessage(BaseModel):
+class InboxMessage(Output):
     id: uuid.UUID
     kind: str = Field(description="The event the message is about, e.g. eligibility.determined")
     application_id: uuid.UUID | None
@@ -86,13 +96,13 @@ class InboxMessage(BaseModel):
     read_at: dt.datetime | None
 
 
-class InboxPage(BaseModel):
+class InboxPage(Output):
     items: list[InboxMessage]
     unread: int
     next_before: dt.datetime | None = Field(description="Pass as ?before= for the next (older) page")
 
 
-class NotificationDeliveryOut(BaseModel):
+class NotificationDeliveryOut(Output):
     id: uuid.UUID
     notification_id: uuid.UUID
     resident_id: uuid.UUID
@@ -117,7 +127,7 @@ class GrantsIn(Input):
     )
 
 
-class PartnerOut(BaseModel):
+class PartnerOut(Output):
     id: str
     name: str
     grants: list[str]
@@ -134,7 +144,7 @@ class SubscriptionIn(Input):
     description: str | None = Field(default=None, max_length=200)
 
 
-class SubscriptionOut(BaseModel):
+class SubscriptionOut(Output):
     id: uuid.UUID
     partner_id: str
     transport: str
@@ -163,13 +173,13 @@ class RotateSecretIn(Input):
     )
 
 
-class RotatedSecret(BaseModel):
+class RotatedSecret(Output):
     subscription_id: uuid.UUID
     secret: str
     previous_secret_expires_at: dt.datetime | None
 
 
-class WebhookDeliveryOut(BaseModel):
+class WebhookDeliveryOut(Output):
     id: uuid.UUID
     sequence: int
     subscription_id: uuid.UUID

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from services.notify.models import Partner, PartnerGrant, Subscription, SubscriptionStatus, Transport, utcnow
-from services.notify.partners import PARTNER_ID_PATTERN, check_event_types, new_subscription
+from services.notify.partners import PARTNER_ID_PATTERN, check_event_types
 from services.notify.settings import NotifySettings
+from services.notify.subscriptions import new_subscription
 from shared.db import Database
 from shared.settings import ServiceSettings
 

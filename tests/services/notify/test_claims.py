@@ -1,4 +1,5 @@
-"""Two workers (two replicas) claiming due deliveries at the same time never get the same row."""
+"""Two workers (two replicas) claiming due deliveries at the same time never get the same row; an administrator's
+retry waits for the worker holding the delivery."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import asyncio
 import datetime as dt
 import uuid
 
-from services.notify import repository
+import pytest
+
+from services.notify import delivery, repository
 from services.notify.main import MIGRATIONS
 from services.notify.models import Delivery, Notification, utcnow
+from services.notify.notifications import WORK_PENDING
 from shared.db import Database
 from shared.migrations import upgrade
+from shared.problems import Conflict
 
 
 async def test_concurrent_claims_split_the_due_rows_between_workers(database_url: str) -> None:
@@ -62,3 +67,45 @@ async def test_concurrent_claims_split_the_due_rows_between_workers(database_url
     finally:
         for db in workers:
             await db.dispose()
+
+
+async def test_an_administrator_retries_a_failed_delivery_only_once_no_worker_holds_it(database_url: str) -> None:
+    await upgrade(database_url, MIGRATIONS)
+    db = Database(database_url)
+    try:
+        now = utcnow()
+        async with db.session() as session:
+            notification = Notification(
+                id=uuid.uuid4(), resident_id=uuid.uuid4(), kind="case.decided", status="dispatched", language="ko",
+                created_at=now, next_step_at=now,
+            )  # fmt: skip
+            session.add(notification)
+            await session.flush()
+            failed = Delivery(
+                id=uuid.uuid4(), notification_id=notification.id, resident_id=notification.resident_id,
+                channel="email", status="failed", attempts=3, last_error="550 mailbox unavailable",
+                next_attempt_at=now, created_at=now, updated_at=now,
+            )  # fmt: skip
+            session.add(failed)
+        async with db.session() as session:
+            held = await repository.claim_deliveries(
+                session, "worker-1", now=utcnow(), lease=dt.timedelta(minutes=1), limit=10
+            )
+            assert held == [failed.id]
+
+        async with db.session() as session:
+            with pytest.raises(Conflict, match="being attempted"):
+                await delivery.retry(session, failed.id)
+            still = await session.get(Delivery, failed.id)
+            assert still is not None
+            assert (still.status, still.attempts, still.claim_token) == ("failed", 3, "worker-1")
+            still.claimed_until = utcnow() - dt.timedelta(seconds=1)  # the worker died; its lease ran out
+
+        async with db.session() as session:
+            retried = await delivery.retry(session, failed.id)
+            assert (retried.status, retried.attempts, retried.claim_token, retried.claimed_until) == (
+                "pending", 0, None, None
+            )  # fmt: skip
+            assert session.info.get(WORK_PENDING), "the workers are woken for it"
+    finally:
+        await db.dispose()
