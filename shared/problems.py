@@ -57,7 +57,8 @@ class Unauthorized(ProblemError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
     def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="onestop"'})
+        # Every 401 names the scheme (RFC 9110), whatever other headers it carries; the OpenAPI document says so.
+        kwargs["headers"] = {"WWW-Authenticate": 'Bearer realm="onestop"', **(kwargs.get("headers") or {})}
         super().__init__(detail, **kwargs)
 
 

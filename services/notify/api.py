@@ -357,7 +357,10 @@ def _subscription_out(subscription: Subscription, prefix: str) -> SubscriptionOu
     status_code=201,
     response_model=SubscriptionCreated,
     summary="Subscribe to granted event types, by webhook or NATS (Idempotency-Key supported)",
-    responses=problem_responses(403, 409),
+    responses={
+        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **problem_responses(403, 409),
+    },
 )
 async def create_subscription(
     request: Request,

@@ -1,6 +1,6 @@
-"""What the framework answers before a route runs, in every service as its OpenAPI document says: a body that is not
-JSON (or not even UTF-8) is invalid input like any other — 422, naming the body and the reason — and a 405's
-``Allow`` names every method of the path."""
+"""What is answered before a route runs, in every service as its OpenAPI document says: a body that is not JSON (or
+not even UTF-8) is invalid input like any other — 422, naming the body and the reason; a 405's ``Allow`` names every
+method of the path; a call without a token is a 401 that names the scheme."""
 
 from __future__ import annotations
 
@@ -109,4 +109,21 @@ async def test_a_method_the_path_lacks_is_a_405_that_allows_every_method_it_has(
             failures.append(f"{missing.upper()} {path}: {response.headers['content-type']}")
     # Every service has a resource with two methods in two routes (GET and PUT of an office, say).
     assert checked >= 1
+    assert failures == []
+
+
+async def test_a_call_without_a_token_is_a_documented_401_naming_the_scheme(service: RunningService) -> None:
+    schema = service.app.openapi()
+    operations = [op for op in _operations(schema, METHODS) if op[1].startswith("/v1/")]
+    assert len(operations) >= 5, f"{service.name} has only {len(operations)} operations"
+    failures = []
+    for method, path, operation in operations:
+        declared = operation["responses"].get("401", {}).get("headers", {}).get("WWW-Authenticate", {})
+        if declared.get("required") is not True:
+            failures.append(f"{method.upper()} {path}: WWW-Authenticate not declared")
+        response = await service.client.request(method, _url(path, operation))
+        if response.status_code != 401 or response.headers["content-type"] != PROBLEM_JSON:
+            failures.append(f"{method.upper()} {path}: {response.status_code} {response.headers['content-type']}")
+        elif response.headers.get("www-authenticate") != 'Bearer realm="onestop"':
+            failures.append(f"{method.upper()} {path}: WWW-Authenticate {response.headers.get('www-authenticate')}")
     assert failures == []
