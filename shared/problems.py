@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class Unauthorized(ProblemError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
     def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="onestop"'})
+        # Every 401 names the scheme (RFC 9110), whatever other headers it carries; the OpenAPI document says so.
+        kwargs["headers"] = {"WWW-Authenticate": 'Bearer realm="onestop"', **(kwargs.get("headers") or {})}
         super().__init__(detail, **kwargs)
 
 
@@ -139,15 +141,45 @@ def field_name(loc: Sequence[str | int]) -> str:
     return prefix + (out or "body")
 
 
+def _invalid_json(reason: str) -> dict[str, str]:
+    return {"field": "body", "message": f"not valid JSON: {reason}", "type": "json_invalid"}
+
+
 def validation_problem(exc: RequestValidationError) -> UnprocessableContent:
     errors = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # FastAPI puts the character position where the field would be; the field is the body itself.
+            position = next((p for p in err.get("loc", ())[1:] if isinstance(p, int)), 0)
+            errors.append(_invalid_json(f"{err.get('ctx', {}).get('error', 'invalid')} (at character {position})"))
+            continue
         loc = tuple(err.get("loc", ()))
         # pydantic puts the union member or function name in the location; those are noise to a client.
         loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
         errors.append({"field": field_name(loc), "message": str(err.get("msg", "invalid")), "type": err.get("type")})
     fields = ", ".join(sorted({e["field"] for e in errors}))
     return UnprocessableContent(f"Invalid input: {fields}", errors=errors)
+
+
+def unreadable_body_problem(exc: StarletteHTTPException) -> UnprocessableContent | None:
+    """FastAPI answers 400 for a body it cannot decode (bytes that are not UTF-8), raised from the decoding error.
+    That is invalid input like any other, so it is answered the same way: 422 naming the body and the reason."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or not isinstance(cause, ValueError):
+        return None
+    reason = f"not UTF-8 (at byte {cause.start})" if isinstance(cause, UnicodeDecodeError) else str(cause)
+    return UnprocessableContent("Invalid input: body", errors=[_invalid_json(reason)])
+
+
+def allowed_methods(request: Request, found: str | None) -> str | None:
+    """The ``Allow`` of a 405: every method the path has. Starlette names only the methods of the first route that
+    matched the path, and a resource with GET and PUT in two routes would advertise one of them."""
+    path = request.scope.get("path", request.url.path)
+    methods = {m.strip().upper() for m in (found or "").split(",") if m.strip()}
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods)) or None
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -161,13 +193,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if (unreadable := unreadable_body_problem(exc)) is not None:
+            return problem_response(unreadable, request)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (allow := allowed_methods(request, headers.get("Allow"))) is not None:
+            headers["Allow"] = allow
         cls = _BY_STATUS.get(exc.status_code)
         if cls is None:
             problem = ProblemError(str(exc.detail))
             problem.status = exc.status_code  # type: ignore[misc]
         else:
             detail = exc.detail if isinstance(exc.detail, str) and exc.detail != cls.title else None
-            problem = cls(detail, headers=exc.headers)
+            problem = cls(detail, headers=headers)
         return problem_response(problem, request)
 
     async def on_unhandled(request: Request, exc: Exception) -> JSONResponse:

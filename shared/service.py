@@ -243,7 +243,7 @@ _COMMON_PROBLEMS = {
     "403": "The caller's role may not do this",
     "404": "Not found, or not visible to the caller",
     "413": "Request body too large",
-    "422": "Invalid input",
+    "422": "Invalid input: a parameter, a field, or a body that is not JSON (nothing was written)",
 }
 
 
@@ -257,6 +257,18 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components["schemas"].pop("ValidationError", None)
     components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
     problem = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    # The headers the shared parts answer with, declared where they come: shared.problems' Unauthorized, a
+    # ServiceUnavailable that knows when to come back, and shared.idempotency's replay of a stored answer.
+    problem_headers = {
+        "401": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}, "description": "Bearer"}},
+        "503": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before a retry"}},
+    }
+    replayed = {
+        "Idempotent-Replayed": {
+            "schema": {"type": "string", "enum": ["true"]},
+            "description": "Present on a retry with the same Idempotency-Key: this is the first request's answer",
+        }
+    }
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -267,10 +279,18 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
             for status, description in _COMMON_PROBLEMS.items():
                 existing = responses.get(status, {})
-                responses[status] = {"description": existing.get("description", description), **problem}
+                responses[status] = {**existing, "description": existing.get("description", description), **problem}
+            responses.setdefault("500", {"description": "Unexpected error", **problem})
+            idempotent = any(
+                p.get("in") == "header" and p.get("name", "").lower() == "idempotency-key"
+                for p in operation.get("parameters", [])
+            )
             for status, response in responses.items():
                 if status.startswith(("4", "5")):
                     response.update(problem)
-            responses.setdefault("500", {"description": "Unexpected error", **problem})
+                if status in problem_headers:
+                    response.setdefault("headers", {}).update(problem_headers[status])
+                if idempotent and status.startswith("2"):
+                    response.setdefault("headers", {}).update(replayed)
     app.openapi_schema = schema
     return schema

@@ -71,7 +71,10 @@ residents_router = APIRouter(prefix="/v1/residents", tags=["residents"])
     operation_id="registerResident",
     status_code=201,
     response_model=ResidentView,
-    responses=problem_responses(403, 409),
+    responses={
+        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **problem_responses(403, 409),
+    },
     summary="Register a resident (themselves, or assisted by staff at a counter)",
 )
 async def register_resident(
@@ -167,7 +170,10 @@ applications_router = APIRouter(prefix="/v1/applications", tags=["applications"]
     operation_id="submitApplication",
     status_code=201,
     response_model=ApplicationView,
-    responses=problem_responses(403, 503),
+    responses={
+        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **problem_responses(403, 503),
+    },
     summary="File one application for a life event (by the resident, or by staff on their behalf)",
 )
 async def submit_application(

@@ -252,7 +252,10 @@ def _subscription_created(subscription: Subscription, prefix: str) -> Subscripti
     status_code=201,
     response_model=SubscriptionCreated,
     summary="Subscribe to granted event types, by webhook or NATS (Idempotency-Key supported)",
-    responses=problem_responses(403, 409),
+    responses={
+        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **problem_responses(403, 409),
+    },
 )
 async def create_subscription(
     request: Request,

@@ -1,22 +1,14 @@
-"""The notify API as a whole: who may do what (object-level authorization), and a schemathesis run over real HTTP
-that finds no server error."""
+"""The notify API as a whole: who may do what (object-level authorization). Schemathesis runs over it in
+test_schemathesis.py."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from pathlib import Path
 from typing import Any
 
-from onestop.registry import BY_NAME
-from services.notify.main import create_app
-from shared.auth import TokenIssuer
-from shared.migrations import upgrade
 from tests.services.notify import factories as f
 from tests.services.notify.conftest import Endpoint, IntakeServer, Producer, eventually
-from tests.support.http import run_schemathesis, serve
-from tests.support.nats import NatsServer
-from tests.support.services import RunningService, service_settings
+from tests.support.services import RunningService
 
 PARTNER_A, PARTNER_B = "partner-a", "partner-b"
 ROLES = (
@@ -122,41 +114,3 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
     assert (await notify.client.get("/v1/deliveries", headers=tokens["partner_b"])).json() == []
     assert (await notify.client.get("/v1/subscriptions", headers=tokens["partner_b"])).json() == []
     assert (await notify.client.get("/v1/inbox", headers=tokens["other_resident"])).json()["items"] == []
-
-
-async def test_schemathesis_finds_no_server_error(
-    database_url: str,
-    nats_server: NatsServer,
-    bus_prefix: str,
-    keys_dir: Path,
-    issuer: TokenIssuer,
-    notify_settings: dict[str, Any],
-    tmp_path: Path,
-) -> None:
-    settings = service_settings(
-        "notify", database_url=database_url, nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir,
-        **notify_settings,
-    )  # fmt: skip
-    await upgrade(settings.database_url, BY_NAME["notify"].migrations)
-    async with serve(create_app(settings)) as url:  # type: ignore[arg-type]
-        # Each role over the operations meant for it (elsewhere it only meets 403s, which the matrix covers); the
-        # three runs are separate processes, so they run side by side.
-        runs = [
-            ("admin", {}, "^/v1/(partners|notification-deliveries|admin)"),
-            ("partner", {"partner_id": "schema-partner"}, "^/v1/(subscriptions|deliveries)"),
-            ("resident", {"resident_id": uuid.uuid4()}, "^/v1/(inbox|preferences)"),
-        ]
-        results = await asyncio.gather(
-            *(
-                run_schemathesis(
-                    url,
-                    headers={"Authorization": f"Bearer {issuer.mint(role, **claims)}"},  # type: ignore[arg-type]
-                    max_examples=5,
-                    report_dir=tmp_path / role,
-                    extra_args=("--include-path-regex", paths),
-                )
-                for role, claims, paths in runs
-            )
-        )
-    for (role, _, _), result in zip(runs, results, strict=True):
-        assert result.returncode == 0, f"{role}:\n{result.output[-6000:]}"
