@@ -20,11 +20,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, UTCDateTime, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
 class Base(ServiceModels, DeclarativeBase):
@@ -55,19 +54,19 @@ class Office(Base):
     name_ko: Mapped[str] = mapped_column(String(200))
     name_en: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(40))
-    departments: Mapped[list[str]] = mapped_column(JSON)
+    departments: Mapped[list[str]]
     # Jurisdiction: the districts (administrative codes) whose residents this office serves for its departments.
-    districts: Mapped[list[str]] = mapped_column(JSON)
-    languages: Mapped[list[str]] = mapped_column(JSON)
-    neighbours: Mapped[list[str]] = mapped_column(JSON)
-    supervisors: Mapped[list[str]] = mapped_column(JSON)
+    districts: Mapped[list[str]]
+    languages: Mapped[list[str]]
+    neighbours: Mapped[list[str]]
+    supervisors: Mapped[list[str]]
     caseworker_hours_week: Mapped[int] = mapped_column(Integer)
     # The weighted load (sum of the case weights of open cases) at which the office counts as full.
     active_case_ceiling: Mapped[float] = mapped_column(Float)
     # City-wide office taking a department's cases for districts no local office serves for it.
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
 
 
 class ApplicationRecord(Base):
@@ -75,11 +74,11 @@ class ApplicationRecord(Base):
 
     __tablename__ = "applications"
 
-    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    application_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID]
     last_round: Mapped[int] = mapped_column(Integer, default=0)
-    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    withdrawn_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]
 
 
 class Case(Base):
@@ -93,9 +92,9 @@ class Case(Base):
         Index("ix_cases_status_due", "status", "due_date"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    application_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID]
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
     program_code: Mapped[str] = mapped_column(String(100))
     program_name_ko: Mapped[str] = mapped_column(String(300))
     program_name_en: Mapped[str] = mapped_column(String(300))
@@ -119,11 +118,11 @@ class Case(Base):
     # The resident's context (pseudonymous: no name, no contact details).
     district_code: Mapped[str] = mapped_column(String(10))
     preferred_language: Mapped[str] = mapped_column(String(8))
-    vulnerability: Mapped[list[str]] = mapped_column(JSON)
+    vulnerability: Mapped[list[str]]
     interpreter_needed: Mapped[bool] = mapped_column(Boolean, default=False)
 
     # The routing decision: the rule, its explanation, every candidate with its load and ceiling.
-    routing: Mapped[dict[str, Any]] = mapped_column(JSON)
+    routing: Mapped[dict[str, Any]]
 
     # SLA
     application_date: Mapped[dt.date] = mapped_column(Date)
@@ -133,22 +132,22 @@ class Case(Base):
     paused_working_days: Mapped[int] = mapped_column(Integer, default=0)
     breached_on: Mapped[dt.date | None] = mapped_column(Date)
     escalated: Mapped[bool] = mapped_column(Boolean, default=False)
-    escalated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    escalated_at: Mapped[dt.datetime | None]
 
     assignee: Mapped[str | None] = mapped_column(String(255))
-    assigned_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    assigned_at: Mapped[dt.datetime | None]
 
     decision: Mapped[str | None] = mapped_column(String(20))
     reason_code: Mapped[str | None] = mapped_column(String(60))
     decision_note: Mapped[str | None] = mapped_column(Text)
     decided_by: Mapped[str | None] = mapped_column(String(255))
-    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    decided_at: Mapped[dt.datetime | None]
     decided_on: Mapped[dt.date | None] = mapped_column(Date)
     closed_reason: Mapped[str | None] = mapped_column(String(40))
-    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    closed_at: Mapped[dt.datetime | None]
 
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
     # Every write is "UPDATE ... WHERE version = <the version read>": a concurrent change makes it touch no row.
     version: Mapped[int] = mapped_column(Integer)
 
@@ -166,10 +165,10 @@ class CaseEntry(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), index=True)
-    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    at: Mapped[dt.datetime]
     actor: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(40))
-    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]]
 
 
 class SlaBreach(Base):
@@ -183,4 +182,4 @@ class SlaBreach(Base):
     office_code: Mapped[str] = mapped_column(String(40))
     due_date: Mapped[dt.date] = mapped_column(Date)
     breached_on: Mapped[dt.date] = mapped_column(Date)
-    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    recorded_at: Mapped[dt.datetime]
