@@ -13,13 +13,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing import casework, queues, reasons, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
 from services.routing.models import Case
-from services.routing.repository import QueueFilter
+from services.routing.repository import QueueFilter, Repository, RepositoryDep
 from services.routing.schemas import (
     OFFICE_CODE_PATTERN,
     AssignIn,
@@ -40,7 +39,7 @@ from services.routing.schemas import (
     TransferIn,
 )
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep, SessionDep
+from shared.deps import IdempotencyDep
 from shared.events import Department
 from shared.idempotency import Idempotency
 from shared.problems import problem_responses
@@ -75,17 +74,17 @@ statistics_router = APIRouter(prefix="/v1", tags=["statistics"])
 
 @offices_router.get("", summary="Offices, their jurisdiction, languages and capacity")
 async def list_offices(
-    session: SessionDep,
+    repo: RepositoryDep,
     principal: Anyone,
     department: Department | None = None,
     district: Annotated[str | None, Query(pattern=r"^[0-9]{5}$")] = None,
 ) -> list[OfficeOut]:
-    return await office_logic.list_offices(session, principal, department, district)
+    return await office_logic.list_offices(repo, principal, department, district)
 
 
 @offices_router.get("/{code}", summary="One office", responses=problem_responses(404))
-async def get_office(session: SessionDep, principal: Anyone, code: OfficeCodePath) -> OfficeOut:
-    return await office_logic.get_office(session, principal, code)
+async def get_office(repo: RepositoryDep, principal: Anyone, code: OfficeCodePath) -> OfficeOut:
+    return await office_logic.get_office(repo, principal, code)
 
 
 @offices_router.put(
@@ -94,9 +93,9 @@ async def get_office(session: SessionDep, principal: Anyone, code: OfficeCodePat
     responses={201: {"description": "Created", "model": OfficeOut}, **problem_responses(422)},
 )
 async def put_office(
-    session: SessionDep, ctx: ContextDep, principal: Admin, code: OfficeCodePath, body: OfficeIn, response: Response
+    repo: RepositoryDep, ctx: ContextDep, principal: Admin, code: OfficeCodePath, body: OfficeIn, response: Response
 ) -> OfficeOut:
-    office, created = await office_logic.put_office(session, code, body, ctx.clock.now())
+    office, created = await office_logic.put_office(repo, code, body, ctx.clock.now())
     response.status_code = 201 if created else 200
     return office
 
@@ -131,7 +130,7 @@ def queue_filter(
     responses=problem_responses(403, 404, 422),
 )
 async def queue(
-    session: SessionDep,
+    repo: RepositoryDep,
     principal: Staff,
     office: OfficeCodePath,
     filters: Annotated[QueueFilter, Depends(queue_filter)],
@@ -139,7 +138,7 @@ async def queue(
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     purpose: Purpose = "casework",
 ) -> QueuePage:
-    return await queues.page(session, principal, office, filters, cursor=cursor, limit=limit, purpose=purpose)
+    return await queues.page(repo, principal, office, filters, cursor=cursor, limit=limit, purpose=purpose)
 
 
 @cases_router.get(
@@ -148,14 +147,14 @@ async def queue(
     responses=problem_responses(403, 404),
 )
 async def get_case(
-    session: SessionDep, ctx: ContextDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "casework"
+    repo: RepositoryDep, ctx: ContextDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "casework"
 ) -> CaseOut:
-    return await casework.read(session, ctx, principal, case_id, purpose)
+    return await casework.read(repo, ctx, principal, case_id, purpose)
 
 
 async def _idempotent(
     request: Request,
-    session: AsyncSession,
+    repo: Repository,
     idempotency: Idempotency,
     principal: Principal,
     body: BaseModel | None,
@@ -163,16 +162,16 @@ async def _idempotent(
     status_code: int = 200,
 ) -> JSONResponse:
     """Run an action once per ``Idempotency-Key``: a retry with the same key and body gets the first answer."""
-    answer = await idempotency.run(request, session, principal, body, run, status_code=status_code)
+    answer = await idempotency.run(request, repo.session, principal, body, run, status_code=status_code)
     return answer.response()
 
 
 def _case_action(
-    action: Callable[[AsyncSession, RoutingContext, Principal, uuid.UUID], Awaitable[Case]],
+    action: Callable[[Repository, RoutingContext, Principal, uuid.UUID], Awaitable[Case]],
 ) -> Callable[..., Awaitable[JSONResponse]]:
     async def endpoint(
         request: Request,
-        session: SessionDep,
+        repo: RepositoryDep,
         ctx: ContextDep,
         idempotency: IdempotencyDep,
         principal: Staff,
@@ -180,9 +179,9 @@ def _case_action(
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         async def run() -> CaseOut:
-            return await casework.detail(session, ctx, await action(session, ctx, principal, case_id))
+            return await casework.detail(repo, ctx, await action(repo, ctx, principal, case_id))
 
-        return await _idempotent(request, session, idempotency, principal, None, run)
+        return await _idempotent(request, repo, idempotency, principal, None, run)
 
     return endpoint
 
@@ -215,7 +214,7 @@ cases_router.add_api_route(
 )
 async def assign(
     request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     idempotency: IdempotencyDep,
     principal: Staff,
@@ -224,9 +223,9 @@ async def assign(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await casework.detail(session, ctx, await casework.assign(session, ctx, principal, case_id, body))
+        return await casework.detail(repo, ctx, await casework.assign(repo, ctx, principal, case_id, body))
 
-    return await _idempotent(request, session, idempotency, principal, body, run)
+    return await _idempotent(request, repo, idempotency, principal, body, run)
 
 
 @cases_router.post(
@@ -237,7 +236,7 @@ async def assign(
 )
 async def request_info(
     request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     idempotency: IdempotencyDep,
     principal: Staff,
@@ -246,9 +245,9 @@ async def request_info(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await casework.detail(session, ctx, await casework.request_info(session, ctx, principal, case_id, body))
+        return await casework.detail(repo, ctx, await casework.request_info(repo, ctx, principal, case_id, body))
 
-    return await _idempotent(request, session, idempotency, principal, body, run)
+    return await _idempotent(request, repo, idempotency, principal, body, run)
 
 
 @cases_router.post(
@@ -259,7 +258,7 @@ async def request_info(
 )
 async def decide(
     request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     idempotency: IdempotencyDep,
     principal: Staff,
@@ -268,9 +267,9 @@ async def decide(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await casework.detail(session, ctx, await casework.decide(session, ctx, principal, case_id, body))
+        return await casework.detail(repo, ctx, await casework.decide(repo, ctx, principal, case_id, body))
 
-    return await _idempotent(request, session, idempotency, principal, body, run)
+    return await _idempotent(request, repo, idempotency, principal, body, run)
 
 
 @cases_router.post(
@@ -281,7 +280,7 @@ async def decide(
 )
 async def transfer(
     request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     idempotency: IdempotencyDep,
     principal: Staff,
@@ -290,9 +289,9 @@ async def transfer(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await casework.detail(session, ctx, await casework.transfer(session, ctx, principal, case_id, body))
+        return await casework.detail(repo, ctx, await casework.transfer(repo, ctx, principal, case_id, body))
 
-    return await _idempotent(request, session, idempotency, principal, body, run)
+    return await _idempotent(request, repo, idempotency, principal, body, run)
 
 
 @cases_router.post(
@@ -303,7 +302,7 @@ async def transfer(
 )
 async def escalate(
     request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     idempotency: IdempotencyDep,
     principal: Staff,
@@ -312,9 +311,9 @@ async def escalate(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> CaseOut:
-        return await casework.detail(session, ctx, await casework.escalate(session, ctx, principal, case_id, body))
+        return await casework.detail(repo, ctx, await casework.escalate(repo, ctx, principal, case_id, body))
 
-    return await _idempotent(request, session, idempotency, principal, body, run)
+    return await _idempotent(request, repo, idempotency, principal, body, run)
 
 
 @cases_router.post(
@@ -326,7 +325,7 @@ async def escalate(
 )
 async def add_note(
     request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     idempotency: IdempotencyDep,
     principal: Staff,
@@ -335,10 +334,10 @@ async def add_note(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     async def run() -> HistoryEntry:
-        entry = await casework.add_note(session, ctx, principal, case_id, body)
+        entry = await casework.add_note(repo, ctx, principal, case_id, body)
         return HistoryEntry(at=entry.at, actor=entry.actor, action=entry.action, details=entry.details)
 
-    return await _idempotent(request, session, idempotency, principal, body, run, 201)
+    return await _idempotent(request, repo, idempotency, principal, body, run, 201)
 
 
 @cases_router.get("/reason-codes", summary="The reason codes a decision may give")
@@ -355,12 +354,12 @@ async def reason_codes(principal: Staff) -> list[ReasonCodeOut]:
     responses=problem_responses(403),
 )
 async def capacity(
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     principal: Supervisor,
     office: Annotated[list[Annotated[str, Field(pattern=OFFICE_CODE_PATTERN)]] | None, Query()] = None,
 ) -> CapacityReport:
-    return await statistics.capacity(session, ctx, principal, office)
+    return await statistics.capacity(repo, ctx, principal, office)
 
 
 @statistics_router.get("/open-data", summary="The open datasets")
@@ -375,13 +374,13 @@ async def open_data_catalogue(principal: Anyone) -> list[DatasetInfo]:
     responses={200: {"content": {"text/csv": {}}}, **problem_responses(404)},
 )
 async def open_data(
-    session: SessionDep,
+    repo: RepositoryDep,
     ctx: ContextDep,
     principal: Anyone,
     dataset: Annotated[str, Path(min_length=1, max_length=50)],
     format: Literal["json", "csv"] = "json",
 ) -> Dataset | Response:
-    result = await statistics.open_dataset(session, ctx, dataset)
+    result = await statistics.open_dataset(repo, ctx, dataset)
     if format == "csv":
         return _csv(result)
     return result

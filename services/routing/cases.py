@@ -24,15 +24,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Literal, TypedDict
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
 from services.routing import offices as office_logic
-from services.routing import repository as repo
 from services.routing.context import RoutingContext
 from services.routing.models import ApplicationRecord, Case, CaseStatus, Office
 from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, Rule, priority, route
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
+from services.routing.repository import Repository
 from shared.consumer import PermanentError
 from shared.events import (
     ApplicationInfoProvided,
@@ -64,10 +63,10 @@ class CaseChanged(Conflict):
         super().__init__("The case was changed by someone else at the same time; reload it and try again.")
 
 
-async def save(session: AsyncSession) -> None:
+async def save(repo: Repository) -> None:
     """Write pending changes now, so that a concurrent change (the version check) is a 409, not a failed commit."""
     try:
-        await session.flush()
+        await repo.session.flush()
     except StaleDataError:
         raise CaseChanged() from None
 
@@ -146,7 +145,7 @@ CloseReason = Literal["withdrawn", "no_longer_applicable"]
 
 
 async def close(
-    session: AsyncSession, ctx: RoutingContext, case: Case, reason: CloseReason, actor: str, now: dt.datetime
+    repo: Repository, ctx: RoutingContext, case: Case, reason: CloseReason, actor: str, now: dt.datetime
 ) -> None:
     """End an active case without a decision (withdrawn, or no longer applicable)."""
     case.status = CaseStatus.CLOSED
@@ -154,16 +153,16 @@ async def close(
     case.closed_at = now
     case.paused_since = None
     case.updated_at = now
-    repo.add_entry(session, case, actor, "closed", now, reason=reason)
-    await save(session)
+    repo.add_entry(case, actor, "closed", now, reason=reason)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseClosed(**event_base(case), reason=reason, closed_at=now),
     )
 
 
 async def decide_automatically(
-    session: AsyncSession, ctx: RoutingContext, case: Case, amount: int | None, now: dt.datetime
+    repo: Repository, ctx: RoutingContext, case: Case, amount: int | None, now: dt.datetime
 ) -> None:
     today = ctx.clock.today()
     reason = REASON_CODES[AUTOMATIC_GRANT]
@@ -176,10 +175,10 @@ async def decide_automatically(
     case.decided_on = today
     case.amount = amount
     case.updated_at = now
-    repo.add_entry(session, case, ELIGIBILITY, "decided", now, decision="approved", reason_code=reason.code)
-    await save(session)
+    repo.add_entry(case, ELIGIBILITY, "decided", now, decision="approved", reason_code=reason.code)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseDecided(
             **event_base(case),
             decision=Decision.APPROVED,
@@ -198,17 +197,16 @@ async def decide_automatically(
 class Router:
     """Routes the cases of one determination; loads are read once and grow with each case placed."""
 
-    def __init__(self, session: AsyncSession, offices: Sequence[Office], loads: dict[str, float]) -> None:
-        self.session = session
+    def __init__(self, offices: Sequence[Office], loads: dict[str, float]) -> None:
         self.offices = {o.code: o for o in offices}
         self.views = office_logic.views(offices)
         self.loads = loads
 
     @classmethod
-    async def load(cls, session: AsyncSession) -> Router:
-        offices = await repo.all_offices(session)
-        loads = {code: weighted for code, (_count, weighted) in (await repo.office_loads(session)).items()}
-        return cls(session, offices, loads)
+    async def load(cls, repo: Repository) -> Router:
+        offices = await repo.all_offices()
+        loads = {code: weighted for code, (_count, weighted) in (await repo.office_loads()).items()}
+        return cls(offices, loads)
 
     def route(self, data: EligibilityDetermined, program: ProgramDetermination, *, overflow: bool) -> RoutingDecision:
         resident = data.resident
@@ -265,7 +263,7 @@ def sla_start(data: EligibilityDetermined, ctx: RoutingContext) -> dt.date:
 
 
 async def open_case(
-    session: AsyncSession,
+    repo: Repository,
     ctx: RoutingContext,
     router: Router,
     data: EligibilityDetermined,
@@ -299,13 +297,11 @@ async def open_case(
     case.closed_at = None
     refresh_priority(ctx, case, today)
     if existing is None:
-        router.session.add(case)
-    repo.add_entry(
-        session, case, SYSTEM, "reopened" if existing else "routed", now, round=data.round, routing=case.routing
-    )
-    await save(session)
+        repo.session.add(case)
+    repo.add_entry(case, SYSTEM, "reopened" if existing else "routed", now, round=data.round, routing=case.routing)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseRouted(
             **event_base(case),
             office_name=office_logic.name_of(office),
@@ -322,7 +318,7 @@ async def open_case(
 
 
 async def grant_case(
-    session: AsyncSession,
+    repo: Repository,
     ctx: RoutingContext,
     router: Router,
     data: EligibilityDetermined,
@@ -350,11 +346,11 @@ async def grant_case(
     case.paused_working_days = 0
     case.escalated = False
     case.priority = ROUTINE
-    session.add(case)
-    repo.add_entry(session, case, SYSTEM, "routed", now, round=data.round, routing=case.routing, automatic=True)
-    await save(session)
+    repo.session.add(case)
+    repo.add_entry(case, SYSTEM, "routed", now, round=data.round, routing=case.routing, automatic=True)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseRouted(
             **event_base(case),
             office_name=office_logic.name_of(office),
@@ -366,7 +362,7 @@ async def grant_case(
             routed_at=now,
         ),
     )
-    await decide_automatically(session, ctx, case, program.amount, now)
+    await decide_automatically(repo, ctx, case, program.amount, now)
     return case
 
 
@@ -397,22 +393,22 @@ def _fill(case: Case, data: EligibilityDetermined, program: ProgramDetermination
 
 
 async def _application(
-    session: AsyncSession, application_id: uuid.UUID, resident_id: uuid.UUID, now: dt.datetime
+    repo: Repository, application_id: uuid.UUID, resident_id: uuid.UUID, now: dt.datetime
 ) -> ApplicationRecord:
-    record = await repo.application(session, application_id)
+    record = await repo.application(application_id)
     if record is None:
         record = ApplicationRecord(
             application_id=application_id, resident_id=resident_id, last_round=0, withdrawn_at=None, updated_at=now
         )
-        session.add(record)
+        repo.session.add(record)
         # A concurrent first event of the same application fails here; the consumer retries and finds this row.
-        await session.flush()
+        await repo.session.flush()
     return record
 
 
-async def apply_determination(session: AsyncSession, ctx: RoutingContext, data: EligibilityDetermined) -> None:
+async def apply_determination(repo: Repository, ctx: RoutingContext, data: EligibilityDetermined) -> None:
     now = ctx.clock.now()
-    record = await _application(session, data.application_id, data.resident_id, now)
+    record = await _application(repo, data.application_id, data.resident_id, now)
     if record.withdrawn_at is not None:
         log.info("determination after withdrawal ignored", extra={"application_id": str(data.application_id)})
         return
@@ -424,28 +420,28 @@ async def apply_determination(session: AsyncSession, ctx: RoutingContext, data: 
         return
     record.last_round = data.round
     record.updated_at = now
-    cases = {c.program_code: c for c in await repo.cases_of_application(session, data.application_id)}
+    cases = {c.program_code: c for c in await repo.cases_of_application(data.application_id)}
     router: Router | None = None
     for program in data.programs:
         case = cases.get(program.program_code)
         wants_person, granted = needs_person(program), granted_automatically(program)
         if (case is None or _reopenable(case)) and (wants_person or granted):
-            router = router or await Router.load(session)
+            router = router or await Router.load(repo)
             if case is None and wants_person:
-                await open_case(session, ctx, router, data, program, now)
+                await open_case(repo, ctx, router, data, program, now)
             elif case is None:
-                await grant_case(session, ctx, router, data, program, now)
+                await grant_case(repo, ctx, router, data, program, now)
             elif wants_person:
-                await open_case(session, ctx, router, data, program, now, existing=case)
+                await open_case(repo, ctx, router, data, program, now, existing=case)
             else:
                 _fill(case, data, program, now)
                 case.closed_reason = None
                 case.closed_at = None
                 case.automatic = True
-                repo.add_entry(session, case, SYSTEM, "reopened", now, round=data.round)
-                await decide_automatically(session, ctx, case, program.amount, now)
+                repo.add_entry(case, SYSTEM, "reopened", now, round=data.round)
+                await decide_automatically(repo, ctx, case, program.amount, now)
         elif case is not None:
-            await _reevaluate(session, ctx, case, data, program, now)
+            await _reevaluate(repo, ctx, case, data, program, now)
 
 
 def _reopenable(case: Case) -> bool:
@@ -453,7 +449,7 @@ def _reopenable(case: Case) -> bool:
 
 
 async def _reevaluate(
-    session: AsyncSession,
+    repo: Repository,
     ctx: RoutingContext,
     case: Case,
     data: EligibilityDetermined,
@@ -463,7 +459,7 @@ async def _reevaluate(
     if not case.is_active:
         return  # a decision stands; a re-evaluation does not undo it
     if program.outcome is Outcome.INELIGIBLE:
-        await close(session, ctx, case, "no_longer_applicable", SYSTEM, now)
+        await close(repo, ctx, case, "no_longer_applicable", SYSTEM, now)
         return
     case.round = data.round
     case.outcome = program.outcome.value
@@ -472,26 +468,26 @@ async def _reevaluate(
     case.amount = program.amount
     case.amount_period = program.amount_period
     case.updated_at = now
-    repo.add_entry(session, case, SYSTEM, "reevaluated", now, round=data.round, outcome=program.outcome.value)
+    repo.add_entry(case, SYSTEM, "reevaluated", now, round=data.round, outcome=program.outcome.value)
     if granted_automatically(program):
-        await decide_automatically(session, ctx, case, program.amount, now)
+        await decide_automatically(repo, ctx, case, program.amount, now)
         return
-    await save(session)
+    await save(repo)
 
 
-async def withdraw(session: AsyncSession, ctx: RoutingContext, data: ApplicationWithdrawn) -> None:
+async def withdraw(repo: Repository, ctx: RoutingContext, data: ApplicationWithdrawn) -> None:
     now = ctx.clock.now()
-    record = await _application(session, data.application_id, data.resident_id, now)
+    record = await _application(repo, data.application_id, data.resident_id, now)
     if record.withdrawn_at is not None:
         return
     record.withdrawn_at = data.withdrawn_at
     record.updated_at = now
-    for case in await repo.cases_of_application(session, data.application_id):
+    for case in await repo.cases_of_application(data.application_id):
         if case.is_active:
-            await close(session, ctx, case, "withdrawn", RESIDENT, now)
+            await close(repo, ctx, case, "withdrawn", RESIDENT, now)
 
 
-async def info_provided(session: AsyncSession, ctx: RoutingContext, data: ApplicationInfoProvided) -> None:
+async def info_provided(repo: Repository, ctx: RoutingContext, data: ApplicationInfoProvided) -> None:
     """The resident answered: the cases waiting on them resume (those named, or all of the application's).
 
     The pause ends on the day the resident answered (``provided_at``, as a date in the offices' time zone), not on the
@@ -501,13 +497,11 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
     the day routing handles it."""
     now, today = ctx.clock.now(), ctx.clock.today()
     answered_on = min(data.provided_at.astimezone(ctx.clock.tz).date(), today)
-    record = await repo.application(session, data.application_id)
+    record = await repo.application(data.application_id)
     if record is None or record.withdrawn_at is not None:
         return
     waiting = [
-        c
-        for c in await repo.cases_of_application(session, data.application_id)
-        if c.status == CaseStatus.WAITING_ON_RESIDENT
+        c for c in await repo.cases_of_application(data.application_id) if c.status == CaseStatus.WAITING_ON_RESIDENT
     ]
     if data.case_ids:
         named = set(data.case_ids)
@@ -525,7 +519,6 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
         case.updated_at = now
         refresh_priority(ctx, case, today)
         repo.add_entry(
-            session,
             case,
             RESIDENT,
             "info_provided",
@@ -536,7 +529,7 @@ async def info_provided(session: AsyncSession, ctx: RoutingContext, data: Applic
             due_date=case.due_date.isoformat(),
         )
         await ctx.outbox.emit(
-            session,
+            repo.session,
             CaseResumed(**event_base(case), due_date=case.due_date, paused_working_days=paused, resumed_at=now),
         )
-    await save(session)
+    await save(repo)

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from services.routing import offices as office_logic
-from services.routing import repository as repo
 from services.routing import views
 from services.routing.cases import event_base, resume_clock, save
 from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseEntry, CaseStatus
 from services.routing.policy import URGENT
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
+from services.routing.repository import Repository
 from services.routing.schemas import AssignIn, CaseOut, DecideIn, EscalateIn, NoteIn, RequestInfoIn, TransferIn
 from shared.auth import Principal, Role
 from shared.events import (
@@ -50,25 +48,25 @@ class CaseStateConflict(Conflict):
         super().__init__(detail, case_status=case.status, assignee_set=case.assignee is not None)
 
 
-async def load(session: AsyncSession, principal: Principal, case_id: uuid.UUID) -> Case:
-    case = await repo.visible_case(session, case_id, principal)
+async def load(repo: Repository, principal: Principal, case_id: uuid.UUID) -> Case:
+    case = await repo.visible_case(principal, case_id)
     if case is None:
         raise CaseNotFound(case_id)
     return case
 
 
-async def detail(session: AsyncSession, ctx: RoutingContext, case: Case) -> CaseOut:
+async def detail(repo: Repository, ctx: RoutingContext, case: Case) -> CaseOut:
     """The case as staff see it: routing decision, SLA as of today, decision and full history."""
-    return views.detail(case, await repo.case_history(session, case.id), ctx.calendar, ctx.clock.today())
+    return views.detail(case, await repo.case_history(case.id), ctx.calendar, ctx.clock.today())
 
 
 async def read(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, purpose: str
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, purpose: str
 ) -> CaseOut:
     """A case, for someone who may see it; the read of personal data is written to the audit log with its purpose."""
-    case = await load(session, principal, case_id)
-    await repo.audit(session, principal, "case.read", "case", str(case.id), purpose, case.resident_id)
-    return await detail(session, ctx, case)
+    case = await load(repo, principal, case_id)
+    await repo.audit(principal, "case.read", "case", str(case.id), purpose, case.resident_id)
+    return await detail(repo, ctx, case)
 
 
 def _is_caseworker(principal: Principal) -> bool:
@@ -92,27 +90,27 @@ def _require_handler(principal: Principal, case: Case, action: str) -> None:
 # ---------------------------------------------------------------------------------------------- assignment
 
 
-async def claim(session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> Case:
-    case = await load(session, principal, case_id)
+async def claim(repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> Case:
+    case = await load(repo, principal, case_id)
     if case.status == CaseStatus.ASSIGNED and case.assignee == principal.subject:
         return case  # claiming one's own case again changes nothing
     if case.status != CaseStatus.OPEN or case.assignee is not None:
         raise CaseStateConflict(f"Only an open, unassigned case can be claimed; this one is {case.status}.", case)
     now = ctx.clock.now()
-    if not await repo.claim(session, case.id, case.version, principal.subject, now):
+    if not await repo.claim(case.id, case.version, principal.subject, now):
         raise CaseStateConflict("Someone else claimed the case first.", case)
-    case = await load(session, principal, case_id)  # re-read what the conditional UPDATE wrote
-    repo.add_entry(session, case, principal.subject, "claimed", now)
-    await save(session)
+    case = await load(repo, principal, case_id)  # re-read what the conditional UPDATE wrote
+    repo.add_entry(case, principal.subject, "claimed", now)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseAssigned(**event_base(case), assignee=principal.subject, assigned_by=principal.subject, assigned_at=now),
     )
     return case
 
 
-async def release(session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> Case:
-    case = await load(session, principal, case_id)
+async def release(repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> Case:
+    case = await load(repo, principal, case_id)
     _require_active(case, "released")
     if case.assignee is None:
         raise CaseStateConflict("The case is not assigned to anyone.", case)
@@ -124,18 +122,18 @@ async def release(session: AsyncSession, ctx: RoutingContext, principal: Princip
     if case.status == CaseStatus.ASSIGNED:
         case.status = CaseStatus.OPEN
     case.updated_at = now
-    repo.add_entry(session, case, principal.subject, "released", now, previous_assignee=previous)
-    await save(session)
+    repo.add_entry(case, principal.subject, "released", now, previous_assignee=previous)
+    await save(repo)
     await ctx.outbox.emit(
-        session, CaseAssigned(**event_base(case), assignee=None, assigned_by=principal.subject, assigned_at=now)
+        repo.session, CaseAssigned(**event_base(case), assignee=None, assigned_by=principal.subject, assigned_at=now)
     )
     return case
 
 
 async def assign(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: AssignIn
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: AssignIn
 ) -> Case:
-    case = await load(session, principal, case_id)
+    case = await load(repo, principal, case_id)
     if principal.role not in (Role.SUPERVISOR, Role.ADMIN):
         raise Forbidden("Only a supervisor assigns cases; caseworkers claim them.")
     _require_active(case, "assigned")
@@ -148,12 +146,10 @@ async def assign(
     if case.status == CaseStatus.OPEN:
         case.status = CaseStatus.ASSIGNED
     case.updated_at = now
-    repo.add_entry(
-        session, case, principal.subject, "assigned", now, assignee=body.assignee, previous_assignee=previous
-    )
-    await save(session)
+    repo.add_entry(case, principal.subject, "assigned", now, assignee=body.assignee, previous_assignee=previous)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseAssigned(**event_base(case), assignee=body.assignee, assigned_by=principal.subject, assigned_at=now),
     )
     return case
@@ -163,9 +159,9 @@ async def assign(
 
 
 async def request_info(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: RequestInfoIn
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: RequestInfoIn
 ) -> Case:
-    case = await load(session, principal, case_id)
+    case = await load(repo, principal, case_id)
     if case.status not in (CaseStatus.OPEN, CaseStatus.ASSIGNED):
         raise CaseStateConflict(
             f"Information can be requested on an open or assigned case; this one is {case.status}.", case
@@ -176,18 +172,16 @@ async def request_info(
     case.paused_since = today  # the SLA clock stops until the resident answers
     case.updated_at = now
     questions = [InfoQuestion(fact=q.fact, text=q.text) for q in body.questions]
-    repo.add_entry(
-        session, case, principal.subject, "info_requested", now, questions=[q.model_dump() for q in questions]
-    )
-    await save(session)
-    await ctx.outbox.emit(session, CaseInfoRequested(**event_base(case), questions=questions, requested_at=now))
+    repo.add_entry(case, principal.subject, "info_requested", now, questions=[q.model_dump() for q in questions])
+    await save(repo)
+    await ctx.outbox.emit(repo.session, CaseInfoRequested(**event_base(case), questions=questions, requested_at=now))
     return case
 
 
 async def decide(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: DecideIn
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: DecideIn
 ) -> Case:
-    case = await load(session, principal, case_id)
+    case = await load(repo, principal, case_id)
     reason = REASON_CODES.get(body.reason_code)
     if reason is None or reason.code == AUTOMATIC_GRANT:
         raise UnprocessableContent.for_field("reason_code", "not a reason code of GET /v1/reason-codes")
@@ -211,12 +205,10 @@ async def decide(
     case.decided_on = today
     case.amount = amount
     case.updated_at = now
-    repo.add_entry(
-        session, case, principal.subject, "decided", now, decision=body.decision.value, reason_code=reason.code
-    )
-    await save(session)
+    repo.add_entry(case, principal.subject, "decided", now, decision=body.decision.value, reason_code=reason.code)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseDecided(
             **event_base(case),
             decision=body.decision,
@@ -231,10 +223,10 @@ async def decide(
 
 
 async def transfer(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: TransferIn
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: TransferIn
 ) -> Case:
-    case = await load(session, principal, case_id)
-    target = await repo.office(session, body.office_code)
+    case = await load(repo, principal, case_id)
+    target = await repo.office(body.office_code)
     if target is None:
         raise UnprocessableContent.for_field("office_code", f"no office '{body.office_code}'")
     if target.code == case.office_code:
@@ -261,7 +253,6 @@ async def transfer(
     }
     case.updated_at = now
     repo.add_entry(
-        session,
         case,
         principal.subject,
         "transferred",
@@ -270,9 +261,9 @@ async def transfer(
         to_office=target.code,
         reason=body.reason,
     )
-    await save(session)
+    await save(repo)
     await ctx.outbox.emit(
-        session,
+        repo.session,
         CaseTransferred(
             **event_base(case),
             from_office_code=source,
@@ -286,20 +277,19 @@ async def transfer(
 
 
 async def escalate(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: EscalateIn
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: EscalateIn
 ) -> Case:
-    case = await load(session, principal, case_id)
+    case = await load(repo, principal, case_id)
     _require_active(case, "escalated")
     if case.escalated:
         raise CaseStateConflict("The case is already escalated to the office's supervisors.", case)
     now = ctx.clock.now()
-    office = await repo.office(session, case.office_code)
+    office = await repo.office(case.office_code)
     case.escalated = True
     case.escalated_at = now
     case.priority = URGENT
     case.updated_at = now
     repo.add_entry(
-        session,
         case,
         principal.subject,
         "escalated",
@@ -307,17 +297,18 @@ async def escalate(
         reason=body.reason,
         to=list(office.supervisors) if office else [],
     )
-    await save(session)
+    await save(repo)
     await ctx.outbox.emit(
-        session, CaseEscalated(**event_base(case), reason=body.reason, escalated_by=principal.subject, escalated_at=now)
+        repo.session,
+        CaseEscalated(**event_base(case), reason=body.reason, escalated_by=principal.subject, escalated_at=now),
     )
     return case
 
 
 async def add_note(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: NoteIn
+    repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: NoteIn
 ) -> CaseEntry:
-    case = await load(session, principal, case_id)
-    entry = repo.add_entry(session, case, principal.subject, "note", ctx.clock.now(), text=body.text)
-    await session.flush()
+    case = await load(repo, principal, case_id)
+    entry = repo.add_entry(case, principal.subject, "note", ctx.clock.now(), text=body.text)
+    await repo.session.flush()
     return entry

@@ -12,19 +12,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing import cases
 from services.routing.context import RoutingContext
+from services.routing.repository import Repository
 from shared.consumer import Subscription, on
 from shared.events import ApplicationInfoProvided, ApplicationWithdrawn, CloudEvent, EligibilityDetermined
 
 
 def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def determined(session: AsyncSession, event: CloudEvent, data: EligibilityDetermined) -> None:
-        await cases.apply_determination(session, ctx, data)
+        await cases.apply_determination(Repository(session), ctx, data)
 
     async def withdrawn(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
-        await cases.withdraw(session, ctx, data)
+        await cases.withdraw(Repository(session), ctx, data)
 
     async def info_provided(session: AsyncSession, event: CloudEvent, data: ApplicationInfoProvided) -> None:
-        await cases.info_provided(session, ctx, data)
+        await cases.info_provided(Repository(session), ctx, data)
 
     return [
         Subscription(

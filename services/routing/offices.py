@@ -8,11 +8,10 @@ from pathlib import Path
 
 import yaml
 from pydantic import TypeAdapter
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing import repository as repo
 from services.routing.models import Office
 from services.routing.policy import OfficeView
+from services.routing.repository import Repository
 from services.routing.schemas import (
     OfficeCapacity,
     OfficeIn,
@@ -67,44 +66,44 @@ def new_office(code: str, spec: OfficeIn, now: dt.datetime) -> Office:
     return office
 
 
-async def put_office(session: AsyncSession, code: str, spec: OfficeIn, now: dt.datetime) -> tuple[OfficeOut, bool]:
+async def put_office(repo: Repository, code: str, spec: OfficeIn, now: dt.datetime) -> tuple[OfficeOut, bool]:
     """Create or replace an office; returns it (as staff see it) and whether it was created. Cases already routed stay
     where they are: a new capacity or jurisdiction applies to the cases routed from now on."""
-    known = {o.code for o in await repo.all_offices(session)}
+    known = {o.code for o in await repo.all_offices()}
     for index, neighbour in enumerate(spec.neighbours):
         if neighbour == code:
             raise UnprocessableContent.for_field(f"neighbours[{index}]", "an office cannot be its own neighbour")
         if neighbour not in known:
             raise UnprocessableContent.for_field(f"neighbours[{index}]", f"no office '{neighbour}'")
-    office = await repo.office(session, code)
+    office = await repo.office(code)
     created = office is None
     if office is None:
         office = new_office(code, spec, now)
-        session.add(office)
+        repo.session.add(office)
     else:
         apply(office, spec, now)
-    await session.flush()
-    loads = await repo.office_loads(session)
+    await repo.session.flush()
+    loads = await repo.office_loads()
     return out(office, loads.get(code), staff=True), created
 
 
 async def list_offices(
-    session: AsyncSession, principal: Principal, department: Department | None, district: str | None
+    repo: Repository, principal: Principal, department: Department | None, district: str | None
 ) -> list[OfficeOut]:
     """The offices handling ``department`` and serving ``district`` (either may be omitted); staff see their load."""
-    loads = await repo.office_loads(session) if principal.is_staff else {}
+    loads = await repo.office_loads() if principal.is_staff else {}
     return [
         out(o, loads.get(o.code), staff=principal.is_staff)
-        for o in await repo.all_offices(session)
+        for o in await repo.all_offices()
         if (department is None or department.value in o.departments) and (district is None or district in o.districts)
     ]
 
 
-async def get_office(session: AsyncSession, principal: Principal, code: str) -> OfficeOut:
-    office = await repo.office(session, code)
+async def get_office(repo: Repository, principal: Principal, code: str) -> OfficeOut:
+    office = await repo.office(code)
     if office is None:
         raise OfficeNotFound(code)
-    loads = await repo.office_loads(session) if principal.is_staff else {}
+    loads = await repo.office_loads() if principal.is_staff else {}
     return out(office, loads.get(code), staff=principal.is_staff)
 
 
@@ -156,14 +155,14 @@ def out(office: Office, load: tuple[int, float] | None = None, *, staff: bool = 
     return body
 
 
-async def seed_offices(session: AsyncSession, seeds: Sequence[OfficeSeed], now: dt.datetime) -> tuple[int, int]:
+async def seed_offices(repo: Repository, seeds: Sequence[OfficeSeed], now: dt.datetime) -> tuple[int, int]:
     """Add the offices the database lacks; never overwrite one (an administrator may have changed it)."""
-    existing = {o.code for o in await repo.all_offices(session)}
+    existing = {o.code for o in await repo.all_offices()}
     added = 0
     for seed in seeds:
         if seed.code in existing:
             continue
-        session.add(new_office(seed.code, OfficeIn.model_validate(seed.model_dump(exclude={"code"})), now))
+        repo.session.add(new_office(seed.code, OfficeIn.model_validate(seed.model_dump(exclude={"code"})), now))
         added += 1
-    await session.flush()
+    await repo.session.flush()
     return added, len(seeds) - added

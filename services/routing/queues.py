@@ -5,19 +5,16 @@ shows who is waiting for what."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.routing import repository as repo
 from services.routing import views
 from services.routing.offices import OfficeNotFound
-from services.routing.repository import QueueFilter
+from services.routing.repository import QueueFilter, Repository
 from services.routing.schemas import QueuePage
 from shared.auth import Principal
 from shared.problems import Forbidden
 
 
 async def page(
-    session: AsyncSession,
+    repo: Repository,
     principal: Principal,
     office_code: str,
     filters: QueueFilter,
@@ -27,14 +24,14 @@ async def page(
     purpose: str,
 ) -> QueuePage:
     """One page of the queue after ``cursor`` (an office that does not exist is a 404 before the 403)."""
-    if await repo.office(session, office_code) is None:
+    if await repo.office(office_code) is None:
         raise OfficeNotFound(office_code)
     if not principal.works_in(office_code):
         raise Forbidden(f"You do not work in office {office_code}.")
     after = views.decode_cursor(cursor) if cursor else None
-    rows = await repo.queue_page(session, office_code, filters, after, limit + 1)
+    rows = await repo.queue_page(office_code, filters, after, limit + 1)
     cases = list(rows[:limit])
-    await repo.audit(session, principal, "queue.read", "office", office_code, purpose)
+    await repo.audit(principal, "queue.read", "office", office_code, purpose)
     return QueuePage(
         office_code=office_code,
         items=[views.summary(c) for c in cases],

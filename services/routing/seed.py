@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from services.routing.offices import load_seed_file, seed_offices
+from services.routing.repository import Repository
 from services.routing.settings import RoutingSettings
 from shared.db import Database
 from shared.settings import ServiceSettings
@@ -19,7 +20,7 @@ async def seed(settings: ServiceSettings) -> str:
     db = Database(routing.database_url)
     try:
         async with db.session() as session:
-            added, present = await seed_offices(session, offices, dt.datetime.now(dt.UTC))
+            added, present = await seed_offices(Repository(session), offices, dt.datetime.now(dt.UTC))
     finally:
         await db.dispose()
     return f"offices: {added} added, {present} already present"

@@ -16,11 +16,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.routing import repository as repo
 from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseStatus, Office
+from services.routing.repository import Repository
 from services.routing.schemas import (
     CapacityReport,
     Dataset,
@@ -38,7 +36,7 @@ from shared.problems import Forbidden, NotFound
 
 
 async def capacity(
-    session: AsyncSession, ctx: RoutingContext, principal: Principal, office_codes: Sequence[str] | None
+    repo: Repository, ctx: RoutingContext, principal: Principal, office_codes: Sequence[str] | None
 ) -> CapacityReport:
     """The capacity report of the offices asked for (default: every office the principal may see). Admins see every
     office, supervisors the offices they supervise; asking for another office is a 403 naming it."""
@@ -48,19 +46,17 @@ async def capacity(
         if outside:
             raise Forbidden(f"You do not supervise {', '.join(sorted(outside))}.")
         scope = sorted(set(office_codes))
-    return await capacity_report(session, ctx, scope)
+    return await capacity_report(repo, ctx, scope)
 
 
-async def capacity_report(
-    session: AsyncSession, ctx: RoutingContext, office_codes: Sequence[str] | None
-) -> CapacityReport:
+async def capacity_report(repo: Repository, ctx: RoutingContext, office_codes: Sequence[str] | None) -> CapacityReport:
     """Per office and program: open work, arrivals, time to decision and SLA compliance over the window."""
     today = ctx.clock.today()
     days = ctx.settings.capacity_window_days
     since = today - dt.timedelta(days=days - 1)
-    offices = [o for o in await repo.all_offices(session) if office_codes is None or o.code in office_codes]
+    offices = [o for o in await repo.all_offices() if office_codes is None or o.code in office_codes]
     by_office: dict[str, list[Case]] = defaultdict(list)
-    for case in await repo.cases_for_capacity(session, [o.code for o in offices], since):
+    for case in await repo.cases_for_capacity([o.code for o in offices], since):
         by_office[case.office_code].append(case)
     return CapacityReport(
         window_days=days,
@@ -267,12 +263,12 @@ def catalogue() -> list[DatasetInfo]:
     return [spec.info for spec in DATASETS.values()]
 
 
-async def open_dataset(session: AsyncSession, ctx: RoutingContext, name: str) -> Dataset:
+async def open_dataset(repo: Repository, ctx: RoutingContext, name: str) -> Dataset:
     spec = DATASETS.get(name)
     if spec is None:
         raise DatasetNotFound(name)
     k = ctx.settings.open_data_min_count
-    rows = spec.build(await repo.cases_for_open_data(session), ctx)
+    rows = spec.build(await repo.cases_for_open_data(), ctx)
     return Dataset(
         **spec.info.model_dump(),
         generated_on=ctx.clock.today(),

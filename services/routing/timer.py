@@ -17,16 +17,14 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from services.routing import repository as repo
 from services.routing.cases import CaseChanged, event_base, refresh_priority, save
 from services.routing.context import RoutingContext
-from services.routing.models import Case, CaseStatus, SlaBreach
+from services.routing.models import CaseStatus, SlaBreach
 from services.routing.policy import URGENT
+from services.routing.repository import Repository
 from shared.db import Database
 from shared.events import CaseEscalated, CaseSlaBreached, Department
 from shared.runtime import Runtime
@@ -87,12 +85,12 @@ class SlaTimer:
         is on time all Friday and over the weekend, and breached on Monday."""
         today = self.ctx.clock.today()
         async with self.db.session() as session:
-            candidates = await repo.breach_candidates(session, self.ctx.calendar.late_if_due_before(today))
+            candidates = await Repository(session).breach_candidates(self.ctx.calendar.late_if_due_before(today))
         recorded = 0
         for case_id in candidates:
             try:
                 async with self.db.session() as session:
-                    office = await self._breach(session, case_id, today)
+                    office = await self._breach(Repository(session), case_id, today)
                 if office is not None:
                     recorded += 1
                     if self.metrics is not None:
@@ -102,7 +100,7 @@ class SlaTimer:
                 log.info("breach not recorded this pass", extra={"case_id": str(case_id)})
         try:
             async with self.db.session() as session:
-                await self._refresh_priorities(session, today)
+                await self._refresh_priorities(Repository(session), today)
         except (StaleDataError, CaseChanged):
             log.info("priority refresh collided with a change; next pass")
         if self.metrics is not None:
@@ -115,9 +113,10 @@ class SlaTimer:
 
     async def _observe(self, metrics: TimerMetrics) -> None:
         async with self.db.session() as session:
-            offices = await repo.all_offices(session)
-            loads = await repo.office_loads(session)
-            active = await repo.active_cases_by_office_and_department(session)
+            repo = Repository(session)
+            offices = await repo.all_offices()
+            loads = await repo.office_loads()
+            active = await repo.active_cases_by_office_and_department()
         for office in offices:
             count, weighted = loads.get(office.code, (0, 0.0))
             metrics.open_cases.labels(office=office.code).set(count)
@@ -131,15 +130,14 @@ class SlaTimer:
         for department in Department:
             metrics.unserved.labels(department=department.value).set(held[department.value])
 
-    async def _breach(self, session: AsyncSession, case_id: uuid.UUID, today: dt.date) -> str | None:
+    async def _breach(self, repo: Repository, case_id: uuid.UUID, today: dt.date) -> str | None:
         """Record one breach; returns the case's office when it was recorded now."""
-        query = select(Case).where(Case.id == case_id).with_for_update().execution_options(populate_existing=True)
-        case = (await session.execute(query)).scalar_one_or_none()
+        case = await repo.case_for_breach(case_id)
         running = case is not None and case.status in (CaseStatus.OPEN, CaseStatus.ASSIGNED)
         if case is None or not running or not self.ctx.calendar.is_late(case.due_date, today):
             return None
         now = self.ctx.clock.now()
-        session.add(
+        repo.session.add(
             SlaBreach(
                 case_id=case.id,
                 office_code=case.office_code,
@@ -148,8 +146,8 @@ class SlaTimer:
                 recorded_at=now,
             )
         )
-        await session.flush()  # the unique (case, due date) key: a breach already recorded stops here
-        office = await repo.office(session, case.office_code)
+        await repo.session.flush()  # the unique (case, due date) key: a breach already recorded stops here
+        office = await repo.office(case.office_code)
         supervisors = list(office.supervisors) if office else []
         case.breached_on = case.breached_on or today
         case.escalated = True
@@ -159,7 +157,6 @@ class SlaTimer:
         # The apology the resident receives carries a new, firm expectation counted from the day of the breach.
         expected_by = self.ctx.calendar.add_working_days(today, self.ctx.settings.sla_breach_grace_working_days)
         repo.add_entry(
-            session,
             case,
             TIMER,
             "sla_breached",
@@ -167,27 +164,27 @@ class SlaTimer:
             due_date=case.due_date.isoformat(),
             expected_by=expected_by.isoformat(),
         )
-        repo.add_entry(session, case, TIMER, "escalated", now, reason="sla_breached", to=supervisors)
-        await save(session)
+        repo.add_entry(case, TIMER, "escalated", now, reason="sla_breached", to=supervisors)
+        await save(repo)
         await self.ctx.outbox.emit(
-            session,
+            repo.session,
             CaseSlaBreached(**event_base(case), due_date=case.due_date, breached_at=now, expected_by=expected_by),
         )
         await self.ctx.outbox.emit(
-            session, CaseEscalated(**event_base(case), reason="sla_breached", escalated_by=TIMER, escalated_at=now)
+            repo.session, CaseEscalated(**event_base(case), reason="sla_breached", escalated_by=TIMER, escalated_at=now)
         )
         log.warning("SLA breached", extra={"case_id": str(case.id), "office": case.office_code})
         return case.office_code
 
-    async def _refresh_priorities(self, session: AsyncSession, today: dt.date) -> None:
+    async def _refresh_priorities(self, repo: Repository, today: dt.date) -> None:
         """Cases whose due date comes near rise in priority (the rest were set when they last changed)."""
         horizon = self.ctx.calendar.add_working_days(today, self.ctx.settings.due_soon_working_days)
-        for case in await repo.running_cases_due_by(session, horizon):
+        for case in await repo.running_cases_due_by(horizon):
             before = case.priority
             refresh_priority(self.ctx, case, today)
             if case.priority != before:
                 case.updated_at = self.ctx.clock.now()
-        await save(session)
+        await save(repo)
 
 
 @contextlib.asynccontextmanager
