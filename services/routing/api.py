@@ -10,14 +10,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from services.routing import casework, queues, reasons, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
-from services.routing.models import Case
 from services.routing.repository import QueueFilter, Repository, RepositoryDep
 from services.routing.schemas import (
     OFFICE_CODE_PATTERN,
@@ -39,9 +38,8 @@ from services.routing.schemas import (
     TransferIn,
 )
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep
+from shared.deps import IdempotentDep
 from shared.events import Department
-from shared.idempotency import Idempotency
 from shared.problems import problem_responses
 
 STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
@@ -54,12 +52,6 @@ OfficeCodePath = Annotated[str, Path(pattern=OFFICE_CODE_PATTERN, description="O
 CaseIdPath = Annotated[uuid.UUID, Path(description="The case id")]
 Purpose = Annotated[
     str, Query(min_length=1, max_length=200, description="Why personal data is read (kept in the audit log)")
-]
-
-# Declared for the documentation; Idempotency.key_from reads it. A retry with the same key gets the first answer.
-IdempotencyKey = Annotated[
-    str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255, description="Makes a retry safe"),
 ]
 
 ACTION_PROBLEMS = problem_responses(404, 409, 422)
@@ -152,36 +144,15 @@ async def get_case(
     return await casework.read(repo, ctx, principal, case_id, purpose)
 
 
-async def _idempotent(
-    request: Request,
-    repo: Repository,
-    idempotency: Idempotency,
-    principal: Principal,
-    body: BaseModel | None,
-    run: Callable[[], Awaitable[BaseModel]],
-    status_code: int = 200,
-) -> JSONResponse:
-    """Run an action once per ``Idempotency-Key``: a retry with the same key and body gets the first answer."""
-    answer = await idempotency.run(request, repo.session, principal, body, run, status_code=status_code)
-    return answer.response()
-
-
 def _case_action(
-    action: Callable[[Repository, RoutingContext, Principal, uuid.UUID], Awaitable[Case]],
+    action: Callable[[Repository, RoutingContext, Principal, uuid.UUID], Awaitable[CaseOut]],
 ) -> Callable[..., Awaitable[JSONResponse]]:
-    async def endpoint(
-        request: Request,
-        repo: RepositoryDep,
-        ctx: ContextDep,
-        idempotency: IdempotencyDep,
-        principal: Staff,
-        case_id: CaseIdPath,
-        idempotency_key: IdempotencyKey = None,
-    ) -> JSONResponse:
-        async def run() -> CaseOut:
-            return await casework.detail(repo, ctx, await action(repo, ctx, principal, case_id))
+    """The route of an action that takes no body (claim, release): one signature, several routes."""
 
-        return await _idempotent(request, repo, idempotency, principal, None, run)
+    async def endpoint(
+        repo: RepositoryDep, ctx: ContextDep, principal: Staff, case_id: CaseIdPath, idempotent: IdempotentDep
+    ) -> JSONResponse:
+        return await idempotent.create(None, lambda: action(repo, ctx, principal, case_id), status_code=200)
 
     return endpoint
 
@@ -213,19 +184,14 @@ cases_router.add_api_route(
     responses=ACTION_PROBLEMS,
 )
 async def assign(
-    request: Request,
     repo: RepositoryDep,
     ctx: ContextDep,
-    idempotency: IdempotencyDep,
     principal: Staff,
     case_id: CaseIdPath,
     body: AssignIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def run() -> CaseOut:
-        return await casework.detail(repo, ctx, await casework.assign(repo, ctx, principal, case_id, body))
-
-    return await _idempotent(request, repo, idempotency, principal, body, run)
+    return await idempotent.create(body, lambda: casework.assign(repo, ctx, principal, case_id, body), status_code=200)
 
 
 @cases_router.post(
@@ -235,19 +201,16 @@ async def assign(
     responses=ACTION_PROBLEMS,
 )
 async def request_info(
-    request: Request,
     repo: RepositoryDep,
     ctx: ContextDep,
-    idempotency: IdempotencyDep,
     principal: Staff,
     case_id: CaseIdPath,
     body: RequestInfoIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def run() -> CaseOut:
-        return await casework.detail(repo, ctx, await casework.request_info(repo, ctx, principal, case_id, body))
-
-    return await _idempotent(request, repo, idempotency, principal, body, run)
+    return await idempotent.create(
+        body, lambda: casework.request_info(repo, ctx, principal, case_id, body), status_code=200
+    )
 
 
 @cases_router.post(
@@ -257,19 +220,14 @@ async def request_info(
     responses=ACTION_PROBLEMS,
 )
 async def decide(
-    request: Request,
     repo: RepositoryDep,
     ctx: ContextDep,
-    idempotency: IdempotencyDep,
     principal: Staff,
     case_id: CaseIdPath,
     body: DecideIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def run() -> CaseOut:
-        return await casework.detail(repo, ctx, await casework.decide(repo, ctx, principal, case_id, body))
-
-    return await _idempotent(request, repo, idempotency, principal, body, run)
+    return await idempotent.create(body, lambda: casework.decide(repo, ctx, principal, case_id, body), status_code=200)
 
 
 @cases_router.post(
@@ -279,19 +237,16 @@ async def decide(
     responses=ACTION_PROBLEMS,
 )
 async def transfer(
-    request: Request,
     repo: RepositoryDep,
     ctx: ContextDep,
-    idempotency: IdempotencyDep,
     principal: Staff,
     case_id: CaseIdPath,
     body: TransferIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def run() -> CaseOut:
-        return await casework.detail(repo, ctx, await casework.transfer(repo, ctx, principal, case_id, body))
-
-    return await _idempotent(request, repo, idempotency, principal, body, run)
+    return await idempotent.create(
+        body, lambda: casework.transfer(repo, ctx, principal, case_id, body), status_code=200
+    )
 
 
 @cases_router.post(
@@ -301,19 +256,16 @@ async def transfer(
     responses=ACTION_PROBLEMS,
 )
 async def escalate(
-    request: Request,
     repo: RepositoryDep,
     ctx: ContextDep,
-    idempotency: IdempotencyDep,
     principal: Staff,
     case_id: CaseIdPath,
     body: EscalateIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def run() -> CaseOut:
-        return await casework.detail(repo, ctx, await casework.escalate(repo, ctx, principal, case_id, body))
-
-    return await _idempotent(request, repo, idempotency, principal, body, run)
+    return await idempotent.create(
+        body, lambda: casework.escalate(repo, ctx, principal, case_id, body), status_code=200
+    )
 
 
 @cases_router.post(
@@ -324,20 +276,14 @@ async def escalate(
     responses={201: {"description": "The note"}, **problem_responses(404, 422)},
 )
 async def add_note(
-    request: Request,
     repo: RepositoryDep,
     ctx: ContextDep,
-    idempotency: IdempotencyDep,
     principal: Staff,
     case_id: CaseIdPath,
     body: NoteIn,
-    idempotency_key: IdempotencyKey = None,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
-    async def run() -> HistoryEntry:
-        entry = await casework.add_note(repo, ctx, principal, case_id, body)
-        return HistoryEntry(at=entry.at, actor=entry.actor, action=entry.action, details=entry.details)
-
-    return await _idempotent(request, repo, idempotency, principal, body, run, 201)
+    return await idempotent.create(body, lambda: casework.add_note(repo, ctx, principal, case_id, body))
 
 
 @cases_router.get("/reason-codes", summary="The reason codes a decision may give")

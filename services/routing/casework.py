@@ -8,6 +8,8 @@ Rules common to the actions:
 - Every write is conditional on the version read (``UPDATE ... WHERE version = ?``), so two people acting at once
   cannot both succeed: the second gets a 409. A claim is one ``UPDATE ... WHERE assignee IS NULL``.
 - Each action adds a history entry and emits its event in the same transaction.
+- Each action answers with the case as staff see it (a note: the history entry it added), so that a route makes one
+  call and a retry with the same ``Idempotency-Key`` replays that answer.
 """
 
 from __future__ import annotations
@@ -18,11 +20,20 @@ from services.routing import offices as office_logic
 from services.routing import views
 from services.routing.cases import event_base, resume_clock, save
 from services.routing.context import RoutingContext
-from services.routing.models import Case, CaseEntry, CaseStatus
+from services.routing.models import Case, CaseStatus
 from services.routing.policy import URGENT
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
 from services.routing.repository import Repository
-from services.routing.schemas import AssignIn, CaseOut, DecideIn, EscalateIn, NoteIn, RequestInfoIn, TransferIn
+from services.routing.schemas import (
+    AssignIn,
+    CaseOut,
+    DecideIn,
+    EscalateIn,
+    HistoryEntry,
+    NoteIn,
+    RequestInfoIn,
+    TransferIn,
+)
 from shared.auth import Principal, Role
 from shared.events import (
     CaseAssigned,
@@ -90,10 +101,10 @@ def _require_handler(principal: Principal, case: Case, action: str) -> None:
 # ---------------------------------------------------------------------------------------------- assignment
 
 
-async def claim(repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> Case:
+async def claim(repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> CaseOut:
     case = await load(repo, principal, case_id)
     if case.status == CaseStatus.ASSIGNED and case.assignee == principal.subject:
-        return case  # claiming one's own case again changes nothing
+        return await detail(repo, ctx, case)  # claiming one's own case again changes nothing
     if case.status != CaseStatus.OPEN or case.assignee is not None:
         raise CaseStateConflict(f"Only an open, unassigned case can be claimed; this one is {case.status}.", case)
     now = ctx.clock.now()
@@ -106,10 +117,10 @@ async def claim(repo: Repository, ctx: RoutingContext, principal: Principal, cas
         repo.session,
         CaseAssigned(**event_base(case), assignee=principal.subject, assigned_by=principal.subject, assigned_at=now),
     )
-    return case
+    return await detail(repo, ctx, case)
 
 
-async def release(repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> Case:
+async def release(repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID) -> CaseOut:
     case = await load(repo, principal, case_id)
     _require_active(case, "released")
     if case.assignee is None:
@@ -127,18 +138,18 @@ async def release(repo: Repository, ctx: RoutingContext, principal: Principal, c
     await ctx.outbox.emit(
         repo.session, CaseAssigned(**event_base(case), assignee=None, assigned_by=principal.subject, assigned_at=now)
     )
-    return case
+    return await detail(repo, ctx, case)
 
 
 async def assign(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: AssignIn
-) -> Case:
+) -> CaseOut:
     case = await load(repo, principal, case_id)
     if principal.role not in (Role.SUPERVISOR, Role.ADMIN):
         raise Forbidden("Only a supervisor assigns cases; caseworkers claim them.")
     _require_active(case, "assigned")
     if case.assignee == body.assignee:
-        return case
+        return await detail(repo, ctx, case)
     now = ctx.clock.now()
     previous = case.assignee
     case.assignee = body.assignee
@@ -152,7 +163,7 @@ async def assign(
         repo.session,
         CaseAssigned(**event_base(case), assignee=body.assignee, assigned_by=principal.subject, assigned_at=now),
     )
-    return case
+    return await detail(repo, ctx, case)
 
 
 # ---------------------------------------------------------------------------------------------- the work
@@ -160,7 +171,7 @@ async def assign(
 
 async def request_info(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: RequestInfoIn
-) -> Case:
+) -> CaseOut:
     case = await load(repo, principal, case_id)
     if case.status not in (CaseStatus.OPEN, CaseStatus.ASSIGNED):
         raise CaseStateConflict(
@@ -175,12 +186,12 @@ async def request_info(
     repo.add_entry(case, principal.subject, "info_requested", now, questions=[q.model_dump() for q in questions])
     await save(repo)
     await ctx.outbox.emit(repo.session, CaseInfoRequested(**event_base(case), questions=questions, requested_at=now))
-    return case
+    return await detail(repo, ctx, case)
 
 
 async def decide(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: DecideIn
-) -> Case:
+) -> CaseOut:
     case = await load(repo, principal, case_id)
     reason = REASON_CODES.get(body.reason_code)
     if reason is None or reason.code == AUTOMATIC_GRANT:
@@ -219,12 +230,12 @@ async def decide(
             decided_at=now,
         ),
     )
-    return case
+    return await detail(repo, ctx, case)
 
 
 async def transfer(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: TransferIn
-) -> Case:
+) -> CaseOut:
     case = await load(repo, principal, case_id)
     target = await repo.office(body.office_code)
     if target is None:
@@ -273,12 +284,12 @@ async def transfer(
             transferred_at=now,
         ),
     )
-    return case
+    return await detail(repo, ctx, case)
 
 
 async def escalate(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: EscalateIn
-) -> Case:
+) -> CaseOut:
     case = await load(repo, principal, case_id)
     _require_active(case, "escalated")
     if case.escalated:
@@ -302,13 +313,13 @@ async def escalate(
         repo.session,
         CaseEscalated(**event_base(case), reason=body.reason, escalated_by=principal.subject, escalated_at=now),
     )
-    return case
+    return await detail(repo, ctx, case)
 
 
 async def add_note(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: NoteIn
-) -> CaseEntry:
+) -> HistoryEntry:
     case = await load(repo, principal, case_id)
     entry = repo.add_entry(case, principal.subject, "note", ctx.clock.now(), text=body.text)
     await repo.session.flush()
-    return entry
+    return views.history_entry(entry)

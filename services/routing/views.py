@@ -96,10 +96,14 @@ def detail(case: Case, history: Sequence[CaseEntry], calendar: WorkingCalendar, 
         closed_reason=case.closed_reason,
         closed_at=case.closed_at,
         routing=RoutingOut.model_validate(case.routing),
-        history=[HistoryEntry(at=e.at, actor=e.actor, action=e.action, details=e.details) for e in history],
+        history=[history_entry(e) for e in history],
         version=case.version,
         updated_at=case.updated_at,
     )
+
+
+def history_entry(entry: CaseEntry) -> HistoryEntry:
+    return HistoryEntry(at=entry.at, actor=entry.actor, action=entry.action, details=entry.details)
 
 
 # ---------------------------------------------------------------------------------------------- cursor

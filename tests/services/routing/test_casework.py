@@ -254,6 +254,34 @@ async def test_supervisors_assign_transfer_and_escalate(routing: RunningService)
     assert (await emitted(routing, "case.assigned"))[-1]["assignee"] is None
 
 
+async def test_a_retried_claim_or_release_gets_the_first_answer_and_changes_nothing(routing: RunningService) -> None:
+    app = uuid.uuid4()
+    await feed(routing, determined(app, [program("emergency_welfare")]))
+    case_id = (await cases_of(routing, app))["emergency_welfare"].id
+    client, alice = routing.client, caseworker(routing, "alice")
+    claim_key, release_key = {"Idempotency-Key": "claim-1"}, {"Idempotency-Key": "release-1"}
+
+    claimed = await client.post(f"/v1/cases/{case_id}/claim", headers=alice | claim_key)
+    assert claimed.status_code == 200, claimed.text
+    assert "Idempotent-Replayed" not in claimed.headers
+    released = await client.post(f"/v1/cases/{case_id}/release", headers=alice | release_key)
+    assert (released.status_code, released.json()["status"]) == (200, "open")
+
+    # Without its key the release would now be a 409 (nobody holds the case); with it, the first answer comes back.
+    again = await client.post(f"/v1/cases/{case_id}/release", headers=alice | release_key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (200, "true")
+    assert again.json() == released.json()
+    # The claim's retry answers what the claim answered then, and does not claim the case again.
+    again = await client.post(f"/v1/cases/{case_id}/claim", headers=alice | claim_key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (200, "true")
+    assert again.json() == claimed.json()
+    assert (again.json()["status"], again.json()["assignee"]) == ("assigned", "caseworker:alice")
+    now = await client.get(f"/v1/cases/{case_id}", headers=alice)
+    assert (now.json()["status"], now.json()["assignee"]) == ("open", None)
+    assert [e["assignee"] for e in await emitted(routing, "case.assigned")] == ["caseworker:alice", None]
+    problem(await client.post(f"/v1/cases/{case_id}/release", headers=alice), 409)
+
+
 async def test_the_queue_puts_the_most_urgent_first_and_pages_through_everything(routing: RunningService) -> None:
     # Six cases: vulnerability flags and due dates decide the order.
     specs = [
