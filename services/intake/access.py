@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-from services.intake.models import Resident, platform
+from services.intake.models import Resident, audit_log
 from services.intake.repository import OFFICE_ROLES, Repository
 from services.intake.schemas import AccessLogEntryView, AccessLogPage
-from shared.audit import AuditLog
 from shared.auth import Principal, Role
 from shared.problems import Forbidden, NotFound
 
@@ -17,8 +16,6 @@ PURPOSE_ASSISTED_REGISTRATION = "assisted registration"
 PURPOSE_ASSISTED_APPLICATION = "assisted application"
 PURPOSE_ADMINISTRATION = "administration"
 PURPOSE_NOTIFICATION = "notification delivery"
-
-audit_log = AuditLog(platform)
 
 # Who may create residents and file applications: the resident for themselves, staff at a counter for anyone.
 FILING_ROLES = (Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)

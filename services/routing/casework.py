@@ -20,7 +20,7 @@ from services.routing import offices as office_logic
 from services.routing import views
 from services.routing.cases import event_base, resume_clock, save
 from services.routing.context import RoutingContext
-from services.routing.models import Case, CaseStatus
+from services.routing.models import Case, CaseStatus, audit_log
 from services.routing.policy import URGENT
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
 from services.routing.repository import Repository
@@ -76,7 +76,15 @@ async def read(
 ) -> CaseOut:
     """A case, for someone who may see it; the read of personal data is written to the audit log with its purpose."""
     case = await load(repo, principal, case_id)
-    await repo.audit(principal, "case.read", "case", str(case.id), purpose, case.resident_id)
+    await audit_log.record(
+        repo.session,
+        principal,
+        action="case.read",
+        record_type="case",
+        record_id=case.id,
+        purpose=purpose,
+        resident_id=case.resident_id,
+    )
     return await detail(repo, ctx, case)
 
 

@@ -6,6 +6,7 @@ shows who is waiting for what."""
 from __future__ import annotations
 
 from services.routing import views
+from services.routing.models import audit_log
 from services.routing.offices import OfficeNotFound
 from services.routing.repository import QueueFilter, Repository
 from services.routing.schemas import QueuePage
@@ -31,7 +32,9 @@ async def page(
     after = views.decode_cursor(cursor) if cursor else None
     rows = await repo.queue_page(office_code, filters, after, limit + 1)
     cases = list(rows[:limit])
-    await repo.audit(principal, "queue.read", "office", office_code, purpose)
+    await audit_log.record(
+        repo.session, principal, action="queue.read", record_type="office", record_id=office_code, purpose=purpose
+    )
     return QueuePage(
         office_code=office_code,
         items=[views.summary(c) for c in cases],

@@ -14,12 +14,9 @@ from fastapi import Depends
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing.models import ApplicationRecord, Case, CaseEntry, CaseStatus, Office, SlaBreach, platform
-from shared.audit import AuditLog
+from services.routing.models import ApplicationRecord, Case, CaseEntry, CaseStatus, Office, SlaBreach
 from shared.auth import Principal, Role
 from shared.deps import SessionDep
-
-audit_log = AuditLog(platform)
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -209,25 +206,6 @@ class Repository:
         return (await self.session.execute(query)).all()
 
     # ------------------------------------------------------------------------------------------ audit
-
-    async def audit(
-        self,
-        principal: Principal,
-        action: str,
-        object_type: str,
-        object_id: str,
-        purpose: str,
-        resident_id: uuid.UUID | None = None,
-    ) -> None:
-        await audit_log.record(
-            self.session,
-            principal,
-            action=action,
-            record_type=object_type,
-            record_id=object_id,
-            purpose=purpose,
-            resident_id=resident_id,
-        )
 
 
 def get_repository(session: SessionDep) -> Repository:
