@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import nats
 import orjson
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from sqlalchemy import func, select, text
 
-from shared.bus import MSG_ID_HEADER, Bus
+from shared.bus import MSG_ID_HEADER, Bus, OutgoingMessage
+from shared.db import Database
 from shared.events import CloudEvent, dead_letter_subject, subject_for
-from tests.support.bus_harness import EVENT_TYPE, POISON, Harness, effects, tables, wait_until, withdrawn
+from tests.support.bus_harness import (
+    EVENT_TYPE,
+    POISON,
+    CountingRelay,
+    Harness,
+    effects,
+    tables,
+    wait_until,
+    withdrawn,
+)
 from tests.support.nats import NatsServer
 from tests.support.postgres import PostgresServer
 
@@ -186,7 +202,9 @@ async def test_a_poison_event_goes_to_the_dead_letters_while_the_events_behind_i
     letters = await _rows(harness)
     assert [(r.event_id, r.deliveries) for r in letters] == [(poison.id, consumer.max_deliver)]
     assert "always fails" in letters[0].error
-    assert poison.data["application_id"] not in await harness.effect_counts()
+    assert await harness.effect_counts() == {e.data["application_id"]: 1 for e in good}, "each good event once"
+    assert harness.metrics.dead_letters.labels(consumer=consumer.durable)._value.get() == 1
+    assert await stream_count(harness.bus, dlq) == 1
 
     message = await harness.bus.js.get_last_msg(harness.bus.stream, dlq)
     assert message.data is not None
@@ -261,41 +279,173 @@ async def test_nats_restarted_in_the_middle_of_1000_events_applies_each_exactly_
 # ---------------------------------------------------------------------------------------------- one relay at a time
 
 
+class LeadershipWatch:
+    """Watches relays sharing one outbox on PostgreSQL: after every pass of any relay, which relays believe they
+    lead (leadership is only taken or lost in a pass, so this sees every state); before every batch, whether the
+    relay publishing it is the one whose session holds the lock.
+
+    A relay learns that its session died on its next pass, so after the lock may have been lost a relay's belief
+    counts only once it has finished a pass begun since; among the beliefs that count there is never more than one
+    leader."""
+
+    def __init__(self, harnesses: Sequence[Harness]) -> None:
+        self.relays = [h.relay for h in harnesses]
+        self.db = harnesses[0].db
+        self.counts_after = [0] * len(self.relays)
+        self.phase = ""
+        self.leaders: list[tuple[str, tuple[int, ...]]] = []  # (phase, the relays believing they lead), per pass
+        self.publishers: list[int] = []  # the relay that published each batch
+        self.usurped: list[str] = []  # batches published by a relay whose session did not hold the lock
+        for index, harness in enumerate(harnesses):
+            harness.relay.after_pass.append(self._after_pass)
+            harness.bus.before_publish.append(functools.partial(self._before_publish, index))
+
+    def lock_may_be_lost(self) -> None:
+        self.counts_after = [relay.started for relay in self.relays]
+
+    def _after_pass(self, _: CountingRelay) -> None:
+        leaders = tuple(
+            i for i, (r, after) in enumerate(zip(self.relays, self.counts_after, strict=True))
+            if r.passes > after and r.is_leader
+        )  # fmt: skip
+        self.leaders.append((self.phase, leaders))
+
+    async def _before_publish(self, index: int, messages: Sequence[OutgoingMessage]) -> None:
+        self.publishers.append(index)
+        holders = await lock_holders(self.db)
+        session = await session_pid(self.relays[index])
+        if holders != [session]:
+            self.usurped.append(f"relay {index} published {len(messages)} from session {session}; lock: {holders}")
+
+
+async def lock_holders(db: Database) -> list[int]:
+    """The sessions holding an advisory lock in this test's database."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        )
+        return list(rows)
+
+
+async def session_pid(relay: CountingRelay) -> int | None:
+    """The server process of the relay's lock session (known to the driver: asking would use the connection)."""
+    if relay._leader is None:
+        return None
+    raw = await relay._leader.get_raw_connection()
+    return int(raw.driver_connection.get_server_pid())  # type: ignore[union-attr]
+
+
+class WireTap:
+    """The message ids of everything published on a subject, as core NATS delivers it: before JetStream's
+    de-duplication, so an event published twice under one Nats-Msg-Id shows here twice (the stream keeps one)."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.msg_ids: list[str] = []
+        self.subscription: Subscription | None = None
+
+    async def listen(self, subject: str) -> None:
+        self.subscription = await self.nc.subscribe(subject, cb=self._record)
+        await self.nc.flush()
+
+    async def _record(self, msg: Msg) -> None:
+        self.msg_ids.append((msg.headers or {}).get(MSG_ID_HEADER, "?"))
+
+    async def caught_up(self) -> None:
+        """Everything the server delivered to us before now has been recorded."""
+        await self.nc.flush()  # the server answers after every message it sent us before
+        await wait_until(self._drained)
+
+    async def _drained(self) -> bool:
+        return self.subscription is not None and self.subscription.pending_msgs == 0
+
+
+@contextlib.asynccontextmanager
+async def wire_tap(nats_url: str, subject: str) -> AsyncIterator[WireTap]:
+    tap = WireTap(await nats.connect(nats_url))
+    try:
+        await tap.listen(subject)
+        yield tap
+    finally:
+        await tap.nc.close()
+
+
 async def test_a_relay_that_lost_its_lock_connection_stops_relaying_and_one_leader_remains(
     nats_server: NatsServer, bus_prefix: str, postgres_server: PostgresServer
 ) -> None:
     """Two replicas share one outbox on PostgreSQL; the leader's lock session is killed by the server. The relay
-    notices (a lost connection is also a lost lock), so only one relay believes it leads, and every event still goes
-    out exactly once."""
+    notices (a lost connection is also a lost lock), so never do two relays believe they lead, only the lock's holder
+    publishes, and every event goes out exactly once, in order: counted on the wire, where a second relay's
+    re-publishing would show, not only in the stream, where Nats-Msg-Id hides it."""
     database_url = postgres_server.create_database()
     first = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
     second = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    watch = LeadershipWatch([first, second])
+    subject = subject_for(first.bus.prefix, EVENT_TYPE)
     try:
-        await first.start_relay()
-        await first.emit([withdrawn() for _ in range(20)])
-        await wait_until(lambda: _published(first, 20))
-        await second.start_relay()
-        await asyncio.sleep(0.3)  # a few of the second relay's polls: it finds the lock taken
-        assert (first.relay.is_leader, second.relay.is_leader) == (True, False)
+        async with wire_tap(nats_server.url, subject) as wire:
+            watch.phase = "first alone"
+            await first.start_relay()
+            emitted = await first.emit([withdrawn() for _ in range(20)])
+            await wait_until(lambda: _published(first, 20))
+            watch.phase = "both"
+            await second.start_relay()
+            await wait_until(lambda: _passed((second.relay, 5)))  # the second relay has asked for the lock five times
+            assert (first.relay.is_leader, second.relay.is_leader) == (True, False)
 
-        async with first.db.session() as session:
-            killed = await session.scalar(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                )
-            )
-        assert killed == 1
+            [killed] = await lock_holders(first.db)
+            async with first.db.session() as session:
+                assert await session.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": killed})
+            await wait_until(lambda: _gone(first, killed))
+            watch.lock_may_be_lost()
+            watch.phase = "lock lost"
+            emitted += await first.emit([withdrawn() for _ in range(30)])
+            emitted += await second.emit([withdrawn() for _ in range(30)])
+            await wait_until(lambda: _published(first, 80))
 
-        await first.emit([withdrawn() for _ in range(30)])
-        await second.emit([withdrawn() for _ in range(30)])
-        await wait_until(lambda: _published(first, 80))
-        await wait_until(lambda: _one_leader(first, second))
-        subject = subject_for(first.bus.prefix, EVENT_TYPE)
-        assert await stream_count(first.bus, subject) == 80
+            # Once each relay has finished a pass begun after the kill, its belief is fresh: one leads from now on.
+            since = [first.relay.started, second.relay.started]
+            await wait_until(lambda: _passed((first.relay, since[0] + 1), (second.relay, since[1] + 1)))
+            watch.phase = "settled"
+            emitted += await first.emit([withdrawn() for _ in range(10)])
+            emitted += await second.emit([withdrawn() for _ in range(10)])
+            await wait_until(lambda: _published(first, 100))
+            since = [first.relay.passes, second.relay.passes]
+            await wait_until(lambda: _passed((first.relay, since[0] + 3), (second.relay, since[1] + 3)))
+            await wire.caught_up()
+
+        assert wire.msg_ids == [e.id for e in emitted], "each event published once, in the outbox's order"
+        assert await stream_count(first.bus, subject) == 100
+        published = [h.metrics.events_published._value.get() for h in (first, second)]
+        assert sum(published) == 100, f"rows marked sent by each relay: {published}"
+        assert watch.usurped == [], "only the holder of the lock publishes"
+        assert len(watch.publishers) >= 3
+
+        def leaders(phase: str) -> set[tuple[int, ...]]:
+            return {leaders for p, leaders in watch.leaders if p == phase}
+
+        assert [entry for entry in watch.leaders if len(entry[1]) > 1] == [], "never two leaders at once"
+        assert leaders("first alone") == leaders("both") == {(0,)}
+        assert len(leaders("settled")) == 1
+        assert len(next(iter(leaders("settled")))) == 1, "one leader remains"
+        assert (first.relay.is_leader, second.relay.is_leader) in {(True, False), (False, True)}
     finally:
         await second.stop()
         await first.stop()
+
+
+async def _passed(*marks: tuple[CountingRelay, int]) -> bool:
+    """Each relay has finished at least that many passes."""
+    return all(relay.passes >= n for relay, n in marks)
+
+
+async def _gone(h: Harness, pid: int) -> bool:
+    """The killed session's process has exited (and so released its locks)."""
+    alive = await h.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid").bindparams(pid=pid))
+    return bool(alive == 0)
 
 
 async def _published(h: Harness, n: int) -> bool:
@@ -303,8 +453,3 @@ async def _published(h: Harness, n: int) -> bool:
         select(func.count()).select_from(tables.outbox).where(tables.outbox.c.published_at.is_not(None))
     )
     return bool(sent == n)
-
-
-async def _one_leader(*harnesses: Harness) -> bool:
-    await asyncio.sleep(0.3)  # let each relay make a pass or two with what it now knows
-    return [h.relay.is_leader for h in harnesses].count(True) == 1

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import json
+import random
+import socket
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from onestop.cli import main
-from onestop.runner import free_port
+from onestop.registry import BY_NAME, SERVICES
 from shared.auth import Role, TokenVerifier
 
 
@@ -39,9 +46,92 @@ def test_token_refuses_a_role_without_its_scope(tmp_path: Path, capsys: pytest.C
         main(["token", "--role", "emperor", "--var", str(tmp_path)])
 
 
+# ---------------------------------------------------------------------------------------------- status
+
+
+@contextlib.contextmanager
+def service_addresses() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A loopback address whose service ports and a port for the NATS monitor are ours: bound, not listening, so a
+    connection there is refused until a test serves on them. ``status`` asks the services' fixed default ports, and
+    something on this machine may listen on those at 127.0.0.1; another loopback address is free then."""
+    candidates = ["127.0.0.1"] + [f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1" for _ in range(20)]
+    for host in candidates:
+        held: list[socket.socket] = []
+        try:
+            for port in [*(entry.port for entry in SERVICES), 0]:  # the last for the NATS monitor, any port
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, port))
+        except OSError:
+            for sock in held:
+                sock.close()
+            continue
+        try:
+            yield host, held
+        finally:
+            for sock in held:
+                sock.close()
+        return
+    pytest.fail("no loopback address with the services' ports free")
+
+
+def serve_health(sockets: list[socket.socket], status: dict[int, int]) -> list[http.server.HTTPServer]:
+    """Answer /readyz and /healthz on each bound socket with the status given for its port (the body as the
+    services and NATS give it)."""
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = status[self.connection.getsockname()[1]]
+            body = json.dumps({"status": "ok" if code == 200 else "degraded", "checks": {"nats": code == 200}})
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = []
+    for sock in sockets:
+        server = http.server.HTTPServer(sock.getsockname(), Health, bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.server_activate()  # listen on the socket we hold
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    return servers
+
+
+def status(host: str, sockets: list[socket.socket]) -> int:
+    nats_monitor = sockets[-1].getsockname()[1]
+    return main(["status", "--host", host, "--nats-monitor", f"http://{host}:{nats_monitor}"])
+
+
 def test_status_reports_what_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_port()
-    assert main(["status", "--host", "127.0.0.1", "--nats-monitor", f"http://127.0.0.1:{port}"]) in (0, 1)
-    out = capsys.readouterr().out
-    assert "nats" in out
-    assert "unreachable" in out
+    with service_addresses() as (host, sockets):
+        assert status(host, sockets) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [*(entry.name for entry in SERVICES), "nats"]
+    assert all(line.split(maxsplit=1)[1] == "unreachable (ConnectError)" for line in lines), lines
+
+
+def test_status_is_zero_only_when_every_service_and_nats_are_ready(capsys: pytest.CaptureFixture[str]) -> None:
+    with service_addresses() as (host, sockets):
+        ports = [sock.getsockname()[1] for sock in sockets]
+        answers = dict.fromkeys(ports, 200)
+        servers = serve_health(sockets, answers)
+        try:
+            assert status(host, sockets) == 0
+            ready = capsys.readouterr().out.splitlines()
+            answers[BY_NAME["routing"].port] = 503
+            assert status(host, sockets) == 1
+            one_down = capsys.readouterr().out.splitlines()
+        finally:
+            for server in servers:
+                server.shutdown()
+    assert ready == [f"{entry.name:<12} ready" for entry in SERVICES] + [f"{'nats':<12} ok (JetStream enabled)"]
+    routing = [entry.name for entry in SERVICES].index("routing")
+    assert one_down[routing] == f"{'routing':<12} not ready: {{'nats': False}}"
+    assert one_down[:routing] + one_down[routing + 1 :] == ready[:routing] + ready[routing + 1 :]

@@ -12,14 +12,14 @@ import asyncio
 import datetime as dt
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, event, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from shared.bus import Bus
+from shared.bus import Bus, OutgoingMessage
 from shared.consumer import Consumer, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
@@ -41,6 +41,40 @@ effects = Table(
 
 EVENT_TYPE = "application.withdrawn"
 POISON = "poison"
+
+
+class WatchedBus(Bus):
+    """The real bus; ``before_publish`` hooks see each batch just before it goes out (how the relay publishes)."""
+
+    def __init__(self, settings: ServiceSettings, *, name: str) -> None:
+        super().__init__(settings, name=name)
+        self.before_publish: list[Callable[[Sequence[OutgoingMessage]], Awaitable[None]]] = []
+
+    async def publish_batch(self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0) -> int:
+        for hook in self.before_publish:
+            await hook(messages)
+        return await super().publish_batch(messages, timeout=timeout)
+
+
+class CountingRelay(OutboxRelay):
+    """The real relay, counting its passes, so that a test waits for "this relay has polled again" rather than
+    sleeping, and calling ``after_pass`` hooks: leadership is only taken or lost during a pass, so a hook sees every
+    state of it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = 0  # passes begun
+        self.passes = 0  # passes finished (one at a time, so pass number ``started`` is running or done)
+        self.after_pass: list[Callable[[CountingRelay], None]] = []
+
+    async def relay_once(self) -> int:
+        self.started += 1
+        try:
+            return await super().relay_once()
+        finally:
+            self.passes += 1
+            for hook in self.after_pass:
+                hook(self)
 
 
 def withdrawn(reason: str | None = None) -> ApplicationWithdrawn:
@@ -77,9 +111,9 @@ class Harness:
         self.concurrency = concurrency
         self.metrics = Metrics(name)
         self.db = Database(database_url)
-        self.bus = Bus(self.settings, name=name)
+        self.bus = WatchedBus(self.settings, name=name)
         self.outbox = Outbox(tables, prefix=prefix, source=f"/test/{name}")
-        self.relay = OutboxRelay(
+        self.relay = CountingRelay(
             self.db, self.bus, tables, self.metrics, batch_size=outbox_batch_size, poll_interval=0.1
         )
         self.consumer: Consumer | None = None

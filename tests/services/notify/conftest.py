@@ -31,11 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request, Response
+from sqlalchemy import func, select, update
 
 from onestop.registry import BY_NAME
 from onestop.runner import free_port
 from services.intake.main import create_app as create_intake_app
 from services.intake.settings import IntakeSettings
+from services.notify.models import Notification, NotificationItem, NotificationStatus, utcnow
 from shared.auth import Role, TokenIssuer
 from shared.bus import MSG_ID_HEADER, Bus
 from shared.events import CloudEvent, EventData, new_event, subject_for
@@ -428,8 +430,24 @@ async def partner_endpoint() -> AsyncIterator[Endpoint]:
 
 
 @pytest.fixture
+def bundle_window_seconds() -> float:
+    """Short, for tests where each message holds one event: the window only delays its release. A test that needs
+    several events in one message widens it (``@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])``)
+    and closes it with :func:`close_bundle` once they are all in, so that a slow machine cannot split the bundle."""
+    return 0.4
+
+
+WIDE_WINDOW = 3600.0
+
+
+@pytest.fixture
 def notify_settings(
-    intake_url: str, smtp: MailServer, sms_gateway: Endpoint, tmp_path: Path, issuer: TokenIssuer
+    intake_url: str,
+    smtp: MailServer,
+    sms_gateway: Endpoint,
+    tmp_path: Path,
+    issuer: TokenIssuer,
+    bundle_window_seconds: float,
 ) -> dict[str, Any]:
     """Settings for tests: real SMTP and SMS gateway, short timers, 127.0.0.1 allowed for webhooks."""
     return {
@@ -450,7 +468,7 @@ def notify_settings(
         "retry_base_seconds": 0.05,
         "retry_max_seconds": 0.2,
         "delivery_max_attempts": 4,
-        "bundle_window_seconds": 0.4,
+        "bundle_window_seconds": bundle_window_seconds,
         "worker_interval_seconds": 0.05,
         "webhook_retry_base_seconds": 0.05,
         "webhook_retry_max_seconds": 0.2,
@@ -533,6 +551,41 @@ async def producer(nats_server: NatsServer, bus_prefix: str) -> AsyncIterator[Pr
         yield Producer(bus)
     finally:
         await bus.close()
+
+
+async def close_bundle(notify: RunningService, resident: uuid.UUID, kind: str, *, events: int) -> None:
+    """Once the resident's message of ``kind`` that is still collecting holds ``events`` events, end its bundling
+    window now, as the clock would: the worker releases it on its next pass. Fails if the events were split over
+    several messages or more arrived."""
+
+    async def collecting() -> list[tuple[uuid.UUID, int]]:
+        async with notify.runtime.db.session() as session:
+            rows = await session.execute(
+                select(Notification.id, func.count(NotificationItem.id))
+                .join(NotificationItem, NotificationItem.notification_id == Notification.id)
+                .where(
+                    Notification.resident_id == resident,
+                    Notification.kind == kind,
+                    Notification.status == NotificationStatus.COLLECTING.value,
+                )
+                .group_by(Notification.id)
+            )
+            return [(row[0], row[1]) for row in rows]
+
+    async def complete() -> bool:
+        bundles = await collecting()
+        assert len(bundles) <= 1, f"{kind} split over several messages: {bundles}"
+        assert not bundles or bundles[0][1] <= events, f"{kind}: more than {events} events in the message"
+        return bool(bundles) and bundles[0][1] == events
+
+    await eventually(complete)
+    [(notification_id, _)] = await collecting()
+    async with notify.runtime.db.session() as session:
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == notification_id, Notification.status == NotificationStatus.COLLECTING.value)
+            .values(next_step_at=utcnow())
+        )
 
 
 async def eventually(predicate: Any, *, timeout: float = 15.0, interval: float = 0.05) -> None:

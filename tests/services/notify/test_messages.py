@@ -253,8 +253,12 @@ async def test_a_delivery_loop_stops_when_cancelled_even_as_work_wakes_it() -> N
         return 0
 
     wake = asyncio.Event()
-    task = asyncio.create_task(_loop("test", run_once, wake, NotifySettings(worker_interval_seconds=0.05)))
-    await asyncio.sleep(0.01)  # the loop is waiting for work
+    # An interval far beyond the test: the loop runs once, then waits for work until woken.
+    task = asyncio.create_task(_loop("test", run_once, wake, NotifySettings(worker_interval_seconds=3600)))
+    async with asyncio.timeout(5):
+        while passes == 0:
+            await asyncio.sleep(0)
+    # run_once did not await: the loop went from its pass straight to waiting for the wake.
     assert passes == 1
     wake.set()
     task.cancel()

@@ -3,7 +3,6 @@ written here, independent of notify's) and per-partner NATS subjects, against re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -282,15 +281,18 @@ async def test_partners_get_their_own_copy_on_their_own_nats_subject(
         async def collect(msg: Any) -> None:
             received.append((msg.subject, orjson.loads(msg.data)))
 
-        await nc.subscribe(f"{bus_prefix}.partner.>", cb=collect)
+        subscription = await nc.subscribe(f"{bus_prefix}.partner.>", cb=collect)
         await nc.flush()
         resident, application = uuid.uuid4(), uuid.uuid4()
         event = await producer.publish(
             f.determined(resident, application, 1, [f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE)])
         )
         await eventually(lambda: len(received) >= 2)
+        # Every copy notify made is published (the copies leave through its outbox), and everything the server sent
+        # us before our flush has been collected: a third (wrong) copy, if any, is counted below.
+        await eventually(lambda: _relayed_all(notify))
         await nc.flush()
-        await asyncio.sleep(0)  # let a third (wrong) copy, if any, arrive before counting
+        await eventually(lambda: subscription.pending_msgs == 0)
         subjects = sorted(s for s, _ in received)
         assert subjects == [
             f"{bus_prefix}.partner.{BANK}.eligibility.determined",
@@ -305,6 +307,10 @@ async def test_partners_get_their_own_copy_on_their_own_nats_subject(
             ]
     finally:
         await nc.close()
+
+
+async def _relayed_all(notify: RunningService) -> bool:
+    return await notify.runtime.relay.backlog() == 0
 
 
 # ================================================================================================ bad input
