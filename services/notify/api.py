@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import delivery as resident_delivery
@@ -38,7 +38,7 @@ from services.notify.schemas import (
 )
 from services.notify.settings import NotifySettings
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep
+from shared.deps import IdempotentDep
 from shared.events import partner_subject
 from shared.problems import NotFound, problem_responses
 
@@ -259,19 +259,16 @@ def _subscription_created(subscription: Subscription, prefix: str) -> Subscripti
     },
 )
 async def create_subscription(
-    request: Request,
     body: SubscriptionIn,
     principal: PartnerCaller,
     repo: RepositoryDep,
-    idempotency: IdempotencyDep,
     settings: SettingsDep,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
     async def create() -> SubscriptionCreated:
-        subscription = await subscriptions.create(repo, settings, principal, body)
-        return _subscription_created(subscription, settings.bus_prefix)
+        return _subscription_created(await subscriptions.create(repo, settings, principal, body), settings.bus_prefix)
 
-    answer = await idempotency.run(request, repo.session, principal, body, create)
-    return answer.response(headers={"Location": f"/v1/subscriptions/{answer.body['id']}"})
+    return await idempotent.create(body, create, location=lambda created: f"/v1/subscriptions/{created['id']}")
 
 
 @subscriptions_router.get("", summary="My subscriptions (administrators: all)", responses=problem_responses(403))
