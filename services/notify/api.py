@@ -10,15 +10,16 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import delivery as resident_delivery
-from services.notify import inbox, partners, preferences, repository, subscriptions
+from services.notify import inbox, partners, preferences, subscriptions
 from services.notify.context import ContextDep
 from services.notify.models import Delivery, DeliveryStatus, Partner, Preference, Subscription, WebhookDelivery
 from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
+from services.notify.repository import RepositoryDep
 from services.notify.schemas import (
     GrantsIn,
     InboxMessage,
@@ -37,7 +38,7 @@ from services.notify.schemas import (
 )
 from services.notify.settings import NotifySettings
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep, SessionDep
+from shared.deps import IdempotentDep
 from shared.events import partner_subject
 from shared.problems import NotFound, problem_responses
 
@@ -89,7 +90,7 @@ def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
 @inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403))
 async def list_inbox(
     resident_id: ResidentId,
-    session: SessionDep,
+    repo: RepositoryDep,
     renderer: RendererDep,
     unread: bool = Query(default=False, description="Only messages not read yet"),
     before: dt.datetime | None = Query(default=None, description="Only messages older than this (paging)"),
@@ -97,7 +98,7 @@ async def list_inbox(
 ) -> InboxPage:
     if before is not None and before.tzinfo is None:
         before = before.replace(tzinfo=dt.UTC)
-    found = await inbox.messages(session, resident_id, unread_only=unread, before=before, limit=limit)
+    found = await inbox.messages(repo, resident_id, unread_only=unread, before=before, limit=limit)
     items = [_inbox_message(m, renderer) for m in found.page]
     return InboxPage(
         items=items, unread=found.unread, next_before=items[-1].created_at if len(items) == limit else None
@@ -106,18 +107,18 @@ async def list_inbox(
 
 @inbox_router.get("/{notification_id}", summary="One of my messages", responses=problem_responses(403, 404))
 async def get_inbox_message(
-    notification_id: uuid.UUID, resident_id: ResidentId, session: SessionDep, renderer: RendererDep
+    notification_id: uuid.UUID, resident_id: ResidentId, repo: RepositoryDep, renderer: RendererDep
 ) -> InboxMessage:
-    return _inbox_message(await inbox.message(session, resident_id, notification_id), renderer)
+    return _inbox_message(await inbox.message(repo, resident_id, notification_id), renderer)
 
 
 @inbox_router.post(
     "/{notification_id}/read", summary="Mark one of my messages read", responses=problem_responses(403, 404)
 )
 async def mark_read(
-    notification_id: uuid.UUID, resident_id: ResidentId, session: SessionDep, renderer: RendererDep
+    notification_id: uuid.UUID, resident_id: ResidentId, repo: RepositoryDep, renderer: RendererDep
 ) -> InboxMessage:
-    return _inbox_message(await inbox.mark_read(session, resident_id, notification_id), renderer)
+    return _inbox_message(await inbox.mark_read(repo, resident_id, notification_id), renderer)
 
 
 # ================================================================================================ preferences
@@ -139,8 +140,8 @@ def _preferences_out(resident_id: uuid.UUID, preference: Preference | None) -> P
 
 
 @preferences_router.get("", summary="My notification preferences", responses=problem_responses(403))
-async def get_preferences(resident_id: ResidentId, session: SessionDep) -> PreferencesOut:
-    return _preferences_out(resident_id, await repository.preference(session, resident_id))
+async def get_preferences(resident_id: ResidentId, repo: RepositoryDep) -> PreferencesOut:
+    return _preferences_out(resident_id, await repo.preference(resident_id))
 
 
 @preferences_router.put(
@@ -148,8 +149,8 @@ async def get_preferences(resident_id: ResidentId, session: SessionDep) -> Prefe
     summary="Set my notification preferences (each overrides what I told intake; null falls back to it)",
     responses=problem_responses(403),
 )
-async def put_preferences(body: PreferencesIn, resident_id: ResidentId, session: SessionDep) -> PreferencesOut:
-    return _preferences_out(resident_id, await preferences.replace(session, resident_id, body))
+async def put_preferences(body: PreferencesIn, resident_id: ResidentId, repo: RepositoryDep) -> PreferencesOut:
+    return _preferences_out(resident_id, await preferences.replace(repo, resident_id, body))
 
 
 # ================================================================================================ admin: deliveries
@@ -167,14 +168,14 @@ def _delivery_out(delivery: Delivery) -> NotificationDeliveryOut:
 @admin_router.get("", summary="Resident notification deliveries (e.g. the dead ones)", responses=problem_responses(403))
 async def list_notification_deliveries(
     principal: Admin,
-    session: SessionDep,
+    repo: RepositoryDep,
     status: DeliveryStatus | None = None,
     channel: Annotated[str | None, Query(pattern="^(inbox|email|sms)$")] = None,
     resident_id: uuid.UUID | None = None,
     limit: Limit = 100,
 ) -> list[NotificationDeliveryOut]:
-    rows = await repository.notification_deliveries(
-        session, status=status.value if status else None, channel=channel, resident_id=resident_id, limit=limit
+    rows = await repo.notification_deliveries(
+        status=status.value if status else None, channel=channel, resident_id=resident_id, limit=limit
     )
     return [_delivery_out(d) for d in rows]
 
@@ -185,9 +186,9 @@ async def list_notification_deliveries(
     responses=problem_responses(403, 404, 409),
 )
 async def retry_notification_delivery(
-    delivery_id: uuid.UUID, principal: Admin, session: SessionDep
+    delivery_id: uuid.UUID, principal: Admin, repo: RepositoryDep
 ) -> NotificationDeliveryOut:
-    return _delivery_out(await resident_delivery.retry(session, delivery_id))
+    return _delivery_out(await resident_delivery.retry(repo, delivery_id))
 
 
 # ================================================================================================ partners
@@ -205,17 +206,17 @@ def _partner_out(partner: Partner, prefix: str) -> PartnerOut:
 
 
 @partners_router.get("", summary="Partners and what they are granted", responses=problem_responses(403))
-async def list_partners(principal: Admin, session: SessionDep, settings: SettingsDep) -> list[PartnerOut]:
-    return [_partner_out(p, settings.bus_prefix) for p in await repository.partners(session)]
+async def list_partners(principal: Admin, repo: RepositoryDep, settings: SettingsDep) -> list[PartnerOut]:
+    return [_partner_out(p, settings.bus_prefix) for p in await repo.partners()]
 
 
 @partners_router.get(
     "/{partner_id}", summary="A partner (administrators; a partner sees itself)", responses=problem_responses(404)
 )
 async def get_partner(
-    partner_id: PartnerId, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+    partner_id: PartnerId, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> PartnerOut:
-    partner = await repository.visible_partner(session, principal, partner_id)
+    partner = await repo.visible_partner(principal, partner_id)
     if partner is None:
         raise NotFound(f"No partner {partner_id}.")
     return _partner_out(partner, settings.bus_prefix)
@@ -227,9 +228,9 @@ async def get_partner(
     responses=problem_responses(403),
 )
 async def put_grants(
-    partner_id: PartnerId, body: GrantsIn, principal: Admin, session: SessionDep, settings: SettingsDep
+    partner_id: PartnerId, body: GrantsIn, principal: Admin, repo: RepositoryDep, settings: SettingsDep
 ) -> PartnerOut:
-    partner = await partners.set_grants(session, principal, partner_id, body.event_types)
+    partner = await partners.set_grants(repo, principal, partner_id, body.event_types)
     return _partner_out(partner, settings.bus_prefix)
 
 
@@ -258,38 +259,35 @@ def _subscription_created(subscription: Subscription, prefix: str) -> Subscripti
     },
 )
 async def create_subscription(
-    request: Request,
     body: SubscriptionIn,
     principal: PartnerCaller,
-    session: SessionDep,
-    idempotency: IdempotencyDep,
+    repo: RepositoryDep,
     settings: SettingsDep,
+    idempotent: IdempotentDep,
 ) -> JSONResponse:
     async def create() -> SubscriptionCreated:
-        subscription = await subscriptions.create(session, settings, principal, body)
-        return _subscription_created(subscription, settings.bus_prefix)
+        return _subscription_created(await subscriptions.create(repo, settings, principal, body), settings.bus_prefix)
 
-    answer = await idempotency.run(request, session, principal, body, create)
-    return answer.response(headers={"Location": f"/v1/subscriptions/{answer.body['id']}"})
+    return await idempotent.create(body, create, location=lambda created: f"/v1/subscriptions/{created['id']}")
 
 
 @subscriptions_router.get("", summary="My subscriptions (administrators: all)", responses=problem_responses(403))
 async def list_subscriptions(
     principal: PartnerOrAdmin,
-    session: SessionDep,
+    repo: RepositoryDep,
     settings: SettingsDep,
     partner_id: Annotated[str | None, Query(pattern=PARTNER_ID_PATTERN)] = None,
     limit: Limit = 100,
 ) -> list[SubscriptionOut]:
-    rows = await repository.visible_subscriptions(session, principal, partner_id=partner_id, limit=limit)
+    rows = await repo.visible_subscriptions(principal, partner_id=partner_id, limit=limit)
     return [_subscription_out(s, settings.bus_prefix) for s in rows]
 
 
 @subscriptions_router.get("/{subscription_id}", summary="One subscription", responses=problem_responses(404))
 async def get_subscription(
-    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    return _subscription_out(await subscriptions.visible(session, principal, subscription_id), settings.bus_prefix)
+    return _subscription_out(await subscriptions.visible(repo, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.delete(
@@ -298,8 +296,8 @@ async def get_subscription(
     summary="Unsubscribe: nothing more is sent, queued deliveries are cancelled",
     responses=problem_responses(404),
 )
-async def delete_subscription(subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> Response:
-    await subscriptions.delete(session, principal, subscription_id)
+async def delete_subscription(subscription_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep) -> Response:
+    await subscriptions.delete(repo, principal, subscription_id)
     return Response(status_code=204)
 
 
@@ -311,11 +309,11 @@ async def delete_subscription(subscription_id: uuid.UUID, principal: PartnerOrAd
 async def rotate_secret(
     subscription_id: uuid.UUID,
     principal: PartnerCaller,
-    session: SessionDep,
+    repo: RepositoryDep,
     settings: SettingsDep,
     body: RotateSecretIn | None = None,
 ) -> RotatedSecret:
-    subscription = await subscriptions.rotate_secret(session, settings, principal, subscription_id, body)
+    subscription = await subscriptions.rotate_secret(repo, settings, principal, subscription_id, body)
     return RotatedSecret.from_row(subscription, subscription_id=subscription.id)
 
 
@@ -323,9 +321,9 @@ async def rotate_secret(
     "/{subscription_id}/pause", summary="Stop sending; deliveries queue up", responses=problem_responses(404)
 )
 async def pause_subscription(
-    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    return _subscription_out(await subscriptions.pause(session, principal, subscription_id), settings.bus_prefix)
+    return _subscription_out(await subscriptions.pause(repo, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.post(
@@ -334,9 +332,9 @@ async def pause_subscription(
     responses=problem_responses(404),
 )
 async def resume_subscription(
-    subscription_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep, settings: SettingsDep
+    subscription_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    return _subscription_out(await subscriptions.resume(session, principal, subscription_id), settings.bus_prefix)
+    return _subscription_out(await subscriptions.resume(repo, principal, subscription_id), settings.bus_prefix)
 
 
 # ================================================================================================ deliveries
@@ -354,15 +352,14 @@ def _webhook_delivery_out(delivery: WebhookDelivery) -> WebhookDeliveryOut:
 )  # fmt: skip
 async def list_deliveries(
     principal: PartnerOrAdmin,
-    session: SessionDep,
+    repo: RepositoryDep,
     status: DeliveryStatus | None = None,
     subscription_id: uuid.UUID | None = None,
     event_type: Annotated[str | None, Query(max_length=80)] = None,
     before: Annotated[int | None, Query(ge=1, le=2**62, description="Only deliveries with a lower sequence")] = None,
     limit: Limit = 100,
 ) -> list[WebhookDeliveryOut]:
-    rows = await repository.visible_webhook_deliveries(
-        session,
+    rows = await repo.visible_webhook_deliveries(
         principal,
         status=status.value if status else None,
         subscription_id=subscription_id,
@@ -374,8 +371,8 @@ async def list_deliveries(
 
 
 @deliveries_router.get("/{delivery_id}", summary="One webhook delivery", responses=problem_responses(404))
-async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> WebhookDeliveryOut:
-    delivery = await repository.visible_webhook_delivery(session, principal, delivery_id)
+async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep) -> WebhookDeliveryOut:
+    delivery = await repo.visible_webhook_delivery(principal, delivery_id)
     if delivery is None:
         raise NotFound(f"No delivery {delivery_id}.")
     return _webhook_delivery_out(delivery)
@@ -387,8 +384,8 @@ async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, sessio
     summary="Send a delivery again (whatever its status), in its place in the subscription's order",
     responses=problem_responses(404, 409),
 )
-async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, session: SessionDep) -> WebhookDeliveryOut:
-    return _webhook_delivery_out(await subscriptions.redeliver(session, principal, delivery_id))
+async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep) -> WebhookDeliveryOut:
+    return _webhook_delivery_out(await subscriptions.redeliver(repo, principal, delivery_id))
 
 
 ROUTERS = (

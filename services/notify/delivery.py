@@ -24,13 +24,10 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import update
 
-from services.notify import repository
 from services.notify.channels import ChannelError, EmailSender, SmsSender, build_email
 from services.notify.contacts import Contact, ContactDirectory, ContactUnavailable
 from services.notify.models import (
@@ -44,6 +41,7 @@ from services.notify.models import (
 )
 from services.notify.notifications import mark_work, withdrawn
 from services.notify.rendering import MessageInput, RenderedMessage, Renderer
+from services.notify.repository import Repository, new_claim_token
 from services.notify.schedule import backoff, quiet_until, zone
 from services.notify.settings import NotifySettings
 from shared.db import Database
@@ -52,8 +50,6 @@ from shared.outbox import Outbox
 from shared.problems import Conflict, NotFound
 
 log = logging.getLogger(__name__)
-
-Held = TypeVar("Held", Notification, Delivery)
 
 PUSH_CHANNELS = (ResidentChannel.EMAIL.value, ResidentChannel.SMS.value)
 
@@ -126,17 +122,19 @@ class ResidentDelivery:
 
     async def run_once(self) -> int:
         """One pass over what is due; returns how many rows were worked on."""
-        done = await self._each(self._claim(repository.claim_notifications), self.dispatch)
-        done += await self._each(self._claim(repository.claim_deliveries), self.send)
+        done = await self._each(self._claim(Repository.claim_notifications), self.dispatch)
+        done += await self._each(self._claim(Repository.claim_deliveries), self.send)
         return done
 
     def _claim(
         self, claim: Callable[..., Awaitable[Sequence[object]]]
     ) -> Callable[[], Awaitable[tuple[str, Sequence[object]]]]:
         async def run() -> tuple[str, Sequence[object]]:
-            token = repository.new_claim_token()
+            token = new_claim_token()
             async with self.db.session() as session:
-                ids = await claim(session, token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size)
+                ids = await claim(
+                    Repository(session), token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size
+                )
             return token, ids
 
         return run
@@ -167,7 +165,7 @@ class ResidentDelivery:
     async def dispatch(self, notification_id: object, token: str) -> None:
         assert isinstance(notification_id, uuid.UUID)
         async with self.db.session() as session:
-            notification = await session.get(Notification, notification_id)
+            notification = await Repository(session).notification(notification_id)
             if notification is None or notification.claim_token != token:
                 return
             resident_id = notification.resident_id
@@ -178,10 +176,11 @@ class ResidentDelivery:
         except ContactUnavailable as exc:
             error = str(exc)
         async with self.db.session() as session:
-            notification = await self._held(session, Notification, notification_id, token)
+            repo = Repository(session)
+            notification = await repo.held(Notification, notification_id, token)
             if notification is None:
                 return
-            application = await repository.find_application(session, notification.application_id)
+            application = await repo.find_application(notification.application_id)
             now = utcnow()
             if notification.status == NotificationStatus.COLLECTING.value:
                 if withdrawn(application, notification.kind):
@@ -189,7 +188,7 @@ class ResidentDelivery:
                     notification.last_error = "application withdrawn"
                     _release(notification)
                     return
-                await self._release_to_inbox(session, notification, now)
+                await self._release_to_inbox(repo, notification, now)
             if withdrawn(application, notification.kind):
                 notification.status = NotificationStatus.DISPATCHED.value
                 _release(notification)
@@ -207,7 +206,7 @@ class ResidentDelivery:
                 _release(notification)
                 log.warning("contact lookup failed; will retry", extra={"notification_id": str(notification.id)})
                 return
-            preference = await repository.preference(session, notification.resident_id)
+            preference = await repo.preference(notification.resident_id)
             notification.language = effective_language(preference, contact, notification.language)
             for channel in effective_channels(preference, contact):
                 if not _address(contact, channel):
@@ -215,7 +214,7 @@ class ResidentDelivery:
                 due = now
                 if channel == ResidentChannel.SMS.value:
                     due = sms_quiet_until(preference, now, self.settings.default_timezone) or now
-                session.add(
+                repo.session.add(
                     Delivery(
                         id=uuid.uuid4(),
                         notification_id=notification.id,
@@ -232,10 +231,10 @@ class ResidentDelivery:
             notification.last_error = None
             _release(notification)
 
-    async def _release_to_inbox(self, session: AsyncSession, notification: Notification, now: dt.datetime) -> None:
+    async def _release_to_inbox(self, repo: Repository, notification: Notification, now: dt.datetime) -> None:
         notification.status = NotificationStatus.READY.value
         notification.released_at = now
-        session.add(
+        repo.session.add(
             Delivery(
                 id=uuid.uuid4(),
                 notification_id=notification.id,
@@ -249,7 +248,9 @@ class ResidentDelivery:
                 sent_at=now,
             )
         )
-        await self.outbox.emit(session, self._sent(notification, ResidentChannel.INBOX.value, notification.language))
+        await self.outbox.emit(
+            repo.session, self._sent(notification, ResidentChannel.INBOX.value, notification.language)
+        )
 
     # ------------------------------------------------------------------------------------------ 2. send
 
@@ -257,18 +258,19 @@ class ResidentDelivery:
         assert isinstance(delivery_id, uuid.UUID)
         now = utcnow()
         async with self.db.session() as session:
-            delivery = await self._held(session, Delivery, delivery_id, token)
+            repo = Repository(session)
+            delivery = await repo.held(Delivery, delivery_id, token)
             if delivery is None:
                 return
             notification = delivery.notification
-            application = await repository.find_application(session, notification.application_id)
+            application = await repo.find_application(notification.application_id)
             if withdrawn(application, notification.kind):
                 delivery.status = DeliveryStatus.SUPPRESSED.value
                 delivery.last_error = "application withdrawn"
                 delivery.updated_at = now
                 _release(delivery)
                 return
-            preference = await repository.preference(session, delivery.resident_id)
+            preference = await repo.preference(delivery.resident_id)
             if delivery.channel == ResidentChannel.SMS.value:
                 quiet = sms_quiet_until(preference, now, self.settings.default_timezone)
                 if quiet is not None:
@@ -307,7 +309,8 @@ class ResidentDelivery:
 
     async def _record_sent(self, delivery_id: uuid.UUID, token: str, language: str) -> None:
         async with self.db.session() as session:
-            delivery = await self._held(session, Delivery, delivery_id, token)
+            repo = Repository(session)
+            delivery = await repo.held(Delivery, delivery_id, token)
             if delivery is None:
                 log.error("a sent delivery lost its claim", extra={"delivery_id": str(delivery_id)})
                 return
@@ -318,12 +321,13 @@ class ResidentDelivery:
             delivery.updated_at = now
             delivery.last_error = None
             _release(delivery)
-            await self.outbox.emit(session, self._sent(delivery.notification, delivery.channel, language))
+            await self.outbox.emit(repo.session, self._sent(delivery.notification, delivery.channel, language))
             self._count(delivery.channel, "sent")
 
     async def _record_failure(self, delivery_id: uuid.UUID, token: str, error: str, *, permanent: bool) -> None:
         async with self.db.session() as session:
-            delivery = await self._held(session, Delivery, delivery_id, token)
+            repo = Repository(session)
+            delivery = await repo.held(Delivery, delivery_id, token)
             if delivery is None:
                 return
             now = utcnow()
@@ -351,7 +355,7 @@ class ResidentDelivery:
             if dead or delivery.attempts == 1:
                 notification = delivery.notification
                 await self.outbox.emit(
-                    session,
+                    repo.session,
                     NotificationFailed(
                         notification_id=notification.id,
                         resident_id=notification.resident_id,
@@ -367,14 +371,6 @@ class ResidentDelivery:
                 )
 
     # ------------------------------------------------------------------------------------------ helpers
-
-    @staticmethod
-    async def _held(session: AsyncSession, model: type[Held], row_id: uuid.UUID, token: str) -> Held | None:
-        """The row, locked, if our claim on it still stands."""
-        row = await session.scalar(
-            select(model).where(model.id == row_id, model.claim_token == token).with_for_update(of=model)
-        )
-        return row
 
     def _count(self, channel: str, result: str) -> None:
         if self.attempts is not None:
@@ -421,10 +417,10 @@ def _address(contact: Contact | None, channel: str) -> str | None:
     return None
 
 
-async def retry(session: AsyncSession, delivery_id: uuid.UUID) -> Delivery:
+async def retry(repo: Repository, delivery_id: uuid.UUID) -> Delivery:
     """An administrator's retry of a dead or failed delivery: a fresh round of attempts, due now. Not while a worker
     is attempting it (409)."""
-    delivery = await repository.notification_delivery(session, delivery_id)
+    delivery = await repo.notification_delivery(delivery_id)
     if delivery is None:
         raise NotFound(f"No delivery {delivery_id}.")
     if delivery.status not in (DeliveryStatus.DEAD.value, DeliveryStatus.FAILED.value):
@@ -432,7 +428,7 @@ async def retry(session: AsyncSession, delivery_id: uuid.UUID) -> Delivery:
     now = utcnow()
     if delivery.claimed_until is not None and delivery.claimed_until > now:
         raise Conflict("The delivery is being attempted right now.")
-    await session.execute(
+    await repo.session.execute(
         update(Delivery)
         .where(Delivery.id == delivery.id)
         .values(
@@ -444,6 +440,6 @@ async def retry(session: AsyncSession, delivery_id: uuid.UUID) -> Delivery:
             updated_at=now,
         )
     )
-    await session.refresh(delivery)
-    mark_work(session)
+    await repo.session.refresh(delivery)
+    mark_work(repo.session)
     return delivery

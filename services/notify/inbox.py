@@ -11,11 +11,9 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.notify import repository
 from services.notify.delivery import effective_language
 from services.notify.models import Notification, Preference, utcnow
+from services.notify.repository import Repository
 from shared.problems import NotFound
 
 
@@ -35,31 +33,29 @@ class Messages:
 
 
 async def messages(
-    session: AsyncSession, resident_id: uuid.UUID, *, unread_only: bool, before: dt.datetime | None, limit: int
+    repo: Repository, resident_id: uuid.UUID, *, unread_only: bool, before: dt.datetime | None, limit: int
 ) -> Messages:
     """The resident's messages, newest first, released before ``before`` (for paging)."""
-    rows = await repository.inbox(session, resident_id, unread_only=unread_only, limit=limit, before=before)
-    preference = await repository.preference(session, resident_id)
-    return Messages(
-        page=[_as_read(n, preference) for n in rows], unread=await repository.unread_count(session, resident_id)
-    )
+    rows = await repo.inbox(resident_id, unread_only=unread_only, limit=limit, before=before)
+    preference = await repo.preference(resident_id)
+    return Messages(page=[_as_read(n, preference) for n in rows], unread=await repo.unread_count(resident_id))
 
 
-async def message(session: AsyncSession, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Message:
-    notification = await _own(session, resident_id, notification_id)
-    return _as_read(notification, await repository.preference(session, resident_id))
+async def message(repo: Repository, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Message:
+    notification = await _own(repo, resident_id, notification_id)
+    return _as_read(notification, await repo.preference(resident_id))
 
 
-async def mark_read(session: AsyncSession, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Message:
+async def mark_read(repo: Repository, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Message:
     """Marked read once: reading it again keeps the first time."""
-    notification = await _own(session, resident_id, notification_id)
+    notification = await _own(repo, resident_id, notification_id)
     if notification.read_at is None:
         notification.read_at = utcnow()
-    return _as_read(notification, await repository.preference(session, resident_id))
+    return _as_read(notification, await repo.preference(resident_id))
 
 
-async def _own(session: AsyncSession, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Notification:
-    notification = await repository.inbox_item(session, resident_id, notification_id)
+async def _own(repo: Repository, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Notification:
+    notification = await repo.inbox_item(resident_id, notification_id)
     if notification is None:
         raise NotFound("No such message in your inbox.")
     return notification

@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notify import repository
 from services.notify.models import (
     ApplicationProgram,
     Notification,
@@ -31,6 +30,7 @@ from services.notify.models import (
     TrackedApplication,
     utcnow,
 )
+from services.notify.repository import Repository
 from services.notify.settings import NotifySettings
 from shared.events import (
     ApplicationSubmitted,
@@ -84,22 +84,24 @@ class ResidentMessages:
     # ------------------------------------------------------------------------------------------ state events
 
     async def consent_changed(self, session: AsyncSession, event: CloudEvent, data: ConsentChanged) -> None:
-        state = await repository.resident_state(session, data.resident_id)
+        repo = Repository(session)
+        state = await repo.resident_state(data.resident_id)
         if data.version > state.consent_version:  # a late, older consent set never overrides a newer one
             state.consents = dict(data.consents)
             state.consent_version = data.version
             state.updated_at = utcnow()
 
     async def resident_updated(self, session: AsyncSession, event: CloudEvent, data: ResidentUpdated) -> None:
-        state = await repository.resident_state(session, data.resident_id)
+        repo = Repository(session)
+        state = await repo.resident_state(data.resident_id)
         if data.version > state.profile_version:
             state.language = data.preferred_language.value
             state.profile_version = data.version
             state.updated_at = utcnow()
 
-    async def _note_context(self, session: AsyncSession, resident_id: uuid.UUID, context: ResidentContext) -> None:
+    async def _note_context(self, repo: Repository, resident_id: uuid.UUID, context: ResidentContext) -> None:
         """An application's resident context tells the language too, until a resident.updated says otherwise."""
-        state = await repository.resident_state(session, resident_id)
+        state = await repo.resident_state(resident_id)
         if state.profile_version == 0 and state.language != context.preferred_language.value:
             state.language = context.preferred_language.value
             state.updated_at = utcnow()
@@ -107,8 +109,9 @@ class ResidentMessages:
     # ------------------------------------------------------------------------------------------ application events
 
     async def application_submitted(self, session: AsyncSession, event: CloudEvent, data: ApplicationSubmitted) -> None:
-        await self._note_context(session, data.resident_id, data.resident)
-        application = await repository.tracked_application(session, data.application_id, data.resident_id)
+        repo = Repository(session)
+        await self._note_context(repo, data.resident_id, data.resident)
+        application = await repo.tracked_application(data.application_id, data.resident_id)
         application.life_event = data.life_event
         if application.withdrawn_at is not None or application.last_round > 0:
             # Withdrawn already, or results went out before this (late) event: "received" would only confuse.
@@ -118,29 +121,31 @@ class ResidentMessages:
             "application_date": data.application_date.isoformat(),
             "channel": data.channel.value,
         }
-        await self._add(session, event, data.resident_id, data.application_id, "application.submitted", item)
+        await self._add(repo, event, data.resident_id, data.application_id, "application.submitted", item)
 
     async def application_withdrawn(self, session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
-        application = await repository.tracked_application(session, data.application_id, data.resident_id)
-        await repository.suppress_for_application(session, data.application_id, keep_kind=WITHDRAWN_KIND)
+        repo = Repository(session)
+        application = await repo.tracked_application(data.application_id, data.resident_id)
+        await repo.suppress_for_application(data.application_id, keep_kind=WITHDRAWN_KIND)
         if application.withdrawn_at is not None:
             return  # confirmed once already (intake announced it twice)
         application.withdrawn_at = data.withdrawn_at
         application.updated_at = utcnow()
         item = {"withdrawn_at": data.withdrawn_at.isoformat()}
-        await self._add(session, event, data.resident_id, data.application_id, WITHDRAWN_KIND, item)
+        await self._add(repo, event, data.resident_id, data.application_id, WITHDRAWN_KIND, item)
 
     async def eligibility_determined(
         self, session: AsyncSession, event: CloudEvent, data: EligibilityDetermined
     ) -> None:
-        await self._note_context(session, data.resident_id, data.resident)
-        application = await repository.tracked_application(session, data.application_id, data.resident_id)
+        repo = Repository(session)
+        await self._note_context(repo, data.resident_id, data.resident)
+        application = await repo.tracked_application(data.application_id, data.resident_id)
         if data.round <= application.last_round:
             log.info("older eligibility round ignored", extra={"round": data.round, "seen": application.last_round})
             return
         application.last_round = data.round
         application.updated_at = utcnow()
-        known = await repository.application_programs(session, data.application_id)
+        known = await repo.application_programs(data.application_id)
         changed = []
         for program in data.programs:
             signature = _signature(program)
@@ -148,7 +153,7 @@ class ResidentMessages:
             if row is None:
                 row = ApplicationProgram(application_id=data.application_id, program_code=program.program_code,
                                          round=0, updated_at=utcnow())  # fmt: skip
-                session.add(row)
+                repo.session.add(row)
             if row.outcome != program.outcome.value or row.signature != signature:
                 changed.append(_program_entry(program))
             row.program_name = program.program_name.model_dump()
@@ -159,12 +164,13 @@ class ResidentMessages:
         if not changed or application.withdrawn_at is not None:
             return
         item = {"round": data.round, "programs": changed}
-        await self._add(session, event, data.resident_id, data.application_id, "eligibility.determined", item)
+        await self._add(repo, event, data.resident_id, data.application_id, "eligibility.determined", item)
 
     async def eligibility_opportunity(
         self, session: AsyncSession, event: CloudEvent, data: EligibilityOpportunity
     ) -> None:
-        state = await repository.find_resident_state(session, data.resident_id)
+        repo = Repository(session)
+        state = await repo.find_resident_state(data.resident_id)
         if state is None or not state.consented(PROACTIVE_CONSENT):
             # Without a known, current consent we stay silent (the consent may have been withdrawn meanwhile).
             log.info("opportunity not told: no proactive-screening consent")
@@ -176,12 +182,13 @@ class ResidentMessages:
             "amount": data.amount,
             "amount_period": data.amount_period,
         }
-        await self._add(session, event, data.resident_id, None, "eligibility.opportunity", item)
+        await self._add(repo, event, data.resident_id, None, "eligibility.opportunity", item)
 
     # ------------------------------------------------------------------------------------------ case events
 
     async def case_routed(self, session: AsyncSession, event: CloudEvent, data: CaseRouted) -> None:
-        program = await self._program(session, data.application_id, data.program_code)
+        repo = Repository(session)
+        program = await self._program(repo, data.application_id, data.program_code)
         program.office_code = data.office_code
         program.office_name = data.office_name.model_dump()
         if data.status == "closed":
@@ -190,35 +197,39 @@ class ResidentMessages:
             **_case_basics(data.case_id, data.program_code, program),
             "due_date": data.due_date.isoformat() if data.due_date else None,
         }
-        await self._case_message(session, event, data.resident_id, data.application_id, "case.routed", item)
+        await self._case_message(repo, event, data.resident_id, data.application_id, "case.routed", item)
 
     async def case_info_requested(self, session: AsyncSession, event: CloudEvent, data: CaseInfoRequested) -> None:
-        program = await self._program(session, data.application_id, data.program_code)
+        repo = Repository(session)
+        program = await self._program(repo, data.application_id, data.program_code)
         item = {
             **_case_basics(data.case_id, data.program_code, program),
             "questions": [q.text for q in data.questions],
         }
-        await self._case_message(session, event, data.resident_id, data.application_id, "case.info_requested", item)
+        await self._case_message(repo, event, data.resident_id, data.application_id, "case.info_requested", item)
 
     async def case_resumed(self, session: AsyncSession, event: CloudEvent, data: CaseResumed) -> None:
         """The resident's answer arrived: confirm it, with the due date moved by the time the case waited."""
-        program = await self._program(session, data.application_id, data.program_code)
+        repo = Repository(session)
+        program = await self._program(repo, data.application_id, data.program_code)
         item = {**_case_basics(data.case_id, data.program_code, program), "due_date": data.due_date.isoformat()}
-        await self._case_message(session, event, data.resident_id, data.application_id, "case.resumed", item)
+        await self._case_message(repo, event, data.resident_id, data.application_id, "case.resumed", item)
 
     async def case_transferred(self, session: AsyncSession, event: CloudEvent, data: CaseTransferred) -> None:
         """Another office handles the case now: the resident should know whom to turn to."""
-        program = await self._program(session, data.application_id, data.program_code)
+        repo = Repository(session)
+        program = await self._program(repo, data.application_id, data.program_code)
         program.office_code = data.office_code
         program.office_name = data.office_name.model_dump()
         item = {
             **_case_basics(data.case_id, data.program_code, program),
             "due_date": data.due_date.isoformat() if data.due_date else None,
         }
-        await self._case_message(session, event, data.resident_id, data.application_id, "case.transferred", item)
+        await self._case_message(repo, event, data.resident_id, data.application_id, "case.transferred", item)
 
     async def case_decided(self, session: AsyncSession, event: CloudEvent, data: CaseDecided) -> None:
-        program = await self._program(session, data.application_id, data.program_code)
+        repo = Repository(session)
+        program = await self._program(repo, data.application_id, data.program_code)
         item = {
             **_case_basics(data.case_id, data.program_code, program),
             "decision": data.decision.value,
@@ -227,56 +238,57 @@ class ResidentMessages:
             "amount": data.amount,
             "amount_period": None,
         }
-        await self._case_message(session, event, data.resident_id, data.application_id, "case.decided", item)
+        await self._case_message(repo, event, data.resident_id, data.application_id, "case.decided", item)
 
     async def case_sla_breached(self, session: AsyncSession, event: CloudEvent, data: CaseSlaBreached) -> None:
-        program = await self._program(session, data.application_id, data.program_code)
+        repo = Repository(session)
+        program = await self._program(repo, data.application_id, data.program_code)
         item = {
             **_case_basics(data.case_id, data.program_code, program),
             "due_date": data.due_date.isoformat(),
             "expected_by": data.expected_by.isoformat() if data.expected_by else None,
         }
-        await self._case_message(session, event, data.resident_id, data.application_id, "case.sla_breached", item)
+        await self._case_message(repo, event, data.resident_id, data.application_id, "case.sla_breached", item)
 
-    async def _program(self, session: AsyncSession, application_id: uuid.UUID, code: str) -> ApplicationProgram:
-        program = await repository.application_program(session, application_id, code)
+    async def _program(self, repo: Repository, application_id: uuid.UUID, code: str) -> ApplicationProgram:
+        program = await repo.application_program(application_id, code)
         if program is None:  # a case event before the eligibility result: name the program by its code for now
             program = ApplicationProgram(application_id=application_id, program_code=code, round=0,
                                          updated_at=utcnow())  # fmt: skip
-            session.add(program)
+            repo.session.add(program)
         return program
 
     async def _case_message(
         self,
-        session: AsyncSession,
+        repo: Repository,
         event: CloudEvent,
         resident_id: uuid.UUID,
         application_id: uuid.UUID,
         kind: str,
         item: dict[str, Any],
     ) -> None:
-        application = await repository.tracked_application(session, application_id, resident_id)
+        application = await repo.tracked_application(application_id, resident_id)
         if application.withdrawn_at is not None:
             return
-        await self._add(session, event, resident_id, application_id, kind, item)
+        await self._add(repo, event, resident_id, application_id, kind, item)
 
     # ------------------------------------------------------------------------------------------ composing
 
     async def _add(
         self,
-        session: AsyncSession,
+        repo: Repository,
         event: CloudEvent,
         resident_id: uuid.UUID,
         application_id: uuid.UUID | None,
         kind: str,
         data: dict[str, Any],
     ) -> None:
-        if await repository.item_exists(session, event.id, resident_id):
+        if await repo.item_exists(event.id, resident_id):
             return  # this event was told already (a replayed dead letter, say)
         now = utcnow()
         notification = None
         if kind in BUNDLED_KINDS and self.settings.bundle_window_seconds > 0:
-            notification = await repository.open_bundle(session, resident_id, application_id, kind, now)
+            notification = await repo.open_bundle(resident_id, application_id, kind, now)
         if notification is None:
             window = self.settings.bundle_window_seconds if kind in BUNDLED_KINDS else 0.0
             notification = Notification(
@@ -285,14 +297,14 @@ class ResidentMessages:
                 application_id=application_id,
                 kind=kind,
                 status=NotificationStatus.COLLECTING.value,
-                language=await self._language(session, resident_id),
+                language=await self._language(repo, resident_id),
                 created_at=now,
                 next_step_at=now + dt.timedelta(seconds=window),
                 step_attempts=0,
             )
-            session.add(notification)
-            await session.flush()
-        session.add(
+            repo.session.add(notification)
+            await repo.session.flush()
+        repo.session.add(
             NotificationItem(
                 notification_id=notification.id,
                 resident_id=resident_id,
@@ -302,14 +314,14 @@ class ResidentMessages:
                 data=data,
             )
         )
-        await session.flush()
-        mark_work(session)
+        await repo.session.flush()
+        mark_work(repo.session)
 
-    async def _language(self, session: AsyncSession, resident_id: uuid.UUID) -> str:
-        preference = await repository.preference(session, resident_id)
+    async def _language(self, repo: Repository, resident_id: uuid.UUID) -> str:
+        preference = await repo.preference(resident_id)
         if preference is not None and preference.language:
             return preference.language
-        state = await repository.find_resident_state(session, resident_id)
+        state = await repo.find_resident_state(resident_id)
         return state.language if state is not None and state.language else "ko"
 
 

@@ -15,11 +15,9 @@ import logging
 
 import httpx
 from prometheus_client import Counter
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notify import repository
-from services.notify.models import DeliveryStatus, Subscription, SubscriptionStatus, WebhookDelivery, utcnow
+from services.notify.models import DeliveryStatus, SubscriptionStatus, WebhookDelivery, utcnow
+from services.notify.repository import Repository, new_claim_token
 from services.notify.schedule import backoff
 from services.notify.settings import NotifySettings
 from services.notify.webhooks import AddressPolicy, Attempt, post
@@ -42,10 +40,10 @@ class PartnerDelivery:
         self.lease = dt.timedelta(seconds=max(settings.claim_lease_seconds, settings.webhook_timeout_seconds * 3))
 
     async def run_once(self) -> int:
-        token = repository.new_claim_token()
+        token = new_claim_token()
         async with self.db.session() as session:
-            seqs = await repository.claim_webhook_heads(
-                session, token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size
+            seqs = await Repository(session).claim_webhook_heads(
+                token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size
             )
         if not seqs:
             return 0
@@ -64,14 +62,15 @@ class PartnerDelivery:
     async def deliver(self, seq: int, token: str) -> None:
         now = utcnow()
         async with self.db.session() as session:
-            delivery = await _held(session, seq, token)
+            repo = Repository(session)
+            delivery = await repo.held_webhook_delivery(seq, token)
             if delivery is None:
                 return
-            subscription = await session.get(Subscription, delivery.subscription_id)
+            subscription = await repo.subscription(delivery.subscription_id)
             if subscription is None or subscription.status != SubscriptionStatus.ACTIVE.value or not subscription.url:
                 _release(delivery)  # paused or deleted meanwhile: it waits (or was cancelled with the subscription)
                 return
-            if not await repository.is_granted(session, delivery.partner_id, delivery.event_type):
+            if not await repo.is_granted(delivery.partner_id, delivery.event_type):
                 delivery.status = DeliveryStatus.CANCELLED.value
                 delivery.last_error = "the grant for this event type was revoked"
                 delivery.updated_at = now
@@ -93,11 +92,12 @@ class PartnerDelivery:
     async def _record(self, seq: int, token: str, attempt: Attempt) -> None:
         s = self.settings
         async with self.db.session() as session:
-            delivery = await _held(session, seq, token)
+            repo = Repository(session)
+            delivery = await repo.held_webhook_delivery(seq, token)
             if delivery is None:
                 log.error("a webhook attempt lost its claim", extra={"seq": seq})
                 return
-            subscription = await session.get(Subscription, delivery.subscription_id, with_for_update=True)
+            subscription = await repo.subscription(delivery.subscription_id, for_update=True)
             now = utcnow()
             delivery.attempts += 1
             delivery.last_status_code = attempt.status_code
@@ -136,14 +136,6 @@ class PartnerDelivery:
                     )
                     subscription.updated_at = now
                     log.warning("webhook subscription paused", extra={"subscription_id": str(subscription.id)})
-
-
-async def _held(session: AsyncSession, seq: int, token: str) -> WebhookDelivery | None:
-    return await session.scalar(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.seq == seq, WebhookDelivery.claim_token == token)
-        .with_for_update()
-    )
 
 
 def _release(delivery: WebhookDelivery) -> None:

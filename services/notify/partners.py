@@ -30,7 +30,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notify import repository
 from services.notify.models import (
     DeliveryStatus,
     Partner,
@@ -41,6 +40,7 @@ from services.notify.models import (
     utcnow,
 )
 from services.notify.notifications import mark_work
+from services.notify.repository import Repository
 from shared.auth import Principal
 from shared.events import (
     CATALOGUE,
@@ -87,17 +87,17 @@ def check_event_types(event_types: list[str], field: str = "event_types") -> lis
 # ---------------------------------------------------------------------------------------------- grants
 
 
-async def set_grants(session: AsyncSession, principal: Principal, partner_id: str, event_types: list[str]) -> Partner:
+async def set_grants(repo: Repository, principal: Principal, partner_id: str, event_types: list[str]) -> Partner:
     """Replace the partner's grants with ``event_types`` (422 naming the first that is unknown or not
     partner-visible), creating the partner on first use. Revoked types stop at once: queued webhook deliveries of
     them are cancelled when their turn comes."""
     event_types = check_event_types(event_types)
     by = principal.subject
     now = utcnow()
-    partner = await repository.partner(session, partner_id, for_update=True)
+    partner = await repo.partner(partner_id, for_update=True)
     if partner is None:
         partner = Partner(id=partner_id, name=partner_id, created_at=now, updated_at=now, updated_by=by, grants=[])
-        session.add(partner)
+        repo.session.add(partner)
     wanted = set(event_types)
     partner.grants = [g for g in partner.grants if g.event_type in wanted] + [
         PartnerGrant(partner_id=partner_id, event_type=t, granted_at=now, granted_by=by)
@@ -106,13 +106,13 @@ async def set_grants(session: AsyncSession, principal: Principal, partner_id: st
     ]
     partner.updated_at = now
     partner.updated_by = by
-    await session.flush()
-    await session.refresh(partner, ["grants"])
+    await repo.session.flush()
+    await repo.session.refresh(partner, ["grants"])
     return partner
 
 
-async def require_granted(session: AsyncSession, partner_id: str, event_types: list[str]) -> None:
-    granted = await repository.granted_types(session, partner_id)
+async def require_granted(repo: Repository, partner_id: str, event_types: list[str]) -> None:
+    granted = await repo.granted_types(partner_id)
     missing = [t for t in event_types if t not in granted]
     if missing:
         raise Forbidden(
@@ -135,14 +135,15 @@ class PartnerFanOut:
         event_type = event.event_type
         if event_type not in PARTNER_VISIBLE_TYPES:
             return
-        subscriptions = await repository.subscriptions_for(session, event_type)
+        repo = Repository(session)
+        subscriptions = await repo.subscriptions_for(event_type)
         if not subscriptions:
             return
         base_view = partner_view(event)
         resident_id = base_view.get("resident_id")
         consents: dict[str, Any] = {}
         if resident_id:
-            state = await repository.find_resident_state(session, uuid.UUID(str(resident_id)))
+            state = await repo.find_resident_state(uuid.UUID(str(resident_id)))
             consents = state.consents if state is not None else {}
         envelopes: dict[str, CloudEvent] = {}
         nats_partners: set[str] = set()
@@ -156,11 +157,11 @@ class PartnerFanOut:
             if subscription.transport == Transport.NATS.value:
                 if subscription.status == SubscriptionStatus.ACTIVE.value and partner_id not in nats_partners:
                     nats_partners.add(partner_id)
-                    await self._publish(session, partner_id, envelope)
+                    await self._publish(repo, partner_id, envelope)
                 continue
-            if await repository.webhook_delivery_exists(session, subscription.id, event.id):
+            if await repo.webhook_delivery_exists(subscription.id, event.id):
                 continue
-            session.add(
+            repo.session.add(
                 WebhookDelivery(
                     id=uuid.uuid4(),
                     subscription_id=subscription.id,
@@ -175,13 +176,13 @@ class PartnerFanOut:
                     updated_at=now,
                 )
             )
-            mark_work(session)
-        await session.flush()
+            mark_work(repo.session)
+        await repo.session.flush()
 
-    async def _publish(self, session: AsyncSession, partner_id: str, envelope: CloudEvent) -> None:
+    async def _publish(self, repo: Repository, partner_id: str, envelope: CloudEvent) -> None:
         # The outbox row's id (the Nats-Msg-Id) is per partner, while the envelope keeps the event's own id.
         await self.outbox.emit_event(
-            session,
+            repo.session,
             envelope,
             subject=partner_subject(self.prefix, partner_id, envelope.type),
             msg_id=str(uuid.uuid5(_PARTNER_OUTBOX_NAMESPACE, f"{partner_id}/{envelope.id}")),

@@ -8,29 +8,27 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.notify import repository
 from services.notify.models import Preference, utcnow
 from services.notify.notifications import mark_work
+from services.notify.repository import Repository
 from services.notify.schemas import PreferencesIn
 
 
-async def replace(session: AsyncSession, resident_id: uuid.UUID, choices: PreferencesIn) -> Preference:
+async def replace(repo: Repository, resident_id: uuid.UUID, choices: PreferencesIn) -> Preference:
     """The resident's preferences, now ``choices``. Text messages held back by the old quiet hours are looked at
     again, under the new ones."""
     now = utcnow()
-    preference = await repository.preference(session, resident_id)
+    preference = await repo.preference(resident_id)
     if preference is None:
         preference = Preference(resident_id=resident_id, updated_at=now)
-        session.add(preference)
+        repo.session.add(preference)
     start, end = choices.quiet_hours.times() if choices.quiet_hours else (None, None)
     preference.channels = list(choices.channels) if choices.channels is not None else None
     preference.language = choices.language
     preference.quiet_hours_start, preference.quiet_hours_end = start, end
     preference.timezone = choices.timezone
     preference.updated_at = now
-    await session.flush()
-    await repository.recheck_waiting_sms(session, resident_id)
-    mark_work(session)
+    await repo.session.flush()
+    await repo.recheck_waiting_sms(resident_id)
+    mark_work(repo.session)
     return preference

@@ -7,8 +7,9 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Depends
 from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -33,211 +34,13 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
+from shared.deps import SessionDep
 
 # The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
 Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
 Key = TypeVar("Key", uuid.UUID, int)
-
-# ================================================================================================ residents
-
-
-async def preference(session: AsyncSession, resident_id: uuid.UUID) -> Preference | None:
-    return await session.get(Preference, resident_id)
-
-
-async def resident_state(session: AsyncSession, resident_id: uuid.UUID) -> ResidentState:
-    """The resident's row, created on first sight."""
-    state = await session.get(ResidentState, resident_id, with_for_update=True)
-    if state is None:
-        state = ResidentState(resident_id=resident_id, consents={}, consent_version=0, profile_version=0,
-                              updated_at=utcnow())  # fmt: skip
-        session.add(state)
-        await session.flush()
-    return state
-
-
-async def find_resident_state(session: AsyncSession, resident_id: uuid.UUID) -> ResidentState | None:
-    return await session.get(ResidentState, resident_id)
-
-
-async def tracked_application(
-    session: AsyncSession, application_id: uuid.UUID, resident_id: uuid.UUID
-) -> TrackedApplication:
-    """The application's row, created on first sight (its events may come in any order)."""
-    application = await session.get(TrackedApplication, application_id, with_for_update=True)
-    if application is None:
-        application = TrackedApplication(
-            application_id=application_id, resident_id=resident_id, last_round=0, updated_at=utcnow()
-        )
-        session.add(application)
-        await session.flush()
-    return application
-
-
-async def find_application(session: AsyncSession, application_id: uuid.UUID | None) -> TrackedApplication | None:
-    if application_id is None:
-        return None
-    return await session.get(TrackedApplication, application_id)
-
-
-async def application_program(
-    session: AsyncSession, application_id: uuid.UUID, program_code: str
-) -> ApplicationProgram | None:
-    return await session.get(ApplicationProgram, (application_id, program_code))
-
-
-async def application_programs(session: AsyncSession, application_id: uuid.UUID) -> dict[str, ApplicationProgram]:
-    rows = await session.scalars(select(ApplicationProgram).where(ApplicationProgram.application_id == application_id))
-    return {row.program_code: row for row in rows}
-
-
-async def item_exists(session: AsyncSession, source_event_id: str, resident_id: uuid.UUID) -> bool:
-    found = await session.scalar(
-        select(NotificationItem.id).where(
-            NotificationItem.source_event_id == source_event_id, NotificationItem.resident_id == resident_id
-        )
-    )
-    return found is not None
-
-
-async def open_bundle(
-    session: AsyncSession, resident_id: uuid.UUID, application_id: uuid.UUID | None, kind: str, now: dt.datetime
-) -> Notification | None:
-    """A notification of the same kind still collecting (not claimed by a worker), locked so that a worker cannot
-    release it while we add to it."""
-    same_application = (
-        Notification.application_id.is_(None)
-        if application_id is None
-        else Notification.application_id == application_id
-    )
-    return await session.scalar(
-        select(Notification)
-        .where(
-            Notification.resident_id == resident_id,
-            same_application,
-            Notification.kind == kind,
-            Notification.status == NotificationStatus.COLLECTING.value,
-            Notification.claim_token.is_(None),
-            Notification.next_step_at > now,
-        )
-        .order_by(Notification.created_at.desc())
-        .limit(1)
-        .with_for_update()
-    )
-
-
-async def suppress_for_application(session: AsyncSession, application_id: uuid.UUID, keep_kind: str) -> None:
-    """Nothing more goes out for a withdrawn application: unreleased messages and unsent deliveries are stopped.
-    Deliveries a worker holds right now are re-checked by that worker before it sends."""
-    now = utcnow()
-    await session.execute(
-        update(Notification)
-        .where(
-            Notification.application_id == application_id,
-            Notification.kind != keep_kind,
-            Notification.status == NotificationStatus.COLLECTING.value,
-            Notification.claim_token.is_(None),
-        )
-        .values(status=NotificationStatus.SUPPRESSED.value, last_error="application withdrawn")
-    )
-    ids = select(Notification.id).where(Notification.application_id == application_id, Notification.kind != keep_kind)
-    await session.execute(
-        update(Delivery)
-        .where(Delivery.notification_id.in_(ids), Delivery.status.in_(RETRYABLE), Delivery.claim_token.is_(None))
-        .values(status=DeliveryStatus.SUPPRESSED.value, last_error="application withdrawn", updated_at=now)
-    )
-
-
-async def inbox(
-    session: AsyncSession, resident_id: uuid.UUID, *, unread_only: bool, limit: int, before: dt.datetime | None
-) -> Sequence[Notification]:
-    query = (
-        select(Notification)
-        .where(Notification.resident_id == resident_id, Notification.released_at.is_not(None))
-        .order_by(Notification.released_at.desc(), Notification.id.desc())
-        .limit(limit)
-    )
-    if unread_only:
-        query = query.where(Notification.read_at.is_(None))
-    if before is not None:
-        query = query.where(Notification.released_at < before)
-    return (await session.scalars(query)).all()
-
-
-async def unread_count(session: AsyncSession, resident_id: uuid.UUID) -> int:
-    count = await session.scalar(
-        select(func.count())
-        .select_from(Notification)
-        .where(
-            Notification.resident_id == resident_id,
-            Notification.released_at.is_not(None),
-            Notification.read_at.is_(None),
-        )
-    )
-    return int(count or 0)
-
-
-async def inbox_item(session: AsyncSession, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Notification | None:
-    return await session.scalar(
-        select(Notification).where(
-            Notification.id == notification_id,
-            Notification.resident_id == resident_id,
-            Notification.released_at.is_not(None),
-        )
-    )
-
-
-async def notification_deliveries(
-    session: AsyncSession,
-    *,
-    status: str | None,
-    channel: str | None,
-    resident_id: uuid.UUID | None,
-    limit: int,
-) -> Sequence[Delivery]:
-    query = select(Delivery).order_by(Delivery.updated_at.desc(), Delivery.id).limit(limit)
-    if status:
-        query = query.where(Delivery.status == status)
-    if channel:
-        query = query.where(Delivery.channel == channel)
-    if resident_id:
-        query = query.where(Delivery.resident_id == resident_id)
-    return (await session.scalars(query)).all()
-
-
-async def notification_delivery(session: AsyncSession, delivery_id: uuid.UUID) -> Delivery | None:
-    return await session.scalar(select(Delivery).where(Delivery.id == delivery_id).with_for_update(of=Delivery))
-
-
-# ================================================================================================ partners
-
-
-async def partner(session: AsyncSession, partner_id: str, *, for_update: bool = False) -> Partner | None:
-    return await session.get(Partner, partner_id, with_for_update=for_update)
-
-
-async def visible_partner(session: AsyncSession, principal: Principal, partner_id: str) -> Partner | None:
-    if principal.role is Role.ADMIN or (principal.role is Role.PARTNER and principal.partner_id == partner_id):
-        return await session.get(Partner, partner_id)
-    return None
-
-
-async def partners(session: AsyncSession) -> Sequence[Partner]:
-    return (await session.scalars(select(Partner).order_by(Partner.id))).all()
-
-
-async def granted_types(session: AsyncSession, partner_id: str) -> set[str]:
-    rows = await session.scalars(select(PartnerGrant.event_type).where(PartnerGrant.partner_id == partner_id))
-    return set(rows)
-
-
-async def is_granted(session: AsyncSession, partner_id: str, event_type: str) -> bool:
-    found = await session.scalar(
-        select(PartnerGrant.partner_id).where(
-            PartnerGrant.partner_id == partner_id, PartnerGrant.event_type == event_type
-        )
-    )
-    return found is not None
+# The resident-facing rows a worker holds under a claim.
+Held = TypeVar("Held", Notification, Delivery)
 
 
 def _subscription_scope(principal: Principal) -> ColumnElement[bool] | None:
@@ -250,125 +53,12 @@ def _subscription_scope(principal: Principal) -> ColumnElement[bool] | None:
     return None
 
 
-async def visible_subscriptions(
-    session: AsyncSession, principal: Principal, *, partner_id: str | None, limit: int
-) -> Sequence[Subscription]:
-    scope = _subscription_scope(principal)
-    if scope is None:
-        return []
-    query = select(Subscription).where(scope).order_by(Subscription.created_at, Subscription.id).limit(limit)
-    if partner_id:
-        query = query.where(Subscription.partner_id == partner_id)
-    return (await session.scalars(query)).all()
-
-
-async def visible_subscription(
-    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID, *, for_update: bool = False
-) -> Subscription | None:
-    return await _one_in_scope(session, Subscription, _subscription_scope(principal), subscription_id, for_update)
-
-
-async def subscriptions_for(session: AsyncSession, event_type: str) -> list[Subscription]:
-    """Live subscriptions (active or paused: a paused one keeps queueing) that cover ``event_type`` and whose
-    partner is still granted it."""
-    rows = await session.scalars(
-        select(Subscription)
-        .join(
-            PartnerGrant,
-            (PartnerGrant.partner_id == Subscription.partner_id) & (PartnerGrant.event_type == event_type),
-        )
-        .where(Subscription.status != SubscriptionStatus.DELETED.value)
-        .order_by(Subscription.created_at, Subscription.id)
-    )
-    return [s for s in rows if event_type in s.event_types]
-
-
-async def webhook_delivery_exists(session: AsyncSession, subscription_id: uuid.UUID, event_id: str) -> bool:
-    found = await session.scalar(
-        select(WebhookDelivery.seq).where(
-            WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.event_id == event_id
-        )
-    )
-    return found is not None
-
-
 def _delivery_scope(principal: Principal) -> ColumnElement[bool] | None:
     if principal.role is Role.ADMIN:
         return WebhookDelivery.seq.is_not(None)
     if principal.role is Role.PARTNER and principal.partner_id:
         return WebhookDelivery.partner_id == principal.partner_id
     return None
-
-
-async def visible_webhook_deliveries(
-    session: AsyncSession,
-    principal: Principal,
-    *,
-    status: str | None,
-    subscription_id: uuid.UUID | None,
-    event_type: str | None,
-    limit: int,
-    before_seq: int | None,
-) -> Sequence[WebhookDelivery]:
-    scope = _delivery_scope(principal)
-    if scope is None:
-        return []
-    query = select(WebhookDelivery).where(scope).order_by(WebhookDelivery.seq.desc()).limit(limit)
-    if status:
-        query = query.where(WebhookDelivery.status == status)
-    if subscription_id:
-        query = query.where(WebhookDelivery.subscription_id == subscription_id)
-    if event_type:
-        query = query.where(WebhookDelivery.event_type == event_type)
-    if before_seq is not None:
-        query = query.where(WebhookDelivery.seq < before_seq)
-    return (await session.scalars(query)).all()
-
-
-async def visible_webhook_delivery(
-    session: AsyncSession, principal: Principal, delivery_id: uuid.UUID, *, for_update: bool = False
-) -> WebhookDelivery | None:
-    return await _one_in_scope(session, WebhookDelivery, _delivery_scope(principal), delivery_id, for_update)
-
-
-async def _one_in_scope(
-    session: AsyncSession, model: type[Scoped], scope: ColumnElement[bool] | None, row_id: uuid.UUID, for_update: bool
-) -> Scoped | None:
-    """The row with this id if it lies in the caller's scope (None: the caller sees no such rows at all)."""
-    if scope is None:
-        return None
-    query = select(model).where(scope, model.id == row_id)
-    if for_update:
-        query = query.with_for_update()
-    return await session.scalar(query)
-
-
-async def cancel_queued_webhooks(session: AsyncSession, subscription_id: uuid.UUID, reason: str) -> None:
-    await session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.status.in_(RETRYABLE))
-        .values(status=DeliveryStatus.CANCELLED.value, last_error=reason, updated_at=utcnow())
-    )
-
-
-async def wake_queue_head(session: AsyncSession, subscription_id: uuid.UUID) -> None:
-    """Make the subscription's next delivery due now (after a resume)."""
-    head = await session.scalar(
-        select(func.min(WebhookDelivery.seq)).where(
-            WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.status.in_(RETRYABLE)
-        )
-    )
-    if head is not None:
-        await session.execute(
-            update(WebhookDelivery).where(WebhookDelivery.seq == head).values(next_attempt_at=utcnow())
-        )
-
-
-# ================================================================================================ claims
-
-# A worker claims rows before working on them: an UPDATE that only succeeds where no unexpired claim exists. On
-# PostgreSQL concurrent claimers re-check the condition after the row lock (READ COMMITTED), on SQLite writers are
-# serialised (BEGIN IMMEDIATE); either way exactly one worker holds a row until it finishes or its lease runs out.
 
 
 def new_claim_token() -> str:
@@ -379,86 +69,399 @@ def _unclaimed(model: Any, now: dt.datetime) -> ColumnElement[bool]:
     return or_(model.claimed_until.is_(None), model.claimed_until < now)
 
 
-async def claim_notifications(
-    session: AsyncSession, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
-) -> list[uuid.UUID]:
-    due = (
-        Notification.status.in_([NotificationStatus.COLLECTING.value, NotificationStatus.READY.value]),
-        Notification.next_step_at <= now,
-        _unclaimed(Notification, now),
-    )
-    return await _claim(session, Notification.id, due, Notification.next_step_at, token, now + lease, limit)
+class Repository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
 
+    # ------------------------------------------------------------------------------------------ residents
 
-async def claim_deliveries(
-    session: AsyncSession, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
-) -> list[uuid.UUID]:
-    due = (Delivery.status.in_(RETRYABLE), Delivery.next_attempt_at <= now, _unclaimed(Delivery, now))
-    return await _claim(session, Delivery.id, due, Delivery.next_attempt_at, token, now + lease, limit)
+    async def preference(self, resident_id: uuid.UUID) -> Preference | None:
+        return await self.session.get(Preference, resident_id)
 
+    async def resident_state(self, resident_id: uuid.UUID) -> ResidentState:
+        """The resident's row, created on first sight."""
+        state = await self.session.get(ResidentState, resident_id, with_for_update=True)
+        if state is None:
+            state = ResidentState(resident_id=resident_id, consents={}, consent_version=0, profile_version=0,
+                                  updated_at=utcnow())  # fmt: skip
+            self.session.add(state)
+            await self.session.flush()
+        return state
 
-async def claim_webhook_heads(
-    session: AsyncSession, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
-) -> list[int]:
-    """The first unfinished delivery of each active subscription, if it is due and nobody holds it. Later deliveries
-    of a subscription wait for that one: order is kept per subscription."""
-    heads = (
-        select(func.min(WebhookDelivery.seq).label("seq"))
-        .join(Subscription, Subscription.id == WebhookDelivery.subscription_id)
-        .where(WebhookDelivery.status.in_(RETRYABLE), Subscription.status == SubscriptionStatus.ACTIVE.value)
-        .group_by(WebhookDelivery.subscription_id)
-        .subquery()
-    )
-    due = (
-        WebhookDelivery.status.in_(RETRYABLE),
-        WebhookDelivery.next_attempt_at <= now,
-        _unclaimed(WebhookDelivery, now),
-    )
-    among_heads = WebhookDelivery.seq.in_(select(heads.c.seq))
-    return await _claim(
-        session, WebhookDelivery.seq, due, WebhookDelivery.next_attempt_at, token, now + lease, limit, among=among_heads
-    )
+    async def find_resident_state(self, resident_id: uuid.UUID) -> ResidentState | None:
+        return await self.session.get(ResidentState, resident_id)
 
+    async def tracked_application(self, application_id: uuid.UUID, resident_id: uuid.UUID) -> TrackedApplication:
+        """The application's row, created on first sight (its events may come in any order)."""
+        application = await self.session.get(TrackedApplication, application_id, with_for_update=True)
+        if application is None:
+            application = TrackedApplication(
+                application_id=application_id, resident_id=resident_id, last_round=0, updated_at=utcnow()
+            )
+            self.session.add(application)
+            await self.session.flush()
+        return application
 
-async def _claim(
-    session: AsyncSession,
-    key: InstrumentedAttribute[Key],
-    due: tuple[ColumnElement[bool], ...],
-    soonest: InstrumentedAttribute[dt.datetime],
-    token: str,
-    until: dt.datetime,
-    limit: int,
-    *,
-    among: ColumnElement[bool] | None = None,
-) -> list[Key]:
-    """Claim up to ``limit`` due rows (``among`` narrows which may be picked), soonest first; the keys of those this
-    worker got. The UPDATE repeats ``due``, so a row another worker claimed in between is not taken."""
-    table = key.class_
-    picked = select(key).where(*due).order_by(soonest).limit(limit)
-    if among is not None:
-        picked = picked.where(among)
-    keys = list(await session.scalars(picked))
-    if not keys:
-        return []
-    await session.execute(
-        update(table)
-        .where(key.in_(keys), *due)
-        .values(claim_token=token, claimed_until=until)
-        .execution_options(synchronize_session=False)
-    )
-    return list(await session.scalars(select(key).where(table.claim_token == token)))
+    async def find_application(self, application_id: uuid.UUID | None) -> TrackedApplication | None:
+        if application_id is None:
+            return None
+        return await self.session.get(TrackedApplication, application_id)
 
+    async def application_program(self, application_id: uuid.UUID, program_code: str) -> ApplicationProgram | None:
+        return await self.session.get(ApplicationProgram, (application_id, program_code))
 
-async def recheck_waiting_sms(session: AsyncSession, resident_id: uuid.UUID) -> None:
-    """Text messages never tried because of quiet hours become due now; the worker applies the current hours."""
-    await session.execute(
-        update(Delivery)
-        .where(
-            Delivery.resident_id == resident_id,
-            Delivery.channel == ResidentChannel.SMS.value,
-            Delivery.status == DeliveryStatus.PENDING.value,
-            Delivery.next_attempt_at > utcnow(),
-            Delivery.claim_token.is_(None),
+    async def application_programs(self, application_id: uuid.UUID) -> dict[str, ApplicationProgram]:
+        rows = await self.session.scalars(
+            select(ApplicationProgram).where(ApplicationProgram.application_id == application_id)
         )
-        .values(next_attempt_at=utcnow())
-    )
+        return {row.program_code: row for row in rows}
+
+    async def item_exists(self, source_event_id: str, resident_id: uuid.UUID) -> bool:
+        found = await self.session.scalar(
+            select(NotificationItem.id).where(
+                NotificationItem.source_event_id == source_event_id, NotificationItem.resident_id == resident_id
+            )
+        )
+        return found is not None
+
+    async def open_bundle(
+        self, resident_id: uuid.UUID, application_id: uuid.UUID | None, kind: str, now: dt.datetime
+    ) -> Notification | None:
+        """A notification of the same kind still collecting (not claimed by a worker), locked so that a worker cannot
+        release it while we add to it."""
+        same_application = (
+            Notification.application_id.is_(None)
+            if application_id is None
+            else Notification.application_id == application_id
+        )
+        return await self.session.scalar(
+            select(Notification)
+            .where(
+                Notification.resident_id == resident_id,
+                same_application,
+                Notification.kind == kind,
+                Notification.status == NotificationStatus.COLLECTING.value,
+                Notification.claim_token.is_(None),
+                Notification.next_step_at > now,
+            )
+            .order_by(Notification.created_at.desc())
+            .limit(1)
+            .with_for_update()
+        )
+
+    async def suppress_for_application(self, application_id: uuid.UUID, keep_kind: str) -> None:
+        """Nothing more goes out for a withdrawn application: unreleased messages and unsent deliveries are stopped.
+        Deliveries a worker holds right now are re-checked by that worker before it sends."""
+        now = utcnow()
+        await self.session.execute(
+            update(Notification)
+            .where(
+                Notification.application_id == application_id,
+                Notification.kind != keep_kind,
+                Notification.status == NotificationStatus.COLLECTING.value,
+                Notification.claim_token.is_(None),
+            )
+            .values(status=NotificationStatus.SUPPRESSED.value, last_error="application withdrawn")
+        )
+        ids = select(Notification.id).where(
+            Notification.application_id == application_id, Notification.kind != keep_kind
+        )
+        await self.session.execute(
+            update(Delivery)
+            .where(Delivery.notification_id.in_(ids), Delivery.status.in_(RETRYABLE), Delivery.claim_token.is_(None))
+            .values(status=DeliveryStatus.SUPPRESSED.value, last_error="application withdrawn", updated_at=now)
+        )
+
+    async def notification(self, notification_id: uuid.UUID) -> Notification | None:
+        """Unscoped: for the delivery worker, which acts on behalf of no caller."""
+        return await self.session.get(Notification, notification_id)
+
+    async def inbox(
+        self, resident_id: uuid.UUID, *, unread_only: bool, limit: int, before: dt.datetime | None
+    ) -> Sequence[Notification]:
+        query = (
+            select(Notification)
+            .where(Notification.resident_id == resident_id, Notification.released_at.is_not(None))
+            .order_by(Notification.released_at.desc(), Notification.id.desc())
+            .limit(limit)
+        )
+        if unread_only:
+            query = query.where(Notification.read_at.is_(None))
+        if before is not None:
+            query = query.where(Notification.released_at < before)
+        return (await self.session.scalars(query)).all()
+
+    async def unread_count(self, resident_id: uuid.UUID) -> int:
+        count = await self.session.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(
+                Notification.resident_id == resident_id,
+                Notification.released_at.is_not(None),
+                Notification.read_at.is_(None),
+            )
+        )
+        return int(count or 0)
+
+    async def inbox_item(self, resident_id: uuid.UUID, notification_id: uuid.UUID) -> Notification | None:
+        return await self.session.scalar(
+            select(Notification).where(
+                Notification.id == notification_id,
+                Notification.resident_id == resident_id,
+                Notification.released_at.is_not(None),
+            )
+        )
+
+    async def notification_deliveries(
+        self,
+        *,
+        status: str | None,
+        channel: str | None,
+        resident_id: uuid.UUID | None,
+        limit: int,
+    ) -> Sequence[Delivery]:
+        query = select(Delivery).order_by(Delivery.updated_at.desc(), Delivery.id).limit(limit)
+        if status:
+            query = query.where(Delivery.status == status)
+        if channel:
+            query = query.where(Delivery.channel == channel)
+        if resident_id:
+            query = query.where(Delivery.resident_id == resident_id)
+        return (await self.session.scalars(query)).all()
+
+    async def notification_delivery(self, delivery_id: uuid.UUID) -> Delivery | None:
+        return await self.session.scalar(
+            select(Delivery).where(Delivery.id == delivery_id).with_for_update(of=Delivery)
+        )
+
+    # ------------------------------------------------------------------------------------------ partners
+
+    async def partner(self, partner_id: str, *, for_update: bool = False) -> Partner | None:
+        return await self.session.get(Partner, partner_id, with_for_update=for_update)
+
+    async def visible_partner(self, principal: Principal, partner_id: str) -> Partner | None:
+        if principal.role is Role.ADMIN or (principal.role is Role.PARTNER and principal.partner_id == partner_id):
+            return await self.session.get(Partner, partner_id)
+        return None
+
+    async def partners(self) -> Sequence[Partner]:
+        return (await self.session.scalars(select(Partner).order_by(Partner.id))).all()
+
+    async def granted_types(self, partner_id: str) -> set[str]:
+        rows = await self.session.scalars(select(PartnerGrant.event_type).where(PartnerGrant.partner_id == partner_id))
+        return set(rows)
+
+    async def is_granted(self, partner_id: str, event_type: str) -> bool:
+        found = await self.session.scalar(
+            select(PartnerGrant.partner_id).where(
+                PartnerGrant.partner_id == partner_id, PartnerGrant.event_type == event_type
+            )
+        )
+        return found is not None
+
+    async def subscription(self, subscription_id: uuid.UUID, *, for_update: bool = False) -> Subscription | None:
+        """Unscoped: for the webhook worker, and for a delivery the caller was already found to see."""
+        return await self.session.get(Subscription, subscription_id, with_for_update=for_update)
+
+    async def visible_subscriptions(
+        self, principal: Principal, *, partner_id: str | None, limit: int
+    ) -> Sequence[Subscription]:
+        scope = _subscription_scope(principal)
+        if scope is None:
+            return []
+        query = select(Subscription).where(scope).order_by(Subscription.created_at, Subscription.id).limit(limit)
+        if partner_id:
+            query = query.where(Subscription.partner_id == partner_id)
+        return (await self.session.scalars(query)).all()
+
+    async def visible_subscription(
+        self, principal: Principal, subscription_id: uuid.UUID, *, for_update: bool = False
+    ) -> Subscription | None:
+        return await self._one_in_scope(Subscription, _subscription_scope(principal), subscription_id, for_update)
+
+    async def subscriptions_for(self, event_type: str) -> list[Subscription]:
+        """Live subscriptions (active or paused: a paused one keeps queueing) that cover ``event_type`` and whose
+        partner is still granted it."""
+        rows = await self.session.scalars(
+            select(Subscription)
+            .join(
+                PartnerGrant,
+                (PartnerGrant.partner_id == Subscription.partner_id) & (PartnerGrant.event_type == event_type),
+            )
+            .where(Subscription.status != SubscriptionStatus.DELETED.value)
+            .order_by(Subscription.created_at, Subscription.id)
+        )
+        return [s for s in rows if event_type in s.event_types]
+
+    async def webhook_delivery_exists(self, subscription_id: uuid.UUID, event_id: str) -> bool:
+        found = await self.session.scalar(
+            select(WebhookDelivery.seq).where(
+                WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.event_id == event_id
+            )
+        )
+        return found is not None
+
+    async def visible_webhook_deliveries(
+        self,
+        principal: Principal,
+        *,
+        status: str | None,
+        subscription_id: uuid.UUID | None,
+        event_type: str | None,
+        limit: int,
+        before_seq: int | None,
+    ) -> Sequence[WebhookDelivery]:
+        scope = _delivery_scope(principal)
+        if scope is None:
+            return []
+        query = select(WebhookDelivery).where(scope).order_by(WebhookDelivery.seq.desc()).limit(limit)
+        if status:
+            query = query.where(WebhookDelivery.status == status)
+        if subscription_id:
+            query = query.where(WebhookDelivery.subscription_id == subscription_id)
+        if event_type:
+            query = query.where(WebhookDelivery.event_type == event_type)
+        if before_seq is not None:
+            query = query.where(WebhookDelivery.seq < before_seq)
+        return (await self.session.scalars(query)).all()
+
+    async def visible_webhook_delivery(
+        self, principal: Principal, delivery_id: uuid.UUID, *, for_update: bool = False
+    ) -> WebhookDelivery | None:
+        return await self._one_in_scope(WebhookDelivery, _delivery_scope(principal), delivery_id, for_update)
+
+    async def _one_in_scope(
+        self, model: type[Scoped], scope: ColumnElement[bool] | None, row_id: uuid.UUID, for_update: bool
+    ) -> Scoped | None:
+        """The row with this id if it lies in the caller's scope (None: the caller sees no such rows at all)."""
+        if scope is None:
+            return None
+        query = select(model).where(scope, model.id == row_id)
+        if for_update:
+            query = query.with_for_update()
+        return await self.session.scalar(query)
+
+    async def cancel_queued_webhooks(self, subscription_id: uuid.UUID, reason: str) -> None:
+        await self.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.status.in_(RETRYABLE))
+            .values(status=DeliveryStatus.CANCELLED.value, last_error=reason, updated_at=utcnow())
+        )
+
+    async def wake_queue_head(self, subscription_id: uuid.UUID) -> None:
+        """Make the subscription's next delivery due now (after a resume)."""
+        head = await self.session.scalar(
+            select(func.min(WebhookDelivery.seq)).where(
+                WebhookDelivery.subscription_id == subscription_id, WebhookDelivery.status.in_(RETRYABLE)
+            )
+        )
+        if head is not None:
+            await self.session.execute(
+                update(WebhookDelivery).where(WebhookDelivery.seq == head).values(next_attempt_at=utcnow())
+            )
+
+    # ------------------------------------------------------------------------------------------ claims
+
+    # A worker claims rows before working on them: an UPDATE that only succeeds where no unexpired claim exists.
+    # On PostgreSQL concurrent claimers re-check the condition after the row lock (READ COMMITTED), on SQLite
+    # writers are serialised (BEGIN IMMEDIATE); either way exactly one worker holds a row until it finishes or its
+    # lease runs out.
+
+    async def held(self, model: type[Held], row_id: uuid.UUID, token: str) -> Held | None:
+        """The row, locked, if the worker's claim on it (``token``) still stands."""
+        return await self.session.scalar(
+            select(model).where(model.id == row_id, model.claim_token == token).with_for_update(of=model)
+        )
+
+    async def held_webhook_delivery(self, seq: int, token: str) -> WebhookDelivery | None:
+        """The webhook delivery, locked, if the worker's claim on it (``token``) still stands."""
+        return await self.session.scalar(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.seq == seq, WebhookDelivery.claim_token == token)
+            .with_for_update()
+        )
+
+    async def claim_notifications(
+        self, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    ) -> list[uuid.UUID]:
+        due = (
+            Notification.status.in_([NotificationStatus.COLLECTING.value, NotificationStatus.READY.value]),
+            Notification.next_step_at <= now,
+            _unclaimed(Notification, now),
+        )
+        return await self._claim(Notification.id, due, Notification.next_step_at, token, now + lease, limit)
+
+    async def claim_deliveries(
+        self, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    ) -> list[uuid.UUID]:
+        due = (Delivery.status.in_(RETRYABLE), Delivery.next_attempt_at <= now, _unclaimed(Delivery, now))
+        return await self._claim(Delivery.id, due, Delivery.next_attempt_at, token, now + lease, limit)
+
+    async def claim_webhook_heads(self, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int) -> list[int]:
+        """The first unfinished delivery of each active subscription, if it is due and nobody holds it. Later deliveries
+        of a subscription wait for that one: order is kept per subscription."""
+        heads = (
+            select(func.min(WebhookDelivery.seq).label("seq"))
+            .join(Subscription, Subscription.id == WebhookDelivery.subscription_id)
+            .where(WebhookDelivery.status.in_(RETRYABLE), Subscription.status == SubscriptionStatus.ACTIVE.value)
+            .group_by(WebhookDelivery.subscription_id)
+            .subquery()
+        )
+        due = (
+            WebhookDelivery.status.in_(RETRYABLE),
+            WebhookDelivery.next_attempt_at <= now,
+            _unclaimed(WebhookDelivery, now),
+        )
+        among_heads = WebhookDelivery.seq.in_(select(heads.c.seq))
+        return await self._claim(
+            WebhookDelivery.seq, due, WebhookDelivery.next_attempt_at, token, now + lease, limit, among=among_heads
+        )
+
+    async def _claim(
+        self,
+        key: InstrumentedAttribute[Key],
+        due: tuple[ColumnElement[bool], ...],
+        soonest: InstrumentedAttribute[dt.datetime],
+        token: str,
+        until: dt.datetime,
+        limit: int,
+        *,
+        among: ColumnElement[bool] | None = None,
+    ) -> list[Key]:
+        """Claim up to ``limit`` due rows (``among`` narrows which may be picked), soonest first; the keys of those this
+        worker got. The UPDATE repeats ``due``, so a row another worker claimed in between is not taken."""
+        table = key.class_
+        picked = select(key).where(*due).order_by(soonest).limit(limit)
+        if among is not None:
+            picked = picked.where(among)
+        keys = list(await self.session.scalars(picked))
+        if not keys:
+            return []
+        await self.session.execute(
+            update(table)
+            .where(key.in_(keys), *due)
+            .values(claim_token=token, claimed_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return list(await self.session.scalars(select(key).where(table.claim_token == token)))
+
+    async def recheck_waiting_sms(self, resident_id: uuid.UUID) -> None:
+        """Text messages never tried because of quiet hours become due now; the worker applies the current hours."""
+        await self.session.execute(
+            update(Delivery)
+            .where(
+                Delivery.resident_id == resident_id,
+                Delivery.channel == ResidentChannel.SMS.value,
+                Delivery.status == DeliveryStatus.PENDING.value,
+                Delivery.next_attempt_at > utcnow(),
+                Delivery.claim_token.is_(None),
+            )
+            .values(next_attempt_at=utcnow())
+        )
+
+
+def get_repository(session: SessionDep) -> Repository:
+    return Repository(session)
+
+
+RepositoryDep = Annotated[Repository, Depends(get_repository)]

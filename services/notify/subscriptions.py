@@ -21,9 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.notify import repository
 from services.notify.models import (
     RETRYABLE,
     DeliveryStatus,
@@ -35,6 +32,7 @@ from services.notify.models import (
 )
 from services.notify.notifications import mark_work
 from services.notify.partners import check_event_types, require_granted
+from services.notify.repository import Repository
 from services.notify.schemas import RotateSecretIn, SubscriptionIn
 from services.notify.settings import NotifySettings
 from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, new_secret
@@ -81,7 +79,7 @@ def nats_subjects(prefix: str, subscription: Subscription) -> list[str]:
 
 
 async def create(
-    session: AsyncSession, settings: NotifySettings, principal: Principal, request: SubscriptionIn
+    repo: Repository, settings: NotifySettings, principal: Principal, request: SubscriptionIn
 ) -> Subscription:
     """A new active subscription of the calling partner; a webhook one gets its signing secret."""
     partner_id = principal.partner_id
@@ -89,7 +87,7 @@ async def create(
     event_types = check_event_types(request.event_types)
     transport = Transport(request.transport)
     await _check_endpoint(settings, transport, request.url)
-    await require_granted(session, partner_id, event_types)
+    await require_granted(repo, partner_id, event_types)
     subscription = new_subscription(
         partner_id=partner_id,
         transport=transport,
@@ -99,8 +97,8 @@ async def create(
         secret=new_secret() if transport is Transport.WEBHOOK else None,
         by=principal.subject,
     )
-    session.add(subscription)
-    await session.flush()
+    repo.session.add(subscription)
+    await repo.session.flush()
     return subscription
 
 
@@ -117,16 +115,16 @@ async def _check_endpoint(settings: NotifySettings, transport: Transport, url: s
         raise UnprocessableContent.for_field("url", "a NATS subscription has no url", type_="unexpected")
 
 
-async def visible(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
+async def visible(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
     """The subscription if the caller may see it (404 otherwise), locked for the change the caller may make."""
-    subscription = await repository.visible_subscription(session, principal, subscription_id, for_update=True)
+    subscription = await repo.visible_subscription(principal, subscription_id, for_update=True)
     if subscription is None:
         raise NotFound(f"No subscription {subscription_id}.")
     return subscription
 
 
-async def pause(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
-    subscription = await visible(session, principal, subscription_id)
+async def pause(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
+    subscription = await visible(repo, principal, subscription_id)
     if subscription.status == SubscriptionStatus.ACTIVE.value:
         now = utcnow()
         subscription.status = SubscriptionStatus.PAUSED.value
@@ -136,29 +134,29 @@ async def pause(session: AsyncSession, principal: Principal, subscription_id: uu
     return subscription
 
 
-async def resume(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
+async def resume(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
     """Active again with a clean failure count; the first queued delivery is due now (those after it follow)."""
-    subscription = await visible(session, principal, subscription_id)
+    subscription = await visible(repo, principal, subscription_id)
     if subscription.status == SubscriptionStatus.PAUSED.value:
         subscription.status = SubscriptionStatus.ACTIVE.value
         subscription.paused_at = None
         subscription.paused_reason = None
         subscription.consecutive_failures = 0
         subscription.updated_at = utcnow()
-        await repository.wake_queue_head(session, subscription.id)
-        mark_work(session)
+        await repo.wake_queue_head(subscription.id)
+        mark_work(repo.session)
     return subscription
 
 
 async def rotate_secret(
-    session: AsyncSession,
+    repo: Repository,
     settings: NotifySettings,
     principal: Principal,
     subscription_id: uuid.UUID,
     request: RotateSecretIn | None,
 ) -> Subscription:
     """A new signing secret; the old one keeps signing for the grace period (none with a grace of 0)."""
-    subscription = await visible(session, principal, subscription_id)
+    subscription = await visible(repo, principal, subscription_id)
     if subscription.transport != Transport.WEBHOOK.value:
         raise Conflict("Only webhook subscriptions have a signing secret.")
     asked = request.grace_seconds if request is not None else None
@@ -171,27 +169,27 @@ async def rotate_secret(
     return subscription
 
 
-async def delete(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> None:
+async def delete(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> None:
     """Nothing more is sent: queued deliveries are cancelled, the secrets forgotten."""
-    subscription = await visible(session, principal, subscription_id)
+    subscription = await visible(repo, principal, subscription_id)
     now = utcnow()
     subscription.status = SubscriptionStatus.DELETED.value
     subscription.deleted_at = now
     subscription.updated_at = now
     subscription.secret = subscription.previous_secret = None
-    await repository.cancel_queued_webhooks(session, subscription.id, "subscription deleted")
+    await repo.cancel_queued_webhooks(subscription.id, "subscription deleted")
 
 
 # ---------------------------------------------------------------------------------------------- redelivery
 
 
-async def redeliver(session: AsyncSession, principal: Principal, delivery_id: uuid.UUID) -> WebhookDelivery:
+async def redeliver(repo: Repository, principal: Principal, delivery_id: uuid.UUID) -> WebhookDelivery:
     """Send a delivery again, whatever its status, with a fresh round of attempts and in its place in the
     subscription's order; not while it is being attempted, nor for a deleted subscription (409)."""
-    delivery = await repository.visible_webhook_delivery(session, principal, delivery_id, for_update=True)
+    delivery = await repo.visible_webhook_delivery(principal, delivery_id, for_update=True)
     if delivery is None:
         raise NotFound(f"No delivery {delivery_id}.")
-    subscription = await session.get(Subscription, delivery.subscription_id)
+    subscription = await repo.subscription(delivery.subscription_id)
     if subscription is None or subscription.status == SubscriptionStatus.DELETED.value:
         raise Conflict("The subscription was deleted.")
     now = utcnow()
@@ -202,5 +200,5 @@ async def redeliver(session: AsyncSession, principal: Principal, delivery_id: uu
     delivery.next_attempt_at = now
     delivery.last_error = None
     delivery.updated_at = now
-    mark_work(session)
+    mark_work(repo.session)
     return delivery

@@ -9,10 +9,11 @@ import uuid
 
 import pytest
 
-from services.notify import delivery, repository
+from services.notify import delivery
 from services.notify.main import MIGRATIONS
 from services.notify.models import Delivery, Notification, utcnow
 from services.notify.notifications import WORK_PENDING
+from services.notify.repository import Repository, new_claim_token
 from shared.db import Database
 from shared.migrations import upgrade
 from shared.problems import Conflict
@@ -44,8 +45,8 @@ async def test_concurrent_claims_split_the_due_rows_between_workers(database_url
             got: list[uuid.UUID] = []
             for _ in range(10):
                 async with db.session() as session:
-                    got += await repository.claim_deliveries(
-                        session, repository.new_claim_token(), now=utcnow(), lease=dt.timedelta(minutes=1), limit=7
+                    got += await Repository(session).claim_deliveries(
+                        new_claim_token(), now=utcnow(), lease=dt.timedelta(minutes=1), limit=7
                     )
             return got
 
@@ -56,12 +57,12 @@ async def test_concurrent_claims_split_the_due_rows_between_workers(database_url
 
         # Held rows are not handed out again until their lease runs out.
         async with workers[0].session() as session:
-            again = await repository.claim_deliveries(
-                session, "late", now=utcnow(), lease=dt.timedelta(minutes=1), limit=100
+            again = await Repository(session).claim_deliveries(
+                "late", now=utcnow(), lease=dt.timedelta(minutes=1), limit=100
             )
             assert again == []
-            expired = await repository.claim_deliveries(
-                session, "later", now=utcnow() + dt.timedelta(minutes=2), lease=dt.timedelta(minutes=1), limit=100
+            expired = await Repository(session).claim_deliveries(
+                "later", now=utcnow() + dt.timedelta(minutes=2), lease=dt.timedelta(minutes=1), limit=100
             )
             assert len(expired) == 60
     finally:
@@ -88,21 +89,21 @@ async def test_an_administrator_retries_a_failed_delivery_only_once_no_worker_ho
             )  # fmt: skip
             session.add(failed)
         async with db.session() as session:
-            held = await repository.claim_deliveries(
-                session, "worker-1", now=utcnow(), lease=dt.timedelta(minutes=1), limit=10
+            held = await Repository(session).claim_deliveries(
+                "worker-1", now=utcnow(), lease=dt.timedelta(minutes=1), limit=10
             )
             assert held == [failed.id]
 
         async with db.session() as session:
             with pytest.raises(Conflict, match="being attempted"):
-                await delivery.retry(session, failed.id)
+                await delivery.retry(Repository(session), failed.id)
             still = await session.get(Delivery, failed.id)
             assert still is not None
             assert (still.status, still.attempts, still.claim_token) == ("failed", 3, "worker-1")
             still.claimed_until = utcnow() - dt.timedelta(seconds=1)  # the worker died; its lease ran out
 
         async with db.session() as session:
-            retried = await delivery.retry(session, failed.id)
+            retried = await delivery.retry(Repository(session), failed.id)
             assert (retried.status, retried.attempts, retried.claim_token, retried.claimed_until) == (
                 "pending", 0, None, None
             )  # fmt: skip

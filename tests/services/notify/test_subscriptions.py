@@ -16,6 +16,7 @@ from services.notify import partners, subscriptions
 from services.notify.main import MIGRATIONS
 from services.notify.models import DeliveryStatus, Subscription, SubscriptionStatus, WebhookDelivery, utcnow
 from services.notify.notifications import WORK_PENDING
+from services.notify.repository import Repository
 from services.notify.schemas import RotateSecretIn, SubscriptionIn
 from services.notify.settings import NotifySettings
 from shared.auth import Principal, Role
@@ -52,9 +53,10 @@ def settings(database_url: str) -> NotifySettings:
 async def subscribe(db: Database, settings: NotifySettings, transport: str = "webhook") -> uuid.UUID:
     url = "http://127.0.0.1:9/hooks" if transport == "webhook" else None
     async with db.session() as session:
-        await partners.set_grants(session, ADMIN, BANK_ID, ["case.decided"])
+        repo = Repository(session)
+        await partners.set_grants(repo, ADMIN, BANK_ID, ["case.decided"])
         created = await subscriptions.create(
-            session, settings, BANK, SubscriptionIn(transport=transport, url=url, event_types=["case.decided"])
+            repo, settings, BANK, SubscriptionIn(transport=transport, url=url, event_types=["case.decided"])
         )
         return created.id
 
@@ -83,14 +85,14 @@ async def test_pausing_a_paused_subscription_keeps_why_and_when_it_was_paused(
 ) -> None:
     subscription_id = await subscribe(db, settings)
     async with db.session() as session:
-        paused = await subscriptions.pause(session, BANK, subscription_id)
+        paused = await subscriptions.pause(Repository(session), BANK, subscription_id)
         assert (paused.status, paused.paused_reason) == ("paused", "paused on request")
         first = (paused.paused_at, paused.updated_at)
         # The worker paused it meanwhile, for its own reason (services/notify/partner_delivery.py).
         paused.paused_reason = "30 failed attempts in a row; last: HTTP 500"
 
     async with db.session() as session:
-        again = await subscriptions.pause(session, ADMIN, subscription_id)
+        again = await subscriptions.pause(Repository(session), ADMIN, subscription_id)
         assert again.status == SubscriptionStatus.PAUSED.value
         assert again.paused_reason == "30 failed attempts in a row; last: HTTP 500"
         assert (again.paused_at, again.updated_at) == first
@@ -109,7 +111,7 @@ async def test_resuming_an_active_subscription_changes_nothing_and_wakes_no_deli
         subscription.consecutive_failures = 2
 
     async with db.session() as session:
-        resumed = await subscriptions.resume(session, BANK, subscription_id)
+        resumed = await subscriptions.resume(Repository(session), BANK, subscription_id)
         assert (resumed.status, resumed.consecutive_failures) == ("active", 2)
         assert not session.info.get(WORK_PENDING), "no worker is woken for nothing"
     async with db.session() as session:
@@ -118,9 +120,9 @@ async def test_resuming_an_active_subscription_changes_nothing_and_wakes_no_deli
 
     # Resuming a paused one, by contrast, starts afresh: the failure count is cleared and the queue's head is due now.
     async with db.session() as session:
-        await subscriptions.pause(session, BANK, subscription_id)
+        await subscriptions.pause(Repository(session), BANK, subscription_id)
     async with db.session() as session:
-        resumed = await subscriptions.resume(session, BANK, subscription_id)
+        resumed = await subscriptions.resume(Repository(session), BANK, subscription_id)
         assert (resumed.status, resumed.consecutive_failures, resumed.paused_at) == ("active", 0, None)
         assert session.info.get(WORK_PENDING)
     async with db.session() as session:
@@ -133,8 +135,8 @@ async def test_a_rotation_keeps_the_old_secret_signing_only_for_a_grace_period(
 ) -> None:
     subscription_id = await subscribe(db, settings)
     async with db.session() as session:
-        original = (await subscriptions.visible(session, BANK, subscription_id)).secret
-        rotated = await subscriptions.rotate_secret(session, settings, BANK, subscription_id, None)
+        original = (await subscriptions.visible(Repository(session), BANK, subscription_id)).secret
+        rotated = await subscriptions.rotate_secret(Repository(session), settings, BANK, subscription_id, None)
         assert rotated.secret not in (None, original)
         assert rotated.previous_secret == original
         assert rotated.previous_secret_expires_at is not None
@@ -144,10 +146,10 @@ async def test_a_rotation_keeps_the_old_secret_signing_only_for_a_grace_period(
         assert rotated.signing_secrets(after_grace) == [rotated.secret]
 
     async with db.session() as session:
-        second = await subscriptions.visible(session, BANK, subscription_id)
+        second = await subscriptions.visible(Repository(session), BANK, subscription_id)
         before = second.secret
         at_once = await subscriptions.rotate_secret(
-            session, settings, BANK, subscription_id, RotateSecretIn(grace_seconds=0)
+            Repository(session), settings, BANK, subscription_id, RotateSecretIn(grace_seconds=0)
         )
         assert (at_once.previous_secret, at_once.previous_secret_expires_at) == (None, None)
         assert at_once.secret != before
@@ -158,10 +160,10 @@ async def test_a_nats_subscription_has_no_secret_to_rotate(db: Database, setting
     subscription_id = await subscribe(db, settings, transport="nats")
     async with db.session() as session:
         with pytest.raises(Conflict) as refused:
-            await subscriptions.rotate_secret(session, settings, BANK, subscription_id, None)
+            await subscriptions.rotate_secret(Repository(session), settings, BANK, subscription_id, None)
         assert refused.value.status == 409
     async with db.session() as session:
-        subscription = await subscriptions.visible(session, BANK, subscription_id)
+        subscription = await subscriptions.visible(Repository(session), BANK, subscription_id)
         assert (subscription.secret, subscription.previous_secret) == (None, None)
 
 
@@ -172,29 +174,30 @@ async def test_redelivery_is_refused_while_attempted_and_once_the_subscription_i
     held = await queue(db, subscription_id, status=DeliveryStatus.FAILED.value, attempts=3, last_error="HTTP 500",
                        claim_token="worker-1", claimed_until=utcnow() + dt.timedelta(minutes=1))  # fmt: skip
     async with db.session() as session:
+        repo = Repository(session)
         with pytest.raises(Conflict, match="being attempted"):
-            await subscriptions.redeliver(session, BANK, held)
+            await subscriptions.redeliver(repo, BANK, held)
         with pytest.raises(NotFound):
-            await subscriptions.redeliver(session, NGO, held)  # another partner's delivery does not exist for it
+            await subscriptions.redeliver(repo, NGO, held)  # another partner's delivery does not exist for it
 
     # The worker's lease ran out (it died): the partner may ask again, and the delivery starts a fresh round.
     async with db.session() as session:
         delivery = await webhook_delivery(session, held)
         delivery.claimed_until = utcnow() - dt.timedelta(seconds=1)
     async with db.session() as session:
-        again = await subscriptions.redeliver(session, BANK, held)
+        again = await subscriptions.redeliver(Repository(session), BANK, held)
         assert (again.status, again.attempts, again.last_error) == ("pending", 0, None)
         assert session.info.get(WORK_PENDING)
 
     async with db.session() as session:
-        await subscriptions.delete(session, BANK, subscription_id)
+        await subscriptions.delete(Repository(session), BANK, subscription_id)
     async with db.session() as session:
         with pytest.raises(Conflict, match="deleted"):
-            await subscriptions.redeliver(session, ADMIN, held)
+            await subscriptions.redeliver(Repository(session), ADMIN, held)
         delivery = await webhook_delivery(session, held)
         assert delivery.status == DeliveryStatus.CANCELLED.value, "cancelled with the subscription"
         with pytest.raises(NotFound):
-            await subscriptions.visible(session, ADMIN, subscription_id)
+            await subscriptions.visible(Repository(session), ADMIN, subscription_id)
         subscription = await session.get(Subscription, subscription_id)
         assert subscription is not None
         assert (subscription.secret, subscription.previous_secret) == (None, None), "its secrets are forgotten"
