@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from onestop.natsauth import PartnerEntry, PasswordStore, platform_users, render_authorization
 from shared.auth import TokenIssuer, ensure_keypair
 from tests.support.nats import NatsServer
+from tests.support.nats_clients import Client
 from tests.support.postgres import PostgresServer
 
 
@@ -57,3 +59,33 @@ def database_url(database_backend: str, tmp_path: Path, request: pytest.FixtureR
         return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.create_database()
+
+
+# ---------------------------------------------------------------------------------------------- NATS users
+
+PARTNERS = [PartnerEntry("bank", "A bank"), PartnerEntry("ngo", "An NGO")]
+
+
+@pytest.fixture
+def passwords(tmp_path: Path) -> PasswordStore:
+    return PasswordStore(tmp_path / "passwords")
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path, bus_prefix: str, passwords: PasswordStore) -> Iterator[NatsServer]:
+    """A nats-server that admits only the platform's users (intake and notify) and two partners', with the
+    subject permissions `make run` and production configure."""
+    users = platform_users(prefix=bus_prefix, services=["intake", "notify"], partners=PARTNERS, passwords=passwords)
+    server = NatsServer(tmp_path / "secured-nats", extra_config=render_authorization(users)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """NATS connections a test opens (tests.support.nats_clients.connect), closed after it."""
+    made: list[Client] = []
+    yield made
+    for client in made:
+        if client.nc is not None and not client.nc.is_closed:
+            await client.nc.close()

@@ -21,18 +21,10 @@ from sqlalchemy import func, select, text
 from shared.bus import MSG_ID_HEADER, Bus, OutgoingMessage
 from shared.db import Database
 from shared.events import CloudEvent, dead_letter_subject, subject_for
-from tests.support.bus_harness import (
-    EVENT_TYPE,
-    POISON,
-    CountingRelay,
-    Harness,
-    effects,
-    tables,
-    wait_until,
-    withdrawn,
-)
+from tests.support.bus_harness import EVENT_TYPE, POISON, CountingRelay, Harness, effects, tables, withdrawn
 from tests.support.nats import NatsServer
 from tests.support.postgres import PostgresServer
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,8 +24,9 @@ from shared.events import (
     CloudEvent,
     subject_for,
 )
-from tests.support.bus_harness import EVENT_TYPE, Harness, tables, wait_until, withdrawn
+from tests.support.bus_harness import EVENT_TYPE, Harness, tables, withdrawn
 from tests.support.nats import NatsServer
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ from shared.problems import Conflict
 from shared.runtime import Runtime, ServiceDefinition, no_context
 from shared.service import create_service_app
 from shared.settings import ServiceSettings
-from tests.support.bus_harness import effects, metadata, tables, wait_until, withdrawn
+from tests.support.bus_harness import effects, metadata, tables, withdrawn
 from tests.support.nats import NatsServer
+from tests.support.waiting import wait_until
 
 
 class Thing(BaseModel):

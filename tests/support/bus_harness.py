@@ -187,17 +187,6 @@ class Harness:
         await self.db.dispose()
 
 
-async def wait_until(predicate: Any, *, timeout: float = 30.0, interval: float = 0.05) -> None:
-    """Poll an async predicate until it is true; fail the test with a clear message otherwise."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        if await predicate():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
 # ---------------------------------------------------------------------------------------------- crash runs
 
 

@@ -18,8 +18,8 @@ from services.eligibility.models import (
 from services.eligibility.models import platform as tables
 from shared.events import ApplicationSubmitted, EventData, ResidentContext
 from tests.services.eligibility.conftest import case_routed, case_transferred, consumer_idle, count, publish, today
-from tests.support.bus_harness import wait_until
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 PROBLEM = "application/problem+json"
 

@@ -22,10 +22,10 @@ from shared.events import (
     subject_for,
 )
 from tests.services.eligibility.conftest import case_routed, consumer_idle, count, publish, today
-from tests.support.bus_harness import wait_until
 from tests.support.events import EventLog, event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 CONTEXT = ResidentContext(district_code="11440", preferred_language="ko", vulnerability=[])
 

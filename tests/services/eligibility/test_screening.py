@@ -8,10 +8,10 @@ import uuid
 from services.eligibility.models import OpportunityRow, ResidentRow
 from shared.events import ApplicationSubmitted, ConsentChanged, ResidentContext, ResidentUpdated
 from tests.services.eligibility.conftest import consumer_idle, count, publish, today
-from tests.support.bus_harness import wait_until
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 
 def now() -> dt.datetime:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.auth import Role, TokenIssuer
-from tests.services.intake.eligibility_service import (
+from tests.support.eligibility_server import (
     Eligibility,
     ThreadedEligibility,
     postgres_copy,

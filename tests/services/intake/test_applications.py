@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.auth import TokenIssuer
-from tests.services.intake.eligibility_service import Eligibility, catalogue_get
-from tests.services.intake.helpers import (
+from tests.services.intake.support import (
     SEOUL_WEST_EMP,
     birth_application,
     file_application,
@@ -20,10 +19,11 @@ from tests.services.intake.helpers import (
     register_self,
     resident_body,
 )
-from tests.support.bus_harness import wait_until
+from tests.support.eligibility_server import Eligibility, catalogue_get
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService, running_service
+from tests.support.waiting import wait_until
 
 TOMORROW = (dt.date.today() + dt.timedelta(days=2)).isoformat()
 

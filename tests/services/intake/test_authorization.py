@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from shared.events import CaseRouted, Localized
-from tests.services.intake.helpers import (
+from tests.services.intake.support import (
     MAPO_CSC,
     YONGSAN_CSC,
     Downstream,

@@ -8,7 +8,7 @@ import uuid
 import orjson
 
 from shared.events import ConsentChanged, ResidentUpdated
-from tests.services.intake.helpers import MAPO_CSC, register_self, resident_body
+from tests.services.intake.support import MAPO_CSC, register_self, resident_body
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService

@@ -14,12 +14,12 @@ from services.intake.main import MIGRATIONS, create_app
 from services.intake.settings import IntakeSettings
 from shared.auth import Role, TokenIssuer
 from shared.migrations import upgrade
-from tests.services.intake.helpers import birth_application, resident_body
-from tests.support.bus_harness import wait_until
+from tests.services.intake.support import birth_application, resident_body
 from tests.support.http import serve
 from tests.support.nats import NatsServer
 from tests.support.schemathesis import operation_count, run_schemathesis
 from tests.support.services import service_settings
+from tests.support.waiting import wait_until
 
 
 async def test_every_answer_is_as_documented(

@@ -25,7 +25,7 @@ from shared.events import (
     Outcome,
     ProgramDetermination,
 )
-from tests.services.intake.helpers import (
+from tests.services.intake.support import (
     BIRTH_ORDER,
     INSURED_DAYS,
     JONGNO_CSC,

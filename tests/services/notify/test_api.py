@@ -6,9 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from tests.services.notify import factories as f
-from tests.services.notify.conftest import Endpoint, IntakeServer, Producer, eventually
+from tests.services.notify import support as f
+from tests.services.notify.support import Producer
+from tests.support.endpoints import Endpoint
+from tests.support.intake_server import IntakeServer
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 PARTNER_A, PARTNER_B = "partner-a", "partner-b"
 ROLES = (
@@ -58,13 +61,13 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
     application = uuid.uuid4()
     await producer.publish(f.submitted(owner, application))
     await producer.publish(f.decided(owner, application, "child_allowance"))
-    await eventually(lambda: len(partner_endpoint.accepted) == 1)
+    await wait_until(lambda: len(partner_endpoint.accepted) == 1)
 
     async def inbox_filled() -> bool:
         response = await notify.client.get("/v1/inbox", headers=tokens["owner"])
         return len(response.json()["items"]) == 2
 
-    await eventually(inbox_filled)
+    await wait_until(inbox_filled)
     message = (await notify.client.get("/v1/inbox", headers=tokens["owner"])).json()["items"][0]["id"]
     delivery = (await notify.client.get("/v1/deliveries", headers=tokens["partner_a"])).json()[0]["id"]
     inbox_delivery = (

@@ -18,10 +18,12 @@ from sqlalchemy import func, select
 from services.notify.models import ResidentState, Subscription, WebhookDelivery
 from shared.auth import TokenIssuer
 from shared.events import Decision, Outcome
-from tests.services.notify import factories as f
-from tests.services.notify.conftest import Endpoint, Producer, Received, eventually, start_notify
+from tests.services.notify import support as f
+from tests.services.notify.support import Producer, start_notify
+from tests.support.endpoints import Endpoint, Received
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 BANK = "hanbit-bank"
 NGO = "saebom-ngo"
@@ -117,7 +119,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
     decided = await producer.publish(
         f.decided(resident, application, "parent_benefit", amount=1_000_000, reason=("지급 대상입니다", "Eligible"))
     )
-    await eventually(lambda: len(partner_endpoint.accepted) == 2)
+    await wait_until(lambda: len(partner_endpoint.accepted) == 2)
 
     # In order: the second event waited until the first got through (after two failures and retries).
     assert [envelope(r)["id"] for r in partner_endpoint.requests] == [submitted.id] * 3 + [decided.id]
@@ -142,7 +144,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
     async def recorded() -> bool:
         return all(d["status"] == "sent" for d in await deliveries(notify, BANK))
 
-    await eventually(recorded)
+    await wait_until(recorded)
     listed = await deliveries(notify, BANK)
     assert [(d["event_type"], d["status"], d["attempts"]) for d in listed] == [
         ("case.decided", "sent", 1),
@@ -157,7 +159,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
             state = await session.get(ResidentState, resident)
         return state is not None and state.consents.get(f"partner:{BANK}") is True
 
-    await eventually(consent_recorded)
+    await wait_until(consent_recorded)
 
     # A rotation: for the grace period both the new and the old secret sign.
     rotated = await notify.client.post(
@@ -167,7 +169,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
     new_secret = rotated.json()["secret"]
     assert new_secret != secret
     await producer.publish(f.decided(resident, application, "child_allowance", amount=100_000))
-    await eventually(lambda: len(partner_endpoint.accepted) == 3)
+    await wait_until(lambda: len(partner_endpoint.accepted) == 3)
     latest = partner_endpoint.accepted[-1]
     assert envelope(latest)["data"]["consented"] == {"amount": 100_000, "reason": None}
     assert len(latest.headers["webhook-signature"].split(" ")) == 2
@@ -180,7 +182,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
         f"/v1/deliveries/{oldest['id']}/redeliver", headers=notify.auth("partner", partner_id=BANK)
     )
     assert again.status_code == 202, again.text
-    await eventually(lambda: len(partner_endpoint.accepted) == 4)
+    await wait_until(lambda: len(partner_endpoint.accepted) == 4)
     assert partner_endpoint.accepted[-1].headers["webhook-id"] == partner_endpoint.requests[0].headers["webhook-id"]
     assert standard_webhook_signature_valid(new_secret, partner_endpoint.accepted[-1].headers,
                                             partner_endpoint.accepted[-1].body)  # fmt: skip
@@ -214,7 +216,7 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
             response = await notify.client.get(f"/v1/subscriptions/{created['id']}", headers=partner)
             return bool(response.json()["status"] == "paused")
 
-        await eventually(paused)
+        await wait_until(paused)
         # The first delivery gave up after 2 attempts (dead); the second's failure made 3 in a row: paused.
         assert [envelope(r)["id"] for r in partner_endpoint.requests] == [events[0].id] * 2 + [events[1].id]
         assert [d["event_id"] for d in await deliveries(notify, NGO, status="dead")] == [events[0].id]
@@ -223,7 +225,7 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
         resumed = await notify.client.post(f"/v1/subscriptions/{created['id']}/resume", headers=partner)
         assert resumed.status_code == 200
         assert resumed.json()["status"] == "active"
-        await eventually(lambda: len(partner_endpoint.accepted) == 2)
+        await wait_until(lambda: len(partner_endpoint.accepted) == 2)
         assert [envelope(r)["id"] for r in partner_endpoint.accepted] == [events[1].id, events[2].id]
 
         # A revoked grant stops what is queued: paused, an event queues up, the grant goes, resumed: not sent.
@@ -234,7 +236,7 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
         async def queued_up() -> bool:
             return [d["event_id"] for d in await deliveries(notify, NGO, status="pending")] == [queued.id]
 
-        await eventually(queued_up)
+        await wait_until(queued_up)
         await grant(notify, NGO, "case.decided")
         await notify.client.post(f"/v1/subscriptions/{created['id']}/resume", headers=partner)
 
@@ -242,7 +244,7 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
             statuses = [str(d["status"]) for d in await deliveries(notify, NGO, event_type="case.routed")]
             return statuses[0] == "cancelled"
 
-        await eventually(cancelled)
+        await wait_until(cancelled)
         assert queued.id not in [envelope(r)["id"] for r in partner_endpoint.requests]
 
         # A deleted subscription gets nothing more.
@@ -256,7 +258,7 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
             notify, NGO, {"transport": "webhook", "url": f"{partner_endpoint.url}/new", "event_types": ["case.decided"]}
         )
         await producer.publish(f.decided(resident, application, "e", Decision.DENIED))
-        await eventually(lambda: any(r.path == "new" for r in partner_endpoint.accepted))
+        await wait_until(lambda: any(r.path == "new" for r in partner_endpoint.accepted))
         assert len(partner_endpoint.requests) == before + 1, "the deleted subscription got nothing"
         assert marker["event_types"] == ["case.decided"]
 
@@ -287,12 +289,12 @@ async def test_partners_get_their_own_copy_on_their_own_nats_subject(
         event = await producer.publish(
             f.determined(resident, application, 1, [f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE)])
         )
-        await eventually(lambda: len(received) >= 2)
+        await wait_until(lambda: len(received) >= 2)
         # Every copy notify made is published (the copies leave through its outbox), and everything the server sent
         # us before our flush has been collected: a third (wrong) copy, if any, is counted below.
-        await eventually(lambda: _relayed_all(notify))
+        await wait_until(lambda: _relayed_all(notify))
         await nc.flush()
-        await eventually(lambda: subscription.pending_msgs == 0)
+        await wait_until(lambda: subscription.pending_msgs == 0)
         subjects = sorted(s for s, _ in received)
         assert subjects == [
             f"{bus_prefix}.partner.{BANK}.eligibility.determined",

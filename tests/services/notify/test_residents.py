@@ -18,22 +18,15 @@ from sqlalchemy import func, select
 from services.notify.models import Delivery, Notification, ResidentState
 from shared.auth import TokenIssuer
 from shared.events import Decision, Outcome
-from tests.services.notify import factories as f
-from tests.services.notify.conftest import (
-    SHARED_STREAM,
-    SMS_API_KEY,
-    WIDE_WINDOW,
-    Endpoint,
-    IntakeServer,
-    MailServer,
-    Producer,
-    close_bundle,
-    eventually,
-    start_notify,
-)
+from tests.services.notify import support as f
+from tests.services.notify.support import SHARED_STREAM, SMS_API_KEY, WIDE_WINDOW, Producer, close_bundle, start_notify
+from tests.support.endpoints import Endpoint
 from tests.support.events import event_log
+from tests.support.intake_server import IntakeServer
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
+from tests.support.smtp import MailServer
+from tests.support.waiting import wait_until
 
 
 def sms_to(gateway: Endpoint, phone: str) -> list[dict[str, Any]]:
@@ -102,7 +95,7 @@ async def test_a_resident_hears_every_step_once_in_their_language_on_their_chann
     async with event_log(nats_server.url, bus_prefix) as log:
         # 1. Received: inbox, email (through STARTTLS and AUTH) and SMS, in English as the resident chose at intake.
         received = await producer.publish(f.submitted(resident, application, language="en"))
-        await eventually(lambda: len(smtp.to(mail)) == 1 and len(sms_to(sms_gateway, phone)) == 1)
+        await wait_until(lambda: len(smtp.to(mail)) == 1 and len(sms_to(sms_gateway, phone)) == 1)
         email = smtp.to(mail)[0]
         assert email["Subject"] == "[OneStop] We received your application"
         assert f"https://onestop.example.kr/applications/{application}" in body_of(email)
@@ -131,7 +124,7 @@ async def test_a_resident_hears_every_step_once_in_their_language_on_their_chann
         )  # fmt: skip
         determination = await producer.publish(round_1)
         await told("eligibility.determined", events=1)
-        await eventually(lambda: len(smtp.to(mail)) == 2)
+        await wait_until(lambda: len(smtp.to(mail)) == 2)
         results = body_of(smtp.to(mail)[1])
         assert "Child allowance: KRW 100,000 a month" in results
         assert "First-meeting voucher: KRW 2,000,000 (one payment)" in results
@@ -157,7 +150,7 @@ async def test_a_resident_hears_every_step_once_in_their_language_on_their_chann
         await producer.publish(round_2)
         await producer.publish(f.determined(resident, application, 1, round_1.programs, language="en"))
         await told("eligibility.determined", events=1)
-        await eventually(lambda: len(smtp.to(mail)) == 3)
+        await wait_until(lambda: len(smtp.to(mail)) == 3)
         update = body_of(smtp.to(mail)[2])
         assert "Parent benefit: KRW 1,000,000 a month" in update
         assert "Child allowance" not in update, "unchanged outcomes are not repeated"
@@ -168,31 +161,31 @@ async def test_a_resident_hears_every_step_once_in_their_language_on_their_chann
             await producer.publish(f.decided(resident, application, code, amount=100_000))
             await producer.publish(f.routed(resident, application, code, status="closed"))
         await told("case.decided", events=3)
-        await eventually(lambda: len(smtp.to(mail)) == 4)
+        await wait_until(lambda: len(smtp.to(mail)) == 4)
         decision = body_of(smtp.to(mail)[3])
         assert smtp.to(mail)[3]["Subject"] == "[OneStop] A decision on your application"
         for name in ("Child allowance", "First-meeting voucher", "Parent benefit"):
             assert name in decision
         await producer.publish(f.info_requested(resident, application, "parent_benefit", "Please send a bank book."))
         await told("case.info_requested", events=1)
-        await eventually(lambda: len(smtp.to(mail)) == 5)
+        await wait_until(lambda: len(smtp.to(mail)) == 5)
         assert "Please send a bank book." in body_of(smtp.to(mail)[4])
         assert "Jongno-gu Office, Welfare Policy Division" in body_of(smtp.to(mail)[4])
         await producer.publish(f.resumed(resident, application, "parent_benefit"))
         await told("case.resumed", events=1)
-        await eventually(lambda: len(smtp.to(mail)) == 6)
+        await wait_until(lambda: len(smtp.to(mail)) == 6)
         assert "Parent benefit: expected by 21 March 2025" in body_of(smtp.to(mail)[5])
         await producer.publish(f.transferred(resident, application, "parent_benefit"))
         await told("case.transferred", events=1)
-        await eventually(lambda: len(smtp.to(mail)) == 7)
+        await wait_until(lambda: len(smtp.to(mail)) == 7)
         assert "Mapo-gu Office, Welfare Policy Division" in body_of(smtp.to(mail)[6])
         await producer.publish(f.sla_breached(resident, application, "parent_benefit"))
         await told("case.sla_breached", events=1)
-        await eventually(lambda: len(smtp.to(mail)) == 8)
+        await wait_until(lambda: len(smtp.to(mail)) == 8)
         assert "by 25 March 2025 at the latest" in body_of(smtp.to(mail)[7])
 
         # Each message once per channel, and intake heard of each through notification.sent.
-        await eventually(lambda: len(sms_to(sms_gateway, phone)) == 8)
+        await wait_until(lambda: len(sms_to(sms_gateway, phone)) == 8)
         sent = await log.wait_for("notification.sent", lambda e: e.data["resident_id"] == str(resident), count=24)
         by_channel: dict[str, int] = {}
         for event in sent:
@@ -237,9 +230,9 @@ async def test_after_a_withdrawal_nothing_more_is_sent_for_that_application(
     application, other = uuid.uuid4(), uuid.uuid4()
 
     await producer.publish(f.submitted(resident, application))
-    await eventually(lambda: len(smtp.to(mail)) == 1)
+    await wait_until(lambda: len(smtp.to(mail)) == 1)
     await producer.publish(f.withdrawn(resident, application))
-    await eventually(lambda: len(smtp.to(mail)) == 2)
+    await wait_until(lambda: len(smtp.to(mail)) == 2)
     assert smtp.to(mail)[1]["Subject"] == "[원스톱] 신청이 철회되었습니다"
     await producer.publish(f.withdrawn(resident, application))  # announced again: confirmed once only
 
@@ -254,8 +247,8 @@ async def test_after_a_withdrawal_nothing_more_is_sent_for_that_application(
     # A message about something else still goes out: everything before it was handled by then.
     await producer.publish(f.opportunity(resident))  # no consent: not told either
     await producer.publish(f.submitted(resident, uuid.uuid4()))
-    await eventually(lambda: len(smtp.to(mail)) == 4)
-    await eventually(lambda: settled(notify))
+    await wait_until(lambda: len(smtp.to(mail)) == 4)
+    await wait_until(lambda: settled(notify))
     subjects = sorted(m["Subject"] for m in smtp.to(mail))
     assert subjects == 2 * ["[원스톱] 신청이 접수되었습니다"] + 2 * ["[원스톱] 신청이 철회되었습니다"]
     assert await count(notify, Notification, Notification.application_id == application) == 2
@@ -291,8 +284,8 @@ async def test_opportunities_are_told_only_with_a_current_proactive_screening_co
     await producer.publish(f.consent(withdrew, 1, {"proactive_screening": True}))
     for resident in (refusing, withdrew, never_asked, consenting):
         await producer.publish(f.opportunity(resident))
-    await eventually(lambda: len(smtp.to("a@example.kr")) == 1)
-    await eventually(lambda: settled(notify))
+    await wait_until(lambda: len(smtp.to("a@example.kr")) == 1)
+    await wait_until(lambda: settled(notify))
     assert "기초연금: 매월 342,510원" in body_of(smtp.to("a@example.kr")[0])
     assert smtp.to("b@example.kr") == []
     assert smtp.to("c@example.kr") == []
@@ -307,16 +300,16 @@ async def test_a_contact_changed_at_intake_is_where_the_next_message_goes(
     old, new = "old.address@example.kr", "new.address@example.kr"
     resident = await intake.register(email=old, language="ko", channels=("email",))
     await producer.publish(f.submitted(resident, uuid.uuid4()))
-    await eventually(lambda: len(smtp.to(old)) == 1)
+    await wait_until(lambda: len(smtp.to(old)) == 1)
     assert smtp.to(old)[0]["Subject"] == "[원스톱] 신청이 접수되었습니다"
 
     changed = await intake.update(resident, email=new, preferred_language="en")
     assert changed["email"] == new
-    await eventually(lambda: _profile(notify, resident, ("en", 2)))  # resident.updated v2 (no contact details in it)
+    await wait_until(lambda: _profile(notify, resident, ("en", 2)))  # resident.updated v2 (no contact details in it)
     await producer.publish(f.submitted(resident, uuid.uuid4()))
-    await eventually(lambda: len(smtp.to(new)) == 1)
+    await wait_until(lambda: len(smtp.to(new)) == 1)
     assert smtp.to(new)[0]["Subject"] == "[OneStop] We received your application"
-    await eventually(lambda: settled(notify))
+    await wait_until(lambda: settled(notify))
     assert len(smtp.to(old)) == 1, "nothing more to the address the resident gave up"
 
 
@@ -345,7 +338,7 @@ async def test_failing_channels_are_retried_then_dead_and_an_admin_can_retry(
 
     async with event_log(nats_server.url, bus_prefix) as log:
         await producer.publish(f.submitted(resident, uuid.uuid4()))
-        await eventually(lambda: len(sms_to(sms_gateway, phone)) == 1)
+        await wait_until(lambda: len(sms_to(sms_gateway, phone)) == 1)
         assert len([r for r in sms_gateway.requests if orjson.loads(r.body)["to"] == phone]) == 3
         ids = {orjson.loads(r.body)["id"] for r in sms_gateway.requests}
         assert len(ids) == 1, "every retry carries the same id, for the gateway to de-duplicate"
@@ -357,7 +350,7 @@ async def test_failing_channels_are_retried_then_dead_and_an_admin_can_retry(
             assert response.status_code == 200
             return [d for d in response.json() if d["resident_id"] == str(resident)]
 
-        await eventually(lambda: _nonempty(dead()))
+        await wait_until(lambda: _nonempty(dead()))
         [email_delivery] = await dead()
         assert email_delivery["channel"] == "email"
         assert email_delivery["attempts"] == 1
@@ -372,7 +365,7 @@ async def test_failing_channels_are_retried_then_dead_and_an_admin_can_retry(
         smtp.refuse.clear()
         retried = await notify.client.post(f"/v1/notification-deliveries/{email_delivery['id']}/retry", headers=admin)
         assert retried.status_code == 200, retried.text
-        await eventually(lambda: len(smtp.to(mail)) == 1)
+        await wait_until(lambda: len(smtp.to(mail)) == 1)
         await log.wait_for("notification.sent", lambda e: e.data["channel"] == "email")
         again = await notify.client.post(f"/v1/notification-deliveries/{email_delivery['id']}/retry", headers=admin)
         assert again.status_code == 409, "a sent delivery is not sent again"
@@ -395,11 +388,11 @@ async def test_when_intake_is_down_the_message_waits_in_the_inbox_and_goes_out_l
     await intake.stop()
     await producer.publish(f.submitted(resident, uuid.uuid4()))
     # The inbox has it at once; the email waits while intake cannot say where to send it, and notify keeps asking.
-    await eventually(lambda: _inbox_size(notify, resident, 1))
-    await eventually(lambda: _contact_lookups_failed(notify, resident, 3))
+    await wait_until(lambda: _inbox_size(notify, resident, 1))
+    await wait_until(lambda: _contact_lookups_failed(notify, resident, 3))
     assert smtp.to(mail) == []
     await intake.start()
-    await eventually(lambda: len(smtp.to(mail)) == 1)
+    await wait_until(lambda: len(smtp.to(mail)) == 1)
     async with notify.runtime.db.session() as session:
         notification = await session.scalar(select(Notification).where(Notification.resident_id == resident))
     assert notification is not None
@@ -436,7 +429,7 @@ async def test_sms_waits_for_the_end_of_quiet_hours(
     assert put.json()["quiet_hours"] == {"start": start, "end": end}
 
     await producer.publish(f.submitted(resident, uuid.uuid4()))
-    await eventually(lambda: len(smtp.to(mail)) == 1)  # email is not held back
+    await wait_until(lambda: len(smtp.to(mail)) == 1)  # email is not held back
 
     async def sms_waiting() -> bool:
         async with notify.runtime.db.session() as session:
@@ -445,13 +438,13 @@ async def test_sms_waits_for_the_end_of_quiet_hours(
             )
         return delivery is not None and delivery.next_attempt_at > dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
 
-    await eventually(sms_waiting)
+    await wait_until(sms_waiting)
     assert sms_to(sms_gateway, phone) == []
 
     # No more quiet hours: the waiting message goes out now.
     put = await notify.client.put("/v1/preferences", json={"quiet_hours": None}, headers=auth)
     assert put.status_code == 200
-    await eventually(lambda: len(sms_to(sms_gateway, phone)) == 1)
+    await wait_until(lambda: len(sms_to(sms_gateway, phone)) == 1)
 
 
 async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_sinks(
@@ -476,7 +469,7 @@ async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_si
         await producer.publish(f.submitted(resident, application))
         maildir, sms_log = data_dir / "mail" / "new", data_dir / "sms.jsonl"
         # The text file exists from the moment it is opened for appending: wait for the whole line.
-        await eventually(lambda: maildir.exists() and any(maildir.iterdir()) and _ends_a_line(sms_log))
+        await wait_until(lambda: maildir.exists() and any(maildir.iterdir()) and _ends_a_line(sms_log))
         [eml] = list(maildir.iterdir())
         message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
         assert message["To"] == "local@example.kr"

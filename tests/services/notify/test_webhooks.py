@@ -11,8 +11,7 @@ import pytest
 from services.notify import webhooks
 from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS
 from services.notify.webhooks import AddressPolicy, IPAddress, UnsafeUrl, pinned
-
-from .conftest import Endpoint
+from tests.support.endpoints import Endpoint
 
 # The defaults, with the loopback the test's endpoint listens on allowed (as the service's tests configure it).
 POLICY = AddressPolicy.from_settings(DEFAULT_FORBIDDEN_NETWORKS, ["127.0.0.1/32"])

@@ -32,8 +32,8 @@ from shared.events import (
     new_event,
 )
 from shared.migrations import upgrade
-from tests.support.bus_harness import wait_until
 from tests.support.services import RunningService, running_service, service_settings
+from tests.support.waiting import wait_until
 
 JONGNO, JUNG, YONGSAN, MAPO = "11110", "11140", "11170", "11440"
 # Long enough that the timer only runs at start-up unless a test asks for it.

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from shared.auth import TokenIssuer
+from tests.services.routing.support import cases_of, determined, feed, program, routing_service
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
-
-from .support import cases_of, determined, feed, program, routing_service
 
 CALLERS = ("nobody", "resident", "partner", "service", "caseworker", "other_caseworker", "supervisor",
            "other_supervisor", "admin")  # fmt: skip

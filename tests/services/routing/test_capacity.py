@@ -14,10 +14,7 @@ import pytest
 
 from services.routing.models import Office
 from shared.auth import TokenIssuer
-from tests.support.nats import NatsServer
-from tests.support.services import RunningService
-
-from .support import (
+from tests.services.routing.support import (
     JONGNO,
     MAPO,
     YONGSAN,
@@ -31,6 +28,8 @@ from .support import (
     program,
     routing_service,
 )
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
 
 TODAY = dt.date(2025, 10, 2)
 

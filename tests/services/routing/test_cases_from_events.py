@@ -15,12 +15,20 @@ import pytest
 from shared.auth import TokenIssuer
 from shared.bus import MSG_ID_HEADER
 from shared.events import ApplicationWithdrawn, subject_for
-from tests.support.bus_harness import wait_until
+from tests.services.routing.support import (
+    cases_of,
+    determined,
+    emitted,
+    feed,
+    program,
+    publish,
+    routing_service,
+    settled,
+)
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
-
-from .support import cases_of, determined, emitted, feed, program, publish, routing_service, settled
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture

@@ -15,10 +15,7 @@ from sqlalchemy import func, select
 from services.routing.models import Case, CaseEntry, platform
 from shared.auth import TokenIssuer
 from shared.events import ApplicationInfoProvided
-from tests.support.nats import NatsServer
-from tests.support.services import RunningService
-
-from .support import (
+from tests.services.routing.support import (
     JONGNO,
     MAPO,
     cases_of,
@@ -30,6 +27,8 @@ from .support import (
     program,
     routing_service,
 )
+from tests.support.nats import NatsServer
+from tests.support.services import RunningService
 
 THURSDAY = dt.date(2025, 10, 2)  # the day before the long Chuseok weekend of 2025
 

@@ -15,12 +15,11 @@ from services.routing.settings import RoutingSettings
 from shared.auth import TokenIssuer
 from shared.events import new_event
 from shared.migrations import upgrade
-from tests.support.bus_harness import wait_until
+from tests.services.routing.support import QUIET_TIMER, determined, program
 from tests.support.http import serve
 from tests.support.nats import NatsServer
 from tests.support.services import service_settings
-
-from .support import QUIET_TIMER, determined, program
+from tests.support.waiting import wait_until
 
 CLAIMANTS = 8
 

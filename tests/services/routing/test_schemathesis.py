@@ -14,13 +14,12 @@ from services.routing.seed import seed
 from shared.auth import TokenIssuer
 from shared.events import new_event
 from shared.migrations import upgrade
-from tests.support.bus_harness import wait_until
+from tests.services.routing.support import QUIET_TIMER, determined, program
 from tests.support.http import serve
 from tests.support.nats import NatsServer
 from tests.support.schemathesis import operation_count, run_schemathesis
 from tests.support.services import service_settings
-
-from .support import QUIET_TIMER, determined, program
+from tests.support.waiting import wait_until
 
 
 async def test_every_answer_is_as_documented(

@@ -13,12 +13,20 @@ from sqlalchemy import select
 
 from services.routing.models import SlaBreach
 from shared.auth import TokenIssuer
-from tests.support.bus_harness import wait_until
+from tests.services.routing.support import (
+    cases_of,
+    count,
+    determined,
+    emitted,
+    feed,
+    program,
+    routing_service,
+    timer_passes,
+)
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
-
-from .support import cases_of, count, determined, emitted, feed, program, routing_service, timer_passes
+from tests.support.waiting import wait_until
 
 MONDAY = dt.date(2025, 9, 29)
 

@@ -23,10 +23,9 @@ import pytest
 
 from shared.auth import TokenIssuer
 from shared.events import ApplicationInfoProvided
+from tests.services.routing.support import cases_of, context, determined, emitted, feed, program, routing_service, timer
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
-
-from .support import cases_of, context, determined, emitted, feed, program, routing_service, timer
 
 SEOUL = ZoneInfo("Asia/Seoul")
 MON, TUE, WED, THU, FRI, SAT, SUN = (dt.date(2025, 11, 3) + dt.timedelta(days=n) for n in range(7))

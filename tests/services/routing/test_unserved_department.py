@@ -16,10 +16,18 @@ from typing import Any
 import pytest
 
 from shared.auth import TokenIssuer
+from tests.services.routing.support import (
+    cases_of,
+    determined,
+    emitted,
+    feed,
+    office_body,
+    program,
+    routing_service,
+    timer,
+)
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
-
-from .support import cases_of, determined, emitted, feed, office_body, program, routing_service, timer
 
 MONDAY = dt.date(2025, 11, 3)
 BUSAN_JUNG_GU = "26110"  # a district outside the city: no local office of the seed serves it

@@ -7,89 +7,21 @@ import asyncio
 import importlib.util
 import stat
 import subprocess
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
-import orjson
 import pytest
 
 from onestop.cli import _banner
-from onestop.natsauth import PartnerEntry, PasswordStore, partner_user_name, platform_users, render_authorization
+from onestop.natsauth import PasswordStore, partner_user_name
 from onestop.natsconf import nats_server_binary
 from onestop.registry import BY_NAME, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, free_port
-from shared.auth import TokenIssuer
-from shared.bus import Bus
-from shared.events import new_event
-from shared.settings import ServiceSettings
-from tests.services.notify import factories as f
-from tests.services.notify.conftest import eventually, start_notify
 from tests.support.nats import NatsServer
-
-PARTNERS = [PartnerEntry("bank", "A bank"), PartnerEntry("ngo", "An NGO")]
-
-
-@pytest.fixture
-def passwords(tmp_path: Path) -> PasswordStore:
-    return PasswordStore(tmp_path / "passwords")
-
-
-@pytest.fixture
-def secured_nats(tmp_path: Path, bus_prefix: str, passwords: PasswordStore) -> Iterator[NatsServer]:
-    users = platform_users(prefix=bus_prefix, services=["intake", "notify"], partners=PARTNERS, passwords=passwords)
-    server = NatsServer(tmp_path / "secured-nats", extra_config=render_authorization(users)).start()
-    yield server
-    server.stop()
-
-
-class Client:
-    """A NATS connection that keeps the errors the server sends (permission violations arrive asynchronously)."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.received: dict[str, list[bytes]] = {}
-        self.nc: Any = None
-
-    async def connect(self, url: str, user: str | None, password: str | None) -> Client:
-        async def on_error(exc: Exception) -> None:
-            self.errors.append(str(exc))
-
-        self.nc = await nats.connect(
-            url, user=user, password=password, error_cb=on_error, allow_reconnect=False, connect_timeout=2
-        )
-        return self
-
-    async def subscribe(self, subject: str) -> None:
-        async def collect(msg: Any) -> None:
-            self.received.setdefault(subject, []).append(msg.data)
-
-        await self.nc.subscribe(subject, cb=collect)
-        await self.nc.flush()
-
-    def violations(self) -> list[str]:
-        return [e for e in self.errors if "permissions violation" in e.lower()]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for client in made:
-        if client.nc is not None and not client.nc.is_closed:
-            await client.nc.close()
-
-
-async def connect(
-    clients: list[Client], server: NatsServer, user: str | None, passwords: PasswordStore | None
-) -> Client:
-    client = Client()
-    clients.append(client)
-    return await client.connect(server.url, user, passwords.get(user) if user and passwords else None)
-
+from tests.support.nats_clients import Client, connect
+from tests.support.waiting import wait_until
 
 # ================================================================================================ permissions
 
@@ -112,7 +44,7 @@ async def test_a_partner_user_may_read_its_own_subjects_and_nothing_else(
     )
     for subject in (own, other, internal, "_INBOX.>", ">"):
         await bank.subscribe(subject)
-    await eventually(lambda: len(bank.violations()) == 4)
+    await wait_until(lambda: len(bank.violations()) == 4)
     refused = " ".join(bank.violations())
     for subject in (other, internal, "_INBOX.>"):
         assert f'subscription to "{subject.lower()}"' in refused.lower()
@@ -122,7 +54,7 @@ async def test_a_partner_user_may_read_its_own_subjects_and_nothing_else(
     for subject in (f"{bus_prefix}.partner.bank.case.decided", f"{bus_prefix}.partner.ngo.case.decided", internal):
         await notify.nc.publish(subject, subject.encode())
     await notify.nc.flush()
-    await eventually(lambda: bank.received.get(own) == [f"{bus_prefix}.partner.bank.case.decided".encode()])
+    await wait_until(lambda: bank.received.get(own) == [f"{bus_prefix}.partner.bank.case.decided".encode()])
     await bank.nc.flush()  # a round trip: anything else the server would deliver has arrived by now
     assert set(bank.received) == {own}
     assert notify.violations() == []
@@ -132,58 +64,10 @@ async def test_a_partner_user_may_read_its_own_subjects_and_nothing_else(
     await ops.subscribe(f"{bus_prefix}.>")
     await bank.nc.publish(f"{bus_prefix}.facts.reported", b"forged")
     await bank.nc.flush()
-    await eventually(lambda: len(bank.violations()) == 5)
+    await wait_until(lambda: len(bank.violations()) == 5)
     assert "publish to" in bank.violations()[-1].lower()
     await ops.nc.flush()
     assert b"forged" not in ops.received.get(f"{bus_prefix}.>", [])
-
-
-async def test_services_run_on_their_own_users_and_a_partner_receives_what_notify_republishes(
-    secured_nats: NatsServer,
-    bus_prefix: str,
-    passwords: PasswordStore,
-    clients: list[Client],
-    database_url: str,
-    keys_dir: Path,
-    issuer: TokenIssuer,
-    notify_settings: dict[str, Any],
-) -> None:
-    settings = {**notify_settings, "nats_user": "notify", "nats_password": passwords.get("notify")}
-    async with start_notify(
-        database_url=database_url, nats_url=secured_nats.url, prefix=bus_prefix, keys_dir=keys_dir, issuer=issuer,
-        settings=settings,
-    ) as notify:  # fmt: skip
-        # notify provisioned the stream and its consumers under its own restricted user (it is ready).
-        admin, partner = notify.auth("admin"), notify.auth("partner", partner_id="bank")
-        assert (await notify.client.put("/v1/partners/bank/grants", json={"event_types": ["case.decided"]},
-                                        headers=admin)).status_code == 200  # fmt: skip
-        created = await notify.client.post(
-            "/v1/subscriptions", json={"transport": "nats", "event_types": ["case.decided"]}, headers=partner
-        )
-        assert created.status_code == 201
-        bank = await connect(clients, secured_nats, partner_user_name("bank"), passwords)
-        await bank.subscribe(created.json()["nats_subjects"][0])
-
-        # routing's part, played by the intake user (same permissions): publish through JetStream.
-        producer = Bus(
-            ServiceSettings(
-                nats_url=secured_nats.url, bus_prefix=bus_prefix, nats_user="intake",
-                nats_password=passwords.get("intake"),
-            ),
-            name="producer",
-        )  # fmt: skip
-        await producer.connect(attempts=5)
-        try:
-            event = new_event(f.decided(uuid.uuid4(), uuid.uuid4(), "child_allowance"), source="/onestop/routing")
-            await producer.publish_event(event)
-        finally:
-            await producer.close()
-        subject = created.json()["nats_subjects"][0]
-        await eventually(lambda: len(bank.received.get(subject, [])) == 1)
-        envelope = orjson.loads(bank.received[subject][0])
-        assert envelope["id"] == event.id
-        assert envelope["type"] == "onestop.case.decided"
-        assert bank.violations() == []
 
 
 # ================================================================================================ the runner
@@ -242,7 +126,7 @@ async def _runner_nats_checks(platform: Platform) -> None:
     try:
         await partner.subscribe("onestop.case.decided")
         await partner.flush()
-        await eventually(lambda: any("permissions violation" in e.lower() for e in errors))
+        await wait_until(lambda: any("permissions violation" in e.lower() for e in errors))
         assert service.is_connected
     finally:
         await partner.close()

@@ -26,8 +26,8 @@ from shared.events import (
     new_event,
     subject_for,
 )
-from tests.support.bus_harness import wait_until
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 # Offices of routing's catalogue (services/routing/offices.yaml).
 MAPO_CSC = "MAPO-CSC"  # Mapo-gu's community service centre: welfare and civil registry for district 11440

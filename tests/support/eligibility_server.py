@@ -1,6 +1,6 @@
-"""The real eligibility service for intake's tests: its migrations applied and its YAML catalogue seeded once per
-session into a template (a SQLite file, a PostgreSQL template database) whose copies it serves over real HTTP, on the
-real nats-server (on a bus prefix of its own, so its consumer and events stay out of the test's stream).
+"""The real eligibility service for another service's tests (intake reads its catalogue): migrated and seeded once
+per session into a template (a SQLite file, a PostgreSQL template database) whose copies it serves over real HTTP, on
+the real nats-server (on a bus prefix of its own, so its consumer and events stay out of the test's stream).
 
 Intake only reads eligibility's catalogue, so most tests share one instance per database backend, served from a
 thread with an event loop of its own for the whole session; a test that takes eligibility down starts its own."""

@@ -1,11 +1,21 @@
-"""Event data as the other services emit it (shared.events models), for the notify tests."""
+"""Helpers of the notify tests: event data as the other services emit it (shared.events models), a producer that
+publishes it as their outbox relays do, the notify service started with given settings, and a way to close a
+bundling window once a message holds what it should."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from typing import Literal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
 
+from sqlalchemy import func, select, update
+
+from services.notify.models import Notification, NotificationItem, NotificationStatus, utcnow
+from shared.auth import TokenIssuer
+from shared.bus import MSG_ID_HEADER, Bus
 from shared.events import (
     ApplicationSubmitted,
     ApplicationWithdrawn,
@@ -16,6 +26,7 @@ from shared.events import (
     CaseSlaBreached,
     CaseTransferred,
     Channel,
+    CloudEvent,
     ConsentChanged,
     CriterionResult,
     CriterionStatus,
@@ -23,6 +34,7 @@ from shared.events import (
     Department,
     EligibilityDetermined,
     EligibilityOpportunity,
+    EventData,
     InfoQuestion,
     Language,
     Localized,
@@ -30,7 +42,11 @@ from shared.events import (
     Outcome,
     ProgramDetermination,
     ResidentContext,
+    new_event,
+    subject_for,
 )
+from tests.support.services import RunningService, running_service
+from tests.support.waiting import wait_until
 
 NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
 
@@ -218,3 +234,96 @@ def transferred(resident: uuid.UUID, application: uuid.UUID, code: str) -> CaseT
         due_date=dt.date(2025, 3, 20),
         transferred_at=NOW,
     )
+
+
+# ================================================================================================ settings
+
+SMTP_USER = "notify"
+SMTP_PASSWORD = "smtp-test-password"
+SMS_API_KEY = "sms-test-key"
+# A bundling window no machine outruns; the test closes it (close_bundle).
+WIDE_WINDOW = 3600.0
+SHARED_STREAM = "intake-on-notify-stream"
+
+
+# ================================================================================================ the other services
+
+
+class Producer:
+    """Publishes events as the other services would (their outbox relays publish with Nats-Msg-Id = event id)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def publish(self, data: EventData, *, source: str = "/onestop/test") -> CloudEvent:
+        event = new_event(data, source=source)
+        await self.bus.publish_event(event)
+        return event
+
+    async def republish(self, event: CloudEvent) -> None:
+        """The same event again under another message id: a redelivery JetStream cannot de-duplicate."""
+        await self.bus.js.publish(
+            subject_for(self.bus.prefix, event.event_type),
+            event.to_json(),
+            headers={MSG_ID_HEADER: f"{event.id}-again-{uuid.uuid4().hex[:6]}"},
+        )
+
+
+# ================================================================================================ the service
+
+
+@contextlib.asynccontextmanager
+async def start_notify(
+    *,
+    database_url: str,
+    nats_url: str,
+    prefix: str,
+    keys_dir: Path,
+    issuer: TokenIssuer,
+    settings: dict[str, Any],
+) -> AsyncIterator[RunningService]:
+    async with running_service(
+        "notify",
+        database_url=database_url,
+        nats_url=nats_url,
+        prefix=prefix,
+        keys_dir=keys_dir,
+        issuer=issuer,
+        **settings,
+    ) as service:
+        yield service
+
+
+async def close_bundle(notify: RunningService, resident: uuid.UUID, kind: str, *, events: int) -> None:
+    """Once the resident's message of ``kind`` that is still collecting holds ``events`` events, end its bundling
+    window now, as the clock would: the worker releases it on its next pass. Fails if the events were split over
+    several messages or more arrived."""
+
+    async def collecting() -> list[tuple[uuid.UUID, int]]:
+        async with notify.runtime.db.session() as session:
+            rows = await session.execute(
+                select(Notification.id, func.count(NotificationItem.id))
+                .join(NotificationItem, NotificationItem.notification_id == Notification.id)
+                .where(
+                    Notification.resident_id == resident,
+                    Notification.kind == kind,
+                    Notification.status == NotificationStatus.COLLECTING.value,
+                )
+                .group_by(Notification.id)
+            )
+            return [(row[0], row[1]) for row in rows]
+
+    async def complete() -> bool:
+        bundles = await collecting()
+        assert len(bundles) <= 1, f"{kind} split over several messages: {bundles}"
+        assert not bundles or bundles[0][1] <= events, f"{kind}: more than {events} events in the message"
+        return bool(bundles) and bundles[0][1] == events
+
+    await wait_until(complete)
+    [(notification_id, _)] = await collecting()
+    async with notify.runtime.db.session() as session:
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == notification_id, Notification.status == NotificationStatus.COLLECTING.value)
+            .values(next_step_at=utcnow())
+        )
