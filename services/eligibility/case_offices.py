@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.models import CaseOfficeRow
 from services.eligibility.repository import Repository
-from shared.auth import Principal, Role
 from shared.events import CaseEventBase, CaseRouted, CaseTransferred, CloudEvent
 
 log = logging.getLogger(__name__)
-
-OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
 
 async def on_case_routed(session: AsyncSession, event: CloudEvent, data: CaseRouted) -> None:
@@ -50,10 +46,3 @@ async def _move(repo: Repository, data: CaseEventBase, since: dt.datetime) -> No
         return
     row.office_code = data.office_code
     row.office_since = since
-
-
-async def in_their_offices(repo: Repository, principal: Principal, application_id: uuid.UUID) -> bool:
-    """Whether the caller is a caseworker or supervisor of an office a case of the application is in now."""
-    if principal.role not in OFFICE_ROLES:
-        return False
-    return await repo.has_case_in_offices(application_id, principal.offices)

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.eligibility import case_offices
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactValueError
 from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
@@ -22,7 +21,7 @@ from services.eligibility.repository import Repository
 from services.eligibility.schemas import ApplicationDeterminations, RoundOut
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
-from shared.auth import Principal, Role
+from shared.auth import Principal
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -331,25 +330,16 @@ class Eligibility:
         return True
 
 
-async def may_read(repo: Repository, principal: Principal, app: ApplicationRow) -> bool:
-    """Who reads an application's determinations: its resident; a caseworker or supervisor while a case of it is in
-    one of their offices; an administrator. Anyone else is told it does not exist."""
-    if principal.role is Role.ADMIN:
-        return True
-    if principal.role is Role.RESIDENT:
-        return app.resident_id == principal.resident_id
-    return await case_offices.in_their_offices(repo, principal, app.application_id)
-
-
 async def application_determinations(
     repo: Repository, principal: Principal, application_id: uuid.UUID, round_: int | None
 ) -> ApplicationDeterminations:
     """An application's latest round (or round ``round_``) with its explanations, and the list of its rounds, for
-    whoever :func:`may_read` it (to anyone else it does not exist). Staff reads are audited."""
-    app = await repo.application(application_id)
-    not_found = NotFound(f"No application {application_id}.")
-    if app is None or app.status == PENDING or not await may_read(repo, principal, app):
-        raise not_found
+    whoever may read it (:func:`services.eligibility.repository.application_scope`: its resident; a caseworker or
+    supervisor while a case of it is in one of their offices; an administrator). To anyone else it does not exist.
+    Staff reads are audited."""
+    app = await repo.visible_application(principal, application_id)
+    if app is None or app.status == PENDING:
+        raise NotFound(f"No application {application_id}.")
     history = await repo.rounds(application_id)
     chosen = history[-1] if history and round_ is None else next((r for r in history if r.round == round_), None)
     if round_ is not None and chosen is None:

@@ -1,5 +1,6 @@
 """Every query of the eligibility service, as methods of one :class:`Repository` bound to the request's or the event
-handler's session. Nothing here commits: the request or the event handler does."""
+handler's session. Reads a caller makes are scoped to the caller: what the caller may not see is simply not found.
+Nothing here commits: the request or the event handler does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, exists, false, func, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import ProgramData
@@ -32,10 +33,27 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.audit import AuditLog
-from shared.auth import Principal
+from shared.auth import Principal, Role
 from shared.deps import SessionDep
 
 audit_log = AuditLog(platform)
+
+OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
+
+
+def application_scope(principal: Principal) -> ColumnElement[bool]:
+    """The applications whose determinations the caller may read: a resident their own; a caseworker or supervisor
+    those with a case now in one of their offices (a transfer away ends it); an administrator all."""
+    if principal.role is Role.ADMIN:
+        return true()
+    if principal.role is Role.RESIDENT and principal.resident_id is not None:
+        return ApplicationRow.resident_id == principal.resident_id
+    if principal.role in OFFICE_ROLES and principal.offices:
+        return exists().where(
+            CaseOfficeRow.application_id == ApplicationRow.application_id,
+            CaseOfficeRow.office_code.in_(sorted(principal.offices)),
+        )
+    return false()
 
 
 def registry_of(row: ResidentRow | None) -> dict[str, Any]:
@@ -161,7 +179,14 @@ class Repository:
     # ------------------------------------------------------------------------------------------ applications
 
     async def application(self, application_id: uuid.UUID, *, for_update: bool = False) -> ApplicationRow | None:
+        """Unscoped: for event handlers, which act on behalf of no caller."""
         return await self.session.get(ApplicationRow, application_id, with_for_update=for_update)
+
+    async def visible_application(self, principal: Principal, application_id: uuid.UUID) -> ApplicationRow | None:
+        query = select(ApplicationRow).where(
+            ApplicationRow.application_id == application_id, application_scope(principal)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def open_applications(self, resident_id: uuid.UUID) -> list[ApplicationRow]:
         query = (
@@ -206,16 +231,6 @@ class Repository:
 
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
         return await self.session.get(CaseOfficeRow, case_id, with_for_update=for_update)
-
-    async def has_case_in_offices(self, application_id: uuid.UUID, offices: Iterable[str]) -> bool:
-        """Whether a case of the application is now in one of ``offices``."""
-        codes = sorted(offices)
-        if not codes:
-            return False
-        query = select(
-            exists().where(CaseOfficeRow.application_id == application_id, CaseOfficeRow.office_code.in_(codes))
-        )
-        return bool(await self.session.scalar(query))
 
     # ------------------------------------------------------------------------------------------ screenings
 
