@@ -282,6 +282,13 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
     assert again.json() == first.json(), "a retry gets the original answer"
     other = await client.post("/v1/facts", json={**body, "facts": [{**income, "value": 1}]}, headers=keyed)
     assert other.status_code == 422
+    # An integer beyond 64 bits cannot be carried as JSON by the platform: refused with the request, also when its
+    # key was used before (the key's fingerprint is never taken of it).
+    huge = {**body, "facts": [{**income, "value": {"nested": [-(10**19)]}}]}
+    for headers in (welfare, keyed):
+        refused_huge = await client.post("/v1/facts", json=huge, headers=headers)
+        assert refused_huge.status_code == 422, refused_huge.text
+        assert [e["field"] for e in refused_huge.json()["errors"]] == ["facts[0].value"]
     assert await count(eligibility, DepartmentFactRow) == 1
 
     report_id = str(uuid.uuid4())
