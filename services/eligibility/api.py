@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import JSONResponse
 
 from services.eligibility import catalogue_views, determinations, reports, screener, screening
 from services.eligibility.catalogue_admin import put_program_version
@@ -29,7 +30,7 @@ from services.eligibility.schemas import (
 )
 from services.eligibility.specs import CODE_PATTERN, LifeEvent, ProgramVersionPut
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep, PrincipalDep
+from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import Department
 from shared.problems import Forbidden, problem_responses
 
@@ -129,23 +130,20 @@ async def evaluate(body: EvaluateRequest, repo: RepositoryDep, service: ServiceD
     summary="A department source reports facts about a resident",
     description=(
         "For a partner whose id is mapped to a department, or an administrator naming the department. The resident's "
-        "open applications are re-evaluated; a new eligibility round is emitted only where an outcome changed. "
-        "Supports Idempotency-Key."
+        "open applications are re-evaluated; a new eligibility round is emitted only where an outcome changed."
     ),
     responses=problem_responses(403, 409, 422),
 )
 async def report_facts(
     body: FactReportIn,
-    request: Request,
     repo: RepositoryDep,
     service: ServiceDep,
     principal: PrincipalDep,
-    idempotency: IdempotencyDep,
-) -> Any:
-    async def create() -> FactReportOut:
-        return await reports.report_facts(repo, service, principal, body, now=dt.datetime.now(dt.UTC))
-
-    return (await idempotency.run(request, repo.session, principal, body, create)).response()
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: reports.report_facts(repo, service, principal, body, now=dt.datetime.now(dt.UTC))
+    )
 
 
 # ---------------------------------------------------------------------------------------------- screenings
@@ -158,23 +156,22 @@ async def report_facts(
     summary="Proactive screening of every resident who consented to it",
     description=(
         "Finds programs each resident who consented to `proactive_screening` is eligible for and never applied to, "
-        "and emits `eligibility.opportunity` for each (once per resident and program). Supports Idempotency-Key."
+        "and emits `eligibility.opportunity` for each (once per resident and program)."
     ),
-    responses=problem_responses(403, 422),
+    # 409: the same Idempotency-Key in a request still being handled.
+    responses=problem_responses(403, 409, 422),
 )
 async def start_screening(
     body: ScreeningIn,
-    request: Request,
     repo: RepositoryDep,
     service: ServiceDep,
     principal: ScreeningStaff,
-    idempotency: IdempotencyDep,
-) -> Any:
-    async def create() -> ScreeningOut:
-        now = dt.datetime.now(dt.UTC)
-        return await screening.start_screening(repo, service, body, actor=principal.subject, now=now)
-
-    return (await idempotency.run(request, repo.session, principal, body, create)).response()
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: screening.start_screening(repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC)),
+    )
 
 
 @router.get("/screenings/{screening_id}", summary="A screening's counts", responses=problem_responses(403, 404))
