@@ -16,11 +16,18 @@ from typing import Any, Literal
 
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactValueError
-from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
+from services.eligibility.models import (
+    ApplicationRow,
+    DepartmentFactRow,
+    DeterminationRow,
+    EvaluationRoundRow,
+    platform,
+)
 from services.eligibility.repository import Repository
 from services.eligibility.schemas import ApplicationDeterminations, RoundOut
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
+from shared.audit import AuditLog
 from shared.auth import Principal
 from shared.events import (
     ApplicationInfoProvided,
@@ -38,6 +45,7 @@ from shared.outbox import Outbox
 from shared.problems import NotFound
 
 log = logging.getLogger(__name__)
+audit_log = AuditLog(platform)
 
 Trigger = Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
 
@@ -346,12 +354,13 @@ async def application_determinations(
         raise NotFound(f"Application {application_id} has no round {round_}.")
     rows = await repo.round_determinations(application_id, chosen.round) if chosen else []
     if principal.is_staff:
-        await repo.audit(
+        await audit_log.record(
+            repo.session,
             principal,
             resident_id=app.resident_id,
             action="read_determinations",
-            object_type="application",
-            object_id=str(application_id),
+            record_type="application",
+            record_id=application_id,
             purpose="case review",
         )
     return ApplicationDeterminations.model_validate(

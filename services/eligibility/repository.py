@@ -29,14 +29,10 @@ from services.eligibility.models import (
     ResidentRow,
     RuleVersionRow,
     ScreeningRow,
-    platform,
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
-from shared.audit import AuditLog
 from shared.auth import Principal, Role
 from shared.deps import SessionDep
-
-audit_log = AuditLog(platform)
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
@@ -260,28 +256,6 @@ class Repository:
 
     async def screening(self, screening_id: uuid.UUID) -> ScreeningRow | None:
         return await self.session.get(ScreeningRow, screening_id)
-
-    # ------------------------------------------------------------------------------------------ audit
-
-    async def audit(
-        self,
-        principal: Principal,
-        *,
-        action: str,
-        object_type: str,
-        object_id: str,
-        purpose: str,
-        resident_id: uuid.UUID | None = None,
-    ) -> None:
-        await audit_log.record(
-            self.session,
-            principal,
-            action=action,
-            record_type=object_type,
-            record_id=object_id,
-            purpose=purpose,
-            resident_id=resident_id,
-        )
 
 
 def get_repository(session: SessionDep) -> Repository:
