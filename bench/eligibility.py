@@ -154,6 +154,7 @@ async def bulk_database(size: int) -> None:
     from services.eligibility.determinations import Eligibility
     from services.eligibility.main import MIGRATIONS
     from services.eligibility.models import DepartmentFactRow, ResidentRow, platform
+    from services.eligibility.repository import Repository
     from services.eligibility.screening import run_screening
     from services.eligibility.seed import seed
     from services.eligibility.settings import EligibilitySettings
@@ -199,11 +200,12 @@ async def bulk_database(size: int) -> None:
                         )  # fmt: skip
             service = Eligibility(settings, Outbox(platform, prefix="bench", source="/onestop/eligibility"))
             async with db.session() as session:
-                catalogue = await service.store.get(session)
+                repo = Repository(session)
+                catalogue = await service.store.get(repo)
                 codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(DAY)]
                 started = time.perf_counter()
                 row = await run_screening(
-                    session, service, codes=codes, as_of=DAY, actor="bench", now=NOW, batch_size=500,
+                    repo, service, codes=codes, as_of=DAY, actor="bench", now=NOW, batch_size=500,
                     max_residents=size,
                 )  # fmt: skip
             seconds = time.perf_counter() - started

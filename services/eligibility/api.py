@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.responses import JSONResponse
 
 from services.eligibility import catalogue_views, determinations, reports, screener, screening
 from services.eligibility.catalogue_admin import put_program_version
 from services.eligibility.context import ContextDep
 from services.eligibility.determinations import Eligibility
+from services.eligibility.repository import RepositoryDep
 from services.eligibility.schemas import (
     ApplicationDeterminations,
     EvaluateRequest,
@@ -28,7 +30,7 @@ from services.eligibility.schemas import (
 )
 from services.eligibility.specs import CODE_PATTERN, LifeEvent, ProgramVersionPut
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotencyDep, PrincipalDep, SessionDep
+from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import Department
 from shared.problems import Forbidden, problem_responses
 
@@ -58,17 +60,17 @@ DeterminationReader = Annotated[Principal, Depends(determination_reader)]
 
 @router.get("/programs", summary="The program catalogue, with the rule version in force today")
 async def list_programs(
-    session: SessionDep,
+    repo: RepositoryDep,
     service: ServiceDep,
     department: Department | None = None,
     life_event: LifeEvent | None = None,
 ) -> list[ProgramSummary]:
-    return await catalogue_views.programs(session, service.store, department=department, life_event=life_event)
+    return await catalogue_views.programs(repo, service.store, department=department, life_event=life_event)
 
 
 @router.get("/programs/{code}", summary="A program with every rule version", responses=problem_responses(404))
-async def get_program(code: CodePath, session: SessionDep, service: ServiceDep) -> ProgramDetail:
-    return await catalogue_views.program(session, service.store, code)
+async def get_program(code: CodePath, repo: RepositoryDep, service: ServiceDep) -> ProgramDetail:
+    return await catalogue_views.program(repo, service.store, code)
 
 
 @router.put(
@@ -85,20 +87,20 @@ async def get_program(code: CodePath, session: SessionDep, service: ServiceDep) 
 async def put_program(
     code: CodePath,
     body: ProgramVersionPut,
-    session: SessionDep,
+    repo: RepositoryDep,
     service: ServiceDep,
     principal: Admin,
     response: Response,
 ) -> ProgramDetail:
     now = dt.datetime.now(dt.UTC)
-    result = await put_program_version(session, service.store, code, body, actor=principal.subject, now=now)
+    result = await put_program_version(repo, service.store, code, body, actor=principal.subject, now=now)
     response.status_code = 201 if result.created else 200
     return result.program
 
 
 @router.get("/life-events", summary="Life events and the programs each reaches")
-async def list_life_events(session: SessionDep, service: ServiceDep) -> list[LifeEventOut]:
-    return await catalogue_views.life_events(session, service.store)
+async def list_life_events(repo: RepositoryDep, service: ServiceDep) -> list[LifeEventOut]:
+    return await catalogue_views.life_events(repo, service.store)
 
 
 @router.get("/fact-types", summary="Every fact a rule may read, with its type and question")
@@ -114,8 +116,8 @@ async def list_fact_types(service: ServiceDep) -> list[FactTypeOut]:
     summary="Screener: facts in, determinations out (nothing is stored)",
     responses=problem_responses(422),
 )
-async def evaluate(body: EvaluateRequest, session: SessionDep, service: ServiceDep) -> EvaluateResponse:
-    return await screener.evaluate_facts(session, service.store, body, now=dt.datetime.now(dt.UTC))
+async def evaluate(body: EvaluateRequest, repo: RepositoryDep, service: ServiceDep) -> EvaluateResponse:
+    return await screener.evaluate_facts(repo, service.store, body, now=dt.datetime.now(dt.UTC))
 
 
 # ---------------------------------------------------------------------------------------------- department facts
@@ -128,23 +130,20 @@ async def evaluate(body: EvaluateRequest, session: SessionDep, service: ServiceD
     summary="A department source reports facts about a resident",
     description=(
         "For a partner whose id is mapped to a department, or an administrator naming the department. The resident's "
-        "open applications are re-evaluated; a new eligibility round is emitted only where an outcome changed. "
-        "Supports Idempotency-Key."
+        "open applications are re-evaluated; a new eligibility round is emitted only where an outcome changed."
     ),
     responses=problem_responses(403, 409, 422),
 )
 async def report_facts(
     body: FactReportIn,
-    request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     service: ServiceDep,
     principal: PrincipalDep,
-    idempotency: IdempotencyDep,
-) -> Any:
-    async def create() -> FactReportOut:
-        return await reports.report_facts(session, service, principal, body, now=dt.datetime.now(dt.UTC))
-
-    return (await idempotency.run(request, session, principal, body, create)).response()
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: reports.report_facts(repo, service, principal, body, now=dt.datetime.now(dt.UTC))
+    )
 
 
 # ---------------------------------------------------------------------------------------------- screenings
@@ -157,28 +156,27 @@ async def report_facts(
     summary="Proactive screening of every resident who consented to it",
     description=(
         "Finds programs each resident who consented to `proactive_screening` is eligible for and never applied to, "
-        "and emits `eligibility.opportunity` for each (once per resident and program). Supports Idempotency-Key."
+        "and emits `eligibility.opportunity` for each (once per resident and program)."
     ),
-    responses=problem_responses(403, 422),
+    # 409: the same Idempotency-Key in a request still being handled.
+    responses=problem_responses(403, 409, 422),
 )
 async def start_screening(
     body: ScreeningIn,
-    request: Request,
-    session: SessionDep,
+    repo: RepositoryDep,
     service: ServiceDep,
     principal: ScreeningStaff,
-    idempotency: IdempotencyDep,
-) -> Any:
-    async def create() -> ScreeningOut:
-        now = dt.datetime.now(dt.UTC)
-        return await screening.start_screening(session, service, body, actor=principal.subject, now=now)
-
-    return (await idempotency.run(request, session, principal, body, create)).response()
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: screening.start_screening(repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC)),
+    )
 
 
 @router.get("/screenings/{screening_id}", summary="A screening's counts", responses=problem_responses(403, 404))
-async def get_screening(screening_id: uuid.UUID, session: SessionDep, principal: ScreeningStaff) -> ScreeningOut:
-    return await screening.screening_report(session, screening_id)
+async def get_screening(screening_id: uuid.UUID, repo: RepositoryDep, principal: ScreeningStaff) -> ScreeningOut:
+    return await screening.screening_report(repo, screening_id)
 
 
 # ---------------------------------------------------------------------------------------------- determinations
@@ -197,8 +195,8 @@ async def get_screening(screening_id: uuid.UUID, session: SessionDep, principal:
 )
 async def application_determinations(
     application_id: uuid.UUID,
-    session: SessionDep,
+    repo: RepositoryDep,
     principal: DeterminationReader,
     round_: Annotated[int | None, Query(alias="round", ge=1, le=100_000)] = None,
 ) -> ApplicationDeterminations:
-    return await determinations.application_determinations(session, principal, application_id, round_)
+    return await determinations.application_determinations(repo, principal, application_id, round_)

@@ -10,32 +10,28 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import repository
 from services.eligibility.models import CaseOfficeRow
-from shared.auth import Principal, Role
+from services.eligibility.repository import Repository
 from shared.events import CaseEventBase, CaseRouted, CaseTransferred, CloudEvent
 
 log = logging.getLogger(__name__)
 
-OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
-
 
 async def on_case_routed(session: AsyncSession, event: CloudEvent, data: CaseRouted) -> None:
-    await _move(session, data, data.routed_at)
+    await _move(Repository(session), data, data.routed_at)
 
 
 async def on_case_transferred(session: AsyncSession, event: CloudEvent, data: CaseTransferred) -> None:
-    await _move(session, data, data.transferred_at)
+    await _move(Repository(session), data, data.transferred_at)
 
 
-async def _move(session: AsyncSession, data: CaseEventBase, since: dt.datetime) -> None:
-    row = await repository.case_office(session, data.case_id, for_update=True)
+async def _move(repo: Repository, data: CaseEventBase, since: dt.datetime) -> None:
+    row = await repo.case_office(data.case_id, for_update=True)
     if row is None:
-        session.add(
+        repo.session.add(
             CaseOfficeRow(
                 case_id=data.case_id,
                 application_id=data.application_id,
@@ -43,17 +39,10 @@ async def _move(session: AsyncSession, data: CaseEventBase, since: dt.datetime) 
                 office_since=since,
             )
         )
-        await session.flush()  # the next event of this case in the same batch finds it
+        await repo.session.flush()  # the next event of this case in the same batch finds it
         return
     if since < row.office_since:
         log.info("an older case event changes no office", extra={"case_id": str(data.case_id)})
         return
     row.office_code = data.office_code
     row.office_since = since
-
-
-async def in_their_offices(session: AsyncSession, principal: Principal, application_id: uuid.UUID) -> bool:
-    """Whether the caller is a caseworker or supervisor of an office a case of the application is in now."""
-    if principal.role not in OFFICE_ROLES:
-        return False
-    return await repository.has_case_in_offices(session, application_id, principal.offices)

@@ -9,12 +9,10 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.eligibility import catalogue_views, repository
+from services.eligibility import catalogue_views
 from services.eligibility.catalogue import CatalogueFiles, content_hash, requires
 from services.eligibility.models import MedianIncomeRow, ProgramRow, RuleVersionRow
+from services.eligibility.repository import Repository
 from services.eligibility.rules.compile import RuleInvalid, compile_version
 from services.eligibility.rules.lint import find_cycle
 from services.eligibility.schemas import ProgramDetail
@@ -39,7 +37,7 @@ class PutResult:
 
 
 async def put_program_version(
-    session: AsyncSession, store: CatalogueStore, code: str, body: ProgramVersionPut, *, actor: str, now: dt.datetime
+    repo: Repository, store: CatalogueStore, code: str, body: ProgramVersionPut, *, actor: str, now: dt.datetime
 ) -> PutResult:
     """Add a rule version (and create the program, or update its attributes). Refuses, with the field named: a
     version taking effect today or earlier, unknown facts or programs, type errors, cycles, malformed trees."""
@@ -52,7 +50,7 @@ async def put_program_version(
             "retroactively; give the date the new rule takes effect",
             type_="retroactive",
         )
-    catalogue = await store.get(session)  # before anything is written (see CatalogueStore.get)
+    catalogue = await store.get(repo)  # before anything is written (see CatalogueStore.get)
     try:
         rule = compile_version(
             spec, catalogue.facts, set(catalogue.programs) | {code}, own_code=code, prefix="version."
@@ -67,10 +65,10 @@ async def put_program_version(
             "version.rule", f"programs would require each other: {' -> '.join(cycle)}", type_="cycle"
         )
     attributes = ProgramAttributes.model_validate(body.model_dump(exclude={"version"}))
-    program = await repository.program_row(session, code, for_update=True)
+    program = await repo.program_row(code, for_update=True)
     created = program is None
     if program is None:
-        session.add(
+        repo.session.add(
             ProgramRow(
                 code=code,
                 department=attributes.department.value,
@@ -80,18 +78,18 @@ async def put_program_version(
                 updated_at=now,
             )
         )
-        await session.flush()
+        await repo.session.flush()
     else:
         program.department = attributes.department.value
         program.attributes = attributes.model_dump(mode="json")
         program.updated_at = now
-    versions = await repository.version_rows(session, code)
+    versions = await repo.version_rows(code)
     # Versions not yet in force that the new one overtakes are kept, marked superseded.
     overtaken = [v for v in versions if v.superseded_at is None and v.effective_from >= spec.effective_from]
-    await repository.supersede_versions(session, [v.id for v in overtaken], now)
+    await repo.supersede_versions([v.id for v in overtaken], now)
     number = max((v.version for v in versions), default=0) + 1
     document = version_document(spec)
-    session.add(
+    repo.session.add(
         RuleVersionRow(
             program_code=code,
             version=number,
@@ -105,11 +103,9 @@ async def put_program_version(
             created_at=now,
         )
     )
-    await repository.bump_catalogue_revision(session, now)
+    await repo.bump_catalogue_revision(now)
     log.info("rule version added", extra={"program": code, "version": number, "superseded": len(overtaken)})
-    return PutResult(
-        created, number, await catalogue_views.program(session, store, code), [v.version for v in overtaken]
-    )
+    return PutResult(created, number, await catalogue_views.program(repo, store, code), [v.version for v in overtaken])
 
 
 # ---------------------------------------------------------------------------------------------- seeding
@@ -138,19 +134,17 @@ class SeedSummary:
         )
 
 
-async def seed_catalogue(
-    session: AsyncSession, files: CatalogueFiles, *, today: dt.date, now: dt.datetime
-) -> SeedSummary:
+async def seed_catalogue(repo: Repository, files: CatalogueFiles, *, today: dt.date, now: dt.datetime) -> SeedSummary:
     """Load the YAML catalogue idempotently: a second run changes nothing; a changed YAML adds versions."""
     summary = SeedSummary(programs=len(files.programs), median_years=len(files.median_years))
-    await _seed_medians(session, files, today, summary)
+    await _seed_medians(repo, files, today, summary)
     tomorrow = today + dt.timedelta(days=1)
     for entry in files.programs:
         attributes = ProgramAttributes.model_validate(entry.model_dump(exclude={"code", "versions"}))
         attributes_json = attributes.model_dump(mode="json")
-        program = await repository.program_row(session, entry.code, for_update=True)
+        program = await repo.program_row(entry.code, for_update=True)
         if program is None:
-            session.add(
+            repo.session.add(
                 ProgramRow(
                     code=entry.code,
                     department=attributes.department.value,
@@ -160,9 +154,9 @@ async def seed_catalogue(
                     updated_at=now,
                 )
             )
-            await session.flush()
+            await repo.session.flush()
             for number, spec in enumerate(entry.versions, start=1):
-                _add_version(session, entry.code, number, spec, content_hash(version_document(spec)), now)
+                _add_version(repo, entry.code, number, spec, content_hash(version_document(spec)), now)
             summary.new_programs += 1
             summary.versions_added += len(entry.versions)
             continue
@@ -171,7 +165,7 @@ async def seed_catalogue(
             program.department = attributes.department.value
             program.updated_at = now
             summary.changed_programs += 1
-        versions = await repository.version_rows(session, entry.code)
+        versions = await repo.version_rows(entry.code)
         known = {v.seed_hash for v in versions} | {v.content_hash for v in versions}
         for spec in entry.versions:
             seed_hash = content_hash(version_document(spec))
@@ -186,21 +180,19 @@ async def seed_catalogue(
                 document = spec.model_copy(update={"effective_from": tomorrow})
                 summary.versions_moved += 1
             live = [v for v in versions if v.superseded_at is None]
-            await repository.supersede_versions(
-                session, [v.id for v in live if v.effective_from >= document.effective_from], now
-            )
+            await repo.supersede_versions([v.id for v in live if v.effective_from >= document.effective_from], now)
             number = max((v.version for v in versions), default=0) + 1
-            versions.append(_add_version(session, entry.code, number, document, seed_hash, now))
-            await session.flush()
+            versions.append(_add_version(repo, entry.code, number, document, seed_hash, now))
+            await repo.session.flush()
             known.add(seed_hash)
             summary.versions_added += 1
     if summary.changed:
-        await repository.bump_catalogue_revision(session, now)
+        await repo.bump_catalogue_revision(now)
     return summary
 
 
 def _add_version(
-    session: AsyncSession, code: str, number: int, spec: VersionSpec, seed_hash: str, now: dt.datetime
+    repo: Repository, code: str, number: int, spec: VersionSpec, seed_hash: str, now: dt.datetime
 ) -> RuleVersionRow:
     document = version_document(spec)
     row = RuleVersionRow(
@@ -215,18 +207,17 @@ def _add_version(
         created_by="seed",
         created_at=now,
     )
-    session.add(row)
+    repo.session.add(row)
     return row
 
 
-async def _seed_medians(session: AsyncSession, files: CatalogueFiles, today: dt.date, summary: SeedSummary) -> None:
-    rows = (await session.scalars(select(MedianIncomeRow))).all()
-    existing = {(r.year, r.household_size): r for r in rows}
+async def _seed_medians(repo: Repository, files: CatalogueFiles, today: dt.date, summary: SeedSummary) -> None:
+    existing = {(r.year, r.household_size): r for r in await repo.median_rows()}
     for year in files.median_years:
         for size, amount in year.amounts.items():
             row = existing.get((year.year, size))
             if row is None:
-                session.add(
+                repo.session.add(
                     MedianIncomeRow(
                         year=year.year,
                         household_size=size,

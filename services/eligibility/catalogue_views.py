@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.eligibility import repository
 from services.eligibility.catalogue import Program, version_in_force, version_status
 from services.eligibility.models import ProgramRow, RuleVersionRow
+from services.eligibility.repository import Repository
 from services.eligibility.schemas import (
     FactTypeOut,
     LifeEventOut,
@@ -25,9 +23,9 @@ from shared.problems import NotFound
 
 
 async def programs(
-    session: AsyncSession, store: CatalogueStore, *, department: Department | None, life_event: LifeEvent | None
+    repo: Repository, store: CatalogueStore, *, department: Department | None, life_event: LifeEvent | None
 ) -> list[ProgramSummary]:
-    catalogue = await store.get(session)
+    catalogue = await store.get(repo)
     today = store.today()
     return [
         _summary(p, today)
@@ -37,16 +35,16 @@ async def programs(
     ]
 
 
-async def program(session: AsyncSession, store: CatalogueStore, code: str) -> ProgramDetail:
+async def program(repo: Repository, store: CatalogueStore, code: str) -> ProgramDetail:
     """A program with every rule version as stored (including superseded ones), read from the database."""
-    row = await repository.program_row(session, code)
+    row = await repo.program_row(code)
     if row is None:
         raise NotFound(f"No program {code}.")
-    return program_detail(row, await repository.version_rows(session, code), store.today())
+    return program_detail(row, await repo.version_rows(code), store.today())
 
 
-async def life_events(session: AsyncSession, store: CatalogueStore) -> list[LifeEventOut]:
-    catalogue = await store.get(session)
+async def life_events(repo: Repository, store: CatalogueStore) -> list[LifeEventOut]:
+    catalogue = await store.get(repo)
     today = store.today()
     return [
         LifeEventOut(

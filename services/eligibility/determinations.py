@@ -14,16 +14,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.eligibility import case_offices, repository
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactValueError
-from services.eligibility.models import ApplicationRow, DepartmentFactRow, DeterminationRow, EvaluationRoundRow
+from services.eligibility.models import (
+    ApplicationRow,
+    DepartmentFactRow,
+    DeterminationRow,
+    EvaluationRoundRow,
+    platform,
+)
+from services.eligibility.repository import Repository
 from services.eligibility.schemas import ApplicationDeterminations, RoundOut
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
-from shared.auth import Principal, Role
+from shared.audit import AuditLog
+from shared.auth import Principal
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -40,6 +45,7 @@ from shared.outbox import Outbox
 from shared.problems import NotFound
 
 log = logging.getLogger(__name__)
+audit_log = AuditLog(platform)
 
 Trigger = Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
 
@@ -74,8 +80,8 @@ class Eligibility:
 
     # ------------------------------------------------------------------------------------------ events in
 
-    async def on_submitted(self, session: AsyncSession, data: ApplicationSubmitted, now: dt.datetime) -> None:
-        app = await repository.application(session, data.application_id, for_update=True)
+    async def on_submitted(self, repo: Repository, data: ApplicationSubmitted, now: dt.datetime) -> None:
+        app = await repo.application(data.application_id, for_update=True)
         if app is not None and app.status != PENDING:
             log.info("submission already known", extra={"application_id": str(data.application_id)})
             return
@@ -89,7 +95,7 @@ class Eligibility:
                 round=0,
                 updated_at=now,
             )
-            session.add(app)
+            repo.session.add(app)
         # Answers that arrived before the submission (a reordered info_provided) are newer and stay.
         merge_answers(app, data.answers, data.submitted_at)
         app.status = WITHDRAWN if app.withdrawn_at is not None else OPEN
@@ -99,12 +105,12 @@ class Eligibility:
         app.resident_context = data.resident.model_dump(mode="json")
         app.submitted_at = data.submitted_at
         app.updated_at = now
-        await session.flush()
+        await repo.session.flush()
         if app.status == OPEN:
-            await self.evaluate(session, app, "submitted", now, always=True)
+            await self.evaluate(repo, app, "submitted", now, always=True)
 
-    async def on_info_provided(self, session: AsyncSession, data: ApplicationInfoProvided, now: dt.datetime) -> None:
-        app = await repository.application(session, data.application_id, for_update=True)
+    async def on_info_provided(self, repo: Repository, data: ApplicationInfoProvided, now: dt.datetime) -> None:
+        app = await repo.application(data.application_id, for_update=True)
         if app is None:
             app = ApplicationRow(
                 application_id=data.application_id,
@@ -115,18 +121,18 @@ class Eligibility:
                 round=0,
                 updated_at=now,
             )
-            session.add(app)
+            repo.session.add(app)
             merge_answers(app, data.answers, data.provided_at)
             return
         merge_answers(app, data.answers, data.provided_at)
         app.updated_at = now
         if app.status == OPEN:
-            await self.evaluate(session, app, "info_provided", now, always=True)
+            await self.evaluate(repo, app, "info_provided", now, always=True)
 
-    async def on_withdrawn(self, session: AsyncSession, data: ApplicationWithdrawn, now: dt.datetime) -> None:
-        app = await repository.application(session, data.application_id, for_update=True)
+    async def on_withdrawn(self, repo: Repository, data: ApplicationWithdrawn, now: dt.datetime) -> None:
+        app = await repo.application(data.application_id, for_update=True)
         if app is None:
-            session.add(
+            repo.session.add(
                 ApplicationRow(
                     application_id=data.application_id,
                     resident_id=data.resident_id,
@@ -144,8 +150,8 @@ class Eligibility:
             app.status = WITHDRAWN
         app.updated_at = now
 
-    async def on_resident_updated(self, session: AsyncSession, data: ResidentUpdated, now: dt.datetime) -> None:
-        row = await repository.resident_or_new(session, data.resident_id)
+    async def on_resident_updated(self, repo: Repository, data: ResidentUpdated, now: dt.datetime) -> None:
+        row = await repo.resident_or_new(data.resident_id)
         if row.registry_version is not None and data.version <= row.registry_version:
             return  # an older (or the same) version arriving late
         row.registry_version = data.version
@@ -155,8 +161,8 @@ class Eligibility:
         row.vulnerability = [v.value for v in data.vulnerability]
         row.preferred_language = data.preferred_language.value
         row.registry_updated_at = data.updated_at
-        await session.flush()
-        for app in await repository.open_applications(session, data.resident_id):
+        await repo.session.flush()
+        for app in await repo.open_applications(data.resident_id):
             context = dict(app.resident_context or {})
             context.update(
                 district_code=data.district_code,
@@ -165,22 +171,22 @@ class Eligibility:
             )
             app.resident_context = context
             # The registry is a fact source like any other: a new round only if an outcome changed.
-            await self.evaluate(session, app, "registry_updated", now, always=False)
+            await self.evaluate(repo, app, "registry_updated", now, always=False)
 
-    async def on_consent_changed(self, session: AsyncSession, data: ConsentChanged, now: dt.datetime) -> None:
-        row = await repository.resident_or_new(session, data.resident_id)
+    async def on_consent_changed(self, repo: Repository, data: ConsentChanged, now: dt.datetime) -> None:
+        row = await repo.resident_or_new(data.resident_id)
         if row.consent_version is not None and data.version <= row.consent_version:
             return
         row.consent_version = data.version
         row.consents = dict(data.consents)
         row.consent_changed_at = data.changed_at
         row.proactive_screening = bool(data.consents.get("proactive_screening", False))
-        await session.flush()
-        await self.reevaluate_resident(session, data.resident_id, "consent_changed", now)
+        await repo.session.flush()
+        await self.reevaluate_resident(repo, data.resident_id, "consent_changed", now)
 
-    async def on_facts_reported(self, session: AsyncSession, data: FactsReported, now: dt.datetime) -> None:
+    async def on_facts_reported(self, repo: Repository, data: FactsReported, now: dt.datetime) -> None:
         result = await self.record_report(
-            session,
+            repo,
             report_id=data.report_id,
             resident_id=data.resident_id,
             department=data.department.value,
@@ -201,7 +207,7 @@ class Eligibility:
 
     async def record_report(
         self,
-        session: AsyncSession,
+        repo: Repository,
         *,
         report_id: uuid.UUID,
         resident_id: uuid.UUID,
@@ -214,8 +220,8 @@ class Eligibility:
     ) -> ReportResult:
         """Store a department's report and re-evaluate the resident's open applications. With ``strict`` (the HTTP
         path) any unfit fact refuses the whole report; from the bus, unfit facts are skipped and the rest kept."""
-        catalogue = await self.store.get(session)
-        if await repository.report_seen(session, report_id):
+        catalogue = await self.store.get(repo)
+        if await repo.report_seen(report_id):
             return ReportResult(report_id, 0)
         problems = check_report(catalogue, department, facts, now)
         if problems and strict:
@@ -225,7 +231,7 @@ class Eligibility:
         for index, fact in enumerate(facts):
             if index in bad:
                 continue
-            session.add(
+            repo.session.add(
                 DepartmentFactRow(
                     report_id=report_id,
                     resident_id=resident_id,
@@ -241,31 +247,31 @@ class Eligibility:
             accepted += 1
         if not accepted:
             return ReportResult(report_id, 0, problems)
-        await session.flush()
-        reevaluated, new_rounds = await self.reevaluate_resident(session, resident_id, "facts_reported", now)
+        await repo.session.flush()
+        reevaluated, new_rounds = await self.reevaluate_resident(repo, resident_id, "facts_reported", now)
         return ReportResult(report_id, accepted, problems, reevaluated, new_rounds)
 
     async def reevaluate_resident(
-        self, session: AsyncSession, resident_id: uuid.UUID, trigger: Trigger, now: dt.datetime
+        self, repo: Repository, resident_id: uuid.UUID, trigger: Trigger, now: dt.datetime
     ) -> tuple[int, int]:
         """Re-evaluate the resident's open applications; a new round only where an outcome changed."""
-        apps = await repository.open_applications(session, resident_id)
+        apps = await repo.open_applications(resident_id)
         new_rounds = 0
         for app in apps:
-            if await self.evaluate(session, app, trigger, now, always=False):
+            if await self.evaluate(repo, app, trigger, now, always=False):
                 new_rounds += 1
         return len(apps), new_rounds
 
     # ------------------------------------------------------------------------------------------ evaluating
 
     async def evaluate(
-        self, session: AsyncSession, app: ApplicationRow, trigger: Trigger, now: dt.datetime, *, always: bool
+        self, repo: Repository, app: ApplicationRow, trigger: Trigger, now: dt.datetime, *, always: bool
     ) -> bool:
         """Evaluate an open application and, when ``always`` or when an outcome changed, store a new round and emit
         ``eligibility.determined``. Returns whether a round was emitted."""
-        catalogue = await self.store.get(session)
+        catalogue = await self.store.get(repo)
         assert app.application_date is not None
-        layers = await repository.layers_for(session, app.resident_id, app.declared)
+        layers = await repo.layers_for(app.resident_id, app.declared)
         env = catalogue.environment(app.application_date, layers, now)
         if env.rejected:
             log.info(
@@ -275,13 +281,13 @@ class Eligibility:
         results = catalogue.evaluate(env, catalogue.programs_for(app.life_event, env))
         determinations = [r.determination(catalogue.facts) for r in results]
         if not always and app.round > 0:
-            previous = await repository.round_determinations(session, app.application_id, app.round)
+            previous = await repo.round_determinations(app.application_id, app.round)
             if outcome_signature(d.determination for d in previous) == outcome_signature(determinations):
                 return False
         app.round += 1
         app.updated_at = now
         determination_id = uuid.uuid4()
-        session.add(
+        repo.session.add(
             EvaluationRoundRow(
                 determination_id=determination_id,
                 application_id=app.application_id,
@@ -290,7 +296,7 @@ class Eligibility:
                 evaluated_at=now,
             )
         )
-        session.add_all(
+        repo.session.add_all(
             DeterminationRow(
                 application_id=app.application_id,
                 resident_id=app.resident_id,
@@ -305,7 +311,7 @@ class Eligibility:
             for d in determinations
         )
         await self.outbox.emit(
-            session,
+            repo.session,
             EligibilityDetermined(
                 determination_id=determination_id,
                 application_id=app.application_id,
@@ -332,38 +338,29 @@ class Eligibility:
         return True
 
 
-async def may_read(session: AsyncSession, principal: Principal, app: ApplicationRow) -> bool:
-    """Who reads an application's determinations: its resident; a caseworker or supervisor while a case of it is in
-    one of their offices; an administrator. Anyone else is told it does not exist."""
-    if principal.role is Role.ADMIN:
-        return True
-    if principal.role is Role.RESIDENT:
-        return app.resident_id == principal.resident_id
-    return await case_offices.in_their_offices(session, principal, app.application_id)
-
-
 async def application_determinations(
-    session: AsyncSession, principal: Principal, application_id: uuid.UUID, round_: int | None
+    repo: Repository, principal: Principal, application_id: uuid.UUID, round_: int | None
 ) -> ApplicationDeterminations:
     """An application's latest round (or round ``round_``) with its explanations, and the list of its rounds, for
-    whoever :func:`may_read` it (to anyone else it does not exist). Staff reads are audited."""
-    app = await repository.application(session, application_id)
-    not_found = NotFound(f"No application {application_id}.")
-    if app is None or app.status == PENDING or not await may_read(session, principal, app):
-        raise not_found
-    history = await repository.rounds(session, application_id)
+    whoever may read it (:func:`services.eligibility.repository.application_scope`: its resident; a caseworker or
+    supervisor while a case of it is in one of their offices; an administrator). To anyone else it does not exist.
+    Staff reads are audited."""
+    app = await repo.visible_application(principal, application_id)
+    if app is None or app.status == PENDING:
+        raise NotFound(f"No application {application_id}.")
+    history = await repo.rounds(application_id)
     chosen = history[-1] if history and round_ is None else next((r for r in history if r.round == round_), None)
     if round_ is not None and chosen is None:
         raise NotFound(f"Application {application_id} has no round {round_}.")
-    rows = await repository.round_determinations(session, application_id, chosen.round) if chosen else []
+    rows = await repo.round_determinations(application_id, chosen.round) if chosen else []
     if principal.is_staff:
-        await repository.audit(
-            session,
+        await audit_log.record(
+            repo.session,
             principal,
             resident_id=app.resident_id,
             action="read_determinations",
-            object_type="application",
-            object_id=str(application_id),
+            record_type="application",
+            record_id=application_id,
             purpose="case review",
         )
     return ApplicationDeterminations.model_validate(

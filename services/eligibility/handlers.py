@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility import case_offices
 from services.eligibility.context import EligibilityContext
+from services.eligibility.repository import Repository
 from shared.consumer import Apply, Subscription, on
 from shared.events import (
     ApplicationInfoProvided,
@@ -29,11 +30,11 @@ from shared.events import (
 E = TypeVar("E", bound=EventData)
 
 
-def _now(apply: Callable[[AsyncSession, E, dt.datetime], Awaitable[None]]) -> Apply[E]:
-    """A handler of the domain's shape (session, data, the time it is applied)."""
+def _now(apply: Callable[[Repository, E, dt.datetime], Awaitable[None]]) -> Apply[E]:
+    """A handler of the domain's shape (the repository on the consumer's session, data, the time it is applied)."""
 
     async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
-        await apply(session, data, dt.datetime.now(dt.UTC))
+        await apply(Repository(session), data, dt.datetime.now(dt.UTC))
 
     return handler
 

@@ -21,11 +21,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, UTCDateTime, platform_tables
+from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
 class Base(ServiceModels, DeclarativeBase):
@@ -43,10 +42,10 @@ class ProgramRow(Base):
     code: Mapped[str] = mapped_column(String(64), primary_key=True)
     department: Mapped[str] = mapped_column(String(32), index=True)
     # The program's attributes (names, life events, automatic, SLA, overflow, weight ...): specs.ProgramAttributes.
-    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attributes: Mapped[dict[str, Any]]
     origin: Mapped[str] = mapped_column(String(16))  # seed | api
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
 
 
 class RuleVersionRow(Base):
@@ -61,15 +60,15 @@ class RuleVersionRow(Base):
     effective_from: Mapped[dt.date] = mapped_column(Date)
     effective_to: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
     # The whole version (specs.VersionSpec as JSON) and its hash.
-    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    document: Mapped[dict[str, Any]]
     content_hash: Mapped[str] = mapped_column(String(64))
     # The hash of the YAML version it was seeded from (so a re-seed recognises it even if its date had to move).
     seed_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     origin: Mapped[str] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime]
     # A version not yet in force may be replaced by a newer PUT; it is kept, marked, for the record.
-    superseded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    superseded_at: Mapped[dt.datetime | None]
 
     @property
     def superseded(self) -> bool:
@@ -95,7 +94,7 @@ class CatalogueStateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime]
 
 
 # ---------------------------------------------------------------------------------------------- residents and facts
@@ -106,17 +105,17 @@ class ResidentRow(Base):
 
     __tablename__ = "residents"
 
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     registry_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     birth_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
     district_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    household: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    vulnerability: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    household: Mapped[list[Any] | None]
+    vulnerability: Mapped[list[Any] | None]
     preferred_language: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    registry_updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    registry_updated_at: Mapped[dt.datetime | None]
     consent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    consents: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    consent_changed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    consents: Mapped[dict[str, Any] | None]
+    consent_changed_at: Mapped[dt.datetime | None]
     proactive_screening: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
@@ -130,15 +129,15 @@ class DepartmentFactRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    report_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    report_id: Mapped[uuid.UUID]
+    resident_id: Mapped[uuid.UUID]
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[Any] = mapped_column(JSON)
     department: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(String(100))
-    observed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    reported_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    observed_at: Mapped[dt.datetime]
+    valid_until: Mapped[dt.datetime | None]
+    reported_at: Mapped[dt.datetime]
 
 
 # ---------------------------------------------------------------------------------------------- applications
@@ -152,20 +151,20 @@ class ApplicationRow(Base):
 
     __tablename__ = "applications"
 
-    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
     status: Mapped[str] = mapped_column(String(16))  # pending | open | withdrawn
     life_event: Mapped[str | None] = mapped_column(String(32), nullable=True)
     application_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
     channel: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    declared: Mapped[dict[str, Any]] = mapped_column(JSON)
+    declared: Mapped[dict[str, Any]]
     # When each declared answer was given (ISO times), so a late redelivery never overwrites a newer answer.
-    answered_at: Mapped[dict[str, Any]] = mapped_column(JSON)
-    resident_context: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    answered_at: Mapped[dict[str, Any]]
+    resident_context: Mapped[dict[str, Any] | None]
     round: Mapped[int] = mapped_column(Integer, default=0)
-    submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[dt.datetime | None]
+    withdrawn_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]
 
 
 class EvaluationRoundRow(Base):
@@ -174,11 +173,11 @@ class EvaluationRoundRow(Base):
     __tablename__ = "evaluation_rounds"
     __table_args__ = (UniqueConstraint("application_id", "round", name="uq_evaluation_rounds_application_round"),)
 
-    determination_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    determination_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.application_id"), index=True)
     round: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(32))
-    evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    evaluated_at: Mapped[dt.datetime]
 
 
 class DeterminationRow(Base):
@@ -191,15 +190,15 @@ class DeterminationRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.application_id"), index=True)
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
     round: Mapped[int] = mapped_column(Integer)
     program_code: Mapped[str] = mapped_column(String(64))
     rule_version: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(32))
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The whole ProgramDetermination (criteria, missing facts, error ...).
-    determination: Mapped[dict[str, Any]] = mapped_column(JSON)
-    evaluated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    determination: Mapped[dict[str, Any]]
+    evaluated_at: Mapped[dt.datetime]
 
 
 class CaseOfficeRow(Base):
@@ -208,11 +207,11 @@ class CaseOfficeRow(Base):
 
     __tablename__ = "case_offices"
 
-    case_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    case_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(index=True)
     office_code: Mapped[str] = mapped_column(String(50))
     # When the case came to this office (routed_at or transferred_at): an older event arriving late moves nothing.
-    office_since: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    office_since: Mapped[dt.datetime]
 
 
 # ---------------------------------------------------------------------------------------------- screenings
@@ -221,10 +220,10 @@ class CaseOfficeRow(Base):
 class ScreeningRow(Base):
     __tablename__ = "screenings"
 
-    screening_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    screening_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     requested_by: Mapped[str] = mapped_column(String(255))
     as_of: Mapped[dt.date] = mapped_column(Date)
-    programs: Mapped[list[Any]] = mapped_column(JSON)
+    programs: Mapped[list[Any]]
     status: Mapped[str] = mapped_column(String(16))
     residents_screened: Mapped[int] = mapped_column(Integer, default=0)
     judgements: Mapped[int] = mapped_column(Integer, default=0)  # residents x programs
@@ -233,8 +232,8 @@ class ScreeningRow(Base):
     already_applied: Mapped[int] = mapped_column(Integer, default=0)
     already_notified: Mapped[int] = mapped_column(Integer, default=0)
     opportunities: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -246,8 +245,8 @@ class OpportunityRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     screening_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("screenings.screening_id"), index=True)
-    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    resident_id: Mapped[uuid.UUID]
     program_code: Mapped[str] = mapped_column(String(64))
     rule_version: Mapped[int] = mapped_column(Integer)
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    found_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    found_at: Mapped[dt.datetime]

@@ -8,10 +8,8 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.eligibility import repository
 from services.eligibility.determinations import Eligibility
+from services.eligibility.repository import Repository
 from services.eligibility.schemas import FactReportIn, FactReportOut
 from shared.auth import Principal, Role
 from shared.events import Department
@@ -38,18 +36,18 @@ def reporting_department(
 
 
 async def report_facts(
-    session: AsyncSession, service: Eligibility, principal: Principal, body: FactReportIn, *, now: dt.datetime
+    repo: Repository, service: Eligibility, principal: Principal, body: FactReportIn, *, now: dt.datetime
 ) -> FactReportOut:
     department = reporting_department(principal, body.department, service.settings.partner_departments)
     report_id = body.report_id or uuid.uuid4()
-    if body.report_id is not None and await repository.report_seen(session, report_id):
+    if body.report_id is not None and await repo.report_seen(report_id):
         raise Conflict(
             f"Report {report_id} was already received.",
             errors=[{"field": "report_id", "message": "already received", "type": "duplicate"}],
         )
     source = body.source or (principal.partner_id or principal.subject)
     result = await service.record_report(
-        session,
+        repo,
         report_id=report_id,
         resident_id=body.resident_id,
         department=department.value,

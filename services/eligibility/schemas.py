@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from services.eligibility.specs import CODE_PATTERN, LifeEvent, VersionSpec, VersionStatus
 from shared.events import Department, Localized, MissingFact, Outcome, ProgramDetermination, ReportedFact
@@ -85,6 +86,31 @@ class EvaluateResponse(BaseModel):
     missing: list[MissingFact] = Field(description="Every fact that could still change an outcome, once")
 
 
+# The platform's JSON (orjson) carries 64-bit integers: a reported value holding a larger one could be neither
+# fingerprinted for Idempotency-Key nor carried as ``facts.reported``, so it is refused with the request (422).
+INT64 = range(-(2**63), 2**63)
+
+
+def _carried_as_json(value: Any) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value in INT64
+    if isinstance(value, list):
+        return all(_carried_as_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(_carried_as_json(v) for v in value.values())
+    return True
+
+
+def _integers_within_64_bits(fact: ReportedFact) -> ReportedFact:
+    if not _carried_as_json(fact.value):
+        # Raised as a ValidationError so that the field named is the fact's value (facts[i].value).
+        problem = PydanticCustomError("int64", "must not hold an integer beyond 64 bits")
+        raise ValidationError.from_exception_data(
+            "ReportedFact", [InitErrorDetails(type=problem, loc=("value",), input=fact.value)]
+        )
+    return fact
+
+
 class FactReportIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,7 +120,7 @@ class FactReportIn(BaseModel):
     )
     source: str | None = Field(default=None, min_length=1, max_length=100, description="The reporting system")
     report_id: uuid.UUID | None = None
-    facts: list[ReportedFact] = Field(min_length=1, max_length=100)
+    facts: list[Annotated[ReportedFact, AfterValidator(_integers_within_64_bits)]] = Field(min_length=1, max_length=100)
 
 
 class FactReportOut(BaseModel):

@@ -7,19 +7,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from services.eligibility.catalogue import named_programs
 from services.eligibility.facts import FactLayers
+from services.eligibility.repository import Repository
 from services.eligibility.schemas import EvaluateRequest, EvaluateResponse
 from services.eligibility.store import CatalogueStore
 from shared.problems import UnprocessableContent
 
 
 async def evaluate_facts(
-    session: AsyncSession, store: CatalogueStore, request: EvaluateRequest, *, now: dt.datetime
+    repo: Repository, store: CatalogueStore, request: EvaluateRequest, *, now: dt.datetime
 ) -> EvaluateResponse:
-    catalogue = await store.get(session)
+    catalogue = await store.get(repo)
     values, problems = catalogue.facts.coerce_all(request.facts)
     if problems:
         raise UnprocessableContent(

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import repository
 from services.eligibility.catalogue import Catalogue, Evaluation, Program, named_programs
 from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningRow
+from services.eligibility.repository import Repository, registry_of, reported_of
 from services.eligibility.schemas import ScreeningIn, ScreeningOut
 from shared.events import EligibilityOpportunity, Localized, Outcome
 from shared.problems import NotFound
@@ -113,13 +112,11 @@ class Screener:
 
 
 def layers_of(row: ResidentRow, reported: Sequence[Any]) -> FactLayers:
-    return FactLayers(
-        registry=repository.registry_of(row), reported=repository.reported_of(reported), consents=row.consents or {}
-    )
+    return FactLayers(registry=registry_of(row), reported=reported_of(reported), consents=row.consents or {})
 
 
 async def run_screening(
-    session: AsyncSession,
+    repo: Repository,
     service: Eligibility,
     *,
     codes: Sequence[str],
@@ -129,7 +126,7 @@ async def run_screening(
     batch_size: int,
     max_residents: int,
 ) -> ScreeningRow:
-    catalogue = await service.store.get(session)
+    catalogue = await service.store.get(repo)
     row = ScreeningRow(
         screening_id=uuid.uuid4(),
         requested_by=actor,
@@ -145,22 +142,20 @@ async def run_screening(
         opportunities=0,
         started_at=now,
     )
-    session.add(row)
-    await session.flush()
+    repo.session.add(row)
+    await repo.session.flush()
     started = time.perf_counter()
     screener = Screener(catalogue, codes, as_of, now)
     outbox = service.outbox
     after: uuid.UUID | None = None
     while row.residents_screened < max_residents:
-        page = await repository.screening_residents(
-            session, after, min(batch_size, max_residents - row.residents_screened)
-        )
+        page = await repo.screening_residents(after, min(batch_size, max_residents - row.residents_screened))
         if not page:
             break
         ids = [r.resident_id for r in page]
-        reported = await repository.department_facts_of(session, ids)
-        applied = await repository.applied_programs(session, ids)
-        told = await repository.notified(session, ids)
+        reported = await repo.department_facts_of(ids)
+        applied = await repo.applied_programs(ids)
+        told = await repo.notified(ids)
         opportunities: list[dict[str, Any]] = []
         events: list[tuple[EligibilityOpportunity, str]] = []
         for resident in page:
@@ -198,8 +193,8 @@ async def run_screening(
         if opportunities:
             # Written a page at a time (one statement each), in this transaction: the same guarantee as
             # Outbox.emit, without a round trip per event.
-            await session.execute(insert(OPPORTUNITIES), opportunities)
-            await outbox.emit_many(session, [d for d, _ in events], subjects=[s for _, s in events])
+            await repo.session.execute(insert(OPPORTUNITIES), opportunities)
+            await outbox.emit_many(repo.session, [d for d, _ in events], subjects=[s for _, s in events])
             row.opportunities += len(opportunities)
         row.residents_screened += len(page)
         after = ids[-1]
@@ -213,17 +208,17 @@ async def run_screening(
 
 
 async def start_screening(
-    session: AsyncSession, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
+    repo: Repository, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
 ) -> ScreeningOut:
     """Screen by the programs a request names, or every proactive program in force on its date (default: today)."""
-    catalogue = await service.store.get(session)
+    catalogue = await service.store.get(repo)
     as_of = request.as_of or service.store.today()
     if request.programs is not None:
         codes = named_programs(catalogue, request.programs, as_of, field="programs")
     else:
         codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
     row = await run_screening(
-        session,
+        repo,
         service,
         codes=codes,
         as_of=as_of,
@@ -235,8 +230,8 @@ async def start_screening(
     return screening_out(row)
 
 
-async def screening_report(session: AsyncSession, screening_id: uuid.UUID) -> ScreeningOut:
-    row = await repository.screening(session, screening_id)
+async def screening_report(repo: Repository, screening_id: uuid.UUID) -> ScreeningOut:
+    row = await repo.screening(screening_id)
     if row is None:
         raise NotFound(f"No screening {screening_id}.")
     return screening_out(row)

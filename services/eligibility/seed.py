@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 from services.eligibility.catalogue import load_files
 from services.eligibility.catalogue_admin import seed_catalogue
+from services.eligibility.repository import Repository
 from services.eligibility.settings import EligibilitySettings
 from shared.db import Database
 from shared.settings import ServiceSettings
@@ -24,7 +25,7 @@ async def seed(settings: ServiceSettings) -> str:
     db = Database(config.database_url)
     try:
         async with db.session() as session:
-            summary = await seed_catalogue(session, files, today=today, now=now)
+            summary = await seed_catalogue(Repository(session), files, today=today, now=now)
     finally:
         await db.dispose()
     return summary.line()

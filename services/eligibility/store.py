@@ -7,11 +7,9 @@ import asyncio
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from services.eligibility import repository
 from services.eligibility.catalogue import Catalogue, CompileCache, load_departments, load_life_events
 from services.eligibility.facts import FactCatalogue, MedianIncomeTable
+from services.eligibility.repository import Repository
 from services.eligibility.settings import EligibilitySettings
 
 
@@ -29,11 +27,11 @@ class CatalogueStore:
     def today(self) -> dt.date:
         return dt.datetime.now(self.zone).date()
 
-    async def get(self, session: AsyncSession) -> Catalogue:
+    async def get(self, repo: Repository) -> Catalogue:
         """The catalogue as of the session's view of the database (one small query to check the revision). Call it
         before changing the catalogue in the same transaction, never after: an uncommitted revision must not be
         cached."""
-        revision = await repository.catalogue_revision(session)
+        revision = await repo.catalogue_revision()
         current = self._current
         if current is not None and current.revision == revision:
             return current
@@ -43,8 +41,8 @@ class CatalogueStore:
                 return current
             catalogue = Catalogue.build(
                 facts=self.facts,
-                medians=MedianIncomeTable(await repository.median_years(session)),
-                programs=await repository.load_program_data(session),
+                medians=MedianIncomeTable(await repo.median_years()),
+                programs=await repo.load_program_data(),
                 life_events=self.life_events,
                 departments=self.departments,
                 cache=self._cache,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from services.eligibility.main import create_app
 from services.eligibility.models import (
     CatalogueStateRow,
     DepartmentFactRow,
@@ -16,6 +17,7 @@ from services.eligibility.models import (
     RuleVersionRow,
 )
 from services.eligibility.models import platform as tables
+from services.eligibility.settings import EligibilitySettings
 from shared.events import ApplicationSubmitted, EventData, ResidentContext
 from tests.services.eligibility.conftest import case_routed, case_transferred, consumer_idle, count, publish, today
 from tests.support.services import RunningService
@@ -273,6 +275,7 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
     keyed = {**welfare, "Idempotency-Key": "report-1"}
     first = await client.post("/v1/facts", json=body, headers=keyed)
     assert first.status_code == 201, first.text
+    assert "Idempotent-Replayed" not in first.headers
     assert first.json() | {"report_id": None} == {
         "report_id": None, "resident_id": str(resident_id), "department": "welfare", "source": "ssis", "accepted": 1,
         "reevaluated_applications": 0, "new_rounds": 0,
@@ -280,8 +283,16 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
     again = await client.post("/v1/facts", json=body, headers=keyed)
     assert again.status_code == 201
     assert again.json() == first.json(), "a retry gets the original answer"
+    assert again.headers["Idempotent-Replayed"] == "true"
     other = await client.post("/v1/facts", json={**body, "facts": [{**income, "value": 1}]}, headers=keyed)
     assert other.status_code == 422
+    # An integer beyond 64 bits cannot be carried as JSON by the platform: refused with the request, also when its
+    # key was used before (the key's fingerprint is never taken of it).
+    huge = {**body, "facts": [{**income, "value": {"nested": [-(10**19)]}}]}
+    for headers in (welfare, keyed):
+        refused_huge = await client.post("/v1/facts", json=huge, headers=headers)
+        assert refused_huge.status_code == 422, refused_huge.text
+        assert [e["field"] for e in refused_huge.json()["errors"]] == ["facts[0].value"]
     assert await count(eligibility, DepartmentFactRow) == 1
 
     report_id = str(uuid.uuid4())
@@ -390,3 +401,24 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
     async with eligibility.runtime.db.session() as session:
         audited = (await session.execute(select(tables.audit_log.c.actor_role, tables.audit_log.c.record_id))).all()
     assert sorted(audited) == sorted(read), "each staff read of determinations is audited, and nothing else"
+
+
+def test_the_posts_that_honour_idempotency_key_declare_it_and_the_replay_header() -> None:
+    """POST /v1/facts and /v1/screenings take the Idempotency-Key (through IdempotentDep): their OpenAPI declares the
+    optional header and the Idempotent-Replayed header of a retry's answer. The screener, which stores nothing, and
+    the dead-letter replay do not take it."""
+    schema = create_app(EligibilitySettings()).openapi()
+    honouring: dict[str, dict[str, Any]] = {}
+    for path, operations in schema["paths"].items():
+        post = operations.get("post")
+        if post is not None and any(
+            p["in"] == "header" and p["name"] == "Idempotency-Key" for p in post.get("parameters", [])
+        ):
+            honouring[path] = post
+    assert sorted(honouring) == ["/v1/facts", "/v1/screenings"]
+    for path, post in honouring.items():
+        (key,) = [p for p in post["parameters"] if p["name"] == "Idempotency-Key"]
+        assert key["required"] is False, path
+        assert {"type": "string", "maxLength": 255} in key["schema"]["anyOf"], path
+        replayed = post["responses"]["201"]["headers"]["Idempotent-Replayed"]
+        assert replayed["schema"] == {"type": "string", "enum": ["true"]}, path

@@ -62,6 +62,7 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
     async with event_log(nats_server.url, bus_prefix) as log:
         response = await client.post("/v1/screenings", json={}, headers=supervisor)
         assert response.status_code == 201, response.text
+        assert "Idempotent-Replayed" not in response.headers
         first = response.json()
         assert first["status"] == "completed"
         assert first["residents_screened"] == 3, "only residents who consented"
@@ -85,6 +86,7 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
         again = await client.post("/v1/screenings", json={}, headers=supervisor)
         assert again.status_code == 201
         assert again.json() == first, "the same Idempotency-Key: the original answer"
+        assert again.headers["Idempotent-Replayed"] == "true"
         second = (await client.post("/v1/screenings", json={}, headers=eligibility.auth("admin"))).json()
         assert second["screening_id"] != first["screening_id"]
         assert second["opportunities"] == 0
