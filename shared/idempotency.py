@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -48,7 +49,14 @@ class IdempotencyKeyReused(UnprocessableContent):
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
-    return hashlib.sha256(orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """What makes two requests the same. A retry is compared before its body is validated, so a body orjson cannot
+    write (an integer beyond 64 bits) is written by the standard library instead: the validator then answers 422,
+    never a 500."""
+    try:
+        canonical = orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        canonical = json.dumps([method, path, body], sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 class Idempotency:
@@ -98,22 +106,6 @@ class Idempotency:
                 response=orjson.dumps(response.body).decode(),
                 created_at=dt.datetime.now(dt.UTC),
             )
-        )
-
-    async def run(
-        self,
-        request: Request,
-        session: AsyncSession,
-        principal: Principal,
-        body: BaseModel | None,
-        create: Callable[[], Awaitable[BaseModel]],
-        *,
-        status_code: int = 201,
-    ) -> StoredResponse:
-        """LEGACY until every route takes IdempotentDep."""
-        key = idempotency_key(request.headers.get(HEADER))
-        return await self.once(
-            session, principal, key, request.method, request.url.path, body, create, status_code=status_code
         )
 
     async def once(
