@@ -28,6 +28,11 @@ from shared.tables import PlatformTables
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 
+# For ``responses=`` of a POST whose ``IdempotentRequest.create(location=...)`` names what it created.
+CREATED_AT_LOCATION: dict[int | str, dict[str, Any]] = {
+    201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}}
+}
+
 
 @dataclass(frozen=True)
 class StoredResponse:

@@ -21,13 +21,12 @@ from services.eligibility.models import (
     DepartmentFactRow,
     DeterminationRow,
     EvaluationRoundRow,
-    platform,
+    audit_log,
 )
 from services.eligibility.repository import Repository
 from services.eligibility.schemas import ApplicationDeterminations, RoundOut
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
-from shared.audit import AuditLog
 from shared.auth import Principal
 from shared.events import (
     ApplicationInfoProvided,
@@ -45,7 +44,6 @@ from shared.outbox import Outbox
 from shared.problems import NotFound
 
 log = logging.getLogger(__name__)
-audit_log = AuditLog(platform)
 
 Trigger = Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
 

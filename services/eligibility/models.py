@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.audit import AuditLog
 from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
@@ -32,6 +33,7 @@ class Base(ServiceModels, DeclarativeBase):
 
 
 platform = platform_tables(Base.metadata)
+audit_log = AuditLog(platform)
 
 # ---------------------------------------------------------------------------------------------- the catalogue
 

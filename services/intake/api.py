@@ -33,6 +33,7 @@ from services.intake.schemas import (
 )
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotentDep, PrincipalDep
+from shared.idempotency import CREATED_AT_LOCATION
 from shared.outbox import Outbox
 from shared.problems import problem_responses
 
@@ -72,7 +73,7 @@ residents_router = APIRouter(prefix="/v1/residents", tags=["residents"])
     status_code=201,
     response_model=ResidentView,
     responses={
-        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **CREATED_AT_LOCATION,
         **problem_responses(403, 409),
     },
     summary="Register a resident (themselves, or assisted by staff at a counter)",
@@ -171,7 +172,7 @@ applications_router = APIRouter(prefix="/v1/applications", tags=["applications"]
     status_code=201,
     response_model=ApplicationView,
     responses={
-        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **CREATED_AT_LOCATION,
         **problem_responses(403, 503),
     },
     summary="File one application for a life event (by the resident, or by staff on their behalf)",

@@ -1,4 +1,4 @@
-"""The notify HTTP API: thin routes over the repository and the domain modules.
+"""The notify HTTP API: thin routes over the domain modules (a plain read: one scoped query of the repository).
 
 Residents: their inbox and their preferences. Administrators: partner grants, dead notification deliveries.
 Partners: their subscriptions and webhook deliveries. Every object a caller may not see answers 404.
@@ -40,7 +40,8 @@ from services.notify.settings import NotifySettings
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotentDep
 from shared.events import partner_subject
-from shared.problems import NotFound, problem_responses
+from shared.idempotency import CREATED_AT_LOCATION
+from shared.problems import problem_responses
 
 
 def get_settings(ctx: ContextDep) -> NotifySettings:
@@ -96,8 +97,6 @@ async def list_inbox(
     before: dt.datetime | None = Query(default=None, description="Only messages older than this (paging)"),
     limit: Limit = 50,
 ) -> InboxPage:
-    if before is not None and before.tzinfo is None:
-        before = before.replace(tzinfo=dt.UTC)
     found = await inbox.messages(repo, resident_id, unread_only=unread, before=before, limit=limit)
     items = [_inbox_message(m, renderer) for m in found.page]
     return InboxPage(
@@ -216,10 +215,7 @@ async def list_partners(principal: Admin, repo: RepositoryDep, settings: Setting
 async def get_partner(
     partner_id: PartnerId, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> PartnerOut:
-    partner = await repo.visible_partner(principal, partner_id)
-    if partner is None:
-        raise NotFound(f"No partner {partner_id}.")
-    return _partner_out(partner, settings.bus_prefix)
+    return _partner_out(await partners.visible(repo, principal, partner_id), settings.bus_prefix)
 
 
 @partners_router.put(
@@ -254,7 +250,7 @@ def _subscription_created(subscription: Subscription, prefix: str) -> Subscripti
     response_model=SubscriptionCreated,
     summary="Subscribe to granted event types, by webhook or NATS (Idempotency-Key supported)",
     responses={
-        201: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+        **CREATED_AT_LOCATION,
         **problem_responses(403, 409),
     },
 )
@@ -372,10 +368,7 @@ async def list_deliveries(
 
 @deliveries_router.get("/{delivery_id}", summary="One webhook delivery", responses=problem_responses(404))
 async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep) -> WebhookDeliveryOut:
-    delivery = await repo.visible_webhook_delivery(principal, delivery_id)
-    if delivery is None:
-        raise NotFound(f"No delivery {delivery_id}.")
-    return _webhook_delivery_out(delivery)
+    return _webhook_delivery_out(await subscriptions.visible_delivery(repo, principal, delivery_id))
 
 
 @deliveries_router.post(

@@ -35,7 +35,10 @@ class Messages:
 async def messages(
     repo: Repository, resident_id: uuid.UUID, *, unread_only: bool, before: dt.datetime | None, limit: int
 ) -> Messages:
-    """The resident's messages, newest first, released before ``before`` (for paging)."""
+    """The resident's messages, newest first, released before ``before`` (for paging; a time without a zone is
+    taken as UTC)."""
+    if before is not None and before.tzinfo is None:
+        before = before.replace(tzinfo=dt.UTC)
     rows = await repo.inbox(resident_id, unread_only=unread_only, limit=limit, before=before)
     preference = await repo.preference(resident_id)
     return Messages(page=[_as_read(n, preference) for n in rows], unread=await repo.unread_count(resident_id))

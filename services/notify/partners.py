@@ -55,7 +55,7 @@ from shared.events import (
     partner_view,
 )
 from shared.outbox import Outbox
-from shared.problems import Forbidden, UnprocessableContent
+from shared.problems import Forbidden, NotFound, UnprocessableContent
 
 PARTNER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,39}$"
 _PARTNER_ID = re.compile(PARTNER_ID_PATTERN)
@@ -85,6 +85,14 @@ def check_event_types(event_types: list[str], field: str = "event_types") -> lis
 
 
 # ---------------------------------------------------------------------------------------------- grants
+
+
+async def visible(repo: Repository, principal: Principal, partner_id: str) -> Partner:
+    """A partner, for an administrator or the partner itself (404 otherwise)."""
+    partner = await repo.visible_partner(principal, partner_id)
+    if partner is None:
+        raise NotFound(f"No partner {partner_id}.")
+    return partner
 
 
 async def set_grants(repo: Repository, principal: Principal, partner_id: str, event_types: list[str]) -> Partner:

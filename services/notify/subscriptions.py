@@ -183,12 +183,20 @@ async def delete(repo: Repository, principal: Principal, subscription_id: uuid.U
 # ---------------------------------------------------------------------------------------------- redelivery
 
 
+async def visible_delivery(
+    repo: Repository, principal: Principal, delivery_id: uuid.UUID, *, for_update: bool = False
+) -> WebhookDelivery:
+    """A webhook delivery if the caller may see it (404 otherwise)."""
+    delivery = await repo.visible_webhook_delivery(principal, delivery_id, for_update=for_update)
+    if delivery is None:
+        raise NotFound(f"No delivery {delivery_id}.")
+    return delivery
+
+
 async def redeliver(repo: Repository, principal: Principal, delivery_id: uuid.UUID) -> WebhookDelivery:
     """Send a delivery again, whatever its status, with a fresh round of attempts and in its place in the
     subscription's order; not while it is being attempted, nor for a deleted subscription (409)."""
-    delivery = await repo.visible_webhook_delivery(principal, delivery_id, for_update=True)
-    if delivery is None:
-        raise NotFound(f"No delivery {delivery_id}.")
+    delivery = await visible_delivery(repo, principal, delivery_id, for_update=True)
     subscription = await repo.subscription(delivery.subscription_id)
     if subscription is None or subscription.status == SubscriptionStatus.DELETED.value:
         raise Conflict("The subscription was deleted.")

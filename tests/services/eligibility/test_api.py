@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from services.eligibility.main import create_app
 from services.eligibility.models import (
     CatalogueStateRow,
     DepartmentFactRow,
@@ -17,7 +16,6 @@ from services.eligibility.models import (
     RuleVersionRow,
 )
 from services.eligibility.models import platform as tables
-from services.eligibility.settings import EligibilitySettings
 from shared.events import ApplicationSubmitted, EventData, ResidentContext
 from tests.services.eligibility.conftest import case_routed, case_transferred, consumer_idle, count, publish, today
 from tests.support.services import RunningService
@@ -401,24 +399,3 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
     async with eligibility.runtime.db.session() as session:
         audited = (await session.execute(select(tables.audit_log.c.actor_role, tables.audit_log.c.record_id))).all()
     assert sorted(audited) == sorted(read), "each staff read of determinations is audited, and nothing else"
-
-
-def test_the_posts_that_honour_idempotency_key_declare_it_and_the_replay_header() -> None:
-    """POST /v1/facts and /v1/screenings take the Idempotency-Key (through IdempotentDep): their OpenAPI declares the
-    optional header and the Idempotent-Replayed header of a retry's answer. The screener, which stores nothing, and
-    the dead-letter replay do not take it."""
-    schema = create_app(EligibilitySettings()).openapi()
-    honouring: dict[str, dict[str, Any]] = {}
-    for path, operations in schema["paths"].items():
-        post = operations.get("post")
-        if post is not None and any(
-            p["in"] == "header" and p["name"] == "Idempotency-Key" for p in post.get("parameters", [])
-        ):
-            honouring[path] = post
-    assert sorted(honouring) == ["/v1/facts", "/v1/screenings"]
-    for path, post in honouring.items():
-        (key,) = [p for p in post["parameters"] if p["name"] == "Idempotency-Key"]
-        assert key["required"] is False, path
-        assert {"type": "string", "maxLength": 255} in key["schema"]["anyOf"], path
-        replayed = post["responses"]["201"]["headers"]["Idempotent-Replayed"]
-        assert replayed["schema"] == {"type": "string", "enum": ["true"]}, path

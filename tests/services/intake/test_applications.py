@@ -138,13 +138,13 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
         assert same_key_other_caller.status_code == 201, "keys belong to their caller"
         # A number no 64-bit integer holds, under a key already used: the key is refused, and the number itself is
         # refused by the validator, never a 500 (the retry is compared before the body is validated).
-        huge = birth_application(a_id, answers={"household_monthly_income": 10**20})
-        assert problem_fields(await client.post("/v1/applications", json=huge, headers=a | key)) == {
+        too_big = birth_application(a_id, answers={"household_monthly_income": 10**20})
+        assert problem_fields(await client.post("/v1/applications", json=too_big, headers=a | key)) == {
             "header.Idempotency-Key"
         }
         fresh_key = {"Idempotency-Key": "birth-2025-huge"}
         for _ in range(2):
-            refused = await client.post("/v1/applications", json=huge, headers=a | fresh_key)
+            refused = await client.post("/v1/applications", json=too_big, headers=a | fresh_key)
             assert refused.status_code == 422, refused.text
             assert problem_fields(refused) == {"answers.household_monthly_income"}
 
