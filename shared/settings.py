@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -50,6 +51,11 @@ class ServiceSettings(BaseSettings):
     # directly or as a file (a mounted secret; `onestop init` writes one per service beside the issuer keys).
     service_token: SecretStr | None = None
     service_token_file: Path | None = None
+
+    # Dates: "today" is a date in the city's time zone (application dates, rules in force, due dates); ``today``
+    # pins it, for tests and drills (shared.clock).
+    timezone: str = "Asia/Seoul"
+    today: dt.date | None = None
 
     # HTTP
     max_body_bytes: int = Field(default=1_000_000, ge=1024)

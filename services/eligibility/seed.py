@@ -4,14 +4,13 @@ Idempotent: a second run changes nothing, and a changed YAML adds rule versions 
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import cast
-from zoneinfo import ZoneInfo
 
 from services.eligibility.catalogue import load_files
 from services.eligibility.catalogue_admin import seed_catalogue
 from services.eligibility.repository import Repository
 from services.eligibility.settings import EligibilitySettings
+from shared.clock import Clock
 from shared.db import Database
 from shared.settings import ServiceSettings
 
@@ -20,8 +19,8 @@ async def seed(settings: ServiceSettings) -> str:
     config = cast(EligibilitySettings, settings)
     files = load_files(config.catalogue_dir)
     files.catalogue()  # compile every version first: a broken catalogue fails here, before anything is written
-    now = dt.datetime.now(dt.UTC)
-    today = now.astimezone(ZoneInfo(config.timezone)).date()
+    clock = Clock.from_settings(config)
+    now, today = clock.now(), clock.today()
     db = Database(config.database_url)
     try:
         async with db.session() as session:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from services.eligibility.catalogue import Catalogue, CompileCache, load_departments, load_life_events
 from services.eligibility.facts import FactCatalogue, MedianIncomeTable
 from services.eligibility.repository import Repository
 from services.eligibility.settings import EligibilitySettings
+from shared.clock import Clock
 
 
 class CatalogueStore:
@@ -19,13 +19,13 @@ class CatalogueStore:
         self.facts = FactCatalogue.load(directory / "facts.yaml")
         self.life_events = load_life_events(directory)
         self.departments = load_departments(directory)
-        self.zone = ZoneInfo(settings.timezone)
+        self.clock = Clock.from_settings(settings)
         self._cache = CompileCache()
         self._current: Catalogue | None = None
         self._lock = asyncio.Lock()
 
     def today(self) -> dt.date:
-        return dt.datetime.now(self.zone).date()
+        return self.clock.today()
 
     async def get(self, repo: Repository) -> Catalogue:
         """The catalogue as of the session's view of the database (one small query to check the revision). Call it

@@ -89,7 +89,7 @@ async def register_resident(
     someone at a counter get a new id back, for which a resident token can then be issued."""
     return await idempotent.create(
         body,
-        lambda: residents.register(repo, ctx.outbox, principal, body, ctx.settings.today()),
+        lambda: residents.register(repo, ctx.outbox, principal, body, ctx.clock.today()),
         location=lambda view: f"/v1/residents/{view['id']}",
     )
 
@@ -110,7 +110,7 @@ async def read_resident(resident_id: ResidentId, principal: PrincipalDep, repo: 
 async def update_resident(
     resident_id: ResidentId, body: ResidentUpdate, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
 ) -> ResidentView:
-    return await residents.update(repo, ctx.outbox, principal, resident_id, body, ctx.settings.today())
+    return await residents.update(repo, ctx.outbox, principal, resident_id, body, ctx.clock.today())
 
 
 @residents_router.get(
@@ -187,7 +187,7 @@ async def submit_application(
 ) -> JSONResponse:
     return await idempotent.create(
         body,
-        lambda: applications.submit(repo, ctx.outbox, available(catalogue), principal, body, ctx.settings.today()),
+        lambda: applications.submit(repo, ctx.outbox, available(catalogue), principal, body, ctx.clock.today()),
         location=lambda view: f"/v1/applications/{view['id']}",
     )
 

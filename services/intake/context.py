@@ -1,5 +1,5 @@
-"""Intake's service context: its settings, its outbox and eligibility's catalogue (cached over HTTP). Made once per
-running service (``main.definition``) and handed to routes through :data:`ContextDep`."""
+"""Intake's service context: its settings, its outbox, its clock and eligibility's catalogue (cached over HTTP).
+Made once per running service (``main.definition``) and handed to routes through :data:`ContextDep`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import Depends
 
 from services.intake.catalogue import Catalogue
 from services.intake.settings import IntakeSettings
+from shared.clock import Clock
 from shared.deps import context_dependency
 from shared.outbox import Outbox
 
@@ -18,6 +19,7 @@ from shared.outbox import Outbox
 class IntakeContext:
     settings: IntakeSettings
     outbox: Outbox
+    clock: Clock
     catalogue: Catalogue
 
 

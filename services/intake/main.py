@@ -15,6 +15,7 @@ from services.intake.context import IntakeContext
 from services.intake.handlers import subscriptions
 from services.intake.models import platform
 from services.intake.settings import IntakeSettings
+from shared.clock import Clock
 from shared.runtime import Runtime, ServiceDefinition
 from shared.service import create_service_app
 
@@ -26,7 +27,7 @@ def definition(settings: IntakeSettings) -> ServiceDefinition[IntakeContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[IntakeContext]:
         async with catalogue_client(settings) as catalogue:
-            yield IntakeContext(settings, runtime.outbox, catalogue)
+            yield IntakeContext(settings, runtime.outbox, Clock.from_settings(settings), catalogue)
 
     return ServiceDefinition(
         name=NAME,

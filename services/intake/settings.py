@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from zoneinfo import ZoneInfo
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -21,10 +18,3 @@ class IntakeSettings(ServiceSettings):
     # How long a fetched catalogue counts as fresh; a stale copy is still served while eligibility is down.
     catalogue_ttl_seconds: float = Field(default=60.0, gt=0)
     catalogue_timeout_seconds: float = Field(default=3.0, gt=0)
-
-    # "Today" for application dates and birth-date checks is the date in the city's time zone.
-    timezone: str = "Asia/Seoul"
-
-    def today(self) -> dt.date:
-        """Today's date in the city (an application filed at 00:30 in Seoul is dated that day, not UTC's)."""
-        return dt.datetime.now(ZoneInfo(self.timezone)).date()

@@ -213,7 +213,7 @@ class ResidentDelivery:
                     continue  # no address on file for it: the inbox copy is what the resident gets
                 due = now
                 if channel == ResidentChannel.SMS.value:
-                    due = sms_quiet_until(preference, now, self.settings.default_timezone) or now
+                    due = sms_quiet_until(preference, now, self.settings.timezone) or now
                 repo.session.add(
                     Delivery(
                         id=uuid.uuid4(),
@@ -272,7 +272,7 @@ class ResidentDelivery:
                 return
             preference = await repo.preference(delivery.resident_id)
             if delivery.channel == ResidentChannel.SMS.value:
-                quiet = sms_quiet_until(preference, now, self.settings.default_timezone)
+                quiet = sms_quiet_until(preference, now, self.settings.timezone)
                 if quiet is not None:
                     delivery.next_attempt_at = quiet  # not an attempt: it simply waits for the morning
                     delivery.updated_at = now

@@ -46,7 +46,6 @@ class NotifySettings(ServiceSettings):
     contact_cache_seconds: float = Field(default=60.0, ge=0)
     # The resident-facing link put in every message: ``<app_base_url>/applications/<id>``.
     app_base_url: str = "http://127.0.0.1:8001"
-    default_timezone: str = "Asia/Seoul"
 
     # Email over SMTP. No host: messages are written as .eml files under ``<data_dir>/mail/new`` instead.
     smtp_host: str | None = None

@@ -258,7 +258,7 @@ def sla_start(data: EligibilityDetermined, ctx: RoutingContext) -> dt.date:
       routing costs the resident nothing; a date after routing's today (a clock running ahead) counts as today."""
     if data.trigger == "submitted":
         return data.application_date
-    evaluated_on = min(data.evaluated_at.astimezone(ctx.clock.tz).date(), ctx.clock.today())
+    evaluated_on = min(ctx.clock.date_of(data.evaluated_at), ctx.clock.today())
     return max(data.application_date, evaluated_on)
 
 
@@ -496,7 +496,7 @@ async def info_provided(repo: Repository, ctx: RoutingContext, data: Application
     is not answered by it and keeps waiting. What depends on *today* — the priority, the days left — is reckoned from
     the day routing handles it."""
     now, today = ctx.clock.now(), ctx.clock.today()
-    answered_on = min(data.provided_at.astimezone(ctx.clock.tz).date(), today)
+    answered_on = min(ctx.clock.date_of(data.provided_at), today)
     record = await repo.application(data.application_id)
     if record is None or record.withdrawn_at is not None:
         return

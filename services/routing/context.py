@@ -11,7 +11,8 @@ from typing import Annotated, Protocol
 from fastapi import Depends
 
 from services.routing.settings import RoutingSettings
-from services.routing.sla import Clock, WorkingCalendar
+from services.routing.sla import WorkingCalendar
+from shared.clock import Clock
 from shared.deps import context_dependency
 from shared.outbox import Outbox
 
@@ -36,7 +37,7 @@ class RoutingContext:
         return cls(
             settings=settings,
             calendar=WorkingCalendar(settings.holiday_country, settings.extra_closure_dates),
-            clock=Clock(settings.timezone, settings.today),
+            clock=Clock.from_settings(settings),
             outbox=outbox,
         )
 

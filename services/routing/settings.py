@@ -24,12 +24,9 @@ class RoutingSettings(ServiceSettings):
     # The working-day calendar: a country's public holidays (the `holidays` package) plus local closure days.
     holiday_country: str = Field(default="KR", min_length=2, max_length=3)
     extra_closure_dates: list[dt.date] = []
-    # The offices' local time zone: "today" for due dates and breaches is a date there.
-    timezone: str = "Asia/Seoul"
 
-    # SLA timer: how often it looks for breached cases, and (for tests and drills) a fixed "today".
+    # SLA timer: how often it looks for breached cases.
     sla_check_interval_seconds: float = Field(default=60.0, gt=0)
-    today: dt.date | None = None
     # A case whose due date is this many working days away or fewer is raised in priority.
     due_soon_working_days: int = Field(default=2, ge=0, le=30)
     # A breached case is escalated with a new promise to the resident: a result within this many working days.

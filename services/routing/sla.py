@@ -1,4 +1,4 @@
-"""Working days and the clock the SLA runs on.
+"""Working days, the calendar the SLA runs on (the clock is shared.clock).
 
 Conventions (documented on the API too); every date is a date in the offices' time zone:
 - A due date is ``sla_days`` working days after the application date: the application day itself is day 0, so an
@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
-
-# Korea has had no daylight saving time since 1988, so a fixed offset is exact if the zone database is missing.
-_KST = dt.timezone(dt.timedelta(hours=9), "KST")
 
 
 class WorkingCalendar:
@@ -75,22 +71,3 @@ class WorkingCalendar:
     def late_if_due_before(self, today: dt.date) -> dt.date:
         """The cases late ``today`` are those due before this date (``is_late`` as a bound a query can use)."""
         return self.last_working_day(today)
-
-
-class Clock:
-    """Now, and today's date in the offices' time zone; ``fixed_today`` pins the date (tests, drills)."""
-
-    def __init__(self, timezone: str = "Asia/Seoul", fixed_today: dt.date | None = None) -> None:
-        try:
-            self.tz: dt.tzinfo = ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            self.tz = _KST
-        self.fixed_today = fixed_today
-
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
-
-    def today(self) -> dt.date:
-        if self.fixed_today is not None:
-            return self.fixed_today
-        return self.now().astimezone(self.tz).date()
