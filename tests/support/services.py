@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from onestop.registry import BY_NAME
 from shared.auth import TokenIssuer
+from shared.events import CloudEvent, EventData, new_event
 from shared.migrations import upgrade
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
@@ -44,6 +46,29 @@ class RunningService:
     def metric(self, name: str, **labels: str) -> float:
         """A sample of the service's own Prometheus registry (0 when not recorded yet)."""
         return self.runtime.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def publish(self, data: EventData | CloudEvent, *, source: str = "/onestop/test") -> CloudEvent:
+        """Publish an event the way another service's outbox relay does (Nats-Msg-Id = event id)."""
+        event = data if isinstance(data, CloudEvent) else new_event(data, source=source)
+        await self.runtime.bus.publish_event(event)
+        return event
+
+    async def settled(self, *consumers: str) -> bool:
+        """Every event published so far has been handled and acknowledged by the service's consumers (or the ones
+        named: ``events`` for ``<service>-events``)."""
+        bus = self.runtime.bus
+        for consumer in self.runtime.consumers.values():
+            if consumers and consumer.durable.removeprefix(f"{self.name}-") not in consumers:
+                continue
+            info = await bus.js.consumer_info(bus.stream, consumer.durable)
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
+
+    async def count(self, table: Any, *where: Any) -> int:
+        """Rows of a model or table in the service's database, where the conditions hold."""
+        async with self.runtime.db.session() as session:
+            return int(await session.scalar(select(func.count()).select_from(table).where(*where)) or 0)
 
     def auth(self, role: str, **claims: Any) -> dict[str, str]:
         """Headers carrying a token for ``role`` (``resident_id=``, ``offices=``, ``partner_id=`` ...)."""
@@ -77,15 +102,20 @@ async def running_service(
     keys_dir: Path,
     issuer: TokenIssuer,
     migrate: bool = True,
+    seed: bool = False,
     wait_ready: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[RunningService]:
+    """The service in the test's process: migrated (and seeded, when asked) first, its lifespan running."""
     entry = BY_NAME[name]
     settings = service_settings(
         name, database_url=database_url, nats_url=nats_url, prefix=prefix, keys_dir=keys_dir, **overrides
     )
     if migrate:
         await upgrade(settings.database_url, entry.migrations)
+    seeder = entry.seeder() if seed else None
+    if seeder is not None:
+        await seeder(settings)
     module = __import__(f"services.{name}.main", fromlist=["create_app"])
     app: FastAPI = module.create_app(settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:

@@ -17,7 +17,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.models import platform as tables
 from shared.events import ApplicationSubmitted, EventData, ResidentContext
-from tests.services.eligibility.conftest import case_routed, case_transferred, consumer_idle, count, publish, today
+from tests.services.eligibility.support import case_routed, case_transferred, today
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -102,10 +102,10 @@ async def test_put_adds_a_future_version_and_refuses_bad_ones_without_writing(el
     client = eligibility.client
     admin = eligibility.auth("admin")
     before = {
-        "versions": await count(eligibility, RuleVersionRow),
-        "programs": await count(eligibility, ProgramRow),
-        "outbox": await count(eligibility, tables.outbox),
-        "revision": await count(eligibility, CatalogueStateRow),
+        "versions": await eligibility.count(RuleVersionRow),
+        "programs": await eligibility.count(ProgramRow),
+        "outbox": await eligibility.count(tables.outbox),
+        "revision": await eligibility.count(CatalogueStateRow),
     }
     leaf = {"id": "x", "label": {"ko": "x", "en": "x"}}
     refused = [
@@ -137,10 +137,10 @@ async def test_put_adds_a_future_version_and_refuses_bad_ones_without_writing(el
         )
         assert response.status_code == 403, role
     after = {
-        "versions": await count(eligibility, RuleVersionRow),
-        "programs": await count(eligibility, ProgramRow),
-        "outbox": await count(eligibility, tables.outbox),
-        "revision": await count(eligibility, CatalogueStateRow),
+        "versions": await eligibility.count(RuleVersionRow),
+        "programs": await eligibility.count(ProgramRow),
+        "outbox": await eligibility.count(tables.outbox),
+        "revision": await eligibility.count(CatalogueStateRow),
     }
     assert after == before, "a refused version must leave nothing behind"
 
@@ -237,8 +237,8 @@ async def test_the_screener_judges_facts_and_stores_nothing(eligibility: Running
         response = await client.post("/v1/evaluate", json=request, headers=resident)
         assert response.status_code == 422, (field, response.text)
         assert field in {e["field"] for e in response.json()["errors"]}, response.json()
-    assert await count(eligibility, DeterminationRow) == 0
-    assert await count(eligibility, tables.outbox) == 0
+    assert await eligibility.count(DeterminationRow) == 0
+    assert await eligibility.count(tables.outbox) == 0
 
 
 async def test_departments_report_facts_within_their_authority(eligibility: RunningService) -> None:
@@ -268,7 +268,7 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
         assert response.headers["content-type"] == PROBLEM
         if field:
             assert field in {e["field"] for e in response.json()["errors"]}, response.json()
-    assert await count(eligibility, DepartmentFactRow) == 0
+    assert await eligibility.count(DepartmentFactRow) == 0
 
     keyed = {**welfare, "Idempotency-Key": "report-1"}
     first = await client.post("/v1/facts", json=body, headers=keyed)
@@ -291,21 +291,20 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
         refused_huge = await client.post("/v1/facts", json=huge, headers=headers)
         assert refused_huge.status_code == 422, refused_huge.text
         assert [e["field"] for e in refused_huge.json()["errors"]] == ["facts[0].value"]
-    assert await count(eligibility, DepartmentFactRow) == 1
+    assert await eligibility.count(DepartmentFactRow) == 1
 
     report_id = str(uuid.uuid4())
     admin = eligibility.auth("admin")
     by_admin = {**body, "department": "tax", "source": "nts-batch", "report_id": report_id}
     assert (await client.post("/v1/facts", json=by_admin, headers=admin)).status_code == 201
     assert (await client.post("/v1/facts", json=by_admin, headers=admin)).status_code == 409
-    assert await count(eligibility, DepartmentFactRow) == 2
+    assert await eligibility.count(DepartmentFactRow) == 2
 
 
 async def _application(service: RunningService, resident_id: uuid.UUID, *routing: EventData) -> uuid.UUID:
     """A submitted application (evaluated: round 1), and what routing then did with its case, all over the bus."""
     app = uuid.uuid4()
-    await publish(
-        service,
+    await service.publish(
         ApplicationSubmitted(
             application_id=app, resident_id=resident_id, life_event="birth", answers={}, channel="web",
             application_date=today(), submitted_at=dt.datetime.now(dt.UTC),
@@ -313,7 +312,7 @@ async def _application(service: RunningService, resident_id: uuid.UUID, *routing
         ),
     )  # fmt: skip
     for data in routing:
-        await publish(service, data.model_copy(update={"application_id": app}), source="/onestop/routing")
+        await service.publish(data.model_copy(update={"application_id": app}), source="/onestop/routing")
     return app
 
 
@@ -345,8 +344,8 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
     moved = await _application(eligibility, other, routed, case_transferred(routed, "JONGNO-CSC"), routed)
     # Not routed (yet).
     unrouted = await _application(eligibility, other)
-    await wait_until(lambda: consumer_idle(eligibility))
-    await wait_until(lambda: consumer_idle(eligibility, "case-offices"))
+    await wait_until(lambda: eligibility.settled("events"))
+    await wait_until(lambda: eligibility.settled("case-offices"))
 
     fact = {"name": "household_monthly_income", "value": 1, "observed_at": dt.datetime.now(dt.UTC).isoformat()}
     screening = {"programs": ["senior_transport_card"]}

@@ -21,7 +21,7 @@ from shared.events import (
     ResidentUpdated,
     subject_for,
 )
-from tests.services.eligibility.conftest import case_routed, consumer_idle, count, publish, today
+from tests.services.eligibility.support import case_routed, today
 from tests.support.events import EventLog, event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -102,7 +102,7 @@ async def determined(log: EventLog, application_id: uuid.UUID, round_: int) -> C
 
 
 async def settle(service: RunningService) -> None:
-    await wait_until(lambda: consumer_idle(service), timeout=20)
+    await wait_until(lambda: service.settled("events"), timeout=20)
 
 
 async def test_an_application_reaches_every_department_and_follows_facts_and_consent(
@@ -110,11 +110,11 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
 ) -> None:
     resident = uuid.uuid4()
     async with event_log(nats_server.url, bus_prefix) as log:
-        await publish(eligibility, registry(resident))
-        await publish(eligibility, consents(resident, 1, department_data__welfare=True))
+        await eligibility.publish(registry(resident))
+        await eligibility.publish(consents(resident, 1, department_data__welfare=True))
         submitted = birth(resident)
         app = submitted.application_id
-        submitted_event = await publish(eligibility, submitted)
+        submitted_event = await eligibility.publish(submitted)
 
         first = await determined(log, app, 1)
         data = first.data
@@ -142,7 +142,7 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         assert care["automatic"] is False
 
         # A department reports the income (the resident consented to welfare data): a new round.
-        await publish(eligibility, report(resident, "welfare", household_monthly_income=3_000_000),
+        await eligibility.publish(report(resident, "welfare", household_monthly_income=3_000_000),
                       source="/partners/ssis")  # fmt: skip
         second = await determined(log, app, 2)
         assert second.data["trigger"] == "facts_reported"
@@ -153,20 +153,19 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         assert income["sources"]["household_monthly_income"] == "department:welfare"
 
         # Consent withdrawn: the department's fact is no longer used.
-        await publish(eligibility, consents(resident, 2, department_data__welfare=False))
+        await eligibility.publish(consents(resident, 2, department_data__welfare=False))
         third = await determined(log, app, 3)
         assert third.data["trigger"] == "consent_changed"
         assert programs(third)["maternal_newborn_care"]["outcome"] == "needs_information"
 
         # A fact from a department the resident did not consent to changes nothing: no new round.
-        await publish(eligibility, report(resident, "tax", annual_household_income=40_000_000))
+        await eligibility.publish(report(resident, "tax", annual_household_income=40_000_000))
         await wait_until(lambda: _facts_stored(eligibility, 2))
         await settle(eligibility)
-        assert await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 3
+        assert await eligibility.count(EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 3
 
         # The resident answers: a new round, whatever changed.
-        await publish(
-            eligibility,
+        await eligibility.publish(
             ApplicationInfoProvided(
                 application_id=app, resident_id=resident, answers={"household_monthly_income": 9_000_000},
                 provided_at=now(),
@@ -179,12 +178,12 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         assert care["criteria"][1]["sources"]["household_monthly_income"] == "declared"
 
         # The registry changes (the older child no longer lives with the resident): an outcome changes, a round.
-        await publish(eligibility, registry(resident, 2, older_child=False))
+        await eligibility.publish(registry(resident, 2, older_child=False))
         fifth = await determined(log, app, 5)
         assert fifth.data["trigger"] == "registry_updated"
         assert programs(fifth)["child_allowance"]["amount"] == 100_000, "only the newborn is counted now"
         # An older registry version arriving late changes nothing.
-        await publish(eligibility, registry(resident, 1))
+        await eligibility.publish(registry(resident, 1))
 
         # Redelivery: the same event again (JetStream's de-duplication bypassed), and the same application
         # submitted again under a new event id. Neither makes a round.
@@ -193,18 +192,18 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
             submitted_event.to_json(),
             headers={MSG_ID_HEADER: f"{submitted_event.id}-again"},
         )
-        await publish(eligibility, submitted)
+        await eligibility.publish(submitted)
         # Withdrawn: later facts no longer re-evaluate it.
-        await publish(eligibility, ApplicationWithdrawn(application_id=app, resident_id=resident, withdrawn_at=now()))
-        await publish(eligibility, consents(resident, 3, department_data__welfare=True))
+        await eligibility.publish(ApplicationWithdrawn(application_id=app, resident_id=resident, withdrawn_at=now()))
+        await eligibility.publish(consents(resident, 3, department_data__welfare=True))
         await settle(eligibility)
         mine = [e for e in log.of_type("eligibility.determined") if for_app(app)(e)]
         assert sorted(e.data["round"] for e in mine) == [1, 2, 3, 4, 5]
         assert len({e.id for e in mine}) == 5
-        assert await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 5
+        assert await eligibility.count(EvaluationRoundRow, EvaluationRoundRow.application_id == app) == 5
         programs_per_round = len(data["programs"])
         assert (
-            await count(eligibility, DeterminationRow, DeterminationRow.application_id == app) == 5 * programs_per_round
+            await eligibility.count(DeterminationRow, DeterminationRow.application_id == app) == 5 * programs_per_round
         )
 
     # What was decided can be read back: by the resident, by staff (audited), not by another resident.
@@ -224,16 +223,16 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
     # Staff of the office a case of it is in (routing says where, over the bus): audited.
     caseworker = eligibility.auth("caseworker", offices=["MAPO-CSC"])
     assert (await eligibility.client.get(path, headers=caseworker)).status_code == 404
-    assert await count(eligibility, platform.audit_log, platform.audit_log.c.record_id == str(app)) == 0
-    await publish(eligibility, case_routed(app, resident, "MAPO-CSC"), source="/onestop/routing")
-    await wait_until(lambda: consumer_idle(eligibility, "case-offices"))
+    assert await eligibility.count(platform.audit_log, platform.audit_log.c.record_id == str(app)) == 0
+    await eligibility.publish(case_routed(app, resident, "MAPO-CSC"), source="/onestop/routing")
+    await wait_until(lambda: eligibility.settled("case-offices"))
     staff = await eligibility.client.get(path, headers=caseworker)
     assert staff.status_code == 200
-    assert await count(eligibility, platform.audit_log, platform.audit_log.c.record_id == str(app)) == 1
+    assert await eligibility.count(platform.audit_log, platform.audit_log.c.record_id == str(app)) == 1
 
 
 async def _facts_stored(service: RunningService, n: int) -> bool:
-    return await count(service, DepartmentFactRow) >= n
+    return await service.count(DepartmentFactRow) >= n
 
 
 async def test_rule_versions_by_application_date_failing_rules_and_reordered_events(
@@ -262,10 +261,10 @@ async def test_rule_versions_by_application_date_failing_rules_and_reordered_eve
 
     resident = uuid.uuid4()
     async with event_log(nats_server.url, bus_prefix) as log:
-        await publish(eligibility, registry(resident))
+        await eligibility.publish(registry(resident))
         before, after = birth(resident), birth(resident, day=start)
-        await publish(eligibility, before)
-        await publish(eligibility, after)
+        await eligibility.publish(before)
+        await eligibility.publish(after)
         old = programs(await determined(log, before.application_id, 1))
         new = programs(await determined(log, after.application_id, 1))
         assert (old["parent_benefit"]["rule_version"], old["parent_benefit"]["amount"]) == (parent["current_version"],
@@ -281,25 +280,23 @@ async def test_rule_versions_by_application_date_failing_rules_and_reordered_eve
 
         # Reordered: the resident's answer arrives before the submission it belongs to; a withdrawal before its.
         early = birth(resident, birth_order=1)
-        await publish(
-            eligibility,
+        await eligibility.publish(
             ApplicationInfoProvided(application_id=early.application_id, resident_id=resident,
                                     answers={"birth_order": 3}, provided_at=now() + dt.timedelta(seconds=1)),
         )  # fmt: skip
         gone = birth(resident)
-        await publish(
-            eligibility,
+        await eligibility.publish(
             ApplicationWithdrawn(application_id=gone.application_id, resident_id=resident, withdrawn_at=now()),
         )
-        await publish(eligibility, early)
-        await publish(eligibility, gone)
+        await eligibility.publish(early)
+        await eligibility.publish(gone)
         merged = await determined(log, early.application_id, 1)
         assert merged.data["trigger"] == "submitted"
         assert programs(merged)["first_meeting_voucher"]["amount"] == 3_000_000, "the later answer (3rd child) won"
         await settle(eligibility)
         assert not [e for e in log.of_type("eligibility.determined") if for_app(gone.application_id)(e)]
         assert (
-            await count(eligibility, EvaluationRoundRow, EvaluationRoundRow.application_id == gone.application_id) == 0
+            await eligibility.count(EvaluationRoundRow, EvaluationRoundRow.application_id == gone.application_id) == 0
         )
     dead = await eligibility.client.get("/v1/admin/dead-letters", headers=admin)
     assert dead.json() == [], "nothing failed for good"

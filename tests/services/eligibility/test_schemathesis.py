@@ -10,7 +10,7 @@ from services.eligibility.seed import seed
 from services.eligibility.settings import EligibilitySettings
 from shared.auth import TokenIssuer
 from shared.migrations import upgrade
-from tests.services.eligibility.conftest import PARTNERS
+from tests.services.eligibility.support import PARTNERS
 from tests.support.http import serve
 from tests.support.nats import NatsServer
 from tests.support.schemathesis import operation_count, run_schemathesis

@@ -7,7 +7,7 @@ import uuid
 
 from services.eligibility.models import OpportunityRow, ResidentRow
 from shared.events import ApplicationSubmitted, ConsentChanged, ResidentContext, ResidentUpdated
-from tests.services.eligibility.conftest import consumer_idle, count, publish, today
+from tests.services.eligibility.support import today
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -20,13 +20,11 @@ def now() -> dt.datetime:
 
 async def resident(service: RunningService, born: dt.date, **purposes: bool) -> uuid.UUID:
     resident_id = uuid.uuid4()
-    await publish(
-        service,
+    await service.publish(
         ResidentUpdated(resident_id=resident_id, version=1, birth_date=born, district_code="11440", updated_at=now()),
     )
     given = {k.replace("__", ":"): v for k, v in purposes.items()}
-    await publish(
-        service,
+    await service.publish(
         ConsentChanged(resident_id=resident_id, version=1, consents=given, changed=list(given), changed_at=now()),
     )
     return resident_id
@@ -48,15 +46,14 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
             response = await client.post("/v1/facts", json={"resident_id": str(who), "facts": [fact]},
                                          headers=eligibility.auth("partner", partner_id=partner))  # fmt: skip
             assert response.status_code == 201, response.text
-    await publish(
-        eligibility,
+    await eligibility.publish(
         ApplicationSubmitted(
             application_id=uuid.uuid4(), resident_id=applied, life_event="turning_65", answers={}, channel="visit",
             application_date=today(), submitted_at=now(), resident=ResidentContext(district_code="11440"),
         ),
     )  # fmt: skip
-    await wait_until(lambda: consumer_idle(eligibility))
-    assert await count(eligibility, ResidentRow, ResidentRow.proactive_screening.is_(True)) == 3
+    await wait_until(lambda: eligibility.settled("events"))
+    assert await eligibility.count(ResidentRow, ResidentRow.proactive_screening.is_(True)) == 3
 
     supervisor = {**eligibility.auth("supervisor", offices=["mapo"]), "Idempotency-Key": "screen-1"}
     async with event_log(nats_server.url, bus_prefix) as log:
@@ -93,8 +90,8 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
         assert second["already_notified"] == first["opportunities"]
         await wait_until(lambda: _outbox_sent(eligibility))
         assert len(log.of_type("eligibility.opportunity")) == first["opportunities"], "each finding told once"
-    assert await count(eligibility, OpportunityRow) == first["opportunities"]
-    assert await count(eligibility, OpportunityRow, OpportunityRow.resident_id.in_([refused, young, applied])) == 0
+    assert await eligibility.count(OpportunityRow) == first["opportunities"]
+    assert await eligibility.count(OpportunityRow, OpportunityRow.resident_id.in_([refused, young, applied])) == 0
 
     read = await client.get(f"/v1/screenings/{first['screening_id']}", headers=eligibility.auth("admin"))
     assert read.status_code == 200

@@ -17,7 +17,7 @@ from services.eligibility.seed import seed
 from services.eligibility.settings import CATALOGUE_DIR, EligibilitySettings
 from shared.db import Database
 from shared.migrations import upgrade
-from tests.services.eligibility.conftest import today
+from tests.services.eligibility.support import today
 
 
 async def _state(db: Database) -> dict[str, Any]:

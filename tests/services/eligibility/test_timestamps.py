@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from shared.events import ApplicationInfoProvided, ApplicationSubmitted, ResidentContext
-from tests.services.eligibility.conftest import publish, today
+from tests.services.eligibility.support import today
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -31,15 +31,13 @@ async def test_determination_round_screening_and_version_times_are_utc(
     started = dt.datetime.now(dt.UTC)
     resident, app = uuid.uuid4(), uuid.uuid4()
     async with event_log(nats_server.url, bus_prefix) as log:
-        await publish(
-            eligibility,
+        await eligibility.publish(
             ApplicationSubmitted(
                 application_id=app, resident_id=resident, life_event="turning_65", answers={}, channel="web",
                 application_date=today(), submitted_at=started, resident=ResidentContext(district_code="11440"),
             ),
         )  # fmt: skip
-        await publish(
-            eligibility,
+        await eligibility.publish(
             ApplicationInfoProvided(
                 application_id=app, resident_id=resident, answers={"birth_date": "1950-05-01"},
                 provided_at=dt.datetime.now(dt.UTC),

@@ -19,7 +19,6 @@ from tests.services.routing.support import (
     MAPO,
     YONGSAN,
     cases_of,
-    count,
     determined,
     emitted,
     feed,
@@ -113,7 +112,7 @@ async def test_a_full_office_overflows_to_its_neighbour_and_the_funnel_shows(rou
 
     everything = (await client.get("/v1/capacity", headers=admin)).json()
     by_code = {o["office_code"]: o for o in everything["offices"]}
-    assert len(by_code) == await count(routing, Office)
+    assert len(by_code) == await routing.count(Office)
     assert by_code["JUNG-CSC"]["open_cases"] == 1
     assert by_code["MAPO-CSC"]["programs"] == []
     problem(await client.get("/v1/capacity", headers=boss, params={"office": "MAPO-CSC"}), 403)

@@ -15,16 +15,7 @@ import pytest
 from shared.auth import TokenIssuer
 from shared.bus import MSG_ID_HEADER
 from shared.events import ApplicationWithdrawn, subject_for
-from tests.services.routing.support import (
-    cases_of,
-    determined,
-    emitted,
-    feed,
-    program,
-    publish,
-    routing_service,
-    settled,
-)
+from tests.services.routing.support import cases_of, determined, emitted, feed, program, routing_service
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -62,14 +53,14 @@ async def test_one_case_per_program_that_needs_a_person_whatever_the_redeliverie
         ],
     )
     async with event_log(nats_server.url, bus_prefix) as log:
-        first = await publish(routing, round_1)
+        first = await routing.publish(round_1)
         # The same event again beyond the broker's de-duplication (another message id): the inbox catches it.
         await routing.runtime.bus.js.publish(
             subject_for(bus_prefix, first.event_type), first.to_json(), headers={MSG_ID_HEADER: f"{first.id}-again"}
         )
         # The same round re-sent as a new event: already applied, so ignored.
-        await publish(routing, round_1)
-        await wait_until(lambda: settled(routing))
+        await routing.publish(round_1)
+        await wait_until(routing.settled)
 
         cases = await cases_of(routing, app)
         assert set(cases) == {"child_allowance", "parent_benefit", "emergency_welfare", "infant_checkup"}

@@ -13,16 +13,7 @@ from sqlalchemy import select
 
 from services.routing.models import SlaBreach
 from shared.auth import TokenIssuer
-from tests.services.routing.support import (
-    cases_of,
-    count,
-    determined,
-    emitted,
-    feed,
-    program,
-    routing_service,
-    timer_passes,
-)
+from tests.services.routing.support import cases_of, determined, emitted, feed, program, routing_service, timer_passes
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -80,7 +71,7 @@ async def test_a_breach_fires_once_across_restarts_and_a_paused_case_never_breac
             )
             assert response.status_code == 200, response.text
             await passes(routing, 2)
-            assert await count(routing, SlaBreach) == 0  # nothing is late yet
+            assert await routing.count(SlaBreach) == 0  # nothing is late yet
 
         # Thursday 2 Oct, after a restart: "late" is breached, once, however many passes run.
         thursday = dt.date(2025, 10, 2)
@@ -112,7 +103,7 @@ async def test_a_breach_fires_once_across_restarts_and_a_paused_case_never_breac
         async with routing_service(**common, today=thursday) as routing:
             await passes(routing, 3)
             assert len(await emitted(routing, "case.sla_breached")) == 1
-            assert await count(routing, SlaBreach) == 1
+            assert await routing.count(SlaBreach) == 1
 
         # Wednesday 15 Oct: "later" is now overdue too, "paused" (waiting on the resident) is not.
         async with routing_service(**common, today=dt.date(2025, 10, 15)) as routing:
