@@ -7,30 +7,13 @@ or capacity (offices are public). Only admins change offices."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from shared.auth import TokenIssuer
-from tests.services.routing.support import cases_of, determined, feed, program, routing_service
-from tests.support.nats import NatsServer
+from tests.services.routing.support import cases_of, determined, feed, program
 from tests.support.services import RunningService
 
 CALLERS = ("nobody", "resident", "partner", "service", "caseworker", "other_caseworker", "supervisor",
            "other_supervisor", "admin")  # fmt: skip
-
-
-@pytest.fixture
-async def routing(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
-) -> AsyncIterator[RunningService]:
-    async with routing_service(
-        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
-        today="2025-10-02",
-    ) as service:  # fmt: skip
-        yield service
 
 
 def headers(service: RunningService, caller: str, resident_id: uuid.UUID) -> dict[str, str]:

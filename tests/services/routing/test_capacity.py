@@ -7,13 +7,8 @@ import csv
 import datetime as dt
 import io
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from services.routing.models import Office
-from shared.auth import TokenIssuer
 from tests.services.routing.support import (
     JONGNO,
     MAPO,
@@ -25,23 +20,10 @@ from tests.services.routing.support import (
     office_body,
     problem,
     program,
-    routing_service,
 )
-from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 
 TODAY = dt.date(2025, 10, 2)
-
-
-@pytest.fixture
-async def routing(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
-) -> AsyncIterator[RunningService]:
-    async with routing_service(
-        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
-        today=TODAY.isoformat(),
-    ) as service:  # fmt: skip
-        yield service
 
 
 async def test_a_full_office_overflows_to_its_neighbour_and_the_funnel_shows(routing: RunningService) -> None:

@@ -7,30 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
-
-from shared.auth import TokenIssuer
 from shared.bus import MSG_ID_HEADER
 from shared.events import ApplicationWithdrawn, subject_for
-from tests.services.routing.support import cases_of, determined, emitted, feed, program, routing_service
+from tests.services.routing.support import cases_of, determined, emitted, feed, program
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-async def routing(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
-) -> AsyncIterator[RunningService]:
-    async with routing_service(
-        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
-        today="2025-10-02",
-    ) as service:  # fmt: skip
-        yield service
 
 
 def by_program(events: list[dict[str, object]]) -> Counter[tuple[object, object]]:

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from services.routing.models import Case, CaseEntry, platform
-from shared.auth import TokenIssuer
 from shared.events import ApplicationInfoProvided
 from tests.services.routing.support import (
     JONGNO,
@@ -25,23 +21,10 @@ from tests.services.routing.support import (
     feed,
     problem,
     program,
-    routing_service,
 )
-from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 
 THURSDAY = dt.date(2025, 10, 2)  # the day before the long Chuseok weekend of 2025
-
-
-@pytest.fixture
-async def routing(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
-) -> AsyncIterator[RunningService]:
-    async with routing_service(
-        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
-        today=THURSDAY.isoformat(),
-    ) as service:  # fmt: skip
-        yield service
 
 
 def caseworker(service: RunningService, name: str, office: str = "JONGNO-CSC") -> dict[str, str]:

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from shared.auth import TokenIssuer
 from shared.events import ApplicationInfoProvided
-from tests.services.routing.support import cases_of, context, determined, emitted, feed, program, routing_service, timer
-from tests.support.nats import NatsServer
+from tests.services.routing.support import cases_of, context, determined, emitted, feed, program, timer
 from tests.support.services import RunningService
 
 SEOUL = ZoneInfo("Asia/Seoul")
@@ -38,14 +34,8 @@ def seoul(day: dt.date, hour: int = 10, minute: int = 0, second: int = 0) -> dt.
 
 
 @pytest.fixture
-async def routing(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
-) -> AsyncIterator[RunningService]:
-    async with routing_service(
-        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
-        today=MON.isoformat(),
-    ) as service:  # fmt: skip
-        yield service
+def routing_today() -> dt.date:
+    return MON
 
 
 def on(service: RunningService, day: dt.date) -> None:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shared.auth import TokenIssuer
 from tests.services.routing.support import (
     cases_of,
     determined,
@@ -23,10 +20,8 @@ from tests.services.routing.support import (
     feed,
     office_body,
     program,
-    routing_service,
     timer,
 )
-from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 
 MONDAY = dt.date(2025, 11, 3)
@@ -35,14 +30,8 @@ DESK = "SEOUL-CITYHALL"
 
 
 @pytest.fixture
-async def routing(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, keys_dir: Path, issuer: TokenIssuer
-) -> AsyncIterator[RunningService]:
-    async with routing_service(
-        nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url, keys_dir=keys_dir, issuer=issuer,
-        today=MONDAY.isoformat(),
-    ) as service:  # fmt: skip
-        yield service
+def routing_today() -> dt.date:
+    return MONDAY
 
 
 async def put_office(service: RunningService, code: str, body: dict[str, Any], status: int = 200) -> None:
