@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,8 @@ class RunningService:
     client: httpx.AsyncClient
     settings: ServiceSettings
     issuer: TokenIssuer
+    # What the test published through :meth:`publish`: :meth:`settled` waits for each to be handled.
+    published: list[CloudEvent] = field(default_factory=list)
 
     @property
     def runtime(self) -> Runtime:
@@ -51,15 +53,41 @@ class RunningService:
         """Publish an event the way another service's outbox relay does (Nats-Msg-Id = event id)."""
         event = data if isinstance(data, CloudEvent) else new_event(data, source=source)
         await self.runtime.bus.publish_event(event)
+        self.published.append(event)
         return event
 
     async def settled(self, *consumers: str) -> bool:
-        """Every event published so far has been handled and acknowledged by the service's consumers (or the ones
-        named: ``events`` for ``<service>-events``)."""
-        bus = self.runtime.bus
+        """The service's consumers (or the ones named: ``events`` for ``<service>-events``) have handled every event
+        the test published and hold nothing else pending. Handled means in the consumer's inbox or its dead letters
+        — the server's pending counts alone may lag a publish it has just acknowledged."""
+        bus, tables = self.runtime.bus, self.runtime.tables
         for consumer in self.runtime.consumers.values():
             if consumers and consumer.durable.removeprefix(f"{self.name}-") not in consumers:
                 continue
+            expected = {e.id for e in self.published if e.event_type in consumer.dispatch.event_types}
+            if expected:
+                async with self.runtime.db.session() as session:
+                    handled = set(
+                        (
+                            await session.scalars(
+                                select(tables.inbox.c.event_id).where(
+                                    tables.inbox.c.consumer == consumer.durable, tables.inbox.c.event_id.in_(expected)
+                                )
+                            )
+                        ).all()
+                    )
+                    handled |= set(
+                        (
+                            await session.scalars(
+                                select(tables.dead_letters.c.event_id).where(
+                                    tables.dead_letters.c.consumer == consumer.durable,
+                                    tables.dead_letters.c.event_id.in_(expected - handled),
+                                )
+                            )
+                        ).all()
+                    )
+                if handled != expected:
+                    return False
             info = await bus.js.consumer_info(bus.stream, consumer.durable)
             if info.num_pending or info.num_ack_pending:
                 return False
