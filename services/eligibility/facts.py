@@ -326,6 +326,15 @@ def _born(values: Mapping[str, Any], name: str, day: dt.date) -> dt.date:
     return born
 
 
+def _months_after(last_day: dt.date, day: dt.date) -> int:
+    """Full months from the day after ``last_day`` to ``day`` (negative before it). A claim due "within 12 months after
+    the day X ended" (고용보험법 제75조제2호) runs from the next day (민법 제157조) to the day before the same day 12
+    months later, or to the end of that month when it has no such day (제160조②③): it is in time while this is
+    below 12. Leave ending 2024-02-28 or 2024-02-29 may be claimed until 2025-02-28; ending 2023-02-28, until
+    2024-02-29."""
+    return months_between(last_day + dt.timedelta(days=1), day)
+
+
 def _children_months(values: Mapping[str, Any], day: dt.date) -> list[int]:
     """The ages in months of the household's children born by ``day``: the registry's (or declared) list, plus the
     child the application is about (a newborn the registry may not list yet). Several derived facts read it, so it is
@@ -384,6 +393,9 @@ DERIVATIONS: dict[str, Derivation] = {
     "age_at_business_start": Derivation(
         ("birth_date", "business_start_date"),
         lambda v, day, _t: years_between(v["birth_date"], v["business_start_date"]),
+    ),
+    "months_after_maternity_leave": Derivation(
+        ("maternity_leave_end_date",), lambda v, day, _t: _months_after(v["maternity_leave_end_date"], day)
     ),
 }
 
