@@ -93,3 +93,61 @@ def test_a_maternity_leave_reported_by_another_department_is_not_used(catalogue:
                         consents={"department_data:tax": True})  # fmt: skip
     env = catalogue.environment(dt.date(2025, 6, 1), layers, NOW)
     assert env.values["months_after_maternity_leave"] == 0
+
+
+def _civil_code_deadline(last_day: dt.date) -> dt.date:
+    """The last day of "12 months after the leave ended", written out the way 민법 제157조·제160조 read, as an
+    oracle independent of the derivation: the period starts the next day and ends the day before the same day 12
+    months later; when that month has no such day, it ends on the month's last day."""
+    start = last_day + dt.timedelta(days=1)
+    try:
+        return start.replace(year=start.year + 1) - dt.timedelta(days=1)
+    except ValueError:  # a start on 29 February: the next February has no 29th
+        return dt.date(start.year + 1, 2, 28)
+
+
+def test_every_leave_ending_in_two_years_is_in_time_on_its_last_day_and_late_the_day_after(
+    catalogue: Catalogue,
+) -> None:
+    employee = {"employment_status": "employed", "insured_days_total": 400, "monthly_wage": 2_000_000}
+    first = dt.date(2023, 1, 1)
+    for offset in range(731):  # 2023-01-01 .. 2024-12-31: both Februaries, every month's end
+        last_day = first + dt.timedelta(days=offset)
+        deadline = _civil_code_deadline(last_day)
+        for day, outcome in ((deadline, "eligible"), (deadline + dt.timedelta(days=1), "ineligible")):
+            layers = FactLayers(declared={**employee, "maternity_leave_end_date": last_day})
+            got = judge(catalogue, "maternity_leave_benefit", day, layers)["outcome"]
+            assert got == outcome, f"leave ending {last_day}, claimed {day}: {got}"
+
+
+# ---------------------------------------------------------------------------------------------- parental leave
+
+
+def _parental_leave_total(wage: int, months: int) -> int:
+    """고용보험법 시행령 제95조① month by month, as an oracle: 100 % up to 2,500,000 for months 1-3, 100 % up to
+    2,000,000 for months 4-6, 80 % up to 1,600,000 from month 7, never below 700,000."""
+    total = 0
+    for month in range(1, months + 1):
+        if month <= 3:
+            paid = min(wage, 2_500_000)
+        elif month <= 6:
+            paid = min(wage, 2_000_000)
+        else:
+            paid = min(wage * 80 // 100, 1_600_000)
+        total += max(paid, 700_000)
+    return total
+
+
+@pytest.mark.parametrize("wage", [500_000, 700_000, 874_999, 1_000_000, 1_999_999, 2_000_000, 2_000_002, 2_500_001,
+                                  3_000_000, 9_000_000])  # fmt: skip
+def test_the_parental_leave_amount_follows_the_2025_steps_month_by_month(catalogue: Catalogue, wage: int) -> None:
+    leave = {"employment_status": "employed", "insured_days_total": 200, "child_birth_date": "2024-03-10",
+             "monthly_wage": wage, "parental_leave_extension": True}  # fmt: skip
+    previous = 0
+    for months in range(1, 19):
+        result = judge(catalogue, "parental_leave_benefit", dt.date(2025, 6, 1),
+                       FactLayers(declared={**leave, "parental_leave_months": months}))  # fmt: skip
+        assert result["outcome"] == "eligible"
+        assert result["amount"] == _parental_leave_total(wage, months), f"{months} months at {wage}"
+        assert 700_000 <= result["amount"] - previous <= 2_500_000, "each month adds one month's benefit"
+        previous = result["amount"]
