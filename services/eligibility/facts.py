@@ -335,6 +335,16 @@ def _months_after(last_day: dt.date, day: dt.date) -> int:
     return months_between(last_day + dt.timedelta(days=1), day)
 
 
+def _employment_support_dependants(values: Mapping[str, Any], day: dt.date) -> int:
+    """The dependants for which the job-seeking allowance adds its supplement (국민취업지원제도: 부양가족 aged 18 or
+    under, 70 or over, or with a disability) among the household unit of 구직자취업촉진법 시행령 제2조① (spouse,
+    parents, children) on the application date, so a child born later is not one yet. Each person counts once: by
+    age from the whole list, and a disabled person of working age from the list of the disabled."""
+    ages = [years_between(b, day) for b in values["family_birth_dates"] if b <= day]
+    disabled = [years_between(b, day) for b in values["family_disabled_birth_dates"] if b <= day]
+    return sum(1 for a in ages if a <= 18 or a >= 70) + sum(1 for a in disabled if 18 < a < 70)
+
+
 def _children_months(values: Mapping[str, Any], day: dt.date) -> list[int]:
     """The ages in months of the household's children born by ``day``: the registry's (or declared) list, plus the
     child the application is about (a newborn the registry may not list yet). Several derived facts read it, so it is
@@ -396,6 +406,9 @@ DERIVATIONS: dict[str, Derivation] = {
     ),
     "months_after_maternity_leave": Derivation(
         ("maternity_leave_end_date",), lambda v, day, _t: _months_after(v["maternity_leave_end_date"], day)
+    ),
+    "employment_support_dependants": Derivation(
+        ("family_birth_dates", "family_disabled_birth_dates"), lambda v, day, _t: _employment_support_dependants(v, day)
     ),
 }
 
@@ -574,6 +587,10 @@ def build_environment(
     return derive(facts, medians, application_date, layers, now).environment()
 
 
+# The household unit of the Job Seekers Act (구직자취업촉진법 시행령 제2조①): spouse and first-degree lineal relatives.
+_FAMILY_UNIT = frozenset({"spouse", "parent", "child"})
+
+
 def registry_facts(
     *,
     birth_date: dt.date | None,
@@ -594,6 +611,9 @@ def registry_facts(
         out["children_birth_dates"] = [
             _as_date(m["birth_date"]) for m in members if m.get("relation") == "child" and m.get("birth_date")
         ]
+        family = [m for m in members if m.get("relation") in _FAMILY_UNIT and m.get("birth_date")]
+        out["family_birth_dates"] = [_as_date(m["birth_date"]) for m in family]
+        out["family_disabled_birth_dates"] = [_as_date(m["birth_date"]) for m in family if m.get("disability")]
     if vulnerability is not None:
         marks = set(vulnerability)
         out["disability_registered"] = "disability" in marks

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from services.eligibility.catalogue import Catalogue, load_files
-from services.eligibility.facts import FactLayers, ReportedValue
+from services.eligibility.facts import FactLayers, ReportedValue, registry_facts
+from services.eligibility.screening import Screener
 
 NOW = dt.datetime(2025, 6, 1, 9, tzinfo=dt.UTC)
 LABOUR = {"department_data:labour": True}
@@ -151,3 +152,67 @@ def test_the_parental_leave_amount_follows_the_2025_steps_month_by_month(catalog
         assert result["amount"] == _parental_leave_total(wage, months), f"{months} months at {wage}"
         assert 700_000 <= result["amount"] - previous <= 2_500_000, "each month adds one month's benefit"
         previous = result["amount"]
+
+
+# ---------------------------------------------------------------------------------------------- national employment
+
+
+def test_the_registry_gives_the_family_unit_and_its_dependants(catalogue: Catalogue) -> None:
+    """The family unit of 구직자취업촉진법 시행령 제2조①: spouse, parents and children, not the others at the
+    address (siblings, grandparents, grandchildren, others)."""
+    household: list[dict[str, Any]] = [
+        {"relation": "spouse", "birth_date": "1986-05-01", "disability": True},  # working age, disabled: counts
+        {"relation": "child", "birth_date": "2018-03-01"},  # counts
+        {"relation": "parent", "birth_date": "1950-02-01"},  # 75: counts
+        {"relation": "sibling", "birth_date": "2012-01-01"},  # a minor, but not in the family unit
+        {"relation": "grandparent", "birth_date": "1940-01-01"},
+        {"relation": "grandchild", "birth_date": "2022-01-01"},
+        {"relation": "other", "birth_date": "1990-01-01", "disability": True},
+    ]
+    registry = registry_facts(birth_date=dt.date(1985, 1, 1), district_code="11440", household=household,
+                              vulnerability=[])  # fmt: skip
+    assert registry["household_size"] == 8
+    assert registry["family_birth_dates"] == [dt.date(1986, 5, 1), dt.date(2018, 3, 1), dt.date(1950, 2, 1)]
+    assert registry["family_disabled_birth_dates"] == [dt.date(1986, 5, 1)]
+
+    declared = {"household_monthly_income": 3_000_000, "household_assets": 100_000_000, "employment_days_2y": 300}
+    result = judge(catalogue, "national_employment_support", dt.date(2025, 6, 1),
+                   FactLayers(declared=declared, registry=registry))  # fmt: skip
+    assert result["outcome"] == "eligible"
+    assert result["amount"] == 500_000 + 3 * 100_000
+    # The threshold is the median for the household of eight, as the registry has it.
+    income = criterion(result, "income_within_60_percent")
+    assert income["sources"] == {"household_monthly_income": "declared", "median_income": "derived:registry",
+                                 "threshold": "rule"}  # fmt: skip
+
+
+def test_a_family_member_born_after_the_application_date_is_not_yet_a_dependant(catalogue: Catalogue) -> None:
+    family = {"family_birth_dates": ["1986-05-01", "2025-07-01"], "family_disabled_birth_dates": ["2025-07-01"]}
+    env = catalogue.environment(dt.date(2025, 6, 1), FactLayers(declared=family), NOW)
+    assert env.values["employment_support_dependants"] == 0
+    later = catalogue.environment(dt.date(2025, 7, 1), FactLayers(declared=family), NOW)
+    assert later.values["employment_support_dependants"] == 1
+
+
+def test_bulk_screening_agrees_with_the_per_application_engine_on_the_labour_programs(catalogue: Catalogue) -> None:
+    codes = ["national_employment_support", "maternity_leave_benefit", "parental_leave_benefit", "unemployment_benefit"]
+    base = {"birth_date": "1985-01-01", "household_monthly_income": 1_000_000, "household_assets": 0,
+            "employment_days_2y": 150, "employment_status": "employed", "insured_days_total": 400,
+            "monthly_wage": 2_300_000, "maternity_leave_end_date": "2024-06-15", "child_birth_date": "2024-04-20",
+            "parental_leave_months": 12}  # fmt: skip
+    households: list[list[dict[str, Any]]] = [
+        [],
+        [{"relation": "child", "birth_date": "2007-06-15"}, {"relation": "parent", "birth_date": "1955-06-15"}],
+        [{"relation": "spouse", "birth_date": "1984-01-01", "disability": True},
+         {"relation": "sibling", "birth_date": "2015-01-01"}],
+    ]  # fmt: skip
+    for day in (dt.date(2025, 6, 14), dt.date(2025, 6, 15), dt.date(2025, 6, 16), dt.date(2026, 1, 1)):
+        screener = Screener(catalogue, codes, day, NOW)
+        for household in households:
+            registry = registry_facts(birth_date=None, district_code=None, household=household, vulnerability=None)
+            layers = FactLayers(declared=base, registry=registry)
+            found = {f.program.code: f.amount for f in screener.findings(layers)}
+            env = catalogue.environment(day, layers, NOW)
+            judged = {r.program.code: r.outcome.amount for r in catalogue.evaluate(env, codes)
+                      if r.outcome.outcome == "eligible"}  # fmt: skip
+            assert found == judged, f"{day} {household}"
