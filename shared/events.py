@@ -283,7 +283,7 @@ class ProgramDetermination(BaseModel):
     rule_version: int
     automatic: bool = Field(description="Granted without a caseworker when eligible")
     amount: int | None = Field(default=None, description="KRW, when the program computes one")
-    amount_period: Literal["once", "monthly", "yearly"] | None = None
+    amount_period: Literal["once", "monthly", "yearly", "total"] | None = None
     criteria: list[CriterionResult] = []
     missing: list[MissingFact] = []
     sla_days: int = Field(ge=1)
@@ -332,7 +332,7 @@ class EligibilityOpportunity(EventData):
     program_name: Localized
     department: Department
     amount: int | None = None
-    amount_period: Literal["once", "monthly", "yearly"] | None = None
+    amount_period: Literal["once", "monthly", "yearly", "total"] | None = None
     found_at: dt.datetime
 
 

@@ -24,7 +24,7 @@ class LifeEvent(StrEnum):
     STARTING_BUSINESS = "starting_business"
 
 
-AmountPeriod = Literal["once", "monthly", "yearly"]
+AmountPeriod = Literal["once", "monthly", "yearly", "total"]
 # Where a rule version stands on a day (see catalogue.version_status).
 VersionStatus = Literal["in_force", "scheduled", "replaced", "ended", "superseded"]
 

@@ -284,7 +284,7 @@ class ProgramView(BaseModel):
     outcome: Outcome | None = Field(description="From the newest eligibility round; null before one arrived")
     automatic: bool | None
     amount: int | None
-    amount_period: Literal["once", "monthly", "yearly"] | None
+    amount_period: Literal["once", "monthly", "yearly", "total"] | None
     criteria: list[dict[str, Any]]
     missing: list[MissingInformation]
     action_required: bool

@@ -52,8 +52,13 @@ DEPARTMENTS: dict[str, dict[str, str]] = {
 }
 
 _PERIODS = {
-    "ko": {"once": "", "monthly": "매월 ", "yearly": "매년 "},
-    "en": {"once": " (one payment)", "monthly": " a month", "yearly": " a year"},
+    "ko": {"once": "", "monthly": "매월 ", "yearly": "매년 ", "total": "총 "},
+    "en": {
+        "once": " (one payment)",
+        "monthly": " a month",
+        "yearly": " a year",
+        "total": " in total, paid month by month",
+    },
 }
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December"]  # fmt: skip

@@ -209,6 +209,24 @@ def test_bundled_rounds_tell_the_latest_outcome_of_each_program() -> None:
     assert message.text.count("Parent benefit") == 1
 
 
+@pytest.mark.parametrize(
+    ("period", "korean", "english"),
+    [
+        ("monthly", "매월 100,000원", "KRW 100,000 a month"),
+        ("once", "100,000원", "KRW 100,000 (one payment)"),
+        ("total", "총 100,000원", "KRW 100,000 in total, paid month by month"),
+    ],
+)
+def test_an_amount_says_how_it_is_paid(period: str, korean: str, english: str) -> None:
+    """A benefit paid month by month at changing rates (parental leave) is told as its total, not as one payment."""
+    renderer = Renderer("https://x")
+    first = ITEMS["eligibility.determined"][0]
+    program = {**first["programs"][0], "amount_period": period}  # type: ignore[index]
+    item = {"round": 1, "programs": [program]}
+    assert korean in renderer.render(MessageInput("eligibility.determined", "ko", APP, [item])).text
+    assert english in renderer.render(MessageInput("eligibility.determined", "en", APP, [item])).text
+
+
 # ================================================================================================ timing
 
 
