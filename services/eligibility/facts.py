@@ -326,30 +326,64 @@ def _born(values: Mapping[str, Any], name: str, day: dt.date) -> dt.date:
     return born
 
 
-def _children_months(values: Mapping[str, Any], day: dt.date) -> list[int]:
-    """The ages in months of the household's children born by ``day``: the registry's (or declared) list, plus the
-    child the application is about (a newborn the registry may not list yet). Several derived facts read it, so it is
-    kept with the values under a name no fact can have."""
+# The most children one birth can bring: a number of newborns outside 1..9 is a mistake for a person to look at.
+MAX_NEWBORNS = 9
+
+
+def _children(values: Mapping[str, Any], day: dt.date) -> tuple[list[int], list[int]]:
+    """The ages in months, on ``day``, of the children the resident raises, one entry per child (twins are two):
+    their own children and the grandchildren they raise (``children_birth_dates``), and the children they foster or
+    are guardian of (``fostered_children_birth_dates``, when known). The child the application is about
+    (``child_birth_date``) is added unless the registry lists it already: ``newborns`` children born that day (one when
+    the number is not known yet: the application is about at least one), less those listed on that date. Several
+    derived facts read it, so it is kept with the values under a name no fact can have."""
     cached = values.get(_CHILDREN)
     if cached is not None and cached[0] == day:
-        return cached[1]  # type: ignore[no-any-return]
-    births = set(values["children_birth_dates"])
-    if "child_birth_date" in values:
-        births.add(values["child_birth_date"])
-    months = [months_between(b, day) for b in births if b <= day]
-    values[_CHILDREN] = (day, months)  # type: ignore[index]
-    return months
+        return cached[1], cached[2]
+    family: list[dt.date] = list(values["children_birth_dates"])
+    fostered: list[dt.date] = list(values.get("fostered_children_birth_dates", ()))
+    newborn: dt.date | None = values.get("child_birth_date")
+    if newborn is not None:
+        born_together: int = values.get("newborns", 1)
+        if not 1 <= born_together <= MAX_NEWBORNS:
+            raise ValueError(f"newborns ({born_together}) must be between 1 and {MAX_NEWBORNS}")
+        listed = family.count(newborn) + fostered.count(newborn)
+        family.extend([newborn] * max(0, born_together - listed))
+    own = [months_between(b, day) for b in family if b <= day]
+    cared = [months_between(b, day) for b in fostered if b <= day]
+    values[_CHILDREN] = (day, own, cared)  # type: ignore[index]
+    return own, cared
 
 
 _CHILDREN = " children"  # a key no fact name can take (facts are lower-case identifiers)
+_CHILD_INPUTS = ("children_birth_dates",)
+_CHILD_OPTIONAL = ("child_birth_date", "newborns", "fostered_children_birth_dates")
 
 
-def _children_under(years: int) -> Derivation:
+def _family_children(low_months: int, high_months: int) -> Derivation:
+    """Children (and grandchildren raised) aged ``low_months`` up to, not including, ``high_months``: the children a
+    parent's programs count (tax credits, single-parent support, education benefit), foster children not."""
     return Derivation(
-        ("children_birth_dates",),
-        lambda v, day, _t: sum(1 for m in _children_months(v, day) if m < years * 12),
-        optional=("child_birth_date",),
+        _CHILD_INPUTS,
+        lambda v, day, _r: sum(1 for m in _children(v, day)[0] if low_months <= m < high_months),
+        optional=_CHILD_OPTIONAL,
     )
+
+
+def _children_in_care(low_months: int, high_months: int, *, with_newborn: bool = False) -> Derivation:
+    """Every child the resident raises as its carer (보호자), foster children and wards too, aged ``low_months`` up
+    to, not including, ``high_months``: the children the child allowance and the parent benefit count.
+    ``with_newborn``: a count for a program applied for at a birth, which needs the child the application is about
+    (without it the newborn the registry does not list yet would be missed, and the count would say none)."""
+
+    def count(v: Mapping[str, Any], day: dt.date, _r: MedianIncomeTable) -> int:
+        own, fostered = _children(v, day)
+        return sum(1 for m in (*own, *fostered) if low_months <= m < high_months)
+
+    if with_newborn:
+        optional = ("newborns", "fostered_children_birth_dates")
+        return Derivation((*_CHILD_INPUTS, "child_birth_date"), count, optional=optional)
+    return Derivation(_CHILD_INPUTS, count, optional=_CHILD_OPTIONAL)
 
 
 DERIVATIONS: dict[str, Derivation] = {
@@ -361,14 +395,12 @@ DERIVATIONS: dict[str, Derivation] = {
     "child_age_days": Derivation(
         ("child_birth_date",), lambda v, day, _t: (day - _born(v, "child_birth_date", day)).days
     ),
-    "children_under_8": _children_under(8),
-    "children_under_9": _children_under(9),
-    "children_under_18": _children_under(18),
-    "children_school_age": Derivation(
-        ("children_birth_dates",),
-        lambda v, day, _t: sum(1 for m in _children_months(v, day) if 72 <= m < 216),
-        optional=("child_birth_date",),
-    ),
+    "children_under_8": _children_in_care(0, 8 * 12),
+    "children_under_9": _children_in_care(0, 9 * 12),
+    "children_under_12_months": _children_in_care(0, 12, with_newborn=True),
+    "children_12_to_23_months": _children_in_care(12, 24, with_newborn=True),
+    "children_under_18": _family_children(0, 18 * 12),
+    "children_school_age": _family_children(6 * 12, 18 * 12),
     "median_income": Derivation(("household_size",), lambda v, day, t: t.amount(day, v["household_size"])),
     "days_since_move_in": Derivation(("moved_in_date",), lambda v, day, _t: (day - v["moved_in_date"]).days),
     "days_since_death": Derivation(("deceased_death_date",), lambda v, day, _t: (day - v["deceased_death_date"]).days),

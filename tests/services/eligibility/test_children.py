@@ -1,0 +1,95 @@
+"""Children, counted one by one: twins are two, the newborns of an application are added unless the registry lists
+them already, and each program counts the children its law counts (a carer's, or a parent's)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from services.eligibility.catalogue import Catalogue, CatalogueFiles, load_files
+from services.eligibility.facts import FactLayers
+
+NOW = dt.datetime(2025, 6, 15, 9, tzinfo=dt.UTC)
+DAY = dt.date(2025, 6, 15)
+COUNTS = (
+    "children_under_8",
+    "children_under_9",
+    "children_under_12_months",
+    "children_12_to_23_months",
+    "children_under_18",
+    "children_school_age",
+)
+
+
+@pytest.fixture(scope="module")
+def files() -> CatalogueFiles:
+    return load_files()
+
+
+@pytest.fixture(scope="module")
+def catalogue(files: CatalogueFiles) -> Catalogue:
+    return files.catalogue()
+
+
+def counts(catalogue: Catalogue, day: dt.date = DAY, **declared: Any) -> dict[str, Any]:
+    env = catalogue.environment(day, FactLayers(declared=declared), NOW)
+    assert not env.rejected, env.rejected
+    return {name: env.values.get(name, env.errors.get(name)) for name in COUNTS}
+
+
+def test_twins_are_two_children_in_every_count(catalogue: Catalogue) -> None:
+    twins = counts(catalogue, children_birth_dates=["2024-09-01", "2024-09-01"], child_birth_date="2024-09-01")
+    assert twins == {
+        "children_under_8": 2,
+        "children_under_9": 2,
+        "children_under_12_months": 2,
+        "children_12_to_23_months": 0,
+        "children_under_18": 2,
+        "children_school_age": 0,
+    }
+    school = counts(catalogue, children_birth_dates=["2015-03-03", "2015-03-03", "2008-01-01"])
+    assert (school["children_school_age"], school["children_under_18"], school["children_under_9"]) == (3, 3, 0)
+
+
+@pytest.mark.parametrize(
+    ("listed", "newborns", "expected"),
+    [
+        ([], None, 1),  # the number born not known yet: the application is about at least one
+        ([], 1, 1),
+        ([], 2, 2),  # newborn twins the registry does not list yet
+        (["2025-06-01"], 2, 2),  # one of them listed already
+        (["2025-06-01", "2025-06-01"], 2, 2),  # both listed: not four
+        (["2025-06-01", "2025-06-01"], None, 2),  # both listed, the number not given: the registry's two
+        (["2025-06-01", "2025-06-01", "2025-06-01"], 2, 3),  # the registry knows more than was declared
+        (["2025-05-31"], 1, 2),  # a child born the day before is another child
+    ],
+)
+def test_newborns_are_added_unless_the_registry_lists_them(
+    catalogue: Catalogue, listed: list[str], newborns: int | None, expected: int
+) -> None:
+    declared: dict[str, Any] = {"children_birth_dates": listed, "child_birth_date": "2025-06-01"}
+    if newborns is not None:
+        declared["newborns"] = newborns
+    assert counts(catalogue, **declared)["children_under_12_months"] == expected
+
+
+def test_an_impossible_number_of_newborns_is_an_error_not_a_count(catalogue: Catalogue) -> None:
+    for wrong in (0, 10, 100_000):
+        found = counts(catalogue, children_birth_dates=[], child_birth_date="2025-06-01", newborns=wrong)
+        assert found["children_under_9"] == f"newborns ({wrong}) must be between 1 and 9"
+    # Without a child the application is about, the number born is not read.
+    assert counts(catalogue, children_birth_dates=["2020-01-01"], newborns=0)["children_under_9"] == 1
+
+
+def test_a_child_born_after_the_application_date_is_not_counted(catalogue: Catalogue) -> None:
+    found = counts(catalogue, children_birth_dates=["2025-06-16", "2020-01-01"])
+    assert found["children_under_9"] == 1
+
+
+def test_the_counts_for_a_birth_need_the_child_it_is_about(catalogue: Catalogue) -> None:
+    env = catalogue.environment(DAY, FactLayers(declared={"children_birth_dates": ["2025-01-01"]}), NOW)
+    assert env.values["children_under_9"] == 1
+    assert "children_under_12_months" not in env.values
+    assert env.asks["children_under_12_months"] == ("child_birth_date",)
