@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -611,11 +611,29 @@ def registry_facts(
         members = list(household)
         out["household_size"] = 1 + len(members)
         out["has_spouse"] = any(m.get("relation") == "spouse" for m in members)
-        out["children_birth_dates"] = [
-            _as_date(m["birth_date"]) for m in members if m.get("relation") == "child" and m.get("birth_date")
-        ]
+        out["children_birth_dates"], out["fostered_children_birth_dates"] = children_raised(members)
     if vulnerability is not None:
         marks = set(vulnerability)
         out["disability_registered"] = "disability" in marks
         out["single_parent"] = "single_parent" in marks
     return out
+
+
+def children_raised(members: Sequence[Mapping[str, Any]]) -> tuple[list[dt.date], list[dt.date]]:
+    """The children the resident raises, one date per child (twins are two), from the household's relations to the
+    resident: (own children and grandchildren raised, foster children and wards).
+
+    A grandchild is the resident's to raise (조손가정) when none of the resident's children lives in the household:
+    otherwise its parent may be there, is its carer and counts it (the parent's own registry lists it as a ``child``),
+    and counting it for the grandparent too would pay the same child twice. The registry cannot tell which child of
+    the resident is the grandchild's parent, so a grandparent raising a grandchild beside an adult child who is not its
+    parent establishes that with a caseworker. Foster children (가정위탁) and wards (미성년후견) are raised by the
+    resident as their carer (보호자): the child allowance and the parent benefit count them, a parent's programs not."""
+    own = [_as_date(m["birth_date"]) for m in members if m.get("relation") == "child" and m.get("birth_date")]
+    if not any(m.get("relation") == "child" for m in members):
+        own += [_as_date(m["birth_date"]) for m in members if m.get("relation") == "grandchild" and m.get("birth_date")]
+    fostered = [_as_date(m["birth_date"]) for m in members if m.get("relation") in _FOSTERED and m.get("birth_date")]
+    return own, fostered
+
+
+_FOSTERED = frozenset({"foster_child", "ward"})

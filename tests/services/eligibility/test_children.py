@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.eligibility.catalogue import Catalogue, CatalogueFiles, load_files
-from services.eligibility.facts import FactLayers
+from services.eligibility.facts import FactLayers, registry_facts
 
 NOW = dt.datetime(2025, 6, 15, 9, tzinfo=dt.UTC)
 DAY = dt.date(2025, 6, 15)
@@ -93,3 +93,43 @@ def test_the_counts_for_a_birth_need_the_child_it_is_about(catalogue: Catalogue)
     assert env.values["children_under_9"] == 1
     assert "children_under_12_months" not in env.values
     assert env.asks["children_under_12_months"] == ("child_birth_date",)
+
+
+def member(relation: str, born: str) -> dict[str, Any]:
+    return {"relation": relation, "birth_date": born}
+
+
+@pytest.mark.parametrize(
+    ("household", "own", "fostered"),
+    [
+        ([member("child", "2020-01-01"), member("child", "2020-01-01")], ["2020-01-01", "2020-01-01"], []),
+        ([member("grandchild", "2019-03-03")], ["2019-03-03"], []),  # 조손가정: no child of the resident lives here
+        ([member("child", "1994-02-02"), member("grandchild", "2019-03-03")], ["1994-02-02"], []),  # its parent may
+        ([member("foster_child", "2021-01-01"), member("ward", "2015-05-05")], [], ["2021-01-01", "2015-05-05"]),
+        ([member("spouse", "1990-01-01"), member("sibling", "2019-03-03"), member("parent", "1960-01-01")], [], []),
+        ([member("other", "2019-03-03"), member("grandparent", "1940-01-01")], [], []),
+        ([], [], []),
+    ],
+)
+def test_the_registry_gives_the_children_the_resident_raises(
+    household: list[dict[str, Any]], own: list[str], fostered: list[str]
+) -> None:
+    facts = registry_facts(birth_date=None, district_code=None, household=household, vulnerability=None)
+    assert facts["children_birth_dates"] == [dt.date.fromisoformat(d) for d in own]
+    assert facts["fostered_children_birth_dates"] == [dt.date.fromisoformat(d) for d in fostered]
+    assert facts["household_size"] == 1 + len(household)
+
+
+def test_each_program_counts_the_children_its_law_counts(catalogue: Catalogue) -> None:
+    """A foster carer with a foster child of 5 and an own child of 10: the carer's programs count both, a parent's
+    programs (tax credit, single-parent support, education benefit) the own child only."""
+    household = [member("foster_child", "2020-01-01"), member("child", "2015-01-01")]
+    registry = registry_facts(birth_date=None, district_code=None, household=household, vulnerability=None)
+    env = catalogue.environment(DAY, FactLayers(registry=registry), NOW)
+    counted = {name: env.values[name] for name in ("children_under_9", "children_under_18", "children_school_age")}
+    assert counted == {"children_under_9": 1, "children_under_18": 1, "children_school_age": 1}
+    fostered_only = registry_facts(birth_date=None, district_code=None, household=household[:1], vulnerability=None)
+    env = catalogue.environment(DAY, FactLayers(registry=fostered_only), NOW)
+    assert (env.values["children_under_9"], env.values["children_under_18"]) == (1, 0)
+    # Each count says it was derived from the registry.
+    assert env.sources["children_under_9"] == "derived:registry"
