@@ -289,6 +289,121 @@ def _as_date(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
+DistrictTier = Literal["capital_region", "non_capital", "depopulation_preferential", "depopulation_special"]
+DISTRICT_CODE = re.compile(r"^[0-9]{5}$")
+PROVINCE_CODE = re.compile(r"^[0-9]{2}$")
+
+
+@dataclass(frozen=True)
+class DistrictTierTable:
+    """One version of the classification, in force from ``effective_from`` until the next."""
+
+    effective_from: dt.date
+    source: str
+    # Province (시·도) code prefixes: in the capital region (수도권) or not.
+    capital_region: frozenset[str]
+    non_capital: frozenset[str]
+    # Districts (시·군·구) by their five-digit code: the two tiers of depopulation areas given extra support, and the
+    # depopulation areas whose tier is not established here (a person confirms it: never guessed).
+    special: frozenset[str]
+    preferential: frozenset[str]
+    unconfirmed: Mapping[str, str]
+
+    def tier(self, district_code: str) -> DistrictTier:
+        if district_code in self.special:
+            return "depopulation_special"
+        if district_code in self.preferential:
+            return "depopulation_preferential"
+        if district_code in self.unconfirmed:
+            raise ValueError(
+                f"district {district_code} ({self.unconfirmed[district_code]}) is a depopulation area whose support "
+                f"tier (우대지원/특별지원) the table from {self.effective_from.isoformat()} does not establish: "
+                "확인 필요, a person confirms it"
+            )
+        province = district_code[:2]
+        if province in self.capital_region:
+            return "capital_region"
+        if province in self.non_capital:
+            return "non_capital"
+        raise ValueError(f"district {district_code} is in no province the table knows")
+
+
+class DistrictTiers:
+    """지방우대 지역 구분: every district's tier for the programs whose amounts depend on where the resident lives —
+    the capital region (수도권), elsewhere (비수도권), and the depopulation areas given more (우대지원지역, then
+    특별지원지역). Versioned reference data like the median income: one table per change, each in force from its
+    ``effective_from``; before the first there is no classification (programs reading it need review)."""
+
+    def __init__(self, tables: Iterable[DistrictTierTable]) -> None:
+        self.tables = sorted(tables, key=lambda t: t.effective_from)
+
+    def in_force(self, day: dt.date) -> DistrictTierTable | None:
+        found = None
+        for table in self.tables:
+            if table.effective_from <= day:
+                found = table
+        return found
+
+    def tier(self, day: dt.date, district_code: str) -> DistrictTier:
+        table = self.in_force(day)
+        if table is None:
+            raise ReferenceDataMissing(f"no district tier table is in force on {day.isoformat()}")
+        return table.tier(district_code)
+
+    @classmethod
+    def from_yaml(cls, path: Path = CATALOGUE_DIR / "district_tiers.yaml") -> DistrictTiers:
+        return cls(district_tier_tables(yaml.safe_load(path.read_text(encoding="utf-8"))))
+
+
+def district_tier_tables(raw: Mapping[str, Any]) -> list[DistrictTierTable]:
+    """The tables of ``district_tiers.yaml``, checked: well-formed codes, each district in one list only, each
+    province either in the capital region or not, and every district listed in a known province."""
+    tables = []
+    for entry in raw["tables"]:
+
+        def codes(key: str, pattern: re.Pattern[str], entry: Mapping[str, Any] = entry) -> dict[str, str]:
+            found = {str(code): str(name) for code, name in (entry.get(key) or {}).items()}
+            bad = [c for c in found if not pattern.fullmatch(c)]
+            if bad:
+                raise ValueError(f"district tiers from {entry['effective_from']}: {key} has malformed codes {bad}")
+            return found
+
+        capital, non_capital = codes("capital_region", PROVINCE_CODE), codes("non_capital", PROVINCE_CODE)
+        lists = {key: codes(key, DISTRICT_CODE) for key in ("special", "preferential", "unconfirmed")}
+        if set(capital) & set(non_capital):
+            raise ValueError(
+                f"provinces both in and outside the capital region: {sorted(set(capital) & set(non_capital))}"
+            )
+        seen: dict[str, str] = {}
+        for key, listed in lists.items():
+            for code in listed:
+                if code in seen:
+                    raise ValueError(f"district {code} is listed as {seen[code]} and as {key}")
+                if code[:2] not in capital and code[:2] not in non_capital:
+                    raise ValueError(f"district {code} ({key}) is in no province listed")
+                seen[code] = key
+        tables.append(
+            DistrictTierTable(
+                effective_from=_as_date(entry["effective_from"]),
+                source=str(entry["source"]),
+                capital_region=frozenset(capital),
+                non_capital=frozenset(non_capital),
+                special=frozenset(lists["special"]),
+                preferential=frozenset(lists["preferential"]),
+                unconfirmed=lists["unconfirmed"],
+            )
+        )
+    return tables
+
+
+@dataclass(frozen=True)
+class ReferenceTables:
+    """The reference data derivations read."""
+
+    medians: MedianIncomeTable
+    districts: DistrictTiers = field(default_factory=lambda: DistrictTiers(()))
+
+
 # ---------------------------------------------------------------------------------------------- date arithmetic
 
 
@@ -312,7 +427,7 @@ def years_between(born: dt.date, on: dt.date) -> int:
 @dataclass(frozen=True)
 class Derivation:
     inputs: tuple[str, ...]
-    compute: Callable[[Mapping[str, Any], dt.date, MedianIncomeTable], Any]
+    compute: Callable[[Mapping[str, Any], dt.date, ReferenceTables], Any]
     # Read when known, never asked for.
     optional: tuple[str, ...] = ()
 
@@ -376,7 +491,7 @@ def _children_in_care(low_months: int, high_months: int, *, with_newborn: bool =
     ``with_newborn``: a count for a program applied for at a birth, which needs the child the application is about
     (without it the newborn the registry does not list yet would be missed, and the count would say none)."""
 
-    def count(v: Mapping[str, Any], day: dt.date, _r: MedianIncomeTable) -> int:
+    def count(v: Mapping[str, Any], day: dt.date, _r: ReferenceTables) -> int:
         own, fostered = _children(v, day)
         return sum(1 for m in (*own, *fostered) if low_months <= m < high_months)
 
@@ -401,7 +516,10 @@ DERIVATIONS: dict[str, Derivation] = {
     "children_12_to_23_months": _children_in_care(12, 24, with_newborn=True),
     "children_under_18": _family_children(0, 18 * 12),
     "children_school_age": _family_children(6 * 12, 18 * 12),
-    "median_income": Derivation(("household_size",), lambda v, day, t: t.amount(day, v["household_size"])),
+    "median_income": Derivation(("household_size",), lambda v, day, r: r.medians.amount(day, v["household_size"])),
+    "district_support_tier": Derivation(
+        ("district_code",), lambda v, day, r: r.districts.tier(day, v["district_code"])
+    ),
     "days_since_move_in": Derivation(("moved_in_date",), lambda v, day, _t: (day - v["moved_in_date"]).days),
     "days_since_death": Derivation(("deceased_death_date",), lambda v, day, _t: (day - v["deceased_death_date"]).days),
     "months_since_death_month": Derivation(
@@ -538,10 +656,12 @@ def derive(
     now: dt.datetime,
     *,
     explain: bool = True,
+    districts: DistrictTiers | None = None,
 ) -> Derived:
     """Resolve the base facts and compute the derived ones. ``explain=False`` (bulk screening) skips recording
-    where each derived value came from."""
+    where each derived value came from. ``districts``: the district tiers (none known when not given)."""
     values, sources, rejected = resolve(facts, layers, now)
+    references = ReferenceTables(medians, districts) if districts is not None else ReferenceTables(medians)
     asks: dict[str, tuple[str, ...]] = {}
     errors: dict[str, str] = {}
     for name, inputs, read, compute in _DERIVATION_PLAN:
@@ -559,7 +679,7 @@ def derive(
                 errors[name] = errors[broken[0]]
                 continue
         try:
-            values[name] = compute(values, application_date, medians)
+            values[name] = compute(values, application_date, references)
         except (ReferenceDataMissing, ValueError, KeyError) as exc:
             errors[name] = str(exc)
             continue
@@ -590,8 +710,10 @@ def build_environment(
     application_date: dt.date,
     layers: FactLayers,
     now: dt.datetime,
+    *,
+    districts: DistrictTiers | None = None,
 ) -> Environment:
-    return derive(facts, medians, application_date, layers, now).environment()
+    return derive(facts, medians, application_date, layers, now, districts=districts).environment()
 
 
 def registry_facts(
