@@ -10,6 +10,7 @@ import pytest
 
 from services.eligibility.catalogue import Catalogue, CatalogueFiles, load_files
 from services.eligibility.facts import FactLayers, registry_facts
+from services.eligibility.screening import Screener
 
 NOW = dt.datetime(2025, 6, 15, 9, tzinfo=dt.UTC)
 DAY = dt.date(2025, 6, 15)
@@ -133,3 +134,49 @@ def test_each_program_counts_the_children_its_law_counts(catalogue: Catalogue) -
     assert (env.values["children_under_9"], env.values["children_under_18"]) == (1, 0)
     # Each count says it was derived from the registry.
     assert env.sources["children_under_9"] == "derived:registry"
+
+
+# ---------------------------------------------------------------------------------------------- bulk = per application
+
+HOUSEHOLDS: list[list[dict[str, Any]]] = [
+    [],
+    [member("child", "2020-05-05")],
+    [member("spouse", "1990-01-01"), member("child", "2020-05-05"), member("child", "2020-05-05")],  # twins
+    [member("child", "2017-06-15"), member("child", "2017-06-15"), member("child", "2024-12-01")],  # twins turning 9
+    [member("grandchild", "2019-03-03"), member("grandchild", "2019-03-03")],  # 조손가정, twins
+    [member("child", "1994-02-02"), member("grandchild", "2019-03-03")],  # the grandchild's parent lives here
+    [member("foster_child", "2023-05-05"), member("foster_child", "2023-05-05"), member("child", "2012-01-01")],
+    [member("ward", "2016-01-01"), member("sibling", "2019-01-01")],
+]
+DISTRICTS = ["11440", "26350", "47170", "46890", "47730"]  # every tier, and one a person must confirm
+
+
+@pytest.mark.parametrize("day", [dt.date(2025, 6, 15), dt.date(2026, 6, 15)])
+def test_bulk_screening_finds_what_the_per_application_engine_decides(catalogue: Catalogue, day: dt.date) -> None:
+    """The screener (distinct profiles, no explanations, Kleene short-cuts) and the engine an application goes through
+    agree, program by program, on twins, grandchildren, foster children and wards in every district tier."""
+    codes = catalogue.in_force(day)
+    screener = Screener(catalogue, codes, day, NOW)
+    compared = 0
+    for household in HOUSEHOLDS:
+        for district in DISTRICTS:
+            registry = registry_facts(
+                birth_date=dt.date(1985, 1, 1), district_code=district, household=household, vulnerability=()
+            )
+            layers = FactLayers(declared={"korean_national": True}, registry=registry)
+            found = {f.program.code: (f.version, f.amount) for f in screener.findings(layers)}
+            env = catalogue.environment(day, layers, NOW)
+            decided = {
+                r.program.code: (r.version.version, r.outcome.amount)
+                for r in catalogue.evaluate(env, codes)
+                if r.outcome.outcome == "eligible"
+            }
+            assert found == decided, (household, district)
+            compared += 1
+    assert compared == len(HOUSEHOLDS) * len(DISTRICTS)
+    # The allowance itself, as the screener found it: twins are two children, foster twins two, in each tier.
+    twins = registry_facts(birth_date=dt.date(1985, 1, 1), district_code="46890", household=HOUSEHOLDS[2],
+                           vulnerability=())  # fmt: skip
+    allowance = {f.program.code: f.amount for f in screener.findings(FactLayers(declared={"korean_national": True},
+                                                                                registry=twins))}  # fmt: skip
+    assert allowance["child_allowance"] == (240_000 if day.year == 2026 else 200_000)
