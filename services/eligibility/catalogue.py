@@ -20,6 +20,7 @@ import yaml
 
 from services.eligibility.facts import (
     CATALOGUE_DIR,
+    NO_DISTRICT_TIERS,
     DistrictTiers,
     Environment,
     FactCatalogue,
@@ -280,7 +281,7 @@ class Catalogue:
     ) -> None:
         self.facts = facts
         self.medians = medians
-        self.districts = districts if districts is not None else DistrictTiers(())
+        self.districts = districts if districts is not None else NO_DISTRICT_TIERS
         self.programs: dict[str, Program] = {p.code: p for p in programs}
         self.life_events: dict[str, LifeEventInfo] = {e.code: e for e in life_events}
         self.departments: dict[str, DepartmentInfo] = {d.code: d for d in departments}
@@ -424,7 +425,7 @@ class CatalogueFiles:
     life_events: list[LifeEventInfo]
     departments: list[DepartmentInfo]
     sources: dict[str, Path] = field(default_factory=dict)  # program code -> file
-    districts: DistrictTiers = field(default_factory=lambda: DistrictTiers(()))
+    districts: DistrictTiers = NO_DISTRICT_TIERS
 
     def program_data(self) -> list[ProgramData]:
         return [

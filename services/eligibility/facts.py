@@ -370,10 +370,9 @@ def district_tier_tables(raw: Mapping[str, Any]) -> list[DistrictTierTable]:
 
         capital, non_capital = codes("capital_region", PROVINCE_CODE), codes("non_capital", PROVINCE_CODE)
         lists = {key: codes(key, DISTRICT_CODE) for key in ("special", "preferential", "unconfirmed")}
-        if set(capital) & set(non_capital):
-            raise ValueError(
-                f"provinces both in and outside the capital region: {sorted(set(capital) & set(non_capital))}"
-            )
+        both = sorted(set(capital) & set(non_capital))
+        if both:
+            raise ValueError(f"provinces both in and outside the capital region: {both}")
         seen: dict[str, str] = {}
         for key, listed in lists.items():
             for code in listed:
@@ -401,7 +400,10 @@ class ReferenceTables:
     """The reference data derivations read."""
 
     medians: MedianIncomeTable
-    districts: DistrictTiers = field(default_factory=lambda: DistrictTiers(()))
+    districts: DistrictTiers
+
+
+NO_DISTRICT_TIERS = DistrictTiers(())
 
 
 # ---------------------------------------------------------------------------------------------- date arithmetic
@@ -661,7 +663,7 @@ def derive(
     """Resolve the base facts and compute the derived ones. ``explain=False`` (bulk screening) skips recording
     where each derived value came from. ``districts``: the district tiers (none known when not given)."""
     values, sources, rejected = resolve(facts, layers, now)
-    references = ReferenceTables(medians, districts) if districts is not None else ReferenceTables(medians)
+    references = ReferenceTables(medians, NO_DISTRICT_TIERS if districts is None else districts)
     asks: dict[str, tuple[str, ...]] = {}
     errors: dict[str, str] = {}
     for name, inputs, read, compute in _DERIVATION_PLAN:
@@ -749,7 +751,8 @@ def children_raised(members: Sequence[Mapping[str, Any]]) -> tuple[list[dt.date]
     otherwise its parent may be there, is its carer and counts it (the parent's own registry lists it as a ``child``),
     and counting it for the grandparent too would pay the same child twice. The registry cannot tell which child of
     the resident is the grandchild's parent, so a grandparent raising a grandchild beside an adult child who is not its
-    parent establishes that with a caseworker. Foster children (가정위탁) and wards (미성년후견) are raised by the
+    parent establishes that with the department: its report of ``children_birth_dates`` overrides the registry's.
+    Foster children (가정위탁) and wards (미성년후견) are raised by the
     resident as their carer (보호자): the child allowance and the parent benefit count them, a parent's programs not."""
     own = [_as_date(m["birth_date"]) for m in members if m.get("relation") == "child" and m.get("birth_date")]
     if not any(m.get("relation") == "child" for m in members):

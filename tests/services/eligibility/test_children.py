@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.eligibility.catalogue import Catalogue, CatalogueFiles, load_files
-from services.eligibility.facts import FactLayers, registry_facts
+from services.eligibility.facts import FactLayers, ReportedValue, registry_facts
 from services.eligibility.screening import Screener
 
 NOW = dt.datetime(2025, 6, 15, 9, tzinfo=dt.UTC)
@@ -134,6 +134,22 @@ def test_each_program_counts_the_children_its_law_counts(catalogue: Catalogue) -
     assert (env.values["children_under_9"], env.values["children_under_18"]) == (1, 0)
     # Each count says it was derived from the registry.
     assert env.sources["children_under_9"] == "derived:registry"
+
+
+def test_a_grandparent_beside_an_adult_child_is_established_by_the_department(catalogue: Catalogue) -> None:
+    """The registry cannot tell whose child a grandchild is when a child of the resident lives there too: the welfare
+    department's report (with the resident's consent) says the grandparent raises it, and overrides the registry."""
+    household = [member("child", "1994-02-02"), member("grandchild", "2019-03-03")]
+    registry = registry_facts(birth_date=None, district_code=None, household=household, vulnerability=None)
+    before = catalogue.environment(DAY, FactLayers(registry=registry), NOW)
+    assert before.values["children_under_8"] == 0
+    report = ReportedValue("children_birth_dates", ["2019-03-03"], "welfare", "ssis", NOW - dt.timedelta(days=1))
+    consents = {"department_data:welfare": True}
+    after = catalogue.environment(DAY, FactLayers(registry=registry, reported=[report], consents=consents), NOW)
+    assert after.values["children_under_8"] == 1
+    assert after.sources["children_birth_dates"] == "department:welfare"
+    unconsented = catalogue.environment(DAY, FactLayers(registry=registry, reported=[report]), NOW)
+    assert unconsented.values["children_under_8"] == 0
 
 
 # ---------------------------------------------------------------------------------------------- bulk = per application
