@@ -132,7 +132,11 @@ class ResidentContext(BaseModel):
 
 
 class HouseholdMember(BaseModel):
-    relation: Literal["spouse", "child", "parent", "sibling", "grandparent", "grandchild", "other"]
+    # The member's relation to the resident; foster_child (가정위탁 아동) and ward (미성년후견 아동) are children the
+    # resident raises as their carer (보호자) without being their parent.
+    relation: Literal[
+        "spouse", "child", "parent", "sibling", "grandparent", "grandchild", "foster_child", "ward", "other"
+    ]
     birth_date: dt.date
     # A member's own income, when known, so a household total can be derived.
     monthly_income: int | None = None

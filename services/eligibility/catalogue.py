@@ -20,6 +20,8 @@ import yaml
 
 from services.eligibility.facts import (
     CATALOGUE_DIR,
+    NO_DISTRICT_TIERS,
+    DistrictTiers,
     Environment,
     FactCatalogue,
     FactLayers,
@@ -275,9 +277,11 @@ class Catalogue:
         life_events: Iterable[LifeEventInfo],
         departments: Iterable[DepartmentInfo],
         revision: int = 0,
+        districts: DistrictTiers | None = None,
     ) -> None:
         self.facts = facts
         self.medians = medians
+        self.districts = districts if districts is not None else NO_DISTRICT_TIERS
         self.programs: dict[str, Program] = {p.code: p for p in programs}
         self.life_events: dict[str, LifeEventInfo] = {e.code: e for e in life_events}
         self.departments: dict[str, DepartmentInfo] = {d.code: d for d in departments}
@@ -300,6 +304,7 @@ class Catalogue:
         cache: CompileCache | None = None,
         revision: int = 0,
         strict: bool = True,
+        districts: DistrictTiers | None = None,
     ) -> Catalogue:
         """Compile every version. ``strict`` (seeding, tests) refuses any broken version; otherwise (serving from the
         database) a version that no longer compiles is kept as one that always needs review, and logged."""
@@ -333,12 +338,13 @@ class Catalogue:
             life_events=life_events,
             departments=departments,
             revision=revision,
+            districts=districts,
         )
 
     # ------------------------------------------------------------------ evaluating
 
     def environment(self, application_date: dt.date, layers: FactLayers, now: dt.datetime) -> Environment:
-        return build_environment(self.facts, self.medians, application_date, layers, now)
+        return build_environment(self.facts, self.medians, application_date, layers, now, districts=self.districts)
 
     def programs_for(self, life_event: str | None, env: Environment) -> list[str]:
         """The programs an application is judged for: its life event's, and any other whose ``relevant_when`` the
@@ -419,6 +425,7 @@ class CatalogueFiles:
     life_events: list[LifeEventInfo]
     departments: list[DepartmentInfo]
     sources: dict[str, Path] = field(default_factory=dict)  # program code -> file
+    districts: DistrictTiers = NO_DISTRICT_TIERS
 
     def program_data(self) -> list[ProgramData]:
         return [
@@ -438,6 +445,7 @@ class CatalogueFiles:
             life_events=self.life_events,
             departments=self.departments,
             cache=cache,
+            districts=self.districts,
         )
 
 
@@ -455,7 +463,13 @@ def load_files(directory: Path = CATALOGUE_DIR) -> CatalogueFiles:
                 raise ValueError(f"program {entry.code} is defined in {sources[entry.code]} and {path}")
             sources[entry.code] = path
             programs.append(entry)
-    return CatalogueFiles(facts, median_years, programs, life_events, departments, sources)
+    districts = load_district_tiers(directory)
+    return CatalogueFiles(facts, median_years, programs, life_events, departments, sources, districts)
+
+
+def load_district_tiers(directory: Path = CATALOGUE_DIR) -> DistrictTiers:
+    """The district tiers are read from the catalogue's files, like the fact types (not seeded into the database)."""
+    return DistrictTiers.from_yaml(directory / "district_tiers.yaml")
 
 
 def load_life_events(directory: Path = CATALOGUE_DIR) -> list[LifeEventInfo]:

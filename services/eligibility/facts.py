@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -289,6 +289,123 @@ def _as_date(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
 
 
+DistrictTier = Literal["capital_region", "non_capital", "depopulation_preferential", "depopulation_special"]
+DISTRICT_CODE = re.compile(r"^[0-9]{5}$")
+PROVINCE_CODE = re.compile(r"^[0-9]{2}$")
+
+
+@dataclass(frozen=True)
+class DistrictTierTable:
+    """One version of the classification, in force from ``effective_from`` until the next."""
+
+    effective_from: dt.date
+    source: str
+    # Province (시·도) code prefixes: in the capital region (수도권) or not.
+    capital_region: frozenset[str]
+    non_capital: frozenset[str]
+    # Districts (시·군·구) by their five-digit code: the two tiers of depopulation areas given extra support, and the
+    # depopulation areas whose tier is not established here (a person confirms it: never guessed).
+    special: frozenset[str]
+    preferential: frozenset[str]
+    unconfirmed: Mapping[str, str]
+
+    def tier(self, district_code: str) -> DistrictTier:
+        if district_code in self.special:
+            return "depopulation_special"
+        if district_code in self.preferential:
+            return "depopulation_preferential"
+        if district_code in self.unconfirmed:
+            raise ValueError(
+                f"district {district_code} ({self.unconfirmed[district_code]}) is a depopulation area whose support "
+                f"tier (우대지원/특별지원) the table from {self.effective_from.isoformat()} does not establish: "
+                "확인 필요, a person confirms it"
+            )
+        province = district_code[:2]
+        if province in self.capital_region:
+            return "capital_region"
+        if province in self.non_capital:
+            return "non_capital"
+        raise ValueError(f"district {district_code} is in no province the table knows")
+
+
+class DistrictTiers:
+    """지방우대 지역 구분: every district's tier for the programs whose amounts depend on where the resident lives —
+    the capital region (수도권), elsewhere (비수도권), and the depopulation areas given more (우대지원지역, then
+    특별지원지역). Versioned reference data like the median income: one table per change, each in force from its
+    ``effective_from``; before the first there is no classification (programs reading it need review)."""
+
+    def __init__(self, tables: Iterable[DistrictTierTable]) -> None:
+        self.tables = sorted(tables, key=lambda t: t.effective_from)
+
+    def in_force(self, day: dt.date) -> DistrictTierTable | None:
+        found = None
+        for table in self.tables:
+            if table.effective_from <= day:
+                found = table
+        return found
+
+    def tier(self, day: dt.date, district_code: str) -> DistrictTier:
+        table = self.in_force(day)
+        if table is None:
+            raise ReferenceDataMissing(f"no district tier table is in force on {day.isoformat()}")
+        return table.tier(district_code)
+
+    @classmethod
+    def from_yaml(cls, path: Path = CATALOGUE_DIR / "district_tiers.yaml") -> DistrictTiers:
+        return cls(district_tier_tables(yaml.safe_load(path.read_text(encoding="utf-8"))))
+
+
+def district_tier_tables(raw: Mapping[str, Any]) -> list[DistrictTierTable]:
+    """The tables of ``district_tiers.yaml``, checked: well-formed codes, each district in one list only, each
+    province either in the capital region or not, and every district listed in a known province."""
+    tables = []
+    for entry in raw["tables"]:
+
+        def codes(key: str, pattern: re.Pattern[str], entry: Mapping[str, Any] = entry) -> dict[str, str]:
+            found = {str(code): str(name) for code, name in (entry.get(key) or {}).items()}
+            bad = [c for c in found if not pattern.fullmatch(c)]
+            if bad:
+                raise ValueError(f"district tiers from {entry['effective_from']}: {key} has malformed codes {bad}")
+            return found
+
+        capital, non_capital = codes("capital_region", PROVINCE_CODE), codes("non_capital", PROVINCE_CODE)
+        lists = {key: codes(key, DISTRICT_CODE) for key in ("special", "preferential", "unconfirmed")}
+        both = sorted(set(capital) & set(non_capital))
+        if both:
+            raise ValueError(f"provinces both in and outside the capital region: {both}")
+        seen: dict[str, str] = {}
+        for key, listed in lists.items():
+            for code in listed:
+                if code in seen:
+                    raise ValueError(f"district {code} is listed as {seen[code]} and as {key}")
+                if code[:2] not in capital and code[:2] not in non_capital:
+                    raise ValueError(f"district {code} ({key}) is in no province listed")
+                seen[code] = key
+        tables.append(
+            DistrictTierTable(
+                effective_from=_as_date(entry["effective_from"]),
+                source=str(entry["source"]),
+                capital_region=frozenset(capital),
+                non_capital=frozenset(non_capital),
+                special=frozenset(lists["special"]),
+                preferential=frozenset(lists["preferential"]),
+                unconfirmed=lists["unconfirmed"],
+            )
+        )
+    return tables
+
+
+@dataclass(frozen=True)
+class ReferenceTables:
+    """The reference data derivations read."""
+
+    medians: MedianIncomeTable
+    districts: DistrictTiers
+
+
+NO_DISTRICT_TIERS = DistrictTiers(())
+
+
 # ---------------------------------------------------------------------------------------------- date arithmetic
 
 
@@ -312,7 +429,7 @@ def years_between(born: dt.date, on: dt.date) -> int:
 @dataclass(frozen=True)
 class Derivation:
     inputs: tuple[str, ...]
-    compute: Callable[[Mapping[str, Any], dt.date, MedianIncomeTable], Any]
+    compute: Callable[[Mapping[str, Any], dt.date, ReferenceTables], Any]
     # Read when known, never asked for.
     optional: tuple[str, ...] = ()
 
@@ -345,30 +462,64 @@ def _employment_support_dependants(values: Mapping[str, Any], day: dt.date) -> i
     return sum(1 for a in ages if a <= 18 or a >= 70) + sum(1 for a in disabled if 18 < a < 70)
 
 
-def _children_months(values: Mapping[str, Any], day: dt.date) -> list[int]:
-    """The ages in months of the household's children born by ``day``: the registry's (or declared) list, plus the
-    child the application is about (a newborn the registry may not list yet). Several derived facts read it, so it is
-    kept with the values under a name no fact can have."""
+# The most children one birth can bring: a number of newborns outside 1..9 is a mistake for a person to look at.
+MAX_NEWBORNS = 9
+
+
+def _children(values: Mapping[str, Any], day: dt.date) -> tuple[list[int], list[int]]:
+    """The ages in months, on ``day``, of the children the resident raises, one entry per child (twins are two):
+    their own children and the grandchildren they raise (``children_birth_dates``), and the children they foster or
+    are guardian of (``fostered_children_birth_dates``, when known). The child the application is about
+    (``child_birth_date``) is added unless the registry lists it already: ``newborns`` children born that day (one when
+    the number is not known yet: the application is about at least one), less those listed on that date. Several
+    derived facts read it, so it is kept with the values under a name no fact can have."""
     cached = values.get(_CHILDREN)
     if cached is not None and cached[0] == day:
-        return cached[1]  # type: ignore[no-any-return]
-    births = set(values["children_birth_dates"])
-    if "child_birth_date" in values:
-        births.add(values["child_birth_date"])
-    months = [months_between(b, day) for b in births if b <= day]
-    values[_CHILDREN] = (day, months)  # type: ignore[index]
-    return months
+        return cached[1], cached[2]
+    family: list[dt.date] = list(values["children_birth_dates"])
+    fostered: list[dt.date] = list(values.get("fostered_children_birth_dates", ()))
+    newborn: dt.date | None = values.get("child_birth_date")
+    if newborn is not None:
+        born_together: int = values.get("newborns", 1)
+        if not 1 <= born_together <= MAX_NEWBORNS:
+            raise ValueError(f"newborns ({born_together}) must be between 1 and {MAX_NEWBORNS}")
+        listed = family.count(newborn) + fostered.count(newborn)
+        family.extend([newborn] * max(0, born_together - listed))
+    own = [months_between(b, day) for b in family if b <= day]
+    cared = [months_between(b, day) for b in fostered if b <= day]
+    values[_CHILDREN] = (day, own, cared)  # type: ignore[index]
+    return own, cared
 
 
 _CHILDREN = " children"  # a key no fact name can take (facts are lower-case identifiers)
+_CHILD_INPUTS = ("children_birth_dates",)
+_CHILD_OPTIONAL = ("child_birth_date", "newborns", "fostered_children_birth_dates")
 
 
-def _children_under(years: int) -> Derivation:
+def _family_children(low_months: int, high_months: int) -> Derivation:
+    """Children (and grandchildren raised) aged ``low_months`` up to, not including, ``high_months``: the children a
+    parent's programs count (tax credits, single-parent support, education benefit), foster children not."""
     return Derivation(
-        ("children_birth_dates",),
-        lambda v, day, _t: sum(1 for m in _children_months(v, day) if m < years * 12),
-        optional=("child_birth_date",),
+        _CHILD_INPUTS,
+        lambda v, day, _r: sum(1 for m in _children(v, day)[0] if low_months <= m < high_months),
+        optional=_CHILD_OPTIONAL,
     )
+
+
+def _children_in_care(low_months: int, high_months: int, *, with_newborn: bool = False) -> Derivation:
+    """Every child the resident raises as its carer (보호자), foster children and wards too, aged ``low_months`` up
+    to, not including, ``high_months``: the children the child allowance and the parent benefit count.
+    ``with_newborn``: a count for a program applied for at a birth, which needs the child the application is about
+    (without it the newborn the registry does not list yet would be missed, and the count would say none)."""
+
+    def count(v: Mapping[str, Any], day: dt.date, _r: ReferenceTables) -> int:
+        own, fostered = _children(v, day)
+        return sum(1 for m in (*own, *fostered) if low_months <= m < high_months)
+
+    if with_newborn:
+        optional = ("newborns", "fostered_children_birth_dates")
+        return Derivation((*_CHILD_INPUTS, "child_birth_date"), count, optional=optional)
+    return Derivation(_CHILD_INPUTS, count, optional=_CHILD_OPTIONAL)
 
 
 DERIVATIONS: dict[str, Derivation] = {
@@ -380,15 +531,16 @@ DERIVATIONS: dict[str, Derivation] = {
     "child_age_days": Derivation(
         ("child_birth_date",), lambda v, day, _t: (day - _born(v, "child_birth_date", day)).days
     ),
-    "children_under_8": _children_under(8),
-    "children_under_9": _children_under(9),
-    "children_under_18": _children_under(18),
-    "children_school_age": Derivation(
-        ("children_birth_dates",),
-        lambda v, day, _t: sum(1 for m in _children_months(v, day) if 72 <= m < 216),
-        optional=("child_birth_date",),
+    "children_under_8": _children_in_care(0, 8 * 12),
+    "children_under_9": _children_in_care(0, 9 * 12),
+    "children_under_12_months": _children_in_care(0, 12, with_newborn=True),
+    "children_12_to_23_months": _children_in_care(12, 24, with_newborn=True),
+    "children_under_18": _family_children(0, 18 * 12),
+    "children_school_age": _family_children(6 * 12, 18 * 12),
+    "median_income": Derivation(("household_size",), lambda v, day, r: r.medians.amount(day, v["household_size"])),
+    "district_support_tier": Derivation(
+        ("district_code",), lambda v, day, r: r.districts.tier(day, v["district_code"])
     ),
-    "median_income": Derivation(("household_size",), lambda v, day, t: t.amount(day, v["household_size"])),
     "days_since_move_in": Derivation(("moved_in_date",), lambda v, day, _t: (day - v["moved_in_date"]).days),
     "days_since_death": Derivation(("deceased_death_date",), lambda v, day, _t: (day - v["deceased_death_date"]).days),
     "months_since_death_month": Derivation(
@@ -531,10 +683,12 @@ def derive(
     now: dt.datetime,
     *,
     explain: bool = True,
+    districts: DistrictTiers | None = None,
 ) -> Derived:
     """Resolve the base facts and compute the derived ones. ``explain=False`` (bulk screening) skips recording
-    where each derived value came from."""
+    where each derived value came from. ``districts``: the district tiers (none known when not given)."""
     values, sources, rejected = resolve(facts, layers, now)
+    references = ReferenceTables(medians, NO_DISTRICT_TIERS if districts is None else districts)
     asks: dict[str, tuple[str, ...]] = {}
     errors: dict[str, str] = {}
     for name, inputs, read, compute in _DERIVATION_PLAN:
@@ -552,7 +706,7 @@ def derive(
                 errors[name] = errors[broken[0]]
                 continue
         try:
-            values[name] = compute(values, application_date, medians)
+            values[name] = compute(values, application_date, references)
         except (ReferenceDataMissing, ValueError, KeyError) as exc:
             errors[name] = str(exc)
             continue
@@ -583,8 +737,10 @@ def build_environment(
     application_date: dt.date,
     layers: FactLayers,
     now: dt.datetime,
+    *,
+    districts: DistrictTiers | None = None,
 ) -> Environment:
-    return derive(facts, medians, application_date, layers, now).environment()
+    return derive(facts, medians, application_date, layers, now, districts=districts).environment()
 
 
 # The household unit of the Job Seekers Act (구직자취업촉진법 시행령 제2조①): spouse and first-degree lineal relatives.
@@ -608,9 +764,7 @@ def registry_facts(
         members = list(household)
         out["household_size"] = 1 + len(members)
         out["has_spouse"] = any(m.get("relation") == "spouse" for m in members)
-        out["children_birth_dates"] = [
-            _as_date(m["birth_date"]) for m in members if m.get("relation") == "child" and m.get("birth_date")
-        ]
+        out["children_birth_dates"], out["fostered_children_birth_dates"] = children_raised(members)
         family = [m for m in members if m.get("relation") in _FAMILY_UNIT and m.get("birth_date")]
         out["family_birth_dates"] = [_as_date(m["birth_date"]) for m in family]
         out["family_disabled_birth_dates"] = [_as_date(m["birth_date"]) for m in family if m.get("disability")]
@@ -619,3 +773,24 @@ def registry_facts(
         out["disability_registered"] = "disability" in marks
         out["single_parent"] = "single_parent" in marks
     return out
+
+
+def children_raised(members: Sequence[Mapping[str, Any]]) -> tuple[list[dt.date], list[dt.date]]:
+    """The children the resident raises, one date per child (twins are two), from the household's relations to the
+    resident: (own children and grandchildren raised, foster children and wards).
+
+    A grandchild is the resident's to raise (조손가정) when none of the resident's children lives in the household:
+    otherwise its parent may be there, is its carer and counts it (the parent's own registry lists it as a ``child``),
+    and counting it for the grandparent too would pay the same child twice. The registry cannot tell which child of
+    the resident is the grandchild's parent, so a grandparent raising a grandchild beside an adult child who is not its
+    parent establishes that with the department: its report of ``children_birth_dates`` overrides the registry's.
+    Foster children (가정위탁) and wards (미성년후견) are raised by the
+    resident as their carer (보호자): the child allowance and the parent benefit count them, a parent's programs not."""
+    own = [_as_date(m["birth_date"]) for m in members if m.get("relation") == "child" and m.get("birth_date")]
+    if not any(m.get("relation") == "child" for m in members):
+        own += [_as_date(m["birth_date"]) for m in members if m.get("relation") == "grandchild" and m.get("birth_date")]
+    fostered = [_as_date(m["birth_date"]) for m in members if m.get("relation") in _FOSTERED and m.get("birth_date")]
+    return own, fostered
+
+
+_FOSTERED = frozenset({"foster_child", "ward"})

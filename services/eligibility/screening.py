@@ -81,7 +81,15 @@ class Screener:
 
     def findings(self, layers: FactLayers) -> list[Finding]:
         catalogue = self.catalogue
-        derived = derive(catalogue.facts, catalogue.medians, self.as_of, layers, self.now, explain=False)
+        derived = derive(
+            catalogue.facts,
+            catalogue.medians,
+            self.as_of,
+            layers,
+            self.now,
+            explain=False,
+            districts=catalogue.districts,
+        )
         values, errors = derived.values, derived.errors
         evaluation: Evaluation | None = None
         found: list[Finding] = []

@@ -6,7 +6,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from services.eligibility.catalogue import Catalogue, CompileCache, load_departments, load_life_events
+from services.eligibility.catalogue import (
+    Catalogue,
+    CompileCache,
+    load_departments,
+    load_district_tiers,
+    load_life_events,
+)
 from services.eligibility.facts import FactCatalogue, MedianIncomeTable
 from services.eligibility.repository import Repository
 from services.eligibility.settings import EligibilitySettings
@@ -19,6 +25,7 @@ class CatalogueStore:
         self.facts = FactCatalogue.load(directory / "facts.yaml")
         self.life_events = load_life_events(directory)
         self.departments = load_departments(directory)
+        self.districts = load_district_tiers(directory)
         self.clock = Clock.from_settings(settings)
         self._cache = CompileCache()
         self._current: Catalogue | None = None
@@ -48,6 +55,7 @@ class CatalogueStore:
                 cache=self._cache,
                 revision=revision,
                 strict=False,
+                districts=self.districts,
             )
             self._current = catalogue
             return catalogue

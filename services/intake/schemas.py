@@ -85,7 +85,9 @@ PURPOSE_PATTERN = (
 Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_PATTERN)]
 
 ContactChannel = Literal["inbox", "email", "sms"]
-Relation = Literal["spouse", "child", "parent", "sibling", "grandparent", "grandchild", "other"]
+# A household member's relation to the resident: foster_child (가정위탁 아동) and ward (미성년후견 아동) are
+# children the resident raises as their carer (보호자).
+Relation = Literal["spouse", "child", "parent", "sibling", "grandparent", "grandchild", "foster_child", "ward", "other"]
 
 MAX_ANSWERS = 100
 

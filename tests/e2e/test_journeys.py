@@ -71,7 +71,7 @@ def test_birth_one_application_reaches_every_department(
     )
     bundle = next(le for le in api.ok("intake", "GET", "/v1/life-events", parent.auth) if le["code"] == "birth")
     answers = {"child_birth_date": (dt.date.today() - dt.timedelta(days=9)).isoformat(), "birth_order": 2,
-               "korean_national": True, "birth_registered": True, "household_monthly_income": 4_200_000,
+               "newborns": 1, "korean_national": True, "birth_registered": True, "household_monthly_income": 4_200_000,
                "employment_status": "employed"}  # fmt: skip
     application = api.apply(parent, "birth", answers)
 

@@ -205,6 +205,7 @@ async def test_the_screener_judges_facts_and_stores_nothing(eligibility: Running
         "child_birth_date": "2025-03-01",
         "birth_registered": True,
         "birth_order": 2,
+        "newborns": 1,
         "district_code": "11440",
     }
     response = await client.post(

@@ -64,6 +64,7 @@ def birth(resident_id: uuid.UUID, *, day: dt.date | None = None, **answers: Any)
         answers={
             "child_birth_date": (day - dt.timedelta(days=10)).isoformat(),
             "birth_order": 2,
+            "newborns": 1,
             "birth_registered": True,
             "korean_national": True,
             **answers,

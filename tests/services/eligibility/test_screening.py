@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Awaitable
 
 from services.eligibility.models import OpportunityRow, ResidentRow
-from shared.events import ApplicationSubmitted, ConsentChanged, ResidentContext, ResidentUpdated
+from shared.events import ApplicationSubmitted, ConsentChanged, HouseholdMember, ResidentContext, ResidentUpdated
 from tests.services.eligibility.support import today
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
@@ -18,11 +19,19 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def resident(service: RunningService, born: dt.date, **purposes: bool) -> uuid.UUID:
+async def resident(
+    service: RunningService,
+    born: dt.date,
+    *,
+    district: str = "11440",
+    household: list[HouseholdMember] | None = None,
+    **purposes: bool,
+) -> uuid.UUID:
     resident_id = uuid.uuid4()
     await service.publish(
-        ResidentUpdated(resident_id=resident_id, version=1, birth_date=born, district_code="11440", updated_at=now()),
-    )
+        ResidentUpdated(resident_id=resident_id, version=1, birth_date=born, district_code=district,
+                        household=household or [], updated_at=now()),
+    )  # fmt: skip
     given = {k.replace("__", ":"): v for k, v in purposes.items()}
     await service.publish(
         ConsentChanged(resident_id=resident_id, version=1, consents=given, changed=list(given), changed_at=now()),
@@ -103,3 +112,37 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
 
 async def _outbox_sent(service: RunningService) -> bool:
     return await service.runtime.relay.backlog() == 0
+
+
+async def test_screening_counts_each_child_a_carer_raises(eligibility: RunningService) -> None:
+    """Twins are two children, a grandparent's grandchild and a foster carer's foster children count, and the 2026
+    regional supplement is in the amount found: the bulk path judges households as an application would."""
+    client = eligibility.client
+    young = today() - dt.timedelta(days=3 * 365)
+
+    def child(relation: str) -> HouseholdMember:
+        return HouseholdMember(relation=relation, birth_date=young)
+
+    def carer(born: dt.date, household: list[HouseholdMember], district: str = "11440") -> Awaitable[uuid.UUID]:
+        return resident(eligibility, born, district=district, household=household, proactive_screening=True,
+                        department_data__civil_registry=True)  # fmt: skip
+
+    twins = await carer(dt.date(1990, 1, 1), [child("child"), child("child")], district="46890")
+    grandparent = await carer(dt.date(1955, 1, 1), [child("grandchild")])
+    foster = await carer(dt.date(1975, 1, 1), [child("foster_child"), child("ward")])
+    observed = (now() - dt.timedelta(hours=1)).isoformat()
+    for who in (twins, grandparent, foster):
+        fact = {"name": "korean_national", "value": True, "observed_at": observed}
+        response = await client.post("/v1/facts", json={"resident_id": str(who), "facts": [fact]},
+                                     headers=eligibility.auth("partner", partner_id="moi"))  # fmt: skip
+        assert response.status_code == 201, response.text
+    await wait_until(lambda: eligibility.settled("events"))
+
+    only = {"programs": ["child_allowance"]}
+    response = await client.post("/v1/screenings", json=only, headers=eligibility.auth("admin"))
+    assert response.status_code == 201, response.text
+    per_child = 120_000 if today() >= dt.date(2026, 1, 1) else 100_000  # 전남 완도군: a special-support area
+    expected = {twins: 2 * per_child, grandparent: 100_000, foster: 200_000}
+    for who, amount in expected.items():
+        found = OpportunityRow.resident_id == who, OpportunityRow.program_code == "child_allowance"
+        assert await eligibility.count(OpportunityRow, *found, OpportunityRow.amount == amount) == 1, (who, amount)

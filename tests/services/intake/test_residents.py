@@ -187,3 +187,36 @@ async def test_consents_keep_their_history_and_announce_the_full_set(
         assert data[2].consents == third.json()["consents"]
         assert all(d.resident_id == resident_id for d in data)
         assert len(log.of_type("consent.changed")) == 3
+
+
+async def test_a_carer_registers_the_children_they_raise_and_the_registry_says_how(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    """A grandparent raising grandchildren, a foster carer and a guardian: the relations the child allowance and the
+    parent benefit count (아동수당법·영유아보육법의 보호자) reach eligibility in resident.updated."""
+    client = intake.client
+    resident_id = uuid.uuid4()
+    me = intake.auth("resident", resident_id=resident_id)
+    household = [
+        {"relation": "grandchild", "birth_date": "2019-03-03"},
+        {"relation": "foster_child", "birth_date": "2022-08-08"},
+        {"relation": "foster_child", "birth_date": "2022-08-08"},
+        {"relation": "ward", "birth_date": "2015-05-05"},
+    ]
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        created = await client.post("/v1/residents", json=resident_body(birth_date="1958-01-01", household=household),
+                                    headers=me)  # fmt: skip
+        assert created.status_code == 201, created.text
+        assert [(m["relation"], m["birth_date"]) for m in created.json()["household"]] == [
+            (m["relation"], m["birth_date"]) for m in household
+        ]
+        (event,) = await log.wait_for("resident.updated", lambda e: e.data["resident_id"] == str(resident_id))
+        published = ResidentUpdated.model_validate(event.data)
+        assert [(m.relation, m.birth_date.isoformat()) for m in published.household] == [
+            (m["relation"], m["birth_date"]) for m in household
+        ], "both foster twins, in order"
+    refused = await client.patch(f"/v1/residents/{resident_id}",
+                                 json={"household": [{"relation": "godchild", "birth_date": "2020-01-01"}]},
+                                 headers=me)  # fmt: skip
+    assert refused.status_code == 422
+    assert refused.json()["errors"][0]["field"] == "household[0].relation"
