@@ -141,6 +141,29 @@ def test_a_missing_fact_never_counts_as_zero_or_false(files: CatalogueFiles) -> 
     assert unknown["criteria"][0]["sources"] == {"household_size": "declared", "household_monthly_income": "missing"}
 
 
+def test_inside_one_criterion_only_the_facts_its_result_waits_on_are_asked(files: CatalogueFiles) -> None:
+    """A criterion whose result is unknown asks for the missing facts it reaches with what is known, not for every
+    fact it names: a fact the known ones make irrelevant is not asked."""
+    cat = build(
+        files,
+        program("rent", leaf("rent", "(tenure == 'monthly_rent' ? monthly_rent : 0) + lease_deposit / 100 >= 0")),
+        program("couple", leaf("couple", "(has_spouse && monthly_wage > 0 ? 1 : 2) + household_size > 0")),
+    )
+
+    def asked(code: str, declared: dict[str, Any]) -> list[str]:
+        result = judge(cat, code, declared)
+        assert result["outcome"] == "needs_information"
+        return [m["name"] for m in result["missing"]]
+
+    assert asked("rent", {"tenure": "jeonse"}) == ["lease_deposit"], "no monthly rent on a jeonse"
+    assert sorted(asked("rent", {"tenure": "monthly_rent"})) == ["lease_deposit", "monthly_rent"]
+    assert asked("couple", {"has_spouse": False}) == ["household_size"], "no spouse, no spouse's wage"
+    assert sorted(asked("couple", {"has_spouse": True})) == ["household_size", "monthly_wage"]
+    # Nothing known: whether there is a spouse is asked (the wage may be too: either could settle it).
+    assert {"has_spouse", "household_size"} <= set(asked("couple", {}))
+    assert judge(cat, "couple", {"has_spouse": False, "household_size": 1})["outcome"] == "eligible"
+
+
 def test_a_derived_fact_with_missing_inputs_asks_for_the_inputs(catalogue: Catalogue) -> None:
     env = catalogue.environment(DAY, FactLayers(declared={"household_monthly_income": 100}), NOW)
     assert "age_years" not in env.values
