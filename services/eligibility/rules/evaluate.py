@@ -252,16 +252,17 @@ class RuleRun:
                 except KeyError:  # a fact is missing
                     out.append(self._criterion(node, status))
                     continue
-                out.append(
-                    {
-                        "id": node.id,
-                        "label": node.label,
-                        "legal_reference": node.legal_reference,
-                        "status": status,
-                        "values": shown_values,
-                        "sources": shown_sources,
-                    }
-                )
+                criterion = {
+                    "id": node.id,
+                    "label": node.label,
+                    "legal_reference": node.legal_reference,
+                    "status": status,
+                    "values": shown_values,
+                    "sources": shown_sources,
+                }
+                if env.workings:
+                    self._add_workings(criterion, node.shown_facts)
+                out.append(criterion)
             else:
                 out.append(
                     {
@@ -316,7 +317,7 @@ class RuleRun:
                     value = _UNKNOWN_VALUE
                 values[name] = None if value is _UNKNOWN_VALUE else json_value(value)
                 sources[name] = RULE
-        return {
+        criterion = {
             "id": leaf.id,
             "label": leaf.label,
             "legal_reference": leaf.legal_reference,
@@ -324,6 +325,16 @@ class RuleRun:
             "values": values,
             "sources": sources,
         }
+        if env.workings:
+            self._add_workings(criterion, leaf.shown_facts)
+        return criterion
+
+    def _add_workings(self, criterion: dict[str, Any], shown: tuple[str, ...]) -> None:
+        """The computation of each derived figure the criterion shows, line by line (only when there is one)."""
+        workings = self.env.workings
+        found = {name: workings[name] for name in shown if name in workings}
+        if found:
+            criterion["workings"] = found
 
     def collect_missing(self, node: Node, out: dict[str, None]) -> None:
         """Descend only into unknown nodes: a determined node (an ``all`` with a failed child, an ``any`` with a
