@@ -308,6 +308,12 @@ def years_between(born: dt.date, on: dt.date) -> int:
     return months_between(born, on) // 12
 
 
+def calendar_months(born: dt.date, on: dt.date) -> int:
+    """Calendar months from the month of birth to the month of ``on``, whatever the days: a person born on 20 July
+    1960 is 780 months (65 years) old by this count for the whole of July 2025, the month of the 65th birthday."""
+    return (on.year - born.year) * 12 + (on.month - born.month)
+
+
 # ---------------------------------------------------------------------------------------------- derivations
 
 
@@ -400,6 +406,12 @@ DERIVATIONS: dict[str, Derivation] = {
         lambda v, day, _t: years_between(v["birth_date"], v["business_start_date"]),
     ),
     # ------------------------------------------------------------------ the household's members and incomes
+    "calendar_age_months": Derivation(
+        ("birth_date",), lambda v, day, _t: calendar_months(_born(v, "birth_date", day), day)
+    ),
+    "spouse_age_years": Derivation(
+        ("spouse_birth_date",), lambda v, day, _t: years_between(_born(v, "spouse_birth_date", day), day)
+    ),
     "household_income": Derivation(
         income.HOUSEHOLD_INCOME_INPUTS, income.household_income, needs=income.household_income_needs
     ),

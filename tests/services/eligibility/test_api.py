@@ -74,7 +74,7 @@ async def test_the_catalogue_can_be_read_by_anyone_authenticated(eligibility: Ru
     detail = (await client.get("/v1/programs/basic_pension", headers=resident)).json()
     assert [v["version"] for v in detail["versions"]] == [1, 2]
     assert detail["versions"][0]["effective_from"] == "2025-01-01"
-    assert detail["versions"][0]["rule"]["all"][0]["expr"] == "age_years >= 65"
+    assert detail["versions"][0]["rule"]["all"][0]["expr"] == "calendar_age_months >= 779"
     assert "기초연금법" in detail["versions"][0]["source"]
     missing = await client.get("/v1/programs/no_such_program", headers=resident)
     assert missing.status_code == 404

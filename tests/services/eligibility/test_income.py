@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.eligibility.catalogue import Catalogue, load_files
-from services.eligibility.facts import CATALOGUE_DIR, FactLayers, ReportedValue, derive, registry_facts
+from services.eligibility.facts import (
+    CATALOGUE_DIR,
+    FactLayers,
+    ReportedValue,
+    calendar_months,
+    derive,
+    registry_facts,
+)
 from services.eligibility.income import IncomeFigures
 from services.eligibility.screening import Screener
 from shared.events import Outcome, ProgramDetermination
@@ -94,6 +101,20 @@ def test_the_recognised_income_is_not_a_fact_anyone_can_give(catalogue: Catalogu
     assert values == {}
     assert problems["recognised_income"].startswith("is derived from")
     assert problems["household_monthly_income"] == "is not a known fact"
+
+
+@pytest.mark.parametrize(
+    ("born", "on", "months"),
+    [
+        (dt.date(1960, 7, 20), dt.date(2025, 5, 31), 778),  # the day before the month before the 65th birthday month
+        (dt.date(1960, 7, 20), dt.date(2025, 6, 1), 779),  # the month before: the basic pension may be applied for
+        (dt.date(1960, 7, 31), dt.date(2025, 7, 1), 780),  # the birthday month, before the birthday
+        (dt.date(1960, 1, 1), dt.date(2024, 12, 1), 779),  # across a year end
+        (dt.date(1960, 2, 29), dt.date(2025, 2, 1), 780),  # no 29 February that year: the month still counts
+    ],
+)
+def test_calendar_age_counts_months_whatever_the_day(born: dt.date, on: dt.date, months: int) -> None:
+    assert calendar_months(born, on) == months
 
 
 # ---------------------------------------------------------------------------------------------- the computation

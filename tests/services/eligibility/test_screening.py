@@ -41,9 +41,10 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
     young = await resident(eligibility, dt.date(2000, 5, 1), proactive_screening=True)
     observed = (now() - dt.timedelta(hours=1)).isoformat()
     # What the departments hold of the senior (and of the one who refused screening): a pension of 1,000,000 a
-    # month, no other income, no assets; the registry holds the rest (living alone).
+    # month, no other income, no assets, no occupational pension; the registry holds the rest (living alone).
     reports: dict[str, dict[str, object]] = {
-        "ssis": {"public_pension_income": 1_000_000, "financial_assets": 0, "debts": 0},
+        "ssis": {"public_pension_income": 1_000_000, "financial_assets": 0, "debts": 0,
+                 "occupational_pension_recipient": False},
         "nts": {"earned_income": 0, "business_income": 0, "residence_value": 0, "other_property_value": 0,
                 "vehicle_value": 0},
         "moi": {"korean_national": True},
