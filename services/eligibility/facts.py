@@ -412,6 +412,10 @@ DERIVATIONS: dict[str, Derivation] = {
     "spouse_age_years": Derivation(
         ("spouse_birth_date",), lambda v, day, _t: years_between(_born(v, "spouse_birth_date", day), day)
     ),
+    "parents_aged_70_plus": Derivation(
+        ("parent_birth_dates",),
+        lambda v, day, _t: sum(1 for b in v["parent_birth_dates"] if b <= day and years_between(b, day) >= 70),
+    ),
     "household_income": Derivation(
         income.HOUSEHOLD_INCOME_INPUTS, income.household_income, needs=income.household_income_needs
     ),

@@ -362,14 +362,17 @@ def test_programs_requiring_each_other_are_refused(files: CatalogueFiles) -> Non
 
 
 def test_definitions_are_shown_with_their_values(files: CatalogueFiles, catalogue: Catalogue) -> None:
-    single = judge(catalogue, "earned_income_tax_credit",
-                   {"household_size": 1, "annual_household_income": 1, "household_assets": 0})  # fmt: skip
+    alone = {"has_spouse": False, "children_birth_dates": [], "parent_birth_dates": [], "annual_household_income": 1,
+             "household_assets": 0}  # fmt: skip
+    single = judge(catalogue, "earned_income_tax_credit", alone)
     # The household is single, so whether there are two earners cannot matter and is not asked.
     assert single["outcome"] == "eligible"
+    assert single["missing"] == []
     income = single["criteria"][0]
     assert income["values"]["income_limit"] == 22_000_000
+    assert income["values"]["single"] is True
     assert income["sources"]["income_limit"] == "rule"
-    assert income["values"]["dual_earner"] is None
+    assert income["values"]["spouse_income"] is None
 
 
 # ---------------------------------------------------------------------------------------------- compile once
