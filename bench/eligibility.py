@@ -45,10 +45,19 @@ APPLICATION = {
     "child_birth_date": "2025-05-20",
     "birth_order": 2,
     "birth_registered": True,
-    "household_monthly_income": 3_200_000,
+    "earned_income": 3_200_000,
+    "business_income": 0,
+    "public_pension_income": 0,
+    "spouse_income": 0,
+    "other_members_income": 0,
+    "residence_value": 30_000_000,
+    "other_property_value": 0,
+    "financial_assets": 20_000_000,
+    "vehicle_value": 0,
+    "debts": 0,
+    "parent_birth_dates": [],
     "annual_household_income": 45_000_000,
     "household_assets": 180_000_000,
-    "dual_earner": False,
     "employment_status": "employed",
     "insured_days_total": 900,
     "monthly_wage": 2_800_000,
@@ -123,10 +132,15 @@ def population(size: int, seed: int = 7) -> list[tuple[dict[str, Any], list[Repo
         consents = {"proactive_screening": True}
         if rng.random() < 0.6:
             consents["department_data:welfare"] = True
+            consents["department_data:tax"] = True
             income = rng.choice([0, 500_000, 900_000, 1_500_000, 2_000_000, 2_500_000, 3_500_000, 5_000_000])
-            reported.append(ReportedValue("household_monthly_income", income, "welfare", "ssis", NOW))
-            reported.append(ReportedValue("household_assets", rng.choice([0, 50_000_000, 300_000_000]), "welfare",
-                                          "ssis", NOW))  # fmt: skip
+            welfare = {"public_pension_income": rng.choice([0, 0, 600_000]), "financial_assets": 0, "debts": 0,
+                       "household_assets": rng.choice([0, 50_000_000, 300_000_000]),
+                       "spouse_income": 0, "other_members_income": 0}  # fmt: skip
+            tax = {"earned_income": income, "business_income": 0, "other_property_value": 0, "vehicle_value": 0,
+                   "residence_value": rng.choice([0, 100_000_000, 300_000_000])}  # fmt: skip
+            reported += [ReportedValue(k, v, "welfare", "ssis", NOW) for k, v in welfare.items()]
+            reported += [ReportedValue(k, v, "tax", "nts", NOW) for k, v in tax.items()]
         if rng.random() < 0.9:
             consents["department_data:civil_registry"] = True
             reported.append(ReportedValue("korean_national", True, "civil_registry", "registry", NOW))

@@ -261,6 +261,19 @@ class FactsReported(EventData):
 # ================================================================================================ eligibility
 
 
+class WorkingLine(BaseModel):
+    """One line of how a derived figure (a recognised income ...) was computed."""
+
+    item: str
+    label: Localized
+    amount: int
+    # "reference" (a statutory figure), "derived" (a subtotal of the lines above), or the source of the fact this
+    # figure is (declared / registry / department:<code> / missing).
+    source: str
+    # The statute or notice a statutory figure or rate comes from.
+    reference: str | None = None
+
+
 class CriterionResult(BaseModel):
     id: str
     label: Localized
@@ -269,6 +282,8 @@ class CriterionResult(BaseModel):
     # The facts the criterion read, with where each value came from (declared / registry / a department).
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    # For a derived figure the criterion read that has workings: its computation, line by line.
+    workings: dict[str, list[WorkingLine]] = {}
 
 
 class MissingFact(BaseModel):

@@ -22,6 +22,9 @@ from typing import Any, Literal
 import cel
 import yaml
 
+from services.eligibility import income
+from services.eligibility.income import IncomeFigures, ReferenceDataMissing
+
 FactTypeName = Literal["integer", "number", "boolean", "string", "date", "list"]
 AskedOf = Literal["resident", "staff"]
 
@@ -77,8 +80,10 @@ class FactValueError(ValueError):
 class FactCatalogue:
     """Every fact a rule may read, from ``catalogue/facts.yaml``, checked against the derivations in this module."""
 
-    def __init__(self, types: Iterable[FactType]) -> None:
+    def __init__(self, types: Iterable[FactType], income: IncomeFigures) -> None:
         self.types: dict[str, FactType] = {t.name: t for t in types}
+        # The statutory figures the recognised-income derivations use (catalogue/recognised_income.yaml).
+        self.income = income
         self._patterns = {t.name: re.compile(t.pattern) for t in self.types.values() if t.pattern}
         # What a determination lists for a missing fact (MissingFact of shared.events), made once.
         self._missing = {
@@ -97,6 +102,7 @@ class FactCatalogue:
 
     @classmethod
     def load(cls, path: Path = CATALOGUE_DIR / "facts.yaml") -> FactCatalogue:
+        """The fact types of ``path``, with the income figures of ``recognised_income.yaml`` beside it."""
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         types = []
         for name, spec in raw["facts"].items():
@@ -117,7 +123,7 @@ class FactCatalogue:
                     description=spec.get("description"),
                 )
             )
-        return cls(types)
+        return cls(types, IncomeFigures.load(path.parent / "recognised_income.yaml"))
 
     def __contains__(self, name: object) -> bool:
         return name in self.types
@@ -225,10 +231,6 @@ def json_value(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- reference data
-
-
-class ReferenceDataMissing(LookupError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -397,10 +399,12 @@ def district_tier_tables(raw: Mapping[str, Any]) -> list[DistrictTierTable]:
 
 @dataclass(frozen=True)
 class ReferenceTables:
-    """The reference data derivations read."""
+    """The reference data derivations read: the median income table, the districts' support tiers and the
+    recognised-income figures."""
 
     medians: MedianIncomeTable
     districts: DistrictTiers
+    income: IncomeFigures
 
 
 NO_DISTRICT_TIERS = DistrictTiers(())
@@ -423,15 +427,25 @@ def years_between(born: dt.date, on: dt.date) -> int:
     return months_between(born, on) // 12
 
 
+def calendar_months(born: dt.date, on: dt.date) -> int:
+    """Calendar months from the month of birth to the month of ``on``, whatever the days: a person born on 20 July
+    1960 is 780 months (65 years) old by this count for the whole of July 2025, the month of the 65th birthday."""
+    return (on.year - born.year) * 12 + (on.month - born.month)
+
+
 # ---------------------------------------------------------------------------------------------- derivations
 
 
 @dataclass(frozen=True)
 class Derivation:
+    # Every fact it may read (all of them needed, unless ``needs`` says which).
     inputs: tuple[str, ...]
+    # The value, or an income.Computed (the value with its workings, shown in explanations).
     compute: Callable[[Mapping[str, Any], dt.date, ReferenceTables], Any]
     # Read when known, never asked for.
     optional: tuple[str, ...] = ()
+    # Which of the inputs are needed given the facts known (the spouse's income only when there is a spouse ...).
+    needs: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
 
 
 def _born(values: Mapping[str, Any], name: str, day: dt.date) -> dt.date:
@@ -562,6 +576,26 @@ DERIVATIONS: dict[str, Derivation] = {
     "employment_support_dependants": Derivation(
         ("family_birth_dates", "family_disabled_birth_dates"), lambda v, day, _t: _employment_support_dependants(v, day)
     ),
+    # ------------------------------------------------------------------ the household's members and incomes
+    "calendar_age_months": Derivation(
+        ("birth_date",), lambda v, day, _t: calendar_months(_born(v, "birth_date", day), day)
+    ),
+    "spouse_age_years": Derivation(
+        ("spouse_birth_date",), lambda v, day, _t: years_between(_born(v, "spouse_birth_date", day), day)
+    ),
+    "parents_aged_70_plus": Derivation(
+        ("parent_birth_dates",),
+        lambda v, day, _t: sum(1 for b in v["parent_birth_dates"] if b <= day and years_between(b, day) >= 70),
+    ),
+    "household_income": Derivation(
+        income.HOUSEHOLD_INCOME_INPUTS, income.household_income, needs=income.household_income_needs
+    ),
+    "recognised_income": Derivation(
+        income.RECOGNISED_INCOME_INPUTS, income.recognised_income, needs=income.recognised_income_needs
+    ),
+    "pension_recognised_income": Derivation(
+        income.PENSION_INCOME_INPUTS, income.pension_recognised_income, needs=income.pension_income_needs
+    ),
 }
 
 
@@ -610,6 +644,8 @@ class Environment:
     cel_values: dict[str, Any] = field(default_factory=dict)
     # Declared answers that did not fit their fact type (ignored; the fact counts as missing).
     rejected: dict[str, str] = field(default_factory=dict)
+    # How each derived figure with workings was computed, line by line with each figure's source (JSON).
+    workings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def resolve(
@@ -657,6 +693,7 @@ class Derived:
     asks: dict[str, tuple[str, ...]]
     errors: dict[str, str]
     rejected: dict[str, str]
+    workings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def environment(self) -> Environment:
         plain = _PLAIN
@@ -672,6 +709,7 @@ class Derived:
             cel.Context(cel_values),
             cel_values,
             self.rejected,
+            self.workings,
         )
 
 
@@ -688,10 +726,13 @@ def derive(
     """Resolve the base facts and compute the derived ones. ``explain=False`` (bulk screening) skips recording
     where each derived value came from. ``districts``: the district tiers (none known when not given)."""
     values, sources, rejected = resolve(facts, layers, now)
-    references = ReferenceTables(medians, NO_DISTRICT_TIERS if districts is None else districts)
+    references = ReferenceTables(medians, NO_DISTRICT_TIERS if districts is None else districts, facts.income)
     asks: dict[str, tuple[str, ...]] = {}
     errors: dict[str, str] = {}
-    for name, inputs, read, compute in _DERIVATION_PLAN:
+    workings: dict[str, list[dict[str, Any]]] = {}
+    for name, inputs, optional, needs, compute in _DERIVATION_PLAN:
+        if needs is not None:
+            inputs = needs(values)
         missing = None
         for i in inputs:
             if i not in values:
@@ -706,18 +747,23 @@ def derive(
                 errors[name] = errors[broken[0]]
                 continue
         try:
-            values[name] = compute(values, application_date, references)
+            value = compute(values, application_date, references)
         except (ReferenceDataMissing, ValueError, KeyError) as exc:
             errors[name] = str(exc)
             continue
+        if value.__class__ is income.Computed:
+            if explain:
+                workings[name] = [line.as_json(sources) for line in value.lines]
+            value = value.value
+        values[name] = value
         if explain:
-            sources[name] = _derived_source(frozenset([sources[i] for i in read if i in sources]))
+            sources[name] = _derived_source(frozenset([sources[i] for i in (*inputs, *optional) if i in sources]))
     values.pop(_CHILDREN, None)
-    return Derived(application_date, values, sources, asks, errors, rejected)
+    return Derived(application_date, values, sources, asks, errors, rejected, workings)
 
 
 _PLAIN = frozenset({int, float, str, bool})
-_DERIVATION_PLAN = [(n, d.inputs, (*d.inputs, *d.optional), d.compute) for n, d in DERIVATIONS.items()]
+_DERIVATION_PLAN = [(n, d.inputs, d.optional, d.needs, d.compute) for n, d in DERIVATIONS.items()]
 _SOURCE_NAMES: dict[frozenset[str], str] = {}
 
 
@@ -768,6 +814,7 @@ def registry_facts(
         family = [m for m in members if m.get("relation") in _FAMILY_UNIT and m.get("birth_date")]
         out["family_birth_dates"] = [_as_date(m["birth_date"]) for m in family]
         out["family_disabled_birth_dates"] = [_as_date(m["birth_date"]) for m in family if m.get("disability")]
+        out.update(income.household_registry_facts(members))
     if vulnerability is not None:
         marks = set(vulnerability)
         out["disability_registered"] = "disability" in marks

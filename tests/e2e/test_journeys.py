@@ -32,10 +32,11 @@ pytestmark = pytest.mark.e2e
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
 PERSONAL_KEYS = {"name", "email", "phone", "address", "birth_date", "answers", "household", "resident", "filed_by"}
 
-# A resident who lost their job: what they declare when filing (income, crisis and assets left out).
+# A resident who lost their job: what they declare when filing (incomes, crisis and assets left out), and then what
+# they are asked: their incomes by kind (what a person can answer), never an income total.
 JOB_LOSS = {"employment_status": "unemployed", "job_loss_reason": "dismissal", "korean_national": True}
-JOB_LOSS_DETAILS = {"household_monthly_income": 1_500_000, "crisis_type": "main_earner_job_loss",
-                    "household_assets": 30_000_000}  # fmt: skip
+JOB_LOSS_DETAILS = {"earned_income": 1_500_000, "business_income": 0, "public_pension_income": 0,
+                    "crisis_type": "main_earner_job_loss", "household_assets": 30_000_000}  # fmt: skip
 
 
 def _all_keys(value: Any) -> set[str]:
@@ -67,12 +68,14 @@ def test_birth_one_application_reaches_every_department(
     assert secret.startswith("whsec_")
 
     parent = api.register(
-        district="11170", language="ko", household=[{"relation": "spouse", "birth_date": "1991-01-09"}]
+        district="11170",
+        language="ko",
+        household=[{"relation": "spouse", "birth_date": "1991-01-09", "monthly_income": 2_000_000}],
     )
     bundle = next(le for le in api.ok("intake", "GET", "/v1/life-events", parent.auth) if le["code"] == "birth")
     answers = {"child_birth_date": (dt.date.today() - dt.timedelta(days=9)).isoformat(), "birth_order": 2,
-               "newborns": 1, "korean_national": True, "birth_registered": True, "household_monthly_income": 4_200_000,
-               "employment_status": "employed"}  # fmt: skip
+               "newborns": 1, "korean_national": True, "birth_registered": True, "earned_income": 2_200_000,
+               "business_income": 0, "public_pension_income": 0, "employment_status": "employed"}  # fmt: skip
     application = api.apply(parent, "birth", answers)
 
     # Within seconds the one status shows every program of the bundle, across departments, each explained.
@@ -158,7 +161,7 @@ def test_job_loss_with_missing_information_until_a_decision(api: Api) -> None:
     emergency = programs(view)["emergency_welfare"]
     assert emergency["outcome"] == "needs_information"
     asked = {m["name"]: m for m in emergency["missing"]}
-    assert {"crisis_type", "household_monthly_income", "household_assets"} <= set(asked)
+    assert {"crisis_type", "earned_income", "household_assets"} <= set(asked)
     catalogue = {f["name"]: f for f in api.ok("eligibility", "GET", "/v1/fact-types", resident.auth)}
     assert asked["crisis_type"]["question"] == catalogue["crisis_type"]["question"], "the catalogue's own question"
     assert view["status"] == "action_required"
@@ -221,8 +224,11 @@ def test_moving_in_where_the_office_is_full_overflows_to_its_neighbour(api: Api)
     try:
         answers = {"moved_in_date": dt.date.today().isoformat(), "tenure": "monthly_rent", "monthly_rent": 450_000,
                    "lease_deposit": 10_000_000, "living_apart_from_parents": True, "korean_national": True,
-                   "household_monthly_income": 1_300_000, "owns_vehicle": False}  # fmt: skip
-        # Above housing benefit's 48 % of the median but within youth rent support's 60 %: one review case each.
+                   "earned_income": 0, "business_income": 1_300_000, "public_pension_income": 0,
+                   "residence_value": 10_000_000, "other_property_value": 0, "financial_assets": 0,
+                   "vehicle_value": 0, "debts": 0, "owns_vehicle": False}  # fmt: skip
+        # A recognised income of 1,300,000 (the deposit is below the basic deduction): above housing benefit's 48 %
+        # of the median but within youth rent support's 60 %: one review case each.
 
         def rent_case(view: JSON) -> bool:
             return settled_round(view) and bool(programs(view)["youth_monthly_rent_support"].get("case"))
@@ -258,19 +264,21 @@ def test_a_department_s_fact_changes_an_outcome_only_where_the_resident_consente
     api.consent(consenting, department_data__tax=True)
     withholding = api.register(district="11140", birth_date="1983-01-20")
     api.consent(withholding, proactive_screening=True)
-    declared = {**JOB_LOSS, "crisis_type": "main_earner_job_loss", "household_assets": 30_000_000}
+    declared = {**JOB_LOSS, "crisis_type": "main_earner_job_loss", "household_assets": 30_000_000,
+                "public_pension_income": 0}  # fmt: skip
     applications = {r.id: api.apply(r, "job_loss", declared) for r in (consenting, withholding)}
     for resident in (consenting, withholding):
         view = api.view_when(applications[resident.id], resident.auth, settled_round)
         missing = {m["name"] for m in programs(view)["emergency_welfare"]["missing"]}
-        assert "household_monthly_income" in missing
+        assert {"earned_income", "business_income"} <= missing
 
     tax = api.token(Role.PARTNER, partner_id=TAX_SOURCE)
     observed = dt.datetime.now(dt.UTC).isoformat()
     results = {}
     for resident in (consenting, withholding):
-        reported = {"name": "household_monthly_income", "value": 1_500_000, "observed_at": observed}
-        report = {"resident_id": str(resident.id), "source": "hometax", "facts": [reported]}
+        reported = [{"name": "earned_income", "value": 1_500_000, "observed_at": observed},
+                    {"name": "business_income", "value": 0, "observed_at": observed}]  # fmt: skip
+        report = {"resident_id": str(resident.id), "source": "hometax", "facts": reported}
         results[resident.id] = api.ok("eligibility", "POST", "/v1/facts", tax, json=report)
     assert results[consenting.id]["new_rounds"] == 1
     assert results[withholding.id]["new_rounds"] == 0
@@ -279,8 +287,11 @@ def test_a_department_s_fact_changes_an_outcome_only_where_the_resident_consente
     assert view["determination"]["trigger"] == "facts_reported"
     emergency = programs(view)["emergency_welfare"]
     assert emergency["outcome"] == "eligible"
-    income = next(c for c in emergency["criteria"] if "household_monthly_income" in c["values"])
-    assert income["sources"]["household_monthly_income"] == "department:tax"
+    income = next(c for c in emergency["criteria"] if "household_income" in c["values"])
+    assert income["values"]["household_income"] == 1_500_000
+    assert income["sources"]["household_income"] == "derived:declared+department:tax+registry"
+    wages = next(line for line in income["workings"]["household_income"] if line["item"] == "earned_income")
+    assert (wages["amount"], wages["source"]) == (1_500_000, "department:tax")
 
     other = api.view(applications[withholding.id], withholding.auth)
     assert other["determination"]["round"] == 1, "without consent the tax office's figure is not used"

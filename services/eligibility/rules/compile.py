@@ -236,6 +236,8 @@ def compile_version(
     definitions = compiler.definitions
     for leaf in leaves:
         if leaf.expression is not None:
+            facts_read = leaf.expression.facts
+            leaf.expression.probes = tuple({f: probe[f] for f in facts_read} for probe in compiler.probes)
             leaf.shown = _shown(leaf.expression, definitions)
             leaf.shown_facts = tuple(n for n in leaf.shown if n not in definitions)
             leaf.shown_defs = tuple(n for n in leaf.shown if n in definitions)

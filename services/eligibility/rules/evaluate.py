@@ -5,6 +5,7 @@ fails at evaluation gives ``needs_review``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class ProgramOutcome:
 
 
 _UNSET = object()
+_UNDEFINED = re.compile(r"Undefined variable or function: '([A-Za-z_][A-Za-z0-9_]*)'")
 _UNKNOWN_VALUE = object()
 
 RefResolver = Callable[[str], ProgramOutcome]
@@ -132,9 +134,42 @@ class RuleRun:
         if result is False:
             return FAILED
         if result is _UNKNOWN_VALUE:
-            self.leaf_missing[leaf.index] = missing
+            self.leaf_missing[leaf.index] = self._awaited(expression, missing)
             return UNKNOWN
         raise RuleFailed(f"{leaf.id}: gave {result!r}, not true or false")
+
+    def _awaited(self, expression: Expression, missing: list[str]) -> list[str]:
+        """Of an unknown leaf's missing facts, those its result waits on whatever the others turn out to be: CEL runs
+        with the known facts, and each missing fact it stops at is given a stand-in value in turn; a fact reached
+        with both sets of stand-ins is awaited. A fact the known ones make irrelevant (the spouse's income when there
+        is no spouse, the monthly rent of a jeonse tenant) is never reached, so never asked; one that only some
+        answers to the others would make relevant (the spouse's pension, before whether there is a spouse is known)
+        waits for those answers. Never empty: all of them if none is singled out."""
+        if len(missing) < 2 or not expression.probes:
+            return missing
+        cel_values = self.env.cel_values
+        known = {f: cel_values[f] for f in expression.facts if f in cel_values}
+        reached: list[set[str]] = []
+        for probe in expression.probes:
+            trial = dict(known)
+            names: set[str] = set()
+            for _ in range(len(missing)):
+                try:
+                    expression.program.execute(trial)
+                except RuntimeError as exc:
+                    found = _UNDEFINED.search(str(exc))
+                    name = found.group(1) if found else None
+                    if name is None or name not in probe or name in trial:
+                        return missing
+                    names.add(name)
+                    trial[name] = probe[name]
+                    continue
+                except Exception:  # the stand-ins' fault (a division by zero ...), not the facts'
+                    break
+                break
+            reached.append(names)
+        awaited = set.intersection(*reached) or set.union(*reached)
+        return [f for f in missing if f in awaited] or missing
 
     def _required_program(self, leaf: Leaf) -> CriterionStatus:
         assert leaf.ref is not None
@@ -217,16 +252,17 @@ class RuleRun:
                 except KeyError:  # a fact is missing
                     out.append(self._criterion(node, status))
                     continue
-                out.append(
-                    {
-                        "id": node.id,
-                        "label": node.label,
-                        "legal_reference": node.legal_reference,
-                        "status": status,
-                        "values": shown_values,
-                        "sources": shown_sources,
-                    }
-                )
+                criterion = {
+                    "id": node.id,
+                    "label": node.label,
+                    "legal_reference": node.legal_reference,
+                    "status": status,
+                    "values": shown_values,
+                    "sources": shown_sources,
+                }
+                if env.workings:
+                    self._add_workings(criterion, node.shown_facts)
+                out.append(criterion)
             else:
                 out.append(
                     {
@@ -281,7 +317,7 @@ class RuleRun:
                     value = _UNKNOWN_VALUE
                 values[name] = None if value is _UNKNOWN_VALUE else json_value(value)
                 sources[name] = RULE
-        return {
+        criterion = {
             "id": leaf.id,
             "label": leaf.label,
             "legal_reference": leaf.legal_reference,
@@ -289,6 +325,16 @@ class RuleRun:
             "values": values,
             "sources": sources,
         }
+        if env.workings:
+            self._add_workings(criterion, leaf.shown_facts)
+        return criterion
+
+    def _add_workings(self, criterion: dict[str, Any], shown: tuple[str, ...]) -> None:
+        """The computation of each derived figure the criterion shows, line by line (only when there is one)."""
+        workings = self.env.workings
+        found = {name: workings[name] for name in shown if name in workings}
+        if found:
+            criterion["workings"] = found
 
     def collect_missing(self, node: Node, out: dict[str, None]) -> None:
         """Descend only into unknown nodes: a determined node (an ``all`` with a failed child, an ``any`` with a

@@ -18,6 +18,8 @@ class Expression:
     # Whether a missing fact can be irrelevant to its result: only logical operators (&&, ||, ?:, and the macros
     # built on them) absorb one. Without them a missing fact makes the result unknown, with no need to run it.
     absorbs: bool = field(init=False)
+    # Typed stand-in values of its facts (two sets), to find which missing facts an unknown result waits on.
+    probes: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         self.absorbs = bool(_ABSORBING.intersection(self.program.functions()))

@@ -45,7 +45,7 @@ def new_version(**overrides: Any) -> dict[str, Any]:
                 "all": [
                     {"id": "age_65", "label": {"ko": "65세", "en": "65"}, "expr": "age_years >= 65"},
                     {"id": "income", "label": {"ko": "소득", "en": "income"},
-                     "expr": "household_monthly_income <= threshold"},
+                     "expr": "pension_recognised_income <= threshold"},
                 ]
             },
         },
@@ -74,7 +74,7 @@ async def test_the_catalogue_can_be_read_by_anyone_authenticated(eligibility: Ru
     detail = (await client.get("/v1/programs/basic_pension", headers=resident)).json()
     assert [v["version"] for v in detail["versions"]] == [1, 2]
     assert detail["versions"][0]["effective_from"] == "2025-01-01"
-    assert detail["versions"][0]["rule"]["all"][0]["expr"] == "age_years >= 65"
+    assert detail["versions"][0]["rule"]["all"][0]["expr"] == "calendar_age_months >= 779"
     assert "기초연금법" in detail["versions"][0]["source"]
     missing = await client.get("/v1/programs/no_such_program", headers=resident)
     assert missing.status_code == 404
@@ -166,8 +166,13 @@ async def test_put_adds_a_future_version_and_refuses_bad_ones_without_writing(el
     facts = {
         "birth_date": "1950-01-01",
         "korean_national": True,
+        "household_size": 1,
         "has_spouse": False,
-        "household_monthly_income": 2_490_000,
+        "district_code": "11440",
+        "earned_income": 0,
+        "business_income": 0,
+        "public_pension_income": 2_490_000,
+        **dict.fromkeys(("residence_value", "other_property_value", "financial_assets", "vehicle_value", "debts"), 0),
     }
     now = await client.post("/v1/evaluate", json={"facts": facts, "programs": ["basic_pension"]}, headers=admin)
     then = await client.post(
@@ -221,7 +226,8 @@ async def test_the_screener_judges_facts_and_stores_nothing(eligibility: Running
     assert by_code["birth_registration"]["department"] == "civil_registry"
     assert by_code["maternal_newborn_care"]["outcome"] == "needs_information"
     asked = {m["name"] for m in body["missing"]}
-    assert {"household_size", "household_monthly_income"} <= asked
+    assert {"household_size", "has_spouse", "earned_income"} <= asked, "what a person can answer, not an income total"
+    assert "household_income" not in asked
     assert len(asked) == len(body["missing"]), "each missing fact once"
 
     bad = [
@@ -246,7 +252,7 @@ async def test_departments_report_facts_within_their_authority(eligibility: Runn
     client = eligibility.client
     resident_id = uuid.uuid4()
     observed = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
-    income = {"name": "household_monthly_income", "value": 700_000, "observed_at": observed}
+    income = {"name": "financial_assets", "value": 700_000, "observed_at": observed}
     body = {"resident_id": str(resident_id), "facts": [income]}
     welfare = eligibility.auth("partner", partner_id="ssis")
 
@@ -348,7 +354,7 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
     await wait_until(lambda: eligibility.settled("events"))
     await wait_until(lambda: eligibility.settled("case-offices"))
 
-    fact = {"name": "household_monthly_income", "value": 1, "observed_at": dt.datetime.now(dt.UTC).isoformat()}
+    fact = {"name": "financial_assets", "value": 1, "observed_at": dt.datetime.now(dt.UTC).isoformat()}
     screening = {"programs": ["senior_transport_card"]}
     staff_only = {"partner": 403, "resident": 404, "service": 404}
     endpoints: list[tuple[str, str, Any, dict[str, int]]] = [

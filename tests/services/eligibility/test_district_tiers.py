@@ -15,9 +15,9 @@ from services.eligibility.facts import (
     CATALOGUE_DIR,
     DistrictTiers,
     FactLayers,
-    ReferenceDataMissing,
     district_tier_tables,
 )
+from services.eligibility.income import ReferenceDataMissing
 
 NOW = dt.datetime(2026, 3, 1, 9, tzinfo=dt.UTC)
 DAY = dt.date(2026, 3, 1)

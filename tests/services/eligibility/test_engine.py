@@ -123,10 +123,10 @@ def test_only_facts_that_could_change_the_outcome_are_asked(files: CatalogueFile
 def test_a_missing_fact_never_counts_as_zero_or_false(files: CatalogueFiles) -> None:
     cat = build(
         files,
-        program("low_income", leaf("low", "household_monthly_income < 1000000")),
+        program("low_income", leaf("low", "earned_income < 1000000")),
         program("not_single", {"id": "n", "label": {"ko": "n", "en": "n"}, "not": leaf("s", "single_parent")}),
         program("no_kids", leaf("none", "children_under_8 == 0")),
-        program("or_branch", leaf("either", "household_size == 1 || household_monthly_income < 1000")),
+        program("or_branch", leaf("either", "household_size == 1 || earned_income < 1000")),
     )
     for code in ("low_income", "not_single", "no_kids"):
         result = judge(cat, code, {})
@@ -136,13 +136,36 @@ def test_a_missing_fact_never_counts_as_zero_or_false(files: CatalogueFiles) -> 
     assert judge(cat, "or_branch", {"household_size": 1})["outcome"] == "eligible"
     unknown = judge(cat, "or_branch", {"household_size": 3})
     assert unknown["outcome"] == "needs_information"
-    assert [m["name"] for m in unknown["missing"]] == ["household_monthly_income"]
-    assert unknown["criteria"][0]["values"] == {"household_size": 3, "household_monthly_income": None}
-    assert unknown["criteria"][0]["sources"] == {"household_size": "declared", "household_monthly_income": "missing"}
+    assert [m["name"] for m in unknown["missing"]] == ["earned_income"]
+    assert unknown["criteria"][0]["values"] == {"household_size": 3, "earned_income": None}
+    assert unknown["criteria"][0]["sources"] == {"household_size": "declared", "earned_income": "missing"}
+
+
+def test_inside_one_criterion_only_the_facts_its_result_waits_on_are_asked(files: CatalogueFiles) -> None:
+    """A criterion whose result is unknown asks for the missing facts it reaches with what is known, not for every
+    fact it names: a fact the known ones make irrelevant is not asked."""
+    cat = build(
+        files,
+        program("rent", leaf("rent", "(tenure == 'monthly_rent' ? monthly_rent : 0) + lease_deposit / 100 >= 0")),
+        program("couple", leaf("couple", "(has_spouse && monthly_wage > 0 ? 1 : 2) + household_size > 0")),
+    )
+
+    def asked(code: str, declared: dict[str, Any]) -> list[str]:
+        result = judge(cat, code, declared)
+        assert result["outcome"] == "needs_information"
+        return [m["name"] for m in result["missing"]]
+
+    assert asked("rent", {"tenure": "jeonse"}) == ["lease_deposit"], "no monthly rent on a jeonse"
+    assert sorted(asked("rent", {"tenure": "monthly_rent"})) == ["lease_deposit", "monthly_rent"]
+    assert asked("couple", {"has_spouse": False}) == ["household_size"], "no spouse, no spouse's wage"
+    assert sorted(asked("couple", {"has_spouse": True})) == ["household_size", "monthly_wage"]
+    # Nothing known: whether there is a spouse is asked (the wage may be too: either could settle it).
+    assert {"has_spouse", "household_size"} <= set(asked("couple", {}))
+    assert judge(cat, "couple", {"has_spouse": False, "household_size": 1})["outcome"] == "eligible"
 
 
 def test_a_derived_fact_with_missing_inputs_asks_for_the_inputs(catalogue: Catalogue) -> None:
-    env = catalogue.environment(DAY, FactLayers(declared={"household_monthly_income": 100}), NOW)
+    env = catalogue.environment(DAY, FactLayers(declared={"earned_income": 100}), NOW)
     assert "age_years" not in env.values
     assert "median_income" not in env.values
     assert env.asks["age_years"] == ("birth_date",)
@@ -178,11 +201,11 @@ def test_the_median_income_table_is_versioned_reference_data(files: CatalogueFil
     only_2026 = MedianIncomeTable([y for y in files.median_years if y.year == 2026])
     cat = build(
         files,
-        program("by_median", leaf("low", "household_monthly_income <= median_income / 2")),
+        program("by_median", leaf("low", "earned_income <= median_income / 2")),
         program("by_age", leaf("old", "age_years >= 65")),
         medians=only_2026,
     )
-    env = cat.environment(DAY, FactLayers(declared={"household_size": 2, "household_monthly_income": 0,
+    env = cat.environment(DAY, FactLayers(declared={"household_size": 2, "earned_income": 0,
                                                     "birth_date": "1950-01-01"}), NOW)  # fmt: skip
     results = {r.program.code: r.outcome for r in cat.evaluate(env, ["by_median", "by_age"])}
     assert results["by_median"].outcome == "needs_review"
@@ -231,32 +254,31 @@ def test_a_program_requiring_one_that_needs_review_needs_review(files: Catalogue
 # ---------------------------------------------------------------------------------------------- provenance
 
 
-def test_authoritative_sources_override_declared_values_while_consent_and_validity_last(catalogue: Catalogue) -> None:
-    declared = {"household_size": 1, "household_monthly_income": 500_000}
-    registry = {"household_size": 2}
-    tax = ReportedValue("household_monthly_income", 900_000, "tax", "nts", NOW - dt.timedelta(days=3))
-    newer = ReportedValue("household_monthly_income", 2_000_000, "welfare", "ssis", NOW - dt.timedelta(days=1))
-    expired = ReportedValue(
-        "household_monthly_income", 10, "welfare", "ssis", NOW - dt.timedelta(hours=1), valid_until=NOW
-    )
-    no_authority = ReportedValue("household_monthly_income", 1, "labour", "hrd", NOW)
+def test_authoritative_sources_override_declared_values_while_consent_and_validity_last(files: CatalogueFiles) -> None:
+    cat = build(files, program("wages", leaf("low_wages", "earned_income < 3000000")))
+    declared = {"earned_income": 500_000}
+    tax = ReportedValue("earned_income", 900_000, "tax", "nts", NOW - dt.timedelta(days=3))
+    newer = ReportedValue("earned_income", 2_000_000, "labour", "hrd", NOW - dt.timedelta(days=1))
+    expired = ReportedValue("earned_income", 10, "labour", "hrd", NOW - dt.timedelta(hours=1), valid_until=NOW)
+    no_authority = ReportedValue("earned_income", 1, "welfare", "ssis", NOW)
 
-    def income(reported: list[ReportedValue], consents: dict[str, bool]) -> tuple[Any, Any]:
-        result = judge(catalogue, "livelihood_benefit", declared, registry=registry, reported=reported,
-                       consents=consents)  # fmt: skip
-        criterion = result["criteria"][0]
-        return criterion["values"]["household_monthly_income"], criterion["sources"]["household_monthly_income"]
+    def wages(reported: list[ReportedValue], consents: dict[str, bool]) -> tuple[Any, Any]:
+        criterion = judge(cat, "wages", declared, reported=reported, consents=consents)["criteria"][0]
+        return criterion["values"]["earned_income"], criterion["sources"]["earned_income"]
 
-    both = {"department_data:tax": True, "department_data:welfare": True}
-    assert income([], {}) == (500_000, "declared")
-    assert income([tax], {}) == (500_000, "declared"), "no consent: the department's value is not used"
-    assert income([tax], both) == (900_000, "department:tax")
-    assert income([tax, newer], both) == (2_000_000, "department:welfare"), "the latest observation wins"
-    assert income([tax, newer], {"department_data:tax": True}) == (900_000, "department:tax")
-    assert income([tax, expired], both) == (900_000, "department:tax"), "an expired fact is not used"
-    assert income([no_authority], {"department_data:labour": True}) == (500_000, "declared")
+    both = {"department_data:tax": True, "department_data:labour": True}
+    assert wages([], {}) == (500_000, "declared")
+    assert wages([tax], {}) == (500_000, "declared"), "no consent: the department's value is not used"
+    assert wages([tax], both) == (900_000, "department:tax")
+    assert wages([tax, newer], both) == (2_000_000, "department:labour"), "the latest observation wins"
+    assert wages([tax, newer], {"department_data:tax": True}) == (900_000, "department:tax")
+    assert wages([tax, expired], both) == (900_000, "department:tax"), "an expired fact is not used"
+    assert wages([no_authority], {"department_data:welfare": True}) == (500_000, "declared")
+
+
+def test_a_derived_value_names_where_its_inputs_came_from(catalogue: Catalogue) -> None:
     # The registry overrides what was declared; a derived value names where its inputs came from.
-    result = judge(catalogue, "livelihood_benefit", declared, registry=registry)
+    result = judge(catalogue, "livelihood_benefit", {"household_size": 1}, registry={"household_size": 2})
     assert result["criteria"][0]["sources"]["median_income"] == "derived:registry"
     assert result["criteria"][0]["values"]["median_income"] == 3_932_658
 
@@ -287,7 +309,7 @@ def version(rule: dict[str, Any] | None = None, **extra: Any) -> VersionSpec:
         (version(leaf("x", "employment_status == 'unemployd'")), "rule.expr", "type_error"),
         (version(leaf("x", "tenure in ['owner', 'renter']")), "rule.expr", "type_error"),
         (version(leaf("x", "household_size == '3'")), "rule.expr", "type_error"),
-        (version(leaf("x", "household_monthly_income <= median_income * 0.32")), "rule.expr", "type_error"),
+        (version(leaf("x", "recognised_income <= median_income * 0.32")), "rule.expr", "type_error"),
         (version(leaf("x", "age_years + 1")), "rule.expr", "type_error"),  # not true/false
         (version(leaf("x", "frobnicate(age_years)")), "rule.expr", "unknown_function"),
         (version(amount={"expr": "age_years * 1.5", "period": "once"}), "amount.expr", "type_error"),
@@ -340,14 +362,17 @@ def test_programs_requiring_each_other_are_refused(files: CatalogueFiles) -> Non
 
 
 def test_definitions_are_shown_with_their_values(files: CatalogueFiles, catalogue: Catalogue) -> None:
-    single = judge(catalogue, "earned_income_tax_credit",
-                   {"household_size": 1, "annual_household_income": 1, "household_assets": 0})  # fmt: skip
+    alone = {"has_spouse": False, "children_birth_dates": [], "parent_birth_dates": [], "annual_household_income": 1,
+             "household_assets": 0}  # fmt: skip
+    single = judge(catalogue, "earned_income_tax_credit", alone)
     # The household is single, so whether there are two earners cannot matter and is not asked.
     assert single["outcome"] == "eligible"
+    assert single["missing"] == []
     income = single["criteria"][0]
     assert income["values"]["income_limit"] == 22_000_000
+    assert income["values"]["single"] is True
     assert income["sources"]["income_limit"] == "rule"
-    assert income["values"]["dual_earner"] is None
+    assert income["values"]["spouse_income"] is None
 
 
 # ---------------------------------------------------------------------------------------------- compile once

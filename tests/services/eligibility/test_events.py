@@ -35,9 +35,9 @@ def now() -> dt.datetime:
 
 
 def registry(resident_id: uuid.UUID, version: int = 1, *, older_child: bool = True) -> ResidentUpdated:
-    household = [HouseholdMember(relation="spouse", birth_date=dt.date(1991, 1, 1))]
+    household = [HouseholdMember(relation="spouse", birth_date=dt.date(1991, 1, 1), monthly_income=1_000_000)]
     if older_child:
-        household.append(HouseholdMember(relation="child", birth_date=dt.date(2021, 4, 10)))
+        household.append(HouseholdMember(relation="child", birth_date=dt.date(2021, 4, 10), monthly_income=0))
     return ResidentUpdated(
         resident_id=resident_id,
         version=version,
@@ -113,7 +113,7 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
     async with event_log(nats_server.url, bus_prefix) as log:
         await eligibility.publish(registry(resident))
         await eligibility.publish(consents(resident, 1, department_data__welfare=True))
-        submitted = birth(resident)
+        submitted = birth(resident, earned_income=2_000_000, business_income=0)
         app = submitted.application_id
         submitted_event = await eligibility.publish(submitted)
 
@@ -136,22 +136,29 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         assert allowance["amount"] == 200_000
         counted = next(c for c in allowance["criteria"] if c["id"].startswith("child_under"))
         assert set(counted["sources"].values()) == {"derived:declared+registry"}
+        # The household's income is derived: the members' from the registry, the wages declared; the one income
+        # neither holds (a public pension) is what is asked, never an income total.
         care = by_code["maternal_newborn_care"]
         assert care["outcome"] == "needs_information"
-        assert [m["name"] for m in care["missing"]] == ["household_monthly_income"]
+        assert [m["name"] for m in care["missing"]] == ["public_pension_income"]
         assert care["case_weight"] == 0.8
         assert care["automatic"] is False
 
-        # A department reports the income (the resident consented to welfare data): a new round.
-        await eligibility.publish(report(resident, "welfare", household_monthly_income=3_000_000),
-                      source="/partners/ssis")  # fmt: skip
+        # A department reports the pension (the resident consented to welfare data): a new round.
+        await eligibility.publish(report(resident, "welfare", public_pension_income=0), source="/partners/ssis")
         second = await determined(log, app, 2)
         assert second.data["trigger"] == "facts_reported"
         care = programs(second)["maternal_newborn_care"]
         assert care["outcome"] == "eligible"
         income = next(c for c in care["criteria"] if c["id"] == "income_within_150_percent")
-        assert income["values"]["household_monthly_income"] == 3_000_000
-        assert income["sources"]["household_monthly_income"] == "department:welfare"
+        assert income["values"]["household_income"] == 3_000_000
+        assert income["sources"]["household_income"] == "derived:declared+department:welfare+registry"
+        lines = {line["item"]: line for line in income["workings"]["household_income"]}
+        assert (lines["public_pension_income"]["amount"], lines["public_pension_income"]["source"]) == (
+            0, "department:welfare"
+        )  # fmt: skip
+        assert (lines["spouse_income"]["amount"], lines["spouse_income"]["source"]) == (1_000_000, "registry")
+        assert (lines["earned_income"]["amount"], lines["earned_income"]["source"]) == (2_000_000, "declared")
 
         # Consent withdrawn: the department's fact is no longer used.
         await eligibility.publish(consents(resident, 2, department_data__welfare=False))
@@ -168,7 +175,7 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         # The resident answers: a new round, whatever changed.
         await eligibility.publish(
             ApplicationInfoProvided(
-                application_id=app, resident_id=resident, answers={"household_monthly_income": 9_000_000},
+                application_id=app, resident_id=resident, answers={"public_pension_income": 6_000_000},
                 provided_at=now(),
             ),
         )  # fmt: skip
@@ -176,7 +183,11 @@ async def test_an_application_reaches_every_department_and_follows_facts_and_con
         assert fourth.data["trigger"] == "info_provided"
         care = programs(fourth)["maternal_newborn_care"]
         assert care["outcome"] == "ineligible"
-        assert care["criteria"][1]["sources"]["household_monthly_income"] == "declared"
+        assert care["criteria"][1]["values"]["household_income"] == 9_000_000
+        pension = next(
+            x for x in care["criteria"][1]["workings"]["household_income"] if x["item"] == "public_pension_income"
+        )
+        assert pension["source"] == "declared"
 
         # The registry changes (the older child no longer lives with the resident): an outcome changes, a round.
         await eligibility.publish(registry(resident, 2, older_child=False))

@@ -175,14 +175,15 @@ def test_the_registry_gives_the_family_unit_and_its_dependants(catalogue: Catalo
     assert registry["family_birth_dates"] == [dt.date(1986, 5, 1), dt.date(2018, 3, 1), dt.date(1950, 2, 1)]
     assert registry["family_disabled_birth_dates"] == [dt.date(1986, 5, 1)]
 
-    declared = {"household_monthly_income": 3_000_000, "household_assets": 100_000_000, "employment_days_2y": 300}
+    declared = {"earned_income": 3_000_000, "business_income": 0, "public_pension_income": 0, "spouse_income": 0,
+                "other_members_income": 0, "household_assets": 100_000_000, "employment_days_2y": 300}  # fmt: skip
     result = judge(catalogue, "national_employment_support", dt.date(2025, 6, 1),
                    FactLayers(declared=declared, registry=registry))  # fmt: skip
     assert result["outcome"] == "eligible"
     assert result["amount"] == 500_000 + 3 * 100_000
     # The threshold is the median for the household of eight, as the registry has it.
     income = criterion(result, "income_within_60_percent")
-    assert income["sources"] == {"household_monthly_income": "declared", "median_income": "derived:registry",
+    assert income["sources"] == {"household_income": "derived:declared+registry", "median_income": "derived:registry",
                                  "threshold": "rule"}  # fmt: skip
 
 
@@ -196,7 +197,8 @@ def test_a_family_member_born_after_the_application_date_is_not_yet_a_dependant(
 
 def test_bulk_screening_agrees_with_the_per_application_engine_on_the_labour_programs(catalogue: Catalogue) -> None:
     codes = ["national_employment_support", "maternity_leave_benefit", "parental_leave_benefit", "unemployment_benefit"]
-    base = {"birth_date": "1985-01-01", "household_monthly_income": 1_000_000, "household_assets": 0,
+    base = {"birth_date": "1985-01-01", "earned_income": 1_000_000, "business_income": 0, "public_pension_income": 0,
+            "spouse_income": 0, "other_members_income": 0, "household_assets": 0,
             "employment_days_2y": 150, "employment_status": "employed", "insured_days_total": 400,
             "monthly_wage": 2_300_000, "maternity_leave_end_date": "2024-06-15", "child_birth_date": "2024-04-20",
             "parental_leave_months": 12}  # fmt: skip

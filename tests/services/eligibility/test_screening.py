@@ -44,15 +44,26 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
 ) -> None:
     client = eligibility.client
     senior = await resident(eligibility, dt.date(1950, 5, 1), proactive_screening=True, department_data__welfare=True,
-                            department_data__civil_registry=True)  # fmt: skip
+                            department_data__civil_registry=True, department_data__tax=True)  # fmt: skip
     applied = await resident(eligibility, dt.date(1955, 5, 1), proactive_screening=True)
     refused = await resident(eligibility, dt.date(1950, 5, 1), proactive_screening=False)
     young = await resident(eligibility, dt.date(2000, 5, 1), proactive_screening=True)
     observed = (now() - dt.timedelta(hours=1)).isoformat()
-    for partner, name, value in (("ssis", "household_monthly_income", 1_000_000), ("moi", "korean_national", True)):
+    # What the departments hold of the senior (and of the one who refused screening): a pension of 1,000,000 a
+    # month, no other income, no assets, no occupational pension; the registry holds the rest (living alone).
+    reports: dict[str, dict[str, object]] = {
+        "ssis": {"public_pension_income": 1_000_000, "financial_assets": 0, "debts": 0,
+                 "occupational_pension_recipient": False},
+        "nts": {"earned_income": 0, "business_income": 0, "residence_value": 0, "other_property_value": 0,
+                "vehicle_value": 0},
+        "moi": {"korean_national": True},
+    }  # fmt: skip
+    for partner, facts in reports.items():
         for who in (senior, refused):
-            fact = {"name": name, "value": value, "observed_at": observed}
-            response = await client.post("/v1/facts", json={"resident_id": str(who), "facts": [fact]},
+            body = {"resident_id": str(who), "facts": [
+                {"name": name, "value": value, "observed_at": observed} for name, value in facts.items()
+            ]}  # fmt: skip
+            response = await client.post("/v1/facts", json=body,
                                          headers=eligibility.auth("partner", partner_id=partner))  # fmt: skip
             assert response.status_code == 201, response.text
     await eligibility.publish(

@@ -64,7 +64,7 @@ def birth_application(resident_id: uuid.UUID | str, **overrides: Any) -> JSON:
         "life_event": "birth",
         "answers": {
             "child_birth_date": (dt.date.today() - dt.timedelta(days=12)).isoformat(),
-            "household_monthly_income": 4_200_000,
+            "earned_income": 4_200_000,
             "household_size": 4,
             "employment_status": "employed",
         },
@@ -208,8 +208,8 @@ def program(
                 id=f"{code}.main",
                 label=Localized(ko="자격 요건", en="Main requirement"),
                 status=status,
-                values={"household_monthly_income": 4_200_000},
-                sources={"household_monthly_income": "declared"},
+                values={"household_income": 4_200_000},
+                sources={"household_income": "derived:declared"},
             )
         ],
         missing=missing or [],

@@ -56,7 +56,7 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
                     birth_order="two",
                     birth_registered="yes",
                     child_birth_date="2024/01/05",
-                    household_monthly_income=1.5,
+                    earned_income=1.5,
                     household_assets=True,
                     tenure="castle",
                     children_birth_dates=["2019-03-02", "last spring"],
@@ -71,7 +71,7 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
                     "answers.birth_order",
                     "answers.birth_registered",
                     "answers.child_birth_date",
-                    "answers.household_monthly_income",
+                    "answers.earned_income",
                     "answers.household_assets",
                     "answers.tenure",
                     "answers.children_birth_dates",
@@ -138,7 +138,7 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
         assert same_key_other_caller.status_code == 201, "keys belong to their caller"
         # A number no 64-bit integer holds, under a key already used: the key is refused, and the number itself is
         # refused by the validator, never a 500 (the retry is compared before the body is validated).
-        too_big = birth_application(a_id, answers={"household_monthly_income": 10**20})
+        too_big = birth_application(a_id, answers={"earned_income": 10**20})
         assert problem_fields(await client.post("/v1/applications", json=too_big, headers=a | key)) == {
             "header.Idempotency-Key"
         }
@@ -146,7 +146,7 @@ async def test_filing_is_idempotent_and_bad_input_is_refused_without_a_trace(
         for _ in range(2):
             refused = await client.post("/v1/applications", json=too_big, headers=a | fresh_key)
             assert refused.status_code == 422, refused.text
-            assert problem_fields(refused) == {"answers.household_monthly_income"}
+            assert problem_fields(refused) == {"answers.earned_income"}
 
         # Staff file at a counter, with a fact only staff may supply (from the employment insurance records).
         clerk = intake.auth("caseworker", offices=[SEOUL_WEST_EMP], subject="cw-lee")
