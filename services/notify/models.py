@@ -223,10 +223,6 @@ class Partner(Base):
         back_populates="partner", order_by="PartnerGrant.event_type", lazy="selectin", cascade="all, delete-orphan"
     )
 
-    @property
-    def granted_types(self) -> list[str]:
-        return [g.event_type for g in self.grants]
-
 
 class GrantPurpose(StrEnum):
     """Why a partner receives an event type, as the administrator stated it when granting it. The purpose decides
