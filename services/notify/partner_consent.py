@@ -15,8 +15,9 @@ transaction, and the drop recorded with status ``withdrawn`` and the time (no pa
 - webhook deliveries not delivered yet (pending, or failed and waiting for a retry). One a worker is posting at that
   very moment cannot be recalled: it is recorded ``sent`` if the partner took it;
 - NATS copies still waiting in the outbox. The relay publishes within moments of the commit, so these are the copies
-  held up by a slow or unreachable NATS; a copy the relay has already picked up goes out. The drop is recorded on
-  the partner's NATS subscription as a delivery with transport ``nats``.
+  held up by a slow or unreachable NATS. The drop is recorded on the partner's NATS subscription as a delivery with
+  transport ``nats``. One gap remains: a copy the relay had already read, and is publishing at that very moment, goes
+  out although its row is deleted and the drop recorded (the relay, shared by every service, takes no row locks).
 Nothing already delivered is recalled: the partner is told through its agreement, not through the feed.
 """
 
