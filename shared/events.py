@@ -12,10 +12,10 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasPath, BaseModel, ConfigDict, Field
 
 TYPE_PREFIX = "onestop."
 SPECVERSION: Literal["1.0"] = "1.0"
@@ -159,12 +159,20 @@ class ApplicationSubmitted(EventData):
     resident: ResidentContext
 
 
+# Where a partner the resident consented to may serve them (an NGO routes the family to its local branch, in their
+# language), taken from the event's resident context; never their vulnerabilities.
+PartnerDistrict = Annotated[str, Field(validation_alias=AliasPath("resident", "district_code"))]
+PartnerLanguage = Annotated[Language, Field(validation_alias=AliasPath("resident", "preferred_language"))]
+
+
 class ApplicationSubmittedPartnerView(BaseModel):
     application_id: uuid.UUID
     resident_id: uuid.UUID
     life_event: str
     channel: Channel
     submitted_at: dt.datetime
+    district_code: PartnerDistrict
+    preferred_language: PartnerLanguage
 
 
 class ApplicationInfoProvided(EventData):
@@ -226,7 +234,9 @@ class ConsentChanged(EventData):
     """The resident's full current consent set after a change (so a consumer never needs the earlier ones).
 
     Purposes: ``proactive_screening``; ``department_data:<department>`` (eligibility may use that department's
-    facts); ``partner:<partner id>`` (that partner may see more than the pseudonymous id)."""
+    facts); ``partner:<partner id>`` (that partner receives the events about this resident of every type it is
+    granted) and ``partner:<partner id>:<event type>`` (that partner receives the events of that one type, e.g.
+    ``partner:saebom-ngo:case.routed``). Without either, nothing about the resident reaches the partner."""
 
     event_type: ClassVar[str] = "consent.changed"
     resident_id: uuid.UUID
@@ -338,6 +348,8 @@ class EligibilityDeterminedPartnerView(BaseModel):
     resident_id: uuid.UUID
     round: int
     evaluated_at: dt.datetime
+    district_code: PartnerDistrict
+    preferred_language: PartnerLanguage
     programs: list[ProgramOutcomePartnerView]
 
 
@@ -425,6 +437,7 @@ class CaseDecidedPartnerView(BaseModel):
     department: Department
     decision: Decision
     reason_code: str
+    amount: int | None = None
     decided_at: dt.datetime
 
 
@@ -507,6 +520,47 @@ class NotificationFailed(EventData):
     failed_at: dt.datetime
 
 
+# ================================================================================================ aggregates
+
+
+class DeterminationCounts(BaseModel):
+    """One district's determinations of one program in the period, by outcome. An outcome counted fewer times than
+    the minimum group size (but not zero) is withheld (null)."""
+
+    district_code: str
+    program_code: str
+    determinations: int = Field(ge=0)
+    eligible: int | None = Field(ge=0)
+    ineligible: int | None = Field(ge=0)
+    needs_information: int | None = Field(ge=0)
+    needs_review: int | None = Field(ge=0)
+
+
+class DeterminationsCounted(EventData):
+    """Eligibility determinations counted per district and program over one period: no resident ids, no consent.
+
+    For planning: a partner granted it needs no resident's consent. Each evaluation round counts once per program. A
+    district and program with fewer determinations than ``min_group`` is left out (``withheld_groups`` says how many
+    were), and within a group an outcome counted fewer times is withheld, with the next smallest when that one alone
+    could be worked out from the total."""
+
+    event_type: ClassVar[str] = "aggregate.determinations_counted"
+    period_start: dt.datetime
+    period_end: dt.datetime
+    min_group: int = Field(ge=1)
+    counts: list[DeterminationCounts]
+    withheld_groups: int = Field(ge=0)
+    counted_at: dt.datetime
+
+
+class DeterminationsCountedPartnerView(BaseModel):
+    period_start: dt.datetime
+    period_end: dt.datetime
+    min_group: int
+    counts: list[DeterminationCounts]
+    withheld_groups: int
+
+
 # ================================================================================================ the catalogue
 
 
@@ -530,6 +584,12 @@ class EventSpec:
     @property
     def partner_visible(self) -> bool:
         return self.partner_view is not None
+
+    @property
+    def about_a_resident(self) -> bool:
+        """Whether what a partner sees names a resident (then it needs that resident's consent); an aggregate does
+        not."""
+        return self.partner_view is not None and "resident_id" in self.partner_view.model_fields
 
 
 def _spec(model: type[EventData], producer: str, partner_view: type[BaseModel] | None = None) -> EventSpec:
@@ -560,10 +620,15 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(CaseClosed, "routing", CaseClosedPartnerView),
         _spec(NotificationSent, "notify"),
         _spec(NotificationFailed, "notify"),
+        _spec(DeterminationsCounted, "notify", DeterminationsCountedPartnerView),
     )
 }
 
 PARTNER_VISIBLE_TYPES = frozenset(t for t, spec in CATALOGUE.items() if spec.partner_visible)
+# The partner-visible types about one resident: a resident may consent to a partner receiving one of these alone.
+RESIDENT_PARTNER_TYPES = frozenset(t for t, spec in CATALOGUE.items() if spec.about_a_resident)
+# Fields of partner views that are money: a partner sees them only under a grant whose purpose needs them.
+AMOUNT_FIELDS = frozenset({"amount", "amount_period"})
 
 
 class UnknownEventType(LookupError):
@@ -601,12 +666,29 @@ def validate_event(event: CloudEvent) -> EventData:
     return spec_for(event.type).data_model.model_validate(event.data)
 
 
-def partner_view(event: CloudEvent) -> dict[str, Any]:
-    """The partner-safe projection of an event's data: only the fields its partner view declares."""
+def partner_view(event: CloudEvent, *, amounts: bool = True) -> dict[str, Any]:
+    """The partner-safe projection of an event's data: only the fields its partner view declares; without
+    ``amounts``, none of the :data:`AMOUNT_FIELDS` at any depth either."""
     spec = spec_for(event.type)
     if spec.partner_view is None:
         raise PermissionError(f"{spec.event_type} is not partner-visible")
-    return spec.partner_view.model_validate(event.data).model_dump(mode="json")
+    view = spec.partner_view.model_validate(event.data).model_dump(mode="json")
+    return view if amounts else without_amounts(view)
+
+
+def without_amounts(value: Any) -> Any:
+    """``value`` (JSON data) with every key of :data:`AMOUNT_FIELDS` left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_amounts(v) for k, v in value.items() if k not in AMOUNT_FIELDS}
+    if isinstance(value, list):
+        return [without_amounts(v) for v in value]
+    return value
+
+
+def partner_purpose(partner_id: str, event_type: str | None = None) -> str:
+    """The consent purpose letting a partner receive the events about a resident: every granted type
+    (``partner:<id>``) or one (``partner:<id>:<event type>``). See :class:`ConsentChanged`."""
+    return f"partner:{partner_id}" if event_type is None else f"partner:{partner_id}:{event_type}"
 
 
 def subject_for(prefix: str, event_type: str) -> str:

@@ -20,7 +20,16 @@ from pydantic import (
     StringConstraints,
 )
 
-from shared.events import Channel, Department, Language, Localized, MissingFact, Outcome, Vulnerability
+from shared.events import (
+    RESIDENT_PARTNER_TYPES,
+    Channel,
+    Department,
+    Language,
+    Localized,
+    MissingFact,
+    Outcome,
+    Vulnerability,
+)
 
 # ---------------------------------------------------------------------------------------------- field types
 
@@ -78,11 +87,24 @@ Reason = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), AfterValidator(_storable)
 ]
 
+# partner:<partner id> lets that partner receive every event type it is granted about the resident;
+# partner:<partner id>:<event type> only that type (one of the partner-visible types about a resident).
 PURPOSE_PATTERN = (
     r"^(proactive_screening|department_data:(" + "|".join(d.value for d in Department) + r")"
-    r"|partner:[a-z0-9][a-z0-9_-]{0,63})$"
+    r"|partner:[a-z0-9][a-z0-9_-]{0,63}(:[a-z][a-z0-9_.]{2,79})?)$"
 )
-Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_PATTERN)]
+
+
+def _known_partner_event_type(purpose: str) -> str:
+    if purpose.startswith("partner:") and purpose.count(":") == 2:
+        event_type = purpose.rsplit(":", 1)[1]
+        if event_type not in RESIDENT_PARTNER_TYPES:
+            known = ", ".join(sorted(RESIDENT_PARTNER_TYPES))
+            raise ValueError(f"'{event_type}' is not an event type a partner may receive about you (one of: {known})")
+    return purpose
+
+
+Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_PATTERN), AfterValidator(_known_partner_event_type)]
 
 ContactChannel = Literal["inbox", "email", "sms"]
 # A household member's relation to the resident: foster_child (가정위탁 아동) and ward (미성년후견 아동) are
@@ -182,7 +204,11 @@ class ConsentsUpdate(Strict):
 
     consents: dict[Purpose, StrictBool] = Field(
         max_length=50,
-        description="proactive_screening, department_data:<department>, partner:<partner id> -> granted",
+        description=(
+            "proactive_screening, department_data:<department>, partner:<partner id> (every event type the partner "
+            "is granted) or partner:<partner id>:<event type> (that type only, e.g. partner:saebom-ngo:case.routed) "
+            "-> granted"
+        ),
         examples=[{"proactive_screening": True, "department_data:tax": True}],
     )
 

@@ -6,10 +6,21 @@ webhooks) about every step.
 **Residents** read their messages at `GET /v1/inbox` (the inbox keeps a copy of every message) and choose channels,
 language and quiet hours for SMS at `PUT /v1/preferences`; what they leave unset follows what they told intake.
 
-**Partners** receive the *partner view* of the event types an administrator granted them
-(`PUT /v1/partners/{id}/grants`), in a CloudEvents 1.0 envelope with the event's own `id` and `type`. Without the
-resident's `partner:<partner id>` consent it carries nothing personal beyond the pseudonymous resident id; with it,
-`data.consented` adds a few facts of that resident's case (district and language; a decision's amount and reason).
+**Partners** receive the *partner view* of the event types an administrator granted them, in a CloudEvents 1.0
+envelope with the event's own `id` and `type`: ids (the resident's pseudonymous one), outcomes, district and language,
+never names, contacts or answers.
+
+- Each grant states its purpose (`PUT /v1/partners/{id}/grants {"grants": [{"event_type": "case.decided",
+  "purpose": "payment"}]}`): `payment` (amounts included), `notification` or `outreach` (no amounts: the key is
+  absent), `statistics` (aggregate feeds only).
+- An event about a resident reaches a partner only if that resident consented to it in intake: `partner:<partner id>`
+  (every type the partner is granted) or `partner:<partner id>:<event type>` (that type only). Without it the partner
+  receives nothing about the resident, not even a delivery record.
+- When the resident withdraws, what is still queued for the partner about them is dropped at once and listed in
+  `GET /v1/deliveries` with status `withdrawn` and `withdrawn_at` (a webhook delivery, or a NATS copy that was still
+  waiting to be published: transport `nats`); nothing about the resident is kept in it.
+- `aggregate.determinations_counted` needs no consent: eligibility determinations counted per district and program
+  for each period (a day from midnight in the city, by default), groups smaller than the minimum withheld, no ids.
 
 - NATS: `POST /v1/subscriptions {"transport": "nats", "event_types": [...]}`, then subscribe with the partner's NATS
   user to `<prefix>.partner.<partner id>.<event type>` (the user may read nothing else).

@@ -21,6 +21,7 @@ from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
 from services.notify.repository import RepositoryDep
 from services.notify.schemas import (
+    GrantOut,
     GrantsIn,
     InboxMessage,
     InboxPage,
@@ -198,7 +199,7 @@ partners_router = APIRouter(prefix="/v1/partners", tags=["partners"])
 def _partner_out(partner: Partner, prefix: str) -> PartnerOut:
     return PartnerOut.from_row(
         partner,
-        grants=partner.granted_types,
+        grants=[GrantOut.from_row(g) for g in partner.grants],
         nats_user=f"partner-{partner.id}",
         nats_subjects=partner_subject(prefix, partner.id, ">"),
     )
@@ -220,13 +221,13 @@ async def get_partner(
 
 @partners_router.put(
     "/{partner_id}/grants",
-    summary="Set the event types a partner may receive (replaces the list; creates the partner)",
+    summary="Set the event types a partner may receive, each with its purpose (replaces the list; creates the partner)",
     responses=problem_responses(403),
 )
 async def put_grants(
     partner_id: PartnerId, body: GrantsIn, principal: Admin, repo: RepositoryDep, settings: SettingsDep
 ) -> PartnerOut:
-    partner = await partners.set_grants(repo, principal, partner_id, body.event_types)
+    partner = await partners.set_grants(repo, principal, partner_id, body.grants)
     return _partner_out(partner, settings.bus_prefix)
 
 
@@ -343,7 +344,7 @@ def _webhook_delivery_out(delivery: WebhookDelivery) -> WebhookDeliveryOut:
 
 
 @deliveries_router.get(
-    "", summary="Webhook deliveries, newest first (partners: their own; administrators: all)",
+    "", summary="Webhook deliveries and withdrawn NATS copies, newest first (partners: their own; administrators: all)",
     responses=problem_responses(403),
 )  # fmt: skip
 async def list_deliveries(
@@ -374,7 +375,7 @@ async def get_delivery(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: 
 @deliveries_router.post(
     "/{delivery_id}/redeliver",
     status_code=202,
-    summary="Send a delivery again (whatever its status), in its place in the subscription's order",
+    summary="Send a delivery again (unless withdrawn by the resident), in its place in the subscription's order",
     responses=problem_responses(404, 409),
 )
 async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep) -> WebhookDeliveryOut:

@@ -1,6 +1,7 @@
 """Notify's service context: its settings, its outbox, the contact directory (intake over HTTP), the renderer, the
-two delivery workers and the hook that wakes them. Made once per running service (:func:`services.notify.worker
-.running`), handed to routes through :data:`ContextDep` and to the event handlers when they are made."""
+two delivery workers and the hook that wakes them, and the publisher of the aggregate feed. Made once per running
+service (:func:`services.notify.worker.running`), handed to routes through :data:`ContextDep` and to the event
+handlers when they are made."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
+from services.notify.aggregates import AggregatePublisher
 from services.notify.contacts import ContactDirectory
 from services.notify.delivery import ResidentDelivery
 from services.notify.partner_delivery import PartnerDelivery
@@ -27,6 +29,7 @@ class NotifyContext:
     renderer: Renderer
     residents: ResidentDelivery
     partners: PartnerDelivery
+    aggregates: AggregatePublisher
     wake: Callable[[], None]
 
 

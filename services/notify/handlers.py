@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from services.notify.context import NotifyContext
 from services.notify.notifications import ResidentMessages
-from services.notify.partners import PartnerFanOut
+from services.notify.partners import PartnerFeeds
 from shared.consumer import Subscription, on
 from shared.events import (
     CATALOGUE,
@@ -28,7 +28,8 @@ from shared.events import (
 
 def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
     messages = ResidentMessages(ctx.settings)
-    fan_out = PartnerFanOut(ctx.outbox, ctx.settings.bus_prefix)
+    feeds = PartnerFeeds(ctx.outbox, ctx.settings)
+    fanned_out = sorted(PARTNER_VISIBLE_TYPES - {EligibilityDetermined.event_type})
     return [
         Subscription(
             name="residents",
@@ -47,9 +48,14 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 on(CaseSlaBreached, messages.case_sla_breached),
             ],
         ),
-        # Separate from the residents' consumer so that neither can hold the other up.
+        # Separate from the residents' consumer so that neither can hold the other up. It takes the consents to
+        # partners itself, so that each event is judged by the consent intake emitted before it.
         Subscription(
             name="partners",
-            handlers=[on(CATALOGUE[t].data_model, fan_out) for t in sorted(PARTNER_VISIBLE_TYPES)],
+            handlers=[
+                on(ConsentChanged, feeds.consent_changed),
+                on(EligibilityDetermined, feeds.eligibility_determined),  # counted for the aggregate feed, too
+                *[on(CATALOGUE[t].data_model, feeds.fan_out) for t in fanned_out],
+            ],
         ),
     ]

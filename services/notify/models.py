@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.events import partner_purpose
 from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
@@ -171,6 +172,7 @@ class DeliveryStatus(StrEnum):
     DEAD = "dead"  # gave up; an admin may retry
     SUPPRESSED = "suppressed"  # not sent on purpose (the application was withdrawn)
     CANCELLED = "cancelled"  # not sent on purpose (the subscription was deleted, the grant revoked)
+    WITHDRAWN = "withdrawn"  # not sent on purpose: the resident withdrew their consent to the partner
 
 
 RETRYABLE = (DeliveryStatus.PENDING.value, DeliveryStatus.FAILED.value)
@@ -221,22 +223,50 @@ class Partner(Base):
         back_populates="partner", order_by="PartnerGrant.event_type", lazy="selectin", cascade="all, delete-orphan"
     )
 
+
+class GrantPurpose(StrEnum):
+    """Why a partner receives an event type, as the administrator stated it when granting it. The purpose decides
+    what of the partner view it gets: only ``payment`` needs amounts."""
+
+    PAYMENT = "payment"  # paying or expecting a benefit (a bank): amounts included
+    NOTIFICATION = "notification"  # following the resident's case to tell or accompany them
+    OUTREACH = "outreach"  # offering the resident further help
+    STATISTICS = "statistics"  # planning from aggregate feeds (no resident in them)
+
     @property
-    def granted_types(self) -> list[str]:
-        return [g.event_type for g in self.grants]
+    def needs_amounts(self) -> bool:
+        return self is GrantPurpose.PAYMENT
 
 
 class PartnerGrant(Base):
-    """An event type an administrator allowed a partner to receive (its partner view)."""
+    """An event type an administrator allowed a partner to receive (its partner view), and for what purpose."""
 
     __tablename__ = "partner_grants"
 
     partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), primary_key=True)
     event_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))
     granted_at: Mapped[dt.datetime]
     granted_by: Mapped[str] = mapped_column(String(255))
 
     partner: Mapped[Partner] = relationship(back_populates="grants")
+
+
+class PartnerConsent(Base):
+    """The partner purposes a resident consents to (``partner:<id>``, ``partner:<id>:<event type>``), as the partners'
+    consumer last heard them. That consumer keeps its own copy, so that a consent and the events behind it are applied
+    in the order intake emitted them: nothing about a resident goes to a partner before their consent arrived."""
+
+    __tablename__ = "partner_consents"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    purposes: Mapped[list[str]] = mapped_column(default=list)
+    version: Mapped[int] = mapped_column(default=0)
+    updated_at: Mapped[dt.datetime]
+
+    def covers(self, partner_id: str, event_type: str) -> bool:
+        granted = set(self.purposes)
+        return partner_purpose(partner_id) in granted or partner_purpose(partner_id, event_type) in granted
 
 
 class Transport(StrEnum):
@@ -281,7 +311,11 @@ class Subscription(Base):
 
 class WebhookDelivery(Base):
     """One event for one webhook subscription. ``seq`` orders a subscription's deliveries: the next one waits until
-    the one before was delivered or gave up."""
+    the one before was delivered or gave up.
+
+    A NATS copy has no row while it waits in the outbox; when the resident withdraws their consent before it was
+    published, the copy is dropped and recorded here (transport ``nats``, status ``withdrawn``) on the partner's NATS
+    subscription, so the partner and administrators see the drop as they see a webhook's."""
 
     __tablename__ = "webhook_deliveries"
 
@@ -289,8 +323,12 @@ class WebhookDelivery(Base):
     id: Mapped[uuid.UUID] = mapped_column(unique=True, default=uuid.uuid4)
     subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id"))
     partner_id: Mapped[str] = mapped_column(String(40), index=True)
+    transport: Mapped[str] = mapped_column(String(8), default=Transport.WEBHOOK.value)
     event_id: Mapped[str] = mapped_column(String(64))
     event_type: Mapped[str] = mapped_column(String(64))
+    # The resident the event is about (null for an aggregate): a withdrawn consent finds what is queued for them.
+    resident_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    # Emptied when the delivery is withdrawn: nothing about the resident is kept for the partner.
     payload: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(default=0)
@@ -302,8 +340,40 @@ class WebhookDelivery(Base):
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+    withdrawn_at: Mapped[dt.datetime | None]
 
     __table_args__ = (
         UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_subscription_event"),
         Index("ix_webhook_deliveries_queue", "subscription_id", "status", "seq"),
     )
+
+
+# ================================================================================================ aggregate feeds
+
+
+class AggregatePeriod(Base):
+    """A period of the aggregate feed: open while counts go in, published once (``aggregate.determinations_counted``)
+    after it ended. A count arriving for a period already published goes into the next one."""
+
+    __tablename__ = "aggregate_periods"
+
+    period_start: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    period_end: Mapped[dt.datetime]
+    published_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (Index("ix_aggregate_periods_unpublished", "published_at", "period_end"),)
+
+
+class AggregateCount(Base):
+    """How many determinations of one program, with one outcome, for residents of one district, in one period. No
+    resident, no application: only the count."""
+
+    __tablename__ = "aggregate_counts"
+
+    period_start: Mapped[dt.datetime] = mapped_column(
+        ForeignKey("aggregate_periods.period_start", ondelete="CASCADE"), primary_key=True
+    )
+    district_code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    program_code: Mapped[str] = mapped_column(String(100), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)

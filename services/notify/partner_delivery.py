@@ -5,6 +5,11 @@ up). A failed attempt is retried with exponential backoff and jitter; after ``we
 ``dead`` and the queue moves on (the partner can ask for it again: ``POST /v1/deliveries/{id}/redeliver``). After
 ``webhook_pause_after_failures`` failed attempts in a row the subscription is paused; its deliveries keep queueing
 until the partner or an administrator resumes it.
+
+Before every attempt the worker checks again what may have changed since the delivery was queued: the grant (revoked:
+``cancelled``; a purpose that no longer needs amounts: they are taken out), and the resident's consent to the partner
+(withdrawn: ``withdrawn``, nothing kept). A withdrawal that arrives while an attempt is on its way cannot recall it: if
+the partner took it, it is recorded ``sent``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import logging
 import httpx
 from prometheus_client import Counter
 
-from services.notify.models import DeliveryStatus, SubscriptionStatus, WebhookDelivery, utcnow
+from services.notify.models import RETRYABLE, DeliveryStatus, GrantPurpose, SubscriptionStatus, WebhookDelivery, utcnow
+from services.notify.partner_consent import covers, withdraw
+from services.notify.partners import shaped_for
 from services.notify.repository import Repository, new_claim_token
 from services.notify.schedule import backoff
 from services.notify.settings import NotifySettings
@@ -66,16 +73,27 @@ class PartnerDelivery:
             delivery = await repo.held_webhook_delivery(seq, token)
             if delivery is None:
                 return
+            if delivery.status not in RETRYABLE:
+                _release(delivery)  # withdrawn (or cancelled) after it was claimed
+                return
             subscription = await repo.subscription(delivery.subscription_id)
             if subscription is None or subscription.status != SubscriptionStatus.ACTIVE.value or not subscription.url:
                 _release(delivery)  # paused or deleted meanwhile: it waits (or was cancelled with the subscription)
                 return
-            if not await repo.is_granted(delivery.partner_id, delivery.event_type):
+            purpose = await repo.grant_purpose(delivery.partner_id, delivery.event_type)
+            if purpose is None:
                 delivery.status = DeliveryStatus.CANCELLED.value
                 delivery.last_error = "the grant for this event type was revoked"
                 delivery.updated_at = now
                 _release(delivery)
                 return
+            if delivery.resident_id is not None:
+                consent = await repo.find_partner_consent(delivery.resident_id)
+                if not covers(consent, delivery.partner_id, delivery.event_type):
+                    withdraw(delivery, now)
+                    _release(delivery)
+                    return
+            delivery.payload = shaped_for(delivery.payload, GrantPurpose(purpose))
             url, body, msg_id = subscription.url, delivery.payload.encode(), f"msg_{delivery.id.hex}"
             signing = subscription.signing_secrets(now)
         attempt = await post(
@@ -103,6 +121,15 @@ class PartnerDelivery:
             delivery.last_status_code = attempt.status_code
             delivery.updated_at = now
             _release(delivery)
+            if delivery.status == DeliveryStatus.WITHDRAWN.value:
+                # Withdrawn while the attempt was on its way: what the partner took is recorded as sent; what it did
+                # not stays withdrawn and is not tried again.
+                if attempt.ok:
+                    delivery.status = DeliveryStatus.SENT.value
+                    delivery.delivered_at = now
+                    delivery.withdrawn_at = None
+                    delivery.last_error = "sent while the resident withdrew their consent"
+                return
             if self.attempts is not None:
                 result = "sent" if attempt.ok else "dead" if delivery.attempts >= s.webhook_max_attempts else "failed"
                 self.attempts.labels(transport="webhook", channel="webhook", result=result).inc()

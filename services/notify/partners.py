@@ -1,20 +1,23 @@
-"""Partners: what an administrator granted them and the events they receive.
+"""Partners: what an administrator granted them, for what purpose, and the events they receive.
 
-This module keeps the grants (with the event-type rules that subscriptions check against them too) and the fan-out of
-each event to the subscriptions covering it, in the consumer. The subscriptions' own lifecycle, which a partner drives
-over the API, is in services/notify/subscriptions.py.
+This module keeps the grants (with the event-type rules that subscriptions check against them too) and the partners'
+consumer: the fan-out of each event to the subscriptions covering it, the residents' consent to partners
+(services/notify/partner_consent.py) and the counts of the aggregate feed (services/notify/aggregates.py). The
+subscriptions' own lifecycle, which a partner drives over the API, is in services/notify/subscriptions.py.
 
-What a partner receives is the event's *partner view* (``shared.events.partner_view``: the fields the catalogue marks
-safe, with only the pseudonymous resident id) in a CloudEvents envelope with the original ``id``, ``type``,
-``source`` and ``time``.
-
-What the resident's ``partner:<partner id>`` consent adds: an object ``data.consented`` with a few more facts about
-that resident's own case, never contact details (notify does not hold any):
-- ``application.submitted`` and ``eligibility.determined``: the resident's ``district_code`` and
-  ``preferred_language`` (so an NGO can route the family to its local branch, in their language);
-- ``case.decided``: the decided ``amount`` and the ``reason`` in Korean and English (so a bank can expect a payment).
-Without the consent (or after it is withdrawn) ``consented`` is absent. The consent in force when notify handles the
-event applies; nothing already sent is recalled.
+Who receives what:
+- A partner receives an event type only if an administrator granted it (``PUT /v1/partners/{id}/grants``), each
+  grant with its stated purpose: ``payment``, ``notification``, ``outreach`` or ``statistics`` (aggregate feeds only).
+- An event about a resident reaches a partner only if that resident consented to that partner: ``partner:<id>``
+  (every type granted to it) or ``partner:<id>:<event type>`` (that type). Without it the partner gets nothing at
+  all, not even a trace in its delivery list. An aggregate (``aggregate.determinations_counted``) names no resident
+  and needs no consent.
+- What a partner receives is the event's *partner view* (``shared.events.partner_view``: the fields the catalogue
+  marks safe, with only the pseudonymous resident id) in a CloudEvents envelope with the original ``id``, ``type``,
+  ``source`` and ``time``. Amounts (a program's or a decision's ``amount``) only where the grant's purpose needs
+  them, which only ``payment`` does; under any other purpose the key is absent.
+- Withdrawing the consent stops delivery at once: what is queued is dropped and recorded ``withdrawn``
+  (services/notify/partner_consent.py).
 
 Transports:
 - NATS: the envelope is published on ``<prefix>.partner.<partner id>.<event type>`` through the outbox (one message
@@ -30,8 +33,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.notify.aggregates import count_determinations
 from services.notify.models import (
     DeliveryStatus,
+    GrantPurpose,
     Partner,
     PartnerGrant,
     SubscriptionStatus,
@@ -40,19 +45,23 @@ from services.notify.models import (
     utcnow,
 )
 from services.notify.notifications import mark_work
+from services.notify.partner_consent import PartnerConsents, covers
 from services.notify.repository import Repository
+from services.notify.schemas import GrantIn
+from services.notify.settings import NotifySettings
 from shared.auth import Principal
 from shared.events import (
     CATALOGUE,
     PARTNER_VISIBLE_TYPES,
+    RESIDENT_PARTNER_TYPES,
     TYPE_PREFIX,
-    ApplicationSubmitted,
-    CaseDecided,
     CloudEvent,
+    ConsentChanged,
     EligibilityDetermined,
     EventData,
     partner_subject,
     partner_view,
+    without_amounts,
 )
 from shared.outbox import Outbox
 from shared.problems import Forbidden, NotFound, UnprocessableContent
@@ -68,17 +77,21 @@ def valid_partner_id(partner_id: str) -> bool:
     return bool(_PARTNER_ID.match(partner_id))
 
 
+def partner_visible_type(raw: str, field: str) -> str:
+    """The catalogue name of a partner-visible type; 422 naming ``field`` otherwise."""
+    name = raw.removeprefix(TYPE_PREFIX)
+    if name not in CATALOGUE:
+        raise UnprocessableContent.for_field(field, f"unknown event type '{raw}'", type_="unknown")
+    if name not in PARTNER_VISIBLE_TYPES:
+        raise UnprocessableContent.for_field(field, f"'{name}' is not partner-visible", type_="not_partner_visible")
+    return name
+
+
 def check_event_types(event_types: list[str], field: str = "event_types") -> list[str]:
     """Catalogue names of partner-visible types, de-duplicated in order; 422 naming the first bad one."""
     out: list[str] = []
     for index, raw in enumerate(event_types):
-        name = raw.removeprefix(TYPE_PREFIX)
-        if name not in CATALOGUE:
-            raise UnprocessableContent.for_field(f"{field}[{index}]", f"unknown event type '{raw}'", type_="unknown")
-        if name not in PARTNER_VISIBLE_TYPES:
-            raise UnprocessableContent.for_field(
-                f"{field}[{index}]", f"'{name}' is not partner-visible", type_="not_partner_visible"
-            )
+        name = partner_visible_type(raw, f"{field}[{index}]")
         if name not in out:
             out.append(name)
     return out
@@ -95,22 +108,49 @@ async def visible(repo: Repository, principal: Principal, partner_id: str) -> Pa
     return partner
 
 
-async def set_grants(repo: Repository, principal: Principal, partner_id: str, event_types: list[str]) -> Partner:
-    """Replace the partner's grants with ``event_types`` (422 naming the first that is unknown or not
-    partner-visible), creating the partner on first use. Revoked types stop at once: queued webhook deliveries of
-    them are cancelled when their turn comes."""
-    event_types = check_event_types(event_types)
+def check_grants(grants: list[GrantIn], field: str = "grants") -> dict[str, GrantPurpose]:
+    """Event type -> purpose; 422 naming the first grant whose type is unknown, not partner-visible or given twice,
+    or whose purpose does not fit it (``statistics`` is for aggregate feeds, which name no resident)."""
+    out: dict[str, GrantPurpose] = {}
+    for index, grant in enumerate(grants):
+        name = partner_visible_type(grant.event_type, f"{field}[{index}].event_type")
+        if name in out:
+            raise UnprocessableContent.for_field(
+                f"{field}[{index}].event_type", f"'{name}' is granted twice; one purpose per type", type_="duplicate"
+            )
+        purpose = GrantPurpose(grant.purpose)
+        if purpose is GrantPurpose.STATISTICS and name in RESIDENT_PARTNER_TYPES:
+            raise UnprocessableContent.for_field(
+                f"{field}[{index}].purpose",
+                f"'{name}' is about a resident; statistics are served by aggregate feeds",
+                type_="purpose_mismatch",
+            )
+        out[name] = purpose
+    return out
+
+
+async def set_grants(repo: Repository, principal: Principal, partner_id: str, grants: list[GrantIn]) -> Partner:
+    """Replace the partner's grants (422 naming the first bad one), creating the partner on first use. A type whose
+    purpose changes keeps its grant with the new purpose. Revoked types stop at once: queued webhook deliveries of
+    them are cancelled when their turn comes (and a purpose that no longer needs amounts loses them there too)."""
+    wanted = check_grants(grants)
     by = principal.subject
     now = utcnow()
     partner = await repo.partner(partner_id, for_update=True)
     if partner is None:
         partner = Partner(id=partner_id, name=partner_id, created_at=now, updated_at=now, updated_by=by, grants=[])
         repo.session.add(partner)
-    wanted = set(event_types)
-    partner.grants = [g for g in partner.grants if g.event_type in wanted] + [
-        PartnerGrant(partner_id=partner_id, event_type=t, granted_at=now, granted_by=by)
-        for t in event_types
-        if t not in set(partner.granted_types)
+    kept = [g for g in partner.grants if g.event_type in wanted]
+    for grant in kept:
+        if grant.purpose != wanted[grant.event_type].value:
+            grant.purpose = wanted[grant.event_type].value
+            grant.granted_at = now
+            grant.granted_by = by
+    have = {g.event_type for g in kept}
+    partner.grants = kept + [
+        PartnerGrant(partner_id=partner_id, event_type=t, purpose=p.value, granted_at=now, granted_by=by)
+        for t, p in wanted.items()
+        if t not in have
     ]
     partner.updated_at = now
     partner.updated_by = by
@@ -132,14 +172,26 @@ async def require_granted(repo: Repository, partner_id: str, event_types: list[s
 # ---------------------------------------------------------------------------------------------- fan-out
 
 
-class PartnerFanOut:
-    """Runs in the consumer's transaction for every partner-visible event."""
+class PartnerFeeds:
+    """The partners' consumer: the residents' consent to partners, the aggregate counts, and the fan-out of every
+    partner-visible event, each in the consumer's transaction."""
 
-    def __init__(self, outbox: Outbox, prefix: str) -> None:
+    def __init__(self, outbox: Outbox, settings: NotifySettings) -> None:
         self.outbox = outbox
-        self.prefix = prefix
+        self.settings = settings
+        self.prefix = settings.bus_prefix
+        self.consents = PartnerConsents(self.prefix)
 
-    async def __call__(self, session: AsyncSession, event: CloudEvent, data: EventData) -> None:
+    async def consent_changed(self, session: AsyncSession, event: CloudEvent, data: ConsentChanged) -> None:
+        await self.consents.consent_changed(session, event, data)
+
+    async def eligibility_determined(
+        self, session: AsyncSession, event: CloudEvent, data: EligibilityDetermined
+    ) -> None:
+        await count_determinations(session, self.settings, data)
+        await self.fan_out(session, event, data)
+
+    async def fan_out(self, session: AsyncSession, event: CloudEvent, data: EventData) -> None:
         event_type = event.event_type
         if event_type not in PARTNER_VISIBLE_TYPES:
             return
@@ -147,20 +199,20 @@ class PartnerFanOut:
         subscriptions = await repo.subscriptions_for(event_type)
         if not subscriptions:
             return
-        base_view = partner_view(event)
-        resident_id = base_view.get("resident_id")
-        consents: dict[str, Any] = {}
-        if resident_id:
-            state = await repo.find_resident_state(uuid.UUID(str(resident_id)))
-            consents = state.consents if state is not None else {}
+        view = partner_view(event)
+        resident_id = uuid.UUID(str(view["resident_id"])) if event_type in RESIDENT_PARTNER_TYPES else None
+        consent = await repo.find_partner_consent(resident_id) if resident_id is not None else None
+        purposes = await repo.grant_purposes(event_type)
         envelopes: dict[str, CloudEvent] = {}
         nats_partners: set[str] = set()
         now = utcnow()
         for subscription in subscriptions:
             partner_id = subscription.partner_id
+            if resident_id is not None and not covers(consent, partner_id, event_type):
+                continue  # the resident did not consent to this partner (for this type): nothing, not even a trace
             if partner_id not in envelopes:
-                extras = consented_extras(event) if consents.get(f"partner:{partner_id}") is True else {}
-                envelopes[partner_id] = envelope_for(event, {**base_view, **({"consented": extras} if extras else {})})
+                needs_amounts = GrantPurpose(purposes[partner_id]).needs_amounts
+                envelopes[partner_id] = envelope_for(event, view if needs_amounts else without_amounts(view))
             envelope = envelopes[partner_id]
             if subscription.transport == Transport.NATS.value:
                 if subscription.status == SubscriptionStatus.ACTIVE.value and partner_id not in nats_partners:
@@ -174,8 +226,10 @@ class PartnerFanOut:
                     id=uuid.uuid4(),
                     subscription_id=subscription.id,
                     partner_id=partner_id,
+                    transport=Transport.WEBHOOK.value,
                     event_id=event.id,
                     event_type=event_type,
+                    resident_id=resident_id,
                     payload=envelope.to_json().decode(),
                     status=DeliveryStatus.PENDING.value,
                     attempts=0,
@@ -209,16 +263,9 @@ def envelope_for(event: CloudEvent, data: dict[str, Any]) -> CloudEvent:
     )
 
 
-def consented_extras(event: CloudEvent) -> dict[str, Any]:
-    """What a resident's ``partner:<id>`` consent adds to that partner's payload (see the module docstring)."""
-    name = event.event_type
-    if name == ApplicationSubmitted.event_type:
-        context = event.data_as(ApplicationSubmitted).resident
-    elif name == EligibilityDetermined.event_type:
-        context = event.data_as(EligibilityDetermined).resident
-    elif name == CaseDecided.event_type:
-        decided = event.data_as(CaseDecided)
-        return {"amount": decided.amount, "reason": decided.reason.model_dump() if decided.reason else None}
-    else:
-        return {}
-    return {"district_code": context.district_code, "preferred_language": context.preferred_language.value}
+def shaped_for(payload: str, purpose: GrantPurpose) -> str:
+    """A queued envelope as the grant's purpose allows it now (a purpose changed since it was queued)."""
+    if purpose.needs_amounts:
+        return payload
+    envelope = CloudEvent.from_json(payload)
+    return envelope.model_copy(update={"data": without_amounts(envelope.data)}).to_json().decode()

@@ -10,12 +10,16 @@ from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from services.notify.models import (
     RETRYABLE,
+    AggregateCount,
+    AggregatePeriod,
     ApplicationProgram,
     Delivery,
     DeliveryStatus,
@@ -23,6 +27,7 @@ from services.notify.models import (
     NotificationItem,
     NotificationStatus,
     Partner,
+    PartnerConsent,
     PartnerGrant,
     Preference,
     ResidentChannel,
@@ -30,7 +35,9 @@ from services.notify.models import (
     Subscription,
     SubscriptionStatus,
     TrackedApplication,
+    Transport,
     WebhookDelivery,
+    platform,
     utcnow,
 )
 from shared.auth import Principal, Role
@@ -251,13 +258,146 @@ class Repository:
         rows = await self.session.scalars(select(PartnerGrant.event_type).where(PartnerGrant.partner_id == partner_id))
         return set(rows)
 
-    async def is_granted(self, partner_id: str, event_type: str) -> bool:
-        found = await self.session.scalar(
-            select(PartnerGrant.partner_id).where(
+    async def grant_purpose(self, partner_id: str, event_type: str) -> str | None:
+        """The purpose the partner is granted ``event_type`` for (None: not granted)."""
+        return await self.session.scalar(
+            select(PartnerGrant.purpose).where(
                 PartnerGrant.partner_id == partner_id, PartnerGrant.event_type == event_type
             )
         )
-        return found is not None
+
+    async def grant_purposes(self, event_type: str) -> dict[str, str]:
+        """Partner id -> purpose, for every partner granted ``event_type``."""
+        rows = await self.session.execute(
+            select(PartnerGrant.partner_id, PartnerGrant.purpose).where(PartnerGrant.event_type == event_type)
+        )
+        return {partner_id: purpose for partner_id, purpose in rows}
+
+    # ------------------------------------------------------------------------------------------ partner consents
+
+    async def partner_consent(self, resident_id: uuid.UUID) -> PartnerConsent:
+        """The resident's partner consents, locked, created (consenting to nothing) on first sight."""
+        consent = await self.session.get(PartnerConsent, resident_id, with_for_update=True)
+        if consent is None:
+            consent = PartnerConsent(resident_id=resident_id, purposes=[], version=0, updated_at=utcnow())
+            self.session.add(consent)
+            await self.session.flush()
+        return consent
+
+    async def find_partner_consent(self, resident_id: uuid.UUID) -> PartnerConsent | None:
+        return await self.session.get(PartnerConsent, resident_id)
+
+    async def queued_deliveries_about(self, resident_id: uuid.UUID) -> Sequence[WebhookDelivery]:
+        """Unscoped, for the partners' consumer: webhook deliveries about the resident not delivered yet."""
+        rows = await self.session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.resident_id == resident_id, WebhookDelivery.status.in_(RETRYABLE))
+            .order_by(WebhookDelivery.seq)
+            .with_for_update()
+        )
+        return rows.all()
+
+    async def queued_partner_copies(self, prefix: str) -> list[tuple[int, str, str]]:
+        """(outbox row id, subject, payload) of the partners' NATS copies the relay has not published yet."""
+        outbox = platform.outbox
+        rows = await self.session.execute(
+            select(outbox.c.id, outbox.c.subject, outbox.c.payload)
+            .where(outbox.c.published_at.is_(None), outbox.c.subject.startswith(f"{prefix}.partner.", autoescape=True))
+            .order_by(outbox.c.id)
+        )
+        return [(row_id, subject, payload) for row_id, subject, payload in rows]
+
+    async def drop_queued_outbox_rows(self, row_ids: Sequence[int]) -> list[int]:
+        """Delete these outbox rows unless published meanwhile; the ids of those deleted."""
+        outbox = platform.outbox
+        deleted = await self.session.execute(
+            delete(outbox).where(outbox.c.id.in_(list(row_ids)), outbox.c.published_at.is_(None)).returning(outbox.c.id)
+        )
+        return list(deleted.scalars())
+
+    async def nats_subscription_of(self, partner_id: str, event_type: str) -> Subscription | None:
+        """The partner's NATS subscription covering ``event_type`` (a live one before a deleted one), where a dropped
+        copy is recorded."""
+        rows = await self.session.scalars(
+            select(Subscription)
+            .where(Subscription.partner_id == partner_id, Subscription.transport == Transport.NATS.value)
+            .order_by(
+                case((Subscription.status == SubscriptionStatus.DELETED.value, 1), else_=0),
+                Subscription.created_at,
+                Subscription.id,
+            )
+        )
+        return next((s for s in rows if event_type in s.event_types), None)
+
+    # ------------------------------------------------------------------------------------------ aggregate feed
+
+    def _insert(self) -> Any:
+        return postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+    async def open_aggregate_period(self, start: dt.datetime, length: dt.timedelta) -> AggregatePeriod:
+        """The period starting at ``start``, locked; if it was published already, the first open one after it."""
+        while True:
+            await self.session.execute(
+                self._insert()(AggregatePeriod)
+                .values(period_start=start, period_end=start + length, published_at=None)
+                .on_conflict_do_nothing(index_elements=["period_start"])
+            )
+            period = await self.session.scalar(
+                select(AggregatePeriod)
+                .where(AggregatePeriod.period_start == start)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            assert period is not None
+            if period.published_at is None:
+                return period
+            start = period.period_end
+
+    async def count_determination(
+        self, period_start: dt.datetime, district_code: str, program_code: str, outcome: str
+    ) -> None:
+        insert = self._insert()(AggregateCount).values(
+            period_start=period_start, district_code=district_code, program_code=program_code, outcome=outcome, count=1
+        )
+        await self.session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["period_start", "district_code", "program_code", "outcome"],
+                set_={"count": AggregateCount.__table__.c.count + 1},
+            )
+        )
+
+    async def claim_due_aggregate_periods(self, now: dt.datetime, limit: int) -> list[tuple[dt.datetime, dt.datetime]]:
+        """(start, end) of ended periods not published yet, oldest first, marked published by this transaction. The
+        UPDATE repeats the condition: a period another replica (or a count going in) holds is waited for, and one it
+        published meanwhile is not taken again."""
+        starts = list(
+            await self.session.scalars(
+                select(AggregatePeriod.period_start)
+                .where(AggregatePeriod.published_at.is_(None), AggregatePeriod.period_end <= now)
+                .order_by(AggregatePeriod.period_start)
+                .limit(limit)
+            )
+        )
+        claimed = []
+        for start in starts:
+            result = await self.session.execute(
+                update(AggregatePeriod)
+                .where(AggregatePeriod.period_start == start, AggregatePeriod.published_at.is_(None))
+                .values(published_at=now)
+                .returning(AggregatePeriod.period_start, AggregatePeriod.period_end)
+            )
+            row = result.first()
+            if row is not None:
+                claimed.append((row[0], row[1]))
+        return claimed
+
+    async def aggregate_counts(self, period_start: dt.datetime) -> Sequence[AggregateCount]:
+        rows = await self.session.scalars(
+            select(AggregateCount)
+            .where(AggregateCount.period_start == period_start)
+            .order_by(AggregateCount.district_code, AggregateCount.program_code, AggregateCount.outcome)
+        )
+        return rows.all()
 
     async def subscription(self, subscription_id: uuid.UUID, *, for_update: bool = False) -> Subscription | None:
         """Unscoped: for the webhook worker, and for a delivery the caller was already found to see."""

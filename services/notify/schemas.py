@@ -121,16 +121,39 @@ class NotificationDeliveryOut(Output):
 # ================================================================================================ partners
 
 
-class GrantsIn(Input):
-    event_types: list[EventTypeName] = Field(
-        max_length=50, description="Partner-visible event types, e.g. case.decided"
+GrantPurposeName = Literal["payment", "notification", "outreach", "statistics"]
+
+
+class GrantIn(Input):
+    event_type: EventTypeName = Field(description="A partner-visible event type, e.g. case.decided")
+    purpose: GrantPurposeName = Field(
+        description=(
+            "Why the partner receives it. Only payment needs amounts (a program's or a decision's amount); under "
+            "notification or outreach they are left out. statistics: aggregate feeds only (no resident in them)."
+        )
     )
+
+
+class GrantsIn(Input):
+    """The partner's complete grants: a type left out is revoked."""
+
+    grants: list[GrantIn] = Field(
+        max_length=50,
+        examples=[[{"event_type": "case.decided", "purpose": "payment"}]],
+    )
+
+
+class GrantOut(Output):
+    event_type: str
+    purpose: str
+    granted_at: dt.datetime
+    granted_by: str
 
 
 class PartnerOut(Output):
     id: str
     name: str
-    grants: list[str]
+    grants: list[GrantOut]
     nats_user: str
     nats_subjects: str = Field(description="What the partner's NATS user may subscribe to")
     updated_at: dt.datetime
@@ -184,12 +207,21 @@ class WebhookDeliveryOut(Output):
     sequence: int
     subscription_id: uuid.UUID
     partner_id: str
+    transport: str = Field(
+        description="webhook; nats only for a NATS copy dropped before it was published (status withdrawn)"
+    )
     event_id: str
     event_type: str
-    status: str
+    status: str = Field(
+        description=(
+            "pending, failed (retrying), sent, dead (gave up), cancelled (subscription deleted or grant revoked), "
+            "withdrawn (the resident withdrew their consent before it went out)"
+        )
+    )
     attempts: int
     last_status_code: int | None
     last_error: str | None
     next_attempt_at: dt.datetime
     created_at: dt.datetime
     delivered_at: dt.datetime | None
+    withdrawn_at: dt.datetime | None

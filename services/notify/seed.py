@@ -1,4 +1,5 @@
-"""Seed data of notify: the partners in services/notify/partners.yaml, their grants and NATS subscriptions.
+"""Seed data of notify: the partners in services/notify/partners.yaml, their grants (each with its purpose) and NATS
+subscriptions.
 
 Safe to repeat: a partner, grant or subscription that exists is left as it is (an administrator's later changes to
 grants are kept; grants are only ever added here, never revoked).
@@ -13,8 +14,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from services.notify.models import Partner, PartnerGrant, Subscription, SubscriptionStatus, Transport, utcnow
-from services.notify.partners import PARTNER_ID_PATTERN, check_event_types
+from services.notify.models import (
+    GrantPurpose,
+    Partner,
+    PartnerGrant,
+    Subscription,
+    SubscriptionStatus,
+    Transport,
+    utcnow,
+)
+from services.notify.partners import PARTNER_ID_PATTERN, check_event_types, check_grants
+from services.notify.schemas import GrantIn
 from services.notify.settings import NotifySettings
 from services.notify.subscriptions import new_subscription
 from shared.db import Database
@@ -34,20 +44,26 @@ class SeedPartner(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=PARTNER_ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
-    grants: list[str] = []
+    grants: list[GrantIn] = []
     subscriptions: list[SeedSubscription] = []
+
+    @property
+    def purposes(self) -> dict[str, GrantPurpose]:
+        """Event type -> purpose (valid once loaded through :func:`load_partners`)."""
+        return {g.event_type: GrantPurpose(g.purpose) for g in self.grants}
 
 
 def load_partners(path: Path) -> list[SeedPartner]:
     raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     partners = [SeedPartner.model_validate(p) for p in raw.get("partners", [])]
     for partner in partners:
-        partner.grants = check_event_types(partner.grants, f"{partner.id}.grants")
+        purposes = check_grants(partner.grants, f"{partner.id}.grants")
+        partner.grants = [GrantIn(event_type=t, purpose=p.value) for t, p in purposes.items()]
         for sub in partner.subscriptions:
             if sub.transport is Transport.WEBHOOK:
                 raise ValueError(f"{partner.id}: seed webhook subscriptions need a URL; create them through the API")
             sub.event_types = check_event_types(sub.event_types, f"{partner.id}.subscriptions")
-            if not set(sub.event_types) <= set(partner.grants):
+            if not set(sub.event_types) <= set(purposes):
                 raise ValueError(f"{partner.id}: a subscription covers types the partner is not granted")
     return partners
 
@@ -70,10 +86,10 @@ async def seed(settings: ServiceSettings) -> str:
                 have = set(
                     await session.scalars(select(PartnerGrant.event_type).where(PartnerGrant.partner_id == spec.id))
                 )
-                for event_type in spec.grants:
+                for event_type, purpose in spec.purposes.items():
                     if event_type not in have:
-                        session.add(PartnerGrant(partner_id=spec.id, event_type=event_type, granted_at=now,
-                                                 granted_by=SEEDER))  # fmt: skip
+                        session.add(PartnerGrant(partner_id=spec.id, event_type=event_type, purpose=purpose.value,
+                                                 granted_at=now, granted_by=SEEDER))  # fmt: skip
                         added["grants"] += 1
                 existing = list(
                     await session.scalars(

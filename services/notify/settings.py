@@ -89,5 +89,10 @@ class NotifySettings(ServiceSettings):
     # Exceptions to the forbidden ranges (tests allow 127.0.0.1/32; an on-premises partner a private range).
     webhook_allowed_networks: list[str] = Field(default_factory=list)
 
+    # The aggregate feed (services/notify/aggregates.py): determinations counted per district and program over periods
+    # this long (from midnight in the city's time zone; a day by default), groups smaller than the minimum withheld.
+    aggregate_period_seconds: float = Field(default=24 * 3600.0, ge=1, le=7 * 24 * 3600.0)
+    aggregate_min_group: int = Field(default=10, ge=1)
+
     # Partners and their grants loaded by ``onestop seed``.
     partners_file: Path = PACKAGE_DIR / "partners.yaml"

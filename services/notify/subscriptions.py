@@ -14,6 +14,7 @@ Rules:
   order, starting now. Pausing what is paused, or resuming what is active, changes nothing.
 - A new signing secret replaces the old one, which keeps signing for a grace period (settings, or the request's).
 - Deleting cancels what is queued and forgets the secrets.
+- A delivery the resident's withdrawn consent stopped is never sent again.
 """
 
 from __future__ import annotations
@@ -194,9 +195,12 @@ async def visible_delivery(
 
 
 async def redeliver(repo: Repository, principal: Principal, delivery_id: uuid.UUID) -> WebhookDelivery:
-    """Send a delivery again, whatever its status, with a fresh round of attempts and in its place in the
-    subscription's order; not while it is being attempted, nor for a deleted subscription (409)."""
+    """Send a delivery again, with a fresh round of attempts and in its place in the subscription's order; not while
+    it is being attempted, nor for a deleted subscription, nor one the resident's withdrawn consent stopped (409).
+    (One sent before a withdrawal is stopped by the worker, which checks the consent again before every attempt.)"""
     delivery = await visible_delivery(repo, principal, delivery_id, for_update=True)
+    if delivery.status == DeliveryStatus.WITHDRAWN.value:
+        raise Conflict("The resident withdrew their consent; this delivery is not sent again.")
     subscription = await repo.subscription(delivery.subscription_id)
     if subscription is None or subscription.status == SubscriptionStatus.DELETED.value:
         raise Conflict("The subscription was deleted.")

@@ -1,7 +1,9 @@
-"""The notify service's long-lived resources: HTTP clients, the senders and the two delivery loops.
+"""The notify service's long-lived resources: HTTP clients, the senders, the two delivery loops and the loop
+publishing the aggregate feed's ended periods.
 
-The loops wake as soon as a transaction that created work commits (a hook on the database), and otherwise every
-``worker_interval_seconds`` to pick up retries that came due.
+The delivery loops wake as soon as a transaction that created work commits (a hook on the database), and otherwise
+every ``worker_interval_seconds`` to pick up retries that came due; the aggregate loop looks every
+``worker_interval_seconds`` whether a period ended.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import httpx
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.notify.aggregates import AggregatePublisher
 from services.notify.channels import email_sender, sms_sender
 from services.notify.contacts import ContactDirectory
 from services.notify.context import NotifyContext
@@ -53,6 +56,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         attempts=attempts,
     )
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
+    aggregates = AggregatePublisher(db=runtime.db, outbox=runtime.outbox, settings=settings)
     wakes = [asyncio.Event(), asyncio.Event()]
 
     def wake() -> None:
@@ -69,9 +73,13 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
             _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-residents"
         ),
         asyncio.create_task(_loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partners"),
+        # Nothing wakes it: a period ends on the clock.
+        asyncio.create_task(
+            _loop("aggregate-feed", aggregates.run_once, asyncio.Event(), settings), name="notify-aggregates"
+        ),
     ]
     try:
-        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, wake)
+        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, aggregates, wake)
     finally:
         for task in tasks:
             task.cancel()

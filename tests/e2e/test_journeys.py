@@ -72,6 +72,8 @@ def test_birth_one_application_reaches_every_department(
         language="ko",
         household=[{"relation": "spouse", "birth_date": "1991-01-09", "monthly_income": 2_000_000}],
     )
+    # The NGO hears about the family because the parent consents to it (partner:saebom-ngo).
+    api.consent(parent, **{"partner__saebom-ngo": True})
     bundle = next(le for le in api.ok("intake", "GET", "/v1/life-events", parent.auth) if le["code"] == "birth")
     answers = {"child_birth_date": (dt.date.today() - dt.timedelta(days=9)).isoformat(), "birth_order": 2,
                "newborns": 1, "korean_national": True, "birth_registered": True, "earned_income": 2_200_000,
@@ -147,6 +149,7 @@ def test_birth_one_application_reaches_every_department(
         assert verify_standard_webhook(secret, delivery), "signed per Standard Webhooks with the subscription secret"
         assert delivery.event["data"]["resident_id"] == str(parent.id)
         assert not (_all_keys(delivery.event["data"]) & PERSONAL_KEYS)
+        assert "amount" not in _all_keys(delivery.event["data"]), "the NGO's grants are for notification"
         assert parent.email not in delivery.body.decode()
 
 

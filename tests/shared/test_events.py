@@ -16,20 +16,24 @@ from shared.asyncapi import render
 from shared.events import (
     CATALOGUE,
     PARTNER_VISIBLE_TYPES,
+    RESIDENT_PARTNER_TYPES,
     ApplicationSubmitted,
     ApplicationWithdrawn,
     CaseDecided,
     CloudEvent,
+    Decision,
     Localized,
     ResidentContext,
     UnknownEventType,
     dead_letter_subject,
     new_event,
+    partner_purpose,
     partner_subject,
     partner_view,
     spec_for,
     subject_for,
     validate_event,
+    without_amounts,
 )
 
 # Field names that would identify a person or reveal what they declared. None may reach a partner.
@@ -90,12 +94,19 @@ def test_partner_views_carry_no_personal_data() -> None:
             f for f in PERSONAL & set(view.model_fields) if get_origin(view.model_fields[f].annotation) is not Literal
         }
         assert not leaked, f"{event_type} partner view exposes {leaked}"
-        assert "resident_id" in view.model_fields, "partners correlate by the pseudonymous id"
+        if CATALOGUE[event_type].about_a_resident:
+            assert "resident_id" in view.model_fields, "partners correlate by the pseudonymous id"
+        else:  # an aggregate: no resident, nor anything that leads to one
+            assert not [f for f in view.model_fields if f.endswith("_id")], f"{event_type} names someone"
+    assert "aggregate.determinations_counted" in PARTNER_VISIBLE_TYPES - RESIDENT_PARTNER_TYPES
 
     event = new_event(_submitted(), source="/onestop/intake")
     projected = partner_view(event)
     assert projected["resident_id"] == event.data["resident_id"]
     assert not {"answers", "filed_by", "resident"} & set(projected)
+    # Where a partner may serve the resident, from their context: district and language, never vulnerabilities.
+    assert (projected["district_code"], projected["preferred_language"]) == ("11110", "en")
+    assert "single_parent" not in str(projected)
 
     decided = CaseDecided(
         case_id=uuid.uuid4(), application_id=uuid.uuid4(), resident_id=uuid.uuid4(), program_code="child_allowance",
@@ -104,11 +115,23 @@ def test_partner_views_carry_no_personal_data() -> None:
         decided_at=dt.datetime.now(dt.UTC),
     )  # fmt: skip
     assert "reason" not in partner_view(new_event(decided, source="/onestop/routing"))
+    paid = new_event(
+        decided.model_copy(update={"decision": Decision.APPROVED, "amount": 1_000_000}), source="/onestop/x"
+    )
+    assert partner_view(paid)["amount"] == 1_000_000
+    assert "amount" not in partner_view(paid, amounts=False), "amounts only where the grant's purpose needs them"
     withdrawn = ApplicationWithdrawn(
         application_id=uuid.uuid4(), resident_id=uuid.uuid4(), reason="moving abroad to join my partner",
         withdrawn_at=dt.datetime.now(dt.UTC),
     )  # fmt: skip
     assert "reason" not in partner_view(new_event(withdrawn, source="/onestop/intake"))
+
+
+def test_a_partner_view_without_amounts_has_none_at_any_depth() -> None:
+    data = {"programs": [{"program_code": "a", "amount": 1, "amount_period": "monthly"}], "amount": 2, "round": 1}
+    assert without_amounts(data) == {"programs": [{"program_code": "a"}], "round": 1}
+    assert partner_purpose("saebom-ngo") == "partner:saebom-ngo"
+    assert partner_purpose("saebom-ngo", "case.routed") == "partner:saebom-ngo:case.routed"
 
 
 def test_internal_events_are_not_partner_visible() -> None:

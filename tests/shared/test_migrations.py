@@ -4,6 +4,7 @@ back to nothing and up again; the move to the platform audit log keeps every ent
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -166,3 +167,58 @@ async def test_a_services_own_audit_table_moves_into_the_platform_audit_log(serv
     ]
     await _downgrade(database_url, service, "0002")
     assert "audit_log" in await _tables(database_url), "walking back restores the service's own table"
+
+
+async def test_notifys_grants_get_a_purpose_and_the_partner_consents_it_knew_are_kept(database_url: str) -> None:
+    """0004: a grant made before purposes existed is for notification (no amounts); the partner consents the residents'
+    consumer kept are copied for the partners' consumer, so no consented feed stops at the upgrade."""
+    migrations = BY_NAME["notify"].migrations
+    await upgrade(database_url, migrations, "0003")
+    sqlite = database_url.startswith("sqlite")
+    consenting, other = uuid.uuid4(), uuid.uuid4()
+
+    def fill(c: Connection) -> None:
+        c.execute(
+            text(
+                "INSERT INTO partners (id, name, created_at, updated_at, updated_by) "
+                "VALUES ('bank', 'B', :at, :at, 'a')"
+            ),
+            {"at": AT},
+        )
+        c.execute(
+            text(
+                "INSERT INTO partner_grants (partner_id, event_type, granted_at, granted_by) "
+                "VALUES ('bank', 'case.decided', :at, 'a')"
+            ),
+            {"at": AT},
+        )
+        for resident, consents in [
+            (consenting, '{"partner:bank": true, "partner:ngo:case.routed": true, "partner:x": false, '
+                         '"proactive_screening": true}'),
+            (other, '{"proactive_screening": true}'),
+        ]:  # fmt: skip
+            c.execute(
+                text(
+                    "INSERT INTO residents (resident_id, consents, consent_version, profile_version, updated_at) "
+                    "VALUES (:r, :consents, 4, 0, :at)"
+                ),
+                {"r": resident.hex if sqlite else str(resident), "consents": consents, "at": AT},
+            )
+
+    await _run(database_url, fill)
+    await upgrade(database_url, migrations)
+
+    def read(c: Connection) -> tuple[list[Any], list[Any]]:
+        grants = [tuple(r) for r in c.execute(text("SELECT event_type, purpose FROM partner_grants"))]
+        consents = [tuple(r) for r in c.execute(text("SELECT resident_id, purposes, version FROM partner_consents"))]
+        return grants, consents
+
+    grants, consents = await _run(database_url, read)
+    assert grants == [("case.decided", "notification")]
+    [(resident, purposes, version)] = consents
+    assert uuid.UUID(str(resident)) == consenting
+    assert (json.loads(purposes) if isinstance(purposes, str) else purposes) == [
+        "partner:bank",
+        "partner:ngo:case.routed",
+    ]
+    assert version == 4

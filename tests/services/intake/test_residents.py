@@ -189,6 +189,42 @@ async def test_consents_keep_their_history_and_announce_the_full_set(
         assert len(log.of_type("consent.changed")) == 3
 
 
+async def test_a_resident_consents_to_a_partner_for_one_event_type_and_a_bad_purpose_writes_nothing(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    """partner:<id> covers every type the partner is granted; partner:<id>:<event type> one type, and only a type
+    a partner may receive about a resident (an aggregate feed needs no consent, so none can be given for it)."""
+    client = intake.client
+    resident_id, me = await register_self(intake)
+    path = f"/v1/residents/{resident_id}/consents"
+
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        chosen = {"partner:saebom-ngo:case.routed": True, "partner:hanbit-bank": True}
+        first = await client.put(path, json={"consents": chosen}, headers=me)
+        assert first.status_code == 200, first.text
+        assert first.json()["consents"] == chosen
+
+        bad_purposes = [
+            ("partner:saebom-ngo:case.exploded", "unknown type"),
+            ("partner:saebom-ngo:case.assigned", "not partner-visible"),
+            ("partner:saebom-ngo:aggregate.determinations_counted", "names no resident"),
+            ("partner:saebom-ngo:", "no type after the colon"),
+            ("partner:saebom-ngo:case.routed:more", "one type only"),
+            ("partner:Saebom:case.routed", "upper case partner id"),
+        ]
+        for purpose, why in bad_purposes:
+            refused = await client.put(path, json={"consents": {**chosen, purpose: True}}, headers=me)
+            assert refused.status_code == 422, (why, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert any(e["field"].startswith("consents") for e in refused.json()["errors"]), why
+
+        after = (await client.get(path, headers=me)).json()
+        assert (after["version"], after["consents"]) == (1, chosen), "the refused requests changed nothing"
+        [event] = await log.wait_for("consent.changed", count=1)
+        assert ConsentChanged.model_validate(event.data).consents == chosen
+        assert len(log.of_type("consent.changed")) == 1
+
+
 async def test_a_carer_registers_the_children_they_raise_and_the_registry_says_how(
     intake: RunningService, nats_server: NatsServer
 ) -> None:

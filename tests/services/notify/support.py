@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 
-from services.notify.models import Notification, NotificationItem, NotificationStatus, utcnow
+from services.notify.models import Notification, NotificationItem, NotificationStatus, PartnerConsent, utcnow
 from shared.auth import TokenIssuer
 from shared.bus import MSG_ID_HEADER, Bus
 from shared.events import (
@@ -327,3 +327,34 @@ async def close_bundle(notify: RunningService, resident: uuid.UUID, kind: str, *
             .where(Notification.id == notification_id, Notification.status == NotificationStatus.COLLECTING.value)
             .values(next_step_at=utcnow())
         )
+
+
+# ================================================================================================ partners
+
+
+async def grant(
+    notify: RunningService, partner: str, *types: str, purpose: str = "notification", **purposes: str
+) -> dict[str, Any]:
+    """Grant ``types`` for ``purpose``, and the types named in ``purposes`` (dots as '__') for theirs."""
+    grants = [{"event_type": t, "purpose": purpose} for t in types]
+    grants += [{"event_type": t.replace("__", "."), "purpose": p} for t, p in purposes.items()]
+    response = await notify.client.put(
+        f"/v1/partners/{partner}/grants", json={"grants": grants}, headers=notify.auth("admin")
+    )
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def consented(
+    notify: RunningService, producer: Producer, resident: uuid.UUID, version: int, consents: dict[str, bool]
+) -> None:
+    """The resident's consent set as intake announces it, once the partners' consumer holds it."""
+    await producer.publish(consent(resident, version, consents))
+
+    async def recorded() -> bool:
+        async with notify.runtime.db.session() as session:
+            found = await session.get(PartnerConsent, resident)
+        return found is not None and found.version == version
+
+    await wait_until(recorded)

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from tests.services.notify import support as f
-from tests.services.notify.support import Producer
+from tests.services.notify.support import Producer, consented, grant
 from tests.support.endpoints import Endpoint
 from tests.support.intake_server import IntakeServer
 from tests.support.services import RunningService
@@ -42,15 +42,12 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
         "service": notify.auth("service", service="intake"),
         "anonymous": {},
     }
-    # What there is to see: a message in the owner's inbox, partner A's webhook subscription and a delivery of it.
+    # What there is to see: a message in the owner's inbox, partner A's webhook subscription, a delivery of it, and
+    # one the owner's withdrawn consent stopped.
     admin = tokens["admin"]
-    for partner in (PARTNER_A, PARTNER_B):
-        granted = await notify.client.put(
-            f"/v1/partners/{PARTNER_A if partner == PARTNER_A else PARTNER_B}/grants",
-            json={"event_types": ["case.decided"] if partner == PARTNER_A else ["case.routed"]},
-            headers=admin,
-        )
-        assert granted.status_code == 200
+    await grant(notify, PARTNER_A, case__decided="payment")
+    await grant(notify, PARTNER_B, "case.routed")
+    await consented(notify, producer, owner, 1, {f"partner:{PARTNER_A}": True})
     created = await notify.client.post(
         "/v1/subscriptions",
         json={"transport": "webhook", "url": partner_endpoint.url, "event_types": ["case.decided"]},
@@ -61,7 +58,8 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
     application = uuid.uuid4()
     await producer.publish(f.submitted(owner, application))
     await producer.publish(f.decided(owner, application, "child_allowance"))
-    await wait_until(lambda: len(partner_endpoint.accepted) == 1)
+    await producer.publish(f.decided(owner, application, "parent_benefit"))
+    await wait_until(lambda: len(partner_endpoint.accepted) == 2)
 
     async def inbox_filled() -> bool:
         response = await notify.client.get("/v1/inbox", headers=tokens["owner"])
@@ -69,7 +67,18 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
 
     await wait_until(inbox_filled)
     message = (await notify.client.get("/v1/inbox", headers=tokens["owner"])).json()["items"][0]["id"]
-    delivery = (await notify.client.get("/v1/deliveries", headers=tokens["partner_a"])).json()[0]["id"]
+    delivery, stopped = [
+        d["id"] for d in (await notify.client.get("/v1/deliveries", headers=tokens["partner_a"])).json()
+    ]
+    # The owner withdraws their consent; asked for again, the sent delivery is stopped before it goes out.
+    await consented(notify, producer, owner, 2, {f"partner:{PARTNER_A}": False})
+    assert (await notify.client.post(f"/v1/deliveries/{stopped}/redeliver", headers=admin)).status_code == 202
+
+    async def withdrawn() -> bool:
+        response = await notify.client.get(f"/v1/deliveries/{stopped}", headers=admin)
+        return bool(response.json()["status"] == "withdrawn")
+
+    await wait_until(withdrawn)
     inbox_delivery = (
         await notify.client.get("/v1/notification-deliveries", params={"channel": "inbox"}, headers=admin)
     ).json()[0]["id"]
@@ -87,7 +96,8 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
         ("POST", f"/v1/notification-deliveries/{inbox_delivery}/retry", None, {"admin": 409}),
         ("GET", "/v1/partners", None, admin_only),
         ("GET", f"/v1/partners/{PARTNER_A}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
-        ("PUT", f"/v1/partners/{PARTNER_A}/grants", {"event_types": ["case.decided"]}, admin_only),
+        ("PUT", f"/v1/partners/{PARTNER_A}/grants", {"grants": [{"event_type": "case.decided", "purpose": "payment"}]},
+         admin_only),
         ("POST", "/v1/subscriptions", {"transport": "nats", "event_types": ["case.decided"]},
          {"partner_a": 201, "partner_b": 403}),
         ("GET", "/v1/subscriptions", None, {"admin": 200, "partner_a": 200, "partner_b": 200}),
@@ -97,6 +107,9 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
         ("GET", "/v1/deliveries", None, {"admin": 200, "partner_a": 200, "partner_b": 200}),
         ("GET", f"/v1/deliveries/{delivery}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
         ("POST", f"/v1/deliveries/{delivery}/redeliver", None, {"admin": 202, "partner_a": 202, "partner_b": 404}),
+        ("GET", "/v1/deliveries?status=withdrawn", None, {"admin": 200, "partner_a": 200, "partner_b": 200}),
+        ("GET", f"/v1/deliveries/{stopped}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
+        ("POST", f"/v1/deliveries/{stopped}/redeliver", None, {"admin": 409, "partner_a": 409, "partner_b": 404}),
         ("GET", "/v1/admin/dead-letters", None, admin_only),
         ("DELETE", f"/v1/subscriptions/{subscription}", None, {"partner_b": 404, "partner_a": 204, "admin": 404}),
     ]  # fmt: skip
@@ -115,5 +128,12 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
 
     # Lists are scoped: partner B sees none of partner A's subscriptions or deliveries.
     assert (await notify.client.get("/v1/deliveries", headers=tokens["partner_b"])).json() == []
+    assert (await notify.client.get("/v1/deliveries?status=withdrawn", headers=tokens["partner_b"])).json() == []
+    # Partner A sees the withdrawal with its time, and nothing about the resident. (The other delivery, asked for
+    # again above, waited behind the paused subscription and was cancelled with it.)
+    [shown] = (await notify.client.get("/v1/deliveries?status=withdrawn", headers=tokens["partner_a"])).json()
+    assert (shown["id"], shown["transport"]) == (stopped, "webhook")
+    assert shown["withdrawn_at"] is not None
+    assert str(owner) not in str(shown)
     assert (await notify.client.get("/v1/subscriptions", headers=tokens["partner_b"])).json() == []
     assert (await notify.client.get("/v1/inbox", headers=tokens["other_resident"])).json()["items"] == []

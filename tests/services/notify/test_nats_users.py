@@ -38,8 +38,8 @@ async def test_services_run_on_their_own_users_and_a_partner_receives_what_notif
     ) as notify:  # fmt: skip
         # notify provisioned the stream and its consumers under its own restricted user (it is ready).
         admin, partner = notify.auth("admin"), notify.auth("partner", partner_id="bank")
-        assert (await notify.client.put("/v1/partners/bank/grants", json={"event_types": ["case.decided"]},
-                                        headers=admin)).status_code == 200  # fmt: skip
+        grants = {"grants": [{"event_type": "case.decided", "purpose": "payment"}]}
+        assert (await notify.client.put("/v1/partners/bank/grants", json=grants, headers=admin)).status_code == 200
         created = await notify.client.post(
             "/v1/subscriptions", json={"transport": "nats", "event_types": ["case.decided"]}, headers=partner
         )
@@ -57,7 +57,12 @@ async def test_services_run_on_their_own_users_and_a_partner_receives_what_notif
         )  # fmt: skip
         await producer.connect(attempts=5)
         try:
-            event = new_event(f.decided(uuid.uuid4(), uuid.uuid4(), "child_allowance"), source="/onestop/routing")
+            # The resident consented to the bank (intake's event), then the decision (routing's): in this order.
+            resident = uuid.uuid4()
+            await producer.publish_event(
+                new_event(f.consent(resident, 1, {"partner:bank": True}), source="/onestop/intake")
+            )
+            event = new_event(f.decided(resident, uuid.uuid4(), "child_allowance"), source="/onestop/routing")
             await producer.publish_event(event)
         finally:
             await producer.close()

@@ -1,5 +1,6 @@
 """Partners: grants, subscriptions, signed webhooks (verified by an implementation of the Standard Webhooks spec
-written here, independent of notify's) and per-partner NATS subjects, against real NATS, databases and HTTP."""
+written here, independent of notify's) and per-partner NATS subjects, against real NATS, databases and HTTP. What
+each resident's consent lets through is in test_partner_consent.py."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import nats
 import orjson
 from sqlalchemy import func, select
 
-from services.notify.models import ResidentState, Subscription, WebhookDelivery
+from services.notify.models import Subscription, WebhookDelivery
 from shared.auth import TokenIssuer
 from shared.events import Decision, Outcome
 from tests.services.notify import support as f
-from tests.services.notify.support import Producer, start_notify
+from tests.services.notify.support import Producer, consented, grant, start_notify
 from tests.support.endpoints import Endpoint, Received
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -52,15 +53,6 @@ def standard_webhook_signature_valid(secret: str, headers: dict[str, str], body:
 # ================================================================================================ helpers
 
 
-async def grant(notify: RunningService, partner: str, *types: str) -> dict[str, Any]:
-    response = await notify.client.put(
-        f"/v1/partners/{partner}/grants", json={"event_types": list(types)}, headers=notify.auth("admin")
-    )
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
 async def subscribe(notify: RunningService, partner: str, body: dict[str, Any], **headers: str) -> dict[str, Any]:
     response = await notify.client.post(
         "/v1/subscriptions", json=body, headers={**notify.auth("partner", partner_id=partner), **headers}
@@ -90,8 +82,11 @@ def envelope(request: Received) -> dict[str, Any]:
 async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_view(
     notify: RunningService, producer: Producer, partner_endpoint: Endpoint
 ) -> None:
-    granted = await grant(notify, BANK, "case.decided", "application.submitted")
-    assert granted["grants"] == ["application.submitted", "case.decided"]
+    granted = await grant(notify, BANK, "application.submitted", case__decided="payment")
+    assert [(g["event_type"], g["purpose"]) for g in granted["grants"]] == [
+        ("application.submitted", "notification"),
+        ("case.decided", "payment"),
+    ]
     assert granted["nats_subjects"] == f"{notify.settings.bus_prefix}.partner.{BANK}.>"
 
     body = {
@@ -114,6 +109,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
     assert "secret" not in shown.json(), "the secret is only shown when created"
 
     resident, application = uuid.uuid4(), uuid.uuid4()
+    await consented(notify, producer, resident, 1, {f"partner:{BANK}": True})
     partner_endpoint.fail_next = 2  # the endpoint fails twice, then works
     submitted = await producer.publish(f.submitted(resident, application))
     decided = await producer.publish(
@@ -131,15 +127,20 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
     tampered = partner_endpoint.requests[-1]
     assert not standard_webhook_signature_valid(secret, tampered.headers, tampered.body.replace(b"}", b" }", 1))
 
-    # Only the partner view: the pseudonymous id, no answers, no resident context, no consented extras.
+    # Only the partner view: the pseudonymous id, the district and language (never the answers nor vulnerabilities);
+    # the decision with its amount, which a payment grant needs (never the caseworker's free-text reason).
     first, second = envelope(partner_endpoint.accepted[0]), envelope(partner_endpoint.accepted[1])
     assert first["type"] == "onestop.application.submitted"
-    assert set(first["data"]) == {"application_id", "resident_id", "life_event", "channel", "submitted_at"}
+    assert set(first["data"]) == {
+        "application_id", "resident_id", "life_event", "channel", "submitted_at", "district_code", "preferred_language",
+    }  # fmt: skip
+    assert (first["data"]["district_code"], first["data"]["preferred_language"]) == ("11110", "ko")
     assert first["data"]["resident_id"] == str(resident)
     assert set(second["data"]) == {
-        "case_id", "application_id", "resident_id", "program_code", "department", "decision", "reason_code",
+        "case_id", "application_id", "resident_id", "program_code", "department", "decision", "reason_code", "amount",
         "decided_at",
     }  # fmt: skip
+    assert second["data"]["amount"] == 1_000_000
 
     async def recorded() -> bool:
         return all(d["status"] == "sent" for d in await deliveries(notify, BANK))
@@ -151,16 +152,6 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
         ("application.submitted", "sent", 3),
     ]
 
-    # The resident consents to this partner: its payloads now carry the decided amount and reason.
-    await producer.publish(f.consent(resident, 1, {f"partner:{BANK}": True}))
-
-    async def consent_recorded() -> bool:
-        async with notify.runtime.db.session() as session:
-            state = await session.get(ResidentState, resident)
-        return state is not None and state.consents.get(f"partner:{BANK}") is True
-
-    await wait_until(consent_recorded)
-
     # A rotation: for the grace period both the new and the old secret sign.
     rotated = await notify.client.post(
         f"/v1/subscriptions/{created['id']}/rotate-secret", json={}, headers=notify.auth("partner", partner_id=BANK)
@@ -171,7 +162,7 @@ async def test_webhooks_are_signed_ordered_retried_and_carry_only_the_partner_vi
     await producer.publish(f.decided(resident, application, "child_allowance", amount=100_000))
     await wait_until(lambda: len(partner_endpoint.accepted) == 3)
     latest = partner_endpoint.accepted[-1]
-    assert envelope(latest)["data"]["consented"] == {"amount": 100_000, "reason": None}
+    assert envelope(latest)["data"]["amount"] == 100_000
     assert len(latest.headers["webhook-signature"].split(" ")) == 2
     assert standard_webhook_signature_valid(new_secret, latest.headers, latest.body)
     assert standard_webhook_signature_valid(secret, latest.headers, latest.body)
@@ -210,6 +201,7 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
         partner = notify.auth("partner", partner_id=NGO)
         partner_endpoint.down = True
         resident, application = uuid.uuid4(), uuid.uuid4()
+        await consented(notify, producer, resident, 1, {f"partner:{NGO}": True})
         events = [await producer.publish(f.routed(resident, application, code)) for code in ("a", "b", "c")]
 
         async def paused() -> bool:
@@ -269,7 +261,8 @@ async def test_a_failing_endpoint_pauses_the_subscription_until_it_is_resumed(
 async def test_partners_get_their_own_copy_on_their_own_nats_subject(
     notify: RunningService, producer: Producer, nats_server: NatsServer, bus_prefix: str
 ) -> None:
-    for partner in (BANK, NGO, "third-partner"):
+    await grant(notify, BANK, purpose="payment", eligibility__determined="payment")
+    for partner in (NGO, "third-partner"):
         await grant(notify, partner, "eligibility.determined")
     for partner in (BANK, NGO):  # the third is granted but never subscribed
         created = await subscribe(notify, partner, {"transport": "nats", "event_types": ["eligibility.determined"]})
@@ -286,27 +279,42 @@ async def test_partners_get_their_own_copy_on_their_own_nats_subject(
         subscription = await nc.subscribe(f"{bus_prefix}.partner.>", cb=collect)
         await nc.flush()
         resident, application = uuid.uuid4(), uuid.uuid4()
-        event = await producer.publish(
-            f.determined(resident, application, 1, [f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE)])
+        # The resident consents to all three partners; another resident, before, to none.
+        await producer.publish(
+            f.determined(
+                uuid.uuid4(), uuid.uuid4(), 1, [f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE)]
+            )
         )
+        await consented(notify, producer, resident, 1, {f"partner:{p}": True for p in (BANK, NGO, "third-partner")})
+        event = await producer.publish(
+            f.determined(
+                resident, application, 1,
+                [f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE, amount=100_000, period="monthly")],
+            )
+        )  # fmt: skip
         await wait_until(lambda: len(received) >= 2)
         # Every copy notify made is published (the copies leave through its outbox), and everything the server sent
         # us before our flush has been collected: a third (wrong) copy, if any, is counted below.
         await wait_until(lambda: _relayed_all(notify))
         await nc.flush()
         await wait_until(lambda: subscription.pending_msgs == 0)
-        subjects = sorted(s for s, _ in received)
-        assert subjects == [
+        by_subject = dict(received)
+        assert sorted(by_subject) == [
             f"{bus_prefix}.partner.{BANK}.eligibility.determined",
             f"{bus_prefix}.partner.{NGO}.eligibility.determined",
-        ]
-        for _, body in received:
+        ], "one copy per subscribed partner, and nothing about the resident who did not consent"
+        assert len(received) == 2
+        for body in by_subject.values():
             assert body["id"] == event.id
             assert body["type"] == "onestop.eligibility.determined"
-            assert "resident" not in body["data"], "no resident context without consent"
-            assert body["data"]["programs"] == [
-                {"program_code": "child_allowance", "department": "welfare", "outcome": "eligible", "amount": None}
-            ]
+            assert body["data"]["resident_id"] == str(resident)
+            assert (body["data"]["district_code"], body["data"]["preferred_language"]) == ("11110", "ko")
+        # The bank's grant is for payment: the amount; the NGO's for notification: no amount at all.
+        program = {"program_code": "child_allowance", "department": "welfare", "outcome": "eligible"}
+        assert by_subject[f"{bus_prefix}.partner.{BANK}.eligibility.determined"]["data"]["programs"] == [
+            {**program, "amount": 100_000}
+        ]
+        assert by_subject[f"{bus_prefix}.partner.{NGO}.eligibility.determined"]["data"]["programs"] == [program]
     finally:
         await nc.close()
 
@@ -354,16 +362,30 @@ async def test_bad_subscriptions_are_refused_with_a_problem_naming_the_field_and
 
 
 async def test_bad_grants_are_refused_and_leave_the_grants_as_they_were(notify: RunningService) -> None:
-    await grant(notify, BANK, "case.decided")
+    await grant(notify, BANK, case__decided="payment")
     admin = notify.auth("admin")
-    for partner, types, field in [
-        (BANK, ["case.assigned"], "event_types[0]"),  # not partner-visible
-        (BANK, ["no.such_type"], "event_types[0]"),
-        ("Bad.Partner", ["case.decided"], "path.partner_id"),
+    decided = {"event_type": "case.decided", "purpose": "payment"}
+    for partner, body, field in [
+        (BANK, {"grants": [{"event_type": "case.assigned", "purpose": "notification"}]}, "grants[0].event_type"),
+        (BANK, {"grants": [decided, {"event_type": "no.such_type", "purpose": "payment"}]}, "grants[1].event_type"),
+        (BANK, {"grants": [decided, {**decided, "purpose": "outreach"}]}, "grants[1].event_type"),  # twice
+        (BANK, {"grants": [{"event_type": "case.decided", "purpose": "marketing"}]}, "grants[0].purpose"),
+        (BANK, {"grants": [{"event_type": "case.decided"}]}, "grants[0].purpose"),
+        (BANK, {"grants": [{"event_type": "case.decided", "purpose": "statistics"}]}, "grants[0].purpose"),
+        (BANK, {"event_types": ["case.decided"]}, "event_types"),  # the old form: no purpose stated
+        ("Bad.Partner", {"grants": [decided]}, "path.partner_id"),
     ]:
-        response = await notify.client.put(f"/v1/partners/{partner}/grants", json={"event_types": types}, headers=admin)
+        response = await notify.client.put(f"/v1/partners/{partner}/grants", json=body, headers=admin)
         assert response.status_code == 422, response.text
-        assert field in [e["field"] for e in response.json()["errors"]]
+        assert response.headers["content-type"] == "application/problem+json"
+        assert field in [e["field"] for e in response.json()["errors"]], (body, response.json())
     current = await notify.client.get(f"/v1/partners/{BANK}", headers=admin)
-    assert current.json()["grants"] == ["case.decided"]
+    assert [(g["event_type"], g["purpose"]) for g in current.json()["grants"]] == [("case.decided", "payment")]
     assert (await notify.client.get("/v1/partners", headers=admin)).json()[0]["id"] == BANK
+
+    # A purpose may change; the grant stays, stated anew.
+    changed = await grant(notify, BANK, "case.decided", "aggregate.determinations_counted", purpose="outreach")
+    assert [(g["event_type"], g["purpose"]) for g in changed["grants"]] == [
+        ("aggregate.determinations_counted", "outreach"),
+        ("case.decided", "outreach"),
+    ]

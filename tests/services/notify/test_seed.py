@@ -14,6 +14,7 @@ from services.notify.seed import load_partners, seed
 from services.notify.settings import PACKAGE_DIR, NotifySettings
 from shared.db import Database
 from shared.migrations import upgrade
+from shared.problems import UnprocessableContent
 
 
 async def _counts(url: str) -> tuple[int, int, int]:
@@ -47,8 +48,24 @@ async def test_seeding_twice_creates_the_partners_once(database_url: str, tmp_pa
 def test_a_seed_file_with_an_ungranted_subscription_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "partners.yaml"
     bad.write_text(
-        "partners:\n  - id: some-bank\n    name: Bank\n    grants: [case.decided]\n"
+        "partners:\n  - id: some-bank\n    name: Bank\n    grants: [{event_type: case.decided, purpose: payment}]\n"
         "    subscriptions:\n      - {transport: nats, event_types: [case.routed]}\n"
     )
     with pytest.raises(ValueError, match="not granted"):
+        load_partners(bad)
+
+
+def test_a_seed_grant_without_its_purpose_or_with_one_that_does_not_fit_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "partners.yaml"
+    for grants, why in [
+        ("[case.decided]", "grants.0"),
+        ("[{event_type: case.decided}]", "grants.0.purpose"),
+        ("[{event_type: case.decided, purpose: marketing}]", "grants.0.purpose"),
+    ]:
+        bad.write_text(f"partners:\n  - id: some-bank\n    name: Bank\n    grants: {grants}\n")
+        with pytest.raises(ValueError, match=why):
+            load_partners(bad)
+    bad.write_text("partners:\n  - id: some-bank\n    name: Bank\n    grants: [{event_type: case.decided, "
+                   "purpose: statistics}]\n")  # fmt: skip
+    with pytest.raises(UnprocessableContent, match="statistics are served by aggregate feeds"):
         load_partners(bad)

@@ -1,6 +1,7 @@
 """The subscription lifecycle's rules where the API tests do not reach them: pausing what is paused, resuming what is
-active, a rotation without a grace period, and the redeliveries that are refused. Domain functions on a real database
-(SQLite and PostgreSQL), in transactions as a request would run them."""
+active, a rotation without a grace period, and the redeliveries that are refused (also of what a resident's withdrawn
+consent stopped). Domain functions on a real database (SQLite and PostgreSQL), in transactions as a request would run
+them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from services.notify.main import MIGRATIONS
 from services.notify.models import DeliveryStatus, Subscription, SubscriptionStatus, WebhookDelivery, utcnow
 from services.notify.notifications import WORK_PENDING
 from services.notify.repository import Repository
-from services.notify.schemas import RotateSecretIn, SubscriptionIn
+from services.notify.schemas import GrantIn, RotateSecretIn, SubscriptionIn
 from services.notify.settings import NotifySettings
 from shared.auth import Principal, Role
 from shared.db import Database
@@ -54,7 +55,7 @@ async def subscribe(db: Database, settings: NotifySettings, transport: str = "we
     url = "http://127.0.0.1:9/hooks" if transport == "webhook" else None
     async with db.session() as session:
         repo = Repository(session)
-        await partners.set_grants(repo, ADMIN, BANK_ID, ["case.decided"])
+        await partners.set_grants(repo, ADMIN, BANK_ID, [GrantIn(event_type="case.decided", purpose="payment")])
         created = await subscriptions.create(
             repo, settings, BANK, SubscriptionIn(transport=transport, url=url, event_types=["case.decided"])
         )
@@ -165,6 +166,21 @@ async def test_a_nats_subscription_has_no_secret_to_rotate(db: Database, setting
     async with db.session() as session:
         subscription = await subscriptions.visible(Repository(session), BANK, subscription_id)
         assert (subscription.secret, subscription.previous_secret) == (None, None)
+
+
+async def test_a_delivery_the_residents_withdrawn_consent_stopped_is_never_sent_again(
+    db: Database, settings: NotifySettings
+) -> None:
+    subscription_id = await subscribe(db, settings)
+    withdrawn = await queue(db, subscription_id, status=DeliveryStatus.WITHDRAWN.value, payload="",
+                            withdrawn_at=utcnow(), resident_id=uuid.uuid4())  # fmt: skip
+    for caller in (BANK, ADMIN):
+        async with db.session() as session:
+            with pytest.raises(Conflict, match="withdrew their consent"):
+                await subscriptions.redeliver(Repository(session), caller, withdrawn)
+    async with db.session() as session:
+        delivery = await webhook_delivery(session, withdrawn)
+        assert (delivery.status, delivery.payload) == ("withdrawn", "")
 
 
 async def test_redelivery_is_refused_while_attempted_and_once_the_subscription_is_deleted(
