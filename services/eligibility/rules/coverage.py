@@ -27,7 +27,14 @@ from typing import Any
 
 import cel
 
-from services.eligibility.facts import DERIVATIONS, Environment, MedianIncomeTable, ReferenceDataMissing, cel_value
+from services.eligibility.facts import (
+    DERIVATIONS,
+    Environment,
+    FactCatalogue,
+    MedianIncomeTable,
+    ReferenceDataMissing,
+    cel_value,
+)
 from services.eligibility.rules.compile import _inline
 from services.eligibility.rules.evaluate import ProgramOutcome
 from services.eligibility.rules.nodes import CompiledRule, Group, Leaf
@@ -151,7 +158,7 @@ class VersionCoverage:
         return out
 
 
-def plan_version(code: str, version: int, rule: CompiledRule, *, first_day: dt.date | None,
+def plan_version(code: str, version: int, rule: CompiledRule, facts: FactCatalogue, *, first_day: dt.date | None,
                  last_day: dt.date | None) -> VersionPlan:  # fmt: skip
     criteria: dict[int, str] = {}
     sources: dict[str, str] = {}
@@ -187,8 +194,10 @@ def plan_version(code: str, version: int, rule: CompiledRule, *, first_day: dt.d
         reads[where] = frozenset(closure)
     limits: dict[int, Limit] = {}
     ternaries: dict[int, tuple[str, Syntax]] = {}
+    # What can be one unit away: a number or a date (a fact of another type never is the subject of a limit).
+    unordered = frozenset(n for n, t in facts.types.items() if t.type not in ("integer", "number", "date"))
     for where, tree in roots.items():
-        _find(tree, where, frozenset(), rule, facts_of, limits, ternaries)
+        _find(tree, where, frozenset(), rule, facts_of, unordered, limits, ternaries)
     return VersionPlan(code, version, rule, criteria, roots, reads, inlined, facts_of, limits, ternaries, unreadable,
                        first_day, last_day)  # fmt: skip
 
@@ -202,7 +211,8 @@ def _definitions_read(name: str, rule: CompiledRule) -> set[str]:
 
 
 def _find(node: Syntax, where: str, bound: frozenset[str], rule: CompiledRule, facts_of: Mapping[str, frozenset[str]],
-          limits: dict[int, Limit], ternaries: dict[int, tuple[str, Syntax]]) -> None:  # fmt: skip
+          unordered: frozenset[str], limits: dict[int, Limit],
+          ternaries: dict[int, tuple[str, Syntax]]) -> None:  # fmt: skip
     if node.kind == "ternary":
         ternaries[id(node)] = (where, node)
     if node.kind == "relation" and node.op in ORDERING:
@@ -210,21 +220,21 @@ def _find(node: Syntax, where: str, bound: frozenset[str], rule: CompiledRule, f
         subjects = [
             (next(iter(mine)), side)
             for side, (mine, other) in enumerate(((left, right), (right, left)))
-            if len(mine) == 1 and not mine & other and not mine & REFERENCE_FACTS
+            if len(mine) == 1 and not mine & other and not mine & (REFERENCE_FACTS | unordered)
         ]
         if subjects:
             limits[id(node)] = Limit(where, node, tuple(subjects))
     if node.kind == "call" and node.op in MACROS and node.target is not None and node.children:
-        _find(node.target, where, bound, rule, facts_of, limits, ternaries)
+        _find(node.target, where, bound, rule, facts_of, unordered, limits, ternaries)
         variable = node.children[0]
         inner = bound | {variable.op} if variable.kind == "ident" else bound
         for child in node.children[1:]:
-            _find(child, where, inner, rule, facts_of, limits, ternaries)
+            _find(child, where, inner, rule, facts_of, unordered, limits, ternaries)
         return
     if node.target is not None:
-        _find(node.target, where, bound, rule, facts_of, limits, ternaries)
+        _find(node.target, where, bound, rule, facts_of, unordered, limits, ternaries)
     for child in node.children:
-        _find(child, where, bound, rule, facts_of, limits, ternaries)
+        _find(child, where, bound, rule, facts_of, unordered, limits, ternaries)
 
 
 def _variables(node: Syntax, bound: frozenset[str], rule: CompiledRule,
@@ -262,7 +272,11 @@ class CatalogueCoverage:
                 if version.superseded:
                     continue
                 first, last = _version_days(program, version)
-                plans.append(plan_version(program.code, version.version, version.rule, first_day=first, last_day=last))
+                plans.append(
+                    plan_version(
+                        program.code, version.version, version.rule, catalogue.facts, first_day=first, last_day=last
+                    )
+                )
         return cls(plans, catalogue.medians)
 
     def by_program(self) -> dict[str, list[VersionCoverage]]:

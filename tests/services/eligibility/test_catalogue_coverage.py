@@ -2,7 +2,7 @@
 of its definitions and amount taken both ways, every limit (``fact <= N``, a deadline, an age) judged on its edge on
 both sides (one won, one day away from turning), every version judged on the day it replaced another and on its last
 day — by the YAML table cases (tests/services/eligibility/cases). The recorder (services/eligibility/rules/coverage.py)
-on small rules."""
+is tested on small rules first, then the whole catalogue is measured."""
 
 from __future__ import annotations
 
@@ -17,7 +17,28 @@ from services.eligibility.rules.coverage import FAILING, PASSING, CatalogueCover
 from services.eligibility.rules.evaluate import recording
 from services.eligibility.rules.syntax import parse
 from services.eligibility.specs import ProgramAttributes, VersionSpec
-from tests.services.eligibility.test_cases import NOW
+from tests.services.eligibility.test_cases import CASES, NOW
+
+# Programs whose rules the other changes of issue 12 rewrite (its points 1-7, made on other branches): until those
+# are merged with their own cases, their gaps are listed here instead of failing the test. The integrator empties
+# this list when merging; a program listed here that has no gap left fails the test, so the list only shrinks.
+# (livelihood_benefit and medical_aid, which point 7 changes too, are covered today and are not listed.)
+KNOWN_GAPS: dict[str, str] = {
+    "child_allowance": "points 1, 2, 5: children as a list, the carer, regional supplements",
+    "parent_benefit": "point 1: per child",
+    "first_meeting_voucher": "points 1, 3: per newborn, one year from the birth",
+    "housing_benefit": "point 5: own share, jeonse",
+    "basic_pension": "points 3, 5: application a month early, couple and threshold reductions",
+    "education_benefit": "point 7: recognised income",
+    "emergency_welfare": "point 7: recognised income",
+    "diaper_formula_support": "point 6: who qualifies",
+    "earned_income_tax_credit": "point 6: household type from the members",
+    "maternity_leave_benefit": "point 3: 12 months after the leave ends",
+    "parental_leave_benefit": "point 4: 8-year-olds, the 2025 steps",
+    "national_employment_support": "point 6: work experience, dependants",
+    "unemployment_benefit": "changed on another issue-12 branch (179 insured days tested, 180 not)",
+}
+
 
 # ---------------------------------------------------------------------------------------------- small rules
 
@@ -188,3 +209,34 @@ def test_only_the_subject_program_and_only_while_installed(files: CatalogueFiles
     seen = {s.plan.code: s for versions in coverage.by_program().values() for s in versions}
     assert seen["top"].cases == 1
     assert seen["base"].cases == 0
+
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+
+
+@pytest.fixture(scope="module")
+def catalogue_coverage(files: CatalogueFiles) -> CatalogueCoverage:
+    """Every YAML case judged with the recorder installed."""
+    catalogue = files.catalogue()
+    coverage = CatalogueCoverage.of(catalogue)
+    with recording(coverage):
+        for param in CASES:
+            code, case = param.values
+            coverage.subject = code
+            env = catalogue.environment(case["date"], FactLayers(declared=case.get("facts") or {}), NOW)
+            catalogue.evaluate(env, [code])
+    return coverage
+
+
+def test_every_version_of_every_program_is_covered_by_the_cases(catalogue_coverage: CatalogueCoverage) -> None:
+    gaps = {code: lines for code, lines in catalogue_coverage.gaps().items() if code not in KNOWN_GAPS}
+    report = "\n".join(f"{code}:\n" + "\n".join(f"    {line}" for line in lines) for code, lines in gaps.items())
+    assert not gaps, f"add table cases (tests/services/eligibility/cases/<program>.yaml) for:\n{report}"
+
+
+def test_the_known_gaps_are_still_gaps(catalogue_coverage: CatalogueCoverage) -> None:
+    """The allow-list only shrinks: a program it names must exist and still have a gap."""
+    programs = catalogue_coverage.by_program()
+    assert set(KNOWN_GAPS) <= set(programs), f"unknown programs in KNOWN_GAPS: {set(KNOWN_GAPS) - set(programs)}"
+    covered = sorted(set(KNOWN_GAPS) - set(catalogue_coverage.gaps()))
+    assert not covered, f"fully covered now: remove {covered} from KNOWN_GAPS"
