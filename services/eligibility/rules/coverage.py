@@ -320,6 +320,12 @@ class CatalogueCoverage:
             if tree is not None:
                 run.visit(tree, [{}])
 
+    def value_of(self, plan: VersionPlan, node: Syntax, env: Environment) -> Any:
+        """The value of a piece of a version's expressions (a limit's bound, a condition) against ``env``; None when
+        a fact it reads is missing or it fails."""
+        value = _Run(self, self.versions[id(plan.rule)], env).value(node, {})
+        return None if value is _UNKNOWN else value
+
     def program(self, source: str) -> tuple[cel.Program, frozenset[str]] | None:
         """A piece of an expression compiled on its own, with the variables it reads (cached)."""
         if source in self._programs:
