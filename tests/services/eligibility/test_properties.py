@@ -94,6 +94,9 @@ COUNTS: dict[str, tuple[int, int]] = {
     "children_under_18": (0, 216),
     "children_school_age": (72, 216),
 }
+# Derived facts compared against a bound that are not counted by the calendar (an income computed from others, say):
+# their limits are proved by the YAML cases and the coverage test only; each with the reason.
+NOT_BY_CALENDAR: dict[str, str] = {}
 # Programs that count children and pay per child, known to count twins once (children are a set of birth dates):
 # issue 12 point 1 fixes it on another branch. Empty this when that is merged (the xfail is strict).
 TWINS_COUNTED_ONCE = {"child_allowance", "single_parent_child_support", "child_tax_credit"}
@@ -431,6 +434,8 @@ def conjuncts(node: Syntax) -> Iterator[Syntax]:
 
 
 def subject_kind(subject: str) -> str | None:
+    if subject in NOT_BY_CALENDAR:
+        return "cases only"
     if subject in CLOCKS:
         return "clock"
     if subject in COUNTS:
@@ -456,7 +461,8 @@ def limit_id(param: tuple[tuple[str, int], int, Limit]) -> str:
 
 def test_every_limit_on_a_derived_fact_has_a_calendar() -> None:
     """A limit on a derived fact is boundary-tested through how that fact moves with the calendar; a new derived
-    fact compared against a bound needs its line in CLOCKS or COUNTS."""
+    fact compared against a bound needs its line in CLOCKS or COUNTS (or, when no calendar moves it, in
+    NOT_BY_CALENDAR with the reason)."""
     unknown = {f"{limit_id(p)} ({p[2].subjects[0][0]})" for p in LIMITS if subject_kind(p[2].subjects[0][0]) is None}
     assert not unknown, f"limits on derived facts with no calendar here: {sorted(unknown)}"
 
@@ -629,5 +635,5 @@ def test_an_application_past_a_deadline_is_never_eligible(param: tuple[tuple[str
 
 def test_the_suite_reaches_every_kind_of_limit() -> None:
     kinds = {subject_kind(p[2].subjects[0][0]) for p in LIMITS}
-    assert kinds == {"number", "date", "clock", "count"}
+    assert {"number", "date", "clock", "count"} <= kinds
     assert len(deadlines()) >= 5
