@@ -23,7 +23,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cel
 
@@ -40,6 +40,9 @@ from services.eligibility.rules.evaluate import ProgramOutcome
 from services.eligibility.rules.nodes import CompiledRule, Group, Leaf
 from services.eligibility.rules.syntax import MACROS, ORDERING, Syntax, parse
 from shared.events import CriterionStatus, Outcome
+
+if TYPE_CHECKING:  # the catalogue builds on the rules engine, not the other way round
+    from services.eligibility.catalogue import Catalogue, Program, RuleVersion
 
 # Derived facts that are figures of reference tables: a rule compares a resident's fact against them, never them
 # against a bound (a household one member larger is not "one unit" from a limit).
@@ -264,7 +267,7 @@ class CatalogueCoverage:
         self._programs: dict[str, tuple[cel.Program, frozenset[str]] | None] = {}
 
     @classmethod
-    def of(cls, catalogue: Any) -> CatalogueCoverage:
+    def of(cls, catalogue: Catalogue) -> CatalogueCoverage:
         """Plans for every version of a :class:`~services.eligibility.catalogue.Catalogue`."""
         plans = []
         for program in catalogue.programs.values():
@@ -493,7 +496,7 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _version_days(program: Any, version: Any) -> tuple[dt.date | None, dt.date | None]:
+def _version_days(program: Program, version: RuleVersion) -> tuple[dt.date | None, dt.date | None]:
     """The day ``version`` replaced another one (None when nothing was in force the day before), and its last day
     when it ends or another replaces it (None when it runs on)."""
     start = version.effective_from
