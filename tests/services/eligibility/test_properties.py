@@ -25,6 +25,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import operator
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +41,7 @@ from services.eligibility.rules.nodes import Group, Leaf, Node
 from services.eligibility.rules.syntax import MIRRORED, Syntax
 from shared.events import Outcome
 from tests.services.eligibility.test_cases import CASES, NOW
+from tests.services.eligibility.test_catalogue_coverage import UNREACHABLE
 
 FILES = load_files()
 CATALOGUE = FILES.catalogue()
@@ -775,6 +777,28 @@ def test_an_application_past_a_deadline_is_never_eligible(param: tuple[tuple[str
     result = judge(key[0], late, {**by(flip, facts), source: start - dt.timedelta(days=after)})
     assert result.outcome.outcome != ELIGIBLE, (start, late)
     assert status_of(result, judged.criterion) == "failed"
+
+
+NEVER = re.compile(r"v(?P<version>\d+): criterion (?P<criterion>\w+) is never (?P<status>passed|failed)")
+UNREACHABLE_CRITERIA = [
+    ((code, int(found["version"])), found["criterion"], found["status"])
+    for code, sides in UNREACHABLE.items()
+    for line in sides
+    if (found := NEVER.fullmatch(line))
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "criterion", "status"), UNREACHABLE_CRITERIA, ids=lambda v: v if isinstance(v, str) else f"{v[0]} v{v[1]}"
+)
+@PROPERTY
+@given(data=st.data())
+def test_a_side_the_coverage_calls_unreachable_is_never_reached(key: tuple[str, int], criterion: str, status: str,
+                                                                data: st.DataObject) -> None:  # fmt: skip
+    """What test_catalogue_coverage.UNREACHABLE says no facts can reach, generated residents do not reach either."""
+    day, facts = data.draw(scenario(key, complete=True))
+    result = judge(key[0], day, facts)
+    assert status_of(result, criterion) != status, facts
 
 
 def test_the_suite_reaches_every_kind_of_limit() -> None:
