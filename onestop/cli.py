@@ -1,9 +1,11 @@
-"""``onestop``: run the platform, mint tokens, migrate, seed, check status, regenerate the AsyncAPI document."""
+"""``onestop``: run the platform, mint tokens, migrate, seed, check status, compare the catalogue between two dates,
+regenerate the AsyncAPI document."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import signal
 import sys
 import time
@@ -54,6 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--host", default="127.0.0.1")
     status.add_argument("--nats-monitor", default="http://127.0.0.1:8222")
 
+    catalogue = commands.add_parser("catalogue", help="the program catalogue")
+    catalogue_commands = catalogue.add_subparsers(dest="catalogue_command", required=True)
+    diff = catalogue_commands.add_parser(
+        "diff", help="what changed between the rule versions in force on two dates (YAML, or the database)"
+    )
+    diff.add_argument("first", type=dt.date.fromisoformat, help="a date, YYYY-MM-DD")
+    diff.add_argument("second", type=dt.date.fromisoformat, help="a later (or earlier) date, YYYY-MM-DD")
+    diff.add_argument(
+        "--database-url", help="read the catalogue the eligibility service serves from its database, not the YAML"
+    )
+    diff.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
+
     asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
     asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
 
@@ -69,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": cmd_seed,
         "init": cmd_init,
         "status": cmd_status,
+        "catalogue": cmd_catalogue,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
     }[args.command]
@@ -214,6 +229,33 @@ def cmd_status(args: argparse.Namespace) -> int:
         state, healthy = f"unreachable ({type(exc).__name__})", False
     print(f"{'nats':<12} {state}")
     return 0 if healthy else 1
+
+
+def cmd_catalogue(args: argparse.Namespace) -> int:
+    from services.eligibility.catalogue import load_files
+    from services.eligibility.catalogue_diff import diff_files, diff_stored
+    from services.eligibility.facts import CATALOGUE_DIR
+    from services.eligibility.repository import Repository
+    from shared.db import Database
+
+    async def stored(url: str) -> str:
+        db = Database(url)
+        try:
+            async with db.session() as session:
+                return (await diff_stored(Repository(session), args.first, args.second)).render("database")
+        finally:
+            await db.dispose()
+
+    if args.database_url:
+        try:
+            print(asyncio.run(stored(args.database_url)), end="")
+        except Exception as exc:  # an unreachable or unmigrated database: say so, briefly
+            print(f"onestop catalogue diff: cannot read the catalogue from the database: {exc}"[:500], file=sys.stderr)
+            return 1
+        return 0
+    directory = args.catalogue_dir or CATALOGUE_DIR
+    print(diff_files(load_files(directory), args.first, args.second).render(f"YAML catalogue in {directory}"), end="")
+    return 0
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:

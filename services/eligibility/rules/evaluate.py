@@ -6,9 +6,10 @@ fails at evaluation gives ``needs_review``."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from services.eligibility.facts import MISSING, RULE, Environment, json_value
 from services.eligibility.rules.nodes import CompiledRule, Expression, Leaf, Node, first_line
@@ -370,6 +371,34 @@ class RuleRun:
         return int(value)
 
 
+class Recorder(Protocol):
+    """Told of every evaluation while installed (``recording``): the catalogue's branch coverage in tests
+    (rules/coverage.py). ``statuses`` (by node index) are given for explained evaluations only: the bulk path
+    short-cuts, so the criteria it did not reach have no status."""
+
+    def record(
+        self,
+        rule: CompiledRule,
+        env: Environment,
+        statuses: Sequence[CriterionStatus] | None,
+        outcome: ProgramOutcome,
+    ) -> None: ...
+
+
+_recorder: Recorder | None = None
+
+
+@contextmanager
+def recording(recorder: Recorder) -> Iterator[Recorder]:
+    """Install ``recorder`` for the block. Never installed by the services: evaluating then costs one check more."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    try:
+        yield recorder
+    finally:
+        _recorder = previous
+
+
 def evaluate_rule(rule: CompiledRule, env: Environment, refs: RefResolver, *, explain: bool = True) -> ProgramOutcome:
     """Evaluate one rule version. Never raises: a rule that fails at evaluation gives ``needs_review``."""
     if rule.error is not None:
@@ -381,17 +410,21 @@ def evaluate_rule(rule: CompiledRule, env: Environment, refs: RefResolver, *, ex
         if run.errors:
             raise RuleFailed("; ".join(run.errors))
         if status == PASSED:
-            return ProgramOutcome(ELIGIBLE, run.amount() if rule.amount is not None else None, criteria)
-        if status == FAILED:
-            return ProgramOutcome(INELIGIBLE, None, criteria)
-        missing: dict[str, None] = {}
-        if explain:
-            run.collect_missing(rule.root, missing)
-        return ProgramOutcome(NEEDS_INFORMATION, None, criteria, list(missing))
+            outcome = ProgramOutcome(ELIGIBLE, run.amount() if rule.amount is not None else None, criteria)
+        elif status == FAILED:
+            outcome = ProgramOutcome(INELIGIBLE, None, criteria)
+        else:
+            missing: dict[str, None] = {}
+            if explain:
+                run.collect_missing(rule.root, missing)
+            outcome = ProgramOutcome(NEEDS_INFORMATION, None, criteria, list(missing))
     except RuleFailed as exc:
-        return ProgramOutcome(NEEDS_REVIEW, None, criteria, [], str(exc)[:1000])
+        outcome = ProgramOutcome(NEEDS_REVIEW, None, criteria, [], str(exc)[:1000])
     except Exception as exc:  # anything else a rule can do wrong must not stop the other programs
-        return ProgramOutcome(NEEDS_REVIEW, None, criteria, [], f"{type(exc).__name__}: {first_line(exc)}")
+        outcome = ProgramOutcome(NEEDS_REVIEW, None, criteria, [], f"{type(exc).__name__}: {first_line(exc)}")
+    if _recorder is not None:
+        _recorder.record(rule, env, run.statuses if explain else None, outcome)
+    return outcome
 
 
 def is_relevant(rule: CompiledRule, env: Environment) -> bool:

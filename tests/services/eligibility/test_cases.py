@@ -31,6 +31,14 @@ def _load_cases() -> list[Any]:
 CASES = _load_cases()
 
 
+def case_layers(case: dict[str, Any]) -> FactLayers:
+    """A case's facts: ``facts`` as declared, and ``household`` as the registry's members (relation to the resident,
+    birth date, monthly income), as resident.updated gives them."""
+    household = case.get("household")
+    registry = registry_facts(birth_date=None, district_code=None, household=household, vulnerability=None)
+    return FactLayers(declared=case.get("facts") or {}, registry=registry)
+
+
 @pytest.fixture(scope="module")
 def files() -> CatalogueFiles:
     return load_files()
@@ -44,10 +52,7 @@ def catalogue(files: CatalogueFiles) -> Catalogue:
 @pytest.mark.parametrize(("program", "case"), CASES)
 def test_case(catalogue: Catalogue, program: str, case: dict[str, Any]) -> None:
     expect = case["expect"]
-    # ``household``: the registry's members (relation to the resident, birth date), as resident.updated gives them.
-    household = case.get("household")
-    registry = registry_facts(birth_date=None, district_code=None, household=household, vulnerability=None)
-    env = catalogue.environment(case["date"], FactLayers(declared=case.get("facts") or {}, registry=registry), NOW)
+    env = catalogue.environment(case["date"], case_layers(case), NOW)
     assert not env.rejected, f"the case's facts do not fit their types: {env.rejected}"
     results = catalogue.evaluate(env, [program])
     if expect["outcome"] == "not_in_force":
