@@ -1,6 +1,7 @@
 """The notify HTTP API: thin routes over the domain modules (a plain read: one scoped query of the repository).
 
-Residents: their inbox and their preferences. Administrators: partner grants, dead notification deliveries.
+Residents: their inbox (and, for a representative the resident named to read their messages, that resident's), their
+preferences and who read their messages for them. Administrators: partner grants, dead notification deliveries.
 Partners: their subscriptions and webhook deliveries. Every object a caller may not see answers 404.
 """
 
@@ -21,6 +22,7 @@ from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
 from services.notify.repository import RepositoryDep
 from services.notify.schemas import (
+    AccessLogPage,
     GrantsIn,
     InboxMessage,
     InboxPage,
@@ -70,6 +72,20 @@ def _resident_id(principal: Resident) -> uuid.UUID:
 ResidentId = Annotated[uuid.UUID, Depends(_resident_id)]  # the calling resident's own id
 
 
+async def _reader(
+    principal: Resident,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    resident_id: uuid.UUID | None = Query(
+        default=None, description="A resident who named you representative to read their messages (default: you)"
+    ),
+) -> inbox.Reader:
+    return await inbox.reader(repo, principal, resident_id, ctx.clock.today())
+
+
+Reader = Annotated[inbox.Reader, Depends(_reader)]  # whose inbox: the caller's, or a represented resident's
+
+
 # ================================================================================================ inbox
 
 inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -88,16 +104,16 @@ def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
     )
 
 
-@inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403))
+@inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403, 404))
 async def list_inbox(
-    resident_id: ResidentId,
+    reader: Reader,
     repo: RepositoryDep,
     renderer: RendererDep,
     unread: bool = Query(default=False, description="Only messages not read yet"),
     before: dt.datetime | None = Query(default=None, description="Only messages older than this (paging)"),
     limit: Limit = 50,
 ) -> InboxPage:
-    found = await inbox.messages(repo, resident_id, unread_only=unread, before=before, limit=limit)
+    found = await inbox.messages(repo, reader, unread_only=unread, before=before, limit=limit)
     items = [_inbox_message(m, renderer) for m in found.page]
     return InboxPage(
         items=items, unread=found.unread, next_before=items[-1].created_at if len(items) == limit else None
@@ -106,18 +122,36 @@ async def list_inbox(
 
 @inbox_router.get("/{notification_id}", summary="One of my messages", responses=problem_responses(403, 404))
 async def get_inbox_message(
-    notification_id: uuid.UUID, resident_id: ResidentId, repo: RepositoryDep, renderer: RendererDep
+    notification_id: uuid.UUID, reader: Reader, repo: RepositoryDep, renderer: RendererDep
 ) -> InboxMessage:
-    return _inbox_message(await inbox.message(repo, resident_id, notification_id), renderer)
+    return _inbox_message(await inbox.message(repo, reader, notification_id), renderer)
 
 
 @inbox_router.post(
     "/{notification_id}/read", summary="Mark one of my messages read", responses=problem_responses(403, 404)
 )
 async def mark_read(
-    notification_id: uuid.UUID, resident_id: ResidentId, repo: RepositoryDep, renderer: RendererDep
+    notification_id: uuid.UUID, reader: Reader, repo: RepositoryDep, renderer: RendererDep
 ) -> InboxMessage:
-    return _inbox_message(await inbox.mark_read(repo, resident_id, notification_id), renderer)
+    return _inbox_message(await inbox.mark_read(repo, reader, notification_id), renderer)
+
+
+# ================================================================================================ access log
+
+access_log_router = APIRouter(prefix="/v1/access-log", tags=["inbox"])
+
+
+@access_log_router.get(
+    "", summary="Who read my messages for me (a representative), when and under which authority, newest first",
+    responses=problem_responses(403),
+)  # fmt: skip
+async def read_access_log(
+    resident_id: ResidentId,
+    repo: RepositoryDep,
+    limit: Limit = 50,
+    cursor: str | None = Query(default=None, max_length=20, pattern=r"^[0-9]{1,18}$"),
+) -> AccessLogPage:
+    return await inbox.access_log(repo, resident_id, cursor=cursor, limit=limit)
 
 
 # ================================================================================================ preferences
@@ -383,6 +417,7 @@ async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: Rep
 
 ROUTERS = (
     inbox_router,
+    access_log_router,
     preferences_router,
     admin_router,
     partners_router,

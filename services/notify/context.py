@@ -1,6 +1,7 @@
 """Notify's service context: its settings, its outbox, the contact directory (intake over HTTP), the renderer, the
-two delivery workers and the hook that wakes them. Made once per running service (:func:`services.notify.worker
-.running`), handed to routes through :data:`ContextDep` and to the event handlers when they are made."""
+two delivery workers, the hook that wakes them and the clock (today in the city, by which representations expire).
+Made once per running service (:func:`services.notify.worker.running`), handed to routes through
+:data:`ContextDep` and to the event handlers when they are made."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.notify.delivery import ResidentDelivery
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
+from shared.clock import Clock
 from shared.deps import context_dependency
 from shared.outbox import Outbox
 
@@ -28,6 +30,7 @@ class NotifyContext:
     residents: ResidentDelivery
     partners: PartnerDelivery
     wake: Callable[[], None]
+    clock: Clock
 
 
 ContextDep = Annotated[NotifyContext, Depends(context_dependency(NotifyContext))]

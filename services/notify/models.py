@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.audit import AuditLog
 from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
 
@@ -32,6 +34,7 @@ class Base(ServiceModels, DeclarativeBase):
 
 
 platform = platform_tables(Base.metadata)
+audit_log = AuditLog(platform)
 
 
 def utcnow() -> dt.datetime:
@@ -75,6 +78,24 @@ class ResidentState(Base):
 
     def consented(self, purpose: str) -> bool:
         return self.consents.get(purpose) is True
+
+
+class Representation(Base):
+    """Who may act for a resident, as intake announced it (representation.changed): notify lets a representative in
+    the ``read_messages`` scope read the resident's inbox through ``expires_on``. The highest version wins, so a
+    revocation is never undone by an older event arriving late."""
+
+    __tablename__ = "representations"
+    __table_args__ = (Index("ix_representations_representative_resident", "representative_id", "resident_id"),)
+
+    representation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID]
+    representative_id: Mapped[uuid.UUID]
+    scopes: Mapped[list[str]]
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    revoked_at: Mapped[dt.datetime | None]
+    version: Mapped[int]
+    updated_at: Mapped[dt.datetime]
 
 
 class TrackedApplication(Base):

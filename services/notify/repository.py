@@ -25,6 +25,7 @@ from services.notify.models import (
     Partner,
     PartnerGrant,
     Preference,
+    Representation,
     ResidentChannel,
     ResidentState,
     Subscription,
@@ -171,6 +172,21 @@ class Repository:
             .where(Delivery.notification_id.in_(ids), Delivery.status.in_(RETRYABLE), Delivery.claim_token.is_(None))
             .values(status=DeliveryStatus.SUPPRESSED.value, last_error="application withdrawn", updated_at=now)
         )
+
+    async def representation(self, representation_id: uuid.UUID) -> Representation | None:
+        return await self.session.get(Representation, representation_id)
+
+    async def current_representations(
+        self, representative_id: uuid.UUID, resident_id: uuid.UUID, today: dt.date
+    ) -> Sequence[Representation]:
+        """The representations of the resident by this representative that hold today (not revoked, not expired)."""
+        query = select(Representation).where(
+            Representation.representative_id == representative_id,
+            Representation.resident_id == resident_id,
+            Representation.revoked_at.is_(None),
+            Representation.expires_on >= today,
+        )
+        return (await self.session.scalars(query.order_by(Representation.updated_at.desc()))).all()
 
     async def notification(self, notification_id: uuid.UUID) -> Notification | None:
         """Unscoped: for the delivery worker, which acts on behalf of no caller."""

@@ -102,6 +102,29 @@ class InboxPage(Output):
     next_before: dt.datetime | None = Field(description="Pass as ?before= for the next (older) page")
 
 
+class AuthorityOut(Output):
+    kind: str = Field(description="representative")
+    id: str = Field(description="The representation's id (intake's GET /v1/residents/{id}/representations)")
+
+
+class AccessLogEntry(Output):
+    at: dt.datetime
+    actor: str
+    actor_role: str
+    actor_name: str | None
+    action: str
+    record_type: str
+    record_id: str | None
+    purpose: str
+    on_behalf_of: uuid.UUID | None
+    authority: AuthorityOut | None
+
+
+class AccessLogPage(Output):
+    items: list[AccessLogEntry] = Field(description="Newest first")
+    next_cursor: str | None
+
+
 class NotificationDeliveryOut(Output):
     id: uuid.UUID
     notification_id: uuid.UUID

@@ -23,6 +23,7 @@ from services.notify.notifications import WORK_PENDING
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
+from shared.clock import Clock
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         asyncio.create_task(_loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partners"),
     ]
     try:
-        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, wake)
+        yield NotifyContext(
+            settings, runtime.outbox, contacts, renderer, residents, partners, wake, Clock.from_settings(settings)
+        )
     finally:
         for task in tasks:
             task.cancel()
