@@ -15,9 +15,17 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import delivery as resident_delivery
-from services.notify import inbox, partners, preferences, subscriptions
+from services.notify import inbox, letters, partners, preferences, subscriptions
 from services.notify.context import ContextDep
-from services.notify.models import Delivery, DeliveryStatus, Partner, Preference, Subscription, WebhookDelivery
+from services.notify.models import (
+    Delivery,
+    DeliveryStatus,
+    LetterStatus,
+    Partner,
+    Preference,
+    Subscription,
+    WebhookDelivery,
+)
 from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
 from services.notify.repository import RepositoryDep
@@ -26,6 +34,7 @@ from services.notify.schemas import (
     GrantsIn,
     InboxMessage,
     InboxPage,
+    LetterOut,
     NotificationDeliveryOut,
     PartnerOut,
     PreferencesIn,
@@ -203,7 +212,7 @@ async def list_notification_deliveries(
     principal: Admin,
     repo: RepositoryDep,
     status: DeliveryStatus | None = None,
-    channel: Annotated[str | None, Query(pattern="^(inbox|email|sms)$")] = None,
+    channel: Annotated[str | None, Query(pattern="^(inbox|email|sms|post)$")] = None,
     resident_id: uuid.UUID | None = None,
     limit: Limit = 100,
 ) -> list[NotificationDeliveryOut]:
@@ -222,6 +231,40 @@ async def retry_notification_delivery(
     delivery_id: uuid.UUID, principal: Admin, repo: RepositoryDep
 ) -> NotificationDeliveryOut:
     return _delivery_out(await resident_delivery.retry(repo, delivery_id))
+
+
+# ================================================================================================ admin: letters
+
+letters_router = APIRouter(prefix="/v1/letters", tags=["administration"])
+
+
+@letters_router.get(
+    "", summary="Letters for residents without a digital channel, oldest first: to print and post, or sent",
+    responses=problem_responses(403),
+)  # fmt: skip
+async def list_letters(
+    principal: Admin, repo: RepositoryDep, status: LetterStatus | None = LetterStatus.TO_SEND, limit: Limit = 100
+) -> list[LetterOut]:
+    return [LetterOut.from_row(letter) for letter in await repo.letters(status=status.value if status else None,
+                                                                          limit=limit)]  # fmt: skip
+
+
+@letters_router.get(
+    "/{letter_id}/pdf",
+    summary="The print-ready letter (it carries the resident's name and address: the read is audited)",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}, **problem_responses(403, 404)},
+)
+async def get_letter_pdf(letter_id: uuid.UUID, principal: Admin, repo: RepositoryDep, ctx: ContextDep) -> Response:
+    content = await letters.pdf(repo, ctx.letters, principal, letter_id)
+    return Response(content, media_type="application/pdf", headers={"Cache-Control": "no-store"})
+
+
+@letters_router.post(
+    "/{letter_id}/sent", summary="The office printed and posted the letter", responses=problem_responses(403, 404, 409)
+)
+async def mark_letter_sent(letter_id: uuid.UUID, principal: Admin, repo: RepositoryDep) -> LetterOut:
+    return LetterOut.from_row(await letters.mark_sent(repo, principal, letter_id))
 
 
 # ================================================================================================ partners
@@ -420,6 +463,7 @@ ROUTERS = (
     access_log_router,
     preferences_router,
     admin_router,
+    letters_router,
     partners_router,
     subscriptions_router,
     deliveries_router,

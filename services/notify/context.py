@@ -13,6 +13,7 @@ from fastapi import Depends
 
 from services.notify.contacts import ContactDirectory
 from services.notify.delivery import ResidentDelivery
+from services.notify.letters import LetterPrinter
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
@@ -31,6 +32,11 @@ class NotifyContext:
     partners: PartnerDelivery
     wake: Callable[[], None]
     clock: Clock
+
+    @property
+    def letters(self) -> LetterPrinter:
+        """Where the post channel writes its letters."""
+        return self.residents.senders.post
 
 
 ContextDep = Annotated[NotifyContext, Depends(context_dependency(NotifyContext))]

@@ -48,6 +48,7 @@ class ResidentChannel(StrEnum):
     INBOX = "inbox"
     EMAIL = "email"
     SMS = "sms"
+    POST = "post"  # a printed letter (services/notify/letters.py)
 
 
 class Preference(Base):
@@ -224,6 +225,31 @@ class Delivery(Base):
         UniqueConstraint("notification_id", "channel", name="uq_deliveries_notification_channel"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
     )
+
+
+class LetterStatus(StrEnum):
+    TO_SEND = "to_send"  # printed to PDF, waiting for the office to print and post it
+    SENT = "sent"  # the office posted it
+
+
+class Letter(Base):
+    """A notice on paper for a resident without a digital channel: the PDF ``file_name`` under ``<data_dir>/post``,
+    listed for the office until it marks the letter sent. Its id is its delivery's."""
+
+    __tablename__ = "letters"
+    __table_args__ = (Index("ix_letters_status_created", "status", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(2))
+    file_name: Mapped[str] = mapped_column(String(100))
+    pages: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+    sent_by: Mapped[str | None] = mapped_column(String(255))
 
 
 # ================================================================================================ partners

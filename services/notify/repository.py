@@ -19,6 +19,7 @@ from services.notify.models import (
     ApplicationProgram,
     Delivery,
     DeliveryStatus,
+    Letter,
     Notification,
     NotificationItem,
     NotificationStatus,
@@ -227,6 +228,19 @@ class Repository:
                 Notification.released_at.is_not(None),
             )
         )
+
+    async def letters(self, *, status: str | None, limit: int) -> Sequence[Letter]:
+        """The post room's list, oldest first (the order to print them in)."""
+        query = select(Letter).order_by(Letter.created_at, Letter.id).limit(limit)
+        if status is not None:
+            query = query.where(Letter.status == status)
+        return (await self.session.scalars(query)).all()
+
+    async def letter(self, letter_id: uuid.UUID, *, for_update: bool = False) -> Letter | None:
+        query = select(Letter).where(Letter.id == letter_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def notification_deliveries(
         self,

@@ -125,6 +125,20 @@ class AccessLogPage(Output):
     next_cursor: str | None
 
 
+class LetterOut(Output):
+    id: uuid.UUID = Field(description="The letter's id (its delivery's)")
+    notification_id: uuid.UUID
+    resident_id: uuid.UUID
+    kind: str
+    language: str
+    file_name: str = Field(description="The PDF under <data_dir>/post (GET /v1/letters/{id}/pdf)")
+    pages: int
+    status: Literal["to_send", "sent"]
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+    sent_by: str | None
+
+
 class NotificationDeliveryOut(Output):
     id: uuid.UUID
     notification_id: uuid.UUID

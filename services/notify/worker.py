@@ -19,6 +19,7 @@ from services.notify.channels import email_sender, sms_sender
 from services.notify.contacts import ContactDirectory
 from services.notify.context import NotifyContext
 from services.notify.delivery import ResidentDelivery, Senders
+from services.notify.letters import LetterPrinter
 from services.notify.notifications import WORK_PENDING
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
@@ -38,6 +39,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     outbound = httpx.AsyncClient(follow_redirects=False, trust_env=False, headers={"user-agent": "OneStop-Notify/1.0"})
     contacts = ContactDirectory(intake_client, settings.intake_url, token, cache_seconds=settings.contact_cache_seconds)
     renderer = Renderer(settings.app_base_url)
+    clock = Clock.from_settings(settings)
     attempts = Counter(
         "onestop_notify_delivery_attempts",
         "Delivery attempts by transport (resident/webhook), channel and result (sent/failed/dead)",
@@ -50,7 +52,12 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         settings=settings,
         contacts=contacts,
         renderer=renderer,
-        senders=Senders(email=email_sender(settings), sms=sms_sender(settings, outbound)),
+        senders=Senders(
+            email=email_sender(settings),
+            sms=sms_sender(settings, outbound),
+            post=LetterPrinter.from_settings(settings),
+        ),
+        clock=clock,
         attempts=attempts,
     )
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
@@ -72,9 +79,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         asyncio.create_task(_loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partners"),
     ]
     try:
-        yield NotifyContext(
-            settings, runtime.outbox, contacts, renderer, residents, partners, wake, Clock.from_settings(settings)
-        )
+        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, wake, clock)
     finally:
         for task in tasks:
             task.cancel()
