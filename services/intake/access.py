@@ -15,7 +15,7 @@ from enum import StrEnum
 from services.intake.models import CounterAuthority, Representation, Resident, audit_log
 from services.intake.repository import OFFICE_ROLES, Repository
 from services.intake.schemas import AccessLogEntryView, AccessLogPage, AuthorityView, RepresentativeRelation
-from shared.audit import AuditEntry, Authority
+from shared.audit import Authority
 from shared.auth import Principal, Role
 from shared.problems import Forbidden, NotFound
 
@@ -168,6 +168,12 @@ async def read_log(
     before = int(cursor) if cursor else None
     entries = await audit_log.of_resident(repo.session, resident_id, before_id=before, limit=limit + 1)
     page = entries[:limit]
+    authorities: dict[tuple[str, str], AuthorityView | None] = {}
+    for e in page:
+        if e.authority_kind is not None and e.authority_id is not None:
+            key = (e.authority_kind, e.authority_id)
+            if key not in authorities:
+                authorities[key] = await _authority_view(repo, resident_id, *key)
     return AccessLogPage(
         items=[
             AccessLogEntryView(
@@ -181,7 +187,9 @@ async def read_log(
                 record_id=e.record_id,
                 purpose=e.purpose,
                 on_behalf_of=e.on_behalf_of,
-                authority=await _authority_view(repo, resident_id, e),
+                authority=authorities.get((e.authority_kind, e.authority_id))
+                if e.authority_kind is not None and e.authority_id is not None
+                else None,
             )
             for e in page
         ],
@@ -189,16 +197,14 @@ async def read_log(
     )
 
 
-async def _authority_view(repo: Repository, resident_id: uuid.UUID, entry: AuditEntry) -> AuthorityView | None:
-    """The entry's authority, told with what the resident knows it by (whom they named; the form they signed)."""
-    if entry.authority_kind is None or entry.authority_id is None:
-        return None
-    view = AuthorityView(kind=entry.authority_kind, id=entry.authority_id)
+async def _authority_view(repo: Repository, resident_id: uuid.UUID, kind: str, authority_id: str) -> AuthorityView:
+    """An entry's authority, told with what the resident knows it by (whom they named; the form they signed)."""
+    view = AuthorityView(kind=kind, id=authority_id)
     try:
-        record_id = uuid.UUID(entry.authority_id)
+        record_id = uuid.UUID(authority_id)
     except ValueError:
         return view
-    if entry.authority_kind == REPRESENTATIVE:
+    if kind == REPRESENTATIVE:
         representation = await repo.representation(record_id)
         if representation is not None and representation.resident_id == resident_id:
             view.relation = RepresentativeRelation(representation.relation)

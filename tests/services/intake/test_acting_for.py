@@ -12,15 +12,17 @@ import orjson
 
 from services.intake.context import IntakeContext
 from services.intake.models import CounterAuthority, Representation
-from shared.events import RepresentationChanged
+from shared.events import NotificationSent, RepresentationChanged
 from tests.services.intake.support import (
     MAPO_CSC,
     YONGSAN_CSC,
+    Downstream,
     birth_application,
     file_application,
     problem_fields,
     register_self,
     resident_body,
+    view_when,
 )
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
@@ -190,9 +192,21 @@ async def test_counter_staff_finish_for_a_resident_without_a_login_under_the_aut
 
 async def test_notify_gets_the_postal_address_only_of_residents_who_chose_letters(intake: RunningService) -> None:
     notify = intake.auth("service", service="notify")
-    letters_id, _ = await register_self(intake, preferred_channels=["post"], email=None)
+    letters_id, letters_headers = await register_self(intake, preferred_channels=["post"], email=None)
     email_id, _ = await register_self(intake)
     letters = (await intake.client.get(f"/v1/residents/{letters_id}/contact", headers=notify)).json()
     assert letters["postal"] == {"name": "김지은", "address": "서울특별시 마포구 월드컵북로 212"}
     email = (await intake.client.get(f"/v1/residents/{email_id}/contact", headers=notify)).json()
     assert email["postal"] is None
+
+    # A letter sent is in the status view like any notification.
+    app = await file_application(intake, letters_headers, birth_application(letters_id))
+    d = Downstream(intake, app)
+    sent = NotificationSent(notification_id=uuid.uuid4(), resident_id=letters_id, application_id=d.application_id,
+                            source_event_ids=[], channel="post", template="application.submitted", language="ko",
+                            sent_at=d.clock)  # fmt: skip
+    await d.publish(d.event(sent, "/onestop/notify"))
+    shown = await view_when(
+        intake, letters_headers, app["id"], lambda v: v["timeline"][-1]["type"] == "notification.sent"
+    )
+    assert shown["timeline"][-1]["summary"] == {"ko": "알림 발송 (우편)", "en": "Notification sent by post"}
