@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench postgres clean asyncapi
+.PHONY: run test lint bench postgres fonts clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,19 +14,23 @@ $(STAMP): pyproject.toml uv.lock
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
 	@rm -f $(VENV)/.synced-* && touch $@
 
-run: $(STAMP)
+run: $(STAMP) fonts
 	$(BIN)/onestop run
 
 # PostgreSQL: the suite starts its own throwaway server; Debian's package provides the binaries.
 postgres:
 	@./scripts/ensure-postgres.sh
 
+# Letters (notify's post channel) are printed in Debian's fonts-nanum, which has Hangul.
+fonts:
+	@./scripts/ensure-fonts.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) postgres lint
+test: $(STAMP) postgres fonts lint
 	$(BIN)/onestop asyncapi --check
 	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 

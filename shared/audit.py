@@ -4,7 +4,10 @@ and offices, when, which record, for what purpose. One platform table in each se
 one helper.
 
 Entries name the resident where the record is theirs, so that a service can show a resident who looked at their data
-(intake's access log)."""
+(intake's access log). Someone acting *for* a resident — a representative the resident named, counter staff under an
+authority the resident gave — is recorded with on whose behalf and under which :class:`Authority`: who, for whom,
+under which authority. These are columns of their own rather than words in ``purpose``, so that the resident's view
+shows them as such and every act under one authority can be found (should a signed form turn out to be forged)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,15 @@ from shared.tables import PlatformTables
 
 
 @dataclass(frozen=True)
+class Authority:
+    """Under what someone acted for a resident: its kind (``representative``; at a counter ``signed_form`` or
+    ``id_checked``) and the id of its record in the service that keeps it (intake)."""
+
+    kind: str
+    id: uuid.UUID | str
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     id: int
     at: dt.datetime
@@ -32,6 +44,9 @@ class AuditEntry:
     record_id: str | None
     resident_id: uuid.UUID | None
     purpose: str
+    on_behalf_of: uuid.UUID | None = None
+    authority_kind: str | None = None
+    authority_id: str | None = None
 
 
 class AuditLog:
@@ -48,8 +63,10 @@ class AuditLog:
         record_id: uuid.UUID | str | None,
         purpose: str,
         resident_id: uuid.UUID | None = None,
+        authority: Authority | None = None,
     ) -> None:
-        """Write an entry in the caller's transaction, unless the resident is looking at their own data."""
+        """Write an entry in the caller's transaction, unless the resident is looking at their own data. With an
+        ``authority`` the caller acted on the resident's behalf under it."""
         if resident_id is not None and principal.role is Role.RESIDENT and principal.resident_id == resident_id:
             return
         await session.execute(
@@ -64,6 +81,9 @@ class AuditLog:
                 record_id=str(record_id)[:64] if record_id is not None else None,
                 resident_id=resident_id,
                 purpose=purpose[:255],
+                on_behalf_of=resident_id if authority is not None else None,
+                authority_kind=authority.kind[:32] if authority is not None else None,
+                authority_id=str(authority.id)[:64] if authority is not None else None,
             )
         )
 

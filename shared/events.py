@@ -246,6 +246,22 @@ class ConsentChanged(EventData):
     changed_at: dt.datetime
 
 
+class RepresentationChanged(EventData):
+    """A resident named a representative, or the representation was revoked: who may act for whom, in which scopes,
+    through which day. Pseudonymous ids only (the representative's is the resident id their own token carries); how
+    the resident names them and what they are to the resident stay in intake."""
+
+    event_type: ClassVar[str] = "representation.changed"
+    representation_id: uuid.UUID
+    resident_id: uuid.UUID
+    representative_id: uuid.UUID
+    scopes: list[Literal["apply", "answer", "withdraw", "consent", "read_messages"]]
+    expires_on: dt.date = Field(description="The last day the representative may act, in the city's time zone")
+    revoked_at: dt.datetime | None = None
+    version: int = Field(ge=1, description="Increases with every change of this representation; keep the highest.")
+    changed_at: dt.datetime
+
+
 # ============================================================================================ department facts
 
 
@@ -500,7 +516,7 @@ class NotificationSent(EventData):
     resident_id: uuid.UUID
     application_id: uuid.UUID | None = None
     source_event_ids: list[str]
-    channel: Literal["inbox", "email", "sms"]
+    channel: Literal["inbox", "email", "sms", "post"]
     template: str
     language: Language
     sent_at: dt.datetime
@@ -512,7 +528,7 @@ class NotificationFailed(EventData):
     resident_id: uuid.UUID
     application_id: uuid.UUID | None = None
     source_event_ids: list[str]
-    channel: Literal["inbox", "email", "sms"]
+    channel: Literal["inbox", "email", "sms", "post"]
     template: str
     attempts: int
     error: str
@@ -606,6 +622,7 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(FeedbackGiven, "intake"),
         _spec(ResidentUpdated, "intake"),
         _spec(ConsentChanged, "intake"),
+        _spec(RepresentationChanged, "intake"),
         _spec(FactsReported, "department sources"),
         _spec(EligibilityDetermined, "eligibility", EligibilityDeterminedPartnerView),
         _spec(EligibilityOpportunity, "eligibility"),

@@ -107,7 +107,8 @@ def _configure_and_run(connection: Connection, metadata: MetaData) -> None:
 
 
 def create_audit_log() -> None:
-    """The platform audit log (``shared.tables``), as a service's migration creates it."""
+    """The platform audit log (``shared.tables``) as the migrations of 2026-11 created it; the columns added since
+    come with :func:`add_audit_log_authority`."""
     op.create_table(
         "audit_log",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
@@ -125,6 +126,22 @@ def create_audit_log() -> None:
     )
     op.create_index("ix_audit_log_at", "audit_log", ["at"], unique=False)
     op.create_index("ix_audit_log_resident_at", "audit_log", ["resident_id", "at"], unique=False)
+
+
+def add_audit_log_authority() -> None:
+    """On whose behalf and under which authority an entry's actor acted (``shared.tables``): nullable columns, so
+    every entry already written stays as it was."""
+    with op.batch_alter_table("audit_log") as batch:
+        batch.add_column(sa.Column("on_behalf_of", sa.Uuid(), nullable=True))
+        batch.add_column(sa.Column("authority_kind", sa.String(length=32), nullable=True))
+        batch.add_column(sa.Column("authority_id", sa.String(length=64), nullable=True))
+
+
+def drop_audit_log_authority() -> None:
+    with op.batch_alter_table("audit_log") as batch:
+        batch.drop_column("authority_id")
+        batch.drop_column("authority_kind")
+        batch.drop_column("on_behalf_of")
 
 
 def drop_audit_log() -> None:

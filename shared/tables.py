@@ -153,6 +153,11 @@ def platform_tables(metadata: MetaData) -> PlatformTables:
         Column("record_id", String(64), nullable=True),
         Column("resident_id", Uuid, nullable=True),
         Column("purpose", String(255), nullable=False),
+        # Someone acting for a resident (a representative they named, counter staff under the authority the resident
+        # gave): on whose behalf, and under which authority (its kind and the id of its record in intake).
+        Column("on_behalf_of", Uuid, nullable=True),
+        Column("authority_kind", String(32), nullable=True),
+        Column("authority_id", String(64), nullable=True),
     )
     Index("ix_audit_log_resident_at", audit_log.c.resident_id, audit_log.c.at)
     return PlatformTables(outbox, inbox, dead_letters, idempotency_keys, audit_log)

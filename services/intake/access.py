@@ -1,13 +1,21 @@
-"""Who may do what beyond reading, and the access log: every read of a resident's data by someone other than the
-resident is recorded (who, when, which record, why), and the resident can see it."""
+"""Who may do what beyond reading, who acts for whom, and the access log: every read or change of a resident's data
+by someone other than the resident is recorded (who, when, which record, why — and, for someone acting for the
+resident, on whose behalf and under which authority), and the resident can see it.
+
+Acting for a resident: a representative the resident named (``representatives.py``) within their scopes and before
+their expiry; counter staff of an office where the resident gave an authority (``counter.py``: a signed form, their
+ID checked) that still holds."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
+from enum import StrEnum
 
-from services.intake.models import Resident, audit_log
+from services.intake.models import CounterAuthority, Representation, Resident, audit_log
 from services.intake.repository import OFFICE_ROLES, Repository
-from services.intake.schemas import AccessLogEntryView, AccessLogPage
+from services.intake.schemas import AccessLogEntryView, AccessLogPage, AuthorityView, RepresentativeRelation
+from shared.audit import Authority
 from shared.auth import Principal, Role
 from shared.problems import Forbidden, NotFound
 
@@ -16,33 +24,111 @@ PURPOSE_ASSISTED_REGISTRATION = "assisted registration"
 PURPOSE_ASSISTED_APPLICATION = "assisted application"
 PURPOSE_ADMINISTRATION = "administration"
 PURPOSE_NOTIFICATION = "notification delivery"
+PURPOSE_REPRESENTATION = "representation"
+PURPOSE_COUNTER_SERVICE = "counter service"
 
 # Who may create residents and file applications: the resident for themselves, staff at a counter for anyone.
 FILING_ROLES = (Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
+
+REPRESENTATIVE = "representative"
+
+
+class Act(StrEnum):
+    """What someone may do for a resident. A representative's scope names the first four; counter staff under an
+    authority do all but apply (staff file for anyone already)."""
+
+    APPLY = "apply"
+    ANSWER = "answer"
+    WITHDRAW = "withdraw"
+    CONSENT = "consent"
+    FEEDBACK = "feedback"
+    REPRESENTATIVES = "representatives"  # name or revoke a representative
+
+
+REPRESENTATIVE_ACTS = frozenset({Act.APPLY, Act.ANSWER, Act.WITHDRAW, Act.CONSENT})
+COUNTER_ACTS = frozenset({Act.ANSWER, Act.WITHDRAW, Act.CONSENT, Act.FEEDBACK, Act.REPRESENTATIVES})
 
 
 def is_self(principal: Principal, resident_id: uuid.UUID) -> bool:
     return principal.role is Role.RESIDENT and principal.resident_id == resident_id
 
 
-def require_self(principal: Principal, resident_id: uuid.UUID, action: str) -> None:
-    """For what only the resident may do (consent, withdraw, answer, rate): staff who can see the record get 403."""
-    if not is_self(principal, resident_id):
-        raise Forbidden(f"Only the resident may {action}.")
+def representative_authority(representation: Representation) -> Authority:
+    return Authority(REPRESENTATIVE, representation.id)
 
 
-async def resident_read_purpose(repo: Repository, principal: Principal, resident: Resident) -> str:
+def counter_authority(authority: CounterAuthority) -> Authority:
+    return Authority(authority.kind, authority.id)
+
+
+def by_representative(authority: Authority | None) -> bool:
+    return authority is not None and authority.kind == REPRESENTATIVE
+
+
+def purpose_of(authority: Authority) -> str:
+    return PURPOSE_REPRESENTATION if by_representative(authority) else PURPOSE_COUNTER_SERVICE
+
+
+async def representation_for(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date
+) -> Representation | None:
+    """The caller's representation of the resident that holds today, if the caller is a resident representing them."""
+    if principal.role is not Role.RESIDENT or principal.resident_id is None or principal.resident_id == resident_id:
+        return None
+    return await repo.current_representation(principal.resident_id, resident_id, today)
+
+
+async def acting_for(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, act: Act, today: dt.date, *, action: str
+) -> Authority | None:
+    """May the caller do ``act`` for the resident today? ``None``: they are the resident. An :class:`Authority`: they
+    act on the resident's behalf under it (a representation in that scope, or a counter authority of one of their
+    offices). Anyone else is refused (403: the caller has already been shown the record)."""
+    if is_self(principal, resident_id):
+        return None
+    representation = await representation_for(repo, principal, resident_id, today)
+    if representation is not None and act in REPRESENTATIVE_ACTS and act.value in representation.scopes:
+        return representative_authority(representation)
+    if principal.role in OFFICE_ROLES and act in COUNTER_ACTS:
+        authority = await repo.current_counter_authority(resident_id, principal.offices, today)
+        if authority is not None:
+            return counter_authority(authority)
+    raise Forbidden(
+        f"Only the resident, a representative they named for it, or counter staff they authorised may {action}."
+    )
+
+
+async def read_purpose(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date, *, otherwise: str
+) -> tuple[str, Authority | None]:
+    """Why the caller reads the resident's data (they may: the query that found it was scoped to them), and under
+    which authority when they read it for the resident. ``otherwise``: office staff's purpose when neither a case in
+    their offices nor a counter authority is why (a resident they registered at their counter)."""
     if principal.role is Role.ADMIN:
-        return PURPOSE_ADMINISTRATION
+        return PURPOSE_ADMINISTRATION, None
     if principal.role is Role.SERVICE:
-        return PURPOSE_NOTIFICATION
-    if principal.role in OFFICE_ROLES and await repo.has_case_in_offices(resident.id, principal.offices):
-        return PURPOSE_CASE_REVIEW
-    return PURPOSE_ASSISTED_REGISTRATION
+        return PURPOSE_NOTIFICATION, None
+    if principal.role is Role.RESIDENT:
+        representation = await representation_for(repo, principal, resident_id, today)
+        return PURPOSE_REPRESENTATION, representative_authority(representation) if representation else None
+    if principal.role in OFFICE_ROLES and not await repo.has_case_in_offices(resident_id, principal.offices):
+        authority = await repo.current_counter_authority(resident_id, principal.offices, today)
+        if authority is not None:
+            return PURPOSE_COUNTER_SERVICE, counter_authority(authority)
+        return otherwise, None
+    return PURPOSE_CASE_REVIEW, None
 
 
-def application_read_purpose(principal: Principal) -> str:
-    return PURPOSE_ADMINISTRATION if principal.role is Role.ADMIN else PURPOSE_CASE_REVIEW
+async def resident_read_purpose(
+    repo: Repository, principal: Principal, resident: Resident, today: dt.date
+) -> tuple[str, Authority | None]:
+    return await read_purpose(repo, principal, resident.id, today, otherwise=PURPOSE_ASSISTED_REGISTRATION)
+
+
+async def application_read_purpose(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date
+) -> tuple[str, Authority | None]:
+    return await read_purpose(repo, principal, resident_id, today, otherwise=PURPOSE_CASE_REVIEW)
 
 
 async def record_access(
@@ -54,8 +140,10 @@ async def record_access(
     record_type: str,
     record_id: uuid.UUID | str | None,
     purpose: str,
+    authority: Authority | None = None,
 ) -> None:
-    """Write an audit-log entry, unless the resident is looking at their own data."""
+    """Write an audit-log entry, unless the resident is looking at their own data. With an ``authority`` the caller
+    acted on the resident's behalf under it."""
     await audit_log.record(
         repo.session,
         principal,
@@ -64,18 +152,28 @@ async def record_access(
         record_id=record_id,
         purpose=purpose,
         resident_id=resident_id,
+        authority=authority,
     )
+
+
+# ---------------------------------------------------------------------------------------------- the access log
 
 
 async def read_log(
     repo: Repository, principal: Principal, resident_id: uuid.UUID, *, cursor: str | None, limit: int
 ) -> AccessLogPage:
-    """Who looked at the resident's data, newest first: for the resident only."""
+    """Who looked at the resident's data or acted for them, newest first: for the resident only."""
     if not is_self(principal, resident_id) or await repo.resident(resident_id) is None:
         raise NotFound(f"No resident {resident_id}.")
     before = int(cursor) if cursor else None
     entries = await audit_log.of_resident(repo.session, resident_id, before_id=before, limit=limit + 1)
     page = entries[:limit]
+    authorities: dict[tuple[str, str], AuthorityView | None] = {}
+    for e in page:
+        if e.authority_kind is not None and e.authority_id is not None:
+            key = (e.authority_kind, e.authority_id)
+            if key not in authorities:
+                authorities[key] = await _authority_view(repo, resident_id, *key)
     return AccessLogPage(
         items=[
             AccessLogEntryView(
@@ -88,8 +186,32 @@ async def read_log(
                 record_type=e.record_type,
                 record_id=e.record_id,
                 purpose=e.purpose,
+                on_behalf_of=e.on_behalf_of,
+                authority=authorities.get((e.authority_kind, e.authority_id))
+                if e.authority_kind is not None and e.authority_id is not None
+                else None,
             )
             for e in page
         ],
         next_cursor=str(page[-1].id) if len(entries) > limit else None,
     )
+
+
+async def _authority_view(repo: Repository, resident_id: uuid.UUID, kind: str, authority_id: str) -> AuthorityView:
+    """An entry's authority, told with what the resident knows it by (whom they named; the form they signed)."""
+    view = AuthorityView(kind=kind, id=authority_id)
+    try:
+        record_id = uuid.UUID(authority_id)
+    except ValueError:
+        return view
+    if kind == REPRESENTATIVE:
+        representation = await repo.representation(record_id)
+        if representation is not None and representation.resident_id == resident_id:
+            view.relation = RepresentativeRelation(representation.relation)
+            view.representative_name = representation.representative_name
+    else:
+        authority = await repo.counter_authority(record_id)
+        if authority is not None and authority.resident_id == resident_id:
+            view.reference = authority.reference
+            view.office_code = authority.office_code
+    return view

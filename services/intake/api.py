@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.intake import access, applications, residents
+from services.intake import access, applications, counter, representatives, residents
 from services.intake.access import FILING_ROLES
 from services.intake.catalogue import Catalogue, CatalogueSnapshot, CatalogueUnavailable, available, fetch
 from services.intake.context import ContextDep
@@ -22,10 +22,14 @@ from services.intake.schemas import (
     ConsentsUpdate,
     ConsentsView,
     ContactView,
+    CounterAuthorityCreate,
+    CounterAuthorityView,
     FeedbackCreate,
     FeedbackView,
     InfoProvide,
     LifeEvent,
+    RepresentationCreate,
+    RepresentationView,
     ResidentCreate,
     ResidentUpdate,
     ResidentView,
@@ -58,8 +62,11 @@ Filer = Annotated[Principal, Depends(require_roles(*FILING_ROLES))]
 ApplicationReader = Annotated[
     Principal, Depends(require_roles(Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN))
 ]
+Resident = Annotated[Principal, Depends(require_roles(Role.RESIDENT))]
 ResidentId = Annotated[uuid.UUID, Path(description="The resident's pseudonymous id")]
 ApplicationId = Annotated[uuid.UUID, Path(description="The application's id")]
+RepresentationId = Annotated[uuid.UUID, Path(description="The representation's id")]
+AuthorityId = Annotated[uuid.UUID, Path(description="The counter authority's id")]
 
 
 # ================================================================================================ residents
@@ -97,8 +104,10 @@ async def register_resident(
 @residents_router.get(
     "/{resident_id}", operation_id="readResident", responses=problem_responses(404), summary="A resident's record"
 )
-async def read_resident(resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep) -> ResidentView:
-    return await residents.read(repo, principal, resident_id)
+async def read_resident(
+    resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> ResidentView:
+    return await residents.read(repo, principal, resident_id, ctx.clock.today())
 
 
 @residents_router.patch(
@@ -119,8 +128,10 @@ async def update_resident(
     responses=problem_responses(404),
     summary="Current consents and their full history",
 )
-async def read_consents(resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep) -> ConsentsView:
-    return await residents.read_consents(repo, principal, resident_id)
+async def read_consents(
+    resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> ConsentsView:
+    return await residents.read_consents(repo, principal, resident_id, ctx.clock.today())
 
 
 @residents_router.put(
@@ -130,16 +141,17 @@ async def read_consents(resident_id: ResidentId, principal: PrincipalDep, repo: 
     summary="Set the resident's consents (the complete set; a purpose left out is withdrawn)",
 )
 async def put_consents(
-    resident_id: ResidentId, body: ConsentsUpdate, principal: PrincipalDep, repo: RepositoryDep, outbox: OutboxDep
+    resident_id: ResidentId, body: ConsentsUpdate, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
 ) -> ConsentsView:
-    return await residents.set_consents(repo, outbox, principal, resident_id, body)
+    return await residents.set_consents(repo, ctx.outbox, principal, resident_id, body, ctx.clock.today())
 
 
 @residents_router.get(
     "/{resident_id}/access-log",
     operation_id="readAccessLog",
     responses=problem_responses(404),
-    summary="Who looked at the resident's data, when and why (the resident only)",
+    summary="Who looked at the resident's data or acted for them, when, why and under which authority (the resident "
+    "only)",
 )
 async def read_access_log(
     resident_id: ResidentId,
@@ -159,6 +171,112 @@ async def read_access_log(
 )
 async def read_contact(resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep) -> ContactView:
     return await residents.contact(repo, principal, resident_id)
+
+
+@residents_router.post(
+    "/{resident_id}/representations",
+    operation_id="nameRepresentative",
+    status_code=201,
+    response_model=RepresentationView,
+    responses=problem_responses(403, 404, 409),
+    summary="Name a representative who may act for the resident in some things, through a day (the resident, or "
+    "counter staff under the resident's authority)",
+)
+async def name_representative(
+    resident_id: ResidentId,
+    body: RepresentationCreate,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: representatives.name(repo, ctx.outbox, principal, resident_id, body, ctx.clock.today())
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/representations",
+    operation_id="listRepresentatives",
+    responses=problem_responses(404),
+    summary="The representatives the resident named, revoked and expired ones too",
+)
+async def list_representatives(
+    resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> list[RepresentationView]:
+    return await representatives.of_resident(repo, principal, resident_id, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/representations/{representation_id}/revoke",
+    operation_id="revokeRepresentative",
+    responses=problem_responses(403, 404),
+    summary="Revoke a representation at once (revoking again changes nothing)",
+)
+async def revoke_representative(
+    resident_id: ResidentId,
+    representation_id: RepresentationId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+) -> RepresentationView:
+    return await representatives.revoke(repo, ctx.outbox, principal, resident_id, representation_id, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/authorities",
+    operation_id="recordCounterAuthority",
+    status_code=201,
+    response_model=CounterAuthorityView,
+    responses=problem_responses(403, 404),
+    summary="Record how the resident agreed at the counter that its staff act for them (signed form, ID checked)",
+)
+async def record_counter_authority(
+    resident_id: ResidentId,
+    body: CounterAuthorityCreate,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(body, lambda: counter.record(repo, principal, resident_id, body, ctx.clock.today()))
+
+
+@residents_router.get(
+    "/{resident_id}/authorities",
+    operation_id="listCounterAuthorities",
+    responses=problem_responses(404),
+    summary="The authorities the resident gave at counters, newest first",
+)
+async def list_counter_authorities(
+    resident_id: ResidentId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> list[CounterAuthorityView]:
+    return await counter.of_resident(repo, principal, resident_id, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/authorities/{authority_id}/revoke",
+    operation_id="revokeCounterAuthority",
+    responses=problem_responses(403, 404),
+    summary="End a counter authority at once (the resident, or staff of its office)",
+)
+async def revoke_counter_authority(
+    resident_id: ResidentId, authority_id: AuthorityId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> CounterAuthorityView:
+    return await counter.revoke(repo, principal, resident_id, authority_id, ctx.clock.today())
+
+
+representations_router = APIRouter(prefix="/v1/representations", tags=["residents"])
+
+
+@representations_router.get(
+    "",
+    operation_id="listRepresented",
+    responses=problem_responses(403),
+    summary="Whom I represent (the residents who named me), revoked and expired ones too",
+)
+async def list_represented(principal: Resident, repo: RepositoryDep, ctx: ContextDep) -> list[RepresentationView]:
+    return await representatives.of_representative(repo, principal, ctx.clock.today())
 
 
 # ================================================================================================ applications
@@ -201,13 +319,20 @@ async def submit_application(
 async def list_applications(
     principal: ApplicationReader,
     repo: RepositoryDep,
+    ctx: ContextDep,
     resident_id: uuid.UUID | None = None,
     status: ApplicationStatus | None = None,
     limit: int = Query(default=20, ge=1, le=100),
     cursor: str | None = Query(default=None, max_length=200),
 ) -> ApplicationPage:
     return await applications.list_visible(
-        repo, principal, resident_id=resident_id, status=status, cursor=cursor, limit=limit
+        repo,
+        principal,
+        today=ctx.clock.today(),
+        resident_id=resident_id,
+        status=status,
+        cursor=cursor,
+        limit=limit,
     )
 
 
@@ -218,9 +343,9 @@ async def list_applications(
     summary="One status across every department: programs, cases, notifications and the timeline",
 )
 async def read_application(
-    application_id: ApplicationId, principal: PrincipalDep, repo: RepositoryDep
+    application_id: ApplicationId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
 ) -> ApplicationView:
-    return await applications.read(repo, principal, application_id)
+    return await applications.read(repo, principal, application_id, ctx.clock.today())
 
 
 @applications_router.post(
@@ -235,13 +360,15 @@ async def provide_info(
     body: InfoProvide,
     principal: PrincipalDep,
     repo: RepositoryDep,
-    outbox: OutboxDep,
+    ctx: ContextDep,
     catalogue: FetchedCatalogueDep,
     idempotent: IdempotentDep,
 ) -> JSONResponse:
     return await idempotent.create(
         body,
-        lambda: applications.provide_info(repo, outbox, available(catalogue), principal, application_id, body),
+        lambda: applications.provide_info(
+            repo, ctx.outbox, available(catalogue), principal, application_id, body, ctx.clock.today()
+        ),
         status_code=200,
     )
 
@@ -257,14 +384,14 @@ async def withdraw_application(
     application_id: ApplicationId,
     principal: PrincipalDep,
     repo: RepositoryDep,
-    outbox: OutboxDep,
+    ctx: ContextDep,
     idempotent: IdempotentDep,
     body: Annotated[Withdrawal | None, Body()] = None,
 ) -> JSONResponse:
     withdrawal = body or Withdrawal()
     return await idempotent.create(
         withdrawal,
-        lambda: applications.withdraw(repo, outbox, principal, application_id, withdrawal),
+        lambda: applications.withdraw(repo, ctx.outbox, principal, application_id, withdrawal, ctx.clock.today()),
         status_code=200,
     )
 
@@ -282,11 +409,11 @@ async def give_feedback(
     body: FeedbackCreate,
     principal: PrincipalDep,
     repo: RepositoryDep,
-    outbox: OutboxDep,
+    ctx: ContextDep,
     idempotent: IdempotentDep,
 ) -> JSONResponse:
     return await idempotent.create(
-        body, lambda: applications.give_feedback(repo, outbox, principal, application_id, body)
+        body, lambda: applications.give_feedback(repo, ctx.outbox, principal, application_id, body, ctx.clock.today())
     )
 
 
@@ -305,4 +432,4 @@ async def list_life_events(catalogue: CatalogueDep) -> list[LifeEvent]:
     return await catalogue.life_events()
 
 
-ROUTERS = (residents_router, applications_router, catalogue_router)
+ROUTERS = (residents_router, representations_router, applications_router, catalogue_router)

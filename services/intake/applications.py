@@ -16,9 +16,14 @@ from typing import Any
 
 from services.intake.access import (
     PURPOSE_ASSISTED_APPLICATION,
+    Act,
+    acting_for,
     application_read_purpose,
+    by_representative,
+    purpose_of,
     record_access,
-    require_self,
+    representation_for,
+    representative_authority,
 )
 from services.intake.catalogue import CatalogueSnapshot
 from services.intake.models import Application, Feedback, Resident
@@ -44,7 +49,8 @@ from services.intake.status import (
     refresh_status,
     settled,
 )
-from shared.auth import Principal, Role
+from shared.audit import Authority
+from shared.auth import Principal
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -57,7 +63,7 @@ from shared.events import (
     Vulnerability,
 )
 from shared.outbox import Outbox
-from shared.problems import Conflict, NotFound, UnprocessableContent
+from shared.problems import Conflict, Forbidden, NotFound, UnprocessableContent
 
 # As eligibility reads declared answers (services/eligibility/facts.py): what it would ignore is refused here.
 MAX_TEXT_ANSWER = 200
@@ -212,9 +218,15 @@ async def submit(
     today: dt.date,
 ) -> ApplicationView:
     errors: list[dict[str, str]] = []
-    # A resident files for themselves only; another resident's id is as unknown to them as a made-up one.
-    resident = None
-    if principal.role is not Role.RESIDENT or principal.resident_id == body.resident_id:
+    # A resident files for themselves, and for a resident who named them representative to apply; any other
+    # resident's id is as unknown to them as a made-up one. Staff file for anyone (at a counter).
+    resident, authority = None, None
+    representation = await representation_for(repo, principal, body.resident_id, today)
+    if representation is not None:
+        if Act.APPLY.value not in representation.scopes:
+            raise Forbidden("You may act for this resident, but not apply for them.")
+        authority = representative_authority(representation)
+    if principal.is_staff or principal.resident_id == body.resident_id or authority is not None:
         resident = await repo.resident(body.resident_id)
     if resident is None:
         errors.append(_error("resident_id", "is not a registered resident", "unknown_resident"))
@@ -226,7 +238,7 @@ async def submit(
         raise _invalid(errors)
 
     now = dt.datetime.now(dt.UTC)
-    filed_by = principal.subject if principal.is_staff else None
+    filed_by = principal.subject if principal.is_staff or authority is not None else None
     application = Application(
         id=uuid.uuid4(),
         resident_id=resident.id,
@@ -268,8 +280,10 @@ async def submit(
         at=event.time,
         summary=Localized(ko="신청이 접수되었습니다", en="Application received")
         if filed_by is None
+        else Localized(ko="대리인이 신청했습니다", en="Your representative filed the application for you")
+        if authority is not None
         else Localized(ko="창구에서 신청이 접수되었습니다", en="Application filed for you at a counter"),
-        details={"life_event": application.life_event, "channel": application.channel},
+        details={"life_event": application.life_event, "channel": application.channel, **_by(authority)},
     )
     if filed_by is not None:
         await record_access(
@@ -279,23 +293,59 @@ async def submit(
             action="file application",
             record_type="application",
             record_id=application.id,
-            purpose=PURPOSE_ASSISTED_APPLICATION,
+            purpose=purpose_of(authority) if authority is not None else PURPOSE_ASSISTED_APPLICATION,
+            authority=authority,
         )
     return await build_view(repo, application)
 
 
-async def _own_open_application(
-    repo: Repository, principal: Principal, application_id: uuid.UUID, action: str
-) -> Application:
-    application = await repo.visible_application(principal, application_id, for_update=True)
+def _by(authority: Authority | None) -> dict[str, str]:
+    """Who acted, for the timeline's details: nothing when it was the resident."""
+    if authority is None:
+        return {}
+    return {"by": "representative" if by_representative(authority) else "counter"}
+
+
+def _summary(authority: Authority | None, own: Localized, representative: Localized, counter: Localized) -> Localized:
+    if authority is None:
+        return own
+    return representative if by_representative(authority) else counter
+
+
+async def _open_application_to_act_on(
+    repo: Repository, principal: Principal, application_id: uuid.UUID, act: Act, today: dt.date, action: str
+) -> tuple[Application, Authority | None]:
+    application = await repo.visible_application(principal, application_id, today=today, for_update=True)
     if application is None:
         raise NotFound(f"No application {application_id}.")
-    require_self(principal, application.resident_id, action)
+    authority = await acting_for(repo, principal, application.resident_id, act, today, action=action)
     if application.status == ApplicationStatus.WITHDRAWN:
         raise ApplicationClosed("The application was withdrawn.")
     if application.status == ApplicationStatus.COMPLETED:
         raise ApplicationClosed("The application is completed; every program has been settled.")
-    return application
+    return application, authority
+
+
+async def _record_act(
+    repo: Repository,
+    principal: Principal,
+    application: Application,
+    authority: Authority | None,
+    action: str,
+    record_type: str = "application",
+) -> None:
+    """An act for the resident goes into their access log (their own acts do not)."""
+    if authority is not None:
+        await record_access(
+            repo,
+            principal,
+            application.resident_id,
+            action=action,
+            record_type=record_type,
+            record_id=application.id,
+            purpose=purpose_of(authority),
+            authority=authority,
+        )
 
 
 async def provide_info(
@@ -305,9 +355,13 @@ async def provide_info(
     principal: Principal,
     application_id: uuid.UUID,
     body: InfoProvide,
+    today: dt.date,
 ) -> ApplicationView:
-    """The resident answers what eligibility or a caseworker asked; eligibility re-evaluates and the cases hear."""
-    application = await _own_open_application(repo, principal, application_id, "answer requests for information")
+    """The resident (or who acts for them) answers what eligibility or a caseworker asked; eligibility re-evaluates
+    and the cases hear."""
+    application, authority = await _open_application_to_act_on(
+        repo, principal, application_id, Act.ANSWER, today, "answer requests for information"
+    )
     answers, errors = validate_answers(body.answers, catalogue.fact_types, by_staff=False)
     if not body.answers and body.note is None:
         errors.append(_error("answers", "give at least one answer or a note", "missing"))
@@ -339,7 +393,7 @@ async def provide_info(
         ),
         subject=str(application.id),
     )
-    details: dict[str, Any] = {"facts": sorted(answers), "program_codes": asking}
+    details: dict[str, Any] = {"facts": sorted(answers), "program_codes": asking, **_by(authority)}
     if body.note is not None:
         details["note"] = body.note
     add_timeline(
@@ -348,18 +402,33 @@ async def provide_info(
         event_id=event.id,
         event_type=event.event_type,
         at=event.time,
-        summary=Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
+        summary=_summary(
+            authority,
+            Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
+            Localized(
+                ko="대리인이 요청된 정보를 제출했습니다", en="Your representative sent the information asked for"
+            ),
+            Localized(ko="창구에서 요청된 정보를 제출했습니다", en="The information asked for was given at a counter"),
+        ),
         details=details,
     )
+    await _record_act(repo, principal, application, authority, "answer request for information")
     await repo.session.flush()
     await refresh_status(repo, application, now)
     return await build_view(repo, application)
 
 
 async def withdraw(
-    repo: Repository, outbox: Outbox, principal: Principal, application_id: uuid.UUID, body: Withdrawal
+    repo: Repository,
+    outbox: Outbox,
+    principal: Principal,
+    application_id: uuid.UUID,
+    body: Withdrawal,
+    today: dt.date,
 ) -> ApplicationView:
-    application = await _own_open_application(repo, principal, application_id, "withdraw the application")
+    application, authority = await _open_application_to_act_on(
+        repo, principal, application_id, Act.WITHDRAW, today, "withdraw the application"
+    )
     now = dt.datetime.now(dt.UTC)
     application.withdrawn_at = now
     application.withdrawal_reason = body.reason
@@ -378,26 +447,43 @@ async def withdraw(
         event_id=event.id,
         event_type=event.event_type,
         at=event.time,
-        summary=Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
+        summary=_summary(
+            authority,
+            Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
+            Localized(ko="대리인이 신청을 철회했습니다", en="Your representative withdrew the application"),
+            Localized(ko="창구에서 신청을 철회했습니다", en="The application was withdrawn for you at a counter"),
+        ),
+        details=_by(authority),
     )
+    await _record_act(repo, principal, application, authority, "withdraw")
     await repo.session.flush()
     return await build_view(repo, application)
 
 
 async def give_feedback(
-    repo: Repository, outbox: Outbox, principal: Principal, application_id: uuid.UUID, body: FeedbackCreate
+    repo: Repository,
+    outbox: Outbox,
+    principal: Principal,
+    application_id: uuid.UUID,
+    body: FeedbackCreate,
+    today: dt.date,
 ) -> FeedbackView:
-    """A rating at the point of delivery: once per application, once it (or one of its cases) is completed."""
-    application = await repo.visible_application(principal, application_id, for_update=True)
+    """A rating at the point of delivery: once per application, once it (or one of its cases) is completed. The
+    resident gives it, or counter staff for them under their authority (a representative's scopes do not include
+    it: the rating is the resident's own word)."""
+    application = await repo.visible_application(principal, application_id, today=today, for_update=True)
     if application is None:
         raise NotFound(f"No application {application_id}.")
-    require_self(principal, application.resident_id, "rate the service")
+    authority = await acting_for(
+        repo, principal, application.resident_id, Act.FEEDBACK, today, action="rate the service"
+    )
     if await repo.feedback(application.id) is not None:
         raise FeedbackAlreadyGiven("You already rated this application.")
     decided = any(c.state == "decided" for c in await repo.cases(application.id))
     if application.status != ApplicationStatus.COMPLETED and not decided:
         raise FeedbackNotOpen("Feedback opens once the application, or one of its cases, is completed.")
     now = dt.datetime.now(dt.UTC)
+    score = f"{body.score}/5"
     feedback = Feedback(
         application_id=application.id,
         resident_id=application.resident_id,
@@ -427,8 +513,15 @@ async def give_feedback(
         event_id=event.id,
         event_type=event.event_type,
         at=now,
-        summary=Localized(ko=f"서비스 평가를 남겼습니다 ({body.score}/5)", en=f"You rated the service {body.score}/5"),
+        summary=_summary(
+            authority,
+            Localized(ko=f"서비스 평가를 남겼습니다 ({score})", en=f"You rated the service {score}"),
+            Localized(ko=f"대리인이 서비스를 평가했습니다 ({score})", en=f"Your representative rated it {score}"),
+            Localized(ko=f"창구에서 서비스 평가를 남겼습니다 ({score})", en=f"You rated it {score} at a counter"),
+        ),
+        details=_by(authority),
     )
+    await _record_act(repo, principal, application, authority, "give feedback", record_type="feedback")
     await repo.session.flush()
     return FeedbackView(
         application_id=feedback.application_id,
@@ -441,11 +534,13 @@ async def give_feedback(
 # ---------------------------------------------------------------------------------------------- reading
 
 
-async def read(repo: Repository, principal: Principal, application_id: uuid.UUID) -> ApplicationView:
-    """One status across every department, for whoever may see the application (staff reads are logged)."""
-    application = await repo.visible_application(principal, application_id)
+async def read(repo: Repository, principal: Principal, application_id: uuid.UUID, today: dt.date) -> ApplicationView:
+    """One status across every department, for whoever may see the application (reads by anyone but the resident
+    are logged)."""
+    application = await repo.visible_application(principal, application_id, today=today)
     if application is None:
         raise NotFound(f"No application {application_id}.")
+    purpose, authority = await application_read_purpose(repo, principal, application.resident_id, today)
     await record_access(
         repo,
         principal,
@@ -453,7 +548,8 @@ async def read(repo: Repository, principal: Principal, application_id: uuid.UUID
         action="read",
         record_type="application",
         record_id=application.id,
-        purpose=application_read_purpose(principal),
+        purpose=purpose,
+        authority=authority,
     )
     return await build_view(repo, application)
 
@@ -462,18 +558,31 @@ async def list_visible(
     repo: Repository,
     principal: Principal,
     *,
+    today: dt.date,
     resident_id: uuid.UUID | None,
     status: ApplicationStatus | None,
     cursor: str | None,
     limit: int,
 ) -> ApplicationPage:
-    """The applications the caller may see, newest first, a page at a time (each staff read is logged)."""
+    """The applications the caller may see, newest first, a page at a time (each read by anyone but the resident is
+    logged)."""
     after = decode_cursor(cursor) if cursor else None
     found = await repo.list_applications(
-        principal, resident_id=resident_id, status=status.value if status else None, after=after, limit=limit + 1
+        principal,
+        today=today,
+        resident_id=resident_id,
+        status=status.value if status else None,
+        after=after,
+        limit=limit + 1,
     )
     page = found[:limit]
+    why: dict[uuid.UUID, tuple[str, Authority | None]] = {}
     for application in page:
+        if application.resident_id not in why:
+            why[application.resident_id] = await application_read_purpose(
+                repo, principal, application.resident_id, today
+            )
+        purpose, authority = why[application.resident_id]
         await record_access(
             repo,
             principal,
@@ -481,7 +590,8 @@ async def list_visible(
             action="list",
             record_type="application",
             record_id=application.id,
-            purpose=application_read_purpose(principal),
+            purpose=purpose,
+            authority=authority,
         )
     return ApplicationPage(
         items=[

@@ -1,5 +1,6 @@
-"""The intake service's tables: residents and their consents, applications, the status view assembled from
-downstream events (determinations, cases, notifications, the timeline), feedback, and the access log."""
+"""The intake service's tables: residents and their consents, the representatives they name and the authorities they
+give at a counter, applications, the status view assembled from downstream events (determinations, cases,
+notifications, the timeline), feedback, and the access log."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.audit import AuditLog
 from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
@@ -86,6 +87,76 @@ class ConsentChange(Base):
     changed_at: Mapped[dt.datetime]
     changed_by: Mapped[str] = mapped_column(String(255))
     changed_by_role: Mapped[str] = mapped_column(String(20))
+
+
+# ---------------------------------------------------------------------------------------------- acting for a resident
+
+
+class Representation(Base):
+    """A representative the resident named (a family member, a legal guardian, a care worker): they sign in as
+    themselves (a resident token of their own: ``representative_id``) and act for the resident within the scopes,
+    through ``expires_on`` (a date in the city). Revoked, it is kept: the access log points at it."""
+
+    __tablename__ = "representations"
+    __table_args__ = (Index("ix_representations_representative_resident", "representative_id", "resident_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    representative_id: Mapped[uuid.UUID]
+    # How the resident names them, and what they are to the resident (family | legal_guardian | care_worker).
+    representative_name: Mapped[str] = mapped_column(String(200))
+    relation: Mapped[str] = mapped_column(String(20))
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    # 1 when named, 2 when revoked: representation.changed carries it so a consumer keeps the newest.
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+    created_by: Mapped[str] = mapped_column(String(255))
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(255))
+
+    scope_rows: Mapped[list[RepresentationScope]] = relationship(
+        order_by="RepresentationScope.scope", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+    @property
+    def scopes(self) -> list[str]:
+        return [row.scope for row in self.scope_rows]
+
+    def active_on(self, today: dt.date) -> bool:
+        return self.revoked_at is None and self.expires_on >= today
+
+
+class RepresentationScope(Base):
+    """One thing a representative may do: apply, answer, withdraw, consent, read_messages. A row each, so that a
+    query can ask "may this caller see that resident's applications" in SQL."""
+
+    __tablename__ = "representation_scopes"
+
+    representation_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("representations.id"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(20), primary_key=True)
+
+
+class CounterAuthority(Base):
+    """How a resident agreed, at an office's counter, that its staff act for them: a form they signed or their ID
+    checked, with a reference (the form's number, the kind of ID seen — never the ID's number). Valid in that office
+    through ``valid_until`` unless revoked; kept for good, as the access log points at it."""
+
+    __tablename__ = "counter_authorities"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    reference: Mapped[str] = mapped_column(String(100))
+    office_code: Mapped[str] = mapped_column(String(50))
+    valid_until: Mapped[dt.date] = mapped_column(Date)
+    recorded_at: Mapped[dt.datetime]
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_by_name: Mapped[str | None] = mapped_column(String(200))
+    revoked_at: Mapped[dt.datetime | None]
+    revoked_by: Mapped[str | None] = mapped_column(String(255))
+
+    def active_on(self, today: dt.date) -> bool:
+        return self.revoked_at is None and self.valid_until >= today
 
 
 # ---------------------------------------------------------------------------------------------- applications

@@ -1,5 +1,6 @@
 """Every query of the intake service. Reads of residents and applications are scoped to the caller: what the caller
-may not see is simply not found."""
+may not see is simply not found. Who acts for a resident (a representative they named, counter staff under an
+authority they gave) may see what they act on while that lasts: the scopes depend on the day (``today``)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from services.intake.models import (
     Case,
     Consent,
     ConsentChange,
+    CounterAuthority,
     Determination,
     Feedback,
     Notification,
+    Representation,
+    RepresentationScope,
     Resident,
     TimelineEntry,
 )
@@ -28,6 +32,8 @@ from shared.auth import Principal, Role
 from shared.deps import SessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
+# A representative with one of these scopes acts on the resident's applications, so may read them.
+APPLICATION_SCOPES = ("apply", "answer", "withdraw")
 
 
 def _has_case_in_offices(
@@ -38,21 +44,56 @@ def _has_case_in_offices(
     )
 
 
-def application_scope(principal: Principal) -> ColumnElement[bool]:
-    """The applications the caller may read: a resident their own, office staff those with a case (now or before)
-    in one of their offices, an admin all."""
+def _represents(
+    representative_id: uuid.UUID, resident_id: InstrumentedAttribute[uuid.UUID], scopes: tuple[str, ...], today: dt.date
+) -> ColumnElement[bool]:
+    """The representative acts for the resident today, in one of the scopes."""
+    return exists().where(
+        Representation.representative_id == representative_id,
+        Representation.resident_id == resident_id,
+        Representation.revoked_at.is_(None),
+        Representation.expires_on >= today,
+        exists().where(
+            RepresentationScope.representation_id == Representation.id, RepresentationScope.scope.in_(scopes)
+        ),
+    )
+
+
+def _authorised_at_counter(
+    resident_id: InstrumentedAttribute[uuid.UUID], offices: frozenset[str], today: dt.date
+) -> ColumnElement[bool]:
+    """The resident gave one of these offices' counters an authority that holds today."""
+    return exists().where(
+        CounterAuthority.resident_id == resident_id,
+        CounterAuthority.office_code.in_(sorted(offices)),
+        CounterAuthority.revoked_at.is_(None),
+        CounterAuthority.valid_until >= today,
+    )
+
+
+def application_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
+    """The applications the caller may read: a resident their own and those of a resident they represent (in a scope
+    that acts on applications); office staff those with a case (now or before) in one of their offices and those of
+    a resident who authorised their counter; an admin all."""
     if principal.role is Role.RESIDENT and principal.resident_id is not None:
-        return Application.resident_id == principal.resident_id
+        return or_(
+            Application.resident_id == principal.resident_id,
+            _represents(principal.resident_id, Application.resident_id, APPLICATION_SCOPES, today),
+        )
     if principal.role is Role.ADMIN:
         return true()
     if principal.role in OFFICE_ROLES and principal.offices:
-        return _has_case_in_offices(Application.id, principal.offices)
+        return or_(
+            _has_case_in_offices(Application.id, principal.offices),
+            _authorised_at_counter(Application.resident_id, principal.offices, today),
+        )
     return false()
 
 
-def resident_scope(principal: Principal) -> ColumnElement[bool]:
-    """The resident records the caller may read: their own; for office staff, residents they registered at a counter
-    or with an application that has a case in their offices; an admin all."""
+def resident_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
+    """The resident records the caller may read: their own (a representative acts within a scope, never on the whole
+    record); for office staff, residents they registered at a counter, with an application that has a case in their
+    offices, or who authorised their counter; an admin all."""
     if principal.role is Role.RESIDENT and principal.resident_id is not None:
         return Resident.id == principal.resident_id
     if principal.role is Role.ADMIN:
@@ -63,6 +104,7 @@ def resident_scope(principal: Principal) -> ColumnElement[bool]:
             exists().where(
                 Application.resident_id == Resident.id, _has_case_in_offices(Application.id, principal.offices)
             ),
+            _authorised_at_counter(Resident.id, principal.offices, today),
         )
     return false()
 
@@ -73,14 +115,18 @@ class Repository:
 
     # ------------------------------------------------------------------------------------------ residents
 
-    async def resident(self, resident_id: uuid.UUID) -> Resident | None:
-        """Unscoped: for checks that reveal nothing to the caller (does this id exist?)."""
-        return await self.session.get(Resident, resident_id)
+    async def resident(self, resident_id: uuid.UUID, *, for_update: bool = False) -> Resident | None:
+        """Unscoped: for checks that reveal nothing to the caller (does this id exist?), and for a caller whose right
+        to the record was established otherwise (a representative's scope)."""
+        query = select(Resident).where(Resident.id == resident_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def visible_resident(
-        self, principal: Principal, resident_id: uuid.UUID, *, for_update: bool = False
+        self, principal: Principal, resident_id: uuid.UUID, *, today: dt.date, for_update: bool = False
     ) -> Resident | None:
-        query = select(Resident).where(Resident.id == resident_id, resident_scope(principal))
+        query = select(Resident).where(Resident.id == resident_id, resident_scope(principal, today))
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
@@ -105,6 +151,70 @@ class Repository:
         )
         return list((await self.session.scalars(query)).all())
 
+    # ------------------------------------------------------------------------------------------ acting for a resident
+
+    async def representation(self, representation_id: uuid.UUID, *, for_update: bool = False) -> Representation | None:
+        query = select(Representation).where(Representation.id == representation_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def representations_of(self, resident_id: uuid.UUID) -> list[Representation]:
+        """Everyone the resident named, newest first (revoked and expired ones too)."""
+        query = (
+            select(Representation)
+            .where(Representation.resident_id == resident_id)
+            .order_by(Representation.created_at.desc(), Representation.id)
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def representations_by(self, representative_id: uuid.UUID) -> list[Representation]:
+        """Every resident who named this representative, newest first."""
+        query = (
+            select(Representation)
+            .where(Representation.representative_id == representative_id)
+            .order_by(Representation.created_at.desc(), Representation.id)
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def current_representation(
+        self, representative_id: uuid.UUID, resident_id: uuid.UUID, today: dt.date
+    ) -> Representation | None:
+        """The representation of the resident by this representative that holds today (at most one is ever open)."""
+        query = select(Representation).where(
+            Representation.representative_id == representative_id,
+            Representation.resident_id == resident_id,
+            Representation.revoked_at.is_(None),
+            Representation.expires_on >= today,
+        )
+        return (await self.session.scalars(query.order_by(Representation.created_at.desc()))).first()
+
+    async def counter_authority(self, authority_id: uuid.UUID, *, for_update: bool = False) -> CounterAuthority | None:
+        query = select(CounterAuthority).where(CounterAuthority.id == authority_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def counter_authorities(self, resident_id: uuid.UUID) -> list[CounterAuthority]:
+        query = (
+            select(CounterAuthority)
+            .where(CounterAuthority.resident_id == resident_id)
+            .order_by(CounterAuthority.recorded_at.desc(), CounterAuthority.id)
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def current_counter_authority(
+        self, resident_id: uuid.UUID, offices: frozenset[str], today: dt.date
+    ) -> CounterAuthority | None:
+        """The newest authority the resident gave one of these offices' counters that holds today."""
+        query = select(CounterAuthority).where(
+            CounterAuthority.resident_id == resident_id,
+            CounterAuthority.office_code.in_(sorted(offices)),
+            CounterAuthority.revoked_at.is_(None),
+            CounterAuthority.valid_until >= today,
+        )
+        return (await self.session.scalars(query.order_by(CounterAuthority.recorded_at.desc()))).first()
+
     # ------------------------------------------------------------------------------------------ applications
 
     async def application(self, application_id: uuid.UUID, *, for_update: bool = False) -> Application | None:
@@ -115,9 +225,9 @@ class Repository:
         return (await self.session.execute(query)).scalar_one_or_none()
 
     async def visible_application(
-        self, principal: Principal, application_id: uuid.UUID, *, for_update: bool = False
+        self, principal: Principal, application_id: uuid.UUID, *, today: dt.date, for_update: bool = False
     ) -> Application | None:
-        query = select(Application).where(Application.id == application_id, application_scope(principal))
+        query = select(Application).where(Application.id == application_id, application_scope(principal, today))
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
@@ -126,13 +236,14 @@ class Repository:
         self,
         principal: Principal,
         *,
+        today: dt.date,
         resident_id: uuid.UUID | None,
         status: str | None,
         after: tuple[dt.datetime, uuid.UUID] | None,
         limit: int,
     ) -> list[Application]:
         """Newest first; ``after`` is the (submitted_at, id) of the last item of the previous page."""
-        query = select(Application).where(application_scope(principal))
+        query = select(Application).where(application_scope(principal, today))
         if resident_id is not None:
             query = query.where(Application.resident_id == resident_id)
         if status is not None:

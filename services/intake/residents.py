@@ -14,8 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from services.intake.access import (
     PURPOSE_ASSISTED_REGISTRATION,
     PURPOSE_NOTIFICATION,
+    Act,
+    acting_for,
+    by_representative,
+    purpose_of,
     record_access,
-    require_self,
+    representation_for,
     resident_read_purpose,
 )
 from services.intake.models import Consent, ConsentChange, Resident
@@ -27,6 +31,8 @@ from services.intake.schemas import (
     ContactView,
     HouseholdMemberIn,
     HouseholdMemberView,
+    PostalAddress,
+    RepresentativeScope,
     ResidentCreate,
     ResidentUpdate,
     ResidentView,
@@ -160,21 +166,28 @@ async def register(
     return view(resident, [])
 
 
-async def _visible(
-    repo: Repository, principal: Principal, resident_id: uuid.UUID, *, for_update: bool = False
+async def visible(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date, *, for_update: bool = False
 ) -> Resident:
-    resident = await repo.visible_resident(principal, resident_id, for_update=for_update)
+    resident = await repo.visible_resident(principal, resident_id, today=today, for_update=for_update)
     if resident is None:
         raise NotFound(f"No resident {resident_id}.")
     return resident
 
 
-async def read(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ResidentView:
+async def read(repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date) -> ResidentView:
     """A resident's record, for the resident or staff who may see it (the read is in the access log)."""
-    resident = await _visible(repo, principal, resident_id)
-    purpose = await resident_read_purpose(repo, principal, resident)
+    resident = await visible(repo, principal, resident_id, today)
+    purpose, authority = await resident_read_purpose(repo, principal, resident, today)
     await record_access(
-        repo, principal, resident.id, action="read", record_type="resident", record_id=resident.id, purpose=purpose
+        repo,
+        principal,
+        resident.id,
+        action="read",
+        record_type="resident",
+        record_id=resident.id,
+        purpose=purpose,
+        authority=authority,
     )
     return view(resident, await repo.consents(resident.id))
 
@@ -188,11 +201,18 @@ async def update(
     today: dt.date,
 ) -> ResidentView:
     """Change the fields given; a change the registry keeps is announced (``resident.updated``)."""
-    resident = await _visible(repo, principal, resident_id, for_update=True)
-    purpose = await resident_read_purpose(repo, principal, resident)
+    resident = await visible(repo, principal, resident_id, today, for_update=True)
+    purpose, authority = await resident_read_purpose(repo, principal, resident, today)
     await _apply_update(repo, outbox, resident, body, today)
     await record_access(
-        repo, principal, resident.id, action="update", record_type="resident", record_id=resident.id, purpose=purpose
+        repo,
+        principal,
+        resident.id,
+        action="update",
+        record_type="resident",
+        record_id=resident.id,
+        purpose=purpose,
+        authority=authority,
     )
     return view(resident, await repo.consents(resident.id))
 
@@ -265,22 +285,51 @@ def view(resident: Resident, consents: Sequence[Consent]) -> ResidentView:
 # ---------------------------------------------------------------------------------------------- consents
 
 
-async def read_consents(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ConsentsView:
-    resident = await _visible(repo, principal, resident_id)
-    purpose = await resident_read_purpose(repo, principal, resident)
+async def _with_consents(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date, *, for_update: bool = False
+) -> Resident:
+    """The resident whose consents the caller may see: as for the record, and for a representative in the consent
+    scope."""
+    resident = await repo.visible_resident(principal, resident_id, today=today, for_update=for_update)
+    if resident is None:
+        representation = await representation_for(repo, principal, resident_id, today)
+        if representation is not None and RepresentativeScope.CONSENT.value in representation.scopes:
+            resident = await repo.resident(resident_id, for_update=for_update)
+    if resident is None:
+        raise NotFound(f"No resident {resident_id}.")
+    return resident
+
+
+async def read_consents(repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date) -> ConsentsView:
+    resident = await _with_consents(repo, principal, resident_id, today)
+    purpose, authority = await resident_read_purpose(repo, principal, resident, today)
     await record_access(
-        repo, principal, resident.id, action="read", record_type="consents", record_id=resident.id, purpose=purpose
+        repo,
+        principal,
+        resident.id,
+        action="read",
+        record_type="consents",
+        record_id=resident.id,
+        purpose=purpose,
+        authority=authority,
     )
     return await consents_view(repo, resident)
 
 
 async def set_consents(
-    repo: Repository, outbox: Outbox, principal: Principal, resident_id: uuid.UUID, body: ConsentsUpdate
+    repo: Repository,
+    outbox: Outbox,
+    principal: Principal,
+    resident_id: uuid.UUID,
+    body: ConsentsUpdate,
+    today: dt.date,
 ) -> ConsentsView:
-    """Replace the consent set (the resident only). A purpose not given counts as not granted; only real changes are
-    recorded."""
-    resident = await _visible(repo, principal, resident_id, for_update=True)
-    require_self(principal, resident.id, "give or withdraw their consent")
+    """Replace the consent set: the resident, a representative in the consent scope, or counter staff under the
+    resident's authority. A purpose not given counts as not granted; only real changes are recorded."""
+    resident = await _with_consents(repo, principal, resident_id, today, for_update=True)
+    authority = await acting_for(
+        repo, principal, resident.id, Act.CONSENT, today, action="give or withdraw their consent"
+    )
     current = {c.purpose: c for c in await repo.consents(resident.id, for_update=True)}
     wanted = dict(body.consents)
     for purpose in current:
@@ -305,7 +354,7 @@ async def set_consents(
                     granted=granted,
                     changed_at=now,
                     changed_by=principal.subject[:255],
-                    changed_by_role=principal.role.value,
+                    changed_by_role="representative" if by_representative(authority) else principal.role.value,
                 )
             )
         await repo.session.flush()
@@ -319,6 +368,17 @@ async def set_consents(
                 changed_at=now,
             ),
             subject=str(resident.id),
+        )
+    if authority is not None:
+        await record_access(
+            repo,
+            principal,
+            resident.id,
+            action="set consents",
+            record_type="consents",
+            record_id=resident.id,
+            purpose=purpose_of(authority),
+            authority=authority,
         )
     return await consents_view(repo, resident, changed=changed)
 
@@ -369,4 +429,8 @@ async def contact(repo: Repository, principal: Principal, resident_id: uuid.UUID
         phone=resident.phone,
         preferred_language=Language(resident.preferred_language),
         preferred_channels=resident.preferred_channels,
+        # A letter needs the name and address; a resident who did not choose post keeps them here.
+        postal=PostalAddress(name=resident.name, address=resident.address)
+        if "post" in resident.preferred_channels
+        else None,
     )

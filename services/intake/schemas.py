@@ -70,6 +70,9 @@ def _not_ancient(value: dt.date) -> dt.date:
 
 # Whether a date lies in the future depends on "today" in the city's time zone, so the domain checks that.
 BirthDate = Annotated[dt.date, BeforeValidator(_iso_date), AfterValidator(_not_ancient)]
+# A day something lasts through (a representation's expiry, a counter authority's last day): the domain checks it
+# against today.
+LastDay = Annotated[dt.date, BeforeValidator(_iso_date)]
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_storable)]
 Address = Annotated[
@@ -106,7 +109,8 @@ def _known_partner_event_type(purpose: str) -> str:
 
 Purpose = Annotated[str, StringConstraints(pattern=PURPOSE_PATTERN), AfterValidator(_known_partner_event_type)]
 
-ContactChannel = Literal["inbox", "email", "sms"]
+# ``post``: a printed letter to the resident's address, for residents without a digital channel.
+ContactChannel = Literal["inbox", "email", "sms", "post"]
 # A household member's relation to the resident: foster_child (가정위탁 아동) and ward (미성년후견 아동) are
 # children the resident raises as their carer (보호자).
 Relation = Literal["spouse", "child", "parent", "sibling", "grandparent", "grandchild", "foster_child", "ward", "other"]
@@ -143,7 +147,7 @@ class ResidentCreate(Strict):
     email: Email | None = None
     phone: Phone | None = None
     preferred_language: Language = Language.KO
-    preferred_channels: list[ContactChannel] = Field(default_factory=_inbox_only, min_length=1, max_length=3)
+    preferred_channels: list[ContactChannel] = Field(default_factory=_inbox_only, min_length=1, max_length=4)
     vulnerability: list[Vulnerability] = Field(default_factory=list, max_length=len(Vulnerability))
 
 
@@ -158,7 +162,7 @@ class ResidentUpdate(Strict):
     email: Email | None = None
     phone: Phone | None = None
     preferred_language: Language | None = None
-    preferred_channels: list[ContactChannel] | None = Field(default=None, min_length=1, max_length=3)
+    preferred_channels: list[ContactChannel] | None = Field(default=None, min_length=1, max_length=4)
     vulnerability: list[Vulnerability] | None = Field(default=None, max_length=len(Vulnerability))
 
 
@@ -188,12 +192,113 @@ class ResidentView(BaseModel):
     updated_at: dt.datetime
 
 
+class PostalAddress(BaseModel):
+    name: str
+    address: str
+
+
 class ContactView(BaseModel):
     resident_id: uuid.UUID
     email: str | None
     phone: str | None
     preferred_language: Language
     preferred_channels: list[ContactChannel]
+    postal: PostalAddress | None = Field(
+        default=None, description="Name and address for a printed letter: only when the resident chose post"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- acting for a resident
+
+
+class RepresentativeScope(StrEnum):
+    """What a representative may do for the resident."""
+
+    APPLY = "apply"
+    ANSWER = "answer"  # answer requests for information
+    WITHDRAW = "withdraw"
+    CONSENT = "consent"  # read and set the resident's consents
+    READ_MESSAGES = "read_messages"  # the resident's inbox in notify
+
+
+class RepresentativeRelation(StrEnum):
+    FAMILY = "family"
+    LEGAL_GUARDIAN = "legal_guardian"
+    CARE_WORKER = "care_worker"
+
+
+class Standing(StrEnum):
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+def _distinct_scopes(value: list[RepresentativeScope]) -> list[RepresentativeScope]:
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a scope")
+    return value
+
+
+class RepresentationCreate(Strict):
+    """The resident names a representative: the person signs in as themselves (the resident id their own token
+    carries) and may then act for the resident within the scopes, through the expiry date."""
+
+    representative_id: uuid.UUID = Field(description="The resident id the representative's own token carries")
+    representative_name: Name = Field(description="How the resident names them (shown in the access log)")
+    relation: RepresentativeRelation
+    scopes: Annotated[list[RepresentativeScope], AfterValidator(_distinct_scopes)] = Field(min_length=1, max_length=5)
+    expires_on: LastDay = Field(description="The last day the representative may act (in the city's time zone)")
+
+
+class RepresentationView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    representative_id: uuid.UUID
+    representative_name: str
+    relation: RepresentativeRelation
+    scopes: list[RepresentativeScope]
+    expires_on: dt.date
+    standing: Standing
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class CounterAuthorityKind(StrEnum):
+    """How the resident agreed at the counter that staff act for them."""
+
+    SIGNED_FORM = "signed_form"
+    ID_CHECKED = "id_checked"
+
+
+OfficeCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9-]{0,49}$")]
+Reference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_storable)
+]
+
+
+class CounterAuthorityCreate(Strict):
+    kind: CounterAuthorityKind
+    reference: Reference = Field(description="The signed form's number, or the kind of ID seen (never the ID's number)")
+    office_code: OfficeCode | None = Field(
+        default=None, description="The counter's office; may be left out by staff who work in one office only"
+    )
+    valid_until: LastDay | None = Field(
+        default=None, description="The last day staff may act on it (default: today, the day of the visit)"
+    )
+
+
+class CounterAuthorityView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    kind: CounterAuthorityKind
+    reference: str
+    office_code: str
+    valid_until: dt.date
+    standing: Standing
+    recorded_at: dt.datetime
+    recorded_by: str
+    recorded_by_name: str | None
+    revoked_at: dt.datetime | None
 
 
 # ---------------------------------------------------------------------------------------------- consents
@@ -367,6 +472,17 @@ class ApplicationPage(BaseModel):
 # ---------------------------------------------------------------------------------------------- access log
 
 
+class AuthorityView(BaseModel):
+    """Under what someone acted for the resident: a representative they named, or what they agreed at a counter."""
+
+    kind: str = Field(description="representative, signed_form or id_checked")
+    id: str = Field(description="The representation's or the counter authority's id")
+    relation: RepresentativeRelation | None = None
+    representative_name: str | None = None
+    reference: str | None = Field(default=None, description="The signed form's number, the kind of ID seen")
+    office_code: str | None = None
+
+
 class AccessLogEntryView(BaseModel):
     at: dt.datetime
     actor: str
@@ -377,6 +493,8 @@ class AccessLogEntryView(BaseModel):
     record_type: str
     record_id: str | None
     purpose: str
+    on_behalf_of: uuid.UUID | None = Field(default=None, description="Whom the actor acted for (null: not acting for)")
+    authority: AuthorityView | None = None
 
 
 class AccessLogPage(BaseModel):

@@ -380,7 +380,12 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
 
 # ---------------------------------------------------------------------------------------------- notify
 
-_CHANNEL_NAMES = {"inbox": ("앱 알림함", "in-app inbox"), "email": ("이메일", "email"), "sms": ("문자", "SMS")}
+_CHANNEL_NAMES = {
+    "inbox": ("앱 알림함", "in-app inbox"),
+    "email": ("이메일", "email"),
+    "sms": ("문자", "SMS"),
+    "post": ("우편", "post"),
+}
 
 
 async def apply_notification(repo: Repository, event: CloudEvent, data: NotificationSent | NotificationFailed) -> None:

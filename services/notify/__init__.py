@@ -4,7 +4,10 @@ Tells residents (inbox, email, SMS; Korean and English) and partner systems (NAT
 webhooks) about every step.
 
 **Residents** read their messages at `GET /v1/inbox` (the inbox keeps a copy of every message) and choose channels,
-language and quiet hours for SMS at `PUT /v1/preferences`; what they leave unset follows what they told intake.
+language and quiet hours for SMS at `PUT /v1/preferences`; what they leave unset follows what they told intake. A
+representative the resident named to read their messages reads them with `?resident_id=` (audited: the resident
+sees who at `GET /v1/access-log`). A resident who chose `post` gets each notice as a printed letter, listed for the
+office at `GET /v1/letters`.
 
 **Partners** receive the *partner view* of the event types an administrator granted them, in a CloudEvents 1.0
 envelope with the event's own `id` and `type`: ids (the resident's pseudonymous one), outcomes, district and language,

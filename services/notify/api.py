@@ -1,6 +1,7 @@
 """The notify HTTP API: thin routes over the domain modules (a plain read: one scoped query of the repository).
 
-Residents: their inbox and their preferences. Administrators: partner grants, dead notification deliveries.
+Residents: their inbox (and, for a representative the resident named to read their messages, that resident's), their
+preferences and who read their messages for them. Administrators: partner grants, dead notification deliveries.
 Partners: their subscriptions and webhook deliveries. Every object a caller may not see answers 404.
 """
 
@@ -14,17 +15,27 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import delivery as resident_delivery
-from services.notify import inbox, partners, preferences, subscriptions
+from services.notify import inbox, letters, partners, preferences, subscriptions
 from services.notify.context import ContextDep
-from services.notify.models import Delivery, DeliveryStatus, Partner, Preference, Subscription, WebhookDelivery
+from services.notify.models import (
+    Delivery,
+    DeliveryStatus,
+    LetterStatus,
+    Partner,
+    Preference,
+    Subscription,
+    WebhookDelivery,
+)
 from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
 from services.notify.repository import RepositoryDep
 from services.notify.schemas import (
+    AccessLogPage,
     GrantOut,
     GrantsIn,
     InboxMessage,
     InboxPage,
+    LetterOut,
     NotificationDeliveryOut,
     PartnerOut,
     PreferencesIn,
@@ -71,6 +82,20 @@ def _resident_id(principal: Resident) -> uuid.UUID:
 ResidentId = Annotated[uuid.UUID, Depends(_resident_id)]  # the calling resident's own id
 
 
+async def _reader(
+    principal: Resident,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    resident_id: uuid.UUID | None = Query(
+        default=None, description="A resident who named you representative to read their messages (default: you)"
+    ),
+) -> inbox.Reader:
+    return await inbox.reader(repo, principal, resident_id, ctx.clock.today())
+
+
+Reader = Annotated[inbox.Reader, Depends(_reader)]  # whose inbox: the caller's, or a represented resident's
+
+
 # ================================================================================================ inbox
 
 inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -89,16 +114,16 @@ def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
     )
 
 
-@inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403))
+@inbox_router.get("", summary="My messages, newest first", responses=problem_responses(403, 404))
 async def list_inbox(
-    resident_id: ResidentId,
+    reader: Reader,
     repo: RepositoryDep,
     renderer: RendererDep,
     unread: bool = Query(default=False, description="Only messages not read yet"),
     before: dt.datetime | None = Query(default=None, description="Only messages older than this (paging)"),
     limit: Limit = 50,
 ) -> InboxPage:
-    found = await inbox.messages(repo, resident_id, unread_only=unread, before=before, limit=limit)
+    found = await inbox.messages(repo, reader, unread_only=unread, before=before, limit=limit)
     items = [_inbox_message(m, renderer) for m in found.page]
     return InboxPage(
         items=items, unread=found.unread, next_before=items[-1].created_at if len(items) == limit else None
@@ -107,18 +132,36 @@ async def list_inbox(
 
 @inbox_router.get("/{notification_id}", summary="One of my messages", responses=problem_responses(403, 404))
 async def get_inbox_message(
-    notification_id: uuid.UUID, resident_id: ResidentId, repo: RepositoryDep, renderer: RendererDep
+    notification_id: uuid.UUID, reader: Reader, repo: RepositoryDep, renderer: RendererDep
 ) -> InboxMessage:
-    return _inbox_message(await inbox.message(repo, resident_id, notification_id), renderer)
+    return _inbox_message(await inbox.message(repo, reader, notification_id), renderer)
 
 
 @inbox_router.post(
     "/{notification_id}/read", summary="Mark one of my messages read", responses=problem_responses(403, 404)
 )
 async def mark_read(
-    notification_id: uuid.UUID, resident_id: ResidentId, repo: RepositoryDep, renderer: RendererDep
+    notification_id: uuid.UUID, reader: Reader, repo: RepositoryDep, renderer: RendererDep
 ) -> InboxMessage:
-    return _inbox_message(await inbox.mark_read(repo, resident_id, notification_id), renderer)
+    return _inbox_message(await inbox.mark_read(repo, reader, notification_id), renderer)
+
+
+# ================================================================================================ access log
+
+access_log_router = APIRouter(prefix="/v1/access-log", tags=["inbox"])
+
+
+@access_log_router.get(
+    "", summary="Who read my messages for me (a representative), when and under which authority, newest first",
+    responses=problem_responses(403),
+)  # fmt: skip
+async def read_access_log(
+    resident_id: ResidentId,
+    repo: RepositoryDep,
+    limit: Limit = 50,
+    cursor: str | None = Query(default=None, max_length=20, pattern=r"^[0-9]{1,18}$"),
+) -> AccessLogPage:
+    return await inbox.access_log(repo, resident_id, cursor=cursor, limit=limit)
 
 
 # ================================================================================================ preferences
@@ -170,7 +213,7 @@ async def list_notification_deliveries(
     principal: Admin,
     repo: RepositoryDep,
     status: DeliveryStatus | None = None,
-    channel: Annotated[str | None, Query(pattern="^(inbox|email|sms)$")] = None,
+    channel: Annotated[str | None, Query(pattern="^(inbox|email|sms|post)$")] = None,
     resident_id: uuid.UUID | None = None,
     limit: Limit = 100,
 ) -> list[NotificationDeliveryOut]:
@@ -189,6 +232,40 @@ async def retry_notification_delivery(
     delivery_id: uuid.UUID, principal: Admin, repo: RepositoryDep
 ) -> NotificationDeliveryOut:
     return _delivery_out(await resident_delivery.retry(repo, delivery_id))
+
+
+# ================================================================================================ admin: letters
+
+letters_router = APIRouter(prefix="/v1/letters", tags=["administration"])
+
+
+@letters_router.get(
+    "", summary="Letters for residents without a digital channel, oldest first: to print and post, or sent",
+    responses=problem_responses(403),
+)  # fmt: skip
+async def list_letters(
+    principal: Admin, repo: RepositoryDep, status: LetterStatus | None = LetterStatus.TO_SEND, limit: Limit = 100
+) -> list[LetterOut]:
+    return [LetterOut.from_row(letter) for letter in await repo.letters(status=status.value if status else None,
+                                                                          limit=limit)]  # fmt: skip
+
+
+@letters_router.get(
+    "/{letter_id}/pdf",
+    summary="The print-ready letter (it carries the resident's name and address: the read is audited)",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}, **problem_responses(403, 404)},
+)
+async def get_letter_pdf(letter_id: uuid.UUID, principal: Admin, repo: RepositoryDep, ctx: ContextDep) -> Response:
+    content = await letters.pdf(repo, ctx.letters, principal, letter_id)
+    return Response(content, media_type="application/pdf", headers={"Cache-Control": "no-store"})
+
+
+@letters_router.post(
+    "/{letter_id}/sent", summary="The office printed and posted the letter", responses=problem_responses(403, 404, 409)
+)
+async def mark_letter_sent(letter_id: uuid.UUID, principal: Admin, repo: RepositoryDep) -> LetterOut:
+    return LetterOut.from_row(await letters.mark_sent(repo, principal, letter_id))
 
 
 # ================================================================================================ partners
@@ -384,8 +461,10 @@ async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: Rep
 
 ROUTERS = (
     inbox_router,
+    access_log_router,
     preferences_router,
     admin_router,
+    letters_router,
     partners_router,
     subscriptions_router,
     deliveries_router,

@@ -18,6 +18,13 @@ class ContactUnavailable(Exception):
     """intake could not be asked (down, timing out, answering 5xx): try again later."""
 
 
+class PostalPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    address: str
+
+
 class ContactPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -26,6 +33,8 @@ class ContactPayload(BaseModel):
     phone: str | None = None
     preferred_language: str | None = None
     preferred_channels: list[str] | None = None
+    # Only for a resident who chose letters (intake gives it to no one else).
+    postal: PostalPayload | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class Contact:
     phone: str | None = field(repr=False)
     preferred_language: str | None
     preferred_channels: tuple[str, ...]
+    postal_name: str | None = field(default=None, repr=False)
+    postal_address: str | None = field(default=None, repr=False)
 
 
 class ContactDirectory:
@@ -72,6 +83,8 @@ class ContactDirectory:
                 phone=payload.phone or None,
                 preferred_language=payload.preferred_language,
                 preferred_channels=tuple(payload.preferred_channels or ()),
+                postal_name=payload.postal.name if payload.postal else None,
+                postal_address=payload.postal.address if payload.postal else None,
             )
         else:
             raise ContactUnavailable(f"intake answered {response.status_code}")

@@ -30,9 +30,12 @@ from sqlalchemy import update
 
 from services.notify.channels import ChannelError, EmailSender, SmsSender, build_email
 from services.notify.contacts import Contact, ContactDirectory, ContactUnavailable
+from services.notify.letters import LetterPrinter, PrintedLetter, Recipient
 from services.notify.models import (
     Delivery,
     DeliveryStatus,
+    Letter,
+    LetterStatus,
     Notification,
     NotificationStatus,
     Preference,
@@ -44,6 +47,7 @@ from services.notify.rendering import MessageInput, RenderedMessage, Renderer
 from services.notify.repository import Repository, new_claim_token
 from services.notify.schedule import backoff, quiet_until, zone
 from services.notify.settings import NotifySettings
+from shared.clock import Clock
 from shared.db import Database
 from shared.events import Language, NotificationFailed, NotificationSent
 from shared.outbox import Outbox
@@ -51,13 +55,14 @@ from shared.problems import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
-PUSH_CHANNELS = (ResidentChannel.EMAIL.value, ResidentChannel.SMS.value)
+PUSH_CHANNELS = (ResidentChannel.EMAIL.value, ResidentChannel.SMS.value, ResidentChannel.POST.value)
 
 
 @dataclass
 class Senders:
     email: EmailSender
     sms: SmsSender
+    post: LetterPrinter
 
 
 def message_input(notification: Notification, language: str) -> MessageInput:
@@ -109,6 +114,7 @@ class ResidentDelivery:
         contacts: ContactDirectory,
         renderer: Renderer,
         senders: Senders,
+        clock: Clock,
         attempts: Counter | None = None,
     ) -> None:
         self.db = db
@@ -117,6 +123,7 @@ class ResidentDelivery:
         self.contacts = contacts
         self.renderer = renderer
         self.senders = senders
+        self.clock = clock
         self.lease = dt.timedelta(seconds=settings.claim_lease_seconds)
         self.attempts = attempts
 
@@ -289,25 +296,44 @@ class ResidentDelivery:
                 raise ChannelError(f"no {channel} address on file", permanent=True)
             language = effective_language(preference, contact, fallback_language)
             rendered = self.renderer.render(MessageInput(message.kind, language, message.application_id, message.items))
-            await self._deliver(delivery_id, channel, address, rendered, language)
+            printed = await self._deliver(delivery_id, channel, address, rendered, language, contact)
         except (ChannelError, ContactUnavailable) as exc:
             permanent = isinstance(exc, ChannelError) and exc.permanent
             await self._record_failure(delivery_id, token, redact(str(exc)), permanent=permanent)
             return
-        await self._record_sent(delivery_id, token, language)
+        await self._record_sent(delivery_id, token, language, printed)
 
     async def _deliver(
-        self, delivery_id: uuid.UUID, channel: str, address: str, rendered: RenderedMessage, language: str
-    ) -> None:
+        self,
+        delivery_id: uuid.UUID,
+        channel: str,
+        address: str,
+        rendered: RenderedMessage,
+        language: str,
+        contact: Contact | None,
+    ) -> PrintedLetter | None:
         if channel == ResidentChannel.EMAIL.value:
             email = build_email(
                 self.settings, to=address, rendered=rendered, delivery_id=delivery_id, language=language
             )
             await self.senders.email.send(email)
+        elif channel == ResidentChannel.POST.value:
+            assert contact is not None  # _address found the postal address
+            assert contact.postal_name is not None
+            return await self.senders.post.print(
+                delivery_id=delivery_id,
+                recipient=Recipient(name=contact.postal_name, address=address),
+                rendered=rendered,
+                language=language,
+                day=self.clock.today(),
+            )
         else:
             await self.senders.sms.send(delivery_id=delivery_id, to=address, text=rendered.sms, language=language)
+        return None
 
-    async def _record_sent(self, delivery_id: uuid.UUID, token: str, language: str) -> None:
+    async def _record_sent(
+        self, delivery_id: uuid.UUID, token: str, language: str, printed: PrintedLetter | None = None
+    ) -> None:
         async with self.db.session() as session:
             repo = Repository(session)
             delivery = await repo.held(Delivery, delivery_id, token)
@@ -321,6 +347,20 @@ class ResidentDelivery:
             delivery.updated_at = now
             delivery.last_error = None
             _release(delivery)
+            if printed is not None:  # handed to the post room: listed for the office to print and post
+                repo.session.add(
+                    Letter(
+                        id=delivery.id,
+                        notification_id=delivery.notification_id,
+                        resident_id=delivery.resident_id,
+                        kind=delivery.notification.kind,
+                        language=language,
+                        file_name=printed.file_name,
+                        pages=printed.pages,
+                        status=LetterStatus.TO_SEND.value,
+                        created_at=now,
+                    )
+                )
             await self.outbox.emit(repo.session, self._sent(delivery.notification, delivery.channel, language))
             self._count(delivery.channel, "sent")
 
@@ -414,6 +454,8 @@ def _address(contact: Contact | None, channel: str) -> str | None:
         return contact.email
     if channel == ResidentChannel.SMS.value:
         return contact.phone
+    if channel == ResidentChannel.POST.value and contact.postal_name:
+        return contact.postal_address
     return None
 
 

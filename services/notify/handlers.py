@@ -22,6 +22,7 @@ from shared.events import (
     ConsentChanged,
     EligibilityDetermined,
     EligibilityOpportunity,
+    RepresentationChanged,
     ResidentUpdated,
 )
 
@@ -36,6 +37,7 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
             handlers=[
                 on(ConsentChanged, messages.consent_changed),
                 on(ResidentUpdated, messages.resident_updated),
+                on(RepresentationChanged, messages.representation_changed),
                 on(ApplicationSubmitted, messages.application_submitted),
                 on(ApplicationWithdrawn, messages.application_withdrawn),
                 on(EligibilityDetermined, messages.eligibility_determined),

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.audit import AuditLog
 from shared.events import partner_purpose
 from shared.tables import NAMING_CONVENTION, BigId, ServiceModels, platform_tables
 
@@ -33,6 +35,7 @@ class Base(ServiceModels, DeclarativeBase):
 
 
 platform = platform_tables(Base.metadata)
+audit_log = AuditLog(platform)
 
 
 def utcnow() -> dt.datetime:
@@ -46,6 +49,7 @@ class ResidentChannel(StrEnum):
     INBOX = "inbox"
     EMAIL = "email"
     SMS = "sms"
+    POST = "post"  # a printed letter (services/notify/letters.py)
 
 
 class Preference(Base):
@@ -76,6 +80,24 @@ class ResidentState(Base):
 
     def consented(self, purpose: str) -> bool:
         return self.consents.get(purpose) is True
+
+
+class Representation(Base):
+    """Who may act for a resident, as intake announced it (representation.changed): notify lets a representative in
+    the ``read_messages`` scope read the resident's inbox through ``expires_on``. The highest version wins, so a
+    revocation is never undone by an older event arriving late."""
+
+    __tablename__ = "representations"
+    __table_args__ = (Index("ix_representations_representative_resident", "representative_id", "resident_id"),)
+
+    representation_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID]
+    representative_id: Mapped[uuid.UUID]
+    scopes: Mapped[list[str]]
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    revoked_at: Mapped[dt.datetime | None]
+    version: Mapped[int]
+    updated_at: Mapped[dt.datetime]
 
 
 class TrackedApplication(Base):
@@ -205,6 +227,31 @@ class Delivery(Base):
         UniqueConstraint("notification_id", "channel", name="uq_deliveries_notification_channel"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
     )
+
+
+class LetterStatus(StrEnum):
+    TO_SEND = "to_send"  # printed to PDF, waiting for the office to print and post it
+    SENT = "sent"  # the office posted it
+
+
+class Letter(Base):
+    """A notice on paper for a resident without a digital channel: the PDF ``file_name`` under ``<data_dir>/post``,
+    listed for the office until it marks the letter sent. Its id is its delivery's."""
+
+    __tablename__ = "letters"
+    __table_args__ = (Index("ix_letters_status_created", "status", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notifications.id", ondelete="CASCADE"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(2))
+    file_name: Mapped[str] = mapped_column(String(100))
+    pages: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+    sent_at: Mapped[dt.datetime | None]
+    sent_by: Mapped[str | None] = mapped_column(String(255))
 
 
 # ================================================================================================ partners

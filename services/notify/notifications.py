@@ -27,6 +27,7 @@ from services.notify.models import (
     Notification,
     NotificationItem,
     NotificationStatus,
+    Representation,
     TrackedApplication,
     utcnow,
 )
@@ -48,6 +49,7 @@ from shared.events import (
     EligibilityOpportunity,
     Outcome,
     ProgramDetermination,
+    RepresentationChanged,
     ResidentContext,
     ResidentUpdated,
 )
@@ -98,6 +100,26 @@ class ResidentMessages:
             state.language = data.preferred_language.value
             state.profile_version = data.version
             state.updated_at = utcnow()
+
+    async def representation_changed(
+        self, session: AsyncSession, event: CloudEvent, data: RepresentationChanged
+    ) -> None:
+        """Who may read a resident's messages for them (``inbox.reader``): the highest version wins, so a late
+        "named" never undoes a revocation."""
+        repo = Repository(session)
+        row = await repo.representation(data.representation_id)
+        if row is None:
+            row = Representation(representation_id=data.representation_id, version=0)
+            repo.session.add(row)
+        elif data.version <= row.version:
+            return
+        row.resident_id = data.resident_id
+        row.representative_id = data.representative_id
+        row.scopes = list(data.scopes)
+        row.expires_on = data.expires_on
+        row.revoked_at = data.revoked_at
+        row.version = data.version
+        row.updated_at = utcnow()
 
     async def _note_context(self, repo: Repository, resident_id: uuid.UUID, context: ResidentContext) -> None:
         """An application's resident context tells the language too, until a resident.updated says otherwise."""

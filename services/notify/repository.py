@@ -23,6 +23,7 @@ from services.notify.models import (
     ApplicationProgram,
     Delivery,
     DeliveryStatus,
+    Letter,
     Notification,
     NotificationItem,
     NotificationStatus,
@@ -30,6 +31,7 @@ from services.notify.models import (
     PartnerConsent,
     PartnerGrant,
     Preference,
+    Representation,
     ResidentChannel,
     ResidentState,
     Subscription,
@@ -179,6 +181,21 @@ class Repository:
             .values(status=DeliveryStatus.SUPPRESSED.value, last_error="application withdrawn", updated_at=now)
         )
 
+    async def representation(self, representation_id: uuid.UUID) -> Representation | None:
+        return await self.session.get(Representation, representation_id)
+
+    async def current_representations(
+        self, representative_id: uuid.UUID, resident_id: uuid.UUID, today: dt.date
+    ) -> Sequence[Representation]:
+        """The representations of the resident by this representative that hold today (not revoked, not expired)."""
+        query = select(Representation).where(
+            Representation.representative_id == representative_id,
+            Representation.resident_id == resident_id,
+            Representation.revoked_at.is_(None),
+            Representation.expires_on >= today,
+        )
+        return (await self.session.scalars(query.order_by(Representation.updated_at.desc()))).all()
+
     async def notification(self, notification_id: uuid.UUID) -> Notification | None:
         """Unscoped: for the delivery worker, which acts on behalf of no caller."""
         return await self.session.get(Notification, notification_id)
@@ -218,6 +235,19 @@ class Repository:
                 Notification.released_at.is_not(None),
             )
         )
+
+    async def letters(self, *, status: str | None, limit: int) -> Sequence[Letter]:
+        """The post room's list, oldest first (the order to print them in)."""
+        query = select(Letter).order_by(Letter.created_at, Letter.id).limit(limit)
+        if status is not None:
+            query = query.where(Letter.status == status)
+        return (await self.session.scalars(query)).all()
+
+    async def letter(self, letter_id: uuid.UUID, *, for_update: bool = False) -> Letter | None:
+        query = select(Letter).where(Letter.id == letter_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def notification_deliveries(
         self,

@@ -102,6 +102,43 @@ class InboxPage(Output):
     next_before: dt.datetime | None = Field(description="Pass as ?before= for the next (older) page")
 
 
+class AuthorityOut(Output):
+    kind: str = Field(description="representative")
+    id: str = Field(description="The representation's id (intake's GET /v1/residents/{id}/representations)")
+
+
+class AccessLogEntry(Output):
+    at: dt.datetime
+    actor: str
+    actor_role: str
+    actor_name: str | None
+    action: str
+    record_type: str
+    record_id: str | None
+    purpose: str
+    on_behalf_of: uuid.UUID | None
+    authority: AuthorityOut | None
+
+
+class AccessLogPage(Output):
+    items: list[AccessLogEntry] = Field(description="Newest first")
+    next_cursor: str | None
+
+
+class LetterOut(Output):
+    id: uuid.UUID = Field(description="The letter's id (its delivery's)")
+    notification_id: uuid.UUID
+    resident_id: uuid.UUID
+    kind: str
+    language: str
+    file_name: str = Field(description="The PDF under <data_dir>/post (GET /v1/letters/{id}/pdf)")
+    pages: int
+    status: Literal["to_send", "sent"]
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+    sent_by: str | None
+
+
 class NotificationDeliveryOut(Output):
     id: uuid.UUID
     notification_id: uuid.UUID

@@ -64,6 +64,10 @@ class NotifySettings(ServiceSettings):
     sms_sender: str = "OneStop"
     sms_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Letters (the post channel): PDFs under ``<data_dir>/post``, in a font with Hangul (Debian's fonts-nanum).
+    letter_font: Path = Path("/usr/share/fonts/truetype/nanum/NanumGothic.ttf")
+    letter_bold_font: Path | None = Path("/usr/share/fonts/truetype/nanum/NanumGothicBold.ttf")
+
     # Resident deliveries: retries with exponential backoff and full jitter, then "dead".
     delivery_max_attempts: int = Field(default=8, ge=1, le=100)
     retry_base_seconds: float = Field(default=30.0, gt=0)

@@ -22,10 +22,12 @@ from services.notify.channels import email_sender, sms_sender
 from services.notify.contacts import ContactDirectory
 from services.notify.context import NotifyContext
 from services.notify.delivery import ResidentDelivery, Senders
+from services.notify.letters import LetterPrinter
 from services.notify.notifications import WORK_PENDING
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
+from shared.clock import Clock
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     outbound = httpx.AsyncClient(follow_redirects=False, trust_env=False, headers={"user-agent": "OneStop-Notify/1.0"})
     contacts = ContactDirectory(intake_client, settings.intake_url, token, cache_seconds=settings.contact_cache_seconds)
     renderer = Renderer(settings.app_base_url)
+    clock = Clock.from_settings(settings)
     attempts = Counter(
         "onestop_notify_delivery_attempts",
         "Delivery attempts by transport (resident/webhook), channel and result (sent/failed/dead)",
@@ -52,7 +55,12 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         settings=settings,
         contacts=contacts,
         renderer=renderer,
-        senders=Senders(email=email_sender(settings), sms=sms_sender(settings, outbound)),
+        senders=Senders(
+            email=email_sender(settings),
+            sms=sms_sender(settings, outbound),
+            post=LetterPrinter.from_settings(settings),
+        ),
+        clock=clock,
         attempts=attempts,
     )
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
@@ -79,7 +87,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         ),
     ]
     try:
-        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, aggregates, wake)
+        yield NotifyContext(settings, runtime.outbox, contacts, renderer, residents, partners, aggregates, wake, clock)
     finally:
         for task in tasks:
             task.cancel()

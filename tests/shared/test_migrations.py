@@ -222,3 +222,38 @@ async def test_notifys_grants_get_a_purpose_and_the_partner_consents_it_knew_are
         "partner:ngo:case.routed",
     ]
     assert version == 4
+
+
+# The revision before each service's step that adds on whose behalf and under which authority to the audit log.
+BEFORE_AUTHORITY = {"intake": "0003", "notify": "0004", "routing": "0003", "eligibility": "0004"}
+
+
+@pytest.mark.parametrize("service", NAMES)
+async def test_the_audit_logs_authority_columns_keep_every_earlier_entry(service: str, database_url: str) -> None:
+    migrations = BY_NAME[service].migrations
+    await upgrade(database_url, migrations, BEFORE_AUTHORITY[service])
+    resident = RESIDENT.hex if database_url.startswith("sqlite") else str(RESIDENT)
+
+    def fill(c: Connection) -> None:
+        c.execute(
+            text(
+                "INSERT INTO audit_log (at, actor, actor_role, offices, action, record_type, record_id, resident_id, "
+                "purpose) VALUES (:at, 'cw-1', 'caseworker', '[]', 'read', 'resident', 'rec-1', :r, 'case review')"
+            ),
+            {"at": AT, "r": resident},
+        )
+
+    await _run(database_url, fill)
+    await upgrade(database_url, migrations)
+
+    def read(c: Connection) -> list[dict[str, Any]]:
+        query = "SELECT actor, resident_id, on_behalf_of, authority_kind, authority_id FROM audit_log"
+        return [dict(r) for r in c.execute(text(query)).mappings()]
+
+    [entry] = await _run(database_url, read)
+    assert entry["actor"] == "cw-1"
+    assert uuid.UUID(str(entry["resident_id"])) == RESIDENT
+    assert (entry["on_behalf_of"], entry["authority_kind"], entry["authority_id"]) == (None, None, None)
+
+    await _downgrade(database_url, service, BEFORE_AUTHORITY[service])
+    assert [e["actor"] for e in await _audit_entries(database_url)] == ["cw-1"], "walking back keeps the entry"

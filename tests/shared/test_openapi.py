@@ -20,6 +20,8 @@ HONOURING: dict[str, dict[str, str]] = {
         "/v1/applications/{application_id}/info": "200",
         "/v1/applications/{application_id}/withdraw": "200",
         "/v1/applications/{application_id}/feedback": "201",
+        "/v1/residents/{resident_id}/representations": "201",
+        "/v1/residents/{resident_id}/authorities": "201",
     },
     "eligibility": {"/v1/facts": "201", "/v1/screenings": "201"},
     "routing": {

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
-from shared.events import CaseRouted, Localized
+from services.intake.context import IntakeContext
+from shared.events import CaseDecided, CaseRouted, Decision, Localized
 from tests.services.intake.support import (
+    JONGNO_CSC,
     MAPO_CSC,
     YONGSAN_CSC,
     Downstream,
@@ -19,6 +22,8 @@ from tests.services.intake.support import (
 from tests.support.services import RunningService
 
 SKIP = 0
+Expected = dict[str, int]
+MAPO_NAME = Localized(ko="서교동 주민센터", en="Seogyo-dong Community Service Centre")
 
 
 async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who_looked(
@@ -95,6 +100,7 @@ async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who
         "phone": "+82 10-2345-6789",
         "preferred_language": "ko",
         "preferred_channels": ["inbox", "email"],
+        "postal": None,
     }
 
     lists = {who: await client.get("/v1/applications", headers=callers[who]) for who in readers | {"resident B"}}
@@ -171,3 +177,205 @@ async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who
 
     # Finally A withdraws: the action refused to everyone else is A's to take.
     assert (await client.post(f"/v1/applications/{app_a['id']}/withdraw", headers=a)).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------- acting for a resident
+
+ALL_SCOPES = ["apply", "answer", "withdraw", "consent", "read_messages"]
+
+
+async def test_representatives_act_within_scope_and_expiry_and_counter_staff_only_under_an_authority(
+    intake: RunningService,
+) -> None:
+    """The matrix for acting on a resident's behalf: representatives in scope, out of scope, expired and revoked;
+    counter staff with and without an authority the resident gave; and the resident's access log telling who acted,
+    for whom, under which authority."""
+    client = intake.client
+    clock = intake.context(IntakeContext).clock
+    today = dt.date.today()
+    clock.fixed_today = today
+
+    # A has no phone: registered at the Yongsan-gu counter, where A signs a delegation form.
+    han = intake.auth("caseworker", offices=[YONGSAN_CSC], subject="cw-han", name="한지민")
+    registered = await client.post("/v1/residents", json=resident_body(name="이순자", birth_date="1941-03-02"),
+                                   headers=han)  # fmt: skip
+    assert registered.status_code == 201, registered.text
+    a_id = uuid.UUID(registered.json()["id"])
+    a = intake.auth("resident", resident_id=a_id)
+    b_id, b = await register_self(intake, name="박민수", email="minsu@example.kr")
+    form = await client.post(
+        f"/v1/residents/{a_id}/authorities",
+        json={"kind": "signed_form", "reference": "위임장 2026-0412", "valid_until": str(today + dt.timedelta(30))},
+        headers=han,
+    )
+    assert form.status_code == 201, form.text
+    assert form.json()["office_code"] == YONGSAN_CSC
+
+    async def application(*, decided: bool) -> str:
+        """A fresh application of A's, with a case in Mapo-gu's office (decided, when asked)."""
+        app = await file_application(intake, a, birth_application(a_id))
+        d = Downstream(intake, app)
+        case_id = uuid.uuid4()
+        events = [d.event(CaseRouted(**d.case_fields(case_id, "parent_benefit"), office_name=MAPO_NAME, status="open",
+                                     priority=3, automatic=False, reason="district 11440", routed_at=d.clock),
+                          "/onestop/routing")]  # fmt: skip
+        if decided:
+            events.append(d.event(CaseDecided(**d.case_fields(case_id, "parent_benefit"), decision=Decision.APPROVED,
+                                              reason_code="eligible", automatic=False, decided_at=d.clock),
+                                  "/onestop/routing"))  # fmt: skip
+        await d.publish(*events)
+        state = "decided" if decided else "open"
+        await view_when(intake, a, app["id"], lambda v: any(p["case"] and p["case"]["status"] == state
+                                                            for p in v["programs"]))  # fmt: skip
+        return str(app["id"])
+
+    shared_app = await application(decided=True)
+
+    # A names five representatives; B one of their own. Two of A's lapse: one expires today, one is revoked.
+    reps: dict[str, uuid.UUID] = {}
+
+    async def name(who: str, headers: dict[str, str], resident: uuid.UUID, scopes: list[str], expires: dt.date) -> str:
+        reps[who] = uuid.uuid4()
+        body = {"representative_id": str(reps[who]), "representative_name": f"{who} 님", "relation": "family",
+                "scopes": scopes, "expires_on": expires.isoformat()}  # fmt: skip
+        named = await client.post(f"/v1/residents/{resident}/representations", json=body, headers=headers)
+        assert named.status_code == 201, named.text
+        return str(named.json()["id"])
+
+    year = today + dt.timedelta(days=365)
+    await name("every scope", a, a_id, ALL_SCOPES, year)
+    await name("answer only", a, a_id, ["answer"], year)
+    await name("consent only", a, a_id, ["consent"], year)
+    await name("expired", a, a_id, ALL_SCOPES, today)
+    revoked = await name("revoked", a, a_id, ALL_SCOPES, year)
+    await name("B's", b, b_id, ALL_SCOPES, year)
+    gone = await client.post(f"/v1/residents/{a_id}/representations/{revoked}/revoke", headers=a)
+    assert (gone.status_code, gone.json()["standing"]) == (200, "revoked")
+    clock.fixed_today = today + dt.timedelta(days=1)  # "expired" lasted through yesterday
+
+    callers: dict[str, dict[str, str]] = {
+        "resident A": a,
+        "resident B": b,
+        **{f"representative ({who})": intake.auth("resident", resident_id=rep, name=f"{who} 님")
+           for who, rep in reps.items()},
+        "counter staff with A's authority": han,
+        "staff of the case's office, no authority": intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-park"),
+        "staff of another office": intake.auth("caseworker", offices=[JONGNO_CSC], subject="cw-lee"),
+        "admin": intake.auth("admin", subject="admin-kang"),
+        "no token": {},
+    }  # fmt: skip
+    rep = "representative ({})".format
+    counter, no_authority = "counter staff with A's authority", "staff of the case's office, no authority"
+    lapsed = {rep("expired"), rep("revoked"), rep("B's")}
+
+    def expect(allowed: set[str], refused: set[str] | None = None, otherwise: int = 404, **special: int) -> Expected:
+        out = {who: 200 if who in allowed else 403 if who in (refused or set()) else otherwise for who in callers}
+        out["no token"] = 401
+        out.update({who.replace("resident_A", "resident A"): status for who, status in special.items()})
+        return out
+
+    reads = {
+        f"/v1/applications/{shared_app}": expect({"resident A", rep("every scope"), rep("answer only"), counter,
+                                                 no_authority, "admin"}),
+        f"/v1/residents/{a_id}/consents": expect({"resident A", rep("every scope"), rep("consent only"), counter,
+                                                  no_authority, "admin"}),
+        f"/v1/residents/{a_id}": expect({"resident A", counter, no_authority, "admin"}),
+        f"/v1/residents/{a_id}/representations": expect({"resident A", counter, no_authority, "admin"}),
+        f"/v1/residents/{a_id}/authorities": expect({"resident A", counter, no_authority, "admin"}),
+        f"/v1/residents/{a_id}/access-log": expect({"resident A"}),
+    }  # fmt: skip
+    failures = []
+    for path, expected in reads.items():
+        for who, headers in callers.items():
+            response = await client.get(path, headers=headers)
+            if response.status_code != expected[who]:
+                failures.append(f"GET {path} as {who}: {response.status_code}, expected {expected[who]}")
+    assert not failures, "\n".join(failures)
+
+    of_a = {"resident_id": str(a_id)}
+    listed = await client.get("/v1/applications", params=of_a, headers=callers[rep("answer only")])
+    assert shared_app in {i["id"] for i in listed.json()["items"]}, "a representative lists whom they act for"
+    for who in lapsed | {rep("consent only")}:
+        listed = await client.get("/v1/applications", params=of_a, headers=callers[who])
+        assert listed.json()["items"] == [], who
+
+    # Each write, as each caller. A success changes things, so it acts on an application of its own.
+    writes: list[tuple[str, str, Any, dict[str, int], bool]] = [
+        ("POST", "/v1/applications/{app}/info", {"answers": {"birth_order": 1}},
+         expect({rep("every scope"), rep("answer only"), counter}, {no_authority, "admin"}, resident_A=SKIP), False),
+        ("POST", "/v1/applications/{app}/withdraw", {},
+         expect({rep("every scope"), counter}, {rep("answer only"), no_authority, "admin"}, resident_A=SKIP), False),
+        ("POST", "/v1/applications/{app}/feedback", {"score": 4},
+         expect(set(), {rep("every scope"), rep("answer only"), no_authority, "admin"}, resident_A=SKIP,
+                **{counter: 201}), True),
+        ("PUT", f"/v1/residents/{a_id}/consents", {"consents": {"proactive_screening": True}},
+         expect({rep("every scope"), rep("consent only"), counter}, {no_authority, "admin"}, resident_A=SKIP), False),
+        ("POST", "/v1/applications", birth_application(a_id),
+         expect(set(), {rep("answer only"), rep("consent only"), "partner"}, otherwise=422, resident_A=SKIP,
+                **{rep("every scope"): 201, counter: 201, no_authority: 201, "staff of another office": 201,
+                   "admin": 201}), False),
+        ("POST", f"/v1/residents/{a_id}/representations", None,
+         expect(set(), {no_authority, "admin"}, resident_A=SKIP, **{counter: 201}), False),
+    ]  # fmt: skip
+    for method, path, body, expected, decided in writes:
+        for who, headers in callers.items():
+            status = expected[who]
+            if status == SKIP:
+                continue
+            app = await application(decided=decided) if status in (200, 201) and "{app}" in path else shared_app
+            if body is None:  # a representative of its own each time
+                body_now: Any = {"representative_id": str(uuid.uuid4()), "representative_name": "김간병",
+                                 "relation": "care_worker", "scopes": ["read_messages"],
+                                 "expires_on": str(today + dt.timedelta(days=90))}  # fmt: skip
+            else:
+                body_now = body
+            response = await client.request(method, path.format(app=app), json=body_now, headers=headers)
+            if response.status_code != status:
+                failures.append(f"{method} {path} as {who}: {response.status_code}, expected {status}")
+            elif status >= 400:
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert not failures, "\n".join(failures)
+
+    # Recording a counter authority is for office staff who see the resident; the resident cannot give it to
+    # themselves, nor an administrator record it.
+    record = {"kind": "id_checked", "reference": "주민등록증"}
+    for who, status in {"resident A": 403, rep("every scope"): 404, "resident B": 404, "admin": 403,
+                        "staff of another office": 404, no_authority: 201}.items():  # fmt: skip
+        response = await client.post(f"/v1/residents/{a_id}/authorities", json=record, headers=callers[who])
+        assert response.status_code == status, f"{who}: {response.text}"
+
+    # ---- A's access log: who acted, for whom, under which authority; nothing of the refused
+    log = (await client.get(f"/v1/residents/{a_id}/access-log", params={"limit": 200}, headers=a)).json()["items"]
+    acted = {(e["actor"], e["action"]) for e in log if e["authority"] is not None}
+    every = f"resident:{reps['every scope']}"
+    assert {(every, "answer request for information"), (every, "withdraw"), (every, "set consents"),
+            (every, "file application"), (f"resident:{reps['answer only']}", "answer request for information"),
+            (f"resident:{reps['consent only']}", "set consents"), ("cw-han", "answer request for information"),
+            ("cw-han", "withdraw"), ("cw-han", "give feedback"), ("cw-han", "set consents"),
+            ("cw-han", "name representative"), ("cw-han", "record authority")} <= acted  # fmt: skip
+    by_rep = next(e for e in log if e["actor"] == every and e["action"] == "withdraw")
+    assert by_rep["actor_name"] == "every scope 님"
+    assert by_rep["on_behalf_of"] == str(a_id)
+    assert by_rep["purpose"] == "representation"
+    assert by_rep["authority"]["kind"] == "representative"
+    assert by_rep["authority"]["relation"] == "family"
+    assert by_rep["authority"]["representative_name"] == "every scope 님"
+    at_counter = next(e for e in log if e["actor"] == "cw-han" and e["action"] == "give feedback")
+    assert at_counter["on_behalf_of"] == str(a_id)
+    assert at_counter["purpose"] == "counter service"
+    assert at_counter["authority"] == {"kind": "signed_form", "id": form.json()["id"], "relation": None,
+                                       "representative_name": None, "reference": "위임장 2026-0412",
+                                       "office_code": YONGSAN_CSC}  # fmt: skip
+    read_by_rep = [e for e in log if e["actor"] == every and e["action"] == "read"]
+    assert read_by_rep, "a representative's reads are logged too"
+    assert all(e["authority"]["kind"] == "representative" for e in read_by_rep)
+    case_review = next(e for e in log if e["actor"] == "cw-park" and e["action"] == "read")
+    assert (case_review["on_behalf_of"], case_review["authority"]) == (None, None), "reading is not acting for"
+    actors = {e["actor"] for e in log}
+    assert not actors & {f"resident:{reps[w]}" for w in ("expired", "revoked", "B's")}, "refused callers left no trace"
+    assert f"resident:{a_id}" not in actors
+
+    withdrawn = await client.put(f"/v1/residents/{a_id}/consents", json={"consents": {}}, headers=han)
+    assert withdrawn.json()["consents"] == {"proactive_screening": False}
+    history = (await client.get(f"/v1/residents/{a_id}/consents", headers=a)).json()["history"]
+    assert [(h["changed_by_role"], h["granted"]) for h in history] == [("representative", True), ("caseworker", False)]

@@ -3,13 +3,21 @@ test_schemathesis.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
+import pytest
+
+from services.notify.context import NotifyContext
+from services.notify.models import Representation
+from shared.clock import Clock
 from tests.services.notify import support as f
-from tests.services.notify.support import Producer, consented, grant
+from tests.services.notify.support import SHARED_STREAM, Producer, consented, grant
 from tests.support.endpoints import Endpoint
+from tests.support.events import event_log
 from tests.support.intake_server import IntakeServer
+from tests.support.nats import NatsServer
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -137,3 +145,93 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
     assert str(owner) not in str(shown)
     assert (await notify.client.get("/v1/subscriptions", headers=tokens["partner_b"])).json() == []
     assert (await notify.client.get("/v1/inbox", headers=tokens["other_resident"])).json()["items"] == []
+
+
+# intake on the notify test's stream: the representatives a resident names and revokes at intake reach notify as
+# intake's own representation.changed events.
+@pytest.mark.parametrize("intake_shares_stream", [True], ids=[SHARED_STREAM])
+async def test_a_representative_reads_the_residents_inbox_only_in_scope_unexpired_and_unrevoked(
+    notify: RunningService, producer: Producer, intake: IntakeServer, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    owner = await intake.register(channels=("inbox",))
+    today = Clock().today()  # intake's today, in the city
+    reps = {who: uuid.uuid4() for who in ("reader", "answers only", "expired", "revoked")}
+    named = {}
+    async with event_log(nats_server.url, bus_prefix) as log:
+        for who, scopes, expires in [
+            ("reader", ["read_messages", "answer"], today + dt.timedelta(days=30)),
+            ("answers only", ["answer"], today + dt.timedelta(days=30)),
+            ("expired", ["read_messages"], today),
+            ("revoked", ["read_messages"], today + dt.timedelta(days=30)),
+        ]:
+            body = {"representative_id": str(reps[who]), "representative_name": who, "relation": "family",
+                    "scopes": scopes, "expires_on": expires.isoformat()}  # fmt: skip
+            named[who] = await intake.call("POST", f"/v1/residents/{owner}/representations", resident_id=owner,
+                                           body=body)  # fmt: skip
+        await intake.call("POST", f"/v1/residents/{owner}/representations/{named['revoked']['id']}/revoke",
+                          resident_id=owner, body=None)  # fmt: skip
+        changes = await log.wait_for("representation.changed", count=5)
+
+    async def projected() -> bool:
+        return (
+            await notify.count(Representation) == 4
+            and await notify.count(Representation, Representation.revoked_at.is_not(None)) == 1
+        )
+
+    await wait_until(projected)
+    # The revocation's older "named" event arrives again, late: the revocation stands.
+    await producer.republish(next(e for e in changes if e.data["representation_id"] == named["revoked"]["id"]))
+
+    application = uuid.uuid4()
+    await producer.publish(f.submitted(owner, application))
+
+    async def delivered() -> bool:
+        response = await notify.client.get("/v1/inbox", headers=notify.auth("resident", resident_id=owner))
+        return len(response.json()["items"]) == 1
+
+    await wait_until(delivered)
+    await wait_until(lambda: notify.settled("residents"))
+    message = (await notify.client.get("/v1/inbox", headers=notify.auth("resident", resident_id=owner))).json()
+    message_id = message["items"][0]["id"]
+    notify.context(NotifyContext).clock.fixed_today = today + dt.timedelta(days=1)  # "expired" lasted through today
+
+    callers = {
+        "owner": notify.auth("resident", resident_id=owner),
+        **{f"representative ({who})": notify.auth("resident", resident_id=rep, name=who) for who, rep in reps.items()},
+        "another resident": notify.auth("resident", resident_id=uuid.uuid4()),
+        "caseworker": notify.auth("caseworker", offices=["JN-WEL"]),
+        "admin": notify.auth("admin"),
+        "anonymous": {},
+    }
+    may = {"owner", "representative (reader)"}
+    of_owner = {"resident_id": str(owner)}
+    failures = []
+    for method, path in [("GET", "/v1/inbox"), ("GET", f"/v1/inbox/{message_id}"),
+                         ("POST", f"/v1/inbox/{message_id}/read")]:  # fmt: skip
+        for who, headers in callers.items():
+            expected = 200 if who in may else 401 if who == "anonymous" else 403 if who in ("caseworker", "admin") \
+                else 404  # fmt: skip
+            response = await notify.client.request(method, path, params=of_owner, headers=headers)
+            if response.status_code != expected:
+                failures.append(f"{method} {path} as {who}: {response.status_code}, expected {expected}")
+            elif expected == 200 and path == "/v1/inbox":
+                assert [m["id"] for m in response.json()["items"]] == [message_id], who
+    assert failures == []
+    own = await notify.client.get("/v1/inbox", headers=callers["representative (reader)"])
+    assert own.json()["items"] == [], "without resident_id a representative reads their own inbox"
+
+    # The owner sees who read their messages for them, under which authority; the refused left no trace.
+    log_page = (await notify.client.get("/v1/access-log", headers=callers["owner"])).json()
+    entries = log_page["items"]
+    assert [(e["action"], e["record_type"]) for e in entries] == [
+        ("mark read", "message"), ("read", "message"), ("list", "inbox")
+    ]  # fmt: skip
+    for entry in entries:
+        assert entry["actor"] == f"resident:{reps['reader']}"
+        assert entry["actor_name"] == "reader"
+        assert entry["on_behalf_of"] == str(owner)
+        assert entry["purpose"] == "representation"
+        assert entry["authority"] == {"kind": "representative", "id": named["reader"]["id"]}
+    reader_log = await notify.client.get("/v1/access-log", headers=callers["representative (reader)"])
+    assert reader_log.json()["items"] == [], "the access log is the resident's own"
+    assert (await notify.client.get("/v1/access-log", headers=callers["admin"])).status_code == 403

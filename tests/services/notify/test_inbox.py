@@ -12,6 +12,7 @@ from services.notify import inbox
 from services.notify.main import MIGRATIONS
 from services.notify.models import Notification, utcnow
 from services.notify.repository import Repository
+from shared.auth import Principal, Role
 from shared.db import Database
 from shared.migrations import upgrade
 from shared.problems import NotFound
@@ -29,6 +30,7 @@ async def test_a_message_read_twice_keeps_the_first_time_and_others_are_not_foun
     await upgrade(database_url, MIGRATIONS)
     db = Database(database_url)
     resident = uuid.uuid4()
+    me = inbox.Reader.own(Principal(subject=f"resident:{resident}", role=Role.RESIDENT, resident_id=resident))
     try:
         now = utcnow()
         messages = {
@@ -40,25 +42,25 @@ async def test_a_message_read_twice_keeps_the_first_time_and_others_are_not_foun
             session.add_all(messages.values())
 
         async with db.session() as session:
-            first = await inbox.mark_read(Repository(session), resident, messages["released"].id)
+            first = await inbox.mark_read(Repository(session), me, messages["released"].id)
             first_read = first.notification.read_at
             assert first_read is not None
         async with db.session() as session:
             repo = Repository(session)
-            again = await inbox.mark_read(repo, resident, messages["released"].id)
+            again = await inbox.mark_read(repo, me, messages["released"].id)
             assert again.notification.read_at == first_read
-            assert (await inbox.messages(repo, resident, unread_only=True, before=None, limit=10)).page == []
+            assert (await inbox.messages(repo, me, unread_only=True, before=None, limit=10)).page == []
 
         for name in ("collecting", "another resident's"):
             async with db.session() as session:
                 with pytest.raises(NotFound):
-                    await inbox.mark_read(Repository(session), resident, messages[name].id)
+                    await inbox.mark_read(Repository(session), me, messages[name].id)
             async with db.session() as session:
                 untouched = await session.get(Notification, messages[name].id)
                 assert untouched is not None
                 assert untouched.read_at is None, name
         async with db.session() as session:
-            listed = await inbox.messages(Repository(session), resident, unread_only=False, before=None, limit=10)
+            listed = await inbox.messages(Repository(session), me, unread_only=False, before=None, limit=10)
             assert [m.notification.id for m in listed.page] == [messages["released"].id]
             assert listed.unread == 0
     finally:

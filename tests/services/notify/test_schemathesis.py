@@ -35,9 +35,9 @@ async def test_every_answer_is_as_documented(
     # Each operation called by the role it is meant for (elsewhere it only meets 403s, which the authorization matrix
     # in test_api.py covers).
     tokens = {
-        "^/v1/(partners|notification-deliveries|admin)": issuer.mint(Role.ADMIN),
+        "^/v1/(partners|notification-deliveries|letters|admin)": issuer.mint(Role.ADMIN),
         "^/v1/(subscriptions|deliveries)": issuer.mint(Role.PARTNER, partner_id="schema-partner"),
-        "^/v1/(inbox|preferences)": issuer.mint(Role.RESIDENT, resident_id=uuid.uuid4()),
+        "^/v1/(inbox|preferences|access-log)": issuer.mint(Role.RESIDENT, resident_id=uuid.uuid4()),
     }
     async with serve(app) as url:
         result = await run_schemathesis(url, tokens=tokens, max_examples=5, report_dir=tmp_path / "schemathesis")
