@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import case_offices
+from services.eligibility import case_offices, near_misses
 from services.eligibility.context import EligibilityContext
 from services.eligibility.repository import Repository
 from shared.consumer import Apply, Subscription, on
@@ -25,6 +25,7 @@ from shared.events import (
     EventData,
     FactsReported,
     ResidentUpdated,
+    ScreeningQuestionAnswered,
 )
 
 E = TypeVar("E", bound=EventData)
@@ -51,6 +52,10 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
                 on(ResidentUpdated, _now(service.on_resident_updated)),
                 on(ConsentChanged, _now(service.on_consent_changed)),
                 on(FactsReported, _now(service.on_facts_reported)),
+                on(
+                    ScreeningQuestionAnswered,
+                    _now(lambda repo, data, now: near_misses.on_answered(service.store, repo, data, now)),
+                ),
             ],
         ),
         # Apart from the applications' events, so that routing's traffic never holds up a determination.

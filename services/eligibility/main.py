@@ -14,6 +14,7 @@ from services.eligibility.context import EligibilityContext
 from services.eligibility.determinations import Eligibility
 from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
+from services.eligibility.scheduler import screening_scheduler
 from services.eligibility.settings import EligibilitySettings
 from shared.runtime import Runtime, ServiceDefinition
 from shared.service import create_service_app
@@ -25,7 +26,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def definition(settings: EligibilitySettings) -> ServiceDefinition[EligibilityContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[EligibilityContext]:
-        yield EligibilityContext(settings, Eligibility(settings, runtime.outbox))
+        service = Eligibility(settings, runtime.outbox)
+        async with screening_scheduler(runtime.db, service) as scheduler:
+            yield EligibilityContext(settings, service, scheduler)
 
     return ServiceDefinition(
         name=NAME,
