@@ -4,7 +4,7 @@ Made once per running service (``main.definition``) and handed to routes through
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends
 
@@ -15,12 +15,20 @@ from shared.deps import context_dependency
 from shared.outbox import Outbox
 
 
+class Sweeps(Protocol):
+    """The offer expiry timer, as the context knows it (services.intake.expiry.OfferExpiry): a pass on demand."""
+
+    async def sweep(self) -> int: ...
+
+
 @dataclass
 class IntakeContext:
     settings: IntakeSettings
     outbox: Outbox
     clock: Clock
     catalogue: Catalogue
+    # The offer expiry timer running for the service's lifetime (set when it starts).
+    expiry: Sweeps | None = None
 
 
 ContextDep = Annotated[IntakeContext, Depends(context_dependency(IntakeContext))]

@@ -1,5 +1,6 @@
-"""What intake consumes: every downstream event that changes what a resident sees of their application. Each runs in
-the consumer's transaction, beside the inbox row that makes it effectively-once."""
+"""What intake consumes: every downstream event that changes what a resident sees of their application, and what
+proactive screening found for them (offers, questions). Each runs in the consumer's transaction, beside the inbox row
+that makes it effectively-once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.intake import opportunities
 from services.intake.context import IntakeContext
 from services.intake.repository import Repository
 from services.intake.status import apply_case_event, apply_determination, apply_notification
@@ -24,9 +26,11 @@ from shared.events import (
     CaseTransferred,
     CloudEvent,
     EligibilityDetermined,
+    EligibilityOpportunity,
     EventData,
     NotificationFailed,
     NotificationSent,
+    ScreeningQuestionAsked,
 )
 
 E = TypeVar("E", bound=EventData)
@@ -52,6 +56,12 @@ def _with_repository(apply: Callable[[Repository, CloudEvent, E], Awaitable[None
 
 
 def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
+    async def found(session: AsyncSession, event: CloudEvent, data: EligibilityOpportunity) -> None:
+        await opportunities.on_found(Repository(session), ctx.outbox, ctx.settings, ctx.clock.today(), data)
+
+    async def asked(session: AsyncSession, event: CloudEvent, data: ScreeningQuestionAsked) -> None:
+        await opportunities.on_question(Repository(session), data)
+
     return [
         Subscription(
             name="status-view",
@@ -61,5 +71,7 @@ def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
                 on(NotificationSent, _with_repository(apply_notification)),
                 on(NotificationFailed, _with_repository(apply_notification)),
             ],
-        )
+        ),
+        # Apart from the status view: screening a population must not hold up what residents see of applications.
+        Subscription(name="offers", handlers=[on(EligibilityOpportunity, found), on(ScreeningQuestionAsked, asked)]),
     ]

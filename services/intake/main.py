@@ -12,6 +12,7 @@ from services import intake as package
 from services.intake.api import ROUTERS
 from services.intake.catalogue import catalogue_client
 from services.intake.context import IntakeContext
+from services.intake.expiry import offer_expiry
 from services.intake.handlers import subscriptions
 from services.intake.models import platform
 from services.intake.settings import IntakeSettings
@@ -27,7 +28,10 @@ def definition(settings: IntakeSettings) -> ServiceDefinition[IntakeContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[IntakeContext]:
         async with catalogue_client(settings) as catalogue:
-            yield IntakeContext(settings, runtime.outbox, Clock.from_settings(settings), catalogue)
+            ctx = IntakeContext(settings, runtime.outbox, Clock.from_settings(settings), catalogue)
+            async with offer_expiry(runtime, ctx) as expiry:
+                ctx.expiry = expiry
+                yield ctx
 
     return ServiceDefinition(
         name=NAME,

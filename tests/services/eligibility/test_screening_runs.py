@@ -332,3 +332,56 @@ async def test_only_administrators_and_supervisors_list_screenings(eligibility: 
     )
     assert background.status_code == 403
     assert await eligibility.count(ScreeningRow) == 0
+
+
+async def test_an_application_from_an_offer_is_judged_for_that_program_with_what_the_resident_answered(
+    eligibility: RunningService, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    from shared.events import ApplicationSubmitted, ResidentContext
+
+    set_today(eligibility, DAY)
+    resident = await registered(eligibility, dt.date(1990, 5, 1), proactive_screening=True)
+    await wait_until(lambda: eligibility.settled("events"))
+    full = await tick(eligibility)
+    assert full is not None
+    async with eligibility.runtime.db.session() as session:
+        from sqlalchemy import select
+
+        question = await session.scalar(
+            select(ScreeningQuestionRow).where(
+                ScreeningQuestionRow.resident_id == resident, ScreeningQuestionRow.fact == "civil_servant"
+            )
+        )
+    assert question is not None
+    await eligibility.publish(
+        ScreeningQuestionAnswered(
+            question_id=question.question_id,
+            resident_id=resident,
+            fact="civil_servant",
+            value=False,
+            acted_as="resident",
+            answered_at=now(),
+        )  # fmt: skip
+    )
+    application_id = uuid.uuid4()
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await eligibility.publish(
+            ApplicationSubmitted(
+                application_id=application_id,
+                resident_id=resident,
+                life_event="job_loss",
+                answers={},
+                channel="web",
+                application_date=DAY,
+                submitted_at=now(),
+                resident=ResidentContext(district_code="11440"),
+                program_codes=["tomorrow_learning_card"],
+                opportunity_id=uuid.uuid4(),
+            )  # fmt: skip
+        )
+        (determined,) = await log.wait_for("eligibility.determined")
+    programs = determined.data["programs"]
+    assert [p["program_code"] for p in programs] == ["tomorrow_learning_card"], "the offered program alone"
+    assert programs[0]["outcome"] == "eligible", "the screening answer counts as declared"
+    criterion = next(c for c in programs[0]["criteria"] if "civil_servant" in c["values"])
+    assert criterion["sources"]["civil_servant"] == "declared"
