@@ -361,7 +361,7 @@ async def test_an_application_from_an_offer_is_judged_for_that_program_with_what
             value=False,
             acted_as="resident",
             answered_at=now(),
-        )  # fmt: skip
+        )
     )
     application_id = uuid.uuid4()
     async with event_log(nats_server.url, bus_prefix) as log:
@@ -377,7 +377,7 @@ async def test_an_application_from_an_offer_is_judged_for_that_program_with_what
                 resident=ResidentContext(district_code="11440"),
                 program_codes=["tomorrow_learning_card"],
                 opportunity_id=uuid.uuid4(),
-            )  # fmt: skip
+            )
         )
         (determined,) = await log.wait_for("eligibility.determined")
     programs = determined.data["programs"]

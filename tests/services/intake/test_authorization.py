@@ -473,8 +473,8 @@ async def test_offers_and_questions_reach_exactly_who_may_read_or_act_on_them(in
          {**refused, "representative (answer)": 403}),
         (f"questions/{questions[0]}/answer", {"value": True}, {**refused, "representative (apply)": 403}),
     ]  # fmt: skip
-    for path, body, expected in acts:
-        for who, status in expected.items():
+    for path, body, statuses in acts:
+        for who, status in statuses.items():
             response = await client.post(f"/v1/residents/{a_id}/{path}", json=body, headers=callers[who])
             if response.status_code != status:
                 failures.append(f"POST {path} as {who}: {response.status_code}, expected {status}")

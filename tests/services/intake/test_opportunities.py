@@ -149,9 +149,9 @@ async def test_an_offer_is_made_with_consent_and_accepted_into_an_application_fo
         declined = await client.post(decline, json={"reason": "already_receiving", "note": "받고 있어요"}, headers=me)
         assert declined.status_code == 200, declined.text
         assert (declined.json()["status"], declined.json()["decline_reason"]) == ("declined", "already_receiving")
-        event = (await log.wait_for("opportunity.declined"))[0]
-        assert event.data["reason"] == "already_receiving"
-        assert "note" not in event.data, "free text stays in intake"
+        declined_event = (await log.wait_for("opportunity.declined"))[0]
+        assert declined_event.data["reason"] == "already_receiving"
+        assert "note" not in declined_event.data, "free text stays in intake"
         late = await client.post(f"/v1/residents/{resident_id}/opportunities/{pension['id']}/accept", headers=me)
         assert late.status_code == 409
     assert await intake.count(Application) == 1
