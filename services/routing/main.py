@@ -13,6 +13,7 @@ from services.routing.api import cases_router, offices_router, statistics_router
 from services.routing.context import RoutingContext
 from services.routing.handlers import subscriptions
 from services.routing.models import platform
+from services.routing.outreach import outreach_timer
 from services.routing.settings import RoutingSettings
 from services.routing.timer import sla_timer
 from shared.runtime import Runtime, ServiceDefinition
@@ -26,8 +27,9 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[RoutingContext]:
         ctx = RoutingContext.build(settings, runtime.outbox)
-        async with sla_timer(runtime, ctx) as timer:
+        async with sla_timer(runtime, ctx) as timer, outreach_timer(runtime, ctx) as visits:
             ctx.timer = timer
+            ctx.outreach = visits
             yield ctx
 
     return ServiceDefinition(

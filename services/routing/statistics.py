@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import statistics as stats
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +23,13 @@ from services.routing.schemas import (
     CapacityReport,
     Dataset,
     DatasetInfo,
+    ExpectedDemand,
     OfficeCapacity,
     OfficeDemand,
     OfficeName,
     ProgramDemand,
 )
+from services.routing.settings import RoutingSettings
 from shared.auth import Principal, Role
 from shared.events import Decision, Department
 from shared.problems import Forbidden, NotFound
@@ -58,12 +60,38 @@ async def capacity_report(repo: Repository, ctx: RoutingContext, office_codes: S
     by_office: dict[str, list[Case]] = defaultdict(list)
     for case in await repo.cases_for_capacity([o.code for o in offices], since):
         by_office[case.office_code].append(case)
-    return CapacityReport(
-        window_days=days,
-        window_start=since,
-        today=today,
-        offices=[_office_demand(ctx, office, by_office[office.code], since, today, days) for office in offices],
-    )
+    expected = await expected_demand(repo, ctx, [o.code for o in offices])
+    reports = [_office_demand(ctx, office, by_office[office.code], since, today, days) for office in offices]
+    for report in reports:
+        report.expected_demand = expected.get(report.office_code, [])
+    return CapacityReport(window_days=days, window_start=since, today=today, offices=reports)
+
+
+async def expected_demand(
+    repo: Repository, ctx: RoutingContext, office_codes: Sequence[str]
+) -> dict[str, list[ExpectedDemand]]:
+    """Per office: the offers standing in its districts for its programs, and the applications they may bring at the
+    program's take-up so far (accepted of answered offers, city-wide; none until ``take_up_min_group`` answered)."""
+    standing = await repo.standing_offers_by_office(office_codes)
+    answered = await repo.answered_offers()
+    weights = await repo.program_weights()
+    k = ctx.settings.take_up_min_group
+    out: dict[str, list[ExpectedDemand]] = defaultdict(list)
+    for (office, program, department), count in sorted(standing.items()):
+        total, accepted, _ = answered.get(program, (0, 0, department))
+        rate = round(accepted / total, 3) if total >= k else None
+        expected = round(count * rate, 2) if rate is not None else None
+        out[office].append(
+            ExpectedDemand(
+                program_code=program,
+                department=Department(department),
+                standing_offers=count,
+                take_up_rate=rate,
+                expected_applications=expected,
+                expected_weighted_load=round(expected * weights.get(program, 1.0), 3) if expected is not None else None,
+            )
+        )
+    return out
 
 
 def _office_demand(
@@ -136,6 +164,11 @@ class DatasetSpec:
     # Which cells add up to totals someone could know (see the module docstring).
     groups: Callable[[list[dict[str, Any]]], list[list[tuple[int, str]]]]
     counts: tuple[str, ...]
+    # What it aggregates (default: the applications' cases) and the smallest count it shows.
+    load: Callable[[Repository], Awaitable[Sequence[Any]]] | None = None
+    min_count: Callable[[RoutingSettings], int] = lambda settings: settings.open_data_min_count
+    # Columns worked out from the counts once they are suppressed (a rate of hidden counts is hidden too).
+    derive: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
 
 
 def _month(day: dt.date) -> str:
@@ -208,6 +241,27 @@ def _column_groups(
     return groups
 
 
+def _take_up_rows(rows: Sequence[Any], ctx: RoutingContext) -> list[dict[str, Any]]:
+    return [
+        {
+            "program_code": r.program_code,
+            "department": r.department,
+            "district_code": r.district_code,
+            "found_eligible": int(r.found_eligible),
+            "applied": int(r.applied or 0),
+            "granted": int(r.granted or 0),
+        }
+        for r in rows
+    ]
+
+
+def _take_up_rates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        found, applied = row["found_eligible"], row["applied"]
+        row["take_up_rate"] = round(applied / found, 3) if found and applied is not None else None
+    return rows
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "cases": DatasetSpec(
         DatasetInfo(
@@ -229,6 +283,29 @@ DATASETS: dict[str, DatasetSpec] = {
         _sla_rows,
         _sla_groups,
         ("decided",),
+    ),
+    "take_up": DatasetSpec(
+        DatasetInfo(
+            dataset="take_up",
+            description="Proactive offers by program and the resident's district: residents found eligible (offered), "
+            "those who applied for the program since, and those granted it since; take-up is applied / found. "
+            "The counts are nested (not parts of a total), so each is held to the minimum on its own.",
+            columns=[
+                "program_code",
+                "department",
+                "district_code",
+                "found_eligible",
+                "applied",
+                "granted",
+                "take_up_rate",
+            ],
+        ),
+        _take_up_rows,
+        lambda rows: [],
+        ("found_eligible", "applied", "granted"),
+        load=lambda repo: repo.take_up(),
+        min_count=lambda settings: settings.take_up_min_group,
+        derive=_take_up_rates,
     ),
 }
 
@@ -267,11 +344,13 @@ async def open_dataset(repo: Repository, ctx: RoutingContext, name: str) -> Data
     spec = DATASETS.get(name)
     if spec is None:
         raise DatasetNotFound(name)
-    k = ctx.settings.open_data_min_count
-    rows = spec.build(await repo.cases_for_open_data(), ctx)
+    k = spec.min_count(ctx.settings)
+    source = await spec.load(repo) if spec.load is not None else await repo.cases_for_open_data()
+    rows = spec.build(source, ctx)
+    shown = suppress(rows, spec.counts, spec.groups(rows), k)
     return Dataset(
         **spec.info.model_dump(),
         generated_on=ctx.clock.today(),
         suppression=f"counts from 1 to {k - 1} and complementary cells are null",
-        rows=suppress(rows, spec.counts, spec.groups(rows), k),
+        rows=spec.derive(shown) if spec.derive is not None else shown,
     )

@@ -22,12 +22,15 @@ HONOURING: dict[str, dict[str, str]] = {
         "/v1/applications/{application_id}/feedback": "201",
         "/v1/residents/{resident_id}/representations": "201",
         "/v1/residents/{resident_id}/authorities": "201",
+        "/v1/residents/{resident_id}/opportunities/{opportunity_id}/accept": "201",
+        "/v1/residents/{resident_id}/opportunities/{opportunity_id}/decline": "200",
+        "/v1/residents/{resident_id}/questions/{question_id}/answer": "200",
     },
     "eligibility": {"/v1/facts": "201", "/v1/screenings": "201"},
     "routing": {
         **{
             f"/v1/cases/{{case_id}}/{action}": "200"
-            for action in ("claim", "release", "assign", "request-info", "decide", "transfer", "escalate")
+            for action in ("claim", "release", "assign", "request-info", "decide", "transfer", "escalate", "visit")
         },
         "/v1/cases/{case_id}/notes": "201",
     },
