@@ -24,6 +24,7 @@ from shared.events import (
     EligibilityOpportunity,
     RepresentationChanged,
     ResidentUpdated,
+    ScreeningQuestionAsked,
 )
 
 
@@ -42,6 +43,7 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 on(ApplicationWithdrawn, messages.application_withdrawn),
                 on(EligibilityDetermined, messages.eligibility_determined),
                 on(EligibilityOpportunity, messages.eligibility_opportunity),
+                on(ScreeningQuestionAsked, messages.screening_question_asked),
                 on(CaseRouted, messages.case_routed),
                 on(CaseInfoRequested, messages.case_info_requested),
                 on(CaseResumed, messages.case_resumed),
