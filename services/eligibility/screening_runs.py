@@ -33,7 +33,7 @@ from sqlalchemy import Table, delete, insert, update
 from services.eligibility import near_misses
 from services.eligibility.catalogue import Catalogue, Evaluation, named_programs
 from services.eligibility.determinations import Eligibility
-from services.eligibility.facts import FactLayers, derive
+from services.eligibility.facts import Environment, FactLayers, derive
 from services.eligibility.models import (
     OpportunityRow,
     ResidentRow,
@@ -111,6 +111,7 @@ class ProactiveJudge:
             districts=catalogue.districts,
         )
         values, errors, asks = derived.values, derived.errors, derived.asks
+        env: Environment | None = None  # the CEL context, built only for a resident with something new
         evaluation: Evaluation | None = None
         findings: list[Finding] = []
         misses: list[NearMiss] = []
@@ -122,7 +123,8 @@ class ProactiveJudge:
             verdict = memo.get(key, _MISSING)
             if verdict is _MISSING:
                 if evaluation is None:
-                    evaluation = Evaluation(catalogue, derived.environment(), explain=False)
+                    env = env or derived.environment()
+                    evaluation = Evaluation(catalogue, env, explain=False)
                 result = evaluation.result(code)
                 self.evaluations += 1
                 verdict = None
@@ -135,11 +137,12 @@ class ProactiveJudge:
                     verdict = _NEEDS_INFORMATION
                 memo[key] = verdict
             if verdict is _NEEDS_INFORMATION:
-                asked = tuple(asks.get(n, (n,)) if values.get(n) is None else () for n in read)
+                asked = tuple(asks.get(n, (n,)) for n, v in zip(read, key, strict=True) if v is None)
                 near_key = (code, key, asked)
                 miss = self.near.get(near_key, _MISSING)
                 if miss is _MISSING:
-                    miss = near_misses.near_miss(catalogue, derived.environment(), code, self.unasked)
+                    env = env or derived.environment()
+                    miss = near_misses.near_miss(catalogue, env, code, self.unasked)
                     self.near[near_key] = miss
                 if miss is not None:
                     misses.append(miss)
