@@ -483,15 +483,15 @@ async def capacity(
     return await statistics.capacity(repo, ctx, principal, office)
 
 
-@statistics_router.get("/open-data", summary="The open datasets")
-async def open_data_catalogue(principal: Anyone) -> list[DatasetInfo]:
-    return statistics.catalogue()
+@statistics_router.get("/open-data", summary="The open datasets and their metadata (DCAT-style)")
+async def open_data_catalogue(ctx: ContextDep, principal: Anyone) -> list[DatasetInfo]:
+    return statistics.catalogue(ctx)
 
 
 @statistics_router.get(
     "/open-data/{dataset}",
     response_model=Dataset,
-    summary="An aggregated, anonymised dataset (small counts suppressed), as JSON or CSV",
+    summary="An aggregated, anonymised dataset with its metadata (small counts suppressed), as JSON or CSV",
     responses={200: {"content": {"text/csv": {}}}, **problem_responses(404)},
 )
 async def open_data(

@@ -405,13 +405,49 @@ class CapacityReport(BaseModel):
     offices: list[OfficeDemand]
 
 
-class DatasetInfo(BaseModel):
-    dataset: str
+class DatasetField(BaseModel):
+    """One column of a dataset and what it means (DCAT-style: a field of the distribution's schema)."""
+
+    name: str
+    title: str
     description: str
-    columns: list[str]
+    type: Literal["string", "integer", "number"]
+    nullable: bool = Field(description="May be null: suppressed, or a rate over a group too small to show")
+
+
+class Licence(BaseModel):
+    name: str
+    url: str
+
+
+class Distribution(BaseModel):
+    """Where and in which format the dataset is served (dcat:Distribution)."""
+
+    media_type: str
+    access_url: str
+
+
+class DatasetInfo(BaseModel):
+    """A dataset's metadata, after DCAT: ``dataset`` is dct:identifier, ``title`` and ``description`` dct:title and
+    dct:description, ``licence`` dct:license, ``update_frequency`` dct:accrualPeriodicity (EU frequency vocabulary),
+    ``publisher`` dct:publisher, ``keywords`` dcat:keyword, ``fields`` the columns and their meaning,
+    ``distributions`` dcat:distribution."""
+
+    dataset: str
+    title: Localized
+    description: str
+    keywords: list[str]
+    publisher: str
+    licence: Licence
+    update_frequency: str = Field(description="How often it changes (dct:accrualPeriodicity)")
+    update_frequency_uri: str
+    min_group_size: int = Field(description="Counts below this are never shown (null); zero is shown")
+    suppression: str
+    columns: list[str] = Field(description="The field names, in order (the CSV header)")
+    fields: list[DatasetField]
+    distributions: list[Distribution]
 
 
 class Dataset(DatasetInfo):
     generated_on: dt.date
-    suppression: str
     rows: list[dict[str, str | int | float | None]]

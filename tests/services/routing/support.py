@@ -16,6 +16,7 @@ from services.routing.context import RoutingContext, Sweeps
 from services.routing.models import Case, platform
 from shared.auth import TokenIssuer
 from shared.events import (
+    ApplicationSubmitted,
     Channel,
     CloudEvent,
     ConsentChanged,
@@ -147,6 +148,20 @@ def consents(resident_id: uuid.UUID, version: int, **partners: bool) -> ConsentC
         consents={"proactive_screening": False, **given},
         changed=sorted(given),
         changed_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def submitted(application_id: uuid.UUID, channel: str = "web", district: str = JONGNO) -> ApplicationSubmitted:
+    """Intake's application.submitted (routing takes the channel from it), for the resident of :func:`determined`."""
+    return ApplicationSubmitted(
+        application_id=application_id,
+        resident_id=uuid.uuid5(uuid.NAMESPACE_URL, str(application_id)),
+        life_event="birth",
+        answers={},
+        channel=Channel(channel),
+        application_date=dt.date(2025, 10, 2),
+        submitted_at=dt.datetime.now(dt.UTC),
+        resident=ResidentContext(district_code=district),
     )
 
 
