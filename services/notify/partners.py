@@ -16,6 +16,9 @@ that resident's own case, never contact details (notify does not hold any):
 Without the consent (or after it is withdrawn) ``consented`` is absent. The consent in force when notify handles the
 event applies; nothing already sent is recalled.
 
+Some events are addressed to one partner (``shared.events.addressee``): a referral of a resident to a partner's
+offering goes to that partner alone, if it was granted the type, and never to another partner granted the same type.
+
 Transports:
 - NATS: the envelope is published on ``<prefix>.partner.<partner id>.<event type>`` through the outbox (one message
   per partner and event, de-duplicated by JetStream). The partner's NATS user may subscribe to its own subjects only.
@@ -51,6 +54,7 @@ from shared.events import (
     CloudEvent,
     EligibilityDetermined,
     EventData,
+    addressee,
     partner_subject,
     partner_view,
 )
@@ -145,6 +149,10 @@ class PartnerFanOut:
             return
         repo = Repository(session)
         subscriptions = await repo.subscriptions_for(event_type)
+        # An addressed event (a referral to a partner's offering) is for the partner it names only.
+        to = addressee(event)
+        if to is not None:
+            subscriptions = [s for s in subscriptions if s.partner_id == to]
         if not subscriptions:
             return
         base_view = partner_view(event)
