@@ -5,6 +5,7 @@ offering, nothing else about the resident."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -273,3 +274,27 @@ def partner_view_of(event: dict[str, Any]) -> dict[str, Any]:
     data = {k: v for k, v in event.items() if k != "_type"}
     result: dict[str, Any] = spec.partner_view.model_validate(data).model_dump(mode="json")
     return result
+
+
+async def test_of_referrals_racing_for_the_last_place_exactly_one_gets_it(routing: RunningService) -> None:
+    racers = 6
+    offering = await put_offering(routing, NGO, "last-place", offering_body(capacity=1))
+    case_ids = []
+    for _ in range(racers):
+        resident, app = uuid.uuid4(), uuid.uuid4()
+        await feed(
+            routing, consents(resident, 1, saebom_ngo=True), determined(app, [program("p")], resident_id=resident)
+        )
+        case_ids.append((await cases_of(routing, app))["p"].id)
+    caseworker = routing.auth("caseworker", **CASEWORKER)
+    responses = await asyncio.gather(
+        *(
+            routing.client.post(f"/v1/cases/{c}/referrals", headers=caseworker, json={"offering_id": offering["id"]})
+            for c in case_ids
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201] + [409] * (racers - 1), [r.text for r in responses]
+    assert {r.json()["type"] for r in responses if r.status_code == 409} == {"urn:onestop:problem:offering-full"}
+    assert await offering_state(routing, offering["id"]) == (1, 0)
+    assert await routing.count(Referral) == 1
+    assert len(await emitted(routing, "referral.created")) == 1
