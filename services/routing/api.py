@@ -359,9 +359,13 @@ async def put_offering(
     responses=problem_responses(403, 404),
 )
 async def offerings_for_case(
-    repo: RepositoryDep, principal: Staff, case_id: CaseIdPath, service_type: ServiceType | None = None
+    repo: RepositoryDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    service_type: ServiceType | None = None,
+    purpose: Purpose = "referral",
 ) -> list[OfferingForCase]:
-    return await offerings.with_room_for_case(repo, principal, case_id, service_type)
+    return await offerings.with_room_for_case(repo, principal, case_id, service_type, purpose)
 
 
 @referrals_router.post(
@@ -389,8 +393,10 @@ async def refer(
 @referrals_router.get(
     "/cases/{case_id}/referrals", summary="The case's referrals", responses=problem_responses(403, 404)
 )
-async def case_referrals(repo: RepositoryDep, principal: Staff, case_id: CaseIdPath) -> list[ReferralOut]:
-    return await referrals.of_case(repo, principal, case_id)
+async def case_referrals(
+    repo: RepositoryDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "referral"
+) -> list[ReferralOut]:
+    return await referrals.of_case(repo, principal, case_id, purpose)
 
 
 @referrals_router.get(

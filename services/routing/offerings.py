@@ -14,7 +14,7 @@ import uuid
 
 from services.routing import casework
 from services.routing.consents import partner_purpose
-from services.routing.models import Offering
+from services.routing.models import Offering, audit_log
 from services.routing.repository import Repository
 from services.routing.schemas import OfferingForCase, OfferingIn, OfferingOut
 from shared.auth import Principal, Role
@@ -103,11 +103,16 @@ def serves(offering: Offering, district_code: str, language: str) -> bool:
 
 
 async def with_room_for_case(
-    repo: Repository, principal: Principal, case_id: uuid.UUID, service_type: ServiceType | None
+    repo: Repository, principal: Principal, case_id: uuid.UUID, service_type: ServiceType | None, purpose: str
 ) -> list[OfferingForCase]:
     """The offerings with a free place that serve the case's district in the resident's language, each saying
-    whether the resident consented to its partner (a referral needs it)."""
+    whether the resident consented to its partner (a referral needs it). Reading the resident's consents is in the
+    audit log, with its purpose."""
     case = await casework.load(repo, principal, case_id)
+    await audit_log.record(
+        repo.session, principal, action="case.offerings", record_type="case", record_id=case.id, purpose=purpose,
+        resident_id=case.resident_id,
+    )  # fmt: skip
     consents = await repo.resident_consents(case.resident_id)
     found = await repo.offerings_with_room(service_type.value if service_type else None)
     return [

@@ -137,8 +137,13 @@ async def read(repo: Repository, principal: Principal, referral_id: uuid.UUID) -
     return view(await _load(repo, principal, referral_id), principal)
 
 
-async def of_case(repo: Repository, principal: Principal, case_id: uuid.UUID) -> list[ReferralOut]:
+async def of_case(repo: Repository, principal: Principal, case_id: uuid.UUID, purpose: str) -> list[ReferralOut]:
+    """A case's referrals, for staff of its office; the read is in the audit log, with its purpose."""
     case = await casework.load(repo, principal, case_id)
+    await audit_log.record(
+        repo.session, principal, action="case.referrals", record_type="case", record_id=case.id, purpose=purpose,
+        resident_id=case.resident_id,
+    )  # fmt: skip
     return [view(r, principal) for r in await repo.referrals_of_case(case.id)]
 
 

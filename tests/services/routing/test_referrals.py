@@ -205,8 +205,19 @@ async def test_a_referral_holds_a_place_until_the_partner_declines_or_reports_th
     assert [(a, r, actor) for a, r, actor in audit if a == "referral.created"] == [
         ("referral.created", resident, "caseworker:alice")
     ] * 3
-    listed = await client.get(f"/v1/cases/{first}/referrals", headers=caseworker)
+    listed = await client.get(f"/v1/cases/{first}/referrals", headers=caseworker, params={"purpose": "follow-up"})
     assert [r["status"] for r in listed.json()] == ["declined", "referred"]
+    # Staff reading a case's offerings (with the resident's consents) and referrals is in the audit log too.
+    async with routing.runtime.db.session() as session:
+        reads = (
+            await session.execute(
+                select(platform.audit_log.c.action, platform.audit_log.c.purpose).where(
+                    platform.audit_log.c.record_id == first, platform.audit_log.c.resident_id == resident
+                )
+            )
+        ).all()
+    assert ("case.offerings", "referral") in reads
+    assert ("case.referrals", "follow-up") in reads
 
 
 async def test_a_withdrawn_consent_stops_new_referrals_and_a_late_older_one_changes_nothing(
