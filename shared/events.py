@@ -116,6 +116,21 @@ class Decision(StrEnum):
     DENIED = "denied"
 
 
+class ServiceType(StrEnum):
+    """What a partner's offering provides (the capacity the platform brokers beside the public offices')."""
+
+    CHILDCARE = "childcare"
+    ELDER_CARE = "elder_care"
+    DISABILITY_SUPPORT = "disability_support"
+    FOOD_SUPPORT = "food_support"
+    HOUSING_SUPPORT = "housing_support"
+    COUNSELLING = "counselling"
+    EMPLOYMENT_SUPPORT = "employment_support"
+    LEGAL_AID = "legal_aid"
+    HEALTH_CARE = "health_care"
+    FINANCIAL_COUNSELLING = "financial_counselling"
+
+
 class Localized(BaseModel):
     """A text in Korean and English."""
 
@@ -507,6 +522,93 @@ class CaseClosedPartnerView(BaseModel):
     closed_at: dt.datetime
 
 
+# ------------------------------------------------------------------------------------------------ referrals
+
+
+class ReferralEventBase(EventData):
+    """A referral of a resident (with their consent) by a caseworker to a partner's offering. Addressed to one
+    partner: notify hands its partner view to that partner only (``partner_id``)."""
+
+    referral_id: uuid.UUID
+    partner_id: str
+    offering_id: uuid.UUID
+    offering_code: str
+    offering_name: Localized
+    service_type: ServiceType
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    office_code: str
+
+
+class ReferralCreated(ReferralEventBase):
+    """A caseworker referred a resident to a partner's offering with room; a place is held for them."""
+
+    event_type: ClassVar[str] = "referral.created"
+    district_code: str
+    language: Language
+    referred_by: str
+    created_at: dt.datetime
+
+
+class ReferralAccepted(ReferralEventBase):
+    """The partner accepted the referral: it will serve the resident."""
+
+    event_type: ClassVar[str] = "referral.accepted"
+    accepted_at: dt.datetime
+
+
+DeclineReason = Literal["no_capacity", "not_eligible", "out_of_area", "language", "other"]
+
+
+class ReferralDeclined(ReferralEventBase):
+    """The partner declined the referral; the place it held is free again."""
+
+    event_type: ClassVar[str] = "referral.declined"
+    reason: DeclineReason
+    declined_at: dt.datetime
+
+
+ReferralOutcome = Literal["served", "not_served", "resident_declined"]
+
+
+class ReferralCompleted(ReferralEventBase):
+    """The partner reported the outcome of an accepted referral; the place it held is free again."""
+
+    event_type: ClassVar[str] = "referral.completed"
+    outcome: ReferralOutcome
+    completed_at: dt.datetime
+
+
+class ReferralPartnerView(BaseModel):
+    """What the partner sees of a referral: its own offering and the pseudonymous resident id, nothing else about
+    the resident (no district, language, case, program or office)."""
+
+    referral_id: uuid.UUID
+    offering_code: str
+    service_type: ServiceType
+    resident_id: uuid.UUID
+
+
+class ReferralCreatedPartnerView(ReferralPartnerView):
+    created_at: dt.datetime
+
+
+class ReferralAcceptedPartnerView(ReferralPartnerView):
+    accepted_at: dt.datetime
+
+
+class ReferralDeclinedPartnerView(ReferralPartnerView):
+    reason: DeclineReason
+    declined_at: dt.datetime
+
+
+class ReferralCompletedPartnerView(ReferralPartnerView):
+    outcome: ReferralOutcome
+    completed_at: dt.datetime
+
+
 # ================================================================================================ notify
 
 
@@ -588,6 +690,8 @@ class EventSpec:
     description: str
     partner_view: type[BaseModel] | None = None
     version: int = 1
+    # The event is for one partner only, the one its data's ``partner_id`` names (a referral to that partner).
+    addressed: bool = False
 
     @property
     def cloudevents_type(self) -> str:
@@ -608,9 +712,11 @@ class EventSpec:
         return self.partner_view is not None and "resident_id" in self.partner_view.model_fields
 
 
-def _spec(model: type[EventData], producer: str, partner_view: type[BaseModel] | None = None) -> EventSpec:
+def _spec(
+    model: type[EventData], producer: str, partner_view: type[BaseModel] | None = None, *, addressed: bool = False
+) -> EventSpec:
     doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-    return EventSpec(model.event_type, model, producer, doc or model.event_type, partner_view)
+    return EventSpec(model.event_type, model, producer, doc or model.event_type, partner_view, addressed=addressed)
 
 
 CATALOGUE: dict[str, EventSpec] = {
@@ -635,6 +741,10 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(CaseSlaBreached, "routing"),
         _spec(CaseResumed, "routing"),
         _spec(CaseClosed, "routing", CaseClosedPartnerView),
+        _spec(ReferralCreated, "routing", ReferralCreatedPartnerView, addressed=True),
+        _spec(ReferralAccepted, "routing", ReferralAcceptedPartnerView, addressed=True),
+        _spec(ReferralDeclined, "routing", ReferralDeclinedPartnerView, addressed=True),
+        _spec(ReferralCompleted, "routing", ReferralCompletedPartnerView, addressed=True),
         _spec(NotificationSent, "notify"),
         _spec(NotificationFailed, "notify"),
         _spec(DeterminationsCounted, "notify", DeterminationsCountedPartnerView),
@@ -706,6 +816,14 @@ def partner_purpose(partner_id: str, event_type: str | None = None) -> str:
     """The consent purpose letting a partner receive the events about a resident: every granted type
     (``partner:<id>``) or one (``partner:<id>:<event type>``). See :class:`ConsentChanged`."""
     return f"partner:{partner_id}" if event_type is None else f"partner:{partner_id}:{event_type}"
+
+
+def addressee(event: CloudEvent) -> str | None:
+    """The one partner an addressed event is for (``None`` for an event any granted partner may receive)."""
+    spec = spec_for(event.type)
+    if not spec.addressed:
+        return None
+    return str(event.data["partner_id"])
 
 
 def subject_for(prefix: str, event_type: str) -> str:

@@ -1,4 +1,5 @@
-"""What intake consumes: every downstream event that changes what a resident sees of their application. Each runs in
+"""What intake consumes: every downstream event that changes what a resident sees of their application (cases,
+referrals to partners, notifications). Each runs in
 the consumer's transaction, beside the inbox row that makes it effectively-once."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.intake.context import IntakeContext
 from services.intake.repository import Repository
-from services.intake.status import apply_case_event, apply_determination, apply_notification
+from services.intake.status import apply_case_event, apply_determination, apply_notification, apply_referral_event
 from shared.consumer import Apply, Subscription, on
 from shared.events import (
     CaseAssigned,
@@ -27,6 +28,10 @@ from shared.events import (
     EventData,
     NotificationFailed,
     NotificationSent,
+    ReferralAccepted,
+    ReferralCompleted,
+    ReferralCreated,
+    ReferralDeclined,
 )
 
 E = TypeVar("E", bound=EventData)
@@ -43,6 +48,8 @@ CASE_EVENTS = (
     CaseClosed,
 )
 
+REFERRAL_EVENTS = (ReferralCreated, ReferralAccepted, ReferralDeclined, ReferralCompleted)
+
 
 def _with_repository(apply: Callable[[Repository, CloudEvent, E], Awaitable[None]]) -> Apply[E]:
     async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
@@ -58,6 +65,7 @@ def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
             handlers=[
                 on(EligibilityDetermined, _with_repository(apply_determination)),
                 *(on(model, _with_repository(apply_case_event)) for model in CASE_EVENTS),
+                *(on(model, _with_repository(apply_referral_event)) for model in REFERRAL_EVENTS),
                 on(NotificationSent, _with_repository(apply_notification)),
                 on(NotificationFailed, _with_repository(apply_notification)),
             ],

@@ -1,6 +1,6 @@
 """The intake service's tables: residents and their consents, the representatives they name and the authorities they
-give at a counter, applications, the status view assembled from downstream events (determinations, cases,
-notifications, the timeline), feedback, and the access log."""
+give at a counter, applications, the status view assembled from downstream events (determinations, cases, referrals
+to partners, notifications, the timeline), feedback, and the access log."""
 
 from __future__ import annotations
 
@@ -232,6 +232,28 @@ class Case(Base):
     escalated_at: Mapped[dt.datetime | None]
     sla_breached_at: Mapped[dt.datetime | None]
     first_seen_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+
+
+class Referral(Base):
+    """A referral of the resident to a partner's service (routing's ``referral.*`` events), as the resident sees it:
+    whichever event arrives first creates it; a later state never gives way to an earlier one."""
+
+    __tablename__ = "referrals"
+
+    referral_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), index=True)
+    case_id: Mapped[uuid.UUID]
+    program_code: Mapped[str] = mapped_column(String(100))
+    partner_id: Mapped[str] = mapped_column(String(40))
+    offering_name: Mapped[dict[str, Any]] = mapped_column(JSON)
+    service_type: Mapped[str] = mapped_column(String(40))
+    # referred | accepted | declined | completed; declined and completed are final.
+    status: Mapped[str] = mapped_column(String(20))
+    status_at: Mapped[dt.datetime]
+    decline_reason: Mapped[str | None] = mapped_column(String(30))
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    referred_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime]
 
 

@@ -23,6 +23,7 @@ from services.intake.models import (
     Determination,
     Feedback,
     Notification,
+    Referral,
     Representation,
     RepresentationScope,
     Resident,
@@ -265,6 +266,17 @@ class Repository:
 
     async def case(self, case_id: uuid.UUID) -> Case | None:
         return await self.session.get(Case, case_id)
+
+    async def referral(self, referral_id: uuid.UUID) -> Referral | None:
+        return await self.session.get(Referral, referral_id)
+
+    async def referrals(self, application_id: uuid.UUID) -> list[Referral]:
+        query = (
+            select(Referral)
+            .where(Referral.application_id == application_id)
+            .order_by(Referral.referred_at, Referral.referral_id)
+        )
+        return list((await self.session.scalars(query)).all())
 
     async def add_office(self, application_id: uuid.UUID, office_code: str) -> None:
         if await self.session.get(ApplicationOffice, (application_id, office_code)) is None:

@@ -23,11 +23,14 @@ from pydantic import (
 from shared.events import (
     RESIDENT_PARTNER_TYPES,
     Channel,
+    DeclineReason,
     Department,
     Language,
     Localized,
     MissingFact,
     Outcome,
+    ReferralOutcome,
+    ServiceType,
     Vulnerability,
 )
 
@@ -402,6 +405,22 @@ class CaseView(BaseModel):
     updated_at: dt.datetime
 
 
+class ReferralView(BaseModel):
+    """A partner's service the resident was referred to, with their consent, and where it stands."""
+
+    referral_id: uuid.UUID
+    case_id: uuid.UUID
+    program_code: str
+    partner_id: str
+    service_type: ServiceType
+    offering_name: Localized
+    status: Literal["referred", "accepted", "declined", "completed"]
+    decline_reason: DeclineReason | None
+    outcome: ReferralOutcome | None
+    referred_at: dt.datetime | None
+    updated_at: dt.datetime
+
+
 class NotificationView(BaseModel):
     notification_id: uuid.UUID
     channel: str
@@ -459,6 +478,7 @@ class ApplicationView(ApplicationSummary):
     withdrawal_reason: str | None
     determination: DeterminationSummary | None
     programs: list[ProgramView]
+    referrals: list[ReferralView] = Field(description="Partners' services the resident was referred to")
     notifications: list[NotificationView]
     feedback: FeedbackView | None
     timeline: list[TimelineEntryView] = Field(description="Everything that happened, oldest first")

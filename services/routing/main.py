@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import routing as package
-from services.routing.api import cases_router, offices_router, statistics_router
+from services.routing.api import cases_router, offices_router, partners_router, referrals_router, statistics_router
 from services.routing.context import RoutingContext
 from services.routing.handlers import subscriptions
 from services.routing.models import platform
@@ -35,7 +35,7 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
         title="OneStop routing",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[offices_router, cases_router, statistics_router],
+        routers=[offices_router, cases_router, partners_router, referrals_router, statistics_router],
         context=context,
         subscriptions=subscriptions,
     )

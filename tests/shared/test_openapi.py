@@ -30,6 +30,8 @@ HONOURING: dict[str, dict[str, str]] = {
             for action in ("claim", "release", "assign", "request-info", "decide", "transfer", "escalate")
         },
         "/v1/cases/{case_id}/notes": "201",
+        "/v1/cases/{case_id}/referrals": "201",
+        **{f"/v1/referrals/{{referral_id}}/{action}": "200" for action in ("accept", "decline", "complete")},
     },
     "notify": {"/v1/subscriptions": "201"},
 }
