@@ -334,14 +334,7 @@ async def test_a_referral_reaches_the_partner_it_names_and_no_other(
         {"transport": "webhook", "url": f"{partner_endpoint.url}/hooks", "event_types": ["referral.created"]},
     )
     resident = uuid.uuid4()
-    await producer.publish(f.consent(resident, 1, {f"partner:{NGO}": True, f"partner:{BANK}": True}))
-
-    async def consents_known() -> bool:
-        async with notify.runtime.db.session() as session:
-            state = await session.get(ResidentState, resident)
-            return state is not None and state.consent_version == 1
-
-    await wait_until(consents_known)
+    await consented(notify, producer, resident, 1, {f"partner:{NGO}": True, f"partner:{BANK}": True})
 
     received: list[tuple[str, dict[str, Any]]] = []
     nc = await nats.connect(nats_server.url)
