@@ -134,6 +134,9 @@ class Platform:
         if self.config.nats_auth:
             values["nats_user"] = entry.name
             values["nats_password"] = self.nats_passwords.get(entry.name)
+        if self.runs_portal:
+            # The link in every message to a resident opens the application's page in the portal.
+            values["app_base_url"] = self.url(PORTAL.name)
         if self.issuer is not None:
             values["service_token"] = self.issuer.mint(Role.SERVICE, service=entry.name, ttl_seconds=365 * 24 * 3600)
         values.update(self.config.overrides.get(entry.name, {}))
