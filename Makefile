@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench postgres fonts clean asyncapi
+.PHONY: run test lint bench postgres fonts browser screenshots clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,20 @@ postgres:
 fonts:
 	@./scripts/ensure-fonts.sh
 
+# The portal's browser tests and screenshots drive Debian's chromium (Playwright's own download does not work here).
+browser:
+	@./scripts/ensure-chromium.sh
+
+# docs/screenshots/*.png of every main page, from a platform started for the purpose.
+screenshots: $(STAMP) fonts browser
+	$(BIN)/python -m tests.portal.screenshots
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) postgres fonts lint
+test: $(STAMP) postgres fonts browser lint
 	$(BIN)/onestop asyncapi --check
 	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 
