@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +56,9 @@ class Result:
         return self.latency_ms[percentile]
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "rate": round(self.rate, 1)}
+        """JSON has no NaN: a load that completed no request has no latencies (null)."""
+        latency = {k: None if math.isnan(v) else v for k, v in self.latency_ms.items()}
+        return {**asdict(self), "latency_ms": latency, "rate": round(self.rate, 1)}
 
 
 class WrkError(RuntimeError):
