@@ -214,6 +214,8 @@ class Pipeline:
         self.databases = databases
         self.http = httpx.AsyncClient(timeout=10)
         self.timeline: list[dict[str, Any]] = []
+        # When each part last had work (seconds since the load began): the last to drain is the bottleneck.
+        self.last_busy: dict[str, float] = {}
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -230,9 +232,10 @@ class Pipeline:
     async def look(self, since: float) -> int:
         consumers, outboxes, notify = await self.backlog()
         pending, unpublished = sum(consumers.values()), sum(outboxes.values())
-        self.timeline.append(
-            {"t": round(time.monotonic() - since, 2), "consumers": pending, "outboxes": unpublished, "notify": notify}
-        )
+        t = round(time.monotonic() - since, 2)
+        self.timeline.append({"t": t, "consumers": pending, "outboxes": unpublished, "notify": notify})
+        parts = consumers | {f"{s} outbox": n for s, n in outboxes.items()} | {"notify messages held": notify}
+        self.last_busy |= {part: t for part, n in parts.items() if n}
         return pending + unpublished + notify
 
     @contextlib.asynccontextmanager
@@ -542,6 +545,7 @@ class Run:
         if await self.pipeline.settle(since=time.monotonic(), deadline=time.monotonic() + 120) is None:
             raise RuntimeError("the warm-up applications did not settle within 120 s")
         self.pipeline.timeline.clear()
+        self.pipeline.last_busy.clear()
         seen = await self.outcome_of(*warm[0])
         if sorted(seen["outcomes"]) != programs or not all(seen["outcomes"].values()):
             raise RuntimeError(f"the reference application is incomplete: {seen}")
@@ -599,6 +603,7 @@ class Run:
             "settled": settled_at is not None,
             "left": {"consumers": consumers, "outboxes": outboxes, "notify": notify},
             "dead_letters": await self.databases.dead_letters(),
+            "last_busy_s": dict(sorted(self.pipeline.last_busy.items(), key=lambda kv: -kv[1])),
             "sample": {
                 "checked": len(sample),
                 "complete": len(sample) - len(problems),

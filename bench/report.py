@@ -296,6 +296,10 @@ def show(data: dict[str, Any]) -> None:
             )
             first = False
     console.print(table)
+    for name, b in data["backends"].items():
+        last = list((b["end_to_end"].get("last_busy_s") or {}).items())[:3]
+        if last:
+            console.print(f"  {name}, last to drain: " + ", ".join(f"{part} ({t:,.0f} s)" for part, t in last))
     problems = [(n, p) for n, b in data["backends"].items() for p in b["end_to_end"]["sample"]["problems"]]
     for name, problem in problems:
         console.print(f"  [red]{name}: {problem}[/red]")

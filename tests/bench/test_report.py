@@ -115,6 +115,7 @@ def a_run() -> dict[str, Any]:
                     "per_second": 70.0,
                     "settled": True,
                     "dead_letters": {"intake": 0, "notify": 0},
+                    "last_busy_s": {"notify-residents": 98.0, "intake outbox": 40.0},
                     "sample": {"checked": 25, "complete": 25, "problems": []},
                     "backlog_timeline": [
                         {"t": 0.0, "consumers": 0, "outboxes": 0, "notify": 0},
@@ -204,5 +205,6 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     report.show(written)
     printed = capsys.readouterr().out
     assert "POST /v1/applications c16" in printed
+    assert "last to drain: notify-residents (98 s), intake outbox (40 s)" in printed
     assert "MISS  postgresql  GET /v1/queues/{office} p99 under load" in printed
     assert "n/a   sqlite      notify longest event-loop stall" in printed
