@@ -304,6 +304,16 @@ def show(data: dict[str, Any]) -> None:
     for name, problem in problems:
         console.print(f"  [red]{name}: {problem}[/red]")
 
+    # Load on the machine from anything else makes every figure lower than the machine can do: say so.
+    cpus = data["machine"]["cpus"] or 1
+    loads = [("baseline", data["machine"].get("load_average_before", [0.0])[0])]
+    loads += [(n, b.get("load_average_before", [0.0])[0]) for n, b in data["backends"].items()]
+    if any(load > cpus for _, load in loads):
+        shown = ", ".join(f"{n} {load:.1f}" for n, load in loads)
+        console.print(
+            f"  [yellow]the machine was busy with other work (1-minute load average before: {shown}; {cpus} cores): "
+            "the figures are lower than on a quiet machine[/yellow]"
+        )
     console.print("\nFloors (issue 14):")
     for f in data["floors"]:
         mark = {True: "[green]pass[/green]", False: "[red]MISS[/red]", None: "[yellow]n/a [/yellow]"}[f["passed"]]

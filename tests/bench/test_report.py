@@ -98,7 +98,7 @@ def a_run() -> dict[str, Any]:
     """A run where every floor is met, on SQLite; tests spoil one part at a time."""
     return {
         "generated_at": "2026-01-01T00:00:00+00:00",
-        "machine": {"cpus": 2},
+        "machine": {"cpus": 2, "load_average_before": [0.4, 0.5, 0.5]},
         "baseline": {"GET /hello": wrk_result(8000, 1.5, 5), "POST /v1/applications": wrk_result(6000, 2.0, 6)},
         "backends": {
             "sqlite": {
@@ -208,3 +208,8 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     assert "last to drain: notify-residents (98 s), intake outbox (40 s)" in printed
     assert "MISS  postgresql  GET /v1/queues/{office} p99 under load" in printed
     assert "n/a   sqlite      notify longest event-loop stall" in printed
+    assert "busy" not in printed
+
+    written["backends"]["postgresql"]["load_average_before"] = [6.5, 3.0, 2.0]
+    report.show(written)
+    assert "the machine was busy with other work" in capsys.readouterr().out.replace("\n", " ")
