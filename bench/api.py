@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,61 +80,47 @@ def birth_answers(today: dt.date) -> dict[str, Any]:
 
 @dataclass
 class Options:
-    baseline_seconds: float = 5
-    idle_seconds: float = 3
-    single_seconds: float = 5
-    seconds: float = 10
+    """Durations in seconds; every one is a command-line option (``--single-seconds`` for ``single_seconds``)."""
+
+    baseline_seconds: float = field(default=5, metadata={"help": "each hello-world load"})
+    idle_seconds: float = field(default=3, metadata={"help": "GET /healthz on the idle platform"})
+    single_seconds: float = field(default=5, metadata={"help": "the POST load at 1 connection"})
+    seconds: float = field(
+        default=10, metadata={"help": "the POST load at --connections, with the GET probes beside it"}
+    )
     connections: int = 16
-    threads: int = 1
-    probe_connections: int = 2
-    probe_delay_ms: int = 20
-    residents: int = 200
-    warmup: int = 8
-    sample: int = 25
-    settle_timeout: float = 240
+    threads: int = field(default=1, metadata={"help": "wrk threads per load"})
+    probe_connections: int = field(default=2, metadata={"help": "per GET probe"})
+    probe_delay_ms: int = field(default=20, metadata={"help": "pause between a probe connection's requests"})
+    residents: int = field(default=200, metadata={"help": "registered before the load; the POSTs cycle through them"})
+    warmup: int = field(
+        default=8,
+        metadata={"help": "applications settled before the load: the reference and the status probe's targets"},
+    )
+    sample: int = field(default=25, metadata={"help": "applications checked against the reference once settled"})
+    settle_timeout: float = field(
+        default=240, metadata={"help": "give up waiting for the pipeline after this long from the first submit"}
+    )
     backends: tuple[str, ...] = ("sqlite", "postgresql")
     out: Path = ROOT / "var" / "bench"
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
-    d = Options()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add = parser.add_argument
-    add("--seconds", type=float, default=d.seconds, help="the POST load at --connections (default %(default)s)")
-    add("--single-seconds", type=float, default=d.single_seconds, help="the POST load at 1 connection")
-    add("--baseline-seconds", type=float, default=d.baseline_seconds, help="each hello-world load")
-    add("--idle-seconds", type=float, default=d.idle_seconds, help="GET /healthz on the idle platform")
-    add("--connections", type=int, default=d.connections)
-    add("--threads", type=int, default=d.threads, help="wrk threads per load")
-    add("--probe-connections", type=int, default=d.probe_connections, help="per GET probe under load")
-    add("--probe-delay-ms", type=int, default=d.probe_delay_ms, help="pause between a probe connection's requests")
-    add("--residents", type=int, default=d.residents)
-    add("--warmup", type=int, default=d.warmup, help="applications settled before the load (the GET targets)")
-    add("--sample", type=int, default=d.sample, help="applications checked for completeness after settling")
-    add("--settle-timeout", type=float, default=d.settle_timeout, help="give up waiting for the pipeline after this")
-    add("--backends", default=",".join(d.backends), help="comma-separated: sqlite, postgresql")
-    add("--out", type=Path, default=d.out)
-    a = parser.parse_args(argv)
-    backends = tuple(b.strip() for b in a.backends.split(",") if b.strip())
-    unknown = set(backends) - {"sqlite", "postgresql"}
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    for f in fields(Options):
+        default = f.default
+        kind = {"float": float, "int": int, "Path": Path}.get(str(f.type), str)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        what = f.metadata.get("help", "")
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=kind, default=shown, help=f"{what} (default: %(default)s)".lstrip()
+        )
+    args = vars(parser.parse_args(argv))
+    args["backends"] = tuple(b.strip() for b in str(args["backends"]).split(",") if b.strip())
+    unknown = set(args["backends"]) - {"sqlite", "postgresql"}
     if unknown:
         parser.error(f"unknown backend(s): {', '.join(sorted(unknown))}")
-    return Options(
-        baseline_seconds=a.baseline_seconds,
-        idle_seconds=a.idle_seconds,
-        single_seconds=a.single_seconds,
-        seconds=a.seconds,
-        connections=a.connections,
-        threads=a.threads,
-        probe_connections=a.probe_connections,
-        probe_delay_ms=a.probe_delay_ms,
-        residents=a.residents,
-        warmup=a.warmup,
-        sample=a.sample,
-        settle_timeout=a.settle_timeout,
-        backends=backends,
-        out=a.out,
-    )
+    return Options(**args)
 
 
 # ---------------------------------------------------------------------------------------------- the databases
@@ -542,8 +528,9 @@ class Run:
             r = await self.client.post(f"{self.intake}/v1/applications", headers=c.headers, json=body)
             r.raise_for_status()
             warm.append((uuid.UUID(r.json()["id"]), c))
-        if await self.pipeline.settle(since=time.monotonic(), deadline=time.monotonic() + 120) is None:
-            raise RuntimeError("the warm-up applications did not settle within 120 s")
+        limit = self.options.settle_timeout
+        if await self.pipeline.settle(since=time.monotonic(), deadline=time.monotonic() + limit) is None:
+            raise RuntimeError(f"the warm-up applications did not settle within {limit:g} s")
         self.pipeline.timeline.clear()
         self.pipeline.last_busy.clear()
         seen = await self.outcome_of(*warm[0])
