@@ -146,11 +146,52 @@ def floors(data: dict[str, Any]) -> list[Floor]:
 
 
 def write(data: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    """``api.json``, ``api.png`` and ``api.md`` (the figures as the README shows them) under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     json_path, png_path = directory / "api.json", directory / "api.png"
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False, default=_finite) + "\n")
     chart(data, png_path)
+    (directory / "api.md").write_text(markdown(data))
     return json_path, png_path
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The run's figures as Markdown tables, for the README."""
+    hello_post = data["baseline"][HELLO_POST]["rate"]
+    lines = [
+        "| endpoint | backend | connections | req/s | of hello POST | p50 | p99 | failed |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for endpoint, backend, r in rows(data):
+        latency = r["latency_ms"]
+        lines.append(
+            f"| `{endpoint}` | {backend} | {r['connections']} | {r['rate']:,.0f} | {r['rate'] / hello_post:.1%} | "
+            f"{_ms(latency['p50'])} | {_ms(latency['p99'])} | {sum(r['errors'].values()):,} |"
+        )
+    lines += [
+        "",
+        "| backend | applications | settled in | per second | sample complete | drained last | RSS peak per service "
+        "| longest loop stall |",
+        "|---|--:|--:|--:|--:|---|---|---|",
+    ]
+    for name, b in data["backends"].items():
+        e2e = b["end_to_end"]
+        services = {k: v for k, v in b["services"].items() if k != "nats-server"}
+        rss = ", ".join(f"{k} {v['rss_peak_mb']:,.0f} MB" for k, v in services.items())
+        stalls = ", ".join(
+            f"{k} {'n/a' if v.get('loop_stall') is None else _ms(v['loop_stall']['ms'])}" for k, v in services.items()
+        )
+        last = next(iter(e2e.get("last_busy_s") or {}), "-")
+        settled = f"{e2e['seconds']:,.1f} s" + ("" if e2e["settled"] else " (not settled)")
+        lines.append(
+            f"| {name} | {e2e['applications']:,} | {settled} | {e2e['per_second']:,.1f} | "
+            f"{e2e['sample']['complete']}/{e2e['sample']['checked']} | {last} | {rss} | {stalls} |"
+        )
+    lines += ["", "| floor | backend | measured | limit | |", "|---|---|--:|---|---|"]
+    for f in data["floors"]:
+        mark = {True: "pass", False: "**miss**", None: "n/a"}[f["passed"]]
+        lines.append(f"| {f['what']} | {f['backend']} | {f['value']} | {f['limit']} | {mark} |")
+    return "\n".join(lines) + "\n"
 
 
 def _finite(value: Any) -> Any:

@@ -200,6 +200,9 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
         ("sqlite", "GET /v1/queues/{office} p99 under load", True),
     }
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme_figures = (tmp_path / "bench" / "api.md").read_text()
+    assert "| `POST /v1/applications c16` | postgresql | 16 | 700 | 11.7% | 15.0 ms | 80.0 ms | 0 |" in readme_figures
+    assert "| GET /v1/queues/{office} p99 under load | postgresql | - | <= 50 ms | **miss** |" in readme_figures
     assert png_path.stat().st_size > 10_000
 
     report.show(written)
