@@ -72,8 +72,10 @@ def test_a_resident_exports_everything_then_has_it_erased_but_what_the_law_keeps
     api.ok("routing", "POST", f"/v1/cases/{case['case_id']}/claim", caseworker)
     api.ok("routing", "POST", f"/v1/cases/{case['case_id']}/decide", caseworker,
            json={"decision": "approved", "reason_code": "criteria_met", "note": "Dismissal letter seen."})  # fmt: skip
-    api.view_when(application, resident.auth,
-                  lambda v: programs(v)["emergency_welfare"]["case"]["status"] == "decided", what="decided")  # fmt: skip
+    api.view_when(
+        application, resident.auth, lambda v: programs(v)["emergency_welfare"]["case"]["status"] == "decided",
+        what="decided",
+    )  # fmt: skip
 
     # While the application is being handled, erasure is refused: it could end a benefit they are owed.
     refused = api.request("intake", "POST", f"/v1/residents/{resident.id}/erasure-requests", resident.auth,
@@ -172,22 +174,25 @@ def test_a_resident_exports_everything_then_has_it_erased_but_what_the_law_keeps
     stub = intake["resident"][0]
     assert (stub["name"], stub["birth_date"], stub["address"], stub["household"]) == (None, None, None, None)
     assert stub["erased_at"] is not None
-    assert intake["consents"] == [] and intake["consent_history"] == [] and intake["feedback"] == []
+    assert (intake["consents"], intake["consent_history"], intake["feedback"]) == ([], [], [])
     assert [a["id"] for a in intake["applications"]] == [application], "the decision file"
     assert intake["applications"][0]["withdrawal_reason"] is None
-    assert eligibility["registry"] == [] and eligibility["department_facts"] == []
+    assert (eligibility["registry"], eligibility["department_facts"]) == ([], [])
     assert [a["application_id"] for a in eligibility["applications"]] == [application]
     assert eligibility["applications"][0]["resident_context"] is None
     assert [(c["id"], c["status"]) for c in routing["cases"]] == [(case["case_id"], "decided")]
     assert routing["cases"][0]["vulnerability"] == []
-    assert routing["referrals"] == [] and routing["consents"] == []
+    assert (routing["referrals"], routing["consents"]) == ([], [])
     assert [n["kind"] for n in notify["notifications"]] == ["resident.erasure_completed"]
-    assert notify["partner_consents"] == [] and notify["partner_deliveries"] == []
-    assert notify["preferences"] == [] and notify["resident"] == []
+    assert (notify["partner_consents"], notify["partner_deliveries"]) == ([], [])
+    assert (notify["preferences"], notify["resident"]) == ([], [])
     for service, part in after.items():
         assert part["erasure"] is not None, service
         for kept in part["erasure"]["kept"]:
-            assert kept["reason"]["ko"] and kept["reason"]["en"] and kept["legal_basis"] and kept["destroy_on"]
+            assert kept["reason"]["ko"]
+            assert kept["reason"]["en"]
+            assert kept["legal_basis"]
+            assert kept["destroy_on"]
 
     # A partner receives nothing more: another consenting resident's events reach the NGO (a barrier: notify takes
     # events in stream order), and none about the erased resident came since the erasure.
