@@ -304,8 +304,7 @@ async def purge(db: Database, clock: Clock, now: dt.datetime) -> dict[str, int]:
             for notice in notices:
                 await _delete(session, Delivery, Delivery.notification_id == notice.id)
                 await _delete(session, NotificationItem, NotificationItem.notification_id == notice.id)
-                await session.delete(notice)
-                counts["erasure_notices"] += 1
+                counts["erasure_notices"] += await _delete(session, Notification, Notification.id == notice.id)
             counts["access_log"] += await audit_log.purge_of_residents(
                 session, [rid], before=_years_before(now, log_rule.years)
             )
