@@ -153,9 +153,14 @@ ITEMS: dict[str, list[dict[str, object]]] = {
         {
             "completed_at": "2026-03-04T10:00:00+00:00",
             "kept": [
-                {"service": "routing", "record_type": "decided_cases", "count": 1, "destroy_on": "2032-01-01",
-                 "reason": {"ko": "행정 결정의 기록", "en": "The record of an administrative decision"},
-                 "legal_basis": "공공기록물 관리에 관한 법률 시행령 제26조"},
+                {
+                    "service": "routing",
+                    "record_type": "decided_cases",
+                    "count": 1,
+                    "destroy_on": "2032-01-01",
+                    "reason": {"ko": "행정 결정의 기록", "en": "The record of an administrative decision"},
+                    "legal_basis": "공공기록물 관리에 관한 법률 시행령 제26조",
+                },
             ],
         }
     ],

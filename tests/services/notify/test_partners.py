@@ -17,7 +17,7 @@ import nats
 import orjson
 from sqlalchemy import func, select
 
-from services.notify.models import Subscription, WebhookDelivery
+from services.notify.models import ResidentState, Subscription, WebhookDelivery
 from shared.auth import TokenIssuer
 from shared.events import Decision, Language, Localized, Outcome, ReferralCreated, ServiceType
 from tests.services.notify import support as f
