@@ -423,6 +423,13 @@ async def test_erasure_erases_intake_s_part_at_once_keeps_what_the_law_keeps_and
         )
         assert again.status_code == 409
         assert again.json()["erasure_id"] == view["id"]
+        staff = intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-park")
+        for who in (headers, staff):
+            filed = await intake.client.post("/v1/applications", headers=who, json=birth_application(resident_id))
+            assert filed.status_code == 422, "no one files for an erased resident"
+            assert "resident_id" in problem_fields(filed)
+        patched = await intake.client.patch(f"/v1/residents/{resident_id}", headers=headers, json={"name": "김"})
+        assert patched.status_code == 404
 
         # Eligibility answers (published here as its outbox would); the request is completed and the resident told.
         answer = ResidentErased(
