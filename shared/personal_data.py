@@ -84,13 +84,25 @@ class RetentionRule(BaseModel):
         return _add_years(start, self.years) + dt.timedelta(days=self.days)
 
     def kept(self, count: int, start: dt.date) -> KeptRecords:
+        """``count`` records of this type whose period starts on ``start``: kept, why, and until when."""
+        return self._kept(count, self.destroy_on(start))
+
+    def kept_each(self, starts: Iterable[dt.date]) -> list[KeptRecords]:
+        """Records of this type whose periods start on these days: one line per day they are destroyed."""
+        by_day: dict[dt.date, int] = {}
+        for start in starts:
+            day = self.destroy_on(start)
+            by_day[day] = by_day.get(day, 0) + 1
+        return [self._kept(count, day) for day, count in sorted(by_day.items())]
+
+    def _kept(self, count: int, destroy_on: dt.date) -> KeptRecords:
         assert self.reason is not None  # a kept type has one (checked on load)
         return KeptRecords(
             record_type=self.record_type,
             count=count,
             reason=self.reason,
             legal_basis=self.legal_basis,
-            destroy_on=self.destroy_on(start),
+            destroy_on=destroy_on,
         )
 
 

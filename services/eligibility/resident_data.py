@@ -196,14 +196,7 @@ async def on_erasure_requested(
 
 
 def _kept(files: list[DecisionFile], access_entries: int, today: dt.date) -> list[KeptRecords]:
-    kept = []
-    rule = SCHEDULE.rule("decision_files")
-    by_day: dict[dt.date, int] = {}
-    for f in files:
-        day = rule.destroy_on(f.decided_on)
-        by_day[day] = by_day.get(day, 0) + 1
-    for day, count in sorted(by_day.items()):
-        kept.append(rule.kept(count, today).model_copy(update={"destroy_on": day}))
+    kept = SCHEDULE.rule("decision_files").kept_each(f.decided_on for f in files)
     if access_entries:
         kept.append(SCHEDULE.rule("access_log").kept(access_entries, today))
     kept.append(SCHEDULE.rule("erasure_record").kept(1, today))

@@ -297,23 +297,16 @@ async def kept_by_intake(
     rid = erasure.resident_id
     session = repo.session
     kept: list[KeptRecords] = []
-    contact_until = erasure.contact_kept_until.date()
+    # Until the notice is sent: a few days after completion, at most erasure_contact_max_days after the request.
     notice = SCHEDULE.rule("contact_for_notice")
-    kept.append(notice.kept(1, contact_until - dt.timedelta(days=notice.days)))
+    kept.append(notice.kept(1, erasure.contact_kept_until.date() - dt.timedelta(days=notice.days)))
     representations = await _count(session, Representation, Representation.resident_id == rid)
     if representations:
         kept.append(SCHEDULE.rule("representations").kept(representations, erasure.requested_on))
     authorities = await _count(session, CounterAuthority, CounterAuthority.resident_id == rid)
     if authorities:
         kept.append(SCHEDULE.rule("counter_authorities").kept(authorities, erasure.requested_on))
-    files_rule = SCHEDULE.rule("decision_files")
-    by_day: dict[dt.date, int] = {}
-    for f in files:
-        day = files_rule.destroy_on(f.decided_on)
-        by_day[day] = by_day.get(day, 0) + 1
-    for day, count in sorted(by_day.items()):
-        record = files_rule.kept(count, today)
-        kept.append(record.model_copy(update={"destroy_on": day}))
+    kept += SCHEDULE.rule("decision_files").kept_each(f.decided_on for f in files)
     log_rule = SCHEDULE.rule("access_log")
     table = audit_log.table
     entries = await _count(session, table, table.c.resident_id == rid)

@@ -225,15 +225,8 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
 
 
 def _kept(cases: list[Case], access_entries: int, today: dt.date) -> list[KeptRecords]:
-    kept = []
-    rule = SCHEDULE.rule("decided_cases")
-    by_day: dict[dt.date, int] = {}
-    for case in cases:
-        assert case.decided_on is not None  # only decided cases are kept
-        day = rule.destroy_on(case.decided_on)
-        by_day[day] = by_day.get(day, 0) + 1
-    for day, count in sorted(by_day.items()):
-        kept.append(rule.kept(count, today).model_copy(update={"destroy_on": day}))
+    # Only decided cases are kept: each has its day.
+    kept = SCHEDULE.rule("decided_cases").kept_each(c.decided_on for c in cases if c.decided_on is not None)
     if access_entries:
         kept.append(SCHEDULE.rule("access_log").kept(access_entries, today))
     kept.append(SCHEDULE.rule("erasure_record").kept(1, today))

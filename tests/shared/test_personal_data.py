@@ -107,6 +107,12 @@ def test_a_public_record_s_period_starts_on_the_first_of_january_after_it_was_ma
     assert (kept.count, kept.destroy_on, kept.record_type) == (3, dt.date(2032, 1, 1), "decision_files")
 
 
+def test_records_kept_from_several_days_are_told_one_line_per_day_they_are_destroyed() -> None:
+    kept = _rule().kept_each([dt.date(2026, 3, 10), dt.date(2027, 2, 1), dt.date(2026, 11, 30)])
+    assert [(k.count, k.destroy_on) for k in kept] == [(2, dt.date(2032, 1, 1)), (1, dt.date(2033, 1, 1))]
+    assert _rule().kept_each([]) == []
+
+
 def test_a_period_from_the_day_itself_in_years_and_days() -> None:
     assert _rule(from_next_year=False, years=2).destroy_on(dt.date(2026, 3, 10)) == dt.date(2028, 3, 10)
     assert _rule(from_next_year=False, years=2).destroy_on(dt.date(2028, 2, 29)) == dt.date(2030, 2, 28)
