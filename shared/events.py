@@ -270,11 +270,74 @@ class RepresentationChanged(EventData):
     representation_id: uuid.UUID
     resident_id: uuid.UUID
     representative_id: uuid.UUID
-    scopes: list[Literal["apply", "answer", "withdraw", "consent", "read_messages"]]
+    scopes: list[Literal["apply", "answer", "withdraw", "consent", "read_messages", "data_rights"]]
     expires_on: dt.date = Field(description="The last day the representative may act, in the city's time zone")
     revoked_at: dt.datetime | None = None
     version: int = Field(ge=1, description="Increases with every change of this representation; keep the highest.")
     changed_at: dt.datetime
+
+
+# ------------------------------------------------------------------------------------------------ erasure
+
+
+class DecisionFile(BaseModel):
+    """An application on which a department decided (a case approved or denied): the records each service holds of
+    it are kept, pseudonymous, for as long as the law keeps a decision's file, counted from the last decision."""
+
+    application_id: uuid.UUID
+    decided_on: dt.date = Field(description="The day of the application's last decision, in the city's time zone")
+
+
+class ResidentErasureRequested(EventData):
+    """A resident (or someone acting for them) asked that their data be erased (개인정보 보호법 제36조). Every
+    service erases what it may at once, keeps what the law makes it keep (the decision files named here, among
+    others), pseudonymous, until its period ends, and answers with ``resident.erased``. Nothing more about the
+    resident reaches a partner."""
+
+    event_type: ClassVar[str] = "resident.erasure_requested"
+    erasure_id: uuid.UUID
+    resident_id: uuid.UUID
+    decision_files: list[DecisionFile] = []
+    requested_at: dt.datetime
+
+
+class KeptRecords(BaseModel):
+    """Records a service keeps after an erasure, and why: how many, the law that makes it keep them, and the day
+    they are destroyed."""
+
+    record_type: str
+    count: int = Field(ge=0)
+    reason: Localized
+    legal_basis: str
+    destroy_on: dt.date
+
+
+class ResidentErased(EventData):
+    """One service's answer to ``resident.erasure_requested``: what it erased (a count per record type) and what it
+    keeps, with the reason and the day it will be destroyed."""
+
+    event_type: ClassVar[str] = "resident.erased"
+    erasure_id: uuid.UUID
+    resident_id: uuid.UUID
+    service: str
+    erased: dict[str, int]
+    kept: list[KeptRecords]
+    erased_at: dt.datetime
+
+
+class ServiceKeptRecords(KeptRecords):
+    service: str
+
+
+class ResidentErasureCompleted(EventData):
+    """Every service answered the erasure request: the resident is told what was erased and what is kept, until
+    when (개인정보 보호법 제36조 제2항·제6항 — 확인 필요)."""
+
+    event_type: ClassVar[str] = "resident.erasure_completed"
+    erasure_id: uuid.UUID
+    resident_id: uuid.UUID
+    kept: list[ServiceKeptRecords]
+    completed_at: dt.datetime
 
 
 # ============================================================================================ department facts
@@ -729,6 +792,9 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(ResidentUpdated, "intake"),
         _spec(ConsentChanged, "intake"),
         _spec(RepresentationChanged, "intake"),
+        _spec(ResidentErasureRequested, "intake"),
+        _spec(ResidentErased, "eligibility, routing, notify"),
+        _spec(ResidentErasureCompleted, "intake"),
         _spec(FactsReported, "department sources"),
         _spec(EligibilityDetermined, "eligibility", EligibilityDeterminedPartnerView),
         _spec(EligibilityOpportunity, "eligibility"),

@@ -26,6 +26,7 @@ from services.eligibility.models import (
     MedianIncomeRow,
     OpportunityRow,
     ProgramRow,
+    ResidentErasureRow,
     ResidentRow,
     RuleVersionRow,
     ScreeningRow,
@@ -152,6 +153,10 @@ class Repository:
             row = ResidentRow(resident_id=resident_id, proactive_screening=False)
             self.session.add(row)
         return row
+
+    async def erased(self, resident_id: uuid.UUID) -> bool:
+        """Whether the resident's data was erased here (``resident.erasure_requested``)."""
+        return await self.session.get(ResidentErasureRow, resident_id) is not None
 
     async def department_facts(self, resident_id: uuid.UUID) -> list[DepartmentFactRow]:
         query = select(DepartmentFactRow).where(DepartmentFactRow.resident_id == resident_id)

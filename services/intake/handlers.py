@@ -1,6 +1,6 @@
 """What intake consumes: every downstream event that changes what a resident sees of their application (cases,
-referrals to partners, notifications). Each runs in
-the consumer's transaction, beside the inbox row that makes it effectively-once."""
+referrals to partners, notifications), and, apart, each service's answer to a resident's erasure request. Each runs
+in the consumer's transaction, beside the inbox row that makes it effectively-once."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.intake import erasure
 from services.intake.context import IntakeContext
 from services.intake.repository import Repository
 from services.intake.status import apply_case_event, apply_determination, apply_notification, apply_referral_event
@@ -32,6 +33,7 @@ from shared.events import (
     ReferralCompleted,
     ReferralCreated,
     ReferralDeclined,
+    ResidentErased,
 )
 
 E = TypeVar("E", bound=EventData)
@@ -59,6 +61,9 @@ def _with_repository(apply: Callable[[Repository, CloudEvent, E], Awaitable[None
 
 
 def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
+    async def erased(session: AsyncSession, event: CloudEvent, data: ResidentErased) -> None:
+        await erasure.on_erased(Repository(session), ctx, event, data)
+
     return [
         Subscription(
             name="status-view",
@@ -69,5 +74,7 @@ def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
                 on(NotificationSent, _with_repository(apply_notification)),
                 on(NotificationFailed, _with_repository(apply_notification)),
             ],
-        )
+        ),
+        # Apart: an erasure's answers never wait behind the status view's traffic.
+        Subscription(name="erasures", handlers=[on(ResidentErased, erased)]),
     ]

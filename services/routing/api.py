@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.routing import casework, offerings, queues, reasons, referrals, statistics
+from services.routing import casework, offerings, queues, reasons, referrals, resident_data, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
 from services.routing.repository import QueueFilter, Repository, RepositoryDep
@@ -48,8 +48,9 @@ from services.routing.schemas import (
     TransferIn,
 )
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotentDep
+from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import Department, ServiceType
+from shared.personal_data import ResidentDataPart
 from shared.problems import problem_responses
 
 STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
@@ -523,3 +524,23 @@ def _csv(dataset: Dataset) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="onestop-{dataset.dataset}.csv"'},
     )
+
+
+# ================================================================================================ a resident's data
+
+residents_router = APIRouter(prefix="/v1/residents", tags=["rights"])
+
+
+@residents_router.get(
+    "/{resident_id}/data",
+    summary="Everything routing holds about a resident: their part of the resident's export (the resident, or intake "
+    "gathering it)",
+    responses=problem_responses(404),
+)
+async def resident_data_part(
+    resident_id: uuid.UUID,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
+) -> ResidentDataPart:
+    return await resident_data.part(repo, principal, resident_id, export_id)

@@ -4,18 +4,21 @@ from intake about residents: their consents (a referral to a partner needs one) 
 
 The case events share one durable consumer so that they are applied in the order the stream holds them; each
 handler copes with redelivery (the inbox) and with reordering (evaluation rounds, the withdrawal mark). Consents and
-feedback have consumers of their own: neither waits behind a backlog of cases, nor holds one up."""
+feedback have consumers of their own: neither waits behind a backlog of cases, nor holds one up. A resident's erasure
+is applied in order with the case events; after it, nothing about the resident is stored again."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing import cases, consents, feedback
+from services.routing import cases, consents, feedback, resident_data
 from services.routing.context import RoutingContext
 from services.routing.repository import Repository
-from shared.consumer import Subscription, on
+from shared.consumer import Apply, Subscription, on
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -23,8 +26,25 @@ from shared.events import (
     CloudEvent,
     ConsentChanged,
     EligibilityDetermined,
+    EventData,
     FeedbackGiven,
+    ResidentErasureRequested,
 )
+
+E = TypeVar("E", bound=EventData)
+log = logging.getLogger(__name__)
+
+
+def _unless_erased(apply: Apply[E]) -> Apply[E]:
+    """Nothing about a resident whose data was erased here is stored again (an event that arrives late)."""
+
+    async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
+        if await resident_data.erased(Repository(session), getattr(data, "resident_id")):  # noqa: B009
+            log.info("an event about an erased resident is not stored", extra={"event_type": event.event_type})
+            return
+        await apply(session, event, data)
+
+    return handler
 
 
 def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
@@ -46,16 +66,21 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def feedback_given(session: AsyncSession, event: CloudEvent, data: FeedbackGiven) -> None:
         await feedback.record(Repository(session), ctx, data)
 
+    async def erasure_requested(session: AsyncSession, event: CloudEvent, data: ResidentErasureRequested) -> None:
+        await resident_data.on_erasure_requested(Repository(session), ctx.outbox, ctx.clock, data)
+
     return [
         Subscription(
             name="cases",
             handlers=[
-                on(EligibilityDetermined, determined),
-                on(ApplicationSubmitted, submitted),
-                on(ApplicationWithdrawn, withdrawn),
-                on(ApplicationInfoProvided, info_provided),
+                on(EligibilityDetermined, _unless_erased(determined)),
+                on(ApplicationSubmitted, _unless_erased(submitted)),
+                on(ApplicationWithdrawn, _unless_erased(withdrawn)),
+                on(ApplicationInfoProvided, _unless_erased(info_provided)),
+                # In order with the case events: what came before the request is applied first.
+                on(ResidentErasureRequested, erasure_requested),
             ],
         ),
-        Subscription(name="consents", handlers=[on(ConsentChanged, consent_changed)]),
-        Subscription(name="feedback", handlers=[on(FeedbackGiven, feedback_given)]),
+        Subscription(name="consents", handlers=[on(ConsentChanged, _unless_erased(consent_changed))]),
+        Subscription(name="feedback", handlers=[on(FeedbackGiven, _unless_erased(feedback_given))]),
     ]

@@ -1,6 +1,6 @@
 """The routing service's tables: offices, the applications it has heard of, cases with their history, SLA breaches,
 partners' offerings and the referrals to them, what routing learnt from intake's events (residents' consents, their
-feedback) and the audit log of staff reads."""
+feedback), the residents who asked for erasure, and the audit log of staff reads."""
 
 from __future__ import annotations
 
@@ -304,3 +304,20 @@ class Referral(Base):
     @property
     def holds_place(self) -> bool:
         return self.status in ReferralStatus.HOLDING
+
+
+# ---------------------------------------------------------------------------------------------- erasure
+
+
+class ResidentErasure(Base):
+    """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
+    (retention.yaml). While it stays, an event about the resident arriving late is not stored again."""
+
+    __tablename__ = "resident_erasures"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erasure_id: Mapped[uuid.UUID]
+    requested_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime]
+    erased: Mapped[dict[str, Any]]
+    kept: Mapped[list[Any]]

@@ -22,6 +22,8 @@ HONOURING: dict[str, dict[str, str]] = {
         "/v1/applications/{application_id}/feedback": "201",
         "/v1/residents/{resident_id}/representations": "201",
         "/v1/residents/{resident_id}/authorities": "201",
+        "/v1/residents/{resident_id}/data-exports": "202",
+        "/v1/residents/{resident_id}/erasure-requests": "201",
     },
     "eligibility": {"/v1/facts": "201", "/v1/screenings": "201"},
     "routing": {
@@ -62,7 +64,7 @@ def test_exactly_the_posts_that_honour_idempotency_key_declare_it_and_the_replay
         assert key is not None, path
         assert key["required"] is False, f"{path}: the key is optional"
         assert {"type": "string", "maxLength": 255} in key["schema"]["anyOf"], path
-        assert set(post["responses"]) & {"200", "201"} == {success}, f"{path} answers {success} on success"
+        assert set(post["responses"]) & {"200", "201", "202"} == {success}, f"{path} answers {success} on success"
         replayed = post["responses"][success]["headers"]["Idempotent-Replayed"]
         assert replayed["schema"] == {"type": "string", "enum": ["true"]}, path
 

@@ -148,6 +148,10 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
             expect(403, partner=200, other_partner=404),
         ),
         ("GET", "/v1/capacity?office=JONGNO-CSC", None, expect(403, supervisor=200, admin=200)),
+        # A resident's whole part of their export: theirs (and intake's, gathering it: tests/services/routing/
+        # test_rights.py); nobody else finds the resident.
+        ("GET", f"/v1/residents/{resident_id}/data", None, expect(404, resident=200)),
+        ("GET", f"/v1/residents/{uuid.uuid4()}/data", None, expect(404)),
     ]
     failures = []
     for method, path, body, expected in matrix:
