@@ -98,7 +98,10 @@ async def measure(size: int, changed: float, batch: int) -> None:
             async with db.session() as session:
                 await session.execute(
                     insert(ScreeningQueueRow),
-                    [{"resident_id": r["resident_id"], "reasons": ["facts_reported"], "queued_at": now} for r in chosen],
+                    [
+                        {"resident_id": r["resident_id"], "reasons": ["facts_reported"], "queued_at": now}
+                        for r in chosen
+                    ],
                 )
             await run(f"{changed:.0%} changed")
             service.store.clock.fixed_today = DAY + dt.timedelta(days=1)

@@ -14,7 +14,7 @@ from types import FrameType
 
 import httpx
 
-from onestop.registry import BY_NAME, ROOT, SERVICES
+from onestop.registry import BY_NAME, PORTAL, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, PlatformError
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import revision, upgrade
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onestop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="start NATS and the four services (what `make run` does)")
+    run = commands.add_parser("run", help="start NATS, the four services and the portal (what `make run` does)")
     run.add_argument("--var", type=Path, default=Path("var"), help="where data, keys and logs live (default: var)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--no-seed", action="store_true", help="do not load the seed data")
@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
-    print("Starting OneStop: NATS, migrations, seed data, four services...", flush=True)
+    print("Starting OneStop: NATS, migrations, seed data, four services, the portal...", flush=True)
     try:
         platform.start()
     except PlatformError as exc:
@@ -138,6 +138,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _banner(platform: Platform, seconds: float) -> str:
     lines = [f"\nOneStop is running (ready in {seconds:.1f}s).\n"]
+    if platform.runs_portal:
+        portal = platform.url(PORTAL.name)
+        lines += [
+            f"  Portal: {portal}  (open it in a browser)",
+            "  Sign in: click 'Sign in' and choose a person on the embedded OpenID Connect provider's page",
+            f"  ({portal}/idp): a resident per life event, a caseworker per office, a supervisor, an administrator.",
+            "",
+        ]
     for entry in SERVICES:
         url = platform.url(entry.name)
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")

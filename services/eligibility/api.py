@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
-from services.eligibility import catalogue_views, determinations, reports, screener, screening_runs
+from services.eligibility import catalogue_views, determinations, reports, resident_data, screener, screening_runs
 from services.eligibility.catalogue_admin import put_program_version
 from services.eligibility.context import ContextDep
 from services.eligibility.determinations import Eligibility
@@ -33,6 +33,7 @@ from services.eligibility.specs import CODE_PATTERN, LifeEvent, ProgramVersionPu
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import Department
+from shared.personal_data import ResidentDataPart
 from shared.problems import Forbidden, problem_responses
 
 router = APIRouter(prefix="/v1", tags=["eligibility"])
@@ -232,3 +233,22 @@ async def application_determinations(
     round_: Annotated[int | None, Query(alias="round", ge=1, le=100_000)] = None,
 ) -> ApplicationDeterminations:
     return await determinations.application_determinations(repo, principal, application_id, round_)
+
+
+# ---------------------------------------------------------------------------------------------- a resident's data
+
+
+@router.get(
+    "/residents/{resident_id}/data",
+    summary="Everything eligibility holds about a resident: their part of the resident's export (the resident, or "
+    "intake gathering it)",
+    responses=problem_responses(404),
+    tags=["rights"],
+)
+async def resident_data_part(
+    resident_id: uuid.UUID,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
+) -> ResidentDataPart:
+    return await resident_data.part(repo, principal, resident_id, export_id)

@@ -228,6 +228,9 @@ class Eligibility:
         catalogue = await self.store.get(repo)
         if await repo.report_seen(report_id):
             return ReportResult(report_id, 0)
+        if await repo.erased(resident_id):
+            # The resident's data was erased here: a department's report about them is not stored again.
+            return ReportResult(report_id, 0)
         problems = check_report(catalogue, department, facts, now)
         if problems and strict:
             return ReportResult(report_id, 0, problems)

@@ -331,3 +331,23 @@ class ResidentAnswerRow(Base):
     value: Mapped[Any] = mapped_column(JSON)
     answered_at: Mapped[dt.datetime]
     question_id: Mapped[uuid.UUID | None]
+
+
+# ---------------------------------------------------------------------------------------------- erasure
+
+
+class ResidentErasureRow(Base):
+    """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
+    (retention.yaml). While it stays, an event or a department's report about the resident arriving late is not
+    stored again."""
+
+    __tablename__ = "resident_erasures"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erasure_id: Mapped[uuid.UUID]
+    requested_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime]
+    # [{"application_id", "decided_on"}] from the request: the decision files kept.
+    decision_files: Mapped[list[Any]]
+    erased: Mapped[dict[str, Any]]
+    kept: Mapped[list[Any]]

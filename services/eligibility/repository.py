@@ -29,6 +29,7 @@ from services.eligibility.models import (
     OpportunityRow,
     ProgramRow,
     ResidentAnswerRow,
+    ResidentErasureRow,
     ResidentRow,
     RuleVersionRow,
     ScreeningQuestionRow,
@@ -159,6 +160,16 @@ class Repository:
             row = ResidentRow(resident_id=resident_id, proactive_screening=False)
             self.session.add(row)
         return row
+
+    async def erased(self, resident_id: uuid.UUID) -> bool:
+        """Whether the resident's data was erased here (``resident.erasure_requested``)."""
+        return await self.session.get(ResidentErasureRow, resident_id) is not None
+
+    async def erased_among(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        if not resident_ids:
+            return set()
+        query = select(ResidentErasureRow.resident_id).where(ResidentErasureRow.resident_id.in_(resident_ids))
+        return set((await self.session.scalars(query)).all())
 
     async def department_facts(self, resident_id: uuid.UUID) -> list[DepartmentFactRow]:
         query = select(DepartmentFactRow).where(DepartmentFactRow.resident_id == resident_id)

@@ -176,6 +176,9 @@ async def screen_page(
 ) -> PageCounts:
     """Judge a page of consenting residents and write what it finds, with its events, in the caller's transaction."""
     counts = PageCounts(screened=len(residents))
+    # A resident erased since the page was read is neither found nor asked anything (resident_data.py).
+    erased = await repo.erased_among([r.resident_id for r in residents])
+    residents = [r for r in residents if r.resident_id not in erased]
     if not residents:
         return counts
     ids = [r.resident_id for r in residents]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.intake import access, applications, counter, opportunities, representatives, residents
+from services.intake import access, applications, counter, erasure, exports, opportunities, representatives, residents
 from services.intake.access import FILING_ROLES
 from services.intake.catalogue import Catalogue, CatalogueSnapshot, CatalogueUnavailable, available, fetch
 from services.intake.context import ContextDep
@@ -24,6 +24,10 @@ from services.intake.schemas import (
     ContactView,
     CounterAuthorityCreate,
     CounterAuthorityView,
+    DataExportRequest,
+    DataExportView,
+    ErasureCreate,
+    ErasureView,
     FeedbackCreate,
     FeedbackView,
     InfoProvide,
@@ -77,6 +81,11 @@ RepresentationId = Annotated[uuid.UUID, Path(description="The representation's i
 OpportunityId = Annotated[uuid.UUID, Path(description="The offer's id")]
 QuestionId = Annotated[uuid.UUID, Path(description="The screening question's id")]
 AuthorityId = Annotated[uuid.UUID, Path(description="The counter authority's id")]
+ExportId = Annotated[uuid.UUID, Path(description="The export's id")]
+ErasureId = Annotated[uuid.UUID, Path(description="The erasure request's id")]
+ACCEPTED_AT_LOCATION: dict[int | str, dict[str, Any]] = {
+    202: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}}
+}
 
 
 # ================================================================================================ residents
@@ -395,6 +404,86 @@ async def answer_question(
         ),
         status_code=200,
     )
+
+
+@residents_router.post(
+    "/{resident_id}/data-exports",
+    operation_id="requestDataExport",
+    status_code=202,
+    response_model=DataExportView,
+    responses={**ACCEPTED_AT_LOCATION, **problem_responses(403, 404)},
+    summary="Ask for everything held about the resident, in every service, as one JSON document (개인정보 보호법 "
+    "제35조, 제35조의2): gathered in the background; fetch it from the Location",
+    tags=["rights"],
+)
+async def request_data_export(
+    resident_id: ResidentId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+    body: Annotated[DataExportRequest | None, Body()] = None,
+) -> JSONResponse:
+    """The resident, a representative they named in the ``data_rights`` scope, or counter staff under the resident's
+    authority. Each request and each fetch of the document is in the resident's access log."""
+    request = body or DataExportRequest()
+    return await idempotent.create(
+        request,
+        lambda: exports.request(repo, ctx.settings, principal, resident_id, ctx.clock.today()),
+        status_code=202,
+        location=lambda view: f"/v1/residents/{resident_id}/data-exports/{view['id']}",
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/data-exports/{export_id}",
+    operation_id="readDataExport",
+    responses=problem_responses(403, 404),
+    summary="An export's progress per service, and the document once ready (kept a few days, then destroyed)",
+    tags=["rights"],
+)
+async def read_data_export(
+    resident_id: ResidentId, export_id: ExportId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> DataExportView:
+    return await exports.read(repo, principal, resident_id, export_id, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/erasure-requests",
+    operation_id="requestErasure",
+    status_code=201,
+    response_model=ErasureView,
+    responses={**CREATED_AT_LOCATION, **problem_responses(403, 404, 409)},
+    summary="Ask that the resident's data be erased in every service (개인정보 보호법 제36조): what the law keeps is "
+    "kept, pseudonymous, until a stated day; refused while an application is still being handled",
+    tags=["rights"],
+)
+async def request_erasure(
+    resident_id: ResidentId,
+    body: ErasureCreate,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: erasure.request(repo, ctx, principal, resident_id, body),
+        location=lambda view: f"/v1/residents/{resident_id}/erasure-requests/{view['id']}",
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/erasure-requests/{erasure_id}",
+    operation_id="readErasureRequest",
+    responses=problem_responses(403, 404),
+    summary="An erasure request per service: what each erased, and what it keeps, why and until when",
+    tags=["rights"],
+)
+async def read_erasure_request(
+    resident_id: ResidentId, erasure_id: ErasureId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> ErasureView:
+    return await erasure.read(repo, ctx, principal, resident_id, erasure_id)
 
 
 representations_router = APIRouter(prefix="/v1/representations", tags=["residents"])

@@ -232,6 +232,8 @@ async def submit(
         authority = representative_authority(representation)
     if principal.is_staff or principal.resident_id == body.resident_id or authority is not None:
         resident = await repo.resident(body.resident_id)
+    if resident is not None and resident.erased_at is not None:
+        resident = None  # their data was erased: no one files for them any more (erasure.py)
     if resident is None:
         errors.append(_error("resident_id", "is not a registered resident", "unknown_resident"))
     if body.life_event not in catalogue.life_event_codes:

@@ -1,5 +1,6 @@
-"""Intake's service context: its settings, its outbox, its clock and eligibility's catalogue (cached over HTTP).
-Made once per running service (``main.definition``) and handed to routes through :data:`ContextDep`."""
+"""Intake's service context: its settings, its outbox, its clock, eligibility's catalogue (cached over HTTP), the
+worker gathering residents' exports from the services and the offer expiry timer. Made once per running service
+(``main.definition``) and handed to routes through :data:`ContextDep` and to the event handlers when they are made."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated, Protocol
 from fastapi import Depends
 
 from services.intake.catalogue import Catalogue
+from services.intake.exports import ExportWorker
 from services.intake.settings import IntakeSettings
 from shared.clock import Clock
 from shared.deps import context_dependency
@@ -27,6 +29,7 @@ class IntakeContext:
     outbox: Outbox
     clock: Clock
     catalogue: Catalogue
+    exports: ExportWorker
     # The offer expiry timer running for the service's lifetime (set when it starts).
     expiry: Sweeps | None = None
 

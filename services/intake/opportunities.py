@@ -59,11 +59,11 @@ from shared.auth import Principal
 from shared.events import (
     ActedAs,
     Channel,
-    DeclineReason,
     Department,
     EligibilityOpportunity,
     Language,
     Localized,
+    OfferDeclineReason,
     OpportunityDeclined,
     OpportunityExpired,
     OpportunityOffered,
@@ -118,7 +118,8 @@ async def _resident(
         representation = await representation_for(repo, principal, resident_id, today)
         if representation is not None and any(s.value in representation.scopes for s in scopes):
             resident = await repo.resident(resident_id)
-    if resident is None:
+    if resident is None or resident.erased_at is not None:
+        # An erased resident's stub answers as no resident: nothing is offered or asked of them (erasure.py).
         raise NotFound(f"No resident {resident_id}.")
     return resident
 
@@ -197,7 +198,7 @@ def resident_context(resident: Resident, settings: IntakeSettings, today: dt.dat
 
 async def _consenting(repo: Repository, resident_id: uuid.UUID) -> Resident | None:
     resident = await repo.resident(resident_id)
-    if resident is None:
+    if resident is None or resident.erased_at is not None:
         return None
     consents = {c.purpose: c.granted for c in await repo.consents(resident_id)}
     return resident if consents.get(PROACTIVE, False) else None
@@ -209,7 +210,7 @@ async def on_found(
     """Put the offer before the resident, once per program, if they consent to proactive screening now."""
     resident = await _consenting(repo, data.resident_id)
     if resident is None:
-        log.info("no offer made: no current proactive-screening consent", extra={"program": data.program_code})
+        log.info("no offer made: no proactive-screening consent now (or erased)", extra={"program": data.program_code})
         return
     if await repo.opportunity_for(resident.id, data.program_code) is not None:
         return
@@ -253,7 +254,7 @@ async def on_question(repo: Repository, data: ScreeningQuestionAsked) -> None:
     """Keep the question for the resident, if they consent to proactive screening now."""
     resident = await _consenting(repo, data.resident_id)
     if resident is None:
-        log.info("no question asked: no current proactive-screening consent", extra={"program": data.program_code})
+        log.info("no question asked: no proactive-screening consent now", extra={"program": data.program_code})
         return
     if await repo.screening_question(data.question_id) is not None:
         return
@@ -292,7 +293,7 @@ def offer_view(offer: Opportunity) -> OpportunityView:
         expires_on=offer.expires_on,
         responded_at=offer.responded_at,
         acted_as=ActedAs(offer.acted_as) if offer.acted_as else None,
-        decline_reason=DeclineReason(offer.decline_reason) if offer.decline_reason else None,
+        decline_reason=OfferDeclineReason(offer.decline_reason) if offer.decline_reason else None,
         expired_reason=offer.expired_reason,
         application_id=offer.application_id,
     )

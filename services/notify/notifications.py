@@ -52,6 +52,7 @@ from shared.events import (
     ProgramDetermination,
     RepresentationChanged,
     ResidentContext,
+    ResidentErasureCompleted,
     ResidentUpdated,
     ScreeningQuestionAsked,
 )
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 WORK_PENDING = "notify_work_pending"
 WITHDRAWN_KIND = "application.withdrawn"
+ERASURE_KIND = "resident.erasure_completed"
 PROACTIVE_CONSENT = "proactive_screening"
 # Kinds where events arriving close together are told together.
 BUNDLED_KINDS = frozenset(
@@ -225,6 +227,16 @@ class ResidentMessages:
             "question": data.fact.question.model_dump(),
         }
         await self._add(repo, event, data.resident_id, None, "screening.question_asked", item)
+
+    async def erasure_completed(self, session: AsyncSession, event: CloudEvent, data: ResidentErasureCompleted) -> None:
+        """Tell the resident the result of their erasure request (개인정보 보호법 제36조 제2항): what every service
+        keeps, why and until when. Their contact details are asked of intake, which keeps them for this."""
+        repo = Repository(session)
+        item = {
+            "completed_at": data.completed_at.isoformat(),
+            "kept": [k.model_dump(mode="json") for k in data.kept],
+        }
+        await self._add(repo, event, data.resident_id, None, ERASURE_KIND, item)
 
     # ------------------------------------------------------------------------------------------ case events
 

@@ -35,6 +35,7 @@ from services.routing.repository import Repository
 from shared.consumer import PermanentError
 from shared.events import (
     ApplicationInfoProvided,
+    ApplicationSubmitted,
     ApplicationWithdrawn,
     CaseClosed,
     CaseDecided,
@@ -482,6 +483,14 @@ async def _reevaluate(
         await decide_automatically(repo, ctx, case, program.amount, now)
         return
     await save(repo)
+
+
+async def submitted(repo: Repository, ctx: RoutingContext, data: ApplicationSubmitted) -> None:
+    """An application was made: routing notes the channel (open data counts take-up per channel). Its cases come
+    with the determinations."""
+    record = await _application(repo, data.application_id, data.resident_id, ctx.clock.now())
+    if record.channel is None:
+        record.channel = data.channel.value
 
 
 async def withdraw(repo: Repository, ctx: RoutingContext, data: ApplicationWithdrawn) -> None:

@@ -21,7 +21,12 @@ from services.routing.models import (
     CaseEntry,
     CaseStatus,
     Offer,
+    Offering,
     Office,
+    Referral,
+    ReferralStatus,
+    ResidentConsents,
+    ResidentFeedback,
     SlaBreach,
 )
 from shared.auth import Principal, Role
@@ -34,6 +39,17 @@ def case_scope(principal: Principal) -> ColumnElement[bool]:
         return true()
     if principal.role in (Role.CASEWORKER, Role.SUPERVISOR) and principal.offices:
         return Case.office_code.in_(sorted(principal.offices))
+    return false()
+
+
+def referral_scope(principal: Principal) -> ColumnElement[bool]:
+    """The referrals a principal may see: a partner its own, staff those of their offices' cases, admins all."""
+    if principal.role is Role.ADMIN:
+        return true()
+    if principal.role is Role.PARTNER and principal.partner_id:
+        return Referral.partner_id == principal.partner_id
+    if principal.role in (Role.CASEWORKER, Role.SUPERVISOR) and principal.offices:
+        return Referral.case_id.in_(select(Case.id).where(Case.office_code.in_(sorted(principal.offices))))
     return false()
 
 
@@ -298,6 +314,115 @@ class Repository:
         """Each program's case weight, as its cases carry it."""
         query = select(Case.program_code, func.max(Case.case_weight)).where(Case.kind == APPLICATION)
         return {row[0]: float(row[1]) for row in await self.session.execute(query.group_by(Case.program_code))}
+
+    async def referrals_for_open_data(self) -> Sequence[Any]:
+        query = select(Referral.referred_on, Referral.service_type, Referral.status)
+        return (await self.session.execute(query)).all()
+
+    async def cases_for_feedback_data(self) -> Sequence[Any]:
+        """Each application's case's office, program and decision, with how its application was made and rated (rows
+        with attribute access): the channel is the application's, or, when routing never heard it, the rating's."""
+        query = (
+            select(
+                Case.office_code,
+                Case.program_code,
+                Case.decision,
+                func.coalesce(ApplicationRecord.channel, ResidentFeedback.channel).label("channel"),
+                ResidentFeedback.score,
+            )
+            .outerjoin(ApplicationRecord, ApplicationRecord.application_id == Case.application_id)
+            .outerjoin(ResidentFeedback, ResidentFeedback.application_id == Case.application_id)
+            .where(Case.kind == APPLICATION)
+        )
+        return (await self.session.execute(query)).all()
+
+    # ------------------------------------------------------------------------------------------ what intake told
+
+    async def resident_consents(self, resident_id: uuid.UUID) -> ResidentConsents | None:
+        return await self.session.get(ResidentConsents, resident_id)
+
+    async def feedback(self, application_id: uuid.UUID) -> ResidentFeedback | None:
+        return await self.session.get(ResidentFeedback, application_id)
+
+    # ------------------------------------------------------------------------------------------ offerings
+
+    async def partner_offerings(self, partner_id: str) -> Sequence[Offering]:
+        query = select(Offering).where(Offering.partner_id == partner_id).order_by(Offering.code)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def partner_offering(self, partner_id: str, code: str, *, for_update: bool = False) -> Offering | None:
+        query = select(Offering).where(Offering.partner_id == partner_id, Offering.code == code)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def offering(self, offering_id: uuid.UUID) -> Offering | None:
+        """Freshly read: ``places_taken`` changes by conditional UPDATEs the session does not track."""
+        query = select(Offering).where(Offering.id == offering_id).execution_options(populate_existing=True)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def offerings_with_room(self, service_type: str | None) -> Sequence[Offering]:
+        """Offerings with a free place (of one service type); the caller filters by district and language, which
+        are JSON lists."""
+        query = select(Offering).where(Offering.places_taken < Offering.capacity)
+        if service_type is not None:
+            query = query.where(Offering.service_type == service_type)
+        return (await self.session.execute(query.order_by(Offering.partner_id, Offering.code))).scalars().all()
+
+    async def take_place(self, offering_id: uuid.UUID, now: dt.datetime) -> bool:
+        """Hold one place in one conditional UPDATE; False when the offering is full (two referrals racing for the
+        last place: exactly one gets it)."""
+        result = await self.session.execute(
+            update(Offering)
+            .where(Offering.id == offering_id, Offering.places_taken < Offering.capacity)
+            .values(places_taken=Offering.places_taken + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def give_back_place(self, offering_id: uuid.UUID, now: dt.datetime) -> None:
+        await self.session.execute(
+            update(Offering)
+            .where(Offering.id == offering_id, Offering.places_taken > 0)
+            .values(places_taken=Offering.places_taken - 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    # ------------------------------------------------------------------------------------------ referrals
+
+    async def visible_referral(self, principal: Principal, referral_id: uuid.UUID) -> Referral | None:
+        query = (
+            select(Referral)
+            .where(Referral.id == referral_id, referral_scope(principal))
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def referrals(self, principal: Principal, status: str | None, limit: int) -> Sequence[Referral]:
+        """The caller's referrals (a partner's own), newest first."""
+        query = select(Referral).where(referral_scope(principal))
+        if status is not None:
+            query = query.where(Referral.status == status)
+        query = query.order_by(Referral.created_at.desc(), Referral.id).limit(limit)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def referrals_of_case(self, case_id: uuid.UUID) -> Sequence[Referral]:
+        query = select(Referral).where(Referral.case_id == case_id).order_by(Referral.created_at, Referral.id)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def case_of_referral(self, referral: Referral) -> Case:
+        """Unscoped: a partner's answer is written into the history of a case the partner itself cannot see."""
+        case = await self.session.get(Case, referral.case_id)
+        assert case is not None, "a referral's case is never deleted"
+        return case
+
+    async def holding_referral(self, case_id: uuid.UUID, offering_id: uuid.UUID) -> Referral | None:
+        query = select(Referral).where(
+            Referral.case_id == case_id,
+            Referral.offering_id == offering_id,
+            Referral.status.in_(ReferralStatus.HOLDING),
+        )
+        return (await self.session.execute(query.limit(1))).scalar_one_or_none()
 
     # ------------------------------------------------------------------------------------------ audit
 

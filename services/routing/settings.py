@@ -52,3 +52,10 @@ class RoutingSettings(ServiceSettings):
     outreach_department: Department = Department.WELFARE
     outreach_case_weight: float = Field(default=1.0, gt=0)
     outreach_check_interval_seconds: float = Field(default=300.0, gt=0)
+    # What residents said is shown only for groups of at least this many (a count below it is suppressed, and so are
+    # the rates over it).
+    open_data_feedback_min_group_size: int = Field(default=10, ge=1)
+    # The datasets' metadata: who publishes them and under which licence.
+    open_data_publisher: str = "OneStop one-stop public services"
+    open_data_licence: str = "Korea Open Government Licence Type 1 (공공누리 제1유형): free use with attribution"
+    open_data_licence_url: str = "https://www.kogl.or.kr/info/licenseType1.do"

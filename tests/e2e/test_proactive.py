@@ -1,6 +1,7 @@
 """Proactive service across the services as processes: a registry change screens the resident by itself, the offer
 reaches them in intake, one confirmation files the application that routing grants; a vulnerable resident who leaves
-an offer unanswered is visited, and the visit is recorded.
+an offer unanswered is visited, and the visit is recorded; a resident who had their data erased is screened, offered,
+asked and visited no more.
 
 These journeys run on a platform of their own: routing's date is pinned weeks ahead (the working days a vulnerable
 resident has to answer an offer have passed by then), which the other journeys must not share."""
@@ -121,3 +122,51 @@ def test_a_vulnerable_resident_who_does_not_answer_is_visited(api: Api) -> None:
     assert done["history"][-1]["details"]["outcome"] == "will_apply"
     # The offer still stands: the visit explained it; she accepts it herself.
     assert offers_of(api, resident, status="offered")
+
+
+def test_an_erased_resident_is_neither_screened_offered_asked_nor_visited(api: Api) -> None:
+    # An older person living alone who consented: an offer, and (routing's date being weeks ahead) an outreach case.
+    resident = api.register(district="11440", birth_date="1944-06-30", language="ko", household=[])
+    api.consent(resident, proactive_screening=True)
+    offer = eventually(lambda: offers_of(api, resident), what="an offer")[0]
+    supervisor = api.token(Role.SUPERVISOR, offices=["MAPO-CSC"], subject="staff:mapo-csc-lead")
+
+    def outreach_cases() -> list[JSON]:
+        queue = api.ok("routing", "GET", "/v1/queues/MAPO-CSC", supervisor, params={"limit": 200})["items"]
+        return [c for c in queue if c["kind"] == "outreach" and c["opportunity_id"] == offer["id"]]
+
+    eventually(outreach_cases, what="an outreach case for the unanswered offer")
+
+    # Nothing of theirs is open: the erasure is done at once, and every service answers.
+    created = api.request("intake", "POST", f"/v1/residents/{resident.id}/erasure-requests", resident.auth,
+                          json={"confirm": True})  # fmt: skip
+    assert created.status_code == 201, created.text
+    location = created.headers["location"]
+    done = eventually(
+        lambda: (e if (e := api.ok("intake", "GET", location, resident.auth))["status"] == "completed" else None),
+        timeout=60, what="every service answered",
+    )  # fmt: skip
+    erased = {s["service"]: s["erased"] for s in done["services"]}
+    assert erased["intake"]["offers"] >= 1
+    assert erased["routing"]["offers"] >= 1
+    assert erased["routing"]["outreach_cases"] == 1, "no one is sent to visit them"
+    assert erased["eligibility"]["opportunities"] >= 1
+    assert not outreach_cases()
+
+    # A screening of everyone afterwards neither screens them (no review date is written for them) nor offers or
+    # asks them anything; to intake they are no resident to offer to.
+    admin = api.token(Role.ADMIN)
+    run = api.ok("eligibility", "POST", "/v1/screenings", admin, json={},
+                 headers={"Idempotency-Key": f"after-erasure-{resident.id}"})  # fmt: skip
+    assert run["status"] == "completed", run
+    part = api.ok("eligibility", "GET", f"/v1/residents/{resident.id}/data", resident.auth)["records"]
+    for record_type in ("registry", "opportunities", "screening_questions", "screening_answers", "screening_reviews",
+                        "screening_queue"):  # fmt: skip
+        assert part[record_type] == [], record_type
+    routing_part = api.ok("routing", "GET", f"/v1/residents/{resident.id}/data", resident.auth)["records"]
+    assert (routing_part["offers"], routing_part["cases"]) == ([], [])
+    for path in ("opportunities", "questions"):
+        gone = api.request("intake", "GET", f"/v1/residents/{resident.id}/{path}", resident.auth)
+        assert gone.status_code == 404, gone.text
+    told = eventually(lambda: [m["kind"] for m in api.inbox(resident)], what="the erasure's result told")
+    assert told == ["resident.erasure_completed"], "nothing else is left"

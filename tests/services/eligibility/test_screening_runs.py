@@ -385,3 +385,87 @@ async def test_an_application_from_an_offer_is_judged_for_that_program_with_what
     assert programs[0]["outcome"] == "eligible", "the screening answer counts as declared"
     criterion = next(c for c in programs[0]["criteria"] if "civil_servant" in c["values"])
     assert criterion["sources"]["civil_servant"] == "declared"
+
+
+async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screened_no_more(
+    eligibility: RunningService, nats_server: NatsServer, bus_prefix: str
+) -> None:
+    from sqlalchemy import select
+
+    from services.eligibility import resident_data
+    from services.eligibility.models import ResidentRow, ScreeningReviewRow
+    from services.eligibility.repository import Repository
+    from services.eligibility.screening_runs import ProactiveJudge, proactive_codes, screen_page
+    from services.eligibility.triggers import ReviewCalendar
+    from shared.clock import Clock
+    from shared.events import ResidentErasureRequested
+
+    set_today(eligibility, DAY)
+    resident = await registered(eligibility, dt.date(1990, 5, 1), proactive_screening=True)
+    await wait_until(lambda: eligibility.settled("events"))
+    assert await tick(eligibility) is not None
+    async with eligibility.runtime.db.session() as session:
+        asked = ScreeningQuestionRow.resident_id == resident, ScreeningQuestionRow.fact == "civil_servant"
+        question = await session.scalar(select(ScreeningQuestionRow).where(*asked))
+        stale = await session.get(ResidentRow, resident)
+    assert question is not None
+    assert stale is not None
+    answered = ScreeningQuestionAnswered(
+        question_id=question.question_id, resident_id=resident, fact="civil_servant", value=False,
+        acted_as="resident", answered_at=now(),
+    )  # fmt: skip
+    await eligibility.publish(answered)
+    await wait_until(lambda: eligibility.settled("events"))
+    assert await tick(eligibility) is not None  # screened again with the answer: an offer
+    await registered(eligibility, dt.date(1990, 5, 1), version=2, resident_id=resident)  # queued once more
+    await wait_until(lambda: eligibility.settled("events"))
+
+    # Their part shows what screening holds of them.
+    own = eligibility.auth("resident", resident_id=resident)
+    records = (await eligibility.client.get(f"/v1/residents/{resident}/data", headers=own)).json()["records"]
+    for record_type in ("opportunities", "screening_questions", "screening_answers", "screening_reviews",
+                        "screening_queue"):  # fmt: skip
+        assert records[record_type], record_type
+
+    request = ResidentErasureRequested(erasure_id=uuid.uuid4(), resident_id=resident, requested_at=now(),
+                                       decision_files=[])  # fmt: skip
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await eligibility.publish(request, source="/onestop/intake")
+        (answer,) = await log.wait_for("resident.erased")
+    erased = answer.data["erased"]
+    assert erased["opportunities"] >= 1
+    assert erased["screening_questions"] >= 1
+    assert erased["screening_answers"] == 1
+    assert erased["screening_schedule"] == 2, "the review date and the pending re-screening"
+    for model in (OpportunityRow, ScreeningQuestionRow, ResidentAnswerRow, ScreeningQueueRow, ScreeningReviewRow):
+        assert await eligibility.count(model, model.resident_id == resident) == 0, model.__tablename__
+    after = (await eligibility.client.get(f"/v1/residents/{resident}/data", headers=own)).json()["records"]
+    assert after["screening_reviews"] == after["screening_questions"] == after["opportunities"] == []
+
+    # Nothing queues them again, and a screening of everyone passes them by (no review date is written for them).
+    await consent(eligibility, resident, 2, proactive_screening=True)
+    await eligibility.publish(request.model_copy(update={"requested_at": now()}), source="/onestop/intake")
+    await wait_until(lambda: eligibility.settled("events"))
+    assert await eligibility.count(ScreeningQueueRow, ScreeningQueueRow.resident_id == resident) == 0
+    headers = {**eligibility.auth("admin"), "Idempotency-Key": f"after-{resident}"}
+    run = await eligibility.client.post("/v1/screenings", json={}, headers=headers)
+    assert run.status_code == 201, run.text
+    assert await eligibility.count(ScreeningReviewRow, ScreeningReviewRow.resident_id == resident) == 0
+
+    # A page read just before the erasure finds and asks them nothing when it writes.
+    ctx = context(eligibility)
+    async with eligibility.runtime.db.session() as session:
+        repo = Repository(session)
+        catalogue = await ctx.eligibility.store.get(repo)
+        judge = ProactiveJudge(catalogue, proactive_codes(catalogue, DAY), DAY, now())
+        counts = await screen_page(repo, ctx.eligibility, judge, ReviewCalendar(catalogue, DAY, judge.read),
+                                   uuid.UUID(run.json()["screening_id"]), [stale], now())  # fmt: skip
+    assert (counts.opportunities, counts.questions) == (0, 0)
+    assert await eligibility.count(ScreeningReviewRow, ScreeningReviewRow.resident_id == resident) == 0
+
+    # Were one written all the same (a race with the erasure), the housekeeping pass takes it away.
+    async with eligibility.runtime.db.session() as session:
+        session.add(ScreeningReviewRow(resident_id=resident, review_on=DAY, screened_on=DAY))
+    purged = await resident_data.purge(eligibility.runtime.db, Clock.from_settings(ctx.settings), now())
+    assert purged["screening_leftovers"] == 1
+    assert await eligibility.count(ScreeningReviewRow, ScreeningReviewRow.resident_id == resident) == 0

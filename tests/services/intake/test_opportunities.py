@@ -212,3 +212,42 @@ async def test_offers_expire_by_their_day_and_when_consent_is_withdrawn(
         assert {e.data["reason"] for e in deadline} == {"consent_withdrawn", "deadline"}
         assert await ctx.expiry.sweep() == 0
         assert [o["id"] for o in await offers(intake, third_id, third, status="offered")] == []
+
+
+async def test_an_erased_resident_s_offers_and_questions_go_with_them_and_none_are_made_again(
+    intake: RunningService,
+) -> None:
+    client = intake.client
+    resident_id, me = await register_self(intake)
+    await consent(intake, resident_id, me, proactive_screening=True)
+    for event in (found(resident_id), found(resident_id, "basic_pension", None), asked(resident_id)):
+        await intake.publish(event, source=ELIGIBILITY)
+    await wait_until(lambda: intake.settled("offers"))
+    mine = {o["program_code"]: o for o in await offers(intake, resident_id, me)}
+    # An accepted offer points at the application it filed; withdrawn, that application ends without a decision.
+    accepted = await client.post(f"/v1/residents/{resident_id}/opportunities/{mine['child_allowance']['id']}/accept",
+                                 headers=me)  # fmt: skip
+    assert accepted.status_code == 201, accepted.text
+    application_id = accepted.json()["application"]["id"]
+    withdrawn = await client.post(f"/v1/applications/{application_id}/withdraw", headers=me, json={"reason": "이사"})
+    assert withdrawn.status_code == 200, withdrawn.text
+
+    created = await client.post(f"/v1/residents/{resident_id}/erasure-requests", headers=me, json={"confirm": True})
+    assert created.status_code == 201, created.text
+    own = next(s for s in created.json()["services"] if s["service"] == "intake")
+    assert (own["erased"]["offers"], own["erased"]["screening_questions"]) == (2, 1)
+    assert own["erased"]["applications_without_decision"] == 1
+    assert await intake.count(Opportunity, Opportunity.resident_id == resident_id) == 0
+    assert await intake.count(ScreeningQuestion, ScreeningQuestion.resident_id == resident_id) == 0
+
+    # Screening's finds arriving afterwards put nothing before them; to anyone they are no resident to offer to.
+    for event in (found(resident_id, "parent_benefit"), asked(resident_id, "earned_income")):
+        await intake.publish(event, source=ELIGIBILITY)
+    await wait_until(lambda: intake.settled("offers"))
+    assert await intake.count(Opportunity, Opportunity.resident_id == resident_id) == 0
+    assert await intake.count(ScreeningQuestion, ScreeningQuestion.resident_id == resident_id) == 0
+    staff = intake.auth("admin")
+    for headers in (me, staff):
+        for path in ("opportunities", "questions"):
+            response = await client.get(f"/v1/residents/{resident_id}/{path}", headers=headers)
+            assert response.status_code == 404, (path, response.text)

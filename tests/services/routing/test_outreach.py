@@ -24,7 +24,18 @@ from shared.events import (
     ResidentContext,
     Vulnerability,
 )
-from tests.services.routing.support import JONGNO, MAPO, context, determined, emitted, feed, problem, program
+from tests.services.routing.support import (
+    JONGNO,
+    MAPO,
+    context,
+    determined,
+    emitted,
+    feed,
+    offering_body,
+    problem,
+    program,
+    put_offering,
+)
 from tests.support.services import RunningService
 
 OFFERED = dt.date(2025, 10, 2)
@@ -177,7 +188,7 @@ async def test_take_up_in_open_data_and_expected_demand_on_the_capacity_view(rou
     take_up = await routing.client.get("/v1/open-data/take_up", headers=routing.auth("partner", partner_id="press"))
     assert take_up.status_code == 200, take_up.text
     body = take_up.json()
-    assert body["suppression"] == "counts from 1 to 9 and complementary cells are null"
+    assert body["suppression"] == "counts from 1 to 9, complementary cells and rates over them are null"
     rows = {r["district_code"]: r for r in body["rows"]}
     assert rows[MAPO] == {"program_code": "child_allowance", "department": "welfare", "district_code": MAPO,
                           "found_eligible": 12, "applied": 10, "granted": 10, "take_up_rate": 0.833}  # fmt: skip
@@ -203,3 +214,52 @@ async def test_take_up_in_open_data_and_expected_demand_on_the_capacity_view(rou
     (few,) = jongno_office["expected_demand"]
     assert (few["standing_offers"], few["take_up_rate"], few["expected_applications"]) == (2, 0.909, 1.82), (
         "the rate is the program's city-wide")  # fmt: skip
+
+
+async def test_an_erased_resident_s_offers_and_outreach_go_with_them_and_no_visit_is_opened_again(
+    routing: RunningService,
+) -> None:
+    from services.routing.models import Offer, Referral
+    from shared.events import ResidentErasureRequested
+
+    ctx: RoutingContext = context(routing)
+    resident_id = uuid.uuid4()
+    visited = offered(vulnerability=("elderly_alone",), resident_id=resident_id)
+    waiting = offered(vulnerability=("elderly_alone",), resident_id=resident_id, program_code="senior_transport_card")
+    await feed(routing, visited)
+    after = ctx.calendar.add_working_days(OFFERED, ctx.settings.outreach_after_working_days + 1)
+    assert await sweep(routing, after) == 1
+    case = (await outreach_cases(routing))[visited.opportunity_id]
+    # A referral follows an application: an outreach case has none, so it is refused (the visit's outcome says
+    # "referred to other support"), and writes nothing.
+    offering = await put_offering(routing, "saebom-ngo", "care", offering_body(service_type="elder_care",
+                                                                              districts=(MAPO,)))  # fmt: skip
+    refer = await routing.client.post(
+        f"/v1/cases/{case.id}/referrals", json={"offering_id": offering["id"]},
+        headers=routing.auth("caseworker", offices=["MAPO-CSC"], subject="cw-mapo"),
+    )  # fmt: skip
+    assert problem(refer, 409)["type"] == "urn:onestop:problem:outreach-case"
+
+    # Their part shows the offer and the outreach case; then the erasure takes both.
+    own = routing.auth("resident", resident_id=resident_id)
+    part = (await routing.client.get(f"/v1/residents/{resident_id}/data", headers=own)).json()["records"]
+    assert [o["opportunity_id"] for o in part["offers"]] == [str(visited.opportunity_id)]
+    assert [c["kind"] for c in part["cases"]] == ["outreach"]
+    request = ResidentErasureRequested(erasure_id=uuid.uuid4(), resident_id=resident_id, decision_files=[],
+                                       requested_at=dt.datetime.now(dt.UTC))  # fmt: skip
+    await feed(routing, request)
+    (answer,) = await emitted(routing, "resident.erased")
+    assert (answer["erased"]["offers"], answer["erased"]["outreach_cases"]) == (1, 1)
+    assert answer["erased"]["cases_without_decision"] == 0
+    async with routing.runtime.db.session() as session:
+        assert (await session.scalars(select(Offer).where(Offer.resident_id == resident_id))).all() == []
+        assert (await session.scalars(select(Case).where(Case.resident_id == resident_id))).all() == []
+        assert (await session.scalars(select(CaseEntry).where(CaseEntry.case_id == case.id))).all() == []
+        assert (await session.scalars(select(Referral).where(Referral.resident_id == resident_id))).all() == []
+
+    # An offer about them arriving late is not stored, and no visit is opened for it.
+    await feed(routing, waiting)
+    assert await sweep(routing, ctx.calendar.add_working_days(after, 30)) == 0
+    assert await outreach_cases(routing) == {}
+    after_part = (await routing.client.get(f"/v1/residents/{resident_id}/data", headers=own)).json()["records"]
+    assert (after_part["offers"], after_part["cases"]) == ([], [])
