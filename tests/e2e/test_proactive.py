@@ -128,14 +128,15 @@ def test_an_erased_resident_is_neither_screened_offered_asked_nor_visited(api: A
     # An older person living alone who consented: an offer, and (routing's date being weeks ahead) an outreach case.
     resident = api.register(district="11440", birth_date="1944-06-30", language="ko", household=[])
     api.consent(resident, proactive_screening=True)
-    offer = eventually(lambda: offers_of(api, resident), what="an offer")[0]
+    eventually(lambda: offers_of(api, resident), what="an offer")
     supervisor = api.token(Role.SUPERVISOR, offices=["MAPO-CSC"], subject="staff:mapo-csc-lead")
 
-    def outreach_cases() -> list[JSON]:
+    def outreach_cases(theirs: set[str]) -> list[JSON]:
         queue = api.ok("routing", "GET", "/v1/queues/MAPO-CSC", supervisor, params={"limit": 200})["items"]
-        return [c for c in queue if c["kind"] == "outreach" and c["opportunity_id"] == offer["id"]]
+        return [c for c in queue if c["kind"] == "outreach" and c["opportunity_id"] in theirs]
 
-    eventually(outreach_cases, what="an outreach case for the unanswered offer")
+    eventually(lambda: outreach_cases({o["id"] for o in offers_of(api, resident)}), what="an outreach case")
+    theirs = {o["id"] for o in offers_of(api, resident)}
 
     # Nothing of theirs is open: the erasure is done at once, and every service answers.
     created = api.request("intake", "POST", f"/v1/residents/{resident.id}/erasure-requests", resident.auth,
@@ -149,9 +150,9 @@ def test_an_erased_resident_is_neither_screened_offered_asked_nor_visited(api: A
     erased = {s["service"]: s["erased"] for s in done["services"]}
     assert erased["intake"]["offers"] >= 1
     assert erased["routing"]["offers"] >= 1
-    assert erased["routing"]["outreach_cases"] == 1, "no one is sent to visit them"
+    assert erased["routing"]["outreach_cases"] >= 1, "no one is sent to visit them"
     assert erased["eligibility"]["opportunities"] >= 1
-    assert not outreach_cases()
+    assert outreach_cases(theirs) == []
 
     # A screening of everyone afterwards neither screens them (no review date is written for them) nor offers or
     # asks them anything; to intake they are no resident to offer to.

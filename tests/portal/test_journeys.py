@@ -275,6 +275,20 @@ def test_a_resident_declines_one_offer_with_a_reason_and_accepts_another_with_on
     def standing() -> list[dict[str, Any]]:
         return list(api.ok("intake", "GET", path, auth, params={"status": "offered"}))
 
+    # Screening asked them one question for each of two programs (a near miss); their answers, given through
+    # intake's API, screen them again and the two programs are offered.
+    answers = {"korean_national": True, "civil_servant": False}
+
+    def asked() -> list[dict[str, Any]] | None:
+        found = api.ok("intake", "GET", f"/v1/residents/{OFFERED_RESIDENT_ID}/questions", auth,
+                       params={"status": "open"})  # fmt: skip
+        mine = [q for q in found if q["fact"]["name"] in answers]
+        return mine if {q["fact"]["name"] for q in mine} == set(answers) else None
+
+    questions = eventually(asked, timeout=90, what="the near misses' questions")
+    for question in questions:
+        api.ok("intake", "POST", f"/v1/residents/{OFFERED_RESIDENT_ID}/questions/{question['id']}/answer", auth,
+               json={"value": answers[question["fact"]["name"]]})  # fmt: skip
     offers = eventually(lambda: o if len(o := standing()) >= 2 else None, timeout=90, what="offers screening found")
     declining, accepting = offers[0], offers[1]
     with portal.context() as context:
