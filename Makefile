@@ -52,6 +52,7 @@ bench: $(STAMP) postgres fonts wrk
 	@status=0; \
 	$(BIN)/python bench/bus.py || status=1; \
 	$(BIN)/python bench/eligibility.py || status=1; \
+	$(BIN)/python bench/screening_runs.py || status=1; \
 	$(BIN)/python bench/api.py $(BENCH_API_ARGS) || status=1; \
 	exit $$status
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import case_offices, resident_data
+from services.eligibility import case_offices, near_misses, resident_data
 from services.eligibility.context import EligibilityContext
 from services.eligibility.repository import Repository
 from shared.clock import Clock
@@ -29,6 +29,7 @@ from shared.events import (
     FactsReported,
     ResidentErasureRequested,
     ResidentUpdated,
+    ScreeningQuestionAnswered,
 )
 
 E = TypeVar("E", bound=EventData)
@@ -74,6 +75,12 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
                 on(ResidentUpdated, _unless_erased(_now(service.on_resident_updated))),
                 on(ConsentChanged, _unless_erased(_now(service.on_consent_changed))),
                 on(FactsReported, _unless_erased(_now(service.on_facts_reported))),
+                on(
+                    ScreeningQuestionAnswered,
+                    _unless_erased(
+                        _now(lambda repo, data, now: near_misses.on_answered(service.store, repo, data, now))
+                    ),
+                ),
                 # In order with the applications' events: what intake emitted before the request is applied first.
                 on(ResidentErasureRequested, erasure_requested),
             ],

@@ -1,15 +1,18 @@
 """What eligibility holds about a resident — their part of the resident's export — and their erasure here.
 
 The part (``GET /v1/residents/{id}/data``, for the resident or intake gathering their export): the copy of their
-registry facts and consents, the facts departments reported with their source, their applications as eligibility
-knows them with every evaluation round and determination (the rule version, each criterion with the values it read),
-where their cases are, the support proactive screening found for them, and who among staff read their
-determinations. After an erasure, only what is kept, with why and until when (retention.yaml).
+registry facts and consents, the facts departments reported with their source, their applications as eligibility knows
+them with every evaluation round and determination (the rule version, each criterion with the values it read), where
+their cases are, the support proactive screening found for them, the near-miss questions it asked them and their
+answers, when they are next screened, and who among staff read their determinations. After an erasure, only what is
+kept, with why and until when (retention.yaml).
 
-The erasure (``resident.erasure_requested``): the decision files intake names are kept, pseudonymous; everything
-else goes; ``resident.erased`` answers with what was erased and what is kept. Later events and department reports
-about the resident are not stored (``Repository.erased``). The housekeeping pass destroys kept records when their period
-ends (:func:`purge`). Nothing here commits but the purge, a unit of work of its own."""
+The erasure (``resident.erasure_requested``): the decision files intake names are kept, pseudonymous; everything else
+goes — with the registry copy the resident leaves every screening's population, and their questions, answers, review
+date and pending re-screening go too; ``resident.erased`` answers with what was erased and what is kept. Later events
+and department reports about the resident are not stored (``Repository.erased``), and no screening finds or asks them
+anything again. The housekeeping pass destroys kept records when their period ends (:func:`purge`). Nothing here
+commits but the purge, a unit of work of its own."""
 
 from __future__ import annotations
 
@@ -28,8 +31,12 @@ from services.eligibility.models import (
     DeterminationRow,
     EvaluationRoundRow,
     OpportunityRow,
+    ResidentAnswerRow,
     ResidentErasureRow,
     ResidentRow,
+    ScreeningQuestionRow,
+    ScreeningQueueRow,
+    ScreeningReviewRow,
     audit_log,
     platform,
 )
@@ -95,9 +102,11 @@ async def part(
         "evaluation_rounds": rows_data(await _all(session, EvaluationRoundRow, EvaluationRoundRow.application_id, ids)),
         "determinations": rows_data(await _all(session, DeterminationRow, DeterminationRow.application_id, ids)),
         "case_offices": rows_data(await _all(session, CaseOfficeRow, CaseOfficeRow.application_id, ids)),
-        "opportunities": rows_data(
-            (await session.scalars(select(OpportunityRow).where(OpportunityRow.resident_id == resident_id))).all()
-        ),
+        "opportunities": rows_data(await _of(session, OpportunityRow, resident_id)),
+        "screening_questions": rows_data(await _of(session, ScreeningQuestionRow, resident_id)),
+        "screening_answers": rows_data(await _of(session, ResidentAnswerRow, resident_id)),
+        "screening_reviews": rows_data(await _of(session, ScreeningReviewRow, resident_id)),
+        "screening_queue": rows_data(await _of(session, ScreeningQueueRow, resident_id)),
         "access_log": [dict(e) for e in entries],
     }
     return ResidentDataPart(
@@ -108,6 +117,10 @@ async def part(
         erasure=_state(erasure),
         retention=SCHEDULE.rules,
     )
+
+
+async def _of(session: AsyncSession, model: Any, resident_id: uuid.UUID) -> list[Any]:
+    return list((await session.scalars(select(model).where(model.resident_id == resident_id))).all())
 
 
 async def _all(session: AsyncSession, model: Any, column: Any, ids: list[uuid.UUID]) -> list[Any]:
@@ -158,8 +171,8 @@ async def on_erasure_requested(
     erased_counts = {
         "registry": await _delete(session, ResidentRow, ResidentRow.resident_id == rid),
         "department_facts": await _delete(session, DepartmentFactRow, DepartmentFactRow.resident_id == rid),
-        "opportunities": await _delete(session, OpportunityRow, OpportunityRow.resident_id == rid),
         "applications_without_decision": 0,
+        **await _erase_screening(session, rid),
     }
     kept_files: list[DecisionFile] = []
     for app in (await session.scalars(select(ApplicationRow).where(ApplicationRow.resident_id == rid))).all():
@@ -195,6 +208,18 @@ async def on_erasure_requested(
     )
 
 
+async def _erase_screening(session: AsyncSession, rid: uuid.UUID) -> dict[str, int]:
+    """What proactive screening holds of the resident: what it found, what it asked and was told, when it would
+    screen them next. Without their registry copy no run screens them again."""
+    return {
+        "opportunities": await _delete(session, OpportunityRow, OpportunityRow.resident_id == rid),
+        "screening_questions": await _delete(session, ScreeningQuestionRow, ScreeningQuestionRow.resident_id == rid),
+        "screening_answers": await _delete(session, ResidentAnswerRow, ResidentAnswerRow.resident_id == rid),
+        "screening_schedule": await _delete(session, ScreeningReviewRow, ScreeningReviewRow.resident_id == rid)
+        + await _delete(session, ScreeningQueueRow, ScreeningQueueRow.resident_id == rid),
+    }
+
+
 def _kept(files: list[DecisionFile], access_entries: int, today: dt.date) -> list[KeptRecords]:
     kept = SCHEDULE.rule("decision_files").kept_each(f.decided_on for f in files)
     if access_entries:
@@ -209,7 +234,7 @@ def _kept(files: list[DecisionFile], access_entries: int, today: dt.date) -> lis
 async def purge(db: Database, clock: Clock, now: dt.datetime) -> dict[str, int]:
     """The housekeeping pass: destroy kept records whose period ended (제21조)."""
     today = clock.date_of(now)
-    counts = {"decision_files": 0, "access_log": 0, "erasure_records": 0}
+    counts = {"decision_files": 0, "access_log": 0, "erasure_records": 0, "screening_leftovers": 0}
     files_rule, log_rule, record_rule = (
         SCHEDULE.rule("decision_files"),
         SCHEDULE.rule("access_log"),
@@ -218,6 +243,8 @@ async def purge(db: Database, clock: Clock, now: dt.datetime) -> dict[str, int]:
     async with db.session() as session:
         rows = (await session.scalars(select(ResidentErasureRow))).all()
         for row in rows:
+            # A screening page that read the resident just before their erasure may have written after it.
+            counts["screening_leftovers"] += sum((await _erase_screening(session, row.resident_id)).values())
             for raw in row.decision_files:
                 f = DecisionFile.model_validate(raw)
                 due = files_rule.destroy_on(f.decided_on) <= today

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.intake import access, applications, counter, erasure, exports, representatives, residents
+from services.intake import access, applications, counter, erasure, exports, opportunities, representatives, residents
 from services.intake.access import FILING_ROLES
 from services.intake.catalogue import Catalogue, CatalogueSnapshot, CatalogueUnavailable, available, fetch
 from services.intake.context import ContextDep
@@ -32,11 +32,19 @@ from services.intake.schemas import (
     FeedbackView,
     InfoProvide,
     LifeEvent,
+    OpportunityAccept,
+    OpportunityAccepted,
+    OpportunityDecline,
+    OpportunityStatus,
+    OpportunityView,
+    QuestionAnswer,
+    QuestionStatus,
     RepresentationCreate,
     RepresentationView,
     ResidentCreate,
     ResidentUpdate,
     ResidentView,
+    ScreeningQuestionView,
     Withdrawal,
 )
 from shared.auth import Principal, Role, require_roles
@@ -70,6 +78,8 @@ Resident = Annotated[Principal, Depends(require_roles(Role.RESIDENT))]
 ResidentId = Annotated[uuid.UUID, Path(description="The resident's pseudonymous id")]
 ApplicationId = Annotated[uuid.UUID, Path(description="The application's id")]
 RepresentationId = Annotated[uuid.UUID, Path(description="The representation's id")]
+OpportunityId = Annotated[uuid.UUID, Path(description="The offer's id")]
+QuestionId = Annotated[uuid.UUID, Path(description="The screening question's id")]
 AuthorityId = Annotated[uuid.UUID, Path(description="The counter authority's id")]
 ExportId = Annotated[uuid.UUID, Path(description="The export's id")]
 ErasureId = Annotated[uuid.UUID, Path(description="The erasure request's id")]
@@ -273,6 +283,127 @@ async def revoke_counter_authority(
     resident_id: ResidentId, authority_id: AuthorityId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
 ) -> CounterAuthorityView:
     return await counter.revoke(repo, principal, resident_id, authority_id, ctx.clock.today())
+
+
+@residents_router.get(
+    "/{resident_id}/opportunities",
+    operation_id="listOpportunities",
+    responses=problem_responses(404),
+    summary="Programs proactive screening found the resident eligible for: offers to accept with one confirmation",
+    description="For the resident, a representative they named (scope apply or answer), counter staff they authorised "
+    "and staff who may see their record (audited). Only a resident who consents to proactive screening is offered "
+    "anything; an offer stands until its `expires_on` (the intake setting `offer_valid_days` after it was made).",
+)
+async def list_opportunities(
+    resident_id: ResidentId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    status: OpportunityStatus | None = None,
+) -> list[OpportunityView]:
+    return await opportunities.offers_of(repo, principal, resident_id, status, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/opportunities/{opportunity_id}/accept",
+    operation_id="acceptOpportunity",
+    status_code=201,
+    response_model=OpportunityAccepted,
+    responses={**CREATED_AT_LOCATION, **problem_responses(403, 404, 409, 503)},
+    summary="Accept an offer: an application for that program is filed with what is known already",
+)
+async def accept_opportunity(
+    resident_id: ResidentId,
+    opportunity_id: OpportunityId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    catalogue: FetchedCatalogueDep,
+    idempotent: IdempotentDep,
+    body: Annotated[OpportunityAccept | None, Body()] = None,
+) -> JSONResponse:
+    accepting = body or OpportunityAccept()
+    return await idempotent.create(
+        accepting,
+        lambda: opportunities.accept(
+            repo,
+            ctx.outbox,
+            available(catalogue),
+            principal,
+            resident_id,
+            opportunity_id,
+            accepting,
+            ctx.clock.today(),
+        ),
+        location=lambda view: f"/v1/applications/{view['application']['id']}",
+    )
+
+
+@residents_router.post(
+    "/{resident_id}/opportunities/{opportunity_id}/decline",
+    operation_id="declineOpportunity",
+    response_model=OpportunityView,
+    responses=problem_responses(403, 404, 409),
+    summary="Decline an offer, with a reason",
+)
+async def decline_opportunity(
+    resident_id: ResidentId,
+    opportunity_id: OpportunityId,
+    body: OpportunityDecline,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: opportunities.decline(
+            repo, ctx.outbox, principal, resident_id, opportunity_id, body, ctx.clock.today()
+        ),
+        status_code=200,
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/questions",
+    operation_id="listScreeningQuestions",
+    responses=problem_responses(404),
+    summary="Questions screening asks: one fact that could make the resident eligible for a program, and why",
+)
+async def list_questions(
+    resident_id: ResidentId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    status: QuestionStatus | None = None,
+) -> list[ScreeningQuestionView]:
+    return await opportunities.questions_of(repo, principal, resident_id, status, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/questions/{question_id}/answer",
+    operation_id="answerScreeningQuestion",
+    response_model=ScreeningQuestionView,
+    responses=problem_responses(403, 404, 409, 503),
+    summary="Answer a screening question: the resident is screened again with the answer",
+)
+async def answer_question(
+    resident_id: ResidentId,
+    question_id: QuestionId,
+    body: QuestionAnswer,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    catalogue: FetchedCatalogueDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: opportunities.answer(
+            repo, ctx.outbox, available(catalogue), principal, resident_id, question_id, body, ctx.clock.today()
+        ),
+        status_code=200,
+    )
 
 
 @residents_router.post(

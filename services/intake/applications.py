@@ -216,7 +216,11 @@ async def submit(
     principal: Principal,
     body: ApplicationCreate,
     today: dt.date,
+    *,
+    offer: tuple[uuid.UUID, str] | None = None,
 ) -> ApplicationView:
+    """File an application. ``offer`` (its id and program) when the resident accepted an offer: the application is
+    judged for that program alone."""
     errors: list[dict[str, str]] = []
     # A resident files for themselves, and for a resident who named them representative to apply; any other
     # resident's id is as unknown to them as a made-up one. Staff file for anyone (at a counter).
@@ -271,6 +275,8 @@ async def submit(
                 preferred_language=Language(resident.preferred_language),
                 vulnerability=[Vulnerability(v) for v in resident.vulnerability],
             ),
+            program_codes=[offer[1]] if offer is not None else [],
+            opportunity_id=offer[0] if offer is not None else None,
         ),
         subject=str(application.id),
     )

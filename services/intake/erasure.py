@@ -7,7 +7,8 @@ may be owed; they withdraw it or wait for its decision. Otherwise, in one transa
 
 - intake erases its part at once, record type by record type as ``retention.yaml`` says: the resident's record
   becomes a stub (its id; the contact details until the resident was told the result), consents, applications that
-  ended without a decision, referrals, notifications, feedback, exports and stored answers go; the decision files
+  ended without a decision, referrals, notifications, feedback, proactive offers and screening questions, exports and
+  stored answers go (no offer or question is put before the resident again); the decision files
   (applications a department decided), the representations and counter authorities the access log points at (revoked
   now), the access log itself and this request are kept, pseudonymous, until their periods end;
 - ``resident.erasure_requested`` goes out to every service with the decision files, each service erases what it may
@@ -44,10 +45,12 @@ from services.intake.models import (
     ErasureRequest,
     Feedback,
     Notification,
+    Opportunity,
     Referral,
     Representation,
     RepresentationScope,
     Resident,
+    ScreeningQuestion,
     TimelineEntry,
     audit_log,
     platform,
@@ -257,6 +260,9 @@ async def erase_own(
             authority.revoked_at = now
             authority.revoked_by = ERASED_BY
     erased["feedback"] = await _delete(session, Feedback, Feedback.resident_id == rid)
+    # Before the applications: an accepted offer points at the application it filed.
+    erased["offers"] = await _delete(session, Opportunity, Opportunity.resident_id == rid)
+    erased["screening_questions"] = await _delete(session, ScreeningQuestion, ScreeningQuestion.resident_id == rid)
     erased["referrals"] = erased["notifications"] = erased["applications_without_decision"] = 0
     for application in applications:
         erased["referrals"] += await _count(session, Referral, Referral.application_id == application.id)

@@ -13,6 +13,7 @@ from services.intake import erasure
 from services.intake.api import ROUTERS
 from services.intake.catalogue import catalogue_client
 from services.intake.context import IntakeContext
+from services.intake.expiry import offer_expiry
 from services.intake.exports import export_worker
 from services.intake.handlers import subscriptions
 from services.intake.models import platform
@@ -31,7 +32,10 @@ def definition(settings: IntakeSettings) -> ServiceDefinition[IntakeContext]:
         clock = Clock.from_settings(settings)
         runtime.housekeeping.register("erasure", lambda now: erasure.purge(runtime.db, settings, clock, now))
         async with catalogue_client(settings) as catalogue, export_worker(runtime.db, settings) as exports:
-            yield IntakeContext(settings, runtime.outbox, clock, catalogue, exports)
+            ctx = IntakeContext(settings, runtime.outbox, clock, catalogue, exports)
+            async with offer_expiry(runtime, ctx) as expiry:
+                ctx.expiry = expiry
+                yield ctx
 
     return ServiceDefinition(
         name=NAME,

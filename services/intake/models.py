@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -314,6 +315,68 @@ class Feedback(Base):
     score: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
+
+
+# ---------------------------------------------------------------------------------------------- proactive offers
+
+
+class Opportunity(Base):
+    """An offer put before a resident: screening found them eligible for a program they never applied to, and they
+    consent to being told. Accepted (an application is filed), declined (with a reason) or expired; kept for good."""
+
+    __tablename__ = "opportunities"
+    __table_args__ = (
+        UniqueConstraint("resident_id", "program_code", name="uq_opportunities_resident_program"),
+        Index("ix_opportunities_status_expires", "status", "expires_on"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name: Mapped[dict[str, Any]] = mapped_column(JSON)
+    department: Mapped[str] = mapped_column(String(30))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    amount_period: Mapped[str | None] = mapped_column(String(10))
+    screening_id: Mapped[uuid.UUID]
+    found_at: Mapped[dt.datetime]
+    offered_at: Mapped[dt.datetime]
+    # The last day it may be accepted (a date in the city): offered day + the intake setting offer_valid_days.
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    # offered | accepted | declined | expired
+    status: Mapped[str] = mapped_column(String(10))
+    responded_at: Mapped[dt.datetime | None]
+    acted_as: Mapped[str | None] = mapped_column(String(20))
+    acted_by: Mapped[str | None] = mapped_column(String(255))
+    decline_reason: Mapped[str | None] = mapped_column(String(30))
+    decline_note: Mapped[str | None] = mapped_column(String(500))
+    expired_reason: Mapped[str | None] = mapped_column(String(20))
+    application_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("applications.id"))
+    updated_at: Mapped[dt.datetime]
+
+
+class ScreeningQuestion(Base):
+    """A near miss's one question (``screening.question_asked``): which fact, and why. Answered once; withdrawn when
+    the resident withdraws their proactive-screening consent."""
+
+    __tablename__ = "screening_questions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name: Mapped[dict[str, Any]] = mapped_column(JSON)
+    department: Mapped[str] = mapped_column(String(30))
+    fact: Mapped[str] = mapped_column(String(100))
+    fact_type: Mapped[str] = mapped_column(String(20))
+    question: Mapped[dict[str, Any]] = mapped_column(JSON)
+    choices: Mapped[list[Any] | None] = mapped_column(JSON)
+    why: Mapped[dict[str, Any]] = mapped_column(JSON)
+    asked_at: Mapped[dt.datetime]
+    # open | answered | withdrawn
+    status: Mapped[str] = mapped_column(String(10))
+    answer: Mapped[Any] = mapped_column(JSON, nullable=True)
+    answered_at: Mapped[dt.datetime | None]
+    acted_as: Mapped[str | None] = mapped_column(String(20))
+    acted_by: Mapped[str | None] = mapped_column(String(255))
 
 
 # ---------------------------------------------------------------------------------------------- rights over one's data

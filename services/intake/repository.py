@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true, update
@@ -26,10 +26,12 @@ from services.intake.models import (
     ErasureRequest,
     Feedback,
     Notification,
+    Opportunity,
     Referral,
     Representation,
     RepresentationScope,
     Resident,
+    ScreeningQuestion,
     TimelineEntry,
 )
 from shared.auth import Principal, Role
@@ -310,6 +312,84 @@ class Repository:
 
     async def feedback(self, application_id: uuid.UUID) -> Feedback | None:
         return await self.session.get(Feedback, application_id)
+
+    # ------------------------------------------------------------------------------------------ proactive offers
+    # The resident's right to them was established by the caller (their own, a representative's scope, staff's
+    # visibility of the resident); the handlers and the expiry timer act on behalf of no caller.
+
+    async def opportunities_of(self, resident_id: uuid.UUID, status: str | None) -> list[Opportunity]:
+        query = select(Opportunity).where(Opportunity.resident_id == resident_id)
+        if status is not None:
+            query = query.where(Opportunity.status == status)
+        query = query.order_by(Opportunity.offered_at.desc(), Opportunity.id)
+        return list((await self.session.scalars(query)).all())
+
+    async def opportunity(
+        self, resident_id: uuid.UUID, opportunity_id: uuid.UUID, *, for_update: bool = False
+    ) -> Opportunity | None:
+        query = select(Opportunity).where(Opportunity.id == opportunity_id, Opportunity.resident_id == resident_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def opportunity_for(self, resident_id: uuid.UUID, program_code: str) -> Opportunity | None:
+        query = select(Opportunity).where(
+            Opportunity.resident_id == resident_id, Opportunity.program_code == program_code
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def standing_offers(self, resident_id: uuid.UUID) -> list[Opportunity]:
+        query = (
+            select(Opportunity)
+            .where(Opportunity.resident_id == resident_id, Opportunity.status == "offered")
+            .with_for_update()
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def lapsed_offers(self, today: dt.date, limit: int) -> list[Opportunity]:
+        """Offers still standing whose last day is past, locked (another replica skips them: none is taken twice)."""
+        query = (
+            select(Opportunity)
+            .where(Opportunity.status == "offered", Opportunity.expires_on < today)
+            .order_by(Opportunity.expires_on, Opportunity.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def questions_of(self, resident_id: uuid.UUID, status: str | None) -> list[ScreeningQuestion]:
+        query = select(ScreeningQuestion).where(ScreeningQuestion.resident_id == resident_id)
+        if status is not None:
+            query = query.where(ScreeningQuestion.status == status)
+        query = query.order_by(ScreeningQuestion.asked_at.desc(), ScreeningQuestion.id)
+        return list((await self.session.scalars(query)).all())
+
+    async def screening_question(
+        self, question_id: uuid.UUID, *, resident_id: uuid.UUID | None = None, for_update: bool = False
+    ) -> ScreeningQuestion | None:
+        query = select(ScreeningQuestion).where(ScreeningQuestion.id == question_id)
+        if resident_id is not None:
+            query = query.where(ScreeningQuestion.resident_id == resident_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def open_questions(self, resident_id: uuid.UUID, fact: str | None = None) -> list[ScreeningQuestion]:
+        query = select(ScreeningQuestion).where(
+            ScreeningQuestion.resident_id == resident_id, ScreeningQuestion.status == "open"
+        )
+        if fact is not None:
+            query = query.where(ScreeningQuestion.fact == fact)
+        return list((await self.session.scalars(query.with_for_update())).all())
+
+    async def answered_facts(self, resident_id: uuid.UUID) -> dict[str, Any]:
+        """What the resident answered to screening questions, the latest answer per fact."""
+        query = (
+            select(ScreeningQuestion)
+            .where(ScreeningQuestion.resident_id == resident_id, ScreeningQuestion.status == "answered")
+            .order_by(ScreeningQuestion.answered_at)
+        )
+        return {q.fact: q.answer for q in (await self.session.scalars(query)).all()}
 
     # ------------------------------------------------------------------------------------------ rights over one's data
 

@@ -1,6 +1,7 @@
 """Intake's part of a resident's export: everything intake holds about them — their record and household, consents
 and their history, the representatives they named (and whom they represent), the authorities they gave at counters,
-their applications with the one status of each, their feedback, who looked at their data (the access log), the
+their applications with the one status of each, the offers proactive screening put before them and the questions it
+asked, their feedback, who looked at their data (the access log), the
 exports they asked for and their erasure request — and, after an erasure, only what intake keeps, with why and until
 when (retention.yaml). Nothing here commits."""
 
@@ -64,6 +65,8 @@ async def part(repo: Repository, resident_id: uuid.UUID) -> ResidentDataPart:
         "representing": [_representation(r) for r in await repo.representations_by(resident_id)],
         "counter_authorities": rows_data(await repo.counter_authorities(resident_id)),
         "applications": [(await build_view(repo, a)).model_dump(mode="json") for a in applications],
+        "offers": rows_data(await repo.opportunities_of(resident_id, None)),
+        "screening_questions": rows_data(await repo.questions_of(resident_id, None)),
         "feedback": rows_data(await repo.feedback_of(resident_id)),
         "access_log": await _access_log(repo, resident_id),
         # The documents themselves are not repeated (an export inside an export); only that they were made.

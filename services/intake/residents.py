@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
+from services.intake import opportunities
 from services.intake.access import (
     PURPOSE_ASSISTED_REGISTRATION,
     PURPOSE_NOTIFICATION,
@@ -369,6 +370,8 @@ async def set_consents(
             ),
             subject=str(resident.id),
         )
+        if "proactive_screening" in changed and not wanted["proactive_screening"]:
+            await opportunities.consent_withdrawn(repo, outbox, resident.id, now)
     if authority is not None:
         await record_access(
             repo,

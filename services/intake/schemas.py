@@ -22,6 +22,7 @@ from pydantic import (
 
 from shared.events import (
     RESIDENT_PARTNER_TYPES,
+    ActedAs,
     Channel,
     DecisionFile,
     DeclineReason,
@@ -30,6 +31,7 @@ from shared.events import (
     Language,
     Localized,
     MissingFact,
+    OfferDeclineReason,
     Outcome,
     ReferralOutcome,
     ServiceType,
@@ -525,6 +527,84 @@ class AccessLogEntryView(BaseModel):
 class AccessLogPage(BaseModel):
     items: list[AccessLogEntryView] = Field(description="Newest first")
     next_cursor: str | None
+
+
+# ---------------------------------------------------------------------------------------------- proactive offers
+
+
+class OpportunityStatus(StrEnum):
+    OFFERED = "offered"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+class OpportunityView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    amount: int | None = Field(description="KRW, as screening found it (the application's determination decides)")
+    amount_period: Literal["once", "monthly", "yearly", "total"] | None
+    status: OpportunityStatus
+    offered_at: dt.datetime
+    expires_on: dt.date = Field(description="The last day it may be accepted (the intake setting offer_valid_days)")
+    responded_at: dt.datetime | None
+    acted_as: ActedAs | None
+    decline_reason: OfferDeclineReason | None
+    expired_reason: Literal["deadline", "consent_withdrawn"] | None
+    application_id: uuid.UUID | None = Field(description="The application accepting it filed")
+
+
+class OpportunityAccept(Strict):
+    """One confirmation: the application is filed with what is known already; answers are only for anything the
+    resident wants to add."""
+
+    answers: Answers = Field(default_factory=dict)
+    channel: Channel = Channel.WEB
+
+
+class OpportunityAccepted(BaseModel):
+    opportunity: OpportunityView
+    application: ApplicationView
+
+
+class OpportunityDecline(Strict):
+    reason: OfferDeclineReason
+    note: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_storable)] | None = None
+
+
+class QuestionStatus(StrEnum):
+    OPEN = "open"
+    ANSWERED = "answered"
+    WITHDRAWN = "withdrawn"
+
+
+class QuestionFact(BaseModel):
+    name: str
+    type: str
+    question: Localized
+    choices: list[str] | None = None
+
+
+class ScreeningQuestionView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    fact: QuestionFact
+    why: Localized
+    asked_at: dt.datetime
+    status: QuestionStatus
+    answer: Any = None
+    answered_at: dt.datetime | None
+    acted_as: ActedAs | None
+
+
+class QuestionAnswer(Strict):
+    value: Any = Field(description="The answer, of the fact's type (true/false, a number, a date YYYY-MM-DD ...)")
 
 
 # ---------------------------------------------------------------------------------------------- the catalogue

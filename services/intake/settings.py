@@ -21,6 +21,14 @@ class IntakeSettings(ServiceSettings):
     catalogue_ttl_seconds: float = Field(default=60.0, gt=0)
     catalogue_timeout_seconds: float = Field(default=3.0, gt=0)
 
+    # Proactive offers: how long an offer stands (days after it is made; the last day is shown as ``expires_on``) —
+    # a service choice, not a statutory period — and how often expired offers are closed.
+    offer_valid_days: int = Field(default=90, ge=1, le=3650)
+    offer_check_interval_seconds: float = Field(default=300.0, gt=0)
+    # From this age a resident whose household lists nobody counts as an older person living alone (독거노인: 만 65세
+    # 이상, 노인복지법 제27조의2 — the age the basic pension and senior programs use too).
+    elderly_age: int = Field(default=65, ge=1, le=120)
+
     # A resident's rights over their data (services/intake/exports.py, erasure.py). The services holding data about a
     # resident, each serving its part at ``GET /v1/residents/{id}/data`` and answering an erasure with
     # ``resident.erased``; their addresses are ``<name>_url``.

@@ -34,6 +34,7 @@ from shared.events import (
     ResidentErasureCompleted,
     ResidentErasureRequested,
     ResidentUpdated,
+    ScreeningQuestionAsked,
 )
 
 E = TypeVar("E", bound=EventData)
@@ -70,6 +71,7 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 on(ApplicationWithdrawn, unless_erased(messages.application_withdrawn)),
                 on(EligibilityDetermined, unless_erased(messages.eligibility_determined)),
                 on(EligibilityOpportunity, unless_erased(messages.eligibility_opportunity)),
+                on(ScreeningQuestionAsked, unless_erased(messages.screening_question_asked)),
                 on(CaseRouted, unless_erased(messages.case_routed)),
                 on(CaseInfoRequested, unless_erased(messages.case_info_requested)),
                 on(CaseResumed, unless_erased(messages.case_resumed)),

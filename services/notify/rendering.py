@@ -30,6 +30,7 @@ KINDS = (
     "case.decided",
     "case.sla_breached",
     "eligibility.opportunity",
+    "screening.question_asked",
     "application.withdrawn",
     "resident.erasure_completed",
 )

@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from services.portal import applying, status
 from services.portal.backends import Invalid, NotVisible
 from services.portal.web import ResidentPage
+from shared.events import OfferDeclineReason
 
 router = APIRouter(include_in_schema=False)
 
@@ -25,12 +26,12 @@ async def dashboard(page: ResidentPage) -> Response:
     up, me = page.up, page.me
     applications = await up.get("intake", "/v1/applications", params={"resident_id": me.resident_id, "limit": 20})
     inbox = await up.get("notify", "/v1/inbox", params={"limit": 50})
-    opportunities = [m for m in inbox["items"] if m["kind"] == "eligibility.opportunity" and not m["read_at"]]
+    offers = await up.get("intake", f"/v1/residents/{me.resident_id}/opportunities", params={"status": "offered"})
     return page.render(
         "resident/dashboard.html",
         applications=applications["items"],
         unread=inbox["unread"],
-        opportunities=len(opportunities),
+        opportunities=len(offers),
     )
 
 
@@ -234,19 +235,52 @@ async def mark_read(page: ResidentPage, message_id: uuid.UUID) -> Response:
 
 @router.get("/opportunities")
 async def opportunities(page: ResidentPage) -> Response:
-    # Proactive screening's finds, as notify told the resident of them (eligibility.opportunity). Accepting starts
-    # the application of the life event; declining puts the offer away.
-    found = await page.up.get("notify", "/v1/inbox", params={"limit": 100})
-    offers = [m for m in found["items"] if m["kind"] == "eligibility.opportunity"]
-    events = await page.up.get("intake", "/v1/life-events")
-    return page.render("resident/opportunities.html", offers=offers, events=events)
+    # The offers proactive screening found that stand now (intake's): each accepted with one confirmation (the
+    # application is filed with what is known already) or declined with a reason.
+    return await _opportunities(page)
 
 
-@router.post("/opportunities/{message_id}/decline")
-async def decline_opportunity(page: ResidentPage, message_id: uuid.UUID) -> Response:
-    await page.form()
-    await page.up.post("notify", f"/v1/inbox/{message_id}/read")
-    return page.redirect("/opportunities")
+async def _opportunities(page: ResidentPage, *, status: int = 200, errors: dict[str, str] | None = None) -> Response:
+    offers = await page.up.get(
+        "intake", f"/v1/residents/{page.me.resident_id}/opportunities", params={"status": "offered"}
+    )
+    for offer in offers:
+        # One key per offer and act: a double click or a retry files one application, declines once.
+        offer["accept_key"], offer["decline_key"] = str(uuid.uuid4()), str(uuid.uuid4())
+    return page.render(
+        "resident/opportunities.html",
+        status=status,
+        offers=offers,
+        reasons=[r.value for r in OfferDeclineReason],
+        errors=errors or {},
+    )
+
+
+@router.post("/opportunities/{opportunity_id}/accept")
+async def accept_opportunity(page: ResidentPage, opportunity_id: uuid.UUID) -> Response:
+    submitted = await page.form()
+    accepted = await page.up.post(
+        "intake",
+        f"/v1/residents/{page.me.resident_id}/opportunities/{opportunity_id}/accept",
+        {"channel": "web"},
+        idempotency_key=_key(submitted.get("idempotency_key")),
+    )
+    return page.redirect(f"/applications/{accepted['application']['id']}")
+
+
+@router.post("/opportunities/{opportunity_id}/decline")
+async def decline_opportunity(page: ResidentPage, opportunity_id: uuid.UUID) -> Response:
+    submitted = await page.form()
+    reason = str(submitted.get("reason") or "")
+    if reason not in {r.value for r in OfferDeclineReason}:
+        return await _opportunities(page, status=422, errors={str(opportunity_id): "opportunities.error.reason"})
+    await page.up.post(
+        "intake",
+        f"/v1/residents/{page.me.resident_id}/opportunities/{opportunity_id}/decline",
+        {"reason": reason},
+        idempotency_key=_key(submitted.get("idempotency_key")),
+    )
+    return page.redirect("/opportunities?declined=1")
 
 
 # ---------------------------------------------------------------------------------------------- consents, access log

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.routing import casework, offerings, queues, reasons, referrals, resident_data, statistics
+from services.routing import casework, offerings, outreach, queues, reasons, referrals, resident_data, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
 from services.routing.repository import QueueFilter, Repository, RepositoryDep
@@ -39,6 +39,7 @@ from services.routing.schemas import (
     OfferingOut,
     OfficeIn,
     OfficeOut,
+    OutreachOutcomeOut,
     QueuePage,
     QueueSort,
     ReasonCodeOut,
@@ -47,6 +48,7 @@ from services.routing.schemas import (
     ReferralStatusName,
     RequestInfoIn,
     TransferIn,
+    VisitIn,
 )
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotentDep, PrincipalDep
@@ -312,6 +314,30 @@ async def add_note(
     idempotent: IdempotentDep,
 ) -> JSONResponse:
     return await idempotent.create(body, lambda: casework.add_note(repo, ctx, principal, case_id, body))
+
+
+@cases_router.post(
+    "/cases/{case_id}/visit",
+    response_model=CaseOut,
+    summary="Record an outreach visit and what it came to (outreach cases; a final outcome closes the case)",
+    responses=ACTION_PROBLEMS,
+)
+async def record_visit(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: VisitIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: outreach.record_visit(repo, ctx, principal, case_id, body), status_code=200
+    )
+
+
+@cases_router.get("/outreach-outcomes", summary="What an outreach visit may come to")
+async def outreach_outcomes(principal: Staff) -> list[OutreachOutcomeOut]:
+    return outreach.outcomes()
 
 
 @cases_router.get("/reason-codes", summary="The reason codes a decision may give")

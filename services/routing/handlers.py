@@ -1,6 +1,7 @@
 """Event consumers: eligibility determinations make and update cases; withdrawals close them; a resident's answer
 resumes the cases waiting on them; an application's submission tells its channel. Beside them, what routing learns
-from intake about residents: their consents (a referral to a partner needs one) and their ratings (open data).
+from intake about residents: their consents (a referral to a partner needs one), their ratings (open data), and the
+offers put before them and their answers (outreach, take-up and expected demand).
 
 The case events share one durable consumer so that they are applied in the order the stream holds them; each
 handler copes with redelivery (the inbox) and with reordering (evaluation rounds, the withdrawal mark). Consents and
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing import cases, consents, feedback, resident_data
+from services.routing import cases, consents, feedback, outreach, resident_data
 from services.routing.context import RoutingContext
 from services.routing.repository import Repository
 from shared.consumer import Apply, Subscription, on
@@ -28,6 +29,10 @@ from shared.events import (
     EligibilityDetermined,
     EventData,
     FeedbackGiven,
+    OpportunityAccepted,
+    OpportunityDeclined,
+    OpportunityExpired,
+    OpportunityOffered,
     ResidentErasureRequested,
 )
 
@@ -60,6 +65,18 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def info_provided(session: AsyncSession, event: CloudEvent, data: ApplicationInfoProvided) -> None:
         await cases.info_provided(Repository(session), ctx, data)
 
+    async def offered(session: AsyncSession, event: CloudEvent, data: OpportunityOffered) -> None:
+        await outreach.on_offered(Repository(session), ctx, data)
+
+    async def accepted(session: AsyncSession, event: CloudEvent, data: OpportunityAccepted) -> None:
+        await outreach.on_accepted(Repository(session), ctx, data)
+
+    async def declined(session: AsyncSession, event: CloudEvent, data: OpportunityDeclined) -> None:
+        await outreach.on_declined(Repository(session), ctx, data)
+
+    async def expired(session: AsyncSession, event: CloudEvent, data: OpportunityExpired) -> None:
+        await outreach.on_expired(Repository(session), ctx, data)
+
     async def consent_changed(session: AsyncSession, event: CloudEvent, data: ConsentChanged) -> None:
         await consents.record(Repository(session), ctx, data)
 
@@ -83,4 +100,16 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
         ),
         Subscription(name="consents", handlers=[on(ConsentChanged, _unless_erased(consent_changed))]),
         Subscription(name="feedback", handlers=[on(FeedbackGiven, _unless_erased(feedback_given))]),
+        # Offers and their answers, in intake's order: outreach to the vulnerable, take-up, expected demand. Apart
+        # from the cases, so that screening a population never holds up the routing of an application. An offer
+        # about a resident erased meanwhile is not stored (no outreach case is opened for them).
+        Subscription(
+            name="offers",
+            handlers=[
+                on(OpportunityOffered, _unless_erased(offered)),
+                on(OpportunityAccepted, _unless_erased(accepted)),
+                on(OpportunityDeclined, _unless_erased(declined)),
+                on(OpportunityExpired, _unless_erased(expired)),
+            ],
+        ),
     ]

@@ -21,6 +21,7 @@ from services.routing.api import (
 from services.routing.context import RoutingContext
 from services.routing.handlers import subscriptions
 from services.routing.models import platform
+from services.routing.outreach import outreach_timer
 from services.routing.settings import RoutingSettings
 from services.routing.timer import sla_timer
 from shared.runtime import Runtime, ServiceDefinition
@@ -35,8 +36,9 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
     async def context(runtime: Runtime) -> AsyncIterator[RoutingContext]:
         ctx = RoutingContext.build(settings, runtime.outbox)
         runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, ctx.clock, now))
-        async with sla_timer(runtime, ctx) as timer:
+        async with sla_timer(runtime, ctx) as timer, outreach_timer(runtime, ctx) as visits:
             ctx.timer = timer
+            ctx.outreach = visits
             yield ctx
 
     return ServiceDefinition(

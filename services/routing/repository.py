@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.models import (
+    APPLICATION,
     ApplicationRecord,
     Case,
     CaseEntry,
     CaseStatus,
+    Offer,
     Offering,
     Office,
     Referral,
@@ -239,7 +241,8 @@ class Repository:
         return (await self.session.execute(query)).scalars().all()
 
     async def cases_for_open_data(self) -> Sequence[Any]:
-        """The few columns open data aggregates (rows with attribute access), not whole cases."""
+        """The few columns open data aggregates (rows with attribute access), not whole cases: applications' cases
+        (an outreach visit is no case a resident brought)."""
         query = select(
             Case.routed_on,
             Case.district_code,
@@ -250,16 +253,100 @@ class Repository:
             Case.decided_on,
             Case.due_date,
             Case.breached_on,
-        )
+        ).where(Case.kind == APPLICATION)
         return (await self.session.execute(query)).all()
+
+    # ------------------------------------------------------------------------------------------ offers and outreach
+    # Unscoped: for the event handlers, the outreach timer and the aggregate figures.
+
+    async def offer(self, opportunity_id: uuid.UUID, *, for_update: bool = False) -> Offer | None:
+        query = select(Offer).where(Offer.opportunity_id == opportunity_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def outreach_candidates(self, late_before: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
+        """Offers still unanswered whose resident is one to visit and whose time to answer has run out."""
+        query = (
+            select(Offer.opportunity_id)
+            .where(
+                Offer.status == "offered",
+                Offer.outreach_due_on < late_before,
+                Offer.outreach_case_id.is_(None),
+            )
+            .order_by(Offer.outreach_due_on, Offer.opportunity_id)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def case_for_update(self, case_id: uuid.UUID) -> Case | None:
+        query = select(Case).where(Case.id == case_id).with_for_update().execution_options(populate_existing=True)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def standing_offers_by_office(self, office_codes: Sequence[str] | None) -> dict[tuple[str, str, str], int]:
+        """(office, program, department) -> offers still unanswered."""
+        query = (
+            select(Offer.office_code, Offer.program_code, Offer.department, func.count())
+            .where(Offer.status == "offered", Offer.office_code.is_not(None))
+            .group_by(Offer.office_code, Offer.program_code, Offer.department)
+        )
+        if office_codes is not None:
+            query = query.where(Offer.office_code.in_(office_codes))
+        return {(str(row[0]), row[1], row[2]): int(row[3]) for row in await self.session.execute(query)}
+
+    async def take_up(self) -> Sequence[Any]:
+        """Per program and district: residents found eligible (offers), those who applied for the program since (they
+        accepted the offer, or an application of theirs has a case of it), and those granted it since."""
+        after_offer = and_(
+            Case.kind == APPLICATION,
+            Case.resident_id == Offer.resident_id,
+            Case.program_code == Offer.program_code,
+            Case.routed_on >= Offer.offered_on,
+        )
+        applied = or_(Offer.status == "accepted", exists().where(after_offer))
+        granted = exists().where(after_offer, Case.decision == "approved")
+        query = (
+            select(
+                Offer.program_code,
+                func.min(Offer.department).label("department"),
+                Offer.district_code,
+                func.count().label("found_eligible"),
+                func.sum(case((applied, 1), else_=0)).label("applied"),
+                func.sum(case((granted, 1), else_=0)).label("granted"),
+            )
+            .where(Offer.district_code != "")
+            .group_by(Offer.program_code, Offer.district_code)
+            .order_by(Offer.program_code, Offer.district_code)
+        )
+        rows: Sequence[Any] = (await self.session.execute(query)).all()
+        return rows
+
+    async def answered_offers(self) -> dict[str, tuple[int, int, str]]:
+        """Per program: (answered offers — accepted, declined or expired —, accepted ones, department)."""
+        query = (
+            select(
+                Offer.program_code,
+                func.count(),
+                func.sum(case((Offer.status == "accepted", 1), else_=0)),
+                func.min(Offer.department),
+            )
+            .where(Offer.status != "offered")
+            .group_by(Offer.program_code)
+        )
+        return {row[0]: (int(row[1]), int(row[2] or 0), str(row[3])) for row in await self.session.execute(query)}
+
+    async def program_weights(self) -> dict[str, float]:
+        """Each program's case weight, as its cases carry it."""
+        query = select(Case.program_code, func.max(Case.case_weight)).where(Case.kind == APPLICATION)
+        return {row[0]: float(row[1]) for row in await self.session.execute(query.group_by(Case.program_code))}
 
     async def referrals_for_open_data(self) -> Sequence[Any]:
         query = select(Referral.referred_on, Referral.service_type, Referral.status)
         return (await self.session.execute(query)).all()
 
     async def cases_for_feedback_data(self) -> Sequence[Any]:
-        """Each case's office, program and decision, with how its application was made and rated (rows with
-        attribute access): the channel is the application's, or, when routing never heard it, the rating's."""
+        """Each application's case's office, program and decision, with how its application was made and rated (rows
+        with attribute access): the channel is the application's, or, when routing never heard it, the rating's."""
         query = (
             select(
                 Case.office_code,
@@ -270,6 +357,7 @@ class Repository:
             )
             .outerjoin(ApplicationRecord, ApplicationRecord.application_id == Case.application_id)
             .outerjoin(ResidentFeedback, ResidentFeedback.application_id == Case.application_id)
+            .where(Case.kind == APPLICATION)
         )
         return (await self.session.execute(query)).all()
 

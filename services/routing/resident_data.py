@@ -2,12 +2,15 @@
 
 The part (``GET /v1/residents/{id}/data``, for the resident or intake gathering their export): the applications
 routing heard of, their cases with each case's history (caseworkers' notes on a case still being decided are
-withheld, and the part says so and why), SLA breaches, referrals to partners, the copy of their consents, their
-ratings, and who among staff read their cases. After an erasure, only what is kept, with why and until when
+withheld, and the part says so and why) — outreach cases and their visits among them —, SLA breaches, referrals to
+partners, the offers put before them, the copy of their consents, their ratings, and who among staff read their
+cases. After an erasure, only what is kept, with why and until when
 (retention.yaml).
 
 The erasure (``resident.erasure_requested``, in order with the case events): decided cases are kept, pseudonymous;
-cases closed without a decision, referrals (a place still held is given back), the consents copy go; ratings lose
+cases closed without a decision, outreach cases (open or closed: no one is visited any more), the offers (no outreach
+is opened from them, and take-up no longer counts them), referrals (a place still held is given back), the consents
+copy go; ratings lose
 their link to the application; ``resident.erased`` answers. Later events about the resident are not stored. The
 housekeeping pass destroys kept cases when their period ends (:func:`purge`). Nothing here commits but the purge."""
 
@@ -22,10 +25,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.models import (
+    OUTREACH,
     ApplicationRecord,
     Case,
     CaseEntry,
     CaseStatus,
+    Offer,
     Referral,
     ResidentConsents,
     ResidentErasure,
@@ -123,6 +128,7 @@ async def part(
         "cases": case_records,
         "sla_breaches": rows_data(await _all(session, SlaBreach, SlaBreach.case_id.in_(case_ids))) if case_ids else [],
         "referrals": rows_data(await _all(session, Referral, Referral.resident_id == resident_id)),
+        "offers": rows_data(await _all(session, Offer, Offer.resident_id == resident_id)),
         "consents": rows_data([c] if (c := await repo.resident_consents(resident_id)) else []),
         "feedback": rows_data(feedback),
         "access_log": [dict(e) for e in log_entries],
@@ -171,7 +177,7 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
     if await erased(repo, rid):
         return  # answered already
     now = clock.now()
-    counts = {"referrals": 0, "cases_without_decision": 0, "feedback": 0}
+    counts = {"referrals": 0, "cases_without_decision": 0, "outreach_cases": 0, "feedback": 0}
     # Referrals first: a place still held is given back to the partner's offering.
     for referral in await _all(session, Referral, Referral.resident_id == rid):
         if referral.holds_place:
@@ -185,7 +191,8 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
             kept_cases.append(case)
         else:
             await _destroy_case(session, case.id)
-            counts["cases_without_decision"] += 1
+            counts["outreach_cases" if case.kind == OUTREACH else "cases_without_decision"] += 1
+    counts["offers"] = await _delete(session, Offer, Offer.resident_id == rid)
     kept_applications = {c.application_id for c in kept_cases}
     for application in await _all(session, ApplicationRecord, ApplicationRecord.resident_id == rid):
         # A rating keeps counting in the statistics, but no longer says whose (a random key for the application).

@@ -34,7 +34,9 @@ from shared.problems import UnprocessableContent
 def summary(case: Case) -> CaseSummary:
     return CaseSummary(
         id=case.id,
+        kind=case.kind,
         application_id=case.application_id,
+        opportunity_id=case.opportunity_id,
         program_code=case.program_code,
         program_name=Localized(ko=case.program_name_ko, en=case.program_name_en),
         department=Department(case.department),

@@ -30,6 +30,8 @@ T = TypeVar("T")
 BIRTH_RESIDENT = "resident-birth"
 BIRTH_RESIDENT_ID = "6f1d3c9a-2b1e-4c55-9a0e-10a1b1e0b001"
 OTHER_RESIDENT = "resident-moving-in"
+OFFERED_RESIDENT = "resident-job-loss"
+OFFERED_RESIDENT_ID = "6f1d3c9a-2b1e-4c55-9a0e-10a1b1e0b003"
 
 
 def platform_config(var_dir: Path) -> PlatformConfig:
@@ -42,6 +44,8 @@ def platform_config(var_dir: Path) -> PlatformConfig:
         ready_timeout=120,
         overrides={
             "notify": {"worker_interval_seconds": 0.2, "bundle_window_seconds": 1.0, "retry_base_seconds": 0.5},
+            # The demo residents who consent are screened soon after they are registered (their offers' page).
+            "eligibility": {"screening_check_interval_seconds": 1.0},
             "routing": {"sla_check_interval_seconds": 1.0},
             "portal": {"log_json": False},
         },

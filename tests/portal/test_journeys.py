@@ -1,6 +1,7 @@
 """The portal in a real browser against the real platform: a resident files a birth application and reads the
 outcomes; a caseworker claims and decides; the resident finds the decision in the inbox; another resident gets "not
-found" for that page; a form with bad input shows the field's error and writes nothing; a lost race is explained;
+found" for that page; a form with bad input shows the field's error and writes nothing; a lost race is explained; a
+resident declines one offer proactive screening found (a reason asked for) and accepts another with one confirmation;
 every page passes axe-core (WCAG 2.1 AA) at 375 px; a journey by keyboard alone; the English switch.
 
 The tests run in order and share the platform (and the birth application the first one files)."""
@@ -14,7 +15,16 @@ import pytest
 
 from shared.auth import Role
 from tests.e2e.support import Api
-from tests.portal.support import BIRTH_RESIDENT, BIRTH_RESIDENT_ID, DESKTOP, OTHER_RESIDENT, Portal, eventually
+from tests.portal.support import (
+    BIRTH_RESIDENT,
+    BIRTH_RESIDENT_ID,
+    DESKTOP,
+    OFFERED_RESIDENT,
+    OFFERED_RESIDENT_ID,
+    OTHER_RESIDENT,
+    Portal,
+    eventually,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -279,4 +289,47 @@ def test_korean_by_default_english_on_a_switch(portal: Portal) -> None:
         portal.sign_in(page, BIRTH_RESIDENT)
         page.goto(f"{portal.url}/applications/{STATE['application']}")
         assert page.locator("h1").inner_text() == "Your application: Birth of a child"
+        portal.check(page)
+
+
+def test_a_resident_declines_one_offer_with_a_reason_and_accepts_another_with_one_confirmation(
+    portal: Portal, api: Api
+) -> None:
+    auth = api.token(Role.RESIDENT, resident_id=OFFERED_RESIDENT_ID)
+    path = f"/v1/residents/{OFFERED_RESIDENT_ID}/opportunities"
+
+    def standing() -> list[dict[str, Any]]:
+        return list(api.ok("intake", "GET", path, auth, params={"status": "offered"}))
+
+    offers = eventually(lambda: o if len(o := standing()) >= 2 else None, timeout=90, what="offers screening found")
+    declining, accepting = offers[0], offers[1]
+    with portal.context() as context:
+        page = context.new_page()
+        portal.sign_in(page, OFFERED_RESIDENT)
+        page.goto(f"{portal.url}/opportunities")
+        assert page.locator("li.offer").count() >= 2
+        item = page.locator(f"#offer-{declining['id']}")
+        assert declining["program_name"]["ko"] in item.inner_text()
+        portal.check(page)
+
+        # Declining asks why: without a reason the field says so, and nothing is written.
+        with page.expect_response(lambda r: r.url.endswith(f"/opportunities/{declining['id']}/decline")) as info:
+            item.locator("form.decline button[type=submit]").click()
+        assert info.value.status == 422
+        assert page.locator(f"#reason-{declining['id']}").get_attribute("aria-invalid") == "true"
+        portal.check(page)
+        assert declining["id"] in {o["id"] for o in standing()}
+        page.select_option(f"#reason-{declining['id']}", "already_receiving")
+        page.locator(f"#offer-{declining['id']} form.decline button[type=submit]").click()
+        page.wait_for_url("**/opportunities?declined=1")
+        assert page.locator(f"#offer-{declining['id']}").count() == 0
+        declined = api.ok("intake", "GET", path, auth, params={"status": "declined"})
+        assert [(o["id"], o["decline_reason"]) for o in declined] == [(declining["id"], "already_receiving")]
+
+        # One confirmation files the application for the offered program; its page opens.
+        page.locator(f"#offer-{accepting['id']} form[action$='/accept'] button").click()
+        page.wait_for_url("**/applications/*")
+        application_id = page.url.rsplit("/", 1)[1].split("?")[0]
+        (accepted,) = api.ok("intake", "GET", path, auth, params={"status": "accepted"})
+        assert (accepted["id"], accepted["application_id"]) == (accepting["id"], application_id)
         portal.check(page)

@@ -15,6 +15,7 @@ from services.portal.i18n import LANGUAGES, Messages
 from services.portal.people import DemoPeople
 from services.portal.rendering import TEMPLATES
 from services.portal.settings import PORTAL_DIR
+from shared.events import OfferDeclineReason
 
 ROOT = PORTAL_DIR.parent.parent
 FACTS = ROOT / "services" / "eligibility" / "catalogue" / "facts.yaml"
@@ -26,7 +27,7 @@ PYTHON_FILES = sorted(PORTAL_DIR.glob("*.py"))
 # t('key') / t("key", …) in templates, page.t("key") in code; and message keys the code names as values
 # ("answer.error.integer", "case.error.required" …).
 CALLED = re.compile(r"""\bt\(\s*['"]([a-z0-9_.\-]+)['"]""")
-KEY_LITERAL = re.compile(r"""['"]((?:answer|case|feedback|error|idp|questions)\.[a-z0-9_.\-]+)['"]""")
+KEY_LITERAL = re.compile(r"""['"]((?:answer|case|feedback|error|idp|questions|opportunities)\.[a-z0-9_.\-]+)['"]""")
 # Dynamic keys: a literal prefix joined with a value ('outcome.' ~ p.outcome ~ '.label').
 PREFIXED = re.compile(r"""t\(\s*['"]([a-z0-9_.\-]+\.)['"]\s*~""")
 
@@ -78,6 +79,7 @@ def test_every_family_of_dynamic_messages_is_complete() -> None:
         "questions.reason.": ["registry", "staff"],
         "queue.sort.": ["urgency", "due", "newest"],
         "period.": ["once", "monthly", "yearly", "total"],
+        "opportunities.reason.": [r.value for r in OfferDeclineReason],
         "case.done.": list(ACTIONS),
         "offices.": ["caseworker_hours_week", "active_case_ceiling"],
     }

@@ -23,6 +23,7 @@ NOT_ABOUT_RESIDENTS: dict[str, dict[str, str]] = {
         "median_incomes": "reference figures",
         "catalogue_state": "the catalogue's revision",
         "screenings": "counts of a screening run, no resident",
+        "screening_schedule": "the scheduler's memory and lease, no resident",
     },
     "routing": {"offices": "offices and their capacity", "offerings": "partners' offerings"},
     "notify": {

@@ -102,8 +102,9 @@ async def test_a_resident_s_part_then_their_erasure_keeping_only_the_decision_fi
         await wait_until(lambda: eligibility.settled())
         assert len(events.of_type("resident.erased")) == 1
     assert (answer["service"], answer["resident_id"]) == ("eligibility", str(resident_id))
-    assert answer["erased"] == {"registry": 1, "department_facts": 1, "opportunities": 0,
-                                "applications_without_decision": 1, "stored_answers": 0}  # fmt: skip
+    assert answer["erased"] == {"registry": 1, "department_facts": 1, "opportunities": 0, "screening_questions": 0,
+                                "screening_answers": 0, "screening_schedule": 0, "applications_without_decision": 1,
+                                "stored_answers": 0}  # fmt: skip
     kept = {k["record_type"]: k for k in answer["kept"]}
     assert kept["decision_files"]["count"] == 1
     assert kept["decision_files"]["destroy_on"] == f"{decided_on.year + 6}-01-01"

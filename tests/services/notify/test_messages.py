@@ -148,6 +148,14 @@ ITEMS: dict[str, list[dict[str, object]]] = {
             "amount_period": "monthly",
         }
     ],
+    "screening.question_asked": [
+        {
+            "program_code": "tomorrow_learning_card",
+            "program_name": {"ko": "국민내일배움카드", "en": "Tomorrow learning card"},
+            "department": "labour",
+            "question": {"ko": "현재 공무원입니까?", "en": "Are you currently a civil servant?"},
+        }
+    ],
     "application.withdrawn": [{"withdrawn_at": "2025-03-04T10:00:00+00:00"}],
     "resident.erasure_completed": [
         {
@@ -180,6 +188,10 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "case.decided": {"ko": ["아동수당: 100,000원", "소득 기준 초과"], "en": ["Approved", "Income too high"]},
     "case.sla_breached": {"ko": ["죄송", "2025년 3월 25일"], "en": ["sorry", "25 March 2025"]},
     "eligibility.opportunity": {"ko": ["기초연금", "매월 342,510원"], "en": ["Basic pension", "KRW 342,510 a month"]},
+    "screening.question_asked": {
+        "ko": ["국민내일배움카드", "현재 공무원입니까?", "신청이 되지는 않습니다"],
+        "en": ["Tomorrow learning card", "Are you currently a civil servant?", "Answering applies for nothing"],
+    },
     "application.withdrawn": {"ko": ["철회"], "en": ["withdrawn"]},
     "resident.erasure_completed": {
         "ko": ["개인정보를 삭제했습니다", "행정 결정의 기록 (1건): 2032년 1월 1일까지"],
@@ -191,7 +203,9 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_of_message_reads_well_in_korean_and_english(kind: str) -> None:
     renderer = Renderer("https://onestop.example.kr/")
-    application = None if kind in ("eligibility.opportunity", "resident.erasure_completed") else APP
+    application = (
+        None if kind in ("eligibility.opportunity", "screening.question_asked", "resident.erasure_completed") else APP
+    )
     for language in ("ko", "en"):
         message = renderer.render(MessageInput(kind, language, application, ITEMS[kind]))
         link = f"https://onestop.example.kr/applications{'/' + APP if application else ''}"
