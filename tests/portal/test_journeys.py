@@ -228,6 +228,10 @@ def test_supervisor_and_administrator_pages(portal: Portal) -> None:
         chart = page.locator("svg.capacity-chart")
         assert chart.get_attribute("role") == "img"
         assert chart.locator("rect").count() > 0
+        # Programs by their names in the page's language, never their codes (the journeys above made cases).
+        legend = page.locator("ul.legend li")
+        assert legend.count() > 1, "the earlier journeys' cases are in the chart"
+        assert not re.search(r"\b[a-z]+(?:_[a-z0-9]+)+\b", page.locator("main").inner_text())
         portal.check(page)
         for path in ("/supervise/assign", "/supervise/breaches"):
             page.goto(f"{portal.url}{path}")
