@@ -76,7 +76,7 @@ class QueueQuery:
         )
 
     def params(self, subject: str) -> dict[str, Any]:
-        params: dict[str, Any] = {"status": self.status, "limit": PAGE_SIZE}
+        params: dict[str, Any] = {"status": self.status, "sort": self.sort, "limit": PAGE_SIZE}
         if self.program:
             params["program"] = self.program
         if self.priority:
@@ -109,14 +109,6 @@ class QueueQuery:
         return "?" + urlencode(values)
 
 
-def sorted_page(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
-    if sort == "due":
-        return sorted(items, key=lambda c: (c["due_date"], -c["priority"]))
-    if sort == "newest":
-        return sorted(items, key=lambda c: c["created_at"], reverse=True)
-    return items  # the queue's own order: priority, then due date
-
-
 @router.get("/work")
 async def work(page: StaffPage) -> Response:
     offices = list(page.me.offices)
@@ -128,9 +120,15 @@ async def work(page: StaffPage) -> Response:
 @router.get("/work/queue/{office}")
 async def queue(page: StaffPage, request: Request, office: str) -> Response:
     query = QueueQuery.from_request(request)
-    found = await page.up.get("routing", f"/v1/queues/{office}", params=query.params(page.me.subject))
+    try:
+        found = await page.up.get("routing", f"/v1/queues/{office}", params=query.params(page.me.subject))
+    except Invalid as exc:
+        if query.cursor is None or "cursor" not in exc.field_errors():
+            raise
+        # A cursor marks a place in the order it was made for only (a link kept from another sort, say): start over.
+        return RedirectResponse(f"/work/queue/{office}{query.link(cursor=None)}", status_code=303)
     on = today(page)
-    items = [{**c, "sla": sla_badge(c, on)} for c in sorted_page(found["items"], query.sort)]
+    items = [{**c, "sla": sla_badge(c, on)} for c in found["items"]]
     return page.render(
         "staff/queue.html",
         office=office,

@@ -26,7 +26,10 @@ def _offices(page: Page, report_offices: list[dict[str, Any]] | None = None) -> 
 @router.get("/supervise")
 async def capacity(page: SupervisorPage) -> Response:
     report = await page.up.get("routing", "/v1/capacity")
-    return page.render("supervisor/capacity.html", report=report, chart=capacity_chart(report))
+    # Routing counts by program code; the catalogue names each program in both languages.
+    catalogue = await page.up.get("eligibility", "/v1/programs")
+    names = {program["code"]: program["name"] for program in catalogue}
+    return page.render("supervisor/capacity.html", report=report, chart=capacity_chart(report), names=names)
 
 
 async def _cases(page: Page, *, unassigned: bool) -> list[dict[str, Any]]:

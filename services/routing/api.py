@@ -41,6 +41,7 @@ from services.routing.schemas import (
     OfficeOut,
     OutreachOutcomeOut,
     QueuePage,
+    QueueSort,
     ReasonCodeOut,
     ReferralIn,
     ReferralOut,
@@ -140,7 +141,7 @@ def queue_filter(
 
 @cases_router.get(
     "/queues/{office}",
-    summary="An office's queue, most urgent first (priority, then due date), a page at a time",
+    summary="An office's queue, most urgent first (or earliest due, or newest), a page at a time",
     responses=problem_responses(403, 404, 422),
 )
 async def queue(
@@ -148,11 +149,18 @@ async def queue(
     principal: Staff,
     office: OfficeCodePath,
     filters: Annotated[QueueFilter, Depends(queue_filter)],
+    sort: Annotated[
+        QueueSort,
+        Query(
+            description="urgency: priority, then due date; due: due date, then priority; newest: the most recently "
+            "created first. A cursor pages only the order it was made for."
+        ),
+    ] = QueueSort.URGENCY,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     purpose: Purpose = "casework",
 ) -> QueuePage:
-    return await queues.page(repo, principal, office, filters, cursor=cursor, limit=limit, purpose=purpose)
+    return await queues.page(repo, principal, office, filters, sort, cursor=cursor, limit=limit, purpose=purpose)
 
 
 @cases_router.get(

@@ -29,6 +29,7 @@ from services.routing.models import (
     ResidentFeedback,
     SlaBreach,
 )
+from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
 from shared.deps import SessionDep
 
@@ -63,13 +64,43 @@ class QueueFilter:
     unassigned: bool = False
 
 
+# Each order of the queue: the case's keys, each ascending or descending (True), the id last so that no two cases
+# tie and keyset pagination visits each case once.
+QUEUE_ORDERS: dict[QueueSort, tuple[tuple[str, bool], ...]] = {
+    QueueSort.URGENCY: (("priority", True), ("due_date", False), ("id", False)),
+    QueueSort.DUE: (("due_date", False), ("priority", True), ("id", False)),
+    QueueSort.NEWEST: (("created_at", True), ("id", True)),
+}
+
+QueueKey = int | dt.date | dt.datetime | uuid.UUID
+
+
 @dataclass(frozen=True)
 class QueuePosition:
-    """Where a page ended, in the queue's order (priority descending, due date, id)."""
+    """Where a page ended: the order it was read in, and the last case's values of that order's keys."""
 
-    priority: int
-    due_date: dt.date
-    case_id: uuid.UUID
+    sort: QueueSort
+    keys: tuple[QueueKey, ...]
+
+    @classmethod
+    def of(cls, case: Case, sort: QueueSort) -> QueuePosition:
+        return cls(sort, tuple(getattr(case, name) for name, _ in QUEUE_ORDERS[sort]))
+
+
+def queue_order(sort: QueueSort) -> list[tuple[Any, bool]]:
+    """The order's columns of the cases table, each with whether it runs descending."""
+    return [(getattr(Case, name), descending) for name, descending in QUEUE_ORDERS[sort]]
+
+
+def after_position(position: QueuePosition) -> ColumnElement[bool]:
+    """Strictly after ``position`` in its order: past it on the first key, or equal on the first and past it on the
+    second, and so on (keyset pagination)."""
+    order = queue_order(position.sort)
+    alternatives = []
+    for i, ((column, descending), value) in enumerate(zip(order, position.keys, strict=True)):
+        equal_before = [c == v for (c, _), v in zip(order[:i], position.keys[:i], strict=True)]
+        alternatives.append(and_(*equal_before, column < value if descending else column > value))
+    return or_(*alternatives)
 
 
 class Repository:
@@ -89,7 +120,7 @@ class Repository:
     # ------------------------------------------------------------------------------------------ the queue
 
     async def queue_page(
-        self, office_code: str, filters: QueueFilter, after: QueuePosition | None, limit: int
+        self, office_code: str, filters: QueueFilter, sort: QueueSort, after: QueuePosition | None, limit: int
     ) -> Sequence[Case]:
         query: Select[Case] = select(Case).where(Case.office_code == office_code, Case.status.in_(filters.statuses))
         if filters.programs:
@@ -104,14 +135,8 @@ class Repository:
             query = query.where(Case.assignee.is_(None))
         if after is not None:
             # Keyset pagination: strictly after the last row of the previous page, in the same order.
-            query = query.where(
-                or_(
-                    Case.priority < after.priority,
-                    and_(Case.priority == after.priority, Case.due_date > after.due_date),
-                    and_(Case.priority == after.priority, Case.due_date == after.due_date, Case.id > after.case_id),
-                )
-            )
-        query = query.order_by(Case.priority.desc(), Case.due_date, Case.id).limit(limit)
+            query = query.where(after_position(after))
+        query = query.order_by(*(c.desc() if descending else c for c, descending in queue_order(sort))).limit(limit)
         return (await self.session.execute(query)).scalars().all()
 
     # ------------------------------------------------------------------------------------------ offices

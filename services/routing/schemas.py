@@ -128,6 +128,14 @@ class CaseStatusName(StrEnum):
     CLOSED = "closed"
 
 
+class QueueSort(StrEnum):
+    """The orders an office's queue is read in, each paged by its own cursor (the case id breaks every tie)."""
+
+    URGENCY = "urgency"  # priority, highest first; then due date, earliest first
+    DUE = "due"  # due date, earliest first; then priority, highest first
+    NEWEST = "newest"  # the most recently created case first
+
+
 class Candidate(BaseModel):
     office_code: str
     role: Literal["responsible", "fallback", "neighbour"]
@@ -238,6 +246,7 @@ class CaseOut(CaseSummary):
 
 class QueuePage(BaseModel):
     office_code: str
+    sort: QueueSort
     items: list[CaseSummary]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
 

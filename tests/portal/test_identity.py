@@ -172,7 +172,7 @@ async def test_an_external_provider_switches_the_embedded_one_off(tmp_path: Path
         (PortalSettings(keys_dir=tmp_path), 200),
     ):
         app = create_app(settings)
-        async with LifespanManager(app) as manager:
+        async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
                 assert (await client.get(discovery)).status_code == status

@@ -8,6 +8,7 @@ The tests run in order and share the platform (and the birth application the fir
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -116,6 +117,31 @@ def test_a_caseworker_claims_and_decides(portal: Portal, api: Api) -> None:
         portal.sign_in(page, f"caseworker-{office.lower()}")
         assert page.url.endswith(f"/work/queue/{office}")
         portal.check(page)
+        # The order chosen is routing's own (pages included), not a reordering of one page.
+        staff = api.token(Role.CASEWORKER, offices=[office])
+        for sort in ("due", "newest", "urgency"):
+            page.select_option("#sort", sort)
+            page.locator("form.filters button[type=submit]").click()
+            page.wait_for_url(re.compile(f"sort={sort}"))
+
+            def in_routings_order(sort: str = sort) -> bool:
+                shown = page.locator("#queue-results tbody a[href^='/work/cases/']").evaluate_all(
+                    "links => links.map(a => a.getAttribute('href'))"
+                )
+                found = api.ok("routing", "GET", f"/v1/queues/{office}", staff, params={"sort": sort, "limit": 20})
+                if shown == [f"/work/cases/{c['id']}" for c in found["items"]]:
+                    return True
+                page.reload()  # a case routed meanwhile: compare again
+                return False
+
+            eventually(in_routings_order, what=f"the queue sorted by {sort} as routing sorts it")
+        portal.check(page)
+        # A cursor routing refuses (made for another order, or none at all) starts the chosen order from its first page.
+        page.goto(f"{portal.url}/work/queue/{office}?sort=newest&cursor=not-a-cursor")
+        assert "sort=newest" in page.url
+        assert "cursor=" not in page.url
+        assert page.locator("#sort").input_value() == "newest"
+        page.goto(f"{portal.url}/work/queue/{office}")
         page.locator(f"a[href='/work/cases/{case['case_id']}']").click()
         page.wait_for_url(f"**/work/cases/{case['case_id']}")
         portal.check(page)
@@ -202,6 +228,10 @@ def test_supervisor_and_administrator_pages(portal: Portal) -> None:
         chart = page.locator("svg.capacity-chart")
         assert chart.get_attribute("role") == "img"
         assert chart.locator("rect").count() > 0
+        # Programs by their names in the page's language, never their codes (the journeys above made cases).
+        legend = page.locator("ul.legend li")
+        assert legend.count() > 1, "the earlier journeys' cases are in the chart"
+        assert not re.search(r"\b[a-z]+(?:_[a-z0-9]+)+\b", page.locator("main").inner_text())
         portal.check(page)
         for path in ("/supervise/assign", "/supervise/breaches"):
             page.goto(f"{portal.url}{path}")
