@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import pytest
+from playwright.sync_api import Locator
 
 from shared.auth import Role
 from tests.e2e.support import Api
@@ -167,15 +168,19 @@ def test_the_resident_finds_the_decision_in_the_inbox(portal: Portal) -> None:
         page = context.new_page()
         portal.sign_in(page, BIRTH_RESIDENT)
 
+        def decided_messages() -> Locator:
+            return page.locator("li.message", has_text=STATE["decided_program"]).filter(
+                has=page.locator("h2", has_text="신청하신 지원이 결정되었습니다")
+            )
+
         def decision_message() -> bool:
+            # Other programs' decisions may arrive first: wait for this program's message itself.
             page.goto(f"{portal.url}/inbox")
-            return page.locator("article h2", has_text="신청하신 지원이 결정되었습니다").count() > 0
+            return decided_messages().count() > 0
 
         eventually(decision_message, what="the decision in the inbox")
         portal.check(page)
-        decided = page.locator("li.message", has_text=STATE["decided_program"]).filter(
-            has=page.locator("h2", has_text="신청하신 지원이 결정되었습니다")
-        )
+        decided = decided_messages()
         assert decided.count() == 1
         # The message's link opens the application in the portal.
         assert f"{portal.url}/applications/{STATE['application']}" in decided.inner_text()

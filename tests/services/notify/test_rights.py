@@ -83,6 +83,8 @@ async def test_a_resident_s_part_their_erasure_and_nothing_more_for_any_partner(
         return row is not None
 
     await wait_until(pending)
+    # The resident's own message about it comes from another consumer: wait for it too.
+    await wait_until(lambda: told(3))
 
     # The part: the messages, the preferences, and which partner got what, when.
     part = await _part(notify, resident, own)
