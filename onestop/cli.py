@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", help="read the catalogue the eligibility service serves from its database, not the YAML"
     )
     diff.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
+    check = catalogue_commands.add_parser(
+        "check", help="list the rule versions proactive screening cannot judge in columns (judged per record)"
+    )
+    check.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
 
     asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
     asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
@@ -232,6 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
+    if args.catalogue_command == "check":
+        return cmd_catalogue_check(args)
     from services.eligibility.catalogue import load_files
     from services.eligibility.catalogue_diff import diff_files, diff_stored
     from services.eligibility.facts import CATALOGUE_DIR
@@ -255,6 +261,25 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
         return 0
     directory = args.catalogue_dir or CATALOGUE_DIR
     print(diff_files(load_files(directory), args.first, args.second).render(f"YAML catalogue in {directory}"), end="")
+    return 0
+
+
+def cmd_catalogue_check(args: argparse.Namespace) -> int:
+    from services.eligibility.catalogue import load_files
+    from services.eligibility.facts import CATALOGUE_DIR
+    from services.eligibility.vectorised import check_catalogue
+
+    directory = args.catalogue_dir or CATALOGUE_DIR
+    catalogue = load_files(directory).catalogue()
+    found = check_catalogue(catalogue)
+    versions = sum(1 for p in catalogue.programs.values() for v in p.versions if not v.superseded)
+    if not found:
+        print(f"every one of the {versions} rule versions in {directory} is judged in columns by proactive screening")
+        return 0
+    print(f"{len(found)} of {versions} rule versions are judged per record by proactive screening (the columnar")
+    print("compiler cannot translate them; correct, but a few hundred times slower):")
+    for code, version, day, reason in found:
+        print(f"  {code} v{version} (from {day.isoformat()}): {reason}")
     return 0
 
 

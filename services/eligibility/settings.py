@@ -25,3 +25,5 @@ class EligibilitySettings(ServiceSettings):
     # Proactive screening: residents handled per database round trip, and the most one screening may cover.
     screening_batch_size: int = Field(default=500, ge=1, le=10_000)
     screening_max_residents: int = Field(default=1_000_000, ge=1)
+    # Residents judged together in columns (the vectorised path reads, resolves and judges a page at a time).
+    screening_page_size: int = Field(default=200_000, ge=1, le=2_000_000)

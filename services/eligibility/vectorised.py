@@ -320,3 +320,16 @@ def explained_nodes(version: RuleVersion) -> Mapping[str, Node]:
 
 def is_leaf(node: Node) -> bool:
     return isinstance(node, Leaf)
+
+
+def check_catalogue(catalogue: Catalogue) -> list[tuple[str, int, dt.date, str]]:
+    """Every rule version (not superseded) the columnar compiler cannot translate: (program, version, the first
+    day it is in force, why). Those programs are screened per record (correct, a few hundred times slower)."""
+    found: dict[tuple[str, int], tuple[dt.date, str]] = {}
+    days = sorted({v.effective_from for p in catalogue.programs.values() for v in p.versions if not v.superseded})
+    for day in days:
+        versions = catalogue.versions_on(day)
+        for code, reason in unvectorisable(catalogue, day).items():
+            version = versions[code][1].version
+            found.setdefault((code, version), (day, reason))
+    return [(code, version, day, reason) for (code, version), (day, reason) in sorted(found.items())]
