@@ -47,14 +47,16 @@ def test_versions_the_compiler_cannot_translate_are_listed_with_the_reason(
     shutil.copytree(CATALOGUE_DIR, directory)
     for path in (directory / "programs").glob("*.yaml"):
         path.unlink()
+    older_parent = "parent_birth_dates.exists(d, d < timestamp('1950-01-01T00:00:00Z'))"
+    requires = {"id": "m", "label": {"ko": "m", "en": "m"}, "program": "macro"}
     programs = [
         program("plain", version(dt.date(2025, 1, 1), leaf("old", "age_years >= 65"))),
         program(
             "macro",
             version(dt.date(2025, 1, 1), leaf("old", "age_years >= 65")),
-            version(dt.date(2026, 1, 1), leaf("parent", "parent_birth_dates.exists(d, d < timestamp('1950-01-01T00:00:00Z'))")),
+            version(dt.date(2026, 1, 1), leaf("parent", older_parent)),
         ),
-        program("requires_macro", version(dt.date(2026, 1, 1), {"id": "m", "label": {"ko": "m", "en": "m"}, "program": "macro"})),
+        program("requires_macro", version(dt.date(2026, 1, 1), requires)),
         program("fractions", version(dt.date(2025, 1, 1), leaf("half", "double(age_years) / 2.0 >= 32.5"))),
     ]  # fmt: skip
     (directory / "programs" / "welfare.yaml").write_text(
