@@ -72,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
 
+    registry = commands.add_parser("registry", help="a synthetic resident registry, for screening at scale")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    generate = registry_commands.add_parser("generate", help="write a synthetic population to Parquet (and a manifest)")
+    generate.add_argument("--residents", type=int, required=True, help="how many residents (whole households)")
+    generate.add_argument("--seed", type=int, default=1)
+    generate.add_argument("--as-of", type=dt.date.fromisoformat, help="the registry's day (default: today)")
+    generate.add_argument("--out", type=Path, default=Path("var/registry"), help="directory (default var/registry)")
+    load = registry_commands.add_parser("load", help="fill eligibility's registry projection from the Parquet")
+    load.add_argument("--from", dest="source", type=Path, default=Path("var/registry"))
+    load.add_argument("--database-url", help="eligibility's database (default: its settings)")
+    load.add_argument("--replace", action="store_true", help="empty the projection first (drills and benchmarks)")
+
     asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
     asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
 
@@ -88,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init,
         "status": cmd_status,
         "catalogue": cmd_catalogue,
+        "registry": cmd_registry,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
     }[args.command]
@@ -281,6 +294,14 @@ def cmd_catalogue_check(args: argparse.Namespace) -> int:
     for code, version, day, reason in found:
         print(f"  {code} v{version} (from {day.isoformat()}): {reason}")
     return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from onestop.population import generate_registry, load_registry
+
+    if args.registry_command == "generate":
+        return generate_registry(args.residents, args.seed, args.as_of, args.out)
+    return load_registry(args.source, args.database_url, replace=args.replace)
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:
