@@ -37,6 +37,7 @@ test: $(STAMP) postgres fonts lint
 bench: $(STAMP)
 	$(BIN)/python bench/bus.py
 	$(BIN)/python bench/eligibility.py
+	$(BIN)/python bench/screening.py
 
 asyncapi: $(STAMP)
 	$(BIN)/onestop asyncapi

@@ -99,13 +99,15 @@ async def screened_pages(
     *,
     page_size: int,
     max_residents: int,
+    only: Sequence[uuid.UUID] | None = None,
 ) -> AsyncIterator[ScreenedPage]:
+    """The pages of consenting residents (``only``: of these alone), judged."""
     chosen: Plan = plan(catalogue, codes, as_of)
     judged_codes = chosen.codes
     after: str | None = None
     screened = 0
     while screened < max_residents:
-        residents, facts = await repo.registry_page(after, min(page_size, max_residents - screened))
+        residents, facts = await repo.registry_page(after, min(page_size, max_residents - screened), only)
         if not residents:
             return
         people = residents_frame(residents)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, exists, false, func, select, text, true, update
+from sqlalchemy import ColumnElement, bindparam, exists, false, func, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import ProgramData
@@ -259,12 +259,15 @@ class Repository:
 
     # ------------------------------------------------------------------------------------------ the registry table
 
-    async def registry_page(self, after: str | None, limit: int) -> tuple[list[Any], list[Any]]:
+    async def registry_page(
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None
+    ) -> tuple[list[Any], list[Any]]:
         """A page of consenting residents (by id, after ``after``: 32 hex digits) for the registry table, as plain
         text columns (the driver's values, none converted: a page holds up to hundreds of thousands of residents),
         and their department facts, one text per resident (fields joined by unit separators, facts by record
-        separators: one object per resident instead of seven per fact). Unscoped: for screening. Returns (residents:
-        id, registry_version, birth_date, district_code, household, vulnerability, consents; facts: id, text)."""
+        separators: one object per resident instead of seven per fact). ``only``: these residents alone (a re-screen of
+        those whose facts changed). Unscoped: for screening. Returns (residents: id, registry_version, birth_date,
+        district_code, household, vulnerability, consents; facts: id, text)."""
         # The SQL is assembled from this method's own fragments (per dialect); every value is a bound parameter.
         postgres = self.session.get_bind().dialect.name == "postgresql"
         rid = "replace(r.resident_id::text, '-', '')" if postgres else "r.resident_id"
@@ -275,14 +278,20 @@ class Repository:
         after_clause = ""
         if after is not None:
             after_clause = "AND r.resident_id > CAST(:after AS uuid)" if postgres else "AND r.resident_id > :after"
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        if only is not None:
+            after_clause += " AND r.resident_id IN :only"
+            params["only"] = list(only) if postgres else [u.hex for u in only]
         residents = (
             await self.session.execute(
                 text(
                     f"SELECT {rid}, r.registry_version, {day.format('r.birth_date')}, r.district_code, "  # noqa: S608
                     f"{json.format('r.household')}, {json.format('r.vulnerability')}, {json.format('r.consents')} "
                     f"FROM residents r WHERE r.proactive_screening {after_clause} ORDER BY r.resident_id LIMIT :limit"
-                ),
-                {"after": after, "limit": limit} if after is not None else {"limit": limit},
+                ).bindparams(*([bindparam("only", expanding=True)] if only is not None else [])),
+                params,
             )
         ).all()
         if not residents:

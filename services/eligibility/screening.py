@@ -30,8 +30,6 @@ from shared.events import EligibilityOpportunity, Localized, Outcome
 from shared.problems import NotFound
 
 _ERROR = object()
-# Opportunities (and their events) written per statement.
-WRITE_CHUNK = 10_000
 # Core inserts: a page of findings in one statement, without the ORM's per-object work.
 OPPORTUNITIES = cast(Table, OpportunityRow.__table__)
 
@@ -136,7 +134,10 @@ async def run_screening(
     now: dt.datetime,
     batch_size: int,
     max_residents: int,
+    residents: Sequence[uuid.UUID] | None = None,
 ) -> ScreeningRow:
+    """Screen every consenting resident (``residents``: these alone, e.g. those whose facts changed) for ``codes`` on
+    ``as_of``, through the vectorised path; the opportunities and their events are written in this transaction."""
     catalogue = await service.store.get(repo)
     row = ScreeningRow(
         screening_id=uuid.uuid4(),
@@ -160,16 +161,23 @@ async def run_screening(
     versions = catalogue.versions_on(as_of)
     judged_codes = [c for c in codes if c in versions]
     pages = screened_pages(
-        repo, catalogue, codes, as_of, now, page_size=service.settings.screening_page_size, max_residents=max_residents
+        repo,
+        catalogue,
+        codes,
+        as_of,
+        now,
+        page_size=service.settings.screening_page_size,
+        max_residents=max_residents,
+        only=residents,
     )
     async for page in pages:
         row.eligible_found += page.found.height
         row.already_applied += page.applied.height
         row.already_notified += page.told.height
-        for start in range(0, page.fresh.height, WRITE_CHUNK):
+        for start in range(0, page.fresh.height, batch_size):
             opportunities: list[dict[str, Any]] = []
             events: list[tuple[EligibilityOpportunity, str]] = []
-            for resident_hex, code, amount in page.fresh.slice(start, WRITE_CHUNK).iter_rows():
+            for resident_hex, code, amount in page.fresh.slice(start, batch_size).iter_rows():
                 program, version = versions[code]
                 rid = uuid.UUID(resident_hex)
                 opportunities.append(
@@ -193,7 +201,7 @@ async def run_screening(
                     found_at=now,
                 )
                 events.append((data, str(rid)))
-            # Written a chunk at a time (one statement each), in this transaction: the same guarantee as
+            # Written ``batch_size`` at a time (one statement each), in this transaction: the same guarantee as
             # Outbox.emit, without a round trip per event.
             await repo.session.execute(insert(OPPORTUNITIES), opportunities)
             await outbox.emit_many(repo.session, [d for d, _ in events], subjects=[s for _, s in events])

@@ -28,13 +28,14 @@ import ast
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import lru_cache, reduce
 from typing import Any
 
 import polars as pl
 
 from services.eligibility.rules.nodes import CompiledRule, Expression, Group, Leaf, Node
-from services.eligibility.rules.syntax import Syntax, parse
+from services.eligibility.rules.syntax import Syntax
+from services.eligibility.rules.syntax import parse as parse_syntax
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
@@ -125,6 +126,12 @@ def _timestamp(node: Syntax) -> Compiled:
         raise Unvectorisable(f"timestamp('{text}') is not midnight UTC")
     day = moment.date()
     return Compiled(pl.lit(day, dtype=pl.Date), "date", constant=day, is_constant=True)
+
+
+@lru_cache(maxsize=4096)
+def parse(source: str) -> Syntax | None:
+    """The syntax tree of an expression, read once per process (the trees are only read, never changed)."""
+    return parse_syntax(source)
 
 
 def _interval(op: str, a: Bounds, b: Bounds) -> Bounds:
