@@ -500,43 +500,78 @@ MEMBER = pl.Struct(
 MAX_LIST = 50  # FactCatalogue.coerce refuses a longer list: the fact is then missing
 
 
-def _members(household: pl.Expr, relations: tuple[str, ...], *, disabled: bool = False) -> pl.Expr:
-    """The birth dates of the household's members of these relations, in the household's order."""
-    test = pl.element().struct.field("relation").is_in(list(relations))
-    if disabled:
-        test = test & pl.element().struct.field("disability").fill_null(False)
-    return household.list.eval(
-        pl.element().filter(test).struct.field("birth_date").str.to_date("%Y-%m-%d", strict=False)
-    )
-
-
 def _fits(values: pl.Expr) -> pl.Expr:
     """A list is a fact only with at most ``MAX_LIST`` items (FactCatalogue.coerce)."""
     return pl.when(values.list.len() <= MAX_LIST).then(values).otherwise(pl.lit(None, dtype=pl.List(pl.Date())))
 
 
+def _household_aggregates(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per resident with members: the household exploded to one row per member (its JSON decoded and its
+    dates parsed once), then gathered again by relation, in the household's order."""
+    relation = pl.col("relation")
+    born = pl.col("member_birth_date")
+    income = pl.col("monthly_income")
+
+    def dates(*relations: str, disabled: bool = False) -> pl.Expr:
+        test = relation.is_in(list(relations))
+        if disabled:
+            test = test & pl.col("disability").fill_null(False)
+        return born.filter(test)
+
+    members = (
+        frame.select("__resident", pl.col("household").str.json_decode(pl.List(MEMBER)).alias("member"))
+        .explode("member")
+        .filter(pl.col("member").is_not_null())
+        .unnest("member")
+        # (the member's birth date, renamed so that it is never taken for the resident's)
+        .select(
+            "__resident",
+            "relation",
+            "monthly_income",
+            "disability",
+            pl.col("birth_date").str.to_date("%Y-%m-%d", strict=False).alias("member_birth_date"),
+        )
+    )
+    return members.group_by("__resident", maintain_order=True).agg(
+        pl.len().cast(pl.Int64).alias("__members"),
+        (relation == "spouse").any().alias("__has_spouse"),
+        (relation == "child").any().alias("__has_child"),
+        dates("child").alias("__children"),
+        dates("grandchild").alias("__grandchildren"),
+        dates("foster_child", "ward").alias("__fostered"),
+        dates("spouse", "parent", "child").alias("__family"),
+        dates("spouse", "parent", "child", disabled=True).alias("__family_disabled"),
+        dates("parent", "grandparent").alias("__parents"),
+        born.filter(relation == "spouse").first().alias("__spouse_birth_date"),
+        income.filter(relation == "spouse").first().alias("__spouse_income"),
+        income.sum().cast(pl.Int64).alias("__income_sum"),
+        income.is_null().sum().cast(pl.Int64).alias("__income_unknown"),
+    )
+
+
 def registry_columns(frame: pl.LazyFrame) -> pl.LazyFrame:
     """``facts.registry_facts`` for every row of the projection (``residents``: registry_version, birth_date,
     district_code, and household / vulnerability as JSON text), as the registry layer's typed columns."""
+    frame = frame.with_row_index("__resident")
+    frame = frame.join(_household_aggregates(frame), on="__resident", how="left", maintain_order="left")
     registered = pl.col("registry_version").is_not_null()
-    household = pl.col("household").str.json_decode(pl.List(MEMBER))
-    relation = pl.element().struct.field("relation")
-    frame = frame.with_columns(household.alias("__household"))
-    members = pl.col("__household")
-    has_child = members.list.eval(relation == "child").list.any()
-    spouse = members.list.eval(pl.element().filter(relation == "spouse")).list.first()
-    incomes = members.list.eval(pl.element().struct.field("monthly_income"))
-    spouse_income = spouse.struct.field("monthly_income")
-    has_spouse = members.list.eval(relation == "spouse").list.any()
-    # Everyone but the (first) spouse: their incomes, and how many of them the registry does not hold.
-    others_sum = incomes.list.sum().cast(pl.Int64) - pl.when(has_spouse).then(spouse_income.fill_null(0)).otherwise(0)
-    others_unknown = incomes.list.eval(pl.element().is_null()).list.sum().cast(pl.Int64) - pl.when(
-        has_spouse & spouse_income.is_null()
-    ).then(1).otherwise(0)
-    own = pl.when(has_child).then(_members(members, ("child",))).otherwise(_members(members, ("grandchild",)))
+    in_household = registered & pl.col("household").is_not_null() & (pl.col("household") != "null")
     vulnerability = pl.col("vulnerability").str.json_decode(pl.List(pl.String()))
-    in_household = registered & members.is_not_null()
     in_vulnerability = registered & vulnerability.is_not_null()
+    empty = pl.lit([], dtype=pl.List(pl.Date()))
+
+    def listed(name: str) -> pl.Expr:
+        return pl.col(name).fill_null(empty)
+
+    has_spouse = pl.col("__has_spouse").fill_null(False)
+    has_child = pl.col("__has_child").fill_null(False)
+    spouse_income = pl.col("__spouse_income")
+    # Everyone but the (first) spouse: their incomes, and how many of them the registry does not hold.
+    others_sum = pl.col("__income_sum").fill_null(0) - pl.when(has_spouse).then(spouse_income.fill_null(0)).otherwise(0)
+    others_unknown = pl.col("__income_unknown").fill_null(0) - pl.when(has_spouse & spouse_income.is_null()).then(
+        1
+    ).otherwise(0)
+    own = pl.when(has_child).then(listed("__children")).otherwise(listed("__grandchildren"))
 
     def when(condition: pl.Expr, value: pl.Expr, name: str) -> pl.Expr:
         return pl.when(condition).then(value).alias(name)
@@ -545,34 +580,30 @@ def registry_columns(frame: pl.LazyFrame) -> pl.LazyFrame:
     columns = [
         when(registered, pl.col("birth_date"), "birth_date"),
         when(registered & district.str.contains(r"^[0-9]{5}$").fill_null(False), district, "district_code"),
-        when(in_household, (members.list.len() + 1).cast(pl.Int64), "household_size"),
+        when(in_household, pl.col("__members").fill_null(0) + 1, "household_size"),
         when(in_household, has_spouse, "has_spouse"),
         when(in_household, _fits(own), "children_birth_dates"),
-        when(in_household, _fits(_members(members, ("foster_child", "ward"))), "fostered_children_birth_dates"),
-        when(in_household, _fits(_members(members, ("spouse", "parent", "child"))), "family_birth_dates"),
-        when(
-            in_household,
-            _fits(_members(members, ("spouse", "parent", "child"), disabled=True)),
-            "family_disabled_birth_dates",
-        ),
-        when(
-            in_household, spouse.struct.field("birth_date").str.to_date("%Y-%m-%d", strict=False), "spouse_birth_date"
-        ),
+        when(in_household, _fits(listed("__fostered")), "fostered_children_birth_dates"),
+        when(in_household, _fits(listed("__family")), "family_birth_dates"),
+        when(in_household, _fits(listed("__family_disabled")), "family_disabled_birth_dates"),
+        when(in_household, pl.col("__spouse_birth_date"), "spouse_birth_date"),
         when(in_household & has_spouse & (spouse_income.abs() <= 10**15), spouse_income, "spouse_income"),
         when(in_household & (others_unknown == 0) & (others_sum.abs() <= 10**15), others_sum, "other_members_income"),
-        when(in_household, _fits(_members(members, ("parent", "grandparent"))), "parent_birth_dates"),
+        when(in_household, _fits(listed("__parents")), "parent_birth_dates"),
         when(in_vulnerability, vulnerability.list.contains("disability"), "disability_registered"),
         when(in_vulnerability, vulnerability.list.contains("single_parent"), "single_parent"),
     ]
-    return frame.with_columns(columns).drop("__household")
+    helpers = ["__resident", "__members", "__has_spouse", "__has_child", "__children", "__grandchildren", "__fostered",
+               "__family", "__family_disabled", "__parents", "__spouse_birth_date", "__spouse_income", "__income_sum",
+               "__income_unknown"]  # fmt: skip
+    return frame.with_columns(columns).drop(helpers)
 
 
 def consent_columns(departments: Iterable[str]) -> list[pl.Expr]:
-    """Per department, whether the resident consents to eligibility using its data (``department_data:<dept>``)."""
+    """Per department, whether the resident consents to eligibility using its data (``department_data:<dept>`` true
+    in the consents' JSON object; a pattern, not a parse per department: the purposes are fixed words)."""
     return [
-        (pl.col("consents").str.json_path_match(f"$['department_data:{d}']") == "true")
-        .fill_null(False)
-        .alias(f"consent:{d}")
+        pl.col("consents").str.contains(rf'"department_data:{d}"\s*:\s*true').fill_null(False).alias(f"consent:{d}")
         for d in sorted(departments)
     ]
 
@@ -616,49 +647,57 @@ def registry_table(
     last three as JSON text). ``reports``: resident_id, id, name, value (JSON text), department, observed_at,
     valid_until. Returns resident_id and one column per fact, in ``residents``' order."""
     schema = base_schema(facts, names)
-    frame = registry_columns(residents.lazy())
     registry = [n for n in schema if facts[n].registry]
     reported = [n for n in schema if facts[n].authorities]
-    departments = {d for n in reported for d in facts[n].authorities}
-    frame = frame.with_columns(consent_columns(departments))
-    best = None
+    departments = sorted({d for n in reported for d in facts[n].authorities})
+    frame = registry_columns(residents.lazy()).with_columns(consent_columns(departments)).collect()
+    frame = frame.with_row_index("__resident")
+    present: list[str] = []
+    out = frame.lazy()
     if reported and reports.height:
-        authorities = pl.DataFrame(
-            [(n, d) for n in reported for d in sorted(facts[n].authorities)],
-            schema={"name": pl.String(), "department": pl.String()},
-            orient="row",
-        )
-        consents = frame.select("resident_id", *[pl.col(f"consent:{d}") for d in sorted(departments)]).unpivot(
-            index="resident_id", variable_name="department", value_name="consented"
-        )
-        consents = consents.with_columns(pl.col("department").str.strip_prefix("consent:"))
-        best = (
+        allowed = [f"{n}\x1f{d}" for n in reported for d in sorted(facts[n].authorities)]
+        department = pl.col("department")
+        consented = pl.lit(False)
+        for d in departments:
+            consented = pl.when(department == d).then(pl.col(f"consent:{d}")).otherwise(consented)
+        usable = (
             reports.lazy()
-            .join(authorities.lazy(), on=["name", "department"], how="semi")
-            .filter(pl.col("valid_until").is_null() | (pl.col("valid_until") > now))
             .join(
-                consents.filter(pl.col("consented")).select("resident_id", "department"),
-                on=["resident_id", "department"],
-                how="semi",
+                frame.lazy().select("resident_id", "__resident", *[f"consent:{d}" for d in departments]),
+                on="resident_id",
+                how="inner",
             )
-            # The latest observed; of two observed at the same moment, the first stored (``resolve`` keeps it).
-            .sort(["observed_at", "id"], descending=[True, False])
-            .group_by(["resident_id", "name"], maintain_order=True)
-            .first()
-            .select("resident_id", "name", "value")
+            .filter(
+                pl.concat_str([pl.col("name"), department], separator="\x1f").is_in(allowed)
+                & (pl.col("valid_until").is_null() | (pl.col("valid_until") > now))
+                & consented
+            )
+            # One integer per (resident, fact): sorting and de-duplicating on it is cheap.
+            .with_columns(
+                (
+                    pl.col("__resident").cast(pl.UInt64) * 256
+                    + pl.col("name").replace_strict(reported, list(range(len(reported))), return_dtype=pl.UInt64)
+                ).alias("__key")
+            )
+            .select("__resident", "__key", "id", "name", "value", "observed_at")
+        )
+        # The latest observed of each fact; of two observed at the same moment, the first stored (``resolve`` keeps
+        # the first it meets, and reads them in the order they were stored).
+        latest = (
+            usable.sort(["__key", "observed_at", "id"], descending=[False, True, False])
+            .unique("__key", keep="first", maintain_order=True)
+            .select("__resident", "name", "value")
             .collect()
         )
-    columns = ["resident_id"]
-    out = frame
-    if best is not None and best.height:
-        wide = best.pivot(on="name", index="resident_id", values="value")
-        present = [n for n in reported if n in wide.columns]
-        wide = wide.select(
-            "resident_id", *[_decoded(pl.col(n), schema[n], facts[n]).alias(f"reported:{n}") for n in present]
+        wide = latest.pivot(on="name", index="__resident", values="value")
+        missing = [n for n in reported if n not in wide.columns]
+        wide = wide.with_columns([pl.lit(None, dtype=pl.String).alias(n) for n in missing])
+        decoded = wide.lazy().select(
+            "__resident", *[_decoded(pl.col(n), schema[n], facts[n]).alias(f"reported:{n}") for n in reported]
         )
-        out = out.join(wide.lazy(), on="resident_id", how="left", maintain_order="left")
-    else:
-        present = []
+        out = out.join(decoded, on="__resident", how="left", maintain_order="left")
+        present = reported
+    columns = ["resident_id"]
     selected: list[pl.Expr] = []
     for name, dtype in schema.items():
         from_registry = pl.col(name) if name in registry else pl.lit(None, dtype=dtype)
