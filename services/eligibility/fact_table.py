@@ -20,8 +20,9 @@ the per-record engine instead.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -124,12 +125,15 @@ class _Derivations:
         districts: DistrictTiers,
         day: dt.date,
         present: set[str],
+        uniques: Mapping[str, list[Any]] | None = None,
     ) -> None:
         self.facts = facts
         self.medians = medians
         self.districts = districts
         self.day = day
         self.present = present
+        # The distinct values of the columns whose derivations are looked up per value (few: districts, sizes).
+        self.uniques = uniques or {}
         # Intermediate columns several derived facts (or several parts of one) read, each made once, in stages
         # before the derived facts: an expression used twice would otherwise be computed twice.
         self.stages: list[dict[str, pl.Expr]] = []
@@ -199,42 +203,41 @@ class _Derivations:
         offsets = self.col(name).list.eval(pl.element().cast(pl.Int32)) - value.cast(pl.Int32)
         return offsets.list.eval(pl.element() == 0).list.sum().cast(pl.Int64).fill_null(0)
 
+    def per_value(
+        self, name: str, compute: Callable[[Any], Any], dtype: pl.DataType, *, limit: int | None = None
+    ) -> tuple[pl.Expr, pl.Expr]:
+        """A derivation of one fact computed by the per-record engine's own function once per distinct value of the
+        column (a district's tier, a household size's median income): exact by construction, and cheap, the values
+        being few. Returns (value, failed) columns; ``limit``: values above it are left to the per-record rows."""
+        values: list[Any] = []
+        results: list[Any] = []
+        failures: list[Any] = []
+        for value in self.uniques.get(name, ()):
+            if value is None or (limit is not None and value > limit):
+                continue
+            try:
+                results.append(compute(value))
+                failures.append(False)
+            except (ReferenceDataMissing, ValueError, KeyError):
+                results.append(None)
+                failures.append(True)
+            values.append(value)
+        column = self.col(name)
+        if not values:
+            return _null(dtype), pl.lit(False)
+        mapped = column.replace_strict(values, results, default=None, return_dtype=dtype)
+        failed = column.replace_strict(values, failures, default=False, return_dtype=pl.Boolean)
+        return mapped, failed
+
     def median_income(self) -> Derived:
-        table = self.medians.in_force(self.day)
-        size = self.col("household_size")
-        if table is None:
-            return self.guarded(("household_size",), _null(pl.Int64()), pl.lit(True), pl.Int64())
-        largest = max(table.amounts)
-        step = table.amounts[largest] - table.amounts[largest - 1] if largest - 1 in table.amounts else None
-        listed = size.replace_strict(
-            list(table.amounts), list(table.amounts.values()), default=None, return_dtype=pl.Int64
+        value, failed = self.per_value(
+            "household_size", lambda size: self.medians.amount(self.day, size), pl.Int64(), limit=MAX_VECTOR_HOUSEHOLD
         )
-        # (A table lists consecutive sizes; without the one before the largest there is no step to add.)
-        beyond = _null(pl.Int64()) if step is None else table.amounts[largest] + step * (size - largest)
-        value = pl.when(size > largest).then(beyond).otherwise(listed)
-        failure = (size < 1) | ((size <= largest) & listed.is_null())
-        return self.guarded(("household_size",), value, failure, pl.Int64())
+        return self.guarded(("household_size",), value, failed, pl.Int64())
 
     def district_tier(self) -> Derived:
-        table = self.districts.in_force(self.day)
-        code = self.col("district_code")
-        if table is None:
-            return self.guarded(("district_code",), _null(pl.String()), pl.lit(True), pl.String())
-        province = code.str.slice(0, 2)
-        value = (
-            pl.when(code.is_in(sorted(table.special)))
-            .then(pl.lit("depopulation_special"))
-            .when(code.is_in(sorted(table.preferential)))
-            .then(pl.lit("depopulation_preferential"))
-            .when(code.is_in(sorted(table.unconfirmed)))
-            .then(_null(pl.String()))
-            .when(province.is_in(sorted(table.capital_region)))
-            .then(pl.lit("capital_region"))
-            .when(province.is_in(sorted(table.non_capital)))
-            .then(pl.lit("non_capital"))
-            .otherwise(_null(pl.String()))
-        )
-        return self.guarded(("district_code",), value, value.is_null(), pl.String())
+        value, failed = self.per_value("district_code", lambda code: self.districts.tier(self.day, code), pl.String())
+        return self.guarded(("district_code",), value, failed, pl.String())
 
     def employment_support_dependants(self) -> Derived:
         day = self.day
@@ -290,14 +293,12 @@ class _Derivations:
         except ReferenceDataMissing:
             return Derived(_null(pl.Int64()), known)
         regions = self.facts.income.regions
-        code = self.col("district_code")
-        prefixes = sorted(((p, r) for r, ps in regions.livelihood.items() for p in ps), key=lambda item: -len(item[0]))
 
         def by_region(table: Mapping[str, int]) -> pl.Expr:
-            out: pl.Expr = pl.lit(table["other"], dtype=pl.Int64)
-            for prefix, region in reversed(prefixes):
-                out = pl.when(code.str.starts_with(prefix)).then(pl.lit(table[region], dtype=pl.Int64)).otherwise(out)
-            return out
+            value, _ = self.per_value(
+                "district_code", lambda code: table[regions.livelihood_region(str(code))], pl.Int64()
+            )
+            return value
 
         earned = self.col("earned_income")
         evaluated = self._incomes(household=True) - earned * figures.earned_income_deduction_percent // 100
@@ -335,15 +336,8 @@ class _Derivations:
         except ReferenceDataMissing:
             return Derived(_null(pl.Int64()), known)
         regions = self.facts.income.regions
-        code = self.col("district_code")
-        rural = code.str.slice(2).cast(pl.Int64, strict=False) >= 700
-        large = code.str.slice(0, 2).is_in(sorted(regions.large_city_provinces))
-        basic = (
-            pl.when(rural)
-            .then(pl.lit(figures.basic_property["rural"], dtype=pl.Int64))
-            .when(large)
-            .then(pl.lit(figures.basic_property["large_city"], dtype=pl.Int64))
-            .otherwise(pl.lit(figures.basic_property["small_city"], dtype=pl.Int64))
+        basic, _ = self.per_value(
+            "district_code", lambda code: figures.basic_property[regions.pension_region(str(code))], pl.Int64()
         )
         earned = self.col("earned_income")
         flat = pl.min_horizontal(earned, pl.lit(figures.earned_income_deduction, dtype=pl.Int64))
@@ -465,7 +459,12 @@ def derive_table(
     """Add the derived facts among ``names`` (each as ``derive`` computes it on ``day``) and the ``FALLBACK`` column
     (rows for the per-record engine); ``frame`` holds base facts (a fact without a column is missing for all)."""
     present = set(frame.collect_schema().names())
-    helper = _Derivations(facts, medians, districts, day, present)
+    looked_up = [c for c in ("district_code", "household_size") if c in present]
+    uniques: dict[str, list[Any]] = {}
+    if looked_up:
+        found = frame.select([pl.col(c).unique().implode() for c in looked_up]).collect()
+        uniques = {c: found.get_column(c).item().to_list() for c in looked_up}
+    helper = _Derivations(facts, medians, districts, day, present, uniques)
     wanted = [n for n in DERIVATIONS if n in set(names)]
     columns: list[pl.Expr] = []
     failed: dict[str, str] = {}
@@ -660,19 +659,20 @@ def registry_table(
         consented = pl.lit(False)
         for d in departments:
             consented = pl.when(department == d).then(pl.col(f"consent:{d}")).otherwise(consented)
+        consents = frame.lazy().select("resident_id", "__resident", *[f"consent:{d}" for d in departments])
+        # Reports may come with each resident's row already (``__resident``, as the screening's pages give them):
+        # then they are matched on that integer, not on the resident's id.
+        if "__resident" in reports.columns:
+            matched = reports.lazy().join(consents.drop("resident_id"), on="__resident", how="inner")
+        else:
+            matched = reports.lazy().join(consents, on="resident_id", how="inner")
         usable = (
-            reports.lazy()
-            .join(
-                frame.lazy().select("resident_id", "__resident", *[f"consent:{d}" for d in departments]),
-                on="resident_id",
-                how="inner",
-            )
-            .filter(
+            matched.filter(
                 pl.concat_str([pl.col("name"), department], separator="\x1f").is_in(allowed)
                 & (pl.col("valid_until").is_null() | (pl.col("valid_until") > now))
                 & consented
             )
-            # One integer per (resident, fact): sorting and de-duplicating on it is cheap.
+            # One integer per (resident, fact): finding a fact reported twice is cheap on it.
             .with_columns(
                 (
                     pl.col("__resident").cast(pl.UInt64) * 256
@@ -680,15 +680,21 @@ def registry_table(
                 ).alias("__key")
             )
             .select("__resident", "__key", "id", "name", "value", "observed_at")
-        )
-        # The latest observed of each fact; of two observed at the same moment, the first stored (``resolve`` keeps
-        # the first it meets, and reads them in the order they were stored).
-        latest = (
-            usable.sort(["__key", "observed_at", "id"], descending=[False, True, False])
-            .unique("__key", keep="first", maintain_order=True)
-            .select("__resident", "name", "value")
             .collect()
         )
+        # The latest observed of each fact; of two observed at the same moment, the first stored (``resolve`` keeps
+        # the first it meets, and reads them in the order they were stored). Most facts are reported once: only
+        # those reported more than once are sorted.
+        twice = usable.get_column("__key").is_duplicated()
+        latest = usable.filter(~twice)
+        if twice.any():
+            chosen = (
+                usable.filter(twice)
+                .sort(["__key", "observed_at", "id"], descending=[False, True, False])
+                .unique("__key", keep="first", maintain_order=True)
+            )
+            latest = pl.concat([latest, chosen])
+        latest = latest.select("__resident", "name", "value")
         wide = latest.pivot(on="name", index="__resident", values="value")
         missing = [n for n in reported if n not in wide.columns]
         wide = wide.with_columns([pl.lit(None, dtype=pl.String).alias(n) for n in missing])

@@ -40,18 +40,21 @@ def residents_frame(rows: Sequence[Any]) -> pl.DataFrame:
     return frame.with_columns(pl.col("birth_date").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
 
 
-def reports_frame(rows: Sequence[Any]) -> pl.DataFrame:
-    """The department facts of ``Repository.registry_page`` (one text per resident) as one row per fact."""
+def reports_frame(rows: Sequence[Any], ids: Sequence[str]) -> pl.DataFrame:
+    """The department facts of ``Repository.registry_page`` (one text per resident) as one row per fact, each with
+    its resident's row in ``ids`` (``__resident``; facts of residents not in ``ids`` are left out)."""
     packed = pl.DataFrame([tuple(r) for r in rows], schema={"resident_id": pl.String(), "packed": pl.String()},
                           orient="row")  # fmt: skip
+    rows_of = pl.DataFrame({"resident_id": list(ids)}).with_row_index("__resident")
     facts = (
-        packed.with_columns(pl.col("packed").str.split("\x1e"))
+        packed.join(rows_of, on="resident_id", how="inner")
+        .with_columns(pl.col("packed").str.split("\x1e"))
         .explode("packed")
         .with_columns(pl.col("packed").str.split_exact("\x1f", len(_FIELDS) - 1).struct.rename_fields(_FIELDS))
         .unnest("packed")
     )
     return facts.select(
-        "resident_id",
+        "__resident",
         pl.col("id").cast(pl.Int64),
         "name",
         "value",
@@ -111,9 +114,9 @@ async def screened_pages(
         if not residents:
             return
         people = residents_frame(residents)
-        table = registry_table(people, reports_frame(facts), catalogue.facts, chosen.base, now)
-        judged = Judge(catalogue, chosen, table, criteria=False).run()
         ids = people.get_column("resident_id").to_list()
+        table = registry_table(people, reports_frame(facts, ids), catalogue.facts, chosen.base, now)
+        judged = Judge(catalogue, chosen, table, criteria=False).run()
         with_ids = judged.with_columns(pl.Series("resident_id", ids)).drop(ROW)
         found = pl.concat(
             [
