@@ -134,6 +134,8 @@ class _Derivations:
         self.present = present
         # The distinct values of the columns whose derivations are looked up per value (few: districts, sizes).
         self.uniques = uniques or {}
+        # Whether any row names the child an application is about (``child_birth_date``): else no newborn is added.
+        self.newborns = bool(self.uniques.get("child_birth_date", [None]) != [None])
         # Intermediate columns several derived facts (or several parts of one) read, each made once, in stages
         # before the derived facts: an expression used twice would otherwise be computed twice.
         self.stages: list[dict[str, pl.Expr]] = []
@@ -183,6 +185,11 @@ class _Derivations:
             return self.col(name).list.eval(inside).list.sum().cast(pl.Int64).fill_null(0)
 
         own = counted("children_birth_dates")
+        if fostered:
+            own = own + counted("fostered_children_birth_dates")
+        inputs = ("children_birth_dates", "child_birth_date") if with_newborn else ("children_birth_dates",)
+        if not self.newborns:  # no row names the child of an application (a registry never does)
+            return self.guarded(inputs, own, None, pl.Int64())
         newborn = self.col("child_birth_date")
         together = self.col("newborns").fill_null(1)
         listed = self._count_equal("children_birth_dates", newborn) + self._count_equal(
@@ -191,10 +198,7 @@ class _Derivations:
         extra = self.helper("newborns_unlisted", pl.max_horizontal(pl.lit(0, dtype=pl.Int64), together - listed))
         newborn_inside = (newborn <= latest) & (newborn > earliest)
         total = own + pl.when(newborn.is_not_null() & newborn_inside).then(extra).otherwise(0)
-        if fostered:
-            total = total + counted("fostered_children_birth_dates")
         failure = newborn.is_not_null() & ((together < 1) | (together > 9))
-        inputs = ("children_birth_dates", "child_birth_date") if with_newborn else ("children_birth_dates",)
         return self.guarded(inputs, total, failure, pl.Int64())
 
     def _count_equal(self, name: str, value: pl.Expr) -> pl.Expr:
@@ -459,7 +463,7 @@ def derive_table(
     """Add the derived facts among ``names`` (each as ``derive`` computes it on ``day``) and the ``FALLBACK`` column
     (rows for the per-record engine); ``frame`` holds base facts (a fact without a column is missing for all)."""
     present = set(frame.collect_schema().names())
-    looked_up = [c for c in ("district_code", "household_size") if c in present]
+    looked_up = [c for c in ("district_code", "household_size", "child_birth_date") if c in present]
     uniques: dict[str, list[Any]] = {}
     if looked_up:
         found = frame.select([pl.col(c).unique().implode() for c in looked_up]).collect()
