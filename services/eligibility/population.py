@@ -33,6 +33,7 @@ _RESIDENTS = {
 }
 _FIELDS = ["name", "department", "value", "observed_at", "valid_until", "id"]
 _MOMENT = "%Y-%m-%d %H:%M:%S%.f"
+ONLY_BATCH = 10_000
 
 
 def residents_frame(rows: Sequence[Any]) -> pl.DataFrame:
@@ -109,9 +110,20 @@ async def screened_pages(
     judged_codes = chosen.codes
     after: str | None = None
     screened = 0
+    # Residents named one by one are read a batch at a time (a query names at most ONLY_BATCH of them).
+    batches = [sorted(only)[i : i + ONLY_BATCH] for i in range(0, len(only), ONLY_BATCH)] if only is not None else []
     while screened < max_residents:
-        residents, facts = await repo.registry_page(after, min(page_size, max_residents - screened), only)
+        batch: Sequence[uuid.UUID] | None = None
+        if only is not None:
+            if not batches:
+                return
+            batch = batches.pop(0)
+        residents, facts = await repo.registry_page(
+            None if batch is not None else after, min(page_size, max_residents - screened), batch
+        )
         if not residents:
+            if batch is not None:
+                continue
             return
         people = residents_frame(residents)
         ids = people.get_column("resident_id").to_list()
@@ -126,7 +138,8 @@ async def screened_pages(
                 for c in judged_codes
             ]
         )
-        applied_rows, told_rows = await repo.judged_pairs(uuid.UUID(ids[0]), uuid.UUID(ids[-1]))
+        page_ids = [uuid.UUID(i) for i in ids]
+        applied_rows, told_rows = await repo.judged_pairs(page_ids[0], page_ids[-1], page_ids if batch else None)
         applied = found.join(_pairs(applied_rows), on=["resident_id", "program_code"], how="semi")
         rest = found.join(applied, on=["resident_id", "program_code"], how="anti")
         told = rest.join(_pairs(told_rows), on=["resident_id", "program_code"], how="semi")

@@ -312,26 +312,38 @@ class Repository:
             if postgres
             else "f.resident_id BETWEEN :first AND :last"
         )
+        bounds: dict[str, Any] = {"first": first, "last": last}
+        if only is not None:  # a few residents spread over every id: their own facts, not the whole range's
+            between = "f.resident_id IN :only"
+            bounds = {"only": params["only"]}
         facts = (
             await self.session.execute(
                 text(
                     f"SELECT {frid}, {record.format(unit.join(fields))} FROM department_facts f "  # noqa: S608
                     f"WHERE {between} GROUP BY f.resident_id"
-                ),
-                {"first": first, "last": last},
+                ).bindparams(*([bindparam("only", expanding=True)] if only is not None else [])),
+                bounds,
             )
         ).all()
         return list(residents), list(facts)
 
-    async def judged_pairs(self, first: uuid.UUID, last: uuid.UUID) -> tuple[list[Any], list[Any]]:
-        """The (resident, program) pairs of the residents from ``first`` to ``last`` (by id) already judged in an
-        application, and already told of an opportunity. Unscoped: for screening."""
-        applied = select(DeterminationRow.resident_id, DeterminationRow.program_code).where(
-            DeterminationRow.resident_id.between(first, last)
+    async def judged_pairs(
+        self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """The (resident, program) pairs of the residents from ``first`` to ``last`` (by id; ``only``: of these
+        alone) already judged in an application, and already told of an opportunity. Unscoped: for screening."""
+        applied_in = (
+            DeterminationRow.resident_id.in_(only)
+            if only is not None
+            else DeterminationRow.resident_id.between(first, last)
         )
-        told = select(OpportunityRow.resident_id, OpportunityRow.program_code).where(
-            OpportunityRow.resident_id.between(first, last)
+        told_in = (
+            OpportunityRow.resident_id.in_(only)
+            if only is not None
+            else OpportunityRow.resident_id.between(first, last)
         )
+        applied = select(DeterminationRow.resident_id, DeterminationRow.program_code).where(applied_in)
+        told = select(OpportunityRow.resident_id, OpportunityRow.program_code).where(told_in)
         return (
             list((await self.session.execute(applied.distinct())).all()),
             list((await self.session.execute(told)).all()),

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from onestop.cli import main
 from services.eligibility import synthetic
 from services.eligibility.catalogue import load_files
+from services.eligibility.context import EligibilityContext
 from services.eligibility.models import DepartmentFactRow, OpportunityRow, ResidentRow
 from services.eligibility.registry_load import RegistryNotEmpty, load_registry
 from services.eligibility.repository import Repository
+from services.eligibility.screening import run_screening
 from shared.events import Outcome
 from tests.support.services import RunningService
 
@@ -89,6 +91,20 @@ async def test_the_loaded_population_is_screened_and_the_planted_are_found(
     for planted in manifest["planted"]:
         for code in planted["eligible"]:
             assert (uuid.UUID(planted["resident_id"]), code) in found, (planted["resident_id"], code)
+
+    # A re-screen of a few residents (those whose facts changed) reads and judges those alone: told again once their
+    # earlier findings are gone, and no one else.
+    again = [uuid.UUID(p["resident_id"]) for p in manifest["planted"][:3]]
+    async with db.session() as session:
+        await session.execute(delete(OpportunityRow).where(OpportunityRow.resident_id.in_(again)))
+    service = eligibility.context(EligibilityContext).eligibility
+    async with db.session() as session:
+        rescreen = await run_screening(
+            Repository(session), service, codes=screening["programs"], as_of=AS_OF, actor="test",
+            now=dt.datetime.now(dt.UTC), batch_size=100, max_residents=1_000_000, residents=again,
+        )  # fmt: skip
+        assert rescreen.residents_screened == len(again)
+        assert rescreen.opportunities == sum(1 for (rid, _) in found if rid in again)
 
     # Resident by resident, the per-record engine agrees: with what was found, and that nothing else was.
     now = dt.datetime.now(dt.UTC)
