@@ -342,7 +342,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the engine and OpenFisca (best kept)")
     parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--databases", default="sqlite,postgresql", help="end to end on these (comma-separated)")
+    parser.add_argument("--skip-engine", action="store_true", help="end to end only")
     args = parser.parse_args()
     if args.phase:
         PHASES[args.phase](args)
@@ -354,6 +355,12 @@ def main() -> None:
         generated = run_phase(args, "generate")
         print(f"  generated the registry in {generated.get('seconds', float('nan')):.1f} s ({generated})")
 
+    if not args.skip_engine:
+        engine_and_openfisca(args)
+    end_to_end(args)
+
+
+def engine_and_openfisca(args: argparse.Namespace) -> None:
     engine = run_phase(args, "engine")
     if "error" in engine:
         print(f"engine: FAILED {engine['error']}")
@@ -383,9 +390,14 @@ def main() -> None:
               f"{fisca['load']}")  # fmt: skip
         print(f"  ratio: {rate / persons:.2f}x; {verdict(rate / persons >= 3)} the target (at least 3x)")
 
-    targets: list[tuple[str, str]] = [("SQLite", f"sqlite+aiosqlite:///{BENCH / 'screening.db'}")]
+
+def end_to_end(args: argparse.Namespace) -> None:
+    databases = set(args.databases.split(","))
+    targets: list[tuple[str, str]] = []
+    if "sqlite" in databases:
+        targets.append(("SQLite", f"sqlite+aiosqlite:///{BENCH / 'screening.db'}"))
     server = None
-    if not args.skip_postgres:
+    if "postgresql" in databases:
         try:
             from tests.support.postgres import PostgresServer
 
