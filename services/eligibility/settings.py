@@ -28,3 +28,11 @@ class EligibilitySettings(ServiceSettings):
     screening_max_residents: int = Field(default=1_000_000, ge=1)
     # Residents judged together in columns (the vectorised path reads, resolves and judges a page at a time).
     screening_page_size: int = Field(default=200_000, ge=1, le=2_000_000)
+    # Screening that runs by itself (scheduler.py): whether its loop runs, how often it looks for due work, and how
+    # long a process holds the right to run screenings without renewing it (between pages).
+    screening_schedule: bool = True
+    screening_check_interval_seconds: float = Field(default=30.0, gt=0)
+    screening_lease_seconds: float = Field(default=300.0, ge=5)
+    # Facts a near miss never asks about unprompted: health data is sensitive (개인정보 보호법 제23조, 민감정보), so a
+    # resident tells it in an application of their own, not in answer to a screening's question.
+    screening_unasked_facts: frozenset[str] = frozenset({"geriatric_disease"})
