@@ -118,15 +118,16 @@ class ProactiveJudge:
         if not people:
             return []
         facts = self.catalogue.facts
-        resolved = [resolve(facts, layers, self.now)[0] for layers in people]
+        resolved = [resolve(facts, layers, self.now) for layers in people]
         base = self.plan.base
-        table = pl.DataFrame([{n: v.get(n) for n in base} for v in resolved], schema=base, orient="row")
+        table = pl.DataFrame([{n: v[0].get(n) for n in base} for v in resolved], schema=base, orient="row")
         judged = vectorised.Judge(self.catalogue, self.plan, table, criteria=False).run()
         codes = [code for code, _ in self.plans]
         outcomes = judged.select([vectorised.outcome_column(c) for c in codes]).rows()
         amounts = judged.select([vectorised.amount_column(c) for c in codes]).rows()
         out = []
-        for layers, values, outcome_row, amount_row in zip(people, resolved, outcomes, amounts, strict=True):
+        for layers, resolution, outcome_row, amount_row in zip(people, resolved, outcomes, amounts, strict=True):
+            values = resolution[0]
             findings: list[Finding] = []
             misses: list[NearMiss] = []
             derived: Derived | None = None
@@ -138,10 +139,13 @@ class ProactiveJudge:
                     period = spec.amount.period if spec.amount is not None and amount is not None else None
                     findings.append(Finding(program, version.version, amount, period))
                 elif outcome == vectorised.NEEDS_INFORMATION:
-                    # Rare (most unknowns are unknown for every program): the per-record engine, explained.
+                    # Waiting on information: whether it is a near miss is told per record (derived once per resident).
                     if derived is None:
-                        derived = self._derive(layers)
-                    key = tuple(_ERROR if n in derived.errors else derived.values.get(n) for n in read)
+                        derived = self._derive(layers, resolution)
+                    if derived.errors:
+                        key = tuple(_ERROR if n in derived.errors else derived.values.get(n) for n in read)
+                    else:
+                        key = tuple(map(derived.values.get, read))
                     asked = tuple(derived.asks.get(n, (n,)) for n, v in zip(read, key, strict=True) if v is None)
                     near_key = (code, key, asked)
                     miss = self.near.get(near_key, _MISSING)
@@ -157,7 +161,7 @@ class ProactiveJudge:
         self.evaluations = self.judged
         return out
 
-    def _derive(self, layers: FactLayers) -> Derived:
+    def _derive(self, layers: FactLayers, resolution: tuple[dict[str, Any], dict[str, str], dict[str, str]]) -> Derived:
         catalogue = self.catalogue
         return derive(
             catalogue.facts,
@@ -167,6 +171,7 @@ class ProactiveJudge:
             self.now,
             explain=False,
             districts=catalogue.districts,
+            resolved=resolution,
         )
 
 
