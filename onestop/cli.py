@@ -14,8 +14,10 @@ from types import FrameType
 
 import httpx
 
+from onestop.postgres import PostgresError
 from onestop.registry import BY_NAME, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, PlatformError
+from onestop.supervisor import GaveUp
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import revision, upgrade
 
@@ -31,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--no-seed", action="store_true", help="do not load the seed data")
     run.add_argument("--console-logs", action="store_true", help="services log to this console, not var/logs")
+    run.add_argument(
+        "--postgres", action="store_true", help="a local PostgreSQL under <var>/postgres, one database per service"
+    )
+    run.add_argument("--postgres-port", type=int, default=5433, help="its port (default 5433)")
+    run.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with replicated (R3) streams")
+    run.add_argument("--replicas", type=int, default=1, help="processes per service (default 1)")
 
     token = commands.add_parser("token", help="print a signed JWT from the embedded issuer")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -91,9 +99,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    platform = Platform(
-        PlatformConfig(var_dir=args.var, host=args.host, seed=not args.no_seed, console_logs=args.console_logs)
-    )
+    try:
+        platform = Platform(
+            PlatformConfig(
+                var_dir=args.var,
+                host=args.host,
+                seed=not args.no_seed,
+                console_logs=args.console_logs,
+                postgres=args.postgres,
+                postgres_port=args.postgres_port,
+                cluster=args.cluster,
+                replicas=args.replicas,
+            )
+        )
+    except (PlatformError, PostgresError) as exc:
+        print(f"onestop run: {exc}", file=sys.stderr)
+        return 2
+    for warning in platform.warnings():
+        print(f"onestop run: warning: {warning}", file=sys.stderr)
+    refused = platform.refusals()
+    if refused:
+        for line in refused:
+            print(f"onestop run: {line}", file=sys.stderr)
+        return 2
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -103,25 +131,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
-    print("Starting OneStop: NATS, migrations, seed data, four services...", flush=True)
+    print(f"Starting OneStop: {_what(platform)}, migrations, seed data, the services...", flush=True)
     try:
         platform.start()
-    except PlatformError as exc:
+    except (PlatformError, PostgresError) as exc:
         print(f"onestop run: {exc}", file=sys.stderr)
         return 1
     print(_banner(platform, time.monotonic() - started), flush=True)
     code = 0
     while not stopping:
-        died = platform.exited()
-        if died:
-            print(f"stopped unexpectedly: {died}; see {platform.var / 'logs'}", file=sys.stderr)
+        try:
+            # A process that died is restarted with backoff (and reported); one that keeps crashing ends the run.
+            platform.supervise()
+        except GaveUp as exc:
+            print(f"onestop run: stopping the platform: {exc}", file=sys.stderr)
             code = 1
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     print("\nStopping OneStop...", flush=True)
     platform.stop()
     print("Stopped.", flush=True)
     return code
+
+
+def _what(platform: Platform) -> str:
+    c = platform.config
+    nats = "a 3-node NATS JetStream cluster" if c.cluster else "NATS"
+    database = "PostgreSQL" if c.postgres else "SQLite"
+    replicas = f", {c.replicas} processes per service" if c.replicas > 1 else ""
+    return f"{nats}, {database}{replicas}"
 
 
 def _banner(platform: Platform, seconds: float) -> str:
@@ -129,8 +167,15 @@ def _banner(platform: Platform, seconds: float) -> str:
     for entry in SERVICES:
         url = platform.url(entry.name)
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
-    monitor = f"   monitoring: http://{platform.config.host}:{platform.config.nats_http_port}"
-    lines.append(f"  {'nats':<12} {platform.nats_url:<24}{monitor if platform.config.nats_http_port else ''}")
+    if platform.config.replicas > 1:
+        lines.append(f"  ({platform.config.replicas} processes per service share each port)")
+    for node in platform.nats_nodes:
+        url = node.url(platform.config.host)
+        monitor = f"   monitoring: http://{platform.config.host}:{node.ports.http}" if node.ports.http else ""
+        lines.append(f"  {node.name:<12} {url:<24}{monitor}")
+    if platform.postgres is not None:
+        lines.append(f"  {'postgres':<12} {platform.postgres.url():<24}   one database per service, data in "
+                     f"{platform.postgres.data}")  # fmt: skip
     access = platform.partner_access()
     if access:
         lines += ["", "Partners connect to NATS with their own user and may subscribe to their own subjects only:"]
@@ -147,6 +192,7 @@ def _banner(platform: Platform, seconds: float) -> str:
         'Then: curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8001/v1/life-events',
         "",
         f"Data, keys and logs: {platform.var}   Health: .venv/bin/onestop status   Ctrl-C stops everything.",
+        "A process that dies is restarted (and reported here); one that keeps crashing stops the platform.",
     ]
     return "\n".join(lines)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import logging
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from shared.bus import Bus, OutgoingMessage
@@ -108,6 +110,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._leader: AsyncConnection | None = None
+        self._lock_file: IO[bytes] | None = None
         self._passes = 0
         db.on_commit(self._after_commit)
 
@@ -204,8 +207,10 @@ class OutboxRelay:
     # ------------------------------------------------------------------------------------------ one relay at a time
 
     async def _hold_leadership(self) -> bool:
-        """On PostgreSQL several replicas of a service share one outbox; only the holder of an advisory lock
-        relays, so that rows go out in order. SQLite has one process per database and needs no lock."""
+        """Several replicas of a service share one outbox; only the holder of a lock relays, so that rows go out in
+        order: on PostgreSQL an advisory lock, on SQLite (replicas on one machine) a file lock beside the database."""
+        if self.db.dialect == "sqlite":
+            return self._hold_file_lock()
         if self.db.dialect != "postgresql":
             return True
         if self._leader is not None:
@@ -234,12 +239,31 @@ class OutboxRelay:
         await conn.close()
         return False
 
+    def _hold_file_lock(self) -> bool:
+        if self._lock_file is not None:
+            return True
+        database = make_url(self.db.url).database
+        if not database or database == ":memory:":
+            return True
+        handle = open(f"{database}.relay-lock", "ab")  # noqa: SIM115 - held for as long as this relay leads
+        try:
+            # Released by the kernel when the process dies, however it dies.
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        return True
+
     @property
     def is_leader(self) -> bool:
-        """On PostgreSQL, whether this relay holds the lock that makes it the one relaying (SQLite needs none)."""
-        return self._leader is not None
+        """Whether this relay holds the lock that makes it the one relaying."""
+        return self._leader is not None or self._lock_file is not None
 
     async def _release_leadership(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
         if self._leader is not None:
             with contextlib.suppress(Exception):
                 await self._leader.close()
