@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench postgres fonts clean asyncapi
+.PHONY: run test lint bench chaos postgres fonts clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(STAMP) postgres fonts lint
 bench: $(STAMP)
 	$(BIN)/python bench/bus.py
 	$(BIN)/python bench/eligibility.py
+
+# The fault suite at length: 2,000 applications on the NATS cluster, PostgreSQL and two replicas per service while
+# nodes, replicas and connections are killed (make test runs it with 200).
+chaos: $(STAMP) postgres fonts
+	CHAOS_APPLICATIONS=2000 CHAOS_TIMEOUT=5400 $(BIN)/pytest tests/chaos -s
 
 asyncapi: $(STAMP)
 	$(BIN)/onestop asyncapi

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -101,11 +102,12 @@ class PlatformConfig:
     @classmethod
     def on_free_ports(cls, var_dir: Path, **kwargs: Any) -> PlatformConfig:
         """Every port picked free (tests, benchmarks): services, NATS (and the cluster's), PostgreSQL."""
-        config = cls(var_dir=var_dir, nats_port=free_port(), nats_http_port=free_port(),
-                     ports={s.name: free_port() for s in SERVICES}, postgres_port=free_port(), **kwargs)  # fmt: skip
+        ports = {s.name: unused_port() for s in SERVICES}
+        config = cls(var_dir=var_dir, nats_port=unused_port(), nats_http_port=unused_port(), ports=ports,
+                     postgres_port=unused_port(), **kwargs)  # fmt: skip
         if config.cluster and config.cluster_ports is None:
             config.cluster_ports = [
-                NatsNodePorts(config.nats_port if n == 0 else free_port(), free_port(), free_port())
+                NatsNodePorts(config.nats_port if n == 0 else unused_port(), unused_port(), unused_port())
                 for n in range(CLUSTER_SIZE)
             ]
             config.nats_http_port = config.cluster_ports[0].http
@@ -611,6 +613,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def unused_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range: a port from that range (what ``free_port`` gets) may be taken
+    by an outgoing connection — a NATS node's route to another, say — between the pick and the listen."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port(host)
+    for _ in range(200):
+        port = random.randint(max(ephemeral - 12_000, 1024), ephemeral - 1)  # noqa: S311 - not a secret
+        if port_is_free(host, port):
+            return port
+    return free_port(host)
 
 
 def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
