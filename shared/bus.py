@@ -31,6 +31,8 @@ class OutgoingMessage:
     subject: str
     msg_id: str
     payload: bytes
+    # Further headers (the W3C ``traceparent`` of the publish span).
+    headers: dict[str, str] | None = None
 
 
 def stream_name(prefix: str) -> str:
@@ -171,7 +173,9 @@ class Bus:
                 # each message would go out in its own socket write; without it a batch leaves in a few writes.
                 futures.append(
                     await self.js.publish_async(
-                        message.subject, message.payload, headers={MSG_ID_HEADER: message.msg_id}
+                        message.subject,
+                        message.payload,
+                        headers={**(message.headers or {}), MSG_ID_HEADER: message.msg_id},
                     )
                 )
         except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:

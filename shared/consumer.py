@@ -37,9 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.bus import Bus
 from shared.db import Database
 from shared.events import CloudEvent, EventData, UnknownEventType, dead_letter_subject, spec_for, subject_for
-from shared.observability import Metrics, event_id_var, start_trace
+from shared.observability import Metrics, event_id_var
 from shared.outbox import PENDING_KEY
 from shared.tables import PlatformTables
+from shared.tracing import TRACEPARENT, consume_span
 
 log = logging.getLogger(__name__)
 
@@ -321,15 +322,18 @@ class Consumer:
         """Record the new ids in the inbox and run the handler for each, all in the caller's transaction."""
         events = [i.event for i in items if i.event is not None]
         fresh = await self._claim(session, events)
+        # Each event is handled in a span continuing the publisher's trace (the NATS header; the envelope's before).
+        origin = {i.event.id: (i.msg.subject, _traceparent(i.msg) or i.event.traceparent) for i in items if i.event}
         handled = 0
         for event in events:
             if event.id not in fresh:
                 continue
             fresh.discard(event.id)  # the same id twice in one batch runs once
-            start_trace(event.traceparent)
+            subject, parent = origin[event.id]
             token = event_id_var.set(event.id)
             try:
-                await self.dispatch(session, event)
+                with consume_span(self.service, self.durable, subject, parent, event.id):
+                    await self.dispatch(session, event)
             finally:
                 event_id_var.reset(token)
             handled += 1
@@ -460,6 +464,12 @@ def error_text(exc: BaseException) -> str:
         )
         return f"ValidationError: {problems}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _traceparent(msg: Msg) -> str | None:
+    headers = getattr(msg, "headers", None) or {}
+    value = headers.get(TRACEPARENT)
+    return value if isinstance(value, str) else None
 
 
 def _deliveries(msg: Msg) -> int:

@@ -12,10 +12,12 @@ import zlib
 from collections.abc import Sequence
 from typing import IO, Any
 
+import orjson
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from shared import tracing
 from shared.bus import Bus, OutgoingMessage
 from shared.db import Database
 from shared.events import CloudEvent, EventData, new_event, subject_for
@@ -173,9 +175,19 @@ class OutboxRelay:
         if not rows:
             await self._purge_now_and_then()
             return 0
+        # A span per event, a child of the span that emitted it; its traceparent goes in the message's headers.
+        spans = [tracing.publish_span(self.bus.name, row.subject, _traceparent_in(row.payload), row.event_id)
+                 for row in rows]  # fmt: skip
         acked = await self.bus.publish_batch(
-            [OutgoingMessage(row.subject, row.event_id, row.payload.encode()) for row in rows]
+            [
+                OutgoingMessage(row.subject, row.event_id, row.payload.encode(), _trace_headers(span))
+                for row, span in zip(rows, spans, strict=True)
+            ]
         )
+        for n, span in enumerate(spans):
+            if n >= acked:
+                span.set_status(tracing.Status(tracing.StatusCode.ERROR, "not acknowledged; published again later"))
+            span.end()
         if acked:
             # Mark exactly the acknowledged rows by id. A range ("id <= last") would also mark a row with a lower
             # id whose transaction committed after our select, and that event would never be published.
@@ -268,3 +280,19 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await self._leader.close()
             self._leader = None
+
+
+def _traceparent_in(payload: str) -> str | None:
+    """The ``traceparent`` the stored envelope carries (the span that emitted the event); dead letters have none."""
+    if '"traceparent"' not in payload:
+        return None
+    try:
+        value = orjson.loads(payload).get("traceparent")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _trace_headers(span: tracing.Span) -> dict[str, str] | None:
+    value = tracing.traceparent(tracing.trace.set_span_in_context(span))
+    return {tracing.TRACEPARENT: value} if value else None

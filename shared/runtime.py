@@ -30,6 +30,7 @@ from shared.observability import Metrics
 from shared.outbox import Outbox, OutboxRelay
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
+from shared.tracing import instrument_database
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Runtime:
     @classmethod
     def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
         db = Database(settings.database_url, echo=settings.database_echo)
+        instrument_database(db.engine, definition.name)
         bus = Bus(settings, name=definition.name)
         relay = OutboxRelay(
             db,

@@ -57,6 +57,12 @@ class ServiceSettings(BaseSettings):
     timezone: str = "Asia/Seoul"
     today: dt.date | None = None
 
+    # Traces (OpenTelemetry): exported over OTLP/HTTP to this endpoint (e.g. http://collector:4318/v1/traces) with
+    # these headers; unset, spans are still made (their trace ids are in the logs) and exported nowhere.
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = {}
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
     # HTTP
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     log_level: str = "INFO"
