@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench chaos postgres fonts clean asyncapi
+.PHONY: run test lint bench chaos postgres fonts promtool clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP) fonts
 postgres:
 	@./scripts/ensure-postgres.sh
 
+# The alert rules are checked with Debian's promtool when it installs (tests/e2e/test_monitoring.py).
+promtool:
+	@./scripts/ensure-promtool.sh
+
 # Letters (notify's post channel) are printed in Debian's fonts-nanum, which has Hangul.
 fonts:
 	@./scripts/ensure-fonts.sh
@@ -30,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) postgres fonts lint
+test: $(STAMP) postgres fonts promtool lint
 	$(BIN)/onestop asyncapi --check
 	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 

@@ -98,6 +98,12 @@ class Metrics:
         self.dead_letters = Counter(
             "onestop_dead_letters", "Events sent to the dead-letter subject", ["consumer"], registry=self.registry
         )
+        self.consumer_pending = Gauge(
+            "onestop_consumer_pending",
+            "Events a consumer has yet to handle, as JetStream counts them (not delivered, or not acknowledged)",
+            ["consumer"],
+            registry=self.registry,
+        )
         self.outbox_backlog = Gauge(
             "onestop_outbox_backlog", "Unpublished outbox rows at the last relay pass", registry=self.registry
         )

@@ -23,6 +23,7 @@ from fastapi import APIRouter
 from shared.auth import TokenVerifier
 from shared.bus import Bus
 from shared.consumer import Consumer, Subscription
+from shared.consumer_lag import ConsumerLag
 from shared.db import Database
 from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
@@ -80,6 +81,7 @@ class Runtime:
     # The service's context (see ServiceDefinition.context); read through the service's typed dependency.
     context: Any = None
     _messaging: asyncio.Task[None] | None = None
+    lag: ConsumerLag | None = None
 
     @classmethod
     def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
@@ -125,6 +127,9 @@ class Runtime:
                 self.add_consumers(definition.subscriptions(context))
                 self.start_messaging()
                 self.housekeeping.start()
+                self.lag = ConsumerLag(self.bus, self.consumers.values(), self.metrics,
+                                       interval=self.settings.consumer_lag_interval_seconds)  # fmt: skip
+                self.lag.start()
                 try:
                     yield
                 finally:
@@ -176,6 +181,8 @@ class Runtime:
                     await asyncio.sleep(0.5)
 
     async def stop_consuming(self) -> None:
+        if self.lag is not None:
+            await self.lag.stop()
         await self.housekeeping.stop()
         if self._messaging is not None and not self._messaging.done():
             self._messaging.cancel()

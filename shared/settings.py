@@ -29,6 +29,8 @@ class ServiceSettings(BaseSettings):
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_max_ack_pending: int = Field(default=1000, ge=1)
     consumer_batch_size: int = Field(default=100, ge=1, le=1000)
+    # How often each consumer's backlog on the server is read into onestop_consumer_pending.
+    consumer_lag_interval_seconds: float = Field(default=15.0, gt=0)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_retention_hours: float = Field(default=24.0, gt=0)

@@ -14,6 +14,7 @@ from services.eligibility.context import EligibilityContext
 from services.eligibility.determinations import Eligibility
 from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
+from services.eligibility.screening import ScreeningMetrics
 from services.eligibility.settings import EligibilitySettings
 from shared.runtime import Runtime, ServiceDefinition
 from shared.service import create_service_app
@@ -25,7 +26,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def definition(settings: EligibilitySettings) -> ServiceDefinition[EligibilityContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[EligibilityContext]:
-        yield EligibilityContext(settings, Eligibility(settings, runtime.outbox))
+        metrics = ScreeningMetrics(runtime.metrics.registry)
+        yield EligibilityContext(settings, Eligibility(settings, runtime.outbox, metrics))
 
     return ServiceDefinition(
         name=NAME,
