@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 
@@ -76,6 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     diff.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
 
+    backup = commands.add_parser(
+        "backup", help="an online backup of every service's SQLite database, with where its consumers stood"
+    )
+    backup.add_argument("--var", type=Path, default=Path("var"))
+    backup.add_argument("--to", type=Path, help="an empty directory (default: <var>/backups/<UTC time>)")
+    backup.add_argument(
+        "--positions-only", action="store_true", help="only the consumers' positions (before a pg_dump: README)"
+    )
+    backup.add_argument(
+        "--seal", type=Path, metavar="DIR", help="record the stream's position in DIR's manifest (after the dumps)"
+    )
+
+    restore = commands.add_parser(
+        "restore", help="put a backup back (the platform stopped); its consumers are rewound at the next run"
+    )
+    restore.add_argument("backup", type=Path, help="a directory `onestop backup` wrote")
+    restore.add_argument("--var", type=Path, default=Path("var"))
+    restore.add_argument(
+        "--positions-only", action="store_true", help="only plan the consumers' rewind (after a pg_restore: README)"
+    )
+
     asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
     asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
 
@@ -92,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init,
         "status": cmd_status,
         "catalogue": cmd_catalogue,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
     }[args.command]
@@ -301,6 +325,59 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
         return 0
     directory = args.catalogue_dir or CATALOGUE_DIR
     print(diff_files(load_files(directory), args.first, args.second).render(f"YAML catalogue in {directory}"), end="")
+    return 0
+
+
+def _databases(platform: Platform, positions_only: bool) -> list[Any]:
+    from onestop.backup import sqlite_targets
+
+    if positions_only:
+        return []
+    return sqlite_targets({e.name: platform.database_url(e) for e in SERVICES})
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from onestop.backup import BackupError, backup, read_last_sequence, read_positions, seal
+
+    platform = Platform(PlatformConfig(var_dir=args.var))
+    destination = args.to or platform.var / "backups" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    # Where the running platform's NATS is (onestop run writes it), else the default address.
+    nats_url = platform.running_nats_url() or platform.nats_url
+    credentials, prefix = platform.nats_credentials(), platform.config.bus_prefix
+    try:
+        if args.seal:
+            sealed = seal(args.seal, read_last_sequence(nats_url, credentials, prefix))
+            print(f"stream position {sealed['stream_last_seq']} recorded in {args.seal / 'manifest.json'}")
+            return 0
+        targets = _databases(platform, args.positions_only)
+        # Before the copies: every event acknowledged by then is in them.
+        positions = read_positions(nats_url, credentials, prefix)
+        if positions is None:
+            print(f"onestop backup: NATS ({nats_url}) did not answer: no consumer positions recorded; a restore "
+                  "rewinds the consumers by time instead", file=sys.stderr)  # fmt: skip
+        manifest = backup(targets, destination, positions=positions, prefix=prefix,
+                          positions_only=args.positions_only,
+                          last_sequence=lambda: read_last_sequence(nats_url, credentials, prefix))  # fmt: skip
+    except BackupError as exc:
+        print(f"onestop backup: {exc}", file=sys.stderr)
+        return 1
+    for service in manifest["databases"]:
+        print(f"{service}: {destination / manifest['databases'][service]['file']}")
+    print(f"consumer positions: {len(manifest['consumers'] or {})}; manifest: {destination / 'manifest.json'}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from onestop.backup import BackupError, restore
+
+    platform = Platform(PlatformConfig(var_dir=args.var))
+    try:
+        done = restore(_databases(platform, args.positions_only), args.backup, platform.var,
+                       positions_only=args.positions_only)  # fmt: skip
+    except BackupError as exc:
+        print(f"onestop restore: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(done))
     return 0
 
 

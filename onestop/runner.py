@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -324,6 +325,8 @@ class Platform:
             if self.postgres is not None:
                 self.start_postgres()
             self.start_nats()
+            self.write_run_file()
+            self.rewind_consumers()
             self.migrate()
             if self.config.seed:
                 self.seed()
@@ -342,6 +345,7 @@ class Platform:
                 self.stop_service(entry.name)
             self.stop_nats()
             self.stop_postgres()
+            self.run_file.unlink(missing_ok=True)
             for sock in self.sockets.values():
                 sock.close()
             self.sockets.clear()
@@ -464,6 +468,45 @@ class Platform:
         """The (first) NATS server's process."""
         process = self.managed.get(self.nats_nodes[0].name)
         return process.popen if process else None
+
+    @property
+    def run_file(self) -> Path:
+        return self.var / "run.json"
+
+    def write_run_file(self) -> None:
+        """Where the running platform is, for the commands that talk to it (onestop backup)."""
+        self.run_file.write_text(json.dumps(
+            {"pid": os.getpid(), "nats_url": self.nats_url, "services": {s.name: self.url(s.name) for s in SERVICES}}
+        ))  # fmt: skip
+
+    def running_nats_url(self) -> str | None:
+        try:
+            url = json.loads(self.run_file.read_text())["nats_url"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return str(url)
+
+    def rewind_consumers(self) -> None:
+        """After `onestop restore`: put each consumer back where it stood at the backup (onestop/backup.py), before
+        any service starts."""
+        from onestop.backup import finish_rewind, pending_rewind, rewind
+
+        plan = pending_rewind(self.var)
+        if plan is None:
+            return
+        credentials = self.nats_credentials()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                done = asyncio.run(rewind(self.nats_url, credentials, self.config.bus_prefix, plan))
+                break
+            except Exception as exc:  # JetStream may still be electing its leaders
+                if time.monotonic() > deadline:
+                    raise PlatformError(f"cannot rewind the consumers after the restore: {exc!r}") from exc
+                time.sleep(0.5)
+        for line in done:
+            self._report(f"restore: {line}")
+        finish_rewind(self.var)
 
     def stop_nats(self, sig: int = signal.SIGTERM) -> None:
         for node in self.nats_nodes:
@@ -592,8 +635,6 @@ class Platform:
 
 def _env_value(value: Any) -> str:
     if isinstance(value, (list, dict)):
-        import json
-
         return json.dumps(value)
     return str(value)
 

@@ -53,6 +53,9 @@ Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
 
 
+# JetStream's answer to a change of where an existing consumer starts ("deliver policy can not be updated").
+DELIVER_POLICY_FIXED = 10012
+
 # How long a busy consumer waits for a batch to fill before handling what it has.
 BUSY_WAIT = 0.05
 
@@ -191,11 +194,27 @@ class Consumer:
         )
 
     async def start(self) -> None:
-        await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+        await self._provision()
         self._stopping = False
         for n in range(self.sub.concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"{self.durable}-{n}"))
         log.info("consumer started", extra={"consumer": self.durable, "workers": self.sub.concurrency})
+
+    async def _provision(self) -> None:
+        """Create the durable consumer, or bring an existing one's editable settings in line with ours. Where it
+        starts is not editable: one an operator rewound (``onestop restore``) keeps its start and takes the rest."""
+        config = self.consumer_config()
+        try:
+            await self.bus.js.add_consumer(self.bus.stream, config=config)
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) != DELIVER_POLICY_FIXED:
+                raise
+            current = (await self.bus.js.consumer_info(self.bus.stream, self.durable)).config
+            config.deliver_policy = current.deliver_policy
+            config.opt_start_seq, config.opt_start_time = current.opt_start_seq, current.opt_start_time
+            await self.bus.js.add_consumer(self.bus.stream, config=config)
+            log.info("consumer keeps the start it was given", extra={"consumer": self.durable,
+                     "deliver_policy": str(current.deliver_policy), "start_seq": current.opt_start_seq})  # fmt: skip
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking new messages; let a batch being handled finish (its acks then reach the server)."""
