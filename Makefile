@@ -41,6 +41,7 @@ test: $(STAMP) postgres fonts promtool lint
 bench: $(STAMP)
 	$(BIN)/python bench/bus.py
 	$(BIN)/python bench/eligibility.py
+	$(BIN)/python bench/durability.py
 
 # The fault suite at length: 2,000 applications on the NATS cluster, PostgreSQL and two replicas per service while
 # nodes, replicas and connections are killed (make test runs it with 200).

@@ -88,8 +88,9 @@ class PlatformConfig:
     # nats_port + n - 1 (monitoring nats_http_port + n - 1, routes 6222 + n - 1) unless cluster_ports says otherwise.
     cluster: bool = False
     cluster_ports: list[NatsNodePorts] | None = None
-    # JetStream's fsync policy (README, "Durability"): None is the server's default.
-    sync_interval: str | None = None
+    # JetStream's fsync policy (README, "Durability", measured by bench/durability.py): fsync before each
+    # acknowledgement, on one node and in a cluster; None is the server's default (every two minutes).
+    sync_interval: str | None = "always"
     # A local PostgreSQL (one database per service) instead of SQLite files.
     postgres: bool = False
     postgres_port: int = 5433

@@ -16,7 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import PubAck, StorageType, StreamConfig
 
 from shared.events import CloudEvent, subject_for
 from shared.settings import ServiceSettings
@@ -160,11 +160,14 @@ class Bus:
 
     # ------------------------------------------------------------------------------------------ publishing
 
-    async def publish_batch(self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0) -> int:
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0, acks: list[PubAck] | None = None
+    ) -> int:
         """Publish in order without waiting for each ack, then gather the acks.
 
         Returns how many messages *from the start* JetStream acknowledged: the caller marks exactly those as sent,
-        so a failure in the middle never lets a later message count as delivered before an earlier one.
+        so a failure in the middle never lets a later message count as delivered before an earlier one. Their
+        acknowledgements (the stream sequence, whether JetStream took it for a duplicate) go into ``acks`` if given.
         """
         futures: list[asyncio.Future[Any]] = []
         try:
@@ -189,6 +192,8 @@ class Bus:
         for future in futures:
             if future in done and not future.cancelled() and future.exception() is None:
                 acked += 1
+                if acks is not None:
+                    acks.append(future.result())
             else:
                 break
         for future in done:

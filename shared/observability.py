@@ -104,6 +104,11 @@ class Metrics:
             ["consumer"],
             registry=self.registry,
         )
+        self.events_republished = Counter(
+            "onestop_outbox_events_republished",
+            "Events marked sent that the stream no longer held, published again by the reconciler",
+            registry=self.registry,
+        )
         self.outbox_backlog = Gauge(
             "onestop_outbox_backlog", "Unpublished outbox rows at the last relay pass", registry=self.registry
         )

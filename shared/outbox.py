@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, text, update
+from nats.js.api import PubAck
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -178,11 +179,13 @@ class OutboxRelay:
         # A span per event, a child of the span that emitted it; its traceparent goes in the message's headers.
         spans = [tracing.publish_span(self.bus.name, row.subject, _traceparent_in(row.payload), row.event_id)
                  for row in rows]  # fmt: skip
+        acks: list[PubAck] = []
         acked = await self.bus.publish_batch(
             [
                 OutgoingMessage(row.subject, row.event_id, row.payload.encode(), _trace_headers(span))
                 for row, span in zip(rows, spans, strict=True)
-            ]
+            ],
+            acks=acks,
         )
         for n, span in enumerate(spans):
             if n >= acked:
@@ -191,10 +194,14 @@ class OutboxRelay:
         if acked:
             # Mark exactly the acknowledged rows by id. A range ("id <= last") would also mark a row with a lower
             # id whose transaction committed after our select, and that event would never be published.
-            ids = [row.id for row in rows[:acked]]
+            # With the stream sequence each got, where the reconciler looks for it later (shared/reconciler.py).
+            now = dt.datetime.now(dt.UTC)
             async with self.db.session() as session:
                 await session.execute(
-                    update(self.table).where(self.table.c.id.in_(ids)).values(published_at=dt.datetime.now(dt.UTC))
+                    update(self.table)
+                    .where(self.table.c.id == bindparam("row_id"))
+                    .values(published_at=now, stream_seq=bindparam("seq")),
+                    [{"row_id": row.id, "seq": ack.seq} for row, ack in zip(rows[:acked], acks, strict=True)],
                 )
             self.metrics.events_published.inc(acked)
         return acked

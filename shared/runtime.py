@@ -29,6 +29,7 @@ from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
 from shared.observability import Metrics
 from shared.outbox import Outbox, OutboxRelay
+from shared.reconciler import Reconciler
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
 from shared.tracing import instrument_database
@@ -82,6 +83,7 @@ class Runtime:
     context: Any = None
     _messaging: asyncio.Task[None] | None = None
     lag: ConsumerLag | None = None
+    reconciler: Reconciler | None = None
 
     @classmethod
     def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
@@ -169,6 +171,12 @@ class Runtime:
                 log.warning("stream not ready; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
         await self.relay.start()
+        self.reconciler = Reconciler(
+            self.relay,
+            grace=dt.timedelta(seconds=self.settings.outbox_reconcile_grace_seconds),
+            interval=self.settings.outbox_reconcile_interval_seconds,
+        )
+        self.reconciler.start()
         for consumer in self.consumers.values():
             while True:
                 try:
@@ -192,6 +200,8 @@ class Runtime:
             await consumer.stop()
 
     async def close(self) -> None:
+        if self.reconciler is not None:
+            await self.reconciler.stop()
         await self.relay.stop()
         await self.bus.close()
         await self.db.dispose()

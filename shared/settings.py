@@ -34,6 +34,10 @@ class ServiceSettings(BaseSettings):
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_retention_hours: float = Field(default=24.0, gt=0)
+    # The reconciler (shared/reconciler.py) looks whether each sent event is still in the stream this long after it
+    # was sent (longer than JetStream's default fsync interval of two minutes), every interval seconds.
+    outbox_reconcile_grace_seconds: float = Field(default=180.0, ge=0)
+    outbox_reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     # Longer than any redelivery or replay of the stream can come back, so a late duplicate is still recognised.
     inbox_retention_hours: float = Field(default=24.0 * 30, gt=0)
     # Long enough for any client retry; the stored answers may hold personal data, so not longer.
