@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench chaos postgres fonts promtool clean asyncapi
+.PHONY: run test lint bench chaos postgres fonts promtool browser screenshots wrk clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,26 +25,44 @@ postgres:
 promtool:
 	@./scripts/ensure-promtool.sh
 
+# The HTTP benchmark's load generator: Debian's wrk (compiled; a Python client would compete for the same cores).
+wrk:
+	@./scripts/ensure-wrk.sh
+
 # Letters (notify's post channel) are printed in Debian's fonts-nanum, which has Hangul.
 fonts:
 	@./scripts/ensure-fonts.sh
+
+# The portal's browser tests and screenshots drive Debian's chromium (Playwright's own download does not work here).
+browser:
+	@./scripts/ensure-chromium.sh
+
+# docs/screenshots/*.png of every main page, from a platform started for the purpose.
+screenshots: $(STAMP) fonts browser
+	$(BIN)/python -m tests.portal.screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) postgres fonts promtool lint
+test: $(STAMP) postgres fonts browser wrk promtool lint
 	$(BIN)/onestop asyncapi --check
 	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 
-bench: $(STAMP)
-	$(BIN)/python bench/bus.py
-	$(BIN)/python bench/eligibility.py
-	$(BIN)/python bench/durability.py
+# Every benchmark runs even when an earlier one misses a floor; the status says whether any did.
+# BENCH_API_ARGS: options of bench/api.py (e.g. "--seconds 30 --backends sqlite"; see its --help).
+bench: $(STAMP) postgres fonts wrk
+	@status=0; \
+	$(BIN)/python bench/bus.py || status=1; \
+	$(BIN)/python bench/eligibility.py || status=1; \
+	$(BIN)/python bench/screening_runs.py || status=1; \
+	$(BIN)/python bench/api.py $(BENCH_API_ARGS) || status=1; \
+	$(BIN)/python bench/durability.py || status=1; \
+	exit $$status
 
 # The fault suite at length: 2,000 applications on the NATS cluster, PostgreSQL and two replicas per service while
-# nodes, replicas and connections are killed (make test runs it with 200).
+# nodes, replicas and connections are killed (make test runs a shorter one).
 chaos: $(STAMP) postgres fonts
 	CHAOS_APPLICATIONS=2000 CHAOS_TIMEOUT=5400 $(BIN)/pytest tests/chaos -s
 

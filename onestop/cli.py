@@ -1,5 +1,5 @@
 """``onestop``: run the platform, mint tokens, migrate, seed, check status, compare the catalogue between two dates,
-regenerate the AsyncAPI document."""
+run a screening with a progress bar, regenerate the AsyncAPI document."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from onestop.postgres import PostgresError
-from onestop.registry import BY_NAME, ROOT, SERVICES
+from onestop.registry import BY_NAME, PORTAL, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, PlatformError
 from onestop.supervisor import GaveUp
 from shared.auth import Role, TokenIssuer, ensure_keypair
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onestop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="start NATS and the four services (what `make run` does)")
+    run = commands.add_parser("run", help="start NATS, the four services and the portal (what `make run` does)")
     run.add_argument("--var", type=Path, default=Path("var"), help="where data, keys and logs live (default: var)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--no-seed", action="store_true", help="do not load the seed data")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     init = commands.add_parser("init", help="issuer keys, migrations and seed data (a deployment's one-shot setup)")
     init.add_argument("--var", type=Path, default=Path("var"), help="where the issuer keys go (keys/ below it)")
 
-    status = commands.add_parser("status", help="health of every service and of NATS")
+    status = commands.add_parser("status", help="health of every service, the portal and NATS")
     status.add_argument("--host", default="127.0.0.1")
     status.add_argument("--nats-monitor", default="http://127.0.0.1:8222")
 
@@ -98,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         "--positions-only", action="store_true", help="only plan the consumers' rewind (after a pg_restore: README)"
     )
 
+    screen = commands.add_parser(
+        "screen", help="run a proactive screening of every consenting resident in the background, with a progress bar"
+    )
+    screen.add_argument("--url", default=f"http://127.0.0.1:{BY_NAME['eligibility'].port}", help="eligibility")
+    screen.add_argument("--token", help="an administrator's or supervisor's token (default: minted from --var)")
+    screen.add_argument("--var", type=Path, default=Path("var"), help="where the issuer keys are (keys/ below it)")
+    screen.add_argument("--program", action="append", dest="programs", help="only this program (repeatable)")
+    screen.add_argument("--as-of", help="judge by the rules in force on this date (YYYY-MM-DD; default today)")
+    screen.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+    screen.add_argument("--interval", type=float, default=0.5, help="seconds between progress reads")
+
     asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
     asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
 
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "catalogue": cmd_catalogue,
         "backup": cmd_backup,
         "restore": cmd_restore,
+        "screen": cmd_screen,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
     }[args.command]
@@ -155,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
-    print(f"Starting OneStop: {_what(platform)}, migrations, seed data, the services...", flush=True)
+    print(f"Starting OneStop: {_what(platform)}, migrations, seed data, four services, the portal...", flush=True)
     try:
         platform.start()
     except (PlatformError, PostgresError) as exc:
@@ -188,6 +200,14 @@ def _what(platform: Platform) -> str:
 
 def _banner(platform: Platform, seconds: float) -> str:
     lines = [f"\nOneStop is running (ready in {seconds:.1f}s).\n"]
+    if platform.runs_portal:
+        portal = platform.url(PORTAL.name)
+        lines += [
+            f"  Portal: {portal}  (open it in a browser)",
+            "  Sign in: click 'Sign in' and choose a person on the embedded OpenID Connect provider's page",
+            f"  ({portal}/idp): a resident per life event, a caseworker per office, a supervisor, an administrator.",
+            "",
+        ]
     for entry in SERVICES:
         url = platform.url(entry.name)
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
@@ -282,15 +302,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     healthy = True
-    for entry in SERVICES:
-        url = f"http://{args.host}:{entry.port}/readyz"
+    for name, port in [*((e.name, e.port) for e in SERVICES), (PORTAL.name, PORTAL.port)]:
+        url = f"http://{args.host}:{port}/readyz"
         try:
             response = httpx.get(url, timeout=3)
-            state = "ready" if response.status_code == 200 else f"not ready: {response.json().get('checks')}"
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            checks = body.get("checks", body.get("status"))
+            state = "ready" if response.status_code == 200 else f"not ready: {checks}"
             healthy &= response.status_code == 200
         except httpx.HTTPError as exc:
             state, healthy = f"unreachable ({type(exc).__name__})", False
-        print(f"{entry.name:<12} {state}")
+        print(f"{name:<12} {state}")
     try:
         response = httpx.get(f"{args.nats_monitor}/healthz", params={"js-enabled-only": "true"}, timeout=3)
         state = "ok (JetStream enabled)" if response.status_code == 200 else f"unhealthy: {response.text.strip()}"
@@ -379,6 +401,25 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 1
     print("\n".join(done))
     return 0
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from onestop.screen import ScreenRequest, screen
+
+    token = args.token
+    if token is None:
+        token = TokenIssuer.from_directory(args.var / "keys").mint(Role.ADMIN, subject="onestop-cli", ttl_seconds=3600)
+    request = ScreenRequest(
+        url=args.url,
+        token=token,
+        programs=args.programs,
+        as_of=args.as_of,
+        wait=not args.no_wait,
+        interval=args.interval,
+    )
+    return screen(request, Console())
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:

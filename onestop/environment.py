@@ -1,5 +1,5 @@
-"""What an operator set for ``onestop run``: the ``ONESTOP_<SERVICE>_<SETTING>`` variables in the environment and in
-``.env`` (the environment wins, as it does for pydantic-settings in the services).
+"""What an operator set for ``onestop run``: the ``ONESTOP_<SERVICE>_<SETTING>`` variables (the portal's too) in the
+environment and in ``.env`` (the environment wins, as it does for pydantic-settings in the services).
 
 The runner honours them, refuses the ones it must own (the NATS it starts, the ports it assigns, ...) with a clear
 message, and names the variables that are no service's setting, so that nothing an operator wrote is silently
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from onestop.registry import SERVICES
+from onestop.registry import PORTAL, SERVICES, PortalEntry, ServiceEntry
 
 PREFIX = "ONESTOP_"
 
@@ -53,9 +53,11 @@ def read_operator_environment(env_file: Path | None, environ: Mapping[str, str] 
             found[key.upper()] = (value, "the environment")
     settings: list[OperatorSetting] = []
     unknown: list[tuple[str, str]] = []
-    fields = {entry.name: set(entry.settings_class().model_fields) for entry in SERVICES}
+    # The portal's settings too: it has no database, but an operator sets its identity provider, cookies, ...
+    entries: tuple[ServiceEntry | PortalEntry, ...] = (*SERVICES, PORTAL)
+    fields = {entry.name: set(entry.settings_class().model_fields) for entry in entries}
     for variable, (value, origin) in sorted(found.items()):
-        entry = next((e for e in SERVICES if variable.startswith(e.env_prefix)), None)
+        entry = next((e for e in entries if variable.startswith(e.env_prefix)), None)
         name = variable.removeprefix(entry.env_prefix).lower() if entry else ""
         if entry is None or name not in fields[entry.name]:
             unknown.append((variable, origin))

@@ -1,5 +1,5 @@
 """Start, supervise and stop the whole platform as separate processes: NATS (one server, or a 3-node JetStream
-cluster), optionally a local PostgreSQL, and every service (one process each, or several replicas).
+cluster), optionally a local PostgreSQL, every service (one process each, or several replicas) and the portal.
 
 ``onestop run`` (and so ``make run``) uses this, and so do the end-to-end and fault suites, so they cannot drift
 apart.
@@ -45,8 +45,11 @@ from onestop.natsauth import (
 )
 from onestop.natsconf import cluster_node_config, nats_server_binary, single_node_config
 from onestop.postgres import LocalPostgres
-from onestop.registry import ROOT, SERVICES, ServiceEntry
+from onestop.registry import BY_NAME, PORTAL, ROOT, SERVICES, PortalEntry, ServiceEntry
 from onestop.supervisor import ManagedProcess, RestartPolicy, Supervisor, describe_exit, terminate
+from services.portal.people import DemoPeople, register_residents
+from services.portal.session import session_secret
+from services.portal.settings import PortalSettings
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import upgrade
 
@@ -71,7 +74,10 @@ class PlatformConfig:
     host: str = "127.0.0.1"
     nats_port: int = 4222
     nats_http_port: int | None = 8222
-    ports: dict[str, int] = field(default_factory=lambda: {s.name: s.port for s in SERVICES})
+    # The portal runs when it has a port here (``onestop run`` gives it 8000; a test leaves it out unless it needs it).
+    ports: dict[str, int] = field(
+        default_factory=lambda: {**{s.name: s.port for s in SERVICES}, PORTAL.name: PORTAL.port}
+    )
     bus_prefix: str = "onestop"
     seed: bool = True
     # Service logs go to var/logs/<process>.log unless they should share the console.
@@ -212,12 +218,25 @@ class Platform:
         }
         return reasons.get(name)
 
+    def portal_owned_reason(self, name: str) -> str | None:
+        """Why the runner must set this portal setting itself (None: the operator's value is honoured)."""
+        if not self.runs_portal:
+            return None
+        reasons = {
+            "public_url": f"it assigns the portal's port ({self.url(PORTAL.name)})",
+            "keys_dir": f"the embedded provider signs with the runner's issuer keys ({self.keys_dir})",
+            **{f"{s.name}_url": f"it assigns the services' ports ({s.name} on {self.url(s.name)})" for s in SERVICES},
+        }
+        return reasons.get(name)
+
     def refusals(self) -> list[str]:
         """The operator's settings this runner must own, each with why and what to do instead."""
         out = []
-        for entry in SERVICES:
+        entries: list[ServiceEntry | PortalEntry] = [*SERVICES, PORTAL]
+        for entry in entries:
+            owned = self.portal_owned_reason if entry.name == PORTAL.name else self.owned_reason
             for name, setting in self.operator.for_service(entry.name).items():
-                reason = self.owned_reason(name)
+                reason = owned(name)
                 if reason:
                     out.append(
                         f"{setting.variable} is set (in {setting.origin}), but `onestop run` sets it itself: {reason}. "
@@ -285,6 +304,9 @@ class Platform:
         if self.config.nats_auth:
             values["nats_user"] = entry.name
             values["nats_password"] = self.nats_passwords.get(entry.name)
+        if self.runs_portal:
+            # The link in every message to a resident opens the application's page in the portal.
+            values["app_base_url"] = self.url(PORTAL.name)
         if self.issuer is not None:
             values["service_token"] = self.issuer.mint(Role.SERVICE, service=entry.name, ttl_seconds=365 * 24 * 3600)
         values.update(self.config.overrides.get(entry.name, {}))
@@ -295,14 +317,43 @@ class Platform:
         return entry.settings(_env_file=self.config.env_file, **self.settings_values(entry))
 
     def env_for(self, entry: ServiceEntry) -> dict[str, str]:
+        return self._env(entry.env_prefix, self.settings_values(entry))
+
+    def _env(self, prefix: str, values: dict[str, Any]) -> dict[str, str]:
         # The operator's ONESTOP_ variables, the .env file's included, go through; the runner's own come on top
         # (refusals() made sure the two never name the same setting).
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ONESTOP_")}
         env.update(self.operator.variables)
-        for key, value in self.settings_values(entry).items():
-            env[entry.env_prefix + key.upper()] = _env_value(value)
+        for key, value in values.items():
+            env[prefix + key.upper()] = _env_value(value)
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    # ------------------------------------------------------------------------------------------ the portal
+
+    @property
+    def runs_portal(self) -> bool:
+        return PORTAL.name in self.config.ports
+
+    def portal_settings(self) -> PortalSettings:
+        return PortalSettings(**self.portal_settings_values())
+
+    def portal_settings_values(self) -> dict[str, Any]:
+        """The portal's settings: where the services are, where people reach it, and the embedded issuer's keys (its
+        OIDC provider signs with them)."""
+        values: dict[str, Any] = {
+            "public_url": self.url(PORTAL.name),
+            "keys_dir": str(self.keys_dir),
+            **{f"{s.name}_url": self.url(s.name) for s in SERVICES},
+        }
+        values.update(self.config.overrides.get(PORTAL.name, {}))
+        return values
+
+    def register_demo_people(self) -> str:
+        """The demo residents the embedded provider lets one sign in as, registered with intake (once)."""
+        assert self.issuer is not None
+        people = DemoPeople.load(self.portal_settings().demo_people_file)
+        return register_residents(people, self.url("intake"), self.issuer)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -335,15 +386,22 @@ class Platform:
                 self.start_service(entry.name, wait=False)
             for entry in SERVICES:
                 self.wait_ready(entry.name)
+            if self.runs_portal:
+                if self.config.seed:
+                    self.register_demo_people()
+                # Made here, once: replicas starting together would each make their own and not open each other's
+                # session cookies.
+                session_secret(self.portal_settings())
+                self.start_service(PORTAL.name)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        # Services first, so they can drain their acks and publishes into a NATS that is still there.
+        # The portal, then the services, so they can drain their acks and publishes into a NATS that is still there.
         with self.lock:
-            for entry in SERVICES:
-                self.stop_service(entry.name)
+            for group in reversed(self.groups):
+                self.stop_service(group)
             self.stop_nats()
             self.stop_postgres()
             self.run_file.unlink(missing_ok=True)
@@ -477,7 +535,7 @@ class Platform:
     def write_run_file(self) -> None:
         """Where the running platform is, for the commands that talk to it (onestop backup)."""
         self.run_file.write_text(json.dumps(
-            {"pid": os.getpid(), "nats_url": self.nats_url, "services": {s.name: self.url(s.name) for s in SERVICES}}
+            {"pid": os.getpid(), "nats_url": self.nats_url, "services": {g: self.url(g) for g in self.groups}}
         ))  # fmt: skip
 
     def running_nats_url(self) -> str | None:
@@ -516,24 +574,25 @@ class Platform:
     # ------------------------------------------------------------------------------------------ services
 
     def bind_sockets(self) -> None:
-        """Each service's listening socket, held by the runner and shared by its replicas."""
-        for entry in SERVICES:
-            if entry.name in self.sockets:
+        """Each service's (and the portal's) listening socket, held by the runner and shared by its replicas."""
+        for group in self.groups:
+            if group in self.sockets:
                 continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((self.config.host, self.config.ports[entry.name]))
+                sock.bind((self.config.host, self.config.ports[group]))
             except OSError as exc:
                 sock.close()
                 raise PlatformError(
-                    f"port {self.config.ports[entry.name]} ({entry.name}) already in use: is OneStop already running?"
+                    f"port {self.config.ports[group]} ({group}) already in use: is OneStop already running?"
                 ) from exc
             sock.listen(2048)
             sock.set_inheritable(True)
-            self.sockets[entry.name] = sock
+            self.sockets[group] = sock
 
     def migrate(self) -> None:
+        # The four services' databases; the portal has none (it calls their APIs).
         for entry in SERVICES:
             asyncio.run(upgrade(self.database_url(entry), entry.migrations))
 
@@ -545,30 +604,40 @@ class Platform:
                 done.append(f"{entry.name}: " + asyncio.run(seeder(self.settings(entry))))
         return done
 
-    def _service_of(self, name: str) -> ServiceEntry:
-        return next(s for s in SERVICES if name == s.name or name.startswith(f"{s.name}-"))
+    @property
+    def groups(self) -> list[str]:
+        """What runs as replicas behind one socket: the four services, and the portal when it runs."""
+        return [s.name for s in SERVICES] + ([PORTAL.name] if self.runs_portal else [])
+
+    def _group_of(self, name: str) -> str:
+        """The service (or portal) a process name belongs to: "intake" for "intake" or "intake-2"."""
+        return next(g for g in [s.name for s in SERVICES] + [PORTAL.name] if name == g or name.startswith(f"{g}-"))
 
     def _processes_named(self, name: str) -> list[str]:
         """A service's replicas, or the one replica named."""
-        if any(name == s.name for s in SERVICES):
+        if name in self.groups:
             return self.replica_names(name)
         return [name]
 
     def start_service(self, name: str, *, wait: bool = True) -> None:
-        """Start a service's replicas (or one replica, by its name); waits until the service answers /readyz."""
-        entry = self._service_of(name)
+        """Start a service's (or the portal's) replicas, or one replica by its name; waits until it answers /readyz."""
+        group = self._group_of(name)
         self.bind_sockets()
-        fd = self.sockets[entry.name].fileno()
+        fd = self.sockets[group].fileno()
+        if group == PORTAL.name:
+            factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
+        else:
+            entry = BY_NAME[group]
+            factory, env = entry.app_factory, self.env_for(entry)
         command = [
-            sys.executable, "-m", "uvicorn", "--factory", entry.app_factory, "--fd", str(fd),
+            sys.executable, "-m", "uvicorn", "--factory", factory, "--fd", str(fd),
             "--no-access-log", "--timeout-graceful-shutdown", "10",
         ]  # fmt: skip
-        env = self.env_for(entry)
         for replica in self._processes_named(name):
             self._manage(replica, lambda log: subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                                 start_new_session=True, pass_fds=(fd,)))  # fmt: skip
         if wait:
-            self.wait_ready(entry.name)
+            self.wait_ready(group)
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Stop a service's replicas (or one) for good: the supervisor no longer restarts them."""
@@ -592,30 +661,30 @@ class Platform:
         return pid
 
     def wait_ready(self, name: str) -> None:
-        entry = self._service_of(name)
+        group = self._group_of(name)
         deadline = time.monotonic() + self.config.ready_timeout
         last = "no answer"
         while time.monotonic() < deadline:
             with self.lock:
-                replicas = [self.managed[r] for r in self.replica_names(entry.name) if r in self.managed]
+                replicas = [self.managed[r] for r in self.replica_names(group) if r in self.managed]
             dead = [p for p in replicas if p.restart_at is None and p.exit_code() is not None]
             if dead:
                 code = dead[0].exit_code()
                 assert code is not None
                 raise PlatformError(f"{dead[0].name} ended ({describe_exit(code)}); see {self.log_path(dead[0].name)}")
             try:
-                response = httpx.get(f"{self.url(entry.name)}/readyz", timeout=2)
+                response = httpx.get(f"{self.url(group)}/readyz", timeout=2)
                 if response.status_code == 200:
                     return
                 last = response.text
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.1)
-        raise PlatformError(f"{entry.name} not ready after {self.config.ready_timeout}s: {last}")
+        raise PlatformError(f"{group} not ready after {self.config.ready_timeout}s: {last}")
 
     @property
     def processes(self) -> dict[str, subprocess.Popen[bytes]]:
-        """The services' processes by name (replicas included)."""
+        """The services' and the portal's processes by name (replicas included)."""
         with self.lock:
             return {
                 name: p.popen

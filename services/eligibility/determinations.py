@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from services.eligibility import triggers
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactValueError
 from services.eligibility.models import (
@@ -107,6 +108,7 @@ class Eligibility:
         app.application_date = data.application_date
         app.channel = data.channel.value
         app.resident_context = data.resident.model_dump(mode="json")
+        app.programs = list(data.program_codes) or None
         app.submitted_at = data.submitted_at
         app.updated_at = now
         await repo.session.flush()
@@ -166,6 +168,8 @@ class Eligibility:
         row.preferred_language = data.preferred_language.value
         row.registry_updated_at = data.updated_at
         await repo.session.flush()
+        if row.proactive_screening:
+            await triggers.queue(repo, data.resident_id, "registry_updated", now)
         for app in await repo.open_applications(data.resident_id):
             context = dict(app.resident_context or {})
             context.update(
@@ -181,11 +185,14 @@ class Eligibility:
         row = await repo.resident_or_new(data.resident_id)
         if row.consent_version is not None and data.version <= row.consent_version:
             return
+        reasons = triggers.consent_reasons(row.consents, data.consents)
         row.consent_version = data.version
         row.consents = dict(data.consents)
         row.consent_changed_at = data.changed_at
         row.proactive_screening = bool(data.consents.get("proactive_screening", False))
         await repo.session.flush()
+        for reason in reasons:
+            await triggers.queue(repo, data.resident_id, reason, now)
         await self.reevaluate_resident(repo, data.resident_id, "consent_changed", now)
 
     async def on_facts_reported(self, repo: Repository, data: FactsReported, now: dt.datetime) -> None:
@@ -227,6 +234,9 @@ class Eligibility:
         catalogue = await self.store.get(repo)
         if await repo.report_seen(report_id):
             return ReportResult(report_id, 0)
+        if await repo.erased(resident_id):
+            # The resident's data was erased here: a department's report about them is not stored again.
+            return ReportResult(report_id, 0)
         problems = check_report(catalogue, department, facts, now)
         if problems and strict:
             return ReportResult(report_id, 0, problems)
@@ -252,6 +262,9 @@ class Eligibility:
         if not accepted:
             return ReportResult(report_id, 0, problems)
         await repo.session.flush()
+        resident = await repo.resident(resident_id)
+        if resident is not None and resident.proactive_screening:
+            await triggers.queue(repo, resident_id, "facts_reported", now)
         reevaluated, new_rounds = await self.reevaluate_resident(repo, resident_id, "facts_reported", now)
         return ReportResult(report_id, accepted, problems, reevaluated, new_rounds)
 
@@ -282,7 +295,15 @@ class Eligibility:
                 "declared answers ignored",
                 extra={"application_id": str(app.application_id), "facts": sorted(env.rejected)},
             )
-        results = catalogue.evaluate(env, catalogue.programs_for(app.life_event, env))
+        if app.programs:  # an accepted offer: the offered programs, where still in force
+            codes = [
+                c
+                for c in app.programs
+                if c in catalogue.programs and catalogue.programs[c].version_on(env.application_date)
+            ]
+        else:
+            codes = catalogue.programs_for(app.life_event, env)
+        results = catalogue.evaluate(env, codes)
         determinations = [r.determination(catalogue.facts) for r in results]
         if not always and app.round > 0:
             previous = await repo.round_determinations(app.application_id, app.round)

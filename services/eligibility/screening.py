@@ -233,6 +233,14 @@ class ScreeningMetrics:
             "onestop_eligibility_opportunities", "Opportunities screening found and told", registry=registry
         )
 
+    def finished(self, row: ScreeningRow) -> None:
+        self.runs.labels(status=row.status).inc()
+        self.duration.observe((row.duration_ms or 0) / 1000)
+        self.opportunities.inc(row.opportunities)
+
+    def failed(self) -> None:
+        self.runs.labels(status="failed").inc()
+
 
 async def start_screening(
     repo: Repository, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
@@ -258,12 +266,10 @@ async def start_screening(
         )
     except Exception:
         if metrics is not None:
-            metrics.runs.labels(status="failed").inc()
+            metrics.failed()
         raise
     if metrics is not None:
-        metrics.runs.labels(status=row.status).inc()
-        metrics.duration.observe((row.duration_ms or 0) / 1000)
-        metrics.opportunities.inc(row.opportunities)
+        metrics.finished(row)
     return screening_out(row)
 
 

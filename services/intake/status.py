@@ -585,15 +585,24 @@ def _notification_view(n: Notification) -> NotificationView:
     )
 
 
+_CONSISTENT_READ_ATTEMPTS = 5
+
+
 async def build_view(repo: Repository, application: Application) -> ApplicationView:
-    determination = await repo.determination(application.id)
-    cases = await repo.cases(application.id)
-    notifications = await repo.notifications(application.id)
-    feedback = await repo.feedback(application.id)
-    referrals = await repo.referrals(application.id)
-    # Each read sees what was committed when it ran (no snapshot spans them): the timeline is read last, so that
-    # whatever the view shows is in its timeline too.
+    # On PostgreSQL each read sees what was committed when it ran (no snapshot spans them). Every change to the view
+    # appends to the timeline in the same transaction, so the timeline is read before and after the rest and the
+    # reads start again if an event landed in between: what the view shows and its timeline then agree.
     timeline = await repo.timeline(application.id)
+    for _ in range(_CONSISTENT_READ_ATTEMPTS):
+        before = len(timeline)
+        determination = await repo.determination(application.id)
+        cases = await repo.cases(application.id)
+        notifications = await repo.notifications(application.id)
+        feedback = await repo.feedback(application.id)
+        referrals = await repo.referrals(application.id)
+        timeline = await repo.timeline(application.id)
+        if len(timeline) == before:
+            break
     current = current_cases(cases)
     answers = application.answers
 

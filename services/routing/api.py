@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.routing import casework, offerings, queues, reasons, referrals, statistics
+from services.routing import casework, offerings, outreach, queues, reasons, referrals, resident_data, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
 from services.routing.repository import QueueFilter, Repository, RepositoryDep
@@ -39,17 +39,21 @@ from services.routing.schemas import (
     OfferingOut,
     OfficeIn,
     OfficeOut,
+    OutreachOutcomeOut,
     QueuePage,
+    QueueSort,
     ReasonCodeOut,
     ReferralIn,
     ReferralOut,
     ReferralStatusName,
     RequestInfoIn,
     TransferIn,
+    VisitIn,
 )
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotentDep
+from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import Department, ServiceType
+from shared.personal_data import ResidentDataPart
 from shared.problems import problem_responses
 
 STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
@@ -137,7 +141,7 @@ def queue_filter(
 
 @cases_router.get(
     "/queues/{office}",
-    summary="An office's queue, most urgent first (priority, then due date), a page at a time",
+    summary="An office's queue, most urgent first (or earliest due, or newest), a page at a time",
     responses=problem_responses(403, 404, 422),
 )
 async def queue(
@@ -145,11 +149,18 @@ async def queue(
     principal: Staff,
     office: OfficeCodePath,
     filters: Annotated[QueueFilter, Depends(queue_filter)],
+    sort: Annotated[
+        QueueSort,
+        Query(
+            description="urgency: priority, then due date; due: due date, then priority; newest: the most recently "
+            "created first. A cursor pages only the order it was made for."
+        ),
+    ] = QueueSort.URGENCY,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     purpose: Purpose = "casework",
 ) -> QueuePage:
-    return await queues.page(repo, principal, office, filters, cursor=cursor, limit=limit, purpose=purpose)
+    return await queues.page(repo, principal, office, filters, sort, cursor=cursor, limit=limit, purpose=purpose)
 
 
 @cases_router.get(
@@ -303,6 +314,30 @@ async def add_note(
     idempotent: IdempotentDep,
 ) -> JSONResponse:
     return await idempotent.create(body, lambda: casework.add_note(repo, ctx, principal, case_id, body))
+
+
+@cases_router.post(
+    "/cases/{case_id}/visit",
+    response_model=CaseOut,
+    summary="Record an outreach visit and what it came to (outreach cases; a final outcome closes the case)",
+    responses=ACTION_PROBLEMS,
+)
+async def record_visit(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: VisitIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: outreach.record_visit(repo, ctx, principal, case_id, body), status_code=200
+    )
+
+
+@cases_router.get("/outreach-outcomes", summary="What an outreach visit may come to")
+async def outreach_outcomes(principal: Staff) -> list[OutreachOutcomeOut]:
+    return outreach.outcomes()
 
 
 @cases_router.get("/reason-codes", summary="The reason codes a decision may give")
@@ -523,3 +558,23 @@ def _csv(dataset: Dataset) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="onestop-{dataset.dataset}.csv"'},
     )
+
+
+# ================================================================================================ a resident's data
+
+residents_router = APIRouter(prefix="/v1/residents", tags=["rights"])
+
+
+@residents_router.get(
+    "/{resident_id}/data",
+    summary="Everything routing holds about a resident: their part of the resident's export (the resident, or intake "
+    "gathering it)",
+    responses=problem_responses(404),
+)
+async def resident_data_part(
+    resident_id: uuid.UUID,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
+) -> ResidentDataPart:
+    return await resident_data.part(repo, principal, resident_id, export_id)

@@ -1,6 +1,6 @@
 """The routing service's tables: offices, the applications it has heard of, cases with their history, SLA breaches,
 partners' offerings and the referrals to them, what routing learnt from intake's events (residents' consents, their
-feedback) and the audit log of staff reads."""
+feedback), the residents who asked for erasure, and the audit log of staff reads."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ class CaseStatus:
     ALL = (OPEN, ASSIGNED, WAITING_ON_RESIDENT, DECIDED, CLOSED)
 
 
+APPLICATION, OUTREACH = "application", "outreach"
+
+
 class Office(Base):
     __tablename__ = "offices"
 
@@ -99,7 +102,11 @@ class Case(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    application_id: Mapped[uuid.UUID]
+    # application: a program of an application; outreach: a visit to a vulnerable resident who left an offer
+    # unanswered (outreach.py), about the offer's program, with no application (yet).
+    kind: Mapped[str] = mapped_column(String(16), default="application", server_default="application")
+    application_id: Mapped[uuid.UUID | None]
+    opportunity_id: Mapped[uuid.UUID | None] = mapped_column(unique=True)
     resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
     program_code: Mapped[str] = mapped_column(String(100))
     program_name_ko: Mapped[str] = mapped_column(String(300))
@@ -163,6 +170,10 @@ class Case(Base):
     def is_active(self) -> bool:
         return self.status in CaseStatus.ACTIVE
 
+    @property
+    def is_outreach(self) -> bool:
+        return self.kind == OUTREACH
+
 
 class CaseEntry(Base):
     """One line of a case's history: who did what, when, with the details (notes are entries too)."""
@@ -189,6 +200,42 @@ class SlaBreach(Base):
     due_date: Mapped[dt.date] = mapped_column(Date)
     breached_on: Mapped[dt.date] = mapped_column(Date)
     recorded_at: Mapped[dt.datetime]
+
+
+class Offer(Base):
+    """What routing knows of an offer intake put before a resident (``opportunity.*``): where the resident lives and
+    whether they are one to visit, the office that would take an application (expected demand), what became of it
+    (take-up), and the outreach it may call for."""
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        Index("ix_offers_status_outreach_due", "status", "outreach_due_on"),
+        Index("ix_offers_program_district", "program_code", "district_code"),
+    )
+
+    opportunity_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name_ko: Mapped[str] = mapped_column(String(300))
+    program_name_en: Mapped[str] = mapped_column(String(300))
+    department: Mapped[str] = mapped_column(String(40))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    amount_period: Mapped[str | None] = mapped_column(String(10))
+    district_code: Mapped[str] = mapped_column(String(10))
+    preferred_language: Mapped[str] = mapped_column(String(8))
+    vulnerability: Mapped[list[str]]
+    # The office an application for the program would go to (its department, the resident's district).
+    office_code: Mapped[str | None] = mapped_column(String(40))
+    offered_on: Mapped[dt.date] = mapped_column(Date)
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    # offered | accepted | declined | expired
+    status: Mapped[str] = mapped_column(String(10))
+    status_at: Mapped[dt.datetime]
+    application_id: Mapped[uuid.UUID | None]
+    # For a resident to visit: the last working day they have to answer before an outreach case opens.
+    outreach_due_on: Mapped[dt.date | None] = mapped_column(Date)
+    outreach_case_id: Mapped[uuid.UUID | None]
+    updated_at: Mapped[dt.datetime]
 
 
 # ---------------------------------------------------------------------------------------------- what intake told
@@ -304,3 +351,20 @@ class Referral(Base):
     @property
     def holds_place(self) -> bool:
         return self.status in ReferralStatus.HOLDING
+
+
+# ---------------------------------------------------------------------------------------------- erasure
+
+
+class ResidentErasure(Base):
+    """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
+    (retention.yaml). While it stays, an event about the resident arriving late is not stored again."""
+
+    __tablename__ = "resident_erasures"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erasure_id: Mapped[uuid.UUID]
+    requested_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime]
+    erased: Mapped[dict[str, Any]]
+    kept: Mapped[list[Any]]

@@ -24,7 +24,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from services.routing import casework
 from services.routing.consents import consented_to_partner, partner_purpose
 from services.routing.context import RoutingContext
-from services.routing.models import CaseStatus, Offering, Referral, ReferralStatus, audit_log
+from services.routing.models import OUTREACH, CaseStatus, Offering, Referral, ReferralStatus, audit_log
 from services.routing.offerings import serves
 from services.routing.repository import Repository
 from services.routing.schemas import CompleteIn, DeclineIn, ReferralIn, ReferralOut, ReferralStatusName
@@ -82,6 +82,17 @@ class CaseClosed(Conflict):
 
     def __init__(self) -> None:
         super().__init__("The case is closed; a closed case is referred nowhere.", case_status=CaseStatus.CLOSED)
+
+
+class OutreachCaseNotReferred(Conflict):
+    slug = "outreach-case"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "An outreach case has no application, and a referral follows an application: record the visit's outcome "
+            "(referred_to_other_support), and refer from the case of the application the resident makes.",
+            case_kind=OUTREACH,
+        )
 
 
 class ReferralStateConflict(Conflict):
@@ -218,6 +229,8 @@ async def refer(
         )
     if case.status == CaseStatus.CLOSED:
         raise CaseClosed()
+    if case.kind == OUTREACH or case.application_id is None:
+        raise OutreachCaseNotReferred()
     holding = await repo.holding_referral(case.id, offering.id)
     if holding is not None:
         raise AlreadyReferred(holding)

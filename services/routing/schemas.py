@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from shared.events import Decision, DeclineReason, Department, Localized, ReferralOutcome, ServiceType
+from shared.events import (
+    Decision,
+    DeclineReason,
+    Department,
+    Localized,
+    OutreachVisitOutcome,
+    ReferralOutcome,
+    ServiceType,
+)
 
 OFFICE_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9-]{1,39}$"
 DISTRICT_PATTERN = r"^[0-9]{5}$"
@@ -120,6 +128,14 @@ class CaseStatusName(StrEnum):
     CLOSED = "closed"
 
 
+class QueueSort(StrEnum):
+    """The orders an office's queue is read in, each paged by its own cursor (the case id breaks every tie)."""
+
+    URGENCY = "urgency"  # priority, highest first; then due date, earliest first
+    DUE = "due"  # due date, earliest first; then priority, highest first
+    NEWEST = "newest"  # the most recently created case first
+
+
 class Candidate(BaseModel):
     office_code: str
     role: Literal["responsible", "fallback", "neighbour"]
@@ -189,7 +205,12 @@ class HistoryEntry(BaseModel):
 
 class CaseSummary(BaseModel):
     id: uuid.UUID
-    application_id: uuid.UUID
+    kind: Literal["application", "outreach"] = Field(
+        description="application: a program of an application; outreach: a visit to a vulnerable resident who left "
+        "an offer unanswered (about the offer's program)"
+    )
+    application_id: uuid.UUID | None = Field(description="The application (none for an outreach case)")
+    opportunity_id: uuid.UUID | None = Field(description="The offer an outreach case follows up")
     program_code: str
     program_name: Localized
     department: Department
@@ -225,6 +246,7 @@ class CaseOut(CaseSummary):
 
 class QueuePage(BaseModel):
     office_code: str
+    sort: QueueSort
     items: list[CaseSummary]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
 
@@ -271,6 +293,18 @@ class ReasonCodeOut(BaseModel):
     code: str
     decision: Decision
     label: Localized
+
+
+class VisitIn(Input):
+    outcome: OutreachVisitOutcome = Field(description="One of GET /v1/outreach-outcomes")
+    visited_on: dt.date | None = Field(default=None, description="The day of the visit (default: today)")
+    note: LongText
+
+
+class OutreachOutcomeOut(BaseModel):
+    code: OutreachVisitOutcome
+    label: Localized
+    final: bool = Field(description="Closes the case; otherwise another visit is due")
 
 
 # ================================================================================================ offerings, referrals
@@ -385,6 +419,19 @@ class ProgramDemand(BaseModel):
     breached_open: int
 
 
+class ExpectedDemand(BaseModel):
+    """Applications the offers standing in the office's districts may bring: the offers still unanswered, and the
+    share of answered offers that were accepted (city-wide, over every answered offer of the program, when there are
+    at least the take-up minimum group of them)."""
+
+    program_code: str
+    department: Department
+    standing_offers: int
+    take_up_rate: float | None = Field(description="Accepted / answered offers of the program (null: too few yet)")
+    expected_applications: float | None = Field(description="standing_offers x take_up_rate")
+    expected_weighted_load: float | None = Field(description="expected_applications x the program's case weight")
+
+
 class OfficeDemand(BaseModel):
     office_code: str
     name: OfficeName
@@ -396,6 +443,9 @@ class OfficeDemand(BaseModel):
     arrivals_per_day: float
     weighted_load_per_caseworker_hour: float | None
     programs: list[ProgramDemand]
+    expected_demand: list[ExpectedDemand] = Field(
+        default_factory=list, description="What proactive offers standing in its districts may bring (per program)"
+    )
 
 
 class CapacityReport(BaseModel):

@@ -1,17 +1,18 @@
 """Demand against capacity (for supervisors) and anonymised open data (for anyone).
 
 Open data: cases and decisions by month of arrival, referrals to partners by month and service type, and what
-residents said (their ratings) per office, program and channel with take-up. Every dataset comes with its metadata
-(DCAT-style: title, description, licence, update frequency, publisher, each field and its meaning), in the catalogue
-(``GET /v1/open-data``) and with its rows.
+residents said (their ratings) per office, program and channel with take-up, and the take-up of proactive offers per
+program and district (found eligible, applied, granted). Every dataset comes with its metadata (DCAT-style: title,
+description, licence, update frequency, publisher, each field and its meaning), in the catalogue (``GET
+/v1/open-data``) and with its rows.
 
 A count from 1 to k - 1 is never shown (null), where k is the dataset's minimum group size (``open_data_min_count``;
-for what residents said ``open_data_feedback_min_group_size``, 10), and complementary cells are suppressed too, so
-that a hidden count cannot be recovered by subtraction from its row or from a published total: within every group of
-cells that add up to a total someone could know (a row's approved and denied; a column's cells of one month and
-department; a column's departments of one month; a program's channels at one office) either no cell or at least two
-are hidden. Zero is shown: it identifies nobody. A rate (a share, a mean) is shown only where the count it is taken
-over is shown.
+for what residents said ``open_data_feedback_min_group_size``, 10; for the take-up of offers ``take_up_min_group``,
+10), and complementary cells are suppressed too, so that a hidden count cannot be recovered by subtraction from its
+row or from a published total: within every group of cells that add up to a total someone could know (a row's approved
+and denied; a column's cells of one month and department; a column's departments of one month; a program's channels at
+one office) either no cell or at least two are hidden. Zero is shown: it identifies nobody. A rate (a share, a mean)
+is shown only where the count it is taken over is shown.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from services.routing.schemas import (
     DatasetField,
     DatasetInfo,
     Distribution,
+    ExpectedDemand,
     Licence,
     OfficeCapacity,
     OfficeDemand,
     OfficeName,
     ProgramDemand,
 )
+from services.routing.settings import RoutingSettings
 from shared.auth import Principal, Role
 from shared.events import Decision, Department, Localized
 from shared.problems import Forbidden, NotFound
@@ -68,12 +71,38 @@ async def capacity_report(repo: Repository, ctx: RoutingContext, office_codes: S
     by_office: dict[str, list[Case]] = defaultdict(list)
     for case in await repo.cases_for_capacity([o.code for o in offices], since):
         by_office[case.office_code].append(case)
-    return CapacityReport(
-        window_days=days,
-        window_start=since,
-        today=today,
-        offices=[_office_demand(ctx, office, by_office[office.code], since, today, days) for office in offices],
-    )
+    expected = await expected_demand(repo, ctx, [o.code for o in offices])
+    reports = [_office_demand(ctx, office, by_office[office.code], since, today, days) for office in offices]
+    for report in reports:
+        report.expected_demand = expected.get(report.office_code, [])
+    return CapacityReport(window_days=days, window_start=since, today=today, offices=reports)
+
+
+async def expected_demand(
+    repo: Repository, ctx: RoutingContext, office_codes: Sequence[str]
+) -> dict[str, list[ExpectedDemand]]:
+    """Per office: the offers standing in its districts for its programs, and the applications they may bring at the
+    program's take-up so far (accepted of answered offers, city-wide; none until ``take_up_min_group`` answered)."""
+    standing = await repo.standing_offers_by_office(office_codes)
+    answered = await repo.answered_offers()
+    weights = await repo.program_weights()
+    k = ctx.settings.take_up_min_group
+    out: dict[str, list[ExpectedDemand]] = defaultdict(list)
+    for (office, program, department), count in sorted(standing.items()):
+        total, accepted, _ = answered.get(program, (0, 0, department))
+        rate = round(accepted / total, 3) if total >= k else None
+        expected = round(count * rate, 2) if rate is not None else None
+        out[office].append(
+            ExpectedDemand(
+                program_code=program,
+                department=Department(department),
+                standing_offers=count,
+                take_up_rate=rate,
+                expected_applications=expected,
+                expected_weighted_load=round(expected * weights.get(program, 1.0), 3) if expected is not None else None,
+            )
+        )
+    return out
 
 
 def _office_demand(
@@ -171,8 +200,8 @@ class DatasetSpec:
     build: Callable[[Sequence[Any], RoutingContext], Rows]
     groups: Callable[[Rows], Groups]
     counts: tuple[str, ...]
-    # What residents said keeps to the larger minimum group size.
-    feedback: bool = False
+    # The smallest count shown (default: the settings' open_data_min_count).
+    min_group: Callable[[RoutingSettings], int] = lambda settings: settings.open_data_min_count
     # Rates over the counts as shown: (the rows as built, the rows after suppression) -> the published rows.
     rates: Callable[[Rows, Rows], Rows] | None = None
 
@@ -181,8 +210,7 @@ class DatasetSpec:
         return [f.name for f in self.fields]
 
     def min_group_size(self, ctx: RoutingContext) -> int:
-        settings = ctx.settings
-        return settings.open_data_feedback_min_group_size if self.feedback else settings.open_data_min_count
+        return self.min_group(ctx.settings)
 
     def info(self, ctx: RoutingContext) -> DatasetInfo:
         settings, k = ctx.settings, self.min_group_size(ctx)
@@ -362,6 +390,32 @@ def _column_groups(rows: Rows, columns: Iterable[str], by: tuple[str, ...]) -> G
     return groups
 
 
+# ------------------------------------------------------------------------------------------------ take-up of offers
+
+
+def _take_up_rows(rows: Sequence[Any], ctx: RoutingContext) -> Rows:
+    return [
+        {
+            "program_code": r.program_code,
+            "department": r.department,
+            "district_code": r.district_code,
+            "found_eligible": int(r.found_eligible),
+            "applied": int(r.applied or 0),
+            "granted": int(r.granted or 0),
+        }
+        for r in rows
+    ]
+
+
+def _take_up_rates(built: Rows, shown: Rows) -> Rows:
+    """Applied of found eligible, over the counts as shown (a rate of a withheld count is withheld)."""
+    out = []
+    for row in shown:
+        found, applied = row["found_eligible"], row["applied"]
+        out.append({**row, "take_up_rate": round(applied / found, 3) if found and applied is not None else None})
+    return out
+
+
 async def _cases(repo: Repository) -> Sequence[Any]:
     return await repo.cases_for_open_data()
 
@@ -372,6 +426,10 @@ async def _referrals(repo: Repository) -> Sequence[Any]:
 
 async def _feedback(repo: Repository) -> Sequence[Any]:
     return await repo.cases_for_feedback_data()
+
+
+async def _take_up(repo: Repository) -> Sequence[Any]:
+    return await repo.take_up()
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -479,8 +537,40 @@ DATASETS: dict[str, DatasetSpec] = {
             build=_feedback_rows,
             groups=_feedback_groups,
             counts=("cases", "ratings"),
-            feedback=True,
+            # What residents said keeps to the larger minimum group size.
+            min_group=lambda settings: settings.open_data_feedback_min_group_size,
             rates=_feedback_rates,
+        ),
+        DatasetSpec(
+            name="take_up",
+            title=Localized(
+                ko="선제적 안내의 신청·수급 (프로그램·지역별)", en="Take-up of proactive offers by program and district"
+            ),
+            description="Proactive offers by program and the resident's district: residents found eligible (offered), "
+            "those who applied for the program since, and those granted it since; take-up is applied / found. "
+            "The counts are nested (not parts of a total), so each is held to the minimum on its own.",
+            keywords=("take-up", "proactive screening", "offers", "districts"),
+            fields=(
+                FieldSpec("program_code", "Program", "The program (GET /v1/programs of eligibility).", "string"),
+                DEPARTMENT,
+                FieldSpec("district_code", "District", "Administrative code of the residents' district.", "string"),
+                _count("found_eligible", "Residents proactive screening found eligible and offered the program."),
+                _count("applied", "Of them, those who applied for it since (accepting the offer or otherwise)."),
+                _count("granted", "Of them, those granted it since."),
+                FieldSpec(
+                    "take_up_rate",
+                    "Take-up",
+                    "Share (0-1) of those found eligible who applied, over the counts as shown.",
+                    "number",
+                    True,
+                ),
+            ),
+            load=_take_up,
+            build=_take_up_rows,
+            groups=lambda rows: [],
+            counts=("found_eligible", "applied", "granted"),
+            min_group=lambda settings: settings.take_up_min_group,
+            rates=_take_up_rates,
         ),
     )
 }

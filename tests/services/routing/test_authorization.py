@@ -148,6 +148,10 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
             expect(403, partner=200, other_partner=404),
         ),
         ("GET", "/v1/capacity?office=JONGNO-CSC", None, expect(403, supervisor=200, admin=200)),
+        # A resident's whole part of their export: theirs (and intake's, gathering it: tests/services/routing/
+        # test_rights.py); nobody else finds the resident.
+        ("GET", f"/v1/residents/{resident_id}/data", None, expect(404, resident=200)),
+        ("GET", f"/v1/residents/{uuid.uuid4()}/data", None, expect(404)),
     ]
     failures = []
     for method, path, body, expected in matrix:
@@ -169,3 +173,48 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
     staff = (await routing.client.get("/v1/offices/JONGNO-CSC", headers=headers(routing, "caseworker", app))).json()
     assert staff["supervisors"] == ["staff:jongno-csc-lead"]
     assert staff["load"]["open_cases"] == 3  # open or assigned, all three count
+
+
+async def test_the_outreach_rows_of_the_matrix(routing: RunningService) -> None:
+    """An outreach case is a case of its office like any other (404 elsewhere, 403 for outsiders); only its office's
+    staff record a visit, the caseworker once they claimed it; take-up is open data."""
+    import datetime as dt
+
+    from tests.services.routing.support import context
+    from tests.services.routing.test_outreach import OFFERED, offered, outreach_cases, sweep
+
+    alone = offered(district="11110", vulnerability=("elderly_alone",))
+    await feed(routing, alone)
+    ctx = context(routing)
+    due = ctx.calendar.add_working_days(OFFERED, ctx.settings.outreach_after_working_days)
+    assert await sweep(routing, ctx.calendar.add_working_days(due, 1)) == 1
+    case = str((await outreach_cases(routing))[alone.opportunity_id].id)
+    visit = {"outcome": "will_apply", "note": "She will apply online with her daughter."}
+    decide = {"decision": "approved", "reason_code": "criteria_met", "note": "n"}
+    matrix: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
+        ("GET", "/v1/outreach-outcomes", None, expect(200, **OUTSIDERS)),
+        ("GET", "/v1/open-data/take_up", None, expect(200)),
+        ("GET", f"/v1/cases/{case}", None, expect(404, **OUTSIDERS, **STAFF_OK)),
+        ("POST", f"/v1/cases/{case}/decide", decide,
+         expect(404, **OUTSIDERS, caseworker=409, supervisor=409, admin=409)),
+        ("POST", f"/v1/cases/{case}/visit", visit, expect(404, **OUTSIDERS, caseworker=409, supervisor=0, admin=0)),
+    ]  # fmt: skip
+    failures = []
+    resident_id = alone.resident_id
+    for method, path, body, expected in matrix:
+        for caller, status in expected.items():
+            if status == 0:
+                continue
+            response = await routing.client.request(
+                method, path, json=body, headers=headers(routing, caller, resident_id)
+            )
+            if response.status_code != status:
+                failures.append(f"{method} {path} as {caller}: {response.status_code}, expected {status}")
+            elif status >= 400:
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert failures == []
+    recorded = await routing.client.post(f"/v1/cases/{case}/visit", json=visit,
+                                         headers=headers(routing, "supervisor", resident_id))  # fmt: skip
+    assert recorded.status_code == 200, recorded.text
+    assert recorded.json()["status"] == "closed"
+    assert dt.date.fromisoformat(recorded.json()["history"][-1]["details"]["visited_on"]) == ctx.clock.today()

@@ -24,7 +24,7 @@ from tests.services.routing.support import (
 )
 from tests.support.services import RunningService
 
-DATASETS = {"cases", "sla", "referrals", "feedback"}
+DATASETS = {"cases", "sla", "referrals", "feedback", "take_up"}
 
 
 async def dataset(routing: RunningService, name: str) -> dict[str, Any]:
@@ -58,7 +58,7 @@ async def test_every_open_dataset_says_what_it_is_and_what_each_field_means(rout
             f["title"] and f["description"] and f["type"] in ("string", "integer", "number") for f in info["fields"]
         )
         assert {d["media_type"] for d in info["distributions"]} == {"application/json", "text/csv"}
-        assert info["min_group_size"] == (10 if name == "feedback" else 5)
+        assert info["min_group_size"] == (10 if name in ("feedback", "take_up") else 5)
 
         # The dataset itself carries the same metadata, and its rows exactly its fields.
         served = await dataset(routing, name)
