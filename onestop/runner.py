@@ -108,9 +108,12 @@ class PlatformConfig:
     env_file: Path | None = Path(".env")
 
     @classmethod
-    def on_free_ports(cls, var_dir: Path, **kwargs: Any) -> PlatformConfig:
-        """Every port picked free (tests, benchmarks): services, NATS (and the cluster's), PostgreSQL."""
+    def on_free_ports(cls, var_dir: Path, *, portal: bool = False, **kwargs: Any) -> PlatformConfig:
+        """Every port picked free (tests, benchmarks): services (and the portal, if it should run), NATS (and the
+        cluster's), PostgreSQL."""
         ports = {s.name: unused_port() for s in SERVICES}
+        if portal:
+            ports[PORTAL.name] = unused_port()
         config = cls(var_dir=var_dir, nats_port=unused_port(), nats_http_port=unused_port(), ports=ports,
                      postgres_port=unused_port(), **kwargs)  # fmt: skip
         if config.cluster and config.cluster_ports is None:

@@ -4,6 +4,7 @@ owns refused with the reason, replicas sharing a port, and a process that dies r
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -16,10 +17,11 @@ import pytest
 from sqlalchemy import text
 
 from onestop.cli import main
-from onestop.registry import BY_NAME, SERVICES
+from onestop.registry import BY_NAME, PORTAL, SERVICES
 from onestop.runner import Platform, PlatformConfig
 from onestop.supervisor import GaveUp, ManagedProcess, RestartPolicy, Supervisor
 from shared.db import create_engine
+from tests.portal.support import BIRTH_RESIDENT
 from tests.support.postgres import PostgresServer
 
 
@@ -64,6 +66,31 @@ def test_the_operators_settings_reach_the_services_and_their_databases(
     assert env["ONESTOP_ROUTING_SLA_CHECK_INTERVAL_SECONDS"] == "7"
     assert env["ONESTOP_NOTIFY_NATS_URL"] == platform.nats_url
     assert platform.env_for(BY_NAME["intake"])["ONESTOP_INTAKE_DATABASE_URL"] == intake.database_url
+
+
+def test_the_portals_settings_are_honoured_and_the_ones_the_runner_owns_refused(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONESTOP_PORTAL_COOKIE_SECURE", "true")
+    (clean_environment / ".env").write_text("ONESTOP_PORTAL_SESSION_HOURS=2\n")
+    platform = Platform(PlatformConfig(var_dir=clean_environment / "var"))
+    assert platform.refusals() == []
+    assert platform.warnings() == [], "the portal's settings are settings"
+    env = platform._env(PORTAL.env_prefix, platform.portal_settings_values())
+    assert env["ONESTOP_PORTAL_COOKIE_SECURE"] == "true"
+    assert env["ONESTOP_PORTAL_SESSION_HOURS"] == "2"
+    assert env["ONESTOP_PORTAL_INTAKE_URL"] == platform.url("intake")
+
+    monkeypatch.setenv("ONESTOP_PORTAL_PUBLIC_URL", "http://portal.example")
+    monkeypatch.setenv("ONESTOP_PORTAL_ROUTING_URL", "http://10.0.0.5:8003")
+    refused = Platform(PlatformConfig(var_dir=clean_environment / "var")).refusals()
+    assert len(refused) == 2, refused
+    assert refused[0].startswith("ONESTOP_PORTAL_PUBLIC_URL is set (in the environment)")
+    assert "it assigns the portal's port (http://127.0.0.1:8000)" in refused[0]
+    assert "it assigns the services' ports (routing on http://127.0.0.1:8003)" in refused[1]
+    # A platform without the portal (a test's) does not own its settings.
+    ports = {s.name: s.port for s in SERVICES}
+    assert Platform(PlatformConfig(var_dir=clean_environment / "var", ports=ports)).refusals() == []
 
 
 def test_settings_the_runner_owns_are_refused_naming_the_variable_and_where_it_was_set(
@@ -162,10 +189,13 @@ def operator_databases(postgres_server: PostgresServer) -> dict[str, str]:
 def replicated(
     clean_environment: Path, monkeypatch: pytest.MonkeyPatch, operator_databases: dict[str, str]
 ) -> Iterator[Platform]:
-    """Two processes per service on the operator's PostgreSQL databases (given as the README says)."""
+    """Two processes per service (and of the portal) on the operator's PostgreSQL databases (given as the README
+    says)."""
     for name, url in operator_databases.items():
         monkeypatch.setenv(f"ONESTOP_{name.upper()}_DATABASE_URL", url)
-    platform = Platform(PlatformConfig.on_free_ports(clean_environment / "var", replicas=2, ready_timeout=120))
+    platform = Platform(
+        PlatformConfig.on_free_ports(clean_environment / "var", portal=True, replicas=2, ready_timeout=120)
+    )
     platform.start()
     yield platform
     platform.stop()
@@ -185,7 +215,7 @@ def test_replicas_on_the_operators_postgresql_serve_through_a_crash(
     replicated: Platform, operator_databases: dict[str, str], clean_environment: Path
 ) -> None:
     platform = replicated
-    assert sorted(platform.processes) == sorted(f"{s.name}-{n}" for s in SERVICES for n in (1, 2))
+    assert sorted(platform.processes) == sorted(f"{name}-{n}" for name in [*BY_NAME, PORTAL.name] for n in (1, 2))
     # Migrated and seeded where the operator said, not into SQLite files under var/.
     assert asyncio.run(_count(operator_databases["eligibility"], "SELECT count(*) FROM programs")) >= 30
     assert asyncio.run(_count(operator_databases["routing"], "SELECT count(*) FROM offices")) >= 10
@@ -210,3 +240,42 @@ def test_replicas_on_the_operators_postgresql_serve_through_a_crash(
     offices = httpx.get(f"{platform.url('routing')}/v1/offices", headers=admin, timeout=10)
     assert offices.status_code == 200
     assert len(offices.json()) >= 10
+
+
+def _hidden(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
+
+
+def _wait_restarted(platform: Platform, name: str, killed: int) -> None:
+    deadline = time.monotonic() + 120
+    while platform.managed[name].pid == killed or not platform.managed[name].running:
+        assert time.monotonic() < deadline, platform.events
+        time.sleep(0.1)
+    platform.wait_ready(name)
+
+
+@pytest.mark.e2e
+def test_a_session_made_on_one_portal_replica_is_good_on_the_others(replicated: Platform) -> None:
+    platform = replicated
+    # A new connection per request, so the kernel may hand each to either replica.
+    with (
+        platform.supervising() as failures,
+        httpx.Client(
+            base_url=platform.url(PORTAL.name), limits=httpx.Limits(max_keepalive_connections=0), timeout=20
+        ) as browser,  # fmt: skip
+    ):
+        response = browser.get("/signin", params={"next": "/my"})
+        while response.status_code in (302, 303):
+            response = browser.get(response.headers["location"])
+            if response.status_code == 200 and "/idp/authorize" in str(response.url):
+                response = browser.post("/idp/authorize", data={**_hidden(response.text), "person": BIRTH_RESIDENT})
+        assert response.status_code == 200, response.text[:300]
+        assert str(response.url).endswith("/my")
+        # Each replica in turn is the only one serving: the session sealed by whichever signed in opens on both.
+        for replica in ("portal-1", "portal-2"):
+            killed = platform.crash(replica)
+            for _ in range(5):
+                page = browser.get("/my", follow_redirects=False)
+                assert page.status_code == 200, f"{replica} down: {page.status_code} {page.headers}"
+            _wait_restarted(platform, replica, killed)
+        assert not failures
