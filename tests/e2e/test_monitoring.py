@@ -1,5 +1,5 @@
 """The alert rules (deploy/prometheus/) and the Grafana dashboard (deploy/grafana/) are valid, and every metric they
-name is one the running services export on /metrics."""
+name is one the running services (or the portal) export on /metrics."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 
-from onestop.registry import ROOT, SERVICES
+from onestop.registry import PORTAL, ROOT, SERVICES
 from onestop.runner import Platform
+from services.portal.main import create_app
+from services.portal.settings import PortalSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -51,18 +54,43 @@ def metric_names(expr: str) -> set[str]:
     return {m for m in _IDENT.findall(without_ranges) if m not in _WORDS and not m.isdigit()}
 
 
-def exported(platform: Platform) -> set[str]:
-    """Every sample name the services' /metrics can carry (a counter family X: X_total, X_created; a histogram:
-    X_bucket, X_sum, X_count; ...), whether or not a labelled sample was recorded yet."""
+def names_in(text: str) -> set[str]:
+    """Every sample name a /metrics page can carry (a counter family X: X_total, X_created; a histogram: X_bucket,
+    X_sum, X_count; ...), whether or not a labelled sample was recorded yet."""
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "summary": ("_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",)}  # fmt: skip
     names: set[str] = set()
-    for entry in SERVICES:
-        text = httpx.get(f"{platform.url(entry.name)}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            names |= {family.name + s for s in suffixes.get(family.type, ("",))}
-            names |= {sample.name for sample in family.samples}
+    for family in text_string_to_metric_families(text):
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+        names |= {sample.name for sample in family.samples}
     return names
+
+
+def exported(platform: Platform) -> set[str]:
+    return set().union(*(names_in(httpx.get(f"{platform.url(e.name)}/metrics", timeout=10).text) for e in SERVICES))
+
+
+async def test_the_portal_counts_and_times_its_pages_as_the_services_do(tmp_path: Path) -> None:
+    """The portal (no database, no consumers) exports the request metrics the availability rules and the request
+    panels read, by route template."""
+    app = create_app(PortalSettings(keys_dir=tmp_path / "keys", log_json=False))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://portal") as client:
+            assert (await client.get("/")).status_code == 200
+            assert (await client.get("/language/en", params={"next": "/"})).status_code == 303
+            text = (await client.get("/metrics")).text
+    samples = {
+        (s.name, s.labels.get("route"), s.labels.get("status"))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert ("onestop_http_requests_total", "/", "200") in samples
+    assert ("onestop_http_requests_total", "/language/{language}", "303") in samples, "the template, not the path"
+    names = names_in(text)
+    for name, expr in expressions().items():
+        if "job" in expr and name.startswith(("OneStopHigh", "OneStopSlow", "panel Request", "panel 5xx")):
+            assert metric_names(expr) <= names | BUILT_IN, name
 
 
 def test_every_metric_the_rules_and_the_dashboard_name_is_exported(platform: Platform) -> None:
@@ -84,7 +112,11 @@ def test_every_alert_says_how_bad_and_what_happened() -> None:
             assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
             assert rule["annotations"]["summary"], rule["alert"]
     scrape = yaml.safe_load(SCRAPE.read_text())
-    assert sorted(job["job_name"] for job in scrape["scrape_configs"]) == sorted(s.name for s in SERVICES)
+    assert sorted(job["job_name"] for job in scrape["scrape_configs"]) == sorted(
+        [*(s.name for s in SERVICES), PORTAL.name]
+    )
+    down = next(r for g in rules["groups"] for r in g["rules"] if r["alert"] == "OneStopServiceDown")
+    assert all(job["job_name"] in down["expr"] for job in scrape["scrape_configs"]), "every job is watched"
     assert scrape["rule_files"] == [RULES.name]
 
 
