@@ -136,6 +136,8 @@ class Bus:
             storage=StorageType.FILE,
             num_replicas=self.settings.stream_replicas,
             duplicate_window=self.settings.stream_duplicate_window_seconds,
+            # In seconds here (nats-py sends nanoseconds); on update too, so an existing stream gets a new age.
+            max_age=self.settings.stream_max_age_hours * 3600,
         )
         try:
             await self.js.stream_info(self.stream)
