@@ -1,5 +1,6 @@
 """The platform as production runs it, on this machine: a 3-node JetStream cluster with R3 streams, PostgreSQL, two
-processes of every service, a real SMTP relay and a partner's webhook endpoint; supervised as `onestop run` does.
+processes of every service and of the portal, a real SMTP relay and a partner's webhook endpoint; supervised as
+`onestop run` does.
 
 Timers are scaled down with the faults (seconds, not minutes): a claim held by a killed replica expires after 20 s
 instead of 2 minutes, webhook retries back off to at most 1 s and never give up within the test's outage. The
@@ -45,6 +46,7 @@ def production_like(tmp_path: Path, smtp: MailServer) -> Iterator[Platform]:
         cluster=True,
         postgres=True,
         postgres_dir=postgres_dir,
+        portal=True,
         replicas=2,
         ready_timeout=240,
         env_file=None,

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import nats
 
-from onestop.registry import SERVICES
 from onestop.runner import Platform
 from shared.bus import stream_name
 from tests.e2e.support import Api, Resident
@@ -193,9 +192,9 @@ class Faults:
         faults = [
             Fault(at, "NATS stream leader SIGKILL", self.kill_stream_leader) for at in moments(max(2, total // 400))
         ]
-        for service in SERVICES:
+        for group in self.platform.groups:  # the four services and the portal
             for at in moments(max(1, total // 500)):
-                replica = f"{service.name}-{rng.randint(1, self.platform.config.replicas)}"
+                replica = f"{group}-{rng.randint(1, self.platform.config.replicas)}"
                 faults.append(Fault(at, "service replica SIGKILL", lambda r=replica: self.kill(r)))  # type: ignore[misc]
         faults += [
             Fault(at, "PostgreSQL backends terminated", self.terminate_backends) for at in moments(max(2, total // 400))

@@ -1,6 +1,7 @@
 """The effects checker of the fault suites: it reads every service's state (their databases, JetStream, the mail
 relay, the partner's webhook endpoint) and counts every effect per application, against what an application filed
-while nothing fails produces.
+while nothing fails produces. The portal keeps no state to count (no database, no outbox, no consumer): of it, as of
+every process, the checker asks only that it serves.
 
 An effect is *lost* when an acknowledged application has fewer of it than the reference, *duplicated* when it has
 more. A resend of the same message (the same Message-ID, the same webhook-id: at-least-once transports, which the
@@ -21,6 +22,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import nats.errors
 from sqlalchemy import text
@@ -71,10 +73,12 @@ class Observation:
     webhook_order_violations: list[str]
     # Work notify still has to do: messages not yet released, e-mails and webhooks waiting for an attempt.
     pending: dict[str, int] = field(default_factory=dict)
-    # Applications whose "received" message notify left out by its rule, verifiably: it handled the submission
-    # after it had already told results (a determination or a case routed after one; services/notify/notifications.py,
-    # application_submitted). A fault that delays the submission makes this happen; the message is not lost.
+    # Applications whose "received" message notify left out by its rule (services/notify/notifications.py,
+    # application_submitted: results had gone out first): it handled the submission, told results, and the
+    # application was not withdrawn. A fault that delays the submission makes this happen; the message is not lost.
     superseded: set[str] = field(default_factory=set)
+    # What does not answer (a service's or the portal's /readyz) or is down for good when the counting is done.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -255,6 +259,7 @@ class Checker:
             webhook_order_violations=order,
             pending=pending,
             superseded=superseded,
+            unavailable=await self._unavailable(),
         )
 
     async def _superseded_receipts(self, applications: set[str]) -> set[str]:
@@ -274,13 +279,32 @@ class Checker:
         results_at = {_id(r.application_id): r.at for r in results}
         receipts = "SELECT DISTINCT application_id FROM notifications WHERE kind = 'application.submitted'"
         received = {_id(r.application_id) for r in await self._query("notify", receipts)}
+        withdrawn = "SELECT application_id FROM applications WHERE withdrawn_at IS NOT NULL"
+        withdrawn_apps = {_id(r.application_id) for r in await self._query("notify", withdrawn)}
         out = set()
         for app, event_id in event_of.items():
-            # Handled with or after the results (in one batch both carry the batch's time; had the submission come
-            # first there, its message would exist).
+            # notify handled the submission, told results, and the application was not withdrawn: the rule left the
+            # message out. The times cannot say more: an inbox row carries its batch's start, and a batch that waited
+            # for the application's row (FOR UPDATE) behind another replica's batch handled the submission after the
+            # results that batch committed, though its time is earlier.
             told, at = results_at.get(app), handled.get(event_id)
-            if app not in received and told is not None and at is not None and at >= told:
+            if app not in received and app not in withdrawn_apps and told is not None and at is not None:
                 out.add(app)
+        return out
+
+    async def _unavailable(self) -> dict[str, str]:
+        """Every process the platform started that is down (and not about to be restarted), and every service — and
+        the portal, which has no database, outbox or consumers to count, only its availability — whose /readyz does
+        not answer 200."""
+        out = {name: f"ended with {code}" for name, code in self.platform.exited().items()}
+        async with httpx.AsyncClient(timeout=5) as client:
+            for group in self.platform.groups:
+                try:
+                    response = await client.get(f"{self.platform.url(group)}/readyz")
+                    if response.status_code != 200:
+                        out[group] = f"/readyz {response.status_code}"
+                except httpx.HTTPError as exc:
+                    out[group] = f"/readyz {type(exc).__name__}"
         return out
 
     async def _consumer_lag(self) -> dict[str, int]:
@@ -370,6 +394,8 @@ class Checker:
             problems.append(f"notify still has work: {observation.pending}")
         if observation.webhook_order_violations:
             problems.append(f"webhooks out of order: {observation.webhook_order_violations[:3]}")
+        if observation.unavailable:
+            problems.append(f"not serving: {observation.unavailable}")
         report = Report(operations, faults, len(acked), rows, len(reached), orphaned, observation.resent, problems)
         report.superseded = len(observation.superseded & acked)
         return report
