@@ -37,9 +37,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.bus import Bus
 from shared.db import Database
 from shared.events import CloudEvent, EventData, UnknownEventType, dead_letter_subject, spec_for, subject_for
-from shared.observability import Metrics, event_id_var, start_trace
+from shared.observability import Metrics, event_id_var
 from shared.outbox import PENDING_KEY
 from shared.tables import PlatformTables
+from shared.tracing import TRACEPARENT, consume_span
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
 
+
+# JetStream's answer to a change of where an existing consumer starts ("deliver policy can not be updated").
+DELIVER_POLICY_FIXED = 10012
 
 # How long a busy consumer waits for a batch to fill before handling what it has.
 BUSY_WAIT = 0.05
@@ -190,11 +194,27 @@ class Consumer:
         )
 
     async def start(self) -> None:
-        await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+        await self._provision()
         self._stopping = False
         for n in range(self.sub.concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"{self.durable}-{n}"))
         log.info("consumer started", extra={"consumer": self.durable, "workers": self.sub.concurrency})
+
+    async def _provision(self) -> None:
+        """Create the durable consumer, or bring an existing one's editable settings in line with ours. Where it
+        starts is not editable: one an operator rewound (``onestop restore``) keeps its start and takes the rest."""
+        config = self.consumer_config()
+        try:
+            await self.bus.js.add_consumer(self.bus.stream, config=config)
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) != DELIVER_POLICY_FIXED:
+                raise
+            current = (await self.bus.js.consumer_info(self.bus.stream, self.durable)).config
+            config.deliver_policy = current.deliver_policy
+            config.opt_start_seq, config.opt_start_time = current.opt_start_seq, current.opt_start_time
+            await self.bus.js.add_consumer(self.bus.stream, config=config)
+            log.info("consumer keeps the start it was given", extra={"consumer": self.durable,
+                     "deliver_policy": str(current.deliver_policy), "start_seq": current.opt_start_seq})  # fmt: skip
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking new messages; let a batch being handled finish (its acks then reach the server)."""
@@ -321,15 +341,18 @@ class Consumer:
         """Record the new ids in the inbox and run the handler for each, all in the caller's transaction."""
         events = [i.event for i in items if i.event is not None]
         fresh = await self._claim(session, events)
+        # Each event is handled in a span continuing the publisher's trace (the NATS header; the envelope's before).
+        origin = {i.event.id: (i.msg.subject, _traceparent(i.msg) or i.event.traceparent) for i in items if i.event}
         handled = 0
         for event in events:
             if event.id not in fresh:
                 continue
             fresh.discard(event.id)  # the same id twice in one batch runs once
-            start_trace(event.traceparent)
+            subject, parent = origin[event.id]
             token = event_id_var.set(event.id)
             try:
-                await self.dispatch(session, event)
+                with consume_span(self.service, self.durable, subject, parent, event.id):
+                    await self.dispatch(session, event)
             finally:
                 event_id_var.reset(token)
             handled += 1
@@ -460,6 +483,12 @@ def error_text(exc: BaseException) -> str:
         )
         return f"ValidationError: {problems}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _traceparent(msg: Msg) -> str | None:
+    headers = getattr(msg, "headers", None) or {}
+    value = headers.get(TRACEPARENT)
+    return value if isinstance(value, str) else None
 
 
 def _deliveries(msg: Msg) -> int:

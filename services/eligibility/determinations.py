@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from services.eligibility import triggers
 from services.eligibility.catalogue import Catalogue
@@ -44,6 +44,9 @@ from shared.events import (
 from shared.outbox import Outbox
 from shared.problems import NotFound
 
+if TYPE_CHECKING:
+    from services.eligibility.screening import ScreeningMetrics
+
 log = logging.getLogger(__name__)
 
 Trigger = Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
@@ -72,10 +75,13 @@ class ReportResult:
 class Eligibility:
     """The eligibility service's domain: one per process (kept in the service's context)."""
 
-    def __init__(self, settings: EligibilitySettings, outbox: Outbox) -> None:
+    def __init__(
+        self, settings: EligibilitySettings, outbox: Outbox, screening_metrics: ScreeningMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.store = CatalogueStore(settings)
         self.outbox = outbox
+        self.screening_metrics = screening_metrics
 
     # ------------------------------------------------------------------------------------------ events in
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Table, insert
 
 from services.eligibility.catalogue import Catalogue, Evaluation, Program, named_programs
@@ -217,6 +218,32 @@ async def run_screening(
     return row
 
 
+class ScreeningMetrics:
+    """What an operator watches of proactive screening: runs by how they ended, how long they take, what they find."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter(
+            "onestop_eligibility_screenings", "Screening runs by how they ended", ["status"], registry=registry
+        )
+        self.runs.labels(status="completed")
+        self.runs.labels(status="failed")
+        self.duration = Histogram(
+            "onestop_eligibility_screening_duration_seconds", "How long a screening run takes", registry=registry,
+            buckets=(0.5, 1, 5, 15, 60, 300, 900, 3600),
+        )  # fmt: skip
+        self.opportunities = Counter(
+            "onestop_eligibility_opportunities", "Opportunities screening found and told", registry=registry
+        )
+
+    def finished(self, row: ScreeningRow) -> None:
+        self.runs.labels(status=row.status).inc()
+        self.duration.observe((row.duration_ms or 0) / 1000)
+        self.opportunities.inc(row.opportunities)
+
+    def failed(self) -> None:
+        self.runs.labels(status="failed").inc()
+
+
 async def start_screening(
     repo: Repository, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
 ) -> ScreeningOut:
@@ -227,16 +254,24 @@ async def start_screening(
         codes = named_programs(catalogue, request.programs, as_of, field="programs")
     else:
         codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
-    row = await run_screening(
-        repo,
-        service,
-        codes=codes,
-        as_of=as_of,
-        actor=actor,
-        now=now,
-        batch_size=service.settings.screening_batch_size,
-        max_residents=service.settings.screening_max_residents,
-    )
+    metrics = service.screening_metrics
+    try:
+        row = await run_screening(
+            repo,
+            service,
+            codes=codes,
+            as_of=as_of,
+            actor=actor,
+            now=now,
+            batch_size=service.settings.screening_batch_size,
+            max_residents=service.settings.screening_max_residents,
+        )
+    except Exception:
+        if metrics is not None:
+            metrics.failed()
+        raise
+    if metrics is not None:
+        metrics.finished(row)
     return screening_out(row)
 
 

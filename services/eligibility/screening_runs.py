@@ -482,8 +482,13 @@ async def execute(
             await asyncio.sleep(0)  # let the service's requests and consumers in between pages
     except Exception as exc:
         await _finish(db, screening_id, judge, started, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        if service.screening_metrics is not None:
+            service.screening_metrics.failed()
         raise
-    return await _finish(db, screening_id, judge, started, status="completed")
+    row = await _finish(db, screening_id, judge, started, status="completed")
+    if service.screening_metrics is not None:
+        service.screening_metrics.finished(row)
+    return row
 
 
 async def _finish(
