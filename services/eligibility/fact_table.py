@@ -433,6 +433,39 @@ _DAYS_SINCE = {
 }
 
 
+def asked_inputs(name: str, col: Callable[[str], pl.Expr]) -> list[tuple[str, pl.Expr]]:
+    """The base facts a missing derived fact asks for instead (``derive``'s ``asks``), each with the condition (a
+    Boolean column, never null) on which it is needed: every input, or for the incomes those their ``needs`` name
+    given the facts known (``income.household_income_needs`` ...: the spouse's income only with a spouse, the
+    other members' only with others, the couple's assets instead of the household's when others share it). An input
+    is asked where it is needed and missing. ``col``: a fact's column (null for all when the table has none)."""
+    derivation = DERIVATIONS[name]
+    if derivation.needs is None:
+        return [(i, pl.lit(True)) for i in derivation.inputs]
+    size, spouse = col("household_size"), col("has_spouse")
+    # income._others: None until the size and the spouse are known, counted as 0 by every ``needs``.
+    others = (
+        pl.when(size.is_not_null() & spouse.is_not_null())
+        .then(pl.max_horizontal(pl.lit(0, dtype=pl.Int64), size - 1 - spouse.cast(pl.Int64)))
+        .otherwise(pl.lit(0, dtype=pl.Int64))
+    )
+    always, with_spouse = pl.lit(True), spouse.fill_null(False)
+    out = [(i, always) for i in ("household_size", "has_spouse", *income.INCOMES)]
+    out.append(("spouse_income", with_spouse))
+    if name == "household_income":
+        out.append(("other_members_income", others > 0))
+    elif name == "recognised_income":
+        out.append(("other_members_income", others > 0))
+        out += [(i, always) for i in ("district_code", *income.HOUSEHOLD_ASSETS)]
+    elif name == "pension_recognised_income":
+        out.append(("district_code", always))
+        out += [(i, others == 0) for i in income.HOUSEHOLD_ASSETS]
+        out += [(i, others != 0) for i in income.COUPLE_ASSETS]
+    else:  # pragma: no cover - a new derivation with ``needs`` must say here what it asks
+        raise KeyError(name)
+    return out
+
+
 # Base facts that enter 64-bit arithmetic in the derivations, and their limit for a row judged here.
 _INCOME_FACTS = (
     *income.INCOMES,

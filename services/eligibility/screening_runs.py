@@ -34,7 +34,7 @@ from sqlalchemy import Table, delete, insert, update
 from services.eligibility import near_misses, vectorised
 from services.eligibility.catalogue import Catalogue, named_programs
 from services.eligibility.determinations import Eligibility
-from services.eligibility.facts import Derived, Environment, FactLayers, derive, resolve
+from services.eligibility.facts import Derived, FactLayers, derive, resolve
 from services.eligibility.models import (
     OpportunityRow,
     ResidentRow,
@@ -77,10 +77,12 @@ class ProactiveJudge:
     is judged for the whole table by the vectorised engine (``vectorised.Judge``: derived facts and criteria as
     column expressions, the per-record engine for a program its compiler cannot translate — ``onestop catalogue
     check`` lists them — and for rows at risk of a CEL error). A full run, a daily run and a re-screen of a few
-    residents go through the same path; the differential tests (``test_vectorised.py``) hold it to the per-record
-    engine. A program waiting on information is looked at once more, per record and explained, to tell a near miss:
-    that verdict is kept per distinct tuple of the facts the rule reads and of what each missing fact would be asked
-    as (an unknown recognised income asks for different facts depending on which of its inputs are missing)."""
+    residents go through the same path; the differential tests (``test_vectorised.py``, ``test_near_miss_columns.py``)
+    hold it to the per-record engine. A near miss is told in columns too (``Judge`` with ``near_misses``: the one fact
+    a program waiting on information asks for, and which criteria wait on it); where the columns cannot tell (an
+    absorbing criterion with two or more facts missing, whose wait CEL itself decides; a row or program judged per
+    record) it is told per record, explained, as ``near_misses.near_miss`` does — that verdict kept per distinct tuple
+    of the facts the rule reads and of what each missing fact would be asked as."""
 
     def __init__(
         self,
@@ -106,9 +108,13 @@ class ProactiveJudge:
             t.name for t in catalogue.facts.types.values() if not t.derived and (t.type == "date" or t.items == "date")
         )
         self.near: dict[tuple[Any, ...], Any] = {}
+        self.why: dict[tuple[str, int], dict[str, str]] = {}
+        self.awaited: dict[int, dict[tuple[Any, ...], int]] = {}
         self.read = frozenset(name for _, read in self.plans for name in read)
         self.judged = 0
         self.evaluations = 0
+        # Near misses told per record (the columns could not): how often the slow path was taken.
+        self.near_misses_per_record = 0
 
     def judge(self, layers: FactLayers) -> Judgement:
         return self.judge_many([layers])[0]
@@ -121,45 +127,83 @@ class ProactiveJudge:
         resolved = [resolve(facts, layers, self.now) for layers in people]
         base = self.plan.base
         table = pl.DataFrame([{n: v[0].get(n) for n in base} for v in resolved], schema=base, orient="row")
-        judged = vectorised.Judge(self.catalogue, self.plan, table, criteria=False).run()
+        judged = vectorised.Judge(
+            self.catalogue, self.plan, table, criteria=False, near_misses=True, awaited_memo=self.awaited
+        ).run()
         codes = [code for code, _ in self.plans]
-        outcomes = judged.select([vectorised.outcome_column(c) for c in codes]).rows()
-        amounts = judged.select([vectorised.amount_column(c) for c in codes]).rows()
+        columns = [
+            name(c)
+            for c in codes
+            for name in (
+                vectorised.outcome_column,
+                vectorised.amount_column,
+                vectorised.near_miss_column,
+                vectorised.waiting_column,
+                vectorised.near_miss_per_record_column,
+            )
+        ]
+        rows = judged.select(columns).rows()
         out = []
-        for layers, resolution, outcome_row, amount_row in zip(people, resolved, outcomes, amounts, strict=True):
+        for layers, resolution, row in zip(people, resolved, rows, strict=True):
             values = resolution[0]
             findings: list[Finding] = []
             misses: list[NearMiss] = []
             derived: Derived | None = None
-            env: Environment | None = None
-            for (code, read), outcome, amount in zip(self.plans, outcome_row, amount_row, strict=True):
+            for at, (code, read) in enumerate(self.plans):
+                outcome, amount, fact, waiting, per_record = row[5 * at : 5 * at + 5]
                 if outcome == vectorised.ELIGIBLE:
                     program, version = self.versions[code]
                     spec = version.spec
                     period = spec.amount.period if spec.amount is not None and amount is not None else None
                     findings.append(Finding(program, version.version, amount, period))
-                elif outcome == vectorised.NEEDS_INFORMATION:
-                    # Waiting on information: whether it is a near miss is told per record (derived once per resident).
+                elif outcome != vectorised.NEEDS_INFORMATION:
+                    continue
+                elif per_record:
                     if derived is None:
                         derived = self._derive(layers, resolution)
-                    if derived.errors:
-                        key = tuple(_ERROR if n in derived.errors else derived.values.get(n) for n in read)
-                    else:
-                        key = tuple(map(derived.values.get, read))
-                    asked = tuple(derived.asks.get(n, (n,)) for n, v in zip(read, key, strict=True) if v is None)
-                    near_key = (code, key, asked)
-                    miss = self.near.get(near_key, _MISSING)
-                    if miss is _MISSING:
-                        env = env or derived.environment()
-                        miss = near_misses.near_miss(self.catalogue, env, code, self.unasked)
-                        self.near[near_key] = miss
+                    miss = self._near_miss_per_record(code, read, derived)
                     if miss is not None:
-                        misses.append(cast(NearMiss, miss))
+                        misses.append(miss)
+                elif fact is not None:
+                    miss = self._near_miss(code, fact, waiting)
+                    if miss is not None:
+                        misses.append(miss)
             out.append(Judgement(findings, misses, {n: values[n] for n in self.dates if n in values}))
         self.judged += len(people) * len(self.plans)
         # Every judgement is made in columns (a few rows or programs by the per-record engine): none reuses another.
         self.evaluations = self.judged
         return out
+
+    def _near_miss(self, code: str, fact: str, waiting: int) -> NearMiss | None:
+        """The near miss the columns found: the one fact the program waits on, if the resident can be asked it
+        (``near_misses.near_miss``), and why, from the criteria still unknown."""
+        fact_type = self.catalogue.facts.types.get(fact)
+        if fact_type is None or fact_type.derived or fact_type.asked_of != "resident" or fact in self.unasked:
+            return None
+        program, version = self.versions[code]
+        why = self.why.get((code, waiting))
+        if why is None:
+            labels = [
+                node.label
+                for i, node in enumerate(version.rule.explained)
+                if waiting >> i & 1 and node.label is not None
+            ]
+            why = self.why[(code, waiting)] = near_misses.explain(program.name, labels)
+        return NearMiss(program, fact, why)
+
+    def _near_miss_per_record(self, code: str, read: tuple[str, ...], derived: Derived) -> NearMiss | None:
+        self.near_misses_per_record += 1
+        if derived.errors:
+            key = tuple(_ERROR if n in derived.errors else derived.values.get(n) for n in read)
+        else:
+            key = tuple(map(derived.values.get, read))
+        asked = tuple(derived.asks.get(n, (n,)) for n, v in zip(read, key, strict=True) if v is None)
+        near_key = (code, key, asked)
+        miss = self.near.get(near_key, _MISSING)
+        if miss is _MISSING:
+            miss = near_misses.near_miss(self.catalogue, derived.environment(), code, self.unasked)
+            self.near[near_key] = miss
+        return cast(NearMiss | None, miss)
 
     def _derive(self, layers: FactLayers, resolution: tuple[dict[str, Any], dict[str, str], dict[str, str]]) -> Derived:
         catalogue = self.catalogue

@@ -15,14 +15,25 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 import polars as pl
 
 from services.eligibility.catalogue import Catalogue, RuleVersion
-from services.eligibility.fact_table import FALLBACK, ROW, DerivedTable, base_schema, derivation_inputs, derive_table
-from services.eligibility.facts import FactLayers
-from services.eligibility.rules.nodes import Leaf, Node
+from services.eligibility.fact_table import (
+    FALLBACK,
+    ROW,
+    DerivedTable,
+    asked_inputs,
+    base_schema,
+    column_type,
+    derivation_inputs,
+    derive_table,
+)
+from services.eligibility.facts import FactLayers, cel_value
+from services.eligibility.rules.evaluate import awaited
+from services.eligibility.rules.nodes import Expression, Leaf, Node
 from services.eligibility.rules.vectorise import KINDS, Columns, Unvectorisable, VectorRule, compile_rule
 from shared.events import CriterionStatus, Outcome
 
@@ -51,6 +62,38 @@ def risk_column(code: str) -> str:
 
 def criterion_column(code: str, node: Node) -> str:
     return f"{code}.{node.id}"
+
+
+def near_miss_column(code: str) -> str:
+    """The one fact a program waiting on information asks for (null when it asks for none or several)."""
+    return f"{code}.near_miss"
+
+
+def waiting_column(code: str) -> str:
+    """The explained criteria still unknown, as bits (bit i: ``rule.explained[i]``), for a near miss's reason."""
+    return f"{code}.waiting"
+
+
+def near_miss_per_record_column(code: str) -> str:
+    """Whether the near miss must be told per record: the columns cannot say which facts the rule waits on."""
+    return f"{code}.near_miss_per_record"
+
+
+def _node_column(code: str, node: Node) -> str:
+    return f"{code}:#{node.index}"
+
+
+def _awaited_column(code: str, node: Node) -> str:
+    return f"{code}:#{node.index}.awaited"
+
+
+def _absorbing(expression: Expression) -> bool:
+    """Whether which of its missing facts the criterion waits on is for CEL to tell (``evaluate.awaited``)."""
+    return expression.absorbs and bool(expression.probes)
+
+
+# A mask of explained criteria fits in an unsigned 64-bit column: a rule explaining more is told per record.
+_MAX_WAITING = 64
 
 
 def reads(catalogue: Catalogue, codes: Iterable[str], day: dt.date) -> tuple[list[str], set[str]]:
@@ -109,10 +152,24 @@ def unvectorisable(catalogue: Catalogue, day: dt.date, codes: Sequence[str] | No
 class Judge:
     """Judges one table of residents: builds the columns, then calls the per-record engine where it must."""
 
-    def __init__(self, catalogue: Catalogue, plan: Plan, table: pl.DataFrame, *, criteria: bool = True) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        plan: Plan,
+        table: pl.DataFrame,
+        *,
+        criteria: bool = True,
+        near_misses: bool = False,
+        awaited_memo: dict[int, dict[tuple[Any, ...], int]] | None = None,
+    ) -> None:
         self.catalogue = catalogue
         self.plan = plan
         self.criteria = criteria
+        self.near_misses = near_misses
+        # Which facts an absorbing criterion waits on, per distinct tuple of its facts' values (``_with_awaited``):
+        # ``awaited_memo`` may be shared by the judges of one run.
+        self._awaited: set[str] = set()
+        self._awaited_memo: dict[int, dict[tuple[Any, ...], int]] = awaited_memo if awaited_memo is not None else {}
         self.table = table.with_row_index(ROW) if ROW not in table.columns else table
         self.versions = catalogue.versions_on(plan.day)
         self.per_record = dict(plan.per_record)
@@ -191,12 +248,15 @@ class Judge:
         if self.criteria:
             for node in compiled.rule.explained:
                 out.append(compiled.statuses[node.index].alias(criterion_column(code, node)))
+        if self.near_misses:
+            # Every node's status as a column of its own: the near-miss columns read them many times.
+            out += [compiled.statuses[n.index].alias(_node_column(code, n)) for n in compiled.rule.postorder]
         return out
 
     def run(self) -> pl.DataFrame:
-        """One row per resident (``ROW`` as in the table): each program's outcome code and amount, and with
-        ``criteria`` each explained criterion's status."""
-        frame = self.frame.lazy()
+        """One row per resident (``ROW`` as in the table): each program's outcome code and amount, with
+        ``criteria`` each explained criterion's status, and with ``near_misses`` each program's near miss."""
+        frame = (self._with_awaited(self.frame) if self.near_misses else self.frame).lazy()
         depth = max((len(r.stages) for r in self.rules.values()), default=0)
         for k in range(depth):
             frame = frame.with_columns([e for r in self.rules.values() if k < len(r.stages) for e in r.stages[k]])
@@ -210,14 +270,158 @@ class Judge:
             frame = frame.with_columns([e for c in stage for e in self._program_columns(c, self.rules[c])])
             done.update(stage)
             pending = [c for c in pending if c not in done]
+        if self.near_misses:
+            frame = frame.with_columns(self._near_miss_columns())
         keep = [ROW]
         for code in self.plan.order:
             if code in self.rules:
                 keep += [outcome_column(code), amount_column(code), risk_column(code)]
                 if self.criteria:
                     keep += [criterion_column(code, n) for n in self.rules[code].rule.explained]
+                if self.near_misses:
+                    keep += [near_miss_column(code), waiting_column(code), near_miss_per_record_column(code)]
         result = frame.select(keep).collect()
         return self._per_record(result)
+
+    # ------------------------------------------------------------------ near misses (near_misses.py) in columns
+
+    def _with_awaited(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """For each criterion that can absorb a missing fact (``&&``, ``||``, ``?:``), which of its facts it waits on,
+        as bits (bit i: ``expression.facts[i]``): where two or more are missing, as ``evaluate.awaited`` finds them
+        with CEL and stand-ins — once per distinct tuple of the values of its facts, kept for the whole run — and
+        where fewer are, the missing ones."""
+        added: list[pl.Series] = []
+        self._awaited = set()
+        for code in self.plan.order:
+            if code not in self.rules:
+                continue
+            for leaf in self.rules[code].rule.leaves:
+                expression = leaf.expression
+                if expression is None or not _absorbing(expression) or len(expression.facts) > _MAX_WAITING:
+                    continue
+                facts = expression.facts
+                names = [f for f in facts if f in frame.columns]
+                missing_bits = pl.sum_horizontal(
+                    [
+                        (pl.col(f).is_null() if f in frame.columns else pl.lit(True)).cast(pl.UInt64)
+                        * pl.lit(1 << i, dtype=pl.UInt64)
+                        for i, f in enumerate(facts)
+                    ]
+                )
+                bits = frame.select(missing_bits.alias("bits")).get_column("bits")
+                doubtful = frame.select(
+                    pl.sum_horizontal([(pl.col(f).is_null() if f in frame.columns else pl.lit(True)).cast(pl.UInt32)
+                                       for f in facts]) >= 2
+                ).to_series()  # fmt: skip
+                rows = doubtful.arg_true()
+                if len(rows):
+                    seen = self._awaited_memo.setdefault(id(expression), {})
+                    values = frame.select(pl.col(names).gather(rows)).rows()
+                    found = []
+                    for known in values:
+                        key = tuple(tuple(v) if isinstance(v, list) else v for v in known)
+                        mask = seen.get(key)
+                        if mask is None:
+                            present = {n: cel_value(v) for n, v in zip(names, known, strict=True) if v is not None}
+                            waits = awaited(expression, present, [f for f in facts if f not in present])
+                            mask = seen[key] = sum(1 << i for i, f in enumerate(facts) if f in waits)
+                        found.append(mask)
+                    bits = bits.scatter(rows, pl.Series(found, dtype=pl.UInt64))
+                name = _awaited_column(code, leaf)
+                added.append(bits.alias(name))
+                self._awaited.add(name)
+        return frame.with_columns(added) if added else frame
+
+    def _near_miss_columns(self) -> list[pl.Expr]:
+        """Per program, the facts its rule waits on, as the explained per-record evaluation collects them
+        (``RuleRun.collect_missing``): descending from the root through unknown nodes only, an unknown criterion
+        waits on the facts it reads that are missing — a missing derived fact on the base facts it asks for instead
+        (``fact_table.asked_inputs``) — and one requiring a program on what that program waits on. Kept as one
+        Boolean column per base fact ("asked"), so the union of several criteria is exact; a program waits on one
+        fact where exactly one is asked. Where CEL itself must tell which of two or more missing facts an absorbing
+        criterion waits on (``RuleRun._awaited`` runs it with stand-ins), or the row was judged per record, the
+        near miss is told per record."""
+        columns = set(self.frame.columns)
+
+        def col(name: str) -> pl.Expr:
+            return pl.col(name) if name in columns else pl.lit(None, dtype=column_type(self.catalogue.facts, name))
+
+        def missing(name: str) -> pl.Expr:
+            return pl.col(name).is_null() if name in columns else pl.lit(True)
+
+        asked_instead: dict[str, list[tuple[str, pl.Expr]]] = {}
+        waits: dict[str, tuple[dict[str, pl.Expr], pl.Expr]] = {}
+        out: list[pl.Expr] = []
+        for code in self.plan.order:
+            if code not in self.rules:
+                continue
+            compiled = self.rules[code]
+            asked: dict[int, dict[str, pl.Expr]] = {}
+            unsure: dict[int, pl.Expr] = {}
+            for node in compiled.rule.postorder:
+                unknown = pl.col(_node_column(code, node)).is_null()
+                found: dict[str, list[pl.Expr]] = {}
+                doubts: list[pl.Expr] = []
+                if isinstance(node, Leaf) and node.ref is not None:
+                    required, doubt = waits[node.ref]
+                    for fact, flag in required.items():
+                        found.setdefault(fact, []).append(flag)
+                    doubts.append(doubt | pl.col(risk_column(node.ref)))
+                elif isinstance(node, Leaf):
+                    assert node.expression is not None
+                    expression = node.expression
+                    awaited_column = _awaited_column(code, node)
+                    for i, fact in enumerate(expression.facts):
+                        # Whether the criterion waits on the fact: it is missing (and, when two or more of its
+                        # facts are, CEL reaches it with stand-ins: ``_with_awaited``).
+                        if awaited_column in self._awaited:
+                            waits_on = (pl.col(awaited_column) & pl.lit(1 << i, dtype=pl.UInt64)) != 0
+                        else:
+                            waits_on = missing(fact)
+                        if not self.catalogue.facts[fact].derived:
+                            found.setdefault(fact, []).append(waits_on)
+                            continue
+                        failed = self.derived.failed.get(fact)
+                        broken = pl.col(failed) if failed is not None else pl.lit(False)
+                        # A derivation that failed is asked for as itself (it is not among ``asks``).
+                        found.setdefault(fact, []).append(waits_on & broken)
+                        if fact not in asked_instead:
+                            asked_instead[fact] = asked_inputs(fact, col)
+                        for base, needed in asked_instead[fact]:
+                            found.setdefault(base, []).append(waits_on & ~broken & needed & missing(base))
+                    if _absorbing(expression) and len(expression.facts) > _MAX_WAITING:
+                        count = pl.sum_horizontal([missing(f).cast(pl.UInt32) for f in expression.facts])
+                        doubts.append(count >= 2)
+                else:
+                    for child in node.children:
+                        for fact, flag in asked[child.index].items():
+                            found.setdefault(fact, []).append(flag)
+                        doubts.append(unsure[child.index])
+                asked[node.index] = {f: unknown & reduce(lambda a, b: a | b, flags) for f, flags in found.items()}
+                unsure[node.index] = unknown & _any_of(doubts)
+            root = compiled.rule.root.index
+            waits[code] = (asked[root], unsure[root])
+            flags = list(asked[root].items())
+            count = pl.sum_horizontal([f.cast(pl.UInt32) for _, f in flags]) if flags else pl.lit(0)
+            one = pl.coalesce([pl.when(f).then(pl.lit(name)) for name, f in flags]) if flags else pl.lit(None)
+            waiting_on_information = pl.col(outcome_column(code)) == NEEDS_INFORMATION
+            explained = compiled.rule.explained
+            mask: pl.Expr = pl.lit(0, dtype=pl.UInt64)
+            if explained and len(explained) <= _MAX_WAITING:
+                mask = pl.sum_horizontal(
+                    [
+                        pl.col(_node_column(code, n)).is_null().cast(pl.UInt64) * pl.lit(1 << i, dtype=pl.UInt64)
+                        for i, n in enumerate(explained)
+                    ]
+                )
+            per_record = unsure[root] | pl.col(risk_column(code)) | pl.lit(len(explained) > _MAX_WAITING)
+            out += [
+                pl.when(waiting_on_information & (count == 1)).then(one).otherwise(pl.lit(None, dtype=pl.String))
+                .cast(pl.String).alias(near_miss_column(code)),
+                mask.alias(waiting_column(code)),
+                (waiting_on_information & per_record).alias(near_miss_per_record_column(code)),
+            ]  # fmt: skip
+        return out
 
     # ------------------------------------------------------------------ the per-record engine where it must
 
@@ -248,6 +452,9 @@ class Judge:
                 outcome, amount, statuses = results[code]
                 self._put(updates, outcome_column(code), row, OUTCOME_CODES[outcome])
                 self._put(updates, amount_column(code), row, amount)
+                if self.near_misses:
+                    self._put(updates, near_miss_column(code), row, None)
+                    self._put(updates, near_miss_per_record_column(code), row, outcome == Outcome.NEEDS_INFORMATION)
                 if self.criteria:
                     for node in self.versions[code][1].rule.explained:
                         self._put(updates, criterion_column(code, node), row, statuses.get(node.id or ""))
@@ -262,6 +469,12 @@ class Judge:
             ]
             if self.criteria:
                 names += [(criterion_column(code, n), pl.Boolean()) for n in version.rule.explained]
+            if self.near_misses:
+                names += [
+                    (near_miss_column(code), pl.String()),
+                    (waiting_column(code), pl.UInt64()),
+                    (near_miss_per_record_column(code), pl.Boolean()),
+                ]
             for name, dtype in names:
                 new_columns.append(pl.Series(name, [None] * height, dtype=dtype))
         if new_columns:
@@ -299,6 +512,12 @@ class Judge:
                 judged[result.program.code] = (result.outcome.outcome, result.outcome.amount, statuses)
             out.append(judged)
         return out
+
+
+def _any_of(exprs: list[pl.Expr]) -> pl.Expr:
+    if not exprs:
+        return pl.lit(False)
+    return reduce(lambda a, b: a | b, exprs)
 
 
 def judge(

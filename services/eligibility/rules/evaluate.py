@@ -6,7 +6,7 @@ fails at evaluation gives ``needs_review``."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -140,37 +140,7 @@ class RuleRun:
         raise RuleFailed(f"{leaf.id}: gave {result!r}, not true or false")
 
     def _awaited(self, expression: Expression, missing: list[str]) -> list[str]:
-        """Of an unknown leaf's missing facts, those its result waits on whatever the others turn out to be: CEL runs
-        with the known facts, and each missing fact it stops at is given a stand-in value in turn; a fact reached
-        with both sets of stand-ins is awaited. A fact the known ones make irrelevant (the spouse's income when there
-        is no spouse, the monthly rent of a jeonse tenant) is never reached, so never asked; one that only some
-        answers to the others would make relevant (the spouse's pension, before whether there is a spouse is known)
-        waits for those answers. Never empty: all of them if none is singled out."""
-        if len(missing) < 2 or not expression.probes:
-            return missing
-        cel_values = self.env.cel_values
-        known = {f: cel_values[f] for f in expression.facts if f in cel_values}
-        reached: list[set[str]] = []
-        for probe in expression.probes:
-            trial = dict(known)
-            names: set[str] = set()
-            for _ in range(len(missing)):
-                try:
-                    expression.program.execute(trial)
-                except RuntimeError as exc:
-                    found = _UNDEFINED.search(str(exc))
-                    name = found.group(1) if found else None
-                    if name is None or name not in probe or name in trial:
-                        return missing
-                    names.add(name)
-                    trial[name] = probe[name]
-                    continue
-                except Exception:  # the stand-ins' fault (a division by zero ...), not the facts'
-                    break
-                break
-            reached.append(names)
-        awaited = set.intersection(*reached) or set.union(*reached)
-        return [f for f in missing if f in awaited] or missing
+        return awaited(expression, self.env.cel_values, missing)
 
     def _required_program(self, leaf: Leaf) -> CriterionStatus:
         assert leaf.ref is not None
@@ -369,6 +339,40 @@ class RuleRun:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RuleFailed(f"amount: gave {value!r}, not a number")
         return int(value)
+
+
+def awaited(expression: Expression, cel_values: Mapping[str, Any], missing: list[str]) -> list[str]:
+    """Of an unknown leaf's missing facts, those its result waits on whatever the others turn out to be: CEL runs
+    with the known facts, and each missing fact it stops at is given a stand-in value in turn; a fact reached
+    with both sets of stand-ins is awaited. A fact the known ones make irrelevant (the spouse's income when there
+    is no spouse, the monthly rent of a jeonse tenant) is never reached, so never asked; one that only some
+    answers to the others would make relevant (the spouse's pension, before whether there is a spouse is known)
+    waits for those answers. Never empty: all of them if none is singled out. ``cel_values``: the facts known, as CEL
+    sees them (the columnar near misses call it once per distinct tuple of the facts the criterion reads)."""
+    if len(missing) < 2 or not expression.probes:
+        return missing
+    known = {f: cel_values[f] for f in expression.facts if f in cel_values}
+    reached: list[set[str]] = []
+    for probe in expression.probes:
+        trial = dict(known)
+        names: set[str] = set()
+        for _ in range(len(missing)):
+            try:
+                expression.program.execute(trial)
+            except RuntimeError as exc:
+                found = _UNDEFINED.search(str(exc))
+                name = found.group(1) if found else None
+                if name is None or name not in probe or name in trial:
+                    return missing
+                names.add(name)
+                trial[name] = probe[name]
+                continue
+            except Exception:  # the stand-ins' fault (a division by zero ...), not the facts'
+                break
+            break
+        reached.append(names)
+    waited = set.intersection(*reached) or set.union(*reached)
+    return [f for f in missing if f in waited] or missing
 
 
 class Recorder(Protocol):
