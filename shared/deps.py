@@ -22,10 +22,24 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
+# Methods that change nothing (RFC 9110 "safe"): their requests run in a read-only unit of work, which never waits
+# for a writer (see shared.db).
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed before the response is sent (``scope="function"``), rolled back
-    when the endpoint raises, so a client never gets a success for something that was not written."""
-    async with get_runtime(request).db.session() as session:
+    when the endpoint raises, so a client never gets a success for something that was not written. A GET reads in a
+    read-only transaction; what it must record (the audit log of a read) is written before the response is sent."""
+    db = get_runtime(request).db
+    async with db.read_session() if request.method in READ_METHODS else db.session() as session:
+        yield session
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A read-only unit of work whatever the method: for a POST that computes an answer and writes nothing (a
+    screener), so that it never waits for a writer."""
+    async with get_runtime(request).db.read_session() as session:
         yield session
 
 
@@ -50,6 +64,7 @@ def context_dependency(kind: type[C]) -> Callable[[Request], C]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

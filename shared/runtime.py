@@ -26,7 +26,7 @@ from shared.consumer import Consumer, Subscription
 from shared.db import Database
 from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
-from shared.observability import Metrics
+from shared.observability import LoopMonitor, Metrics
 from shared.outbox import Outbox, OutboxRelay
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
@@ -75,6 +75,7 @@ class Runtime:
     verifier: TokenVerifier
     idempotency: Idempotency
     housekeeping: Housekeeping
+    loop_monitor: LoopMonitor
     consumers: dict[str, Consumer] = field(default_factory=dict)
     # The service's context (see ServiceDefinition.context); read through the service's typed dependency.
     context: Any = None
@@ -82,7 +83,12 @@ class Runtime:
 
     @classmethod
     def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
-        db = Database(settings.database_url, echo=settings.database_echo)
+        db = Database(
+            settings.database_url,
+            echo=settings.database_echo,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         bus = Bus(settings, name=definition.name)
         relay = OutboxRelay(
             db,
@@ -104,6 +110,7 @@ class Runtime:
             metrics=metrics,
             verifier=TokenVerifier.from_settings(settings),
             idempotency=Idempotency(definition.tables),
+            loop_monitor=LoopMonitor(metrics),
             housekeeping=Housekeeping(
                 db,
                 definition.tables,
@@ -120,6 +127,8 @@ class Runtime:
         try:
             async with definition.context(self) as context:
                 self.context = context
+                # From here on (not while the context loads, say, a catalogue): what serving costs the loop.
+                self.loop_monitor.start()
                 self.add_consumers(definition.subscriptions(context))
                 self.start_messaging()
                 self.housekeeping.start()
@@ -132,6 +141,7 @@ class Runtime:
 
     def add_consumers(self, subscriptions: Sequence[Subscription]) -> None:
         s = self.settings
+        slots = asyncio.Semaphore(s.consumer_parallel_batches)
         for sub in subscriptions:
             self.consumers[sub.name] = Consumer(
                 service=self.name,
@@ -145,6 +155,8 @@ class Runtime:
                 max_deliver=s.consumer_max_deliver,
                 ack_wait=s.consumer_ack_wait_seconds,
                 max_ack_pending=s.consumer_max_ack_pending,
+                transaction_budget=s.consumer_transaction_budget_ms / 1000,
+                slots=slots,
             )
 
     def start_messaging(self) -> None:
@@ -183,6 +195,7 @@ class Runtime:
             await consumer.stop()
 
     async def close(self) -> None:
+        await self.loop_monitor.stop()
         await self.relay.stop()
         await self.bus.close()
         await self.db.dispose()

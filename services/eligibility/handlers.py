@@ -41,9 +41,15 @@ def _now(apply: Callable[[Repository, E, dt.datetime], Awaitable[None]]) -> Appl
 
 def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
     service = ctx.eligibility
+
+    async def evaluate_ahead(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        await service.prepare(Repository(session), events, dt.datetime.now(dt.UTC))
+
     return [
         Subscription(
             name="events",
+            # The rules run before the batch's transaction, not while it holds the database's writer lock.
+            prepare=evaluate_ahead,
             handlers=[
                 on(ApplicationSubmitted, _now(service.on_submitted)),
                 on(ApplicationInfoProvided, _now(service.on_info_provided)),

@@ -32,7 +32,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.deps import SessionDep
+from shared.deps import ReadSessionDep, SessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
@@ -262,4 +262,10 @@ def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 
+def get_read_repository(session: ReadSessionDep) -> Repository:
+    return Repository(session)
+
+
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+# For a POST that writes nothing (the screener): it reads without waiting for the database's writers.
+ReadRepositoryDep = Annotated[Repository, Depends(get_read_repository)]

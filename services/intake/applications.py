@@ -45,6 +45,7 @@ from services.intake.status import (
     build_view,
     current_cases,
     info_open,
+    new_application_view,
     programs_of,
     refresh_status,
     settled,
@@ -272,7 +273,7 @@ async def submit(
         ),
         subject=str(application.id),
     )
-    add_timeline(
+    received = add_timeline(
         repo,
         application.id,
         event_id=event.id,
@@ -296,7 +297,7 @@ async def submit(
             purpose=purpose_of(authority) if authority is not None else PURPOSE_ASSISTED_APPLICATION,
             authority=authority,
         )
-    return await build_view(repo, application)
+    return new_application_view(application, received)
 
 
 def _by(authority: Authority | None) -> dict[str, str]:

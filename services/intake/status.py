@@ -10,13 +10,14 @@ commits.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.intake.models import Application, Case, Determination, Notification, TimelineEntry
+from services.intake.models import Application, Case, Determination, Feedback, Notification, TimelineEntry
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationStatus,
@@ -86,10 +87,27 @@ def current_cases(cases: Sequence[Case]) -> dict[str, Case]:
     return out
 
 
+# Parsed programs by determination id (a round's programs never change once stored; a new round has a new id). Each
+# case and notification event, and each read of the view, needs them: validating a dozen programs with their criteria
+# every time was most of what applying a case event cost.
+_PARSED_PROGRAMS: collections.OrderedDict[uuid.UUID, tuple[ProgramDetermination, ...]] = collections.OrderedDict()
+_PARSED_PROGRAMS_KEPT = 2048
+
+
 def programs_of(determination: Determination | None) -> list[ProgramDetermination]:
+    """The determination's programs, as models (treat them as read-only: they are shared)."""
     if determination is None:
         return []
-    return [ProgramDetermination.model_validate(p) for p in determination.programs]
+    key = determination.determination_id
+    parsed = _PARSED_PROGRAMS.get(key)
+    if parsed is None:
+        parsed = tuple(ProgramDetermination.model_validate(p) for p in determination.programs)
+        _PARSED_PROGRAMS[key] = parsed
+        if len(_PARSED_PROGRAMS) > _PARSED_PROGRAMS_KEPT:
+            _PARSED_PROGRAMS.popitem(last=False)
+    else:
+        _PARSED_PROGRAMS.move_to_end(key)
+    return list(parsed)
 
 
 def settled(program: ProgramDetermination, current: Mapping[str, Case]) -> bool:
@@ -139,19 +157,19 @@ def add_timeline(
     details: dict[str, Any] | None = None,
     program_code: str | None = None,
     case_id: uuid.UUID | None = None,
-) -> None:
-    repo.session.add(
-        TimelineEntry(
-            application_id=application_id,
-            event_id=event_id,
-            event_type=event_type,
-            occurred_at=at,
-            program_code=program_code,
-            case_id=case_id,
-            summary=summary.model_dump(),
-            details=details or {},
-        )
+) -> TimelineEntry:
+    entry = TimelineEntry(
+        application_id=application_id,
+        event_id=event_id,
+        event_type=event_type,
+        occurred_at=at,
+        program_code=program_code,
+        case_id=case_id,
+        summary=summary.model_dump(),
+        details=details or {},
     )
+    repo.session.add(entry)
+    return entry
 
 
 # ---------------------------------------------------------------------------------------------- eligibility
@@ -468,11 +486,33 @@ def _notification_view(n: Notification) -> NotificationView:
 
 
 async def build_view(repo: Repository, application: Application) -> ApplicationView:
-    determination = await repo.determination(application.id)
-    cases = await repo.cases(application.id)
-    notifications = await repo.notifications(application.id)
-    timeline = await repo.timeline(application.id)
-    feedback = await repo.feedback(application.id)
+    return assemble_view(
+        application,
+        determination=await repo.determination(application.id),
+        cases=await repo.cases(application.id),
+        notifications=await repo.notifications(application.id),
+        timeline=await repo.timeline(application.id),
+        feedback=await repo.feedback(application.id),
+    )
+
+
+def new_application_view(application: Application, received: TimelineEntry) -> ApplicationView:
+    """The view of an application just filed, from what was just written: nothing has been determined, routed or
+    sent for it yet, and its timeline is the one entry of its receipt."""
+    return assemble_view(
+        application, determination=None, cases=[], notifications=[], timeline=[received], feedback=None
+    )
+
+
+def assemble_view(
+    application: Application,
+    *,
+    determination: Determination | None,
+    cases: Sequence[Case],
+    notifications: Sequence[Notification],
+    timeline: Sequence[TimelineEntry],
+    feedback: Feedback | None,
+) -> ApplicationView:
     current = current_cases(cases)
     answers = application.answers
 

@@ -4,6 +4,7 @@ the request body limit, the unit of work, and the dead-letter admin API with rep
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.audit import AuditLog
 from shared.auth import Role, TokenIssuer
 from shared.consumer import Subscription, on
-from shared.deps import OutboxDep, SessionDep
+from shared.deps import OutboxDep, PrincipalDep, SessionDep
 from shared.events import ApplicationWithdrawn, CloudEvent
-from shared.problems import Conflict
+from shared.problems import Conflict, NotFound
 from shared.runtime import Runtime, ServiceDefinition, no_context
 from shared.service import create_service_app
 from shared.settings import ServiceSettings
@@ -55,7 +57,22 @@ def router() -> APIRouter:
         await outbox.emit(session, withdrawn())
         return {"name": thing.name}
 
+    @api.get("/{name}")
+    async def read(name: str, session: SessionDep, principal: PrincipalDep) -> dict[str, int]:
+        """A read that leaves a record of itself (as a read of a resident's data by staff does) or, wrongly, writes."""
+        await audit.record(session, principal, action="read", record_type="thing", record_id=name, purpose="test")
+        if name == "sneaky":
+            await session.execute(
+                insert(effects).values(application_id=name, event_id="api", applied_at=dt.datetime.now(dt.UTC))
+            )
+        if name == "missing":
+            raise NotFound("No such thing.")
+        return {"things": int(await session.scalar(select(func.count()).select_from(effects)) or 0)}
+
     return api
+
+
+audit = AuditLog(tables)
 
 
 async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
@@ -268,3 +285,39 @@ async def test_request_logs_name_the_route_not_the_path_with_its_ids(
     ours = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records if not r.name.startswith("httpx"))
     assert "424242" not in ours
     assert "kim-minji" not in ours
+
+
+async def _audited(c: httpx.AsyncClient) -> list[str]:
+    runtime: Runtime = c.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.read_session() as session:
+        return list(
+            (await session.execute(select(tables.audit_log.c.record_id).order_by(tables.audit_log.c.id))).scalars()
+        )
+
+
+async def test_a_get_reads_in_a_read_only_unit_of_work_and_its_record_is_written_before_the_answer(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    staff = _auth(issuer, Role.CASEWORKER, offices=["JN-WEL"])
+    response = await client.get("/v1/things/one", headers=staff)
+    assert (response.status_code, response.json()) == (200, {"things": 0})
+    assert await _audited(client) == ["one"], "the read's audit entry is there once it is answered"
+
+    # A GET that fails leaves no record; one that tries to write is refused and writes nothing.
+    assert (await client.get("/v1/things/missing", headers=staff)).status_code == 404
+    assert (await client.get("/v1/things/sneaky", headers=staff)).status_code == 500
+    assert await _audited(client) == ["one"]
+    assert await _count(client) == 0
+
+
+async def test_the_longest_stall_of_the_event_loop_is_a_metric(client: httpx.AsyncClient) -> None:
+    time.sleep(0.3)
+
+    async def reported() -> bool:
+        text = (await client.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("onestop_event_loop_stall_max_seconds "))
+        return float(line.split()[1]) >= 0.25
+
+    await wait_until(reported)
+    histogram = (await client.get("/metrics")).text
+    assert 'onestop_event_loop_lag_seconds_bucket{le="0.5"}' in histogram

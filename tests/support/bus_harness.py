@@ -191,12 +191,15 @@ class Harness:
 
 
 def _exit_on_sql(database: Database, starts_with: str) -> None:
-    """Kill the process (no cleanup at all) just before it runs a statement starting with ``starts_with``."""
+    """Kill the process (no cleanup at all) just before it runs a statement starting with ``starts_with``, in a
+    write or a read-only unit of work (the relay reads the outbox in one)."""
 
-    @event.listens_for(database.engine.sync_engine, "before_cursor_execute")
     def _die(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith(starts_with):
             os._exit(137)
+
+    for engine in {database.engine.sync_engine, database.read_engine.sync_engine}:
+        event.listen(engine, "before_cursor_execute", _die)
 
 
 async def _main(args: argparse.Namespace) -> None:
