@@ -361,7 +361,7 @@ async def list_subscriptions(
 async def get_subscription(
     subscription_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    return _subscription_out(await subscriptions.visible(repo, principal, subscription_id), settings.bus_prefix)
+    return _subscription_out(await subscriptions.read(repo, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.delete(
