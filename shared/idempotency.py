@@ -150,7 +150,7 @@ class Idempotency:
         return answer
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(

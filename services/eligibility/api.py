@@ -41,11 +41,11 @@ router = APIRouter(prefix="/v1", tags=["eligibility"])
 CodePath = Annotated[str, Path(pattern=CODE_PATTERN, max_length=64, description="The program's code")]
 
 
-def get_eligibility(ctx: ContextDep) -> Eligibility:
+async def get_eligibility(ctx: ContextDep) -> Eligibility:
     return ctx.eligibility
 
 
-def determination_reader(principal: PrincipalDep) -> Principal:
+async def determination_reader(principal: PrincipalDep) -> Principal:
     if principal.role is Role.PARTNER:
         raise Forbidden("Partners see determinations through their event subscriptions.")
     return principal

@@ -258,11 +258,11 @@ class Repository:
         return await self.session.get(ScreeningRow, screening_id)
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 
-def get_read_repository(session: ReadSessionDep) -> Repository:
+async def get_read_repository(session: ReadSessionDep) -> Repository:
     return Repository(session)
 
 

@@ -293,7 +293,7 @@ class Repository:
         return await self.session.get(Feedback, application_id)
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 

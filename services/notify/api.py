@@ -56,11 +56,11 @@ from shared.idempotency import CREATED_AT_LOCATION
 from shared.problems import problem_responses
 
 
-def get_settings(ctx: ContextDep) -> NotifySettings:
+async def get_settings(ctx: ContextDep) -> NotifySettings:
     return ctx.settings
 
 
-def get_renderer(ctx: ContextDep) -> Renderer:
+async def get_renderer(ctx: ContextDep) -> Renderer:
     return ctx.renderer
 
 
@@ -74,7 +74,7 @@ PartnerId = Annotated[str, Path(pattern=PARTNER_ID_PATTERN, description="The par
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-def _resident_id(principal: Resident) -> uuid.UUID:
+async def _resident_id(principal: Resident) -> uuid.UUID:
     assert principal.resident_id is not None  # a resident token always names the resident (shared.auth)
     return principal.resident_id
 

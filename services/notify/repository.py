@@ -630,7 +630,7 @@ class Repository:
         )
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 

@@ -95,7 +95,7 @@ async def put_office(
 # ---------------------------------------------------------------------------------------------- queues and cases
 
 
-def queue_filter(
+async def queue_filter(
     status: Annotated[list[CaseStatusName] | None, Query(description="Default: the active ones")] = None,
     program: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]] | None, Query()] = None,
     priority: Annotated[

@@ -208,7 +208,7 @@ class Repository:
     # ------------------------------------------------------------------------------------------ audit
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 
