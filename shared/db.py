@@ -45,6 +45,11 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# SQLite writes one transaction at a time: more write connections than this would only hold sessions waiting for
+# the writer lock (each with its own page cache); further writers wait for a connection instead, in turn as well.
+SQLITE_WRITE_CONNECTIONS = 3
+
+
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     """The engine of write transactions (and the only one, on PostgreSQL)."""
     parsed = make_url(url)
@@ -52,7 +57,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = _sqlite_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+        engine = _sqlite_engine(url, echo=echo, pool_size=min(pool_size, SQLITE_WRITE_CONNECTIONS), max_overflow=0)
         _configure_sqlite(engine, read_only=False)
         return engine
     return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)

@@ -147,7 +147,7 @@ class LoopMonitor:
     timer is that delay, seen from at most one interval after it began. Works on any loop (uvloop has no slow-callback
     hook), at the cost of a few microseconds ``1/interval`` times a second."""
 
-    def __init__(self, metrics: Metrics, *, interval: float = 0.01) -> None:
+    def __init__(self, metrics: Metrics, *, interval: float = 0.02) -> None:
         self.metrics = metrics
         self.interval = interval
         self.longest = 0.0

@@ -17,9 +17,9 @@ class ServiceSettings(BaseSettings):
     # Storage
     database_url: str = "sqlite+aiosqlite:///var/service.db"
     database_echo: bool = False
-    # Connections per engine: on PostgreSQL the pool of each process (size kept open, overflow opened under load and
-    # closed again; a replica uses up to their sum, so size max_connections for replicas x services); on SQLite the
-    # pools of its write and its read connections each.
+    # Database connections: on PostgreSQL the pool of each process (size kept open, overflow opened under load and
+    # closed again; a replica uses up to their sum, so size max_connections for replicas x services); on SQLite its
+    # read connections (its writes, one at a time, use at most three: shared.db.SQLITE_WRITE_CONNECTIONS).
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
 

@@ -46,7 +46,7 @@ from services.intake.status import (
     current_cases,
     info_open,
     new_application_view,
-    programs_of,
+    program_states,
     refresh_status,
     settled,
 )
@@ -374,7 +374,7 @@ async def provide_info(
     current = current_cases(cases)
     asking = [
         p.program_code
-        for p in programs_of(await repo.determination(application.id))
+        for p in program_states(await repo.determination(application.id))
         if not settled(p, current) and any(m.asked_of == "resident" and m.name in answers for m in p.missing)
     ]
     waiting = [c for c in cases if info_open(c)]

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from services.intake.models import Application, Case, Determination, Feedback, Notification, TimelineEntry
@@ -87,37 +88,67 @@ def current_cases(cases: Sequence[Case]) -> dict[str, Case]:
     return out
 
 
-# Parsed programs by determination id (a round's programs never change once stored; a new round has a new id). Each
-# case and notification event, and each read of the view, needs them: validating a dozen programs with their criteria
-# every time was most of what applying a case event cost.
-_PARSED_PROGRAMS: collections.OrderedDict[uuid.UUID, tuple[ProgramDetermination, ...]] = collections.OrderedDict()
-_PARSED_PROGRAMS_KEPT = 2048
-
-
 def programs_of(determination: Determination | None) -> list[ProgramDetermination]:
-    """The determination's programs, as models (treat them as read-only: they are shared)."""
+    """The determination's programs, whole (for the view)."""
     if determination is None:
         return []
+    return [ProgramDetermination.model_validate(p) for p in determination.programs]
+
+
+@dataclass(frozen=True)
+class Missing:
+    name: str
+    asked_of: str
+
+
+@dataclass(frozen=True)
+class ProgramState:
+    """What the status needs of a determined program: its name, its outcome, the facts it still needs."""
+
+    program_code: str
+    program_name: Localized
+    outcome: Outcome
+    missing: tuple[Missing, ...]
+
+
+# By determination id (a round's programs never change once stored; a new round has a new id). Each case and
+# notification event needs them: validating a dozen whole programs with their criteria every time was most of what
+# applying an event cost, and keeping them whole would take some 130 kB each.
+_PROGRAM_STATES: collections.OrderedDict[uuid.UUID, tuple[ProgramState, ...]] = collections.OrderedDict()
+_PROGRAM_STATES_KEPT = 4096
+
+
+def program_states(determination: Determination | None) -> tuple[ProgramState, ...]:
+    if determination is None:
+        return ()
     key = determination.determination_id
-    parsed = _PARSED_PROGRAMS.get(key)
-    if parsed is None:
-        parsed = tuple(ProgramDetermination.model_validate(p) for p in determination.programs)
-        _PARSED_PROGRAMS[key] = parsed
-        if len(_PARSED_PROGRAMS) > _PARSED_PROGRAMS_KEPT:
-            _PARSED_PROGRAMS.popitem(last=False)
+    states = _PROGRAM_STATES.get(key)
+    if states is None:
+        states = tuple(
+            ProgramState(
+                program_code=p["program_code"],
+                program_name=Localized.model_validate(p["program_name"]),
+                outcome=Outcome(p["outcome"]),
+                missing=tuple(Missing(m["name"], m.get("asked_of", "resident")) for m in p.get("missing") or ()),
+            )
+            for p in determination.programs
+        )
+        _PROGRAM_STATES[key] = states
+        if len(_PROGRAM_STATES) > _PROGRAM_STATES_KEPT:
+            _PROGRAM_STATES.popitem(last=False)
     else:
-        _PARSED_PROGRAMS.move_to_end(key)
-    return list(parsed)
+        _PROGRAM_STATES.move_to_end(key)
+    return states
 
 
-def settled(program: ProgramDetermination, current: Mapping[str, Case]) -> bool:
+def settled(program: ProgramDetermination | ProgramState, current: Mapping[str, Case]) -> bool:
     if program.outcome is Outcome.INELIGIBLE:
         return True
     case = current.get(program.program_code)
     return case is not None and case.state in FINAL_STATES
 
 
-def resident_questions(program: ProgramDetermination, answers: Mapping[str, Any]) -> list[str]:
+def resident_questions(program: ProgramDetermination | ProgramState, answers: Mapping[str, Any]) -> list[str]:
     """Facts the program still needs that the resident can give and has not given."""
     return [m.name for m in program.missing if m.asked_of == "resident" and m.name not in answers]
 
@@ -125,7 +156,7 @@ def resident_questions(program: ProgramDetermination, answers: Mapping[str, Any]
 def derive_status(application: Application, determination: Determination | None, cases: Sequence[Case]) -> str:
     if application.withdrawn_at is not None:
         return ApplicationStatus.WITHDRAWN.value
-    programs = programs_of(determination)
+    programs = program_states(determination)
     current = current_cases(cases)
     if any(info_open(c) for c in cases):
         return ApplicationStatus.ACTION_REQUIRED.value
@@ -242,7 +273,7 @@ def _newer(at: dt.datetime, than: dt.datetime | None) -> bool:
 
 
 async def _program_name(repo: Repository, application_id: uuid.UUID, program_code: str) -> Localized:
-    for program in programs_of(await repo.determination(application_id)):
+    for program in program_states(await repo.determination(application_id)):
         if program.program_code == program_code:
             return program.program_name
     return Localized(ko=program_code, en=program_code)
