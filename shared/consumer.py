@@ -20,6 +20,9 @@ a savepoint each: the events that fail there are rolled back alone and the rest 
 then retried alone, in its own transaction, with backoff; after ``max_deliver`` attempts it is recorded as a dead
 letter and published to the dead-letter subject (both through the outbox, in one transaction) while the events
 behind it carry on. Should even the transaction with savepoints fail (at its commit), every event is retried alone.
+
+After a crash, what the dead process had taken and not acknowledged comes back once its ack wait runs out; a
+restarted consumer takes nothing before that, so that nothing newer overtakes it.
 """
 
 from __future__ import annotations
@@ -195,6 +198,8 @@ class Consumer:
         self._workers: list[asyncio.Task[None]] = []
         self._fetching: set[asyncio.Future[Any]] = set()
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self._resume_at: float | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -214,8 +219,20 @@ class Consumer:
         )
 
     async def start(self) -> None:
-        await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+        info = await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
         self._stopping = False
+        self._stopped.clear()
+        # Messages a previous process took and never acknowledged (it was killed) come back only once their ack wait
+        # runs out; whatever is newer would be taken first, and an application's events applied out of order (a
+        # determination before its submission). Until then this process takes nothing: the server hands redeliveries
+        # out before new messages, so the order holds. (A replica starting beside live ones merely starts later.)
+        held = getattr(info, "num_ack_pending", 0) or 0
+        self._resume_at = asyncio.get_running_loop().time() + self.ack_wait + 1.0 if held else None
+        if held:
+            log.info(
+                "messages a previous process held come back first",
+                extra={"consumer": self.durable, "held": held, "in_s": self.ack_wait},
+            )
         for n in range(self.sub.concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"{self.durable}-{n}"))
         log.info("consumer started", extra={"consumer": self.durable, "workers": self.sub.concurrency})
@@ -223,6 +240,7 @@ class Consumer:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking new messages; let a batch being handled finish (its acks then reach the server)."""
         self._stopping = True
+        self._stopped.set()
         for task in list(self._fetching):
             task.cancel()
         if self._workers:
@@ -238,6 +256,11 @@ class Consumer:
         psub: Any = None
         delay = 0.2
         busy = False
+        if self._resume_at is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopped.wait(), timeout=max(0.0, self._resume_at - asyncio.get_running_loop().time())
+                )
         try:
             while not self._stopping:
                 try:
