@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench postgres fonts clean asyncapi
+.PHONY: run test lint bench postgres fonts browser screenshots wrk clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,22 +21,40 @@ run: $(STAMP) fonts
 postgres:
 	@./scripts/ensure-postgres.sh
 
+# The HTTP benchmark's load generator: Debian's wrk (compiled; a Python client would compete for the same cores).
+wrk:
+	@./scripts/ensure-wrk.sh
+
 # Letters (notify's post channel) are printed in Debian's fonts-nanum, which has Hangul.
 fonts:
 	@./scripts/ensure-fonts.sh
+
+# The portal's browser tests and screenshots drive Debian's chromium (Playwright's own download does not work here).
+browser:
+	@./scripts/ensure-chromium.sh
+
+# docs/screenshots/*.png of every main page, from a platform started for the purpose.
+screenshots: $(STAMP) fonts browser
+	$(BIN)/python -m tests.portal.screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) postgres fonts lint
+test: $(STAMP) postgres fonts browser wrk lint
 	$(BIN)/onestop asyncapi --check
 	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 
-bench: $(STAMP)
-	$(BIN)/python bench/bus.py
-	$(BIN)/python bench/eligibility.py
+# Every benchmark runs even when an earlier one misses a floor; the status says whether any did.
+# BENCH_API_ARGS: options of bench/api.py (e.g. "--seconds 30 --backends sqlite"; see its --help).
+bench: $(STAMP) postgres fonts wrk
+	@status=0; \
+	$(BIN)/python bench/bus.py || status=1; \
+	$(BIN)/python bench/eligibility.py || status=1; \
+	$(BIN)/python bench/screening_runs.py || status=1; \
+	$(BIN)/python bench/api.py $(BENCH_API_ARGS) || status=1; \
+	exit $$status
 
 asyncapi: $(STAMP)
 	$(BIN)/onestop asyncapi

@@ -1,5 +1,5 @@
 """``onestop``: run the platform, mint tokens, migrate, seed, check status, compare the catalogue between two dates,
-regenerate the AsyncAPI document."""
+run a screening with a progress bar, regenerate the AsyncAPI document."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from types import FrameType
 
 import httpx
 
-from onestop.registry import BY_NAME, ROOT, SERVICES
+from onestop.registry import BY_NAME, PORTAL, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, PlatformError
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import revision, upgrade
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="onestop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="start NATS and the four services (what `make run` does)")
+    run = commands.add_parser("run", help="start NATS, the four services and the portal (what `make run` does)")
     run.add_argument("--var", type=Path, default=Path("var"), help="where data, keys and logs live (default: var)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--no-seed", action="store_true", help="do not load the seed data")
@@ -68,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     diff.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
 
+    screen = commands.add_parser(
+        "screen", help="run a proactive screening of every consenting resident in the background, with a progress bar"
+    )
+    screen.add_argument("--url", default=f"http://127.0.0.1:{BY_NAME['eligibility'].port}", help="eligibility")
+    screen.add_argument("--token", help="an administrator's or supervisor's token (default: minted from --var)")
+    screen.add_argument("--var", type=Path, default=Path("var"), help="where the issuer keys are (keys/ below it)")
+    screen.add_argument("--program", action="append", dest="programs", help="only this program (repeatable)")
+    screen.add_argument("--as-of", help="judge by the rules in force on this date (YYYY-MM-DD; default today)")
+    screen.add_argument("--no-wait", action="store_true", help="queue it and return at once")
+    screen.add_argument("--interval", type=float, default=0.5, help="seconds between progress reads")
+
     asyncapi = commands.add_parser("asyncapi", help="write the AsyncAPI document generated from the event catalogue")
     asyncapi.add_argument("--check", action="store_true", help="fail if the committed document is stale")
 
@@ -84,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init,
         "status": cmd_status,
         "catalogue": cmd_catalogue,
+        "screen": cmd_screen,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
     }[args.command]
@@ -103,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
-    print("Starting OneStop: NATS, migrations, seed data, four services...", flush=True)
+    print("Starting OneStop: NATS, migrations, seed data, four services, the portal...", flush=True)
     try:
         platform.start()
     except PlatformError as exc:
@@ -126,6 +138,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _banner(platform: Platform, seconds: float) -> str:
     lines = [f"\nOneStop is running (ready in {seconds:.1f}s).\n"]
+    if platform.runs_portal:
+        portal = platform.url(PORTAL.name)
+        lines += [
+            f"  Portal: {portal}  (open it in a browser)",
+            "  Sign in: click 'Sign in' and choose a person on the embedded OpenID Connect provider's page",
+            f"  ({portal}/idp): a resident per life event, a caseworker per office, a supervisor, an administrator.",
+            "",
+        ]
     for entry in SERVICES:
         url = platform.url(entry.name)
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
@@ -256,6 +276,25 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
     directory = args.catalogue_dir or CATALOGUE_DIR
     print(diff_files(load_files(directory), args.first, args.second).render(f"YAML catalogue in {directory}"), end="")
     return 0
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from onestop.screen import ScreenRequest, screen
+
+    token = args.token
+    if token is None:
+        token = TokenIssuer.from_directory(args.var / "keys").mint(Role.ADMIN, subject="onestop-cli", ttl_seconds=3600)
+    request = ScreenRequest(
+        url=args.url,
+        token=token,
+        programs=args.programs,
+        as_of=args.as_of,
+        wait=not args.no_wait,
+        interval=args.interval,
+    )
+    return screen(request, Console())
 
 
 def cmd_asyncapi(args: argparse.Namespace) -> int:

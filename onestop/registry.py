@@ -1,4 +1,5 @@
-"""The four services, where they listen by default, and how to build, migrate and seed each."""
+"""The four services, where they listen by default, and how to build, migrate and seed each; and the portal, the
+fifth process, which serves pages and owns no data."""
 
 from __future__ import annotations
 
@@ -60,3 +61,16 @@ SERVICES: tuple[ServiceEntry, ...] = (
     ServiceEntry("notify", 8004, "services.notify.settings:NotifySettings"),
 )
 BY_NAME = {s.name: s for s in SERVICES}
+
+
+@dataclass(frozen=True)
+class PortalEntry:
+    """The portal: no database, no bus, no migrations; it calls the four services over HTTP."""
+
+    name: str = "portal"
+    port: int = 8000
+    app_factory: str = "services.portal.main:create_app"
+    env_prefix: str = "ONESTOP_PORTAL_"
+
+
+PORTAL = PortalEntry()

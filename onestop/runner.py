@@ -1,4 +1,4 @@
-"""Start and stop the whole platform as separate processes: nats-server and the four services.
+"""Start and stop the whole platform as separate processes: nats-server, the four services and the portal.
 
 ``onestop run`` (and so ``make run``) uses this, and so does the end-to-end suite, so the two cannot drift apart.
 """
@@ -28,7 +28,9 @@ from onestop.natsauth import (
     render_authorization,
 )
 from onestop.natsconf import nats_server_binary, single_node_config
-from onestop.registry import ROOT, SERVICES, ServiceEntry
+from onestop.registry import PORTAL, ROOT, SERVICES, ServiceEntry
+from services.portal.people import DemoPeople, register_residents
+from services.portal.settings import PortalSettings
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import upgrade
 
@@ -43,7 +45,10 @@ class PlatformConfig:
     host: str = "127.0.0.1"
     nats_port: int = 4222
     nats_http_port: int | None = 8222
-    ports: dict[str, int] = field(default_factory=lambda: {s.name: s.port for s in SERVICES})
+    # The portal runs when it has a port here (``onestop run`` gives it 8000; a test leaves it out unless it needs it).
+    ports: dict[str, int] = field(
+        default_factory=lambda: {**{s.name: s.port for s in SERVICES}, PORTAL.name: PORTAL.port}
+    )
     bus_prefix: str = "onestop"
     seed: bool = True
     # Service logs go to var/logs/<service>.log unless they should share the console.
@@ -129,17 +134,49 @@ class Platform:
         if self.config.nats_auth:
             values["nats_user"] = entry.name
             values["nats_password"] = self.nats_passwords.get(entry.name)
+        if self.runs_portal:
+            # The link in every message to a resident opens the application's page in the portal.
+            values["app_base_url"] = self.url(PORTAL.name)
         if self.issuer is not None:
             values["service_token"] = self.issuer.mint(Role.SERVICE, service=entry.name, ttl_seconds=365 * 24 * 3600)
         values.update(self.config.overrides.get(entry.name, {}))
         return {k: v for k, v in values.items() if k in fields}
 
     def env_for(self, entry: ServiceEntry) -> dict[str, str]:
+        return self._env(entry.env_prefix, self.settings_values(entry))
+
+    def _env(self, prefix: str, values: dict[str, Any]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONESTOP_")}
-        for key, value in self.settings_values(entry).items():
-            env[entry.env_prefix + key.upper()] = _env_value(value)
+        for key, value in values.items():
+            env[prefix + key.upper()] = _env_value(value)
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    # ------------------------------------------------------------------------------------------ the portal
+
+    @property
+    def runs_portal(self) -> bool:
+        return PORTAL.name in self.config.ports
+
+    def portal_settings(self) -> PortalSettings:
+        return PortalSettings(**self.portal_settings_values())
+
+    def portal_settings_values(self) -> dict[str, Any]:
+        """The portal's settings: where the services are, where people reach it, and the embedded issuer's keys (its
+        OIDC provider signs with them)."""
+        values: dict[str, Any] = {
+            "public_url": self.url(PORTAL.name),
+            "keys_dir": str(self.keys_dir),
+            **{f"{s.name}_url": self.url(s.name) for s in SERVICES},
+        }
+        values.update(self.config.overrides.get(PORTAL.name, {}))
+        return values
+
+    def register_demo_people(self) -> str:
+        """The demo residents the embedded provider lets one sign in as, registered with intake (once)."""
+        assert self.issuer is not None
+        people = DemoPeople.load(self.portal_settings().demo_people_file)
+        return register_residents(people, self.url("intake"), self.issuer)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -162,6 +199,10 @@ class Platform:
                 self.start_service(entry.name, wait=False)
             for entry in SERVICES:
                 self.wait_ready(entry.name)
+            if self.runs_portal:
+                if self.config.seed:
+                    self.register_demo_people()
+                self.start_service(PORTAL.name)
         except BaseException:
             self.stop()
             raise
@@ -214,15 +255,19 @@ class Platform:
         return done
 
     def start_service(self, name: str, *, wait: bool = True) -> None:
-        entry = next(s for s in SERVICES if s.name == name)
+        if name == PORTAL.name:
+            factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
+        else:
+            entry = next(s for s in SERVICES if s.name == name)
+            factory, env = entry.app_factory, self.env_for(entry)
         command = [
-            sys.executable, "-m", "uvicorn", "--factory", entry.app_factory,
+            sys.executable, "-m", "uvicorn", "--factory", factory,
             "--host", self.config.host, "--port", str(self.config.ports[name]),
             "--no-access-log", "--timeout-graceful-shutdown", "10",
         ]  # fmt: skip
         self.processes[name] = subprocess.Popen(
             command,
-            env=self.env_for(entry),
+            env=env,
             stdout=self._log(name),
             stderr=subprocess.STDOUT,
             start_new_session=True,

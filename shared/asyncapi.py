@@ -82,7 +82,11 @@ def build_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
             }
             operations[f"partner_receive_{key}"] = {
                 "action": "receive",
-                "title": f"a granted partner receives {spec.event_type}",
+                "title": (
+                    f"the partner it names (data.partner_id), if granted, receives {spec.event_type}"
+                    if spec.addressed
+                    else f"a granted partner receives {spec.event_type}"
+                ),
                 "channel": {"$ref": f"#/channels/partner_{key}"},
             }
     channels["dead_letters"] = {

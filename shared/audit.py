@@ -16,7 +16,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal, Role
@@ -66,10 +66,13 @@ class AuditLog:
         purpose: str,
         resident_id: uuid.UUID | None = None,
         authority: Authority | None = None,
+        even_by_the_resident: bool = False,
     ) -> None:
-        """Write an entry in the caller's transaction, unless the resident is looking at their own data. With an
-        ``authority`` the caller acted on the resident's behalf under it."""
-        if resident_id is not None and principal.role is Role.RESIDENT and principal.resident_id == resident_id:
+        """Write an entry in the caller's transaction, unless the resident is looking at their own data (or
+        ``even_by_the_resident``: a copy of all their data leaving, which they should see in their log whoever
+        asked). With an ``authority`` the caller acted on the resident's behalf under it."""
+        own = resident_id is not None and principal.role is Role.RESIDENT and principal.resident_id == resident_id
+        if own and not even_by_the_resident:
             return
         entry = insert(self.table).values(
             at=dt.datetime.now(dt.UTC),
@@ -101,3 +104,14 @@ class AuditLog:
             query = query.where(self.table.c.id < before_id)
         rows = (await session.execute(query.order_by(self.table.c.id.desc()).limit(limit))).mappings().all()
         return [AuditEntry(**dict(row)) for row in rows]
+
+    async def purge_of_residents(
+        self, session: AsyncSession, resident_ids: list[uuid.UUID], *, before: dt.datetime
+    ) -> int:
+        """Destroy the entries about these (erased) residents written before ``before``: their period ended."""
+        if not resident_ids:
+            return 0
+        result = await session.execute(
+            delete(self.table).where(self.table.c.resident_id.in_(resident_ids), self.table.c.at < before)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -94,6 +96,17 @@ class TokenIssuer:
         self._key = serialization.load_pem_private_key(private_key_pem, password=None)
         self.issuer = issuer
         self.audience = audience
+        # The key's JWK thumbprint (RFC 7638), named in each token's header so that a JWKS holding several keys
+        # (the embedded OIDC provider's, during a key change) tells which one verifies it.
+        self.key_id = jwt.utils.base64url_encode(
+            hashlib.sha256(
+                json.dumps(
+                    {k: v for k, v in self.public_jwk().items() if k in ("crv", "kty", "x")},
+                    separators=(",", ":"),
+                    sort_keys=True,
+                ).encode()
+            ).digest()
+        ).decode()
 
     @classmethod
     def from_directory(cls, directory: Path, **kwargs: Any) -> TokenIssuer:
@@ -142,7 +155,17 @@ class TokenIssuer:
             claims["service"] = service
         if name:
             claims["name"] = name
-        return jwt.encode(claims, self._key, algorithm="EdDSA")  # type: ignore[arg-type]
+        return self.sign(claims)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Any claims signed with the issuer's key (the embedded OIDC provider's ID tokens)."""
+        return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.key_id})  # type: ignore[arg-type]
+
+    def public_jwk(self) -> dict[str, Any]:
+        """The public key as a JWK (the embedded OIDC provider's JWKS)."""
+        assert isinstance(self._key, Ed25519PrivateKey), "the embedded issuer signs with Ed25519"
+        jwk: dict[str, Any] = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(self._key.public_key()))
+        return {**jwk, "use": "sig", "alg": "EdDSA"}
 
 
 def _default_subject(

@@ -46,6 +46,13 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A write unit of work whatever the method: for a GET whose answer shows what it records (a resident's data
+    export lists its own read in the access log it returns), so the entry is written in the read's transaction."""
+    async with get_runtime(request).db.session() as session:
+        yield session
+
+
 async def get_outbox(request: Request) -> Outbox:
     return get_runtime(request).outbox
 
@@ -68,6 +75,7 @@ def context_dependency(kind: type[C]) -> Callable[[Request], Awaitable[C]]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session, scope="function")]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

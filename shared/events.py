@@ -87,6 +87,9 @@ class Vulnerability(StrEnum):
     ELDERLY_ALONE = "elderly_alone"
     LOW_INCOME = "low_income"
     CHILD_HEAD_OF_HOUSEHOLD = "child_head_of_household"
+    # A crisis a caseworker or a department flagged (a loss of income, an eviction, a death, a disaster): the
+    # resident is reached in person when an offer goes unanswered.
+    CRISIS = "crisis"
 
 
 class Channel(StrEnum):
@@ -114,6 +117,21 @@ class CriterionStatus(StrEnum):
 class Decision(StrEnum):
     APPROVED = "approved"
     DENIED = "denied"
+
+
+class ServiceType(StrEnum):
+    """What a partner's offering provides (the capacity the platform brokers beside the public offices')."""
+
+    CHILDCARE = "childcare"
+    ELDER_CARE = "elder_care"
+    DISABILITY_SUPPORT = "disability_support"
+    FOOD_SUPPORT = "food_support"
+    HOUSING_SUPPORT = "housing_support"
+    COUNSELLING = "counselling"
+    EMPLOYMENT_SUPPORT = "employment_support"
+    LEGAL_AID = "legal_aid"
+    HEALTH_CARE = "health_care"
+    FINANCIAL_COUNSELLING = "financial_counselling"
 
 
 class Localized(BaseModel):
@@ -157,6 +175,9 @@ class ApplicationSubmitted(EventData):
     submitted_at: dt.datetime
     filed_by: str | None = None
     resident: ResidentContext
+    # An application filed by accepting an offer judges the offered programs only (empty: the life event's).
+    program_codes: list[str] = []
+    opportunity_id: uuid.UUID | None = None
 
 
 # Where a partner the resident consented to may serve them (an NGO routes the family to its local branch, in their
@@ -255,11 +276,74 @@ class RepresentationChanged(EventData):
     representation_id: uuid.UUID
     resident_id: uuid.UUID
     representative_id: uuid.UUID
-    scopes: list[Literal["apply", "answer", "withdraw", "consent", "read_messages"]]
+    scopes: list[Literal["apply", "answer", "withdraw", "consent", "read_messages", "data_rights"]]
     expires_on: dt.date = Field(description="The last day the representative may act, in the city's time zone")
     revoked_at: dt.datetime | None = None
     version: int = Field(ge=1, description="Increases with every change of this representation; keep the highest.")
     changed_at: dt.datetime
+
+
+# ------------------------------------------------------------------------------------------------ erasure
+
+
+class DecisionFile(BaseModel):
+    """An application on which a department decided (a case approved or denied): the records each service holds of
+    it are kept, pseudonymous, for as long as the law keeps a decision's file, counted from the last decision."""
+
+    application_id: uuid.UUID
+    decided_on: dt.date = Field(description="The day of the application's last decision, in the city's time zone")
+
+
+class ResidentErasureRequested(EventData):
+    """A resident (or someone acting for them) asked that their data be erased (개인정보 보호법 제36조). Every
+    service erases what it may at once, keeps what the law makes it keep (the decision files named here, among
+    others), pseudonymous, until its period ends, and answers with ``resident.erased``. Nothing more about the
+    resident reaches a partner."""
+
+    event_type: ClassVar[str] = "resident.erasure_requested"
+    erasure_id: uuid.UUID
+    resident_id: uuid.UUID
+    decision_files: list[DecisionFile] = []
+    requested_at: dt.datetime
+
+
+class KeptRecords(BaseModel):
+    """Records a service keeps after an erasure, and why: how many, the law that makes it keep them, and the day
+    they are destroyed."""
+
+    record_type: str
+    count: int = Field(ge=0)
+    reason: Localized
+    legal_basis: str
+    destroy_on: dt.date
+
+
+class ResidentErased(EventData):
+    """One service's answer to ``resident.erasure_requested``: what it erased (a count per record type) and what it
+    keeps, with the reason and the day it will be destroyed."""
+
+    event_type: ClassVar[str] = "resident.erased"
+    erasure_id: uuid.UUID
+    resident_id: uuid.UUID
+    service: str
+    erased: dict[str, int]
+    kept: list[KeptRecords]
+    erased_at: dt.datetime
+
+
+class ServiceKeptRecords(KeptRecords):
+    service: str
+
+
+class ResidentErasureCompleted(EventData):
+    """Every service answered the erasure request: the resident is told what was erased and what is kept, until
+    when (개인정보 보호법 제36조 제2항·제6항 — 확인 필요)."""
+
+    event_type: ClassVar[str] = "resident.erasure_completed"
+    erasure_id: uuid.UUID
+    resident_id: uuid.UUID
+    kept: list[ServiceKeptRecords]
+    completed_at: dt.datetime
 
 
 # ============================================================================================ department facts
@@ -381,6 +465,115 @@ class EligibilityOpportunity(EventData):
     amount: int | None = None
     amount_period: Literal["once", "monthly", "yearly", "total"] | None = None
     found_at: dt.datetime
+
+
+class ScreeningQuestionAsked(EventData):
+    """A near miss: one fact the platform does not know could make a resident (who consented to proactive screening)
+    eligible for a program, so they are asked that one question — which fact, and why — instead of sent an offer."""
+
+    event_type: ClassVar[str] = "screening.question_asked"
+    question_id: uuid.UUID
+    screening_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    fact: MissingFact
+    # The values a fact with a closed list takes (crisis_type, tenure ...), so the question can offer them.
+    choices: list[str] | None = None
+    why: Localized
+    asked_at: dt.datetime
+
+
+# ================================================================================================ offers (intake)
+
+
+class OfferDeclineReason(StrEnum):
+    """Why a resident declined an offer (the open data counts them; free text stays in intake)."""
+
+    NOT_INTERESTED = "not_interested"
+    ALREADY_RECEIVING = "already_receiving"
+    CIRCUMSTANCES_CHANGED = "circumstances_changed"
+    WILL_APPLY_LATER = "will_apply_later"
+    PREFERS_IN_PERSON = "prefers_in_person"
+    PRIVACY = "privacy"
+    OTHER = "other"
+
+
+class ActedAs(StrEnum):
+    """Who answered an offer or a question: the resident, a representative they named, or counter staff under the
+    authority the resident gave."""
+
+    RESIDENT = "resident"
+    REPRESENTATIVE = "representative"
+    COUNTER = "counter"
+
+
+class ScreeningQuestionAnswered(EventData):
+    """The resident (or who acts for them) answered a screening question: eligibility keeps the answer as a declared
+    fact of the resident and screens them again."""
+
+    event_type: ClassVar[str] = "screening.question_answered"
+    question_id: uuid.UUID
+    resident_id: uuid.UUID
+    fact: str
+    value: Any
+    acted_as: ActedAs
+    answered_at: dt.datetime
+
+
+class OpportunityOffered(EventData):
+    """Intake put an offer before a resident (screening found them eligible, and they consent to being told): it
+    expires on ``expires_on`` unless accepted or declined. The resident context tells routing where an outreach visit
+    would go and whether the resident is one to visit."""
+
+    event_type: ClassVar[str] = "opportunity.offered"
+    opportunity_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    amount: int | None = None
+    amount_period: Literal["once", "monthly", "yearly", "total"] | None = None
+    offered_at: dt.datetime
+    expires_on: dt.date = Field(description="The last day the offer may be accepted, in the city's time zone")
+    resident: ResidentContext
+
+
+class OpportunityAccepted(EventData):
+    """The resident accepted an offer with one confirmation: an application for that program was filed."""
+
+    event_type: ClassVar[str] = "opportunity.accepted"
+    opportunity_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    application_id: uuid.UUID
+    acted_as: ActedAs
+    accepted_at: dt.datetime
+
+
+class OpportunityDeclined(EventData):
+    event_type: ClassVar[str] = "opportunity.declined"
+    opportunity_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    reason: OfferDeclineReason
+    acted_as: ActedAs
+    declined_at: dt.datetime
+
+
+class OpportunityExpired(EventData):
+    """An offer ended unanswered: its time ran out, or the resident withdrew their proactive-screening consent."""
+
+    event_type: ClassVar[str] = "opportunity.expired"
+    opportunity_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    department: Department
+    reason: Literal["deadline", "consent_withdrawn"]
+    expired_at: dt.datetime
 
 
 # ================================================================================================ routing
@@ -507,6 +700,143 @@ class CaseClosedPartnerView(BaseModel):
     closed_at: dt.datetime
 
 
+class OutreachVisitOutcome(StrEnum):
+    """What an outreach visit came to (routing's ``GET /v1/outreach-outcomes`` labels them)."""
+
+    APPLIED_WITH_HELP = "applied_with_help"
+    WILL_APPLY = "will_apply"
+    DECLINED = "declined"
+    REFERRED = "referred_to_other_support"
+    NOT_AT_HOME = "not_at_home"
+    UNREACHABLE = "unreachable"
+    MOVED = "moved_or_unknown_address"
+
+
+class OutreachEventBase(EventData):
+    case_id: uuid.UUID
+    opportunity_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    office_code: str
+
+
+class OutreachOpened(OutreachEventBase):
+    """A vulnerable resident left an offer unanswered for the set number of working days: an outreach case (kind
+    ``outreach``) is in their district office's queue, due by ``due_date``."""
+
+    event_type: ClassVar[str] = "outreach.opened"
+    department: Department
+    due_date: dt.date
+    vulnerability: list[Vulnerability]
+    opened_at: dt.datetime
+
+
+class OutreachVisited(OutreachEventBase):
+    """A caseworker recorded an outreach visit and what it came to; ``final`` visits close the case."""
+
+    event_type: ClassVar[str] = "outreach.visited"
+    outcome: OutreachVisitOutcome
+    final: bool
+    visited_on: dt.date
+    recorded_by: str
+    recorded_at: dt.datetime
+
+
+class OutreachClosed(OutreachEventBase):
+    """An outreach case ended without a visit: the resident answered the offer, or withdrew their consent."""
+
+    event_type: ClassVar[str] = "outreach.closed"
+    reason: Literal["resident_responded", "consent_withdrawn"]
+    closed_at: dt.datetime
+
+
+# ------------------------------------------------------------------------------------------------ referrals
+
+
+class ReferralEventBase(EventData):
+    """A referral of a resident (with their consent) by a caseworker to a partner's offering. Addressed to one
+    partner: notify hands its partner view to that partner only (``partner_id``)."""
+
+    referral_id: uuid.UUID
+    partner_id: str
+    offering_id: uuid.UUID
+    offering_code: str
+    offering_name: Localized
+    service_type: ServiceType
+    case_id: uuid.UUID
+    application_id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    office_code: str
+
+
+class ReferralCreated(ReferralEventBase):
+    """A caseworker referred a resident to a partner's offering with room; a place is held for them."""
+
+    event_type: ClassVar[str] = "referral.created"
+    district_code: str
+    language: Language
+    referred_by: str
+    created_at: dt.datetime
+
+
+class ReferralAccepted(ReferralEventBase):
+    """The partner accepted the referral: it will serve the resident."""
+
+    event_type: ClassVar[str] = "referral.accepted"
+    accepted_at: dt.datetime
+
+
+DeclineReason = Literal["no_capacity", "not_eligible", "out_of_area", "language", "other"]
+
+
+class ReferralDeclined(ReferralEventBase):
+    """The partner declined the referral; the place it held is free again."""
+
+    event_type: ClassVar[str] = "referral.declined"
+    reason: DeclineReason
+    declined_at: dt.datetime
+
+
+ReferralOutcome = Literal["served", "not_served", "resident_declined"]
+
+
+class ReferralCompleted(ReferralEventBase):
+    """The partner reported the outcome of an accepted referral; the place it held is free again."""
+
+    event_type: ClassVar[str] = "referral.completed"
+    outcome: ReferralOutcome
+    completed_at: dt.datetime
+
+
+class ReferralPartnerView(BaseModel):
+    """What the partner sees of a referral: its own offering and the pseudonymous resident id, nothing else about
+    the resident (no district, language, case, program or office)."""
+
+    referral_id: uuid.UUID
+    offering_code: str
+    service_type: ServiceType
+    resident_id: uuid.UUID
+
+
+class ReferralCreatedPartnerView(ReferralPartnerView):
+    created_at: dt.datetime
+
+
+class ReferralAcceptedPartnerView(ReferralPartnerView):
+    accepted_at: dt.datetime
+
+
+class ReferralDeclinedPartnerView(ReferralPartnerView):
+    reason: DeclineReason
+    declined_at: dt.datetime
+
+
+class ReferralCompletedPartnerView(ReferralPartnerView):
+    outcome: ReferralOutcome
+    completed_at: dt.datetime
+
+
 # ================================================================================================ notify
 
 
@@ -588,6 +918,8 @@ class EventSpec:
     description: str
     partner_view: type[BaseModel] | None = None
     version: int = 1
+    # The event is for one partner only, the one its data's ``partner_id`` names (a referral to that partner).
+    addressed: bool = False
 
     @property
     def cloudevents_type(self) -> str:
@@ -608,9 +940,11 @@ class EventSpec:
         return self.partner_view is not None and "resident_id" in self.partner_view.model_fields
 
 
-def _spec(model: type[EventData], producer: str, partner_view: type[BaseModel] | None = None) -> EventSpec:
+def _spec(
+    model: type[EventData], producer: str, partner_view: type[BaseModel] | None = None, *, addressed: bool = False
+) -> EventSpec:
     doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-    return EventSpec(model.event_type, model, producer, doc or model.event_type, partner_view)
+    return EventSpec(model.event_type, model, producer, doc or model.event_type, partner_view, addressed=addressed)
 
 
 CATALOGUE: dict[str, EventSpec] = {
@@ -623,9 +957,18 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(ResidentUpdated, "intake"),
         _spec(ConsentChanged, "intake"),
         _spec(RepresentationChanged, "intake"),
+        _spec(ResidentErasureRequested, "intake"),
+        _spec(ResidentErased, "eligibility, routing, notify"),
+        _spec(ResidentErasureCompleted, "intake"),
         _spec(FactsReported, "department sources"),
         _spec(EligibilityDetermined, "eligibility", EligibilityDeterminedPartnerView),
         _spec(EligibilityOpportunity, "eligibility"),
+        _spec(ScreeningQuestionAsked, "eligibility"),
+        _spec(ScreeningQuestionAnswered, "intake"),
+        _spec(OpportunityOffered, "intake"),
+        _spec(OpportunityAccepted, "intake"),
+        _spec(OpportunityDeclined, "intake"),
+        _spec(OpportunityExpired, "intake"),
         _spec(CaseRouted, "routing", CaseRoutedPartnerView),
         _spec(CaseAssigned, "routing"),
         _spec(CaseInfoRequested, "routing"),
@@ -635,6 +978,13 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(CaseSlaBreached, "routing"),
         _spec(CaseResumed, "routing"),
         _spec(CaseClosed, "routing", CaseClosedPartnerView),
+        _spec(OutreachOpened, "routing"),
+        _spec(OutreachVisited, "routing"),
+        _spec(OutreachClosed, "routing"),
+        _spec(ReferralCreated, "routing", ReferralCreatedPartnerView, addressed=True),
+        _spec(ReferralAccepted, "routing", ReferralAcceptedPartnerView, addressed=True),
+        _spec(ReferralDeclined, "routing", ReferralDeclinedPartnerView, addressed=True),
+        _spec(ReferralCompleted, "routing", ReferralCompletedPartnerView, addressed=True),
         _spec(NotificationSent, "notify"),
         _spec(NotificationFailed, "notify"),
         _spec(DeterminationsCounted, "notify", DeterminationsCountedPartnerView),
@@ -706,6 +1056,14 @@ def partner_purpose(partner_id: str, event_type: str | None = None) -> str:
     """The consent purpose letting a partner receive the events about a resident: every granted type
     (``partner:<id>``) or one (``partner:<id>:<event type>``). See :class:`ConsentChanged`."""
     return f"partner:{partner_id}" if event_type is None else f"partner:{partner_id}:{event_type}"
+
+
+def addressee(event: CloudEvent) -> str | None:
+    """The one partner an addressed event is for (``None`` for an event any granted partner may receive)."""
+    spec = spec_for(event.type)
+    if not spec.addressed:
+        return None
+    return str(event.data["partner_id"])
 
 
 def subject_for(prefix: str, event_type: str) -> str:

@@ -1,5 +1,8 @@
 """Periodic purges of the platform tables: inbox ids past any possible redelivery, and idempotency keys (whose
-stored answers may hold personal data) past any client retry. The outbox relay purges its own sent rows."""
+stored answers may hold personal data) past any client retry. The outbox relay purges its own sent rows.
+
+A service adds its own purges (:meth:`Housekeeping.register`): records kept after a resident's erasure are
+destroyed on the pass after their period ended (개인정보 보호법 제21조)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import delete
 
@@ -14,6 +18,9 @@ from shared.db import Database
 from shared.tables import PlatformTables
 
 log = logging.getLogger(__name__)
+
+# A service's own purge: destroys what is due at ``now`` and says how many rows of what.
+Purge = Callable[[dt.datetime], Awaitable[dict[str, int]]]
 
 
 class Housekeeping:
@@ -31,7 +38,12 @@ class Housekeeping:
         self.inbox_retention = inbox_retention
         self.idempotency_retention = idempotency_retention
         self.interval = interval
+        self._purges: dict[str, Purge] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def register(self, name: str, purge: Purge) -> None:
+        """Run ``purge`` on every pass too (each in its own transaction; one failing does not stop the others)."""
+        self._purges[name] = purge
 
     async def purge(self, now: dt.datetime | None = None) -> dict[str, int]:
         now = now or dt.datetime.now(dt.UTC)
@@ -41,7 +53,14 @@ class Housekeeping:
             purged_keys = await session.execute(
                 delete(keys).where(keys.c.created_at < now - self.idempotency_retention)
             )
-        return {"inbox": purged_inbox.rowcount or 0, "idempotency_keys": purged_keys.rowcount or 0}  # type: ignore[attr-defined]
+        purged = {"inbox": purged_inbox.rowcount or 0, "idempotency_keys": purged_keys.rowcount or 0}  # type: ignore[attr-defined]
+        for name, purge in self._purges.items():
+            try:
+                for what, count in (await purge(now)).items():
+                    purged[f"{name}.{what}"] = count
+            except Exception:
+                log.exception("a purge failed; trying again on the next pass", extra={"purge": name})
+        return purged
 
     async def _run(self) -> None:
         while True:

@@ -6,17 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from services.eligibility import catalogue_views, determinations, reports, screener, screening
+from services.eligibility import catalogue_views, determinations, reports, resident_data, screener, screening_runs
 from services.eligibility.catalogue_admin import put_program_version
 from services.eligibility.context import ContextDep
 from services.eligibility.determinations import Eligibility
-from services.eligibility.repository import ReadRepositoryDep, RepositoryDep
+from services.eligibility.repository import ReadRepositoryDep, RepositoryDep, WriteRepositoryDep
 from services.eligibility.schemas import (
     ApplicationDeterminations,
     EvaluateRequest,
@@ -29,11 +29,13 @@ from services.eligibility.schemas import (
     ProgramSummary,
     ScreeningIn,
     ScreeningOut,
+    ScreeningPage,
 )
 from services.eligibility.specs import CODE_PATTERN, LifeEvent, ProgramVersionPut
 from shared.auth import Principal, Role, require_roles
 from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import Department
+from shared.personal_data import ResidentDataPart
 from shared.problems import Forbidden, problem_responses
 
 router = APIRouter(prefix="/v1", tags=["eligibility"])
@@ -190,27 +192,58 @@ async def report_facts(
     summary="Proactive screening of every resident who consented to it",
     description=(
         "Finds programs each resident who consented to `proactive_screening` is eligible for and never applied to, "
-        "and emits `eligibility.opportunity` for each (once per resident and program)."
+        "and emits `eligibility.opportunity` for each (once per resident and program). Answered when done (201), or "
+        "with `background: true` queued for the scheduler and answered at once (202): follow its progress at "
+        "`GET /v1/screenings/{id}`. Screening also runs by itself (see `GET /v1/screenings`)."
     ),
-    # 409: the same Idempotency-Key in a request still being handled.
-    responses=problem_responses(403, 409, 422),
+    responses={202: {"description": "Queued to run in the background"}, **problem_responses(403, 409, 422)},
 )
 async def start_screening(
     body: ScreeningIn,
     repo: RepositoryDep,
     service: ServiceDep,
+    ctx: ContextDep,
     principal: ScreeningStaff,
     idempotent: IdempotentDep,
+    tasks: BackgroundTasks,
 ) -> JSONResponse:
+    if body.background:
+        tasks.add_task(ctx.scheduler.wake)  # after the commit: the scheduler finds the run at once
     return await idempotent.create(
         body,
-        lambda: screening.start_screening(repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC)),
+        lambda: screening_runs.start(repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC)),
+        status_code=202 if body.background else 201,
     )
+
+
+@router.get(
+    "/screenings",
+    summary="Every screening, newest first: what started it, how far it got, what it found",
+    description=(
+        "Screenings an administrator called, and those that ran by themselves: `full` when the rules changed, "
+        "`daily` for residents whose dates crossed a boundary, `incremental` for residents whose facts, consents "
+        "or answers changed. A running one shows its progress (`residents_screened` of `residents_total`)."
+    ),
+    responses=problem_responses(403, 422),
+)
+async def list_screenings(
+    repo: RepositoryDep,
+    principal: ScreeningStaff,
+    kind: Annotated[
+        Literal["manual", "requested", "full", "daily", "incremental"] | None, Query(description="Only this kind")
+    ] = None,
+    status: Annotated[
+        Literal["queued", "running", "completed", "failed", "interrupted"] | None, Query(description="Only this status")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> ScreeningPage:
+    return await screening_runs.list_screenings(repo, kind=kind, status=status, cursor=cursor, limit=limit)
 
 
 @router.get("/screenings/{screening_id}", summary="A screening's counts", responses=problem_responses(403, 404))
 async def get_screening(screening_id: uuid.UUID, repo: RepositoryDep, principal: ScreeningStaff) -> ScreeningOut:
-    return await screening.screening_report(repo, screening_id)
+    return await screening_runs.report(repo, screening_id)
 
 
 # ---------------------------------------------------------------------------------------------- determinations
@@ -234,3 +267,22 @@ async def application_determinations(
     round_: Annotated[int | None, Query(alias="round", ge=1, le=100_000)] = None,
 ) -> ApplicationDeterminations:
     return await determinations.application_determinations(repo, principal, application_id, round_)
+
+
+# ---------------------------------------------------------------------------------------------- a resident's data
+
+
+@router.get(
+    "/residents/{resident_id}/data",
+    summary="Everything eligibility holds about a resident: their part of the resident's export (the resident, or "
+    "intake gathering it)",
+    responses=problem_responses(404),
+    tags=["rights"],
+)
+async def resident_data_part(
+    resident_id: uuid.UUID,
+    principal: PrincipalDep,
+    repo: WriteRepositoryDep,
+    export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
+) -> ResidentDataPart:
+    return await resident_data.part(repo, principal, resident_id, export_id)

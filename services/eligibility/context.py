@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends
 
 from services.eligibility.determinations import Eligibility
+from services.eligibility.scheduler import ScreeningScheduler
 from services.eligibility.settings import EligibilitySettings
 from shared.deps import context_dependency
 
@@ -18,6 +19,8 @@ from shared.deps import context_dependency
 class EligibilityContext:
     settings: EligibilitySettings
     eligibility: Eligibility
+    # Screening that runs by itself: the scheduler's loop (when on), and a pass on demand (``tick``).
+    scheduler: ScreeningScheduler
 
 
 ContextDep = Annotated[EligibilityContext, Depends(context_dependency(EligibilityContext))]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
+from services.eligibility import triggers
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import FactLayers, FactValueError
 from services.eligibility.models import (
@@ -104,6 +105,7 @@ class Eligibility:
                     continue
                 app = _ahead(app, submitted.application_id, submitted.resident_id, submitted.life_event)
                 app.application_date = submitted.application_date
+                app.programs = list(submitted.program_codes) or None
                 merge_answers(app, submitted.answers, submitted.submitted_at)
             elif event.event_type == ApplicationInfoProvided.event_type:
                 provided = ApplicationInfoProvided.model_validate(event.data)
@@ -119,9 +121,9 @@ class Eligibility:
                 continue
             catalogue = await self.store.get(repo)
             layers = await repo.layers_for(app.resident_id, app.declared)
-            key = _inputs(catalogue, app.application_date, app.life_event, layers, now)
+            key = _inputs(catalogue, app, layers, now)
             if key not in self._prepared:
-                self._prepared[key] = _run_rules(catalogue, app.application_date, app.life_event, layers, now)
+                self._prepared[key] = _run_rules(catalogue, app, layers, now)
                 if len(self._prepared) > PREPARED_KEPT:
                     self._prepared.popitem(last=False)
             await asyncio.sleep(0)  # one evaluation at a time: requests get the loop in between
@@ -151,6 +153,7 @@ class Eligibility:
         app.application_date = data.application_date
         app.channel = data.channel.value
         app.resident_context = data.resident.model_dump(mode="json")
+        app.programs = list(data.program_codes) or None
         app.submitted_at = data.submitted_at
         app.updated_at = now
         await repo.session.flush()
@@ -210,6 +213,8 @@ class Eligibility:
         row.preferred_language = data.preferred_language.value
         row.registry_updated_at = data.updated_at
         await repo.session.flush()
+        if row.proactive_screening:
+            await triggers.queue(repo, data.resident_id, "registry_updated", now)
         for app in await repo.open_applications(data.resident_id):
             context = dict(app.resident_context or {})
             context.update(
@@ -225,11 +230,14 @@ class Eligibility:
         row = await repo.resident_or_new(data.resident_id)
         if row.consent_version is not None and data.version <= row.consent_version:
             return
+        reasons = triggers.consent_reasons(row.consents, data.consents)
         row.consent_version = data.version
         row.consents = dict(data.consents)
         row.consent_changed_at = data.changed_at
         row.proactive_screening = bool(data.consents.get("proactive_screening", False))
         await repo.session.flush()
+        for reason in reasons:
+            await triggers.queue(repo, data.resident_id, reason, now)
         await self.reevaluate_resident(repo, data.resident_id, "consent_changed", now)
 
     async def on_facts_reported(self, repo: Repository, data: FactsReported, now: dt.datetime) -> None:
@@ -271,6 +279,9 @@ class Eligibility:
         catalogue = await self.store.get(repo)
         if await repo.report_seen(report_id):
             return ReportResult(report_id, 0)
+        if await repo.erased(resident_id):
+            # The resident's data was erased here: a department's report about them is not stored again.
+            return ReportResult(report_id, 0)
         problems = check_report(catalogue, department, facts, now)
         if problems and strict:
             return ReportResult(report_id, 0, problems)
@@ -296,6 +307,9 @@ class Eligibility:
         if not accepted:
             return ReportResult(report_id, 0, problems)
         await repo.session.flush()
+        resident = await repo.resident(resident_id)
+        if resident is not None and resident.proactive_screening:
+            await triggers.queue(repo, resident_id, "facts_reported", now)
         reevaluated, new_rounds = await self.reevaluate_resident(repo, resident_id, "facts_reported", now)
         return ReportResult(report_id, accepted, problems, reevaluated, new_rounds)
 
@@ -320,9 +334,9 @@ class Eligibility:
         catalogue = await self.store.get(repo)
         assert app.application_date is not None
         layers = await repo.layers_for(app.resident_id, app.declared)
-        evaluated = self._prepared.pop(_inputs(catalogue, app.application_date, app.life_event, layers, now), None)
+        evaluated = self._prepared.pop(_inputs(catalogue, app, layers, now), None)
         if evaluated is None:
-            evaluated = _run_rules(catalogue, app.application_date, app.life_event, layers, now)
+            evaluated = _run_rules(catalogue, app, layers, now)
         determinations, rejected = evaluated
         if rejected:
             log.info(
@@ -434,18 +448,25 @@ async def application_determinations(
     )
 
 
-def _run_rules(
-    catalogue: Catalogue, day: dt.date, life_event: str | None, layers: FactLayers, now: dt.datetime
-) -> Evaluated:
+def _run_rules(catalogue: Catalogue, app: ApplicationRow, layers: FactLayers, now: dt.datetime) -> Evaluated:
     """The determinations of an application's programs, and the declared answers that were ignored."""
-    env = catalogue.environment(day, layers, now)
-    results = catalogue.evaluate(env, catalogue.programs_for(life_event, env))
+    assert app.application_date is not None
+    env = catalogue.environment(app.application_date, layers, now)
+    if app.programs:  # an accepted offer: the offered programs, where still in force
+        codes = [
+            c
+            for c in app.programs
+            if c in catalogue.programs and catalogue.programs[c].version_on(env.application_date)
+        ]
+    else:
+        codes = catalogue.programs_for(app.life_event, env)
+    results = catalogue.evaluate(env, codes)
     return [r.determination(catalogue.facts) for r in results], dict(env.rejected)
 
 
-def _inputs(catalogue: Catalogue, day: dt.date, life_event: str | None, layers: FactLayers, now: dt.datetime) -> bytes:
-    """Everything an evaluation depends on, as a digest: the catalogue's revision, the day, the life event and what
-    is known of the resident (the department reports that hold ``now``)."""
+def _inputs(catalogue: Catalogue, app: ApplicationRow, layers: FactLayers, now: dt.datetime) -> bytes:
+    """Everything an evaluation depends on, as a digest: the catalogue's revision, the day, the life event or the
+    offered programs, and what is known of the resident (the department reports that hold ``now``)."""
 
     def dump(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
@@ -455,7 +476,15 @@ def _inputs(catalogue: Catalogue, day: dt.date, life_event: str | None, layers: 
         for r in layers.reported
         if r.valid_at(now)
     )
-    inputs = [catalogue.revision, day, life_event, layers.declared, layers.registry, layers.consents]
+    inputs = [
+        catalogue.revision,
+        app.application_date,
+        app.life_event,
+        app.programs,
+        layers.declared,
+        layers.registry,
+        layers.consents,
+    ]
     return hashlib.blake2b(dump(inputs) + b"".join(reported), digest_size=20).digest()
 
 
@@ -474,6 +503,7 @@ def _ahead(
     copy.life_event = life_event
     copy.application_date = app.application_date if app is not None else None
     copy.withdrawn_at = app.withdrawn_at if app is not None else None
+    copy.programs = list(app.programs) if app is not None and app.programs else None
     return copy
 
 

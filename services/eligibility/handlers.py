@@ -1,18 +1,21 @@
-"""What eligibility consumes: applications (submitted, answers, withdrawals), the registry, consents and department
-facts — one ordered subscription, so an application's events are handled in the order intake published them; and,
-apart, where routing put each case (for scoping staff reads)."""
+"""What eligibility consumes: applications (submitted, answers, withdrawals), the registry, consents, department
+facts and a resident's erasure — one ordered subscription, so an application's events are handled in the order intake
+published them; and, apart, where routing put each case (for scoping staff reads). Nothing about a resident whose data
+was erased is stored again."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.eligibility import case_offices
+from services.eligibility import case_offices, near_misses, resident_data
 from services.eligibility.context import EligibilityContext
 from services.eligibility.repository import Repository
+from shared.clock import Clock
 from shared.consumer import Apply, Subscription, on
 from shared.events import (
     ApplicationInfoProvided,
@@ -24,10 +27,14 @@ from shared.events import (
     ConsentChanged,
     EventData,
     FactsReported,
+    ResidentErasureRequested,
     ResidentUpdated,
+    ScreeningQuestionAnswered,
 )
 
 E = TypeVar("E", bound=EventData)
+
+log = logging.getLogger(__name__)
 
 
 def _now(apply: Callable[[Repository, E, dt.datetime], Awaitable[None]]) -> Apply[E]:
@@ -39,11 +46,27 @@ def _now(apply: Callable[[Repository, E, dt.datetime], Awaitable[None]]) -> Appl
     return handler
 
 
+def _unless_erased(apply: Apply[E]) -> Apply[E]:
+    """Nothing about a resident whose data was erased here is stored again (an event that arrives late)."""
+
+    async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
+        if await Repository(session).erased(getattr(data, "resident_id")):  # noqa: B009 (every one of these has it)
+            log.info("an event about an erased resident is not stored", extra={"event_type": event.event_type})
+            return
+        await apply(session, event, data)
+
+    return handler
+
+
 def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
     service = ctx.eligibility
+    clock = Clock.from_settings(ctx.settings)
 
     async def evaluate_ahead(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
         await service.prepare(Repository(session), events, dt.datetime.now(dt.UTC))
+
+    async def erasure_requested(session: AsyncSession, event: CloudEvent, data: ResidentErasureRequested) -> None:
+        await resident_data.on_erasure_requested(Repository(session), service.outbox, data, clock.today())
 
     return [
         Subscription(
@@ -51,20 +74,28 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
             # The rules run before the batch's transaction, not while it holds the database's writer lock.
             prepare=evaluate_ahead,
             handlers=[
-                on(ApplicationSubmitted, _now(service.on_submitted)),
-                on(ApplicationInfoProvided, _now(service.on_info_provided)),
-                on(ApplicationWithdrawn, _now(service.on_withdrawn)),
-                on(ResidentUpdated, _now(service.on_resident_updated)),
-                on(ConsentChanged, _now(service.on_consent_changed)),
-                on(FactsReported, _now(service.on_facts_reported)),
+                on(ApplicationSubmitted, _unless_erased(_now(service.on_submitted))),
+                on(ApplicationInfoProvided, _unless_erased(_now(service.on_info_provided))),
+                on(ApplicationWithdrawn, _unless_erased(_now(service.on_withdrawn))),
+                on(ResidentUpdated, _unless_erased(_now(service.on_resident_updated))),
+                on(ConsentChanged, _unless_erased(_now(service.on_consent_changed))),
+                on(FactsReported, _unless_erased(_now(service.on_facts_reported))),
+                on(
+                    ScreeningQuestionAnswered,
+                    _unless_erased(
+                        _now(lambda repo, data, now: near_misses.on_answered(service.store, repo, data, now))
+                    ),
+                ),
+                # In order with the applications' events: what intake emitted before the request is applied first.
+                on(ResidentErasureRequested, erasure_requested),
             ],
         ),
         # Apart from the applications' events, so that routing's traffic never holds up a determination.
         Subscription(
             name="case-offices",
             handlers=[
-                on(CaseRouted, case_offices.on_case_routed),
-                on(CaseTransferred, case_offices.on_case_transferred),
+                on(CaseRouted, _unless_erased(case_offices.on_case_routed)),
+                on(CaseTransferred, _unless_erased(case_offices.on_case_transferred)),
             ],
         ),
     ]

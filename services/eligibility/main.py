@@ -9,12 +9,15 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import eligibility as package
+from services.eligibility import resident_data
 from services.eligibility.api import router
 from services.eligibility.context import EligibilityContext
 from services.eligibility.determinations import Eligibility
 from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
+from services.eligibility.scheduler import screening_scheduler
 from services.eligibility.settings import EligibilitySettings
+from shared.clock import Clock
 from shared.runtime import Runtime, ServiceDefinition
 from shared.service import create_service_app
 
@@ -25,7 +28,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def definition(settings: EligibilitySettings) -> ServiceDefinition[EligibilityContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[EligibilityContext]:
-        yield EligibilityContext(settings, Eligibility(settings, runtime.outbox))
+        clock = Clock.from_settings(settings)
+        runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
+        service = Eligibility(settings, runtime.outbox)
+        async with screening_scheduler(runtime.db, service) as scheduler:
+            yield EligibilityContext(settings, service, scheduler)
 
     return ServiceDefinition(
         name=NAME,

@@ -163,6 +163,8 @@ class ApplicationRow(Base):
     # When each declared answer was given (ISO times), so a late redelivery never overwrites a newer answer.
     answered_at: Mapped[dict[str, Any]]
     resident_context: Mapped[dict[str, Any] | None]
+    # The programs an application filed by accepting an offer is judged for (null: its life event's).
+    programs: Mapped[list[Any] | None]
     round: Mapped[int] = mapped_column(Integer, default=0)
     submitted_at: Mapped[dt.datetime | None]
     withdrawn_at: Mapped[dt.datetime | None]
@@ -237,6 +239,14 @@ class ScreeningRow(Base):
     started_at: Mapped[dt.datetime]
     finished_at: Mapped[dt.datetime | None]
     duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # manual (an administrator's call, answered when done), requested (the same, run in the background), full (the
+    # catalogue changed), daily (dates crossed a boundary), incremental (facts changed). See screening_runs.py.
+    kind: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual", index=True)
+    trigger: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # How many residents the run set out to screen (known at its start), for its progress.
+    residents_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    questions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class OpportunityRow(Base):
@@ -252,3 +262,92 @@ class OpportunityRow(Base):
     rule_version: Mapped[int] = mapped_column(Integer)
     amount: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     found_at: Mapped[dt.datetime]
+
+
+class ScreeningQueueRow(Base):
+    """A resident to screen again at the next incremental run: their registry facts, department facts, consents or
+    answers changed. ``queued_at`` moves with every new reason, so a run only clears the mark it saw."""
+
+    __tablename__ = "screening_queue"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    reasons: Mapped[list[Any]]
+    queued_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class ScreeningReviewRow(Base):
+    """When each screened resident's dates next move a fact the proactive rules read (a birthday, a child's month,
+    a new calendar month): the daily run screens those whose day has come."""
+
+    __tablename__ = "screening_reviews"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    review_on: Mapped[dt.date] = mapped_column(Date, index=True)
+    screened_on: Mapped[dt.date] = mapped_column(Date)
+
+
+class ScreeningScheduleRow(Base):
+    """The scheduler's memory (one row): what the last full run screened against, the last day the daily run ran,
+    and which process holds the lease on running screenings now."""
+
+    __tablename__ = "screening_schedule"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    full_revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The proactive rule versions in force the last full run judged by (a version taking effect changes it).
+    full_versions: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    daily_on: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    lease_holder: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_until: Mapped[dt.datetime | None]
+
+
+class ScreeningQuestionRow(Base):
+    """A near miss: the one fact that could make a resident eligible for a program, asked once per program and
+    fact. Answered, it is kept with the answer's time; settled when screening no longer needs it."""
+
+    __tablename__ = "screening_questions"
+    __table_args__ = (
+        UniqueConstraint("resident_id", "program_code", "fact", name="uq_screening_questions_resident_program_fact"),
+    )
+
+    question_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    screening_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("screenings.screening_id"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    program_code: Mapped[str] = mapped_column(String(64))
+    fact: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # open | answered
+    asked_at: Mapped[dt.datetime]
+    answered_at: Mapped[dt.datetime | None]
+
+
+class ResidentAnswerRow(Base):
+    """A fact the resident declared outside any application (an answer to a screening question): screening reads it,
+    and so does every later application of theirs, unless the application declares the fact itself."""
+
+    __tablename__ = "resident_answers"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    answered_at: Mapped[dt.datetime]
+    question_id: Mapped[uuid.UUID | None]
+
+
+# ---------------------------------------------------------------------------------------------- erasure
+
+
+class ResidentErasureRow(Base):
+    """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
+    (retention.yaml). While it stays, an event or a department's report about the resident arriving late is not
+    stored again."""
+
+    __tablename__ = "resident_erasures"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erasure_id: Mapped[uuid.UUID]
+    requested_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime]
+    # [{"application_id", "decided_on"}] from the request: the decision files kept.
+    decision_files: Mapped[list[Any]]
+    erased: Mapped[dict[str, Any]]
+    kept: Mapped[list[Any]]

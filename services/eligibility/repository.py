@@ -11,7 +11,9 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, exists, false, func, select, true, update
+from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, true, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import ProgramData
@@ -26,13 +28,19 @@ from services.eligibility.models import (
     MedianIncomeRow,
     OpportunityRow,
     ProgramRow,
+    ResidentAnswerRow,
+    ResidentErasureRow,
     ResidentRow,
     RuleVersionRow,
+    ScreeningQuestionRow,
+    ScreeningQueueRow,
+    ScreeningReviewRow,
     ScreeningRow,
+    ScreeningScheduleRow,
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.deps import ReadSessionDep, SessionDep
+from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
@@ -153,6 +161,16 @@ class Repository:
             self.session.add(row)
         return row
 
+    async def erased(self, resident_id: uuid.UUID) -> bool:
+        """Whether the resident's data was erased here (``resident.erasure_requested``)."""
+        return await self.session.get(ResidentErasureRow, resident_id) is not None
+
+    async def erased_among(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        if not resident_ids:
+            return set()
+        query = select(ResidentErasureRow.resident_id).where(ResidentErasureRow.resident_id.in_(resident_ids))
+        return set((await self.session.scalars(query)).all())
+
     async def department_facts(self, resident_id: uuid.UUID) -> list[DepartmentFactRow]:
         query = select(DepartmentFactRow).where(DepartmentFactRow.resident_id == resident_id)
         return list((await self.session.scalars(query)).all())
@@ -164,9 +182,12 @@ class Repository:
         return bool(found)
 
     async def layers_for(self, resident_id: uuid.UUID, declared: dict[str, Any]) -> FactLayers:
+        """What is known of the resident for an application: what it declares, over what the resident answered to
+        screening questions (once told, never asked again), the registry and the department facts."""
         row = await self.resident(resident_id)
+        answers = (await self.resident_answers_of([resident_id])).get(resident_id, {})
         return FactLayers(
-            declared=declared,
+            declared={**answers, **declared},
             registry=registry_of(row),
             reported=reported_of(await self.department_facts(resident_id)),
             consents=(row.consents or {}) if row is not None else {},
@@ -228,6 +249,170 @@ class Repository:
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
         return await self.session.get(CaseOfficeRow, case_id, with_for_update=for_update)
 
+    # ------------------------------------------------------------------------------------------ proactive screening
+    # Unscoped: the scheduler and the event handlers act on behalf of no caller.
+
+    def _insert(self) -> Any:
+        return postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+    async def queue_for_screening(self, resident_id: uuid.UUID, reason: str, now: dt.datetime) -> None:
+        """Mark the resident for the next incremental screening (a new reason moves the mark's time)."""
+        row = await self.session.get(ScreeningQueueRow, resident_id, with_for_update=True)
+        if row is None:
+            await self.session.execute(
+                self._insert()(ScreeningQueueRow)
+                .values(resident_id=resident_id, reasons=[reason], queued_at=now)
+                .on_conflict_do_update(index_elements=["resident_id"], set_={"queued_at": now})
+            )
+            return
+        if reason not in row.reasons:
+            row.reasons = [*row.reasons, reason]
+        row.queued_at = max(now, row.queued_at + dt.timedelta(microseconds=1))
+
+    async def queued(self, limit: int) -> list[ScreeningQueueRow]:
+        query = select(ScreeningQueueRow).order_by(ScreeningQueueRow.queued_at, ScreeningQueueRow.resident_id)
+        return list((await self.session.scalars(query.limit(limit))).all())
+
+    async def queue_size(self) -> int:
+        return int(await self.session.scalar(select(func.count()).select_from(ScreeningQueueRow)) or 0)
+
+    async def clear_queued(self, marks: Sequence[tuple[uuid.UUID, dt.datetime]]) -> None:
+        """Remove the marks a run saw; one made again since (a later ``queued_at``) stays for the next run."""
+        if marks:
+            await self.session.execute(
+                delete(ScreeningQueueRow).where(
+                    tuple_(ScreeningQueueRow.resident_id, ScreeningQueueRow.queued_at).in_(list(marks))
+                )
+            )
+
+    async def consenting_residents(self, resident_ids: Sequence[uuid.UUID]) -> list[ResidentRow]:
+        if not resident_ids:
+            return []
+        query = select(ResidentRow).where(
+            ResidentRow.resident_id.in_(resident_ids), ResidentRow.proactive_screening.is_(True)
+        )
+        return list((await self.session.scalars(query.order_by(ResidentRow.resident_id))).all())
+
+    def _due(self, today: dt.date) -> ColumnElement[bool]:
+        reviewed = select(ScreeningReviewRow.resident_id).where(ScreeningReviewRow.review_on > today)
+        return and_(ResidentRow.proactive_screening.is_(True), ResidentRow.resident_id.not_in(reviewed))
+
+    async def due_residents(self, today: dt.date, after: uuid.UUID | None, limit: int) -> list[ResidentRow]:
+        """Consenting residents whose review day has come (or who were never screened), by id, a page at a time."""
+        query = select(ResidentRow).where(self._due(today))
+        if after is not None:
+            query = query.where(ResidentRow.resident_id > after)
+        return list((await self.session.scalars(query.order_by(ResidentRow.resident_id).limit(limit))).all())
+
+    async def count_due(self, today: dt.date) -> int:
+        return int(
+            await self.session.scalar(select(func.count()).select_from(ResidentRow).where(self._due(today))) or 0
+        )
+
+    async def count_consenting(self) -> int:
+        query = select(func.count()).select_from(ResidentRow).where(ResidentRow.proactive_screening.is_(True))
+        return int(await self.session.scalar(query) or 0)
+
+    async def record_reviews(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            insert = self._insert()(ScreeningReviewRow)
+            await self.session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["resident_id"],
+                    set_={"review_on": insert.excluded.review_on, "screened_on": insert.excluded.screened_on},
+                ),
+                list(rows),
+            )
+
+    async def resident_answers_of(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        out: dict[uuid.UUID, dict[str, Any]] = defaultdict(dict)
+        if resident_ids:
+            query = select(ResidentAnswerRow).where(ResidentAnswerRow.resident_id.in_(resident_ids))
+            for row in (await self.session.scalars(query)).all():
+                out[row.resident_id][row.name] = row.value
+        return out
+
+    async def resident_answer(self, resident_id: uuid.UUID, name: str) -> ResidentAnswerRow | None:
+        return await self.session.get(ResidentAnswerRow, (resident_id, name), with_for_update=True)
+
+    async def asked(self, resident_ids: Sequence[uuid.UUID]) -> set[tuple[uuid.UUID, str, str]]:
+        """(resident, program, fact) of every question already asked of these residents."""
+        if not resident_ids:
+            return set()
+        query = select(
+            ScreeningQuestionRow.resident_id, ScreeningQuestionRow.program_code, ScreeningQuestionRow.fact
+        ).where(ScreeningQuestionRow.resident_id.in_(resident_ids))
+        return {(r, c, f) for r, c, f in (await self.session.execute(query)).all()}
+
+    async def question(self, question_id: uuid.UUID, *, for_update: bool = False) -> ScreeningQuestionRow | None:
+        return await self.session.get(ScreeningQuestionRow, question_id, with_for_update=for_update)
+
+    async def open_questions(self, resident_id: uuid.UUID, fact: str) -> list[ScreeningQuestionRow]:
+        query = select(ScreeningQuestionRow).where(
+            ScreeningQuestionRow.resident_id == resident_id,
+            ScreeningQuestionRow.fact == fact,
+            ScreeningQuestionRow.status == "open",
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def schedule(self) -> ScreeningScheduleRow:
+        """The scheduler's row, locked (made on first use)."""
+        await self.session.execute(self._insert()(ScreeningScheduleRow).values(id=1).on_conflict_do_nothing())
+        row = await self.session.get(ScreeningScheduleRow, 1, with_for_update=True, populate_existing=True)
+        assert row is not None
+        return row
+
+    async def take_lease(self, holder: str, now: dt.datetime, until: dt.datetime) -> bool:
+        """Hold the right to run screenings until ``until`` — if no other process holds it now (one UPDATE)."""
+        await self.session.execute(self._insert()(ScreeningScheduleRow).values(id=1).on_conflict_do_nothing())
+        result = await self.session.execute(
+            update(ScreeningScheduleRow)
+            .where(
+                ScreeningScheduleRow.id == 1,
+                or_(
+                    ScreeningScheduleRow.lease_holder.is_(None),
+                    ScreeningScheduleRow.lease_holder == holder,
+                    ScreeningScheduleRow.lease_until < now,
+                ),
+            )
+            .values(lease_holder=holder, lease_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def release_lease(self, holder: str) -> None:
+        await self.session.execute(
+            update(ScreeningScheduleRow)
+            .where(ScreeningScheduleRow.id == 1, ScreeningScheduleRow.lease_holder == holder)
+            .values(lease_holder=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def requested_screening(self) -> ScreeningRow | None:
+        """The oldest screening an administrator asked to run in the background that has not started."""
+        query = select(ScreeningRow).where(ScreeningRow.status == "queued").order_by(ScreeningRow.started_at)
+        return (await self.session.scalars(query.limit(1))).first()
+
+    async def screenings_page(
+        self, kind: str | None, status: str | None, after: tuple[dt.datetime, uuid.UUID] | None, limit: int
+    ) -> list[ScreeningRow]:
+        """Newest first; ``after`` is the (started_at, id) of the previous page's last row."""
+        query = select(ScreeningRow)
+        if kind is not None:
+            query = query.where(ScreeningRow.kind == kind)
+        if status is not None:
+            query = query.where(ScreeningRow.status == status)
+        if after is not None:
+            at, last = after
+            query = query.where(
+                or_(
+                    ScreeningRow.started_at < at,
+                    and_(ScreeningRow.started_at == at, ScreeningRow.screening_id < last),
+                )
+            )
+        query = query.order_by(ScreeningRow.started_at.desc(), ScreeningRow.screening_id.desc()).limit(limit)
+        return list((await self.session.scalars(query)).all())
+
     # ------------------------------------------------------------------------------------------ screenings
 
     async def screening_residents(self, after: uuid.UUID | None, limit: int) -> list[ResidentRow]:
@@ -267,5 +452,13 @@ async def get_read_repository(session: ReadSessionDep) -> Repository:
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+async def get_write_repository(session: WriteSessionDep) -> Repository:
+    return Repository(session)
+
+
+# For a GET that must write what it shows (a resident's data export, which lists its own read).
+WriteRepositoryDep = Annotated[Repository, Depends(get_write_repository)]
 # For a POST that writes nothing (the screener): it reads without waiting for the database's writers.
 ReadRepositoryDep = Annotated[Repository, Depends(get_read_repository)]

@@ -140,6 +140,11 @@ class ScreeningIn(BaseModel):
     programs: list[str] | None = Field(
         default=None, max_length=100, description="Only these programs (default: every proactive program in force)"
     )
+    background: bool = Field(
+        default=False,
+        description="Run it in the background, a page at a time (202; follow it at GET /v1/screenings/{id}), "
+        "instead of answering when it is done",
+    )
 
 
 class ScreeningOut(BaseModel):
@@ -158,6 +163,21 @@ class ScreeningOut(BaseModel):
     finished_at: dt.datetime | None
     duration_ms: float | None
     residents_per_second: float | None
+    kind: Literal["manual", "requested", "full", "daily", "incremental"] = Field(
+        default="manual",
+        description="manual: an administrator's call; requested: the same in the background; full: the rules "
+        "changed; daily: residents whose dates crossed a boundary; incremental: residents whose facts changed",
+    )
+    trigger: str | None = Field(default=None, description="What started it")
+    residents_total: int | None = Field(default=None, description="Residents it set out to screen, when known")
+    progress: float | None = Field(default=None, description="residents_screened / residents_total (0..1)")
+    questions: int = Field(default=0, description="Near misses asked their one question")
+    error: str | None = None
+
+
+class ScreeningPage(BaseModel):
+    items: list[ScreeningOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
 
 
 class RoundOut(BaseModel):

@@ -25,3 +25,11 @@ class EligibilitySettings(ServiceSettings):
     # Proactive screening: residents handled per database round trip, and the most one screening may cover.
     screening_batch_size: int = Field(default=500, ge=1, le=10_000)
     screening_max_residents: int = Field(default=1_000_000, ge=1)
+    # Screening that runs by itself (scheduler.py): whether its loop runs, how often it looks for due work, and how
+    # long a process holds the right to run screenings without renewing it (between pages).
+    screening_schedule: bool = True
+    screening_check_interval_seconds: float = Field(default=30.0, gt=0)
+    screening_lease_seconds: float = Field(default=300.0, ge=5)
+    # Facts a near miss never asks about unprompted: health data is sensitive (개인정보 보호법 제23조, 민감정보), so a
+    # resident tells it in an application of their own, not in answer to a screening's question.
+    screening_unasked_facts: frozenset[str] = frozenset({"geriatric_disease"})

@@ -26,6 +26,7 @@ PURPOSE_ADMINISTRATION = "administration"
 PURPOSE_NOTIFICATION = "notification delivery"
 PURPOSE_REPRESENTATION = "representation"
 PURPOSE_COUNTER_SERVICE = "counter service"
+PURPOSE_DATA_RIGHTS = "the resident's rights over their data"
 
 # Who may create residents and file applications: the resident for themselves, staff at a counter for anyone.
 FILING_ROLES = (Role.RESIDENT, Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
@@ -34,8 +35,8 @@ REPRESENTATIVE = "representative"
 
 
 class Act(StrEnum):
-    """What someone may do for a resident. A representative's scope names the first four; counter staff under an
-    authority do all but apply (staff file for anyone already)."""
+    """What someone may do for a resident. A representative's scope names the first four and the last; counter staff
+    under an authority do all but apply (staff file for anyone already)."""
 
     APPLY = "apply"
     ANSWER = "answer"
@@ -43,10 +44,11 @@ class Act(StrEnum):
     CONSENT = "consent"
     FEEDBACK = "feedback"
     REPRESENTATIVES = "representatives"  # name or revoke a representative
+    DATA_RIGHTS = "data_rights"  # ask for a copy of all the resident's data, or its erasure
 
 
-REPRESENTATIVE_ACTS = frozenset({Act.APPLY, Act.ANSWER, Act.WITHDRAW, Act.CONSENT})
-COUNTER_ACTS = frozenset({Act.ANSWER, Act.WITHDRAW, Act.CONSENT, Act.FEEDBACK, Act.REPRESENTATIVES})
+REPRESENTATIVE_ACTS = frozenset({Act.APPLY, Act.ANSWER, Act.WITHDRAW, Act.CONSENT, Act.DATA_RIGHTS})
+COUNTER_ACTS = frozenset({Act.ANSWER, Act.WITHDRAW, Act.CONSENT, Act.FEEDBACK, Act.REPRESENTATIVES, Act.DATA_RIGHTS})
 
 
 def is_self(principal: Principal, resident_id: uuid.UUID) -> bool:
@@ -141,9 +143,10 @@ async def record_access(
     record_id: uuid.UUID | str | None,
     purpose: str,
     authority: Authority | None = None,
+    even_by_the_resident: bool = False,
 ) -> None:
-    """Write an audit-log entry, unless the resident is looking at their own data. With an ``authority`` the caller
-    acted on the resident's behalf under it."""
+    """Write an audit-log entry, unless the resident is looking at their own data (or ``even_by_the_resident``).
+    With an ``authority`` the caller acted on the resident's behalf under it."""
     await audit_log.record(
         repo.session,
         principal,
@@ -153,6 +156,7 @@ async def record_access(
         purpose=purpose,
         resident_id=resident_id,
         authority=authority,
+        even_by_the_resident=even_by_the_resident,
     )
 
 
@@ -215,3 +219,31 @@ async def _authority_view(repo: Repository, resident_id: uuid.UUID, kind: str, a
             view.reference = authority.reference
             view.office_code = authority.office_code
     return view
+
+
+# ---------------------------------------------------------------------------------------------- rights over one's data
+
+
+async def exercising_rights(
+    repo: Repository, principal: Principal, resident_id: uuid.UUID, today: dt.date, *, action: str
+) -> tuple[Resident, Authority | None]:
+    """The resident whose rights over their data the caller exercises (a copy of everything, its erasure), and
+    under which authority: the resident themselves (``None``; erased or not), a representative they named in the
+    ``data_rights`` scope (개인정보 보호법 제38조 제1항: through a representative), or counter staff of an office
+    the resident authorised. Staff who see the record otherwise are refused (403); anyone else finds no resident."""
+    resident = await repo.resident(resident_id)
+    if resident is not None:
+        if is_self(principal, resident.id):
+            return resident, None
+        representation = await representation_for(repo, principal, resident.id, today)
+        if representation is not None and Act.DATA_RIGHTS.value in representation.scopes:
+            return resident, representative_authority(representation)
+        if principal.role in OFFICE_ROLES:
+            authority = await repo.current_counter_authority(resident.id, principal.offices, today)
+            if authority is not None:
+                return resident, counter_authority(authority)
+        if await repo.visible_resident(principal, resident.id, today=today) is not None:
+            raise Forbidden(
+                f"Only the resident, a representative they named for it, or counter staff they authorised may {action}."
+            )
+    raise NotFound(f"No resident {resident_id}.")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
-from services.intake import access, applications, counter, representatives, residents
+from services.intake import access, applications, counter, erasure, exports, opportunities, representatives, residents
 from services.intake.access import FILING_ROLES
 from services.intake.catalogue import Catalogue, CatalogueSnapshot, CatalogueUnavailable, available, fetch
 from services.intake.context import ContextDep
@@ -24,15 +24,27 @@ from services.intake.schemas import (
     ContactView,
     CounterAuthorityCreate,
     CounterAuthorityView,
+    DataExportRequest,
+    DataExportView,
+    ErasureCreate,
+    ErasureView,
     FeedbackCreate,
     FeedbackView,
     InfoProvide,
     LifeEvent,
+    OpportunityAccept,
+    OpportunityAccepted,
+    OpportunityDecline,
+    OpportunityStatus,
+    OpportunityView,
+    QuestionAnswer,
+    QuestionStatus,
     RepresentationCreate,
     RepresentationView,
     ResidentCreate,
     ResidentUpdate,
     ResidentView,
+    ScreeningQuestionView,
     Withdrawal,
 )
 from shared.auth import Principal, Role, require_roles
@@ -66,7 +78,14 @@ Resident = Annotated[Principal, Depends(require_roles(Role.RESIDENT))]
 ResidentId = Annotated[uuid.UUID, Path(description="The resident's pseudonymous id")]
 ApplicationId = Annotated[uuid.UUID, Path(description="The application's id")]
 RepresentationId = Annotated[uuid.UUID, Path(description="The representation's id")]
+OpportunityId = Annotated[uuid.UUID, Path(description="The offer's id")]
+QuestionId = Annotated[uuid.UUID, Path(description="The screening question's id")]
 AuthorityId = Annotated[uuid.UUID, Path(description="The counter authority's id")]
+ExportId = Annotated[uuid.UUID, Path(description="The export's id")]
+ErasureId = Annotated[uuid.UUID, Path(description="The erasure request's id")]
+ACCEPTED_AT_LOCATION: dict[int | str, dict[str, Any]] = {
+    202: {"headers": {"Location": {"required": True, "schema": {"type": "string"}}}}
+}
 
 
 # ================================================================================================ residents
@@ -264,6 +283,207 @@ async def revoke_counter_authority(
     resident_id: ResidentId, authority_id: AuthorityId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
 ) -> CounterAuthorityView:
     return await counter.revoke(repo, principal, resident_id, authority_id, ctx.clock.today())
+
+
+@residents_router.get(
+    "/{resident_id}/opportunities",
+    operation_id="listOpportunities",
+    responses=problem_responses(404),
+    summary="Programs proactive screening found the resident eligible for: offers to accept with one confirmation",
+    description="For the resident, a representative they named (scope apply or answer), counter staff they authorised "
+    "and staff who may see their record (audited). Only a resident who consents to proactive screening is offered "
+    "anything; an offer stands until its `expires_on` (the intake setting `offer_valid_days` after it was made).",
+)
+async def list_opportunities(
+    resident_id: ResidentId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    status: OpportunityStatus | None = None,
+) -> list[OpportunityView]:
+    return await opportunities.offers_of(repo, principal, resident_id, status, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/opportunities/{opportunity_id}/accept",
+    operation_id="acceptOpportunity",
+    status_code=201,
+    response_model=OpportunityAccepted,
+    responses={**CREATED_AT_LOCATION, **problem_responses(403, 404, 409, 503)},
+    summary="Accept an offer: an application for that program is filed with what is known already",
+)
+async def accept_opportunity(
+    resident_id: ResidentId,
+    opportunity_id: OpportunityId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    catalogue: FetchedCatalogueDep,
+    idempotent: IdempotentDep,
+    body: Annotated[OpportunityAccept | None, Body()] = None,
+) -> JSONResponse:
+    accepting = body or OpportunityAccept()
+    return await idempotent.create(
+        accepting,
+        lambda: opportunities.accept(
+            repo,
+            ctx.outbox,
+            available(catalogue),
+            principal,
+            resident_id,
+            opportunity_id,
+            accepting,
+            ctx.clock.today(),
+        ),
+        location=lambda view: f"/v1/applications/{view['application']['id']}",
+    )
+
+
+@residents_router.post(
+    "/{resident_id}/opportunities/{opportunity_id}/decline",
+    operation_id="declineOpportunity",
+    response_model=OpportunityView,
+    responses=problem_responses(403, 404, 409),
+    summary="Decline an offer, with a reason",
+)
+async def decline_opportunity(
+    resident_id: ResidentId,
+    opportunity_id: OpportunityId,
+    body: OpportunityDecline,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: opportunities.decline(
+            repo, ctx.outbox, principal, resident_id, opportunity_id, body, ctx.clock.today()
+        ),
+        status_code=200,
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/questions",
+    operation_id="listScreeningQuestions",
+    responses=problem_responses(404),
+    summary="Questions screening asks: one fact that could make the resident eligible for a program, and why",
+)
+async def list_questions(
+    resident_id: ResidentId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    status: QuestionStatus | None = None,
+) -> list[ScreeningQuestionView]:
+    return await opportunities.questions_of(repo, principal, resident_id, status, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/questions/{question_id}/answer",
+    operation_id="answerScreeningQuestion",
+    response_model=ScreeningQuestionView,
+    responses=problem_responses(403, 404, 409, 503),
+    summary="Answer a screening question: the resident is screened again with the answer",
+)
+async def answer_question(
+    resident_id: ResidentId,
+    question_id: QuestionId,
+    body: QuestionAnswer,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    catalogue: FetchedCatalogueDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: opportunities.answer(
+            repo, ctx.outbox, available(catalogue), principal, resident_id, question_id, body, ctx.clock.today()
+        ),
+        status_code=200,
+    )
+
+
+@residents_router.post(
+    "/{resident_id}/data-exports",
+    operation_id="requestDataExport",
+    status_code=202,
+    response_model=DataExportView,
+    responses={**ACCEPTED_AT_LOCATION, **problem_responses(403, 404)},
+    summary="Ask for everything held about the resident, in every service, as one JSON document (개인정보 보호법 "
+    "제35조, 제35조의2): gathered in the background; fetch it from the Location",
+    tags=["rights"],
+)
+async def request_data_export(
+    resident_id: ResidentId,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+    body: Annotated[DataExportRequest | None, Body()] = None,
+) -> JSONResponse:
+    """The resident, a representative they named in the ``data_rights`` scope, or counter staff under the resident's
+    authority. Each request and each fetch of the document is in the resident's access log."""
+    request = body or DataExportRequest()
+    return await idempotent.create(
+        request,
+        lambda: exports.request(repo, ctx.settings, principal, resident_id, ctx.clock.today()),
+        status_code=202,
+        location=lambda view: f"/v1/residents/{resident_id}/data-exports/{view['id']}",
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/data-exports/{export_id}",
+    operation_id="readDataExport",
+    responses=problem_responses(403, 404),
+    summary="An export's progress per service, and the document once ready (kept a few days, then destroyed)",
+    tags=["rights"],
+)
+async def read_data_export(
+    resident_id: ResidentId, export_id: ExportId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> DataExportView:
+    return await exports.read(repo, principal, resident_id, export_id, ctx.clock.today())
+
+
+@residents_router.post(
+    "/{resident_id}/erasure-requests",
+    operation_id="requestErasure",
+    status_code=201,
+    response_model=ErasureView,
+    responses={**CREATED_AT_LOCATION, **problem_responses(403, 404, 409)},
+    summary="Ask that the resident's data be erased in every service (개인정보 보호법 제36조): what the law keeps is "
+    "kept, pseudonymous, until a stated day; refused while an application is still being handled",
+    tags=["rights"],
+)
+async def request_erasure(
+    resident_id: ResidentId,
+    body: ErasureCreate,
+    principal: PrincipalDep,
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: erasure.request(repo, ctx, principal, resident_id, body),
+        location=lambda view: f"/v1/residents/{resident_id}/erasure-requests/{view['id']}",
+    )
+
+
+@residents_router.get(
+    "/{resident_id}/erasure-requests/{erasure_id}",
+    operation_id="readErasureRequest",
+    responses=problem_responses(403, 404),
+    summary="An erasure request per service: what each erased, and what it keeps, why and until when",
+    tags=["rights"],
+)
+async def read_erasure_request(
+    resident_id: ResidentId, erasure_id: ErasureId, principal: PrincipalDep, repo: RepositoryDep, ctx: ContextDep
+) -> ErasureView:
+    return await erasure.read(repo, ctx, principal, resident_id, erasure_id)
 
 
 representations_router = APIRouter(prefix="/v1/representations", tags=["residents"])

@@ -217,7 +217,11 @@ async def submit(
     principal: Principal,
     body: ApplicationCreate,
     today: dt.date,
+    *,
+    offer: tuple[uuid.UUID, str] | None = None,
 ) -> ApplicationView:
+    """File an application. ``offer`` (its id and program) when the resident accepted an offer: the application is
+    judged for that program alone."""
     errors: list[dict[str, str]] = []
     # A resident files for themselves, and for a resident who named them representative to apply; any other
     # resident's id is as unknown to them as a made-up one. Staff file for anyone (at a counter).
@@ -229,6 +233,8 @@ async def submit(
         authority = representative_authority(representation)
     if principal.is_staff or principal.resident_id == body.resident_id or authority is not None:
         resident = await repo.resident(body.resident_id)
+    if resident is not None and resident.erased_at is not None:
+        resident = None  # their data was erased: no one files for them any more (erasure.py)
     if resident is None:
         errors.append(_error("resident_id", "is not a registered resident", "unknown_resident"))
     if body.life_event not in catalogue.life_event_codes:
@@ -270,6 +276,8 @@ async def submit(
                 preferred_language=Language(resident.preferred_language),
                 vulnerability=[Vulnerability(v) for v in resident.vulnerability],
             ),
+            program_codes=[offer[1]] if offer is not None else [],
+            opportunity_id=offer[0] if offer is not None else None,
         ),
         subject=str(application.id),
     )

@@ -9,9 +9,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import intake as package
+from services.intake import erasure
 from services.intake.api import ROUTERS
 from services.intake.catalogue import catalogue_client
 from services.intake.context import IntakeContext
+from services.intake.expiry import offer_expiry
+from services.intake.exports import export_worker
 from services.intake.handlers import subscriptions
 from services.intake.models import platform
 from services.intake.settings import IntakeSettings
@@ -26,8 +29,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def definition(settings: IntakeSettings) -> ServiceDefinition[IntakeContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[IntakeContext]:
-        async with catalogue_client(settings) as catalogue:
-            yield IntakeContext(settings, runtime.outbox, Clock.from_settings(settings), catalogue)
+        clock = Clock.from_settings(settings)
+        runtime.housekeeping.register("erasure", lambda now: erasure.purge(runtime.db, settings, clock, now))
+        async with catalogue_client(settings) as catalogue, export_worker(runtime.db, settings) as exports:
+            ctx = IntakeContext(settings, runtime.outbox, clock, catalogue, exports)
+            async with offer_expiry(runtime, ctx) as expiry:
+                ctx.expiry = expiry
+                yield ctx
 
     return ServiceDefinition(
         name=NAME,

@@ -1,6 +1,7 @@
 """The intake service's tables: residents and their consents, the representatives they name and the authorities they
-give at a counter, applications, the status view assembled from downstream events (determinations, cases,
-notifications, the timeline), feedback, and the access log."""
+give at a counter, applications, the status view assembled from downstream events (determinations, cases, referrals
+to partners, notifications, the timeline), feedback, the access log, and a resident's requests about their data
+(exports, erasure)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -39,21 +41,26 @@ audit_log = AuditLog(platform)
 
 
 class Resident(Base):
-    """A resident's record. The id is the pseudonymous id every event carries; the rest stays in intake."""
+    """A resident's record. The id is the pseudonymous id every event carries; the rest stays in intake.
+
+    Erased (``erased_at``), the record is a stub: its personal columns are null — the contact details only once the
+    resident was told the result (``erasure.py``) — and it stays only while records the law keeps point at it. No
+    query made for a caller finds an erased resident (``repository.resident_scope``): the columns below are typed
+    for a live record, which is all the rest of intake ever sees."""
 
     __tablename__ = "residents"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    birth_date: Mapped[dt.date] = mapped_column(Date)
-    district_code: Mapped[str] = mapped_column(String(5))
-    address: Mapped[str] = mapped_column(String(500))
-    household: Mapped[list[Any]] = mapped_column(JSON)
+    name: Mapped[str] = mapped_column(String(200), nullable=True)
+    birth_date: Mapped[dt.date] = mapped_column(Date, nullable=True)
+    district_code: Mapped[str] = mapped_column(String(5), nullable=True)
+    address: Mapped[str] = mapped_column(String(500), nullable=True)
+    household: Mapped[list[Any]] = mapped_column(JSON, nullable=True)
     email: Mapped[str | None] = mapped_column(String(254))
     phone: Mapped[str | None] = mapped_column(String(32))
-    preferred_language: Mapped[str] = mapped_column(String(2))
-    preferred_channels: Mapped[list[Any]] = mapped_column(JSON)
-    vulnerability: Mapped[list[Any]] = mapped_column(JSON)
+    preferred_language: Mapped[str] = mapped_column(String(2), nullable=True)
+    preferred_channels: Mapped[list[Any]] = mapped_column(JSON, nullable=True)
+    vulnerability: Mapped[list[Any]] = mapped_column(JSON, nullable=True)
     # Increases with every change; resident.updated carries it so consumers keep the newest.
     version: Mapped[int] = mapped_column(Integer)
     consent_version: Mapped[int] = mapped_column(Integer, default=0)
@@ -61,6 +68,7 @@ class Resident(Base):
     assisted: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime | None]
 
 
 class Consent(Base):
@@ -235,6 +243,28 @@ class Case(Base):
     updated_at: Mapped[dt.datetime]
 
 
+class Referral(Base):
+    """A referral of the resident to a partner's service (routing's ``referral.*`` events), as the resident sees it:
+    whichever event arrives first creates it; a later state never gives way to an earlier one."""
+
+    __tablename__ = "referrals"
+
+    referral_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id"), index=True)
+    case_id: Mapped[uuid.UUID]
+    program_code: Mapped[str] = mapped_column(String(100))
+    partner_id: Mapped[str] = mapped_column(String(40))
+    offering_name: Mapped[dict[str, Any]] = mapped_column(JSON)
+    service_type: Mapped[str] = mapped_column(String(40))
+    # referred | accepted | declined | completed; declined and completed are final.
+    status: Mapped[str] = mapped_column(String(20))
+    status_at: Mapped[dt.datetime]
+    decline_reason: Mapped[str | None] = mapped_column(String(30))
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    referred_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]
+
+
 class ApplicationOffice(Base):
     """Every office a case of the application is or was in: what lets that office's staff read it."""
 
@@ -285,3 +315,141 @@ class Feedback(Base):
     score: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime]
+
+
+# ---------------------------------------------------------------------------------------------- proactive offers
+
+
+class Opportunity(Base):
+    """An offer put before a resident: screening found them eligible for a program they never applied to, and they
+    consent to being told. Accepted (an application is filed), declined (with a reason) or expired; kept for good."""
+
+    __tablename__ = "opportunities"
+    __table_args__ = (
+        UniqueConstraint("resident_id", "program_code", name="uq_opportunities_resident_program"),
+        Index("ix_opportunities_status_expires", "status", "expires_on"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name: Mapped[dict[str, Any]] = mapped_column(JSON)
+    department: Mapped[str] = mapped_column(String(30))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    amount_period: Mapped[str | None] = mapped_column(String(10))
+    screening_id: Mapped[uuid.UUID]
+    found_at: Mapped[dt.datetime]
+    offered_at: Mapped[dt.datetime]
+    # The last day it may be accepted (a date in the city): offered day + the intake setting offer_valid_days.
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    # offered | accepted | declined | expired
+    status: Mapped[str] = mapped_column(String(10))
+    responded_at: Mapped[dt.datetime | None]
+    acted_as: Mapped[str | None] = mapped_column(String(20))
+    acted_by: Mapped[str | None] = mapped_column(String(255))
+    decline_reason: Mapped[str | None] = mapped_column(String(30))
+    decline_note: Mapped[str | None] = mapped_column(String(500))
+    expired_reason: Mapped[str | None] = mapped_column(String(20))
+    application_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("applications.id"))
+    updated_at: Mapped[dt.datetime]
+
+
+class ScreeningQuestion(Base):
+    """A near miss's one question (``screening.question_asked``): which fact, and why. Answered once; withdrawn when
+    the resident withdraws their proactive-screening consent."""
+
+    __tablename__ = "screening_questions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("residents.id"), index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name: Mapped[dict[str, Any]] = mapped_column(JSON)
+    department: Mapped[str] = mapped_column(String(30))
+    fact: Mapped[str] = mapped_column(String(100))
+    fact_type: Mapped[str] = mapped_column(String(20))
+    question: Mapped[dict[str, Any]] = mapped_column(JSON)
+    choices: Mapped[list[Any] | None] = mapped_column(JSON)
+    why: Mapped[dict[str, Any]] = mapped_column(JSON)
+    asked_at: Mapped[dt.datetime]
+    # open | answered | withdrawn
+    status: Mapped[str] = mapped_column(String(10))
+    answer: Mapped[Any] = mapped_column(JSON, nullable=True)
+    answered_at: Mapped[dt.datetime | None]
+    acted_as: Mapped[str | None] = mapped_column(String(20))
+    acted_by: Mapped[str | None] = mapped_column(String(255))
+
+
+# ---------------------------------------------------------------------------------------------- rights over one's data
+
+
+class DataExport(Base):
+    """A resident's request for everything held about them (개인정보 보호법 제35조, 제35조의2): gathered from every
+    service by intake's export worker into one JSON document, kept ``export_retention_days`` for them to fetch."""
+
+    __tablename__ = "data_exports"
+    __table_args__ = (Index("ix_data_exports_due", "status", "next_attempt_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    # pending | ready | failed
+    status: Mapped[str] = mapped_column(String(10))
+    requested_at: Mapped[dt.datetime]
+    requested_by: Mapped[str] = mapped_column(String(255))
+    requested_by_role: Mapped[str] = mapped_column(String(20))
+    authority_kind: Mapped[str | None] = mapped_column(String(32))
+    authority_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[dt.datetime | None]
+    # Per service: {"status": "gathered" | "unavailable", "error": ...}.
+    parts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(String(500))
+    completed_at: Mapped[dt.datetime | None]
+    expires_at: Mapped[dt.datetime | None]
+
+
+class ErasureRequest(Base):
+    """A resident's request to erase their data (개인정보 보호법 제36조): intake erased its part at once; each other
+    service answers with what it erased and kept (:class:`ErasureConfirmation`). Kept as the record that the request
+    was handled (see retention.yaml); the contact details stay on the resident's stub until ``contact_kept_until``
+    so that the resident can be told the result."""
+
+    __tablename__ = "erasure_requests"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    # in_progress | completed
+    status: Mapped[str] = mapped_column(String(12))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    requested_at: Mapped[dt.datetime]
+    requested_on: Mapped[dt.date] = mapped_column(Date)
+    requested_by: Mapped[str] = mapped_column(String(255))
+    requested_by_role: Mapped[str] = mapped_column(String(20))
+    authority_kind: Mapped[str | None] = mapped_column(String(32))
+    authority_id: Mapped[str | None] = mapped_column(String(64))
+    # [{"application_id", "decided_on"}]: the applications whose decision files the law keeps.
+    decision_files: Mapped[list[Any]] = mapped_column(JSON)
+    completed_at: Mapped[dt.datetime | None]
+    contact_kept_until: Mapped[dt.datetime]
+    contact_erased_at: Mapped[dt.datetime | None]
+
+    confirmations: Mapped[list[ErasureConfirmation]] = relationship(
+        order_by="ErasureConfirmation.service", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class ErasureConfirmation(Base):
+    """One service's answer to an erasure request (``resident.erased``): what it erased and what it keeps, until
+    when. Intake's own is written with the request."""
+
+    __tablename__ = "erasure_confirmations"
+
+    erasure_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("erasure_requests.id"), primary_key=True)
+    service: Mapped[str] = mapped_column(String(20), primary_key=True)
+    # pending | erased
+    status: Mapped[str] = mapped_column(String(10))
+    erased: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    kept: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    erased_at: Mapped[dt.datetime | None]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -20,12 +20,18 @@ from services.intake.models import (
     Consent,
     ConsentChange,
     CounterAuthority,
+    DataExport,
     Determination,
+    ErasureConfirmation,
+    ErasureRequest,
     Feedback,
     Notification,
+    Opportunity,
+    Referral,
     Representation,
     RepresentationScope,
     Resident,
+    ScreeningQuestion,
     TimelineEntry,
 )
 from shared.auth import Principal, Role
@@ -93,18 +99,22 @@ def application_scope(principal: Principal, today: dt.date) -> ColumnElement[boo
 def resident_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
     """The resident records the caller may read: their own (a representative acts within a scope, never on the whole
     record); for office staff, residents they registered at a counter, with an application that has a case in their
-    offices, or who authorised their counter; an admin all."""
+    offices, or who authorised their counter; an admin all. Never an erased resident."""
+    live = Resident.erased_at.is_(None)  # an erased resident's stub is no one's to read (see erasure.py)
     if principal.role is Role.RESIDENT and principal.resident_id is not None:
-        return Resident.id == principal.resident_id
+        return and_(Resident.id == principal.resident_id, live)
     if principal.role is Role.ADMIN:
-        return true()
+        return live
     if principal.role in OFFICE_ROLES and principal.offices:
-        return or_(
-            Resident.registered_by == principal.subject,
-            exists().where(
-                Application.resident_id == Resident.id, _has_case_in_offices(Application.id, principal.offices)
+        return and_(
+            live,
+            or_(
+                Resident.registered_by == principal.subject,
+                exists().where(
+                    Application.resident_id == Resident.id, _has_case_in_offices(Application.id, principal.offices)
+                ),
+                _authorised_at_counter(Resident.id, principal.offices, today),
             ),
-            _authorised_at_counter(Resident.id, principal.offices, today),
         )
     return false()
 
@@ -266,6 +276,17 @@ class Repository:
     async def case(self, case_id: uuid.UUID) -> Case | None:
         return await self.session.get(Case, case_id)
 
+    async def referral(self, referral_id: uuid.UUID) -> Referral | None:
+        return await self.session.get(Referral, referral_id)
+
+    async def referrals(self, application_id: uuid.UUID) -> list[Referral]:
+        query = (
+            select(Referral)
+            .where(Referral.application_id == application_id)
+            .order_by(Referral.referred_at, Referral.referral_id)
+        )
+        return list((await self.session.scalars(query)).all())
+
     async def add_office(self, application_id: uuid.UUID, office_code: str) -> None:
         if await self.session.get(ApplicationOffice, (application_id, office_code)) is None:
             self.session.add(ApplicationOffice(application_id=application_id, office_code=office_code))
@@ -291,6 +312,161 @@ class Repository:
 
     async def feedback(self, application_id: uuid.UUID) -> Feedback | None:
         return await self.session.get(Feedback, application_id)
+
+    # ------------------------------------------------------------------------------------------ proactive offers
+    # The resident's right to them was established by the caller (their own, a representative's scope, staff's
+    # visibility of the resident); the handlers and the expiry timer act on behalf of no caller.
+
+    async def opportunities_of(self, resident_id: uuid.UUID, status: str | None) -> list[Opportunity]:
+        query = select(Opportunity).where(Opportunity.resident_id == resident_id)
+        if status is not None:
+            query = query.where(Opportunity.status == status)
+        query = query.order_by(Opportunity.offered_at.desc(), Opportunity.id)
+        return list((await self.session.scalars(query)).all())
+
+    async def opportunity(
+        self, resident_id: uuid.UUID, opportunity_id: uuid.UUID, *, for_update: bool = False
+    ) -> Opportunity | None:
+        query = select(Opportunity).where(Opportunity.id == opportunity_id, Opportunity.resident_id == resident_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def opportunity_for(self, resident_id: uuid.UUID, program_code: str) -> Opportunity | None:
+        query = select(Opportunity).where(
+            Opportunity.resident_id == resident_id, Opportunity.program_code == program_code
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def standing_offers(self, resident_id: uuid.UUID) -> list[Opportunity]:
+        query = (
+            select(Opportunity)
+            .where(Opportunity.resident_id == resident_id, Opportunity.status == "offered")
+            .with_for_update()
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def lapsed_offers(self, today: dt.date, limit: int) -> list[Opportunity]:
+        """Offers still standing whose last day is past, locked (another replica skips them: none is taken twice)."""
+        query = (
+            select(Opportunity)
+            .where(Opportunity.status == "offered", Opportunity.expires_on < today)
+            .order_by(Opportunity.expires_on, Opportunity.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.scalars(query)).all())
+
+    async def questions_of(self, resident_id: uuid.UUID, status: str | None) -> list[ScreeningQuestion]:
+        query = select(ScreeningQuestion).where(ScreeningQuestion.resident_id == resident_id)
+        if status is not None:
+            query = query.where(ScreeningQuestion.status == status)
+        query = query.order_by(ScreeningQuestion.asked_at.desc(), ScreeningQuestion.id)
+        return list((await self.session.scalars(query)).all())
+
+    async def screening_question(
+        self, question_id: uuid.UUID, *, resident_id: uuid.UUID | None = None, for_update: bool = False
+    ) -> ScreeningQuestion | None:
+        query = select(ScreeningQuestion).where(ScreeningQuestion.id == question_id)
+        if resident_id is not None:
+            query = query.where(ScreeningQuestion.resident_id == resident_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def open_questions(self, resident_id: uuid.UUID, fact: str | None = None) -> list[ScreeningQuestion]:
+        query = select(ScreeningQuestion).where(
+            ScreeningQuestion.resident_id == resident_id, ScreeningQuestion.status == "open"
+        )
+        if fact is not None:
+            query = query.where(ScreeningQuestion.fact == fact)
+        return list((await self.session.scalars(query.with_for_update())).all())
+
+    async def answered_facts(self, resident_id: uuid.UUID) -> dict[str, Any]:
+        """What the resident answered to screening questions, the latest answer per fact."""
+        query = (
+            select(ScreeningQuestion)
+            .where(ScreeningQuestion.resident_id == resident_id, ScreeningQuestion.status == "answered")
+            .order_by(ScreeningQuestion.answered_at)
+        )
+        return {q.fact: q.answer for q in (await self.session.scalars(query)).all()}
+
+    # ------------------------------------------------------------------------------------------ rights over one's data
+
+    async def applications_of(self, resident_id: uuid.UUID, *, for_update: bool = False) -> list[Application]:
+        """Every application of the resident, oldest first (for their export and their erasure: the caller's right
+        to all of them was established by the rights check)."""
+        query = (
+            select(Application)
+            .where(Application.resident_id == resident_id)
+            .order_by(Application.submitted_at, Application.id)
+        )
+        if for_update:
+            query = query.with_for_update()
+        return list((await self.session.scalars(query)).all())
+
+    async def feedback_of(self, resident_id: uuid.UUID) -> list[Feedback]:
+        query = select(Feedback).where(Feedback.resident_id == resident_id).order_by(Feedback.created_at)
+        return list((await self.session.scalars(query)).all())
+
+    async def data_export(self, export_id: uuid.UUID, *, for_update: bool = False) -> DataExport | None:
+        query = select(DataExport).where(DataExport.id == export_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def data_exports_of(self, resident_id: uuid.UUID) -> list[DataExport]:
+        query = select(DataExport).where(DataExport.resident_id == resident_id).order_by(DataExport.requested_at)
+        return list((await self.session.scalars(query)).all())
+
+    async def claim_due_exports(
+        self, token: str, *, now: dt.datetime, lease: dt.timedelta, limit: int
+    ) -> list[uuid.UUID]:
+        """Claim pending exports that are due and held by no worker (or whose worker's lease ran out)."""
+        due = (
+            select(DataExport.id)
+            .where(
+                DataExport.status == "pending",
+                DataExport.next_attempt_at <= now,
+                or_(DataExport.claimed_until.is_(None), DataExport.claimed_until < now),
+            )
+            .order_by(DataExport.next_attempt_at)
+            .limit(limit)
+        )
+        ids = list((await self.session.scalars(due)).all())
+        claimed = []
+        for export_id in ids:
+            # Claimed only if no other worker claimed it meanwhile (the same condition, in the UPDATE).
+            result = await self.session.execute(
+                update(DataExport)
+                .where(
+                    DataExport.id == export_id,
+                    DataExport.status == "pending",
+                    or_(DataExport.claimed_until.is_(None), DataExport.claimed_until < now),
+                )
+                .values(claim_token=token, claimed_until=now + lease)
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                claimed.append(export_id)
+        return claimed
+
+    async def erasure_request(self, erasure_id: uuid.UUID, *, for_update: bool = False) -> ErasureRequest | None:
+        query = select(ErasureRequest).where(ErasureRequest.id == erasure_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def erasure_request_of(self, resident_id: uuid.UUID) -> ErasureRequest | None:
+        return (
+            await self.session.execute(select(ErasureRequest).where(ErasureRequest.resident_id == resident_id))
+        ).scalar_one_or_none()
+
+    async def erasure_requests(self) -> list[ErasureRequest]:
+        """Unscoped, for the housekeeping pass: every erasure whose kept records may come due."""
+        return list((await self.session.scalars(select(ErasureRequest).order_by(ErasureRequest.requested_at))).all())
+
+    async def erasure_confirmation(self, erasure_id: uuid.UUID, service: str) -> ErasureConfirmation | None:
+        return await self.session.get(ErasureConfirmation, (erasure_id, service), with_for_update=True)
 
 
 async def get_repository(session: SessionDep) -> Repository:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 
+from services.intake import opportunities
 from services.intake.access import (
     PURPOSE_ASSISTED_REGISTRATION,
     PURPOSE_NOTIFICATION,
@@ -369,6 +370,8 @@ async def set_consents(
             ),
             subject=str(resident.id),
         )
+        if "proactive_screening" in changed and not wanted["proactive_screening"]:
+            await opportunities.consent_withdrawn(repo, outbox, resident.id, now)
     if authority is not None:
         await record_access(
             repo,
@@ -408,11 +411,13 @@ async def consents_view(repo: Repository, resident: Resident, *, changed: Sequen
 
 
 async def contact(repo: Repository, principal: Principal, resident_id: uuid.UUID) -> ContactView:
-    """Where to reach the resident: for the notify service only (anyone else is told there is no such resident)."""
+    """Where to reach the resident: for the notify service only (anyone else is told there is no such resident). An
+    erased resident is reached only to be told the result of their erasure, until those details go too."""
     if principal.role is not Role.SERVICE or principal.service != "notify":
         raise NotFound(f"No resident {resident_id}.")
     resident = await repo.resident(resident_id)
-    if resident is None:
+    # An erased resident's contact details stay only until they were told the result (services/intake/erasure.py).
+    if resident is None or resident.preferred_channels is None:
         raise NotFound(f"No resident {resident_id}.")
     await record_access(
         repo,

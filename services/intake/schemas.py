@@ -22,12 +22,19 @@ from pydantic import (
 
 from shared.events import (
     RESIDENT_PARTNER_TYPES,
+    ActedAs,
     Channel,
+    DecisionFile,
+    DeclineReason,
     Department,
+    KeptRecords,
     Language,
     Localized,
     MissingFact,
+    OfferDeclineReason,
     Outcome,
+    ReferralOutcome,
+    ServiceType,
     Vulnerability,
 )
 
@@ -219,6 +226,9 @@ class RepresentativeScope(StrEnum):
     WITHDRAW = "withdraw"
     CONSENT = "consent"  # read and set the resident's consents
     READ_MESSAGES = "read_messages"  # the resident's inbox in notify
+    # Ask, for the resident, for a copy of all their data or its erasure (개인정보 보호법 제38조: through a
+    # representative they authorised).
+    DATA_RIGHTS = "data_rights"
 
 
 class RepresentativeRelation(StrEnum):
@@ -246,7 +256,7 @@ class RepresentationCreate(Strict):
     representative_id: uuid.UUID = Field(description="The resident id the representative's own token carries")
     representative_name: Name = Field(description="How the resident names them (shown in the access log)")
     relation: RepresentativeRelation
-    scopes: Annotated[list[RepresentativeScope], AfterValidator(_distinct_scopes)] = Field(min_length=1, max_length=5)
+    scopes: Annotated[list[RepresentativeScope], AfterValidator(_distinct_scopes)] = Field(min_length=1, max_length=6)
     expires_on: LastDay = Field(description="The last day the representative may act (in the city's time zone)")
 
 
@@ -402,6 +412,22 @@ class CaseView(BaseModel):
     updated_at: dt.datetime
 
 
+class ReferralView(BaseModel):
+    """A partner's service the resident was referred to, with their consent, and where it stands."""
+
+    referral_id: uuid.UUID
+    case_id: uuid.UUID
+    program_code: str
+    partner_id: str
+    service_type: ServiceType
+    offering_name: Localized
+    status: Literal["referred", "accepted", "declined", "completed"]
+    decline_reason: DeclineReason | None
+    outcome: ReferralOutcome | None
+    referred_at: dt.datetime | None
+    updated_at: dt.datetime
+
+
 class NotificationView(BaseModel):
     notification_id: uuid.UUID
     channel: str
@@ -459,6 +485,7 @@ class ApplicationView(ApplicationSummary):
     withdrawal_reason: str | None
     determination: DeterminationSummary | None
     programs: list[ProgramView]
+    referrals: list[ReferralView] = Field(description="Partners' services the resident was referred to")
     notifications: list[NotificationView]
     feedback: FeedbackView | None
     timeline: list[TimelineEntryView] = Field(description="Everything that happened, oldest first")
@@ -502,6 +529,84 @@ class AccessLogPage(BaseModel):
     next_cursor: str | None
 
 
+# ---------------------------------------------------------------------------------------------- proactive offers
+
+
+class OpportunityStatus(StrEnum):
+    OFFERED = "offered"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    EXPIRED = "expired"
+
+
+class OpportunityView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    amount: int | None = Field(description="KRW, as screening found it (the application's determination decides)")
+    amount_period: Literal["once", "monthly", "yearly", "total"] | None
+    status: OpportunityStatus
+    offered_at: dt.datetime
+    expires_on: dt.date = Field(description="The last day it may be accepted (the intake setting offer_valid_days)")
+    responded_at: dt.datetime | None
+    acted_as: ActedAs | None
+    decline_reason: OfferDeclineReason | None
+    expired_reason: Literal["deadline", "consent_withdrawn"] | None
+    application_id: uuid.UUID | None = Field(description="The application accepting it filed")
+
+
+class OpportunityAccept(Strict):
+    """One confirmation: the application is filed with what is known already; answers are only for anything the
+    resident wants to add."""
+
+    answers: Answers = Field(default_factory=dict)
+    channel: Channel = Channel.WEB
+
+
+class OpportunityAccepted(BaseModel):
+    opportunity: OpportunityView
+    application: ApplicationView
+
+
+class OpportunityDecline(Strict):
+    reason: OfferDeclineReason
+    note: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_storable)] | None = None
+
+
+class QuestionStatus(StrEnum):
+    OPEN = "open"
+    ANSWERED = "answered"
+    WITHDRAWN = "withdrawn"
+
+
+class QuestionFact(BaseModel):
+    name: str
+    type: str
+    question: Localized
+    choices: list[str] | None = None
+
+
+class ScreeningQuestionView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    program_code: str
+    program_name: Localized
+    department: Department
+    fact: QuestionFact
+    why: Localized
+    asked_at: dt.datetime
+    status: QuestionStatus
+    answer: Any = None
+    answered_at: dt.datetime | None
+    acted_as: ActedAs | None
+
+
+class QuestionAnswer(Strict):
+    value: Any = Field(description="The answer, of the fact's type (true/false, a number, a date YYYY-MM-DD ...)")
+
+
 # ---------------------------------------------------------------------------------------------- the catalogue
 
 
@@ -536,3 +641,71 @@ class FactType(BaseModel):
     # Computed by eligibility from ``inputs``; a declared value is ignored there, so it is refused here.
     derived: bool = False
     inputs: list[str] = []
+
+
+# ---------------------------------------------------------------------------------------------- rights over one's data
+
+
+class DataExportStatus(StrEnum):
+    PENDING = "pending"  # being gathered from the services
+    READY = "ready"  # the document is there to fetch, until ``expires_at``
+    FAILED = "failed"  # a service could not be reached after every attempt; ask again
+
+
+class DataExportRequest(Strict):
+    """Ask for everything held about the resident, as one JSON document (개인정보 보호법 제35조, 제35조의2)."""
+
+    format: Literal["json"] = "json"
+
+
+class ExportPartView(BaseModel):
+    status: Literal["waiting", "gathered", "unavailable"]
+    error: str | None = None
+
+
+class DataExportView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    status: DataExportStatus
+    requested_at: dt.datetime
+    attempts: int
+    parts: dict[str, ExportPartView] = Field(description="Each service's part: gathered, or why not yet")
+    completed_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    error: str | None = None
+    document: dict[str, Any] | None = Field(
+        default=None,
+        description="When ready: every service's part (records, what was withheld and why, what is kept after an "
+        "erasure and until when, each service's retention table)",
+    )
+
+
+class ErasureCreate(Strict):
+    """Ask that the resident's data be erased (개인정보 보호법 제36조). What the law makes a service keep is kept,
+    pseudonymous, until its period ends; everything else is erased. It cannot be undone."""
+
+    confirm: Literal[True] = Field(description="true: the caller understands the erasure cannot be undone")
+    reason: Reason | None = None
+
+
+class ErasureStatus(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+class ServiceErasureView(BaseModel):
+    service: str
+    status: Literal["pending", "erased"]
+    erased_at: dt.datetime | None
+    erased: dict[str, int] = Field(description="Record type -> how many were erased")
+    kept: list[KeptRecords] = Field(description="What is kept, why, and the day it is destroyed")
+
+
+class ErasureView(BaseModel):
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    status: ErasureStatus
+    requested_at: dt.datetime
+    completed_at: dt.datetime | None
+    decision_files: list[DecisionFile]
+    services: list[ServiceErasureView]

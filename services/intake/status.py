@@ -1,5 +1,5 @@
-"""The one status view: an application's determination, cases and notifications assembled from eligibility's,
-routing's and notify's events, the overall status derived from them, and the timeline.
+"""The one status view: an application's determination, cases, referrals to partners and notifications assembled
+from eligibility's, routing's and notify's events, the overall status derived from them, and the timeline.
 
 Events arrive late, out of order and more than once (the inbox removes exact duplicates). So: the highest eligibility
 round wins and a lower one changes nothing; a case entry is created from whichever of its events comes first and
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.intake.models import Application, Case, Determination, Feedback, Notification, TimelineEntry
+from services.intake.models import Application, Case, Determination, Feedback, Notification, Referral, TimelineEntry
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationStatus,
@@ -29,6 +29,7 @@ from services.intake.schemas import (
     MissingInformation,
     NotificationView,
     ProgramView,
+    ReferralView,
     TimelineEntryView,
 )
 from shared.events import (
@@ -51,6 +52,11 @@ from shared.events import (
     NotificationSent,
     Outcome,
     ProgramDetermination,
+    ReferralAccepted,
+    ReferralCompleted,
+    ReferralCreated,
+    ReferralDeclined,
+    ReferralEventBase,
 )
 
 log = logging.getLogger(__name__)
@@ -427,6 +433,102 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
     await refresh_status(repo, application, at)
 
 
+# ---------------------------------------------------------------------------------------------- referrals
+
+_REFERRAL_RANK = {"referred": 0, "accepted": 1, "declined": 2, "completed": 2}
+_DECLINE_REASONS = {
+    "no_capacity": ("자리가 없음", "no place free"),
+    "not_eligible": ("이용 조건에 맞지 않음", "its conditions are not met"),
+    "out_of_area": ("지역 밖", "outside its area"),
+    "language": ("언어 지원 불가", "not in your language"),
+    "other": ("기타 사유", "another reason"),
+}
+_OUTCOMES = {
+    "served": ("서비스 제공 완료", "service provided"),
+    "not_served": ("서비스 제공되지 않음", "service not provided"),
+    "resident_declined": ("주민이 이용하지 않음", "you did not take it up"),
+}
+
+
+def _referral_summary(data: ReferralEventBase) -> Localized:
+    ko, en = data.offering_name.ko, data.offering_name.en
+    match data:
+        case ReferralCreated():
+            return Localized(ko=f"{ko}에 연계되었습니다", en=f"Referred to {en}")
+        case ReferralAccepted():
+            return Localized(ko=f"{ko}: 연계 수락", en=f"{en} accepted the referral")
+        case ReferralDeclined():
+            reason_ko, reason_en = _DECLINE_REASONS[data.reason]
+            return Localized(ko=f"{ko}: 연계 불가 ({reason_ko})", en=f"{en} declined the referral ({reason_en})")
+        case ReferralCompleted():
+            outcome_ko, outcome_en = _OUTCOMES[data.outcome]
+            return Localized(ko=f"{ko}: {outcome_ko}", en=f"{en}: {outcome_en}")
+    return Localized(ko=ko, en=en)
+
+
+def _referral_state(data: ReferralEventBase) -> str:
+    match data:
+        case ReferralAccepted():
+            return "accepted"
+        case ReferralDeclined():
+            return "declined"
+        case ReferralCompleted():
+            return "completed"
+    return "referred"
+
+
+async def apply_referral_event(repo: Repository, event: CloudEvent, data: ReferralEventBase) -> None:
+    """A referral event: the referral is created by whichever of its events comes first; a later state (by rank,
+    then by event time) wins, so a late ``referral.created`` never undoes the partner's answer."""
+    application = await repo.application(data.application_id, for_update=True)
+    if application is None:
+        log.warning("referral event for an unknown application", extra={"application_id": str(data.application_id)})
+        return
+    at = event_time(event)
+    state = _referral_state(data)
+    referral = await repo.referral(data.referral_id)
+    if referral is None:
+        referral = Referral(
+            referral_id=data.referral_id,
+            application_id=application.id,
+            case_id=data.case_id,
+            program_code=data.program_code,
+            partner_id=data.partner_id,
+            offering_name=data.offering_name.model_dump(),
+            service_type=data.service_type.value,
+            status=state,
+            status_at=at,
+            updated_at=at,
+        )
+        repo.session.add(referral)
+    elif _REFERRAL_RANK[state] > _REFERRAL_RANK[referral.status] or (
+        _REFERRAL_RANK[state] == _REFERRAL_RANK[referral.status] and at >= referral.status_at
+    ):
+        referral.status = state
+        referral.status_at = at
+    match data:
+        case ReferralCreated():
+            referral.referred_at = data.created_at
+        case ReferralDeclined():
+            referral.decline_reason = data.reason
+        case ReferralCompleted():
+            referral.outcome = data.outcome
+    referral.updated_at = max(referral.updated_at, at)
+    add_timeline(
+        repo,
+        application.id,
+        event_id=event.id,
+        event_type=event.event_type,
+        at=at,
+        summary=_referral_summary(data),
+        details={"partner_id": data.partner_id, "service_type": data.service_type.value, "status": state},
+        program_code=data.program_code,
+        case_id=data.case_id,
+    )
+    application.updated_at = max(application.updated_at, at)
+    await repo.session.flush()
+
+
 # ---------------------------------------------------------------------------------------------- notify
 
 _CHANNEL_NAMES = {
@@ -506,6 +608,22 @@ def _case_view(case: Case) -> CaseView:
     )
 
 
+def _referral_view(r: Referral) -> ReferralView:
+    return ReferralView(
+        referral_id=r.referral_id,
+        case_id=r.case_id,
+        program_code=r.program_code,
+        partner_id=r.partner_id,
+        service_type=r.service_type,
+        offering_name=Localized.model_validate(r.offering_name),
+        status=r.status,
+        decline_reason=r.decline_reason,
+        outcome=r.outcome,
+        referred_at=r.referred_at,
+        updated_at=r.updated_at,
+    )
+
+
 def _notification_view(n: Notification) -> NotificationView:
     return NotificationView(
         notification_id=n.notification_id,
@@ -516,22 +634,45 @@ def _notification_view(n: Notification) -> NotificationView:
     )
 
 
+_CONSISTENT_READ_ATTEMPTS = 5
+
+
 async def build_view(repo: Repository, application: Application) -> ApplicationView:
+    # On PostgreSQL each read sees what was committed when it ran (no snapshot spans them). Every change to the view
+    # appends to the timeline in the same transaction, so the timeline is read before and after the rest and the
+    # reads start again if an event landed in between: what the view shows and its timeline then agree.
+    # (A read-only unit of work reads one snapshot on either database; this is for a view built in a write one.)
+    timeline = await repo.timeline(application.id)
+    read: list[Any] = []
+    for _ in range(_CONSISTENT_READ_ATTEMPTS):
+        for row in read:
+            repo.session.expire(row)  # read again, not served stale from the session's identity map
+        before = len(timeline)
+        determination = await repo.determination(application.id)
+        cases = await repo.cases(application.id)
+        notifications = await repo.notifications(application.id)
+        feedback = await repo.feedback(application.id)
+        referrals = await repo.referrals(application.id)
+        timeline = await repo.timeline(application.id)
+        if len(timeline) == before:
+            break
+        read = [*cases, *notifications, *referrals, *(r for r in (determination, feedback) if r is not None)]
     return assemble_view(
         application,
-        determination=await repo.determination(application.id),
-        cases=await repo.cases(application.id),
-        notifications=await repo.notifications(application.id),
-        timeline=await repo.timeline(application.id),
-        feedback=await repo.feedback(application.id),
+        determination=determination,
+        cases=cases,
+        notifications=notifications,
+        timeline=timeline,
+        feedback=feedback,
+        referrals=referrals,
     )
 
 
 def new_application_view(application: Application, received: TimelineEntry) -> ApplicationView:
-    """The view of an application just filed, from what was just written: nothing has been determined, routed or
-    sent for it yet, and its timeline is the one entry of its receipt."""
+    """The view of an application just filed, from what was just written: nothing has been determined, routed,
+    referred or sent for it yet, and its timeline is the one entry of its receipt."""
     return assemble_view(
-        application, determination=None, cases=[], notifications=[], timeline=[received], feedback=None
+        application, determination=None, cases=[], notifications=[], timeline=[received], feedback=None, referrals=[]
     )
 
 
@@ -543,6 +684,7 @@ def assemble_view(
     notifications: Sequence[Notification],
     timeline: Sequence[TimelineEntry],
     feedback: Feedback | None,
+    referrals: Sequence[Referral],
 ) -> ApplicationView:
     current = current_cases(cases)
     answers = application.answers
@@ -617,6 +759,7 @@ def assemble_view(
         if determination
         else None,
         programs=programs,
+        referrals=[_referral_view(r) for r in referrals],
         notifications=[_notification_view(n) for n in notifications],
         feedback=FeedbackView(
             application_id=feedback.application_id,

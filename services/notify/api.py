@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.notify import delivery as resident_delivery
-from services.notify import inbox, letters, partners, preferences, subscriptions
+from services.notify import inbox, letters, partners, preferences, resident_data, subscriptions
 from services.notify.context import ContextDep
 from services.notify.models import (
     Delivery,
@@ -28,7 +28,7 @@ from services.notify.models import (
 )
 from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
-from services.notify.repository import RepositoryDep
+from services.notify.repository import RepositoryDep, WriteRepositoryDep
 from services.notify.schemas import (
     AccessLogPage,
     GrantOut,
@@ -50,9 +50,10 @@ from services.notify.schemas import (
 )
 from services.notify.settings import NotifySettings
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotentDep
+from shared.deps import IdempotentDep, PrincipalDep
 from shared.events import partner_subject
 from shared.idempotency import CREATED_AT_LOCATION
+from shared.personal_data import ResidentDataPart
 from shared.problems import problem_responses
 
 
@@ -459,7 +460,28 @@ async def redeliver(delivery_id: uuid.UUID, principal: PartnerOrAdmin, repo: Rep
     return _webhook_delivery_out(await subscriptions.redeliver(repo, principal, delivery_id))
 
 
+# ================================================================================================ a resident's data
+
+residents_router = APIRouter(prefix="/v1/residents", tags=["rights"])
+
+
+@residents_router.get(
+    "/{resident_id}/data",
+    summary="Everything notify holds about a resident: their part of the resident's export (the resident, or intake "
+    "gathering it)",
+    responses=problem_responses(404),
+)
+async def resident_data_part(
+    resident_id: uuid.UUID,
+    principal: PrincipalDep,
+    repo: WriteRepositoryDep,
+    export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
+) -> ResidentDataPart:
+    return await resident_data.part(repo, principal, resident_id, export_id)
+
+
 ROUTERS = (
+    residents_router,
     inbox_router,
     access_log_router,
     preferences_router,

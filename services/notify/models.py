@@ -424,3 +424,24 @@ class AggregateCount(Base):
     program_code: Mapped[str] = mapped_column(String(100), primary_key=True)
     outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
     count: Mapped[int] = mapped_column(default=0)
+
+
+# ================================================================================================ erasure
+
+
+class ResidentErasure(Base):
+    """A resident who asked for erasure (``resident.erasure_requested``). Notify erases in two consumers — the
+    residents' (messages, preferences ...) and the partners' (consents to partners, what is queued for them) — each
+    in stream order with the events it handles; whichever finishes second answers ``resident.erased``. While the row
+    stays, nothing about the resident is stored again, and nothing more about them reaches a partner."""
+
+    __tablename__ = "resident_erasures"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erasure_id: Mapped[uuid.UUID]
+    requested_at: Mapped[dt.datetime]
+    residents_erased_at: Mapped[dt.datetime | None]
+    partners_erased_at: Mapped[dt.datetime | None]
+    reported_at: Mapped[dt.datetime | None]
+    erased: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    kept: Mapped[list[Any]] = mapped_column(default=list)

@@ -7,7 +7,8 @@ Rules:
 - eligibility results only mention programs whose outcome (or open questions, or amount) changed since the resident
   was last told, and a late round never overrides a newer one;
 - after ``application.withdrawn`` nothing more goes out for that application, whatever order events arrive in;
-- ``eligibility.opportunity`` is only told to a resident whose current consents include ``proactive_screening``;
+- ``eligibility.opportunity`` and ``screening.question_asked`` are only told to a resident whose current consents
+  include ``proactive_screening``;
 - each source event yields at most one item per resident (a unique key), so a redelivered event changes nothing.
 """
 
@@ -51,13 +52,16 @@ from shared.events import (
     ProgramDetermination,
     RepresentationChanged,
     ResidentContext,
+    ResidentErasureCompleted,
     ResidentUpdated,
+    ScreeningQuestionAsked,
 )
 
 log = logging.getLogger(__name__)
 
 WORK_PENDING = "notify_work_pending"
 WITHDRAWN_KIND = "application.withdrawn"
+ERASURE_KIND = "resident.erasure_completed"
 PROACTIVE_CONSENT = "proactive_screening"
 # Kinds where events arriving close together are told together.
 BUNDLED_KINDS = frozenset(
@@ -70,6 +74,7 @@ BUNDLED_KINDS = frozenset(
         "case.decided",
         "case.sla_breached",
         "eligibility.opportunity",
+        "screening.question_asked",
     }
 )
 
@@ -205,6 +210,33 @@ class ResidentMessages:
             "amount_period": data.amount_period,
         }
         await self._add(repo, event, data.resident_id, None, "eligibility.opportunity", item)
+
+    async def screening_question_asked(
+        self, session: AsyncSession, event: CloudEvent, data: ScreeningQuestionAsked
+    ) -> None:
+        """A near miss: the resident is told there is one question whose answer could open a program to them."""
+        repo = Repository(session)
+        state = await repo.find_resident_state(data.resident_id)
+        if state is None or not state.consented(PROACTIVE_CONSENT):
+            log.info("question not told: no proactive-screening consent")
+            return
+        item = {
+            "program_code": data.program_code,
+            "program_name": data.program_name.model_dump(),
+            "department": data.department.value,
+            "question": data.fact.question.model_dump(),
+        }
+        await self._add(repo, event, data.resident_id, None, "screening.question_asked", item)
+
+    async def erasure_completed(self, session: AsyncSession, event: CloudEvent, data: ResidentErasureCompleted) -> None:
+        """Tell the resident the result of their erasure request (개인정보 보호법 제36조 제2항): what every service
+        keeps, why and until when. Their contact details are asked of intake, which keeps them for this."""
+        repo = Repository(session)
+        item = {
+            "completed_at": data.completed_at.isoformat(),
+            "kept": [k.model_dump(mode="json") for k in data.kept],
+        }
+        await self._add(repo, event, data.resident_id, None, ERASURE_KIND, item)
 
     # ------------------------------------------------------------------------------------------ case events
 

@@ -19,6 +19,9 @@ Who receives what:
 - Withdrawing the consent stops delivery at once: what is queued is dropped and recorded ``withdrawn``
   (services/notify/partner_consent.py).
 
+Some events are addressed to one partner (``shared.events.addressee``): a referral of a resident to a partner's
+offering goes to that partner alone, if it was granted the type, and never to another partner granted the same type.
+
 Transports:
 - NATS: the envelope is published on ``<prefix>.partner.<partner id>.<event type>`` through the outbox (one message
   per partner and event, de-duplicated by JetStream). The partner's NATS user may subscribe to its own subjects only.
@@ -59,6 +62,7 @@ from shared.events import (
     ConsentChanged,
     EligibilityDetermined,
     EventData,
+    addressee,
     partner_subject,
     partner_view,
     without_amounts,
@@ -197,6 +201,10 @@ class PartnerFeeds:
             return
         repo = Repository(session)
         subscriptions = await repo.subscriptions_for(event_type)
+        # An addressed event (a referral to a partner's offering) is for the partner it names only.
+        to = addressee(event)
+        if to is not None:
+            subscriptions = [s for s in subscriptions if s.partner_id == to]
         if not subscriptions:
             return
         view = partner_view(event)

@@ -30,7 +30,9 @@ KINDS = (
     "case.decided",
     "case.sla_breached",
     "eligibility.opportunity",
+    "screening.question_asked",
     "application.withdrawn",
+    "resident.erasure_completed",
 )
 
 LIFE_EVENTS: dict[str, dict[str, str]] = {
@@ -166,6 +168,9 @@ def _context(kind: str, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         context["life_event"] = LIFE_EVENTS.get(str(first.get("life_event")))
         context["life_event_code"] = first.get("life_event")
         context["application_date"] = first.get("application_date")
+    elif kind == "resident.erasure_completed":
+        first = items[0] if items else {}
+        context["kept"] = sorted(first.get("kept", []), key=lambda k: (str(k.get("destroy_on")), k.get("service", "")))
     elif kind in ("case.decided",):
         context["approved"] = [i for i in items if i.get("decision") == "approved"]
         context["denied"] = [i for i in items if i.get("decision") == "denied"]

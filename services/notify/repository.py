@@ -43,7 +43,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.deps import SessionDep
+from shared.deps import SessionDep, WriteSessionDep
 
 # The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
 Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
@@ -635,3 +635,11 @@ async def get_repository(session: SessionDep) -> Repository:
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+async def get_write_repository(session: WriteSessionDep) -> Repository:
+    return Repository(session)
+
+
+# For a GET that must write what it shows (a resident's data export, which lists its own read).
+WriteRepositoryDep = Annotated[Repository, Depends(get_write_repository)]

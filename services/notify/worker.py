@@ -17,6 +17,7 @@ import httpx
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.notify import resident_data
 from services.notify.aggregates import AggregatePublisher
 from services.notify.channels import email_sender, sms_sender
 from services.notify.contacts import ContactDirectory
@@ -64,6 +65,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
         attempts=attempts,
     )
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
+    runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
     aggregates = AggregatePublisher(db=runtime.db, outbox=runtime.outbox, settings=settings)
     wakes = [asyncio.Event(), asyncio.Event()]
 

@@ -1,5 +1,5 @@
-"""The routing HTTP API: offices, queues, cases and their actions, capacity, open data. Routes stay thin: they
-authorise, call the domain, and shape the answer."""
+"""The routing HTTP API: offices, queues, cases and their actions, partners' offerings and referrals to them,
+capacity, open data. Routes stay thin: they authorise, call the domain, and shape the answer."""
 
 from __future__ import annotations
 
@@ -14,32 +14,46 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.routing import casework, queues, reasons, statistics
+from services.routing import casework, offerings, outreach, queues, reasons, referrals, resident_data, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
-from services.routing.repository import QueueFilter, Repository, RepositoryDep
+from services.routing.repository import QueueFilter, Repository, RepositoryDep, WriteRepositoryDep
 from services.routing.schemas import (
+    OFFERING_CODE_PATTERN,
     OFFICE_CODE_PATTERN,
+    PARTNER_ID_PATTERN,
     AssignIn,
     CapacityReport,
     CaseOut,
     CaseStatusName,
+    CompleteIn,
     Dataset,
     DatasetInfo,
     DecideIn,
+    DeclineIn,
     EscalateIn,
     HistoryEntry,
     NoteIn,
+    OfferingForCase,
+    OfferingIn,
+    OfferingOut,
     OfficeIn,
     OfficeOut,
+    OutreachOutcomeOut,
     QueuePage,
+    QueueSort,
     ReasonCodeOut,
+    ReferralIn,
+    ReferralOut,
+    ReferralStatusName,
     RequestInfoIn,
     TransferIn,
+    VisitIn,
 )
 from shared.auth import Principal, Role, require_roles
-from shared.deps import IdempotentDep
-from shared.events import Department
+from shared.deps import IdempotentDep, PrincipalDep
+from shared.events import Department, ServiceType
+from shared.personal_data import ResidentDataPart
 from shared.problems import problem_responses
 
 STAFF = (Role.CASEWORKER, Role.SUPERVISOR, Role.ADMIN)
@@ -47,9 +61,16 @@ Staff = Annotated[Principal, Depends(require_roles(*STAFF))]
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
 Supervisor = Annotated[Principal, Depends(require_roles(Role.SUPERVISOR, Role.ADMIN))]
 Anyone = Annotated[Principal, Depends(require_roles(*Role))]
+# A partner acts for itself (its offerings, the referrals to it); an administrator may look after any partner.
+PartnerOrAdmin = Annotated[Principal, Depends(require_roles(Role.PARTNER, Role.ADMIN))]
+Partner = Annotated[Principal, Depends(require_roles(Role.PARTNER))]
+StaffOrPartner = Annotated[Principal, Depends(require_roles(*STAFF, Role.PARTNER))]
 
 OfficeCodePath = Annotated[str, Path(pattern=OFFICE_CODE_PATTERN, description="Office code, e.g. JONGNO-CSC")]
 CaseIdPath = Annotated[uuid.UUID, Path(description="The case id")]
+PartnerIdPath = Annotated[str, Path(pattern=PARTNER_ID_PATTERN, description="The partner's id, e.g. saebom-ngo")]
+OfferingCodePath = Annotated[str, Path(pattern=OFFERING_CODE_PATTERN, description="The partner's code for it")]
+ReferralIdPath = Annotated[uuid.UUID, Path(description="The referral id")]
 Purpose = Annotated[
     str, Query(min_length=1, max_length=200, description="Why personal data is read (kept in the audit log)")
 ]
@@ -58,6 +79,8 @@ ACTION_PROBLEMS = problem_responses(404, 409, 422)
 
 offices_router = APIRouter(prefix="/v1/offices", tags=["offices"])
 cases_router = APIRouter(prefix="/v1", tags=["cases"])
+partners_router = APIRouter(prefix="/v1/partners", tags=["offerings"])
+referrals_router = APIRouter(prefix="/v1", tags=["referrals"])
 statistics_router = APIRouter(prefix="/v1", tags=["statistics"])
 
 
@@ -118,7 +141,7 @@ async def queue_filter(
 
 @cases_router.get(
     "/queues/{office}",
-    summary="An office's queue, most urgent first (priority, then due date), a page at a time",
+    summary="An office's queue, most urgent first (or earliest due, or newest), a page at a time",
     responses=problem_responses(403, 404, 422),
 )
 async def queue(
@@ -126,11 +149,18 @@ async def queue(
     principal: Staff,
     office: OfficeCodePath,
     filters: Annotated[QueueFilter, Depends(queue_filter)],
+    sort: Annotated[
+        QueueSort,
+        Query(
+            description="urgency: priority, then due date; due: due date, then priority; newest: the most recently "
+            "created first. A cursor pages only the order it was made for."
+        ),
+    ] = QueueSort.URGENCY,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     purpose: Purpose = "casework",
 ) -> QueuePage:
-    return await queues.page(repo, principal, office, filters, cursor=cursor, limit=limit, purpose=purpose)
+    return await queues.page(repo, principal, office, filters, sort, cursor=cursor, limit=limit, purpose=purpose)
 
 
 @cases_router.get(
@@ -286,9 +316,195 @@ async def add_note(
     return await idempotent.create(body, lambda: casework.add_note(repo, ctx, principal, case_id, body))
 
 
+@cases_router.post(
+    "/cases/{case_id}/visit",
+    response_model=CaseOut,
+    summary="Record an outreach visit and what it came to (outreach cases; a final outcome closes the case)",
+    responses=ACTION_PROBLEMS,
+)
+async def record_visit(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: VisitIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: outreach.record_visit(repo, ctx, principal, case_id, body), status_code=200
+    )
+
+
+@cases_router.get("/outreach-outcomes", summary="What an outreach visit may come to")
+async def outreach_outcomes(principal: Staff) -> list[OutreachOutcomeOut]:
+    return outreach.outcomes()
+
+
 @cases_router.get("/reason-codes", summary="The reason codes a decision may give")
 async def reason_codes(principal: Staff) -> list[ReasonCodeOut]:
     return [ReasonCodeOut(code=r.code, decision=r.decision, label=r.label) for r in reasons.staff_reason_codes()]
+
+
+# ---------------------------------------------------------------------------------------------- offerings
+
+
+@partners_router.get(
+    "/{partner_id}/offerings",
+    summary="A partner's offerings, with the places its referrals hold (the partner itself, or an admin)",
+    responses=problem_responses(403, 404),
+)
+async def list_offerings(
+    repo: RepositoryDep, principal: PartnerOrAdmin, partner_id: PartnerIdPath
+) -> list[OfferingOut]:
+    return await offerings.partner_offerings(repo, principal, partner_id)
+
+
+@partners_router.get("/{partner_id}/offerings/{code}", summary="One offering", responses=problem_responses(403, 404))
+async def get_offering(
+    repo: RepositoryDep, principal: PartnerOrAdmin, partner_id: PartnerIdPath, code: OfferingCodePath
+) -> OfferingOut:
+    return await offerings.partner_offering(repo, principal, partner_id, code)
+
+
+@partners_router.put(
+    "/{partner_id}/offerings/{code}",
+    summary="Publish or replace an offering: service type, districts, languages, capacity, conditions",
+    responses={201: {"description": "Created", "model": OfferingOut}, **problem_responses(403, 404, 422)},
+)
+async def put_offering(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: PartnerOrAdmin,
+    partner_id: PartnerIdPath,
+    code: OfferingCodePath,
+    body: OfferingIn,
+    response: Response,
+) -> OfferingOut:
+    offering, created = await offerings.put_offering(repo, principal, partner_id, code, body, ctx.clock.now())
+    response.status_code = 201 if created else 200
+    return offering
+
+
+# ---------------------------------------------------------------------------------------------- referrals
+
+
+@referrals_router.get(
+    "/cases/{case_id}/offerings",
+    summary="Partners' offerings with room for the case's resident (their district and language)",
+    responses=problem_responses(403, 404),
+)
+async def offerings_for_case(
+    repo: RepositoryDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    service_type: ServiceType | None = None,
+    purpose: Purpose = "referral",
+) -> list[OfferingForCase]:
+    return await offerings.with_room_for_case(repo, principal, case_id, service_type, purpose)
+
+
+@referrals_router.post(
+    "/cases/{case_id}/referrals",
+    status_code=201,
+    response_model=ReferralOut,
+    summary="Refer the case's resident to an offering with room, with their consent to the partner",
+    responses={201: {"description": "The referral; a place is held"}, **problem_responses(403, 404, 409, 422)},
+)
+async def refer(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    case_id: CaseIdPath,
+    body: ReferralIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: referrals.refer(repo, ctx, principal, case_id, body),
+        location=lambda created: f"/v1/referrals/{created['id']}",
+    )
+
+
+@referrals_router.get(
+    "/cases/{case_id}/referrals", summary="The case's referrals", responses=problem_responses(403, 404)
+)
+async def case_referrals(
+    repo: RepositoryDep, principal: Staff, case_id: CaseIdPath, purpose: Purpose = "referral"
+) -> list[ReferralOut]:
+    return await referrals.of_case(repo, principal, case_id, purpose)
+
+
+@referrals_router.get(
+    "/referrals",
+    summary="The referrals to a partner (the caller's own), newest first",
+    responses=problem_responses(403),
+)
+async def list_referrals(
+    repo: RepositoryDep,
+    principal: PartnerOrAdmin,
+    status: ReferralStatusName | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[ReferralOut]:
+    return await referrals.listed(repo, principal, status, limit)
+
+
+@referrals_router.get(
+    "/referrals/{referral_id}",
+    summary="A referral (its partner, or staff of its case's office)",
+    responses=problem_responses(403, 404),
+)
+async def get_referral(repo: RepositoryDep, principal: StaffOrPartner, referral_id: ReferralIdPath) -> ReferralOut:
+    return await referrals.read(repo, principal, referral_id)
+
+
+@referrals_router.post(
+    "/referrals/{referral_id}/accept",
+    response_model=ReferralOut,
+    summary="The partner accepts a referral",
+    responses=ACTION_PROBLEMS,
+)
+async def accept_referral(
+    repo: RepositoryDep, ctx: ContextDep, principal: Partner, referral_id: ReferralIdPath, idempotent: IdempotentDep
+) -> JSONResponse:
+    return await idempotent.create(None, lambda: referrals.accept(repo, ctx, principal, referral_id), status_code=200)
+
+
+@referrals_router.post(
+    "/referrals/{referral_id}/decline",
+    response_model=ReferralOut,
+    summary="The partner declines a referral, with a reason; the place it held is free again",
+    responses=ACTION_PROBLEMS,
+)
+async def decline_referral(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Partner,
+    referral_id: ReferralIdPath,
+    body: DeclineIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: referrals.decline(repo, ctx, principal, referral_id, body), status_code=200
+    )
+
+
+@referrals_router.post(
+    "/referrals/{referral_id}/complete",
+    response_model=ReferralOut,
+    summary="The partner reports the outcome of an accepted referral; the place it held is free again",
+    responses=ACTION_PROBLEMS,
+)
+async def complete_referral(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Partner,
+    referral_id: ReferralIdPath,
+    body: CompleteIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: referrals.complete(repo, ctx, principal, referral_id, body), status_code=200
+    )
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -308,15 +524,15 @@ async def capacity(
     return await statistics.capacity(repo, ctx, principal, office)
 
 
-@statistics_router.get("/open-data", summary="The open datasets")
-async def open_data_catalogue(principal: Anyone) -> list[DatasetInfo]:
-    return statistics.catalogue()
+@statistics_router.get("/open-data", summary="The open datasets and their metadata (DCAT-style)")
+async def open_data_catalogue(ctx: ContextDep, principal: Anyone) -> list[DatasetInfo]:
+    return statistics.catalogue(ctx)
 
 
 @statistics_router.get(
     "/open-data/{dataset}",
     response_model=Dataset,
-    summary="An aggregated, anonymised dataset (small counts suppressed), as JSON or CSV",
+    summary="An aggregated, anonymised dataset with its metadata (small counts suppressed), as JSON or CSV",
     responses={200: {"content": {"text/csv": {}}}, **problem_responses(404)},
 )
 async def open_data(
@@ -342,3 +558,23 @@ def _csv(dataset: Dataset) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="onestop-{dataset.dataset}.csv"'},
     )
+
+
+# ================================================================================================ a resident's data
+
+residents_router = APIRouter(prefix="/v1/residents", tags=["rights"])
+
+
+@residents_router.get(
+    "/{resident_id}/data",
+    summary="Everything routing holds about a resident: their part of the resident's export (the resident, or intake "
+    "gathering it)",
+    responses=problem_responses(404),
+)
+async def resident_data_part(
+    resident_id: uuid.UUID,
+    principal: PrincipalDep,
+    repo: WriteRepositoryDep,
+    export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
+) -> ResidentDataPart:
+    return await resident_data.part(repo, principal, resident_id, export_id)

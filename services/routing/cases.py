@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, TypedDict
 
 from sqlalchemy.orm.exc import StaleDataError
@@ -35,6 +35,7 @@ from services.routing.repository import Repository
 from shared.consumer import PermanentError
 from shared.events import (
     ApplicationInfoProvided,
+    ApplicationSubmitted,
     ApplicationWithdrawn,
     CaseClosed,
     CaseDecided,
@@ -43,6 +44,7 @@ from shared.events import (
     Decision,
     Department,
     EligibilityDetermined,
+    EventData,
     Localized,
     Outcome,
     ProgramDetermination,
@@ -103,6 +105,7 @@ class CaseRef(TypedDict):
 
 
 def event_base(case: Case) -> CaseRef:
+    assert case.application_id is not None, "an outreach case has no application: its steps are outreach.* events"
     return CaseRef(
         case_id=case.id,
         application_id=case.application_id,
@@ -111,6 +114,13 @@ def event_base(case: Case) -> CaseRef:
         department=Department(case.department),
         office_code=case.office_code,
     )
+
+
+async def announce(repo: Repository, ctx: RoutingContext, case: Case, event: Callable[[], EventData]) -> None:
+    """Emit a ``case.*`` event of an application's case. An outreach case has no application: the resident's status
+    view, eligibility and partners follow applications, so its steps are in its history and ``outreach.*`` only."""
+    if not case.is_outreach:
+        await ctx.outbox.emit(repo.session, event())
 
 
 def program_name(case: Case) -> Localized:
@@ -473,6 +483,14 @@ async def _reevaluate(
         await decide_automatically(repo, ctx, case, program.amount, now)
         return
     await save(repo)
+
+
+async def submitted(repo: Repository, ctx: RoutingContext, data: ApplicationSubmitted) -> None:
+    """An application was made: routing notes the channel (open data counts take-up per channel). Its cases come
+    with the determinations."""
+    record = await _application(repo, data.application_id, data.resident_id, ctx.clock.now())
+    if record.channel is None:
+        record.channel = data.channel.value
 
 
 async def withdraw(repo: Repository, ctx: RoutingContext, data: ApplicationWithdrawn) -> None:

@@ -18,7 +18,7 @@ import uuid
 
 from services.routing import offices as office_logic
 from services.routing import views
-from services.routing.cases import event_base, resume_clock, save
+from services.routing.cases import announce, event_base, resume_clock, save
 from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseStatus, audit_log
 from services.routing.policy import URGENT
@@ -97,6 +97,13 @@ def _require_active(case: Case, action: str) -> None:
         raise CaseStateConflict(f"The case is {case.status}; it cannot be {action} any more.", case)
 
 
+def _require_application(case: Case, action: str) -> None:
+    if case.is_outreach:
+        raise CaseStateConflict(
+            f"An outreach case is not {action}: it ends with the visit's outcome (POST /v1/cases/{{id}}/visit).", case
+        )
+
+
 def _require_handler(principal: Principal, case: Case, action: str) -> None:
     """Caseworkers act only on their own cases; supervisors and admins on any case they can see."""
     if not _is_caseworker(principal) or case.assignee == principal.subject:
@@ -121,9 +128,13 @@ async def claim(repo: Repository, ctx: RoutingContext, principal: Principal, cas
     case = await load(repo, principal, case_id)  # re-read what the conditional UPDATE wrote
     repo.add_entry(case, principal.subject, "claimed", now)
     await save(repo)
-    await ctx.outbox.emit(
-        repo.session,
-        CaseAssigned(**event_base(case), assignee=principal.subject, assigned_by=principal.subject, assigned_at=now),
+    await announce(
+        repo,
+        ctx,
+        case,
+        lambda: CaseAssigned(
+            **event_base(case), assignee=principal.subject, assigned_by=principal.subject, assigned_at=now
+        ),
     )
     return await detail(repo, ctx, case)
 
@@ -143,8 +154,11 @@ async def release(repo: Repository, ctx: RoutingContext, principal: Principal, c
     case.updated_at = now
     repo.add_entry(case, principal.subject, "released", now, previous_assignee=previous)
     await save(repo)
-    await ctx.outbox.emit(
-        repo.session, CaseAssigned(**event_base(case), assignee=None, assigned_by=principal.subject, assigned_at=now)
+    await announce(
+        repo,
+        ctx,
+        case,
+        lambda: CaseAssigned(**event_base(case), assignee=None, assigned_by=principal.subject, assigned_at=now),
     )
     return await detail(repo, ctx, case)
 
@@ -167,9 +181,13 @@ async def assign(
     case.updated_at = now
     repo.add_entry(case, principal.subject, "assigned", now, assignee=body.assignee, previous_assignee=previous)
     await save(repo)
-    await ctx.outbox.emit(
-        repo.session,
-        CaseAssigned(**event_base(case), assignee=body.assignee, assigned_by=principal.subject, assigned_at=now),
+    await announce(
+        repo,
+        ctx,
+        case,
+        lambda: CaseAssigned(
+            **event_base(case), assignee=body.assignee, assigned_by=principal.subject, assigned_at=now
+        ),
     )
     return await detail(repo, ctx, case)
 
@@ -181,6 +199,7 @@ async def request_info(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: RequestInfoIn
 ) -> CaseOut:
     case = await load(repo, principal, case_id)
+    _require_application(case, "sent a request for information")
     if case.status not in (CaseStatus.OPEN, CaseStatus.ASSIGNED):
         raise CaseStateConflict(
             f"Information can be requested on an open or assigned case; this one is {case.status}.", case
@@ -201,6 +220,7 @@ async def decide(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: DecideIn
 ) -> CaseOut:
     case = await load(repo, principal, case_id)
+    _require_application(case, "decided")
     reason = REASON_CODES.get(body.reason_code)
     if reason is None or reason.code == AUTOMATIC_GRANT:
         raise UnprocessableContent.for_field("reason_code", "not a reason code of GET /v1/reason-codes")
@@ -281,9 +301,11 @@ async def transfer(
         reason=body.reason,
     )
     await save(repo)
-    await ctx.outbox.emit(
-        repo.session,
-        CaseTransferred(
+    await announce(
+        repo,
+        ctx,
+        case,
+        lambda: CaseTransferred(
             **event_base(case),
             from_office_code=source,
             office_name=office_logic.name_of(target),
@@ -317,9 +339,11 @@ async def escalate(
         to=list(office.supervisors) if office else [],
     )
     await save(repo)
-    await ctx.outbox.emit(
-        repo.session,
-        CaseEscalated(**event_base(case), reason=body.reason, escalated_by=principal.subject, escalated_at=now),
+    await announce(
+        repo,
+        ctx,
+        case,
+        lambda: CaseEscalated(**event_base(case), reason=body.reason, escalated_by=principal.subject, escalated_at=now),
     )
     return await detail(repo, ctx, case)
 

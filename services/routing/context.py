@@ -31,6 +31,8 @@ class RoutingContext:
     outbox: Outbox
     # The SLA timer running for the service's lifetime (set when it starts; an operator's or a test's pass runs it).
     timer: Sweeps | None = None
+    # The outreach timer (services.routing.outreach.OutreachTimer), likewise.
+    outreach: Sweeps | None = None
 
     @classmethod
     def build(cls, settings: RoutingSettings, outbox: Outbox) -> RoutingContext:

@@ -9,10 +9,19 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services import routing as package
-from services.routing.api import cases_router, offices_router, statistics_router
+from services.routing import resident_data
+from services.routing.api import (
+    cases_router,
+    offices_router,
+    partners_router,
+    referrals_router,
+    residents_router,
+    statistics_router,
+)
 from services.routing.context import RoutingContext
 from services.routing.handlers import subscriptions
 from services.routing.models import platform
+from services.routing.outreach import outreach_timer
 from services.routing.settings import RoutingSettings
 from services.routing.timer import sla_timer
 from shared.runtime import Runtime, ServiceDefinition
@@ -26,8 +35,10 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
     @contextlib.asynccontextmanager
     async def context(runtime: Runtime) -> AsyncIterator[RoutingContext]:
         ctx = RoutingContext.build(settings, runtime.outbox)
-        async with sla_timer(runtime, ctx) as timer:
+        runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, ctx.clock, now))
+        async with sla_timer(runtime, ctx) as timer, outreach_timer(runtime, ctx) as visits:
             ctx.timer = timer
+            ctx.outreach = visits
             yield ctx
 
     return ServiceDefinition(
@@ -35,7 +46,7 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
         title="OneStop routing",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[offices_router, cases_router, statistics_router],
+        routers=[offices_router, cases_router, partners_router, referrals_router, statistics_router, residents_router],
         context=context,
         subscriptions=subscriptions,
     )

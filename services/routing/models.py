@@ -1,5 +1,6 @@
-"""The routing service's tables: offices, the applications it has heard of, cases with their history, SLA breaches
-and the audit log of staff reads."""
+"""The routing service's tables: offices, the applications it has heard of, cases with their history, SLA breaches,
+partners' offerings and the referrals to them, what routing learnt from intake's events (residents' consents, their
+feedback), the residents who asked for erasure, and the audit log of staff reads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Date,
     Float,
     ForeignKey,
@@ -49,6 +51,9 @@ class CaseStatus:
     ALL = (OPEN, ASSIGNED, WAITING_ON_RESIDENT, DECIDED, CLOSED)
 
 
+APPLICATION, OUTREACH = "application", "outreach"
+
+
 class Office(Base):
     __tablename__ = "offices"
 
@@ -80,6 +85,8 @@ class ApplicationRecord(Base):
     resident_id: Mapped[uuid.UUID]
     last_round: Mapped[int] = mapped_column(Integer, default=0)
     withdrawn_at: Mapped[dt.datetime | None]
+    # How the resident applied (application.submitted, or their feedback): open data counts take-up per channel.
+    channel: Mapped[str | None] = mapped_column(String(10))
     updated_at: Mapped[dt.datetime]
 
 
@@ -95,7 +102,11 @@ class Case(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    application_id: Mapped[uuid.UUID]
+    # application: a program of an application; outreach: a visit to a vulnerable resident who left an offer
+    # unanswered (outreach.py), about the offer's program, with no application (yet).
+    kind: Mapped[str] = mapped_column(String(16), default="application", server_default="application")
+    application_id: Mapped[uuid.UUID | None]
+    opportunity_id: Mapped[uuid.UUID | None] = mapped_column(unique=True)
     resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
     program_code: Mapped[str] = mapped_column(String(100))
     program_name_ko: Mapped[str] = mapped_column(String(300))
@@ -159,6 +170,10 @@ class Case(Base):
     def is_active(self) -> bool:
         return self.status in CaseStatus.ACTIVE
 
+    @property
+    def is_outreach(self) -> bool:
+        return self.kind == OUTREACH
+
 
 class CaseEntry(Base):
     """One line of a case's history: who did what, when, with the details (notes are entries too)."""
@@ -185,3 +200,171 @@ class SlaBreach(Base):
     due_date: Mapped[dt.date] = mapped_column(Date)
     breached_on: Mapped[dt.date] = mapped_column(Date)
     recorded_at: Mapped[dt.datetime]
+
+
+class Offer(Base):
+    """What routing knows of an offer intake put before a resident (``opportunity.*``): where the resident lives and
+    whether they are one to visit, the office that would take an application (expected demand), what became of it
+    (take-up), and the outreach it may call for."""
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        Index("ix_offers_status_outreach_due", "status", "outreach_due_on"),
+        Index("ix_offers_program_district", "program_code", "district_code"),
+    )
+
+    opportunity_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    program_name_ko: Mapped[str] = mapped_column(String(300))
+    program_name_en: Mapped[str] = mapped_column(String(300))
+    department: Mapped[str] = mapped_column(String(40))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    amount_period: Mapped[str | None] = mapped_column(String(10))
+    district_code: Mapped[str] = mapped_column(String(10))
+    preferred_language: Mapped[str] = mapped_column(String(8))
+    vulnerability: Mapped[list[str]]
+    # The office an application for the program would go to (its department, the resident's district).
+    office_code: Mapped[str | None] = mapped_column(String(40))
+    offered_on: Mapped[dt.date] = mapped_column(Date)
+    expires_on: Mapped[dt.date] = mapped_column(Date)
+    # offered | accepted | declined | expired
+    status: Mapped[str] = mapped_column(String(10))
+    status_at: Mapped[dt.datetime]
+    application_id: Mapped[uuid.UUID | None]
+    # For a resident to visit: the last working day they have to answer before an outreach case opens.
+    outreach_due_on: Mapped[dt.date | None] = mapped_column(Date)
+    outreach_case_id: Mapped[uuid.UUID | None]
+    updated_at: Mapped[dt.datetime]
+
+
+# ---------------------------------------------------------------------------------------------- what intake told
+
+
+class ResidentConsents(Base):
+    """A resident's current consents as intake's ``consent.changed`` told them (the highest version wins): a referral
+    to a partner needs the resident's ``partner:<partner id>``."""
+
+    __tablename__ = "resident_consents"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    consents: Mapped[dict[str, Any]]
+    updated_at: Mapped[dt.datetime]
+
+    def consented(self, purpose: str) -> bool:
+        return self.consents.get(purpose) is True
+
+
+class ResidentFeedback(Base):
+    """A resident's rating of an application (``feedback.given``; one per application). The comment stays in intake."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("score BETWEEN 1 AND 5", name="score_range"),)
+
+    application_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    score: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(10))
+    given_at: Mapped[dt.datetime]
+    recorded_at: Mapped[dt.datetime]
+
+
+# ---------------------------------------------------------------------------------------------- partners as providers
+
+
+class ReferralStatus:
+    """A referral holds a place of its offering while referred or accepted; declined and completed give it back."""
+
+    REFERRED = "referred"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    COMPLETED = "completed"
+
+    HOLDING = (REFERRED, ACCEPTED)
+    ALL = (REFERRED, ACCEPTED, DECLINED, COMPLETED)
+
+
+class Offering(Base):
+    """What a partner (an NGO, a private provider) offers: a service in some districts and languages, with room for
+    ``capacity`` residents at a time; ``places_taken`` counts the referrals holding a place."""
+
+    __tablename__ = "offerings"
+    __table_args__ = (
+        UniqueConstraint("partner_id", "code", name="uq_offerings_partner_code"),
+        CheckConstraint("places_taken >= 0", name="places_taken_not_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(40))
+    code: Mapped[str] = mapped_column(String(60))
+    name_ko: Mapped[str] = mapped_column(String(200))
+    name_en: Mapped[str] = mapped_column(String(200))
+    service_type: Mapped[str] = mapped_column(String(40), index=True)
+    districts: Mapped[list[str]]
+    languages: Mapped[list[str]]
+    conditions_ko: Mapped[str] = mapped_column(Text)
+    conditions_en: Mapped[str] = mapped_column(Text)
+    capacity: Mapped[int] = mapped_column(Integer)
+    places_taken: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+    @property
+    def available(self) -> int:
+        return max(self.capacity - self.places_taken, 0)
+
+
+class Referral(Base):
+    """A resident referred by a caseworker, with the resident's consent, to a partner's offering."""
+
+    __tablename__ = "referrals"
+    __table_args__ = (Index("ix_referrals_partner_status", "partner_id", "status"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    offering_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("offerings.id"), index=True)
+    partner_id: Mapped[str] = mapped_column(String(40))
+    offering_code: Mapped[str] = mapped_column(String(60))
+    service_type: Mapped[str] = mapped_column(String(40))
+    case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("cases.id"), index=True)
+    application_id: Mapped[uuid.UUID]
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    program_code: Mapped[str] = mapped_column(String(100))
+    # Where the case was when the referral was made (the case may move on; open data keeps this).
+    office_code: Mapped[str] = mapped_column(String(40))
+    district_code: Mapped[str] = mapped_column(String(10))
+    language: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(20))
+    referred_by: Mapped[str] = mapped_column(String(255))
+    referred_on: Mapped[dt.date] = mapped_column(Date)
+    created_at: Mapped[dt.datetime]
+    responded_at: Mapped[dt.datetime | None]
+    decline_reason: Mapped[str | None] = mapped_column(String(30))
+    outcome: Mapped[str | None] = mapped_column(String(30))
+    completed_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]
+    # A partner's answers race nothing but a retry; the version check still makes two at once a 409.
+    version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def holds_place(self) -> bool:
+        return self.status in ReferralStatus.HOLDING
+
+
+# ---------------------------------------------------------------------------------------------- erasure
+
+
+class ResidentErasure(Base):
+    """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
+    (retention.yaml). While it stays, an event about the resident arriving late is not stored again."""
+
+    __tablename__ = "resident_erasures"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erasure_id: Mapped[uuid.UUID]
+    requested_at: Mapped[dt.datetime]
+    erased_at: Mapped[dt.datetime]
+    erased: Mapped[dict[str, Any]]
+    kept: Mapped[list[Any]]

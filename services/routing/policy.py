@@ -259,7 +259,9 @@ def _full(responsible: Sequence[Candidate]) -> str:
 ROUTINE, ELEVATED, HIGH, URGENT = 1, 2, 3, 4
 PRIORITY_NAMES = {ROUTINE: "routine", ELEVATED: "elevated", HIGH: "high", URGENT: "urgent"}
 # Flags that on their own raise a case to high: a child heading a household, an elderly person living alone.
-SEVERE_FLAGS = frozenset({Vulnerability.CHILD_HEAD_OF_HOUSEHOLD.value, Vulnerability.ELDERLY_ALONE.value})
+SEVERE_FLAGS = frozenset(
+    {Vulnerability.CHILD_HEAD_OF_HOUSEHOLD.value, Vulnerability.ELDERLY_ALONE.value, Vulnerability.CRISIS.value}
+)
 
 
 def priority(

@@ -1,4 +1,5 @@
-"""An office's queue: its cases, most urgent first (priority, then due date), a page at a time.
+"""An office's queue: its cases, most urgent first (priority, then due date), earliest due first or newest first, a
+page at a time.
 
 Only staff of the office (and admins) read it, and each read is written to the audit log with its purpose: a queue
 shows who is waiting for what."""
@@ -9,7 +10,7 @@ from services.routing import views
 from services.routing.models import audit_log
 from services.routing.offices import OfficeNotFound
 from services.routing.repository import QueueFilter, Repository
-from services.routing.schemas import QueuePage
+from services.routing.schemas import QueuePage, QueueSort
 from shared.auth import Principal
 from shared.problems import Forbidden
 
@@ -19,24 +20,27 @@ async def page(
     principal: Principal,
     office_code: str,
     filters: QueueFilter,
+    sort: QueueSort,
     *,
     cursor: str | None,
     limit: int,
     purpose: str,
 ) -> QueuePage:
-    """One page of the queue after ``cursor`` (an office that does not exist is a 404 before the 403)."""
+    """One page of the queue in ``sort``'s order after ``cursor`` (an office that does not exist is a 404 before the
+    403; a cursor made for another order is a 422)."""
     if await repo.office(office_code) is None:
         raise OfficeNotFound(office_code)
     if not principal.works_in(office_code):
         raise Forbidden(f"You do not work in office {office_code}.")
-    after = views.decode_cursor(cursor) if cursor else None
-    rows = await repo.queue_page(office_code, filters, after, limit + 1)
+    after = views.decode_cursor(cursor, sort) if cursor else None
+    rows = await repo.queue_page(office_code, filters, sort, after, limit + 1)
     cases = list(rows[:limit])
     await audit_log.record(
         repo.session, principal, action="queue.read", record_type="office", record_id=office_code, purpose=purpose
     )
     return QueuePage(
         office_code=office_code,
+        sort=sort,
         items=[views.summary(c) for c in cases],
-        next_cursor=views.encode_cursor(cases[-1]) if len(rows) > limit else None,
+        next_cursor=views.encode_cursor(cases[-1], sort) if len(rows) > limit else None,
     )

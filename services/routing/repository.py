@@ -11,12 +11,27 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing.models import ApplicationRecord, Case, CaseEntry, CaseStatus, Office, SlaBreach
+from services.routing.models import (
+    APPLICATION,
+    ApplicationRecord,
+    Case,
+    CaseEntry,
+    CaseStatus,
+    Offer,
+    Offering,
+    Office,
+    Referral,
+    ReferralStatus,
+    ResidentConsents,
+    ResidentFeedback,
+    SlaBreach,
+)
+from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
-from shared.deps import SessionDep
+from shared.deps import SessionDep, WriteSessionDep
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -25,6 +40,17 @@ def case_scope(principal: Principal) -> ColumnElement[bool]:
         return true()
     if principal.role in (Role.CASEWORKER, Role.SUPERVISOR) and principal.offices:
         return Case.office_code.in_(sorted(principal.offices))
+    return false()
+
+
+def referral_scope(principal: Principal) -> ColumnElement[bool]:
+    """The referrals a principal may see: a partner its own, staff those of their offices' cases, admins all."""
+    if principal.role is Role.ADMIN:
+        return true()
+    if principal.role is Role.PARTNER and principal.partner_id:
+        return Referral.partner_id == principal.partner_id
+    if principal.role in (Role.CASEWORKER, Role.SUPERVISOR) and principal.offices:
+        return Referral.case_id.in_(select(Case.id).where(Case.office_code.in_(sorted(principal.offices))))
     return false()
 
 
@@ -38,13 +64,43 @@ class QueueFilter:
     unassigned: bool = False
 
 
+# Each order of the queue: the case's keys, each ascending or descending (True), the id last so that no two cases
+# tie and keyset pagination visits each case once.
+QUEUE_ORDERS: dict[QueueSort, tuple[tuple[str, bool], ...]] = {
+    QueueSort.URGENCY: (("priority", True), ("due_date", False), ("id", False)),
+    QueueSort.DUE: (("due_date", False), ("priority", True), ("id", False)),
+    QueueSort.NEWEST: (("created_at", True), ("id", True)),
+}
+
+QueueKey = int | dt.date | dt.datetime | uuid.UUID
+
+
 @dataclass(frozen=True)
 class QueuePosition:
-    """Where a page ended, in the queue's order (priority descending, due date, id)."""
+    """Where a page ended: the order it was read in, and the last case's values of that order's keys."""
 
-    priority: int
-    due_date: dt.date
-    case_id: uuid.UUID
+    sort: QueueSort
+    keys: tuple[QueueKey, ...]
+
+    @classmethod
+    def of(cls, case: Case, sort: QueueSort) -> QueuePosition:
+        return cls(sort, tuple(getattr(case, name) for name, _ in QUEUE_ORDERS[sort]))
+
+
+def queue_order(sort: QueueSort) -> list[tuple[Any, bool]]:
+    """The order's columns of the cases table, each with whether it runs descending."""
+    return [(getattr(Case, name), descending) for name, descending in QUEUE_ORDERS[sort]]
+
+
+def after_position(position: QueuePosition) -> ColumnElement[bool]:
+    """Strictly after ``position`` in its order: past it on the first key, or equal on the first and past it on the
+    second, and so on (keyset pagination)."""
+    order = queue_order(position.sort)
+    alternatives = []
+    for i, ((column, descending), value) in enumerate(zip(order, position.keys, strict=True)):
+        equal_before = [c == v for (c, _), v in zip(order[:i], position.keys[:i], strict=True)]
+        alternatives.append(and_(*equal_before, column < value if descending else column > value))
+    return or_(*alternatives)
 
 
 class Repository:
@@ -64,7 +120,7 @@ class Repository:
     # ------------------------------------------------------------------------------------------ the queue
 
     async def queue_page(
-        self, office_code: str, filters: QueueFilter, after: QueuePosition | None, limit: int
+        self, office_code: str, filters: QueueFilter, sort: QueueSort, after: QueuePosition | None, limit: int
     ) -> Sequence[Case]:
         query: Select[Case] = select(Case).where(Case.office_code == office_code, Case.status.in_(filters.statuses))
         if filters.programs:
@@ -79,14 +135,8 @@ class Repository:
             query = query.where(Case.assignee.is_(None))
         if after is not None:
             # Keyset pagination: strictly after the last row of the previous page, in the same order.
-            query = query.where(
-                or_(
-                    Case.priority < after.priority,
-                    and_(Case.priority == after.priority, Case.due_date > after.due_date),
-                    and_(Case.priority == after.priority, Case.due_date == after.due_date, Case.id > after.case_id),
-                )
-            )
-        query = query.order_by(Case.priority.desc(), Case.due_date, Case.id).limit(limit)
+            query = query.where(after_position(after))
+        query = query.order_by(*(c.desc() if descending else c for c, descending in queue_order(sort))).limit(limit)
         return (await self.session.execute(query)).scalars().all()
 
     # ------------------------------------------------------------------------------------------ offices
@@ -191,7 +241,8 @@ class Repository:
         return (await self.session.execute(query)).scalars().all()
 
     async def cases_for_open_data(self) -> Sequence[Any]:
-        """The few columns open data aggregates (rows with attribute access), not whole cases."""
+        """The few columns open data aggregates (rows with attribute access), not whole cases: applications' cases
+        (an outreach visit is no case a resident brought)."""
         query = select(
             Case.routed_on,
             Case.district_code,
@@ -202,8 +253,201 @@ class Repository:
             Case.decided_on,
             Case.due_date,
             Case.breached_on,
+        ).where(Case.kind == APPLICATION)
+        return (await self.session.execute(query)).all()
+
+    # ------------------------------------------------------------------------------------------ offers and outreach
+    # Unscoped: for the event handlers, the outreach timer and the aggregate figures.
+
+    async def offer(self, opportunity_id: uuid.UUID, *, for_update: bool = False) -> Offer | None:
+        query = select(Offer).where(Offer.opportunity_id == opportunity_id)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def outreach_candidates(self, late_before: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
+        """Offers still unanswered whose resident is one to visit and whose time to answer has run out."""
+        query = (
+            select(Offer.opportunity_id)
+            .where(
+                Offer.status == "offered",
+                Offer.outreach_due_on < late_before,
+                Offer.outreach_case_id.is_(None),
+            )
+            .order_by(Offer.outreach_due_on, Offer.opportunity_id)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def case_for_update(self, case_id: uuid.UUID) -> Case | None:
+        query = select(Case).where(Case.id == case_id).with_for_update().execution_options(populate_existing=True)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def standing_offers_by_office(self, office_codes: Sequence[str] | None) -> dict[tuple[str, str, str], int]:
+        """(office, program, department) -> offers still unanswered."""
+        query = (
+            select(Offer.office_code, Offer.program_code, Offer.department, func.count())
+            .where(Offer.status == "offered", Offer.office_code.is_not(None))
+            .group_by(Offer.office_code, Offer.program_code, Offer.department)
+        )
+        if office_codes is not None:
+            query = query.where(Offer.office_code.in_(office_codes))
+        return {(str(row[0]), row[1], row[2]): int(row[3]) for row in await self.session.execute(query)}
+
+    async def take_up(self) -> Sequence[Any]:
+        """Per program and district: residents found eligible (offers), those who applied for the program since (they
+        accepted the offer, or an application of theirs has a case of it), and those granted it since."""
+        after_offer = and_(
+            Case.kind == APPLICATION,
+            Case.resident_id == Offer.resident_id,
+            Case.program_code == Offer.program_code,
+            Case.routed_on >= Offer.offered_on,
+        )
+        applied = or_(Offer.status == "accepted", exists().where(after_offer))
+        granted = exists().where(after_offer, Case.decision == "approved")
+        query = (
+            select(
+                Offer.program_code,
+                func.min(Offer.department).label("department"),
+                Offer.district_code,
+                func.count().label("found_eligible"),
+                func.sum(case((applied, 1), else_=0)).label("applied"),
+                func.sum(case((granted, 1), else_=0)).label("granted"),
+            )
+            .where(Offer.district_code != "")
+            .group_by(Offer.program_code, Offer.district_code)
+            .order_by(Offer.program_code, Offer.district_code)
+        )
+        rows: Sequence[Any] = (await self.session.execute(query)).all()
+        return rows
+
+    async def answered_offers(self) -> dict[str, tuple[int, int, str]]:
+        """Per program: (answered offers — accepted, declined or expired —, accepted ones, department)."""
+        query = (
+            select(
+                Offer.program_code,
+                func.count(),
+                func.sum(case((Offer.status == "accepted", 1), else_=0)),
+                func.min(Offer.department),
+            )
+            .where(Offer.status != "offered")
+            .group_by(Offer.program_code)
+        )
+        return {row[0]: (int(row[1]), int(row[2] or 0), str(row[3])) for row in await self.session.execute(query)}
+
+    async def program_weights(self) -> dict[str, float]:
+        """Each program's case weight, as its cases carry it."""
+        query = select(Case.program_code, func.max(Case.case_weight)).where(Case.kind == APPLICATION)
+        return {row[0]: float(row[1]) for row in await self.session.execute(query.group_by(Case.program_code))}
+
+    async def referrals_for_open_data(self) -> Sequence[Any]:
+        query = select(Referral.referred_on, Referral.service_type, Referral.status)
+        return (await self.session.execute(query)).all()
+
+    async def cases_for_feedback_data(self) -> Sequence[Any]:
+        """Each application's case's office, program and decision, with how its application was made and rated (rows
+        with attribute access): the channel is the application's, or, when routing never heard it, the rating's."""
+        query = (
+            select(
+                Case.office_code,
+                Case.program_code,
+                Case.decision,
+                func.coalesce(ApplicationRecord.channel, ResidentFeedback.channel).label("channel"),
+                ResidentFeedback.score,
+            )
+            .outerjoin(ApplicationRecord, ApplicationRecord.application_id == Case.application_id)
+            .outerjoin(ResidentFeedback, ResidentFeedback.application_id == Case.application_id)
+            .where(Case.kind == APPLICATION)
         )
         return (await self.session.execute(query)).all()
+
+    # ------------------------------------------------------------------------------------------ what intake told
+
+    async def resident_consents(self, resident_id: uuid.UUID) -> ResidentConsents | None:
+        return await self.session.get(ResidentConsents, resident_id)
+
+    async def feedback(self, application_id: uuid.UUID) -> ResidentFeedback | None:
+        return await self.session.get(ResidentFeedback, application_id)
+
+    # ------------------------------------------------------------------------------------------ offerings
+
+    async def partner_offerings(self, partner_id: str) -> Sequence[Offering]:
+        query = select(Offering).where(Offering.partner_id == partner_id).order_by(Offering.code)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def partner_offering(self, partner_id: str, code: str, *, for_update: bool = False) -> Offering | None:
+        query = select(Offering).where(Offering.partner_id == partner_id, Offering.code == code)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def offering(self, offering_id: uuid.UUID) -> Offering | None:
+        """Freshly read: ``places_taken`` changes by conditional UPDATEs the session does not track."""
+        query = select(Offering).where(Offering.id == offering_id).execution_options(populate_existing=True)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def offerings_with_room(self, service_type: str | None) -> Sequence[Offering]:
+        """Offerings with a free place (of one service type); the caller filters by district and language, which
+        are JSON lists."""
+        query = select(Offering).where(Offering.places_taken < Offering.capacity)
+        if service_type is not None:
+            query = query.where(Offering.service_type == service_type)
+        return (await self.session.execute(query.order_by(Offering.partner_id, Offering.code))).scalars().all()
+
+    async def take_place(self, offering_id: uuid.UUID, now: dt.datetime) -> bool:
+        """Hold one place in one conditional UPDATE; False when the offering is full (two referrals racing for the
+        last place: exactly one gets it)."""
+        result = await self.session.execute(
+            update(Offering)
+            .where(Offering.id == offering_id, Offering.places_taken < Offering.capacity)
+            .values(places_taken=Offering.places_taken + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def give_back_place(self, offering_id: uuid.UUID, now: dt.datetime) -> None:
+        await self.session.execute(
+            update(Offering)
+            .where(Offering.id == offering_id, Offering.places_taken > 0)
+            .values(places_taken=Offering.places_taken - 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    # ------------------------------------------------------------------------------------------ referrals
+
+    async def visible_referral(self, principal: Principal, referral_id: uuid.UUID) -> Referral | None:
+        query = (
+            select(Referral)
+            .where(Referral.id == referral_id, referral_scope(principal))
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def referrals(self, principal: Principal, status: str | None, limit: int) -> Sequence[Referral]:
+        """The caller's referrals (a partner's own), newest first."""
+        query = select(Referral).where(referral_scope(principal))
+        if status is not None:
+            query = query.where(Referral.status == status)
+        query = query.order_by(Referral.created_at.desc(), Referral.id).limit(limit)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def referrals_of_case(self, case_id: uuid.UUID) -> Sequence[Referral]:
+        query = select(Referral).where(Referral.case_id == case_id).order_by(Referral.created_at, Referral.id)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def case_of_referral(self, referral: Referral) -> Case:
+        """Unscoped: a partner's answer is written into the history of a case the partner itself cannot see."""
+        case = await self.session.get(Case, referral.case_id)
+        assert case is not None, "a referral's case is never deleted"
+        return case
+
+    async def holding_referral(self, case_id: uuid.UUID, offering_id: uuid.UUID) -> Referral | None:
+        query = select(Referral).where(
+            Referral.case_id == case_id,
+            Referral.offering_id == offering_id,
+            Referral.status.in_(ReferralStatus.HOLDING),
+        )
+        return (await self.session.execute(query.limit(1))).scalar_one_or_none()
 
     # ------------------------------------------------------------------------------------------ audit
 
@@ -213,3 +457,11 @@ async def get_repository(session: SessionDep) -> Repository:
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+async def get_write_repository(session: WriteSessionDep) -> Repository:
+    return Repository(session)
+
+
+# For a GET that must write what it shows (a resident's data export, which lists its own read).
+WriteRepositoryDep = Annotated[Repository, Depends(get_write_repository)]

@@ -9,10 +9,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from shared.events import Decision, Department, Localized
+from shared.events import (
+    Decision,
+    DeclineReason,
+    Department,
+    Localized,
+    OutreachVisitOutcome,
+    ReferralOutcome,
+    ServiceType,
+)
 
 OFFICE_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9-]{1,39}$"
 DISTRICT_PATTERN = r"^[0-9]{5}$"
+# Partner ids as notify grants them (they are NATS subject tokens); an offering's code is the partner's own name for it.
+PARTNER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,39}$"
+OFFERING_CODE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,59}$"
 
 OfficeCode = Annotated[str, StringConstraints(pattern=OFFICE_CODE_PATTERN)]
 DistrictCode = Annotated[str, StringConstraints(pattern=DISTRICT_PATTERN)]
@@ -117,6 +128,14 @@ class CaseStatusName(StrEnum):
     CLOSED = "closed"
 
 
+class QueueSort(StrEnum):
+    """The orders an office's queue is read in, each paged by its own cursor (the case id breaks every tie)."""
+
+    URGENCY = "urgency"  # priority, highest first; then due date, earliest first
+    DUE = "due"  # due date, earliest first; then priority, highest first
+    NEWEST = "newest"  # the most recently created case first
+
+
 class Candidate(BaseModel):
     office_code: str
     role: Literal["responsible", "fallback", "neighbour"]
@@ -186,7 +205,12 @@ class HistoryEntry(BaseModel):
 
 class CaseSummary(BaseModel):
     id: uuid.UUID
-    application_id: uuid.UUID
+    kind: Literal["application", "outreach"] = Field(
+        description="application: a program of an application; outreach: a visit to a vulnerable resident who left "
+        "an offer unanswered (about the offer's program)"
+    )
+    application_id: uuid.UUID | None = Field(description="The application (none for an outreach case)")
+    opportunity_id: uuid.UUID | None = Field(description="The offer an outreach case follows up")
     program_code: str
     program_name: Localized
     department: Department
@@ -222,6 +246,7 @@ class CaseOut(CaseSummary):
 
 class QueuePage(BaseModel):
     office_code: str
+    sort: QueueSort
     items: list[CaseSummary]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
 
@@ -270,6 +295,113 @@ class ReasonCodeOut(BaseModel):
     label: Localized
 
 
+class VisitIn(Input):
+    outcome: OutreachVisitOutcome = Field(description="One of GET /v1/outreach-outcomes")
+    visited_on: dt.date | None = Field(default=None, description="The day of the visit (default: today)")
+    note: LongText
+
+
+class OutreachOutcomeOut(BaseModel):
+    code: OutreachVisitOutcome
+    label: Localized
+    final: bool = Field(description="Closes the case; otherwise another visit is due")
+
+
+# ================================================================================================ offerings, referrals
+
+
+class OfferingName(Input):
+    ko: Name
+    en: Name
+
+
+class OfferingConditions(Input):
+    """Who the offering is for, as the partner states it (shown to caseworkers and, by name, to the resident)."""
+
+    ko: LongText
+    en: LongText
+
+
+class OfferingIn(Input):
+    """A partner's offering (``PUT /v1/partners/{partner_id}/offerings/{code}`` replaces it whole)."""
+
+    name: OfferingName = Field(description="As residents see it, with the provider's name")
+    service_type: ServiceType
+    districts: list[DistrictCode] = Field(min_length=1, max_length=100, description="District codes it serves")
+    languages: list[LanguageCode] = Field(min_length=1, max_length=20, description="ISO 639-1 codes it serves in")
+    capacity: int = Field(ge=0, le=100_000, description="Residents it can take at a time (0: none for now)")
+    conditions: OfferingConditions
+
+    @field_validator("districts", "languages")
+    @classmethod
+    def no_repeats(cls, values: list[Any]) -> list[Any]:
+        return _unique(values, "entries")
+
+
+class OfferingOut(BaseModel):
+    id: uuid.UUID
+    partner_id: str
+    code: str
+    name: Localized
+    service_type: ServiceType
+    districts: list[str]
+    languages: list[str]
+    conditions: Localized
+    capacity: int
+    places_taken: int = Field(description="Held by referrals not yet declined or completed")
+    available: int = Field(description="capacity - places_taken (never below 0)")
+    updated_at: dt.datetime
+
+
+class OfferingForCase(OfferingOut):
+    """An offering with room for a case's resident, as the caseworker sees it."""
+
+    resident_consented: bool = Field(
+        description="The resident consented to this partner (partner:<id>); a referral needs it"
+    )
+
+
+class ReferralIn(Input):
+    offering_id: uuid.UUID = Field(description="An offering of GET /v1/cases/{case_id}/offerings")
+
+
+class DeclineIn(Input):
+    reason: DeclineReason
+
+
+class CompleteIn(Input):
+    outcome: ReferralOutcome
+
+
+class ReferralStatusName(StrEnum):
+    REFERRED = "referred"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    COMPLETED = "completed"
+
+
+class ReferralOut(BaseModel):
+    """A referral. A partner sees its own, with the resident's pseudonymous id and nothing else about them; staff see
+    the case it belongs to as well."""
+
+    id: uuid.UUID
+    partner_id: str
+    offering_id: uuid.UUID
+    offering_code: str
+    service_type: ServiceType
+    resident_id: uuid.UUID
+    status: ReferralStatusName
+    created_at: dt.datetime
+    responded_at: dt.datetime | None
+    decline_reason: DeclineReason | None
+    outcome: ReferralOutcome | None
+    completed_at: dt.datetime | None
+    case_id: uuid.UUID | None = Field(default=None, description="Shown to staff only")
+    program_code: str | None = Field(default=None, description="Shown to staff only")
+    office_code: str | None = Field(default=None, description="Shown to staff only")
+    referred_by: str | None = Field(default=None, description="Shown to staff only")
+
+
 # ================================================================================================ capacity, open data
 
 
@@ -287,6 +419,19 @@ class ProgramDemand(BaseModel):
     breached_open: int
 
 
+class ExpectedDemand(BaseModel):
+    """Applications the offers standing in the office's districts may bring: the offers still unanswered, and the
+    share of answered offers that were accepted (city-wide, over every answered offer of the program, when there are
+    at least the take-up minimum group of them)."""
+
+    program_code: str
+    department: Department
+    standing_offers: int
+    take_up_rate: float | None = Field(description="Accepted / answered offers of the program (null: too few yet)")
+    expected_applications: float | None = Field(description="standing_offers x take_up_rate")
+    expected_weighted_load: float | None = Field(description="expected_applications x the program's case weight")
+
+
 class OfficeDemand(BaseModel):
     office_code: str
     name: OfficeName
@@ -298,6 +443,9 @@ class OfficeDemand(BaseModel):
     arrivals_per_day: float
     weighted_load_per_caseworker_hour: float | None
     programs: list[ProgramDemand]
+    expected_demand: list[ExpectedDemand] = Field(
+        default_factory=list, description="What proactive offers standing in its districts may bring (per program)"
+    )
 
 
 class CapacityReport(BaseModel):
@@ -307,13 +455,49 @@ class CapacityReport(BaseModel):
     offices: list[OfficeDemand]
 
 
-class DatasetInfo(BaseModel):
-    dataset: str
+class DatasetField(BaseModel):
+    """One column of a dataset and what it means (DCAT-style: a field of the distribution's schema)."""
+
+    name: str
+    title: str
     description: str
-    columns: list[str]
+    type: Literal["string", "integer", "number"]
+    nullable: bool = Field(description="May be null: suppressed, or a rate over a group too small to show")
+
+
+class Licence(BaseModel):
+    name: str
+    url: str
+
+
+class Distribution(BaseModel):
+    """Where and in which format the dataset is served (dcat:Distribution)."""
+
+    media_type: str
+    access_url: str
+
+
+class DatasetInfo(BaseModel):
+    """A dataset's metadata, after DCAT: ``dataset`` is dct:identifier, ``title`` and ``description`` dct:title and
+    dct:description, ``licence`` dct:license, ``update_frequency`` dct:accrualPeriodicity (EU frequency vocabulary),
+    ``publisher`` dct:publisher, ``keywords`` dcat:keyword, ``fields`` the columns and their meaning,
+    ``distributions`` dcat:distribution."""
+
+    dataset: str
+    title: Localized
+    description: str
+    keywords: list[str]
+    publisher: str
+    licence: Licence
+    update_frequency: str = Field(description="How often it changes (dct:accrualPeriodicity)")
+    update_frequency_uri: str
+    min_group_size: int = Field(description="Counts below this are never shown (null); zero is shown")
+    suppression: str
+    columns: list[str] = Field(description="The field names, in order (the CSV header)")
+    fields: list[DatasetField]
+    distributions: list[Distribution]
 
 
 class Dataset(DatasetInfo):
     generated_on: dt.date
-    suppression: str
     rows: list[dict[str, str | int | float | None]]

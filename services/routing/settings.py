@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from shared.events import Department, Vulnerability
 from shared.settings import ServiceSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -36,3 +37,25 @@ class RoutingSettings(ServiceSettings):
     capacity_window_days: int = Field(default=28, ge=1, le=366)
     # Open data never shows a count below this (1..k-1 are suppressed; zero is shown).
     open_data_min_count: int = Field(default=5, ge=1)
+    # Take-up (found eligible, applied, granted per program and district) says who was found eligible for what, so
+    # its groups are held to the minimum of the aggregate partner feed (notify's aggregate_min_group).
+    take_up_min_group: int = Field(default=10, ge=1)
+
+    # Outreach to the vulnerable (outreach.py): a resident flagged with one of these who has not answered an offer
+    # within this many working days becomes an outreach case of the department's office for their district, to be
+    # visited within the SLA. Service choices (찾아가는 보건복지서비스), not statutory periods.
+    outreach_vulnerabilities: frozenset[Vulnerability] = frozenset(
+        {Vulnerability.ELDERLY_ALONE, Vulnerability.DISABILITY, Vulnerability.SINGLE_PARENT, Vulnerability.CRISIS}
+    )
+    outreach_after_working_days: int = Field(default=10, ge=1, le=120)
+    outreach_sla_working_days: int = Field(default=10, ge=1, le=120)
+    outreach_department: Department = Department.WELFARE
+    outreach_case_weight: float = Field(default=1.0, gt=0)
+    outreach_check_interval_seconds: float = Field(default=300.0, gt=0)
+    # What residents said is shown only for groups of at least this many (a count below it is suppressed, and so are
+    # the rates over it).
+    open_data_feedback_min_group_size: int = Field(default=10, ge=1)
+    # The datasets' metadata: who publishes them and under which licence.
+    open_data_publisher: str = "OneStop one-stop public services"
+    open_data_licence: str = "Korea Open Government Licence Type 1 (공공누리 제1유형): free use with attribution"
+    open_data_licence_url: str = "https://www.kogl.or.kr/info/licenseType1.do"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from services.routing.cases import CaseChanged, event_base, refresh_priority, save
+from services.routing.cases import CaseChanged, announce, event_base, refresh_priority, save
 from services.routing.context import RoutingContext
 from services.routing.models import CaseStatus, SlaBreach
 from services.routing.policy import URGENT
@@ -166,12 +166,19 @@ class SlaTimer:
         )
         repo.add_entry(case, TIMER, "escalated", now, reason="sla_breached", to=supervisors)
         await save(repo)
-        await self.ctx.outbox.emit(
-            repo.session,
-            CaseSlaBreached(**event_base(case), due_date=case.due_date, breached_at=now, expected_by=expected_by),
+        await announce(
+            repo,
+            self.ctx,
+            case,
+            lambda: CaseSlaBreached(
+                **event_base(case), due_date=case.due_date, breached_at=now, expected_by=expected_by
+            ),
         )
-        await self.ctx.outbox.emit(
-            repo.session, CaseEscalated(**event_base(case), reason="sla_breached", escalated_by=TIMER, escalated_at=now)
+        await announce(
+            repo,
+            self.ctx,
+            case,
+            lambda: CaseEscalated(**event_base(case), reason="sla_breached", escalated_by=TIMER, escalated_at=now),
         )
         log.warning("SLA breached", extra={"case_id": str(case.id), "office": case.office_code})
         return case.office_code

@@ -6,13 +6,14 @@ import base64
 import binascii
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
 from services.routing.models import Case, CaseEntry, CaseStatus
 from services.routing.reasons import REASON_CODES
-from services.routing.repository import QueuePosition
+from services.routing.repository import QUEUE_ORDERS, QueueKey, QueuePosition
 from services.routing.schemas import (
     CaseOut,
     CaseStatusName,
@@ -20,6 +21,7 @@ from services.routing.schemas import (
     DecisionOut,
     HistoryEntry,
     MissingOut,
+    QueueSort,
     ResidentOut,
     RoutingOut,
     SlaOut,
@@ -32,7 +34,9 @@ from shared.problems import UnprocessableContent
 def summary(case: Case) -> CaseSummary:
     return CaseSummary(
         id=case.id,
+        kind=case.kind,
         application_id=case.application_id,
+        opportunity_id=case.opportunity_id,
         program_code=case.program_code,
         program_name=Localized(ko=case.program_name_ko, en=case.program_name_en),
         department=Department(case.department),
@@ -109,15 +113,54 @@ def history_entry(entry: CaseEntry) -> HistoryEntry:
 # ---------------------------------------------------------------------------------------------- cursor
 
 
-def encode_cursor(case: Case) -> str:
-    raw = orjson.dumps([case.priority, case.due_date.isoformat(), str(case.id)])
+def _integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("not an integer")
+    return value
+
+
+def _moment(value: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("a moment without its zone")
+    return moment
+
+
+def _written(key: QueueKey) -> int | str:
+    """A key as the cursor carries it: a number, or the ISO text of a date, moment or id."""
+    if isinstance(key, int):
+        return key
+    return key.isoformat() if isinstance(key, dt.date) else str(key)
+
+
+# How each key of a queue order is read back from a cursor.
+_KEYS: dict[str, Callable[[Any], QueueKey]] = {
+    "priority": _integer,
+    "due_date": dt.date.fromisoformat,
+    "created_at": _moment,
+    "id": uuid.UUID,
+}
+
+
+def encode_cursor(case: Case, sort: QueueSort) -> str:
+    """The cursor after ``case``: the order it pages and the case's values of that order's keys."""
+    position = QueuePosition.of(case, sort)
+    raw = orjson.dumps([position.sort.value, *map(_written, position.keys)])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> QueuePosition:
+def decode_cursor(cursor: str, sort: QueueSort) -> QueuePosition:
+    """Where the previous page ended; a cursor made for another order is refused (it marks no place in this one)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        priority, due, case_id = orjson.loads(raw)
-        return QueuePosition(int(priority), dt.date.fromisoformat(due), uuid.UUID(case_id))
-    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
+        made_for, *values = orjson.loads(raw)
+        made = QueueSort(made_for)
+        names = [name for name, _ in QUEUE_ORDERS[made]]
+        keys = tuple(_KEYS[name](value) for name, value in zip(names, values, strict=True))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
         raise UnprocessableContent.for_field("query.cursor", "not a cursor this queue returned") from None
+    if made is not sort:
+        raise UnprocessableContent.for_field(
+            "query.cursor", f"this cursor pages the queue sorted by {made.value}, not by {sort.value}"
+        )
+    return QueuePosition(made, keys)

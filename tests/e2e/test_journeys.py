@@ -348,3 +348,86 @@ def test_withdrawing_mid_way_closes_open_cases_and_silences_further_messages(api
     after = api.inbox(resident, application)
     assert [m["id"] for m in after] == [m["id"] for m in before], "nothing more about the withdrawn application"
     assert max(after, key=lambda m: m["created_at"])["kind"] == "application.withdrawn"
+
+
+# ---------------------------------------------------------------------------------------------- 6. a partner's service
+
+
+def test_a_caseworker_refers_a_resident_to_an_ngo_only_with_their_consent(
+    api: Api, partner_endpoint: WebhookEndpoint
+) -> None:
+    # The NGO (seeded with the referral grants) publishes an offering in routing and subscribes a webhook to referrals.
+    ngo = api.token(Role.PARTNER, partner_id="saebom-ngo")
+    code = f"jobs-{dt.datetime.now(dt.UTC):%H%M%S%f}"
+    offering = api.ok(
+        "routing", "PUT", f"/v1/partners/saebom-ngo/offerings/{code}", ngo,
+        json={"name": {"ko": "새봄 재취업 상담", "en": "Saebom back-to-work counselling"},
+              "service_type": "employment_support", "districts": ["11440"], "languages": ["ko", "en"],
+              "capacity": 3, "conditions": {"ko": "실직 가구", "en": "Households that lost their income"}},
+    )  # fmt: skip
+    referral_types = ["referral.created", "referral.accepted", "referral.completed"]
+    subscription = api.ok(
+        "notify", "POST", "/v1/subscriptions", ngo,
+        json={"transport": "webhook", "event_types": referral_types, "url": partner_endpoint.url},
+    )  # fmt: skip
+
+    resident = api.register(district="11440", language="en", birth_date="1984-07-19")
+    application = api.apply(resident, "job_loss", {**JOB_LOSS, **JOB_LOSS_DETAILS})
+    view = api.view_when(
+        application, resident.auth, lambda v: bool((programs(v).get("emergency_welfare") or {}).get("case")),
+        what="a case for emergency welfare",
+    )  # fmt: skip
+    case = programs(view)["emergency_welfare"]["case"]
+    caseworker = _staff(api, case["office_code"], name="yoon")
+
+    # Offered, but the resident has not consented to the NGO: no referral, nothing reaches it.
+    offered = api.ok("routing", "GET", f"/v1/cases/{case['case_id']}/offerings", caseworker)
+    assert [(o["id"], o["resident_consented"]) for o in offered if o["code"] == code] == [(offering["id"], False)]
+    refused = api.request("routing", "POST", f"/v1/cases/{case['case_id']}/referrals", caseworker,
+                          json={"offering_id": offering["id"]})  # fmt: skip
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "urn:onestop:problem:consent-required"
+
+    # The resident consents in intake; routing hears of it; the caseworker refers them and a place is held.
+    api.consent(resident, **{"partner__saebom-ngo": True})
+    eventually(
+        lambda: [o for o in api.ok("routing", "GET", f"/v1/cases/{case['case_id']}/offerings", caseworker)
+                 if o["code"] == code and o["resident_consented"]],
+        what="routing knows the consent",
+    )  # fmt: skip
+    referral = api.ok(
+        "routing", "POST", f"/v1/cases/{case['case_id']}/referrals", caseworker,
+        json={"offering_id": offering["id"]}, headers={"Idempotency-Key": f"refer-{resident.id}"},
+    )  # fmt: skip
+    assert api.ok("routing", "GET", f"/v1/partners/saebom-ngo/offerings/{code}", ngo)["available"] == 2
+
+    # The NGO hears of it by its signed webhook: the pseudonymous id and its offering, nothing else of the resident.
+    def delivered(kind: str) -> Delivery | None:
+        return next(
+            (d for d in partner_endpoint.deliveries
+             if d.event["type"] == f"onestop.{kind}" and d.event["data"]["referral_id"] == referral["id"]),
+            None,
+        )  # fmt: skip
+
+    created = eventually(lambda: delivered("referral.created"), what="the referral delivered to the NGO")
+    assert verify_standard_webhook(subscription["secret"], created)
+    assert set(created.event["data"]) == {"referral_id", "offering_code", "service_type", "resident_id", "created_at"}
+    assert created.event["data"]["resident_id"] == str(resident.id)
+    assert resident.email not in created.body.decode()
+
+    # The NGO accepts and, later, reports the outcome; the place is free again; the resident sees it all.
+    api.ok("routing", "POST", f"/v1/referrals/{referral['id']}/accept", ngo)
+    api.ok("routing", "POST", f"/v1/referrals/{referral['id']}/complete", ngo, json={"outcome": "served"})
+    assert api.ok("routing", "GET", f"/v1/partners/saebom-ngo/offerings/{code}", ngo)["available"] == 3
+    eventually(lambda: delivered("referral.completed"), what="the outcome echoed to the NGO")
+    view = api.view_when(
+        application, resident.auth,
+        lambda v: [r["status"] for r in v["referrals"]] == ["completed"], what="the referral in the one status",
+    )  # fmt: skip
+    shown = view["referrals"][0]
+    assert (shown["offering_name"]["en"], shown["outcome"], shown["case_id"]) == (
+        "Saebom back-to-work counselling", "served", case["case_id"],
+    )  # fmt: skip
+    assert [t["type"] for t in view["timeline"] if t["type"].startswith("referral.")] == [
+        "referral.created", "referral.accepted", "referral.completed",
+    ]  # fmt: skip

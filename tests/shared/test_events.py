@@ -22,9 +22,14 @@ from shared.events import (
     CaseDecided,
     CloudEvent,
     Decision,
+    Language,
     Localized,
+    ReferralCreated,
+    ReferralDeclined,
     ResidentContext,
+    ServiceType,
     UnknownEventType,
+    addressee,
     dead_letter_subject,
     new_event,
     partner_purpose,
@@ -132,6 +137,27 @@ def test_a_partner_view_without_amounts_has_none_at_any_depth() -> None:
     assert without_amounts(data) == {"programs": [{"program_code": "a"}], "round": 1}
     assert partner_purpose("saebom-ngo") == "partner:saebom-ngo"
     assert partner_purpose("saebom-ngo", "case.routed") == "partner:saebom-ngo:case.routed"
+
+
+def test_a_referral_is_addressed_to_its_partner_and_shows_it_only_the_pseudonymous_id() -> None:
+    common = {
+        "referral_id": uuid.uuid4(), "partner_id": "saebom-ngo", "offering_id": uuid.uuid4(),
+        "offering_code": "childcare-mapo", "offering_name": Localized(ko="아이돌봄", en="Childcare"),
+        "service_type": ServiceType.CHILDCARE, "case_id": uuid.uuid4(), "application_id": uuid.uuid4(),
+        "resident_id": uuid.uuid4(), "program_code": "parent_benefit", "office_code": "MAPO-CSC",
+    }  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    created = new_event(
+        ReferralCreated(**common, district_code="11440", language=Language.KO, referred_by="cw:1", created_at=now),
+        source="/onestop/routing",
+    )
+    assert addressee(created) == "saebom-ngo"
+    assert set(partner_view(created)) == {"referral_id", "offering_code", "service_type", "resident_id", "created_at"}
+    declined = new_event(ReferralDeclined(**common, reason="no_capacity", declined_at=now), source="/onestop/routing")
+    assert partner_view(declined)["reason"] == "no_capacity"
+    assert not {"case_id", "application_id", "office_code", "program_code"} & set(partner_view(declined))
+    # Other partner-visible events go to every granted partner.
+    assert addressee(new_event(_submitted(), source="/onestop/intake")) is None
 
 
 def test_internal_events_are_not_partner_visible() -> None:

@@ -54,6 +54,30 @@ async def test_expired_inbox_ids_and_idempotency_keys_are_purged(database_url: s
     await db.dispose()
 
 
+async def test_a_service_s_own_purges_run_on_each_pass_and_one_failing_stops_none(database_url: str) -> None:
+    db = Database(database_url)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    housekeeping = Housekeeping(
+        db, tables, inbox_retention=dt.timedelta(days=30), idempotency_retention=dt.timedelta(hours=24), interval=60
+    )
+    seen: list[dt.datetime] = []
+
+    async def broken(now: dt.datetime) -> dict[str, int]:
+        raise RuntimeError("a purge that fails")
+
+    async def kept_records(now: dt.datetime) -> dict[str, int]:
+        seen.append(now)
+        return {"decision_files": 2}
+
+    housekeeping.register("broken", broken)
+    housekeeping.register("erasure", kept_records)
+    now = dt.datetime(2032, 1, 1, tzinfo=dt.UTC)
+    assert await housekeeping.purge(now) == {"inbox": 0, "idempotency_keys": 0, "erasure.decision_files": 2}
+    assert seen == [now]
+    await db.dispose()
+
+
 def test_a_validation_failure_is_recorded_without_the_input() -> None:
     class Contact(BaseModel):
         phone: int

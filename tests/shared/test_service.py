@@ -112,7 +112,7 @@ async def client(
         log_json=False,
     )
     app = create_service_app(definition(), settings)
-    async with LifespanManager(app) as manager:
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         runtime: Runtime = app.state.runtime
         async with runtime.db.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)

@@ -44,6 +44,7 @@ def _settings(database_url: str, *, nats_url: str, prefix: str, keys_dir: Path) 
         prefix=prefix,
         keys_dir=keys_dir,
         outbox_poll_interval_seconds=2.0,
+        screening_schedule=False,  # intake only reads the catalogue: no screening runs by itself here
     )
     assert isinstance(settings, EligibilitySettings)
     return settings

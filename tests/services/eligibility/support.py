@@ -29,6 +29,8 @@ async def eligibility_service(
 ) -> AsyncIterator[RunningService]:
     """The eligibility service on a migrated database seeded from the YAML catalogue, on the real NATS."""
     overrides.setdefault("partner_departments", PARTNERS)
+    # Screening runs by itself only where a test says so; elsewhere a test runs the scheduler's passes (``tick``).
+    overrides.setdefault("screening_schedule", False)
     async with running_service(
         "eligibility", database_url=database_url, nats_url=nats_url, prefix=prefix, keys_dir=keys_dir, issuer=issuer,
         seed=True, **overrides,

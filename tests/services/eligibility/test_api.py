@@ -378,6 +378,11 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
          {**staff_only, "caseworker": 404, "supervisor": 404}),
         ("GET", "/v1/admin/dead-letters", None,
          {"resident": 403, "caseworker": 403, "supervisor": 403, "partner": 403, "service": 403}),
+        # A resident's whole part of their export: the resident, and intake gathering it (any resident's).
+        ("GET", f"/v1/residents/{resident_id}/data", None, {"caseworker": 404, "supervisor": 404, "admin": 404,
+                                                           "partner": 404}),
+        ("GET", f"/v1/residents/{other}/data", None, {"resident": 404, "caseworker": 404, "supervisor": 404,
+                                                     "admin": 404, "partner": 404}),
     ]  # fmt: skip
     read: list[tuple[str, str]] = []
     for method, path, body, exceptions in endpoints:
@@ -398,10 +403,15 @@ async def test_who_may_do_what(eligibility: RunningService) -> None:
                 assert response.json()["round"] == 1
                 if role != "resident":
                     read.append((role, path.split("/")[3]))
+            if path.endswith("/data") and response.status_code == 200:
+                assert response.json()["service"] == "eligibility"
+                if role != "resident":
+                    read.append((role, path.split("/")[3]))
     assert sorted(read) == sorted(
         [("admin", str(own)), ("caseworker", str(own)), ("supervisor", str(own)), ("supervisor", str(elsewhere)),
-         ("admin", str(elsewhere)), ("admin", str(moved)), ("admin", str(unrouted))]
+         ("admin", str(elsewhere)), ("admin", str(moved)), ("admin", str(unrouted)),
+         ("service", str(resident_id)), ("service", str(other))]
     )  # fmt: skip
     async with eligibility.runtime.db.session() as session:
         audited = (await session.execute(select(tables.audit_log.c.actor_role, tables.audit_log.c.record_id))).all()
-    assert sorted(audited) == sorted(read), "each staff read of determinations is audited, and nothing else"
+    assert sorted(audited) == sorted(read), "each staff (or intake) read is audited, and nothing else"

@@ -7,7 +7,16 @@ import uuid
 from typing import Any
 
 from services.intake.context import IntakeContext
-from shared.events import CaseDecided, CaseRouted, Decision, Localized
+from services.intake.models import Opportunity, ScreeningQuestion
+from shared.events import (
+    CaseDecided,
+    CaseRouted,
+    Decision,
+    EligibilityOpportunity,
+    Localized,
+    MissingFact,
+    ScreeningQuestionAsked,
+)
 from tests.services.intake.support import (
     JONGNO_CSC,
     MAPO_CSC,
@@ -20,6 +29,7 @@ from tests.services.intake.support import (
     view_when,
 )
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 SKIP = 0
 Expected = dict[str, int]
@@ -379,3 +389,121 @@ async def test_representatives_act_within_scope_and_expiry_and_counter_staff_onl
     assert withdrawn.json()["consents"] == {"proactive_screening": False}
     history = (await client.get(f"/v1/residents/{a_id}/consents", headers=a)).json()["history"]
     assert [(h["changed_by_role"], h["granted"]) for h in history] == [("representative", True), ("caseworker", False)]
+
+
+async def test_offers_and_questions_reach_exactly_who_may_read_or_act_on_them(intake: RunningService) -> None:
+    """The resident; a representative within scope (apply: read, accept, decline; answer: read, answer); counter
+    staff of an office the resident authorised (read and act); staff who may see the record (read, audited); nobody
+    else (404) — and who may see but not act gets 403. Every act by someone else is in the resident's access log."""
+    client = intake.client
+    clerk = intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-mapo", name="이서연")
+    registered = await client.post("/v1/residents", json=resident_body(), headers=clerk)
+    assert registered.status_code == 201, registered.text
+    a_id = uuid.UUID(registered.json()["id"])
+    a = intake.auth("resident", resident_id=a_id)
+    _, b = await register_self(intake, email="other@example.kr")
+    consented = await client.put(f"/v1/residents/{a_id}/consents", json={"consents": {"proactive_screening": True}},
+                                 headers=a)  # fmt: skip
+    assert consented.status_code == 200, consented.text
+    authority = await client.post(f"/v1/residents/{a_id}/authorities",
+                                  json={"kind": "signed_form", "reference": "위임장 M-3"}, headers=clerk)  # fmt: skip
+    assert authority.status_code == 201, authority.text
+    reps = {}
+    for scope in ("apply", "answer", "read_messages"):
+        rep_id = uuid.uuid4()
+        named = await client.post(
+            f"/v1/residents/{a_id}/representations",
+            json={"representative_id": str(rep_id), "representative_name": f"대리인 {scope}", "relation": "family",
+                  "scopes": [scope], "expires_on": (dt.date.today() + dt.timedelta(days=30)).isoformat()},
+            headers=a,
+        )  # fmt: skip
+        assert named.status_code == 201, named.text
+        reps[scope] = intake.auth("resident", resident_id=rep_id)
+
+    programs = ["child_allowance", "parent_benefit", "first_meeting_voucher", "maternal_newborn_care", "basic_pension"]
+    for code in programs:
+        await intake.publish(
+            EligibilityOpportunity(screening_id=uuid.uuid4(), resident_id=a_id, program_code=code,
+                                   program_name=Localized(ko=code, en=code), department="welfare",
+                                   found_at=dt.datetime.now(dt.UTC)),
+            source="/onestop/eligibility",
+        )  # fmt: skip
+    for fact in ("korean_national", "birth_registered"):
+        await intake.publish(
+            ScreeningQuestionAsked(question_id=uuid.uuid4(), screening_id=uuid.uuid4(), resident_id=a_id,
+                                   program_code="parent_benefit", program_name=Localized(ko="부모급여", en="Parent"),
+                                   department="welfare",
+                                   fact=MissingFact(name=fact, type="boolean", question=Localized(ko="?", en="?")),
+                                   why=Localized(ko="이유", en="why"), asked_at=dt.datetime.now(dt.UTC)),
+            source="/onestop/eligibility",
+        )  # fmt: skip
+    await wait_until(lambda: intake.settled("offers"))
+    assert await intake.count(Opportunity) == len(programs)
+
+    callers: dict[str, dict[str, str]] = {
+        "resident": a,
+        "another resident": b,
+        "representative (apply)": reps["apply"],
+        "representative (answer)": reps["answer"],
+        "representative (messages)": reps["read_messages"],
+        "counter staff": intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-kim"),
+        "staff of another office": intake.auth("caseworker", offices=[YONGSAN_CSC], subject="cw-han"),
+        "admin": intake.auth("admin", subject="admin-kang"),
+        "partner": intake.auth("partner", partner_id="kb-bank"),
+        "notify": intake.auth("service", service="notify"),
+        "no token": {},
+    }
+    readers = {"resident", "representative (apply)", "representative (answer)", "counter staff", "admin"}
+    failures = []
+    for path in (f"/v1/residents/{a_id}/opportunities", f"/v1/residents/{a_id}/questions"):
+        for who, headers in callers.items():
+            status = (await client.get(path, headers=headers)).status_code
+            expected = 401 if who == "no token" else 200 if who in readers else 404
+            if status != expected:
+                failures.append(f"GET {path} as {who}: {status}, expected {expected}")
+
+    offers = {o["program_code"]: o["id"] for o in (await client.get(f"/v1/residents/{a_id}/opportunities",
+                                                                     headers=a)).json()}  # fmt: skip
+    questions = [q["id"] for q in (await client.get(f"/v1/residents/{a_id}/questions", headers=a)).json()]
+    refused = {"another resident": 404, "representative (messages)": 404, "staff of another office": 404,
+               "partner": 404, "notify": 404, "no token": 401, "admin": 403}  # fmt: skip
+    acts: list[tuple[str, Any, dict[str, int]]] = [
+        (f"opportunities/{offers['basic_pension']}/accept", None, {**refused, "representative (answer)": 403}),
+        (f"opportunities/{offers['basic_pension']}/decline", {"reason": "not_interested"},
+         {**refused, "representative (answer)": 403}),
+        (f"questions/{questions[0]}/answer", {"value": True}, {**refused, "representative (apply)": 403}),
+    ]  # fmt: skip
+    for path, body, statuses in acts:
+        for who, status in statuses.items():
+            response = await client.post(f"/v1/residents/{a_id}/{path}", json=body, headers=callers[who])
+            if response.status_code != status:
+                failures.append(f"POST {path} as {who}: {response.status_code}, expected {status}")
+            elif status >= 400:
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert not failures, "\n".join(failures)
+    assert await intake.count(Opportunity, Opportunity.status == "offered") == len(programs), "refusals wrote nothing"
+    assert await intake.count(ScreeningQuestion, ScreeningQuestion.status == "open") == 2
+
+    allowed = [
+        ("representative (apply)", f"opportunities/{offers['child_allowance']}/accept", None, 201, "representative"),
+        ("counter staff", f"opportunities/{offers['parent_benefit']}/accept", None, 201, "counter"),
+        ("representative (apply)", f"opportunities/{offers['first_meeting_voucher']}/decline",
+         {"reason": "will_apply_later"}, 200, "representative"),
+        ("resident", f"opportunities/{offers['maternal_newborn_care']}/decline", {"reason": "privacy"}, 200,
+         "resident"),
+        ("representative (answer)", f"questions/{questions[0]}/answer", {"value": True}, 200, "representative"),
+        ("counter staff", f"questions/{questions[1]}/answer", {"value": False}, 200, "counter"),
+    ]  # fmt: skip
+    for who, path, body, status, acted in allowed:
+        response = await client.post(f"/v1/residents/{a_id}/{path}", json=body, headers=callers[who])
+        assert response.status_code == status, (who, path, response.text)
+        shown = response.json().get("opportunity", response.json())
+        assert shown["acted_as"] == acted, (who, path)
+
+    log = (await client.get(f"/v1/residents/{a_id}/access-log", params={"limit": 200}, headers=a)).json()["items"]
+    by = {(e["action"], e["authority"]["kind"] if e["authority"] else None) for e in log}
+    assert {("accept offer", "representative"), ("accept offer", "signed_form"), ("decline offer", "representative"),
+            ("answer screening question", "representative"),
+            ("answer screening question", "signed_form")} <= by  # fmt: skip
+    assert ("read offers", None) in by, "the administrator's read is in the log"
+    assert not any(e["action"] == "decline offer" and e["authority"] is None for e in log), "her own act is not"

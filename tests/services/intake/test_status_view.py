@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 from shared.events import (
     CaseAssigned,
@@ -19,11 +20,17 @@ from shared.events import (
     Department,
     EligibilityDetermined,
     InfoQuestion,
+    Language,
     Localized,
     NotificationFailed,
     NotificationSent,
     Outcome,
     ProgramDetermination,
+    ReferralAccepted,
+    ReferralCompleted,
+    ReferralCreated,
+    ReferralDeclined,
+    ServiceType,
 )
 from tests.services.intake.support import (
     BIRTH_ORDER,
@@ -363,3 +370,61 @@ async def test_withdrawal_is_announced_and_later_events_keep_it_withdrawn(
         assert len(log.of_type("application.info_provided")) == 0
         listed = await client.get("/v1/applications", params={"status": "withdrawn"}, headers=me)
         assert [a["id"] for a in listed.json()["items"]] == [app_id]
+
+
+async def test_the_resident_sees_their_referrals_to_partners_in_the_one_status(intake: RunningService) -> None:
+    """routing's referral.* events, out of order and twice, make the referral as the resident sees it: the partner's
+    answer is never undone by a late referral.created, and the status of the application does not change."""
+    resident_id, me = await register_self(intake)
+    application = await file_application(intake, me, birth_application(resident_id))
+    app_id = application["id"]
+    d = Downstream(intake, application)
+    case_id, accepted_one, declined_one = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    routing = "/onestop/routing"
+
+    def fields(referral_id: uuid.UUID, code: str, name: Localized, kind: ServiceType) -> dict[str, Any]:
+        return {
+            "referral_id": referral_id, "partner_id": "saebom-ngo", "offering_id": uuid.uuid4(), "offering_code": code,
+            "offering_name": name, "service_type": kind, "case_id": case_id, "application_id": d.application_id,
+            "resident_id": d.resident_id, "program_code": "parent_benefit", "office_code": MAPO_CSC,
+        }  # fmt: skip
+
+    childcare = fields(
+        accepted_one, "childcare-mapo", Localized(ko="새봄 아이돌봄", en="Saebom childcare"), ServiceType.CHILDCARE
+    )
+    food = fields(declined_one, "meals", Localized(ko="새봄 식품지원", en="Saebom meals"), ServiceType.FOOD_SUPPORT)
+    created = d.event(
+        ReferralCreated(**childcare, district_code="11440", language=Language.KO, referred_by="cw-park",
+                        created_at=d.clock), routing)  # fmt: skip
+    accepted = d.event(ReferralAccepted(**childcare, accepted_at=d.clock), routing)
+    completed = d.event(ReferralCompleted(**childcare, outcome="served", completed_at=d.clock), routing)
+    food_created = d.event(
+        ReferralCreated(**food, district_code="11440", language=Language.KO, referred_by="cw-park",
+                        created_at=d.clock), routing)  # fmt: skip
+    food_declined = d.event(ReferralDeclined(**food, reason="no_capacity", declined_at=d.clock), routing)
+
+    # The partner's answers arrive before the referrals themselves, and a referral.created comes twice.
+    await d.publish(accepted, food_declined, food_created, created)
+    await d.redeliver(created)
+    view = await view_when(intake, me, app_id, lambda v: len(v["referrals"]) == 2)
+    by_id = {r["referral_id"]: r for r in view["referrals"]}
+    assert (by_id[str(accepted_one)]["status"], by_id[str(declined_one)]["status"]) == ("accepted", "declined")
+    assert by_id[str(declined_one)]["decline_reason"] == "no_capacity"
+    assert by_id[str(accepted_one)]["offering_name"] == {"ko": "새봄 아이돌봄", "en": "Saebom childcare"}
+    assert (by_id[str(accepted_one)]["case_id"], by_id[str(accepted_one)]["service_type"]) == (
+        str(case_id),
+        "childcare",
+    )
+    assert by_id[str(accepted_one)]["referred_at"] is not None, "filled in by the late referral.created"
+    assert view["status"] == "received", "a referral is help beside the application, not a step of it"
+
+    await d.publish(completed)
+    view = await view_when(intake, me, app_id, lambda v: any(r["status"] == "completed" for r in v["referrals"]))
+    done = next(r for r in view["referrals"] if r["referral_id"] == str(accepted_one))
+    assert done["outcome"] == "served"
+    referral_lines = [t["summary"]["en"] for t in view["timeline"] if t["type"].startswith("referral.")]
+    # In the order they happened, each once however often it came.
+    assert referral_lines == [
+        "Referred to Saebom childcare", "Saebom childcare accepted the referral", "Saebom childcare: service provided",
+        "Referred to Saebom meals", "Saebom meals declined the referral (no place free)",
+    ]  # fmt: skip

@@ -42,6 +42,7 @@ from shared.events import (
     Outcome,
     ProgramDetermination,
     ResidentContext,
+    ScreeningQuestionAsked,
     new_event,
     subject_for,
 )
@@ -213,6 +214,25 @@ def opportunity(resident: uuid.UUID, code: str = "basic_pension") -> Eligibility
         amount=342_510,
         amount_period="monthly",
         found_at=NOW,
+    )
+
+
+def question(resident: uuid.UUID) -> ScreeningQuestionAsked:
+    """A near miss's one question (eligibility's screening.question_asked)."""
+    return ScreeningQuestionAsked(
+        question_id=uuid.uuid4(),
+        screening_id=uuid.uuid4(),
+        resident_id=resident,
+        program_code="tomorrow_learning_card",
+        program_name=Localized(ko="국민내일배움카드", en="Tomorrow learning card"),
+        department=Department.LABOUR,
+        fact=MissingFact(
+            name="civil_servant",
+            type="boolean",
+            question=Localized(ko="현재 공무원입니까?", en="Are you currently a civil servant?"),
+        ),
+        why=Localized(ko="이 답 하나로 판단할 수 있습니다.", en="This one answer settles it."),
+        asked_at=NOW,
     )
 
 

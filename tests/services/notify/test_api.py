@@ -119,6 +119,10 @@ async def test_every_endpoint_authorizes_the_caller_and_hides_what_they_may_not_
         ("GET", f"/v1/deliveries/{stopped}", None, {"admin": 200, "partner_a": 200, "partner_b": 404}),
         ("POST", f"/v1/deliveries/{stopped}/redeliver", None, {"admin": 409, "partner_a": 409, "partner_b": 404}),
         ("GET", "/v1/admin/dead-letters", None, admin_only),
+        # A resident's whole part of their export: theirs and intake's (gathering it); nobody else finds them.
+        ("GET", f"/v1/residents/{owner}/data", None,
+         {"owner": 200, "service": 200, "other_resident": 404, "caseworker": 404, "supervisor": 404, "admin": 404,
+          "partner_a": 404, "partner_b": 404}),
         ("DELETE", f"/v1/subscriptions/{subscription}", None, {"partner_b": 404, "partner_a": 204, "admin": 404}),
     ]  # fmt: skip
     failures = []

@@ -148,7 +148,30 @@ ITEMS: dict[str, list[dict[str, object]]] = {
             "amount_period": "monthly",
         }
     ],
+    "screening.question_asked": [
+        {
+            "program_code": "tomorrow_learning_card",
+            "program_name": {"ko": "국민내일배움카드", "en": "Tomorrow learning card"},
+            "department": "labour",
+            "question": {"ko": "현재 공무원입니까?", "en": "Are you currently a civil servant?"},
+        }
+    ],
     "application.withdrawn": [{"withdrawn_at": "2025-03-04T10:00:00+00:00"}],
+    "resident.erasure_completed": [
+        {
+            "completed_at": "2026-03-04T10:00:00+00:00",
+            "kept": [
+                {
+                    "service": "routing",
+                    "record_type": "decided_cases",
+                    "count": 1,
+                    "destroy_on": "2032-01-01",
+                    "reason": {"ko": "행정 결정의 기록", "en": "The record of an administrative decision"},
+                    "legal_basis": "공공기록물 관리에 관한 법률 시행령 제26조",
+                },
+            ],
+        }
+    ],
 }
 
 # Words each message must carry, per language: what happened, in plain language.
@@ -165,14 +188,24 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "case.decided": {"ko": ["아동수당: 100,000원", "소득 기준 초과"], "en": ["Approved", "Income too high"]},
     "case.sla_breached": {"ko": ["죄송", "2025년 3월 25일"], "en": ["sorry", "25 March 2025"]},
     "eligibility.opportunity": {"ko": ["기초연금", "매월 342,510원"], "en": ["Basic pension", "KRW 342,510 a month"]},
+    "screening.question_asked": {
+        "ko": ["국민내일배움카드", "현재 공무원입니까?", "신청이 되지는 않습니다"],
+        "en": ["Tomorrow learning card", "Are you currently a civil servant?", "Answering applies for nothing"],
+    },
     "application.withdrawn": {"ko": ["철회"], "en": ["withdrawn"]},
+    "resident.erasure_completed": {
+        "ko": ["개인정보를 삭제했습니다", "행정 결정의 기록 (1건): 2032년 1월 1일까지"],
+        "en": ["has been erased", "The record of an administrative decision (1): until 1 January 2032"],
+    },
 }
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_of_message_reads_well_in_korean_and_english(kind: str) -> None:
     renderer = Renderer("https://onestop.example.kr/")
-    application = None if kind == "eligibility.opportunity" else APP
+    application = (
+        None if kind in ("eligibility.opportunity", "screening.question_asked", "resident.erasure_completed") else APP
+    )
     for language in ("ko", "en"):
         message = renderer.render(MessageInput(kind, language, application, ITEMS[kind]))
         link = f"https://onestop.example.kr/applications{'/' + APP if application else ''}"

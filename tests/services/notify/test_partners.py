@@ -5,6 +5,7 @@ each resident's consent lets through is in test_partner_consent.py."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import time
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 
 from services.notify.models import Subscription, WebhookDelivery
 from shared.auth import TokenIssuer
-from shared.events import Decision, Outcome
+from shared.events import Decision, Language, Localized, Outcome, ReferralCreated, ServiceType
 from tests.services.notify import support as f
 from tests.services.notify.support import Producer, consented, grant, start_notify
 from tests.support.endpoints import Endpoint, Received
@@ -315,6 +316,57 @@ async def test_partners_get_their_own_copy_on_their_own_nats_subject(
             {**program, "amount": 100_000}
         ]
         assert by_subject[f"{bus_prefix}.partner.{NGO}.eligibility.determined"]["data"]["programs"] == [program]
+    finally:
+        await nc.close()
+
+
+async def test_a_referral_reaches_the_partner_it_names_and_no_other(
+    notify: RunningService, producer: Producer, nats_server: NatsServer, partner_endpoint: Endpoint, bus_prefix: str
+) -> None:
+    # Both partners are granted the referral events, both subscribe, and the resident consented to both: only the
+    # address keeps a referral to the NGO from reaching the bank.
+    for partner in (BANK, NGO):
+        await grant(notify, partner, "referral.created", "referral.accepted")
+        await subscribe(notify, partner, {"transport": "nats", "event_types": ["referral.created"]})
+    await subscribe(
+        notify,
+        BANK,
+        {"transport": "webhook", "url": f"{partner_endpoint.url}/hooks", "event_types": ["referral.created"]},
+    )
+    resident = uuid.uuid4()
+    await consented(notify, producer, resident, 1, {f"partner:{NGO}": True, f"partner:{BANK}": True})
+
+    received: list[tuple[str, dict[str, Any]]] = []
+    nc = await nats.connect(nats_server.url)
+    try:
+
+        async def collect(msg: Any) -> None:
+            received.append((msg.subject, orjson.loads(msg.data)))
+
+        subscription = await nc.subscribe(f"{bus_prefix}.partner.>", cb=collect)
+        await nc.flush()
+        now = dt.datetime.now(dt.UTC)
+        referral = ReferralCreated(
+            referral_id=uuid.uuid4(), partner_id=NGO, offering_id=uuid.uuid4(), offering_code="childcare-mapo",
+            offering_name=Localized(ko="새봄 아이돌봄", en="Saebom childcare"), service_type=ServiceType.CHILDCARE,
+            case_id=uuid.uuid4(), application_id=uuid.uuid4(), resident_id=resident, program_code="parent_benefit",
+            office_code="MAPO-CSC", district_code="11440", language=Language.KO, referred_by="caseworker:alice",
+            created_at=now,
+        )  # fmt: skip
+        event = await producer.publish(referral, source="/onestop/routing")
+        await wait_until(lambda: len(received) >= 1)
+        await wait_until(lambda: _relayed_all(notify))
+        await nc.flush()
+        await wait_until(lambda: subscription.pending_msgs == 0)
+        assert [s for s, _ in received] == [f"{bus_prefix}.partner.{NGO}.referral.created"]
+        body = received[0][1]
+        assert (body["id"], body["type"]) == (event.id, "onestop.referral.created")
+        # The pseudonymous id and the partner's own offering; not the district, language, case, office or caseworker.
+        assert body["data"] == {
+            "referral_id": str(referral.referral_id), "offering_code": "childcare-mapo", "service_type": "childcare",
+            "resident_id": str(resident), "created_at": body["data"]["created_at"],
+        }  # fmt: skip
+        assert await notify.count(WebhookDelivery) == 0, "nothing queued for the bank's webhook"
     finally:
         await nc.close()
 

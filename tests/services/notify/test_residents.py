@@ -284,9 +284,12 @@ async def test_opportunities_are_told_only_with_a_current_proactive_screening_co
     await producer.publish(f.consent(withdrew, 1, {"proactive_screening": True}))
     for resident in (refusing, withdrew, never_asked, consenting):
         await producer.publish(f.opportunity(resident))
-    await wait_until(lambda: len(smtp.to("a@example.kr")) == 1)
+        await producer.publish(f.question(resident))
+    await wait_until(lambda: len(smtp.to("a@example.kr")) == 2)
     await wait_until(lambda: settled(notify))
-    assert "기초연금: 매월 342,510원" in body_of(smtp.to("a@example.kr")[0])
+    bodies = sorted(body_of(m) for m in smtp.to("a@example.kr"))
+    assert any("기초연금: 매월 342,510원" in b for b in bodies)
+    assert any("현재 공무원입니까?" in b for b in bodies), "the near miss's one question is told too"
     assert smtp.to("b@example.kr") == []
     assert smtp.to("c@example.kr") == []
     assert smtp.to("d@example.kr") == []

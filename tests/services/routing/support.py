@@ -16,10 +16,14 @@ from services.routing.context import RoutingContext, Sweeps
 from services.routing.models import Case, platform
 from shared.auth import TokenIssuer
 from shared.events import (
+    ApplicationSubmitted,
+    Channel,
     CloudEvent,
+    ConsentChanged,
     Department,
     EligibilityDetermined,
     EventData,
+    FeedbackGiven,
     Language,
     Localized,
     MissingFact,
@@ -132,6 +136,73 @@ def determined(
         ),
         programs=list(programs),
     )
+
+
+def consents(resident_id: uuid.UUID, version: int, **partners: bool) -> ConsentChanged:
+    """Intake's consent.changed: the resident's full consent set, here ``partner:<id>`` for each partner named
+    (``saebom_ngo=True`` is ``partner:saebom-ngo``)."""
+    given = {f"partner:{name.replace('_', '-')}": granted for name, granted in partners.items()}
+    return ConsentChanged(
+        resident_id=resident_id,
+        version=version,
+        consents={"proactive_screening": False, **given},
+        changed=sorted(given),
+        changed_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def submitted(application_id: uuid.UUID, channel: str = "web", district: str = JONGNO) -> ApplicationSubmitted:
+    """Intake's application.submitted (routing takes the channel from it), for the resident of :func:`determined`."""
+    return ApplicationSubmitted(
+        application_id=application_id,
+        resident_id=uuid.uuid5(uuid.NAMESPACE_URL, str(application_id)),
+        life_event="birth",
+        answers={},
+        channel=Channel(channel),
+        application_date=dt.date(2025, 10, 2),
+        submitted_at=dt.datetime.now(dt.UTC),
+        resident=ResidentContext(district_code=district),
+    )
+
+
+def rated(application_id: uuid.UUID, score: int, channel: str = "web", district: str = JONGNO) -> FeedbackGiven:
+    """Intake's feedback.given for an application."""
+    return FeedbackGiven(
+        application_id=application_id,
+        resident_id=uuid.uuid5(uuid.NAMESPACE_URL, str(application_id)),
+        life_event="birth",
+        channel=Channel(channel),
+        district_code=district,
+        score=score,
+        given_at=dt.datetime.now(dt.UTC),
+    )
+
+
+def offering_body(
+    *,
+    service_type: str = "childcare",
+    districts: Sequence[str] = (JONGNO,),
+    languages: Sequence[str] = ("ko",),
+    capacity: int = 2,
+) -> dict[str, Any]:
+    """An offering as ``PUT /v1/partners/{partner_id}/offerings/{code}`` takes it."""
+    return {
+        "name": {"ko": "새봄 가족지원센터 아이돌봄", "en": "Saebom Family Support Center: childcare"},
+        "service_type": service_type,
+        "districts": list(districts),
+        "languages": list(languages),
+        "capacity": capacity,
+        "conditions": {"ko": "만 6세 미만 자녀를 둔 가정", "en": "Families with children under 6"},
+    }
+
+
+async def put_offering(service: RunningService, partner_id: str, code: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await service.client.put(
+        f"/v1/partners/{partner_id}/offerings/{code}", json=body, headers=service.auth("partner", partner_id=partner_id)
+    )
+    assert response.status_code in (200, 201), response.text
+    result: dict[str, Any] = response.json()
+    return result
 
 
 async def feed(service: RunningService, *events: EventData | CloudEvent) -> None:

@@ -2,18 +2,22 @@
 
 Residents, partners and other services never see queues or cases (403, whatever the case). A caseworker or a
 supervisor of another office gets 404 for a case (its existence is not revealed) and 403 for another office's queue
-or capacity (offices are public). Only admins change offices."""
+or capacity (offices are public). Only admins change offices.
+
+Partners' offerings and referrals: a partner sees and changes only its own offerings and answers only the referrals
+to it (another partner gets 404); staff refer only for cases of their offices and see only those cases' referrals;
+only the partner answers a referral."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from tests.services.routing.support import cases_of, determined, feed, program
+from tests.services.routing.support import cases_of, consents, determined, feed, offering_body, program, put_offering
 from tests.support.services import RunningService
 
-CALLERS = ("nobody", "resident", "partner", "service", "caseworker", "other_caseworker", "supervisor",
-           "other_supervisor", "admin")  # fmt: skip
+CALLERS = ("nobody", "resident", "partner", "other_partner", "service", "caseworker", "other_caseworker",
+           "supervisor", "other_supervisor", "admin")  # fmt: skip
 
 
 def headers(service: RunningService, caller: str, resident_id: uuid.UUID) -> dict[str, str]:
@@ -22,6 +26,7 @@ def headers(service: RunningService, caller: str, resident_id: uuid.UUID) -> dic
     claims: dict[str, dict[str, Any]] = {
         "resident": {"role": "resident", "resident_id": resident_id},  # the very resident of the case
         "partner": {"role": "partner", "partner_id": "bank"},
+        "other_partner": {"role": "partner", "partner_id": "other-bank"},
         "service": {"role": "service", "service": "notify"},
         "caseworker": {"role": "caseworker", "subject": "caseworker:alice", "offices": ["JONGNO-CSC"]},
         "other_caseworker": {"role": "caseworker", "subject": "caseworker:dan", "offices": ["MAPO-CSC"]},
@@ -39,7 +44,9 @@ def expect(default: int, **overrides: int) -> dict[str, int]:
     return expected
 
 
-OUTSIDERS = {"resident": 403, "partner": 403, "service": 403}
+OUTSIDERS = {"resident": 403, "partner": 403, "other_partner": 403, "service": 403}
+# Partners' own objects: the partner itself and admins; another partner does not find them.
+PARTNER_OWN = {"partner": 200, "other_partner": 404, "admin": 200}
 STAFF_OK = {"caseworker": 200, "supervisor": 200, "admin": 200}
 
 
@@ -51,6 +58,16 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
         determined(app, [program("to_read"), program("to_claim"), program("to_assign")], resident_id=resident_id),
     )
     cases = {code: str(c.id) for code, c in (await cases_of(routing, app)).items()}
+    # The resident consented to the partner; the partner offers a service in the resident's district.
+    await feed(routing, consents(resident_id, 1, bank=True))
+    offering = await put_offering(routing, "bank", "advice", offering_body(service_type="financial_counselling"))
+    created = await routing.client.post(
+        f"/v1/cases/{cases['to_read']}/referrals",
+        json={"offering_id": offering["id"]},
+        headers=routing.auth("caseworker", offices=["JONGNO-CSC"]),
+    )
+    assert created.status_code == 201, created.text
+    referral = created.json()["id"]
     office = (await routing.client.get("/v1/offices/JONGNO-CSC", headers=routing.auth("admin"))).json()
     office_body = {k: office[k] for k in ("name", "kind", "departments", "districts", "languages", "capacity",
                                           "neighbours", "supervisors", "fallback")}  # fmt: skip
@@ -60,7 +77,10 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
         ("GET", "/v1/offices", None, expect(200)),
         ("GET", "/v1/offices/JONGNO-CSC", None, expect(200)),
         ("PUT", "/v1/offices/JONGNO-CSC", office_body, expect(403, admin=200)),
+        ("GET", "/v1/open-data", None, expect(200)),
         ("GET", "/v1/open-data/cases", None, expect(200)),
+        ("GET", "/v1/open-data/referrals", None, expect(200)),
+        ("GET", "/v1/open-data/feedback", None, expect(200)),
         ("GET", "/v1/reason-codes", None, expect(200, **OUTSIDERS)),
         ("GET", "/v1/queues/JONGNO-CSC", None, expect(403, **STAFF_OK)),
         ("GET", "/v1/queues/MAPO-CSC", None, expect(403, other_caseworker=200, other_supervisor=200, admin=200)),
@@ -92,7 +112,46 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
             expect(404, **OUTSIDERS, caseworker=200, supervisor=0, admin=0),
         ),
         ("GET", "/v1/capacity", None, expect(403, supervisor=200, other_supervisor=200, admin=200)),
+        # Offerings: the partner's own.
+        ("GET", "/v1/partners/bank/offerings", None, expect(403, **PARTNER_OWN)),
+        ("GET", "/v1/partners/bank/offerings/advice", None, expect(403, **PARTNER_OWN)),
+        (
+            "PUT",
+            "/v1/partners/bank/offerings/advice",
+            offering_body(service_type="financial_counselling", capacity=9),
+            expect(403, **PARTNER_OWN),
+        ),
+        # Referring: staff of the case's office. Referred once (above), a second referral to the offering is a 409.
+        ("GET", f"/v1/cases/{cases['to_read']}/offerings", None, expect(404, **OUTSIDERS, **STAFF_OK)),
+        ("GET", f"/v1/cases/{cases['to_read']}/referrals", None, expect(404, **OUTSIDERS, **STAFF_OK)),
+        (
+            "POST",
+            f"/v1/cases/{cases['to_read']}/referrals",
+            {"offering_id": offering["id"]},
+            expect(404, **OUTSIDERS, caseworker=409, supervisor=409, admin=409),
+        ),
+        # Referrals: the partner referred to, and staff of the case's office.
+        ("GET", "/v1/referrals", None, expect(403, partner=200, other_partner=200, admin=200)),
+        (
+            "GET",
+            f"/v1/referrals/{referral}",
+            None,
+            expect(404, resident=403, service=403, partner=200, **STAFF_OK),
+        ),
+        # Only the partner referred to answers; its answers follow the referral's state (accepted: not declinable).
+        ("POST", f"/v1/referrals/{referral}/accept", None, expect(403, partner=200, other_partner=404)),
+        ("POST", f"/v1/referrals/{referral}/decline", {"reason": "other"}, expect(403, partner=409, other_partner=404)),
+        (
+            "POST",
+            f"/v1/referrals/{referral}/complete",
+            {"outcome": "served"},
+            expect(403, partner=200, other_partner=404),
+        ),
         ("GET", "/v1/capacity?office=JONGNO-CSC", None, expect(403, supervisor=200, admin=200)),
+        # A resident's whole part of their export: theirs (and intake's, gathering it: tests/services/routing/
+        # test_rights.py); nobody else finds the resident.
+        ("GET", f"/v1/residents/{resident_id}/data", None, expect(404, resident=200)),
+        ("GET", f"/v1/residents/{uuid.uuid4()}/data", None, expect(404)),
     ]
     failures = []
     for method, path, body, expected in matrix:
@@ -114,3 +173,48 @@ async def test_the_authorization_matrix(routing: RunningService) -> None:
     staff = (await routing.client.get("/v1/offices/JONGNO-CSC", headers=headers(routing, "caseworker", app))).json()
     assert staff["supervisors"] == ["staff:jongno-csc-lead"]
     assert staff["load"]["open_cases"] == 3  # open or assigned, all three count
+
+
+async def test_the_outreach_rows_of_the_matrix(routing: RunningService) -> None:
+    """An outreach case is a case of its office like any other (404 elsewhere, 403 for outsiders); only its office's
+    staff record a visit, the caseworker once they claimed it; take-up is open data."""
+    import datetime as dt
+
+    from tests.services.routing.support import context
+    from tests.services.routing.test_outreach import OFFERED, offered, outreach_cases, sweep
+
+    alone = offered(district="11110", vulnerability=("elderly_alone",))
+    await feed(routing, alone)
+    ctx = context(routing)
+    due = ctx.calendar.add_working_days(OFFERED, ctx.settings.outreach_after_working_days)
+    assert await sweep(routing, ctx.calendar.add_working_days(due, 1)) == 1
+    case = str((await outreach_cases(routing))[alone.opportunity_id].id)
+    visit = {"outcome": "will_apply", "note": "She will apply online with her daughter."}
+    decide = {"decision": "approved", "reason_code": "criteria_met", "note": "n"}
+    matrix: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
+        ("GET", "/v1/outreach-outcomes", None, expect(200, **OUTSIDERS)),
+        ("GET", "/v1/open-data/take_up", None, expect(200)),
+        ("GET", f"/v1/cases/{case}", None, expect(404, **OUTSIDERS, **STAFF_OK)),
+        ("POST", f"/v1/cases/{case}/decide", decide,
+         expect(404, **OUTSIDERS, caseworker=409, supervisor=409, admin=409)),
+        ("POST", f"/v1/cases/{case}/visit", visit, expect(404, **OUTSIDERS, caseworker=409, supervisor=0, admin=0)),
+    ]  # fmt: skip
+    failures = []
+    resident_id = alone.resident_id
+    for method, path, body, expected in matrix:
+        for caller, status in expected.items():
+            if status == 0:
+                continue
+            response = await routing.client.request(
+                method, path, json=body, headers=headers(routing, caller, resident_id)
+            )
+            if response.status_code != status:
+                failures.append(f"{method} {path} as {caller}: {response.status_code}, expected {status}")
+            elif status >= 400:
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert failures == []
+    recorded = await routing.client.post(f"/v1/cases/{case}/visit", json=visit,
+                                         headers=headers(routing, "supervisor", resident_id))  # fmt: skip
+    assert recorded.status_code == 200, recorded.text
+    assert recorded.json()["status"] == "closed"
+    assert dt.date.fromisoformat(recorded.json()["history"][-1]["details"]["visited_on"]) == ctx.clock.today()

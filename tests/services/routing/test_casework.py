@@ -1,11 +1,13 @@
 """A caseworker's day over the HTTP API: claim, request information (the SLA pauses), the resident's answer (it
-resumes), decide; supervisors assigning, transferring, escalating; notes; the queue's order, filters and pages;
+resumes), decide; supervisors assigning, transferring, escalating; notes; the queue's orders, filters and pages;
 and bad input refused with nothing written and no event."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -323,6 +325,66 @@ async def test_the_queue_puts_the_most_urgent_first_and_pages_through_everything
     assert problem(bad, 422)["errors"][0]["field"] == "query.cursor"
     bad = await client.get("/v1/queues/JONGNO-CSC", headers=alice, params={"priority": 9})
     assert problem(bad, 422)["errors"][0]["field"].startswith("query.priority")
+
+
+async def test_each_order_of_the_queue_pages_through_every_case_once(routing: RunningService) -> None:
+    # Cases that share their sort keys: the programs of one determination are created together (one created_at), the
+    # same flags and SLA days give the same priority and due date, so only the id tells them apart.
+    batches = [([], [5, 5, 10]), (["low_income"], [5, 1, 5, 10]), (["elderly_alone"], [10, 5]), ([], [1, 5, 10])]
+    codes = iter(f"program_{n}" for n in range(100))
+    for flags, days in batches:
+        programs = [program(next(codes), sla_days=sla) for sla in days]
+        await feed(routing, determined(uuid.uuid4(), programs, vulnerability=flags))
+    client, alice = routing.client, caseworker(routing, "alice")
+    everything = (await client.get("/v1/queues/JONGNO-CSC", headers=alice, params={"limit": 200})).json()["items"]
+    assert len(everything) == sum(len(days) for _, days in batches)
+
+    def created(case: dict[str, Any]) -> dt.datetime:
+        return dt.datetime.fromisoformat(case["created_at"])
+
+    expected = {
+        "urgency": sorted(everything, key=lambda c: (-c["priority"], c["due_date"], uuid.UUID(c["id"]))),
+        "due": sorted(everything, key=lambda c: (c["due_date"], -c["priority"], uuid.UUID(c["id"]))),
+        "newest": sorted(everything, key=lambda c: (created(c), uuid.UUID(c["id"])), reverse=True),
+    }
+    # The data has what each order must get right: cases tied on every key but the id (in every order), cases due
+    # the same day with another priority (the due order's second key), and the three orders differ.
+    pairs = {sort: list(itertools.pairwise(cases)) for sort, cases in expected.items()}
+    assert any((a["priority"], a["due_date"]) == (b["priority"], b["due_date"]) for a, b in pairs["urgency"])
+    assert any(a["due_date"] == b["due_date"] and a["priority"] != b["priority"] for a, b in pairs["due"])
+    assert any(created(a) == created(b) for a, b in pairs["newest"])
+    assert len({tuple(c["id"] for c in cases) for cases in expected.values()}) == 3
+
+    cursors: dict[str, str] = {}
+    for sort, cases in expected.items():
+        for limit in (1, 2, 3):
+            seen: list[str] = []
+            cursor: str | None = None
+            while True:
+                params: dict[str, str | int] = {"sort": sort, "limit": limit}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                response = await client.get("/v1/queues/JONGNO-CSC", headers=alice, params=params)
+                assert response.status_code == 200, response.text
+                page = response.json()
+                assert page["sort"] == sort
+                assert len(page["items"]) <= limit
+                seen += [i["id"] for i in page["items"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+                cursors[sort] = cursor
+            assert seen == [c["id"] for c in cases], (sort, limit)
+
+    # A cursor marks a place in the order it was made for only; an unknown order is refused.
+    for made_for, used_with in (("urgency", "due"), ("due", "newest"), ("newest", "urgency")):
+        params = {"sort": used_with, "cursor": cursors[made_for]}
+        bad = await client.get("/v1/queues/JONGNO-CSC", headers=alice, params=params)
+        assert problem(bad, 422)["errors"][0]["field"] == "query.cursor"
+    bad = await client.get("/v1/queues/JONGNO-CSC", headers=alice, params={"cursor": cursors["urgency"]})
+    assert bad.status_code == 200  # urgency is the default order
+    bad = await client.get("/v1/queues/JONGNO-CSC", headers=alice, params={"sort": "oldest"})
+    assert problem(bad, 422)["errors"][0]["field"] == "query.sort"
 
 
 async def cases_of_code(service: RunningService, code: str) -> uuid.UUID:

@@ -1,0 +1,106 @@
+"""What the HTTP benchmark reads off the running platform besides wrk's figures: the consumers' backlog from NATS
+monitoring (``/jsz``), a service's Prometheus metrics (request counts by status, the event-loop stall), and a
+process's memory and CPU from ``/proc``."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# The metric a service reports its longest event-loop stall under. Any gauge whose name says "event loop" and
+# "stall", "lag" or "block" is accepted (the name the services settle on may vary); a histogram gives an upper bound.
+STALL_METRIC = "onestop_event_loop_stall_max_seconds"
+_STALL_NAME = re.compile(r"event_loop.*(stall|lag|block)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Stall:
+    seconds: float
+    metric: str
+    # "max" when the service reports its longest stall; "bound" when only a histogram bucket bounds it.
+    kind: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ms": round(self.seconds * 1000, 1), "metric": self.metric, "kind": self.kind}
+
+
+def loop_stall(metrics_text: str) -> Stall | None:
+    """The longest event-loop stall a service's ``/metrics`` reports, or None when it reports none."""
+    found: list[Stall] = []
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != STALL_METRIC and not _STALL_NAME.search(family.name):
+            continue
+        if family.type in ("gauge", "untyped"):
+            values = [s.value for s in family.samples if not math.isnan(s.value)]
+            if values:
+                found.append(Stall(max(values), family.name, "max"))
+        elif family.type == "histogram":
+            buckets = sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket"))
+            total = next((count for le, count in buckets if math.isinf(le)), 0.0)
+            if total:
+                bound = next(le for le, count in buckets if count >= total)
+                found.append(Stall(bound, family.name, "bound"))
+    exact = [s for s in found if s.metric == STALL_METRIC]
+    return (exact or found)[0] if found else None
+
+
+def request_counts(metrics_text: str, method: str, route: str) -> dict[str, int]:
+    """Requests a service answered on one route, by status (``onestop_http_requests_total``)."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "onestop_http_requests":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name.endswith("_total") and labels.get("method") == method and labels.get("route") == route:
+                status = labels.get("status", "?")
+                counts[status] = counts.get(status, 0) + int(sample.value)
+    return counts
+
+
+def count_difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
+
+
+def consumer_backlog(jsz: dict[str, Any], prefixes: Iterable[str]) -> dict[str, int]:
+    """Per durable consumer whose name starts with one of ``prefixes`` (the platform's services): what it has still
+    to do, ``num_pending`` (not yet delivered) + ``num_ack_pending`` (delivered, not yet acknowledged). Read from
+    ``/jsz?accounts=true&consumers=true``."""
+    wanted = tuple(f"{p}-" for p in prefixes)
+    backlog: dict[str, int] = {}
+    for account in jsz.get("account_details") or []:
+        for stream in account.get("stream_detail") or []:
+            for consumer in stream.get("consumer_detail") or []:
+                name = consumer.get("name", "")
+                if name.startswith(wanted):
+                    backlog[name] = int(consumer.get("num_pending", 0)) + int(consumer.get("num_ack_pending", 0))
+    return backlog
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        status = open(f"/proc/{pid}/status").read()  # noqa: SIM115 - a /proc read
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
+    return None if kb is None else kb / 1024
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process has used so far."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - a /proc read
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after its closing parenthesis are plain.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS

@@ -1,0 +1,127 @@
+"""What makes proactive screening run by itself, and for whom.
+
+- **Facts changed**: a registry update (``resident.updated``), department facts (``facts.reported`` or
+  ``POST /v1/facts``), a consent newly granted (``proactive_screening``, or a department's data) and an answer to a
+  screening question each *queue* the resident (:func:`queue`); the next incremental run screens the queued
+  residents only.
+- **Dates crossed a boundary**: screening records, per resident, the next day on which their dates move a fact the
+  proactive rules read (:class:`ReviewCalendar`); the daily run screens the residents whose day has come.
+- **The rules changed**: a new catalogue revision (a version published, a program added) or a change in what is in
+  force today (a version, a median-income year or a district-tier table taking effect) makes a full run
+  (:func:`rules_in_force`).
+
+The scheduler (``scheduler.py``) decides which run is due; the runs themselves are ``screening_runs.py``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from services.eligibility.catalogue import Catalogue
+from services.eligibility.facts import DERIVATIONS
+from services.eligibility.repository import Repository
+
+# Derived facts counted in days: they change every day, so a resident for whom one is known (and recent) is reviewed
+# the next day. The proactive rules read day counts only close to the event they count from (a newborn's first 60
+# days); past this horizon a resident is reviewed by their month boundaries again.
+DAY_COUNTS = frozenset({"child_age_days", "days_since_move_in", "days_since_death", "days_since_business_start"})
+DAY_COUNT_HORIZON = dt.timedelta(days=400)
+# Dates a period is counted from the next day of (민법 제157조): months after a leave ended (facts._months_after).
+FROM_NEXT_DAY = frozenset(DERIVATIONS["months_after_maternity_leave"].inputs)
+_DAY = dt.timedelta(days=1)
+
+
+async def queue(repo: Repository, resident_id: uuid.UUID, reason: str, now: dt.datetime) -> None:
+    """Screen the resident again at the next incremental run (in the caller's transaction)."""
+    await repo.queue_for_screening(resident_id, reason, now)
+
+
+def consent_reasons(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """What a consent change means for screening: newly granted proactive screening, or a department's data newly
+    allowed or withdrawn for a resident who is screened (facts the rules read changed)."""
+    before = before or {}
+    reasons = []
+    if after.get("proactive_screening") and not before.get("proactive_screening"):
+        reasons.append("consent_granted")
+    elif after.get("proactive_screening"):
+        purposes = {p for p in (*before, *after) if p.startswith("department_data:")}
+        if any(bool(before.get(p)) != bool(after.get(p)) for p in purposes):
+            reasons.append("department_consent_changed")
+    return reasons
+
+
+def first_of_next_month(day: dt.date) -> dt.date:
+    return (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+
+
+def next_month_change(start: dt.date, today: dt.date) -> dt.date:
+    """The first day after ``today`` on which the completed months from ``start`` grow (``facts.months_between``:
+    on the same day of a later month, or the first of the month after when that month has no such day); ``start``
+    itself when it is still ahead (a date after the day judged makes its derivations fail until then)."""
+    if start > today:
+        return start
+    months = (today.year - start.year) * 12 + (today.month - start.month) - (1 if today.day < start.day else 0)
+    index = start.year * 12 + (start.month - 1) + months + 1
+    year, month = divmod(index, 12)
+    month += 1
+    if start.day <= calendar.monthrange(year, month)[1]:
+        return dt.date(year, month, start.day)
+    return first_of_next_month(dt.date(year, month, 1))
+
+
+class ReviewCalendar:
+    """The day a screened resident should next be screened for their dates alone, on one screening date.
+
+    Every fact the rules read that depends on the day is a function of the resident's dates: ages in years and
+    completed months change on the day of the month of each date (a birthday, a child's monthly birthday; the day
+    after it for a period counted from the next day, the months after a leave ended); ages in calendar months, the
+    median-income year and the district tiers change on the first of a month; day counts every day. So the next
+    review is the earliest of: the next monthly change of each date the resident has, the first of next month, and
+    — while a day count the proactive rules read is known and recent — tomorrow. No outcome can change before it."""
+
+    def __init__(self, catalogue: Catalogue, as_of: dt.date, read: frozenset[str] | None = None) -> None:
+        self.as_of = as_of
+        types = catalogue.facts.types.values()
+        self.date_facts = tuple(
+            t.name for t in types if not t.derived and (t.type == "date" or (t.type == "list" and t.items == "date"))
+        )
+        counted = DAY_COUNTS if read is None else DAY_COUNTS & read
+        self.daily_inputs = frozenset(i for name in counted for i in DERIVATIONS[name].inputs)
+        self.month_end = first_of_next_month(as_of)
+
+    def next_review(self, values: Mapping[str, Any]) -> dt.date:
+        today = self.as_of
+        best = self.month_end
+        for name in self.date_facts:
+            value = values.get(name)
+            if value is None:
+                continue
+            for day in value if isinstance(value, list | tuple) else (value,):
+                if not isinstance(day, dt.date):
+                    continue
+                if name in self.daily_inputs and today - day <= DAY_COUNT_HORIZON:
+                    return today + _DAY
+                start = day + _DAY if name in FROM_NEXT_DAY else day
+                best = min(best, next_month_change(start, today))
+        return best
+
+
+def rules_in_force(catalogue: Catalogue, day: dt.date) -> str:
+    """A fingerprint of what the proactive rules judge by on ``day``: each proactive program's version in force, the
+    median-income year and the district-tier table. It changes when something takes effect, not only when the
+    catalogue is edited, so a version published for a later date gets its full run on that date."""
+    parts = sorted(
+        f"{code}:{version.version}"
+        for code, program in catalogue.programs.items()
+        if program.attributes.proactive and (version := program.version_on(day)) is not None
+    )
+    median = catalogue.medians.in_force(day)
+    tiers = catalogue.districts.in_force(day)
+    parts.append(f"median:{median.effective_from.isoformat() if median else '-'}")
+    parts.append(f"tiers:{tiers.effective_from.isoformat() if tiers else '-'}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
