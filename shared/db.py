@@ -12,7 +12,8 @@ Two kinds of unit of work:
   made, so whatever a request does before touching the database (a call to another service) holds nothing.
 - :meth:`Database.read_session` reads. On SQLite it is a deferred ``BEGIN`` on connections of their own that are
   read-only (``PRAGMA query_only``): it never waits for a writer, it reads a consistent snapshot, and a write attempted
-  in it fails loudly. On PostgreSQL it is a ``READ ONLY`` transaction on the same pool. A read that must leave a record
+  in it fails loudly. On PostgreSQL it is a ``READ ONLY`` ``REPEATABLE READ`` transaction on the same pool (one
+  snapshot too). A read that must leave a record
   (the audit log of a read of personal data) hands the write to :func:`defer_write`; it is written in a short write
   transaction when the read ends, before the answer leaves.
 
@@ -110,7 +111,12 @@ class Database:
         elif is_sqlite(url):
             self.read_engine = self.engine  # one in-memory connection: reads share it (and its transactions)
         else:
-            self.read_engine = self.engine.execution_options(postgresql_readonly=True)
+            # One snapshot for the whole read, as on SQLite (READ COMMITTED would let each statement see a different
+            # state: a status view whose timeline names a change its cases do not show yet). A read-only
+            # REPEATABLE READ transaction never fails to serialise.
+            self.read_engine = self.engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
         self._after_commit: list[Callable[[AsyncSession], None]] = []
