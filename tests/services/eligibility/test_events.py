@@ -365,3 +365,20 @@ async def test_rules_run_ahead_of_the_transaction_count_only_while_what_they_rea
     second, third = (birth(resident, earned_income=2_000_000, business_income=0) for _ in range(2))
     await ahead(second)
     assert await applied(second) == await applied(third) == "eligible"
+
+    # An application filed by accepting an offer judges the offered program alone: worked out ahead beside one of
+    # the life event's with the same answers, each is stored with its own programs.
+    plain = birth(resident, earned_income=2_000_000, business_income=0)
+    offered = plain.model_copy(update={"application_id": uuid.uuid4(), "program_codes": ["maternal_newborn_care"]})
+    await ahead(plain, offered)
+    assert await applied(offered) == await applied(plain) == "eligible"
+
+    async def determined_programs(submitted: ApplicationSubmitted) -> set[str]:
+        async with db.read_session() as session:
+            query = select(DeterminationRow.program_code).where(
+                DeterminationRow.application_id == submitted.application_id
+            )
+            return set((await session.execute(query)).scalars())
+
+    assert await determined_programs(offered) == {"maternal_newborn_care"}
+    assert len(await determined_programs(plain)) > 1, "the life event's programs"
