@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP  := $(VENV)/.synced-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench postgres fonts browser screenshots wrk clean asyncapi
+.PHONY: run test lint bench chaos postgres fonts promtool browser screenshots wrk clean asyncapi
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP) fonts
 # PostgreSQL: the suite starts its own throwaway server; Debian's package provides the binaries.
 postgres:
 	@./scripts/ensure-postgres.sh
+
+# The alert rules are checked with Debian's promtool when it installs (tests/e2e/test_monitoring.py).
+promtool:
+	@./scripts/ensure-promtool.sh
 
 # The HTTP benchmark's load generator: Debian's wrk (compiled; a Python client would compete for the same cores).
 wrk:
@@ -42,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) postgres fonts browser wrk lint
+test: $(STAMP) postgres fonts browser wrk promtool lint
 	$(BIN)/onestop asyncapi --check
 	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 
@@ -53,8 +57,15 @@ bench: $(STAMP) postgres fonts wrk
 	$(BIN)/python bench/bus.py || status=1; \
 	$(BIN)/python bench/eligibility.py || status=1; \
 	$(BIN)/python bench/screening_runs.py || status=1; \
+	$(BIN)/python bench/screening.py || status=1; \
 	$(BIN)/python bench/api.py $(BENCH_API_ARGS) || status=1; \
+	$(BIN)/python bench/durability.py || status=1; \
 	exit $$status
+
+# The fault suite at length: 2,000 applications on the NATS cluster, PostgreSQL and two replicas per service while
+# nodes, replicas and connections are killed (make test runs a shorter one).
+chaos: $(STAMP) postgres fonts
+	CHAOS_APPLICATIONS=2000 CHAOS_TIMEOUT=5400 $(BIN)/pytest tests/chaos -s
 
 asyncapi: $(STAMP)
 	$(BIN)/onestop asyncapi

@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import httpx
 
+from onestop.postgres import PostgresError
 from onestop.registry import BY_NAME, PORTAL, ROOT, SERVICES
 from onestop.runner import Platform, PlatformConfig, PlatformError
+from onestop.supervisor import GaveUp
 from shared.auth import Role, TokenIssuer, ensure_keypair
 from shared.migrations import revision, upgrade
 
@@ -31,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--no-seed", action="store_true", help="do not load the seed data")
     run.add_argument("--console-logs", action="store_true", help="services log to this console, not var/logs")
+    run.add_argument(
+        "--postgres", action="store_true", help="a local PostgreSQL under <var>/postgres, one database per service"
+    )
+    run.add_argument("--postgres-port", type=int, default=5433, help="its port (default 5433)")
+    run.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with replicated (R3) streams")
+    run.add_argument("--replicas", type=int, default=1, help="processes per service (default 1)")
 
     token = commands.add_parser("token", help="print a signed JWT from the embedded issuer")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     init = commands.add_parser("init", help="issuer keys, migrations and seed data (a deployment's one-shot setup)")
     init.add_argument("--var", type=Path, default=Path("var"), help="where the issuer keys go (keys/ below it)")
 
-    status = commands.add_parser("status", help="health of every service and of NATS")
+    status = commands.add_parser("status", help="health of every service, the portal and NATS")
     status.add_argument("--host", default="127.0.0.1")
     status.add_argument("--nats-monitor", default="http://127.0.0.1:8222")
 
@@ -67,6 +76,43 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", help="read the catalogue the eligibility service serves from its database, not the YAML"
     )
     diff.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
+    check = catalogue_commands.add_parser(
+        "check", help="list the rule versions proactive screening cannot judge in columns (judged per record)"
+    )
+    check.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
+
+    registry = commands.add_parser("registry", help="a synthetic resident registry, for screening at scale")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    generate = registry_commands.add_parser("generate", help="write a synthetic population to Parquet (and a manifest)")
+    generate.add_argument("--residents", type=int, required=True, help="how many residents (whole households)")
+    generate.add_argument("--seed", type=int, default=1)
+    generate.add_argument("--as-of", type=dt.date.fromisoformat, help="the registry's day (default: today)")
+    generate.add_argument("--out", type=Path, default=Path("var/registry"), help="directory (default var/registry)")
+    load = registry_commands.add_parser("load", help="fill eligibility's registry projection from the Parquet")
+    load.add_argument("--from", dest="source", type=Path, default=Path("var/registry"))
+    load.add_argument("--database-url", help="eligibility's database (default: its settings)")
+    load.add_argument("--replace", action="store_true", help="empty the projection first (drills and benchmarks)")
+
+    backup = commands.add_parser(
+        "backup", help="an online backup of every service's SQLite database, with where its consumers stood"
+    )
+    backup.add_argument("--var", type=Path, default=Path("var"))
+    backup.add_argument("--to", type=Path, help="an empty directory (default: <var>/backups/<UTC time>)")
+    backup.add_argument(
+        "--positions-only", action="store_true", help="only the consumers' positions (before a pg_dump: README)"
+    )
+    backup.add_argument(
+        "--seal", type=Path, metavar="DIR", help="record the stream's position in DIR's manifest (after the dumps)"
+    )
+
+    restore = commands.add_parser(
+        "restore", help="put a backup back (the platform stopped); its consumers are rewound at the next run"
+    )
+    restore.add_argument("backup", type=Path, help="a directory `onestop backup` wrote")
+    restore.add_argument("--var", type=Path, default=Path("var"))
+    restore.add_argument(
+        "--positions-only", action="store_true", help="only plan the consumers' rewind (after a pg_restore: README)"
+    )
 
     screen = commands.add_parser(
         "screen", help="run a proactive screening of every consenting resident in the background, with a progress bar"
@@ -95,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init,
         "status": cmd_status,
         "catalogue": cmd_catalogue,
+        "registry": cmd_registry,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
         "screen": cmd_screen,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
@@ -103,9 +152,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    platform = Platform(
-        PlatformConfig(var_dir=args.var, host=args.host, seed=not args.no_seed, console_logs=args.console_logs)
-    )
+    try:
+        platform = Platform(
+            PlatformConfig(
+                var_dir=args.var,
+                host=args.host,
+                seed=not args.no_seed,
+                console_logs=args.console_logs,
+                postgres=args.postgres,
+                postgres_port=args.postgres_port,
+                cluster=args.cluster,
+                replicas=args.replicas,
+            )
+        )
+    except (PlatformError, PostgresError) as exc:
+        print(f"onestop run: {exc}", file=sys.stderr)
+        return 2
+    for warning in platform.warnings():
+        print(f"onestop run: warning: {warning}", file=sys.stderr)
+    refused = platform.refusals()
+    if refused:
+        for line in refused:
+            print(f"onestop run: {line}", file=sys.stderr)
+        return 2
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -115,25 +184,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
-    print("Starting OneStop: NATS, migrations, seed data, four services, the portal...", flush=True)
+    print(f"Starting OneStop: {_what(platform)}, migrations, seed data, four services, the portal...", flush=True)
     try:
         platform.start()
-    except PlatformError as exc:
+    except (PlatformError, PostgresError) as exc:
         print(f"onestop run: {exc}", file=sys.stderr)
         return 1
     print(_banner(platform, time.monotonic() - started), flush=True)
     code = 0
     while not stopping:
-        died = platform.exited()
-        if died:
-            print(f"stopped unexpectedly: {died}; see {platform.var / 'logs'}", file=sys.stderr)
+        try:
+            # A process that died is restarted with backoff (and reported); one that keeps crashing ends the run.
+            platform.supervise()
+        except GaveUp as exc:
+            print(f"onestop run: stopping the platform: {exc}", file=sys.stderr)
             code = 1
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     print("\nStopping OneStop...", flush=True)
     platform.stop()
     print("Stopped.", flush=True)
     return code
+
+
+def _what(platform: Platform) -> str:
+    c = platform.config
+    nats = "a 3-node NATS JetStream cluster" if c.cluster else "NATS"
+    database = "PostgreSQL" if c.postgres else "SQLite"
+    replicas = f", {c.replicas} processes per service" if c.replicas > 1 else ""
+    return f"{nats}, {database}{replicas}"
 
 
 def _banner(platform: Platform, seconds: float) -> str:
@@ -149,8 +228,15 @@ def _banner(platform: Platform, seconds: float) -> str:
     for entry in SERVICES:
         url = platform.url(entry.name)
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
-    monitor = f"   monitoring: http://{platform.config.host}:{platform.config.nats_http_port}"
-    lines.append(f"  {'nats':<12} {platform.nats_url:<24}{monitor if platform.config.nats_http_port else ''}")
+    if platform.config.replicas > 1:
+        lines.append(f"  ({platform.config.replicas} processes per service share each port)")
+    for node in platform.nats_nodes:
+        url = node.url(platform.config.host)
+        monitor = f"   monitoring: http://{platform.config.host}:{node.ports.http}" if node.ports.http else ""
+        lines.append(f"  {node.name:<12} {url:<24}{monitor}")
+    if platform.postgres is not None:
+        lines.append(f"  {'postgres':<12} {platform.postgres.url():<24}   one database per service, data in "
+                     f"{platform.postgres.data}")  # fmt: skip
     access = platform.partner_access()
     if access:
         lines += ["", "Partners connect to NATS with their own user and may subscribe to their own subjects only:"]
@@ -167,6 +253,7 @@ def _banner(platform: Platform, seconds: float) -> str:
         'Then: curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8001/v1/life-events',
         "",
         f"Data, keys and logs: {platform.var}   Health: .venv/bin/onestop status   Ctrl-C stops everything.",
+        "A process that dies is restarted (and reported here); one that keeps crashing stops the platform.",
     ]
     return "\n".join(lines)
 
@@ -232,15 +319,17 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     healthy = True
-    for entry in SERVICES:
-        url = f"http://{args.host}:{entry.port}/readyz"
+    for name, port in [*((e.name, e.port) for e in SERVICES), (PORTAL.name, PORTAL.port)]:
+        url = f"http://{args.host}:{port}/readyz"
         try:
             response = httpx.get(url, timeout=3)
-            state = "ready" if response.status_code == 200 else f"not ready: {response.json().get('checks')}"
+            body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+            checks = body.get("checks", body.get("status"))
+            state = "ready" if response.status_code == 200 else f"not ready: {checks}"
             healthy &= response.status_code == 200
         except httpx.HTTPError as exc:
             state, healthy = f"unreachable ({type(exc).__name__})", False
-        print(f"{entry.name:<12} {state}")
+        print(f"{name:<12} {state}")
     try:
         response = httpx.get(f"{args.nats_monitor}/healthz", params={"js-enabled-only": "true"}, timeout=3)
         state = "ok (JetStream enabled)" if response.status_code == 200 else f"unhealthy: {response.text.strip()}"
@@ -252,6 +341,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
+    if args.catalogue_command == "check":
+        return cmd_catalogue_check(args)
     from services.eligibility.catalogue import load_files
     from services.eligibility.catalogue_diff import diff_files, diff_stored
     from services.eligibility.facts import CATALOGUE_DIR
@@ -275,6 +366,86 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
         return 0
     directory = args.catalogue_dir or CATALOGUE_DIR
     print(diff_files(load_files(directory), args.first, args.second).render(f"YAML catalogue in {directory}"), end="")
+    return 0
+
+
+def cmd_catalogue_check(args: argparse.Namespace) -> int:
+    from services.eligibility.catalogue import load_files
+    from services.eligibility.facts import CATALOGUE_DIR
+    from services.eligibility.vectorised import check_catalogue
+
+    directory = args.catalogue_dir or CATALOGUE_DIR
+    catalogue = load_files(directory).catalogue()
+    found = check_catalogue(catalogue)
+    versions = sum(1 for p in catalogue.programs.values() for v in p.versions if not v.superseded)
+    if not found:
+        print(f"every one of the {versions} rule versions in {directory} is judged in columns by proactive screening")
+        return 0
+    print(f"{len(found)} of {versions} rule versions are judged per record by proactive screening (the columnar")
+    print("compiler cannot translate them; correct, but a few hundred times slower):")
+    for code, version, day, reason in found:
+        print(f"  {code} v{version} (from {day.isoformat()}): {reason}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from onestop.population import generate_registry, load_registry
+
+    if args.registry_command == "generate":
+        return generate_registry(args.residents, args.seed, args.as_of, args.out)
+    return load_registry(args.source, args.database_url, replace=args.replace)
+
+
+def _databases(platform: Platform, positions_only: bool) -> list[Any]:
+    from onestop.backup import sqlite_targets
+
+    if positions_only:
+        return []
+    return sqlite_targets({e.name: platform.database_url(e) for e in SERVICES})
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from onestop.backup import BackupError, backup, read_last_sequence, read_positions, seal
+
+    platform = Platform(PlatformConfig(var_dir=args.var))
+    destination = args.to or platform.var / "backups" / dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    # Where the running platform's NATS is (onestop run writes it), else the default address.
+    nats_url = platform.running_nats_url() or platform.nats_url
+    credentials, prefix = platform.nats_credentials(), platform.config.bus_prefix
+    try:
+        if args.seal:
+            sealed = seal(args.seal, read_last_sequence(nats_url, credentials, prefix))
+            print(f"stream position {sealed['stream_last_seq']} recorded in {args.seal / 'manifest.json'}")
+            return 0
+        targets = _databases(platform, args.positions_only)
+        # Before the copies: every event acknowledged by then is in them.
+        positions = read_positions(nats_url, credentials, prefix)
+        if positions is None:
+            print(f"onestop backup: NATS ({nats_url}) did not answer: no consumer positions recorded; a restore "
+                  "rewinds the consumers by time instead", file=sys.stderr)  # fmt: skip
+        manifest = backup(targets, destination, positions=positions, prefix=prefix,
+                          positions_only=args.positions_only,
+                          last_sequence=lambda: read_last_sequence(nats_url, credentials, prefix))  # fmt: skip
+    except BackupError as exc:
+        print(f"onestop backup: {exc}", file=sys.stderr)
+        return 1
+    for service in manifest["databases"]:
+        print(f"{service}: {destination / manifest['databases'][service]['file']}")
+    print(f"consumer positions: {len(manifest['consumers'] or {})}; manifest: {destination / 'manifest.json'}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from onestop.backup import BackupError, restore
+
+    platform = Platform(PlatformConfig(var_dir=args.var))
+    try:
+        done = restore(_databases(platform, args.positions_only), args.backup, platform.var,
+                       positions_only=args.positions_only)  # fmt: skip
+    except BackupError as exc:
+        print(f"onestop restore: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(done))
     return 0
 
 

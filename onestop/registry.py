@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_settings import BaseSettings
+
 from shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +73,10 @@ class PortalEntry:
     port: int = 8000
     app_factory: str = "services.portal.main:create_app"
     env_prefix: str = "ONESTOP_PORTAL_"
+
+    def settings_class(self) -> type[BaseSettings]:
+        cls: type[BaseSettings] = _load("services.portal.settings:PortalSettings")
+        return cls
 
 
 PORTAL = PortalEntry()

@@ -16,7 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import PubAck, StorageType, StreamConfig
 
 from shared.events import CloudEvent, subject_for
 from shared.settings import ServiceSettings
@@ -31,6 +31,8 @@ class OutgoingMessage:
     subject: str
     msg_id: str
     payload: bytes
+    # Further headers (the W3C ``traceparent`` of the publish span).
+    headers: dict[str, str] | None = None
 
 
 def stream_name(prefix: str) -> str:
@@ -134,6 +136,8 @@ class Bus:
             storage=StorageType.FILE,
             num_replicas=self.settings.stream_replicas,
             duplicate_window=self.settings.stream_duplicate_window_seconds,
+            # In seconds here (nats-py sends nanoseconds); on update too, so an existing stream gets a new age.
+            max_age=self.settings.stream_max_age_hours * 3600,
         )
         try:
             await self.js.stream_info(self.stream)
@@ -158,11 +162,14 @@ class Bus:
 
     # ------------------------------------------------------------------------------------------ publishing
 
-    async def publish_batch(self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0) -> int:
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0, acks: list[PubAck] | None = None
+    ) -> int:
         """Publish in order without waiting for each ack, then gather the acks.
 
         Returns how many messages *from the start* JetStream acknowledged: the caller marks exactly those as sent,
-        so a failure in the middle never lets a later message count as delivered before an earlier one.
+        so a failure in the middle never lets a later message count as delivered before an earlier one. Their
+        acknowledgements (the stream sequence, whether JetStream took it for a duplicate) go into ``acks`` if given.
         """
         futures: list[asyncio.Future[Any]] = []
         try:
@@ -171,7 +178,9 @@ class Bus:
                 # each message would go out in its own socket write; without it a batch leaves in a few writes.
                 futures.append(
                     await self.js.publish_async(
-                        message.subject, message.payload, headers={MSG_ID_HEADER: message.msg_id}
+                        message.subject,
+                        message.payload,
+                        headers={**(message.headers or {}), MSG_ID_HEADER: message.msg_id},
                     )
                 )
         except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
@@ -185,6 +194,8 @@ class Bus:
         for future in futures:
             if future in done and not future.cancelled() and future.exception() is None:
                 acked += 1
+                if acks is not None:
+                    acks.append(future.result())
             else:
                 break
         for future in done:

@@ -40,7 +40,7 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,9 +48,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.bus import Bus
 from shared.db import Database
 from shared.events import CloudEvent, EventData, UnknownEventType, dead_letter_subject, spec_for, subject_for
-from shared.observability import Metrics, event_id_var, start_trace
+from shared.observability import Metrics, event_id_var
 from shared.outbox import PENDING_KEY
 from shared.tables import PlatformTables
+from shared.tracing import TRACEPARENT, consume_span
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ Prepare = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
 
+
+# JetStream's answer to a change of where an existing consumer starts ("deliver policy can not be updated").
+DELIVER_POLICY_FIXED = 10012
 
 # How long a busy consumer waits for a batch to fill before handling what it has.
 BUSY_WAIT = 0.05
@@ -219,7 +223,7 @@ class Consumer:
         )
 
     async def start(self) -> None:
-        info = await self.bus.js.add_consumer(self.bus.stream, config=self.consumer_config())
+        info = await self._provision()
         self._stopping = False
         self._stopped.clear()
         # Messages a previous process took and never acknowledged (it was killed) come back only once their ack wait
@@ -236,6 +240,23 @@ class Consumer:
         for n in range(self.sub.concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"{self.durable}-{n}"))
         log.info("consumer started", extra={"consumer": self.durable, "workers": self.sub.concurrency})
+
+    async def _provision(self) -> ConsumerInfo:
+        """Create the durable consumer, or bring an existing one's editable settings in line with ours. Where it
+        starts is not editable: one an operator rewound (``onestop restore``) keeps its start and takes the rest."""
+        config = self.consumer_config()
+        try:
+            return await self.bus.js.add_consumer(self.bus.stream, config=config)
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) != DELIVER_POLICY_FIXED:
+                raise
+            current = (await self.bus.js.consumer_info(self.bus.stream, self.durable)).config
+            config.deliver_policy = current.deliver_policy
+            config.opt_start_seq, config.opt_start_time = current.opt_start_seq, current.opt_start_time
+            info = await self.bus.js.add_consumer(self.bus.stream, config=config)
+            log.info("consumer keeps the start it was given", extra={"consumer": self.durable,
+                     "deliver_policy": str(current.deliver_policy), "start_seq": current.opt_start_seq})  # fmt: skip
+            return info
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking new messages; let a batch being handled finish (its acks then reach the server)."""
@@ -368,7 +389,7 @@ class Consumer:
                 event = _event(item)
                 if event.id not in seen:
                     seen.add(event.id)  # the same id twice in one batch runs once
-                    await self._run(session, event)
+                    await self._run(session, item)
                     handled.append(event.id)
                 applied.append(item)
                 if self._spent(started):
@@ -396,7 +417,7 @@ class Consumer:
                         continue
                     try:
                         async with session.begin_nested():
-                            await self._run(session, event)
+                            await self._run(session, item)
                             await session.flush()  # its writes fail here, inside its savepoint, or not at all
                     except Exception as exc:
                         log.info(
@@ -454,19 +475,23 @@ class Consumer:
         events = [_event(i) for i in items]
         fresh = await self._claim(session, events)
         handled = []
-        for event in events:
+        for item, event in zip(items, events, strict=True):
             if event.id not in fresh:
                 continue
             fresh.discard(event.id)  # the same id twice in one batch runs once
-            await self._run(session, event)
+            await self._run(session, item)
             handled.append(event.id)
         self._count(handled, len(events))
 
-    async def _run(self, session: AsyncSession, event: CloudEvent) -> None:
-        start_trace(event.traceparent)
+    async def _run(self, session: AsyncSession, item: _Item) -> None:
+        """Handle one event in a span of its own, continuing the publisher's trace (the NATS header; the envelope's
+        before): each event of a batch is one span, a child of the span that emitted it."""
+        event = _event(item)
+        parent = _traceparent(item.msg) or event.traceparent
         token = event_id_var.set(event.id)
         try:
-            await self.dispatch(session, event)
+            with consume_span(self.service, self.durable, item.msg.subject, parent, event.id):
+                await self.dispatch(session, event)
         finally:
             event_id_var.reset(token)
 
@@ -615,6 +640,12 @@ def error_text(exc: BaseException) -> str:
 def _event(item: _Item) -> CloudEvent:
     assert item.event is not None  # undecodable messages are dead-lettered before anything is applied
     return item.event
+
+
+def _traceparent(msg: Msg) -> str | None:
+    headers = getattr(msg, "headers", None) or {}
+    value = headers.get(TRACEPARENT)
+    return value if isinstance(value, str) else None
 
 
 def _deliveries(msg: Msg) -> int:

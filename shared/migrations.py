@@ -144,6 +144,18 @@ def drop_audit_log_authority() -> None:
         batch.drop_column("on_behalf_of")
 
 
+def add_outbox_stream_sequence() -> None:
+    """The stream sequence each published event got (``shared.reconciler``): nullable, so rows sent before it are
+    simply not looked at."""
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("stream_seq", sa.BigInteger(), nullable=True))
+
+
+def drop_outbox_stream_sequence() -> None:
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("stream_seq")
+
+
 def drop_audit_log() -> None:
     op.drop_index("ix_audit_log_resident_at", table_name="audit_log")
     op.drop_index("ix_audit_log_at", table_name="audit_log")

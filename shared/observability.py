@@ -1,4 +1,5 @@
-"""Structured JSON logging that carries the trace id and event id, W3C trace context, and Prometheus metrics."""
+"""Structured JSON logging that carries the trace id (of the current OpenTelemetry span, shared/tracing.py) and the
+event id, the HTTP request span, and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import contextvars
 import datetime as dt
 import logging
 import os
-import re
-import secrets
 import sys
 import threading
 import time
@@ -19,36 +18,14 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-trace_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
-span_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("span_id", default=None)
+from shared import tracing
+
 event_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
-
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-
-
-def parse_traceparent(value: str | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` header, or None when it is absent or malformed."""
-    if not value:
-        return None
-    match = _TRACEPARENT.match(value.strip().lower())
-    if not match or match.group(1) == "0" * 32:
-        return None
-    return match.group(1)
-
-
-def start_trace(traceparent: str | None = None) -> str:
-    """Continue the caller's trace (or start one) and open a new span in it; returns the trace id."""
-    trace_id = parse_traceparent(traceparent) or secrets.token_hex(16)
-    trace_id_var.set(trace_id)
-    span_id_var.set(secrets.token_hex(8))
-    return trace_id
 
 
 def current_traceparent() -> str | None:
-    trace_id = trace_id_var.get()
-    if trace_id is None:
-        return None
-    return f"00-{trace_id}-{span_id_var.get() or secrets.token_hex(8)}-01"
+    """The W3C ``traceparent`` of the current span (shared/tracing.py), None outside any span."""
+    return tracing.traceparent()
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -69,8 +46,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if (trace_id := trace_id_var.get()) is not None:
-            entry["trace_id"] = trace_id
+        if (ids := tracing.current_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         if (event_id := event_id_var.get()) is not None:
             entry["event_id"] = event_id
         for key, value in record.__dict__.items():
@@ -124,6 +101,17 @@ class Metrics:
         )
         self.dead_letters = Counter(
             "onestop_dead_letters", "Events sent to the dead-letter subject", ["consumer"], registry=self.registry
+        )
+        self.consumer_pending = Gauge(
+            "onestop_consumer_pending",
+            "Events a consumer has yet to handle, as JetStream counts them (not delivered, or not acknowledged)",
+            ["consumer"],
+            registry=self.registry,
+        )
+        self.events_republished = Counter(
+            "onestop_outbox_events_republished",
+            "Events marked sent that the stream no longer held, published again by the reconciler",
+            registry=self.registry,
         )
         self.outbox_backlog = Gauge(
             "onestop_outbox_backlog", "Unpublished outbox rows at the last relay pass", registry=self.registry
@@ -227,42 +215,54 @@ class _RunQueueClock:
 
 
 class RequestContextMiddleware:
-    """Per request: continue or start a trace, time it, count it, and return ``traceparent``."""
+    """Per request: a span continuing the caller's trace (or starting one), timed and counted; the response carries
+    ``traceparent``."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, service: str = "onestop") -> None:
         self.app = app
         self.metrics = metrics
+        self.service = service
         self.log = logging.getLogger("onestop.http")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        start_trace(headers.get(b"traceparent", b"").decode("latin-1") or None)
-        event_id_var.set(None)
-        started = time.perf_counter()
-        status = 500
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope.get("headers") or []
+            if name == b"traceparent"
+        }
+        with tracing.server_span(self.service, scope["method"], headers) as span:
+            event_id_var.set(None)
+            started = time.perf_counter()
+            status = 500
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                tp = current_traceparent()
-                if tp:
-                    message.setdefault("headers", []).append((b"traceparent", tp.encode()))
-            await send(message)
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    tp = current_traceparent()
+                    if tp:
+                        message.setdefault("headers", []).append((b"traceparent", tp.encode()))
+                await send(message)
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            elapsed = time.perf_counter() - started
-            self.metrics.http_requests.labels(method=scope["method"], route=template, status=str(status)).inc()
-            self.metrics.http_latency.labels(method=scope["method"], route=template).observe(elapsed)
-            # The route template, never the concrete path: paths hold resident ids.
-            self.log.info(
-                "request",
-                extra={"method": scope["method"], "route": template, "status": status, "ms": round(elapsed * 1000, 2)},
-            )
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "unmatched"
+                elapsed = time.perf_counter() - started
+                # The route template, never the concrete path: paths hold resident ids.
+                span.update_name(f"{scope['method']} {template}")
+                span.set_attribute("http.route", template)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(tracing.Status(tracing.StatusCode.ERROR))
+                self.metrics.http_requests.labels(method=scope["method"], route=template, status=str(status)).inc()
+                self.metrics.http_latency.labels(method=scope["method"], route=template).observe(elapsed)
+                self.log.info(
+                    "request",
+                    extra={"method": scope["method"], "route": template, "status": status,
+                           "ms": round(elapsed * 1000, 2)},
+                )  # fmt: skip

@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import logging
 import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+import orjson
+from nats.js.api import PubAck
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from shared import tracing
 from shared.bus import Bus, OutgoingMessage
 from shared.db import Database
 from shared.events import CloudEvent, EventData, new_event, subject_for
@@ -108,6 +113,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._leader: AsyncConnection | None = None
+        self._lock_file: IO[bytes] | None = None
         self._passes = 0
         db.on_commit(self._after_commit)
 
@@ -171,16 +177,32 @@ class OutboxRelay:
         if not rows:
             await self._purge_now_and_then()
             return 0
+        # A span per event, a child of the span that emitted it; its traceparent goes in the message's headers.
+        spans = [tracing.publish_span(self.bus.name, row.subject, _traceparent_in(row.payload), row.event_id)
+                 for row in rows]  # fmt: skip
+        acks: list[PubAck] = []
         acked = await self.bus.publish_batch(
-            [OutgoingMessage(row.subject, row.event_id, row.payload.encode()) for row in rows]
+            [
+                OutgoingMessage(row.subject, row.event_id, row.payload.encode(), _trace_headers(span))
+                for row, span in zip(rows, spans, strict=True)
+            ],
+            acks=acks,
         )
+        for n, span in enumerate(spans):
+            if n >= acked:
+                span.set_status(tracing.Status(tracing.StatusCode.ERROR, "not acknowledged; published again later"))
+            span.end()
         if acked:
             # Mark exactly the acknowledged rows by id. A range ("id <= last") would also mark a row with a lower
             # id whose transaction committed after our select, and that event would never be published.
-            ids = [row.id for row in rows[:acked]]
+            # With the stream sequence each got, where the reconciler looks for it later (shared/reconciler.py).
+            now = dt.datetime.now(dt.UTC)
             async with self.db.session() as session:
                 await session.execute(
-                    update(self.table).where(self.table.c.id.in_(ids)).values(published_at=dt.datetime.now(dt.UTC))
+                    update(self.table)
+                    .where(self.table.c.id == bindparam("row_id"))
+                    .values(published_at=now, stream_seq=bindparam("seq")),
+                    [{"row_id": row.id, "seq": ack.seq} for row, ack in zip(rows[:acked], acks, strict=True)],
                 )
             self.metrics.events_published.inc(acked)
         return acked
@@ -205,8 +227,10 @@ class OutboxRelay:
     # ------------------------------------------------------------------------------------------ one relay at a time
 
     async def _hold_leadership(self) -> bool:
-        """On PostgreSQL several replicas of a service share one outbox; only the holder of an advisory lock
-        relays, so that rows go out in order. SQLite has one process per database and needs no lock."""
+        """Several replicas of a service share one outbox; only the holder of a lock relays, so that rows go out in
+        order: on PostgreSQL an advisory lock, on SQLite (replicas on one machine) a file lock beside the database."""
+        if self.db.dialect == "sqlite":
+            return self._hold_file_lock()
         if self.db.dialect != "postgresql":
             return True
         if self._leader is not None:
@@ -235,13 +259,48 @@ class OutboxRelay:
         await conn.close()
         return False
 
+    def _hold_file_lock(self) -> bool:
+        if self._lock_file is not None:
+            return True
+        database = make_url(self.db.url).database
+        if not database or database == ":memory:":
+            return True
+        handle = open(f"{database}.relay-lock", "ab")  # noqa: SIM115 - held for as long as this relay leads
+        try:
+            # Released by the kernel when the process dies, however it dies.
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        return True
+
     @property
     def is_leader(self) -> bool:
-        """On PostgreSQL, whether this relay holds the lock that makes it the one relaying (SQLite needs none)."""
-        return self._leader is not None
+        """Whether this relay holds the lock that makes it the one relaying."""
+        return self._leader is not None or self._lock_file is not None
 
     async def _release_leadership(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
         if self._leader is not None:
             with contextlib.suppress(Exception):
                 await self._leader.close()
             self._leader = None
+
+
+def _traceparent_in(payload: str) -> str | None:
+    """The ``traceparent`` the stored envelope carries (the span that emitted the event); dead letters have none."""
+    if '"traceparent"' not in payload:
+        return None
+    try:
+        value = orjson.loads(payload).get("traceparent")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _trace_headers(span: tracing.Span) -> dict[str, str] | None:
+    value = tracing.traceparent(tracing.trace.set_span_in_context(span))
+    return {tracing.TRACEPARENT: value} if value else None

@@ -23,13 +23,16 @@ from fastapi import APIRouter
 from shared.auth import TokenVerifier
 from shared.bus import Bus
 from shared.consumer import Consumer, Subscription
+from shared.consumer_lag import ConsumerLag
 from shared.db import Database
 from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
 from shared.observability import LoopMonitor, Metrics
 from shared.outbox import Outbox, OutboxRelay
+from shared.reconciler import Reconciler
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
+from shared.tracing import instrument_database
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class Runtime:
     # The service's context (see ServiceDefinition.context); read through the service's typed dependency.
     context: Any = None
     _messaging: asyncio.Task[None] | None = None
+    lag: ConsumerLag | None = None
+    reconciler: Reconciler | None = None
 
     @classmethod
     def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
@@ -89,6 +94,7 @@ class Runtime:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
         )
+        instrument_database(db.engine, definition.name)
         bus = Bus(settings, name=definition.name)
         relay = OutboxRelay(
             db,
@@ -132,6 +138,9 @@ class Runtime:
                 self.add_consumers(definition.subscriptions(context))
                 self.start_messaging()
                 self.housekeeping.start()
+                self.lag = ConsumerLag(self.bus, self.consumers.values(), self.metrics,
+                                       interval=self.settings.consumer_lag_interval_seconds)  # fmt: skip
+                self.lag.start()
                 try:
                     yield
                 finally:
@@ -174,6 +183,12 @@ class Runtime:
                 log.warning("stream not ready; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
         await self.relay.start()
+        self.reconciler = Reconciler(
+            self.relay,
+            grace=dt.timedelta(seconds=self.settings.outbox_reconcile_grace_seconds),
+            interval=self.settings.outbox_reconcile_interval_seconds,
+        )
+        self.reconciler.start()
         for consumer in self.consumers.values():
             while True:
                 try:
@@ -186,6 +201,8 @@ class Runtime:
                     await asyncio.sleep(0.5)
 
     async def stop_consuming(self) -> None:
+        if self.lag is not None:
+            await self.lag.stop()
         await self.housekeeping.stop()
         if self._messaging is not None and not self._messaging.done():
             self._messaging.cancel()
@@ -196,6 +213,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.loop_monitor.stop()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
         await self.relay.stop()
         await self.bus.close()
         await self.db.dispose()

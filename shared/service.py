@@ -34,6 +34,7 @@ from shared.problems import (
 )
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import ServiceSettings
+from shared.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +47,18 @@ OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2
 def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSettings) -> FastAPI:
     configure_logging(definition.name, settings.log_level, json=settings.log_json)
     metrics = Metrics(definition.name)
+    tracing = Tracing.from_settings(definition.name, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(definition, settings, metrics)
         app.state.runtime = runtime
         app.state.verifier = runtime.verifier
-        async with runtime.running(definition):
-            yield
+        try:
+            async with runtime.running(definition):
+                yield
+        finally:
+            tracing.shutdown()  # exports what is buffered
 
     app = FastAPI(
         title=definition.title,
@@ -63,7 +68,8 @@ def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSett
     )
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, service=definition.name)
+    app.state.tracing = tracing
 
     app.include_router(ops_router())
     authenticated = [Depends(current_principal)]

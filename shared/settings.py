@@ -30,6 +30,13 @@ class ServiceSettings(BaseSettings):
     bus_prefix: str = Field(default="onestop", pattern=r"^[a-z][a-z0-9_-]*$")
     stream_replicas: int = Field(default=1, ge=1, le=5)
     stream_duplicate_window_seconds: float = Field(default=120.0, gt=0)
+    # How long the stream keeps an event (applied when the stream is created and to an existing one). Events carry
+    # residents' ids and what they declared, so their copies must not outlive an erasure by long (issue 13): 72 hours
+    # is well below the shortest retention period in services/*/retention.yaml (7 days) and long enough for a consumer
+    # to catch up after an outage over a long weekend. Longer than the outbox keeps sent events (the reconciler must
+    # never miss an event the stream let go of by age), and no longer than the inbox remembers ids (a redelivery is
+    # still recognised). Every service must have the same value: each one applies it to the one stream.
+    stream_max_age_hours: float = Field(default=72.0, gt=0)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_max_ack_pending: int = Field(default=1000, ge=1)
@@ -38,9 +45,15 @@ class ServiceSettings(BaseSettings):
     # request waiting to write waits for one short transaction; and at most this many batches at once per service.
     consumer_transaction_budget_ms: float = Field(default=20.0, gt=0)
     consumer_parallel_batches: int = Field(default=2, ge=1)
+    # How often each consumer's backlog on the server is read into onestop_consumer_pending.
+    consumer_lag_interval_seconds: float = Field(default=15.0, gt=0)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)
     outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
     outbox_retention_hours: float = Field(default=24.0, gt=0)
+    # The reconciler (shared/reconciler.py) looks whether each sent event is still in the stream this long after it
+    # was sent (longer than JetStream's default fsync interval of two minutes), every interval seconds.
+    outbox_reconcile_grace_seconds: float = Field(default=180.0, ge=0)
+    outbox_reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     # Longer than any redelivery or replay of the stream can come back, so a late duplicate is still recognised.
     inbox_retention_hours: float = Field(default=24.0 * 30, gt=0)
     # Long enough for any client retry; the stored answers may hold personal data, so not longer.
@@ -66,10 +79,30 @@ class ServiceSettings(BaseSettings):
     timezone: str = "Asia/Seoul"
     today: dt.date | None = None
 
+    # Traces (OpenTelemetry): exported over OTLP/HTTP to this endpoint (e.g. http://collector:4318/v1/traces) with
+    # these headers; unset, spans are still made (their trace ids are in the logs) and exported nowhere.
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = {}
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
     # HTTP
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _stream_age_between_outbox_and_inbox(self) -> ServiceSettings:
+        if self.stream_max_age_hours <= self.outbox_retention_hours:
+            raise ValueError(
+                f"stream_max_age_hours ({self.stream_max_age_hours}) must be longer than outbox_retention_hours "
+                f"({self.outbox_retention_hours}): the reconciler would publish again events the stream let go of"
+            )
+        if self.stream_max_age_hours > self.inbox_retention_hours:
+            raise ValueError(
+                f"stream_max_age_hours ({self.stream_max_age_hours}) must not be longer than inbox_retention_hours "
+                f"({self.inbox_retention_hours}): a redelivered event must still be recognised as one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _token_from_file(self) -> ServiceSettings:

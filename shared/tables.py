@@ -96,6 +96,8 @@ def platform_tables(metadata: MetaData) -> PlatformTables:
         Column("payload", Text, nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
         Column("published_at", UTCDateTime, nullable=True),
+        # The stream sequence JetStream acknowledged it under: the reconciler looks there (shared/reconciler.py).
+        Column("stream_seq", BigInteger, nullable=True),
     )
     # The relay asks for the unpublished rows, oldest first.
     Index("ix_outbox_unpublished", outbox.c.published_at, outbox.c.id)

@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -50,6 +50,9 @@ from shared.events import (
 from shared.outbox import Outbox
 from shared.problems import NotFound
 
+if TYPE_CHECKING:
+    from services.eligibility.screening import ScreeningMetrics
+
 log = logging.getLogger(__name__)
 
 Trigger = Literal["submitted", "info_provided", "facts_reported", "registry_updated", "consent_changed"]
@@ -83,11 +86,14 @@ PREPARED_KEPT = 1000
 class Eligibility:
     """The eligibility service's domain: one per process (kept in the service's context)."""
 
-    def __init__(self, settings: EligibilitySettings, outbox: Outbox) -> None:
+    def __init__(
+        self, settings: EligibilitySettings, outbox: Outbox, screening_metrics: ScreeningMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.store = CatalogueStore(settings)
         self.outbox = outbox
         self._prepared: collections.OrderedDict[bytes, Evaluated] = collections.OrderedDict()
+        self.screening_metrics = screening_metrics
 
     # ------------------------------------------------------------------------------------------ ahead of a batch
 

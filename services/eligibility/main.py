@@ -16,6 +16,7 @@ from services.eligibility.determinations import Eligibility
 from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
 from services.eligibility.scheduler import screening_scheduler
+from services.eligibility.screening import ScreeningMetrics
 from services.eligibility.settings import EligibilitySettings
 from shared.clock import Clock
 from shared.runtime import Runtime, ServiceDefinition
@@ -30,7 +31,7 @@ def definition(settings: EligibilitySettings) -> ServiceDefinition[EligibilityCo
     async def context(runtime: Runtime) -> AsyncIterator[EligibilityContext]:
         clock = Clock.from_settings(settings)
         runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
-        service = Eligibility(settings, runtime.outbox)
+        service = Eligibility(settings, runtime.outbox, ScreeningMetrics(runtime.metrics.registry))
         async with screening_scheduler(runtime.db, service) as scheduler:
             yield EligibilityContext(settings, service, scheduler)
 

@@ -430,8 +430,12 @@ class Repository:
         return rows.all()
 
     async def subscription(self, subscription_id: uuid.UUID, *, for_update: bool = False) -> Subscription | None:
-        """Unscoped: for the webhook worker, and for a delivery the caller was already found to see."""
-        return await self.session.get(Subscription, subscription_id, with_for_update=for_update)
+        """Unscoped: for the webhook worker, and for a delivery the caller was already found to see.
+
+        Locked FOR NO KEY UPDATE (PostgreSQL): it does not wait for the partners' consumer, whose transaction holds a
+        key-share lock on the subscription for every delivery it queues (the foreign key) until its batch commits."""
+        lock = {"key_share": True} if for_update else None
+        return await self.session.get(Subscription, subscription_id, with_for_update=lock)
 
     async def visible_subscriptions(
         self, principal: Principal, *, partner_id: str | None, limit: int

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.portal import administration, casework, residents, supervision
 from services.portal.backends import backends
@@ -28,7 +29,8 @@ from services.portal.settings import PortalSettings
 from services.portal.signin import RelyingParty, home_of
 from services.portal.signin import router as signin_router
 from services.portal.web import PageDep, PortalMiddleware, install_error_pages, safe_next
-from shared.observability import configure_logging
+from shared.observability import Metrics, RequestContextMiddleware, configure_logging
+from shared.tracing import Tracing
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -42,6 +44,9 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
     # The embedded provider is part of the app from the start (its routes must exist before the first request);
     # with an external provider configured it is not built at all.
     provider = embedded_provider(settings, secret) if settings.embedded_provider else None
+    # Requests counted and timed as the services' are (the same metric names: one dashboard, one set of alerts).
+    metrics = Metrics("portal")
+    tracing = Tracing.from_settings("portal", settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,10 +62,10 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
                 messages=catalogue,
                 templates=environment(catalogue, settings.timezone),
                 relying_party=RelyingParty(settings, identity_http, Sealer(secret, "onestop-portal-signin")),
-                provider=provider,
                 people=provider.people if provider else None,
             )
             yield
+        tracing.shutdown()  # exports what is buffered
 
     app = FastAPI(
         title="OneStop portal",
@@ -70,6 +75,7 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.add_middleware(PortalMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, service="portal")
     install_error_pages(app)
 
     @app.exception_handler(RequestValidationError)
@@ -93,6 +99,10 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         ready = getattr(request.app.state, "context", None) is not None
         return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def home(page: PageDep) -> Response:

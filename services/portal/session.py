@@ -11,8 +11,10 @@ expired anyway."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -38,10 +40,14 @@ def session_secret(settings: PortalSettings) -> bytes:
     path = settings.session_secret_file or settings.keys_dir / SESSION_SECRET_NAME
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # Replicas starting together must end up with one secret: each writes its own file, and only the first
+        # link wins (a link never replaces); the others read the winner's.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         tmp.write_text(secrets.token_urlsafe(48))
         tmp.chmod(0o600)
-        tmp.replace(path)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
     return Path(path).read_text().strip().encode()
 
 

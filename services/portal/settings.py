@@ -52,6 +52,11 @@ class PortalSettings(BaseSettings):
     timezone: str = "Asia/Seoul"
     log_level: str = "INFO"
     log_json: bool = True
+    # Traces (as the services': a span per page, its calls to the services carrying ``traceparent``), exported over
+    # OTLP/HTTP when an endpoint is set.
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = {}
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @field_validator("public_url", "intake_url", "eligibility_url", "routing_url", "notify_url", "oidc_issuer_url")
     @classmethod

@@ -1,4 +1,4 @@
-"""The onestop command: tokens from the embedded issuer, and status when nothing runs."""
+"""The onestop command: tokens from the embedded issuer, and status of the services, the portal and NATS."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from onestop.cli import main
-from onestop.registry import BY_NAME, SERVICES
+from onestop.registry import BY_NAME, PORTAL, SERVICES
 from shared.auth import Role, TokenVerifier
 
 
@@ -48,6 +48,10 @@ def test_token_refuses_a_role_without_its_scope(tmp_path: Path, capsys: pytest.C
 
 # ---------------------------------------------------------------------------------------------- status
 
+# What `onestop status` asks, in its order: the four services, then the portal (no database, but people use it).
+NAMES = [*(entry.name for entry in SERVICES), PORTAL.name]
+PORTS = [*(entry.port for entry in SERVICES), PORTAL.port]
+
 
 @contextlib.contextmanager
 def service_addresses() -> Iterator[tuple[str, list[socket.socket]]]:
@@ -58,7 +62,7 @@ def service_addresses() -> Iterator[tuple[str, list[socket.socket]]]:
     for host in candidates:
         held: list[socket.socket] = []
         try:
-            for port in [*(entry.port for entry in SERVICES), 0]:  # the last for the NATS monitor, any port
+            for port in [*PORTS, 0]:  # the last for the NATS monitor, any port
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 held.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -113,11 +117,11 @@ def test_status_reports_what_is_unreachable(capsys: pytest.CaptureFixture[str]) 
     with service_addresses() as (host, sockets):
         assert status(host, sockets) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == [*(entry.name for entry in SERVICES), "nats"]
+    assert [line.split()[0] for line in lines] == [*NAMES, "nats"]
     assert all(line.split(maxsplit=1)[1] == "unreachable (ConnectError)" for line in lines), lines
 
 
-def test_status_is_zero_only_when_every_service_and_nats_are_ready(capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_is_zero_only_when_services_portal_and_nats_are_ready(capsys: pytest.CaptureFixture[str]) -> None:
     with service_addresses() as (host, sockets):
         ports = [sock.getsockname()[1] for sock in sockets]
         answers = dict.fromkeys(ports, 200)
@@ -128,10 +132,15 @@ def test_status_is_zero_only_when_every_service_and_nats_are_ready(capsys: pytes
             answers[BY_NAME["routing"].port] = 503
             assert status(host, sockets) == 1
             one_down = capsys.readouterr().out.splitlines()
+            answers[BY_NAME["routing"].port] = 200
+            answers[PORTAL.port] = 503
+            assert status(host, sockets) == 1, "the portal counts"
+            portal_down = capsys.readouterr().out.splitlines()
         finally:
             for server in servers:
                 server.shutdown()
-    assert ready == [f"{entry.name:<12} ready" for entry in SERVICES] + [f"{'nats':<12} ok (JetStream enabled)"]
-    routing = [entry.name for entry in SERVICES].index("routing")
+    assert ready == [f"{name:<12} ready" for name in NAMES] + [f"{'nats':<12} ok (JetStream enabled)"]
+    routing = NAMES.index("routing")
     assert one_down[routing] == f"{'routing':<12} not ready: {{'nats': False}}"
     assert one_down[:routing] + one_down[routing + 1 :] == ready[:routing] + ready[routing + 1 :]
+    assert portal_down[NAMES.index("portal")].startswith(f"{'portal':<12} not ready")

@@ -50,10 +50,12 @@ class WatchedBus(Bus):
         super().__init__(settings, name=name)
         self.before_publish: list[Callable[[Sequence[OutgoingMessage]], Awaitable[None]]] = []
 
-    async def publish_batch(self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0) -> int:
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0, acks: list[Any] | None = None
+    ) -> int:
         for hook in self.before_publish:
             await hook(messages)
-        return await super().publish_batch(messages, timeout=timeout)
+        return await super().publish_batch(messages, timeout=timeout, acks=acks)
 
 
 class CountingRelay(OutboxRelay):

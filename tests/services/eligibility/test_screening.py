@@ -108,6 +108,11 @@ async def test_screening_finds_what_consenting_residents_never_applied_for(
         assert second["screening_id"] != first["screening_id"]
         assert second["opportunities"] == 0
         assert second["already_notified"] == first["opportunities"]
+        # What an operator watches (deploy/prometheus/alerts.yml): two runs (the replay ran none), what they found.
+        assert eligibility.metric("onestop_eligibility_screenings_total", status="completed") == 2
+        assert eligibility.metric("onestop_eligibility_screenings_total", status="failed") == 0
+        assert eligibility.metric("onestop_eligibility_opportunities_total") == first["opportunities"]
+        assert eligibility.metric("onestop_eligibility_screening_duration_seconds_count") == 2
         await wait_until(lambda: _outbox_sent(eligibility))
         assert len(log.of_type("eligibility.opportunity")) == first["opportunities"], "each finding told once"
     assert await eligibility.count(OpportunityRow) == first["opportunities"]

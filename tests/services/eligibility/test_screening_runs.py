@@ -203,18 +203,18 @@ async def test_a_run_judges_its_residents_outside_any_write_transaction(
     await wait_until(lambda: eligibility.settled("events"))
     writer = sqlite.writer_for(str(make_url(eligibility.runtime.db.url).database))
     assert writer is not None
-    holding: list[bool] = []
-    judge = screening_runs.ProactiveJudge.judge
+    holding: list[tuple[int, bool]] = []
+    judge_many = screening_runs.ProactiveJudge.judge_many
 
-    def judging(self: screening_runs.ProactiveJudge, layers: Any) -> screening_runs.Judgement:
-        holding.append(writer.owner is asyncio.current_task())
-        return judge(self, layers)
+    def judging(self: screening_runs.ProactiveJudge, people: Any) -> list[screening_runs.Judgement]:
+        holding.append((len(people), writer.owner is asyncio.current_task()))
+        return judge_many(self, people)
 
-    monkeypatch.setattr(screening_runs.ProactiveJudge, "judge", judging)
+    monkeypatch.setattr(screening_runs.ProactiveJudge, "judge_many", judging)
     run = await tick(eligibility)
     assert run is not None
     assert (run["kind"], run["status"], run["residents_screened"]) == ("full", "completed", 2)
-    assert holding == [False, False], "each resident judged, none while this task held a write transaction"
+    assert holding == [(2, False)], "the page judged in one table, not while this task held a write transaction"
     assert await eligibility.count(ScreeningReviewRow) == 2, "what the page found was written (each next review)"
 
 

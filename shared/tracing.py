@@ -1,0 +1,186 @@
+"""OpenTelemetry traces: a span for each HTTP request, each database statement, and each NATS publish and consume.
+
+The W3C trace context travels in HTTP headers and in NATS message headers (``traceparent``). Between a request (or an
+event handler) and the relay that publishes its events later, it travels through the outbox: the envelope stored in
+the outbox row carries the ``traceparent`` of the span that emitted it (the CloudEvents distributed-tracing
+extension), and the relay's publish span is that span's child. So one application is one trace, from intake's POST
+through eligibility, routing and notify.
+
+Each service has its own tracer provider (``service.name`` = ``onestop-<service>``), so several services in one
+process (as in tests) keep their spans apart. Spans are exported over OTLP/HTTP when ``otlp_endpoint`` is set;
+otherwise they still exist (their trace ids are in the log lines) and go nowhere. Database statements are traced only
+inside a span (a request, a handler, a publish): the relay's and the timers' idle polls make no traces of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PROPAGATOR = TraceContextTextMapPropagator()
+TRACEPARENT = "traceparent"
+_TRACERS: dict[str, Tracer] = {}
+_STATEMENT_LIMIT = 1000
+
+
+class Tracing:
+    """One service's tracer provider, built from its settings for the app's lifetime."""
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        otlp_endpoint: str | None = None,
+        otlp_headers: Mapping[str, str] | None = None,
+        sample_ratio: float = 1.0,
+    ) -> None:
+        self.service = service
+        resource = Resource.create({"service.name": f"onestop-{service}", "service.namespace": "onestop"})
+        self.provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sample_ratio)))
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=otlp_endpoint, headers=dict(otlp_headers or {}), timeout=10)
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.tracer = self.provider.get_tracer("onestop")
+        _TRACERS[service] = self.tracer
+
+    @classmethod
+    def from_settings(cls, service: str, settings: Any) -> Tracing:
+        return cls(
+            service,
+            otlp_endpoint=settings.otlp_endpoint,
+            otlp_headers=settings.otlp_headers,
+            sample_ratio=settings.trace_sample_ratio,
+        )
+
+    def shutdown(self) -> None:
+        """Export what is buffered, then stop."""
+        self.provider.shutdown()
+
+
+def tracer(service: str) -> Tracer:
+    """The service's tracer (a no-op one until the service's app built its provider)."""
+    return _TRACERS.get(service) or trace.get_tracer("onestop")
+
+
+# ---------------------------------------------------------------------------------------------- context
+
+
+def traceparent(context: Context | None = None) -> str | None:
+    """The W3C ``traceparent`` of the current span (or of ``context``), None outside any span."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier, context=context)
+    return carrier.get(TRACEPARENT)
+
+
+def context_of(value: str | None) -> Context:
+    """The context a ``traceparent`` names (an empty one when absent or malformed: a new trace starts)."""
+    return PROPAGATOR.extract({TRACEPARENT: value}) if value else Context()
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace id, span id) in hex of the current span, for log lines."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def _failed(span: Span, exc: BaseException) -> None:
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+
+
+@contextlib.contextmanager
+def server_span(service: str, method: str, headers: Mapping[str, str]) -> Iterator[Span]:
+    """An HTTP request's span, continuing the caller's trace when it sent ``traceparent``."""
+    with tracer(service).start_as_current_span(
+        method, context=context_of(headers.get(TRACEPARENT)), kind=SpanKind.SERVER,
+        attributes={"http.request.method": method}, record_exception=False, set_status_on_exception=False,
+    ) as span:  # fmt: skip
+        try:
+            yield span
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+
+
+@contextlib.contextmanager
+def consume_span(service: str, consumer: str, subject: str, parent: str | None, event_id: str) -> Iterator[Span]:
+    """Handling one event: a child of the span that published it (its ``traceparent`` header)."""
+    with tracer(service).start_as_current_span(
+        f"process {subject}", context=context_of(parent), kind=SpanKind.CONSUMER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                    "messaging.consumer.group.name": consumer, "messaging.message.id": event_id},
+        record_exception=False, set_status_on_exception=False,
+    ) as span:  # fmt: skip
+        try:
+            yield span
+        except BaseException as exc:
+            _failed(span, exc)
+            raise
+
+
+def publish_span(service: str, subject: str, parent: str | None, message_id: str) -> Span:
+    """Publishing one event (started now, ended by the caller once JetStream answered): a child of the span that
+    emitted it, whose ``traceparent`` the outbox row kept."""
+    return tracer(service).start_span(
+        f"publish {subject}", context=context_of(parent), kind=SpanKind.PRODUCER,
+        attributes={"messaging.system": "nats", "messaging.destination.name": subject,
+                    "messaging.message.id": message_id},
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- the database
+
+
+def instrument_database(engine: AsyncEngine, service: str) -> None:
+    """A span per statement (the SQL, never its parameters: they hold personal data), inside the current span."""
+    sync_engine = engine.sync_engine
+    system = sync_engine.dialect.name
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if context is None or not trace.get_current_span().get_span_context().is_valid:
+            return
+        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "SQL"
+        span = tracer(service).start_span(
+            f"{verb} {system}", kind=SpanKind.CLIENT,
+            attributes={"db.system": system, "db.query.text": statement[:_STATEMENT_LIMIT]},
+        )  # fmt: skip
+        context._onestop_span = span
+
+    @event.listens_for(sync_engine, "after_cursor_execute")
+    def _after(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        span = getattr(context, "_onestop_span", None)
+        if span is not None:
+            span.end()
+            context._onestop_span = None
+
+    @event.listens_for(sync_engine, "handle_error")
+    def _error(exception_context: Any) -> None:
+        context = exception_context.execution_context
+        span = getattr(context, "_onestop_span", None) if context is not None else None
+        if span is not None:
+            _failed(span, exception_context.original_exception)
+            span.end()
+            context._onestop_span = None
+
+
+__all__ = [
+    "TRACEPARENT", "Span", "Status", "StatusCode", "Tracing", "consume_span", "context_of", "current_ids",
+    "instrument_database", "publish_span", "server_span", "trace", "traceparent", "tracer",
+]  # fmt: skip

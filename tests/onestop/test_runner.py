@@ -1,0 +1,281 @@
+"""`onestop run` as an operator runs it: their ONESTOP_ settings (environment and .env) honoured, the ones the runner
+owns refused with the reason, replicas sharing a port, and a process that dies restarted while the others serve."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from onestop.cli import main
+from onestop.registry import BY_NAME, PORTAL, SERVICES
+from onestop.runner import Platform, PlatformConfig
+from onestop.supervisor import GaveUp, ManagedProcess, RestartPolicy, Supervisor
+from shared.db import create_engine
+from tests.portal.support import BIRTH_RESIDENT
+from tests.support.postgres import PostgresServer
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No ONESTOP_ variable from the machine; the working directory (where .env is read) is the test's own."""
+    import os
+
+    for key in list(os.environ):
+        if key.upper().startswith("ONESTOP_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def test_the_operators_settings_reach_the_services_and_their_databases(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONESTOP_NOTIFY_SMTP_PORT", "2525")
+    monkeypatch.setenv("ONESTOP_INTAKE_DATABASE_URL", "postgresql+asyncpg://onestop@db.example/intake")
+    (clean_environment / ".env").write_text(
+        "ONESTOP_ROUTING_SLA_CHECK_INTERVAL_SECONDS=7\n"
+        "ONESTOP_NOTIFY_SMTP_PORT=25\n"  # the environment wins over .env, as in the services
+        "ONESTOP_NOTIFY_WEBHOOK_ALLOWED_NETWORKS='[\"10.1.0.0/16\"]'\n"
+    )
+    platform = Platform(PlatformConfig(var_dir=clean_environment / "var"))
+    assert platform.refusals() == []
+    notify, routing, intake = (platform.settings(BY_NAME[n]) for n in ("notify", "routing", "intake"))
+    assert notify.smtp_port == 2525
+    assert notify.webhook_allowed_networks == ["10.1.0.0/16"]
+    assert routing.sla_check_interval_seconds == 7
+    # The database the operator named is the one migrated, seeded and served; the others keep the default.
+    assert intake.database_url == "postgresql+asyncpg://onestop@db.example/intake"
+    assert platform.database_url(BY_NAME["intake"]) == intake.database_url
+    assert platform.database_url(BY_NAME["eligibility"]).startswith("sqlite+aiosqlite:///")
+    # What a service process is started with.
+    env = platform.env_for(BY_NAME["notify"])
+    assert env["ONESTOP_NOTIFY_SMTP_PORT"] == "2525"
+    assert env["ONESTOP_ROUTING_SLA_CHECK_INTERVAL_SECONDS"] == "7"
+    assert env["ONESTOP_NOTIFY_NATS_URL"] == platform.nats_url
+    assert platform.env_for(BY_NAME["intake"])["ONESTOP_INTAKE_DATABASE_URL"] == intake.database_url
+
+
+def test_the_portals_settings_are_honoured_and_the_ones_the_runner_owns_refused(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONESTOP_PORTAL_COOKIE_SECURE", "true")
+    (clean_environment / ".env").write_text("ONESTOP_PORTAL_SESSION_HOURS=2\n")
+    platform = Platform(PlatformConfig(var_dir=clean_environment / "var"))
+    assert platform.refusals() == []
+    assert platform.warnings() == [], "the portal's settings are settings"
+    env = platform._env(PORTAL.env_prefix, platform.portal_settings_values())
+    assert env["ONESTOP_PORTAL_COOKIE_SECURE"] == "true"
+    assert env["ONESTOP_PORTAL_SESSION_HOURS"] == "2"
+    assert env["ONESTOP_PORTAL_INTAKE_URL"] == platform.url("intake")
+
+    monkeypatch.setenv("ONESTOP_PORTAL_PUBLIC_URL", "http://portal.example")
+    monkeypatch.setenv("ONESTOP_PORTAL_ROUTING_URL", "http://10.0.0.5:8003")
+    refused = Platform(PlatformConfig(var_dir=clean_environment / "var")).refusals()
+    assert len(refused) == 2, refused
+    assert refused[0].startswith("ONESTOP_PORTAL_PUBLIC_URL is set (in the environment)")
+    assert "it assigns the portal's port (http://127.0.0.1:8000)" in refused[0]
+    assert "it assigns the services' ports (routing on http://127.0.0.1:8003)" in refused[1]
+    # A platform without the portal (a test's) does not own its settings.
+    ports = {s.name: s.port for s in SERVICES}
+    assert Platform(PlatformConfig(var_dir=clean_environment / "var", ports=ports)).refusals() == []
+
+
+def test_settings_the_runner_owns_are_refused_naming_the_variable_and_where_it_was_set(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ONESTOP_INTAKE_NATS_URL", "nats://elsewhere:4222")
+    (clean_environment / ".env").write_text(
+        "ONESTOP_NOTIFY_INTAKE_URL=http://10.0.0.5:8001\nONESTOP_INTAKE_PORT=9001\n"
+    )
+    code = main(["run", "--var", str(clean_environment / "var")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ONESTOP_INTAKE_NATS_URL is set (in the environment)" in err
+    assert "it starts NATS itself" in err
+    assert f"ONESTOP_NOTIFY_INTAKE_URL is set (in .env ({Path('.env')}))" in err
+    assert "it assigns the services' ports (intake on http://127.0.0.1:8001)" in err
+    # Not a setting at all: said so, not passed over in silence.
+    assert "warning: ONESTOP_INTAKE_PORT" in err
+    assert "not a setting of any service" in err
+    assert not (clean_environment / "var").exists(), "nothing was started"
+
+
+def test_postgres_mode_refuses_a_database_url_of_the_operators(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONESTOP_ROUTING_DATABASE_URL", "postgresql+asyncpg://x@y/routing")
+    platform = Platform(PlatformConfig(var_dir=clean_environment / "var", postgres=True))
+    [refusal] = platform.refusals()
+    assert refusal.startswith("ONESTOP_ROUTING_DATABASE_URL is set (in the environment)")
+    assert "--postgres gives each service its own database" in refusal
+    monkeypatch.delenv("ONESTOP_ROUTING_DATABASE_URL")
+    platform = Platform(PlatformConfig(var_dir=clean_environment / "var", postgres=True, postgres_port=5999))
+    assert platform.refusals() == []
+    assert platform.database_url(BY_NAME["routing"]) == "postgresql+asyncpg://postgres@127.0.0.1:5999/routing"
+    cluster = Platform(PlatformConfig(var_dir=clean_environment / "var", cluster=True))
+    assert cluster.nats_url == "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+    assert cluster.settings_values(BY_NAME["intake"])["stream_replicas"] == 3
+    single = Platform(PlatformConfig(var_dir=clean_environment))
+    assert single.settings_values(BY_NAME["intake"])["stream_replicas"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- supervision
+
+
+def _process(tmp_path: Path, name: str, script: str) -> ManagedProcess:
+    def spawn(log: IO[bytes] | None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", script], stdout=log, stderr=subprocess.STDOUT)
+
+    return ManagedProcess(name, spawn, tmp_path / f"{name}.log")
+
+
+def test_a_crashing_process_is_restarted_with_backoff_and_one_that_keeps_crashing_stops_everything(
+    tmp_path: Path,
+) -> None:
+    steady = _process(tmp_path, "steady", "import time; time.sleep(60)")
+    crashing = _process(tmp_path, "crashing", "import sys; print('cannot open the database'); sys.exit(3)")
+    reports: list[str] = []
+    policy = RestartPolicy(first_delay=0.1, max_delay=1.0, max_crashes=4, window=60)
+    supervisor = Supervisor(lambda: [steady, crashing], policy=policy, report=reports.append)
+    steady.start()
+    crashing.start()
+    steady_pid = steady.pid
+    try:
+
+        def supervise_for_a_while() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                supervisor.check()
+                time.sleep(0.01)
+
+        with pytest.raises(GaveUp) as gave_up:
+            supervise_for_a_while()
+        message = str(gave_up.value)
+        assert message.startswith("crashing keeps crashing: it ended 4 times within 60s, the last time exit code 3")
+        assert "cannot open the database" in message, "the end of its log says why"
+        assert crashing.restarts == 3
+        crash_reports = [r for r in reports if r.startswith("crashing exit code 3")]
+        assert [r.split("restarting in ")[1].split("s ")[0] for r in crash_reports] == ["0.1", "0.2", "0.4"]
+        assert steady.running, "the others kept running"
+        assert steady.pid == steady_pid, "untouched"
+        assert not any(r.startswith("steady") for r in reports)
+    finally:
+        steady.stop()
+        crashing.stop()
+
+
+# ---------------------------------------------------------------------------------------------- the platform
+
+
+@pytest.fixture
+def operator_databases(postgres_server: PostgresServer) -> dict[str, str]:
+    return {entry.name: postgres_server.create_database() for entry in SERVICES}
+
+
+@pytest.fixture
+def replicated(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch, operator_databases: dict[str, str]
+) -> Iterator[Platform]:
+    """Two processes per service (and of the portal) on the operator's PostgreSQL databases (given as the README
+    says)."""
+    for name, url in operator_databases.items():
+        monkeypatch.setenv(f"ONESTOP_{name.upper()}_DATABASE_URL", url)
+    platform = Platform(
+        PlatformConfig.on_free_ports(clean_environment / "var", portal=True, replicas=2, ready_timeout=120)
+    )
+    platform.start()
+    yield platform
+    platform.stop()
+
+
+async def _count(url: str, sql: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(text(sql)) or 0)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.e2e
+def test_replicas_on_the_operators_postgresql_serve_through_a_crash(
+    replicated: Platform, operator_databases: dict[str, str], clean_environment: Path
+) -> None:
+    platform = replicated
+    assert sorted(platform.processes) == sorted(f"{name}-{n}" for name in [*BY_NAME, PORTAL.name] for n in (1, 2))
+    # Migrated and seeded where the operator said, not into SQLite files under var/.
+    assert asyncio.run(_count(operator_databases["eligibility"], "SELECT count(*) FROM programs")) >= 30
+    assert asyncio.run(_count(operator_databases["routing"], "SELECT count(*) FROM offices")) >= 10
+    assert not list((clean_environment / "var").glob("*.db"))
+
+    with platform.supervising() as failures:
+        killed = platform.crash("routing-1")
+        # The other replica answers on the same port while the killed one is down and restarting.
+        for _ in range(20):
+            assert httpx.get(f"{platform.url('routing')}/readyz", timeout=10).status_code == 200
+        deadline = time.monotonic() + 120
+        while platform.managed["routing-1"].restarts == 0 or not platform.managed["routing-1"].running:
+            assert time.monotonic() < deadline, platform.events
+            time.sleep(0.1)
+        assert platform.managed["routing-1"].pid != killed
+        assert not failures
+    assert platform.events[0].startswith("routing-1 killed by SIGKILL; restarting in 0.5s")
+    assert platform.events[1].startswith("routing-1 restarted")
+    assert set(platform.exited()) == set(), "everything runs"
+    # Each replica is a process of its own with the operator's database; the consumers are shared durables.
+    admin = {"Authorization": f"Bearer {platform.issuer.mint('admin') if platform.issuer else ''}"}
+    offices = httpx.get(f"{platform.url('routing')}/v1/offices", headers=admin, timeout=10)
+    assert offices.status_code == 200
+    assert len(offices.json()) >= 10
+
+
+def _hidden(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
+
+
+def _wait_restarted(platform: Platform, name: str, killed: int) -> None:
+    deadline = time.monotonic() + 120
+    while platform.managed[name].pid == killed or not platform.managed[name].running:
+        assert time.monotonic() < deadline, platform.events
+        time.sleep(0.1)
+    platform.wait_ready(name)
+
+
+@pytest.mark.e2e
+def test_a_session_made_on_one_portal_replica_is_good_on_the_others(replicated: Platform) -> None:
+    platform = replicated
+    # A new connection per request, so the kernel may hand each to either replica.
+    with (
+        platform.supervising() as failures,
+        httpx.Client(
+            base_url=platform.url(PORTAL.name), limits=httpx.Limits(max_keepalive_connections=0), timeout=20
+        ) as browser,  # fmt: skip
+    ):
+        response = browser.get("/signin", params={"next": "/my"})
+        while response.status_code in (302, 303):
+            response = browser.get(response.headers["location"])
+            if response.status_code == 200 and "/idp/authorize" in str(response.url):
+                response = browser.post("/idp/authorize", data={**_hidden(response.text), "person": BIRTH_RESIDENT})
+        assert response.status_code == 200, response.text[:300]
+        assert str(response.url).endswith("/my")
+        # Each replica in turn is the only one serving: the session sealed by whichever signed in opens on both.
+        for replica in ("portal-1", "portal-2"):
+            killed = platform.crash(replica)
+            for _ in range(5):
+                page = browser.get("/my", follow_redirects=False)
+                assert page.status_code == 200, f"{replica} down: {page.status_code} {page.headers}"
+            _wait_restarted(platform, replica, killed)
+        assert not failures
