@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus, OutgoingMessage
-from shared.consumer import Consumer, Subscription, on
+from shared.consumer import TRANSACTION_BUDGET, Consumer, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
@@ -130,7 +130,7 @@ class Harness:
     async def start_relay(self) -> None:
         await self.relay.start()
 
-    async def start_consumer(self) -> Consumer:
+    async def start_consumer(self, *, transaction_budget: float = TRANSACTION_BUDGET) -> Consumer:
         self.consumer = Consumer(
             service=self.name,
             subscription=Subscription(
@@ -148,6 +148,7 @@ class Harness:
             max_deliver=self.settings.consumer_max_deliver,
             ack_wait=self.settings.consumer_ack_wait_seconds,
             max_ack_pending=self.settings.consumer_max_ack_pending,
+            transaction_budget=transaction_budget,
         )
         await self.consumer.start()
         return self.consumer
