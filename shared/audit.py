@@ -1,7 +1,8 @@
 """The audit log: every read or change of a resident's personal data by anyone but the resident — who, in which role
 and offices, when, which record, for what purpose. One platform table in each service's database
-(:attr:`shared.tables.PlatformTables.audit_log`), written in the transaction of the access it records, through this
-one helper.
+(:attr:`shared.tables.PlatformTables.audit_log`), written through this one helper: in the transaction of a change it
+records; for a read (a GET, in a read-only unit of work), in a write transaction when the read ends, before the answer
+is sent — a read that fails leaves no entry, an answer never leaves without one.
 
 Entries name the resident where the record is theirs, so that a service can show a resident who looked at their data
 (intake's access log). Someone acting *for* a resident — a representative the resident named, counter staff under an
@@ -19,6 +20,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal, Role
+from shared.db import defer_write, is_read_only
 from shared.tables import PlatformTables
 
 
@@ -72,23 +74,26 @@ class AuditLog:
         own = resident_id is not None and principal.role is Role.RESIDENT and principal.resident_id == resident_id
         if own and not even_by_the_resident:
             return
-        await session.execute(
-            insert(self.table).values(
-                at=dt.datetime.now(dt.UTC),
-                actor=principal.subject[:255],
-                actor_role=principal.role.value,
-                actor_name=principal.name[:200] if principal.name else None,
-                offices=sorted(principal.offices),
-                action=action[:64],
-                record_type=record_type[:64],
-                record_id=str(record_id)[:64] if record_id is not None else None,
-                resident_id=resident_id,
-                purpose=purpose[:255],
-                on_behalf_of=resident_id if authority is not None else None,
-                authority_kind=authority.kind[:32] if authority is not None else None,
-                authority_id=str(authority.id)[:64] if authority is not None else None,
-            )
+        entry = insert(self.table).values(
+            at=dt.datetime.now(dt.UTC),
+            actor=principal.subject[:255],
+            actor_role=principal.role.value,
+            actor_name=principal.name[:200] if principal.name else None,
+            offices=sorted(principal.offices),
+            action=action[:64],
+            record_type=record_type[:64],
+            record_id=str(record_id)[:64] if record_id is not None else None,
+            resident_id=resident_id,
+            purpose=purpose[:255],
+            on_behalf_of=resident_id if authority is not None else None,
+            authority_kind=authority.kind[:32] if authority is not None else None,
+            authority_id=str(authority.id)[:64] if authority is not None else None,
         )
+        if is_read_only(session):
+            # A read (a GET): the entry is written when the read ends, before the answer leaves (shared.db).
+            defer_write(session, lambda writer: writer.execute(entry))
+        else:
+            await session.execute(entry)
 
     async def of_resident(
         self, session: AsyncSession, resident_id: uuid.UUID, *, before_id: int | None, limit: int

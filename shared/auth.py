@@ -184,7 +184,17 @@ def _default_subject(
 
 
 class TokenVerifier:
-    """Verifies bearer tokens against one public key (embedded issuer) or a JWKS URL (OIDC)."""
+    """Verifies bearer tokens against one public key (embedded issuer) or a JWKS URL (OIDC).
+
+    A verified token's principal is kept until the token expires (``exp``, with the same leeway as verification), so
+    a client that sends the same token with every request costs one signature check, not one a request. A cached
+    token is refused once expired exactly as a fresh one would be. With a JWKS the cached entry lives at most as long
+    as the fetched keys (``KEYS_LIFESPAN``), so a key the provider withdrew stops being trusted as soon as it would
+    without the cache."""
+
+    LEEWAY = 10
+    KEYS_LIFESPAN = 300
+    CACHE_SIZE = 4096
 
     def __init__(
         self,
@@ -194,6 +204,7 @@ class TokenVerifier:
         algorithms: list[str],
         public_key_pem: bytes | None = None,
         jwks_url: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if (public_key_pem is None) == (jwks_url is None):
             raise ValueError("give exactly one of a public key or a JWKS URL")
@@ -201,7 +212,10 @@ class TokenVerifier:
         self.audience = audience
         self.algorithms = algorithms
         self._public_key = serialization.load_pem_public_key(public_key_pem) if public_key_pem else None
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300) if jwks_url else None
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=self.KEYS_LIFESPAN) if jwks_url else None
+        self._clock = clock
+        # token -> (its principal, until when it may be taken from here); oldest first.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     @classmethod
     def from_settings(cls, settings: Any) -> TokenVerifier:
@@ -219,6 +233,12 @@ class TokenVerifier:
         return cls(public_key_pem=path.read_bytes(), **common)
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, until = cached
+            if self._clock() < until:
+                return principal
+            del self._verified[token]
         try:
             if self._jwks is not None:
                 # PyJWKClient fetches over blocking urllib; keep it off the event loop.
@@ -232,13 +252,23 @@ class TokenVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"]},
-                leeway=10,
+                leeway=self.LEEWAY,
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired.") from None
         except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
             raise Unauthorized(f"The token is not valid: {exc}.") from None
-        return principal_from_claims(claims)
+        principal = principal_from_claims(claims)
+        until = float(claims["exp"]) + self.LEEWAY
+        if self._jwks is not None:
+            until = min(until, self._clock() + self.KEYS_LIFESPAN)
+        if self._clock() >= until:
+            # Valid by the library's clock but not by ours (they differ only in tests): ours decides.
+            raise Unauthorized("The token has expired.")
+        if len(self._verified) >= self.CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (principal, until)
+        return principal
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

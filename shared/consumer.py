@@ -8,11 +8,21 @@ Each subscription declares the handler of every event type it takes (:func:`on`)
 them derives the filter subjects, validates each event once against its catalogue model and hands the handler the
 typed data. An event no handler is declared for is dead-lettered with the reason, in every service alike.
 
-Messages are taken in batches and a batch is handled in one transaction (one commit for many events is what lets a
-Python consumer apply thousands of events a second on SQLite). If anything in the batch fails, the transaction is
-rolled back and the batch is handled again one event per transaction, so one poison event fails alone: it is retried
-with backoff and, after ``max_deliver`` attempts, recorded as a dead letter and published to the dead-letter subject
-(both through the outbox, in one transaction) while the events behind it carry on.
+Messages are taken in batches and applied in one transaction — their inbox rows and their effects together (one
+commit for many events is what lets a Python consumer apply thousands of events a second on SQLite). When another
+write transaction waits to begin (an API request, on SQLite, where the process's writes go one at a time), the
+batch's transaction ends once it has run for ``transaction_budget`` seconds and the rest of the batch goes on in the
+next, so the request waits for one short transaction at most. Between transactions the consumer yields to the event
+loop, and a service applies at most ``slots`` batches at once.
+
+If anything in a transaction fails, it is rolled back and the same events are applied again in one transaction with
+a savepoint each: the events that fail there are rolled back alone and the rest commits. Each event that failed is
+then retried alone, in its own transaction, with backoff; after ``max_deliver`` attempts it is recorded as a dead
+letter and published to the dead-letter subject (both through the outbox, in one transaction) while the events
+behind it carry on. Should even the transaction with savepoints fail (at its commit), every event is retried alone.
+
+After a crash, what the dead process had taken and not acknowledged comes back once its ack wait runs out; a
+restarted consumer takes nothing before that, so that nothing newer overtakes it.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -29,7 +40,7 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +59,8 @@ E = TypeVar("E", bound=EventData)
 
 # An event handler: the consumer's transaction, the envelope, and the event's data validated against its model.
 Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
+# Work done for a batch before its write transaction, in a read-only unit of work (see Subscription.prepare).
+Prepare = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
 
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
@@ -58,6 +71,10 @@ DELIVER_POLICY_FIXED = 10012
 
 # How long a busy consumer waits for a batch to fill before handling what it has.
 BUSY_WAIT = 0.05
+
+# How long one transaction of a batch may run, when other writers wait, before it commits and the rest of the batch
+# goes on in the next.
+TRANSACTION_BUDGET = 0.02
 
 
 class PermanentError(Exception):
@@ -120,6 +137,10 @@ class Subscription:
     ack_wait: float | None = None
     max_ack_pending: int | None = None
     retry_delays: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+    # Computation the handlers would otherwise do while holding the database's writer lock (evaluating rules), done
+    # ahead for a batch in a read-only unit of work: it writes nothing and leaves results the handlers use only if
+    # their inputs are still the same. A failure here only loses the head start.
+    prepare: Prepare | None = None
 
     def __post_init__(self) -> None:
         Dispatch(self.name, self.handlers)  # refuses two handlers for one type when the service is defined
@@ -158,6 +179,8 @@ class Consumer:
         max_deliver: int = 5,
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
+        transaction_budget: float = TRANSACTION_BUDGET,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.service = service
         self.sub = subscription
@@ -172,9 +195,15 @@ class Consumer:
         self.max_deliver = subscription.max_deliver or max_deliver
         self.ack_wait = subscription.ack_wait or ack_wait
         self.max_ack_pending = subscription.max_ack_pending or max_ack_pending
+        self.transaction_budget = transaction_budget
+        # Shared by the service's consumers: how many batches are being applied at once (the event loop serves HTTP
+        # too).
+        self.slots = slots or asyncio.Semaphore(1)
         self._workers: list[asyncio.Task[None]] = []
         self._fetching: set[asyncio.Future[Any]] = set()
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self._resume_at: float | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -194,31 +223,45 @@ class Consumer:
         )
 
     async def start(self) -> None:
-        await self._provision()
+        info = await self._provision()
         self._stopping = False
+        self._stopped.clear()
+        # Messages a previous process took and never acknowledged (it was killed) come back only once their ack wait
+        # runs out; whatever is newer would be taken first, and an application's events applied out of order (a
+        # determination before its submission). Until then this process takes nothing: the server hands redeliveries
+        # out before new messages, so the order holds. (A replica starting beside live ones merely starts later.)
+        held = getattr(info, "num_ack_pending", 0) or 0
+        self._resume_at = asyncio.get_running_loop().time() + self.ack_wait + 1.0 if held else None
+        if held:
+            log.info(
+                "messages a previous process held come back first",
+                extra={"consumer": self.durable, "held": held, "in_s": self.ack_wait},
+            )
         for n in range(self.sub.concurrency):
             self._workers.append(asyncio.create_task(self._work(), name=f"{self.durable}-{n}"))
         log.info("consumer started", extra={"consumer": self.durable, "workers": self.sub.concurrency})
 
-    async def _provision(self) -> None:
+    async def _provision(self) -> ConsumerInfo:
         """Create the durable consumer, or bring an existing one's editable settings in line with ours. Where it
         starts is not editable: one an operator rewound (``onestop restore``) keeps its start and takes the rest."""
         config = self.consumer_config()
         try:
-            await self.bus.js.add_consumer(self.bus.stream, config=config)
+            return await self.bus.js.add_consumer(self.bus.stream, config=config)
         except nats.js.errors.APIError as exc:
             if getattr(exc, "err_code", None) != DELIVER_POLICY_FIXED:
                 raise
             current = (await self.bus.js.consumer_info(self.bus.stream, self.durable)).config
             config.deliver_policy = current.deliver_policy
             config.opt_start_seq, config.opt_start_time = current.opt_start_seq, current.opt_start_time
-            await self.bus.js.add_consumer(self.bus.stream, config=config)
+            info = await self.bus.js.add_consumer(self.bus.stream, config=config)
             log.info("consumer keeps the start it was given", extra={"consumer": self.durable,
                      "deliver_policy": str(current.deliver_policy), "start_seq": current.opt_start_seq})  # fmt: skip
+            return info
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking new messages; let a batch being handled finish (its acks then reach the server)."""
         self._stopping = True
+        self._stopped.set()
         for task in list(self._fetching):
             task.cancel()
         if self._workers:
@@ -234,6 +277,11 @@ class Consumer:
         psub: Any = None
         delay = 0.2
         busy = False
+        if self._resume_at is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._stopped.wait(), timeout=max(0.0, self._resume_at - asyncio.get_running_loop().time())
+                )
         try:
             while not self._stopping:
                 try:
@@ -293,23 +341,108 @@ class Consumer:
                 items.append(_Item(msg, CloudEvent.from_json(msg.data), deliveries=deliveries))
             except (ValidationError, orjson.JSONDecodeError) as exc:
                 items.append(_Item(msg, None, f"undecodable event: {exc}", deliveries))
-        good = [i for i in items if i.event is not None]
         for item in items:
             if item.event is None:
                 await self._dead_letter(item, permanent=True)
-        if not good:
-            return
-        if len(good) > 1:
-            try:
-                async with self.db.session() as session:
-                    await self._apply(session, good)
-            except Exception as exc:
-                log.info("batch failed; handling one by one", extra={"consumer": self.durable, "error": repr(exc)})
-            else:
-                await self._ack_all(good)
-                return
-        for item in good:
+        rest = [i for i in items if i.event is not None]
+        async with self.slots:
+            if self.sub.prepare is not None and rest:
+                await self._prepare(self.sub.prepare, rest)
+            while rest:
+                if len(rest) == 1:
+                    await self._handle_one(rest[0])
+                    return
+                applied: list[_Item] = []
+                try:
+                    await self._apply_within_budget(rest, applied)
+                except Exception as exc:
+                    # Again, each event in a savepoint: the events tried so far at least, and on.
+                    log.info(
+                        "batch failed; applying its events apart", extra={"consumer": self.durable, "error": repr(exc)}
+                    )
+                    taken = await self._apply_apart(rest, at_least=len(applied) + 1)
+                    rest = rest[taken:]
+                else:
+                    await self._ack_all(applied)
+                    rest = rest[len(applied) :]
+                # Between transactions, whatever else is waiting (HTTP requests) gets the event loop.
+                await asyncio.sleep(0)
+
+    async def _prepare(self, prepare: Prepare, items: Sequence[_Item]) -> None:
+        try:
+            async with self.db.read_session() as session:
+                await prepare(session, [_event(i) for i in items])
+        except Exception as exc:
+            log.warning(
+                "preparing a batch failed; it is applied without", extra={"consumer": self.durable, "error": repr(exc)}
+            )
+
+    async def _apply_within_budget(self, items: Sequence[_Item], applied: list[_Item]) -> None:
+        """Apply events in order in one transaction, until it has run for the budget while other writers wait; each
+        one applied (or found in the inbox) is appended to ``applied``. Raises, and nothing is written, when any of
+        them fails."""
+        started = time.perf_counter()
+        handled: list[str] = []
+        async with self.db.session() as session:
+            seen = await self._seen(session, items)
+            for item in items:
+                event = _event(item)
+                if event.id not in seen:
+                    seen.add(event.id)  # the same id twice in one batch runs once
+                    await self._run(session, item)
+                    handled.append(event.id)
+                applied.append(item)
+                if self._spent(started):
+                    break
+            await self._record(session, handled)
+        self._count(handled, len(applied))
+
+    async def _apply_apart(self, items: Sequence[_Item], *, at_least: int) -> int:
+        """Apply events in order in one transaction with a savepoint each, so that those that fail are rolled back
+        alone and the rest commits; then retry each one that failed alone. Goes through ``at_least`` events, and on
+        until the budget is spent while other writers wait; returns how many it took."""
+        failed: list[_Item] = []
+        handled: list[str] = []
+        taken: list[_Item] = []
+        started = time.perf_counter()
+        try:
+            async with self.db.session() as session:
+                seen = await self._seen(session, items)
+                for item in items:
+                    if len(taken) >= at_least and self._spent(started):
+                        break
+                    taken.append(item)
+                    event = _event(item)
+                    if event.id in seen:
+                        continue
+                    try:
+                        async with session.begin_nested():
+                            await self._run(session, item)
+                            await session.flush()  # its writes fail here, inside its savepoint, or not at all
+                    except Exception as exc:
+                        log.info(
+                            "event failed in its batch; it is retried alone",
+                            extra={"consumer": self.durable, "event_id": event.id, "error": error_text(exc)},
+                        )
+                        failed.append(item)
+                        continue
+                    seen.add(event.id)
+                    handled.append(event.id)
+                await self._record(session, handled)
+        except Exception as exc:
+            log.info("batch failed again; handling one by one", extra={"consumer": self.durable, "error": repr(exc)})
+            failed = taken
+        else:
+            self._count(handled, len(taken) - len(failed))
+            apart = {id(i) for i in failed}
+            await self._ack_all([i for i in taken if id(i) not in apart])
+        for item in failed:
             await self._handle_one(item)
+        return len(taken)
+
+    def _spent(self, started: float) -> bool:
+        """Whether a transaction begun at ``started`` has run its budget while other writers wait for it."""
+        return time.perf_counter() - started >= self.transaction_budget and self.db.writers_waiting() > 0
 
     async def _handle_one(self, item: _Item) -> None:
         try:
@@ -339,44 +472,63 @@ class Consumer:
 
     async def _apply(self, session: AsyncSession, items: Sequence[_Item]) -> None:
         """Record the new ids in the inbox and run the handler for each, all in the caller's transaction."""
-        events = [i.event for i in items if i.event is not None]
+        events = [_event(i) for i in items]
         fresh = await self._claim(session, events)
-        # Each event is handled in a span continuing the publisher's trace (the NATS header; the envelope's before).
-        origin = {i.event.id: (i.msg.subject, _traceparent(i.msg) or i.event.traceparent) for i in items if i.event}
-        handled = 0
-        for event in events:
+        handled = []
+        for item, event in zip(items, events, strict=True):
             if event.id not in fresh:
                 continue
             fresh.discard(event.id)  # the same id twice in one batch runs once
-            subject, parent = origin[event.id]
-            token = event_id_var.set(event.id)
-            try:
-                with consume_span(self.service, self.durable, subject, parent, event.id):
-                    await self.dispatch(session, event)
-            finally:
-                event_id_var.reset(token)
-            handled += 1
-        self.metrics.events_handled.labels(consumer=self.durable, result="handled").inc(handled)
-        self.metrics.events_handled.labels(consumer=self.durable, result="duplicate").inc(len(events) - handled)
+            await self._run(session, item)
+            handled.append(event.id)
+        self._count(handled, len(events))
 
-    async def _claim(self, session: AsyncSession, events: Sequence[CloudEvent]) -> set[str]:
+    async def _run(self, session: AsyncSession, item: _Item) -> None:
+        """Handle one event in a span of its own, continuing the publisher's trace (the NATS header; the envelope's
+        before): each event of a batch is one span, a child of the span that emitted it."""
+        event = _event(item)
+        parent = _traceparent(item.msg) or event.traceparent
+        token = event_id_var.set(event.id)
+        try:
+            with consume_span(self.service, self.durable, item.msg.subject, parent, event.id):
+                await self.dispatch(session, event)
+        finally:
+            event_id_var.reset(token)
+
+    def _count(self, handled: Sequence[str], taken: int) -> None:
+        self.metrics.events_handled.labels(consumer=self.durable, result="handled").inc(len(handled))
+        self.metrics.events_handled.labels(consumer=self.durable, result="duplicate").inc(taken - len(handled))
+
+    async def _seen(self, session: AsyncSession, items: Sequence[_Item]) -> set[str]:
+        """The ids of these events the inbox already holds (handled before: a redelivery)."""
+        return await self._seen_ids(session, list(dict.fromkeys(_event(i).id for i in items)))
+
+    async def _seen_ids(self, session: AsyncSession, ids: Sequence[str]) -> set[str]:
         inbox = self.tables.inbox
-        ids = list(dict.fromkeys(e.id for e in events))
-        seen = set(
+        return set(
             (
                 await session.execute(
                     select(inbox.c.event_id).where(inbox.c.consumer == self.durable, inbox.c.event_id.in_(ids))
                 )
             ).scalars()
         )
-        fresh = [i for i in ids if i not in seen]
-        if fresh:
+
+    async def _record(self, session: AsyncSession, event_ids: Sequence[str]) -> None:
+        """The inbox rows of the events handled in this transaction. A concurrent handler of the same id (another
+        replica) makes this insert fail, and our transaction with it: the event then comes back, finds the id, and is
+        acknowledged without effects."""
+        if event_ids:
             now = dt.datetime.now(dt.UTC)
-            # A concurrent handler of the same id makes this insert fail, and our transaction with it: the
-            # event is then retried, finds the id, and is acknowledged without effects.
             await session.execute(
-                insert(inbox), [{"consumer": self.durable, "event_id": i, "handled_at": now} for i in fresh]
+                insert(self.tables.inbox),
+                [{"consumer": self.durable, "event_id": i, "handled_at": now} for i in event_ids],
             )
+
+    async def _claim(self, session: AsyncSession, events: Sequence[CloudEvent]) -> set[str]:
+        ids = list(dict.fromkeys(e.id for e in events))
+        seen = await self._seen_ids(session, ids)
+        fresh = [i for i in ids if i not in seen]
+        await self._record(session, fresh)
         return set(fresh)
 
     async def _ack_all(self, items: Sequence[_Item]) -> None:
@@ -483,6 +635,11 @@ def error_text(exc: BaseException) -> str:
         )
         return f"ValidationError: {problems}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _event(item: _Item) -> CloudEvent:
+    assert item.event is not None  # undecodable messages are dead-lettered before anything is applied
+    return item.event
 
 
 def _traceparent(msg: Msg) -> str | None:

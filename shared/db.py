@@ -1,20 +1,33 @@
-"""Database helpers: an async engine from a URL, and the unit of work every request and handler runs in.
+"""Database helpers: an async engine from a URL, and the units of work every request and handler runs in.
 
-SQLite (aiosqlite) is the embedded default, PostgreSQL (asyncpg) the production one. On SQLite every transaction
-begins with ``BEGIN IMMEDIATE``: in WAL mode a deferred transaction that reads and then writes fails at once with
-SQLITE_BUSY when another writer got in between (the busy timeout does not apply to that upgrade), so taking the
-write lock up front turns those failures into short waits. SQLite statements go through :mod:`shared.sqlite`, which
-costs one thread hop a statement instead of SQLAlchemy's four.
+SQLite (aiosqlite) is the embedded default, PostgreSQL (asyncpg) the production one.
+
+Two kinds of unit of work:
+
+- :meth:`Database.session` writes. On SQLite it begins with ``BEGIN IMMEDIATE``: in WAL mode a deferred transaction
+  that reads and then writes fails at once with SQLITE_BUSY when another writer got in between (the busy timeout does
+  not apply to that upgrade), so the write lock is taken up front — and, before it, the process's writer lock of the
+  file (:mod:`shared.sqlite`), so writers queue in the event loop and each starts the moment the one before commits,
+  instead of sleeping in SQLite's busy handler. The lock is taken at the first statement, not when the session is
+  made, so whatever a request does before touching the database (a call to another service) holds nothing.
+- :meth:`Database.read_session` reads. On SQLite it is a deferred ``BEGIN`` on connections of their own that are
+  read-only (``PRAGMA query_only``): it never waits for a writer, it reads a consistent snapshot, and a write attempted
+  in it fails loudly. On PostgreSQL it is a ``READ ONLY`` ``REPEATABLE READ`` transaction on the same pool (one
+  snapshot too). A read that must leave a record
+  (the audit log of a read of personal data) hands the write to :func:`defer_write`; it is written in a short write
+  transaction when the read ends, before the answer leaves.
+
+SQLite statements go through :mod:`shared.sqlite`, which costs one thread hop a statement instead of SQLAlchemy's four.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -22,26 +35,50 @@ from shared import sqlite
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+# Keys of ``AsyncSession.info``.
+READ_ONLY = "onestop_read_only"
+DEFERRED_WRITES = "onestop_deferred_writes"
+
+DeferredWrite = Callable[[AsyncSession], Awaitable[Any]]
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
+# SQLite writes one transaction at a time: more write connections than this would only hold sessions waiting for
+# the writer lock (each with its own page cache); further writers wait for a connection instead, in turn as well.
+SQLITE_WRITE_CONNECTIONS = 3
+
+
+def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """The engine of write transactions (and the only one, on PostgreSQL)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url, echo=echo, module=sqlite.dbapi(), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        )
-        _configure_sqlite(engine)
+        engine = _sqlite_engine(url, echo=echo, pool_size=min(pool_size, SQLITE_WRITE_CONNECTIONS), max_overflow=0)
+        _configure_sqlite(engine, read_only=False)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _sqlite_engine(url: str, *, echo: bool, pool_size: int, max_overflow: int) -> AsyncEngine:
+    pool: dict[str, Any] = {}
+    if _is_file(url):
+        pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+    return create_async_engine(
+        url, echo=echo, module=sqlite.dbapi(), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool
+    )
+
+
+def _is_file(url: str) -> bool:
+    database = make_url(url).database
+    return bool(database) and database != ":memory:" and not str(database).startswith("file:")
+
+
+def _configure_sqlite(engine: AsyncEngine, *, read_only: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin (see the module docstring).
@@ -51,41 +88,92 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        connection: sqlite.OneHopConnection = conn.connection.dbapi_connection
+        connection.begin(write=not read_only)
 
 
 class Database:
-    """The engine, its session factory, and the hooks that run after a commit (waking the outbox relay)."""
+    """The engines, their session factories, and the hooks that run after a commit (waking the outbox relay)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> None:
         self.url = url
-        self.engine = create_engine(url, echo=echo)
+        self.engine = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+        self._own_read_engine = is_sqlite(url) and _is_file(url)
+        if self._own_read_engine:
+            self.read_engine = _sqlite_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+            _configure_sqlite(self.read_engine, read_only=True)
+        elif is_sqlite(url):
+            self.read_engine = self.engine  # one in-memory connection: reads share it (and its transactions)
+        else:
+            # One snapshot for the whole read, as on SQLite (READ COMMITTED would let each statement see a different
+            # state: a status view whose timeline names a change its cases do not show yet). A read-only
+            # REPEATABLE READ transaction never fails to serialise.
+            self.read_engine = self.engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
         self._after_commit: list[Callable[[AsyncSession], None]] = []
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def writers_waiting(self) -> int:
+        """How many write transactions of this process wait to begin (SQLite: for its writer lock). PostgreSQL
+        serialises nothing of the kind; there it is always 0."""
+        if not self._own_read_engine:
+            return 0
+        writer = sqlite.writer_for(str(make_url(self.url).database))
+        return writer.waiting if writer is not None else 0
+
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
         self._after_commit.append(hook)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """One transaction: commits when the block ends normally, rolls back when it raises."""
+        """One write transaction: commits when the block ends normally, rolls back when it raises."""
         async with self.sessionmaker() as session:
             async with session.begin():
                 yield session
             for hook in self._after_commit:
                 hook(session)
 
+    @contextlib.asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """One read-only transaction (see the module docstring); then the writes it deferred, in one write
+        transaction, when the block ended normally."""
+        async with self.read_sessionmaker() as session:
+            session.info[READ_ONLY] = True
+            async with session.begin():
+                yield session
+            deferred: list[DeferredWrite] = session.info.pop(DEFERRED_WRITES, [])
+        if deferred:
+            async with self.session() as writer:
+                for write in deferred:
+                    await write(writer)
+
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
+        async with self.read_session() as session:
+            await session.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._own_read_engine:
+            await self.read_engine.dispose()
+
+
+def is_read_only(session: AsyncSession) -> bool:
+    return bool(session.info.get(READ_ONLY))
+
+
+def defer_write(session: AsyncSession, write: DeferredWrite) -> None:
+    """From a read-only unit of work: run ``write`` in a write transaction once the read ends well (before the
+    answer is sent), or not at all when it fails."""
+    session.info.setdefault(DEFERRED_WRITES, []).append(write)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal
 from shared.problems import Conflict, UnprocessableContent
+from shared.responses import FastJSONResponse
 from shared.tables import PlatformTables
 
 HEADER = "Idempotency-Key"
@@ -40,12 +41,18 @@ class StoredResponse:
     body: Any
     # True when this is the answer stored for an earlier request with the same key.
     replayed: bool = False
+    # The body as JSON, when it was written already (it is written once, for the store and the answer alike).
+    raw: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        return self.raw if self.raw is not None else orjson.dumps(self.body)
 
     def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
         extra = dict(headers or {})
         if self.replayed:
             extra["Idempotent-Replayed"] = "true"
-        return JSONResponse(self.body, status_code=self.status_code, headers=extra)
+        return FastJSONResponse(self.json, status_code=self.status_code, headers=extra)
 
 
 class IdempotencyKeyReused(UnprocessableContent):
@@ -108,7 +115,7 @@ class Idempotency:
                 path=path,
                 fingerprint=fingerprint(method, path, body),
                 status_code=response.status_code,
-                response=orjson.dumps(response.body).decode(),
+                response=response.json.decode(),
                 created_at=dt.datetime.now(dt.UTC),
             )
         )
@@ -133,7 +140,7 @@ class Idempotency:
             if stored is not None:
                 return StoredResponse(stored.status_code, stored.body, replayed=True)
         payload = (await create()).model_dump(mode="json")
-        answer = StoredResponse(status_code, payload)
+        answer = StoredResponse(status_code, payload, raw=orjson.dumps(payload))
         if key is not None:
             try:
                 await self.remember(session, principal, key, method, path, fingerprint_body, answer)
@@ -143,7 +150,7 @@ class Idempotency:
         return answer
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(

@@ -163,7 +163,8 @@ class OutboxRelay:
             return 0
         if not await self._hold_leadership():
             return 0
-        async with self.db.session() as session:
+        # Read-only: on SQLite it neither waits for nor holds up the writers while NATS is answering.
+        async with self.db.read_session() as session:
             rows = (
                 await session.execute(
                     select(self.table.c.id, self.table.c.event_id, self.table.c.subject, self.table.c.payload)
@@ -207,7 +208,7 @@ class OutboxRelay:
         return acked
 
     async def backlog(self) -> int:
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             count = await session.scalar(
                 select(func.count()).select_from(self.table).where(self.table.c.published_at.is_(None))
             )

@@ -27,7 +27,7 @@ from shared.consumer_lag import ConsumerLag
 from shared.db import Database
 from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
-from shared.observability import Metrics
+from shared.observability import LoopMonitor, Metrics
 from shared.outbox import Outbox, OutboxRelay
 from shared.reconciler import Reconciler
 from shared.settings import ServiceSettings
@@ -78,6 +78,7 @@ class Runtime:
     verifier: TokenVerifier
     idempotency: Idempotency
     housekeeping: Housekeeping
+    loop_monitor: LoopMonitor
     consumers: dict[str, Consumer] = field(default_factory=dict)
     # The service's context (see ServiceDefinition.context); read through the service's typed dependency.
     context: Any = None
@@ -87,7 +88,12 @@ class Runtime:
 
     @classmethod
     def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
-        db = Database(settings.database_url, echo=settings.database_echo)
+        db = Database(
+            settings.database_url,
+            echo=settings.database_echo,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         instrument_database(db.engine, definition.name)
         bus = Bus(settings, name=definition.name)
         relay = OutboxRelay(
@@ -110,6 +116,7 @@ class Runtime:
             metrics=metrics,
             verifier=TokenVerifier.from_settings(settings),
             idempotency=Idempotency(definition.tables),
+            loop_monitor=LoopMonitor(metrics),
             housekeeping=Housekeeping(
                 db,
                 definition.tables,
@@ -126,6 +133,8 @@ class Runtime:
         try:
             async with definition.context(self) as context:
                 self.context = context
+                # From here on (not while the context loads, say, a catalogue): what serving costs the loop.
+                self.loop_monitor.start()
                 self.add_consumers(definition.subscriptions(context))
                 self.start_messaging()
                 self.housekeeping.start()
@@ -141,6 +150,7 @@ class Runtime:
 
     def add_consumers(self, subscriptions: Sequence[Subscription]) -> None:
         s = self.settings
+        slots = asyncio.Semaphore(s.consumer_parallel_batches)
         for sub in subscriptions:
             self.consumers[sub.name] = Consumer(
                 service=self.name,
@@ -154,6 +164,8 @@ class Runtime:
                 max_deliver=s.consumer_max_deliver,
                 ack_wait=s.consumer_ack_wait_seconds,
                 max_ack_pending=s.consumer_max_ack_pending,
+                transaction_budget=s.consumer_transaction_budget_ms / 1000,
+                slots=slots,
             )
 
     def start_messaging(self) -> None:
@@ -200,6 +212,7 @@ class Runtime:
             await consumer.stop()
 
     async def close(self) -> None:
+        await self.loop_monitor.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
         await self.relay.stop()

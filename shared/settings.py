@@ -17,6 +17,11 @@ class ServiceSettings(BaseSettings):
     # Storage
     database_url: str = "sqlite+aiosqlite:///var/service.db"
     database_echo: bool = False
+    # Database connections: on PostgreSQL the pool of each process (size kept open, overflow opened under load and
+    # closed again; a replica uses up to their sum, so size max_connections for replicas x services); on SQLite its
+    # read connections (its writes, one at a time, use at most three: shared.db.SQLITE_WRITE_CONNECTIONS).
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
 
     # Messaging
     nats_url: str = "nats://127.0.0.1:4222"
@@ -36,6 +41,10 @@ class ServiceSettings(BaseSettings):
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_max_ack_pending: int = Field(default=1000, ge=1)
     consumer_batch_size: int = Field(default=100, ge=1, le=1000)
+    # A batch is applied in transactions of at most this long each (then it commits and goes on in the next), so a
+    # request waiting to write waits for one short transaction; and at most this many batches at once per service.
+    consumer_transaction_budget_ms: float = Field(default=20.0, gt=0)
+    consumer_parallel_batches: int = Field(default=2, ge=1)
     # How often each consumer's backlog on the server is read into onestop_consumer_pending.
     consumer_lag_interval_seconds: float = Field(default=15.0, gt=0)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)

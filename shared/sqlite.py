@@ -7,13 +7,25 @@ millisecond, which capped a consumer at about a thousand events a second. This c
 fetch every row, read the description, row count and last row id, close) in one function run in aiosqlite's thread,
 so a statement costs one hop. Every sqlite3 call still happens in that thread, as aiosqlite requires.
 
-Only the cursor differs from SQLAlchemy's aiosqlite dialect; the engine is made with ``module=dbapi()``.
+Writes are serialised in the process: SQLite has one writer at a time, and a connection that finds the write lock
+taken waits in SQLite's busy handler, which sleeps and polls (up to 100 ms a time), so under load a transaction waited
+far longer than the one ahead of it took. Each connection to a database file takes the process's writer lock for
+that file (an :class:`asyncio.Lock`, one per file and event loop) before ``BEGIN IMMEDIATE`` and gives it back when
+the transaction ends, so the next writer starts the moment the previous one commits and the busy handler is left for
+other processes (a migration, a CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they
+read a snapshot while a writer works.
+
+Only the cursor and the transaction boundaries differ from SQLAlchemy's aiosqlite dialect; the engine is made with
+``module=dbapi()``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import os
 import sqlite3
+import weakref
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -24,6 +36,49 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util.concurrency import await_
+
+
+class Writer:
+    """The process's writer lock for one database file (on one event loop), and the task holding it."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.lock = asyncio.Lock()
+        self.owner: asyncio.Task[Any] | None = None
+        # How many transactions wait for the lock: a long one (a consumer's batch) ends early when others wait.
+        self.waiting = 0
+
+    async def acquire(self) -> None:
+        task = asyncio.current_task()
+        if task is not None and self.owner is task:
+            # It would wait for itself for ever; SQLite would have answered SQLITE_BUSY after its busy timeout.
+            raise RuntimeError(f"a write transaction on {self.database} is already open in this task")
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        self.owner = task
+
+    def release(self) -> None:
+        self.owner = None
+        self.lock.release()
+
+
+_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Writer]] = weakref.WeakKeyDictionary()
+
+
+def writer_for(database: str) -> Writer | None:
+    """The writer lock of a database file for the running loop; None for an in-memory database (one connection)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    key = os.path.realpath(database)
+    writers = _writers.setdefault(asyncio.get_running_loop(), {})
+    writer = writers.get(key)
+    if writer is None:
+        writer = writers[key] = Writer(key)
+    return writer
+
 
 # What one statement returns from aiosqlite's thread: description, rows, row count, last row id.
 _Outcome = tuple[Any, list[Any], int, int | None]
@@ -112,15 +167,73 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    """A connection whose write transactions hold the process's writer lock of its database from ``BEGIN
+    IMMEDIATE`` until commit or rollback."""
+
+    __slots__ = ("_holding", "_writer")
     _cursor_cls = OneHopCursor
+
+    def __init__(self, dbapi: Any, connection: Any, writer: Writer | None) -> None:
+        super().__init__(dbapi, connection)
+        self._writer = writer
+        self._holding = False
+
+    def begin(self, *, write: bool) -> None:
+        """Start a transaction: a write one (``BEGIN IMMEDIATE``, after taking the writer lock) or a read one."""
+        try:
+            await_(self._begin(write))
+        except Exception as error:
+            self._handle_exception(error)
+
+    async def _begin(self, write: bool) -> None:
+        if write and self._writer is not None:
+            await self._writer.acquire()
+            self._holding = True
+        try:
+            driver: Any = self._connection
+            async with self._execute_mutex:
+                await driver._execute(_run, driver._conn, "BEGIN IMMEDIATE" if write else "BEGIN", None, False)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            assert self._writer is not None
+            self._writer.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release()
+
+    def terminate(self) -> None:
+        try:
+            super().terminate()
+        finally:
+            self._release()
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+        database = str(arg[0] if arg else kw.get("database", ""))
         connection = aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy does: a forgotten connection never blocks exit
-        return OneHopConnection(self, cast(Any, await_(connection)))
+        return OneHopConnection(self, cast(Any, await_(connection)), writer_for(database))
 
 
 def dbapi() -> OneHopDBAPI:

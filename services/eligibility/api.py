@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
 
 from services.eligibility import catalogue_views, determinations, reports, resident_data, screener, screening_runs
 from services.eligibility.catalogue_admin import put_program_version
 from services.eligibility.context import ContextDep
 from services.eligibility.determinations import Eligibility
-from services.eligibility.repository import RepositoryDep
+from services.eligibility.repository import ReadRepositoryDep, RepositoryDep, WriteRepositoryDep
 from services.eligibility.schemas import (
     ApplicationDeterminations,
     EvaluateRequest,
@@ -41,11 +43,11 @@ router = APIRouter(prefix="/v1", tags=["eligibility"])
 CodePath = Annotated[str, Path(pattern=CODE_PATTERN, max_length=64, description="The program's code")]
 
 
-def get_eligibility(ctx: ContextDep) -> Eligibility:
+async def get_eligibility(ctx: ContextDep) -> Eligibility:
     return ctx.eligibility
 
 
-def determination_reader(principal: PrincipalDep) -> Principal:
+async def determination_reader(principal: PrincipalDep) -> Principal:
     if principal.role is Role.PARTNER:
         raise Forbidden("Partners see determinations through their event subscriptions.")
     return principal
@@ -100,14 +102,46 @@ async def put_program(
     return result.program
 
 
-@router.get("/life-events", summary="Life events and the programs each reaches")
-async def list_life_events(repo: RepositoryDep, service: ServiceDep) -> list[LifeEventOut]:
-    return await catalogue_views.life_events(repo, service.store)
+_NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "The client's copy (its `If-None-Match`) is this version of the catalogue"}
+}
+_LIFE_EVENTS = TypeAdapter(list[LifeEventOut])
+_FACT_TYPES = TypeAdapter(list[FactTypeOut])
 
 
-@router.get("/fact-types", summary="Every fact a rule may read, with its type and question")
-async def list_fact_types(service: ServiceDep) -> list[FactTypeOut]:
-    return catalogue_views.fact_types(service.store)
+def _versioned(request: Request, version: str, body: Callable[[], bytes]) -> Response:
+    """The answer with its version as an ``ETag``, or 304 with no body when the client already has that version
+    (intake revalidates its copy of the catalogue this way)."""
+    etag = f'"{version}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    return Response(body(), media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/life-events",
+    summary="Life events and the programs each reaches",
+    response_model=list[LifeEventOut],
+    responses=_NOT_MODIFIED,
+)
+async def list_life_events(request: Request, repo: RepositoryDep, service: ServiceDep) -> Response:
+    version, events = await catalogue_views.versioned_life_events(repo, service.store)
+    return _versioned(request, version, lambda: _LIFE_EVENTS.dump_json(events))
+
+
+@router.get(
+    "/fact-types",
+    summary="Every fact a rule may read, with its type and question",
+    response_model=list[FactTypeOut],
+    responses=_NOT_MODIFIED,
+)
+async def list_fact_types(request: Request, service: ServiceDep) -> Response:
+    return _versioned(
+        request,
+        catalogue_views.fact_types_version(service.store),
+        lambda: _FACT_TYPES.dump_json(catalogue_views.fact_types(service.store)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the screener
@@ -118,7 +152,7 @@ async def list_fact_types(service: ServiceDep) -> list[FactTypeOut]:
     summary="Screener: facts in, determinations out (nothing is stored)",
     responses=problem_responses(422),
 )
-async def evaluate(body: EvaluateRequest, repo: RepositoryDep, service: ServiceDep) -> EvaluateResponse:
+async def evaluate(body: EvaluateRequest, repo: ReadRepositoryDep, service: ServiceDep) -> EvaluateResponse:
     return await screener.evaluate_facts(repo, service.store, body, now=dt.datetime.now(dt.UTC))
 
 
@@ -248,7 +282,7 @@ async def application_determinations(
 async def resident_data_part(
     resident_id: uuid.UUID,
     principal: PrincipalDep,
-    repo: RepositoryDep,
+    repo: WriteRepositoryDep,
     export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
 ) -> ResidentDataPart:
     return await resident_data.part(repo, principal, resident_id, export_id)

@@ -44,9 +44,14 @@ async def program(repo: Repository, store: CatalogueStore, code: str) -> Program
 
 
 async def life_events(repo: Repository, store: CatalogueStore) -> list[LifeEventOut]:
+    return (await versioned_life_events(repo, store))[1]
+
+
+async def versioned_life_events(repo: Repository, store: CatalogueStore) -> tuple[str, list[LifeEventOut]]:
+    """The life events and the version of the catalogue they come from (an ``ETag`` for a client's copy)."""
     catalogue = await store.get(repo)
     today = store.today()
-    return [
+    return store.version(catalogue), [
         LifeEventOut(
             code=event.code,
             name=event.name,
@@ -59,6 +64,11 @@ async def life_events(repo: Repository, store: CatalogueStore) -> list[LifeEvent
         )
         for event in catalogue.life_events.values()
     ]
+
+
+def fact_types_version(store: CatalogueStore) -> str:
+    """The fact types come from the files alone."""
+    return store.files_version
 
 
 def fact_types(store: CatalogueStore) -> list[FactTypeOut]:

@@ -7,16 +7,21 @@ Everything here runs inside the caller's transaction (an event handler's or a re
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as dt
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
+
 from services.eligibility import triggers
 from services.eligibility.catalogue import Catalogue
-from services.eligibility.facts import FactValueError
+from services.eligibility.facts import FactLayers, FactValueError
 from services.eligibility.models import (
     ApplicationRow,
     DepartmentFactRow,
@@ -33,6 +38,7 @@ from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
     ApplicationWithdrawn,
+    CloudEvent,
     ConsentChanged,
     EligibilityDetermined,
     FactsReported,
@@ -72,6 +78,11 @@ class ReportResult:
     new_rounds: int = 0
 
 
+# Determinations evaluated ahead of the consumer's transaction (Eligibility.prepare), by their inputs, until used.
+Evaluated = tuple[list[dict[str, Any]], dict[str, str]]
+PREPARED_KEPT = 1000
+
+
 class Eligibility:
     """The eligibility service's domain: one per process (kept in the service's context)."""
 
@@ -81,7 +92,47 @@ class Eligibility:
         self.settings = settings
         self.store = CatalogueStore(settings)
         self.outbox = outbox
+        self._prepared: collections.OrderedDict[bytes, Evaluated] = collections.OrderedDict()
         self.screening_metrics = screening_metrics
+
+    # ------------------------------------------------------------------------------------------ ahead of a batch
+
+    async def prepare(self, repo: Repository, events: Sequence[CloudEvent], now: dt.datetime) -> None:
+        """Run the rules, ahead of the consumer's transaction and outside it (``repo`` is on a read-only session), for
+        the submissions and answers of a batch: the transaction then finds each result by its inputs instead of
+        evaluating while it holds the database's writer lock. Nothing is written here; a result whose inputs changed
+        in between (a department reported a fact, say) does not match and the transaction evaluates afresh."""
+        pending: dict[uuid.UUID, ApplicationRow] = {}  # as the batch's earlier events will have left each one
+        for event in events:
+            if event.event_type == ApplicationSubmitted.event_type:
+                submitted = ApplicationSubmitted.model_validate(event.data)
+                app = pending.get(submitted.application_id) or await repo.application(submitted.application_id)
+                if app is not None and app.status != PENDING:
+                    continue
+                app = _ahead(app, submitted.application_id, submitted.resident_id, submitted.life_event)
+                app.application_date = submitted.application_date
+                app.programs = list(submitted.program_codes) or None
+                merge_answers(app, submitted.answers, submitted.submitted_at)
+            elif event.event_type == ApplicationInfoProvided.event_type:
+                provided = ApplicationInfoProvided.model_validate(event.data)
+                app = pending.get(provided.application_id) or await repo.application(provided.application_id)
+                if app is None or app.status != OPEN:
+                    continue
+                app = _ahead(app, app.application_id, app.resident_id, app.life_event)
+                merge_answers(app, provided.answers, provided.provided_at)
+            else:
+                continue
+            pending[app.application_id] = app
+            if app.withdrawn_at is not None or app.application_date is None:
+                continue
+            catalogue = await self.store.get(repo)
+            layers = await repo.layers_for(app.resident_id, app.declared)
+            key = _inputs(catalogue, app, layers, now)
+            if key not in self._prepared:
+                self._prepared[key] = _run_rules(catalogue, app, layers, now)
+                if len(self._prepared) > PREPARED_KEPT:
+                    self._prepared.popitem(last=False)
+            await asyncio.sleep(0)  # one evaluation at a time: requests get the loop in between
 
     # ------------------------------------------------------------------------------------------ events in
 
@@ -289,22 +340,15 @@ class Eligibility:
         catalogue = await self.store.get(repo)
         assert app.application_date is not None
         layers = await repo.layers_for(app.resident_id, app.declared)
-        env = catalogue.environment(app.application_date, layers, now)
-        if env.rejected:
+        evaluated = self._prepared.pop(_inputs(catalogue, app, layers, now), None)
+        if evaluated is None:
+            evaluated = _run_rules(catalogue, app, layers, now)
+        determinations, rejected = evaluated
+        if rejected:
             log.info(
                 "declared answers ignored",
-                extra={"application_id": str(app.application_id), "facts": sorted(env.rejected)},
+                extra={"application_id": str(app.application_id), "facts": sorted(rejected)},
             )
-        if app.programs:  # an accepted offer: the offered programs, where still in force
-            codes = [
-                c
-                for c in app.programs
-                if c in catalogue.programs and catalogue.programs[c].version_on(env.application_date)
-            ]
-        else:
-            codes = catalogue.programs_for(app.life_event, env)
-        results = catalogue.evaluate(env, codes)
-        determinations = [r.determination(catalogue.facts) for r in results]
         if not always and app.round > 0:
             previous = await repo.round_determinations(app.application_id, app.round)
             if outcome_signature(d.determination for d in previous) == outcome_signature(determinations):
@@ -408,6 +452,65 @@ async def application_determinations(
             ],
         }
     )
+
+
+def _run_rules(catalogue: Catalogue, app: ApplicationRow, layers: FactLayers, now: dt.datetime) -> Evaluated:
+    """The determinations of an application's programs, and the declared answers that were ignored."""
+    assert app.application_date is not None
+    env = catalogue.environment(app.application_date, layers, now)
+    if app.programs:  # an accepted offer: the offered programs, where still in force
+        codes = [
+            c
+            for c in app.programs
+            if c in catalogue.programs and catalogue.programs[c].version_on(env.application_date)
+        ]
+    else:
+        codes = catalogue.programs_for(app.life_event, env)
+    results = catalogue.evaluate(env, codes)
+    return [r.determination(catalogue.facts) for r in results], dict(env.rejected)
+
+
+def _inputs(catalogue: Catalogue, app: ApplicationRow, layers: FactLayers, now: dt.datetime) -> bytes:
+    """Everything an evaluation depends on, as a digest: the catalogue's revision, the day, the life event or the
+    offered programs, and what is known of the resident (the department reports that hold ``now``)."""
+
+    def dump(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
+
+    reported = sorted(
+        dump([r.name, r.value, r.department, r.source, r.observed_at, r.valid_until])
+        for r in layers.reported
+        if r.valid_at(now)
+    )
+    inputs = [
+        catalogue.revision,
+        app.application_date,
+        app.life_event,
+        app.programs,
+        layers.declared,
+        layers.registry,
+        layers.consents,
+    ]
+    return hashlib.blake2b(dump(inputs) + b"".join(reported), digest_size=20).digest()
+
+
+def _ahead(
+    app: ApplicationRow | None, application_id: uuid.UUID, resident_id: uuid.UUID, life_event: str | None
+) -> ApplicationRow:
+    """A detached copy of an application to work ahead on (never added to a session)."""
+    copy = ApplicationRow(
+        application_id=application_id,
+        resident_id=resident_id,
+        status=OPEN,
+        declared=dict(app.declared or {}) if app is not None else {},
+        answered_at=dict(app.answered_at or {}) if app is not None else {},
+        round=0,
+    )
+    copy.life_event = life_event
+    copy.application_date = app.application_date if app is not None else None
+    copy.withdrawn_at = app.withdrawn_at if app is not None else None
+    copy.programs = list(app.programs) if app is not None and app.programs else None
+    return copy
 
 
 def merge_answers(app: ApplicationRow, answers: Mapping[str, Any], at: dt.datetime) -> None:

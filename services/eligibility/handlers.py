@@ -62,12 +62,17 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
     service = ctx.eligibility
     clock = Clock.from_settings(ctx.settings)
 
+    async def evaluate_ahead(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        await service.prepare(Repository(session), events, dt.datetime.now(dt.UTC))
+
     async def erasure_requested(session: AsyncSession, event: CloudEvent, data: ResidentErasureRequested) -> None:
         await resident_data.on_erasure_requested(Repository(session), service.outbox, data, clock.today())
 
     return [
         Subscription(
             name="events",
+            # The rules run before the batch's transaction, not while it holds the database's writer lock.
+            prepare=evaluate_ahead,
             handlers=[
                 on(ApplicationSubmitted, _unless_erased(_now(service.on_submitted))),
                 on(ApplicationInfoProvided, _unless_erased(_now(service.on_info_provided))),

@@ -54,7 +54,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.deps import SessionDep
+from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
@@ -549,8 +549,22 @@ class Repository:
         )
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
+    return Repository(session)
+
+
+async def get_read_repository(session: ReadSessionDep) -> Repository:
     return Repository(session)
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+async def get_write_repository(session: WriteSessionDep) -> Repository:
+    return Repository(session)
+
+
+# For a GET that must write what it shows (a resident's data export, which lists its own read).
+WriteRepositoryDep = Annotated[Repository, Depends(get_write_repository)]
+# For a POST that writes nothing (the screener): it reads without waiting for the database's writers.
+ReadRepositoryDep = Annotated[Repository, Depends(get_read_repository)]

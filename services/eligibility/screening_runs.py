@@ -58,6 +58,9 @@ OPPORTUNITIES = cast(Table, OpportunityRow.__table__)
 QUESTIONS = cast(Table, ScreeningQuestionRow.__table__)
 _ERROR = object()
 _MISSING = object()
+# Residents judged in one table between two yields to the event loop (a page holds up to ``screening_batch_size``):
+# large enough that the columns pay, small enough that requests and consumers wait for one such table at most.
+JUDGED_BETWEEN_YIELDS = 100
 
 
 # ---------------------------------------------------------------------------------------------- judging
@@ -232,34 +235,25 @@ class PageCounts:
     questions: int = 0
 
 
-async def screen_page(
-    repo: Repository,
-    service: Eligibility,
-    judge: ProactiveJudge,
-    reviews: ReviewCalendar,
-    screening_id: uuid.UUID,
-    residents: Sequence[ResidentRow],
-    now: dt.datetime,
-) -> PageCounts:
-    """Judge a page of consenting residents and write what it finds, with its events, in the caller's transaction."""
-    counts = PageCounts(screened=len(residents))
-    # A resident erased since the page was read is neither found nor asked anything (resident_data.py).
-    erased = await repo.erased_among([r.resident_id for r in residents])
-    residents = [r for r in residents if r.resident_id not in erased]
-    if not residents:
-        return counts
+@dataclass(frozen=True)
+class Judged:
+    """One resident of a page, judged: what was found, and the day their dates next move a fact the rules read."""
+
+    resident_id: uuid.UUID
+    judgement: Judgement
+    review_on: dt.date
+
+
+async def judge_page(
+    repo: Repository, judge: ProactiveJudge, reviews: ReviewCalendar, residents: Sequence[ResidentRow]
+) -> list[Judged]:
+    """Judge a page of consenting residents: reads only, so it runs in a read-only unit of work and the rules are
+    evaluated while no write transaction waits on them (a write holds the database's writer lock on SQLite)."""
     ids = [r.resident_id for r in residents]
+    if not ids:
+        return []
     reported = await repo.department_facts_of(ids)
     answers = await repo.resident_answers_of(ids)
-    applied = await repo.applied_programs(ids)
-    told = await repo.notified(ids)
-    asked = await repo.asked(ids)
-    facts = judge.catalogue.facts
-    opportunities: list[dict[str, Any]] = []
-    offers: list[EligibilityOpportunity] = []
-    questions: list[dict[str, Any]] = []
-    asking: list[ScreeningQuestionAsked] = []
-    review_rows: list[dict[str, Any]] = []
     people = [
         FactLayers(
             declared=answers.get(resident.resident_id, {}),
@@ -269,8 +263,46 @@ async def screen_page(
         )
         for resident in residents
     ]
-    for resident, judgement in zip(residents, judge.judge_many(people), strict=True):
-        rid = resident.resident_id
+    judged: list[Judged] = []
+    for start in range(0, len(residents), JUDGED_BETWEEN_YIELDS):
+        if start:
+            await asyncio.sleep(0)  # requests and consumers get the event loop within a long page too
+        chunk = slice(start, start + JUDGED_BETWEEN_YIELDS)
+        for resident, judgement in zip(residents[chunk], judge.judge_many(people[chunk]), strict=True):
+            judged.append(Judged(resident.resident_id, judgement, reviews.next_review(judgement.values)))
+    return judged
+
+
+async def record_page(
+    repo: Repository,
+    service: Eligibility,
+    judge: ProactiveJudge,
+    screening_id: uuid.UUID,
+    judged: Sequence[Judged],
+    now: dt.datetime,
+) -> PageCounts:
+    """Write what a judged page found, with its events, in the caller's (write) transaction. Who was erased, applied,
+    told or asked is read here, in the transaction that writes: a resident erased or an application filed since the
+    page was judged is never offered anything. A resident whose facts changed since is marked for the next
+    incremental run (``triggers.queue``), so a judgement made a moment earlier is made again."""
+    counts = PageCounts(screened=len(judged))
+    # A resident erased since the page was read is neither found nor asked anything (resident_data.py).
+    erased = await repo.erased_among([j.resident_id for j in judged])
+    judged = [j for j in judged if j.resident_id not in erased]
+    if not judged:
+        return counts
+    ids = [j.resident_id for j in judged]
+    applied = await repo.applied_programs(ids)
+    told = await repo.notified(ids)
+    asked = await repo.asked(ids)
+    facts = judge.catalogue.facts
+    opportunities: list[dict[str, Any]] = []
+    offers: list[EligibilityOpportunity] = []
+    questions: list[dict[str, Any]] = []
+    asking: list[ScreeningQuestionAsked] = []
+    review_rows: list[dict[str, Any]] = []
+    for one in judged:
+        rid, judgement = one.resident_id, one.judgement
         for finding in judgement.findings:
             counts.eligible_found += 1
             code = finding.program.code
@@ -335,9 +367,7 @@ async def screen_page(
                     asked_at=now,
                 )
             )
-        review_rows.append(
-            {"resident_id": rid, "review_on": reviews.next_review(judgement.values), "screened_on": judge.as_of}
-        )
+        review_rows.append({"resident_id": rid, "review_on": one.review_on, "screened_on": judge.as_of})
     if opportunities:
         await repo.session.execute(insert(OPPORTUNITIES), opportunities)
         await service.outbox.emit_many(repo.session, offers, subjects=[str(o.resident_id) for o in offers])
@@ -348,6 +378,20 @@ async def screen_page(
     counts.opportunities = len(opportunities)
     counts.questions = len(questions)
     return counts
+
+
+async def screen_page(
+    repo: Repository,
+    service: Eligibility,
+    judge: ProactiveJudge,
+    reviews: ReviewCalendar,
+    screening_id: uuid.UUID,
+    residents: Sequence[ResidentRow],
+    now: dt.datetime,
+) -> PageCounts:
+    """Judge a page and write what it finds, both in the caller's transaction (a run judges in a read-only unit of
+    work first: :func:`execute`)."""
+    return await record_page(repo, service, judge, screening_id, await judge_page(repo, judge, reviews, residents), now)
 
 
 # ---------------------------------------------------------------------------------------------- who a run screens
@@ -497,14 +541,17 @@ async def execute(
     reviews = ReviewCalendar(catalogue, as_of, judge.read)
     try:
         while True:
-            async with db.session() as session:
-                repo = Repository(session)
-                page = await population.next_page(repo, batch)
+            # The page is read and judged in a read-only unit of work; only what it found is written, in a short
+            # write transaction: the rules never run while the database's writer lock is held.
+            async with db.read_session() as session:
+                page = await population.next_page(Repository(session), batch)
                 if page is None:
                     break
                 accounted, residents = page
-                now = dt.datetime.now(dt.UTC)
-                counts = await screen_page(repo, service, judge, reviews, screening_id, residents, now)
+                judged = await judge_page(Repository(session), judge, reviews, residents)
+            async with db.session() as session:
+                repo = Repository(session)
+                counts = await record_page(repo, service, judge, screening_id, judged, dt.datetime.now(dt.UTC))
                 await population.page_done(repo)
                 await session.execute(
                     update(ScreeningRow)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 
 from services.eligibility.catalogue import (
     Catalogue,
@@ -26,6 +27,9 @@ class CatalogueStore:
         self.life_events = load_life_events(directory)
         self.departments = load_departments(directory)
         self.districts = load_district_tiers(directory)
+        # What this process read from files (the same on every replica of one release), as a version tag.
+        files = ("facts.yaml", "life_events.yaml", "departments.yaml", "district_tiers.yaml")
+        self.files_version = hashlib.sha256(b"".join((directory / f).read_bytes() for f in files)).hexdigest()[:16]
         self.clock = Clock.from_settings(settings)
         self._cache = CompileCache()
         self._current: Catalogue | None = None
@@ -33,6 +37,11 @@ class CatalogueStore:
 
     def today(self) -> dt.date:
         return self.clock.today()
+
+    def version(self, catalogue: Catalogue) -> str:
+        """What the catalogue as served today depends on: its revision in the database, the day (which versions are
+        in force), the files. A client holding a copy of this version has what it would fetch again."""
+        return f"{catalogue.revision}.{self.today().isoformat()}.{self.files_version}"
 
     async def get(self, repo: Repository) -> Catalogue:
         """The catalogue as of the session's view of the database (one small query to check the revision). Call it

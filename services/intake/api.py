@@ -54,7 +54,7 @@ from shared.outbox import Outbox
 from shared.problems import problem_responses
 
 
-def get_catalogue(ctx: ContextDep) -> Catalogue:
+async def get_catalogue(ctx: ContextDep) -> Catalogue:
     return ctx.catalogue
 
 
@@ -62,7 +62,7 @@ async def get_fetched_catalogue(ctx: ContextDep) -> CatalogueSnapshot | Catalogu
     return await fetch(ctx.catalogue)
 
 
-def get_outbox(ctx: ContextDep) -> Outbox:
+async def get_outbox(ctx: ContextDep) -> Outbox:
     return ctx.outbox
 
 

@@ -45,7 +45,8 @@ from services.intake.status import (
     build_view,
     current_cases,
     info_open,
-    programs_of,
+    new_application_view,
+    program_states,
     refresh_status,
     settled,
 )
@@ -280,7 +281,7 @@ async def submit(
         ),
         subject=str(application.id),
     )
-    add_timeline(
+    received = add_timeline(
         repo,
         application.id,
         event_id=event.id,
@@ -304,7 +305,7 @@ async def submit(
             purpose=purpose_of(authority) if authority is not None else PURPOSE_ASSISTED_APPLICATION,
             authority=authority,
         )
-    return await build_view(repo, application)
+    return new_application_view(application, received)
 
 
 def _by(authority: Authority | None) -> dict[str, str]:
@@ -381,7 +382,7 @@ async def provide_info(
     current = current_cases(cases)
     asking = [
         p.program_code
-        for p in programs_of(await repo.determination(application.id))
+        for p in program_states(await repo.determination(application.id))
         if not settled(p, current) and any(m.asked_of == "resident" and m.name in answers for m in p.missing)
     ]
     waiting = [c for c in cases if info_open(c)]

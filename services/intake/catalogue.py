@@ -1,14 +1,17 @@
 """Eligibility's catalogue of life events and fact types, read over HTTP and cached.
 
 Eligibility owns the catalogue; intake needs it to list life events and to refuse answers that name no known fact
-or have the wrong type. A fresh copy is kept for a short TTL; when eligibility cannot be reached a stale copy is
-served, and only when there is no copy at all does the request fail (503, nothing written).
+or have the wrong type. A copy is kept for a short TTL, then revalidated by its version (eligibility's ``ETag``): an
+unchanged catalogue answers 304 and the copy, already parsed, is kept as it is; only a new version is fetched and
+parsed again. When eligibility cannot be reached a stale copy is served, and only when there is no copy at all does
+the request fail (503, nothing written).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +45,7 @@ class CatalogueUnavailable(ServiceUnavailable):
 class _Entry(Generic[T]):
     value: T
     fetched_at: float
+    version: str | None = None
 
 
 class _Cached(Generic[T]):
@@ -67,8 +71,13 @@ class _Cached(Generic[T]):
         async with self._lock:
             if (value := self._fresh()) is not None:  # another request refreshed it while we waited
                 return value
+            entry = self._entry
             try:
-                response = await self.client.get(self.path)
+                headers = {"If-None-Match": entry.version} if entry is not None and entry.version else {}
+                response = await self.client.get(self.path, headers=headers)
+                if response.status_code == 304 and entry is not None:
+                    entry.fetched_at = time.monotonic()  # the same version: the copy is fresh again
+                    return entry.value
                 response.raise_for_status()
                 value = self.parse(response.json())
             except (httpx.HTTPError, ValueError, ValidationError) as exc:
@@ -80,7 +89,7 @@ class _Cached(Generic[T]):
                     return self._entry.value
                 log.error("catalogue unavailable and nothing cached", extra={"path": self.path, "error": repr(exc)})
                 raise CatalogueUnavailable() from exc
-            self._entry = _Entry(value, time.monotonic())
+            self._entry = _Entry(value, time.monotonic(), response.headers.get("etag"))
             return value
 
 
@@ -93,7 +102,7 @@ class CatalogueSnapshot:
     life_events: list[LifeEvent]
     fact_types: dict[str, FactType]
 
-    @property
+    @functools.cached_property
     def life_event_codes(self) -> frozenset[str]:
         return frozenset(e.code for e in self.life_events)
 
@@ -104,6 +113,7 @@ class Catalogue:
         self._fact_types = _Cached(
             client, "/v1/fact-types", lambda raw: {f.name: f for f in _FACT_TYPES.validate_python(raw)}, ttl
         )
+        self._snapshot: CatalogueSnapshot | None = None
 
     async def life_events(self) -> list[LifeEvent]:
         return await self._life_events.get()
@@ -112,7 +122,12 @@ class Catalogue:
         return await self._fact_types.get()
 
     async def snapshot(self) -> CatalogueSnapshot:
-        return CatalogueSnapshot(await self.life_events(), await self.fact_types())
+        """Both parts as one snapshot, the same object as long as neither part changed."""
+        life_events, fact_types = await self.life_events(), await self.fact_types()
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.life_events is not life_events or snapshot.fact_types is not fact_types:
+            snapshot = self._snapshot = CatalogueSnapshot(life_events, fact_types)
+        return snapshot
 
 
 @contextlib.asynccontextmanager

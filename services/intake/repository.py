@@ -469,7 +469,7 @@ class Repository:
         return await self.session.get(ErasureConfirmation, (erasure_id, service), with_for_update=True)
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 

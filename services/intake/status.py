@@ -10,13 +10,15 @@ commits.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from services.intake.models import Application, Case, Determination, Notification, Referral, TimelineEntry
+from services.intake.models import Application, Case, Determination, Feedback, Notification, Referral, TimelineEntry
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationStatus,
@@ -93,19 +95,66 @@ def current_cases(cases: Sequence[Case]) -> dict[str, Case]:
 
 
 def programs_of(determination: Determination | None) -> list[ProgramDetermination]:
+    """The determination's programs, whole (for the view)."""
     if determination is None:
         return []
     return [ProgramDetermination.model_validate(p) for p in determination.programs]
 
 
-def settled(program: ProgramDetermination, current: Mapping[str, Case]) -> bool:
+@dataclass(frozen=True)
+class Missing:
+    name: str
+    asked_of: str
+
+
+@dataclass(frozen=True)
+class ProgramState:
+    """What the status needs of a determined program: its name, its outcome, the facts it still needs."""
+
+    program_code: str
+    program_name: Localized
+    outcome: Outcome
+    missing: tuple[Missing, ...]
+
+
+# By determination id (a round's programs never change once stored; a new round has a new id). Each case and
+# notification event needs them: validating a dozen whole programs with their criteria every time was most of what
+# applying an event cost, and keeping them whole would take some 130 kB each.
+_PROGRAM_STATES: collections.OrderedDict[uuid.UUID, tuple[ProgramState, ...]] = collections.OrderedDict()
+_PROGRAM_STATES_KEPT = 4096
+
+
+def program_states(determination: Determination | None) -> tuple[ProgramState, ...]:
+    if determination is None:
+        return ()
+    key = determination.determination_id
+    states = _PROGRAM_STATES.get(key)
+    if states is None:
+        states = tuple(
+            ProgramState(
+                program_code=p["program_code"],
+                program_name=Localized.model_validate(p["program_name"]),
+                outcome=Outcome(p["outcome"]),
+                missing=tuple(Missing(m["name"], m.get("asked_of", "resident")) for m in p.get("missing") or ()),
+            )
+            for p in determination.programs
+        )
+        _PROGRAM_STATES[key] = states
+        if len(_PROGRAM_STATES) > _PROGRAM_STATES_KEPT:
+            _PROGRAM_STATES.popitem(last=False)
+    else:
+        _PROGRAM_STATES.move_to_end(key)
+    return states
+
+
+def settled(program: ProgramDetermination | ProgramState, current: Mapping[str, Case]) -> bool:
     if program.outcome is Outcome.INELIGIBLE:
         return True
     case = current.get(program.program_code)
     return case is not None and case.state in FINAL_STATES
 
 
-def resident_questions(program: ProgramDetermination, answers: Mapping[str, Any]) -> list[str]:
+def resident_questions(program: ProgramDetermination | ProgramState, answers: Mapping[str, Any]) -> list[str]:
     """Facts the program still needs that the resident can give and has not given."""
     return [m.name for m in program.missing if m.asked_of == "resident" and m.name not in answers]
 
@@ -113,7 +162,7 @@ def resident_questions(program: ProgramDetermination, answers: Mapping[str, Any]
 def derive_status(application: Application, determination: Determination | None, cases: Sequence[Case]) -> str:
     if application.withdrawn_at is not None:
         return ApplicationStatus.WITHDRAWN.value
-    programs = programs_of(determination)
+    programs = program_states(determination)
     current = current_cases(cases)
     if any(info_open(c) for c in cases):
         return ApplicationStatus.ACTION_REQUIRED.value
@@ -145,19 +194,19 @@ def add_timeline(
     details: dict[str, Any] | None = None,
     program_code: str | None = None,
     case_id: uuid.UUID | None = None,
-) -> None:
-    repo.session.add(
-        TimelineEntry(
-            application_id=application_id,
-            event_id=event_id,
-            event_type=event_type,
-            occurred_at=at,
-            program_code=program_code,
-            case_id=case_id,
-            summary=summary.model_dump(),
-            details=details or {},
-        )
+) -> TimelineEntry:
+    entry = TimelineEntry(
+        application_id=application_id,
+        event_id=event_id,
+        event_type=event_type,
+        occurred_at=at,
+        program_code=program_code,
+        case_id=case_id,
+        summary=summary.model_dump(),
+        details=details or {},
     )
+    repo.session.add(entry)
+    return entry
 
 
 # ---------------------------------------------------------------------------------------------- eligibility
@@ -230,7 +279,7 @@ def _newer(at: dt.datetime, than: dt.datetime | None) -> bool:
 
 
 async def _program_name(repo: Repository, application_id: uuid.UUID, program_code: str) -> Localized:
-    for program in programs_of(await repo.determination(application_id)):
+    for program in program_states(await repo.determination(application_id)):
         if program.program_code == program_code:
             return program.program_name
     return Localized(ko=program_code, en=program_code)
@@ -592,8 +641,12 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
     # On PostgreSQL each read sees what was committed when it ran (no snapshot spans them). Every change to the view
     # appends to the timeline in the same transaction, so the timeline is read before and after the rest and the
     # reads start again if an event landed in between: what the view shows and its timeline then agree.
+    # (A read-only unit of work reads one snapshot on either database; this is for a view built in a write one.)
     timeline = await repo.timeline(application.id)
+    read: list[Any] = []
     for _ in range(_CONSISTENT_READ_ATTEMPTS):
+        for row in read:
+            repo.session.expire(row)  # read again, not served stale from the session's identity map
         before = len(timeline)
         determination = await repo.determination(application.id)
         cases = await repo.cases(application.id)
@@ -603,6 +656,36 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
         timeline = await repo.timeline(application.id)
         if len(timeline) == before:
             break
+        read = [*cases, *notifications, *referrals, *(r for r in (determination, feedback) if r is not None)]
+    return assemble_view(
+        application,
+        determination=determination,
+        cases=cases,
+        notifications=notifications,
+        timeline=timeline,
+        feedback=feedback,
+        referrals=referrals,
+    )
+
+
+def new_application_view(application: Application, received: TimelineEntry) -> ApplicationView:
+    """The view of an application just filed, from what was just written: nothing has been determined, routed,
+    referred or sent for it yet, and its timeline is the one entry of its receipt."""
+    return assemble_view(
+        application, determination=None, cases=[], notifications=[], timeline=[received], feedback=None, referrals=[]
+    )
+
+
+def assemble_view(
+    application: Application,
+    *,
+    determination: Determination | None,
+    cases: Sequence[Case],
+    notifications: Sequence[Notification],
+    timeline: Sequence[TimelineEntry],
+    feedback: Feedback | None,
+    referrals: Sequence[Referral],
+) -> ApplicationView:
     current = current_cases(cases)
     answers = application.answers
 

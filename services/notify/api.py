@@ -28,7 +28,7 @@ from services.notify.models import (
 )
 from services.notify.partners import PARTNER_ID_PATTERN
 from services.notify.rendering import Renderer
-from services.notify.repository import RepositoryDep
+from services.notify.repository import RepositoryDep, WriteRepositoryDep
 from services.notify.schemas import (
     AccessLogPage,
     GrantOut,
@@ -57,11 +57,11 @@ from shared.personal_data import ResidentDataPart
 from shared.problems import problem_responses
 
 
-def get_settings(ctx: ContextDep) -> NotifySettings:
+async def get_settings(ctx: ContextDep) -> NotifySettings:
     return ctx.settings
 
 
-def get_renderer(ctx: ContextDep) -> Renderer:
+async def get_renderer(ctx: ContextDep) -> Renderer:
     return ctx.renderer
 
 
@@ -75,7 +75,7 @@ PartnerId = Annotated[str, Path(pattern=PARTNER_ID_PATTERN, description="The par
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-def _resident_id(principal: Resident) -> uuid.UUID:
+async def _resident_id(principal: Resident) -> uuid.UUID:
     assert principal.resident_id is not None  # a resident token always names the resident (shared.auth)
     return principal.resident_id
 
@@ -362,7 +362,7 @@ async def list_subscriptions(
 async def get_subscription(
     subscription_id: uuid.UUID, principal: PartnerOrAdmin, repo: RepositoryDep, settings: SettingsDep
 ) -> SubscriptionOut:
-    return _subscription_out(await subscriptions.visible(repo, principal, subscription_id), settings.bus_prefix)
+    return _subscription_out(await subscriptions.read(repo, principal, subscription_id), settings.bus_prefix)
 
 
 @subscriptions_router.delete(
@@ -474,7 +474,7 @@ residents_router = APIRouter(prefix="/v1/residents", tags=["rights"])
 async def resident_data_part(
     resident_id: uuid.UUID,
     principal: PrincipalDep,
-    repo: RepositoryDep,
+    repo: WriteRepositoryDep,
     export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
 ) -> ResidentDataPart:
     return await resident_data.part(repo, principal, resident_id, export_id)

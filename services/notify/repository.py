@@ -43,7 +43,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.deps import SessionDep
+from shared.deps import SessionDep, WriteSessionDep
 
 # The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
 Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
@@ -634,8 +634,16 @@ class Repository:
         )
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+async def get_write_repository(session: WriteSessionDep) -> Repository:
+    return Repository(session)
+
+
+# For a GET that must write what it shows (a resident's data export, which lists its own read).
+WriteRepositoryDep = Annotated[Repository, Depends(get_write_repository)]

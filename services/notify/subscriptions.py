@@ -116,12 +116,19 @@ async def _check_endpoint(settings: NotifySettings, transport: Transport, url: s
         raise UnprocessableContent.for_field("url", "a NATS subscription has no url", type_="unexpected")
 
 
-async def visible(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
-    """The subscription if the caller may see it (404 otherwise), locked for the change the caller may make."""
-    subscription = await repo.visible_subscription(principal, subscription_id, for_update=True)
+async def visible(
+    repo: Repository, principal: Principal, subscription_id: uuid.UUID, *, for_update: bool = True
+) -> Subscription:
+    """The subscription if the caller may see it (404 otherwise), locked for the change the caller may make (not
+    when it is only read: a GET's transaction is read-only)."""
+    subscription = await repo.visible_subscription(principal, subscription_id, for_update=for_update)
     if subscription is None:
         raise NotFound(f"No subscription {subscription_id}.")
     return subscription
+
+
+async def read(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> Subscription:
+    return await visible(repo, principal, subscription_id, for_update=False)
 
 
 async def pause(repo: Repository, principal: Principal, subscription_id: uuid.UUID) -> Subscription:

@@ -17,7 +17,7 @@ from pydantic import Field
 from services.routing import casework, offerings, outreach, queues, reasons, referrals, resident_data, statistics
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
-from services.routing.repository import QueueFilter, Repository, RepositoryDep
+from services.routing.repository import QueueFilter, Repository, RepositoryDep, WriteRepositoryDep
 from services.routing.schemas import (
     OFFERING_CODE_PATTERN,
     OFFICE_CODE_PATTERN,
@@ -118,7 +118,7 @@ async def put_office(
 # ---------------------------------------------------------------------------------------------- queues and cases
 
 
-def queue_filter(
+async def queue_filter(
     status: Annotated[list[CaseStatusName] | None, Query(description="Default: the active ones")] = None,
     program: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]] | None, Query()] = None,
     priority: Annotated[
@@ -574,7 +574,7 @@ residents_router = APIRouter(prefix="/v1/residents", tags=["rights"])
 async def resident_data_part(
     resident_id: uuid.UUID,
     principal: PrincipalDep,
-    repo: RepositoryDep,
+    repo: WriteRepositoryDep,
     export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
 ) -> ResidentDataPart:
     return await resident_data.part(repo, principal, resident_id, export_id)

@@ -31,7 +31,7 @@ from services.routing.models import (
 )
 from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
-from shared.deps import SessionDep
+from shared.deps import SessionDep, WriteSessionDep
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -452,8 +452,16 @@ class Repository:
     # ------------------------------------------------------------------------------------------ audit
 
 
-def get_repository(session: SessionDep) -> Repository:
+async def get_repository(session: SessionDep) -> Repository:
     return Repository(session)
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+async def get_write_repository(session: WriteSessionDep) -> Repository:
+    return Repository(session)
+
+
+# For a GET that must write what it shows (a resident's data export, which lists its own read).
+WriteRepositoryDep = Annotated[Repository, Depends(get_write_repository)]

@@ -122,6 +122,45 @@ async def test_a_verified_token_becomes_a_principal_with_its_scope(issuer: Token
     assert (partner.partner_id, partner.is_staff) == ("bank-1", False)
 
 
+class _Clock:
+    """The verifier's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_cached_token_stops_verifying_once_it_has_expired(issuer: TokenIssuer, keys_dir: Path) -> None:
+    clock = _Clock()
+    verifier = TokenVerifier(
+        issuer="onestop-embedded",
+        audience="onestop",
+        algorithms=["EdDSA"],
+        public_key_pem=(keys_dir / "issuer.pub.pem").read_bytes(),
+        clock=clock,
+    )
+    resident = uuid.uuid4()
+    token = issuer.mint(Role.RESIDENT, resident_id=resident, ttl_seconds=60)
+    first = await verifier.verify(token)
+    clock.now += 60  # expired, but within the leeway verification allows for clock skew
+    assert await verifier.verify(token) == first
+    clock.now += TokenVerifier.LEEWAY
+    with pytest.raises(Unauthorized, match="expired"):
+        await verifier.verify(token)
+    with pytest.raises(Unauthorized, match="expired"):
+        await verifier.verify(token)  # and stays refused
+
+    # A token that differs in one character is not the cached one: it is verified, and refused.
+    other = issuer.mint(Role.RESIDENT, resident_id=resident, ttl_seconds=3600)
+    clock.now = time.time()
+    assert (await verifier.verify(other)).resident_id == resident
+    tampered = other[:-2] + ("A" if other[-2] != "A" else "B") + other[-1]
+    with pytest.raises(Unauthorized, match="not valid"):
+        await verifier.verify(tampered)
+
+
 @pytest.mark.parametrize(
     "claims",
     [

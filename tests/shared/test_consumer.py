@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.bus import MSG_ID_HEADER
@@ -24,7 +24,7 @@ from shared.events import (
     CloudEvent,
     subject_for,
 )
-from tests.support.bus_harness import EVENT_TYPE, Harness, tables, withdrawn
+from tests.support.bus_harness import EVENT_TYPE, POISON, Harness, effects, tables, withdrawn
 from tests.support.nats import NatsServer
 from tests.support.waiting import wait_until
 
@@ -145,3 +145,72 @@ async def test_the_dispatch_hands_each_handler_its_validated_model() -> None:
     assert isinstance(seen[0], ApplicationWithdrawn)
     with pytest.raises(UnhandledEventType):
         await dispatch(None, event.model_copy(update={"type": TYPE_PREFIX + "application.submitted"}))  # type: ignore[arg-type]
+
+
+class _WritesThenFails(Harness):
+    """A handler that writes its effect and then, for a poison event, fails: what it wrote must not stay."""
+
+    @staticmethod
+    async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
+        await session.execute(
+            insert(effects).values(
+                application_id=str(data.application_id), event_id=event.id, applied_at=dt.datetime.now(dt.UTC)
+            )
+        )
+        if data.reason == POISON:
+            raise RuntimeError("this event always fails, after writing")
+
+
+async def test_a_batch_with_a_poison_event_commits_the_rest_in_one_transaction_and_dead_letters_the_poison(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    h = await _WritesThenFails(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    # How many effects each committed transaction wrote (what a rollback, or one to a savepoint, undid not counted).
+    committed: list[int] = []
+    writes: list[int] = [0]  # effects written so far in the transaction, and at each savepoint open in it
+
+    def begin(conn: object) -> None:
+        writes[:] = [0]
+
+    def statement(conn: object, cursor: object, sql: str, *args: object) -> None:
+        if sql.lstrip().upper().startswith("INSERT INTO EFFECTS"):
+            writes[-1] += 1
+
+    def savepoint(conn: object, name: str) -> None:
+        writes.append(writes[-1])
+
+    def rollback_savepoint(conn: object, name: str, context: object) -> None:
+        writes.pop()
+
+    def release_savepoint(conn: object, name: str, context: object) -> None:
+        writes[-2:] = [writes[-1]]
+
+    def commit(conn: object) -> None:
+        if writes[0]:
+            committed.append(writes[0])
+
+    engine = h.db.engine.sync_engine
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "savepoint", savepoint)
+    event.listen(engine, "rollback_savepoint", rollback_savepoint)
+    event.listen(engine, "release_savepoint", release_savepoint)
+    event.listen(engine, "commit", commit)
+    try:
+        lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
+        poison = h.event(withdrawn(reason=POISON))
+        good = [h.event(withdrawn()) for _ in range(10)]
+        for e in [lead, *good[:5], poison, *good[5:]]:
+            await h.bus.publish_event(e)
+        consumer = await h.start_consumer()
+        await wait_until(lambda: _settled(h))
+
+        assert await h.effect_counts() == {e.data["application_id"]: 1 for e in [lead, *good]}, (
+            "each good event once; nothing the poison wrote stayed"
+        )
+        assert committed == [1, 10], "the ten events beside the poison committed together, in one transaction"
+        [letter] = await _letters(h)
+        assert (letter.event_id, letter.deliveries) == (poison.id, consumer.max_deliver)
+        assert "after writing" in letter.error
+    finally:
+        await h.stop()

@@ -4,6 +4,7 @@ the request body limit, the unit of work, and the dead-letter admin API with rep
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.audit import AuditLog
 from shared.auth import Role, TokenIssuer
 from shared.consumer import Subscription, on
-from shared.deps import OutboxDep, SessionDep
+from shared.deps import OutboxDep, PrincipalDep, SessionDep
 from shared.events import ApplicationWithdrawn, CloudEvent
-from shared.problems import Conflict
+from shared.observability import LoopMonitor, Metrics
+from shared.problems import Conflict, NotFound
 from shared.runtime import Runtime, ServiceDefinition, no_context
 from shared.service import create_service_app
 from shared.settings import ServiceSettings
@@ -55,7 +58,22 @@ def router() -> APIRouter:
         await outbox.emit(session, withdrawn())
         return {"name": thing.name}
 
+    @api.get("/{name}")
+    async def read(name: str, session: SessionDep, principal: PrincipalDep) -> dict[str, int]:
+        """A read that leaves a record of itself (as a read of a resident's data by staff does) or, wrongly, writes."""
+        await audit.record(session, principal, action="read", record_type="thing", record_id=name, purpose="test")
+        if name == "sneaky":
+            await session.execute(
+                insert(effects).values(application_id=name, event_id="api", applied_at=dt.datetime.now(dt.UTC))
+            )
+        if name == "missing":
+            raise NotFound("No such thing.")
+        return {"things": int(await session.scalar(select(func.count()).select_from(effects)) or 0)}
+
     return api
+
+
+audit = AuditLog(tables)
 
 
 async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
@@ -268,3 +286,51 @@ async def test_request_logs_name_the_route_not_the_path_with_its_ids(
     ours = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records if not r.name.startswith("httpx"))
     assert "424242" not in ours
     assert "kim-minji" not in ours
+
+
+async def _audited(c: httpx.AsyncClient) -> list[str]:
+    runtime: Runtime = c.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.read_session() as session:
+        return list(
+            (await session.execute(select(tables.audit_log.c.record_id).order_by(tables.audit_log.c.id))).scalars()
+        )
+
+
+async def test_a_get_reads_in_a_read_only_unit_of_work_and_its_record_is_written_before_the_answer(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    staff = _auth(issuer, Role.CASEWORKER, offices=["JN-WEL"])
+    response = await client.get("/v1/things/one", headers=staff)
+    assert (response.status_code, response.json()) == (200, {"things": 0})
+    assert await _audited(client) == ["one"], "the read's audit entry is there once it is answered"
+
+    # A GET that fails leaves no record; one that tries to write is refused and writes nothing.
+    assert (await client.get("/v1/things/missing", headers=staff)).status_code == 404
+    assert (await client.get("/v1/things/sneaky", headers=staff)).status_code == 500
+    assert await _audited(client) == ["one"]
+    assert await _count(client) == 0
+
+
+async def test_the_longest_stall_of_the_event_loop_is_a_metric(client: httpx.AsyncClient) -> None:
+    # The service's own work holding the loop: a blocking call here (the test runs in the service's loop).
+    time.sleep(0.3)
+
+    async def gauge(name: str) -> float:
+        text = (await client.get("/metrics")).text
+        return float(next(x for x in text.splitlines() if x.startswith(f"{name} ")).split()[1])
+
+    async def reported() -> bool:
+        return await gauge("onestop_event_loop_stall_max_seconds") >= 0.25
+
+    await wait_until(reported)
+    assert await gauge("onestop_event_loop_lag_max_seconds") >= 0.25
+    assert 'onestop_event_loop_lag_seconds_bucket{le="0.5"}' in (await client.get("/metrics")).text
+
+
+def test_time_the_os_ran_other_processes_is_lateness_not_a_stall() -> None:
+    metrics = Metrics("testsvc")
+    monitor = LoopMonitor(metrics)
+    monitor.observe(0.4, preempted=0.38)  # late by 400 ms, 380 of them waiting for a CPU
+    monitor.observe(0.06)
+    assert metrics.registry.get_sample_value("onestop_event_loop_lag_max_seconds") == 0.4
+    assert metrics.registry.get_sample_value("onestop_event_loop_stall_max_seconds") == 0.06

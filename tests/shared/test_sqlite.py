@@ -1,7 +1,10 @@
-"""The one-hop SQLite cursor behaves as a DB-API cursor must for SQLAlchemy, and costs one thread hop a statement."""
+"""The one-hop SQLite cursor behaves as a DB-API cursor must for SQLAlchemy, and costs one thread hop a statement;
+the process's writes to one database take turns in the event loop (no SQLITE_BUSY, no busy polling), and reads never
+wait for a writer."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +15,8 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shared.db import Database
+from shared.db import Database, defer_write
+from tests.support.waiting import wait_until
 
 metadata = MetaData()
 items = Table(
@@ -112,3 +116,97 @@ async def test_sqlite_runs_in_the_driver_thread_not_the_event_loop(db: Database)
         assert (await conn.execute(text("SELECT where_am_i()"))).scalar_one() == 1
     assert seen
     assert seen[0] != loop_thread
+
+
+# ---------------------------------------------------------------------------------------------- writers and readers
+
+
+@pytest.fixture
+async def impatient_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Database]:
+    """SQLite's own busy handler off: a transaction that found the write lock taken would fail at once with
+    SQLITE_BUSY, so a test passing on it shows the process's writer lock did the waiting."""
+    monkeypatch.setattr("shared.db.SQLITE_BUSY_TIMEOUT_MS", 0)
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'writers.db'}")
+    async with database.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+async def test_concurrent_writers_take_turns_without_sqlite_busy_each_starting_after_the_one_before(
+    impatient_db: Database,
+) -> None:
+    db = impatient_db
+    first_wrote, first_may_commit = asyncio.Event(), asyncio.Event()
+    seen_by: dict[str, list[str]] = {}
+
+    async def first() -> None:
+        async with db.session() as session:
+            await session.execute(insert(items).values(name="first", size=1))
+            first_wrote.set()
+            await first_may_commit.wait()
+
+    async def writer(name: str) -> None:
+        async with db.session() as session:
+            seen_by[name] = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+            await session.execute(insert(items).values(name=name, size=2))
+
+    holder = asyncio.create_task(first())
+    await first_wrote.wait()
+    waiting = [asyncio.create_task(writer(f"w{n}")) for n in range(2)]
+    await wait_until(lambda: _writers_waiting(db, 2))
+    assert not any(task.done() for task in waiting), "no writer began while the first held the write lock"
+    first_may_commit.set()
+    await asyncio.gather(holder, *waiting)
+
+    # One after the other: each began once the one before had committed, and saw all that was written before it.
+    async with db.read_session() as session:
+        written = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+    assert written[0] == "first"
+    assert sorted(written[1:]) == ["w0", "w1"]
+    assert all(seen_by[name] == written[:turn] for turn, name in enumerate(written) if turn > 0)
+
+
+async def _writers_waiting(db: Database, n: int) -> bool:
+    return db.writers_waiting() == n
+
+
+async def test_reads_go_on_while_a_write_transaction_is_open_and_see_only_what_was_committed(
+    impatient_db: Database,
+) -> None:
+    db = impatient_db
+    async with db.session() as session:
+        await session.execute(insert(items).values(name="committed", size=1))
+
+    async def names() -> list[str]:
+        async with db.read_session() as session:
+            return list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+
+    async with db.session() as session:
+        await session.execute(insert(items).values(name="uncommitted", size=2))
+        # The writer holds the lock and its transaction is open; a read neither waits for it nor sees its row.
+        assert await asyncio.wait_for(names(), timeout=30) == ["committed"]
+    assert await names() == ["committed", "uncommitted"]
+
+
+async def test_a_read_only_unit_of_work_refuses_to_write_and_runs_its_deferred_writes_only_when_it_succeeds(
+    db: Database,
+) -> None:
+    with pytest.raises(OperationalError, match="readonly"):
+        async with db.read_session() as session:
+            await session.execute(insert(items).values(name="sneaky", size=1))
+
+    async with db.read_session() as session:
+        await session.execute(select(items.c.id))
+        defer_write(session, lambda writer: writer.execute(insert(items).values(name="recorded", size=1)))
+
+    async def failing_read() -> None:
+        async with db.read_session() as session:
+            defer_write(session, lambda writer: writer.execute(insert(items).values(name="failed read", size=1)))
+            raise RuntimeError("the read failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_read()
+
+    async with db.read_session() as session:
+        assert list((await session.execute(select(items.c.name))).scalars()) == ["recorded"]

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus, OutgoingMessage
-from shared.consumer import Consumer, Subscription, on
+from shared.consumer import TRANSACTION_BUDGET, Consumer, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
@@ -130,7 +130,7 @@ class Harness:
     async def start_relay(self) -> None:
         await self.relay.start()
 
-    async def start_consumer(self) -> Consumer:
+    async def start_consumer(self, *, transaction_budget: float = TRANSACTION_BUDGET) -> Consumer:
         self.consumer = Consumer(
             service=self.name,
             subscription=Subscription(
@@ -148,6 +148,7 @@ class Harness:
             max_deliver=self.settings.consumer_max_deliver,
             ack_wait=self.settings.consumer_ack_wait_seconds,
             max_ack_pending=self.settings.consumer_max_ack_pending,
+            transaction_budget=transaction_budget,
         )
         await self.consumer.start()
         return self.consumer
@@ -193,12 +194,15 @@ class Harness:
 
 
 def _exit_on_sql(database: Database, starts_with: str) -> None:
-    """Kill the process (no cleanup at all) just before it runs a statement starting with ``starts_with``."""
+    """Kill the process (no cleanup at all) just before it runs a statement starting with ``starts_with``, in a
+    write or a read-only unit of work (the relay reads the outbox in one)."""
 
-    @event.listens_for(database.engine.sync_engine, "before_cursor_execute")
     def _die(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.lstrip().upper().startswith(starts_with):
             os._exit(137)
+
+    for engine in {database.engine.sync_engine, database.read_engine.sync_engine}:
+        event.listen(engine, "before_cursor_execute", _die)
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -107,9 +107,9 @@ class Eligibility:
     async def get(self, path: str, token: str) -> Any:
         return await catalogue_get(self.url, path, token)
 
-    async def requests_to(self, route: str) -> int:
-        """How many GET requests ``route`` has answered, whatever their status: the service's own Prometheus counter
-        ``onestop_http_requests_total``, read from its ``/metrics`` over HTTP."""
+    async def requests_to(self, route: str, status: int | None = None) -> int:
+        """How many GET requests ``route`` has answered (with ``status``, or whatever their status): the service's own
+        Prometheus counter ``onestop_http_requests_total``, read from its ``/metrics`` over HTTP."""
         async with httpx.AsyncClient(base_url=self.url) as client:
             response = await client.get("/metrics")
         response.raise_for_status()
@@ -121,6 +121,7 @@ class Eligibility:
                 if sample.name == "onestop_http_requests_total"
                 and sample.labels.get("route") == route
                 and sample.labels.get("method") == "GET"
+                and (status is None or sample.labels.get("status") == str(status))
             )
         )
 

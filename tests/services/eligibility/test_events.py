@@ -6,7 +6,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from sqlalchemy import select
+
+from services.eligibility.context import EligibilityContext
 from services.eligibility.models import DepartmentFactRow, DeterminationRow, EvaluationRoundRow, platform
+from services.eligibility.repository import Repository
 from shared.bus import MSG_ID_HEADER
 from shared.events import (
     ApplicationInfoProvided,
@@ -19,6 +23,7 @@ from shared.events import (
     ReportedFact,
     ResidentContext,
     ResidentUpdated,
+    new_event,
     subject_for,
 )
 from tests.services.eligibility.support import case_routed, today
@@ -312,3 +317,68 @@ async def test_rule_versions_by_application_date_failing_rules_and_reordered_eve
         )
     dead = await eligibility.client.get("/v1/admin/dead-letters", headers=admin)
     assert dead.json() == [], "nothing failed for good"
+
+
+async def test_rules_run_ahead_of_the_transaction_count_only_while_what_they_read_still_holds(
+    eligibility: RunningService,
+) -> None:
+    """The consumer runs the rules for a batch before its write transaction (outside the writer lock); a result
+    whose inputs changed in between must not be what is stored."""
+    service = eligibility.context(EligibilityContext).eligibility
+    db = eligibility.runtime.db
+    resident = uuid.uuid4()
+    await eligibility.publish(registry(resident))
+    await eligibility.publish(consents(resident, 1, department_data__welfare=True))
+    await settle(eligibility)
+
+    async def ahead(*submissions: ApplicationSubmitted) -> None:
+        async with db.read_session() as session:
+            await service.prepare(
+                Repository(session), [new_event(s, source="/onestop/intake") for s in submissions], now()
+            )
+
+    async def applied(submitted: ApplicationSubmitted) -> str:
+        async with db.session() as session:
+            await service.on_submitted(Repository(session), submitted, now())
+        async with db.read_session() as session:
+            row = (
+                await session.execute(
+                    select(DeterminationRow).where(
+                        DeterminationRow.application_id == submitted.application_id,
+                        DeterminationRow.program_code == "maternal_newborn_care",
+                    )
+                )
+            ).scalar_one()
+        return str(row.outcome)
+
+    # Evaluated ahead while the household's pension is unknown; then the welfare department reports it before the
+    # submission's transaction: the stored round judges with the pension.
+    first = birth(resident, earned_income=2_000_000, business_income=0)
+    await ahead(first)
+    async with db.session() as session:
+        await service.on_facts_reported(
+            Repository(session), report(resident, "welfare", public_pension_income=0), now()
+        )
+    assert await applied(first) == "eligible"
+
+    # Nothing changed in between: the result worked out ahead is the one stored, the same as evaluating in place.
+    second, third = (birth(resident, earned_income=2_000_000, business_income=0) for _ in range(2))
+    await ahead(second)
+    assert await applied(second) == await applied(third) == "eligible"
+
+    # An application filed by accepting an offer judges the offered program alone: worked out ahead beside one of
+    # the life event's with the same answers, each is stored with its own programs.
+    plain = birth(resident, earned_income=2_000_000, business_income=0)
+    offered = plain.model_copy(update={"application_id": uuid.uuid4(), "program_codes": ["maternal_newborn_care"]})
+    await ahead(plain, offered)
+    assert await applied(offered) == await applied(plain) == "eligible"
+
+    async def determined_programs(submitted: ApplicationSubmitted) -> set[str]:
+        async with db.read_session() as session:
+            query = select(DeterminationRow.program_code).where(
+                DeterminationRow.application_id == submitted.application_id
+            )
+            return set((await session.execute(query)).scalars())
+
+    assert await determined_programs(offered) == {"maternal_newborn_care"}
+    assert len(await determined_programs(plain)) > 1, "the life event's programs"

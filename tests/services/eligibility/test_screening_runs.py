@@ -4,9 +4,12 @@ progress; near misses asked one question, whose answer screens the resident agai
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
+
+import pytest
 
 from services.eligibility.context import EligibilityContext
 from services.eligibility.models import (
@@ -14,6 +17,7 @@ from services.eligibility.models import (
     ResidentAnswerRow,
     ScreeningQuestionRow,
     ScreeningQueueRow,
+    ScreeningReviewRow,
     ScreeningRow,
 )
 from services.eligibility.triggers import next_month_change
@@ -178,6 +182,40 @@ async def test_a_changed_rule_makes_a_full_run_and_each_run_is_listed(eligibilit
     bad = await eligibility.client.get("/v1/screenings", params={"cursor": "not-a-cursor"}, headers=admin)
     assert bad.status_code == 422
     assert bad.json()["errors"][0]["field"] == "query.cursor"
+
+
+async def test_a_run_judges_its_residents_outside_any_write_transaction(
+    eligibility: RunningService, database_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's rules are evaluated in a read-only unit of work; only what a page found is written, in a short write
+    transaction after it. On SQLite that means the process's writer lock is not held while residents are judged (a
+    request or a consumer waiting to write is never held up by a page of evaluations)."""
+    if database_backend != "sqlite":
+        pytest.skip("the writer lock is SQLite's; PostgreSQL serialises nothing of the kind")
+    from sqlalchemy.engine import make_url
+
+    from services.eligibility import screening_runs
+    from shared import sqlite
+
+    set_today(eligibility, DAY)
+    await registered(eligibility, dt.date(1950, 5, 1), proactive_screening=True, department_data__welfare=True)
+    await registered(eligibility, dt.date(1992, 7, 20), proactive_screening=True)
+    await wait_until(lambda: eligibility.settled("events"))
+    writer = sqlite.writer_for(str(make_url(eligibility.runtime.db.url).database))
+    assert writer is not None
+    holding: list[tuple[int, bool]] = []
+    judge_many = screening_runs.ProactiveJudge.judge_many
+
+    def judging(self: screening_runs.ProactiveJudge, people: Any) -> list[screening_runs.Judgement]:
+        holding.append((len(people), writer.owner is asyncio.current_task()))
+        return judge_many(self, people)
+
+    monkeypatch.setattr(screening_runs.ProactiveJudge, "judge_many", judging)
+    run = await tick(eligibility)
+    assert run is not None
+    assert (run["kind"], run["status"], run["residents_screened"]) == ("full", "completed", 2)
+    assert holding == [(2, False)], "the page judged in one table, not while this task held a write transaction"
+    assert await eligibility.count(ScreeningReviewRow) == 2, "what the page found was written (each next review)"
 
 
 def revision(run: dict[str, Any]) -> int:

@@ -10,7 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from shared.auth import TokenIssuer
+import httpx
+
+from shared.auth import Role, TokenIssuer
 from tests.services.intake.support import (
     SEOUL_WEST_EMP,
     birth_application,
@@ -340,3 +342,69 @@ async def test_the_catalogue_is_cached_and_served_stale_and_without_it_nothing_i
 
 async def _after(moment: float) -> bool:
     return time.monotonic() >= moment
+
+
+async def test_the_catalogue_copy_is_revalidated_by_its_version_and_fetched_again_only_once_it_changed(
+    nats_server: NatsServer,
+    bus_prefix: str,
+    database_url: str,
+    keys_dir: Path,
+    issuer: TokenIssuer,
+    intake_token: str,
+    eligibility: Eligibility,
+) -> None:
+    life_events = "/v1/life-events"
+
+    async def answered(status: int) -> int:
+        return await eligibility.requests_to(life_events, status)
+
+    ttl = 0.2
+    async with running_service(
+        "intake", eligibility_url=eligibility.url, catalogue_ttl_seconds=ttl, database_url=database_url,
+        nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir, issuer=issuer, service_token=intake_token,
+        catalogue_timeout_seconds=30,  # a slow machine must not turn a fetch into "unavailable"
+    ) as intake:  # fmt: skip
+        _, me = await register_self(intake)
+        catalogue = (await intake.client.get(life_events, headers=me)).json()
+        fetched, unchanged = await answered(200), await answered(304)
+
+        # The copy is old, the catalogue the same: eligibility answers 304 and intake keeps its copy.
+        copied_by = time.monotonic()
+        await wait_until(lambda: _after(copied_by + ttl))
+        assert (await intake.client.get(life_events, headers=me)).json() == catalogue
+        assert (await answered(200), await answered(304)) == (fetched, unchanged + 1)
+
+        # An administrator adds a rule version (the catalogue's revision moves): the next refresh fetches it whole.
+        admin = {"Authorization": f"Bearer {issuer.mint(Role.ADMIN)}"}
+        async with httpx.AsyncClient(base_url=eligibility.url) as client:
+            added = await client.put("/v1/programs/basic_pension", json=_pension_version(), headers=admin)
+        assert added.status_code == 200, added.text
+        changed_at = time.monotonic()
+        await wait_until(lambda: _after(changed_at + ttl))
+        refreshed = (await intake.client.get(life_events, headers=me)).json()
+        assert (await answered(200), await answered(304)) == (fetched + 1, unchanged + 1)
+        assert refreshed == _relayed(await eligibility.get(life_events, intake_token))
+
+
+def _pension_version() -> dict[str, Any]:
+    """A new basic pension version from a month ahead (its attributes as they are)."""
+    return {
+        "name": {"ko": "기초연금", "en": "Basic pension"},
+        "department": "welfare",
+        "life_events": ["turning_65"],
+        "automatic": False,
+        "sla_days": 30,
+        "case_weight": 1.5,
+        "version": {
+            "effective_from": (dt.date.today() + dt.timedelta(days=30)).isoformat(),
+            "source": "기초연금법 제3조 (test)",
+            "definitions": {"threshold": "has_spouse ? 4000000 : 2500000"},
+            "rule": {
+                "all": [
+                    {"id": "age_65", "label": {"ko": "65세", "en": "65"}, "expr": "age_years >= 65"},
+                    {"id": "income", "label": {"ko": "소득", "en": "income"},
+                     "expr": "pension_recognised_income <= threshold"},
+                ]
+            },
+        },
+    }  # fmt: skip

@@ -1,0 +1,174 @@
+"""How consumers share a service under load: at most ``consumer_parallel_batches`` batches are applied at once across
+all of a service's consumers, and a batch's transaction gives way to a write transaction waiting for SQLite's writer
+lock. Against a real nats-server and real databases; the handlers are held at chosen points by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.consumer import Subscription, on
+from shared.events import ApplicationWithdrawn, CloudEvent
+from shared.observability import Metrics
+from shared.runtime import Runtime, ServiceDefinition, no_context
+from shared.settings import ServiceSettings
+from tests.support.bus_harness import Harness, effects, tables, withdrawn
+from tests.support.nats import NatsServer
+from tests.support.waiting import wait_until
+
+HOLD = "hold"
+
+
+async def _effects(h: Harness) -> list[str]:
+    """The ``effects`` rows' event ids in the order they were written."""
+    async with h.db.session() as session:
+        return list((await session.execute(select(effects.c.event_id).order_by(effects.c.id))).scalars())
+
+
+async def _taken(h: Harness, durables: list[str], *, at_least: int) -> bool:
+    """Whether the server handed these consumers at least so many messages they have not acknowledged yet."""
+    infos = [await h.bus.js.consumer_info(h.bus.stream, d) for d in durables]
+    return bool(sum(i.num_ack_pending for i in infos) >= at_least)
+
+
+async def _settled(h: Harness, durables: list[str]) -> bool:
+    infos = [await h.bus.js.consumer_info(h.bus.stream, d) for d in durables]
+    return all(i.num_pending == 0 and i.num_ack_pending == 0 for i in infos)
+
+
+@contextlib.asynccontextmanager
+async def _runtime(settings: ServiceSettings, subscriptions: list[Subscription]) -> AsyncIterator[Runtime]:
+    """A service's runtime with these consumers running (no HTTP, relay or context: only what consuming needs)."""
+    definition: ServiceDefinition[None] = ServiceDefinition(
+        name="loaded", title="Loaded", description="consumers under load", tables=tables, routers=[],
+        context=no_context,
+    )  # fmt: skip
+    runtime = Runtime.build(definition, settings, Metrics("loaded"))
+    runtime.add_consumers(subscriptions)
+    await runtime.bus.connect(attempts=20)
+    try:
+        for consumer in runtime.consumers.values():
+            await consumer.start()
+        yield runtime
+    finally:
+        await runtime.stop_consuming()
+        await runtime.bus.close()
+        await runtime.db.dispose()
+
+
+async def test_a_service_applies_at_most_its_parallel_batches_at_once_across_its_consumers(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, tmp_path: Path
+) -> None:
+    h = await Harness(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url).setup()
+    gate = asyncio.Event()
+    applying = 0  # batches being applied now: held in their work ahead of the write transaction
+    most = 0
+
+    async def ahead(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        # The work a batch does before its write transaction (evaluating rules, in eligibility) is where batches
+        # overlap on SQLite too (their write transactions take turns), so that is where the test holds them.
+        nonlocal applying, most
+        applying += 1
+        most = max(most, applying)
+        try:
+            await gate.wait()
+        finally:
+            applying -= 1
+
+    # Two consumers of two workers each: four batches can be taken at once, two may be applied.
+    subscriptions = [
+        Subscription(name=name, handlers=[on(ApplicationWithdrawn, Harness.apply)], concurrency=2, prepare=ahead)
+        for name in ("one", "two")
+    ]
+    settings = ServiceSettings(
+        nats_url=nats_server.url, bus_prefix=bus_prefix, database_url=database_url, consumer_parallel_batches=2,
+        jwt_public_key_file=tmp_path / "keys" / "issuer.pub.pem",
+    )  # fmt: skip
+    events = [h.event(withdrawn()) for _ in range(8)]
+    try:
+        for e in events:
+            await h.bus.publish_event(e)
+        async with _runtime(settings, subscriptions) as runtime:
+            durables = [c.durable for c in runtime.consumers.values()]
+            # Every worker has taken a batch (idle, each takes one message) while two batches are held.
+            await wait_until(lambda: applying >= 2)
+            await wait_until(lambda: _taken(h, durables, at_least=4))
+            assert applying == 2, "the other batches wait for a slot"
+            gate.set()
+            await wait_until(lambda: _settled(h, durables))
+            assert most == 2, "two batches at once, never more"
+        applied = await _effects(h)
+        assert sorted(applied) == sorted([e.id for e in events] * 2), "each consumer applied every event once"
+    finally:
+        gate.set()
+        await h.stop()
+
+
+class _Held(Harness):
+    """A handler that writes its effect; for an event whose reason is ``HOLD`` it first waits for the test."""
+
+    def __init__(self, *, nats_url: str, prefix: str, database_url: str) -> None:
+        super().__init__(nats_url=nats_url, prefix=prefix, database_url=database_url)
+        self.holding = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def apply(self, session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:  # type: ignore[override]
+        if data.reason == HOLD:
+            self.holding.set()
+            await self.gate.wait()
+        await session.execute(
+            insert(effects).values(
+                application_id=str(data.application_id), event_id=event.id, applied_at=dt.datetime.now(dt.UTC)
+            )
+        )
+
+
+async def test_a_batch_commits_what_it_applied_and_lets_a_waiting_writer_in_before_the_rest(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, database_backend: str
+) -> None:
+    if database_backend != "sqlite":
+        pytest.skip("the writer lock is SQLite's; PostgreSQL serialises nothing of the kind")
+    h = _Held(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    try:
+        lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
+        before = [h.event(withdrawn()) for _ in range(3)]
+        hold = h.event(withdrawn(reason=HOLD))
+        after = [h.event(withdrawn()) for _ in range(6)]
+        for e in [lead, *before, hold, *after]:
+            await h.bus.publish_event(e)
+        # The budget is spent at once: the batch's transaction ends as soon as a writer waits (how long a
+        # transaction runs before giving way is measured in the benches, not here).
+        await h.start_consumer(transaction_budget=0.0)
+        await wait_until(h.holding.is_set)
+
+        async def writer() -> None:  # a request writing meanwhile, on SQLite waiting for the writer lock
+            async with h.db.session() as session:
+                await session.execute(
+                    insert(effects).values(
+                        application_id="writer", event_id="writer", applied_at=dt.datetime.now(dt.UTC)
+                    )
+                )
+
+        request = asyncio.create_task(writer())
+        await wait_until(lambda: h.db.writers_waiting() > 0)
+        h.gate.set()
+        await request
+
+        async def all_applied() -> bool:
+            return len(await _effects(h)) == 12
+
+        await wait_until(all_applied)
+        assert await _effects(h) == [lead.id, *(e.id for e in before), hold.id, "writer", *(e.id for e in after)], (
+            "the batch committed up to the held event, the waiting writer went next, then the rest of the batch"
+        )
+    finally:
+        h.gate.set()
+        await h.stop()
