@@ -246,12 +246,23 @@ def _hidden(html: str) -> dict[str, str]:
     return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html))
 
 
-def _wait_restarted(platform: Platform, name: str, killed: int) -> None:
+def _startups(platform: Platform, name: str) -> int:
+    """How many times this process (not its group: replicas share one socket) has finished starting (its log is
+    appended across restarts)."""
+    path = platform.log_path(name)
+    return path.read_text(errors="replace").count("Application startup complete") if path.exists() else 0
+
+
+def _wait_restarted(platform: Platform, name: str, killed: int, started_before: int | None = None) -> None:
     deadline = time.monotonic() + 120
     while platform.managed[name].pid == killed or not platform.managed[name].running:
         assert time.monotonic() < deadline, platform.events
         time.sleep(0.1)
     platform.wait_ready(name)
+    # The group answers /readyz through any replica: to know this one serves again, read its own log.
+    while started_before is not None and _startups(platform, name) <= started_before:
+        assert time.monotonic() < deadline, f"{name} did not finish starting again"
+        time.sleep(0.1)
 
 
 @pytest.mark.e2e
@@ -261,7 +272,7 @@ def test_a_session_made_on_one_portal_replica_is_good_on_the_others(replicated: 
     with (
         platform.supervising() as failures,
         httpx.Client(
-            base_url=platform.url(PORTAL.name), limits=httpx.Limits(max_keepalive_connections=0), timeout=20
+            base_url=platform.url(PORTAL.name), limits=httpx.Limits(max_keepalive_connections=0), timeout=60
         ) as browser,  # fmt: skip
     ):
         response = browser.get("/signin", params={"next": "/my"})
@@ -273,9 +284,12 @@ def test_a_session_made_on_one_portal_replica_is_good_on_the_others(replicated: 
         assert str(response.url).endswith("/my")
         # Each replica in turn is the only one serving: the session sealed by whichever signed in opens on both.
         for replica in ("portal-1", "portal-2"):
+            started = _startups(platform, replica)
+            assert started >= 1
             killed = platform.crash(replica)
             for _ in range(5):
                 page = browser.get("/my", follow_redirects=False)
                 assert page.status_code == 200, f"{replica} down: {page.status_code} {page.headers}"
-            _wait_restarted(platform, replica, killed)
+            # Before the other replica goes down, this one must be serving again (not merely started).
+            _wait_restarted(platform, replica, killed, started)
         assert not failures
