@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing import cases, consents, feedback, outreach, resident_data
+from services.routing import cases, consents, feedback, households, outreach, resident_data
 from services.routing.context import RoutingContext
 from services.routing.repository import Repository
 from shared.consumer import Apply, Subscription, on
@@ -54,10 +54,15 @@ def _unless_erased(apply: Apply[E]) -> Apply[E]:
 
 def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def determined(session: AsyncSession, event: CloudEvent, data: EligibilityDetermined) -> None:
-        await cases.apply_determination(Repository(session), ctx, data)
+        repo = Repository(session)
+        await cases.apply_determination(repo, ctx, data)
+        # The resident's cases changed: their household may now call for integrated case management.
+        await households.consider(repo, ctx, data.resident_id)
 
     async def submitted(session: AsyncSession, event: CloudEvent, data: ApplicationSubmitted) -> None:
-        await cases.submitted(Repository(session), ctx, data)
+        repo = Repository(session)
+        await cases.submitted(repo, ctx, data)
+        await households.consider(repo, ctx, data.resident_id)  # a crisis life event is a flag
 
     async def withdrawn(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
         await cases.withdraw(Repository(session), ctx, data)

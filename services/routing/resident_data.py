@@ -30,6 +30,11 @@ from services.routing.models import (
     Case,
     CaseEntry,
     CaseStatus,
+    HouseholdCase,
+    HouseholdConference,
+    HouseholdEntry,
+    HouseholdFollowUp,
+    HouseholdMember,
     Offer,
     Referral,
     ResidentConsents,
@@ -193,6 +198,7 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
             await _destroy_case(session, case.id)
             counts["outreach_cases" if case.kind == OUTREACH else "cases_without_decision"] += 1
     counts["offers"] = await _delete(session, Offer, Offer.resident_id == rid)
+    counts["household_cases"] = await _erase_household_membership(session, rid)
     kept_applications = {c.application_id for c in kept_cases}
     for application in await _all(session, ApplicationRecord, ApplicationRecord.resident_id == rid):
         # A rating keeps counting in the statistics, but no longer says whose (a random key for the application).
@@ -229,6 +235,20 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
         ),
         subject=str(rid),
     )
+
+
+async def _erase_household_membership(session: AsyncSession, rid: uuid.UUID) -> int:
+    """The resident leaves every household case; one left without members goes whole."""
+    memberships = await _all(session, HouseholdMember, HouseholdMember.resident_id == rid)
+    await _delete(session, HouseholdMember, HouseholdMember.resident_id == rid)
+    for membership in memberships:
+        hid = membership.household_case_id
+        if await _count(session, HouseholdMember, HouseholdMember.household_case_id == hid):
+            continue
+        for model in (HouseholdEntry, HouseholdFollowUp, HouseholdConference):
+            await _delete(session, model, model.household_case_id == hid)
+        await _delete(session, HouseholdCase, HouseholdCase.id == hid)
+    return len(memberships)
 
 
 def _kept(cases: list[Case], access_entries: int, today: dt.date) -> list[KeptRecords]:
