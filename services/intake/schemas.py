@@ -99,8 +99,10 @@ Reason = Annotated[
 
 # partner:<partner id> lets that partner receive every event type it is granted about the resident;
 # partner:<partner id>:<event type> only that type (one of the partner-visible types about a resident).
+# case_management: the district's integrated case-management team (통합사례관리) sees the resident's cases in every
+# department when their household is taken on (routing's households.py).
 PURPOSE_PATTERN = (
-    r"^(proactive_screening|department_data:(" + "|".join(d.value for d in Department) + r")"
+    r"^(proactive_screening|case_management|department_data:(" + "|".join(d.value for d in Department) + r")"
     r"|partner:[a-z0-9][a-z0-9_-]{0,63}(:[a-z][a-z0-9_.]{2,79})?)$"
 )
 
