@@ -453,6 +453,13 @@ class ExpectedDemand(BaseModel):
     expected_weighted_load: float | None = Field(description="expected_applications x the program's case weight")
 
 
+class HouseholdCaseCount(BaseModel):
+    district_code: str
+    open: int = Field(description="Waiting for a lead")
+    active: int = Field(description="Led")
+    closed: int
+
+
 class OfficeDemand(BaseModel):
     office_code: str
     name: OfficeName
@@ -466,6 +473,11 @@ class OfficeDemand(BaseModel):
     programs: list[ProgramDemand]
     expected_demand: list[ExpectedDemand] = Field(
         default_factory=list, description="What proactive offers standing in its districts may bring (per program)"
+    )
+    household_cases: list[HouseholdCaseCount] = Field(
+        default_factory=list,
+        description="Household cases (integrated case management) the office holds, per district; the running ones "
+        "count in open_cases and weighted_load",
     )
 
 

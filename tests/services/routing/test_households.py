@@ -91,6 +91,15 @@ async def test_a_household_from_opening_to_closure(routing: RunningService) -> N
     office = (await call(routing, "GET", "/v1/offices/JONGNO-HOPE", {}, "admin")).json()
     assert office["load"]["open_cases"] == 1
     assert office["load"]["weighted_load"] == 3.0
+    # The capacity view counts it per district; open data too, a count under the minimum group withheld.
+    report = await call(routing, "GET", "/v1/capacity?office=JONGNO-HOPE", HOPE_SUPERVISOR, "supervisor")
+    [hope] = report.json()["offices"]
+    assert hope["household_cases"] == [{"district_code": JONGNO, "open": 1, "active": 0, "closed": 0}]
+    assert (hope["open_cases"], hope["weighted_load"]) == (1, 3.0)
+    rows = (await call(routing, "GET", "/v1/open-data/household_cases", {"partner_id": "bank"}, "partner")).json()[
+        "rows"
+    ]
+    assert [(r["district_code"], r["opened"]) for r in rows] == [(JONGNO, None)]
     # A second determination of the same resident opens no second household case.
     await feed(routing, crisis_household(resident, other_app))
     assert len(await households_of(routing)) == 1
