@@ -44,6 +44,7 @@ from services.intake.models import (
     ErasureConfirmation,
     ErasureRequest,
     Feedback,
+    HouseholdCaseStatus,
     Notification,
     Opportunity,
     Referral,
@@ -274,6 +275,7 @@ async def erase_own(
         else:
             await destroy_application(session, application.id)
             erased["applications_without_decision"] += 1
+    erased["household_cases"] = await _delete(session, HouseholdCaseStatus, HouseholdCaseStatus.resident_id == rid)
     erased["data_exports"] = await _delete(session, DataExport, DataExport.resident_id == rid)
     keys, dead = platform.idempotency_keys, platform.dead_letters
     erased["stored_answers"] = int(

@@ -453,3 +453,23 @@ class ErasureConfirmation(Base):
     erased: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     kept: Mapped[list[Any]] = mapped_column(JSON, default=list)
     erased_at: Mapped[dt.datetime | None]
+
+
+class HouseholdCaseStatus(Base):
+    """A household case (integrated case management, routing's ``household_case.*`` events) as each member sees it in
+    their status: whichever event arrives first creates the row; a closed one is never reopened by a late event."""
+
+    __tablename__ = "household_cases"
+
+    household_case_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True, index=True)
+    # open | closed (a lead working it is routing's business; the member sees the team and the plan's version)
+    status: Mapped[str] = mapped_column(String(10))
+    office_code: Mapped[str] = mapped_column(String(50))
+    office_name: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    plan_version: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    follow_up_check_on: Mapped[dt.date | None] = mapped_column(Date)
+    opened_at: Mapped[dt.datetime | None]
+    closed_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]

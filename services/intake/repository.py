@@ -25,6 +25,7 @@ from services.intake.models import (
     ErasureConfirmation,
     ErasureRequest,
     Feedback,
+    HouseholdCaseStatus,
     Notification,
     Opportunity,
     Referral,
@@ -278,6 +279,21 @@ class Repository:
 
     async def referral(self, referral_id: uuid.UUID) -> Referral | None:
         return await self.session.get(Referral, referral_id)
+
+    async def household_case_status(
+        self, household_case_id: uuid.UUID, resident_id: uuid.UUID
+    ) -> HouseholdCaseStatus | None:
+        return await self.session.get(HouseholdCaseStatus, (household_case_id, resident_id))
+
+    async def household_case_of(self, resident_id: uuid.UUID) -> HouseholdCaseStatus | None:
+        """The resident's household case: the running one, else the latest closed."""
+        query = (
+            select(HouseholdCaseStatus)
+            .where(HouseholdCaseStatus.resident_id == resident_id)
+            .order_by(HouseholdCaseStatus.closed_at.is_(None).desc(), HouseholdCaseStatus.updated_at.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def referrals(self, application_id: uuid.UUID) -> list[Referral]:
         query = (

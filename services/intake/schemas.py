@@ -481,6 +481,21 @@ class ApplicationSummary(BaseModel):
     updated_at: dt.datetime
 
 
+class HouseholdCaseView(BaseModel):
+    """The household case the resident is in (integrated case management): one team plans the support of the whole
+    household across departments."""
+
+    id: uuid.UUID
+    status: Literal["open", "closed"]
+    office_code: str
+    office_name: Localized | None
+    plan_version: int = Field(description="The shared plan's version (0: none yet)")
+    outcome: str | None = Field(description="goals_met, moved_away, declined or referred_on, once closed")
+    follow_up_check_on: dt.date | None = Field(description="When the team checks in again after closure")
+    opened_at: dt.datetime | None
+    closed_at: dt.datetime | None
+
+
 class ApplicationView(ApplicationSummary):
     answers: dict[str, Any]
     withdrawn_at: dt.datetime | None
@@ -488,6 +503,9 @@ class ApplicationView(ApplicationSummary):
     determination: DeterminationSummary | None
     programs: list[ProgramView]
     referrals: list[ReferralView] = Field(description="Partners' services the resident was referred to")
+    household_case: HouseholdCaseView | None = Field(
+        default=None, description="The resident's household case (integrated case management), if any"
+    )
     notifications: list[NotificationView]
     feedback: FeedbackView | None
     timeline: list[TimelineEntryView] = Field(description="Everything that happened, oldest first")

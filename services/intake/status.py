@@ -16,7 +16,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.intake.models import Application, Case, Determination, Notification, Referral, TimelineEntry
+from services.intake.models import (
+    Application,
+    Case,
+    Determination,
+    HouseholdCaseStatus,
+    Notification,
+    Referral,
+    TimelineEntry,
+)
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationStatus,
@@ -24,6 +32,7 @@ from services.intake.schemas import (
     CaseView,
     DeterminationSummary,
     FeedbackView,
+    HouseholdCaseView,
     MissingInformation,
     NotificationView,
     ProgramView,
@@ -45,6 +54,10 @@ from shared.events import (
     CloudEvent,
     Department,
     EligibilityDetermined,
+    HouseholdCaseClosed,
+    HouseholdCaseEventBase,
+    HouseholdCaseOpened,
+    HouseholdCasePlanChanged,
     Localized,
     NotificationFailed,
     NotificationSent,
@@ -537,6 +550,49 @@ async def apply_notification(repo: Repository, event: CloudEvent, data: Notifica
 # ---------------------------------------------------------------------------------------------- the view
 
 
+async def apply_household_event(repo: Repository, event: CloudEvent, data: HouseholdCaseEventBase) -> None:
+    """A household case, in the status of each member it names: opened with the team that leads it, the plan's
+    version, closed with its outcome and the day of the check after it. Closed is final."""
+    now = event_time(event)
+    for member in data.member_ids:
+        row = await repo.household_case_status(data.household_case_id, member)
+        if row is None:
+            row = HouseholdCaseStatus(
+                household_case_id=data.household_case_id, resident_id=member, status="open",
+                office_code=data.office_code, plan_version=0, updated_at=now,
+            )  # fmt: skip
+            repo.session.add(row)
+        if isinstance(data, HouseholdCaseOpened):
+            row.office_name = data.office_name.model_dump()
+            row.opened_at = data.opened_at
+        elif isinstance(data, HouseholdCasePlanChanged):
+            row.plan_version = max(row.plan_version, data.plan_version)
+        elif isinstance(data, HouseholdCaseClosed):
+            row.status = "closed"
+            row.outcome = data.outcome.value
+            row.follow_up_check_on = data.follow_up_check_on
+            row.closed_at = data.closed_at
+        row.office_code = data.office_code
+        row.updated_at = max(row.updated_at, now)
+    await repo.session.flush()
+
+
+def household_view(row: HouseholdCaseStatus | None) -> HouseholdCaseView | None:
+    if row is None:
+        return None
+    return HouseholdCaseView(
+        id=row.household_case_id,
+        status=row.status,
+        office_code=row.office_code,
+        office_name=Localized.model_validate(row.office_name) if row.office_name else None,
+        plan_version=row.plan_version,
+        outcome=row.outcome,
+        follow_up_check_on=row.follow_up_check_on,
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+    )
+
+
 def _case_view(case: Case) -> CaseView:
     final = case.state in FINAL_STATES
     return CaseView(
@@ -600,6 +656,7 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
         notifications = await repo.notifications(application.id)
         feedback = await repo.feedback(application.id)
         referrals = await repo.referrals(application.id)
+        household = await repo.household_case_of(application.resident_id)
         timeline = await repo.timeline(application.id)
         if len(timeline) == before:
             break
@@ -677,6 +734,7 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
         else None,
         programs=programs,
         referrals=[_referral_view(r) for r in referrals],
+        household_case=household_view(household),
         notifications=[_notification_view(n) for n in notifications],
         feedback=FeedbackView(
             application_id=feedback.application_id,
