@@ -450,7 +450,9 @@ async def test_the_resident_sees_their_household_case_in_the_one_status(intake: 
                                          closed_at=d.clock), routing)  # fmt: skip
     await d.publish(planned, opened)
     await d.redeliver(opened)
-    view = await view_when(intake, me, application["id"], lambda v: (v["household_case"] or {}).get("office_name"))
+    view = await view_when(
+        intake, me, application["id"], lambda v: bool((v["household_case"] or {}).get("office_name"))
+    )
     household = view["household_case"]
     assert (household["id"], household["status"], household["plan_version"]) == (str(base["household_case_id"]),
                                                                                   "open", 2)  # fmt: skip
