@@ -53,6 +53,7 @@ bench: $(STAMP) postgres fonts wrk
 	$(BIN)/python bench/bus.py || status=1; \
 	$(BIN)/python bench/eligibility.py || status=1; \
 	$(BIN)/python bench/screening_runs.py || status=1; \
+	$(BIN)/python bench/screening.py || status=1; \
 	$(BIN)/python bench/api.py $(BENCH_API_ARGS) || status=1; \
 	exit $$status
 

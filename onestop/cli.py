@@ -67,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         "--database-url", help="read the catalogue the eligibility service serves from its database, not the YAML"
     )
     diff.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
+    check = catalogue_commands.add_parser(
+        "check", help="list the rule versions proactive screening cannot judge in columns (judged per record)"
+    )
+    check.add_argument("--catalogue-dir", type=Path, help="the YAML catalogue (default: the eligibility service's)")
+
+    registry = commands.add_parser("registry", help="a synthetic resident registry, for screening at scale")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    generate = registry_commands.add_parser("generate", help="write a synthetic population to Parquet (and a manifest)")
+    generate.add_argument("--residents", type=int, required=True, help="how many residents (whole households)")
+    generate.add_argument("--seed", type=int, default=1)
+    generate.add_argument("--as-of", type=dt.date.fromisoformat, help="the registry's day (default: today)")
+    generate.add_argument("--out", type=Path, default=Path("var/registry"), help="directory (default var/registry)")
+    load = registry_commands.add_parser("load", help="fill eligibility's registry projection from the Parquet")
+    load.add_argument("--from", dest="source", type=Path, default=Path("var/registry"))
+    load.add_argument("--database-url", help="eligibility's database (default: its settings)")
+    load.add_argument("--replace", action="store_true", help="empty the projection first (drills and benchmarks)")
 
     screen = commands.add_parser(
         "screen", help="run a proactive screening of every consenting resident in the background, with a progress bar"
@@ -95,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init,
         "status": cmd_status,
         "catalogue": cmd_catalogue,
+        "registry": cmd_registry,
         "screen": cmd_screen,
         "asyncapi": cmd_asyncapi,
         "revision": cmd_revision,
@@ -252,6 +269,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
+    if args.catalogue_command == "check":
+        return cmd_catalogue_check(args)
     from services.eligibility.catalogue import load_files
     from services.eligibility.catalogue_diff import diff_files, diff_stored
     from services.eligibility.facts import CATALOGUE_DIR
@@ -276,6 +295,33 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
     directory = args.catalogue_dir or CATALOGUE_DIR
     print(diff_files(load_files(directory), args.first, args.second).render(f"YAML catalogue in {directory}"), end="")
     return 0
+
+
+def cmd_catalogue_check(args: argparse.Namespace) -> int:
+    from services.eligibility.catalogue import load_files
+    from services.eligibility.facts import CATALOGUE_DIR
+    from services.eligibility.vectorised import check_catalogue
+
+    directory = args.catalogue_dir or CATALOGUE_DIR
+    catalogue = load_files(directory).catalogue()
+    found = check_catalogue(catalogue)
+    versions = sum(1 for p in catalogue.programs.values() for v in p.versions if not v.superseded)
+    if not found:
+        print(f"every one of the {versions} rule versions in {directory} is judged in columns by proactive screening")
+        return 0
+    print(f"{len(found)} of {versions} rule versions are judged per record by proactive screening (the columnar")
+    print("compiler cannot translate them; correct, but a few hundred times slower):")
+    for code, version, day, reason in found:
+        print(f"  {code} v{version} (from {day.isoformat()}): {reason}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from onestop.population import generate_registry, load_registry
+
+    if args.registry_command == "generate":
+        return generate_registry(args.residents, args.seed, args.as_of, args.out)
+    return load_registry(args.source, args.database_url, replace=args.replace)
 
 
 def cmd_screen(args: argparse.Namespace) -> int:

@@ -722,10 +722,15 @@ def derive(
     *,
     explain: bool = True,
     districts: DistrictTiers | None = None,
+    resolved: tuple[dict[str, Any], dict[str, str], dict[str, str]] | None = None,
 ) -> Derived:
     """Resolve the base facts and compute the derived ones. ``explain=False`` (bulk screening) skips recording
-    where each derived value came from. ``districts``: the district tiers (none known when not given)."""
-    values, sources, rejected = resolve(facts, layers, now)
+    where each derived value came from. ``districts``: the district tiers (none known when not given).
+    ``resolved``: what ``resolve`` answered for these layers already (screening resolves a page at once)."""
+    if resolved is not None:
+        values, sources, rejected = dict(resolved[0]), dict(resolved[1]), resolved[2]
+    else:
+        values, sources, rejected = resolve(facts, layers, now)
     references = ReferenceTables(medians, NO_DISTRICT_TIERS if districts is None else districts, facts.income)
     asks: dict[str, tuple[str, ...]] = {}
     errors: dict[str, str] = {}

@@ -11,7 +11,21 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, true, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -441,6 +455,98 @@ class Repository:
 
     async def screening(self, screening_id: uuid.UUID) -> ScreeningRow | None:
         return await self.session.get(ScreeningRow, screening_id)
+
+    # ------------------------------------------------------------------------------------------ the registry table
+
+    async def registry_page(
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """A page of consenting residents (by id, after ``after``: 32 hex digits) for the registry table, as plain
+        text columns (the driver's values, none converted: a page holds up to hundreds of thousands of residents),
+        and their department facts, one text per resident (fields joined by unit separators, facts by record
+        separators: one object per resident instead of seven per fact). ``only``: these residents alone (a re-screen of
+        those whose facts changed). Unscoped: for screening. Returns (residents: id, registry_version, birth_date,
+        district_code, household, vulnerability, consents; facts: id, text)."""
+        # The SQL is assembled from this method's own fragments (per dialect); every value is a bound parameter.
+        postgres = self.session.get_bind().dialect.name == "postgresql"
+        rid = "replace(r.resident_id::text, '-', '')" if postgres else "r.resident_id"
+        frid = "replace(f.resident_id::text, '-', '')" if postgres else "f.resident_id"
+        day = "to_char({}, 'YYYY-MM-DD')" if postgres else "{}"
+        json = "{}::text" if postgres else "{}"
+        moment = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')" if postgres else "{}"
+        after_clause = ""
+        if after is not None:
+            after_clause = "AND r.resident_id > CAST(:after AS uuid)" if postgres else "AND r.resident_id > :after"
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        if only is not None:
+            after_clause += " AND r.resident_id IN :only"
+            params["only"] = list(only) if postgres else [u.hex for u in only]
+        residents = (
+            await self.session.execute(
+                text(
+                    f"SELECT {rid}, r.registry_version, {day.format('r.birth_date')}, r.district_code, "  # noqa: S608
+                    f"{json.format('r.household')}, {json.format('r.vulnerability')}, {json.format('r.consents')} "
+                    f"FROM residents r WHERE r.proactive_screening {after_clause} ORDER BY r.resident_id LIMIT :limit"
+                ).bindparams(*([bindparam("only", expanding=True)] if only is not None else [])),
+                params,
+            )
+        ).all()
+        if not residents:
+            return [], []
+        first, last = residents[0][0], residents[-1][0]
+        fields = [
+            "f.name",
+            "f.department",
+            json.format("f.value"),
+            moment.format("f.observed_at"),
+            f"coalesce({moment.format('f.valid_until')}, '')",
+            "CAST(f.id AS TEXT)" if not postgres else "f.id::text",
+        ]
+        unit = " || chr(31) || " if postgres else " || char(31) || "
+        record = "string_agg({}, chr(30))" if postgres else "group_concat({}, char(30))"
+        between = (
+            "f.resident_id BETWEEN CAST(:first AS uuid) AND CAST(:last AS uuid)"
+            if postgres
+            else "f.resident_id BETWEEN :first AND :last"
+        )
+        bounds: dict[str, Any] = {"first": first, "last": last}
+        if only is not None:  # a few residents spread over every id: their own facts, not the whole range's
+            between = "f.resident_id IN :only"
+            bounds = {"only": params["only"]}
+        facts = (
+            await self.session.execute(
+                text(
+                    f"SELECT {frid}, {record.format(unit.join(fields))} FROM department_facts f "  # noqa: S608
+                    f"WHERE {between} GROUP BY f.resident_id"
+                ).bindparams(*([bindparam("only", expanding=True)] if only is not None else [])),
+                bounds,
+            )
+        ).all()
+        return list(residents), list(facts)
+
+    async def judged_pairs(
+        self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        """The (resident, program) pairs of the residents from ``first`` to ``last`` (by id; ``only``: of these
+        alone) already judged in an application, and already told of an opportunity. Unscoped: for screening."""
+        applied_in = (
+            DeterminationRow.resident_id.in_(only)
+            if only is not None
+            else DeterminationRow.resident_id.between(first, last)
+        )
+        told_in = (
+            OpportunityRow.resident_id.in_(only)
+            if only is not None
+            else OpportunityRow.resident_id.between(first, last)
+        )
+        applied = select(DeterminationRow.resident_id, DeterminationRow.program_code).where(applied_in)
+        told = select(OpportunityRow.resident_id, OpportunityRow.program_code).where(told_in)
+        return (
+            list((await self.session.execute(applied.distinct())).all()),
+            list((await self.session.execute(told)).all()),
+        )
 
 
 def get_repository(session: SessionDep) -> Repository:

@@ -1,10 +1,10 @@
 """Proactive screening: find residents (who consented to it) eligible for programs they never applied to.
 
-The bulk path is not a loop per person per criterion: residents are read a page at a time with their department facts,
-applications and earlier findings in a few queries; every rule is compiled once; each resident's facts are resolved
-and derived, and the programs are then judged once per *distinct profile* (the values of exactly the facts the
-screened rules read), without explanations and with Kleene short-cuts. Residents who share a profile (same age, same
-household size, same income band...) share one evaluation.
+The bulk path is vectorised (``population.py``): residents are read a large page at a time with their department
+facts, applications and earlier findings in a few queries, resolved into a table of facts, and every program's rule is
+judged for the whole page in columns (``vectorised.py``), with the per-record engine only for what columns cannot
+decide. :class:`Screener` (one resident at a time, once per distinct profile) is the per-record path, kept for
+judging residents one by one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from services.eligibility.catalogue import Catalogue, Evaluation, Program, named
 from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningRow
+from services.eligibility.population import screened_pages
 from services.eligibility.repository import Repository, registry_of, reported_of
 from services.eligibility.schemas import ScreeningIn, ScreeningOut
 from shared.events import EligibilityOpportunity, Localized, Outcome
@@ -133,7 +134,10 @@ async def run_screening(
     now: dt.datetime,
     batch_size: int,
     max_residents: int,
+    residents: Sequence[uuid.UUID] | None = None,
 ) -> ScreeningRow:
+    """Screen every consenting resident (``residents``: these alone, e.g. those whose facts changed) for ``codes`` on
+    ``as_of``, through the vectorised path; the opportunities and their events are written in this transaction."""
     catalogue = await service.store.get(repo)
     row = ScreeningRow(
         screening_id=uuid.uuid4(),
@@ -153,37 +157,36 @@ async def run_screening(
     repo.session.add(row)
     await repo.session.flush()
     started = time.perf_counter()
-    screener = Screener(catalogue, codes, as_of, now)
     outbox = service.outbox
-    after: uuid.UUID | None = None
-    while row.residents_screened < max_residents:
-        page = await repo.screening_residents(after, min(batch_size, max_residents - row.residents_screened))
-        if not page:
-            break
-        ids = [r.resident_id for r in page]
-        reported = await repo.department_facts_of(ids)
-        applied = await repo.applied_programs(ids)
-        told = await repo.notified(ids)
-        opportunities: list[dict[str, Any]] = []
-        events: list[tuple[EligibilityOpportunity, str]] = []
-        for resident in page:
-            rid = resident.resident_id
-            for finding in screener.findings(layers_of(resident, reported.get(rid, []))):
-                row.eligible_found += 1
-                code = finding.program.code
-                if code in applied.get(rid, ()):
-                    row.already_applied += 1
-                    continue
-                if (rid, code) in told:
-                    row.already_notified += 1
-                    continue
+    versions = catalogue.versions_on(as_of)
+    judged_codes = [c for c in codes if c in versions]
+    pages = screened_pages(
+        repo,
+        catalogue,
+        codes,
+        as_of,
+        now,
+        page_size=service.settings.screening_page_size,
+        max_residents=max_residents,
+        only=residents,
+    )
+    async for page in pages:
+        row.eligible_found += page.found.height
+        row.already_applied += page.applied.height
+        row.already_notified += page.told.height
+        for start in range(0, page.fresh.height, batch_size):
+            opportunities: list[dict[str, Any]] = []
+            events: list[tuple[EligibilityOpportunity, str]] = []
+            for resident_hex, code, amount in page.fresh.slice(start, batch_size).iter_rows():
+                program, version = versions[code]
+                rid = uuid.UUID(resident_hex)
                 opportunities.append(
                     {
                         "screening_id": row.screening_id,
                         "resident_id": rid,
                         "program_code": code,
-                        "rule_version": finding.version,
-                        "amount": finding.amount,
+                        "rule_version": version.version,
+                        "amount": amount,
                         "found_at": now,
                     }
                 )
@@ -191,24 +194,23 @@ async def run_screening(
                     screening_id=row.screening_id,
                     resident_id=rid,
                     program_code=code,
-                    program_name=Localized(**finding.program.name),
-                    department=finding.program.attributes.department,
-                    amount=finding.amount,
-                    amount_period=finding.period,
+                    program_name=Localized(**program.name),
+                    department=program.attributes.department,
+                    amount=amount,
+                    amount_period=version.amount_period if amount is not None else None,
                     found_at=now,
                 )
                 events.append((data, str(rid)))
-        if opportunities:
-            # Written a page at a time (one statement each), in this transaction: the same guarantee as
+            # Written ``batch_size`` at a time (one statement each), in this transaction: the same guarantee as
             # Outbox.emit, without a round trip per event.
             await repo.session.execute(insert(OPPORTUNITIES), opportunities)
             await outbox.emit_many(repo.session, [d for d, _ in events], subjects=[s for _, s in events])
             row.opportunities += len(opportunities)
-        row.residents_screened += len(page)
-        after = ids[-1]
+        row.residents_screened += page.residents
+        row.judgements += page.residents * len(judged_codes)
         await asyncio.sleep(0)  # let the event loop breathe between pages
-    row.judgements = screener.judged
-    row.evaluations = screener.evaluations
+    # Every judgement is made in columns (a few rows or programs by the per-record engine): none reuses another.
+    row.evaluations = row.judgements
     row.status = "completed"
     row.finished_at = dt.datetime.now(dt.UTC)
     row.duration_ms = round((time.perf_counter() - started) * 1000, 3)

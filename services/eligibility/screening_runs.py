@@ -28,12 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
+import polars as pl
 from sqlalchemy import Table, delete, insert, update
 
-from services.eligibility import near_misses
-from services.eligibility.catalogue import Catalogue, Evaluation, named_programs
+from services.eligibility import near_misses, vectorised
+from services.eligibility.catalogue import Catalogue, named_programs
 from services.eligibility.determinations import Eligibility
-from services.eligibility.facts import Environment, FactLayers, derive
+from services.eligibility.facts import Derived, Environment, FactLayers, derive, resolve
 from services.eligibility.models import (
     OpportunityRow,
     ResidentRow,
@@ -47,7 +48,7 @@ from services.eligibility.schemas import ScreeningIn, ScreeningOut, ScreeningPag
 from services.eligibility.screening import Finding, facts_read, screening_out, start_screening
 from services.eligibility.triggers import ReviewCalendar
 from shared.db import Database
-from shared.events import EligibilityOpportunity, Localized, Outcome, ScreeningQuestionAsked
+from shared.events import EligibilityOpportunity, Localized, ScreeningQuestionAsked
 from shared.problems import NotFound, UnprocessableContent
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ OPPORTUNITIES = cast(Table, OpportunityRow.__table__)
 QUESTIONS = cast(Table, ScreeningQuestionRow.__table__)
 _ERROR = object()
 _MISSING = object()
-_NEEDS_INFORMATION = object()
 
 
 # ---------------------------------------------------------------------------------------------- judging
@@ -72,10 +72,15 @@ class Judgement:
 
 
 class ProactiveJudge:
-    """Judges residents against the proactive programs on one date, keeping each program's verdict per distinct tuple
-    of the facts its rule reads (as ``screening.Screener`` does). A program waiting on information is looked at once
-    more, explained, to tell a near miss: then the key also holds what each missing fact would be asked as (an
-    unknown recognised income asks for different facts depending on which of its inputs are missing)."""
+    """Judges residents against the proactive programs on one date, a page at a time, in columns: each resident's base
+    facts are resolved (``facts.resolve``, as for an application) into one row of a table, and every program's rule
+    is judged for the whole table by the vectorised engine (``vectorised.Judge``: derived facts and criteria as
+    column expressions, the per-record engine for a program its compiler cannot translate — ``onestop catalogue
+    check`` lists them — and for rows at risk of a CEL error). A full run, a daily run and a re-screen of a few
+    residents go through the same path; the differential tests (``test_vectorised.py``) hold it to the per-record
+    engine. A program waiting on information is looked at once more, per record and explained, to tell a near miss:
+    that verdict is kept per distinct tuple of the facts the rule reads and of what each missing fact would be asked
+    as (an unknown recognised income asks for different facts depending on which of its inputs are missing)."""
 
     def __init__(
         self,
@@ -89,19 +94,76 @@ class ProactiveJudge:
         self.as_of = as_of
         self.now = now
         self.unasked = unasked
-        self.plans: list[tuple[str, tuple[str, ...], dict[tuple[Any, ...], Any]]] = []
+        self.plans: list[tuple[str, tuple[str, ...]]] = []
         for code in codes:
             program = catalogue.programs.get(code)
             if program is not None and program.version_on(as_of) is not None:
-                self.plans.append((code, facts_read(catalogue, [code], as_of), {}))
+                self.plans.append((code, facts_read(catalogue, [code], as_of)))
+        self.plan = vectorised.plan(catalogue, [code for code, _ in self.plans], as_of)
+        self.versions = catalogue.versions_on(as_of)
+        # The base facts a review day is worked out from (dates), beside those the rules read.
+        self.dates = frozenset(
+            t.name for t in catalogue.facts.types.values() if not t.derived and (t.type == "date" or t.items == "date")
+        )
         self.near: dict[tuple[Any, ...], Any] = {}
-        self.read = frozenset(name for _, read, _ in self.plans for name in read)
+        self.read = frozenset(name for _, read in self.plans for name in read)
         self.judged = 0
         self.evaluations = 0
 
     def judge(self, layers: FactLayers) -> Judgement:
+        return self.judge_many([layers])[0]
+
+    def judge_many(self, people: Sequence[FactLayers]) -> list[Judgement]:
+        """Every resident of ``people`` (in order) against every program, in one table."""
+        if not people:
+            return []
+        facts = self.catalogue.facts
+        resolved = [resolve(facts, layers, self.now) for layers in people]
+        base = self.plan.base
+        table = pl.DataFrame([{n: v[0].get(n) for n in base} for v in resolved], schema=base, orient="row")
+        judged = vectorised.Judge(self.catalogue, self.plan, table, criteria=False).run()
+        codes = [code for code, _ in self.plans]
+        outcomes = judged.select([vectorised.outcome_column(c) for c in codes]).rows()
+        amounts = judged.select([vectorised.amount_column(c) for c in codes]).rows()
+        out = []
+        for layers, resolution, outcome_row, amount_row in zip(people, resolved, outcomes, amounts, strict=True):
+            values = resolution[0]
+            findings: list[Finding] = []
+            misses: list[NearMiss] = []
+            derived: Derived | None = None
+            env: Environment | None = None
+            for (code, read), outcome, amount in zip(self.plans, outcome_row, amount_row, strict=True):
+                if outcome == vectorised.ELIGIBLE:
+                    program, version = self.versions[code]
+                    spec = version.spec
+                    period = spec.amount.period if spec.amount is not None and amount is not None else None
+                    findings.append(Finding(program, version.version, amount, period))
+                elif outcome == vectorised.NEEDS_INFORMATION:
+                    # Waiting on information: whether it is a near miss is told per record (derived once per resident).
+                    if derived is None:
+                        derived = self._derive(layers, resolution)
+                    if derived.errors:
+                        key = tuple(_ERROR if n in derived.errors else derived.values.get(n) for n in read)
+                    else:
+                        key = tuple(map(derived.values.get, read))
+                    asked = tuple(derived.asks.get(n, (n,)) for n, v in zip(read, key, strict=True) if v is None)
+                    near_key = (code, key, asked)
+                    miss = self.near.get(near_key, _MISSING)
+                    if miss is _MISSING:
+                        env = env or derived.environment()
+                        miss = near_misses.near_miss(self.catalogue, env, code, self.unasked)
+                        self.near[near_key] = miss
+                    if miss is not None:
+                        misses.append(cast(NearMiss, miss))
+            out.append(Judgement(findings, misses, {n: values[n] for n in self.dates if n in values}))
+        self.judged += len(people) * len(self.plans)
+        # Every judgement is made in columns (a few rows or programs by the per-record engine): none reuses another.
+        self.evaluations = self.judged
+        return out
+
+    def _derive(self, layers: FactLayers, resolution: tuple[dict[str, Any], dict[str, str], dict[str, str]]) -> Derived:
         catalogue = self.catalogue
-        derived = derive(
+        return derive(
             catalogue.facts,
             catalogue.medians,
             self.as_of,
@@ -109,47 +171,8 @@ class ProactiveJudge:
             self.now,
             explain=False,
             districts=catalogue.districts,
+            resolved=resolution,
         )
-        values, errors, asks = derived.values, derived.errors, derived.asks
-        env: Environment | None = None  # the CEL context, built only for a resident with something new
-        evaluation: Evaluation | None = None
-        findings: list[Finding] = []
-        misses: list[NearMiss] = []
-        for code, read, memo in self.plans:
-            if errors:
-                key = tuple(_ERROR if n in errors else values.get(n) for n in read)
-            else:
-                key = tuple(map(values.get, read))
-            verdict = memo.get(key, _MISSING)
-            if verdict is _MISSING:
-                if evaluation is None:
-                    env = env or derived.environment()
-                    evaluation = Evaluation(catalogue, env, explain=False)
-                result = evaluation.result(code)
-                self.evaluations += 1
-                verdict = None
-                if result is not None and result.outcome.outcome == Outcome.ELIGIBLE:
-                    amount = result.outcome.amount
-                    spec = result.version.spec
-                    period = spec.amount.period if spec.amount is not None and amount is not None else None
-                    verdict = Finding(result.program, result.version.version, amount, period)
-                elif result is not None and result.outcome.outcome == Outcome.NEEDS_INFORMATION:
-                    verdict = _NEEDS_INFORMATION
-                memo[key] = verdict
-            if verdict is _NEEDS_INFORMATION:
-                asked = tuple(asks.get(n, (n,)) for n, v in zip(read, key, strict=True) if v is None)
-                near_key = (code, key, asked)
-                miss = self.near.get(near_key, _MISSING)
-                if miss is _MISSING:
-                    env = env or derived.environment()
-                    miss = near_misses.near_miss(catalogue, env, code, self.unasked)
-                    self.near[near_key] = miss
-                if miss is not None:
-                    misses.append(miss)
-            elif verdict is not None:
-                findings.append(cast(Finding, verdict))
-        self.judged += len(self.plans)
-        return Judgement(findings, misses, values)
 
 
 # ---------------------------------------------------------------------------------------------- one page
@@ -193,15 +216,17 @@ async def screen_page(
     questions: list[dict[str, Any]] = []
     asking: list[ScreeningQuestionAsked] = []
     review_rows: list[dict[str, Any]] = []
-    for resident in residents:
-        rid = resident.resident_id
-        layers = FactLayers(
-            declared=answers.get(rid, {}),
+    people = [
+        FactLayers(
+            declared=answers.get(resident.resident_id, {}),
             registry=registry_of(resident),
-            reported=reported_of(reported.get(rid, [])),
+            reported=reported_of(reported.get(resident.resident_id, [])),
             consents=resident.consents or {},
         )
-        judgement = judge.judge(layers)
+        for resident in residents
+    ]
+    for resident, judgement in zip(residents, judge.judge_many(people), strict=True):
+        rid = resident.resident_id
         for finding in judgement.findings:
             counts.eligible_found += 1
             code = finding.program.code

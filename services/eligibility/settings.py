@@ -22,9 +22,12 @@ class EligibilitySettings(ServiceSettings):
     catalogue_dir: Path = CATALOGUE_DIR
     # Which department each partner reports facts for (POST /v1/facts), e.g. {"nts": "tax", "nhis": "health"}.
     partner_departments: dict[str, Department] = Field(default_factory=dict)
-    # Proactive screening: residents handled per database round trip, and the most one screening may cover.
+    # Proactive screening: opportunities (and their events) written per statement, and the most residents one
+    # screening may cover.
     screening_batch_size: int = Field(default=500, ge=1, le=10_000)
     screening_max_residents: int = Field(default=1_000_000, ge=1)
+    # Residents judged together in columns (the vectorised path reads, resolves and judges a page at a time).
+    screening_page_size: int = Field(default=200_000, ge=1, le=2_000_000)
     # Screening that runs by itself (scheduler.py): whether its loop runs, how often it looks for due work, and how
     # long a process holds the right to run screenings without renewing it (between pages).
     screening_schedule: bool = True

@@ -1,10 +1,11 @@
 """Letters: the ``post`` channel, for residents without a digital channel (chosen at intake, usually at a counter).
 
-Each notice becomes one print-ready A4 letter (PDF, fpdf2) under ``<data_dir>/post/<delivery id>.pdf``: the
-resident's name and address where a window envelope shows them, the date, the notice's title and text in the
-resident's language. Korean needs a font that has Hangul: Debian's ``fonts-nanum`` (NanumGothic), installed by
-``make run``/``make test`` (scripts/ensure-fonts.sh) and in the image; ``letter_font`` points elsewhere. Without the
-font a letter waits (a temporary failure) rather than going out unreadable.
+Each notice becomes one print-ready A4 letter (PDF, fpdf2, composed in a child process: ``letter_pdf``) under
+``<data_dir>/post/<delivery id>.pdf``: the resident's name and address where a window envelope shows them, the date,
+the notice's title and text in the resident's language. Korean needs a font that has Hangul: Debian's
+``fonts-nanum`` (NanumGothic), installed by ``make run``/``make test`` (scripts/ensure-fonts.sh) and in the image;
+``letter_font`` points elsewhere. Without the font a letter waits (a temporary failure)
+rather than going out unreadable.
 
 The letter is the delivery: once written it is "sent" (handed to the post room) and listed for the office
 (``GET /v1/letters``), which prints and posts it and marks it sent. Nothing else about the resident is printed — no
@@ -15,13 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
-import os
+import json
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from fpdf import FPDF
 
 from services.notify.channels import ChannelError
 from services.notify.models import Letter, LetterStatus, audit_log, utcnow
@@ -32,18 +31,9 @@ from shared.auth import Principal
 from shared.problems import Conflict, NotFound
 
 PURPOSE_LETTER_PRINTING = "letter printing"
-
-# fontTools tells, for every letter, which tables of the font it leaves out of the subset: noise, not news.
-logging.getLogger("fontTools.subset").setLevel(logging.ERROR)
-
-SENDER = {"ko": "원스톱 행정서비스 (OneStop)", "en": "OneStop public services"}
-SALUTATION = {"ko": "{name} 귀하", "en": "{name}"}
-FOOTER = {
-    "ko": "이 안내문은 디지털 알림 대신 우편으로 보내 드립니다. 문의는 가까운 주민센터 창구로 해 주십시오.",
-    "en": "This notice is sent by post instead of a digital message. For questions, visit your community centre.",
-}
-_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December"]  # fmt: skip
+# The repository's root: the child process imports services.notify.letter_pdf from it.
+ROOT = Path(__file__).resolve().parents[2]
+PRINT_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,12 +47,6 @@ class Recipient:
 class PrintedLetter:
     file_name: str
     pages: int
-
-
-def _dated(day: dt.date, language: str) -> str:
-    if language == "ko":
-        return f"{day.year}년 {day.month}월 {day.day}일"
-    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
 
 
 class LetterPrinter:
@@ -84,55 +68,35 @@ class LetterPrinter:
         """Write the letter (to a temporary name, then renamed: the post room never sees half a file)."""
         if not self.font.is_file():
             raise ChannelError(f"letter font not installed ({self.font.name}); see scripts/ensure-fonts.sh")
-        return await asyncio.to_thread(self._write, delivery_id, recipient, rendered, language, day)
-
-    def _write(
-        self, delivery_id: uuid.UUID, recipient: Recipient, rendered: RenderedMessage, language: str, day: dt.date
-    ) -> PrintedLetter:
-        pdf = self._compose(recipient, rendered, language, day)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        file_name = f"{delivery_id}.pdf"
-        tmp = self.directory / f".{file_name}.tmp"
-        tmp.write_bytes(bytes(pdf.output()))
-        os.replace(tmp, self.directory / file_name)
-        return PrintedLetter(file_name=file_name, pages=pdf.page_no())
-
-    def _compose(self, recipient: Recipient, rendered: RenderedMessage, language: str, day: dt.date) -> FPDF:
-        lang = language if language in SENDER else "ko"
-        pdf = FPDF(orientation="portrait", unit="mm", format="A4")
-        pdf.set_creator("OneStop notify")
-        pdf.set_title(rendered.subject)  # the notice's title: no name, no address
-        pdf.set_lang("ko-KR" if lang == "ko" else "en")
-        pdf.add_font("letter", fname=str(self.font))
-        bold = self.bold_font if self.bold_font is not None and self.bold_font.is_file() else self.font
-        pdf.add_font("letter", style="B", fname=str(bold))
-        pdf.set_margins(left=25, top=20, right=20)
-        pdf.set_auto_page_break(auto=True, margin=25)
-        pdf.add_page()
-
-        pdf.set_font("letter", size=9)
-        pdf.cell(0, 5, SENDER[lang], new_x="LMARGIN", new_y="NEXT")
-        # The address block where a DL window envelope (and Korea Post's 규격봉투) shows it.
-        pdf.set_xy(25, 50)
-        pdf.set_font("letter", "B", 12)
-        pdf.multi_cell(90, 6, SALUTATION[lang].format(name=recipient.name), align="L", new_x="LMARGIN", new_y="NEXT")
-        pdf.set_font("letter", size=11)
-        pdf.set_x(25)
-        pdf.multi_cell(90, 6, recipient.address, align="L", new_x="LMARGIN", new_y="NEXT")
-
-        pdf.set_xy(25, 95)
-        pdf.set_font("letter", size=10)
-        pdf.cell(0, 6, _dated(day, lang), align="R", new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(4)
-        pdf.set_font("letter", "B", 14)
-        pdf.multi_cell(0, 8, rendered.subject, align="L", new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(3)
-        pdf.set_font("letter", size=11)
-        pdf.multi_cell(0, 6.5, rendered.text.strip(), align="L", new_x="LMARGIN", new_y="NEXT")
-        pdf.ln(8)
-        pdf.set_font("letter", size=8.5)
-        pdf.multi_cell(0, 5, FOOTER[lang], align="L", new_x="LMARGIN", new_y="NEXT")
-        return pdf
+        order = {
+            "directory": str(self.directory),
+            "font": str(self.font),
+            "bold_font": str(self.bold_font) if self.bold_font is not None and self.bold_font.is_file() else None,
+            "delivery_id": str(delivery_id),
+            "name": recipient.name,
+            "address": recipient.address,
+            "subject": rendered.subject,
+            "text": rendered.text,
+            "language": language,
+            "day": day.isoformat(),
+        }
+        # In a child process that ends with the letter: fpdf2 and a Hangul font stay out of notify (letter_pdf).
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.notify.letter_pdf",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(child.communicate(json.dumps(order).encode()), PRINT_TIMEOUT_SECONDS)
+        except TimeoutError:
+            child.kill()
+            await child.wait()
+            raise ChannelError(f"the letter took longer than {PRINT_TIMEOUT_SECONDS:.0f} s to print") from None
+        if child.returncode != 0:
+            # The last line names the error; the traceback's other lines may quote the letter's text.
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ChannelError(f"printing the letter failed: {last[0][:200]}")
+        printed = json.loads(out)
+        return PrintedLetter(file_name=str(printed["file_name"]), pages=int(printed["pages"]))
 
 
 # ---------------------------------------------------------------------------------------------- the post room

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +28,12 @@ class Question:
     pattern: str | None = None
     value: str = ""
     error: str | None = None
+    # Set where one page asks the same fact more than once (screening's questions, one per program).
+    key: str | None = None
 
     @property
     def input_id(self) -> str:
-        return f"fact-{self.name}"
+        return f"fact-{self.name}" + (f"-{self.key}" if self.key else "")
 
 
 @dataclass
@@ -97,6 +100,34 @@ def question(kind: dict[str, Any], needed_for: list[dict[str, str]] | None = Non
         enum=kind.get("enum"),
         items=kind.get("items"),
         pattern=kind.get("pattern"),
+    )
+
+
+@dataclass
+class ScreeningQuestion:
+    """One question proactive screening asks (intake's): the fact, the program it could open, and why."""
+
+    id: str
+    program_name: dict[str, str]
+    program_code: str
+    department: str
+    why: dict[str, str]
+    question: Question
+    # One key per question shown: a double click or a retry answers once.
+    idempotency_key: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def screening_question(found: dict[str, Any]) -> ScreeningQuestion:
+    fact = found["fact"]
+    return ScreeningQuestion(
+        id=str(found["id"]),
+        program_name=found["program_name"],
+        program_code=found["program_code"],
+        department=found["department"],
+        why=found["why"],
+        question=Question(
+            name=fact["name"], type=fact["type"], text=fact["question"], enum=fact.get("choices"), key=str(found["id"])
+        ),
     )
 
 

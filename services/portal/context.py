@@ -4,21 +4,30 @@ messages and the templates. Made once in ``main.create_app``'s lifespan and hand
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from fastapi import Depends, Request
 
 from services.portal.backends import Backends
 from services.portal.i18n import Messages
-from services.portal.session import Sessions
+from services.portal.session import Sessions, User
 from services.portal.settings import PortalSettings
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
     from services.portal.people import DemoPeople
-    from services.portal.provider import EmbeddedProvider
-    from services.portal.signin import RelyingParty
+
+
+class SignIn(Protocol):
+    """The OpenID Connect client the sign-in pages use (``signin.RelyingParty``), named here by what it does so the
+    context does not import the pages that use it."""
+
+    async def begin(self, next_path: str, language: str) -> tuple[str, str]: ...
+
+    async def finish(self, sealed: str | None, code: str, state: str) -> tuple[User, str, float, str]: ...
+
+    async def end_session_url(self) -> str | None: ...
 
 
 @dataclass
@@ -28,8 +37,8 @@ class PortalContext:
     sessions: Sessions
     messages: Messages
     templates: Environment
-    relying_party: RelyingParty
-    provider: EmbeddedProvider | None
+    relying_party: SignIn
+    # The embedded provider's demo people (None with an external provider), for pages that list caseworkers.
     people: DemoPeople | None
 
 

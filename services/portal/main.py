@@ -57,7 +57,6 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
                 messages=catalogue,
                 templates=environment(catalogue, settings.timezone),
                 relying_party=RelyingParty(settings, identity_http, Sealer(secret, "onestop-portal-signin")),
-                provider=provider,
                 people=provider.people if provider else None,
             )
             yield

@@ -240,7 +240,13 @@ async def opportunities(page: ResidentPage) -> Response:
     return await _opportunities(page)
 
 
-async def _opportunities(page: ResidentPage, *, status: int = 200, errors: dict[str, str] | None = None) -> Response:
+async def _opportunities(
+    page: ResidentPage,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    asked: list[applying.ScreeningQuestion] | None = None,
+) -> Response:
     offers = await page.up.get(
         "intake", f"/v1/residents/{page.me.resident_id}/opportunities", params={"status": "offered"}
     )
@@ -251,9 +257,41 @@ async def _opportunities(page: ResidentPage, *, status: int = 200, errors: dict[
         "resident/opportunities.html",
         status=status,
         offers=offers,
+        questions=asked if asked is not None else await _screening_questions(page),
         reasons=[r.value for r in OfferDeclineReason],
         errors=errors or {},
     )
+
+
+async def _screening_questions(page: ResidentPage) -> list[applying.ScreeningQuestion]:
+    # A near miss: one fact could make the resident eligible for a program; screening asks for it, with the reason.
+    found = await page.up.get("intake", f"/v1/residents/{page.me.resident_id}/questions", params={"status": "open"})
+    return [applying.screening_question(q) for q in found]
+
+
+@router.post("/questions/{question_id}/answer")
+async def answer_screening_question(page: ResidentPage, question_id: uuid.UUID) -> Response:
+    submitted = await page.form()
+    asked = await _screening_questions(page)
+    chosen = next((q for q in asked if q.id == str(question_id)), None)
+    if chosen is None:
+        raise NotVisible({"detail": f"no open question {question_id}"})
+    answers, _ = applying.read_answers([chosen.question], submitted)
+    if chosen.question.error is None and chosen.question.name not in answers:
+        chosen.question.error = "answer.error.required"
+    if chosen.question.error is not None:
+        return await _opportunities(page, status=422, asked=asked)
+    try:
+        await page.up.post(
+            "intake",
+            f"/v1/residents/{page.me.resident_id}/questions/{question_id}/answer",
+            {"value": answers[chosen.question.name]},
+            idempotency_key=_key(submitted.get("idempotency_key")),
+        )
+    except Invalid:
+        chosen.question.error = "answer.error.refused"
+        return await _opportunities(page, status=422, asked=asked)
+    return page.redirect("/opportunities?answered=1")
 
 
 @router.post("/opportunities/{opportunity_id}/accept")

@@ -14,7 +14,8 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from onestop.natsconf import nats_server_binary
-from onestop.registry import BY_NAME, ROOT, SERVICES
+from onestop.registry import BY_NAME, PORTAL, ROOT, SERVICES
+from services.portal.settings import PortalSettings
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 CLUSTER = ROOT / "deploy" / "nats" / "cluster"
@@ -112,8 +113,10 @@ def test_the_image_runs_the_service_each_container_names() -> None:
 def test_the_kubernetes_manifests_use_real_settings() -> None:
     documents: list[dict[str, Any]] = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "onestop.yaml").read_text()))
     deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
-    assert sorted(deployments) == sorted(s.name for s in SERVICES)
+    assert sorted(deployments) == sorted([*(s.name for s in SERVICES), PORTAL.name])
     for name, deployment in deployments.items():
+        if name == PORTAL.name:
+            continue
         entry = BY_NAME[name]
         fields = entry.settings_class().model_fields
         [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -124,6 +127,66 @@ def test_the_kubernetes_manifests_use_real_settings() -> None:
             assert key.startswith(entry.env_prefix), key
             assert key.removeprefix(entry.env_prefix).lower() in fields, f"{name}: {key} is not a setting"
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> PortalSettings:
+    for key in list(os.environ):
+        if key.startswith("ONESTOP_"):
+            monkeypatch.delenv(key)
+    fields = PortalSettings.model_fields
+    for key, value in env.items():
+        assert key.startswith(PORTAL.env_prefix), key
+        assert key.removeprefix(PORTAL.env_prefix).lower() in fields, f"portal: {key} is not a setting"
+        monkeypatch.setenv(key, value)
+    return PortalSettings(_env_file=None)  # raises if a value does not validate
+
+
+def test_the_portal_container_calls_the_services_by_their_names_and_signs_in_with_the_setup_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = service_env(PORTAL.name)
+    assert env.pop("SERVICE") == PORTAL.name
+    settings = _settings_from(env, monkeypatch)
+    for entry in SERVICES:
+        assert getattr(settings, f"{entry.name}_url") == f"http://{entry.name}:8000"
+        assert entry.name in COMPOSE["services"]
+    assert settings.embedded_provider, "compose has no external provider: the portal's own one signs people in"
+    # The embedded provider signs with the issuer key `onestop init` wrote into the keys volume the services read.
+    assert str(settings.keys_dir) == "/var/onestop/keys"
+    assert "keys:/var/onestop/keys:ro" in COMPOSE["services"][PORTAL.name]["volumes"]
+    assert settings.session_secret is not None, "the keys volume is read-only: the secret cannot be made there"
+    assert COMPOSE["services"][PORTAL.name]["ports"] == ["8000:8000"]
+    assert settings.public_url == "http://localhost:8000"
+    # The links in residents' messages open the portal's pages.
+    assert service_env("notify")["ONESTOP_NOTIFY_APP_BASE_URL"] == settings.public_url
+
+
+def test_the_kubernetes_portal_signs_in_at_the_deployment_s_provider_behind_https(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    documents: list[dict[str, Any]] = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "onestop.yaml").read_text()))
+    by_kind_name = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    [container] = by_kind_name[("Deployment", PORTAL.name)]["spec"]["template"]["spec"]["containers"]
+    secrets = by_kind_name[("Secret", "onestop-secrets")]["stringData"]
+    env: dict[str, str] = {}
+    for variable in container["env"]:
+        if variable["name"] in ("SERVICE", "PORT"):
+            continue
+        if "valueFrom" in variable:
+            env[variable["name"]] = secrets[variable["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            env[variable["name"]] = variable["value"]
+    settings = _settings_from(env, monkeypatch)
+    assert not settings.embedded_provider
+    assert settings.oidc_client_secret is not None
+    assert settings.session_secret is not None
+    assert settings.cookie_secure
+    assert settings.public_url.startswith("https://")
+    for entry in SERVICES:
+        assert getattr(settings, f"{entry.name}_url") == f"http://{entry.name}.onestop.svc"
+        assert ("Service", entry.name) in by_kind_name
+    assert ("Service", PORTAL.name) in by_kind_name
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 def test_init_prepares_keys_service_tokens_and_databases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

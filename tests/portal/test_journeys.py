@@ -1,8 +1,9 @@
 """The portal in a real browser against the real platform: a resident files a birth application and reads the
 outcomes; a caseworker claims and decides; the resident finds the decision in the inbox; another resident gets "not
 found" for that page; a form with bad input shows the field's error and writes nothing; a lost race is explained; a
-resident declines one offer proactive screening found (a reason asked for) and accepts another with one confirmation;
-every page passes axe-core (WCAG 2.1 AA) at 375 px; a journey by keyboard alone; the English switch.
+resident answers screening's near-miss questions on the page, then declines one offer it found (a reason asked for)
+and accepts another with one confirmation; every page passes axe-core (WCAG 2.1 AA) at 375 px; a journey by keyboard
+alone; the English switch.
 
 The tests run in order and share the platform (and the birth application the first one files)."""
 
@@ -310,9 +311,9 @@ def test_a_resident_declines_one_offer_with_a_reason_and_accepts_another_with_on
     def standing() -> list[dict[str, Any]]:
         return list(api.ok("intake", "GET", path, auth, params={"status": "offered"}))
 
-    # Screening asked them one question for each of two programs (a near miss); their answers, given through
-    # intake's API, screen them again and the two programs are offered.
-    answers = {"korean_national": True, "civil_servant": False}
+    # Screening asked them one question for each of two programs (a near miss); their answers, given on the
+    # opportunities page, screen them again and the two programs are offered.
+    answers = {"korean_national": "yes", "civil_servant": "no"}
 
     def asked() -> list[dict[str, Any]] | None:
         found = api.ok("intake", "GET", f"/v1/residents/{OFFERED_RESIDENT_ID}/questions", auth,
@@ -321,14 +322,29 @@ def test_a_resident_declines_one_offer_with_a_reason_and_accepts_another_with_on
         return mine if {q["fact"]["name"] for q in mine} == set(answers) else None
 
     questions = eventually(asked, timeout=90, what="the near misses' questions")
-    for question in questions:
-        api.ok("intake", "POST", f"/v1/residents/{OFFERED_RESIDENT_ID}/questions/{question['id']}/answer", auth,
-               json={"value": answers[question["fact"]["name"]]})  # fmt: skip
-    offers = eventually(lambda: o if len(o := standing()) >= 2 else None, timeout=90, what="offers screening found")
-    declining, accepting = offers[0], offers[1]
     with portal.context() as context:
         page = context.new_page()
         portal.sign_in(page, OFFERED_RESIDENT)
+        page.goto(f"{portal.url}/opportunities")
+        portal.check(page)
+        first = page.locator(f"#question-{questions[0]['id']}")
+        assert questions[0]["why"]["ko"] in first.inner_text()
+        # No answer chosen: the question says so, and nothing is written.
+        with page.expect_response(lambda r: r.url.endswith(f"/questions/{questions[0]['id']}/answer")) as info:
+            first.locator("button[type=submit]").click()
+        assert info.value.status == 422
+        assert page.locator(f"#question-{questions[0]['id']} .has-error").count() == 1
+        portal.check(page)
+        assert len(asked() or []) == 2
+        for question in questions:
+            item = page.locator(f"#question-{question['id']}")
+            item.locator(f"input[value={answers[question['fact']['name']]}]").check()
+            item.locator("button[type=submit]").click()
+            item.wait_for(state="detached")
+            assert page.locator("p.notice.success").count() == 1
+        assert asked() is None, "both questions answered"
+        offers = eventually(lambda: o if len(o := standing()) >= 2 else None, timeout=90, what="offers screening found")
+        declining, accepting = offers[0], offers[1]
         page.goto(f"{portal.url}/opportunities")
         assert page.locator("li.offer").count() >= 2
         item = page.locator(f"#offer-{declining['id']}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,24 @@ async def test_an_english_letter_and_a_missing_font_is_a_failure_to_retry(tmp_pa
                             day=dt.date(2026, 11, 20))  # fmt: skip
     assert refused.value.permanent is False, "installing the font fixes it: the letter waits and is tried again"
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_printing_leaves_the_pdf_library_out_of_notify_s_own_process(tmp_path: Path) -> None:
+    # fpdf2 with Pillow, numpy and fontTools costs notify ~40 MB: the letter is composed in a child process instead.
+    script = f"""
+import asyncio, datetime as dt, sys, uuid
+from pathlib import Path
+import services.notify.main
+from services.notify.letters import LetterPrinter, Recipient
+from services.notify.rendering import MessageInput, Renderer
+rendered = Renderer("https://onestop.example.kr").render(
+    MessageInput("application.withdrawn", "ko", str(uuid.uuid4()), [{{"withdrawn_at": "2026-11-20T09:00:00+00:00"}}])
+)
+printer = LetterPrinter(Path({str(tmp_path)!r}), Path("/usr/share/fonts/truetype/nanum/NanumGothic.ttf"))
+letter = asyncio.run(printer.print(delivery_id=uuid.uuid4(), recipient=Recipient("김영희", "서울 종로구 1"),
+                                   rendered=rendered, language="ko", day=dt.date(2026, 11, 20)))
+print(letter.pages, printer.path(letter.file_name).stat().st_size > 0, "fpdf" in sys.modules, "numpy" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "False", "False"]

@@ -1,0 +1,149 @@
+"""Screening a population a page at a time through the vectorised path: each page of consenting residents is read
+from the registry projection as text (``Repository.registry_page``), resolved into the registry table
+(``fact_table.registry_table``), judged in columns (``vectorised.Judge``), and handed to the caller with the
+(resident, program) pairs found eligible and those already applied for or told of.
+
+A page is large (``screening_page_size``, 200,000 by default): the columns do the same work for a thousand residents
+or a hundred thousand, so fewer, larger pages are cheaper; memory grows with the page (about 1 GB for 200,000
+residents with every proactive program's outcome)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from services.eligibility.catalogue import Catalogue
+from services.eligibility.fact_table import ROW, registry_table
+from services.eligibility.repository import Repository
+from services.eligibility.vectorised import ELIGIBLE, Judge, Plan, amount_column, outcome_column, plan
+
+_RESIDENTS = {
+    "resident_id": pl.String(),
+    "registry_version": pl.Int64(),
+    "birth_date": pl.String(),
+    "district_code": pl.String(),
+    "household": pl.String(),
+    "vulnerability": pl.String(),
+    "consents": pl.String(),
+}
+_FIELDS = ["name", "department", "value", "observed_at", "valid_until", "id"]
+_MOMENT = "%Y-%m-%d %H:%M:%S%.f"
+ONLY_BATCH = 10_000
+
+
+def residents_frame(rows: Sequence[Any]) -> pl.DataFrame:
+    frame = pl.DataFrame([tuple(r) for r in rows], schema=_RESIDENTS, orient="row")
+    return frame.with_columns(pl.col("birth_date").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+
+
+def reports_frame(rows: Sequence[Any], ids: Sequence[str]) -> pl.DataFrame:
+    """The department facts of ``Repository.registry_page`` (one text per resident) as one row per fact, each with
+    its resident's row in ``ids`` (``__resident``; facts of residents not in ``ids`` are left out)."""
+    packed = pl.DataFrame([tuple(r) for r in rows], schema={"resident_id": pl.String(), "packed": pl.String()},
+                          orient="row")  # fmt: skip
+    rows_of = pl.DataFrame({"resident_id": list(ids)}).with_row_index("__resident")
+    facts = (
+        packed.join(rows_of, on="resident_id", how="inner")
+        .with_columns(pl.col("packed").str.split("\x1e"))
+        .explode("packed")
+        .with_columns(pl.col("packed").str.split_exact("\x1f", len(_FIELDS) - 1).struct.rename_fields(_FIELDS))
+        .unnest("packed")
+    )
+    return facts.select(
+        "__resident",
+        pl.col("id").cast(pl.Int64),
+        "name",
+        "value",
+        "department",
+        pl.col("observed_at").str.to_datetime(_MOMENT, time_zone="UTC", strict=False),
+        pl.when(pl.col("valid_until") != "")
+        .then(pl.col("valid_until"))
+        .str.to_datetime(_MOMENT, time_zone="UTC", strict=False)
+        .alias("valid_until"),
+    )
+
+
+@dataclass
+class ScreenedPage:
+    """One page: how many residents, every program's outcome per resident (``judged``, in ``ids``' order; outcome
+    codes of ``vectorised.OUTCOME_CODES``), and the eligible pairs (resident_id, program_code, amount) split into
+    those to tell and those already applied for or told of."""
+
+    ids: list[str]  # 32 hex digits each
+    judged: pl.DataFrame
+    found: pl.DataFrame
+    applied: pl.DataFrame
+    told: pl.DataFrame
+    fresh: pl.DataFrame
+
+    @property
+    def residents(self) -> int:
+        return len(self.ids)
+
+
+def _pairs(rows: Sequence[Any]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [(r[0].hex if isinstance(r[0], uuid.UUID) else str(r[0]).replace("-", ""), r[1]) for r in rows],
+        schema={"resident_id": pl.String(), "program_code": pl.String()},
+        orient="row",
+    )
+
+
+async def screened_pages(
+    repo: Repository,
+    catalogue: Catalogue,
+    codes: Sequence[str],
+    as_of: dt.date,
+    now: dt.datetime,
+    *,
+    page_size: int,
+    max_residents: int,
+    only: Sequence[uuid.UUID] | None = None,
+) -> AsyncIterator[ScreenedPage]:
+    """The pages of consenting residents (``only``: of these alone), judged."""
+    chosen: Plan = plan(catalogue, codes, as_of)
+    judged_codes = chosen.codes
+    after: str | None = None
+    screened = 0
+    # Residents named one by one are read a batch at a time (a query names at most ONLY_BATCH of them).
+    batches = [sorted(only)[i : i + ONLY_BATCH] for i in range(0, len(only), ONLY_BATCH)] if only is not None else []
+    while screened < max_residents:
+        batch: Sequence[uuid.UUID] | None = None
+        if only is not None:
+            if not batches:
+                return
+            batch = batches.pop(0)
+        residents, facts = await repo.registry_page(
+            None if batch is not None else after, min(page_size, max_residents - screened), batch
+        )
+        if not residents:
+            if batch is not None:
+                continue
+            return
+        people = residents_frame(residents)
+        ids = people.get_column("resident_id").to_list()
+        table = registry_table(people, reports_frame(facts, ids), catalogue.facts, chosen.base, now)
+        judged = Judge(catalogue, chosen, table, criteria=False).run()
+        with_ids = judged.with_columns(pl.Series("resident_id", ids)).drop(ROW)
+        found = pl.concat(
+            [
+                with_ids.filter(pl.col(outcome_column(c)) == ELIGIBLE).select(
+                    "resident_id", pl.lit(c).alias("program_code"), pl.col(amount_column(c)).alias("amount")
+                )
+                for c in judged_codes
+            ]
+        )
+        page_ids = [uuid.UUID(i) for i in ids]
+        applied_rows, told_rows = await repo.judged_pairs(page_ids[0], page_ids[-1], page_ids if batch else None)
+        applied = found.join(_pairs(applied_rows), on=["resident_id", "program_code"], how="semi")
+        rest = found.join(applied, on=["resident_id", "program_code"], how="anti")
+        told = rest.join(_pairs(told_rows), on=["resident_id", "program_code"], how="semi")
+        fresh = rest.join(told, on=["resident_id", "program_code"], how="anti")
+        yield ScreenedPage(ids, with_ids, found, applied, told, fresh)
+        screened += len(ids)
+        after = ids[-1]
