@@ -147,6 +147,9 @@ class ResidentContext(BaseModel):
     district_code: str
     preferred_language: Language = Language.KO
     vulnerability: list[Vulnerability] = []
+    # The registered household (세대) the resident lives in, by a pseudonymous id intake keeps for it: residents with
+    # the same id live together (routing's integrated case management links them). None: not known from the registry.
+    household_id: uuid.UUID | None = None
 
 
 class HouseholdMember(BaseModel):
@@ -794,6 +797,19 @@ class HouseholdCaseOpened(HouseholdCaseEventBase):
     opened_at: dt.datetime
 
 
+class HouseholdCaseMemberAdded(HouseholdCaseEventBase):
+    """A resident joined a running household case: one registered in the household who came to have a case (by the
+    rule), or one a lead added. ``resident_id`` is the new member (also in ``member_ids``); they are told as the
+    others were at opening."""
+
+    event_type: ClassVar[str] = "household_case.member_added"
+    resident_id: uuid.UUID
+    office_name: Localized
+    how: Literal["household", "caseworker"]
+    opened_at: dt.datetime
+    added_at: dt.datetime
+
+
 class HouseholdCasePlanChanged(HouseholdCaseEventBase):
     """The household's shared plan changed (a new version): needs by domain, goals, and the services to reach
     them."""
@@ -807,8 +823,9 @@ class HouseholdCasePlanChanged(HouseholdCaseEventBase):
 
 
 class HouseholdCaseFollowUpDue(HouseholdCaseEventBase):
-    """A follow-up of the household case is due: one the lead missed (past its SLA, escalated to the office's
-    supervisors), or the check months after closure."""
+    """A follow-up of the household case is due: on the working day it falls due (a reminder, once: ``overdue``
+    false), when the lead missed it (past its SLA, ``overdue`` and escalated to the office's supervisors), or the
+    check months after closure."""
 
     event_type: ClassVar[str] = "household_case.follow_up_due"
     follow_up_id: uuid.UUID
@@ -1060,6 +1077,7 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(OutreachVisited, "routing"),
         _spec(OutreachClosed, "routing"),
         _spec(HouseholdCaseOpened, "routing"),
+        _spec(HouseholdCaseMemberAdded, "routing"),
         _spec(HouseholdCasePlanChanged, "routing"),
         _spec(HouseholdCaseFollowUpDue, "routing"),
         _spec(HouseholdCaseClosed, "routing"),

@@ -274,6 +274,7 @@ async def submit(
                 district_code=resident.district_code,
                 preferred_language=Language(resident.preferred_language),
                 vulnerability=[Vulnerability(v) for v in resident.vulnerability],
+                household_id=resident.household_id,
             ),
             program_codes=[offer[1]] if offer is not None else [],
             opportunity_id=offer[0] if offer is not None else None,

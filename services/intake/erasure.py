@@ -285,7 +285,7 @@ async def erase_own(
     )
     # The record becomes a stub; the contact details stay until the resident was told the result (purge).
     post = "post" in (resident.preferred_channels or [])
-    for column in ("birth_date", "district_code", "household", "vulnerability"):
+    for column in ("birth_date", "district_code", "household", "registry_household", "household_id", "vulnerability"):
         setattr(resident, column, None)
     if not post:
         setattr(resident, "name", None)  # noqa: B010 (typed for a live record: see models.Resident)

@@ -36,6 +36,7 @@ from shared.events import (
     EligibilityOpportunity,
     EventData,
     HouseholdCaseClosed,
+    HouseholdCaseMemberAdded,
     HouseholdCaseOpened,
     HouseholdCasePlanChanged,
     NotificationFailed,
@@ -62,7 +63,7 @@ CASE_EVENTS = (
     CaseClosed,
 )
 
-HOUSEHOLD_EVENTS = (HouseholdCaseOpened, HouseholdCasePlanChanged, HouseholdCaseClosed)
+HOUSEHOLD_EVENTS = (HouseholdCaseOpened, HouseholdCaseMemberAdded, HouseholdCasePlanChanged, HouseholdCaseClosed)
 REFERRAL_EVENTS = (ReferralCreated, ReferralAccepted, ReferralDeclined, ReferralCompleted)
 
 

@@ -56,6 +56,10 @@ class Resident(Base):
     district_code: Mapped[str] = mapped_column(String(5), nullable=True)
     address: Mapped[str] = mapped_column(String(500), nullable=True)
     household: Mapped[list[Any]] = mapped_column(JSON, nullable=True)
+    # The household (세대) the registry lists the resident in: its key as the registry gives it (staff copy it), and
+    # the pseudonymous id events carry for it (``RegistryHousehold``). Residents with the same id live together.
+    registry_household: Mapped[str | None] = mapped_column(String(40))
+    household_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     email: Mapped[str | None] = mapped_column(String(254))
     phone: Mapped[str | None] = mapped_column(String(32))
     preferred_language: Mapped[str] = mapped_column(String(2), nullable=True)
@@ -69,6 +73,17 @@ class Resident(Base):
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     erased_at: Mapped[dt.datetime | None]
+
+
+class RegistryHousehold(Base):
+    """The pseudonymous id of a registered household (세대): a random id for each registry key, made the first time a
+    resident is registered in it, so that the key itself never leaves intake."""
+
+    __tablename__ = "registry_households"
+
+    registry_key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    created_at: Mapped[dt.datetime]
 
 
 class Consent(Base):

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -29,6 +31,7 @@ from services.intake.models import (
     Notification,
     Opportunity,
     Referral,
+    RegistryHousehold,
     Representation,
     RepresentationScope,
     Resident,
@@ -133,6 +136,17 @@ class Repository:
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
+        """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
+        insert = postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        await self.session.execute(
+            insert(RegistryHousehold)
+            .values(registry_key=registry_key, id=uuid.uuid4(), created_at=now)
+            .on_conflict_do_nothing(index_elements=["registry_key"])
+        )
+        query = select(RegistryHousehold.id).where(RegistryHousehold.registry_key == registry_key)
+        return (await self.session.execute(query)).scalar_one()
 
     async def visible_resident(
         self, principal: Principal, resident_id: uuid.UUID, *, today: dt.date, for_update: bool = False

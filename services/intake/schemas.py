@@ -86,6 +86,16 @@ Address = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), AfterValidator(_storable)
 ]
 DistrictCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{5}$")]
+# The household (세대) as the resident registry keys it (e.g. the number on a 주민등록등본); staff copy it from the
+# registry. Residents registered with the same key live together.
+RegistryHouseholdKey = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9A-Za-z][0-9A-Za-z-]{0,39}$")
+]
+REGISTRY_HOUSEHOLD_DESCRIPTION = (
+    "The household (세대) the resident registry lists the resident in, as the registry keys it; staff set it from the "
+    "registry (a resident cannot). Residents with the same key live together: integrated case management takes "
+    "them on as one household."
+)
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 -]{6,19}$")]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 LifeEventCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,49}$")]
@@ -153,6 +163,7 @@ class ResidentCreate(Strict):
     district_code: DistrictCode = Field(description="Five-digit district code, e.g. 11440 (Mapo-gu)")
     address: Address
     household: list[HouseholdMemberIn] = Field(default_factory=list, max_length=20)
+    registry_household: RegistryHouseholdKey | None = Field(default=None, description=REGISTRY_HOUSEHOLD_DESCRIPTION)
     email: Email | None = None
     phone: Phone | None = None
     preferred_language: Language = Language.KO
@@ -168,6 +179,7 @@ class ResidentUpdate(Strict):
     district_code: DistrictCode | None = None
     address: Address | None = None
     household: list[HouseholdMemberIn] | None = Field(default=None, max_length=20)
+    registry_household: RegistryHouseholdKey | None = Field(default=None, description=REGISTRY_HOUSEHOLD_DESCRIPTION)
     email: Email | None = None
     phone: Phone | None = None
     preferred_language: Language | None = None
@@ -189,6 +201,10 @@ class ResidentView(BaseModel):
     district_code: str
     address: str
     household: list[HouseholdMemberView]
+    registry_household: str | None = None
+    household_id: uuid.UUID | None = Field(
+        default=None, description="The pseudonymous id of the registered household the events carry"
+    )
     email: str | None
     phone: str | None
     preferred_language: Language

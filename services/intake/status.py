@@ -56,6 +56,7 @@ from shared.events import (
     EligibilityDetermined,
     HouseholdCaseClosed,
     HouseholdCaseEventBase,
+    HouseholdCaseMemberAdded,
     HouseholdCaseOpened,
     HouseholdCasePlanChanged,
     Localized,
@@ -562,7 +563,7 @@ async def apply_household_event(repo: Repository, event: CloudEvent, data: House
                 office_code=data.office_code, plan_version=0, updated_at=now,
             )  # fmt: skip
             repo.session.add(row)
-        if isinstance(data, HouseholdCaseOpened):
+        if isinstance(data, HouseholdCaseOpened | HouseholdCaseMemberAdded):
             row.office_name = data.office_name.model_dump()
             row.opened_at = data.opened_at
         elif isinstance(data, HouseholdCasePlanChanged):

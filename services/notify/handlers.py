@@ -31,6 +31,7 @@ from shared.events import (
     EligibilityOpportunity,
     EventData,
     HouseholdCaseClosed,
+    HouseholdCaseMemberAdded,
     HouseholdCaseOpened,
     HouseholdCasePlanChanged,
     RepresentationChanged,
@@ -83,6 +84,7 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 on(CaseSlaBreached, unless_erased(messages.case_sla_breached)),
                 # A household's members, each told apart (a member erased is skipped there).
                 on(HouseholdCaseOpened, messages.household_case_opened),
+                on(HouseholdCaseMemberAdded, messages.household_case_member_added),
                 on(HouseholdCasePlanChanged, messages.household_case_plan_changed),
                 on(HouseholdCaseClosed, messages.household_case_closed),
                 on(ResidentErasureRequested, erasure.residents_part),

@@ -51,6 +51,7 @@ from shared.events import (
     EligibilityOpportunity,
     HouseholdCaseClosed,
     HouseholdCaseEventBase,
+    HouseholdCaseMemberAdded,
     HouseholdCaseOpened,
     HouseholdCasePlanChanged,
     Outcome,
@@ -249,6 +250,16 @@ class ResidentMessages:
         """Integrated case management took the household on: each member is told which team will plan with them."""
         item = {"office_code": data.office_code, "office_name": data.office_name.model_dump()}
         await self._household(session, event, data, "household_case.opened", item)
+
+    async def household_case_member_added(
+        self, session: AsyncSession, event: CloudEvent, data: HouseholdCaseMemberAdded
+    ) -> None:
+        """A resident joined a running household case: they alone are told what the others were at opening."""
+        if await resident_data.erased(session, data.resident_id):
+            return
+        item = {"office_code": data.office_code, "office_name": data.office_name.model_dump(),
+                "household_case_id": str(data.household_case_id)}  # fmt: skip
+        await self._add(Repository(session), event, data.resident_id, None, "household_case.opened", item)
 
     async def household_case_plan_changed(
         self, session: AsyncSession, event: CloudEvent, data: HouseholdCasePlanChanged

@@ -12,9 +12,12 @@ Rules:
   active cases span at least ``household_min_departments`` departments and one of them carries a flag of
   ``household_flags`` (registry vulnerabilities, or a crisis a caseworker or department flagged), or an application
   of theirs is for a crisis life event (``household_crisis_life_events``: losing a job, a death in the family). Or by
-  any caseworker at any time, naming the members. Who lives together is not in the events routing receives (intake's
-  registry copy lists household members without their resident ids): a household opened by rule has the resident
-  it was opened for, and the lead adds the other members (``POST .../members``).
+  any caseworker at any time, naming the members. Who lives together comes from the registry: the events about a
+  resident carry the pseudonymous id intake keeps for their registered household (``ResidentContext.household_id``,
+  kept in ``resident_households``), so the rule is judged over the active cases of everyone in the household and the
+  case opened holds every one of them with an active case; a housemate who comes to have a case later joins the
+  running case by itself (``household_case.member_added``, told as the others were at opening). The lead may add
+  anyone else (``POST .../members``).
 - **Where, and who leads.** The routing policy chooses the office like any case's (department ``case_management``,
   the resident's district and language), and the case weighs ``household_case_weight`` in that office's load. A
   caseworker of the office claims it and becomes its lead; a supervisor assigns or reassigns the lead.
@@ -24,8 +27,9 @@ Rules:
   exists and who leads it (``CaseOut.household``), nothing more.
 - **Plan, follow-ups, conferences.** The plan (needs by domain, goals, services with owners and dates) is replaced
   whole, each version in the history. A follow-up is due within its SLA in working days; the SLA timer records a
-  missed one once and escalates the household case to the office's supervisors. Conferences are recorded with
-  participants, decisions and actions. The history is append-only.
+  missed one once and escalates the household case to the office's supervisors; on the working day one falls due it
+  reminds the lead once (``household_case.follow_up_due``, not overdue), so that it need not be missed. Conferences
+  are recorded with participants, decisions and actions. The history is append-only.
 - **Closure** with an outcome; a check after ``household_follow_up_check_months`` becomes a follow-up of the lead.
 - The members are told (notify) at opening, at each plan change and at closure: ``household_case.*`` events.
 
@@ -55,6 +59,7 @@ from services.routing.models import (
     HouseholdEntry,
     HouseholdFollowUp,
     HouseholdMember,
+    Office,
     audit_log,
 )
 from services.routing.policy import NoOfficeServes, route
@@ -87,6 +92,7 @@ from shared.events import (
     Department,
     HouseholdCaseClosed,
     HouseholdCaseFollowUpDue,
+    HouseholdCaseMemberAdded,
     HouseholdCaseOpened,
     HouseholdCasePlanChanged,
     Localized,
@@ -127,10 +133,22 @@ async def _save(repo: Repository) -> None:
 
 
 async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID) -> HouseholdCase | None:
-    """Open a household case for the resident when the rule holds and they are in none yet (event handlers)."""
+    """Take the resident's household on when the rule holds (event handlers): the household is the residents
+    registered in it (``ResidentContext.household_id``) — the resident alone when routing knows no household of
+    theirs. When a housemate is in a running household case the resident joins it (once they have an active case);
+    otherwise the rule is judged over the active cases of everyone in the household, and the case opened holds every
+    one of them with an active case. Returns the household case opened or joined."""
     if await repo.running_household_of([resident_id]) is not None:
         return None
-    active = await repo.cases_of_residents([resident_id], active=True)
+    household = await repo.housemates(resident_id)
+    active = await repo.cases_of_residents(household, active=True)
+    with_cases = [rid for rid in household if any(c.resident_id == rid for c in active)]
+    if resident_id not in with_cases:
+        return None
+    running = await repo.running_household_of(household[1:]) if len(household) > 1 else None
+    if running is not None:
+        await _join(repo, ctx, running, resident_id, "household", SYSTEM)
+        return running
     departments = sorted({c.department for c in active})
     if len(departments) < ctx.settings.household_min_departments:
         return None
@@ -140,11 +158,12 @@ async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID
     crises = sorted((await repo.life_events(application_ids)) & ctx.settings.household_crisis_life_events)
     if not flags and not crises:
         return None
-    latest = max(active, key=lambda c: (c.created_at, str(c.id)))
+    mine = [c for c in active if c.resident_id == resident_id]
+    latest = max(mine, key=lambda c: (c.created_at, str(c.id)))
     reason = {"departments": departments, "flags": flags, "life_events": crises}
     try:
         return await _open(
-            repo, ctx, [resident_id], latest.district_code, latest.preferred_language, "automatic", SYSTEM, reason
+            repo, ctx, with_cases, latest.district_code, latest.preferred_language, "automatic", SYSTEM, reason
         )
     except NoOfficeServes as exc:
         log.warning("no office to hold a household case", extra={"resident_id": str(resident_id), "error": str(exc)})
@@ -525,20 +544,49 @@ async def add_member(
     elsewhere = await repo.running_household_of([body.resident_id])
     if elsewhere is not None:
         raise HouseholdCaseConflict("The resident is in another running household case.", elsewhere)
+    await _join(repo, ctx, household, body.resident_id, "caseworker", principal.subject)
+    return await detail(repo, ctx, principal, household, CONSENT)
+
+
+async def _join(
+    repo: Repository,
+    ctx: RoutingContext,
+    household: HouseholdCase,
+    resident_id: uuid.UUID,
+    how: Literal["household", "caseworker"],
+    actor: str,
+) -> None:
+    """The resident becomes a member of the running household case and is told, as the others were at opening."""
     now = ctx.clock.now()
     repo.session.add(
         HouseholdMember(
             household_case_id=household.id,
-            resident_id=body.resident_id,
-            open_resident_id=body.resident_id,
-            added_by=principal.subject,
+            resident_id=resident_id,
+            open_resident_id=resident_id,
+            added_by=actor,
             added_at=now,
         )
     )
     household.updated_at = now
-    repo.add_household_entry(household, principal.subject, "member_added", now, resident_id=str(body.resident_id))
+    repo.add_household_entry(household, actor, "member_added", now, resident_id=str(resident_id), how=how)
     await _save(repo)
-    return await detail(repo, ctx, principal, household, CONSENT)
+    office = await repo.office(household.office_code)
+    await ctx.outbox.emit(
+        repo.session,
+        HouseholdCaseMemberAdded(
+            **await _event_base(repo, household),
+            resident_id=resident_id,
+            office_name=_office_name(office, household),
+            how=how,
+            opened_at=household.opened_at,
+            added_at=now,
+        ),
+    )
+    log.info("household case member added", extra={"household_case_id": str(household.id), "how": how})
+
+
+def _office_name(office: Office | None, household: HouseholdCase) -> Localized:
+    return office_logic.name_of(office) if office else Localized(ko=household.office_code, en=household.office_code)
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -703,8 +751,9 @@ RepositoryFactory = Callable[[], AbstractAsyncContextManager[Repository]]
 
 
 async def sweep(repo_factory: RepositoryFactory, ctx: RoutingContext) -> int:
-    """The SLA timer's pass over household cases: each missed follow-up recorded once and escalated, each check
-    after closure that came due scheduled as a follow-up. Returns how many were recorded."""
+    """The SLA timer's pass over household cases: each missed follow-up recorded once and escalated, the lead
+    reminded once of each follow-up falling due, each check after closure that came due scheduled as a follow-up.
+    Returns how many were recorded."""
     today = ctx.clock.today()
     async with repo_factory() as repo:
         missed = await repo.missed_follow_ups(ctx.calendar.late_if_due_before(today))
@@ -716,6 +765,15 @@ async def sweep(repo_factory: RepositoryFactory, ctx: RoutingContext) -> int:
                 recorded += await _record_miss(repo, ctx, follow_up_id, today)
         except (StaleDataError, CaseChanged):
             log.info("missed follow-up not recorded this pass", extra={"follow_up_id": str(follow_up_id)})
+    # After the misses: what is late by now was recorded missed, not reminded of.
+    async with repo_factory() as repo:
+        falling_due = await repo.follow_ups_falling_due(ctx.calendar.late_if_due_before(today), today)
+    for follow_up_id in falling_due:
+        try:
+            async with repo_factory() as repo:
+                recorded += await _remind(repo, ctx, follow_up_id, today)
+        except (StaleDataError, CaseChanged):
+            log.info("follow-up reminder not sent this pass", extra={"follow_up_id": str(follow_up_id)})
     for household_case_id in checks:
         try:
             async with repo_factory() as repo:
@@ -758,6 +816,41 @@ async def _record_miss(repo: Repository, ctx: RoutingContext, follow_up_id: uuid
         ),
     )
     log.warning("household follow-up missed", extra={"household_case_id": str(household.id)})
+    return 1
+
+
+async def _remind(repo: Repository, ctx: RoutingContext, follow_up_id: uuid.UUID, today: dt.date) -> int:
+    """The follow-up falls due today (or fell due on a day the office was closed and is not late yet): the lead is
+    reminded once, before it can be missed."""
+    follow_up = await repo.follow_up_for_update(follow_up_id)
+    if follow_up is None or follow_up.done_at is not None or follow_up.missed_on or follow_up.reminded_on:
+        return 0
+    if follow_up.due_date > today or ctx.calendar.is_late(follow_up.due_date, today):
+        return 0
+    household = await repo.household_for_update(follow_up.household_case_id)
+    assert household is not None
+    if not household.is_running:
+        return 0
+    now = ctx.clock.now()
+    follow_up.reminded_on = today
+    household.updated_at = now
+    repo.add_household_entry(
+        household, TIMER, "follow_up_due", now, follow_up_id=str(follow_up.id), owner=follow_up.owner,
+        due_date=follow_up.due_date.isoformat(),
+    )  # fmt: skip
+    await _save(repo)
+    await ctx.outbox.emit(
+        repo.session,
+        HouseholdCaseFollowUpDue(
+            **await _event_base(repo, household),
+            follow_up_id=follow_up.id,
+            kind=FOLLOW_UP,
+            due_date=follow_up.due_date,
+            overdue=False,
+            escalated=False,
+            at=now,
+        ),
+    )
     return 1
 
 

@@ -359,6 +359,18 @@ class Referral(Base):
 # ---------------------------------------------------------------------------------------------- erasure
 
 
+class ResidentHousehold(Base):
+    """The registered household (세대) a resident lives in, by the pseudonymous id intake keeps for it, as the latest
+    event about the resident carried it (``ResidentContext.household_id``): residents with the same id live together,
+    and integrated case management takes them on together."""
+
+    __tablename__ = "resident_households"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    household_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    seen_at: Mapped[dt.datetime]
+
+
 class ResidentErasure(Base):
     """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
     (retention.yaml). While it stays, an event about the resident arriving late is not stored again."""
@@ -481,6 +493,8 @@ class HouseholdFollowUp(Base):
     done_by: Mapped[str | None] = mapped_column(String(255))
     result: Mapped[str | None] = mapped_column(Text)
     missed_on: Mapped[dt.date | None] = mapped_column(Date)
+    # The working day the lead was reminded it falls due (once, before it can be missed).
+    reminded_on: Mapped[dt.date | None] = mapped_column(Date)
     created_by: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime]
     version: Mapped[int] = mapped_column(Integer)

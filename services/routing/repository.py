@@ -33,6 +33,7 @@ from services.routing.models import (
     ReferralStatus,
     ResidentConsents,
     ResidentFeedback,
+    ResidentHousehold,
     SlaBreach,
 )
 from services.routing.schemas import QueueSort
@@ -515,6 +516,30 @@ class Repository:
         )
         return (await self.session.execute(query)).scalar_one_or_none()
 
+    async def note_household(self, resident_id: uuid.UUID, household_id: uuid.UUID | None, at: dt.datetime) -> None:
+        """Unscoped (event handlers): the registered household the resident lives in, as of the event at ``at`` (an
+        older event does not undo a newer one; an event without one says nothing)."""
+        if household_id is None:
+            return
+        row = await self.session.get(ResidentHousehold, resident_id, with_for_update=True)
+        if row is None:
+            self.session.add(ResidentHousehold(resident_id=resident_id, household_id=household_id, seen_at=at))
+        elif at >= row.seen_at:
+            row.household_id, row.seen_at = household_id, at
+        await self.session.flush()
+
+    async def housemates(self, resident_id: uuid.UUID) -> list[uuid.UUID]:
+        """Unscoped: the residents registered in the resident's household (the resident first); only the resident
+        when routing knows no household of theirs."""
+        mine = select(ResidentHousehold.household_id).where(ResidentHousehold.resident_id == resident_id)
+        query = (
+            select(ResidentHousehold.resident_id)
+            .where(ResidentHousehold.household_id == mine.scalar_subquery())
+            .order_by(ResidentHousehold.seen_at, ResidentHousehold.resident_id)
+        )
+        others = [rid for rid in (await self.session.execute(query)).scalars().all() if rid != resident_id]
+        return [resident_id, *others]
+
     async def household_members(self, household_case_id: uuid.UUID) -> Sequence[HouseholdMember]:
         query = select(HouseholdMember).where(HouseholdMember.household_case_id == household_case_id)
         return (await self.session.execute(query.order_by(HouseholdMember.id))).scalars().all()
@@ -603,6 +628,26 @@ class Repository:
                 HouseholdFollowUp.missed_on.is_(None),
                 HouseholdFollowUp.kind == "follow_up",
                 HouseholdFollowUp.due_date < due_before,
+            )
+            .order_by(HouseholdFollowUp.due_date, HouseholdFollowUp.id)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def follow_ups_falling_due(
+        self, not_late_from: dt.date, today: dt.date, limit: int = 500
+    ) -> Sequence[uuid.UUID]:
+        """Follow-ups not done that fall due by ``today`` and are not late yet (due on or after ``not_late_from``),
+        whose lead was not reminded yet (the timer's)."""
+        query = (
+            select(HouseholdFollowUp.id)
+            .where(
+                HouseholdFollowUp.done_at.is_(None),
+                HouseholdFollowUp.missed_on.is_(None),
+                HouseholdFollowUp.reminded_on.is_(None),
+                HouseholdFollowUp.kind == "follow_up",
+                HouseholdFollowUp.due_date >= not_late_from,
+                HouseholdFollowUp.due_date <= today,
             )
             .order_by(HouseholdFollowUp.due_date, HouseholdFollowUp.id)
             .limit(limit)

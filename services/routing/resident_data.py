@@ -40,6 +40,7 @@ from services.routing.models import (
     ResidentConsents,
     ResidentErasure,
     ResidentFeedback,
+    ResidentHousehold,
     SlaBreach,
     audit_log,
     platform,
@@ -238,7 +239,9 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
 
 
 async def _erase_household_membership(session: AsyncSession, rid: uuid.UUID) -> int:
-    """The resident leaves every household case; one left without members goes whole."""
+    """The resident leaves every household case (one left without members goes whole) and the household they are
+    registered in is forgotten."""
+    await _delete(session, ResidentHousehold, ResidentHousehold.resident_id == rid)
     memberships = await _all(session, HouseholdMember, HouseholdMember.resident_id == rid)
     await _delete(session, HouseholdMember, HouseholdMember.resident_id == rid)
     for membership in memberships:

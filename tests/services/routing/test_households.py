@@ -29,6 +29,7 @@ LEAD = {"subject": "caseworker:mina", "offices": ["JONGNO-HOPE"]}
 OTHER_HOPE = {"subject": "caseworker:joon", "offices": ["JONGNO-HOPE"]}
 HOPE_SUPERVISOR = {"subject": "staff:jongno-hope-lead", "offices": ["JONGNO-HOPE"]}
 WELFARE = {"subject": "caseworker:alice", "offices": ["JONGNO-CSC"]}
+CRISIS = ("crisis",)
 
 
 def crisis_household(
@@ -197,13 +198,22 @@ async def test_a_household_from_opening_to_closure(routing: RunningService) -> N
     assert follow_up["due_date"] == "2025-10-13"
     assert follow_up["owner"] == "caseworker:mina"
     clock = context(routing).clock
-    clock.fixed_today = dt.date(2025, 10, 13)  # the due date itself: on time all day
+    clock.fixed_today = dt.date(2025, 10, 10)  # the working day before it falls due: nothing yet
     await timer(routing).sweep()
     assert await emitted(routing, "household_case.follow_up_due") == []
+    clock.fixed_today = dt.date(2025, 10, 13)  # the due date itself: on time all day, and the lead is reminded once
+    await timer(routing).sweep()
+    await timer(routing).sweep()
+    [reminder] = await emitted(routing, "household_case.follow_up_due")
+    assert (reminder["follow_up_id"], reminder["overdue"], reminder["escalated"], reminder["due_date"]) == (
+        follow_up["id"], False, False, "2025-10-13")  # fmt: skip
+    body = (await call(routing, "GET", f"/v1/household-cases/{hid}", LEAD)).json()
+    assert body["escalated"] is False
+    assert body["history"][-1]["action"] == "follow_up_due"
     clock.fixed_today = dt.date(2025, 10, 14)
     await timer(routing).sweep()
     await timer(routing).sweep()  # a second pass records nothing more
-    [due] = await emitted(routing, "household_case.follow_up_due")
+    [_reminder, due] = await emitted(routing, "household_case.follow_up_due")
     assert (due["follow_up_id"], due["overdue"], due["escalated"], due["kind"]) == (
         follow_up["id"], True, True, "follow_up")  # fmt: skip
     body = (await call(routing, "GET", f"/v1/household-cases/{hid}", LEAD)).json()
@@ -239,7 +249,8 @@ async def test_a_household_from_opening_to_closure(routing: RunningService) -> N
     clock.fixed_today = dt.date(2026, 1, 14)
     await timer(routing).sweep()
     dues = await emitted(routing, "household_case.follow_up_due")
-    assert [d["kind"] for d in dues] == ["follow_up", "closure_check"]
+    assert [(d["kind"], d["overdue"]) for d in dues] == [
+        ("follow_up", False), ("follow_up", True), ("closure_check", False)]  # fmt: skip
     body = (await call(routing, "GET", f"/v1/household-cases/{hid}", LEAD)).json()
     assert [f["kind"] for f in body["follow_ups"]][-1] == "closure_check"
     # The history only grew: every step is in it, in order.
@@ -330,3 +341,49 @@ async def test_a_caseworker_opens_one_and_bad_input_writes_nothing(routing: Runn
     [household] = await households_of(routing)
     assert (household.plan_version, household.status) == (version, "active")
     assert await emitted(routing, "household_case.plan_changed") == []
+
+
+async def test_the_registered_household_is_taken_on_together(routing: RunningService) -> None:
+    """Who lives together comes with the events (the registered household's pseudonymous id): the rule is judged over
+    the household's cases, the case opened holds every member with an active case, and a member who comes to have a
+    case later joins it by themselves — never a resident of another household."""
+    household_id, elsewhere = uuid.uuid4(), uuid.uuid4()
+    father, mother, daughter, neighbour = (uuid.uuid4() for _ in range(4))
+    # The father lost his job (welfare, a crisis flag); nothing opens for one department.
+    await feed(routing, determined(uuid.uuid4(), [program("livelihood_emergency", department="welfare")],
+                                   resident_id=father, vulnerability=CRISIS, household_id=household_id))  # fmt: skip
+    # A neighbour with a case in another department lives elsewhere: still nothing.
+    await feed(routing, determined(uuid.uuid4(), [program("medical_aid", department="health")],
+                                   resident_id=neighbour, household_id=elsewhere))  # fmt: skip
+    assert await households_of(routing) == []
+    # The mother applies to another department's program: the household now has cases in two departments and a
+    # crisis flag — one household case opens, holding both.
+    await feed(routing, determined(uuid.uuid4(), [program("job_seeker", department="labour")],
+                                   resident_id=mother, household_id=household_id))  # fmt: skip
+    [household] = await households_of(routing)
+    [opened] = await emitted(routing, "household_case.opened")
+    assert opened["member_ids"] == [str(mother), str(father)]
+    assert set(opened["departments"]) == {"welfare", "labour"}
+    assert household.opened_reason["flags"] == ["crisis"]
+    # The daughter applies later: she joins the running case and is announced (to be told, and shown in her status).
+    await feed(routing, determined(uuid.uuid4(), [program("rent_support", department="housing")],
+                                   resident_id=daughter, household_id=household_id))  # fmt: skip
+    assert len(await households_of(routing)) == 1
+    [joined] = await emitted(routing, "household_case.member_added")
+    assert (joined["resident_id"], joined["how"], joined["household_case_id"]) == (
+        str(daughter), "household", str(household.id))  # fmt: skip
+    assert set(joined["member_ids"]) == {str(mother), str(father), str(daughter)}
+    # No personal data travels: pseudonymous ids, the district and the office only.
+    assert set(joined) - {"_type"} == {"household_case_id", "member_ids", "district_code", "office_code",
+                                       "resident_id", "office_name", "how", "opened_at", "added_at"}  # fmt: skip
+    # Another determination of a member changes nothing; the neighbour is in no household case.
+    await feed(routing, determined(uuid.uuid4(), [program("medical_aid", department="health")],
+                                   resident_id=daughter, household_id=household_id))  # fmt: skip
+    await feed(routing, determined(uuid.uuid4(), [program("medical_aid", department="health")],
+                                   resident_id=neighbour, household_id=elsewhere, vulnerability=CRISIS))  # fmt: skip
+    assert len(await emitted(routing, "household_case.member_added")) == 1
+    [household] = await households_of(routing)
+    body = (await call(routing, "GET", f"/v1/household-cases/{household.id}", HOPE_SUPERVISOR, "supervisor")).json()
+    assert [m["resident_id"] for m in body["members"]] == [str(mother), str(father), str(daughter)]
+    assert [m["added_by"] for m in body["members"]] == ["system:routing"] * 3
+    assert body["history"][-1]["details"] == {"resident_id": str(daughter), "how": "household"}
