@@ -95,6 +95,7 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
             "district_code": "11440",
             "preferred_language": "ko",
             "vulnerability": ["low_income"],
+            "household_id": None,
         }
         assert submitted.data["answers"] == application["answers"]
         assert submitted.data["filed_by"] is None
