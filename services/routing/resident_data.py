@@ -138,6 +138,11 @@ async def part(
         "consents": rows_data([c] if (c := await repo.resident_consents(resident_id)) else []),
         "feedback": rows_data(feedback),
         "access_log": [dict(e) for e in log_entries],
+        # The household the registry lists them in (its pseudonymous id) and the household cases they are a member of.
+        "registered_household": rows_data([h] if (h := await session.get(ResidentHousehold, resident_id)) else []),
+        "household_memberships": rows_data(
+            await _all(session, HouseholdMember, HouseholdMember.resident_id == resident_id)
+        ),
     }
     withheld = (
         [Withheld(record_type="case_notes", count=withheld_notes, reason=NOTES_WITHHELD, legal_basis=NOTES_BASIS)]

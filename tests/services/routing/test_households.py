@@ -387,3 +387,8 @@ async def test_the_registered_household_is_taken_on_together(routing: RunningSer
     assert [m["resident_id"] for m in body["members"]] == [str(mother), str(father), str(daughter)]
     assert [m["added_by"] for m in body["members"]] == ["system:routing"] * 3
     assert body["history"][-1]["details"] == {"resident_id": str(daughter), "how": "household"}
+    # The daughter's export holds the household she is registered in and her membership.
+    own = routing.auth("resident", resident_id=daughter)
+    part = (await routing.client.get(f"/v1/residents/{daughter}/data", headers=own)).json()["records"]
+    assert [r["household_id"] for r in part["registered_household"]] == [str(household_id)]
+    assert [r["household_case_id"] for r in part["household_memberships"]] == [str(household.id)]
