@@ -48,6 +48,7 @@ from services.intake.models import (
     Notification,
     Opportunity,
     Referral,
+    RegistryHousehold,
     Representation,
     RepresentationScope,
     Resident,
@@ -285,8 +286,14 @@ async def erase_own(
     )
     # The record becomes a stub; the contact details stay until the resident was told the result (purge).
     post = "post" in (resident.preferred_channels or [])
+    household_id = resident.household_id
     for column in ("birth_date", "district_code", "household", "registry_household", "household_id", "vulnerability"):
         setattr(resident, column, None)
+    await session.flush()
+    # The registered household's key goes with the last of its residents intake holds.
+    others = select(func.count()).where(Resident.household_id == household_id, Resident.id != rid)
+    if household_id is not None and not await session.scalar(others):
+        await _delete(session, RegistryHousehold, RegistryHousehold.id == household_id)
     if not post:
         setattr(resident, "name", None)  # noqa: B010 (typed for a live record: see models.Resident)
         setattr(resident, "address", None)  # noqa: B010
