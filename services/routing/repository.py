@@ -518,13 +518,16 @@ class Repository:
 
     async def note_household(self, resident_id: uuid.UUID, household_id: uuid.UUID | None, at: dt.datetime) -> None:
         """Unscoped (event handlers): the registered household the resident lives in, as of the event at ``at`` (an
-        older event does not undo a newer one; an event without one says nothing)."""
-        if household_id is None:
-            return
+        older event does not undo a newer one; a newer one without a household says the registry lists none)."""
         row = await self.session.get(ResidentHousehold, resident_id, with_for_update=True)
-        if row is None:
+        if row is not None and at < row.seen_at:
+            return
+        if household_id is None:
+            if row is not None:
+                await self.session.delete(row)
+        elif row is None:
             self.session.add(ResidentHousehold(resident_id=resident_id, household_id=household_id, seen_at=at))
-        elif at >= row.seen_at:
+        else:
             row.household_id, row.seen_at = household_id, at
         await self.session.flush()
 

@@ -392,3 +392,7 @@ async def test_the_registered_household_is_taken_on_together(routing: RunningSer
     part = (await routing.client.get(f"/v1/residents/{daughter}/data", headers=own)).json()["records"]
     assert [r["household_id"] for r in part["registered_household"]] == [str(household_id)]
     assert [r["household_case_id"] for r in part["household_memberships"]] == [str(household.id)]
+    # The registry no longer lists her in a household (a newer event without one): routing forgets it.
+    await feed(routing, determined(uuid.uuid4(), [program("medical_aid", department="health")], resident_id=daughter))
+    part = (await routing.client.get(f"/v1/residents/{daughter}/data", headers=own)).json()["records"]
+    assert part["registered_household"] == []
