@@ -147,6 +147,9 @@ class ResidentContext(BaseModel):
     district_code: str
     preferred_language: Language = Language.KO
     vulnerability: list[Vulnerability] = []
+    # The registered household (세대) the resident lives in, by a pseudonymous id intake keeps for it: residents with
+    # the same id live together (routing's integrated case management links them). None: not known from the registry.
+    household_id: uuid.UUID | None = None
 
 
 class HouseholdMember(BaseModel):
@@ -750,6 +753,98 @@ class OutreachClosed(OutreachEventBase):
     closed_at: dt.datetime
 
 
+# ------------------------------------------------------------------------------------------------ household cases
+
+
+class HouseholdCaseOutcome(StrEnum):
+    """How integrated case management (통합사례관리) of a household ended."""
+
+    GOALS_MET = "goals_met"
+    MOVED_AWAY = "moved_away"
+    DECLINED = "declined"
+    REFERRED_ON = "referred_on"
+
+
+class NeedDomain(StrEnum):
+    """The domains a household's needs are assessed in (통합사례관리 욕구 사정 영역)."""
+
+    INCOME = "income"
+    HOUSING = "housing"
+    HEALTH = "health"
+    CARE = "care"
+    EMPLOYMENT = "employment"
+    EDUCATION = "education"
+
+
+class HouseholdCaseEventBase(EventData):
+    """A household's integrated case: one per household, above its members' department cases (which it references,
+    never copies). ``member_ids`` are the members' pseudonymous resident ids; nothing else about them travels."""
+
+    household_case_id: uuid.UUID
+    member_ids: list[uuid.UUID]
+    district_code: str
+    office_code: str
+
+
+class HouseholdCaseOpened(HouseholdCaseEventBase):
+    """A household case was opened, by the rule (open cases in two or more departments with a vulnerability or
+    crisis flag) or by a caseworker; it waits in the district's integrated case-management office for a lead."""
+
+    event_type: ClassVar[str] = "household_case.opened"
+    office_name: Localized
+    trigger: Literal["automatic", "caseworker"]
+    departments: list[str]
+    opened_at: dt.datetime
+
+
+class HouseholdCaseMemberAdded(HouseholdCaseEventBase):
+    """A resident joined a running household case: one registered in the household who came to have a case (by the
+    rule), or one a lead added. ``resident_id`` is the new member (also in ``member_ids``); they are told as the
+    others were at opening."""
+
+    event_type: ClassVar[str] = "household_case.member_added"
+    resident_id: uuid.UUID
+    office_name: Localized
+    how: Literal["household", "caseworker"]
+    opened_at: dt.datetime
+    added_at: dt.datetime
+
+
+class HouseholdCasePlanChanged(HouseholdCaseEventBase):
+    """The household's shared plan changed (a new version): needs by domain, goals, and the services to reach
+    them."""
+
+    event_type: ClassVar[str] = "household_case.plan_changed"
+    plan_version: int = Field(ge=1)
+    domains: list[NeedDomain]
+    goals: int = Field(ge=0)
+    services: int = Field(ge=0)
+    changed_at: dt.datetime
+
+
+class HouseholdCaseFollowUpDue(HouseholdCaseEventBase):
+    """A follow-up of the household case is due: on the working day it falls due (a reminder, once: ``overdue``
+    false), when the lead missed it (past its SLA, ``overdue`` and escalated to the office's supervisors), or the
+    check months after closure."""
+
+    event_type: ClassVar[str] = "household_case.follow_up_due"
+    follow_up_id: uuid.UUID
+    kind: Literal["follow_up", "closure_check"]
+    due_date: dt.date
+    overdue: bool
+    escalated: bool
+    at: dt.datetime
+
+
+class HouseholdCaseClosed(HouseholdCaseEventBase):
+    """The household case ended with an outcome; a check follows on ``follow_up_check_on``."""
+
+    event_type: ClassVar[str] = "household_case.closed"
+    outcome: HouseholdCaseOutcome
+    follow_up_check_on: dt.date
+    closed_at: dt.datetime
+
+
 # ------------------------------------------------------------------------------------------------ referrals
 
 
@@ -981,6 +1076,11 @@ CATALOGUE: dict[str, EventSpec] = {
         _spec(OutreachOpened, "routing"),
         _spec(OutreachVisited, "routing"),
         _spec(OutreachClosed, "routing"),
+        _spec(HouseholdCaseOpened, "routing"),
+        _spec(HouseholdCaseMemberAdded, "routing"),
+        _spec(HouseholdCasePlanChanged, "routing"),
+        _spec(HouseholdCaseFollowUpDue, "routing"),
+        _spec(HouseholdCaseClosed, "routing"),
         _spec(ReferralCreated, "routing", ReferralCreatedPartnerView, addressed=True),
         _spec(ReferralAccepted, "routing", ReferralAcceptedPartnerView, addressed=True),
         _spec(ReferralDeclined, "routing", ReferralDeclinedPartnerView, addressed=True),

@@ -275,6 +275,7 @@ async def submit(
                 district_code=resident.district_code,
                 preferred_language=Language(resident.preferred_language),
                 vulnerability=[Vulnerability(v) for v in resident.vulnerability],
+                household_id=resident.household_id,
             ),
             program_codes=[offer[1]] if offer is not None else [],
             opportunity_id=offer[0] if offer is not None else None,
@@ -305,7 +306,8 @@ async def submit(
             purpose=purpose_of(authority) if authority is not None else PURPOSE_ASSISTED_APPLICATION,
             authority=authority,
         )
-    return new_application_view(application, received)
+    # The resident's household case (if one runs) shows in every view of their applications, this one too.
+    return new_application_view(application, received, await repo.household_case_of(resident.id))
 
 
 def _by(authority: Authority | None) -> dict[str, str]:

@@ -44,9 +44,11 @@ from services.intake.models import (
     ErasureConfirmation,
     ErasureRequest,
     Feedback,
+    HouseholdCaseStatus,
     Notification,
     Opportunity,
     Referral,
+    RegistryHousehold,
     Representation,
     RepresentationScope,
     Resident,
@@ -274,6 +276,7 @@ async def erase_own(
         else:
             await destroy_application(session, application.id)
             erased["applications_without_decision"] += 1
+    erased["household_cases"] = await _delete(session, HouseholdCaseStatus, HouseholdCaseStatus.resident_id == rid)
     erased["data_exports"] = await _delete(session, DataExport, DataExport.resident_id == rid)
     keys, dead = platform.idempotency_keys, platform.dead_letters
     erased["stored_answers"] = int(
@@ -283,8 +286,14 @@ async def erase_own(
     )
     # The record becomes a stub; the contact details stay until the resident was told the result (purge).
     post = "post" in (resident.preferred_channels or [])
-    for column in ("birth_date", "district_code", "household", "vulnerability"):
+    household_id = resident.household_id
+    for column in ("birth_date", "district_code", "household", "registry_household", "household_id", "vulnerability"):
         setattr(resident, column, None)
+    await session.flush()
+    # The registered household's key goes with the last of its residents intake holds.
+    others = select(func.count()).where(Resident.household_id == household_id, Resident.id != rid)
+    if household_id is not None and not await session.scalar(others):
+        await _delete(session, RegistryHousehold, RegistryHousehold.id == household_id)
     if not post:
         setattr(resident, "name", None)  # noqa: B010 (typed for a live record: see models.Resident)
         setattr(resident, "address", None)  # noqa: B010

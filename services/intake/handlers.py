@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.intake import erasure, opportunities
 from services.intake.context import IntakeContext
 from services.intake.repository import Repository
-from services.intake.status import apply_case_event, apply_determination, apply_notification, apply_referral_event
+from services.intake.status import (
+    apply_case_event,
+    apply_determination,
+    apply_household_event,
+    apply_notification,
+    apply_referral_event,
+)
 from shared.consumer import Apply, Subscription, on
 from shared.events import (
     CaseAssigned,
@@ -29,6 +35,10 @@ from shared.events import (
     EligibilityDetermined,
     EligibilityOpportunity,
     EventData,
+    HouseholdCaseClosed,
+    HouseholdCaseMemberAdded,
+    HouseholdCaseOpened,
+    HouseholdCasePlanChanged,
     NotificationFailed,
     NotificationSent,
     ReferralAccepted,
@@ -53,6 +63,7 @@ CASE_EVENTS = (
     CaseClosed,
 )
 
+HOUSEHOLD_EVENTS = (HouseholdCaseOpened, HouseholdCaseMemberAdded, HouseholdCasePlanChanged, HouseholdCaseClosed)
 REFERRAL_EVENTS = (ReferralCreated, ReferralAccepted, ReferralDeclined, ReferralCompleted)
 
 
@@ -80,6 +91,7 @@ def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
                 on(EligibilityDetermined, _with_repository(apply_determination)),
                 *(on(model, _with_repository(apply_case_event)) for model in CASE_EVENTS),
                 *(on(model, _with_repository(apply_referral_event)) for model in REFERRAL_EVENTS),
+                *(on(model, _with_repository(apply_household_event)) for model in HOUSEHOLD_EVENTS),
                 on(NotificationSent, _with_repository(apply_notification)),
                 on(NotificationFailed, _with_repository(apply_notification)),
             ],

@@ -56,6 +56,10 @@ class Resident(Base):
     district_code: Mapped[str] = mapped_column(String(5), nullable=True)
     address: Mapped[str] = mapped_column(String(500), nullable=True)
     household: Mapped[list[Any]] = mapped_column(JSON, nullable=True)
+    # The household (세대) the registry lists the resident in: its key as the registry gives it (staff copy it), and
+    # the pseudonymous id events carry for it (``RegistryHousehold``). Residents with the same id live together.
+    registry_household: Mapped[str | None] = mapped_column(String(40))
+    household_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     email: Mapped[str | None] = mapped_column(String(254))
     phone: Mapped[str | None] = mapped_column(String(32))
     preferred_language: Mapped[str] = mapped_column(String(2), nullable=True)
@@ -69,6 +73,17 @@ class Resident(Base):
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
     erased_at: Mapped[dt.datetime | None]
+
+
+class RegistryHousehold(Base):
+    """The pseudonymous id of a registered household (세대): a random id for each registry key, made the first time a
+    resident is registered in it, so that the key itself never leaves intake."""
+
+    __tablename__ = "registry_households"
+
+    registry_key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(unique=True)
+    created_at: Mapped[dt.datetime]
 
 
 class Consent(Base):
@@ -453,3 +468,23 @@ class ErasureConfirmation(Base):
     erased: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     kept: Mapped[list[Any]] = mapped_column(JSON, default=list)
     erased_at: Mapped[dt.datetime | None]
+
+
+class HouseholdCaseStatus(Base):
+    """A household case (integrated case management, routing's ``household_case.*`` events) as each member sees it in
+    their status: whichever event arrives first creates the row; a closed one is never reopened by a late event."""
+
+    __tablename__ = "household_cases"
+
+    household_case_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True, index=True)
+    # open | closed (a lead working it is routing's business; the member sees the team and the plan's version)
+    status: Mapped[str] = mapped_column(String(10))
+    office_code: Mapped[str] = mapped_column(String(50))
+    office_name: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    plan_version: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    follow_up_check_on: Mapped[dt.date | None] = mapped_column(Date)
+    opened_at: Mapped[dt.datetime | None]
+    closed_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime]

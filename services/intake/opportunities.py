@@ -193,6 +193,7 @@ def resident_context(resident: Resident, settings: IntakeSettings, today: dt.dat
         district_code=resident.district_code,
         preferred_language=Language(resident.preferred_language),
         vulnerability=flags,
+        household_id=resident.household_id,
     )
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -25,9 +27,11 @@ from services.intake.models import (
     ErasureConfirmation,
     ErasureRequest,
     Feedback,
+    HouseholdCaseStatus,
     Notification,
     Opportunity,
     Referral,
+    RegistryHousehold,
     Representation,
     RepresentationScope,
     Resident,
@@ -132,6 +136,17 @@ class Repository:
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
+        """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
+        insert = postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        await self.session.execute(
+            insert(RegistryHousehold)
+            .values(registry_key=registry_key, id=uuid.uuid4(), created_at=now)
+            .on_conflict_do_nothing(index_elements=["registry_key"])
+        )
+        query = select(RegistryHousehold.id).where(RegistryHousehold.registry_key == registry_key)
+        return (await self.session.execute(query)).scalar_one()
 
     async def visible_resident(
         self, principal: Principal, resident_id: uuid.UUID, *, today: dt.date, for_update: bool = False
@@ -278,6 +293,21 @@ class Repository:
 
     async def referral(self, referral_id: uuid.UUID) -> Referral | None:
         return await self.session.get(Referral, referral_id)
+
+    async def household_case_status(
+        self, household_case_id: uuid.UUID, resident_id: uuid.UUID
+    ) -> HouseholdCaseStatus | None:
+        return await self.session.get(HouseholdCaseStatus, (household_case_id, resident_id))
+
+    async def household_case_of(self, resident_id: uuid.UUID) -> HouseholdCaseStatus | None:
+        """The resident's household case: the running one, else the latest closed."""
+        query = (
+            select(HouseholdCaseStatus)
+            .where(HouseholdCaseStatus.resident_id == resident_id)
+            .order_by(HouseholdCaseStatus.closed_at.is_(None).desc(), HouseholdCaseStatus.updated_at.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
 
     async def referrals(self, application_id: uuid.UUID) -> list[Referral]:
         query = (

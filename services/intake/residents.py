@@ -93,6 +93,18 @@ def _household(members: Sequence[HouseholdMemberIn]) -> list[dict[str, Any]]:
     return [m.model_dump(mode="json") for m in members]
 
 
+def _may_set_registry_household(principal: Principal, given: bool) -> None:
+    """Who lives together is the registry's word, copied by staff: a resident naming a household could join a
+    stranger's household case (and be told of it)."""
+    if given and not principal.is_staff:
+        raise Forbidden("The registered household (registry_household) is set by staff from the resident registry.")
+
+
+async def _set_registry_household(repo: Repository, resident: Resident, key: str | None, now: dt.datetime) -> None:
+    resident.registry_household = key
+    resident.household_id = None if key is None else await repo.registry_household_id(key, now)
+
+
 def registry_event(resident: Resident) -> ResidentUpdated:
     return ResidentUpdated(
         resident_id=resident.id,
@@ -118,6 +130,7 @@ async def register(
     errors += _contact_errors(body.preferred_channels, body.email, body.phone)
     if errors:
         raise _invalid(errors)
+    _may_set_registry_household(principal, body.registry_household is not None)
     if principal.role is Role.RESIDENT:
         assert principal.resident_id is not None  # guaranteed by token verification
         resident_id = principal.resident_id
@@ -147,6 +160,7 @@ async def register(
         created_at=now,
         updated_at=now,
     )
+    await _set_registry_household(repo, resident, body.registry_household, now)
     repo.session.add(resident)
     try:
         await repo.session.flush()
@@ -204,6 +218,7 @@ async def update(
     """Change the fields given; a change the registry keeps is announced (``resident.updated``)."""
     resident = await visible(repo, principal, resident_id, today, for_update=True)
     purpose, authority = await resident_read_purpose(repo, principal, resident, today)
+    _may_set_registry_household(principal, "registry_household" in body.model_fields_set)
     await _apply_update(repo, outbox, resident, body, today)
     await record_access(
         repo,
@@ -241,6 +256,8 @@ async def _apply_update(
             values[name] = _unique(value)
         elif name == "vulnerability":
             values[name] = [v.value for v in _unique(value)]
+        elif name == "registry_household":
+            continue  # below: it has an id of its own
         else:
             values[name] = value
     channels = values.get("preferred_channels") or resident.preferred_channels
@@ -251,12 +268,16 @@ async def _apply_update(
         raise _invalid(errors)
 
     changed = {name for name, value in values.items() if getattr(resident, name) != value}
+    now = dt.datetime.now(dt.UTC)
+    if "registry_household" in given and body.registry_household != resident.registry_household:
+        await _set_registry_household(repo, resident, body.registry_household, now)
+        changed.add("registry_household")
     if not changed:
         return
-    for name in changed:
+    for name in changed - {"registry_household"}:
         setattr(resident, name, values[name])
     resident.version += 1
-    resident.updated_at = dt.datetime.now(dt.UTC)
+    resident.updated_at = now
     await repo.session.flush()
     if changed & REGISTRY_FIELDS:
         await outbox.emit(repo.session, registry_event(resident), subject=str(resident.id))
@@ -270,6 +291,8 @@ def view(resident: Resident, consents: Sequence[Consent]) -> ResidentView:
         district_code=resident.district_code,
         address=resident.address,
         household=[HouseholdMemberView.model_validate(m) for m in resident.household],
+        registry_household=resident.registry_household,
+        household_id=resident.household_id,
         email=resident.email,
         phone=resident.phone,
         preferred_language=Language(resident.preferred_language),

@@ -86,6 +86,16 @@ Address = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500), AfterValidator(_storable)
 ]
 DistrictCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{5}$")]
+# The household (세대) as the resident registry keys it (e.g. the number on a 주민등록등본); staff copy it from the
+# registry. Residents registered with the same key live together.
+RegistryHouseholdKey = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9A-Za-z][0-9A-Za-z-]{0,39}$")
+]
+REGISTRY_HOUSEHOLD_DESCRIPTION = (
+    "The household (세대) the resident registry lists the resident in, as the registry keys it; staff set it from the "
+    "registry (a resident cannot). Residents with the same key live together: integrated case management takes "
+    "them on as one household."
+)
 Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+?[0-9][0-9 -]{6,19}$")]
 Email = Annotated[EmailStr, StringConstraints(max_length=254)]
 LifeEventCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,49}$")]
@@ -99,8 +109,10 @@ Reason = Annotated[
 
 # partner:<partner id> lets that partner receive every event type it is granted about the resident;
 # partner:<partner id>:<event type> only that type (one of the partner-visible types about a resident).
+# case_management: the district's integrated case-management team (통합사례관리) sees the resident's cases in every
+# department when their household is taken on (routing's households.py).
 PURPOSE_PATTERN = (
-    r"^(proactive_screening|department_data:(" + "|".join(d.value for d in Department) + r")"
+    r"^(proactive_screening|case_management|department_data:(" + "|".join(d.value for d in Department) + r")"
     r"|partner:[a-z0-9][a-z0-9_-]{0,63}(:[a-z][a-z0-9_.]{2,79})?)$"
 )
 
@@ -151,6 +163,7 @@ class ResidentCreate(Strict):
     district_code: DistrictCode = Field(description="Five-digit district code, e.g. 11440 (Mapo-gu)")
     address: Address
     household: list[HouseholdMemberIn] = Field(default_factory=list, max_length=20)
+    registry_household: RegistryHouseholdKey | None = Field(default=None, description=REGISTRY_HOUSEHOLD_DESCRIPTION)
     email: Email | None = None
     phone: Phone | None = None
     preferred_language: Language = Language.KO
@@ -166,6 +179,7 @@ class ResidentUpdate(Strict):
     district_code: DistrictCode | None = None
     address: Address | None = None
     household: list[HouseholdMemberIn] | None = Field(default=None, max_length=20)
+    registry_household: RegistryHouseholdKey | None = Field(default=None, description=REGISTRY_HOUSEHOLD_DESCRIPTION)
     email: Email | None = None
     phone: Phone | None = None
     preferred_language: Language | None = None
@@ -187,6 +201,10 @@ class ResidentView(BaseModel):
     district_code: str
     address: str
     household: list[HouseholdMemberView]
+    registry_household: str | None = None
+    household_id: uuid.UUID | None = Field(
+        default=None, description="The pseudonymous id of the registered household the events carry"
+    )
     email: str | None
     phone: str | None
     preferred_language: Language
@@ -479,6 +497,21 @@ class ApplicationSummary(BaseModel):
     updated_at: dt.datetime
 
 
+class HouseholdCaseView(BaseModel):
+    """The household case the resident is in (integrated case management): one team plans the support of the whole
+    household across departments."""
+
+    id: uuid.UUID
+    status: Literal["open", "closed"]
+    office_code: str
+    office_name: Localized | None
+    plan_version: int = Field(description="The shared plan's version (0: none yet)")
+    outcome: str | None = Field(description="goals_met, moved_away, declined or referred_on, once closed")
+    follow_up_check_on: dt.date | None = Field(description="When the team checks in again after closure")
+    opened_at: dt.datetime | None
+    closed_at: dt.datetime | None
+
+
 class ApplicationView(ApplicationSummary):
     answers: dict[str, Any]
     withdrawn_at: dt.datetime | None
@@ -486,6 +519,9 @@ class ApplicationView(ApplicationSummary):
     determination: DeterminationSummary | None
     programs: list[ProgramView]
     referrals: list[ReferralView] = Field(description="Partners' services the resident was referred to")
+    household_case: HouseholdCaseView | None = Field(
+        default=None, description="The resident's household case (integrated case management), if any"
+    )
     notifications: list[NotificationView]
     feedback: FeedbackView | None
     timeline: list[TimelineEntryView] = Field(description="Everything that happened, oldest first")

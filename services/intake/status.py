@@ -18,7 +18,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.intake.models import Application, Case, Determination, Feedback, Notification, Referral, TimelineEntry
+from services.intake.models import (
+    Application,
+    Case,
+    Determination,
+    Feedback,
+    HouseholdCaseStatus,
+    Notification,
+    Referral,
+    TimelineEntry,
+)
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationStatus,
@@ -26,6 +35,7 @@ from services.intake.schemas import (
     CaseView,
     DeterminationSummary,
     FeedbackView,
+    HouseholdCaseView,
     MissingInformation,
     NotificationView,
     ProgramView,
@@ -47,6 +57,11 @@ from shared.events import (
     CloudEvent,
     Department,
     EligibilityDetermined,
+    HouseholdCaseClosed,
+    HouseholdCaseEventBase,
+    HouseholdCaseMemberAdded,
+    HouseholdCaseOpened,
+    HouseholdCasePlanChanged,
     Localized,
     NotificationFailed,
     NotificationSent,
@@ -586,6 +601,49 @@ async def apply_notification(repo: Repository, event: CloudEvent, data: Notifica
 # ---------------------------------------------------------------------------------------------- the view
 
 
+async def apply_household_event(repo: Repository, event: CloudEvent, data: HouseholdCaseEventBase) -> None:
+    """A household case, in the status of each member it names: opened with the team that leads it, the plan's
+    version, closed with its outcome and the day of the check after it. Closed is final."""
+    now = event_time(event)
+    for member in data.member_ids:
+        row = await repo.household_case_status(data.household_case_id, member)
+        if row is None:
+            row = HouseholdCaseStatus(
+                household_case_id=data.household_case_id, resident_id=member, status="open",
+                office_code=data.office_code, plan_version=0, updated_at=now,
+            )  # fmt: skip
+            repo.session.add(row)
+        if isinstance(data, HouseholdCaseOpened | HouseholdCaseMemberAdded):
+            row.office_name = data.office_name.model_dump()
+            row.opened_at = data.opened_at
+        elif isinstance(data, HouseholdCasePlanChanged):
+            row.plan_version = max(row.plan_version, data.plan_version)
+        elif isinstance(data, HouseholdCaseClosed):
+            row.status = "closed"
+            row.outcome = data.outcome.value
+            row.follow_up_check_on = data.follow_up_check_on
+            row.closed_at = data.closed_at
+        row.office_code = data.office_code
+        row.updated_at = max(row.updated_at, now)
+    await repo.session.flush()
+
+
+def household_view(row: HouseholdCaseStatus | None) -> HouseholdCaseView | None:
+    if row is None:
+        return None
+    return HouseholdCaseView(
+        id=row.household_case_id,
+        status=row.status,
+        office_code=row.office_code,
+        office_name=Localized.model_validate(row.office_name) if row.office_name else None,
+        plan_version=row.plan_version,
+        outcome=row.outcome,
+        follow_up_check_on=row.follow_up_check_on,
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+    )
+
+
 def _case_view(case: Case) -> CaseView:
     final = case.state in FINAL_STATES
     return CaseView(
@@ -653,10 +711,16 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
         notifications = await repo.notifications(application.id)
         feedback = await repo.feedback(application.id)
         referrals = await repo.referrals(application.id)
+        household = await repo.household_case_of(application.resident_id)
         timeline = await repo.timeline(application.id)
         if len(timeline) == before:
             break
-        read = [*cases, *notifications, *referrals, *(r for r in (determination, feedback) if r is not None)]
+        read = [
+            *cases,
+            *notifications,
+            *referrals,
+            *(r for r in (determination, feedback, household) if r is not None),
+        ]
     return assemble_view(
         application,
         determination=determination,
@@ -665,14 +729,24 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
         timeline=timeline,
         feedback=feedback,
         referrals=referrals,
+        household=household,
     )
 
 
-def new_application_view(application: Application, received: TimelineEntry) -> ApplicationView:
+def new_application_view(
+    application: Application, received: TimelineEntry, household: HouseholdCaseStatus | None
+) -> ApplicationView:
     """The view of an application just filed, from what was just written: nothing has been determined, routed,
     referred or sent for it yet, and its timeline is the one entry of its receipt."""
     return assemble_view(
-        application, determination=None, cases=[], notifications=[], timeline=[received], feedback=None, referrals=[]
+        application,
+        determination=None,
+        cases=[],
+        notifications=[],
+        timeline=[received],
+        feedback=None,
+        referrals=[],
+        household=household,
     )
 
 
@@ -685,6 +759,7 @@ def assemble_view(
     timeline: Sequence[TimelineEntry],
     feedback: Feedback | None,
     referrals: Sequence[Referral],
+    household: HouseholdCaseStatus | None,
 ) -> ApplicationView:
     current = current_cases(cases)
     answers = application.answers
@@ -760,6 +835,7 @@ def assemble_view(
         else None,
         programs=programs,
         referrals=[_referral_view(r) for r in referrals],
+        household_case=household_view(household),
         notifications=[_notification_view(n) for n in notifications],
         feedback=FeedbackView(
             application_id=feedback.application_id,

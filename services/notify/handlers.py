@@ -30,6 +30,10 @@ from shared.events import (
     EligibilityDetermined,
     EligibilityOpportunity,
     EventData,
+    HouseholdCaseClosed,
+    HouseholdCaseMemberAdded,
+    HouseholdCaseOpened,
+    HouseholdCasePlanChanged,
     RepresentationChanged,
     ResidentErasureCompleted,
     ResidentErasureRequested,
@@ -78,6 +82,11 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 on(CaseTransferred, unless_erased(messages.case_transferred)),
                 on(CaseDecided, unless_erased(messages.case_decided)),
                 on(CaseSlaBreached, unless_erased(messages.case_sla_breached)),
+                # A household's members, each told apart (a member erased is skipped there).
+                on(HouseholdCaseOpened, messages.household_case_opened),
+                on(HouseholdCaseMemberAdded, messages.household_case_member_added),
+                on(HouseholdCasePlanChanged, messages.household_case_plan_changed),
+                on(HouseholdCaseClosed, messages.household_case_closed),
                 on(ResidentErasureRequested, erasure.residents_part),
                 # The one message after an erasure: its result.
                 on(ResidentErasureCompleted, messages.erasure_completed),

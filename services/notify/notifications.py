@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.notify import resident_data
 from services.notify.models import (
     ApplicationProgram,
     Notification,
@@ -48,6 +49,11 @@ from shared.events import (
     CriterionStatus,
     EligibilityDetermined,
     EligibilityOpportunity,
+    HouseholdCaseClosed,
+    HouseholdCaseEventBase,
+    HouseholdCaseMemberAdded,
+    HouseholdCaseOpened,
+    HouseholdCasePlanChanged,
     Outcome,
     ProgramDetermination,
     RepresentationChanged,
@@ -237,6 +243,49 @@ class ResidentMessages:
             "kept": [k.model_dump(mode="json") for k in data.kept],
         }
         await self._add(repo, event, data.resident_id, None, ERASURE_KIND, item)
+
+    # ------------------------------------------------------------------------------------------ household cases
+
+    async def household_case_opened(self, session: AsyncSession, event: CloudEvent, data: HouseholdCaseOpened) -> None:
+        """Integrated case management took the household on: each member is told which team will plan with them."""
+        item = {"office_code": data.office_code, "office_name": data.office_name.model_dump()}
+        await self._household(session, event, data, "household_case.opened", item)
+
+    async def household_case_member_added(
+        self, session: AsyncSession, event: CloudEvent, data: HouseholdCaseMemberAdded
+    ) -> None:
+        """A resident joined a running household case: they alone are told what the others were at opening."""
+        if await resident_data.erased(session, data.resident_id):
+            return
+        item = {"office_code": data.office_code, "office_name": data.office_name.model_dump(),
+                "household_case_id": str(data.household_case_id)}  # fmt: skip
+        await self._add(Repository(session), event, data.resident_id, None, "household_case.opened", item)
+
+    async def household_case_plan_changed(
+        self, session: AsyncSession, event: CloudEvent, data: HouseholdCasePlanChanged
+    ) -> None:
+        item = {"plan_version": data.plan_version, "domains": [d.value for d in data.domains], "goals": data.goals,
+                "services": data.services}  # fmt: skip
+        await self._household(session, event, data, "household_case.plan_changed", item)
+
+    async def household_case_closed(self, session: AsyncSession, event: CloudEvent, data: HouseholdCaseClosed) -> None:
+        item = {"outcome": data.outcome.value, "follow_up_check_on": data.follow_up_check_on.isoformat()}
+        await self._household(session, event, data, "household_case.closed", item)
+
+    async def _household(
+        self,
+        session: AsyncSession,
+        event: CloudEvent,
+        data: HouseholdCaseEventBase,
+        kind: str,
+        item: dict[str, Any],
+    ) -> None:
+        """One message to each member, in their own language; a member who asked for erasure is not told."""
+        repo = Repository(session)
+        for member in data.member_ids:
+            if await resident_data.erased(session, member):
+                continue
+            await self._add(repo, event, member, None, kind, {**item, "household_case_id": str(data.household_case_id)})
 
     # ------------------------------------------------------------------------------------------ case events
 

@@ -33,6 +33,9 @@ KINDS = (
     "screening.question_asked",
     "application.withdrawn",
     "resident.erasure_completed",
+    "household_case.opened",
+    "household_case.plan_changed",
+    "household_case.closed",
 )
 
 LIFE_EVENTS: dict[str, dict[str, str]] = {
@@ -51,6 +54,22 @@ DEPARTMENTS: dict[str, dict[str, str]] = {
     "tax": {"ko": "세무", "en": "tax"},
     "civil_registry": {"ko": "가족관계·민원", "en": "civil registry"},
     "labour": {"ko": "고용노동", "en": "labour"},
+}
+
+NEED_DOMAINS: dict[str, dict[str, str]] = {
+    "income": {"ko": "소득", "en": "income"},
+    "housing": {"ko": "주거", "en": "housing"},
+    "health": {"ko": "건강", "en": "health"},
+    "care": {"ko": "돌봄", "en": "care"},
+    "employment": {"ko": "일자리", "en": "work"},
+    "education": {"ko": "교육", "en": "education"},
+}
+
+HOUSEHOLD_OUTCOMES: dict[str, dict[str, str]] = {
+    "goals_met": {"ko": "함께 세운 목표를 이루어", "en": "the goals we set together were met"},
+    "moved_away": {"ko": "다른 지역으로 이사하셔서", "en": "you moved away"},
+    "declined": {"ko": "더 이상 지원을 원하지 않으셔서", "en": "you told us you no longer wanted this support"},
+    "referred_on": {"ko": "더 알맞은 기관으로 연계되어", "en": "another service better placed to help has taken over"},
 }
 
 _PERIODS = {
@@ -105,6 +124,8 @@ class Renderer:
         env.filters["money"] = _money
         env.filters["day"] = _day
         env.filters["department"] = lambda code, lang: DEPARTMENTS.get(str(code), {}).get(lang, str(code))
+        env.filters["domain"] = lambda code, lang: NEED_DOMAINS.get(str(code), {}).get(lang, str(code))
+        env.filters["household_outcome"] = lambda code, lang: HOUSEHOLD_OUTCOMES.get(str(code), {}).get(lang, str(code))
         return env
 
     def link(self, message: MessageInput) -> str:

@@ -243,3 +243,21 @@ async def act(page: StaffPage, case_id: uuid.UUID, action: str) -> Response:
         # The case is another office's now: this caseworker may no longer see it.
         return page.redirect(f"/work/queue/{page.me.offices[0]}?transferred=1")
     return page.redirect(f"/work/cases/{case_id}?done={action}")
+
+
+# ---------------------------------------------------------------------------------------------- the household case
+
+
+@router.get("/work/households/{household_case_id}")
+async def household(page: StaffPage, household_case_id: uuid.UUID) -> Response:
+    """A household case (통합사례관리) as routing shows it to the caller: the members — with their department cases
+    for the lead and the office's supervisors, where the member consented — the plan, follow-ups, conferences and the
+    history. Routing decides what the caller may see (another office's staff get "not found")."""
+    found = await page.up.get("routing", f"/v1/household-cases/{household_case_id}")
+    on = today(page)
+    follow_ups = [
+        {**f, "state": "done" if f["done_at"] else "missed" if f["missed_on"] else "overdue"
+         if dt.date.fromisoformat(f["due_date"]) < on else "due"}
+        for f in found["follow_ups"]
+    ]  # fmt: skip
+    return page.render("staff/household.html", household=found, follow_ups=follow_ups)

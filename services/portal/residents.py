@@ -336,7 +336,12 @@ async def set_consents(page: ResidentPage) -> Response:
     current = await page.up.get("intake", f"/v1/residents/{page.me.resident_id}/consents")
     chosen = set(submitted.getlist("purpose"))
     # Every purpose the page offered (and every one the resident has answered before) is set, granted or not.
-    offered = {"proactive_screening", *(f"department_data:{d}" for d in DEPARTMENTS), *current["consents"]}
+    offered = {
+        "proactive_screening",
+        "case_management",
+        *(f"department_data:{d}" for d in DEPARTMENTS),
+        *current["consents"],
+    }
     body = {"consents": {purpose: purpose in chosen for purpose in sorted(offered)}}
     await page.up.put("intake", f"/v1/residents/{page.me.resident_id}/consents", body)
     return page.redirect("/consents?saved=1")

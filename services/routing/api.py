@@ -14,7 +14,17 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from services.routing import casework, offerings, outreach, queues, reasons, referrals, resident_data, statistics
+from services.routing import (
+    casework,
+    households,
+    offerings,
+    outreach,
+    queues,
+    reasons,
+    referrals,
+    resident_data,
+    statistics,
+)
 from services.routing import offices as office_logic
 from services.routing.context import ContextDep, RoutingContext
 from services.routing.repository import QueueFilter, Repository, RepositoryDep, WriteRepositoryDep
@@ -27,12 +37,23 @@ from services.routing.schemas import (
     CaseOut,
     CaseStatusName,
     CompleteIn,
+    ConferenceIn,
+    ConferenceOut,
     Dataset,
     DatasetInfo,
     DecideIn,
     DeclineIn,
     EscalateIn,
+    FollowUpDoneIn,
+    FollowUpIn,
+    FollowUpOut,
     HistoryEntry,
+    HouseholdCaseOut,
+    HouseholdCaseSummary,
+    HouseholdCloseIn,
+    HouseholdMemberIn,
+    HouseholdOpenIn,
+    LeadIn,
     NoteIn,
     OfferingForCase,
     OfferingIn,
@@ -40,6 +61,7 @@ from services.routing.schemas import (
     OfficeIn,
     OfficeOut,
     OutreachOutcomeOut,
+    PlanIn,
     QueuePage,
     QueueSort,
     ReasonCodeOut,
@@ -578,3 +600,203 @@ async def resident_data_part(
     export_id: uuid.UUID | None = Query(default=None, description="The export this read is for (in the audit log)"),
 ) -> ResidentDataPart:
     return await resident_data.part(repo, principal, resident_id, export_id)
+
+
+# ================================================================================================ household cases
+
+households_router = APIRouter(prefix="/v1/household-cases", tags=["household cases"])
+HouseholdIdPath = Annotated[uuid.UUID, Path(description="The household case id")]
+FollowUpIdPath = Annotated[uuid.UUID, Path(description="The follow-up id")]
+HouseholdStatusName = Literal["open", "active", "closed"]
+
+
+@households_router.post(
+    "",
+    status_code=201,
+    response_model=HouseholdCaseOut,
+    summary="Open a household case (integrated case management) for residents whose cases you work",
+    responses={201: {"description": "The household case"}, **problem_responses(403, 409, 422)},
+)
+async def open_household_case(
+    repo: RepositoryDep, ctx: ContextDep, principal: Staff, body: HouseholdOpenIn, idempotent: IdempotentDep
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: households.open_by_caseworker(repo, ctx, principal, body),
+        location=lambda created: f"/v1/household-cases/{created['id']}",
+    )
+
+
+@households_router.get("", summary="The household cases of your integrated case-management offices")
+async def list_household_cases(
+    repo: RepositoryDep,
+    principal: Staff,
+    office: Annotated[str | None, Query(pattern=OFFICE_CODE_PATTERN)] = None,
+    status: Annotated[list[HouseholdStatusName] | None, Query(description="Default: open and active")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> list[HouseholdCaseSummary]:
+    return await households.listing(repo, principal, office, status or ["open", "active"], limit)
+
+
+@households_router.get(
+    "/{household_case_id}",
+    summary="A household case: members (their department cases for the lead, with their consent), plan, follow-ups, "
+    "conferences, history",
+    responses=problem_responses(403, 404),
+)
+async def get_household_case(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    purpose: Purpose = "case_management",
+) -> HouseholdCaseOut:
+    return await households.read(repo, ctx, principal, household_case_id, purpose)
+
+
+@households_router.post(
+    "/{household_case_id}/claim",
+    response_model=HouseholdCaseOut,
+    summary="Become the lead of an unled household case (a caseworker of its office)",
+    responses=problem_responses(403, 404, 409),
+)
+async def claim_household_case(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        None, lambda: households.claim(repo, ctx, principal, household_case_id), status_code=200
+    )
+
+
+@households_router.post(
+    "/{household_case_id}/assign",
+    response_model=HouseholdCaseOut,
+    summary="Assign or reassign the lead (supervisor)",
+    responses=ACTION_PROBLEMS | problem_responses(403),
+)
+async def assign_household_lead(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    body: LeadIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: households.assign(repo, ctx, principal, household_case_id, body), status_code=200
+    )
+
+
+@households_router.post(
+    "/{household_case_id}/members",
+    response_model=HouseholdCaseOut,
+    summary="Add a member of the household (the lead or a supervisor)",
+    responses=ACTION_PROBLEMS | problem_responses(403),
+)
+async def add_household_member(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    body: HouseholdMemberIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: households.add_member(repo, ctx, principal, household_case_id, body), status_code=200
+    )
+
+
+@households_router.put(
+    "/{household_case_id}/plan",
+    summary="Write the shared plan (a new version): needs by domain, goals, services with owners and dates",
+    responses=ACTION_PROBLEMS | problem_responses(403),
+)
+async def change_household_plan(
+    repo: RepositoryDep, ctx: ContextDep, principal: Staff, household_case_id: HouseholdIdPath, body: PlanIn
+) -> HouseholdCaseOut:
+    return await households.change_plan(repo, ctx, principal, household_case_id, body)
+
+
+@households_router.post(
+    "/{household_case_id}/follow-ups",
+    status_code=201,
+    response_model=FollowUpOut,
+    summary="Schedule a follow-up, due within its SLA in working days",
+    responses={201: {"description": "The follow-up"}, **problem_responses(403, 404, 409, 422)},
+)
+async def schedule_household_follow_up(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    body: FollowUpIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: households.schedule_follow_up(repo, ctx, principal, household_case_id, body)
+    )
+
+
+@households_router.post(
+    "/{household_case_id}/follow-ups/{follow_up_id}/done",
+    response_model=FollowUpOut,
+    summary="Record a follow-up as done, with its result",
+    responses=ACTION_PROBLEMS | problem_responses(403),
+)
+async def complete_household_follow_up(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    follow_up_id: FollowUpIdPath,
+    body: FollowUpDoneIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body,
+        lambda: households.complete_follow_up(repo, ctx, principal, household_case_id, follow_up_id, body),
+        status_code=200,
+    )
+
+
+@households_router.post(
+    "/{household_case_id}/conferences",
+    status_code=201,
+    response_model=ConferenceOut,
+    summary="Record a case conference: participants, decisions, actions",
+    responses={201: {"description": "The conference"}, **problem_responses(403, 404, 409, 422)},
+)
+async def record_household_conference(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    body: ConferenceIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: households.record_conference(repo, ctx, principal, household_case_id, body)
+    )
+
+
+@households_router.post(
+    "/{household_case_id}/close",
+    response_model=HouseholdCaseOut,
+    summary="Close the household case with an outcome; a check follows after the set months",
+    responses=ACTION_PROBLEMS | problem_responses(403),
+)
+async def close_household_case(
+    repo: RepositoryDep,
+    ctx: ContextDep,
+    principal: Staff,
+    household_case_id: HouseholdIdPath,
+    body: HouseholdCloseIn,
+    idempotent: IdempotentDep,
+) -> JSONResponse:
+    return await idempotent.create(
+        body, lambda: households.close(repo, ctx, principal, household_case_id, body), status_code=200
+    )

@@ -491,6 +491,8 @@ async def submitted(repo: Repository, ctx: RoutingContext, data: ApplicationSubm
     record = await _application(repo, data.application_id, data.resident_id, ctx.clock.now())
     if record.channel is None:
         record.channel = data.channel.value
+    if record.life_event is None:
+        record.life_event = data.life_event
 
 
 async def withdraw(repo: Repository, ctx: RoutingContext, data: ApplicationWithdrawn) -> None:

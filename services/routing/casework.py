@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import uuid
 
+from services.routing import households, views
 from services.routing import offices as office_logic
-from services.routing import views
 from services.routing.cases import announce, event_base, resume_clock, save
 from services.routing.context import RoutingContext
 from services.routing.models import Case, CaseStatus, audit_log
@@ -67,8 +67,11 @@ async def load(repo: Repository, principal: Principal, case_id: uuid.UUID) -> Ca
 
 
 async def detail(repo: Repository, ctx: RoutingContext, case: Case) -> CaseOut:
-    """The case as staff see it: routing decision, SLA as of today, decision and full history."""
-    return views.detail(case, await repo.case_history(case.id), ctx.calendar, ctx.clock.today())
+    """The case as staff see it: routing decision, SLA as of today, decision and full history, and whether its
+    resident is in a household case (which office holds it and who leads it; nothing of its plan or other cases)."""
+    out = views.detail(case, await repo.case_history(case.id), ctx.calendar, ctx.clock.today())
+    out.household = await households.reference(repo, case.resident_id)
+    return out
 
 
 async def read(

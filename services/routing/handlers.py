@@ -1,7 +1,8 @@
 """Event consumers: eligibility determinations make and update cases; withdrawals close them; a resident's answer
 resumes the cases waiting on them; an application's submission tells its channel. Beside them, what routing learns
 from intake about residents: their consents (a referral to a partner needs one), their ratings (open data), and the
-offers put before them and their answers (outreach, take-up and expected demand).
+offers put before them and their answers (outreach, take-up and expected demand), and from every event carrying the
+resident's context the registered household they live in (integrated case management takes a household on whole).
 
 The case events share one durable consumer so that they are applied in the order the stream holds them; each
 handler copes with redelivery (the inbox) and with reordering (evaluation rounds, the withdrawal mark). Consents and
@@ -16,7 +17,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.routing import cases, consents, feedback, outreach, resident_data
+from services.routing import cases, consents, feedback, households, outreach, resident_data
 from services.routing.context import RoutingContext
 from services.routing.repository import Repository
 from shared.consumer import Apply, Subscription, on
@@ -54,10 +55,17 @@ def _unless_erased(apply: Apply[E]) -> Apply[E]:
 
 def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def determined(session: AsyncSession, event: CloudEvent, data: EligibilityDetermined) -> None:
-        await cases.apply_determination(Repository(session), ctx, data)
+        repo = Repository(session)
+        await repo.note_household(data.resident_id, data.resident.household_id, event.time)
+        await cases.apply_determination(repo, ctx, data)
+        # The resident's cases changed: their household may now call for integrated case management.
+        await households.consider(repo, ctx, data.resident_id)
 
     async def submitted(session: AsyncSession, event: CloudEvent, data: ApplicationSubmitted) -> None:
-        await cases.submitted(Repository(session), ctx, data)
+        repo = Repository(session)
+        await repo.note_household(data.resident_id, data.resident.household_id, event.time)
+        await cases.submitted(repo, ctx, data)
+        await households.consider(repo, ctx, data.resident_id)  # a crisis life event is a flag
 
     async def withdrawn(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
         await cases.withdraw(Repository(session), ctx, data)
@@ -66,7 +74,9 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
         await cases.info_provided(Repository(session), ctx, data)
 
     async def offered(session: AsyncSession, event: CloudEvent, data: OpportunityOffered) -> None:
-        await outreach.on_offered(Repository(session), ctx, data)
+        repo = Repository(session)
+        await repo.note_household(data.resident_id, data.resident.household_id, event.time)
+        await outreach.on_offered(repo, ctx, data)
 
     async def accepted(session: AsyncSession, event: CloudEvent, data: OpportunityAccepted) -> None:
         await outreach.on_accepted(Repository(session), ctx, data)

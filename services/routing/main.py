@@ -12,6 +12,7 @@ from services import routing as package
 from services.routing import resident_data
 from services.routing.api import (
     cases_router,
+    households_router,
     offices_router,
     partners_router,
     referrals_router,
@@ -46,7 +47,15 @@ def definition(settings: RoutingSettings) -> ServiceDefinition[RoutingContext]:
         title="OneStop routing",
         description=package.__doc__ or "",
         tables=platform,
-        routers=[offices_router, cases_router, partners_router, referrals_router, statistics_router, residents_router],
+        routers=[
+            offices_router,
+            cases_router,
+            households_router,
+            partners_router,
+            referrals_router,
+            statistics_router,
+            residents_router,
+        ],
         context=context,
         subscriptions=subscriptions,
     )

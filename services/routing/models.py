@@ -87,6 +87,9 @@ class ApplicationRecord(Base):
     withdrawn_at: Mapped[dt.datetime | None]
     # How the resident applied (application.submitted, or their feedback): open data counts take-up per channel.
     channel: Mapped[str | None] = mapped_column(String(10))
+    # The life event the resident applied for (application.submitted): a crisis one (a job lost, a death in the
+    # family) is a flag for integrated case management (households.py).
+    life_event: Mapped[str | None] = mapped_column(String(60))
     updated_at: Mapped[dt.datetime]
 
 
@@ -356,6 +359,18 @@ class Referral(Base):
 # ---------------------------------------------------------------------------------------------- erasure
 
 
+class ResidentHousehold(Base):
+    """The registered household (세대) a resident lives in, by the pseudonymous id intake keeps for it, as the latest
+    event about the resident carried it (``ResidentContext.household_id``): residents with the same id live together,
+    and integrated case management takes them on together."""
+
+    __tablename__ = "resident_households"
+
+    resident_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    household_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    seen_at: Mapped[dt.datetime]
+
+
 class ResidentErasure(Base):
     """A resident who asked for erasure (``resident.erasure_requested``): what was erased and what is kept, until when
     (retention.yaml). While it stays, an event about the resident arriving late is not stored again."""
@@ -368,3 +383,135 @@ class ResidentErasure(Base):
     erased_at: Mapped[dt.datetime]
     erased: Mapped[dict[str, Any]]
     kept: Mapped[list[Any]]
+
+
+# ---------------------------------------------------------------------------------------------- household cases
+
+
+class HouseholdCaseStatus:
+    """A household case is open (waiting for a lead), active (a lead works it) or closed (with an outcome)."""
+
+    OPEN = "open"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+    RUNNING = (OPEN, ACTIVE)
+    ALL = (OPEN, ACTIVE, CLOSED)
+
+
+class HouseholdCase(Base):
+    """A household's integrated case (통합사례관리): one per household, in the district's integrated case-management
+    office. It holds no copy of its members' department cases: they are read from ``cases`` by the members' ids."""
+
+    __tablename__ = "household_cases"
+    __table_args__ = (Index("ix_household_cases_office_status", "office_code", "status"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    district_code: Mapped[str] = mapped_column(String(10))
+    preferred_language: Mapped[str] = mapped_column(String(8))
+    office_code: Mapped[str] = mapped_column(ForeignKey("offices.code"))
+    # The routing decision that chose the office (policy.route, department ``case_management``).
+    routing: Mapped[dict[str, Any]]
+    case_weight: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(10))
+    # automatic | caseworker; why (the departments and flags that met the rule, or the caseworker's reason)
+    trigger: Mapped[str] = mapped_column(String(12))
+    opened_by: Mapped[str] = mapped_column(String(255))
+    opened_reason: Mapped[dict[str, Any]]
+    opened_at: Mapped[dt.datetime]
+    opened_on: Mapped[dt.date] = mapped_column(Date)
+    lead: Mapped[str | None] = mapped_column(String(255))
+    lead_assigned_at: Mapped[dt.datetime | None]
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The shared plan as last written (needs by domain, goals, services); every version is in the history.
+    plan: Mapped[dict[str, Any]]
+    plan_version: Mapped[int] = mapped_column(Integer, default=0)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    closure_note: Mapped[str | None] = mapped_column(Text)
+    closed_by: Mapped[str | None] = mapped_column(String(255))
+    closed_at: Mapped[dt.datetime | None]
+    closed_on: Mapped[dt.date | None] = mapped_column(Date)
+    follow_up_check_on: Mapped[dt.date | None] = mapped_column(Date)
+    follow_up_check_id: Mapped[uuid.UUID | None]
+    created_at: Mapped[dt.datetime]
+    updated_at: Mapped[dt.datetime]
+    version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def is_running(self) -> bool:
+        return self.status in HouseholdCaseStatus.RUNNING
+
+
+class HouseholdMember(Base):
+    """A resident of a household case. ``open_resident_id`` is the resident's id while the case runs and NULL after:
+    its unique key makes a resident a member of one running household case at most (one per household)."""
+
+    __tablename__ = "household_members"
+    __table_args__ = (UniqueConstraint("household_case_id", "resident_id", name="uq_household_members_case_resident"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    household_case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("household_cases.id"), index=True)
+    resident_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    open_resident_id: Mapped[uuid.UUID | None] = mapped_column(unique=True)
+    added_by: Mapped[str] = mapped_column(String(255))
+    added_at: Mapped[dt.datetime]
+
+
+class HouseholdEntry(Base):
+    """One line of a household case's history, append-only: opened, lead, plan versions, follow-ups, conferences,
+    escalations, closure."""
+
+    __tablename__ = "household_case_history"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    household_case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("household_cases.id"), index=True)
+    at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(40))
+    details: Mapped[dict[str, Any]]
+
+
+class HouseholdFollowUp(Base):
+    """A scheduled follow-up of a household case, due within its own SLA in working days; one missed is recorded
+    once (``missed_on``) and escalated to the office's supervisors."""
+
+    __tablename__ = "household_follow_ups"
+    __table_args__ = (Index("ix_household_follow_ups_open_due", "done_at", "missed_on", "due_date"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    household_case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("household_cases.id"), index=True)
+    # follow_up (scheduled by the lead) | closure_check (the check months after closure)
+    kind: Mapped[str] = mapped_column(String(20))
+    purpose: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    scheduled_on: Mapped[dt.date] = mapped_column(Date)
+    sla_working_days: Mapped[int] = mapped_column(Integer)
+    due_date: Mapped[dt.date] = mapped_column(Date)
+    done_at: Mapped[dt.datetime | None]
+    done_by: Mapped[str | None] = mapped_column(String(255))
+    result: Mapped[str | None] = mapped_column(Text)
+    missed_on: Mapped[dt.date | None] = mapped_column(Date)
+    # The working day the lead was reminded it falls due (once, before it can be missed).
+    reminded_on: Mapped[dt.date | None] = mapped_column(Date)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime]
+    version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class HouseholdConference(Base):
+    """A case conference (사례회의) on a household case: who took part, what was decided, the actions agreed."""
+
+    __tablename__ = "household_conferences"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    household_case_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("household_cases.id"), index=True)
+    held_on: Mapped[dt.date] = mapped_column(Date)
+    participants: Mapped[list[Any]]
+    decisions: Mapped[list[Any]]
+    actions: Mapped[list[Any]]
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[dt.datetime]

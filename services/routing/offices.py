@@ -13,6 +13,7 @@ from services.routing.models import Office
 from services.routing.policy import OfficeView
 from services.routing.repository import Repository
 from services.routing.schemas import (
+    CASE_MANAGEMENT,
     OfficeCapacity,
     OfficeIn,
     OfficeKind,
@@ -49,7 +50,7 @@ def apply(office: Office, spec: OfficeIn, now: dt.datetime) -> None:
     office.name_ko = spec.name.ko
     office.name_en = spec.name.en
     office.kind = spec.kind.value
-    office.departments = [d.value for d in spec.departments]
+    office.departments = [str(d) for d in spec.departments]
     office.districts = list(spec.districts)
     office.languages = list(spec.languages)
     office.neighbours = list(spec.neighbours)
@@ -132,7 +133,7 @@ def out(office: Office, load: tuple[int, float] | None = None, *, staff: bool = 
         code=office.code,
         name=OfficeName(ko=office.name_ko, en=office.name_en),
         kind=OfficeKind(office.kind),
-        departments=[Department(d) for d in office.departments],
+        departments=[d if d == CASE_MANAGEMENT else Department(d) for d in office.departments],
         districts=office.districts,
         languages=office.languages,
         capacity=OfficeCapacity(

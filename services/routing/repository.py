@@ -20,6 +20,12 @@ from services.routing.models import (
     Case,
     CaseEntry,
     CaseStatus,
+    HouseholdCase,
+    HouseholdCaseStatus,
+    HouseholdConference,
+    HouseholdEntry,
+    HouseholdFollowUp,
+    HouseholdMember,
     Offer,
     Offering,
     Office,
@@ -27,6 +33,7 @@ from services.routing.models import (
     ReferralStatus,
     ResidentConsents,
     ResidentFeedback,
+    ResidentHousehold,
     SlaBreach,
 )
 from services.routing.schemas import QueueSort
@@ -51,6 +58,16 @@ def referral_scope(principal: Principal) -> ColumnElement[bool]:
         return Referral.partner_id == principal.partner_id
     if principal.role in (Role.CASEWORKER, Role.SUPERVISOR) and principal.offices:
         return Referral.case_id.in_(select(Case.id).where(Case.office_code.in_(sorted(principal.offices))))
+    return false()
+
+
+def household_scope(principal: Principal) -> ColumnElement[bool]:
+    """The household cases a principal may see whole: admins all, staff of the integrated case-management office
+    holding it. A department's staff see only that one exists and who leads it (on their case), never the case."""
+    if principal.role is Role.ADMIN:
+        return true()
+    if principal.role in (Role.CASEWORKER, Role.SUPERVISOR) and principal.offices:
+        return HouseholdCase.office_code.in_(sorted(principal.offices))
     return false()
 
 
@@ -148,13 +165,23 @@ class Repository:
         return await self.session.get(Office, code)
 
     async def office_loads(self) -> dict[str, tuple[int, float]]:
-        """Per office: open cases and their weighted load (every active case counts by its case weight)."""
+        """Per office: open cases and their weighted load (every active case counts by its case weight, and so does
+        every running household case at its integrated case-management office)."""
         query = (
             select(Case.office_code, func.count(), func.coalesce(func.sum(Case.case_weight), 0.0))
             .where(Case.status.in_(CaseStatus.ACTIVE))
             .group_by(Case.office_code)
         )
-        return {row[0]: (int(row[1]), float(row[2])) for row in await self.session.execute(query)}
+        loads = {row[0]: (int(row[1]), float(row[2])) for row in await self.session.execute(query)}
+        households = (
+            select(HouseholdCase.office_code, func.count(), func.coalesce(func.sum(HouseholdCase.case_weight), 0.0))
+            .where(HouseholdCase.status.in_(HouseholdCaseStatus.RUNNING))
+            .group_by(HouseholdCase.office_code)
+        )
+        for code, count, weighted in await self.session.execute(households):
+            before = loads.get(code, (0, 0.0))
+            loads[code] = (before[0] + int(count), before[1] + float(weighted))
+        return loads
 
     # ------------------------------------------------------------------------------------------ applications
 
@@ -448,6 +475,234 @@ class Repository:
             Referral.status.in_(ReferralStatus.HOLDING),
         )
         return (await self.session.execute(query.limit(1))).scalar_one_or_none()
+
+    # ------------------------------------------------------------------------------------------ household cases
+
+    async def visible_household_case(self, principal: Principal, household_case_id: uuid.UUID) -> HouseholdCase | None:
+        query = (
+            select(HouseholdCase)
+            .where(HouseholdCase.id == household_case_id, household_scope(principal))
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def household_cases(
+        self, principal: Principal, office_code: str | None, statuses: Sequence[str], limit: int
+    ) -> Sequence[HouseholdCase]:
+        query = select(HouseholdCase).where(household_scope(principal), HouseholdCase.status.in_(statuses))
+        if office_code is not None:
+            query = query.where(HouseholdCase.office_code == office_code)
+        query = query.order_by(HouseholdCase.escalated.desc(), HouseholdCase.opened_at, HouseholdCase.id).limit(limit)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def running_household_of(self, resident_ids: Sequence[uuid.UUID]) -> HouseholdCase | None:
+        """Unscoped: the running household case one of these residents is a member of (at most one each)."""
+        query = (
+            select(HouseholdCase)
+            .join(HouseholdMember, HouseholdMember.household_case_id == HouseholdCase.id)
+            .where(HouseholdMember.open_resident_id.in_(list(resident_ids)))
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def household_of_resident(self, resident_id: uuid.UUID) -> HouseholdCase | None:
+        """Unscoped: the resident's running household case, else their latest closed one."""
+        query = (
+            select(HouseholdCase)
+            .join(HouseholdMember, HouseholdMember.household_case_id == HouseholdCase.id)
+            .where(HouseholdMember.resident_id == resident_id)
+            .order_by(HouseholdCase.closed_at.is_(None).desc(), HouseholdCase.opened_at.desc())
+            .limit(1)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def note_household(self, resident_id: uuid.UUID, household_id: uuid.UUID | None, at: dt.datetime) -> None:
+        """Unscoped (event handlers): the registered household the resident lives in, as of the event at ``at`` (an
+        older event does not undo a newer one; a newer one without a household says the registry lists none)."""
+        row = await self.session.get(ResidentHousehold, resident_id, with_for_update=True)
+        if row is not None and at < row.seen_at:
+            return
+        if household_id is None:
+            if row is not None:
+                await self.session.delete(row)
+        elif row is None:
+            self.session.add(ResidentHousehold(resident_id=resident_id, household_id=household_id, seen_at=at))
+        else:
+            row.household_id, row.seen_at = household_id, at
+        await self.session.flush()
+
+    async def housemates(self, resident_id: uuid.UUID) -> list[uuid.UUID]:
+        """Unscoped: the residents registered in the resident's household (the resident first); only the resident
+        when routing knows no household of theirs."""
+        mine = select(ResidentHousehold.household_id).where(ResidentHousehold.resident_id == resident_id)
+        query = (
+            select(ResidentHousehold.resident_id)
+            .where(ResidentHousehold.household_id == mine.scalar_subquery())
+            .order_by(ResidentHousehold.seen_at, ResidentHousehold.resident_id)
+        )
+        others = [rid for rid in (await self.session.execute(query)).scalars().all() if rid != resident_id]
+        return [resident_id, *others]
+
+    async def household_members(self, household_case_id: uuid.UUID) -> Sequence[HouseholdMember]:
+        query = select(HouseholdMember).where(HouseholdMember.household_case_id == household_case_id)
+        return (await self.session.execute(query.order_by(HouseholdMember.id))).scalars().all()
+
+    async def household_member_counts(self, household_case_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        query = (
+            select(HouseholdMember.household_case_id, func.count())
+            .where(HouseholdMember.household_case_id.in_(list(household_case_ids)))
+            .group_by(HouseholdMember.household_case_id)
+        )
+        return {row[0]: int(row[1]) for row in await self.session.execute(query)}
+
+    async def household_history(self, household_case_id: uuid.UUID) -> Sequence[HouseholdEntry]:
+        query = select(HouseholdEntry).where(HouseholdEntry.household_case_id == household_case_id)
+        return (await self.session.execute(query.order_by(HouseholdEntry.id))).scalars().all()
+
+    def add_household_entry(
+        self, household: HouseholdCase, actor: str, action: str, at: dt.datetime, **details: object
+    ) -> HouseholdEntry:
+        entry = HouseholdEntry(household_case_id=household.id, at=at, actor=actor, action=action, details=details)
+        self.session.add(entry)
+        return entry
+
+    async def household_follow_ups(self, household_case_id: uuid.UUID) -> Sequence[HouseholdFollowUp]:
+        query = select(HouseholdFollowUp).where(HouseholdFollowUp.household_case_id == household_case_id)
+        return (
+            (await self.session.execute(query.order_by(HouseholdFollowUp.due_date, HouseholdFollowUp.id)))
+            .scalars()
+            .all()
+        )
+
+    async def household_follow_up(
+        self, household_case_id: uuid.UUID, follow_up_id: uuid.UUID
+    ) -> HouseholdFollowUp | None:
+        query = select(HouseholdFollowUp).where(
+            HouseholdFollowUp.id == follow_up_id, HouseholdFollowUp.household_case_id == household_case_id
+        )
+        return (await self.session.execute(query.execution_options(populate_existing=True))).scalar_one_or_none()
+
+    async def household_conferences(self, household_case_id: uuid.UUID) -> Sequence[HouseholdConference]:
+        query = select(HouseholdConference).where(HouseholdConference.household_case_id == household_case_id)
+        return (
+            (await self.session.execute(query.order_by(HouseholdConference.held_on, HouseholdConference.recorded_at)))
+            .scalars()
+            .all()
+        )
+
+    async def cases_of_residents(self, resident_ids: Sequence[uuid.UUID], *, active: bool = False) -> Sequence[Case]:
+        """Unscoped: the department cases of these residents (the household case references them, never copies)."""
+        query = select(Case).where(Case.resident_id.in_(list(resident_ids)))
+        if active:
+            query = query.where(Case.status.in_(CaseStatus.ACTIVE))
+        return (await self.session.execute(query.order_by(Case.created_at, Case.id))).scalars().all()
+
+    async def life_events(self, application_ids: Sequence[uuid.UUID]) -> set[str]:
+        query = select(ApplicationRecord.life_event).where(
+            ApplicationRecord.application_id.in_(list(application_ids)), ApplicationRecord.life_event.is_not(None)
+        )
+        return {str(v) for v in (await self.session.execute(query)).scalars().all()}
+
+    async def residents_known(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these residents routing knows of (a case or an offer of theirs)."""
+        ids = list(resident_ids)
+        cases = select(Case.resident_id).where(Case.resident_id.in_(ids))
+        offers = select(Offer.resident_id).where(Offer.resident_id.in_(ids))
+        return set((await self.session.execute(cases.union(offers))).scalars().all())
+
+    async def applications_of_residents(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        query = select(ApplicationRecord.application_id).where(ApplicationRecord.resident_id.in_(list(resident_ids)))
+        return set((await self.session.execute(query)).scalars().all())
+
+    async def offers_of_residents(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        query = select(Offer.opportunity_id).where(Offer.resident_id.in_(list(resident_ids)))
+        return set((await self.session.execute(query)).scalars().all())
+
+    async def referrals_of_residents(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        query = select(Referral.id).where(Referral.resident_id.in_(list(resident_ids)))
+        return set((await self.session.execute(query)).scalars().all())
+
+    async def missed_follow_ups(self, due_before: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
+        """Follow-ups not done, due before ``due_before``, whose miss is not recorded yet (the timer's)."""
+        query = (
+            select(HouseholdFollowUp.id)
+            .where(
+                HouseholdFollowUp.done_at.is_(None),
+                HouseholdFollowUp.missed_on.is_(None),
+                HouseholdFollowUp.kind == "follow_up",
+                HouseholdFollowUp.due_date < due_before,
+            )
+            .order_by(HouseholdFollowUp.due_date, HouseholdFollowUp.id)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def follow_ups_falling_due(
+        self, not_late_from: dt.date, today: dt.date, limit: int = 500
+    ) -> Sequence[uuid.UUID]:
+        """Follow-ups not done that fall due by ``today`` and are not late yet (due on or after ``not_late_from``),
+        whose lead was not reminded yet (the timer's)."""
+        query = (
+            select(HouseholdFollowUp.id)
+            .where(
+                HouseholdFollowUp.done_at.is_(None),
+                HouseholdFollowUp.missed_on.is_(None),
+                HouseholdFollowUp.reminded_on.is_(None),
+                HouseholdFollowUp.kind == "follow_up",
+                HouseholdFollowUp.due_date >= not_late_from,
+                HouseholdFollowUp.due_date <= today,
+            )
+            .order_by(HouseholdFollowUp.due_date, HouseholdFollowUp.id)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def follow_up_for_update(self, follow_up_id: uuid.UUID) -> HouseholdFollowUp | None:
+        query = (
+            select(HouseholdFollowUp)
+            .where(HouseholdFollowUp.id == follow_up_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def household_for_update(self, household_case_id: uuid.UUID) -> HouseholdCase | None:
+        query = (
+            select(HouseholdCase)
+            .where(HouseholdCase.id == household_case_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def closure_checks_due(self, today: dt.date, limit: int = 500) -> Sequence[uuid.UUID]:
+        """Closed household cases whose check after closure is due and not yet scheduled."""
+        query = (
+            select(HouseholdCase.id)
+            .where(
+                HouseholdCase.status == HouseholdCaseStatus.CLOSED,
+                HouseholdCase.follow_up_check_on <= today,
+                HouseholdCase.follow_up_check_id.is_(None),
+            )
+            .order_by(HouseholdCase.follow_up_check_on, HouseholdCase.id)
+            .limit(limit)
+        )
+        return (await self.session.execute(query)).scalars().all()
+
+    async def household_counts(self, office_codes: Sequence[str] | None) -> dict[tuple[str, str, str], int]:
+        """(office, district, status) -> household cases."""
+        query = select(
+            HouseholdCase.office_code, HouseholdCase.district_code, HouseholdCase.status, func.count()
+        ).group_by(HouseholdCase.office_code, HouseholdCase.district_code, HouseholdCase.status)
+        if office_codes is not None:
+            query = query.where(HouseholdCase.office_code.in_(office_codes))
+        return {(row[0], row[1], row[2]): int(row[3]) for row in await self.session.execute(query)}
+
+    async def households_for_open_data(self) -> Sequence[Any]:
+        query = select(
+            HouseholdCase.district_code, HouseholdCase.opened_on, HouseholdCase.closed_on, HouseholdCase.outcome
+        )
+        return (await self.session.execute(query)).all()
 
     # ------------------------------------------------------------------------------------------ audit
 

@@ -30,11 +30,17 @@ from services.routing.models import (
     Case,
     CaseEntry,
     CaseStatus,
+    HouseholdCase,
+    HouseholdConference,
+    HouseholdEntry,
+    HouseholdFollowUp,
+    HouseholdMember,
     Offer,
     Referral,
     ResidentConsents,
     ResidentErasure,
     ResidentFeedback,
+    ResidentHousehold,
     SlaBreach,
     audit_log,
     platform,
@@ -132,6 +138,11 @@ async def part(
         "consents": rows_data([c] if (c := await repo.resident_consents(resident_id)) else []),
         "feedback": rows_data(feedback),
         "access_log": [dict(e) for e in log_entries],
+        # The household the registry lists them in (its pseudonymous id) and the household cases they are a member of.
+        "registered_household": rows_data([h] if (h := await session.get(ResidentHousehold, resident_id)) else []),
+        "household_memberships": rows_data(
+            await _all(session, HouseholdMember, HouseholdMember.resident_id == resident_id)
+        ),
     }
     withheld = (
         [Withheld(record_type="case_notes", count=withheld_notes, reason=NOTES_WITHHELD, legal_basis=NOTES_BASIS)]
@@ -193,6 +204,7 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
             await _destroy_case(session, case.id)
             counts["outreach_cases" if case.kind == OUTREACH else "cases_without_decision"] += 1
     counts["offers"] = await _delete(session, Offer, Offer.resident_id == rid)
+    counts["household_cases"] = await _erase_household_membership(session, rid)
     kept_applications = {c.application_id for c in kept_cases}
     for application in await _all(session, ApplicationRecord, ApplicationRecord.resident_id == rid):
         # A rating keeps counting in the statistics, but no longer says whose (a random key for the application).
@@ -229,6 +241,22 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
         ),
         subject=str(rid),
     )
+
+
+async def _erase_household_membership(session: AsyncSession, rid: uuid.UUID) -> int:
+    """The resident leaves every household case (one left without members goes whole) and the household they are
+    registered in is forgotten."""
+    await _delete(session, ResidentHousehold, ResidentHousehold.resident_id == rid)
+    memberships = await _all(session, HouseholdMember, HouseholdMember.resident_id == rid)
+    await _delete(session, HouseholdMember, HouseholdMember.resident_id == rid)
+    for membership in memberships:
+        hid = membership.household_case_id
+        if await _count(session, HouseholdMember, HouseholdMember.household_case_id == hid):
+            continue
+        for model in (HouseholdEntry, HouseholdFollowUp, HouseholdConference):
+            await _delete(session, model, model.household_case_id == hid)
+        await _delete(session, HouseholdCase, HouseholdCase.id == hid)
+    return len(memberships)
 
 
 def _kept(cases: list[Case], access_entries: int, today: dt.date) -> list[KeptRecords]:

@@ -13,7 +13,9 @@ from shared.events import (
     Decision,
     DeclineReason,
     Department,
+    HouseholdCaseOutcome,
     Localized,
+    NeedDomain,
     OutreachVisitOutcome,
     ReferralOutcome,
     ServiceType,
@@ -26,6 +28,10 @@ PARTNER_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,39}$"
 OFFERING_CODE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,59}$"
 
 OfficeCode = Annotated[str, StringConstraints(pattern=OFFICE_CODE_PATTERN)]
+# Integrated case management (통합사례관리) is no department of programs and cases: only offices handle it, and
+# only household cases go there (households.py).
+CASE_MANAGEMENT = "case_management"
+OfficeDepartment = Department | Literal["case_management"]
 DistrictCode = Annotated[str, StringConstraints(pattern=DISTRICT_PATTERN)]
 LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")]
 StaffSubject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -56,6 +62,8 @@ class OfficeKind(StrEnum):
     EMPLOYMENT_CENTRE = "employment_centre"
     CIVIL_REGISTRY_DESK = "civil_registry_desk"
     CITY_HALL = "city_hall"
+    # The district's integrated case-management office (희망복지지원단, 사회보장급여법 제42조의2): household cases.
+    CASE_MANAGEMENT_OFFICE = "case_management_office"
 
 
 class OfficeName(Input):
@@ -75,7 +83,7 @@ class OfficeIn(Input):
 
     name: OfficeName
     kind: OfficeKind
-    departments: list[Department] = Field(min_length=1, max_length=6)
+    departments: list[OfficeDepartment] = Field(min_length=1, max_length=7)
     districts: list[DistrictCode] = Field(default=[], max_length=100, description="District codes it serves")
     languages: list[LanguageCode] = Field(min_length=1, max_length=20, description="ISO 639-1 codes")
     capacity: OfficeCapacity
@@ -106,7 +114,7 @@ class OfficeOut(BaseModel):
     code: str
     name: OfficeName
     kind: OfficeKind
-    departments: list[Department]
+    departments: list[OfficeDepartment]
     districts: list[str]
     languages: list[str]
     capacity: OfficeCapacity
@@ -226,8 +234,21 @@ class CaseSummary(BaseModel):
     created_at: dt.datetime
 
 
+class HouseholdRef(BaseModel):
+    """That the case's resident is in a household case, and who leads it: all a department sees of it."""
+
+    id: uuid.UUID
+    status: Literal["open", "active", "closed"]
+    office_code: str
+    office_name: Localized
+    lead: str | None
+
+
 class CaseOut(CaseSummary):
     resident: ResidentOut
+    household: HouseholdRef | None = Field(
+        default=None, description="The household case the resident is in (its details are the lead office's)"
+    )
     round: int
     outcome: str
     missing: list[MissingOut]
@@ -432,6 +453,13 @@ class ExpectedDemand(BaseModel):
     expected_weighted_load: float | None = Field(description="expected_applications x the program's case weight")
 
 
+class HouseholdCaseCount(BaseModel):
+    district_code: str
+    open: int = Field(description="Waiting for a lead")
+    active: int = Field(description="Led")
+    closed: int
+
+
 class OfficeDemand(BaseModel):
     office_code: str
     name: OfficeName
@@ -445,6 +473,11 @@ class OfficeDemand(BaseModel):
     programs: list[ProgramDemand]
     expected_demand: list[ExpectedDemand] = Field(
         default_factory=list, description="What proactive offers standing in its districts may bring (per program)"
+    )
+    household_cases: list[HouseholdCaseCount] = Field(
+        default_factory=list,
+        description="Household cases (integrated case management) the office holds, per district; the running ones "
+        "count in open_cases and weighted_load",
     )
 
 
@@ -501,3 +534,193 @@ class DatasetInfo(BaseModel):
 class Dataset(DatasetInfo):
     generated_on: dt.date
     rows: list[dict[str, str | int | float | None]]
+
+
+# ================================================================================================ household cases
+
+GoalKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+
+
+class HouseholdOpenIn(Input):
+    """A caseworker opens a household case: the household's members (residents routing knows of) and why."""
+
+    members: list[uuid.UUID] = Field(min_length=1, max_length=20, description="The members' resident ids")
+    reason: Reason
+
+    @field_validator("members")
+    @classmethod
+    def no_repeats(cls, values: list[Any]) -> list[Any]:
+        return _unique(values, "members")
+
+
+class HouseholdMemberIn(Input):
+    resident_id: uuid.UUID
+
+
+class LeadIn(Input):
+    lead: StaffSubject = Field(description="The staff subject of the lead caseworker (of the household case's office)")
+
+
+class PlanNeed(Input):
+    domain: NeedDomain
+    assessment: Reason = Field(description="What the assessment found")
+    member_id: uuid.UUID | None = Field(default=None, description="The member it concerns (none: the household)")
+
+
+class PlanGoal(Input):
+    key: GoalKey = Field(description="The goal's name within the plan; services name the goal they serve")
+    domain: NeedDomain
+    text: Reason
+    owner: StaffSubject
+    target_date: dt.date
+
+
+class PlanService(Input):
+    """A service towards a goal: a public program (its case, its application, or an offer to apply) or a referral to
+    a partner (made, or a service type to refer to), with its owner and date."""
+
+    goal: GoalKey
+    kind: Literal["program", "referral"]
+    description: Reason
+    owner: StaffSubject
+    due_on: dt.date
+    case_id: uuid.UUID | None = None
+    application_id: uuid.UUID | None = None
+    opportunity_id: uuid.UUID | None = None
+    referral_id: uuid.UUID | None = None
+    service_type: ServiceType | None = None
+
+
+class PlanIn(Input):
+    """The whole plan (each write is a new version; the earlier ones stay in the history)."""
+
+    needs: list[PlanNeed] = Field(min_length=1, max_length=30)
+    goals: list[PlanGoal] = Field(default=[], max_length=30)
+    services: list[PlanService] = Field(default=[], max_length=60)
+
+
+class FollowUpIn(Input):
+    purpose: Reason
+    owner: StaffSubject | None = Field(default=None, description="Default: the lead")
+    due_in_working_days: int | None = Field(
+        default=None, ge=1, le=120, description="The follow-up's SLA (default: the setting)"
+    )
+
+
+class FollowUpDoneIn(Input):
+    result: LongText
+
+
+class ConferenceParticipant(Input):
+    name: Name
+    role: Name = Field(description="e.g. lead, welfare caseworker, partner, the resident")
+    office_code: OfficeCode | None = None
+
+
+class ConferenceAction(Input):
+    text: Reason
+    owner: StaffSubject
+    due_on: dt.date
+
+
+class ConferenceIn(Input):
+    held_on: dt.date
+    participants: list[ConferenceParticipant] = Field(min_length=2, max_length=30)
+    decisions: list[Reason] = Field(min_length=1, max_length=30)
+    actions: list[ConferenceAction] = Field(default=[], max_length=30)
+
+
+class HouseholdCloseIn(Input):
+    outcome: HouseholdCaseOutcome
+    note: LongText
+
+
+class DepartmentCaseOut(BaseModel):
+    """A member's department case as the lead sees it (read from the case itself, never copied)."""
+
+    case_id: uuid.UUID
+    application_id: uuid.UUID | None
+    program_code: str
+    program_name: Localized
+    department: Department
+    office_code: str
+    status: CaseStatusName
+    due_date: dt.date
+    assignee: str | None
+    decision: Decision | None
+    reason_code: str | None
+    decided_on: dt.date | None
+
+
+class HouseholdMemberOut(BaseModel):
+    resident_id: uuid.UUID
+    added_by: str
+    added_at: dt.datetime
+    consented: bool = Field(description="Whether the member consented to case_management (then their cases show)")
+    cases: list[DepartmentCaseOut] | None = Field(
+        description="The member's department cases; null without their consent or for a caller who is not the lead"
+    )
+
+
+class FollowUpOut(BaseModel):
+    id: uuid.UUID
+    kind: Literal["follow_up", "closure_check"]
+    purpose: str
+    owner: str | None
+    scheduled_on: dt.date
+    sla_working_days: int
+    due_date: dt.date
+    done_at: dt.datetime | None
+    done_by: str | None
+    result: str | None
+    missed_on: dt.date | None
+
+
+class ConferenceOut(BaseModel):
+    id: uuid.UUID
+    held_on: dt.date
+    participants: list[ConferenceParticipant]
+    decisions: list[str]
+    actions: list[ConferenceAction]
+    recorded_by: str
+    recorded_at: dt.datetime
+
+
+class HouseholdCaseSummary(BaseModel):
+    id: uuid.UUID
+    status: Literal["open", "active", "closed"]
+    district_code: str
+    office_code: str
+    lead: str | None
+    trigger: Literal["automatic", "caseworker"]
+    escalated: bool
+    members: int
+    plan_version: int
+    opened_at: dt.datetime
+    closed_at: dt.datetime | None
+
+
+class HouseholdCaseOut(BaseModel):
+    id: uuid.UUID
+    status: Literal["open", "active", "closed"]
+    district_code: str
+    office_code: str
+    office_name: Localized
+    lead: str | None
+    trigger: Literal["automatic", "caseworker"]
+    opened_by: str
+    opened_at: dt.datetime
+    opened_reason: dict[str, Any]
+    routing: RoutingOut
+    escalated: bool
+    members: list[HouseholdMemberOut]
+    plan: dict[str, Any] | None = Field(description="The current plan (needs, goals, services); null before the first")
+    plan_version: int
+    follow_ups: list[FollowUpOut]
+    conferences: list[ConferenceOut]
+    outcome: HouseholdCaseOutcome | None
+    closure_note: str | None
+    closed_at: dt.datetime | None
+    follow_up_check_on: dt.date | None
+    history: list[HistoryEntry]
+    version: int

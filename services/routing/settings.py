@@ -59,3 +59,18 @@ class RoutingSettings(ServiceSettings):
     open_data_publisher: str = "OneStop one-stop public services"
     open_data_licence: str = "Korea Open Government Licence Type 1 (공공누리 제1유형): free use with attribution"
     open_data_licence_url: str = "https://www.kogl.or.kr/info/licenseType1.do"
+
+    # Integrated case management of households (households.py; 사회보장급여법 제42조의2 통합사례관리). A household is
+    # taken on by rule when its members have active cases in at least this many departments and a flag below. The
+    # number and the flags are the city's choice (the Act leaves selection to the 희망복지지원단's assessment).
+    household_min_departments: int = Field(default=2, ge=2, le=6)
+    # Any registry vulnerability or a crisis a caseworker or department flagged (Vulnerability.CRISIS) ...
+    household_flags: frozenset[Vulnerability] = frozenset(Vulnerability)
+    # ... or an application for a crisis life event (intake's life events: losing a job, a death in the family).
+    household_crisis_life_events: frozenset[str] = frozenset({"job_loss", "death_in_family"})
+    # A household case's weight in the integrated case-management office's load (policy.route, like any case).
+    household_case_weight: float = Field(default=3.0, gt=0)
+    # A follow-up is due within this many working days of being scheduled unless the lead sets its own SLA.
+    household_follow_up_sla_working_days: int = Field(default=10, ge=1, le=120)
+    # After closure the household is checked on again after this many months (사후관리; a service choice).
+    household_follow_up_check_months: int = Field(default=3, ge=1, le=24)

@@ -34,6 +34,7 @@ from services.routing.schemas import (
     DatasetInfo,
     Distribution,
     ExpectedDemand,
+    HouseholdCaseCount,
     Licence,
     OfficeCapacity,
     OfficeDemand,
@@ -73,8 +74,11 @@ async def capacity_report(repo: Repository, ctx: RoutingContext, office_codes: S
         by_office[case.office_code].append(case)
     expected = await expected_demand(repo, ctx, [o.code for o in offices])
     reports = [_office_demand(ctx, office, by_office[office.code], since, today, days) for office in offices]
-    for report in reports:
+    households = await repo.household_counts([o.code for o in offices])
+    loads = await repo.office_loads()
+    for report, office in zip(reports, offices, strict=True):
         report.expected_demand = expected.get(report.office_code, [])
+        _add_households(report, office, households, loads)
     return CapacityReport(window_days=days, window_start=since, today=today, offices=reports)
 
 
@@ -103,6 +107,33 @@ async def expected_demand(
             )
         )
     return out
+
+
+def _add_households(
+    report: OfficeDemand,
+    office: Office,
+    counts: dict[tuple[str, str, str], int],
+    loads: dict[str, tuple[int, float]],
+) -> None:
+    """An integrated case-management office's household cases per district; the running ones are its load (as the
+    routing policy counts it)."""
+    by_district: dict[str, HouseholdCaseCount] = {}
+    for (office_code, district, status), n in sorted(counts.items()):
+        if office_code != office.code:
+            continue
+        row = by_district.setdefault(district, HouseholdCaseCount(district_code=district, open=0, active=0, closed=0))
+        setattr(row, status, getattr(row, status) + n)
+    report.household_cases = list(by_district.values())
+    running = sum(r.open + r.active for r in report.household_cases)
+    if not running:
+        return
+    _count_all, weighted_all = loads.get(office.code, (0, 0.0))
+    household_weight = weighted_all - sum(p.weighted_load for p in report.programs)
+    report.open_cases += running
+    report.weighted_load = round(report.weighted_load + max(household_weight, 0.0), 3)
+    ceiling = office.active_case_ceiling
+    report.utilisation = round(report.weighted_load / ceiling, 3) if ceiling > 0 else None
+    report.over_capacity = report.weighted_load >= ceiling
 
 
 def _office_demand(
@@ -428,6 +459,43 @@ async def _feedback(repo: Repository) -> Sequence[Any]:
     return await repo.cases_for_feedback_data()
 
 
+# ------------------------------------------------------------------------------------------------ household cases
+
+HOUSEHOLD_OUTCOMES = ("goals_met", "moved_away", "declined", "referred_on")
+
+
+async def _households(repo: Repository) -> Sequence[Any]:
+    return await repo.households_for_open_data()
+
+
+def _households_rows(households: Sequence[Any], ctx: RoutingContext) -> Rows:
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for household in households:
+        key = (_month(household.opened_on), household.district_code)
+        row = table.setdefault(
+            key,
+            {
+                "month": key[0],
+                "district_code": key[1],
+                "opened": 0,
+                "closed": 0,
+                **dict.fromkeys(HOUSEHOLD_OUTCOMES, 0),
+            },
+        )
+        row["opened"] += 1
+        if household.outcome is not None:
+            row["closed"] += 1
+            row[household.outcome] += 1
+    return [table[k] for k in sorted(table)]
+
+
+def _households_groups(rows: Rows) -> Groups:
+    # A row's outcomes add up to its closed; a month's districts add up to the month's total.
+    groups: Groups = [[(i, o) for o in HOUSEHOLD_OUTCOMES] for i in range(len(rows))]
+    groups += _column_groups(rows, ("opened", "closed", *HOUSEHOLD_OUTCOMES), ("month",))
+    return groups
+
+
 async def _take_up(repo: Repository) -> Sequence[Any]:
     return await repo.take_up()
 
@@ -435,6 +503,27 @@ async def _take_up(repo: Repository) -> Sequence[Any]:
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
+        DatasetSpec(
+            name="household_cases",
+            title=Localized(ko="월별·지역별 통합사례관리 가구", en="Households in integrated case management"),
+            description="Households taken on for integrated case management (통합사례관리) by month of opening and "
+            "district, with how those closed so far ended.",
+            keywords=("integrated case management", "households", "districts"),
+            fields=(
+                FieldSpec("month", "Month of opening", "Month (YYYY-MM) the household cases opened.", "string"),
+                FieldSpec("district_code", "District", "Administrative code of the households' district.", "string"),
+                _count("opened", "Household cases opened in the month."),
+                _count("closed", "Of them, closed so far."),
+                _count("goals_met", "Closed with the plan's goals met."),
+                _count("moved_away", "Closed as the household moved away."),
+                _count("declined", "Closed as the household declined further support."),
+                _count("referred_on", "Closed as referred on to another service."),
+            ),
+            load=_households,
+            build=_households_rows,
+            groups=_households_groups,
+            counts=("opened", "closed", *HOUSEHOLD_OUTCOMES),
+        ),
         DatasetSpec(
             name="cases",
             title=Localized(

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from services.routing import households
 from services.routing.cases import CaseChanged, announce, event_base, refresh_priority, save
 from services.routing.context import RoutingContext
 from services.routing.models import CaseStatus, SlaBreach
@@ -63,6 +64,7 @@ class SlaTimer:
         self.metrics = metrics
         self.passes = 0
         self.breaches = 0
+        self.household_follow_ups = 0
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
@@ -98,6 +100,8 @@ class SlaTimer:
             except (IntegrityError, StaleDataError, CaseChanged):
                 # Another replica recorded it, or a caseworker changed the case meanwhile: the next pass decides.
                 log.info("breach not recorded this pass", extra={"case_id": str(case_id)})
+        # Household cases' follow-ups run on the same calendar: a missed one is escalated like a breached case.
+        self.household_follow_ups += await households.sweep(self._repository, self.ctx)
         try:
             async with self.db.session() as session:
                 await self._refresh_priorities(Repository(session), today)
@@ -110,6 +114,11 @@ class SlaTimer:
         if self.metrics is not None:
             self.metrics.sweeps.inc()
         return recorded
+
+    @contextlib.asynccontextmanager
+    async def _repository(self) -> AsyncIterator[Repository]:
+        async with self.db.session() as session:
+            yield Repository(session)
 
     async def _observe(self, metrics: TimerMetrics) -> None:
         async with self.db.session() as session:

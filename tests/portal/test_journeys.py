@@ -2,13 +2,15 @@
 outcomes; a caseworker claims and decides; the resident finds the decision in the inbox; another resident gets "not
 found" for that page; a form with bad input shows the field's error and writes nothing; a lost race is explained; a
 resident answers screening's near-miss questions on the page, then declines one offer it found (a reason asked for)
-and accepts another with one confirmation; every page passes axe-core (WCAG 2.1 AA) at 375 px; a journey by keyboard
+and accepts another with one confirmation; the lead of a household case (통합사례관리) reads its page, and a
+department's case page says who leads it; every page passes axe-core (WCAG 2.1 AA) at 375 px; a journey by keyboard
 alone; the English switch.
 
 The tests run in order and share the platform (and the birth application the first one files)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -371,4 +373,64 @@ def test_a_resident_declines_one_offer_with_a_reason_and_accepts_another_with_on
         application_id = page.url.rsplit("/", 1)[1].split("?")[0]
         (accepted,) = api.ok("intake", "GET", path, auth, params={"status": "accepted"})
         assert (accepted["id"], accepted["application_id"]) == (accepting["id"], application_id)
+        portal.check(page)
+
+
+def test_the_lead_works_a_household_case_and_departments_see_who_leads_it(portal: Portal, api: Api) -> None:
+    """Integrated case management (통합사례관리): the birth resident's household taken on by the district's team; its
+    lead's page shows the members with their department cases (the resident agreed), the plan, follow-ups, and the
+    history; a department's case page says who leads it, and links to it for whoever may open it."""
+    lead = api.token(Role.CASEWORKER, offices=["MAPO-HOPE"], subject="staff:mapo-hope")
+    resident = resident_auth(api)
+    api.ok("intake", "PUT", f"/v1/residents/{BIRTH_RESIDENT_ID}/consents", resident,
+           json={"consents": {"case_management": True}})  # fmt: skip
+    opened = api.ok("routing", "POST", "/v1/household-cases", lead,
+                    json={"members": [BIRTH_RESIDENT_ID], "reason": "Newborn, a parent out of work"})  # fmt: skip
+    hid = opened["id"]
+    api.ok("routing", "POST", f"/v1/household-cases/{hid}/claim", lead)
+    soon = (dt.date.today() + dt.timedelta(days=30)).isoformat()
+    plan = {"needs": [{"domain": "care", "assessment": "신생아 돌봄 부담"}],
+            "goals": [{"key": "care", "domain": "care", "text": "아이돌봄 서비스 연계", "owner": "staff:mapo-hope",
+                       "target_date": soon}],
+            "services": [{"goal": "care", "kind": "referral", "description": "아이돌봄 서비스",
+                          "owner": "staff:mapo-hope", "due_on": soon, "service_type": "childcare"}]}  # fmt: skip
+    api.ok("routing", "PUT", f"/v1/household-cases/{hid}/plan", lead, json=plan)
+    api.ok("routing", "POST", f"/v1/household-cases/{hid}/follow-ups", lead, json={"purpose": "가정 방문"})
+    eventually(
+        lambda: api.ok("routing", "GET", f"/v1/household-cases/{hid}", lead)["members"][0]["cases"],
+        what="the member's department cases, once routing holds the consent",
+    )
+    case = next(p["case"] for p in api.view(STATE["application"], resident)["programs"] if p["case"])
+
+    with portal.context() as context:
+        page = context.new_page()
+        portal.sign_in(page, "caseworker-mapo-hope")
+        page.goto(f"{portal.url}/work/households/{hid}")
+        assert "가구 통합사례관리 — 마포구 희망복지지원단" in page.locator("h1").inner_text()
+        assert page.locator("#member-1-caption").count() == 1, "the lead sees the member's department cases"
+        assert "아이돌봄 서비스" in page.locator("section[aria-labelledby=plan-title]").inner_text()
+        assert "가정 방문" in page.locator("main").inner_text()
+        assert "계획 변경" in page.locator("ol.timeline").inner_text()
+        portal.check(page)
+        portal.sign_out(page)
+        # The department's caseworker sees who leads it, without a way into it; the administrator follows the link.
+        portal.sign_in(page, f"caseworker-{case['office_code'].lower()}")
+        page.goto(f"{portal.url}/work/cases/{case['case_id']}")
+        assert "staff:mapo-hope" in page.locator("#household-ref").inner_text()
+        assert page.locator("#household-ref a").count() == 0
+        response = page.goto(f"{portal.url}/work/households/{hid}")
+        assert response is not None
+        assert response.status == 404
+        portal.sign_out(page)
+        portal.sign_in(page, "admin")
+        page.goto(f"{portal.url}/work/cases/{case['case_id']}")
+        page.locator("#household-ref a").click()
+        page.wait_for_url(f"**/work/households/{hid}")
+        portal.check(page)
+    with portal.context(DESKTOP, language="en") as context:
+        page = context.new_page()
+        portal.sign_in(page, "caseworker-mapo-hope")
+        page.goto(f"{portal.url}/work/households/{hid}")
+        assert page.locator("h1").inner_text() == "Household case — Mapo-gu Integrated Case Management Team"
+        assert "The shared plan" in page.locator("main").inner_text()
         portal.check(page)

@@ -15,7 +15,7 @@ from services.portal.i18n import LANGUAGES, Messages
 from services.portal.people import DemoPeople
 from services.portal.rendering import TEMPLATES
 from services.portal.settings import PORTAL_DIR
-from shared.events import OfferDeclineReason
+from shared.events import HouseholdCaseOutcome, NeedDomain, OfferDeclineReason
 
 ROOT = PORTAL_DIR.parent.parent
 FACTS = ROOT / "services" / "eligibility" / "catalogue" / "facts.yaml"
@@ -82,6 +82,12 @@ def test_every_family_of_dynamic_messages_is_complete() -> None:
         "opportunities.reason.": [r.value for r in OfferDeclineReason],
         "case.done.": list(ACTIONS),
         "offices.": ["caseworker_hours_week", "active_case_ceiling"],
+        "household.status.": ["open", "active", "closed"],
+        "household.trigger.": ["automatic", "caseworker"],
+        "household.outcome.": [o.value for o in HouseholdCaseOutcome],
+        "household.domain.": [d.value for d in NeedDomain],
+        "household.service.": ["program", "referral"],
+        "household.follow_up.": ["done", "missed", "overdue", "due"],
     }
     for prefix, values in families.items():
         for value in values:
@@ -96,6 +102,7 @@ def test_every_family_of_dynamic_messages_is_complete() -> None:
         "enum.",
         "case.done.",
         "case.action.",
+        "household.action.",
         "dead.replay.",
         "offices.",
         "idp.group.",

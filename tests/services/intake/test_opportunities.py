@@ -95,7 +95,7 @@ async def test_an_offer_is_made_with_consent_and_accepted_into_an_application_fo
         told = next(e for e in offered if e.data["program_code"] == "child_allowance")
         assert told.data["opportunity_id"] == offer["id"]
         assert told.data["resident"] == {"district_code": "11440", "preferred_language": "ko",
-                                         "vulnerability": ["low_income"]}  # fmt: skip
+                                         "vulnerability": ["low_income"], "household_id": None}  # fmt: skip
 
         # The one question: a bad answer writes nothing; the answer goes back to eligibility.
         questions = (await client.get(f"/v1/residents/{resident_id}/questions", headers=me)).json()

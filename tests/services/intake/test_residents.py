@@ -8,7 +8,7 @@ import uuid
 import orjson
 
 from shared.events import ConsentChanged, ResidentUpdated
-from tests.services.intake.support import MAPO_CSC, register_self, resident_body
+from tests.services.intake.support import MAPO_CSC, birth_application, file_application, register_self, resident_body
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
@@ -256,3 +256,61 @@ async def test_a_carer_registers_the_children_they_raise_and_the_registry_says_h
                                  headers=me)  # fmt: skip
     assert refused.status_code == 422
     assert refused.json()["errors"][0]["field"] == "household[0].relation"
+
+
+async def test_the_registered_household_travels_by_a_pseudonymous_id(
+    intake: RunningService, nats_server: NatsServer
+) -> None:
+    """Who lives together is the registry's: staff copy the household's registry key, intake gives the household a
+    random id of its own, and every application carries that id in the resident's context — never the key."""
+    client = intake.client
+    clerk = intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-lee", name="이민호")
+    key = "1144012-000731"
+    # A resident cannot say which household they are in (they could join a stranger's): refused, nothing written.
+    self_id, own = await register_self(intake)
+    refused = await client.patch(f"/v1/residents/{self_id}", json={"registry_household": key}, headers=own)
+    assert refused.status_code == 403, refused.text
+    assert (await client.get(f"/v1/residents/{self_id}", headers=own)).json()["household_id"] is None
+    self_registered = await client.post(
+        "/v1/residents",
+        json=resident_body(registry_household=key),
+        headers=intake.auth("resident", resident_id=uuid.uuid4()),
+    )
+    assert self_registered.status_code == 403, self_registered.text
+    bad = await client.post("/v1/residents", json=resident_body(registry_household="세대 1"), headers=clerk)
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "registry_household"
+
+    # Staff register two people of one household at a counter, and a third before they looked the registry up.
+    first = await client.post("/v1/residents", json=resident_body(registry_household=key), headers=clerk)
+    second = await client.post(
+        "/v1/residents", json=resident_body(name="박서준", registry_household=key), headers=clerk
+    )
+    assert first.status_code == second.status_code == 201, first.text
+    household_id = first.json()["household_id"]
+    assert household_id is not None
+    assert second.json()["household_id"] == household_id
+    assert first.json()["registry_household"] == key
+    third = await client.post("/v1/residents", json=resident_body(name="박하늘"), headers=clerk)
+    resident_id = uuid.UUID(third.json()["id"])
+    me = intake.auth("resident", resident_id=resident_id)
+    assert third.json()["household_id"] is None
+    joined = await client.patch(f"/v1/residents/{resident_id}", json={"registry_household": key}, headers=clerk)
+    assert joined.status_code == 200, joined.text
+    assert (joined.json()["household_id"], joined.json()["version"]) == (household_id, 2)
+
+    async with event_log(nats_server.url, intake.runtime.bus.prefix) as log:
+        await file_application(intake, me, birth_application(resident_id))
+        # A move to another household is a new id; a household the registry no longer lists is none.
+        moved = await client.patch(
+            f"/v1/residents/{resident_id}", json={"registry_household": "1144012-000999"}, headers=clerk
+        )
+        assert moved.json()["household_id"] not in (None, household_id)
+        await file_application(intake, me, birth_application(resident_id))
+        cleared = await client.patch(f"/v1/residents/{resident_id}", json={"registry_household": None}, headers=clerk)
+        assert cleared.json()["household_id"] is None
+        await file_application(intake, me, birth_application(resident_id))
+        events = await log.wait_for("application.submitted", count=3)
+    contexts = [e.data["resident"] for e in events if e.data["resident_id"] == str(resident_id)]
+    assert [c["household_id"] for c in contexts] == [household_id, moved.json()["household_id"], None]
+    assert not [e for e in events if key in orjson.dumps(e.data).decode()], "the registry key never leaves intake"

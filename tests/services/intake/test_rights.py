@@ -22,6 +22,7 @@ from services.intake.models import (
     DataExport,
     ErasureRequest,
     Feedback,
+    RegistryHousehold,
     Representation,
     Resident,
 )
@@ -45,6 +46,7 @@ from tests.services.intake.support import (
     problem_fields,
     program,
     register_self,
+    resident_body,
     view_when,
 )
 from tests.support.events import event_log
@@ -487,3 +489,30 @@ async def _ready_erasure(service: RunningService, location: str, headers: dict[s
 
     await wait_until(completed, timeout=20)
     return seen
+
+
+async def test_a_registered_household_s_key_goes_with_the_last_of_its_residents(intake: RunningService) -> None:
+    clerk = intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-lee")
+    key = "1144012-000555"
+    ids = []
+    for name in ("김지은", "박서준"):
+        created = await intake.client.post("/v1/residents", headers=clerk,
+                                           json=resident_body(name=name, registry_household=key))  # fmt: skip
+        assert created.status_code == 201, created.text
+        ids.append(uuid.UUID(created.json()["id"]))
+
+    async def registry_keys() -> list[str]:
+        async with intake.runtime.db.session() as session:
+            return list((await session.scalars(select(RegistryHousehold.registry_key))).all())
+
+    for n, resident_id in enumerate(ids):
+        own = intake.auth("resident", resident_id=resident_id)
+        erased = await intake.client.post(f"/v1/residents/{resident_id}/erasure-requests", headers=own,
+                                          json={"confirm": True})  # fmt: skip
+        assert erased.status_code == 201, erased.text
+        async with intake.runtime.db.session() as session:
+            stub = await session.get(Resident, resident_id)
+            assert stub is not None
+            assert (stub.registry_household, stub.household_id) == (None, None)
+        # The household stays while a resident registered in it does; the last one takes its key along.
+        assert await registry_keys() == ([key] if n == 0 else [])

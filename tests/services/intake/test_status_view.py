@@ -95,6 +95,7 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
             "district_code": "11440",
             "preferred_language": "ko",
             "vulnerability": ["low_income"],
+            "household_id": None,
         }
         assert submitted.data["answers"] == application["answers"]
         assert submitted.data["filed_by"] is None
@@ -428,3 +429,39 @@ async def test_the_resident_sees_their_referrals_to_partners_in_the_one_status(i
         "Referred to Saebom childcare", "Saebom childcare accepted the referral", "Saebom childcare: service provided",
         "Referred to Saebom meals", "Saebom meals declined the referral (no place free)",
     ]  # fmt: skip
+
+
+async def test_the_resident_sees_their_household_case_in_the_one_status(intake: RunningService) -> None:
+    """routing's household_case.* events, out of order and twice, show the household case to each member it names:
+    the team that leads it, the plan's version, and once closed its outcome and the check after it."""
+    from shared.events import HouseholdCaseClosed, HouseholdCaseOpened, HouseholdCasePlanChanged, NeedDomain
+
+    resident_id, me = await register_self(intake)
+    application = await file_application(intake, me, birth_application(resident_id))
+    d = Downstream(intake, application)
+    base = {"household_case_id": uuid.uuid4(), "member_ids": [d.resident_id, uuid.uuid4()], "district_code": "11110",
+            "office_code": "JONGNO-HOPE"}  # fmt: skip
+    team = Localized(ko="종로구 희망복지지원단", en="Jongno-gu Integrated Case Management Team")
+    routing = "/onestop/routing"
+    opened = d.event(HouseholdCaseOpened(**base, office_name=team, trigger="automatic", departments=["welfare",
+                                         "health"], opened_at=d.clock), routing)  # fmt: skip
+    planned = d.event(HouseholdCasePlanChanged(**base, plan_version=2, domains=[NeedDomain.INCOME], goals=1,
+                                               services=2, changed_at=d.clock), routing)  # fmt: skip
+    closed = d.event(HouseholdCaseClosed(**base, outcome="goals_met", follow_up_check_on=dt.date(2026, 1, 14),
+                                         closed_at=d.clock), routing)  # fmt: skip
+    await d.publish(planned, opened)
+    await d.redeliver(opened)
+    view = await view_when(
+        intake, me, application["id"], lambda v: bool((v["household_case"] or {}).get("office_name"))
+    )
+    household = view["household_case"]
+    assert (household["id"], household["status"], household["plan_version"]) == (str(base["household_case_id"]),
+                                                                                  "open", 2)  # fmt: skip
+    assert household["office_name"] == {
+        "ko": "종로구 희망복지지원단",
+        "en": "Jongno-gu Integrated Case Management Team",
+    }
+    await d.publish(closed, planned)
+    view = await view_when(intake, me, application["id"], lambda v: v["household_case"]["status"] == "closed")
+    household = view["household_case"]
+    assert (household["outcome"], household["follow_up_check_on"]) == ("goals_met", "2026-01-14")

@@ -172,6 +172,19 @@ ITEMS: dict[str, list[dict[str, object]]] = {
             ],
         }
     ],
+    "household_case.opened": [
+        {
+            "office_code": "JONGNO-HOPE",
+            "household_case_id": "h",
+            "office_name": {"ko": "종로구 희망복지지원단", "en": "Jongno-gu Integrated Case Management Team"},
+        },
+    ],
+    "household_case.plan_changed": [
+        {"plan_version": 2, "domains": ["income", "care"], "goals": 3, "services": 4, "household_case_id": "h"},
+    ],
+    "household_case.closed": [
+        {"outcome": "goals_met", "follow_up_check_on": "2026-01-14", "household_case_id": "h"},
+    ],
 }
 
 # Words each message must carry, per language: what happened, in plain language.
@@ -193,6 +206,18 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
         "en": ["Tomorrow learning card", "Are you currently a civil servant?", "Answering applies for nothing"],
     },
     "application.withdrawn": {"ko": ["철회"], "en": ["withdrawn"]},
+    "household_case.opened": {
+        "ko": ["종로구 희망복지지원단", "통합사례관리"],
+        "en": ["Jongno-gu Integrated Case Management Team", "integrated case management"],
+    },
+    "household_case.plan_changed": {
+        "ko": ["제2판", "소득, 돌봄", "목표 3개"],
+        "en": ["version 2", "income, care", "3 goal(s)"],
+    },
+    "household_case.closed": {
+        "ko": ["함께 세운 목표를 이루어", "2026년 1월 14일"],
+        "en": ["the goals we set together were met", "14 January 2026"],
+    },
     "resident.erasure_completed": {
         "ko": ["개인정보를 삭제했습니다", "행정 결정의 기록 (1건): 2032년 1월 1일까지"],
         "en": ["has been erased", "The record of an administrative decision (1): until 1 January 2032"],
@@ -204,7 +229,10 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
 def test_every_kind_of_message_reads_well_in_korean_and_english(kind: str) -> None:
     renderer = Renderer("https://onestop.example.kr/")
     application = (
-        None if kind in ("eligibility.opportunity", "screening.question_asked", "resident.erasure_completed") else APP
+        None
+        if kind in ("eligibility.opportunity", "screening.question_asked", "resident.erasure_completed")
+        or kind.startswith("household_case.")
+        else APP
     )
     for language in ("ko", "en"):
         message = renderer.render(MessageInput(kind, language, application, ITEMS[kind]))

@@ -120,6 +120,7 @@ def determined(
     vulnerability: Sequence[str] = (),
     application_date: dt.date = dt.date(2025, 10, 2),
     trigger: Literal["submitted", "info_provided", "facts_reported", "consent_changed"] = "submitted",
+    household_id: uuid.UUID | None = None,
 ) -> EligibilityDetermined:
     return EligibilityDetermined(
         determination_id=uuid.uuid4(),
@@ -133,6 +134,7 @@ def determined(
             district_code=district,
             preferred_language=Language(language),
             vulnerability=[Vulnerability(v) for v in vulnerability],
+            household_id=household_id,
         ),
         programs=list(programs),
     )

@@ -218,3 +218,86 @@ async def test_the_outreach_rows_of_the_matrix(routing: RunningService) -> None:
     assert recorded.status_code == 200, recorded.text
     assert recorded.json()["status"] == "closed"
     assert dt.date.fromisoformat(recorded.json()["history"][-1]["details"]["visited_on"]) == ctx.clock.today()
+
+
+HOUSEHOLD_CALLERS: dict[str, dict[str, Any]] = {
+    "resident": {"role": "resident"},  # a member of the household
+    "partner": {"role": "partner", "partner_id": "bank"},
+    "service": {"role": "service", "service": "notify"},
+    "department_caseworker": {"role": "caseworker", "subject": "caseworker:alice", "offices": ["JONGNO-CSC"]},
+    "department_supervisor": {"role": "supervisor", "subject": "staff:jongno-csc-lead", "offices": ["JONGNO-CSC"]},
+    "lead": {"role": "caseworker", "subject": "caseworker:mina", "offices": ["JONGNO-HOPE"]},
+    "office_caseworker": {"role": "caseworker", "subject": "caseworker:joon", "offices": ["JONGNO-HOPE"]},
+    "supervisor": {"role": "supervisor", "subject": "staff:jongno-hope-lead", "offices": ["JONGNO-HOPE"]},
+    "other_district": {"role": "supervisor", "subject": "staff:mapo-hope-lead", "offices": ["MAPO-HOPE"]},
+    "admin": {"role": "admin"},
+}
+
+
+async def test_the_household_rows_of_the_matrix(routing: RunningService) -> None:
+    """A household case is its integrated case-management office's: the lead and the office's supervisors act on it,
+    another caseworker of the office reads it (without the members' department cases) but does not act, a
+    department's staff and another district do not find it (404: they see on their case only that it exists and who
+    leads it), residents, partners and services never see it (403)."""
+    resident_id, app = uuid.uuid4(), uuid.uuid4()
+    await feed(routing, determined(app, [program("w"), program("h", department="health")], resident_id=resident_id,
+                                   vulnerability=("crisis",)))  # fmt: skip
+    lead = HOUSEHOLD_CALLERS["lead"]
+    claimed = await routing.client.post("/v1/household-cases", headers={})
+    assert claimed.status_code == 401
+    listing = await routing.client.get("/v1/household-cases", headers=routing.auth("admin"))
+    [household] = listing.json()
+    hid = household["id"]
+    first = await routing.client.post(
+        f"/v1/household-cases/{hid}/claim", headers=routing.auth("caseworker", subject=lead["subject"],
+                                                                  offices=lead["offices"]))  # fmt: skip
+    assert first.status_code == 200, first.text
+    outsiders = {"resident": 403, "partner": 403, "service": 403}
+    plan = {"needs": [{"domain": "income", "assessment": "a"}]}
+    follow_up = {"purpose": "visit"}
+    conference = {"held_on": "2025-10-02", "participants": [{"name": "a", "role": "lead"}, {"name": "b", "role": "r"}],
+                  "decisions": ["d"]}  # fmt: skip
+
+    def rows(default: int, **overrides: int) -> dict[str, int]:
+        return {caller: default for caller in HOUSEHOLD_CALLERS} | {"nobody": 401} | overrides
+
+    actors = {"lead": 200, "supervisor": 200, "admin": 200, "office_caseworker": 403}
+    matrix: list[tuple[str, str, dict[str, Any] | None, dict[str, int]]] = [
+        ("GET", "/v1/household-cases", None, rows(200, **outsiders)),
+        ("GET", f"/v1/household-cases/{hid}", None, rows(404, **outsiders, lead=200, office_caseworker=200,
+                                                          supervisor=200, admin=200)),
+        ("PUT", f"/v1/household-cases/{hid}/plan", plan, rows(404, **outsiders, **actors)),
+        ("POST", f"/v1/household-cases/{hid}/follow-ups", follow_up,
+         rows(404, **outsiders, **actors | {"lead": 201, "supervisor": 201, "admin": 201})),
+        ("POST", f"/v1/household-cases/{hid}/conferences", conference,
+         rows(404, **outsiders, **actors | {"lead": 201, "supervisor": 201, "admin": 201})),
+        ("POST", f"/v1/household-cases/{hid}/assign", {"lead": lead["subject"]},
+         rows(404, **outsiders, lead=403, office_caseworker=403, supervisor=200, admin=200)),
+        ("POST", f"/v1/household-cases/{hid}/claim", None, rows(404, **outsiders, lead=200, office_caseworker=409,
+                                                                 supervisor=409, admin=409)),
+        ("POST", f"/v1/household-cases/{hid}/close", {"outcome": "declined", "note": "n"},
+         rows(404, **outsiders, lead=0, office_caseworker=403, supervisor=0, admin=0)),
+    ]  # fmt: skip
+    failures = []
+    for method, path, body, expected in matrix:
+        for caller, status in expected.items():
+            if status == 0:
+                continue
+            claims = dict(HOUSEHOLD_CALLERS.get(caller, {}))
+            role = claims.pop("role", None)
+            if role == "resident":
+                claims["resident_id"] = resident_id
+            auth = routing.auth(role, **claims) if role else {}
+            response = await routing.client.request(method, path, json=body, headers=auth)
+            if response.status_code != status:
+                failures.append(f"{method} {path} as {caller}: {response.status_code}, expected {status}")
+            elif status >= 400:
+                assert response.headers["content-type"].startswith("application/problem+json")
+    assert failures == []
+    # The department's caseworker sees, on their own case, that the household case exists and who leads it.
+    queue = await routing.client.get(
+        "/v1/queues/JONGNO-CSC", headers=routing.auth("caseworker", offices=["JONGNO-CSC"])
+    )
+    case = await routing.client.get(f"/v1/cases/{queue.json()['items'][0]['id']}",
+                                     headers=routing.auth("caseworker", offices=["JONGNO-CSC"]))  # fmt: skip
+    assert case.json()["household"]["lead"] == lead["subject"]

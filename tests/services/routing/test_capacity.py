@@ -109,7 +109,7 @@ async def test_open_data_hides_small_counts_and_what_would_reveal_them(routing: 
     resident = routing.auth("resident", resident_id=uuid.uuid4())
 
     catalogue = (await routing.client.get("/v1/open-data", headers=resident)).json()
-    assert {d["dataset"] for d in catalogue} == {"cases", "sla", "referrals", "feedback", "take_up"}
+    assert {d["dataset"] for d in catalogue} == {"cases", "sla", "referrals", "feedback", "take_up", "household_cases"}
     response = await routing.client.get("/v1/open-data/cases", headers=resident)
     assert response.status_code == 200, response.text
     rows = {r["district_code"]: r for r in response.json()["rows"]}

@@ -24,7 +24,7 @@ from tests.services.routing.support import (
 )
 from tests.support.services import RunningService
 
-DATASETS = {"cases", "sla", "referrals", "feedback", "take_up"}
+DATASETS = {"cases", "sla", "referrals", "feedback", "take_up", "household_cases"}
 
 
 async def dataset(routing: RunningService, name: str) -> dict[str, Any]:

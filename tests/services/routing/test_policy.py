@@ -16,7 +16,7 @@ SEED = load_seed_file(RoutingSettings().offices_file)
 OFFICES = [
     OfficeView(
         code=o.code,
-        departments=frozenset(d.value for d in o.departments),
+        departments=frozenset(str(d) for d in o.departments),
         districts=frozenset(o.districts),
         languages=frozenset(o.languages),
         ceiling=o.capacity.active_case_ceiling,
