@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import Locator
+from playwright.sync_api import Locator, expect
 
 from shared.auth import Role
 from tests.e2e.support import Api
@@ -343,7 +343,8 @@ def test_a_resident_declines_one_offer_with_a_reason_and_accepts_another_with_on
             item.locator(f"input[value={answers[question['fact']['name']]}]").check()
             item.locator("button[type=submit]").click()
             item.wait_for(state="detached")
-            assert page.locator("p.notice.success").count() == 1
+            page.wait_for_load_state()
+            expect(page.locator("p.notice.success")).to_have_count(1)
         assert asked() is None, "both questions answered"
         offers = eventually(lambda: o if len(o := standing()) >= 2 else None, timeout=90, what="offers screening found")
         declining, accepting = offers[0], offers[1]
