@@ -130,11 +130,11 @@ class _Held(Harness):
         )
 
 
+# The writer lock is SQLite's (PostgreSQL serialises nothing of the kind): this runs on SQLite only.
+@pytest.mark.parametrize("database_backend", ["sqlite"])
 async def test_a_batch_commits_what_it_applied_and_lets_a_waiting_writer_in_before_the_rest(
     nats_server: NatsServer, bus_prefix: str, database_url: str, database_backend: str
 ) -> None:
-    if database_backend != "sqlite":
-        pytest.skip("the writer lock is SQLite's; PostgreSQL serialises nothing of the kind")
     h = _Held(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
     await h.setup()
     try:

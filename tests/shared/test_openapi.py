@@ -37,6 +37,13 @@ HONOURING: dict[str, dict[str, str]] = {
         "/v1/cases/{case_id}/notes": "201",
         "/v1/cases/{case_id}/referrals": "201",
         **{f"/v1/referrals/{{referral_id}}/{action}": "200" for action in ("accept", "decline", "complete")},
+        "/v1/household-cases": "201",
+        **{
+            f"/v1/household-cases/{{household_case_id}}/{action}": "200"
+            for action in ("claim", "assign", "members", "close", "follow-ups/{follow_up_id}/done")
+        },
+        "/v1/household-cases/{household_case_id}/follow-ups": "201",
+        "/v1/household-cases/{household_case_id}/conferences": "201",
     },
     "notify": {"/v1/subscriptions": "201"},
 }

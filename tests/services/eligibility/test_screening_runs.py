@@ -184,14 +184,14 @@ async def test_a_changed_rule_makes_a_full_run_and_each_run_is_listed(eligibilit
     assert bad.json()["errors"][0]["field"] == "query.cursor"
 
 
+# The writer lock is SQLite's (PostgreSQL serialises nothing of the kind): this runs on SQLite only.
+@pytest.mark.parametrize("database_backend", ["sqlite"])
 async def test_a_run_judges_its_residents_outside_any_write_transaction(
     eligibility: RunningService, database_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run's rules are evaluated in a read-only unit of work; only what a page found is written, in a short write
     transaction after it. On SQLite that means the process's writer lock is not held while residents are judged (a
     request or a consumer waiting to write is never held up by a page of evaluations)."""
-    if database_backend != "sqlite":
-        pytest.skip("the writer lock is SQLite's; PostgreSQL serialises nothing of the kind")
     from sqlalchemy.engine import make_url
 
     from services.eligibility import screening_runs
