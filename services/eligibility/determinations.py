@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -31,6 +31,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.repository import Repository
 from services.eligibility.schemas import ApplicationDeterminations, RoundOut
+from services.eligibility.screening_metrics import ScreeningMetrics
 from services.eligibility.settings import EligibilitySettings
 from services.eligibility.store import CatalogueStore
 from shared.auth import Principal
@@ -49,9 +50,6 @@ from shared.events import (
 )
 from shared.outbox import Outbox
 from shared.problems import NotFound
-
-if TYPE_CHECKING:
-    from services.eligibility.screening import ScreeningMetrics
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from services.eligibility.determinations import Eligibility
 from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
 from services.eligibility.scheduler import screening_scheduler
-from services.eligibility.screening import ScreeningMetrics
+from services.eligibility.screening_metrics import ScreeningMetrics
 from services.eligibility.settings import EligibilitySettings
 from shared.clock import Clock
 from shared.runtime import Runtime, ServiceDefinition
