@@ -190,7 +190,11 @@ class Platform:
         return [f"{service}-{n}" for n in range(1, self.config.replicas + 1)]
 
     def database_url(self, entry: ServiceEntry) -> str:
-        """Where a service keeps its data: the operator's URL if they gave one, else the runner's default."""
+        """Where a service keeps its data: the caller's override (tests, benchmarks), the operator's URL if they gave
+        one, else the runner's default. Migrations, seeding and the service itself all use this one answer."""
+        overridden = self.config.overrides.get(entry.name, {}).get("database_url")
+        if overridden is not None:
+            return str(overridden)
         given = self.operator.for_service(entry.name).get("database_url")
         if given is not None and self.postgres is None:
             return given.value

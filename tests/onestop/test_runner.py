@@ -68,6 +68,20 @@ def test_the_operators_settings_reach_the_services_and_their_databases(
     assert platform.env_for(BY_NAME["intake"])["ONESTOP_INTAKE_DATABASE_URL"] == intake.database_url
 
 
+def test_a_database_given_in_code_is_the_one_migrated_seeded_and_served(clean_environment: Path) -> None:
+    # The benchmark and the tests hand the runner their databases as overrides: migrations, seeding and the service
+    # process must all use that one (the benchmark once migrated SQLite and seeded an empty PostgreSQL database).
+    url = "postgresql+asyncpg://postgres@127.0.0.1:5999/bench_eligibility"
+    platform = Platform(
+        PlatformConfig(var_dir=clean_environment / "var", overrides={"eligibility": {"database_url": url}})
+    )
+    eligibility = BY_NAME["eligibility"]
+    assert platform.database_url(eligibility) == url
+    assert platform.settings(eligibility).database_url == url
+    assert platform.env_for(eligibility)["ONESTOP_ELIGIBILITY_DATABASE_URL"] == url
+    assert platform.database_url(BY_NAME["routing"]).startswith("sqlite+aiosqlite:///")
+
+
 def test_the_portals_settings_are_honoured_and_the_ones_the_runner_owns_refused(
     clean_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
