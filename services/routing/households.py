@@ -803,18 +803,7 @@ async def _record_miss(repo: Repository, ctx: RoutingContext, follow_up_id: uuid
     )  # fmt: skip
     repo.add_household_entry(household, TIMER, "escalated", now, reason="follow_up_missed", to=supervisors)
     await _save(repo)
-    await ctx.outbox.emit(
-        repo.session,
-        HouseholdCaseFollowUpDue(
-            **await _event_base(repo, household),
-            follow_up_id=follow_up.id,
-            kind=FOLLOW_UP,
-            due_date=follow_up.due_date,
-            overdue=True,
-            escalated=True,
-            at=now,
-        ),
-    )
+    await _follow_up_due(repo, ctx, household, follow_up, now, missed=True)
     log.warning("household follow-up missed", extra={"household_case_id": str(household.id)})
     return 1
 
@@ -839,6 +828,20 @@ async def _remind(repo: Repository, ctx: RoutingContext, follow_up_id: uuid.UUID
         due_date=follow_up.due_date.isoformat(),
     )  # fmt: skip
     await _save(repo)
+    await _follow_up_due(repo, ctx, household, follow_up, now, missed=False)
+    return 1
+
+
+async def _follow_up_due(
+    repo: Repository,
+    ctx: RoutingContext,
+    household: HouseholdCase,
+    follow_up: HouseholdFollowUp,
+    now: dt.datetime,
+    *,
+    missed: bool,
+) -> None:
+    """``household_case.follow_up_due``: a reminder on the day (``missed`` False) or the miss, escalated."""
     await ctx.outbox.emit(
         repo.session,
         HouseholdCaseFollowUpDue(
@@ -846,12 +849,11 @@ async def _remind(repo: Repository, ctx: RoutingContext, follow_up_id: uuid.UUID
             follow_up_id=follow_up.id,
             kind=FOLLOW_UP,
             due_date=follow_up.due_date,
-            overdue=False,
-            escalated=False,
+            overdue=missed,
+            escalated=missed,
             at=now,
         ),
     )
-    return 1
 
 
 async def _closure_check(repo: Repository, ctx: RoutingContext, household_case_id: uuid.UUID) -> int:
