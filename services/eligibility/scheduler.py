@@ -53,12 +53,15 @@ class ScreeningScheduler:
     async def run(self) -> None:
         interval = self.settings.screening_check_interval_seconds
         while not self._stop.is_set():
+            # Cleared before the pass, not after: a wake (or a stop) that comes during a pass is not lost.
+            self._wake.clear()
             try:
                 while await self.tick() is not None and not self._stop.is_set():
                     pass  # one run after another while something is due
             except Exception:
                 log.exception("screening pass failed; trying again at the next interval")
-            self._wake.clear()
+            if self._stop.is_set():
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
 

@@ -20,6 +20,7 @@ from services.eligibility.models import (
     ScreeningReviewRow,
     ScreeningRow,
 )
+from services.eligibility.scheduler import ScreeningScheduler
 from services.eligibility.triggers import next_month_change
 from shared.events import ConsentChanged, HouseholdMember, ResidentUpdated, ScreeningQuestionAnswered
 from tests.support.events import event_log
@@ -507,3 +508,23 @@ async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screen
     purged = await resident_data.purge(eligibility.runtime.db, Clock.from_settings(ctx.settings), now())
     assert purged["screening_leftovers"] == 1
     assert await eligibility.count(ScreeningReviewRow, ScreeningReviewRow.resident_id == resident) == 0
+
+
+async def test_a_wake_or_a_stop_that_comes_during_a_pass_is_not_lost(eligibility: RunningService) -> None:
+    """Both are acted on when the pass ends, not after the check interval (minutes): a stop during the service's
+    first pass once held its shutdown for the full ten seconds it allows."""
+    passes: list[str] = []
+
+    class Scheduler(ScreeningScheduler):
+        async def tick(self) -> ScreeningRow | None:
+            passes.append("pass")
+            if len(passes) == 1:
+                self.wake()  # an administrator asks for a run while this pass is going
+            else:
+                self.stop()  # the service shuts down while this pass is going
+            return None
+
+    scheduler = Scheduler(eligibility.runtime.db, context(eligibility).eligibility)
+    assert scheduler.settings.screening_check_interval_seconds >= 30
+    await asyncio.wait_for(scheduler.run(), timeout=5)
+    assert passes == ["pass", "pass"]
