@@ -8,7 +8,7 @@ apart.
   runner must own (the NATS it starts, the ports it assigns, the embedded issuer, ...) is refused with the reason
   (:meth:`Platform.refusals`), never silently overridden.
 - **Replicas**: the runner binds each service's port itself and hands the listening socket to every replica
-  (``uvicorn --fd``): the kernel spreads connections over the replicas, and while a replica restarts, connections
+  (``onestop/serve.py``): the kernel spreads connections over the replicas, and while a replica restarts, connections
   wait in the socket's backlog instead of being refused. Replicas share the service's database; the outbox relay
   takes a lock so one relays at a time (shared/outbox.py), consumers are durable pull consumers the replicas share.
 - **Supervision**: a process that dies is restarted with backoff (onestop/supervisor.py).
@@ -636,10 +636,7 @@ class Platform:
         else:
             entry = BY_NAME[group]
             factory, env = entry.app_factory, self.env_for(entry)
-        command = [
-            sys.executable, "-m", "uvicorn", "--factory", factory, "--fd", str(fd),
-            "--no-access-log", "--timeout-graceful-shutdown", "10",
-        ]  # fmt: skip
+        command = [sys.executable, "-m", "onestop.serve", "--factory", factory, "--fd", str(fd)]
         for replica in self._processes_named(name):
             self._manage(replica, lambda log: subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                                 start_new_session=True, pass_fds=(fd,)))  # fmt: skip

@@ -1,0 +1,78 @@
+"""The runner serves every process on a socket it holds (onestop/serve.py): connections accepted there must be TCP
+connections with ``TCP_NODELAY`` set, or each response waits for the client's delayed acknowledgement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from onestop.serve import inherited_socket, server
+
+NODELAY: list[int] = []
+
+
+class RecordingProtocol(HttpToolsProtocol):
+    """uvicorn's own HTTP protocol, noting whether each connection it is given has Nagle's algorithm off."""
+
+    def connection_made(self, transport: Any) -> None:
+        NODELAY.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        super().connection_made(transport)
+
+
+def hello() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/hello")
+    async def answer() -> dict[str, str]:
+        return {"hello": "world"}
+
+    return app
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    """A listening socket bound as the runner binds one (onestop/runner.py, ``bind_sockets``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock
+    sock.close()
+
+
+def test_an_inherited_descriptor_is_taken_for_the_tcp_socket_it_is(listening: socket.socket) -> None:
+    sock = inherited_socket(listening.fileno())
+    try:
+        assert (sock.family, sock.type, sock.proto) == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        assert sock.getsockname() == listening.getsockname()
+    finally:
+        sock.detach()  # the descriptor stays the fixture's
+
+
+async def test_every_connection_the_served_app_accepts_has_nagle_s_algorithm_off(listening: socket.socket) -> None:
+    NODELAY.clear()
+    # The server's own copy of the descriptor, as a replica inherits one (uvicorn closes it on shutdown).
+    descriptor = os.dup(listening.fileno())
+    serving, sock = server(f"{__name__}:hello", descriptor, http=RecordingProtocol, log_level="warning")
+    task = asyncio.create_task(serving.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(10):
+            while not serving.started:
+                await asyncio.sleep(0.01)
+        host, port = listening.getsockname()
+        for _ in range(2):  # two connections, two requests on each (kept alive)
+            async with httpx.AsyncClient(base_url=f"http://{host}:{port}") as client:
+                for _ in range(2):
+                    response = await client.get("/hello")
+                    assert response.json() == {"hello": "world"}
+        assert NODELAY == [1, 1]
+    finally:
+        serving.should_exit = True
+        await task
