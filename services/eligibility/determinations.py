@@ -21,7 +21,7 @@ import orjson
 
 from services.eligibility import triggers
 from services.eligibility.catalogue import Catalogue
-from services.eligibility.facts import FactLayers, FactValueError
+from services.eligibility.facts import FactLayers, FactValueError, ReportedValue, registry_facts
 from services.eligibility.models import (
     ApplicationRow,
     DepartmentFactRow,
@@ -97,40 +97,58 @@ class Eligibility:
 
     async def prepare(self, repo: Repository, events: Sequence[CloudEvent], now: dt.datetime) -> None:
         """Run the rules, ahead of the consumer's transaction and outside it (``repo`` is on a read-only session), for
-        the submissions and answers of a batch: the transaction then finds each result by its inputs instead of
-        evaluating while it holds the database's writer lock. Nothing is written here; a result whose inputs changed
-        in between (a department reported a fact, say) does not match and the transaction evaluates afresh."""
-        pending: dict[uuid.UUID, ApplicationRow] = {}  # as the batch's earlier events will have left each one
+        every evaluation the batch's events will ask for — submissions and answers, and the re-evaluations a
+        department's report, a consent or a registry change makes: the transaction then finds each result by its
+        inputs instead of evaluating while it holds the database's writer lock. Nothing is written here; each event's
+        effect on what is known is played forward in memory, in the batch's order. A result whose inputs turn out
+        otherwise (another process wrote in between, a fact the transaction refuses) does not match, and the
+        transaction evaluates afresh."""
+        ahead = _Ahead(repo, await self.store.get(repo), now)
         for event in events:
             if event.event_type == ApplicationSubmitted.event_type:
                 submitted = ApplicationSubmitted.model_validate(event.data)
-                app = pending.get(submitted.application_id) or await repo.application(submitted.application_id)
+                app = await ahead.application(submitted.application_id)
                 if app is not None and app.status != PENDING:
                     continue
                 app = _ahead(app, submitted.application_id, submitted.resident_id, submitted.life_event)
                 app.application_date = submitted.application_date
                 app.programs = list(submitted.program_codes) or None
                 merge_answers(app, submitted.answers, submitted.submitted_at)
+                ahead.opened(app)
+                apps = [app]
             elif event.event_type == ApplicationInfoProvided.event_type:
                 provided = ApplicationInfoProvided.model_validate(event.data)
-                app = pending.get(provided.application_id) or await repo.application(provided.application_id)
+                app = await ahead.application(provided.application_id)
                 if app is None or app.status != OPEN:
                     continue
                 app = _ahead(app, app.application_id, app.resident_id, app.life_event)
                 merge_answers(app, provided.answers, provided.provided_at)
+                ahead.opened(app)
+                apps = [app]
+            elif event.event_type == FactsReported.event_type:
+                reported = FactsReported.model_validate(event.data)
+                if not ahead.reported(reported):
+                    continue
+                apps = await ahead.open_applications(reported.resident_id)
+            elif event.event_type == ConsentChanged.event_type:
+                changed = ConsentChanged.model_validate(event.data)
+                await ahead.consented(changed)
+                apps = await ahead.open_applications(changed.resident_id)
+            elif event.event_type == ResidentUpdated.event_type:
+                updated = ResidentUpdated.model_validate(event.data)
+                await ahead.registered(updated)
+                apps = await ahead.open_applications(updated.resident_id)
             else:
                 continue
-            pending[app.application_id] = app
-            if app.withdrawn_at is not None or app.application_date is None:
-                continue
-            catalogue = await self.store.get(repo)
-            layers = await repo.layers_for(app.resident_id, app.declared)
-            key = _inputs(catalogue, app, layers, now)
-            if key not in self._prepared:
-                self._prepared[key] = _run_rules(catalogue, app, layers, now)
-                if len(self._prepared) > PREPARED_KEPT:
-                    self._prepared.popitem(last=False)
-            await asyncio.sleep(0)  # one evaluation at a time: requests get the loop in between
+            for app in apps:
+                if app.withdrawn_at is not None or app.application_date is None:
+                    continue
+                key, layers = await ahead.inputs(app)
+                if key not in self._prepared:
+                    self._prepared[key] = _run_rules(ahead.catalogue, app, layers, now)
+                    if len(self._prepared) > PREPARED_KEPT:
+                        self._prepared.popitem(last=False)
+                await asyncio.sleep(0)  # one evaluation at a time: requests get the loop in between
 
     # ------------------------------------------------------------------------------------------ events in
 
@@ -450,6 +468,90 @@ async def application_determinations(
             ],
         }
     )
+
+
+class _Ahead:
+    """What a batch's events will have made known, played forward in memory over what the database holds (for
+    :meth:`Eligibility.prepare`): the applications as the batch leaves them, and per resident the registry, the
+    consents and the department facts the batch adds — as the handlers will store them."""
+
+    def __init__(self, repo: Repository, catalogue: Catalogue, now: dt.datetime) -> None:
+        self.repo, self.catalogue, self.now = repo, catalogue, now
+        self.applications: dict[uuid.UUID, ApplicationRow] = {}
+        self.registry: dict[uuid.UUID, dict[str, Any]] = {}
+        self.consents: dict[uuid.UUID, dict[str, bool]] = {}
+        self.facts: dict[uuid.UUID, list[ReportedValue]] = collections.defaultdict(list)
+        self.reports: set[uuid.UUID] = set()
+        self.versions: dict[tuple[uuid.UUID, str], int | None] = {}
+
+    async def application(self, application_id: uuid.UUID) -> ApplicationRow | None:
+        return self.applications.get(application_id) or await self.repo.application(application_id)
+
+    def opened(self, app: ApplicationRow) -> None:
+        self.applications[app.application_id] = app
+
+    async def open_applications(self, resident_id: uuid.UUID) -> list[ApplicationRow]:
+        """The resident's open applications as the handler will find them (those the batch opened included)."""
+        found = {a.application_id: a for a in await self.repo.open_applications(resident_id, for_update=False)}
+        found.update({k: a for k, a in self.applications.items() if a.resident_id == resident_id})
+        return [a for a in found.values() if a.status == OPEN]
+
+    def reported(self, data: FactsReported) -> bool:
+        """The facts of a report the handler will keep (it skips what the catalogue refuses); False when none."""
+        if data.report_id in self.reports:
+            return False
+        self.reports.add(data.report_id)
+        bad = {p.index for p in check_report(self.catalogue, data.department.value, data.facts, self.now)}
+        kept = [
+            ReportedValue(
+                fact.name,
+                self.catalogue.facts.coerce_json(fact.name, fact.value),
+                data.department.value,
+                data.source,
+                _aware(fact.observed_at),
+                _aware(fact.valid_until) if fact.valid_until is not None else None,
+            )
+            for index, fact in enumerate(data.facts)
+            if index not in bad
+        ]
+        self.facts[data.resident_id].extend(kept)
+        return bool(kept)
+
+    async def _newer(self, resident_id: uuid.UUID, kind: str, version: int) -> bool:
+        """Whether the event's version is newer than what is known (the handlers ignore a late, older one)."""
+        key = (resident_id, kind)
+        if key not in self.versions:
+            row = await self.repo.resident(resident_id)
+            self.versions[key] = None if row is None else getattr(row, f"{kind}_version")
+        known = self.versions[key]
+        if known is not None and version <= known:
+            return False
+        self.versions[key] = version
+        return True
+
+    async def consented(self, data: ConsentChanged) -> None:
+        if await self._newer(data.resident_id, "consent", data.version):
+            self.consents[data.resident_id] = dict(data.consents)
+
+    async def registered(self, data: ResidentUpdated) -> None:
+        if await self._newer(data.resident_id, "registry", data.version):
+            self.registry[data.resident_id] = registry_facts(
+                birth_date=data.birth_date,
+                district_code=data.district_code,
+                household=[m.model_dump(mode="json") for m in data.household],
+                vulnerability=[v.value for v in data.vulnerability],
+            )
+
+    async def inputs(self, app: ApplicationRow) -> tuple[bytes, FactLayers]:
+        layers = await self.repo.layers_for(app.resident_id, app.declared)
+        resident = app.resident_id
+        if resident in self.registry:
+            layers.registry = self.registry[resident]
+        if resident in self.consents:
+            layers.consents = self.consents[resident]
+        if self.facts.get(resident):
+            layers.reported = [*layers.reported, *self.facts[resident]]
+        return _inputs(self.catalogue, app, layers, self.now), layers
 
 
 def _run_rules(catalogue: Catalogue, app: ApplicationRow, layers: FactLayers, now: dt.datetime) -> Evaluated:

@@ -219,13 +219,15 @@ class Repository:
         )
         return (await self.session.execute(query)).scalar_one_or_none()
 
-    async def open_applications(self, resident_id: uuid.UUID) -> list[ApplicationRow]:
+    async def open_applications(self, resident_id: uuid.UUID, *, for_update: bool = True) -> list[ApplicationRow]:
+        """Locked for the handler that re-evaluates them; read as they are when working ahead (read-only)."""
         query = (
             select(ApplicationRow)
             .where(ApplicationRow.resident_id == resident_id, ApplicationRow.status == "open")
             .order_by(ApplicationRow.submitted_at)
-            .with_for_update()
         )
+        if for_update:
+            query = query.with_for_update()
         return list((await self.session.scalars(query)).all())
 
     async def round_determinations(self, application_id: uuid.UUID, round_: int) -> list[DeterminationRow]:

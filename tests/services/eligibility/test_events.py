@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from services.eligibility.context import EligibilityContext
@@ -382,3 +384,55 @@ async def test_rules_run_ahead_of_the_transaction_count_only_while_what_they_rea
 
     assert await determined_programs(offered) == {"maternal_newborn_care"}
     assert len(await determined_programs(plain)) > 1, "the life event's programs"
+
+
+# The writer lock is SQLite's (PostgreSQL serialises nothing of the kind): this runs on SQLite only.
+@pytest.mark.parametrize("database_backend", ["sqlite"])
+async def test_a_report_a_consent_or_a_registry_change_re_evaluates_with_rules_run_ahead_of_the_transaction(
+    eligibility: RunningService,
+    nats_server: NatsServer,
+    bus_prefix: str,
+    database_backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only submissions: the re-evaluations a department's report, a consent or a registry change makes are
+    worked out ahead too, each event's effect played forward in memory — the rules never run while the consumer
+    holds the writer lock, and what is stored is what evaluating in place gives."""
+    from sqlalchemy.engine import make_url
+
+    from services.eligibility import determinations
+    from shared import sqlite
+
+    writer = sqlite.writer_for(str(make_url(eligibility.runtime.db.url).database))
+    assert writer is not None
+    holding: list[bool] = []
+    run_rules = determinations._run_rules
+
+    def running(*args: Any) -> Any:
+        holding.append(writer.owner is asyncio.current_task())
+        return run_rules(*args)
+
+    monkeypatch.setattr(determinations, "_run_rules", running)
+    resident = uuid.uuid4()
+    await eligibility.publish(registry(resident))
+    await eligibility.publish(consents(resident, 1, department_data__welfare=True))
+    submitted = birth(resident, earned_income=2_000_000, business_income=0)
+    async with event_log(nats_server.url, bus_prefix) as log:
+        await eligibility.publish(submitted)
+        first = programs(await determined(log, submitted.application_id, 1))
+        assert first["maternal_newborn_care"]["outcome"] != "eligible", "the household's pension is not known yet"
+        # The welfare department reports the pension; the resident then changes a consent and moves house.
+        await eligibility.publish(report(resident, "welfare", public_pension_income=0))
+        await eligibility.publish(consents(resident, 2, department_data__welfare=True, proactive_screening=True))
+        moved = registry(resident, version=2).model_copy(update={"district_code": "11110"})
+        await eligibility.publish(moved)
+        await settle(eligibility)
+        second = programs(await determined(log, submitted.application_id, 2))
+    assert second["maternal_newborn_care"]["outcome"] == "eligible"
+    async with eligibility.runtime.db.read_session() as session:
+        query = select(EvaluationRoundRow.trigger).where(EvaluationRoundRow.application_id == submitted.application_id)
+        rounds = (await session.scalars(query.order_by(EvaluationRoundRow.round))).all()
+    assert rounds == ["submitted", "facts_reported"], "a round only where an outcome changed"
+    # The submission, the report, the consent and the move each evaluated the application once, all ahead.
+    assert len(holding) >= 4
+    assert not any(holding), f"{holding.count(True)} of {len(holding)} evaluations ran inside the write transaction"
