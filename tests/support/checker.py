@@ -134,11 +134,17 @@ class MailDir:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # A delivered file never changes: each is parsed once, not at every observation (a settling test observes
+        # every second or two, and parsing a thousand e-mails each time took the CPU the platform needed).
+        self._parsed: dict[Path, EmailMessage] = {}
 
     def __iter__(self) -> Iterator[EmailMessage]:
         for path in sorted(self.directory.glob("*.eml")):
-            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-            assert isinstance(message, EmailMessage)
+            message = self._parsed.get(path)
+            if message is None:
+                parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+                assert isinstance(parsed, EmailMessage)
+                message = self._parsed[path] = parsed
             yield message
 
 
