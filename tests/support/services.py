@@ -3,7 +3,14 @@ connection, relay, consumers) running against the real nats-server, and an httpx
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import concurrent.futures
 import contextlib
+import shutil
+import sqlite3
+import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +20,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from onestop.registry import BY_NAME
 from shared.auth import TokenIssuer
@@ -103,6 +111,42 @@ class RunningService:
         return {"Authorization": f"Bearer {self.issuer.mint(role, **claims)}"}
 
 
+# ---------------------------------------------------------------------------------------------- migrated databases
+
+_TEMPLATES: dict[str, Path] = {}  # service -> a SQLite file at the head of its migrations
+_TEMPLATES_LOCK = threading.Lock()
+_TEMPLATE_DIR = Path(tempfile.mkdtemp(prefix="onestop-templates-"))
+atexit.register(shutil.rmtree, _TEMPLATE_DIR, True)
+
+
+async def migrated(database_url: str, service: str) -> None:
+    """The service's migrations applied to the database. A SQLite file not made yet is copied from a template that
+    alembic migrated once per test process: the same schema, made once instead of once per test (about 80 ms each).
+    Anything else is upgraded by alembic as the service would be; on PostgreSQL a copy from a template costs what
+    migrating does, so it is migrated."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).exists():
+        shutil.copyfile(_sqlite_template(service), str(url.database))
+        return
+    await upgrade(database_url, BY_NAME[service].migrations)
+
+
+def _sqlite_template(service: str) -> Path:
+    """The service's template, made on first use (in a thread: the caller's event loop is left alone)."""
+    with _TEMPLATES_LOCK:
+        if service not in _TEMPLATES:
+            path = _TEMPLATE_DIR / f"{service}.db"
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(asyncio.run, upgrade(f"sqlite+aiosqlite:///{path}", BY_NAME[service].migrations)).result()
+            connection = sqlite3.connect(path)  # everything in the one file that is copied
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                connection.close()
+            _TEMPLATES[service] = path
+        return _TEMPLATES[service]
+
+
 def service_settings(
     name: str, *, database_url: str, nats_url: str, prefix: str, keys_dir: Path, **overrides: Any
 ) -> ServiceSettings:
@@ -140,7 +184,7 @@ async def running_service(
         name, database_url=database_url, nats_url=nats_url, prefix=prefix, keys_dir=keys_dir, **overrides
     )
     if migrate:
-        await upgrade(settings.database_url, entry.migrations)
+        await migrated(settings.database_url, name)
     seeder = entry.seeder() if seed else None
     if seeder is not None:
         await seeder(settings)
