@@ -8,11 +8,12 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     bindparam,
     delete,
@@ -54,7 +55,11 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
+from shared.db import bulk_insert
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
+
+if TYPE_CHECKING:
+    import polars as pl
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
@@ -525,6 +530,10 @@ class Repository:
             )
         ).all()
         return list(residents), list(facts)
+
+    async def add_opportunities(self, rows: pl.DataFrame) -> None:
+        """Opportunities found by a screening, in one bulk write (``screening.opportunity_rows``' columns)."""
+        await bulk_insert(self.session, cast(Table, OpportunityRow.__table__), rows)
 
     async def judged_pairs(
         self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
