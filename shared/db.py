@@ -25,13 +25,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, Uuid, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared import sqlite
+
+if TYPE_CHECKING:
+    import polars as pl
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -177,3 +180,34 @@ def defer_write(session: AsyncSession, write: DeferredWrite) -> None:
     """From a read-only unit of work: run ``write`` in a write transaction once the read ends well (before the
     answer is sent), or not at all when it fails."""
     session.info.setdefault(DEFERRED_WRITES, []).append(write)
+
+
+async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame) -> None:
+    """Insert ``rows`` (a column per table column, by name) in the session's transaction through the driver's bulk
+    path: ``executemany`` on SQLite, ``COPY`` on PostgreSQL — none of the ORM's per-row work. UUID columns hold
+    text (32 hex digits, or with dashes); timestamps are timezone-aware and written in UTC as the tables' own types
+    write them (``tables.UTCDateTime``)."""
+    import polars as pl
+
+    if not rows.height:
+        return
+    connection = await session.connection()
+    columns = list(rows.columns)
+    if connection.dialect.name == "postgresql":
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        records = rows.with_columns(
+            pl.col(pl.Datetime).dt.convert_time_zone("UTC"),
+        ).rows()
+        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        return
+    # SQLite keeps UUIDs as 32 hex digits and timestamps as UTC text with microseconds (SQLAlchemy's own forms).
+    uuids = [c for c in columns if isinstance(table.c[c].type, Uuid)]
+    records = rows.with_columns(
+        *(pl.col(c).str.replace_all("-", "") for c in uuids),
+        pl.col(pl.Datetime).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f"),
+    ).rows()
+    marks = ", ".join("?" * len(columns))
+    await connection.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608 - the table's own names
+        records,
+    )

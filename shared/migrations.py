@@ -61,11 +61,23 @@ def _run(connection: Connection, config: Config, action: str, arg: str) -> None:
         command.revision(config, message=arg, autogenerate=True)
 
 
+def for_dialect(dialect: str) -> Callable[..., bool]:
+    """Autogenerate's ``include_object``: an index a model declares for one backend only (``Index(...).ddl_if(
+    dialect=...)``, which ``create_all`` honours and autogenerate does not) is compared on that backend alone."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        only = getattr(obj, "_ddl_if", None) if type_ == "index" and not reflected else None
+        return only is None or only.dialect is None or only.dialect == dialect
+
+    return include
+
+
 def configure_context(connection: Connection, metadata: MetaData) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
         compare_type=True,
+        include_object=for_dialect(connection.dialect.name),
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
     )

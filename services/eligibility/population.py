@@ -1,5 +1,5 @@
 """Screening a population a page at a time through the vectorised path: each page of consenting residents is read
-from the registry projection as text (``Repository.registry_page``), resolved into the registry table
+from the registry projection as columns (``Repository.registry_page``), resolved into the registry table
 (``fact_table.registry_table``), judged in columns (``vectorised.Judge``), and handed to the caller with the
 (resident, program) pairs found eligible and those already applied for or told of.
 
@@ -22,49 +22,15 @@ from services.eligibility.fact_table import ROW, registry_table
 from services.eligibility.repository import Repository
 from services.eligibility.vectorised import ELIGIBLE, Judge, Plan, amount_column, outcome_column, plan
 
-_RESIDENTS = {
-    "resident_id": pl.String(),
-    "registry_version": pl.Int64(),
-    "birth_date": pl.String(),
-    "district_code": pl.String(),
-    "household": pl.String(),
-    "vulnerability": pl.String(),
-    "consents": pl.String(),
-}
-_FIELDS = ["name", "department", "value", "observed_at", "valid_until", "id"]
-_MOMENT = "%Y-%m-%d %H:%M:%S%.f"
 ONLY_BATCH = 10_000
 
 
-def residents_frame(rows: Sequence[Any]) -> pl.DataFrame:
-    frame = pl.DataFrame([tuple(r) for r in rows], schema=_RESIDENTS, orient="row")
-    return frame.with_columns(pl.col("birth_date").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
-
-
-def reports_frame(rows: Sequence[Any], ids: Sequence[str]) -> pl.DataFrame:
-    """The department facts of ``Repository.registry_page`` (one text per resident) as one row per fact, each with
-    its resident's row in ``ids`` (``__resident``; facts of residents not in ``ids`` are left out)."""
-    packed = pl.DataFrame([tuple(r) for r in rows], schema={"resident_id": pl.String(), "packed": pl.String()},
-                          orient="row")  # fmt: skip
-    rows_of = pl.DataFrame({"resident_id": list(ids)}).with_row_index("__resident")
-    facts = (
-        packed.join(rows_of, on="resident_id", how="inner")
-        .with_columns(pl.col("packed").str.split("\x1e"))
-        .explode("packed")
-        .with_columns(pl.col("packed").str.split_exact("\x1f", len(_FIELDS) - 1).struct.rename_fields(_FIELDS))
-        .unnest("packed")
-    )
-    return facts.select(
-        "__resident",
-        pl.col("id").cast(pl.Int64),
-        "name",
-        "value",
-        "department",
-        pl.col("observed_at").str.to_datetime(_MOMENT, time_zone="UTC", strict=False),
-        pl.when(pl.col("valid_until") != "")
-        .then(pl.col("valid_until"))
-        .str.to_datetime(_MOMENT, time_zone="UTC", strict=False)
-        .alias("valid_until"),
+def with_rows(facts: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
+    """The department facts of ``Repository.registry_page`` (one row per fact), each with its resident's row in
+    ``ids`` (``__resident``; facts of residents not in ``ids`` are left out)."""
+    rows_of = pl.DataFrame({"resident_id": list(ids)}, schema={"resident_id": pl.String()}).with_row_index("__resident")
+    return facts.join(rows_of, on="resident_id", how="inner").select(
+        "__resident", "id", "name", "value", "department", "observed_at", "valid_until"
     )
 
 
@@ -118,16 +84,15 @@ async def screened_pages(
             if not batches:
                 return
             batch = batches.pop(0)
-        residents, facts = await repo.registry_page(
+        people, facts = await repo.registry_page(
             None if batch is not None else after, min(page_size, max_residents - screened), batch
         )
-        if not residents:
+        if not people.height:
             if batch is not None:
                 continue
             return
-        people = residents_frame(residents)
         ids = people.get_column("resident_id").to_list()
-        table = registry_table(people, reports_frame(facts, ids), catalogue.facts, chosen.base, now)
+        table = registry_table(people, with_rows(facts, ids), catalogue.facts, chosen.base, now)
         judged = Judge(catalogue, chosen, table, criteria=False).run()
         with_ids = judged.with_columns(pl.Series("resident_id", ids)).drop(ROW)
         found = pl.concat(

@@ -8,11 +8,12 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends
 from sqlalchemy import (
     ColumnElement,
+    Table,
     and_,
     bindparam,
     delete,
@@ -54,7 +55,11 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
+from shared.db import bulk_insert
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
+
+if TYPE_CHECKING:
+    import polars as pl
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 
@@ -462,71 +467,128 @@ class Repository:
 
     async def registry_page(
         self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None
-    ) -> tuple[list[Any], list[Any]]:
-        """A page of consenting residents (by id, after ``after``: 32 hex digits) for the registry table, as plain
-        text columns (the driver's values, none converted: a page holds up to hundreds of thousands of residents),
-        and their department facts, one text per resident (fields joined by unit separators, facts by record
-        separators: one object per resident instead of seven per fact). ``only``: these residents alone (a re-screen of
-        those whose facts changed). Unscoped: for screening. Returns (residents: id, registry_version, birth_date,
-        district_code, household, vulnerability, consents; facts: id, text)."""
-        # The SQL is assembled from this method's own fragments (per dialect); every value is a bound parameter.
-        postgres = self.session.get_bind().dialect.name == "postgresql"
-        rid = "replace(r.resident_id::text, '-', '')" if postgres else "r.resident_id"
-        frid = "replace(f.resident_id::text, '-', '')" if postgres else "f.resident_id"
-        day = "to_char({}, 'YYYY-MM-DD')" if postgres else "{}"
-        json = "{}::text" if postgres else "{}"
-        moment = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')" if postgres else "{}"
-        after_clause = ""
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """A page of consenting residents (by id, after ``after``: 32 hex digits) for the registry table, and their
+        department facts (theirs alone), as columns: the residents (resident_id as 32 hex digits, registry_version,
+        birth_date, district_code, and household, vulnerability and consents as JSON text) and one row per fact
+        (resident_id, id, name, value as JSON text, department, observed_at, valid_until). ``only``: these residents
+        alone (a re-screen of those whose facts changed). Unscoped: for screening.
+
+        A page holds up to hundreds of thousands of residents and a dozen facts each, so no value becomes a Python
+        object of its own: PostgreSQL sends both as CSV (``COPY (SELECT ...) TO STDOUT``), parsed by Polars; SQLite
+        (whose driver has no bulk read) sends one text per resident with their facts joined by separators, read
+        through the covering index ``ix_department_facts_resident_covering`` (migration 0009): a seek per resident,
+        without a lookup in the table per fact."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return await self._registry_page_copy(after, limit, only)
+        return await self._registry_page_sqlite(after, limit, only)
+
+    async def _registry_page_copy(
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        connection = await self.session.connection()
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        # The text of dates and timestamps follows DateStyle: ISO for this transaction, whatever the server's default.
+        # No JIT: compiling these plain scans costs more than running them.
+        await driver.execute("SET LOCAL DateStyle = 'ISO'; SET LOCAL jit = off")
+        where, args = "r.proactive_screening", list[Any]()
         if after is not None:
-            after_clause = "AND r.resident_id > CAST(:after AS uuid)" if postgres else "AND r.resident_id > :after"
+            where += " AND r.resident_id > $1::uuid"
+            args.append(uuid.UUID(after))
+        if only is not None:
+            where += f" AND r.resident_id = ANY(${len(args) + 1}::uuid[])"
+            args.append(list(only))
+        # The SQL is this method's own text; every value is a parameter.
+        residents = await _copy_csv(
+            driver,
+            "SELECT r.resident_id, r.registry_version, r.birth_date, r.district_code, r.household::text, "  # noqa: S608
+            f"r.vulnerability::text, r.consents::text FROM residents r WHERE {where} "
+            f"ORDER BY r.resident_id LIMIT {int(limit)}",
+            args,
+            _RESIDENT_COLUMNS,
+        )
+        if not residents.height:
+            return _residents_of(residents), _no_facts()
+        # The facts of the page's id range (a bitmap scan: the heap pages in order, each read once), less those of
+        # residents not on the page (who do not consent).
+        ids = residents.get_column("resident_id")
+        fact_args: list[Any] = [uuid.UUID(ids[0]), uuid.UUID(ids[-1])]
+        chosen = "f.resident_id BETWEEN $1::uuid AND $2::uuid"
+        if only is not None:
+            fact_args, chosen = [list(only)], "f.resident_id = ANY($1::uuid[])"
+        facts = await _copy_csv(
+            driver,
+            "SELECT f.resident_id, f.id, f.name, f.value::text, f.department, f.observed_at AT TIME ZONE 'UTC', "  # noqa: S608
+            f"f.valid_until AT TIME ZONE 'UTC' FROM department_facts f WHERE {chosen}",
+            fact_args,
+            _FACT_COLUMNS,
+        )
+        facts = facts.join(residents.select("resident_id"), on="resident_id", how="semi")
+        return _residents_of(residents), _facts_of(facts)
+
+    async def _registry_page_sqlite(
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        import polars as pl
+
+        after_clause = "AND r.resident_id > :after" if after is not None else ""
         params: dict[str, Any] = {"limit": limit}
         if after is not None:
             params["after"] = after
         if only is not None:
             after_clause += " AND r.resident_id IN :only"
-            params["only"] = list(only) if postgres else [u.hex for u in only]
-        residents = (
+            params["only"] = [u.hex for u in only]
+        expanding: list[Any] = [bindparam("only", expanding=True)] if only is not None else []
+        rows = (
             await self.session.execute(
                 text(
-                    f"SELECT {rid}, r.registry_version, {day.format('r.birth_date')}, r.district_code, "  # noqa: S608
-                    f"{json.format('r.household')}, {json.format('r.vulnerability')}, {json.format('r.consents')} "
-                    f"FROM residents r WHERE r.proactive_screening {after_clause} ORDER BY r.resident_id LIMIT :limit"
-                ).bindparams(*([bindparam("only", expanding=True)] if only is not None else [])),
+                    "SELECT r.resident_id, r.registry_version, r.birth_date, r.district_code, r.household, "  # noqa: S608
+                    f"r.vulnerability, r.consents FROM residents r WHERE r.proactive_screening {after_clause} "
+                    "ORDER BY r.resident_id LIMIT :limit"
+                ).bindparams(*expanding),
                 params,
             )
         ).all()
-        if not residents:
-            return [], []
-        first, last = residents[0][0], residents[-1][0]
-        fields = [
-            "f.name",
-            "f.department",
-            json.format("f.value"),
-            moment.format("f.observed_at"),
-            f"coalesce({moment.format('f.valid_until')}, '')",
-            "CAST(f.id AS TEXT)" if not postgres else "f.id::text",
-        ]
-        unit = " || chr(31) || " if postgres else " || char(31) || "
-        record = "string_agg({}, chr(30))" if postgres else "group_concat({}, char(30))"
-        between = (
-            "f.resident_id BETWEEN CAST(:first AS uuid) AND CAST(:last AS uuid)"
-            if postgres
-            else "f.resident_id BETWEEN :first AND :last"
+        residents = pl.DataFrame([tuple(r) for r in rows], schema=_schema(_RESIDENT_COLUMNS), orient="row")
+        if not residents.height:
+            return _residents_of(residents), _no_facts()
+        # The facts of the page's residents through the covering index, one text per resident (fields joined by unit
+        # separators, facts by record separators), one object per resident instead of seven per fact.
+        packed = " || char(31) || ".join(
+            ["f.name", "f.department", "f.value", "f.observed_at", "coalesce(f.valid_until, '')", "CAST(f.id AS TEXT)"]
         )
-        bounds: dict[str, Any] = {"first": first, "last": last}
+        where = "r.resident_id BETWEEN :first AND :last"
+        bounds: dict[str, Any] = {"first": rows[0][0], "last": rows[-1][0]}
         if only is not None:  # a few residents spread over every id: their own facts, not the whole range's
-            between = "f.resident_id IN :only"
-            bounds = {"only": params["only"]}
-        facts = (
+            where, bounds = "r.resident_id IN :only", {"only": params["only"]}
+        # CROSS JOIN keeps the residents outside (SQLite's way of fixing the join order): a seek in the covering
+        # index per consenting resident, rather than every fact of the range and a lookup of its resident.
+        grouped = (
             await self.session.execute(
                 text(
-                    f"SELECT {frid}, {record.format(unit.join(fields))} FROM department_facts f "  # noqa: S608
-                    f"WHERE {between} GROUP BY f.resident_id"
-                ).bindparams(*([bindparam("only", expanding=True)] if only is not None else [])),
+                    f"SELECT r.resident_id, group_concat({packed}, char(30)) FROM residents r "  # noqa: S608
+                    f"CROSS JOIN department_facts f ON f.resident_id = r.resident_id "
+                    f"WHERE r.proactive_screening AND {where} GROUP BY r.resident_id"
+                ).bindparams(*expanding),
                 bounds,
             )
         ).all()
-        return list(residents), list(facts)
+        fields = ["name", "department", "value", "observed_at", "valid_until", "id"]
+        facts = (
+            pl.DataFrame(
+                [tuple(r) for r in grouped], schema={"resident_id": pl.String(), "packed": pl.String()}, orient="row"
+            )
+            .with_columns(pl.col("packed").str.split("\x1e"))
+            .explode("packed")
+            .with_columns(pl.col("packed").str.split_exact("\x1f", len(fields) - 1).struct.rename_fields(fields))
+            .unnest("packed")
+            .with_columns(pl.when(pl.col("valid_until") != "").then(pl.col("valid_until")).alias("valid_until"))
+        )
+        return _residents_of(residents), _facts_of(facts)
+
+    async def add_opportunities(self, rows: pl.DataFrame) -> None:
+        """Opportunities found by a screening, in one bulk write (``screening.opportunity_rows``' columns)."""
+        await bulk_insert(self.session, cast(Table, OpportunityRow.__table__), rows)
 
     async def judged_pairs(
         self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
@@ -549,6 +611,76 @@ class Repository:
             list((await self.session.execute(applied.distinct())).all()),
             list((await self.session.execute(told)).all()),
         )
+
+
+# ---------------------------------------------------------------------------------------------- the registry table
+
+
+def _schema(columns: Sequence[str]) -> dict[str, Any]:
+    import polars as pl
+
+    types = {**_RESIDENT_COLUMNS_T, **_FACT_COLUMNS_T}
+    return {c: pl.Int64() if types[c] == "int" else pl.String() for c in columns}
+
+
+_RESIDENT_COLUMNS_T = {
+    "resident_id": "str", "registry_version": "int", "birth_date": "str", "district_code": "str", "household": "str",
+    "vulnerability": "str", "consents": "str",
+}  # fmt: skip
+_FACT_COLUMNS_T = {
+    "resident_id": "str", "id": "int", "name": "str", "value": "str", "department": "str", "observed_at": "str",
+    "valid_until": "str",
+}  # fmt: skip
+_RESIDENT_COLUMNS = list(_RESIDENT_COLUMNS_T)
+_FACT_COLUMNS = list(_FACT_COLUMNS_T)
+# Timestamps as both backends write them in UTC ("2026-03-02 03:00:00" with ".123456" when there are microseconds).
+_MOMENT = "%Y-%m-%d %H:%M:%S%.f"
+
+
+async def _copy_csv(driver: Any, query: str, args: Sequence[Any], columns: list[str]) -> pl.DataFrame:
+    """The rows of ``query`` as a frame of text and integer columns, sent by PostgreSQL as CSV (``COPY``)."""
+    import polars as pl
+
+    # An async writer: a file would cost a thread hop per chunk of the stream.
+    chunks: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await driver.copy_from_query(query, *args, output=write, format="csv")
+    schema = _schema(columns)
+    if not any(chunks):
+        return pl.DataFrame(schema=schema)
+    return pl.read_csv(b"".join(chunks), has_header=False, new_columns=columns, schema=schema)
+
+
+def _residents_of(frame: pl.DataFrame) -> pl.DataFrame:
+    import polars as pl
+
+    return frame.with_columns(
+        pl.col("resident_id").str.replace_all("-", ""),
+        pl.col("birth_date").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False),
+    )
+
+
+def _facts_of(frame: pl.DataFrame) -> pl.DataFrame:
+    import polars as pl
+
+    return frame.select(
+        pl.col("resident_id").str.replace_all("-", ""),
+        pl.col("id").cast(pl.Int64),
+        "name",
+        "value",
+        "department",
+        pl.col("observed_at").str.to_datetime(_MOMENT, time_zone="UTC", strict=False),
+        pl.col("valid_until").str.to_datetime(_MOMENT, time_zone="UTC", strict=False),
+    )
+
+
+def _no_facts() -> pl.DataFrame:
+    import polars as pl
+
+    return _facts_of(pl.DataFrame(schema=_schema(_FACT_COLUMNS)))
 
 
 async def get_repository(session: SessionDep) -> Repository:

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
 import polars as pl
-from sqlalchemy import Table, delete, insert, update
+from sqlalchemy import Table, delete, update
 
 from services.eligibility import near_misses, vectorised
 from services.eligibility.catalogue import Catalogue, named_programs
 from services.eligibility.determinations import Eligibility
-from services.eligibility.facts import Derived, FactLayers, derive, resolve
+from services.eligibility.facts import Derived, FactCatalogue, FactLayers, derive, resolve
 from services.eligibility.models import (
-    OpportunityRow,
     ResidentRow,
     ScreeningQuestionRow,
     ScreeningQueueRow,
@@ -45,16 +44,23 @@ from services.eligibility.models import (
 from services.eligibility.near_misses import NearMiss
 from services.eligibility.repository import Repository, registry_of, reported_of
 from services.eligibility.schemas import ScreeningIn, ScreeningOut, ScreeningPage
-from services.eligibility.screening import Finding, facts_read, screening_out, start_screening
+from services.eligibility.screening import (
+    Finding,
+    facts_read,
+    opportunity_events,
+    opportunity_rows,
+    screening_out,
+    start_screening,
+)
 from services.eligibility.triggers import ReviewCalendar
-from shared.db import Database
-from shared.events import EligibilityOpportunity, Localized, ScreeningQuestionAsked
+from shared.db import Database, bulk_insert
+from shared.events import Localized, ScreeningQuestionAsked
+from shared.outbox import EnvelopeTemplate, dashed
 from shared.problems import NotFound, UnprocessableContent
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["manual", "requested", "full", "daily", "incremental"]
-OPPORTUNITIES = cast(Table, OpportunityRow.__table__)
 QUESTIONS = cast(Table, ScreeningQuestionRow.__table__)
 _ERROR = object()
 _MISSING = object()
@@ -296,10 +302,10 @@ async def record_page(
     told = await repo.notified(ids)
     asked = await repo.asked(ids)
     facts = judge.catalogue.facts
-    opportunities: list[dict[str, Any]] = []
-    offers: list[EligibilityOpportunity] = []
-    questions: list[dict[str, Any]] = []
-    asking: list[ScreeningQuestionAsked] = []
+    offered: list[tuple[str, str, int | None]] = []  # (resident as 32 hex digits, program, amount)
+    # The questions, by what their events share (program, fact, why): (question, resident) per question.
+    questions: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[tuple[str, str]]] = {}
+    misses: dict[tuple[str, str, tuple[tuple[str, str], ...]], NearMiss] = {}
     review_rows: list[dict[str, Any]] = []
     for one in judged:
         rid, judgement = one.resident_id, one.judgement
@@ -312,72 +318,91 @@ async def record_page(
             if (rid, code) in told:
                 counts.already_notified += 1
                 continue
-            opportunities.append(
-                {
-                    "screening_id": screening_id,
-                    "resident_id": rid,
-                    "program_code": code,
-                    "rule_version": finding.version,
-                    "amount": finding.amount,
-                    "found_at": now,
-                }
-            )
-            offers.append(
-                EligibilityOpportunity(
-                    screening_id=screening_id,
-                    resident_id=rid,
-                    program_code=code,
-                    program_name=Localized(**finding.program.name),
-                    department=finding.program.attributes.department,
-                    amount=finding.amount,
-                    amount_period=finding.period,
-                    found_at=now,
-                )
-            )
+            offered.append((rid.hex, code, finding.amount))
         for miss in judgement.near_misses:
             code = miss.program.code
             if code in applied.get(rid, ()) or (rid, code) in told or (rid, code, miss.fact) in asked:
                 continue
             asked.add((rid, code, miss.fact))
-            question_id = uuid.uuid4()
-            questions.append(
-                {
-                    "question_id": question_id,
-                    "screening_id": screening_id,
-                    "resident_id": rid,
-                    "program_code": code,
-                    "fact": miss.fact,
-                    "status": "open",
-                    "asked_at": now,
-                    "answered_at": None,
-                }
-            )
-            fact_type = facts.types[miss.fact]
-            asking.append(
-                ScreeningQuestionAsked(
-                    question_id=question_id,
-                    screening_id=screening_id,
-                    resident_id=rid,
-                    program_code=code,
-                    program_name=Localized(**miss.program.name),
-                    department=miss.program.attributes.department,
-                    fact=facts.missing_fact(miss.fact),
-                    choices=list(fact_type.enum) if fact_type.enum else None,
-                    why=Localized(**miss.why),
-                    asked_at=now,
-                )
-            )
+            key = (code, miss.fact, tuple(sorted(miss.why.items())))
+            misses.setdefault(key, miss)
+            questions.setdefault(key, []).append((uuid.uuid4().hex, rid.hex))
         review_rows.append({"resident_id": rid, "review_on": one.review_on, "screened_on": judge.as_of})
-    if opportunities:
-        await repo.session.execute(insert(OPPORTUNITIES), opportunities)
-        await service.outbox.emit_many(repo.session, offers, subjects=[str(o.resident_id) for o in offers])
+    # Written in columns, one bulk statement each (``screening.opportunity_rows`` / ``opportunity_events``): the
+    # same rows and, byte for byte, the same events as one model per finding (``test_screening_outbox.py``).
+    if offered:
+        fresh = pl.DataFrame(
+            offered, schema={"resident_id": pl.String(), "program_code": pl.String(), "amount": pl.Int64()},
+            orient="row",
+        )  # fmt: skip
+        await repo.add_opportunities(opportunity_rows(fresh, judge.versions, screening_id, now))
+        await service.outbox.emit_frames(
+            repo.session, opportunity_events(service.outbox, fresh, judge.versions, screening_id, now)
+        )
     if questions:
-        await repo.session.execute(insert(QUESTIONS), questions)
-        await service.outbox.emit_many(repo.session, asking, subjects=[str(q.resident_id) for q in asking])
+        asked_rows, events = question_rows(service, facts, misses, questions, screening_id, now)
+        await bulk_insert(repo.session, QUESTIONS, asked_rows)
+        await service.outbox.emit_frames(repo.session, events)
     await repo.record_reviews(review_rows)
-    counts.opportunities = len(opportunities)
-    counts.questions = len(questions)
+    counts.opportunities = len(offered)
+    counts.questions = sum(len(q) for q in questions.values())
     return counts
+
+
+def question_rows(
+    service: Eligibility,
+    facts: FactCatalogue,
+    misses: dict[tuple[str, str, tuple[tuple[str, str], ...]], NearMiss],
+    questions: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[tuple[str, str]]],
+    screening_id: uuid.UUID,
+    now: dt.datetime,
+) -> tuple[pl.DataFrame, list[tuple[EnvelopeTemplate, pl.DataFrame]]]:
+    """The ``screening_questions`` rows and their ``screening.question_asked`` events, in columns: one envelope
+    template per program, fact and reason (what the question says), the question and resident filled in per row."""
+    moment = dt.datetime.now(dt.UTC)
+    rows: list[pl.DataFrame] = []
+    events: list[tuple[EnvelopeTemplate, pl.DataFrame]] = []
+    for key, asked in questions.items():
+        miss = misses[key]
+        code = miss.program.code
+        fact_type = facts.types[miss.fact]
+        group = pl.DataFrame(asked, schema={"question_id": pl.String(), "resident_id": pl.String()}, orient="row")
+        rows.append(
+            group.select(
+                "question_id",
+                pl.lit(screening_id.hex).alias("screening_id"),
+                "resident_id",
+                pl.lit(code).alias("program_code"),
+                pl.lit(miss.fact).alias("fact"),
+                pl.lit("open").alias("status"),
+                pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("asked_at"),
+                pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("answered_at"),
+            )
+        )
+        sample = ScreeningQuestionAsked(
+            question_id=screening_id,  # a hole: each row's own
+            screening_id=screening_id,
+            resident_id=screening_id,  # a hole: each row's own
+            program_code=code,
+            program_name=Localized(**miss.program.name),
+            department=miss.program.attributes.department,
+            fact=facts.missing_fact(miss.fact),
+            choices=list(fact_type.enum) if fact_type.enum else None,
+            why=Localized(**miss.why),
+            asked_at=now,
+        )
+        template = service.outbox.template(sample, holes=["question_id", "resident_id"], time=moment)
+        resident = dashed(pl.col("resident_id"))
+        events.append(
+            (
+                template,
+                group.select(
+                    resident.alias("subject"), dashed(pl.col("question_id")).alias("question_id"),
+                    resident.alias("resident_id"),
+                ),
+            )
+        )  # fmt: skip
+    return pl.concat(rows), events
 
 
 async def screen_page(

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from onestop.registry import BY_NAME, SERVICES
 from shared.db import create_engine
-from shared.migrations import alembic_config, current, upgrade
+from shared.migrations import alembic_config, current, for_dialect, upgrade
 
 NAMES = [s.name for s in SERVICES]
 
@@ -48,7 +48,12 @@ async def _diff(url: str, service: str) -> list[object]:
     return list(
         await _run(
             url,
-            lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), _metadata(service)),
+            lambda c: compare_metadata(
+                MigrationContext.configure(
+                    c, opts={"compare_type": True, "include_object": for_dialect(c.dialect.name)}
+                ),
+                _metadata(service),
+            ),
         )
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, inspect, select
 
 from onestop.cli import main
 from services.eligibility import synthetic
@@ -66,6 +66,14 @@ async def test_the_loaded_population_is_screened_and_the_planted_are_found(
     assert loaded.residents == frame.height
     assert await eligibility.count(ResidentRow) == frame.height
     assert await eligibility.count(DepartmentFactRow) == loaded.facts > frame.height
+    # The department facts' indexes, dropped for the load and built after it, are there again.
+    async with db.session() as session:
+        indexes = await session.run_sync(
+            lambda s: {i["name"] for i in inspect(s.connection()).get_indexes("department_facts")}
+        )
+    dialect = "postgresql" if "postgresql" in db.url else "sqlite"
+    wanted = "ix_department_facts_resident_name" if dialect == "postgresql" else "ix_department_facts_resident_covering"
+    assert wanted in indexes
     with pytest.raises(RegistryNotEmpty):
         async with db.session() as session:
             await load_registry(session, registry / "residents.parquet", now=dt.datetime.now(dt.UTC))

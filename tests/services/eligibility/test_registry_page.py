@@ -1,0 +1,119 @@
+"""``Repository.registry_page`` reads a page of consenting residents and their department facts as columns (CSV from
+``COPY`` on PostgreSQL, one packed text per resident through a covering index on SQLite): every value arrives as the
+ORM reads it — JSON texts with commas, quotes, line breaks and Korean, timestamps with and without microseconds, an
+open or closed validity — on SQLite and on PostgreSQL, page after page, and for named residents alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import polars as pl
+from sqlalchemy import insert
+
+from services.eligibility.main import MIGRATIONS
+from services.eligibility.models import DepartmentFactRow, ResidentRow
+from services.eligibility.repository import Repository
+from shared.db import Database
+from shared.migrations import upgrade
+
+NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
+VALUES: list[Any] = [
+    0,
+    -12,
+    2**40,
+    True,
+    False,
+    'a, "quoted"\nline',
+    "기초연금",
+    ["x", "y,z"],
+    {"k": "v", "n": [1, 2]},
+    1.5,
+    "",
+]
+
+
+def resident(n: int, *, consenting: bool) -> dict[str, Any]:
+    return {
+        "resident_id": uuid.UUID(int=n * 7919 + 1),
+        "registry_version": n if n % 5 else None,
+        "birth_date": dt.date(1950 + n % 60, 1 + n % 12, 1 + n % 28) if n % 7 else None,
+        "district_code": "11440",
+        "household": [{"relation": "child", "birth_date": "2020-01-01"}] if n % 2 else [],
+        "vulnerability": ["disability"] if n % 3 == 0 else [],
+        "consents": {"proactive_screening": consenting, "note": 'a "b", c'},
+        "proactive_screening": consenting,
+    }
+
+
+def fact(n: int, k: int, rid: uuid.UUID) -> dict[str, Any]:
+    observed = NOW - dt.timedelta(days=k, microseconds=(n * 37 + k) % 3 * 123_457)  # some with microseconds
+    return {
+        "report_id": uuid.uuid4(), "resident_id": rid, "name": f"fact_{k}", "value": VALUES[(n + k) % len(VALUES)],
+        "department": "tax" if k % 2 else "welfare", "source": "test", "observed_at": observed,
+        "valid_until": observed + dt.timedelta(days=30) if k % 3 == 0 else None, "reported_at": observed,
+    }  # fmt: skip
+
+
+async def test_pages_of_residents_and_their_facts_arrive_as_the_orm_reads_them(database_url: str) -> None:
+    await upgrade(database_url, MIGRATIONS)
+    people = [resident(n, consenting=n % 4 != 0) for n in range(1, 41)]
+    facts = [fact(n, k, p["resident_id"]) for n, p in enumerate(people) for k in range(n % 6)]
+    db = Database(database_url)
+    try:
+        async with db.session() as session:
+            await session.execute(insert(ResidentRow), people)
+            await session.execute(insert(DepartmentFactRow), facts)
+        consenting = sorted(p["resident_id"] for p in people if p["proactive_screening"])
+        by_id = {p["resident_id"]: p for p in people}
+        pages: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+        after: str | None = None
+        async with db.read_session() as session:
+            repo = Repository(session)
+            while True:
+                page = await repo.registry_page(after, 7, None)
+                if not page[0].height:
+                    break
+                pages.append(page)
+                after = page[0].get_column("resident_id")[-1]
+            named = [consenting[2], consenting[-1], people[3]["resident_id"]]  # the last does not consent
+            alone = await repo.registry_page(None, 100, named)
+    finally:
+        await db.dispose()
+
+    assert [len(p[0]) for p in pages] == [7, 7, 7, 7, 2]
+    residents = pl.concat([p[0] for p in pages])
+    assert residents.get_column("resident_id").to_list() == [r.hex for r in consenting]
+    for row in residents.iter_rows(named=True):
+        expected = by_id[uuid.UUID(row["resident_id"])]
+        assert row["registry_version"] == expected["registry_version"]
+        assert row["birth_date"] == expected["birth_date"]
+        assert row["district_code"] == expected["district_code"]
+        for name in ("household", "vulnerability", "consents"):
+            assert json.loads(row[name]) == expected[name], name
+    got = pl.concat([p[1] for p in pages])
+    wanted = [f for f in facts if by_id[f["resident_id"]]["proactive_screening"]]
+    assert got.height == len(wanted) > 0, "every fact of the consenting residents, none of the others"
+    for page_residents, page_facts in pages:
+        assert set(page_facts.get_column("resident_id")) <= set(page_residents.get_column("resident_id"))
+    expected_rows = {
+        (f["resident_id"].hex, f["name"]): (json.dumps(f["value"]), f["department"], f["observed_at"], f["valid_until"])
+        for f in wanted
+    }
+    for row in got.iter_rows(named=True):
+        value, department, observed, valid = expected_rows[(row["resident_id"], row["name"])]
+        assert json.loads(row["value"]) == json.loads(value)
+        assert row["department"] == department
+        assert row["observed_at"] == observed
+        assert row["valid_until"] == valid
+        assert isinstance(row["id"], int)
+    assert got.schema["observed_at"] == pl.Datetime("us", "UTC")
+    assert got.schema["valid_until"] == pl.Datetime("us", "UTC")
+    assert got.get_column("valid_until").null_count() not in (0, got.height), "open and closed validities both"
+
+    residents_alone, facts_alone = alone
+    assert residents_alone.get_column("resident_id").to_list() == [named[0].hex, named[1].hex]
+    assert set(facts_alone.get_column("resident_id")) <= {named[0].hex, named[1].hex}
+    assert facts_alone.height == sum(1 for f in facts if f["resident_id"] in named[:2])
