@@ -48,7 +48,7 @@ lint: $(STAMP)
 
 test: $(STAMP) postgres fonts browser wrk promtool lint
 	$(BIN)/onestop asyncapi --check
-	@$(BIN)/pytest; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
+	@$(BIN)/pytest -n 2; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 
 # Every benchmark runs even when an earlier one misses a floor; the status says whether any did.
 # BENCH_API_ARGS: options of bench/api.py (e.g. "--seconds 30 --backends sqlite"; see its --help).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,22 @@ from shared.auth import TokenIssuer, ensure_keypair
 from tests.support.nats import NatsServer
 from tests.support.nats_clients import Client
 from tests.support.postgres import PostgresServer
+
+# `make test` runs on two workers (pytest-xdist). The suites that start the platform as processes (a dozen of them,
+# several cores' worth at times) are one unit of work, run one at a time on one worker in their files' order; the
+# other tests go module by module to whichever worker is free. (xdist's own `--dist loadgroup` groups nothing under
+# pytest 9: it renames each test through an attribute pytest no longer reads.)
+PLATFORM_SUITES = ("tests/chaos/", "tests/e2e/", "tests/onestop/", "tests/portal/", "tests/bench/", "tests/deploy/")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class PlatformSuitesApart(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "platform" if nodeid.startswith(PLATFORM_SUITES) else super()._split_scope(nodeid)
+
+    return PlatformSuitesApart(config, log)
 
 
 @pytest.fixture(scope="session")
