@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
 from shared.db import Database
+from tests.support.databases import database_with
 
 metadata = MetaData()
 entries = Table(
@@ -21,11 +22,8 @@ entries = Table(
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    async with database.engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield database
-    await database.dispose()
+    async with database_with(database_url, metadata) as database:
+        yield database
 
 
 async def names(session: object) -> list[str]:

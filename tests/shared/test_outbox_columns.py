@@ -24,6 +24,7 @@ from shared.events import (
 )
 from shared.outbox import PENDING_KEY, Outbox, dashed, envelope_template, event_ids
 from shared.tables import platform_tables
+from tests.support.databases import database_with
 
 metadata = MetaData()
 tables = platform_tables(metadata)
@@ -32,11 +33,8 @@ SOURCE = "/onestop/eligibility"
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    async with database.engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield database
-    await database.dispose()
+    async with database_with(database_url, metadata) as database:
+        yield database
 
 
 EventDataLike = EligibilityOpportunity | ScreeningQuestionAsked
