@@ -331,8 +331,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             state, healthy = f"unreachable ({type(exc).__name__})", False
         print(f"{name:<12} {state}")
     try:
-        response = httpx.get(f"{args.nats_monitor}/healthz", params={"js-enabled-only": "true"}, timeout=3)
-        state = "ok (JetStream enabled)" if response.status_code == 200 else f"unhealthy: {response.text.strip()}"
+        response = httpx.get(f"{args.nats_monitor}/healthz", params={"js-meta-only": "true"}, timeout=3)
+        ok = response.status_code == 200
+        state = "ok (JetStream meta leader known)" if ok else f"unhealthy: {response.text.strip()}"
         healthy &= response.status_code == 200
     except httpx.HTTPError as exc:
         state, healthy = f"unreachable ({type(exc).__name__})", False

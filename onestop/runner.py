@@ -515,7 +515,11 @@ class Platform:
             wait_for_port(self.config.host, node.ports.client, timeout=20, process=self.managed[node.name].popen)
 
     def wait_nats_healthy(self, timeout: float = 60.0) -> None:
-        """Every node's JetStream is up (in a cluster: a meta leader was elected), where monitoring is on."""
+        """Every node's JetStream is up and knows its meta leader, where monitoring is on.
+
+        ``js-meta-only``, not ``js-enabled-only``: a clustered node reports JetStream enabled before it has found a
+        meta leader, and a stream created in that window waits on a leader that does not exist yet (the durability
+        benchmark's ``add_stream`` timed out so)."""
         deadline = time.monotonic() + timeout
         for node in self.nats_nodes:
             if node.ports.http is None:
@@ -523,7 +527,7 @@ class Platform:
             url = f"http://{self.config.host}:{node.ports.http}/healthz"
             while True:
                 with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url, params={"js-enabled-only": "true"}, timeout=2).status_code == 200:
+                    if httpx.get(url, params={"js-meta-only": "true"}, timeout=2).status_code == 200:
                         break
                 if time.monotonic() > deadline:
                     raise PlatformError(f"{node.name}: JetStream not healthy after {timeout}s")

@@ -139,7 +139,7 @@ def test_status_is_zero_only_when_services_portal_and_nats_are_ready(capsys: pyt
         finally:
             for server in servers:
                 server.shutdown()
-    assert ready == [f"{name:<12} ready" for name in NAMES] + [f"{'nats':<12} ok (JetStream enabled)"]
+    assert ready == [f"{name:<12} ready" for name in NAMES] + [f"{'nats':<12} ok (JetStream meta leader known)"]
     routing = NAMES.index("routing")
     assert one_down[routing] == f"{'routing':<12} not ready: {{'nats': False}}"
     assert one_down[:routing] + one_down[routing + 1 :] == ready[:routing] + ready[routing + 1 :]

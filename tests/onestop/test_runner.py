@@ -148,6 +148,37 @@ def test_postgres_mode_refuses_a_database_url_of_the_operators(
     assert single.settings_values(BY_NAME["intake"])["stream_replicas"] == 1
 
 
+def test_a_nats_cluster_is_started_only_once_every_node_knows_its_meta_leader(tmp_path: Path) -> None:
+    """A clustered node says JetStream is enabled before it has found a meta leader; a stream created then waited on
+    a leader that did not exist yet. ``start_nats`` returns once every node knows it, so an R3 stream is made at once.
+    """
+    platform = Platform(PlatformConfig.on_free_ports(tmp_path / "var", cluster=True, nats_auth=False, env_file=None))
+    (platform.var / "logs").mkdir(parents=True)
+    platform.start_nats()
+    try:
+        for node in platform.nats_nodes:
+            url = f"http://127.0.0.1:{node.ports.http}/healthz"
+            response = httpx.get(url, params={"js-meta-only": "true"}, timeout=2)
+            assert response.status_code == 200, (node.name, response.text)
+
+        async def create_a_replicated_stream() -> int:
+            import nats
+            from nats.js.api import StreamConfig
+
+            client = await nats.connect(platform.nats_url.split(","))
+            try:
+                info = await client.jetstream(timeout=5).add_stream(
+                    StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3)
+                )
+                return info.config.num_replicas or 0
+            finally:
+                await client.close()
+
+        assert asyncio.run(create_a_replicated_stream()) == 3
+    finally:
+        platform.stop_nats()
+
+
 # ---------------------------------------------------------------------------------------------- supervision
 
 
