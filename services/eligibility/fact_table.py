@@ -212,12 +212,20 @@ class _Derivations:
     ) -> tuple[pl.Expr, pl.Expr]:
         """A derivation of one fact computed by the per-record engine's own function once per distinct value of the
         column (a district's tier, a household size's median income): exact by construction, and cheap, the values
-        being few. Returns (value, failed) columns; ``limit``: values above it are left to the per-record rows."""
-        values: list[Any] = []
+        being few. Returns (value, failed) columns; ``limit``: values above it are left to the per-record rows.
+
+        Each row's value is found once per column, as its position among the distinct values (``_position``); a
+        lookup is then a gather from the short list of results — a string hashed per row once, not once per
+        lookup (the recognised income reads three tables by district, the tier and the pension a fourth)."""
+        values = [v for v in self.uniques.get(name, ()) if v is not None]
+        if not values:
+            return _null(dtype), pl.lit(False)
         results: list[Any] = []
-        failures: list[Any] = []
-        for value in self.uniques.get(name, ()):
-            if value is None or (limit is not None and value > limit):
+        failures: list[bool] = []
+        for value in values:
+            if limit is not None and value > limit:
+                results.append(None)
+                failures.append(False)
                 continue
             try:
                 results.append(compute(value))
@@ -225,13 +233,18 @@ class _Derivations:
             except (ReferenceDataMissing, ValueError, KeyError):
                 results.append(None)
                 failures.append(True)
-            values.append(value)
-        column = self.col(name)
-        if not values:
-            return _null(dtype), pl.lit(False)
-        mapped = column.replace_strict(values, results, default=None, return_dtype=dtype)
-        failed = column.replace_strict(values, failures, default=False, return_dtype=pl.Boolean)
+        position = self._position(name, values)
+        mapped = pl.lit(pl.Series(results, dtype=dtype)).gather(position)
+        failed = pl.lit(pl.Series(failures, dtype=pl.Boolean)).gather(position).fill_null(False)
         return mapped, failed
+
+    def _position(self, name: str, values: list[Any]) -> pl.Expr:
+        """Each row's value of ``name`` as its index in ``values`` (its distinct values; null where missing), a
+        helper column made once."""
+        return self.helper(
+            f"{name}:position",
+            self.col(name).replace_strict(values, list(range(len(values))), default=None, return_dtype=pl.UInt32),
+        )
 
     def median_income(self) -> Derived:
         value, failed = self.per_value(
@@ -309,7 +322,8 @@ class _Derivations:
         residence = self.col("residence_value")
         financial = self.col("financial_assets")
         allowance = pl.min_horizontal(financial, pl.lit(figures.financial_allowance, dtype=pl.Int64))
-        housing = pl.min_horizontal(residence, by_region(figures.residence_cap))
+        # Read several times below: made once, after the districts' positions (stage 0).
+        housing = self.helper("livelihood_housing", pl.min_horizontal(residence, by_region(figures.residence_cap)), 1)
         remaining = by_region(figures.basic_property) + self.col("debts")
         rates = figures.monthly_rate_basis_points
         converted: pl.Expr = pl.lit(0, dtype=pl.Int64)
@@ -323,7 +337,8 @@ class _Derivations:
             # The basic deduction and the debts come off each kind in turn: what is left of them is a column.
             taken = pl.min_horizontal(amount, remaining)
             converted = converted + (amount - taken) * rates[kind] // 10_000
-            remaining = self.helper(f"livelihood_deduction_left_{kind}", remaining - taken, stage)
+            if kind != "financial":  # (nothing is taken after the financial assets)
+                remaining = self.helper(f"livelihood_deduction_left_{kind}", remaining - taken, stage + 2)
         converted = converted + self.col("vehicle_value") * rates["vehicle"] // 10_000
         return Derived(pl.when(known).then(evaluated + converted).otherwise(_null(pl.Int64())))
 

@@ -307,6 +307,28 @@ def test_rows_at_risk_of_a_cel_error_are_judged_per_record() -> None:
     assert_same(CATALOGUE, codes, day, rows)
 
 
+def test_facts_looked_up_per_distinct_value_are_the_per_record_engines() -> None:
+    """The district's tier, its regions' deductions and the median income of a household's size are computed once per
+    distinct value and gathered by each row's position among them: every district kind (established or not, none)
+    against every household size (beyond the columns' limit and none too), with every income and asset known so that
+    the recognised incomes are computed, on each day — the same derived facts, outcomes and amounts as per record."""
+    districts = ["11110", "41111", "26110", "47720", "48121", "52710", "99999", None]
+    sizes = [1, 2, 3, 4, 5, 6, 7, 1500, None]
+    incomes = {name: 300_000 for name in ("earned_income", "business_income", "public_pension_income",
+                                          "spouse_income", "other_members_income", "residence_value",
+                                          "other_property_value", "financial_assets", "vehicle_value", "debts",
+                                          "couple_property_value", "couple_financial_assets",
+                                          "couple_vehicle_value", "couple_debts")}  # fmt: skip
+    rows = [
+        {**incomes, "district_code": district, "household_size": size, "has_spouse": size is not None and size > 1,
+         "birth_date": dt.date(1958, 5, 1), "tenure": "monthly_rent", "monthly_rent": 300_000}
+        for district in districts
+        for size in sizes
+    ]  # fmt: skip
+    for day in DAYS:
+        assert_same(CATALOGUE, PROACTIVE[day], day, rows)
+
+
 def test_a_construct_the_compiler_cannot_translate_sends_its_program_to_the_per_record_engine() -> None:
     """A rule with a macro (``exists``) over a list is judged per record for every row, the same; ``unvectorisable``
     (what ``onestop catalogue check`` prints) names it and why, and the catalogue's own programs are all vectorised."""
