@@ -294,6 +294,15 @@ class ExpressionCompiler:
                 risks.append(b == 0)
             if lb[0] <= INT64_MIN and rb[0] <= -1 <= rb[1]:
                 risks.append((a == INT64_MIN) & (b == -1))
+            if rb[0] > 0 and op == "/":
+                # A divisor positive on every row: truncating is flooring a dividend moved up by b - 1 where it is
+                # negative (no overflow: it stays below b), and flooring itself where none is (the bounds say so).
+                if lb[0] >= 0:
+                    return Compiled(a // b, "int", (0, lb[1]), risks)
+                adjusted = a + (a < 0).cast(pl.Int64) * (b - 1)
+                return Compiled(adjusted // b, "int", (min(lb[0], 0), max(lb[1], 0)), risks)
+            if rb[0] > 0 and lb[0] >= 0:  # op == "%": both non-negative, CEL's remainder and Polars' agree
+                return Compiled(a % b, "int", (0, rb[1]), risks)
             # CEL truncates towards zero; Polars floors: adjust where the signs differ and a remainder is left.
             floor = a // b
             remainder = a - floor * b

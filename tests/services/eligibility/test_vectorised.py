@@ -329,6 +329,81 @@ def test_facts_looked_up_per_distinct_value_are_the_per_record_engines() -> None
         assert_same(CATALOGUE, PROACTIVE[day], day, rows)
 
 
+def _with_rule(code: str, criteria: list[dict[str, Any]], definitions: dict[str, str], amount: str) -> Catalogue:
+    """The catalogue with ``code``'s latest version judged by ``criteria`` (all of them), ``definitions`` and
+    ``amount`` instead of its own."""
+    entry = next(p for p in FILES.programs if p.code == code)
+    version = entry.versions[-1]
+    rule = {"all": [{"label": {"ko": c["id"], "en": c["id"]}, **c} for c in criteria]}
+    changed_version = VersionSpec.model_validate(
+        {**version.model_dump(by_alias=True), "rule": rule, "definitions": definitions,
+         "amount": {"expr": amount, "period": "monthly", "legal_reference": "test"}}
+    )  # fmt: skip
+    files = load_files()
+    files.programs = [
+        entry.model_copy(update={"versions": [changed_version]}) if p.code == code else p for p in files.programs
+    ]
+    return files.catalogue()
+
+
+# Division and remainder with dividends of either sign and divisors that are positive on every row or not (CEL
+# truncates towards zero; the columns take a shorter way where the population's bounds allow), through definitions
+# and conditionals, with text tests beside them (one absorbing a missing district code).
+ARITHMETIC = _with_rule(
+    "senior_transport_card",
+    [
+        {"id": "by_constant", "expr": "business_income / 7 >= -3 && earned_income / 100 != 5"},
+        {"id": "shifted", "expr": "(earned_income - 500) / 3 != -1"},
+        {"id": "by_column", "expr": "business_income / household_size > -2"},
+        {"id": "remainders", "expr": "earned_income % 7 != 3 && business_income % household_size != -1"},
+        {"id": "grade_scaled", "expr": "grade * 10 / 3 >= 3"},
+        {"id": "listed_or_anyway", "expr": "district_code in ['11110', '47720'] || true"},
+        {"id": "prefix", "expr": "district_code.startsWith('4') ? business_income > 0 : grade == 1"},
+    ],
+    {"grade": "district_code.startsWith('11') ? 1 : (district_code.startsWith('4') ? 2 : 3)",
+     "quarter": "business_income > 0 ? business_income / 4 : business_income / 3"},
+    "grade * 1000 + quarter",
+)  # fmt: skip
+_DISTRICTS = ["11110", "11440", "41111", "47720", "26110", "99999", None]
+
+
+@pytest.mark.parametrize(
+    ("incomes", "sizes"),
+    [
+        ([0, 1, 6, 7, 500, 503, 999, 1000, 123_456], [1, 2, 3, 7]),  # non-negative dividends, divisors positive
+        ([-1_000_001, -22, -21, -7, -6, -1, 0, 1, 499, 497, 7, 6], [1, 2, 3, 7]),  # both signs
+        ([-22, -7, -1, 0, 1, 7, 22], [-3, -1, 0, 1, 3, None]),  # divisors of both signs and zero: risks per record
+    ],
+)
+def test_division_and_text_lookups_judge_as_the_per_record_engine(incomes: list[int], sizes: list[int]) -> None:
+    day = DAYS[1]
+    rows = [
+        {"business_income": income, "earned_income": incomes[-1 - i % len(incomes)], "household_size": size,
+         "district_code": _DISTRICTS[i % len(_DISTRICTS)], "birth_date": dt.date(1950, 1, 1)}
+        for i, (income, size) in enumerate((a, b) for a in incomes for b in sizes)
+    ]  # fmt: skip
+    rows.append({"birth_date": dt.date(1950, 1, 1)})  # every fact the criteria read missing
+    assert vectorised.unvectorisable(ARITHMETIC, day, ["senior_transport_card"]) == {}
+    assert_same(ARITHMETIC, ["senior_transport_card"], day, rows)
+
+
+@settings(DIFFERENTIAL, max_examples=10)
+@given(
+    st.lists(
+        st.fixed_dictionaries({
+            "business_income": st.one_of(st.none(), st.integers(-50, 50), st.integers(-(10**12), 10**12)),
+            "earned_income": st.one_of(st.none(), st.integers(-50, 1_000)),
+            "household_size": st.one_of(st.none(), st.integers(-3, 12)),
+            "district_code": st.sampled_from(_DISTRICTS),
+            "birth_date": st.just(dt.date(1950, 1, 1)),
+        }),
+        min_size=1, max_size=30,
+    )
+)  # fmt: skip
+def test_division_and_text_lookups_on_random_populations(rows: list[dict[str, Any]]) -> None:
+    assert_same(ARITHMETIC, ["senior_transport_card"], DAYS[1], rows)
+
+
 def test_a_construct_the_compiler_cannot_translate_sends_its_program_to_the_per_record_engine() -> None:
     """A rule with a macro (``exists``) over a list is judged per record for every row, the same; ``unvectorisable``
     (what ``onestop catalogue check`` prints) names it and why, and the catalogue's own programs are all vectorised."""
