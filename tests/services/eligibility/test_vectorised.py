@@ -348,7 +348,8 @@ def _with_rule(code: str, criteria: list[dict[str, Any]], definitions: dict[str,
 
 # Division and remainder with dividends of either sign and divisors that are positive on every row or not (CEL
 # truncates towards zero; the columns take a shorter way where the population's bounds allow), through definitions
-# and conditionals, with text tests beside them (one absorbing a missing district code).
+# and conditionals, with text tests beside them (one absorbing a missing district code) and lists short (tested as
+# equalities) and long (looked up).
 ARITHMETIC = _with_rule(
     "senior_transport_card",
     [
@@ -359,6 +360,9 @@ ARITHMETIC = _with_rule(
         {"id": "grade_scaled", "expr": "grade * 10 / 3 >= 3"},
         {"id": "listed_or_anyway", "expr": "district_code in ['11110', '47720'] || true"},
         {"id": "prefix", "expr": "district_code.startsWith('4') ? business_income > 0 : grade == 1"},
+        {"id": "short_lists", "expr": "household_size in [1, 3, 5] || business_income in [7, 0]"},
+        {"id": "long_list", "expr": "district_code in ['11110', '11140', '11170', '11440', '26110', '41111', "
+                                    "'47720', '48121', '52710']"},
     ],
     {"grade": "district_code.startsWith('11') ? 1 : (district_code.startsWith('4') ? 2 : 3)",
      "quarter": "business_income > 0 ? business_income / 4 : business_income / 3"},
