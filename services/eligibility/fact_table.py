@@ -216,7 +216,8 @@ class _Derivations:
 
         Each row's value is found once per column, as its position among the distinct values (``_position``); a
         lookup is then a gather from the short list of results — a string hashed per row once, not once per
-        lookup (the recognised income reads three tables by district, the tier and the pension a fourth)."""
+        lookup (the recognised income reads two tables by district, the tier and the pension's basic property two
+        more)."""
         values = [v for v in self.uniques.get(name, ()) if v is not None]
         if not values:
             return _null(dtype), pl.lit(False)

@@ -319,11 +319,13 @@ class Judge:
                         for i, f in enumerate(facts)
                     ]
                 )
-                bits = frame.select(missing_bits.alias("bits")).get_column("bits")
+                # (beside the row index, so that a constant — none of its facts has a column — is one per row)
+                bits = frame.select(ROW, missing_bits.alias("bits")).get_column("bits")
                 doubtful = frame.select(
-                    pl.sum_horizontal([(pl.col(f).is_null() if f in frame.columns else pl.lit(True)).cast(pl.UInt32)
-                                       for f in facts]) >= 2
-                ).to_series()  # fmt: skip
+                    ROW,
+                    (pl.sum_horizontal([(pl.col(f).is_null() if f in frame.columns else pl.lit(True)).cast(pl.UInt32)
+                                        for f in facts]) >= 2).alias("doubtful"),
+                ).get_column("doubtful")  # fmt: skip
                 rows = doubtful.arg_true()
                 if len(rows):
                     seen = self._awaited_memo.setdefault(id(expression), {})
