@@ -309,6 +309,25 @@ def test_ages_and_periods_are_counted_as_the_per_record_engine_counts_them() -> 
             assert per_record_facts.months_between(last + dt.timedelta(days=1), day) < months
 
 
+def test_the_smaller_and_the_greater_of_two_incomes_ignore_a_missing_one_as_polars_does() -> None:
+    """``fact_table._least`` and ``_greatest`` (the recognised incomes' deductions and caps) against Polars' own
+    ``min_horizontal`` and ``max_horizontal``, missing values on either side and both included."""
+    from services.eligibility.fact_table import _greatest, _least
+
+    values = [None, -(10**15), -1, 0, 1, 5_000_000, 10**15]
+    frame = pl.DataFrame({"a": [a for a in values for _ in values], "b": [b for _ in values for b in values]},
+                         schema={"a": pl.Int64, "b": pl.Int64})  # fmt: skip
+    a, b = pl.col("a"), pl.col("b")
+    got = frame.select(_least(a, b).alias("least"), _greatest(a, b).alias("greatest"))
+    want = frame.select(pl.min_horizontal(a, b).alias("least"), pl.max_horizontal(a, b).alias("greatest"))
+    assert got.to_dicts() == want.to_dicts()
+    literal = pl.lit(5_000_000, dtype=pl.Int64)
+    assert (
+        frame.select(_least(a, literal)).to_series().to_list()
+        == frame.select(pl.min_horizontal(a, literal)).to_series().to_list()
+    )
+
+
 def test_rows_at_risk_of_a_cel_error_are_judged_per_record() -> None:
     """An income beyond 64-bit arithmetic's comfort, and a household of 1,500: the per-record engine judges those rows
     (whatever it makes of them), the columns the rest."""
