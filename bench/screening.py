@@ -134,15 +134,16 @@ system = CountryTaxBenefitSystem()
 rng = np.random.default_rng(1)
 births = (np.datetime64("2026-03-02") - rng.integers(0, 95 * 365, n).astype("timedelta64[D]")).astype("datetime64[D]")
 salaries = rng.integers(0, 6000, n).astype(float)
-timings = []
+timings, cpu = [], []
 for _ in range(repeat):
     simulation = SimulationBuilder().build_default_simulation(system, n)
     simulation.set_input("birth", "ETERNITY", births)
     simulation.set_input("salary", "2026-03", salaries)
-    started = time.perf_counter()
+    started, used = time.perf_counter(), time.process_time()
     result = simulation.calculate("basic_income", "2026-03")
     timings.append(time.perf_counter() - started)
-print({"seconds": min(timings), "all_seconds": timings, "paid": int((result > 0).sum()),
+    cpu.append(time.process_time() - used)
+print({"seconds": min(timings), "all_seconds": timings, "cpu_seconds": cpu, "paid": int((result > 0).sum()),
        "openfisca_core": md.version("openfisca-core"), "country_template": md.version("openfisca-country-template"),
        "numpy": md.version("numpy")})
 """
@@ -403,6 +404,11 @@ def engine_and_openfisca(args: argparse.Namespace) -> None:
               f"{fisca['numpy']}), basic_income for {fisca['persons']:,} persons: {fisca['seconds']:.3f} s, the best "
               f"of the runs {runs}; {persons:,.0f} persons/s")  # fmt: skip
         print(f"  ratio: {rate / persons:.2f}x; {verdict(rate / persons >= 3)} the target (at least 3x)")
+        # Per CPU second as well: the engine runs on two threads, OpenFisca on one, and on a shared machine a longer
+        # run on two threads waits for the CPU more than a short one on one does.
+        ours = engine["residents"] * engine["programs"] / min(engine["cpu_seconds"])
+        theirs = fisca["persons"] / min(min(f.get("cpu_seconds") or [f["seconds"]]) for f in measured)
+        print(f"  per CPU second: {ours:,.0f} judgements against {theirs:,.0f} persons, {ours / theirs:.2f}x")
 
 
 def end_to_end(args: argparse.Namespace) -> None:
