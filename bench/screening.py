@@ -6,7 +6,8 @@
    (``vectorised.Judge``, per-record fallback included). Target: under 5 s on this 2-core machine.
 3. OpenFisca's country template, in its own environment (var/bench/openfisca, created here with uv from PyPI),
    computing one benefit (``basic_income``) vectorised for as many persons: our person x program judgements per second
-   against its persons per second. Target: at least 3x.
+   against its persons per second. Target: at least 3x. Each side is its best of ``--repeat`` runs; OpenFisca is timed
+   right before and right after the engine and its best of both kept (the load of a shared machine drifts).
 4. End to end on SQLite and on PostgreSQL (a throwaway server): the registry loaded into eligibility's projection
    (setup, timed apart), then one screening — registry read, evaluation, opportunities and their outbox events
    written and committed. Target: under 60 s for 1,000,000 residents. Then 1 % of the consenting residents' facts
@@ -107,17 +108,18 @@ def phase_engine(args: argparse.Namespace) -> None:
     read = time.perf_counter() - started
     catalogue = load_files().catalogue()
     chosen = plan(catalogue, codes, AS_OF)
-    timings = []
+    timings, cpu = [], []
     for _ in range(args.repeat):
-        started = time.perf_counter()
+        started, used = time.perf_counter(), time.process_time()
         judge = Judge(catalogue, chosen, table, criteria=True)
         judged = judge.run()
         timings.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - used)
     criteria = len([c for c in judged.columns if "." in c and not c.endswith(".amount")])
     eligible = sum(int((judged.get_column(outcome_column(c)) == ELIGIBLE).sum()) for c in codes)
     report({
         "phase": "engine", "residents": table.height, "programs": len(codes), "criteria_columns": criteria,
-        "seconds": min(timings), "all_seconds": timings, "registry_table_seconds": read,
+        "seconds": min(timings), "all_seconds": timings, "cpu_seconds": cpu, "registry_table_seconds": read,
         "per_record_programs": judge.per_record, "eligible": eligible, "peak_mb": peak_mb(), "load": load(),
     })  # fmt: skip
 
@@ -132,15 +134,16 @@ system = CountryTaxBenefitSystem()
 rng = np.random.default_rng(1)
 births = (np.datetime64("2026-03-02") - rng.integers(0, 95 * 365, n).astype("timedelta64[D]")).astype("datetime64[D]")
 salaries = rng.integers(0, 6000, n).astype(float)
-timings = []
+timings, cpu = [], []
 for _ in range(repeat):
     simulation = SimulationBuilder().build_default_simulation(system, n)
     simulation.set_input("birth", "ETERNITY", births)
     simulation.set_input("salary", "2026-03", salaries)
-    started = time.perf_counter()
+    started, used = time.perf_counter(), time.process_time()
     result = simulation.calculate("basic_income", "2026-03")
     timings.append(time.perf_counter() - started)
-print({"seconds": min(timings), "all_seconds": timings, "paid": int((result > 0).sum()),
+    cpu.append(time.process_time() - used)
+print({"seconds": min(timings), "all_seconds": timings, "cpu_seconds": cpu, "paid": int((result > 0).sum()),
        "openfisca_core": md.version("openfisca-core"), "country_template": md.version("openfisca-country-template"),
        "numpy": md.version("numpy")})
 """
@@ -344,6 +347,7 @@ def main() -> None:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--databases", default="sqlite,postgresql", help="end to end on these (comma-separated)")
     parser.add_argument("--skip-engine", action="store_true", help="end to end only")
+    parser.add_argument("--skip-e2e", action="store_true", help="engine and OpenFisca only")
     args = parser.parse_args()
     if args.phase:
         PHASES[args.phase](args)
@@ -357,18 +361,24 @@ def main() -> None:
 
     if not args.skip_engine:
         engine_and_openfisca(args)
-    end_to_end(args)
+    if not args.skip_e2e:
+        end_to_end(args)
 
 
 def engine_and_openfisca(args: argparse.Namespace) -> None:
+    # OpenFisca is timed right before and right after the engine and its best run kept: on a shared machine the
+    # load drifts, and the ratio should not gain from OpenFisca being timed in a busier moment than the engine.
+    fiscas = [run_phase(args, "openfisca")]
     engine = run_phase(args, "engine")
+    fiscas.append(run_phase(args, "openfisca"))
     if "error" in engine:
         print(f"engine: FAILED {engine['error']}")
         return
     rate = engine["residents"] * engine["programs"] / engine["seconds"]
     print(f"\nengine only: {engine['residents']:,} residents x {engine['programs']} proactive programs, "
           f"{engine['criteria_columns']} criterion columns, in {engine['seconds']:.2f} s "
-          f"(runs: {', '.join(f'{s:.2f}' for s in engine['all_seconds'])})")  # fmt: skip
+          f"(runs: {', '.join(f'{s:.2f}' for s in engine['all_seconds'])}; CPU time of each: "
+          f"{', '.join(f'{s:.2f}' for s in engine['cpu_seconds'])} s)")  # fmt: skip
     print(
         f"  {rate:,.0f} person x program judgements/s; {engine['eligible']:,} eligible findings; "
         f"peak memory {engine['peak_mb']:,.0f} MB; per record: {engine['per_record_programs'] or 'no program'}"
@@ -379,16 +389,26 @@ def engine_and_openfisca(args: argparse.Namespace) -> None:
     )
     print(f"  {verdict(engine['seconds'] < 5)} the target (under 5 s)")
 
-    fisca = run_phase(args, "openfisca")
-    if "error" in fisca:
-        print(f"\nOpenFisca country template: not measured ({fisca['error']})")
+    measured = [f for f in fiscas if "error" not in f]
+    if not measured:
+        print(f"\nOpenFisca country template: not measured ({fiscas[0]['error']})")
     else:
+        fisca = min(measured, key=lambda f: f["seconds"])
         persons = fisca["persons"] / fisca["seconds"]
+        runs = "; ".join(
+            f"{when}: {', '.join(f'{s:.3f}' for s in f['all_seconds'])} ({f['load']})"
+            for when, f in zip(("before the engine", "after"), fiscas, strict=True)
+            if "error" not in f
+        )
         print(f"\nOpenFisca country template {fisca['country_template']} (core {fisca['openfisca_core']}, numpy "
-              f"{fisca['numpy']}), basic_income for {fisca['persons']:,} persons: {fisca['seconds']:.3f} s "
-              f"(runs: {', '.join(f'{s:.3f}' for s in fisca['all_seconds'])}); {persons:,.0f} persons/s; "
-              f"{fisca['load']}")  # fmt: skip
+              f"{fisca['numpy']}), basic_income for {fisca['persons']:,} persons: {fisca['seconds']:.3f} s, the best "
+              f"of the runs {runs}; {persons:,.0f} persons/s")  # fmt: skip
         print(f"  ratio: {rate / persons:.2f}x; {verdict(rate / persons >= 3)} the target (at least 3x)")
+        # Per CPU second as well: the engine runs on two threads, OpenFisca on one, and on a shared machine a longer
+        # run on two threads waits for the CPU more than a short one on one does.
+        ours = engine["residents"] * engine["programs"] / min(engine["cpu_seconds"])
+        theirs = fisca["persons"] / min(min(f.get("cpu_seconds") or [f["seconds"]]) for f in measured)
+        print(f"  per CPU second: {ours:,.0f} judgements against {theirs:,.0f} persons, {ours / theirs:.2f}x")
 
 
 def end_to_end(args: argparse.Namespace) -> None:

@@ -174,11 +174,19 @@ class Judge:
         self.versions = catalogue.versions_on(plan.day)
         self.per_record = dict(plan.per_record)
         derived = {f for f in plan.facts if catalogue.facts[f].derived}
+        # A fact missing for every row is read as a typed null, as a fact without a column is: what reads it folds
+        # into a constant instead of a pass over the rows (in a registry, many department facts are missing for a
+        # whole page). The same result: every expression is element-wise.
+        blank = _blank(self.table) - {ROW}
         self.derived: DerivedTable = derive_table(
-            self.table.lazy(), catalogue.facts, catalogue.medians, catalogue.districts, plan.day, derived
-        )
+            self.table.lazy().drop(sorted(blank)), catalogue.facts, catalogue.medians, catalogue.districts, plan.day,
+            derived,
+        )  # fmt: skip
         self.frame = self.derived.frame.collect()
+        # The columns the rules read: the derived facts missing for every row are left out too.
+        self.present = frozenset(self.frame.columns) - _blank(self.frame)
         self.rules: dict[str, VectorRule] = {}
+        self._fallback = pl.col(FALLBACK) if self.frame.get_column(FALLBACK).any() else pl.lit(False)
         self._compile()
 
     def _columns(self) -> Columns:
@@ -187,7 +195,7 @@ class Judge:
             kind = KINDS.get(fact.type)
             if kind is not None:
                 kinds[name] = kind
-        ints = [n for n in self.frame.columns if kinds.get(n) == "int"]
+        ints = [n for n in self.frame.columns if kinds.get(n) == "int" and n in self.present]
         bounds: dict[str, tuple[float, float]] = {}
         if ints and self.frame.height:
             stats = self.frame.select(
@@ -198,11 +206,14 @@ class Judge:
                 bounds[n] = (lo, hi) if lo is not None else (0, 0)
         else:
             bounds = {n: (0, 0) for n in ints}
-        return Columns(kinds, bounds, frozenset(self.frame.columns))
+        return Columns(kinds, bounds, self.present)
 
     def _compile(self) -> None:
         columns = self._columns()
-        errors = {name: pl.col(column) for name, column in self.derived.failed.items()}
+        # A derivation that failed on no row needs no test of it in every criterion reading the fact.
+        errors = {
+            name: pl.col(column) for name, column in self.derived.failed.items() if self.frame.get_column(column).any()
+        }
 
         def outcome_of(code: str) -> tuple[pl.Expr, pl.Expr]:
             if code in self.per_record:
@@ -243,7 +254,7 @@ class Judge:
         out = [
             outcome.alias(outcome_column(code)),
             amount.alias(amount_column(code)),
-            (compiled.risk | pl.col(FALLBACK)).alias(risk_column(code)),
+            (compiled.risk | self._fallback).alias(risk_column(code)),
         ]
         if self.criteria:
             for node in compiled.rule.explained:
@@ -308,11 +319,13 @@ class Judge:
                         for i, f in enumerate(facts)
                     ]
                 )
-                bits = frame.select(missing_bits.alias("bits")).get_column("bits")
+                # (beside the row index, so that a constant — none of its facts has a column — is one per row)
+                bits = frame.select(ROW, missing_bits.alias("bits")).get_column("bits")
                 doubtful = frame.select(
-                    pl.sum_horizontal([(pl.col(f).is_null() if f in frame.columns else pl.lit(True)).cast(pl.UInt32)
-                                       for f in facts]) >= 2
-                ).to_series()  # fmt: skip
+                    ROW,
+                    (pl.sum_horizontal([(pl.col(f).is_null() if f in frame.columns else pl.lit(True)).cast(pl.UInt32)
+                                        for f in facts]) >= 2).alias("doubtful"),
+                ).get_column("doubtful")  # fmt: skip
                 rows = doubtful.arg_true()
                 if len(rows):
                     seen = self._awaited_memo.setdefault(id(expression), {})
@@ -341,7 +354,7 @@ class Judge:
         fact where exactly one is asked. Where CEL itself must tell which of two or more missing facts an absorbing
         criterion waits on (``RuleRun._awaited`` runs it with stand-ins), or the row was judged per record, the
         near miss is told per record."""
-        columns = set(self.frame.columns)
+        columns = self.present
 
         def col(name: str) -> pl.Expr:
             return pl.col(name) if name in columns else pl.lit(None, dtype=column_type(self.catalogue.facts, name))
@@ -512,6 +525,14 @@ class Judge:
                 judged[result.program.code] = (result.outcome.outcome, result.outcome.amount, statuses)
             out.append(judged)
         return out
+
+
+def _blank(frame: pl.DataFrame) -> set[str]:
+    """The columns missing (null) on every row of ``frame`` (none, when it has no rows)."""
+    if not frame.height:
+        return set()
+    counts = frame.null_count().row(0, named=True)
+    return {name for name, count in counts.items() if count == frame.height}
 
 
 def _any_of(exprs: list[pl.Expr]) -> pl.Expr:

@@ -39,6 +39,8 @@ from services.eligibility.rules.syntax import parse as parse_syntax
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
+# A list of literals up to this long is tested as equalities, a longer one by lookup.
+_SHORT_LIST = 8
 # An arithmetic result this close to the 64-bit limits is checked row by row (as a float: a margin for its rounding).
 _NEAR_LIMIT = 9.0e18
 
@@ -267,6 +269,11 @@ class ExpressionCompiler:
             raise Unvectorisable(f"'in' a list that is not of literals of the same type ({node.text})")
         if left.kind not in ("int", "string", "bool"):
             raise Unvectorisable(f"'in' of a {left.kind} ({node.text})")
+        if 0 < len(values) <= _SHORT_LIST:
+            # A few equalities cost less than a hash lookup per row (half, for four district codes); null stays
+            # null either way (Kleene's ``|`` of unknowns).
+            expr = reduce(lambda a, b: a | b, [left.expr == v.expr for v in values])
+            return Compiled(expr, "bool", risks=left.risks)
         listed = pl.Series([v.constant for v in values], dtype=DTYPES[left.kind])
         return Compiled(left.expr.is_in(listed.implode()), "bool", risks=left.risks)
 
@@ -294,6 +301,15 @@ class ExpressionCompiler:
                 risks.append(b == 0)
             if lb[0] <= INT64_MIN and rb[0] <= -1 <= rb[1]:
                 risks.append((a == INT64_MIN) & (b == -1))
+            if rb[0] > 0 and op == "/":
+                # A divisor positive on every row: truncating is flooring a dividend moved up by b - 1 where it is
+                # negative (no overflow: it stays below b), and flooring itself where none is (the bounds say so).
+                if lb[0] >= 0:
+                    return Compiled(a // b, "int", (0, lb[1]), risks)
+                adjusted = a + (a < 0).cast(pl.Int64) * (b - 1)
+                return Compiled(adjusted // b, "int", (min(lb[0], 0), max(lb[1], 0)), risks)
+            if rb[0] > 0 and lb[0] >= 0:  # op == "%": both non-negative, CEL's remainder and Polars' agree
+                return Compiled(a % b, "int", (0, rb[1]), risks)
             # CEL truncates towards zero; Polars floors: adjust where the signs differ and a remainder is left.
             floor = a // b
             remainder = a - floor * b

@@ -240,6 +240,26 @@ def test_every_proactive_program_judges_a_population_as_the_per_record_engine(
     assert_same(CATALOGUE, codes, day, rows)
 
 
+@st.composite
+def sparse_populations(
+    draw: st.DrawFn, codes_of: Mapping[dt.date, list[str]]
+) -> tuple[dt.date, list[str], list[dict[str, Any]]]:
+    """Populations in which about half the facts are missing for every resident, as a registry page's department
+    facts often are: the judge reads such a fact as a typed null rather than a column."""
+    day, codes, rows = draw(populations(codes_of))
+    blank = {n for n in sorted(rows[0]) if draw(st.booleans())}
+    return day, codes, [{k: (None if k in blank else v) for k, v in row.items()} for row in rows]
+
+
+@settings(DIFFERENTIAL, max_examples=4)
+@given(sparse_populations(PROACTIVE))
+def test_facts_missing_for_every_resident_judge_as_the_per_record_engine(
+    case: tuple[dt.date, list[str], list[dict[str, Any]]],
+) -> None:
+    day, codes, rows = case
+    assert_same(CATALOGUE, codes, day, rows)
+
+
 @settings(DIFFERENTIAL, max_examples=3)
 @given(populations(EVERY))
 def test_every_program_in_force_judges_a_population_as_the_per_record_engine(
@@ -289,6 +309,25 @@ def test_ages_and_periods_are_counted_as_the_per_record_engine_counts_them() -> 
             assert per_record_facts.months_between(last + dt.timedelta(days=1), day) < months
 
 
+def test_the_smaller_and_the_greater_of_two_incomes_ignore_a_missing_one_as_polars_does() -> None:
+    """``fact_table._least`` and ``_greatest`` (the recognised incomes' deductions and caps) against Polars' own
+    ``min_horizontal`` and ``max_horizontal``, missing values on either side and both included."""
+    from services.eligibility.fact_table import _greatest, _least
+
+    values = [None, -(10**15), -1, 0, 1, 5_000_000, 10**15]
+    frame = pl.DataFrame({"a": [a for a in values for _ in values], "b": [b for _ in values for b in values]},
+                         schema={"a": pl.Int64, "b": pl.Int64})  # fmt: skip
+    a, b = pl.col("a"), pl.col("b")
+    got = frame.select(_least(a, b).alias("least"), _greatest(a, b).alias("greatest"))
+    want = frame.select(pl.min_horizontal(a, b).alias("least"), pl.max_horizontal(a, b).alias("greatest"))
+    assert got.to_dicts() == want.to_dicts()
+    literal = pl.lit(5_000_000, dtype=pl.Int64)
+    assert (
+        frame.select(_least(a, literal)).to_series().to_list()
+        == frame.select(pl.min_horizontal(a, literal)).to_series().to_list()
+    )
+
+
 def test_rows_at_risk_of_a_cel_error_are_judged_per_record() -> None:
     """An income beyond 64-bit arithmetic's comfort, and a household of 1,500: the per-record engine judges those rows
     (whatever it makes of them), the columns the rest."""
@@ -305,6 +344,107 @@ def test_rows_at_risk_of_a_cel_error_are_judged_per_record() -> None:
     flagged = judge.frame.get_column("__per_record").to_list()
     assert flagged == [True, True, False]
     assert_same(CATALOGUE, codes, day, rows)
+
+
+def test_facts_looked_up_per_distinct_value_are_the_per_record_engines() -> None:
+    """The district's tier, its regions' deductions and the median income of a household's size are computed once per
+    distinct value and gathered by each row's position among them: every district kind (established or not, none)
+    against every household size (beyond the columns' limit and none too), with every income and asset known so that
+    the recognised incomes are computed, on each day — the same derived facts, outcomes and amounts as per record."""
+    districts = ["11110", "41111", "26110", "47720", "48121", "52710", "99999", None]
+    sizes = [1, 2, 3, 4, 5, 6, 7, 1500, None]
+    incomes = {name: 300_000 for name in ("earned_income", "business_income", "public_pension_income",
+                                          "spouse_income", "other_members_income", "residence_value",
+                                          "other_property_value", "financial_assets", "vehicle_value", "debts",
+                                          "couple_property_value", "couple_financial_assets",
+                                          "couple_vehicle_value", "couple_debts")}  # fmt: skip
+    rows = [
+        {**incomes, "district_code": district, "household_size": size, "has_spouse": size is not None and size > 1,
+         "birth_date": dt.date(1958, 5, 1), "tenure": "monthly_rent", "monthly_rent": 300_000}
+        for district in districts
+        for size in sizes
+    ]  # fmt: skip
+    for day in DAYS:
+        assert_same(CATALOGUE, PROACTIVE[day], day, rows)
+
+
+def _with_rule(code: str, criteria: list[dict[str, Any]], definitions: dict[str, str], amount: str) -> Catalogue:
+    """The catalogue with ``code``'s latest version judged by ``criteria`` (all of them), ``definitions`` and
+    ``amount`` instead of its own."""
+    entry = next(p for p in FILES.programs if p.code == code)
+    version = entry.versions[-1]
+    rule = {"all": [{"label": {"ko": c["id"], "en": c["id"]}, **c} for c in criteria]}
+    changed_version = VersionSpec.model_validate(
+        {**version.model_dump(by_alias=True), "rule": rule, "definitions": definitions,
+         "amount": {"expr": amount, "period": "monthly", "legal_reference": "test"}}
+    )  # fmt: skip
+    files = load_files()
+    files.programs = [
+        entry.model_copy(update={"versions": [changed_version]}) if p.code == code else p for p in files.programs
+    ]
+    return files.catalogue()
+
+
+# Division and remainder with dividends of either sign and divisors that are positive on every row or not (CEL
+# truncates towards zero; the columns take a shorter way where the population's bounds allow), through definitions
+# and conditionals, with text tests beside them (one absorbing a missing district code) and lists short (tested as
+# equalities) and long (looked up).
+ARITHMETIC = _with_rule(
+    "senior_transport_card",
+    [
+        {"id": "by_constant", "expr": "business_income / 7 >= -3 && earned_income / 100 != 5"},
+        {"id": "shifted", "expr": "(earned_income - 500) / 3 != -1"},
+        {"id": "by_column", "expr": "business_income / household_size > -2"},
+        {"id": "remainders", "expr": "earned_income % 7 != 3 && business_income % household_size != -1"},
+        {"id": "grade_scaled", "expr": "grade * 10 / 3 >= 3"},
+        {"id": "listed_or_anyway", "expr": "district_code in ['11110', '47720'] || true"},
+        {"id": "prefix", "expr": "district_code.startsWith('4') ? business_income > 0 : grade == 1"},
+        {"id": "short_lists", "expr": "household_size in [1, 3, 5] || business_income in [7, 0]"},
+        {"id": "long_list", "expr": "district_code in ['11110', '11140', '11170', '11440', '26110', '41111', "
+                                    "'47720', '48121', '52710']"},
+    ],
+    {"grade": "district_code.startsWith('11') ? 1 : (district_code.startsWith('4') ? 2 : 3)",
+     "quarter": "business_income > 0 ? business_income / 4 : business_income / 3"},
+    "grade * 1000 + quarter",
+)  # fmt: skip
+_DISTRICTS = ["11110", "11440", "41111", "47720", "26110", "99999", None]
+
+
+@pytest.mark.parametrize(
+    ("incomes", "sizes"),
+    [
+        ([0, 1, 6, 7, 500, 503, 999, 1000, 123_456], [1, 2, 3, 7]),  # non-negative dividends, divisors positive
+        ([-1_000_001, -22, -21, -7, -6, -1, 0, 1, 499, 497, 7, 6], [1, 2, 3, 7]),  # both signs
+        ([-22, -7, -1, 0, 1, 7, 22], [-3, -1, 0, 1, 3, None]),  # divisors of both signs and zero: risks per record
+    ],
+)
+def test_division_and_text_lookups_judge_as_the_per_record_engine(incomes: list[int], sizes: list[int]) -> None:
+    day = DAYS[1]
+    rows = [
+        {"business_income": income, "earned_income": incomes[-1 - i % len(incomes)], "household_size": size,
+         "district_code": _DISTRICTS[i % len(_DISTRICTS)], "birth_date": dt.date(1950, 1, 1)}
+        for i, (income, size) in enumerate((a, b) for a in incomes for b in sizes)
+    ]  # fmt: skip
+    rows.append({"birth_date": dt.date(1950, 1, 1)})  # every fact the criteria read missing
+    assert vectorised.unvectorisable(ARITHMETIC, day, ["senior_transport_card"]) == {}
+    assert_same(ARITHMETIC, ["senior_transport_card"], day, rows)
+
+
+@settings(DIFFERENTIAL, max_examples=10)
+@given(
+    st.lists(
+        st.fixed_dictionaries({
+            "business_income": st.one_of(st.none(), st.integers(-50, 50), st.integers(-(10**12), 10**12)),
+            "earned_income": st.one_of(st.none(), st.integers(-50, 1_000)),
+            "household_size": st.one_of(st.none(), st.integers(-3, 12)),
+            "district_code": st.sampled_from(_DISTRICTS),
+            "birth_date": st.just(dt.date(1950, 1, 1)),
+        }),
+        min_size=1, max_size=30,
+    )
+)  # fmt: skip
+def test_division_and_text_lookups_on_random_populations(rows: list[dict[str, Any]]) -> None:
+    assert_same(ARITHMETIC, ["senior_transport_card"], DAYS[1], rows)
 
 
 def test_a_construct_the_compiler_cannot_translate_sends_its_program_to_the_per_record_engine() -> None:
