@@ -547,6 +547,39 @@ class Repository:
             select(model).where(model.id == row_id, model.claim_token == token).with_for_update(of=model)
         )
 
+    async def claimed_residents(self, notification_ids: Sequence[uuid.UUID], token: str) -> dict[uuid.UUID, uuid.UUID]:
+        """Notification id -> resident id, of those on which the worker's claim (``token``) still stands."""
+        rows = await self.session.execute(
+            select(Notification.id, Notification.resident_id).where(
+                Notification.id.in_(notification_ids), Notification.claim_token == token
+            )
+        )
+        return {notification_id: resident_id for notification_id, resident_id in rows}
+
+    async def held_all(self, model: type[Held], row_ids: Sequence[uuid.UUID], token: str) -> dict[uuid.UUID, Held]:
+        """Those of the rows, locked, on which the worker's claim (``token``) still stands, by id: one query for a
+        worker's whole batch."""
+        rows = await self.session.scalars(
+            select(model).where(model.id.in_(row_ids), model.claim_token == token).with_for_update(of=model)
+        )
+        return {row.id: row for row in rows.unique()}
+
+    async def applications_by_id(self, application_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TrackedApplication]:
+        """Unscoped: for the delivery worker's batch."""
+        if not application_ids:
+            return {}
+        rows = await self.session.scalars(
+            select(TrackedApplication).where(TrackedApplication.application_id.in_(set(application_ids)))
+        )
+        return {row.application_id: row for row in rows}
+
+    async def preferences(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Preference]:
+        """Unscoped: for the delivery worker's batch."""
+        if not resident_ids:
+            return {}
+        rows = await self.session.scalars(select(Preference).where(Preference.resident_id.in_(set(resident_ids))))
+        return {row.resident_id: row for row in rows}
+
     async def held_webhook_delivery(self, seq: int, token: str) -> WebhookDelivery | None:
         """The webhook delivery, locked, if the worker's claim on it (``token``) still stands."""
         return await self.session.scalar(
