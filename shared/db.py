@@ -129,12 +129,13 @@ class Database:
         return self.engine.dialect.name
 
     def writers_waiting(self) -> int:
-        """How many write transactions of this process wait to begin (SQLite: for its writer lock). PostgreSQL
-        serialises nothing of the kind; there it is always 0."""
+        """How many write transactions of this process that someone waits on (a request's; not background work,
+        see :func:`background`) wait to begin (SQLite: for its writer lock). PostgreSQL serialises nothing of the
+        kind; there it is always 0."""
         if not self._own_read_engine:
             return 0
         writer = sqlite.writer_for(str(make_url(self.url).database))
-        return writer.waiting if writer is not None else 0
+        return writer.urgent if writer is not None else 0
 
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
         self._after_commit.append(hook)
@@ -170,6 +171,12 @@ class Database:
         await self.engine.dispose()
         if self._own_read_engine:
             await self.read_engine.dispose()
+
+
+def background() -> None:
+    """Mark the running task as background work (a consumer, the outbox relay, a worker): its write transactions do
+    not cut a consumer's batch short, as a request's do (on SQLite; see :meth:`Database.writers_waiting`)."""
+    sqlite.BACKGROUND.set(True)
 
 
 def is_read_only(session: AsyncSession) -> bool:

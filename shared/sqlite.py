@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import os
 import sqlite3
 import weakref
@@ -37,6 +38,10 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
+# Set in the tasks of background work (a consumer, the outbox relay, a delivery worker): their write transactions wait
+# for the writer lock without cutting a consumer's batch short. Someone waits on the others (a request).
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("onestop_background_writer", default=False)
+
 
 class Writer:
     """The process's writer lock for one database file (on one event loop), and the task holding it."""
@@ -45,19 +50,25 @@ class Writer:
         self.database = database
         self.lock = asyncio.Lock()
         self.owner: asyncio.Task[Any] | None = None
-        # How many transactions wait for the lock: a long one (a consumer's batch) ends early when others wait.
+        # How many transactions wait for the lock, and how many of them someone waits on (not background work): a
+        # long transaction (a consumer's batch) ends early for those. Two consumers of one service cutting each
+        # other's batches short would apply one event per transaction, each paying for its own commit.
         self.waiting = 0
+        self.urgent = 0
 
     async def acquire(self) -> None:
         task = asyncio.current_task()
         if task is not None and self.owner is task:
             # It would wait for itself for ever; SQLite would have answered SQLITE_BUSY after its busy timeout.
             raise RuntimeError(f"a write transaction on {self.database} is already open in this task")
+        urgent = not BACKGROUND.get()
         self.waiting += 1
+        self.urgent += urgent
         try:
             await self.lock.acquire()
         finally:
             self.waiting -= 1
+            self.urgent -= urgent
         self.owner = task
 
     def release(self) -> None:
