@@ -383,16 +383,24 @@ class Repository:
                 return period
             start = period.period_end
 
-    async def count_determination(
-        self, period_start: dt.datetime, district_code: str, program_code: str, outcome: str
+    async def count_determinations(
+        self, period_start: dt.datetime, district_code: str, counts: dict[tuple[str, str], int]
     ) -> None:
+        """Add ``counts`` ((program code, outcome) -> how many) to the period's counts of the district, in one
+        statement."""
+        if not counts:
+            return
         insert = self._insert()(AggregateCount).values(
-            period_start=period_start, district_code=district_code, program_code=program_code, outcome=outcome, count=1
-        )
+            [
+                {"period_start": period_start, "district_code": district_code, "program_code": program_code,
+                 "outcome": outcome, "count": n}
+                for (program_code, outcome), n in counts.items()
+            ]
+        )  # fmt: skip
         await self.session.execute(
             insert.on_conflict_do_update(
                 index_elements=["period_start", "district_code", "program_code", "outcome"],
-                set_={"count": AggregateCount.__table__.c.count + 1},
+                set_={"count": AggregateCount.__table__.c.count + insert.excluded.count},
             )
         )
 
