@@ -51,6 +51,9 @@ Key = TypeVar("Key", uuid.UUID, int)
 # The resident-facing rows a worker holds under a claim.
 Held = TypeVar("Held", Notification, Delivery)
 
+# The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
+_CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
+
 
 def _subscription_scope(principal: Principal) -> ColumnElement[bool] | None:
     """None: the caller sees no subscription at all."""
@@ -307,6 +310,7 @@ class Repository:
 
     async def partner_consent(self, resident_id: uuid.UUID) -> PartnerConsent:
         """The resident's partner consents, locked, created (consenting to nothing) on first sight."""
+        self.session.info.get(_CONSENTING_TO_NO_PARTNER, set()).discard(resident_id)  # it may change now
         consent = await self.session.get(PartnerConsent, resident_id, with_for_update=True)
         if consent is None:
             consent = PartnerConsent(resident_id=resident_id, purposes=[], version=0, updated_at=utcnow())
@@ -316,6 +320,18 @@ class Repository:
 
     async def find_partner_consent(self, resident_id: uuid.UUID) -> PartnerConsent | None:
         return await self.session.get(PartnerConsent, resident_id)
+
+    async def consent_to_partners(self, resident_id: uuid.UUID) -> PartnerConsent | None:
+        """The resident's partner consents if they name any partner, else None. The transaction remembers the
+        residents consenting to none (most): the partners' consumer asks about them event after event."""
+        none: set[uuid.UUID] = self.session.info.setdefault(_CONSENTING_TO_NO_PARTNER, set())
+        if resident_id in none:
+            return None
+        consent = await self.session.get(PartnerConsent, resident_id)
+        if consent is None or not consent.purposes:
+            none.add(resident_id)
+            return None
+        return consent
 
     async def queued_deliveries_about(self, resident_id: uuid.UUID) -> Sequence[WebhookDelivery]:
         """Unscoped, for the partners' consumer: webhook deliveries about the resident not delivered yet."""
