@@ -22,7 +22,9 @@ SQLite statements go through :mod:`shared.sqlite`, which costs one thread hop a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +125,7 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
         self._after_commit: list[Callable[[AsyncSession], None]] = []
+        self._writer: tuple[weakref.ref[asyncio.AbstractEventLoop], sqlite.Writer | None] | None = None
 
     @property
     def dialect(self) -> str:
@@ -134,7 +137,11 @@ class Database:
         kind; there it is always 0."""
         if not self._own_read_engine:
             return 0
-        writer = sqlite.writer_for(str(make_url(self.url).database))
+        # Asked before each event of a batch: the lock is looked up (a path made real, on disk) once per loop.
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer[0]() is not loop:
+            self._writer = (weakref.ref(loop), sqlite.writer_for(str(make_url(self.url).database)))
+        writer = self._writer[1]
         return writer.urgent if writer is not None else 0
 
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
