@@ -186,6 +186,26 @@ def background() -> None:
     sqlite.BACKGROUND.set(True)
 
 
+_HELD = "onestop_held_rows"
+
+
+def hold_loaded(session: AsyncSession) -> None:
+    """Hold every row the session loads (or inserts) to the end of its transaction. The identity map holds rows
+    weakly: a row read and not changed is dropped as soon as nothing refers to it, and the next ``session.get`` of it
+    goes to the database again. For a consumer's transaction, whose events ask for the same rows one after the other
+    (an application's, a resident's); its rows go with the session."""
+    if _HELD in session.info:
+        return
+    held: dict[int, object] = {}
+    session.info[_HELD] = held
+
+    def hold(_: object, instance: object) -> None:
+        held[id(instance)] = instance
+
+    event.listen(session.sync_session, "loaded_as_persistent", hold)
+    event.listen(session.sync_session, "pending_to_persistent", hold)
+
+
 def is_read_only(session: AsyncSession) -> bool:
     return bool(session.info.get(READ_ONLY))
 

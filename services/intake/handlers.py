@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from sqlalchemy import event as orm_events
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from services.intake import erasure, opportunities
 from services.intake.context import IntakeContext
@@ -23,6 +21,7 @@ from services.intake.status import (
     apply_referral_event,
 )
 from shared.consumer import Apply, Subscription, on
+from shared.db import hold_loaded
 from shared.events import (
     CaseAssigned,
     CaseClosed,
@@ -69,33 +68,14 @@ HOUSEHOLD_EVENTS = (HouseholdCaseOpened, HouseholdCaseMemberAdded, HouseholdCase
 REFERRAL_EVENTS = (ReferralCreated, ReferralAccepted, ReferralDeclined, ReferralCompleted)
 
 
-# What the status view's events loaded, held for the rest of the consumer's transaction (see _with_repository).
-_KEPT = "intake_status_kept"
-
-
 def _with_repository(apply: Callable[[Repository, CloudEvent, E], Awaitable[None]]) -> Apply[E]:
     async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
-        _keep_what_is_loaded(session)
+        # An application's events come together in a batch: its determination (read twice by each case event),
+        # cases and offices are read once per transaction, not once per event.
+        hold_loaded(session)
         await apply(Repository(session), event, data)
 
     return handler
-
-
-def _keep_what_is_loaded(session: AsyncSession) -> None:
-    """The session's identity map holds rows weakly: a row read and not changed is dropped as soon as nothing refers
-    to it, and the next read of it (the determination, by each case event, twice; the cases and offices, by the next
-    event of the same application: a batch brings an application's events together) went to the database again.
-    Held to the end of the transaction, they are found in the identity map instead."""
-    if _KEPT in session.info:
-        return
-    kept: dict[int, object] = {}
-    session.info[_KEPT] = kept
-
-    def keep(_: Session, instance: object) -> None:
-        kept[id(instance)] = instance
-
-    orm_events.listen(session.sync_session, "loaded_as_persistent", keep)
-    orm_events.listen(session.sync_session, "pending_to_persistent", keep)
 
 
 def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,6 +51,8 @@ Key = TypeVar("Key", uuid.UUID, int)
 # The resident-facing rows a worker holds under a claim.
 Held = TypeVar("Held", Notification, Delivery)
 
+# The applications a transaction locked (see Repository.tracked_application).
+_LOCKED_APPLICATIONS = "notify_locked_applications"
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -104,7 +106,14 @@ class Repository:
         return await self.session.get(ResidentState, resident_id)
 
     async def tracked_application(self, application_id: uuid.UUID, resident_id: uuid.UUID) -> TrackedApplication:
-        """The application's row, created on first sight (its events may come in any order)."""
+        """The application's row, locked, created on first sight (its events may come in any order). Locked once, it
+        stays locked to the end of the transaction: the next event of a batch about it is given the row it holds.
+        Not within a savepoint, whose rollback would release the lock (PostgreSQL)."""
+        remember = not self.session.in_nested_transaction()
+        locked: dict[uuid.UUID, TrackedApplication] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+        held = locked.get(application_id) if remember else None
+        if held is not None and not inspect(held).expired_attributes and held in self.session:
+            return held
         application = await self.session.get(TrackedApplication, application_id, with_for_update=True)
         if application is None:
             application = TrackedApplication(
@@ -112,6 +121,8 @@ class Repository:
             )
             self.session.add(application)
             await self.session.flush()
+        if remember:
+            locked[application_id] = application
         return application
 
     async def find_application(self, application_id: uuid.UUID | None) -> TrackedApplication | None:
