@@ -30,7 +30,7 @@ class Row(Base):
 async def db(database_url: str) -> AsyncIterator[Database]:
     async with database_with(database_url, Base.metadata) as database:
         async with database.session() as session:
-            await session.execute(insert(Row.__table__).values(id=1, name="one"))
+            await session.execute(insert(Row).values(id=1, name="one"))
         yield database
 
 
