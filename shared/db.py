@@ -135,22 +135,31 @@ class Database:
         """How many write transactions of this process that someone waits on (a request's; not background work,
         see :func:`background`) wait to begin (SQLite: for its writer lock). PostgreSQL serialises nothing of the
         kind; there it is always 0."""
+        writer = self._sqlite_writer()
+        return writer.urgent if writer is not None else 0
+
+    def _sqlite_writer(self) -> sqlite.Writer | None:
+        """The writer lock of this SQLite file on the running loop (None on PostgreSQL or in memory). Asked before
+        each event of a batch: looked up (a path made real, on disk) once per loop."""
         if not self._own_read_engine:
-            return 0
-        # Asked before each event of a batch: the lock is looked up (a path made real, on disk) once per loop.
+            return None
         loop = asyncio.get_running_loop()
         if self._writer is None or self._writer[0]() is not loop:
             self._writer = (weakref.ref(loop), sqlite.writer_for(str(make_url(self.url).database)))
-        writer = self._writer[1]
-        return writer.urgent if writer is not None else 0
+        return self._writer[1]
 
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
         self._after_commit.append(hook)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """One write transaction: commits when the block ends normally, rolls back when it raises."""
-        async with self.sessionmaker() as session:
+        """One write transaction: commits when the block ends normally, rolls back when it raises. On SQLite,
+        background work holds one write connection fewer than there are, so that a request never waits for a
+        connection behind batches waiting for the writer lock (where it would not be seen waiting, and no batch
+        would give way to it)."""
+        writer = self._sqlite_writer()
+        limit = writer.background_sessions if writer is not None and background_work() else _NO_LIMIT
+        async with limit, self.sessionmaker() as session:
             async with session.begin():
                 yield session
             for hook in self._after_commit:
@@ -178,6 +187,13 @@ class Database:
         await self.engine.dispose()
         if self._own_read_engine:
             await self.read_engine.dispose()
+
+
+_NO_LIMIT = contextlib.nullcontext()
+
+
+def background_work() -> bool:
+    return sqlite.BACKGROUND.get()
 
 
 def background() -> None:
