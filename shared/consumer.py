@@ -46,7 +46,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.bus import Bus
-from shared.db import Database
+from shared.db import Database, background
 from shared.events import CloudEvent, EventData, UnknownEventType, dead_letter_subject, spec_for, subject_for
 from shared.observability import Metrics, event_id_var
 from shared.outbox import PENDING_KEY
@@ -274,6 +274,7 @@ class Consumer:
         self._workers.clear()
 
     async def _work(self) -> None:
+        background()
         psub: Any = None
         delay = 0.2
         busy = False

@@ -22,7 +22,9 @@ SQLite statements go through :mod:`shared.sqlite`, which costs one thread hop a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,26 +125,41 @@ class Database:
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
         self._after_commit: list[Callable[[AsyncSession], None]] = []
+        self._writer: tuple[weakref.ref[asyncio.AbstractEventLoop], sqlite.Writer | None] | None = None
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def writers_waiting(self) -> int:
-        """How many write transactions of this process wait to begin (SQLite: for its writer lock). PostgreSQL
-        serialises nothing of the kind; there it is always 0."""
+        """How many write transactions of this process that someone waits on (a request's; not background work,
+        see :func:`background`) wait to begin (SQLite: for its writer lock). PostgreSQL serialises nothing of the
+        kind; there it is always 0."""
+        writer = self._sqlite_writer()
+        return writer.urgent if writer is not None else 0
+
+    def _sqlite_writer(self) -> sqlite.Writer | None:
+        """The writer lock of this SQLite file on the running loop (None on PostgreSQL or in memory). Asked before
+        each event of a batch: looked up (a path made real, on disk) once per loop."""
         if not self._own_read_engine:
-            return 0
-        writer = sqlite.writer_for(str(make_url(self.url).database))
-        return writer.waiting if writer is not None else 0
+            return None
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer[0]() is not loop:
+            self._writer = (weakref.ref(loop), sqlite.writer_for(str(make_url(self.url).database)))
+        return self._writer[1]
 
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
         self._after_commit.append(hook)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """One write transaction: commits when the block ends normally, rolls back when it raises."""
-        async with self.sessionmaker() as session:
+        """One write transaction: commits when the block ends normally, rolls back when it raises. On SQLite,
+        background work holds one write connection fewer than there are, so that a request never waits for a
+        connection behind batches waiting for the writer lock (where it would not be seen waiting, and no batch
+        would give way to it)."""
+        writer = self._sqlite_writer()
+        limit = writer.background_sessions if writer is not None and background_work() else _NO_LIMIT
+        async with limit, self.sessionmaker() as session:
             async with session.begin():
                 yield session
             for hook in self._after_commit:
@@ -170,6 +187,39 @@ class Database:
         await self.engine.dispose()
         if self._own_read_engine:
             await self.read_engine.dispose()
+
+
+_NO_LIMIT = contextlib.nullcontext()
+
+
+def background_work() -> bool:
+    return sqlite.BACKGROUND.get()
+
+
+def background() -> None:
+    """Mark the running task as background work (a consumer, the outbox relay, a worker): its write transactions do
+    not cut a consumer's batch short, as a request's do (on SQLite; see :meth:`Database.writers_waiting`)."""
+    sqlite.BACKGROUND.set(True)
+
+
+_HELD = "onestop_held_rows"
+
+
+def hold_loaded(session: AsyncSession) -> None:
+    """Hold every row the session loads (or inserts) to the end of its transaction. The identity map holds rows
+    weakly: a row read and not changed is dropped as soon as nothing refers to it, and the next ``session.get`` of it
+    goes to the database again. For a consumer's transaction, whose events ask for the same rows one after the other
+    (an application's, a resident's); its rows go with the session."""
+    if _HELD in session.info:
+        return
+    held: dict[int, object] = {}
+    session.info[_HELD] = held
+
+    def hold(_: object, instance: object) -> None:
+        held[id(instance)] = instance
+
+    event.listen(session.sync_session, "loaded_as_persistent", hold)
+    event.listen(session.sync_session, "pending_to_persistent", hold)
 
 
 def is_read_only(session: AsyncSession) -> bool:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from shared import tracing
 from shared.bus import Bus, OutgoingMessage
-from shared.db import Database, bulk_insert
+from shared.db import Database, background, bulk_insert
 from shared.events import CloudEvent, EventData, new_event, subject_for
 from shared.observability import Metrics, current_traceparent
 from shared.tables import PlatformTables
@@ -295,6 +295,7 @@ class OutboxRelay:
         await self._release_leadership()
 
     async def _run(self) -> None:
+        background()
         while not self._stopping:
             self._wake.clear()
             try:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import os
 import sqlite3
 import weakref
@@ -37,32 +39,88 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
+# Set in the tasks of background work (a consumer, the outbox relay, a delivery worker): their write transactions wait
+# for the writer lock without cutting a consumer's batch short. Someone waits on the others (a request).
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("onestop_background_writer", default=False)
+
+
+# Write connections background work may hold at once: one fewer than shared.db.SQLITE_WRITE_CONNECTIONS.
+BACKGROUND_SESSIONS = 2
+
 
 class Writer:
-    """The process's writer lock for one database file (on one event loop), and the task holding it."""
+    """The process's writer lock for one database file (on one event loop), and the task holding it.
+
+    Handed over in order of asking, except that a transaction someone waits on (a request's) goes before background
+    work (consumers' batches, the outbox relay, workers: see ``BACKGROUND``): a request waits for the transaction
+    running, not for every batch queued before it as well. So that background work is never starved by a stream of
+    requests, after ``URGENT_RUN`` requests in a row the longest-waiting background transaction goes next."""
+
+    URGENT_RUN = 4
 
     def __init__(self, database: str) -> None:
         self.database = database
-        self.lock = asyncio.Lock()
         self.owner: asyncio.Task[Any] | None = None
-        # How many transactions wait for the lock: a long one (a consumer's batch) ends early when others wait.
+        self._held = False
+        self._queues: dict[bool, collections.deque[asyncio.Future[None]]] = {
+            True: collections.deque(),
+            False: collections.deque(),
+        }
+        self._urgent_run = 0
+        # Write sessions background work may have open at once (shared.db keeps a connection for requests).
+        self.background_sessions = asyncio.Semaphore(BACKGROUND_SESSIONS)
+        # How many transactions wait for the lock, and how many of them someone waits on (not background work): a
+        # long transaction (a consumer's batch) ends early for those. Two consumers of one service cutting each
+        # other's batches short would apply one event per transaction, each paying for its own commit.
         self.waiting = 0
+        self.urgent = 0
 
     async def acquire(self) -> None:
         task = asyncio.current_task()
         if task is not None and self.owner is task:
             # It would wait for itself for ever; SQLite would have answered SQLITE_BUSY after its busy timeout.
             raise RuntimeError(f"a write transaction on {self.database} is already open in this task")
+        if not self._held:  # nobody holds it, so nobody waits for it (a handed-over turn keeps it held)
+            self._held = True
+            self.owner = task
+            return
+        urgent = not BACKGROUND.get()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues[urgent].append(turn)
         self.waiting += 1
+        self.urgent += urgent
         try:
-            await self.lock.acquire()
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._hand_over()  # given the lock as it was cancelled: the next one gets it
+            else:
+                with contextlib.suppress(ValueError):
+                    self._queues[urgent].remove(turn)
+            raise
         finally:
             self.waiting -= 1
+            self.urgent -= urgent
         self.owner = task
 
     def release(self) -> None:
         self.owner = None
-        self.lock.release()
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        urgent, background = self._queues[True], self._queues[False]
+        if urgent and background and self._urgent_run >= self.URGENT_RUN:
+            order = (background, urgent)
+        else:
+            order = (urgent, background)
+        for queue in order:
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    self._urgent_run = self._urgent_run + 1 if queue is urgent else 0
+                    turn.set_result(None)  # the lock passes to it directly
+                    return
+        self._held = False
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Writer]] = weakref.WeakKeyDictionary()

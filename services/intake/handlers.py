@@ -21,6 +21,7 @@ from services.intake.status import (
     apply_referral_event,
 )
 from shared.consumer import Apply, Subscription, on
+from shared.db import hold_loaded
 from shared.events import (
     CaseAssigned,
     CaseClosed,
@@ -69,6 +70,9 @@ REFERRAL_EVENTS = (ReferralCreated, ReferralAccepted, ReferralDeclined, Referral
 
 def _with_repository(apply: Callable[[Repository, CloudEvent, E], Awaitable[None]]) -> Apply[E]:
     async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
+        # An application's events come together in a batch: its determination (read twice by each case event),
+        # cases and offices are read once per transaction, not once per event.
+        hold_loaded(session)
         await apply(Repository(session), event, data)
 
     return handler

@@ -9,7 +9,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, exists, false, inspect, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,6 +42,8 @@ from shared.auth import Principal, Role
 from shared.deps import SessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
+# The applications a transaction locked (see Repository.application).
+_LOCKED_APPLICATIONS = "intake_locked_applications"
 # A representative with one of these scopes acts on the resident's applications, so may read them.
 APPLICATION_SCOPES = ("apply", "answer", "withdraw")
 
@@ -243,11 +245,21 @@ class Repository:
     # ------------------------------------------------------------------------------------------ applications
 
     async def application(self, application_id: uuid.UUID, *, for_update: bool = False) -> Application | None:
-        """Unscoped: for event handlers, which act on behalf of no caller."""
+        """Unscoped: for event handlers, which act on behalf of no caller. Locked once, an application stays locked
+        to the end of the transaction: the next event of a batch about it is given the row it holds, not the row read
+        again with its answers. Not within a savepoint, whose rollback would release the lock (PostgreSQL)."""
+        remember = for_update and not self.session.in_nested_transaction()
+        locked: dict[uuid.UUID, Application] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+        held = locked.get(application_id) if remember else None
+        if held is not None and not inspect(held).expired_attributes and held in self.session:
+            return held
         query = select(Application).where(Application.id == application_id)
         if for_update:
             query = query.with_for_update()
-        return (await self.session.execute(query)).scalar_one_or_none()
+        application = (await self.session.execute(query)).scalar_one_or_none()
+        if remember and application is not None:
+            locked[application_id] = application
+        return application
 
     async def visible_application(
         self, principal: Principal, application_id: uuid.UUID, *, today: dt.date, for_update: bool = False

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -57,10 +57,8 @@ async def count_determinations(
     length = dt.timedelta(seconds=settings.aggregate_period_seconds)
     start = period_start(now or utcnow(), length, zone(None, settings.timezone))
     period = await repo.open_aggregate_period(start, length)
-    for program in data.programs:
-        await repo.count_determination(
-            period.period_start, data.resident.district_code, program.program_code, program.outcome.value
-        )
+    counts = Counter((program.program_code, program.outcome.value) for program in data.programs)
+    await repo.count_determinations(period.period_start, data.resident.district_code, dict(counts))
 
 
 def withheld(counts: dict[str, int], min_group: int) -> set[str]:

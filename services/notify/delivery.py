@@ -40,6 +40,7 @@ from services.notify.models import (
     NotificationStatus,
     Preference,
     ResidentChannel,
+    TrackedApplication,
     utcnow,
 )
 from services.notify.notifications import mark_work, withdrawn
@@ -56,6 +57,29 @@ from shared.problems import Conflict, NotFound
 log = logging.getLogger(__name__)
 
 PUSH_CHANNELS = (ResidentChannel.EMAIL.value, ResidentChannel.SMS.value, ResidentChannel.POST.value)
+
+
+@dataclass(frozen=True)
+class _Send:
+    """A delivery about to be attempted: what the transaction that held it read."""
+
+    delivery_id: uuid.UUID
+    resident_id: uuid.UUID
+    channel: str
+    message: MessageInput
+    preference: Preference | None
+    fallback_language: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What became of an attempt: sent (in ``language``, ``printed`` for a letter) or failed with ``error``."""
+
+    delivery_id: uuid.UUID
+    language: str | None = None
+    printed: PrintedLetter | None = None
+    error: str | None = None
+    permanent: bool = False
 
 
 @dataclass
@@ -128,35 +152,45 @@ class ResidentDelivery:
         self.attempts = attempts
 
     async def run_once(self) -> int:
-        """One pass over what is due; returns how many rows were worked on."""
-        done = await self._each(self._claim(Repository.claim_notifications), self.dispatch)
-        done += await self._each(self._claim(Repository.claim_deliveries), self.send)
-        return done
+        """One pass over what is due; returns how many rows were worked on. Each claimed batch is worked on in a
+        handful of transactions (read, write), not two per row; should the batch's write fail, its rows are worked on
+        one by one, so that one bad row holds up no other."""
+        token, ids = await self._claim(Repository.claim_notifications)
+        if ids:
+            await self._batch(ids, token, self.dispatch_all, self.dispatch)
+        done = len(ids)
+        token, ids = await self._claim(Repository.claim_deliveries)
+        if ids:
+            await self._batch(ids, token, self.send_all, self.send)
+        return done + len(ids)
 
-    def _claim(
-        self, claim: Callable[..., Awaitable[Sequence[object]]]
-    ) -> Callable[[], Awaitable[tuple[str, Sequence[object]]]]:
-        async def run() -> tuple[str, Sequence[object]]:
-            token = new_claim_token()
-            async with self.db.session() as session:
-                ids = await claim(
-                    Repository(session), token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size
-                )
-            return token, ids
+    async def _claim(self, claim: Callable[..., Awaitable[Sequence[uuid.UUID]]]) -> tuple[str, Sequence[uuid.UUID]]:
+        token = new_claim_token()
+        async with self.db.session() as session:
+            ids = await claim(
+                Repository(session), token, now=utcnow(), lease=self.lease, limit=self.settings.worker_batch_size
+            )
+        return token, ids
 
-        return run
+    async def _batch(
+        self,
+        ids: Sequence[uuid.UUID],
+        token: str,
+        work_all: Callable[[Sequence[uuid.UUID], str], Awaitable[None]],
+        work_one: Callable[[uuid.UUID, str], Awaitable[None]],
+    ) -> None:
+        try:
+            await work_all(ids, token)
+        except Exception:
+            log.exception("delivery batch failed; its rows are worked on one by one", extra={"rows": len(ids)})
+            await self._each(ids, token, work_one)
 
     async def _each(
-        self,
-        claim: Callable[[], Awaitable[tuple[str, Sequence[object]]]],
-        work: Callable[[object, str], Awaitable[None]],
-    ) -> int:
-        token, ids = await claim()
-        if not ids:
-            return 0
+        self, ids: Sequence[uuid.UUID], token: str, work: Callable[[uuid.UUID, str], Awaitable[None]]
+    ) -> None:
         limit = asyncio.Semaphore(self.settings.worker_concurrency)
 
-        async def one(row_id: object) -> None:
+        async def one(row_id: uuid.UUID) -> None:
             async with limit:
                 try:
                     await work(row_id, token)
@@ -165,21 +199,66 @@ class ResidentDelivery:
                     log.exception("delivery step failed", extra={"row": str(row_id)})
 
         await asyncio.gather(*(one(i) for i in ids))
-        return len(ids)
+
+    async def _contacts(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Contact | str | None]:
+        """Each resident's contact (None: intake does not know them), or why it could not be had; asked of intake
+        outside any transaction, a few at a time."""
+        limit = asyncio.Semaphore(self.settings.worker_concurrency)
+        found: dict[uuid.UUID, Contact | str | None] = {}
+
+        async def one(resident_id: uuid.UUID) -> None:
+            async with limit:
+                try:
+                    found[resident_id] = await self.contacts.lookup(resident_id)
+                except ContactUnavailable as exc:
+                    found[resident_id] = str(exc)
+
+        await asyncio.gather(*(one(r) for r in dict.fromkeys(resident_ids)))
+        return found
 
     # ------------------------------------------------------------------------------------------ 1. dispatch
 
-    async def dispatch(self, notification_id: object, token: str) -> None:
-        assert isinstance(notification_id, uuid.UUID)
+    async def dispatch_all(self, notification_ids: Sequence[uuid.UUID], token: str) -> None:
+        """Dispatch a claimed batch: the residents read, their contacts asked of intake (outside any transaction),
+        then every notification's deliveries written in one transaction."""
+        async with self.db.read_session() as session:
+            residents = await Repository(session).claimed_residents(notification_ids, token)
+        if not residents:
+            return
+        contacts = await self._contacts(list(residents.values()))
         async with self.db.session() as session:
-            notification = await Repository(session).notification(notification_id)
-            if notification is None or notification.claim_token != token:
-                return
-            resident_id = notification.resident_id
+            repo = Repository(session)
+            held = await repo.held_all(Notification, list(residents), token)
+            applications = await repo.applications_by_id(
+                [n.application_id for n in held.values() if n.application_id is not None]
+            )
+            preferences = await repo.preferences([n.resident_id for n in held.values()])
+            now = utcnow()
+            for notification_id in notification_ids:
+                notification = held.get(notification_id)
+                if notification is None:
+                    continue
+                found = contacts.get(notification.resident_id)
+                await self._dispatch_held(
+                    repo,
+                    notification,
+                    applications.get(notification.application_id) if notification.application_id else None,
+                    preferences.get(notification.resident_id),
+                    found if not isinstance(found, str) else None,
+                    found if isinstance(found, str) else None,
+                    now,
+                )
+
+    async def dispatch(self, notification_id: uuid.UUID, token: str) -> None:
+        """Dispatch one notification on its own (when its batch failed)."""
+        async with self.db.read_session() as session:
+            residents = await Repository(session).claimed_residents([notification_id], token)
+        if notification_id not in residents:
+            return
         contact: Contact | None = None
         error: str | None = None
         try:
-            contact = await self.contacts.lookup(resident_id)
+            contact = await self.contacts.lookup(residents[notification_id])
         except ContactUnavailable as exc:
             error = str(exc)
         async with self.db.session() as session:
@@ -188,55 +267,67 @@ class ResidentDelivery:
             if notification is None:
                 return
             application = await repo.find_application(notification.application_id)
-            now = utcnow()
-            if notification.status == NotificationStatus.COLLECTING.value:
-                if withdrawn(application, notification.kind):
-                    notification.status = NotificationStatus.SUPPRESSED.value
-                    notification.last_error = "application withdrawn"
-                    _release(notification)
-                    return
-                await self._release_to_inbox(repo, notification, now)
-            if withdrawn(application, notification.kind):
-                notification.status = NotificationStatus.DISPATCHED.value
-                _release(notification)
-                return
-            if error is not None:
-                notification.step_attempts += 1
-                notification.last_error = error
-                notification.next_step_at = now + dt.timedelta(
-                    seconds=backoff(
-                        notification.step_attempts,
-                        base=self.settings.retry_base_seconds,
-                        cap=self.settings.retry_max_seconds,
-                    )
-                )
-                _release(notification)
-                log.warning("contact lookup failed; will retry", extra={"notification_id": str(notification.id)})
-                return
             preference = await repo.preference(notification.resident_id)
-            notification.language = effective_language(preference, contact, notification.language)
-            for channel in effective_channels(preference, contact):
-                if not _address(contact, channel):
-                    continue  # no address on file for it: the inbox copy is what the resident gets
-                due = now
-                if channel == ResidentChannel.SMS.value:
-                    due = sms_quiet_until(preference, now, self.settings.timezone) or now
-                repo.session.add(
-                    Delivery(
-                        id=uuid.uuid4(),
-                        notification_id=notification.id,
-                        resident_id=notification.resident_id,
-                        channel=channel,
-                        status=DeliveryStatus.PENDING.value,
-                        attempts=0,
-                        next_attempt_at=due,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+            await self._dispatch_held(repo, notification, application, preference, contact, error, utcnow())
+
+    async def _dispatch_held(
+        self,
+        repo: Repository,
+        notification: Notification,
+        application: TrackedApplication | None,
+        preference: Preference | None,
+        contact: Contact | None,
+        error: str | None,
+        now: dt.datetime,
+    ) -> None:
+        """A held notification: into the inbox, then one delivery per push channel with an address on file."""
+        if notification.status == NotificationStatus.COLLECTING.value:
+            if withdrawn(application, notification.kind):
+                notification.status = NotificationStatus.SUPPRESSED.value
+                notification.last_error = "application withdrawn"
+                _release(notification)
+                return
+            await self._release_to_inbox(repo, notification, now)
+        if withdrawn(application, notification.kind):
             notification.status = NotificationStatus.DISPATCHED.value
-            notification.last_error = None
             _release(notification)
+            return
+        if error is not None:
+            notification.step_attempts += 1
+            notification.last_error = error
+            notification.next_step_at = now + dt.timedelta(
+                seconds=backoff(
+                    notification.step_attempts,
+                    base=self.settings.retry_base_seconds,
+                    cap=self.settings.retry_max_seconds,
+                )
+            )
+            _release(notification)
+            log.warning("contact lookup failed; will retry", extra={"notification_id": str(notification.id)})
+            return
+        notification.language = effective_language(preference, contact, notification.language)
+        for channel in effective_channels(preference, contact):
+            if not _address(contact, channel):
+                continue  # no address on file for it: the inbox copy is what the resident gets
+            due = now
+            if channel == ResidentChannel.SMS.value:
+                due = sms_quiet_until(preference, now, self.settings.timezone) or now
+            repo.session.add(
+                Delivery(
+                    id=uuid.uuid4(),
+                    notification_id=notification.id,
+                    resident_id=notification.resident_id,
+                    channel=channel,
+                    status=DeliveryStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=due,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        notification.status = NotificationStatus.DISPATCHED.value
+        notification.last_error = None
+        _release(notification)
 
     async def _release_to_inbox(self, repo: Repository, notification: Notification, now: dt.datetime) -> None:
         notification.status = NotificationStatus.READY.value
@@ -261,47 +352,136 @@ class ResidentDelivery:
 
     # ------------------------------------------------------------------------------------------ 2. send
 
-    async def send(self, delivery_id: object, token: str) -> None:
-        assert isinstance(delivery_id, uuid.UUID)
+    async def send_all(self, delivery_ids: Sequence[uuid.UUID], token: str) -> None:
+        """Send a claimed batch: what is to go out read in one transaction (the withdrawn suppressed, SMS in quiet
+        hours put off), each message rendered and sent outside any transaction, the outcomes written in one."""
+        async with self.db.session() as session:
+            repo = Repository(session)
+            held = await repo.held_all(Delivery, delivery_ids, token)
+            applications = await repo.applications_by_id(
+                [d.notification.application_id for d in held.values() if d.notification.application_id is not None]
+            )
+            preferences = await repo.preferences([d.resident_id for d in held.values()])
+            now = utcnow()
+            sends = []
+            for delivery_id in delivery_ids:
+                delivery = held.get(delivery_id)
+                if delivery is None:
+                    continue
+                application_id = delivery.notification.application_id
+                application = applications.get(application_id) if application_id is not None else None
+                send = self._to_send(delivery, application, preferences.get(delivery.resident_id), now)
+                if send is not None:
+                    sends.append(send)
+        if not sends:
+            return
+        limit = asyncio.Semaphore(self.settings.worker_concurrency)
+
+        async def attempt(send: _Send) -> _Outcome | None:
+            async with limit:
+                try:
+                    return await self._attempt(send)
+                except Exception:
+                    # The claim runs out and the row is tried again; the error is logged without personal data.
+                    log.exception("delivery step failed", extra={"row": str(send.delivery_id)})
+                    return None
+
+        outcomes = [o for o in await asyncio.gather(*(attempt(s) for s in sends)) if o is not None]
+        if outcomes:
+            await self._record_all(outcomes, token)
+
+    async def send(self, delivery_id: uuid.UUID, token: str) -> None:
+        """Send one delivery on its own (when its batch failed)."""
         now = utcnow()
         async with self.db.session() as session:
             repo = Repository(session)
             delivery = await repo.held(Delivery, delivery_id, token)
             if delivery is None:
                 return
-            notification = delivery.notification
-            application = await repo.find_application(notification.application_id)
-            if withdrawn(application, notification.kind):
-                delivery.status = DeliveryStatus.SUPPRESSED.value
-                delivery.last_error = "application withdrawn"
+            application = await repo.find_application(delivery.notification.application_id)
+            preference = await repo.preference(delivery.resident_id)
+            send = self._to_send(delivery, application, preference, now)
+        if send is not None:
+            await self._record_one(await self._attempt(send), token)
+
+    def _to_send(
+        self,
+        delivery: Delivery,
+        application: TrackedApplication | None,
+        preference: Preference | None,
+        now: dt.datetime,
+    ) -> _Send | None:
+        """What a held delivery is to send, or None when it is not to go out now (recorded on the row)."""
+        notification = delivery.notification
+        if withdrawn(application, notification.kind):
+            delivery.status = DeliveryStatus.SUPPRESSED.value
+            delivery.last_error = "application withdrawn"
+            delivery.updated_at = now
+            _release(delivery)
+            return None
+        if delivery.channel == ResidentChannel.SMS.value:
+            quiet = sms_quiet_until(preference, now, self.settings.timezone)
+            if quiet is not None:
+                delivery.next_attempt_at = quiet  # not an attempt: it simply waits for the morning
                 delivery.updated_at = now
                 _release(delivery)
-                return
-            preference = await repo.preference(delivery.resident_id)
-            if delivery.channel == ResidentChannel.SMS.value:
-                quiet = sms_quiet_until(preference, now, self.settings.timezone)
-                if quiet is not None:
-                    delivery.next_attempt_at = quiet  # not an attempt: it simply waits for the morning
-                    delivery.updated_at = now
-                    _release(delivery)
-                    return
-            fallback_language = notification.language
-            message = message_input(notification, fallback_language)
-            resident_id, channel = delivery.resident_id, delivery.channel
+                return None
+        fallback_language = notification.language
+        return _Send(
+            delivery_id=delivery.id,
+            resident_id=delivery.resident_id,
+            channel=delivery.channel,
+            message=message_input(notification, fallback_language),
+            preference=preference,
+            fallback_language=fallback_language,
+        )
 
+    async def _attempt(self, send: _Send) -> _Outcome:
+        """Render and send one message (outside any transaction)."""
         try:
-            contact = await self.contacts.lookup(resident_id)
-            address = _address(contact, channel)
+            contact = await self.contacts.lookup(send.resident_id)
+            address = _address(contact, send.channel)
             if address is None:
-                raise ChannelError(f"no {channel} address on file", permanent=True)
-            language = effective_language(preference, contact, fallback_language)
+                raise ChannelError(f"no {send.channel} address on file", permanent=True)
+            language = effective_language(send.preference, contact, send.fallback_language)
+            message = send.message
             rendered = self.renderer.render(MessageInput(message.kind, language, message.application_id, message.items))
-            printed = await self._deliver(delivery_id, channel, address, rendered, language, contact)
+            printed = await self._deliver(send.delivery_id, send.channel, address, rendered, language, contact)
         except (ChannelError, ContactUnavailable) as exc:
             permanent = isinstance(exc, ChannelError) and exc.permanent
-            await self._record_failure(delivery_id, token, redact(str(exc)), permanent=permanent)
-            return
-        await self._record_sent(delivery_id, token, language, printed)
+            return _Outcome(send.delivery_id, error=redact(str(exc)), permanent=permanent)
+        return _Outcome(send.delivery_id, language=language, printed=printed)
+
+    async def _record_all(self, outcomes: Sequence[_Outcome], token: str) -> None:
+        """The outcomes of a batch in one transaction; should it fail, each in its own."""
+        try:
+            async with self.db.session() as session:
+                repo = Repository(session)
+                held = await repo.held_all(Delivery, [o.delivery_id for o in outcomes], token)
+                for outcome in outcomes:
+                    await self._record(repo, held.get(outcome.delivery_id), outcome)
+        except Exception:
+            log.exception("recording a batch of deliveries failed; recording them one by one")
+            for outcome in outcomes:
+                try:
+                    await self._record_one(outcome, token)
+                except Exception:
+                    log.exception("recording a delivery failed", extra={"row": str(outcome.delivery_id)})
+
+    async def _record_one(self, outcome: _Outcome, token: str) -> None:
+        async with self.db.session() as session:
+            repo = Repository(session)
+            await self._record(repo, await repo.held(Delivery, outcome.delivery_id, token), outcome)
+
+    async def _record(self, repo: Repository, delivery: Delivery | None, outcome: _Outcome) -> None:
+        if outcome.error is None:
+            if delivery is None:
+                log.error("a sent delivery lost its claim", extra={"delivery_id": str(outcome.delivery_id)})
+                return
+            assert outcome.language is not None
+            await self._record_sent(repo, delivery, outcome.language, outcome.printed)
+        elif delivery is not None:
+            await self._record_failure(repo, delivery, outcome.error, permanent=outcome.permanent)
 
     async def _deliver(
         self,
@@ -332,83 +512,72 @@ class ResidentDelivery:
         return None
 
     async def _record_sent(
-        self, delivery_id: uuid.UUID, token: str, language: str, printed: PrintedLetter | None = None
+        self, repo: Repository, delivery: Delivery, language: str, printed: PrintedLetter | None = None
     ) -> None:
-        async with self.db.session() as session:
-            repo = Repository(session)
-            delivery = await repo.held(Delivery, delivery_id, token)
-            if delivery is None:
-                log.error("a sent delivery lost its claim", extra={"delivery_id": str(delivery_id)})
-                return
-            now = utcnow()
-            delivery.status = DeliveryStatus.SENT.value
-            delivery.attempts += 1
-            delivery.sent_at = now
-            delivery.updated_at = now
-            delivery.last_error = None
-            _release(delivery)
-            if printed is not None:  # handed to the post room: listed for the office to print and post
-                repo.session.add(
-                    Letter(
-                        id=delivery.id,
-                        notification_id=delivery.notification_id,
-                        resident_id=delivery.resident_id,
-                        kind=delivery.notification.kind,
-                        language=language,
-                        file_name=printed.file_name,
-                        pages=printed.pages,
-                        status=LetterStatus.TO_SEND.value,
-                        created_at=now,
-                    )
+        now = utcnow()
+        delivery.status = DeliveryStatus.SENT.value
+        delivery.attempts += 1
+        delivery.sent_at = now
+        delivery.updated_at = now
+        delivery.last_error = None
+        _release(delivery)
+        if printed is not None:  # handed to the post room: listed for the office to print and post
+            repo.session.add(
+                Letter(
+                    id=delivery.id,
+                    notification_id=delivery.notification_id,
+                    resident_id=delivery.resident_id,
+                    kind=delivery.notification.kind,
+                    language=language,
+                    file_name=printed.file_name,
+                    pages=printed.pages,
+                    status=LetterStatus.TO_SEND.value,
+                    created_at=now,
                 )
-            await self.outbox.emit(repo.session, self._sent(delivery.notification, delivery.channel, language))
-            self._count(delivery.channel, "sent")
+            )
+        await self.outbox.emit(repo.session, self._sent(delivery.notification, delivery.channel, language))
+        self._count(delivery.channel, "sent")
 
-    async def _record_failure(self, delivery_id: uuid.UUID, token: str, error: str, *, permanent: bool) -> None:
-        async with self.db.session() as session:
-            repo = Repository(session)
-            delivery = await repo.held(Delivery, delivery_id, token)
-            if delivery is None:
-                return
-            now = utcnow()
-            delivery.attempts += 1
-            delivery.last_error = error[:1000]
-            delivery.updated_at = now
-            dead = permanent or delivery.attempts >= self.settings.delivery_max_attempts
-            if dead:
-                delivery.status = DeliveryStatus.DEAD.value
-            else:
-                delivery.status = DeliveryStatus.FAILED.value
-                delivery.next_attempt_at = now + dt.timedelta(
-                    seconds=backoff(
-                        delivery.attempts, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
-                    )
+    async def _record_failure(self, repo: Repository, delivery: Delivery, error: str, *, permanent: bool) -> None:
+        now = utcnow()
+        delivery.attempts += 1
+        delivery.last_error = error[:1000]
+        delivery.updated_at = now
+        dead = permanent or delivery.attempts >= self.settings.delivery_max_attempts
+        if dead:
+            delivery.status = DeliveryStatus.DEAD.value
+        else:
+            delivery.status = DeliveryStatus.FAILED.value
+            delivery.next_attempt_at = now + dt.timedelta(
+                seconds=backoff(
+                    delivery.attempts, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds
                 )
-            _release(delivery)
-            self._count(delivery.channel, "dead" if dead else "failed")
-            log.warning(
-                "delivery failed",
-                extra={"delivery_id": str(delivery.id), "channel": delivery.channel, "attempt": delivery.attempts,
-                       "dead": dead, "error": error[:200]},
-            )  # fmt: skip
-            # Tell intake's status on the first failure and when giving up, not on every retry in between.
-            if dead or delivery.attempts == 1:
-                notification = delivery.notification
-                await self.outbox.emit(
-                    repo.session,
-                    NotificationFailed(
-                        notification_id=notification.id,
-                        resident_id=notification.resident_id,
-                        application_id=notification.application_id,
-                        source_event_ids=notification.source_event_ids,
-                        channel=delivery.channel,
-                        template=notification.kind,
-                        attempts=delivery.attempts,
-                        error=error[:500],
-                        dead=dead,
-                        failed_at=now,
-                    ),
-                )
+            )
+        _release(delivery)
+        self._count(delivery.channel, "dead" if dead else "failed")
+        log.warning(
+            "delivery failed",
+            extra={"delivery_id": str(delivery.id), "channel": delivery.channel, "attempt": delivery.attempts,
+                   "dead": dead, "error": error[:200]},
+        )  # fmt: skip
+        # Tell intake's status on the first failure and when giving up, not on every retry in between.
+        if dead or delivery.attempts == 1:
+            notification = delivery.notification
+            await self.outbox.emit(
+                repo.session,
+                NotificationFailed(
+                    notification_id=notification.id,
+                    resident_id=notification.resident_id,
+                    application_id=notification.application_id,
+                    source_event_ids=notification.source_event_ids,
+                    channel=delivery.channel,
+                    template=notification.kind,
+                    attempts=delivery.attempts,
+                    error=error[:500],
+                    dead=dead,
+                    failed_at=now,
+                ),
+            )
 
     # ------------------------------------------------------------------------------------------ helpers
 

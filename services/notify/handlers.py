@@ -14,6 +14,7 @@ from services.notify.context import NotifyContext
 from services.notify.notifications import ResidentMessages
 from services.notify.partners import PartnerFeeds
 from shared.consumer import Apply, Subscription, on
+from shared.db import hold_loaded
 from shared.events import (
     CATALOGUE,
     PARTNER_VISIBLE_TYPES,
@@ -50,6 +51,9 @@ def unless_erased(apply: Apply[E]) -> Apply[E]:
     one produced meanwhile). An aggregate names no resident and goes on."""
 
     async def handler(session: AsyncSession, event: CloudEvent, data: E) -> None:
+        # A resident's and an application's events come together in a batch: their rows are read once per
+        # transaction, not once per event.
+        hold_loaded(session)
         resident_id = getattr(data, "resident_id", None)
         if resident_id is not None and await resident_data.erased(session, resident_id):
             log.info("an event about an erased resident is dropped", extra={"event_type": event.event_type})

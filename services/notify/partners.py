@@ -200,6 +200,11 @@ class PartnerFeeds:
         if event_type not in PARTNER_VISIBLE_TYPES:
             return
         repo = Repository(session)
+        view = partner_view(event)
+        resident_id = uuid.UUID(str(view["resident_id"])) if event_type in RESIDENT_PARTNER_TYPES else None
+        consent = await repo.consent_to_partners(resident_id) if resident_id is not None else None
+        if resident_id is not None and consent is None:
+            return  # the resident consented to no partner: nothing for anyone (most residents; no more to look up)
         subscriptions = await repo.subscriptions_for(event_type)
         # An addressed event (a referral to a partner's offering) is for the partner it names only.
         to = addressee(event)
@@ -207,9 +212,6 @@ class PartnerFeeds:
             subscriptions = [s for s in subscriptions if s.partner_id == to]
         if not subscriptions:
             return
-        view = partner_view(event)
-        resident_id = uuid.UUID(str(view["resident_id"])) if event_type in RESIDENT_PARTNER_TYPES else None
-        consent = await repo.find_partner_consent(resident_id) if resident_id is not None else None
         purposes = await repo.grant_purposes(event_type)
         envelopes: dict[str, CloudEvent] = {}
         nats_partners: set[str] = set()

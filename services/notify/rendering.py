@@ -119,6 +119,8 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
+            # The templates ship with the code: not looked at on disk again for every message rendered.
+            auto_reload=False,
         )
         env.filters["loc"] = _localized
         env.filters["money"] = _money

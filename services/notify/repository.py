@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +50,11 @@ Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
 Key = TypeVar("Key", uuid.UUID, int)
 # The resident-facing rows a worker holds under a claim.
 Held = TypeVar("Held", Notification, Delivery)
+
+# The applications a transaction locked (see Repository.tracked_application).
+_LOCKED_APPLICATIONS = "notify_locked_applications"
+# The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
+_CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
 
 def _subscription_scope(principal: Principal) -> ColumnElement[bool] | None:
@@ -101,7 +106,14 @@ class Repository:
         return await self.session.get(ResidentState, resident_id)
 
     async def tracked_application(self, application_id: uuid.UUID, resident_id: uuid.UUID) -> TrackedApplication:
-        """The application's row, created on first sight (its events may come in any order)."""
+        """The application's row, locked, created on first sight (its events may come in any order). Locked once, it
+        stays locked to the end of the transaction: the next event of a batch about it is given the row it holds.
+        Not within a savepoint, whose rollback would release the lock (PostgreSQL)."""
+        remember = not self.session.in_nested_transaction()
+        locked: dict[uuid.UUID, TrackedApplication] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+        held = locked.get(application_id) if remember else None
+        if held is not None and not inspect(held).expired_attributes and held in self.session:
+            return held
         application = await self.session.get(TrackedApplication, application_id, with_for_update=True)
         if application is None:
             application = TrackedApplication(
@@ -109,6 +121,8 @@ class Repository:
             )
             self.session.add(application)
             await self.session.flush()
+        if remember:
+            locked[application_id] = application
         return application
 
     async def find_application(self, application_id: uuid.UUID | None) -> TrackedApplication | None:
@@ -307,6 +321,7 @@ class Repository:
 
     async def partner_consent(self, resident_id: uuid.UUID) -> PartnerConsent:
         """The resident's partner consents, locked, created (consenting to nothing) on first sight."""
+        self.session.info.get(_CONSENTING_TO_NO_PARTNER, set()).discard(resident_id)  # it may change now
         consent = await self.session.get(PartnerConsent, resident_id, with_for_update=True)
         if consent is None:
             consent = PartnerConsent(resident_id=resident_id, purposes=[], version=0, updated_at=utcnow())
@@ -316,6 +331,18 @@ class Repository:
 
     async def find_partner_consent(self, resident_id: uuid.UUID) -> PartnerConsent | None:
         return await self.session.get(PartnerConsent, resident_id)
+
+    async def consent_to_partners(self, resident_id: uuid.UUID) -> PartnerConsent | None:
+        """The resident's partner consents if they name any partner, else None. The transaction remembers the
+        residents consenting to none (most): the partners' consumer asks about them event after event."""
+        none: set[uuid.UUID] = self.session.info.setdefault(_CONSENTING_TO_NO_PARTNER, set())
+        if resident_id in none:
+            return None
+        consent = await self.session.get(PartnerConsent, resident_id)
+        if consent is None or not consent.purposes:
+            none.add(resident_id)
+            return None
+        return consent
 
     async def queued_deliveries_about(self, resident_id: uuid.UUID) -> Sequence[WebhookDelivery]:
         """Unscoped, for the partners' consumer: webhook deliveries about the resident not delivered yet."""
@@ -383,16 +410,24 @@ class Repository:
                 return period
             start = period.period_end
 
-    async def count_determination(
-        self, period_start: dt.datetime, district_code: str, program_code: str, outcome: str
+    async def count_determinations(
+        self, period_start: dt.datetime, district_code: str, counts: dict[tuple[str, str], int]
     ) -> None:
+        """Add ``counts`` ((program code, outcome) -> how many) to the period's counts of the district, in one
+        statement."""
+        if not counts:
+            return
         insert = self._insert()(AggregateCount).values(
-            period_start=period_start, district_code=district_code, program_code=program_code, outcome=outcome, count=1
-        )
+            [
+                {"period_start": period_start, "district_code": district_code, "program_code": program_code,
+                 "outcome": outcome, "count": n}
+                for (program_code, outcome), n in counts.items()
+            ]
+        )  # fmt: skip
         await self.session.execute(
             insert.on_conflict_do_update(
                 index_elements=["period_start", "district_code", "program_code", "outcome"],
-                set_={"count": AggregateCount.__table__.c.count + 1},
+                set_={"count": AggregateCount.__table__.c.count + insert.excluded.count},
             )
         )
 
@@ -546,6 +581,39 @@ class Repository:
         return await self.session.scalar(
             select(model).where(model.id == row_id, model.claim_token == token).with_for_update(of=model)
         )
+
+    async def claimed_residents(self, notification_ids: Sequence[uuid.UUID], token: str) -> dict[uuid.UUID, uuid.UUID]:
+        """Notification id -> resident id, of those on which the worker's claim (``token``) still stands."""
+        rows = await self.session.execute(
+            select(Notification.id, Notification.resident_id).where(
+                Notification.id.in_(notification_ids), Notification.claim_token == token
+            )
+        )
+        return {notification_id: resident_id for notification_id, resident_id in rows}
+
+    async def held_all(self, model: type[Held], row_ids: Sequence[uuid.UUID], token: str) -> dict[uuid.UUID, Held]:
+        """Those of the rows, locked, on which the worker's claim (``token``) still stands, by id: one query for a
+        worker's whole batch."""
+        rows = await self.session.scalars(
+            select(model).where(model.id.in_(row_ids), model.claim_token == token).with_for_update(of=model)
+        )
+        return {row.id: row for row in rows.unique()}
+
+    async def applications_by_id(self, application_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TrackedApplication]:
+        """Unscoped: for the delivery worker's batch."""
+        if not application_ids:
+            return {}
+        rows = await self.session.scalars(
+            select(TrackedApplication).where(TrackedApplication.application_id.in_(set(application_ids)))
+        )
+        return {row.application_id: row for row in rows}
+
+    async def preferences(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Preference]:
+        """Unscoped: for the delivery worker's batch."""
+        if not resident_ids:
+            return {}
+        rows = await self.session.scalars(select(Preference).where(Preference.resident_id.in_(set(resident_ids))))
+        return {row.resident_id: row for row in rows}
 
     async def held_webhook_delivery(self, seq: int, token: str) -> WebhookDelivery | None:
         """The webhook delivery, locked, if the worker's claim on it (``token``) still stands."""

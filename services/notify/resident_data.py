@@ -82,9 +82,19 @@ async def _count(session: AsyncSession, model: Any, *where: Any) -> int:
     return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
+# The residents a transaction found not erased: a consumer's batch asks about the same residents event after event.
+_NOT_ERASED = "notify_not_erased"
+
+
 async def erased(session: AsyncSession, resident_id: uuid.UUID) -> bool:
     """Whether the resident asked for erasure (then nothing about them is stored or goes to a partner)."""
-    return await session.get(ResidentErasure, resident_id) is not None
+    known: set[uuid.UUID] = session.info.setdefault(_NOT_ERASED, set())
+    if resident_id in known:
+        return False
+    if await session.get(ResidentErasure, resident_id) is not None:
+        return True
+    known.add(resident_id)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- the part
@@ -189,6 +199,7 @@ class Erasure:
 
     async def _ledger(self, session: AsyncSession, data: ResidentErasureRequested) -> ResidentErasure:
         row = await session.get(ResidentErasure, data.resident_id, with_for_update=True)
+        session.info.get(_NOT_ERASED, set()).discard(data.resident_id)  # erased from here on in this transaction
         if row is None:
             row = ResidentErasure(
                 resident_id=data.resident_id,

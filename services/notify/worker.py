@@ -29,6 +29,7 @@ from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
 from shared.clock import Clock
+from shared.db import background
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
 async def _loop(
     name: str, run_once: Callable[[], Awaitable[int]], wake: asyncio.Event, settings: NotifySettings
 ) -> None:
+    background()
     while True:
         wake.clear()
         try:

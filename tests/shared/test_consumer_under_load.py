@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared import sqlite
 from shared.consumer import Subscription, on
+from shared.db import background
 from shared.events import ApplicationWithdrawn, CloudEvent
 from shared.observability import Metrics
 from shared.runtime import Runtime, ServiceDefinition, no_context
@@ -172,3 +175,50 @@ async def test_a_batch_commits_what_it_applied_and_lets_a_waiting_writer_in_befo
     finally:
         h.gate.set()
         await h.stop()
+
+
+# The writer lock is SQLite's: this runs on SQLite only.
+@pytest.mark.parametrize("database_backend", ["sqlite"])
+async def test_a_batch_does_not_give_way_to_background_work_waiting_to_write(
+    nats_server: NatsServer, bus_prefix: str, database_url: str, database_backend: str
+) -> None:
+    h = _Held(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    try:
+        lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
+        before = [h.event(withdrawn()) for _ in range(3)]
+        hold = h.event(withdrawn(reason=HOLD))
+        after = [h.event(withdrawn()) for _ in range(6)]
+        for e in [lead, *before, hold, *after]:
+            await h.bus.publish_event(e)
+        await h.start_consumer(transaction_budget=0.0)
+        await wait_until(h.holding.is_set)
+
+        async def relay() -> None:  # background work (another consumer, the outbox relay) writing meanwhile
+            background()
+            async with h.db.session() as session:
+                await session.execute(
+                    insert(effects).values(application_id="relay", event_id="relay", applied_at=dt.datetime.now(dt.UTC))
+                )
+
+        waiting = asyncio.create_task(relay())
+        await wait_until(lambda: _background_waiting(h))
+        assert h.db.writers_waiting() == 0, "background work waiting is nobody waiting on it"
+        h.gate.set()
+        await waiting
+
+        async def all_applied() -> bool:
+            return len(await _effects(h)) == 12
+
+        await wait_until(all_applied)
+        assert await _effects(h) == [lead.id, *(e.id for e in before), hold.id, *(e.id for e in after), "relay"], (
+            "the batch went on to its end in its transaction; the background writer went after it"
+        )
+    finally:
+        h.gate.set()
+        await h.stop()
+
+
+async def _background_waiting(h: Harness) -> bool:
+    writer = sqlite.writer_for(str(make_url(h.db.url).database))
+    return writer is not None and writer.waiting > 0

@@ -13,9 +13,11 @@ from typing import Any
 import aiosqlite
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, delete, func, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shared.db import Database, defer_write
+from shared import sqlite
+from shared.db import Database, background, defer_write
 from tests.support.waiting import wait_until
 
 metadata = MetaData()
@@ -165,6 +167,68 @@ async def test_concurrent_writers_take_turns_without_sqlite_busy_each_starting_a
     assert written[0] == "first"
     assert sorted(written[1:]) == ["w0", "w1"]
     assert all(seen_by[name] == written[:turn] for turn, name in enumerate(written) if turn > 0)
+
+
+async def test_a_request_waiting_to_write_goes_before_background_work_that_asked_first(impatient_db: Database) -> None:
+    db = impatient_db
+    first_wrote, first_may_commit = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with db.session() as session:
+            await session.execute(insert(items).values(name="first", size=1))
+            first_wrote.set()
+            await first_may_commit.wait()
+
+    async def writer(name: str, *, in_background: bool) -> None:
+        if in_background:
+            background()  # a consumer's batch, the outbox relay
+        async with db.session() as session:
+            await session.execute(insert(items).values(name=name, size=2))
+
+    holder = asyncio.create_task(first())
+    await first_wrote.wait()
+    batch = asyncio.create_task(writer("batch", in_background=True))
+    await wait_until(lambda: _writers_waiting_at_all(db, 1))
+    request = asyncio.create_task(writer("request", in_background=False))
+    await wait_until(lambda: _writers_waiting(db, 1))
+    first_may_commit.set()
+    await asyncio.gather(holder, request, batch)
+
+    async with db.read_session() as session:
+        written = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+    assert written == ["first", "request", "batch"], "the request went before the batch that asked first"
+
+
+async def test_background_work_is_not_starved_by_a_stream_of_requests() -> None:
+    writer = sqlite.Writer("turns.db")
+    await writer.acquire()  # held, while the others ask
+    order: list[str] = []
+
+    async def take(name: str, *, in_background: bool) -> None:
+        if in_background:
+            background()
+        await writer.acquire()
+        order.append(name)
+        await asyncio.sleep(0)
+        writer.release()
+
+    batch = asyncio.create_task(take("batch", in_background=True))
+    await wait_until(lambda: _is(writer.waiting, 1))
+    requests = [asyncio.create_task(take(f"r{n}", in_background=False)) for n in range(10)]
+    await wait_until(lambda: _is(writer.urgent, 10))
+    writer.release()
+    await asyncio.gather(batch, *requests)
+    assert order.index("batch") == sqlite.Writer.URGENT_RUN, "the batch went after a run of requests, not after all"
+    assert [n for n in order if n != "batch"] == [f"r{n}" for n in range(10)], "the requests in the order they asked"
+
+
+async def _is(value: int, expected: int) -> bool:
+    return value == expected
+
+
+async def _writers_waiting_at_all(db: Database, n: int) -> bool:
+    writer = sqlite.writer_for(str(make_url(db.url).database))
+    return writer is not None and writer.waiting == n
 
 
 async def _writers_waiting(db: Database, n: int) -> bool:

@@ -1,0 +1,128 @@
+"""CPU-seconds per application, per service: what the pipeline costs, less sensitive to a busy machine than wall time.
+
+The platform started as ``make run`` starts it (through ``bench/api.py``'s runner and warm-up), then N applications
+submitted at a few connections (a Python client: the HTTP path is measured by ``bench/api.py`` with wrk; here only
+what each service spends matters), the pipeline left to settle (nothing pending in any consumer, outbox or notify's
+queue), and each process's CPU time read from ``/proc`` before and after. Each service's idle rate (its timers, a
+few seconds measured first) is taken off, so a slower settle does not count as work. Also printed: applications per
+second from the first submit until settled, the submissions' p50/p99 and the longest event-loop stall per service.
+
+    .venv/bin/python bench/pipeline_cpu.py -n 150 [--backend postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.api import LIFE_EVENT, SERVICE_NAMES, Backend, Databases, Options, Processes, Run
+from bench.probes import loop_stall
+from onestop.registry import SERVICES
+from onestop.runner import Platform, PlatformConfig, free_port
+
+IDLE_SECONDS = 8.0
+
+
+async def measure(applications: int, backend_name: str, connections: int) -> dict[str, Any]:
+    options = Options(residents=max(50, min(applications, 200)), warmup=4)
+    with tempfile.TemporaryDirectory(prefix="onestop-pipeline-cpu-") as tmp:
+        directory = Path(tmp)
+        backend = await asyncio.to_thread(Backend.start, backend_name)
+        platform = Platform(
+            PlatformConfig(
+                var_dir=directory / "var",
+                nats_port=free_port(),
+                nats_http_port=free_port(),
+                ports={s: free_port() for s in SERVICE_NAMES},
+                overrides=backend.overrides,
+                ready_timeout=120,
+            )
+        )
+        await asyncio.to_thread(platform.start)
+        try:
+            databases = Databases({e.name: platform.settings_values(e)["database_url"] for e in SERVICES})
+            run = Run(options, platform, databases, directory / "run")
+            try:
+                return await _measure(run, platform, applications, connections, backend_name)
+            finally:
+                await run.close()
+        finally:
+            await asyncio.to_thread(platform.stop)
+            await asyncio.to_thread(backend.stop)
+
+
+async def _measure(
+    run: Run, platform: Platform, applications: int, connections: int, backend_name: str
+) -> dict[str, Any]:
+    await run.prepare()
+    processes = Processes(platform)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    idle_from = processes.cpu()
+    await asyncio.sleep(IDLE_SECONDS)
+    idle = {k: (v - idle_from[k]) / IDLE_SECONDS for k, v in processes.cpu().items()}
+
+    gate = asyncio.Semaphore(connections)
+    latencies: list[float] = []
+
+    async def submit(i: int) -> None:
+        caller = run.callers[i % len(run.callers)]
+        body = {"resident_id": str(caller.resident_id), "life_event": LIFE_EVENT, "answers": run.answers}
+        headers = caller.headers | {"Idempotency-Key": uuid.uuid4().hex}
+        async with gate:
+            started = time.monotonic()
+            response = await run.client.post(f"{run.intake}/v1/applications", headers=headers, json=body)
+            latencies.append(time.monotonic() - started)
+        response.raise_for_status()
+
+    before, t0 = processes.cpu(), time.monotonic()
+    await asyncio.gather(*(submit(i) for i in range(applications)))
+    submitted = time.monotonic() - t0
+    settled_at = await run.pipeline.settle(since=t0, deadline=t0 + 600)
+    seconds = (settled_at if settled_at is not None else time.monotonic()) - t0
+    spent = {k: v - before[k] for k, v in processes.cpu().items()}
+    latencies.sort()
+    stalls = {}
+    for service in SERVICE_NAMES:
+        stall = loop_stall(await run.metrics(service))
+        stalls[service] = stall.to_json()["ms"] if stall else None
+    per_application = {k: round((v - idle[k] * seconds) / applications, 4) for k, v in spent.items()}
+    return {
+        "backend": backend_name,
+        "applications": applications,
+        "settled": settled_at is not None,
+        "cpu_s_per_application": per_application | {"total": round(sum(per_application.values()), 4)},
+        "applications_per_s": round(applications / seconds, 1),
+        "submitted_in_s": round(submitted, 2),
+        "post_ms": {
+            "p50": round(1000 * latencies[len(latencies) // 2], 1),
+            "p99": round(1000 * latencies[int(len(latencies) * 0.99)], 1),
+        },
+        "longest_loop_stall_ms": stalls,
+        "dead_letters": await run.databases.dead_letters(),
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("-n", "--applications", type=int, default=150)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--connections", type=int, default=4, help="submissions at once")
+    args = parser.parse_args(argv)
+    print(json.dumps(asyncio.run(measure(args.applications, args.backend, args.connections)), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
