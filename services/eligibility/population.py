@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,68 @@ def with_rows(facts: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
 
 
 @dataclass
+class RegistryPage:
+    """A page of consenting residents as read (``read_page``): the residents, their department facts (one row per
+    fact) and what they declared in answer to screening questions, all as columns; ``ids`` the residents' ids (32 hex
+    digits) in order."""
+
+    ids: list[str]
+    people: pl.DataFrame
+    facts: pl.DataFrame
+    answers: pl.DataFrame
+
+    def table(self, catalogue: Catalogue, names: Iterable[str], now: dt.datetime) -> pl.DataFrame:
+        """The page's base facts ``names``, resolved in columns (``fact_table.registry_table``), one row per
+        resident in ``ids``' order."""
+        return registry_table(self.people, with_rows(self.facts, self.ids), catalogue.facts, names, now, self.answers)
+
+
+async def read_page(
+    repo: Repository,
+    after: str | None,
+    limit: int,
+    only: Sequence[uuid.UUID] | None = None,
+    *,
+    due: dt.date | None = None,
+) -> RegistryPage:
+    """Up to ``limit`` consenting residents after ``after`` (``only``: of these alone; ``due``: whose review day has
+    come), with their department facts and answers: a few queries, no value a Python object of its own."""
+    people, facts = await repo.registry_page(after, limit, only, due=due)
+    ids: list[str] = people.get_column("resident_id").to_list()
+    if ids:
+        first, last = uuid.UUID(ids[0]), uuid.UUID(ids[-1])
+        # Residents spread over every id (named ones, or those due) have their own answers read, not the range's.
+        sparse = only is not None or due is not None
+        answers = await repo.declared_answers(first, last, [uuid.UUID(i) for i in ids] if sparse else None)
+    else:
+        answers = pl.DataFrame(schema={"resident_id": pl.String(), "name": pl.String(), "value": pl.String()})
+    return RegistryPage(ids, people, facts, answers)
+
+
+def eligible_pairs(judged: pl.DataFrame, codes: Iterable[str]) -> pl.DataFrame:
+    """The (resident_id, program_code, amount) found eligible in ``judged`` (``vectorised.Judge``'s outcomes with
+    a ``resident_id`` column), program by program."""
+    return pl.concat(
+        [
+            judged.filter(pl.col(outcome_column(c)) == ELIGIBLE).select(
+                "resident_id", pl.lit(c).alias("program_code"), pl.col(amount_column(c)).alias("amount")
+            )
+            for c in codes
+        ]
+        or [pl.DataFrame(schema={"resident_id": pl.String(), "program_code": pl.String(), "amount": pl.Int64()})]
+    )
+
+
+def pairs(rows: Sequence[Any], columns: Sequence[str] = ("resident_id", "program_code")) -> pl.DataFrame:
+    """Rows of (resident, ...) as columns, the resident as 32 hex digits."""
+    return pl.DataFrame(
+        [(r[0].hex if isinstance(r[0], uuid.UUID) else str(r[0]).replace("-", ""), *r[1:]) for r in rows],
+        schema=dict.fromkeys(columns, pl.String()),
+        orient="row",
+    )
+
+
+@dataclass
 class ScreenedPage:
     """One page: how many residents, every program's outcome per resident (``judged``, in ``ids``' order; outcome
     codes of ``vectorised.OUTCOME_CODES``), and the eligible pairs (resident_id, program_code, amount) split into
@@ -52,12 +114,13 @@ class ScreenedPage:
         return len(self.ids)
 
 
-def _pairs(rows: Sequence[Any]) -> pl.DataFrame:
-    return pl.DataFrame(
-        [(r[0].hex if isinstance(r[0], uuid.UUID) else str(r[0]).replace("-", ""), r[1]) for r in rows],
-        schema={"resident_id": pl.String(), "program_code": pl.String()},
-        orient="row",
-    )
+def split_found(found: pl.DataFrame, applied: pl.DataFrame, told: pl.DataFrame) -> tuple[pl.DataFrame, ...]:
+    """``found`` as (already applied for, already told of, fresh): each pair in exactly one."""
+    keys = ["resident_id", "program_code"]
+    was_applied = found.join(applied, on=keys, how="semi")
+    rest = found.join(was_applied, on=keys, how="anti")
+    was_told = rest.join(told, on=keys, how="semi")
+    return was_applied, was_told, rest.join(was_told, on=keys, how="anti")
 
 
 async def screened_pages(
@@ -84,31 +147,20 @@ async def screened_pages(
             if not batches:
                 return
             batch = batches.pop(0)
-        people, facts = await repo.registry_page(
-            None if batch is not None else after, min(page_size, max_residents - screened), batch
+        page = await read_page(
+            repo, None if batch is not None else after, min(page_size, max_residents - screened), batch
         )
-        if not people.height:
+        if not page.ids:
             if batch is not None:
                 continue
             return
-        ids = people.get_column("resident_id").to_list()
-        table = registry_table(people, with_rows(facts, ids), catalogue.facts, chosen.base, now)
-        judged = Judge(catalogue, chosen, table, criteria=False).run()
+        ids = page.ids
+        judged = Judge(catalogue, chosen, page.table(catalogue, chosen.base, now), criteria=False).run()
         with_ids = judged.with_columns(pl.Series("resident_id", ids)).drop(ROW)
-        found = pl.concat(
-            [
-                with_ids.filter(pl.col(outcome_column(c)) == ELIGIBLE).select(
-                    "resident_id", pl.lit(c).alias("program_code"), pl.col(amount_column(c)).alias("amount")
-                )
-                for c in judged_codes
-            ]
-        )
+        found = eligible_pairs(with_ids, judged_codes)
         page_ids = [uuid.UUID(i) for i in ids]
         applied_rows, told_rows = await repo.judged_pairs(page_ids[0], page_ids[-1], page_ids if batch else None)
-        applied = found.join(_pairs(applied_rows), on=["resident_id", "program_code"], how="semi")
-        rest = found.join(applied, on=["resident_id", "program_code"], how="anti")
-        told = rest.join(_pairs(told_rows), on=["resident_id", "program_code"], how="semi")
-        fresh = rest.join(told, on=["resident_id", "program_code"], how="anti")
+        applied, told, fresh = split_found(found, pairs(applied_rows), pairs(told_rows))
         yield ScreenedPage(ids, with_ids, found, applied, told, fresh)
         screened += len(ids)
         after = ids[-1]

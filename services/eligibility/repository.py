@@ -5,6 +5,7 @@ Nothing here commits: the request or the event handler does."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -365,6 +366,21 @@ class Repository:
         ).where(ScreeningQuestionRow.resident_id.in_(resident_ids))
         return {(r, c, f) for r, c, f in (await self.session.execute(query)).all()}
 
+    async def asked_between(
+        self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
+    ) -> list[Any]:
+        """(resident, program, fact) of every question already asked of the residents from ``first`` to ``last`` (by
+        id; ``only``: of these alone)."""
+        chosen = (
+            ScreeningQuestionRow.resident_id.in_(only)
+            if only is not None
+            else ScreeningQuestionRow.resident_id.between(first, last)
+        )
+        query = select(
+            ScreeningQuestionRow.resident_id, ScreeningQuestionRow.program_code, ScreeningQuestionRow.fact
+        ).where(chosen)
+        return list((await self.session.execute(query)).all())
+
     async def question(self, question_id: uuid.UUID, *, for_update: bool = False) -> ScreeningQuestionRow | None:
         return await self.session.get(ScreeningQuestionRow, question_id, with_for_update=for_update)
 
@@ -466,13 +482,14 @@ class Repository:
     # ------------------------------------------------------------------------------------------ the registry table
 
     async def registry_page(
-        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None, *, due: dt.date | None = None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """A page of consenting residents (by id, after ``after``: 32 hex digits) for the registry table, and their
         department facts (theirs alone), as columns: the residents (resident_id as 32 hex digits, registry_version,
         birth_date, district_code, and household, vulnerability and consents as JSON text) and one row per fact
         (resident_id, id, name, value as JSON text, department, observed_at, valid_until). ``only``: these residents
-        alone (a re-screen of those whose facts changed). Unscoped: for screening.
+        alone (a re-screen of those whose facts changed); ``due``: those whose review day (``screening_reviews``) is
+        not after it, or who have none (the daily run). Unscoped: for screening.
 
         A page holds up to hundreds of thousands of residents and a dozen facts each, so no value becomes a Python
         object of its own: PostgreSQL sends both as CSV (``COPY (SELECT ...) TO STDOUT``), parsed by Polars; SQLite
@@ -480,11 +497,11 @@ class Repository:
         through the covering index ``ix_department_facts_resident_covering`` (migration 0009): a seek per resident,
         without a lookup in the table per fact."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return await self._registry_page_copy(after, limit, only)
-        return await self._registry_page_sqlite(after, limit, only)
+            return await self._registry_page_copy(after, limit, only, due)
+        return await self._registry_page_sqlite(after, limit, only, due)
 
     async def _registry_page_copy(
-        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None, due: dt.date | None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         connection = await self.session.connection()
         driver: Any = (await connection.get_raw_connection()).driver_connection
@@ -498,6 +515,12 @@ class Repository:
         if only is not None:
             where += f" AND r.resident_id = ANY(${len(args) + 1}::uuid[])"
             args.append(list(only))
+        if due is not None:
+            where += (
+                " AND NOT EXISTS (SELECT 1 FROM screening_reviews s WHERE s.resident_id = r.resident_id"  # noqa: S608
+                f" AND s.review_on > ${len(args) + 1}::date)"
+            )
+            args.append(due)
         # The SQL is this method's own text; every value is a parameter.
         residents = await _copy_csv(
             driver,
@@ -514,8 +537,8 @@ class Repository:
         ids = residents.get_column("resident_id")
         fact_args: list[Any] = [uuid.UUID(ids[0]), uuid.UUID(ids[-1])]
         chosen = "f.resident_id BETWEEN $1::uuid AND $2::uuid"
-        if only is not None:
-            fact_args, chosen = [list(only)], "f.resident_id = ANY($1::uuid[])"
+        if only is not None or due is not None:  # residents spread over every id: their own facts, not the range's
+            fact_args, chosen = [[uuid.UUID(i) for i in ids]], "f.resident_id = ANY($1::uuid[])"
         facts = await _copy_csv(
             driver,
             "SELECT f.resident_id, f.id, f.name, f.value::text, f.department, f.observed_at AT TIME ZONE 'UTC', "  # noqa: S608
@@ -527,7 +550,7 @@ class Repository:
         return _residents_of(residents), _facts_of(facts)
 
     async def _registry_page_sqlite(
-        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None, due: dt.date | None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         import polars as pl
 
@@ -538,6 +561,12 @@ class Repository:
         if only is not None:
             after_clause += " AND r.resident_id IN :only"
             params["only"] = [u.hex for u in only]
+        if due is not None:
+            after_clause += (
+                " AND NOT EXISTS (SELECT 1 FROM screening_reviews s WHERE s.resident_id = r.resident_id"
+                " AND s.review_on > :due)"
+            )
+            params["due"] = due.isoformat()
         expanding: list[Any] = [bindparam("only", expanding=True)] if only is not None else []
         rows = (
             await self.session.execute(
@@ -559,8 +588,9 @@ class Repository:
         )
         where = "r.resident_id BETWEEN :first AND :last"
         bounds: dict[str, Any] = {"first": rows[0][0], "last": rows[-1][0]}
-        if only is not None:  # a few residents spread over every id: their own facts, not the whole range's
-            where, bounds = "r.resident_id IN :only", {"only": params["only"]}
+        if only is not None or due is not None:  # residents spread over every id: their own facts, not the range's
+            where, bounds = "r.resident_id IN :only", {"only": [r[0] for r in rows]}
+            expanding = [bindparam("only", expanding=True)]
         # CROSS JOIN keeps the residents outside (SQLite's way of fixing the join order): a seek in the covering
         # index per consenting resident, rather than every fact of the range and a lookup of its resident.
         grouped = (
@@ -585,6 +615,25 @@ class Repository:
             .with_columns(pl.when(pl.col("valid_until") != "").then(pl.col("valid_until")).alias("valid_until"))
         )
         return _residents_of(residents), _facts_of(facts)
+
+    async def declared_answers(
+        self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
+    ) -> pl.DataFrame:
+        """What the residents from ``first`` to ``last`` (by id; ``only``: these alone) declared in answer to screening
+        questions, as columns (resident_id as 32 hex digits, name, value as JSON text): the declared layer of
+        ``fact_table.registry_table``. Few rows (one per answer), so read through the ORM. Unscoped: for screening."""
+        import polars as pl
+
+        chosen = (
+            ResidentAnswerRow.resident_id.in_(only)
+            if only is not None
+            else ResidentAnswerRow.resident_id.between(first, last)
+        )
+        query = select(ResidentAnswerRow.resident_id, ResidentAnswerRow.name, ResidentAnswerRow.value).where(chosen)
+        rows = [(r.hex, n, json.dumps(v)) for r, n, v in (await self.session.execute(query)).all()]
+        return pl.DataFrame(
+            rows, schema={"resident_id": pl.String(), "name": pl.String(), "value": pl.String()}, orient="row"
+        )
 
     async def add_opportunities(self, rows: pl.DataFrame) -> None:
         """Opportunities found by a screening, in one bulk write (``screening.opportunity_rows``' columns)."""
