@@ -136,6 +136,11 @@ class Database:
         writer = sqlite.writer_for(str(make_url(self.url).database))
         return writer.waiting if writer is not None else 0
 
+    def reads(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]] | None:
+        """:meth:`read_session`, where a read runs on a connection of its own beside a write transaction (not on the
+        one in-memory SQLite connection both share): what reads ahead of a long write may use."""
+        return self.read_session if self.read_engine is not self.engine else None
+
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
         self._after_commit.append(hook)
 

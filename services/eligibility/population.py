@@ -9,13 +9,17 @@ residents with every proactive program's outcome)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.fact_table import ROW, registry_table
@@ -23,6 +27,7 @@ from services.eligibility.repository import Repository
 from services.eligibility.vectorised import ELIGIBLE, Judge, Plan, amount_column, outcome_column, plan
 
 ONLY_BATCH = 10_000
+T = TypeVar("T")
 
 
 def with_rows(facts: pl.DataFrame, ids: Sequence[str]) -> pl.DataFrame:
@@ -115,12 +120,47 @@ class ScreenedPage:
 
 
 def split_found(found: pl.DataFrame, applied: pl.DataFrame, told: pl.DataFrame) -> tuple[pl.DataFrame, ...]:
-    """``found`` as (already applied for, already told of, fresh): each pair in exactly one."""
+    """``found`` as (already applied for, already told of, fresh): each pair in exactly one. The fresh pairs by
+    resident and program, the order of the opportunities' unique index: pages come in the order of residents' ids,
+    so the index grows at its end instead of taking each row on a random page."""
     keys = ["resident_id", "program_code"]
     was_applied = found.join(applied, on=keys, how="semi")
     rest = found.join(was_applied, on=keys, how="anti")
     was_told = rest.join(told, on=keys, how="semi")
-    return was_applied, was_told, rest.join(was_told, on=keys, how="anti")
+    return was_applied, was_told, rest.join(was_told, on=keys, how="anti").sort(keys)
+
+
+Reads = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+async def ahead(items: AsyncIterator[T], depth: int = 1) -> AsyncIterator[T]:
+    """``items``, produced in a task of their own up to ``depth`` ahead of the consumer: a stage of a pipeline (the
+    next page read while this one is judged, the next judged while this one is written). An error in the task is
+    raised here, in order; leaving early stops the task."""
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=depth)
+
+    async def produce() -> None:
+        try:
+            async for item in items:
+                await queue.put((True, item))
+        except Exception as exc:
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    task = asyncio.create_task(produce())
+    try:
+        while True:
+            more, item = await queue.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def screened_pages(
@@ -133,34 +173,52 @@ async def screened_pages(
     page_size: int,
     max_residents: int,
     only: Sequence[uuid.UUID] | None = None,
+    reads: Reads | None = None,
 ) -> AsyncIterator[ScreenedPage]:
-    """The pages of consenting residents (``only``: of these alone), judged."""
+    """The pages of consenting residents (``only``: of these alone), judged. Judging runs in a worker thread (the
+    columns release the interpreter). With ``reads`` (read-only units of work on connections of their own) the
+    pages are a pipeline: the next page is read while this one is judged, and judged while the caller writes this
+    one's findings on ``repo``; without, each is read on ``repo`` when the one before was written."""
     chosen: Plan = plan(catalogue, codes, as_of)
-    judged_codes = chosen.codes
-    after: str | None = None
-    screened = 0
-    # Residents named one by one are read a batch at a time (a query names at most ONLY_BATCH of them).
-    batches = [sorted(only)[i : i + ONLY_BATCH] for i in range(0, len(only), ONLY_BATCH)] if only is not None else []
-    while screened < max_residents:
-        batch: Sequence[uuid.UUID] | None = None
-        if only is not None:
-            if not batches:
+
+    async def read_pages() -> AsyncIterator[tuple[RegistryPage, bool]]:
+        after: str | None = None
+        screened = 0
+        # Residents named one by one are read a batch at a time (a query names at most ONLY_BATCH of them).
+        batches = [sorted(only)[i : i + ONLY_BATCH] for i in range(0, len(only), ONLY_BATCH)] if only else []
+        while screened < max_residents:
+            batch: Sequence[uuid.UUID] | None = None
+            if only is not None:
+                if not batches:
+                    return
+                batch = batches.pop(0)
+            limit = min(page_size, max_residents - screened)
+            if reads is None:
+                page = await read_page(repo, None if batch is not None else after, limit, batch)
+            else:
+                async with reads() as session:
+                    page = await read_page(Repository(session), None if batch is not None else after, limit, batch)
+            if not page.ids:
+                if batch is not None:
+                    continue
                 return
-            batch = batches.pop(0)
-        page = await read_page(
-            repo, None if batch is not None else after, min(page_size, max_residents - screened), batch
-        )
-        if not page.ids:
-            if batch is not None:
-                continue
-            return
-        ids = page.ids
+            yield page, batch is not None
+            screened += len(page.ids)
+            after = page.ids[-1]
+
+    def judge(page: RegistryPage) -> tuple[pl.DataFrame, pl.DataFrame]:
         judged = Judge(catalogue, chosen, page.table(catalogue, chosen.base, now), criteria=False).run()
-        with_ids = judged.with_columns(pl.Series("resident_id", ids)).drop(ROW)
-        found = eligible_pairs(with_ids, judged_codes)
-        page_ids = [uuid.UUID(i) for i in ids]
-        applied_rows, told_rows = await repo.judged_pairs(page_ids[0], page_ids[-1], page_ids if batch else None)
+        with_ids = judged.with_columns(pl.Series("resident_id", page.ids)).drop(ROW)
+        return with_ids, eligible_pairs(with_ids, chosen.codes)
+
+    async def judged_pages() -> AsyncIterator[tuple[RegistryPage, bool, pl.DataFrame, pl.DataFrame]]:
+        pages = ahead(read_pages()) if reads is not None else read_pages()
+        async for page, named in pages:
+            yield (page, named, *await asyncio.to_thread(judge, page))
+
+    stages = ahead(judged_pages()) if reads is not None else judged_pages()
+    async for page, named, with_ids, found in stages:
+        page_ids = [uuid.UUID(i) for i in page.ids]
+        applied_rows, told_rows = await repo.judged_pairs(page_ids[0], page_ids[-1], page_ids if named else None)
         applied, told, fresh = split_found(found, pairs(applied_rows), pairs(told_rows))
-        yield ScreenedPage(ids, with_ids, found, applied, told, fresh)
-        screened += len(ids)
-        after = ids[-1]
+        yield ScreenedPage(page.ids, with_ids, found, applied, told, fresh)

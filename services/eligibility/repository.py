@@ -568,52 +568,47 @@ class Repository:
             )
             params["due"] = due.isoformat()
         expanding: list[Any] = [bindparam("only", expanding=True)] if only is not None else []
-        rows = (
-            await self.session.execute(
-                text(
-                    "SELECT r.resident_id, r.registry_version, r.birth_date, r.district_code, r.household, "  # noqa: S608
-                    f"r.vulnerability, r.consents FROM residents r WHERE r.proactive_screening {after_clause} "
-                    "ORDER BY r.resident_id LIMIT :limit"
-                ).bindparams(*expanding),
-                params,
-            )
-        ).all()
-        residents = pl.DataFrame([tuple(r) for r in rows], schema=_schema(_RESIDENT_COLUMNS), orient="row")
+        # The page's residents as one text (fields joined by unit separators, residents by record separators; a NULL
+        # as an empty field: no column of these is ever an empty text), split by Polars: no Python object per value.
+        line = " || char(31) || ".join(f"coalesce(r.{c}, '')" for c in _RESIDENT_COLUMNS)
+        packed_residents = await self.session.scalar(
+            text(
+                "SELECT group_concat(line, char(30)) FROM (SELECT "  # noqa: S608
+                f"{line} AS line FROM residents r WHERE r.proactive_screening {after_clause} "
+                "ORDER BY r.resident_id LIMIT :limit)"
+            ).bindparams(*expanding),
+            params,
+        )
+        residents = (
+            _unpacked([packed_residents], _RESIDENT_COLUMNS)
+            .with_columns(pl.col("registry_version").cast(pl.Int64))
+            .sort("resident_id")
+        )
         if not residents.height:
             return _residents_of(residents), _no_facts()
-        # The facts of the page's residents through the covering index, one text per resident (fields joined by unit
-        # separators, facts by record separators), one object per resident instead of seven per fact.
+        # Their facts through the covering index, as one text per slice of residents (each fact's resident and fields
+        # joined by unit separators, facts by record separators): a slice's text stays well within SQLite's limit.
         packed = " || char(31) || ".join(
-            ["f.name", "f.department", "f.value", "f.observed_at", "coalesce(f.valid_until, '')", "CAST(f.id AS TEXT)"]
-        )
-        where = "r.resident_id BETWEEN :first AND :last"
-        bounds: dict[str, Any] = {"first": rows[0][0], "last": rows[-1][0]}
-        if only is not None or due is not None:  # residents spread over every id: their own facts, not the range's
-            where, bounds = "r.resident_id IN :only", {"only": [r[0] for r in rows]}
-            expanding = [bindparam("only", expanding=True)]
+            ["r.resident_id", "f.name", "f.department", "f.value", "f.observed_at", "coalesce(f.valid_until, '')",
+             "CAST(f.id AS TEXT)"]
+        )  # fmt: skip
+        sparse = only is not None or due is not None  # residents spread over every id: their own facts only
         # CROSS JOIN keeps the residents outside (SQLite's way of fixing the join order): a seek in the covering
         # index per consenting resident, rather than every fact of the range and a lookup of its resident.
-        grouped = (
-            await self.session.execute(
-                text(
-                    f"SELECT r.resident_id, group_concat({packed}, char(30)) FROM residents r "  # noqa: S608
-                    f"CROSS JOIN department_facts f ON f.resident_id = r.resident_id "
-                    f"WHERE r.proactive_screening AND {where} GROUP BY r.resident_id"
-                ).bindparams(*expanding),
-                bounds,
-            )
-        ).all()
-        fields = ["name", "department", "value", "observed_at", "valid_until", "id"]
-        facts = (
-            pl.DataFrame(
-                [tuple(r) for r in grouped], schema={"resident_id": pl.String(), "packed": pl.String()}, orient="row"
-            )
-            .with_columns(pl.col("packed").str.split("\x1e"))
-            .explode("packed")
-            .with_columns(pl.col("packed").str.split_exact("\x1f", len(fields) - 1).struct.rename_fields(fields))
-            .unnest("packed")
-            .with_columns(pl.when(pl.col("valid_until") != "").then(pl.col("valid_until")).alias("valid_until"))
+        where = "r.resident_id IN :only" if sparse else "r.resident_id BETWEEN :first AND :last"
+        query = text(
+            f"SELECT group_concat({packed}, char(30)) FROM residents r "  # noqa: S608
+            f"CROSS JOIN department_facts f ON f.resident_id = r.resident_id WHERE r.proactive_screening AND {where}"
         )
+        if sparse:
+            query = query.bindparams(bindparam("only", expanding=True))
+        ids = residents.get_column("resident_id").to_list()
+        texts = []
+        for start in range(0, len(ids), _FACTS_PER_TEXT):
+            chunk = ids[start : start + _FACTS_PER_TEXT]
+            bounds = {"only": chunk} if sparse else {"first": chunk[0], "last": chunk[-1]}
+            texts.append(await self.session.scalar(query, bounds))
+        facts = _unpacked(texts, ["resident_id", "name", "department", "value", "observed_at", "valid_until", "id"])
         return _residents_of(residents), _facts_of(facts)
 
     async def declared_answers(
@@ -701,6 +696,25 @@ async def _copy_csv(driver: Any, query: str, args: Sequence[Any], columns: list[
     if not any(chunks):
         return pl.DataFrame(schema=schema)
     return pl.read_csv(b"".join(chunks), has_header=False, new_columns=columns, schema=schema)
+
+
+# Residents whose facts SQLite sends as one text (a few hundred bytes each: a text of some megabytes).
+_FACTS_PER_TEXT = 20_000
+
+
+def _unpacked(texts: Sequence[str | None], columns: Sequence[str]) -> pl.DataFrame:
+    """Texts of records (``columns``' fields joined by unit separators, records by record separators; an empty field
+    is NULL) as a frame of text columns."""
+    import polars as pl
+
+    return (
+        pl.DataFrame({"packed": [t for t in texts if t]}, schema={"packed": pl.String()})
+        .select(pl.col("packed").str.split("\x1e"))
+        .explode("packed")
+        .select(pl.col("packed").str.split_exact("\x1f", len(columns) - 1).struct.rename_fields(list(columns)))
+        .unnest("packed")
+        .select(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in columns)
+    )
 
 
 def _residents_of(frame: pl.DataFrame) -> pl.DataFrame:

@@ -41,7 +41,7 @@ from services.eligibility.fact_table import ROW
 from services.eligibility.facts import Derived, FactCatalogue, FactLayers, derive, resolve
 from services.eligibility.models import ScreeningQuestionRow, ScreeningQueueRow, ScreeningRow
 from services.eligibility.near_misses import NearMiss
-from services.eligibility.population import RegistryPage, eligible_pairs, pairs, read_page, split_found
+from services.eligibility.population import Reads, RegistryPage, eligible_pairs, pairs, read_page, split_found
 from services.eligibility.repository import Repository
 from services.eligibility.schemas import ScreeningIn, ScreeningOut, ScreeningPage
 from services.eligibility.screening import (
@@ -672,12 +672,18 @@ async def clear_marks_before(db: Database, before: dt.datetime) -> None:
 
 
 async def start(
-    repo: Repository, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
+    repo: Repository,
+    service: Eligibility,
+    request: ScreeningIn,
+    *,
+    actor: str,
+    now: dt.datetime,
+    reads: Reads | None = None,
 ) -> ScreeningOut:
     """``POST /v1/screenings``: at once (the answer waits for the counts, as before), or in the background: the row is
     queued and the scheduler runs it next, a page at a time (``GET /v1/screenings/{id}`` shows how far it got)."""
     if not request.background:
-        return await start_screening(repo, service, request, actor=actor, now=now)
+        return await start_screening(repo, service, request, actor=actor, now=now, reads=reads)
     catalogue = await service.store.get(repo)
     as_of = request.as_of or service.store.today()
     if request.programs is not None:
