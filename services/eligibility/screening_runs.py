@@ -27,7 +27,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
@@ -41,7 +41,7 @@ from services.eligibility.fact_table import ROW
 from services.eligibility.facts import Derived, FactCatalogue, FactLayers, derive, resolve
 from services.eligibility.models import ScreeningQuestionRow, ScreeningQueueRow, ScreeningRow
 from services.eligibility.near_misses import NearMiss
-from services.eligibility.population import Reads, RegistryPage, eligible_pairs, pairs, read_page, split_found
+from services.eligibility.population import Reads, RegistryPage, ahead, eligible_pairs, pairs, read_page, split_found
 from services.eligibility.repository import Repository
 from services.eligibility.schemas import ScreeningIn, ScreeningOut, ScreeningPage
 from services.eligibility.screening import (
@@ -87,6 +87,7 @@ class JudgedPage:
     near: pl.DataFrame
     reviews: pl.DataFrame
     sparse: bool
+    judgements: int  # residents x programs
 
 
 class ProactiveJudge:
@@ -140,9 +141,8 @@ class ProactiveJudge:
         table = page.table(self.catalogue, names, self.now)
         found, near = self.judge_table(table)
         review_on = reviews.next_reviews(table)
-        return JudgedPage(
-            page.ids, found, near, pl.DataFrame({"resident_id": page.ids, "review_on": review_on}), sparse
-        )
+        reviewed = pl.DataFrame({"resident_id": page.ids, "review_on": review_on})
+        return JudgedPage(page.ids, found, near, reviewed, sparse, table.height * len(self.plans))
 
     def judge_table(self, table: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Every resident of ``table`` (resident_id and base facts, a column each) against every program: the
@@ -434,6 +434,8 @@ async def screen_page(
 class Population(Protocol):
     # The residents of a page are spread over every id (named, or due), not one range of ids.
     sparse: bool
+    # The next page may be read before this one's findings are written.
+    reads_ahead: bool
 
     async def total(self, repo: Repository) -> int: ...
 
@@ -449,6 +451,7 @@ class Everyone:
 
     after: str | None = None
     sparse: bool = False
+    reads_ahead: bool = True
 
     async def total(self, repo: Repository) -> int:
         return await repo.count_consenting()
@@ -472,6 +475,7 @@ class DueToday:
     today: dt.date
     after: str | None = None
     sparse: bool = True
+    reads_ahead: bool = True
 
     async def total(self, repo: Repository) -> int:
         return await repo.count_due(self.today)
@@ -496,6 +500,7 @@ class Queued:
     budget: int = 0
     marks: list[tuple[uuid.UUID, dt.datetime]] = field(default_factory=list)
     sparse: bool = True
+    reads_ahead: bool = False
 
     async def total(self, repo: Repository) -> int:
         self.budget = await repo.queue_size()
@@ -579,7 +584,8 @@ async def execute(
         as_of, codes = row.as_of, list(row.programs)
     judge = ProactiveJudge(catalogue, codes, as_of, dt.datetime.now(dt.UTC), service.settings.screening_unasked_facts)
     reviews = ReviewCalendar(catalogue, as_of, judge.read)
-    try:
+
+    async def judged_pages() -> AsyncIterator[tuple[int, JudgedPage]]:
         while True:
             # The page is read in a read-only unit of work and judged outside any (in a worker thread: the columns
             # release the interpreter, so requests and consumers go on meanwhile); only what it found is written, in
@@ -587,9 +593,15 @@ async def execute(
             async with db.read_session() as session:
                 page = await population.next_page(Repository(session), batch)
             if page is None:
-                break
+                return
             accounted, registry = page
-            judged = await judge_in_thread(judge, registry, reviews, sparse=population.sparse)
+            yield accounted, await judge_in_thread(judge, registry, reviews, sparse=population.sparse)
+
+    # The next page read and judged while this one is written, where reading it does not depend on this one's
+    # writes (an incremental run's next page is the marks this one's clears) and reads have connections of their own.
+    pages = ahead(judged_pages()) if population.reads_ahead and db.reads() is not None else judged_pages()
+    try:
+        async for accounted, judged in pages:
             async with db.session() as session:
                 repo = Repository(session)
                 counts = await record_page(repo, service, judge, screening_id, judged, dt.datetime.now(dt.UTC))
@@ -604,8 +616,8 @@ async def execute(
                         already_notified=ScreeningRow.already_notified + counts.already_notified,
                         opportunities=ScreeningRow.opportunities + counts.opportunities,
                         questions=ScreeningRow.questions + counts.questions,
-                        judgements=judge.judged,
-                        evaluations=judge.evaluations,
+                        judgements=ScreeningRow.judgements + judged.judgements,
+                        evaluations=ScreeningRow.evaluations + judged.judgements,
                     )
                     .execution_options(synchronize_session=False)
                 )

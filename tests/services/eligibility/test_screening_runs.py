@@ -326,8 +326,13 @@ async def test_a_near_miss_is_asked_one_question_and_the_answer_screens_again(
     assert await eligibility.count(ScreeningQueueRow) == 0
 
 
-async def test_a_background_run_is_queued_and_followed_to_its_end(eligibility: RunningService) -> None:
+async def test_a_background_run_is_queued_and_followed_to_its_end(
+    eligibility: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_today(eligibility, DAY)
+    # A page per resident: each page read and judged while the one before is written (on SQLite in memory, one
+    # after the other), every page counted once.
+    monkeypatch.setattr(context(eligibility).eligibility.settings, "screening_batch_size", 1)
     for year in (1950, 1960, 1970):
         await registered(eligibility, dt.date(year, 6, 1), proactive_screening=True)
     await wait_until(lambda: eligibility.settled("events"))
@@ -344,6 +349,9 @@ async def test_a_background_run_is_queued_and_followed_to_its_end(eligibility: R
     assert ran["screening_id"] == queued["screening_id"], "what an administrator asked for runs first"
     assert (ran["status"], ran["residents_total"], ran["residents_screened"], ran["progress"]) == (
         "completed", 3, 3, 1.0)  # fmt: skip
+    assert ran["judgements"] == 3 * len(ran["programs"])
+    assert await eligibility.count(ScreeningReviewRow) == 3
+    assert ran["opportunities"] == await eligibility.count(OpportunityRow) > 0
     assert await eligibility.count(ScreeningRow) == 1
     nothing = await eligibility.client.post("/v1/screenings", json={"background": True, "programs": ["nope"]},
                                             headers=eligibility.auth("admin"))  # fmt: skip
