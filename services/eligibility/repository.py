@@ -252,20 +252,6 @@ class Repository:
         )
         return list((await self.session.scalars(query)).all())
 
-    async def applied_programs(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[str]]:
-        """The programs each resident was ever judged for in an application (in one query)."""
-        out: dict[uuid.UUID, set[str]] = defaultdict(set)
-        if not resident_ids:
-            return out
-        query = (
-            select(DeterminationRow.resident_id, DeterminationRow.program_code)
-            .where(DeterminationRow.resident_id.in_(resident_ids))
-            .distinct()
-        )
-        for resident_id, code in (await self.session.execute(query)).all():
-            out[resident_id].add(code)
-        return out
-
     # ------------------------------------------------------------------------------------------ case offices
 
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
@@ -307,24 +293,9 @@ class Repository:
                 )
             )
 
-    async def consenting_residents(self, resident_ids: Sequence[uuid.UUID]) -> list[ResidentRow]:
-        if not resident_ids:
-            return []
-        query = select(ResidentRow).where(
-            ResidentRow.resident_id.in_(resident_ids), ResidentRow.proactive_screening.is_(True)
-        )
-        return list((await self.session.scalars(query.order_by(ResidentRow.resident_id))).all())
-
     def _due(self, today: dt.date) -> ColumnElement[bool]:
         reviewed = select(ScreeningReviewRow.resident_id).where(ScreeningReviewRow.review_on > today)
         return and_(ResidentRow.proactive_screening.is_(True), ResidentRow.resident_id.not_in(reviewed))
-
-    async def due_residents(self, today: dt.date, after: uuid.UUID | None, limit: int) -> list[ResidentRow]:
-        """Consenting residents whose review day has come (or who were never screened), by id, a page at a time."""
-        query = select(ResidentRow).where(self._due(today))
-        if after is not None:
-            query = query.where(ResidentRow.resident_id > after)
-        return list((await self.session.scalars(query.order_by(ResidentRow.resident_id).limit(limit))).all())
 
     async def count_due(self, today: dt.date) -> int:
         return int(
@@ -356,15 +327,6 @@ class Repository:
 
     async def resident_answer(self, resident_id: uuid.UUID, name: str) -> ResidentAnswerRow | None:
         return await self.session.get(ResidentAnswerRow, (resident_id, name), with_for_update=True)
-
-    async def asked(self, resident_ids: Sequence[uuid.UUID]) -> set[tuple[uuid.UUID, str, str]]:
-        """(resident, program, fact) of every question already asked of these residents."""
-        if not resident_ids:
-            return set()
-        query = select(
-            ScreeningQuestionRow.resident_id, ScreeningQuestionRow.program_code, ScreeningQuestionRow.fact
-        ).where(ScreeningQuestionRow.resident_id.in_(resident_ids))
-        return {(r, c, f) for r, c, f in (await self.session.execute(query)).all()}
 
     async def asked_between(
         self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
@@ -451,30 +413,6 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     # ------------------------------------------------------------------------------------------ screenings
-
-    async def screening_residents(self, after: uuid.UUID | None, limit: int) -> list[ResidentRow]:
-        """Residents who consented to proactive screening, by id, a page at a time."""
-        query = select(ResidentRow).where(ResidentRow.proactive_screening.is_(True)).order_by(ResidentRow.resident_id)
-        if after is not None:
-            query = query.where(ResidentRow.resident_id > after)
-        return list((await self.session.scalars(query.limit(limit))).all())
-
-    async def department_facts_of(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[DepartmentFactRow]]:
-        out: dict[uuid.UUID, list[DepartmentFactRow]] = defaultdict(list)
-        if not resident_ids:
-            return out
-        query = select(DepartmentFactRow).where(DepartmentFactRow.resident_id.in_(resident_ids))
-        for row in (await self.session.scalars(query)).all():
-            out[row.resident_id].append(row)
-        return out
-
-    async def notified(self, resident_ids: Sequence[uuid.UUID]) -> set[tuple[uuid.UUID, str]]:
-        if not resident_ids:
-            return set()
-        query = select(OpportunityRow.resident_id, OpportunityRow.program_code).where(
-            OpportunityRow.resident_id.in_(resident_ids)
-        )
-        return {(r, c) for r, c in (await self.session.execute(query)).all()}
 
     async def screening(self, screening_id: uuid.UUID) -> ScreeningRow | None:
         return await self.session.get(ScreeningRow, screening_id)
