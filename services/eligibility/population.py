@@ -1,7 +1,9 @@
 """Screening a population a page at a time through the vectorised path: each page of consenting residents is read
 from the registry projection as columns (``Repository.registry_page``), resolved into the registry table
 (``fact_table.registry_table``), judged in columns (``vectorised.Judge``), and handed to the caller with the
-(resident, program) pairs found eligible and those already applied for or told of.
+(resident, program) pairs found eligible and those already applied for or told of. The runs that start by
+themselves (``screening_runs.py``) read and resolve their pages through the same ``read_page`` and
+``RegistryPage.table``, and find their eligible pairs with the same ``eligible_pairs``.
 
 A page is large (``screening_page_size``, 200,000 by default): the columns do the same work for a thousand residents
 or a hundred thousand, so fewer, larger pages are cheaper; memory grows with the page (about 1 GB for 200,000
