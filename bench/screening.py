@@ -234,21 +234,22 @@ def phase_screen(args: argparse.Namespace) -> None:
             async with db.session() as session:
                 catalogue = await service.store.get(Repository(session))
             codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(AS_OF)]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             async with db.session() as session:
                 row = await run_screening(
                     Repository(session), service, codes=codes, as_of=AS_OF, actor="bench", now=NOW,
-                    batch_size=10_000, max_residents=10_000_000,
+                    batch_size=10_000, max_residents=10_000_000, reads=db.reads(),
                 )  # fmt: skip
                 found = (row.residents_screened, row.judgements, row.eligible_found, row.opportunities)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             async with db.session() as session:
                 events = await session.scalar(select(func.count()).select_from(outbox))
         finally:
             await db.dispose()
         screened, judgements, eligible, opportunities = found
         return {"consenting": consenting, "screened": screened, "judgements": judgements, "eligible": eligible,
-                "opportunities": opportunities, "outbox_events": events, "seconds": seconds}  # fmt: skip
+                "opportunities": opportunities, "outbox_events": events, "seconds": seconds,
+                "cpu_seconds": cpu}  # fmt: skip
 
     report({"phase": "screen", "url": args.url.split("@")[-1], **asyncio.run(run()), "peak_mb": peak_mb(),
             "load": load()})  # fmt: skip
@@ -296,7 +297,7 @@ def phase_incremental(args: argparse.Namespace) -> None:
             async with db.session() as session:
                 row = await run_screening(
                     Repository(session), service, codes=codes, as_of=AS_OF, actor="bench", now=NOW,
-                    batch_size=10_000, max_residents=10_000_000, residents=changed,
+                    batch_size=10_000, max_residents=10_000_000, reads=db.reads(), residents=changed,
                 )  # fmt: skip
                 found = (row.residents_screened, row.opportunities)
             seconds = time.perf_counter() - started
@@ -439,7 +440,8 @@ def end_to_end(args: argparse.Namespace) -> None:
                 continue
             print(f"  one screening: {screened['screened']:,} consenting residents ({screened['judgements']:,} "
                   f"judgements) read, judged, {screened['opportunities']:,} opportunities and "
-                  f"{screened['outbox_events']:,} outbox events written, in {screened['seconds']:.1f} s; peak memory "
+                  f"{screened['outbox_events']:,} outbox events written, in {screened['seconds']:.1f} s "
+                  f"({screened['cpu_seconds']:.1f} s of CPU in this process); peak memory "
                   f"{screened['peak_mb']:,.0f} MB; {screened['load']}")  # fmt: skip
             print(f"  {verdict(screened['seconds'] < 60)} the target (under 60 s)")
             again = run_phase(args, "incremental", url=url)

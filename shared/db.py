@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -148,6 +149,11 @@ class Database:
             self._writer = (weakref.ref(loop), sqlite.writer_for(str(make_url(self.url).database)))
         return self._writer[1]
 
+    def reads(self) -> Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]] | None:
+        """:meth:`read_session`, where a read runs on a connection of its own beside a write transaction (not on the
+        one in-memory SQLite connection both share): what reads ahead of a long write may use."""
+        return self.read_session if self.read_engine is not self.engine else None
+
     def on_commit(self, hook: Callable[[AsyncSession], None]) -> None:
         self._after_commit.append(hook)
 
@@ -234,7 +240,7 @@ def defer_write(session: AsyncSession, write: DeferredWrite) -> None:
 
 async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame) -> None:
     """Insert ``rows`` (a column per table column, by name) in the session's transaction through the driver's bulk
-    path: ``executemany`` on SQLite, ``COPY`` on PostgreSQL — none of the ORM's per-row work. UUID columns hold
+    path: ``executemany`` on SQLite, ``COPY`` of CSV on PostgreSQL — none of the ORM's per-row work. UUID columns hold
     text (32 hex digits, or with dashes); timestamps are timezone-aware and written in UTC as the tables' own types
     write them (``tables.UTCDateTime``)."""
     import polars as pl
@@ -245,10 +251,18 @@ async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame) -
     columns = list(rows.columns)
     if connection.dialect.name == "postgresql":
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        records = rows.with_columns(
-            pl.col(pl.Datetime).dt.convert_time_zone("UTC"),
-        ).rows()
-        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        # As CSV written by Polars: no Python object per value. Texts quoted (so an empty one is not NULL), NULL as
+        # an unquoted \N, timestamps in UTC.
+        buffer = io.BytesIO()
+        rows.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC")).write_csv(
+            buffer,
+            include_header=False,
+            null_value="\\N",
+            quote_style="non_numeric",
+            datetime_format="%Y-%m-%d %H:%M:%S%.6f+00",
+        )
+        # The bytes as they are (a file would cost a thread hop per chunk).
+        await driver.copy_to_table(table.name, source=buffer.getbuffer(), columns=columns, format="csv", null="\\N")
         return
     # SQLite keeps UUIDs as 32 hex digits and timestamps as UTC text with microseconds (SQLAlchemy's own forms).
     uuids = [c for c in columns if isinstance(table.c[c].type, Uuid)]

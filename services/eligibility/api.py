@@ -211,7 +211,9 @@ async def start_screening(
         tasks.add_task(ctx.scheduler.wake)  # after the commit: the scheduler finds the run at once
     return await idempotent.create(
         body,
-        lambda: screening_runs.start(repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC)),
+        lambda: screening_runs.start(
+            repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC), reads=ctx.scheduler.db.reads()
+        ),
         status_code=202 if body.background else 201,
     )
 

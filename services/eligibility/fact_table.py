@@ -677,6 +677,9 @@ def _decoded(value: pl.Expr, dtype: pl.DataType, fact: FactType) -> pl.Expr:
     if dtype == pl.Int64():
         whole = value.cast(pl.Int64, strict=False)
         return pl.when(whole.abs() <= 10**15).then(whole)
+    if dtype == pl.Float64():
+        number = value.cast(pl.Float64, strict=False)
+        return pl.when(number.is_finite() & (number.abs() <= 10**15)).then(number)
     if dtype == pl.Boolean():
         return pl.when(value == "true").then(True).when(value == "false").then(False)
     if dtype == pl.Date():
@@ -703,12 +706,15 @@ def registry_table(
     facts: FactCatalogue,
     names: Iterable[str],
     now: dt.datetime,
+    answers: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The base facts ``names`` of every resident of the projection, resolved as ``facts.resolve`` does.
 
     ``residents``: resident_id, registry_version, birth_date, district_code, household, vulnerability, consents (the
     last three as JSON text). ``reports``: resident_id, id, name, value (JSON text), department, observed_at,
-    valid_until. Returns resident_id and one column per fact, in ``residents``' order."""
+    valid_until. ``answers``: what residents declared (resident_id, name, value as JSON text: their answers to
+    screening questions), the layer beneath the registry. Returns resident_id and one column per fact, in
+    ``residents``' order."""
     schema = base_schema(facts, names)
     registry = [n for n in schema if facts[n].registry]
     reported = [n for n in schema if facts[n].authorities]
@@ -767,12 +773,37 @@ def registry_table(
         )
         out = out.join(decoded, on="__resident", how="left", maintain_order="left")
         present = reported
+    declared: list[str] = []
+    if answers is None:
+        answers = pl.DataFrame(schema={"resident_id": pl.String(), "name": pl.String(), "value": pl.String()})
+    if answers.height:
+        # Any base fact may be declared (``coerce_all``): a value that does not fit is left out, as there.
+        given = answers.filter(pl.col("name").is_in(list(schema)))
+        declared = sorted(set(given.get_column("name").to_list()))
+    if declared:
+        ids = frame.select("resident_id", "__resident")
+        wide = (
+            answers.filter(pl.col("name").is_in(declared))
+            .join(ids, on="resident_id", how="inner")
+            .pivot(on="name", index="__resident", values="value")
+        )
+        out = out.join(
+            wide.lazy().select(
+                "__resident", *[_decoded(pl.col(n), schema[n], facts[n]).alias(f"declared:{n}") for n in declared]
+            ),
+            on="__resident",
+            how="left",
+            maintain_order="left",
+        )
     columns = ["resident_id"]
     selected: list[pl.Expr] = []
     for name, dtype in schema.items():
-        from_registry = pl.col(name) if name in registry else pl.lit(None, dtype=dtype)
-        if name in present:
-            selected.append(pl.coalesce(pl.col(f"reported:{name}"), from_registry).cast(dtype).alias(name))
-        else:
-            selected.append(from_registry.cast(dtype).alias(name))
+        # By precedence (``resolve``): a department's report, then the registry, then the resident's declaration.
+        layers = [pl.col(f"reported:{name}")] if name in present else []
+        if name in registry:
+            layers.append(pl.col(name))
+        if name in declared:
+            layers.append(pl.col(f"declared:{name}"))
+        value = pl.coalesce(layers) if len(layers) > 1 else layers[0] if layers else pl.lit(None, dtype=dtype)
+        selected.append(value.cast(dtype).alias(name))
     return out.select(*[pl.col(c) for c in columns], *selected).collect()

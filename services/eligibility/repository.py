@@ -5,6 +5,7 @@ Nothing here commits: the request or the event handler does."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -251,20 +252,6 @@ class Repository:
         )
         return list((await self.session.scalars(query)).all())
 
-    async def applied_programs(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, set[str]]:
-        """The programs each resident was ever judged for in an application (in one query)."""
-        out: dict[uuid.UUID, set[str]] = defaultdict(set)
-        if not resident_ids:
-            return out
-        query = (
-            select(DeterminationRow.resident_id, DeterminationRow.program_code)
-            .where(DeterminationRow.resident_id.in_(resident_ids))
-            .distinct()
-        )
-        for resident_id, code in (await self.session.execute(query)).all():
-            out[resident_id].add(code)
-        return out
-
     # ------------------------------------------------------------------------------------------ case offices
 
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
@@ -306,24 +293,9 @@ class Repository:
                 )
             )
 
-    async def consenting_residents(self, resident_ids: Sequence[uuid.UUID]) -> list[ResidentRow]:
-        if not resident_ids:
-            return []
-        query = select(ResidentRow).where(
-            ResidentRow.resident_id.in_(resident_ids), ResidentRow.proactive_screening.is_(True)
-        )
-        return list((await self.session.scalars(query.order_by(ResidentRow.resident_id))).all())
-
     def _due(self, today: dt.date) -> ColumnElement[bool]:
         reviewed = select(ScreeningReviewRow.resident_id).where(ScreeningReviewRow.review_on > today)
         return and_(ResidentRow.proactive_screening.is_(True), ResidentRow.resident_id.not_in(reviewed))
-
-    async def due_residents(self, today: dt.date, after: uuid.UUID | None, limit: int) -> list[ResidentRow]:
-        """Consenting residents whose review day has come (or who were never screened), by id, a page at a time."""
-        query = select(ResidentRow).where(self._due(today))
-        if after is not None:
-            query = query.where(ResidentRow.resident_id > after)
-        return list((await self.session.scalars(query.order_by(ResidentRow.resident_id).limit(limit))).all())
 
     async def count_due(self, today: dt.date) -> int:
         return int(
@@ -356,14 +328,20 @@ class Repository:
     async def resident_answer(self, resident_id: uuid.UUID, name: str) -> ResidentAnswerRow | None:
         return await self.session.get(ResidentAnswerRow, (resident_id, name), with_for_update=True)
 
-    async def asked(self, resident_ids: Sequence[uuid.UUID]) -> set[tuple[uuid.UUID, str, str]]:
-        """(resident, program, fact) of every question already asked of these residents."""
-        if not resident_ids:
-            return set()
+    async def asked_between(
+        self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
+    ) -> list[Any]:
+        """(resident, program, fact) of every question already asked of the residents from ``first`` to ``last`` (by
+        id; ``only``: of these alone)."""
+        chosen = (
+            ScreeningQuestionRow.resident_id.in_(only)
+            if only is not None
+            else ScreeningQuestionRow.resident_id.between(first, last)
+        )
         query = select(
             ScreeningQuestionRow.resident_id, ScreeningQuestionRow.program_code, ScreeningQuestionRow.fact
-        ).where(ScreeningQuestionRow.resident_id.in_(resident_ids))
-        return {(r, c, f) for r, c, f in (await self.session.execute(query)).all()}
+        ).where(chosen)
+        return list((await self.session.execute(query)).all())
 
     async def question(self, question_id: uuid.UUID, *, for_update: bool = False) -> ScreeningQuestionRow | None:
         return await self.session.get(ScreeningQuestionRow, question_id, with_for_update=for_update)
@@ -436,43 +414,20 @@ class Repository:
 
     # ------------------------------------------------------------------------------------------ screenings
 
-    async def screening_residents(self, after: uuid.UUID | None, limit: int) -> list[ResidentRow]:
-        """Residents who consented to proactive screening, by id, a page at a time."""
-        query = select(ResidentRow).where(ResidentRow.proactive_screening.is_(True)).order_by(ResidentRow.resident_id)
-        if after is not None:
-            query = query.where(ResidentRow.resident_id > after)
-        return list((await self.session.scalars(query.limit(limit))).all())
-
-    async def department_facts_of(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[DepartmentFactRow]]:
-        out: dict[uuid.UUID, list[DepartmentFactRow]] = defaultdict(list)
-        if not resident_ids:
-            return out
-        query = select(DepartmentFactRow).where(DepartmentFactRow.resident_id.in_(resident_ids))
-        for row in (await self.session.scalars(query)).all():
-            out[row.resident_id].append(row)
-        return out
-
-    async def notified(self, resident_ids: Sequence[uuid.UUID]) -> set[tuple[uuid.UUID, str]]:
-        if not resident_ids:
-            return set()
-        query = select(OpportunityRow.resident_id, OpportunityRow.program_code).where(
-            OpportunityRow.resident_id.in_(resident_ids)
-        )
-        return {(r, c) for r, c in (await self.session.execute(query)).all()}
-
     async def screening(self, screening_id: uuid.UUID) -> ScreeningRow | None:
         return await self.session.get(ScreeningRow, screening_id)
 
     # ------------------------------------------------------------------------------------------ the registry table
 
     async def registry_page(
-        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None = None, *, due: dt.date | None = None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """A page of consenting residents (by id, after ``after``: 32 hex digits) for the registry table, and their
         department facts (theirs alone), as columns: the residents (resident_id as 32 hex digits, registry_version,
         birth_date, district_code, and household, vulnerability and consents as JSON text) and one row per fact
         (resident_id, id, name, value as JSON text, department, observed_at, valid_until). ``only``: these residents
-        alone (a re-screen of those whose facts changed). Unscoped: for screening.
+        alone (a re-screen of those whose facts changed); ``due``: those whose review day (``screening_reviews``) is
+        not after it, or who have none (the daily run). Unscoped: for screening.
 
         A page holds up to hundreds of thousands of residents and a dozen facts each, so no value becomes a Python
         object of its own: PostgreSQL sends both as CSV (``COPY (SELECT ...) TO STDOUT``), parsed by Polars; SQLite
@@ -480,11 +435,11 @@ class Repository:
         through the covering index ``ix_department_facts_resident_covering`` (migration 0009): a seek per resident,
         without a lookup in the table per fact."""
         if self.session.get_bind().dialect.name == "postgresql":
-            return await self._registry_page_copy(after, limit, only)
-        return await self._registry_page_sqlite(after, limit, only)
+            return await self._registry_page_copy(after, limit, only, due)
+        return await self._registry_page_sqlite(after, limit, only, due)
 
     async def _registry_page_copy(
-        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None, due: dt.date | None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         connection = await self.session.connection()
         driver: Any = (await connection.get_raw_connection()).driver_connection
@@ -498,6 +453,12 @@ class Repository:
         if only is not None:
             where += f" AND r.resident_id = ANY(${len(args) + 1}::uuid[])"
             args.append(list(only))
+        if due is not None:
+            where += (
+                " AND NOT EXISTS (SELECT 1 FROM screening_reviews s WHERE s.resident_id = r.resident_id"  # noqa: S608
+                f" AND s.review_on > ${len(args) + 1}::date)"
+            )
+            args.append(due)
         # The SQL is this method's own text; every value is a parameter.
         residents = await _copy_csv(
             driver,
@@ -514,8 +475,8 @@ class Repository:
         ids = residents.get_column("resident_id")
         fact_args: list[Any] = [uuid.UUID(ids[0]), uuid.UUID(ids[-1])]
         chosen = "f.resident_id BETWEEN $1::uuid AND $2::uuid"
-        if only is not None:
-            fact_args, chosen = [list(only)], "f.resident_id = ANY($1::uuid[])"
+        if only is not None or due is not None:  # residents spread over every id: their own facts, not the range's
+            fact_args, chosen = [[uuid.UUID(i) for i in ids]], "f.resident_id = ANY($1::uuid[])"
         facts = await _copy_csv(
             driver,
             "SELECT f.resident_id, f.id, f.name, f.value::text, f.department, f.observed_at AT TIME ZONE 'UTC', "  # noqa: S608
@@ -527,7 +488,7 @@ class Repository:
         return _residents_of(residents), _facts_of(facts)
 
     async def _registry_page_sqlite(
-        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None
+        self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None, due: dt.date | None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
         import polars as pl
 
@@ -538,53 +499,74 @@ class Repository:
         if only is not None:
             after_clause += " AND r.resident_id IN :only"
             params["only"] = [u.hex for u in only]
-        expanding: list[Any] = [bindparam("only", expanding=True)] if only is not None else []
-        rows = (
-            await self.session.execute(
-                text(
-                    "SELECT r.resident_id, r.registry_version, r.birth_date, r.district_code, r.household, "  # noqa: S608
-                    f"r.vulnerability, r.consents FROM residents r WHERE r.proactive_screening {after_clause} "
-                    "ORDER BY r.resident_id LIMIT :limit"
-                ).bindparams(*expanding),
-                params,
+        if due is not None:
+            after_clause += (
+                " AND NOT EXISTS (SELECT 1 FROM screening_reviews s WHERE s.resident_id = r.resident_id"
+                " AND s.review_on > :due)"
             )
-        ).all()
-        residents = pl.DataFrame([tuple(r) for r in rows], schema=_schema(_RESIDENT_COLUMNS), orient="row")
+            params["due"] = due.isoformat()
+        expanding: list[Any] = [bindparam("only", expanding=True)] if only is not None else []
+        # The page's residents as one text (fields joined by unit separators, residents by record separators; a NULL
+        # as an empty field: no column of these is ever an empty text), split by Polars: no Python object per value.
+        line = " || char(31) || ".join(f"coalesce(r.{c}, '')" for c in _RESIDENT_COLUMNS)
+        packed_residents = await self.session.scalar(
+            text(
+                "SELECT group_concat(line, char(30)) FROM (SELECT "  # noqa: S608
+                f"{line} AS line FROM residents r WHERE r.proactive_screening {after_clause} "
+                "ORDER BY r.resident_id LIMIT :limit)"
+            ).bindparams(*expanding),
+            params,
+        )
+        residents = (
+            _unpacked([packed_residents], _RESIDENT_COLUMNS)
+            .with_columns(pl.col("registry_version").cast(pl.Int64))
+            .sort("resident_id")
+        )
         if not residents.height:
             return _residents_of(residents), _no_facts()
-        # The facts of the page's residents through the covering index, one text per resident (fields joined by unit
-        # separators, facts by record separators), one object per resident instead of seven per fact.
+        # Their facts through the covering index, as one text per slice of residents (each fact's resident and fields
+        # joined by unit separators, facts by record separators): a slice's text stays well within SQLite's limit.
         packed = " || char(31) || ".join(
-            ["f.name", "f.department", "f.value", "f.observed_at", "coalesce(f.valid_until, '')", "CAST(f.id AS TEXT)"]
-        )
-        where = "r.resident_id BETWEEN :first AND :last"
-        bounds: dict[str, Any] = {"first": rows[0][0], "last": rows[-1][0]}
-        if only is not None:  # a few residents spread over every id: their own facts, not the whole range's
-            where, bounds = "r.resident_id IN :only", {"only": params["only"]}
+            ["r.resident_id", "f.name", "f.department", "f.value", "f.observed_at", "coalesce(f.valid_until, '')",
+             "CAST(f.id AS TEXT)"]
+        )  # fmt: skip
+        sparse = only is not None or due is not None  # residents spread over every id: their own facts only
         # CROSS JOIN keeps the residents outside (SQLite's way of fixing the join order): a seek in the covering
         # index per consenting resident, rather than every fact of the range and a lookup of its resident.
-        grouped = (
-            await self.session.execute(
-                text(
-                    f"SELECT r.resident_id, group_concat({packed}, char(30)) FROM residents r "  # noqa: S608
-                    f"CROSS JOIN department_facts f ON f.resident_id = r.resident_id "
-                    f"WHERE r.proactive_screening AND {where} GROUP BY r.resident_id"
-                ).bindparams(*expanding),
-                bounds,
-            )
-        ).all()
-        fields = ["name", "department", "value", "observed_at", "valid_until", "id"]
-        facts = (
-            pl.DataFrame(
-                [tuple(r) for r in grouped], schema={"resident_id": pl.String(), "packed": pl.String()}, orient="row"
-            )
-            .with_columns(pl.col("packed").str.split("\x1e"))
-            .explode("packed")
-            .with_columns(pl.col("packed").str.split_exact("\x1f", len(fields) - 1).struct.rename_fields(fields))
-            .unnest("packed")
-            .with_columns(pl.when(pl.col("valid_until") != "").then(pl.col("valid_until")).alias("valid_until"))
+        where = "r.resident_id IN :only" if sparse else "r.resident_id BETWEEN :first AND :last"
+        query = text(
+            f"SELECT group_concat({packed}, char(30)) FROM residents r "  # noqa: S608
+            f"CROSS JOIN department_facts f ON f.resident_id = r.resident_id WHERE r.proactive_screening AND {where}"
         )
+        if sparse:
+            query = query.bindparams(bindparam("only", expanding=True))
+        ids = residents.get_column("resident_id").to_list()
+        texts = []
+        for start in range(0, len(ids), _FACTS_PER_TEXT):
+            chunk = ids[start : start + _FACTS_PER_TEXT]
+            bounds = {"only": chunk} if sparse else {"first": chunk[0], "last": chunk[-1]}
+            texts.append(await self.session.scalar(query, bounds))
+        facts = _unpacked(texts, ["resident_id", "name", "department", "value", "observed_at", "valid_until", "id"])
         return _residents_of(residents), _facts_of(facts)
+
+    async def declared_answers(
+        self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
+    ) -> pl.DataFrame:
+        """What the residents from ``first`` to ``last`` (by id; ``only``: these alone) declared in answer to screening
+        questions, as columns (resident_id as 32 hex digits, name, value as JSON text): the declared layer of
+        ``fact_table.registry_table``. Few rows (one per answer), so read through the ORM. Unscoped: for screening."""
+        import polars as pl
+
+        chosen = (
+            ResidentAnswerRow.resident_id.in_(only)
+            if only is not None
+            else ResidentAnswerRow.resident_id.between(first, last)
+        )
+        query = select(ResidentAnswerRow.resident_id, ResidentAnswerRow.name, ResidentAnswerRow.value).where(chosen)
+        rows = [(r.hex, n, json.dumps(v)) for r, n, v in (await self.session.execute(query)).all()]
+        return pl.DataFrame(
+            rows, schema={"resident_id": pl.String(), "name": pl.String(), "value": pl.String()}, orient="row"
+        )
 
     async def add_opportunities(self, rows: pl.DataFrame) -> None:
         """Opportunities found by a screening, in one bulk write (``screening.opportunity_rows``' columns)."""
@@ -652,6 +634,25 @@ async def _copy_csv(driver: Any, query: str, args: Sequence[Any], columns: list[
     if not any(chunks):
         return pl.DataFrame(schema=schema)
     return pl.read_csv(b"".join(chunks), has_header=False, new_columns=columns, schema=schema)
+
+
+# Residents whose facts SQLite sends as one text (a few hundred bytes each: a text of some megabytes).
+_FACTS_PER_TEXT = 20_000
+
+
+def _unpacked(texts: Sequence[str | None], columns: Sequence[str]) -> pl.DataFrame:
+    """Texts of records (``columns``' fields joined by unit separators, records by record separators; an empty field
+    is NULL) as a frame of text columns."""
+    import polars as pl
+
+    return (
+        pl.DataFrame({"packed": [t for t in texts if t]}, schema={"packed": pl.String()})
+        .select(pl.col("packed").str.split("\x1e"))
+        .explode("packed")
+        .select(pl.col("packed").str.split_exact("\x1f", len(columns) - 1).struct.rename_fields(list(columns)))
+        .unnest("packed")
+        .select(pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in columns)
+    )
 
 
 def _residents_of(frame: pl.DataFrame) -> pl.DataFrame:

@@ -23,7 +23,7 @@ from services.eligibility.catalogue import Catalogue, Evaluation, Program, RuleV
 from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import ResidentRow, ScreeningRow
-from services.eligibility.population import screened_pages
+from services.eligibility.population import Reads, screened_pages
 from services.eligibility.repository import Repository, registry_of, reported_of
 from services.eligibility.schemas import ScreeningIn, ScreeningOut
 from shared.events import EligibilityOpportunity, Localized, Outcome
@@ -134,9 +134,12 @@ async def run_screening(
     batch_size: int,
     max_residents: int,
     residents: Sequence[uuid.UUID] | None = None,
+    reads: Reads | None = None,
 ) -> ScreeningRow:
     """Screen every consenting resident (``residents``: these alone, e.g. those whose facts changed) for ``codes`` on
-    ``as_of``, through the vectorised path; the opportunities and their events are written in this transaction."""
+    ``as_of``, through the vectorised path; the opportunities and their events are written in this transaction.
+    ``reads``: read-only units of work beside it (``Database.read_session``), on which the next page is read while
+    this one is judged and written (``population.screened_pages``)."""
     catalogue = await service.store.get(repo)
     row = ScreeningRow(
         screening_id=uuid.uuid4(),
@@ -168,6 +171,7 @@ async def run_screening(
         page_size=service.settings.screening_page_size,
         max_residents=max_residents,
         only=residents,
+        reads=reads,
     )
     async for page in pages:
         row.eligible_found += page.found.height
@@ -244,7 +248,13 @@ def opportunity_events(
 
 
 async def start_screening(
-    repo: Repository, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
+    repo: Repository,
+    service: Eligibility,
+    request: ScreeningIn,
+    *,
+    actor: str,
+    now: dt.datetime,
+    reads: Reads | None = None,
 ) -> ScreeningOut:
     """Screen by the programs a request names, or every proactive program in force on its date (default: today)."""
     catalogue = await service.store.get(repo)
@@ -264,6 +274,7 @@ async def start_screening(
             now=now,
             batch_size=service.settings.screening_batch_size,
             max_residents=service.settings.screening_max_residents,
+            reads=reads,
         )
     except Exception:
         if metrics is not None:

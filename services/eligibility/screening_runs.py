@@ -12,7 +12,10 @@ Per resident and proactive program a run finds one of three things:
 - a *near miss*: the rule waits on exactly one fact the resident can tell (``near_misses.py``): one question
   (``screening.question_asked``), not an offer;
 - anything else: nothing.
-It also records, per resident, the day their dates next move a fact the rules read (``triggers.next_review``).
+It also records, per resident, the day their dates next move a fact the rules read (``triggers.ReviewCalendar``).
+
+A page is read as columns and judged in columns as the administrator's run does (``population.read_page``,
+``ProactiveJudge``), and what it finds is written in columns (one bulk statement per table).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
@@ -34,15 +37,12 @@ from sqlalchemy import Table, delete, update
 from services.eligibility import near_misses, vectorised
 from services.eligibility.catalogue import Catalogue, named_programs
 from services.eligibility.determinations import Eligibility
+from services.eligibility.fact_table import ROW
 from services.eligibility.facts import Derived, FactCatalogue, FactLayers, derive, resolve
-from services.eligibility.models import (
-    ResidentRow,
-    ScreeningQuestionRow,
-    ScreeningQueueRow,
-    ScreeningRow,
-)
+from services.eligibility.models import ScreeningQuestionRow, ScreeningQueueRow, ScreeningRow
 from services.eligibility.near_misses import NearMiss
-from services.eligibility.repository import Repository, registry_of, reported_of
+from services.eligibility.population import Reads, RegistryPage, ahead, eligible_pairs, pairs, read_page, split_found
+from services.eligibility.repository import Repository
 from services.eligibility.schemas import ScreeningIn, ScreeningOut, ScreeningPage
 from services.eligibility.screening import (
     Finding,
@@ -55,7 +55,7 @@ from services.eligibility.screening import (
 from services.eligibility.triggers import ReviewCalendar
 from shared.db import Database, bulk_insert
 from shared.events import Localized, ScreeningQuestionAsked
-from shared.outbox import EnvelopeTemplate, dashed
+from shared.outbox import EnvelopeTemplate, dashed, event_ids
 from shared.problems import NotFound, UnprocessableContent
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,6 @@ Kind = Literal["manual", "requested", "full", "daily", "incremental"]
 QUESTIONS = cast(Table, ScreeningQuestionRow.__table__)
 _ERROR = object()
 _MISSING = object()
-# Residents judged in one table between two yields to the event loop (a page holds up to ``screening_batch_size``):
-# large enough that the columns pay, small enough that requests and consumers wait for one such table at most.
-JUDGED_BETWEEN_YIELDS = 100
 
 
 # ---------------------------------------------------------------------------------------------- judging
@@ -76,22 +73,35 @@ JUDGED_BETWEEN_YIELDS = 100
 class Judgement:
     findings: list[Finding]
     near_misses: list[NearMiss]
-    # The resident's resolved and derived facts: what their next review day is worked out from.
-    values: dict[str, Any]
+
+
+@dataclass
+class JudgedPage:
+    """A page judged (:meth:`ProactiveJudge.judge_page`), in columns, each resident as 32 hex digits: ``found`` the
+    eligible pairs (resident_id, program_code, amount), ``near`` the near misses (resident_id, miss: the index of
+    the ``NearMiss`` in ``ProactiveJudge.misses``), ``reviews`` each resident's next review day (resident_id,
+    review_on). ``sparse``: the residents are spread over every id (named, or due), not one range of ids."""
+
+    ids: list[str]
+    found: pl.DataFrame
+    near: pl.DataFrame
+    reviews: pl.DataFrame
+    sparse: bool
+    judgements: int  # residents x programs
 
 
 class ProactiveJudge:
-    """Judges residents against the proactive programs on one date, a page at a time, in columns: each resident's base
-    facts are resolved (``facts.resolve``, as for an application) into one row of a table, and every program's rule
-    is judged for the whole table by the vectorised engine (``vectorised.Judge``: derived facts and criteria as
-    column expressions, the per-record engine for a program its compiler cannot translate — ``onestop catalogue
-    check`` lists them — and for rows at risk of a CEL error). A full run, a daily run and a re-screen of a few
-    residents go through the same path; the differential tests (``test_vectorised.py``, ``test_near_miss_columns.py``)
-    hold it to the per-record engine. A near miss is told in columns too (``Judge`` with ``near_misses``: the one fact
-    a program waiting on information asks for, and which criteria wait on it); where the columns cannot tell (an
-    absorbing criterion with two or more facts missing, whose wait CEL itself decides; a row or program judged per
-    record) it is told per record, explained, as ``near_misses.near_miss`` does — that verdict kept per distinct tuple
-    of the facts the rule reads and of what each missing fact would be asked as."""
+    """Judges residents against the proactive programs on one date, a page at a time, in columns: the page's base
+    facts resolved in columns (``RegistryPage.table``: a consented department report, then the registry, then the
+    resident's answers, as ``facts.resolve``), and every program's rule judged for the whole table by the
+    vectorised engine (``vectorised.Judge``: derived facts and criteria as column expressions, the per-record engine
+    for a program its compiler cannot translate — ``onestop catalogue check`` lists them — and for rows at risk of
+    a CEL error). The administrator's run (``population.screened_pages``) reads and judges its pages the same way.
+    The differential tests (``test_vectorised.py``, ``test_near_miss_columns.py``) hold it to the per-record
+    engine. A near miss is told in columns too (``Judge`` with ``near_misses``: the one fact a program waiting on
+    information asks for, and which criteria wait on it); where the columns cannot tell (a row or program judged per
+    record) it is told per record, explained, as ``near_misses.near_miss`` does — that verdict kept per distinct
+    tuple of the facts the rule reads and of what each missing fact would be asked as."""
 
     def __init__(
         self,
@@ -112,93 +122,146 @@ class ProactiveJudge:
                 self.plans.append((code, facts_read(catalogue, [code], as_of)))
         self.plan = vectorised.plan(catalogue, [code for code, _ in self.plans], as_of)
         self.versions = catalogue.versions_on(as_of)
-        # The base facts a review day is worked out from (dates), beside those the rules read.
-        self.dates = frozenset(
-            t.name for t in catalogue.facts.types.values() if not t.derived and (t.type == "date" or t.items == "date")
-        )
         self.near: dict[tuple[Any, ...], Any] = {}
-        self.why: dict[tuple[str, int], dict[str, str]] = {}
         self.awaited: dict[int, dict[tuple[Any, ...], int]] = {}
         self.read = frozenset(name for _, read in self.plans for name in read)
+        # Every near miss told in this run, once each: a question's row and event say what its NearMiss says.
+        self.misses: list[NearMiss] = []
+        self._miss_index: dict[tuple[str, str, tuple[tuple[str, str], ...]], int] = {}
+        self._column_misses: dict[tuple[str, str, int], int | None] = {}
         self.judged = 0
         self.evaluations = 0
         # Near misses told per record (the columns could not): how often the slow path was taken.
         self.near_misses_per_record = 0
 
-    def judge(self, layers: FactLayers) -> Judgement:
-        return self.judge_many([layers])[0]
+    def judge_page(self, page: RegistryPage, reviews: ReviewCalendar, *, sparse: bool = False) -> JudgedPage:
+        """Judge a page as read: its table resolved and judged in columns, and each resident's next review day.
+        CPU only (no database): a run calls it in a worker thread, so the event loop serves requests meanwhile."""
+        names = set(self.plan.base) | set(reviews.date_facts)
+        table = page.table(self.catalogue, names, self.now)
+        found, near = self.judge_table(table)
+        review_on = reviews.next_reviews(table)
+        reviewed = pl.DataFrame({"resident_id": page.ids, "review_on": review_on})
+        return JudgedPage(page.ids, found, near, reviewed, sparse, table.height * len(self.plans))
 
-    def judge_many(self, people: Sequence[FactLayers]) -> list[Judgement]:
-        """Every resident of ``people`` (in order) against every program, in one table."""
-        if not people:
-            return []
-        facts = self.catalogue.facts
-        resolved = [resolve(facts, layers, self.now) for layers in people]
-        base = self.plan.base
-        table = pl.DataFrame([{n: v[0].get(n) for n in base} for v in resolved], schema=base, orient="row")
+    def judge_table(self, table: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Every resident of ``table`` (resident_id and base facts, a column each) against every program: the
+        eligible pairs (resident_id, program_code, amount) and the near misses (resident_id, miss)."""
         judged = vectorised.Judge(
             self.catalogue, self.plan, table, criteria=False, near_misses=True, awaited_memo=self.awaited
         ).run()
+        judged = judged.with_columns(table.get_column("resident_id"))
         codes = [code for code, _ in self.plans]
-        columns = [
-            name(c)
-            for c in codes
-            for name in (
-                vectorised.outcome_column,
-                vectorised.amount_column,
-                vectorised.near_miss_column,
-                vectorised.waiting_column,
-                vectorised.near_miss_per_record_column,
-            )
-        ]
-        rows = judged.select(columns).rows()
-        out = []
-        for layers, resolution, row in zip(people, resolved, rows, strict=True):
-            values = resolution[0]
-            findings: list[Finding] = []
-            misses: list[NearMiss] = []
-            derived: Derived | None = None
-            for at, (code, read) in enumerate(self.plans):
-                outcome, amount, fact, waiting, per_record = row[5 * at : 5 * at + 5]
-                if outcome == vectorised.ELIGIBLE:
-                    program, version = self.versions[code]
-                    spec = version.spec
-                    period = spec.amount.period if spec.amount is not None and amount is not None else None
-                    findings.append(Finding(program, version.version, amount, period))
-                elif outcome != vectorised.NEEDS_INFORMATION:
-                    continue
-                elif per_record:
-                    if derived is None:
-                        derived = self._derive(layers, resolution)
-                    miss = self._near_miss_per_record(code, read, derived)
-                    if miss is not None:
-                        misses.append(miss)
-                elif fact is not None:
-                    miss = self._near_miss(code, fact, waiting)
-                    if miss is not None:
-                        misses.append(miss)
-            out.append(Judgement(findings, misses, {n: values[n] for n in self.dates if n in values}))
-        self.judged += len(people) * len(self.plans)
+        found = eligible_pairs(judged, codes)
+        near: list[pl.DataFrame] = []
+        per_record: list[tuple[int, str]] = []
+        for code in codes:
+            waiting = judged.filter(pl.col(vectorised.outcome_column(code)) == vectorised.NEEDS_INFORMATION)
+            if not waiting.height:
+                continue
+            by_record = pl.col(vectorised.near_miss_per_record_column(code)).fill_null(False)
+            told = waiting.filter(~by_record & pl.col(vectorised.near_miss_column(code)).is_not_null())
+            if told.height:
+                kinds = told.select(
+                    "resident_id",
+                    pl.col(vectorised.near_miss_column(code)).alias("fact"),
+                    pl.col(vectorised.waiting_column(code)).alias("waiting"),
+                )
+                # One NearMiss per distinct (fact, criteria waiting): a handful per program, however many residents.
+                distinct = kinds.select("fact", "waiting").unique(maintain_order=True)
+                index = [self._near_miss(code, fact, waiting) for fact, waiting in distinct.iter_rows()]
+                mapped = distinct.with_columns(pl.Series("miss", index, dtype=pl.Int64()))
+                near.append(
+                    kinds.join(mapped, on=["fact", "waiting"], how="left")
+                    .filter(pl.col("miss").is_not_null())
+                    .select("resident_id", "miss")
+                )
+            per_record += [(row, code) for row in waiting.filter(by_record).get_column(ROW).to_list()]
+        if per_record:
+            near.append(self._near_misses_per_record(table, per_record))
+        judged_near = pl.concat(near) if near else pl.DataFrame(schema={"resident_id": pl.String(), "miss": pl.Int64()})
+        self.judged += table.height * len(self.plans)
         # Every judgement is made in columns (a few rows or programs by the per-record engine): none reuses another.
         self.evaluations = self.judged
+        return found, judged_near
+
+    def judge_many(self, people: Sequence[FactLayers]) -> list[Judgement]:
+        """Every resident of ``people`` (in order) against every program, through :meth:`judge_table` (their layers
+        resolved one by one, ``facts.resolve``): what the differential tests give the columns."""
+        if not people:
+            return []
+        facts = self.catalogue.facts
+        base = self.plan.base
+        resolved = [resolve(facts, layers, self.now)[0] for layers in people]
+        table = pl.DataFrame([{n: v.get(n) for n in base} for v in resolved], schema=base, orient="row")
+        ids = [f"{i:032x}" for i in range(len(people))]
+        found, near = self.judge_table(table.with_columns(pl.Series("resident_id", ids)))
+        out = [Judgement([], []) for _ in people]
+        for rid, code, amount in found.iter_rows():
+            program, version = self.versions[code]
+            spec = version.spec
+            period = spec.amount.period if spec.amount is not None and amount is not None else None
+            out[int(rid, 16)].findings.append(Finding(program, version.version, amount, period))
+        for rid, miss in near.iter_rows():
+            out[int(rid, 16)].near_misses.append(self.misses[miss])
+        order = {code: at for at, (code, _) in enumerate(self.plans)}
+        for judgement in out:
+            judgement.findings.sort(key=lambda f: order[f.program.code])
+            judgement.near_misses.sort(key=lambda m: order[m.program.code])
         return out
 
-    def _near_miss(self, code: str, fact: str, waiting: int) -> NearMiss | None:
+    def _index(self, miss: NearMiss | None) -> int | None:
+        if miss is None:
+            return None
+        key = (miss.program.code, miss.fact, tuple(sorted(miss.why.items())))
+        found = self._miss_index.get(key)
+        if found is None:
+            found = self._miss_index[key] = len(self.misses)
+            self.misses.append(miss)
+        return found
+
+    def _near_miss(self, code: str, fact: str, waiting: int) -> int | None:
         """The near miss the columns found: the one fact the program waits on, if the resident can be asked it
         (``near_misses.near_miss``), and why, from the criteria still unknown."""
+        key = (code, fact, waiting)
+        if key in self._column_misses:
+            return self._column_misses[key]
         fact_type = self.catalogue.facts.types.get(fact)
-        if fact_type is None or fact_type.derived or fact_type.asked_of != "resident" or fact in self.unasked:
-            return None
-        program, version = self.versions[code]
-        why = self.why.get((code, waiting))
-        if why is None:
+        miss = None
+        if not (fact_type is None or fact_type.derived or fact_type.asked_of != "resident" or fact in self.unasked):
+            program, version = self.versions[code]
             labels = [
                 node.label
                 for i, node in enumerate(version.rule.explained)
                 if waiting >> i & 1 and node.label is not None
             ]
-            why = self.why[(code, waiting)] = near_misses.explain(program.name, labels)
-        return NearMiss(program, fact, why)
+            miss = NearMiss(program, fact, near_misses.explain(program.name, labels))
+        index = self._column_misses[key] = self._index(miss)
+        return index
+
+    def _near_misses_per_record(self, table: pl.DataFrame, wanted: Sequence[tuple[int, str]]) -> pl.DataFrame:
+        """Near misses of rows or programs judged per record, told per record: the row's base facts as the
+        registry layer (as ``vectorised.Judge`` judges such rows: where a fact came from changes no outcome)."""
+        catalogue = self.catalogue
+        names = [n for n in self.plan.base if n in table.columns]
+        rows = sorted({row for row, _ in wanted})
+        picked = table.with_row_index(ROW).filter(pl.col(ROW).is_in(rows)).select(ROW, "resident_id", *names)
+        by_row = {r[ROW]: r for r in picked.iter_rows(named=True)}
+        derived: dict[int, Derived] = {}
+        out: list[tuple[str, int]] = []
+        read_of = dict(self.plans)
+        for row, code in wanted:
+            values = by_row[row]
+            if row not in derived:
+                facts = {k: v for k, v in values.items() if k not in (ROW, "resident_id") and v is not None}
+                derived[row] = derive(
+                    catalogue.facts, catalogue.medians, self.as_of, FactLayers(registry=facts), self.now,
+                    explain=False, districts=catalogue.districts,
+                )  # fmt: skip
+            index = self._index(self._near_miss_per_record(code, read_of[code], derived[row]))
+            if index is not None:
+                out.append((values["resident_id"], index))
+        return pl.DataFrame(out, schema={"resident_id": pl.String(), "miss": pl.Int64()}, orient="row")
 
     def _near_miss_per_record(self, code: str, read: tuple[str, ...], derived: Derived) -> NearMiss | None:
         self.near_misses_per_record += 1
@@ -214,19 +277,6 @@ class ProactiveJudge:
             self.near[near_key] = miss
         return cast(NearMiss | None, miss)
 
-    def _derive(self, layers: FactLayers, resolution: tuple[dict[str, Any], dict[str, str], dict[str, str]]) -> Derived:
-        catalogue = self.catalogue
-        return derive(
-            catalogue.facts,
-            catalogue.medians,
-            self.as_of,
-            layers,
-            self.now,
-            explain=False,
-            districts=catalogue.districts,
-            resolved=resolution,
-        )
-
 
 # ---------------------------------------------------------------------------------------------- one page
 
@@ -241,149 +291,109 @@ class PageCounts:
     questions: int = 0
 
 
-@dataclass(frozen=True)
-class Judged:
-    """One resident of a page, judged: what was found, and the day their dates next move a fact the rules read."""
-
-    resident_id: uuid.UUID
-    judgement: Judgement
-    review_on: dt.date
-
-
-async def judge_page(
-    repo: Repository, judge: ProactiveJudge, reviews: ReviewCalendar, residents: Sequence[ResidentRow]
-) -> list[Judged]:
-    """Judge a page of consenting residents: reads only, so it runs in a read-only unit of work and the rules are
-    evaluated while no write transaction waits on them (a write holds the database's writer lock on SQLite)."""
-    ids = [r.resident_id for r in residents]
-    if not ids:
-        return []
-    reported = await repo.department_facts_of(ids)
-    answers = await repo.resident_answers_of(ids)
-    people = [
-        FactLayers(
-            declared=answers.get(resident.resident_id, {}),
-            registry=registry_of(resident),
-            reported=reported_of(reported.get(resident.resident_id, [])),
-            consents=resident.consents or {},
-        )
-        for resident in residents
-    ]
-    judged: list[Judged] = []
-    for start in range(0, len(residents), JUDGED_BETWEEN_YIELDS):
-        if start:
-            await asyncio.sleep(0)  # requests and consumers get the event loop within a long page too
-        chunk = slice(start, start + JUDGED_BETWEEN_YIELDS)
-        for resident, judgement in zip(residents[chunk], judge.judge_many(people[chunk]), strict=True):
-            judged.append(Judged(resident.resident_id, judgement, reviews.next_review(judgement.values)))
-    return judged
-
-
 async def record_page(
     repo: Repository,
     service: Eligibility,
     judge: ProactiveJudge,
     screening_id: uuid.UUID,
-    judged: Sequence[Judged],
+    judged: JudgedPage,
     now: dt.datetime,
 ) -> PageCounts:
     """Write what a judged page found, with its events, in the caller's (write) transaction. Who was erased, applied,
     told or asked is read here, in the transaction that writes: a resident erased or an application filed since the
     page was judged is never offered anything. A resident whose facts changed since is marked for the next
     incremental run (``triggers.queue``), so a judgement made a moment earlier is made again."""
-    counts = PageCounts(screened=len(judged))
-    # A resident erased since the page was read is neither found nor asked anything (resident_data.py).
-    erased = await repo.erased_among([j.resident_id for j in judged])
-    judged = [j for j in judged if j.resident_id not in erased]
-    if not judged:
+    counts = PageCounts(screened=len(judged.ids))
+    if not judged.ids:
         return counts
-    ids = [j.resident_id for j in judged]
-    applied = await repo.applied_programs(ids)
-    told = await repo.notified(ids)
-    asked = await repo.asked(ids)
-    facts = judge.catalogue.facts
-    offered: list[tuple[str, str, int | None]] = []  # (resident as 32 hex digits, program, amount)
-    # The questions, by what their events share (program, fact, why): (question, resident) per question.
-    questions: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[tuple[str, str]]] = {}
-    misses: dict[tuple[str, str, tuple[tuple[str, str], ...]], NearMiss] = {}
-    review_rows: list[dict[str, Any]] = []
-    for one in judged:
-        rid, judgement = one.resident_id, one.judgement
-        for finding in judgement.findings:
-            counts.eligible_found += 1
-            code = finding.program.code
-            if code in applied.get(rid, ()):
-                counts.already_applied += 1
-                continue
-            if (rid, code) in told:
-                counts.already_notified += 1
-                continue
-            offered.append((rid.hex, code, finding.amount))
-        for miss in judgement.near_misses:
-            code = miss.program.code
-            if code in applied.get(rid, ()) or (rid, code) in told or (rid, code, miss.fact) in asked:
-                continue
-            asked.add((rid, code, miss.fact))
-            key = (code, miss.fact, tuple(sorted(miss.why.items())))
-            misses.setdefault(key, miss)
-            questions.setdefault(key, []).append((uuid.uuid4().hex, rid.hex))
-        review_rows.append({"resident_id": rid, "review_on": one.review_on, "screened_on": judge.as_of})
+    page_ids = [uuid.UUID(i) for i in judged.ids]
+    found, near, reviews = judged.found, judged.near, judged.reviews
+    # A resident erased since the page was read is neither found nor asked anything (resident_data.py).
+    erased = await repo.erased_among(page_ids)
+    if erased:
+        gone = pl.col("resident_id").is_in([e.hex for e in erased])
+        found, near, reviews = found.filter(~gone), near.filter(~gone), reviews.filter(~gone)
+        page_ids = [i for i in page_ids if i not in erased]
+        if not page_ids:
+            return counts
+    only = page_ids if judged.sparse else None
+    applied_rows, told_rows = await repo.judged_pairs(page_ids[0], page_ids[-1], only)
+    applied, told = pairs(applied_rows), pairs(told_rows)
+    asked = pairs(await repo.asked_between(page_ids[0], page_ids[-1], only), ("resident_id", "program_code", "fact"))
+    was_applied, was_told, fresh = split_found(found, applied, told)
+    counts.eligible_found, counts.already_applied, counts.already_notified = (
+        found.height,
+        was_applied.height,
+        (was_told.height),
+    )
     # Written in columns, one bulk statement each (``screening.opportunity_rows`` / ``opportunity_events``): the
     # same rows and, byte for byte, the same events as one model per finding (``test_screening_outbox.py``).
-    if offered:
-        fresh = pl.DataFrame(
-            offered, schema={"resident_id": pl.String(), "program_code": pl.String(), "amount": pl.Int64()},
-            orient="row",
-        )  # fmt: skip
+    if fresh.height:
         await repo.add_opportunities(opportunity_rows(fresh, judge.versions, screening_id, now))
         await service.outbox.emit_frames(
             repo.session, opportunity_events(service.outbox, fresh, judge.versions, screening_id, now)
         )
-    if questions:
-        asked_rows, events = question_rows(service, facts, misses, questions, screening_id, now)
+    # A question for a program the resident applied for or was told of, or already asked, is not asked again.
+    kinds = pl.DataFrame(
+        [(i, m.program.code, m.fact) for i, m in enumerate(judge.misses)],
+        schema={"miss": pl.Int64(), "program_code": pl.String(), "fact": pl.String()},
+        orient="row",
+    )
+    keys = ["resident_id", "program_code"]
+    questions = (
+        near.join(kinds, on="miss", how="left")
+        .join(applied, on=keys, how="anti")
+        .join(told, on=keys, how="anti")
+        .join(asked, on=[*keys, "fact"], how="anti")
+    )
+    if questions.height:
+        asked_rows, events = question_rows(service, judge.catalogue.facts, judge.misses, questions, screening_id, now)
         await bulk_insert(repo.session, QUESTIONS, asked_rows)
         await service.outbox.emit_frames(repo.session, events)
-    await repo.record_reviews(review_rows)
-    counts.opportunities = len(offered)
-    counts.questions = sum(len(q) for q in questions.values())
+    await repo.record_reviews(
+        [
+            {"resident_id": uuid.UUID(rid), "review_on": day, "screened_on": judge.as_of}
+            for rid, day in reviews.iter_rows()
+        ]
+    )
+    counts.opportunities = fresh.height
+    counts.questions = questions.height
     return counts
 
 
 def question_rows(
     service: Eligibility,
     facts: FactCatalogue,
-    misses: dict[tuple[str, str, tuple[tuple[str, str], ...]], NearMiss],
-    questions: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[tuple[str, str]]],
+    misses: Sequence[NearMiss],
+    questions: pl.DataFrame,
     screening_id: uuid.UUID,
     now: dt.datetime,
 ) -> tuple[pl.DataFrame, list[tuple[EnvelopeTemplate, pl.DataFrame]]]:
     """The ``screening_questions`` rows and their ``screening.question_asked`` events, in columns: one envelope
-    template per program, fact and reason (what the question says), the question and resident filled in per row."""
+    template per near miss (program, fact and why: what the question says), the question and resident filled in
+    per row. ``questions``: resident_id and miss (the index in ``misses``)."""
     moment = dt.datetime.now(dt.UTC)
-    rows: list[pl.DataFrame] = []
+    numbered = questions.with_columns(event_ids(questions.height).str.replace_all("-", "").alias("question_id"))
+    rows = numbered.select(
+        "question_id",
+        pl.lit(screening_id.hex).alias("screening_id"),
+        "resident_id",
+        "program_code",
+        "fact",
+        pl.lit("open").alias("status"),
+        pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("asked_at"),
+        pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("answered_at"),
+    )
     events: list[tuple[EnvelopeTemplate, pl.DataFrame]] = []
-    for key, asked in questions.items():
-        miss = misses[key]
-        code = miss.program.code
+    resident = dashed(pl.col("resident_id"))
+    for (at,), group in numbered.group_by("miss", maintain_order=True):
+        miss = misses[int(cast(int, at))]
         fact_type = facts.types[miss.fact]
-        group = pl.DataFrame(asked, schema={"question_id": pl.String(), "resident_id": pl.String()}, orient="row")
-        rows.append(
-            group.select(
-                "question_id",
-                pl.lit(screening_id.hex).alias("screening_id"),
-                "resident_id",
-                pl.lit(code).alias("program_code"),
-                pl.lit(miss.fact).alias("fact"),
-                pl.lit("open").alias("status"),
-                pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("asked_at"),
-                pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("answered_at"),
-            )
-        )
         sample = ScreeningQuestionAsked(
             question_id=screening_id,  # a hole: each row's own
             screening_id=screening_id,
             resident_id=screening_id,  # a hole: each row's own
-            program_code=code,
+            program_code=miss.program.code,
             program_name=Localized(**miss.program.name),
             department=miss.program.attributes.department,
             fact=facts.missing_fact(miss.fact),
@@ -392,7 +402,6 @@ def question_rows(
             asked_at=now,
         )
         template = service.outbox.template(sample, holes=["question_id", "resident_id"], time=moment)
-        resident = dashed(pl.col("resident_id"))
         events.append(
             (
                 template,
@@ -402,7 +411,7 @@ def question_rows(
                 ),
             )
         )  # fmt: skip
-    return pl.concat(rows), events
+    return rows, events
 
 
 async def screen_page(
@@ -411,22 +420,27 @@ async def screen_page(
     judge: ProactiveJudge,
     reviews: ReviewCalendar,
     screening_id: uuid.UUID,
-    residents: Sequence[ResidentRow],
+    page: RegistryPage,
     now: dt.datetime,
 ) -> PageCounts:
-    """Judge a page and write what it finds, both in the caller's transaction (a run judges in a read-only unit of
-    work first: :func:`execute`)."""
-    return await record_page(repo, service, judge, screening_id, await judge_page(repo, judge, reviews, residents), now)
+    """Judge a page read before and write what it finds, in the caller's transaction (a run judges outside any
+    transaction, between a read-only one and a write: :func:`execute`)."""
+    return await record_page(repo, service, judge, screening_id, judge.judge_page(page, reviews), now)
 
 
 # ---------------------------------------------------------------------------------------------- who a run screens
 
 
 class Population(Protocol):
+    # The residents of a page are spread over every id (named, or due), not one range of ids.
+    sparse: bool
+    # The next page may be read before this one's findings are written.
+    reads_ahead: bool
+
     async def total(self, repo: Repository) -> int: ...
 
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, list[ResidentRow]] | None:
-        """(residents this page accounts for, the consenting ones to judge), or None when done."""
+    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
+        """(residents this page accounts for, the consenting ones to judge, read as columns), or None when done."""
 
     async def page_done(self, repo: Repository) -> None: ...
 
@@ -435,17 +449,19 @@ class Population(Protocol):
 class Everyone:
     """Every resident who consented to proactive screening (a full run), by id."""
 
-    after: uuid.UUID | None = None
+    after: str | None = None
+    sparse: bool = False
+    reads_ahead: bool = True
 
     async def total(self, repo: Repository) -> int:
         return await repo.count_consenting()
 
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, list[ResidentRow]] | None:
-        page = await repo.screening_residents(self.after, limit)
-        if not page:
+    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
+        page = await read_page(repo, self.after, limit)
+        if not page.ids:
             return None
-        self.after = page[-1].resident_id
-        return len(page), page
+        self.after = page.ids[-1]
+        return len(page.ids), page
 
     async def page_done(self, repo: Repository) -> None:
         return None
@@ -457,17 +473,19 @@ class DueToday:
     screened). Screening them records their next review day, so a run that stops part-way loses nothing."""
 
     today: dt.date
-    after: uuid.UUID | None = None
+    after: str | None = None
+    sparse: bool = True
+    reads_ahead: bool = True
 
     async def total(self, repo: Repository) -> int:
         return await repo.count_due(self.today)
 
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, list[ResidentRow]] | None:
-        page = await repo.due_residents(self.today, self.after, limit)
-        if not page:
+    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
+        page = await read_page(repo, self.after, limit, due=self.today)
+        if not page.ids:
             return None
-        self.after = page[-1].resident_id
-        return len(page), page
+        self.after = page.ids[-1]
+        return len(page.ids), page
 
     async def page_done(self, repo: Repository) -> None:
         return None
@@ -481,12 +499,14 @@ class Queued:
 
     budget: int = 0
     marks: list[tuple[uuid.UUID, dt.datetime]] = field(default_factory=list)
+    sparse: bool = True
+    reads_ahead: bool = False
 
     async def total(self, repo: Repository) -> int:
         self.budget = await repo.queue_size()
         return self.budget
 
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, list[ResidentRow]] | None:
+    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
         if self.budget <= 0:
             return None
         rows = await repo.queued(min(limit, self.budget))
@@ -494,7 +514,7 @@ class Queued:
             return None
         self.budget -= len(rows)
         self.marks = [(r.resident_id, r.queued_at) for r in rows]
-        return len(rows), await repo.consenting_residents([r.resident_id for r in rows])
+        return len(rows), await read_page(repo, None, len(rows), [r.resident_id for r in rows])
 
     async def page_done(self, repo: Repository) -> None:
         await repo.clear_queued(self.marks)
@@ -564,16 +584,24 @@ async def execute(
         as_of, codes = row.as_of, list(row.programs)
     judge = ProactiveJudge(catalogue, codes, as_of, dt.datetime.now(dt.UTC), service.settings.screening_unasked_facts)
     reviews = ReviewCalendar(catalogue, as_of, judge.read)
-    try:
+
+    async def judged_pages() -> AsyncIterator[tuple[int, JudgedPage]]:
         while True:
-            # The page is read and judged in a read-only unit of work; only what it found is written, in a short
-            # write transaction: the rules never run while the database's writer lock is held.
+            # The page is read in a read-only unit of work and judged outside any (in a worker thread: the columns
+            # release the interpreter, so requests and consumers go on meanwhile); only what it found is written, in
+            # a short write transaction: the rules never run while the database's writer lock is held.
             async with db.read_session() as session:
                 page = await population.next_page(Repository(session), batch)
-                if page is None:
-                    break
-                accounted, residents = page
-                judged = await judge_page(Repository(session), judge, reviews, residents)
+            if page is None:
+                return
+            accounted, registry = page
+            yield accounted, await judge_in_thread(judge, registry, reviews, sparse=population.sparse)
+
+    # The next page read and judged while this one is written, where reading it does not depend on this one's
+    # writes (an incremental run's next page is the marks this one's clears) and reads have connections of their own.
+    pages = ahead(judged_pages()) if population.reads_ahead and db.reads() is not None else judged_pages()
+    try:
+        async for accounted, judged in pages:
             async with db.session() as session:
                 repo = Repository(session)
                 counts = await record_page(repo, service, judge, screening_id, judged, dt.datetime.now(dt.UTC))
@@ -588,8 +616,8 @@ async def execute(
                         already_notified=ScreeningRow.already_notified + counts.already_notified,
                         opportunities=ScreeningRow.opportunities + counts.opportunities,
                         questions=ScreeningRow.questions + counts.questions,
-                        judgements=judge.judged,
-                        evaluations=judge.evaluations,
+                        judgements=ScreeningRow.judgements + judged.judgements,
+                        evaluations=ScreeningRow.evaluations + judged.judgements,
                     )
                     .execution_options(synchronize_session=False)
                 )
@@ -605,6 +633,12 @@ async def execute(
     if service.screening_metrics is not None:
         service.screening_metrics.finished(row)
     return row
+
+
+async def judge_in_thread(
+    judge: ProactiveJudge, page: RegistryPage, reviews: ReviewCalendar, *, sparse: bool
+) -> JudgedPage:
+    return await asyncio.to_thread(judge.judge_page, page, reviews, sparse=sparse)
 
 
 async def _finish(
@@ -650,12 +684,18 @@ async def clear_marks_before(db: Database, before: dt.datetime) -> None:
 
 
 async def start(
-    repo: Repository, service: Eligibility, request: ScreeningIn, *, actor: str, now: dt.datetime
+    repo: Repository,
+    service: Eligibility,
+    request: ScreeningIn,
+    *,
+    actor: str,
+    now: dt.datetime,
+    reads: Reads | None = None,
 ) -> ScreeningOut:
     """``POST /v1/screenings``: at once (the answer waits for the counts, as before), or in the background: the row is
     queued and the scheduler runs it next, a page at a time (``GET /v1/screenings/{id}`` shows how far it got)."""
     if not request.background:
-        return await start_screening(repo, service, request, actor=actor, now=now)
+        return await start_screening(repo, service, request, actor=actor, now=now, reads=reads)
     catalogue = await service.store.get(repo)
     as_of = request.as_of or service.store.today()
     if request.programs is not None:

@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import polars as pl
+
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import DERIVATIONS
 from services.eligibility.repository import Repository
@@ -109,6 +111,46 @@ class ReviewCalendar:
                 start = day + _DAY if name in FROM_NEXT_DAY else day
                 best = min(best, next_month_change(start, today))
         return best
+
+    def next_reviews(self, table: pl.DataFrame) -> pl.Series:
+        """:meth:`next_review` of every row of ``table`` (base facts, a column each; ``fact_table.registry_table``),
+        in columns: the same day for each (``test_screening_runs.py`` holds them to each other)."""
+        today = self.as_of
+        candidates: list[pl.Expr] = [pl.lit(self.month_end)]
+        daily: list[pl.Expr] = []
+        for name in self.date_facts:
+            if name not in table.columns:
+                continue
+            listed = isinstance(table.schema[name], pl.List)
+            day = pl.element() if listed else pl.col(name)
+            start = day + pl.duration(days=1) if name in FROM_NEXT_DAY else day
+            change = _next_month_change(start, today)
+            candidates.append(pl.col(name).list.eval(change).list.min() if listed else change)
+            if name in self.daily_inputs:
+                recent = (pl.lit(today) - day).dt.total_days() <= DAY_COUNT_HORIZON.days
+                daily.append(pl.col(name).list.eval(recent).list.any() if listed else recent)
+        best = pl.min_horizontal(candidates)
+        if daily:
+            tomorrow = pl.any_horizontal([d.fill_null(False) for d in daily])
+            best = pl.when(tomorrow).then(pl.lit(today + _DAY)).otherwise(best)
+        return table.select(best.alias("review_on")).to_series()
+
+
+def _next_month_change(start: pl.Expr, today: dt.date) -> pl.Expr:
+    """:func:`next_month_change` in columns (``start`` a date column; null stays null)."""
+    year, month, day = start.dt.year().cast(pl.Int64), start.dt.month().cast(pl.Int64), start.dt.day().cast(pl.Int64)
+    months = (today.year - year) * 12 + (today.month - month) - pl.when(day > today.day).then(1).otherwise(0)
+    index = year * 12 + (month - 1) + months + 1
+    first = pl.date(index // 12, index % 12 + 1, 1)
+    length = first.dt.month_end().dt.day().cast(pl.Int64)
+    same_day = pl.date(index // 12, index % 12 + 1, pl.min_horizontal(day, length))
+    return (
+        pl.when(start > pl.lit(today))
+        .then(start)
+        .when(day <= length)
+        .then(same_day)
+        .otherwise(first.dt.offset_by("1mo"))
+    )
 
 
 def rules_in_force(catalogue: Catalogue, day: dt.date) -> str:

@@ -17,6 +17,7 @@ from onestop.cli import main
 from services.eligibility import synthetic
 from services.eligibility.catalogue import load_files
 from services.eligibility.context import EligibilityContext
+from services.eligibility.determinations import Eligibility
 from services.eligibility.models import DepartmentFactRow, OpportunityRow, ResidentRow
 from services.eligibility.registry_load import RegistryNotEmpty, load_registry
 from services.eligibility.repository import Repository
@@ -113,6 +114,22 @@ async def test_the_loaded_population_is_screened_and_the_planted_are_found(
         )  # fmt: skip
         assert rescreen.residents_screened == len(again)
         assert rescreen.opportunities == sum(1 for (rid, _) in found if rid in again)
+
+    # In pages of 200 the same is found: read ahead on connections of their own while the page before is judged and
+    # written (a pipeline), and read one after the other on the writing session.
+    paged = Eligibility(service.settings.model_copy(update={"screening_page_size": 200}), service.outbox)
+    for reads in (db.reads(), None):
+        async with db.session() as session:
+            await session.execute(delete(OpportunityRow))
+        async with db.session() as session:
+            run = await run_screening(
+                Repository(session), paged, codes=screening["programs"], as_of=AS_OF, actor="test",
+                now=dt.datetime.now(dt.UTC), batch_size=100, max_residents=1_000_000, reads=reads,
+            )  # fmt: skip
+        assert run.residents_screened == consenting
+        async with db.session() as session:
+            pages = {(r.resident_id, r.program_code): r.amount for r in (await session.scalars(select(OpportunityRow)))}
+        assert pages == found, "pipelined" if reads is not None else "one page after the other"
 
     # Resident by resident, the per-record engine agrees: with what was found, and that nothing else was.
     now = dt.datetime.now(dt.UTC)

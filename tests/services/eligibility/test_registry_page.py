@@ -1,7 +1,8 @@
 """``Repository.registry_page`` reads a page of consenting residents and their department facts as columns (CSV from
 ``COPY`` on PostgreSQL, one packed text per resident through a covering index on SQLite): every value arrives as the
 ORM reads it — JSON texts with commas, quotes, line breaks and Korean, timestamps with and without microseconds, an
-open or closed validity — on SQLite and on PostgreSQL, page after page, and for named residents alone."""
+open or closed validity — on SQLite and on PostgreSQL, page after page, for named residents alone, and for those whose
+review day has come (the daily run); with what the residents declared in answer to screening questions."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import polars as pl
 from sqlalchemy import insert
 
 from services.eligibility.main import MIGRATIONS
-from services.eligibility.models import DepartmentFactRow, ResidentRow
+from services.eligibility.models import DepartmentFactRow, ResidentAnswerRow, ResidentRow, ScreeningReviewRow
+from services.eligibility.population import read_page
 from services.eligibility.repository import Repository
 from shared.db import Database
 from shared.migrations import upgrade
 
 NOW = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)
+DAY = NOW.date()
 VALUES: list[Any] = [
     0,
     -12,
@@ -80,6 +83,27 @@ async def test_pages_of_residents_and_their_facts_arrive_as_the_orm_reads_them(d
                 after = page[0].get_column("resident_id")[-1]
             named = [consenting[2], consenting[-1], people[3]["resident_id"]]  # the last does not consent
             alone = await repo.registry_page(None, 100, named)
+        # The daily run's residents: those whose review day has come (not after the day), or who have none.
+        reviewed = {consenting[0]: DAY, consenting[1]: DAY + dt.timedelta(days=1), consenting[4]: DAY - dt.timedelta(1)}
+        async with db.session() as session:
+            await session.execute(
+                insert(ScreeningReviewRow),
+                [{"resident_id": r, "review_on": d, "screened_on": DAY} for r, d in reviewed.items()],
+            )
+            await session.execute(
+                insert(ResidentAnswerRow),
+                [{"resident_id": consenting[4], "name": "civil_servant", "value": False, "answered_at": NOW},
+                 {"resident_id": consenting[1], "name": "earned_income", "value": 1200, "answered_at": NOW}],
+            )  # fmt: skip
+        async with db.read_session() as session:
+            repo = Repository(session)
+            due: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+            after = None
+            while (page := await repo.registry_page(after, 5, due=DAY))[0].height:
+                due.append(page)
+                after = page[0].get_column("resident_id")[-1]
+            answers = await repo.declared_answers(consenting[0], consenting[-1])
+            answered = await read_page(repo, None, 3, [consenting[4], consenting[1]])
     finally:
         await db.dispose()
 
@@ -112,6 +136,19 @@ async def test_pages_of_residents_and_their_facts_arrive_as_the_orm_reads_them(d
     assert got.schema["observed_at"] == pl.Datetime("us", "UTC")
     assert got.schema["valid_until"] == pl.Datetime("us", "UTC")
     assert got.get_column("valid_until").null_count() not in (0, got.height), "open and closed validities both"
+
+    due_ids = pl.concat([p[0] for p in due]).get_column("resident_id").to_list()
+    assert due_ids == [r.hex for r in consenting if r != consenting[1]], "only the one reviewed after the day waits"
+    for page_residents, page_facts in due:
+        assert set(page_facts.get_column("resident_id")) <= set(page_residents.get_column("resident_id"))
+    assert pl.concat([p[1] for p in due]).height == sum(1 for f in wanted if f["resident_id"] != consenting[1]), (
+        "each due resident's facts, and theirs alone"
+    )
+    assert sorted(answers.rows()) == sorted(
+        [(consenting[4].hex, "civil_servant", "false"), (consenting[1].hex, "earned_income", "1200")]
+    )
+    assert answered.ids == sorted([consenting[4].hex, consenting[1].hex])
+    assert sorted(answered.answers.rows()) == sorted(answers.rows()), "a page of named residents, with their answers"
 
     residents_alone, facts_alone = alone
     assert residents_alone.get_column("resident_id").to_list() == [named[0].hex, named[1].hex]

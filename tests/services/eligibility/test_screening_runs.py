@@ -205,13 +205,13 @@ async def test_a_run_judges_its_residents_outside_any_write_transaction(
     writer = sqlite.writer_for(str(make_url(eligibility.runtime.db.url).database))
     assert writer is not None
     holding: list[tuple[int, bool]] = []
-    judge_many = screening_runs.ProactiveJudge.judge_many
+    judge_in_thread = screening_runs.judge_in_thread
 
-    def judging(self: screening_runs.ProactiveJudge, people: Any) -> list[screening_runs.Judgement]:
-        holding.append((len(people), writer.owner is asyncio.current_task()))
-        return judge_many(self, people)
+    async def judging(judge: screening_runs.ProactiveJudge, page: Any, *args: Any, **kwargs: Any) -> Any:
+        holding.append((len(page.ids), writer.owner is asyncio.current_task()))
+        return await judge_in_thread(judge, page, *args, **kwargs)
 
-    monkeypatch.setattr(screening_runs.ProactiveJudge, "judge_many", judging)
+    monkeypatch.setattr(screening_runs, "judge_in_thread", judging)
     run = await tick(eligibility)
     assert run is not None
     assert (run["kind"], run["status"], run["residents_screened"]) == ("full", "completed", 2)
@@ -326,8 +326,13 @@ async def test_a_near_miss_is_asked_one_question_and_the_answer_screens_again(
     assert await eligibility.count(ScreeningQueueRow) == 0
 
 
-async def test_a_background_run_is_queued_and_followed_to_its_end(eligibility: RunningService) -> None:
+async def test_a_background_run_is_queued_and_followed_to_its_end(
+    eligibility: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     set_today(eligibility, DAY)
+    # A page per resident: each page read and judged while the one before is written (on SQLite in memory, one
+    # after the other), every page counted once.
+    monkeypatch.setattr(context(eligibility).eligibility.settings, "screening_batch_size", 1)
     for year in (1950, 1960, 1970):
         await registered(eligibility, dt.date(year, 6, 1), proactive_screening=True)
     await wait_until(lambda: eligibility.settled("events"))
@@ -344,6 +349,9 @@ async def test_a_background_run_is_queued_and_followed_to_its_end(eligibility: R
     assert ran["screening_id"] == queued["screening_id"], "what an administrator asked for runs first"
     assert (ran["status"], ran["residents_total"], ran["residents_screened"], ran["progress"]) == (
         "completed", 3, 3, 1.0)  # fmt: skip
+    assert ran["judgements"] == 3 * len(ran["programs"])
+    assert await eligibility.count(ScreeningReviewRow) == 3
+    assert ran["opportunities"] == await eligibility.count(OpportunityRow) > 0
     assert await eligibility.count(ScreeningRow) == 1
     nothing = await eligibility.client.post("/v1/screenings", json={"background": True, "programs": ["nope"]},
                                             headers=eligibility.auth("admin"))  # fmt: skip
@@ -432,7 +440,8 @@ async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screen
     from sqlalchemy import select
 
     from services.eligibility import resident_data
-    from services.eligibility.models import ResidentRow, ScreeningReviewRow
+    from services.eligibility.models import ScreeningReviewRow
+    from services.eligibility.population import read_page
     from services.eligibility.repository import Repository
     from services.eligibility.screening_runs import ProactiveJudge, proactive_codes, screen_page
     from services.eligibility.triggers import ReviewCalendar
@@ -446,9 +455,9 @@ async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screen
     async with eligibility.runtime.db.session() as session:
         asked = ScreeningQuestionRow.resident_id == resident, ScreeningQuestionRow.fact == "civil_servant"
         question = await session.scalar(select(ScreeningQuestionRow).where(*asked))
-        stale = await session.get(ResidentRow, resident)
+        stale = await read_page(Repository(session), None, 10, [resident])  # a page read before the erasure
     assert question is not None
-    assert stale is not None
+    assert stale.ids == [resident.hex]
     answered = ScreeningQuestionAnswered(
         question_id=question.question_id, resident_id=resident, fact="civil_servant", value=False,
         acted_as="resident", answered_at=now(),
@@ -498,7 +507,7 @@ async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screen
         catalogue = await ctx.eligibility.store.get(repo)
         judge = ProactiveJudge(catalogue, proactive_codes(catalogue, DAY), DAY, now())
         counts = await screen_page(repo, ctx.eligibility, judge, ReviewCalendar(catalogue, DAY, judge.read),
-                                   uuid.UUID(run.json()["screening_id"]), [stale], now())  # fmt: skip
+                                   uuid.UUID(run.json()["screening_id"]), stale, now())  # fmt: skip
     assert (counts.opportunities, counts.questions) == (0, 0)
     assert await eligibility.count(ScreeningReviewRow, ScreeningReviewRow.resident_id == resident) == 0
 
@@ -528,3 +537,53 @@ async def test_a_wake_or_a_stop_that_comes_during_a_pass_is_not_lost(eligibility
     assert scheduler.settings.screening_check_interval_seconds >= 30
     await asyncio.wait_for(scheduler.run(), timeout=5)
     assert passes == ["pass", "pass"]
+
+
+def _day_near(anchor: dt.date) -> Any:
+    """Dates on the boundaries a review day turns on: month ends, 29 February, the day before and after the anchor,
+    and days within and past the day counts' horizon."""
+    from hypothesis import strategies as st
+
+    special = st.sampled_from([dt.date(2024, 2, 29), dt.date(2025, 1, 31), dt.date(2023, 3, 31), dt.date(2020, 8, 31),
+                               anchor, anchor - dt.timedelta(days=1), anchor + dt.timedelta(days=1),
+                               anchor - dt.timedelta(days=400), anchor - dt.timedelta(days=401)])  # fmt: skip
+    return st.one_of(special, st.dates(dt.date(1930, 1, 1), anchor + dt.timedelta(days=60)))
+
+
+def test_review_days_in_columns_are_the_per_record_ones() -> None:
+    """``ReviewCalendar.next_reviews`` (a page at once, in columns) gives every resident the day ``next_review`` gives
+    them one at a time: every date fact of the catalogue, lists of dates among them, on days around month ends."""
+    import polars as pl
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from services.eligibility.catalogue import load_files
+    from services.eligibility.fact_table import base_schema
+    from services.eligibility.triggers import ReviewCalendar
+
+    catalogue = load_files().catalogue()
+    names = [t.name for t in catalogue.facts.types.values()
+             if not t.derived and (t.type == "date" or (t.type == "list" and t.items == "date"))]  # fmt: skip
+    schema = base_schema(catalogue.facts, names)
+    assert any(isinstance(t, pl.List) for t in schema.values())
+    assert pl.Date() in schema.values()
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None)
+    @given(st.sampled_from([dt.date(2026, 2, 28), dt.date(2024, 2, 29), dt.date(2025, 12, 31), dt.date(2026, 3, 10)]),
+           st.data())  # fmt: skip
+    def check(today: dt.date, data: Any) -> None:
+        rows = []
+        for _ in range(data.draw(st.integers(1, 8))):
+            row: dict[str, Any] = {}
+            for name, dtype in schema.items():
+                if data.draw(st.booleans()):
+                    continue
+                day = _day_near(today)
+                row[name] = data.draw(st.lists(day, max_size=3)) if isinstance(dtype, pl.List) else data.draw(day)
+            rows.append(row)
+        for read in (None, frozenset({"child_age_days"}), frozenset()):
+            calendar = ReviewCalendar(catalogue, today, read)
+            table = pl.DataFrame([{n: r.get(n) for n in schema} for r in rows], schema=schema, orient="row")
+            assert calendar.next_reviews(table).to_list() == [calendar.next_review(r) for r in rows], (today, rows)
+
+    check()

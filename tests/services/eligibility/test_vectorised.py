@@ -515,6 +515,15 @@ def projections(draw: st.DrawFn) -> dict[str, Any]:
                 max_size=6,
             )
         ),
+        # Answers to screening questions (the declared layer, beneath the registry and the departments).
+        "answers": draw(
+            st.dictionaries(
+                st.sampled_from(["civil_servant", "earned_income", "birth_date", "tenure", "korean_national",
+                                 "children_birth_dates", "household_size", "district_code"]),
+                st.integers(0, 10),
+                max_size=4,
+            )
+        ),
     }  # fmt: skip
 
 
@@ -536,8 +545,9 @@ def _report_value(name: str, seed: int) -> Any:
 @settings(DIFFERENTIAL, max_examples=15)
 @given(st.lists(projections(), min_size=1, max_size=20))
 def test_the_registry_table_resolves_facts_as_the_per_record_engine(people: list[dict[str, Any]]) -> None:
+    """Each layer as ``resolve`` takes it: a department's report, then the registry, then what the resident declared."""
     names = sorted(base_schema(FACTS))
-    residents, reports, expected = [], [], []
+    residents, reports, answers, expected = [], [], [], []
     next_id = 0
     for person in people:
         rid = str(uuid.uuid4())
@@ -561,8 +571,12 @@ def test_the_registry_table_resolves_facts_as_the_per_record_engine(people: list
             birth_date=person["birth_date"], district_code=person["district_code"] or None,
             household=person["household"], vulnerability=person["vulnerability"],
         )  # fmt: skip
+        declared = {name: _report_value(name, seed) for name, seed in person["answers"].items()}
+        answers += [{"resident_id": rid, "name": n, "value": json.dumps(v)} for n, v in declared.items()]
         values, _, _ = resolve(
-            FACTS, FactLayers(registry=registry, reported=reported, consents=person["consents"]), NOW
+            FACTS,
+            FactLayers(declared=declared, registry=registry, reported=reported, consents=person["consents"]),
+            NOW,
         )
         expected.append(values)
     resident_frame = pl.DataFrame(residents, schema={
@@ -571,7 +585,8 @@ def test_the_registry_table_resolves_facts_as_the_per_record_engine(people: list
     report_frame = pl.DataFrame(reports, schema={
         "resident_id": pl.String, "id": pl.Int64, "name": pl.String, "value": pl.String, "department": pl.String,
         "observed_at": pl.Datetime("us", "UTC"), "valid_until": pl.Datetime("us", "UTC")})  # fmt: skip
-    table = registry_table(resident_frame, report_frame, FACTS, names, NOW)
+    answer_frame = pl.DataFrame(answers, schema={"resident_id": pl.String, "name": pl.String, "value": pl.String})
+    table = registry_table(resident_frame, report_frame, FACTS, names, NOW, answer_frame)
     assert table.get_column("resident_id").to_list() == [r["resident_id"] for r in residents]
     for row, want in zip(table.iter_rows(named=True), expected, strict=True):
         got = {
