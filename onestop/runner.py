@@ -334,6 +334,10 @@ class Platform:
         for key, value in values.items():
             env[prefix + key.upper()] = _env_value(value)
         env["PYTHONUNBUFFERED"] = "1"
+        # glibc gives each thread that allocates its own arena (the database driver's threads, Polars' pool), and
+        # each keeps freed memory; two arenas cut every service's RSS under load by 8-15 MB in bench/api.py
+        # (eligibility 166 -> 157, notify 149 -> 135), the throughput the same. An operator's own value wins.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
 
     # ------------------------------------------------------------------------------------------ the portal

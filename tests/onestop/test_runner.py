@@ -68,6 +68,10 @@ def test_the_operators_settings_reach_the_services_and_their_databases(
     assert env["ONESTOP_ROUTING_SLA_CHECK_INTERVAL_SECONDS"] == "7"
     assert env["ONESTOP_NOTIFY_NATS_URL"] == platform.nats_url
     assert platform.env_for(BY_NAME["intake"])["ONESTOP_INTAKE_DATABASE_URL"] == intake.database_url
+    # Fewer malloc arenas (less RSS per service) unless the operator chose their own number.
+    assert env["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert platform.env_for(BY_NAME["notify"])["MALLOC_ARENA_MAX"] == "4"
 
 
 def test_a_database_given_in_code_is_the_one_migrated_seeded_and_served(clean_environment: Path) -> None:
