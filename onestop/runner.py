@@ -335,8 +335,8 @@ class Platform:
             env[prefix + key.upper()] = _env_value(value)
         env["PYTHONUNBUFFERED"] = "1"
         # glibc gives each thread that allocates its own arena (the database driver's threads, Polars' pool), and
-        # each keeps freed memory; two arenas cut every service's RSS under load by 8-15 MB in bench/api.py
-        # (eligibility 166 -> 157, notify 149 -> 135), the throughput the same. An operator's own value wins.
+        # each keeps freed memory. Under bench/api.py's load intake, routing and notify peaked at 135-144 MB with two
+        # arenas against 149-150 MB without (two runs against one), the throughput the same. An operator's value wins.
         env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
 
