@@ -43,6 +43,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # Keys of ``AsyncSession.info``.
 READ_ONLY = "onestop_read_only"
+# Set on a read-only unit of work that reads one snapshot: on connections of its own (SQLite's file, PostgreSQL), not
+# on the one in-memory SQLite connection that writes share, where another transaction's writes can land in between.
+ONE_SNAPSHOT = "onestop_one_snapshot"
 DEFERRED_WRITES = "onestop_deferred_writes"
 
 DeferredWrite = Callable[[AsyncSession], Awaitable[Any]]
@@ -177,6 +180,7 @@ class Database:
         transaction, when the block ended normally."""
         async with self.read_sessionmaker() as session:
             session.info[READ_ONLY] = True
+            session.info[ONE_SNAPSHOT] = self.read_engine is not self.engine
             async with session.begin():
                 yield session
             deferred: list[DeferredWrite] = session.info.pop(DEFERRED_WRITES, [])

@@ -42,6 +42,7 @@ from services.intake.schemas import (
     ReferralView,
     TimelineEntryView,
 )
+from shared.db import ONE_SNAPSHOT
 from shared.events import (
     CaseAssigned,
     CaseClosed,
@@ -699,7 +700,19 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
     # On PostgreSQL each read sees what was committed when it ran (no snapshot spans them). Every change to the view
     # appends to the timeline in the same transaction, so the timeline is read before and after the rest and the
     # reads start again if an event landed in between: what the view shows and its timeline then agree.
-    # (A read-only unit of work reads one snapshot on either database; this is for a view built in a write one.)
+    # A read-only unit of work reads one snapshot (shared.db.ONE_SNAPSHOT): there each part is read once, one round
+    # trip fewer for every status a resident looks at.
+    if repo.session.info.get(ONE_SNAPSHOT):
+        return assemble_view(
+            application,
+            determination=await repo.determination(application.id),
+            cases=await repo.cases(application.id),
+            notifications=await repo.notifications(application.id),
+            timeline=await repo.timeline(application.id),
+            feedback=await repo.feedback(application.id),
+            referrals=await repo.referrals(application.id),
+            household=await repo.household_case_of(application.resident_id),
+        )
     timeline = await repo.timeline(application.id)
     read: list[Any] = []
     for _ in range(_CONSISTENT_READ_ATTEMPTS):

@@ -465,3 +465,49 @@ async def test_the_resident_sees_their_household_case_in_the_one_status(intake: 
     view = await view_when(intake, me, application["id"], lambda v: v["household_case"]["status"] == "closed")
     household = view["household_case"]
     assert (household["outcome"], household["follow_up_check_on"]) == ("goals_met", "2026-01-14")
+
+
+async def test_a_status_read_in_one_snapshot_reads_its_timeline_once_and_a_write_checks_it_again(
+    intake: RunningService,
+) -> None:
+    """A resident's GET reads one snapshot (SQLite's read connection, PostgreSQL's REPEATABLE READ), so the view's
+    parts are read once each; a view built in a write transaction (answering, withdrawing) reads the timeline before
+    and after the rest, since an event can land in between there."""
+    from sqlalchemy import event
+
+    from services.intake.repository import Repository
+    from services.intake.status import build_view
+
+    resident_id, me = await register_self(intake)
+    application = await file_application(intake, me, birth_application(resident_id))
+    db = intake.runtime.db
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    # PostgreSQL's read engine is the write engine with options (its statements reach the write engine's listeners);
+    # SQLite's file has read connections of their own.
+    engines = [db.engine.sync_engine]
+    if db.read_engine.sync_engine.pool is not db.engine.sync_engine.pool:
+        engines.append(db.read_engine.sync_engine)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    try:
+        response = await intake.client.get(f"/v1/applications/{application['id']}", headers=me)
+        assert response.status_code == 200
+        assert [t["type"] for t in response.json()["timeline"]] == ["application.submitted"]
+        read = [s for s in statements if "FROM timeline_entries" in s]
+        statements.clear()
+        async with db.session() as session:
+            repo = Repository(session)
+            filed = await repo.application(uuid.UUID(application["id"]))
+            assert filed is not None
+            built = await build_view(repo, filed)
+        assert [t.type for t in built.timeline] == ["application.submitted"]
+        written = [s for s in statements if "FROM timeline_entries" in s]
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", record)
+    assert len(read) == 1, read
+    assert len(written) == 2, written
