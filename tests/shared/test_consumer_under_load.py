@@ -141,34 +141,12 @@ async def test_a_batch_commits_what_it_applied_and_lets_a_waiting_writer_in_befo
     h = _Held(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
     await h.setup()
     try:
-        lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
-        before = [h.event(withdrawn()) for _ in range(3)]
-        hold = h.event(withdrawn(reason=HOLD))
-        after = [h.event(withdrawn()) for _ in range(6)]
-        for e in [lead, *before, hold, *after]:
-            await h.bus.publish_event(e)
-        # The budget is spent at once: the batch's transaction ends as soon as a writer waits (how long a
-        # transaction runs before giving way is measured in the benches, not here).
-        await h.start_consumer(transaction_budget=0.0)
-        await wait_until(h.holding.is_set)
-
-        async def writer() -> None:  # a request writing meanwhile, on SQLite waiting for the writer lock
-            async with h.db.session() as session:
-                await session.execute(
-                    insert(effects).values(
-                        application_id="writer", event_id="writer", applied_at=dt.datetime.now(dt.UTC)
-                    )
-                )
-
-        request = asyncio.create_task(writer())
+        lead, before, hold, after = await _a_batch_held(h)
+        request = asyncio.create_task(_write_effect(h, "writer"))  # a request, on SQLite waiting for the writer lock
         await wait_until(lambda: h.db.writers_waiting() > 0)
         h.gate.set()
         await request
-
-        async def all_applied() -> bool:
-            return len(await _effects(h)) == 12
-
-        await wait_until(all_applied)
+        await _all_applied(h, 12)
         assert await _effects(h) == [lead.id, *(e.id for e in before), hold.id, "writer", *(e.id for e in after)], (
             "the batch committed up to the held event, the waiting writer went next, then the rest of the batch"
         )
@@ -185,21 +163,11 @@ async def test_a_batch_does_not_give_way_to_background_work_waiting_to_write(
     h = _Held(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
     await h.setup()
     try:
-        lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
-        before = [h.event(withdrawn()) for _ in range(3)]
-        hold = h.event(withdrawn(reason=HOLD))
-        after = [h.event(withdrawn()) for _ in range(6)]
-        for e in [lead, *before, hold, *after]:
-            await h.bus.publish_event(e)
-        await h.start_consumer(transaction_budget=0.0)
-        await wait_until(h.holding.is_set)
+        lead, before, hold, after = await _a_batch_held(h)
 
         async def relay() -> None:  # background work (another consumer, the outbox relay) writing meanwhile
             background()
-            async with h.db.session() as session:
-                await session.execute(
-                    insert(effects).values(application_id="relay", event_id="relay", applied_at=dt.datetime.now(dt.UTC))
-                )
+            await _write_effect(h, "relay")
 
         waiting = asyncio.create_task(relay())
         await wait_until(lambda: _background_waiting(h))
@@ -207,16 +175,42 @@ async def test_a_batch_does_not_give_way_to_background_work_waiting_to_write(
         h.gate.set()
         await waiting
 
-        async def all_applied() -> bool:
-            return len(await _effects(h)) == 12
-
-        await wait_until(all_applied)
+        await _all_applied(h, 12)
         assert await _effects(h) == [lead.id, *(e.id for e in before), hold.id, *(e.id for e in after), "relay"], (
             "the batch went on to its end in its transaction; the background writer went after it"
         )
     finally:
         h.gate.set()
         await h.stop()
+
+
+async def _a_batch_held(h: _Held) -> tuple[CloudEvent, list[CloudEvent], CloudEvent, list[CloudEvent]]:
+    """Eleven events published, and a consumer holding the fifth in its batch's transaction."""
+    lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
+    before = [h.event(withdrawn()) for _ in range(3)]
+    hold = h.event(withdrawn(reason=HOLD))
+    after = [h.event(withdrawn()) for _ in range(6)]
+    for e in [lead, *before, hold, *after]:
+        await h.bus.publish_event(e)
+    # The budget is spent at once: the batch's transaction ends as soon as a writer waits (how long a transaction
+    # runs before giving way is measured in the benches, not here).
+    await h.start_consumer(transaction_budget=0.0)
+    await wait_until(h.holding.is_set)
+    return lead, before, hold, after
+
+
+async def _write_effect(h: Harness, name: str) -> None:
+    async with h.db.session() as session:
+        await session.execute(
+            insert(effects).values(application_id=name, event_id=name, applied_at=dt.datetime.now(dt.UTC))
+        )
+
+
+async def _all_applied(h: Harness, count: int) -> None:
+    async def applied() -> bool:
+        return len(await _effects(h)) == count
+
+    await wait_until(applied)
 
 
 async def _background_waiting(h: Harness) -> bool:
