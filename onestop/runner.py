@@ -763,4 +763,13 @@ def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.P
     raise PlatformError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
-__all__ = ["NatsNodePorts", "Platform", "PlatformConfig", "PlatformError", "free_port", "terminate", "wait_for_port"]
+__all__ = [
+    "NatsNodePorts",
+    "Platform",
+    "PlatformConfig",
+    "PlatformError",
+    "free_port",
+    "terminate",
+    "unused_port",
+    "wait_for_port",
+]

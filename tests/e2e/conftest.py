@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from onestop.registry import SERVICES
-from onestop.runner import Platform, PlatformConfig, free_port
+from onestop.runner import Platform, PlatformConfig, unused_port
 from tests.e2e.support import Api, WebhookEndpoint, webhook_endpoint
 
 # A partner that reports facts for the tax department (the National Tax Service's connector).
@@ -19,9 +19,9 @@ TAX_SOURCE = "nts"
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     config = PlatformConfig(
         var_dir=tmp_path_factory.mktemp("var"),
-        nats_port=free_port(),
-        nats_http_port=free_port(),
-        ports={s.name: free_port() for s in SERVICES},
+        nats_port=unused_port(),
+        nats_http_port=unused_port(),
+        ports={s.name: unused_port() for s in SERVICES},
         ready_timeout=90,
         overrides={
             "eligibility": {"partner_departments": {TAX_SOURCE: "tax"}},

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from onestop.registry import SERVICES
-from onestop.runner import Platform, PlatformConfig, free_port
+from onestop.runner import Platform, PlatformConfig, unused_port
 from shared.auth import Role
 from tests.e2e.support import JSON, Api, eventually, programs
 
@@ -26,9 +26,9 @@ AHEAD = dt.timedelta(days=45)
 def proactive_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     config = PlatformConfig(
         var_dir=tmp_path_factory.mktemp("proactive"),
-        nats_port=free_port(),
-        nats_http_port=free_port(),
-        ports={s.name: free_port() for s in SERVICES},
+        nats_port=unused_port(),
+        nats_http_port=unused_port(),
+        ports={s.name: unused_port() for s in SERVICES},
         ready_timeout=90,
         overrides={
             "eligibility": {"screening_check_interval_seconds": 0.3},

@@ -18,7 +18,7 @@ from onestop.cli import _banner
 from onestop.natsauth import PasswordStore, partner_user_name
 from onestop.natsconf import nats_server_binary
 from onestop.registry import BY_NAME, ROOT, SERVICES
-from onestop.runner import Platform, PlatformConfig, free_port
+from onestop.runner import Platform, PlatformConfig, unused_port
 from tests.support.nats import NatsServer
 from tests.support.nats_clients import Client, connect
 from tests.support.waiting import wait_until
@@ -78,9 +78,9 @@ def test_the_runner_gives_each_service_its_user_and_keeps_the_passwords(tmp_path
         return Platform(
             PlatformConfig(
                 var_dir=tmp_path / "var",
-                nats_port=free_port(),
+                nats_port=unused_port(),
                 nats_http_port=None,
-                ports={s.name: free_port() for s in SERVICES},
+                ports={s.name: unused_port() for s in SERVICES},
             )
         )
 
@@ -158,7 +158,7 @@ def test_the_generator_writes_a_config_nats_server_accepts_and_keeps_passwords(t
     assert '"onestop.partner.hanbit-bank.>"' in first
 
     server_conf = tmp_path / "nats.conf"
-    server_conf.write_text(f"listen: 127.0.0.1:{free_port()}\ninclude ./auth.conf\n")
+    server_conf.write_text(f"listen: 127.0.0.1:{unused_port()}\ninclude ./auth.conf\n")
     checked = subprocess.run([nats_server_binary(), "-c", str(server_conf), "-t"], capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stderr.decode() + checked.stdout.decode()
 

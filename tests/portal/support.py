@@ -15,7 +15,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from onestop.registry import PORTAL, SERVICES
-from onestop.runner import Platform, PlatformConfig, free_port
+from onestop.runner import Platform, PlatformConfig, unused_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 PHONE = {"width": 375, "height": 812}
@@ -38,9 +38,9 @@ def platform_config(var_dir: Path) -> PlatformConfig:
     """The whole platform with the portal, on free ports, with notify's timers short enough for journeys."""
     return PlatformConfig(
         var_dir=var_dir,
-        nats_port=free_port(),
+        nats_port=unused_port(),
         nats_http_port=None,
-        ports={**{s.name: free_port() for s in SERVICES}, PORTAL.name: free_port()},
+        ports={**{s.name: unused_port() for s in SERVICES}, PORTAL.name: unused_port()},
         ready_timeout=120,
         overrides={
             "notify": {"worker_interval_seconds": 0.2, "bundle_window_seconds": 1.0, "retry_base_seconds": 0.5},

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from onestop.runner import free_port
+from onestop.runner import unused_port
 from services.intake.main import create_app as create_intake_app
 from services.intake.settings import IntakeSettings
 from shared.auth import Role, TokenIssuer
@@ -35,7 +35,7 @@ class IntakeServer:
     talks to it over that HTTP."""
 
     issuer: TokenIssuer
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=unused_port)
     settings: IntakeSettings | None = field(default=None, init=False)
     client: httpx.AsyncClient = field(init=False, repr=False)
     _stack: contextlib.AsyncExitStack | None = field(default=None, init=False, repr=False)

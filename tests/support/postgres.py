@@ -12,12 +12,12 @@ import uuid
 from pathlib import Path
 
 from onestop.postgres import LocalPostgres
-from onestop.runner import free_port
+from onestop.runner import unused_port
 
 
 class PostgresServer(LocalPostgres):
     def __init__(self) -> None:
-        super().__init__(Path(tempfile.mkdtemp(prefix="onestop-pg-")), port=free_port(), fsync=False)
+        super().__init__(Path(tempfile.mkdtemp(prefix="onestop-pg-")), port=unused_port(), fsync=False)
 
     def start(self) -> PostgresServer:  # type: ignore[override]
         with open(self.directory / "pg.log", "ab") as log:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from onestop.runner import free_port
+from onestop.runner import unused_port
 
 
 @dataclass
@@ -80,7 +80,7 @@ def mail_server(directory: Path, *, user: str, password: str) -> Iterator[MailSe
     """A real SMTP server on loopback that requires STARTTLS and AUTH with ``user`` and ``password``, as a mail relay
     would (its certificate is made in ``directory``)."""
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd warns about its own deprecated internals
-    mail = MailServer("127.0.0.1", free_port())
+    mail = MailServer("127.0.0.1", unused_port())
 
     def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
         ok = isinstance(data, LoginPassword) and (data.login, data.password) == (

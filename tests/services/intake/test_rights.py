@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from onestop.runner import free_port
+from onestop.runner import unused_port
 from services.intake import erasure
 from services.intake.context import IntakeContext
 from services.intake.models import (
@@ -180,7 +180,7 @@ async def test_an_export_a_service_cannot_give_is_retried_then_fails_naming_it(
     async with running_service(
         "intake", database_url=database_url, nats_url=nats_server.url, prefix=bus_prefix, keys_dir=keys_dir,
         issuer=issuer, eligibility_url=eligibility_url, service_token=intake_token,
-        resident_data_services=["eligibility", "routing"], routing_url=f"http://127.0.0.1:{free_port()}",
+        resident_data_services=["eligibility", "routing"], routing_url=f"http://127.0.0.1:{unused_port()}",
         export_interval_seconds=0.1, export_retry_seconds=0.1, export_max_attempts=2, export_timeout_seconds=2,
     ) as service:  # fmt: skip
         resident_id, headers = await register_self(service)

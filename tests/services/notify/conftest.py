@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from onestop.registry import BY_NAME
-from onestop.runner import free_port
+from onestop.runner import unused_port
 from services.intake.settings import IntakeSettings
 from shared.auth import Role, TokenIssuer
 from shared.bus import Bus
@@ -107,7 +107,7 @@ async def intake(
             prefix=bus_prefix if intake_shares_stream else f"{bus_prefix}-intake",
             keys_dir=keys_dir,
             data_dir=tmp_path / "intake-data",
-            eligibility_url=f"http://127.0.0.1:{free_port()}",
+            eligibility_url=f"http://127.0.0.1:{unused_port()}",
             # The relay is woken by intake's own commits; the poll is only its fallback, and at the tests' usual
             # 0.05 s an idle intake would take CPU from the notify service under test.
             outbox_poll_interval_seconds=0.5,
