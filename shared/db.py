@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, Uuid, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared import sqlite
@@ -70,7 +71,22 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         engine = _sqlite_engine(url, echo=echo, pool_size=min(pool_size, SQLITE_WRITE_CONNECTIONS), max_overflow=0)
         _configure_sqlite(engine, read_only=False)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+    engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+    _check_out_open_connections(engine)
+    return engine
+
+
+def _check_out_open_connections(engine: AsyncEngine) -> None:
+    """A connection the server closed (a restart, ``pg_terminate_backend``, an idle timeout) is not handed out: asyncpg
+    knows it closed as soon as the loop has read the end of its socket, without asking the server. SQLAlchemy's
+    ``pool_pre_ping`` asks, at every checkout: through asyncpg that is three round trips (``BEGIN``, ``;``,
+    ``ROLLBACK``), as many as a status GET's own. A connection whose end has not been read yet fails its first
+    statement instead; SQLAlchemy then discards every connection of the pool made before it, and a client retries."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this connection")
 
 
 def _sqlite_engine(url: str, *, echo: bool, pool_size: int, max_overflow: int) -> AsyncEngine:

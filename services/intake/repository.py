@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -13,7 +14,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, inspect, or_, select,
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from services.intake.models import (
     Application,
@@ -40,6 +41,7 @@ from services.intake.models import (
 )
 from shared.auth import Principal, Role
 from shared.deps import SessionDep
+from shared.nested_rows import nested, unnest
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 # The applications a transaction locked (see Repository.application).
@@ -125,9 +127,26 @@ def resident_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
     return false()
 
 
+@dataclass(frozen=True)
+class StatusParts:
+    """What an application's status view shows beside the application, as one statement read it."""
+
+    determination: Determination | None
+    cases: list[Case]
+    notifications: list[Notification]
+    timeline: list[TimelineEntry]
+    feedback: Feedback | None
+    referrals: list[Referral]
+    household: HouseholdCaseStatus | None
+
+
 class Repository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    @property
+    def dialect(self) -> str:
+        return self.session.get_bind().dialect.name
 
     # ------------------------------------------------------------------------------------------ residents
 
@@ -141,7 +160,7 @@ class Repository:
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
-        insert = postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
         await self.session.execute(
             insert(RegistryHousehold)
             .values(registry_key=registry_key, id=uuid.uuid4(), created_at=now)
@@ -268,6 +287,95 @@ class Repository:
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def visible_status(
+        self, principal: Principal, application_id: uuid.UUID, *, today: dt.date
+    ) -> tuple[Application, StatusParts] | None:
+        """The application the caller may see and every part of its status, in one statement (one snapshot): its
+        determination, cases, notifications, timeline, feedback, referrals and the resident's household case. The
+        parts are for showing (not in the session), as :meth:`status_parts`."""
+        query = self._with_status_parts(
+            select(Application).where(Application.id == application_id, application_scope(principal, today))
+        )
+        row = (await self.session.execute(query)).one_or_none()
+        return None if row is None else (row[0], self._status_parts(row))
+
+    async def status_parts(self, application: Application) -> StatusParts:
+        """Every part of the application's status view, in one statement (one snapshot). The parts are for showing:
+        those of many rows (cases, notifications, timeline, referrals) are not in the session."""
+        query = self._with_status_parts(select(Application.id).where(Application.id == application.id))
+        return self._status_parts((await self.session.execute(query)).one())
+
+    def _with_status_parts(self, query: Any) -> Any:
+        """The query of one application (its first column), with the parts of its status view after it: the
+        one-to-one parts as entities (outer joins), those of many rows as JSON arrays (shared.nested_rows)."""
+        dialect = self.dialect
+        latest = aliased(HouseholdCaseStatus)
+        household_case_id = (
+            select(latest.household_case_id)
+            .where(latest.resident_id == Application.resident_id)
+            .order_by(latest.closed_at.is_(None).desc(), latest.updated_at.desc())  # as household_case_of
+            .limit(1)
+            .correlate(Application)
+            .scalar_subquery()
+        )
+        return (
+            query.add_columns(
+                Determination,
+                Feedback,
+                HouseholdCaseStatus,
+                nested(
+                    Case,
+                    Case.application_id == Application.id,
+                    outer=Application,
+                    order_by=[Case.first_seen_at],
+                    dialect=dialect,
+                ),
+                nested(
+                    Notification,
+                    Notification.application_id == Application.id,
+                    outer=Application,
+                    order_by=[Notification.status_at, Notification.notification_id],
+                    dialect=dialect,
+                ),
+                nested(
+                    TimelineEntry,
+                    TimelineEntry.application_id == Application.id,
+                    outer=Application,
+                    order_by=[TimelineEntry.occurred_at, TimelineEntry.id],
+                    dialect=dialect,
+                ),
+                nested(
+                    Referral,
+                    Referral.application_id == Application.id,
+                    outer=Application,
+                    order_by=[Referral.referred_at, Referral.referral_id],
+                    dialect=dialect,
+                ),
+            )
+            .outerjoin(Determination, Determination.application_id == Application.id)
+            .outerjoin(Feedback, Feedback.application_id == Application.id)
+            .outerjoin(
+                HouseholdCaseStatus,
+                and_(
+                    HouseholdCaseStatus.resident_id == Application.resident_id,
+                    HouseholdCaseStatus.household_case_id == household_case_id,
+                ),
+            )
+        )
+
+    @staticmethod
+    def _status_parts(row: Any) -> StatusParts:
+        _, determination, feedback, household, cases, notifications, timeline, referrals = row
+        return StatusParts(
+            determination=determination,
+            cases=unnest(Case, cases),
+            notifications=unnest(Notification, notifications),
+            timeline=unnest(TimelineEntry, timeline),
+            feedback=feedback,
+            referrals=unnest(Referral, referrals),
+            household=household,
+        )
 
     async def list_applications(
         self,

@@ -4,12 +4,14 @@ seen by its later statements (a status view must not show a timeline entry whose
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
 from shared.db import Database
 from tests.support.databases import database_with
+from tests.support.postgres import PostgresServer
 
 metadata = MetaData()
 entries = Table(
@@ -45,3 +47,30 @@ async def test_a_read_sees_one_snapshot_while_writes_commit_beside_it(db: Databa
 
     async with db.read_session() as reading:
         assert await names(reading) == ["before", "during"], "the next read sees it"
+
+
+async def test_a_connection_the_server_closed_is_never_handed_out(postgres_server: PostgresServer) -> None:
+    """PostgreSQL: after ``pg_terminate_backend`` (a failover, an operator) the pool's idle connections are closed;
+    the next unit of work gets a new one and succeeds, without a ping to the server at every checkout."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from tests.support.waiting import wait_until
+
+    url = postgres_server.create_database()
+    db = Database(url, pool_size=2, max_overflow=0)
+    try:
+        async with db.read_session() as session:
+            first = await session.scalar(text("SELECT pg_backend_pid()"))
+            driver: Any = (await (await session.connection()).get_raw_connection()).driver_connection
+        assert postgres_server.terminate_backends(make_url(url).database) == 1
+
+        async def closed() -> bool:
+            return bool(driver.is_closed())  # the pool's idle connection, once the loop has read its end
+
+        await wait_until(closed, timeout=10)
+        async with db.read_session() as session:
+            second = await session.scalar(text("SELECT pg_backend_pid()"))
+        assert second != first
+    finally:
+        await db.dispose()
