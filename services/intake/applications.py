@@ -226,14 +226,15 @@ async def submit(
     errors: list[dict[str, str]] = []
     # A resident files for themselves, and for a resident who named them representative to apply; any other
     # resident's id is as unknown to them as a made-up one. Staff file for anyone (at a counter).
-    resident, authority = None, None
+    resident, household, authority = None, None, None
     representation = await representation_for(repo, principal, body.resident_id, today)
     if representation is not None:
         if Act.APPLY.value not in representation.scopes:
             raise Forbidden("You may act for this resident, but not apply for them.")
         authority = representative_authority(representation)
     if principal.is_staff or principal.resident_id == body.resident_id or authority is not None:
-        resident = await repo.resident(body.resident_id)
+        # With their household case (if one runs), which shows in every view of their applications, this one too.
+        resident, household = await repo.resident_and_household_case(body.resident_id)
     if resident is not None and resident.erased_at is not None:
         resident = None  # their data was erased: no one files for them any more (erasure.py)
     if resident is None:
@@ -307,8 +308,7 @@ async def submit(
             purpose=purpose_of(authority) if authority is not None else PURPOSE_ASSISTED_APPLICATION,
             authority=authority,
         )
-    # The resident's household case (if one runs) shows in every view of their applications, this one too.
-    return new_application_view(application, received, await repo.household_case_of(resident.id))
+    return new_application_view(application, received, household)
 
 
 def _by(authority: Authority | None) -> dict[str, str]:

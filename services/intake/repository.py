@@ -127,6 +127,25 @@ def resident_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
     return false()
 
 
+def _shown_household_case_first(cases: Any) -> tuple[Any, ...]:
+    """A resident's household cases, the one to show first: the running one, else the latest closed."""
+    return (cases.closed_at.is_(None).desc(), cases.updated_at.desc())
+
+
+def _household_case_of(resident_id: Any, outer: Any) -> ColumnElement[bool]:
+    """The join condition of the household case shown for the resident (of the enclosing query's ``outer``)."""
+    latest = aliased(HouseholdCaseStatus)
+    shown = (
+        select(latest.household_case_id)
+        .where(latest.resident_id == resident_id)
+        .order_by(*_shown_household_case_first(latest))
+        .limit(1)
+        .correlate(outer)
+        .scalar_subquery()
+    )
+    return and_(HouseholdCaseStatus.resident_id == resident_id, HouseholdCaseStatus.household_case_id == shown)
+
+
 @dataclass(frozen=True)
 class StatusParts:
     """What an application's status view shows beside the application, as one statement read it."""
@@ -157,6 +176,19 @@ class Repository:
         if for_update:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def resident_and_household_case(
+        self, resident_id: uuid.UUID
+    ) -> tuple[Resident | None, HouseholdCaseStatus | None]:
+        """Unscoped, as :meth:`resident`: the resident and their household case (:meth:`household_case_of`), in one
+        statement (filing an application shows the household case in its answer)."""
+        query = (
+            select(Resident, HouseholdCaseStatus)
+            .outerjoin(HouseholdCaseStatus, _household_case_of(Resident.id, Resident))
+            .where(Resident.id == resident_id)
+        )
+        row = (await self.session.execute(query)).one_or_none()
+        return (None, None) if row is None else (row[0], row[1])
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
@@ -310,15 +342,6 @@ class Repository:
         """The query of one application (its first column), with the parts of its status view after it: the
         one-to-one parts as entities (outer joins), those of many rows as JSON arrays (shared.nested_rows)."""
         dialect = self.dialect
-        latest = aliased(HouseholdCaseStatus)
-        household_case_id = (
-            select(latest.household_case_id)
-            .where(latest.resident_id == Application.resident_id)
-            .order_by(latest.closed_at.is_(None).desc(), latest.updated_at.desc())  # as household_case_of
-            .limit(1)
-            .correlate(Application)
-            .scalar_subquery()
-        )
         return (
             query.add_columns(
                 Determination,
@@ -355,13 +378,7 @@ class Repository:
             )
             .outerjoin(Determination, Determination.application_id == Application.id)
             .outerjoin(Feedback, Feedback.application_id == Application.id)
-            .outerjoin(
-                HouseholdCaseStatus,
-                and_(
-                    HouseholdCaseStatus.resident_id == Application.resident_id,
-                    HouseholdCaseStatus.household_case_id == household_case_id,
-                ),
-            )
+            .outerjoin(HouseholdCaseStatus, _household_case_of(Application.resident_id, Application))
         )
 
     @staticmethod
@@ -424,7 +441,7 @@ class Repository:
         query = (
             select(HouseholdCaseStatus)
             .where(HouseholdCaseStatus.resident_id == resident_id)
-            .order_by(HouseholdCaseStatus.closed_at.is_(None).desc(), HouseholdCaseStatus.updated_at.desc())
+            .order_by(*_shown_household_case_first(HouseholdCaseStatus))
             .limit(1)
         )
         return (await self.session.execute(query)).scalar_one_or_none()
