@@ -74,3 +74,36 @@ async def test_a_connection_the_server_closed_is_never_handed_out(postgres_serve
         assert second != first
     finally:
         await db.dispose()
+
+
+async def test_a_read_defers_its_one_statement_to_a_transaction_of_its_own(db: Database) -> None:
+    """What a read records (an audit entry, one statement) is written when the read ends well: on PostgreSQL alone,
+    without a BEGIN and a COMMIT around it; on SQLite in a write transaction (which takes the writer lock). A read
+    that fails writes nothing, and a read that defers more than one write writes them in one transaction."""
+    from shared.db import defer_write
+    from tests.support.round_trips import round_trips
+
+    with round_trips(db) as sent:
+        async with db.read_session() as reading:
+            assert await names(reading) == []
+            defer_write(reading, lambda writer: writer.execute(insert(entries).values(name="read")), one_statement=True)
+    boundaries = [s for s in sent if not s.startswith(("SELECT", "INSERT"))]
+    if db.dialect == "postgresql":
+        assert boundaries == ["BEGIN", "COMMIT"], sent  # the read's; the entry is its own transaction
+    else:
+        assert boundaries == ["BEGIN", "COMMIT", "BEGIN", "COMMIT"], sent
+
+    async def failing_read() -> None:
+        async with db.read_session() as reading:
+            defer_write(
+                reading, lambda writer: writer.execute(insert(entries).values(name="failed")), one_statement=True
+            )
+            raise LookupError("the read failed")
+
+    with pytest.raises(LookupError):
+        await failing_read()
+    async with db.read_session() as reading:
+        defer_write(reading, lambda writer: writer.execute(insert(entries).values(name="one")), one_statement=True)
+        defer_write(reading, lambda writer: writer.execute(insert(entries).values(name="two")))
+    async with db.read_session() as reading:
+        assert await names(reading) == ["read", "one", "two"]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from shared.db import Database
@@ -37,8 +37,12 @@ def round_trips(db: Database) -> Iterator[list[str]]:
             sent.append(" ".join(text.split()))
 
     def boundary(kind: str) -> Any:
-        def record(*_: Any) -> None:
-            if mine():
+        def record(*args: Any) -> None:
+            connection = next((a for a in args if isinstance(a, Connection)), None)
+            autocommit = connection is not None and connection.get_execution_options().get("isolation_level") == (
+                "AUTOCOMMIT"
+            )
+            if mine() and not autocommit:  # a statement in autocommit is its own transaction: no BEGIN, no COMMIT
                 sent.append(kind)
 
         return record

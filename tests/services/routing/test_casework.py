@@ -431,7 +431,10 @@ async def test_a_queue_page_reads_the_office_and_its_cases_in_one_statement(rout
     reads = [s for s in sent if s.startswith("SELECT")]
     assert len(reads) == 1, reads
     assert [s.split(" (")[0] for s in sent if s.startswith("INSERT")] == ["INSERT INTO audit_log"]
-    assert len(sent) == 6, sent  # BEGIN, the page, COMMIT; BEGIN, the audit entry, COMMIT
+    if routing.runtime.db.dialect == "postgresql":
+        assert len(sent) == 4, sent  # BEGIN, the page, COMMIT; the audit entry, a transaction of its own
+    else:
+        assert len(sent) == 6, sent  # BEGIN, the page, COMMIT; BEGIN, the audit entry, COMMIT (the writer lock's)
 
     mapo = caseworker(routing, "mia", office="MAPO-CSC")
     empty = await client.get("/v1/queues/MAPO-CSC", headers=mapo)
