@@ -91,7 +91,7 @@ class AuditLog:
         )
         if is_read_only(session):
             # A read (a GET): the entry is written when the read ends, before the answer leaves (shared.db).
-            defer_write(session, lambda writer: writer.execute(entry))
+            defer_write(session, lambda writer: writer.execute(entry), one_statement=True)
         else:
             await session.execute(entry)
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, Uuid, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from shared import sqlite
@@ -49,6 +50,8 @@ ONE_SNAPSHOT = "onestop_one_snapshot"
 DEFERRED_WRITES = "onestop_deferred_writes"
 
 DeferredWrite = Callable[[AsyncSession], Awaitable[Any]]
+# Keys of the deferred writes that are one statement each (an audit entry's INSERT).
+ONE_STATEMENT_WRITES = "onestop_one_statement_writes"
 
 
 def is_sqlite(url: str) -> bool:
@@ -70,7 +73,22 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         engine = _sqlite_engine(url, echo=echo, pool_size=min(pool_size, SQLITE_WRITE_CONNECTIONS), max_overflow=0)
         _configure_sqlite(engine, read_only=False)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+    engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+    _check_out_open_connections(engine)
+    return engine
+
+
+def _check_out_open_connections(engine: AsyncEngine) -> None:
+    """A connection the server closed (a restart, ``pg_terminate_backend``, an idle timeout) is not handed out: asyncpg
+    knows it closed as soon as the loop has read the end of its socket, without asking the server. SQLAlchemy's
+    ``pool_pre_ping`` asks, at every checkout: through asyncpg that is three round trips (``BEGIN``, ``;``,
+    ``ROLLBACK``), as many as a status GET's own. A connection whose end has not been read yet fails its first
+    statement instead; SQLAlchemy then discards every connection of the pool made before it, and a client retries."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this connection")
 
 
 def _sqlite_engine(url: str, *, echo: bool, pool_size: int, max_overflow: int) -> AsyncEngine:
@@ -127,6 +145,13 @@ class Database:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        # PostgreSQL: a single statement is a transaction of its own, without a BEGIN and a COMMIT around it (two round
+        # trips fewer). For what a read defers when that is one statement (its audit entry), see read_session.
+        self._single_statements = (
+            async_sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+            if not is_sqlite(url)
+            else None
+        )
         self.read_sessionmaker = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=True)
         self._after_commit: list[Callable[[AsyncSession], None]] = []
         self._writer: tuple[weakref.ref[asyncio.AbstractEventLoop], sqlite.Writer | None] | None = None
@@ -184,7 +209,11 @@ class Database:
             async with session.begin():
                 yield session
             deferred: list[DeferredWrite] = session.info.pop(DEFERRED_WRITES, [])
-        if deferred:
+            single = len(deferred) == 1 and bool(session.info.pop(ONE_STATEMENT_WRITES, 0))
+        if single and self._single_statements is not None:
+            async with self._single_statements() as writer:  # one statement: its own transaction
+                await deferred[0](writer)
+        elif deferred:
             async with self.session() as writer:
                 for write in deferred:
                     await write(writer)
@@ -236,10 +265,13 @@ def is_read_only(session: AsyncSession) -> bool:
     return bool(session.info.get(READ_ONLY))
 
 
-def defer_write(session: AsyncSession, write: DeferredWrite) -> None:
+def defer_write(session: AsyncSession, write: DeferredWrite, *, one_statement: bool = False) -> None:
     """From a read-only unit of work: run ``write`` in a write transaction once the read ends well (before the
-    answer is sent), or not at all when it fails."""
+    answer is sent), or not at all when it fails. ``one_statement``: ``write`` executes a single statement, which on
+    PostgreSQL is then sent alone, a transaction of its own, when it is all the read deferred."""
     session.info.setdefault(DEFERRED_WRITES, []).append(write)
+    if one_statement:
+        session.info[ONE_STATEMENT_WRITES] = session.info.get(ONE_STATEMENT_WRITES, 0) + 1
 
 
 async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame) -> None:

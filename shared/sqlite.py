@@ -269,9 +269,19 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def rollback(self) -> None:
         try:
-            super().rollback()
+            if self._in_transaction():
+                super().rollback()
         finally:
             self._release()
+
+    def _in_transaction(self) -> bool:
+        """Whether a transaction is open: sqlite3 rolls back nothing otherwise, but the call would still cost a hop to
+        aiosqlite's thread, and the pool rolls back every connection given back to it (after each commit). Read from
+        the loop's thread: a flag of the connection (``sqlite3_get_autocommit``), read while nothing runs on it."""
+        try:
+            return bool(self._connection._conn.in_transaction)
+        except ValueError:  # aiosqlite's connection is closed: let it say so
+            return True
 
     def close(self) -> None:
         try:

@@ -49,6 +49,7 @@ from services.intake.status import (
     program_states,
     refresh_status,
     settled,
+    status_view,
 )
 from shared.audit import Authority
 from shared.auth import Principal
@@ -225,14 +226,15 @@ async def submit(
     errors: list[dict[str, str]] = []
     # A resident files for themselves, and for a resident who named them representative to apply; any other
     # resident's id is as unknown to them as a made-up one. Staff file for anyone (at a counter).
-    resident, authority = None, None
+    resident, household, authority = None, None, None
     representation = await representation_for(repo, principal, body.resident_id, today)
     if representation is not None:
         if Act.APPLY.value not in representation.scopes:
             raise Forbidden("You may act for this resident, but not apply for them.")
         authority = representative_authority(representation)
     if principal.is_staff or principal.resident_id == body.resident_id or authority is not None:
-        resident = await repo.resident(body.resident_id)
+        # With their household case (if one runs), which shows in every view of their applications, this one too.
+        resident, household = await repo.resident_and_household_case(body.resident_id)
     if resident is not None and resident.erased_at is not None:
         resident = None  # their data was erased: no one files for them any more (erasure.py)
     if resident is None:
@@ -306,8 +308,7 @@ async def submit(
             purpose=purpose_of(authority) if authority is not None else PURPOSE_ASSISTED_APPLICATION,
             authority=authority,
         )
-    # The resident's household case (if one runs) shows in every view of their applications, this one too.
-    return new_application_view(application, received, await repo.household_case_of(resident.id))
+    return new_application_view(application, received, household)
 
 
 def _by(authority: Authority | None) -> dict[str, str]:
@@ -548,9 +549,11 @@ async def give_feedback(
 async def read(repo: Repository, principal: Principal, application_id: uuid.UUID, today: dt.date) -> ApplicationView:
     """One status across every department, for whoever may see the application (reads by anyone but the resident
     are logged)."""
-    application = await repo.visible_application(principal, application_id, today=today)
-    if application is None:
+    # The application and every part of its status in one statement: one round trip for a resident's own.
+    status = await repo.visible_status(principal, application_id, today=today)
+    if status is None:
         raise NotFound(f"No application {application_id}.")
+    application, parts = status
     purpose, authority = await application_read_purpose(repo, principal, application.resident_id, today)
     await record_access(
         repo,
@@ -562,7 +565,7 @@ async def read(repo: Repository, principal: Principal, application_id: uuid.UUID
         purpose=purpose,
         authority=authority,
     )
-    return await build_view(repo, application)
+    return status_view(application, parts)
 
 
 async def list_visible(

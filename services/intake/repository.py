@@ -5,7 +5,9 @@ authority they gave) may see what they act on while that lasts: the scopes depen
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -13,7 +15,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, inspect, or_, select,
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from services.intake.models import (
     Application,
@@ -40,6 +42,7 @@ from services.intake.models import (
 )
 from shared.auth import Principal, Role
 from shared.deps import SessionDep
+from shared.nested_rows import nested, unnest
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 # The applications a transaction locked (see Repository.application).
@@ -125,9 +128,75 @@ def resident_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
     return false()
 
 
+def _shown_household_case_first(cases: Any) -> tuple[Any, ...]:
+    """A resident's household cases, the one to show first: the running one, else the latest closed."""
+    return (cases.closed_at.is_(None).desc(), cases.updated_at.desc())
+
+
+def _household_case_of(resident_id: Any, outer: Any) -> ColumnElement[bool]:
+    """The join condition of the household case shown for the resident (of the enclosing query's ``outer``)."""
+    latest = aliased(HouseholdCaseStatus)
+    shown = (
+        select(latest.household_case_id)
+        .where(latest.resident_id == resident_id)
+        .order_by(*_shown_household_case_first(latest))
+        .limit(1)
+        .correlate(outer)
+        .scalar_subquery()
+    )
+    return and_(HouseholdCaseStatus.resident_id == resident_id, HouseholdCaseStatus.household_case_id == shown)
+
+
+# The parts of a status view are the same SQL for every application: built once (building them took half the CPU of
+# a status GET).
+
+
+@functools.cache
+def _household_case_of_application() -> ColumnElement[bool]:
+    return _household_case_of(Application.resident_id, Application)
+
+
+@functools.cache
+def _household_case_of_resident() -> ColumnElement[bool]:
+    return _household_case_of(Resident.id, Resident)
+
+
+@functools.cache
+def _status_part_arrays(dialect: str) -> tuple[Any, ...]:
+    """An application's cases, notifications, timeline and referrals, each a JSON array in the order the view shows
+    them."""
+    parts: tuple[tuple[type[Any], Any, list[Any]], ...] = (
+        (Case, Case.application_id, [Case.first_seen_at]),
+        (Notification, Notification.application_id, [Notification.status_at, Notification.notification_id]),
+        (TimelineEntry, TimelineEntry.application_id, [TimelineEntry.occurred_at, TimelineEntry.id]),
+        (Referral, Referral.application_id, [Referral.referred_at, Referral.referral_id]),
+    )
+    return tuple(
+        nested(model, of == Application.id, outer=Application, order_by=order, dialect=dialect)
+        for model, of, order in parts
+    )
+
+
+@dataclass(frozen=True)
+class StatusParts:
+    """What an application's status view shows beside the application, as one statement read it."""
+
+    determination: Determination | None
+    cases: list[Case]
+    notifications: list[Notification]
+    timeline: list[TimelineEntry]
+    feedback: Feedback | None
+    referrals: list[Referral]
+    household: HouseholdCaseStatus | None
+
+
 class Repository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    @property
+    def dialect(self) -> str:
+        return self.session.get_bind().dialect.name
 
     # ------------------------------------------------------------------------------------------ residents
 
@@ -139,9 +208,22 @@ class Repository:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
 
+    async def resident_and_household_case(
+        self, resident_id: uuid.UUID
+    ) -> tuple[Resident | None, HouseholdCaseStatus | None]:
+        """Unscoped, as :meth:`resident`: the resident and their household case (:meth:`household_case_of`), in one
+        statement (filing an application shows the household case in its answer)."""
+        query = (
+            select(Resident, HouseholdCaseStatus)
+            .outerjoin(HouseholdCaseStatus, _household_case_of_resident())
+            .where(Resident.id == resident_id)
+        )
+        row = (await self.session.execute(query)).one_or_none()
+        return (None, None) if row is None else (row[0], row[1])
+
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
-        insert = postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
         await self.session.execute(
             insert(RegistryHousehold)
             .values(registry_key=registry_key, id=uuid.uuid4(), created_at=now)
@@ -269,6 +351,47 @@ class Repository:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
 
+    async def visible_status(
+        self, principal: Principal, application_id: uuid.UUID, *, today: dt.date
+    ) -> tuple[Application, StatusParts] | None:
+        """The application the caller may see and every part of its status, in one statement (one snapshot): its
+        determination, cases, notifications, timeline, feedback, referrals and the resident's household case. The
+        parts are for showing (not in the session), as :meth:`status_parts`."""
+        query = self._with_status_parts(
+            select(Application).where(Application.id == application_id, application_scope(principal, today))
+        )
+        row = (await self.session.execute(query)).one_or_none()
+        return None if row is None else (row[0], self._status_parts(row))
+
+    async def status_parts(self, application: Application) -> StatusParts:
+        """Every part of the application's status view, in one statement (one snapshot). The parts are for showing:
+        those of many rows (cases, notifications, timeline, referrals) are not in the session."""
+        query = self._with_status_parts(select(Application.id).where(Application.id == application.id))
+        return self._status_parts((await self.session.execute(query)).one())
+
+    def _with_status_parts(self, query: Any) -> Any:
+        """The query of one application (its first column), with the parts of its status view after it: the
+        one-to-one parts as entities (outer joins), those of many rows as JSON arrays (shared.nested_rows)."""
+        return (
+            query.add_columns(Determination, Feedback, HouseholdCaseStatus, *_status_part_arrays(self.dialect))
+            .outerjoin(Determination, Determination.application_id == Application.id)
+            .outerjoin(Feedback, Feedback.application_id == Application.id)
+            .outerjoin(HouseholdCaseStatus, _household_case_of_application())
+        )
+
+    @staticmethod
+    def _status_parts(row: Any) -> StatusParts:
+        _, determination, feedback, household, cases, notifications, timeline, referrals = row
+        return StatusParts(
+            determination=determination,
+            cases=unnest(Case, cases),
+            notifications=unnest(Notification, notifications),
+            timeline=unnest(TimelineEntry, timeline),
+            feedback=feedback,
+            referrals=unnest(Referral, referrals),
+            household=household,
+        )
+
     async def list_applications(
         self,
         principal: Principal,
@@ -316,7 +439,7 @@ class Repository:
         query = (
             select(HouseholdCaseStatus)
             .where(HouseholdCaseStatus.resident_id == resident_id)
-            .order_by(HouseholdCaseStatus.closed_at.is_(None).desc(), HouseholdCaseStatus.updated_at.desc())
+            .order_by(*_shown_household_case_first(HouseholdCaseStatus))
             .limit(1)
         )
         return (await self.session.execute(query)).scalar_one_or_none()

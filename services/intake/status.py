@@ -28,7 +28,7 @@ from services.intake.models import (
     Referral,
     TimelineEntry,
 )
-from services.intake.repository import Repository
+from services.intake.repository import Repository, StatusParts
 from services.intake.schemas import (
     ApplicationStatus,
     ApplicationView,
@@ -700,19 +700,10 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
     # On PostgreSQL each read sees what was committed when it ran (no snapshot spans them). Every change to the view
     # appends to the timeline in the same transaction, so the timeline is read before and after the rest and the
     # reads start again if an event landed in between: what the view shows and its timeline then agree.
-    # A read-only unit of work reads one snapshot (shared.db.ONE_SNAPSHOT): there each part is read once, one round
-    # trip fewer for every status a resident looks at.
+    # A read-only unit of work reads one snapshot (shared.db.ONE_SNAPSHOT): there the parts are read at once, in one
+    # statement.
     if repo.session.info.get(ONE_SNAPSHOT):
-        return assemble_view(
-            application,
-            determination=await repo.determination(application.id),
-            cases=await repo.cases(application.id),
-            notifications=await repo.notifications(application.id),
-            timeline=await repo.timeline(application.id),
-            feedback=await repo.feedback(application.id),
-            referrals=await repo.referrals(application.id),
-            household=await repo.household_case_of(application.resident_id),
-        )
+        return status_view(application, await repo.status_parts(application))
     timeline = await repo.timeline(application.id)
     read: list[Any] = []
     for _ in range(_CONSISTENT_READ_ATTEMPTS):
@@ -743,6 +734,19 @@ async def build_view(repo: Repository, application: Application) -> ApplicationV
         feedback=feedback,
         referrals=referrals,
         household=household,
+    )
+
+
+def status_view(application: Application, parts: StatusParts) -> ApplicationView:
+    return assemble_view(
+        application,
+        determination=parts.determination,
+        cases=parts.cases,
+        notifications=parts.notifications,
+        timeline=parts.timeline,
+        feedback=parts.feedback,
+        referrals=parts.referrals,
+        household=parts.household,
     )
 
 

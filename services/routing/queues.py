@@ -12,7 +12,7 @@ from services.routing.offices import OfficeNotFound
 from services.routing.repository import QueueFilter, Repository
 from services.routing.schemas import QueuePage, QueueSort
 from shared.auth import Principal
-from shared.problems import Forbidden
+from shared.problems import Forbidden, UnprocessableContent
 
 
 async def page(
@@ -28,13 +28,21 @@ async def page(
 ) -> QueuePage:
     """One page of the queue in ``sort``'s order after ``cursor`` (an office that does not exist is a 404 before the
     403; a cursor made for another order is a 422)."""
-    if await repo.office(office_code) is None:
-        raise OfficeNotFound(office_code)
     if not principal.works_in(office_code):
+        if await repo.office(office_code) is None:
+            raise OfficeNotFound(office_code)
         raise Forbidden(f"You do not work in office {office_code}.")
-    after = views.decode_cursor(cursor, sort) if cursor else None
+    try:
+        after = views.decode_cursor(cursor, sort) if cursor else None
+    except UnprocessableContent:
+        if await repo.office(office_code) is None:
+            raise OfficeNotFound(office_code) from None
+        raise
+    # Whether the office exists is read with its cases, in one statement.
     rows = await repo.queue_page(office_code, filters, sort, after, limit + 1)
-    cases = list(rows[:limit])
+    if rows is None:
+        raise OfficeNotFound(office_code)
+    cases = rows[:limit]
     await audit_log.record(
         repo.session, principal, action="queue.read", record_type="office", record_id=office_code, purpose=purpose
     )

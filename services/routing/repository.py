@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, Select, and_, case, exists, false, func, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.routing.models import (
@@ -138,23 +138,34 @@ class Repository:
 
     async def queue_page(
         self, office_code: str, filters: QueueFilter, sort: QueueSort, after: QueuePosition | None, limit: int
-    ) -> Sequence[Case]:
-        query: Select[Case] = select(Case).where(Case.office_code == office_code, Case.status.in_(filters.statuses))
+    ) -> list[Case] | None:
+        """The office's cases that pass ``filters``, in ``sort``'s order after ``after``; None when there is no such
+        office. One statement: the office outer-joined to its cases."""
+        on = [Case.office_code == Office.code, Case.status.in_(filters.statuses)]
         if filters.programs:
-            query = query.where(Case.program_code.in_(filters.programs))
+            on.append(Case.program_code.in_(filters.programs))
         if filters.priorities:
-            query = query.where(Case.priority.in_(filters.priorities))
+            on.append(Case.priority.in_(filters.priorities))
         if filters.due_before is not None:
-            query = query.where(Case.due_date < filters.due_before)
+            on.append(Case.due_date < filters.due_before)
         if filters.assignee is not None:
-            query = query.where(Case.assignee == filters.assignee)
+            on.append(Case.assignee == filters.assignee)
         if filters.unassigned:
-            query = query.where(Case.assignee.is_(None))
+            on.append(Case.assignee.is_(None))
         if after is not None:
             # Keyset pagination: strictly after the last row of the previous page, in the same order.
-            query = query.where(after_position(after))
-        query = query.order_by(*(c.desc() if descending else c for c, descending in queue_order(sort))).limit(limit)
-        return (await self.session.execute(query)).scalars().all()
+            on.append(after_position(after))
+        query = (
+            select(Office.code, Case)
+            .outerjoin(Case, and_(*on))
+            .where(Office.code == office_code)
+            .order_by(*(c.desc() if descending else c for c, descending in queue_order(sort)))
+            .limit(limit)
+        )
+        rows = (await self.session.execute(query)).all()
+        if not rows:
+            return None
+        return [case for _, case in rows if case is not None]  # one row without a case: the office has none
 
     # ------------------------------------------------------------------------------------------ offices
 

@@ -408,3 +408,46 @@ def _pension_version() -> dict[str, Any]:
             },
         },
     }  # fmt: skip
+
+
+async def test_filing_answers_from_what_it_wrote_reading_the_resident_and_their_household_case_at_once(
+    intake: RunningService,
+) -> None:
+    """The answer to a filing is the new application's view built from what the filing wrote, with the resident's
+    household case, which is read with the resident in one statement: what the filing reads is its Idempotency-Key
+    and the resident."""
+    from shared.events import HouseholdCaseOpened, Localized
+    from tests.services.intake.support import Downstream, view_when
+    from tests.support.round_trips import round_trips
+
+    resident_id, me = await register_self(intake)
+    first = await file_application(intake, me, birth_application(resident_id))
+    d = Downstream(intake, first)
+    opened = d.event(
+        HouseholdCaseOpened(household_case_id=uuid.uuid4(), member_ids=[resident_id], district_code="11440",
+                            office_code="MAPO-HOPE", office_name=Localized(ko="마포구 희망복지지원단", en="Mapo team"),
+                            trigger="automatic", departments=["welfare"], opened_at=d.clock),
+        "/onestop/routing")  # fmt: skip
+    await d.publish(opened)
+    shown = await view_when(intake, me, first["id"], lambda v: v["household_case"] is not None)
+
+    with round_trips(intake.runtime.db) as sent:
+        response = await intake.client.post(
+            "/v1/applications", json=birth_application(resident_id), headers={**me, "Idempotency-Key": "second"}
+        )
+    assert response.status_code == 201, response.text
+    filed = response.json()
+    assert filed["household_case"] == shown["household_case"]
+    assert [t["type"] for t in filed["timeline"]] == ["application.submitted"]
+    assert (filed["status"], filed["programs"], filed["notifications"]) == ("received", [], [])
+    reads = [s for s in sent if s.startswith("SELECT")]
+    assert len(reads) == 2, reads  # the Idempotency-Key's stored answer (none), the resident with their household case
+    assert "FROM residents LEFT OUTER JOIN household_cases" in reads[1]
+    writes = [s.split(" (")[0] for s in sent if s.startswith("INSERT")]
+    assert writes == [
+        "INSERT INTO applications",
+        "INSERT INTO outbox",
+        "INSERT INTO timeline_entries",
+        "INSERT INTO idempotency_keys",
+    ]
+    assert len(sent) == 8, sent  # with the transaction's BEGIN and COMMIT

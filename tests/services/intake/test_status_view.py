@@ -511,3 +511,83 @@ async def test_a_status_read_in_one_snapshot_reads_its_timeline_once_and_a_write
             event.remove(engine, "before_cursor_execute", record)
     assert len(read) == 1, read
     assert len(written) == 2, written
+
+
+async def test_a_status_get_reads_the_application_and_every_part_in_one_statement(intake: RunningService) -> None:
+    """A resident's GET of a status with every kind of part (a determination, cases, notifications, referrals, a
+    household case, feedback, a timeline of several entries) reads them all in one statement, and shows the very view
+    the parts read one by one make, to the byte."""
+    import json
+
+    from services.intake.repository import Repository
+    from services.intake.status import build_view
+    from shared.events import HouseholdCaseOpened
+    from tests.support.round_trips import round_trips
+
+    resident_id, me = await register_self(intake)
+    application = await file_application(intake, me, birth_application(resident_id))
+    app_id = application["id"]
+    d = Downstream(intake, application)
+    ca, pb = uuid.uuid4(), uuid.uuid4()
+    routing = "/onestop/routing"
+    determined = d.event(
+        EligibilityDetermined(
+            determination_id=uuid.uuid4(), application_id=d.application_id, resident_id=d.resident_id, round=1,
+            trigger="submitted", application_date=dt.date.today(), evaluated_at=d.clock, resident=d.context,
+            programs=round_one(),
+        ), "/onestop/eligibility")  # fmt: skip
+    ca_routed = d.event(
+        CaseRouted(**d.case_fields(ca, "child_allowance"), office_name=MAPO_NAME, status="open", priority=3,
+                   automatic=True, due_date=None, reason="district 11440", routed_at=d.clock), routing)  # fmt: skip
+    ca_decided = d.event(
+        CaseDecided(**d.case_fields(ca, "child_allowance"), decision=Decision.APPROVED, reason_code="eligible",
+                    amount=100_000, automatic=True, decided_at=d.clock), routing)  # fmt: skip
+    pb_routed = d.event(
+        CaseRouted(**d.case_fields(pb, "parent_benefit"), office_name=MAPO_NAME, status="open", priority=5,
+                   automatic=False, due_date=dt.date.today() + dt.timedelta(days=30), reason="district 11440",
+                   routed_at=d.clock), routing)  # fmt: skip
+    pb_info = d.event(
+        CaseInfoRequested(**d.case_fields(pb, "parent_benefit"), questions=[InfoQuestion(text="출생증명서 사본")],
+                          requested_at=d.clock), routing)  # fmt: skip
+    sent = d.event(
+        NotificationSent(notification_id=uuid.uuid4(), resident_id=d.resident_id, application_id=d.application_id,
+                         source_event_ids=[ca_decided.id], channel="inbox", template="case_decided", language="ko",
+                         sent_at=d.clock), "/onestop/notify")  # fmt: skip
+    failed = d.event(
+        NotificationFailed(notification_id=uuid.uuid4(), resident_id=d.resident_id, application_id=d.application_id,
+                           source_event_ids=[pb_info.id], channel="email", template="info_requested", attempts=3,
+                           error="550 no such mailbox", dead=True, failed_at=d.clock), "/onestop/notify")  # fmt: skip
+    referral = d.event(
+        ReferralCreated(referral_id=uuid.uuid4(), partner_id="saebom-ngo", offering_id=uuid.uuid4(),
+                        offering_code="meals", offering_name=Localized(ko="새봄 식품지원", en="Saebom meals"),
+                        service_type=ServiceType.FOOD_SUPPORT, case_id=pb, application_id=d.application_id,
+                        resident_id=d.resident_id, program_code="parent_benefit", office_code=MAPO_CSC,
+                        district_code="11440", language=Language.KO, referred_by="cw-park", created_at=d.clock),
+        routing)  # fmt: skip
+    household = d.event(
+        HouseholdCaseOpened(household_case_id=uuid.uuid4(), member_ids=[d.resident_id], district_code="11440",
+                            office_code="MAPO-HOPE", office_name=Localized(ko="마포구 희망복지지원단", en="Mapo team"),
+                            trigger="automatic", departments=["welfare"], opened_at=d.clock), routing)  # fmt: skip
+    await d.publish(determined, ca_routed, ca_decided, pb_routed, pb_info, sent, failed, referral, household)
+    await view_when(intake, me, app_id, lambda v: len(v["timeline"]) == 9 and v["household_case"] is not None)
+    rated = await intake.client.post(f"/v1/applications/{app_id}/feedback", json={"score": 4}, headers=me)
+    assert rated.status_code == 201, rated.text
+
+    db = intake.runtime.db
+    with round_trips(db) as sent_to_database:
+        response = await intake.client.get(f"/v1/applications/{app_id}", headers=me)
+    assert response.status_code == 200
+    statements = [s for s in sent_to_database if s.startswith(("SELECT", "INSERT", "UPDATE", "DELETE"))]
+    assert len(statements) == 1, statements
+    assert len(sent_to_database) <= 4, sent_to_database  # with the transaction's BEGIN and COMMIT
+
+    shown = response.json()
+    assert (len(shown["programs"]), len(shown["notifications"]), len(shown["referrals"])) == (5, 2, 1)
+    assert shown["feedback"]["score"] == 4
+    assert shown["household_case"]["office_code"] == "MAPO-HOPE"
+    async with db.session() as session:  # a write transaction reads the parts one by one
+        repo = Repository(session)
+        filed = await repo.application(uuid.UUID(app_id))
+        assert filed is not None
+        one_by_one = await build_view(repo, filed)
+    assert json.dumps(shown, ensure_ascii=False) == json.dumps(one_by_one.model_dump(mode="json"), ensure_ascii=False)

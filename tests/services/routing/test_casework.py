@@ -414,3 +414,33 @@ async def test_a_resident_who_needs_english_is_routed_to_an_office_that_speaks_i
     assert (cases["senior_care"].office_code, cases["senior_care"].interpreter_needed) == ("JONGNO-CSC", True)
     routed = {e["program_code"]: e for e in await emitted(routing, "case.routed")}
     assert "speaks 'en'" in routed["emergency_welfare"]["reason"]
+
+
+async def test_a_queue_page_reads_the_office_and_its_cases_in_one_statement(routing: RunningService) -> None:
+    """A page of a queue is one statement (the office, outer-joined to its cases: an office that does not exist is
+    still a 404, one without a case an empty page), then its audit entry in a write transaction of its own."""
+    from tests.support.round_trips import round_trips
+
+    for code in ("first", "second"):
+        await feed(routing, determined(uuid.uuid4(), [program(code)]))
+    client, alice = routing.client, caseworker(routing, "alice")
+    with round_trips(routing.runtime.db) as sent:
+        response = await client.get("/v1/queues/JONGNO-CSC", headers=alice)
+    assert response.status_code == 200, response.text
+    assert sorted(i["program_code"] for i in response.json()["items"]) == ["first", "second"]
+    reads = [s for s in sent if s.startswith("SELECT")]
+    assert len(reads) == 1, reads
+    assert [s.split(" (")[0] for s in sent if s.startswith("INSERT")] == ["INSERT INTO audit_log"]
+    if routing.runtime.db.dialect == "postgresql":
+        assert len(sent) == 4, sent  # BEGIN, the page, COMMIT; the audit entry, a transaction of its own
+    else:
+        assert len(sent) == 6, sent  # BEGIN, the page, COMMIT; BEGIN, the audit entry, COMMIT (the writer lock's)
+
+    mapo = caseworker(routing, "mia", office="MAPO-CSC")
+    empty = await client.get("/v1/queues/MAPO-CSC", headers=mapo)
+    assert (empty.status_code, empty.json()["items"], empty.json()["next_cursor"]) == (200, [], None)
+    problem(await client.get("/v1/queues/NOWHERE-CSC", headers=routing.auth("admin")), 404)
+    problem(await client.get("/v1/queues/NOWHERE-CSC", headers=alice), 404)
+    problem(await client.get("/v1/queues/MAPO-CSC", headers=alice), 403)
+    problem(await client.get("/v1/queues/NOWHERE-CSC", headers=alice, params={"cursor": "x"}), 404)
+    problem(await client.get("/v1/queues/JONGNO-CSC", headers=alice, params={"cursor": "x"}), 422)

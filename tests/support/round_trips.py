@@ -1,0 +1,81 @@
+"""What one request sends to its database: every statement and transaction boundary the calling task sends (not the
+service's background work: consumers, the outbox relay). Requests made through a test's in-process client
+(``httpx.ASGITransport``) run in the test's own task, so what that task sends is what the request cost.
+
+Each entry is one round trip to the database: a statement, a ``BEGIN``, a ``COMMIT`` or ``ROLLBACK`` (a thread hop
+each on SQLite, a message and its answer each on PostgreSQL); a connection checked out of a pool that pings it first
+adds the ping (on PostgreSQL through asyncpg: ``BEGIN``, ``;``, ``ROLLBACK``); a connection given back to a pool is
+rolled back, a round trip only when a transaction was left open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from shared.db import Database
+
+PING = ("BEGIN", ";", "ROLLBACK")
+
+
+@contextlib.contextmanager
+def round_trips(db: Database) -> Iterator[list[str]]:
+    """The round trips of the calling task to ``db`` while the block runs, in order (statements as sent)."""
+    task = asyncio.current_task()
+    sent: list[str] = []
+
+    def mine() -> bool:
+        return asyncio.current_task() is task
+
+    def statement(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        if mine():
+            sent.append(" ".join(text.split()))
+
+    def boundary(kind: str) -> Any:
+        def record(*args: Any) -> None:
+            connection = next((a for a in args if isinstance(a, Connection)), None)
+            autocommit = connection is not None and connection.get_execution_options().get("isolation_level") == (
+                "AUTOCOMMIT"
+            )
+            if mine() and not autocommit:  # a statement in autocommit is its own transaction: no BEGIN, no COMMIT
+                sent.append(kind)
+
+        return record
+
+    def returned(dbapi_connection: Any, *_: Any) -> None:
+        # SQLite's connection rolls back only a transaction left open (shared.sqlite.OneHopConnection.rollback).
+        if mine() and dbapi_connection._in_transaction():
+            sent.append("ROLLBACK (connection returned)")
+
+    def checkout(*_: Any) -> None:
+        if mine():
+            sent.extend(PING)
+
+    # A transaction's BEGIN is seen by the sessions, not the engines: SQLite's BEGIN waits in the engines' own
+    # "begin" listener (for the writer lock), and adding a listener beside one that waits breaks its iteration.
+    listeners: list[tuple[Any, str, Any]] = [(Session, "after_begin", boundary("BEGIN"))]
+    engines: list[Engine] = [db.engine.sync_engine]
+    if db.read_engine.sync_engine.pool is not db.engine.sync_engine.pool:
+        engines.append(db.read_engine.sync_engine)  # SQLite's file: read connections of their own
+    for engine in engines:
+        listeners += [
+            (engine, "before_cursor_execute", statement),
+            (engine, "commit", boundary("COMMIT")),
+            (engine, "rollback", boundary("ROLLBACK")),
+        ]
+        if engine.pool._pre_ping:
+            listeners.append((engine.pool, "checkout", checkout))
+        if engine.dialect.name == "sqlite":
+            listeners.append((engine.pool, "reset", returned))
+    for target, name, listener in listeners:
+        event.listen(target, name, listener)
+    try:
+        yield sent
+    finally:
+        for target, name, listener in listeners:
+            event.remove(target, name, listener)
