@@ -23,7 +23,8 @@ async def test_a_server_whose_port_was_taken_meanwhile_starts_on_another_and_is_
             assert server.port != taken
             client = await nats.connect(server.url, connect_timeout=5, max_reconnect_attempts=0)
             try:
-                assert client.connected_url is not None and client.connected_url.port == server.port
+                assert client.connected_url is not None
+                assert client.connected_url.port == server.port
                 assert client._server_info.get("server_name") == f"test-{server.port}"
             finally:
                 await client.close()
