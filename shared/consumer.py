@@ -61,6 +61,8 @@ E = TypeVar("E", bound=EventData)
 Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
 # Work done for a batch before its write transaction, in a read-only unit of work (see Subscription.prepare).
 Prepare = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
+# Work done once in each transaction of a consumer, after its events (see Subscription.finish).
+Finish = Callable[[AsyncSession], Awaitable[None]]
 
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
@@ -141,6 +143,11 @@ class Subscription:
     # ahead for a batch in a read-only unit of work: it writes nothing and leaves results the handlers use only if
     # their inputs are still the same. A failure here only loses the head start.
     prepare: Prepare | None = None
+    # What the handlers leave to the end of the transaction instead of redoing it for every event of a batch (intake
+    # derives an application's status once from all the batch changed of it). Run in every transaction that applied
+    # events, after them (outside their savepoints) and before the inbox rows and the commit: it fails with the
+    # transaction, whose events are then applied apart and, failing alone, retried and dead-lettered as ever.
+    finish: Finish | None = None
 
     def __post_init__(self) -> None:
         Dispatch(self.name, self.handlers)  # refuses two handlers for one type when the service is defined
@@ -395,6 +402,7 @@ class Consumer:
                 applied.append(item)
                 if self._spent(started):
                     break
+            await self._finish(session, handled)
             await self._record(session, handled)
         self._count(handled, len(applied))
 
@@ -429,6 +437,7 @@ class Consumer:
                         continue
                     seen.add(event.id)
                     handled.append(event.id)
+                await self._finish(session, handled)
                 await self._record(session, handled)
         except Exception as exc:
             log.info("batch failed again; handling one by one", extra={"consumer": self.durable, "error": repr(exc)})
@@ -482,6 +491,7 @@ class Consumer:
             fresh.discard(event.id)  # the same id twice in one batch runs once
             await self._run(session, item)
             handled.append(event.id)
+        await self._finish(session, handled)
         self._count(handled, len(events))
 
     async def _run(self, session: AsyncSession, item: _Item) -> None:
@@ -495,6 +505,10 @@ class Consumer:
                 await self.dispatch(session, event)
         finally:
             event_id_var.reset(token)
+
+    async def _finish(self, session: AsyncSession, handled: Sequence[str]) -> None:
+        if handled and self.sub.finish is not None:
+            await self.sub.finish(session)
 
     def _count(self, handled: Sequence[str], taken: int) -> None:
         self.metrics.events_handled.labels(consumer=self.durable, result="handled").inc(len(handled))
@@ -610,6 +624,7 @@ class Consumer:
                 fresh = await self._claim(session, [event])
                 if fresh:
                     await self.dispatch(session, event)
+                    await self._finish(session, [event.id])
                 await session.execute(
                     update(table)
                     .where(table.c.id == dead_letter_id)

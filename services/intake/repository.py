@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -39,6 +40,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
+from shared.db import get_unflushed
 from shared.deps import SessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
@@ -294,17 +296,32 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def determination(self, application_id: uuid.UUID) -> Determination | None:
-        return await self.session.get(Determination, application_id)
+        return await get_unflushed(self.session, Determination, application_id)
+
+    async def cases_of(self, application_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Case]]:
+        """The cases of several applications at once, as the transaction has them: those it added and has not written
+        yet among them, without writing anything first (a consumer's batch writes once, at its end)."""
+        wanted = set(application_ids)
+        query = select(Case).where(Case.application_id.in_(wanted))
+        with self.session.no_autoflush:
+            stored = list(await self.session.scalars(query))
+        found: dict[uuid.UUID, list[Case]] = {}
+        for case in [*stored, *(c for c in self.session.new if isinstance(c, Case) and c.application_id in wanted)]:
+            found.setdefault(case.application_id, []).append(case)
+        return found
 
     async def cases(self, application_id: uuid.UUID) -> list[Case]:
         query = select(Case).where(Case.application_id == application_id).order_by(Case.first_seen_at)
         return list((await self.session.scalars(query)).all())
 
+    # The lookups of the status view's handlers: a consumer's batch writes what its events changed once, at its end
+    # (shared.db.get_unflushed), not before each lookup.
+
     async def case(self, case_id: uuid.UUID) -> Case | None:
-        return await self.session.get(Case, case_id)
+        return await get_unflushed(self.session, Case, case_id)
 
     async def referral(self, referral_id: uuid.UUID) -> Referral | None:
-        return await self.session.get(Referral, referral_id)
+        return await get_unflushed(self.session, Referral, referral_id)
 
     async def household_case_status(
         self, household_case_id: uuid.UUID, resident_id: uuid.UUID
@@ -330,7 +347,7 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def add_office(self, application_id: uuid.UUID, office_code: str) -> None:
-        if await self.session.get(ApplicationOffice, (application_id, office_code)) is None:
+        if await get_unflushed(self.session, ApplicationOffice, (application_id, office_code)) is None:
             self.session.add(ApplicationOffice(application_id=application_id, office_code=office_code))
 
     async def notifications(self, application_id: uuid.UUID) -> list[Notification]:
@@ -342,7 +359,7 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def notification(self, notification_id: uuid.UUID) -> Notification | None:
-        return await self.session.get(Notification, notification_id)
+        return await get_unflushed(self.session, Notification, notification_id)
 
     async def timeline(self, application_id: uuid.UUID) -> list[TimelineEntry]:
         query = (
