@@ -44,6 +44,7 @@ from services.notify.models import (
 )
 from shared.auth import Principal, Role
 from shared.deps import SessionDep, WriteSessionDep
+from shared.outbox import write_emitted
 
 # The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
 Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
@@ -355,7 +356,9 @@ class Repository:
         return rows.all()
 
     async def queued_partner_copies(self, prefix: str) -> list[tuple[int, str, str]]:
-        """(outbox row id, subject, payload) of the partners' NATS copies the relay has not published yet."""
+        """(outbox row id, subject, payload) of the partners' NATS copies the relay has not published yet, those this
+        transaction emitted among them."""
+        await write_emitted(self.session)
         outbox = platform.outbox
         rows = await self.session.execute(
             select(outbox.c.id, outbox.c.subject, outbox.c.payload)
