@@ -241,7 +241,7 @@ def hold_loaded(session: AsyncSession) -> None:
     event.listen(session.sync_session, "pending_to_persistent", hold)
 
 
-async def get_unflushed(session: AsyncSession, model: type[T], key: Any) -> T | None:
+async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with_for_update: bool = False) -> T | None:
     """``session.get(model, key)`` without writing what is pending first. A consumer's transaction then writes the
     rows of all its events together at its end (rows of one table in one statement), instead of flushing before each
     lookup. A row added in this transaction and not written yet is not in the identity map: it is found among the
@@ -253,7 +253,7 @@ async def get_unflushed(session: AsyncSession, model: type[T], key: Any) -> T | 
         if type(instance) is model and tuple(mapper.primary_key_from_instance(instance)) == wanted:
             return instance
     with session.no_autoflush:
-        return await session.get(model, key)
+        return await session.get(model, key, with_for_update=with_for_update or None)
 
 
 def is_read_only(session: AsyncSession) -> bool:

@@ -257,8 +257,12 @@ class Repository:
             return held
         query = select(Application).where(Application.id == application_id)
         if for_update:
-            query = query.with_for_update()
-        application = (await self.session.execute(query)).scalar_one_or_none()
+            # Nothing pending is written first: an event handler never adds an application, so the answer is the
+            # same, and the batch's rows go out together at its end (not at each application's first event).
+            with self.session.no_autoflush:
+                application = (await self.session.execute(query.with_for_update())).scalar_one_or_none()
+        else:
+            application = (await self.session.execute(query)).scalar_one_or_none()
         if remember and application is not None:
             locked[application_id] = application
         return application

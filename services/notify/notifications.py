@@ -406,7 +406,8 @@ class ResidentMessages:
                 step_attempts=0,
             )
             repo.session.add(notification)
-            await repo.session.flush()
+        # Written with the rest of the transaction: the next event of the batch finds the bundle and the item among
+        # the session's new rows (Repository.open_bundle, item_exists).
         repo.session.add(
             NotificationItem(
                 notification_id=notification.id,
@@ -417,7 +418,6 @@ class ResidentMessages:
                 data=data,
             )
         )
-        await repo.session.flush()
         mark_work(repo.session)
 
     async def _language(self, repo: Repository, resident_id: uuid.UUID) -> str:

@@ -43,6 +43,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
+from shared.db import get_unflushed
 from shared.deps import SessionDep, WriteSessionDep
 from shared.outbox import write_emitted
 
@@ -54,6 +55,8 @@ Held = TypeVar("Held", Notification, Delivery)
 
 # The applications a transaction locked (see Repository.tracked_application).
 _LOCKED_APPLICATIONS = "notify_locked_applications"
+# The bundles (notifications still collecting) a transaction found, by resident, application and kind (session.info).
+_BUNDLES = "notify_open_bundles"
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -91,11 +94,11 @@ class Repository:
     # ------------------------------------------------------------------------------------------ residents
 
     async def preference(self, resident_id: uuid.UUID) -> Preference | None:
-        return await self.session.get(Preference, resident_id)
+        return await get_unflushed(self.session, Preference, resident_id)
 
     async def resident_state(self, resident_id: uuid.UUID) -> ResidentState:
         """The resident's row, created on first sight."""
-        state = await self.session.get(ResidentState, resident_id, with_for_update=True)
+        state = await get_unflushed(self.session, ResidentState, resident_id, with_for_update=True)
         if state is None:
             state = ResidentState(resident_id=resident_id, consents={}, consent_version=0, profile_version=0,
                                   updated_at=utcnow())  # fmt: skip
@@ -104,7 +107,7 @@ class Repository:
         return state
 
     async def find_resident_state(self, resident_id: uuid.UUID) -> ResidentState | None:
-        return await self.session.get(ResidentState, resident_id)
+        return await get_unflushed(self.session, ResidentState, resident_id)
 
     async def tracked_application(self, application_id: uuid.UUID, resident_id: uuid.UUID) -> TrackedApplication:
         """The application's row, locked, created on first sight (its events may come in any order). Locked once, it
@@ -115,7 +118,7 @@ class Repository:
         held = locked.get(application_id) if remember else None
         if held is not None and not inspect(held).expired_attributes and held in self.session:
             return held
-        application = await self.session.get(TrackedApplication, application_id, with_for_update=True)
+        application = await get_unflushed(self.session, TrackedApplication, application_id, with_for_update=True)
         if application is None:
             application = TrackedApplication(
                 application_id=application_id, resident_id=resident_id, last_round=0, updated_at=utcnow()
@@ -132,7 +135,7 @@ class Repository:
         return await self.session.get(TrackedApplication, application_id)
 
     async def application_program(self, application_id: uuid.UUID, program_code: str) -> ApplicationProgram | None:
-        return await self.session.get(ApplicationProgram, (application_id, program_code))
+        return await get_unflushed(self.session, ApplicationProgram, (application_id, program_code))
 
     async def application_programs(self, application_id: uuid.UUID) -> dict[str, ApplicationProgram]:
         rows = await self.session.scalars(
@@ -141,37 +144,64 @@ class Repository:
         return {row.program_code: row for row in rows}
 
     async def item_exists(self, source_event_id: str, resident_id: uuid.UUID) -> bool:
-        found = await self.session.scalar(
-            select(NotificationItem.id).where(
-                NotificationItem.source_event_id == source_event_id, NotificationItem.resident_id == resident_id
+        """Among the items stored and those this transaction added (without writing them first)."""
+        if any(
+            isinstance(i, NotificationItem) and i.source_event_id == source_event_id and i.resident_id == resident_id
+            for i in self.session.new
+        ):
+            return True
+        with self.session.no_autoflush:
+            found = await self.session.scalar(
+                select(NotificationItem.id).where(
+                    NotificationItem.source_event_id == source_event_id, NotificationItem.resident_id == resident_id
+                )
             )
-        )
         return found is not None
 
     async def open_bundle(
         self, resident_id: uuid.UUID, application_id: uuid.UUID | None, kind: str, now: dt.datetime
     ) -> Notification | None:
         """A notification of the same kind still collecting (not claimed by a worker), locked so that a worker cannot
-        release it while we add to it."""
+        release it while we add to it. One this transaction opened or found before is taken without asking the
+        database again (and without writing what is pending first: a consumer's batch writes once, at its end)."""
+
+        def collecting(n: Notification) -> bool:
+            return (
+                n.resident_id == resident_id and n.application_id == application_id and n.kind == kind
+                and n.status == NotificationStatus.COLLECTING.value and n.claim_token is None and n.next_step_at > now
+            )  # fmt: skip
+
+        opened = [n for n in self.session.new if isinstance(n, Notification) and collecting(n)]
+        if opened:
+            return max(opened, key=lambda n: n.created_at)
+        found: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
+        key = (resident_id, application_id, kind)
+        held = found.get(key) if not self.session.in_nested_transaction() else None
+        if held is not None and held in self.session and not inspect(held).expired_attributes and collecting(held):
+            return held
         same_application = (
             Notification.application_id.is_(None)
             if application_id is None
             else Notification.application_id == application_id
         )
-        return await self.session.scalar(
-            select(Notification)
-            .where(
-                Notification.resident_id == resident_id,
-                same_application,
-                Notification.kind == kind,
-                Notification.status == NotificationStatus.COLLECTING.value,
-                Notification.claim_token.is_(None),
-                Notification.next_step_at > now,
+        with self.session.no_autoflush:
+            bundle = await self.session.scalar(
+                select(Notification)
+                .where(
+                    Notification.resident_id == resident_id,
+                    same_application,
+                    Notification.kind == kind,
+                    Notification.status == NotificationStatus.COLLECTING.value,
+                    Notification.claim_token.is_(None),
+                    Notification.next_step_at > now,
+                )
+                .order_by(Notification.created_at.desc())
+                .limit(1)
+                .with_for_update()
             )
-            .order_by(Notification.created_at.desc())
-            .limit(1)
-            .with_for_update()
-        )
+        if bundle is not None and not self.session.in_nested_transaction():
+            found[key] = bundle  # locked to the end of the transaction (a savepoint's rollback would release it)
+        return bundle
 
     async def suppress_for_application(self, application_id: uuid.UUID, keep_kind: str) -> None:
         """Nothing more goes out for a withdrawn application: unreleased messages and unsent deliveries are stopped.
