@@ -15,6 +15,9 @@ batch's transaction ends once it has run for ``transaction_budget`` seconds and 
 next, so the request waits for one short transaction at most. Between transactions the consumer yields to the event
 loop, and a service applies at most ``slots`` batches at once.
 
+What the handlers leave to the end of a transaction (``Subscription.finish``: work that would otherwise be redone for
+every event of a batch) runs after its events and before its inbox rows and commit, and fails with it.
+
 If anything in a transaction fails, it is rolled back and the same events are applied again in one transaction with
 a savepoint each: the events that fail there are rolled back alone and the rest commits. Each event that failed is
 then retried alone, in its own transaction, with backoff; after ``max_deliver`` attempts it is recorded as a dead
