@@ -66,6 +66,8 @@ Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
 Prepare = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
 # Work done once in each transaction of a consumer, after its events (see Subscription.finish).
 Finish = Callable[[AsyncSession], Awaitable[None]]
+# Rows a transaction's events will look up, loaded at its start (see Subscription.load).
+Load = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
 
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
@@ -151,6 +153,10 @@ class Subscription:
     # events, after them (outside their savepoints) and before the inbox rows and the commit: it fails with the
     # transaction, whose events are then applied apart and, failing alone, retried and dead-lettered as ever.
     finish: Finish | None = None
+    # What the handlers of a transaction's events will look up, loaded at its start in a query per kind (and what is
+    # not there noted as such, shared.db.note_absent), instead of a lookup per event. In the transaction, outside any
+    # savepoint; it fails with it.
+    load: Load | None = None
 
     def __post_init__(self) -> None:
         Dispatch(self.name, self.handlers)  # refuses two handlers for one type when the service is defined
@@ -396,6 +402,7 @@ class Consumer:
         handled: list[str] = []
         async with self.db.session() as session:
             seen = await self._seen(session, items)
+            await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
             for item in items:
                 event = _event(item)
                 if event.id not in seen:
@@ -420,6 +427,7 @@ class Consumer:
         try:
             async with self.db.session() as session:
                 seen = await self._seen(session, items)
+                await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
                 for item in items:
                     if len(taken) >= at_least and self._spent(started):
                         break
@@ -487,6 +495,7 @@ class Consumer:
         """Record the new ids in the inbox and run the handler for each, all in the caller's transaction."""
         events = [_event(i) for i in items]
         fresh = await self._claim(session, events)
+        await self._load(session, [e for e in events if e.id in fresh])
         handled = []
         for item, event in zip(items, events, strict=True):
             if event.id not in fresh:
@@ -508,6 +517,10 @@ class Consumer:
                 await self.dispatch(session, event)
         finally:
             event_id_var.reset(token)
+
+    async def _load(self, session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        if events and self.sub.load is not None:
+            await self.sub.load(session, events)
 
     async def _finish(self, session: AsyncSession, handled: Sequence[str]) -> None:
         if handled and self.sub.finish is not None:

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import io
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -252,8 +252,24 @@ async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with
     for instance in session.new:
         if type(instance) is model and tuple(mapper.primary_key_from_instance(instance)) == wanted:
             return instance
+    absent: set[tuple[Any, ...]] = session.info.get(_ABSENT, set())
+    if (model, wanted) in absent:
+        # Not there when the transaction looked (note_absent); added since, it is pending or in the identity map.
+        known = session.sync_session.identity_map.get(mapper.identity_key_from_primary_key(wanted))
+        return known if known is not None and known not in session.deleted else None
     with session.no_autoflush:
         return await session.get(model, key, with_for_update=with_for_update or None)
+
+
+_ABSENT = "onestop_absent_rows"
+
+
+def note_absent(session: AsyncSession, model: type[Any], keys: Iterable[Any]) -> None:
+    """Rows of ``model`` a transaction looked for (by primary key) and did not find: :func:`get_unflushed` then answers
+    for them without asking the database again. Only this transaction can add them while it runs (on PostgreSQL,
+    another one adding the same key fails on it), so that holds to its end."""
+    absent: set[tuple[Any, ...]] = session.info.setdefault(_ABSENT, set())
+    absent.update((model, tuple(k) if isinstance(k, tuple) else (k,)) for k in keys)
 
 
 def is_read_only(session: AsyncSession) -> bool:

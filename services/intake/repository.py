@@ -40,7 +40,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed
+from shared.db import get_unflushed, hold_loaded, note_absent
 from shared.deps import SessionDep
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
@@ -266,6 +266,36 @@ class Repository:
         if remember and application is not None:
             locked[application_id] = application
         return application
+
+    async def load_for_events(
+        self,
+        application_ids: set[uuid.UUID],
+        case_ids: set[uuid.UUID],
+        notification_ids: set[uuid.UUID],
+        offices: set[tuple[uuid.UUID, str]],
+    ) -> None:
+        """Unscoped (the status view's consumer): what a transaction's events will look up, in a query per kind — the
+        applications (locked, and held as :meth:`application` holds them), the cases, notifications and offices they
+        name — and what is not there noted as absent (shared.db.note_absent), so that each event's lookups ask the
+        database nothing more. The rows loaded are held to the end of the transaction (shared.db.hold_loaded)."""
+        hold_loaded(self.session)
+        with self.session.no_autoflush:
+            if application_ids and not self.session.in_nested_transaction():
+                locked: dict[uuid.UUID, Application] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+                applications = select(Application).where(Application.id.in_(application_ids)).order_by(Application.id)
+                for application in await self.session.scalars(applications.with_for_update()):
+                    locked[application.id] = application
+            if offices:
+                known = select(ApplicationOffice).where(ApplicationOffice.application_id.in_({a for a, _ in offices}))
+                found_offices = {(o.application_id, o.office_code) for o in await self.session.scalars(known)}
+                note_absent(self.session, ApplicationOffice, offices - found_offices)
+            if case_ids:
+                found = {c.case_id for c in await self.session.scalars(select(Case).where(Case.case_id.in_(case_ids)))}
+                note_absent(self.session, Case, case_ids - found)
+            if notification_ids:
+                named = select(Notification).where(Notification.notification_id.in_(notification_ids))
+                found = {n.notification_id for n in await self.session.scalars(named)}
+                note_absent(self.session, Notification, notification_ids - found)
 
     async def visible_application(
         self, principal: Principal, application_id: uuid.UUID, *, today: dt.date, for_update: bool = False

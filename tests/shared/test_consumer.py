@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -224,11 +224,17 @@ class _FinishesEachTransaction(_WritesThenFails):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.finished: list[list[str]] = []
+        self.loads: list[int] = []
 
     @staticmethod
     async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
+        assert event.id in session.info["loaded"], "loaded at the start of its transaction"
         await _WritesThenFails.apply(session, event, data)
         session.info.setdefault("applied", []).append(event.id)
+
+    async def load(self, session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        session.info["loaded"] = {e.id for e in events}
+        self.loads.append(len(events))
 
     async def finish(self, session: AsyncSession) -> None:
         applied = session.info.pop("applied", [])
@@ -254,6 +260,7 @@ async def test_a_consumers_finish_runs_once_per_transaction_after_its_events_and
         await h.start_consumer()
         await wait_until(lambda: _settled(h))
         assert h.finished[0] == [lead.id]
+        assert h.loads[:2] == [1, 7], "each transaction loads for the events it is about to apply"
         # The batch failed as one transaction (its finish never committed), then its events were applied apart,
         # each in a savepoint: the finish saw the six that stayed; the poison, retried alone, never got to it.
         assert h.finished[-1] == [e.id for e in good]

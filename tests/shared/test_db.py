@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
 from sqlalchemy.orm import registry
 
-from shared.db import Database, get_unflushed
+from shared.db import Database, get_unflushed, note_absent
 from tests.support.databases import database_with
 
 metadata = MetaData()
@@ -116,3 +116,30 @@ async def test_a_lookup_without_flushing_finds_a_row_added_and_not_written_yet(d
             session.add(rolled_back)
             await savepoint.rollback()
         assert await get_unflushed(session, Entry, stored + 3) is None, "a savepoint's rollback took it back"
+
+
+async def test_a_row_noted_absent_is_answered_without_asking_until_the_transaction_adds_it(db: Database) -> None:
+    async with db.session() as session:
+        session.add(Entry("stored"))
+    async with db.session() as session:
+        stored = (await session.execute(select(entries.c.id))).scalar_one()
+        note_absent(session, Entry, [stored + 1])
+        statements: list[str] = []
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            assert await get_unflushed(session, Entry, stored + 1) is None
+            assert not statements, "not asked again"
+            added = Entry("added")
+            added.id = stored + 1
+            session.add(added)
+            assert await get_unflushed(session, Entry, stored + 1) is added, "pending"
+            await session.flush()
+            assert await get_unflushed(session, Entry, stored + 1) is added, "written in this transaction"
+            assert [s for s in statements if s.startswith("INSERT")], "the flush wrote it"
+            assert not [s for s in statements if s.startswith("SELECT")], "and nothing was asked"
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", record)

@@ -582,7 +582,9 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
 
     def committed(conn: Any) -> None:
         nonlocal commits
-        commits += by_consumer()
+        if by_consumer():
+            commits += 1
+            statements.append("COMMIT")
 
     engine = intake.runtime.db.engine.sync_engine
     # The events wait on the stream while the consumer is stopped; started, it takes the first alone (a consumer
@@ -605,6 +607,19 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
     events = 1 + len(batch) + 1
     assert 1 <= len(status_reads) <= commits < events, (len(status_reads), commits, events)
     assert len(timeline_writes) <= commits < events, "\n".join(s[:100] for s in statements)
+    # What the events look up is loaded at the start of each transaction (Subscription.load), a query per kind: in
+    # each transaction, one read of each (and of the cases one more, for the statuses at its end), however many
+    # events name them.
+    transactions: list[list[str]] = [[]]
+    for s in statements:
+        if s == "COMMIT":
+            transactions.append([])
+        else:
+            transactions[-1].append(s)
+    for applied in transactions:
+        for table, most in (("cases", 2), ("applications", 1), ("notifications", 1), ("application_offices", 1)):
+            reads = [s for s in applied if s.startswith(f"SELECT {table}.")]
+            assert len(reads) <= most, (table, reads)
     # Once per application per transaction (two applications at most in one here), not once per event.
     assert len(application_writes) <= 2 * commits < events, "\n".join(s[:100] for s in statements)
 
