@@ -43,7 +43,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed
+from shared.db import get_unflushed, hold_loaded, note_absent
 from shared.deps import SessionDep, WriteSessionDep
 from shared.outbox import write_emitted
 
@@ -57,6 +57,9 @@ Held = TypeVar("Held", Notification, Delivery)
 _LOCKED_APPLICATIONS = "notify_locked_applications"
 # The bundles (notifications still collecting) a transaction found, by resident, application and kind (session.info).
 _BUNDLES = "notify_open_bundles"
+# The residents whose bundles a transaction loaded, and the items it loaded (event ids asked, pairs found).
+_BUNDLES_LOADED = "notify_bundles_loaded"
+_ITEMS = "notify_items_loaded"
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -143,6 +146,63 @@ class Repository:
         )
         return {row.program_code: row for row in rows}
 
+    async def load_for_events(
+        self, application_ids: set[uuid.UUID], programs: set[tuple[uuid.UUID, str]], event_ids: set[str],
+        resident_ids: set[uuid.UUID],
+    ) -> None:  # fmt: skip
+        """Unscoped (the residents' consumer): what a transaction's events will look up, in a query per kind — the
+        applications (locked, held as :meth:`tracked_application` holds them), the programs named, the items already
+        told of these events, the residents' bundles still collecting (locked) — and what is not there noted as
+        absent, so that each event asks the database nothing more. Not within a savepoint."""
+        if self.session.in_nested_transaction():
+            return
+        hold_loaded(self.session)
+        with self.session.no_autoflush:
+            if application_ids:
+                locked: dict[uuid.UUID, TrackedApplication] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+                tracked = select(TrackedApplication).where(TrackedApplication.application_id.in_(application_ids))
+                for application in await self.session.scalars(tracked.order_by(TrackedApplication.application_id)
+                                                              .with_for_update()):  # fmt: skip
+                    locked[application.application_id] = application
+                note_absent(self.session, TrackedApplication, application_ids - set(locked))
+            if programs:
+                named = select(ApplicationProgram).where(
+                    ApplicationProgram.application_id.in_({a for a, _ in programs})
+                )
+                found = {(p.application_id, p.program_code) for p in await self.session.scalars(named)}
+                note_absent(self.session, ApplicationProgram, programs - found)
+            if event_ids:
+                told = select(NotificationItem.source_event_id, NotificationItem.resident_id).where(
+                    NotificationItem.source_event_id.in_(event_ids)
+                )
+                pairs = {(event_id, resident_id) for event_id, resident_id in (await self.session.execute(told)).all()}
+                self.session.info[_ITEMS] = (set(event_ids), pairs)
+            if resident_ids:
+                collecting = (
+                    select(Notification)
+                    .where(
+                        Notification.resident_id.in_(resident_ids),
+                        Notification.status == NotificationStatus.COLLECTING.value,
+                        Notification.claim_token.is_(None),
+                    )
+                    .order_by(Notification.created_at)
+                    .with_for_update()
+                )
+                bundles: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
+                for n in await self.session.scalars(collecting):
+                    bundles[(n.resident_id, n.application_id, n.kind)] = n  # the newest last
+                self.session.info.setdefault(_BUNDLES_LOADED, set()).update(resident_ids)
+
+    def told(self, notification: Notification, source_event_id: str, resident_id: uuid.UUID) -> None:
+        """This transaction added ``notification`` (or added to it) for the event: what :meth:`open_bundle` and
+        :meth:`item_exists` answer from, for the rest of it."""
+        if notification.status == NotificationStatus.COLLECTING.value and not self.session.in_nested_transaction():
+            key = (notification.resident_id, notification.application_id, notification.kind)
+            self.session.info.setdefault(_BUNDLES, {})[key] = notification
+        loaded = self.session.info.get(_ITEMS)
+        if loaded is not None:
+            loaded[1].add((source_event_id, resident_id))
+
     async def item_exists(self, source_event_id: str, resident_id: uuid.UUID) -> bool:
         """Among the items stored and those this transaction added (without writing them first)."""
         if any(
@@ -150,6 +210,9 @@ class Repository:
             for i in self.session.new
         ):
             return True
+        loaded: tuple[set[str], set[tuple[str, uuid.UUID]]] | None = self.session.info.get(_ITEMS)
+        if loaded is not None and source_event_id in loaded[0]:
+            return (source_event_id, resident_id) in loaded[1]
         with self.session.no_autoflush:
             found = await self.session.scalar(
                 select(NotificationItem.id).where(
@@ -179,6 +242,8 @@ class Repository:
         held = found.get(key) if not self.session.in_nested_transaction() else None
         if held is not None and held in self.session and not inspect(held).expired_attributes and collecting(held):
             return held
+        if not self.session.in_nested_transaction() and resident_id in self.session.info.get(_BUNDLES_LOADED, ()):
+            return None  # the resident's bundles were loaded with the transaction's events (load_for_events)
         same_application = (
             Notification.application_id.is_(None)
             if application_id is None
