@@ -486,7 +486,9 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
     residents: set[uuid.UUID] = set()
     for event in events:
         data = event.data if isinstance(event.data, dict) else {}
-        residents.update(r for r in (_uuid(v) for v in [data.get("resident_id"), *(data.get("member_ids") or [])]) if r)
+        members = data.get("member_ids")
+        named = [data.get("resident_id"), *(members if isinstance(members, list) else [])]
+        residents.update(r for r in (_uuid(v) for v in named) if r)
         application_id = _uuid(data.get("application_id"))
         if application_id is not None:
             applications.add(application_id)
