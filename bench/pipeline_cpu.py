@@ -5,7 +5,10 @@ submitted at a few connections (a Python client: the HTTP path is measured by ``
 what each service spends matters), the pipeline left to settle (nothing pending in any consumer, outbox or notify's
 queue), and each process's CPU time read from ``/proc`` before and after. Each service's idle rate (its timers, a
 few seconds measured first) is taken off, so a slower settle does not count as work. Also printed: applications per
-second from the first submit until settled, the submissions' p50/p99 and the longest event-loop stall per service.
+second from the first submit until settled, the submissions' p50/p99 and the longest event-loop stall per service,
+and the SQL statements and transactions per application of each service, by the work that ran them (each consumer,
+the outbox relay, ``http``): the services count them here (``database_count_statements``), a listener per statement
+that costs each about a microsecond of CPU.
 
     .venv/bin/python bench/pipeline_cpu.py -n 150 [--backend postgresql]
 """
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.api import LIFE_EVENT, SERVICE_NAMES, Backend, Databases, Options, Processes, Run
-from bench.probes import loop_stall
+from bench.probes import count_difference, loop_stall, work_counts
 from onestop.registry import SERVICES
 from onestop.runner import Platform, PlatformConfig, free_port
 
@@ -45,7 +48,9 @@ async def measure(applications: int, backend_name: str, connections: int) -> dic
                 nats_port=free_port(),
                 nats_http_port=free_port(),
                 ports={s: free_port() for s in SERVICE_NAMES},
-                overrides=backend.overrides,
+                overrides={
+                    s: backend.overrides.get(s, {}) | {"database_count_statements": True} for s in SERVICE_NAMES
+                },
                 ready_timeout=120,
             )
         )
@@ -85,6 +90,7 @@ async def _measure(
             latencies.append(time.monotonic() - started)
         response.raise_for_status()
 
+    counted = {s: await run.metrics(s) for s in SERVICE_NAMES}
     before, t0 = processes.cpu(), time.monotonic()
     await asyncio.gather(*(submit(i) for i in range(applications)))
     submitted = time.monotonic() - t0
@@ -97,11 +103,23 @@ async def _measure(
         stall = loop_stall(await run.metrics(service))
         stalls[service] = stall.to_json()["ms"] if stall else None
     per_application = {k: round((v - idle[k] * seconds) / applications, 4) for k, v in spent.items()}
+    statements: dict[str, dict[str, float]] = {}
+    transactions: dict[str, dict[str, float]] = {}
+    for service in SERVICE_NAMES:
+        text = await run.metrics(service)
+        for metric, into in (("onestop_db_statements", statements), ("onestop_db_transactions", transactions)):
+            works = count_difference(work_counts(text, metric), work_counts(counted[service], metric))
+            into[service] = {w: round(n / applications, 2) for w, n in works.items()} | {
+                "total": round(sum(works.values()) / applications, 2)
+            }
     return {
         "backend": backend_name,
         "applications": applications,
         "settled": settled_at is not None,
         "cpu_s_per_application": per_application | {"total": round(sum(per_application.values()), 4)},
+        "statements_per_application": statements | {"total": round(sum(v["total"] for v in statements.values()), 2)},
+        "transactions_per_application": transactions
+        | {"total": round(sum(v["total"] for v in transactions.values()), 2)},
         "applications_per_s": round(applications / seconds, 1),
         "submitted_in_s": round(submitted, 2),
         "post_ms": {

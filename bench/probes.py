@@ -64,6 +64,20 @@ def request_counts(metrics_text: str, method: str, route: str) -> dict[str, int]
     return counts
 
 
+def work_counts(metrics_text: str, metric: str) -> dict[str, int]:
+    """A counter by the work that ran it (``onestop_db_statements``, ``onestop_db_transactions``: shared/observability.py,
+    present when the service counts statements)."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != metric:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                work = sample.labels.get("work", "?")
+                counts[work] = counts.get(work, 0) + int(sample.value)
+    return counts
+
+
 def count_difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 

@@ -15,6 +15,9 @@ batch's transaction ends once it has run for ``transaction_budget`` seconds and 
 next, so the request waits for one short transaction at most. Between transactions the consumer yields to the event
 loop, and a service applies at most ``slots`` batches at once.
 
+What the handlers leave to the end of a transaction (``Subscription.finish``: work that would otherwise be redone for
+every event of a batch) runs after its events and before its inbox rows and commit, and fails with it.
+
 If anything in a transaction fails, it is rolled back and the same events are applied again in one transaction with
 a savepoint each: the events that fail there are rolled back alone and the rest commits. Each event that failed is
 then retried alone, in its own transaction, with backoff; after ``max_deliver`` attempts it is recorded as a dead
@@ -61,6 +64,10 @@ E = TypeVar("E", bound=EventData)
 Apply = Callable[[AsyncSession, CloudEvent, E], Awaitable[None]]
 # Work done for a batch before its write transaction, in a read-only unit of work (see Subscription.prepare).
 Prepare = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
+# Work done once in each transaction of a consumer, after its events (see Subscription.finish).
+Finish = Callable[[AsyncSession], Awaitable[None]]
+# Rows a transaction's events will look up, loaded at its start (see Subscription.load).
+Load = Callable[[AsyncSession, Sequence[CloudEvent]], Awaitable[None]]
 
 # Errors no retry can cure: the event itself does not fit its schema. They go to the dead letters at once.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, UnknownEventType)
@@ -141,6 +148,15 @@ class Subscription:
     # ahead for a batch in a read-only unit of work: it writes nothing and leaves results the handlers use only if
     # their inputs are still the same. A failure here only loses the head start.
     prepare: Prepare | None = None
+    # What the handlers leave to the end of the transaction instead of redoing it for every event of a batch (intake
+    # derives an application's status once from all the batch changed of it). Run in every transaction that applied
+    # events, after them (outside their savepoints) and before the inbox rows and the commit: it fails with the
+    # transaction, whose events are then applied apart and, failing alone, retried and dead-lettered as ever.
+    finish: Finish | None = None
+    # What the handlers of a transaction's events will look up, loaded at its start in a query per kind (and what is
+    # not there noted as such, shared.db.note_absent), instead of a lookup per event. In the transaction, outside any
+    # savepoint; it fails with it.
+    load: Load | None = None
 
     def __post_init__(self) -> None:
         Dispatch(self.name, self.handlers)  # refuses two handlers for one type when the service is defined
@@ -386,6 +402,7 @@ class Consumer:
         handled: list[str] = []
         async with self.db.session() as session:
             seen = await self._seen(session, items)
+            await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
             for item in items:
                 event = _event(item)
                 if event.id not in seen:
@@ -395,6 +412,7 @@ class Consumer:
                 applied.append(item)
                 if self._spent(started):
                     break
+            await self._finish(session, handled)
             await self._record(session, handled)
         self._count(handled, len(applied))
 
@@ -409,6 +427,7 @@ class Consumer:
         try:
             async with self.db.session() as session:
                 seen = await self._seen(session, items)
+                await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
                 for item in items:
                     if len(taken) >= at_least and self._spent(started):
                         break
@@ -429,6 +448,7 @@ class Consumer:
                         continue
                     seen.add(event.id)
                     handled.append(event.id)
+                await self._finish(session, handled)
                 await self._record(session, handled)
         except Exception as exc:
             log.info("batch failed again; handling one by one", extra={"consumer": self.durable, "error": repr(exc)})
@@ -475,6 +495,7 @@ class Consumer:
         """Record the new ids in the inbox and run the handler for each, all in the caller's transaction."""
         events = [_event(i) for i in items]
         fresh = await self._claim(session, events)
+        await self._load(session, [e for e in events if e.id in fresh])
         handled = []
         for item, event in zip(items, events, strict=True):
             if event.id not in fresh:
@@ -482,6 +503,7 @@ class Consumer:
             fresh.discard(event.id)  # the same id twice in one batch runs once
             await self._run(session, item)
             handled.append(event.id)
+        await self._finish(session, handled)
         self._count(handled, len(events))
 
     async def _run(self, session: AsyncSession, item: _Item) -> None:
@@ -495,6 +517,14 @@ class Consumer:
                 await self.dispatch(session, event)
         finally:
             event_id_var.reset(token)
+
+    async def _load(self, session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        if events and self.sub.load is not None:
+            await self.sub.load(session, events)
+
+    async def _finish(self, session: AsyncSession, handled: Sequence[str]) -> None:
+        if handled and self.sub.finish is not None:
+            await self.sub.finish(session)
 
     def _count(self, handled: Sequence[str], taken: int) -> None:
         self.metrics.events_handled.labels(consumer=self.durable, result="handled").inc(len(handled))
@@ -610,6 +640,7 @@ class Consumer:
                 fresh = await self._claim(session, [event])
                 if fresh:
                     await self.dispatch(session, event)
+                    await self._finish(session, [event.id])
                 await session.execute(
                     update(table)
                     .where(table.c.id == dead_letter_id)

@@ -26,19 +26,22 @@ import asyncio
 import contextlib
 import io
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Table, Uuid, event, text
+from sqlalchemy import Table, Uuid, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
 from shared import sqlite
 
 if TYPE_CHECKING:
     import polars as pl
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -72,6 +75,12 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = _sqlite_engine(url, echo=echo, pool_size=min(pool_size, SQLITE_WRITE_CONNECTIONS), max_overflow=0)
         _configure_sqlite(engine, read_only=False)
+        # New rows of a table with an INTEGER PRIMARY KEY (timeline entries, case history, outbox rows ...) flushed
+        # together are one multi-row INSERT ... RETURNING, as on PostgreSQL, not one statement a row. The ORM must
+        # give each object its own row's id; SQLAlchemy does that by the ids' order wherever a database assigns
+        # auto-incremented ids in the order of the rows, and does not assume it of SQLite. SQLite inserts the rows
+        # of one statement one after the other, each getting a rowid above every one before it, so it holds.
+        engine.sync_engine.dialect.insertmanyvalues_implicit_sentinel = InsertmanyvaluesSentinelOpts.AUTOINCREMENT
         return engine
     engine = create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
     _check_out_open_connections(engine)
@@ -259,6 +268,37 @@ def hold_loaded(session: AsyncSession) -> None:
 
     event.listen(session.sync_session, "loaded_as_persistent", hold)
     event.listen(session.sync_session, "pending_to_persistent", hold)
+
+
+async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with_for_update: bool = False) -> T | None:
+    """``session.get(model, key)`` without writing what is pending first. A consumer's transaction then writes the
+    rows of all its events together at its end (rows of one table in one statement), instead of flushing before each
+    lookup. A row added in this transaction and not written yet is not in the identity map: it is found among the
+    session's new objects (a savepoint's rollback removes it from them), so the answer is the one a flush would
+    give."""
+    mapper = inspect(model)
+    wanted = tuple(key) if isinstance(key, tuple) else (key,)
+    for instance in session.new:
+        if type(instance) is model and tuple(mapper.primary_key_from_instance(instance)) == wanted:
+            return instance
+    absent: set[tuple[Any, ...]] = session.info.get(_ABSENT, set())
+    if (model, wanted) in absent:
+        # Not there when the transaction looked (note_absent); added since, it is pending or in the identity map.
+        known = session.sync_session.identity_map.get(mapper.identity_key_from_primary_key(wanted))
+        return known if known is not None and known not in session.deleted else None
+    with session.no_autoflush:
+        return await session.get(model, key, with_for_update=with_for_update or None)
+
+
+_ABSENT = "onestop_absent_rows"
+
+
+def note_absent(session: AsyncSession, model: type[Any], keys: Iterable[Any]) -> None:
+    """Rows of ``model`` a transaction looked for (by primary key) and did not find: :func:`get_unflushed` then answers
+    for them without asking the database again. Only this transaction can add them while it runs (on PostgreSQL,
+    another one adding the same key fails on it), so that holds to its end."""
+    absent: set[tuple[Any, ...]] = session.info.setdefault(_ABSENT, set())
+    absent.update((model, tuple(k) if isinstance(k, tuple) else (k,)) for k in keys)
 
 
 def is_read_only(session: AsyncSession) -> bool:

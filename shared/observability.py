@@ -9,6 +9,7 @@ import contextvars
 import datetime as dt
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -16,9 +17,11 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import tracing
+from shared import sqlite, tracing
 
 event_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_id", default=None)
 
@@ -133,8 +136,42 @@ class Metrics:
             "the service started",
             registry=self.registry,
         )
+        # Only when the setting database_count_statements is on (see count_statements).
+        self.db_statements = Counter(
+            "onestop_db_statements",
+            "SQL statements sent to the database (an executemany is one), by the work that sent them",
+            ["work"],
+            registry=self.registry,
+        )
+        self.db_transactions = Counter(
+            "onestop_db_transactions", "Transactions committed, by the work that ran them", ["work"],
+            registry=self.registry,
+        )  # fmt: skip
         self.info = Gauge("onestop_service_info", "Service identity", ["service"], registry=self.registry)
         self.info.labels(**labels).set(1)
+
+
+def count_statements(engine: AsyncEngine, metrics: Metrics) -> None:
+    """Count each statement and commit on ``engine`` by the work that ran it: a consumer (its worker task's name,
+    ``intake-status-0`` counted as ``intake-status``), the outbox relay and the other named background tasks, or
+    ``http`` for requests. Listeners on every statement: for measuring, never on by default."""
+
+    def work() -> str:
+        task = asyncio.current_task()
+        if task is None or not sqlite.BACKGROUND.get():
+            return "http"
+        return _TASK_NUMBER.sub("", task.get_name())
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _statement(*_: Any) -> None:
+        metrics.db_statements.labels(work=work()).inc()
+
+    @event.listens_for(engine.sync_engine, "commit")
+    def _commit(*_: Any) -> None:
+        metrics.db_transactions.labels(work=work()).inc()
+
+
+_TASK_NUMBER = re.compile(r"-\d+$")
 
 
 class LoopMonitor:

@@ -18,9 +18,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from nats.js.api import PubAck
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import registry
 
 from shared import tracing
 from shared.bus import Bus, OutgoingMessage
@@ -37,11 +38,44 @@ log = logging.getLogger(__name__)
 PENDING_KEY = "outbox_pending"
 
 
+class OutboxRow:
+    """An outbox row as the ORM writes it (mapped to each service's outbox table by :func:`_row_class`): the events
+    a transaction emits are written when it flushes — the rows of a consumer's whole batch in one INSERT, in the
+    order emitted, instead of a statement per event — and a savepoint's rollback takes its events back with it."""
+
+    def __init__(self, *, event_id: str, subject: str, payload: str, created_at: dt.datetime) -> None:
+        self.event_id = event_id
+        self.subject = subject
+        self.payload = payload
+        self.created_at = created_at
+
+
+_ROW_CLASSES: dict[Table, type[OutboxRow]] = {}
+
+
+def _row_class(table: Table) -> type[OutboxRow]:
+    """The class of one outbox table's rows (each service has its own table, on its own metadata)."""
+    row_class = _ROW_CLASSES.get(table)
+    if row_class is None:
+        row_class = type("OutboxRow", (OutboxRow,), {})
+        registry(metadata=table.metadata).map_imperatively(row_class, table)
+        _ROW_CLASSES[table] = row_class
+    return row_class
+
+
+async def write_emitted(session: AsyncSession) -> None:
+    """Write the events emitted in this transaction and not written yet: before a statement on the outbox table that
+    the ORM does not flush for (a core INSERT must not overtake them; a core SELECT must see them)."""
+    if any(isinstance(instance, OutboxRow) for instance in session.new):
+        await session.flush()
+
+
 class Outbox:
     """Writes events into the outbox table of the current transaction."""
 
     def __init__(self, tables: PlatformTables, *, prefix: str, source: str) -> None:
         self.table = tables.outbox
+        self.row = _row_class(self.table)
         self.prefix = prefix
         self.source = source
 
@@ -64,6 +98,7 @@ class Outbox:
             for i, data in enumerate(items)
         ]
         now = dt.datetime.now(dt.UTC)
+        await write_emitted(session)
         await session.execute(
             insert(self.table),
             [
@@ -131,6 +166,7 @@ class Outbox:
         if not rows:
             return pl.Series("id", [], dtype=pl.String)
         written = pl.concat(rows)
+        await write_emitted(session)
         await bulk_insert(session, self.table, written)
         session.info[PENDING_KEY] = True
         return written.get_column("event_id").alias("id")
@@ -139,9 +175,10 @@ class Outbox:
         self, session: AsyncSession, event: CloudEvent, *, subject: str | None = None, msg_id: str | None = None
     ) -> None:
         """Record an envelope as it is. ``msg_id`` (the ``Nats-Msg-Id``, default the event id) differs from the event
-        id when one event goes out several times on purpose, e.g. a copy per partner."""
-        await session.execute(
-            insert(self.table).values(
+        id when one event goes out several times on purpose, e.g. a copy per partner. Written with the transaction's
+        next flush (at the latest its commit), after the events emitted before it."""
+        session.add(
+            self.row(
                 event_id=msg_id or event.id,
                 subject=subject or subject_for(self.prefix, event.event_type),
                 payload=event.to_json().decode(),

@@ -27,7 +27,7 @@ from shared.consumer_lag import ConsumerLag
 from shared.db import Database
 from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
-from shared.observability import LoopMonitor, Metrics
+from shared.observability import LoopMonitor, Metrics, count_statements
 from shared.outbox import Outbox, OutboxRelay
 from shared.reconciler import Reconciler
 from shared.settings import ServiceSettings
@@ -95,6 +95,10 @@ class Runtime:
             max_overflow=settings.database_max_overflow,
         )
         instrument_database(db.engine, definition.name)
+        if settings.database_count_statements:
+            count_statements(db.engine, metrics)
+            if db.dialect == "sqlite" and db.read_engine is not db.engine:
+                count_statements(db.read_engine, metrics)  # SQLite's read connections: an engine of their own
         bus = Bus(settings, name=definition.name)
         relay = OutboxRelay(
             db,

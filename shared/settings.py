@@ -22,6 +22,9 @@ class ServiceSettings(BaseSettings):
     # read connections (its writes, one at a time, use at most three: shared.db.SQLITE_WRITE_CONNECTIONS).
     database_pool_size: int = Field(default=10, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
+    # Count the SQL statements and transactions each kind of work runs (onestop_db_statements in /metrics), for the
+    # benchmark that measures what the pipeline costs per application. Off: no listener on the engine at all.
+    database_count_statements: bool = False
 
     # Messaging
     nats_url: str = "nats://127.0.0.1:4222"

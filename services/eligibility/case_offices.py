@@ -38,8 +38,7 @@ async def _move(repo: Repository, data: CaseEventBase, since: dt.datetime) -> No
                 office_code=data.office_code,
                 office_since=since,
             )
-        )
-        await repo.session.flush()  # the next event of this case in the same batch finds it
+        )  # the next event of this case in the same batch finds it among the session's new rows
         return
     if since < row.office_since:
         log.info("an older case event changes no office", extra={"case_id": str(data.case_id)})

@@ -56,13 +56,15 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.db import bulk_insert
+from shared.db import bulk_insert, get_unflushed
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 if TYPE_CHECKING:
     import polars as pl
 
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
+# The residents a transaction found not erased (session.info): see Repository.erased.
+_NOT_ERASED = "eligibility_not_erased"
 
 
 def application_scope(principal: Principal) -> ColumnElement[bool]:
@@ -182,8 +184,20 @@ class Repository:
         return row
 
     async def erased(self, resident_id: uuid.UUID) -> bool:
-        """Whether the resident's data was erased here (``resident.erasure_requested``)."""
-        return await self.session.get(ResidentErasureRow, resident_id) is not None
+        """Whether the resident's data was erased here (``resident.erasure_requested``). A resident found not erased is
+        remembered for the rest of the transaction (a consumer's batch asks about the same residents event after
+        event), until an erasure of theirs is written in it (:meth:`erasing`)."""
+        known: set[uuid.UUID] = self.session.info.setdefault(_NOT_ERASED, set())
+        if resident_id in known:
+            return False
+        if await get_unflushed(self.session, ResidentErasureRow, resident_id) is not None:
+            return True
+        known.add(resident_id)
+        return False
+
+    def erasing(self, resident_id: uuid.UUID) -> None:
+        """The resident's erasure is being written in this transaction: from here on they are erased."""
+        self.session.info.get(_NOT_ERASED, set()).discard(resident_id)
 
     async def erased_among(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         if not resident_ids:
@@ -255,7 +269,8 @@ class Repository:
     # ------------------------------------------------------------------------------------------ case offices
 
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
-        return await self.session.get(CaseOfficeRow, case_id, with_for_update=for_update)
+        """Found among the rows the transaction added too, without writing them first (a batch writes once)."""
+        return await get_unflushed(self.session, CaseOfficeRow, case_id, with_for_update=for_update)
 
     # ------------------------------------------------------------------------------------------ proactive screening
     # Unscoped: the scheduler and the event handlers act on behalf of no caller.

@@ -187,6 +187,7 @@ async def on_erasure_requested(
         (await session.execute(delete(dead).where(dead.c.payload.contains(str(rid))))).rowcount or 0  # type: ignore[attr-defined]
     )
     kept = _kept(kept_files, await _count(session, audit_log.table, audit_log.table.c.resident_id == rid), today)
+    repo.erasing(rid)
     session.add(
         ResidentErasureRow(
             resident_id=rid,

@@ -19,6 +19,8 @@ from services.intake.status import (
     apply_household_event,
     apply_notification,
     apply_referral_event,
+    load_for_batch,
+    refresh_statuses,
 )
 from shared.consumer import Apply, Subscription, on
 from shared.db import hold_loaded
@@ -99,6 +101,8 @@ def subscriptions(ctx: IntakeContext) -> Sequence[Subscription]:
                 on(NotificationSent, _with_repository(apply_notification)),
                 on(NotificationFailed, _with_repository(apply_notification)),
             ],
+            load=load_for_batch,
+            finish=refresh_statuses,
         ),
         # Apart from the status view: screening a population must not hold up what residents see of applications.
         Subscription(name="offers", handlers=[on(EligibilityOpportunity, found), on(ScreeningQuestionAsked, asked)]),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -41,6 +42,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
+from shared.db import get_unflushed, hold_loaded, note_absent
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
 
@@ -337,11 +339,45 @@ class Repository:
             return held
         query = select(Application).where(Application.id == application_id)
         if for_update:
-            query = query.with_for_update()
-        application = (await self.session.execute(query)).scalar_one_or_none()
+            # Nothing pending is written first: an event handler never adds an application, so the answer is the
+            # same, and the batch's rows go out together at its end (not at each application's first event).
+            with self.session.no_autoflush:
+                application = (await self.session.execute(query.with_for_update())).scalar_one_or_none()
+        else:
+            application = (await self.session.execute(query)).scalar_one_or_none()
         if remember and application is not None:
             locked[application_id] = application
         return application
+
+    async def load_for_events(
+        self,
+        application_ids: set[uuid.UUID],
+        case_ids: set[uuid.UUID],
+        notification_ids: set[uuid.UUID],
+        offices: set[tuple[uuid.UUID, str]],
+    ) -> None:
+        """Unscoped (the status view's consumer): what a transaction's events will look up, in a query per kind — the
+        applications (locked, and held as :meth:`application` holds them), the cases, notifications and offices they
+        name — and what is not there noted as absent (shared.db.note_absent), so that each event's lookups ask the
+        database nothing more. The rows loaded are held to the end of the transaction (shared.db.hold_loaded)."""
+        hold_loaded(self.session)
+        with self.session.no_autoflush:
+            if application_ids and not self.session.in_nested_transaction():
+                locked: dict[uuid.UUID, Application] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+                applications = select(Application).where(Application.id.in_(application_ids)).order_by(Application.id)
+                for application in await self.session.scalars(applications.with_for_update()):
+                    locked[application.id] = application
+            if offices:
+                known = select(ApplicationOffice).where(ApplicationOffice.application_id.in_({a for a, _ in offices}))
+                found_offices = {(o.application_id, o.office_code) for o in await self.session.scalars(known)}
+                note_absent(self.session, ApplicationOffice, offices - found_offices)
+            if case_ids:
+                found = {c.case_id for c in await self.session.scalars(select(Case).where(Case.case_id.in_(case_ids)))}
+                note_absent(self.session, Case, case_ids - found)
+            if notification_ids:
+                named = select(Notification).where(Notification.notification_id.in_(notification_ids))
+                found = {n.notification_id for n in await self.session.scalars(named)}
+                note_absent(self.session, Notification, notification_ids - found)
 
     async def visible_application(
         self, principal: Principal, application_id: uuid.UUID, *, today: dt.date, for_update: bool = False
@@ -417,17 +453,32 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def determination(self, application_id: uuid.UUID) -> Determination | None:
-        return await self.session.get(Determination, application_id)
+        return await get_unflushed(self.session, Determination, application_id)
+
+    async def cases_of(self, application_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Case]]:
+        """The cases of several applications at once, as the transaction has them: those it added and has not written
+        yet among them, without writing anything first (a consumer's batch writes once, at its end)."""
+        wanted = set(application_ids)
+        query = select(Case).where(Case.application_id.in_(wanted))
+        with self.session.no_autoflush:
+            stored = list(await self.session.scalars(query))
+        found: dict[uuid.UUID, list[Case]] = {}
+        for case in [*stored, *(c for c in self.session.new if isinstance(c, Case) and c.application_id in wanted)]:
+            found.setdefault(case.application_id, []).append(case)
+        return found
 
     async def cases(self, application_id: uuid.UUID) -> list[Case]:
         query = select(Case).where(Case.application_id == application_id).order_by(Case.first_seen_at)
         return list((await self.session.scalars(query)).all())
 
+    # The lookups of the status view's handlers: a consumer's batch writes what its events changed once, at its end
+    # (shared.db.get_unflushed), not before each lookup.
+
     async def case(self, case_id: uuid.UUID) -> Case | None:
-        return await self.session.get(Case, case_id)
+        return await get_unflushed(self.session, Case, case_id)
 
     async def referral(self, referral_id: uuid.UUID) -> Referral | None:
-        return await self.session.get(Referral, referral_id)
+        return await get_unflushed(self.session, Referral, referral_id)
 
     async def household_case_status(
         self, household_case_id: uuid.UUID, resident_id: uuid.UUID
@@ -453,7 +504,7 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def add_office(self, application_id: uuid.UUID, office_code: str) -> None:
-        if await self.session.get(ApplicationOffice, (application_id, office_code)) is None:
+        if await get_unflushed(self.session, ApplicationOffice, (application_id, office_code)) is None:
             self.session.add(ApplicationOffice(application_id=application_id, office_code=office_code))
 
     async def notifications(self, application_id: uuid.UUID) -> list[Notification]:
@@ -465,7 +516,7 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def notification(self, notification_id: uuid.UUID) -> Notification | None:
-        return await self.session.get(Notification, notification_id)
+        return await get_unflushed(self.session, Notification, notification_id)
 
     async def timeline(self, application_id: uuid.UUID) -> list[TimelineEntry]:
         query = (

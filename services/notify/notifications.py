@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -406,7 +407,9 @@ class ResidentMessages:
                 step_attempts=0,
             )
             repo.session.add(notification)
-            await repo.session.flush()
+        # Written with the rest of the transaction: the next event of the batch finds the bundle and the item among
+        # the session's new rows (Repository.open_bundle, item_exists).
+        repo.told(notification, event.id, resident_id)
         repo.session.add(
             NotificationItem(
                 notification_id=notification.id,
@@ -417,7 +420,6 @@ class ResidentMessages:
                 data=data,
             )
         )
-        await repo.session.flush()
         mark_work(repo.session)
 
     async def _language(self, repo: Repository, resident_id: uuid.UUID) -> str:
@@ -467,3 +469,29 @@ def _case_basics(case_id: uuid.UUID, program_code: str, program: ApplicationProg
         "office_code": program.office_code,
         "office_name": program.office_name,
     }
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value is not None else None
+    except ValueError:
+        return None  # the handler's validation says what is wrong with it
+
+
+async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+    """The residents' consumer's load (``Subscription.load``): the applications, programs, items and bundles a
+    transaction's events will look up, read in a query per kind at its start instead of a lookup per event."""
+    applications: set[uuid.UUID] = set()
+    programs: set[tuple[uuid.UUID, str]] = set()
+    residents: set[uuid.UUID] = set()
+    for event in events:
+        data = event.data if isinstance(event.data, dict) else {}
+        members = data.get("member_ids")
+        named = [data.get("resident_id"), *(members if isinstance(members, list) else [])]
+        residents.update(r for r in (_uuid(v) for v in named) if r)
+        application_id = _uuid(data.get("application_id"))
+        if application_id is not None:
+            applications.add(application_id)
+            if event.event_type.startswith("case.") and isinstance(code := data.get("program_code"), str):
+                programs.add((application_id, code))
+    await Repository(session).load_for_events(applications, programs, {e.id for e in events}, residents)

@@ -43,7 +43,9 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
+from shared.db import get_unflushed, hold_loaded, note_absent
 from shared.deps import SessionDep, WriteSessionDep
+from shared.outbox import write_emitted
 
 # The partner-facing tables a caller reads within a scope (their own rows; an administrator's: all).
 Scoped = TypeVar("Scoped", Subscription, WebhookDelivery)
@@ -53,6 +55,11 @@ Held = TypeVar("Held", Notification, Delivery)
 
 # The applications a transaction locked (see Repository.tracked_application).
 _LOCKED_APPLICATIONS = "notify_locked_applications"
+# The bundles (notifications still collecting) a transaction found, by resident, application and kind (session.info).
+_BUNDLES = "notify_open_bundles"
+# The residents whose bundles a transaction loaded, and the items it loaded (event ids asked, pairs found).
+_BUNDLES_LOADED = "notify_bundles_loaded"
+_ITEMS = "notify_items_loaded"
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -90,11 +97,11 @@ class Repository:
     # ------------------------------------------------------------------------------------------ residents
 
     async def preference(self, resident_id: uuid.UUID) -> Preference | None:
-        return await self.session.get(Preference, resident_id)
+        return await get_unflushed(self.session, Preference, resident_id)
 
     async def resident_state(self, resident_id: uuid.UUID) -> ResidentState:
         """The resident's row, created on first sight."""
-        state = await self.session.get(ResidentState, resident_id, with_for_update=True)
+        state = await get_unflushed(self.session, ResidentState, resident_id, with_for_update=True)
         if state is None:
             state = ResidentState(resident_id=resident_id, consents={}, consent_version=0, profile_version=0,
                                   updated_at=utcnow())  # fmt: skip
@@ -103,7 +110,7 @@ class Repository:
         return state
 
     async def find_resident_state(self, resident_id: uuid.UUID) -> ResidentState | None:
-        return await self.session.get(ResidentState, resident_id)
+        return await get_unflushed(self.session, ResidentState, resident_id)
 
     async def tracked_application(self, application_id: uuid.UUID, resident_id: uuid.UUID) -> TrackedApplication:
         """The application's row, locked, created on first sight (its events may come in any order). Locked once, it
@@ -114,7 +121,7 @@ class Repository:
         held = locked.get(application_id) if remember else None
         if held is not None and not inspect(held).expired_attributes and held in self.session:
             return held
-        application = await self.session.get(TrackedApplication, application_id, with_for_update=True)
+        application = await get_unflushed(self.session, TrackedApplication, application_id, with_for_update=True)
         if application is None:
             application = TrackedApplication(
                 application_id=application_id, resident_id=resident_id, last_round=0, updated_at=utcnow()
@@ -131,7 +138,7 @@ class Repository:
         return await self.session.get(TrackedApplication, application_id)
 
     async def application_program(self, application_id: uuid.UUID, program_code: str) -> ApplicationProgram | None:
-        return await self.session.get(ApplicationProgram, (application_id, program_code))
+        return await get_unflushed(self.session, ApplicationProgram, (application_id, program_code))
 
     async def application_programs(self, application_id: uuid.UUID) -> dict[str, ApplicationProgram]:
         rows = await self.session.scalars(
@@ -139,38 +146,127 @@ class Repository:
         )
         return {row.program_code: row for row in rows}
 
+    async def load_for_events(
+        self, application_ids: set[uuid.UUID], programs: set[tuple[uuid.UUID, str]], event_ids: set[str],
+        resident_ids: set[uuid.UUID],
+    ) -> None:  # fmt: skip
+        """Unscoped (the residents' consumer): what a transaction's events will look up, in a query per kind — the
+        applications (locked, held as :meth:`tracked_application` holds them), the programs named, the items already
+        told of these events, the residents' bundles still collecting (locked) — and what is not there noted as
+        absent, so that each event asks the database nothing more. Not within a savepoint."""
+        if self.session.in_nested_transaction():
+            return
+        hold_loaded(self.session)
+        with self.session.no_autoflush:
+            if application_ids:
+                locked: dict[uuid.UUID, TrackedApplication] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
+                tracked = select(TrackedApplication).where(TrackedApplication.application_id.in_(application_ids))
+                for application in await self.session.scalars(tracked.order_by(TrackedApplication.application_id)
+                                                              .with_for_update()):  # fmt: skip
+                    locked[application.application_id] = application
+                note_absent(self.session, TrackedApplication, application_ids - set(locked))
+            if programs:
+                named = select(ApplicationProgram).where(
+                    ApplicationProgram.application_id.in_({a for a, _ in programs})
+                )
+                found = {(p.application_id, p.program_code) for p in await self.session.scalars(named)}
+                note_absent(self.session, ApplicationProgram, programs - found)
+            if event_ids:
+                told = select(NotificationItem.source_event_id, NotificationItem.resident_id).where(
+                    NotificationItem.source_event_id.in_(event_ids)
+                )
+                pairs = {(event_id, resident_id) for event_id, resident_id in (await self.session.execute(told)).all()}
+                self.session.info[_ITEMS] = (set(event_ids), pairs)
+            if resident_ids:
+                collecting = (
+                    select(Notification)
+                    .where(
+                        Notification.resident_id.in_(resident_ids),
+                        Notification.status == NotificationStatus.COLLECTING.value,
+                        Notification.claim_token.is_(None),
+                    )
+                    .order_by(Notification.created_at)
+                    .with_for_update()
+                )
+                bundles: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
+                for n in await self.session.scalars(collecting):
+                    bundles[(n.resident_id, n.application_id, n.kind)] = n  # the newest last
+                self.session.info.setdefault(_BUNDLES_LOADED, set()).update(resident_ids)
+
+    def told(self, notification: Notification, source_event_id: str, resident_id: uuid.UUID) -> None:
+        """This transaction added ``notification`` (or added to it) for the event: what :meth:`open_bundle` and
+        :meth:`item_exists` answer from, for the rest of it."""
+        if notification.status == NotificationStatus.COLLECTING.value and not self.session.in_nested_transaction():
+            key = (notification.resident_id, notification.application_id, notification.kind)
+            self.session.info.setdefault(_BUNDLES, {})[key] = notification
+        loaded = self.session.info.get(_ITEMS)
+        if loaded is not None:
+            loaded[1].add((source_event_id, resident_id))
+
     async def item_exists(self, source_event_id: str, resident_id: uuid.UUID) -> bool:
-        found = await self.session.scalar(
-            select(NotificationItem.id).where(
-                NotificationItem.source_event_id == source_event_id, NotificationItem.resident_id == resident_id
+        """Among the items stored and those this transaction added (without writing them first)."""
+        if any(
+            isinstance(i, NotificationItem) and i.source_event_id == source_event_id and i.resident_id == resident_id
+            for i in self.session.new
+        ):
+            return True
+        loaded: tuple[set[str], set[tuple[str, uuid.UUID]]] | None = self.session.info.get(_ITEMS)
+        if loaded is not None and source_event_id in loaded[0]:
+            return (source_event_id, resident_id) in loaded[1]
+        with self.session.no_autoflush:
+            found = await self.session.scalar(
+                select(NotificationItem.id).where(
+                    NotificationItem.source_event_id == source_event_id, NotificationItem.resident_id == resident_id
+                )
             )
-        )
         return found is not None
 
     async def open_bundle(
         self, resident_id: uuid.UUID, application_id: uuid.UUID | None, kind: str, now: dt.datetime
     ) -> Notification | None:
         """A notification of the same kind still collecting (not claimed by a worker), locked so that a worker cannot
-        release it while we add to it."""
+        release it while we add to it. One this transaction opened or found before is taken without asking the
+        database again (and without writing what is pending first: a consumer's batch writes once, at its end)."""
+
+        def collecting(n: Notification) -> bool:
+            return (
+                n.resident_id == resident_id and n.application_id == application_id and n.kind == kind
+                and n.status == NotificationStatus.COLLECTING.value and n.claim_token is None and n.next_step_at > now
+            )  # fmt: skip
+
+        opened = [n for n in self.session.new if isinstance(n, Notification) and collecting(n)]
+        if opened:
+            return max(opened, key=lambda n: n.created_at)
+        found: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
+        key = (resident_id, application_id, kind)
+        held = found.get(key) if not self.session.in_nested_transaction() else None
+        if held is not None and held in self.session and not inspect(held).expired_attributes and collecting(held):
+            return held
+        if not self.session.in_nested_transaction() and resident_id in self.session.info.get(_BUNDLES_LOADED, ()):
+            return None  # the resident's bundles were loaded with the transaction's events (load_for_events)
         same_application = (
             Notification.application_id.is_(None)
             if application_id is None
             else Notification.application_id == application_id
         )
-        return await self.session.scalar(
-            select(Notification)
-            .where(
-                Notification.resident_id == resident_id,
-                same_application,
-                Notification.kind == kind,
-                Notification.status == NotificationStatus.COLLECTING.value,
-                Notification.claim_token.is_(None),
-                Notification.next_step_at > now,
+        with self.session.no_autoflush:
+            bundle = await self.session.scalar(
+                select(Notification)
+                .where(
+                    Notification.resident_id == resident_id,
+                    same_application,
+                    Notification.kind == kind,
+                    Notification.status == NotificationStatus.COLLECTING.value,
+                    Notification.claim_token.is_(None),
+                    Notification.next_step_at > now,
+                )
+                .order_by(Notification.created_at.desc())
+                .limit(1)
+                .with_for_update()
             )
-            .order_by(Notification.created_at.desc())
-            .limit(1)
-            .with_for_update()
-        )
+        if bundle is not None and not self.session.in_nested_transaction():
+            found[key] = bundle  # locked to the end of the transaction (a savepoint's rollback would release it)
+        return bundle
 
     async def suppress_for_application(self, application_id: uuid.UUID, keep_kind: str) -> None:
         """Nothing more goes out for a withdrawn application: unreleased messages and unsent deliveries are stopped.
@@ -355,7 +451,9 @@ class Repository:
         return rows.all()
 
     async def queued_partner_copies(self, prefix: str) -> list[tuple[int, str, str]]:
-        """(outbox row id, subject, payload) of the partners' NATS copies the relay has not published yet."""
+        """(outbox row id, subject, payload) of the partners' NATS copies the relay has not published yet, those this
+        transaction emitted among them."""
+        await write_emitted(self.session)
         outbox = platform.outbox
         rows = await self.session.execute(
             select(outbox.c.id, outbox.c.subject, outbox.c.payload)

@@ -79,14 +79,17 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
             wake()
 
     runtime.db.on_commit(on_commit)
+    # Named apart from the consumers (notify-residents-0 ...): what each costs is measured by its task's name.
     tasks = [
         asyncio.create_task(
-            _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-residents"
+            _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-resident-delivery"
         ),
-        asyncio.create_task(_loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partners"),
+        asyncio.create_task(
+            _loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partner-delivery"
+        ),
         # Nothing wakes it: a period ends on the clock.
         asyncio.create_task(
-            _loop("aggregate-feed", aggregates.run_once, asyncio.Event(), settings), name="notify-aggregates"
+            _loop("aggregate-feed", aggregates.run_once, asyncio.Event(), settings), name="notify-aggregate-feed"
         ),
     ]
     try:

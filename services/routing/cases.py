@@ -65,8 +65,13 @@ class CaseChanged(Conflict):
         super().__init__("The case was changed by someone else at the same time; reload it and try again.")
 
 
-async def save(repo: Repository) -> None:
-    """Write pending changes now, so that a concurrent change (the version check) is a 409, not a failed commit."""
+async def save(repo: Repository, case: Case | None = None) -> None:
+    """Write pending changes now, so that a concurrent change (the version check) is a 409, not a failed commit. A
+    ``case`` this transaction added has no version anyone else could have changed: it is written with the rest of the
+    transaction (a consumer's batch then writes its new cases, their history and their events together, not a
+    flush per case)."""
+    if case is not None and case in repo.session.new:
+        return
     try:
         await repo.session.flush()
     except StaleDataError:
@@ -186,7 +191,7 @@ async def decide_automatically(
     case.amount = amount
     case.updated_at = now
     repo.add_entry(case, ELIGIBILITY, "decided", now, decision="approved", reason_code=reason.code)
-    await save(repo)
+    await save(repo, case)
     await ctx.outbox.emit(
         repo.session,
         CaseDecided(
@@ -309,7 +314,7 @@ async def open_case(
     if existing is None:
         repo.session.add(case)
     repo.add_entry(case, SYSTEM, "reopened" if existing else "routed", now, round=data.round, routing=case.routing)
-    await save(repo)
+    await save(repo, case)
     await ctx.outbox.emit(
         repo.session,
         CaseRouted(
@@ -358,7 +363,7 @@ async def grant_case(
     case.priority = ROUTINE
     repo.session.add(case)
     repo.add_entry(case, SYSTEM, "routed", now, round=data.round, routing=case.routing, automatic=True)
-    await save(repo)
+    await save(repo, case)
     await ctx.outbox.emit(
         repo.session,
         CaseRouted(

@@ -48,7 +48,7 @@ from services.routing.models import (
 from services.routing.repository import Repository
 from shared.auth import Principal
 from shared.clock import Clock
-from shared.db import Database
+from shared.db import Database, get_unflushed
 from shared.events import KeptRecords, Localized, ResidentErased, ResidentErasureRequested
 from shared.outbox import Outbox
 from shared.personal_data import (
@@ -172,8 +172,20 @@ async def part(
 # ---------------------------------------------------------------------------------------------- the erasure
 
 
+# The residents a transaction found not erased (session.info): a consumer's batch asks about them event after event.
+_NOT_ERASED = "routing_not_erased"
+
+
 async def erased(repo: Repository, resident_id: uuid.UUID) -> bool:
-    return await repo.session.get(ResidentErasure, resident_id) is not None
+    """Whether the resident's data was erased here. One found not erased is remembered for the rest of the transaction
+    (until an erasure of theirs is written in it: :func:`on_erasure_requested`)."""
+    known: set[uuid.UUID] = repo.session.info.setdefault(_NOT_ERASED, set())
+    if resident_id in known:
+        return False
+    if await get_unflushed(repo.session, ResidentErasure, resident_id) is not None:
+        return True
+    known.add(resident_id)
+    return False
 
 
 async def _destroy_case(session: AsyncSession, case_id: uuid.UUID) -> None:
@@ -223,6 +235,7 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
     )
     today = clock.today()
     kept = _kept(kept_cases, await _count(session, audit_log.table, audit_log.table.c.resident_id == rid), today)
+    session.info.get(_NOT_ERASED, set()).discard(rid)  # erased from here on in this transaction
     session.add(
         ResidentErasure(
             resident_id=rid,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 import pytest
@@ -212,5 +213,61 @@ async def test_a_batch_with_a_poison_event_commits_the_rest_in_one_transaction_a
         [letter] = await _letters(h)
         assert (letter.event_id, letter.deliveries) == (poison.id, consumer.max_deliver)
         assert "after writing" in letter.error
+    finally:
+        await h.stop()
+
+
+class _FinishesEachTransaction(_WritesThenFails):
+    """A consumer that leaves work to the end of each transaction (Subscription.finish): it sees the events the
+    transaction applied, and writes in it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.finished: list[list[str]] = []
+        self.loads: list[int] = []
+
+    @staticmethod
+    async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
+        assert event.id in session.info["loaded"], "loaded at the start of its transaction"
+        await _WritesThenFails.apply(session, event, data)
+        session.info.setdefault("applied", []).append(event.id)
+
+    async def load(self, session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        session.info["loaded"] = {e.id for e in events}
+        self.loads.append(len(events))
+
+    async def finish(self, session: AsyncSession) -> None:
+        applied = session.info.pop("applied", [])
+        self.finished.append(applied)
+        await session.execute(
+            insert(effects).values(
+                application_id="finish", event_id=str(uuid.uuid4()), applied_at=dt.datetime.now(dt.UTC)
+            )
+        )
+
+
+async def test_a_consumers_finish_runs_once_per_transaction_after_its_events_and_commits_with_them(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    h = _FinishesEachTransaction(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    try:
+        lead = h.event(withdrawn())  # taken alone (an idle consumer takes one message), the rest as one batch
+        poison = h.event(withdrawn(reason=POISON))
+        good = [h.event(withdrawn()) for _ in range(6)]
+        for e in [lead, *good[:3], poison, *good[3:]]:
+            await h.bus.publish_event(e)
+        await h.start_consumer()
+        await wait_until(lambda: _settled(h))
+        assert h.finished[0] == [lead.id]
+        assert h.loads[:2] == [1, 7], "each transaction loads for the events it is about to apply"
+        # The batch failed as one transaction (its finish never committed), then its events were applied apart,
+        # each in a savepoint: the finish saw the six that stayed; the poison, retried alone, never got to it.
+        assert h.finished[-1] == [e.id for e in good]
+        counts = await h.effect_counts()
+        assert counts.pop("finish") == 2, "one finish committed with each transaction that applied events"
+        assert counts == {e.data["application_id"]: 1 for e in [lead, *good]}
+        [letter] = await _letters(h)
+        assert letter.event_id == poison.id
     finally:
         await h.stop()

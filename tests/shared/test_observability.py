@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from pathlib import Path
 
-from shared.observability import JsonFormatter, event_id_var
+from sqlalchemy import text
+
+from shared.db import Database, background
+from shared.observability import JsonFormatter, Metrics, count_statements, event_id_var
 from shared.tracing import Tracing, context_of, traceparent
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -48,3 +53,35 @@ def test_malformed_trace_context_starts_a_new_trace() -> None:
             assert context.is_valid
             assert f"{context.trace_id:032x}" != "0" * 32
             assert span.parent is None, bad  # type: ignore[attr-defined]
+
+
+async def test_statements_and_commits_are_counted_by_the_work_that_ran_them(tmp_path: Path) -> None:
+    """What bench/pipeline_cpu.py reads per service: each consumer's statements apart (its worker task's name
+    without the worker's number), the relay's and other background tasks' by theirs, requests' as ``http``."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'counted.db'}")
+    metrics = Metrics("test")
+    count_statements(db.engine, metrics)
+    count_statements(db.read_engine, metrics)
+
+    async def consumer() -> None:
+        background()
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+            await session.execute(text("SELECT 2"))
+
+    try:
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+        await asyncio.create_task(consumer(), name="intake-status-view-0")
+        async with db.read_session() as session:
+            await session.execute(text("SELECT 1"))
+    finally:
+        await db.dispose()
+
+    def sample(name: str, work: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"work": work})
+
+    assert sample("onestop_db_statements_total", "intake-status-view") == 2
+    assert sample("onestop_db_statements_total", "http") == 2
+    assert sample("onestop_db_transactions_total", "intake-status-view") == 1
+    assert sample("onestop_db_transactions_total", "http") == 2

@@ -16,6 +16,7 @@ from sqlalchemy import MetaData, select
 from shared.db import Database
 from shared.events import (
     CloudEvent,
+    Department,
     EligibilityOpportunity,
     Localized,
     MissingFact,
@@ -157,3 +158,43 @@ def test_event_ids_are_fresh_random_uuids() -> None:
     # Random: every hex digit position that is not fixed by the version and variant takes many values.
     assert all(len({i[k] for i in ids}) == 16 for k in (0, 9, 20, 35))
     assert event_ids(0).to_list() == []
+
+
+async def test_the_events_of_a_transaction_are_written_together_in_the_order_emitted(db: Database) -> None:
+    """``emit`` writes nothing at once: the transaction's events go out with its next flush, one INSERT for all of
+    them, in the order emitted (the relay publishes by id); a savepoint rolled back takes its events back; and a
+    bulk write after them (``emit_many``) comes after them."""
+    from typing import Any
+
+    from sqlalchemy import event
+
+    outbox = Outbox(tables, prefix="onestop", source=SOURCE)
+    opportunity = EligibilityOpportunity(
+        screening_id=uuid.uuid4(), resident_id=uuid.uuid4(), program_code="youth_rent",
+        program_name=Localized(ko="청년월세", en="Youth rent"), department=Department.WELFARE, amount=200_000,
+        amount_period="monthly", found_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with db.session() as session:
+            first = [await outbox.emit(session, opportunity) for _ in range(3)]
+            async with session.begin_nested() as savepoint:
+                await outbox.emit(session, opportunity)
+                await savepoint.rollback()
+            assert len(statements) == 1, "the three before the savepoint, written as it began, in one INSERT"
+            more = [await outbox.emit(session, opportunity) for _ in range(3)]
+            assert len(statements) == 1, "nothing written yet"
+            bulk = await outbox.emit_many(session, [opportunity, opportunity])
+            assert session.info[PENDING_KEY]
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    inserts = [s for s in statements if s.startswith("INSERT INTO outbox")]
+    assert len(inserts) == 3, "three and three emitted one by one, then the bulk write: an INSERT each"
+    async with db.read_session() as session:
+        stored = (await session.execute(select(tables.outbox.c.event_id).order_by(tables.outbox.c.id))).scalars()
+        assert list(stored) == [e.id for e in [*first, *more, *bulk]]

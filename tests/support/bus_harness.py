@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus, OutgoingMessage
-from shared.consumer import TRANSACTION_BUDGET, Consumer, Subscription, on
+from shared.consumer import TRANSACTION_BUDGET, Consumer, Finish, Load, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
@@ -136,6 +136,8 @@ class Harness:
             subscription=Subscription(
                 name="effects",
                 handlers=[on(ApplicationWithdrawn, self.apply)],
+                load=self.load,
+                finish=self.finish,
                 concurrency=self.concurrency,
                 retry_delays=(0.05, 0.1),
             ),
@@ -152,6 +154,11 @@ class Harness:
         )
         await self.consumer.start()
         return self.consumer
+
+    # What the consumer's transactions do once before and after their events (Subscription.load, finish); none by
+    # default.
+    load: Load | None = None
+    finish: Finish | None = None
 
     @staticmethod
     async def apply(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:

@@ -24,6 +24,7 @@ from shared.events import (
     HouseholdMember,
     ReportedFact,
     ResidentContext,
+    ResidentErasureRequested,
     ResidentUpdated,
     new_event,
     subject_for,
@@ -436,3 +437,85 @@ async def test_a_report_a_consent_or_a_registry_change_re_evaluates_with_rules_r
     # The submission, the report, the consent and the move each evaluated the application once, all ahead.
     assert len(holding) >= 4
     assert not any(holding), f"{holding.count(True)} of {len(holding)} evaluations ran inside the write transaction"
+
+
+async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_and_writes_its_offices_together(
+    eligibility: RunningService,
+) -> None:
+    """Where each case is (the projection that scopes staff reads), from a batch of routing's events in one
+    transaction: whether the resident was erased is asked once, not for every event; the rows are written together
+    at the end (a case routed and transferred in the same batch is found among the new rows, not flushed to be
+    found); and each case ends in the office of its newest event."""
+    from sqlalchemy import event
+
+    from services.eligibility.models import CaseOfficeRow
+    from tests.services.eligibility.support import case_transferred
+
+    application_id, resident_id = uuid.uuid4(), uuid.uuid4()
+    start = dt.datetime.now(dt.UTC)
+    lead = case_routed(application_id, resident_id, "MAPO-CSC", at=start)
+    first = case_routed(application_id, resident_id, "MAPO-CSC", at=start)
+    second = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
+    moved = case_transferred(first, "YONGSAN-CSC", at=start + dt.timedelta(seconds=1))
+    consumer = eligibility.runtime.consumers["case-offices"]
+    statements: list[str] = []
+    commits = 0
+
+    def by_consumer() -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.get_name().startswith(f"{consumer.durable}-")
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if by_consumer():
+            statements.append(" ".join(statement.split()))
+
+    def committed(conn: Any) -> None:
+        nonlocal commits
+        commits += by_consumer()
+
+    engine = eligibility.runtime.db.engine.sync_engine
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in (lead, first, second, moved):
+        await eligibility.publish(data)
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", committed)
+    try:
+        await consumer.start()
+        await wait_until(lambda: eligibility.settled("case-offices"), timeout=20)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", committed)
+
+    erasure_reads = [s for s in statements if "FROM resident_erasures" in s]
+    office_writes = [s for s in statements if s.startswith("INSERT INTO case_offices")]
+    assert len(erasure_reads) <= commits < 4, statements
+    assert len(office_writes) <= commits, statements
+    async with eligibility.runtime.db.session() as session:
+        rows = (
+            await session.scalars(select(CaseOfficeRow).where(CaseOfficeRow.application_id == application_id))
+        ).all()
+    assert {r.case_id: r.office_code for r in rows} == {
+        lead.case_id: "MAPO-CSC",
+        first.case_id: "YONGSAN-CSC",
+        second.case_id: "JONGNO-CSC",
+    }
+
+
+async def test_in_one_batch_an_erasure_stops_the_residents_events_after_it(eligibility: RunningService) -> None:
+    """Whether a resident was erased is remembered for the rest of a transaction, until an erasure of theirs is
+    written in it: the registry's news of the resident after the request, in the same batch, is not stored."""
+    from services.eligibility.models import ResidentRow
+
+    resident_id = uuid.uuid4()
+    request = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=resident_id, requested_at=now(), decision_files=[]
+    )
+    consumer = eligibility.runtime.consumers["events"]
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in (registry(uuid.uuid4()), registry(resident_id), request, registry(resident_id, version=2)):
+        await eligibility.publish(data)
+    await consumer.start()
+    await wait_until(lambda: eligibility.settled("events"), timeout=30)
+    async with eligibility.runtime.db.session() as session:
+        stored = await session.get(ResidentRow, resident_id)
+    assert stored is None, "nothing about the resident is stored after their erasure"

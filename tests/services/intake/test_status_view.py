@@ -3,6 +3,7 @@ order and more than once; and the resident's actions on it (answering, rating, w
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -50,6 +51,7 @@ from tests.services.intake.support import (
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 MAPO_NAME = Localized(ko="서교동 주민센터", en="Seogyo-dong Community Service Centre")
 YONGSAN_NAME = Localized(ko="이태원1동 주민센터", en="Itaewon 1-dong Community Service Centre")
@@ -591,3 +593,123 @@ async def test_a_status_get_reads_the_application_and_every_part_in_one_statemen
         assert filed is not None
         one_by_one = await build_view(repo, filed)
     assert json.dumps(shown, ensure_ascii=False) == json.dumps(one_by_one.model_dump(mode="json"), ensure_ascii=False)
+
+
+async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows_together(
+    intake: RunningService,
+) -> None:
+    """The status view's consumer applies a batch of events in one transaction: each application's status is derived
+    once at its end from everything the batch changed (one read of the cases), not after every event; and the
+    events' rows are written together, not flushed before each lookup (nor at another application's first event in
+    the batch). What the residents see is the same."""
+    from sqlalchemy import event
+
+    resident_id, me = await register_self(intake)
+    application = await file_application(intake, me, birth_application(resident_id))
+    d = Downstream(intake, application)
+    other_resident, someone = await register_self(intake)
+    other = Downstream(intake, await file_application(intake, someone, birth_application(other_resident)))
+    ca, pb = uuid.uuid4(), uuid.uuid4()
+    welfare, due = "/onestop/routing", dt.date.today() + dt.timedelta(days=30)
+    programs = [
+        program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE, automatic=True, amount=100_000,
+                period="monthly"),
+        program("parent_benefit", "부모급여", "Parent benefit", Outcome.ELIGIBLE, amount=1_000_000, period="monthly"),
+        program("diaper_formula_support", "저소득층 기저귀·조제분유 지원",
+                "Diapers and formula for low-income families", Outcome.INELIGIBLE, department=Department.HEALTH),
+    ]  # fmt: skip
+    determined = d.event(
+        EligibilityDetermined(
+            determination_id=uuid.uuid4(), application_id=d.application_id, resident_id=d.resident_id, round=1,
+            trigger="submitted", application_date=dt.date.today(), evaluated_at=d.clock, resident=d.context,
+            programs=programs,
+        ), "/onestop/eligibility",
+    )  # fmt: skip
+    batch = [
+        d.event(CaseRouted(**d.case_fields(ca, "child_allowance"), office_name=MAPO_NAME, status="closed", priority=3,
+                           automatic=True, due_date=None, reason="granted", routed_at=d.clock), welfare),
+        d.event(CaseDecided(**d.case_fields(ca, "child_allowance"), decision=Decision.APPROVED,
+                            reason_code="eligible", amount=100_000, automatic=True, decided_at=d.clock), welfare),
+        d.event(CaseRouted(**d.case_fields(pb, "parent_benefit"), office_name=MAPO_NAME, status="open", priority=5,
+                           automatic=False, due_date=due, reason="district 11440", routed_at=d.clock), welfare),
+        d.event(CaseAssigned(**d.case_fields(pb, "parent_benefit"), assignee="cw-park", assigned_by="cw-park",
+                             assigned_at=d.clock), welfare),
+        d.event(CaseDecided(**d.case_fields(pb, "parent_benefit"), decision=Decision.APPROVED,
+                            reason_code="eligible", amount=1_000_000, automatic=False, decided_at=d.clock), welfare),
+    ]  # fmt: skip
+    batch.append(
+        d.event(NotificationSent(notification_id=uuid.uuid4(), resident_id=d.resident_id,
+                                 application_id=d.application_id, source_event_ids=[batch[1].id], channel="inbox",
+                                 template="case_decided", language="ko", sent_at=d.clock), "/onestop/notify")
+    )  # fmt: skip
+    interleaved = other.event(
+        NotificationSent(notification_id=uuid.uuid4(), resident_id=other.resident_id,
+                         application_id=other.application_id, source_event_ids=[], channel="email",
+                         template="application_submitted", language="ko", sent_at=other.clock), "/onestop/notify",
+    )  # fmt: skip
+
+    consumer = intake.runtime.consumers["status-view"]
+    statements: list[str] = []
+    commits = 0
+
+    def by_consumer() -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.get_name().startswith(f"{consumer.durable}-")
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if by_consumer():
+            statements.append(" ".join(statement.split()))
+
+    def committed(conn: Any) -> None:
+        nonlocal commits
+        if by_consumer():
+            commits += 1
+            statements.append("COMMIT")
+
+    engine = intake.runtime.db.engine.sync_engine
+    # The events wait on the stream while the consumer is stopped; started, it takes the first alone (a consumer
+    # idle takes one message at once) and the rest as one batch.
+    await consumer.stop()
+    for e in [determined, *batch[:2], interleaved, *batch[2:]]:
+        await intake.publish(e)
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", committed)
+    try:
+        await consumer.start()
+        await wait_until(lambda: intake.settled("status-view"), timeout=20)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", committed)
+
+    status_reads = [s for s in statements if "FROM cases WHERE cases.application_id" in s]
+    timeline_writes = [s for s in statements if s.startswith("INSERT INTO timeline_entries")]
+    application_writes = [s for s in statements if s.startswith("UPDATE applications")]
+    events = 1 + len(batch) + 1
+    assert 1 <= len(status_reads) <= commits < events, (len(status_reads), commits, events)
+    assert len(timeline_writes) <= commits < events, "\n".join(s[:100] for s in statements)
+    # What the events look up is loaded at the start of each transaction (Subscription.load), a query per kind: in
+    # each transaction, one read of each (and of the cases one more, for the statuses at its end), however many
+    # events name them.
+    transactions: list[list[str]] = [[]]
+    for s in statements:
+        if s == "COMMIT":
+            transactions.append([])
+        else:
+            transactions[-1].append(s)
+    for applied in transactions:
+        for table, most in (("cases", 2), ("applications", 1), ("notifications", 1), ("application_offices", 1)):
+            reads = [s for s in applied if s.startswith(f"SELECT {table}.")]
+            assert len(reads) <= most, (table, reads)
+    # Once per application per transaction (two applications at most in one here), not once per event.
+    assert len(application_writes) <= 2 * commits < events, "\n".join(s[:100] for s in statements)
+
+    view = await view_when(intake, me, application["id"], lambda v: len(v["timeline"]) == 2 + len(batch))
+    assert view["status"] == "completed"
+    assert [t["type"] for t in view["timeline"][1:]] == [e.event_type for e in [determined, *batch]]
+    assert {p["program_code"]: p["case"]["status"] for p in view["programs"] if p["case"]} == {
+        "child_allowance": "decided",
+        "parent_benefit": "decided",
+    }
+    assert [n["status"] for n in view["notifications"]] == ["sent"]
+    view = await view_when(intake, someone, str(other.application_id), lambda v: len(v["timeline"]) == 2)
+    assert [(n["channel"], n["status"]) for n in view["notifications"]] == [("email", "sent")]

@@ -487,3 +487,75 @@ async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_si
 
 def _ends_a_line(path: Path) -> bool:
     return path.exists() and path.read_bytes()[-1:] == b"\n"
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_a_batch_of_an_applications_events_writes_its_messages_together(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The residents' consumer applies a batch of an application's events in one transaction: the messages and their
+    items are written together at its end (the next event finds the bundle it joins among the new rows, not by
+    flushing and asking the database again); three routings are one message, two decisions another, as before."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    resident = await intake.register(email="jiwoo.park@example.kr", language="ko", channels=("inbox",))
+    application = uuid.uuid4()
+    codes = ["child_allowance", "parent_benefit", "first_meeting_voucher"]
+    lead = f.determined(resident, application, 1, [f.program(c, c, c, Outcome.ELIGIBLE) for c in codes])
+    batch = [
+        *(f.routed(resident, application, c) for c in codes),
+        *(f.decided(resident, application, c) for c in codes[:2]),
+    ]
+    consumer = notify.runtime.consumers["residents"]
+    statements: list[str] = []
+    commits = 0
+
+    def by_consumer() -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.get_name().startswith(f"{consumer.durable}-")
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if by_consumer():
+            statements.append(" ".join(statement.split()))
+
+    def committed(conn: Any) -> None:
+        nonlocal commits
+        if by_consumer():
+            commits += 1
+            statements.append("COMMIT")
+
+    engine = notify.runtime.db.engine.sync_engine
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in [lead, *batch]:
+        await notify.publish(data)
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", committed)
+    try:
+        await consumer.start()
+        await wait_until(lambda: notify.settled("residents"), timeout=20)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", committed)
+
+    def count(prefix: str) -> int:
+        return len([s for s in statements if s.startswith(prefix)])
+
+    assert count("INSERT INTO notification_items ") <= commits < 1 + len(batch), "\n".join(s[:110] for s in statements)
+    assert count("INSERT INTO notifications ") <= commits, statements
+    # What the events look up is loaded at the start of each transaction (Subscription.load), a query per kind.
+    transactions: list[list[str]] = [[]]
+    for s in statements:
+        if s == "COMMIT":
+            transactions.append([])
+        else:
+            transactions[-1].append(s)
+    for applied in transactions:
+        # (A bundle loaded brings its items with it: notification_items once more.)
+        for table, most in (("notifications", 1), ("notification_items", 2), ("applications", 1),
+                            ("application_programs", 1)):  # fmt: skip
+            reads = [s for s in applied if s.startswith(f"SELECT {table}.")]
+            assert len(reads) <= most, (table, reads)
+    await close_bundle(notify, resident, "case.routed", events=3)
+    await close_bundle(notify, resident, "case.decided", events=2)

@@ -4,6 +4,7 @@ rounds updating the cases, and withdrawal closing them."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections import Counter
@@ -162,3 +163,60 @@ async def test_withdrawal_closes_the_open_cases_and_nothing_is_created_after_it(
     )
     assert await cases_of(routing, early) == {}
     assert not [e for e in await emitted(routing) if e.get("application_id") == str(early)]
+
+
+async def test_a_determinations_new_cases_their_history_and_events_are_written_together(
+    routing: RunningService,
+) -> None:
+    """The cases a determination opens and grants are new in the consumer's transaction: no one else can have changed
+    them, so they are not written one by one to check their version. Their rows, their history and the events that
+    announce them go out in one INSERT per table, and a case granted at once is written decided, not written open
+    and then updated. What is stored and announced is the same."""
+    from typing import Any
+
+    from sqlalchemy import event
+
+    app = uuid.uuid4()
+    programs = [
+        program("child_allowance", "eligible", automatic=True, amount=100_000),
+        program("first_meeting_voucher", "eligible", automatic=True, amount=2_000_000),
+        program("parent_benefit", "eligible"),
+        program("emergency_welfare", "needs_review"),
+        program("infant_checkup", "needs_information", department="health", missing=["resident", "staff"]),
+    ]
+    statements: list[str] = []
+    durable = routing.runtime.consumers["cases"].durable
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith(durable):
+            statements.append(" ".join(statement.split()))
+
+    engine = routing.runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await routing.publish(determined(app, programs))
+        await wait_until(routing.settled)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    def count(prefix: str) -> int:
+        return len([s for s in statements if s.startswith(prefix)])
+
+    assert count("INSERT INTO cases ") == 1, statements
+    assert count("INSERT INTO case_history ") == 1, statements
+    assert count("INSERT INTO outbox ") == 1, statements
+    assert count("UPDATE cases ") == 0, statements
+    cases = await cases_of(routing, app)
+    assert {code: c.status for code, c in cases.items()} == {
+        "child_allowance": "decided",
+        "first_meeting_voucher": "decided",
+        "parent_benefit": "open",
+        "emergency_welfare": "open",
+        "infant_checkup": "open",
+    }
+    assert by_program(await emitted(routing)) == {
+        **{("case.routed", code): 1 for code in cases},
+        ("case.decided", "child_allowance"): 1,
+        ("case.decided", "first_meeting_voucher"): 1,
+    }

@@ -147,3 +147,50 @@ async def test_only_the_resident_and_intake_read_a_resident_s_whole_part(routing
     async with routing.runtime.db.session() as session:
         actors = (await session.scalars(select(table.c.actor).where(table.c.resident_id == resident_id))).all()
     assert actors == ["service:intake"], "intake's read is audited; the resident's own is not"
+
+
+async def test_in_one_batch_an_erasure_stops_what_comes_after_it_and_erasure_is_asked_once_per_resident(
+    routing: RunningService,
+) -> None:
+    """The cases consumer asks whether a resident was erased once per transaction, not for every event; and an
+    erasure request in the same batch stops every event about the resident after it (nothing is stored again)."""
+    import asyncio
+    from typing import Any
+
+    from sqlalchemy import event
+
+    from tests.services.routing.support import cases_of, determined, program
+    from tests.support.waiting import wait_until
+
+    resident_id = uuid.uuid4()
+    before, after = uuid.uuid4(), uuid.uuid4()
+    lead = determined(uuid.uuid4(), [program("child_allowance", "eligible")])
+    first = determined(before, [program("parent_benefit", "eligible")], resident_id=resident_id)
+    again = determined(before, [program("parent_benefit", "eligible")], resident_id=resident_id, round=2)
+    request = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=resident_id, requested_at=dt.datetime.now(dt.UTC), decision_files=[]
+    )
+    late = determined(after, [program("parent_benefit", "eligible")], resident_id=resident_id)
+    consumer = routing.runtime.consumers["cases"]
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith(f"{consumer.durable}-"):
+            statements.append(" ".join(statement.split()))
+
+    engine = routing.runtime.db.engine.sync_engine
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in (lead, first, again, request, late):
+        await routing.publish(data)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        await consumer.start()
+        await wait_until(routing.settled)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    erasure_reads = [s for s in statements if s.startswith("SELECT") and "FROM resident_erasures" in s]
+    assert len(erasure_reads) <= 3, erasure_reads  # the lead's resident, this resident, and the request's own check
+    assert await cases_of(routing, after) == {}, "nothing about the resident is stored after their erasure"
+    assert await cases_of(routing, before) == {}, "their case before it was erased with them"
