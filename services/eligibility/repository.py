@@ -441,11 +441,13 @@ class Repository:
     async def _registry_page_copy(
         self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None, due: dt.date | None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        # The text of dates and timestamps follows DateStyle: ISO for this transaction, whatever the server's default.
+        # No JIT: compiling these plain scans costs more than running them. Said through the session, which begins
+        # its transaction first: said on the driver before it, they would hold for nothing, and each COPY below
+        # would read a snapshot of its own.
+        await self.session.execute(text("SELECT set_config('DateStyle', 'ISO', true), set_config('jit', 'off', true)"))
         connection = await self.session.connection()
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        # The text of dates and timestamps follows DateStyle: ISO for this transaction, whatever the server's default.
-        # No JIT: compiling these plain scans costs more than running them.
-        await driver.execute("SET LOCAL DateStyle = 'ISO'; SET LOCAL jit = off")
         where, args, source = "r.proactive_screening", list[Any](), "residents r"
         if after is not None:
             where += " AND r.resident_id > $1::uuid"
