@@ -260,14 +260,14 @@ async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame, *
     pieces = range(0, rows.height, max(piece, 1))
     if connection.dialect.name == "postgresql":
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        utc = rows.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
 
         async def csv() -> AsyncIterator[bytes]:
             # As CSV written by Polars: no Python object per value. Texts quoted (so an empty one is not NULL), NULL
-            # as an unquoted \N, timestamps in UTC; in memory (a file would cost a thread hop per chunk).
+            # as an unquoted \N, timestamps in UTC; in memory (a file would cost a thread hop per chunk), a piece
+            # at a time (no copy of the whole frame).
             for start in pieces:
                 buffer = io.BytesIO()
-                utc.slice(start, piece).write_csv(
+                rows.slice(start, piece).with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC")).write_csv(
                     buffer,
                     include_header=False,
                     null_value="\\N",
@@ -280,13 +280,13 @@ async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame, *
         return
     # SQLite keeps UUIDs as 32 hex digits and timestamps as UTC text with microseconds (SQLAlchemy's own forms).
     uuids = [c for c in columns if isinstance(table.c[c].type, Uuid)]
-    texts = rows.with_columns(
+    texts = [
         *(pl.col(c).str.replace_all("-", "") for c in uuids),
         pl.col(pl.Datetime).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f"),
-    )
+    ]
     marks = ", ".join("?" * len(columns))
     for start in pieces:
         await connection.exec_driver_sql(
             f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608 - the table's own names
-            texts.slice(start, piece).rows(),
+            rows.slice(start, piece).with_columns(texts).rows(),
         )
