@@ -219,9 +219,18 @@ def phase_load(args: argparse.Namespace) -> None:
                 loaded = await load_registry(
                     session, registry_dir(args.residents, args.seed) / "residents.parquet", now=NOW, replace=True
                 )
+            vacuumed = None
+            if db.dialect == "postgresql":
+                # As an operator does after a bulk load: vacuumed and analysed now, rather than by autovacuum in the
+                # middle of a timed run (its pass over 12.7 M fresh facts made the first 1 % re-screen 7.7 s).
+                started = time.perf_counter()
+                async with db.engine.connect() as connection:
+                    autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                    await autocommit.exec_driver_sql("VACUUM (ANALYZE) residents, department_facts")
+                vacuumed = time.perf_counter() - started
         finally:
             await db.dispose()
-        return {"residents": loaded.residents, "facts": loaded.facts, "seconds": loaded.seconds}
+        return {"residents": loaded.residents, "facts": loaded.facts, "seconds": loaded.seconds, "vacuum": vacuumed}
 
     report({"phase": "load", "url": args.url.split("@")[-1], **asyncio.run(run()), "peak_mb": peak_mb()})
 
@@ -461,8 +470,9 @@ def end_to_end(args: argparse.Namespace) -> None:
             if "error" in loaded:
                 print(f"\n{name}: loading FAILED {loaded['error']}")
                 continue
+            vacuum = f", vacuumed and analysed in {loaded['vacuum']:.1f} s" if loaded.get("vacuum") is not None else ""
             print(f"\nend to end on {name}: {loaded['residents']:,} residents and {loaded['facts']:,} department "
-                  f"facts loaded in {loaded['seconds']:.1f} s (setup, not timed below)")  # fmt: skip
+                  f"facts loaded in {loaded['seconds']:.1f} s{vacuum} (setup, not timed below)")  # fmt: skip
             screened = run_phase(args, "screen", url=url)
             if "error" in screened:
                 print(f"  screening FAILED {screened['error']}")
