@@ -314,40 +314,51 @@ def defer_write(session: AsyncSession, write: DeferredWrite, *, one_statement: b
         session.info[ONE_STATEMENT_WRITES] = session.info.get(ONE_STATEMENT_WRITES, 0) + 1
 
 
-async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame) -> None:
+# Rows of a bulk insert made into driver values (or CSV) at a time: the memory of a large write stays bounded.
+BULK_PIECE = 50_000
+
+
+async def bulk_insert(session: AsyncSession, table: Table, rows: pl.DataFrame, *, piece: int = BULK_PIECE) -> None:
     """Insert ``rows`` (a column per table column, by name) in the session's transaction through the driver's bulk
-    path: ``executemany`` on SQLite, ``COPY`` of CSV on PostgreSQL — none of the ORM's per-row work. UUID columns hold
-    text (32 hex digits, or with dashes); timestamps are timezone-aware and written in UTC as the tables' own types
-    write them (``tables.UTCDateTime``)."""
+    path, in one statement on PostgreSQL (a ``COPY`` of CSV, sent ``piece`` rows at a time) and one ``executemany`` per
+    ``piece`` rows on SQLite — none of the ORM's per-row work. UUID columns hold text (32 hex digits, or with dashes);
+    timestamps are timezone-aware and written in UTC as the tables' own types write them (``tables.UTCDateTime``)."""
     import polars as pl
 
     if not rows.height:
         return
     connection = await session.connection()
     columns = list(rows.columns)
+    pieces = range(0, rows.height, max(piece, 1))
     if connection.dialect.name == "postgresql":
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        # As CSV written by Polars: no Python object per value. Texts quoted (so an empty one is not NULL), NULL as
-        # an unquoted \N, timestamps in UTC.
-        buffer = io.BytesIO()
-        rows.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC")).write_csv(
-            buffer,
-            include_header=False,
-            null_value="\\N",
-            quote_style="non_numeric",
-            datetime_format="%Y-%m-%d %H:%M:%S%.6f+00",
-        )
-        # The bytes as they are (a file would cost a thread hop per chunk).
-        await driver.copy_to_table(table.name, source=buffer.getbuffer(), columns=columns, format="csv", null="\\N")
+
+        async def csv() -> AsyncIterator[bytes]:
+            # As CSV written by Polars: no Python object per value. Texts quoted (so an empty one is not NULL), NULL
+            # as an unquoted \N, timestamps in UTC; in memory (a file would cost a thread hop per chunk), a piece
+            # at a time (no copy of the whole frame).
+            for start in pieces:
+                buffer = io.BytesIO()
+                rows.slice(start, piece).with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC")).write_csv(
+                    buffer,
+                    include_header=False,
+                    null_value="\\N",
+                    quote_style="non_numeric",
+                    datetime_format="%Y-%m-%d %H:%M:%S%.6f+00",
+                )
+                yield buffer.getvalue()
+
+        await driver.copy_to_table(table.name, source=csv(), columns=columns, format="csv", null="\\N")
         return
     # SQLite keeps UUIDs as 32 hex digits and timestamps as UTC text with microseconds (SQLAlchemy's own forms).
     uuids = [c for c in columns if isinstance(table.c[c].type, Uuid)]
-    records = rows.with_columns(
+    texts = [
         *(pl.col(c).str.replace_all("-", "") for c in uuids),
         pl.col(pl.Datetime).dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%d %H:%M:%S%.6f"),
-    ).rows()
+    ]
     marks = ", ".join("?" * len(columns))
-    await connection.exec_driver_sql(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608 - the table's own names
-        records,
-    )
+    for start in pieces:
+        await connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",  # noqa: S608 - the table's own names
+            rows.slice(start, piece).with_columns(texts).rows(),
+        )

@@ -25,7 +25,7 @@ from sqlalchemy.orm import registry
 
 from shared import tracing
 from shared.bus import Bus, OutgoingMessage
-from shared.db import Database, background, bulk_insert
+from shared.db import BULK_PIECE, Database, background, bulk_insert
 from shared.events import CloudEvent, EventData, new_event, subject_for
 from shared.observability import Metrics, current_traceparent
 from shared.tables import PlatformTables
@@ -142,10 +142,14 @@ class Outbox:
         return await self.emit_frames(session, [(template, frame)])
 
     async def emit_frames(
-        self, session: AsyncSession, parts: Sequence[tuple[EnvelopeTemplate, pl.DataFrame]]
+        self,
+        session: AsyncSession,
+        parts: Sequence[tuple[EnvelopeTemplate, pl.DataFrame]],
+        *,
+        piece: int = BULK_PIECE,
     ) -> pl.Series:
         """:meth:`emit_frame` for several templates (the events of one bulk write that differ in more than their
-        holes), in one statement, in the order given."""
+        holes), in one statement, in the order given (``piece``: see :func:`shared.db.bulk_insert`)."""
         import polars as pl
 
         now = dt.datetime.now(dt.UTC)
@@ -167,7 +171,7 @@ class Outbox:
             return pl.Series("id", [], dtype=pl.String)
         written = pl.concat(rows)
         await write_emitted(session)
-        await bulk_insert(session, self.table, written)
+        await bulk_insert(session, self.table, written, piece=piece)
         session.info[PENDING_KEY] = True
         return written.get_column("event_id").alias("id")
 

@@ -112,13 +112,16 @@ async def load_registry(
     indexes = [i for i in cast(Table, DepartmentFactRow.__table__).indexes if _on(i, connection.dialect.name)]
     for index in indexes:
         await connection.run_sync(index.drop)
-    frame = pl.scan_parquet(path)
-    total = frame.select(pl.len()).collect().item()
+    # In the order of residents' ids, each resident's facts together: a screening reads its pages by id range, and a
+    # page's residents and facts are then neighbours on disk (on PostgreSQL a page's facts were spread over most of
+    # the table's pages, read again for every page).
+    frame = pl.read_parquet(path).sort("resident_id")
+    total = frame.height
     residents = facts = 0
     for offset in range(0, total, chunk):
-        part = frame.slice(offset, chunk).collect()
+        part = frame.slice(offset, chunk)
         people = _resident_rows(part)
-        reported = _fact_rows(part)
+        reported = _fact_rows(part).sort("resident_id", maintain_order=True)
         if postgres:
             await _copy(driver, people, reported, now)
         else:

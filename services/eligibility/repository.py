@@ -56,7 +56,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.db import bulk_insert, get_unflushed
+from shared.db import BULK_PIECE, bulk_insert, get_unflushed
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 if TYPE_CHECKING:
@@ -456,18 +456,22 @@ class Repository:
     async def _registry_page_copy(
         self, after: str | None, limit: int, only: Sequence[uuid.UUID] | None, due: dt.date | None
     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        # The text of dates and timestamps follows DateStyle: ISO for this transaction, whatever the server's default.
+        # No JIT: compiling these plain scans costs more than running them. Said through the session, which begins
+        # its transaction first: said on the driver before it, they would hold for nothing, and each COPY below
+        # would read a snapshot of its own.
+        await self.session.execute(text("SELECT set_config('DateStyle', 'ISO', true), set_config('jit', 'off', true)"))
         connection = await self.session.connection()
         driver: Any = (await connection.get_raw_connection()).driver_connection
-        # The text of dates and timestamps follows DateStyle: ISO for this transaction, whatever the server's default.
-        # No JIT: compiling these plain scans costs more than running them.
-        await driver.execute("SET LOCAL DateStyle = 'ISO'; SET LOCAL jit = off")
-        where, args = "r.proactive_screening", list[Any]()
+        where, args, source = "r.proactive_screening", list[Any](), "residents r"
         if after is not None:
             where += " AND r.resident_id > $1::uuid"
             args.append(uuid.UUID(after))
         if only is not None:
-            where += f" AND r.resident_id = ANY(${len(args) + 1}::uuid[])"
-            args.append(list(only))
+            # Residents named one by one: a lookup each, in the order of their ids (``= ANY`` of thousands of ids is
+            # planned as a scan of the whole table, or as one of its index with a rough guess of the rows).
+            source = f"unnest(${len(args) + 1}::uuid[]) AS p(resident_id) JOIN residents r USING (resident_id)"
+            args.append(list(dict.fromkeys(only)))  # each once, as ``= ANY`` would have them
         if due is not None:
             where += (
                 " AND NOT EXISTS (SELECT 1 FROM screening_reviews s WHERE s.resident_id = r.resident_id"  # noqa: S608
@@ -478,27 +482,32 @@ class Repository:
         residents = await _copy_csv(
             driver,
             "SELECT r.resident_id, r.registry_version, r.birth_date, r.district_code, r.household::text, "  # noqa: S608
-            f"r.vulnerability::text, r.consents::text FROM residents r WHERE {where} "
+            f"r.vulnerability::text, r.consents::text FROM {source} WHERE {where} "
             f"ORDER BY r.resident_id LIMIT {int(limit)}",
             args,
             _RESIDENT_COLUMNS,
         )
         if not residents.height:
             return _residents_of(residents), _no_facts()
-        # The facts of the page's id range (a bitmap scan: the heap pages in order, each read once), less those of
-        # residents not on the page (who do not consent).
+        # The facts of the page's id range (a bitmap or index scan: the heap pages in order, each read once), less
+        # those of residents not on the page (who do not consent); of residents named or due, their own.
         ids = residents.get_column("resident_id")
         fact_args: list[Any] = [uuid.UUID(ids[0]), uuid.UUID(ids[-1])]
-        chosen = "f.resident_id BETWEEN $1::uuid AND $2::uuid"
+        chosen = "department_facts f WHERE f.resident_id BETWEEN $1::uuid AND $2::uuid"
         if only is not None or due is not None:  # residents spread over every id: their own facts, not the range's
-            fact_args, chosen = [[uuid.UUID(i) for i in ids]], "f.resident_id = ANY($1::uuid[])"
+            fact_args = [[uuid.UUID(i) for i in ids]]
+            chosen = "unnest($1::uuid[]) AS p(resident_id) JOIN department_facts f USING (resident_id)"
+        # Never a scan of the whole table for a page's share of it: once the facts lie in residents' order (as
+        # ``registry load`` writes them) the planner, seeing a fifth of the rows asked for, would rather read them all.
+        await driver.execute("SET LOCAL enable_seqscan = off")
         facts = await _copy_csv(
             driver,
             "SELECT f.resident_id, f.id, f.name, f.value::text, f.department, f.observed_at AT TIME ZONE 'UTC', "  # noqa: S608
-            f"f.valid_until AT TIME ZONE 'UTC' FROM department_facts f WHERE {chosen}",
+            f"f.valid_until AT TIME ZONE 'UTC' FROM {chosen}",
             fact_args,
             _FACT_COLUMNS,
         )
+        await driver.execute("SET LOCAL enable_seqscan = on")
         facts = facts.join(residents.select("resident_id"), on="resident_id", how="semi")
         return _residents_of(residents), _facts_of(facts)
 
@@ -583,9 +592,10 @@ class Repository:
             rows, schema={"resident_id": pl.String(), "name": pl.String(), "value": pl.String()}, orient="row"
         )
 
-    async def add_opportunities(self, rows: pl.DataFrame) -> None:
-        """Opportunities found by a screening, in one bulk write (``screening.opportunity_rows``' columns)."""
-        await bulk_insert(self.session, cast(Table, OpportunityRow.__table__), rows)
+    async def add_opportunities(self, rows: pl.DataFrame, *, piece: int = BULK_PIECE) -> None:
+        """Opportunities found by a screening, in one bulk write (``screening.opportunity_rows``' columns; ``piece``:
+        see ``shared.db.bulk_insert``)."""
+        await bulk_insert(self.session, cast(Table, OpportunityRow.__table__), rows, piece=piece)
 
     async def judged_pairs(
         self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None

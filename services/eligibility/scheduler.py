@@ -30,6 +30,7 @@ from services.eligibility import screening_runs, triggers
 from services.eligibility.determinations import Eligibility
 from services.eligibility.models import ScreeningQueueRow, ScreeningRow
 from services.eligibility.repository import Repository
+from services.eligibility.screening import proactive_codes
 from services.eligibility.screening_runs import DueToday, Everyone, Kind, Population, Queued
 from shared.db import Database
 
@@ -103,7 +104,7 @@ class ScreeningScheduler:
             requested = await repo.requested_screening()
             schedule = await repo.schedule()
             in_force = triggers.rules_in_force(catalogue, today)
-            codes = screening_runs.proactive_codes(catalogue, today)
+            codes = proactive_codes(catalogue, today)
             plan: tuple[Kind, str, Population] | None = None
             if requested is not None:
                 screening_id = requested.screening_id

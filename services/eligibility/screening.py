@@ -177,12 +177,14 @@ async def run_screening(
         row.eligible_found += page.found.height
         row.already_applied += page.applied.height
         row.already_notified += page.told.height
-        for start in range(0, page.fresh.height, batch_size):
-            # Written ``batch_size`` at a time (one bulk statement each for the opportunities and their events), in
-            # this transaction: the same guarantee as Outbox.emit, without a round trip or an object per event.
-            fresh = page.fresh.slice(start, batch_size)
-            await repo.add_opportunities(opportunity_rows(fresh, versions, row.screening_id, now))
-            await outbox.emit_frames(repo.session, opportunity_events(outbox, fresh, versions, row.screening_id, now))
+        if page.fresh.height:
+            # The page's opportunities and their events, one bulk statement each (their rows made ``batch_size`` at a
+            # time), in this transaction: the same guarantee as Outbox.emit, without a round trip or an object per
+            # event; one envelope template per program for the whole page.
+            fresh = page.fresh
+            await repo.add_opportunities(opportunity_rows(fresh, versions, row.screening_id, now), piece=batch_size)
+            events = opportunity_events(outbox, fresh, versions, row.screening_id, now)
+            await outbox.emit_frames(repo.session, events, piece=batch_size)
             row.opportunities += fresh.height
         row.residents_screened += page.residents
         row.judgements += page.residents * len(judged_codes)
@@ -247,6 +249,21 @@ def opportunity_events(
     return parts
 
 
+def proactive_codes(catalogue: Catalogue, as_of: dt.date) -> list[str]:
+    """Every proactive program with a rule version in force on ``as_of``."""
+    return [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
+
+
+async def requested_programs(repo: Repository, service: Eligibility, request: ScreeningIn) -> tuple[dt.date, list[str]]:
+    """What a screening request asks for: its day (default: today in the city) and the programs it names (each known
+    and in force that day, else the request is refused) or, naming none, every proactive program in force then."""
+    catalogue = await service.store.get(repo)
+    as_of = request.as_of or service.store.today()
+    if request.programs is not None:
+        return as_of, named_programs(catalogue, request.programs, as_of, field="programs")
+    return as_of, proactive_codes(catalogue, as_of)
+
+
 async def start_screening(
     repo: Repository,
     service: Eligibility,
@@ -257,12 +274,7 @@ async def start_screening(
     reads: Reads | None = None,
 ) -> ScreeningOut:
     """Screen by the programs a request names, or every proactive program in force on its date (default: today)."""
-    catalogue = await service.store.get(repo)
-    as_of = request.as_of or service.store.today()
-    if request.programs is not None:
-        codes = named_programs(catalogue, request.programs, as_of, field="programs")
-    else:
-        codes = [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
+    as_of, codes = await requested_programs(repo, service, request)
     metrics = service.screening_metrics
     try:
         row = await run_screening(

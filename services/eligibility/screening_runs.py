@@ -35,7 +35,7 @@ import polars as pl
 from sqlalchemy import Table, delete, update
 
 from services.eligibility import near_misses, vectorised
-from services.eligibility.catalogue import Catalogue, named_programs
+from services.eligibility.catalogue import Catalogue
 from services.eligibility.determinations import Eligibility
 from services.eligibility.fact_table import ROW
 from services.eligibility.facts import Derived, FactCatalogue, FactLayers, derive, resolve
@@ -49,6 +49,7 @@ from services.eligibility.screening import (
     facts_read,
     opportunity_events,
     opportunity_rows,
+    requested_programs,
     screening_out,
     start_screening,
 )
@@ -557,10 +558,6 @@ async def open_run(
     return row
 
 
-def proactive_codes(catalogue: Catalogue, as_of: dt.date) -> list[str]:
-    return [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
-
-
 async def execute(
     db: Database,
     service: Eligibility,
@@ -696,12 +693,7 @@ async def start(
     queued and the scheduler runs it next, a page at a time (``GET /v1/screenings/{id}`` shows how far it got)."""
     if not request.background:
         return await start_screening(repo, service, request, actor=actor, now=now, reads=reads)
-    catalogue = await service.store.get(repo)
-    as_of = request.as_of or service.store.today()
-    if request.programs is not None:
-        codes = named_programs(catalogue, request.programs, as_of, field="programs")
-    else:
-        codes = proactive_codes(catalogue, as_of)
+    as_of, codes = await requested_programs(repo, service, request)
     row = await open_run(
         repo,
         kind="requested",

@@ -154,3 +154,33 @@ async def test_pages_of_residents_and_their_facts_arrive_as_the_orm_reads_them(d
     assert residents_alone.get_column("resident_id").to_list() == [named[0].hex, named[1].hex]
     assert set(facts_alone.get_column("resident_id")) <= {named[0].hex, named[1].hex}
     assert facts_alone.height == sum(1 for f in facts if f["resident_id"] in named[:2])
+
+
+async def test_the_pages_of_one_read_see_one_snapshot(database_url: str) -> None:
+    """The pages read in one read-only unit of work all see the registry as it was when the first was read: a
+    resident who consents (and a fact reported) meanwhile is not on a later page. On PostgreSQL the ``COPY`` of each
+    page runs in the unit of work's ``REPEATABLE READ`` transaction, not in a transaction of its own."""
+    await upgrade(database_url, MIGRATIONS)
+    people = [resident(n, consenting=True) for n in range(1, 11)]
+    db = Database(database_url)
+    try:
+        async with db.session() as session:
+            await session.execute(insert(ResidentRow), people)
+            await session.execute(insert(DepartmentFactRow), [fact(1, 1, p["resident_id"]) for p in people])
+        late = {**resident(11, consenting=True), "resident_id": uuid.UUID(int=2**128 - 1)}  # after every other id
+        async with db.read_session() as session:
+            repo = Repository(session)
+            first = await repo.registry_page(None, 5, None)
+            async with db.session() as writer:
+                await writer.execute(insert(ResidentRow), [late])
+                await writer.execute(insert(DepartmentFactRow), [fact(2, 1, people[-1]["resident_id"])])
+            rest = await repo.registry_page(first[0].get_column("resident_id")[-1], 100, None)
+        async with db.read_session() as session:
+            now_seen = await Repository(session).registry_page(first[0].get_column("resident_id")[-1], 100, None)
+    finally:
+        await db.dispose()
+    assert first[0].height == 5
+    assert rest[0].get_column("resident_id").to_list() == sorted(p["resident_id"].hex for p in people)[5:]
+    assert rest[1].height == 5, "the fact reported meanwhile is not read"
+    assert now_seen[0].height == 6, "a later read sees the resident"
+    assert now_seen[1].height == 6, "and the fact"

@@ -219,6 +219,37 @@ async def test_a_run_judges_its_residents_outside_any_write_transaction(
     assert await eligibility.count(ScreeningReviewRow) == 2, "what the page found was written (each next review)"
 
 
+async def test_a_run_keeps_nothing_of_its_pages_once_done(
+    eligibility: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service idles between runs: once a run is done, nothing holds its judge (the catalogue compiled for the day,
+    the awaited-fact memo), its pages' columns or what they found — the memory goes back with them."""
+    import gc
+    import weakref
+
+    from services.eligibility import screening_runs
+
+    set_today(eligibility, DAY)
+    await registered(eligibility, dt.date(1950, 5, 1), proactive_screening=True, department_data__welfare=True)
+    await registered(eligibility, dt.date(1992, 7, 20), proactive_screening=True)
+    await wait_until(lambda: eligibility.settled("events"))
+    held: list[weakref.ref[Any]] = []
+    judge_in_thread = screening_runs.judge_in_thread
+
+    async def judging(judge: screening_runs.ProactiveJudge, page: Any, *args: Any, **kwargs: Any) -> Any:
+        judged = await judge_in_thread(judge, page, *args, **kwargs)
+        held.extend([weakref.ref(judge), weakref.ref(page), weakref.ref(judged)])
+        return judged
+
+    monkeypatch.setattr(screening_runs, "judge_in_thread", judging)
+    run = await tick(eligibility)
+    assert run is not None
+    assert (run["kind"], run["status"], run["residents_screened"]) == ("full", "completed", 2)
+    assert len(held) == 3, "one page judged"
+    gc.collect()
+    assert [r() for r in held] == [None, None, None], "the judge, the page and what it found are let go"
+
+
 def revision(run: dict[str, Any]) -> int:
     assert str(run["trigger"]).startswith("catalogue revision ")
     return int(str(run["trigger"]).rsplit(" ", 1)[-1])
@@ -443,7 +474,8 @@ async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screen
     from services.eligibility.models import ScreeningReviewRow
     from services.eligibility.population import read_page
     from services.eligibility.repository import Repository
-    from services.eligibility.screening_runs import ProactiveJudge, proactive_codes, screen_page
+    from services.eligibility.screening import proactive_codes
+    from services.eligibility.screening_runs import ProactiveJudge, screen_page
     from services.eligibility.triggers import ReviewCalendar
     from shared.clock import Clock
     from shared.events import ResidentErasureRequested
