@@ -585,10 +585,25 @@ class Consumer:
             "permanent": permanent,
             "event": orjson.loads(item.msg.data) if event else payload,
         }
+        table = self.tables.dead_letters
         try:
             async with self.db.session() as session:
+                # Once a letter: an event that comes back after it was dead-lettered (its redelivery was on its way
+                # before the term reached the server, as when the last attempt outlasted ack_wait) is terminated
+                # again, without a second letter. A replayed letter that fails again makes a new one.
+                known = await session.scalar(
+                    select(table.c.id)
+                    .where(
+                        table.c.consumer == self.durable, table.c.event_id == event_id, table.c.replayed_at.is_(None)
+                    )
+                    .limit(1)
+                )
+                if known is not None:
+                    log.info("dead-lettered already", extra={"consumer": self.durable, "dead_letter_id": known})
+                    await _terminate(item)
+                    return
                 await session.execute(
-                    insert(self.tables.dead_letters).values(
+                    insert(table).values(
                         consumer=self.durable,
                         event_id=event_id,
                         event_type=event_type,
@@ -616,8 +631,7 @@ class Consumer:
             return
         self.metrics.dead_letters.labels(consumer=self.durable).inc()
         self.metrics.events_handled.labels(consumer=self.durable, result="dead").inc()
-        with contextlib.suppress(nats.errors.Error, OSError):
-            await item.msg.term()
+        await _terminate(item)
 
     # ------------------------------------------------------------------------------------------ replay
 
@@ -655,6 +669,11 @@ class Consumer:
                 )
             raise
         return bool(fresh)
+
+
+async def _terminate(item: _Item) -> None:
+    with contextlib.suppress(nats.errors.Error, OSError):
+        await item.msg.term()
 
 
 def error_text(exc: BaseException) -> str:

@@ -137,32 +137,38 @@ class ProgramState:
 
 # By determination id (a round's programs never change once stored; a new round has a new id). Each case and
 # notification event needs them: validating a dozen whole programs with their criteria every time was most of what
-# applying an event cost, and keeping them whole would take some 130 kB each.
-_PROGRAM_STATES: collections.OrderedDict[uuid.UUID, tuple[ProgramState, ...]] = collections.OrderedDict()
+# applying an event cost, and keeping them whole would take some 130 kB each. Kept as tuples of text under an integer
+# key, which the garbage collector stops tracking: a full collection walks every tracked object, and 4,096 rounds of
+# ProgramState instances (61 objects a round) made its pauses 80-180 ms under load.
+_ProgramRow = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
+_PROGRAM_STATES: collections.OrderedDict[int, tuple[_ProgramRow, ...]] = collections.OrderedDict()
 _PROGRAM_STATES_KEPT = 4096
+
+
+def _program_row(program: Mapping[str, Any]) -> _ProgramRow:
+    name = Localized.model_validate(program["program_name"])
+    missing = tuple((m["name"], m.get("asked_of", "resident")) for m in program.get("missing") or ())
+    return (program["program_code"], name.ko, name.en, Outcome(program["outcome"]).value, missing)
 
 
 def program_states(determination: Determination | None) -> tuple[ProgramState, ...]:
     if determination is None:
         return ()
-    key = determination.determination_id
-    states = _PROGRAM_STATES.get(key)
-    if states is None:
-        states = tuple(
-            ProgramState(
-                program_code=p["program_code"],
-                program_name=Localized.model_validate(p["program_name"]),
-                outcome=Outcome(p["outcome"]),
-                missing=tuple(Missing(m["name"], m.get("asked_of", "resident")) for m in p.get("missing") or ()),
-            )
-            for p in determination.programs
-        )
-        _PROGRAM_STATES[key] = states
+    key = determination.determination_id.int
+    rows = _PROGRAM_STATES.get(key)
+    if rows is None:
+        rows = tuple(_program_row(p) for p in determination.programs)
+        _PROGRAM_STATES[key] = rows
         if len(_PROGRAM_STATES) > _PROGRAM_STATES_KEPT:
             _PROGRAM_STATES.popitem(last=False)
     else:
         _PROGRAM_STATES.move_to_end(key)
-    return states
+    return tuple(
+        ProgramState(
+            code, Localized.model_construct(ko=ko, en=en), Outcome(outcome), tuple(Missing(*m) for m in missing)
+        )
+        for code, ko, en, outcome, missing in rows
+    )
 
 
 def settled(program: ProgramDetermination | ProgramState, current: Mapping[str, Case]) -> bool:

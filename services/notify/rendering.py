@@ -109,6 +109,13 @@ class Renderer:
         self.app_base_url = app_base_url.rstrip("/")
         self._text = self._environment(template_dir, autoescape=False)
         self._html = self._environment(template_dir, autoescape=True)
+        # Every template compiled now, at start-up: compiled at its first message instead, each held the event loop
+        # for tens of milliseconds under load (85 ms seen).
+        for language in LANGUAGES:
+            for kind in KINDS:
+                self._text.get_template(f"{language}/{kind}.j2")
+                self._html.get_template(f"{language}/{kind}.j2")
+        self._html.get_template("layout.html.j2")
 
     def _environment(self, template_dir: Path, *, autoescape: bool) -> Environment:
         env = Environment(

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import random
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -391,3 +392,24 @@ def test_signatures_match_the_standard_webhooks_test_vector() -> None:
     assert standard_webhook_signature_valid(secret, headers, body)
     assert standard_webhook_signature_valid("whsec_" + "QUJD" * 8, headers, body)
     assert not standard_webhook_signature_valid("whsec_" + "WFla" * 8, headers, body)
+
+
+def test_every_template_is_compiled_at_start_up_so_a_missing_or_broken_one_stops_the_start(tmp_path: Path) -> None:
+    """Notify compiles its templates when it starts, not at the first message of each kind (which held the event loop
+    under load): a release missing one, or with one that does not compile, does not start."""
+    import shutil
+
+    import jinja2
+
+    from services.notify.rendering import TEMPLATE_DIR
+
+    templates = tmp_path / "templates"
+    shutil.copytree(TEMPLATE_DIR, templates)
+    Renderer("https://x", templates)  # whole: it starts
+    broken = templates / "en" / f"{KINDS[-1]}.j2"
+    broken.write_text("{% block subject %}{{ unclosed {% endblock %}")
+    with pytest.raises(jinja2.TemplateSyntaxError):
+        Renderer("https://x", templates)
+    broken.unlink()
+    with pytest.raises(jinja2.TemplateNotFound):
+        Renderer("https://x", templates)
