@@ -410,6 +410,7 @@ class Consumer:
                     await self._run(session, item)
                     handled.append(event.id)
                 applied.append(item)
+                await _let_others_run()
                 if self._spent(started):
                     break
             await self._finish(session, handled)
@@ -448,6 +449,7 @@ class Consumer:
                         continue
                     seen.add(event.id)
                     handled.append(event.id)
+                    await _let_others_run()
                 await self._finish(session, handled)
                 await self._record(session, handled)
         except Exception as exc:
@@ -669,6 +671,13 @@ class Consumer:
                 )
             raise
         return bool(fresh)
+
+
+async def _let_others_run() -> None:
+    """Between two events of a batch: a handler that found what it needs already loaded and flushes nothing never
+    waits, so a batch would hold the loop from its first event to its last. A request that arrives meanwhile gets
+    the loop here, and when it waits to write, the batch gives way at its budget (``_spent``)."""
+    await asyncio.sleep(0)
 
 
 async def _terminate(item: _Item) -> None:

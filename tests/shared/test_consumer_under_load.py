@@ -216,3 +216,46 @@ async def _all_applied(h: Harness, count: int) -> None:
 async def _background_waiting(h: Harness) -> bool:
     writer = sqlite.writer_for(str(make_url(h.db.url).database))
     return writer is not None and writer.waiting > 0
+
+
+class _NeverWaits(Harness):
+    """A handler that finds all it needs at hand and writes nothing: it never awaits."""
+
+    def __init__(self, *, nats_url: str, prefix: str, database_url: str) -> None:
+        super().__init__(nats_url=nats_url, prefix=prefix, database_url=database_url)
+        self.applied: list[str] = []
+
+    async def apply(self, session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:  # type: ignore[override]
+        self.applied.append(event.id)
+
+
+async def test_a_batch_whose_handlers_never_wait_still_lets_the_loop_run_between_its_events(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    """Handlers that do their work from what the batch loaded never wait for the database; the batch must still let
+    whatever else is ready (a request) run between its events, or it holds the loop from its first event to its last
+    (and a request waiting to write cannot even say so before the batch commits)."""
+    h = _NeverWaits(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    seen: list[int] = []  # how many events were applied each time another task got the loop
+    done = asyncio.Event()
+
+    async def other_task() -> None:
+        while not done.is_set():
+            seen.append(len(h.applied))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_task())
+    try:
+        events = [h.event(withdrawn()) for _ in range(20)]
+        for e in events:
+            await h.bus.publish_event(e)
+        await h.start_consumer()
+        await wait_until(lambda: len(h.applied) == 20)
+        done.set()
+        await other
+        between = {n for n in seen if 2 <= n < 20}  # inside the batch that follows the first (lone) message
+        assert len(between) >= 10, f"the loop ran other work after only {sorted(between)} of 20 events"
+    finally:
+        done.set()
+        await h.stop()
