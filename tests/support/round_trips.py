@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event
@@ -79,3 +80,55 @@ def round_trips(db: Database) -> Iterator[list[str]]:
     finally:
         for target, name, listener in listeners:
             event.remove(target, name, listener)
+
+
+@dataclass
+class ConsumerWork:
+    """What a consumer's tasks sent: its statements as sent, with ``COMMIT`` where each transaction ended."""
+
+    statements: list[str] = field(default_factory=list)
+
+    @property
+    def commits(self) -> int:
+        return self.statements.count("COMMIT")
+
+    def transactions(self) -> list[list[str]]:
+        """The statements of each transaction (the last one possibly empty)."""
+        out: list[list[str]] = [[]]
+        for s in self.statements:
+            if s == "COMMIT":
+                out.append([])
+            else:
+                out[-1].append(s)
+        return out
+
+    def count(self, prefix: str) -> int:
+        return len([s for s in self.statements if s.startswith(prefix)])
+
+
+@contextlib.contextmanager
+def consumer_statements(db: Database, durable: str) -> Iterator[ConsumerWork]:
+    """What the tasks of the consumer ``durable`` send to ``db``'s write engine while the block runs (its batches run
+    in tasks named after it)."""
+    work = ConsumerWork()
+
+    def by_consumer() -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.get_name().startswith(f"{durable}-")
+
+    def record(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        if by_consumer():
+            work.statements.append(" ".join(text.split()))
+
+    def committed(_conn: Any) -> None:
+        if by_consumer():
+            work.statements.append("COMMIT")
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "commit", committed)
+    try:
+        yield work
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "commit", committed)

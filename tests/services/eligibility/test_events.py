@@ -32,6 +32,7 @@ from shared.events import (
 from tests.services.eligibility.support import case_routed, today
 from tests.support.events import EventLog, event_log
 from tests.support.nats import NatsServer
+from tests.support.round_trips import consumer_statements
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -446,7 +447,6 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
     transaction: whether the resident was erased is asked once, not for every event; the rows are written together
     at the end (a case routed and transferred in the same batch is found among the new rows, not flushed to be
     found); and each case ends in the office of its newest event."""
-    from sqlalchemy import event
 
     from services.eligibility.models import CaseOfficeRow
     from tests.services.eligibility.support import case_transferred
@@ -458,33 +458,13 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
     second = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
     moved = case_transferred(first, "YONGSAN-CSC", at=start + dt.timedelta(seconds=1))
     consumer = eligibility.runtime.consumers["case-offices"]
-    statements: list[str] = []
-    commits = 0
-
-    def by_consumer() -> bool:
-        task = asyncio.current_task()
-        return task is not None and task.get_name().startswith(f"{consumer.durable}-")
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if by_consumer():
-            statements.append(" ".join(statement.split()))
-
-    def committed(conn: Any) -> None:
-        nonlocal commits
-        commits += by_consumer()
-
-    engine = eligibility.runtime.db.engine.sync_engine
     await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
     for data in (lead, first, second, moved):
         await eligibility.publish(data)
-    event.listen(engine, "before_cursor_execute", record)
-    event.listen(engine, "commit", committed)
-    try:
+    with consumer_statements(eligibility.runtime.db, consumer.durable) as work:
         await consumer.start()
         await wait_until(lambda: eligibility.settled("case-offices"), timeout=20)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-        event.remove(engine, "commit", committed)
+    statements, commits = work.statements, work.commits
 
     erasure_reads = [s for s in statements if "FROM resident_erasures" in s]
     office_writes = [s for s in statements if s.startswith("INSERT INTO case_offices")]

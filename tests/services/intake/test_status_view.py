@@ -3,7 +3,6 @@ order and more than once; and the resident's actions on it (answering, rating, w
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -50,6 +49,7 @@ from tests.services.intake.support import (
 )
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
+from tests.support.round_trips import consumer_statements
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -602,7 +602,6 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
     once at its end from everything the batch changed (one read of the cases), not after every event; and the
     events' rows are written together, not flushed before each lookup (nor at another application's first event in
     the batch). What the residents see is the same."""
-    from sqlalchemy import event
 
     resident_id, me = await register_self(intake)
     application = await file_application(intake, me, birth_application(resident_id))
@@ -649,37 +648,15 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
     )  # fmt: skip
 
     consumer = intake.runtime.consumers["status-view"]
-    statements: list[str] = []
-    commits = 0
-
-    def by_consumer() -> bool:
-        task = asyncio.current_task()
-        return task is not None and task.get_name().startswith(f"{consumer.durable}-")
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if by_consumer():
-            statements.append(" ".join(statement.split()))
-
-    def committed(conn: Any) -> None:
-        nonlocal commits
-        if by_consumer():
-            commits += 1
-            statements.append("COMMIT")
-
-    engine = intake.runtime.db.engine.sync_engine
     # The events wait on the stream while the consumer is stopped; started, it takes the first alone (a consumer
     # idle takes one message at once) and the rest as one batch.
     await consumer.stop()
     for e in [determined, *batch[:2], interleaved, *batch[2:]]:
         await intake.publish(e)
-    event.listen(engine, "before_cursor_execute", record)
-    event.listen(engine, "commit", committed)
-    try:
+    with consumer_statements(intake.runtime.db, consumer.durable) as work:
         await consumer.start()
         await wait_until(lambda: intake.settled("status-view"), timeout=20)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-        event.remove(engine, "commit", committed)
+    statements, commits = work.statements, work.commits
 
     status_reads = [s for s in statements if "FROM cases WHERE cases.application_id" in s]
     timeline_writes = [s for s in statements if s.startswith("INSERT INTO timeline_entries")]
@@ -690,13 +667,7 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
     # What the events look up is loaded at the start of each transaction (Subscription.load), a query per kind: in
     # each transaction, one read of each (and of the cases one more, for the statuses at its end), however many
     # events name them.
-    transactions: list[list[str]] = [[]]
-    for s in statements:
-        if s == "COMMIT":
-            transactions.append([])
-        else:
-            transactions[-1].append(s)
-    for applied in transactions:
+    for applied in work.transactions():
         for table, most in (("cases", 2), ("applications", 1), ("notifications", 1), ("application_offices", 1)):
             reads = [s for s in applied if s.startswith(f"SELECT {table}.")]
             assert len(reads) <= most, (table, reads)

@@ -24,6 +24,7 @@ from tests.support.endpoints import Endpoint
 from tests.support.events import event_log
 from tests.support.intake_server import IntakeServer
 from tests.support.nats import NatsServer
+from tests.support.round_trips import consumer_statements
 from tests.support.services import RunningService
 from tests.support.smtp import MailServer
 from tests.support.waiting import wait_until
@@ -496,9 +497,6 @@ async def test_a_batch_of_an_applications_events_writes_its_messages_together(
     """The residents' consumer applies a batch of an application's events in one transaction: the messages and their
     items are written together at its end (the next event finds the bundle it joins among the new rows, not by
     flushing and asking the database again); three routings are one message, two decisions another, as before."""
-    import asyncio
-
-    from sqlalchemy import event
 
     resident = await intake.register(email="jiwoo.park@example.kr", language="ko", channels=("inbox",))
     application = uuid.uuid4()
@@ -509,49 +507,18 @@ async def test_a_batch_of_an_applications_events_writes_its_messages_together(
         *(f.decided(resident, application, c) for c in codes[:2]),
     ]
     consumer = notify.runtime.consumers["residents"]
-    statements: list[str] = []
-    commits = 0
-
-    def by_consumer() -> bool:
-        task = asyncio.current_task()
-        return task is not None and task.get_name().startswith(f"{consumer.durable}-")
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if by_consumer():
-            statements.append(" ".join(statement.split()))
-
-    def committed(conn: Any) -> None:
-        nonlocal commits
-        if by_consumer():
-            commits += 1
-            statements.append("COMMIT")
-
-    engine = notify.runtime.db.engine.sync_engine
     await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
     for data in [lead, *batch]:
         await notify.publish(data)
-    event.listen(engine, "before_cursor_execute", record)
-    event.listen(engine, "commit", committed)
-    try:
+    with consumer_statements(notify.runtime.db, consumer.durable) as work:
         await consumer.start()
         await wait_until(lambda: notify.settled("residents"), timeout=20)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-        event.remove(engine, "commit", committed)
-
-    def count(prefix: str) -> int:
-        return len([s for s in statements if s.startswith(prefix)])
+    statements, commits, count = work.statements, work.commits, work.count
 
     assert count("INSERT INTO notification_items ") <= commits < 1 + len(batch), "\n".join(s[:110] for s in statements)
     assert count("INSERT INTO notifications ") <= commits, statements
     # What the events look up is loaded at the start of each transaction (Subscription.load), a query per kind.
-    transactions: list[list[str]] = [[]]
-    for s in statements:
-        if s == "COMMIT":
-            transactions.append([])
-        else:
-            transactions[-1].append(s)
-    for applied in transactions:
+    for applied in work.transactions():
         # (A bundle loaded brings its items with it: notification_items once more.)
         for table, most in (("notifications", 1), ("notification_items", 2), ("applications", 1),
                             ("application_programs", 1)):  # fmt: skip
