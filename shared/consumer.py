@@ -35,6 +35,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -671,6 +672,15 @@ class Consumer:
                 )
             raise
         return bool(fresh)
+
+
+def named_id(value: Any) -> uuid.UUID | None:
+    """An id as an event's data names it, read before the event is validated (a ``Subscription.load`` gathering what
+    a batch will look up): ``None`` when it is missing or no UUID, which the handler's validation then reports."""
+    try:
+        return uuid.UUID(str(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 async def _let_others_run() -> None:

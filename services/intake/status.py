@@ -44,6 +44,7 @@ from services.intake.schemas import (
     ReferralView,
     TimelineEntryView,
 )
+from shared.consumer import named_id
 from shared.db import ONE_SNAPSHOT
 from shared.events import (
     CaseAssigned,
@@ -912,13 +913,6 @@ def assemble_view(
 # ---------------------------------------------------------------------------------------------- a batch's lookups
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value is not None else None
-    except ValueError:
-        return None  # the handler's validation says what is wrong with it
-
-
 async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
     """The status view consumer's load (``Subscription.load``): the applications, cases, notifications and offices a
     transaction's events name, read in a query per kind at its start instead of a lookup per event."""
@@ -928,15 +922,15 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
     offices: set[tuple[uuid.UUID, str]] = set()
     for event in events:
         data = event.data if isinstance(event.data, dict) else {}
-        application_id = _uuid(data.get("application_id"))
+        application_id = named_id(data.get("application_id"))
         if application_id is None:
             continue
         applications.add(application_id)
-        if event.event_type.startswith("case.") and (case_id := _uuid(data.get("case_id"))) is not None:
+        if event.event_type.startswith("case.") and (case_id := named_id(data.get("case_id"))) is not None:
             cases.add(case_id)
             offices.update(
                 (application_id, str(c)) for c in (data.get("office_code"), data.get("from_office_code")) if c
             )
-        elif event.event_type.startswith("notification.") and (n := _uuid(data.get("notification_id"))) is not None:
+        elif event.event_type.startswith("notification.") and (n := named_id(data.get("notification_id"))) is not None:
             notifications.add(n)
     await Repository(session).load_for_events(applications, cases, notifications, offices)

@@ -36,6 +36,7 @@ from services.notify.models import (
 )
 from services.notify.repository import Repository
 from services.notify.settings import NotifySettings
+from shared.consumer import named_id
 from shared.events import (
     ApplicationSubmitted,
     ApplicationWithdrawn,
@@ -471,13 +472,6 @@ def _case_basics(case_id: uuid.UUID, program_code: str, program: ApplicationProg
     }
 
 
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value is not None else None
-    except ValueError:
-        return None  # the handler's validation says what is wrong with it
-
-
 async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
     """The residents' consumer's load (``Subscription.load``): the applications, programs, items and bundles a
     transaction's events will look up, read in a query per kind at its start instead of a lookup per event."""
@@ -488,8 +482,8 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
         data = event.data if isinstance(event.data, dict) else {}
         members = data.get("member_ids")
         named = [data.get("resident_id"), *(members if isinstance(members, list) else [])]
-        residents.update(r for r in (_uuid(v) for v in named) if r)
-        application_id = _uuid(data.get("application_id"))
+        residents.update(r for r in (named_id(v) for v in named) if r)
+        application_id = named_id(data.get("application_id"))
         if application_id is not None:
             applications.add(application_id)
             if event.event_type.startswith("case.") and isinstance(code := data.get("program_code"), str):

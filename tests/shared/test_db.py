@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.orm import registry
 
 from shared.db import Database, get_unflushed, note_absent
 from tests.support.databases import database_with
 from tests.support.postgres import PostgresServer
+from tests.support.round_trips import statements_sent
 
 metadata = MetaData()
 entries = Table(
@@ -126,20 +127,12 @@ async def test_a_read_defers_its_one_statement_to_a_transaction_of_its_own(db: D
 async def test_new_rows_flushed_together_are_one_insert_each_given_its_own_rows_id(db: Database) -> None:
     async with db.session() as session:
         session.add(Entry("first"))  # not at id 1: the ids of a later write start above what stands
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(db) as statements:
         async with db.session() as session:
             added = [Entry(f"entry {n}") for n in range(7)]
             session.add_all(added)
             await session.flush()
             given = {e.name: e.id for e in added}
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
     assert len([s for s in statements if s.startswith("INSERT")]) == 1, statements
     async with db.read_session() as reading:
         stored = {name: id_ for name, id_ in (await reading.execute(select(entries.c.name, entries.c.id))).all()}
@@ -155,20 +148,12 @@ async def test_a_lookup_without_flushing_finds_a_row_added_and_not_written_yet(d
         pending = Entry("pending")
         pending.id = stored + 1
         session.add(pending)
-        statements: list[str] = []
-
-        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            statements.append(statement)
-
-        event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-        try:
+        with statements_sent(db) as statements:
             assert await get_unflushed(session, Entry, stored + 1) is pending
             found = await get_unflushed(session, Entry, stored)
             assert found is not None
             assert found.name == "stored"
             assert await get_unflushed(session, Entry, stored + 2) is None
-        finally:
-            event.remove(db.engine.sync_engine, "before_cursor_execute", record)
         assert not [s for s in statements if s.startswith("INSERT")], "nothing was written to answer"
         assert pending in session.new
         async with session.begin_nested() as savepoint:
@@ -185,13 +170,7 @@ async def test_a_row_noted_absent_is_answered_without_asking_until_the_transacti
     async with db.session() as session:
         stored = (await session.execute(select(entries.c.id))).scalar_one()
         note_absent(session, Entry, [stored + 1])
-        statements: list[str] = []
-
-        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-            statements.append(statement)
-
-        event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-        try:
+        with statements_sent(db) as statements:
             assert await get_unflushed(session, Entry, stored + 1) is None
             assert not statements, "not asked again"
             added = Entry("added")
@@ -202,5 +181,3 @@ async def test_a_row_noted_absent_is_answered_without_asking_until_the_transacti
             assert await get_unflushed(session, Entry, stored + 1) is added, "written in this transaction"
             assert [s for s in statements if s.startswith("INSERT")], "the flush wrote it"
             assert not [s for s in statements if s.startswith("SELECT")], "and nothing was asked"
-        finally:
-            event.remove(db.engine.sync_engine, "before_cursor_execute", record)

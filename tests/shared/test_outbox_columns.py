@@ -26,6 +26,7 @@ from shared.events import (
 from shared.outbox import PENDING_KEY, Outbox, dashed, envelope_template, event_ids
 from shared.tables import platform_tables
 from tests.support.databases import database_with
+from tests.support.round_trips import statements_sent
 
 metadata = MetaData()
 tables = platform_tables(metadata)
@@ -164,9 +165,6 @@ async def test_the_events_of_a_transaction_are_written_together_in_the_order_emi
     """``emit`` writes nothing at once: the transaction's events go out with its next flush, one INSERT for all of
     them, in the order emitted (the relay publishes by id); a savepoint rolled back takes its events back; and a
     bulk write after them (``emit_many``) comes after them."""
-    from typing import Any
-
-    from sqlalchemy import event
 
     outbox = Outbox(tables, prefix="onestop", source=SOURCE)
     opportunity = EligibilityOpportunity(
@@ -174,13 +172,7 @@ async def test_the_events_of_a_transaction_are_written_together_in_the_order_emi
         program_name=Localized(ko="청년월세", en="Youth rent"), department=Department.WELFARE, amount=200_000,
         amount_period="monthly", found_at=dt.datetime.now(dt.UTC),
     )  # fmt: skip
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(db) as statements:
         async with db.session() as session:
             first = [await outbox.emit(session, opportunity) for _ in range(3)]
             async with session.begin_nested() as savepoint:
@@ -191,8 +183,6 @@ async def test_the_events_of_a_transaction_are_written_together_in_the_order_emi
             assert len(statements) == 1, "nothing written yet"
             bulk = await outbox.emit_many(session, [opportunity, opportunity])
             assert session.info[PENDING_KEY]
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
     inserts = [s for s in statements if s.startswith("INSERT INTO outbox")]
     assert len(inserts) == 3, "three and three emitted one by one, then the bulk write: an INSERT each"
     async with db.read_session() as session:

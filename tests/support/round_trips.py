@@ -132,3 +132,19 @@ def consumer_statements(db: Database, durable: str) -> Iterator[ConsumerWork]:
     finally:
         event.remove(engine, "before_cursor_execute", record)
         event.remove(engine, "commit", committed)
+
+
+@contextlib.contextmanager
+def statements_sent(db: Database) -> Iterator[list[str]]:
+    """Every statement ``db``'s write engine sends while the block runs, from any task, in order (as sent)."""
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        sent.append(" ".join(text.split()))
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
