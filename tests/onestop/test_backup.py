@@ -97,15 +97,25 @@ def test_a_restored_backup_continues_without_loss_or_duplicates(
         later = api.apply(residents[0], "job_loss", ANSWERS)
         checker = Checker(restored, mail=MailDir(restored.var / "notify" / "mail" / "new"))
         reports: list[Report] = []
+        observations: list[Observation] = []
 
         def settled() -> bool:
-            observation = checker.observe(everyone)
-            reports.append(checker.report(observation, acknowledged=[reference_app, *filed, later], expected=expected,
-                                          final_state=final_state, operations=APPLICATIONS + 2, faults={"restore": 1},
-                                          ignore=IGNORE))  # fmt: skip
-            return reports[-1].clean and _quiet(observation)
+            observations.append(checker.observe(everyone))
+            reports.append(checker.report(observations[-1], acknowledged=[reference_app, *filed, later],
+                                          expected=expected, final_state=final_state, operations=APPLICATIONS + 2,
+                                          faults={"restore": 1}, ignore=IGNORE))  # fmt: skip
+            return reports[-1].clean and _quiet(observations[-1])
 
-        eventually(settled, timeout=180, interval=1.0, what="every effect exactly once after the restore")
+        try:
+            eventually(settled, timeout=180, interval=1.0, what="every effect exactly once after the restore")
+        except AssertionError as unsettled:
+            # What was still missing or pending, so a failure says which effect or consumer it waited for.
+            last = observations[-1]
+            raise AssertionError(
+                f"{unsettled}\n{reports[-1].table()}\noutbox backlog {last.outbox_backlog}, consumer lag "
+                f"{last.consumer_lag}, pending {last.pending}, dead letters {last.dead_letters}, "
+                f"unavailable {last.unavailable}"
+            ) from None
         print(reports[-1].table())
     finally:
         restored.stop()
