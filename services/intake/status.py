@@ -152,9 +152,7 @@ def _program_row(program: Mapping[str, Any]) -> _ProgramRow:
     return (program["program_code"], name.ko, name.en, Outcome(program["outcome"]).value, missing)
 
 
-def program_states(determination: Determination | None) -> tuple[ProgramState, ...]:
-    if determination is None:
-        return ()
+def _program_rows(determination: Determination) -> tuple[_ProgramRow, ...]:
     key = determination.determination_id.int
     rows = _PROGRAM_STATES.get(key)
     if rows is None:
@@ -164,12 +162,29 @@ def program_states(determination: Determination | None) -> tuple[ProgramState, .
             _PROGRAM_STATES.popitem(last=False)
     else:
         _PROGRAM_STATES.move_to_end(key)
+    return rows
+
+
+def program_states(determination: Determination | None) -> tuple[ProgramState, ...]:
+    if determination is None:
+        return ()
     return tuple(
         ProgramState(
             code, Localized.model_construct(ko=ko, en=en), Outcome(outcome), tuple(Missing(*m) for m in missing)
         )
-        for code, ko, en, outcome, missing in rows
+        for code, ko, en, outcome, missing in _program_rows(determination)
     )
+
+
+def program_name(determination: Determination | None, program_code: str) -> Localized:
+    """The program's name as its round gave it, or its code when the round does not name it (a case can arrive
+    before its determination). Each case event needs only this one name: it is looked up in the kept rows, not
+    built into every program's state."""
+    if determination is not None:
+        for code, ko, en, _outcome, _missing in _program_rows(determination):
+            if code == program_code:
+                return Localized.model_construct(ko=ko, en=en)
+    return Localized(ko=program_code, en=program_code)
 
 
 def settled(program: ProgramDetermination | ProgramState, current: Mapping[str, Case]) -> bool:
@@ -331,13 +346,6 @@ def _newer(at: dt.datetime, than: dt.datetime | None) -> bool:
     return than is None or at >= than
 
 
-async def _program_name(repo: Repository, application_id: uuid.UUID, program_code: str) -> Localized:
-    for program in program_states(await repo.determination(application_id)):
-        if program.program_code == program_code:
-            return program.program_name
-    return Localized(ko=program_code, en=program_code)
-
-
 def _case_summary(data: CaseEventBase, name: Localized) -> Localized:
     ko, en = name.ko, name.en
     match data:
@@ -477,7 +485,7 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
         event_id=event.id,
         event_type=event.event_type,
         at=at,
-        summary=_case_summary(data, await _program_name(repo, application.id, data.program_code)),
+        summary=_case_summary(data, program_name(await repo.determination(application.id), data.program_code)),
         details=_case_details(data),
         program_code=data.program_code,
         case_id=data.case_id,

@@ -181,6 +181,11 @@ async def test_the_status_view_is_assembled_from_events_out_of_order_and_twice(
             (e.event_type, e.data.get("program_code")) for e in in_order
         ], "every event exactly once, in the order it happened"
         assert [t["at"] for t in timeline] == sorted(t["at"] for t in timeline)
+        routed = {t["program_code"]: t["summary"] for t in timeline if t["type"] == "case.routed"}
+        assert routed["parental_leave_benefit"] == {
+            "ko": "육아휴직 급여: 서울서부고용센터에 접수",
+            "en": "Parental leave benefit: sent to Seoul West Employment Centre",
+        }, "named as its round names it (the round came first)"
         assert view["status"] == "action_required"
         assert view["determination"]["round"] == 1
         programs = {p["program_code"]: p for p in view["programs"]}
@@ -713,3 +718,19 @@ def test_the_program_states_kept_between_events_are_nothing_the_garbage_collecto
     for _ in range(4):  # a pass stops tracking a tuple whose items it no longer tracks: a level of nesting a pass
         gc.collect()
     assert not gc.is_tracked(_PROGRAM_STATES[determination.determination_id.int])
+
+
+def test_a_case_event_names_its_program_as_the_round_did_or_by_its_code_before_any_round() -> None:
+    """A case's timeline line names its program from the round's kept programs; a case arriving before any round
+    (or for a program the round left out) is named by its code."""
+    from services.intake.models import Determination
+    from services.intake.status import program_name
+
+    determination = Determination(
+        determination_id=uuid.uuid4(),
+        programs=[{"program_code": "child_allowance", "program_name": {"ko": "아동수당", "en": "Child allowance"},
+                   "outcome": "eligible", "missing": []}],
+    )  # fmt: skip
+    assert program_name(determination, "child_allowance") == Localized(ko="아동수당", en="Child allowance")
+    assert program_name(determination, "parent_benefit") == Localized(ko="parent_benefit", en="parent_benefit")
+    assert program_name(None, "child_allowance") == Localized(ko="child_allowance", en="child_allowance")
