@@ -4,10 +4,11 @@ connections with ``TCP_NODELAY`` set, or each response waits for the client's de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from onestop.serve import inherited_socket, server
 
 NODELAY: list[int] = []
+STARTED: list[Started] = []
 
 
 class RecordingProtocol(HttpToolsProtocol):
@@ -28,8 +30,21 @@ class RecordingProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
+class Started:
+    """What an app's start makes and keeps for its life (its engine, its bus, its caches), in small."""
+
+    def __init__(self) -> None:
+        self.parts = [{"part": n} for n in range(100)]
+
+
 def hello() -> FastAPI:
-    app = FastAPI()
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.started = Started()
+        STARTED.append(app.state.started)
+        yield
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.get("/hello")
     async def answer() -> dict[str, str]:
@@ -79,6 +94,10 @@ async def test_connections_have_nagle_s_algorithm_off_and_the_app_is_out_of_the_
         # What lives as long as the process (the modules, the app) is out of the collector's sight: a full
         # collection no longer walks it all while requests wait.
         assert gc.get_freeze_count() > 10_000
+        # ...and so is what its start made: frozen objects are in no generation a collection walks.
+        walked = {id(o) for o in gc.get_objects()}
+        assert id(STARTED[-1]) not in walked
+        assert id(STARTED[-1].parts[0]) not in walked
     finally:
         gc.unfreeze()  # this is the test's process, not a server's
         serving.should_exit = True
