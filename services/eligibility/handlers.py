@@ -59,18 +59,20 @@ def _unless_erased(apply: Apply[E]) -> Apply[E]:
     return handler
 
 
+def _named(events: Sequence[CloudEvent], field: str) -> set[uuid.UUID]:
+    """The ids the events name in ``field``, read before validation (an event that does not fit its model fails in
+    its handler, as ever)."""
+    named = (named_id(e.data.get(field)) if isinstance(e.data, dict) else None for e in events)
+    return {i for i in named if i is not None}
+
+
 async def _load_named(repo: Repository, events: Sequence[CloudEvent]) -> None:
-    """The applications and residents the events name, loaded together (read before validation: an event that does
-    not fit its model fails in its handler, as ever)."""
-    applications: set[uuid.UUID] = set()
-    residents: set[uuid.UUID] = set()
-    for event in events:
-        data = event.data if isinstance(event.data, dict) else {}
-        if (application_id := named_id(data.get("application_id"))) is not None:
-            applications.add(application_id)
-        if (resident_id := named_id(data.get("resident_id"))) is not None:
-            residents.add(resident_id)
-    await repo.load_for_events(applications, residents)
+    """The applications and residents the events name, loaded together."""
+    await repo.load_for_events(_named(events, "application_id"), _named(events, "resident_id"))
+
+
+async def _load_case_offices(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+    await Repository(session).load_case_offices(_named(events, "case_id"), _named(events, "resident_id"))
 
 
 def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
@@ -115,6 +117,7 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
         # Apart from the applications' events, so that routing's traffic never holds up a determination.
         Subscription(
             name="case-offices",
+            load=_load_case_offices,
             handlers=[
                 on(CaseRouted, _unless_erased(case_offices.on_case_routed)),
                 on(CaseTransferred, _unless_erased(case_offices.on_case_transferred)),

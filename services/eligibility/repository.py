@@ -336,8 +336,27 @@ class Repository:
     # ------------------------------------------------------------------------------------------ case offices
 
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
-        """Found among the rows the transaction added too, without writing them first (a batch writes once)."""
-        return await get_unflushed(self.session, CaseOfficeRow, case_id, with_for_update=for_update)
+        """Found among the rows the transaction added too, without writing them first (a batch writes once), or
+        among those it loaded (and locked) for its events."""
+        locked = (CaseOfficeRow, case_id) in self.session.info.get(_LOCKED, ())
+        return await get_unflushed(self.session, CaseOfficeRow, case_id, with_for_update=for_update and not locked)
+
+    async def load_case_offices(self, case_ids: set[uuid.UUID], resident_ids: set[uuid.UUID]) -> None:
+        """Unscoped (the case-offices consumer): where the cases a transaction's events name are (locked), and whether
+        their residents were erased, in a query each at its start — what is not there noted as absent — so that each
+        event's lookups ask the database nothing more. Not within a savepoint."""
+        if self.session.in_nested_transaction():
+            return
+        with self.session.no_autoflush:
+            if case_ids:
+                query = select(CaseOfficeRow).where(CaseOfficeRow.case_id.in_(case_ids)).order_by(CaseOfficeRow.case_id)
+                found = {c.case_id for c in await self.session.scalars(query.with_for_update())}
+                note_absent(self.session, CaseOfficeRow, case_ids - found)
+                self.session.info.setdefault(_LOCKED, set()).update((CaseOfficeRow, c) for c in case_ids)
+            if resident_ids:
+                erasures = select(ResidentErasureRow).where(ResidentErasureRow.resident_id.in_(resident_ids))
+                found = {e.resident_id for e in await self.session.scalars(erasures)}
+                note_absent(self.session, ResidentErasureRow, resident_ids - found)
 
     # ------------------------------------------------------------------------------------------ proactive screening
     # Unscoped: the scheduler and the event handlers act on behalf of no caller.
