@@ -415,9 +415,9 @@ async def _application(
         record = ApplicationRecord(
             application_id=application_id, resident_id=resident_id, last_round=0, withdrawn_at=None, updated_at=now
         )
+        # Written with the rest of the transaction: a concurrent first event of the same application makes it fail
+        # there, and the consumer retries the event alone, finding this row.
         repo.session.add(record)
-        # A concurrent first event of the same application fails here; the consumer retries and finds this row.
-        await repo.session.flush()
     return record
 
 
