@@ -39,7 +39,7 @@ from services.routing.models import (
 )
 from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, note_absent
+from shared.db import get_unflushed, hold_loaded, note_absent
 from shared.deps import SessionDep, WriteSessionDep
 
 # What a consumer's transaction loaded for its events (session.info): see Repository.load_for_cases.
@@ -229,6 +229,7 @@ class Repository:
         the end of the transaction. Not within a savepoint (a lock taken there would go with its rollback)."""
         if self.session.in_nested_transaction():
             return
+        hold_loaded(self.session)  # the identity map would let go of a row nothing else refers to, and ask again
         locked: set[tuple[type[Any], uuid.UUID]] = self.session.info.setdefault(_LOCKED, set())
         with self.session.no_autoflush:
             if application_ids:

@@ -457,9 +457,12 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
     first = case_routed(application_id, resident_id, "MAPO-CSC", at=start)
     second = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
     moved = case_transferred(first, "YONGSAN-CSC", at=start + dt.timedelta(seconds=1))
+    earlier = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
+    await eligibility.publish(earlier)  # where this case is, is in the database before the batch
+    await wait_until(lambda: eligibility.settled("case-offices"), timeout=20)
     consumer = eligibility.runtime.consumers["case-offices"]
     await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in (lead, first, second, moved):
+    for data in (lead, first, second, moved, case_transferred(earlier, "MAPO-CSC", at=start + dt.timedelta(seconds=1))):
         await eligibility.publish(data)
     with consumer_statements(eligibility.runtime.db, consumer.durable) as work:
         await consumer.start()
@@ -480,6 +483,7 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
         lead.case_id: "MAPO-CSC",
         first.case_id: "YONGSAN-CSC",
         second.case_id: "JONGNO-CSC",
+        earlier.case_id: "MAPO-CSC",
     }
 
 
