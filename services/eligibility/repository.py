@@ -347,7 +347,7 @@ class Repository:
         event's lookups ask the database nothing more. Not within a savepoint."""
         if self.session.in_nested_transaction():
             return
-        hold_loaded(self.session)  # the identity map would let go of a row nothing else refers to, and ask again of a row nothing else refers to, and ask again
+        hold_loaded(self.session)  # the identity map would let go of a row nothing else refers to, and ask again
         with self.session.no_autoflush:
             if case_ids:
                 query = select(CaseOfficeRow).where(CaseOfficeRow.case_id.in_(case_ids)).order_by(CaseOfficeRow.case_id)

@@ -45,6 +45,8 @@ from shared.deps import SessionDep, WriteSessionDep
 # What a consumer's transaction loaded for its events (session.info): see Repository.load_for_cases.
 _LOCKED = "routing_locked_rows"
 _CASES_OF_APPLICATIONS = "routing_loaded_cases"
+# The offices and their loads as a consumer's transaction routes its cases (services.routing.cases.router_of).
+ROUTER_KEY = "routing_router"
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -260,8 +262,9 @@ class Repository:
                 locked.update((ResidentHousehold, i) for i in housed)
 
     def forget_loaded_cases(self) -> None:
-        """Cases were destroyed in this transaction (an erasure): they are read again."""
+        """Cases were destroyed in this transaction (an erasure): they, and the offices' loads, are read again."""
         self.session.info.pop(_CASES_OF_APPLICATIONS, None)
+        self.session.info.pop(ROUTER_KEY, None)
 
     # ------------------------------------------------------------------------------------------ case writes
 

@@ -226,9 +226,10 @@ async def test_a_batch_looks_up_what_its_events_name_once_and_considers_each_hou
     routing: RunningService,
 ) -> None:
     """A batch of applications' events in one transaction: the applications they name, their cases and the
-    residents' households are read once for the transaction (a query per kind at its start, Subscription.load), not
-    once per event; a resident's household is considered once for the transaction, after its events, though both
-    the submission and the determination changed their cases; and every application gets its cases."""
+    residents' households are read once for the transaction (a query per kind at its start, Subscription.load), and
+    the offices and their loads once as its cases are routed, not once per event; its new cases are written
+    together; a resident's household is considered once for the transaction, after its events, though both the
+    submission and the determination changed their cases; and every application gets its cases."""
     from tests.services.routing.support import submitted
     from tests.support.round_trips import consumer_statements
 
@@ -255,9 +256,13 @@ async def test_a_batch_looks_up_what_its_events_name_once_and_considers_each_hou
             "households": [
                 s for s in statements if s.startswith("SELECT resident_households.resident_id, resident_households.")
             ],
+            "offices": [s for s in statements if s.startswith("SELECT offices.")],
+            "offices' loads": [s for s in statements if "FROM cases WHERE cases.status" in s],
         }
         for kind, found in reads.items():
             assert len(found) <= 1, f"{kind} read {len(found)} times in one transaction: {statements}"
+        new_cases = [s for s in statements if s.startswith("INSERT INTO cases")]
+        assert len(new_cases) <= 1, f"a transaction's new cases are written together: {statements}"
     considered = [s for s in work.statements if "household_members.open_resident_id IN" in s]
     # Each resident's household once per transaction (the lead's, and the others' unless a batch was cut between a
     # submission and its determination), not once per event.
