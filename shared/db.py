@@ -296,7 +296,11 @@ _ABSENT = "onestop_absent_rows"
 def note_absent(session: AsyncSession, model: type[Any], keys: Iterable[Any]) -> None:
     """Rows of ``model`` a transaction looked for (by primary key) and did not find: :func:`get_unflushed` then answers
     for them without asking the database again. Only this transaction can add them while it runs (on PostgreSQL,
-    another one adding the same key fails on it), so that holds to its end."""
+    another one adding the same key fails on it), so that holds to its end. Rows the transaction writes from here on
+    are held to its end (:func:`hold_loaded`): :func:`get_unflushed` finds one noted absent and written since in the
+    identity map, which would otherwise let go of it as soon as nothing else refers to it, and answer that it is
+    absent (an erasure written by one event of a batch, missed by the next)."""
+    hold_loaded(session)
     absent: set[tuple[Any, ...]] = session.info.setdefault(_ABSENT, set())
     absent.update((model, tuple(k) if isinstance(k, tuple) else (k,)) for k in keys)
 

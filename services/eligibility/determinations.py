@@ -178,7 +178,7 @@ class Eligibility:
         app.programs = list(data.program_codes) or None
         app.submitted_at = data.submitted_at
         app.updated_at = now
-        await repo.session.flush()
+        # Not written yet: a batch writes its applications, rounds and events together at its end.
         if app.status == OPEN:
             await self.evaluate(repo, app, "submitted", now, always=True)
 
@@ -309,6 +309,7 @@ class Eligibility:
             return ReportResult(report_id, 0, problems)
         bad = {p.index for p in problems}
         accepted = 0
+        repo.facts_changed(resident_id)
         for index, fact in enumerate(facts):
             if index in bad:
                 continue

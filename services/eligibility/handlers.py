@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ from services.eligibility import case_offices, near_misses, resident_data
 from services.eligibility.context import EligibilityContext
 from services.eligibility.repository import Repository
 from shared.clock import Clock
-from shared.consumer import Apply, Subscription, on
+from shared.consumer import Apply, Subscription, named_id, on
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -58,12 +59,33 @@ def _unless_erased(apply: Apply[E]) -> Apply[E]:
     return handler
 
 
+def _named(events: Sequence[CloudEvent], field: str) -> set[uuid.UUID]:
+    """The ids the events name in ``field``, read before validation (an event that does not fit its model fails in
+    its handler, as ever)."""
+    named = (named_id(e.data.get(field)) if isinstance(e.data, dict) else None for e in events)
+    return {i for i in named if i is not None}
+
+
+async def _load_named(repo: Repository, events: Sequence[CloudEvent]) -> None:
+    """The applications and residents the events name, loaded together."""
+    await repo.load_for_events(_named(events, "application_id"), _named(events, "resident_id"))
+
+
+async def _load_case_offices(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+    await Repository(session).load_case_offices(_named(events, "case_id"), _named(events, "resident_id"))
+
+
 def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
     service = ctx.eligibility
     clock = Clock.from_settings(ctx.settings)
 
+    async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        await _load_named(Repository(session), events)
+
     async def evaluate_ahead(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
-        await service.prepare(Repository(session), events, dt.datetime.now(dt.UTC))
+        repo = Repository(session)
+        await _load_named(repo, events)
+        await service.prepare(repo, events, dt.datetime.now(dt.UTC))
 
     async def erasure_requested(session: AsyncSession, event: CloudEvent, data: ResidentErasureRequested) -> None:
         await resident_data.on_erasure_requested(Repository(session), service.outbox, data, clock.today())
@@ -73,6 +95,8 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
             name="events",
             # The rules run before the batch's transaction, not while it holds the database's writer lock.
             prepare=evaluate_ahead,
+            # What the events look up (applications, residents, their erasures, answers and facts), a query per kind.
+            load=load_for_batch,
             handlers=[
                 on(ApplicationSubmitted, _unless_erased(_now(service.on_submitted))),
                 on(ApplicationInfoProvided, _unless_erased(_now(service.on_info_provided))),
@@ -93,6 +117,7 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
         # Apart from the applications' events, so that routing's traffic never holds up a determination.
         Subscription(
             name="case-offices",
+            load=_load_case_offices,
             handlers=[
                 on(CaseRouted, _unless_erased(case_offices.on_case_routed)),
                 on(CaseTransferred, _unless_erased(case_offices.on_case_transferred)),

@@ -79,6 +79,7 @@ async def on_answered(
         log.warning("answer does not fit its fact any more", extra={"question_id": str(data.question_id)})
         return
     answer = await repo.resident_answer(data.resident_id, data.fact)
+    repo.facts_changed(data.resident_id)
     if answer is None:
         repo.session.add(
             ResidentAnswerRow(

@@ -56,7 +56,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.db import BULK_PIECE, bulk_insert, get_unflushed
+from shared.db import BULK_PIECE, bulk_insert, get_unflushed, hold_loaded, is_read_only, note_absent
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 if TYPE_CHECKING:
@@ -65,6 +65,11 @@ if TYPE_CHECKING:
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 # The residents a transaction found not erased (session.info): see Repository.erased.
 _NOT_ERASED = "eligibility_not_erased"
+# What a consumer's transaction loaded for its events (session.info): see Repository.load_for_events.
+_LOCKED = "eligibility_locked_rows"
+_ANSWERS = "eligibility_loaded_answers"
+_FACTS = "eligibility_loaded_facts"
+_REVISION = "eligibility_loaded_revision"
 
 
 def application_scope(principal: Principal) -> ColumnElement[bool]:
@@ -104,10 +109,16 @@ class Repository:
     # ------------------------------------------------------------------------------------------ the catalogue
 
     async def catalogue_revision(self) -> int:
+        """As the transaction found it when it loaded what its events look up (the catalogue is never changed in a
+        consumer's transaction), else asked."""
+        loaded: int | None = self.session.info.get(_REVISION)
+        if loaded is not None:
+            return loaded
         revision = await self.session.scalar(select(CatalogueStateRow.revision).where(CatalogueStateRow.id == 1))
         return int(revision or 0)
 
     async def bump_catalogue_revision(self, now: dt.datetime) -> int:
+        self.session.info.pop(_REVISION, None)
         row = await self.session.get(CatalogueStateRow, 1, with_for_update=True)
         if row is None:
             row = CatalogueStateRow(id=1, revision=1, updated_at=now)
@@ -173,8 +184,54 @@ class Repository:
 
     # ------------------------------------------------------------------------------------------ residents and facts
 
+    async def load_for_events(self, application_ids: set[uuid.UUID], resident_ids: set[uuid.UUID]) -> None:
+        """Unscoped (the events consumer, and its work ahead): what a transaction's events will look up, in a query
+        per kind — the applications they name (locked, in a write transaction) and the residents, whether these
+        were erased, what they answered and what departments reported of them, and the catalogue's revision — and
+        what is not there noted as absent (shared.db.note_absent), so that each event's lookups ask the database
+        nothing more. Not within a savepoint (a lock taken there would go with its rollback)."""
+        if self.session.in_nested_transaction():
+            return
+        lock = not is_read_only(self.session)
+        hold_loaded(self.session)
+        locked: set[tuple[type[Any], uuid.UUID]] = self.session.info.setdefault(_LOCKED, set())
+        with self.session.no_autoflush:
+            self.session.info[_REVISION] = await self.catalogue_revision()
+            if application_ids:
+                query = select(ApplicationRow).where(ApplicationRow.application_id.in_(application_ids))
+                if lock:
+                    query = query.order_by(ApplicationRow.application_id).with_for_update()
+                found = {a.application_id for a in await self.session.scalars(query)}
+                note_absent(self.session, ApplicationRow, application_ids - found)
+                if lock:
+                    locked.update((ApplicationRow, i) for i in application_ids)
+            if not resident_ids:
+                return
+            # Not locked: only a registry's or a consent's change locks its resident (Repository.resident_or_new).
+            residents = select(ResidentRow).where(ResidentRow.resident_id.in_(resident_ids))
+            found = {r.resident_id for r in await self.session.scalars(residents)}
+            note_absent(self.session, ResidentRow, resident_ids - found)
+            erasures = select(ResidentErasureRow).where(ResidentErasureRow.resident_id.in_(resident_ids))
+            found = {e.resident_id for e in await self.session.scalars(erasures)}
+            note_absent(self.session, ResidentErasureRow, resident_ids - found)
+            answers = self.session.info.setdefault(_ANSWERS, {})
+            answers.update({r: {} for r in resident_ids} | await self.resident_answers_of(list(resident_ids)))
+            facts: dict[uuid.UUID, list[DepartmentFactRow]] = {r: [] for r in resident_ids}
+            reported = select(DepartmentFactRow).where(DepartmentFactRow.resident_id.in_(resident_ids))
+            for fact in await self.session.scalars(reported.order_by(DepartmentFactRow.id)):
+                facts[fact.resident_id].append(fact)
+            self.session.info.setdefault(_FACTS, {}).update(facts)
+
+    def facts_changed(self, resident_id: uuid.UUID) -> None:
+        """The resident's answers or department facts are being written in this transaction: what was loaded of them
+        is no longer what they are (they are read again, pending writes with them)."""
+        self.session.info.get(_ANSWERS, {}).pop(resident_id, None)
+        self.session.info.get(_FACTS, {}).pop(resident_id, None)
+
     async def resident(self, resident_id: uuid.UUID, *, for_update: bool = False) -> ResidentRow | None:
-        return await self.session.get(ResidentRow, resident_id, with_for_update=for_update)
+        if for_update and (ResidentRow, resident_id) not in self.session.info.get(_LOCKED, ()):
+            return await self.session.get(ResidentRow, resident_id, with_for_update=True)
+        return await get_unflushed(self.session, ResidentRow, resident_id)
 
     async def resident_or_new(self, resident_id: uuid.UUID) -> ResidentRow:
         row = await self.resident(resident_id, for_update=True)
@@ -198,6 +255,7 @@ class Repository:
     def erasing(self, resident_id: uuid.UUID) -> None:
         """The resident's erasure is being written in this transaction: from here on they are erased."""
         self.session.info.get(_NOT_ERASED, set()).discard(resident_id)
+        self.facts_changed(resident_id)
 
     async def erased_among(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         if not resident_ids:
@@ -206,6 +264,9 @@ class Repository:
         return set((await self.session.scalars(query)).all())
 
     async def department_facts(self, resident_id: uuid.UUID) -> list[DepartmentFactRow]:
+        loaded: list[DepartmentFactRow] | None = self.session.info.get(_FACTS, {}).get(resident_id)
+        if loaded is not None:
+            return list(loaded)
         query = select(DepartmentFactRow).where(DepartmentFactRow.resident_id == resident_id)
         return list((await self.session.scalars(query)).all())
 
@@ -219,7 +280,10 @@ class Repository:
         """What is known of the resident for an application: what it declares, over what the resident answered to
         screening questions (once told, never asked again), the registry and the department facts."""
         row = await self.resident(resident_id)
-        answers = (await self.resident_answers_of([resident_id])).get(resident_id, {})
+        loaded: dict[str, Any] | None = self.session.info.get(_ANSWERS, {}).get(resident_id)
+        answers = (
+            dict(loaded) if loaded is not None else (await self.resident_answers_of([resident_id])).get(resident_id, {})
+        )
         return FactLayers(
             declared={**answers, **declared},
             registry=registry_of(row),
@@ -230,8 +294,11 @@ class Repository:
     # ------------------------------------------------------------------------------------------ applications
 
     async def application(self, application_id: uuid.UUID, *, for_update: bool = False) -> ApplicationRow | None:
-        """Unscoped: for event handlers, which act on behalf of no caller."""
-        return await self.session.get(ApplicationRow, application_id, with_for_update=for_update)
+        """Unscoped: for event handlers, which act on behalf of no caller. Found among the rows the transaction
+        added, or loaded (and locked) for its events, without asking again."""
+        if for_update and (ApplicationRow, application_id) not in self.session.info.get(_LOCKED, ()):
+            return await self.session.get(ApplicationRow, application_id, with_for_update=True)
+        return await get_unflushed(self.session, ApplicationRow, application_id)
 
     async def visible_application(self, principal: Principal, application_id: uuid.UUID) -> ApplicationRow | None:
         query = select(ApplicationRow).where(
@@ -269,8 +336,28 @@ class Repository:
     # ------------------------------------------------------------------------------------------ case offices
 
     async def case_office(self, case_id: uuid.UUID, *, for_update: bool = False) -> CaseOfficeRow | None:
-        """Found among the rows the transaction added too, without writing them first (a batch writes once)."""
-        return await get_unflushed(self.session, CaseOfficeRow, case_id, with_for_update=for_update)
+        """Found among the rows the transaction added too, without writing them first (a batch writes once), or
+        among those it loaded (and locked) for its events."""
+        locked = (CaseOfficeRow, case_id) in self.session.info.get(_LOCKED, ())
+        return await get_unflushed(self.session, CaseOfficeRow, case_id, with_for_update=for_update and not locked)
+
+    async def load_case_offices(self, case_ids: set[uuid.UUID], resident_ids: set[uuid.UUID]) -> None:
+        """Unscoped (the case-offices consumer): where the cases a transaction's events name are (locked), and whether
+        their residents were erased, in a query each at its start — what is not there noted as absent — so that each
+        event's lookups ask the database nothing more. Not within a savepoint."""
+        if self.session.in_nested_transaction():
+            return
+        hold_loaded(self.session)  # the identity map would let go of a row nothing else refers to, and ask again
+        with self.session.no_autoflush:
+            if case_ids:
+                query = select(CaseOfficeRow).where(CaseOfficeRow.case_id.in_(case_ids)).order_by(CaseOfficeRow.case_id)
+                found = {c.case_id for c in await self.session.scalars(query.with_for_update())}
+                note_absent(self.session, CaseOfficeRow, case_ids - found)
+                self.session.info.setdefault(_LOCKED, set()).update((CaseOfficeRow, c) for c in case_ids)
+            if resident_ids:
+                erasures = select(ResidentErasureRow).where(ResidentErasureRow.resident_id.in_(resident_ids))
+                found = {e.resident_id for e in await self.session.scalars(erasures)}
+                note_absent(self.session, ResidentErasureRow, resident_ids - found)
 
     # ------------------------------------------------------------------------------------------ proactive screening
     # Unscoped: the scheduler and the event handlers act on behalf of no caller.

@@ -31,7 +31,7 @@ from services.routing.context import RoutingContext
 from services.routing.models import ApplicationRecord, Case, CaseStatus, Office
 from services.routing.policy import ROUTINE, NoOfficeServes, RoutingDecision, Rule, priority, route
 from services.routing.reasons import AUTOMATIC_GRANT, REASON_CODES
-from services.routing.repository import Repository
+from services.routing.repository import ROUTER_KEY, Repository
 from shared.consumer import PermanentError
 from shared.events import (
     ApplicationInfoProvided,
@@ -163,6 +163,7 @@ async def close(
     repo: Repository, ctx: RoutingContext, case: Case, reason: CloseReason, actor: str, now: dt.datetime
 ) -> None:
     """End an active case without a decision (withdrawn, or no longer applicable)."""
+    _loads_changed(repo, case)
     case.status = CaseStatus.CLOSED
     case.closed_reason = reason
     case.closed_at = now
@@ -181,6 +182,7 @@ async def decide_automatically(
 ) -> None:
     today = ctx.clock.today()
     reason = REASON_CODES[AUTOMATIC_GRANT]
+    _loads_changed(repo, case)
     resume_clock(ctx, case, today)
     case.status = CaseStatus.DECIDED
     case.decision = Decision.APPROVED.value
@@ -210,7 +212,8 @@ async def decide_automatically(
 
 
 class Router:
-    """Routes the cases of one determination; loads are read once and grow with each case placed."""
+    """Routes the cases of one determination (or of a consumer's transaction: :func:`router_of`); loads are read once
+    and grow with each case placed."""
 
     def __init__(self, offices: Sequence[Office], loads: dict[str, float]) -> None:
         self.offices = {o.code: o for o in offices}
@@ -258,6 +261,26 @@ class Router:
     def place(self, decision: RoutingDecision, weight: float) -> Office:
         self.loads[decision.office_code] = self.loads.get(decision.office_code, 0.0) + weight
         return self.offices[decision.office_code]
+
+
+async def router_of(repo: Repository) -> Router:
+    """The router of the transaction: the offices and their loads read once for all its events (and the rows they
+    added not written for it), then grown with each case placed. A case that stops counting in an office's load
+    (closed, decided) makes it read again (:func:`_loads_changed`). Within a savepoint, whose rollback would leave its
+    placements counted, a router of its own."""
+    if repo.session.in_nested_transaction():
+        return await Router.load(repo)
+    router: Router | None = repo.session.info.get(ROUTER_KEY)
+    if router is None:
+        router = repo.session.info[ROUTER_KEY] = await Router.load(repo)
+    return router
+
+
+def _loads_changed(repo: Repository, case: Case) -> None:
+    """``case`` is about to stop counting in its office's load, if it counts: the transaction's router reads them
+    again."""
+    if case.is_active:
+        repo.session.info.pop(ROUTER_KEY, None)
 
 
 def sla_start(data: EligibilityDetermined, ctx: RoutingContext) -> dt.date:
@@ -415,9 +438,9 @@ async def _application(
         record = ApplicationRecord(
             application_id=application_id, resident_id=resident_id, last_round=0, withdrawn_at=None, updated_at=now
         )
+        # Written with the rest of the transaction: a concurrent first event of the same application makes it fail
+        # there, and the consumer retries the event alone, finding this row.
         repo.session.add(record)
-        # A concurrent first event of the same application fails here; the consumer retries and finds this row.
-        await repo.session.flush()
     return record
 
 
@@ -441,7 +464,7 @@ async def apply_determination(repo: Repository, ctx: RoutingContext, data: Eligi
         case = cases.get(program.program_code)
         wants_person, granted = needs_person(program), granted_automatically(program)
         if (case is None or _reopenable(case)) and (wants_person or granted):
-            router = router or await Router.load(repo)
+            router = router or await router_of(repo)
             if case is None and wants_person:
                 await open_case(repo, ctx, router, data, program, now)
             elif case is None:

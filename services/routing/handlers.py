@@ -12,6 +12,7 @@ is applied in order with the case events; after it, nothing about the resident i
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.routing import cases, consents, feedback, households, outreach, resident_data
 from services.routing.context import RoutingContext
 from services.routing.repository import Repository
-from shared.consumer import Apply, Subscription, on
+from shared.consumer import Apply, Subscription, named_id, on
 from shared.events import (
     ApplicationInfoProvided,
     ApplicationSubmitted,
@@ -53,19 +54,26 @@ def _unless_erased(apply: Apply[E]) -> Apply[E]:
     return handler
 
 
+def _named(events: Sequence[CloudEvent], field: str) -> set[uuid.UUID]:
+    """The ids the events name in ``field``, read before validation (an event that does not fit its model fails in
+    its handler, as ever)."""
+    named = (named_id(e.data.get(field)) if isinstance(e.data, dict) else None for e in events)
+    return {i for i in named if i is not None}
+
+
 def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def determined(session: AsyncSession, event: CloudEvent, data: EligibilityDetermined) -> None:
         repo = Repository(session)
         await repo.note_household(data.resident_id, data.resident.household_id, event.time)
         await cases.apply_determination(repo, ctx, data)
         # The resident's cases changed: their household may now call for integrated case management.
-        await households.consider(repo, ctx, data.resident_id)
+        households.consider_later(repo, data.resident_id)
 
     async def submitted(session: AsyncSession, event: CloudEvent, data: ApplicationSubmitted) -> None:
         repo = Repository(session)
         await repo.note_household(data.resident_id, data.resident.household_id, event.time)
         await cases.submitted(repo, ctx, data)
-        await households.consider(repo, ctx, data.resident_id)  # a crisis life event is a flag
+        households.consider_later(repo, data.resident_id)  # a crisis life event is a flag
 
     async def withdrawn(session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:
         await cases.withdraw(Repository(session), ctx, data)
@@ -96,9 +104,25 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
     async def erasure_requested(session: AsyncSession, event: CloudEvent, data: ResidentErasureRequested) -> None:
         await resident_data.on_erasure_requested(Repository(session), ctx.outbox, ctx.clock, data)
 
+    async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        housed = [
+            e for e in events if e.event_type in (EligibilityDetermined.event_type, ApplicationSubmitted.event_type)
+        ]
+        await Repository(session).load_for_cases(
+            _named(events, "application_id"), _named(events, "resident_id"), _named(housed, "resident_id")
+        )
+
+    async def consider_households(session: AsyncSession) -> None:
+        repo = Repository(session)
+        await households.consider_noted(repo, ctx, lambda resident_id: resident_data.erased(repo, resident_id))
+
     return [
         Subscription(
             name="cases",
+            # What the events look up (applications, their cases, erasures, households), a query per kind.
+            load=load_for_batch,
+            # Each household whose cases the batch changed is considered once, after its events.
+            finish=consider_households,
             handlers=[
                 on(EligibilityDetermined, _unless_erased(determined)),
                 on(ApplicationSubmitted, _unless_erased(submitted)),

@@ -42,7 +42,7 @@ import calendar as month_calendar
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
@@ -130,6 +130,24 @@ async def _save(repo: Repository) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- opening
+
+
+# The residents whose cases a consumer's transaction changed (session.info), considered once at its end.
+_TO_CONSIDER = "routing_households_to_consider"
+
+
+def consider_later(repo: Repository, resident_id: uuid.UUID) -> None:
+    """The resident's cases changed in a consumer's transaction: their household is considered once, at its end
+    (:func:`consider_noted`), not after each of the batch's events about them."""
+    repo.session.info.setdefault(_TO_CONSIDER, {})[resident_id] = None
+
+
+async def consider_noted(repo: Repository, ctx: RoutingContext, erased: Callable[[uuid.UUID], Awaitable[bool]]) -> None:
+    """:func:`consider` each resident noted in the transaction, in the order noted, unless erased since."""
+    noted: dict[uuid.UUID, None] = repo.session.info.pop(_TO_CONSIDER, {})
+    for resident_id in noted:
+        if not await erased(resident_id):
+            await consider(repo, ctx, resident_id)
 
 
 async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID) -> HouseholdCase | None:

@@ -32,13 +32,21 @@ from services.routing.models import (
     Referral,
     ReferralStatus,
     ResidentConsents,
+    ResidentErasure,
     ResidentFeedback,
     ResidentHousehold,
     SlaBreach,
 )
 from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
+from shared.db import get_unflushed, hold_loaded, note_absent
 from shared.deps import SessionDep, WriteSessionDep
+
+# What a consumer's transaction loaded for its events (session.info): see Repository.load_for_cases.
+_LOCKED = "routing_locked_rows"
+_CASES_OF_APPLICATIONS = "routing_loaded_cases"
+# The offices and their loads as a consumer's transaction routes its cases (services.routing.cases.router_of).
+ROUTER_KEY = "routing_router"
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -198,12 +206,65 @@ class Repository:
 
     async def application(self, application_id: uuid.UUID) -> ApplicationRecord | None:
         # FOR UPDATE (PostgreSQL): two consumers of one application serialise here. SQLite's writer lock does the same.
+        if (ApplicationRecord, application_id) in self.session.info.get(_LOCKED, ()):
+            return await get_unflushed(self.session, ApplicationRecord, application_id)
         query = select(ApplicationRecord).where(ApplicationRecord.application_id == application_id).with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
 
     async def cases_of_application(self, application_id: uuid.UUID) -> Sequence[Case]:
+        loaded: dict[uuid.UUID, list[Case]] = self.session.info.get(_CASES_OF_APPLICATIONS, {})
+        if application_id in loaded:
+            # Those the transaction loaded (locked) and those it added since (a savepoint's rollback takes these back).
+            added = [c for c in self.session.new if isinstance(c, Case) and c.application_id == application_id]
+            cases = [c for c in loaded[application_id] if c not in self.session.deleted] + added
+            return sorted(cases, key=lambda c: c.program_code)
         query = select(Case).where(Case.application_id == application_id).order_by(Case.program_code).with_for_update()
         return (await self.session.execute(query)).scalars().all()
+
+    async def load_for_cases(
+        self, application_ids: set[uuid.UUID], resident_ids: set[uuid.UUID], housed: set[uuid.UUID]
+    ) -> None:
+        """Unscoped (the cases consumer): what a transaction's events will look up, in a query per kind at its start —
+        the applications they name and their cases (locked), whether their residents were erased, and the
+        households of those whose events tell of one (locked) — what is not there noted as absent
+        (shared.db.note_absent), so that each event's lookups ask the database nothing more. The rows are held to
+        the end of the transaction. Not within a savepoint (a lock taken there would go with its rollback)."""
+        if self.session.in_nested_transaction():
+            return
+        hold_loaded(self.session)  # the identity map would let go of a row nothing else refers to, and ask again
+        locked: set[tuple[type[Any], uuid.UUID]] = self.session.info.setdefault(_LOCKED, set())
+        with self.session.no_autoflush:
+            if application_ids:
+                records = select(ApplicationRecord).where(ApplicationRecord.application_id.in_(application_ids))
+                found = {
+                    r.application_id
+                    for r in await self.session.scalars(
+                        records.order_by(ApplicationRecord.application_id).with_for_update()
+                    )
+                }
+                note_absent(self.session, ApplicationRecord, application_ids - found)
+                locked.update((ApplicationRecord, i) for i in application_ids)
+                cases: dict[uuid.UUID, list[Case]] = {i: [] for i in application_ids}
+                query = select(Case).where(Case.application_id.in_(application_ids)).order_by(Case.id)
+                for case in await self.session.scalars(query.with_for_update()):
+                    assert case.application_id is not None
+                    cases[case.application_id].append(case)
+                self.session.info.setdefault(_CASES_OF_APPLICATIONS, {}).update(cases)
+            if resident_ids:
+                erasures = select(ResidentErasure).where(ResidentErasure.resident_id.in_(resident_ids))
+                found = {e.resident_id for e in await self.session.scalars(erasures)}
+                note_absent(self.session, ResidentErasure, resident_ids - found)
+            if housed:
+                households = select(ResidentHousehold).where(ResidentHousehold.resident_id.in_(housed))
+                households = households.order_by(ResidentHousehold.resident_id).with_for_update()
+                found = {h.resident_id for h in await self.session.scalars(households)}
+                note_absent(self.session, ResidentHousehold, housed - found)
+                locked.update((ResidentHousehold, i) for i in housed)
+
+    def forget_loaded_cases(self) -> None:
+        """Cases were destroyed in this transaction (an erasure): they, and the offices' loads, are read again."""
+        self.session.info.pop(_CASES_OF_APPLICATIONS, None)
+        self.session.info.pop(ROUTER_KEY, None)
 
     # ------------------------------------------------------------------------------------------ case writes
 
@@ -530,17 +591,22 @@ class Repository:
     async def note_household(self, resident_id: uuid.UUID, household_id: uuid.UUID | None, at: dt.datetime) -> None:
         """Unscoped (event handlers): the registered household the resident lives in, as of the event at ``at`` (an
         older event does not undo a newer one; a newer one without a household says the registry lists none)."""
-        row = await self.session.get(ResidentHousehold, resident_id, with_for_update=True)
+        if (ResidentHousehold, resident_id) in self.session.info.get(_LOCKED, ()):
+            row = await get_unflushed(self.session, ResidentHousehold, resident_id)
+        else:
+            row = await self.session.get(ResidentHousehold, resident_id, with_for_update=True)
         if row is not None and at < row.seen_at:
             return
+        # Written with the rest of the transaction (what reads households next writes it first: autoflush); a row
+        # removed at once, so that no lookup by its key finds it.
         if household_id is None:
             if row is not None:
                 await self.session.delete(row)
+                await self.session.flush()
         elif row is None:
             self.session.add(ResidentHousehold(resident_id=resident_id, household_id=household_id, seen_at=at))
         else:
             row.household_id, row.seen_at = household_id, at
-        await self.session.flush()
 
     async def housemates(self, resident_id: uuid.UUID) -> list[uuid.UUID]:
         """Unscoped: the residents registered in the resident's household (the resident first); only the resident

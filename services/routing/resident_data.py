@@ -236,6 +236,7 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
     today = clock.today()
     kept = _kept(kept_cases, await _count(session, audit_log.table, audit_log.table.c.resident_id == rid), today)
     session.info.get(_NOT_ERASED, set()).discard(rid)  # erased from here on in this transaction
+    repo.forget_loaded_cases()
     session.add(
         ResidentErasure(
             resident_id=rid,

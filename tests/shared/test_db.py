@@ -5,6 +5,7 @@ that need not write what is pending first finds a row added and not written yet.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -181,3 +182,23 @@ async def test_a_row_noted_absent_is_answered_without_asking_until_the_transacti
             assert await get_unflushed(session, Entry, stored + 1) is added, "written in this transaction"
             assert [s for s in statements if s.startswith("INSERT")], "the flush wrote it"
             assert not [s for s in statements if s.startswith("SELECT")], "and nothing was asked"
+
+
+async def test_a_row_noted_absent_and_written_is_found_after_nothing_else_refers_to_it(db: Database) -> None:
+    """The identity map holds a clean row weakly: once nothing refers to a row the transaction wrote, it leaves the
+    map. A key noted absent is answered from the map, so the row must still be found then (a resident's erasure
+    written by one event of a batch, looked up by the next), not taken for absent."""
+    async with db.session() as session:
+        session.add(Entry("stored"))
+    async with db.session() as session:
+        stored = (await session.execute(select(entries.c.id))).scalar_one()
+        note_absent(session, Entry, [stored + 1])
+        added = Entry("added")
+        added.id = stored + 1
+        session.add(added)
+        await session.flush()
+        del added
+        gc.collect()
+        found = await get_unflushed(session, Entry, stored + 1)
+        assert found is not None, "the row written in this transaction is found"
+        assert found.name == "added"

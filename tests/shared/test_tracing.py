@@ -62,7 +62,7 @@ async def platform_in_process(
                 await seeder(settings)
             module = __import__(f"services.{name}.main", fromlist=["create_app"])
             app: FastAPI = module.create_app(settings)
-            app.state.tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+            app.state.tracing.export_to(SimpleSpanProcessor(exporter))
             urls[name] = await stack.enter_async_context(serve(app))
         yield urls
 
@@ -188,3 +188,42 @@ def test_otlp_export_is_configured_by_settings(monkeypatch: pytest.MonkeyPatch) 
     assert "0.25" in tracing.provider.sampler.get_description()
     quiet = Tracing.from_settings("routing", BY_NAME["routing"].settings(otlp_endpoint=None))
     assert quiet.provider._active_span_processor._span_processors == ()  # spans made, exported nowhere
+    assert tracing.exporting
+    assert not quiet.exporting
+
+
+async def test_statements_make_spans_only_while_the_services_spans_go_somewhere(tmp_path: Path) -> None:
+    """A span per database statement costs a consumer a few percent of its CPU: made only once something receives
+    the service's spans (an OTLP endpoint set, or a processor added through Tracing.export_to)."""
+    from sqlalchemy import text
+
+    from shared.db import Database
+    from shared.tracing import Tracing, instrument_database
+
+    tracing = Tracing("statements-test")
+    seen = InMemorySpanExporter()
+    tracing.provider.add_span_processor(SimpleSpanProcessor(seen))  # sees the spans, but is not an export
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'statements.db'}")
+    instrument_database(db.engine, "statements-test")
+    try:
+
+        async def statement_spans(name: str) -> list[ReadableSpan]:
+            with tracing.tracer.start_as_current_span(name) as outer:
+                async with db.session() as session:
+                    await session.execute(text("SELECT 1"))
+            return [
+                s
+                for s in seen.get_finished_spans()
+                if s.parent is not None and s.parent.span_id == outer.get_span_context().span_id
+            ]
+
+        assert await statement_spans("unexported") == [], "no span for a statement no one receives"
+        exported = InMemorySpanExporter()
+        tracing.export_to(SimpleSpanProcessor(exported))
+        [span] = await statement_spans("exported")
+        assert span.kind == SpanKind.CLIENT
+        assert (span.attributes or {}).get("db.query.text") == "SELECT 1"
+        assert span in exported.get_finished_spans()
+    finally:
+        await db.dispose()
+        tracing.shutdown()

@@ -444,9 +444,9 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
     eligibility: RunningService,
 ) -> None:
     """Where each case is (the projection that scopes staff reads), from a batch of routing's events in one
-    transaction: whether the resident was erased is asked once, not for every event; the rows are written together
-    at the end (a case routed and transferred in the same batch is found among the new rows, not flushed to be
-    found); and each case ends in the office of its newest event."""
+    transaction: whether the resident was erased, and where its cases are, is asked once, not for every event; the
+    rows are written together at the end (a case routed and transferred in the same batch is found among the new
+    rows, not flushed to be found); and each case ends in the office of its newest event."""
 
     from services.eligibility.models import CaseOfficeRow
     from tests.services.eligibility.support import case_transferred
@@ -457,9 +457,12 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
     first = case_routed(application_id, resident_id, "MAPO-CSC", at=start)
     second = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
     moved = case_transferred(first, "YONGSAN-CSC", at=start + dt.timedelta(seconds=1))
+    earlier = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
+    await eligibility.publish(earlier)  # where this case is, is in the database before the batch
+    await wait_until(lambda: eligibility.settled("case-offices"), timeout=20)
     consumer = eligibility.runtime.consumers["case-offices"]
     await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in (lead, first, second, moved):
+    for data in (lead, first, second, moved, case_transferred(earlier, "MAPO-CSC", at=start + dt.timedelta(seconds=1))):
         await eligibility.publish(data)
     with consumer_statements(eligibility.runtime.db, consumer.durable) as work:
         await consumer.start()
@@ -468,7 +471,9 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
 
     erasure_reads = [s for s in statements if "FROM resident_erasures" in s]
     office_writes = [s for s in statements if s.startswith("INSERT INTO case_offices")]
+    office_reads = [s for s in statements if s.startswith("SELECT") and "FROM case_offices" in s]
     assert len(erasure_reads) <= commits < 4, statements
+    assert len(office_reads) <= commits, "where the batch's cases are is read once per transaction"
     assert len(office_writes) <= commits, statements
     async with eligibility.runtime.db.session() as session:
         rows = (
@@ -478,6 +483,7 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
         lead.case_id: "MAPO-CSC",
         first.case_id: "YONGSAN-CSC",
         second.case_id: "JONGNO-CSC",
+        earlier.case_id: "MAPO-CSC",
     }
 
 
@@ -499,3 +505,71 @@ async def test_in_one_batch_an_erasure_stops_the_residents_events_after_it(eligi
     async with eligibility.runtime.db.session() as session:
         stored = await session.get(ResidentRow, resident_id)
     assert stored is None, "nothing about the resident is stored after their erasure"
+
+
+async def test_a_batch_of_submissions_looks_up_what_its_events_name_once_and_writes_together(
+    eligibility: RunningService,
+) -> None:
+    """A batch of submissions in one transaction: the applications, residents, their erasures, answers and
+    department facts the events name, and the catalogue's revision, are each read once for the transaction (a query
+    per kind at its start, Subscription.load), not once per event; the new applications are written together at its
+    end, each with its first round (not inserted, then updated); and every application is determined."""
+    residents = [uuid.uuid4() for _ in range(9)]
+    submissions = [birth(r) for r in residents]
+    consumer = eligibility.runtime.consumers["events"]
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in submissions:
+        await eligibility.publish(data)
+    with consumer_statements(eligibility.runtime.db, consumer.durable) as work:
+        await consumer.start()
+        await settle(eligibility)
+
+    for statements in work.transactions():
+        for table in ("applications", "residents", "resident_erasures", "resident_answers", "department_facts"):
+            reads = [s for s in statements if s.startswith("SELECT") and f" FROM {table} " in f"{s} "]
+            assert len(reads) <= 1, f"{table} read {len(reads)} times in one transaction: {statements}"
+        assert len([s for s in statements if "FROM catalogue_state" in s]) <= 1, statements
+        assert len([s for s in statements if s.startswith("INSERT INTO applications")]) <= 1, statements
+    assert not work.count("UPDATE applications"), "each application is written once, with its round"
+    assert work.count("INSERT INTO applications") < len(submissions), "a batch's applications in one statement"
+    async with eligibility.runtime.db.read_session() as session:
+        query = select(EvaluationRoundRow.application_id).where(
+            EvaluationRoundRow.application_id.in_([s.application_id for s in submissions])
+        )
+        assert set((await session.scalars(query)).all()) == {s.application_id for s in submissions}
+
+
+async def test_a_report_in_the_same_batch_as_the_submission_re_evaluates_with_its_facts(
+    eligibility: RunningService,
+) -> None:
+    """What a transaction loaded of a resident at its start (their department facts) is not what the evaluation
+    after a report in the same batch uses: the facts the report wrote are, and the outcome they change is a new
+    round."""
+    resident = uuid.uuid4()
+    submitted = birth(resident, earned_income=2_000_000, business_income=0)
+    consumer = eligibility.runtime.consumers["events"]
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in (
+        birth(uuid.uuid4()),
+        registry(resident),
+        consents(resident, 1, department_data__welfare=True),
+        submitted,
+        report(resident, "welfare", public_pension_income=0),
+    ):
+        await eligibility.publish(data)
+    await consumer.start()
+    await settle(eligibility)
+    async with eligibility.runtime.db.read_session() as session:
+        query = select(EvaluationRoundRow.trigger).where(EvaluationRoundRow.application_id == submitted.application_id)
+        rounds = (await session.scalars(query.order_by(EvaluationRoundRow.round))).all()
+        latest = (
+            await session.scalars(
+                select(DeterminationRow).where(
+                    DeterminationRow.application_id == submitted.application_id,
+                    DeterminationRow.round == len(rounds),
+                    DeterminationRow.program_code == "maternal_newborn_care",
+                )
+            )
+        ).one()
+    assert rounds == ["submitted", "facts_reported"]
+    assert latest.outcome == "eligible", "the pension the report told of is known"

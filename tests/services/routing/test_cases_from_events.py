@@ -220,3 +220,52 @@ async def test_a_determinations_new_cases_their_history_and_events_are_written_t
         ("case.decided", "child_allowance"): 1,
         ("case.decided", "first_meeting_voucher"): 1,
     }
+
+
+async def test_a_batch_looks_up_what_its_events_name_once_and_considers_each_household_once(
+    routing: RunningService,
+) -> None:
+    """A batch of applications' events in one transaction: the applications they name, their cases and the
+    residents' households are read once for the transaction (a query per kind at its start, Subscription.load), and
+    the offices and their loads once as its cases are routed, not once per event; its new cases are written
+    together; a resident's household is considered once for the transaction, after its events, though both the
+    submission and the determination changed their cases; and every application gets its cases."""
+    from tests.services.routing.support import submitted
+    from tests.support.round_trips import consumer_statements
+
+    applications = [uuid.uuid4() for _ in range(4)]
+    known, new = applications[:2], applications[2:]
+    for application_id in known:  # submitted in an earlier batch: their records are in the database
+        await routing.publish(submitted(application_id))
+    await wait_until(routing.settled)
+    consumer = routing.runtime.consumers["cases"]
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    await routing.publish(determined(uuid.uuid4(), [program("child_allowance", "eligible")]))
+    for application_id in applications:
+        if application_id in new:
+            await routing.publish(submitted(application_id))
+        await routing.publish(determined(application_id, [program("parent_benefit"), program("housing_voucher")]))
+    with consumer_statements(routing.runtime.db, consumer.durable) as work:
+        await consumer.start()
+        await wait_until(routing.settled)
+
+    for statements in work.transactions():
+        reads = {
+            "applications": [s for s in statements if s.startswith("SELECT applications.application_id")],
+            "cases of applications": [s for s in statements if "FROM cases WHERE cases.application_id" in s],
+            "households": [
+                s for s in statements if s.startswith("SELECT resident_households.resident_id, resident_households.")
+            ],
+            "offices": [s for s in statements if s.startswith("SELECT offices.")],
+            "offices' loads": [s for s in statements if "FROM cases WHERE cases.status" in s],
+        }
+        for kind, found in reads.items():
+            assert len(found) <= 1, f"{kind} read {len(found)} times in one transaction: {statements}"
+        new_cases = [s for s in statements if s.startswith("INSERT INTO cases")]
+        assert len(new_cases) <= 1, f"a transaction's new cases are written together: {statements}"
+    considered = [s for s in work.statements if "household_members.open_resident_id IN" in s]
+    # Each resident's household once per transaction (the lead's, and the others' unless a batch was cut between a
+    # submission and its determination), not once per event.
+    assert len(considered) <= len(applications) + work.commits - 1, work.statements
+    for application_id in applications:
+        assert set(await cases_of(routing, application_id)) == {"parent_benefit", "housing_voucher"}
