@@ -140,12 +140,17 @@ class MaildirEmail:
 
     def _write(self, message: Message) -> None:
         tmp, new = self.directory / "tmp", self.directory / "new"
-        tmp.mkdir(parents=True, exist_ok=True)
-        new.mkdir(parents=True, exist_ok=True)
         name = str(message["Message-ID"]).strip("<>").partition("@")[0] or uuid.uuid4().hex
         path = tmp / f"{name}.eml"
-        path.write_bytes(message.as_bytes())
-        os.replace(path, new / f"{name}.eml")
+        raw = message.as_bytes()
+        try:
+            path.write_bytes(raw)
+            os.replace(path, new / f"{name}.eml")
+        except FileNotFoundError:  # the folders are made when missing, not checked before every message
+            tmp.mkdir(parents=True, exist_ok=True)
+            new.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(raw)
+            os.replace(path, new / f"{name}.eml")
 
 
 class HttpSms:

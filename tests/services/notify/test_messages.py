@@ -10,13 +10,14 @@ import email
 import email.policy
 import ipaddress
 import random
+import shutil
 import uuid
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.notify.channels import build_email
+from services.notify.channels import MaildirEmail, build_email
 from services.notify.rendering import KINDS, MessageInput, Renderer
 from services.notify.schedule import backoff, quiet_until
 from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS, NotifySettings
@@ -455,3 +456,22 @@ def test_an_email_is_well_formed_mime_that_a_standard_parser_reads_back(language
     assert html.get_content() == rendered.html
     assert parsed.get_body(preferencelist=("plain",)) is plain
     assert [parsed.defects, plain.defects, html.defects] == [[], [], []]
+
+
+async def test_the_local_mail_sink_makes_its_folders_when_they_are_missing(tmp_path: Path) -> None:
+    """The embedded e-mail sink (no SMTP host) makes its maildir folders on the first message, and again when an
+    operator emptied the mail directory meanwhile; a reader only ever sees whole messages in ``new/``."""
+    renderer = Renderer("https://onestop.example.kr/")
+    rendered = renderer.render(MessageInput("eligibility.determined", "ko", APP, ITEMS["eligibility.determined"]))
+    sink = MaildirEmail(tmp_path / "mail")
+    settings = NotifySettings()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await sink.send(build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=first, language="ko"))
+    shutil.rmtree(tmp_path / "mail")
+    await sink.send(build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=second, language="ko"))
+    assert sorted(p.name for p in (tmp_path / "mail" / "new").iterdir()) == [f"{second}.eml"]
+    assert list((tmp_path / "mail" / "tmp").iterdir()) == []
+    parsed = email.message_from_bytes(
+        (tmp_path / "mail" / "new" / f"{second}.eml").read_bytes(), policy=email.policy.strict
+    )
+    assert parsed["Subject"] == rendered.subject
