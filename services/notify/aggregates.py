@@ -51,14 +51,44 @@ async def count_determinations(
     session: AsyncSession, settings: NotifySettings, data: EligibilityDetermined, now: dt.datetime | None = None
 ) -> None:
     """Count the programs of one determination in the period open now (in the consumer's transaction)."""
-    if not data.programs:
+    counts = Counter((data.resident.district_code, p.program_code, p.outcome.value) for p in data.programs)
+    await _count(session, settings, counts, now)
+
+
+# What a consumer's transaction counted, written once at its end (see note_determination).
+_NOTED = "notify_determinations_noted"
+
+
+async def note_determination(session: AsyncSession, settings: NotifySettings, data: EligibilityDetermined) -> None:
+    """Count the programs of one determination with the others of the transaction, written together by
+    :func:`count_noted` at its end (the partners' consumer's ``Subscription.finish``): one period looked up and one
+    statement for a batch, not three per determination. Within a savepoint (a batch applied event by event, after a
+    failure) the count is written at once instead, so that it is rolled back with its event if that one fails."""
+    if session.in_nested_transaction():
+        await count_determinations(session, settings, data)
+        return
+    noted: Counter[tuple[str, str, str]] = session.info.setdefault(_NOTED, Counter())
+    noted.update((data.resident.district_code, p.program_code, p.outcome.value) for p in data.programs)
+
+
+async def count_noted(session: AsyncSession, settings: NotifySettings, now: dt.datetime | None = None) -> None:
+    """Write what the transaction's determinations counted (:func:`note_determination`), in the period open now."""
+    noted: Counter[tuple[str, str, str]] | None = session.info.pop(_NOTED, None)
+    if noted:
+        await _count(session, settings, noted, now)
+
+
+async def _count(
+    session: AsyncSession, settings: NotifySettings, counts: Counter[tuple[str, str, str]], now: dt.datetime | None
+) -> None:
+    """Add ``counts`` ((district, program, outcome) -> how many) to the period open now, in one statement."""
+    if not counts:
         return
     repo = Repository(session)
     length = dt.timedelta(seconds=settings.aggregate_period_seconds)
     start = period_start(now or utcnow(), length, zone(None, settings.timezone))
     period = await repo.open_aggregate_period(start, length)
-    counts = Counter((program.program_code, program.outcome.value) for program in data.programs)
-    await repo.count_determinations(period.period_start, data.resident.district_code, dict(counts))
+    await repo.count_determinations(period.period_start, dict(counts))
 
 
 def withheld(counts: dict[str, int], min_group: int) -> set[str]:

@@ -109,5 +109,7 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 *[on(CATALOGUE[t].data_model, unless_erased(feeds.fan_out)) for t in fanned_out],
                 on(ResidentErasureRequested, erasure.partners_part),
             ],
+            load=feeds.load,
+            finish=feeds.finish,
         ),
     ]

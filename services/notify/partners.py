@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.notify.aggregates import count_determinations
+from services.notify.aggregates import count_noted, note_determination
 from services.notify.models import (
     DeliveryStatus,
     GrantPurpose,
@@ -53,6 +54,7 @@ from services.notify.repository import Repository
 from services.notify.schemas import GrantIn
 from services.notify.settings import NotifySettings
 from shared.auth import Principal
+from shared.consumer import named_id
 from shared.events import (
     CATALOGUE,
     PARTNER_VISIBLE_TYPES,
@@ -192,8 +194,20 @@ class PartnerFeeds:
     async def eligibility_determined(
         self, session: AsyncSession, event: CloudEvent, data: EligibilityDetermined
     ) -> None:
-        await count_determinations(session, self.settings, data)
+        await note_determination(session, self.settings, data)
         await self.fan_out(session, event, data)
+
+    async def load(self, session: AsyncSession, events: Sequence[CloudEvent]) -> None:
+        """The consumer's load (``Subscription.load``): whether the residents of a transaction's events asked for
+        erasure, and their consents to partners, in a query each instead of two lookups per event."""
+        residents = {r for e in events if isinstance(e.data, dict) and (r := named_id(e.data.get("resident_id")))}
+        repo = Repository(session)
+        await repo.load_erasures(residents)
+        await repo.load_partner_consents(residents)
+
+    async def finish(self, session: AsyncSession) -> None:
+        """The consumer's finish (``Subscription.finish``): the transaction's determinations counted at once."""
+        await count_noted(session, self.settings)
 
     async def fan_out(self, session: AsyncSession, event: CloudEvent, data: EventData) -> None:
         event_type = event.event_type

@@ -33,6 +33,7 @@ from services.notify.models import (
     Preference,
     Representation,
     ResidentChannel,
+    ResidentErasure,
     ResidentState,
     Subscription,
     SubscriptionStatus,
@@ -53,8 +54,9 @@ Key = TypeVar("Key", uuid.UUID, int)
 # The resident-facing rows a worker holds under a claim.
 Held = TypeVar("Held", Notification, Delivery)
 
-# The applications a transaction locked (see Repository.tracked_application).
+# The applications and residents a transaction locked (see Repository.tracked_application, resident_state).
 _LOCKED_APPLICATIONS = "notify_locked_applications"
+_LOCKED_RESIDENTS = "notify_locked_residents"
 # The bundles (notifications still collecting) a transaction found, by resident, application and kind (session.info).
 _BUNDLES = "notify_open_bundles"
 # The residents whose bundles a transaction loaded, and the items it loaded (event ids asked, pairs found).
@@ -100,13 +102,20 @@ class Repository:
         return await get_unflushed(self.session, Preference, resident_id)
 
     async def resident_state(self, resident_id: uuid.UUID) -> ResidentState:
-        """The resident's row, created on first sight."""
+        """The resident's row, locked, created on first sight (written with the rest of the transaction). Locked once,
+        it stays locked to the end of the transaction, as :meth:`tracked_application` holds an application."""
+        remember = not self.session.in_nested_transaction()
+        locked: dict[uuid.UUID, ResidentState] = self.session.info.setdefault(_LOCKED_RESIDENTS, {})
+        held = locked.get(resident_id) if remember else None
+        if held is not None and not inspect(held).expired_attributes and held in self.session:
+            return held
         state = await get_unflushed(self.session, ResidentState, resident_id, with_for_update=True)
         if state is None:
             state = ResidentState(resident_id=resident_id, consents={}, consent_version=0, profile_version=0,
                                   updated_at=utcnow())  # fmt: skip
             self.session.add(state)
-            await self.session.flush()
+        if remember:
+            locked[resident_id] = state
         return state
 
     async def find_resident_state(self, resident_id: uuid.UUID) -> ResidentState | None:
@@ -127,7 +136,6 @@ class Repository:
                 application_id=application_id, resident_id=resident_id, last_round=0, updated_at=utcnow()
             )
             self.session.add(application)
-            await self.session.flush()
         if remember:
             locked[application_id] = application
         return application
@@ -141,10 +149,17 @@ class Repository:
         return await get_unflushed(self.session, ApplicationProgram, (application_id, program_code))
 
     async def application_programs(self, application_id: uuid.UUID) -> dict[str, ApplicationProgram]:
-        rows = await self.session.scalars(
-            select(ApplicationProgram).where(ApplicationProgram.application_id == application_id)
-        )
-        return {row.program_code: row for row in rows}
+        """The application's programs: those stored, and those this transaction added and has not written yet
+        (found among the session's new rows, without writing what is pending first)."""
+        with self.session.no_autoflush:
+            rows = await self.session.scalars(
+                select(ApplicationProgram).where(ApplicationProgram.application_id == application_id)
+            )
+            programs = {row.program_code: row for row in rows}
+        for row in self.session.new:
+            if isinstance(row, ApplicationProgram) and row.application_id == application_id:
+                programs[row.program_code] = row
+        return programs
 
     async def load_for_events(
         self, application_ids: set[uuid.UUID], programs: set[tuple[uuid.UUID, str]], event_ids: set[str],
@@ -158,6 +173,8 @@ class Repository:
             return
         hold_loaded(self.session)
         with self.session.no_autoflush:
+            if resident_ids:
+                await self._load_residents(resident_ids)
             if application_ids:
                 locked: dict[uuid.UUID, TrackedApplication] = self.session.info.setdefault(_LOCKED_APPLICATIONS, {})
                 tracked = select(TrackedApplication).where(TrackedApplication.application_id.in_(application_ids))
@@ -192,6 +209,31 @@ class Repository:
                 for n in await self.session.scalars(collecting):
                     bundles[(n.resident_id, n.application_id, n.kind)] = n  # the newest last
                 self.session.info.setdefault(_BUNDLES_LOADED, set()).update(resident_ids)
+
+    async def _load_residents(self, resident_ids: set[uuid.UUID]) -> None:
+        """The residents' rows (locked, held as :meth:`resident_state` holds them) and preferences, and whether they
+        asked for erasure: a query each for the whole transaction."""
+        locked: dict[uuid.UUID, ResidentState] = self.session.info.setdefault(_LOCKED_RESIDENTS, {})
+        states = select(ResidentState).where(ResidentState.resident_id.in_(resident_ids))
+        for state in await self.session.scalars(states.order_by(ResidentState.resident_id).with_for_update()):
+            locked[state.resident_id] = state
+        note_absent(self.session, ResidentState, resident_ids - set(locked))
+        preferences = select(Preference).where(Preference.resident_id.in_(resident_ids))
+        found = {p.resident_id for p in await self.session.scalars(preferences)}
+        note_absent(self.session, Preference, resident_ids - found)
+        await self.load_erasures(resident_ids)
+
+    async def load_erasures(self, resident_ids: set[uuid.UUID]) -> None:
+        """Which of these residents asked for erasure, for :func:`services.notify.resident_data.erased` to answer
+        from for the rest of the transaction (an erasure it handles itself is added to the session). Not within a
+        savepoint."""
+        if self.session.in_nested_transaction() or not resident_ids:
+            return
+        hold_loaded(self.session)
+        with self.session.no_autoflush:
+            found = select(ResidentErasure).where(ResidentErasure.resident_id.in_(resident_ids))
+            erased = {row.resident_id for row in await self.session.scalars(found)}
+        note_absent(self.session, ResidentErasure, resident_ids - erased)
 
     def told(self, notification: Notification, source_event_id: str, resident_id: uuid.UUID) -> None:
         """This transaction added ``notification`` (or added to it) for the event: what :meth:`open_bundle` and
@@ -434,11 +476,27 @@ class Repository:
         none: set[uuid.UUID] = self.session.info.setdefault(_CONSENTING_TO_NO_PARTNER, set())
         if resident_id in none:
             return None
-        consent = await self.session.get(PartnerConsent, resident_id)
+        consent = await get_unflushed(self.session, PartnerConsent, resident_id)
         if consent is None or not consent.purposes:
             none.add(resident_id)
             return None
         return consent
+
+    async def load_partner_consents(self, resident_ids: set[uuid.UUID]) -> None:
+        """Unscoped (the partners' consumer): these residents' consents to partners, in one query for a transaction's
+        events; those consenting to none are remembered as such (:meth:`consent_to_partners`). Not within a
+        savepoint."""
+        if self.session.in_nested_transaction() or not resident_ids:
+            return
+        hold_loaded(self.session)
+        with self.session.no_autoflush:
+            found = await self.session.scalars(
+                select(PartnerConsent).where(PartnerConsent.resident_id.in_(resident_ids))
+            )
+            consents = {c.resident_id: c for c in found}
+        note_absent(self.session, PartnerConsent, resident_ids - set(consents))
+        none: set[uuid.UUID] = self.session.info.setdefault(_CONSENTING_TO_NO_PARTNER, set())
+        none.update(r for r in resident_ids if r not in consents or not consents[r].purposes)
 
     async def queued_deliveries_about(self, resident_id: uuid.UUID) -> Sequence[WebhookDelivery]:
         """Unscoped, for the partners' consumer: webhook deliveries about the resident not delivered yet."""
@@ -508,10 +566,8 @@ class Repository:
                 return period
             start = period.period_end
 
-    async def count_determinations(
-        self, period_start: dt.datetime, district_code: str, counts: dict[tuple[str, str], int]
-    ) -> None:
-        """Add ``counts`` ((program code, outcome) -> how many) to the period's counts of the district, in one
+    async def count_determinations(self, period_start: dt.datetime, counts: dict[tuple[str, str, str], int]) -> None:
+        """Add ``counts`` ((district code, program code, outcome) -> how many) to the period's counts, in one
         statement."""
         if not counts:
             return
@@ -519,7 +575,7 @@ class Repository:
             [
                 {"period_start": period_start, "district_code": district_code, "program_code": program_code,
                  "outcome": outcome, "count": n}
-                for (program_code, outcome), n in counts.items()
+                for (district_code, program_code, outcome), n in sorted(counts.items())
             ]
         )  # fmt: skip
         await self.session.execute(

@@ -48,7 +48,7 @@ from services.notify.repository import Repository
 from services.notify.settings import NotifySettings
 from shared.auth import Principal
 from shared.clock import Clock
-from shared.db import Database
+from shared.db import Database, get_unflushed
 from shared.events import CloudEvent, KeptRecords, ResidentErased, ResidentErasureRequested
 from shared.outbox import Outbox
 from shared.personal_data import (
@@ -91,7 +91,9 @@ async def erased(session: AsyncSession, resident_id: uuid.UUID) -> bool:
     known: set[uuid.UUID] = session.info.setdefault(_NOT_ERASED, set())
     if resident_id in known:
         return False
-    if await session.get(ResidentErasure, resident_id) is not None:
+    # Without writing what is pending first: a batch's rows go out together at its end. An erasure the transaction
+    # handled itself is among its new rows; its residents were looked up at its start (Repository.load_erasures).
+    if await get_unflushed(session, ResidentErasure, resident_id) is not None:
         return True
     known.add(resident_id)
     return False

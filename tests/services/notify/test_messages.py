@@ -4,14 +4,20 @@ may point, signatures."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import email
+import email.policy
 import ipaddress
 import random
+import shutil
+import uuid
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.notify.channels import MaildirEmail, build_email
 from services.notify.rendering import KINDS, MessageInput, Renderer
 from services.notify.schedule import backoff, quiet_until
 from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS, NotifySettings
@@ -413,3 +419,59 @@ def test_every_template_is_compiled_at_start_up_so_a_missing_or_broken_one_stops
     broken.unlink()
     with pytest.raises(jinja2.TemplateNotFound):
         Renderer("https://x", templates)
+
+
+@pytest.mark.parametrize("language", ["ko", "en"])
+def test_an_email_is_well_formed_mime_that_a_standard_parser_reads_back(language: str) -> None:
+    """The e-mail is built with the light MIME classes (services/notify/channels.py), so it is read back here with
+    the standard library's strict parser: the headers as sent (a Korean subject and sender name in encoded words,
+    long ones folded), one line of subject whatever the template made, plain text then HTML as alternatives, each
+    body as rendered."""
+    renderer = Renderer("https://onestop.example.kr/")
+    rendered = renderer.render(MessageInput("eligibility.determined", language, APP, ITEMS["eligibility.determined"]))
+    long_subject = f"{rendered.subject} — " + ("아주 긴 제목 " if language == "ko" else "a very long subject ") * 12
+    rendered = dataclasses.replace(rendered, subject=long_subject + "\nBcc: someone@example.kr")
+    settings = NotifySettings(smtp_from="원스톱 알림 <no-reply@onestop.example.kr>")
+    delivery = uuid.uuid4()
+    built = build_email(settings, to="jiwoo.park@example.kr", rendered=rendered, delivery_id=delivery,
+                        language=language)  # fmt: skip
+    raw = built.as_bytes()
+    assert raw.isascii(), "7-bit headers and bodies: any relay takes them"
+    parsed = email.message_from_bytes(raw, policy=email.policy.strict)
+    assert parsed["Subject"] == " ".join(f"{long_subject} Bcc: someone@example.kr".split()), "one line, nothing added"
+    assert parsed["Bcc"] is None
+    assert parsed["From"].addresses[0].display_name == "원스톱 알림"
+    assert parsed["From"].addresses[0].addr_spec == "no-reply@onestop.example.kr"
+    assert parsed["To"] == "jiwoo.park@example.kr"
+    assert parsed["Message-ID"] == f"<{delivery}@onestop.example.kr>"
+    assert parsed["Content-Language"] == language
+    assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["Date"].datetime.tzinfo is not None
+    assert parsed["MIME-Version"] == "1.0"
+    assert parsed.get_content_type() == "multipart/alternative"
+    plain, html = parsed.iter_parts()
+    assert (plain.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
+    assert plain.get_content_charset() == html.get_content_charset() == "utf-8"
+    assert plain.get_content() == rendered.text
+    assert html.get_content() == rendered.html
+    assert parsed.get_body(preferencelist=("plain",)) is plain
+    assert [parsed.defects, plain.defects, html.defects] == [[], [], []]
+
+
+async def test_the_local_mail_sink_makes_its_folders_when_they_are_missing(tmp_path: Path) -> None:
+    """The embedded e-mail sink (no SMTP host) makes its maildir folders on the first message, and again when an
+    operator emptied the mail directory meanwhile; a reader only ever sees whole messages in ``new/``."""
+    renderer = Renderer("https://onestop.example.kr/")
+    rendered = renderer.render(MessageInput("eligibility.determined", "ko", APP, ITEMS["eligibility.determined"]))
+    sink = MaildirEmail(tmp_path / "mail")
+    settings = NotifySettings()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await sink.send(build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=first, language="ko"))
+    shutil.rmtree(tmp_path / "mail")
+    await sink.send(build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=second, language="ko"))
+    assert sorted(p.name for p in (tmp_path / "mail" / "new").iterdir()) == [f"{second}.eml"]
+    assert list((tmp_path / "mail" / "tmp").iterdir()) == []
+    parsed = email.message_from_bytes(
+        (tmp_path / "mail" / "new" / f"{second}.eml").read_bytes(), policy=email.policy.strict
+    )
+    assert parsed["Subject"] == rendered.subject

@@ -5,8 +5,9 @@ under a grant whose purpose needs them, and a withdrawal that drops what is queu
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,15 @@ import nats
 import orjson
 from sqlalchemy import func, select
 
-from services.notify.models import WebhookDelivery, platform
+from services.notify.models import AggregateCount, WebhookDelivery, platform
 from services.notify.partner_consent import WITHDRAWN_NOTE
 from shared.auth import TokenIssuer
-from shared.events import Outcome, ResidentContext
+from shared.events import Outcome, ResidentContext, ResidentErasureRequested
 from tests.services.notify import support as f
 from tests.services.notify.support import Producer, consented, grant, start_notify
 from tests.support.endpoints import Endpoint, Received
 from tests.support.nats import NatsServer
+from tests.support.round_trips import consumer_statements
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -397,3 +399,67 @@ async def test_the_aggregate_feed_needs_no_consent_and_carries_no_resident(
         assert await deliveries(notify, BANK) == []
         async with notify.runtime.db.session() as session:
             assert set(await session.scalars(select(WebhookDelivery.resident_id))) == {None}
+
+
+async def test_a_batch_judges_each_resident_by_their_consent_reading_consents_once_and_counting_once(
+    notify: RunningService, producer: Producer, partner_endpoint: Endpoint
+) -> None:
+    """The partners' consumer applies a batch in one transaction: whether its residents asked for erasure, and what
+    they consented to, is read in a query each at its start, and its determinations are counted in one statement at
+    its end. Each resident is still judged by their own consent, and one who asks for erasure in the middle of the
+    batch has what was queued for them withdrawn and nothing after it sent or counted."""
+    await grant(notify, NGO, "eligibility.determined")
+    feed = ["eligibility.determined"]
+    subscription = await subscribe(notify, NGO, {"transport": "webhook", "url": partner_endpoint.url,
+                                                 "event_types": feed})  # fmt: skip
+    partner = notify.auth("partner", partner_id=NGO)
+    # Paused, it queues: what the erasure finds queued is the same however the events fall into transactions.
+    paused = await notify.client.post(f"/v1/subscriptions/{subscription['id']}/pause", headers=partner)
+    assert paused.status_code == 200, paused.text
+    residents = [uuid.uuid4() for _ in range(6)]
+    consenting, erased = residents[0], residents[1]
+    for resident in (consenting, erased):
+        await consented(notify, producer, resident, 1, {f"partner:{NGO}": True})
+    consumer, residents_consumer = notify.runtime.consumers["partners"], notify.runtime.consumers["residents"]
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    await residents_consumer.stop()  # which would otherwise record the erasure first
+    program = f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE)
+    counted = [f.determined(r, uuid.uuid4(), 1, [program]) for r in residents]
+    erasure = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
+    )
+    late = f.determined(erased, uuid.uuid4(), 1, [program])
+    published = [await producer.publish(d) for d in [*counted, erasure, late]]
+    with consumer_statements(notify.runtime.db, consumer.durable) as work:
+        await consumer.start()
+        await wait_until(lambda: notify.settled("partners"), timeout=20)
+    await residents_consumer.start()
+    count, commits = work.count, work.commits
+
+    reads = "\n".join(s[:100] for s in work.statements)
+    assert count("SELECT partner_consents.") <= commits + 1, reads  # and the erased resident's, locked
+    assert count("SELECT resident_erasures.") <= commits + 1, reads  # and the erasure's own record, locked
+    assert count("INSERT INTO aggregate_periods ") <= commits, reads
+    assert count("INSERT INTO aggregate_counts ") <= commits, reads
+
+    resumed = await notify.client.post(f"/v1/subscriptions/{subscription['id']}/resume", headers=partner)
+    assert resumed.status_code == 200, resumed.text
+    await wait_until(lambda: len(partner_endpoint.accepted) == 1)
+    assert [(body(r)["id"], body(r)["data"]["resident_id"]) for r in partner_endpoint.accepted] == [
+        (published[0].id, str(consenting))
+    ]
+
+    async def deliveries_recorded() -> list[tuple[str, str]]:
+        async with notify.runtime.db.session() as session:
+            rows = (await session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.seq))).all()
+        return [(r.event_id, r.status) for r in rows]
+
+    expected = [(published[0].id, "sent"), (published[1].id, "withdrawn")]
+    await wait_until(lambda: _equal(deliveries_recorded(), expected))  # the worker records the send after the POST
+    async with notify.runtime.db.session() as session:
+        total = await session.scalar(select(func.sum(AggregateCount.count)))
+    assert total == len(counted), "every determination before the erasure counted once, none after it"
+
+
+async def _equal(value: Awaitable[object], expected: object) -> bool:
+    return bool(await value == expected)

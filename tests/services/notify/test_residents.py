@@ -15,9 +15,9 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from services.notify.models import Delivery, Notification, ResidentState
+from services.notify.models import Delivery, Notification, ResidentErasure, ResidentState
 from shared.auth import TokenIssuer
-from shared.events import Decision, Outcome
+from shared.events import Decision, Outcome, ResidentErasureRequested
 from tests.services.notify import support as f
 from tests.services.notify.support import SHARED_STREAM, SMS_API_KEY, WIDE_WINDOW, Producer, close_bundle, start_notify
 from tests.support.endpoints import Endpoint
@@ -526,3 +526,53 @@ async def test_a_batch_of_an_applications_events_writes_its_messages_together(
             assert len(reads) <= most, (table, reads)
     await close_bundle(notify, resident, "case.routed", events=3)
     await close_bundle(notify, resident, "case.decided", events=2)
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_a_batch_about_many_residents_reads_their_rows_once_and_an_erasure_in_it_still_stops_what_follows(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """A batch about several residents reads their rows, preferences and erasures in a query each at the start of
+    its transaction, not once per event, and writes a resident's new row once, as it ends (not inserted, then
+    updated with the language the application told). Each message is still in its resident's language, and an
+    erasure in the middle of the batch erases what came before it and stops what comes after."""
+    residents = [await intake.register(channels=("inbox",)) for _ in range(4)]
+    english, erased = residents[0], residents[-1]
+    own = notify.auth("resident", resident_id=english)
+    assert (await notify.client.put("/v1/preferences", headers=own, json={"language": "en"})).status_code == 200
+    applications = {r: uuid.uuid4() for r in residents}
+    program = f.program("child_allowance", "아동수당", "CA", Outcome.ELIGIBLE)
+    batch: list[Any] = []
+    for resident, application in applications.items():
+        batch += [f.submitted(resident, application), f.determined(resident, application, 1, [program])]
+    erasure = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
+    )
+    batch += [erasure, f.decided(erased, applications[erased], "child_allowance")]
+    consumer = notify.runtime.consumers["residents"]
+    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
+    for data in batch:
+        await notify.publish(data)
+    with consumer_statements(notify.runtime.db, consumer.durable) as work:
+        await consumer.start()
+        await wait_until(lambda: notify.settled("residents"), timeout=20)
+    statements, commits, count = work.statements, work.commits, work.count
+
+    reads = "\n".join(s[:100] for s in statements)
+    assert count("SELECT residents.") <= commits, reads
+    assert count("SELECT preferences.") <= commits, reads
+    assert count("SELECT resident_erasures.") <= commits + 1, reads  # and the erasure's own record, locked
+    assert count("INSERT INTO residents ") <= commits, reads
+    assert count("UPDATE residents ") == 0, reads
+
+    async with notify.runtime.db.session() as session:
+        told = (await session.execute(select(Notification.resident_id, Notification.kind, Notification.language))).all()
+        states = set((await session.scalars(select(ResidentState.resident_id))).all())
+        erasure_row = await session.get(ResidentErasure, erased)
+    assert {(r, k) for r, k, _ in told} == {
+        (r, k) for r in residents[:-1] for k in ("application.submitted", "eligibility.determined")
+    }
+    assert {(r, lang) for r, _, lang in told} == {(english, "en"), *((r, "ko") for r in residents[1:-1])}
+    assert states == set(residents[:-1]), "nothing kept about the erased resident"
+    assert erasure_row is not None
+    assert erasure_row.residents_erased_at is not None
