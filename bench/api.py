@@ -49,7 +49,17 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import report
-from bench.probes import consumer_backlog, count_difference, cpu_seconds, loop_stall, request_counts, rss_mb
+from bench.probes import (
+    Histogram,
+    consumer_backlog,
+    count_difference,
+    cpu_seconds,
+    loop_stall,
+    quantiles,
+    request_counts,
+    rss_mb,
+    work_histograms,
+)
 from bench.report import QUEUE, STATUS
 from bench.wrk import Load, Request, Result, script
 from onestop.registry import SERVICES
@@ -180,7 +190,9 @@ class Backend:
     @classmethod
     def start(cls, name: str) -> Backend:
         if name == "sqlite":
-            return cls(name)  # the runner's default: var/<service>.db
+            # The runner's default (var/<service>.db), the writer lock timed per kind of work (a few microseconds a
+            # transaction): how long requests wait for it and how long each consumer holds it.
+            return cls(name, {s: {"database_time_writer_lock": True} for s in SERVICE_NAMES})
         server = PostgresServer().start()
         return cls(name, {s: {"database_url": server.create_database()} for s in SERVICE_NAMES}, server)
 
@@ -440,6 +452,16 @@ class Run:
     async def metrics(self, service: str) -> str:
         return (await self.client.get(f"{self.platform.url(service)}/metrics")).text
 
+    async def writer_lock(self) -> dict[str, tuple[dict[str, Histogram], dict[str, Histogram]]]:
+        """Each service's writer-lock histograms (wait, hold) by work, as they stand (SQLite only; else empty)."""
+        out = {}
+        for service in SERVICE_NAMES:
+            text = await self.metrics(service)
+            wait = work_histograms(text, "onestop_db_writer_wait_seconds")
+            if wait:
+                out[service] = (wait, work_histograms(text, "onestop_db_writer_hold_seconds"))
+        return out
+
     def load(self, url: str, requests: list[Request], label: str, connections: int, seconds: float,
              *, creates: bool = False, delay_ms: int = 0) -> Any:  # fmt: skip
         lua = script(requests, idempotency_prefix=uuid.uuid4().hex if creates else None, delay_ms=delay_ms)
@@ -465,12 +487,14 @@ class Run:
         statuses: dict[str, dict[str, int]] = {}
 
         # The load; the end-to-end clock starts at the first submit.
+        locks = [await self.writer_lock()]
         before = request_counts(await self.metrics("intake"), *route)
         t0 = time.monotonic()
         async with processes.sampling(), self.pipeline.recording(since=t0):
             single = await self.load(self.intake, posts, "post-c1", 1, o.single_seconds, creates=True)
             endpoints["POST /v1/applications c1"] = await single.result()
             middle = request_counts(await self.metrics("intake"), *route)
+            locks.append(await self.writer_lock())
             statuses["POST /v1/applications c1"] = count_difference(middle, before)
 
             cpu_before, loaded_at = processes.cpu(), time.monotonic()
@@ -486,6 +510,7 @@ class Run:
             cpu = {k: v - cpu_before[k] for k, v in processes.cpu().items()}
             loaded_for = time.monotonic() - loaded_at
             statuses[post16] = count_difference(request_counts(await self.metrics("intake"), *route), middle)
+            locks.append(await self.writer_lock())
         async with processes.sampling():
             settled_at = await self.pipeline.settle(since=t0, deadline=t0 + o.settle_timeout)
 
@@ -505,6 +530,13 @@ class Run:
             "programs": reference.programs,
             "endpoints": {k: v.to_json() for k, v in endpoints.items()},
             "statuses": statuses,
+            "writer_lock": {
+                label: lock_figures(after, before)
+                for label, before, after in (
+                    ("POST /v1/applications c1", locks[0], locks[1]),
+                    (post16, locks[1], locks[2]),
+                )
+            },
             "end_to_end": end_to_end,
             "services": services,
         }
@@ -599,6 +631,18 @@ class Run:
             },
             "backlog_timeline": timeline[:: max(1, len(timeline) // 400)],
         }
+
+
+def lock_figures(
+    after: dict[str, tuple[dict[str, Histogram], dict[str, Histogram]]],
+    before: dict[str, tuple[dict[str, Histogram], dict[str, Histogram]]],
+) -> dict[str, dict[str, Any]]:
+    """Per service, during one load: each kind of work's waits for the writer lock and its holds of it."""
+    out = {}
+    for service, (wait, hold) in after.items():
+        earlier = before.get(service, ({}, {}))
+        out[service] = {"wait": quantiles(wait, earlier[0]), "hold": quantiles(hold, earlier[1])}
+    return out
 
 
 def differences(reference: dict[str, Any], seen: dict[str, Any], programs: list[str]) -> list[str]:

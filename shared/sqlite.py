@@ -27,8 +27,9 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import aiosqlite
@@ -46,6 +47,21 @@ BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("onestop_backg
 
 # Write connections background work may hold at once: one fewer than shared.db.SQLITE_WRITE_CONNECTIONS.
 BACKGROUND_SESSIONS = 2
+
+# Told of each write transaction as it gives the writer lock back, when someone watches the file (:func:`watch`,
+# for measuring: shared.observability.time_writer_lock): the task that held it, whether that was background work, how
+# long it waited for the lock and how long it held it (seconds).
+LockObserver = Callable[[asyncio.Task[Any] | None, bool, float, float], None]
+_observers: dict[str, LockObserver] = {}
+
+
+def watch(database: str, observer: LockObserver | None) -> None:
+    """Tell ``observer`` of every write transaction on this database file (None: stop telling)."""
+    key = os.path.realpath(database)
+    if observer is None:
+        _observers.pop(key, None)
+    else:
+        _observers[key] = observer
 
 
 class Writer:
@@ -74,15 +90,21 @@ class Writer:
         # other's batches short would apply one event per transaction, each paying for its own commit.
         self.waiting = 0
         self.urgent = 0
+        # When the holder asked for the lock and when it got it (perf_counter), for a watcher (see watch).
+        self._asked = self._granted = 0.0
+        self._background = False
 
     async def acquire(self) -> None:
         task = asyncio.current_task()
         if task is not None and self.owner is task:
             # It would wait for itself for ever; SQLite would have answered SQLITE_BUSY after its busy timeout.
             raise RuntimeError(f"a write transaction on {self.database} is already open in this task")
+        asked = time.perf_counter()
         if not self._held:  # nobody holds it, so nobody waits for it (a handed-over turn keeps it held)
             self._held = True
             self.owner = task
+            self._asked = self._granted = asked
+            self._background = BACKGROUND.get()
             return
         urgent = not BACKGROUND.get()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -102,8 +124,13 @@ class Writer:
             self.waiting -= 1
             self.urgent -= urgent
         self.owner = task
+        self._asked, self._granted, self._background = asked, time.perf_counter(), not urgent
 
     def release(self) -> None:
+        observer = _observers.get(self.database)
+        if observer is not None:
+            now = time.perf_counter()
+            observer(self.owner, self._background, self._granted - self._asked, now - self._granted)
         self.owner = None
         self._hand_over()
 
