@@ -54,6 +54,7 @@ from bench.probes import (
     consumer_backlog,
     count_difference,
     cpu_seconds,
+    events_handled,
     loop_stall,
     quantiles,
     request_counts,
@@ -452,14 +453,16 @@ class Run:
     async def metrics(self, service: str) -> str:
         return (await self.client.get(f"{self.platform.url(service)}/metrics")).text
 
-    async def writer_lock(self) -> dict[str, tuple[dict[str, Histogram], dict[str, Histogram]]]:
-        """Each service's writer-lock histograms (wait, hold) by work, as they stand (SQLite only; else empty)."""
+    async def writer_lock(self) -> dict[str, LockReading]:
+        """Each service's writer-lock histograms (wait, hold) by work and its consumers' events handled, as they stand
+        (SQLite only; else empty)."""
         out = {}
         for service in SERVICE_NAMES:
             text = await self.metrics(service)
             wait = work_histograms(text, "onestop_db_writer_wait_seconds")
             if wait:
-                out[service] = (wait, work_histograms(text, "onestop_db_writer_hold_seconds"))
+                hold = work_histograms(text, "onestop_db_writer_hold_seconds")
+                out[service] = LockReading(wait, hold, events_handled(text))
         return out
 
     def load(self, url: str, requests: list[Request], label: str, connections: int, seconds: float,
@@ -633,15 +636,28 @@ class Run:
         }
 
 
-def lock_figures(
-    after: dict[str, tuple[dict[str, Histogram], dict[str, Histogram]]],
-    before: dict[str, tuple[dict[str, Histogram], dict[str, Histogram]]],
-) -> dict[str, dict[str, Any]]:
-    """Per service, during one load: each kind of work's waits for the writer lock and its holds of it."""
+@dataclass(frozen=True)
+class LockReading:
+    """One service's writer-lock histograms by work, and how many events each of its consumers has handled."""
+
+    wait: dict[str, Histogram]
+    hold: dict[str, Histogram]
+    handled: dict[str, int]
+
+
+def lock_figures(after: dict[str, LockReading], before: dict[str, LockReading]) -> dict[str, dict[str, Any]]:
+    """Per service, during one load: each kind of work's waits for the writer lock and its holds of it; for a
+    consumer (its work is named as its durable), the events it handled and how many a transaction."""
     out = {}
-    for service, (wait, hold) in after.items():
-        earlier = before.get(service, ({}, {}))
-        out[service] = {"wait": quantiles(wait, earlier[0]), "hold": quantiles(hold, earlier[1])}
+    for service, reading in after.items():
+        earlier = before.get(service, LockReading({}, {}, {}))
+        hold = quantiles(reading.hold, earlier.hold)
+        for work, figures in hold.items():
+            if work in reading.handled:
+                events = reading.handled[work] - earlier.handled.get(work, 0)
+                figures["events"] = events
+                figures["events_per_transaction"] = round(events / figures["count"], 1)
+        out[service] = {"wait": quantiles(reading.wait, earlier.wait), "hold": hold}
     return out
 
 

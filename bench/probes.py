@@ -78,6 +78,19 @@ def work_counts(metrics_text: str, metric: str) -> dict[str, int]:
     return counts
 
 
+def events_handled(metrics_text: str) -> dict[str, int]:
+    """Events each consumer (its durable name) handled, not counting duplicates (``onestop_events_handled``)."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "onestop_events_handled":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("result") == "handled":
+                consumer = sample.labels.get("consumer", "?")
+                counts[consumer] = counts.get(consumer, 0) + int(sample.value)
+    return counts
+
+
 def count_difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 

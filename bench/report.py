@@ -294,13 +294,25 @@ def _show_writer_lock(console: Any, data: dict[str, Any]) -> None:
             if not figures:
                 continue
             table = Table(title=f"intake's writer lock on {name}, {load}", title_justify="left")
-            for column in ("work", "transactions", "wait p50", "wait p99", "hold p50", "hold p99", "held in all"):
+            columns = (
+                "work",
+                "transactions",
+                "events each",
+                "wait p50",
+                "wait p99",
+                "hold p50",
+                "hold p99",
+                "held in all",
+            )
+            for column in columns:
                 table.add_column(column, justify="left" if column == "work" else "right")
             for work, hold in figures["hold"].items():
                 wait = figures["wait"].get(work, {})
+                each = hold.get("events_per_transaction")
                 table.add_row(
                     work,
                     f"{hold['count']:,}",
+                    "" if each is None else f"{each:,.1f}",
                     _ms(wait.get("p50_ms")),
                     _ms(wait.get("p99_ms")),
                     _ms(hold["p50_ms"]),

@@ -13,8 +13,8 @@ commit for many events is what lets a Python consumer apply thousands of events 
 write transaction waits to begin (an API request, on SQLite, where the process's writes go one at a time), the
 batch's transaction ends once it has run for ``transaction_budget`` seconds (counted from when it holds the writer
 lock, its load included) and the rest of the batch goes on in the next, so the request waits for one short transaction
-at most. Between transactions the consumer yields to the event
-loop, and a service applies at most ``slots`` batches at once.
+at most. Between transactions the consumer yields to the event loop, and a service applies at most ``slots`` batches
+at once.
 
 What the handlers leave to the end of a transaction (``Subscription.finish``: work that would otherwise be redone for
 every event of a batch) runs after its events and before its inbox rows and commit, and fails with it.
