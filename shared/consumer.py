@@ -86,9 +86,10 @@ BUSY_WAIT = 0.05
 TRANSACTION_BUDGET = 0.02
 
 # How long a batch applies events one after the other before it lets the event loop run whatever else is ready (see
-# _Turns): a stall of the loop at most this long (and an event), and few turns of the loop while it holds the writer
-# lock.
-YIELD_EVERY = 0.005
+# _Turns): a request's every step may wait this long (and an event) behind a batch, and the batch gives away fewer
+# turns of the loop while it holds the writer lock. 5 ms held the lock ~3 ms an event under 16 connections of POSTs
+# (5-20 ms yielding after every event: bench/api.py) but added up to that to each step of a lone POST: a compromise.
+YIELD_EVERY = 0.002
 
 
 class PermanentError(Exception):
