@@ -72,16 +72,11 @@ class Writer:
     running, not for every batch queued before it as well, and no batch begins while a request waits to write. So that
     background work is never starved by a stream of requests, one that has waited ``PATIENCE`` seconds goes next.
 
-    (It used to go after every fourth request in a row, however long requests were waiting: with 16 connections
-    posting applications the status view's transactions then held 10-28 % of intake's lock, 13 % at the median of ten
-    runs of bench/api.py, a batch of one event each.)"""
+    (It used to go after every fourth request in a row: with 16 connections posting applications, that gave
+    consumers' transactions, each longer than a request's, 13-20 % of intake's lock however long requests were
+    waiting (bench/api.py), and a request's wait in the tail was that of a batch.)"""
 
-    # Under a stream of requests background work has about hold / (PATIENCE + hold) of the lock, its hold being a
-    # batch's transaction (its budget from when it holds the lock, then its finish and commit: 50-110 ms at the median
-    # in bench/api.py with 16 connections posting, on a loaded 2-core machine). At 0.2 s the status view held 15-19 %
-    # of intake's lock at the median (each turn 10-36 events); 0.5 s is meant to bring that back to about the 13 % of
-    # a turn after every fourth request, with many events a turn instead of one.
-    PATIENCE = 0.5
+    PATIENCE = 0.2
 
     def __init__(self, database: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.database = database
