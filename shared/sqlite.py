@@ -69,25 +69,20 @@ class Writer:
 
     Handed over in order of asking, except that a transaction someone waits on (a request's) goes before background
     work (consumers' batches, the outbox relay, workers: see ``BACKGROUND``): a request waits for the transaction
-    running, not for every batch queued before it as well, and no batch begins while a request waits to write. So that
-    background work is never starved by a stream of requests, one that has waited ``PATIENCE`` seconds goes next.
+    running, not for every batch queued before it as well. So that background work is never starved by a stream of
+    requests, after ``URGENT_RUN`` requests in a row the longest-waiting background transaction goes next."""
 
-    (It used to go after every fourth request in a row: with 16 connections posting applications, that gave
-    consumers' transactions, each longer than a request's, 13-20 % of intake's lock however long requests were
-    waiting (bench/api.py), and a request's wait in the tail was that of a batch.)"""
+    URGENT_RUN = 4
 
-    PATIENCE = 0.2
-
-    def __init__(self, database: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, database: str) -> None:
         self.database = database
         self.owner: asyncio.Task[Any] | None = None
         self._held = False
-        # The turns waiting, each with when it was asked for (by ``clock``): requests' (True) and background work's.
-        self._queues: dict[bool, collections.deque[tuple[asyncio.Future[None], float]]] = {
+        self._queues: dict[bool, collections.deque[asyncio.Future[None]]] = {
             True: collections.deque(),
             False: collections.deque(),
         }
-        self._clock = clock
+        self._urgent_run = 0
         # Write sessions background work may have open at once (shared.db keeps a connection for requests).
         self.background_sessions = asyncio.Semaphore(BACKGROUND_SESSIONS)
         # How many transactions wait for the lock, and how many of them someone waits on (not background work): a
@@ -113,8 +108,7 @@ class Writer:
             return
         urgent = not BACKGROUND.get()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (turn, self._clock())
-        self._queues[urgent].append(entry)
+        self._queues[urgent].append(turn)
         self.waiting += 1
         self.urgent += urgent
         try:
@@ -124,7 +118,7 @@ class Writer:
                 self._hand_over()  # given the lock as it was cancelled: the next one gets it
             else:
                 with contextlib.suppress(ValueError):
-                    self._queues[urgent].remove(entry)
+                    self._queues[urgent].remove(turn)
             raise
         finally:
             self.waiting -= 1
@@ -142,14 +136,15 @@ class Writer:
 
     def _hand_over(self) -> None:
         urgent, background = self._queues[True], self._queues[False]
-        if background and self._clock() - background[0][1] >= self.PATIENCE:
+        if urgent and background and self._urgent_run >= self.URGENT_RUN:
             order = (background, urgent)
         else:
             order = (urgent, background)
         for queue in order:
             while queue:
-                turn, _asked = queue.popleft()
+                turn = queue.popleft()
                 if not turn.done():
+                    self._urgent_run = self._urgent_run + 1 if queue is urgent else 0
                     turn.set_result(None)  # the lock passes to it directly
                     return
         self._held = False
