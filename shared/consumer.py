@@ -11,10 +11,9 @@ typed data. An event no handler is declared for is dead-lettered with the reason
 Messages are taken in batches and applied in one transaction — their inbox rows and their effects together (one
 commit for many events is what lets a Python consumer apply thousands of events a second on SQLite). When another
 write transaction waits to begin (an API request, on SQLite, where the process's writes go one at a time), the
-batch's transaction ends once it has run for ``transaction_budget`` seconds (counted from when it holds the writer
-lock, its load included) and the rest of the batch goes on in the next, so the request waits for one short transaction
-at most. Between transactions the consumer yields to the event loop, and a service applies at most ``slots`` batches
-at once.
+batch's transaction ends once it has run for ``transaction_budget`` seconds and the rest of the batch goes on in the
+next, so the request waits for one short transaction at most. Between transactions the consumer yields to the event
+loop, and a service applies at most ``slots`` batches at once.
 
 What the handlers leave to the end of a transaction (``Subscription.finish``: work that would otherwise be redone for
 every event of a batch) runs after its events and before its inbox rows and commit, and fails with it.
@@ -87,8 +86,9 @@ TRANSACTION_BUDGET = 0.02
 
 # How long a batch applies events one after the other before it lets the event loop run whatever else is ready (see
 # _Turns): a request's every step may wait this long (and an event) behind a batch, and the batch gives away fewer
-# turns of the loop while it holds the writer lock. 5 ms held the lock ~3 ms an event under 16 connections of POSTs
-# (5-20 ms yielding after every event: bench/api.py) but added up to that to each step of a lone POST: a compromise.
+# turns of the loop while it holds the writer lock. Yielding after every event, a batch held intake's lock 5-20 ms an
+# event under 16 connections of POSTs (bench/api.py); every 5 ms, ~3 ms an event (with batches longer than here,
+# reverted), but a lone POST's steps could each wait that long: 2 ms is a compromise, not measured apart.
 YIELD_EVERY = 0.002
 
 
@@ -408,10 +408,10 @@ class Consumer:
         """Apply events in order in one transaction, until it has run for the budget while other writers wait; each
         one applied (or found in the inbox) is appended to ``applied``. Raises, and nothing is written, when any of
         them fails."""
+        started = time.perf_counter()
         handled: list[str] = []
         async with self.db.session() as session:
             seen = await self._seen(session, items)
-            started = _began()
             await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
             turns = _Turns(self.yield_every)
             for item in items:
@@ -435,10 +435,10 @@ class Consumer:
         failed: list[_Item] = []
         handled: list[str] = []
         taken: list[_Item] = []
+        started = time.perf_counter()
         try:
             async with self.db.session() as session:
                 seen = await self._seen(session, items)
-                started = _began()
                 await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
                 turns = _Turns(self.yield_every)
                 for item in items:
@@ -476,8 +476,7 @@ class Consumer:
         return len(taken)
 
     def _spent(self, started: float) -> bool:
-        """Whether a transaction that began at ``started`` (see :func:`_began`) has run its budget while other writers
-        wait for it."""
+        """Whether a transaction begun at ``started`` has run its budget while other writers wait for it."""
         return time.perf_counter() - started >= self.transaction_budget and self.db.writers_waiting() > 0
 
     async def _handle_one(self, item: _Item) -> None:
@@ -693,15 +692,6 @@ def named_id(value: Any) -> uuid.UUID | None:
         return uuid.UUID(str(value)) if value is not None else None
     except ValueError:
         return None
-
-
-def _began() -> float:
-    """When a transaction's budget starts: once its first statement has run, which on SQLite is once it holds the
-    writer lock. Counted from before, the time it waited for the lock (for the requests that go first) would spend its
-    budget, and under a stream of requests every transaction would end after its first event: each paying for the
-    batch's inbox lookup, load, finish and commit for one event, holding the lock far longer per event applied (the
-    benchmark saw batches of a hundred events applied one per transaction, each holding the lock for ~50 ms)."""
-    return time.perf_counter()
 
 
 class _Turns:

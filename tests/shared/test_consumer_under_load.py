@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -182,77 +181,6 @@ async def test_a_batch_does_not_give_way_to_background_work_waiting_to_write(
         )
     finally:
         h.gate.set()
-        await h.stop()
-
-
-class _Patient(_Held):
-    """As ``_Held``, and a batch of more than one event waits for the test before its write transaction."""
-
-    def __init__(self, *, nats_url: str, prefix: str, database_url: str) -> None:
-        super().__init__(nats_url=nats_url, prefix=prefix, database_url=database_url)
-        self.preparing = asyncio.Event()
-        self.may_begin = asyncio.Event()
-
-    async def prepare(self, session: AsyncSession, events: Sequence[CloudEvent]) -> None:
-        if len(events) > 1:
-            self.preparing.set()
-            await self.may_begin.wait()
-
-
-# The writer lock is SQLite's: this runs on SQLite only.
-@pytest.mark.parametrize("database_backend", ["sqlite"])
-async def test_a_batch_that_waited_for_the_writer_lock_has_its_whole_budget_once_it_holds_it(
-    nats_server: NatsServer, bus_prefix: str, database_url: str, database_backend: str
-) -> None:
-    """The time a batch's transaction waits for the writer lock is not time it applied anything: its budget counts
-    from when it holds the lock. Counted from before, a batch that waited its budget would give way to the next
-    request after its first event, every time (one event a transaction under a stream of requests)."""
-    h = _Patient(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
-    await h.setup()
-    budget = 2.0  # far longer than the test takes to have a request wait while the batch holds the lock
-    occupied, may_release = asyncio.Event(), asyncio.Event()
-
-    async def relay() -> None:  # background work holding the writer lock while the batch asks for it
-        background()
-        async with h.db.session() as session:
-            await session.execute(
-                insert(effects).values(application_id="relay", event_id="relay", applied_at=dt.datetime.now(dt.UTC))
-            )
-            occupied.set()
-            await may_release.wait()
-
-    try:
-        lead = h.event(withdrawn())  # an idle consumer takes one message; the batch behind it comes whole
-        before = [h.event(withdrawn()) for _ in range(3)]
-        hold = h.event(withdrawn(reason=HOLD))
-        after = [h.event(withdrawn()) for _ in range(6)]
-        for e in [lead, *before, hold, *after]:
-            await h.bus.publish_event(e)
-        await h.start_consumer(transaction_budget=budget)
-        await wait_until(h.preparing.is_set)
-        occupying = asyncio.create_task(relay())
-        await occupied.wait()
-        h.may_begin.set()
-        await wait_until(lambda: _background_waiting(h))  # the batch's transaction waits for the writer lock
-        asked = time.perf_counter()
-        await wait_until(lambda: time.perf_counter() - asked > budget, timeout=budget * 10)
-        may_release.set()
-        await occupying
-        await wait_until(h.holding.is_set)  # the batch holds the lock, and an event of it
-        request = asyncio.create_task(_write_effect(h, "writer"))
-        await wait_until(lambda: h.db.writers_waiting() > 0)
-        h.gate.set()
-        await request
-        await _all_applied(h, 13)
-        assert await _effects(h) == [lead.id, "relay", *(e.id for e in before), hold.id, *(e.id for e in after),
-                                     "writer"], (
-            "the batch, which had waited longer than its budget for the lock, applied the rest of its events within "
-            "the budget it had once it held the lock; the request went after it"
-        )  # fmt: skip
-    finally:
-        h.gate.set()
-        h.may_begin.set()
-        may_release.set()
         await h.stop()
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus, OutgoingMessage
-from shared.consumer import TRANSACTION_BUDGET, YIELD_EVERY, Consumer, Finish, Load, Prepare, Subscription, on
+from shared.consumer import TRANSACTION_BUDGET, YIELD_EVERY, Consumer, Finish, Load, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
@@ -138,7 +138,6 @@ class Harness:
             subscription=Subscription(
                 name="effects",
                 handlers=[on(ApplicationWithdrawn, self.apply)],
-                prepare=self.prepare,
                 load=self.load,
                 finish=self.finish,
                 concurrency=self.concurrency,
@@ -159,9 +158,8 @@ class Harness:
         await self.consumer.start()
         return self.consumer
 
-    # What the consumer's transactions do once before and after their events (Subscription.load, finish), and what it
-    # does for a batch ahead of its write transaction (Subscription.prepare); none by default.
-    prepare: Prepare | None = None
+    # What the consumer's transactions do once before and after their events (Subscription.load, finish); none by
+    # default.
     load: Load | None = None
     finish: Finish | None = None
 
