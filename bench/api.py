@@ -49,7 +49,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import report
-from bench.probes import consumer_backlog, count_difference, cpu_seconds, loop_stall, request_counts, rss_mb
+from bench.probes import (
+    Histogram,
+    consumer_backlog,
+    count_difference,
+    cpu_seconds,
+    events_handled,
+    loop_stall,
+    quantiles,
+    request_counts,
+    rss_mb,
+    work_histograms,
+)
 from bench.report import QUEUE, STATUS
 from bench.wrk import Load, Request, Result, script
 from onestop.registry import SERVICES
@@ -180,7 +191,9 @@ class Backend:
     @classmethod
     def start(cls, name: str) -> Backend:
         if name == "sqlite":
-            return cls(name)  # the runner's default: var/<service>.db
+            # The runner's default (var/<service>.db), the writer lock timed per kind of work (a few microseconds a
+            # transaction): how long requests wait for it and how long each consumer holds it.
+            return cls(name, {s: {"database_time_writer_lock": True} for s in SERVICE_NAMES})
         server = PostgresServer().start()
         return cls(name, {s: {"database_url": server.create_database()} for s in SERVICE_NAMES}, server)
 
@@ -440,6 +453,18 @@ class Run:
     async def metrics(self, service: str) -> str:
         return (await self.client.get(f"{self.platform.url(service)}/metrics")).text
 
+    async def writer_lock(self) -> dict[str, LockReading]:
+        """Each service's writer-lock histograms (wait, hold) by work and its consumers' events handled, as they stand
+        (SQLite only; else empty)."""
+        out = {}
+        for service in SERVICE_NAMES:
+            text = await self.metrics(service)
+            wait = work_histograms(text, "onestop_db_writer_wait_seconds")
+            if wait:
+                hold = work_histograms(text, "onestop_db_writer_hold_seconds")
+                out[service] = LockReading(wait, hold, events_handled(text))
+        return out
+
     def load(self, url: str, requests: list[Request], label: str, connections: int, seconds: float,
              *, creates: bool = False, delay_ms: int = 0) -> Any:  # fmt: skip
         lua = script(requests, idempotency_prefix=uuid.uuid4().hex if creates else None, delay_ms=delay_ms)
@@ -465,12 +490,14 @@ class Run:
         statuses: dict[str, dict[str, int]] = {}
 
         # The load; the end-to-end clock starts at the first submit.
+        locks = [await self.writer_lock()]
         before = request_counts(await self.metrics("intake"), *route)
         t0 = time.monotonic()
         async with processes.sampling(), self.pipeline.recording(since=t0):
             single = await self.load(self.intake, posts, "post-c1", 1, o.single_seconds, creates=True)
             endpoints["POST /v1/applications c1"] = await single.result()
             middle = request_counts(await self.metrics("intake"), *route)
+            locks.append(await self.writer_lock())
             statuses["POST /v1/applications c1"] = count_difference(middle, before)
 
             cpu_before, loaded_at = processes.cpu(), time.monotonic()
@@ -486,6 +513,7 @@ class Run:
             cpu = {k: v - cpu_before[k] for k, v in processes.cpu().items()}
             loaded_for = time.monotonic() - loaded_at
             statuses[post16] = count_difference(request_counts(await self.metrics("intake"), *route), middle)
+            locks.append(await self.writer_lock())
         async with processes.sampling():
             settled_at = await self.pipeline.settle(since=t0, deadline=t0 + o.settle_timeout)
 
@@ -505,6 +533,13 @@ class Run:
             "programs": reference.programs,
             "endpoints": {k: v.to_json() for k, v in endpoints.items()},
             "statuses": statuses,
+            "writer_lock": {
+                label: lock_figures(after, before)
+                for label, before, after in (
+                    ("POST /v1/applications c1", locks[0], locks[1]),
+                    (post16, locks[1], locks[2]),
+                )
+            },
             "end_to_end": end_to_end,
             "services": services,
         }
@@ -599,6 +634,31 @@ class Run:
             },
             "backlog_timeline": timeline[:: max(1, len(timeline) // 400)],
         }
+
+
+@dataclass(frozen=True)
+class LockReading:
+    """One service's writer-lock histograms by work, and how many events each of its consumers has handled."""
+
+    wait: dict[str, Histogram]
+    hold: dict[str, Histogram]
+    handled: dict[str, int]
+
+
+def lock_figures(after: dict[str, LockReading], before: dict[str, LockReading]) -> dict[str, dict[str, Any]]:
+    """Per service, during one load: each kind of work's waits for the writer lock and its holds of it; for a
+    consumer (its work is named as its durable), the events it handled and how many a transaction."""
+    out = {}
+    for service, reading in after.items():
+        earlier = before.get(service, LockReading({}, {}, {}))
+        hold = quantiles(reading.hold, earlier.hold)
+        for work, figures in hold.items():
+            if work in reading.handled:
+                events = reading.handled[work] - earlier.handled.get(work, 0)
+                figures["events"] = events
+                figures["events_per_transaction"] = round(events / figures["count"], 1)
+        out[service] = {"wait": quantiles(reading.wait, earlier.wait), "hold": hold}
+    return out
 
 
 def differences(reference: dict[str, Any], seen: dict[str, Any], programs: list[str]) -> list[str]:

@@ -78,6 +78,19 @@ def work_counts(metrics_text: str, metric: str) -> dict[str, int]:
     return counts
 
 
+def events_handled(metrics_text: str) -> dict[str, int]:
+    """Events each consumer (its durable name) handled, not counting duplicates (``onestop_events_handled``)."""
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "onestop_events_handled":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("result") == "handled":
+                consumer = sample.labels.get("consumer", "?")
+                counts[consumer] = counts.get(consumer, 0) + int(sample.value)
+    return counts
+
+
 def count_difference(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 
@@ -118,3 +131,58 @@ def cpu_seconds(pid: int) -> float | None:
     # The command name (field 2) may hold spaces; the fields after its closing parenthesis are plain.
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """One histogram's cumulative bucket counts by upper bound (``le``), in order, and the sum of what it observed."""
+
+    buckets: list[tuple[float, float]]
+    total: float
+
+
+def work_histograms(metrics_text: str, metric: str) -> dict[str, Histogram]:
+    """A histogram by the work that ran it (``onestop_db_writer_wait_seconds``, ``onestop_db_writer_hold_seconds``:
+    shared/observability.py, present when the service times the writer lock)."""
+    buckets: dict[str, dict[float, float]] = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != metric:
+            continue
+        for sample in family.samples:
+            work = sample.labels.get("work", "?")
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(work, {})[float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_sum"):
+                sums[work] = sample.value
+    return {work: Histogram(sorted(b.items()), sums.get(work, 0.0)) for work, b in buckets.items()}
+
+
+def quantiles(
+    after: dict[str, Histogram], before: dict[str, Histogram], qs: tuple[float, ...] = (0.5, 0.99)
+) -> dict[str, dict[str, Any]]:
+    """Per work, what was observed between two readings of a histogram: how many, their sum, and the quantiles ``qs``
+    (in ms, linearly interpolated within a bucket as Prometheus' ``histogram_quantile`` does; beyond the last finite
+    bound, that bound)."""
+    out: dict[str, dict[str, Any]] = {}
+    for work, histogram in sorted(after.items()):
+        earlier = before.get(work, Histogram([], 0.0))
+        previous = dict(earlier.buckets)
+        counts = [(le, count - previous.get(le, 0.0)) for le, count in histogram.buckets]
+        total = counts[-1][1] if counts else 0.0
+        if total <= 0:
+            continue
+        row: dict[str, Any] = {"count": int(total), "total_ms": round((histogram.total - earlier.total) * 1000, 1)}
+        for q in qs:
+            rank, lower, below = q * total, 0.0, 0.0
+            value = lower
+            for le, count in counts:
+                if count >= rank:
+                    if not math.isinf(le):
+                        value = lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+                    break
+                if not math.isinf(le):
+                    lower, below, value = le, count, le
+            row[f"p{round(q * 100):d}_ms"] = round(value * 1000, 2)
+        out[work] = row
+    return out

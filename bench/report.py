@@ -283,6 +283,45 @@ def _nan0(value: float | None) -> float:
 # ---------------------------------------------------------------------------------------------- the table
 
 
+def _show_writer_lock(console: Any, data: dict[str, Any]) -> None:
+    """Intake's SQLite writer lock during each POST load: how long each kind of work waited for it and held it
+    (present when the services time it, shared.settings.database_time_writer_lock)."""
+    from rich.table import Table
+
+    for name, b in data["backends"].items():
+        for load, services in (b.get("writer_lock") or {}).items():
+            figures = services.get("intake")
+            if not figures:
+                continue
+            table = Table(title=f"intake's writer lock on {name}, {load}", title_justify="left")
+            columns = (
+                "work",
+                "transactions",
+                "events each",
+                "wait p50",
+                "wait p99",
+                "hold p50",
+                "hold p99",
+                "held in all",
+            )
+            for column in columns:
+                table.add_column(column, justify="left" if column == "work" else "right")
+            for work, hold in figures["hold"].items():
+                wait = figures["wait"].get(work, {})
+                each = hold.get("events_per_transaction")
+                table.add_row(
+                    work,
+                    f"{hold['count']:,}",
+                    "" if each is None else f"{each:,.1f}",
+                    _ms(wait.get("p50_ms")),
+                    _ms(wait.get("p99_ms")),
+                    _ms(hold["p50_ms"]),
+                    _ms(hold["p99_ms"]),
+                    f"{hold['total_ms'] / 1000:,.2f} s",
+                )
+            console.print(table)
+
+
 def show(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -341,6 +380,7 @@ def show(data: dict[str, Any]) -> None:
         last = list((b["end_to_end"].get("last_busy_s") or {}).items())[:3]
         if last:
             console.print(f"  {name}, last to drain: " + ", ".join(f"{part} ({t:,.0f} s)" for part, t in last))
+    _show_writer_lock(console, data)
     problems = [(n, p) for n, b in data["backends"].items() for p in b["end_to_end"]["sample"]["problems"]]
     for name, problem in problems:
         console.print(f"  [red]{name}: {problem}[/red]")

@@ -176,6 +176,10 @@ class Database:
         writer = self._sqlite_writer()
         return writer.urgent if writer is not None else 0
 
+    def sqlite_file(self) -> str | None:
+        """The SQLite database file (whose writes take the process's writer lock); None on PostgreSQL or in memory."""
+        return str(make_url(self.url).database) if self._own_read_engine else None
+
     def _sqlite_writer(self) -> sqlite.Writer | None:
         """The writer lock of this SQLite file on the running loop (None on PostgreSQL or in memory). Asked before
         each event of a batch: looked up (a path made real, on disk) once per loop."""

@@ -147,6 +147,22 @@ class Metrics:
             "onestop_db_transactions", "Transactions committed, by the work that ran them", ["work"],
             registry=self.registry,
         )  # fmt: skip
+        # Only when the setting database_time_writer_lock is on (see time_writer_lock).
+        lock_buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5)
+        self.db_writer_wait = Histogram(
+            "onestop_db_writer_wait_seconds",
+            "How long a write transaction waited for the process's SQLite writer lock, by the work that ran it",
+            ["work"],
+            registry=self.registry,
+            buckets=lock_buckets,
+        )
+        self.db_writer_hold = Histogram(
+            "onestop_db_writer_hold_seconds",
+            "How long a write transaction held the process's SQLite writer lock, by the work that ran it",
+            ["work"],
+            registry=self.registry,
+            buckets=lock_buckets,
+        )
         self.info = Gauge("onestop_service_info", "Service identity", ["service"], registry=self.registry)
         self.info.labels(**labels).set(1)
 
@@ -157,10 +173,7 @@ def count_statements(engine: AsyncEngine, metrics: Metrics) -> None:
     ``http`` for requests. Listeners on every statement: for measuring, never on by default."""
 
     def work() -> str:
-        task = asyncio.current_task()
-        if task is None or not sqlite.BACKGROUND.get():
-            return "http"
-        return _TASK_NUMBER.sub("", task.get_name())
+        return _work(asyncio.current_task(), background=sqlite.BACKGROUND.get())
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _statement(*_: Any) -> None:
@@ -169,6 +182,26 @@ def count_statements(engine: AsyncEngine, metrics: Metrics) -> None:
     @event.listens_for(engine.sync_engine, "commit")
     def _commit(*_: Any) -> None:
         metrics.db_transactions.labels(work=work()).inc()
+
+
+def time_writer_lock(database: str, metrics: Metrics) -> None:
+    """Time each write transaction's wait for the SQLite writer lock of ``database`` (a file) and its hold of it, by
+    the work that ran it (as :func:`count_statements` names it). For measuring, never on by default."""
+
+    def observe(task: asyncio.Task[Any] | None, background: bool, waited: float, held: float) -> None:
+        work = _work(task, background=background)
+        metrics.db_writer_wait.labels(work=work).observe(waited)
+        metrics.db_writer_hold.labels(work=work).observe(held)
+
+    sqlite.watch(database, observe)
+
+
+def _work(task: asyncio.Task[Any] | None, *, background: bool) -> str:
+    """A consumer (its worker task's name, ``intake-status-0`` counted as ``intake-status``), the outbox relay and
+    the other named background tasks, or ``http`` for requests."""
+    if task is None or not background:
+        return "http"
+    return _TASK_NUMBER.sub("", task.get_name())
 
 
 _TASK_NUMBER = re.compile(r"-\d+$")

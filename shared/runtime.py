@@ -27,7 +27,7 @@ from shared.consumer_lag import ConsumerLag
 from shared.db import Database
 from shared.housekeeping import Housekeeping
 from shared.idempotency import Idempotency
-from shared.observability import LoopMonitor, Metrics, count_statements
+from shared.observability import LoopMonitor, Metrics, count_statements, time_writer_lock
 from shared.outbox import Outbox, OutboxRelay
 from shared.reconciler import Reconciler
 from shared.settings import ServiceSettings
@@ -99,6 +99,8 @@ class Runtime:
             count_statements(db.engine, metrics)
             if db.dialect == "sqlite" and db.read_engine is not db.engine:
                 count_statements(db.read_engine, metrics)  # SQLite's read connections: an engine of their own
+        if settings.database_time_writer_lock and (database := db.sqlite_file()) is not None:
+            time_writer_lock(database, metrics)
         bus = Bus(settings, name=definition.name)
         relay = OutboxRelay(
             db,

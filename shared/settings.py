@@ -25,6 +25,9 @@ class ServiceSettings(BaseSettings):
     # Count the SQL statements and transactions each kind of work runs (onestop_db_statements in /metrics), for the
     # benchmark that measures what the pipeline costs per application. Off: no listener on the engine at all.
     database_count_statements: bool = False
+    # Time each write transaction's wait for SQLite's writer lock and its hold of it, by the kind of work
+    # (onestop_db_writer_wait_seconds / _hold_seconds in /metrics), for the HTTP benchmark. Off: nothing timed.
+    database_time_writer_lock: bool = False
 
     # Messaging
     nats_url: str = "nats://127.0.0.1:4222"

@@ -27,8 +27,9 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import aiosqlite
@@ -46,6 +47,21 @@ BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("onestop_backg
 
 # Write connections background work may hold at once: one fewer than shared.db.SQLITE_WRITE_CONNECTIONS.
 BACKGROUND_SESSIONS = 2
+
+# Told of each write transaction as it gives the writer lock back, when someone watches the file (:func:`watch`,
+# for measuring: shared.observability.time_writer_lock): the task that held it, whether that was background work, how
+# long it waited for the lock and how long it held it (seconds).
+LockObserver = Callable[[asyncio.Task[Any] | None, bool, float, float], None]
+_observers: dict[str, LockObserver] = {}
+
+
+def watch(database: str, observer: LockObserver | None) -> None:
+    """Tell ``observer`` of every write transaction on this database file (None: stop telling)."""
+    key = os.path.realpath(database)
+    if observer is None:
+        _observers.pop(key, None)
+    else:
+        _observers[key] = observer
 
 
 class Writer:
@@ -74,15 +90,21 @@ class Writer:
         # other's batches short would apply one event per transaction, each paying for its own commit.
         self.waiting = 0
         self.urgent = 0
+        # When the holder asked for the lock and when it got it (perf_counter), for a watcher (see watch).
+        self._asked = self._granted = 0.0
+        self._background = False
 
     async def acquire(self) -> None:
         task = asyncio.current_task()
         if task is not None and self.owner is task:
             # It would wait for itself for ever; SQLite would have answered SQLITE_BUSY after its busy timeout.
             raise RuntimeError(f"a write transaction on {self.database} is already open in this task")
+        asked = time.perf_counter()
         if not self._held:  # nobody holds it, so nobody waits for it (a handed-over turn keeps it held)
             self._held = True
             self.owner = task
+            self._asked = self._granted = asked
+            self._background = BACKGROUND.get()
             return
         urgent = not BACKGROUND.get()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -102,8 +124,13 @@ class Writer:
             self.waiting -= 1
             self.urgent -= urgent
         self.owner = task
+        self._asked, self._granted, self._background = asked, time.perf_counter(), not urgent
 
     def release(self) -> None:
+        observer = _observers.get(self.database)
+        if observer is not None:
+            now = time.perf_counter()
+            observer(self.owner, self._background, self._granted - self._asked, now - self._granted)
         self.owner = None
         self._hand_over()
 
@@ -142,9 +169,11 @@ def writer_for(database: str) -> Writer | None:
 _Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Outcome:
+def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None) -> _Outcome:
     cursor = connection.cursor()
     try:
+        if begin is not None:
+            cursor.execute(begin)  # the transaction's BEGIN, sent with its first statement (OneHopConnection.begin)
         if many:
             cursor.executemany(operation, parameters)
         elif parameters is None:
@@ -200,11 +229,13 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._arraysize = value
 
     async def _hop(self, operation: Any, parameters: Any, many: bool) -> None:
-        driver: Any = self._adapt_connection._connection  # an aiosqlite.Connection
-        async with self._adapt_connection._execute_mutex:
+        connection = cast(OneHopConnection, self._adapt_connection)
+        driver: Any = connection._connection  # an aiosqlite.Connection
+        async with connection._execute_mutex:
+            begin, connection._pending_begin = connection._pending_begin, None
             # aiosqlite's own queue: the function runs in the connection's thread (the private name is the one
             # SQLAlchemy's adapter uses too; the lock file pins aiosqlite).
-            outcome: _Outcome = await driver._execute(_run, driver._conn, operation, parameters, many)
+            outcome: _Outcome = await driver._execute(_run, driver._conn, operation, parameters, many, begin)
         self._description, rows, self._rowcount, self._lastrowid = outcome
         self._rows = collections.deque(rows)
 
@@ -226,15 +257,22 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """A connection whose write transactions hold the process's writer lock of its database from ``BEGIN
-    IMMEDIATE`` until commit or rollback."""
+    IMMEDIATE`` until commit or rollback.
 
-    __slots__ = ("_holding", "_writer")
+    A transaction's ``BEGIN`` goes to SQLite with its first statement, in the same hop: one hop fewer per transaction,
+    and for a write one, one fewer while it holds the writer lock (each hop waits for the driver's thread and then for
+    the event loop, the longer the busier the machine). SQLAlchemy begins a transaction just before its first
+    statement, so nothing runs between the two either way."""
+
+    __slots__ = ("_holding", "_pending_begin", "_writer")
     _cursor_cls = OneHopCursor
 
     def __init__(self, dbapi: Any, connection: Any, writer: Writer | None) -> None:
         super().__init__(dbapi, connection)
         self._writer = writer
         self._holding = False
+        # The BEGIN the next statement sends first (None: a transaction is open, or none was begun).
+        self._pending_begin: str | None = None
 
     def begin(self, *, write: bool) -> None:
         """Start a transaction: a write one (``BEGIN IMMEDIATE``, after taking the writer lock) or a read one."""
@@ -247,13 +285,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if write and self._writer is not None:
             await self._writer.acquire()
             self._holding = True
-        try:
-            driver: Any = self._connection
-            async with self._execute_mutex:
-                await driver._execute(_run, driver._conn, "BEGIN IMMEDIATE" if write else "BEGIN", None, False)
-        except BaseException:
-            self._release()
-            raise
+        self._pending_begin = "BEGIN IMMEDIATE" if write else "BEGIN"
 
     def _release(self) -> None:
         if self._holding:
@@ -263,12 +295,15 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         try:
-            super().commit()
+            if self._pending_begin is None:  # else no statement ran: nothing to commit, no hop
+                super().commit()
         finally:
+            self._pending_begin = None
             self._release()
 
     def rollback(self) -> None:
         try:
+            self._pending_begin = None
             if self._in_transaction():
                 super().rollback()
         finally:
@@ -284,12 +319,14 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             return True
 
     def close(self) -> None:
+        self._pending_begin = None
         try:
             super().close()
         finally:
             self._release()
 
     def terminate(self) -> None:
+        self._pending_begin = None
         try:
             super().terminate()
         finally:

@@ -229,15 +229,10 @@ class _NeverWaits(Harness):
         self.applied.append(event.id)
 
 
-async def test_a_batch_whose_handlers_never_wait_still_lets_the_loop_run_between_its_events(
-    nats_server: NatsServer, bus_prefix: str, database_url: str
-) -> None:
-    """Handlers that do their work from what the batch loaded never wait for the database; the batch must still let
-    whatever else is ready (a request) run between its events, or it holds the loop from its first event to its last
-    (and a request waiting to write cannot even say so before the batch commits)."""
-    h = _NeverWaits(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
-    await h.setup()
-    seen: list[int] = []  # how many events were applied each time another task got the loop
+async def _turns_of_the_loop(h: _NeverWaits, *, yield_every: float) -> set[int]:
+    """How many events had been applied each time another task got the loop, inside the batch that follows the first
+    (lone) message, while a consumer applied 20 events that never wait."""
+    seen: list[int] = []
     done = asyncio.Event()
 
     async def other_task() -> None:
@@ -250,12 +245,39 @@ async def test_a_batch_whose_handlers_never_wait_still_lets_the_loop_run_between
         events = [h.event(withdrawn()) for _ in range(20)]
         for e in events:
             await h.bus.publish_event(e)
-        await h.start_consumer()
+        await h.start_consumer(yield_every=yield_every)
         await wait_until(lambda: len(h.applied) == 20)
-        done.set()
-        await other
-        between = {n for n in seen if 2 <= n < 20}  # inside the batch that follows the first (lone) message
-        assert len(between) >= 10, f"the loop ran other work after only {sorted(between)} of 20 events"
     finally:
         done.set()
+        await other
+    return {n for n in seen if 2 <= n < 20}
+
+
+async def test_a_batch_whose_handlers_never_wait_still_lets_the_loop_run_between_its_events(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    """Handlers that do their work from what the batch loaded never wait for the database; the batch must still let
+    whatever else is ready (a request) run between its events once it has run ``yield_every`` (here at every event),
+    or it holds the loop from its first event to its last (and a request waiting to write cannot even say so before
+    the batch commits)."""
+    h = _NeverWaits(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    try:
+        between = await _turns_of_the_loop(h, yield_every=0.0)
+        assert len(between) >= 10, f"the loop ran other work after only {sorted(between)} of 20 events"
+    finally:
+        await h.stop()
+
+
+async def test_a_batch_keeps_the_loop_between_its_events_until_it_has_run_its_turn(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    """Until it has run ``yield_every`` since the loop last ran anything else, a batch goes on to its next event: it
+    holds the writer lock, and every turn of the loop it gave away would be time the lock is held for nothing."""
+    h = _NeverWaits(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    try:
+        between = await _turns_of_the_loop(h, yield_every=3600.0)
+        assert between == set(), f"the batch gave the loop away after {sorted(between)} of its events"
+    finally:
         await h.stop()

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from shared import sqlite
 from shared.db import Database, background
-from shared.observability import JsonFormatter, Metrics, count_statements, event_id_var
+from shared.observability import JsonFormatter, Metrics, count_statements, event_id_var, time_writer_lock
 from shared.tracing import Tracing, context_of, traceparent
+from tests.support.waiting import wait_until
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -85,3 +87,50 @@ async def test_statements_and_commits_are_counted_by_the_work_that_ran_them(tmp_
     assert sample("onestop_db_statements_total", "http") == 2
     assert sample("onestop_db_transactions_total", "intake-status-view") == 1
     assert sample("onestop_db_transactions_total", "http") == 2
+
+
+async def test_the_writer_lock_is_timed_by_the_work_that_waited_for_it_and_held_it(tmp_path: Path) -> None:
+    """What bench/api.py reads per service: how long requests waited for SQLite's writer lock, and how long each
+    consumer held it; a read takes no lock and is not timed."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'timed.db'}")
+    metrics = Metrics("test")
+    time_writer_lock(str(tmp_path / "timed.db"), metrics)
+    held, may_commit = asyncio.Event(), asyncio.Event()
+
+    async def consumer() -> None:
+        background()
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+            held.set()
+            await may_commit.wait()
+
+    async def request() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+
+    def sample(name: str, work: str) -> float:
+        return metrics.registry.get_sample_value(name, {"work": work}) or 0.0
+
+    try:
+        batch = asyncio.create_task(consumer(), name="intake-status-view-0")
+        await held.wait()
+        waiting = asyncio.create_task(request())
+        await wait_until(lambda: _is(db.writers_waiting(), 1))
+        may_commit.set()
+        await asyncio.gather(batch, waiting)
+        async with db.read_session() as session:
+            await session.execute(text("SELECT 1"))
+    finally:
+        sqlite.watch(str(tmp_path / "timed.db"), None)
+        await db.dispose()
+
+    assert sample("onestop_db_writer_hold_seconds_count", "intake-status-view") == 1
+    assert sample("onestop_db_writer_hold_seconds_count", "http") == 1
+    waited = sample("onestop_db_writer_wait_seconds_sum", "http")
+    assert waited > 0, "the request waited while the consumer held the lock"
+    assert sample("onestop_db_writer_hold_seconds_sum", "intake-status-view") >= waited, "held all the while"
+    assert sample("onestop_db_writer_wait_seconds_sum", "intake-status-view") == 0, "the consumer found it free"
+
+
+async def _is(value: int, expected: int) -> bool:
+    return value == expected

@@ -102,6 +102,32 @@ async def test_each_statement_is_one_call_into_the_driver_thread(db: Database, m
         assert len(calls) == 2
 
 
+async def test_a_transaction_begins_in_the_hop_of_its_first_statement(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction of one statement is two hops: its BEGIN (``BEGIN IMMEDIATE`` for a write) with the statement,
+    then its COMMIT; and what it wrote is there."""
+    calls: list[int] = []
+    original: Any = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await original(self, fn, *args, **kwargs)
+
+    async with db.session() as session:
+        await session.execute(select(1))  # the pool's connections opened (and configured) before counting
+    async with db.read_session() as session:
+        await session.execute(select(1))
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    async with db.session() as session:
+        await session.execute(insert(items).values(name="one hop", size=1))
+        assert len(calls) == 1, "BEGIN IMMEDIATE went with the INSERT"
+    assert len(calls) == 2, "and the COMMIT"
+    async with db.read_session() as session:
+        assert (await session.execute(select(items.c.name))).scalars().all() == ["one hop"]
+    assert len(calls) == 4, "a read: its BEGIN with its SELECT, then its COMMIT"
+
+
 async def test_sqlite_runs_in_the_driver_thread_not_the_event_loop(db: Database) -> None:
     loop_thread = threading.get_ident()
     seen: list[int] = []

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus, OutgoingMessage
-from shared.consumer import TRANSACTION_BUDGET, Consumer, Finish, Load, Subscription, on
+from shared.consumer import TRANSACTION_BUDGET, YIELD_EVERY, Consumer, Finish, Load, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
@@ -130,7 +130,9 @@ class Harness:
     async def start_relay(self) -> None:
         await self.relay.start()
 
-    async def start_consumer(self, *, transaction_budget: float = TRANSACTION_BUDGET) -> Consumer:
+    async def start_consumer(
+        self, *, transaction_budget: float = TRANSACTION_BUDGET, yield_every: float = YIELD_EVERY
+    ) -> Consumer:
         self.consumer = Consumer(
             service=self.name,
             subscription=Subscription(
@@ -151,6 +153,7 @@ class Harness:
             ack_wait=self.settings.consumer_ack_wait_seconds,
             max_ack_pending=self.settings.consumer_max_ack_pending,
             transaction_budget=transaction_budget,
+            yield_every=yield_every,
         )
         await self.consumer.start()
         return self.consumer

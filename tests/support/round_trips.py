@@ -3,7 +3,8 @@ service's background work: consumers, the outbox relay). Requests made through a
 (``httpx.ASGITransport``) run in the test's own task, so what that task sends is what the request cost.
 
 Each entry is one round trip to the database: a statement, a ``BEGIN``, a ``COMMIT`` or ``ROLLBACK`` (a thread hop
-each on SQLite, a message and its answer each on PostgreSQL); a connection checked out of a pool that pings it first
+each on SQLite — except ``BEGIN``, which goes in the hop of the transaction's first statement: shared.sqlite — a
+message and its answer each on PostgreSQL); a connection checked out of a pool that pings it first
 adds the ping (on PostgreSQL through asyncpg: ``BEGIN``, ``;``, ``ROLLBACK``); a connection given back to a pool is
 rolled back, a round trip only when a transaction was left open."""
 
