@@ -6,14 +6,15 @@ that need not write what is pending first finds a row added and not written yet.
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.orm import registry
 
-from shared.db import Database, get_unflushed, note_absent
+from shared.db import Database, get_unflushed, json_loads, note_absent
 from tests.support.databases import database_with
 from tests.support.postgres import PostgresServer
 from tests.support.round_trips import statements_sent
@@ -25,6 +26,7 @@ entries = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(20), nullable=False),
 )
+documents = Table("json_documents", metadata, Column("id", Integer, primary_key=True), Column("body", JSON))
 
 
 class Entry:
@@ -202,3 +204,24 @@ async def test_a_row_noted_absent_and_written_is_found_after_nothing_else_refers
         found = await get_unflushed(session, Entry, stored + 1)
         assert found is not None, "the row written in this transaction is found"
         assert found.name == "added"
+
+
+async def test_json_columns_read_back_what_was_stored_even_what_orjson_refuses(db: Database) -> None:
+    """JSON columns are parsed with orjson (``json_loads``); what it refuses and the standard library reads (an
+    integer past 64 bits, SQLite's NaN) still reads, as it did before."""
+    assert db.engine.sync_engine.dialect._json_deserializer is json_loads
+    sqlite = db.engine.dialect.name == "sqlite"
+    stored = {1: '{"answers": {"children": 2, "name": "김민준"}, "amounts": [1.5, null, true]}',
+              2: '{"count": 1180591620717411303424}'}  # fmt: skip
+    if sqlite:  # PostgreSQL's json type refuses NaN itself
+        stored[3] = '{"ratio": NaN}'
+    async with db.session() as session:
+        for id_, body in stored.items():
+            await session.execute(text("INSERT INTO json_documents (id, body) VALUES (:id, :body)"),
+                                  {"id": id_, "body": body})  # fmt: skip
+    async with db.read_session() as reading:
+        bodies = {id_: body for id_, body in await reading.execute(select(documents.c.id, documents.c.body))}
+    assert bodies[1] == {"answers": {"children": 2, "name": "김민준"}, "amounts": [1.5, None, True]}
+    assert bodies[2] == {"count": 2**70}
+    if sqlite:
+        assert math.isnan(bodies[3]["ratio"])
