@@ -84,7 +84,8 @@ async def test_errors_are_sqlalchemy_errors_and_leave_nothing_written(db: Databa
         assert (await session.execute(select(items.c.name))).scalars().all() == ["taken"]
 
 
-async def test_each_statement_is_one_call_into_the_driver_thread(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def count_hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one entry for each call into the driver's thread."""
     calls: list[int] = []
     original: Any = aiosqlite.Connection._execute
 
@@ -92,9 +93,14 @@ async def test_each_statement_is_one_call_into_the_driver_thread(db: Database, m
         calls.append(1)
         return await original(self, fn, *args, **kwargs)
 
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    return calls
+
+
+async def test_each_statement_is_one_call_into_the_driver_thread(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     async with db.session() as session:
         await session.execute(select(1))  # the transaction's BEGIN and a first statement
-        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+        calls = count_hops(monkeypatch)
         await session.execute(insert(items).values(name="x", size=1))
         assert len(calls) == 1
         rows = (await session.execute(select(items.c.name, items.c.size))).all()
@@ -107,18 +113,11 @@ async def test_a_transaction_begins_in_the_hop_of_its_first_statement(
 ) -> None:
     """A transaction of one statement is two hops: its BEGIN (``BEGIN IMMEDIATE`` for a write) with the statement,
     then its COMMIT; and what it wrote is there."""
-    calls: list[int] = []
-    original: Any = aiosqlite.Connection._execute
-
-    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return await original(self, fn, *args, **kwargs)
-
     async with db.session() as session:
         await session.execute(select(1))  # the pool's connections opened (and configured) before counting
     async with db.read_session() as session:
         await session.execute(select(1))
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    calls = count_hops(monkeypatch)
     async with db.session() as session:
         await session.execute(insert(items).values(name="one hop", size=1))
         assert len(calls) == 1, "BEGIN IMMEDIATE went with the INSERT"
