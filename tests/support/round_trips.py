@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from shared.db import Database
+from shared.events import CloudEvent, EventData
+from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 PING = ("BEGIN", ";", "ROLLBACK")
 
@@ -133,6 +136,23 @@ def consumer_statements(db: Database, durable: str) -> Iterator[ConsumerWork]:
     finally:
         event.remove(engine, "before_cursor_execute", record)
         event.remove(engine, "commit", committed)
+
+
+async def one_batch(
+    service: RunningService, consumer: str, events: Iterable[EventData | CloudEvent], *, timeout: float = 20.0
+) -> ConsumerWork:
+    """Publish ``events`` while the service's ``consumer`` (``events`` for ``<service>-events``) is stopped, then start
+    it again and wait until it has handled them, recording what it sends meanwhile. Started again, it takes the first
+    event alone (an idle consumer takes one message at once) and the rest as one batch: a test that wants a batch of
+    its own events leads with an event of no interest."""
+    running = service.runtime.consumers[consumer]
+    await running.stop()
+    for data in events:
+        await service.publish(data)
+    with consumer_statements(service.runtime.db, running.durable) as work:
+        await running.start()
+        await wait_until(lambda: service.settled(consumer), timeout=timeout)
+    return work
 
 
 @contextlib.contextmanager

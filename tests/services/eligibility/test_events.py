@@ -32,7 +32,7 @@ from shared.events import (
 from tests.services.eligibility.support import case_routed, today
 from tests.support.events import EventLog, event_log
 from tests.support.nats import NatsServer
-from tests.support.round_trips import consumer_statements
+from tests.support.round_trips import one_batch
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -460,13 +460,8 @@ async def test_a_batch_of_case_events_asks_once_whether_the_resident_was_erased_
     earlier = case_routed(application_id, resident_id, "JONGNO-CSC", at=start)
     await eligibility.publish(earlier)  # where this case is, is in the database before the batch
     await wait_until(lambda: eligibility.settled("case-offices"), timeout=20)
-    consumer = eligibility.runtime.consumers["case-offices"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in (lead, first, second, moved, case_transferred(earlier, "MAPO-CSC", at=start + dt.timedelta(seconds=1))):
-        await eligibility.publish(data)
-    with consumer_statements(eligibility.runtime.db, consumer.durable) as work:
-        await consumer.start()
-        await wait_until(lambda: eligibility.settled("case-offices"), timeout=20)
+    back = case_transferred(earlier, "MAPO-CSC", at=start + dt.timedelta(seconds=1))
+    work = await one_batch(eligibility, "case-offices", (lead, first, second, moved, back))
     statements, commits = work.statements, work.commits
 
     erasure_reads = [s for s in statements if "FROM resident_erasures" in s]
@@ -496,12 +491,12 @@ async def test_in_one_batch_an_erasure_stops_the_residents_events_after_it(eligi
     request = ResidentErasureRequested(
         erasure_id=uuid.uuid4(), resident_id=resident_id, requested_at=now(), decision_files=[]
     )
-    consumer = eligibility.runtime.consumers["events"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in (registry(uuid.uuid4()), registry(resident_id), request, registry(resident_id, version=2)):
-        await eligibility.publish(data)
-    await consumer.start()
-    await wait_until(lambda: eligibility.settled("events"), timeout=30)
+    await one_batch(
+        eligibility,
+        "events",
+        (registry(uuid.uuid4()), registry(resident_id), request, registry(resident_id, version=2)),
+        timeout=30,
+    )
     async with eligibility.runtime.db.session() as session:
         stored = await session.get(ResidentRow, resident_id)
     assert stored is None, "nothing about the resident is stored after their erasure"
@@ -516,13 +511,7 @@ async def test_a_batch_of_submissions_looks_up_what_its_events_name_once_and_wri
     end, each with its first round (not inserted, then updated); and every application is determined."""
     residents = [uuid.uuid4() for _ in range(9)]
     submissions = [birth(r) for r in residents]
-    consumer = eligibility.runtime.consumers["events"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in submissions:
-        await eligibility.publish(data)
-    with consumer_statements(eligibility.runtime.db, consumer.durable) as work:
-        await consumer.start()
-        await settle(eligibility)
+    work = await one_batch(eligibility, "events", submissions)
 
     for statements in work.transactions():
         for table in ("applications", "residents", "resident_erasures", "resident_answers", "department_facts"):
@@ -547,18 +536,9 @@ async def test_a_report_in_the_same_batch_as_the_submission_re_evaluates_with_it
     round."""
     resident = uuid.uuid4()
     submitted = birth(resident, earned_income=2_000_000, business_income=0)
-    consumer = eligibility.runtime.consumers["events"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in (
-        birth(uuid.uuid4()),
-        registry(resident),
-        consents(resident, 1, department_data__welfare=True),
-        submitted,
-        report(resident, "welfare", public_pension_income=0),
-    ):
-        await eligibility.publish(data)
-    await consumer.start()
-    await settle(eligibility)
+    lead = birth(uuid.uuid4())
+    events = (lead, registry(resident), consents(resident, 1, department_data__welfare=True), submitted)
+    await one_batch(eligibility, "events", (*events, report(resident, "welfare", public_pension_income=0)))
     async with eligibility.runtime.db.read_session() as session:
         query = select(EvaluationRoundRow.trigger).where(EvaluationRoundRow.application_id == submitted.application_id)
         rounds = (await session.scalars(query.order_by(EvaluationRoundRow.round))).all()

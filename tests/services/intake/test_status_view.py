@@ -49,9 +49,8 @@ from tests.services.intake.support import (
 )
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
-from tests.support.round_trips import consumer_statements
+from tests.support.round_trips import one_batch
 from tests.support.services import RunningService
-from tests.support.waiting import wait_until
 
 MAPO_NAME = Localized(ko="서교동 주민센터", en="Seogyo-dong Community Service Centre")
 YONGSAN_NAME = Localized(ko="이태원1동 주민센터", en="Itaewon 1-dong Community Service Centre")
@@ -652,15 +651,7 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
                          template="application_submitted", language="ko", sent_at=other.clock), "/onestop/notify",
     )  # fmt: skip
 
-    consumer = intake.runtime.consumers["status-view"]
-    # The events wait on the stream while the consumer is stopped; started, it takes the first alone (a consumer
-    # idle takes one message at once) and the rest as one batch.
-    await consumer.stop()
-    for e in [determined, *batch[:2], interleaved, *batch[2:]]:
-        await intake.publish(e)
-    with consumer_statements(intake.runtime.db, consumer.durable) as work:
-        await consumer.start()
-        await wait_until(lambda: intake.settled("status-view"), timeout=20)
+    work = await one_batch(intake, "status-view", [determined, *batch[:2], interleaved, *batch[2:]])
     statements, commits = work.statements, work.commits
 
     status_reads = [s for s in statements if "FROM cases WHERE cases.application_id" in s]

@@ -24,7 +24,7 @@ from tests.support.endpoints import Endpoint
 from tests.support.events import event_log
 from tests.support.intake_server import IntakeServer
 from tests.support.nats import NatsServer
-from tests.support.round_trips import consumer_statements
+from tests.support.round_trips import one_batch
 from tests.support.services import RunningService
 from tests.support.smtp import MailServer
 from tests.support.waiting import wait_until
@@ -506,13 +506,7 @@ async def test_a_batch_of_an_applications_events_writes_its_messages_together(
         *(f.routed(resident, application, c) for c in codes),
         *(f.decided(resident, application, c) for c in codes[:2]),
     ]
-    consumer = notify.runtime.consumers["residents"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in [lead, *batch]:
-        await notify.publish(data)
-    with consumer_statements(notify.runtime.db, consumer.durable) as work:
-        await consumer.start()
-        await wait_until(lambda: notify.settled("residents"), timeout=20)
+    work = await one_batch(notify, "residents", [lead, *batch])
     statements, commits, count = work.statements, work.commits, work.count
 
     assert count("INSERT INTO notification_items ") <= commits < 1 + len(batch), "\n".join(s[:110] for s in statements)
@@ -549,13 +543,7 @@ async def test_a_batch_about_many_residents_reads_their_rows_once_and_an_erasure
         erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
     )
     batch += [erasure, f.decided(erased, applications[erased], "child_allowance")]
-    consumer = notify.runtime.consumers["residents"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in batch:
-        await notify.publish(data)
-    with consumer_statements(notify.runtime.db, consumer.durable) as work:
-        await consumer.start()
-        await wait_until(lambda: notify.settled("residents"), timeout=20)
+    work = await one_batch(notify, "residents", batch)
     statements, commits, count = work.statements, work.commits, work.count
 
     reads = "\n".join(s[:100] for s in statements)

@@ -10,10 +10,11 @@ import uuid
 from collections import Counter
 
 from shared.bus import MSG_ID_HEADER
-from shared.events import ApplicationWithdrawn, subject_for
+from shared.events import ApplicationWithdrawn, EventData, subject_for
 from tests.services.routing.support import cases_of, determined, emitted, feed, program
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
+from tests.support.round_trips import one_batch
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -231,23 +232,18 @@ async def test_a_batch_looks_up_what_its_events_name_once_and_considers_each_hou
     together; a resident's household is considered once for the transaction, after its events, though both the
     submission and the determination changed their cases; and every application gets its cases."""
     from tests.services.routing.support import submitted
-    from tests.support.round_trips import consumer_statements
 
     applications = [uuid.uuid4() for _ in range(4)]
     known, new = applications[:2], applications[2:]
     for application_id in known:  # submitted in an earlier batch: their records are in the database
         await routing.publish(submitted(application_id))
     await wait_until(routing.settled)
-    consumer = routing.runtime.consumers["cases"]
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    await routing.publish(determined(uuid.uuid4(), [program("child_allowance", "eligible")]))
+    batch: list[EventData] = [determined(uuid.uuid4(), [program("child_allowance", "eligible")])]
     for application_id in applications:
         if application_id in new:
-            await routing.publish(submitted(application_id))
-        await routing.publish(determined(application_id, [program("parent_benefit"), program("housing_voucher")]))
-    with consumer_statements(routing.runtime.db, consumer.durable) as work:
-        await consumer.start()
-        await wait_until(routing.settled)
+            batch.append(submitted(application_id))
+        batch.append(determined(application_id, [program("parent_benefit"), program("housing_voucher")]))
+    work = await one_batch(routing, "cases", batch)
 
     for statements in work.transactions():
         reads = {

@@ -34,6 +34,7 @@ from tests.services.routing.support import (
     put_offering,
     rated,
 )
+from tests.support.round_trips import one_batch
 from tests.support.services import RunningService
 
 
@@ -154,13 +155,8 @@ async def test_in_one_batch_an_erasure_stops_what_comes_after_it_and_erasure_is_
 ) -> None:
     """The cases consumer asks whether a resident was erased once per transaction, not for every event; and an
     erasure request in the same batch stops every event about the resident after it (nothing is stored again)."""
-    import asyncio
-    from typing import Any
-
-    from sqlalchemy import event
 
     from tests.services.routing.support import cases_of, determined, program
-    from tests.support.waiting import wait_until
 
     resident_id = uuid.uuid4()
     before, after = uuid.uuid4(), uuid.uuid4()
@@ -171,24 +167,7 @@ async def test_in_one_batch_an_erasure_stops_what_comes_after_it_and_erasure_is_
         erasure_id=uuid.uuid4(), resident_id=resident_id, requested_at=dt.datetime.now(dt.UTC), decision_files=[]
     )
     late = determined(after, [program("parent_benefit", "eligible")], resident_id=resident_id)
-    consumer = routing.runtime.consumers["cases"]
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        task = asyncio.current_task()
-        if task is not None and task.get_name().startswith(f"{consumer.durable}-"):
-            statements.append(" ".join(statement.split()))
-
-    engine = routing.runtime.db.engine.sync_engine
-    await consumer.stop()  # started again, it takes the first event alone and the rest as one batch
-    for data in (lead, first, again, request, late):
-        await routing.publish(data)
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        await consumer.start()
-        await wait_until(routing.settled)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    statements = (await one_batch(routing, "cases", (lead, first, again, request, late))).statements
 
     erasure_reads = [s for s in statements if s.startswith("SELECT") and "FROM resident_erasures" in s]
     assert len(erasure_reads) <= 3, erasure_reads  # the lead's resident, this resident, and the request's own check
