@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/pip || $(BIN)/python -m ensurepip --upgrade >/dev/null
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet
+	@# --compile-bytecode: the libraries' .pyc written once here. Where PYTHONDONTWRITEBYTECODE is set (CI images),
+	@# every process compiled them again from source as it imported them: seconds of CPU per service and per test
+	@# process, and an import made lazily while serving (anyio's backend) held the event loop for it.
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --quiet --compile-bytecode
 	@rm -f $(VENV)/.synced-* && touch $@
 
 run: $(STAMP) fonts

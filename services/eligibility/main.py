@@ -15,6 +15,7 @@ from services.eligibility.context import EligibilityContext
 from services.eligibility.determinations import Eligibility
 from services.eligibility.handlers import subscriptions
 from services.eligibility.models import platform
+from services.eligibility.repository import Repository
 from services.eligibility.scheduler import screening_scheduler
 from services.eligibility.screening_metrics import ScreeningMetrics
 from services.eligibility.settings import EligibilitySettings
@@ -32,6 +33,10 @@ def definition(settings: EligibilitySettings) -> ServiceDefinition[EligibilityCo
         clock = Clock.from_settings(settings)
         runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
         service = Eligibility(settings, runtime.outbox, ScreeningMetrics(runtime.metrics.registry))
+        # The catalogue is compiled before the service serves: built on first use, it held the event loop for
+        # 100-300 ms while requests and events waited.
+        async with runtime.db.read_session() as session:
+            await service.store.get(Repository(session))
         async with screening_scheduler(runtime.db, service) as scheduler:
             yield EligibilityContext(settings, service, scheduler)
 

@@ -38,6 +38,11 @@ class CatalogueStore:
     def today(self) -> dt.date:
         return self.clock.today()
 
+    @property
+    def loaded(self) -> Catalogue | None:
+        """The catalogue compiled last, without asking the database whether it is still current."""
+        return self._current
+
     def version(self, catalogue: Catalogue) -> str:
         """What the catalogue as served today depends on: its revision in the database, the day (which versions are
         in force), the files. A client holding a copy of this version has what it would fetch again."""

@@ -7,6 +7,7 @@ import datetime as dt
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -334,3 +335,27 @@ def test_time_the_os_ran_other_processes_is_lateness_not_a_stall() -> None:
     monitor.observe(0.06)
     assert metrics.registry.get_sample_value("onestop_event_loop_lag_max_seconds") == 0.4
     assert metrics.registry.get_sample_value("onestop_event_loop_stall_max_seconds") == 0.06
+
+
+async def test_the_first_request_finds_its_route_handlers_built(
+    client: httpx.AsyncClient, issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI builds an included router's handlers on the first request reaching it, unless the app factory built
+    them (shared.service.build_route_handlers): the first requests build nothing."""
+    import fastapi.routing
+
+    built: list[str] = []
+    build = fastapi.routing._build_dependant_with_parameterless_dependencies
+
+    def counted(**kwargs: Any) -> Any:
+        built.append(kwargs["path"])
+        return build(**kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "_build_dependant_with_parameterless_dependencies", counted)
+    created = await client.post(
+        "/v1/things", headers=_auth(issuer), json={"name": "first", "size": 1, "born": "2020-01-01"}
+    )
+    assert created.status_code == 201, created.text
+    assert (await client.get("/v1/things/first", headers=_auth(issuer))).status_code == 200
+    assert (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).status_code == 200
+    assert built == [], f"handlers built on a request: {built}"

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from services.eligibility.context import EligibilityContext
 from services.eligibility.models import (
     CatalogueStateRow,
     DepartmentFactRow,
@@ -53,6 +54,20 @@ def new_version(**overrides: Any) -> dict[str, Any]:
     body["version"].update(overrides.pop("version", {}))
     body.update(overrides)
     return body
+
+
+async def test_the_catalogue_is_compiled_before_the_service_serves(eligibility: RunningService) -> None:
+    """Compiled on first use, the catalogue held the event loop while the first requests and events waited: the
+    service compiles it as it starts, and the first request finds it current (nothing compiled again)."""
+    store = eligibility.context(EligibilityContext).eligibility.store
+    compiled = store.loaded
+    assert compiled is not None, "the catalogue is compiled at start-up"
+    assert compiled.programs, compiled
+    answer = await eligibility.client.get(
+        "/v1/programs", headers=eligibility.auth("resident", resident_id=uuid.uuid4())
+    )
+    assert answer.status_code == 200, answer.text
+    assert store.loaded is compiled, "the first request used the catalogue compiled at start-up"
 
 
 async def test_the_catalogue_can_be_read_by_anyone_authenticated(eligibility: RunningService) -> None:
