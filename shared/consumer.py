@@ -56,6 +56,7 @@ from shared.observability import Metrics, event_id_var
 from shared.outbox import PENDING_KEY
 from shared.tables import PlatformTables
 from shared.tracing import TRACEPARENT, consume_span
+from shared.turns import YIELD_EVERY, Turns
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,6 @@ BUSY_WAIT = 0.05
 # How long one transaction of a batch may run, when other writers wait, before it commits and the rest of the batch
 # goes on in the next.
 TRANSACTION_BUDGET = 0.02
-
-# How long a batch applies events one after the other before it lets the event loop run whatever else is ready (see
-# _Turns): a request's every step may wait this long (and an event) behind a batch, and the batch gives away fewer
-# turns of the loop while it holds the writer lock. Yielding after every event, a batch held intake's lock 5-20 ms an
-# event under 16 connections of POSTs (bench/api.py); every 5 ms, ~3 ms an event (with batches longer than here,
-# reverted), but a lone POST's steps could each wait that long: 2 ms is a compromise, not measured apart.
-YIELD_EVERY = 0.002
 
 
 class PermanentError(Exception):
@@ -413,7 +407,7 @@ class Consumer:
         async with self.db.session() as session:
             seen = await self._seen(session, items)
             await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
-            turns = _Turns(self.yield_every)
+            turns = Turns(self.yield_every)
             for item in items:
                 event = _event(item)
                 if event.id not in seen:
@@ -440,7 +434,7 @@ class Consumer:
             async with self.db.session() as session:
                 seen = await self._seen(session, items)
                 await self._load(session, [_event(i) for i in items if _event(i).id not in seen])
-                turns = _Turns(self.yield_every)
+                turns = Turns(self.yield_every)
                 for item in items:
                     if len(taken) >= at_least and self._spent(started):
                         break
@@ -692,26 +686,6 @@ def named_id(value: Any) -> uuid.UUID | None:
         return uuid.UUID(str(value)) if value is not None else None
     except ValueError:
         return None
-
-
-class _Turns:
-    """Between two events of a batch: a handler that found what it needs already loaded and flushes nothing never
-    waits, so a batch would hold the loop from its first event to its last. Once it has run ``every`` seconds since
-    the loop last ran anything else, it lets the loop run what is ready: a request that arrived meanwhile gets the
-    loop, and when it waits to write, the batch gives way at its budget (``_spent``).
-
-    Not after every event: the batch holds the writer lock all the while, and each turn of the loop it gives away
-    (requests parsed, validated, answered) is time the lock is held and nothing written. Yielding after every event,
-    the benchmark saw a batch's transaction under 16 connections of POSTs hold the lock ~10 ms an event."""
-
-    def __init__(self, every: float) -> None:
-        self.every = every
-        self.since = time.perf_counter()
-
-    async def let_others_run(self) -> None:
-        if time.perf_counter() - self.since >= self.every:
-            await asyncio.sleep(0)
-            self.since = time.perf_counter()
 
 
 async def _terminate(item: _Item) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, event, func, insert, select
@@ -20,13 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from shared.bus import Bus, OutgoingMessage
-from shared.consumer import TRANSACTION_BUDGET, YIELD_EVERY, Consumer, Finish, Load, Subscription, on
+from shared.consumer import TRANSACTION_BUDGET, Consumer, Finish, Load, Subscription, on
 from shared.db import Database
 from shared.events import ApplicationWithdrawn, CloudEvent, new_event
 from shared.observability import Metrics
 from shared.outbox import Outbox, OutboxRelay
 from shared.settings import ServiceSettings
 from shared.tables import platform_tables
+from shared.turns import YIELD_EVERY
 
 metadata = MetaData()
 tables = platform_tables(metadata)
@@ -51,11 +52,12 @@ class WatchedBus(Bus):
         self.before_publish: list[Callable[[Sequence[OutgoingMessage]], Awaitable[None]]] = []
 
     async def publish_batch(
-        self, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0, acks: list[Any] | None = None
+        self, messages: Iterable[OutgoingMessage], *, timeout: float = 5.0, acks: list[Any] | None = None
     ) -> int:
+        batch = list(messages)  # the relay makes them as they go out; a hook sees the whole batch first
         for hook in self.before_publish:
-            await hook(messages)
-        return await super().publish_batch(messages, timeout=timeout, acks=acks)
+            await hook(batch)
+        return await super().publish_batch(batch, timeout=timeout, acks=acks)
 
 
 class CountingRelay(OutboxRelay):
