@@ -67,6 +67,15 @@ def is_sqlite(url: str) -> bool:
 # the writer lock (each with its own page cache); further writers wait for a connection instead, in turn as well.
 SQLITE_WRITE_CONNECTIONS = 3
 
+# Bound parameters of one multi-row INSERT on SQLite; more rows than fit are written in several statements. Python's
+# sqlite3 keeps every statement it prepares in a cache of each connection (128 statements), and a prepared statement
+# costs about 136 bytes a parameter: one that wrote a consumer's whole batch (768 cases, 10,752 parameters) held
+# 1.46 MB, prepared once and never used again, since the next batch had another row count. Under bench/api.py's load
+# the statements cached took 25-29 MB in eligibility and routing (sqlite3_db_status, SQLITE_DBSTATUS_STMT_USED),
+# the most of their growth past the 150 MB of issue 14. At 512 a statement holds at most ~70 KB, and the pages of a
+# large write are the same statement, prepared once.
+SQLITE_INSERT_PARAMETERS = 512
+
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     """The engine of write transactions (and the only one, on PostgreSQL)."""
@@ -83,6 +92,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         # auto-incremented ids in the order of the rows, and does not assume it of SQLite. SQLite inserts the rows
         # of one statement one after the other, each getting a rowid above every one before it, so it holds.
         engine.sync_engine.dialect.insertmanyvalues_implicit_sentinel = InsertmanyvaluesSentinelOpts.AUTOINCREMENT
+        engine.sync_engine.dialect.insertmanyvalues_max_parameters = SQLITE_INSERT_PARAMETERS
         return engine
     engine = create_async_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, json_deserializer=json_loads

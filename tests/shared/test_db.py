@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.orm import registry
 
-from shared.db import Database, get_unflushed, json_loads, note_absent
+from shared.db import SQLITE_INSERT_PARAMETERS, Database, get_unflushed, json_loads, note_absent
 from tests.support.databases import database_with
 from tests.support.postgres import PostgresServer
 from tests.support.round_trips import statements_sent
@@ -141,6 +141,28 @@ async def test_new_rows_flushed_together_are_one_insert_each_given_its_own_rows_
         stored = {name: id_ for name, id_ in (await reading.execute(select(entries.c.name, entries.c.id))).all()}
     assert given == {name: id_ for name, id_ in stored.items() if name != "first"}
     assert sorted(given.values()) == [given[f"entry {n}"] for n in range(7)], "in the order they were added"
+
+
+async def test_a_large_write_on_sqlite_goes_in_statements_of_bounded_size_each_row_its_own_id(db: Database) -> None:
+    """Each statement SQLite prepares stays in its connection's cache: one of a whole batch's rows would hold megabytes
+    there (see SQLITE_INSERT_PARAMETERS). The rows go in pages of at most that many parameters, every page but the
+    last the same statement."""
+    if db.dialect != "sqlite":
+        pytest.skip("the bound is SQLite's (its statement cache); PostgreSQL writes the rows in one statement")
+    count = SQLITE_INSERT_PARAMETERS * 2 + 7  # one parameter a row: three pages
+    with statements_sent(db) as statements:
+        async with db.session() as session:
+            added = [Entry(f"entry {n}") for n in range(count)]
+            session.add_all(added)
+            await session.flush()
+            given = [e.id for e in added]
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert [s.count("?") for s in inserts] == [SQLITE_INSERT_PARAMETERS, SQLITE_INSERT_PARAMETERS, 7]
+    assert len(set(inserts[:2])) == 1, "full pages are one statement, prepared once"
+    async with db.read_session() as reading:
+        stored = dict((await reading.execute(select(entries.c.name, entries.c.id))).all())
+    assert given == [stored[f"entry {n}"] for n in range(count)]
+    assert given == sorted(given)
 
 
 async def test_a_lookup_without_flushing_finds_a_row_added_and_not_written_yet(db: Database) -> None:
