@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,15 @@ import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.orm import registry
 
-from shared.db import SQLITE_INSERT_PARAMETERS, Database, get_unflushed, json_loads, note_absent
+from shared.db import (
+    SQLITE_CACHE_KIB,
+    SQLITE_CACHED_STATEMENTS,
+    SQLITE_INSERT_PARAMETERS,
+    Database,
+    get_unflushed,
+    json_loads,
+    note_absent,
+)
 from tests.support.databases import database_with
 from tests.support.postgres import PostgresServer
 from tests.support.round_trips import statements_sent
@@ -163,6 +172,30 @@ async def test_a_large_write_on_sqlite_goes_in_statements_of_bounded_size_each_r
         stored = dict((await reading.execute(select(entries.c.name, entries.c.id))).all())
     assert given == [stored[f"entry {n}"] for n in range(count)]
     assert given == sorted(given)
+
+
+async def test_sqlite_connections_keep_a_bounded_page_cache_and_statement_cache(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each SQLite connection may hold (see shared.db): its page cache, read back from SQLite, and the statements
+    sqlite3 keeps prepared, as the connection was opened with. Write and read connections alike."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's own caches")
+    opened: list[dict[str, Any]] = []
+    connect: Any = sqlite3.connect
+
+    def opening(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", opening)
+    async with database_with(database_url, metadata) as db:
+        async with db.session() as session:
+            assert (await session.execute(text("PRAGMA cache_size"))).scalar() == -SQLITE_CACHE_KIB
+        async with db.read_session() as reading:
+            assert (await reading.execute(text("PRAGMA cache_size"))).scalar() == -SQLITE_CACHE_KIB
+    assert len(opened) >= 2
+    assert all(kwargs.get("cached_statements") == SQLITE_CACHED_STATEMENTS for kwargs in opened), opened
 
 
 async def test_a_lookup_without_flushing_finds_a_row_added_and_not_written_yet(db: Database) -> None:
