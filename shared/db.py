@@ -71,9 +71,9 @@ SQLITE_WRITE_CONNECTIONS = 3
 # sqlite3 keeps every statement it prepares in a cache of each connection (128 statements), and a prepared statement
 # costs about 136 bytes a parameter: one that wrote a consumer's whole batch (768 cases, 10,752 parameters) held
 # 1.46 MB, prepared once and never used again, since the next batch had another row count. Under bench/api.py's load
-# the statements cached took 25-29 MB in eligibility and routing (sqlite3_db_status, SQLITE_DBSTATUS_STMT_USED),
-# the most of their growth past the 150 MB of issue 14. At 512 a statement holds at most ~70 KB, and the pages of a
-# large write are the same statement, prepared once.
+# the statements cached took 37-41 MB in eligibility and routing with 499 applications in flight (sqlite3_db_status,
+# SQLITE_DBSTATUS_STMT_USED), most of their growth past the 150 MB of issue 14; 5-12 MB with this bound. At 512 a
+# statement holds at most ~70 KB, and the pages of a large write are the same statement, prepared once.
 SQLITE_INSERT_PARAMETERS = 512
 
 # Statements each SQLite connection keeps prepared (Python's sqlite3 keeps 128): a consumer's connection uses about 30

@@ -1,7 +1,8 @@
 """A read-only unit of work reads one snapshot, on SQLite and on PostgreSQL alike: what commits while it runs is not
 seen by its later statements (a status view must not show a timeline entry whose change its cases do not show). New
-rows flushed together are written in one statement, each object given its own row's id; and a lookup by primary key
-that need not write what is pending first finds a row added and not written yet."""
+rows flushed together are written in one statement (on SQLite, pages of a bounded number of parameters), each
+object given its own row's id; a lookup by primary key that need not write what is pending first finds a row added
+and not written yet; and SQLite's connections keep bounded caches."""
 
 from __future__ import annotations
 
