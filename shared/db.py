@@ -68,7 +68,7 @@ def is_sqlite(url: str) -> bool:
 SQLITE_WRITE_CONNECTIONS = 3
 
 # Bound parameters of one multi-row INSERT on SQLite; more rows than fit are written in several statements. Python's
-# sqlite3 keeps every statement it prepares in a cache of each connection (128 statements), and a prepared statement
+# sqlite3 keeps every statement it prepares in a cache of each connection (see below), and a prepared statement
 # costs about 136 bytes a parameter: one that wrote a consumer's whole batch (768 cases, 10,752 parameters) held
 # 1.46 MB, prepared once and never used again, since the next batch had another row count. Under bench/api.py's load
 # the statements cached took 37-41 MB in eligibility and routing with 499 applications in flight (sqlite3_db_status,
