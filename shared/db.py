@@ -67,6 +67,27 @@ def is_sqlite(url: str) -> bool:
 # the writer lock (each with its own page cache); further writers wait for a connection instead, in turn as well.
 SQLITE_WRITE_CONNECTIONS = 3
 
+# Bound parameters of one multi-row INSERT on SQLite; more rows than fit are written in several statements. Python's
+# sqlite3 keeps every statement it prepares in a cache of each connection (see below), and a prepared statement
+# costs about 136 bytes a parameter: one that wrote a consumer's whole batch (768 cases, 10,752 parameters) held
+# 1.46 MB, prepared once and never used again, since the next batch had another row count. Under bench/api.py's load
+# the statements cached took 37-41 MB in eligibility and routing with 499 applications in flight (sqlite3_db_status,
+# SQLITE_DBSTATUS_STMT_USED), most of their growth past the 150 MB of issue 14; 5-12 MB with this bound. At 512 a
+# statement holds at most ~70 KB, and the pages of a large write are the same statement, prepared once.
+SQLITE_INSERT_PARAMETERS = 512
+
+# Statements each SQLite connection keeps prepared (Python's sqlite3 keeps 128): a consumer's connection uses about 30
+# again and again (sent 3 times or more under bench/api.py), the rest once or twice (IN lists and pages of other
+# lengths), each holding 4-70 KB while cached. Together with the page cache below, what SQLite held under
+# bench/api.py's load went from 10-16 MB a service to 4-12 MB, CPU-seconds per application unchanged
+# (bench/pipeline_cpu.py, within its noise).
+SQLITE_CACHED_STATEMENTS = 64
+
+# Each connection's page cache, in KiB (SQLite's default is 2,000). In WAL mode a connection drops its whole cache when
+# another connection has written since its last transaction, so under load a page cache is refilled from the file
+# (the operating system's cache) at nearly every transaction anyway: what one transaction reads is all it holds.
+SQLITE_CACHE_KIB = 512
+
 
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
     """The engine of write transactions (and the only one, on PostgreSQL)."""
@@ -83,6 +104,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         # auto-incremented ids in the order of the rows, and does not assume it of SQLite. SQLite inserts the rows
         # of one statement one after the other, each getting a rowid above every one before it, so it holds.
         engine.sync_engine.dialect.insertmanyvalues_implicit_sentinel = InsertmanyvaluesSentinelOpts.AUTOINCREMENT
+        engine.sync_engine.dialect.insertmanyvalues_max_parameters = SQLITE_INSERT_PARAMETERS
         return engine
     engine = create_async_engine(
         url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, json_deserializer=json_loads
@@ -119,8 +141,8 @@ def _sqlite_engine(url: str, *, echo: bool, pool_size: int, max_overflow: int) -
     if _is_file(url):
         pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     return create_async_engine(
-        url, echo=echo, module=sqlite.dbapi(), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-        json_deserializer=json_loads, **pool,
+        url, echo=echo, module=sqlite.dbapi(), json_deserializer=json_loads, **pool,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "cached_statements": SQLITE_CACHED_STATEMENTS},
     )  # fmt: skip
 
 
@@ -139,6 +161,7 @@ def _configure_sqlite(engine: AsyncEngine, *, read_only: bool) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         if read_only:
             cursor.execute("PRAGMA query_only=ON")
         cursor.close()

@@ -1,12 +1,14 @@
 """A read-only unit of work reads one snapshot, on SQLite and on PostgreSQL alike: what commits while it runs is not
 seen by its later statements (a status view must not show a timeline entry whose change its cases do not show). New
-rows flushed together are written in one statement, each object given its own row's id; and a lookup by primary key
-that need not write what is pending first finds a row added and not written yet."""
+rows flushed together are written in one statement (on SQLite, pages of a bounded number of parameters), each
+object given its own row's id; a lookup by primary key that need not write what is pending first finds a row added
+and not written yet; and SQLite's connections keep bounded caches."""
 
 from __future__ import annotations
 
 import gc
 import math
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +16,15 @@ import pytest
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.orm import registry
 
-from shared.db import Database, get_unflushed, json_loads, note_absent
+from shared.db import (
+    SQLITE_CACHE_KIB,
+    SQLITE_CACHED_STATEMENTS,
+    SQLITE_INSERT_PARAMETERS,
+    Database,
+    get_unflushed,
+    json_loads,
+    note_absent,
+)
 from tests.support.databases import database_with
 from tests.support.postgres import PostgresServer
 from tests.support.round_trips import statements_sent
@@ -141,6 +151,52 @@ async def test_new_rows_flushed_together_are_one_insert_each_given_its_own_rows_
         stored = {name: id_ for name, id_ in (await reading.execute(select(entries.c.name, entries.c.id))).all()}
     assert given == {name: id_ for name, id_ in stored.items() if name != "first"}
     assert sorted(given.values()) == [given[f"entry {n}"] for n in range(7)], "in the order they were added"
+
+
+async def test_a_large_write_on_sqlite_goes_in_statements_of_bounded_size_each_row_its_own_id(db: Database) -> None:
+    """Each statement SQLite prepares stays in its connection's cache: one of a whole batch's rows would hold megabytes
+    there (see SQLITE_INSERT_PARAMETERS). The rows go in pages of at most that many parameters, every page but the
+    last the same statement."""
+    if db.dialect != "sqlite":
+        pytest.skip("the bound is SQLite's (its statement cache); PostgreSQL writes the rows in one statement")
+    count = SQLITE_INSERT_PARAMETERS * 2 + 7  # one parameter a row: three pages
+    with statements_sent(db) as statements:
+        async with db.session() as session:
+            added = [Entry(f"entry {n}") for n in range(count)]
+            session.add_all(added)
+            await session.flush()
+            given = [e.id for e in added]
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert [s.count("?") for s in inserts] == [SQLITE_INSERT_PARAMETERS, SQLITE_INSERT_PARAMETERS, 7]
+    assert len(set(inserts[:2])) == 1, "full pages are one statement, prepared once"
+    async with db.read_session() as reading:
+        stored = dict((await reading.execute(select(entries.c.name, entries.c.id))).all())
+    assert given == [stored[f"entry {n}"] for n in range(count)]
+    assert given == sorted(given)
+
+
+async def test_sqlite_connections_keep_a_bounded_page_cache_and_statement_cache(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each SQLite connection may hold (see shared.db): its page cache, read back from SQLite, and the statements
+    sqlite3 keeps prepared, as the connection was opened with. Write and read connections alike."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's own caches")
+    opened: list[dict[str, Any]] = []
+    connect: Any = sqlite3.connect
+
+    def opening(*args: Any, **kwargs: Any) -> Any:
+        opened.append(kwargs)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", opening)
+    async with database_with(database_url, metadata) as db:
+        async with db.session() as session:
+            assert (await session.execute(text("PRAGMA cache_size"))).scalar() == -SQLITE_CACHE_KIB
+        async with db.read_session() as reading:
+            assert (await reading.execute(text("PRAGMA cache_size"))).scalar() == -SQLITE_CACHE_KIB
+    assert len(opened) >= 2
+    assert all(kwargs.get("cached_statements") == SQLITE_CACHED_STATEMENTS for kwargs in opened), opened
 
 
 async def test_a_lookup_without_flushing_finds_a_row_added_and_not_written_yet(db: Database) -> None:
