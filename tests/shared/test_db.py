@@ -10,6 +10,7 @@ import gc
 import math
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,12 +154,15 @@ async def test_new_rows_flushed_together_are_one_insert_each_given_its_own_rows_
     assert sorted(given.values()) == [given[f"entry {n}"] for n in range(7)], "in the order they were added"
 
 
-async def test_a_large_write_on_sqlite_goes_in_statements_of_bounded_size_each_row_its_own_id(db: Database) -> None:
+async def test_a_large_write_on_sqlite_goes_in_statements_of_bounded_size_each_row_its_own_id(tmp_path: Path) -> None:
     """Each statement SQLite prepares stays in its connection's cache: one of a whole batch's rows would hold megabytes
     there (see SQLITE_INSERT_PARAMETERS). The rows go in pages of at most that many parameters, every page but the
-    last the same statement."""
-    if db.dialect != "sqlite":
-        pytest.skip("the bound is SQLite's (its statement cache); PostgreSQL writes the rows in one statement")
+    last the same statement. (SQLite's bound: PostgreSQL writes the rows in one statement.)"""
+    async with database_with(f"sqlite+aiosqlite:///{tmp_path / 'pages.db'}", metadata) as db:
+        await _write_in_pages(db)
+
+
+async def _write_in_pages(db: Database) -> None:
     count = SQLITE_INSERT_PARAMETERS * 2 + 7  # one parameter a row: three pages
     with statements_sent(db) as statements:
         async with db.session() as session:
@@ -176,12 +180,11 @@ async def test_a_large_write_on_sqlite_goes_in_statements_of_bounded_size_each_r
 
 
 async def test_sqlite_connections_keep_a_bounded_page_cache_and_statement_cache(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What each SQLite connection may hold (see shared.db): its page cache, read back from SQLite, and the statements
     sqlite3 keeps prepared, as the connection was opened with. Write and read connections alike."""
-    if not database_url.startswith("sqlite"):
-        pytest.skip("SQLite's own caches")
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'caches.db'}"
     opened: list[dict[str, Any]] = []
     connect: Any = sqlite3.connect
 
