@@ -357,9 +357,10 @@ class Repository:
         offices: set[tuple[uuid.UUID, str]],
     ) -> None:
         """Unscoped (the status view's consumer): what a transaction's events will look up, in a query per kind — the
-        applications (locked, and held as :meth:`application` holds them), the cases, notifications and offices they
-        name — and what is not there noted as absent (shared.db.note_absent), so that each event's lookups ask the
-        database nothing more. The rows loaded are held to the end of the transaction (shared.db.hold_loaded)."""
+        applications (locked, and held as :meth:`application` holds them) and their determinations, the cases,
+        notifications and offices they name — and what is not there noted as absent (shared.db.note_absent), so that
+        each event's lookups ask the database nothing more. The rows loaded are held to the end of the transaction
+        (shared.db.hold_loaded)."""
         hold_loaded(self.session)
         with self.session.no_autoflush:
             if application_ids and not self.session.in_nested_transaction():
@@ -367,6 +368,10 @@ class Repository:
                 applications = select(Application).where(Application.id.in_(application_ids)).order_by(Application.id)
                 for application in await self.session.scalars(applications.with_for_update()):
                     locked[application.id] = application
+                # Each case event names its program from the determination, and each status is derived from it.
+                determined = select(Determination).where(Determination.application_id.in_(application_ids))
+                found_determinations = {d.application_id for d in await self.session.scalars(determined)}
+                note_absent(self.session, Determination, application_ids - found_determinations)
             if offices:
                 known = select(ApplicationOffice).where(ApplicationOffice.application_id.in_({a for a, _ in offices}))
                 found_offices = {(o.application_id, o.office_code) for o in await self.session.scalars(known)}

@@ -87,9 +87,20 @@ BUNDLED_KINDS = frozenset(
 )
 
 
-def mark_work(session: AsyncSession) -> None:
-    """Wake the delivery workers once this transaction commits."""
-    session.info[WORK_PENDING] = True
+RESIDENT_WORK = "residents"
+PARTNER_WORK = "partners"
+
+
+def mark_work(session: AsyncSession, worker: str = RESIDENT_WORK, *, due: dt.datetime | None = None) -> None:
+    """Wake ``worker`` (the residents' or the partners' delivery loop) once this transaction commits, or, for work
+    due later (a bundle collecting until its window closes), at ``due``. Only that loop: each wake-up of a loop with
+    nothing due is a claim query for nothing, and under load the consumers commit several times a second."""
+    pending: dict[str, dt.datetime | None] = session.info.setdefault(WORK_PENDING, {})
+    if worker in pending:
+        earlier = pending[worker]
+        pending[worker] = None if earlier is None or due is None else min(earlier, due)
+    else:
+        pending[worker] = due
 
 
 class ResidentMessages:
@@ -421,7 +432,8 @@ class ResidentMessages:
                 data=data,
             )
         )
-        mark_work(repo.session)
+        # The worker is woken when the message is due: at once, or when its bundle's window closes.
+        mark_work(repo.session, due=notification.next_step_at if notification.next_step_at > now else None)
 
     async def _language(self, repo: Repository, resident_id: uuid.UUID) -> str:
         preference = await repo.preference(resident_id)

@@ -48,7 +48,7 @@ from services.notify.models import (
     WebhookDelivery,
     utcnow,
 )
-from services.notify.notifications import mark_work
+from services.notify.notifications import PARTNER_WORK, mark_work
 from services.notify.partner_consent import PartnerConsents, covers
 from services.notify.repository import Repository
 from services.notify.schemas import GrantIn
@@ -262,7 +262,7 @@ class PartnerFeeds:
                     updated_at=now,
                 )
             )
-            mark_work(repo.session)
+            mark_work(repo.session, PARTNER_WORK)
         await repo.session.flush()
 
     async def _publish(self, repo: Repository, partner_id: str, envelope: CloudEvent) -> None:

@@ -1,8 +1,9 @@
 """The notify service's long-lived resources: HTTP clients, the senders, the two delivery loops and the loop
 publishing the aggregate feed's ended periods.
 
-The delivery loops wake as soon as a transaction that created work commits (a hook on the database), and otherwise
-every ``worker_interval_seconds`` to pick up retries that came due; the aggregate loop looks every
+Each delivery loop wakes when a transaction that created work for it commits (a hook on the database) — at once, or
+when the work falls due (a bundle's window closing) — and otherwise every ``worker_interval_seconds`` to pick up
+retries that came due; the aggregate loop looks every
 ``worker_interval_seconds`` whether a period ended.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -24,7 +27,7 @@ from services.notify.contacts import ContactDirectory
 from services.notify.context import NotifyContext
 from services.notify.delivery import ResidentDelivery, Senders
 from services.notify.letters import LetterPrinter
-from services.notify.notifications import WORK_PENDING
+from services.notify.notifications import PARTNER_WORK, RESIDENT_WORK, WORK_PENDING
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
@@ -68,24 +71,26 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
     runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
     aggregates = AggregatePublisher(db=runtime.db, outbox=runtime.outbox, settings=settings)
-    wakes = [asyncio.Event(), asyncio.Event()]
+    wakes = {RESIDENT_WORK: Wake(), PARTNER_WORK: Wake()}
 
     def wake() -> None:
-        for event in wakes:
+        for event in wakes.values():
             event.set()
 
     def on_commit(session: AsyncSession) -> None:
-        if session.info.pop(WORK_PENDING, False):
-            wake()
+        pending: dict[str, dt.datetime | None] = session.info.pop(WORK_PENDING, {})
+        for worker, due in pending.items():
+            wakes[worker].at(due)
 
     runtime.db.on_commit(on_commit)
     # Named apart from the consumers (notify-residents-0 ...): what each costs is measured by its task's name.
     tasks = [
         asyncio.create_task(
-            _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-resident-delivery"
+            _loop("resident-delivery", residents.run_once, wakes[RESIDENT_WORK], settings),
+            name="notify-resident-delivery",
         ),
         asyncio.create_task(
-            _loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partner-delivery"
+            _loop("partner-delivery", partners.run_once, wakes[PARTNER_WORK], settings), name="notify-partner-delivery"
         ),
         # Nothing wakes it: a period ends on the clock.
         asyncio.create_task(
@@ -97,11 +102,44 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     finally:
         for task in tasks:
             task.cancel()
+        for event in wakes.values():
+            event.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await intake_client.aclose()
         await outbound.aclose()
+
+
+class Wake(asyncio.Event):
+    """A delivery loop's wake-up: now, or at the time work falls due. Times are rounded up to a tenth of a second and
+    one timer is kept per tenth, so a burst of commits each opening a bundle wakes the loop a few times, not once for
+    each."""
+
+    TICK = 0.1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+
+    def at(self, due: dt.datetime | None) -> None:
+        delay = 0.0 if due is None else (due - dt.datetime.now(dt.UTC)).total_seconds()
+        if delay <= 0:
+            self.set()
+            return
+        loop = asyncio.get_running_loop()
+        tick = math.ceil((loop.time() + delay) / self.TICK)
+        if tick not in self._timers:
+            self._timers[tick] = loop.call_at(tick * self.TICK, self._fire, tick)
+
+    def _fire(self, tick: int) -> None:
+        self._timers.pop(tick, None)
+        self.set()
+
+    def cancel(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
 
 async def _loop(
