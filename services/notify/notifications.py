@@ -91,16 +91,12 @@ RESIDENT_WORK = "residents"
 PARTNER_WORK = "partners"
 
 
-def mark_work(session: AsyncSession, worker: str = RESIDENT_WORK, *, due: dt.datetime | None = None) -> None:
-    """Wake ``worker`` (the residents' or the partners' delivery loop) once this transaction commits, or, for work
-    due later (a bundle collecting until its window closes), at ``due``. Only that loop: each wake-up of a loop with
-    nothing due is a claim query for nothing, and under load the consumers commit several times a second."""
-    pending: dict[str, dt.datetime | None] = session.info.setdefault(WORK_PENDING, {})
-    if worker in pending:
-        earlier = pending[worker]
-        pending[worker] = None if earlier is None or due is None else min(earlier, due)
-    else:
-        pending[worker] = due
+def mark_work(session: AsyncSession, worker: str = RESIDENT_WORK) -> None:
+    """Wake ``worker`` (the residents' or the partners' delivery loop) once this transaction commits, and only that
+    one: a loop woken with nothing due makes a claim query for nothing, and under load the consumers commit several
+    times a second."""
+    pending: set[str] = session.info.setdefault(WORK_PENDING, set())
+    pending.add(worker)
 
 
 class ResidentMessages:
@@ -432,8 +428,10 @@ class ResidentMessages:
                 data=data,
             )
         )
-        # The worker is woken when the message is due: at once, or when its bundle's window closes.
-        mark_work(repo.session, due=notification.next_step_at if notification.next_step_at > now else None)
+        if notification.next_step_at <= now:
+            mark_work(repo.session)
+        # else a bundle collecting until its window closes: the worker's interval pass finds it then (woken now, it
+        # would find nothing due)
 
     async def _language(self, repo: Repository, resident_id: uuid.UUID) -> str:
         preference = await repo.preference(resident_id)

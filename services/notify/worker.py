@@ -1,19 +1,16 @@
 """The notify service's long-lived resources: HTTP clients, the senders, the two delivery loops and the loop
 publishing the aggregate feed's ended periods.
 
-Each delivery loop wakes when a transaction that created work for it commits (a hook on the database) — at once, or
-when the work falls due (a bundle's window closing) — and otherwise every ``worker_interval_seconds`` to pick up
-retries that came due; the aggregate loop looks every
-``worker_interval_seconds`` whether a period ended.
+Each delivery loop wakes when a transaction that created work due now for it commits (a hook on the database), and
+otherwise every ``worker_interval_seconds`` to pick up what came due since (bundles whose window closed, retries);
+the aggregate loop looks every ``worker_interval_seconds`` whether a period ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -71,16 +68,15 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
     runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
     aggregates = AggregatePublisher(db=runtime.db, outbox=runtime.outbox, settings=settings)
-    wakes = {RESIDENT_WORK: Wake(), PARTNER_WORK: Wake()}
+    wakes = {RESIDENT_WORK: asyncio.Event(), PARTNER_WORK: asyncio.Event()}
 
     def wake() -> None:
         for event in wakes.values():
             event.set()
 
     def on_commit(session: AsyncSession) -> None:
-        pending: dict[str, dt.datetime | None] = session.info.pop(WORK_PENDING, {})
-        for worker, due in pending.items():
-            wakes[worker].at(due)
+        for worker in session.info.pop(WORK_PENDING, ()):
+            wakes[worker].set()
 
     runtime.db.on_commit(on_commit)
     # Named apart from the consumers (notify-residents-0 ...): what each costs is measured by its task's name.
@@ -102,44 +98,11 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     finally:
         for task in tasks:
             task.cancel()
-        for event in wakes.values():
-            event.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await intake_client.aclose()
         await outbound.aclose()
-
-
-class Wake(asyncio.Event):
-    """A delivery loop's wake-up: now, or at the time work falls due. Times are rounded up to a tenth of a second and
-    one timer is kept per tenth, so a burst of commits each opening a bundle wakes the loop a few times, not once for
-    each."""
-
-    TICK = 0.1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-
-    def at(self, due: dt.datetime | None) -> None:
-        delay = 0.0 if due is None else (due - dt.datetime.now(dt.UTC)).total_seconds()
-        if delay <= 0:
-            self.set()
-            return
-        loop = asyncio.get_running_loop()
-        tick = math.ceil((loop.time() + delay) / self.TICK)
-        if tick not in self._timers:
-            self._timers[tick] = loop.call_at(tick * self.TICK, self._fire, tick)
-
-    def _fire(self, tick: int) -> None:
-        self._timers.pop(tick, None)
-        self.set()
-
-    def cancel(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
 
 
 async def _loop(
