@@ -825,7 +825,8 @@ class Repository:
         among: ColumnElement[bool] | None = None,
     ) -> list[Key]:
         """Claim up to ``limit`` due rows (``among`` narrows which may be picked), soonest first; the keys of those this
-        worker got. The UPDATE repeats ``due``, so a row another worker claimed in between is not taken."""
+        worker got, as the UPDATE returns them. The UPDATE repeats ``due``, so a row another worker claimed in between
+        is not taken."""
         table = key.class_
         picked = select(key).where(*due).order_by(soonest).limit(limit)
         if among is not None:
@@ -833,13 +834,14 @@ class Repository:
         keys = list(await self.session.scalars(picked))
         if not keys:
             return []
-        await self.session.execute(
+        claimed = (
             update(table)
             .where(key.in_(keys), *due)
             .values(claim_token=token, claimed_until=until)
+            .returning(key)
             .execution_options(synchronize_session=False)
         )
-        return list(await self.session.scalars(select(key).where(table.claim_token == token)))
+        return list(await self.session.scalars(claimed))
 
     async def recheck_waiting_sms(self, resident_id: uuid.UUID) -> None:
         """Text messages never tried because of quiet hours become due now; the worker applies the current hours."""
