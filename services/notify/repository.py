@@ -247,14 +247,16 @@ class Repository:
 
     async def item_exists(self, source_event_id: str, resident_id: uuid.UUID) -> bool:
         """Among the items stored and those this transaction added (without writing them first)."""
+        loaded: tuple[set[str], set[tuple[str, uuid.UUID]]] | None = self.session.info.get(_ITEMS)
+        if loaded is not None and source_event_id in loaded[0]:
+            # Loaded with the transaction's events, and each item added since is told (:meth:`told`): the session's
+            # new rows need no search.
+            return (source_event_id, resident_id) in loaded[1]
         if any(
             isinstance(i, NotificationItem) and i.source_event_id == source_event_id and i.resident_id == resident_id
             for i in self.session.new
         ):
             return True
-        loaded: tuple[set[str], set[tuple[str, uuid.UUID]]] | None = self.session.info.get(_ITEMS)
-        if loaded is not None and source_event_id in loaded[0]:
-            return (source_event_id, resident_id) in loaded[1]
         with self.session.no_autoflush:
             found = await self.session.scalar(
                 select(NotificationItem.id).where(
