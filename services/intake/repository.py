@@ -42,7 +42,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent
+from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
 
@@ -470,7 +470,7 @@ class Repository:
         with self.session.no_autoflush:
             stored = list(await self.session.scalars(query))
         found: dict[uuid.UUID, list[Case]] = {}
-        for case in [*stored, *(c for c in self.session.new if isinstance(c, Case) and c.application_id in wanted)]:
+        for case in [*stored, *(c for c in pending_rows(self.session, Case) if c.application_id in wanted)]:
             found.setdefault(case.application_id, []).append(case)
         return found
 

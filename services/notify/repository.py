@@ -44,7 +44,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent
+from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep, WriteSessionDep
 from shared.outbox import write_emitted
 
@@ -156,8 +156,8 @@ class Repository:
                 select(ApplicationProgram).where(ApplicationProgram.application_id == application_id)
             )
             programs = {row.program_code: row for row in rows}
-        for row in self.session.new:
-            if isinstance(row, ApplicationProgram) and row.application_id == application_id:
+        for row in pending_rows(self.session, ApplicationProgram):
+            if row.application_id == application_id:
                 programs[row.program_code] = row
         return programs
 
@@ -253,8 +253,8 @@ class Repository:
             # new rows need no search.
             return (source_event_id, resident_id) in loaded[1]
         if any(
-            isinstance(i, NotificationItem) and i.source_event_id == source_event_id and i.resident_id == resident_id
-            for i in self.session.new
+            i.source_event_id == source_event_id and i.resident_id == resident_id
+            for i in pending_rows(self.session, NotificationItem)
         ):
             return True
         with self.session.no_autoflush:
@@ -278,7 +278,7 @@ class Repository:
                 and n.status == NotificationStatus.COLLECTING.value and n.claim_token is None and n.next_step_at > now
             )  # fmt: skip
 
-        opened = [n for n in self.session.new if isinstance(n, Notification) and collecting(n)]
+        opened = [n for n in pending_rows(self.session, Notification) if collecting(n)]
         if opened:
             return max(opened, key=lambda n: n.created_at)
         found: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
