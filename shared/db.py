@@ -36,6 +36,7 @@ from sqlalchemy import Table, Uuid, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
 from shared import sqlite
@@ -320,16 +321,60 @@ async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with
     give."""
     mapper = inspect(model)
     wanted = tuple(key) if isinstance(key, tuple) else (key,)
-    for instance in session.new:
-        if type(instance) is model and tuple(mapper.primary_key_from_instance(instance)) == wanted:
+    known = session.sync_session.identity_map.get(mapper.identity_key_from_primary_key(wanted))
+    # Read (or written) before in this transaction: what session.get would answer without asking the database, found
+    # without searching the session's new rows for it (a consumer's batch holds hundreds of them).
+    fresh = known is not None and not with_for_update and not inspect(known).expired_attributes
+    if fresh and known not in session.deleted:
+        return known
+    attributes = _key_attributes(model)
+    for instance in pending_rows(session, model):
+        if all(getattr(instance, a) == w for a, w in zip(attributes, wanted, strict=True)):
             return instance
     absent: set[tuple[Any, ...]] = session.info.get(_ABSENT, set())
     if (model, wanted) in absent:
         # Not there when the transaction looked (note_absent); added since, it is pending or in the identity map.
-        known = session.sync_session.identity_map.get(mapper.identity_key_from_primary_key(wanted))
         return known if known is not None and known not in session.deleted else None
     with session.no_autoflush:
         return await session.get(model, key, with_for_update=with_for_update or None)
+
+
+# Keys of ``Session.info``: the rows added to a session, by their class (see pending_rows).
+_ADDED = "onestop_added_rows"
+
+
+@event.listens_for(Session, "transient_to_pending")
+def _note_added(session: Session, instance: object) -> None:
+    session.info.setdefault(_ADDED, {}).setdefault(type(instance), []).append(instance)
+
+
+def pending_rows(session: AsyncSession | Session, model: type[T]) -> list[T]:
+    """The session's new rows of class ``model`` (not its subclasses): those added to it (by ``add`` or a cascade)
+    that are still to be written (not written since, nor taken back by a rollback). Not ``session.new``, which is
+    made afresh from every new row of every class at each look (a consumer's batch holds hundreds; each of its
+    events looks several times)."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    added: dict[type[Any], list[Any]] = sync.info.get(_ADDED, {})
+    rows = added.get(model)
+    if not rows:
+        return []
+    still = [row for row in rows if inspect(row).pending and row in sync]
+    if len(still) != len(rows):
+        added[model] = still
+    return still
+
+
+_KEY_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _key_attributes(model: type[Any]) -> tuple[str, ...]:
+    """The attributes holding ``model``'s primary key, in its order (read directly: the mapper's way is several
+    times slower, and a batch compares hundreds of new rows)."""
+    found = _KEY_ATTRIBUTES.get(model)
+    if found is None:
+        mapper = inspect(model)
+        found = _KEY_ATTRIBUTES[model] = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+    return found
 
 
 _ABSENT = "onestop_absent_rows"

@@ -42,7 +42,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent
+from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
 
@@ -352,14 +352,16 @@ class Repository:
     async def load_for_events(
         self,
         application_ids: set[uuid.UUID],
+        determined: set[uuid.UUID],
         case_ids: set[uuid.UUID],
         notification_ids: set[uuid.UUID],
         offices: set[tuple[uuid.UUID, str]],
     ) -> None:
         """Unscoped (the status view's consumer): what a transaction's events will look up, in a query per kind — the
-        applications (locked, and held as :meth:`application` holds them), the cases, notifications and offices they
-        name — and what is not there noted as absent (shared.db.note_absent), so that each event's lookups ask the
-        database nothing more. The rows loaded are held to the end of the transaction (shared.db.hold_loaded)."""
+        applications (locked, and held as :meth:`application` holds them), the determinations of those ``determined``
+        (named by an eligibility or case event), the cases, notifications and offices they name — and what is not
+        there noted as absent (shared.db.note_absent), so that each event's lookups ask the database nothing more. The
+        rows loaded are held to the end of the transaction (shared.db.hold_loaded)."""
         hold_loaded(self.session)
         with self.session.no_autoflush:
             if application_ids and not self.session.in_nested_transaction():
@@ -367,6 +369,11 @@ class Repository:
                 applications = select(Application).where(Application.id.in_(application_ids)).order_by(Application.id)
                 for application in await self.session.scalars(applications.with_for_update()):
                     locked[application.id] = application
+            if determined:
+                # Each case event names its program from the determination, and each status is derived from it.
+                determinations = select(Determination).where(Determination.application_id.in_(determined))
+                found_determinations = {d.application_id for d in await self.session.scalars(determinations)}
+                note_absent(self.session, Determination, determined - found_determinations)
             if offices:
                 known = select(ApplicationOffice).where(ApplicationOffice.application_id.in_({a for a, _ in offices}))
                 found_offices = {(o.application_id, o.office_code) for o in await self.session.scalars(known)}
@@ -463,7 +470,7 @@ class Repository:
         with self.session.no_autoflush:
             stored = list(await self.session.scalars(query))
         found: dict[uuid.UUID, list[Case]] = {}
-        for case in [*stored, *(c for c in self.session.new if isinstance(c, Case) and c.application_id in wanted)]:
+        for case in [*stored, *(c for c in pending_rows(self.session, Case) if c.application_id in wanted)]:
             found.setdefault(case.application_id, []).append(case)
         return found
 

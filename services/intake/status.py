@@ -925,6 +925,7 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
     """The status view consumer's load (``Subscription.load``): the applications, cases, notifications and offices a
     transaction's events name, read in a query per kind at its start instead of a lookup per event."""
     applications: set[uuid.UUID] = set()
+    determined: set[uuid.UUID] = set()
     cases: set[uuid.UUID] = set()
     notifications: set[uuid.UUID] = set()
     offices: set[tuple[uuid.UUID, str]] = set()
@@ -934,6 +935,8 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
         if application_id is None:
             continue
         applications.add(application_id)
+        if event.event_type.startswith("case.") or event.event_type == EligibilityDetermined.event_type:
+            determined.add(application_id)  # its determination is looked up (and its status derived from it)
         if event.event_type.startswith("case.") and (case_id := named_id(data.get("case_id"))) is not None:
             cases.add(case_id)
             offices.update(
@@ -941,4 +944,4 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
             )
         elif event.event_type.startswith("notification.") and (n := named_id(data.get("notification_id"))) is not None:
             notifications.add(n)
-    await Repository(session).load_for_events(applications, cases, notifications, offices)
+    await Repository(session).load_for_events(applications, determined, cases, notifications, offices)

@@ -87,9 +87,16 @@ BUNDLED_KINDS = frozenset(
 )
 
 
-def mark_work(session: AsyncSession) -> None:
-    """Wake the delivery workers once this transaction commits."""
-    session.info[WORK_PENDING] = True
+RESIDENT_WORK = "residents"
+PARTNER_WORK = "partners"
+
+
+def mark_work(session: AsyncSession, worker: str = RESIDENT_WORK) -> None:
+    """Wake ``worker`` (the residents' or the partners' delivery loop) once this transaction commits, and only that
+    one: a loop woken with nothing due makes a claim query for nothing, and under load the consumers commit several
+    times a second."""
+    pending: set[str] = session.info.setdefault(WORK_PENDING, set())
+    pending.add(worker)
 
 
 class ResidentMessages:
@@ -421,7 +428,10 @@ class ResidentMessages:
                 data=data,
             )
         )
-        mark_work(repo.session)
+        if notification.next_step_at <= now:
+            mark_work(repo.session)
+        # else a bundle collecting until its window closes: the worker's interval pass finds it then (woken now, it
+        # would find nothing due)
 
     async def _language(self, repo: Repository, resident_id: uuid.UUID) -> str:
         preference = await repo.preference(resident_id)

@@ -48,7 +48,7 @@ from services.notify.models import (
     WebhookDelivery,
     utcnow,
 )
-from services.notify.notifications import mark_work
+from services.notify.notifications import PARTNER_WORK, mark_work
 from services.notify.partner_consent import PartnerConsents, covers
 from services.notify.repository import Repository
 from services.notify.schemas import GrantIn
@@ -214,8 +214,8 @@ class PartnerFeeds:
         if event_type not in PARTNER_VISIBLE_TYPES:
             return
         repo = Repository(session)
-        view = partner_view(event)
-        resident_id = uuid.UUID(str(view["resident_id"])) if event_type in RESIDENT_PARTNER_TYPES else None
+        # The resident named as the partner view names them (the view itself is made further down, if needed).
+        resident_id = uuid.UUID(str(event.data["resident_id"])) if event_type in RESIDENT_PARTNER_TYPES else None
         consent = await repo.consent_to_partners(resident_id) if resident_id is not None else None
         if resident_id is not None and consent is None:
             return  # the resident consented to no partner: nothing for anyone (most residents; no more to look up)
@@ -226,6 +226,8 @@ class PartnerFeeds:
             subscriptions = [s for s in subscriptions if s.partner_id == to]
         if not subscriptions:
             return
+        # The partner view is made only for an event that goes to someone (most go to no one).
+        view = partner_view(event)
         purposes = await repo.grant_purposes(event_type)
         envelopes: dict[str, CloudEvent] = {}
         nats_partners: set[str] = set()
@@ -262,7 +264,7 @@ class PartnerFeeds:
                     updated_at=now,
                 )
             )
-            mark_work(repo.session)
+            mark_work(repo.session, PARTNER_WORK)
         await repo.session.flush()
 
     async def _publish(self, repo: Repository, partner_id: str, envelope: CloudEvent) -> None:

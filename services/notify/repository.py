@@ -44,7 +44,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent
+from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep, WriteSessionDep
 from shared.outbox import write_emitted
 
@@ -156,8 +156,8 @@ class Repository:
                 select(ApplicationProgram).where(ApplicationProgram.application_id == application_id)
             )
             programs = {row.program_code: row for row in rows}
-        for row in self.session.new:
-            if isinstance(row, ApplicationProgram) and row.application_id == application_id:
+        for row in pending_rows(self.session, ApplicationProgram):
+            if row.application_id == application_id:
                 programs[row.program_code] = row
         return programs
 
@@ -247,14 +247,16 @@ class Repository:
 
     async def item_exists(self, source_event_id: str, resident_id: uuid.UUID) -> bool:
         """Among the items stored and those this transaction added (without writing them first)."""
-        if any(
-            isinstance(i, NotificationItem) and i.source_event_id == source_event_id and i.resident_id == resident_id
-            for i in self.session.new
-        ):
-            return True
         loaded: tuple[set[str], set[tuple[str, uuid.UUID]]] | None = self.session.info.get(_ITEMS)
         if loaded is not None and source_event_id in loaded[0]:
+            # Loaded with the transaction's events, and each item added since is told (:meth:`told`): the session's
+            # new rows need no search.
             return (source_event_id, resident_id) in loaded[1]
+        if any(
+            i.source_event_id == source_event_id and i.resident_id == resident_id
+            for i in pending_rows(self.session, NotificationItem)
+        ):
+            return True
         with self.session.no_autoflush:
             found = await self.session.scalar(
                 select(NotificationItem.id).where(
@@ -276,7 +278,7 @@ class Repository:
                 and n.status == NotificationStatus.COLLECTING.value and n.claim_token is None and n.next_step_at > now
             )  # fmt: skip
 
-        opened = [n for n in self.session.new if isinstance(n, Notification) and collecting(n)]
+        opened = [n for n in pending_rows(self.session, Notification) if collecting(n)]
         if opened:
             return max(opened, key=lambda n: n.created_at)
         found: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
@@ -825,7 +827,8 @@ class Repository:
         among: ColumnElement[bool] | None = None,
     ) -> list[Key]:
         """Claim up to ``limit`` due rows (``among`` narrows which may be picked), soonest first; the keys of those this
-        worker got. The UPDATE repeats ``due``, so a row another worker claimed in between is not taken."""
+        worker got, as the UPDATE returns them. The UPDATE repeats ``due``, so a row another worker claimed in between
+        is not taken."""
         table = key.class_
         picked = select(key).where(*due).order_by(soonest).limit(limit)
         if among is not None:
@@ -833,13 +836,14 @@ class Repository:
         keys = list(await self.session.scalars(picked))
         if not keys:
             return []
-        await self.session.execute(
+        claimed = (
             update(table)
             .where(key.in_(keys), *due)
             .values(claim_token=token, claimed_until=until)
+            .returning(key)
             .execution_options(synchronize_session=False)
         )
-        return list(await self.session.scalars(select(key).where(table.claim_token == token)))
+        return list(await self.session.scalars(claimed))
 
     async def recheck_waiting_sms(self, resident_id: uuid.UUID) -> None:
         """Text messages never tried because of quiet hours become due now; the worker applies the current hours."""

@@ -31,7 +31,7 @@ from services.notify.models import (
     WebhookDelivery,
     utcnow,
 )
-from services.notify.notifications import mark_work
+from services.notify.notifications import PARTNER_WORK, mark_work
 from services.notify.partners import check_event_types, require_granted
 from services.notify.repository import Repository
 from services.notify.schemas import RotateSecretIn, SubscriptionIn
@@ -152,7 +152,7 @@ async def resume(repo: Repository, principal: Principal, subscription_id: uuid.U
         subscription.consecutive_failures = 0
         subscription.updated_at = utcnow()
         await repo.wake_queue_head(subscription.id)
-        mark_work(repo.session)
+        mark_work(repo.session, PARTNER_WORK)
     return subscription
 
 
@@ -219,5 +219,5 @@ async def redeliver(repo: Repository, principal: Principal, delivery_id: uuid.UU
     delivery.next_attempt_at = now
     delivery.last_error = None
     delivery.updated_at = now
-    mark_work(repo.session)
+    mark_work(repo.session, PARTNER_WORK)
     return delivery

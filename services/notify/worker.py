@@ -1,9 +1,9 @@
 """The notify service's long-lived resources: HTTP clients, the senders, the two delivery loops and the loop
 publishing the aggregate feed's ended periods.
 
-The delivery loops wake as soon as a transaction that created work commits (a hook on the database), and otherwise
-every ``worker_interval_seconds`` to pick up retries that came due; the aggregate loop looks every
-``worker_interval_seconds`` whether a period ended.
+Each delivery loop wakes when a transaction that created work due now for it commits (a hook on the database), and
+otherwise every ``worker_interval_seconds`` to pick up what came due since (bundles whose window closed, retries);
+the aggregate loop looks every ``worker_interval_seconds`` whether a period ended.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from services.notify.contacts import ContactDirectory
 from services.notify.context import NotifyContext
 from services.notify.delivery import ResidentDelivery, Senders
 from services.notify.letters import LetterPrinter
-from services.notify.notifications import WORK_PENDING
+from services.notify.notifications import PARTNER_WORK, RESIDENT_WORK, WORK_PENDING
 from services.notify.partner_delivery import PartnerDelivery
 from services.notify.rendering import Renderer
 from services.notify.settings import NotifySettings
@@ -68,24 +68,25 @@ async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[N
     partners = PartnerDelivery(db=runtime.db, settings=settings, client=outbound, attempts=attempts)
     runtime.housekeeping.register("erasure", lambda now: resident_data.purge(runtime.db, clock, now))
     aggregates = AggregatePublisher(db=runtime.db, outbox=runtime.outbox, settings=settings)
-    wakes = [asyncio.Event(), asyncio.Event()]
+    wakes = {RESIDENT_WORK: asyncio.Event(), PARTNER_WORK: asyncio.Event()}
 
     def wake() -> None:
-        for event in wakes:
+        for event in wakes.values():
             event.set()
 
     def on_commit(session: AsyncSession) -> None:
-        if session.info.pop(WORK_PENDING, False):
-            wake()
+        for worker in session.info.pop(WORK_PENDING, ()):
+            wakes[worker].set()
 
     runtime.db.on_commit(on_commit)
     # Named apart from the consumers (notify-residents-0 ...): what each costs is measured by its task's name.
     tasks = [
         asyncio.create_task(
-            _loop("resident-delivery", residents.run_once, wakes[0], settings), name="notify-resident-delivery"
+            _loop("resident-delivery", residents.run_once, wakes[RESIDENT_WORK], settings),
+            name="notify-resident-delivery",
         ),
         asyncio.create_task(
-            _loop("partner-delivery", partners.run_once, wakes[1], settings), name="notify-partner-delivery"
+            _loop("partner-delivery", partners.run_once, wakes[PARTNER_WORK], settings), name="notify-partner-delivery"
         ),
         # Nothing wakes it: a period ends on the clock.
         asyncio.create_task(

@@ -25,6 +25,7 @@ from shared.db import (
     get_unflushed,
     json_loads,
     note_absent,
+    pending_rows,
 )
 from tests.support.databases import database_with
 from tests.support.postgres import PostgresServer
@@ -224,6 +225,21 @@ async def test_a_lookup_without_flushing_finds_a_row_added_and_not_written_yet(d
             session.add(rolled_back)
             await savepoint.rollback()
         assert await get_unflushed(session, Entry, stored + 3) is None, "a savepoint's rollback took it back"
+
+
+async def test_the_pending_rows_of_a_class_are_those_added_and_neither_written_nor_taken_back(db: Database) -> None:
+    async with db.session() as session:
+        kept, written = Entry("kept"), Entry("written")
+        session.add(written)
+        await session.flush()
+        async with session.begin_nested() as savepoint:
+            session.add(Entry("rolled back"))
+            assert [e.name for e in pending_rows(session, Entry)] == ["rolled back"]
+            await savepoint.rollback()
+        session.add(kept)
+        assert pending_rows(session, Entry) == [kept], "neither the row written nor the one a rollback took back"
+        await session.flush()
+        assert pending_rows(session, Entry) == []
 
 
 async def test_a_row_noted_absent_is_answered_without_asking_until_the_transaction_adds_it(db: Database) -> None:

@@ -664,7 +664,8 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
     # each transaction, one read of each (and of the cases one more, for the statuses at its end), however many
     # events name them.
     for applied in work.transactions():
-        for table, most in (("cases", 2), ("applications", 1), ("notifications", 1), ("application_offices", 1)):
+        for table, most in (("cases", 2), ("applications", 1), ("determinations", 1), ("notifications", 1),
+                            ("application_offices", 1)):  # fmt: skip
             reads = [s for s in applied if s.startswith(f"SELECT {table}.")]
             assert len(reads) <= most, (table, reads)
     # Once per application per transaction (two applications at most in one here), not once per event.
