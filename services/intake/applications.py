@@ -260,8 +260,10 @@ async def submit(
         status=ApplicationStatus.RECEIVED.value,
         updated_at=now,
     )
-    repo.session.add(application)
-    await repo.session.flush()
+    representation_id = representation.id if representation is not None else None
+    filed = await repo.file(application, representation_id=representation_id, today=today)
+    if not filed:  # erased, or no longer represented, since it was checked: as a request made now would be answered
+        raise _invalid([_error("resident_id", "is not a registered resident", "unknown_resident")])
     event = await outbox.emit(
         repo.session,
         ApplicationSubmitted(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_, exists, false, inspect, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, exists, false, insert, inspect, literal, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -222,6 +222,38 @@ class Repository:
         )
         row = (await self.session.execute(query)).one_or_none()
         return (None, None) if row is None else (row[0], row[1])
+
+    async def file(self, application: Application, *, representation_id: uuid.UUID | None, today: dt.date) -> bool:
+        """Insert a new application, unless since it was checked its resident's data was erased or the representation
+        it is filed under was revoked or ran out (False). The condition is part of the INSERT, so it holds where the
+        write happens: on SQLite under the writer lock, which a request takes at its first write, after its checks
+        (shared.db); on PostgreSQL with the resident's row locked (FOR KEY SHARE), which an erasure's FOR UPDATE waits
+        for, and which waits for an erasure under way."""
+        mapper = inspect(Application)
+        columns = [(prop.columns[0], getattr(application, prop.key)) for prop in mapper.column_attrs]
+        conditions = [
+            select(Resident.id)
+            .where(Resident.id == application.resident_id, Resident.erased_at.is_(None))
+            .with_for_update(read=True, key_share=True)
+            .exists()
+        ]
+        if representation_id is not None:
+            conditions.append(
+                select(Representation.id)
+                .where(
+                    Representation.id == representation_id,
+                    Representation.revoked_at.is_(None),
+                    Representation.expires_on >= today,
+                )
+                .exists()
+            )
+        rows = select(*(literal(value, type_=column.type) for column, value in columns)).where(*conditions)
+        statement = (
+            insert(Application)
+            .from_select([column.name for column, _ in columns], rows)
+            .returning(Application.id)
+        )
+        return (await self.session.execute(statement)).first() is not None
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
