@@ -9,7 +9,8 @@ Two kinds of unit of work:
   not apply to that upgrade), so the write lock is taken up front — and, before it, the process's writer lock of the
   file (:mod:`shared.sqlite`), so writers queue in the event loop and each starts the moment the one before commits,
   instead of sleeping in SQLite's busy handler. The lock is taken at the first statement, not when the session is
-  made, so whatever a request does before touching the database (a call to another service) holds nothing.
+  made, so whatever a request does before touching the database (a call to another service) holds nothing; a
+  request's (``reads_first``) at its first statement that writes, so its lookups and checks hold nothing either.
 - :meth:`Database.read_session` reads. On SQLite it is a deferred ``BEGIN`` on connections of their own that are
   read-only (``PRAGMA query_only``): it never waits for a writer, it reads a consistent snapshot, and a write attempted
   in it fails loudly. On PostgreSQL it is a ``READ ONLY`` ``REPEATABLE READ`` transaction on the same pool (one

@@ -13,7 +13,9 @@ far longer than the one ahead of it took. Each connection to a database file tak
 that file (an :class:`asyncio.Lock`, one per file and event loop) before ``BEGIN IMMEDIATE`` and gives it back when
 the transaction ends, so the next writer starts the moment the previous one commits and the busy handler is left for
 other processes (a migration, a CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they
-read a snapshot while a writer works.
+read a snapshot while a writer works. A write transaction begun ``at_first_write`` (a request's) takes the lock and
+sends ``BEGIN IMMEDIATE`` with its first statement that is not a plain read; the reads before it run outside any
+transaction, each seeing what was committed when it ran.
 
 Only the cursor and the transaction boundaries differ from SQLAlchemy's aiosqlite dialect; the engine is made with
 ``module=dbapi()``.
