@@ -249,9 +249,7 @@ class Repository:
             )
         rows = select(*(literal(value, type_=column.type) for column, value in columns)).where(*conditions)
         statement = (
-            insert(Application)
-            .from_select([column.name for column, _ in columns], rows)
-            .returning(Application.id)
+            insert(Application).from_select([column.name for column, _ in columns], rows).returning(Application.id)
         )
         return (await self.session.execute(statement)).first() is not None
 
