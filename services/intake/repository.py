@@ -228,7 +228,8 @@ class Repository:
         it is filed under was revoked or ran out (False). The condition is part of the INSERT, so it holds where the
         write happens: on SQLite under the writer lock, which a request takes at its first write, after its checks
         (shared.db); on PostgreSQL with the resident's row locked (FOR KEY SHARE), which an erasure's FOR UPDATE waits
-        for, and which waits for an erasure under way."""
+        for, and which waits for an erasure under way. Rows already added that refer to the application (its event,
+        its timeline entry) are written after it: what is built for a filing is built before its first write."""
         mapper = inspect(Application)
         columns = [(prop.columns[0], getattr(application, prop.key)) for prop in mapper.column_attrs]
         conditions = [
@@ -251,7 +252,8 @@ class Repository:
         statement = (
             insert(Application).from_select([column.name for column, _ in columns], rows).returning(Application.id)
         )
-        return (await self.session.execute(statement)).first() is not None
+        with self.session.no_autoflush:  # rows added that refer to it (its event, its timeline) are written after it
+            return (await self.session.execute(statement)).first() is not None
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""

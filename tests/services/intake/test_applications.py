@@ -452,6 +452,9 @@ async def test_filing_answers_from_what_it_wrote_reading_the_resident_and_their_
         "INSERT INTO timeline_entries",
     ]
     assert len(sent) == 8, sent  # with the transaction's BEGIN and COMMIT
+    # Its reads come before its first write: on SQLite the writer lock is held for the four INSERTs and the COMMIT.
+    first_write = next(i for i, s in enumerate(sent) if s.startswith("INSERT"))
+    assert not [s for s in sent[first_write:] if s.startswith("SELECT")], sent
 
 
 async def test_an_application_filed_while_its_resident_is_being_erased_is_refused_and_leaves_nothing(
