@@ -17,7 +17,7 @@ import orjson
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import Insert, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,6 +77,20 @@ class Idempotency:
 
     def __init__(self, tables: PlatformTables) -> None:
         self.table = tables.idempotency_keys
+        self._statements: dict[str, Insert] = {}
+
+    def _storing(self, dialect: str) -> Insert:
+        """``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of an answer, made once per dialect (only values change)."""
+        statement = self._statements.get(dialect)
+        if statement is None:
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            statement = self._statements[dialect] = (
+                insert(self.table)
+                .values({column.name: bindparam(column.name, type_=column.type) for column in self.table.columns})
+                .on_conflict_do_nothing(index_elements=[self.table.c.principal, self.table.c.key])
+                .returning(self.table.c.key)
+            )
+        return statement
 
     async def replay(
         self, session: AsyncSession, principal: Principal, key: str, method: str, path: str, body: Any
@@ -110,21 +124,18 @@ class Idempotency:
     ) -> bool:
         """Store the answer under the key; False when an answer is stored under it already (a request with the same
         key that got there first: committed, or on PostgreSQL waited for until it committed)."""
-        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         stored = await session.execute(
-            insert(self.table)
-            .values(
-                principal=principal.subject,
-                key=key,
-                method=method,
-                path=path,
-                fingerprint=fingerprint(method, path, body),
-                status_code=response.status_code,
-                response=response.json.decode(),
-                created_at=dt.datetime.now(dt.UTC),
-            )
-            .on_conflict_do_nothing(index_elements=[self.table.c.principal, self.table.c.key])
-            .returning(self.table.c.key)
+            self._storing(session.get_bind().dialect.name),
+            {
+                "principal": principal.subject,
+                "key": key,
+                "method": method,
+                "path": path,
+                "fingerprint": fingerprint(method, path, body),
+                "status_code": response.status_code,
+                "response": response.json.decode(),
+                "created_at": dt.datetime.now(dt.UTC),
+            },
         )
         return stored.first() is not None
 
