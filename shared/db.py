@@ -9,7 +9,8 @@ Two kinds of unit of work:
   not apply to that upgrade), so the write lock is taken up front — and, before it, the process's writer lock of the
   file (:mod:`shared.sqlite`), so writers queue in the event loop and each starts the moment the one before commits,
   instead of sleeping in SQLite's busy handler. The lock is taken at the first statement, not when the session is
-  made, so whatever a request does before touching the database (a call to another service) holds nothing.
+  made, so whatever a request does before touching the database (a call to another service) holds nothing; a
+  request's (``reads_first``) at its first statement that writes, so its lookups and checks hold nothing either.
 - :meth:`Database.read_session` reads. On SQLite it is a deferred ``BEGIN`` on connections of their own that are
   read-only (``PRAGMA query_only``): it never waits for a writer, it reads a consistent snapshot, and a write attempted
   in it fails loudly. On PostgreSQL it is a ``READ ONLY`` ``REPEATABLE READ`` transaction on the same pool (one
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy import Table, Uuid, event, inspect, text
+from sqlalchemy import Select, Table, Uuid, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -56,6 +57,8 @@ ONE_SNAPSHOT = "onestop_one_snapshot"
 DEFERRED_WRITES = "onestop_deferred_writes"
 
 DeferredWrite = Callable[[AsyncSession], Awaitable[Any]]
+# An execution option of the engine of write transactions that begin (on SQLite) at their first write.
+WRITE_AT_FIRST_WRITE = "onestop_write_at_first_write"
 # Keys of the deferred writes that are one statement each (an audit entry's INSERT).
 ONE_STATEMENT_WRITES = "onestop_one_statement_writes"
 
@@ -170,7 +173,25 @@ def _configure_sqlite(engine: AsyncEngine, *, read_only: bool) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         connection: sqlite.OneHopConnection = conn.connection.dbapi_connection
-        connection.begin(write=not read_only)
+        at_first_write = bool(conn.get_execution_options().get(WRITE_AT_FIRST_WRITE))
+        connection.begin(write=not read_only, at_first_write=at_first_write)
+
+    if read_only:
+        return
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before_statement(conn: Any, _cursor: Any, _sql: str, _parameters: Any, context: Any, _many: bool) -> None:
+        connection: sqlite.OneHopConnection = conn.connection.dbapi_connection
+        if connection.begins_at_first_write:
+            connection.next_reads_only = _reads_only(context)
+
+
+def _reads_only(context: Any) -> bool:
+    """Whether a statement only reads: a SELECT, and not ``FOR UPDATE`` (which SQLite does not write out, but whose
+    caller means to write what it read: it takes the writer lock, as on PostgreSQL it takes the rows' locks)."""
+    compiled = getattr(context, "compiled", None)
+    statement = getattr(compiled, "statement", None)
+    return isinstance(statement, Select) and statement._for_update_arg is None
 
 
 class Database:
@@ -193,6 +214,14 @@ class Database:
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        # On SQLite, write transactions whose reads before their first write need no lock (see session).
+        self._reads_first = (
+            async_sessionmaker(
+                self.engine.execution_options(**{WRITE_AT_FIRST_WRITE: True}), expire_on_commit=False, autoflush=True
+            )
+            if self._own_read_engine
+            else self.sessionmaker
+        )
         # PostgreSQL: a single statement is a transaction of its own, without a BEGIN and a COMMIT around it (two round
         # trips fewer). For what a read defers when that is one statement (its audit entry), see read_session.
         self._single_statements = (
@@ -238,14 +267,23 @@ class Database:
         self._after_commit.append(hook)
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def session(self, *, reads_first: bool = False) -> AsyncIterator[AsyncSession]:
         """One write transaction: commits when the block ends normally, rolls back when it raises. On SQLite,
         background work holds one write connection fewer than there are, so that a request never waits for a
         connection behind batches waiting for the writer lock (where it would not be seen waiting, and no batch
-        would give way to it)."""
+        would give way to it).
+
+        ``reads_first`` (a request's): on SQLite the transaction, and the writer lock, begin with its first statement
+        that writes (or reads ``FOR UPDATE``); each read before it runs on its own, seeing what was committed when it
+        ran — as every read does in PostgreSQL's READ COMMITTED, where it is all one transaction. So what a request
+        looks up and checks before it writes (a stored answer, the caller's records, the validation of its body) is
+        not done holding the lock every other writer waits for, and a request that writes nothing never takes it. A
+        check its write depends on is made again where it writes (a unique key, a condition of the statement), as
+        PostgreSQL needs anyway. PostgreSQL's transaction is the same either way."""
         writer = self._sqlite_writer()
         limit = writer.background_sessions if writer is not None and background_work() else _NO_LIMIT
-        async with limit, self.sessionmaker() as session:
+        sessions = self._reads_first if reads_first else self.sessionmaker
+        async with limit, sessions() as session:
             async with session.begin():
                 yield session
             for hook in self._after_commit:

@@ -33,9 +33,10 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed before the response is sent (``scope="function"``), rolled back
     when the endpoint raises, so a client never gets a success for something that was not written. A GET reads in a
-    read-only transaction; what it must record (the audit log of a read) is written before the response is sent."""
+    read-only transaction; what it must record (the audit log of a read) is written before the response is sent.
+    Another method's transaction takes SQLite's writer lock at its first write, not before (``reads_first``)."""
     db = get_runtime(request).db
-    async with db.read_session() if request.method in READ_METHODS else db.session() as session:
+    async with db.read_session() if request.method in READ_METHODS else db.session(reads_first=True) as session:
         yield session
 
 

@@ -17,8 +17,9 @@ import orjson
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Insert, bindparam, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal
@@ -76,6 +77,20 @@ class Idempotency:
 
     def __init__(self, tables: PlatformTables) -> None:
         self.table = tables.idempotency_keys
+        self._statements: dict[str, Insert] = {}
+
+    def _storing(self, dialect: str) -> Insert:
+        """``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of an answer, made once per dialect (only values change)."""
+        statement = self._statements.get(dialect)
+        if statement is None:
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            statement = self._statements[dialect] = (
+                insert(self.table)
+                .values({column.name: bindparam(column.name, type_=column.type) for column in self.table.columns})
+                .on_conflict_do_nothing(index_elements=[self.table.c.principal, self.table.c.key])
+                .returning(self.table.c.key)
+            )
+        return statement
 
     async def replay(
         self, session: AsyncSession, principal: Principal, key: str, method: str, path: str, body: Any
@@ -106,19 +121,23 @@ class Idempotency:
         path: str,
         body: Any,
         response: StoredResponse,
-    ) -> None:
-        await session.execute(
-            insert(self.table).values(
-                principal=principal.subject,
-                key=key,
-                method=method,
-                path=path,
-                fingerprint=fingerprint(method, path, body),
-                status_code=response.status_code,
-                response=response.json.decode(),
-                created_at=dt.datetime.now(dt.UTC),
-            )
+    ) -> bool:
+        """Store the answer under the key; False when an answer is stored under it already (a request with the same
+        key that got there first: committed, or on PostgreSQL waited for until it committed)."""
+        stored = await session.execute(
+            self._storing(session.get_bind().dialect.name),
+            {
+                "principal": principal.subject,
+                "key": key,
+                "method": method,
+                "path": path,
+                "fingerprint": fingerprint(method, path, body),
+                "status_code": response.status_code,
+                "response": response.json.decode(),
+                "created_at": dt.datetime.now(dt.UTC),
+            },
         )
+        return stored.first() is not None
 
     async def once(
         self,
@@ -133,7 +152,12 @@ class Idempotency:
         status_code: int = 201,
     ) -> StoredResponse:
         """Do ``create`` once per ``Idempotency-Key`` (when the request has one): a retry gets the first answer,
-        the same key with another body is refused, and the key is stored in the transaction that did the work."""
+        the same key with another body is refused, and the key is stored in the transaction that did the work.
+
+        The stored answer is looked up before anything is written (on SQLite, before the writer lock is taken:
+        ``Database.session(reads_first=True)``), so a retry that comes while the first request is still being handled
+        finds nothing and does the work too. Where the key is stored, the first to store it wins: the other's work is
+        rolled back and it answers as a retry does (the same answer, or 422 for another body)."""
         fingerprint_body = body.model_dump(mode="json") if body is not None else None
         if key is not None:
             stored = await self.replay(session, principal, key, method, path, fingerprint_body)
@@ -141,12 +165,12 @@ class Idempotency:
                 return StoredResponse(stored.status_code, stored.body, replayed=True)
         payload = (await create()).model_dump(mode="json")
         answer = StoredResponse(status_code, payload, raw=orjson.dumps(payload))
-        if key is not None:
-            try:
-                await self.remember(session, principal, key, method, path, fingerprint_body, answer)
-            except IntegrityError:
-                # The same key in a concurrent request that got there first; its answer is there once it commits.
-                raise Conflict("A request with this Idempotency-Key is still being handled; retry shortly.") from None
+        if key is not None and not await self.remember(session, principal, key, method, path, fingerprint_body, answer):
+            stored = await self.replay(session, principal, key, method, path, fingerprint_body)
+            if stored is None:  # stored and gone again (expired) in between: the client retries
+                raise Conflict("A request with this Idempotency-Key was being handled at the same time; retry.")
+            await session.rollback()  # what this request did: the first one did it
+            return StoredResponse(stored.status_code, stored.body, replayed=True)
         return answer
 
 

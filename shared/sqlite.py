@@ -13,7 +13,9 @@ far longer than the one ahead of it took. Each connection to a database file tak
 that file (an :class:`asyncio.Lock`, one per file and event loop) before ``BEGIN IMMEDIATE`` and gives it back when
 the transaction ends, so the next writer starts the moment the previous one commits and the busy handler is left for
 other processes (a migration, a CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they
-read a snapshot while a writer works.
+read a snapshot while a writer works. A write transaction begun ``at_first_write`` (a request's) takes the lock and
+sends ``BEGIN IMMEDIATE`` with its first statement that is not a plain read; the reads before it run outside any
+transaction, each seeing what was committed when it ran.
 
 Only the cursor and the transaction boundaries differ from SQLAlchemy's aiosqlite dialect; the engine is made with
 ``module=dbapi()``.
@@ -165,6 +167,9 @@ def writer_for(database: str) -> Writer | None:
     return writer
 
 
+# The pending BEGIN of a write transaction that begins at its first write (OneHopConnection.begin).
+WRITE_AT_FIRST_WRITE = "BEGIN IMMEDIATE at the first write"
+
 # What one statement returns from aiosqlite's thread: description, rows, row count, last row id.
 _Outcome = tuple[Any, list[Any], int, int | None]
 
@@ -232,7 +237,14 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         connection = cast(OneHopConnection, self._adapt_connection)
         driver: Any = connection._connection  # an aiosqlite.Connection
         async with connection._execute_mutex:
-            begin, connection._pending_begin = connection._pending_begin, None
+            if connection._pending_begin is WRITE_AT_FIRST_WRITE:
+                if connection.next_reads_only:
+                    begin = None  # a read before the transaction's first write: a snapshot of its own, no lock
+                else:
+                    await connection._take_writer()
+                    begin, connection._pending_begin = "BEGIN IMMEDIATE", None
+            else:
+                begin, connection._pending_begin = connection._pending_begin, None
             # aiosqlite's own queue: the function runs in the connection's thread (the private name is the one
             # SQLAlchemy's adapter uses too; the lock file pins aiosqlite).
             outcome: _Outcome = await driver._execute(_run, driver._conn, operation, parameters, many, begin)
@@ -264,28 +276,46 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     the event loop, the longer the busier the machine). SQLAlchemy begins a transaction just before its first
     statement, so nothing runs between the two either way."""
 
-    __slots__ = ("_holding", "_pending_begin", "_writer")
+    __slots__ = ("_holding", "_pending_begin", "_writer", "next_reads_only")
     _cursor_cls = OneHopCursor
 
     def __init__(self, dbapi: Any, connection: Any, writer: Writer | None) -> None:
         super().__init__(dbapi, connection)
         self._writer = writer
         self._holding = False
-        # The BEGIN the next statement sends first (None: a transaction is open, or none was begun).
+        # The BEGIN the next statement sends first (None: a transaction is open, or none was begun), or
+        # WRITE_AT_FIRST_WRITE.
         self._pending_begin: str | None = None
+        # Whether the statement about to run only reads (a SELECT without FOR UPDATE), told by shared.db before each
+        # statement of a transaction begun with ``at_first_write``.
+        self.next_reads_only = False
 
-    def begin(self, *, write: bool) -> None:
-        """Start a transaction: a write one (``BEGIN IMMEDIATE``, after taking the writer lock) or a read one."""
+    def begin(self, *, write: bool, at_first_write: bool = False) -> None:
+        """Start a transaction: a write one (``BEGIN IMMEDIATE``, after taking the writer lock) or a read one.
+        ``at_first_write``: the write transaction (and the writer lock) begins with its first statement that is not
+        a plain read; the reads before it run each on its own, as under PostgreSQL's READ COMMITTED."""
         try:
-            await_(self._begin(write))
+            await_(self._begin(write, at_first_write))
         except Exception as error:
             self._handle_exception(error)
 
-    async def _begin(self, write: bool) -> None:
-        if write and self._writer is not None:
+    async def _begin(self, write: bool, at_first_write: bool) -> None:
+        if write and at_first_write:
+            self._pending_begin = WRITE_AT_FIRST_WRITE
+            return
+        if write:
+            await self._take_writer()
+        self._pending_begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+
+    async def _take_writer(self) -> None:
+        if self._writer is not None:
             await self._writer.acquire()
             self._holding = True
-        self._pending_begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+
+    @property
+    def begins_at_first_write(self) -> bool:
+        """Whether a write transaction was begun and waits for its first write (see :meth:`begin`)."""
+        return self._pending_begin is WRITE_AT_FIRST_WRITE
 
     def _release(self) -> None:
         if self._holding:
@@ -295,7 +325,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         try:
-            if self._pending_begin is None:  # else no statement ran: nothing to commit, no hop
+            if self._pending_begin is None:  # else nothing was written: nothing to commit, no hop
                 super().commit()
         finally:
             self._pending_begin = None

@@ -260,8 +260,6 @@ async def submit(
         status=ApplicationStatus.RECEIVED.value,
         updated_at=now,
     )
-    repo.session.add(application)
-    await repo.session.flush()
     event = await outbox.emit(
         repo.session,
         ApplicationSubmitted(
@@ -297,6 +295,11 @@ async def submit(
         else Localized(ko="창구에서 신청이 접수되었습니다", en="Application filed for you at a counter"),
         details={"life_event": application.life_event, "channel": application.channel, **_by(authority)},
     )
+    # The first write (on SQLite it takes the writer lock), once all that goes with it is built.
+    representation_id = representation.id if representation is not None else None
+    filed = await repo.file(application, representation_id=representation_id, today=today)
+    if not filed:  # erased, or no longer represented, since it was checked: as a request made now would be answered
+        raise _invalid([_error("resident_id", "is not a registered resident", "unknown_resident")])
     if filed_by is not None:
         await record_access(
             repo,

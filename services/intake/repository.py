@@ -9,14 +9,30 @@ import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_, exists, false, inspect, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Insert,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    false,
+    insert,
+    inspect,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.sql.elements import NamedColumn
 
 from services.intake.models import (
     Application,
@@ -222,6 +238,19 @@ class Repository:
         )
         row = (await self.session.execute(query)).one_or_none()
         return (None, None) if row is None else (row[0], row[1])
+
+    async def file(self, application: Application, *, representation_id: uuid.UUID | None, today: dt.date) -> bool:
+        """Insert a new application, unless since it was checked its resident's data was erased or the representation
+        it is filed under was revoked or ran out (False). The condition is part of the INSERT, so it holds where the
+        write happens: on SQLite under the writer lock, which a request takes at its first write, after its checks
+        (shared.db); on PostgreSQL with the resident's row locked (FOR KEY SHARE), which an erasure's FOR UPDATE waits
+        for, and which waits for an erasure under way. Rows already added that refer to the application (its event,
+        its timeline entry) are written after it: what is built for a filing is built before its first write."""
+        values = {column.key: getattr(application, key) for key, column in _application_columns()}
+        values |= {"representation_id": representation_id, "today": today} if representation_id is not None else {}
+        statement = _filing(represented=representation_id is not None)
+        with self.session.no_autoflush:  # rows added that refer to it (its event, its timeline) are written after it
+            return (await self.session.execute(statement, values)).first() is not None
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
@@ -697,3 +726,35 @@ async def get_repository(session: SessionDep) -> Repository:
 
 
 RepositoryDep = Annotated[Repository, Depends(get_repository)]
+
+
+@functools.cache
+def _application_columns() -> tuple[tuple[str, NamedColumn[Any]], ...]:
+    """An application's attributes and their columns."""
+    return tuple((prop.key, prop.columns[0]) for prop in inspect(Application).column_attrs)
+
+
+@functools.cache
+def _filing(*, represented: bool) -> Insert:
+    """The statement of :meth:`Repository.file`, made once (only its values change): ``INSERT INTO applications ...
+    SELECT <the values> WHERE <the resident and the representation still stand>``."""
+    conditions = [
+        select(Resident.id)
+        .where(Resident.id == bindparam("resident_id"), Resident.erased_at.is_(None))
+        .with_for_update(read=True, key_share=True)
+        .exists()
+    ]
+    if represented:
+        conditions.append(
+            select(Representation.id)
+            .where(
+                Representation.id == bindparam("representation_id"),
+                Representation.revoked_at.is_(None),
+                Representation.expires_on >= bindparam("today", type_=Date),
+            )
+            .exists()
+        )
+    columns = [column for _, column in _application_columns()]
+    rows = select(*(bindparam(column.key, type_=column.type) for column in columns)).where(*conditions)
+    table = cast(Table, Application.__table__)
+    return insert(table).from_select([column.name for column in columns], rows).returning(table.c.id)

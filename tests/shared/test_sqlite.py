@@ -299,3 +299,69 @@ async def test_a_read_only_unit_of_work_refuses_to_write_and_runs_its_deferred_w
 
     async with db.read_session() as session:
         assert list((await session.execute(select(items.c.name))).scalars()) == ["recorded"]
+
+
+async def test_a_request_reads_before_its_first_write_without_the_writer_lock_and_writes_holding_it(
+    impatient_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``session(reads_first=True)``: while another transaction holds the writer lock, a request's reads run (each
+    seeing what is committed), a request that only reads ends without ever waiting, and its first write waits for the
+    lock, then writes in one transaction with what follows. A read ``FOR UPDATE`` waits for the lock as a write does."""
+    db = impatient_db
+    async with db.session() as session:
+        await session.execute(insert(items).values(name="committed", size=1))
+    holder_wrote, holder_may_commit = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with db.session() as session:
+            await session.execute(insert(items).values(name="held", size=2))
+            holder_wrote.set()
+            await holder_may_commit.wait()
+
+    held = asyncio.create_task(holder())
+    await holder_wrote.wait()
+
+    async def only_reads() -> list[str]:
+        async with db.session(reads_first=True) as session:
+            first = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+            second = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+            assert first == second
+            return first
+
+    assert await asyncio.wait_for(only_reads(), timeout=30) == ["committed"]
+
+    read, may_write = asyncio.Event(), asyncio.Event()
+    seen: list[list[str]] = []
+
+    async def reads_then_writes() -> None:
+        async with db.session(reads_first=True) as session:
+            seen.append(list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars()))
+            read.set()
+            await may_write.wait()
+            await session.execute(insert(items).values(name="after", size=3))
+            seen.append(list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars()))
+
+    async def reads_for_update() -> None:
+        async with db.session(reads_first=True) as session:
+            await session.execute(select(items.c.id).where(items.c.name == "committed").with_for_update())
+            await session.execute(update(items).where(items.c.name == "committed").values(size=10))
+
+    writer = asyncio.create_task(reads_then_writes())
+    await asyncio.wait_for(read.wait(), timeout=30)  # its read did not wait for the lock
+    may_write.set()
+    await wait_until(lambda: _writers_waiting(db, 1))  # its write does
+    locker = asyncio.create_task(reads_for_update())
+    await wait_until(lambda: _writers_waiting(db, 2))  # and so does a read FOR UPDATE
+    assert not writer.done()
+    assert not locker.done()
+    holder_may_commit.set()
+    await asyncio.gather(held, writer, locker)
+    assert seen == [["committed"], ["committed", "held", "after"]]
+    async with db.read_session() as session:
+        rows = {name: size for name, size in await session.execute(select(items.c.name, items.c.size))}
+    assert rows == {"committed": 10, "held": 2, "after": 3}
+
+    # A request that only reads costs one hop a statement and nothing at its end (no BEGIN, no COMMIT).
+    calls = count_hops(monkeypatch)
+    assert await only_reads() == ["committed", "held", "after"]
+    assert len(calls) == 2

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 
 from shared.auth import Role, TokenIssuer
 from tests.services.intake.support import (
@@ -451,3 +452,48 @@ async def test_filing_answers_from_what_it_wrote_reading_the_resident_and_their_
         "INSERT INTO timeline_entries",
     ]
     assert len(sent) == 8, sent  # with the transaction's BEGIN and COMMIT
+    # Its reads come before its first write: on SQLite the writer lock is held for the four INSERTs and the COMMIT.
+    first_write = next(i for i, s in enumerate(sent) if s.startswith("INSERT"))
+    assert not [s for s in sent[first_write:] if s.startswith("SELECT")], sent
+
+
+async def test_an_application_filed_while_its_resident_is_being_erased_is_refused_and_leaves_nothing(
+    intake: RunningService,
+) -> None:
+    """A filing checks its resident before it writes (on SQLite before it takes the writer lock) and files only if
+    they still stand where it writes: an erasure committed in between, which did not see the application, refuses
+    it (422, as a filing made afterwards is), and nothing of it is written."""
+    import asyncio
+
+    from services.intake import erasure
+    from services.intake.context import IntakeContext
+    from services.intake.repository import Repository
+    from services.intake.schemas import ErasureCreate
+    from shared.auth import Principal
+
+    resident_id, me = await register_self(intake)
+    db = intake.runtime.db
+    resident = Principal(subject=f"resident:{resident_id}", role=Role.RESIDENT, resident_id=resident_id)
+
+    async def filing_waits_to_write() -> bool:
+        if db.dialect == "sqlite":
+            return db.writers_waiting() == 1
+        async with db.engine.connect() as conn:  # waiting for the erasure's lock of the resident's row
+            waiting = await conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        return bool(waiting)
+
+    async with db.session() as session:
+        await erasure.request(
+            Repository(session), intake.context(IntakeContext), resident, resident_id, ErasureCreate(confirm=True)
+        )
+        filing = asyncio.create_task(
+            intake.client.post("/v1/applications", json=birth_application(resident_id), headers=me)
+        )
+        await wait_until(filing_waits_to_write)
+    response = await filing
+    assert response.status_code == 422, response.text
+    assert problem_fields(response) == {"resident_id"}
+    async with db.read_session() as session:
+        filed = await session.scalar(text("SELECT count(*) FROM applications"))
+        keys = await session.scalar(text("SELECT count(*) FROM idempotency_keys"))
+    assert (filed, keys) == (0, 0)
