@@ -16,6 +16,7 @@ from shared.auth import Principal, Role
 from shared.db import Database
 from shared.idempotency import Idempotency, IdempotencyKeyReused, StoredResponse
 from shared.tables import platform_tables
+from tests.support.databases import database_with
 
 metadata = MetaData()
 tables = platform_tables(metadata)
@@ -34,11 +35,8 @@ class Thing(BaseModel):
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    async with database.engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-    yield database
-    await database.dispose()
+    async with database_with(database_url, metadata) as database:
+        yield database
 
 
 class Pause:
