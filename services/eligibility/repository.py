@@ -4,6 +4,7 @@ Nothing here commits: the request or the event handler does."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
@@ -628,10 +629,13 @@ class Repository:
             ).bindparams(*expanding),
             params,
         )
-        residents = (
-            _unpacked([packed_residents], _RESIDENT_COLUMNS)
-            .with_columns(pl.col("registry_version").cast(pl.Int64))
-            .sort("resident_id")
+        # Split off the event loop (Polars lets go of the GIL): a page of thousands of residents held it 100+ ms.
+        residents = await asyncio.to_thread(
+            lambda: (
+                _unpacked([packed_residents], _RESIDENT_COLUMNS)
+                .with_columns(pl.col("registry_version").cast(pl.Int64))
+                .sort("resident_id")
+            )
         )
         if not residents.height:
             return _residents_of(residents), _no_facts()
@@ -657,8 +661,8 @@ class Repository:
             chunk = ids[start : start + _FACTS_PER_TEXT]
             bounds = {"only": chunk} if sparse else {"first": chunk[0], "last": chunk[-1]}
             texts.append(await self.session.scalar(query, bounds))
-        facts = _unpacked(texts, ["resident_id", "name", "department", "value", "observed_at", "valid_until", "id"])
-        return _residents_of(residents), _facts_of(facts)
+        columns = ["resident_id", "name", "department", "value", "observed_at", "valid_until", "id"]
+        return await asyncio.to_thread(lambda: (_residents_of(residents), _facts_of(_unpacked(texts, columns))))
 
     async def declared_answers(
         self, first: uuid.UUID, last: uuid.UUID, only: Sequence[uuid.UUID] | None = None
@@ -745,7 +749,8 @@ async def _copy_csv(driver: Any, query: str, args: Sequence[Any], columns: list[
     schema = _schema(columns)
     if not any(chunks):
         return pl.DataFrame(schema=schema)
-    return pl.read_csv(b"".join(chunks), has_header=False, new_columns=columns, schema=schema)
+    # Polars parses in its own threads; on this one it would hold the event loop for the whole page meanwhile.
+    return await asyncio.to_thread(pl.read_csv, b"".join(chunks), has_header=False, new_columns=columns, schema=schema)
 
 
 # Residents whose facts SQLite sends as one text (a few hundred bytes each: a text of some megabytes).

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import uuid
 from typing import Any
 
 import polars as pl
+import pytest
 from sqlalchemy import insert
 
+from services.eligibility import repository
 from services.eligibility.main import MIGRATIONS
 from services.eligibility.models import DepartmentFactRow, ResidentAnswerRow, ResidentRow, ScreeningReviewRow
 from services.eligibility.population import read_page
@@ -184,3 +187,38 @@ async def test_the_pages_of_one_read_see_one_snapshot(database_url: str) -> None
     assert rest[1].height == 5, "the fact reported meanwhile is not read"
     assert now_seen[0].height == 6, "a later read sees the resident"
     assert now_seen[1].height == 6, "and the fact"
+
+
+async def test_a_page_is_parsed_off_the_event_loop(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page of thousands of residents is parsed by Polars (CSV from COPY on PostgreSQL, packed texts on SQLite):
+    done on the event loop's thread it held the loop 100 ms and more, every request and event waiting. It is parsed
+    on another thread (Polars lets go of the GIL meanwhile), and the page is the same."""
+    await upgrade(database_url, MIGRATIONS)
+    people = [resident(n, consenting=True) for n in range(1, 11)]
+    facts = [fact(n, k, p["resident_id"]) for n, p in enumerate(people) for k in range(3)]
+    parsed_on: list[int] = []
+    unpacked, read_csv = repository._unpacked, pl.read_csv
+
+    def unpacking(*args: Any, **kwargs: Any) -> Any:
+        parsed_on.append(threading.get_ident())
+        return unpacked(*args, **kwargs)
+
+    def reading(*args: Any, **kwargs: Any) -> Any:
+        parsed_on.append(threading.get_ident())
+        return read_csv(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "_unpacked", unpacking)
+    monkeypatch.setattr(pl, "read_csv", reading)
+    db = Database(database_url)
+    try:
+        async with db.session() as session:
+            await session.execute(insert(ResidentRow), people)
+            await session.execute(insert(DepartmentFactRow), facts)
+        async with db.read_session() as session:
+            residents, found = await Repository(session).registry_page(None, 100, None)
+    finally:
+        await db.dispose()
+    assert residents.height == len(people)
+    assert found.height == len(facts)
+    assert parsed_on, "the page was parsed"
+    assert threading.get_ident() not in parsed_on, "parsed on the event loop's thread"
