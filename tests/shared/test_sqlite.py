@@ -160,31 +160,43 @@ async def impatient_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Async
     await database.dispose()
 
 
+class LockHolder:
+    """A write transaction that has written a row ``name`` and holds the process's writer lock until let go."""
+
+    def __init__(self, db: Database, name: str, size: int) -> None:
+        self.wrote, self.may_commit = asyncio.Event(), asyncio.Event()
+        self.task = asyncio.create_task(self._hold(db, name, size))
+
+    async def _hold(self, db: Database, name: str, size: int) -> None:
+        async with db.session() as session:
+            await session.execute(insert(items).values(name=name, size=size))
+            self.wrote.set()
+            await self.may_commit.wait()
+
+    @classmethod
+    async def holding(cls, db: Database, name: str, size: int = 1) -> LockHolder:
+        holder = cls(db, name, size)
+        await holder.wrote.wait()
+        return holder
+
+
 async def test_concurrent_writers_take_turns_without_sqlite_busy_each_starting_after_the_one_before(
     impatient_db: Database,
 ) -> None:
     db = impatient_db
-    first_wrote, first_may_commit = asyncio.Event(), asyncio.Event()
     seen_by: dict[str, list[str]] = {}
-
-    async def first() -> None:
-        async with db.session() as session:
-            await session.execute(insert(items).values(name="first", size=1))
-            first_wrote.set()
-            await first_may_commit.wait()
 
     async def writer(name: str) -> None:
         async with db.session() as session:
             seen_by[name] = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
             await session.execute(insert(items).values(name=name, size=2))
 
-    holder = asyncio.create_task(first())
-    await first_wrote.wait()
+    first = await LockHolder.holding(db, "first")
     waiting = [asyncio.create_task(writer(f"w{n}")) for n in range(2)]
     await wait_until(lambda: _writers_waiting(db, 2))
     assert not any(task.done() for task in waiting), "no writer began while the first held the write lock"
-    first_may_commit.set()
-    await asyncio.gather(holder, *waiting)
+    first.may_commit.set()
+    await asyncio.gather(first.task, *waiting)
 
     # One after the other: each began once the one before had committed, and saw all that was written before it.
     async with db.read_session() as session:
@@ -196,13 +208,6 @@ async def test_concurrent_writers_take_turns_without_sqlite_busy_each_starting_a
 
 async def test_a_request_waiting_to_write_goes_before_background_work_that_asked_first(impatient_db: Database) -> None:
     db = impatient_db
-    first_wrote, first_may_commit = asyncio.Event(), asyncio.Event()
-
-    async def first() -> None:
-        async with db.session() as session:
-            await session.execute(insert(items).values(name="first", size=1))
-            first_wrote.set()
-            await first_may_commit.wait()
 
     async def writer(name: str, *, in_background: bool) -> None:
         if in_background:
@@ -210,14 +215,13 @@ async def test_a_request_waiting_to_write_goes_before_background_work_that_asked
         async with db.session() as session:
             await session.execute(insert(items).values(name=name, size=2))
 
-    holder = asyncio.create_task(first())
-    await first_wrote.wait()
+    first = await LockHolder.holding(db, "first")
     batch = asyncio.create_task(writer("batch", in_background=True))
     await wait_until(lambda: _writers_waiting_at_all(db, 1))
     request = asyncio.create_task(writer("request", in_background=False))
     await wait_until(lambda: _writers_waiting(db, 1))
-    first_may_commit.set()
-    await asyncio.gather(holder, request, batch)
+    first.may_commit.set()
+    await asyncio.gather(first.task, request, batch)
 
     async with db.read_session() as session:
         written = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
@@ -310,16 +314,7 @@ async def test_a_request_reads_before_its_first_write_without_the_writer_lock_an
     db = impatient_db
     async with db.session() as session:
         await session.execute(insert(items).values(name="committed", size=1))
-    holder_wrote, holder_may_commit = asyncio.Event(), asyncio.Event()
-
-    async def holder() -> None:
-        async with db.session() as session:
-            await session.execute(insert(items).values(name="held", size=2))
-            holder_wrote.set()
-            await holder_may_commit.wait()
-
-    held = asyncio.create_task(holder())
-    await holder_wrote.wait()
+    held = await LockHolder.holding(db, "held", 2)
 
     async def only_reads() -> list[str]:
         async with db.session(reads_first=True) as session:
@@ -354,8 +349,8 @@ async def test_a_request_reads_before_its_first_write_without_the_writer_lock_an
     await wait_until(lambda: _writers_waiting(db, 2))  # and so does a read FOR UPDATE
     assert not writer.done()
     assert not locker.done()
-    holder_may_commit.set()
-    await asyncio.gather(held, writer, locker)
+    held.may_commit.set()
+    await asyncio.gather(held.task, writer, locker)
     assert seen == [["committed"], ["committed", "held", "after"]]
     async with db.read_session() as session:
         rows = {name: size for name, size in await session.execute(select(items.c.name, items.c.size))}
