@@ -730,7 +730,8 @@ RepositoryDep = Annotated[Repository, Depends(get_repository)]
 
 @functools.cache
 def _application_columns() -> tuple[tuple[str, NamedColumn[Any]], ...]:
-    """An application's attributes and their columns."""
+    """An application's attributes and their columns. :meth:`Repository.file` gives every column its value from the
+    object, so a column default (which the ORM would apply at a flush) never applies: the model has none."""
     return tuple((prop.key, prop.columns[0]) for prop in inspect(Application).column_attrs)
 
 
