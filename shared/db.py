@@ -402,6 +402,27 @@ def pending_rows(session: AsyncSession | Session, model: type[T]) -> list[T]:
     return still
 
 
+# Key of ``Session.info``: how many rows were added since the session last wrote (see unwritten_rows).
+_UNWRITTEN = "onestop_unwritten_rows"
+
+
+@event.listens_for(Session, "transient_to_pending")
+def _count_added(session: Session, instance: object) -> None:
+    session.info[_UNWRITTEN] = session.info.get(_UNWRITTEN, 0) + 1
+
+
+@event.listens_for(Session, "after_flush_postexec")
+def _count_written(session: Session, flush_context: Any) -> None:
+    session.info[_UNWRITTEN] = 0
+
+
+def unwritten_rows(session: AsyncSession) -> int:
+    """How many rows were added to the session since it last wrote (rows a savepoint's rollback took back still count
+    until then): what its next flush has to prepare in one go, the loop held meanwhile."""
+    info: dict[str, Any] = session.sync_session.info
+    return int(info.get(_UNWRITTEN, 0))
+
+
 _KEY_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {}
 
 

@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, registry
 
 from shared import sqlite
-from shared.consumer import Subscription, on
+from shared.consumer import WRITE_EVERY, Subscription, on
 from shared.db import background
 from shared.events import ApplicationWithdrawn, CloudEvent
 from shared.observability import Metrics
@@ -280,4 +281,58 @@ async def test_a_batch_keeps_the_loop_between_its_events_until_it_has_run_its_tu
         between = await _turns_of_the_loop(h, yield_every=3600.0)
         assert between == set(), f"the batch gave the loop away after {sorted(between)} of its events"
     finally:
+        await h.stop()
+
+
+class _Effect:
+    """An ``effects`` row as the ORM writes it: added to the session, written when it flushes."""
+
+    def __init__(self, *, application_id: str, event_id: str, applied_at: dt.datetime) -> None:
+        self.application_id = application_id
+        self.event_id = event_id
+        self.applied_at = applied_at
+
+
+registry().map_imperatively(_Effect, effects)
+
+ROWS_PER_EVENT = 20
+
+
+class _AddsRows(Harness):
+    """A handler that adds ``ROWS_PER_EVENT`` rows to the session for each event, as eligibility's add a resident's
+    determinations and routing's their cases."""
+
+    async def apply(self, session: AsyncSession, event: CloudEvent, data: ApplicationWithdrawn) -> None:  # type: ignore[override]
+        now = dt.datetime.now(dt.UTC)
+        for n in range(ROWS_PER_EVENT):
+            session.add(_Effect(application_id=f"{data.application_id}/{n}", event_id=event.id, applied_at=now))
+
+
+async def test_a_batch_writes_its_rows_as_they_add_up_not_all_at_its_end(
+    nats_server: NatsServer, bus_prefix: str, database_url: str
+) -> None:
+    """A flush prepares every row it writes before its first statement, with the event loop held: a batch whose events
+    add many rows writes them once ``WRITE_EVERY`` are waiting, in the same transaction, rather than all at its
+    commit."""
+    h = _AddsRows(nats_url=nats_server.url, prefix=bus_prefix, database_url=database_url)
+    await h.setup()
+    written: list[int] = []  # rows of each flush of the consumer's sessions
+
+    def flushing(session: Session, *_: object) -> None:
+        rows = sum(isinstance(row, _Effect) for row in session.new)
+        if rows:
+            written.append(rows)
+
+    event.listen(Session, "before_flush", flushing)
+    try:
+        events = [h.event(withdrawn()) for _ in range(40)]
+        for e in events:
+            await h.bus.publish_event(e)
+        await h.start_consumer()
+        await _all_applied(h, len(events) * ROWS_PER_EVENT)
+        assert sum(written) == len(events) * ROWS_PER_EVENT
+        assert max(written) < WRITE_EVERY + ROWS_PER_EVENT, f"a flush wrote {max(written)} rows at once"
+        assert len(written) >= 3, "the batch after the first message wrote its rows in pieces"
+    finally:
+        event.remove(Session, "before_flush", flushing)
         await h.stop()
