@@ -238,10 +238,14 @@ class LoopMonitor:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         with _RunQueueClock() as queued:
+            # One reading a tick (the end of one is the start of the next): each is a read of a /proc file.
+            waited = queued()
             while True:
-                due, waited = loop.time() + self.interval, queued()
+                due = loop.time() + self.interval
                 await asyncio.sleep(self.interval)
-                self.observe(loop.time() - due, queued() - waited)
+                now_waited = queued()
+                self.observe(loop.time() - due, now_waited - waited)
+                waited = now_waited
 
     def observe(self, lag: float, preempted: float = 0.0) -> None:
         """One tick: how late the timer ran, and how long meanwhile the OS kept the loop's thread waiting to run."""
