@@ -323,6 +323,22 @@ class OutboxRelay:
         self._leader: AsyncConnection | None = None
         self._lock_file: IO[bytes] | None = None
         self._passes = 0
+        # A pass's two statements, made once: a pass runs at nearly every commit that emits, and a statement used
+        # again is neither built nor given its cache key again.
+        self._unsent = (
+            select(self.table.c.id, self.table.c.event_id, self.table.c.subject, self.table.c.payload)
+            .where(self.table.c.published_at.is_(None))
+            .order_by(self.table.c.id)
+            .limit(batch_size)
+        )
+        self._mark_sent = (
+            update(self.table)
+            .where(self.table.c.id == bindparam("row_id"))
+            .values(
+                published_at=bindparam("now", type_=self.table.c.published_at.type),
+                stream_seq=bindparam("seq", type_=self.table.c.stream_seq.type),
+            )
+        )
         db.on_commit(self._after_commit)
 
     def _after_commit(self, session: AsyncSession) -> None:
@@ -374,14 +390,7 @@ class OutboxRelay:
             return 0
         # Read-only: on SQLite it neither waits for nor holds up the writers while NATS is answering.
         async with self.db.read_session() as session:
-            rows = (
-                await session.execute(
-                    select(self.table.c.id, self.table.c.event_id, self.table.c.subject, self.table.c.payload)
-                    .where(self.table.c.published_at.is_(None))
-                    .order_by(self.table.c.id)
-                    .limit(self.batch_size)
-                )
-            ).all()
+            rows = (await session.execute(self._unsent)).all()
         self.metrics.outbox_backlog.set(len(rows))
         if not rows:
             await self._purge_now_and_then()
@@ -409,10 +418,11 @@ class OutboxRelay:
             now = dt.datetime.now(dt.UTC)
             async with self.db.session() as session:
                 await session.execute(
-                    update(self.table)
-                    .where(self.table.c.id == bindparam("row_id"))
-                    .values(published_at=now, stream_seq=bindparam("seq")),
-                    [{"row_id": row.id, "seq": ack.seq} for row, ack in zip(rows[:acked], acks, strict=True)],
+                    self._mark_sent,
+                    [
+                        {"row_id": row.id, "seq": ack.seq, "now": now}
+                        for row, ack in zip(rows[:acked], acks, strict=True)
+                    ],
                 )
             self.metrics.events_published.inc(acked)
         return acked
