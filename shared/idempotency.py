@@ -78,6 +78,11 @@ class Idempotency:
     def __init__(self, tables: PlatformTables) -> None:
         self.table = tables.idempotency_keys
         self._statements: dict[str, Insert] = {}
+        # Made once, as the INSERT is: a statement used again is neither built nor given its cache key again, at
+        # every request that has a key.
+        self._stored = select(self.table).where(
+            self.table.c.principal == bindparam("principal"), self.table.c.key == bindparam("key")
+        )
 
     def _storing(self, dialect: str) -> Insert:
         """``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of an answer, made once per dialect (only values change)."""
@@ -96,11 +101,7 @@ class Idempotency:
         self, session: AsyncSession, principal: Principal, key: str, method: str, path: str, body: Any
     ) -> StoredResponse | None:
         """The stored response for a retry, None for a first request; refuses a key reused with another body."""
-        row = (
-            await session.execute(
-                select(self.table).where(self.table.c.principal == principal.subject, self.table.c.key == key)
-            )
-        ).one_or_none()
+        row = (await session.execute(self._stored, {"principal": principal.subject, "key": key})).one_or_none()
         if row is None:
             return None
         if row.fingerprint != fingerprint(method, path, body):

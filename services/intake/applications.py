@@ -50,6 +50,7 @@ from services.intake.status import (
     refresh_status,
     settled,
     status_view,
+    timeline_entry,
 )
 from shared.audit import Authority
 from shared.auth import Principal
@@ -260,8 +261,9 @@ async def submit(
         status=ApplicationStatus.RECEIVED.value,
         updated_at=now,
     )
-    event = await outbox.emit(
-        repo.session,
+    # The event and the timeline entry are written after the application (the first write) by core INSERTs of what
+    # was built here, before the writer lock was taken: the ORM's unit of work cost more than the statements.
+    event, payload = outbox.event(
         ApplicationSubmitted(
             application_id=application.id,
             resident_id=resident.id,
@@ -282,8 +284,7 @@ async def submit(
         ),
         subject=str(application.id),
     )
-    received = add_timeline(
-        repo,
+    received = timeline_entry(
         application.id,
         event_id=event.id,
         event_type=event.event_type,
@@ -300,6 +301,8 @@ async def submit(
     filed = await repo.file(application, representation_id=representation_id, today=today)
     if not filed:  # erased, or no longer represented, since it was checked: as a request made now would be answered
         raise _invalid([_error("resident_id", "is not a registered resident", "unknown_resident")])
+    await outbox.write(repo.session, [(event, payload)])
+    await repo.write_timeline(received)
     if filed_by is not None:
         await record_access(
             repo,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Date,
     Insert,
+    Select,
     Table,
     and_,
     bindparam,
@@ -180,6 +181,17 @@ def _household_case_of_resident() -> ColumnElement[bool]:
 
 
 @functools.cache
+def _resident_and_household_case() -> Select[Resident, HouseholdCaseStatus]:
+    """:meth:`Repository.resident_and_household_case`'s query, built once (building it cost as much CPU as running
+    it; a statement used again also keeps its cache key)."""
+    return (
+        select(Resident, HouseholdCaseStatus)
+        .outerjoin(HouseholdCaseStatus, _household_case_of_resident())
+        .where(Resident.id == bindparam("resident_id"))
+    )
+
+
+@functools.cache
 def _status_part_arrays(dialect: str) -> tuple[Any, ...]:
     """An application's cases, notifications, timeline and referrals, each a JSON array in the order the view shows
     them."""
@@ -231,12 +243,7 @@ class Repository:
     ) -> tuple[Resident | None, HouseholdCaseStatus | None]:
         """Unscoped, as :meth:`resident`: the resident and their household case (:meth:`household_case_of`), in one
         statement (filing an application shows the household case in its answer)."""
-        query = (
-            select(Resident, HouseholdCaseStatus)
-            .outerjoin(HouseholdCaseStatus, _household_case_of_resident())
-            .where(Resident.id == resident_id)
-        )
-        row = (await self.session.execute(query)).one_or_none()
+        row = (await self.session.execute(_resident_and_household_case(), {"resident_id": resident_id})).one_or_none()
         return (None, None) if row is None else (row[0], row[1])
 
     async def file(self, application: Application, *, representation_id: uuid.UUID | None, today: dt.date) -> bool:
@@ -251,6 +258,13 @@ class Repository:
         statement = _filing(represented=representation_id is not None)
         with self.session.no_autoflush:  # rows added that refer to it (its event, its timeline) are written after it
             return (await self.session.execute(statement, values)).first() is not None
+
+    async def write_timeline(self, entry: TimelineEntry) -> None:
+        """Write a new timeline entry at once, with a core INSERT of its values (:func:`status.timeline_entry`): for a
+        request that builds what it writes before its first write, where the ORM's unit of work would cost more than
+        the statement. The entry's ``id`` stays unset: nothing shown of an entry is its id."""
+        values = {column.key: getattr(entry, key) for key, column in _timeline_columns()}
+        await self.session.execute(_writing_timeline(), values)
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
@@ -733,6 +747,19 @@ def _application_columns() -> tuple[tuple[str, NamedColumn[Any]], ...]:
     """An application's attributes and their columns. :meth:`Repository.file` gives every column its value from the
     object, so a column default (which the ORM would apply at a flush) never applies: the model has none."""
     return tuple((prop.key, prop.columns[0]) for prop in inspect(Application).column_attrs)
+
+
+@functools.cache
+def _timeline_columns() -> tuple[tuple[str, NamedColumn[Any]], ...]:
+    """A timeline entry's attributes and their columns, but its id (the database numbers the entries)."""
+    return tuple((prop.key, prop.columns[0]) for prop in inspect(TimelineEntry).column_attrs if prop.key != "id")
+
+
+@functools.cache
+def _writing_timeline() -> Insert:
+    """The statement of :meth:`Repository.write_timeline`, made once (only its values change)."""
+    table = cast(Table, TimelineEntry.__table__)
+    return insert(table).values({column.name: bindparam(key, type_=column.type) for key, column in _timeline_columns()})
 
 
 @functools.cache

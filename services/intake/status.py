@@ -252,6 +252,30 @@ async def refresh_statuses(session: AsyncSession) -> None:
             application.status = derive_status(application, determination, cases.get(application_id, []))
 
 
+def timeline_entry(
+    application_id: uuid.UUID,
+    *,
+    event_id: str,
+    event_type: str,
+    at: dt.datetime,
+    summary: Localized,
+    details: dict[str, Any] | None = None,
+    program_code: str | None = None,
+    case_id: uuid.UUID | None = None,
+) -> TimelineEntry:
+    """A timeline entry, not written yet (:func:`add_timeline` adds it to the transaction)."""
+    return TimelineEntry(
+        application_id=application_id,
+        event_id=event_id,
+        event_type=event_type,
+        occurred_at=at,
+        program_code=program_code,
+        case_id=case_id,
+        summary=summary.model_dump(),
+        details=details or {},
+    )
+
+
 def add_timeline(
     repo: Repository,
     application_id: uuid.UUID,
@@ -264,15 +288,15 @@ def add_timeline(
     program_code: str | None = None,
     case_id: uuid.UUID | None = None,
 ) -> TimelineEntry:
-    entry = TimelineEntry(
-        application_id=application_id,
+    entry = timeline_entry(
+        application_id,
         event_id=event_id,
         event_type=event_type,
-        occurred_at=at,
+        at=at,
+        summary=summary,
+        details=details,
         program_code=program_code,
         case_id=case_id,
-        summary=summary.model_dump(),
-        details=details or {},
     )
     repo.session.add(entry)
     return entry

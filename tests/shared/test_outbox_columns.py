@@ -188,3 +188,31 @@ async def test_the_events_of_a_transaction_are_written_together_in_the_order_emi
     async with db.read_session() as session:
         stored = (await session.execute(select(tables.outbox.c.event_id).order_by(tables.outbox.c.id))).scalars()
         assert list(stored) == [e.id for e in [*first, *more, *bulk]]
+
+
+async def test_an_envelope_made_before_the_transaction_writes_is_written_at_once_after_the_events_before_it(
+    db: Database,
+) -> None:
+    """``event`` makes the envelope ``emit`` would write, and its text, without writing anything (a request builds
+    what it writes before it takes SQLite's writer lock); ``write`` then writes it at once, in one INSERT, after the
+    events emitted before it and not written yet, and wakes the relay when the transaction commits."""
+    outbox = Outbox(tables, prefix="onestop", source=SOURCE)
+    data = opportunity(uuid.uuid4(), 100, uuid.uuid4(), dt.datetime.now(dt.UTC))
+    with statements_sent(db) as statements:
+        async with db.session() as session:
+            before = await outbox.emit(session, data)
+            made, payload = outbox.event(data, subject="made-apart")
+            assert statements == [], "nothing written: neither the event emitted nor the one made"
+            assert session.info.get(PENDING_KEY) is True  # set by emit
+            session.info.pop(PENDING_KEY)
+            await outbox.write(session, [(made, payload)])
+            inserts = [s for s in statements if s.startswith("INSERT INTO outbox")]
+            assert len(inserts) == 2, "the event emitted before (flushed first), then the one made"
+            assert session.info[PENDING_KEY] is True, "the relay is woken when this commits"
+    async with db.read_session() as session:
+        rows = (await session.execute(select(tables.outbox).order_by(tables.outbox.c.id))).all()
+    assert [r.event_id for r in rows] == [before.id, made.id]
+    assert rows[1].subject == "onestop.eligibility.opportunity"
+    assert rows[1].payload == payload == made.to_json().decode()
+    back = CloudEvent.from_json(rows[1].payload)
+    assert (back.subject, back.source, back.data_as(EligibilityOpportunity)) == ("made-apart", SOURCE, data)

@@ -445,11 +445,11 @@ async def test_filing_answers_from_what_it_wrote_reading_the_resident_and_their_
     assert len(reads) == 2, reads  # the Idempotency-Key's stored answer (none), the resident with their household case
     assert "FROM residents LEFT OUTER JOIN household_cases" in reads[1]
     writes = [s.split(" (")[0] for s in sent if s.startswith("INSERT")]
-    assert sorted(writes) == [  # one INSERT a table, in the order the unit of work flushes them
-        "INSERT INTO applications",
-        "INSERT INTO idempotency_keys",
+    assert writes == [  # one INSERT a table: the application first (where its resident is checked again), then
+        "INSERT INTO applications",  # its event and its timeline entry, then the key
         "INSERT INTO outbox",
         "INSERT INTO timeline_entries",
+        "INSERT INTO idempotency_keys",
     ]
     assert len(sent) == 8, sent  # with the transaction's BEGIN and COMMIT
     # Its reads come before its first write: on SQLite the writer lock is held for the four INSERTs and the COMMIT.
