@@ -355,8 +355,8 @@ async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with
     """``session.get(model, key)`` without writing what is pending first. A consumer's transaction then writes the
     rows of all its events together at its end (rows of one table in one statement), instead of flushing before each
     lookup. A row added in this transaction and not written yet is not in the identity map: it is found among the
-    session's new objects (a savepoint's rollback removes it from them), so the answer is the one a flush would
-    give."""
+    session's new rows of ``model`` by its primary key (see :func:`pending_rows`; a savepoint's rollback takes it
+    back), so the answer is the one a flush would give."""
     mapper = inspect(model)
     wanted = tuple(key) if isinstance(key, tuple) else (key,)
     known = session.sync_session.identity_map.get(mapper.identity_key_from_primary_key(wanted))
@@ -365,10 +365,12 @@ async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with
     fresh = known is not None and not with_for_update and not inspect(known).expired_attributes
     if fresh and known not in session.deleted:
         return known
-    attributes = _key_attributes(model)
-    for instance in pending_rows(session, model):
-        if all(getattr(instance, a) == w for a, w in zip(attributes, wanted, strict=True)):
-            return instance
+    added: dict[type[Any], _Added] | None = session.info.get(_ADDED)
+    rows = added.get(model) if added else None
+    if rows:
+        pending: T | None = rows.with_key(_key_attributes(model), wanted)
+        if pending is not None:
+            return pending
     absent: set[tuple[Any, ...]] = session.info.get(_ABSENT, set())
     if (model, wanted) in absent:
         # Not there when the transaction looked (note_absent); added since, it is pending or in the identity map.
@@ -377,29 +379,123 @@ async def get_unflushed(session: AsyncSession, model: type[T], key: Any, *, with
         return await session.get(model, key, with_for_update=with_for_update or None)
 
 
-# Keys of ``Session.info``: the rows added to a session, by their class (see pending_rows).
+# Key of ``Session.info``: the rows added to a session and not written yet, by their class (see pending_rows).
 _ADDED = "onestop_added_rows"
+
+
+class _Added:
+    """A session's rows of one class that were added and are still to be written, in order of addition, kept so by
+    the session's events as they come and go; from the first lookup by primary key (:func:`get_unflushed`) on, also
+    by that key. Rows by ``id()``: a mapped class may define its own ``__eq__``."""
+
+    __slots__ = ("attributes", "by_key", "key_of", "rekey", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Any] = {}
+        # The index, from the first lookup: the key attributes, the rows under each key, each row's key.
+        self.attributes: tuple[str, ...] = ()
+        self.by_key: dict[tuple[Any, ...], list[Any]] | None = None
+        self.key_of: dict[int, tuple[Any, ...]] = {}
+        # Rows whose key attributes were set since they were indexed (_key_set): indexed again at the next lookup.
+        self.rekey: set[int] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def add(self, row: Any) -> None:
+        self.rows[id(row)] = row
+        if self.by_key is not None:
+            self._index(row)
+
+    def discard(self, row: Any) -> None:
+        if self.rows.pop(id(row), None) is not None and self.by_key is not None:
+            self._unindex(id(row))
+            self.rekey.discard(id(row))
+
+    def with_key(self, attributes: tuple[str, ...], wanted: tuple[Any, ...]) -> Any:
+        if self.by_key is None:
+            self.attributes, self.by_key = attributes, {}
+            for row in self.rows.values():
+                self._index(row)
+        elif self.rekey:
+            for i in self.rekey:
+                self._unindex(i)
+                self._index(self.rows[i])
+            self.rekey.clear()
+        found = self.by_key.get(wanted)
+        if not found:
+            return None
+        if len(found) > 1:
+            # Rows added with one key (their flush would fail): the first added, as a search in order would find.
+            return next(row for row in self.rows.values() if any(row is f for f in found))
+        return found[0]
+
+    def _index(self, row: Any) -> None:
+        assert self.by_key is not None
+        key = tuple(getattr(row, a) for a in self.attributes)
+        self.key_of[id(row)] = key
+        self.by_key.setdefault(key, []).append(row)
+
+    def _unindex(self, i: int) -> None:
+        assert self.by_key is not None
+        key = self.key_of.pop(i)
+        same = self.by_key[key]
+        same[:] = [row for row in same if id(row) != i]
+        if not same:
+            del self.by_key[key]
+
+
+def _added(session: Session, instance: object) -> _Added | None:
+    added: dict[type[Any], _Added] | None = session.info.get(_ADDED)
+    return added.get(type(instance)) if added else None
 
 
 @event.listens_for(Session, "transient_to_pending")
 def _note_added(session: Session, instance: object) -> None:
-    session.info.setdefault(_ADDED, {}).setdefault(type(instance), []).append(instance)
+    added: dict[type[Any], _Added] = session.info.setdefault(_ADDED, {})
+    rows = added.get(type(instance))
+    if rows is None:
+        rows = added[type(instance)] = _Added()
+    rows.add(instance)
+
+
+# No longer pending: written (its lookups go to the identity map from here), or taken back — by a rollback (of the
+# transaction, or of a savepoint: the rows added since it began), expunged, or an orphan dropped at a flush. A pending
+# row cannot be deleted (Session.delete refuses it, a delete cascade passes it by).
+@event.listens_for(Session, "pending_to_persistent")
+@event.listens_for(Session, "pending_to_transient")
+def _note_gone(session: Session, instance: object) -> None:
+    rows = _added(session, instance)
+    if rows is not None:
+        rows.discard(instance)
+
+
+def _key_set(target: object, *_: Any) -> None:
+    """A key attribute of a row of an indexed class is set (or deleted): if the row is pending and indexed, it is
+    indexed again under its new key at the next lookup — a row added before its key was given is found by it, as a
+    search of every row would find it."""
+    session = inspect(target).session
+    rows = _added(session, target) if session is not None else None
+    if rows is not None and rows.by_key is not None and id(target) in rows.rows:
+        rows.rekey.add(id(target))
 
 
 def pending_rows(session: AsyncSession | Session, model: type[T]) -> list[T]:
-    """The session's new rows of class ``model`` (not its subclasses): those added to it (by ``add`` or a cascade)
-    that are still to be written (not written since, nor taken back by a rollback). Not ``session.new``, which is
-    made afresh from every new row of every class at each look (a consumer's batch holds hundreds; each of its
-    events looks several times)."""
+    """The session's new rows of class ``model`` (not its subclasses), in order of addition: those added to it (by
+    ``add`` or a cascade) that are still to be written (not written since, nor taken back by a rollback). Not
+    ``session.new``, which is made afresh from every new row of every class at each look (a consumer's batch holds
+    hundreds; each of its events looks several times); nor a check of each row added, which is as long."""
     sync = session.sync_session if isinstance(session, AsyncSession) else session
-    added: dict[type[Any], list[Any]] = sync.info.get(_ADDED, {})
-    rows = added.get(model)
-    if not rows:
-        return []
-    still = [row for row in rows if inspect(row).pending and row in sync]
-    if len(still) != len(rows):
-        added[model] = still
-    return still
+    added: dict[type[Any], _Added] | None = sync.info.get(_ADDED)
+    rows = added.get(model) if added else None
+    return list(rows.rows.values()) if rows else []
+
+
+def has_pending_rows(session: AsyncSession | Session, model: type[Any]) -> bool:
+    """Whether :func:`pending_rows` has any, without listing them."""
+    sync = session.sync_session if isinstance(session, AsyncSession) else session
+    added: dict[type[Any], _Added] | None = sync.info.get(_ADDED)
+    return bool(added and added.get(model))
 
 
 # Key of ``Session.info``: how many rows were added since the session last wrote (see unwritten_rows).
@@ -428,11 +524,15 @@ _KEY_ATTRIBUTES: dict[type[Any], tuple[str, ...]] = {}
 
 def _key_attributes(model: type[Any]) -> tuple[str, ...]:
     """The attributes holding ``model``'s primary key, in its order (read directly: the mapper's way is several
-    times slower, and a batch compares hundreds of new rows)."""
+    times slower). The first time, :func:`_key_set` starts to follow them, before any row of ``model`` is indexed."""
     found = _KEY_ATTRIBUTES.get(model)
     if found is None:
         mapper = inspect(model)
-        found = _KEY_ATTRIBUTES[model] = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        found = tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key)
+        for attribute in found:
+            event.listen(getattr(model, attribute), "set", _key_set)
+            event.listen(getattr(model, attribute), "remove", _key_set)
+        _KEY_ATTRIBUTES[model] = found
     return found
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import registry
 
 from shared import tracing
 from shared.bus import Bus, OutgoingMessage
-from shared.db import BULK_PIECE, Database, background, bulk_insert
+from shared.db import BULK_PIECE, Database, background, bulk_insert, has_pending_rows
 from shared.events import CloudEvent, EventData, new_event, subject_for
 from shared.observability import Metrics, current_traceparent
 from shared.tables import PlatformTables
@@ -66,7 +66,9 @@ def _row_class(table: Table) -> type[OutboxRow]:
 async def write_emitted(session: AsyncSession) -> None:
     """Write the events emitted in this transaction and not written yet: before a statement on the outbox table that
     the ORM does not flush for (a core INSERT must not overtake them; a core SELECT must see them)."""
-    if any(isinstance(instance, OutboxRow) for instance in session.new):
+    # Every outbox row is of a class of _row_class's (OutboxRow itself is not mapped): a look at each, not at every
+    # new row of the session.
+    if any(has_pending_rows(session, row_class) for row_class in _ROW_CLASSES.values()):
         await session.flush()
 
 

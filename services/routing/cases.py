@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Literal, TypedDict
 
+from sqlalchemy import inspect
 from sqlalchemy.orm.exc import StaleDataError
 
 from services.routing import offices as office_logic
@@ -70,7 +71,7 @@ async def save(repo: Repository, case: Case | None = None) -> None:
     ``case`` this transaction added has no version anyone else could have changed: it is written with the rest of the
     transaction (a consumer's batch then writes its new cases, their history and their events together, not a
     flush per case)."""
-    if case is not None and case in repo.session.new:
+    if case is not None and inspect(case).pending:
         return
     try:
         await repo.session.flush()

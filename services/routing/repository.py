@@ -39,7 +39,7 @@ from services.routing.models import (
 )
 from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent
+from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep, WriteSessionDep
 
 # What a consumer's transaction loaded for its events (session.info): see Repository.load_for_cases.
@@ -215,7 +215,7 @@ class Repository:
         loaded: dict[uuid.UUID, list[Case]] = self.session.info.get(_CASES_OF_APPLICATIONS, {})
         if application_id in loaded:
             # Those the transaction loaded (locked) and those it added since (a savepoint's rollback takes these back).
-            added = [c for c in self.session.new if isinstance(c, Case) and c.application_id == application_id]
+            added = [c for c in pending_rows(self.session, Case) if c.application_id == application_id]
             cases = [c for c in loaded[application_id] if c not in self.session.deleted] + added
             return sorted(cases, key=lambda c: c.program_code)
         query = select(Case).where(Case.application_id == application_id).order_by(Case.program_code).with_for_update()

@@ -7,15 +7,19 @@ and not written yet; and SQLite's connections keep bounded caches."""
 from __future__ import annotations
 
 import gc
+import itertools
 import math
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select, text
-from sqlalchemy.orm import registry
+from sqlalchemy import JSON, Column, ForeignKey, Integer, MetaData, String, Table, insert, inspect, select, text
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy.orm import registry, relationship
 
 from shared.db import (
     SQLITE_CACHE_KIB,
@@ -39,6 +43,13 @@ entries = Table(
     Column("name", String(20), nullable=False),
 )
 documents = Table("json_documents", metadata, Column("id", Integer, primary_key=True), Column("body", JSON))
+parents = Table("pending_parents", metadata, Column("id", Integer, primary_key=True))
+children = Table(
+    "pending_children",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("parent_id", ForeignKey("pending_parents.id")),
+)
 
 
 class Entry:
@@ -49,7 +60,31 @@ class Entry:
         self.name = name
 
 
-registry(metadata=metadata).map_imperatively(Entry, entries)
+class SpecialEntry(Entry):
+    """Of a subclass: not among the pending rows of ``Entry``."""
+
+
+class Child:
+    id: int
+
+
+class Parent:
+    id: int
+    children: list[Child]
+
+
+mapped = registry(metadata=metadata)
+mapped.map_imperatively(Entry, entries)
+mapped.map_imperatively(SpecialEntry, inherits=Entry)
+mapped.map_imperatively(Child, children)
+mapped.map_imperatively(Parent, parents, properties={"children": relationship(Child, cascade="all, delete-orphan")})
+
+
+def entry(name: str, key: int | None = None) -> Entry:
+    row = Entry(name)
+    if key is not None:
+        row.id = key
+    return row
 
 
 @pytest.fixture
@@ -240,6 +275,166 @@ async def test_the_pending_rows_of_a_class_are_those_added_and_neither_written_n
         assert pending_rows(session, Entry) == [kept], "neither the row written nor the one a rollback took back"
         await session.flush()
         assert pending_rows(session, Entry) == []
+
+
+async def test_a_row_written_since_it_was_looked_up_is_no_longer_among_the_pending(db: Database) -> None:
+    """Once written, a row is found where SQLAlchemy keeps it (the identity map): deleted and written after that, it
+    is not found, though it was found pending before."""
+    async with db.session() as session:
+        first, second = entry("first", 1), entry("second", 2)
+        session.add_all([first, second])
+        assert await get_unflushed(session, Entry, 1) is first
+        await session.flush()
+        assert pending_rows(session, Entry) == []
+        await session.delete(first)
+        await session.flush()
+        assert await get_unflushed(session, Entry, 1) is None, "written, then deleted"
+        assert await get_unflushed(session, Entry, 2) is second
+
+
+async def test_a_savepoints_rollback_takes_the_rows_added_in_it_out_of_the_lookups(db: Database) -> None:
+    async with db.session() as session:
+        before = entry("before", 1)
+        session.add(before)
+        assert await get_unflushed(session, Entry, 1) is before
+        async with session.begin_nested() as savepoint:
+            assert pending_rows(session, Entry) == [], "SQLAlchemy writes what is pending as a savepoint begins"
+            inside = entry("inside", 2)
+            session.add(inside)
+            assert await get_unflushed(session, Entry, 2) is inside
+            await savepoint.rollback()
+        assert pending_rows(session, Entry) == []
+        assert await get_unflushed(session, Entry, 2) is None, "taken back"
+        assert await get_unflushed(session, Entry, 1) is before
+        again = entry("again", 2)
+        session.add(again)
+        assert await get_unflushed(session, Entry, 2) is again
+
+
+async def test_a_row_expunged_is_no_longer_pending_and_added_again_comes_last(db: Database) -> None:
+    sessions: list[AsyncSession] = []
+
+    async def failing_transaction() -> None:
+        async with db.session() as session:
+            sessions.append(session)
+            a, b, c = entry("a", 1), entry("b", 2), entry("c", 3)
+            session.add_all([a, b, c])
+            assert await get_unflushed(session, Entry, 2) is b
+            session.expunge(b)
+            assert pending_rows(session, Entry) == [a, c]
+            assert await get_unflushed(session, Entry, 2) is None
+            session.add(b)
+            assert pending_rows(session, Entry) == [a, c, b], "in the order added"
+            assert await get_unflushed(session, Entry, 2) is b
+            raise LookupError("the transaction fails")
+
+    with pytest.raises(LookupError):
+        await failing_transaction()
+    assert pending_rows(sessions[0], Entry) == [], "its rollback took them all back"
+
+
+async def test_a_pending_row_is_not_deleted_but_one_orphaned_is_dropped(db: Database) -> None:
+    """A pending row cannot be deleted (SQLAlchemy refuses); one removed from its parent, whose rows go with it
+    (delete-orphan), is taken out of the session at once."""
+    async with db.session() as session:
+        parent, child = Parent(), Child()
+        parent.id, child.id = 1, 10
+        parent.children.append(child)
+        session.add(parent)
+        assert pending_rows(session, Child) == [child], "added with its parent"
+        assert await get_unflushed(session, Child, 10) is child
+        with pytest.raises(InvalidRequestError):
+            await session.delete(child)
+        assert await get_unflushed(session, Child, 10) is child, "still pending"
+        parent.children.remove(child)
+        assert pending_rows(session, Child) == []
+        assert await get_unflushed(session, Child, 10) is None
+
+
+async def test_a_pending_row_is_found_by_its_key_as_it_is_now(db: Database) -> None:
+    """By the key its attributes hold at the lookup, whenever they were set; and rows of a subclass are apart."""
+    async with db.session() as session:
+        late = entry("late")
+        session.add(late)
+        assert await get_unflushed(session, Entry, 5) is None
+        late.id = 5
+        assert await get_unflushed(session, Entry, 5) is late, "given its key after it was added (and looked for)"
+        late.id = 6
+        assert await get_unflushed(session, Entry, 5) is None
+        assert await get_unflushed(session, Entry, 6) is late, "given another"
+        del late.id
+        assert await get_unflushed(session, Entry, 6) is None
+        special = SpecialEntry("special")
+        special.id = 7
+        session.add(special)
+        assert pending_rows(session, Entry) == [late]
+        assert pending_rows(session, SpecialEntry) == [special]
+        assert await get_unflushed(session, SpecialEntry, 7) is special
+
+
+async def test_the_lookups_among_pending_rows_agree_with_the_sessions_new_rows_through_any_changes(
+    db: Database,
+) -> None:
+    """Rows added, given keys (the same as another's too), expunged, added again, written, in savepoints rolled back
+    or released, in an order drawn with a fixed seed: after each step, the pending rows are the session's new rows of
+    the class in their order, and a lookup by key finds the first of them with that key."""
+    draw = random.Random(14)
+    fresh = itertools.count(1)
+    written: set[int] = set()  # never given again: a flush would fail on it
+    async with db.session() as session:
+        savepoints: list[AsyncSessionTransaction] = []
+        taken_back: list[Entry] = []
+
+        def new_rows() -> list[Entry]:
+            return [r for r in session.new if type(r) is Entry]
+
+        def writable() -> None:
+            """Keys a flush can write (each new row's given, once, and not written before)."""
+            seen: set[int] = set()
+            for row in new_rows():
+                if row.id is None or row.id in seen or row.id in written:
+                    row.id = next(fresh)
+                seen.add(row.id)
+            written.update(seen)
+
+        for _ in range(300):
+            pending, step = new_rows(), draw.random()
+            if step < 0.3:
+                session.add(entry("added", next(fresh) if draw.random() < 0.8 else None))
+            elif step < 0.45 and pending:
+                row, choice = draw.choice(pending), draw.random()
+                others = [r.id for r in pending if r.id is not None]
+                if choice < 0.2 and row.id is not None:
+                    del row.id
+                else:
+                    row.id = draw.choice(others) if choice < 0.5 and others else next(fresh)
+            elif step < 0.55 and pending:
+                row = draw.choice(pending)
+                session.expunge(row)
+                taken_back.append(row)
+            elif step < 0.62 and taken_back:
+                row = taken_back.pop(draw.randrange(len(taken_back)))
+                if inspect(row).transient:
+                    session.add(row)
+            elif step < 0.7:
+                writable()
+                await session.flush()
+            elif step < 0.8 and len(savepoints) < 3:
+                writable()  # SQLAlchemy writes what is pending as a savepoint begins
+                savepoints.append(await session.begin_nested())
+            elif step < 0.9 and savepoints:
+                savepoint = savepoints.pop()
+                if draw.random() < 0.6:
+                    taken_back.extend(new_rows())
+                    await savepoint.rollback()
+                else:
+                    writable()
+                    await savepoint.commit()
+            assert pending_rows(session, Entry) == new_rows()
+            for key in {r.id for r in new_rows() if r.id is not None} | {draw.randrange(1, next(fresh))}:
+                first = next((r for r in new_rows() if r.id == key), None)
+                found = await get_unflushed(session, Entry, key)
+                assert found is first if first is not None else found is None or not inspect(found).pending, key
 
 
 async def test_a_row_noted_absent_is_answered_without_asking_until_the_transaction_adds_it(db: Database) -> None:
