@@ -130,13 +130,57 @@ class SmtpEmail:
 
 
 class MaildirEmail:
-    """Writes each message as a .eml file a person can open."""
+    """Writes each message as a .eml file a person can open.
+
+    The messages handed over in one turn of the event loop (a worker's batch sends several at once) are written in one
+    hop to a thread, not a hop each: each hop is a wake-up of a thread and of the loop. Each send still returns only
+    once its own message is in ``new/``, or raises what writing that one raised."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._queued: list[tuple[Message, asyncio.Future[None]]] = []
 
     async def send(self, message: Message) -> None:
-        await asyncio.to_thread(self._write, message)
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+        self._queued.append((message, written))
+        if len(self._queued) == 1:
+            loop.call_soon(self._write_queued)  # after the sends already due in this turn have queued theirs
+        await written
+
+    def _write_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        hop = asyncio.get_running_loop().run_in_executor(None, self._write_all, [m for m, _ in queued])
+
+        def settle(hop: asyncio.Future[list[Exception | None]]) -> None:
+            if hop.cancelled():
+                errors: list[BaseException | None] = [asyncio.CancelledError()] * len(queued)
+            elif (failure := hop.exception()) is not None:
+                errors = [failure] * len(queued)
+            else:
+                errors = list(hop.result())
+            for (_, written), error in zip(queued, errors, strict=True):
+                if written.done():  # its sender was cancelled
+                    continue
+                if error is None:
+                    written.set_result(None)
+                elif isinstance(error, asyncio.CancelledError):
+                    written.cancel()
+                else:
+                    written.set_exception(error)
+
+        hop.add_done_callback(settle)
+
+    def _write_all(self, messages: list[Message]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
+        for message in messages:
+            try:
+                self._write(message)
+            except Exception as error:
+                errors.append(error)
+            else:
+                errors.append(None)
+        return errors
 
     def _write(self, message: Message) -> None:
         tmp, new = self.directory / "tmp", self.directory / "new"

@@ -60,6 +60,28 @@ PUSH_CHANNELS = (ResidentChannel.EMAIL.value, ResidentChannel.SMS.value, Residen
 
 
 @dataclass(frozen=True)
+class _About:
+    """The notification a delivery carries, as its events tell it: read with the delivery before the attempt, so that
+    recording a sent one needs no read of the rows again."""
+
+    notification_id: uuid.UUID
+    resident_id: uuid.UUID
+    application_id: uuid.UUID | None
+    kind: str
+    source_event_ids: tuple[str, ...]
+
+    @classmethod
+    def of(cls, notification: Notification) -> _About:
+        return cls(
+            notification.id,
+            notification.resident_id,
+            notification.application_id,
+            notification.kind,
+            tuple(notification.source_event_ids),
+        )
+
+
+@dataclass(frozen=True)
 class _Send:
     """A delivery about to be attempted: what the transaction that held it read."""
 
@@ -69,13 +91,17 @@ class _Send:
     message: MessageInput
     preference: Preference | None
     fallback_language: str
+    about: _About
 
 
 @dataclass(frozen=True)
 class _Outcome:
-    """What became of an attempt: sent (in ``language``, ``printed`` for a letter) or failed with ``error``."""
+    """What became of an attempt on ``channel``: sent (in ``language``, ``printed`` for a letter) or failed with
+    ``error``."""
 
     delivery_id: uuid.UUID
+    channel: str
+    about: _About
     language: str | None = None
     printed: PrintedLetter | None = None
     error: str | None = None
@@ -347,7 +373,7 @@ class ResidentDelivery:
             )
         )
         await self.outbox.emit(
-            repo.session, self._sent(notification, ResidentChannel.INBOX.value, notification.language)
+            repo.session, self._sent(_About.of(notification), ResidentChannel.INBOX.value, notification.language)
         )
 
     # ------------------------------------------------------------------------------------------ 2. send
@@ -434,6 +460,7 @@ class ResidentDelivery:
             message=message_input(notification, fallback_language),
             preference=preference,
             fallback_language=fallback_language,
+            about=_About.of(notification),
         )
 
     async def _attempt(self, send: _Send) -> _Outcome:
@@ -449,17 +476,14 @@ class ResidentDelivery:
             printed = await self._deliver(send.delivery_id, send.channel, address, rendered, language, contact)
         except (ChannelError, ContactUnavailable) as exc:
             permanent = isinstance(exc, ChannelError) and exc.permanent
-            return _Outcome(send.delivery_id, error=redact(str(exc)), permanent=permanent)
-        return _Outcome(send.delivery_id, language=language, printed=printed)
+            return _Outcome(send.delivery_id, send.channel, send.about, error=redact(str(exc)), permanent=permanent)
+        return _Outcome(send.delivery_id, send.channel, send.about, language=language, printed=printed)
 
     async def _record_all(self, outcomes: Sequence[_Outcome], token: str) -> None:
         """The outcomes of a batch in one transaction; should it fail, each in its own."""
         try:
             async with self.db.session() as session:
-                repo = Repository(session)
-                held = await repo.held_all(Delivery, [o.delivery_id for o in outcomes], token)
-                for outcome in outcomes:
-                    await self._record(repo, held.get(outcome.delivery_id), outcome)
+                await self._record(Repository(session), outcomes, token)
         except Exception:
             log.exception("recording a batch of deliveries failed; recording them one by one")
             for outcome in outcomes:
@@ -470,18 +494,29 @@ class ResidentDelivery:
 
     async def _record_one(self, outcome: _Outcome, token: str) -> None:
         async with self.db.session() as session:
-            repo = Repository(session)
-            await self._record(repo, await repo.held(Delivery, outcome.delivery_id, token), outcome)
+            await self._record(Repository(session), [outcome], token)
 
-    async def _record(self, repo: Repository, delivery: Delivery | None, outcome: _Outcome) -> None:
-        if outcome.error is None:
-            if delivery is None:
-                log.error("a sent delivery lost its claim", extra={"delivery_id": str(outcome.delivery_id)})
-                return
-            assert outcome.language is not None
-            await self._record_sent(repo, delivery, outcome.language, outcome.printed)
-        elif delivery is not None:
-            await self._record_failure(repo, delivery, outcome.error, permanent=outcome.permanent)
+    async def _record(self, repo: Repository, outcomes: Sequence[_Outcome], token: str) -> None:
+        """The sent are recorded in one UPDATE of the rows on which this worker's claim still stands (under load
+        nearly every outcome: reading the rows back and writing each through the ORM was most of the step's cost);
+        the failures on the rows read, each as its attempts count says."""
+        now = utcnow()
+        sent = [o.delivery_id for o in outcomes if o.error is None]
+        recorded = await repo.record_sent(sent, token, now) if sent else set()
+        failed = [o.delivery_id for o in outcomes if o.error is not None]
+        held = await repo.held_all(Delivery, failed, token) if failed else {}
+        for outcome in outcomes:  # the events in the order of the outcomes
+            if outcome.error is None:
+                if outcome.delivery_id not in recorded:
+                    log.error("a sent delivery lost its claim", extra={"delivery_id": str(outcome.delivery_id)})
+                    continue
+                assert outcome.language is not None
+                if outcome.printed is not None:  # handed to the post room: listed for the office to print and post
+                    repo.session.add(_letter(outcome, outcome.printed, outcome.language, now))
+                await self.outbox.emit(repo.session, self._sent(outcome.about, outcome.channel, outcome.language))
+                self._count(outcome.channel, "sent")
+            elif (delivery := held.get(outcome.delivery_id)) is not None:
+                await self._record_failure(repo, delivery, outcome.error, permanent=outcome.permanent)
 
     async def _deliver(
         self,
@@ -510,33 +545,6 @@ class ResidentDelivery:
         else:
             await self.senders.sms.send(delivery_id=delivery_id, to=address, text=rendered.sms, language=language)
         return None
-
-    async def _record_sent(
-        self, repo: Repository, delivery: Delivery, language: str, printed: PrintedLetter | None = None
-    ) -> None:
-        now = utcnow()
-        delivery.status = DeliveryStatus.SENT.value
-        delivery.attempts += 1
-        delivery.sent_at = now
-        delivery.updated_at = now
-        delivery.last_error = None
-        _release(delivery)
-        if printed is not None:  # handed to the post room: listed for the office to print and post
-            repo.session.add(
-                Letter(
-                    id=delivery.id,
-                    notification_id=delivery.notification_id,
-                    resident_id=delivery.resident_id,
-                    kind=delivery.notification.kind,
-                    language=language,
-                    file_name=printed.file_name,
-                    pages=printed.pages,
-                    status=LetterStatus.TO_SEND.value,
-                    created_at=now,
-                )
-            )
-        await self.outbox.emit(repo.session, self._sent(delivery.notification, delivery.channel, language))
-        self._count(delivery.channel, "sent")
 
     async def _record_failure(self, repo: Repository, delivery: Delivery, error: str, *, permanent: bool) -> None:
         now = utcnow()
@@ -585,14 +593,14 @@ class ResidentDelivery:
         if self.attempts is not None:
             self.attempts.labels(transport="resident", channel=channel, result=result).inc()
 
-    def _sent(self, notification: Notification, channel: str, language: str) -> NotificationSent:
+    def _sent(self, about: _About, channel: str, language: str) -> NotificationSent:
         return NotificationSent(
-            notification_id=notification.id,
-            resident_id=notification.resident_id,
-            application_id=notification.application_id,
-            source_event_ids=notification.source_event_ids,
+            notification_id=about.notification_id,
+            resident_id=about.resident_id,
+            application_id=about.application_id,
+            source_event_ids=list(about.source_event_ids),
             channel=channel,
-            template=notification.kind,
+            template=about.kind,
             language=Language(language if language in ("ko", "en") else "ko"),
             sent_at=utcnow(),
         )
@@ -609,6 +617,21 @@ def redact(text: str) -> str:
         return "<phone>" if sum(c.isdigit() for c in match.group()) >= 9 else match.group()
 
     return _PHONE.sub(phone, _EMAIL.sub("<email>", text))
+
+
+def _letter(outcome: _Outcome, printed: PrintedLetter, language: str, now: dt.datetime) -> Letter:
+    about = outcome.about
+    return Letter(
+        id=outcome.delivery_id,
+        notification_id=about.notification_id,
+        resident_id=about.resident_id,
+        kind=about.kind,
+        language=language,
+        file_name=printed.file_name,
+        pages=printed.pages,
+        status=LetterStatus.TO_SEND.value,
+        created_at=now,
+    )
 
 
 def _release(row: Notification | Delivery) -> None:

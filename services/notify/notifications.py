@@ -187,7 +187,8 @@ class ResidentMessages:
             return
         application.last_round = data.round
         application.updated_at = utcnow()
-        known = await repo.application_programs(data.application_id)
+        # Loaded with the batch's events (load_for_batch): no query of its own.
+        known = await repo.application_programs(data.application_id, [p.program_code for p in data.programs])
         changed = []
         for program in data.programs:
             signature = _signature(program)
@@ -498,4 +499,9 @@ async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) ->
             applications.add(application_id)
             if event.event_type.startswith("case.") and isinstance(code := data.get("program_code"), str):
                 programs.add((application_id, code))
+            elif event.event_type == EligibilityDetermined.event_type:
+                told = data.get("programs")
+                for program in told if isinstance(told, list) else ():
+                    if isinstance(program, dict) and isinstance(code := program.get("program_code"), str):
+                        programs.add((application_id, code))
     await Repository(session).load_for_events(applications, programs, {e.id for e in events}, residents)

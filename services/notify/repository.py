@@ -148,18 +148,17 @@ class Repository:
     async def application_program(self, application_id: uuid.UUID, program_code: str) -> ApplicationProgram | None:
         return await get_unflushed(self.session, ApplicationProgram, (application_id, program_code))
 
-    async def application_programs(self, application_id: uuid.UUID) -> dict[str, ApplicationProgram]:
-        """The application's programs: those stored, and those this transaction added and has not written yet
-        (found among the session's new rows, without writing what is pending first)."""
-        with self.session.no_autoflush:
-            rows = await self.session.scalars(
-                select(ApplicationProgram).where(ApplicationProgram.application_id == application_id)
-            )
-            programs = {row.program_code: row for row in rows}
-        for row in pending_rows(self.session, ApplicationProgram):
-            if row.application_id == application_id:
-                programs[row.program_code] = row
-        return programs
+    async def application_programs(
+        self, application_id: uuid.UUID, codes: Sequence[str]
+    ) -> dict[str, ApplicationProgram]:
+        """Those of the application's programs named that are stored or that this transaction added (without writing
+        what is pending first); loaded with the transaction's events (:meth:`load_for_events`), without a query."""
+        found: dict[str, ApplicationProgram] = {}
+        for code in dict.fromkeys(codes):
+            row = await get_unflushed(self.session, ApplicationProgram, (application_id, code))
+            if row is not None:
+                found[code] = row
+        return found
 
     async def load_for_events(
         self, application_ids: set[uuid.UUID], programs: set[tuple[uuid.UUID, str]], event_ids: set[str],
@@ -754,6 +753,26 @@ class Repository:
             select(model).where(model.id.in_(row_ids), model.claim_token == token).with_for_update(of=model)
         )
         return {row.id: row for row in rows.unique()}
+
+    async def record_sent(self, delivery_ids: Sequence[uuid.UUID], token: str, now: dt.datetime) -> set[uuid.UUID]:
+        """Record these deliveries as sent, and released, in one statement on the rows on which the worker's claim
+        (``token``) still stands; their ids. Nothing is read first: the worker knows what it sent."""
+        recorded = await self.session.scalars(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.claim_token == token)
+            .values(
+                status=DeliveryStatus.SENT.value,
+                attempts=Delivery.attempts + 1,
+                sent_at=now,
+                updated_at=now,
+                last_error=None,
+                claim_token=None,
+                claimed_until=None,
+            )
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        )
+        return set(recorded)
 
     async def applications_by_id(self, application_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TrackedApplication]:
         """Unscoped: for the delivery worker's batch."""

@@ -4,6 +4,7 @@ may point, signatures."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import email
@@ -12,7 +13,9 @@ import ipaddress
 import random
 import shutil
 import uuid
+from email.message import Message
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -475,3 +478,57 @@ async def test_the_local_mail_sink_makes_its_folders_when_they_are_missing(tmp_p
         (tmp_path / "mail" / "new" / f"{second}.eml").read_bytes(), policy=email.policy.strict
     )
     assert parsed["Subject"] == rendered.subject
+
+
+class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The event loop's default executor, counting the hops made to its threads."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.hops = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        self.hops += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_the_local_mail_sink_writes_the_messages_of_a_batch_in_one_hop_each_send_answering_for_its_own(
+    tmp_path: Path,
+) -> None:
+    """Messages handed to the embedded e-mail sink together (a delivery worker's batch) are written in one hop to a
+    thread, not one each; each send returns once its own message is in ``new/``, and a message that cannot be
+    written fails its own send only."""
+    renderer = Renderer("https://onestop.example.kr/")
+    rendered = renderer.render(MessageInput("case.decided", "ko", APP, ITEMS["case.decided"]))
+    settings = NotifySettings()
+    sink = MaildirEmail(tmp_path / "mail")
+    executor = _CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    ids = [uuid.uuid4() for _ in range(5)]
+    messages = [build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=i, language="ko") for i in ids]
+
+    async def send(message: Message) -> set[str]:
+        await sink.send(message)
+        return {p.name for p in (tmp_path / "mail" / "new").iterdir()}
+
+    seen = await asyncio.gather(*(send(m) for m in messages))
+    assert executor.hops == 1, "one hop for the five"
+    for delivery, there in zip(ids, seen, strict=True):
+        assert f"{delivery}.eml" in there, "a send returns once its message is written"
+    assert sorted(p.name for p in (tmp_path / "mail" / "new").iterdir()) == sorted(f"{i}.eml" for i in ids)
+    assert list((tmp_path / "mail" / "tmp").iterdir()) == []
+
+    # A message whose file cannot be made (its name taken by a directory) fails alone; the others are written.
+    taken, fine = uuid.uuid4(), uuid.uuid4()
+    (tmp_path / "mail" / "new" / f"{taken}.eml").mkdir()
+    outcomes = await asyncio.gather(
+        *(
+            sink.send(build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=i, language="ko"))
+            for i in (taken, fine)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], OSError)
+    assert outcomes[1] is None
+    assert (tmp_path / "mail" / "new" / f"{fine}.eml").is_file()
+    assert executor.hops == 2

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from services.notify.models import Delivery, Notification, ResidentErasure, ResidentState
+from services.notify.models import Delivery, Notification, NotificationItem, ResidentErasure, ResidentState
 from shared.auth import TokenIssuer
 from shared.events import Decision, Outcome, ResidentErasureRequested
 from tests.services.notify import support as f
@@ -24,7 +24,7 @@ from tests.support.endpoints import Endpoint
 from tests.support.events import event_log
 from tests.support.intake_server import IntakeServer
 from tests.support.nats import NatsServer
-from tests.support.round_trips import one_batch
+from tests.support.round_trips import consumer_statements, one_batch
 from tests.support.services import RunningService
 from tests.support.smtp import MailServer
 from tests.support.waiting import wait_until
@@ -564,3 +564,62 @@ async def test_a_batch_about_many_residents_reads_their_rows_once_and_an_erasure
     assert states == set(residents[:-1]), "nothing kept about the erased resident"
     assert erasure_row is not None
     assert erasure_row.residents_erased_at is not None
+
+
+async def test_the_delivery_worker_records_what_it_sent_without_reading_the_rows_back(
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer, nats_server: NatsServer,
+    bus_prefix: str,
+) -> None:  # fmt: skip
+    """Once its messages are out, the delivery worker records them in one UPDATE of the rows it still holds, not by
+    reading the deliveries (and their notifications and items) back first; each ``notification.sent`` still tells
+    which events the message was about, and each delivery is sent once, released."""
+    mails = [f"record{i}@example.kr" for i in range(3)]
+    residents = [await intake.register(email=m, channels=("email",)) for m in mails]
+    async with event_log(nats_server.url, bus_prefix) as log:
+        with consumer_statements(notify.runtime.db, "notify-resident") as work:  # notify-resident-delivery
+            told = [await producer.publish(f.submitted(r, uuid.uuid4())) for r in residents]
+            await wait_until(lambda: all(len(smtp.to(m)) == 1 for m in mails))
+            sent = await log.wait_for("notification.sent", lambda e: e.data["channel"] == "email", count=3)
+    assert sorted(e.data["source_event_ids"] for e in sent) == sorted([e.id] for e in told)
+    assert {uuid.UUID(e.data["resident_id"]) for e in sent} == set(residents)
+
+    recorded = [t for t in work.transactions() if any(s.startswith("UPDATE deliveries SET status=") for s in t)]
+    assert recorded, work.statements
+    for transaction in recorded:
+        assert not [s for s in transaction if s.startswith("SELECT deliveries.")], transaction
+        assert any(s.startswith("INSERT INTO outbox") for s in transaction), transaction
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(Delivery).where(Delivery.channel == "email"))).all()
+    assert sorted((d.resident_id, d.status, d.attempts, d.claim_token, d.claimed_until) for d in rows) == sorted(
+        (r, "sent", 1, None, None) for r in residents
+    )
+    assert all(d.sent_at is not None for d in rows)
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_a_batch_of_eligibility_results_asks_for_its_applications_programs_once(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The programs an eligibility result names are read with the rest of the batch's rows at the start of its
+    transaction, not once per result; a later round still tells a resident only what changed since."""
+    residents = [await intake.register(channels=("inbox",)) for _ in range(3)]
+    applications = {r: uuid.uuid4() for r in residents}
+    codes = ["child_allowance", "parent_benefit", "first_meeting_voucher"]
+
+    def results(round_: int, changed: str | None) -> list[Any]:
+        programs = [f.program(c, c, c, Outcome.INELIGIBLE if c == changed else Outcome.ELIGIBLE) for c in codes]
+        return [f.determined(r, a, round_, programs) for r, a in applications.items()]
+
+    lead = f.submitted(residents[0], applications[residents[0]])  # taken alone: the batch follows
+    for batch in ([lead, *results(1, None)], [lead, *results(2, "parent_benefit")]):
+        work = await one_batch(notify, "residents", batch)
+        assert work.commits < len(batch) - 1, "the results in one transaction"
+        for applied in work.transactions():
+            reads = [s for s in applied if s.startswith("SELECT application_programs.")]
+            assert len(reads) <= 1, reads
+
+    async with notify.runtime.db.session() as session:
+        results_told = select(NotificationItem).where(NotificationItem.event_type == "eligibility.determined")
+        items = (await session.scalars(results_told)).all()
+    told = sorted((i.resident_id, i.data["round"], [p["code"] for p in i.data["programs"]]) for i in items)
+    assert told == sorted([(r, 1, codes) for r in residents] + [(r, 2, ["parent_benefit"]) for r in residents])
