@@ -41,7 +41,6 @@ from services.intake.schemas import (
     Withdrawal,
 )
 from services.intake.status import (
-    add_timeline,
     build_view,
     current_cases,
     info_open,
@@ -414,21 +413,24 @@ async def provide_info(
     details: dict[str, Any] = {"facts": sorted(answers), "program_codes": asking, **_by(authority)}
     if body.note is not None:
         details["note"] = body.note
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=event.time,
-        summary=_summary(
-            authority,
-            Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
-            Localized(
-                ko="대리인이 요청된 정보를 제출했습니다", en="Your representative sent the information asked for"
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=event.time,
+            summary=_summary(
+                authority,
+                Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
+                Localized(
+                    ko="대리인이 요청된 정보를 제출했습니다", en="Your representative sent the information asked for"
+                ),
+                Localized(
+                    ko="창구에서 요청된 정보를 제출했습니다", en="The information asked for was given at a counter"
+                ),
             ),
-            Localized(ko="창구에서 요청된 정보를 제출했습니다", en="The information asked for was given at a counter"),
-        ),
-        details=details,
+            details=details,
+        )
     )
     await _record_act(repo, principal, application, authority, "answer request for information")
     await repo.session.flush()
@@ -459,19 +461,20 @@ async def withdraw(
         ),
         subject=str(application.id),
     )
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=event.time,
-        summary=_summary(
-            authority,
-            Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
-            Localized(ko="대리인이 신청을 철회했습니다", en="Your representative withdrew the application"),
-            Localized(ko="창구에서 신청을 철회했습니다", en="The application was withdrawn for you at a counter"),
-        ),
-        details=_by(authority),
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=event.time,
+            summary=_summary(
+                authority,
+                Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
+                Localized(ko="대리인이 신청을 철회했습니다", en="Your representative withdrew the application"),
+                Localized(ko="창구에서 신청을 철회했습니다", en="The application was withdrawn for you at a counter"),
+            ),
+            details=_by(authority),
+        )
     )
     await _record_act(repo, principal, application, authority, "withdraw")
     await repo.session.flush()
@@ -525,19 +528,20 @@ async def give_feedback(
         ),
         subject=str(application.id),
     )
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=now,
-        summary=_summary(
-            authority,
-            Localized(ko=f"서비스 평가를 남겼습니다 ({score})", en=f"You rated the service {score}"),
-            Localized(ko=f"대리인이 서비스를 평가했습니다 ({score})", en=f"Your representative rated it {score}"),
-            Localized(ko=f"창구에서 서비스 평가를 남겼습니다 ({score})", en=f"You rated it {score} at a counter"),
-        ),
-        details=_by(authority),
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=now,
+            summary=_summary(
+                authority,
+                Localized(ko=f"서비스 평가를 남겼습니다 ({score})", en=f"You rated the service {score}"),
+                Localized(ko=f"대리인이 서비스를 평가했습니다 ({score})", en=f"Your representative rated it {score}"),
+                Localized(ko=f"창구에서 서비스 평가를 남겼습니다 ({score})", en=f"You rated it {score} at a counter"),
+            ),
+            details=_by(authority),
+        )
     )
     await _record_act(repo, principal, application, authority, "give feedback", record_type="feedback")
     await repo.session.flush()

@@ -263,7 +263,7 @@ def timeline_entry(
     program_code: str | None = None,
     case_id: uuid.UUID | None = None,
 ) -> TimelineEntry:
-    """A timeline entry, not written yet (:func:`add_timeline` adds it to the transaction)."""
+    """A timeline entry, to be added to the transaction (or written by ``Repository.write_timeline``)."""
     return TimelineEntry(
         application_id=application_id,
         event_id=event_id,
@@ -276,32 +276,6 @@ def timeline_entry(
     )
 
 
-def add_timeline(
-    repo: Repository,
-    application_id: uuid.UUID,
-    *,
-    event_id: str,
-    event_type: str,
-    at: dt.datetime,
-    summary: Localized,
-    details: dict[str, Any] | None = None,
-    program_code: str | None = None,
-    case_id: uuid.UUID | None = None,
-) -> TimelineEntry:
-    entry = timeline_entry(
-        application_id,
-        event_id=event_id,
-        event_type=event_type,
-        at=at,
-        summary=summary,
-        details=details,
-        program_code=program_code,
-        case_id=case_id,
-    )
-    repo.session.add(entry)
-    return entry
-
-
 # ---------------------------------------------------------------------------------------------- eligibility
 
 
@@ -312,19 +286,21 @@ async def apply_determination(repo: Repository, event: CloudEvent, data: Eligibi
         return
     at = event_time(event)
     counts = {outcome: sum(p.outcome is outcome for p in data.programs) for outcome in Outcome}
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=at,
-        summary=Localized(
-            ko=f"자격 심사 결과: 대상 {counts[Outcome.ELIGIBLE]}건, 비대상 {counts[Outcome.INELIGIBLE]}건, "
-            f"추가 정보 필요 {counts[Outcome.NEEDS_INFORMATION]}건, 담당자 검토 {counts[Outcome.NEEDS_REVIEW]}건",
-            en=f"Eligibility checked: {counts[Outcome.ELIGIBLE]} eligible, {counts[Outcome.INELIGIBLE]} not eligible, "
-            f"{counts[Outcome.NEEDS_INFORMATION]} need information, {counts[Outcome.NEEDS_REVIEW]} need review",
-        ),
-        details={"round": data.round, "trigger": data.trigger},
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=at,
+            summary=Localized(
+                ko=f"자격 심사 결과: 대상 {counts[Outcome.ELIGIBLE]}건, 비대상 {counts[Outcome.INELIGIBLE]}건, "
+                f"추가 정보 필요 {counts[Outcome.NEEDS_INFORMATION]}건, 담당자 검토 {counts[Outcome.NEEDS_REVIEW]}건",
+                en=f"Eligibility checked: {counts[Outcome.ELIGIBLE]} eligible, "
+                f"{counts[Outcome.INELIGIBLE]} not eligible, {counts[Outcome.NEEDS_INFORMATION]} need information, "
+                f"{counts[Outcome.NEEDS_REVIEW]} need review",
+            ),
+            details={"round": data.round, "trigger": data.trigger},
+        )
     )
     determination = await repo.determination(application.id)
     if determination is None:
@@ -503,16 +479,17 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
                 record.due_date = data.due_date
     record.updated_at = max(record.updated_at, at)
 
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=at,
-        summary=_case_summary(data, program_name(await repo.determination(application.id), data.program_code)),
-        details=_case_details(data),
-        program_code=data.program_code,
-        case_id=data.case_id,
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=at,
+            summary=_case_summary(data, program_name(await repo.determination(application.id), data.program_code)),
+            details=_case_details(data),
+            program_code=data.program_code,
+            case_id=data.case_id,
+        )
     )
     status_changed(repo, application, at)
 
@@ -598,16 +575,17 @@ async def apply_referral_event(repo: Repository, event: CloudEvent, data: Referr
         case ReferralCompleted():
             referral.outcome = data.outcome
     referral.updated_at = max(referral.updated_at, at)
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=at,
-        summary=_referral_summary(data),
-        details={"partner_id": data.partner_id, "service_type": data.service_type.value, "status": state},
-        program_code=data.program_code,
-        case_id=data.case_id,
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=at,
+            summary=_referral_summary(data),
+            details={"partner_id": data.partner_id, "service_type": data.service_type.value, "status": state},
+            program_code=data.program_code,
+            case_id=data.case_id,
+        )
     )
     application.updated_at = max(application.updated_at, at)
 
@@ -651,16 +629,17 @@ async def apply_notification(repo: Repository, event: CloudEvent, data: Notifica
         notification.dead = data.dead
         notification.attempts = data.attempts
     ko_channel, en_channel = _CHANNEL_NAMES[data.channel]
-    add_timeline(
-        repo,
-        application.id,
-        event_id=event.id,
-        event_type=event.event_type,
-        at=at,
-        summary=Localized(ko=f"알림 발송 ({ko_channel})", en=f"Notification sent by {en_channel}")
-        if sent
-        else Localized(ko=f"알림 발송 실패 ({ko_channel})", en=f"Notification by {en_channel} failed"),
-        details={"channel": data.channel, "template": data.template},
+    repo.session.add(
+        timeline_entry(
+            application.id,
+            event_id=event.id,
+            event_type=event.event_type,
+            at=at,
+            summary=Localized(ko=f"알림 발송 ({ko_channel})", en=f"Notification sent by {en_channel}")
+            if sent
+            else Localized(ko=f"알림 발송 실패 ({ko_channel})", en=f"Notification by {en_channel} failed"),
+            details={"channel": data.channel, "template": data.template},
+        )
     )
     application.updated_at = max(application.updated_at, at)
 
