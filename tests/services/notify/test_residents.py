@@ -610,10 +610,12 @@ async def test_a_batch_of_eligibility_results_asks_for_its_applications_programs
         programs = [f.program(c, c, c, Outcome.INELIGIBLE if c == changed else Outcome.ELIGIBLE) for c in codes]
         return [f.determined(r, a, round_, programs) for r, a in applications.items()]
 
-    lead = f.submitted(residents[0], applications[residents[0]])  # taken alone: the batch follows
+    # Taken alone, the batch follows. A change of consents leaves the delivery worker nothing to write, which would
+    # have the batch's transaction give way to it after its budget (on a busy machine, before its last result).
+    lead = f.consent(residents[0], 1, {})
     for batch in ([lead, *results(1, None)], [lead, *results(2, "parent_benefit")]):
         work = await one_batch(notify, "residents", batch)
-        assert work.commits < len(batch) - 1, "the results in one transaction"
+        assert work.commits < len(batch), "two results at least in one transaction"
         for applied in work.transactions():
             reads = [s for s in applied if s.startswith("SELECT application_programs.")]
             assert len(reads) <= 1, reads
