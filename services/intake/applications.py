@@ -285,8 +285,7 @@ async def submit(
     )
     received = timeline_entry(
         application.id,
-        event_id=event.id,
-        event_type=event.event_type,
+        event,
         at=event.time,
         summary=Localized(ko="신청이 접수되었습니다", en="Application received")
         if filed_by is None
@@ -416,8 +415,7 @@ async def provide_info(
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=event.time,
             summary=_summary(
                 authority,
@@ -464,8 +462,7 @@ async def withdraw(
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=event.time,
             summary=_summary(
                 authority,
@@ -531,8 +528,7 @@ async def give_feedback(
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=now,
             summary=_summary(
                 authority,

@@ -254,20 +254,19 @@ async def refresh_statuses(session: AsyncSession) -> None:
 
 def timeline_entry(
     application_id: uuid.UUID,
+    event: CloudEvent,
     *,
-    event_id: str,
-    event_type: str,
     at: dt.datetime,
     summary: Localized,
     details: dict[str, Any] | None = None,
     program_code: str | None = None,
     case_id: uuid.UUID | None = None,
 ) -> TimelineEntry:
-    """A timeline entry, to be added to the transaction (or written by ``Repository.write_timeline``)."""
+    """The timeline entry of ``event``, to be added to the transaction (or written by ``Repository.write_timeline``)."""
     return TimelineEntry(
         application_id=application_id,
-        event_id=event_id,
-        event_type=event_type,
+        event_id=event.id,
+        event_type=event.event_type,
         occurred_at=at,
         program_code=program_code,
         case_id=case_id,
@@ -289,8 +288,7 @@ async def apply_determination(repo: Repository, event: CloudEvent, data: Eligibi
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=at,
             summary=Localized(
                 ko=f"자격 심사 결과: 대상 {counts[Outcome.ELIGIBLE]}건, 비대상 {counts[Outcome.INELIGIBLE]}건, "
@@ -482,8 +480,7 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=at,
             summary=_case_summary(data, program_name(await repo.determination(application.id), data.program_code)),
             details=_case_details(data),
@@ -578,8 +575,7 @@ async def apply_referral_event(repo: Repository, event: CloudEvent, data: Referr
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=at,
             summary=_referral_summary(data),
             details={"partner_id": data.partner_id, "service_type": data.service_type.value, "status": state},
@@ -632,8 +628,7 @@ async def apply_notification(repo: Repository, event: CloudEvent, data: Notifica
     repo.session.add(
         timeline_entry(
             application.id,
-            event_id=event.id,
-            event_type=event.event_type,
+            event,
             at=at,
             summary=Localized(ko=f"알림 발송 ({ko_channel})", en=f"Notification sent by {en_channel}")
             if sent
