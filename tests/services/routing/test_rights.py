@@ -167,9 +167,12 @@ async def test_in_one_batch_an_erasure_stops_what_comes_after_it_and_erasure_is_
         erasure_id=uuid.uuid4(), resident_id=resident_id, requested_at=dt.datetime.now(dt.UTC), decision_files=[]
     )
     late = determined(after, [program("parent_benefit", "eligible")], resident_id=resident_id)
-    statements = (await one_batch(routing, "cases", (lead, first, again, request, late))).statements
+    work = await one_batch(routing, "cases", (lead, first, again, request, late))
 
-    erasure_reads = [s for s in statements if s.startswith("SELECT") and "FROM resident_erasures" in s]
-    assert len(erasure_reads) <= 3, erasure_reads  # the lead's resident, this resident, and the request's own check
+    # Asked at the start of each transaction, and by the request's own check. (On a busy machine the batch may give
+    # way to a waiting writer, such as the outbox relay marking what it published, and go on in a next transaction.)
+    for applied in work.transactions():
+        erasure_reads = [s for s in applied if s.startswith("SELECT") and "FROM resident_erasures" in s]
+        assert len(erasure_reads) <= 2, erasure_reads
     assert await cases_of(routing, after) == {}, "nothing about the resident is stored after their erasure"
     assert await cases_of(routing, before) == {}, "their case before it was erased with them"
