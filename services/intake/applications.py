@@ -58,6 +58,7 @@ from shared.events import (
     ApplicationSubmitted,
     ApplicationWithdrawn,
     Channel,
+    CloudEvent,
     FeedbackGiven,
     Language,
     Localized,
@@ -322,10 +323,21 @@ def _by(authority: Authority | None) -> dict[str, str]:
     return {"by": "representative" if by_representative(authority) else "counter"}
 
 
-def _summary(authority: Authority | None, own: Localized, representative: Localized, counter: Localized) -> Localized:
-    if authority is None:
-        return own
-    return representative if by_representative(authority) else counter
+def _add_act_entry(
+    repo: Repository,
+    application_id: uuid.UUID,
+    event: CloudEvent,
+    authority: Authority | None,
+    said: tuple[Localized, Localized, Localized],
+    *,
+    at: dt.datetime,
+    details: dict[str, Any],
+) -> None:
+    """The timeline entry of an act on the application, summed up in the words that fit who acted: ``said`` is what
+    it says when the resident acted, when their representative did, and when it was done for them at a counter."""
+    own, representative, counter = said
+    summary = own if authority is None else representative if by_representative(authority) else counter
+    repo.session.add(timeline_entry(application_id, event, at=at, summary=summary, details=details))
 
 
 async def _open_application_to_act_on(
@@ -412,23 +424,20 @@ async def provide_info(
     details: dict[str, Any] = {"facts": sorted(answers), "program_codes": asking, **_by(authority)}
     if body.note is not None:
         details["note"] = body.note
-    repo.session.add(
-        timeline_entry(
-            application.id,
-            event,
-            at=event.time,
-            summary=_summary(
-                authority,
-                Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
-                Localized(
-                    ko="대리인이 요청된 정보를 제출했습니다", en="Your representative sent the information asked for"
-                ),
-                Localized(
-                    ko="창구에서 요청된 정보를 제출했습니다", en="The information asked for was given at a counter"
-                ),
+    _add_act_entry(
+        repo,
+        application.id,
+        event,
+        authority,
+        (
+            Localized(ko="요청하신 정보를 제출했습니다", en="You sent the information that was asked for"),
+            Localized(
+                ko="대리인이 요청된 정보를 제출했습니다", en="Your representative sent the information asked for"
             ),
-            details=details,
-        )
+            Localized(ko="창구에서 요청된 정보를 제출했습니다", en="The information asked for was given at a counter"),
+        ),
+        at=event.time,
+        details=details,
     )
     await _record_act(repo, principal, application, authority, "answer request for information")
     await repo.session.flush()
@@ -459,19 +468,18 @@ async def withdraw(
         ),
         subject=str(application.id),
     )
-    repo.session.add(
-        timeline_entry(
-            application.id,
-            event,
-            at=event.time,
-            summary=_summary(
-                authority,
-                Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
-                Localized(ko="대리인이 신청을 철회했습니다", en="Your representative withdrew the application"),
-                Localized(ko="창구에서 신청을 철회했습니다", en="The application was withdrawn for you at a counter"),
-            ),
-            details=_by(authority),
-        )
+    _add_act_entry(
+        repo,
+        application.id,
+        event,
+        authority,
+        (
+            Localized(ko="신청을 철회했습니다", en="You withdrew the application"),
+            Localized(ko="대리인이 신청을 철회했습니다", en="Your representative withdrew the application"),
+            Localized(ko="창구에서 신청을 철회했습니다", en="The application was withdrawn for you at a counter"),
+        ),
+        at=event.time,
+        details=_by(authority),
     )
     await _record_act(repo, principal, application, authority, "withdraw")
     await repo.session.flush()
@@ -525,19 +533,18 @@ async def give_feedback(
         ),
         subject=str(application.id),
     )
-    repo.session.add(
-        timeline_entry(
-            application.id,
-            event,
-            at=now,
-            summary=_summary(
-                authority,
-                Localized(ko=f"서비스 평가를 남겼습니다 ({score})", en=f"You rated the service {score}"),
-                Localized(ko=f"대리인이 서비스를 평가했습니다 ({score})", en=f"Your representative rated it {score}"),
-                Localized(ko=f"창구에서 서비스 평가를 남겼습니다 ({score})", en=f"You rated it {score} at a counter"),
-            ),
-            details=_by(authority),
-        )
+    _add_act_entry(
+        repo,
+        application.id,
+        event,
+        authority,
+        (
+            Localized(ko=f"서비스 평가를 남겼습니다 ({score})", en=f"You rated the service {score}"),
+            Localized(ko=f"대리인이 서비스를 평가했습니다 ({score})", en=f"Your representative rated it {score}"),
+            Localized(ko=f"창구에서 서비스 평가를 남겼습니다 ({score})", en=f"You rated it {score} at a counter"),
+        ),
+        at=now,
+        details=_by(authority),
     )
     await _record_act(repo, principal, application, authority, "give feedback", record_type="feedback")
     await repo.session.flush()
