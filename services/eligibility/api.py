@@ -12,7 +12,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request, R
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from services.eligibility import catalogue_views, determinations, reports, resident_data, screener, screening_runs
+from services.eligibility import catalogue_views, determinations, reports, resident_data, screener, screenings
 from services.eligibility.catalogue_admin import put_program_version
 from services.eligibility.context import ContextDep
 from services.eligibility.determinations import Eligibility
@@ -211,7 +211,7 @@ async def start_screening(
         tasks.add_task(ctx.scheduler.wake)  # after the commit: the scheduler finds the run at once
     return await idempotent.create(
         body,
-        lambda: screening_runs.start(
+        lambda: screenings.start(
             repo, service, body, actor=principal.subject, now=dt.datetime.now(dt.UTC), reads=ctx.scheduler.db.reads()
         ),
         status_code=202 if body.background else 201,
@@ -240,12 +240,12 @@ async def list_screenings(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> ScreeningPage:
-    return await screening_runs.list_screenings(repo, kind=kind, status=status, cursor=cursor, limit=limit)
+    return await screenings.list_screenings(repo, kind=kind, status=status, cursor=cursor, limit=limit)
 
 
 @router.get("/screenings/{screening_id}", summary="A screening's counts", responses=problem_responses(403, 404))
 async def get_screening(screening_id: uuid.UUID, repo: RepositoryDep, principal: ScreeningStaff) -> ScreeningOut:
-    return await screening_runs.report(repo, screening_id)
+    return await screenings.report(repo, screening_id)
 
 
 # ---------------------------------------------------------------------------------------------- determinations

@@ -26,12 +26,21 @@ from collections.abc import AsyncIterator, Sequence
 
 from sqlalchemy import update
 
-from services.eligibility import screening_runs, triggers
+from services.eligibility import triggers
 from services.eligibility.determinations import Eligibility
 from services.eligibility.models import ScreeningQueueRow, ScreeningRow
 from services.eligibility.repository import Repository
-from services.eligibility.screening import proactive_codes
-from services.eligibility.screening_runs import DueToday, Everyone, Kind, Population, Queued
+from services.eligibility.screenings import (
+    DueToday,
+    Everyone,
+    Kind,
+    Population,
+    Queued,
+    clear_marks_before,
+    execute,
+    open_run,
+    proactive_codes,
+)
 from shared.db import Database
 
 log = logging.getLogger(__name__)
@@ -126,14 +135,10 @@ class ScreeningScheduler:
             if kind != "requested":
                 if kind == "incremental":
                     why = _reasons(await repo.queued(100))
-                row = await screening_runs.open_run(
-                    repo, kind=kind, trigger=why, actor=SCHEDULER, as_of=today, codes=codes, now=now
-                )
+                row = await open_run(repo, kind=kind, trigger=why, actor=SCHEDULER, as_of=today, codes=codes, now=now)
                 screening_id = row.screening_id
         log.info("screening due", extra={"kind": kind, "trigger": why, "screening_id": str(screening_id)})
-        finished = await screening_runs.execute(
-            self.db, self.service, screening_id, population, renew=lambda: self._renew()
-        )
+        finished = await execute(self.db, self.service, screening_id, population, renew=lambda: self._renew())
         self.runs += 1
         async with self.db.session() as session:
             schedule = await Repository(session).schedule()
@@ -144,7 +149,7 @@ class ScreeningScheduler:
             elif kind == "daily":
                 schedule.daily_on = today
         if kind == "full":
-            await screening_runs.clear_marks_before(self.db, now)
+            await clear_marks_before(self.db, now)
         return finished
 
     async def _renew(self) -> None:

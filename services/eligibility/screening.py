@@ -19,13 +19,14 @@ from typing import Any
 
 import polars as pl
 
-from services.eligibility.catalogue import Catalogue, Evaluation, Program, RuleVersion, named_programs
+from services.eligibility.catalogue import Catalogue, Evaluation, Program, RuleVersion
 from services.eligibility.determinations import Eligibility
 from services.eligibility.facts import FactLayers, derive
 from services.eligibility.models import ResidentRow, ScreeningRow
 from services.eligibility.population import Reads, screened_pages
 from services.eligibility.repository import Repository, registry_of, reported_of
 from services.eligibility.schemas import ScreeningIn, ScreeningOut
+from services.eligibility.screenings import requested_programs, screening_out
 from shared.events import EligibilityOpportunity, Localized, Outcome
 from shared.outbox import EnvelopeTemplate, Outbox, dashed
 from shared.problems import NotFound
@@ -249,21 +250,6 @@ def opportunity_events(
     return parts
 
 
-def proactive_codes(catalogue: Catalogue, as_of: dt.date) -> list[str]:
-    """Every proactive program with a rule version in force on ``as_of``."""
-    return [c for c, p in catalogue.programs.items() if p.attributes.proactive and p.version_on(as_of)]
-
-
-async def requested_programs(repo: Repository, service: Eligibility, request: ScreeningIn) -> tuple[dt.date, list[str]]:
-    """What a screening request asks for: its day (default: today in the city) and the programs it names (each known
-    and in force that day, else the request is refused) or, naming none, every proactive program in force then."""
-    catalogue = await service.store.get(repo)
-    as_of = request.as_of or service.store.today()
-    if request.programs is not None:
-        return as_of, named_programs(catalogue, request.programs, as_of, field="programs")
-    return as_of, proactive_codes(catalogue, as_of)
-
-
 async def start_screening(
     repo: Repository,
     service: Eligibility,
@@ -302,26 +288,3 @@ async def screening_report(repo: Repository, screening_id: uuid.UUID) -> Screeni
     if row is None:
         raise NotFound(f"No screening {screening_id}.")
     return screening_out(row)
-
-
-def screening_out(row: ScreeningRow) -> ScreeningOut:
-    rate = None
-    if row.duration_ms:
-        rate = round(row.residents_screened / (row.duration_ms / 1000), 1)
-    return ScreeningOut(
-        screening_id=row.screening_id,
-        status=row.status,
-        as_of=row.as_of,
-        programs=list(row.programs),
-        residents_screened=row.residents_screened,
-        judgements=row.judgements,
-        evaluations=row.evaluations,
-        eligible_found=row.eligible_found,
-        already_applied=row.already_applied,
-        already_notified=row.already_notified,
-        opportunities=row.opportunities,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        duration_ms=row.duration_ms,
-        residents_per_second=rate,
-    )

@@ -5,7 +5,8 @@
 boundary, an incremental run for the residents whose facts changed — or by an administrator asking for a run in the
 background (``POST /v1/screenings`` with ``background``). Each commits page by page: its row in ``screenings`` shows
 how far it got (``residents_screened`` of ``residents_total``) while it runs, and a run that fails or whose process
-dies leaves everything it wrote whole, the rest to the next run.
+dies leaves everything it wrote whole, the rest to the next run. Who a run screens, its row opened and shown, are
+``screenings.py`` (no Polars there: this module is imported once a run has someone to screen).
 
 Per resident and proactive program a run finds one of three things:
 - eligible, never applied for and never offered: an opportunity (``eligibility.opportunity``), as ``screening.py``;
@@ -21,47 +22,31 @@ A page is read as columns and judged in columns as the administrator's run does 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import polars as pl
-from sqlalchemy import Table, delete, update
+from sqlalchemy import Table, update
 
 from services.eligibility import near_misses, vectorised
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.determinations import Eligibility
 from services.eligibility.fact_table import ROW
 from services.eligibility.facts import Derived, FactCatalogue, FactLayers, derive, resolve
-from services.eligibility.models import ScreeningQuestionRow, ScreeningQueueRow, ScreeningRow
+from services.eligibility.models import ScreeningQuestionRow, ScreeningRow
 from services.eligibility.near_misses import NearMiss
-from services.eligibility.population import Reads, RegistryPage, ahead, eligible_pairs, pairs, read_page, split_found
+from services.eligibility.population import RegistryPage, ahead, eligible_pairs, pairs, split_found
 from services.eligibility.repository import Repository
-from services.eligibility.schemas import ScreeningIn, ScreeningOut, ScreeningPage
-from services.eligibility.screening import (
-    Finding,
-    facts_read,
-    opportunity_events,
-    opportunity_rows,
-    requested_programs,
-    screening_out,
-    start_screening,
-)
+from services.eligibility.screening import Finding, facts_read, opportunity_events, opportunity_rows
+from services.eligibility.screenings import Population, finish
 from services.eligibility.triggers import ReviewCalendar
 from shared.db import Database, bulk_insert
 from shared.events import Localized, ScreeningQuestionAsked
 from shared.outbox import EnvelopeTemplate, dashed, event_ids
-from shared.problems import NotFound, UnprocessableContent
 
-log = logging.getLogger(__name__)
-
-Kind = Literal["manual", "requested", "full", "daily", "incremental"]
 QUESTIONS = cast(Table, ScreeningQuestionRow.__table__)
 _ERROR = object()
 _MISSING = object()
@@ -429,133 +414,7 @@ async def screen_page(
     return await record_page(repo, service, judge, screening_id, judge.judge_page(page, reviews), now)
 
 
-# ---------------------------------------------------------------------------------------------- who a run screens
-
-
-class Population(Protocol):
-    # The residents of a page are spread over every id (named, or due), not one range of ids.
-    sparse: bool
-    # The next page may be read before this one's findings are written.
-    reads_ahead: bool
-
-    async def total(self, repo: Repository) -> int: ...
-
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
-        """(residents this page accounts for, the consenting ones to judge, read as columns), or None when done."""
-
-    async def page_done(self, repo: Repository) -> None: ...
-
-
-@dataclass
-class Everyone:
-    """Every resident who consented to proactive screening (a full run), by id."""
-
-    after: str | None = None
-    sparse: bool = False
-    reads_ahead: bool = True
-
-    async def total(self, repo: Repository) -> int:
-        return await repo.count_consenting()
-
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
-        page = await read_page(repo, self.after, limit)
-        if not page.ids:
-            return None
-        self.after = page.ids[-1]
-        return len(page.ids), page
-
-    async def page_done(self, repo: Repository) -> None:
-        return None
-
-
-@dataclass
-class DueToday:
-    """Consenting residents whose review day has come: their dates moved a fact the rules read (or were never
-    screened). Screening them records their next review day, so a run that stops part-way loses nothing."""
-
-    today: dt.date
-    after: str | None = None
-    sparse: bool = True
-    reads_ahead: bool = True
-
-    async def total(self, repo: Repository) -> int:
-        return await repo.count_due(self.today)
-
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
-        page = await read_page(repo, self.after, limit, due=self.today)
-        if not page.ids:
-            return None
-        self.after = page.ids[-1]
-        return len(page.ids), page
-
-    async def page_done(self, repo: Repository) -> None:
-        return None
-
-
-@dataclass
-class Queued:
-    """The residents marked since their last screening (facts, consents or answers changed), oldest mark first. The
-    marks a page saw are cleared with its findings; a mark made again meanwhile stays for the next run. The run takes
-    at most as many marks as there were when it started, so a steady stream of changes cannot keep it going."""
-
-    budget: int = 0
-    marks: list[tuple[uuid.UUID, dt.datetime]] = field(default_factory=list)
-    sparse: bool = True
-    reads_ahead: bool = False
-
-    async def total(self, repo: Repository) -> int:
-        self.budget = await repo.queue_size()
-        return self.budget
-
-    async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
-        if self.budget <= 0:
-            return None
-        rows = await repo.queued(min(limit, self.budget))
-        if not rows:
-            return None
-        self.budget -= len(rows)
-        self.marks = [(r.resident_id, r.queued_at) for r in rows]
-        return len(rows), await read_page(repo, None, len(rows), [r.resident_id for r in rows])
-
-    async def page_done(self, repo: Repository) -> None:
-        await repo.clear_queued(self.marks)
-
-
 # ---------------------------------------------------------------------------------------------- a run
-
-
-async def open_run(
-    repo: Repository,
-    *,
-    kind: Kind,
-    trigger: str,
-    actor: str,
-    as_of: dt.date,
-    codes: Sequence[str],
-    now: dt.datetime,
-    status: Literal["queued", "running"] = "running",
-) -> ScreeningRow:
-    row = ScreeningRow(
-        screening_id=uuid.uuid4(),
-        requested_by=actor,
-        as_of=as_of,
-        programs=list(codes),
-        status=status,
-        residents_screened=0,
-        judgements=0,
-        evaluations=0,
-        eligible_found=0,
-        already_applied=0,
-        already_notified=0,
-        opportunities=0,
-        questions=0,
-        started_at=now,
-        kind=kind,
-        trigger=trigger,
-    )
-    repo.session.add(row)
-    await repo.session.flush()
-    return row
 
 
 async def execute(
@@ -564,20 +423,18 @@ async def execute(
     screening_id: uuid.UUID,
     population: Population,
     *,
+    started: float,
     renew: Any = None,
 ) -> ScreeningRow:
-    """Run a screening whose row exists, page by page (each page one transaction), to its end. ``renew`` (an
-    awaitable factory) is called between pages to keep the scheduler's lease. A failure marks the run failed and is
-    raised again; what earlier pages wrote stays."""
+    """Run a screening whose row is running, with residents to screen (``screenings.execute``), page by page (each
+    page one transaction), to its end. ``renew`` (an awaitable factory) is called between pages to keep the
+    scheduler's lease. A failure marks the run failed and is raised again; what earlier pages wrote stays."""
     batch = service.settings.screening_batch_size
-    started = time.perf_counter()
     async with db.session() as session:
         repo = Repository(session)
         row = await repo.screening(screening_id)
         assert row is not None
         catalogue = await service.store.get(repo)
-        row.status = "running"
-        row.residents_total = await population.total(repo)
         as_of, codes = row.as_of, list(row.programs)
     judge = ProactiveJudge(catalogue, codes, as_of, dt.datetime.now(dt.UTC), service.settings.screening_unasked_facts)
     reviews = ReviewCalendar(catalogue, as_of, judge.read)
@@ -622,11 +479,12 @@ async def execute(
                 await renew()
             await asyncio.sleep(0)  # let the service's requests and consumers in between pages
     except Exception as exc:
-        await _finish(db, screening_id, judge, started, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        await finish(db, screening_id, started, judge.judged, judge.evaluations, status="failed", error=error)
         if service.screening_metrics is not None:
             service.screening_metrics.failed()
         raise
-    row = await _finish(db, screening_id, judge, started, status="completed")
+    row = await finish(db, screening_id, started, judge.judged, judge.evaluations, status="completed")
     if service.screening_metrics is not None:
         service.screening_metrics.finished(row)
     return row
@@ -636,126 +494,3 @@ async def judge_in_thread(
     judge: ProactiveJudge, page: RegistryPage, reviews: ReviewCalendar, *, sparse: bool
 ) -> JudgedPage:
     return await asyncio.to_thread(judge.judge_page, page, reviews, sparse=sparse)
-
-
-async def _finish(
-    db: Database,
-    screening_id: uuid.UUID,
-    judge: ProactiveJudge,
-    started: float,
-    *,
-    status: str,
-    error: str | None = None,
-) -> ScreeningRow:
-    async with db.session() as session:
-        row = await Repository(session).screening(screening_id)
-        assert row is not None
-        await session.refresh(row)
-        row.status = status
-        row.error = error
-        row.judgements = judge.judged
-        row.evaluations = judge.evaluations
-        row.finished_at = dt.datetime.now(dt.UTC)
-        row.duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        log.info(
-            "screening finished",
-            extra={
-                "screening_id": str(screening_id),
-                "kind": row.kind,
-                "status": status,
-                "residents": row.residents_screened,
-                "opportunities": row.opportunities,
-                "questions": row.questions,
-            },
-        )
-        return row
-
-
-async def clear_marks_before(db: Database, before: dt.datetime) -> None:
-    """After a full run: the marks made before it began are answered by it."""
-    async with db.session() as session:
-        await session.execute(delete(ScreeningQueueRow).where(ScreeningQueueRow.queued_at < before))
-
-
-# ---------------------------------------------------------------------------------------------- the API's side
-
-
-async def start(
-    repo: Repository,
-    service: Eligibility,
-    request: ScreeningIn,
-    *,
-    actor: str,
-    now: dt.datetime,
-    reads: Reads | None = None,
-) -> ScreeningOut:
-    """``POST /v1/screenings``: at once (the answer waits for the counts, as before), or in the background: the row is
-    queued and the scheduler runs it next, a page at a time (``GET /v1/screenings/{id}`` shows how far it got)."""
-    if not request.background:
-        return await start_screening(repo, service, request, actor=actor, now=now, reads=reads)
-    as_of, codes = await requested_programs(repo, service, request)
-    row = await open_run(
-        repo,
-        kind="requested",
-        trigger=f"requested by {actor}",
-        actor=actor,
-        as_of=as_of,
-        codes=codes,
-        now=now,
-        status="queued",
-    )
-    return run_out(row)
-
-
-def run_out(row: ScreeningRow) -> ScreeningOut:
-    """A screening as the API shows it: its counts (``screening.screening_out``), what started it and how far it got."""
-    progress = None  # a manual run is answered when done: it has no progress to follow
-    if row.residents_total is not None:
-        progress = round(min(row.residents_screened / row.residents_total, 1.0), 4) if row.residents_total else 1.0
-    return screening_out(row).model_copy(
-        update={
-            "kind": row.kind,
-            "trigger": row.trigger,
-            "residents_total": row.residents_total,
-            "progress": progress,
-            "questions": row.questions or 0,
-            "error": row.error,
-        }
-    )
-
-
-async def report(repo: Repository, screening_id: uuid.UUID) -> ScreeningOut:
-    row = await repo.screening(screening_id)
-    if row is None:
-        raise NotFound(f"No screening {screening_id}.")
-    return run_out(row)
-
-
-async def list_screenings(
-    repo: Repository, *, kind: str | None, status: str | None, cursor: str | None, limit: int
-) -> ScreeningPage:
-    """Every screening, newest first, a page at a time."""
-    after = _decode(cursor) if cursor else None
-    rows = await repo.screenings_page(kind, status, after, limit + 1)
-    page = rows[:limit]
-    last = page[-1] if page else None
-    return ScreeningPage(
-        items=[run_out(r) for r in page],
-        next_cursor=_encode(last.started_at, last.screening_id) if last is not None and len(rows) > limit else None,
-    )
-
-
-def _encode(at: dt.datetime, screening_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{screening_id}".encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, last = raw.partition("|")
-        moment = dt.datetime.fromisoformat(at)
-        if moment.tzinfo is None:
-            raise ValueError("naive")
-        return moment, uuid.UUID(last)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise UnprocessableContent.for_field("query.cursor", "is not a cursor this API gave out") from None

@@ -20,13 +20,16 @@ import datetime as dt
 import hashlib
 import uuid
 from collections.abc import Mapping
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from services.eligibility.catalogue import Catalogue
 from services.eligibility.facts import DERIVATIONS
 from services.eligibility.repository import Repository
+
+if TYPE_CHECKING:
+    # Imported where the columns are made (next_reviews): the consumers queue residents through this module, and a
+    # process that never screens does without Polars (about 37 MB of memory once imported).
+    import polars as pl
 
 # Derived facts counted in days: they change every day, so a resident for whom one is known (and recent) is reviewed
 # the next day. The proactive rules read day counts only close to the event they count from (a newborn's first 60
@@ -115,6 +118,8 @@ class ReviewCalendar:
     def next_reviews(self, table: pl.DataFrame) -> pl.Series:
         """:meth:`next_review` of every row of ``table`` (base facts, a column each; ``fact_table.registry_table``),
         in columns: the same day for each (``test_screening_runs.py`` holds them to each other)."""
+        import polars as pl
+
         today = self.as_of
         candidates: list[pl.Expr] = [pl.lit(self.month_end)]
         daily: list[pl.Expr] = []
@@ -138,6 +143,8 @@ class ReviewCalendar:
 
 def _next_month_change(start: pl.Expr, today: dt.date) -> pl.Expr:
     """:func:`next_month_change` in columns (``start`` a date column; null stays null)."""
+    import polars as pl
+
     year, month, day = start.dt.year().cast(pl.Int64), start.dt.month().cast(pl.Int64), start.dt.day().cast(pl.Int64)
     months = (today.year - year) * 12 + (today.month - month) - pl.when(day > today.day).then(1).otherwise(0)
     index = year * 12 + (month - 1) + months + 1

@@ -20,8 +20,8 @@ from services.eligibility.main import MIGRATIONS
 from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningQuestionRow, platform
 from services.eligibility.registry_load import load_registry
 from services.eligibility.repository import Repository
-from services.eligibility.screening import proactive_codes, run_screening
-from services.eligibility.screening_runs import Everyone, execute, open_run
+from services.eligibility.screening import run_screening
+from services.eligibility.screenings import Everyone, execute, open_run, proactive_codes
 from services.eligibility.seed import seed
 from services.eligibility.settings import EligibilitySettings
 from shared.db import Database
