@@ -3,7 +3,8 @@ relay's publish, and each consumer's handling in eligibility, routing and notify
 HTTP and NATS headers (and, between a transaction and its relay, in the outbox row). Log lines carry the trace id.
 
 The four services run in the test's process, each served over real HTTP on the real nats-server, with the SDK's
-in-memory exporter added to each service's tracer provider."""
+in-memory exporter added to each service's tracer provider. While a service exports nothing, its spans are only
+span contexts, with the ids and flags the SDK would have given them (tested without the platform, below)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from onestop.registry import BY_NAME
 from shared.auth import Role, TokenIssuer
@@ -226,4 +230,147 @@ async def test_statements_make_spans_only_while_the_services_spans_go_somewhere(
         assert span in exported.get_finished_spans()
     finally:
         await db.dispose()
+        tracing.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------- spans no one receives
+# Until a service exports (an OTLP endpoint, or export_to), its request, handling and publish spans are only span
+# contexts: what propagates (log lines, traceparent headers, the outbox envelope) must be what the SDK's span's would
+# have been, so that one service exporting later still sees whole traces.
+
+trace_ids = st.integers(1, 2**128 - 1)
+span_ids = st.integers(1, 2**64 - 1)
+trace_flags = st.integers(0, 255)  # sampled (0x01), random-trace-id (0x02), and bits no one defined yet
+ratios = st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0.0, 1.0)
+trace_states = st.sampled_from([TraceState(), TraceState([("vendor", "v1")]), TraceState([("a", "1"), ("b", "2")])])
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
+def _sdk_span(tracing: Any, context: Any) -> Any:
+    """The span the SDK itself starts under ``context`` (processors or not, its ids, flags and tracestate are the
+    same): the reference the spans no one receives must match."""
+    return tracing.provider.get_tracer("reference").start_span("reference", context=context)
+
+
+@settings(max_examples=200, deadline=None)
+@given(trace_id=trace_ids, span_id=span_ids, flags=trace_flags, ratio=ratios)
+def test_a_handling_no_one_receives_continues_its_publishers_trace_unrecorded(
+    trace_id: int, span_id: int, flags: int, ratio: float
+) -> None:
+    from shared.tracing import Tracing, consume_span, context_of, current_ids, traceparent
+
+    tracing = Tracing("quiet-consume", sample_ratio=ratio)
+    parent = _traceparent(trace_id, span_id, flags)
+    with consume_span("quiet-consume", "quiet-events", "onestop.case.routed", parent, "evt-1") as span:
+        assert not span.is_recording(), "no SDK span: nothing would receive it"
+        context = span.get_span_context()
+        assert context.is_valid
+        assert context.trace_id == trace_id, "the publisher's trace continues"
+        assert context.span_id != span_id
+        assert context.trace_flags.sampled == bool(flags & 0x01), "sampled exactly when the publisher's span was"
+        reference = _sdk_span(tracing, context_of(parent)).get_span_context()
+        assert (context.trace_flags, context.trace_state, context.is_remote) == (
+            reference.trace_flags, reference.trace_state, reference.is_remote,
+        )  # fmt: skip
+        assert traceparent() == _traceparent(trace_id, context.span_id, reference.trace_flags)
+        assert current_ids() == (f"{trace_id:032x}", f"{context.span_id:016x}")
+    assert traceparent() is None, "current only inside the block"
+
+
+@settings(max_examples=200, deadline=None)
+@given(trace_id=trace_ids, span_id=span_ids, flags=trace_flags, state=trace_states, remote=st.booleans())
+def test_a_span_no_one_receives_has_the_context_the_sdk_would_give_it(
+    trace_id: int, span_id: int, flags: int, state: TraceState, remote: bool
+) -> None:
+    """Any parent, local or remote, with or without a tracestate: the same trace id, flags and tracestate as the
+    SDK's child of it, and a new span id."""
+    from shared.tracing import Tracing, trace
+
+    tracing = Tracing("quiet-context", sample_ratio=0.5)
+    parent = SpanContext(trace_id, span_id, remote, TraceFlags(flags), state)
+    span = tracing.quiet_span(parent)
+    context = span.get_span_context()
+    reference = _sdk_span(tracing, trace.set_span_in_context(NonRecordingSpan(parent))).get_span_context()
+    assert not span.is_recording()
+    assert context.span_id not in (span_id, 0)
+    assert (context.trace_id, context.trace_flags, context.trace_state, context.is_remote) == (
+        reference.trace_id, reference.trace_flags, reference.trace_state, reference.is_remote,
+    )  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(ratio=ratios, parent=st.sampled_from([None, "", "garbage", _traceparent(0, 1, 1), _traceparent(1, 0, 1)]))
+def test_a_request_no_one_receives_without_a_valid_caller_starts_a_new_sampled_or_not_trace(
+    ratio: float, parent: str | None
+) -> None:
+    from shared.tracing import Tracing, server_span, traceparent
+
+    tracing = Tracing("quiet-root", sample_ratio=ratio)
+    headers = {} if parent is None else {"traceparent": parent}
+    with server_span("quiet-root", "GET", headers) as span:
+        context = span.get_span_context()
+        assert not span.is_recording()
+        assert context.is_valid, "a new trace"
+        # Sampled as the provider's sampler decides a root with this trace id; the ids are random (W3C level 2 flag).
+        decision = tracing.provider.sampler.should_sample(None, context.trace_id, "GET").decision
+        sampled = decision is Decision.RECORD_AND_SAMPLE
+        assert context.trace_flags == (TraceFlags.SAMPLED if sampled else 0) | TraceFlags.RANDOM_TRACE_ID
+        assert traceparent() == _traceparent(context.trace_id, context.span_id, context.trace_flags)
+    if ratio in (0.0, 1.0):
+        assert context.trace_flags.sampled == (ratio == 1.0)
+
+
+@given(value=st.from_regex(r"\A[ \t]?[0-9a-fA-F]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?[ \t]?\Z") | st.text())
+def test_a_traceparent_is_read_as_the_propagator_reads_it(value: str) -> None:
+    from shared.tracing import PROPAGATOR, context_of, trace
+
+    mine = trace.get_current_span(context_of(value)).get_span_context()
+    theirs = trace.get_current_span(PROPAGATOR.extract({"traceparent": value})).get_span_context()
+    assert mine == theirs
+
+
+def test_a_publish_no_one_receives_carries_a_child_of_the_emitting_span() -> None:
+    from shared.tracing import Tracing, publish_span, trace, traceparent
+
+    Tracing("quiet-publish")
+    emitted = _traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 0x01)
+    span = publish_span("quiet-publish", "onestop.case.routed", emitted, "evt-1")
+    span.set_status(Status(StatusCode.ERROR, "not acknowledged"))  # what the relay does: nothing to record it in
+    span.end()
+    context = span.get_span_context()
+    assert not span.is_recording()
+    assert traceparent(trace.set_span_in_context(span)) == _traceparent(
+        0x0AF7651916CD43DD8448EB211C80319C, context.span_id, 0x01
+    )
+    assert context.span_id != 0xB7AD6B7169203331
+
+
+def test_once_exported_the_spans_are_recorded_again() -> None:
+    from shared.tracing import Tracing, consume_span, publish_span, server_span
+
+    tracing = Tracing("quiet-then-exported")
+    parent = _traceparent(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, 0x01)
+    with consume_span("quiet-then-exported", "events", "onestop.case.routed", parent, "evt-1") as quiet:
+        assert not quiet.is_recording()
+    exported = InMemorySpanExporter()
+    tracing.export_to(SimpleSpanProcessor(exported))
+    try:
+        with consume_span("quiet-then-exported", "events", "onestop.case.routed", parent, "evt-2") as handling:
+            assert handling.is_recording()
+            publish_span("quiet-then-exported", "onestop.notice.sent", None, "evt-3").end()
+        with server_span("quiet-then-exported", "GET", {"traceparent": parent}) as request:
+            assert request.is_recording()
+        spans = {s.name: s for s in exported.get_finished_spans()}
+        assert set(spans) == {"process onestop.case.routed", "publish onestop.notice.sent", "GET"}
+        process = spans["process onestop.case.routed"]
+        assert process.kind == SpanKind.CONSUMER
+        assert process.parent is not None
+        assert process.parent.span_id == 0xB7AD6B7169203331
+        assert process.context is not None
+        assert process.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+        assert (process.attributes or {})["messaging.message.id"] == "evt-2"
+    finally:
         tracing.shutdown()
