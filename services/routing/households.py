@@ -143,11 +143,63 @@ def consider_later(repo: Repository, resident_id: uuid.UUID) -> None:
 
 
 async def consider_noted(repo: Repository, ctx: RoutingContext, erased: Callable[[uuid.UUID], Awaitable[bool]]) -> None:
-    """:func:`consider` each resident noted in the transaction, in the order noted, unless erased since."""
+    """:func:`consider` each resident noted in the transaction, in the order noted, unless erased since. What the rule
+    reads of them is read once for all of them (:class:`_Reads`): each that the rule leaves alone is judged on those
+    reads, as :func:`consider` would judge it (nothing was written since they were read); from the first that opens or
+    joins a household case on, each is considered apart, with reads of its own."""
     noted: dict[uuid.UUID, None] = repo.session.info.pop(_TO_CONSIDER, {})
-    for resident_id in noted:
-        if not await erased(resident_id):
-            await consider(repo, ctx, resident_id)
+    residents = [resident_id for resident_id in noted if not await erased(resident_id)]
+    reads = await _Reads.load(repo, residents) if len(residents) > 1 else None
+    for resident_id in residents:
+        if reads is not None and await reads.left_alone(ctx, resident_id):
+            continue
+        if await consider(repo, ctx, resident_id) is not None:
+            reads = None  # a household case opened or joined: what was read before no longer holds
+
+
+class _Reads:
+    """What :func:`consider` reads of several residents, read in a query per kind: the households they live in, who of
+    those households is in a running household case, their active cases (and the life events of those cases'
+    applications, when the rule comes to them)."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        housemates: dict[uuid.UUID, list[uuid.UUID]],
+        in_running: set[uuid.UUID],
+        active: Sequence[Case],
+    ) -> None:
+        self.repo = repo
+        self.housemates = housemates
+        self.in_running = in_running
+        self.active = active
+        self._life_events: dict[uuid.UUID, str] | None = None
+
+    @classmethod
+    async def load(cls, repo: Repository, resident_ids: Sequence[uuid.UUID]) -> _Reads:
+        housemates = await repo.housemates_of(resident_ids)
+        everyone = list(dict.fromkeys(r for household in housemates.values() for r in household))
+        in_running = await repo.in_running_household(everyone)
+        return cls(repo, housemates, in_running, await repo.cases_of_residents(everyone, active=True))
+
+    async def life_events(self, application_ids: Sequence[uuid.UUID]) -> set[str]:
+        if self._life_events is None:
+            ids = list(dict.fromkeys(c.application_id for c in self.active if c.application_id is not None))
+            self._life_events = await self.repo.life_events_of(ids)
+        return {self._life_events[i] for i in application_ids if i in self._life_events}
+
+    async def left_alone(self, ctx: RoutingContext, resident_id: uuid.UUID) -> bool:
+        """Whether :func:`consider` would neither open nor join a household case for the resident."""
+        if resident_id in self.in_running:
+            return True
+        household = self.housemates[resident_id]
+        members = set(household)
+        active = [c for c in self.active if c.resident_id in members]
+        if not any(c.resident_id == resident_id for c in active):
+            return True
+        if any(r in self.in_running for r in household[1:]):
+            return False
+        return await _reason(ctx, active, self.life_events) is None
 
 
 async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID) -> HouseholdCase | None:
@@ -167,18 +219,11 @@ async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID
     if running is not None:
         await _join(repo, ctx, running, resident_id, "household", SYSTEM)
         return running
-    departments = sorted({c.department for c in active})
-    if len(departments) < ctx.settings.household_min_departments:
-        return None
-    wanted = {v.value for v in ctx.settings.household_flags}
-    flags = sorted({v for c in active for v in c.vulnerability if v in wanted})
-    application_ids = [c.application_id for c in active if c.application_id is not None]
-    crises = sorted((await repo.life_events(application_ids)) & ctx.settings.household_crisis_life_events)
-    if not flags and not crises:
+    reason = await _reason(ctx, active, repo.life_events)
+    if reason is None:
         return None
     mine = [c for c in active if c.resident_id == resident_id]
     latest = max(mine, key=lambda c: (c.created_at, str(c.id)))
-    reason = {"departments": departments, "flags": flags, "life_events": crises}
     try:
         return await _open(
             repo, ctx, with_cases, latest.district_code, latest.preferred_language, "automatic", SYSTEM, reason
@@ -186,6 +231,24 @@ async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID
     except NoOfficeServes as exc:
         log.warning("no office to hold a household case", extra={"resident_id": str(resident_id), "error": str(exc)})
         return None
+
+
+async def _reason(
+    ctx: RoutingContext,
+    active: Sequence[Case],
+    life_events: Callable[[Sequence[uuid.UUID]], Awaitable[set[str]]],
+) -> dict[str, Any] | None:
+    """Why the household of these active cases is taken on, or None when the rule does not hold for it."""
+    departments = sorted({c.department for c in active})
+    if len(departments) < ctx.settings.household_min_departments:
+        return None
+    wanted = {v.value for v in ctx.settings.household_flags}
+    flags = sorted({v for c in active for v in c.vulnerability if v in wanted})
+    application_ids = [c.application_id for c in active if c.application_id is not None]
+    crises = sorted((await life_events(application_ids)) & ctx.settings.household_crisis_life_events)
+    if not flags and not crises:
+        return None
+    return {"departments": departments, "flags": flags, "life_events": crises}
 
 
 async def open_by_caseworker(

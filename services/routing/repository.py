@@ -620,6 +620,36 @@ class Repository:
         others = [rid for rid in (await self.session.execute(query)).scalars().all() if rid != resident_id]
         return [resident_id, *others]
 
+    async def housemates_of(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
+        """Unscoped: :meth:`housemates` of each of these residents, in one query."""
+        theirs = select(ResidentHousehold.household_id).where(ResidentHousehold.resident_id.in_(list(resident_ids)))
+        query = (
+            select(ResidentHousehold.household_id, ResidentHousehold.resident_id)
+            .where(ResidentHousehold.household_id.in_(theirs))
+            .order_by(ResidentHousehold.seen_at, ResidentHousehold.resident_id)
+        )
+        household_of: dict[uuid.UUID, uuid.UUID] = {}
+        members: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for household_id, resident_id in await self.session.execute(query):
+            household_of[resident_id] = household_id
+            members.setdefault(household_id, []).append(resident_id)
+        found: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for resident_id in resident_ids:
+            mine = household_of.get(resident_id)
+            others = members[mine] if mine is not None else []
+            found[resident_id] = [resident_id, *(r for r in others if r != resident_id)]
+        return found
+
+    async def in_running_household(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Unscoped: which of these residents are members of a running household case (see
+        :meth:`running_household_of`)."""
+        query = (
+            select(HouseholdMember.open_resident_id)
+            .join(HouseholdCase, HouseholdMember.household_case_id == HouseholdCase.id)
+            .where(HouseholdMember.open_resident_id.in_(list(resident_ids)))
+        )
+        return {r for r in (await self.session.execute(query)).scalars() if r is not None}
+
     async def household_members(self, household_case_id: uuid.UUID) -> Sequence[HouseholdMember]:
         query = select(HouseholdMember).where(HouseholdMember.household_case_id == household_case_id)
         return (await self.session.execute(query.order_by(HouseholdMember.id))).scalars().all()
@@ -679,6 +709,13 @@ class Repository:
             ApplicationRecord.application_id.in_(list(application_ids)), ApplicationRecord.life_event.is_not(None)
         )
         return {str(v) for v in (await self.session.execute(query)).scalars().all()}
+
+    async def life_events_of(self, application_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """The life event of each of these applications that has one (see :meth:`life_events`)."""
+        query = select(ApplicationRecord.application_id, ApplicationRecord.life_event).where(
+            ApplicationRecord.application_id.in_(list(application_ids)), ApplicationRecord.life_event.is_not(None)
+        )
+        return {application_id: str(event) for application_id, event in await self.session.execute(query)}
 
     async def residents_known(self, resident_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these residents routing knows of (a case or an offer of theirs)."""

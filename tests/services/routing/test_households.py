@@ -396,3 +396,42 @@ async def test_the_registered_household_is_taken_on_together(routing: RunningSer
     await feed(routing, determined(uuid.uuid4(), [program("medical_aid", department="health")], resident_id=daughter))
     part = (await routing.client.get(f"/v1/residents/{daughter}/data", headers=own)).json()["records"]
     assert part["registered_household"] == []
+
+
+async def test_a_batch_reads_its_residents_households_once_and_considers_apart_after_a_change(
+    routing: RunningService,
+) -> None:
+    """The residents whose cases a transaction changed are considered at its end: what the rule reads of them (their
+    households, who is in a running household case, their active cases) is read once for all of them, not once for
+    each. Once one of them joins (or opens) a household case, those after are considered on reads of their own, so
+    that each housemate joins the case the one before joined, as when considered in transactions of their own."""
+    from tests.support.round_trips import one_batch
+
+    household_id = uuid.uuid4()
+    father, mother, daughter, son = (uuid.uuid4() for _ in range(4))
+    await feed(routing, determined(uuid.uuid4(), [program("livelihood_emergency", department="welfare")],
+                                   resident_id=father, vulnerability=CRISIS, household_id=household_id))  # fmt: skip
+    await feed(routing, determined(uuid.uuid4(), [program("job_seeker", department="labour")],
+                                   resident_id=mother, household_id=household_id))  # fmt: skip
+    [household] = await households_of(routing)
+    alone = [uuid.uuid4() for _ in range(4)]  # each in a household of their own, with one department's case
+    health = [program("medical_aid", department="health")]
+    batch = [determined(uuid.uuid4(), health, resident_id=r, household_id=uuid.uuid4()) for r in alone]
+    batch.append(determined(uuid.uuid4(), [program("rent_support", department="housing")],
+                            resident_id=daughter, household_id=household_id))  # fmt: skip
+    batch.append(determined(uuid.uuid4(), health, resident_id=son, household_id=household_id))
+    # Led by an event of no interest: an idle consumer takes the first message alone.
+    lead = determined(uuid.uuid4(), [program("child_allowance", "eligible")])
+    work = await one_batch(routing, "cases", [lead, *batch])
+
+    assert [h.id for h in await households_of(routing)] == [household.id]
+    joined = await emitted(routing, "household_case.member_added")
+    assert sorted(j["resident_id"] for j in joined) == sorted([str(daughter), str(son)])
+    assert {j["household_case_id"] for j in joined} == {str(household.id)}
+    body = (await call(routing, "GET", f"/v1/household-cases/{household.id}", HOPE_SUPERVISOR, "supervisor")).json()
+    assert {m["resident_id"] for m in body["members"]} == {str(r) for r in (father, mother, daughter, son)}
+    for statements in work.transactions():
+        considered = [s for s in statements if s.startswith("SELECT ") and "FROM cases WHERE cases.resident_id IN" in s]
+        # Once for all the transaction's residents, once for the daughter, who joins, and once for the son, considered
+        # apart after her; not once for each of the six.
+        assert len(considered) <= 3, statements
