@@ -28,9 +28,15 @@ class WorkingCalendar:
         self.country = country
         self.holidays = holidays.country_holidays(country)
         self.closures = frozenset(closures)
+        # Each day's answer, kept: a look in the holidays is slow, and every case routed asks of the same days (its
+        # due date, its priority).
+        self._working: dict[dt.date, bool] = {}
 
     def is_working_day(self, day: dt.date) -> bool:
-        return day.weekday() < 5 and day not in self.holidays and day not in self.closures
+        working = self._working.get(day)
+        if working is None:
+            working = self._working[day] = day.weekday() < 5 and day not in self.holidays and day not in self.closures
+        return working
 
     def holiday_name(self, day: dt.date) -> str | None:
         if day in self.closures:

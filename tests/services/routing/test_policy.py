@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -105,6 +105,9 @@ def test_the_decision_records_every_candidate_with_its_load_and_room() -> None:
         ("YONGSAN-CSC", "neighbour", 44.0, True),
     ]
     assert "JONGNO-CSC" in record["explanation"]
+    # Every field of the decision and of its candidates, in order (as_record names them one by one).
+    whole = {**asdict(decision), "rule": "overflow_capacity", "candidates": [asdict(c) for c in decision.candidates]}
+    assert list(record.items()) == list(whole.items())
 
 
 def test_neighbours_are_only_considered_when_the_program_allows_overflow() -> None:
