@@ -20,6 +20,7 @@ from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
 from services.notify.models import (
+    ApplicationProgram,
     Delivery,
     Notification,
     NotificationItem,
@@ -649,6 +650,44 @@ async def test_the_delivery_worker_writes_a_batchs_deliveries_and_events_in_a_st
         (r, c, "sent", 1, None) for r in residents for c in ("inbox", "email")
     )
     assert all(d.sent_at is not None and d.created_at is not None for d in rows)
+
+
+async def test_a_batchs_eligibility_results_write_their_programs_at_its_end_and_later_events_still_find_them(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The programs an eligibility result tells for the first time are written at the end of the batch's
+    transaction from their values, without an ORM object each; a case event later in the batch still finds its
+    program (named in its message, given its office), and an erasure later in the batch still deletes them."""
+    kept, erased = [await intake.register(channels=("inbox",)) for _ in range(2)]
+    applications = {kept: uuid.uuid4(), erased: uuid.uuid4()}
+    codes = ["child_allowance", "parent_benefit", "first_meeting_voucher"]
+    programs = [f.program(c, f"{c} ko", f"{c} en", Outcome.ELIGIBLE, automatic=False) for c in codes]
+    erasure = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
+    )
+    batch = [
+        f.consent(kept, 1, {}),  # taken alone (one_batch)
+        *(f.determined(r, a, 1, programs) for r, a in applications.items()),
+        f.routed(kept, applications[kept], "parent_benefit"),
+        erasure,
+    ]
+    with _objects_added(notify.runtime.consumers["residents"].durable) as added:
+        await one_batch(notify, "residents", batch)
+    assert added.count("ApplicationProgram") <= 1, added  # the routed one, when in the results' transaction
+
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(ApplicationProgram))).all()
+        routed = await session.scalar(select(NotificationItem).where(NotificationItem.event_type == "case.routed"))
+    assert sorted((p.application_id, p.program_code, p.outcome, p.round) for p in rows) == sorted(
+        (applications[kept], c, "eligible", 1) for c in codes
+    ), "the erased resident's programs are gone"
+    assert all(p.signature and p.program_name == {"ko": f"{p.program_code} ko", "en": f"{p.program_code} en"}
+               for p in rows)  # fmt: skip
+    assert {p.program_code: p.office_code for p in rows} == {
+        "child_allowance": None, "parent_benefit": "JN-WEL", "first_meeting_voucher": None
+    }  # fmt: skip
+    assert routed is not None
+    assert routed.data["program_name"] == {"ko": "parent_benefit ko", "en": "parent_benefit en"}
 
 
 @contextlib.contextmanager
