@@ -23,10 +23,12 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from prometheus_client import Counter
-from sqlalchemy import update
+from sqlalchemy import Table, insert, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notify.channels import ChannelError, EmailSender, SmsSender, build_email
 from services.notify.contacts import Contact, ContactDirectory, ContactUnavailable
@@ -50,7 +52,7 @@ from services.notify.schedule import backoff, quiet_until, zone
 from services.notify.settings import NotifySettings
 from shared.clock import Clock
 from shared.db import Database
-from shared.events import Language, NotificationFailed, NotificationSent
+from shared.events import CloudEvent, EventData, Language, NotificationFailed, NotificationSent
 from shared.outbox import Outbox
 from shared.problems import Conflict, NotFound
 
@@ -113,6 +115,48 @@ class Senders:
     email: EmailSender
     sms: SmsSender
     post: LetterPrinter
+
+
+# Made once: a statement used again keeps its cache key.
+_INSERT_DELIVERIES = insert(cast(Table, Delivery.__table__))
+
+
+@dataclass
+class _Writes:
+    """What a worker's transaction adds and never reads back — new deliveries, the events it emits — written at its
+    end in a core INSERT each, in the order added: through the ORM's unit of work an object a row cost more than the
+    statement (a dispatched notification adds two deliveries and an event, a sent delivery an event)."""
+
+    outbox: Outbox
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[CloudEvent, str]] = field(default_factory=list)
+
+    def delivery(
+        self,
+        notification: Notification,
+        channel: str,
+        status: str,
+        now: dt.datetime,
+        *,
+        attempts: int = 0,
+        due: dt.datetime | None = None,
+        sent_at: dt.datetime | None = None,
+    ) -> None:
+        # Every row with the same columns: one multi-row statement.
+        self.deliveries.append(
+            {"id": uuid.uuid4(), "notification_id": notification.id, "resident_id": notification.resident_id,
+             "channel": channel, "status": status, "attempts": attempts, "next_attempt_at": due or now,
+             "created_at": now, "updated_at": now, "sent_at": sent_at}
+        )  # fmt: skip
+
+    def emit(self, data: EventData) -> None:
+        self.events.append(self.outbox.event(data))
+
+    async def write(self, session: AsyncSession) -> None:
+        if self.deliveries:
+            await session.execute(_INSERT_DELIVERIES, self.deliveries)
+        if self.events:
+            await self.outbox.write(session, self.events)
 
 
 def message_input(notification: Notification, language: str) -> MessageInput:
@@ -260,13 +304,14 @@ class ResidentDelivery:
             )
             preferences = await repo.preferences([n.resident_id for n in held.values()])
             now = utcnow()
+            writes = _Writes(self.outbox)
             for notification_id in notification_ids:
                 notification = held.get(notification_id)
                 if notification is None:
                     continue
                 found = contacts.get(notification.resident_id)
-                await self._dispatch_held(
-                    repo,
+                self._dispatch_held(
+                    writes,
                     notification,
                     applications.get(notification.application_id) if notification.application_id else None,
                     preferences.get(notification.resident_id),
@@ -274,6 +319,7 @@ class ResidentDelivery:
                     found if isinstance(found, str) else None,
                     now,
                 )
+            await writes.write(session)
 
     async def dispatch(self, notification_id: uuid.UUID, token: str) -> None:
         """Dispatch one notification on its own (when its batch failed)."""
@@ -294,11 +340,13 @@ class ResidentDelivery:
                 return
             application = await repo.find_application(notification.application_id)
             preference = await repo.preference(notification.resident_id)
-            await self._dispatch_held(repo, notification, application, preference, contact, error, utcnow())
+            writes = _Writes(self.outbox)
+            self._dispatch_held(writes, notification, application, preference, contact, error, utcnow())
+            await writes.write(session)
 
-    async def _dispatch_held(
+    def _dispatch_held(
         self,
-        repo: Repository,
+        writes: _Writes,
         notification: Notification,
         application: TrackedApplication | None,
         preference: Preference | None,
@@ -306,14 +354,15 @@ class ResidentDelivery:
         error: str | None,
         now: dt.datetime,
     ) -> None:
-        """A held notification: into the inbox, then one delivery per push channel with an address on file."""
+        """A held notification: into the inbox, then one delivery per push channel with an address on file (its rows
+        and events added to ``writes``)."""
         if notification.status == NotificationStatus.COLLECTING.value:
             if withdrawn(application, notification.kind):
                 notification.status = NotificationStatus.SUPPRESSED.value
                 notification.last_error = "application withdrawn"
                 _release(notification)
                 return
-            await self._release_to_inbox(repo, notification, now)
+            self._release_to_inbox(writes, notification, now)
         if withdrawn(application, notification.kind):
             notification.status = NotificationStatus.DISPATCHED.value
             _release(notification)
@@ -338,43 +387,17 @@ class ResidentDelivery:
             due = now
             if channel == ResidentChannel.SMS.value:
                 due = sms_quiet_until(preference, now, self.settings.timezone) or now
-            repo.session.add(
-                Delivery(
-                    id=uuid.uuid4(),
-                    notification_id=notification.id,
-                    resident_id=notification.resident_id,
-                    channel=channel,
-                    status=DeliveryStatus.PENDING.value,
-                    attempts=0,
-                    next_attempt_at=due,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            writes.delivery(notification, channel, DeliveryStatus.PENDING.value, now, due=due)
         notification.status = NotificationStatus.DISPATCHED.value
         notification.last_error = None
         _release(notification)
 
-    async def _release_to_inbox(self, repo: Repository, notification: Notification, now: dt.datetime) -> None:
+    def _release_to_inbox(self, writes: _Writes, notification: Notification, now: dt.datetime) -> None:
         notification.status = NotificationStatus.READY.value
         notification.released_at = now
-        repo.session.add(
-            Delivery(
-                id=uuid.uuid4(),
-                notification_id=notification.id,
-                resident_id=notification.resident_id,
-                channel=ResidentChannel.INBOX.value,
-                status=DeliveryStatus.SENT.value,
-                attempts=1,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-                sent_at=now,
-            )
-        )
-        await self.outbox.emit(
-            repo.session, self._sent(_About.of(notification), ResidentChannel.INBOX.value, notification.language)
-        )
+        writes.delivery(notification, ResidentChannel.INBOX.value, DeliveryStatus.SENT.value, now, attempts=1,
+                        sent_at=now)  # fmt: skip
+        writes.emit(self._sent(_About.of(notification), ResidentChannel.INBOX.value, notification.language))
 
     # ------------------------------------------------------------------------------------------ 2. send
 
@@ -505,6 +528,7 @@ class ResidentDelivery:
         recorded = await repo.record_sent(sent, token, now) if sent else set()
         failed = [o.delivery_id for o in outcomes if o.error is not None]
         held = await repo.held_all(Delivery, failed, token) if failed else {}
+        writes = _Writes(self.outbox)
         for outcome in outcomes:  # the events in the order of the outcomes
             if outcome.error is None:
                 if outcome.delivery_id not in recorded:
@@ -513,10 +537,11 @@ class ResidentDelivery:
                 assert outcome.language is not None
                 if outcome.printed is not None:  # handed to the post room: listed for the office to print and post
                     repo.session.add(_letter(outcome, outcome.printed, outcome.language, now))
-                await self.outbox.emit(repo.session, self._sent(outcome.about, outcome.channel, outcome.language))
+                writes.emit(self._sent(outcome.about, outcome.channel, outcome.language))
                 self._count(outcome.channel, "sent")
             elif (delivery := held.get(outcome.delivery_id)) is not None:
-                await self._record_failure(repo, delivery, outcome.error, permanent=outcome.permanent)
+                self._record_failure(writes, delivery, outcome.error, permanent=outcome.permanent)
+        await writes.write(repo.session)
 
     async def _deliver(
         self,
@@ -546,7 +571,7 @@ class ResidentDelivery:
             await self.senders.sms.send(delivery_id=delivery_id, to=address, text=rendered.sms, language=language)
         return None
 
-    async def _record_failure(self, repo: Repository, delivery: Delivery, error: str, *, permanent: bool) -> None:
+    def _record_failure(self, writes: _Writes, delivery: Delivery, error: str, *, permanent: bool) -> None:
         now = utcnow()
         delivery.attempts += 1
         delivery.last_error = error[:1000]
@@ -571,8 +596,7 @@ class ResidentDelivery:
         # Tell intake's status on the first failure and when giving up, not on every retry in between.
         if dead or delivery.attempts == 1:
             notification = delivery.notification
-            await self.outbox.emit(
-                repo.session,
+            writes.emit(
                 NotificationFailed(
                     notification_id=notification.id,
                     resident_id=notification.resident_id,

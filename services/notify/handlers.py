@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notify import resident_data
 from services.notify.context import NotifyContext
-from services.notify.notifications import ResidentMessages, load_for_batch
+from services.notify.notifications import ResidentMessages, finish_batch, load_for_batch
 from services.notify.partners import PartnerFeeds
 from shared.consumer import Apply, Subscription, on
 from shared.db import hold_loaded
@@ -96,6 +96,7 @@ def subscriptions(ctx: NotifyContext) -> Sequence[Subscription]:
                 on(ResidentErasureCompleted, messages.erasure_completed),
             ],
             load=load_for_batch,
+            finish=finish_batch,
         ),
         # Separate from the residents' consumer so that neither can hold the other up. It takes the consents to
         # partners itself, so that each event is judged by the consent intake emitted before it — and the erasure,

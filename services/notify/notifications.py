@@ -190,20 +190,25 @@ class ResidentMessages:
         # Loaded with the batch's events (load_for_batch): no query of its own.
         known = await repo.application_programs(data.application_id, [p.program_code for p in data.programs])
         changed = []
+        now = utcnow()
         for program in data.programs:
             signature = _signature(program)
             row = known.get(program.program_code)
-            if row is None:
-                row = ApplicationProgram(application_id=data.application_id, program_code=program.program_code,
-                                         round=0, updated_at=utcnow())  # fmt: skip
-                repo.session.add(row)
+            if row is None:  # told for the first time
+                changed.append(_program_entry(program))
+                repo.add_program(
+                    {"application_id": data.application_id, "program_code": program.program_code,
+                     "program_name": program.program_name.model_dump(), "outcome": program.outcome.value,
+                     "signature": signature, "round": data.round, "updated_at": now}
+                )  # fmt: skip
+                continue
             if row.outcome != program.outcome.value or row.signature != signature:
                 changed.append(_program_entry(program))
             row.program_name = program.program_name.model_dump()
             row.outcome = program.outcome.value
             row.signature = signature
             row.round = data.round
-            row.updated_at = utcnow()
+            row.updated_at = now
         if not changed or application.withdrawn_at is not None:
             return
         item = {"round": data.round, "programs": changed}
@@ -481,6 +486,11 @@ def _case_basics(case_id: uuid.UUID, program_code: str, program: ApplicationProg
         "office_code": program.office_code,
         "office_name": program.office_name,
     }
+
+
+async def finish_batch(session: AsyncSession) -> None:
+    """The residents' consumer's finish (``Subscription.finish``): what its transaction kept aside to write at once."""
+    await Repository(session).write_new_programs()
 
 
 async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:

@@ -7,10 +7,10 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, case, delete, func, inspect, or_, select, update
+from sqlalchemy import ColumnElement, Table, case, delete, func, insert, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -62,6 +62,10 @@ _BUNDLES = "notify_open_bundles"
 # The residents whose bundles a transaction loaded, and the items it loaded (event ids asked, pairs found).
 _BUNDLES_LOADED = "notify_bundles_loaded"
 _ITEMS = "notify_items_loaded"
+# The programs a transaction added and has not written yet, by key (see Repository.add_program).
+_NEW_PROGRAMS = "notify_new_programs"
+# Made once: a statement used again keeps its cache key.
+_INSERT_PROGRAMS = insert(cast(Table, ApplicationProgram.__table__))
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -146,7 +150,40 @@ class Repository:
         return await self.session.get(TrackedApplication, application_id)
 
     async def application_program(self, application_id: uuid.UUID, program_code: str) -> ApplicationProgram | None:
+        added = self._added_program(application_id, program_code)
+        if added is not None:
+            return added
         return await get_unflushed(self.session, ApplicationProgram, (application_id, program_code))
+
+    def add_program(self, values: dict[str, Any]) -> None:
+        """A program's first row (every column but the office, which a case event tells later), written with the
+        others the transaction adds in one core INSERT at its end (:meth:`write_new_programs`): an eligibility result
+        adds a row per program, through the ORM's unit of work an object each, which cost more than the statement.
+        Looked up again by a later event of the transaction, it is made an ORM row then (:meth:`application_program`).
+        Within a savepoint, whose rollback must take it back, an ORM row at once: a consumer runs a transaction's
+        events in savepoints all or none (``Consumer._apply_apart``), so none is kept aside across one."""
+        if self.session.in_nested_transaction():
+            self.session.add(ApplicationProgram(**values))
+            return
+        added: dict[tuple[uuid.UUID, str], dict[str, Any]] = self.session.info.setdefault(_NEW_PROGRAMS, {})
+        added[(values["application_id"], values["program_code"])] = values
+
+    def _added_program(self, application_id: uuid.UUID, program_code: str) -> ApplicationProgram | None:
+        """One :meth:`add_program` kept aside, made a pending ORM row for the caller to change."""
+        added: dict[tuple[uuid.UUID, str], dict[str, Any]] | None = self.session.info.get(_NEW_PROGRAMS)
+        values = added.pop((application_id, program_code), None) if added else None
+        if values is None:
+            return None
+        row = ApplicationProgram(**values)
+        self.session.add(row)
+        return row
+
+    async def write_new_programs(self) -> None:
+        """Write the programs :meth:`add_program` kept aside: at the end of the transaction (the residents' consumer's
+        ``finish``), and before a statement that must find them (an erasure deleting the resident's programs)."""
+        added: dict[tuple[uuid.UUID, str], dict[str, Any]] | None = self.session.info.pop(_NEW_PROGRAMS, None)
+        if added:
+            await self.session.execute(_INSERT_PROGRAMS, list(added.values()))
 
     async def application_programs(
         self, application_id: uuid.UUID, codes: Sequence[str]
@@ -155,7 +192,7 @@ class Repository:
         what is pending first); loaded with the transaction's events (:meth:`load_for_events`), without a query."""
         found: dict[str, ApplicationProgram] = {}
         for code in dict.fromkeys(codes):
-            row = await get_unflushed(self.session, ApplicationProgram, (application_id, code))
+            row = await self.application_program(application_id, code)
             if row is not None:
                 found[code] = row
         return found

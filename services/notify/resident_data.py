@@ -234,6 +234,7 @@ class Erasure:
         await _delete(session, NotificationItem, NotificationItem.notification_id.in_(notifications))
         counts["messages"] = await _delete(session, Notification, Notification.resident_id == rid) + len(letters)
         applications = select(TrackedApplication.application_id).where(TrackedApplication.resident_id == rid)
+        await Repository(session).write_new_programs()  # an eligibility result of the same batch: deleted too
         await _delete(session, ApplicationProgram, ApplicationProgram.application_id.in_(applications))
         await _delete(session, TrackedApplication, TrackedApplication.resident_id == rid)
         dead = platform.dead_letters

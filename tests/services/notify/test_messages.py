@@ -438,8 +438,10 @@ def test_an_email_is_well_formed_mime_that_a_standard_parser_reads_back(language
     delivery = uuid.uuid4()
     built = build_email(settings, to="jiwoo.park@example.kr", rendered=rendered, delivery_id=delivery,
                         language=language)  # fmt: skip
+    assert built.get_boundary() == f"=_{delivery.hex}", "set when built: writing it searches the text for none"
     raw = built.as_bytes()
     assert raw.isascii(), "7-bit headers and bodies: any relay takes them"
+    assert raw.count(f"--=_{delivery.hex}".encode()) == 3, "between, before and after the two parts"
     parsed = email.message_from_bytes(raw, policy=email.policy.strict)
     assert parsed["Subject"] == " ".join(f"{long_subject} Bcc: someone@example.kr".split()), "one line, nothing added"
     assert parsed["Bcc"] is None

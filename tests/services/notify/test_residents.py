@@ -3,19 +3,31 @@ databases, a real SMTP server (STARTTLS + AUTH), a real HTTP SMS gateway and the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import email
 import email.policy
 import functools
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, update
+from sqlalchemy.orm import Session
 
-from services.notify.models import Delivery, Notification, NotificationItem, ResidentErasure, ResidentState
+from services.notify.models import (
+    ApplicationProgram,
+    Delivery,
+    Notification,
+    NotificationItem,
+    ResidentErasure,
+    ResidentState,
+    utcnow,
+)
 from shared.auth import TokenIssuer
 from shared.events import Decision, Outcome, ResidentErasureRequested
 from tests.services.notify import support as f
@@ -594,6 +606,109 @@ async def test_the_delivery_worker_records_what_it_sent_without_reading_the_rows
         (r, "sent", 1, None, None) for r in residents
     )
     assert all(d.sent_at is not None for d in rows)
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_the_delivery_worker_writes_a_batchs_deliveries_and_events_in_a_statement_each(
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer, nats_server: NatsServer,
+    bus_prefix: str,
+) -> None:  # fmt: skip
+    """Messages released together are dispatched in one transaction that writes all their deliveries (inbox and
+    email) in one INSERT and their ``notification.sent`` events in another, made from their values: no object of
+    the ORM's per row, for deliveries or events, neither there nor when the emails are recorded as sent. Each
+    delivery is what it was, each event names its message's events."""
+    mails = [f"dispatch{i}@example.kr" for i in range(3)]
+    residents = [await intake.register(email=m, channels=("inbox", "email")) for m in mails]
+    granted = [f.program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE)]
+    told = [await producer.publish(f.determined(r, uuid.uuid4(), 1, granted)) for r in residents]
+    await wait_until(functools.partial(_items, notify, residents, 3))
+    async with event_log(nats_server.url, bus_prefix) as log:
+        with (
+            consumer_statements(notify.runtime.db, "notify-resident") as work,  # notify-resident-delivery
+            _objects_added("notify-resident") as added,
+        ):
+            async with notify.runtime.db.session() as session:  # the three windows end at once, as the clock would
+                await session.execute(
+                    update(Notification).where(Notification.resident_id.in_(residents)).values(next_step_at=utcnow())
+                )
+            await wait_until(lambda: all(len(smtp.to(m)) == 1 for m in mails))
+            sent = await log.wait_for("notification.sent", count=6)
+    assert not [a for a in added if a in ("Delivery", "OutboxRow")], added
+    dispatched = [t for t in work.transactions() if any(s.startswith("INSERT INTO deliveries") for s in t)]
+    assert len(dispatched) == 1, "the three released together"
+    [transaction] = dispatched
+    assert sum(s.startswith("INSERT INTO deliveries") for s in transaction) == 1, transaction
+    assert sum(s.startswith("INSERT INTO outbox") for s in transaction) == 1, transaction
+    by_event = {e.id: r for e, r in zip(told, residents, strict=True)}
+    assert sorted((uuid.UUID(e.data["resident_id"]), e.data["channel"]) for e in sent) == sorted(
+        (r, c) for r in residents for c in ("inbox", "email")
+    )
+    assert all([by_event[i] for i in e.data["source_event_ids"]] == [uuid.UUID(e.data["resident_id"])] for e in sent)
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(Delivery).where(Delivery.resident_id.in_(residents)))).all()
+    assert sorted((d.resident_id, d.channel, d.status, d.attempts, d.claim_token) for d in rows) == sorted(
+        (r, c, "sent", 1, None) for r in residents for c in ("inbox", "email")
+    )
+    assert all(d.sent_at is not None and d.created_at is not None for d in rows)
+
+
+async def test_a_batchs_eligibility_results_write_their_programs_at_its_end_and_later_events_still_find_them(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The programs an eligibility result tells for the first time are written at the end of the batch's
+    transaction from their values, without an ORM object each; a case event later in the batch still finds its
+    program (named in its message, given its office), and an erasure later in the batch still deletes them."""
+    kept, erased = [await intake.register(channels=("inbox",)) for _ in range(2)]
+    applications = {kept: uuid.uuid4(), erased: uuid.uuid4()}
+    codes = ["child_allowance", "parent_benefit", "first_meeting_voucher"]
+    programs = [f.program(c, f"{c} ko", f"{c} en", Outcome.ELIGIBLE, automatic=False) for c in codes]
+    erasure = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
+    )
+    batch = [
+        f.consent(kept, 1, {}),  # taken alone (one_batch)
+        *(f.determined(r, a, 1, programs) for r, a in applications.items()),
+        f.routed(kept, applications[kept], "parent_benefit"),
+        erasure,
+    ]
+    with _objects_added(notify.runtime.consumers["residents"].durable) as added:
+        await one_batch(notify, "residents", batch)
+    assert added.count("ApplicationProgram") <= 1, added  # the routed one, when in the results' transaction
+
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(ApplicationProgram))).all()
+        routed = await session.scalar(select(NotificationItem).where(NotificationItem.event_type == "case.routed"))
+    assert sorted((p.application_id, p.program_code, p.outcome, p.round) for p in rows) == sorted(
+        (applications[kept], c, "eligible", 1) for c in codes
+    ), "the erased resident's programs are gone"
+    assert all(p.signature and p.program_name == {"ko": f"{p.program_code} ko", "en": f"{p.program_code} en"}
+               for p in rows)  # fmt: skip
+    assert {p.program_code: p.office_code for p in rows} == {
+        "child_allowance": None, "parent_benefit": "JN-WEL", "first_meeting_voucher": None
+    }  # fmt: skip
+    assert routed is not None
+    assert routed.data["program_name"] == {"ko": "parent_benefit ko", "en": "parent_benefit en"}
+
+
+@contextlib.contextmanager
+def _objects_added(task_prefix: str) -> Iterator[list[str]]:
+    """The classes of the ORM objects added to a session by tasks named ``task_prefix...`` while the block runs."""
+    added: list[str] = []
+
+    def pending(_session: Session, instance: object) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith(f"{task_prefix}-"):
+            added.append(type(instance).__name__)
+
+    event.listen(Session, "transient_to_pending", pending)
+    try:
+        yield added
+    finally:
+        event.remove(Session, "transient_to_pending", pending)
+
+
+async def _items(notify: RunningService, residents: list[uuid.UUID], expected: int) -> bool:
+    return await count(notify, NotificationItem, NotificationItem.resident_id.in_(residents)) == expected
 
 
 @pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
