@@ -30,16 +30,15 @@ from services.eligibility import triggers
 from services.eligibility.determinations import Eligibility
 from services.eligibility.models import ScreeningQueueRow, ScreeningRow
 from services.eligibility.repository import Repository
+from services.eligibility.screening_records import Population, proactive_codes
 from services.eligibility.screenings import (
     DueToday,
     Everyone,
     Kind,
-    Population,
     Queued,
     clear_marks_before,
     execute,
     open_run,
-    proactive_codes,
 )
 from shared.db import Database
 

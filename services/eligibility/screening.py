@@ -26,7 +26,7 @@ from services.eligibility.models import ResidentRow, ScreeningRow
 from services.eligibility.population import Reads, screened_pages
 from services.eligibility.repository import Repository, registry_of, reported_of
 from services.eligibility.schemas import ScreeningIn, ScreeningOut
-from services.eligibility.screenings import requested_programs, screening_out
+from services.eligibility.screening_records import requested_programs, screening_out
 from shared.events import EligibilityOpportunity, Localized, Outcome
 from shared.outbox import EnvelopeTemplate, Outbox, dashed
 from shared.problems import NotFound

@@ -41,7 +41,7 @@ from services.eligibility.near_misses import NearMiss
 from services.eligibility.population import RegistryPage, ahead, eligible_pairs, pairs, split_found
 from services.eligibility.repository import Repository
 from services.eligibility.screening import Finding, facts_read, opportunity_events, opportunity_rows
-from services.eligibility.screenings import Population, finish
+from services.eligibility.screening_records import Population, finish
 from services.eligibility.triggers import ReviewCalendar
 from shared.db import Database, bulk_insert
 from shared.events import Localized, ScreeningQuestionAsked

@@ -21,7 +21,8 @@ from services.eligibility.models import OpportunityRow, ResidentRow, ScreeningQu
 from services.eligibility.registry_load import load_registry
 from services.eligibility.repository import Repository
 from services.eligibility.screening import run_screening
-from services.eligibility.screenings import Everyone, execute, open_run, proactive_codes
+from services.eligibility.screening_records import proactive_codes
+from services.eligibility.screenings import Everyone, execute, open_run
 from services.eligibility.seed import seed
 from services.eligibility.settings import EligibilitySettings
 from shared.db import Database

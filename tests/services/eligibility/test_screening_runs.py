@@ -474,8 +474,8 @@ async def test_an_erased_resident_s_screening_goes_with_them_and_they_are_screen
     from services.eligibility.models import ScreeningReviewRow
     from services.eligibility.population import read_page
     from services.eligibility.repository import Repository
+    from services.eligibility.screening_records import proactive_codes
     from services.eligibility.screening_runs import ProactiveJudge, screen_page
-    from services.eligibility.screenings import proactive_codes
     from services.eligibility.triggers import ReviewCalendar
     from shared.clock import Clock
     from shared.events import ResidentErasureRequested
