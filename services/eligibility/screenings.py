@@ -55,6 +55,14 @@ async def _read_page(
     return await population.read_page(repo, after, limit, only, due=due)
 
 
+def _moved_past(population: Everyone | DueToday, page: RegistryPage) -> tuple[int, RegistryPage] | None:
+    """A page read in id order after ``population.after``, with ``after`` moved past it; None when it was empty."""
+    if not page.ids:
+        return None
+    population.after = page.ids[-1]
+    return len(page.ids), page
+
+
 @dataclass
 class Everyone:
     """Every resident who consented to proactive screening (a full run), by id."""
@@ -67,11 +75,7 @@ class Everyone:
         return await repo.count_consenting()
 
     async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
-        page = await _read_page(repo, self.after, limit)
-        if not page.ids:
-            return None
-        self.after = page.ids[-1]
-        return len(page.ids), page
+        return _moved_past(self, await _read_page(repo, self.after, limit))
 
     async def page_done(self, repo: Repository) -> None:
         return None
@@ -91,11 +95,7 @@ class DueToday:
         return await repo.count_due(self.today)
 
     async def next_page(self, repo: Repository, limit: int) -> tuple[int, RegistryPage] | None:
-        page = await _read_page(repo, self.after, limit, due=self.today)
-        if not page.ids:
-            return None
-        self.after = page.ids[-1]
-        return len(page.ids), page
+        return _moved_past(self, await _read_page(repo, self.after, limit, due=self.today))
 
     async def page_done(self, repo: Repository) -> None:
         return None
