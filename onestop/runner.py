@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -25,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -738,18 +740,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+# Where unused_port notes the ports it has picked, for every process on the machine (the suite's workers).
+PORT_RESERVATIONS = Path(tempfile.gettempdir()) / "onestop-ports"
+# How long a picked port is passed by: longer than any pick-to-listen (a PostgreSQL cluster's start, say).
+PORT_RESERVED_SECONDS = 600.0
+
+
 def unused_port(host: str = "127.0.0.1") -> int:
-    """A free port below the kernel's ephemeral range: a port from that range (what ``free_port`` gets) may be taken
-    by an outgoing connection — a NATS node's route to another, say — between the pick and the listen."""
+    """A free port below the kernel's ephemeral range, not picked by another process in the last ten minutes.
+
+    A port from the ephemeral range (what ``free_port`` gets) may be taken by an outgoing connection — a NATS node's
+    route to another, say — between the pick and the listen. A port merely free may be picked by another process at
+    the same time (the suite's other worker), which then listens on it first: each pick is noted in
+    :data:`PORT_RESERVATIONS`, and a port noted there recently is passed by."""
     try:
         ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return free_port(host)
     for _ in range(200):
         port = random.randint(max(ephemeral - 12_000, 1024), ephemeral - 1)  # noqa: S311 - not a secret
-        if port_is_free(host, port):
+        if port_is_free(host, port) and _reserve(port):
             return port
     return free_port(host)
+
+
+def _reserve(port: int) -> bool:
+    """Note ``port`` as picked unless another pick noted it less than :data:`PORT_RESERVED_SECONDS` ago."""
+    PORT_RESERVATIONS.mkdir(exist_ok=True)
+    note = PORT_RESERVATIONS / str(port)
+    with (PORT_RESERVATIONS / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process at a time looks and notes; released when the file closes
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - note.stat().st_mtime < PORT_RESERVED_SECONDS:
+                return False
+        note.touch()  # an old note's time renewed
+        return True
 
 
 def wait_for_port(host: str, port: int, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:

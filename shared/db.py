@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import Select, Table, Uuid, event, inspect, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -537,6 +539,12 @@ def _key_attributes(model: type[Any]) -> tuple[str, ...]:
 
 
 _ABSENT = "onestop_absent_rows"
+
+
+def dialect_insert(session: AsyncSession) -> Any:
+    """The INSERT construct of the session's dialect (PostgreSQL's or SQLite's), for its ``ON CONFLICT``: a row that
+    two transactions may make at once, the second finding the first's."""
+    return postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 def note_absent(session: AsyncSession, model: type[Any], keys: Iterable[Any]) -> None:

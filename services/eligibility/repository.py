@@ -29,8 +29,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.eligibility.catalogue import ProgramData
@@ -57,7 +55,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
-from shared.db import BULK_PIECE, bulk_insert, get_unflushed, hold_loaded, is_read_only, note_absent
+from shared.db import BULK_PIECE, bulk_insert, dialect_insert, get_unflushed, hold_loaded, is_read_only, note_absent
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 if TYPE_CHECKING:
@@ -363,15 +361,12 @@ class Repository:
     # ------------------------------------------------------------------------------------------ proactive screening
     # Unscoped: the scheduler and the event handlers act on behalf of no caller.
 
-    def _insert(self) -> Any:
-        return postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
     async def queue_for_screening(self, resident_id: uuid.UUID, reason: str, now: dt.datetime) -> None:
         """Mark the resident for the next incremental screening (a new reason moves the mark's time)."""
         row = await self.session.get(ScreeningQueueRow, resident_id, with_for_update=True)
         if row is None:
             await self.session.execute(
-                self._insert()(ScreeningQueueRow)
+                dialect_insert(self.session)(ScreeningQueueRow)
                 .values(resident_id=resident_id, reasons=[reason], queued_at=now)
                 .on_conflict_do_update(index_elements=["resident_id"], set_={"queued_at": now})
             )
@@ -411,7 +406,7 @@ class Repository:
 
     async def record_reviews(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            insert = self._insert()(ScreeningReviewRow)
+            insert = dialect_insert(self.session)(ScreeningReviewRow)
             await self.session.execute(
                 insert.on_conflict_do_update(
                     index_elements=["resident_id"],
@@ -457,16 +452,22 @@ class Repository:
         )
         return list((await self.session.scalars(query)).all())
 
+    async def _make_schedule(self) -> None:
+        """The scheduler's one row, made by whichever process comes first."""
+        await self.session.execute(
+            dialect_insert(self.session)(ScreeningScheduleRow).values(id=1).on_conflict_do_nothing()
+        )
+
     async def schedule(self) -> ScreeningScheduleRow:
         """The scheduler's row, locked (made on first use)."""
-        await self.session.execute(self._insert()(ScreeningScheduleRow).values(id=1).on_conflict_do_nothing())
+        await self._make_schedule()
         row = await self.session.get(ScreeningScheduleRow, 1, with_for_update=True, populate_existing=True)
         assert row is not None
         return row
 
     async def take_lease(self, holder: str, now: dt.datetime, until: dt.datetime) -> bool:
         """Hold the right to run screenings until ``until`` — if no other process holds it now (one UPDATE)."""
-        await self.session.execute(self._insert()(ScreeningScheduleRow).values(id=1).on_conflict_do_nothing())
+        await self._make_schedule()
         result = await self.session.execute(
             update(ScreeningScheduleRow)
             .where(

@@ -29,8 +29,6 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 from sqlalchemy.sql.elements import NamedColumn
@@ -59,7 +57,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
+from shared.db import dialect_insert, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
 
@@ -268,9 +266,8 @@ class Repository:
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
-        insert = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
         await self.session.execute(
-            insert(RegistryHousehold)
+            dialect_insert(self.session)(RegistryHousehold)
             .values(registry_key=registry_key, id=uuid.uuid4(), created_at=now)
             .on_conflict_do_nothing(index_elements=["registry_key"])
         )

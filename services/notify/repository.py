@@ -11,8 +11,6 @@ from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends
 from sqlalchemy import ColumnElement, Table, case, delete, func, insert, inspect, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -44,7 +42,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
+from shared.db import dialect_insert, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep, WriteSessionDep
 from shared.outbox import write_emitted
 
@@ -582,14 +580,11 @@ class Repository:
 
     # ------------------------------------------------------------------------------------------ aggregate feed
 
-    def _insert(self) -> Any:
-        return postgresql_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
     async def open_aggregate_period(self, start: dt.datetime, length: dt.timedelta) -> AggregatePeriod:
         """The period starting at ``start``, locked; if it was published already, the first open one after it."""
         while True:
             await self.session.execute(
-                self._insert()(AggregatePeriod)
+                dialect_insert(self.session)(AggregatePeriod)
                 .values(period_start=start, period_end=start + length, published_at=None)
                 .on_conflict_do_nothing(index_elements=["period_start"])
             )
@@ -609,7 +604,7 @@ class Repository:
         statement."""
         if not counts:
             return
-        insert = self._insert()(AggregateCount).values(
+        insert = dialect_insert(self.session)(AggregateCount).values(
             [
                 {"period_start": period_start, "district_code": district_code, "program_code": program_code,
                  "outcome": outcome, "count": n}

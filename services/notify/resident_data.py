@@ -48,7 +48,7 @@ from services.notify.repository import Repository
 from services.notify.settings import NotifySettings
 from shared.auth import Principal
 from shared.clock import Clock
-from shared.db import Database, get_unflushed
+from shared.db import Database, dialect_insert, get_unflushed
 from shared.events import CloudEvent, KeptRecords, ResidentErased, ResidentErasureRequested
 from shared.outbox import Outbox
 from shared.personal_data import (
@@ -203,15 +203,24 @@ class Erasure:
         row = await session.get(ResidentErasure, data.resident_id, with_for_update=True)
         session.info.get(_NOT_ERASED, set()).discard(data.resident_id)  # erased from here on in this transaction
         if row is None:
-            row = ResidentErasure(
-                resident_id=data.resident_id,
-                erasure_id=data.erasure_id,
-                requested_at=data.requested_at,
-                erased={},
-                kept=[],
+            # Both consumers handle the request, at the same time on PostgreSQL: whichever makes the row first, the
+            # other waits for it and finds it, rather than failing its whole batch on the key.
+            made = await session.scalar(
+                dialect_insert(session)(ResidentErasure)
+                .values(
+                    resident_id=data.resident_id,
+                    erasure_id=data.erasure_id,
+                    requested_at=data.requested_at,
+                    erased={},
+                    kept=[],
+                )
+                .on_conflict_do_nothing(index_elements=["resident_id"])
+                .returning(ResidentErasure)
             )
-            session.add(row)
-            await session.flush()
+            row = made or await session.get(
+                ResidentErasure, data.resident_id, with_for_update=True, populate_existing=True
+            )
+            assert row is not None
         return row
 
     async def residents_part(self, session: AsyncSession, event: CloudEvent, data: ResidentErasureRequested) -> None:

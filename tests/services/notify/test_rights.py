@@ -5,6 +5,7 @@ afterwards, the result told in their inbox, and that notice destroyed after its 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from typing import Any
@@ -161,3 +162,41 @@ async def test_a_resident_s_part_their_erasure_and_nothing_more_for_any_partner(
     purged = await resident_data.purge(notify.runtime.db, ctx.clock, now + dt.timedelta(days=3 * 366))
     assert purged["erasure_records"] == 1
     assert await notify.count(ResidentErasure) == 0
+
+
+async def test_both_consumers_making_an_erasures_row_at_once_agree_without_failing(notify: RunningService) -> None:
+    """The residents' and the partners' consumer each begin a resident's erasure from the same request, at the same
+    time on PostgreSQL: the second waits for the first's row and carries on from it, its transaction intact (it used
+    to fail on the row's key, and its whole batch with it)."""
+    ctx = notify.context(NotifyContext)
+    erasure = resident_data.Erasure(ctx.outbox, ctx.settings, ctx.clock)
+    request = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=uuid.uuid4(), requested_at=dt.datetime.now(dt.UTC)
+    )
+    first_made = asyncio.Event()
+    first_may_commit = asyncio.Event()
+
+    async def first() -> uuid.UUID:
+        async with notify.runtime.db.session() as session:
+            row = await erasure._ledger(session, request)
+            first_made.set()
+            await first_may_commit.wait()
+            return row.erasure_id
+
+    async def second() -> uuid.UUID:
+        await first_made.wait()
+        async with notify.runtime.db.session() as session:
+            row = await erasure._ledger(session, request)
+            row.erased = {"messages": 0}  # the second half's own write, committed with it
+            return row.erasure_id
+
+    made = asyncio.create_task(first())
+    joined = asyncio.create_task(second())
+    await first_made.wait()
+    await asyncio.sleep(0.3)  # the second is waiting for the first's row (PostgreSQL) or for the writer (SQLite)
+    assert not joined.done()
+    first_may_commit.set()
+    assert await made == await joined == request.erasure_id
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(ResidentErasure))).all()
+    assert [(r.resident_id, r.erased) for r in rows] == [(request.resident_id, {"messages": 0})]
