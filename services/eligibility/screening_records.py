@@ -67,6 +67,7 @@ class Population(Protocol):
 
 async def finish(
     db: Database,
+    service: Eligibility,
     screening_id: uuid.UUID,
     started: float,
     judgements: int,
@@ -75,7 +76,8 @@ async def finish(
     status: str,
     error: str | None = None,
 ) -> ScreeningRow:
-    """A run ended: how, its judgements and evaluations, and how long it took (``started``: ``time.perf_counter``)."""
+    """A run ended: how, its judgements and evaluations, and how long it took (``started``: ``time.perf_counter``);
+    counted in the service's metrics once recorded."""
     async with db.session() as session:
         row = await Repository(session).screening(screening_id)
         assert row is not None
@@ -97,7 +99,12 @@ async def finish(
                 "questions": row.questions,
             },
         )
-        return row
+    if service.screening_metrics is not None:
+        if status == "completed":
+            service.screening_metrics.finished(row)
+        else:
+            service.screening_metrics.failed()
+    return row
 
 
 def screening_out(row: ScreeningRow) -> ScreeningOut:

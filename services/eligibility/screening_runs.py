@@ -480,14 +480,9 @@ async def execute(
             await asyncio.sleep(0)  # let the service's requests and consumers in between pages
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000]
-        await finish(db, screening_id, started, judge.judged, judge.evaluations, status="failed", error=error)
-        if service.screening_metrics is not None:
-            service.screening_metrics.failed()
+        await finish(db, service, screening_id, started, judge.judged, judge.evaluations, status="failed", error=error)
         raise
-    row = await finish(db, screening_id, started, judge.judged, judge.evaluations, status="completed")
-    if service.screening_metrics is not None:
-        service.screening_metrics.finished(row)
-    return row
+    return await finish(db, service, screening_id, started, judge.judged, judge.evaluations, status="completed")
 
 
 async def judge_in_thread(

@@ -191,10 +191,7 @@ async def execute(
         from services.eligibility import screening_runs
 
         return await screening_runs.execute(db, service, screening_id, population, started=started, renew=renew)
-    row = await finish(db, screening_id, started, 0, 0, status="completed")
-    if service.screening_metrics is not None:
-        service.screening_metrics.finished(row)
-    return row
+    return await finish(db, service, screening_id, started, 0, 0, status="completed")
 
 
 async def clear_marks_before(db: Database, before: dt.datetime) -> None:

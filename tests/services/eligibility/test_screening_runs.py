@@ -250,6 +250,33 @@ async def test_a_run_keeps_nothing_of_its_pages_once_done(
     assert [r() for r in held] == [None, None, None], "the judge, the page and what it found are let go"
 
 
+async def test_a_run_that_fails_is_recorded_and_counted_as_failed(
+    eligibility: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose judging raises ends failed, with the error on its record, and an operator's metrics count it as
+    failed, not completed; a run of nobody to screen is counted completed."""
+    from services.eligibility import screening_runs
+
+    set_today(eligibility, DAY)
+    empty = await tick(eligibility)  # the first full run, of nobody: ended without the runs' module
+    assert empty is not None
+    assert (empty["status"], empty["residents_screened"]) == ("completed", 0)
+    assert eligibility.metric("onestop_eligibility_screenings_total", status="completed") == 1
+
+    async def judging(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the judge broke")
+
+    monkeypatch.setattr(screening_runs, "judge_in_thread", judging)
+    await registered(eligibility, dt.date(1950, 5, 1), proactive_screening=True, department_data__welfare=True)
+    await wait_until(lambda: eligibility.settled("events"))
+    with pytest.raises(RuntimeError, match="the judge broke"):
+        await context(eligibility).scheduler.tick()
+    rows = (await eligibility.client.get("/v1/screenings", headers=eligibility.auth("admin"))).json()["items"]
+    assert [(r["status"], r["error"]) for r in rows][:1] == [("failed", "RuntimeError: the judge broke")]
+    assert eligibility.metric("onestop_eligibility_screenings_total", status="failed") == 1
+    assert eligibility.metric("onestop_eligibility_screenings_total", status="completed") == 1
+
+
 def revision(run: dict[str, Any]) -> int:
     assert str(run["trigger"]).startswith("catalogue revision ")
     return int(str(run["trigger"]).rsplit(" ", 1)[-1])
