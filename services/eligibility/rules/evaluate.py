@@ -163,12 +163,14 @@ class RuleRun:
         env = self.env
         values = env.values
         context = env.context
-        fast = not env.errors
+        # A fact whose derivation failed (a table not in force that day) fails the criteria that read it, in the slow
+        # path; the others keep the fast one.
+        errors = env.errors
         for node in rule.postorder:
             if node.__class__ is Leaf:
                 status = None
                 expression = node.expression
-                if fast and expression is not None:
+                if expression is not None and (not errors or errors.keys().isdisjoint(expression.facts)):
                     for fact in expression.facts:
                         if fact not in values:
                             if not expression.absorbs:  # a missing fact and no logic to absorb it: unknown

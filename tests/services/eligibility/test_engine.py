@@ -243,6 +243,37 @@ def test_a_rule_that_raises_needs_review_and_the_other_programs_are_still_judged
     assert results["fine"]["outcome"] == "eligible"
 
 
+def test_a_fact_that_failed_fails_only_the_criteria_reading_it(
+    files: CatalogueFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No district tier table is in force on DAY, so the tier's derivation fails: a criterion reading it makes its
+    program need review, naming why; the criteria of every other program are judged as ever, each run once against
+    the shared context (not through the slow path, whose checks the failed fact would otherwise cost them all)."""
+    from services.eligibility.rules.evaluate import RuleRun
+
+    cat = build(
+        files,
+        program("tiered", leaf("tier", "district_support_tier == 'capital_region'")),
+        program("plain", {"all": [leaf("alone", "household_size == 1"), leaf("grown", "household_size < 3")]}),
+    )
+    env = cat.environment(DAY, FactLayers(declared={"household_size": 1, "district_code": "11440"}), NOW)
+    assert "no district tier table is in force" in env.errors["district_support_tier"]
+    slow: list[str] = []
+    real_leaf = RuleRun.leaf
+
+    def leaf_slowly(run: RuleRun, node: Any) -> Any:
+        slow.append(node.id)
+        return real_leaf(run, node)
+
+    monkeypatch.setattr(RuleRun, "leaf", leaf_slowly)
+    results = {r.program.code: r.determination(cat.facts) for r in cat.evaluate(env, ["tiered", "plain"])}
+    assert results["tiered"]["outcome"] == "needs_review"
+    assert "no district tier table is in force" in results["tiered"]["error"]
+    assert results["plain"]["outcome"] == "eligible"
+    assert [(c["id"], c["status"]) for c in results["plain"]["criteria"]] == [("alone", "passed"), ("grown", "passed")]
+    assert slow == ["tier"]
+
+
 def test_a_program_requiring_one_that_needs_review_needs_review(files: CatalogueFiles) -> None:
     requires = {"id": "req", "label": {"ko": "r", "en": "r"}, "program": "broken"}
     cat = build(files, program("broken", leaf("x", "1 / (household_size - 1) > 0")), program("user", requires))
