@@ -57,6 +57,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
+from shared.consumer import WRITE_EVERY
 from shared.db import dialect_insert, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
@@ -64,6 +65,8 @@ from shared.nested_rows import nested, unnest
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 # The applications a transaction locked (see Repository.application).
 _LOCKED_APPLICATIONS = "intake_locked_applications"
+# The timeline entries a consumer's transaction added and has not written yet (see Repository.add_timeline).
+_NEW_TIMELINE = "intake_new_timeline"
 # A representative with one of these scopes acts on the resident's applications, so may read them.
 APPLICATION_SCOPES = ("apply", "answer", "withdraw")
 
@@ -263,6 +266,27 @@ class Repository:
         the statement. The entry's ``id`` stays unset: nothing shown of an entry is its id."""
         values = {column.key: getattr(entry, key) for key, column in _timeline_columns()}
         await self.session.execute(_writing_timeline(), values)
+
+    async def add_timeline(self, values: dict[str, Any]) -> None:
+        """A consumer's event's timeline entry (:func:`status.timeline_values`), kept aside and written with the others
+        its transaction adds in one core INSERT (:meth:`write_new_timeline`, the status view's ``finish``): a batch
+        adds an entry per event, which through the ORM's unit of work cost an object each, its bookkeeping and a
+        flush that reads every new id back, while nothing reads an entry before the transaction ends. Within a
+        savepoint, whose rollback must take it back, an ORM row at once: a consumer runs a transaction's events in
+        savepoints all or none (``Consumer._apply_apart``), so none is kept aside across one."""
+        if self.session.in_nested_transaction():
+            self.session.add(TimelineEntry(**values))
+            return
+        kept: list[dict[str, Any]] = self.session.info.setdefault(_NEW_TIMELINE, [])
+        kept.append(values)
+        if len(kept) >= WRITE_EVERY:  # as the consumer writes its ORM rows: not all at once at the end of a long batch
+            await self.write_new_timeline()
+
+    async def write_new_timeline(self) -> None:
+        """Write the timeline entries :meth:`add_timeline` kept aside, in the order they were added."""
+        kept: list[dict[str, Any]] | None = self.session.info.pop(_NEW_TIMELINE, None)
+        if kept:
+            await self.session.execute(_writing_timeline(), kept)
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
