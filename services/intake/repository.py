@@ -67,6 +67,8 @@ OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 _LOCKED_APPLICATIONS = "intake_locked_applications"
 # The timeline entries a consumer's transaction added and has not written yet (see Repository.add_timeline).
 _NEW_TIMELINE = "intake_new_timeline"
+# The new notifications and offices it kept aside, by class and key (see Repository.add_notification, add_office).
+_NEW_ROWS = "intake_new_rows"
 # A representative with one of these scopes acts on the resident's applications, so may read them.
 APPLICATION_SCOPES = ("apply", "answer", "withdraw")
 
@@ -287,6 +289,15 @@ class Repository:
         kept: list[dict[str, Any]] | None = self.session.info.pop(_NEW_TIMELINE, None)
         if kept:
             await self.session.execute(_writing_timeline(), kept)
+
+    async def write_new_rows(self) -> None:
+        """Write what the transaction's events kept aside (the status view consumer's ``finish``): the timeline
+        entries, the new notifications and offices, a core INSERT per table."""
+        await self.write_new_timeline()
+        kept: dict[type[Any], dict[Any, dict[str, Any]]] = self.session.info.pop(_NEW_ROWS, {})
+        for model, rows in kept.items():
+            if rows:
+                await self.session.execute(insert(model.__table__), list(rows.values()))
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
@@ -575,8 +586,17 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def add_office(self, application_id: uuid.UUID, office_code: str) -> None:
-        if await get_unflushed(self.session, ApplicationOffice, (application_id, office_code)) is None:
-            self.session.add(ApplicationOffice(application_id=application_id, office_code=office_code))
+        """An office the application's case is or was in, kept aside as :meth:`add_timeline` keeps its entries when
+        new (nothing changes an office row once written)."""
+        key = (application_id, office_code)
+        kept = self._kept(ApplicationOffice)
+        if key in kept or await get_unflushed(self.session, ApplicationOffice, key) is not None:
+            return
+        values = {"application_id": application_id, "office_code": office_code}
+        if self.session.in_nested_transaction():
+            self.session.add(ApplicationOffice(**values))
+        else:
+            kept[key] = values
 
     async def notifications(self, application_id: uuid.UUID) -> list[Notification]:
         query = (
@@ -587,7 +607,29 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def notification(self, notification_id: uuid.UUID) -> Notification | None:
+        """As the transaction has it: one :meth:`add_notification` kept aside is made a pending ORM row for the caller
+        to change (a later event about the same notification in the batch)."""
+        values = self._kept(Notification).pop(notification_id, None)
+        if values is not None:
+            row = Notification(**values)
+            self.session.add(row)
+            return row
         return await get_unflushed(self.session, Notification, notification_id)
+
+    def add_notification(self, values: dict[str, Any]) -> Notification | None:
+        """A notification's first row (every column), kept aside as :meth:`add_timeline` keeps its entries and written
+        with them; None then. Within a savepoint, whose rollback must take it back, the ORM row added at once."""
+        if self.session.in_nested_transaction():
+            row = Notification(**values)
+            self.session.add(row)
+            return row
+        self._kept(Notification)[values["notification_id"]] = values
+        return None
+
+    def _kept(self, model: type[Any]) -> dict[Any, dict[str, Any]]:
+        """The new rows of ``model`` kept aside in this transaction, by their primary key."""
+        kept: dict[type[Any], dict[Any, dict[str, Any]]] = self.session.info.setdefault(_NEW_ROWS, {})
+        return kept.setdefault(model, {})
 
     async def timeline(self, application_id: uuid.UUID) -> list[TimelineEntry]:
         query = (

@@ -240,7 +240,7 @@ async def refresh_statuses(session: AsyncSession) -> None:
     cases read in one query for all of them. An event that failed in its savepoint leaves its application marked;
     deriving its status again from what stands changes nothing."""
     repo = Repository(session)
-    await repo.write_new_timeline()  # the entries the events kept aside (Repository.add_timeline)
+    await repo.write_new_rows()  # the timeline entries, notifications and offices the events kept aside
     stale: set[uuid.UUID] = session.info.pop(_STALE_STATUSES, set())
     if not stale:
         return
@@ -627,21 +627,24 @@ async def apply_notification(repo: Repository, event: CloudEvent, data: Notifica
     sent = isinstance(data, NotificationSent)
     notification = await repo.notification(data.notification_id)
     if notification is None:
-        notification = Notification(
-            notification_id=data.notification_id,
-            application_id=application.id,
-            channel=data.channel,
-            template=data.template,
-            status="sent" if sent else "failed",
-            status_at=at,
-            dead=False,
-            source_event_ids=list(data.source_event_ids),
+        failed = data if isinstance(data, NotificationFailed) else None
+        notification = repo.add_notification(
+            {
+                "notification_id": data.notification_id,
+                "application_id": application.id,
+                "channel": data.channel,
+                "template": data.template,
+                "status": "sent" if sent else "failed",
+                "status_at": at,
+                "dead": failed.dead if failed is not None else False,
+                "attempts": failed.attempts if failed is not None else None,
+                "source_event_ids": list(data.source_event_ids),
+            }
         )
-        repo.session.add(notification)
     elif at >= notification.status_at:
         notification.status = "sent" if sent else "failed"
         notification.status_at = at
-    if isinstance(data, NotificationFailed) and at >= notification.status_at:
+    if notification is not None and isinstance(data, NotificationFailed) and at >= notification.status_at:
         notification.dead = data.dead
         notification.attempts = data.attempts
     ko_channel, en_channel = _CHANNEL_NAMES[data.channel]

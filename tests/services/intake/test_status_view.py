@@ -645,8 +645,15 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
         d.event(CaseDecided(**d.case_fields(pb, "parent_benefit"), decision=Decision.APPROVED,
                             reason_code="eligible", amount=1_000_000, automatic=False, decided_at=d.clock), welfare),
     ]  # fmt: skip
+    notification = uuid.uuid4()  # failed once, then sent: the second event finds the row the first kept aside
     batch.append(
-        d.event(NotificationSent(notification_id=uuid.uuid4(), resident_id=d.resident_id,
+        d.event(NotificationFailed(notification_id=notification, resident_id=d.resident_id,
+                                   application_id=d.application_id, source_event_ids=[batch[1].id], channel="inbox",
+                                   template="case_decided", attempts=1, error="busy", dead=False,
+                                   failed_at=d.clock), "/onestop/notify")
+    )  # fmt: skip
+    batch.append(
+        d.event(NotificationSent(notification_id=notification, resident_id=d.resident_id,
                                  application_id=d.application_id, source_event_ids=[batch[1].id], channel="inbox",
                                  template="case_decided", language="ko", sent_at=d.clock), "/onestop/notify")
     )  # fmt: skip
@@ -659,9 +666,13 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
     with objects_added(intake.runtime.consumers["status-view"].durable) as added:
         work = await one_batch(intake, "status-view", [determined, *batch[:2], interleaved, *batch[2:]])
     statements, commits = work.statements, work.commits
-    # Each event's timeline entry is kept aside as its values and written with the others by one statement at the end
-    # of the transaction, not added as an ORM object each (Repository.add_timeline).
+    # Each event's timeline entry, and each new notification and office, is kept aside as its values and written with
+    # the others by one statement at the end of the transaction, not added as an ORM object each
+    # (Repository.add_timeline, add_notification, add_office); a notification looked up again by a later event of the
+    # transaction is made an ORM row then.
     assert "TimelineEntry" not in added, added
+    assert "ApplicationOffice" not in added, added
+    assert added.count("Notification") <= 1, added
 
     status_reads = [s for s in statements if "FROM cases WHERE cases.application_id" in s]
     timeline_writes = [s for s in statements if s.startswith("INSERT INTO timeline_entries")]
@@ -776,6 +787,7 @@ async def test_an_event_that_fails_in_its_batch_leaves_no_timeline_entry_and_the
     view = await view_when(intake, me, application["id"], lambda v: len(v["timeline"]) >= 4)
     assert types(view) == ["application.submitted", "case.routed", "case.routed", "notification.sent"], view
     assert {p["program_code"] for p in view["programs"]} == {"child_allowance", "parent_benefit"}
+    assert [n["status"] for n in view["notifications"]] == ["sent"]
 
     async with intake.runtime.db.session() as session:
         for statement in _refusing_cases(intake.runtime.db.engine.dialect.name, drop=True):
