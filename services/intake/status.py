@@ -236,9 +236,10 @@ def status_changed(repo: Repository, application: Application, at: dt.datetime) 
 
 
 async def refresh_statuses(session: AsyncSession) -> None:
-    """The status of each application an event of this transaction changed (the status view consumer's finish): its
-    cases read in one query for all of them. An event that failed in its savepoint leaves its application marked;
-    deriving its status again from what stands changes nothing."""
+    """The status view consumer's finish: the rows its events kept aside written (Repository.write_new_rows), and the
+    status of each application an event of this transaction changed derived, its cases read in one query for all of
+    them. An event that failed in its savepoint leaves its application marked; deriving its status again from what
+    stands changes nothing."""
     repo = Repository(session)
     await repo.write_new_rows()  # the timeline entries, notifications and offices the events kept aside
     stale: set[uuid.UUID] = session.info.pop(_STALE_STATUSES, set())
