@@ -57,6 +57,7 @@ from services.intake.models import (
     TimelineEntry,
 )
 from shared.auth import Principal, Role
+from shared.consumer import WRITE_EVERY
 from shared.db import dialect_insert, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
@@ -64,6 +65,10 @@ from shared.nested_rows import nested, unnest
 OFFICE_ROLES = (Role.CASEWORKER, Role.SUPERVISOR)
 # The applications a transaction locked (see Repository.application).
 _LOCKED_APPLICATIONS = "intake_locked_applications"
+# The timeline entries a consumer's transaction added and has not written yet (see Repository.add_timeline).
+_NEW_TIMELINE = "intake_new_timeline"
+# The new notifications and offices it kept aside, by class and key (see Repository.add_notification, add_office).
+_NEW_ROWS = "intake_new_rows"
 # A representative with one of these scopes acts on the resident's applications, so may read them.
 APPLICATION_SCOPES = ("apply", "answer", "withdraw")
 
@@ -263,6 +268,36 @@ class Repository:
         the statement. The entry's ``id`` stays unset: nothing shown of an entry is its id."""
         values = {column.key: getattr(entry, key) for key, column in _timeline_columns()}
         await self.session.execute(_writing_timeline(), values)
+
+    async def add_timeline(self, values: dict[str, Any]) -> None:
+        """A consumer's event's timeline entry (:func:`status.timeline_values`), kept aside and written with the others
+        its transaction adds in one core INSERT (:meth:`write_new_timeline`, the status view's ``finish``): a batch
+        adds an entry per event, which through the ORM's unit of work cost an object each, its bookkeeping and a
+        flush that reads every new id back, while nothing reads an entry before the transaction ends. Within a
+        savepoint, whose rollback must take it back, an ORM row at once: a consumer runs a transaction's events in
+        savepoints all or none (``Consumer._apply_apart``), so none is kept aside across one."""
+        if self.session.in_nested_transaction():
+            self.session.add(TimelineEntry(**values))
+            return
+        kept: list[dict[str, Any]] = self.session.info.setdefault(_NEW_TIMELINE, [])
+        kept.append(values)
+        if len(kept) >= WRITE_EVERY:  # as the consumer writes its ORM rows: not all at once at the end of a long batch
+            await self.write_new_timeline()
+
+    async def write_new_timeline(self) -> None:
+        """Write the timeline entries :meth:`add_timeline` kept aside, in the order they were added."""
+        kept: list[dict[str, Any]] | None = self.session.info.pop(_NEW_TIMELINE, None)
+        if kept:
+            await self.session.execute(_writing_timeline(), kept)
+
+    async def write_new_rows(self) -> None:
+        """Write what the transaction's events kept aside (the status view consumer's ``finish``): the timeline
+        entries, the new notifications and offices, a core INSERT per table."""
+        await self.write_new_timeline()
+        kept: dict[type[Any], dict[Any, dict[str, Any]]] = self.session.info.pop(_NEW_ROWS, {})
+        for model, rows in kept.items():
+            if rows:
+                await self.session.execute(insert(model.__table__), list(rows.values()))
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""
@@ -551,8 +586,17 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def add_office(self, application_id: uuid.UUID, office_code: str) -> None:
-        if await get_unflushed(self.session, ApplicationOffice, (application_id, office_code)) is None:
-            self.session.add(ApplicationOffice(application_id=application_id, office_code=office_code))
+        """An office the application's case is or was in, kept aside as :meth:`add_timeline` keeps its entries when
+        new (nothing changes an office row once written)."""
+        key = (application_id, office_code)
+        kept = self._kept(ApplicationOffice)
+        if key in kept or await get_unflushed(self.session, ApplicationOffice, key) is not None:
+            return
+        values = {"application_id": application_id, "office_code": office_code}
+        if self.session.in_nested_transaction():
+            self.session.add(ApplicationOffice(**values))
+        else:
+            kept[key] = values
 
     async def notifications(self, application_id: uuid.UUID) -> list[Notification]:
         query = (
@@ -563,7 +607,29 @@ class Repository:
         return list((await self.session.scalars(query)).all())
 
     async def notification(self, notification_id: uuid.UUID) -> Notification | None:
+        """As the transaction has it: one :meth:`add_notification` kept aside is made a pending ORM row for the caller
+        to change (a later event about the same notification in the batch)."""
+        values = self._kept(Notification).pop(notification_id, None)
+        if values is not None:
+            row = Notification(**values)
+            self.session.add(row)
+            return row
         return await get_unflushed(self.session, Notification, notification_id)
+
+    def add_notification(self, values: dict[str, Any]) -> Notification | None:
+        """A notification's first row (every column), kept aside as :meth:`add_timeline` keeps its entries and written
+        with them; None then. Within a savepoint, whose rollback must take it back, the ORM row added at once."""
+        if self.session.in_nested_transaction():
+            row = Notification(**values)
+            self.session.add(row)
+            return row
+        self._kept(Notification)[values["notification_id"]] = values
+        return None
+
+    def _kept(self, model: type[Any]) -> dict[Any, dict[str, Any]]:
+        """The new rows of ``model`` kept aside in this transaction, by their primary key."""
+        kept: dict[type[Any], dict[Any, dict[str, Any]]] = self.session.info.setdefault(_NEW_ROWS, {})
+        return kept.setdefault(model, {})
 
     async def timeline(self, application_id: uuid.UUID) -> list[TimelineEntry]:
         query = (

@@ -236,13 +236,15 @@ def status_changed(repo: Repository, application: Application, at: dt.datetime) 
 
 
 async def refresh_statuses(session: AsyncSession) -> None:
-    """The status of each application an event of this transaction changed (the status view consumer's finish): its
-    cases read in one query for all of them. An event that failed in its savepoint leaves its application marked;
-    deriving its status again from what stands changes nothing."""
+    """The status view consumer's finish: the rows its events kept aside written (Repository.write_new_rows), and the
+    status of each application an event of this transaction changed derived, its cases read in one query for all of
+    them. An event that failed in its savepoint leaves its application marked; deriving its status again from what
+    stands changes nothing."""
+    repo = Repository(session)
+    await repo.write_new_rows()  # the timeline entries, notifications and offices the events kept aside
     stale: set[uuid.UUID] = session.info.pop(_STALE_STATUSES, set())
     if not stale:
         return
-    repo = Repository(session)
     ids = sorted(stale)
     cases = await repo.cases_of(ids)
     for application_id in ids:
@@ -264,15 +266,34 @@ def timeline_entry(
 ) -> TimelineEntry:
     """The timeline entry of ``event``, to be added to the transaction (or written by ``Repository.write_timeline``)."""
     return TimelineEntry(
-        application_id=application_id,
-        event_id=event.id,
-        event_type=event.event_type,
-        occurred_at=at,
-        program_code=program_code,
-        case_id=case_id,
-        summary=summary.model_dump(),
-        details=details or {},
+        **timeline_values(
+            application_id, event, at=at, summary=summary, details=details, program_code=program_code, case_id=case_id
+        )
     )
+
+
+def timeline_values(
+    application_id: uuid.UUID,
+    event: CloudEvent,
+    *,
+    at: dt.datetime,
+    summary: Localized,
+    details: dict[str, Any] | None = None,
+    program_code: str | None = None,
+    case_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """The columns of ``event``'s timeline entry (but its id, which the database numbers): for a consumer's event,
+    kept aside and written with the rest of its transaction's (``Repository.add_timeline``)."""
+    return {
+        "application_id": application_id,
+        "event_id": event.id,
+        "event_type": event.event_type,
+        "occurred_at": at,
+        "program_code": program_code,
+        "case_id": case_id,
+        "summary": {"ko": summary.ko, "en": summary.en},
+        "details": details or {},
+    }
 
 
 # ---------------------------------------------------------------------------------------------- eligibility
@@ -285,8 +306,8 @@ async def apply_determination(repo: Repository, event: CloudEvent, data: Eligibi
         return
     at = event_time(event)
     counts = {outcome: sum(p.outcome is outcome for p in data.programs) for outcome in Outcome}
-    repo.session.add(
-        timeline_entry(
+    await repo.add_timeline(
+        timeline_values(
             application.id,
             event,
             at=at,
@@ -477,8 +498,8 @@ async def apply_case_event(repo: Repository, event: CloudEvent, data: CaseEventB
                 record.due_date = data.due_date
     record.updated_at = max(record.updated_at, at)
 
-    repo.session.add(
-        timeline_entry(
+    await repo.add_timeline(
+        timeline_values(
             application.id,
             event,
             at=at,
@@ -572,8 +593,8 @@ async def apply_referral_event(repo: Repository, event: CloudEvent, data: Referr
         case ReferralCompleted():
             referral.outcome = data.outcome
     referral.updated_at = max(referral.updated_at, at)
-    repo.session.add(
-        timeline_entry(
+    await repo.add_timeline(
+        timeline_values(
             application.id,
             event,
             at=at,
@@ -607,26 +628,29 @@ async def apply_notification(repo: Repository, event: CloudEvent, data: Notifica
     sent = isinstance(data, NotificationSent)
     notification = await repo.notification(data.notification_id)
     if notification is None:
-        notification = Notification(
-            notification_id=data.notification_id,
-            application_id=application.id,
-            channel=data.channel,
-            template=data.template,
-            status="sent" if sent else "failed",
-            status_at=at,
-            dead=False,
-            source_event_ids=list(data.source_event_ids),
+        failed = data if isinstance(data, NotificationFailed) else None
+        notification = repo.add_notification(
+            {
+                "notification_id": data.notification_id,
+                "application_id": application.id,
+                "channel": data.channel,
+                "template": data.template,
+                "status": "sent" if sent else "failed",
+                "status_at": at,
+                "dead": failed.dead if failed is not None else False,
+                "attempts": failed.attempts if failed is not None else None,
+                "source_event_ids": list(data.source_event_ids),
+            }
         )
-        repo.session.add(notification)
     elif at >= notification.status_at:
         notification.status = "sent" if sent else "failed"
         notification.status_at = at
-    if isinstance(data, NotificationFailed) and at >= notification.status_at:
+    if notification is not None and isinstance(data, NotificationFailed) and at >= notification.status_at:
         notification.dead = data.dead
         notification.attempts = data.attempts
     ko_channel, en_channel = _CHANNEL_NAMES[data.channel]
-    repo.session.add(
-        timeline_entry(
+    await repo.add_timeline(
+        timeline_values(
             application.id,
             event,
             at=at,

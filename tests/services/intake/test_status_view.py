@@ -7,6 +7,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
+from sqlalchemy import text
+
 from shared.events import (
     CaseAssigned,
     CaseClosed,
@@ -16,6 +18,7 @@ from shared.events import (
     CaseResumed,
     CaseRouted,
     CaseTransferred,
+    CloudEvent,
     Decision,
     Department,
     EligibilityDetermined,
@@ -43,6 +46,7 @@ from tests.services.intake.support import (
     birth_application,
     consumer_idle,
     file_application,
+    objects_added,
     program,
     register_self,
     view_when,
@@ -51,6 +55,7 @@ from tests.support.events import event_log
 from tests.support.nats import NatsServer
 from tests.support.round_trips import one_batch
 from tests.support.services import RunningService
+from tests.support.waiting import wait_until
 
 MAPO_NAME = Localized(ko="서교동 주민센터", en="Seogyo-dong Community Service Centre")
 YONGSAN_NAME = Localized(ko="이태원1동 주민센터", en="Itaewon 1-dong Community Service Centre")
@@ -640,8 +645,15 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
         d.event(CaseDecided(**d.case_fields(pb, "parent_benefit"), decision=Decision.APPROVED,
                             reason_code="eligible", amount=1_000_000, automatic=False, decided_at=d.clock), welfare),
     ]  # fmt: skip
+    notification = uuid.uuid4()  # failed once, then sent: the second event finds the row the first kept aside
     batch.append(
-        d.event(NotificationSent(notification_id=uuid.uuid4(), resident_id=d.resident_id,
+        d.event(NotificationFailed(notification_id=notification, resident_id=d.resident_id,
+                                   application_id=d.application_id, source_event_ids=[batch[1].id], channel="inbox",
+                                   template="case_decided", attempts=1, error="busy", dead=False,
+                                   failed_at=d.clock), "/onestop/notify")
+    )  # fmt: skip
+    batch.append(
+        d.event(NotificationSent(notification_id=notification, resident_id=d.resident_id,
                                  application_id=d.application_id, source_event_ids=[batch[1].id], channel="inbox",
                                  template="case_decided", language="ko", sent_at=d.clock), "/onestop/notify")
     )  # fmt: skip
@@ -651,8 +663,16 @@ async def test_a_batch_derives_each_applications_status_once_and_writes_its_rows
                          template="application_submitted", language="ko", sent_at=other.clock), "/onestop/notify",
     )  # fmt: skip
 
-    work = await one_batch(intake, "status-view", [determined, *batch[:2], interleaved, *batch[2:]])
+    with objects_added(intake.runtime.consumers["status-view"].durable) as added:
+        work = await one_batch(intake, "status-view", [determined, *batch[:2], interleaved, *batch[2:]])
     statements, commits = work.statements, work.commits
+    # Each event's timeline entry, and each new notification and office, is kept aside as its values and written with
+    # the others by one statement at the end of the transaction, not added as an ORM object each
+    # (Repository.add_timeline, add_notification, add_office); a notification looked up again by a later event of the
+    # transaction is made an ORM row then.
+    assert "TimelineEntry" not in added, added
+    assert "ApplicationOffice" not in added, added
+    assert added.count("Notification") <= 1, added
 
     status_reads = [s for s in statements if "FROM cases WHERE cases.application_id" in s]
     timeline_writes = [s for s in statements if s.startswith("INSERT INTO timeline_entries")]
@@ -726,3 +746,71 @@ def test_a_case_event_names_its_program_as_the_round_did_or_by_its_code_before_a
     assert program_name(determination, "child_allowance") == Localized(ko="아동수당", en="Child allowance")
     assert program_name(determination, "parent_benefit") == Localized(ko="parent_benefit", en="parent_benefit")
     assert program_name(None, "child_allowance") == Localized(ko="child_allowance", en="child_allowance")
+
+
+async def test_an_event_that_fails_in_its_batch_leaves_no_timeline_entry_and_the_others_keep_theirs(
+    intake: RunningService,
+) -> None:
+    """When a batch's transaction fails, its events are applied again each in a savepoint: the one that fails there
+    is rolled back alone — its timeline entry with its case, though entries are otherwise kept aside to be written at
+    the end of the transaction — and the others commit with theirs. Retried alone once it can succeed, it gets its
+    entry, once."""
+    resident_id, me = await register_self(intake)
+    application = await file_application(intake, me, birth_application(resident_id))
+    d = Downstream(intake, application)
+    welfare, due = "/onestop/routing", dt.date.today() + dt.timedelta(days=30)
+    # A case the database refuses (as a constraint would): its event fails, in the batch and in its savepoint.
+    async with intake.runtime.db.session() as session:
+        for statement in _refusing_cases(intake.runtime.db.engine.dialect.name):
+            await session.execute(text(statement))
+
+    def routed(program_code: str) -> CloudEvent:
+        return d.event(
+            CaseRouted(**d.case_fields(uuid.uuid4(), program_code), office_name=MAPO_NAME, status="open", priority=3,
+                       automatic=False, due_date=due, reason="district 11440", routed_at=d.clock), welfare,
+        )  # fmt: skip
+
+    good, refused, after = routed("child_allowance"), routed("refused_program"), routed("parent_benefit")
+    sent = d.event(
+        NotificationSent(notification_id=uuid.uuid4(), resident_id=d.resident_id, application_id=d.application_id,
+                         source_event_ids=[good.id], channel="inbox", template="case_routed", language="ko",
+                         sent_at=d.clock), "/onestop/notify",
+    )  # fmt: skip
+    consumer = intake.runtime.consumers["status-view"]
+    await consumer.stop()
+    await d.publish(good, refused, sent, after)
+    await consumer.start()
+
+    def types(view: dict[str, Any]) -> list[str]:
+        return [t["type"] for t in view["timeline"]]
+
+    view = await view_when(intake, me, application["id"], lambda v: len(v["timeline"]) >= 4)
+    assert types(view) == ["application.submitted", "case.routed", "case.routed", "notification.sent"], view
+    assert {p["program_code"] for p in view["programs"]} == {"child_allowance", "parent_benefit"}
+    assert [n["status"] for n in view["notifications"]] == ["sent"]
+
+    async with intake.runtime.db.session() as session:
+        for statement in _refusing_cases(intake.runtime.db.engine.dialect.name, drop=True):
+            await session.execute(text(statement))
+    await wait_until(lambda: intake.settled("status-view"))
+    view = await view_when(intake, me, application["id"], lambda v: len(v["timeline"]) >= 5)
+    assert types(view) == ["application.submitted", *["case.routed"] * 3, "notification.sent"], view
+    assert {p["program_code"] for p in view["programs"]} == {"child_allowance", "parent_benefit", "refused_program"}
+
+
+def _refusing_cases(dialect: str, *, drop: bool = False) -> list[str]:
+    """A trigger that refuses a case of the program ``refused_program``, or what drops it."""
+    if dialect == "sqlite":
+        if drop:
+            return ["DROP TRIGGER refuse_case"]
+        return [
+            "CREATE TRIGGER refuse_case BEFORE INSERT ON cases WHEN NEW.program_code = 'refused_program' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+    if drop:
+        return ["DROP TRIGGER refuse_case ON cases", "DROP FUNCTION refuse_case()"]
+    return [
+        "CREATE FUNCTION refuse_case() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+        "CREATE TRIGGER refuse_case BEFORE INSERT ON cases FOR EACH ROW "
+        "WHEN (NEW.program_code = 'refused_program') EXECUTE FUNCTION refuse_case()",
+    ]
