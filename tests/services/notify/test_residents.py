@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import event, func, select, update
@@ -691,6 +692,44 @@ async def test_a_batchs_eligibility_results_write_their_programs_at_its_end_and_
     }  # fmt: skip
     assert routed is not None
     assert routed.data["program_name"] == {"ko": "parent_benefit ko", "en": "parent_benefit en"}
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_messages_released_together_ask_intake_for_their_residents_contacts_in_one_request(
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer
+) -> None:
+    """The residents of messages dispatched together, and of the emails then sent together, are asked of intake at
+    once, in one request each time, not one each; each message still goes to its own resident's address (a resident
+    intake does not know gets the inbox copy)."""
+    mails = [f"together{i}@example.kr" for i in range(3)]
+    residents = [await intake.register(email=m, channels=("inbox", "email")) for m in mails]
+    unknown = uuid.uuid4()
+    granted = [f.program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE)]
+    for r in [*residents, unknown]:
+        await producer.publish(f.determined(r, uuid.uuid4(), 1, granted))
+    await wait_until(functools.partial(_items, notify, [*residents, unknown], 4))
+    asked: list[tuple[str, str]] = []
+
+    async def record(request: httpx.Request) -> None:
+        asked.append((request.method, request.url.path))
+
+    client = notify.context(NotifyContext).contacts.client
+    client.event_hooks["request"].append(record)
+    try:
+        async with notify.runtime.db.session() as session:  # the four windows end at once, as the clock would
+            await session.execute(
+                update(Notification)
+                .where(Notification.resident_id.in_([*residents, unknown]))
+                .values(next_step_at=utcnow())
+            )
+        await wait_until(lambda: all(len(smtp.to(m)) == 1 for m in mails))
+    finally:
+        client.event_hooks["request"].remove(record)
+    # One for the dispatch of the four, one for the sending of the three emails (the tests' notify keeps no cache).
+    assert asked == [("POST", "/v1/contact-lookups")] * 2
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(Delivery).where(Delivery.resident_id == unknown))).all()
+    assert [(d.channel, d.status) for d in rows] == [("inbox", "sent")]
 
 
 async def test_a_batchs_messages_write_their_items_at_its_end_and_an_erasure_later_in_it_still_deletes_them(
