@@ -21,6 +21,8 @@ from services.intake.schemas import (
     ApplicationView,
     ConsentsUpdate,
     ConsentsView,
+    ContactList,
+    ContactsRequest,
     ContactView,
     CounterAuthorityCreate,
     CounterAuthorityView,
@@ -486,6 +488,20 @@ async def read_erasure_request(
     return await erasure.read(repo, ctx, principal, resident_id, erasure_id)
 
 
+# Not under /v1/residents, where a path of one segment more is a resident's id.
+contacts_router = APIRouter(prefix="/v1/contact-lookups", tags=["residents"])
+
+
+@contacts_router.post(
+    "",
+    operation_id="lookUpContacts",
+    responses=problem_responses(403),
+    summary="Where to reach several residents at once (the notify service only); those it may not reach are left out",
+)
+async def look_up_contacts(body: ContactsRequest, principal: PrincipalDep, repo: RepositoryDep) -> ContactList:
+    return await residents.contacts(repo, principal, body.resident_ids)
+
+
 representations_router = APIRouter(prefix="/v1/representations", tags=["residents"])
 
 
@@ -652,4 +668,4 @@ async def list_life_events(catalogue: CatalogueDep) -> list[LifeEvent]:
     return await catalogue.life_events()
 
 
-ROUTERS = (residents_router, representations_router, applications_router, catalogue_router)
+ROUTERS = (residents_router, contacts_router, representations_router, applications_router, catalogue_router)

@@ -317,6 +317,15 @@ class Repository:
             query = query.with_for_update()
         return (await self.session.execute(query)).scalar_one_or_none()
 
+    async def contactable_residents(self, principal: Principal, resident_ids: Sequence[uuid.UUID]) -> list[Resident]:
+        """The residents named whose contact details the caller may read: for the notify service, those with
+        details left (an erased resident's stay only until they were told the result, services/intake/erasure.py);
+        for anyone else, none."""
+        if principal.role is not Role.SERVICE or principal.service != "notify":
+            return []
+        query = select(Resident).where(Resident.id.in_(set(resident_ids))).order_by(Resident.id)
+        return [r for r in (await self.session.scalars(query)).all() if r.preferred_channels is not None]
+
     async def has_case_in_offices(self, resident_id: uuid.UUID, offices: frozenset[str]) -> bool:
         query = select(
             exists().where(Application.resident_id == resident_id, _has_case_in_offices(Application.id, offices))

@@ -29,6 +29,7 @@ from services.intake.schemas import (
     ConsentChangeView,
     ConsentsUpdate,
     ConsentsView,
+    ContactList,
     ContactView,
     HouseholdMemberIn,
     HouseholdMemberView,
@@ -442,6 +443,22 @@ async def contact(repo: Repository, principal: Principal, resident_id: uuid.UUID
     # An erased resident's contact details stay only until they were told the result (services/intake/erasure.py).
     if resident is None or resident.preferred_channels is None:
         raise NotFound(f"No resident {resident_id}.")
+    return await _read_contact(repo, principal, resident)
+
+
+async def contacts(repo: Repository, principal: Principal, resident_ids: Sequence[uuid.UUID]) -> ContactList:
+    """Where to reach several residents at once (notify, dispatching a batch of messages): for the notify service
+    only (403 to anyone else); a resident it may not reach, or that does not exist, is left out. Each read is
+    recorded as :func:`contact` records it."""
+    if principal.role is not Role.SERVICE or principal.service != "notify":
+        raise Forbidden("Only the notify service reads residents' contact details.")
+    found = await repo.contactable_residents(principal, resident_ids)
+    return ContactList(items=[await _read_contact(repo, principal, r) for r in found])
+
+
+async def _read_contact(repo: Repository, principal: Principal, resident: Resident) -> ContactView:
+    channels = resident.preferred_channels
+    assert channels is not None  # the callers' check: an erased resident's details are gone
     await record_access(
         repo,
         principal,
@@ -456,9 +473,7 @@ async def contact(repo: Repository, principal: Principal, resident_id: uuid.UUID
         email=resident.email,
         phone=resident.phone,
         preferred_language=Language(resident.preferred_language),
-        preferred_channels=resident.preferred_channels,
+        preferred_channels=channels,
         # A letter needs the name and address; a resident who did not choose post keeps them here.
-        postal=PostalAddress(name=resident.name, address=resident.address)
-        if "post" in resident.preferred_channels
-        else None,
+        postal=PostalAddress(name=resident.name, address=resident.address) if "post" in channels else None,
     )

@@ -222,6 +222,10 @@ class PostalAddress(BaseModel):
     address: str
 
 
+# How many residents one request for contact details may name (notify asks for a dispatch batch's at once).
+MAX_CONTACTS = 100
+
+
 class ContactView(BaseModel):
     resident_id: uuid.UUID
     email: str | None
@@ -231,6 +235,16 @@ class ContactView(BaseModel):
     postal: PostalAddress | None = Field(
         default=None, description="Name and address for a printed letter: only when the resident chose post"
     )
+
+
+class ContactsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resident_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_CONTACTS)
+
+
+class ContactList(BaseModel):
+    items: list[ContactView] = Field(description="The residents asked for that may be reached; the others are left out")
 
 
 # ---------------------------------------------------------------------------------------------- acting for a resident

@@ -272,19 +272,11 @@ class ResidentDelivery:
 
     async def _contacts(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Contact | str | None]:
         """Each resident's contact (None: intake does not know them), or why it could not be had; asked of intake
-        outside any transaction, a few at a time."""
-        limit = asyncio.Semaphore(self.settings.worker_concurrency)
-        found: dict[uuid.UUID, Contact | str | None] = {}
-
-        async def one(resident_id: uuid.UUID) -> None:
-            async with limit:
-                try:
-                    found[resident_id] = await self.contacts.lookup(resident_id)
-                except ContactUnavailable as exc:
-                    found[resident_id] = str(exc)
-
-        await asyncio.gather(*(one(r) for r in dict.fromkeys(resident_ids)))
-        return found
+        outside any transaction, the batch's residents in one request."""
+        try:
+            return dict(await self.contacts.lookup_many(resident_ids))
+        except ContactUnavailable as exc:
+            return dict.fromkeys(resident_ids, str(exc))
 
     # ------------------------------------------------------------------------------------------ 1. dispatch
 
@@ -424,12 +416,13 @@ class ResidentDelivery:
                     sends.append(send)
         if not sends:
             return
+        contacts = await self._contacts([s.resident_id for s in sends])
         limit = asyncio.Semaphore(self.settings.worker_concurrency)
 
         async def attempt(send: _Send) -> _Outcome | None:
             async with limit:
                 try:
-                    return await self._attempt(send)
+                    return await self._attempt(send, contacts[send.resident_id])
                 except Exception:
                     # The claim runs out and the row is tried again; the error is logged without personal data.
                     log.exception("delivery step failed", extra={"row": str(send.delivery_id)})
@@ -451,7 +444,8 @@ class ResidentDelivery:
             preference = await repo.preference(delivery.resident_id)
             send = self._to_send(delivery, application, preference, now)
         if send is not None:
-            await self._record_one(await self._attempt(send), token)
+            contacts = await self._contacts([send.resident_id])
+            await self._record_one(await self._attempt(send, contacts[send.resident_id]), token)
 
     def _to_send(
         self,
@@ -486,10 +480,13 @@ class ResidentDelivery:
             about=_About.of(notification),
         )
 
-    async def _attempt(self, send: _Send) -> _Outcome:
-        """Render and send one message (outside any transaction)."""
+    async def _attempt(self, send: _Send, found: Contact | str | None) -> _Outcome:
+        """Render and send one message (outside any transaction) to the resident's contact (``found``: or why it
+        could not be had)."""
         try:
-            contact = await self.contacts.lookup(send.resident_id)
+            if isinstance(found, str):
+                raise ContactUnavailable(found)
+            contact = found
             address = _address(contact, send.channel)
             if address is None:
                 raise ChannelError(f"no {send.channel} address on file", permanent=True)

@@ -28,7 +28,6 @@ from services.notify import resident_data
 from services.notify.models import (
     ApplicationProgram,
     Notification,
-    NotificationItem,
     NotificationStatus,
     Representation,
     TrackedApplication,
@@ -421,19 +420,13 @@ class ResidentMessages:
                 step_attempts=0,
             )
             repo.session.add(notification)
-        # Written with the rest of the transaction: the next event of the batch finds the bundle and the item among
-        # the session's new rows (Repository.open_bundle, item_exists).
+        # Written with the rest of the transaction: the next event of the batch finds the bundle among the session's
+        # new rows and the item among those kept aside (Repository.open_bundle, item_exists, add_item).
         repo.told(notification, event.id, resident_id)
-        repo.session.add(
-            NotificationItem(
-                notification_id=notification.id,
-                resident_id=resident_id,
-                source_event_id=event.id,
-                event_type=event.event_type,
-                occurred_at=event.time,
-                data=data,
-            )
-        )
+        repo.add_item(
+            {"notification_id": notification.id, "resident_id": resident_id, "source_event_id": event.id,
+             "event_type": event.event_type, "occurred_at": event.time, "data": data}
+        )  # fmt: skip
         if notification.next_step_at <= now:
             mark_work(repo.session)
         # else a bundle collecting until its window closes: the worker's interval pass finds it then (woken now, it
@@ -490,7 +483,9 @@ def _case_basics(case_id: uuid.UUID, program_code: str, program: ApplicationProg
 
 async def finish_batch(session: AsyncSession) -> None:
     """The residents' consumer's finish (``Subscription.finish``): what its transaction kept aside to write at once."""
-    await Repository(session).write_new_programs()
+    repo = Repository(session)
+    await repo.write_new_programs()
+    await repo.write_new_items()
 
 
 async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar, cast
 from fastapi import Depends
 from sqlalchemy import ColumnElement, Table, case, delete, func, insert, inspect, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, lazyload
 
 from services.notify.models import (
     RETRYABLE,
@@ -64,6 +64,9 @@ _ITEMS = "notify_items_loaded"
 _NEW_PROGRAMS = "notify_new_programs"
 # Made once: a statement used again keeps its cache key.
 _INSERT_PROGRAMS = insert(cast(Table, ApplicationProgram.__table__))
+# The items a transaction added and has not written yet (see Repository.add_item).
+_NEW_ITEMS = "notify_new_items"
+_INSERT_ITEMS = insert(cast(Table, NotificationItem.__table__))
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -183,6 +186,25 @@ class Repository:
         if added:
             await self.session.execute(_INSERT_PROGRAMS, list(added.values()))
 
+    def add_item(self, values: dict[str, Any]) -> None:
+        """A notification's item, written with the others the transaction adds in one core INSERT at its end
+        (:meth:`write_new_items`): nothing in the consumer reads an item back as an object, and an object each, with
+        its cascades and the unit of work's bookkeeping, cost more than the statement. Within a savepoint, whose
+        rollback must take it back, an ORM row at once (as :meth:`add_program`)."""
+        if self.session.in_nested_transaction():
+            self.session.add(NotificationItem(**values))
+            return
+        self.session.info.setdefault(_NEW_ITEMS, []).append(values)
+
+    async def write_new_items(self) -> None:
+        """Write the items :meth:`add_item` kept aside, after their notifications: at the end of the transaction
+        (the residents' consumer's ``finish``), and before a statement that must find them (an erasure deleting the
+        resident's messages)."""
+        added: list[dict[str, Any]] | None = self.session.info.pop(_NEW_ITEMS, None)
+        if added:
+            await self.session.flush()  # the notifications they belong to
+            await self.session.execute(_INSERT_ITEMS, added)
+
     async def application_programs(
         self, application_id: uuid.UUID, codes: Sequence[str]
     ) -> dict[str, ApplicationProgram]:
@@ -238,6 +260,7 @@ class Repository:
                     )
                     .order_by(Notification.created_at)
                     .with_for_update()
+                    .options(lazyload(Notification.items))  # added to, never read, by the consumer
                 )
                 bundles: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
                 for n in await self.session.scalars(collecting):
@@ -289,6 +312,9 @@ class Repository:
         if any(
             i.source_event_id == source_event_id and i.resident_id == resident_id
             for i in pending_rows(self.session, NotificationItem)
+        ) or any(
+            i["source_event_id"] == source_event_id and i["resident_id"] == resident_id
+            for i in self.session.info.get(_NEW_ITEMS, ())
         ):
             return True
         with self.session.no_autoflush:
@@ -341,6 +367,7 @@ class Repository:
                 .order_by(Notification.created_at.desc())
                 .limit(1)
                 .with_for_update()
+                .options(lazyload(Notification.items))  # added to, never read, by the consumer
             )
         if bundle is not None and not self.session.in_nested_transaction():
             found[key] = bundle  # locked to the end of the transaction (a savepoint's rollback would release it)

@@ -239,6 +239,7 @@ class Erasure:
             (self.settings.data_dir / "post" / letter.file_name).unlink(missing_ok=True)
         await _delete(session, Letter, Letter.resident_id == rid)
         notifications = select(Notification.id).where(Notification.resident_id == rid)
+        await Repository(session).write_new_items()  # a message of the same batch: deleted too
         await _delete(session, Delivery, Delivery.notification_id.in_(notifications))
         await _delete(session, NotificationItem, NotificationItem.notification_id.in_(notifications))
         counts["messages"] = await _delete(session, Notification, Notification.resident_id == rid) + len(letters)

@@ -189,6 +189,45 @@ async def test_each_caller_reaches_exactly_what_it_may_and_the_resident_sees_who
     assert (await client.post(f"/v1/applications/{app_a['id']}/withdraw", headers=a)).status_code == 200
 
 
+async def test_several_residents_contact_details_are_read_by_notify_alone_each_read_recorded(
+    intake: RunningService,
+) -> None:
+    """Notify asks for a batch's residents at once: it gets the contact of each it may reach (as the one-resident
+    read gives it), an unknown one left out, and each resident sees the read in their access log. No other caller
+    gets any."""
+    client = intake.client
+    a_id, a = await register_self(intake)
+    b_id, b = await register_self(intake, name="박민수", email="minsu@example.kr")
+    notify = intake.auth("service", service="notify")
+    asked = {"resident_ids": [str(b_id), str(uuid.uuid4()), str(a_id)]}
+
+    others = {
+        "resident A": a,
+        "admin": intake.auth("admin", subject="admin-kang"),
+        "caseworker": intake.auth("caseworker", offices=[MAPO_CSC], subject="cw-park"),
+        "partner": intake.auth("partner", partner_id="kb-bank"),
+        "routing": intake.auth("service", service="routing"),
+    }
+    for who, headers in others.items():
+        refused = await client.post("/v1/contact-lookups", json=asked, headers=headers)
+        assert refused.status_code == 403, (who, refused.text)
+    assert (await client.post("/v1/contact-lookups", json=asked)).status_code == 401
+
+    read = await client.post("/v1/contact-lookups", json=asked, headers=notify)
+    assert read.status_code == 200, read.text
+    one_by_one = [(await client.get(f"/v1/residents/{r}/contact", headers=notify)).json() for r in (a_id, b_id)]
+    assert sorted(read.json()["items"], key=lambda c: c["resident_id"]) == sorted(
+        one_by_one, key=lambda c: c["resident_id"]
+    )
+    for headers in (a, b):
+        log = (await client.get(f"/v1/residents/{a_id if headers is a else b_id}/access-log", headers=headers)).json()
+        reads = [e for e in log["items"] if (e["actor"], e["record_type"]) == ("service:notify", "contact")]
+        assert len(reads) == 2, "the batch read and the one-resident read"
+
+    too_many = {"resident_ids": [str(uuid.uuid4()) for _ in range(101)]}
+    assert (await client.post("/v1/contact-lookups", json=too_many, headers=notify)).status_code == 422
+
+
 # ---------------------------------------------------------------------------------------------- acting for a resident
 
 ALL_SCOPES = ["apply", "answer", "withdraw", "consent", "read_messages"]

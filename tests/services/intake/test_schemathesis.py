@@ -67,6 +67,7 @@ async def test_every_answer_is_as_documented(
         # the resident's contact details, an administrator for the dead letters.
         tokens = {
             r"^/v1/residents/\{resident_id\}/contact$": issuer.mint(Role.SERVICE, service="notify"),
+            r"^/v1/contact-lookups$": issuer.mint(Role.SERVICE, service="notify"),
             "^/v1/admin/": issuer.mint(Role.ADMIN),
             "^/v1/": resident_token,
         }

@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
+from services.notify import resident_data
+from services.notify.context import NotifyContext
 from services.notify.models import (
     ApplicationProgram,
     Delivery,
@@ -28,8 +31,9 @@ from services.notify.models import (
     ResidentState,
     utcnow,
 )
+from services.notify.notifications import ResidentMessages, finish_batch
 from shared.auth import TokenIssuer
-from shared.events import Decision, Outcome, ResidentErasureRequested
+from shared.events import Decision, Outcome, ResidentErasureRequested, new_event
 from tests.services.notify import support as f
 from tests.services.notify.support import SHARED_STREAM, SMS_API_KEY, WIDE_WINDOW, Producer, close_bundle, start_notify
 from tests.support.endpoints import Endpoint
@@ -688,6 +692,123 @@ async def test_a_batchs_eligibility_results_write_their_programs_at_its_end_and_
     }  # fmt: skip
     assert routed is not None
     assert routed.data["program_name"] == {"ko": "parent_benefit ko", "en": "parent_benefit en"}
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_messages_released_together_ask_intake_for_their_residents_contacts_in_one_request(
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer
+) -> None:
+    """The residents of messages dispatched together, and of the emails then sent together, are asked of intake at
+    once, in one request each time, not one each; each message still goes to its own resident's address (a resident
+    intake does not know gets the inbox copy)."""
+    mails = [f"together{i}@example.kr" for i in range(3)]
+    residents = [await intake.register(email=m, channels=("inbox", "email")) for m in mails]
+    unknown = uuid.uuid4()
+    granted = [f.program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE)]
+    for r in [*residents, unknown]:
+        await producer.publish(f.determined(r, uuid.uuid4(), 1, granted))
+    await wait_until(functools.partial(_items, notify, [*residents, unknown], 4))
+    asked: list[tuple[str, str]] = []
+
+    async def record(request: httpx.Request) -> None:
+        asked.append((request.method, request.url.path))
+
+    client = notify.context(NotifyContext).contacts.client
+    client.event_hooks["request"].append(record)
+    try:
+        async with notify.runtime.db.session() as session:  # the four windows end at once, as the clock would
+            await session.execute(
+                update(Notification)
+                .where(Notification.resident_id.in_([*residents, unknown]))
+                .values(next_step_at=utcnow())
+            )
+        await wait_until(lambda: all(len(smtp.to(m)) == 1 for m in mails))
+    finally:
+        client.event_hooks["request"].remove(record)
+    # One for the dispatch of the four, one for the sending of the three emails (the tests' notify keeps no cache).
+    assert asked == [("POST", "/v1/contact-lookups")] * 2
+    async with notify.runtime.db.session() as session:
+        rows = (await session.scalars(select(Delivery).where(Delivery.resident_id == unknown))).all()
+    assert [(d.channel, d.status) for d in rows] == [("inbox", "sent")]
+
+
+async def test_a_batchs_messages_write_their_items_at_its_end_and_an_erasure_later_in_it_still_deletes_them(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The items a batch's events add to messages are written at the end of its transaction from their values,
+    without an ORM object each, and an erasure later in the batch still deletes the erased resident's (in its
+    transaction or not: test_an_erasure_deletes_the_items_its_transaction_kept_aside)."""
+    kept, erased = [await intake.register(channels=("inbox",)) for _ in range(2)]
+    applications = {kept: uuid.uuid4(), erased: uuid.uuid4()}
+    programs = [f.program("child_allowance", "ca ko", "ca en", Outcome.ELIGIBLE, automatic=False)]
+    determined = {r: f.determined(r, a, 1, programs) for r, a in applications.items()}
+    routed = f.routed(kept, applications[kept], "child_allowance")
+    erasure = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
+    )
+    batch = [f.consent(kept, 1, {}), f.submitted(kept, applications[kept]), *determined.values(), routed, erasure]
+    with _objects_added(notify.runtime.consumers["residents"].durable) as added:
+        work = await one_batch(notify, "residents", batch)
+    assert "NotificationItem" not in added, added
+    assert work.commits < len(batch) - 1, "the events after the first in one transaction"
+
+    async with notify.runtime.db.session() as session:
+        items = (await session.scalars(select(NotificationItem).order_by(NotificationItem.id))).all()
+        notifications = {n.id: n for n in (await session.scalars(select(Notification))).all()}
+    assert [(i.resident_id, i.event_type) for i in items] == [
+        (kept, "application.submitted"), (kept, "eligibility.determined"), (kept, "case.routed")
+    ]  # fmt: skip
+    assert all(notifications[i.notification_id].kind == i.event_type for i in items)
+    assert items[2].data["program_name"] == {"ko": "ca ko", "en": "ca en"}
+    assert not [n for n in notifications.values() if n.resident_id == erased]
+
+
+async def test_an_erasure_deletes_the_items_its_transaction_kept_aside(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """A message told earlier in the erasure's own transaction (a batch's), its item not written yet, is deleted with
+    the resident's others: its item is written before the erasure's deletes, not after them at the batch's end."""
+    ctx = notify.context(NotifyContext)
+    erased = await intake.register(channels=("inbox",))
+    submitted = f.submitted(erased, uuid.uuid4())
+    request = ResidentErasureRequested(
+        erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
+    )
+    async with notify.runtime.db.session() as session:  # as the residents' consumer runs a batch
+        await ResidentMessages(ctx.settings).application_submitted(
+            session, new_event(submitted, source="/test"), submitted
+        )
+        erasure = resident_data.Erasure(ctx.outbox, ctx.settings, ctx.clock)
+        await erasure.residents_part(session, new_event(request, source="/test"), request)
+        await finish_batch(session)
+    assert await count(notify, NotificationItem, NotificationItem.resident_id == erased) == 0
+    assert await count(notify, Notification, Notification.resident_id == erased) == 0
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_a_batch_adding_to_messages_still_collecting_does_not_read_their_items(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The bundles a batch's events may add to are loaded at its start without their items, which the consumer
+    never reads; what it adds still joins them."""
+    residents = [await intake.register(channels=("inbox",)) for _ in range(2)]
+    applications = {r: uuid.uuid4() for r in residents}
+
+    def results(round_: int, outcome: Outcome) -> list[Any]:
+        programs = [f.program("child_allowance", "ca", "ca", outcome)]
+        return [f.determined(r, a, round_, programs) for r, a in applications.items()]
+
+    lead = f.consent(residents[0], 1, {})
+    await one_batch(notify, "residents", [lead, *results(1, Outcome.ELIGIBLE)])
+    work = await one_batch(notify, "residents", [lead, *results(2, Outcome.INELIGIBLE)])
+    read = [s for s in work.statements if "FROM notification_items" in s]
+    assert all(s.startswith("SELECT notification_items.source_event_id, ") for s in read), read
+
+    async with notify.runtime.db.session() as session:
+        items = await session.scalars(select(NotificationItem).where(NotificationItem.resident_id.in_(residents)))
+        by_notification = sorted((i.notification_id, i.resident_id, i.data["round"]) for i in items.all())
+    assert len({n for n, _, _ in by_notification}) == 2, "one message each, the second round added to the first"
+    assert sorted((r, k) for _, r, k in by_notification) == sorted((r, k) for r in residents for k in (1, 2))
 
 
 @contextlib.contextmanager
