@@ -364,11 +364,12 @@ async def test_an_event_that_fails_in_its_savepoint_takes_its_history_and_events
             determined(after, fine),
         ],
     )
-    # The lead's cases, then the others' in the transaction with savepoints, which commits: not written again one
-    # event at a time (as they would be had that transaction failed, on what the failed event left behind).
+    # The lead's cases, then the others' in the transaction with savepoints, which commits (the last may be left to
+    # the next transaction when writers wait): not written again one event at a time, as they would be had that
+    # transaction failed on what the failed event left behind.
     assert work.count("INSERT INTO cases") == 3, work.statements
     [apart] = [t for t in work.transactions() if any(s.startswith("RELEASE SAVEPOINT") for s in t)]
-    assert sum(s.startswith("INSERT INTO cases") for s in apart) == 2, apart
+    assert any(s.startswith("INSERT INTO cases") for s in apart), apart
     assert await cases_of(routing, bad) == {}
     assert not [e for e in await emitted(routing) if e.get("application_id") == str(bad)]
     history, orphans = await _history(routing)
