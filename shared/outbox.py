@@ -18,10 +18,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from nats.js.api import PubAck
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Insert, Table, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import registry
+from sqlalchemy.orm import Session, registry
 
 from shared import tracing
 from shared.bus import Bus, OutgoingMessage
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING_KEY = "outbox_pending"
+# Key of ``Session.info``: the events a transaction keeps aside to write at its end (see Outbox.keep_aside).
+KEPT_KEY = "outbox_kept"
 
 
 class OutboxRow:
@@ -63,6 +65,14 @@ def _row_class(table: Table) -> type[OutboxRow]:
     return row_class
 
 
+@dataclass
+class _Kept:
+    """The outbox rows a transaction keeps aside (:meth:`Outbox.keep_aside`), in the order emitted."""
+
+    statement: Insert
+    rows: list[dict[str, Any]]
+
+
 async def write_emitted(session: AsyncSession) -> None:
     """Write the events emitted in this transaction and not written yet: before a statement on the outbox table that
     the ORM does not flush for (a core INSERT must not overtake them; a core SELECT must see them)."""
@@ -70,6 +80,25 @@ async def write_emitted(session: AsyncSession) -> None:
     # new row of the session.
     if any(has_pending_rows(session, row_class) for row_class in _ROW_CLASSES.values()):
         await session.flush()
+    await write_kept(session)
+
+
+async def write_kept(session: AsyncSession) -> None:
+    """Write the events this transaction kept aside (:meth:`Outbox.keep_aside`), in one core INSERT, in the order
+    emitted: at its end (a consumer's ``finish``) and before anything that must come after them or find them."""
+    kept: _Kept | None = session.info.get(KEPT_KEY)
+    if kept is not None and kept.rows:
+        rows, kept.rows = kept.rows, []
+        await session.execute(kept.statement, rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _nothing_kept_unwritten(session: Session) -> None:
+    """No event kept aside is lost: a transaction that commits with some unwritten fails instead (a path that keeps
+    events aside and forgets :func:`write_kept` is a bug to find in its tests, not data to lose)."""
+    kept: _Kept | None = session.info.get(KEPT_KEY)
+    if kept is not None and kept.rows and not session.in_nested_transaction():  # a savepoint's release: not yet
+        raise RuntimeError(f"{len(kept.rows)} events kept aside were not written before the commit")
 
 
 class Outbox:
@@ -196,16 +225,34 @@ class Outbox:
     ) -> None:
         """Record an envelope as it is. ``msg_id`` (the ``Nats-Msg-Id``, default the event id) differs from the event
         id when one event goes out several times on purpose, e.g. a copy per partner. Written with the transaction's
-        next flush (at the latest its commit), after the events emitted before it."""
-        session.add(
-            self.row(
-                event_id=msg_id or event.id,
-                subject=subject or subject_for(self.prefix, event.event_type),
-                payload=event.to_json().decode(),
-                created_at=dt.datetime.now(dt.UTC),
-            )
-        )
+        next flush (at the latest its commit), after the events emitted before it; in a transaction that keeps its
+        events aside (:meth:`keep_aside`), with the others at its end."""
+        values: dict[str, Any] = {
+            "event_id": msg_id or event.id,
+            "subject": subject or subject_for(self.prefix, event.event_type),
+            "payload": event.to_json().decode(),
+            "created_at": dt.datetime.now(dt.UTC),
+        }
         session.info[PENDING_KEY] = True
+        kept: _Kept | None = session.info.get(KEPT_KEY)
+        if kept is not None:
+            if not session.in_nested_transaction():
+                kept.rows.append(values)
+                return
+            if kept.rows:
+                # Written now they would go with the savepoint's rollback; left aside, after the savepoint's own.
+                raise RuntimeError("events kept aside before a savepoint are to be written before it begins")
+        session.add(self.row(**values))
+
+    def keep_aside(self, session: AsyncSession) -> None:
+        """From now on in this transaction, keep the events emitted (outside savepoints) aside, to write them at once
+        in one core INSERT (:func:`write_kept`, which the caller must reach before the commit: a commit with events
+        left unwritten fails). For a consumer's transaction (its ``load`` keeps aside, its ``finish`` writes): through
+        the ORM's unit of work an event costs more than the statement. Within a savepoint an event is added to the
+        session at once, as ever, so that the savepoint's rollback takes it back (a consumer applies a failed batch's
+        events in a savepoint each, ``Consumer._apply_apart``, none of them outside one before)."""
+        if not session.in_nested_transaction():
+            session.info.setdefault(KEPT_KEY, _Kept(self._insert, []))
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,6 @@ async def add_note(
     repo: Repository, ctx: RoutingContext, principal: Principal, case_id: uuid.UUID, body: NoteIn
 ) -> HistoryEntry:
     case = await load(repo, principal, case_id)
-    entry = repo.add_entry(case, principal.subject, "note", ctx.clock.now(), text=body.text)
+    entry = repo.entry(case, principal.subject, "note", ctx.clock.now(), text=body.text)
     await repo.session.flush()
     return views.history_entry(entry)

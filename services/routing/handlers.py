@@ -37,6 +37,7 @@ from shared.events import (
     OpportunityOffered,
     ResidentErasureRequested,
 )
+from shared.outbox import write_kept
 
 E = TypeVar("E", bound=EventData)
 log = logging.getLogger(__name__)
@@ -108,20 +109,27 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
         housed = [
             e for e in events if e.event_type in (EligibilityDetermined.event_type, ApplicationSubmitted.event_type)
         ]
-        await Repository(session).load_for_cases(
+        repo = Repository(session)
+        await repo.load_for_cases(
             _named(events, "application_id"), _named(events, "resident_id"), _named(housed, "resident_id")
         )
+        # The history entries and events the transaction adds, written at its end (consider_households).
+        repo.keep_entries_aside()
+        ctx.outbox.keep_aside(session)
 
     async def consider_households(session: AsyncSession) -> None:
         repo = Repository(session)
         await households.consider_noted(repo, ctx, lambda resident_id: resident_data.erased(repo, resident_id))
+        await repo.write_entries()
+        await write_kept(session)
 
     return [
         Subscription(
             name="cases",
             # What the events look up (applications, their cases, erasures, households), a query per kind.
             load=load_for_batch,
-            # Each household whose cases the batch changed is considered once, after its events.
+            # Each household whose cases the batch changed is considered once, after its events; then what the
+            # transaction kept aside is written.
             finish=consider_households,
             handlers=[
                 on(EligibilityDetermined, _unless_erased(determined)),

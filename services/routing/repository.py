@@ -8,11 +8,12 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends
-from sqlalchemy import ColumnElement, and_, case, exists, false, func, or_, select, true, update
+from sqlalchemy import ColumnElement, Table, and_, case, event, exists, false, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from services.routing.models import (
     APPLICATION,
@@ -47,6 +48,17 @@ _LOCKED = "routing_locked_rows"
 _CASES_OF_APPLICATIONS = "routing_loaded_cases"
 # The offices and their loads as a consumer's transaction routes its cases (services.routing.cases.router_of).
 ROUTER_KEY = "routing_router"
+# The history entries a consumer's transaction keeps aside to write at its end (see Repository.keep_entries_aside).
+_KEPT_ENTRIES = "routing_kept_entries"
+# Made once: a statement used again keeps its cache key.
+_INSERT_ENTRIES = insert(cast(Table, CaseEntry.__table__))
+
+
+@event.listens_for(Session, "before_commit")
+def _no_entry_kept_unwritten(session: Session) -> None:
+    """No history entry kept aside is lost: a transaction that commits with some unwritten fails instead."""
+    if session.info.get(_KEPT_ENTRIES) and not session.in_nested_transaction():  # a savepoint's release: not yet
+        raise RuntimeError("case history entries kept aside were not written before the commit")
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -289,10 +301,46 @@ class Repository:
         )
         return bool(getattr(result, "rowcount", 0) == 1)
 
-    def add_entry(self, case: Case, actor: str, action: str, at: dt.datetime, **details: object) -> CaseEntry:
+    def add_entry(self, case: Case, actor: str, action: str, at: dt.datetime, **details: object) -> None:
+        """A line of the case's history. In a transaction that keeps its entries aside (:meth:`keep_entries_aside`),
+        written with the others at its end; otherwise (and within a savepoint) added to the session."""
+        values = {"case_id": case.id, "at": at, "actor": actor, "action": action, "details": details}
+        kept: list[dict[str, Any]] | None = self.session.info.get(_KEPT_ENTRIES)
+        if kept is not None:
+            if not self.session.in_nested_transaction():
+                kept.append(values)
+                return
+            if kept:
+                # Written now they would go with the savepoint's rollback; left aside, after the savepoint's own.
+                raise RuntimeError("entries kept aside before a savepoint are to be written before it begins")
+        self.session.add(CaseEntry(**values))
+
+    def entry(self, case: Case, actor: str, action: str, at: dt.datetime, **details: object) -> CaseEntry:
+        """A line of the case's history added to the session at once, for a caller that shows it."""
         entry = CaseEntry(case_id=case.id, at=at, actor=actor, action=action, details=details)
         self.session.add(entry)
         return entry
+
+    def keep_entries_aside(self) -> None:
+        """From now on in this transaction, keep the history entries added (outside savepoints) aside, to write them
+        in one core INSERT (:meth:`write_entries`, to reach before the commit: a commit with entries left unwritten
+        fails). For a consumer's transaction, that adds an entry or more per case: through the ORM's unit of work an
+        entry costs more than the statement. Within a savepoint an entry is added to the session at once, so that
+        the savepoint's rollback takes it back (a consumer applies a failed batch's events in a savepoint each,
+        ``Consumer._apply_apart``, none of them outside one before)."""
+        if not self.session.in_nested_transaction():
+            self.session.info.setdefault(_KEPT_ENTRIES, [])
+
+    async def write_entries(self) -> None:
+        """Write the entries kept aside, after what the session holds (their cases, new in this transaction): at the
+        end of the transaction (the cases consumer's ``finish``), and before a statement that must find them (an
+        erasure deleting a resident's cases)."""
+        kept: list[dict[str, Any]] | None = self.session.info.get(_KEPT_ENTRIES)
+        if kept:
+            rows = list(kept)
+            kept.clear()
+            await self.session.flush()
+            await self.session.execute(_INSERT_ENTRIES, rows)
 
     # ------------------------------------------------------------------------------------------ SLA timer
 

@@ -199,6 +199,7 @@ async def on_erasure_requested(repo: Repository, outbox: Outbox, clock: Clock, d
     rid = data.resident_id
     if await erased(repo, rid):
         return  # answered already
+    await repo.write_entries()  # the history kept aside goes with the cases it is of
     now = clock.now()
     counts = {"referrals": 0, "cases_without_decision": 0, "outreach_cases": 0, "feedback": 0}
     # Referrals first: a place still held is given back to the partner's offering.

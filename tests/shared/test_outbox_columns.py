@@ -23,7 +23,7 @@ from shared.events import (
     ScreeningQuestionAsked,
     new_event,
 )
-from shared.outbox import PENDING_KEY, Outbox, dashed, envelope_template, event_ids
+from shared.outbox import PENDING_KEY, Outbox, dashed, envelope_template, event_ids, write_kept
 from shared.tables import platform_tables
 from tests.support.databases import database_with
 from tests.support.round_trips import statements_sent
@@ -216,3 +216,61 @@ async def test_an_envelope_made_before_the_transaction_writes_is_written_at_once
     assert rows[1].payload == payload == made.to_json().decode()
     back = CloudEvent.from_json(rows[1].payload)
     assert (back.subject, back.source, back.data_as(EligibilityOpportunity)) == ("made-apart", SOURCE, data)
+
+
+async def test_events_kept_aside_are_written_at_once_in_the_order_emitted_and_none_is_lost(db: Database) -> None:
+    """A transaction that keeps its events aside (``keep_aside``: a consumer's) adds no ORM row per event: they are
+    written in one core INSERT by ``write_kept`` (or before a bulk write after them), the envelopes byte for byte
+    what ``emit`` writes. Within a savepoint an event is added at once, and its rollback takes it back; one emitted
+    there while others wait aside, or a commit with events left unwritten, fails rather than lose or reorder any."""
+    outbox = Outbox(tables, prefix="onestop", source=SOURCE)
+    data = opportunity(uuid.uuid4(), 100, uuid.uuid4(), dt.datetime.now(dt.UTC))
+    with statements_sent(db) as statements:
+        async with db.session() as session:
+            outbox.keep_aside(session)
+            first = [await outbox.emit(session, data) for _ in range(3)]
+            assert statements == [], "nothing written"
+            assert not session.new, "nothing added to the session"
+            assert session.info[PENDING_KEY]
+            await write_kept(session)
+            assert len([s for s in statements if s.startswith("INSERT INTO outbox")]) == 1
+            async with session.begin_nested() as savepoint:
+                await outbox.emit(session, data)
+                assert len(session.new) == 1, "within a savepoint, added at once"
+                await savepoint.rollback()
+            async with session.begin_nested():
+                kept_in_savepoint = await outbox.emit(session, data)
+            more = [await outbox.emit(session, data) for _ in range(2)]
+            bulk = await outbox.emit_many(session, [data])
+            await write_kept(session)  # nothing left: written before the bulk write
+    inserts = [s for s in statements if s.startswith("INSERT INTO outbox")]
+    assert len(inserts) == 4, "the three; the savepoint's; the two kept, before the bulk write; the bulk write"
+    async with db.read_session() as session:
+        rows = (await session.execute(select(tables.outbox).order_by(tables.outbox.c.id))).all()
+    expected = [*first, kept_in_savepoint, *more, *bulk]
+    assert [r.event_id for r in rows] == [e.id for e in expected]
+    assert [r.payload for r in rows] == [e.to_json().decode() for e in expected]
+    assert {r.subject for r in rows} == {"onestop.eligibility.opportunity"}
+
+    async def emitted_in_a_savepoint_while_others_wait() -> None:
+        async with db.session() as session:
+            outbox.keep_aside(session)
+            await outbox.emit(session, data)
+            async with session.begin_nested():
+                await outbox.emit(session, data)
+
+    lost: list[CloudEvent] = []
+
+    async def left_unwritten() -> None:
+        async with db.session() as session:
+            outbox.keep_aside(session)
+            lost.append(await outbox.emit(session, data))
+
+    with pytest.raises(RuntimeError, match="before a savepoint"):
+        await emitted_in_a_savepoint_while_others_wait()
+    with pytest.raises(RuntimeError, match="not written before the commit"):
+        await left_unwritten()
+    async with db.read_session() as session:
+        ids = (await session.execute(select(tables.outbox.c.event_id))).scalars().all()
+    assert lost[0].id not in ids
+    assert len(ids) == len(expected), "neither transaction wrote anything"

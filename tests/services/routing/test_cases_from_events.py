@@ -265,3 +265,125 @@ async def test_a_batch_looks_up_what_its_events_name_once_and_considers_each_hou
     assert len(considered) <= len(applications) + work.commits - 1, work.statements
     for application_id in applications:
         assert set(await cases_of(routing, application_id)) == {"parent_benefit", "housing_voucher"}
+
+
+async def _history(routing: RunningService) -> tuple[Counter[tuple[uuid.UUID, str]], int]:
+    """The history entries of each application's cases, by action; and how many entries have no case."""
+    from sqlalchemy import select
+
+    from services.routing.models import Case, CaseEntry
+
+    async with routing.runtime.db.session() as session:
+        rows = (await session.execute(select(Case.application_id, CaseEntry.action).join(Case))).all()
+        orphans = len(
+            (await session.scalars(select(CaseEntry.id).where(CaseEntry.case_id.not_in(select(Case.id))))).all()
+        )
+    return Counter((r.application_id, r.action) for r in rows), orphans
+
+
+async def test_a_batchs_history_and_events_are_kept_aside_and_written_at_its_end(routing: RunningService) -> None:
+    """The history entries and events a batch's cases add are never read back in its transaction: they are written
+    at its end in one core INSERT per table, not added to the session one object each (the unit of work cost more
+    than the statement, with the writer lock held). An erasure later in the batch still finds and deletes the
+    history of the resident's cases before it; what is stored and announced is the same."""
+    from shared.events import ResidentErasureRequested
+    from tests.services.routing.support import objects_added
+
+    applications = [uuid.uuid4() for _ in range(3)]
+    erased = applications[1]
+    erased_resident = uuid.uuid5(uuid.NAMESPACE_URL, str(erased))
+    batch: list[EventData] = [determined(uuid.uuid4(), [program("child_allowance")])]  # taken alone
+    for application_id in applications:
+        batch.append(
+            determined(
+                application_id,
+                [program("parent_benefit"), program("child_allowance", "eligible", automatic=True, amount=100_000)],
+                resident_id=uuid.uuid5(uuid.NAMESPACE_URL, str(application_id)),
+            )
+        )
+    batch.append(
+        ResidentErasureRequested(
+            erasure_id=uuid.uuid4(), resident_id=erased_resident, requested_at=dt.datetime.now(dt.UTC)
+        )
+    )
+    durable = routing.runtime.consumers["cases"].durable
+    with objects_added(durable) as added:
+        work = await one_batch(routing, "cases", batch)
+
+    assert not [a for a in added if a in ("CaseEntry", "OutboxRow")], added
+    assert "Case" in added  # the cases themselves, as ever
+    for statements in work.transactions():
+        assert sum(s.startswith("INSERT INTO case_history") for s in statements) <= 1, statements
+        assert sum(s.startswith("INSERT INTO outbox") for s in statements) <= 1, statements
+    history, orphans = await _history(routing)
+    assert orphans == 0
+    for application_id in applications:
+        # The erased resident's open case is gone with its history; their decided one is kept, with its history.
+        routed = 1 if application_id == erased else 2
+        expected = {(application_id, "routed"): routed, (application_id, "decided"): 1}
+        assert {k: v for k, v in history.items() if k[0] == application_id} == expected, application_id
+    events = await emitted(routing)
+    assert [e["_type"] for e in events if e.get("application_id") == str(applications[0])] == [
+        "case.routed",
+        "case.routed",
+        "case.decided",
+    ]
+    assert [e["_type"] for e in events if e.get("resident_id") == str(erased_resident)][-1] == "resident.erased"
+
+
+async def test_an_event_that_fails_in_its_savepoint_takes_its_history_and_events_back(
+    routing: RunningService,
+) -> None:
+    """A batch that fails is applied again with a savepoint each: what an event added before it failed (a case
+    granted, its history, its events) goes with its savepoint's rollback, and the others' are written."""
+    from tests.services.routing.support import office_body
+
+    admin = routing.auth("admin")
+    desk = await office_body(routing, "SEOUL-CITYHALL")
+    csc = await office_body(routing, "JONGNO-CSC")
+    for code, body in (
+        ("SEOUL-CITYHALL", {**desk, "fallback": False}),
+        ("JONGNO-CSC", {**csc, "departments": ["welfare"]}),
+    ):
+        response = await routing.client.put(f"/v1/offices/{code}", headers=admin, json=body)
+        assert response.status_code == 200, response.text
+
+    good, bad, after = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    granted_then_fails = [
+        program("child_allowance", "eligible", automatic=True, amount=100_000),  # granted: a case, history, events
+        program("registry_check", department="civil_registry"),  # then: no office serves it, and no desk
+    ]
+    fine = [program("parent_benefit"), program("child_allowance", "eligible", automatic=True, amount=100_000)]
+    work = await one_batch(
+        routing,
+        "cases",
+        [
+            determined(uuid.uuid4(), [program("child_allowance")]),  # taken alone
+            determined(good, fine),
+            determined(bad, granted_then_fails),
+            determined(after, fine),
+        ],
+    )
+    # The lead's cases, then the others' in the transaction with savepoints, which commits (the last may be left to
+    # the next transaction when writers wait): not written again one event at a time, as they would be had that
+    # transaction failed on what the failed event left behind.
+    assert work.count("INSERT INTO cases") == 3, work.statements
+    [apart] = [t for t in work.transactions() if any(s.startswith("RELEASE SAVEPOINT") for s in t)]
+    assert any(s.startswith("INSERT INTO cases") for s in apart), apart
+    assert await cases_of(routing, bad) == {}
+    assert not [e for e in await emitted(routing) if e.get("application_id") == str(bad)]
+    history, orphans = await _history(routing)
+    assert orphans == 0
+    for application_id in (good, after):
+        assert set(await cases_of(routing, application_id)) == {"parent_benefit", "child_allowance"}
+        assert {k: v for k, v in history.items() if k[0] == application_id} == {
+            (application_id, "routed"): 2,
+            (application_id, "decided"): 1,
+        }
+        assert by_program([e for e in await emitted(routing) if e.get("application_id") == str(application_id)]) == {
+            ("case.routed", "parent_benefit"): 1,
+            ("case.routed", "child_allowance"): 1,
+            ("case.decided", "child_allowance"): 1,
+        }
+    (letter,) = (await routing.client.get("/v1/admin/dead-letters", headers=admin)).json()
+    assert str(bad) in letter["error"]

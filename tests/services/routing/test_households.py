@@ -435,3 +435,48 @@ async def test_a_batch_reads_its_residents_households_once_and_considers_apart_a
         # Once for all the transaction's residents, once for the daughter, who joins, and once for the son, considered
         # apart after her; not once for each of the six.
         assert len(considered) <= 3, statements
+
+
+async def test_a_transactions_residents_are_judged_on_their_own_cases_going_through_the_active_cases_once() -> None:
+    """At a batch's end each resident noted is judged on their household's active cases, out of those read for all
+    of them at once: found by resident, not by going through every active case of the batch for each resident
+    (quadratic in the batch). The judgement is the same: alone with one department, left alone; a household whose
+    cases span departments with a flag, not."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from services.routing.context import RoutingContext
+    from services.routing.households import _Reads
+    from services.routing.models import Case
+    from services.routing.repository import Repository
+
+    class Counted(list[Case]):
+        gone_through = 0
+
+        def __iter__(self) -> Any:
+            Counted.gone_through += 1
+            return super().__iter__()
+
+    alone = [uuid.uuid4() for _ in range(20)]
+    parent, child = uuid.uuid4(), uuid.uuid4()
+    cases = Counted(
+        [Case(resident_id=r, department="health", vulnerability=[], application_id=None) for r in alone]
+        + [
+            Case(resident_id=parent, department="welfare", vulnerability=["single_parent"], application_id=None),
+            Case(resident_id=child, department="health", vulnerability=[], application_id=None),
+        ]
+    )
+    housemates = {r: [r] for r in alone} | {parent: [parent, child], child: [child, parent]}
+    settings = SimpleNamespace(household_min_departments=2, household_flags=[SimpleNamespace(value="single_parent")],
+                               household_crisis_life_events=set())  # fmt: skip
+    ctx = cast(RoutingContext, SimpleNamespace(settings=settings))
+
+    async def life_events_of(application_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        return {}
+
+    reads = _Reads(cast(Repository, SimpleNamespace(life_events_of=life_events_of)), housemates, set(), cases)
+    judged = [await reads.left_alone(ctx, r) for r in [*alone, parent, child]]
+    assert judged == [True] * len(alone) + [False, False]
+    # Once to find each resident's, once for the applications' life events (read once, when the rule first asks):
+    # not once per resident.
+    assert Counted.gone_through == 2
