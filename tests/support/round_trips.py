@@ -169,3 +169,21 @@ def statements_sent(db: Database) -> Iterator[list[str]]:
         yield sent
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+@contextlib.contextmanager
+def objects_added(task_prefix: str) -> Iterator[list[str]]:
+    """The classes of the ORM objects added to a session by tasks named ``task_prefix...`` while the block runs (a
+    consumer's batches run in tasks named after it): a batch that writes its rows by Core statements adds none."""
+    added: list[str] = []
+
+    def pending(_session: Session, instance: object) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith(f"{task_prefix}-"):
+            added.append(type(instance).__name__)
+
+    event.listen(Session, "transient_to_pending", pending)
+    try:
+        yield added
+    finally:
+        event.remove(Session, "transient_to_pending", pending)

@@ -4,16 +4,12 @@ routing, notify) published on the real bus."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from sqlalchemy import event as orm_event
-from sqlalchemy.orm import Session
 
 from shared.bus import MSG_ID_HEADER
 from shared.events import (
@@ -250,21 +246,3 @@ async def consumer_idle(service: RunningService) -> None:
         return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
     await wait_until(idle, timeout=20)
-
-
-@contextlib.contextmanager
-def objects_added(task_prefix: str) -> Iterator[list[str]]:
-    """The classes of the ORM objects added to a session by tasks named ``task_prefix...`` while the block runs (a
-    consumer's batches run in tasks named after it)."""
-    added: list[str] = []
-
-    def pending(_session: Session, instance: object) -> None:
-        task = asyncio.current_task()
-        if task is not None and task.get_name().startswith(f"{task_prefix}-"):
-            added.append(type(instance).__name__)
-
-    orm_event.listen(Session, "transient_to_pending", pending)
-    try:
-        yield added
-    finally:
-        orm_event.remove(Session, "transient_to_pending", pending)

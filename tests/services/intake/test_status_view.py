@@ -46,14 +46,13 @@ from tests.services.intake.support import (
     birth_application,
     consumer_idle,
     file_application,
-    objects_added,
     program,
     register_self,
     view_when,
 )
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
-from tests.support.round_trips import one_batch
+from tests.support.round_trips import objects_added, one_batch
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 

@@ -3,22 +3,18 @@ databases, a real SMTP server (STARTTLS + AUTH), a real HTTP SMS gateway and the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import email
 import email.policy
 import functools
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from sqlalchemy import event, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
 
 from services.notify import resident_data
 from services.notify.context import NotifyContext
@@ -40,7 +36,7 @@ from tests.support.endpoints import Endpoint
 from tests.support.events import event_log
 from tests.support.intake_server import IntakeServer
 from tests.support.nats import NatsServer
-from tests.support.round_trips import consumer_statements, one_batch
+from tests.support.round_trips import consumer_statements, objects_added, one_batch
 from tests.support.services import RunningService
 from tests.support.smtp import MailServer
 from tests.support.waiting import wait_until
@@ -629,7 +625,7 @@ async def test_the_delivery_worker_writes_a_batchs_deliveries_and_events_in_a_st
     async with event_log(nats_server.url, bus_prefix) as log:
         with (
             consumer_statements(notify.runtime.db, "notify-resident") as work,  # notify-resident-delivery
-            _objects_added("notify-resident") as added,
+            objects_added("notify-resident") as added,
         ):
             async with notify.runtime.db.session() as session:  # the three windows end at once, as the clock would
                 await session.execute(
@@ -675,7 +671,7 @@ async def test_a_batchs_eligibility_results_write_their_programs_at_its_end_and_
         f.routed(kept, applications[kept], "parent_benefit"),
         erasure,
     ]
-    with _objects_added(notify.runtime.consumers["residents"].durable) as added:
+    with objects_added(notify.runtime.consumers["residents"].durable) as added:
         await one_batch(notify, "residents", batch)
     assert added.count("ApplicationProgram") <= 1, added  # the routed one, when in the results' transaction
 
@@ -747,7 +743,7 @@ async def test_a_batchs_messages_write_their_items_at_its_end_and_an_erasure_lat
         erasure_id=uuid.uuid4(), resident_id=erased, requested_at=dt.datetime.now(dt.UTC)
     )
     batch = [f.consent(kept, 1, {}), f.submitted(kept, applications[kept]), *determined.values(), routed, erasure]
-    with _objects_added(notify.runtime.consumers["residents"].durable) as added:
+    with objects_added(notify.runtime.consumers["residents"].durable) as added:
         work = await one_batch(notify, "residents", batch)
     assert "NotificationItem" not in added, added
     assert work.commits < len(batch) - 1, "the events after the first in one transaction"
@@ -809,23 +805,6 @@ async def test_a_batch_adding_to_messages_still_collecting_does_not_read_their_i
         by_notification = sorted((i.notification_id, i.resident_id, i.data["round"]) for i in items.all())
     assert len({n for n, _, _ in by_notification}) == 2, "one message each, the second round added to the first"
     assert sorted((r, k) for _, r, k in by_notification) == sorted((r, k) for r in residents for k in (1, 2))
-
-
-@contextlib.contextmanager
-def _objects_added(task_prefix: str) -> Iterator[list[str]]:
-    """The classes of the ORM objects added to a session by tasks named ``task_prefix...`` while the block runs."""
-    added: list[str] = []
-
-    def pending(_session: Session, instance: object) -> None:
-        task = asyncio.current_task()
-        if task is not None and task.get_name().startswith(f"{task_prefix}-"):
-            added.append(type(instance).__name__)
-
-    event.listen(Session, "transient_to_pending", pending)
-    try:
-        yield added
-    finally:
-        event.remove(Session, "transient_to_pending", pending)
 
 
 async def _items(notify: RunningService, residents: list[uuid.UUID], expected: int) -> bool:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from services.routing.context import RoutingContext, Sweeps
 from services.routing.models import Case, platform
@@ -255,20 +252,3 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == status
     return body
-
-
-@contextlib.contextmanager
-def objects_added(task_prefix: str) -> Iterator[list[str]]:
-    """The classes of the ORM objects added to a session by tasks named ``task_prefix...`` while the block runs."""
-    added: list[str] = []
-
-    def pending(_session: Session, instance: object) -> None:
-        task = asyncio.current_task()
-        if task is not None and task.get_name().startswith(f"{task_prefix}-"):
-            added.append(type(instance).__name__)
-
-    sqlalchemy_event.listen(Session, "transient_to_pending", pending)
-    try:
-        yield added
-    finally:
-        sqlalchemy_event.remove(Session, "transient_to_pending", pending)

@@ -14,7 +14,7 @@ from shared.events import ApplicationWithdrawn, EventData, subject_for
 from tests.services.routing.support import cases_of, determined, emitted, feed, program
 from tests.support.events import event_log
 from tests.support.nats import NatsServer
-from tests.support.round_trips import one_batch
+from tests.support.round_trips import objects_added, one_batch
 from tests.support.services import RunningService
 from tests.support.waiting import wait_until
 
@@ -287,7 +287,6 @@ async def test_a_batchs_history_and_events_are_kept_aside_and_written_at_its_end
     than the statement, with the writer lock held). An erasure later in the batch still finds and deletes the
     history of the resident's cases before it; what is stored and announced is the same."""
     from shared.events import ResidentErasureRequested
-    from tests.services.routing.support import objects_added
 
     applications = [uuid.uuid4() for _ in range(3)]
     erased = applications[1]
