@@ -26,7 +26,7 @@ from services.intake.access import (
     representative_authority,
 )
 from services.intake.catalogue import CatalogueSnapshot
-from services.intake.models import Application, Feedback, Resident
+from services.intake.models import Application, Feedback, Resident, TimelineEntry
 from services.intake.repository import Repository
 from services.intake.schemas import (
     ApplicationCreate,
@@ -49,7 +49,7 @@ from services.intake.status import (
     refresh_status,
     settled,
     status_view,
-    timeline_entry,
+    timeline_values,
 )
 from shared.audit import Authority
 from shared.auth import Principal
@@ -284,16 +284,18 @@ async def submit(
         ),
         subject=str(application.id),
     )
-    received = timeline_entry(
-        application.id,
-        event,
-        at=event.time,
-        summary=Localized(ko="신청이 접수되었습니다", en="Application received")
-        if filed_by is None
-        else Localized(ko="대리인이 신청했습니다", en="Your representative filed the application for you")
-        if authority is not None
-        else Localized(ko="창구에서 신청이 접수되었습니다", en="Application filed for you at a counter"),
-        details={"life_event": application.life_event, "channel": application.channel, **_by(authority)},
+    received = TimelineEntry(
+        **timeline_values(
+            application.id,
+            event,
+            at=event.time,
+            summary=Localized(ko="신청이 접수되었습니다", en="Application received")
+            if filed_by is None
+            else Localized(ko="대리인이 신청했습니다", en="Your representative filed the application for you")
+            if authority is not None
+            else Localized(ko="창구에서 신청이 접수되었습니다", en="Application filed for you at a counter"),
+            details={"life_event": application.life_event, "channel": application.channel, **_by(authority)},
+        )
     )
     # The first write (on SQLite it takes the writer lock), once all that goes with it is built.
     representation_id = representation.id if representation is not None else None
@@ -337,7 +339,7 @@ def _add_act_entry(
     it says when the resident acted, when their representative did, and when it was done for them at a counter."""
     own, representative, counter = said
     summary = own if authority is None else representative if by_representative(authority) else counter
-    repo.session.add(timeline_entry(application_id, event, at=at, summary=summary, details=details))
+    repo.session.add(TimelineEntry(**timeline_values(application_id, event, at=at, summary=summary, details=details)))
 
 
 async def _open_application_to_act_on(

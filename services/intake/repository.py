@@ -263,7 +263,7 @@ class Repository:
             return (await self.session.execute(statement, values)).first() is not None
 
     async def write_timeline(self, entry: TimelineEntry) -> None:
-        """Write a new timeline entry at once, with a core INSERT of its values (:func:`status.timeline_entry`): for a
+        """Write a new timeline entry at once, with a core INSERT of its values (:func:`status.timeline_values`): for a
         request that builds what it writes before its first write, where the ORM's unit of work would cost more than
         the statement. The entry's ``id`` stays unset: nothing shown of an entry is its id."""
         values = {column.key: getattr(entry, key) for key, column in _timeline_columns()}

@@ -254,24 +254,6 @@ async def refresh_statuses(session: AsyncSession) -> None:
             application.status = derive_status(application, determination, cases.get(application_id, []))
 
 
-def timeline_entry(
-    application_id: uuid.UUID,
-    event: CloudEvent,
-    *,
-    at: dt.datetime,
-    summary: Localized,
-    details: dict[str, Any] | None = None,
-    program_code: str | None = None,
-    case_id: uuid.UUID | None = None,
-) -> TimelineEntry:
-    """The timeline entry of ``event``, to be added to the transaction (or written by ``Repository.write_timeline``)."""
-    return TimelineEntry(
-        **timeline_values(
-            application_id, event, at=at, summary=summary, details=details, program_code=program_code, case_id=case_id
-        )
-    )
-
-
 def timeline_values(
     application_id: uuid.UUID,
     event: CloudEvent,
@@ -283,7 +265,8 @@ def timeline_values(
     case_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """The columns of ``event``'s timeline entry (but its id, which the database numbers): for a consumer's event,
-    kept aside and written with the rest of its transaction's (``Repository.add_timeline``)."""
+    kept aside and written with the rest of its transaction's (``Repository.add_timeline``); for a request's, made a
+    ``TimelineEntry``."""
     return {
         "application_id": application_id,
         "event_id": event.id,
