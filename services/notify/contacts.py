@@ -7,6 +7,7 @@ it is written to disk or to logs.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -15,8 +16,15 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+log = logging.getLogger(__name__)
+
 # How many residents one request to intake names (intake's limit: services/intake/schemas.py MAX_CONTACTS).
 CONTACTS_PER_REQUEST = 100
+
+# An intake of a release before ``POST /v1/contact-lookups`` (a rolling deploy that updates notify first) answers it
+# 404 or 405. Its residents are then asked one by one, as before, and the batched request is tried again after this
+# long, so that notify takes it up once intake is updated, without a restart.
+ONE_BY_ONE_SECONDS = 300.0
 
 
 class ContactUnavailable(Exception):
@@ -69,6 +77,9 @@ class ContactDirectory:
         self.token = token
         self.cache_seconds = cache_seconds
         self._cache: dict[uuid.UUID, tuple[float, Contact | None]] = {}
+        self.one_by_one_seconds = ONE_BY_ONE_SECONDS
+        # When (monotonic) intake last did not know the batched request; None when it has not.
+        self._batch_refused_at: float | None = None
 
     async def lookup(self, resident_id: uuid.UUID) -> Contact | None:
         """The resident's contact, or None when intake does not know the resident."""
@@ -109,6 +120,9 @@ class ContactDirectory:
                 missing.append(resident_id)
         for start in range(0, len(missing), CONTACTS_PER_REQUEST):
             asked = missing[start : start + CONTACTS_PER_REQUEST]
+            if self._batch_refused_at is not None and now < self._batch_refused_at + self.one_by_one_seconds:
+                found.update(await self._one_by_one(asked))
+                continue
             try:
                 response = await self.client.post(
                     f"{self.base_url}/v1/contact-lookups",
@@ -117,6 +131,12 @@ class ContactDirectory:
                 )
             except httpx.HTTPError as exc:
                 raise ContactUnavailable(f"intake unreachable: {type(exc).__name__}") from None
+            if response.status_code in (404, 405):
+                # Never an answer of an intake that has the route (it leaves unknown residents out): one without it.
+                log.warning("intake does not batch contact lookups; asking one resident at a time")
+                self._batch_refused_at = now
+                found.update(await self._one_by_one(asked))
+                continue
             if response.status_code != 200:
                 raise ContactUnavailable(f"intake answered {response.status_code}")
             try:
@@ -128,6 +148,9 @@ class ContactDirectory:
             self._keep(now, contacts)
             found.update(contacts)
         return found
+
+    async def _one_by_one(self, resident_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Contact | None]:
+        return {resident_id: await self.lookup(resident_id) for resident_id in resident_ids}
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -8,13 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from onestop.runner import unused_port
 
 
 @contextlib.asynccontextmanager
-async def serve(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+async def serve(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
     """Serve ``app`` (with its lifespan) on 127.0.0.1 (on ``port``, or on a free one); yields the base URL.
 
     A port found free may be taken by the other test worker before uvicorn binds it (it was, once: uvicorn then

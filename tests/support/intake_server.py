@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from onestop.runner import unused_port
 from services.intake.main import create_app as create_intake_app
@@ -28,6 +30,18 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def _without(app: ASGIApp, paths: tuple[str, ...]) -> ASGIApp:
+    """``app`` as a release without ``paths`` would answer them: FastAPI's 404 for a path it has no route for."""
+
+    async def earlier_release(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in paths:
+            await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return earlier_release
+
+
 @dataclass
 class IntakeServer:
     """The real intake service, its migrations applied, served over real HTTP on a fixed port: ``stop()`` takes it
@@ -36,6 +50,8 @@ class IntakeServer:
 
     issuer: TokenIssuer
     port: int = field(default_factory=unused_port)
+    # Paths this intake answers 404, as a release from before they were added would (set before ``start``).
+    left_out: tuple[str, ...] = ()
     settings: IntakeSettings | None = field(default=None, init=False)
     client: httpx.AsyncClient = field(init=False, repr=False)
     _stack: contextlib.AsyncExitStack | None = field(default=None, init=False, repr=False)
@@ -69,7 +85,10 @@ class IntakeServer:
         assert self._stack is None, "intake is running already"
         stack = contextlib.AsyncExitStack()
         # A new app each time, as a restarted process would be; its durable consumers pick up where they were.
-        await stack.enter_async_context(serve(create_intake_app(self.settings), port=self.port))
+        app: ASGIApp = create_intake_app(self.settings)
+        if self.left_out:
+            app = _without(app, self.left_out)
+        await stack.enter_async_context(serve(app, port=self.port))
         self._stack = stack
         try:
             await self._wait_ready()

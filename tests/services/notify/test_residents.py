@@ -840,3 +840,52 @@ async def test_a_batch_of_eligibility_results_asks_for_its_applications_programs
         items = (await session.scalars(results_told)).all()
     told = sorted((i.resident_id, i.data["round"], [p["code"] for p in i.data["programs"]]) for i in items)
     assert told == sorted([(r, 1, codes) for r in residents] + [(r, 2, ["parent_benefit"]) for r in residents])
+
+
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_an_intake_without_batched_contact_lookups_is_asked_one_resident_at_a_time_until_it_has_them(
+    notify: RunningService, producer: Producer, intake: IntakeServer, smtp: MailServer
+) -> None:
+    """During a rolling deploy that updates notify before intake, intake answers ``POST /v1/contact-lookups`` 404, as
+    its earlier release does: the residents' contacts are asked one at a time and every message still goes out. Once
+    intake has the route and the pause has passed, they are asked in one request again."""
+    contacts = notify.context(NotifyContext).contacts
+    await intake.stop()
+    intake.left_out = ("/v1/contact-lookups",)
+    await intake.start()
+    asked: list[tuple[str, str]] = []
+
+    async def record(request: httpx.Request) -> None:
+        asked.append((request.method, request.url.path))
+
+    async def release(residents: list[uuid.UUID], mails: list[str]) -> None:
+        granted = [f.program("child_allowance", "아동수당", "Child allowance", Outcome.ELIGIBLE)]
+        for r in residents:
+            await producer.publish(f.determined(r, uuid.uuid4(), 1, granted))
+        await wait_until(functools.partial(_items, notify, residents, len(residents)))
+        asked.clear()
+        async with notify.runtime.db.session() as session:  # the windows end at once, as the clock would
+            await session.execute(
+                update(Notification).where(Notification.resident_id.in_(residents)).values(next_step_at=utcnow())
+            )
+        await wait_until(lambda: all(len(smtp.to(m)) == 1 for m in mails))
+
+    contacts.client.event_hooks["request"].append(record)
+    try:
+        old = [f"old-intake{i}@example.kr" for i in range(2)]
+        residents = [await intake.register(email=m, channels=("inbox", "email")) for m in old]
+        await release(residents, old)
+        lookups = [a for a in asked if a[0] == "POST"]
+        singles = {path for method, path in asked if method == "GET"}
+        assert lookups == [("POST", "/v1/contact-lookups")], "asked once, then not again within the pause"
+        assert singles == {f"/v1/residents/{r}/contact" for r in residents}, asked
+
+        await intake.stop()
+        intake.left_out = ()
+        await intake.start()
+        contacts.one_by_one_seconds = 0.0  # the pause has passed
+        new = [f"new-intake{i}@example.kr" for i in range(2)]
+        await release([await intake.register(email=m, channels=("inbox", "email")) for m in new], new)
+        assert asked == [("POST", "/v1/contact-lookups")] * 2, "batched again once intake has the route"
+    finally:
+        contacts.client.event_hooks["request"].remove(record)
