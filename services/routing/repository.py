@@ -394,7 +394,7 @@ class Repository:
         (:meth:`write_new_cases`, to reach before the commit: a commit with cases left unwritten fails), and before
         any earlier statement of the session (a query that must find them, a row that refers to them), when each then
         joins the session as if read. For a consumer's transaction, that makes a case or more per event: through
-        the ORM's unit of work (add, flush) a case costs several times the statement. A later event of the transaction
+        the ORM's unit of work (add, flush) a case costs more than the statement. A later event of the transaction
         finds them among its application's cases (:meth:`cases_of_application`), as before."""
         if self.session.in_nested_transaction() or _NEW_CASES in self.session.info:
             return
