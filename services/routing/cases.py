@@ -70,8 +70,8 @@ async def save(repo: Repository, case: Case | None = None) -> None:
     """Write pending changes now, so that a concurrent change (the version check) is a 409, not a failed commit. A
     ``case`` this transaction added has no version anyone else could have changed: it is written with the rest of the
     transaction (a consumer's batch then writes its new cases, their history and their events together, not a
-    flush per case)."""
-    if case is not None and inspect(case).pending:
+    flush per case; one it keeps aside is not even in the session, ``Repository.add_case``)."""
+    if case is not None and (inspect(case).pending or inspect(case).transient):
         return
     try:
         await repo.session.flush()
@@ -336,7 +336,7 @@ async def open_case(
     case.closed_at = None
     refresh_priority(ctx, case, today)
     if existing is None:
-        repo.session.add(case)
+        repo.add_case(case)
     repo.add_entry(case, SYSTEM, "reopened" if existing else "routed", now, round=data.round, routing=case.routing)
     await save(repo, case)
     await ctx.outbox.emit(
@@ -385,7 +385,7 @@ async def grant_case(
     case.paused_working_days = 0
     case.escalated = False
     case.priority = ROUTINE
-    repo.session.add(case)
+    repo.add_case(case)
     repo.add_entry(case, SYSTEM, "routed", now, round=data.round, routing=case.routing, automatic=True)
     await save(repo, case)
     await ctx.outbox.emit(

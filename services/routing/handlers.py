@@ -113,12 +113,14 @@ def subscriptions(ctx: RoutingContext) -> Sequence[Subscription]:
         await repo.load_for_cases(
             _named(events, "application_id"), _named(events, "resident_id"), _named(housed, "resident_id")
         )
-        # The history entries and events the transaction adds, written at its end (consider_households).
+        # The cases, history entries and events the transaction adds, written at its end (consider_households).
+        repo.keep_new_cases_aside()
         repo.keep_entries_aside()
         ctx.outbox.keep_aside(session)
 
     async def consider_households(session: AsyncSession) -> None:
         repo = Repository(session)
+        await repo.write_new_cases()  # no event changes them any more
         await households.consider_noted(repo, ctx, lambda resident_id: resident_data.erased(repo, resident_id))
         await repo.write_entries()
         await write_kept(session)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends
 from sqlalchemy import ColumnElement, Table, and_, case, event, exists, false, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session, make_transient_to_detached
 
 from services.routing.models import (
     APPLICATION,
@@ -50,15 +50,75 @@ _CASES_OF_APPLICATIONS = "routing_loaded_cases"
 ROUTER_KEY = "routing_router"
 # The history entries a consumer's transaction keeps aside to write at its end (see Repository.keep_entries_aside).
 _KEPT_ENTRIES = "routing_kept_entries"
+# The cases a consumer's transaction makes, kept aside to write in one INSERT (see Repository.keep_new_cases_aside).
+_NEW_CASES = "routing_new_cases"
 # Made once: a statement used again keeps its cache key.
 _INSERT_ENTRIES = insert(cast(Table, CaseEntry.__table__))
+_INSERT_CASES = insert(cast(Table, Case.__table__))
+
+
+def _case_columns() -> tuple[tuple[str, Any], ...]:
+    """Each attribute of a case with the value a new case takes when it is not set (the column's default, else
+    NULL): a case kept aside is written with every column (one statement for rows set differently)."""
+    columns = []
+    for column in cast(Table, Case.__table__).columns:
+        default = column.default
+        if default is not None and not default.is_scalar:
+            raise TypeError(f"cases.{column.key}: only a constant default is written for a case kept aside")
+        columns.append((column.key, getattr(default, "arg", None)))
+    return tuple(columns)
+
+
+_CASE_COLUMNS = _case_columns()
+# What the ORM gives a new row's version column (version_id_col) on its INSERT.
+_FIRST_VERSION = 1
 
 
 @event.listens_for(Session, "before_commit")
 def _no_entry_kept_unwritten(session: Session) -> None:
-    """No history entry kept aside is lost: a transaction that commits with some unwritten fails instead."""
-    if session.info.get(_KEPT_ENTRIES) and not session.in_nested_transaction():  # a savepoint's release: not yet
+    """No history entry (nor new case) kept aside is lost: a transaction that commits with some unwritten fails."""
+    if session.in_nested_transaction():  # a savepoint's release: not yet
+        return
+    if session.info.get(_KEPT_ENTRIES):
         raise RuntimeError("case history entries kept aside were not written before the commit")
+    if session.info.get(_NEW_CASES):
+        raise RuntimeError("new cases kept aside were not written before the commit")
+
+
+def _write_new_cases(session: Session, *, attach: bool) -> None:
+    """Write the new cases kept aside (:meth:`Repository.keep_new_cases_aside`) in one INSERT. ``attach``: each then
+    joins the session as if it had been read (the transaction's later changes to it are UPDATEs, and a query finds
+    it in the identity map), for a write before the transaction's end."""
+    cases: list[Case] | None = session.info.get(_NEW_CASES)
+    if not cases:
+        return
+    if session.in_nested_transaction():
+        # Written now they would go with the savepoint's rollback while their events stand.
+        raise RuntimeError("new cases kept aside before a savepoint are to be written before it begins")
+    session.info[_NEW_CASES] = []
+    rows = []
+    for new in cases:
+        new.version = _FIRST_VERSION
+        values = new.__dict__
+        rows.append({key: values.get(key, default) for key, default in _CASE_COLUMNS})
+    session.connection().execute(_INSERT_CASES, rows)
+    if attach:
+        for new, row in zip(cases, rows, strict=True):
+            for key, value in row.items():
+                if key not in new.__dict__:
+                    setattr(new, key, value)  # nothing left to load: a lazy load would fail (asyncio)
+            make_transient_to_detached(new)
+            session.add(new)
+
+
+def _new_cases_first(state: ORMExecuteState) -> None:
+    """Before any statement of the session, the new cases kept aside are written (what autoflush does for the rows
+    added to it): a query finds them, no row referring to them comes before them."""
+    _write_new_cases(state.session, attach=True)
+
+
+def _new_cases_before_flush(session: Session, *_: Any) -> None:
+    _write_new_cases(session, attach=True)
 
 
 def case_scope(principal: Principal) -> ColumnElement[bool]:
@@ -315,6 +375,42 @@ class Repository:
                 raise RuntimeError("entries kept aside before a savepoint are to be written before it begins")
         self.session.add(CaseEntry(**values))
 
+    def add_case(self, case: Case) -> None:
+        """A case new in this transaction. In a transaction that keeps them aside (:meth:`keep_new_cases_aside`),
+        written with the others in one INSERT; otherwise (and within a savepoint) added to the session."""
+        cases: list[Case] | None = self.session.info.get(_NEW_CASES)
+        if cases is None or self.session.in_nested_transaction():
+            self.session.add(case)
+            return
+        cases.append(case)
+        # Found by a later event of the transaction about its application (cases_of_application), written or not.
+        loaded: dict[uuid.UUID, list[Case]] | None = self.session.info.get(_CASES_OF_APPLICATIONS)
+        if loaded is not None and case.application_id in loaded:
+            loaded[case.application_id].append(case)
+
+    def keep_new_cases_aside(self) -> None:
+        """From now on in this transaction, keep the new cases (:meth:`add_case`, outside savepoints) aside as plain
+        objects, not in the session, to write them in one core INSERT: at the latest at its end
+        (:meth:`write_new_cases`, to reach before the commit: a commit with cases left unwritten fails), and before
+        any earlier statement of the session (a query that must find them, a row that refers to them), when each then
+        joins the session as if read. For a consumer's transaction, that makes a case or more per event: through
+        the ORM's unit of work (add, flush) a case costs more than the statement. A later event of the transaction
+        finds them among its application's cases (:meth:`cases_of_application`), as before."""
+        if self.session.in_nested_transaction() or _NEW_CASES in self.session.info:
+            return
+        self.session.info[_NEW_CASES] = []
+        sync = self.session.sync_session
+        event.listen(sync, "do_orm_execute", _new_cases_first)
+        event.listen(sync, "before_flush", _new_cases_before_flush)
+
+    async def write_new_cases(self) -> None:
+        """Write the new cases kept aside, at the end of the transaction (the cases consumer's ``finish``), when no
+        event changes them any more: they stay out of the session (a query reads them as it reads any case), and the
+        transaction's lookups of an application's cases go to the database from here on."""
+        if self.session.info.get(_NEW_CASES):
+            self.session.info.pop(_CASES_OF_APPLICATIONS, None)
+            await self.session.run_sync(_write_new_cases, attach=False)
+
     def entry(self, case: Case, actor: str, action: str, at: dt.datetime, **details: object) -> CaseEntry:
         """A line of the case's history added to the session at once, for a caller that shows it."""
         entry = CaseEntry(case_id=case.id, at=at, actor=actor, action=action, details=details)
@@ -339,6 +435,7 @@ class Repository:
         if kept:
             rows = list(kept)
             kept.clear()
+            await self.session.run_sync(_write_new_cases, attach=True)  # what they are of, first
             await self.session.flush()
             await self.session.execute(_INSERT_ENTRIES, rows)
 

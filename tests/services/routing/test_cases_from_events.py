@@ -282,10 +282,10 @@ async def _history(routing: RunningService) -> tuple[Counter[tuple[uuid.UUID, st
 
 
 async def test_a_batchs_history_and_events_are_kept_aside_and_written_at_its_end(routing: RunningService) -> None:
-    """The history entries and events a batch's cases add are never read back in its transaction: they are written
-    at its end in one core INSERT per table, not added to the session one object each (the unit of work cost more
-    than the statement, with the writer lock held). An erasure later in the batch still finds and deletes the
-    history of the resident's cases before it; what is stored and announced is the same."""
+    """The cases, history entries and events a batch adds are written in one core INSERT per table, not added to the
+    session one object each (the unit of work cost more than the statement, with the writer lock held). An erasure
+    later in the batch still finds and deletes the resident's cases before it and their history; what is stored and
+    announced is the same."""
     from shared.events import ResidentErasureRequested
 
     applications = [uuid.uuid4() for _ in range(3)]
@@ -309,8 +309,7 @@ async def test_a_batchs_history_and_events_are_kept_aside_and_written_at_its_end
     with objects_added(durable) as added:
         work = await one_batch(routing, "cases", batch)
 
-    assert not [a for a in added if a in ("CaseEntry", "OutboxRow")], added
-    assert "Case" in added  # the cases themselves, as ever
+    assert not [a for a in added if a in ("Case", "CaseEntry", "OutboxRow")], added
     for statements in work.transactions():
         assert sum(s.startswith("INSERT INTO case_history") for s in statements) <= 1, statements
         assert sum(s.startswith("INSERT INTO outbox") for s in statements) <= 1, statements
@@ -328,6 +327,67 @@ async def test_a_batchs_history_and_events_are_kept_aside_and_written_at_its_end
         "case.decided",
     ]
     assert [e["_type"] for e in events if e.get("resident_id") == str(erased_resident)][-1] == "resident.erased"
+
+
+async def test_later_events_of_a_batch_find_and_change_its_new_cases(routing: RunningService) -> None:
+    """A batch's new cases are kept out of the session until they are written; its later events find them all the
+    same — before they are written (a re-evaluation, a withdrawal), and after something in the batch made them be
+    written early (a flush for a case changed, the offices' loads read again after a case closed) — and what they
+    change is stored. The batch is applied in one transaction: no event of it finds an application without the case
+    it was given a moment before, to make it again and fail on the unique key (then the batch went again, event by
+    event, each retried alone)."""
+    earlier = uuid.uuid4()
+    await feed(routing, determined(earlier, [program("emergency_welfare")]))
+    apps = {name: uuid.uuid4() for name in ("a", "b", "c", "d")}
+    now = dt.datetime.now(dt.UTC)
+
+    def withdrawn(name: str) -> ApplicationWithdrawn:
+        resident_id = uuid.uuid5(uuid.NAMESPACE_URL, str(apps[name]))
+        return ApplicationWithdrawn(application_id=apps[name], resident_id=resident_id, withdrawn_at=now)
+
+    batch: list[EventData] = [
+        determined(uuid.uuid4(), [program("child_allowance")]),  # taken alone
+        determined(apps["a"], [program("parent_benefit"), program("child_allowance", "eligible", automatic=True)]),
+        determined(apps["b"], [program("emergency_welfare")]),
+        # A case of the batch re-evaluated before anything was written.
+        determined(apps["b"], [program("emergency_welfare", "eligible")], round=2),
+        # A case from before the batch re-evaluated: its flush writes the batch's new cases with it.
+        determined(earlier, [program("emergency_welfare", "eligible")], round=2),
+        # Cases written early, changed: a round that closes one, a withdrawal.
+        determined(apps["b"], [program("emergency_welfare", "ineligible")], round=3),
+        withdrawn("a"),
+        determined(apps["c"], [program("parent_benefit")]),  # the offices' loads read again (a case closed)
+        determined(apps["d"], [program("parent_benefit")]),
+        withdrawn("d"),
+        determined(apps["c"], [program("parent_benefit", "eligible", automatic=True)], round=2),
+    ]
+    durable = routing.runtime.consumers["cases"].durable
+    with objects_added(durable) as added:
+        work = await one_batch(routing, "cases", batch)
+
+    assert "Case" not in added, added
+    assert work.commits == 2, work.statements  # the event taken alone, then the batch at once
+    states = {
+        name: {code: (c.status, c.closed_reason, c.round) for code, c in (await cases_of(routing, app)).items()}
+        for name, app in apps.items()
+    }
+    assert states == {
+        "a": {"parent_benefit": ("closed", "withdrawn", 1), "child_allowance": ("decided", None, 1)},
+        "b": {"emergency_welfare": ("closed", "no_longer_applicable", 2)},
+        "c": {"parent_benefit": ("decided", None, 2)},
+        "d": {"parent_benefit": ("closed", "withdrawn", 1)},
+    }
+    assert {(c.status, c.round) for c in (await cases_of(routing, earlier)).values()} == {("open", 2)}
+    history, orphans = await _history(routing)
+    assert orphans == 0
+    assert {k[1]: v for k, v in history.items() if k[0] == apps["b"]} == {"routed": 1, "reevaluated": 1, "closed": 1}
+    assert {k[1]: v for k, v in history.items() if k[0] == apps["c"]} == {"routed": 1, "reevaluated": 1, "decided": 1}
+    events = await emitted(routing)
+    assert [e["_type"] for e in events if e.get("application_id") == str(apps["d"])] == ["case.routed", "case.closed"]
+    assert [e["_type"] for e in events if e.get("application_id") == str(apps["c"])] == [
+        "case.routed",
+        "case.decided",
+    ]
 
 
 async def test_an_event_that_fails_in_its_savepoint_takes_its_history_and_events_back(
