@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal, current_principal
-from shared.idempotency import Idempotency, IdempotentRequest, idempotency_key
+from shared.idempotency import IdempotencyKeyHeader, IdempotentRequest, checked_key
 from shared.outbox import Outbox
 from shared.runtime import Runtime
 
@@ -58,10 +58,6 @@ async def get_outbox(request: Request) -> Outbox:
     return get_runtime(request).outbox
 
 
-async def get_idempotency(request: Request) -> Idempotency:
-    return get_runtime(request).idempotency
-
-
 def context_dependency(kind: type[C]) -> Callable[[Request], Awaitable[C]]:
     """The dependency that hands routes the service's context (``ServiceDefinition.context``), typed."""
 
@@ -78,18 +74,16 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 WriteSessionDep = Annotated[AsyncSession, Depends(get_write_session, scope="function")]
 OutboxDep = Annotated[Outbox, Depends(get_outbox)]
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-async def get_idempotent(
-    request: Request,
-    session: SessionDep,
-    idempotency: IdempotencyDep,
-    principal: PrincipalDep,
-    key: Annotated[str | None, Depends(idempotency_key)],
-) -> IdempotentRequest:
-    return IdempotentRequest(idempotency, session, principal, key, request)
+async def get_idempotent(request: Request, session: SessionDep, key: IdempotencyKeyHeader = None) -> IdempotentRequest:
+    """The header is a parameter of this dependency, and the caller and the store are had by calling, not by
+    depending: FastAPI solves each sub-dependency's tree again at every use, even when its value is cached, and this
+    one is part of every POST that creates something."""
+    return IdempotentRequest(
+        get_runtime(request).idempotency, session, await current_principal(request), checked_key(key), request
+    )
 
 
 # For every POST that honours ``Idempotency-Key``: declares the header, and runs the route's domain call once per key.

@@ -175,20 +175,23 @@ class Idempotency:
         return answer
 
 
-async def idempotency_key(
-    key: Annotated[
-        str | None,
-        Header(
-            alias=HEADER,
-            max_length=MAX_KEY_LENGTH,
-            description=(
-                "Makes a retry safe: the same key and body return the first answer (with `Idempotent-Replayed: "
-                "true`); the same key with another body is refused (422)."
-            ),
+# The request's ``Idempotency-Key``, declared by the dependency that honours it (``shared.deps.IdempotentDep``), so
+# that every route that honours it documents it.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        max_length=MAX_KEY_LENGTH,
+        description=(
+            "Makes a retry safe: the same key and body return the first answer (with `Idempotent-Replayed: "
+            "true`); the same key with another body is refused (422)."
         ),
-    ] = None,
-) -> str | None:
-    """The request's ``Idempotency-Key`` (a dependency, so that every route that honours it documents it)."""
+    ),
+]
+
+
+def checked_key(key: str | None) -> str | None:
+    """The ``Idempotency-Key`` as it is stored: without surrounding blanks, and refused (422) when nothing is left."""
     if key is None:
         return None
     key = key.strip()

@@ -297,6 +297,9 @@ class RequestContextMiddleware:
         self.metrics = metrics
         self.service = service
         self.log = logging.getLogger("onestop.http")
+        # (method, route, status) -> its counter and its histogram: the client library's ``labels()`` checks and
+        # looks up its arguments under a lock, several times the cost of counting, at every request.
+        self._samples: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -333,10 +336,22 @@ class RequestContextMiddleware:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(tracing.Status(tracing.StatusCode.ERROR))
-                self.metrics.http_requests.labels(method=scope["method"], route=template, status=str(status)).inc()
-                self.metrics.http_latency.labels(method=scope["method"], route=template).observe(elapsed)
+                requests, latency = self._series(scope["method"], template, status)
+                requests.inc()
+                latency.observe(elapsed)
                 self.log.info(
                     "request",
                     extra={"method": scope["method"], "route": template, "status": status,
                            "ms": round(elapsed * 1000, 2)},
                 )  # fmt: skip
+
+    def _series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The request's counter and histogram, as ``labels()`` gives them (they are the same objects every time)."""
+        key = (method, route, status)
+        series = self._samples.get(key)
+        if series is None:
+            series = self._samples[key] = (
+                self.metrics.http_requests.labels(method=method, route=route, status=str(status)),
+                self.metrics.http_latency.labels(method=method, route=route),
+            )
+        return series

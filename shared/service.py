@@ -66,6 +66,9 @@ def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSett
         description=definition.description,
         version=definition.version,
         lifespan=lifespan,
+        # Spans and metrics are shared.tracing's and shared.observability's. FastAPI's own are off, so that it does not
+        # ask at every request whether a global OpenTelemetry provider has been set since.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -34,4 +34,5 @@ class IntakeContext:
     expiry: Sweeps | None = None
 
 
-ContextDep = Annotated[IntakeContext, Depends(context_dependency(IntakeContext))]
+get_context = context_dependency(IntakeContext)
+ContextDep = Annotated[IntakeContext, Depends(get_context)]

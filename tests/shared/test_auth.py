@@ -6,19 +6,24 @@ import datetime as dt
 import re
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.dependencies.models import Dependant
 
 from onestop.registry import SERVICES
-from shared.auth import Role, TokenIssuer, TokenVerifier, principal_from_claims
+from services.intake.main import create_app
+from services.intake.settings import IntakeSettings
+from shared.auth import Role, TokenIssuer, TokenVerifier, current_principal, principal_from_claims
 from shared.problems import Unauthorized
 from shared.service import OPS_PATHS
 from tests.support.nats import NatsServer
-from tests.support.services import RunningService, running_service
+from tests.support.services import RunningService, running_service, service_settings
 
 
 def _foreign_token(role: str = "admin") -> str:
@@ -193,3 +198,43 @@ def test_minted_tokens_carry_issuer_audience_and_expiry(issuer: TokenIssuer) -> 
     assert claims["role"] == "admin"
     assert 590 <= claims["exp"] - int(time.time()) <= 600
     assert dt.datetime.fromtimestamp(claims["iat"], dt.UTC) <= dt.datetime.now(dt.UTC)
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes as FastAPI serves them, each with its dependencies and those of the routers it was included with."""
+    for route in routes:
+        candidates = getattr(route, "effective_candidates", None)
+        if callable(candidates):
+            yield from _routes(candidates())
+        elif getattr(route, "dependant", None) is not None:
+            yield route
+
+
+def _depths(dependant: Dependant, call: Any, depth: int = 0) -> Iterator[int]:
+    if dependant.call is call:
+        yield depth
+    for sub in dependant.dependencies:
+        yield from _depths(sub, call, depth + 1)
+
+
+def test_a_route_depends_on_its_caller_only_at_its_top(tmp_path: Path, keys_dir: Path) -> None:
+    """The app factory makes every route depend on the caller; what needs the caller besides (a role check, the
+    unit of work that honours ``Idempotency-Key``) calls for it, which the verifier answers from its cache, rather
+    than depending on it: FastAPI solves a sub-dependency again wherever it appears, its value cached or not, at a
+    cost per request well above the call's (a filing solved the caller three times). Intake's routes, which use
+    both of the shared ones."""
+    settings = service_settings(
+        "intake", database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", nats_url="nats://127.0.0.1:1",
+        prefix="onestop", keys_dir=keys_dir,
+    )  # fmt: skip
+    assert isinstance(settings, IntakeSettings)
+    app = create_app(settings)
+    checked = 0
+    for route in _routes(app.router.routes):
+        path = getattr(route.original_route, "path", "")
+        if path in OPS_PATHS:
+            continue
+        depths = list(_depths(route.dependant, current_principal))
+        assert set(depths) == {1}, (path, depths)
+        checked += 1
+    assert checked > 1

@@ -411,6 +411,32 @@ def _pension_version() -> dict[str, Any]:
     }  # fmt: skip
 
 
+async def test_an_idempotency_key_blank_or_too_long_is_refused_naming_the_header_and_nothing_is_filed(
+    intake: RunningService,
+) -> None:
+    """The key is a parameter of the dependency that honours it (``shared.deps.IdempotentDep``), checked there: a key
+    of blanks only, or longer than a stored key may be, is a 422 naming the header, before anything is written."""
+    resident_id, me = await register_self(intake)
+    for key in ("   ", "k" * 256):
+        response = await intake.client.post(
+            "/v1/applications", json=birth_application(resident_id), headers=me | {"Idempotency-Key": key}
+        )
+        assert response.status_code == 422, response.text
+        assert problem_fields(response) == {"header.Idempotency-Key"}
+    listed = await intake.client.get("/v1/applications", params={"resident_id": str(resident_id)}, headers=me)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["items"] == []
+    trimmed = await intake.client.post(
+        "/v1/applications", json=birth_application(resident_id), headers=me | {"Idempotency-Key": " k-1 "}
+    )
+    retried = await intake.client.post(
+        "/v1/applications", json=birth_application(resident_id), headers=me | {"Idempotency-Key": "k-1"}
+    )
+    assert (trimmed.status_code, retried.status_code) == (201, 201)
+    assert retried.headers["idempotent-replayed"] == "true", "the key is stored without its surrounding blanks"
+    assert retried.json() == trimmed.json()
+
+
 async def test_filing_answers_from_what_it_wrote_reading_the_resident_and_their_household_case_at_once(
     intake: RunningService,
 ) -> None:
