@@ -91,6 +91,13 @@ class LetterPrinter:
             child.kill()
             await child.wait()
             raise ChannelError(f"the letter took longer than {PRINT_TIMEOUT_SECONDS:.0f} s to print") from None
+        except asyncio.CancelledError:
+            # notify is stopping: the child goes with the letter, its pipes closed while the loop still runs (left
+            # to the garbage collector, they were closed on a loop already closed).
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
+            raise
         if child.returncode != 0:
             # The last line names the error; the traceback's other lines may quote the letter's text.
             last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]

@@ -58,7 +58,9 @@ class IntakeServer:
     _starting: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.AsyncClient(base_url=self.url, verify=_tls_context())
+        # A request answered later than httpx's default 5 s is slow, not wrong: an intake serving in the test's loop
+        # beside notify took longer on a loaded machine.
+        self.client = httpx.AsyncClient(base_url=self.url, verify=_tls_context(), timeout=60.0)
 
     @property
     def url(self) -> str:

@@ -4,8 +4,10 @@ office, which downloads (audited) and marks them sent; administrators only."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
+import os
 import subprocess
 import sys
 import uuid
@@ -154,6 +156,40 @@ async def test_an_english_letter_and_a_missing_font_is_a_failure_to_retry(tmp_pa
                             day=dt.date(2026, 11, 20))  # fmt: skip
     assert refused.value.permanent is False, "installing the font fixes it: the letter waits and is tried again"
     assert not (tmp_path / "elsewhere").exists()
+
+
+def _printing_children() -> set[int]:
+    """The pids of this process's children that print a letter (services.notify.letter_pdf)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and b"services.notify.letter_pdf" in command:
+            found.add(int(stat.parent.name))
+    return found
+
+
+async def test_a_print_cancelled_midway_ends_its_child_process(tmp_path: Path) -> None:
+    """notify stopping while a letter prints cancels the print: the child process goes with it, its pipes closed in
+    the running loop (left behind, they were closed by the garbage collector on a loop already closed)."""
+    rendered = Renderer("https://onestop.example.kr").render(
+        MessageInput("application.withdrawn", "ko", str(uuid.uuid4()), [{"withdrawn_at": "2026-11-20T09:00:00+00:00"}])
+    )
+    printer = LetterPrinter(tmp_path / "post", Path("/usr/share/fonts/truetype/nanum/NanumGothic.ttf"))
+    letter = printer.print(
+        delivery_id=uuid.uuid4(), recipient=Recipient("김영희", "서울 종로구 1"), rendered=rendered, language="ko",
+        day=dt.date(2026, 11, 20),
+    )  # fmt: skip
+    printing = asyncio.create_task(letter)
+    await wait_until(lambda: bool(_printing_children()))
+    printing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await printing
+    assert not _printing_children(), "the child was ended and reaped before the cancellation went on"
+    assert not (tmp_path / "post").exists() or not list((tmp_path / "post").glob("*.pdf"))
 
 
 def test_printing_leaves_the_pdf_library_out_of_notify_s_own_process(tmp_path: Path) -> None:
