@@ -46,7 +46,7 @@ from services.notify.models import (
     utcnow,
 )
 from services.notify.notifications import mark_work, withdrawn
-from services.notify.rendering import MessageInput, RenderedMessage, Renderer
+from services.notify.rendering import MessageInput, Renderer
 from services.notify.repository import Repository, new_claim_token
 from services.notify.schedule import backoff, quiet_until, zone
 from services.notify.settings import NotifySettings
@@ -492,8 +492,8 @@ class ResidentDelivery:
                 raise ChannelError(f"no {send.channel} address on file", permanent=True)
             language = effective_language(send.preference, contact, send.fallback_language)
             message = send.message
-            rendered = self.renderer.render(MessageInput(message.kind, language, message.application_id, message.items))
-            printed = await self._deliver(send.delivery_id, send.channel, address, rendered, language, contact)
+            told = MessageInput(message.kind, language, message.application_id, message.items)
+            printed = await self._deliver(send.delivery_id, send.channel, address, told, language, contact)
         except (ChannelError, ContactUnavailable) as exc:
             permanent = isinstance(exc, ChannelError) and exc.permanent
             return _Outcome(send.delivery_id, send.channel, send.about, error=redact(str(exc)), permanent=permanent)
@@ -545,11 +545,13 @@ class ResidentDelivery:
         delivery_id: uuid.UUID,
         channel: str,
         address: str,
-        rendered: RenderedMessage,
+        message: MessageInput,
         language: str,
         contact: Contact | None,
     ) -> PrintedLetter | None:
+        """Render ``message`` as ``channel`` needs it (a text message: its SMS text alone) and send it."""
         if channel == ResidentChannel.EMAIL.value:
+            rendered = self.renderer.render(message)
             email = build_email(
                 self.settings, to=address, rendered=rendered, delivery_id=delivery_id, language=language
             )
@@ -560,12 +562,13 @@ class ResidentDelivery:
             return await self.senders.post.print(
                 delivery_id=delivery_id,
                 recipient=Recipient(name=contact.postal_name, address=address),
-                rendered=rendered,
+                rendered=self.renderer.render(message),
                 language=language,
                 day=self.clock.today(),
             )
         else:
-            await self.senders.sms.send(delivery_id=delivery_id, to=address, text=rendered.sms, language=language)
+            text = self.renderer.sms(message)
+            await self.senders.sms.send(delivery_id=delivery_id, to=address, text=text, language=language)
         return None
 
     def _record_failure(self, writes: _Writes, delivery: Delivery, error: str, *, permanent: bool) -> None:

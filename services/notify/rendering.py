@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template
+from jinja2.runtime import Context
 from markupsafe import Markup
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -143,29 +144,41 @@ class Renderer:
         return f"{self.app_base_url}/applications"
 
     def render(self, message: MessageInput) -> RenderedMessage:
-        language = message.language if message.language in LANGUAGES else "ko"
-        if message.kind not in KINDS:
-            raise ValueError(f"no template for {message.kind}")
-        link = self.link(message)
-        context = {"lang": language, "link": link, **_context(message.kind, message.items)}
+        language, link, context = self._prepare(message)
         name = f"{language}/{message.kind}.j2"
-        text_template = self._text.get_template(name)
+        text = self._text.get_template(name)
         html_template = self._html.get_template(name)
-        body_html = _block(html_template, "html", context)
+        # One context for the blocks of a template, not one each: a block's own assignments stay in the block.
+        text_context = text.new_context(context)
+        body_html = _block(html_template, "html", html_template.new_context(context))
         layout = self._html.get_template("layout.html.j2")
-        subject = " ".join(_block(text_template, "subject", context).split())
+        subject = " ".join(_block(text, "subject", text_context).split())
         html = layout.render(lang=language, subject=subject, body=Markup(body_html), link=link)  # noqa: S704
         return RenderedMessage(
             subject=subject,
-            text=_tidy(_block(text_template, "text", context)),
-            sms=" ".join(_block(text_template, "sms", context).split()),
+            text=_tidy(_block(text, "text", text_context)),
+            sms=" ".join(_block(text, "sms", text_context).split()),
             html=html,
             link=link,
         )
 
+    def sms(self, message: MessageInput) -> str:
+        """The text message alone (what ``render(message).sms`` is): an SMS needs no subject, e-mail text or HTML."""
+        language, _, context = self._prepare(message)
+        template = self._text.get_template(f"{language}/{message.kind}.j2")
+        return " ".join(_block(template, "sms", template.new_context(context)).split())
 
-def _block(template: Template, name: str, context: dict[str, Any]) -> str:
-    return "".join(template.blocks[name](template.new_context(context)))
+    def _prepare(self, message: MessageInput) -> tuple[str, str, dict[str, Any]]:
+        """The language told in, the link and the templates' context."""
+        language = message.language if message.language in LANGUAGES else "ko"
+        if message.kind not in KINDS:
+            raise ValueError(f"no template for {message.kind}")
+        link = self.link(message)
+        return language, link, {"lang": language, "link": link, **_context(message.kind, message.items)}
+
+
+def _block(template: Template, name: str, context: Context) -> str:
+    return "".join(template.blocks[name](context))
 
 
 def _tidy(text: str) -> str:

@@ -13,20 +13,27 @@ import ipaddress
 import random
 import shutil
 import uuid
-from email.message import Message
+from email.errors import HeaderParseError
+from email.header import Header
+from email.message import EmailMessage, Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from aiosmtplib.email import extract_recipients, extract_sender
 
-from services.notify.channels import MaildirEmail, build_email
-from services.notify.rendering import KINDS, MessageInput, Renderer
+from services.notify.channels import Email, MaildirEmail, SmtpEmail, build_email
+from services.notify.rendering import KINDS, MessageInput, RenderedMessage, Renderer
 from services.notify.schedule import backoff, quiet_until
 from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS, NotifySettings
 from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, sign, webhook_headers
 from services.notify.worker import _loop
+from tests.services.notify.support import SMTP_PASSWORD, SMTP_USER
 from tests.services.notify.test_partners import standard_webhook_signature_valid
+from tests.support.smtp import MailServer
 
 SEOUL = ZoneInfo("Asia/Seoul")
 APP = "11111111-2222-3333-4444-555555555555"
@@ -438,11 +445,12 @@ def test_an_email_is_well_formed_mime_that_a_standard_parser_reads_back(language
     delivery = uuid.uuid4()
     built = build_email(settings, to="jiwoo.park@example.kr", rendered=rendered, delivery_id=delivery,
                         language=language)  # fmt: skip
-    assert built.get_boundary() == f"=_{delivery.hex}", "set when built: writing it searches the text for none"
-    raw = built.as_bytes()
+    raw = built.data
+    assert (built.sender, built.recipients) == ("no-reply@onestop.example.kr", ("jiwoo.park@example.kr",))
     assert raw.isascii(), "7-bit headers and bodies: any relay takes them"
     assert raw.count(f"--=_{delivery.hex}".encode()) == 3, "between, before and after the two parts"
     parsed = email.message_from_bytes(raw, policy=email.policy.strict)
+    assert parsed.get_boundary() == f"=_{delivery.hex}"
     assert parsed["Subject"] == " ".join(f"{long_subject} Bcc: someone@example.kr".split()), "one line, nothing added"
     assert parsed["Bcc"] is None
     assert parsed["From"].addresses[0].display_name == "원스톱 알림"
@@ -461,6 +469,138 @@ def test_an_email_is_well_formed_mime_that_a_standard_parser_reads_back(language
     assert html.get_content() == rendered.html
     assert parsed.get_body(preferencelist=("plain",)) is plain
     assert [parsed.defects, plain.defects, html.defects] == [[], [], []]
+
+
+def _compat32_email(
+    settings: NotifySettings, *, to: str, rendered: RenderedMessage, delivery_id: uuid.UUID, language: str, date: str
+) -> Message:
+    """The e-mail as the standard library's compat32 MIME classes build it: the reference that build_email, which
+    writes the bytes itself, must equal byte for byte."""
+    message = MIMEMultipart("alternative", boundary=f"=_{delivery_id.hex}")
+    message["From"] = email.utils.formataddr(email.utils.parseaddr(settings.smtp_from), charset="utf-8")
+    message["To"] = to if to.isascii() else email.utils.formataddr(email.utils.parseaddr(to), charset="utf-8")
+    subject = " ".join(rendered.subject.split())
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8", header_name="Subject")  # type: ignore[assignment]
+    message["Date"] = date
+    domain = email.utils.parseaddr(settings.smtp_from)[1].rpartition("@")[2] or "onestop.local"
+    message["Message-ID"] = f"<{delivery_id}@{domain}>"
+    message["Content-Language"] = language
+    message["Auto-Submitted"] = "auto-generated"
+    for body, subtype in ((rendered.text, "plain"), (rendered.html, "html")):
+        part = MIMEText(body, subtype, "utf-8")
+        del part["MIME-Version"]
+        message.attach(part)
+    return message
+
+
+def _date_of(raw: bytes) -> str:
+    [line] = [line for line in raw.decode("ascii").splitlines() if line.startswith("Date: ")]
+    return line.removeprefix("Date: ")
+
+
+_SUBJECTS = [
+    "[원스톱] 신청이 접수되었습니다",
+    "[OneStop] A decision on your application",
+    "[OneStop] " + "a very long subject that has to be folded somewhere; with, punctuation " * 3,
+    "[원스톱] " + "아주 긴 제목, 접혀야 합니다; " * 8,
+    '[OneStop] Parent benefit <special> & co: "quoted" (and =?utf-8?q?not-a-word?=)',
+    "[OneStop]   spaces\t and\nnew lines\r\nBcc: someone@example.kr",
+    "x" * 120,
+    "",
+]
+_SENDERS = [
+    "OneStop <no-reply@onestop.local>",
+    "원스톱 알림 <no-reply@onestop.example.kr>",
+    "no-reply@onestop.example.kr",
+    '"OneStop, the city\'s services" <no-reply@a-rather-long-subdomain.of-a-long-domain.onestop.example.kr>',
+]
+_RECIPIENTS = ["jiwoo.park@example.kr", "Ji-woo Park <jiwoo.park@example.kr>", "박지우 <jiwoo.park@example.kr>",
+               " jiwoo.park@example.kr", "a" * 70 + "@example.kr"]  # fmt: skip
+
+
+@pytest.mark.parametrize("language", ["ko", "en"])
+def test_an_email_is_the_bytes_the_standard_mime_classes_write_for_it(language: str) -> None:
+    """build_email writes the message itself (the MIME classes and their generator cost milliseconds a message): for
+    Korean and English messages, long and short, ASCII and not, subjects, senders and recipients, its bytes are
+    those the compat32 classes write, and its envelope is the one aiosmtplib takes from their headers."""
+    renderer = Renderer("https://onestop.example.kr/")
+    cases = 0
+    for kind in ("eligibility.determined", "case.decided", "application.submitted"):
+        rendered = renderer.render(MessageInput(kind, language, APP, ITEMS[kind]))
+        bodies = [(rendered.text, rendered.html), ("", ""), ("한" * 19, "a" * 57), ("a" * 58 + "\n", "\r\n.\n")]
+        # Each list's values, the others' first (a product would be a thousand messages, for little more).
+        subject, sender, to, body = rendered.subject, _SENDERS[0], _RECIPIENTS[0], bodies[0]
+        varied = (
+            [(v, sender, to, body) for v in _SUBJECTS]
+            + [(subject, v, to, body) for v in _SENDERS]
+            + [(subject, sender, v, body) for v in _RECIPIENTS]
+            + [(subject, sender, to, v) for v in bodies]
+        )
+        for subject, sender, to, (text, html) in varied:
+            message = dataclasses.replace(rendered, subject=subject, text=text, html=html)
+            settings = NotifySettings(smtp_from=sender)
+            delivery = uuid.uuid4()
+            built = build_email(settings, to=to, rendered=message, delivery_id=delivery, language=language)
+            reference = _compat32_email(settings, to=to, rendered=message, delivery_id=delivery, language=language,
+                                        date=_date_of(built.data))  # fmt: skip
+            assert built.data == reference.as_bytes(), (subject, sender, to, text[:20])
+            assert built.delivery_id == delivery
+            assert built.sender == extract_sender(reference)
+            assert list(built.recipients) == extract_recipients(reference)
+            cases += 1
+    assert cases == 3 * (len(_SUBJECTS) + len(_SENDERS) + len(_RECIPIENTS) + 4)
+
+
+def test_a_header_that_would_smuggle_another_in_is_refused_as_the_mime_classes_refuse_it() -> None:
+    renderer = Renderer("https://onestop.example.kr/")
+    rendered = renderer.render(MessageInput("case.decided", "en", APP, ITEMS["case.decided"]))
+    for to in ("a@example.kr\nBcc: b@example.kr", "a@example.kr\r\nBcc: b@example.kr"):
+        with pytest.raises(HeaderParseError, match="embedded header"):
+            build_email(NotifySettings(), to=to, rendered=rendered, delivery_id=uuid.uuid4(), language="en")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_text_message_rendered_alone_is_the_one_of_the_whole_message(kind: str) -> None:
+    """An SMS delivery renders its text alone (Renderer.sms), not the subject, e-mail text and HTML it does not send."""
+    renderer = Renderer("https://onestop.example.kr/")
+    for language in ("ko", "en", "fr"):
+        message = MessageInput(kind, language, APP, ITEMS[kind])
+        assert renderer.sms(message) == renderer.render(message).sms
+    with pytest.raises(ValueError, match="no template"):
+        renderer.sms(MessageInput("no.such_kind", "ko", APP, []))
+
+
+@pytest.mark.parametrize("language", ["ko", "en"])
+async def test_an_email_through_a_real_smtp_server_arrives_with_its_headers_and_parts(
+    smtp: MailServer, language: str
+) -> None:
+    """Sent to a real SMTP server (STARTTLS, AUTH), the e-mail is read there with the parts and decoded headers of
+    the one the compat32 classes build, whose bytes aiosmtplib would have sent."""
+    renderer = Renderer("https://onestop.example.kr/")
+    rendered = renderer.render(MessageInput("eligibility.determined", language, APP, ITEMS["eligibility.determined"]))
+    settings = NotifySettings(
+        smtp_host=smtp.host, smtp_port=smtp.port, smtp_starttls=True, smtp_validate_certs=False,
+        smtp_username=SMTP_USER, smtp_password=SMTP_PASSWORD, smtp_from="원스톱 알림 <no-reply@onestop.example.kr>",
+    )  # fmt: skip
+    delivery = uuid.uuid4()
+    built = build_email(settings, to="박지우 <jiwoo.park@example.kr>", rendered=rendered, delivery_id=delivery,
+                        language=language)  # fmt: skip
+    await SmtpEmail(settings).send(built)
+    [received] = smtp.received
+    reference = _compat32_email(settings, to="박지우 <jiwoo.park@example.kr>", rendered=rendered, delivery_id=delivery,
+                                language=language, date=_date_of(built.data))  # fmt: skip
+    expected = email.message_from_bytes(reference.as_bytes().replace(b"\n", b"\r\n"), policy=email.policy.default)
+    assert [(k, str(v)) for k, v in received.items()] == [(k, str(v)) for k, v in expected.items()]
+    assert received["Subject"] == rendered.subject
+    assert received["From"].addresses[0].display_name == "원스톱 알림"
+    assert received["To"].addresses[0].display_name == "박지우"
+    assert received["Message-ID"] == f"<{delivery}@onestop.example.kr>"
+    assert isinstance(received, EmailMessage)
+    assert isinstance(expected, EmailMessage)
+    got, want = list(received.iter_parts()), list(expected.iter_parts())
+    assert [(p.items(), p.get_content()) for p in got] == [(p.items(), p.get_content()) for p in want]
+    assert [p.get_content() for p in got] == [rendered.text, rendered.html]
+    assert [received.defects, *(p.defects for p in got)] == [[], [], []]
 
 
 async def test_the_local_mail_sink_makes_its_folders_when_they_are_missing(tmp_path: Path) -> None:
@@ -509,7 +649,7 @@ async def test_the_local_mail_sink_writes_the_messages_of_a_batch_in_one_hop_eac
     ids = [uuid.uuid4() for _ in range(5)]
     messages = [build_email(settings, to="a@example.kr", rendered=rendered, delivery_id=i, language="ko") for i in ids]
 
-    async def send(message: Message) -> set[str]:
+    async def send(message: Email) -> set[str]:
         await sink.send(message)
         return {p.name for p in (tmp_path / "mail" / "new").iterdir()}
 
