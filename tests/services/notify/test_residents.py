@@ -561,7 +561,9 @@ async def test_a_batch_about_many_residents_reads_their_rows_once_and_an_erasure
     reads = "\n".join(s[:100] for s in statements)
     assert count("SELECT residents.") <= commits, reads
     assert count("SELECT preferences.") <= commits, reads
-    assert count("SELECT resident_erasures.") <= commits + 1, reads  # and the erasure's own record, locked
+    # And the erasure's own record, locked, and read again when notify's partners' consumer (not stopped) made it
+    # first (Erasure._ledger).
+    assert count("SELECT resident_erasures.") <= commits + 2, reads
     assert count("INSERT INTO residents ") <= commits, reads
     assert count("UPDATE residents ") == 0, reads
 
