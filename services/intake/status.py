@@ -304,6 +304,10 @@ async def apply_determination(repo: Repository, event: CloudEvent, data: Eligibi
             details={"round": data.round, "trigger": data.trigger},
         )
     )
+    # The round's programs are stored as the event has them: the JSON that the consumer validated into ``data.programs``
+    # (eligibility wrote it as ``model_dump(mode="json")`` of the same model). Writing ``data.programs`` out again gave
+    # the same JSON at about 70 µs a program (each criterion's values are ``Any``): 9 % of intake's work (py-spy).
+    programs: list[Any] = event.data["programs"]
     determination = await repo.determination(application.id)
     if determination is None:
         repo.session.add(
@@ -313,7 +317,7 @@ async def apply_determination(repo: Repository, event: CloudEvent, data: Eligibi
                 round=data.round,
                 trigger=data.trigger,
                 evaluated_at=data.evaluated_at,
-                programs=[p.model_dump(mode="json") for p in data.programs],
+                programs=programs,
             )
         )
     elif data.round > determination.round:
@@ -321,7 +325,7 @@ async def apply_determination(repo: Repository, event: CloudEvent, data: Eligibi
         determination.round = data.round
         determination.trigger = data.trigger
         determination.evaluated_at = data.evaluated_at
-        determination.programs = [p.model_dump(mode="json") for p in data.programs]
+        determination.programs = programs
     status_changed(repo, application, at)
 
 

@@ -201,9 +201,16 @@ async def test_success_commits_the_state_and_its_event_together(client: httpx.As
 
 async def test_bodies_over_the_limit_are_refused_with_413(client: httpx.AsyncClient, issuer: TokenIssuer) -> None:
     big = {"name": "x", "size": 1, "born": "2020-01-01", "padding": "y" * 5000}
-    response = await client.post("/v1/things", json=big, headers=_auth(issuer))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = {**_auth(issuer), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    response = await client.post("/v1/things", json=big, headers=traced)
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
+    # Refused within the request's span and counted, as any other answer is.
+    assert response.headers["traceparent"].split("-")[1] == trace_id
+    metrics: Metrics = client.app.state.runtime.metrics  # type: ignore[attr-defined]
+    counted = {"method": "POST", "route": "unmatched", "status": "413"}
+    assert metrics.registry.get_sample_value("onestop_http_requests_total", counted) == 1
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams in
         for _ in range(10):
@@ -213,6 +220,7 @@ async def test_bodies_over_the_limit_are_refused_with_413(client: httpx.AsyncCli
         "/v1/things", content=chunks(), headers={**_auth(issuer), "content-type": "application/json"}
     )
     assert streamed.status_code == 413
+    assert metrics.registry.get_sample_value("onestop_http_requests_total", counted) == 2
     assert await _count(client) == 0
 
 
