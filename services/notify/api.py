@@ -104,7 +104,7 @@ inbox_router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 
 def _inbox_message(message: inbox.Message, renderer: Renderer) -> InboxMessage:
     notification = message.notification
-    rendered = renderer.render(resident_delivery.message_input(notification, message.language))
+    rendered = renderer.text(resident_delivery.message_input(notification, message.language))
     return InboxMessage.from_row(
         notification,
         language=message.language,

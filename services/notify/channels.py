@@ -39,7 +39,7 @@ import aiosmtplib
 import httpx
 import orjson
 
-from services.notify.rendering import RenderedMessage
+from services.notify.rendering import EmailContent, RenderedMessage
 from services.notify.settings import NotifySettings
 
 
@@ -71,7 +71,12 @@ class SmsSender(Protocol):
 
 
 def build_email(
-    settings: NotifySettings, *, to: str, rendered: RenderedMessage, delivery_id: uuid.UUID, language: str
+    settings: NotifySettings,
+    *,
+    to: str,
+    rendered: EmailContent | RenderedMessage,
+    delivery_id: uuid.UUID,
+    language: str,
 ) -> Email:
     """A multipart/alternative message (plain text, then HTML), UTF-8 in base64, the subject in RFC 2047 encoded
     words: the bytes the ``compat32`` MIME classes (``MIMEMultipart``, ``MIMEText``) write for it, made directly.

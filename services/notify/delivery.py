@@ -551,7 +551,7 @@ class ResidentDelivery:
     ) -> PrintedLetter | None:
         """Render ``message`` as ``channel`` needs it (a text message: its SMS text alone) and send it."""
         if channel == ResidentChannel.EMAIL.value:
-            rendered = self.renderer.render(message)
+            rendered = self.renderer.email(message)
             email = build_email(
                 self.settings, to=address, rendered=rendered, delivery_id=delivery_id, language=language
             )
@@ -562,7 +562,7 @@ class ResidentDelivery:
             return await self.senders.post.print(
                 delivery_id=delivery_id,
                 recipient=Recipient(name=contact.postal_name, address=address),
-                rendered=self.renderer.render(message),
+                rendered=self.renderer.text(message),
                 language=language,
                 day=self.clock.today(),
             )

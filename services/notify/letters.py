@@ -24,7 +24,7 @@ from pathlib import Path
 
 from services.notify.channels import ChannelError
 from services.notify.models import Letter, LetterStatus, audit_log, utcnow
-from services.notify.rendering import RenderedMessage
+from services.notify.rendering import RenderedMessage, TextContent
 from services.notify.repository import Repository
 from services.notify.settings import NotifySettings
 from shared.auth import Principal
@@ -63,7 +63,13 @@ class LetterPrinter:
         return self.directory / file_name
 
     async def print(
-        self, *, delivery_id: uuid.UUID, recipient: Recipient, rendered: RenderedMessage, language: str, day: dt.date
+        self,
+        *,
+        delivery_id: uuid.UUID,
+        recipient: Recipient,
+        rendered: TextContent | RenderedMessage,
+        language: str,
+        day: dt.date,
     ) -> PrintedLetter:
         """Write the letter (to a temporary name, then renamed: the post room never sees half a file)."""
         if not self.font.is_file():

@@ -27,13 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.notify import resident_data
 from services.notify.models import (
     ApplicationProgram,
-    Notification,
     NotificationStatus,
     Representation,
     TrackedApplication,
     utcnow,
 )
-from services.notify.repository import Repository
+from services.notify.repository import NewNotification, Repository
 from services.notify.settings import NotifySettings
 from shared.consumer import named_id
 from shared.events import (
@@ -408,20 +407,21 @@ class ResidentMessages:
             notification = await repo.open_bundle(resident_id, application_id, kind, now)
         if notification is None:
             window = self.settings.bundle_window_seconds if kind in BUNDLED_KINDS else 0.0
-            notification = Notification(
-                id=uuid.uuid4(),
-                resident_id=resident_id,
-                application_id=application_id,
-                kind=kind,
-                status=NotificationStatus.COLLECTING.value,
-                language=await self._language(repo, resident_id),
-                created_at=now,
-                next_step_at=now + dt.timedelta(seconds=window),
-                step_attempts=0,
+            notification = repo.add_notification(
+                NewNotification(
+                    id=uuid.uuid4(),
+                    resident_id=resident_id,
+                    application_id=application_id,
+                    kind=kind,
+                    status=NotificationStatus.COLLECTING.value,
+                    language=await self._language(repo, resident_id),
+                    created_at=now,
+                    next_step_at=now + dt.timedelta(seconds=window),
+                    step_attempts=0,
+                )
             )
-            repo.session.add(notification)
-        # Written with the rest of the transaction: the next event of the batch finds the bundle among the session's
-        # new rows and the item among those kept aside (Repository.open_bundle, item_exists, add_item).
+        # Written with the rest of the transaction: the next event of the batch finds the bundle and the item among
+        # those kept aside (Repository.open_bundle, item_exists, add_notification, add_item).
         repo.told(notification, event.id, resident_id)
         repo.add_item(
             {"notification_id": notification.id, "resident_id": resident_id, "source_event_id": event.id,

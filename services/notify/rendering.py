@@ -96,6 +96,24 @@ class RenderedMessage:
 
 
 @dataclass(frozen=True)
+class TextContent:
+    """A message's words without its HTML or SMS: what the in-app inbox shows and a letter prints."""
+
+    subject: str
+    text: str
+    link: str
+
+
+@dataclass(frozen=True)
+class EmailContent:
+    """What an e-mail carries: the subject, the plain text and the HTML part (no SMS)."""
+
+    subject: str
+    text: str
+    html: str
+
+
+@dataclass(frozen=True)
 class MessageInput:
     """What a notification holds, independent of the database."""
 
@@ -112,11 +130,16 @@ class Renderer:
         self._html = self._environment(template_dir, autoescape=True)
         # Every template compiled now, at start-up: compiled at its first message instead, each held the event loop
         # for tens of milliseconds under load (85 ms seen).
-        for language in LANGUAGES:
-            for kind in KINDS:
-                self._text.get_template(f"{language}/{kind}.j2")
-                self._html.get_template(f"{language}/{kind}.j2")
-        self._html.get_template("layout.html.j2")
+        # Held by (language, kind): looked up for every message, not through the environments' loader caches.
+        self._templates: dict[tuple[str, str], tuple[Template, Template]] = {
+            (language, kind): (
+                self._text.get_template(f"{language}/{kind}.j2"),
+                self._html.get_template(f"{language}/{kind}.j2"),
+            )
+            for language in LANGUAGES
+            for kind in KINDS
+        }
+        self._layout = self._html.get_template("layout.html.j2")
 
     def _environment(self, template_dir: Path, *, autoescape: bool) -> Environment:
         env = Environment(
@@ -144,29 +167,53 @@ class Renderer:
         return f"{self.app_base_url}/applications"
 
     def render(self, message: MessageInput) -> RenderedMessage:
+        """Every part of the message (a channel takes only those it sends: :meth:`email`, :meth:`text`, :meth:`sms`)."""
         language, link, context = self._prepare(message)
-        name = f"{language}/{message.kind}.j2"
-        text = self._text.get_template(name)
-        html_template = self._html.get_template(name)
+        text, html_template = self._templates[(language, message.kind)]
         # One context for the blocks of a template, not one each: a block's own assignments stay in the block.
         text_context = text.new_context(context)
-        body_html = _block(html_template, "html", html_template.new_context(context))
-        layout = self._html.get_template("layout.html.j2")
         subject = " ".join(_block(text, "subject", text_context).split())
-        html = layout.render(lang=language, subject=subject, body=Markup(body_html), link=link)  # noqa: S704
         return RenderedMessage(
             subject=subject,
             text=_tidy(_block(text, "text", text_context)),
             sms=" ".join(_block(text, "sms", text_context).split()),
-            html=html,
+            html=self._html_part(html_template, context, language, subject, link),
+            link=link,
+        )
+
+    def email(self, message: MessageInput) -> EmailContent:
+        """The e-mail's parts (what ``render(message)`` has of them), without the SMS it does not send."""
+        language, link, context = self._prepare(message)
+        text, html_template = self._templates[(language, message.kind)]
+        text_context = text.new_context(context)
+        subject = " ".join(_block(text, "subject", text_context).split())
+        return EmailContent(
+            subject=subject,
+            text=_tidy(_block(text, "text", text_context)),
+            html=self._html_part(html_template, context, language, subject, link),
+        )
+
+    def text(self, message: MessageInput) -> TextContent:
+        """The subject, text and link (what ``render(message)`` has of them): the inbox's and a letter's, which show
+        no HTML and no SMS."""
+        language, link, context = self._prepare(message)
+        text, _ = self._templates[(language, message.kind)]
+        text_context = text.new_context(context)
+        return TextContent(
+            subject=" ".join(_block(text, "subject", text_context).split()),
+            text=_tidy(_block(text, "text", text_context)),
             link=link,
         )
 
     def sms(self, message: MessageInput) -> str:
         """The text message alone (what ``render(message).sms`` is): an SMS needs no subject, e-mail text or HTML."""
         language, _, context = self._prepare(message)
-        template = self._text.get_template(f"{language}/{message.kind}.j2")
+        template, _ = self._templates[(language, message.kind)]
         return " ".join(_block(template, "sms", template.new_context(context)).split())
+
+    def _html_part(self, template: Template, context: dict[str, Any], language: str, subject: str, link: str) -> str:
+        body_html = _block(template, "html", template.new_context(context))
+        return self._layout.render(lang=language, subject=subject, body=Markup(body_html), link=link)  # noqa: S704
 
     def _prepare(self, message: MessageInput) -> tuple[str, str, dict[str, Any]]:
         """The language told in, the link and the templates' context."""

@@ -7,6 +7,7 @@ import datetime as dt
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends
@@ -67,6 +68,9 @@ _INSERT_PROGRAMS = insert(cast(Table, ApplicationProgram.__table__))
 # The items a transaction added and has not written yet (see Repository.add_item).
 _NEW_ITEMS = "notify_new_items"
 _INSERT_ITEMS = insert(cast(Table, NotificationItem.__table__))
+# The notifications a transaction opened and has not written yet, by id (see Repository.add_notification).
+_NEW_NOTIFICATIONS = "notify_new_notifications"
+_INSERT_NOTIFICATIONS = insert(cast(Table, Notification.__table__))
 # The residents a transaction found consenting to no partner (see Repository.consent_to_partners).
 _CONSENTING_TO_NO_PARTNER = "notify_consenting_to_no_partner"
 
@@ -95,6 +99,33 @@ def new_claim_token() -> str:
 
 def _unclaimed(model: Any, now: dt.datetime) -> ColumnElement[bool]:
     return or_(model.claimed_until.is_(None), model.claimed_until < now)
+
+
+@dataclass(slots=True)
+class NewNotification:
+    """A notification a consumer's transaction opened and keeps aside until it writes it (see
+    :meth:`Repository.add_notification`): the columns it sets, which it reads back while it bundles. Never claimed
+    (no worker sees it before it is written)."""
+
+    id: uuid.UUID
+    resident_id: uuid.UUID
+    application_id: uuid.UUID | None
+    kind: str
+    status: str
+    language: str
+    created_at: dt.datetime
+    next_step_at: dt.datetime
+    step_attempts: int = 0
+    claim_token: None = None
+
+    def values(self) -> dict[str, Any]:
+        return {"id": self.id, "resident_id": self.resident_id, "application_id": self.application_id,
+                "kind": self.kind, "status": self.status, "language": self.language, "created_at": self.created_at,
+                "next_step_at": self.next_step_at, "step_attempts": self.step_attempts}  # fmt: skip
+
+
+# A notification as the residents' consumer holds it: a row of the session, or one it opened and has not written.
+Opened = Notification | NewNotification
 
 
 class Repository:
@@ -186,6 +217,32 @@ class Repository:
         if added:
             await self.session.execute(_INSERT_PROGRAMS, list(added.values()))
 
+    def add_notification(self, notification: NewNotification) -> Opened:
+        """A notification the consumer opens, written with the others the transaction opens in one core INSERT
+        (:meth:`write_new_notifications`, before their items): an ORM object each, with its instance state, cascades
+        and the unit of work's bookkeeping, cost more than the statement, and nothing in the consumer changes one
+        once opened. Within a savepoint, whose rollback must take it back, an ORM row at once (as :meth:`add_item`)."""
+        if self.session.in_nested_transaction():
+            row = Notification(**notification.values())
+            self.session.add(row)
+            return row
+        self.session.info.setdefault(_NEW_NOTIFICATIONS, {})[notification.id] = notification
+        return notification
+
+    async def write_new_notifications(self) -> None:
+        """Write the notifications :meth:`add_notification` kept aside: before their items, and before a statement
+        that must find them (an application's withdrawal suppressing its messages, an erasure deleting them). A later
+        event of the transaction bundling with one of them then finds it in the database, as a row of the session
+        that the statements since have changed as they did (:meth:`open_bundle`)."""
+        added: dict[uuid.UUID, NewNotification] | None = self.session.info.pop(_NEW_NOTIFICATIONS, None)
+        if not added:
+            return
+        await self.session.execute(_INSERT_NOTIFICATIONS, [n.values() for n in added.values()])
+        bundles: dict[tuple[Any, ...], Opened] = self.session.info.get(_BUNDLES, {})
+        for key in [k for k, n in bundles.items() if isinstance(n, NewNotification)]:
+            del bundles[key]
+        self.session.info.get(_BUNDLES_LOADED, set()).difference_update(n.resident_id for n in added.values())
+
     def add_item(self, values: dict[str, Any]) -> None:
         """A notification's item, written with the others the transaction adds in one core INSERT at its end
         (:meth:`write_new_items`): nothing in the consumer reads an item back as an object, and an object each, with
@@ -202,7 +259,9 @@ class Repository:
         resident's messages)."""
         added: list[dict[str, Any]] | None = self.session.info.pop(_NEW_ITEMS, None)
         if added:
-            await self.session.flush()  # the notifications they belong to
+            await self.session.flush()  # the notifications they belong to: those of the session's rows
+        await self.write_new_notifications()  # and those kept aside
+        if added:
             await self.session.execute(_INSERT_ITEMS, added)
 
     async def application_programs(
@@ -262,7 +321,7 @@ class Repository:
                     .with_for_update()
                     .options(lazyload(Notification.items))  # added to, never read, by the consumer
                 )
-                bundles: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
+                bundles: dict[tuple[Any, ...], Opened] = self.session.info.setdefault(_BUNDLES, {})
                 for n in await self.session.scalars(collecting):
                     bundles[(n.resident_id, n.application_id, n.kind)] = n  # the newest last
                 self.session.info.setdefault(_BUNDLES_LOADED, set()).update(resident_ids)
@@ -292,7 +351,7 @@ class Repository:
             erased = {row.resident_id for row in await self.session.scalars(found)}
         note_absent(self.session, ResidentErasure, resident_ids - erased)
 
-    def told(self, notification: Notification, source_event_id: str, resident_id: uuid.UUID) -> None:
+    def told(self, notification: Opened, source_event_id: str, resident_id: uuid.UUID) -> None:
         """This transaction added ``notification`` (or added to it) for the event: what :meth:`open_bundle` and
         :meth:`item_exists` answer from, for the rest of it."""
         if notification.status == NotificationStatus.COLLECTING.value and not self.session.in_nested_transaction():
@@ -327,24 +386,26 @@ class Repository:
 
     async def open_bundle(
         self, resident_id: uuid.UUID, application_id: uuid.UUID | None, kind: str, now: dt.datetime
-    ) -> Notification | None:
+    ) -> Opened | None:
         """A notification of the same kind still collecting (not claimed by a worker), locked so that a worker cannot
         release it while we add to it. One this transaction opened or found before is taken without asking the
         database again (and without writing what is pending first: a consumer's batch writes once, at its end)."""
 
-        def collecting(n: Notification) -> bool:
+        def collecting(n: Opened) -> bool:
             return (
                 n.resident_id == resident_id and n.application_id == application_id and n.kind == kind
                 and n.status == NotificationStatus.COLLECTING.value and n.claim_token is None and n.next_step_at > now
             )  # fmt: skip
 
-        opened = [n for n in pending_rows(self.session, Notification) if collecting(n)]
+        kept: dict[uuid.UUID, NewNotification] = self.session.info.get(_NEW_NOTIFICATIONS, {})
+        opened: list[Opened] = [n for n in pending_rows(self.session, Notification) if collecting(n)]
+        opened += [n for n in kept.values() if collecting(n)]
         if opened:
             return max(opened, key=lambda n: n.created_at)
-        found: dict[tuple[Any, ...], Notification] = self.session.info.setdefault(_BUNDLES, {})
+        found: dict[tuple[Any, ...], Opened] = self.session.info.setdefault(_BUNDLES, {})
         key = (resident_id, application_id, kind)
         held = found.get(key) if not self.session.in_nested_transaction() else None
-        if held is not None and held in self.session and not inspect(held).expired_attributes and collecting(held):
+        if held is not None and self._current(held, kept) and collecting(held):
             return held
         if not self.session.in_nested_transaction() and resident_id in self.session.info.get(_BUNDLES_LOADED, ()):
             return None  # the resident's bundles were loaded with the transaction's events (load_for_events)
@@ -373,9 +434,17 @@ class Repository:
             found[key] = bundle  # locked to the end of the transaction (a savepoint's rollback would release it)
         return bundle
 
+    def _current(self, notification: Opened, kept: dict[uuid.UUID, NewNotification]) -> bool:
+        """Whether a notification the transaction holds is as it is now: still kept aside, or a row of the session
+        not expired."""
+        if isinstance(notification, NewNotification):
+            return notification.id in kept
+        return notification in self.session and not inspect(notification).expired_attributes
+
     async def suppress_for_application(self, application_id: uuid.UUID, keep_kind: str) -> None:
         """Nothing more goes out for a withdrawn application: unreleased messages and unsent deliveries are stopped.
         Deliveries a worker holds right now are re-checked by that worker before it sends."""
+        await self.write_new_notifications()  # those of the same batch: suppressed too
         now = utcnow()
         await self.session.execute(
             update(Notification)

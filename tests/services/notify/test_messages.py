@@ -26,7 +26,7 @@ import pytest
 from aiosmtplib.email import extract_recipients, extract_sender
 
 from services.notify.channels import Email, MaildirEmail, SmtpEmail, build_email
-from services.notify.rendering import KINDS, MessageInput, RenderedMessage, Renderer
+from services.notify.rendering import KINDS, EmailContent, MessageInput, RenderedMessage, Renderer, TextContent
 from services.notify.schedule import backoff, quiet_until
 from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS, NotifySettings
 from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, sign, webhook_headers
@@ -568,6 +568,22 @@ def test_a_text_message_rendered_alone_is_the_one_of_the_whole_message(kind: str
         assert renderer.sms(message) == renderer.render(message).sms
     with pytest.raises(ValueError, match="no template"):
         renderer.sms(MessageInput("no.such_kind", "ko", APP, []))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_email_and_a_text_rendered_alone_are_the_parts_of_the_whole_message(kind: str) -> None:
+    """An e-mail renders its subject, text and HTML (Renderer.email), not the SMS; the inbox and a letter their subject,
+    text and link (Renderer.text), not the HTML and SMS they do not show: each part the whole message's, byte for
+    byte."""
+    renderer = Renderer("https://onestop.example.kr/")
+    for language in ("ko", "en", "fr"):
+        message = MessageInput(kind, language, APP, ITEMS[kind])
+        whole = renderer.render(message)
+        assert renderer.email(message) == EmailContent(subject=whole.subject, text=whole.text, html=whole.html)
+        assert renderer.text(message) == TextContent(subject=whole.subject, text=whole.text, link=whole.link)
+    for parts in (renderer.email, renderer.text):
+        with pytest.raises(ValueError, match="no template"):
+            parts(MessageInput("no.such_kind", "ko", APP, []))
 
 
 @pytest.mark.parametrize("language", ["ko", "en"])

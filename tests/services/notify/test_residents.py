@@ -761,6 +761,43 @@ async def test_a_batchs_messages_write_their_items_at_its_end_and_an_erasure_lat
     assert not [n for n in notifications.values() if n.resident_id == erased]
 
 
+@pytest.mark.parametrize("bundle_window_seconds", [WIDE_WINDOW])
+async def test_a_batchs_messages_are_written_at_its_end_and_a_withdrawal_in_it_still_suppresses_them(
+    notify: RunningService, intake: IntakeServer
+) -> None:
+    """The messages a batch's events open are written at the end of its transaction from their values, without an
+    ORM object each. A withdrawal later in the batch still suppresses the application's message opened before it
+    (written first, then suppressed), and an event after the withdrawal still joins the message it bundles with."""
+    kept, withdrawing = [await intake.register(channels=("inbox",)) for _ in range(2)]
+    applications = {kept: uuid.uuid4(), withdrawing: uuid.uuid4()}
+    programs = [f.program(c, c, c, Outcome.ELIGIBLE, automatic=False) for c in ("child_allowance", "parent_benefit")]
+    batch = [
+        f.consent(kept, 1, {}),  # taken alone (one_batch)
+        *(f.determined(r, a, 1, programs) for r, a in applications.items()),
+        f.routed(kept, applications[kept], "child_allowance"),
+        f.withdrawn(withdrawing, applications[withdrawing]),
+        f.routed(kept, applications[kept], "parent_benefit"),
+    ]
+    with objects_added(notify.runtime.consumers["residents"].durable) as added:
+        work = await one_batch(notify, "residents", batch)
+    assert "Notification" not in added, added
+    assert work.commits < len(batch) - 1, "the events after the first in one transaction"
+
+    async with notify.runtime.db.session() as session:
+        told = (await session.scalars(select(Notification))).all()
+        items = (await session.scalars(select(NotificationItem))).all()
+    # (The withdrawal's own message, due at once, may be dispatched by now.)
+    assert sorted((n.resident_id, n.kind, n.status) for n in told if n.kind != "application.withdrawn") == sorted([
+        (kept, "eligibility.determined", "collecting"), (kept, "case.routed", "collecting"),
+        (withdrawing, "eligibility.determined", "suppressed"),
+    ])  # fmt: skip
+    assert [n.resident_id for n in told if n.kind == "application.withdrawn"] == [withdrawing]
+    routed = {n.id for n in told if n.kind == "case.routed"}
+    assert sorted(i.data["program_code"] for i in items if i.notification_id in routed) == [
+        "child_allowance", "parent_benefit"
+    ], "the second routing joins the first's message"  # fmt: skip
+
+
 async def test_an_erasure_deletes_the_items_its_transaction_kept_aside(
     notify: RunningService, intake: IntakeServer
 ) -> None:
