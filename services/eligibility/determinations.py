@@ -381,7 +381,7 @@ class Eligibility:
                 evaluated_at=now,
             )
         )
-        repo.add_determinations(
+        await repo.add_determinations(
             [
                 {
                     "application_id": app.application_id,

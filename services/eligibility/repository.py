@@ -58,6 +58,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
+from shared.consumer import WRITE_EVERY
 from shared.db import BULK_PIECE, bulk_insert, dialect_insert, get_unflushed, hold_loaded, is_read_only, note_absent
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
@@ -350,15 +351,18 @@ class Repository:
             query = query.with_for_update()
         return list((await self.session.scalars(query)).all())
 
-    def add_determinations(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def add_determinations(self, rows: Sequence[dict[str, Any]]) -> None:
         """A round's determinations (each a ``DeterminationRow``'s columns). In a transaction that keeps them aside
-        (:meth:`keep_determinations_aside`), written with the others in one INSERT; otherwise (and within a
+        (:meth:`keep_determinations_aside`), written with the others in one INSERT (every ``WRITE_EVERY`` rows, as the
+        consumer flushes: what a statement's rows are made into is done with the loop held); otherwise (and within a
         savepoint, whose rollback takes them back) added to the session."""
         kept: list[dict[str, Any]] | None = self.session.info.get(_KEPT_DETERMINATIONS)
         if kept is None or self.session.in_nested_transaction():
             self.session.add_all(DeterminationRow(**row) for row in rows)
-        else:
-            kept.extend(rows)
+            return
+        kept.extend(rows)
+        if len(kept) >= WRITE_EVERY:
+            await self.session.run_sync(_write_kept_determinations)
 
     def keep_determinations_aside(self) -> None:
         """From now on in this transaction, keep the determinations added (:meth:`add_determinations`, outside

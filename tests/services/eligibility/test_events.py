@@ -589,7 +589,7 @@ async def test_determinations_kept_aside_and_not_written_fail_the_commit(eligibi
         async with eligibility.runtime.db.session() as session:
             repo = Repository(session)
             repo.keep_determinations_aside()
-            repo.add_determinations([{"application_id": uuid.uuid4(), "program_code": "child_allowance"}])
+            await repo.add_determinations([{"application_id": uuid.uuid4(), "program_code": "child_allowance"}])
 
     with pytest.raises(RuntimeError, match="determinations kept aside"):
         await kept_unwritten()
