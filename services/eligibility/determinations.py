@@ -25,7 +25,6 @@ from services.eligibility.facts import FactLayers, FactValueError, ReportedValue
 from services.eligibility.models import (
     ApplicationRow,
     DepartmentFactRow,
-    DeterminationRow,
     EvaluationRoundRow,
     audit_log,
 )
@@ -382,19 +381,21 @@ class Eligibility:
                 evaluated_at=now,
             )
         )
-        repo.session.add_all(
-            DeterminationRow(
-                application_id=app.application_id,
-                resident_id=app.resident_id,
-                round=app.round,
-                program_code=d["program_code"],
-                rule_version=d["rule_version"],
-                outcome=d["outcome"],
-                amount=d["amount"],
-                determination=d,
-                evaluated_at=now,
-            )
-            for d in determinations
+        await repo.add_determinations(
+            [
+                {
+                    "application_id": app.application_id,
+                    "resident_id": app.resident_id,
+                    "round": app.round,
+                    "program_code": d["program_code"],
+                    "rule_version": d["rule_version"],
+                    "outcome": d["outcome"],
+                    "amount": d["amount"],
+                    "determination": d,
+                    "evaluated_at": now,
+                }
+                for d in determinations
+            ]
         )
         await self.outbox.emit(
             repo.session,

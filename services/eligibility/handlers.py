@@ -80,7 +80,13 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
     clock = Clock.from_settings(ctx.settings)
 
     async def load_for_batch(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
-        await _load_named(Repository(session), events)
+        repo = Repository(session)
+        await _load_named(repo, events)
+        # The determinations the transaction adds, written in one INSERT at its end (write_determinations).
+        repo.keep_determinations_aside()
+
+    async def write_determinations(session: AsyncSession) -> None:
+        await Repository(session).write_determinations()
 
     async def evaluate_ahead(session: AsyncSession, events: Sequence[CloudEvent]) -> None:
         repo = Repository(session)
@@ -97,6 +103,7 @@ def subscriptions(ctx: EligibilityContext) -> Sequence[Subscription]:
             prepare=evaluate_ahead,
             # What the events look up (applications, residents, their erasures, answers and facts), a query per kind.
             load=load_for_batch,
+            finish=write_determinations,
             handlers=[
                 on(ApplicationSubmitted, _unless_erased(_now(service.on_submitted))),
                 on(ApplicationInfoProvided, _unless_erased(_now(service.on_info_provided))),

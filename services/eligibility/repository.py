@@ -19,9 +19,11 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    event,
     exists,
     false,
     func,
+    insert,
     or_,
     select,
     text,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from services.eligibility.catalogue import ProgramData
 from services.eligibility.facts import FactLayers, MedianIncomeYear, ReportedValue, registry_facts
@@ -55,6 +58,7 @@ from services.eligibility.models import (
 )
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
+from shared.consumer import WRITE_EVERY
 from shared.db import BULK_PIECE, bulk_insert, dialect_insert, get_unflushed, hold_loaded, is_read_only, note_absent
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
@@ -69,6 +73,37 @@ _LOCKED = "eligibility_locked_rows"
 _ANSWERS = "eligibility_loaded_answers"
 _FACTS = "eligibility_loaded_facts"
 _REVISION = "eligibility_loaded_revision"
+# The determinations a consumer's transaction keeps aside, as plain rows, to write in one INSERT (session.info): see
+# Repository.keep_determinations_aside.
+_KEPT_DETERMINATIONS = "eligibility_kept_determinations"
+# Made once: a statement used again keeps its cache key.
+_INSERT_DETERMINATIONS = insert(cast(Table, DeterminationRow.__table__))
+
+
+def _write_kept_determinations(session: Session) -> None:
+    """Write the determinations kept aside (:meth:`Repository.keep_determinations_aside`) in one INSERT, after what the
+    session holds (their applications, new in this transaction)."""
+    kept: list[dict[str, Any]] | None = session.info.get(_KEPT_DETERMINATIONS)
+    if not kept:
+        return
+    rows = list(kept)
+    kept.clear()
+    session.flush()
+    session.connection().execute(_INSERT_DETERMINATIONS, rows)
+
+
+def _determinations_first(state: ORMExecuteState) -> None:
+    """Before a statement that would write what the session holds first (autoflush), the determinations kept aside
+    are written too: a query finds them, as it found them when they were added to the session."""
+    if state.session.autoflush:
+        _write_kept_determinations(state.session)
+
+
+@event.listens_for(Session, "before_commit")
+def _no_determination_kept_unwritten(session: Session) -> None:
+    """No determination kept aside is lost: a transaction that commits with some unwritten fails."""
+    if not session.in_nested_transaction() and session.info.get(_KEPT_DETERMINATIONS):
+        raise RuntimeError("determinations kept aside were not written before the commit")
 
 
 def application_scope(principal: Principal) -> ColumnElement[bool]:
@@ -315,6 +350,36 @@ class Repository:
         if for_update:
             query = query.with_for_update()
         return list((await self.session.scalars(query)).all())
+
+    async def add_determinations(self, rows: Sequence[dict[str, Any]]) -> None:
+        """A round's determinations (each a ``DeterminationRow``'s columns). In a transaction that keeps them aside
+        (:meth:`keep_determinations_aside`), written with the others in one INSERT (every ``WRITE_EVERY`` rows, as the
+        consumer flushes: what a statement's rows are made into is done with the loop held); otherwise (and within a
+        savepoint, whose rollback takes them back) added to the session."""
+        kept: list[dict[str, Any]] | None = self.session.info.get(_KEPT_DETERMINATIONS)
+        if kept is None or self.session.in_nested_transaction():
+            self.session.add_all(DeterminationRow(**row) for row in rows)
+            return
+        kept.extend(rows)
+        if len(kept) >= WRITE_EVERY:
+            await self.session.run_sync(_write_kept_determinations)
+
+    def keep_determinations_aside(self) -> None:
+        """From now on in this transaction, keep the determinations added (:meth:`add_determinations`, outside
+        savepoints) aside as plain rows, to write them in one core INSERT: at the latest at its end
+        (:meth:`write_determinations`, to reach before the commit: a commit with some left unwritten fails), and before
+        any statement that writes what the session holds first (autoflush: a query that must find them). For a
+        consumer's transaction, that adds a row per program of each application evaluated: through the ORM's unit of
+        work (an object each, its state, its flush) a row cost more than the statement."""
+        if self.session.in_nested_transaction() or _KEPT_DETERMINATIONS in self.session.info:
+            return
+        self.session.info[_KEPT_DETERMINATIONS] = []
+        event.listen(self.session.sync_session, "do_orm_execute", _determinations_first)
+
+    async def write_determinations(self) -> None:
+        """Write the determinations kept aside (the events consumer's ``finish``, before the commit)."""
+        if self.session.info.get(_KEPT_DETERMINATIONS):
+            await self.session.run_sync(_write_kept_determinations)
 
     async def round_determinations(self, application_id: uuid.UUID, round_: int) -> list[DeterminationRow]:
         query = (

@@ -131,8 +131,35 @@ def _least_loaded_key(candidate: Candidate) -> tuple[float, float, str]:
     return (candidate.utilisation, candidate.load, candidate.office_code)
 
 
+class Offices:
+    """Offices indexed by what routing looks them up by: those serving a district for a department, the city-wide
+    ones for a department, and all the city-wide ones, each in code order. Made once for the many cases routed
+    among the same offices (a consumer's transaction), instead of every office tested for every case."""
+
+    def __init__(self, offices: Iterable[OfficeView]) -> None:
+        self.by_code = {o.code: o for o in offices}  # the last of one code counts
+        ordered = sorted(self.by_code.values(), key=lambda o: o.code)
+        self._serving: dict[tuple[str, str], list[OfficeView]] = {}
+        self._fallback: dict[str, list[OfficeView]] = {}
+        self.fallbacks = [o for o in ordered if o.fallback]
+        for office in ordered:
+            for department in office.departments:
+                for district in office.districts:
+                    self._serving.setdefault((district, department), []).append(office)
+                if office.fallback:
+                    self._fallback.setdefault(department, []).append(office)
+
+    def serving(self, district: str, department: str) -> list[OfficeView]:
+        """The offices that serve ``district`` for ``department`` (:meth:`OfficeView.serves`)."""
+        return list(self._serving.get((district, department), ()))
+
+    def fallback_for(self, department: str) -> list[OfficeView]:
+        """The city-wide offices that handle ``department``."""
+        return list(self._fallback.get(department, ()))
+
+
 def route(
-    offices: Iterable[OfficeView],
+    offices: Iterable[OfficeView] | Offices,
     loads: Mapping[str, float],
     *,
     district_code: str,
@@ -140,19 +167,19 @@ def route(
     language: str = KOREAN,
     overflow_allowed: bool = False,
 ) -> RoutingDecision:
-    """Choose the office for one case (see the module docstring for the rules)."""
-    by_code = {o.code: o for o in offices}
-    primary = sorted((o for o in by_code.values() if o.serves(district_code, department)), key=lambda o: o.code)
+    """Choose the office for one case (see the module docstring for the rules). ``offices`` indexed once
+    (:class:`Offices`) when many cases are routed among them."""
+    index = offices if isinstance(offices, Offices) else Offices(offices)
+    by_code = index.by_code
+    primary = index.serving(district_code, department)
     role: Literal["responsible", "fallback"] = "responsible"
     if not primary:
         role = "fallback"
-        primary = sorted(
-            (o for o in by_code.values() if o.fallback and department in o.departments), key=lambda o: o.code
-        )
+        primary = index.fallback_for(department)
     # Nobody handles the department: a city-wide desk holds the case rather than lose it (see the module docstring).
     unserved = not primary
     if unserved:
-        primary = sorted((o for o in by_code.values() if o.fallback), key=lambda o: o.code)
+        primary = list(index.fallbacks)
     if not primary:
         raise NoOfficeServes(
             f"no office handles {department} for district {district_code}, and there is no city-wide fallback "

@@ -553,3 +553,43 @@ async def test_a_report_in_the_same_batch_as_the_submission_re_evaluates_with_it
         ).one()
     assert rounds == ["submitted", "facts_reported"]
     assert latest.outcome == "eligible", "the pension the report told of is known"
+
+
+async def test_a_re_evaluation_in_the_same_batch_as_the_submission_finds_its_first_round(
+    eligibility: RunningService,
+) -> None:
+    """A transaction keeps its determinations aside to write them together: a re-evaluation later in the same batch
+    (a consent that changes no outcome) still compares with the round the submission made, and adds none."""
+    resident = uuid.uuid4()
+    submitted = birth(resident, earned_income=2_000_000, business_income=0)
+    events = (
+        birth(uuid.uuid4()),
+        registry(resident),
+        consents(resident, 1, department_data__welfare=True),
+        submitted,
+        consents(resident, 2, department_data__welfare=True, proactive_screening=True),
+    )
+    await one_batch(eligibility, "events", events)
+    async with eligibility.runtime.db.read_session() as session:
+        query = select(EvaluationRoundRow.trigger).where(EvaluationRoundRow.application_id == submitted.application_id)
+        rounds = (await session.scalars(query.order_by(EvaluationRoundRow.round))).all()
+        programs = (
+            await session.scalars(
+                select(DeterminationRow.program_code).where(DeterminationRow.application_id == submitted.application_id)
+            )
+        ).all()
+    assert rounds == ["submitted"], "the consent changed no outcome"
+    assert len(programs) == len(set(programs)) > 1, "the first round's determinations, once each"
+
+
+async def test_determinations_kept_aside_and_not_written_fail_the_commit(eligibility: RunningService) -> None:
+    """No determination is lost: a transaction that keeps them aside and commits before writing them fails."""
+
+    async def kept_unwritten() -> None:
+        async with eligibility.runtime.db.session() as session:
+            repo = Repository(session)
+            repo.keep_determinations_aside()
+            await repo.add_determinations([{"application_id": uuid.uuid4(), "program_code": "child_allowance"}])
+
+    with pytest.raises(RuntimeError, match="determinations kept aside"):
+        await kept_unwritten()

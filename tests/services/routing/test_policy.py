@@ -6,9 +6,11 @@ import datetime as dt
 from dataclasses import asdict, replace
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.routing.offices import load_seed_file
-from services.routing.policy import NoOfficeServes, OfficeView, Rule, priority, route
+from services.routing.policy import NoOfficeServes, Offices, OfficeView, Rule, priority, route
 from services.routing.settings import RoutingSettings
 from services.routing.sla import WorkingCalendar
 
@@ -231,3 +233,32 @@ def test_a_case_is_late_once_a_working_day_after_its_due_date_begins() -> None:
         due,
         dt.date(2025, 10, 10),
     ]
+
+
+_CODES, _DEPARTMENTS, _DISTRICTS = ["A", "B", "C", "D"], ["welfare", "tax", "labour"], ["1", "2", "3"]
+_OFFICE_VIEWS = st.builds(
+    OfficeView,
+    code=st.sampled_from(_CODES),
+    departments=st.frozensets(st.sampled_from(_DEPARTMENTS)),
+    districts=st.frozensets(st.sampled_from(_DISTRICTS)),
+    languages=st.just(frozenset({"ko"})),
+    ceiling=st.just(10.0),
+    fallback=st.booleans(),
+)
+
+
+@given(
+    offices=st.lists(_OFFICE_VIEWS, max_size=6),
+    district=st.sampled_from(_DISTRICTS),
+    department=st.sampled_from(_DEPARTMENTS),
+)
+def test_the_office_index_finds_the_offices_testing_every_office_finds(
+    offices: list[OfficeView], district: str, department: str
+) -> None:
+    """Routing looks offices up in an index made once for a transaction's cases: the same offices, in code order,
+    as testing each one (the last office of a code counting, as ever)."""
+    index = Offices(offices)
+    latest = sorted({o.code: o for o in offices}.values(), key=lambda o: o.code)
+    assert index.serving(district, department) == [o for o in latest if o.serves(district, department)]
+    assert index.fallback_for(department) == [o for o in latest if o.fallback and department in o.departments]
+    assert index.fallbacks == [o for o in latest if o.fallback]
