@@ -220,11 +220,17 @@ class Bus:
 
     async def _replies_on(self, nc: NATS) -> _Replies:
         """The subscription that receives JetStream's answers to this connection's publishes (made at its first)."""
-        if self._replies is None or self._replies.nc is not nc:
-            replies = _Replies(nc, f"{nc.new_inbox()}.")
-            await nc.subscribe(f"{replies.prefix}>", cb=replies.receive)
-            self._replies = replies
-        return self._replies
+        replies = self._replies
+        if replies is None or replies.nc is not nc:
+            # Kept before the subscription is made, so that a batch beginning meanwhile shares it (its SUB goes to
+            # the server before any of their messages).
+            replies = self._replies = _Replies(nc, f"{nc.new_inbox()}.")
+            try:
+                await nc.subscribe(f"{replies.prefix}>", cb=replies.receive)
+            except BaseException:
+                self._replies = None
+                raise
+        return replies
 
     async def publish_event(self, event: CloudEvent) -> None:
         """Publish one event directly and wait for its ack. For tools and department sources; services use the
