@@ -6,17 +6,19 @@ Consumers live in :mod:`shared.consumer`, the outbox in :mod:`shared.outbox`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, StorageType, StreamConfig
+from nats.js.api import Header, PubAck, StorageType, StreamConfig
 
 from shared.events import CloudEvent, subject_for
 from shared.settings import ServiceSettings
@@ -25,6 +27,8 @@ from shared.turns import Turns
 log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+# The status of the server's answer when no stream takes the subject (as nats-py reads it).
+NO_RESPONDERS_STATUS = "503"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Bus:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        self._replies: _Replies | None = None
         self.ready = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------ connection
@@ -173,40 +178,59 @@ class Bus:
         so a failure in the middle never lets a later message count as delivered before an earlier one. Their
         acknowledgements (the stream sequence, whether JetStream took it for a duplicate) go into ``acks`` if given.
         """
-        futures: list[asyncio.Future[Any]] = []
+        nc = self.nc
+        replies = await self._replies_on(nc)
+        batch = replies.begin()
         turns = Turns()
         try:
-            for message in messages:
+            for n, message in enumerate(messages):
                 await turns.let_others_run()
-                # No wait_stall: with a timeout, nats-py wraps every publish in a task and yields to the loop, so
-                # each message would go out in its own socket write; without it a batch leaves in a few writes.
-                futures.append(
-                    await self.js.publish_async(
-                        message.subject,
-                        message.payload,
-                        headers={**(message.headers or {}), MSG_ID_HEADER: message.msg_id},
-                    )
+                headers = (
+                    {**message.headers, MSG_ID_HEADER: message.msg_id}
+                    if message.headers
+                    else {MSG_ID_HEADER: message.msg_id}
                 )
+                # What JetStream publish_async does, less its per-message machinery (a random token, a future and
+                # a callback, a semaphore): the reply subject names the batch and the message's place in it.
+                # Published as one plain message each, without waiting: a batch leaves in a few socket writes.
+                await nc.publish(message.subject, message.payload, reply=f"{batch.inbox}{n}", headers=headers)
+                batch.queued += 1
         except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
-            log.warning("publishing stopped early", extra={"error": repr(exc), "queued": len(futures)})
-        if not futures:
-            return 0
-        done, pending = await asyncio.wait(futures, timeout=timeout)
-        for future in pending:
-            future.cancel()
+            log.warning("publishing stopped early", extra={"error": repr(exc), "queued": batch.queued})
+        try:
+            if not batch.queued:
+                return 0
+            if batch.answered < batch.queued:
+                batch.waiting = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(batch.done, timeout=timeout)
+        finally:
+            replies.end(batch)
         acked = 0
-        for future in futures:
-            if future in done and not future.cancelled() and future.exception() is None:
-                acked += 1
-                if acks is not None:
-                    acks.append(future.result())
-            else:
+        for n in range(batch.queued):
+            answer = batch.answers.get(n)
+            if not isinstance(answer, PubAck):
+                if answer is not None:
+                    log.warning("publish not acknowledged", extra={"error": repr(answer)})
                 break
-        for future in done:
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("publish not acknowledged", extra={"error": repr(future.exception())})
-                break
+            acked += 1
+            if acks is not None:
+                acks.append(answer)
         return acked
+
+    async def _replies_on(self, nc: NATS) -> _Replies:
+        """The subscription that receives JetStream's answers to this connection's publishes (made at its first)."""
+        replies = self._replies
+        if replies is None or replies.nc is not nc:
+            # Kept before the subscription is made, so that a batch beginning meanwhile shares it (its SUB goes to
+            # the server before any of their messages).
+            replies = self._replies = _Replies(nc, f"{nc.new_inbox()}.")
+            try:
+                await nc.subscribe(f"{replies.prefix}>", cb=replies.receive)
+            except BaseException:
+                self._replies = None
+                raise
+        return replies
 
     async def publish_event(self, event: CloudEvent) -> None:
         """Publish one event directly and wait for its ack. For tools and department sources; services use the
@@ -214,3 +238,64 @@ class Bus:
         await self.js.publish(
             subject_for(self.prefix, event.event_type), event.to_json(), headers={MSG_ID_HEADER: event.id}
         )
+
+
+class _Batch:
+    """One publish_batch's messages: how many went out, and JetStream's answer to each, by its place."""
+
+    def __init__(self, number: int, inbox: str) -> None:
+        self.number = number
+        self.inbox = inbox  # the reply subject of message n is inbox + n
+        self.queued = 0
+        self.answers: dict[int, PubAck | Exception] = {}
+        self.answered = 0
+        self.waiting = False  # all queued: done is set once each has its answer
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class _Replies:
+    """JetStream's answers to one connection's publishes, on reply subjects under an inbox of its own: one
+    subscription for every batch, each reply subject naming its batch and place (``<inbox>.<batch>.<place>``)."""
+
+    def __init__(self, nc: NATS, prefix: str) -> None:
+        self.nc = nc
+        self.prefix = prefix
+        self.batches: dict[int, _Batch] = {}
+        self._numbers = 0
+
+    def begin(self) -> _Batch:
+        self._numbers += 1
+        batch = _Batch(self._numbers, f"{self.prefix}{self._numbers}.")
+        self.batches[batch.number] = batch
+        return batch
+
+    def end(self, batch: _Batch) -> None:
+        """The batch stops listening: an answer that comes later (after its timeout) is dropped."""
+        self.batches.pop(batch.number, None)
+
+    async def receive(self, msg: Msg) -> None:
+        number, _, place = msg.subject[len(self.prefix) :].partition(".")
+        try:
+            batch, n = self.batches.get(int(number)), int(place)
+        except ValueError:
+            return
+        if batch is None or n in batch.answers:
+            return
+        batch.answers[n] = _answer(msg)
+        batch.answered += 1
+        if batch.waiting and batch.answered >= batch.queued and not batch.done.done():
+            batch.done.set_result(None)
+
+
+def _answer(msg: Msg) -> PubAck | Exception:
+    """JetStream's answer to a publish, as nats-py's publish_async reads it: the acknowledgement, or the error."""
+    if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
+        return nats.js.errors.NoStreamResponseError()
+    try:
+        response = orjson.loads(msg.data)
+        if "error" in response:
+            nats.js.errors.APIError.from_error(response["error"])  # raises the error of its code
+        ack: PubAck = PubAck.from_response(response)
+    except Exception as exc:  # an error, or an answer that is not one: this message is not acknowledged
+        return exc
+    return ack

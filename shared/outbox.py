@@ -452,7 +452,9 @@ class OutboxRelay:
             for row in rows:
                 span = tracing.publish_span(self.bus.name, row.subject, _traceparent_in(row.payload), row.event_id)
                 spans.append(span)
-                yield OutgoingMessage(row.subject, row.event_id, row.payload.encode(), _trace_headers(span))
+                value = tracing.span_traceparent(span)
+                headers = {tracing.TRACEPARENT: value} if value else None
+                yield OutgoingMessage(row.subject, row.event_id, row.payload.encode(), headers)
 
         acks: list[PubAck] = []
         acked = await self.bus.publish_batch(messages(), acks=acks)
@@ -559,17 +561,29 @@ class OutboxRelay:
             self._leader = None
 
 
+# How every envelope CloudEvent.to_json writes begins (specversion is its first field).
+_ENVELOPE_START = '{"specversion":"1.0",'
+
+
 def _traceparent_in(payload: str) -> str | None:
     """The ``traceparent`` the stored envelope carries (the span that emitted the event); dead letters have none."""
     if '"traceparent"' not in payload:
         return None
+    if payload.startswith(_ENVELOPE_START):
+        # An envelope as CloudEvent.to_json writes it: its traceparent, if any, comes before its data (and no other
+        # key of the envelope), so it is the first "traceparent": before the first "data": (a key: inside a string
+        # a quote is escaped). Read there without parsing the whole event (a determination's is kilobytes).
+        data_at = payload.find('"data":')
+        at = payload.find('"traceparent":"', 0, data_at)
+        if data_at > 0 and at < 0:
+            return None
+        if at > 0:
+            start = at + len('"traceparent":"')
+            value = payload[start : payload.find('"', start)]
+            if "\\" not in value:
+                return value
     try:
         value = orjson.loads(payload).get("traceparent")
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return value if isinstance(value, str) else None
-
-
-def _trace_headers(span: tracing.Span) -> dict[str, str] | None:
-    value = tracing.traceparent(tracing.trace.set_span_in_context(span))
-    return {tracing.TRACEPARENT: value} if value else None

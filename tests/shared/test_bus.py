@@ -473,3 +473,40 @@ async def test_a_long_batch_lets_the_loop_run_other_work_while_it_publishes(harn
     assert seen_made[0] < 1000, f"the other work ran only after {seen_made[0]} messages were queued"
     assert [a.seq for a in acks] == sorted(a.seq for a in acks)
     assert await stream_count(harness.bus, subject) == 1000
+
+
+async def test_batches_at_once_each_get_their_own_acks_in_order_up_to_the_first_refused(harness: Harness) -> None:
+    """publish_batch reads JetStream's answers itself (one subscription per connection, a reply subject per message
+    naming its batch and place): two batches at once each get the acknowledgements of their own messages, in order;
+    a message JetStream does not take (no stream has its subject) ends what counts as published, and a message
+    published again is acknowledged as the duplicate it is, with its first stream sequence."""
+    bus = harness.bus
+    subject = subject_for(bus.prefix, EVENT_TYPE)
+
+    def batch(name: str, n: int) -> list[OutgoingMessage]:
+        return [
+            OutgoingMessage(subject, f"{name}-{i}", orjson.dumps({"i": i}), {"traceparent": name}) for i in range(n)
+        ]
+
+    first, second = batch("first", 300), batch("second", 200)
+    first_acks: list[Any] = []
+    second_acks: list[Any] = []
+    published = await asyncio.gather(
+        bus.publish_batch(first, acks=first_acks), bus.publish_batch(second, acks=second_acks)
+    )
+    assert list(published) == [300, 200]
+    for messages, acks in ((first, first_acks), (second, second_acks)):
+        assert [a.seq for a in acks] == sorted({a.seq for a in acks})
+        assert not any(a.duplicate for a in acks)
+        for message, ack in zip(messages[::50], acks[::50], strict=True):
+            stored = await bus.js.get_msg(bus.stream, ack.seq)
+            assert stored.headers is not None
+            assert stored.headers[MSG_ID_HEADER] == message.msg_id
+            assert stored.headers["traceparent"] == message.headers["traceparent"]  # type: ignore[index]
+            assert stored.data == message.payload
+
+    nowhere = OutgoingMessage(f"{bus.prefix}-nowhere.{EVENT_TYPE}", "nowhere-0", b"{}")
+    again: list[Any] = []
+    assert await bus.publish_batch([*first[:3], nowhere, *batch("third", 5)], acks=again) == 3
+    assert [(a.seq, a.duplicate) for a in again] == [(a.seq, True) for a in first_acks[:3]]
+    assert await stream_count(bus, subject) == 500 + 5, "what followed the refused message went out all the same"

@@ -374,3 +374,35 @@ def test_once_exported_the_spans_are_recorded_again() -> None:
         assert (process.attributes or {})["messaging.message.id"] == "evt-2"
     finally:
         tracing.shutdown()
+
+
+@given(
+    trace_id=st.integers(0, 2**128 - 1) | st.sampled_from([0, 1, 2**128 - 1]),
+    span_id=st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**64 - 1]),
+    flags=st.integers(0, 255),
+    state=st.lists(
+        st.tuples(st.from_regex(r"\A[a-z][a-z0-9]{0,8}\Z"), st.from_regex(r"\A[a-z0-9]{1,8}\Z")), max_size=2
+    ),
+)
+def test_a_span_s_traceparent_is_what_the_propagator_writes(
+    trace_id: int, span_id: int, flags: int, state: list[tuple[str, str]]
+) -> None:
+    """The ``traceparent`` of the current span (each event emitted carries it) and of a publish span (each message
+    the relay publishes carries it) is written directly, as the propagator writes it, invalid spans included."""
+    from shared.tracing import PROPAGATOR, span_traceparent, trace, traceparent
+
+    span = NonRecordingSpan(SpanContext(trace_id, span_id, False, TraceFlags(flags), TraceState(state)))
+    context = trace.set_span_in_context(span)
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier, context=context)
+    assert span_traceparent(span) == traceparent(context) == carrier.get("traceparent")
+
+
+def test_outside_any_span_there_is_no_traceparent_as_for_the_propagator() -> None:
+    from shared.tracing import PROPAGATOR, span_traceparent, trace, traceparent
+
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier)
+    assert traceparent() is None
+    assert "traceparent" not in carrier
+    assert span_traceparent(trace.INVALID_SPAN) is None
