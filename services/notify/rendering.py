@@ -123,6 +123,20 @@ class MessageInput:
     items: Sequence[Mapping[str, Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A message's subject and plain text, and what its other parts (SMS, HTML) are rendered from."""
+
+    language: str
+    link: str
+    context: dict[str, Any]
+    template: Template
+    template_context: Context
+    html_template: Template
+    subject: str
+    text: str
+
+
 class Renderer:
     def __init__(self, app_base_url: str, template_dir: Path = TEMPLATE_DIR) -> None:
         self.app_base_url = app_base_url.rstrip("/")
@@ -168,42 +182,25 @@ class Renderer:
 
     def render(self, message: MessageInput) -> RenderedMessage:
         """Every part of the message (a channel takes only those it sends: :meth:`email`, :meth:`text`, :meth:`sms`)."""
-        language, link, context = self._prepare(message)
-        text, html_template = self._templates[(language, message.kind)]
-        # One context for the blocks of a template, not one each: a block's own assignments stay in the block.
-        text_context = text.new_context(context)
-        subject = " ".join(_block(text, "subject", text_context).split())
+        written = self._written(message)
         return RenderedMessage(
-            subject=subject,
-            text=_tidy(_block(text, "text", text_context)),
-            sms=" ".join(_block(text, "sms", text_context).split()),
-            html=self._html_part(html_template, context, language, subject, link),
-            link=link,
+            subject=written.subject,
+            text=written.text,
+            sms=" ".join(_block(written.template, "sms", written.template_context).split()),
+            html=self._html_part(written),
+            link=written.link,
         )
 
     def email(self, message: MessageInput) -> EmailContent:
         """The e-mail's parts (what ``render(message)`` has of them), without the SMS it does not send."""
-        language, link, context = self._prepare(message)
-        text, html_template = self._templates[(language, message.kind)]
-        text_context = text.new_context(context)
-        subject = " ".join(_block(text, "subject", text_context).split())
-        return EmailContent(
-            subject=subject,
-            text=_tidy(_block(text, "text", text_context)),
-            html=self._html_part(html_template, context, language, subject, link),
-        )
+        written = self._written(message)
+        return EmailContent(subject=written.subject, text=written.text, html=self._html_part(written))
 
     def text(self, message: MessageInput) -> TextContent:
         """The subject, text and link (what ``render(message)`` has of them): the inbox's and a letter's, which show
         no HTML and no SMS."""
-        language, link, context = self._prepare(message)
-        text, _ = self._templates[(language, message.kind)]
-        text_context = text.new_context(context)
-        return TextContent(
-            subject=" ".join(_block(text, "subject", text_context).split()),
-            text=_tidy(_block(text, "text", text_context)),
-            link=link,
-        )
+        written = self._written(message)
+        return TextContent(subject=written.subject, text=written.text, link=written.link)
 
     def sms(self, message: MessageInput) -> str:
         """The text message alone (what ``render(message).sms`` is): an SMS needs no subject, e-mail text or HTML."""
@@ -211,9 +208,27 @@ class Renderer:
         template, _ = self._templates[(language, message.kind)]
         return " ".join(_block(template, "sms", template.new_context(context)).split())
 
-    def _html_part(self, template: Template, context: dict[str, Any], language: str, subject: str, link: str) -> str:
-        body_html = _block(template, "html", template.new_context(context))
-        return self._layout.render(lang=language, subject=subject, body=Markup(body_html), link=link)  # noqa: S704
+    def _written(self, message: MessageInput) -> _Written:
+        """The subject and plain text of a message, and what its other parts are rendered from."""
+        language, link, context = self._prepare(message)
+        template, html_template = self._templates[(language, message.kind)]
+        # One context for the blocks of a template, not one each: a block's own assignments stay in the block.
+        template_context = template.new_context(context)
+        return _Written(
+            language=language,
+            link=link,
+            context=context,
+            template=template,
+            template_context=template_context,
+            html_template=html_template,
+            subject=" ".join(_block(template, "subject", template_context).split()),
+            text=_tidy(_block(template, "text", template_context)),
+        )
+
+    def _html_part(self, written: _Written) -> str:
+        # The body comes from the autoescaping environment: already HTML, not to be escaped again by the layout.
+        body = Markup(_block(written.html_template, "html", written.html_template.new_context(written.context)))  # noqa: S704
+        return self._layout.render(lang=written.language, subject=written.subject, body=body, link=written.link)
 
     def _prepare(self, message: MessageInput) -> tuple[str, str, dict[str, Any]]:
         """The language told in, the link and the templates' context."""
