@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.api import LIFE_EVENT, SERVICE_NAMES, Backend, Databases, Options, Processes, Run
-from bench.probes import count_difference, loop_stall, work_counts
+from bench.probes import count_difference, events_handled, loop_stall, work_counts
 from onestop.registry import SERVICES
 from onestop.runner import Platform, PlatformConfig, free_port
 
@@ -105,8 +105,11 @@ async def _measure(
     per_application = {k: round((v - idle[k] * seconds) / applications, 4) for k, v in spent.items()}
     statements: dict[str, dict[str, float]] = {}
     transactions: dict[str, dict[str, float]] = {}
+    events: dict[str, float] = {}
     for service in SERVICE_NAMES:
         text = await run.metrics(service)
+        handled = count_difference(events_handled(text), events_handled(counted[service]))
+        events |= {consumer: round(n / applications, 2) for consumer, n in handled.items()}
         for metric, into in (("onestop_db_statements", statements), ("onestop_db_transactions", transactions)):
             works = count_difference(work_counts(text, metric), work_counts(counted[service], metric))
             into[service] = {w: round(n / applications, 2) for w, n in works.items()} | {
@@ -120,6 +123,7 @@ async def _measure(
         "statements_per_application": statements | {"total": round(sum(v["total"] for v in statements.values()), 2)},
         "transactions_per_application": transactions
         | {"total": round(sum(v["total"] for v in transactions.values()), 2)},
+        "events_per_application": events | {"total": round(sum(events.values()), 2)},
         "applications_per_s": round(applications / seconds, 1),
         "submitted_in_s": round(submitted, 2),
         "post_ms": {
