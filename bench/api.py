@@ -389,33 +389,43 @@ async def baseline(options: Options, directory: Path, posts: list[Request]) -> d
         process.wait()
 
 
-async def run_backend(options: Options, name: str, directory: Path) -> dict[str, Any]:
-    """Everything measured on one backend, as a JSON-ready dict."""
-    backend = await asyncio.to_thread(Backend.start, name)
+@contextlib.asynccontextmanager
+async def running(
+    options: Options, backend_name: str, directory: Path, *, settings: dict[str, Any] | None = None
+) -> AsyncIterator[Run]:
+    """The platform started on one backend as ``make run`` starts it (free ports, a var dir under ``directory``),
+    ``settings`` given to every service on top of the backend's, and a :class:`Run` on it; all stopped after."""
+    backend = await asyncio.to_thread(Backend.start, backend_name)
     platform = Platform(
         PlatformConfig(
-            var_dir=directory / f"var-{name}",
+            var_dir=directory / f"var-{backend_name}",
             nats_port=free_port(),
             nats_http_port=free_port(),
             ports={s: free_port() for s in SERVICE_NAMES},
-            overrides=backend.overrides,
+            overrides={s: backend.overrides.get(s, {}) | (settings or {}) for s in SERVICE_NAMES},
             ready_timeout=120,
         )
     )
-    started = time.monotonic()
     try:
         await asyncio.to_thread(platform.start)
-        startup = round(time.monotonic() - started, 1)
         databases = Databases({e.name: platform.settings_values(e)["database_url"] for e in SERVICES})
-        run = Run(options, platform, databases, directory / name)
+        run = Run(options, platform, databases, directory / backend_name)
         try:
-            load = [round(x, 2) for x in os.getloadavg()]
-            return {"backend": name, "startup_s": startup, "load_average_before": load} | await run.measure()
+            yield run
         finally:
             await run.close()
     finally:
         await asyncio.to_thread(platform.stop)
         await asyncio.to_thread(backend.stop)
+
+
+async def run_backend(options: Options, name: str, directory: Path) -> dict[str, Any]:
+    """Everything measured on one backend, as a JSON-ready dict."""
+    started = time.monotonic()
+    async with running(options, name, directory) as run:
+        startup = round(time.monotonic() - started, 1)
+        load = [round(x, 2) for x in os.getloadavg()]
+        return {"backend": name, "startup_s": startup, "load_average_before": load} | await run.measure()
 
 
 @dataclass

@@ -29,10 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.api import LIFE_EVENT, SERVICE_NAMES, Backend, Databases, Options, Processes, Run
+from bench.api import LIFE_EVENT, SERVICE_NAMES, Options, Processes, Run, running
 from bench.probes import count_difference, events_handled, loop_stall, work_counts
-from onestop.registry import SERVICES
-from onestop.runner import Platform, PlatformConfig, free_port
+from onestop.runner import Platform
 
 IDLE_SECONDS = 8.0
 
@@ -40,31 +39,8 @@ IDLE_SECONDS = 8.0
 async def measure(applications: int, backend_name: str, connections: int) -> dict[str, Any]:
     options = Options(residents=max(50, min(applications, 200)), warmup=4)
     with tempfile.TemporaryDirectory(prefix="onestop-pipeline-cpu-") as tmp:
-        directory = Path(tmp)
-        backend = await asyncio.to_thread(Backend.start, backend_name)
-        platform = Platform(
-            PlatformConfig(
-                var_dir=directory / "var",
-                nats_port=free_port(),
-                nats_http_port=free_port(),
-                ports={s: free_port() for s in SERVICE_NAMES},
-                overrides={
-                    s: backend.overrides.get(s, {}) | {"database_count_statements": True} for s in SERVICE_NAMES
-                },
-                ready_timeout=120,
-            )
-        )
-        await asyncio.to_thread(platform.start)
-        try:
-            databases = Databases({e.name: platform.settings_values(e)["database_url"] for e in SERVICES})
-            run = Run(options, platform, databases, directory / "run")
-            try:
-                return await _measure(run, platform, applications, connections, backend_name)
-            finally:
-                await run.close()
-        finally:
-            await asyncio.to_thread(platform.stop)
-            await asyncio.to_thread(backend.stop)
+        async with running(options, backend_name, Path(tmp), settings={"database_count_statements": True}) as run:
+            return await _measure(run, run.platform, applications, connections, backend_name)
 
 
 async def _measure(

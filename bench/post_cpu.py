@@ -26,9 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.api import SERVICE_NAMES, Backend, Databases, Options, Processes, Run, post_requests
-from onestop.registry import SERVICES
-from onestop.runner import Platform, PlatformConfig, free_port
+from bench.api import Options, Processes, post_requests, running
 
 # What keeps running: the service measured and the NATS server its relay publishes to.
 RUNNING = ("intake", "nats-server")
@@ -48,48 +46,27 @@ def frozen(pids: list[int]) -> Iterator[None]:
 async def measure(backend_name: str, connections: int, seconds: float) -> dict[str, Any]:
     options = Options(residents=200, warmup=4)
     with tempfile.TemporaryDirectory(prefix="onestop-post-cpu-") as tmp:
-        directory = Path(tmp)
-        backend = await asyncio.to_thread(Backend.start, backend_name)
-        platform = Platform(
-            PlatformConfig(
-                var_dir=directory / "var",
-                nats_port=free_port(),
-                nats_http_port=free_port(),
-                ports={s: free_port() for s in SERVICE_NAMES},
-                overrides={s: backend.overrides.get(s, {}) for s in SERVICE_NAMES},
-                ready_timeout=120,
-            )
-        )
-        await asyncio.to_thread(platform.start)
-        try:
-            databases = Databases({e.name: platform.settings_values(e)["database_url"] for e in SERVICES})
-            run = Run(options, platform, databases, directory / "run")
-            try:
-                await run.prepare()
-                processes = Processes(platform)
-                others = [pid for name, pid in processes.pids.items() if name not in RUNNING]
-                with frozen(others):
-                    posts = post_requests(run.callers, run.answers)
-                    before = processes.cpu()
-                    load = await run.load(run.intake, posts, "post", connections, seconds, creates=True)
-                    result = await load.result()
-                    after = processes.cpu()
-                requests = max(result.requests, 1)
-                return {
-                    "backend": backend_name,
-                    "connections": connections,
-                    "requests": result.requests,
-                    "failed": result.failed,
-                    "rate": round(result.rate, 1),
-                    "latency_ms": result.to_json()["latency_ms"],
-                    "cpu_ms_per_post": {k: round(1000 * (after[k] - before[k]) / requests, 2) for k in RUNNING},
-                    "load_average": [round(x, 2) for x in os.getloadavg()],
-                }
-            finally:
-                await run.close()
-        finally:
-            await asyncio.to_thread(platform.stop)
-            await asyncio.to_thread(backend.stop)
+        async with running(options, backend_name, Path(tmp)) as run:
+            await run.prepare()
+            processes = Processes(run.platform)
+            others = [pid for name, pid in processes.pids.items() if name not in RUNNING]
+            with frozen(others):
+                posts = post_requests(run.callers, run.answers)
+                before = processes.cpu()
+                load = await run.load(run.intake, posts, "post", connections, seconds, creates=True)
+                result = await load.result()
+                after = processes.cpu()
+            requests = max(result.requests, 1)
+            return {
+                "backend": backend_name,
+                "connections": connections,
+                "requests": result.requests,
+                "failed": result.failed,
+                "rate": round(result.rate, 1),
+                "latency_ms": result.to_json()["latency_ms"],
+                "cpu_ms_per_post": {k: round(1000 * (after[k] - before[k]) / requests, 2) for k in RUNNING},
+                "load_average": [round(x, 2) for x in os.getloadavg()],
+            }
 
 
 def main(argv: list[str] | None = None) -> int:
