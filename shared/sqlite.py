@@ -1,11 +1,22 @@
-"""SQLite through aiosqlite with one thread hop per statement.
+"""SQLite through aiosqlite, its statements run on the event loop's thread.
 
 aiosqlite runs each sqlite3 call in its own thread and hands the result back to the event loop. SQLAlchemy's adapter
 makes four such calls per statement (open a cursor, execute, fetch the rows, close the cursor), and on a small VM a
 hop between threads costs a few hundred microseconds, far more than SQLite's own work: a one-row INSERT took over a
-millisecond, which capped a consumer at about a thousand events a second. This cursor does the whole statement (execute,
-fetch every row, read the description, row count and last row id, close) in one function run in aiosqlite's thread,
-so a statement costs one hop. Every sqlite3 call still happens in that thread, as aiosqlite requires.
+millisecond, which capped a consumer at about a thousand events a second. Even one hop a statement (the whole
+statement in one function run in aiosqlite's thread) left a POST /v1/applications at 7.4-8.5 ms of intake's CPU, most
+of it waking threads and the loop (bench/post_cpu.py). The statements here are small (indexed reads and writes of a
+few rows, tens of microseconds in SQLite), so this cursor runs them on the loop's thread, without a hop: the
+connection is opened with ``check_same_thread=False`` and used by one thread at a time (its statements run under the
+connection's mutex; its commit, rollback and close still go to aiosqlite's thread, awaited before anything else runs
+on it). A commit stays in that thread because it may checkpoint the WAL (copy pages, fsync): milliseconds the loop
+would be held.
+
+Two kinds of statement still go to aiosqlite's thread, where their length holds no one up: an ``executemany`` of more
+than ``INLINE_ROWS`` rows (a screening's results), and the rows of a query beyond its first ``INLINE_ROWS`` (an
+export, a queue listing: the first rows are read on the loop, the rest in the thread). Statements that each finish at
+once would never give the loop back, so before each one the loop is given a turn when it has been held for
+shared.turns.YIELD_EVERY (by these statements and whatever ran with them without a break: a consumer's batch).
 
 Writes are serialised in the process: SQLite has one writer at a time, and a connection that finds the write lock
 taken waits in SQLite's busy handler, which sleeps and polls (up to 100 ms a time), so under load a transaction waited
@@ -41,6 +52,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_dbapi,
 )
 from sqlalchemy.util.concurrency import await_
+
+from shared.turns import turn_due
 
 # Set in the tasks of background work (a consumer, the outbox relay, a delivery worker): their write transactions wait
 # for the writer lock without cutting a consumer's batch short. Someone waits on the others (a request).
@@ -170,12 +183,22 @@ def writer_for(database: str) -> Writer | None:
 # The pending BEGIN of a write transaction that begins at its first write (OneHopConnection.begin).
 WRITE_AT_FIRST_WRITE = "BEGIN IMMEDIATE at the first write"
 
-# What one statement returns from aiosqlite's thread: description, rows, row count, last row id.
-_Outcome = tuple[Any, list[Any], int, int | None]
+# Rows a statement handles on the loop's thread: an executemany of more goes to aiosqlite's thread, and so do a query's
+# rows beyond these. One indexed row costs SQLite a few microseconds, so 64 of them hold the loop well under a
+# millisecond; the requests' and consumers' statements rarely touch more.
+INLINE_ROWS = 64
+
+# What one statement returns: description, rows, row count, last row id, and the cursor when rows are left to fetch.
+_Outcome = tuple[Any, list[Any], int, int | None, sqlite3.Cursor | None]
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None) -> _Outcome:
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None, first: int | None
+) -> _Outcome:
+    """Run one statement and fetch its rows: all of them, or when ``first`` is given at most that many, the cursor
+    returned open when there may be more (see :func:`_fetch_rest`)."""
     cursor = connection.cursor()
+    more = False  # whether rows are left to fetch: the cursor stays open for them
     try:
         if begin is not None:
             cursor.execute(begin)  # the transaction's BEGIN, sent with its first statement (OneHopConnection.begin)
@@ -186,10 +209,33 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
         else:
             cursor.execute(operation, parameters)
         description = cursor.description
-        rows = cursor.fetchall() if description else []
-        return description, rows, cursor.rowcount, cursor.lastrowid
+        if not description:
+            rows = []
+        elif first is None:
+            rows = cursor.fetchall()
+        else:
+            rows = cursor.fetchmany(first)
+            more = len(rows) == first
+        return description, rows, cursor.rowcount, cursor.lastrowid, cursor if more else None
+    finally:
+        if not more:
+            cursor.close()
+
+
+def _fetch_rest(cursor: sqlite3.Cursor) -> list[Any]:
+    try:
+        return cursor.fetchall()
     finally:
         cursor.close()
+
+
+def _few(parameters: Any) -> bool:
+    """Whether an executemany's rows are few enough to run on the loop's thread (a sized sequence of at most
+    INLINE_ROWS)."""
+    try:
+        return len(parameters) <= INLINE_ROWS
+    except TypeError:  # an iterator: its length is unknown until it is run
+        return False
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -236,6 +282,8 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _hop(self, operation: Any, parameters: Any, many: bool) -> None:
         connection = cast(OneHopConnection, self._adapt_connection)
         driver: Any = connection._connection  # an aiosqlite.Connection
+        if turn_due():
+            await asyncio.sleep(0)  # the loop has been held long enough (see the module docstring)
         async with connection._execute_mutex:
             if connection._pending_begin is WRITE_AT_FIRST_WRITE:
                 if connection.next_reads_only:
@@ -245,10 +293,15 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                     begin, connection._pending_begin = "BEGIN IMMEDIATE", None
             else:
                 begin, connection._pending_begin = connection._pending_begin, None
-            # aiosqlite's own queue: the function runs in the connection's thread (the private name is the one
-            # SQLAlchemy's adapter uses too; the lock file pins aiosqlite).
-            outcome: _Outcome = await driver._execute(_run, driver._conn, operation, parameters, many, begin)
-        self._description, rows, self._rowcount, self._lastrowid = outcome
+            if many and not _few(parameters):
+                # aiosqlite's own queue: the function runs in the connection's thread (the private name is the one
+                # SQLAlchemy's adapter uses too; the lock file pins aiosqlite).
+                outcome: _Outcome = await driver._execute(_run, driver._conn, operation, parameters, many, begin, None)
+            else:
+                outcome = _run(driver._conn, operation, parameters, many, begin, INLINE_ROWS)
+            self._description, rows, self._rowcount, self._lastrowid, unread = outcome
+            if unread is not None:
+                rows.extend(await driver._execute(_fetch_rest, unread))
         self._rows = collections.deque(rows)
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
@@ -366,6 +419,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
         database = str(arg[0] if arg else kw.get("database", ""))
+        # Used from the loop's thread and aiosqlite's, one at a time (see the module docstring).
+        kw["check_same_thread"] = False
         connection = aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy does: a forgotten connection never blocks exit
         return OneHopConnection(self, cast(Any, await_(connection)), writer_for(database))

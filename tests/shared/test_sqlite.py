@@ -1,6 +1,6 @@
-"""The one-hop SQLite cursor behaves as a DB-API cursor must for SQLAlchemy, and costs one thread hop a statement;
-the process's writes to one database take turns in the event loop (no SQLITE_BUSY, no busy polling), and reads never
-wait for a writer."""
+"""The SQLite cursor behaves as a DB-API cursor must for SQLAlchemy and runs small statements on the loop's thread
+(no thread hop), giving the loop a turn during a long run of them; the process's writes to one database take turns in
+the event loop (no SQLITE_BUSY, no busy polling), and reads never wait for a writer."""
 
 from __future__ import annotations
 
@@ -97,52 +97,91 @@ def count_hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-async def test_each_statement_is_one_call_into_the_driver_thread(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_statement_of_few_rows_is_no_call_into_the_driver_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with db.session() as session:
         await session.execute(select(1))  # the transaction's BEGIN and a first statement
         calls = count_hops(monkeypatch)
         await session.execute(insert(items).values(name="x", size=1))
-        assert len(calls) == 1
-        rows = (await session.execute(select(items.c.name, items.c.size))).all()
+        await session.execute(insert(items), [{"name": f"few{i}", "size": i} for i in range(sqlite.INLINE_ROWS)])
+        rows = (await session.execute(select(items.c.name, items.c.size).where(items.c.name == "x"))).all()
         assert rows == [("x", 1)]
-        assert len(calls) == 2
+        assert calls == []
+        # More rows than INLINE_ROWS in one executemany: the driver's thread runs it.
+        many = [{"name": f"many{i}", "size": i} for i in range(sqlite.INLINE_ROWS + 1)]
+        await session.execute(insert(items), many)
+        assert len(calls) == 1
+    assert len(calls) == 2, "and the COMMIT"
 
 
-async def test_a_transaction_begins_in_the_hop_of_its_first_statement(
+async def test_a_transaction_begins_with_its_first_statement_and_commits_in_the_driver_thread(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A transaction of one statement is two hops: its BEGIN (``BEGIN IMMEDIATE`` for a write) with the statement,
-    then its COMMIT; and what it wrote is there."""
+    """A transaction's BEGIN (``BEGIN IMMEDIATE`` for a write) goes with its first statement, on the loop's thread;
+    its COMMIT goes to the driver's thread (it may checkpoint the WAL); and what it wrote is there."""
     async with db.session() as session:
         await session.execute(select(1))  # the pool's connections opened (and configured) before counting
     async with db.read_session() as session:
         await session.execute(select(1))
     calls = count_hops(monkeypatch)
     async with db.session() as session:
-        await session.execute(insert(items).values(name="one hop", size=1))
-        assert len(calls) == 1, "BEGIN IMMEDIATE went with the INSERT"
-    assert len(calls) == 2, "and the COMMIT"
+        await session.execute(insert(items).values(name="one statement", size=1))
+        assert calls == [], "BEGIN IMMEDIATE went with the INSERT"
+    assert len(calls) == 1, "the COMMIT"
     async with db.read_session() as session:
-        assert (await session.execute(select(items.c.name))).scalars().all() == ["one hop"]
-    assert len(calls) == 4, "a read: its BEGIN with its SELECT, then its COMMIT"
+        assert (await session.execute(select(items.c.name))).scalars().all() == ["one statement"]
+    assert len(calls) == 2, "a read: its BEGIN with its SELECT, then its COMMIT"
 
 
-async def test_sqlite_runs_in_the_driver_thread_not_the_event_loop(db: Database) -> None:
+async def test_few_rows_are_read_on_the_loop_thread_and_the_rest_of_a_long_result_in_the_driver_thread(
+    db: Database,
+) -> None:
     loop_thread = threading.get_ident()
     seen: list[int] = []
+
+    async with db.session() as session:
+        await session.execute(insert(items), [{"name": f"n{i}", "size": i} for i in range(3 * sqlite.INLINE_ROWS)])
 
     async with db.engine.connect() as conn:
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection
 
-        def where_am_i() -> int:
+        def where_am_i(size: int) -> int:
             seen.append(threading.get_ident())
-            return 1
+            return size
 
-        await driver.create_function("where_am_i", 0, where_am_i)
-        assert (await conn.execute(text("SELECT where_am_i()"))).scalar_one() == 1
-    assert seen
-    assert seen[0] != loop_thread
+        await driver.create_function("where_am_i", 1, where_am_i)
+        one = (await conn.execute(text("SELECT where_am_i(size) FROM items WHERE size = 5"))).scalar_one()
+        assert one == 5
+        assert seen == [loop_thread]
+        seen.clear()
+        every = (await conn.execute(text("SELECT where_am_i(size) FROM items ORDER BY id"))).scalars().all()
+    assert every == list(range(3 * sqlite.INLINE_ROWS))  # every row, in order, across the two threads
+    assert seen[: sqlite.INLINE_ROWS] == [loop_thread] * sqlite.INLINE_ROWS
+    assert loop_thread not in seen[sqlite.INLINE_ROWS + 1 :]  # sqlite3 may step one row ahead on the loop's thread
+
+
+async def test_a_long_run_of_statements_gives_the_loop_turns(db: Database) -> None:
+    """Statements on the loop's thread never wait, so a flush of many would hold the loop from its first to its last;
+    the cursor gives the loop a turn whenever it has been held for shared.turns.YIELD_EVERY."""
+    flushing = True
+    turns_while_flushing = 0
+
+    async def other_work() -> None:
+        nonlocal turns_while_flushing
+        while flushing:
+            turns_while_flushing += 1
+            await asyncio.sleep(0)
+
+    async with db.session() as session:
+        await session.execute(select(1))
+        other = asyncio.create_task(other_work())
+        for i in range(3000):  # each its own statement (an INSERT with RETURNING is not batched): ~0.1 s in all
+            await session.execute(insert(items).values(name=f"row{i}", size=i).returning(items.c.id))
+        flushing = False
+    await other
+    assert turns_while_flushing > 1
 
 
 # ---------------------------------------------------------------------------------------------- writers and readers
@@ -356,7 +395,8 @@ async def test_a_request_reads_before_its_first_write_without_the_writer_lock_an
         rows = {name: size for name, size in await session.execute(select(items.c.name, items.c.size))}
     assert rows == {"committed": 10, "held": 2, "after": 3}
 
-    # A request that only reads costs one hop a statement and nothing at its end (no BEGIN, no COMMIT).
+    # A request that only reads costs no hop: its statements run on the loop's thread, and nothing at its end (no
+    # BEGIN, no COMMIT).
     calls = count_hops(monkeypatch)
     assert await only_reads() == ["committed", "held", "after"]
-    assert len(calls) == 2
+    assert calls == []
