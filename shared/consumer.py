@@ -10,10 +10,11 @@ typed data. An event no handler is declared for is dead-lettered with the reason
 
 Messages are taken in batches and applied in one transaction — their inbox rows and their effects together (one
 commit for many events is what lets a Python consumer apply thousands of events a second on SQLite). When another
-write transaction waits to begin (an API request, on SQLite, where the process's writes go one at a time), the
-batch's transaction ends once it has run for ``transaction_budget`` seconds and the rest of the batch goes on in the
-next, so the request waits for one short transaction at most. Between transactions the consumer yields to the event
-loop, and a service applies at most ``slots`` batches at once.
+write transaction waits to begin (an API request, on SQLite, where the process's writes go one at a time) or the
+service is serving requests, the batch's transaction ends once it has run for ``transaction_budget`` seconds and the
+rest of the batch goes on in the next, so the request waits for one short transaction at most. Before each
+transaction the consumer yields to the event loop and gives way to the requests being served (``foreground``: until
+they end, or its patience runs out), and a service applies at most ``slots`` batches at once.
 
 What the handlers leave to the end of a transaction (``Subscription.finish``: work that would otherwise be redone for
 every event of a batch) runs after its events and before its inbox rows and commit, and fails with it.
@@ -56,7 +57,7 @@ from shared.observability import Metrics, event_id_var
 from shared.outbox import PENDING_KEY
 from shared.tables import PlatformTables
 from shared.tracing import TRACEPARENT, consume_span
-from shared.turns import YIELD_EVERY, Turns
+from shared.turns import YIELD_EVERY, Foreground, Turns
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class Consumer:
         yield_every: float = YIELD_EVERY,
         write_every: int = WRITE_EVERY,
         slots: asyncio.Semaphore | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         self.service = service
         self.sub = subscription
@@ -227,6 +229,8 @@ class Consumer:
         # Shared by the service's consumers: how many batches are being applied at once (the event loop serves HTTP
         # too).
         self.slots = slots or asyncio.Semaphore(1)
+        # The service's requests, which its batches give way to (none counted: never waits).
+        self.foreground = foreground or Foreground(patience=0)
         self._workers: list[asyncio.Task[None]] = []
         self._fetching: set[asyncio.Future[Any]] = set()
         self._stopping = False
@@ -376,8 +380,12 @@ class Consumer:
         rest = [i for i in items if i.event is not None]
         async with self.slots:
             if self.sub.prepare is not None and rest:
+                await self.foreground.give_way()
                 await self._prepare(self.sub.prepare, rest)
             while rest:
+                # Before each transaction, whatever else is waiting gets the event loop, and requests being served
+                # are let finish first (see shared.turns.Foreground).
+                await self.foreground.give_way()
                 if len(rest) == 1:
                     await self._handle_one(rest[0])
                     return
@@ -394,8 +402,6 @@ class Consumer:
                 else:
                     await self._ack_all(applied)
                     rest = rest[len(applied) :]
-                # Between transactions, whatever else is waiting (HTTP requests) gets the event loop.
-                await asyncio.sleep(0)
 
     async def _prepare(self, prepare: Prepare, items: Sequence[_Item]) -> None:
         try:
@@ -480,8 +486,11 @@ class Consumer:
         return len(taken)
 
     def _spent(self, started: float) -> bool:
-        """Whether a transaction begun at ``started`` has run its budget while other writers wait for it."""
-        return time.perf_counter() - started >= self.transaction_budget and self.db.writers_waiting() > 0
+        """Whether a transaction begun at ``started`` has run its budget while other writers wait for it or requests
+        are being served."""
+        return time.perf_counter() - started >= self.transaction_budget and (
+            self.db.writers_waiting() > 0 or self.foreground.requests > 0
+        )
 
     async def _handle_one(self, item: _Item) -> None:
         try:

@@ -33,6 +33,7 @@ from shared.reconciler import Reconciler
 from shared.settings import ServiceSettings
 from shared.tables import PlatformTables
 from shared.tracing import instrument_database
+from shared.turns import Foreground
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Runtime:
     idempotency: Idempotency
     housekeeping: Housekeeping
     loop_monitor: LoopMonitor
+    foreground: Foreground
     consumers: dict[str, Consumer] = field(default_factory=dict)
     # The service's context (see ServiceDefinition.context); read through the service's typed dependency.
     context: Any = None
@@ -87,7 +89,15 @@ class Runtime:
     reconciler: Reconciler | None = None
 
     @classmethod
-    def build(cls, definition: ServiceDefinition[Any], settings: ServiceSettings, metrics: Metrics) -> Runtime:
+    def build(
+        cls,
+        definition: ServiceDefinition[Any],
+        settings: ServiceSettings,
+        metrics: Metrics,
+        foreground: Foreground | None = None,
+    ) -> Runtime:
+        """``foreground``: the requests the app's middleware counts, which the consumers give way to (none
+        counted when the runtime serves no HTTP)."""
         db = Database(
             settings.database_url,
             echo=settings.database_echo,
@@ -123,6 +133,7 @@ class Runtime:
             verifier=TokenVerifier.from_settings(settings),
             idempotency=Idempotency(definition.tables),
             loop_monitor=LoopMonitor(metrics),
+            foreground=foreground or Foreground(patience=settings.consumer_patience_ms / 1000),
             housekeeping=Housekeeping(
                 db,
                 definition.tables,
@@ -172,6 +183,7 @@ class Runtime:
                 max_ack_pending=s.consumer_max_ack_pending,
                 transaction_budget=s.consumer_transaction_budget_ms / 1000,
                 slots=slots,
+                foreground=self.foreground,
             )
 
     def start_messaging(self) -> None:

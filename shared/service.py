@@ -36,6 +36,7 @@ from shared.problems import (
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import ServiceSettings
 from shared.tracing import Tracing
+from shared.turns import Foreground
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,12 @@ def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSett
     configure_logging(definition.name, settings.log_level, json=settings.log_json)
     metrics = Metrics(definition.name)
     tracing = Tracing.from_settings(definition.name, settings)
+    # The requests being served, counted by the middleware; the consumers give way to them.
+    foreground = Foreground(patience=settings.consumer_patience_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.build(definition, settings, metrics)
+        runtime = Runtime.build(definition, settings, metrics, foreground)
         app.state.runtime = runtime
         app.state.verifier = runtime.verifier
         try:
@@ -72,7 +75,11 @@ def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSett
     )
     install_problem_handlers(app)
     app.add_middleware(
-        BodyLimitedRequestMiddleware, metrics=metrics, service=definition.name, max_bytes=settings.max_body_bytes
+        BodyLimitedRequestMiddleware,
+        metrics=metrics,
+        service=definition.name,
+        max_bytes=settings.max_body_bytes,
+        foreground=foreground,
     )
     app.state.tracing = tracing
 
@@ -103,16 +110,25 @@ def build_route_handlers(routes: Sequence[BaseRoute]) -> None:
 class BodyLimitedRequestMiddleware(RequestContextMiddleware):
     """Each request's span, timing and count (:class:`RequestContextMiddleware`), and within them bodies over the
     limit refused with 413 before anything reads them whole: one layer, where a middleware of its own for the limit
-    cost a request another coroutine and a ``PayloadTooLarge`` made up front (about 12 µs)."""
+    cost a request another coroutine and a ``PayloadTooLarge`` made up front (about 12 µs). Each request is counted
+    in ``foreground`` while it is served: the service's consumers give way to it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, service: str, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, service: str, max_bytes: int, foreground: Foreground) -> None:
         super().__init__(app, metrics, service)
         self.max_bytes = max_bytes
+        self.foreground = foreground
 
     def _too_large(self) -> ASGIApp:
         return problem_response(PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes."))
 
     async def forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.foreground.enter()
+        try:
+            await self._within_limit(scope, receive, send)
+        finally:
+            self.foreground.leave()
+
+    async def _within_limit(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared_length: int | None = None
         for name, value in scope.get("headers") or []:
             if name == b"content-length":

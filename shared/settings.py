@@ -51,6 +51,9 @@ class ServiceSettings(BaseSettings):
     # request waiting to write waits for one short transaction; and at most this many batches at once per service.
     consumer_transaction_budget_ms: float = Field(default=20.0, gt=0)
     consumer_parallel_batches: int = Field(default=2, ge=1)
+    # Before each transaction a batch waits while the service is serving requests, at most this long (0: never
+    # waits): requests first, consumers still going on under a load that never lets up (shared.turns.Foreground).
+    consumer_patience_ms: float = Field(default=50.0, ge=0)
     # How often each consumer's backlog on the server is read into onestop_consumer_pending.
     consumer_lag_interval_seconds: float = Field(default=15.0, gt=0)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)

@@ -11,6 +11,7 @@ callback kept scheduled on it (:class:`_LoopClock`) notes when the loop last ran
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 
@@ -87,3 +88,53 @@ class Turns:
     async def let_others_run(self) -> None:
         if turn_due(self.every):
             await asyncio.sleep(0)
+
+
+class Foreground:
+    """The requests a process is serving, which its background work (consumers' batches) gives way to.
+
+    A consumer's batch shares the event loop with the process's requests; yielding every 2 ms (:class:`Turns`) only
+    lets a request take its next step after each of the batch's slices, so a request of ten steps waited for ten
+    slices, and under a steady load of requests the consumers took most of the process's CPU while the requests
+    queued behind them (issue 14: intake spent about four fifths of its CPU on its status view while POSTs waited).
+    Here background work waits, before each transaction, while any request is being served: for the last one to
+    end, or ``patience`` seconds at most, so that consumers still go on under a load that never lets up.
+
+    Counted by the service's request middleware (:meth:`serving`); one per app, used on its loop only."""
+
+    __slots__ = ("_waiters", "patience", "requests")
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self.requests = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def enter(self) -> None:
+        self.requests += 1
+
+    def leave(self) -> None:
+        self.requests -= 1
+        if self.requests == 0 and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def give_way(self) -> None:
+        """Let the loop run what is ready; then, while requests are being served, wait for them to end, ``patience``
+        seconds at most."""
+        await asyncio.sleep(0)
+        if self.requests == 0 or self.patience <= 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.patience):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            # A wait that ended on the last request's end was taken off the list then; one that timed out (or was
+            # cancelled) is still on it, and under a load that never lets up nothing else would take it off.
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)

@@ -1,8 +1,10 @@
 """The app factory's behaviour, on a small service made of the real shared parts: problem details for every error,
-the request body limit, the unit of work, and the dead-letter admin API with replay."""
+the request body limit, the unit of work, the dead-letter admin API with replay, and consumers that give way to the
+requests being served."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -44,6 +46,12 @@ class Switch:
     broken = True
 
 
+class Held:
+    """A request to ``/v1/things/held/now`` is answered once a test sets this (a request still being served)."""
+
+    gate: asyncio.Event | None = None
+
+
 def router() -> APIRouter:
     api = APIRouter(prefix="/v1/things")
 
@@ -58,6 +66,12 @@ def router() -> APIRouter:
             raise RuntimeError("secret internal detail")
         await outbox.emit(session, withdrawn())
         return {"name": thing.name}
+
+    @api.get("/held/now")
+    async def held() -> dict[str, str]:
+        assert Held.gate is not None
+        await Held.gate.wait()
+        return {"held": "no longer"}
 
     @api.get("/{name}")
     async def read(name: str, session: SessionDep, principal: PrincipalDep) -> dict[str, int]:
@@ -367,3 +381,70 @@ async def test_the_first_request_finds_its_route_handlers_built(
     assert (await client.get("/v1/things/first", headers=_auth(issuer))).status_code == 200
     assert (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).status_code == 200
     assert built == [], f"handlers built on a request: {built}"
+
+
+async def _applied(c: httpx.AsyncClient) -> int:
+    """Effects the consumer wrote (the API's own are marked ``api``)."""
+    runtime: Runtime = c.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        applied = select(func.count()).select_from(effects).where(effects.c.event_id != "api")
+        return int(await session.scalar(applied) or 0)
+
+
+async def _submit(c: httpx.AsyncClient, issuer: TokenIssuer, name: str) -> None:
+    """A thing created: its event goes out through the outbox to the service's own consumer."""
+    response = await c.post("/v1/things", json={"name": name, "size": 1, "born": "2020-01-01"}, headers=_auth(issuer))
+    assert response.status_code == 201, response.text
+
+
+async def test_consumers_give_way_to_a_request_being_served_until_it_is_answered(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    Switch.broken = False
+    runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime.foreground.patience = 30  # longer than the test: only the request's end lets the batch go on
+    await _submit(client, issuer, "before")
+    await wait_until(lambda: _applied_at_least(client, 1))
+
+    Held.gate = asyncio.Event()
+    held = asyncio.create_task(client.get("/v1/things/held/now", headers=_auth(issuer)))
+    try:
+        await wait_until(lambda: runtime.foreground.requests == 1)
+        await _submit(client, issuer, "during")  # a request too: counted while served, then done
+        consumer = runtime.consumers["things"]
+        await wait_until(lambda: _taken(runtime, consumer.durable))
+        await asyncio.sleep(0.5)
+        assert await _applied(client) == 1, "the batch waits while a request is being served"
+    finally:
+        Held.gate.set()
+    assert (await held).status_code == 200
+    await wait_until(lambda: _applied_at_least(client, 2), timeout=5)  # at once, not after its 30 s of patience
+
+
+async def test_under_requests_that_never_let_up_consumers_still_go_on_after_their_patience(
+    client: httpx.AsyncClient, issuer: TokenIssuer
+) -> None:
+    Switch.broken = False
+    runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime.foreground.patience = 0.2
+    Held.gate = asyncio.Event()
+    held = asyncio.create_task(client.get("/v1/things/held/now", headers=_auth(issuer)))
+    try:
+        await wait_until(lambda: runtime.foreground.requests == 1)
+        for name in ("one", "two", "three"):
+            await _submit(client, issuer, name)
+        await wait_until(lambda: _applied_at_least(client, 3), timeout=10)
+        assert not held.done(), "applied while the request was still being served"
+    finally:
+        Held.gate.set()
+    assert (await held).status_code == 200
+
+
+async def _applied_at_least(c: httpx.AsyncClient, n: int) -> bool:
+    return await _applied(c) >= n
+
+
+async def _taken(runtime: Runtime, durable: str) -> bool:
+    """The consumer has taken a message it has not acknowledged: its batch is waiting to be applied."""
+    info = await runtime.bus.js.consumer_info(runtime.bus.stream, durable)
+    return bool(info.num_ack_pending >= 1)
