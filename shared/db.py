@@ -170,6 +170,8 @@ def _configure_sqlite(engine: AsyncEngine, *, read_only: bool) -> None:
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         if read_only:
             cursor.execute("PRAGMA query_only=ON")
+        else:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed on another thread: shared.sqlite.Checkpoints
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

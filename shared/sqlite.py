@@ -8,15 +8,20 @@ statement in one function run in aiosqlite's thread) left a POST /v1/application
 of it waking threads and the loop (bench/post_cpu.py). The statements here are small (indexed reads and writes of a
 few rows, tens of microseconds in SQLite), so this cursor runs them on the loop's thread, without a hop: the
 connection is opened with ``check_same_thread=False`` and used by one thread at a time (its statements run under the
-connection's mutex; its commit, rollback and close still go to aiosqlite's thread, awaited before anything else runs
-on it). A commit stays in that thread because it may checkpoint the WAL (copy pages, fsync): milliseconds the loop
-would be held.
+connection's mutex). Its commit and rollback run there too, unless the transaction sent work to aiosqlite's thread
+(below): then they follow that work through aiosqlite's queue, as before. A commit made on the loop's thread did not
+hand the writer lock over until the loop came back to the committing task, behind every request step queued
+meanwhile: a POST held intake's lock 17 ms at the median for four INSERTs (bench/api.py, 16 connections). A commit
+would checkpoint the WAL once it reached 1,000 pages (copy them into the database, fsync: milliseconds the loop would be
+held), so write connections do not checkpoint on their own (``PRAGMA wal_autocheckpoint=0``); :class:`Checkpoints`
+does it on another thread and connection, ``CHECKPOINT_EVERY`` seconds at most after a commit.
 
 Two kinds of statement still go to aiosqlite's thread, where their length holds no one up: an ``executemany`` of more
 than ``INLINE_ROWS`` rows (a screening's results), and the rows of a query beyond its first ``INLINE_ROWS`` (an
 export, a queue listing: the first rows are read on the loop, the rest in the thread). Statements that each finish at
 once would never give the loop back, so before each one the loop is given a turn when it has been held for
-shared.turns.YIELD_EVERY (by these statements and whatever ran with them without a break: a consumer's batch).
+shared.turns.YIELD_EVERY (by these statements and whatever ran with them without a break: a consumer's batch), or
+``HOLDING_TURN_EVERY`` by a request's transaction holding the writer lock (which every writer waits for).
 
 Writes are serialised in the process: SQLite has one writer at a time, and a connection that finds the write lock
 taken waits in SQLite's busy handler, which sleeps and polls (up to 100 ms a time), so under load a transaction waited
@@ -38,6 +43,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import logging
 import os
 import sqlite3
 import time
@@ -53,7 +59,9 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
-from shared.turns import turn_due
+from shared.turns import YIELD_EVERY, turn_due
+
+log = logging.getLogger(__name__)
 
 # Set in the tasks of background work (a consumer, the outbox relay, a delivery worker): their write transactions wait
 # for the writer lock without cutting a consumer's batch short. Someone waits on the others (a request).
@@ -180,6 +188,73 @@ def writer_for(database: str) -> Writer | None:
     return writer
 
 
+# A request's write transaction, once it holds the writer lock, gives the loop a turn only after holding it this long:
+# every writer waits for it, and each turn it gave the other requests' steps (16 connections of POSTs: a turn of up to
+# 16 steps) was time the lock was held for nothing. A request's transaction writes a few rows (four INSERTs for a
+# POST /v1/applications); a consumer's batch, which is what holds the loop long, takes turns every YIELD_EVERY.
+HOLDING_TURN_EVERY = 0.02
+
+# How long after a commit the WAL is checkpointed, at most (SQLite's own checkpoint comes once the WAL holds 1,000
+# pages: 4 MB). With ``synchronous=NORMAL`` the WAL is synced at a checkpoint, so a commit is on disk within this of
+# its being made; a checkpoint costs two fsyncs, on a thread of its own.
+CHECKPOINT_EVERY = 0.5
+
+
+def _checkpoint(database: str) -> tuple[int, int, int]:
+    """Copy what the WAL holds into the database, as far as no reader needs it (``PASSIVE``: waits for no one), on a
+    connection of its own (runs on an executor's thread)."""
+    with contextlib.closing(sqlite3.connect(database, timeout=0)) as connection:
+        busy, pages, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return busy, pages, copied
+
+
+class Checkpoints:
+    """The WAL of one database file checkpointed on another thread, ``CHECKPOINT_EVERY`` seconds at most after a
+    commit, one checkpoint at a time (see the module docstring). Told of each write transaction's commit."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._loop = asyncio.get_running_loop()
+        self._running: asyncio.Future[tuple[int, int, int]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = -CHECKPOINT_EVERY
+        self._written = False  # committed since the checkpoint running (or the last) began
+
+    def committed(self) -> None:
+        self._written = True
+        if self._running is None and self._timer is None:
+            self._timer = self._loop.call_at(self._last + CHECKPOINT_EVERY, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        self._written = False
+        self._last = self._loop.time()
+        self._running = self._loop.run_in_executor(None, _checkpoint, self.database)
+        self._running.add_done_callback(self._done)
+
+    def _done(self, running: asyncio.Future[tuple[int, int, int]]) -> None:
+        self._running = None
+        if not running.cancelled() and (error := running.exception()) is not None:
+            log.warning("checkpoint failed", extra={"database": self.database, "error": repr(error)})
+        if self._written and not self._loop.is_closed():
+            self.committed()
+
+
+_checkpoints: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Checkpoints]] = weakref.WeakKeyDictionary()
+
+
+def checkpoints_for(database: str) -> Checkpoints | None:
+    """The checkpoints of a database file for the running loop; None for an in-memory database."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    key = os.path.realpath(database)
+    checkpoints = _checkpoints.setdefault(asyncio.get_running_loop(), {})
+    found = checkpoints.get(key)
+    if found is None:
+        found = checkpoints[key] = Checkpoints(key)
+    return found
+
+
 # The pending BEGIN of a write transaction that begins at its first write (OneHopConnection.begin).
 WRITE_AT_FIRST_WRITE = "BEGIN IMMEDIATE at the first write"
 
@@ -282,7 +357,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _hop(self, operation: Any, parameters: Any, many: bool) -> None:
         connection = cast(OneHopConnection, self._adapt_connection)
         driver: Any = connection._connection  # an aiosqlite.Connection
-        if turn_due():
+        if turn_due(HOLDING_TURN_EVERY if connection.holds_for_request else YIELD_EVERY):
             await asyncio.sleep(0)  # the loop has been held long enough (see the module docstring)
         async with connection._execute_mutex:
             if connection._pending_begin is WRITE_AT_FIRST_WRITE:
@@ -296,11 +371,13 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             if many and not _few(parameters):
                 # aiosqlite's own queue: the function runs in the connection's thread (the private name is the one
                 # SQLAlchemy's adapter uses too; the lock file pins aiosqlite).
+                connection.used_thread = True
                 outcome: _Outcome = await driver._execute(_run, driver._conn, operation, parameters, many, begin, None)
             else:
                 outcome = _run(driver._conn, operation, parameters, many, begin, INLINE_ROWS)
             self._description, rows, self._rowcount, self._lastrowid, unread = outcome
             if unread is not None:
+                connection.used_thread = True
                 rows.extend(await driver._execute(_fetch_rest, unread))
         self._rows = collections.deque(rows)
 
@@ -329,13 +406,26 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     the event loop, the longer the busier the machine). SQLAlchemy begins a transaction just before its first
     statement, so nothing runs between the two either way."""
 
-    __slots__ = ("_holding", "_pending_begin", "_writer", "next_reads_only")
+    __slots__ = (
+        "_checkpoints",
+        "_holding",
+        "_pending_begin",
+        "_writer",
+        "_writer_background",
+        "next_reads_only",
+        "used_thread",
+    )
     _cursor_cls = OneHopCursor
 
-    def __init__(self, dbapi: Any, connection: Any, writer: Writer | None) -> None:
+    def __init__(self, dbapi: Any, connection: Any, writer: Writer | None, checkpoints: Checkpoints | None) -> None:
         super().__init__(dbapi, connection)
         self._writer = writer
+        self._checkpoints = checkpoints
         self._holding = False
+        self._writer_background = False  # whether background work holds the lock (see holds_for_request)
+        # Whether the transaction sent work to aiosqlite's thread: its end follows that work there (a cancelled
+        # wait leaves the work running).
+        self.used_thread = False
         # The BEGIN the next statement sends first (None: a transaction is open, or none was begun), or
         # WRITE_AT_FIRST_WRITE.
         self._pending_begin: str | None = None
@@ -364,6 +454,12 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._writer is not None:
             await self._writer.acquire()
             self._holding = True
+            self._writer_background = BACKGROUND.get()
+
+    @property
+    def holds_for_request(self) -> bool:
+        """Whether this connection's transaction holds the writer lock for a request (not background work)."""
+        return self._holding and not self._writer_background
 
     @property
     def begins_at_first_write(self) -> bool:
@@ -378,8 +474,10 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         try:
-            if self._pending_begin is None:  # else nothing was written: nothing to commit, no hop
-                super().commit()
+            if self._pending_begin is None:  # else nothing was written: nothing to commit
+                self._end(commit=True)
+                if self._holding and self._checkpoints is not None:
+                    self._checkpoints.committed()
         finally:
             self._pending_begin = None
             self._release()
@@ -388,9 +486,22 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         try:
             self._pending_begin = None
             if self._in_transaction():
-                super().rollback()
+                self._end(commit=False)
         finally:
             self._release()
+
+    def _end(self, *, commit: bool) -> None:
+        """Commit or roll back: on the loop's thread, or in aiosqlite's after work the transaction sent there."""
+        try:
+            if self.used_thread:
+                self.used_thread = False
+                await_(self._connection.commit() if commit else self._connection.rollback())
+            elif commit:
+                self._connection._conn.commit()
+            else:
+                self._connection._conn.rollback()
+        except Exception as error:
+            self._handle_exception(error)
 
     def _in_transaction(self) -> bool:
         """Whether a transaction is open: sqlite3 rolls back nothing otherwise, but the call would still cost a hop to
@@ -423,7 +534,7 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         kw["check_same_thread"] = False
         connection = aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy does: a forgotten connection never blocks exit
-        return OneHopConnection(self, cast(Any, await_(connection)), writer_for(database))
+        return OneHopConnection(self, cast(Any, await_(connection)), writer_for(database), checkpoints_for(database))
 
 
 def dbapi() -> OneHopDBAPI:

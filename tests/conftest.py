@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from onestop.natsauth import PartnerEntry, PasswordStore, platform_users, render_authorization
+from shared import turns
 from shared.auth import TokenIssuer, ensure_keypair
+from tests.support.loop_clock import LoopClock
 from tests.support.nats import NatsServer
 from tests.support.nats_clients import Client
 from tests.support.postgres import PostgresServer
@@ -30,6 +32,14 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return "platform" if nodeid.startswith(PLATFORM_SUITES) else super()._split_scope(nodeid)
 
     return PlatformSuitesApart(config, log)
+
+
+@pytest.fixture
+def loop_clock(monkeypatch: pytest.MonkeyPatch) -> LoopClock:
+    """shared.turns' clock, moved by the test alone."""
+    clock = LoopClock()
+    monkeypatch.setattr(turns, "time", clock)
+    return clock
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ import gc
 import itertools
 import math
 import random
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import JSON, Column, ForeignKey, Integer, MetaData, String, Table, insert, inspect, select, text
 from sqlalchemy.exc import InvalidRequestError
@@ -219,19 +219,21 @@ async def test_sqlite_connections_keep_a_bounded_page_cache_and_statement_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What each SQLite connection may hold (see shared.db): its page cache, read back from SQLite, and the statements
-    sqlite3 keeps prepared, as the connection was opened with. Write and read connections alike."""
+    sqlite3 keeps prepared, as the connection was opened with. Write and read connections alike. (Write connections
+    leave checkpoints to shared.sqlite.Checkpoints.)"""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'caches.db'}"
     opened: list[dict[str, Any]] = []
-    connect: Any = sqlite3.connect
+    connect: Any = aiosqlite.connect
 
     def opening(*args: Any, **kwargs: Any) -> Any:
         opened.append(kwargs)
         return connect(*args, **kwargs)
 
-    monkeypatch.setattr(sqlite3, "connect", opening)
+    monkeypatch.setattr(aiosqlite, "connect", opening)
     async with database_with(database_url, metadata) as db:
         async with db.session() as session:
             assert (await session.execute(text("PRAGMA cache_size"))).scalar() == -SQLITE_CACHE_KIB
+            assert (await session.execute(text("PRAGMA wal_autocheckpoint"))).scalar() == 0
         async with db.read_session() as reading:
             assert (await reading.execute(text("PRAGMA cache_size"))).scalar() == -SQLITE_CACHE_KIB
     assert len(opened) >= 2

@@ -12,12 +12,13 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, delete, func, insert, select, text, update
+from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, delete, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shared import sqlite
 from shared.db import Database, background, defer_write
+from tests.support.loop_clock import LoopClock
 from tests.support.waiting import wait_until
 
 metadata = MetaData()
@@ -28,6 +29,7 @@ items = Table(
     Column("name", String(20), nullable=False, unique=True),
     Column("size", Integer, nullable=False),
 )
+pages = Table("pages", metadata, Column("id", Integer, primary_key=True), Column("body", LargeBinary, nullable=False))
 
 
 @pytest.fixture
@@ -112,14 +114,14 @@ async def test_a_statement_of_few_rows_is_no_call_into_the_driver_thread(
         many = [{"name": f"many{i}", "size": i} for i in range(sqlite.INLINE_ROWS + 1)]
         await session.execute(insert(items), many)
         assert len(calls) == 1
-    assert len(calls) == 2, "and the COMMIT"
+    assert len(calls) == 2, "and the COMMIT, behind that work in the driver's thread"
 
 
-async def test_a_transaction_begins_with_its_first_statement_and_commits_in_the_driver_thread(
+async def test_a_transaction_begins_with_its_first_statement_and_commits_on_the_loop_thread(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A transaction's BEGIN (``BEGIN IMMEDIATE`` for a write) goes with its first statement, on the loop's thread;
-    its COMMIT goes to the driver's thread (it may checkpoint the WAL); and what it wrote is there."""
+    """A transaction's BEGIN (``BEGIN IMMEDIATE`` for a write) goes with its first statement and its COMMIT follows
+    its last, all on the loop's thread (the WAL is checkpointed elsewhere); and what it wrote is there."""
     async with db.session() as session:
         await session.execute(select(1))  # the pool's connections opened (and configured) before counting
     async with db.read_session() as session:
@@ -127,11 +129,39 @@ async def test_a_transaction_begins_with_its_first_statement_and_commits_in_the_
     calls = count_hops(monkeypatch)
     async with db.session() as session:
         await session.execute(insert(items).values(name="one statement", size=1))
-        assert calls == [], "BEGIN IMMEDIATE went with the INSERT"
-    assert len(calls) == 1, "the COMMIT"
     async with db.read_session() as session:
         assert (await session.execute(select(items.c.name))).scalars().all() == ["one statement"]
-    assert len(calls) == 2, "a read: its BEGIN with its SELECT, then its COMMIT"
+    assert calls == [], "BEGIN IMMEDIATE went with the INSERT, and the COMMITs ran on the loop's thread"
+
+
+async def test_the_wal_is_checkpointed_on_another_thread_after_a_commit_never_in_it(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write connections do not checkpoint at a commit (it runs on the loop's thread: the copy and its fsyncs would
+    hold the loop); a checkpoint follows on another thread, CHECKPOINT_EVERY at most after the commit."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 1.0)
+    threads: list[int] = []
+    checkpoint = sqlite._checkpoint
+
+    def noting(database: str) -> tuple[int, int, int]:
+        threads.append(threading.get_ident())
+        return checkpoint(database)
+
+    monkeypatch.setattr(sqlite, "_checkpoint", noting)
+    file = tmp_path / "hop.db"
+    async with db.session() as session:  # the first commit: checkpointed at once
+        await session.execute(insert(pages).values(body=b"first"))
+    await wait_until(lambda: len(threads) == 1)
+    await asyncio.sleep(0.1)  # that checkpoint ends
+    before = file.stat().st_size
+
+    # 6 MB in one commit: SQLite's own checkpoint would have copied them (1,000 pages) into the file at the COMMIT.
+    async with db.session() as session:
+        await session.execute(insert(pages), [{"body": bytes(600_000)} for _ in range(10)])
+    assert file.stat().st_size == before, "nothing checkpointed at the commit"
+    await wait_until(lambda: file.stat().st_size > before + 6_000_000, timeout=5)
+    assert len(threads) == 2
+    assert threading.get_ident() not in threads, "not on the loop's thread"
 
 
 async def test_few_rows_are_read_on_the_loop_thread_and_the_rest_of_a_long_result_in_the_driver_thread(
@@ -182,6 +212,50 @@ async def test_a_long_run_of_statements_gives_the_loop_turns(db: Database) -> No
         flushing = False
     await other
     assert turns_while_flushing > 1
+
+
+async def _turns_others_get(db: Database, clock: LoopClock, who: str, *, steps: int, step: float) -> int:
+    """How many turns another task gets while a write transaction runs ``steps`` statements, each after ``step``
+    seconds of work that holds the loop (its handler's Python, say)."""
+    running = True
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while running:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with db.session() as session:
+        await session.execute(insert(items).values(name=who, size=0))  # the writer lock is held from here
+        await asyncio.sleep(0)
+        other = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        counted = turns
+        for i in range(steps):
+            clock.hold(step)
+            await session.execute(insert(items).values(name=f"{who}{i}", size=i))
+        taken = turns - counted
+        running = False
+    await other
+    return taken
+
+
+async def test_a_request_s_write_transaction_holding_the_writer_lock_runs_on_without_giving_turns(
+    db: Database, loop_clock: LoopClock
+) -> None:
+    """Every writer waits for a request's transaction once it holds the writer lock: its statements run on without
+    giving the loop to others every YIELD_EVERY (HOLDING_TURN_EVERY: a few steps of 3 ms of work go by); background
+    work's (a consumer's batch, which holds it far longer) gives turns as before."""
+    request = await _turns_others_get(db, loop_clock, "request", steps=4, step=0.003)
+
+    async def as_background() -> int:
+        background()
+        return await _turns_others_get(db, loop_clock, "batch", steps=4, step=0.003)
+
+    batch = await asyncio.create_task(as_background())
+    assert request == 0
+    assert batch >= 3, "a turn before each statement after the first"
 
 
 # ---------------------------------------------------------------------------------------------- writers and readers

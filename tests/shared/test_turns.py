@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from shared import turns
 from shared.turns import Foreground, Turns, held_for, turn_due
+from tests.support.loop_clock import LoopClock
 
 
 def _hold(seconds: float) -> None:
@@ -20,30 +20,9 @@ def _hold(seconds: float) -> None:
         pass
 
 
-class _Clock:
-    """shared.turns' clock, moved by the test: how long a step held the loop is then what the test says, whatever
-    else the machine runs meanwhile (a busy CI machine took the process off the CPU between two steps of 3 ms)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def perf_counter(self) -> float:
-        return self.now
-
-    def hold(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
-    fake = _Clock()
-    monkeypatch.setattr(turns, "time", fake)
-    return fake
-
-
-async def test_holding_the_loop_makes_a_turn_due_and_a_turn_resets_it(clock: _Clock) -> None:
+async def test_holding_the_loop_makes_a_turn_due_and_a_turn_resets_it(loop_clock: LoopClock) -> None:
     held_for()  # the clock starts with the first question
-    clock.hold(0.005)
+    loop_clock.hold(0.005)
     assert held_for() == pytest.approx(0.005)
     assert turn_due(0.004)
     assert not turn_due(0.010)
@@ -52,16 +31,16 @@ async def test_holding_the_loop_makes_a_turn_due_and_a_turn_resets_it(clock: _Cl
     assert not turn_due(0.004)
 
 
-async def test_time_held_by_several_pieces_of_work_adds_up(clock: _Clock) -> None:
+async def test_time_held_by_several_pieces_of_work_adds_up(loop_clock: LoopClock) -> None:
     """Two steps of different work that run without a break between them (a batch's handler, then a statement) hold
     the loop together: the second sees the time the first held it."""
     first, second = Turns(every=0.004), Turns(every=0.004)
     await asyncio.sleep(0)
     held_for()
-    clock.hold(0.003)
+    loop_clock.hold(0.003)
     await first.let_others_run()  # 3 ms: not yet
     assert held_for() == pytest.approx(0.003)
-    clock.hold(0.003)
+    loop_clock.hold(0.003)
     await second.let_others_run()  # 6 ms since the loop last turned, though this one's own step took 3
     assert held_for() == 0, "the second gave the loop a turn"
 
