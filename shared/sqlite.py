@@ -49,7 +49,7 @@ import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -178,14 +178,26 @@ _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Writer]
 
 def writer_for(database: str) -> Writer | None:
     """The writer lock of a database file for the running loop; None for an in-memory database (one connection)."""
+    return _for_file(_writers, database, Writer)
+
+
+_Kept = TypeVar("_Kept")
+
+
+def _for_file(
+    kept: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Kept]],
+    database: str,
+    make: Callable[[str], _Kept],
+) -> _Kept | None:
+    """The one ``make(file)`` of a database file for the running loop; None for an in-memory database."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     key = os.path.realpath(database)
-    writers = _writers.setdefault(asyncio.get_running_loop(), {})
-    writer = writers.get(key)
-    if writer is None:
-        writer = writers[key] = Writer(key)
-    return writer
+    per_file = kept.setdefault(asyncio.get_running_loop(), {})
+    found = per_file.get(key)
+    if found is None:
+        found = per_file[key] = make(key)
+    return found
 
 
 # A request's write transaction, once it holds the writer lock, gives the loop a turn only after holding it this long:
@@ -245,14 +257,7 @@ _checkpoints: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Che
 
 def checkpoints_for(database: str) -> Checkpoints | None:
     """The checkpoints of a database file for the running loop; None for an in-memory database."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    key = os.path.realpath(database)
-    checkpoints = _checkpoints.setdefault(asyncio.get_running_loop(), {})
-    found = checkpoints.get(key)
-    if found is None:
-        found = checkpoints[key] = Checkpoints(key)
-    return found
+    return _for_file(_checkpoints, database, Checkpoints)
 
 
 # The pending BEGIN of a write transaction that begins at its first write (OneHopConnection.begin).

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,31 +192,9 @@ async def test_few_rows_are_read_on_the_loop_thread_and_the_rest_of_a_long_resul
     assert loop_thread not in seen[sqlite.INLINE_ROWS + 1 :]  # sqlite3 may step one row ahead on the loop's thread
 
 
-async def test_a_long_run_of_statements_gives_the_loop_turns(db: Database) -> None:
-    """Statements on the loop's thread never wait, so a flush of many would hold the loop from its first to its last;
-    the cursor gives the loop a turn whenever it has been held for shared.turns.YIELD_EVERY."""
-    flushing = True
-    turns_while_flushing = 0
-
-    async def other_work() -> None:
-        nonlocal turns_while_flushing
-        while flushing:
-            turns_while_flushing += 1
-            await asyncio.sleep(0)
-
-    async with db.session() as session:
-        await session.execute(select(1))
-        other = asyncio.create_task(other_work())
-        for i in range(3000):  # each its own statement (an INSERT with RETURNING is not batched): ~0.1 s in all
-            await session.execute(insert(items).values(name=f"row{i}", size=i).returning(items.c.id))
-        flushing = False
-    await other
-    assert turns_while_flushing > 1
-
-
-async def _turns_others_get(db: Database, clock: LoopClock, who: str, *, steps: int, step: float) -> int:
-    """How many turns another task gets while a write transaction runs ``steps`` statements, each after ``step``
-    seconds of work that holds the loop (its handler's Python, say)."""
+async def _turns_others_get(db: Database, who: str, *, steps: int, work: Callable[[], None] = lambda: None) -> int:
+    """How many turns another task gets while a write transaction runs ``steps`` statements, each after ``work`` that
+    holds the loop (its handler's Python, say)."""
     running = True
     turns = 0
 
@@ -233,12 +211,19 @@ async def _turns_others_get(db: Database, clock: LoopClock, who: str, *, steps: 
         await asyncio.sleep(0)
         counted = turns
         for i in range(steps):
-            clock.hold(step)
+            work()
             await session.execute(insert(items).values(name=f"{who}{i}", size=i))
         taken = turns - counted
         running = False
     await other
     return taken
+
+
+async def test_a_long_run_of_statements_gives_the_loop_turns(db: Database) -> None:
+    """Statements on the loop's thread never wait, so a flush of many would hold the loop from its first to its last;
+    the cursor gives the loop a turn whenever it has been held for shared.turns.YIELD_EVERY (HOLDING_TURN_EVERY in a
+    request's write transaction, as here)."""
+    assert await _turns_others_get(db, "row", steps=3000) > 1  # each its own statement: ~0.1 s in all
 
 
 async def test_a_request_s_write_transaction_holding_the_writer_lock_runs_on_without_giving_turns(
@@ -247,11 +232,15 @@ async def test_a_request_s_write_transaction_holding_the_writer_lock_runs_on_wit
     """Every writer waits for a request's transaction once it holds the writer lock: its statements run on without
     giving the loop to others every YIELD_EVERY (HOLDING_TURN_EVERY: a few steps of 3 ms of work go by); background
     work's (a consumer's batch, which holds it far longer) gives turns as before."""
-    request = await _turns_others_get(db, loop_clock, "request", steps=4, step=0.003)
+
+    def work() -> None:
+        loop_clock.hold(0.003)
+
+    request = await _turns_others_get(db, "request", steps=4, work=work)
 
     async def as_background() -> int:
         background()
-        return await _turns_others_get(db, loop_clock, "batch", steps=4, step=0.003)
+        return await _turns_others_get(db, "batch", steps=4, work=work)
 
     batch = await asyncio.create_task(as_background())
     assert request == 0
