@@ -8,13 +8,17 @@ statement in one function run in aiosqlite's thread) left a POST /v1/application
 of it waking threads and the loop (bench/post_cpu.py). The statements here are small (indexed reads and writes of a
 few rows, tens of microseconds in SQLite), so this cursor runs them on the loop's thread, without a hop: the
 connection is opened with ``check_same_thread=False`` and used by one thread at a time (its statements run under the
-connection's mutex). Its commit and rollback run there too, unless the transaction sent work to aiosqlite's thread
-(below): then they follow that work through aiosqlite's queue, as before. A commit made on the loop's thread did not
-hand the writer lock over until the loop came back to the committing task, behind every request step queued
-meanwhile: a POST held intake's lock 17 ms at the median for four INSERTs (bench/api.py, 16 connections). A commit
-would checkpoint the WAL once it reached 1,000 pages (copy them into the database, fsync: milliseconds the loop would be
-held), so write connections do not checkpoint on their own (``PRAGMA wal_autocheckpoint=0``); :class:`Checkpoints`
-does it on another thread and connection, ``CHECKPOINT_EVERY`` seconds at most after a commit.
+connection's mutex).
+
+Commits and rollbacks run on the loop's thread too: committing in aiosqlite's thread, a transaction handed the writer
+lock over only once the loop came back to the committing task, behind every request step queued meanwhile (a POST
+held intake's lock 17 ms at the median for four INSERTs: bench/api.py, 16 connections). Not so when the transaction
+sent work to aiosqlite's thread (below): its end follows that work through aiosqlite's queue; nor when it changed more
+than ``INLINE_ROWS`` rows (a consumer's batch): writing its pages out may wait on the disk (the kernel throttles
+writers while much is waiting to be written, as after a bulk load), which a request's small transaction rarely does.
+A commit would also checkpoint the WAL once it holds 1,000 pages (copy them into the database, fsync), so write
+connections do not checkpoint on their own (``PRAGMA wal_autocheckpoint=0``): :class:`Checkpoints` does it on
+another thread and connection, ``CHECKPOINT_EVERY`` seconds at most after a commit.
 
 Two kinds of statement still go to aiosqlite's thread, where their length holds no one up: an ``executemany`` of more
 than ``INLINE_ROWS`` rows (a screening's results), and the rows of a query beyond its first ``INLINE_ROWS`` (an
@@ -232,6 +236,11 @@ class Checkpoints:
         self._last = -CHECKPOINT_EVERY
         self._written = False  # committed since the checkpoint running (or the last) began
 
+    @property
+    def idle(self) -> bool:
+        """Whether no checkpoint is running or due."""
+        return self._running is None and self._timer is None
+
     def committed(self) -> None:
         self._written = True
         if self._running is None and self._timer is None:
@@ -373,6 +382,8 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
                     begin, connection._pending_begin = "BEGIN IMMEDIATE", None
             else:
                 begin, connection._pending_begin = connection._pending_begin, None
+            if begin is not None:
+                connection.changes_at_begin = driver._conn.total_changes
             if many and not _few(parameters):
                 # aiosqlite's own queue: the function runs in the connection's thread (the private name is the one
                 # SQLAlchemy's adapter uses too; the lock file pins aiosqlite).
@@ -417,6 +428,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         "_pending_begin",
         "_writer",
         "_writer_background",
+        "changes_at_begin",
         "next_reads_only",
         "used_thread",
     )
@@ -431,6 +443,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         # Whether the transaction sent work to aiosqlite's thread: its end follows that work there (a cancelled
         # wait leaves the work running).
         self.used_thread = False
+        # The connection's count of rows changed (sqlite3's total_changes) when the transaction began.
+        self.changes_at_begin = 0
         # The BEGIN the next statement sends first (None: a transaction is open, or none was begun), or
         # WRITE_AT_FIRST_WRITE.
         self._pending_begin: str | None = None
@@ -496,9 +510,10 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             self._release()
 
     def _end(self, *, commit: bool) -> None:
-        """Commit or roll back: on the loop's thread, or in aiosqlite's after work the transaction sent there."""
+        """Commit or roll back: on the loop's thread; in aiosqlite's after work the transaction sent there, or when
+        it changed more than INLINE_ROWS rows (see the module docstring)."""
         try:
-            if self.used_thread:
+            if self.used_thread or self._connection._conn.total_changes - self.changes_at_begin > INLINE_ROWS:
                 self.used_thread = False
                 await_(self._connection.commit() if commit else self._connection.rollback())
             elif commit:

@@ -134,6 +134,24 @@ async def test_a_transaction_begins_with_its_first_statement_and_commits_on_the_
     assert calls == [], "BEGIN IMMEDIATE went with the INSERT, and the COMMITs ran on the loop's thread"
 
 
+@pytest.mark.parametrize(("rows", "hops"), [(sqlite.INLINE_ROWS, 0), (sqlite.INLINE_ROWS + 1, 1)])
+async def test_a_transaction_that_changed_more_than_inline_rows_commits_in_the_driver_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch, rows: int, hops: int
+) -> None:
+    """Writing out a large transaction's pages may wait on the disk: a commit of more than INLINE_ROWS changed rows
+    (each changed by a statement of its own on the loop's thread) goes to the driver's thread; one of as many, not."""
+    async with db.session() as session:
+        await session.execute(select(1))
+    calls = count_hops(monkeypatch)
+    async with db.session() as session:
+        for i in range(rows):
+            await session.execute(insert(items).values(name=f"row{i}", size=i))
+        assert calls == []
+    assert len(calls) == hops
+    async with db.read_session() as session:
+        assert await session.scalar(select(func.count()).select_from(items)) == rows
+
+
 async def test_the_wal_is_checkpointed_on_another_thread_after_a_commit_never_in_it(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,18 +167,20 @@ async def test_the_wal_is_checkpointed_on_another_thread_after_a_commit_never_in
 
     monkeypatch.setattr(sqlite, "_checkpoint", noting)
     file = tmp_path / "hop.db"
-    async with db.session() as session:  # the first commit: checkpointed at once
+    checkpoints = sqlite.checkpoints_for(str(file))
+    assert checkpoints is not None
+    await wait_until(lambda: checkpoints.idle)  # what the fixture's commit set going is over
+    async with db.session() as session:
         await session.execute(insert(pages).values(body=b"first"))
-    await wait_until(lambda: len(threads) == 1)
-    await asyncio.sleep(0.1)  # that checkpoint ends
-    before = file.stat().st_size
+    await wait_until(lambda: bool(threads) and checkpoints.idle)  # checkpointed, within CHECKPOINT_EVERY
+    before, checkpointed = file.stat().st_size, len(threads)
 
     # 6 MB in one commit: SQLite's own checkpoint would have copied them (1,000 pages) into the file at the COMMIT.
     async with db.session() as session:
         await session.execute(insert(pages), [{"body": bytes(600_000)} for _ in range(10)])
     assert file.stat().st_size == before, "nothing checkpointed at the commit"
     await wait_until(lambda: file.stat().st_size > before + 6_000_000, timeout=5)
-    assert len(threads) == 2
+    assert len(threads) == checkpointed + 1
     assert threading.get_ident() not in threads, "not on the loop's thread"
 
 
