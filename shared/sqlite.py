@@ -119,7 +119,7 @@ class Writer:
         self.urgent = 0
         # When the holder asked for the lock and when it got it (perf_counter), for a watcher (see watch).
         self._asked = self._granted = 0.0
-        self._background = False
+        self.background = False  # whether the holder is background work
 
     async def acquire(self) -> None:
         task = asyncio.current_task()
@@ -131,7 +131,7 @@ class Writer:
             self._held = True
             self.owner = task
             self._asked = self._granted = asked
-            self._background = BACKGROUND.get()
+            self.background = BACKGROUND.get()
             return
         urgent = not BACKGROUND.get()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -151,13 +151,13 @@ class Writer:
             self.waiting -= 1
             self.urgent -= urgent
         self.owner = task
-        self._asked, self._granted, self._background = asked, time.perf_counter(), not urgent
+        self._asked, self._granted, self.background = asked, time.perf_counter(), not urgent
 
     def release(self) -> None:
         observer = _observers.get(self.database)
         if observer is not None:
             now = time.perf_counter()
-            observer(self.owner, self._background, self._granted - self._asked, now - self._granted)
+            observer(self.owner, self.background, self._granted - self._asked, now - self._granted)
         self.owner = None
         self._hand_over()
 
@@ -427,7 +427,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         "_holding",
         "_pending_begin",
         "_writer",
-        "_writer_background",
         "changes_at_begin",
         "next_reads_only",
         "used_thread",
@@ -439,7 +438,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._writer = writer
         self._checkpoints = checkpoints
         self._holding = False
-        self._writer_background = False  # whether background work holds the lock (see holds_for_request)
         # Whether the transaction sent work to aiosqlite's thread: its end follows that work there (a cancelled
         # wait leaves the work running).
         self.used_thread = False
@@ -473,12 +471,11 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._writer is not None:
             await self._writer.acquire()
             self._holding = True
-            self._writer_background = BACKGROUND.get()
 
     @property
     def holds_for_request(self) -> bool:
         """Whether this connection's transaction holds the writer lock for a request (not background work)."""
-        return self._holding and not self._writer_background
+        return self._holding and self._writer is not None and not self._writer.background
 
     @property
     def begins_at_first_write(self) -> bool:

@@ -95,12 +95,12 @@ class Foreground:
 
     A consumer's batch shares the event loop with the process's requests; yielding every 2 ms (:class:`Turns`) only
     lets a request take its next step after each of the batch's slices, so a request of ten steps waited for ten
-    slices, and under a steady load of requests the consumers took most of the process's CPU while the requests
-    queued behind them (issue 14: intake spent about four fifths of its CPU on its status view while POSTs waited).
-    Here background work waits, before each transaction, while any request is being served: for the last one to
-    end, or ``patience`` seconds at most, so that consumers still go on under a load that never lets up.
+    slices, and under a steady load of requests the consumers took their share of the process's CPU while the
+    requests queued behind them. Here background work waits, before each transaction, while any request is being
+    served: for the last one to end, or ``patience`` seconds at most, so that consumers still go on under a load that
+    never lets up.
 
-    Counted by the service's request middleware (:meth:`serving`); one per app, used on its loop only."""
+    Counted by the service's request middleware (:meth:`enter`, :meth:`leave`); one per app, used on its loop only."""
 
     __slots__ = ("_waiters", "patience", "requests")
 
