@@ -216,10 +216,16 @@ HOLDING_TURN_EVERY = 0.02
 CHECKPOINT_EVERY = 0.5
 
 
+# How long a checkpoint's connection waits for a lock another holds (another process's checkpoint running: without
+# waiting, "database is locked", seen in make bench where a benchmark and a service share a file). It waits on its own
+# thread, holding no one up.
+CHECKPOINT_BUSY_TIMEOUT = 5.0
+
+
 def _checkpoint(database: str) -> tuple[int, int, int]:
-    """Copy what the WAL holds into the database, as far as no reader needs it (``PASSIVE``: waits for no one), on a
-    connection of its own (runs on an executor's thread)."""
-    with contextlib.closing(sqlite3.connect(database, timeout=0)) as connection:
+    """Copy what the WAL holds into the database, as far as no reader needs it (``PASSIVE``), on a connection of its
+    own (runs on an executor's thread)."""
+    with contextlib.closing(sqlite3.connect(database, timeout=CHECKPOINT_BUSY_TIMEOUT)) as connection:
         busy, pages, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return busy, pages, copied
 
@@ -256,7 +262,7 @@ class Checkpoints:
     def _done(self, running: asyncio.Future[tuple[int, int, int]]) -> None:
         self._running = None
         if not running.cancelled() and (error := running.exception()) is not None:
-            log.warning("checkpoint failed", extra={"database": self.database, "error": repr(error)})
+            log.warning("checkpoint failed: %r", error, extra={"database": self.database})
         if self._written and not self._loop.is_closed():
             self.committed()
 

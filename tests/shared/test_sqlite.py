@@ -5,6 +5,7 @@ the event loop (no SQLITE_BUSY, no busy polling), and reads never wait for a wri
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -132,6 +133,23 @@ async def test_a_transaction_begins_with_its_first_statement_and_commits_on_the_
     async with db.read_session() as session:
         assert (await session.execute(select(items.c.name))).scalars().all() == ["one statement"]
     assert calls == [], "BEGIN IMMEDIATE went with the INSERT, and the COMMITs ran on the loop's thread"
+
+
+def test_a_checkpoint_waits_for_a_lock_another_connection_holds(tmp_path: Path) -> None:
+    """Another connection holding the database (another process's checkpoint, say) makes a checkpoint wait on its
+    thread, not fail with "database is locked"."""
+    file = str(tmp_path / "held.db")
+    holder = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")
+    holder.execute("COMMIT")  # exclusive locking mode: the lock is kept after the commit
+    threading.Timer(0.3, holder.close).start()
+    busy, pages, copied = sqlite._checkpoint(file)
+    assert busy == 0
+    assert pages == copied
 
 
 @pytest.mark.parametrize(("rows", "hops"), [(sqlite.INLINE_ROWS, 0), (sqlite.INLINE_ROWS + 1, 1)])
