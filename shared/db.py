@@ -243,10 +243,13 @@ class Database:
 
     def writers_waiting(self) -> int:
         """How many write transactions of this process that someone waits on (a request's; not background work,
-        see :func:`background`) wait to begin (SQLite: for its writer lock). PostgreSQL serialises nothing of the
+        see :func:`background`) wait to begin (SQLite: for its writer lock), or 1 when none does but another
+        process's request waits for the file (shared.sqlite.FileLock). PostgreSQL serialises nothing of the
         kind; there it is always 0."""
         writer = self._sqlite_writer()
-        return writer.urgent if writer is not None else 0
+        if writer is None:
+            return 0
+        return writer.urgent or int(writer.others_urgent)
 
     def sqlite_file(self) -> str | None:
         """The SQLite database file (whose writes take the process's writer lock); None on PostgreSQL or in memory."""

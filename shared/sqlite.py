@@ -30,12 +30,17 @@ shared.turns.YIELD_EVERY (by these statements and whatever ran with them without
 Writes are serialised in the process: SQLite has one writer at a time, and a connection that finds the write lock
 taken waits in SQLite's busy handler, which sleeps and polls (up to 100 ms a time), so under load a transaction waited
 far longer than the one ahead of it took. Each connection to a database file takes the process's writer lock for
-that file (an :class:`asyncio.Lock`, one per file and event loop) before ``BEGIN IMMEDIATE`` and gives it back when
-the transaction ends, so the next writer starts the moment the previous one commits and the busy handler is left for
-other processes (a migration, a CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they
-read a snapshot while a writer works. A write transaction begun ``at_first_write`` (a request's) takes the lock and
-sends ``BEGIN IMMEDIATE`` with its first statement that is not a plain read; the reads before it run outside any
-transaction, each seeing what was committed when it ran.
+that file (a :class:`Writer`, one per file and event loop) before ``BEGIN IMMEDIATE`` and gives it back when the
+transaction ends, so the next writer starts the moment the previous one commits. Between processes (a service's API
+and its background process under ``onestop run``, replicas sharing a file) the holder of the process's lock also holds
+an exclusive ``flock`` on a file beside the database (:class:`FileLock`): taken at once when free, else waited for in
+a thread blocked in the kernel, which wakes it the moment the other process lets go, with no polling. A process whose
+request waits for that lock says so with a shared ``flock`` on another file, so that the other process's batch ends
+early for it as it would for a request of its own. The busy handler is left for what takes neither (a migration, a
+CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they read a snapshot while a writer
+works. A write transaction begun ``at_first_write`` (a request's) takes the lock and sends ``BEGIN IMMEDIATE`` with its
+first statement that is not a plain read; the reads before it run outside any transaction, each seeing what was
+committed when it ran.
 
 Only the cursor and the transaction boundaries differ from SQLAlchemy's aiosqlite dialect; the engine is made with
 ``module=dbapi()``.
@@ -47,9 +52,11 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -91,6 +98,76 @@ def watch(database: str, observer: LockObserver | None) -> None:
         _observers[key] = observer
 
 
+class FileLock:
+    """The writer lock of a database file between processes: an exclusive ``flock`` on ``<database>.writer-lock``,
+    and a shared one on ``<database>.writer-urgent`` held by each process while a request of its waits for the first
+    (see the module docstring). Separate files, not the database's: closing any descriptor of the database would drop
+    the POSIX locks SQLite holds on it in this process."""
+
+    def __init__(self, database: str) -> None:
+        self._lock = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._urgent = os.open(f"{database}.writer-urgent", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._closing = weakref.finalize(self, _close, self._lock, self._urgent)
+        self.waiting_urgently = False  # a request of this process waits for another process to let go
+
+    def try_take(self) -> bool:
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    async def take(self, *, urgent: bool) -> None:
+        """Hold the lock: at once if it is free, else once the other process lets go (waited for in a thread). If
+        the wait is cancelled, the lock is let go as soon as the thread gets it."""
+        if self.try_take():
+            return
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[None] = loop.create_future()
+        if urgent:
+            fcntl.flock(self._urgent, fcntl.LOCK_SH)  # never waits: nobody holds this file exclusively for long
+            self.waiting_urgently = True
+        threading.Thread(target=self._wait, args=(loop, got), name="sqlite-writer-lock", daemon=True).start()
+        try:
+            await asyncio.shield(got)
+        except BaseException:
+            got.add_done_callback(lambda _: self.give_back())
+            raise
+        finally:
+            if urgent:
+                self.waiting_urgently = False
+                fcntl.flock(self._urgent, fcntl.LOCK_UN)
+
+    def _wait(self, loop: asyncio.AbstractEventLoop, got: asyncio.Future[None]) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            loop.call_soon_threadsafe(_settle, got)
+        except RuntimeError:  # the loop is closed: nobody will use the lock
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def give_back(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def others_urgent(self) -> bool:
+        """Whether a request of another process waits for the lock (it holds the urgent file shared)."""
+        try:
+            fcntl.flock(self._urgent, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._urgent, fcntl.LOCK_UN)
+        return False
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _close(*descriptors: int) -> None:
+    for descriptor in descriptors:
+        os.close(descriptor)
+
+
 class Writer:
     """The process's writer lock for one database file (on one event loop), and the task holding it.
 
@@ -103,6 +180,7 @@ class Writer:
 
     def __init__(self, database: str) -> None:
         self.database = database
+        self.file = FileLock(database)
         self.owner: asyncio.Task[Any] | None = None
         self._held = False
         self._queues: dict[bool, collections.deque[asyncio.Future[None]]] = {
@@ -127,13 +205,13 @@ class Writer:
             # It would wait for itself for ever; SQLite would have answered SQLITE_BUSY after its busy timeout.
             raise RuntimeError(f"a write transaction on {self.database} is already open in this task")
         asked = time.perf_counter()
+        urgent = not BACKGROUND.get()
         if not self._held:  # nobody holds it, so nobody waits for it (a handed-over turn keeps it held)
             self._held = True
             self.owner = task
-            self._asked = self._granted = asked
-            self.background = BACKGROUND.get()
+            await self._take_file(urgent)
+            self._asked, self._granted, self.background = asked, time.perf_counter(), not urgent
             return
-        urgent = not BACKGROUND.get()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues[urgent].append(turn)
         self.waiting += 1
@@ -151,7 +229,22 @@ class Writer:
             self.waiting -= 1
             self.urgent -= urgent
         self.owner = task
+        await self._take_file(urgent)
         self._asked, self._granted, self.background = asked, time.perf_counter(), not urgent
+
+    async def _take_file(self, urgent: bool) -> None:
+        """With the process's lock held, the file's: other processes' writers (see :class:`FileLock`)."""
+        try:
+            await self.file.take(urgent=urgent)
+        except BaseException:
+            self.owner = None
+            self._hand_over()  # the process's lock goes to the next one; the file's is let go when the thread gets it
+            raise
+
+    @property
+    def others_urgent(self) -> bool:
+        """Whether a request of another process waits for this file's writer lock."""
+        return not self.file.waiting_urgently and self.file.others_urgent()
 
     def release(self) -> None:
         observer = _observers.get(self.database)
@@ -159,6 +252,7 @@ class Writer:
             now = time.perf_counter()
             observer(self.owner, self.background, self._granted - self._asked, now - self._granted)
         self.owner = None
+        self.file.give_back()
         self._hand_over()
 
     def _hand_over(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -368,8 +369,8 @@ async def test_a_request_waiting_to_write_goes_before_background_work_that_asked
     assert written == ["first", "request", "batch"], "the request went before the batch that asked first"
 
 
-async def test_background_work_is_not_starved_by_a_stream_of_requests() -> None:
-    writer = sqlite.Writer("turns.db")
+async def test_background_work_is_not_starved_by_a_stream_of_requests(tmp_path: Path) -> None:
+    writer = sqlite.Writer(str(tmp_path / "turns.db"))
     await writer.acquire()  # held, while the others ask
     order: list[str] = []
 
@@ -389,6 +390,76 @@ async def test_background_work_is_not_starved_by_a_stream_of_requests() -> None:
     await asyncio.gather(batch, *requests)
     assert order.index("batch") == sqlite.Writer.URGENT_RUN, "the batch went after a run of requests, not after all"
     assert [n for n in order if n != "batch"] == [f"r{n}" for n in range(10)], "the requests in the order they asked"
+
+
+async def test_writers_of_two_processes_take_turns_through_the_file_lock_and_a_waiting_request_is_seen(
+    impatient_db: Database,
+) -> None:
+    """Another process (a service's background work beside its API) holds a write transaction: this process's
+    write waits for it without SQLite's busy handler (off here: it would fail at once), the other sees a request
+    waiting (its batch would end early), and the write begins once the other commits."""
+    db = impatient_db
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.sqlite_writer_process", str(make_url(db.url).database),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert other.stdin is not None
+    assert other.stdout is not None
+    try:
+        assert await asyncio.wait_for(other.stdout.readline(), 60) == b"holding\n"
+
+        async def request() -> None:
+            async with db.session() as session:
+                await session.execute(insert(items).values(name="request", size=2))
+
+        writing = asyncio.create_task(request())
+        writer = sqlite.writer_for(str(make_url(db.url).database))
+        assert writer is not None
+        await wait_until(lambda: _is(int(writer.file.waiting_urgently), 1))
+        assert not writing.done(), "the write waits while the other process holds the lock"
+        other.stdin.write(b"go\n")
+        await other.stdin.drain()
+        assert await asyncio.wait_for(other.stdout.readline(), 30) == b"waiting 1\n"
+        assert await asyncio.wait_for(other.stdout.readline(), 30) == b"committed\n"
+        await asyncio.wait_for(writing, 30)
+        assert not writer.file.waiting_urgently
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()
+    async with db.read_session() as session:
+        written = list((await session.execute(select(items.c.name).order_by(items.c.id))).scalars())
+    assert written == ["other", "request"]
+    assert not writer.others_urgent, "nobody waits any more"
+
+
+async def test_a_write_cancelled_while_another_process_holds_the_file_lock_leaves_both_locks_free(
+    impatient_db: Database,
+) -> None:
+    db = impatient_db
+    database = str(make_url(db.url).database)
+    other = sqlite.FileLock(database)  # its own descriptor: to flock, another holder as a process would be
+    assert other.try_take()
+
+    async def request(name: str) -> None:
+        async with db.session() as session:
+            await session.execute(insert(items).values(name=name, size=2))
+
+    cancelled = asyncio.create_task(request("cancelled"))
+    writer = sqlite.writer_for(database)
+    assert writer is not None
+    await wait_until(lambda: _is(int(other.others_urgent()), 1))
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert not other.others_urgent(), "the cancelled request no longer waits"
+    other.give_back()
+    # The waiting thread got the file's lock after the cancellation and gave it back: the next write begins.
+    await asyncio.wait_for(request("next"), 10)
+    assert other.try_take(), "the file's lock was given back after the write"
+    other.give_back()
+    async with db.read_session() as session:
+        assert list((await session.execute(select(items.c.name))).scalars()) == ["next"]
 
 
 async def _is(value: int, expected: int) -> bool:
