@@ -56,7 +56,6 @@ from bench.probes import (
     cpu_seconds,
     events_handled,
     loop_stall,
-    merge_histograms,
     quantiles,
     request_counts,
     rss_mb,
@@ -405,7 +404,6 @@ async def running(
             ports={s: free_port() for s in SERVICE_NAMES},
             overrides={s: backend.overrides.get(s, {}) | (settings or {}) for s in SERVICE_NAMES},
             ready_timeout=120,
-            background_apart=True,  # as `onestop run` starts them
         )
     )
     try:
@@ -462,24 +460,19 @@ class Run:
         await self.pipeline.close()
         await self.databases.close()
 
-    async def metrics(self, process: str) -> str:
-        """One process's /metrics: a service's API (its name) or its background process."""
-        return (await self.client.get(f"{self.platform.process_url(process)}/metrics")).text
+    async def metrics(self, service: str) -> str:
+        return (await self.client.get(f"{self.platform.url(service)}/metrics")).text
 
     async def writer_lock(self) -> dict[str, LockReading]:
-        """Each service's writer-lock histograms (wait, hold) by work and its consumers' events handled, as they stand,
-        over its processes (SQLite only; else empty)."""
+        """Each service's writer-lock histograms (wait, hold) by work and its consumers' events handled, as they stand
+        (SQLite only; else empty)."""
         out = {}
         for service in SERVICE_NAMES:
-            readings = []
-            for process in self.platform.processes_of(service):
-                text = await self.metrics(process)
-                wait = work_histograms(text, "onestop_db_writer_wait_seconds")
-                if wait:
-                    hold = work_histograms(text, "onestop_db_writer_hold_seconds")
-                    readings.append(LockReading(wait, hold, events_handled(text)))
-            if readings:
-                out[service] = LockReading.over(readings)
+            text = await self.metrics(service)
+            wait = work_histograms(text, "onestop_db_writer_wait_seconds")
+            if wait:
+                hold = work_histograms(text, "onestop_db_writer_hold_seconds")
+                out[service] = LockReading(wait, hold, events_handled(text))
         return out
 
     def load(self, url: str, requests: list[Request], label: str, connections: int, seconds: float,
@@ -537,9 +530,9 @@ class Run:
         accepted = [(a, r) for a, r in await self.databases.applications() if a not in already]
         end_to_end = await self.end_to_end(reference, accepted, t0, settled_at)
         services: dict[str, Any] = {}
-        for process in (p for service in SERVICE_NAMES for p in self.platform.processes_of(service)):
-            stall = loop_stall(await self.metrics(process))
-            services[process] = {"loop_stall": stall.to_json() if stall else None}
+        for service in SERVICE_NAMES:
+            stall = loop_stall(await self.metrics(service))
+            services[service] = {"loop_stall": stall.to_json() if stall else None}
         for name in processes.pids:
             services.setdefault(name, {}).update(
                 rss_peak_mb=round(processes.peak_rss[name], 1),
@@ -660,17 +653,6 @@ class LockReading:
     wait: dict[str, Histogram]
     hold: dict[str, Histogram]
     handled: dict[str, int]
-
-    @classmethod
-    def over(cls, readings: list[LockReading]) -> LockReading:
-        """One service's reading over its processes (its API's and its background process's)."""
-        if len(readings) == 1:
-            return readings[0]
-        handled: dict[str, int] = {}
-        for r in readings:
-            for consumer, n in r.handled.items():
-                handled[consumer] = handled.get(consumer, 0) + n
-        return cls(merge_histograms([r.wait for r in readings]), merge_histograms([r.hold for r in readings]), handled)
 
 
 def lock_figures(after: dict[str, LockReading], before: dict[str, LockReading]) -> dict[str, dict[str, Any]]:

@@ -158,20 +158,6 @@ def work_histograms(metrics_text: str, metric: str) -> dict[str, Histogram]:
     return {work: Histogram(sorted(b.items()), sums.get(work, 0.0)) for work, b in buckets.items()}
 
 
-def merge_histograms(readings: list[dict[str, Histogram]]) -> dict[str, Histogram]:
-    """Histograms by work over several processes (a service's API and its background process): where two have the
-    same work, their counts per bound and their sums added."""
-    buckets: dict[str, dict[float, float]] = {}
-    sums: dict[str, float] = {}
-    for reading in readings:
-        for work, histogram in reading.items():
-            merged = buckets.setdefault(work, {})
-            for bound, count in histogram.buckets:
-                merged[bound] = merged.get(bound, 0.0) + count
-            sums[work] = sums.get(work, 0.0) + histogram.total
-    return {work: Histogram(sorted(b.items()), sums[work]) for work, b in buckets.items()}
-
-
 def quantiles(
     after: dict[str, Histogram], before: dict[str, Histogram], qs: tuple[float, ...] = (0.5, 0.99)
 ) -> dict[str, dict[str, Any]]:

@@ -40,12 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--postgres-port", type=int, default=5433, help="its port (default 5433)")
     run.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with replicated (R3) streams")
     run.add_argument("--replicas", type=int, default=1, help="processes per service (default 1)")
-    run.add_argument(
-        "--no-background-process",
-        action="store_true",
-        help="each service's consumers and outbox relay run in the processes serving its API (default: in a process "
-        "of their own, <service>-background, at a lower OS priority)",
-    )
 
     token = commands.add_parser("token", help="print a signed JWT from the embedded issuer")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -169,7 +163,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 postgres_port=args.postgres_port,
                 cluster=args.cluster,
                 replicas=args.replicas,
-                background_apart=not args.no_background_process,
             )
         )
     except (PlatformError, PostgresError) as exc:
@@ -237,9 +230,6 @@ def _banner(platform: Platform, seconds: float) -> str:
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
     if platform.config.replicas > 1:
         lines.append(f"  ({platform.config.replicas} processes per service share each port)")
-    if platform.config.background_apart:
-        lines.append(f"  (each service's consumers and outbox relay in a process of its own at niceness "
-                     f"{platform.config.background_niceness}: var/logs/<service>-background.log)")  # fmt: skip
     for node in platform.nats_nodes:
         url = node.url(platform.config.host)
         monitor = f"   monitoring: http://{platform.config.host}:{node.ports.http}" if node.ports.http else ""

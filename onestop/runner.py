@@ -68,8 +68,6 @@ class NatsNodePorts:
 
 
 CLUSTER_SIZE = 3
-# A service's background process answers on its service's port plus this (intake 8001: 8101).
-BACKGROUND_PORT_OFFSET = 100
 
 
 @dataclass
@@ -79,14 +77,8 @@ class PlatformConfig:
     nats_port: int = 4222
     nats_http_port: int | None = 8222
     # The portal runs when it has a port here (``onestop run`` gives it 8000; a test leaves it out unless it needs it).
-    # A service's background process (see background_apart) answers health checks and /metrics on its port here
-    # ("intake-background": 8101, ...: the local Prometheus scrapes them), else on one the kernel picks.
     ports: dict[str, int] = field(
-        default_factory=lambda: {
-            **{s.name: s.port for s in SERVICES},
-            PORTAL.name: PORTAL.port,
-            **{background_name(s.name): s.port + BACKGROUND_PORT_OFFSET for s in SERVICES},
-        }
+        default_factory=lambda: {**{s.name: s.port for s in SERVICES}, PORTAL.name: PORTAL.port}
     )
     bus_prefix: str = "onestop"
     seed: bool = True
@@ -113,12 +105,6 @@ class PlatformConfig:
     postgres_dir: Path | None = None  # default <var>/postgres (the postgres user must be able to reach it as root)
     # Processes per service.
     replicas: int = 1
-    # Each service's background work (its consumers, outbox relay, reconciler, housekeeping) in a process of its own,
-    # "<service>-background", at ``background_niceness`` (a lower OS priority), and none of it in the processes that
-    # serve its API: when the cores are busy the OS serves requests first (README, "Processes"). ``onestop run``'s
-    # default; off, each process does both (fewer processes for the suite's many platforms).
-    background_apart: bool = False
-    background_niceness: int = 10
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     # Where the operator's settings file is (the services read the same file).
     env_file: Path | None = Path(".env")
@@ -127,7 +113,7 @@ class PlatformConfig:
     def on_free_ports(cls, var_dir: Path, *, portal: bool = False, **kwargs: Any) -> PlatformConfig:
         """Every port picked free (tests, benchmarks): services (and the portal, if it should run), NATS (and the
         cluster's), PostgreSQL."""
-        ports = {name: unused_port() for s in SERVICES for name in (s.name, background_name(s.name))}
+        ports = {s.name: unused_port() for s in SERVICES}
         if portal:
             ports[PORTAL.name] = unused_port()
         config = cls(var_dir=var_dir, nats_port=unused_port(), nats_http_port=unused_port(), ports=ports,
@@ -196,20 +182,6 @@ class Platform:
     def url(self, service: str) -> str:
         return f"http://{self.config.host}:{self.config.ports[service]}"
 
-    def background_url(self, service: str) -> str:
-        """Where a service's background process answers (its health and /metrics; it serves no clients): its own
-        port (see PlatformConfig.ports); the service's own URL when no such process runs."""
-        sock = self.sockets.get(background_name(service))
-        if sock is None:
-            return self.url(service)
-        return f"http://{self.config.host}:{sock.getsockname()[1]}"
-
-    def process_url(self, process: str) -> str:
-        """Where one process answers: its service's URL (a replica: whichever replica the kernel hands the connection
-        to), or a background process's own."""
-        group = self._group_of(process)
-        return self.background_url(group) if process == background_name(group) else self.url(group)
-
     @property
     def keys_dir(self) -> Path:
         return self.var / "keys"
@@ -245,8 +217,6 @@ class Platform:
             "stream_replicas": f"the stream has {self.stream_replicas} replica(s) on the NATS it starts "
             "(3 with --cluster)",
             "bus_prefix": f"its NATS users may use the subjects under '{self.config.bus_prefix}' only",
-            "background_work": "it starts each service's background work in a process of its own "
-            "(--no-background-process: in every process)",
             "jwt_public_key_file": f"the services trust its embedded issuer ({self.keys_dir / 'issuer.pub.pem'})",
             "service_token": issuer,
             "service_token_file": issuer,
@@ -335,7 +305,6 @@ class Platform:
             "bus_prefix": self.config.bus_prefix,
             "stream_replicas": self.stream_replicas,
             "jwt_public_key_file": str(self.keys_dir / "issuer.pub.pem"),
-            "background_work": not self.config.background_apart,
         }
         if "data_dir" not in operator:
             values["data_dir"] = str(self.var / entry.name)
@@ -356,12 +325,8 @@ class Platform:
         """The service's settings as its process sees them (the operator's, then the runner's)."""
         return entry.settings(_env_file=self.config.env_file, **self.settings_values(entry))
 
-    def env_for(self, entry: ServiceEntry, *, background: bool = False) -> dict[str, str]:
-        """A service's environment; ``background``: its background process's (see PlatformConfig.background_apart)."""
-        values = self.settings_values(entry)
-        if background:
-            values["background_work"] = True
-        return self._env(entry.env_prefix, values)
+    def env_for(self, entry: ServiceEntry) -> dict[str, str]:
+        return self._env(entry.env_prefix, self.settings_values(entry))
 
     def _env(self, prefix: str, values: dict[str, Any]) -> dict[str, str]:
         # The operator's ONESTOP_ variables, the .env file's included, go through; the runner's own come on top
@@ -626,24 +591,22 @@ class Platform:
     # ------------------------------------------------------------------------------------------ services
 
     def bind_sockets(self) -> None:
-        """Each service's (and the portal's) listening socket, held by the runner and shared by its replicas; and
-        each background process's, on a port the kernel picks (see background_url)."""
-        wanted = {group: self.config.ports[group] for group in self.groups}
-        if self.config.background_apart:
-            wanted |= {(name := background_name(s.name)): self.config.ports.get(name, 0) for s in SERVICES}
-        for name, port in wanted.items():
-            if name in self.sockets:
+        """Each service's (and the portal's) listening socket, held by the runner and shared by its replicas."""
+        for group in self.groups:
+            if group in self.sockets:
                 continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((self.config.host, port))
+                sock.bind((self.config.host, self.config.ports[group]))
             except OSError as exc:
                 sock.close()
-                raise PlatformError(f"port {port} ({name}) already in use: is OneStop already running?") from exc
+                raise PlatformError(
+                    f"port {self.config.ports[group]} ({group}) already in use: is OneStop already running?"
+                ) from exc
             sock.listen(2048)
             sock.set_inheritable(True)
-            self.sockets[name] = sock
+            self.sockets[group] = sock
 
     def migrate(self) -> None:
         # The four services' databases; the portal has none (it calls their APIs).
@@ -668,33 +631,25 @@ class Platform:
         return next(g for g in [s.name for s in SERVICES] + [PORTAL.name] if name == g or name.startswith(f"{g}-"))
 
     def _processes_named(self, name: str) -> list[str]:
-        """A service's processes (its replicas and its background process), or the one process named."""
+        """A service's replicas, or the one replica named."""
         if name in self.groups:
-            return self.processes_of(name)
+            return self.replica_names(name)
         return [name]
 
-    def processes_of(self, group: str) -> list[str]:
-        """The names of a service's (or the portal's) processes: its replicas, then its background process if it
-        has one (see PlatformConfig.background_apart)."""
-        apart = self.config.background_apart and group in BY_NAME
-        return self.replica_names(group) + ([background_name(group)] if apart else [])
-
     def start_service(self, name: str, *, wait: bool = True) -> None:
-        """Start a service's (or the portal's) processes, or one by its name; waits until they answer /readyz."""
+        """Start a service's (or the portal's) replicas, or one replica by its name; waits until it answers /readyz."""
         group = self._group_of(name)
         self.bind_sockets()
-        for process in self._processes_named(name):
-            background = process == background_name(group)
-            fd = self.sockets[process if background else group].fileno()
-            if group == PORTAL.name:
-                factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
-            else:
-                entry = BY_NAME[group]
-                factory, env = entry.app_factory, self.env_for(entry, background=background)
-            command = [sys.executable, "-m", "onestop.serve", "--factory", factory, "--fd", str(fd)]
-            if background:
-                command += ["--nice", str(self.config.background_niceness)]
-            self._manage(process, _spawner(command, env, fd))
+        fd = self.sockets[group].fileno()
+        if group == PORTAL.name:
+            factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
+        else:
+            entry = BY_NAME[group]
+            factory, env = entry.app_factory, self.env_for(entry)
+        command = [sys.executable, "-m", "onestop.serve", "--factory", factory, "--fd", str(fd)]
+        for replica in self._processes_named(name):
+            self._manage(replica, lambda log: subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                                start_new_session=True, pass_fds=(fd,)))  # fmt: skip
         if wait:
             self.wait_ready(group)
 
@@ -720,32 +675,26 @@ class Platform:
         return pid
 
     def wait_ready(self, name: str) -> None:
-        """Wait until a service (or the portal) answers /readyz, and its background process if it has one."""
         group = self._group_of(name)
-        urls = [self.url(group)]
-        if background_name(group) in self.processes_of(group):
-            urls.append(self.background_url(group))
         deadline = time.monotonic() + self.config.ready_timeout
         last = "no answer"
-        while urls and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             with self.lock:
-                processes = [self.managed[r] for r in self.processes_of(group) if r in self.managed]
-            dead = [p for p in processes if p.restart_at is None and p.exit_code() is not None]
+                replicas = [self.managed[r] for r in self.replica_names(group) if r in self.managed]
+            dead = [p for p in replicas if p.restart_at is None and p.exit_code() is not None]
             if dead:
                 code = dead[0].exit_code()
                 assert code is not None
                 raise PlatformError(f"{dead[0].name} ended ({describe_exit(code)}); see {self.log_path(dead[0].name)}")
             try:
-                response = httpx.get(f"{urls[0]}/readyz", timeout=2)
+                response = httpx.get(f"{self.url(group)}/readyz", timeout=2)
                 if response.status_code == 200:
-                    urls.pop(0)
-                    continue
+                    return
                 last = response.text
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(0.1)
-        if urls:
-            raise PlatformError(f"{group} not ready after {self.config.ready_timeout}s ({urls[0]}): {last}")
+        raise PlatformError(f"{group} not ready after {self.config.ready_timeout}s: {last}")
 
     @property
     def processes(self) -> dict[str, subprocess.Popen[bytes]]:
@@ -766,18 +715,6 @@ class Platform:
 
     def log_path(self, name: str) -> Path:
         return self.var / "logs" / f"{name}.log"
-
-
-def background_name(service: str) -> str:
-    """The name of a service's background process (see PlatformConfig.background_apart)."""
-    return f"{service}-background"
-
-
-def _spawner(command: list[str], env: dict[str, str], fd: int) -> Callable[[IO[bytes] | None], subprocess.Popen[bytes]]:
-    """How a service's process is started (and started again after a crash): in a session of its own, with the
-    listening socket ``fd`` it serves on."""
-    return lambda log: subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        pass_fds=(fd,))  # fmt: skip
 
 
 def _env_value(value: Any) -> str:
@@ -856,7 +793,6 @@ __all__ = [
     "Platform",
     "PlatformConfig",
     "PlatformError",
-    "background_name",
     "free_port",
     "terminate",
     "unused_port",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import socket
 from typing import Any
 
@@ -71,10 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m onestop.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--factory", required=True, help="module:function returning the ASGI app")
     parser.add_argument("--fd", type=int, required=True, help="an inherited, listening TCP socket")
-    parser.add_argument("--nice", type=int, default=0, help="added to the process's niceness (a lower OS priority)")
     args = parser.parse_args(argv)
-    if args.nice:
-        os.nice(args.nice)
     serving, sock = server(args.factory, args.fd)
     serving.run(sockets=[sock])
 

@@ -152,14 +152,12 @@ class Runtime:
                 self.context = context
                 # From here on (not while the context loads, say, a catalogue): what serving costs the loop.
                 self.loop_monitor.start()
-                if self.settings.background_work:
-                    self.add_consumers(definition.subscriptions(context))
+                self.add_consumers(definition.subscriptions(context))
                 self.start_messaging()
-                if self.settings.background_work:
-                    self.housekeeping.start()
-                    self.lag = ConsumerLag(self.bus, self.consumers.values(), self.metrics,
-                                           interval=self.settings.consumer_lag_interval_seconds)  # fmt: skip
-                    self.lag.start()
+                self.housekeeping.start()
+                self.lag = ConsumerLag(self.bus, self.consumers.values(), self.metrics,
+                                       interval=self.settings.consumer_lag_interval_seconds)  # fmt: skip
+                self.lag.start()
                 try:
                     yield
                 finally:
@@ -192,9 +190,8 @@ class Runtime:
         self._messaging = asyncio.create_task(self._start_messaging(), name=f"{self.name}-messaging")
 
     async def _start_messaging(self) -> None:
-        """Connect (waiting for NATS if need be), provision, then relay and consume (unless another process does the
-        background work: see ServiceSettings.background_work). HTTP serves meanwhile: writes land in the outbox and
-        go out once NATS is there."""
+        """Connect (waiting for NATS if need be), provision, then relay and consume. HTTP serves meanwhile: writes
+        land in the outbox and go out once NATS is there."""
         await self.bus.connect()
         while True:
             try:
@@ -203,8 +200,6 @@ class Runtime:
             except Exception as exc:  # JetStream may still be starting
                 log.warning("stream not ready; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
-        if not self.settings.background_work:
-            return
         await self.relay.start()
         self.reconciler = Reconciler(
             self.relay,

@@ -29,12 +29,6 @@ class ServiceSettings(BaseSettings):
     # (onestop_db_writer_wait_seconds / _hold_seconds in /metrics), for the HTTP benchmark. Off: nothing timed.
     database_time_writer_lock: bool = False
 
-    # Whether this process does the service's background work: its consumers, the outbox relay, the reconciler and
-    # housekeeping. Off: a process that serves the API only, beside one that does that work (``onestop run`` starts
-    # them so, the background one at a lower OS priority: README, "Processes"). Its writes reach the stream through
-    # the other's relay, within outbox_poll_interval_seconds.
-    background_work: bool = True
-
     # Messaging
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str | None = None

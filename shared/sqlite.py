@@ -31,16 +31,16 @@ Writes are serialised in the process: SQLite has one writer at a time, and a con
 taken waits in SQLite's busy handler, which sleeps and polls (up to 100 ms a time), so under load a transaction waited
 far longer than the one ahead of it took. Each connection to a database file takes the process's writer lock for
 that file (a :class:`Writer`, one per file and event loop) before ``BEGIN IMMEDIATE`` and gives it back when the
-transaction ends, so the next writer starts the moment the previous one commits. Between processes (a service's API
-and its background process under ``onestop run``, replicas sharing a file) the holder of the process's lock also holds
-an exclusive ``flock`` on a file beside the database (:class:`FileLock`): taken at once when free, else waited for in
-a thread blocked in the kernel, which wakes it the moment the other process lets go, with no polling. A process whose
-request waits for that lock says so with a shared ``flock`` on another file, so that the other process's batch ends
-early for it as it would for a request of its own. The busy handler is left for what takes neither (a migration, a
-CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they read a snapshot while a writer
-works. A write transaction begun ``at_first_write`` (a request's) takes the lock and sends ``BEGIN IMMEDIATE`` with its
-first statement that is not a plain read; the reads before it run outside any transaction, each seeing what was
-committed when it ran.
+transaction ends, so the next writer starts the moment the previous one commits. Between processes (a service's
+replicas sharing a file) the holder of the process's lock also holds an exclusive ``flock`` on a file beside the
+database (:class:`FileLock`): taken at once when free, else waited for in a thread blocked in the kernel, which wakes
+it the moment the other process lets go, with no polling. A process whose request waits for that lock raises a flag
+(shared.flock.SharedFlag), so that another process's batch ends early for it as it would for a request of its own,
+and that process's next background transaction lets it go first. The busy handler is left for what takes neither
+(a migration, a CLI command). Read transactions (``BEGIN``, deferred) take no lock: in WAL mode they read a snapshot
+while a writer works. A write transaction begun ``at_first_write`` (a request's) takes the lock and sends ``BEGIN
+IMMEDIATE`` with its first statement that is not a plain read; the reads before it run outside any transaction, each
+seeing what was committed when it ran.
 
 Only the cursor and the transaction boundaries differ from SQLAlchemy's aiosqlite dialect; the engine is made with
 ``module=dbapi()``.
@@ -70,6 +70,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
+from shared.flock import SharedFlag
 from shared.turns import YIELD_EVERY, turn_due
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,15 @@ def watch(database: str, observer: LockObserver | None) -> None:
 
 
 class FileLock:
-    """The writer lock of a database file between processes: an exclusive ``flock`` on ``<database>.writer-lock``,
-    and a shared one on ``<database>.writer-urgent`` held by each process while a request of its waits for the first
-    (see the module docstring). Separate files, not the database's: closing any descriptor of the database would drop
-    the POSIX locks SQLite holds on it in this process."""
+    """The writer lock of a database file between processes: an exclusive ``flock`` on ``<database>.writer-lock``;
+    and ``<database>.writer-urgent``, a flag a process raises while a request of its waits for the lock (see the
+    module docstring). Files of their own, not the database: closing any descriptor of the database would drop the
+    POSIX locks SQLite holds on it in this process."""
 
     def __init__(self, database: str) -> None:
         self._lock = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._urgent = os.open(f"{database}.writer-urgent", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._closing = weakref.finalize(self, _close, self._lock, self._urgent)
-        self.waiting_urgently = False  # a request of this process waits for another process to let go
+        self._closing = weakref.finalize(self, os.close, self._lock)
+        self.urgent = SharedFlag(f"{database}.writer-urgent")
 
     def try_take(self) -> bool:
         try:
@@ -117,16 +117,21 @@ class FileLock:
             return False
         return True
 
-    async def take(self, *, urgent: bool) -> None:
-        """Hold the lock: at once if it is free, else once the other process lets go (waited for in a thread). If
-        the wait is cancelled, the lock is let go as soon as the thread gets it."""
+    async def take(self, *, urgent: bool) -> bool:
+        """Hold the lock: at once if it is free, else once the other process lets go (waited for in a thread); whether
+        it waited. If the wait is cancelled, the lock is let go as soon as the thread gets it. Background work (not
+        ``urgent``) first lets another process's waiting requests go, for ``URGENT_PATIENCE`` at most: the kernel does
+        not hand a lock let go to the one that waited, so a process that takes it again at once would always win."""
+        waited = False
+        if not urgent and self.urgent.up_anywhere():
+            await self.urgent.until_down(URGENT_PATIENCE)
+            waited = True
         if self.try_take():
-            return
+            return waited
         loop = asyncio.get_running_loop()
         got: asyncio.Future[None] = loop.create_future()
         if urgent:
-            fcntl.flock(self._urgent, fcntl.LOCK_SH)  # never waits: nobody holds this file exclusively for long
-            self.waiting_urgently = True
+            self.urgent.hoist()
         threading.Thread(target=self._wait, args=(loop, got), name="sqlite-writer-lock", daemon=True).start()
         try:
             await asyncio.shield(got)
@@ -135,8 +140,8 @@ class FileLock:
             raise
         finally:
             if urgent:
-                self.waiting_urgently = False
-                fcntl.flock(self._urgent, fcntl.LOCK_UN)
+                self.urgent.lower()
+        return True
 
     def _wait(self, loop: asyncio.AbstractEventLoop, got: asyncio.Future[None]) -> None:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
@@ -148,24 +153,15 @@ class FileLock:
     def give_back(self) -> None:
         fcntl.flock(self._lock, fcntl.LOCK_UN)
 
-    def others_urgent(self) -> bool:
-        """Whether a request of another process waits for the lock (it holds the urgent file shared)."""
-        try:
-            fcntl.flock(self._urgent, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(self._urgent, fcntl.LOCK_UN)
-        return False
+
+# How long background work lets another process's waiting requests go first, at most, before it competes for the lock
+# again (see FileLock.take): a stream of requests never starves it.
+URGENT_PATIENCE = 0.05
 
 
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _close(*descriptors: int) -> None:
-    for descriptor in descriptors:
-        os.close(descriptor)
 
 
 class Writer:
@@ -209,8 +205,8 @@ class Writer:
         if not self._held:  # nobody holds it, so nobody waits for it (a handed-over turn keeps it held)
             self._held = True
             self.owner = task
-            await self._take_file(urgent)
-            self._asked, self._granted, self.background = asked, time.perf_counter(), not urgent
+            waited = await self._take_file(urgent)
+            self._asked, self._granted, self.background = asked, time.perf_counter() if waited else asked, not urgent
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues[urgent].append(turn)
@@ -232,10 +228,11 @@ class Writer:
         await self._take_file(urgent)
         self._asked, self._granted, self.background = asked, time.perf_counter(), not urgent
 
-    async def _take_file(self, urgent: bool) -> None:
-        """With the process's lock held, the file's: other processes' writers (see :class:`FileLock`)."""
+    async def _take_file(self, urgent: bool) -> bool:
+        """With the process's lock held, the file's: other processes' writers (see :class:`FileLock`). Whether it
+        waited for another process."""
         try:
-            await self.file.take(urgent=urgent)
+            return await self.file.take(urgent=urgent)
         except BaseException:
             self.owner = None
             self._hand_over()  # the process's lock goes to the next one; the file's is let go when the thread gets it
@@ -244,7 +241,7 @@ class Writer:
     @property
     def others_urgent(self) -> bool:
         """Whether a request of another process waits for this file's writer lock."""
-        return not self.file.waiting_urgently and self.file.others_urgent()
+        return not self.file.urgent.up and self.file.urgent.up_anywhere()
 
     def release(self) -> None:
         observer = _observers.get(self.database)

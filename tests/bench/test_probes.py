@@ -54,20 +54,3 @@ def test_quantiles_of_a_histogram_with_nothing_new_are_left_out() -> None:
     text = generate_latest(metrics.registry).decode()
     same = work_histograms(text, "onestop_db_writer_hold_seconds")
     assert quantiles(same, same) == {}
-
-
-def test_a_service_s_reading_over_its_processes_adds_what_each_saw() -> None:
-    api, background = Metrics("intake"), Metrics("intake")
-    for _ in range(3):
-        api.db_writer_hold.labels(work="http").observe(0.004)
-    background.db_writer_hold.labels(work="http").observe(0.4)  # a worker's request-like work in the other process
-    background.db_writer_hold.labels(work="intake-status-view").observe(0.025)
-    background.events_handled.labels(consumer="intake-status-view", result="handled").inc(9)
-    api.events_handled.labels(consumer="intake-status-view", result="handled").inc(1)
-    empty = _reading(Metrics("intake"))
-
-    figures = lock_figures({"intake": LockReading.over([_reading(api), _reading(background)])}, {"intake": empty})
-    hold = figures["intake"]["hold"]
-    assert hold["http"]["count"] == 4
-    assert round(hold["http"]["total_ms"]) == 3 * 4 + 400
-    assert (hold["intake-status-view"]["count"], hold["intake-status-view"]["events"]) == (1, 10)

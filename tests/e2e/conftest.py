@@ -23,7 +23,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         nats_http_port=unused_port(),
         ports={s.name: unused_port() for s in SERVICES},
         ready_timeout=90,
-        background_apart=True,  # as `onestop run` starts the services
         overrides={
             "eligibility": {"partner_departments": {TAX_SOURCE: "tax"}},
             "notify": {

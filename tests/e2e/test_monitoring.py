@@ -67,10 +67,7 @@ def names_in(text: str) -> set[str]:
 
 
 def exported(platform: Platform) -> set[str]:
-    """What the services' processes export: each API's and each background process's (both scraped under the
-    service's job: deploy/prometheus/prometheus.yml)."""
-    urls = [platform.process_url(p) for e in SERVICES for p in platform.processes_of(e.name)]
-    return set().union(*(names_in(httpx.get(f"{url}/metrics", timeout=10).text) for url in urls))
+    return set().union(*(names_in(httpx.get(f"{platform.url(e.name)}/metrics", timeout=10).text) for e in SERVICES))
 
 
 async def test_the_portal_counts_and_times_its_pages_as_the_services_do(tmp_path: Path) -> None:

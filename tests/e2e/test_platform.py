@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import MetaData, func, select
 
-from bench.probes import events_handled
 from onestop.registry import SERVICES
-from onestop.runner import Platform, PlatformConfig, background_name
+from onestop.runner import Platform, PlatformConfig
 from shared.db import create_engine
-from tests.e2e.support import Api, eventually, settled_round
-from tests.e2e.test_journeys import JOB_LOSS
 
 pytestmark = pytest.mark.e2e
 
@@ -28,32 +24,6 @@ def test_every_service_is_ready_and_nats_is_healthy(platform: Platform) -> None:
     monitor = httpx.get(f"http://127.0.0.1:{platform.config.nats_http_port}/healthz?js-enabled-only=true", timeout=5)
     assert monitor.status_code == 200
     assert not platform.exited()
-
-
-def test_each_service_s_events_are_consumed_apart_from_its_api_at_a_lower_os_priority(
-    platform: Platform, api: Api
-) -> None:
-    """`make run`'s set-up: the processes serving a service's API consume no events; a process of its own, at a
-    lower OS priority, does, and answers its health checks and /metrics on its own port."""
-    resident = api.register(district="11440", birth_date="1984-02-02")
-    application = api.apply(resident, "job_loss", JOB_LOSS)
-    api.view_when(application, resident.auth, settled_round, what="the application determined")
-    for entry in SERVICES:
-        serving = platform.processes[entry.name].pid
-        working = platform.processes[background_name(entry.name)].pid
-        expected = min(os.getpriority(os.PRIO_PROCESS, serving) + platform.config.background_niceness, 19)
-        assert os.getpriority(os.PRIO_PROCESS, working) == expected, entry.name
-        ready = httpx.get(f"{platform.background_url(entry.name)}/readyz", timeout=5)
-        assert ready.status_code == 200, (entry.name, ready.text)
-        assert ready.json()["checks"] == {"database": "ok", "nats": "ok", "consumers": "ok"}
-        assert platform.background_url(entry.name) != platform.url(entry.name)
-        assert not events_handled(httpx.get(f"{platform.url(entry.name)}/metrics", timeout=5).text), entry.name
-    # Every service consumes something of a job-loss application (intake its status view, eligibility the
-    # application, routing the determinations, notify what residents are told), each in its background process.
-    for entry in SERVICES:
-        url = f"{platform.background_url(entry.name)}/metrics"
-        eventually(lambda url=url: sum(events_handled(httpx.get(url, timeout=5).text).values()) > 0,  # type: ignore[misc]
-                   what=f"{entry.name}'s background process handled events")  # fmt: skip
 
 
 async def _row_counts(url: str) -> dict[str, int]:

@@ -415,14 +415,14 @@ async def test_writers_of_two_processes_take_turns_through_the_file_lock_and_a_w
         writing = asyncio.create_task(request())
         writer = sqlite.writer_for(str(make_url(db.url).database))
         assert writer is not None
-        await wait_until(lambda: _is(int(writer.file.waiting_urgently), 1))
+        await wait_until(lambda: _is(int(writer.file.urgent.up), 1))
         assert not writing.done(), "the write waits while the other process holds the lock"
         other.stdin.write(b"go\n")
         await other.stdin.drain()
         assert await asyncio.wait_for(other.stdout.readline(), 30) == b"waiting 1\n"
         assert await asyncio.wait_for(other.stdout.readline(), 30) == b"committed\n"
         await asyncio.wait_for(writing, 30)
-        assert not writer.file.waiting_urgently
+        assert not writer.file.urgent.up
     finally:
         if other.returncode is None:
             other.kill()
@@ -448,11 +448,11 @@ async def test_a_write_cancelled_while_another_process_holds_the_file_lock_leave
     cancelled = asyncio.create_task(request("cancelled"))
     writer = sqlite.writer_for(database)
     assert writer is not None
-    await wait_until(lambda: _is(int(other.others_urgent()), 1))
+    await wait_until(lambda: _is(int(other.urgent.up_anywhere()), 1))
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
-    assert not other.others_urgent(), "the cancelled request no longer waits"
+    assert not other.urgent.up_anywhere(), "the cancelled request no longer waits"
     other.give_back()
     # The waiting thread got the file's lock after the cancellation and gave it back: the next write begins.
     await asyncio.wait_for(request("next"), 10)
@@ -460,6 +460,32 @@ async def test_a_write_cancelled_while_another_process_holds_the_file_lock_leave
     other.give_back()
     async with db.read_session() as session:
         assert list((await session.execute(select(items.c.name))).scalars()) == ["next"]
+
+
+async def test_background_work_lets_another_process_s_waiting_request_write_first(
+    impatient_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process whose request waits for the file's lock has raised its flag: a batch here does not take the
+    lock (free as it is) until that flag comes down, or for URGENT_PATIENCE at most."""
+    db = impatient_db
+    monkeypatch.setattr(sqlite, "URGENT_PATIENCE", 30.0)  # longer than the test: only the flag's fall lets it go
+    other = sqlite.FileLock(str(make_url(db.url).database))
+    other.urgent.hoist()
+
+    async def batch() -> None:
+        background()
+        async with db.session() as session:
+            await session.execute(insert(items).values(name="batch", size=1))
+
+    writing = asyncio.create_task(batch())
+    await asyncio.sleep(0.3)
+    assert not writing.done(), "the batch waits while another process's request does"
+    assert other.try_take(), "and took no lock meanwhile"
+    other.give_back()
+    other.urgent.lower()
+    await asyncio.wait_for(writing, 10)
+    async with db.read_session() as session:
+        assert list((await session.execute(select(items.c.name))).scalars()) == ["batch"]
 
 
 async def _is(value: int, expected: int) -> bool:
