@@ -105,10 +105,14 @@ class FileLock:
     module docstring). Files of their own, not the database: closing any descriptor of the database would drop the
     POSIX locks SQLite holds on it in this process."""
 
+    # Beside the database: empty files, no data (a copy of the database needs neither).
+    SUFFIXES = (".writer-lock", ".writer-urgent")
+
     def __init__(self, database: str) -> None:
-        self._lock = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock, urgent = (database + suffix for suffix in self.SUFFIXES)
+        self._lock = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._closing = weakref.finalize(self, os.close, self._lock)
-        self.urgent = SharedFlag(f"{database}.writer-urgent")
+        self.urgent = SharedFlag(urgent)
 
     def try_take(self) -> bool:
         try:

@@ -21,6 +21,7 @@ from shared.auth import Role, TokenIssuer
 from shared.bus import Bus
 from shared.migrations import upgrade
 from shared.settings import ServiceSettings
+from shared.sqlite import FileLock
 from tests.services.notify.support import SMS_API_KEY, SMTP_PASSWORD, SMTP_USER, Producer, start_notify
 from tests.support.endpoints import Endpoint, served_endpoint
 from tests.support.intake_server import IntakeServer
@@ -44,7 +45,9 @@ def intake_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One SQLite file with intake's migrations applied, copied for each test."""
     path = tmp_path_factory.mktemp("intake-template") / "intake.db"
     _migrate_in_a_thread(f"sqlite+aiosqlite:///{path}")
-    leftovers = [p.name for p in path.parent.iterdir() if p != path]
+    # No WAL or shared-memory file left (every page is in the database); the writer lock's files hold no data.
+    locks = {path.name + suffix for suffix in FileLock.SUFFIXES}
+    leftovers = [p.name for p in path.parent.iterdir() if p != path and p.name not in locks]
     assert leftovers == [], f"the template must be one self-contained file, found {leftovers}"
     return path
 
