@@ -72,10 +72,11 @@ def _when_down(path: str, loop: asyncio.AbstractEventLoop, down: asyncio.Future[
     finally:
         os.close(descriptor)  # the lock goes with it
     with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-        loop.call_soon_threadsafe(_settle, down)
+        loop.call_soon_threadsafe(settle, down)
 
 
-def _settle(future: asyncio.Future[None]) -> None:
+def settle(future: asyncio.Future[None]) -> None:
+    """Settle a future a thread waited for, from the loop (``call_soon_threadsafe``), unless it is already done."""
     if not future.done():
         future.set_result(None)
 

@@ -70,7 +70,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.util.concurrency import await_
 
-from shared.flock import SharedFlag
+from shared.flock import SharedFlag, settle
 from shared.turns import YIELD_EVERY, turn_due
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class FileLock:
     def _wait(self, loop: asyncio.AbstractEventLoop, got: asyncio.Future[None]) -> None:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
-            loop.call_soon_threadsafe(_settle, got)
+            loop.call_soon_threadsafe(settle, got)
         except RuntimeError:  # the loop is closed: nobody will use the lock
             fcntl.flock(self._lock, fcntl.LOCK_UN)
 
@@ -161,11 +161,6 @@ class FileLock:
 # How long background work lets another process's waiting requests go first, at most, before it competes for the lock
 # again (see FileLock.take): a stream of requests never starves it.
 URGENT_PATIENCE = 0.05
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class Writer:
