@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, registry
 
 from shared import tracing
 from shared.bus import Bus, OutgoingMessage
-from shared.db import BULK_PIECE, Database, background, bulk_insert, has_pending_rows
+from shared.db import BULK_PIECE, Database, background, bulk_insert, execute_rows, has_pending_rows
 from shared.events import CloudEvent, EventData, new_event, subject_for
 from shared.observability import Metrics, current_traceparent
 from shared.tables import PlatformTables
@@ -89,7 +89,7 @@ async def write_kept(session: AsyncSession) -> None:
     kept: _Kept | None = session.info.get(KEPT_KEY)
     if kept is not None and kept.rows:
         rows, kept.rows = kept.rows, []
-        await session.execute(kept.statement, rows)
+        await execute_rows(session, kept.statement, rows)
 
 
 @event.listens_for(Session, "before_commit")

@@ -59,7 +59,16 @@ from services.eligibility.models import (
 from services.eligibility.specs import ProgramAttributes, VersionSpec
 from shared.auth import Principal, Role
 from shared.consumer import WRITE_EVERY
-from shared.db import BULK_PIECE, bulk_insert, dialect_insert, get_unflushed, hold_loaded, is_read_only, note_absent
+from shared.db import (
+    BULK_PIECE,
+    bulk_insert,
+    dialect_insert,
+    execute_rows_sync,
+    get_unflushed,
+    hold_loaded,
+    is_read_only,
+    note_absent,
+)
 from shared.deps import ReadSessionDep, SessionDep, WriteSessionDep
 
 if TYPE_CHECKING:
@@ -89,7 +98,7 @@ def _write_kept_determinations(session: Session) -> None:
     rows = list(kept)
     kept.clear()
     session.flush()
-    session.connection().execute(_INSERT_DETERMINATIONS, rows)
+    execute_rows_sync(session.connection(), _INSERT_DETERMINATIONS, rows)
 
 
 def _determinations_first(state: ORMExecuteState) -> None:

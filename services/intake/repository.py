@@ -58,7 +58,7 @@ from services.intake.models import (
 )
 from shared.auth import Principal, Role
 from shared.consumer import WRITE_EVERY
-from shared.db import dialect_insert, get_unflushed, hold_loaded, note_absent, pending_rows
+from shared.db import dialect_insert, execute_rows, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep
 from shared.nested_rows import nested, unnest
 
@@ -288,7 +288,7 @@ class Repository:
         """Write the timeline entries :meth:`add_timeline` kept aside, in the order they were added."""
         kept: list[dict[str, Any]] | None = self.session.info.pop(_NEW_TIMELINE, None)
         if kept:
-            await self.session.execute(_writing_timeline(), kept)
+            await execute_rows(self.session, _writing_timeline(), kept)
 
     async def write_new_rows(self) -> None:
         """Write what the transaction's events kept aside (the status view consumer's ``finish``): the timeline
@@ -297,7 +297,7 @@ class Repository:
         kept: dict[type[Any], dict[Any, dict[str, Any]]] = self.session.info.pop(_NEW_ROWS, {})
         for model, rows in kept.items():
             if rows:
-                await self.session.execute(insert(model.__table__), list(rows.values()))
+                await execute_rows(self.session, insert(model.__table__), list(rows.values()))
 
     async def registry_household_id(self, registry_key: str, now: dt.datetime) -> uuid.UUID:
         """The pseudonymous id of a registered household, made on first use (two registrations at once agree)."""

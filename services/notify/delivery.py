@@ -51,7 +51,7 @@ from services.notify.repository import Repository, new_claim_token
 from services.notify.schedule import backoff, quiet_until, zone
 from services.notify.settings import NotifySettings
 from shared.clock import Clock
-from shared.db import Database
+from shared.db import Database, execute_rows
 from shared.events import CloudEvent, EventData, Language, NotificationFailed, NotificationSent
 from shared.outbox import Outbox
 from shared.problems import Conflict, NotFound
@@ -154,7 +154,7 @@ class _Writes:
 
     async def write(self, session: AsyncSession) -> None:
         if self.deliveries:
-            await session.execute(_INSERT_DELIVERIES, self.deliveries)
+            await execute_rows(session, _INSERT_DELIVERIES, self.deliveries)
         if self.events:
             await self.outbox.write(session, self.events)
 

@@ -43,7 +43,7 @@ from services.notify.models import (
     utcnow,
 )
 from shared.auth import Principal, Role
-from shared.db import dialect_insert, get_unflushed, hold_loaded, note_absent, pending_rows
+from shared.db import dialect_insert, execute_rows, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep, WriteSessionDep
 from shared.outbox import write_emitted
 
@@ -215,7 +215,7 @@ class Repository:
         ``finish``), and before a statement that must find them (an erasure deleting the resident's programs)."""
         added: dict[tuple[uuid.UUID, str], dict[str, Any]] | None = self.session.info.pop(_NEW_PROGRAMS, None)
         if added:
-            await self.session.execute(_INSERT_PROGRAMS, list(added.values()))
+            await execute_rows(self.session, _INSERT_PROGRAMS, list(added.values()))
 
     def add_notification(self, notification: NewNotification) -> Opened:
         """A notification the consumer opens, written with the others the transaction opens in one core INSERT
@@ -237,7 +237,7 @@ class Repository:
         added: dict[uuid.UUID, NewNotification] | None = self.session.info.pop(_NEW_NOTIFICATIONS, None)
         if not added:
             return
-        await self.session.execute(_INSERT_NOTIFICATIONS, [n.values() for n in added.values()])
+        await execute_rows(self.session, _INSERT_NOTIFICATIONS, [n.values() for n in added.values()])
         bundles: dict[tuple[Any, ...], Opened] = self.session.info.get(_BUNDLES, {})
         for key in [k for k, n in bundles.items() if isinstance(n, NewNotification)]:
             del bundles[key]
@@ -262,7 +262,7 @@ class Repository:
             await self.session.flush()  # the notifications they belong to: those of the session's rows
         await self.write_new_notifications()  # and those kept aside
         if added:
-            await self.session.execute(_INSERT_ITEMS, added)
+            await execute_rows(self.session, _INSERT_ITEMS, added)
 
     async def application_programs(
         self, application_id: uuid.UUID, codes: Sequence[str]

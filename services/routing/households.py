@@ -63,7 +63,7 @@ from services.routing.models import (
     audit_log,
 )
 from services.routing.policy import NoOfficeServes, route
-from services.routing.repository import Repository
+from services.routing.repository import ActiveCaseBrief, Repository
 from services.routing.schemas import (
     CASE_MANAGEMENT,
     ConferenceAction,
@@ -167,7 +167,7 @@ class _Reads:
         repo: Repository,
         housemates: dict[uuid.UUID, list[uuid.UUID]],
         in_running: set[uuid.UUID],
-        active: Sequence[Case],
+        active: Sequence[ActiveCaseBrief],
     ) -> None:
         self.repo = repo
         self.housemates = housemates
@@ -175,7 +175,7 @@ class _Reads:
         self.active = active
         # Each resident's active cases, gathered in one pass: a batch considers many residents, and going through
         # every active case of all of them for each one was quadratic in the batch (5-6 % of routing's CPU, py-spy).
-        self.active_of: dict[uuid.UUID, list[Case]] = {}
+        self.active_of: dict[uuid.UUID, list[ActiveCaseBrief]] = {}
         for c in active:
             self.active_of.setdefault(c.resident_id, []).append(c)
         self._life_events: dict[uuid.UUID, str] | None = None
@@ -185,7 +185,7 @@ class _Reads:
         housemates = await repo.housemates_of(resident_ids)
         everyone = list(dict.fromkeys(r for household in housemates.values() for r in household))
         in_running = await repo.in_running_household(everyone)
-        return cls(repo, housemates, in_running, await repo.cases_of_residents(everyone, active=True))
+        return cls(repo, housemates, in_running, await repo.active_cases_in_brief(everyone))
 
     async def life_events(self, application_ids: Sequence[uuid.UUID]) -> set[str]:
         if self._life_events is None:
@@ -240,7 +240,7 @@ async def consider(repo: Repository, ctx: RoutingContext, resident_id: uuid.UUID
 
 async def _reason(
     ctx: RoutingContext,
-    active: Sequence[Case],
+    active: Sequence[Case | ActiveCaseBrief],
     life_events: Callable[[Sequence[uuid.UUID]], Awaitable[set[str]]],
 ) -> dict[str, Any] | None:
     """Why the household of these active cases is taken on, or None when the rule does not hold for it."""

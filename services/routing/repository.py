@@ -40,7 +40,7 @@ from services.routing.models import (
 )
 from services.routing.schemas import QueueSort
 from shared.auth import Principal, Role
-from shared.db import get_unflushed, hold_loaded, note_absent, pending_rows
+from shared.db import execute_rows, execute_rows_sync, get_unflushed, hold_loaded, note_absent, pending_rows
 from shared.deps import SessionDep, WriteSessionDep
 
 # What a consumer's transaction loaded for its events (session.info): see Repository.load_for_cases.
@@ -52,7 +52,19 @@ ROUTER_KEY = "routing_router"
 _KEPT_ENTRIES = "routing_kept_entries"
 # The cases a consumer's transaction makes, kept aside to write in one INSERT (see Repository.keep_new_cases_aside).
 _NEW_CASES = "routing_new_cases"
+
+
 # Made once: a statement used again keeps its cache key.
+@dataclass(frozen=True, slots=True)
+class ActiveCaseBrief:
+    """What the household rule reads of an active case (:meth:`Repository.active_cases_in_brief`)."""
+
+    resident_id: uuid.UUID
+    department: str
+    vulnerability: list[str]
+    application_id: uuid.UUID | None
+
+
 _INSERT_ENTRIES = insert(cast(Table, CaseEntry.__table__))
 _INSERT_CASES = insert(cast(Table, Case.__table__))
 
@@ -101,7 +113,7 @@ def _write_new_cases(session: Session, *, attach: bool) -> None:
         new.version = _FIRST_VERSION
         values = new.__dict__
         rows.append({key: values.get(key, default) for key, default in _CASE_COLUMNS})
-    session.connection().execute(_INSERT_CASES, rows)
+    execute_rows_sync(session.connection(), _INSERT_CASES, rows)
     if attach:
         for new, row in zip(cases, rows, strict=True):
             for key, value in row.items():
@@ -437,7 +449,7 @@ class Repository:
             kept.clear()
             await self.session.run_sync(_write_new_cases, attach=True)  # what they are of, first
             await self.session.flush()
-            await self.session.execute(_INSERT_ENTRIES, rows)
+            await execute_rows(self.session, _INSERT_ENTRIES, rows)
 
     # ------------------------------------------------------------------------------------------ SLA timer
 
@@ -848,6 +860,15 @@ class Repository:
         if active:
             query = query.where(Case.status.in_(CaseStatus.ACTIVE))
         return (await self.session.execute(query.order_by(Case.created_at, Case.id))).scalars().all()
+
+    async def active_cases_in_brief(self, resident_ids: Sequence[uuid.UUID]) -> list[ActiveCaseBrief]:
+        """Unscoped: what the household rule reads of these residents' active cases, without loading the cases. A
+        consumer's batch asks it of every resident it touched: as whole cases (35 columns made into ORM objects) the
+        rows of a busy batch took 40-80 ms of CPU with the event loop held."""
+        query = select(Case.resident_id, Case.department, Case.vulnerability, Case.application_id).where(
+            Case.resident_id.in_(list(resident_ids)), Case.status.in_(CaseStatus.ACTIVE)
+        )
+        return [ActiveCaseBrief(*row) for row in await self.session.execute(query)]
 
     async def life_events(self, application_ids: Sequence[uuid.UUID]) -> set[str]:
         query = select(ApplicationRecord.life_event).where(

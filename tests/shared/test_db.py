@@ -17,15 +17,18 @@ from typing import Any
 import aiosqlite
 import pytest
 from sqlalchemy import JSON, Column, ForeignKey, Integer, MetaData, String, Table, insert, inspect, select, text
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import registry, relationship
 
 from shared.db import (
+    ROWS_PER_EXECUTION,
     SQLITE_CACHE_KIB,
     SQLITE_CACHED_STATEMENTS,
     SQLITE_INSERT_PARAMETERS,
     Database,
+    execute_rows,
+    execute_rows_sync,
     get_unflushed,
     json_loads,
     note_absent,
@@ -213,6 +216,43 @@ async def _write_in_pages(db: Database) -> None:
         stored = dict((await reading.execute(select(entries.c.name, entries.c.id))).all())
     assert given == [stored[f"entry {n}"] for n in range(count)]
     assert given == sorted(given)
+
+
+async def test_many_rows_go_in_executions_of_bounded_size_in_order_and_in_the_callers_transaction(db: Database) -> None:
+    """SQLAlchemy makes every row's parameters before it sends the first statement of an execution, with the event
+    loop held; ``execute_rows`` gives it ROWS_PER_EXECUTION rows at a time (between two, a transaction that has held
+    the loop for its turn gives it back, as between any statements), the rows in order, all in the caller's
+    transaction: a row that fails in the last part takes the parts before it back."""
+    from sqlalchemy import event
+
+    executions: list[int] = []
+
+    def executed(conn: Any, clause: Any, multiparams: Any, params: Any, options: Any) -> None:
+        if getattr(clause, "table", None) is entries:
+            executions.append(len(multiparams) if multiparams else 1)
+
+    count = ROWS_PER_EXECUTION * 2 + 3
+    event.listen(db.engine.sync_engine, "before_execute", executed)
+    try:
+        async with db.session() as session:
+            await execute_rows(session, insert(entries), [{"name": f"entry {n}"} for n in range(count)])
+        async with db.session() as session:
+            rows = [{"name": f"more {n}"} for n in range(ROWS_PER_EXECUTION + 1)]
+            await session.run_sync(lambda sync: execute_rows_sync(sync.connection(), insert(entries), rows))
+        failing = [{"name": f"never {n}"} for n in range(ROWS_PER_EXECUTION)] + [{"name": None}]
+        with pytest.raises(IntegrityError, match=r"(?i)not.null"):
+            await _write_in_one_transaction(db, failing)
+    finally:
+        event.remove(db.engine.sync_engine, "before_execute", executed)
+    assert executions == [ROWS_PER_EXECUTION, ROWS_PER_EXECUTION, 3, ROWS_PER_EXECUTION, 1, ROWS_PER_EXECUTION, 1]
+    async with db.read_session() as reading:
+        stored = await names(reading)
+    assert stored == [f"entry {n}" for n in range(count)] + [f"more {n}" for n in range(ROWS_PER_EXECUTION + 1)]
+
+
+async def _write_in_one_transaction(db: Database, rows: list[dict[str, Any]]) -> None:
+    async with db.session() as session:
+        await execute_rows(session, insert(entries), rows)
 
 
 async def test_sqlite_connections_keep_a_bounded_page_cache_and_statement_cache(

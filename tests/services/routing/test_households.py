@@ -447,7 +447,7 @@ async def test_a_transactions_residents_are_judged_on_their_own_cases_going_thro
 
     from services.routing.context import RoutingContext
     from services.routing.households import _Reads
-    from services.routing.models import Case
+    from services.routing.repository import ActiveCaseBrief as Case
     from services.routing.repository import Repository
 
     class Counted(list[Case]):
@@ -480,3 +480,59 @@ async def test_a_transactions_residents_are_judged_on_their_own_cases_going_thro
     # Once to find each resident's, once for the applications' life events (read once, when the rule first asks):
     # not once per resident.
     assert Counted.gone_through == 2
+
+
+async def test_what_the_rule_reads_of_active_cases_is_found_by_resident_and_only_what_it_needs(
+    routing: RunningService,
+) -> None:
+    """What the household rule reads of the active cases of a batch's residents (every batch of the cases consumer
+    asks it) is, for the residents named and only their active cases, the department, flags and application of each:
+    not whole cases. The database finds them by resident and status (``ix_cases_resident_status``): with an index of
+    the resident alone, SQLite's planner took the status index and went through every active case there is, each
+    batch, with the event loop held — routing's longest stalls under bench/api.py's load."""
+    from sqlalchemy import event, text, update
+
+    from services.routing.models import Case
+    from services.routing.repository import ActiveCaseBrief, Repository
+
+    her, him, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    await feed(
+        routing,
+        determined(first, [program("medical_aid", department="health"), program("rent_support", department="housing")],
+                   resident_id=her, vulnerability=("single_parent",)),
+        determined(second, [program("job_seeker", department="labour")], resident_id=him),
+        determined(uuid.uuid4(), [program("job_seeker", department="labour")], resident_id=other),
+    )  # fmt: skip
+    async with routing.runtime.db.session() as session:
+        decided = update(Case).where(Case.application_id == first, Case.program_code == "rent_support")
+        await session.execute(decided.values(status="decided"))
+
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        statements.append((statement, parameters))
+
+    engine = routing.runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        async with routing.runtime.db.session() as session:
+            brief = await Repository(session).active_cases_in_brief([her, him])
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert sorted(brief, key=lambda c: c.department) == [
+        ActiveCaseBrief(resident_id=her, department="health", vulnerability=["single_parent"], application_id=first),
+        ActiveCaseBrief(resident_id=him, department="labour", vulnerability=[], application_id=second),
+    ]
+
+    [(statement, parameters)] = [s for s in statements if "FROM cases" in s[0]]
+    async with routing.runtime.db.session() as session:
+        connection = await session.connection()
+        if connection.dialect.name == "sqlite":
+            sqlite: Any = (await connection.get_raw_connection()).driver_connection
+            plan = " ".join(r[3] for r in await sqlite.execute_fetchall(f"EXPLAIN QUERY PLAN {statement}", parameters))
+        else:
+            await session.execute(text("SET LOCAL enable_seqscan = off"))
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            plan = " ".join(r[0] for r in await driver.fetch(f"EXPLAIN {statement}", *parameters))
+    assert "ix_cases_resident_status" in plan, plan
