@@ -336,7 +336,10 @@ class Consumer:
                     if self._stopping:
                         return
                     raise
-                except nats.errors.TimeoutError:
+                except TimeoutError:
+                    # nats.errors.TimeoutError, or asyncio's own when the server's "no messages" answer to an idle
+                    # fetch arrives just after the client's deadline (nats-py re-raises that one as it is): nothing
+                    # to handle, not a failure to wait and back off for.
                     busy = False
                     continue
                 except (nats.errors.Error, nats.js.errors.Error, OSError, RuntimeError) as exc:

@@ -47,7 +47,6 @@ def platform_config(var_dir: Path) -> PlatformConfig:
             # The demo residents who consent are screened soon after they are registered (their offers' page).
             "eligibility": {"screening_check_interval_seconds": 1.0},
             "routing": {"sla_check_interval_seconds": 1.0},
-            "portal": {"log_json": False},
         },
     )
 
@@ -132,6 +131,25 @@ class Portal:
             submit.click()
         page.wait_for_url("**/applications/*")
         return page.url.rsplit("/", 1)[1].split("?")[0]
+
+
+def warnings_logged(var_dir: Path, *, per_process: int = 30) -> str:
+    """The platform's warnings and errors, the last ``per_process`` of each process: what a failed journey's report
+    shows beside the assertion (a service that timed out or refused says so here, the page only says it failed)."""
+    out: list[str] = []
+    for log in sorted((var_dir / "logs").glob("*.log")):
+        lines = [
+            line
+            for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+            if '"level":"warning"' in line
+            or '"level":"error"' in line
+            or '"level":"critical"' in line
+            or " WARNING " in line
+            or " ERROR " in line
+        ]
+        if lines:
+            out += [f"--- {log.name}", *lines[-per_process:]]
+    return "\n".join(out)
 
 
 def start_platform(var_dir: Path) -> Platform:

@@ -4,7 +4,9 @@ a resident may be asked (the catalogue's enumerations) and every life event has 
 
 from __future__ import annotations
 
+import enum
 import re
+import typing
 from pathlib import Path
 
 import jinja2
@@ -15,6 +17,7 @@ from services.portal.i18n import LANGUAGES, Messages
 from services.portal.people import DemoPeople
 from services.portal.rendering import TEMPLATES
 from services.portal.settings import PORTAL_DIR
+from services.routing.schemas import OfficeDepartment
 from shared.events import HouseholdCaseOutcome, NeedDomain, OfferDeclineReason
 
 ROOT = PORTAL_DIR.parent.parent
@@ -30,6 +33,17 @@ CALLED = re.compile(r"""\bt\(\s*['"]([a-z0-9_.\-]+)['"]""")
 KEY_LITERAL = re.compile(r"""['"]((?:answer|case|feedback|error|idp|questions|opportunities)\.[a-z0-9_.\-]+)['"]""")
 # Dynamic keys: a literal prefix joined with a value ('outcome.' ~ p.outcome ~ '.label').
 PREFIXED = re.compile(r"""t\(\s*['"]([a-z0-9_.\-]+\.)['"]\s*~""")
+
+
+def department_codes() -> list[str]:
+    """Every department an office may serve, integrated case management with them (routing's own type)."""
+    codes: list[str] = []
+    for part in typing.get_args(OfficeDepartment):
+        if isinstance(part, type) and issubclass(part, enum.Enum):
+            codes += [str(member.value) for member in part]
+        else:
+            codes += [str(a) for a in typing.get_args(part)]
+    return codes
 
 
 def used_keys() -> set[str]:
@@ -62,7 +76,7 @@ def test_every_family_of_dynamic_messages_is_complete() -> None:
     # Each family a template builds from a value has every value the services can send.
     families = {
         "life_event.": yaml.safe_load(LIFE_EVENTS.read_text(encoding="utf-8"))["life_events"].keys(),
-        "department.": ["welfare", "health", "housing", "tax", "civil_registry", "labour"],
+        "department.": department_codes(),
         "application.status.": ["received", "in_progress", "action_required", "completed", "withdrawn"],
         "status.explain.": ["received", "in_progress", "action_required", "completed", "withdrawn"],
         "case_status.": ["open", "assigned", "waiting_on_resident", "decided", "closed"],
