@@ -95,6 +95,13 @@ class Portal:
         page.wait_for_load_state()
         assert not page.url.startswith(f"{self.url}/idp"), page.url
 
+    def open(self, page: Page, path: str) -> None:
+        """Go to ``path`` and expect the page itself, not an error page: else the assertion shows what was shown."""
+        response = page.goto(f"{self.url}{path}")
+        assert response is not None, path
+        shown = page.locator("main").inner_text()[:800]
+        assert response.ok, f"{path}: {response.status} at {page.url}\n{shown}"
+
     def sign_out(self, page: Page) -> None:
         page.locator("form[action='/signout'] button").click()
         page.wait_for_url(f"{self.url}/")

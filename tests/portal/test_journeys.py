@@ -49,9 +49,9 @@ def test_a_resident_files_a_birth_application_and_reads_the_outcomes(portal: Por
         page = context.new_page()
         portal.sign_in(page, BIRTH_RESIDENT)
         portal.check(page)
-        page.goto(f"{portal.url}/apply")
+        portal.open(page, "/apply")
         portal.check(page)
-        page.goto(f"{portal.url}/apply/birth")
+        portal.open(page, "/apply/birth")
         portal.check(page)
         # What the government holds is not asked, and the page says why.
         not_asked = page.locator("section.not-asked")
