@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shared.bus import stream_name
+from shared.yamlfile import load_yaml
 
 PARTNER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{1,39}$")
 OPERATOR_USER = "ops"
@@ -167,7 +166,7 @@ class PartnerEntry:
 def load_partners(path: Path) -> list[PartnerEntry]:
     """Partner ids (and names) from a partners YAML (``partners: [{id, name, ...}]``, see
     services/notify/partners.yaml)."""
-    raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw: Any = load_yaml(path) or {}
     out = []
     for item in raw.get("partners") or []:
         partner_id = str(item.get("id", ""))

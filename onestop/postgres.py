@@ -149,8 +149,13 @@ class LocalPostgres:
         # Names are ours (service names, test databases); _literal and _identifier refuse or escape quotes anyway.
         exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{_literal(name)}'").strip()  # noqa: S608
         if not exists:
-            copy = f' TEMPLATE "{_identifier(template)}"' if template else ""
-            self.psql(f'CREATE DATABASE "{_identifier(name)}"{copy}')
+            self.create_database_named(name, template=template)
+        return self.url(name)
+
+    def create_database_named(self, name: str, *, template: str | None = None) -> str:
+        """A new database ``name``, an error if it exists; returns its SQLAlchemy URL."""
+        copy = f' TEMPLATE "{_identifier(template)}"' if template else ""
+        self.psql(f'CREATE DATABASE "{_identifier(name)}"{copy}')
         return self.url(name)
 
     def terminate_backends(self, database: str | None = None) -> int:

@@ -23,12 +23,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import inspect as sa_inspect
 
 from shared.auth import Principal, Role
 from shared.events import KeptRecords, Localized
+from shared.yamlfile import load_yaml
 
 UNSETTLED = "확인 필요"
 
@@ -130,7 +130,7 @@ class RetentionSchedule(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> RetentionSchedule:
-        return cls.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return cls.model_validate(load_yaml(path))
 
     def rule(self, record_type: str) -> RetentionRule:
         for rule in self.rules:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
-import yaml
 
 from services.eligibility.facts import (
     CATALOGUE_DIR,
@@ -37,6 +36,7 @@ from services.eligibility.rules.nodes import CompiledRule
 from services.eligibility.specs import ProgramAttributes, ProgramEntry, VersionSpec, VersionStatus, version_document
 from shared.events import Outcome
 from shared.problems import UnprocessableContent
+from shared.yamlfile import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -487,5 +487,5 @@ def load_departments(directory: Path = CATALOGUE_DIR) -> list[DepartmentInfo]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = load_yaml(path)
     return data

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cel
-import yaml
 
 from services.eligibility import income
 from services.eligibility.income import IncomeFigures, ReferenceDataMissing
+from shared.yamlfile import load_yaml
 
 FactTypeName = Literal["integer", "number", "boolean", "string", "date", "list"]
 AskedOf = Literal["resident", "staff"]
@@ -103,7 +103,7 @@ class FactCatalogue:
     @classmethod
     def load(cls, path: Path = CATALOGUE_DIR / "facts.yaml") -> FactCatalogue:
         """The fact types of ``path``, with the income figures of ``recognised_income.yaml`` beside it."""
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path)
         types = []
         for name, spec in raw["facts"].items():
             derivation = DERIVATIONS.get(name)
@@ -272,7 +272,7 @@ class MedianIncomeTable:
 
     @classmethod
     def from_yaml(cls, path: Path = CATALOGUE_DIR / "median_income.yaml") -> MedianIncomeTable:
-        return cls(median_income_years(yaml.safe_load(path.read_text(encoding="utf-8"))))
+        return cls(median_income_years(load_yaml(path)))
 
 
 def median_income_years(raw: Mapping[str, Any]) -> list[MedianIncomeYear]:
@@ -354,7 +354,7 @@ class DistrictTiers:
 
     @classmethod
     def from_yaml(cls, path: Path = CATALOGUE_DIR / "district_tiers.yaml") -> DistrictTiers:
-        return cls(district_tier_tables(yaml.safe_load(path.read_text(encoding="utf-8"))))
+        return cls(district_tier_tables(load_yaml(path)))
 
 
 def district_tier_tables(raw: Mapping[str, Any]) -> list[DistrictTierTable]:

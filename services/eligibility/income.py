@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-import yaml
+from shared.yamlfile import load_yaml
 
 REFERENCE = "reference"
 DERIVED = "derived"
@@ -126,7 +126,7 @@ class IncomeFigures:
 
     @classmethod
     def load(cls, path: Path) -> IncomeFigures:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path)
         regions = Regions(
             livelihood={k: tuple(str(p) for p in v) for k, v in raw["regions"]["livelihood"].items()},
             large_city_provinces=frozenset(str(p) for p in raw["regions"]["pension"]["large_city_provinces"]),

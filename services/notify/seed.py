@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -29,6 +28,7 @@ from services.notify.settings import NotifySettings
 from services.notify.subscriptions import new_subscription
 from shared.db import Database
 from shared.settings import ServiceSettings
+from shared.yamlfile import load_yaml
 
 SEEDER = "seed:partners.yaml"
 
@@ -54,7 +54,7 @@ class SeedPartner(BaseModel):
 
 
 def load_partners(path: Path) -> list[SeedPartner]:
-    raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw: Any = load_yaml(path) or {}
     partners = [SeedPartner.model_validate(p) for p in raw.get("partners", [])]
     for partner in partners:
         purposes = check_grants(partner.grants, f"{partner.id}.grants")

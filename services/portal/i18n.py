@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from shared.yamlfile import load_yaml
 
 LANGUAGES = ("ko", "en")
 DEFAULT_LANGUAGE = "ko"
@@ -24,7 +24,7 @@ class Messages:
 
     @classmethod
     def load(cls, path: Path = MESSAGES_FILE) -> Messages:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path) or {}
         entries: dict[str, dict[str, str]] = {}
         for key, value in raw.items():
             if not isinstance(value, dict):

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from shared.auth import Role, TokenIssuer
+from shared.yamlfile import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class DemoPeople:
 
     @classmethod
     def load(cls, path: Path) -> DemoPeople:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path)
         people: list[DemoPerson] = []
         for r in raw.get("residents", []):
             record = {k: v for k, v in r.items() if k not in ("key", "id", "life_event", "about", "consents")}

@@ -6,7 +6,6 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import yaml
 from pydantic import TypeAdapter
 
 from services.routing.models import Office
@@ -25,6 +24,7 @@ from services.routing.schemas import (
 from shared.auth import Principal
 from shared.events import Department, Localized
 from shared.problems import NotFound, UnprocessableContent
+from shared.yamlfile import load_yaml
 
 
 class OfficeNotFound(NotFound):
@@ -34,7 +34,7 @@ class OfficeNotFound(NotFound):
 
 def load_seed_file(path: Path) -> list[OfficeSeed]:
     """The offices of a YAML file, validated; neighbours must name offices of the same file."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = load_yaml(path) or {}
     offices = TypeAdapter(list[OfficeSeed]).validate_python(raw.get("offices", []))
     codes = [o.code for o in offices]
     if len(set(codes)) != len(codes):

@@ -31,5 +31,6 @@ class PostgresServer(LocalPostgres):
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def create_database(self, template: str | None = None) -> str:
-        """A new empty (or template-copied) database; returns its SQLAlchemy URL."""
-        return self.ensure_database(f"t_{uuid.uuid4().hex[:16]}", template=template)
+        """A new empty (or template-copied) database; returns its SQLAlchemy URL. A fresh name: one psql, not the
+        existence check first (the suite makes hundreds)."""
+        return self.create_database_named(f"t_{uuid.uuid4().hex[:16]}", template=template)

@@ -419,16 +419,17 @@ def test_every_template_is_compiled_at_start_up_so_a_missing_or_broken_one_stops
 
     from services.notify.rendering import TEMPLATE_DIR
 
-    templates = tmp_path / "templates"
-    shutil.copytree(TEMPLATE_DIR, templates)
-    Renderer("https://x", templates)  # whole: it starts
-    broken = templates / "en" / f"{KINDS[-1]}.j2"
-    broken.write_text("{% block subject %}{{ unclosed {% endblock %}")
+    # A directory each: a process compiles a directory's templates once (rendering._compiled), as a release starts.
+    whole, broken, missing = (tmp_path / name for name in ("whole", "broken", "missing"))
+    for templates in (whole, broken, missing):
+        shutil.copytree(TEMPLATE_DIR, templates)
+    Renderer("https://x", whole)  # whole: it starts
+    (broken / "en" / f"{KINDS[-1]}.j2").write_text("{% block subject %}{{ unclosed {% endblock %}")
     with pytest.raises(jinja2.TemplateSyntaxError):
-        Renderer("https://x", templates)
-    broken.unlink()
+        Renderer("https://x", broken)
+    (missing / "en" / f"{KINDS[-1]}.j2").unlink()
     with pytest.raises(jinja2.TemplateNotFound):
-        Renderer("https://x", templates)
+        Renderer("https://x", missing)
 
 
 @pytest.mark.parametrize("language", ["ko", "en"])
