@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,20 +183,33 @@ class DepartmentInfo:
     name: Mapping[str, str]
 
 
-class CompileCache:
-    """Compiled rules by (program, content hash): a catalogue reload compiles only versions it has not seen."""
+# Rules compiled in this process, shared by every CompileCache: a service compiles its catalogue when it seeds and
+# again when it serves it, and the test suite makes a service per test (hundreds of compilations of one catalogue).
+# Bounded: a catalogue has a few hundred versions; edited catalogues add theirs.
+COMPILED_KEPT = 4096
+_compiled: OrderedDict[tuple[str, frozenset[str], str, str, str], CompiledRule] = OrderedDict()
+_compiled_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        self._rules: dict[tuple[str, str], CompiledRule] = {}
+
+class CompileCache:
+    """Compiled rules by what compiling reads: the fact catalogue (by its fingerprint), the programs a rule may name,
+    the program's code, the version's content and its node ids' prefix. A catalogue reload compiles only versions
+    not seen before; compiled rules are never changed once made, so one serves every catalogue that has it."""
 
     def get(
         self, facts: FactCatalogue, codes: Iterable[str], code: str, spec: VersionSpec, *, prefix: str = ""
     ) -> CompiledRule:
-        key = (code, content_hash(version_document(spec)))
-        rule = self._rules.get(key)
-        if rule is None:
-            rule = compile_version(spec, facts, set(codes), own_code=code, prefix=prefix)
-            self._rules[key] = rule
+        key = (facts.fingerprint, frozenset(codes), code, content_hash(version_document(spec)), prefix)
+        with _compiled_lock:
+            rule = _compiled.get(key)
+            if rule is not None:
+                _compiled.move_to_end(key)
+                return rule
+        rule = compile_version(spec, facts, set(codes), own_code=code, prefix=prefix)
+        with _compiled_lock:
+            _compiled[key] = rule
+            while len(_compiled) > COMPILED_KEPT:
+                _compiled.popitem(last=False)
         return rule
 
 

@@ -13,7 +13,9 @@ ever defaults to 0 or false.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +82,11 @@ class FactValueError(ValueError):
 class FactCatalogue:
     """Every fact a rule may read, from ``catalogue/facts.yaml``, checked against the derivations in this module."""
 
-    def __init__(self, types: Iterable[FactType], income: IncomeFigures) -> None:
+    def __init__(self, types: Iterable[FactType], income: IncomeFigures, *, fingerprint: str | None = None) -> None:
         self.types: dict[str, FactType] = {t.name: t for t in types}
+        # What the catalogue was made from (its files' content, :meth:`load`): rules compiled against one catalogue
+        # serve any other of the same fingerprint (catalogue.CompileCache). One made in code shares with none.
+        self.fingerprint = fingerprint or f"made-{uuid.uuid4().hex}"
         # The statutory figures the recognised-income derivations use (catalogue/recognised_income.yaml).
         self.income = income
         self._patterns = {t.name: re.compile(t.pattern) for t in self.types.values() if t.pattern}
@@ -123,7 +128,9 @@ class FactCatalogue:
                     description=spec.get("description"),
                 )
             )
-        return cls(types, IncomeFigures.load(path.parent / "recognised_income.yaml"))
+        figures = path.parent / "recognised_income.yaml"
+        fingerprint = hashlib.sha256(path.read_bytes() + b"\0" + figures.read_bytes()).hexdigest()
+        return cls(types, IncomeFigures.load(figures), fingerprint=fingerprint)
 
     def __contains__(self, name: object) -> bool:
         return name in self.types

@@ -6,11 +6,15 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import itertools
+import shutil
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import cel
 import pytest
 
+from services.eligibility import catalogue as catalogue_module
 from services.eligibility import rules
 from services.eligibility.catalogue import (
     Catalogue,
@@ -20,6 +24,8 @@ from services.eligibility.catalogue import (
     load_files,
 )
 from services.eligibility.facts import (
+    CATALOGUE_DIR,
+    FactCatalogue,
     FactLayers,
     MedianIncomeTable,
     MedianIncomeYear,
@@ -420,6 +426,7 @@ def test_rules_are_compiled_once_and_evaluated_without_python_eval(
         return real_compile(source)
 
     monkeypatch.setattr(cel, "compile", counting)
+    monkeypatch.setattr(catalogue_module, "_compiled", OrderedDict())  # nothing compiled yet in this process
     cache = CompileCache()
     first = files.catalogue(cache)
     after_first = len(compiled)
@@ -437,6 +444,36 @@ def test_rules_are_compiled_once_and_evaluated_without_python_eval(
         env = first.environment(DAY, FactLayers(declared={"birth_date": "1950-01-01", "household_size": 1}), NOW)
         first.evaluate(env, first.in_force(DAY))
     assert len(compiled) == after_first, "evaluation compiled something"
+
+
+def test_a_catalogue_loaded_again_from_the_same_files_is_not_compiled_again_and_other_facts_are(
+    files: CatalogueFiles, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A service compiles its catalogue when it seeds and again when it serves it: the second finds every rule
+    compiled (the facts' files are the same). A fact catalogue from other files, or made in code, compiles its own."""
+    first = files.catalogue()
+    compiled: list[str] = []
+    real_compile = cel.compile
+
+    def counting(source: str) -> Any:
+        compiled.append(source)
+        return real_compile(source)
+
+    monkeypatch.setattr(cel, "compile", counting)
+    again = load_files().catalogue()
+    assert compiled == []
+    assert again.programs["basic_pension"].versions[0].rule is first.programs["basic_pension"].versions[0].rule
+
+    shutil.copytree(CATALOGUE_DIR, tmp_path / "catalogue")
+    facts_file = tmp_path / "catalogue" / "facts.yaml"
+    facts_file.write_text(facts_file.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    edited = load_files(tmp_path / "catalogue")
+    assert edited.facts.fingerprint != files.facts.fingerprint
+    other = edited.catalogue()
+    assert compiled, "rules compiled against other facts"
+    assert other.programs["basic_pension"].versions[0].rule is not first.programs["basic_pension"].versions[0].rule
+    made = FactCatalogue(files.facts.types.values(), files.facts.income)
+    assert made.fingerprint != files.facts.fingerprint
 
 
 def test_other_programs_the_facts_make_relevant_are_judged_too(catalogue: Catalogue) -> None:
