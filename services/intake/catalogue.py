@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from services.intake.schemas import FactType, LifeEvent
 from services.intake.settings import IntakeSettings
 from shared.problems import ServiceUnavailable
+from shared.tls import verifying_context
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ async def catalogue_client(settings: IntakeSettings) -> AsyncIterator[Catalogue]
     if settings.service_token is not None:
         headers["Authorization"] = f"Bearer {settings.service_token.get_secret_value()}"
     async with httpx.AsyncClient(
-        base_url=settings.eligibility_url, headers=headers, timeout=settings.catalogue_timeout_seconds
+        base_url=settings.eligibility_url,
+        headers=headers,
+        timeout=settings.catalogue_timeout_seconds,
+        verify=verifying_context(),
     ) as client:
         yield Catalogue(client, ttl=settings.catalogue_ttl_seconds)
 

@@ -39,6 +39,7 @@ from shared.db import Database
 from shared.events import Localized
 from shared.personal_data import ResidentDataPart
 from shared.problems import NotFound
+from shared.tls import verifying_context
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,9 @@ async def export_worker(db: Database, settings: IntakeSettings) -> AsyncIterator
             wake.set()
 
     db.on_commit(on_commit)
-    async with httpx.AsyncClient(follow_redirects=False, headers={"Accept": "application/json"}) as client:
+    async with httpx.AsyncClient(
+        follow_redirects=False, headers={"Accept": "application/json"}, verify=verifying_context()
+    ) as client:
         worker = ExportWorker(db, settings, client)
         task = asyncio.create_task(_loop(worker, wake, settings.export_interval_seconds), name="intake-exports")
         try:

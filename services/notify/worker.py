@@ -31,6 +31,7 @@ from services.notify.settings import NotifySettings
 from shared.clock import Clock
 from shared.db import background
 from shared.runtime import Runtime
+from shared.tls import verifying_context
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,16 @@ log = logging.getLogger(__name__)
 async def running(runtime: Runtime, settings: NotifySettings) -> AsyncIterator[NotifyContext]:
     """Notify's context for the service's lifetime: the clients, the senders and the two delivery loops."""
     token = settings.service_token.get_secret_value() if settings.service_token else None
-    intake_client = httpx.AsyncClient(timeout=settings.intake_timeout_seconds, follow_redirects=False)
+    intake_client = httpx.AsyncClient(
+        timeout=settings.intake_timeout_seconds, follow_redirects=False, verify=verifying_context()
+    )
     # Outbound calls to the SMS gateway and partner endpoints: no cookies, no redirects, no environment proxies.
-    outbound = httpx.AsyncClient(follow_redirects=False, trust_env=False, headers={"user-agent": "OneStop-Notify/1.0"})
+    outbound = httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        verify=verifying_context(trust_env=False),
+        headers={"user-agent": "OneStop-Notify/1.0"},
+    )
     contacts = ContactDirectory(intake_client, settings.intake_url, token, cache_seconds=settings.contact_cache_seconds)
     renderer = Renderer(settings.app_base_url)
     clock = Clock.from_settings(settings)

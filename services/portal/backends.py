@@ -16,6 +16,7 @@ import httpx
 
 from services.portal.settings import PortalSettings
 from shared.observability import current_traceparent
+from shared.tls import verifying_context
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ async def backends(settings: PortalSettings) -> AsyncIterator[Backends]:
                 httpx.AsyncClient(
                     base_url=url,
                     timeout=settings.upstream_timeout_seconds,
+                    verify=verifying_context(),
                     headers={"Accept": "application/json"},
                     follow_redirects=False,
                 )

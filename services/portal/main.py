@@ -30,6 +30,7 @@ from services.portal.signin import RelyingParty, home_of
 from services.portal.signin import router as signin_router
 from services.portal.web import PageDep, PortalMiddleware, install_error_pages, safe_next
 from shared.observability import Metrics, RequestContextMiddleware, configure_logging
+from shared.tls import verifying_context
 from shared.tracing import Tracing
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -53,7 +54,7 @@ def create_app(settings: PortalSettings | None = None) -> FastAPI:
         catalogue = messages()
         async with (
             backends(settings) as services,
-            httpx.AsyncClient(timeout=settings.upstream_timeout_seconds) as identity_http,
+            httpx.AsyncClient(timeout=settings.upstream_timeout_seconds, verify=verifying_context()) as identity_http,
         ):
             app.state.context = PortalContext(
                 settings=settings,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +19,8 @@ from onestop.runner import unused_port
 from services.intake.main import create_app as create_intake_app
 from services.intake.settings import IntakeSettings
 from shared.auth import Role, TokenIssuer
+from shared.tls import verifying_context
 from tests.support.http import serve
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx loads the CA bundle for every client, even one that only speaks plain HTTP: load it once."""
-    return ssl.create_default_context()
 
 
 def _without(app: ASGIApp, paths: tuple[str, ...]) -> ASGIApp:
@@ -60,7 +53,7 @@ class IntakeServer:
     def __post_init__(self) -> None:
         # A request answered later than httpx's default 5 s is slow, not wrong: an intake serving in the test's loop
         # beside notify took longer on a loaded machine.
-        self.client = httpx.AsyncClient(base_url=self.url, verify=_tls_context(), timeout=60.0)
+        self.client = httpx.AsyncClient(base_url=self.url, verify=verifying_context(), timeout=60.0)
 
     @property
     def url(self) -> str:
