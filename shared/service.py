@@ -89,7 +89,8 @@ def create_service_app(definition: ServiceDefinition[Any], settings: ServiceSett
         app.include_router(router, dependencies=authenticated)
     app.include_router(dead_letter_router(), dependencies=authenticated)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    build_route_handlers(app.router.routes)
+    if settings.build_route_handlers:
+        build_route_handlers(app.router.routes)
     return app
 
 

@@ -383,6 +383,38 @@ async def test_the_first_request_finds_its_route_handlers_built(
     assert built == [], f"handlers built on a request: {built}"
 
 
+def test_handlers_are_built_with_the_app_unless_the_setting_leaves_them_to_the_first_request(
+    keys_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service's routers (those included with the authentication dependency, which FastAPI builds lazily) are built
+    with the app; with ``build_route_handlers`` off, as the suite's services run, by the first request."""
+    import fastapi.routing
+
+    from services.routing.main import create_app
+    from tests.support.services import service_settings
+
+    built: list[str] = []
+    build = fastapi.routing._build_dependant_with_parameterless_dependencies
+
+    def counted(**kwargs: Any) -> Any:
+        built.append(kwargs["path"])
+        return build(**kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "_build_dependant_with_parameterless_dependencies", counted)
+    for setting in (True, False):
+        built.clear()
+        settings = service_settings(
+            "routing",
+            database_url="sqlite+aiosqlite:///:memory:",
+            nats_url="nats://127.0.0.1:1",
+            prefix="t",
+            keys_dir=keys_dir,
+            build_route_handlers=setting,
+        )
+        create_app(settings)  # type: ignore[arg-type]
+        assert ("/v1/queues/{office}" in built) is setting, (setting, built)
+
+
 async def _applied(c: httpx.AsyncClient) -> int:
     """Effects the consumer wrote (the API's own are marked ``api``)."""
     runtime: Runtime = c.app.state.runtime  # type: ignore[attr-defined]

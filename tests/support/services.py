@@ -159,6 +159,9 @@ def service_settings(
         "outbox_poll_interval_seconds": 0.05,
         "log_json": False,
         "log_level": "WARNING",
+        # Built by the first request reaching each router, as FastAPI does by itself: a test's service answers a few
+        # (tests/shared/test_service.py checks the services' own setting).
+        "build_route_handlers": False,
     }
     values.update(overrides)
     return BY_NAME[name].settings(**values)
