@@ -359,11 +359,8 @@ def test_time_the_os_ran_other_processes_is_lateness_not_a_stall() -> None:
     assert metrics.registry.get_sample_value("onestop_event_loop_stall_max_seconds") == 0.06
 
 
-async def test_the_first_request_finds_its_route_handlers_built(
-    client: httpx.AsyncClient, issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """FastAPI builds an included router's handlers on the first request reaching it, unless the app factory built
-    them (shared.service.build_route_handlers): the first requests build nothing."""
+def handlers_built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths whose handlers FastAPI builds from now on, in order (its builder counted)."""
     import fastapi.routing
 
     built: list[str] = []
@@ -374,6 +371,15 @@ async def test_the_first_request_finds_its_route_handlers_built(
         return build(**kwargs)
 
     monkeypatch.setattr(fastapi.routing, "_build_dependant_with_parameterless_dependencies", counted)
+    return built
+
+
+async def test_the_first_request_finds_its_route_handlers_built(
+    client: httpx.AsyncClient, issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI builds an included router's handlers on the first request reaching it, unless the app factory built
+    them (shared.service.build_route_handlers): the first requests build nothing."""
+    built = handlers_built(monkeypatch)
     created = await client.post(
         "/v1/things", headers=_auth(issuer), json={"name": "first", "size": 1, "born": "2020-01-01"}
     )
@@ -388,19 +394,10 @@ def test_handlers_are_built_with_the_app_unless_the_setting_leaves_them_to_the_f
 ) -> None:
     """A service's routers (those included with the authentication dependency, which FastAPI builds lazily) are built
     with the app; with ``build_route_handlers`` off, as the suite's services run, by the first request."""
-    import fastapi.routing
-
     from services.routing.main import create_app
     from tests.support.services import service_settings
 
-    built: list[str] = []
-    build = fastapi.routing._build_dependant_with_parameterless_dependencies
-
-    def counted(**kwargs: Any) -> Any:
-        built.append(kwargs["path"])
-        return build(**kwargs)
-
-    monkeypatch.setattr(fastapi.routing, "_build_dependant_with_parameterless_dependencies", counted)
+    built = handlers_built(monkeypatch)
     for setting in (True, False):
         built.clear()
         settings = service_settings(

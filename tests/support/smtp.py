@@ -51,7 +51,8 @@ class MailServer:
         return "250 Message accepted"
 
 
-def _self_signed(directory: Path) -> ssl.SSLContext:
+def self_signed(directory: Path) -> ssl.SSLContext:
+    """A server's TLS context, its certificate for 127.0.0.1 signed by itself (chaining to no CA a client trusts)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
     now = dt.datetime.now(dt.UTC)
@@ -95,7 +96,7 @@ def mail_server(directory: Path, *, user: str, password: str) -> Iterator[MailSe
         mail,
         hostname=mail.host,
         port=mail.port,
-        tls_context=_self_signed(directory),
+        tls_context=self_signed(directory),
         require_starttls=True,
         authenticator=authenticate,
         auth_required=True,

@@ -415,9 +415,8 @@ def test_definitions_are_shown_with_their_values(files: CatalogueFiles, catalogu
 # ---------------------------------------------------------------------------------------------- compile once
 
 
-def test_rules_are_compiled_once_and_evaluated_without_python_eval(
-    files: CatalogueFiles, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def cel_compiles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The CEL sources compiled from now on, in order."""
     compiled: list[str] = []
     real_compile = cel.compile
 
@@ -426,6 +425,13 @@ def test_rules_are_compiled_once_and_evaluated_without_python_eval(
         return real_compile(source)
 
     monkeypatch.setattr(cel, "compile", counting)
+    return compiled
+
+
+def test_rules_are_compiled_once_and_evaluated_without_python_eval(
+    files: CatalogueFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = cel_compiles(monkeypatch)
     monkeypatch.setattr(catalogue_module, "_compiled", OrderedDict())  # nothing compiled yet in this process
     cache = CompileCache()
     first = files.catalogue(cache)
@@ -452,14 +458,7 @@ def test_a_catalogue_loaded_again_from_the_same_files_is_not_compiled_again_and_
     """A service compiles its catalogue when it seeds and again when it serves it: the second finds every rule
     compiled (the facts' files are the same). A fact catalogue from other files, or made in code, compiles its own."""
     first = files.catalogue()
-    compiled: list[str] = []
-    real_compile = cel.compile
-
-    def counting(source: str) -> Any:
-        compiled.append(source)
-        return real_compile(source)
-
-    monkeypatch.setattr(cel, "compile", counting)
+    compiled = cel_compiles(monkeypatch)
     again = load_files().catalogue()
     assert compiled == []
     assert again.programs["basic_pension"].versions[0].rule is first.programs["basic_pension"].versions[0].rule
