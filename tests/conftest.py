@@ -80,12 +80,16 @@ def database_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_url(database_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A fresh, empty database on SQLite and, in a second run of the test, on PostgreSQL."""
+def database_url(database_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database on SQLite and, in a second run of the test, on PostgreSQL (dropped after the test:
+    the suite makes hundreds)."""
     if database_backend == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database()
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
 
 
 # ---------------------------------------------------------------------------------------------- NATS users

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import subprocess
 import threading
-import time
 from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,19 +76,6 @@ def postgres_template(server: PostgresServer, *, nats_url: str, keys_dir: Path) 
     url = server.create_database()
     _run_apart(_migrate_and_seed(url, nats_url=nats_url, keys_dir=keys_dir))
     return url.rsplit("/", 1)[1]
-
-
-def postgres_copy(server: PostgresServer, template: str) -> str:
-    """A new database copied from ``template``; returns its URL. PostgreSQL refuses to copy a database someone is
-    still connected to, and a just-closed connection's backend may take a moment to go."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return server.create_database(template=template)
-        except subprocess.CalledProcessError as exc:
-            if b"being accessed by other users" not in exc.stderr or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 @dataclass

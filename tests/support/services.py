@@ -28,6 +28,7 @@ from shared.events import CloudEvent, EventData, new_event
 from shared.migrations import upgrade
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
+from tests.support.postgres import PostgresServer
 
 C = TypeVar("C")
 
@@ -120,24 +121,33 @@ atexit.register(shutil.rmtree, _TEMPLATE_DIR, True)
 
 
 async def migrated(database_url: str, service: str) -> None:
-    """The service's migrations applied to the database. A SQLite file not made yet is copied from a template that
-    alembic migrated once per test process: the same schema, made once instead of once per test (about 80 ms each).
-    Anything else is upgraded by alembic as the service would be; on PostgreSQL a copy from a template costs what
-    migrating does, so it is migrated."""
+    """The service's migrations applied to the database. A database not made yet (SQLite) or made empty (the
+    suite's PostgreSQL) becomes a copy of a template that alembic migrated once per test process: the same schema,
+    made once instead of once per test (about 80 ms each on SQLite, 0.5-0.9 s on PostgreSQL against 0.15-0.25 s for
+    a copy). Anything else is upgraded by alembic as the service would be."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).exists():
         shutil.copyfile(_sqlite_template(service), str(url.database))
         return
+    server = PostgresServer.serving(database_url) if url.get_backend_name() == "postgresql" else None
+    if server is not None and url.database and server.is_empty(url.database):
+        server.replace_with_copy(url.database, _postgres_template(server, service))
+        return
     await upgrade(database_url, BY_NAME[service].migrations)
 
 
+def _upgrade_apart(database_url: str, service: str) -> None:
+    """Alembic's upgrade in a thread and an event loop of its own: the caller's loop is left alone."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, upgrade(database_url, BY_NAME[service].migrations)).result()
+
+
 def _sqlite_template(service: str) -> Path:
-    """The service's template, made on first use (in a thread: the caller's event loop is left alone)."""
+    """The service's template, made on first use."""
     with _TEMPLATES_LOCK:
         if service not in _TEMPLATES:
             path = _TEMPLATE_DIR / f"{service}.db"
-            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-                pool.submit(asyncio.run, upgrade(f"sqlite+aiosqlite:///{path}", BY_NAME[service].migrations)).result()
+            _upgrade_apart(f"sqlite+aiosqlite:///{path}", service)
             connection = sqlite3.connect(path)  # everything in the one file that is copied
             try:
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -145,6 +155,21 @@ def _sqlite_template(service: str) -> Path:
                 connection.close()
             _TEMPLATES[service] = path
         return _TEMPLATES[service]
+
+
+_POSTGRES_TEMPLATES: dict[tuple[int, str], str] = {}  # (server's port, service) -> a database at the head
+
+
+def _postgres_template(server: PostgresServer, service: str) -> str:
+    """The name of the service's template database on ``server``, made on first use. Upgrading disposes of its
+    engine, so no connection to it is left: PostgreSQL copies only a database nobody is connected to."""
+    with _TEMPLATES_LOCK:
+        key = (server.port, service)
+        if key not in _POSTGRES_TEMPLATES:
+            url = server.create_database()
+            _upgrade_apart(url, service)
+            _POSTGRES_TEMPLATES[key] = str(make_url(url).database)
+        return _POSTGRES_TEMPLATES[key]
 
 
 def service_settings(

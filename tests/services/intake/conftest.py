@@ -15,7 +15,6 @@ from shared.auth import Role, TokenIssuer
 from tests.support.eligibility_server import (
     Eligibility,
     ThreadedEligibility,
-    postgres_copy,
     postgres_template,
     running_eligibility,
     sqlite_template,
@@ -64,7 +63,7 @@ def shared_eligibility_sqlite(
 def shared_eligibility_postgresql(
     eligibility_postgres_template: str, postgres_server: PostgresServer, nats_server: NatsServer, keys_dir: Path
 ) -> Iterator[ThreadedEligibility]:
-    database_url = postgres_copy(postgres_server, eligibility_postgres_template)
+    database_url = postgres_server.create_database(template=eligibility_postgres_template)
     service = ThreadedEligibility(
         database_url, nats_url=nats_server.url, prefix=f"e{uuid.uuid4().hex[:12]}", keys_dir=keys_dir
     ).start()
@@ -86,7 +85,7 @@ def eligibility_database_url(database_backend: str, tmp_path: Path, request: pyt
     if database_backend == "sqlite":
         return _sqlite_copy(request.getfixturevalue("eligibility_sqlite_template"), tmp_path)
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return postgres_copy(server, request.getfixturevalue("eligibility_postgres_template"))
+    return server.create_database(template=request.getfixturevalue("eligibility_postgres_template"))
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from shared.migrations import upgrade
 from tests.services.routing.support import QUIET_TIMER, determined, program
 from tests.support.http import serve
 from tests.support.nats import NatsServer
-from tests.support.schemathesis import operation_count, run_schemathesis
+from tests.support.schemathesis import operation_count, phases_for, run_schemathesis
 from tests.support.services import service_settings
 from tests.support.waiting import wait_until
 
@@ -45,7 +45,13 @@ async def test_every_answer_is_as_documented(
             "^/v1/referrals/.+/(accept|decline|complete)$": issuer.mint("partner", partner_id="saebom-ngo"),
             "^/v1/": issuer.mint("admin"),
         }
-        result = await run_schemathesis(base_url, tokens=tokens, max_examples=10, report_dir=tmp_path / "schemathesis")
+        result = await run_schemathesis(
+            base_url,
+            tokens=tokens,
+            max_examples=10,
+            phases=phases_for(database_url),
+            report_dir=tmp_path / "schemathesis",
+        )
     result.assert_conformant(operation_count(app.openapi()))
 
 
