@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from onestop.postgres import LocalPostgres, PostgresError
 from onestop.runner import unused_port
+from tests.support.scratch import MEMORY
 
 # PostgreSQL refuses to copy a database someone is connected to; a connection just closed may keep its backend a
 # moment longer.
@@ -38,8 +39,10 @@ class PostgresServer(LocalPostgres):
         return server if server is not None and url.host == server.host else None
 
     def command(self) -> list[str]:
-        # Its WAL is kept small: every CREATE DATABASE writes its template's pages there (~8 MB), and the cluster is
-        # in memory when the machine has room (tests/support/scratch.py).
+        # In memory (tests/support/scratch.py), its WAL is kept small: every CREATE DATABASE writes its template's
+        # pages there (~8 MB).
+        if not self.directory.is_relative_to(MEMORY.resolve()):
+            return super().command()
         return [*super().command(), "-c", "max_wal_size=128MB", "-c", "min_wal_size=32MB"]
 
     def start(self) -> PostgresServer:  # type: ignore[override]

@@ -4,7 +4,11 @@ Every test makes databases (a SQLite file, a PostgreSQL database copied from a t
 the platform's var directory, then throws them away. On a disk each of those waits for writes nobody will read
 back: a PostgreSQL ``CREATE DATABASE`` took 150 ms there against 55 ms in memory (2026-12-02, this machine). The
 tests assert the same behaviour either way; what a disk adds (fsync) is nothing the suite can observe, as its kills
-are of processes, not of machines."""
+are of processes, not of machines.
+
+Loaded as a pytest plugin (``-p tests.support.scratch`` in pyproject.toml's addopts), so that the choice is made
+before any conftest is imported and works out where its temporary files go, and only for the suite: a benchmark
+that borrows the suite's helpers measures the disk the platform runs on."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 MEMORY = Path("/dev/shm")
 # Room the suite needs there: two workers' PostgreSQL clusters (their WAL bounded, each test's database dropped
@@ -33,3 +38,7 @@ def keep_scratch_in_memory() -> Path | None:
     os.environ["TMPDIR"] = str(MEMORY)
     tempfile.tempdir = None  # read TMPDIR again
     return MEMORY
+
+
+def pytest_load_initial_conftests(early_config: Any, parser: Any, args: list[str]) -> None:
+    keep_scratch_in_memory()
