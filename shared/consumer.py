@@ -226,6 +226,9 @@ class Consumer:
         self.transaction_budget = transaction_budget
         self.yield_every = yield_every
         self.write_every = write_every
+        # How long a busy fetch waits for the rest of what the server is sending: the fetch returns as soon as the
+        # server says it has no more, so this only bounds a slow arrival (a loaded machine) before a partial batch.
+        self.busy_wait = BUSY_WAIT
         # Shared by the service's consumers: how many batches are being applied at once (the event loop serves HTTP
         # too).
         self.slots = slots or asyncio.Semaphore(1)
@@ -321,10 +324,10 @@ class Consumer:
                     if psub is None:
                         psub = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.bus.stream)
                     # nats-py's batch fetch waits until the batch is full or the request expires. Idle, we wait for
-                    # one message (handled at once); busy, we take whole batches but wait at most BUSY_WAIT for one
+                    # one message (handled at once); busy, we take whole batches but wait at most busy_wait for one
                     # to fill, so a quiet stream is never held back and a loaded one is handled in bulk.
                     if busy:
-                        fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=BUSY_WAIT))
+                        fetch = asyncio.ensure_future(psub.fetch(self.batch_size, timeout=self.busy_wait))
                     else:
                         fetch = asyncio.ensure_future(psub.fetch(1, timeout=5))
                     self._fetching.add(fetch)
