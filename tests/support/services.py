@@ -28,6 +28,7 @@ from shared.events import CloudEvent, EventData, new_event
 from shared.migrations import upgrade
 from shared.runtime import Runtime
 from shared.settings import ServiceSettings
+from shared.sqlite import FileLock
 from tests.support.postgres import PostgresServer
 
 C = TypeVar("C")
@@ -127,11 +128,11 @@ async def migrated(database_url: str, service: str) -> None:
     a copy). Anything else is upgraded by alembic as the service would be."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).exists():
-        shutil.copyfile(_sqlite_template(service), str(url.database))
+        shutil.copyfile(sqlite_template(service), str(url.database))
         return
     server = PostgresServer.serving(database_url) if url.get_backend_name() == "postgresql" else None
     if server is not None and url.database and server.is_empty(url.database):
-        server.replace_with_copy(url.database, _postgres_template(server, service))
+        server.replace_with_copy(url.database, postgres_template(server, service))
         return
     await upgrade(database_url, BY_NAME[service].migrations)
 
@@ -142,8 +143,8 @@ def _upgrade_apart(database_url: str, service: str) -> None:
         pool.submit(asyncio.run, upgrade(database_url, BY_NAME[service].migrations)).result()
 
 
-def _sqlite_template(service: str) -> Path:
-    """The service's template, made on first use."""
+def sqlite_template(service: str) -> Path:
+    """A SQLite file at the head of the service's migrations, made on first use: one self-contained file to copy."""
     with _TEMPLATES_LOCK:
         if service not in _TEMPLATES:
             path = _TEMPLATE_DIR / f"{service}.db"
@@ -153,6 +154,10 @@ def _sqlite_template(service: str) -> Path:
                 connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 connection.close()
+            # No WAL or shared-memory file left (every page is in the database); the writer lock's files hold no data.
+            locks = {path.name + suffix for suffix in FileLock.SUFFIXES}
+            leftovers = [p.name for p in _TEMPLATE_DIR.glob(f"{path.name}?*") if p.name not in locks]
+            assert leftovers == [], f"the template must be one self-contained file, found {leftovers}"
             _TEMPLATES[service] = path
         return _TEMPLATES[service]
 
@@ -160,9 +165,9 @@ def _sqlite_template(service: str) -> Path:
 _POSTGRES_TEMPLATES: dict[tuple[int, str], str] = {}  # (server's port, service) -> a database at the head
 
 
-def _postgres_template(server: PostgresServer, service: str) -> str:
-    """The name of the service's template database on ``server``, made on first use. Upgrading disposes of its
-    engine, so no connection to it is left: PostgreSQL copies only a database nobody is connected to."""
+def postgres_template(server: PostgresServer, service: str) -> str:
+    """The name of a database at the head of the service's migrations on ``server``, made on first use. Upgrading
+    disposes of its engine, so no connection to it is left: PostgreSQL copies only a database nobody is connected to."""
     with _TEMPLATES_LOCK:
         key = (server.port, service)
         if key not in _POSTGRES_TEMPLATES:

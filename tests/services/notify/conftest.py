@@ -4,8 +4,6 @@ the notify service itself."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,50 +12,32 @@ from typing import Any
 
 import pytest
 
-from onestop.registry import BY_NAME
 from onestop.runner import unused_port
 from services.intake.settings import IntakeSettings
 from shared.auth import Role, TokenIssuer
 from shared.bus import Bus
-from shared.migrations import upgrade
 from shared.settings import ServiceSettings
-from shared.sqlite import FileLock
 from tests.services.notify.support import SMS_API_KEY, SMTP_PASSWORD, SMTP_USER, Producer, start_notify
 from tests.support.endpoints import Endpoint, served_endpoint
 from tests.support.intake_server import IntakeServer
 from tests.support.nats import NatsServer
 from tests.support.postgres import PostgresServer
-from tests.support.services import RunningService, service_settings
+from tests.support.services import RunningService, postgres_template, service_settings, sqlite_template
 from tests.support.smtp import MailServer, mail_server
 
 # ================================================================================================ intake (the real one)
 
 
-def _migrate_in_a_thread(url: str) -> None:
-    """Apply intake's migrations from a session fixture: in a thread of its own, so that its event loop never
-    touches the one pytest-asyncio keeps for the tests."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, upgrade(url, BY_NAME["intake"].migrations)).result()
-
-
 @pytest.fixture(scope="session")
-def intake_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def intake_sqlite_template() -> Path:
     """One SQLite file with intake's migrations applied, copied for each test."""
-    path = tmp_path_factory.mktemp("intake-template") / "intake.db"
-    _migrate_in_a_thread(f"sqlite+aiosqlite:///{path}")
-    # No WAL or shared-memory file left (every page is in the database); the writer lock's files hold no data.
-    locks = {path.name + suffix for suffix in FileLock.SUFFIXES}
-    leftovers = [p.name for p in path.parent.iterdir() if p != path and p.name not in locks]
-    assert leftovers == [], f"the template must be one self-contained file, found {leftovers}"
-    return path
+    return sqlite_template("intake")
 
 
 @pytest.fixture(scope="session")
 def intake_postgres_template(postgres_server: PostgresServer) -> str:
     """One PostgreSQL database with intake's migrations applied, the template of each test's intake database."""
-    url = postgres_server.create_database()
-    _migrate_in_a_thread(url)  # the engine is disposed afterwards: a template must have no open connection
-    return url.rsplit("/", 1)[1]
+    return postgres_template(postgres_server, "intake")
 
 
 @pytest.fixture
