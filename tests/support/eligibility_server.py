@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -27,9 +26,7 @@ from services.eligibility.settings import EligibilitySettings
 from shared.migrations import upgrade
 from tests.support.http import serve
 from tests.support.postgres import PostgresServer
-from tests.support.services import service_settings
-
-T = TypeVar("T")
+from tests.support.services import run_apart, service_settings
 
 
 def _settings(database_url: str, *, nats_url: str, prefix: str, keys_dir: Path) -> EligibilitySettings:
@@ -48,13 +45,6 @@ def _settings(database_url: str, *, nats_url: str, prefix: str, keys_dir: Path) 
     return settings
 
 
-def _run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` to completion in a loop of its own, on another thread: session fixtures are synchronous,
-    and a loop of their own must not replace the one pytest-asyncio set for the test."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 async def _migrate_and_seed(database_url: str, *, nats_url: str, keys_dir: Path) -> str:
     await upgrade(database_url, MIGRATIONS)
     return await seed(_settings(database_url, nats_url=nats_url, prefix="unused", keys_dir=keys_dir))
@@ -62,7 +52,7 @@ async def _migrate_and_seed(database_url: str, *, nats_url: str, keys_dir: Path)
 
 def sqlite_template(path: Path, *, nats_url: str, keys_dir: Path) -> Path:
     """A migrated, seeded SQLite file whose copies serve as eligibility's database."""
-    _run_apart(_migrate_and_seed(f"sqlite+aiosqlite:///{path}", nats_url=nats_url, keys_dir=keys_dir))
+    run_apart(_migrate_and_seed(f"sqlite+aiosqlite:///{path}", nats_url=nats_url, keys_dir=keys_dir))
     connection = sqlite3.connect(path)  # everything in the main file, so that copying it copies it all
     try:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -74,7 +64,7 @@ def sqlite_template(path: Path, *, nats_url: str, keys_dir: Path) -> Path:
 def postgres_template(server: PostgresServer, *, nats_url: str, keys_dir: Path) -> str:
     """A migrated, seeded PostgreSQL database to copy (``CREATE DATABASE ... TEMPLATE``); returns its name."""
     url = server.create_database()
-    _run_apart(_migrate_and_seed(url, nats_url=nats_url, keys_dir=keys_dir))
+    run_apart(_migrate_and_seed(url, nats_url=nats_url, keys_dir=keys_dir))
     return url.rsplit("/", 1)[1]
 
 

@@ -67,7 +67,7 @@ class PostgresServer(LocalPostgres):
 
     def drop_database(self, url: str) -> None:
         """The database of ``url`` gone, whoever is still connected to it."""
-        self.psql(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+        self._drop(str(make_url(url).database))
 
     def is_empty(self, database: str) -> bool:
         """Nothing made in the database's public schema yet."""
@@ -78,8 +78,11 @@ class PostgresServer(LocalPostgres):
 
     def replace_with_copy(self, database: str, template: str) -> None:
         """``database`` dropped and made again as a copy of ``template``: what a template costs is a file copy."""
-        self.psql(f'DROP DATABASE "{database}" WITH (FORCE)')
+        self._drop(database)
         self._create(database, template)
+
+    def _drop(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def _create(self, name: str, template: str | None) -> None:
         deadline = time.monotonic() + 10

@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from shared.sqlite import FileLock
 from tests.support.postgres import PostgresServer
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 
 @dataclass
@@ -137,10 +138,16 @@ async def migrated(database_url: str, service: str) -> None:
     await upgrade(database_url, BY_NAME[service].migrations)
 
 
-def _upgrade_apart(database_url: str, service: str) -> None:
-    """Alembic's upgrade in a thread and an event loop of its own: the caller's loop is left alone."""
+def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to completion in a loop of its own, on another thread: session fixtures and templates made
+    on first use are synchronous, and a loop of their own must not replace or block on the one pytest-asyncio set
+    for the test."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, upgrade(database_url, BY_NAME[service].migrations)).result()
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _upgrade_apart(database_url: str, service: str) -> None:
+    run_apart(upgrade(database_url, BY_NAME[service].migrations))
 
 
 def sqlite_template(service: str) -> Path:
