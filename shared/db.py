@@ -320,6 +320,10 @@ class Database:
             await session.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        file = self.sqlite_file()
+        checkpoints = sqlite.checkpoints_for(file) if file is not None else None
+        if checkpoints is not None:
+            await checkpoints.finish()
         await self.engine.dispose()
         if self._own_read_engine:
             await self.read_engine.dispose()

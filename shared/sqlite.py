@@ -337,6 +337,18 @@ class Checkpoints:
         """Whether no checkpoint is running or due."""
         return self._running is None and self._timer is None
 
+    async def finish(self) -> None:
+        """No checkpoint due or running: a due one dropped, a running one waited for. A database disposed of leaves
+        nothing that opens its file afterwards (a benchmark's or a test's temporary directory is removed next: a
+        checkpoint against files removed under it fails with "disk I/O error"); closing the last connection
+        checkpoints the WAL itself. A later commit (another engine on the file) sets the timer going again."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._written = False
+        if self._running is not None:
+            await asyncio.wait([self._running])
+
     def committed(self) -> None:
         self._written = True
         if self._running is None and self._timer is None:

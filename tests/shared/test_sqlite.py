@@ -5,6 +5,7 @@ the event loop (no SQLITE_BUSY, no busy polling), and reads never wait for a wri
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import sys
 import threading
@@ -201,6 +202,62 @@ async def test_the_wal_is_checkpointed_on_another_thread_after_a_commit_never_in
     await wait_until(lambda: file.stat().st_size > before + 6_000_000, timeout=5)
     assert len(threads) == checkpointed + 1
     assert threading.get_ident() not in threads, "not on the loop's thread"
+
+
+async def test_a_database_disposed_of_leaves_no_checkpoint_due_to_open_its_file_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint due after the last commit is dropped when the database is disposed of: its directory removed
+    next (a benchmark's temporary one), a checkpoint opening the file would fail, as ``make bench`` logged."""
+    monkeypatch.setattr(sqlite, "CHECKPOINT_EVERY", 0.3)
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    database = Database(f"sqlite+aiosqlite:///{folder / 'kept.db'}")
+    async with database.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    checkpoints = sqlite.checkpoints_for(str(folder / "kept.db"))
+    assert checkpoints is not None
+    await wait_until(lambda: checkpoints.idle)
+    async with database.session() as session:
+        await session.execute(insert(items).values(name="last", size=1))
+    assert not checkpoints.idle, "a checkpoint is due after the commit"
+    await database.dispose()
+    assert checkpoints.idle
+    assert not (folder / "kept.db-wal").exists(), "the last connection closed checkpointed the WAL and removed it"
+    shutil.rmtree(folder)
+    await asyncio.sleep(0.5)
+    assert "checkpoint failed" not in caplog.text
+    assert not folder.exists()
+
+
+async def test_disposing_of_a_database_waits_for_its_running_checkpoint(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+    checkpoint = sqlite._checkpoint
+
+    def slow(database: str) -> tuple[int, int, int]:
+        started.set()
+        release.wait(5)
+        result = checkpoint(database)
+        finished.append(True)
+        return result
+
+    monkeypatch.setattr(sqlite, "_checkpoint", slow)
+    checkpoints = sqlite.checkpoints_for(str(tmp_path / "hop.db"))
+    assert checkpoints is not None
+    await wait_until(lambda: checkpoints.idle)
+    async with db.session() as session:
+        await session.execute(insert(items).values(name="last", size=1))
+    await asyncio.to_thread(started.wait, 5)
+    disposing = asyncio.ensure_future(db.dispose())
+    await asyncio.sleep(0.2)
+    assert not disposing.done(), "waits for the checkpoint running"
+    release.set()
+    await disposing
+    assert finished == [True]
+    assert checkpoints.idle
 
 
 async def test_few_rows_are_read_on_the_loop_thread_and_the_rest_of_a_long_result_in_the_driver_thread(
