@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import InsertmanyvaluesSentinelOpts
 
 from shared import sqlite
+from shared.pool import FairQueuePool
 
 if TYPE_CHECKING:
     import polars as pl
@@ -113,7 +114,12 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         engine.sync_engine.dialect.insertmanyvalues_max_parameters = SQLITE_INSERT_PARAMETERS
         return engine
     engine = create_async_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, json_deserializer=json_loads
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        json_deserializer=json_loads,
+        poolclass=FairQueuePool,
     )
     _check_out_open_connections(engine)
     return engine
@@ -145,7 +151,7 @@ def _check_out_open_connections(engine: AsyncEngine) -> None:
 def _sqlite_engine(url: str, *, echo: bool, pool_size: int, max_overflow: int) -> AsyncEngine:
     pool: dict[str, Any] = {}
     if _is_file(url):
-        pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+        pool = {"pool_size": pool_size, "max_overflow": max_overflow, "poolclass": FairQueuePool}
     return create_async_engine(
         url, echo=echo, module=sqlite.dbapi(), json_deserializer=json_loads, **pool,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "cached_statements": SQLITE_CACHED_STATEMENTS},
