@@ -41,7 +41,7 @@ KINDS = (
 )
 
 LIFE_EVENTS: dict[str, dict[str, str]] = {
-    "birth": {"ko": "출생", "en": "the birth of a child"},
+    "birth": {"ko": "출산", "en": "the birth of a child"},
     "moving_in": {"ko": "전입", "en": "moving in"},
     "job_loss": {"ko": "실직", "en": "losing a job"},
     "death_in_family": {"ko": "가족의 사망", "en": "a death in the family"},
@@ -52,15 +52,15 @@ LIFE_EVENTS: dict[str, dict[str, str]] = {
 DEPARTMENTS: dict[str, dict[str, str]] = {
     "welfare": {"ko": "복지", "en": "welfare"},
     "health": {"ko": "보건", "en": "health"},
-    "housing": {"ko": "주거", "en": "housing"},
+    "housing": {"ko": "주택", "en": "housing"},
     "tax": {"ko": "세무", "en": "tax"},
-    "civil_registry": {"ko": "가족관계·민원", "en": "civil registry"},
-    "labour": {"ko": "고용노동", "en": "labour"},
+    "civil_registry": {"ko": "민원·가족관계등록", "en": "civil registry"},
+    "labour": {"ko": "고용·노동", "en": "labour"},
 }
 
 NEED_DOMAINS: dict[str, dict[str, str]] = {
     "income": {"ko": "소득", "en": "income"},
-    "housing": {"ko": "주거", "en": "housing"},
+    "housing": {"ko": "주택", "en": "housing"},
     "health": {"ko": "건강", "en": "health"},
     "care": {"ko": "돌봄", "en": "care"},
     "employment": {"ko": "일자리", "en": "work"},

@@ -23,6 +23,7 @@ from shared.events import HouseholdCaseOutcome, NeedDomain, OfferDeclineReason
 ROOT = PORTAL_DIR.parent.parent
 FACTS = ROOT / "services" / "eligibility" / "catalogue" / "facts.yaml"
 LIFE_EVENTS = ROOT / "services" / "eligibility" / "catalogue" / "life_events.yaml"
+DEPARTMENTS = ROOT / "services" / "eligibility" / "catalogue" / "departments.yaml"
 MESSAGES = Messages.load()
 TEMPLATE_FILES = sorted(TEMPLATES.rglob("*.html"))
 PYTHON_FILES = sorted(PORTAL_DIR.glob("*.py"))
@@ -122,6 +123,19 @@ def test_every_family_of_dynamic_messages_is_complete() -> None:
         "idp.group.",
     }
     assert prefixes <= known | {p for p in prefixes if any(p.startswith(k) for k in known)}, prefixes - known
+
+
+def test_departments_and_life_events_are_named_as_the_catalogue_names_them() -> None:
+    """One name per department and life event wherever a resident reads it: the catalogue's (eligibility owns the
+    programs and their departments), here as in notify's messages."""
+    catalogue = {
+        "department": yaml.safe_load(DEPARTMENTS.read_text(encoding="utf-8"))["departments"],
+        "life_event": yaml.safe_load(LIFE_EVENTS.read_text(encoding="utf-8"))["life_events"],
+    }
+    for family, entries in catalogue.items():
+        for code, entry in entries.items():
+            assert MESSAGES.text(f"{family}.{code}", "ko") == entry["name"]["ko"], f"{family}.{code}"
+            assert MESSAGES.text(f"{family}.{code}", "en").lower() == entry["name"]["en"].lower(), f"{family}.{code}"
 
 
 def test_every_choice_a_resident_may_be_asked_has_words_in_both_languages() -> None:

@@ -23,10 +23,20 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from aiosmtplib.email import extract_recipients, extract_sender
 
 from services.notify.channels import Email, MaildirEmail, SmtpEmail, build_email
-from services.notify.rendering import KINDS, EmailContent, MessageInput, RenderedMessage, Renderer, TextContent
+from services.notify.rendering import (
+    DEPARTMENTS,
+    KINDS,
+    LIFE_EVENTS,
+    EmailContent,
+    MessageInput,
+    RenderedMessage,
+    Renderer,
+    TextContent,
+)
 from services.notify.schedule import backoff, quiet_until
 from services.notify.settings import DEFAULT_FORBIDDEN_NETWORKS, NotifySettings
 from services.notify.webhooks import AddressPolicy, UnsafeUrl, check_url, sign, webhook_headers
@@ -206,7 +216,7 @@ ITEMS: dict[str, list[dict[str, object]]] = {
 
 # Words each message must carry, per language: what happened, in plain language.
 EXPECTED: dict[str, dict[str, list[str]]] = {
-    "application.submitted": {"ko": ["접수", "출생", "2025년 3월 4일"], "en": ["received", "birth", "4 March 2025"]},
+    "application.submitted": {"ko": ["접수", "출산", "2025년 3월 4일"], "en": ["received", "birth", "4 March 2025"]},
     "eligibility.determined": {
         "ko": ["아동수당: 매월 100,000원", "아이가 어린이집에 다니나요?", "주거급여", "소득인정액"],
         "en": ["Child allowance: KRW 100,000 a month", "Does the child attend daycare?", "Income at most 48%"],
@@ -691,3 +701,22 @@ async def test_the_local_mail_sink_writes_the_messages_of_a_batch_in_one_hop_eac
     assert outcomes[1] is None
     assert (tmp_path / "mail" / "new" / f"{fine}.eml").is_file()
     assert executor.hops == 2
+
+
+CATALOGUE = Path(__file__).resolve().parents[3] / "services" / "eligibility" / "catalogue"
+
+
+def test_departments_and_life_events_are_named_in_korean_as_the_catalogue_names_them() -> None:
+    """A message names a department or a life event as the portal and the catalogue do (the English reads within a
+    sentence: "about the birth of a child")."""
+    departments = yaml.safe_load((CATALOGUE / "departments.yaml").read_text(encoding="utf-8"))["departments"]
+    life_events = yaml.safe_load((CATALOGUE / "life_events.yaml").read_text(encoding="utf-8"))["life_events"]
+    assert {code: names["ko"] for code, names in DEPARTMENTS.items()} == {
+        code: entry["name"]["ko"] for code, entry in departments.items()
+    }
+    assert {code: names["en"] for code, names in DEPARTMENTS.items()} == {
+        code: entry["name"]["en"].lower() for code, entry in departments.items()
+    }
+    assert {code: names["ko"] for code, names in LIFE_EVENTS.items()} == {
+        code: entry["name"]["ko"] for code, entry in life_events.items()
+    }

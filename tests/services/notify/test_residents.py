@@ -495,7 +495,7 @@ async def test_without_smtp_or_an_sms_gateway_messages_land_in_readable_local_si
         [line] = sms_log.read_text().splitlines()
         text = orjson.loads(line)
         assert text["to"] == "+821011112222"
-        assert text["text"].startswith("[원스톱] 출생 관련 신청이 접수되었습니다.")
+        assert text["text"].startswith("[원스톱] 출산 관련 신청이 접수되었습니다.")
 
 
 def _ends_a_line(path: Path) -> bool:
