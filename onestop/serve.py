@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import gc
 import socket
+import sys
+import types
 from typing import Any
 
 import uvicorn
@@ -33,11 +35,33 @@ def server(factory: str, fd: int, **options: Any) -> tuple[uvicorn.Server, socke
     the modules, the app and its settings — about 150,000 objects that live as long as the process. Otherwise every
     full collection walks them all again (170-200 ms here, the loop held meanwhile), and under load one comes every
     so often: the event-loop stalls of 125-206 ms every service reported (``onestop_event_loop_stall_max_seconds``)."""
+    without_command_lines()
     config = uvicorn.Config(factory, factory=True, access_log=False, timeout_graceful_shutdown=10, **options)
     config.load()
     _freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
     return _Server(config), inherited_socket(fd)
+
+
+# Libraries whose package imports its own command line and what that needs, none of which a service runs: httpx
+# imports ``httpx._main`` when click and rich are installed (they are, for the onestop CLI and the benchmarks), and cel
+# imports ``cel.cli`` (prompt_toolkit, typer, rich). Measured after importing this module and each service's app:
+# intake 98.9 MB without this, 95.0 with it; notify 100.2 and 97.2; eligibility 105.5 and 94.4 (its idle RSS had
+# reached the 120 MB ceiling of bench/bus.py); routing, which imports neither, 98.7 and 98.6.
+COMMAND_LINES = ("httpx._main", "cel.cli")
+
+
+def without_command_lines() -> None:
+    """Keep the libraries' command lines out of a service process: each is left unimportable (``None`` in
+    ``sys.modules``: httpx then defines a ``main`` that says its CLI cannot run), or, where the package would not
+    import without it (cel), an empty module stands in. Only for modules not imported yet."""
+    for name in COMMAND_LINES:
+        if name in sys.modules:
+            continue
+        if name == "cel.cli":
+            sys.modules[name] = types.ModuleType(name, "cel's command line, not loaded in a service (onestop.serve)")
+        else:
+            sys.modules[name] = None  # type: ignore[assignment]
 
 
 # Container objects allocated (net) between two collections of the youngest generation; Python's default is 700. A

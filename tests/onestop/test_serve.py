@@ -8,6 +8,8 @@ import contextlib
 import gc
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -110,3 +112,20 @@ async def test_connections_have_nagle_s_algorithm_off_and_the_app_is_out_of_the_
         gc.set_threshold(*threshold)
         serving.should_exit = True
         await task
+
+
+def test_a_service_process_loads_no_command_line_of_its_libraries() -> None:
+    """What a service imports, with the command lines of httpx and cel kept out: neither they nor what only they need
+    (click's terminal UI aside, which uvicorn needs) is loaded, and the libraries still work."""
+    probe = """
+import sys
+from onestop.serve import without_command_lines
+without_command_lines()
+import services.eligibility.main, services.intake.main, services.notify.main
+import cel, httpx
+assert cel.compile("age >= 65").execute(cel.Context({"age": 70})) is True
+assert httpx.URL("https://example.org/a").path == "/a"
+print(sorted(m for m in ("prompt_toolkit", "rich", "typer", "pygments") if m in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
