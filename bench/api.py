@@ -59,6 +59,7 @@ from bench.probes import (
     quantiles,
     request_counts,
     rss_mb,
+    wait_for_quiet,
     work_histograms,
 )
 from bench.report import QUEUE, STATUS
@@ -420,12 +421,19 @@ async def running(
 
 
 async def run_backend(options: Options, name: str, directory: Path) -> dict[str, Any]:
-    """Everything measured on one backend, as a JSON-ready dict."""
+    """Everything measured on one backend, as a JSON-ready dict, begun once the machine is quiet (what ran before,
+    the other backend's platform stopping, is not measured with it)."""
+    quiet = await wait_for_quiet()
     started = time.monotonic()
     async with running(options, name, directory) as run:
         startup = round(time.monotonic() - started, 1)
         load = [round(x, 2) for x in os.getloadavg()]
-        return {"backend": name, "startup_s": startup, "load_average_before": load} | await run.measure()
+        return {
+            "backend": name,
+            "startup_s": startup,
+            "load_average_before": load,
+            "quiet_before": quiet.to_json(),
+        } | await run.measure()
 
 
 @dataclass
@@ -694,6 +702,7 @@ async def main_async(options: Options) -> dict[str, Any]:
     started = dt.datetime.now(dt.UTC)
     with tempfile.TemporaryDirectory(prefix="onestop-bench-") as tmp:
         directory = Path(tmp)
+        quiet = await wait_for_quiet()
         load_before = os.getloadavg()
         # The baseline is sent the very same requests: residents' bodies and tokens (signed with a key of its own).
         ensure_keypair(directory / "keys")
@@ -706,7 +715,11 @@ async def main_async(options: Options) -> dict[str, Any]:
             backends[name] = await run_backend(options, name, directory)
     return {
         "generated_at": started.isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "quiet_before": quiet.to_json(),
+        },
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(options).items()},
         "baseline": {k: v.to_json() for k, v in base.items()},
         "backends": backends,

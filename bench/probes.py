@@ -4,9 +4,11 @@ process's memory and CPU from ``/proc``."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -186,3 +188,45 @@ def quantiles(
             row[f"p{round(q * 100):d}_ms"] = round(value * 1000, 2)
         out[work] = row
     return out
+
+
+def cpu_times() -> tuple[float, float]:
+    """(idle, total) jiffies of all the machine's CPUs since boot, from ``/proc/stat`` (time waiting on the disk counts
+    as busy: a benchmark's fsyncs wait behind it)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [float(x) for x in stat.readline().split()[1:]]
+    return fields[3], sum(fields[:8])
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """How long a benchmark waited for the machine to go quiet, and how idle it was when it began."""
+
+    waited_s: float
+    idle: float
+    reached: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"waited_s": round(self.waited_s, 1), "idle": round(self.idle, 3), "reached": self.reached}
+
+
+async def wait_for_quiet(*, idle: float = 0.9, seconds: int = 3, timeout: float = 120.0, window: float = 1.0) -> Quiet:
+    """Wait until the CPUs have been at least ``idle`` idle for ``seconds`` windows in a row (at most
+    ``timeout``): what ran before a measurement (a screening of a million residents, a PostgreSQL cluster writing
+    out what it was given, a platform stopping) is not measured with it. The 1-minute load average says little
+    here: it still shows a load that ended a minute ago."""
+    started = time.monotonic()
+    calm = 0
+    share = 0.0
+    idle_before, total_before = cpu_times()
+    while True:
+        await asyncio.sleep(window)
+        idle_now, total_now = cpu_times()
+        share = (idle_now - idle_before) / max(total_now - total_before, 1.0)
+        idle_before, total_before = idle_now, total_now
+        calm = calm + 1 if share >= idle else 0
+        waited = time.monotonic() - started
+        if calm >= seconds:
+            return Quiet(waited, share, True)
+        if waited >= timeout:
+            return Quiet(waited, share, False)

@@ -385,11 +385,22 @@ def show(data: dict[str, Any]) -> None:
     for name, problem in problems:
         console.print(f"  [red]{name}: {problem}[/red]")
 
-    # Load on the machine from anything else makes every figure lower than the machine can do: say so.
+    # Load on the machine from anything else makes every figure lower than the machine can do: each part waits for
+    # the machine to go quiet first (bench.probes.wait_for_quiet); say how long, and say so when it never did. A run
+    # recorded before that wait was measured is judged by the load average alone.
     cpus = data["machine"]["cpus"] or 1
-    loads = [("baseline", data["machine"].get("load_average_before", [0.0])[0])]
-    loads += [(n, b.get("load_average_before", [0.0])[0]) for n, b in data["backends"].items()]
-    if any(load > cpus for _, load in loads):
+    parts = [("baseline", data["machine"]), *data["backends"].items()]
+    waits = [(n, p["quiet_before"]) for n, p in parts if p.get("quiet_before")]
+    if waits:
+        console.print(
+            "  waited for the machine to go quiet (90 % idle for 3 s) before: "
+            + ", ".join(f"{n} {q['waited_s']:,.0f} s" for n, q in waits)
+        )
+    loads = [(n, p.get("load_average_before", [0.0])[0]) for n, p in parts]
+    busy = (
+        any(not q["reached"] for _, q in waits) if len(waits) == len(parts) else any(load > cpus for _, load in loads)
+    )
+    if busy:
         shown = ", ".join(f"{n} {load:.1f}" for n, load in loads)
         console.print(
             f"  [yellow]the machine was busy with other work (1-minute load average before: {shown}; {cpus} cores): "

@@ -3,10 +3,12 @@ waited for it and held it between two readings, their quantiles, and a consumer'
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import generate_latest
 
+from bench import probes
 from bench.api import LockReading, lock_figures
-from bench.probes import events_handled, quantiles, work_histograms
+from bench.probes import events_handled, quantiles, wait_for_quiet, work_histograms
 from shared.observability import Metrics
 
 
@@ -54,3 +56,34 @@ def test_quantiles_of_a_histogram_with_nothing_new_are_left_out() -> None:
     text = generate_latest(metrics.registry).decode()
     same = work_histograms(text, "onestop_db_writer_hold_seconds")
     assert quantiles(same, same) == {}
+
+
+def _stat(windows: list[float]) -> list[tuple[float, float]]:
+    """Cumulative (idle, total) readings whose successive windows were each this idle, 100 jiffies a window."""
+    readings, idle, total = [(0.0, 0.0)], 0.0, 0.0
+    for share in windows:
+        idle, total = idle + 100 * share, total + 100
+        readings.append((idle, total))
+    return readings
+
+
+async def test_a_benchmark_begins_once_the_cpus_have_been_idle_for_windows_in_a_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readings = iter(_stat([0.2, 0.95, 0.5, 0.9, 0.92, 0.97, 0.1]))
+    monkeypatch.setattr(probes, "cpu_times", lambda: next(readings))
+    quiet = await wait_for_quiet(idle=0.9, seconds=3, window=0.001)
+    assert quiet.reached
+    assert quiet.idle == pytest.approx(0.97)
+    assert next(readings)[1] == 700, "six windows read, and not the seventh"
+
+
+async def test_a_benchmark_waits_no_longer_than_its_timeout_and_says_the_machine_never_went_quiet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readings = iter(_stat([0.3] * 1000))
+    monkeypatch.setattr(probes, "cpu_times", lambda: next(readings))
+    quiet = await wait_for_quiet(idle=0.9, seconds=3, timeout=0.05, window=0.001)
+    assert not quiet.reached
+    assert quiet.waited_s >= 0.05
+    assert quiet.idle == pytest.approx(0.3)

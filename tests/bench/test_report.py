@@ -221,3 +221,18 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     written["backends"]["postgresql"]["load_average_before"] = [6.5, 3.0, 2.0]
     report.show(written)
     assert "the machine was busy with other work" in capsys.readouterr().out.replace("\n", " ")
+
+    # Each part waited for a quiet machine: the load average, which still shows what ended a minute ago, is not
+    # taken for load; a part that never found the machine quiet is.
+    for part in [written["machine"], *written["backends"].values()]:
+        part["quiet_before"] = {"waited_s": 14.2, "idle": 0.95, "reached": True}
+    report.show(written)
+    printed = capsys.readouterr().out.replace("\n", " ")
+    assert (
+        "waited for the machine to go quiet (90 % idle for 3 s) before: baseline 14 s, sqlite 14 s, postgresql 14 s"
+        in printed
+    )
+    assert "busy" not in printed
+    written["backends"]["sqlite"]["quiet_before"] = {"waited_s": 120.3, "idle": 0.41, "reached": False}
+    report.show(written)
+    assert "the machine was busy with other work" in capsys.readouterr().out.replace("\n", " ")
