@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from dataclasses import asdict, replace
 
 import pytest
@@ -203,6 +205,24 @@ def test_a_due_date_skips_public_holidays() -> None:
     assert CALENDAR.add_working_days(thursday, 1) == dt.date(2025, 10, 10)
     assert CALENDAR.add_working_days(thursday, 3) == dt.date(2025, 10, 14)
     assert CALENDAR.working_days_between(thursday, dt.date(2025, 10, 14)) == 3
+
+
+def test_a_calendar_loads_its_own_country_alone_and_another_country_still_loads() -> None:
+    """The holidays of Korea without every other country's module (routing's memory), and another country's, asked
+    for afterwards in the same process, still right."""
+    probe = """
+import datetime as dt, sys
+from services.routing.sla import WorkingCalendar
+korea = WorkingCalendar("KR")
+assert korea.holiday_name(dt.date(2025, 10, 6)) == "Chuseok", korea.holiday_name(dt.date(2025, 10, 6))
+countries = sorted(m for m in sys.modules if m.startswith("holidays.countries."))
+assert countries == ["holidays.countries.south_korea"], countries
+assert not WorkingCalendar("US").is_working_day(dt.date(2025, 7, 4))
+assert WorkingCalendar("US").is_working_day(dt.date(2025, 10, 6))
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "ok", result.stderr
 
 
 def test_extra_closure_days_from_settings_are_not_working_days() -> None:
