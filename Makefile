@@ -54,8 +54,8 @@ test: $(STAMP) postgres fonts browser wrk promtool lint
 	@$(BIN)/pytest -n 2; code=$$?; if [ $$code -eq 5 ]; then echo 'pytest collected no tests' >&2; exit 1; fi; exit $$code
 
 # Every benchmark runs even when an earlier one misses a floor; the status says whether any did. The HTTP benchmark
-# runs before the screenings, whose gigabytes a PostgreSQL cluster and the page cache are still writing out after
-# them, and it waits for a quiet machine besides (bench.probes.wait_for_quiet).
+# runs before the screenings and waits for a quiet machine (bench.probes.wait_for_quiet), so that none of the heavy
+# parts runs beside it.
 # BENCH_API_ARGS: options of bench/api.py (e.g. "--seconds 30 --backends sqlite"; see its --help).
 bench: $(STAMP) postgres fonts wrk
 	@status=0; \
