@@ -51,14 +51,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench import report
 from bench.probes import (
     Histogram,
+    Scheduling,
     consumer_backlog,
     count_difference,
     cpu_seconds,
+    cpu_times,
     events_handled,
     loop_stall,
     quantiles,
     request_counts,
     rss_mb,
+    scheduling,
     wait_for_quiet,
     work_histograms,
 )
@@ -281,6 +284,11 @@ class Processes:
 
     def cpu(self) -> dict[str, float]:
         return {name: cpu_seconds(pid) or 0.0 for name, pid in self.pids.items()}
+
+    def scheduling(self) -> dict[str, Scheduling | None]:
+        """Each service's event-loop thread: time on a CPU and time waiting for one (not nats-server's: its main
+        thread is one of many)."""
+        return {name: scheduling(pid) for name, pid in self.pids.items() if name in SERVICE_NAMES}
 
     @contextlib.asynccontextmanager
     async def sampling(self, interval: float = 0.25) -> AsyncIterator[None]:
@@ -518,7 +526,8 @@ class Run:
             locks.append(await self.writer_lock())
             statuses["POST /v1/applications c1"] = count_difference(middle, before)
 
-            cpu_before, loaded_at = processes.cpu(), time.monotonic()
+            cpu_before, scheduled_before, machine_before = processes.cpu(), processes.scheduling(), cpu_times()
+            loaded_at = time.monotonic()
             loads = {
                 post16: await self.load(self.intake, posts, "post", o.connections, o.seconds, creates=True),
                 STATUS: await self.load(self.intake, status_probe, "status", o.probe_connections, o.seconds,
@@ -529,6 +538,8 @@ class Run:
             for label, running in loads.items():
                 endpoints[label] = await running.result()
             cpu = {k: v - cpu_before[k] for k, v in processes.cpu().items()}
+            scheduled = _differences(processes.scheduling(), scheduled_before)
+            machine_idle, machine_total = (now - then for now, then in zip(cpu_times(), machine_before, strict=True))
             loaded_for = time.monotonic() - loaded_at
             statuses[post16] = count_difference(request_counts(await self.metrics("intake"), *route), middle)
             locks.append(await self.writer_lock())
@@ -546,11 +557,15 @@ class Run:
                 rss_peak_mb=round(processes.peak_rss[name], 1),
                 cpu_percent_under_load=round(100 * cpu[name] / loaded_for, 1),
             )
+            if (waits := scheduled.get(name)) is not None:
+                # The share of the load's time the service's event loop was ready to run but had no CPU.
+                services[name]["loop_waiting_for_cpu_percent"] = round(100 * waits.waiting_s / loaded_for, 1)
         return {
             "office": reference.office,
             "programs": reference.programs,
             "endpoints": {k: v.to_json() for k, v in endpoints.items()},
             "statuses": statuses,
+            "machine_busy_percent_under_load": round(100 * (1 - machine_idle / max(machine_total, 1.0)), 1),
             "writer_lock": {
                 label: lock_figures(after, before)
                 for label, before, after in (
@@ -661,6 +676,15 @@ class LockReading:
     wait: dict[str, Histogram]
     hold: dict[str, Histogram]
     handled: dict[str, int]
+
+
+def _differences(
+    after: dict[str, Scheduling | None], before: dict[str, Scheduling | None]
+) -> dict[str, Scheduling | None]:
+    return {
+        name: now - then if now is not None and (then := before.get(name)) is not None else None
+        for name, now in after.items()
+    }
 
 
 def lock_figures(after: dict[str, LockReading], before: dict[str, LockReading]) -> dict[str, dict[str, Any]]:

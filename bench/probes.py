@@ -1,6 +1,6 @@
 """What the HTTP benchmark reads off the running platform besides wrk's figures: the consumers' backlog from NATS
 monitoring (``/jsz``), a service's Prometheus metrics (request counts by status, the event-loop stall), and a
-process's memory and CPU from ``/proc``."""
+process's memory and CPU from ``/proc``, and how long its event loop's thread waited for a CPU."""
 
 from __future__ import annotations
 
@@ -133,6 +133,30 @@ def cpu_seconds(pid: int) -> float | None:
     # The command name (field 2) may hold spaces; the fields after its closing parenthesis are plain.
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """A thread's time on a CPU and its time runnable but waiting for one, in seconds since it began (the kernel's
+    schedstat). Of a service's main thread, which runs its event loop: a request's every step waits as long as the
+    loop waits for a CPU, however little work the step is."""
+
+    running_s: float
+    waiting_s: float
+
+    def __sub__(self, earlier: Scheduling) -> Scheduling:
+        return Scheduling(self.running_s - earlier.running_s, self.waiting_s - earlier.waiting_s)
+
+
+def scheduling(pid: int) -> Scheduling | None:
+    """The main thread's :class:`Scheduling` (its thread id is the process id); None when the process is gone or the
+    kernel keeps no schedstat."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as schedstat:
+            running_ns, waiting_ns, _ = schedstat.read().split()
+    except (OSError, ValueError):
+        return None
+    return Scheduling(int(running_ns) / 1e9, int(waiting_ns) / 1e9)
 
 
 @dataclass(frozen=True)

@@ -171,8 +171,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines += [
         "",
         "| backend | applications | settled in | per second | sample complete | drained last | RSS peak per service "
-        "| longest loop stall |",
-        "|---|--:|--:|--:|--:|---|---|---|",
+        "| longest loop stall | loop waiting for a CPU (CPUs in use) |",
+        "|---|--:|--:|--:|--:|---|---|---|---|",
     ]
     for name, b in data["backends"].items():
         e2e = b["end_to_end"]
@@ -181,11 +181,18 @@ def markdown(data: dict[str, Any]) -> str:
         stalls = ", ".join(
             f"{k} {'n/a' if v.get('loop_stall') is None else _ms(v['loop_stall']['ms'])}" for k, v in services.items()
         )
+        waiting = ", ".join(
+            f"{k} {v['loop_waiting_for_cpu_percent']:,.0f} %"
+            for k, v in services.items()
+            if v.get("loop_waiting_for_cpu_percent") is not None
+        )
+        if waiting and "machine_busy_percent_under_load" in b:
+            waiting += f" ({b['machine_busy_percent_under_load']:,.1f} %)"
         last = next(iter(e2e.get("last_busy_s") or {}), "-")
         settled = f"{e2e['seconds']:,.1f} s" + ("" if e2e["settled"] else " (not settled)")
         lines.append(
             f"| {name} | {e2e['applications']:,} | {settled} | {e2e['per_second']:,.1f} | "
-            f"{e2e['sample']['complete']}/{e2e['sample']['checked']} | {last} | {rss} | {stalls} |"
+            f"{e2e['sample']['complete']}/{e2e['sample']['checked']} | {last} | {rss} | {stalls} | {waiting or '-'} |"
         )
     lines += ["", "| floor | backend | measured | limit | |", "|---|---|--:|---|---|"]
     for f in data["floors"]:
@@ -355,6 +362,7 @@ def show(data: dict[str, Any]) -> None:
         "service",
         "RSS peak",
         "CPU under load",
+        "loop waiting for a CPU",
         "longest loop stall",
     ):
         table.add_column(column, justify="left" if column in ("backend", "service") else "right")
@@ -372,10 +380,16 @@ def show(data: dict[str, Any]) -> None:
                 service,
                 f"{s['rss_peak_mb']:,.0f} MB",
                 f"{s['cpu_percent_under_load']:,.0f} %",
+                "n/a" if (waiting := s.get("loop_waiting_for_cpu_percent")) is None else f"{waiting:,.0f} %",
                 "n/a" if stall is None else ("<= " if stall["kind"] == "bound" else "") + _ms(stall["ms"]),
             )
             first = False
     console.print(table)
+    in_use = [(n, b["machine_busy_percent_under_load"]) for n, b in data["backends"].items()
+              if "machine_busy_percent_under_load" in b]  # fmt: skip
+    if in_use:
+        # Beside each service's time waiting for a CPU: whether the CPUs had any to give.
+        console.print("  the CPUs were in use during the load: " + ", ".join(f"{n} {p:,.1f} %" for n, p in in_use))
     for name, b in data["backends"].items():
         last = list((b["end_to_end"].get("last_busy_s") or {}).items())[:3]
         if last:

@@ -1,14 +1,19 @@
-"""What the HTTP benchmark reads of the writer lock off a service's metrics: per kind of work, how many transactions
-waited for it and held it between two readings, their quantiles, and a consumer's events a transaction."""
+"""What the HTTP benchmark reads of the writer lock off a service's metrics (per kind of work, how many transactions
+waited for it and held it between two readings, their quantiles, and a consumer's events a transaction), of the
+machine's idleness, and of a process's event-loop thread waiting for a CPU."""
 
 from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
 
 import pytest
 from prometheus_client import generate_latest
 
 from bench import probes
 from bench.api import LockReading, lock_figures
-from bench.probes import events_handled, quantiles, wait_for_quiet, work_histograms
+from bench.probes import Scheduling, events_handled, quantiles, scheduling, wait_for_quiet, work_histograms
 from shared.observability import Metrics
 
 
@@ -87,3 +92,38 @@ async def test_a_benchmark_waits_no_longer_than_its_timeout_and_says_the_machine
     assert not quiet.reached
     assert quiet.waited_s >= 0.05
     assert quiet.idle == pytest.approx(0.3)
+
+
+_SPIN = """
+import os, time
+os.sched_setaffinity(0, {0})
+while time.process_time() < 0.5:
+    pass
+time.sleep(30)
+"""
+
+
+async def test_two_processes_ready_to_run_on_one_cpu_are_each_seen_running_and_waiting_for_it() -> None:
+    """The kernel's own account: each of two processes that share one CPU spends about as long waiting for it as
+    running on it; the benchmark reads a service's event-loop thread the same way."""
+    spinners = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(2)]
+    try:
+        readings: list[Scheduling | None] = []
+        for _ in range(300):
+            readings = [scheduling(p.pid) for p in spinners]
+            if all(r is not None and r.running_s >= 0.5 for r in readings):
+                break
+            await asyncio.sleep(0.05)
+        assert all(r is not None and r.running_s >= 0.5 for r in readings), readings
+        waited = sum(r.waiting_s for r in readings if r is not None)
+        assert waited >= 0.3, readings
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert scheduling(spinners[0].pid) is None, "a process gone has no schedstat"
+
+
+def test_the_difference_of_two_readings_is_what_happened_between_them() -> None:
+    earlier, later = Scheduling(1.25, 0.5), Scheduling(3.0, 2.75)
+    assert later - earlier == Scheduling(1.75, 2.25)

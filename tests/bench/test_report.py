@@ -114,6 +114,7 @@ def a_run() -> dict[str, Any]:
                     "GET /v1/applications/{id}": wrk_result(90, 5, 40, connections=2),
                     "GET /v1/queues/{office}": wrk_result(95, 4, 30, connections=2),
                 },
+                "machine_busy_percent_under_load": 99.4,
                 "end_to_end": {
                     "applications": 7000,
                     "seconds": 100.0,
@@ -132,6 +133,7 @@ def a_run() -> dict[str, Any]:
                         "loop_stall": {"ms": 12.0, "metric": STALL_METRIC, "kind": "max"},
                         "rss_peak_mb": 120.0,
                         "cpu_percent_under_load": 80.0,
+                        "loop_waiting_for_cpu_percent": 45.0,
                     },
                     "notify": {"loop_stall": None, "rss_peak_mb": 130.0, "cpu_percent_under_load": 20.0},
                     "nats-server": {"rss_peak_mb": 300.0, "cpu_percent_under_load": 5.0},
@@ -209,6 +211,8 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     assert "| `POST /v1/applications c16` | postgresql | 16 | 700 | 11.7% | 15.0 ms | 80.0 ms | 0 |" in readme_figures
     assert "| GET /v1/queues/{office} p99 under load | postgresql | - | <= 50 ms | **miss** |" in readme_figures
     assert png_path.stat().st_size > 10_000
+    # Of the services that report it (notify here does not), how long the event loop waited for a CPU.
+    assert "| intake 12.0 ms, notify n/a | intake 45 % (99.4 %) |" in readme_figures
 
     report.show(written)
     printed = capsys.readouterr().out
@@ -216,6 +220,7 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     assert "last to drain: notify-residents (98 s), intake outbox (40 s)" in printed
     assert "MISS  postgresql  GET /v1/queues/{office} p99 under load" in printed
     assert "n/a   sqlite      notify longest event-loop stall" in printed
+    assert "the CPUs were in use during the load: sqlite 99.4 %, postgresql 99.4 %" in printed
     assert "busy" not in printed
 
     written["backends"]["postgresql"]["load_average_before"] = [6.5, 3.0, 2.0]
