@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--postgres-port", type=int, default=5433, help="its port (default 5433)")
     run.add_argument("--cluster", action="store_true", help="a 3-node JetStream cluster with replicated (R3) streams")
     run.add_argument("--replicas", type=int, default=1, help="processes per service (default 1)")
+    run.add_argument(
+        "--workers",
+        action="store_true",
+        help="each service's consumers in a worker process of their own at a lower CPU priority, so that requests "
+        "are answered first when the CPUs are short",
+    )
 
     token = commands.add_parser("token", help="print a signed JWT from the embedded issuer")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -163,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 postgres_port=args.postgres_port,
                 cluster=args.cluster,
                 replicas=args.replicas,
+                workers=args.workers,
             )
         )
     except (PlatformError, PostgresError) as exc:
@@ -212,7 +219,8 @@ def _what(platform: Platform) -> str:
     nats = "a 3-node NATS JetStream cluster" if c.cluster else "NATS"
     database = "PostgreSQL" if c.postgres else "SQLite"
     replicas = f", {c.replicas} processes per service" if c.replicas > 1 else ""
-    return f"{nats}, {database}{replicas}"
+    workers = ", a worker per service" if c.workers else ""
+    return f"{nats}, {database}{replicas}{workers}"
 
 
 def _banner(platform: Platform, seconds: float) -> str:
@@ -230,6 +238,10 @@ def _banner(platform: Platform, seconds: float) -> str:
         lines.append(f"  {entry.name:<12} {url:<24} API docs: {url}/docs")
     if platform.config.replicas > 1:
         lines.append(f"  ({platform.config.replicas} processes per service share each port)")
+    for entry in SERVICES:
+        for worker in platform.worker_names(entry.name):
+            url = platform.process_url(worker)
+            lines.append(f"  {worker:<19} {url:<24} its consumers, at CPU priority +{platform.config.worker_nice}")
     for node in platform.nats_nodes:
         url = node.url(platform.config.host)
         monitor = f"   monitoring: http://{platform.config.host}:{node.ports.http}" if node.ports.http else ""

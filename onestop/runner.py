@@ -105,6 +105,11 @@ class PlatformConfig:
     postgres_dir: Path | None = None  # default <var>/postgres (the postgres user must be able to reach it as root)
     # Processes per service.
     replicas: int = 1
+    # Each service split in two (shared.settings.process_role): its api process(es) answer requests and run no
+    # consumers; a worker ("intake-worker") runs them, on a port of its own, with its CPU priority lowered by
+    # worker_nice, so that when the CPUs are short requests go first (README, "Performance").
+    workers: bool = False
+    worker_nice: int = 10
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     # Where the operator's settings file is (the services read the same file).
     env_file: Path | None = Path(".env")
@@ -190,6 +195,18 @@ class Platform:
         if self.config.replicas == 1:
             return [service]
         return [f"{service}-{n}" for n in range(1, self.config.replicas + 1)]
+
+    def worker_names(self, group: str) -> list[str]:
+        """The service's worker when the platform runs workers (none for the portal)."""
+        return [f"{group}-worker"] if self.config.workers and group in BY_NAME else []
+
+    def process_url(self, name: str) -> str:
+        """Where one process answers: a worker on its own port, a replica on its service's."""
+        group = self._group_of(name)
+        if name in self.worker_names(group):
+            port = self.sockets[name].getsockname()[1]
+            return f"http://{self.config.host}:{port}"
+        return self.url(group)
 
     def database_url(self, entry: ServiceEntry) -> str:
         """Where a service keeps its data: the caller's override (tests, benchmarks), the operator's URL if they gave
@@ -327,6 +344,15 @@ class Platform:
 
     def env_for(self, entry: ServiceEntry) -> dict[str, str]:
         return self._env(entry.env_prefix, self.settings_values(entry))
+
+    def process_settings(self, entry: ServiceEntry, process: str) -> dict[str, Any]:
+        """The service's settings with the part one of its processes plays: the same for every process unless the
+        platform runs workers."""
+        values = self.settings_values(entry)
+        if self.config.workers:
+            worker = process in self.worker_names(entry.name)
+            values |= {"process_role": "worker" if worker else "api", "process_nice": self.config.worker_nice * worker}
+        return values
 
     def _env(self, prefix: str, values: dict[str, Any]) -> dict[str, str]:
         # The operator's ONESTOP_ variables, the .env file's included, go through; the runner's own come on top
@@ -593,20 +619,20 @@ class Platform:
     def bind_sockets(self) -> None:
         """Each service's (and the portal's) listening socket, held by the runner and shared by its replicas."""
         for group in self.groups:
-            if group in self.sockets:
-                continue
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((self.config.host, self.config.ports[group]))
-            except OSError as exc:
-                sock.close()
-                raise PlatformError(
-                    f"port {self.config.ports[group]} ({group}) already in use: is OneStop already running?"
-                ) from exc
-            sock.listen(2048)
-            sock.set_inheritable(True)
-            self.sockets[group] = sock
+            # A worker's port is any free one: only operators (and the runner, for readiness) call it.
+            for name, port in [(group, self.config.ports[group]), *((w, 0) for w in self.worker_names(group))]:
+                if name in self.sockets:
+                    continue
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.config.host, port))
+                except OSError as exc:
+                    sock.close()
+                    raise PlatformError(f"port {port} ({name}) already in use: is OneStop already running?") from exc
+                sock.listen(2048)
+                sock.set_inheritable(True)
+                self.sockets[name] = sock
 
     def migrate(self) -> None:
         # The four services' databases; the portal has none (it calls their APIs).
@@ -631,25 +657,24 @@ class Platform:
         return next(g for g in [s.name for s in SERVICES] + [PORTAL.name] if name == g or name.startswith(f"{g}-"))
 
     def _processes_named(self, name: str) -> list[str]:
-        """A service's replicas, or the one replica named."""
+        """A service's replicas and its worker, or the one process named."""
         if name in self.groups:
-            return self.replica_names(name)
+            return self.replica_names(name) + self.worker_names(name)
         return [name]
 
     def start_service(self, name: str, *, wait: bool = True) -> None:
         """Start a service's (or the portal's) replicas, or one replica by its name; waits until it answers /readyz."""
         group = self._group_of(name)
         self.bind_sockets()
-        fd = self.sockets[group].fileno()
-        if group == PORTAL.name:
-            factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
-        else:
-            entry = BY_NAME[group]
-            factory, env = entry.app_factory, self.env_for(entry)
-        command = [sys.executable, "-m", "onestop.serve", "--factory", factory, "--fd", str(fd)]
-        for replica in self._processes_named(name):
-            self._manage(replica, lambda log: subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                                start_new_session=True, pass_fds=(fd,)))  # fmt: skip
+        for process in self._processes_named(name):
+            fd = self.sockets[process if process in self.worker_names(group) else group].fileno()
+            if group == PORTAL.name:
+                factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
+            else:
+                entry = BY_NAME[group]
+                factory, env = entry.app_factory, self._env(entry.env_prefix, self.process_settings(entry, process))
+            command = [sys.executable, "-m", "onestop.serve", "--factory", factory, "--fd", str(fd)]
+            self._manage(process, _spawner(command, env, fd))
         if wait:
             self.wait_ready(group)
 
@@ -678,18 +703,23 @@ class Platform:
         group = self._group_of(name)
         deadline = time.monotonic() + self.config.ready_timeout
         last = "no answer"
+        # The service's port (whichever replica answers), and its worker's.
+        waiting = [self.url(group), *(self.process_url(w) for w in self.worker_names(group))]
         while time.monotonic() < deadline:
             with self.lock:
-                replicas = [self.managed[r] for r in self.replica_names(group) if r in self.managed]
-            dead = [p for p in replicas if p.restart_at is None and p.exit_code() is not None]
+                processes = [self.managed[r] for r in self._processes_named(group) if r in self.managed]
+            dead = [p for p in processes if p.restart_at is None and p.exit_code() is not None]
             if dead:
                 code = dead[0].exit_code()
                 assert code is not None
                 raise PlatformError(f"{dead[0].name} ended ({describe_exit(code)}); see {self.log_path(dead[0].name)}")
             try:
-                response = httpx.get(f"{self.url(group)}/readyz", timeout=2)
+                response = httpx.get(f"{waiting[0]}/readyz", timeout=2)
                 if response.status_code == 200:
-                    return
+                    waiting.pop(0)
+                    if not waiting:
+                        return
+                    continue
                 last = response.text
             except httpx.HTTPError as exc:
                 last = repr(exc)
@@ -715,6 +745,16 @@ class Platform:
 
     def log_path(self, name: str) -> Path:
         return self.var / "logs" / f"{name}.log"
+
+
+def _spawner(command: list[str], env: dict[str, str], fd: int) -> Callable[[IO[bytes] | None], subprocess.Popen[bytes]]:
+    """How a service's process is started (and started again by the supervisor), handed its listening socket."""
+
+    def spawn(log: IO[bytes] | None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                pass_fds=(fd,))  # fmt: skip
+
+    return spawn
 
 
 def _env_value(value: Any) -> str:

@@ -152,7 +152,8 @@ class Runtime:
                 self.context = context
                 # From here on (not while the context loads, say, a catalogue): what serving costs the loop.
                 self.loop_monitor.start()
-                self.add_consumers(definition.subscriptions(context))
+                if self.settings.process_role != "api":  # an api process leaves them to its worker
+                    self.add_consumers(definition.subscriptions(context))
                 self.start_messaging()
                 self.housekeeping.start()
                 self.lag = ConsumerLag(self.bus, self.consumers.values(), self.metrics,

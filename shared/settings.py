@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,13 @@ class ServiceSettings(BaseSettings):
     # Before each transaction a batch waits while the service is serving requests, at most this long (0: never
     # waits): requests first, consumers still going on under a load that never lets up (shared.turns.Foreground).
     consumer_patience_ms: float = Field(default=50.0, ge=0)
+    # What this process does of the service's work. "all" (one process per service): it answers requests and runs the
+    # consumers. Split in two (``onestop run --workers``): an "api" process answers requests and runs no consumers,
+    # and a "worker" runs them, on a port of its own that only operators call. The worker lowers its own CPU priority
+    # by ``process_nice`` when it starts, so that when the CPUs are short a request is answered before the pipeline's
+    # next batch is handled (README, "Performance").
+    process_role: Literal["all", "api", "worker"] = "all"
+    process_nice: int = Field(default=0, ge=0, le=19)
     # How often each consumer's backlog on the server is read into onestop_consumer_pending.
     consumer_lag_interval_seconds: float = Field(default=15.0, gt=0)
     outbox_batch_size: int = Field(default=1000, ge=1, le=10000)

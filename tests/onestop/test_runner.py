@@ -1,9 +1,11 @@
 """`onestop run` as an operator runs it: their ONESTOP_ settings (environment and .env) honoured, the ones the runner
-owns refused with the reason, replicas sharing a port, and a process that dies restarted while the others serve."""
+owns refused with the reason, replicas sharing a port, each service's consumers in a worker of lower priority, and a
+process that dies restarted while the others serve."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import re
 import subprocess
@@ -23,6 +25,7 @@ from onestop.registry import BY_NAME, PORTAL, SERVICES
 from onestop.runner import Platform, PlatformConfig
 from onestop.supervisor import GaveUp, ManagedProcess, RestartPolicy, Supervisor
 from shared.db import create_engine
+from tests.e2e.support import Api, eventually, settled_round
 from tests.portal.support import BIRTH_RESIDENT
 from tests.support.postgres import PostgresServer
 
@@ -351,3 +354,81 @@ def test_a_session_made_on_one_portal_replica_is_good_on_the_others(replicated: 
             # Before the other replica goes down, this one must be serving again (not merely started).
             _wait_restarted(platform, replica, killed, started)
         assert not failures
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def _nice(pid: int) -> int:
+    """The nice value of a process's main thread (field 19 of /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[16])
+
+
+def _group_nice(pid: int) -> int | None:
+    """The nice value of the scheduling group the process's session makes (None without autogroup)."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split("nice")[1])
+    except OSError:
+        return None
+
+
+def _events_handled(metrics: str) -> dict[str, float]:
+    """Events handled by consumer, as a process's /metrics counts them."""
+    handled: dict[str, float] = {}
+    for consumer, value in re.findall(r'^onestop_events_handled_total\{consumer="([^"]+)",result="handled"\} (\S+)$',
+                                      metrics, re.MULTILINE):  # fmt: skip
+        handled[consumer] = float(value)
+    return handled
+
+
+@pytest.mark.e2e
+def test_with_workers_an_api_process_answers_and_a_worker_of_lower_priority_consumes(
+    clean_environment: Path,
+) -> None:
+    platform = Platform(PlatformConfig.on_free_ports(clean_environment / "var", workers=True, ready_timeout=120))
+    platform.start()
+    try:
+        assert sorted(platform.processes) == sorted([*BY_NAME, *(f"{name}-worker" for name in BY_NAME)])
+        autogroups = _group_nice(platform.processes["intake"].pid) is not None
+        for name in BY_NAME:
+            served, worker = platform.processes[name].pid, platform.processes[f"{name}-worker"].pid
+            assert (_nice(served), _nice(worker)) == (0, 10), name
+            if autogroups:  # each process is a session of its own: its group is lowered with it
+                assert (_group_nice(served), _group_nice(worker)) == (0, 10), name
+            assert platform.process_url(f"{name}-worker") != platform.url(name)
+
+        # An application goes through every consumer: determined, routed, the resident told.
+        api = Api(platform)
+        resident = api.register()
+        bundle = next(e for e in api.ok("intake", "GET", "/v1/life-events", resident.auth) if e["code"] == "birth")
+        answers = {"child_birth_date": (dt.date.today() - dt.timedelta(days=9)).isoformat(), "birth_order": 2,
+                   "newborns": 1, "korean_national": True, "birth_registered": True, "earned_income": 2_200_000,
+                   "business_income": 0, "public_pension_income": 0, "employment_status": "employed"}  # fmt: skip
+        application = api.apply(resident, "birth", answers)
+        view = api.view_when(application, resident.auth, settled_round, timeout=60)
+        assert {p["program_code"] for p in view["programs"]} == {p["code"] for p in bundle["programs"]}
+        eventually(lambda: api.inbox(resident, application), timeout=60, what="the resident's message")
+
+        # The workers handled those events; the processes that answer requests consumed nothing.
+        for name in BY_NAME:
+            assert _events_handled(httpx.get(f"{platform.url(name)}/metrics", timeout=10).text) == {}, name
+        handled = {
+            consumer: count
+            for name in BY_NAME
+            for consumer, count in _events_handled(
+                httpx.get(f"{platform.process_url(f'{name}-worker')}/metrics", timeout=10).text
+            ).items()
+        }
+        for consumer in ("eligibility-events", "routing-cases", "notify-residents", "intake-status-view"):
+            assert handled.get(consumer, 0) >= 1, handled
+
+        # A worker that dies is restarted; applications go on through it.
+        with platform.supervising() as failures:
+            killed = platform.crash("eligibility-worker")
+            again = api.apply(resident, "birth", answers)
+            api.view_when(again, resident.auth, settled_round, timeout=120)
+            assert platform.managed["eligibility-worker"].pid != killed
+            assert not failures
+    finally:
+        platform.stop()
