@@ -117,6 +117,10 @@ class Options:
         default=240, metadata={"help": "give up waiting for the pipeline after this long from the first submit"}
     )
     backends: tuple[str, ...] = ("sqlite", "postgresql")
+    workers: bool = field(
+        default=False,
+        metadata={"help": "each service's consumers in a worker of lower CPU priority (onestop run --workers)"},
+    )
     out: Path = ROOT / "var" / "bench"
 
 
@@ -127,9 +131,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
         kind = {"float": float, "int": int, "Path": Path}.get(str(f.type), str)
         shown = ",".join(default) if isinstance(default, tuple) else default
         what = f.metadata.get("help", "")
-        parser.add_argument(
-            f"--{f.name.replace('_', '-')}", type=kind, default=shown, help=f"{what} (default: %(default)s)".lstrip()
-        )
+        flag = f"--{f.name.replace('_', '-')}"
+        if str(f.type) == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=what)
+            continue
+        parser.add_argument(flag, type=kind, default=shown, help=f"{what} (default: %(default)s)".lstrip())
     args = vars(parser.parse_args(argv))
     args["backends"] = tuple(b.strip() for b in str(args["backends"]).split(",") if b.strip())
     unknown = set(args["backends"]) - {"sqlite", "postgresql"}
@@ -288,7 +294,7 @@ class Processes:
     def scheduling(self) -> dict[str, Scheduling | None]:
         """Each service's event-loop thread: time on a CPU and time waiting for one (not nats-server's: its main
         thread is one of many)."""
-        return {name: scheduling(pid) for name, pid in self.pids.items() if name in SERVICE_NAMES}
+        return {name: scheduling(pid) for name, pid in self.pids.items() if name != "nats-server"}
 
     @contextlib.asynccontextmanager
     async def sampling(self, interval: float = 0.25) -> AsyncIterator[None]:
@@ -412,6 +418,7 @@ async def running(
             nats_http_port=free_port(),
             ports={s: free_port() for s in SERVICE_NAMES},
             overrides={s: backend.overrides.get(s, {}) | (settings or {}) for s in SERVICE_NAMES},
+            workers=options.workers,
             ready_timeout=120,
         )
     )
@@ -476,14 +483,20 @@ class Run:
         await self.pipeline.close()
         await self.databases.close()
 
-    async def metrics(self, service: str) -> str:
-        return (await self.client.get(f"{self.platform.url(service)}/metrics")).text
+    async def metrics(self, process: str) -> str:
+        """A service's metrics (its api process's, or its one process's), or a worker's by its name."""
+        return (await self.client.get(f"{self.platform.process_url(process)}/metrics")).text
+
+    @property
+    def service_processes(self) -> list[str]:
+        """Each service's process, or its api process and its worker."""
+        return [p for s in SERVICE_NAMES for p in [s, *self.platform.worker_names(s)]]
 
     async def writer_lock(self) -> dict[str, LockReading]:
         """Each service's writer-lock histograms (wait, hold) by work and its consumers' events handled, as they stand
         (SQLite only; else empty)."""
         out = {}
-        for service in SERVICE_NAMES:
+        for service in self.service_processes:
             text = await self.metrics(service)
             wait = work_histograms(text, "onestop_db_writer_wait_seconds")
             if wait:
@@ -549,7 +562,7 @@ class Run:
         accepted = [(a, r) for a, r in await self.databases.applications() if a not in already]
         end_to_end = await self.end_to_end(reference, accepted, t0, settled_at)
         services: dict[str, Any] = {}
-        for service in SERVICE_NAMES:
+        for service in self.service_processes:
             stall = loop_stall(await self.metrics(service))
             services[service] = {"loop_stall": stall.to_json() if stall else None}
         for name in processes.pids:

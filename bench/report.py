@@ -155,10 +155,19 @@ def write(data: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     return json_path, png_path
 
 
+def set_up(data: dict[str, Any]) -> str:
+    """How the services ran: ``make run``'s way, or split as ``onestop run --workers`` splits them."""
+    if data.get("options", {}).get("workers"):
+        return "each service an api process and a worker running its consumers at a lower CPU priority (--workers)"
+    return "one process per service"
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The run's figures as Markdown tables, for the README."""
     hello_post = data["baseline"][HELLO_POST]["rate"]
     lines = [
+        f"Set-up: {set_up(data)}.",
+        "",
         "| endpoint | backend | connections | req/s | of hello POST | p50 | p99 | failed |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
@@ -335,7 +344,7 @@ def show(data: dict[str, Any]) -> None:
 
     console = Console(width=140)
     hello_post = data["baseline"][HELLO_POST]["rate"]
-    table = Table(title="HTTP path (wrk)", title_justify="left")
+    table = Table(title=f"HTTP path (wrk); {set_up(data)}", title_justify="left")
     for column in ("endpoint", "backend", "conns", "req/s", "vs hello POST", "p50", "p99", "max", "failed"):
         table.add_column(column, justify="left" if column in ("endpoint", "backend") else "right")
     for endpoint, backend, r in rows(data):

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from bench import report
+from bench.api import parse_options
 from bench.probes import STALL_METRIC, consumer_backlog, count_difference, loop_stall, request_counts
 from shared.observability import Metrics
 
@@ -211,6 +212,7 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     assert "| `POST /v1/applications c16` | postgresql | 16 | 700 | 11.7% | 15.0 ms | 80.0 ms | 0 |" in readme_figures
     assert "| GET /v1/queues/{office} p99 under load | postgresql | - | <= 50 ms | **miss** |" in readme_figures
     assert png_path.stat().st_size > 10_000
+    assert readme_figures.startswith("Set-up: one process per service.\n")
     # Of the services that report it (notify here does not), how long the event loop waited for a CPU.
     assert "| intake 12.0 ms, notify n/a | intake 45 % (99.4 %) |" in readme_figures
 
@@ -241,3 +243,14 @@ def test_the_report_is_written_as_json_and_a_png_chart_and_printed(
     written["backends"]["sqlite"]["quiet_before"] = {"waited_s": 120.3, "idle": 0.41, "reached": False}
     report.show(written)
     assert "the machine was busy with other work" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_a_run_of_split_services_says_so_and_the_option_is_a_flag() -> None:
+    data = a_run()
+    data["floors"] = [f.to_json() for f in report.floors(data)]
+    data["options"] = {"workers": True}
+    assert report.markdown(data).startswith(
+        "Set-up: each service an api process and a worker running its consumers at a lower CPU priority (--workers)."
+    )
+    assert parse_options(["--workers"]).workers is True
+    assert parse_options([]).workers is False
