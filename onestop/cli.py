@@ -26,6 +26,26 @@ ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {
+        "run": cmd_run,
+        "token": cmd_token,
+        "migrate": cmd_migrate,
+        "seed": cmd_seed,
+        "init": cmd_init,
+        "status": cmd_status,
+        "catalogue": cmd_catalogue,
+        "registry": cmd_registry,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
+        "screen": cmd_screen,
+        "asyncapi": cmd_asyncapi,
+        "revision": cmd_revision,
+    }[args.command]
+    return handler(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onestop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -46,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         help="each service's consumers in a worker process of their own at a lower CPU priority, so that requests "
         "are answered first when the CPUs are short",
     )
+    run.add_argument(
+        "--worker-nice", type=int, default=10, choices=range(20), metavar="0-19",
+        help="how much lower the workers' CPU priority is (nice; default 10)",
+    )  # fmt: skip
 
     token = commands.add_parser("token", help="print a signed JWT from the embedded issuer")
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -138,40 +162,28 @@ def main(argv: list[str] | None = None) -> int:
     rev.add_argument("service", choices=list(BY_NAME))
     rev.add_argument("-m", "--message", required=True)
 
-    args = parser.parse_args(argv)
-    handler = {
-        "run": cmd_run,
-        "token": cmd_token,
-        "migrate": cmd_migrate,
-        "seed": cmd_seed,
-        "init": cmd_init,
-        "status": cmd_status,
-        "catalogue": cmd_catalogue,
-        "registry": cmd_registry,
-        "backup": cmd_backup,
-        "restore": cmd_restore,
-        "screen": cmd_screen,
-        "asyncapi": cmd_asyncapi,
-        "revision": cmd_revision,
-    }[args.command]
-    return handler(args)
+    return parser
+
+
+def run_config(args: argparse.Namespace) -> PlatformConfig:
+    """What ``onestop run``'s options ask the runner for."""
+    return PlatformConfig(
+        var_dir=args.var,
+        host=args.host,
+        seed=not args.no_seed,
+        console_logs=args.console_logs,
+        postgres=args.postgres,
+        postgres_port=args.postgres_port,
+        cluster=args.cluster,
+        replicas=args.replicas,
+        workers=args.workers,
+        worker_nice=args.worker_nice,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        platform = Platform(
-            PlatformConfig(
-                var_dir=args.var,
-                host=args.host,
-                seed=not args.no_seed,
-                console_logs=args.console_logs,
-                postgres=args.postgres,
-                postgres_port=args.postgres_port,
-                cluster=args.cluster,
-                replicas=args.replicas,
-                workers=args.workers,
-            )
-        )
+        platform = Platform(run_config(args))
     except (PlatformError, PostgresError) as exc:
         print(f"onestop run: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""The onestop command: tokens from the embedded issuer, and status of the services, the portal and NATS."""
+"""The onestop command: tokens from the embedded issuer, status of the services, the portal and NATS, and what `run`
+asks the runner for."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from onestop.cli import main
+from onestop.cli import build_parser, main, run_config
 from onestop.registry import BY_NAME, PORTAL, SERVICES
 from shared.auth import Role, TokenVerifier
 
@@ -144,3 +145,15 @@ def test_status_is_zero_only_when_services_portal_and_nats_are_ready(capsys: pyt
     assert one_down[routing] == f"{'routing':<12} not ready: {{'nats': False}}"
     assert one_down[:routing] + one_down[routing + 1 :] == ready[:routing] + ready[routing + 1 :]
     assert portal_down[NAMES.index("portal")].startswith(f"{'portal':<12} not ready")
+
+
+def test_run_splits_the_services_only_when_asked_and_lowers_the_workers_priority_as_told(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plain = run_config(build_parser().parse_args(["run"]))
+    assert (plain.workers, plain.worker_nice, plain.replicas) == (False, 10, 1)
+    split = run_config(build_parser().parse_args(["run", "--workers", "--worker-nice", "5", "--replicas", "2"]))
+    assert (split.workers, split.worker_nice, split.replicas) == (True, 5, 2)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--workers", "--worker-nice", "20"])
+    assert "--worker-nice" in capsys.readouterr().err
