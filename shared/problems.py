@@ -80,6 +80,10 @@ class Conflict(ProblemError):
     status, title, slug = 409, "Conflict", "conflict"
 
 
+class MisdirectedRequest(ProblemError):
+    status, title, slug = 421, "Misdirected Request", "misdirected"
+
+
 class PayloadTooLarge(ProblemError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 
@@ -109,6 +113,7 @@ _BY_STATUS: dict[int, type[ProblemError]] = {
         NotFound,
         MethodNotAllowed,
         Conflict,
+        MisdirectedRequest,
         PayloadTooLarge,
         UnsupportedMediaType,
         UnprocessableContent,

@@ -28,11 +28,13 @@ from shared.deps import SessionDep, get_runtime
 from shared.observability import Metrics, RequestContextMiddleware, configure_logging
 from shared.problems import (
     PROBLEM_JSON,
+    MisdirectedRequest,
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
     install_problem_handlers,
     problem_response,
+    problem_responses,
 )
 from shared.runtime import Runtime, ServiceDefinition
 from shared.settings import ServiceSettings
@@ -254,13 +256,23 @@ def dead_letter_router() -> APIRouter:
         rows = (await session.execute(query)).mappings().all()
         return [DeadLetter.model_validate(dict(r)) for r in rows]
 
-    @router.post("/{dead_letter_id}/replay", dependencies=[admin], summary="Run a dead letter's event again")
+    @router.post(
+        "/{dead_letter_id}/replay",
+        dependencies=[admin],
+        summary="Run a dead letter's event again",
+        responses=problem_responses(421),
+    )
     async def replay(request: Request, dead_letter_id: int = Path(ge=1, le=2**63 - 1)) -> ReplayResult:
         runtime = get_runtime(request)
         async with runtime.db.session() as session:
             table = runtime.tables.dead_letters
             consumer_name = await session.scalar(select(table.c.consumer).where(table.c.id == dead_letter_id))
         consumer = next((c for c in runtime.consumers.values() if c.durable == consumer_name), None)
+        if consumer is None and consumer_name is not None and runtime.settings.process_role == "api":
+            raise MisdirectedRequest(
+                f"Dead letter {dead_letter_id} is {consumer_name}'s, and this process runs no consumers (the service "
+                "runs them in its worker: onestop run --workers). Replay it on the worker's port."
+            )
         if consumer is None:
             raise NotFound(f"No dead letter {dead_letter_id}.")
         try:

@@ -477,3 +477,42 @@ async def _taken(runtime: Runtime, durable: str) -> bool:
     """The consumer has taken a message it has not acknowledged: its batch is waiting to be applied."""
     info = await runtime.bus.js.consumer_info(runtime.bus.stream, durable)
     return bool(info.num_ack_pending >= 1)
+
+
+async def test_an_api_process_runs_no_consumer_and_sends_a_replay_to_its_worker(
+    nats_server: NatsServer, bus_prefix: str, keys_dir: Path, database_url: str, issuer: TokenIssuer
+) -> None:
+    """Split as `onestop run --workers` splits a service: the api process consumes nothing, and a dead letter (made
+    by its worker) is not replayed there as if it were unknown: the answer says where it can be."""
+    settings = ServiceSettings(
+        database_url=database_url,
+        nats_url=nats_server.url,
+        bus_prefix=bus_prefix,
+        jwt_public_key_file=keys_dir / "issuer.pub.pem",
+        process_role="api",
+        log_json=False,
+    )
+    app = create_service_app(definition(), settings)
+    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
+        runtime: Runtime = app.state.runtime
+        async with runtime.db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(manager.app, raise_app_exceptions=False), base_url="http://test"
+        ) as client:
+            await wait_until(lambda: _ready(client))
+            assert runtime.consumers == {}
+            async with runtime.db.session() as session:
+                await session.execute(
+                    insert(runtime.tables.dead_letters).values(
+                        consumer="testsvc-things", event_id="e-1", event_type="application.withdrawn",
+                        subject=f"{bus_prefix}.application.withdrawn", payload="{}", error="broken", deliveries=2,
+                        failed_at=dt.datetime.now(dt.UTC),
+                    )
+                )  # fmt: skip
+            [letter] = (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).json()
+            replay = await client.post(f"/v1/admin/dead-letters/{letter['id']}/replay", headers=_auth(issuer))
+            assert (replay.status_code, replay.headers["content-type"]) == (421, "application/problem+json")
+            assert "worker" in replay.json()["detail"]
+            missing = await client.post("/v1/admin/dead-letters/999999/replay", headers=_auth(issuer))
+            assert missing.status_code == 404, "one that does not exist is still not found"
