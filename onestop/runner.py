@@ -342,16 +342,19 @@ class Platform:
         """The service's settings as its process sees them (the operator's, then the runner's)."""
         return entry.settings(_env_file=self.config.env_file, **self.settings_values(entry))
 
-    def env_for(self, entry: ServiceEntry) -> dict[str, str]:
-        return self._env(entry.env_prefix, self.settings_values(entry))
+    def env_for(self, entry: ServiceEntry, process: str | None = None) -> dict[str, str]:
+        """The environment one of the service's processes starts with (its first, unless named)."""
+        return self._env(entry.env_prefix, self.process_settings(entry, process or entry.name))
 
     def process_settings(self, entry: ServiceEntry, process: str) -> dict[str, Any]:
         """The service's settings with the part one of its processes plays: the same for every process unless the
         platform runs workers."""
         values = self.settings_values(entry)
         if self.config.workers:
-            worker = process in self.worker_names(entry.name)
-            values |= {"process_role": "worker" if worker else "api", "process_nice": self.config.worker_nice * worker}
+            if process in self.worker_names(entry.name):
+                values |= {"process_role": "worker", "process_nice": self.config.worker_nice}
+            else:
+                values |= {"process_role": "api"}
         return values
 
     def _env(self, prefix: str, values: dict[str, Any]) -> dict[str, str]:
@@ -663,7 +666,8 @@ class Platform:
         return [name]
 
     def start_service(self, name: str, *, wait: bool = True) -> None:
-        """Start a service's (or the portal's) replicas, or one replica by its name; waits until it answers /readyz."""
+        """Start a service's (or the portal's) replicas and its worker, or one of them by its name; waits until they
+        answer /readyz."""
         group = self._group_of(name)
         self.bind_sockets()
         for process in self._processes_named(name):
@@ -672,7 +676,7 @@ class Platform:
                 factory, env = PORTAL.app_factory, self._env(PORTAL.env_prefix, self.portal_settings_values())
             else:
                 entry = BY_NAME[group]
-                factory, env = entry.app_factory, self._env(entry.env_prefix, self.process_settings(entry, process))
+                factory, env = entry.app_factory, self.env_for(entry, process)
             command = [sys.executable, "-m", "onestop.serve", "--factory", factory, "--fd", str(fd)]
             self._manage(process, _spawner(command, env, fd))
         if wait:

@@ -5,6 +5,7 @@ requests being served."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import AsyncIterator
@@ -111,22 +112,23 @@ def definition() -> ServiceDefinition[None]:
     )  # fmt: skip
 
 
-@pytest.fixture
-async def client(
-    nats_server: NatsServer, bus_prefix: str, keys_dir: Path, database_url: str
+@contextlib.asynccontextmanager
+async def serving(
+    nats_server: NatsServer, bus_prefix: str, keys_dir: Path, database_url: str, **settings: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    Switch.broken = True
-    settings = ServiceSettings(
-        database_url=database_url,
-        nats_url=nats_server.url,
-        bus_prefix=bus_prefix,
-        jwt_public_key_file=keys_dir / "issuer.pub.pem",
-        max_body_bytes=2048,
-        consumer_max_deliver=2,
-        outbox_poll_interval_seconds=0.05,
-        log_json=False,
+    """The test service on the suite's NATS and database with these settings, its tables made, ready; the client
+    carries the app (``client.app``)."""
+    app = create_service_app(
+        definition(),
+        ServiceSettings(
+            database_url=database_url,
+            nats_url=nats_server.url,
+            bus_prefix=bus_prefix,
+            jwt_public_key_file=keys_dir / "issuer.pub.pem",
+            log_json=False,
+            **settings,
+        ),
     )
-    app = create_service_app(definition(), settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         runtime: Runtime = app.state.runtime
         async with runtime.db.engine.begin() as conn:
@@ -137,6 +139,18 @@ async def client(
             c.app = app  # type: ignore[attr-defined]
             await wait_until(lambda: _ready(c))
             yield c
+
+
+@pytest.fixture
+async def client(
+    nats_server: NatsServer, bus_prefix: str, keys_dir: Path, database_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    Switch.broken = True
+    async with serving(
+        nats_server, bus_prefix, keys_dir, database_url,
+        max_body_bytes=2048, consumer_max_deliver=2, outbox_poll_interval_seconds=0.05,
+    ) as c:  # fmt: skip
+        yield c
 
 
 async def _ready(c: httpx.AsyncClient) -> bool:
@@ -484,35 +498,20 @@ async def test_an_api_process_runs_no_consumer_and_sends_a_replay_to_its_worker(
 ) -> None:
     """Split as `onestop run --workers` splits a service: the api process consumes nothing, and a dead letter (made
     by its worker) is not replayed there as if it were unknown: the answer says where it can be."""
-    settings = ServiceSettings(
-        database_url=database_url,
-        nats_url=nats_server.url,
-        bus_prefix=bus_prefix,
-        jwt_public_key_file=keys_dir / "issuer.pub.pem",
-        process_role="api",
-        log_json=False,
-    )
-    app = create_service_app(definition(), settings)
-    async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
-        runtime: Runtime = app.state.runtime
-        async with runtime.db.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(manager.app, raise_app_exceptions=False), base_url="http://test"
-        ) as client:
-            await wait_until(lambda: _ready(client))
-            assert runtime.consumers == {}
-            async with runtime.db.session() as session:
-                await session.execute(
-                    insert(runtime.tables.dead_letters).values(
-                        consumer="testsvc-things", event_id="e-1", event_type="application.withdrawn",
-                        subject=f"{bus_prefix}.application.withdrawn", payload="{}", error="broken", deliveries=2,
-                        failed_at=dt.datetime.now(dt.UTC),
-                    )
-                )  # fmt: skip
-            [letter] = (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).json()
-            replay = await client.post(f"/v1/admin/dead-letters/{letter['id']}/replay", headers=_auth(issuer))
-            assert (replay.status_code, replay.headers["content-type"]) == (421, "application/problem+json")
-            assert "worker" in replay.json()["detail"]
-            missing = await client.post("/v1/admin/dead-letters/999999/replay", headers=_auth(issuer))
-            assert missing.status_code == 404, "one that does not exist is still not found"
+    async with serving(nats_server, bus_prefix, keys_dir, database_url, process_role="api") as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        assert runtime.consumers == {}
+        async with runtime.db.session() as session:
+            await session.execute(
+                insert(runtime.tables.dead_letters).values(
+                    consumer="testsvc-things", event_id="e-1", event_type="application.withdrawn",
+                    subject=f"{bus_prefix}.application.withdrawn", payload="{}", error="broken", deliveries=2,
+                    failed_at=dt.datetime.now(dt.UTC),
+                )
+            )  # fmt: skip
+        [letter] = (await client.get("/v1/admin/dead-letters", headers=_auth(issuer))).json()
+        replay = await client.post(f"/v1/admin/dead-letters/{letter['id']}/replay", headers=_auth(issuer))
+        assert (replay.status_code, replay.headers["content-type"]) == (421, "application/problem+json")
+        assert "worker" in replay.json()["detail"]
+        missing = await client.post("/v1/admin/dead-letters/999999/replay", headers=_auth(issuer))
+        assert missing.status_code == 404, "one that does not exist is still not found"
