@@ -24,6 +24,7 @@ from shared.events import (
     RESIDENT_PARTNER_TYPES,
     ActedAs,
     Channel,
+    CriterionResult,
     DecisionFile,
     DeclineReason,
     Department,
@@ -476,7 +477,7 @@ class ProgramView(BaseModel):
     automatic: bool | None
     amount: int | None
     amount_period: Literal["once", "monthly", "yearly", "total"] | None
-    criteria: list[dict[str, Any]]
+    criteria: list[CriterionResult]
     missing: list[MissingInformation]
     action_required: bool
     settled: bool

@@ -852,7 +852,7 @@ def assemble_view(
                 automatic=p.automatic,
                 amount=p.amount,
                 amount_period=p.amount_period,
-                criteria=[c.model_dump(mode="json") for c in p.criteria],
+                criteria=p.criteria,
                 missing=[MissingInformation(**m.model_dump(), answered=m.name in answers) for m in p.missing],
                 action_required=(not is_settled and bool(resident_questions(p, answers)))
                 or (case is not None and info_open(case)),
