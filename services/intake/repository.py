@@ -108,7 +108,7 @@ def _authorised_at_counter(
     )
 
 
-class ScopeKind(enum.Enum):
+class _ScopeKind(enum.Enum):
     """Which applications a caller may read, by the kind of caller (see :func:`application_scope`)."""
 
     RESIDENT = "resident"
@@ -117,51 +117,51 @@ class ScopeKind(enum.Enum):
     NONE = "none"
 
 
-def scope_kind(principal: Principal) -> ScopeKind:
+def _scope_kind(principal: Principal) -> _ScopeKind:
     if principal.role is Role.RESIDENT and principal.resident_id is not None:
-        return ScopeKind.RESIDENT
+        return _ScopeKind.RESIDENT
     if principal.role is Role.ADMIN:
-        return ScopeKind.ADMIN
+        return _ScopeKind.ADMIN
     if principal.role in OFFICE_ROLES and principal.offices:
-        return ScopeKind.OFFICE
-    return ScopeKind.NONE
+        return _ScopeKind.OFFICE
+    return _ScopeKind.NONE
 
 
-def _application_scope(kind: ScopeKind, resident_id: Any, offices: Any, today: Any) -> ColumnElement[bool]:
+def _application_scope(kind: _ScopeKind, resident_id: Any, offices: Any, today: Any) -> ColumnElement[bool]:
     """The applications a caller of this kind may read: a resident their own and those of a resident they represent
     (in a scope that acts on applications); office staff those with a case (now or before) in one of their offices
     and those of a resident who authorised their counter; an admin all. The caller's resident id, offices and the
     day are values, or parameters standing for them (:func:`_visible_status`)."""
     match kind:
-        case ScopeKind.RESIDENT:
+        case _ScopeKind.RESIDENT:
             return or_(
                 Application.resident_id == resident_id,
                 _represents(resident_id, Application.resident_id, APPLICATION_SCOPES, today),
             )
-        case ScopeKind.ADMIN:
+        case _ScopeKind.ADMIN:
             return true()
-        case ScopeKind.OFFICE:
+        case _ScopeKind.OFFICE:
             return or_(
                 _has_case_in_offices(Application.id, offices),
                 _authorised_at_counter(Application.resident_id, offices, today),
             )
-        case ScopeKind.NONE:
+        case _ScopeKind.NONE:
             return false()
 
 
 def application_scope(principal: Principal, today: dt.date) -> ColumnElement[bool]:
     """The applications the caller may read (see :func:`_application_scope`)."""
-    return _application_scope(scope_kind(principal), principal.resident_id, sorted(principal.offices), today)
+    return _application_scope(_scope_kind(principal), principal.resident_id, sorted(principal.offices), today)
 
 
-def _scope_parameters(principal: Principal, today: dt.date) -> dict[str, Any]:
+def _scope_parameters(kind: _ScopeKind, principal: Principal, today: dt.date) -> dict[str, Any]:
     """The values of :func:`_visible_status`'s parameters for the caller (only those its kind's statement has)."""
-    match scope_kind(principal):
-        case ScopeKind.RESIDENT:
+    match kind:
+        case _ScopeKind.RESIDENT:
             return {"caller_resident_id": principal.resident_id, "today": today}
-        case ScopeKind.OFFICE:
+        case _ScopeKind.OFFICE:
             return {"caller_offices": sorted(principal.offices), "today": today}
-        case ScopeKind.ADMIN | ScopeKind.NONE:
+        case _ScopeKind.ADMIN | _ScopeKind.NONE:
             return {}
 
 
@@ -261,7 +261,7 @@ def _with_status_parts(query: Select[Any], dialect: str) -> Select[Any]:
 
 
 @functools.cache
-def _visible_status(dialect: str, kind: ScopeKind) -> Select[Any]:
+def _visible_status(dialect: str, kind: _ScopeKind) -> Select[Any]:
     """:meth:`Repository.visible_status`'s statement for a kind of caller, built once with parameters for the
     application, the caller and the day (:func:`_scope_parameters`). Building it and its cache key anew for each
     request cost a status GET a fifth of its CPU (py-spy, an idle platform)."""
@@ -553,8 +553,9 @@ class Repository:
         """The application the caller may see and every part of its status, in one statement (one snapshot): its
         determination, cases, notifications, timeline, feedback, referrals and the resident's household case. The
         parts are for showing (not in the session), as :meth:`status_parts`."""
-        query = _visible_status(self.dialect, scope_kind(principal))
-        parameters = {"application_id": application_id, **_scope_parameters(principal, today)}
+        kind = _scope_kind(principal)
+        query = _visible_status(self.dialect, kind)
+        parameters = {"application_id": application_id, **_scope_parameters(kind, principal, today)}
         row = (await self.session.execute(query, parameters)).one_or_none()
         return None if row is None else (row[0], self._status_parts(row))
 
