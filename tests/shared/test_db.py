@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import math
 import random
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import JSON, Column, ForeignKey, Integer, MetaData, String, Table, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
@@ -30,6 +33,7 @@ from shared.db import (
     execute_rows,
     execute_rows_sync,
     get_unflushed,
+    json_dumps,
     json_loads,
     note_absent,
     pending_rows,
@@ -519,8 +523,8 @@ async def test_a_row_noted_absent_and_written_is_found_after_nothing_else_refers
 
 
 async def test_json_columns_read_back_what_was_stored_even_what_orjson_refuses(db: Database) -> None:
-    """JSON columns are parsed with orjson (``json_loads``); what it refuses and the standard library reads (an
-    integer past 64 bits, SQLite's NaN) still reads, as it did before."""
+    """JSON columns are parsed with orjson (``json_loads``); what it refuses and the standard library reads (SQLite's
+    NaN) still reads, as it did before. An integer past 64 bits reads back as the nearest float (orjson's way)."""
     assert db.engine.sync_engine.dialect._json_deserializer is json_loads
     sqlite = db.engine.dialect.name == "sqlite"
     stored = {1: '{"answers": {"children": 2, "name": "김민준"}, "amounts": [1.5, null, true]}',
@@ -535,5 +539,58 @@ async def test_json_columns_read_back_what_was_stored_even_what_orjson_refuses(d
         bodies = {id_: body for id_, body in await reading.execute(select(documents.c.id, documents.c.body))}
     assert bodies[1] == {"answers": {"children": 2, "name": "김민준"}, "amounts": [1.5, None, True]}
     assert bodies[2] == {"count": 2**70}
+    assert isinstance(bodies[2]["count"], float)
     if sqlite:
         assert math.isnan(bodies[3]["ratio"])
+
+
+# What JSON columns are given: text (any, Korean included), numbers (integers past 64 bits, floats of every magnitude,
+# NaN and the infinities), booleans, null, lists, and objects whose keys are text, or numbers and booleans made text.
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+_KEYS = st.text() | st.integers() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
+_JSON_VALUES = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4), max_leaves=20
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN equal to NaN, and a float equal to another only with the same sign (0.0 and -0.0 differ)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON_VALUES)
+def test_json_columns_are_written_as_the_standard_library_writes_them_read_back(value: Any) -> None:
+    """``json_dumps`` (pydantic-core's writer) writes what ``json.dumps`` wrote, read back value for value and key for
+    key in order: NaN and the infinities as NaN and Infinity (not null, as orjson would), any integer, every float to
+    its last digit and sign, keys that are numbers or booleans as the same text."""
+    written = json_dumps(value)
+    assert _same(json.loads(written), json.loads(json.dumps(value)))
+
+
+async def test_json_columns_are_written_with_json_dumps_and_read_back_the_same(db: Database) -> None:
+    """Every engine writes JSON columns with ``json_dumps``; what it wrote reads back as it was given, NaN included
+    on SQLite (PostgreSQL's json type refuses NaN, as it did before)."""
+    assert db.engine.sync_engine.dialect._json_serializer is json_dumps
+    assert db.read_engine.sync_engine.dialect._json_serializer is json_dumps
+    sqlite = db.engine.dialect.name == "sqlite"
+    given_ = {10: {"answers": {"children": 2, "name": "김민준 \"쌍둥이\"\n🎉"},
+                   "amounts": [1.5, None, True, -0.0, 1e-07]},
+              11: {"count": 2**64 - 1, "least": -(2**63), "keys": {"1": "one"}}}  # fmt: skip
+    async with db.session() as session:
+        await session.execute(insert(documents), [{"id": id_, "body": body} for id_, body in given_.items()])
+        if sqlite:
+            await session.execute(insert(documents), [{"id": 12, "body": {"ratio": math.nan, "top": math.inf}}])
+    async with db.read_session() as reading:
+        bodies = {id_: body for id_, body in await reading.execute(select(documents.c.id, documents.c.body))}
+    for id_, body in given_.items():
+        assert _same(bodies[id_], body), (bodies[id_], body)
+    if sqlite:
+        assert math.isnan(bodies[12]["ratio"])
+        assert bodies[12]["top"] == math.inf
