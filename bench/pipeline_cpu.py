@@ -5,10 +5,11 @@ submitted at a few connections (a Python client: the HTTP path is measured by ``
 what each service spends matters), the pipeline left to settle (nothing pending in any consumer, outbox or notify's
 queue), and each process's CPU time read from ``/proc`` before and after. Each service's idle rate (its timers, a
 few seconds measured first) is taken off, so a slower settle does not count as work. Also printed: applications per
-second from the first submit until settled, the submissions' p50/p99 and the longest event-loop stall per service,
-and the SQL statements and transactions per application of each service, by the work that ran them (each consumer,
-the outbox relay, ``http``): the services count them here (``database_count_statements``), a listener per statement
-that costs each about a microsecond of CPU.
+second from the first submit until settled, the submissions' p50/p99, the longest event-loop stall per service, what
+of each service's CPU its event loop's thread used (the kernel's schedstat of its main thread), and the SQL
+statements and transactions per application of each service, by the work that ran them (each consumer, the outbox
+relay, ``http``): the services count them here (``database_count_statements``), a listener per statement that costs
+each about a microsecond of CPU.
 
     .venv/bin/python bench/pipeline_cpu.py -n 150 [--backend postgresql]
 """
@@ -49,9 +50,10 @@ async def _measure(
     await run.prepare()
     processes = Processes(platform)
     load_before = [round(x, 2) for x in os.getloadavg()]
-    idle_from = processes.cpu()
+    idle_from, loops_idle_from = processes.cpu(), _loop_cpu(processes)
     await asyncio.sleep(IDLE_SECONDS)
     idle = {k: (v - idle_from[k]) / IDLE_SECONDS for k, v in processes.cpu().items()}
+    loops_idle = {k: (v - loops_idle_from[k]) / IDLE_SECONDS for k, v in _loop_cpu(processes).items()}
 
     gate = asyncio.Semaphore(connections)
     latencies: list[float] = []
@@ -67,18 +69,20 @@ async def _measure(
         response.raise_for_status()
 
     counted = {s: await run.metrics(s) for s in SERVICE_NAMES}
-    before, t0 = processes.cpu(), time.monotonic()
+    before, loops_before, t0 = processes.cpu(), _loop_cpu(processes), time.monotonic()
     await asyncio.gather(*(submit(i) for i in range(applications)))
     submitted = time.monotonic() - t0
     settled_at = await run.pipeline.settle(since=t0, deadline=t0 + 600)
     seconds = (settled_at if settled_at is not None else time.monotonic()) - t0
     spent = {k: v - before[k] for k, v in processes.cpu().items()}
+    loops_spent = {k: v - loops_before[k] for k, v in _loop_cpu(processes).items()}
     latencies.sort()
     stalls = {}
     for service in SERVICE_NAMES:
         stall = loop_stall(await run.metrics(service))
         stalls[service] = stall.to_json()["ms"] if stall else None
     per_application = {k: round((v - idle[k] * seconds) / applications, 4) for k, v in spent.items()}
+    loops_per_application = {k: round((v - loops_idle[k] * seconds) / applications, 4) for k, v in loops_spent.items()}
     statements: dict[str, dict[str, float]] = {}
     transactions: dict[str, dict[str, float]] = {}
     events: dict[str, float] = {}
@@ -96,6 +100,9 @@ async def _measure(
         "applications": applications,
         "settled": settled_at is not None,
         "cpu_s_per_application": per_application | {"total": round(sum(per_application.values()), 4)},
+        # Of each service's, what its event loop's thread used: the rest is its other threads' (SQLite's checkpoints,
+        # work handed to a thread such as notify's Maildir writes).
+        "event_loop_thread_cpu_s_per_application": loops_per_application,
         "statements_per_application": statements | {"total": round(sum(v["total"] for v in statements.values()), 2)},
         "transactions_per_application": transactions
         | {"total": round(sum(v["total"] for v in transactions.values()), 2)},
@@ -110,6 +117,11 @@ async def _measure(
         "dead_letters": await run.databases.dead_letters(),
         "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
     }
+
+
+def _loop_cpu(processes: Processes) -> dict[str, float]:
+    """Each service's event-loop thread's CPU time so far (its main thread's, from the kernel's schedstat)."""
+    return {name: s.running_s if s is not None else 0.0 for name, s in processes.scheduling().items()}
 
 
 def main(argv: list[str] | None = None) -> int:
