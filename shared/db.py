@@ -133,9 +133,11 @@ def json_dumps(value: Any) -> str:
     a consumer's batch spent 3-6 % of its CPU in. It writes the values the standard library writes, read back the
     same: ``NaN`` and ``Infinity`` as the standard library does (``inf_nan_mode="constants"``; orjson would write
     ``null``, a silent change of what was stored; PostgreSQL refuses them either way), integers of any size, floats
-    to the last digit, keys that are numbers or booleans as text. The text differs only in form: no spaces after
-    separators, text as UTF-8 rather than ``\\u`` escapes, ``1e-7`` for ``1e-07``. It also writes what the standard
-    library refuses with a ``TypeError`` (a UUID or a date as text): no column is given those."""
+    to the last digit, keys that are integers, finite floats or booleans as text. An infinite float or ``None`` as a
+    key it writes as ``inf`` or ``None``, where the standard library wrote ``Infinity`` or ``null``. Otherwise the
+    text differs only in form: no spaces after separators, text as UTF-8 rather than ``\\u`` escapes, ``1e-7`` for
+    ``1e-07``. It also writes what the standard library refused with a ``TypeError`` (a UUID or a date, as text), so a
+    column given one by mistake no longer fails: none was before this writer, or it would have failed then."""
     return to_json(value, inf_nan_mode="constants").decode()
 
 
